@@ -1,0 +1,1 @@
+"""Implementations of the ``atp`` commands (one module each)."""

@@ -1,0 +1,191 @@
+"""``atp demo``: router + reference adapters + clients, on loopback, nothing else needed.
+
+It starts the router with JWT auth on (an ephemeral secret), mints a token, and runs the
+seed's SYN twice: as a browser would (JSON text frame) and as an SDK would (binary
+frames), printing every PARTIAL and the FINAL with its telemetry. Then it shows three
+refusals the spec requires: a bad token, a budget too small, and a wrong sequence number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prompt", default="hello", help="the prompt to send (default: the seed's 'hello')"
+    )
+    p.add_argument("--port", type=int, default=0, help="router port (default: a free one)")
+    p.add_argument(
+        "--json", action="store_true", help="print a JSON summary instead of the walk-through"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio
+    import trio_websocket
+    from rich.console import Console
+    from rich.markup import escape
+
+    from atp_proto.client import Final, StreamError, connect
+    from atp_proto.frames import BudgetWindow, frame_from_json
+    from atp_proto.router.auth import issue_token
+    from atp_proto.router.config import RouterConfig
+    from atp_proto.router.server import Router
+
+    console = Console(quiet=args.json)
+    secret = secrets.token_hex(32)
+    summary: dict[str, Any] = {"ok": False}
+
+    async def main() -> int:
+        import os
+
+        os.environ["ATP_JWT_KEY"] = secret
+        cfg = RouterConfig(
+            ws_port=args.port,
+            metrics_port=0,
+            adapters={
+                "echo": "builtin:echo?latency_ms=20",
+                "persona": "builtin:persona?latency_ms=60",
+            },
+        )
+        router = Router(cfg)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(router.serve)
+            url = f"ws://127.0.0.1:{router.ws_port}/ws"
+            token = issue_token(secret.encode(), tenant="demo", max_qos="gold")
+            console.rule("[bold]ATP demo")
+            console.print(
+                f"router   {url}  (JWT auth on; metrics http://127.0.0.1:{router.metrics_port}/metrics)"
+            )
+            console.print("adapters persona (builtin, 60 ms/chunk), echo (builtin, 20 ms/chunk)\n")
+
+            # 1. As a browser: the seed's SYN as a JSON text frame.
+            seed_syn = {
+                "v": 1,
+                "session_id": "s1",
+                "stream_id": "st1",
+                "msg_seq": 1,
+                "frag_seq": 0,
+                "flags": ["SYN"],
+                "qos": "gold",
+                "ttl": 8,
+                "window": {"max_parallel": 4, "max_tokens": 50000, "max_usd_micros": 1000000},
+                "meta": {
+                    "task_type": "qa",
+                    "tool_permissions": [],
+                    "data_scope": ["no_secrets"],
+                    "adapters": ["persona"],
+                },
+                "payload": {"type": "agent.result.partial", "content": {"prompt": args.prompt}},
+            }
+            assert frame_from_json(json.dumps(seed_syn)) is not None
+            console.print(
+                "[bold]1. browser-style client[/]: JSON text frames over ws://, "
+                "token in ?access_token="
+            )
+            console.print(f"   -> {json.dumps(seed_syn)}", style="dim")
+            async with trio_websocket.open_websocket_url(f"{url}?access_token={token}") as ws:
+                await ws.send_message(json.dumps(seed_syn))
+                while True:
+                    reply = json.loads(await ws.get_message())
+                    console.print(
+                        f"   <- {json.dumps(reply)}",
+                        style="green" if "FIN" in reply.get("flags", []) else None,
+                    )
+                    if "FIN" in reply.get("flags", []) or reply.get("type") == "ERROR":
+                        summary["browser_final"] = reply
+                        break
+
+            # 2. As an SDK: binary frames, fan-out to two adapters.
+            console.print(
+                "\n[bold]2. SDK client[/]: binary frames, fan-out to both adapters, consensus"
+            )
+            async with connect(url, token=token) as client:
+                async with client.stream(
+                    args.prompt,
+                    qos="gold",
+                    ttl=8,
+                    window=BudgetWindow(
+                        max_parallel=4, max_tokens=50_000, max_usd_micros=1_000_000
+                    ),
+                    meta={"fanout": 2},
+                ) as stream:
+                    async for item in stream:
+                        if isinstance(item, Final):
+                            t = item.telemetry
+                            console.print(
+                                f"   [green]FINAL[/] {escape(repr(item.content.get('answer')))}"
+                                f" from {item.content.get('adapter')}"
+                            )
+                            console.print(
+                                f"         telemetry tokens={t['tokens']} usd={t['usd']} "
+                                f"latency_ms={t['latency_ms']} "
+                                f"adapters={escape(str(t['adapters']))}"
+                            )
+                            summary["sdk_final"] = {"content": item.content, "telemetry": dict(t)}
+                        else:
+                            c = item.content
+                            console.print(
+                                escape(
+                                    f"   PARTIAL [{c.get('adapter', '')}] {c.get('text', c)!r} "
+                                    f"confidence={item.confidence}"
+                                )
+                            )
+
+                # 3. Refusals.
+                console.print("\n[bold]3. what the router refuses[/]")
+                try:
+                    await client.ask(
+                        args.prompt,
+                        window=BudgetWindow(max_tokens=3),
+                        meta={"adapters": ["persona"]},
+                    )
+                except StreamError as exc:
+                    console.print(
+                        f"   budget of 3 tokens   -> [red]{exc.code}[/] {escape(exc.message)}"
+                    )
+                    summary["budget_error"] = exc.code
+            try:
+                async with connect(url, token="not-a-token"):
+                    pass
+            except trio_websocket.ConnectionRejected as exc:
+                console.print(
+                    f"   bad token            -> [red]HTTP {exc.status_code}[/] "
+                    f"{escape((exc.body or b'').decode().strip())}"
+                )
+                summary["bad_token_status"] = exc.status_code
+            async with trio_websocket.open_websocket_url(f"{url}?access_token={token}") as ws:
+                bad = dict(seed_syn, msg_seq=1)
+                await ws.send_message(json.dumps(bad))
+                await ws.get_message()  # first PARTIAL: the stream is open
+                wrong = {"v": 1, "stream_id": "st1", "msg_seq": 7, "flags": ["FIN"], "payload": {}}
+                await ws.send_message(json.dumps(wrong))
+                while True:
+                    reply = json.loads(await ws.get_message())
+                    if reply.get("type") == "ERROR":
+                        err = reply["error"]
+                        console.print(
+                            f"   msg_seq 7 instead of 2 -> [red]{err['code']}[/] "
+                            f"{escape(err['message'])}"
+                        )
+                        summary["seq_error"] = err["code"]
+                        break
+            nursery.cancel_scope.cancel()
+        summary["ok"] = (
+            "FIN" in summary.get("browser_final", {}).get("flags", [])
+            and "sdk_final" in summary
+            and summary.get("budget_error") == "EBUDGET"
+            and summary.get("bad_token_status") == 401
+            and summary.get("seq_error") == "ESEQ_RETRY"
+        )
+        console.rule("[bold green]demo complete" if summary["ok"] else "[bold red]demo failed")
+        return 0 if summary["ok"] else 1
+
+    rc = trio.run(main)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    return rc

@@ -1,0 +1,123 @@
+"""``atp serve``: run the router."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from atp_proto.cli import UsageError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ws", metavar="HOST:PORT", help="WebSocket listen address (default 127.0.0.1:7443)"
+    )
+    p.add_argument("--path", metavar="PATH", help="WebSocket path (default /ws)")
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="Prometheus /metrics, /healthz, /readyz (default 127.0.0.1:9464; 'off')",
+    )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        metavar="NAME=URL",
+        help="an adapter: builtin:echo, builtin:persona[?opts], grpc://HOST:PORT (repeatable; "
+        "replaces the defaults)",
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="TOML config file (flags > env > file > defaults)"
+    )
+    p.add_argument(
+        "--no-auth", action="store_true", help="accept unauthenticated clients (local use only)"
+    )
+    p.add_argument(
+        "--jwt-key-file",
+        metavar="FILE",
+        help="HS256 secret or RS256/ES256 PEM public key (or env ATP_JWT_KEY)",
+    )
+    p.add_argument(
+        "--jwt-algorithm",
+        choices=["HS256", "RS256", "ES256"],
+        help="pin the algorithm (default: from the key)",
+    )
+    p.add_argument("--jwt-audience", metavar="AUD", help="required 'aud' claim")
+    p.add_argument("--jwt-issuer", metavar="ISS", help="required 'iss' claim")
+    p.add_argument("--max-sessions", type=int, metavar="N")
+    p.add_argument("--grace", type=float, metavar="SECONDS", help="drain grace period (default 10)")
+    p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from atp_proto.router.config import (
+        ConfigError,
+        build_config,
+        parse_adapter_spec,
+        parse_hostport,
+    )
+
+    try:
+        flags: dict[str, Any] = {
+            "ws_path": args.path,
+            "jwt_key_file": args.jwt_key_file,
+            "jwt_algorithm": args.jwt_algorithm,
+            "jwt_audience": args.jwt_audience,
+            "jwt_issuer": args.jwt_issuer,
+            "max_sessions": args.max_sessions,
+            "grace_s": args.grace,
+            "log_format": args.log_format,
+            "log_level": args.log_level,
+        }
+        if args.ws:
+            flags["ws_host"], flags["ws_port"] = parse_hostport(args.ws, "--ws")
+        if args.metrics:
+            if args.metrics == "off":
+                flags["metrics_port"] = None
+                cfg_metrics_off = True
+            else:
+                flags["metrics_host"], flags["metrics_port"] = parse_hostport(
+                    args.metrics, "--metrics"
+                )
+                cfg_metrics_off = False
+        else:
+            cfg_metrics_off = False
+        if args.adapter:
+            flags["adapters"] = dict(parse_adapter_spec(a) for a in args.adapter)
+        if args.no_auth:
+            flags["auth"] = False
+        cfg = build_config(file=args.config, env=os.environ, flags=flags)
+        if cfg_metrics_off:
+            from dataclasses import replace
+
+            cfg = replace(cfg, metrics_port=None)
+        return cfg
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from atp_proto.router.server import Router, setup_logging
+
+    cfg = config_from_args(args)
+    setup_logging(cfg.log_format, cfg.log_level)
+    import logging
+
+    if not cfg.auth:
+        logging.getLogger("atp.router").warning(
+            "authentication is OFF (--no-auth): anyone who can reach the port can use the router"
+        )
+    try:
+        router = Router(cfg)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        trio.run(router.run_until_signal)
+    except OSError as exc:
+        print(f"atp serve: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0

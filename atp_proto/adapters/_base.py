@@ -1,0 +1,105 @@
+"""The one interface the router uses to talk to adapters.
+
+gRPC adapters (``grpc://HOST:PORT``) implement it over the network; the in-process
+``builtin:`` adapters implement it directly (for tests and the demo). The router never
+knows which it has.
+
+Contract:
+    * ``estimate`` is a cheap preflight: expected tokens, money, latency, and how sure.
+    * ``stream`` yields :class:`Chunk` values; ``tokens`` and ``usd_micros`` are
+      cumulative (so far); the last chunk has ``final=True``. The caller pulls chunks at
+      its own pace: an adapter must not run ahead of the caller by more than a few chunks
+      (this is what carries backpressure from a slow client to the model).
+    * Cancelling the caller's scope cancels the call; ``stream`` cleans up.
+    * Failures raise :class:`AdapterError` with an ATP error code (EAGENTDOWN, ETIMEOUT,
+      EWINDOW_AGENT, ...) and whether anything was already streamed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from atp_proto.frames import ErrorCode
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequest:
+    """One unit of work sent to an adapter."""
+
+    task_type: str
+    prompt: str
+    content: Mapping[str, Any] = field(default_factory=dict)  #: the SYN payload's content
+    max_tokens: int | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    request_id: str = ""
+    deadline_ms: int | None = None  #: time left for the call, if bounded
+
+
+@dataclass(frozen=True, slots=True)
+class CostEstimate:
+    in_tokens: int
+    out_tokens: int
+    usd_micros: int
+    latency_p95_ms: float
+    variance: float = 0.0  #: variance of the token estimate (tokens²)
+    confidence: float = 0.5
+
+    @property
+    def tokens(self) -> int:
+        return self.in_tokens + self.out_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    content: str
+    confidence: float
+    tokens: int  #: cumulative
+    usd_micros: int  #: cumulative
+    final: bool = False
+    finish_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    status: str  #: READY, BUSY, PAUSE, DRAINING, DOWN
+    p95_ms: float = 0.0
+    error_rate: float = 0.0
+    capacity: int = 0
+
+
+class AdapterError(Exception):
+    """An adapter call failed. ``streamed`` tells whether output was already produced
+    (then a retry on the same request would duplicate it)."""
+
+    def __init__(
+        self,
+        code: ErrorCode | str,
+        message: str,
+        *,
+        adapter: str = "",
+        streamed: bool = False,
+        retry_after_ms: int | None = None,
+    ) -> None:
+        super().__init__(f"{adapter or 'adapter'}: {code}: {message}")
+        self.code = code
+        self.message = message
+        self.adapter = adapter
+        self.streamed = streamed
+        self.retry_after_ms = retry_after_ms
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """What the router calls. Implementations: builtin (in-process) and gRPC."""
+
+    name: str
+
+    async def estimate(self, request: TaskRequest) -> CostEstimate: ...
+
+    def stream(self, request: TaskRequest) -> AsyncIterator[Chunk]: ...
+
+    async def health(self) -> Health: ...
+
+    async def aclose(self) -> None: ...

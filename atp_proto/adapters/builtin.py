@@ -1,0 +1,193 @@
+"""In-process reference adapters: ``builtin:echo`` and ``builtin:persona``.
+
+They are deterministic (same request, same output) so tests can assert exact results,
+and configurable through the URL's query string, e.g.
+``builtin:persona?latency_ms=20&confidence=0.4&fail=cut&fail_after=3``:
+
+============== ===============================================================
+latency_ms     delay before each chunk (default 0 echo, 5 persona)
+chunks         number of chunks (persona; default 4)
+usd_per_1k     micro-dollars per 1000 tokens (default 0 echo, 2000 persona)
+confidence     confidence reported (default 0.9 echo, 0.62 persona)
+fail           ``error`` (fail at once), ``stall`` (hang after fail_after
+               chunks), ``cut`` (die after fail_after chunks)
+fail_after     chunks before the failure (default 0)
+============== ===============================================================
+
+The same behaviour is served over gRPC by the reference adapter processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
+
+import trio
+
+from atp_proto.frames import ErrorCode
+
+from ._base import AdapterError, Chunk, CostEstimate, Health, TaskRequest
+
+
+@dataclass(frozen=True, slots=True)
+class BehaviourConfig:
+    latency_ms: float = 0.0
+    chunks: int = 4
+    usd_per_1k: int = 0
+    confidence: float = 0.9
+    fail: str = ""
+    fail_after: int = 0
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str], **defaults: float | int | str) -> BehaviourConfig:
+        merged: dict[str, str] = {k: str(v) for k, v in defaults.items()}
+        merged.update(query)
+        unknown = set(merged) - set(cls.__slots__)
+        if unknown:
+            raise ValueError(f"unknown adapter option(s): {', '.join(sorted(unknown))}")
+        try:
+            cfg = cls(
+                latency_ms=float(merged.get("latency_ms", 0)),
+                chunks=int(merged.get("chunks", 4)),
+                usd_per_1k=int(merged.get("usd_per_1k", 0)),
+                confidence=float(merged.get("confidence", 0.9)),
+                fail=merged.get("fail", ""),
+                fail_after=int(merged.get("fail_after", 0)),
+            )
+        except ValueError as exc:
+            raise ValueError(f"bad adapter option: {exc}") from None
+        if cfg.fail not in ("", "error", "stall", "cut"):
+            raise ValueError("fail must be one of error, stall, cut")
+        if cfg.chunks < 1 or cfg.latency_ms < 0 or not 0 <= cfg.confidence <= 1:
+            raise ValueError("chunks >= 1, latency_ms >= 0 and 0 <= confidence <= 1 are required")
+        return cfg
+
+
+def count_tokens(text: str) -> int:
+    """A deterministic stand-in for a tokenizer: about 4 characters per token."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def _split(text: str, n: int) -> list[str]:
+    if n <= 1 or len(text) <= 1:
+        return [text]
+    step = max(1, -(-len(text) // n))
+    return [text[i : i + step] for i in range(0, len(text), step)]
+
+
+class BehaviourAdapter:
+    """Shared machinery: latency, cost, failure modes; subclasses produce the text."""
+
+    kind = "base"
+
+    def __init__(self, name: str, config: BehaviourConfig) -> None:
+        self.name = name
+        self.config = config
+        self.calls = 0
+
+    def answer(self, request: TaskRequest) -> str:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _usd(self, tokens: int) -> int:
+        return tokens * self.config.usd_per_1k // 1000
+
+    async def estimate(self, request: TaskRequest) -> CostEstimate:
+        out = count_tokens(self.answer(request))
+        inp = count_tokens(request.prompt)
+        return CostEstimate(
+            in_tokens=inp,
+            out_tokens=out,
+            usd_micros=self._usd(inp + out),
+            latency_p95_ms=self.config.latency_ms * self.config.chunks * 1.2,
+            variance=float(out),
+            confidence=self.config.confidence,
+        )
+
+    async def stream(self, request: TaskRequest) -> AsyncIterator[Chunk]:
+        self.calls += 1
+        cfg = self.config
+        if cfg.fail == "error" and cfg.fail_after == 0:
+            raise AdapterError(ErrorCode.EAGENTDOWN, "configured to fail", adapter=self.name)
+        text = self.answer(request)
+        parts = _split(text, cfg.chunks)
+        used = count_tokens(request.prompt)
+        for i, part in enumerate(parts):
+            if cfg.fail and i == cfg.fail_after and i > 0:
+                if cfg.fail == "stall":
+                    await trio.sleep_forever()
+                raise AdapterError(
+                    ErrorCode.EAGENTDOWN,
+                    "adapter died mid-stream",
+                    adapter=self.name,
+                    streamed=True,
+                )
+            if cfg.latency_ms:
+                await trio.sleep(cfg.latency_ms / 1000)
+            used += count_tokens(part)
+            final = i == len(parts) - 1
+            yield Chunk(
+                content=part,
+                confidence=cfg.confidence,
+                tokens=used,
+                usd_micros=self._usd(used),
+                final=final,
+                finish_reason="stop" if final else "",
+            )
+
+    async def health(self) -> Health:
+        return Health(status="READY", p95_ms=self.config.latency_ms * self.config.chunks)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class EchoAdapter(BehaviourAdapter):
+    """Answers with the prompt itself."""
+
+    kind = "echo"
+
+    def answer(self, request: TaskRequest) -> str:
+        return request.prompt
+
+
+_PERSONAS = (
+    "Considering the question carefully",
+    "weighing the evidence",
+    "and checking it twice,",
+    "the answer is",
+)
+
+
+class PersonaAdapter(BehaviourAdapter):
+    """A deterministic mock model: a fixed-shape answer derived from the prompt's hash."""
+
+    kind = "persona"
+
+    def answer(self, request: TaskRequest) -> str:
+        digest = hashlib.sha256(f"{request.task_type}\0{request.prompt}".encode()).hexdigest()
+        return f"{' '.join(_PERSONAS)} {digest[:12]} (re: {request.prompt[:60]!r})."
+
+
+_KINDS: dict[str, tuple[type[BehaviourAdapter], dict[str, float | int | str]]] = {
+    "echo": (EchoAdapter, {"confidence": 0.9, "chunks": 1}),
+    "persona": (PersonaAdapter, {"latency_ms": 5, "usd_per_1k": 2000, "confidence": 0.62}),
+}
+
+
+def builtin_adapter(name: str, url: str) -> BehaviourAdapter:
+    """Build an adapter from ``builtin:KIND[?options]``.
+
+    Raises:
+        ValueError: unknown kind or bad options (the message says which).
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "builtin":
+        raise ValueError(f"not a builtin adapter URL: {url!r}")
+    kind = parts.path
+    if kind not in _KINDS:
+        raise ValueError(f"unknown builtin adapter {kind!r} (known: {', '.join(_KINDS)})")
+    cls, defaults = _KINDS[kind]
+    query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
+    return cls(name, BehaviourConfig.from_query(query, **defaults))

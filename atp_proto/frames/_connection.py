@@ -1,0 +1,1060 @@
+"""The sans-IO ATP connection: bytes and time in, events and bytes out.
+
+Theory of operation
+-------------------
+A :class:`Connection` is one side (client or router) of one ATP session. The I/O layer
+feeds what it receives (:meth:`receive_data` for byte streams, :meth:`receive_message`
+for a WebSocket binary message, :meth:`receive_text` for a WebSocket text message), each
+with the current time, and gets back a list of :mod:`events <atp_proto.frames._events>`.
+The application acts through methods (:meth:`open_stream`, :meth:`send_message`,
+:meth:`send_error`, ...), which queue frames; the I/O layer drains them with
+:meth:`data_to_send`, which coalesces consecutive binary frames into one buffer. Timers
+(TTL, heartbeat, idle) work the same way: :meth:`next_deadline` says when to call
+:meth:`handle_timer`. Nothing here reads a clock, sleeps, or does I/O.
+
+Every protocol rule lives here once. A peer's stream-level violation queues an ERROR
+frame for that stream and returns :class:`StreamReset` (``by_peer=False``); the session
+goes on. A connection-level violation queues an ERROR on stream 0 and returns
+:class:`ConnectionClosed`; afterwards all input is ignored. Nothing a peer sends raises
+out of the ``receive_*`` methods, and every buffer is bounded by :class:`Limits`.
+
+Flow control (ATP-FLOW): each stream has a credit window per direction, in bytes, where a
+DATA frame costs its whole encoded length. Outbound DATA frames wait in the stream's
+outbox until the peer's credit covers them; :meth:`outbound_buffered` lets the
+application stop producing while a stream is blocked (this is what makes backpressure
+reach the adapters). Inbound, credit is returned only for bytes the application has
+consumed (:meth:`acknowledge`), once half the window is consumed (h2's hysteresis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, TypeGuard
+
+import cbor2
+
+from ._codec import HEADER_SIZE, FrameDecoder, encode_ext, encode_frame
+from ._errors import (
+    ATPError,
+    FrameDecodeError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    StreamClosedError,
+)
+from ._events import (
+    BudgetReported,
+    CapabilitiesReceived,
+    ConnectionClosed,
+    Event,
+    GoingAway,
+    HeartbeatAcked,
+    MessageReceived,
+    StreamOpened,
+    StreamReset,
+    UnknownFrameReceived,
+    WindowUpdated,
+)
+from ._frame import Frame, Payload
+from ._json import JsonMapping
+from ._stream import Role, StreamInput, StreamRecord, StreamState
+from ._types import (
+    DEFAULT_LIMITS,
+    MAX_STREAM_ID,
+    MAX_WINDOW,
+    U32_MAX,
+    VERSION,
+    BudgetWindow,
+    ErrorCode,
+    Flags,
+    FrameType,
+    Limits,
+    QoS,
+)
+
+__all__ = ["BudgetExceeded", "Connection", "Role"]
+
+_TEXT_PEER_WINDOW: Final = MAX_WINDOW
+_FEATURES: Final = ("json", "fragmentation", "budget", "heartbeat")
+
+
+class BudgetExceeded(ATPError):
+    """Charging usage would exceed the stream's budget window (EBUDGET / EWINDOW)."""
+
+
+class Connection:
+    """One side of an ATP session, with no I/O (see the module docstring).
+
+    Args:
+        role: ``Role.CLIENT`` opens streams; ``Role.ROUTER`` accepts them.
+        limits: what we accept from the peer, advertised in CAPABILITIES.
+        now: the current time in seconds (any monotonic origin).
+        heartbeat: send HB after this many seconds without sending (None: never).
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        now: float = 0.0,
+        heartbeat: float | None = None,
+    ) -> None:
+        self.role = role
+        self.limits = limits
+        self.json = JsonMapping(limits)
+        self._decoder = FrameDecoder(limits)
+        self._streams: dict[int, StreamRecord] = {}
+        self._highest_id = 0
+        self._out: list[bytes | str] = []
+        self._out_bytes = 0
+        self._out_text = False  # encoding for connection-level frames
+        self._closed: ConnectionClosed | None = None
+        self._draining = False
+        self._peer_draining = False
+        self._heartbeat = heartbeat
+        self._last_recv = now
+        self._last_send = now
+        self._hb_sent_at: float | None = None
+        # what the peer accepts from us (defaults until CAPABILITIES says otherwise)
+        self.peer_caps: Mapping[str, Any] = {}
+        self._peer_frame_size = DEFAULT_LIMITS.max_frame_size
+        self._peer_initial_window = DEFAULT_LIMITS.initial_window
+        self._peer_max_streams = DEFAULT_LIMITS.max_streams
+        self._peer_spoke_binary = False
+        self._peer_sent_caps = False
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def open_streams(self) -> int:
+        """Streams tracked: open ones, and closed ones still flushing their outbox.
+
+        All of them count against ``max_streams``, so a peer that never grants credit
+        cannot make us hold unbounded closed streams.
+        """
+        return len(self._streams)
+
+    def stream_state(self, stream_id: int) -> StreamState:
+        rec = self._streams.get(stream_id)
+        if rec is not None:
+            return rec.state
+        return StreamState.CLOSED if 0 < stream_id <= self._highest_id else StreamState.IDLE
+
+    def send_credit(self, stream_id: int) -> int:
+        """Bytes of DATA we may still send on the stream before the peer grants more."""
+        rec = self._streams.get(stream_id)
+        return rec.send_credit if rec is not None else 0
+
+    def outbound_buffered(self, stream_id: int) -> int:
+        """Bytes of DATA queued on the stream, waiting for credit."""
+        rec = self._streams.get(stream_id)
+        return rec.outbox_bytes if rec is not None else 0
+
+    def budget_window(self, stream_id: int) -> BudgetWindow:
+        rec = self._streams.get(stream_id)
+        return rec.window if rec is not None else BudgetWindow()
+
+    def is_text(self, stream_id: int) -> bool:
+        rec = self._streams.get(stream_id)
+        return rec.text if rec is not None else self._out_text
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """Bytes from a byte-stream transport (QUIC stream, TCP): any chunking."""
+        if self._closed is not None:
+            return []
+        self._last_recv = now
+        self._peer_spoke_binary = True
+        self._out_text = False
+        events: list[Event] = []
+        try:
+            self._decoder.feed(data)
+        except FrameDecodeError as exc:  # pragma: no cover - decoder already broken
+            return self._connection_error(exc, events)
+        self._drain_decoder(now, events)
+        return events
+
+    def receive_message(self, data: bytes, now: float) -> list[Event]:
+        """One WebSocket binary message: one or more whole frames."""
+        events = self.receive_data(data, now)
+        if self._closed is None and self._decoder.buffered:
+            self._connection_error(
+                FrameDecodeError(
+                    ErrorCode.EPROTO,
+                    f"binary message ends inside a frame ({self._decoder.buffered} bytes left)",
+                ),
+                events,
+            )
+        return events
+
+    def receive_text(self, text: str | bytes, now: float) -> list[Event]:
+        """One WebSocket text message: exactly one JSON frame."""
+        if self._closed is not None:
+            return []
+        self._last_recv = now
+        self._out_text = True
+        events: list[Event] = []
+        try:
+            frame = self.json.decode(text)
+        except FrameDecodeError as exc:
+            if exc.stream_id:
+                self._stream_error(exc, events)
+                return events
+            return self._connection_error(exc, events)
+        if frame is None:
+            return events
+        try:
+            self._handle_frame(frame, _text_cost(frame), now, events, text=True)
+        except RemoteProtocolError as exc:
+            if exc.stream_id:
+                self._stream_error(exc, events)
+            else:
+                self._connection_error(exc, events)
+        return events
+
+    def _drain_decoder(self, now: float, events: list[Event]) -> None:
+        dec = self._decoder
+        while self._closed is None:
+            start = dec.buffered
+            try:
+                frame = dec.next_frame()
+                if frame is None:
+                    return
+                cost = start - dec.buffered
+                self._handle_frame(frame, cost, now, events, text=False)
+            except RemoteProtocolError as exc:
+                if exc.stream_id:
+                    self._stream_error(exc, events)
+                else:
+                    self._connection_error(exc, events)
+
+    def _handle_frame(
+        self, frame: Frame, cost: int, now: float, events: list[Event], *, text: bool
+    ) -> None:
+        ftype = frame.type
+        sid = frame.stream_id
+        if ftype == FrameType.DATA:
+            if sid == 0:
+                self._handle_heartbeat(frame, now, events)
+            else:
+                self._handle_data(frame, cost, now, events, text)
+        elif ftype == FrameType.WINDOW_UPDATE:
+            self._handle_window_update(frame, events)
+        elif ftype == FrameType.ERROR:
+            self._handle_error(frame, events)
+        elif ftype == FrameType.CAPABILITIES:
+            self._handle_capabilities(frame, events, text)
+        elif ftype == FrameType.BUDGET_UPDATE:
+            if sid == 0:
+                raise RemoteProtocolError(ErrorCode.EPROTO, "BUDGET_UPDATE on stream 0")
+            if self.role is Role.ROUTER:
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO, "BUDGET_UPDATE is sent by the router only", stream_id=sid
+                )
+            rec = self._streams.get(sid)
+            usage = frame.ext.get("usage")
+            if rec is not None and isinstance(usage, Mapping):
+                events.append(BudgetReported(sid, usage))
+        else:
+            events.append(UnknownFrameReceived(frame))  # ATP-EXT: ignore unknown types
+
+    # -- DATA ---------------------------------------------------------------------
+
+    def _handle_data(
+        self, frame: Frame, cost: int, now: float, events: list[Event], text: bool
+    ) -> None:
+        sid = frame.stream_id
+        flags = frame.flags
+        rec = self._streams.get(sid)
+        syn = bool(flags & Flags.SYN)
+        if rec is None:
+            if not syn:
+                if sid <= self._highest_id:
+                    return  # closed stream: discard (races with RST / FIN)
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO, f"DATA on stream {sid}, which was never opened", stream_id=sid
+                )
+            if self.role is not Role.ROUTER:
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO, "only clients open streams", stream_id=sid
+                )
+            if sid <= self._highest_id:
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO,
+                    f"SYN on stream {sid}: stream ids must increase (highest so far "
+                    f"{self._highest_id})",
+                    stream_id=sid,
+                )
+            self._highest_id = sid
+            if self._draining:
+                raise RemoteProtocolError(
+                    ErrorCode.EDRAINING,
+                    "the router is draining and accepts no new streams",
+                    stream_id=sid,
+                )
+            if len(self._streams) >= self.limits.max_streams:
+                raise RemoteProtocolError(
+                    ErrorCode.EWINDOW,
+                    f"too many concurrent streams (max_streams {self.limits.max_streams})",
+                    stream_id=sid,
+                    retry_after_ms=100,
+                )
+            rec = self._new_stream(sid, text=text)
+            rec.apply(StreamInput.RECV_SYN)
+            rec.qos = QoS(frame.qos) if frame.qos else QoS.SILVER
+            if frame.ttl:
+                rec.deadline = now + frame.ttl
+            window = frame.budget_window
+            if window is not None:
+                rec.window = window
+            rec.recv_seq = frame.msg_seq
+            rec.send_seq = (frame.msg_seq + 1) & U32_MAX
+        elif syn:
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO, f"SYN on stream {sid}, which is already open", stream_id=sid
+            )
+        elif not rec.can_receive:
+            if rec.closed:
+                return  # closed but still flushing our outbox: discard
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO,
+                f"DATA on stream {sid} after the peer's FIN ({rec.state.value})",
+                stream_id=sid,
+            )
+
+        # credit (ATP-FLOW): the frame costs its whole encoded length
+        if cost > rec.recv_credit:
+            raise RemoteProtocolError(
+                ErrorCode.EWINDOW,
+                f"DATA frame of {cost} bytes exceeds the credit window ({rec.recv_credit} left)",
+                stream_id=sid,
+            )
+        rec.recv_credit -= cost
+
+        # sequencing (ATP-SEQ)
+        if rec.recv_seq is None:
+            rec.recv_seq = frame.msg_seq  # client: first router message
+        if frame.msg_seq != rec.recv_seq or frame.frag_seq != rec.frag_next:
+            raise RemoteProtocolError(
+                ErrorCode.ESEQ_RETRY,
+                f"expected msg_seq {rec.recv_seq} frag_seq {rec.frag_next}, got "
+                f"msg_seq {frame.msg_seq} frag_seq {frame.frag_seq}",
+                stream_id=sid,
+                retry_after_ms=0,
+            )
+        if rec.frag_next == 0:
+            rec.frag_flags = flags
+            rec.frag_ext = dict(frame.ext) if frame.ext else None
+        else:
+            if frame.ext:
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO, "ext is allowed on the first fragment only", stream_id=sid
+                )
+            if syn:
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO, "SYN is allowed on the first fragment only", stream_id=sid
+                )
+            rec.frag_flags |= flags
+        if flags & Flags.CONT:
+            if flags & Flags.FIN:
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO, "FIN is allowed on the last fragment only", stream_id=sid
+                )
+            if rec.frag_next >= 0xFFFF:
+                raise RemoteProtocolError(
+                    ErrorCode.ETOOBIG, "message has more than 65536 fragments", stream_id=sid
+                )
+        size = rec.frag_bytes + len(frame.payload)
+        if size > self.limits.max_message_size:
+            raise RemoteProtocolError(
+                ErrorCode.ETOOBIG,
+                f"message of more than {self.limits.max_message_size} bytes (max_message_size)",
+                stream_id=sid,
+            )
+        rec.frag_bytes = size
+        if frame.payload:
+            rec.frag_parts.append(frame.payload)
+        if flags & Flags.CONT:
+            rec.frag_next += 1
+            # The reassembly buffer (bounded by max_message_size) consumes fragments, so
+            # their credit goes back at once; otherwise a message larger than the window
+            # could never complete.
+            self.acknowledge(sid, cost)
+            return
+        rec.frag_cost = cost
+
+        # a whole message
+        parts = rec.frag_parts
+        payload: Payload
+        if not parts:
+            payload = b""
+        elif len(parts) == 1:
+            payload = parts[0]
+        else:
+            payload = b"".join(parts)
+        mflags = rec.frag_flags
+        ext: Mapping[str, Any] = rec.frag_ext or {}
+        msg_seq = rec.recv_seq
+        msg_cost = rec.frag_cost
+        rec.frag_parts = []
+        rec.frag_bytes = rec.frag_cost = rec.frag_next = 0
+        rec.frag_ext = None
+        rec.recv_seq = (msg_seq + 1) & U32_MAX
+        fin = bool(mflags & Flags.FIN)
+        if mflags & Flags.SYN:
+            meta = ext.get("meta")
+            events.append(
+                StreamOpened(
+                    sid,
+                    msg_seq,
+                    payload,
+                    rec.qos,
+                    frame.ttl,
+                    rec.window,
+                    meta if isinstance(meta, Mapping) else {},
+                    ext,
+                    text=rec.text,
+                    end_stream=fin,
+                )
+            )
+            # The SYN's credit is consumed by opening; return it at once.
+            self.acknowledge(sid, msg_cost)
+        else:
+            events.append(
+                MessageReceived(
+                    sid,
+                    msg_seq,
+                    payload,
+                    ext,
+                    more=bool(mflags & Flags.MORE),
+                    end_stream=fin,
+                    size=msg_cost,
+                )
+            )
+        if fin:
+            rec.apply(StreamInput.RECV_FIN)
+            self._maybe_forget(rec)
+
+    def _handle_heartbeat(self, frame: Frame, now: float, events: list[Event]) -> None:
+        if not frame.flags & Flags.HB:
+            raise RemoteProtocolError(ErrorCode.EPROTO, "DATA on stream 0 without HB")
+        if len(frame.payload) > self.limits.max_hb_payload:
+            raise RemoteProtocolError(
+                ErrorCode.ETOOBIG,
+                f"heartbeat payload over {self.limits.max_hb_payload} bytes",
+            )
+        if frame.flags & Flags.ACK:
+            if self._hb_sent_at is not None:
+                events.append(HeartbeatAcked(now - self._hb_sent_at))
+                self._hb_sent_at = None
+            return
+        self._queue(
+            Frame(FrameType.DATA, Flags.HB | Flags.ACK, 0, payload=bytes(frame.payload)),
+            self._out_text,
+        )
+
+    # -- control --------------------------------------------------------------------
+
+    def _handle_window_update(self, frame: Frame, events: list[Event]) -> None:
+        sid = frame.stream_id
+        if sid == 0:
+            raise RemoteProtocolError(ErrorCode.EPROTO, "WINDOW_UPDATE on stream 0")
+        rec = self._streams.get(sid)
+        if rec is None:
+            if sid <= self._highest_id:
+                return  # closed stream
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO, f"WINDOW_UPDATE on stream {sid}, never opened", stream_id=sid
+            )
+        if rec.closed and not rec.outbox:
+            return
+        credit = frame.ext.get("credit")
+        window = None
+        if credit is not None:
+            if isinstance(credit, bool) or not isinstance(credit, int) or credit < 0:
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO,
+                    f"credit must be a positive integer, got {credit!r}",
+                    stream_id=sid,
+                )
+            if credit == 0:
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO, "WINDOW_UPDATE with a credit increment of 0", stream_id=sid
+                )
+            if rec.send_credit + credit > MAX_WINDOW:
+                raise RemoteProtocolError(
+                    ErrorCode.EWINDOW,
+                    f"credit window would exceed 2^31-1 ({rec.send_credit} + {credit})",
+                    stream_id=sid,
+                )
+            rec.send_credit += credit
+            self._flush_outbox(rec)
+        raw_window = frame.ext.get("window")
+        if raw_window is not None:
+            window = frame.budget_window
+            if window is None or not _valid_window(raw_window):
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO,
+                    '"window" must map budget names to unsigned integers',
+                    stream_id=sid,
+                )
+            if self.role is Role.ROUTER:
+                rec.window = rec.window.merged(window)
+                over = _over_budget(rec)
+                if over is not None:
+                    raise RemoteProtocolError(over[0], over[1], stream_id=sid)
+        if credit is None and raw_window is None:
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO, "WINDOW_UPDATE carries neither credit nor window", stream_id=sid
+            )
+        events.append(WindowUpdated(sid, rec.send_credit, window))
+        self._maybe_forget(rec)
+
+    def _handle_error(self, frame: Frame, events: list[Event]) -> None:
+        err = frame.ext.get("error")
+        if not isinstance(err, Mapping) or not isinstance(err.get("code"), str):
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO,
+                'ERROR frame without an "error" map holding a "code"',
+                stream_id=frame.stream_id,
+            )
+        code = str(err["code"])
+        message = err.get("message")
+        message = message if isinstance(message, str) else ""
+        retry = err.get("retry_after_ms")
+        retry = retry if isinstance(retry, int) and not isinstance(retry, bool) else None
+        sid = frame.stream_id
+        if sid == 0:
+            if code == ErrorCode.EDRAINING:
+                self._peer_draining = True
+                events.append(GoingAway(message, retry))
+                return
+            self._closed = ConnectionClosed(code, message, by_peer=True)
+            self._streams.clear()
+            events.append(self._closed)
+            return
+        rec = self._streams.get(sid)
+        if rec is None:
+            return
+        if rec.closed:  # it was flushing its outbox: nothing more will be read
+            rec.outbox.clear()
+            rec.outbox_bytes = 0
+            self._maybe_forget(rec)
+            return
+        self._close_stream(rec, StreamInput.RECV_RST)
+        events.append(StreamReset(sid, code, message, retry, by_peer=True))
+
+    def _handle_capabilities(self, frame: Frame, events: list[Event], text: bool) -> None:
+        if frame.stream_id != 0:
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO, "CAPABILITIES on a stream", stream_id=frame.stream_id
+            )
+        caps = frame.ext.get("caps")
+        if not isinstance(caps, Mapping):
+            raise RemoteProtocolError(ErrorCode.EPROTO, 'CAPABILITIES without a "caps" map')
+        versions = caps.get("versions", [VERSION])
+        if not isinstance(versions, list) or VERSION not in versions:
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO, f"no common version: peer offers {versions!r}, we speak {VERSION}"
+            )
+        fs = caps.get("max_frame_size")
+        if _is_uint(fs) and fs >= 1024:
+            self._peer_frame_size = fs
+        win = caps.get("initial_window")
+        if _is_uint(win) and 1 <= win <= MAX_WINDOW:
+            self._peer_initial_window = win
+        ms = caps.get("max_streams")
+        if _is_uint(ms):
+            self._peer_max_streams = ms
+        first = not self._peer_sent_caps
+        self._peer_sent_caps = True
+        self.peer_caps = caps
+        events.append(CapabilitiesReceived(caps))
+        if first and self.role is Role.ROUTER:
+            self._queue(self._caps_frame(), text)
+
+    # ------------------------------------------------------------------ errors
+
+    def _stream_error(self, exc: ProtocolError, events: list[Event]) -> None:
+        sid = exc.stream_id
+        rec = self._streams.get(sid)
+        if rec is not None:
+            self._close_stream(rec, StreamInput.SEND_RST)
+            text = rec.text
+        else:
+            text = self._out_text
+        self._queue(Frame.error(sid, exc.code, exc.message, exc.retry_after_ms), text)
+        if rec is None and text:
+            self.json.forget(sid)  # a refused SYN: its alias may be used again
+        events.append(
+            StreamReset(sid, str(exc.code), exc.message, exc.retry_after_ms, by_peer=False)
+        )
+
+    def _connection_error(self, exc: ProtocolError, events: list[Event]) -> list[Event]:
+        self._queue(Frame.error(0, exc.code, exc.message, exc.retry_after_ms), self._out_text)
+        self._closed = ConnectionClosed(str(exc.code), exc.message, by_peer=False)
+        self._streams.clear()
+        events.append(self._closed)
+        return events
+
+    # ------------------------------------------------------------------ streams
+
+    def _new_stream(self, sid: int, *, text: bool) -> StreamRecord:
+        rec = StreamRecord(sid, self.role, text=text)
+        rec.recv_credit = _TEXT_PEER_WINDOW if text else self.limits.initial_window
+        peer_window = self._peer_initial_window
+        if text and not self._peer_sent_caps:
+            peer_window = _TEXT_PEER_WINDOW  # a browser that never sends WINDOW_UPDATE
+        rec.send_credit = peer_window
+        self._streams[sid] = rec
+        return rec
+
+    def _close_stream(self, rec: StreamRecord, inp: StreamInput) -> None:
+        if rec.closed:
+            return
+        rec.apply(inp)
+        if inp in (StreamInput.SEND_RST, StreamInput.RECV_RST):
+            rec.outbox.clear()
+            rec.outbox_bytes = 0
+        self._maybe_forget(rec)
+
+    def _maybe_forget(self, rec: StreamRecord) -> None:
+        """Drop a closed stream once its outbox is empty; its id stays 'closed' because
+        ids only increase (frames for it are then discarded)."""
+        if (
+            rec.state is StreamState.CLOSED
+            and not rec.outbox
+            and self._streams.pop(rec.stream_id, None) is not None
+            and rec.text
+        ):
+            self.json.forget(rec.stream_id)
+
+    def _get_sendable(self, stream_id: int) -> StreamRecord:
+        rec = self._streams.get(stream_id)
+        if self._closed is not None:
+            raise LocalProtocolError(ErrorCode.EPROTO, "the connection is closed")
+        if rec is None or not rec.can_send:
+            state = rec.state.value if rec is not None else self.stream_state(stream_id).value
+            raise StreamClosedError(
+                ErrorCode.EPROTO,
+                f"cannot send on stream {stream_id}: it is {state}",
+                stream_id=stream_id,
+            )
+        return rec
+
+    def open_stream(
+        self,
+        payload: bytes = b"",
+        *,
+        stream_id: int | None = None,
+        msg_seq: int = 1,
+        qos: QoS = QoS.UNSPECIFIED,
+        ttl: int = 0,
+        window: BudgetWindow | None = None,
+        meta: Mapping[str, Any] | None = None,
+        end_stream: bool = False,
+        text: bool = False,
+        now: float | None = None,
+    ) -> int:
+        """Open a stream with a SYN (client only). Returns its stream id.
+
+        Raises:
+            LocalProtocolError: not a client, the router is draining, the stream id does
+                not increase, or the peer's ``max_streams`` would be exceeded.
+        """
+        if self.role is not Role.CLIENT:
+            raise LocalProtocolError(ErrorCode.EPROTO, "only clients open streams")
+        if self._closed is not None:
+            raise LocalProtocolError(ErrorCode.EPROTO, "the connection is closed")
+        if self._peer_draining:
+            raise LocalProtocolError(ErrorCode.EDRAINING, "the router is draining")
+        sid = self._highest_id + 1 if stream_id is None else stream_id
+        if not self._highest_id < sid <= MAX_STREAM_ID:
+            raise LocalProtocolError(
+                ErrorCode.EPROTO, f"stream id {sid} must exceed {self._highest_id}"
+            )
+        if len(self._streams) >= self._peer_max_streams:
+            raise LocalProtocolError(
+                ErrorCode.EWINDOW, f"the peer allows {self._peer_max_streams} concurrent streams"
+            )
+        self._highest_id = sid
+        if text:
+            self.json.note_stream_id(sid)
+        rec = self._new_stream(sid, text=text)
+        rec.apply(StreamInput.SEND_SYN)
+        rec.send_seq = msg_seq
+        rec.recv_seq = (msg_seq + 1) & U32_MAX
+        rec.qos = qos
+        if window is not None:
+            rec.window = window
+        if ttl and now is not None:
+            rec.deadline = now + ttl
+        ext: dict[str, Any] = {}
+        if window is not None:
+            ext["window"] = window.to_dict()
+        if meta is not None:
+            ext["meta"] = dict(meta)
+        self._send_data(rec, payload, Flags.SYN, ext, qos=qos, ttl=ttl, fin=end_stream)
+        return sid
+
+    def send_message(
+        self,
+        stream_id: int,
+        payload: bytes | memoryview,
+        *,
+        more: bool = False,
+        end_stream: bool = False,
+        ext: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Queue one message (fragmented to the peer's max_frame_size as needed).
+
+        The frames leave as credit allows; watch :meth:`outbound_buffered` to stop
+        producing while the peer is not reading.
+
+        Raises:
+            StreamClosedError: the stream cannot send (closed, half-closed, unknown).
+        """
+        rec = self._get_sendable(stream_id)
+        self._send_data(
+            rec, payload, Flags.MORE if more else 0, dict(ext) if ext else {}, fin=end_stream
+        )
+
+    def _send_data(
+        self,
+        rec: StreamRecord,
+        payload: bytes | memoryview,
+        flags: int,
+        ext: dict[str, Any],
+        *,
+        qos: int = 0,
+        ttl: int = 0,
+        fin: bool = False,
+    ) -> None:
+        if fin:
+            rec.apply(StreamInput.SEND_FIN)
+        elif not flags & Flags.SYN:
+            rec.apply(StreamInput.SEND_DATA)
+        ext_len = len(encode_ext(ext)) if ext else 0
+        # Fragments fit the peer's max_frame_size and a quarter of its window, so a
+        # message larger than the window still flows as credit comes back.
+        frag = min(self._peer_frame_size, max(self._peer_initial_window // 4, 1024))
+        seq = rec.send_seq
+        rec.send_seq = (seq + 1) & U32_MAX
+        total = len(payload)
+        chunks: list[bytes | memoryview]
+        if total + ext_len <= frag:
+            chunks = [payload]
+        else:
+            room = max(frag - ext_len, 1)
+            mv = memoryview(payload)
+            chunks = [mv[:room]]
+            chunks.extend(mv[i : i + frag] for i in range(room, total, frag))
+        last = len(chunks) - 1
+        for i, chunk in enumerate(chunks):
+            f = flags if i == 0 else flags & ~Flags.SYN
+            if i < last:
+                f = (f | Flags.CONT) & ~Flags.FIN
+            elif fin:
+                f |= Flags.FIN
+            frame = Frame(
+                FrameType.DATA,
+                f,
+                rec.stream_id,
+                seq,
+                i,
+                qos if i == 0 else 0,
+                ttl if i == 0 else 0,
+                ext if i == 0 and ext else None,
+                chunk,
+            )
+            cost = HEADER_SIZE + len(chunk) + (ext_len if i == 0 else 0)
+            rec.outbox.append((frame, cost))
+            rec.outbox_bytes += cost
+        self._flush_outbox(rec)
+
+    def _flush_outbox(self, rec: StreamRecord) -> None:
+        box = rec.outbox
+        while box and box[0][1] <= rec.send_credit:
+            frame, cost = box.popleft()
+            rec.send_credit -= cost
+            rec.outbox_bytes -= cost
+            self._queue(frame, rec.text)
+        if not box:
+            self._maybe_forget(rec)
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        """The application consumed ``size`` bytes of the stream's input.
+
+        Credit is returned with WINDOW_UPDATE once half the initial window is consumed.
+        """
+        rec = self._streams.get(stream_id)
+        if rec is None or rec.closed or size <= 0 or (rec.text and not self._peer_sent_caps):
+            return
+        rec.recv_unacked += size
+        if rec.recv_unacked >= self.limits.initial_window // 2 and rec.can_receive:
+            credit = rec.recv_unacked
+            rec.recv_unacked = 0
+            rec.recv_credit += credit
+            self._queue(Frame.window_update(stream_id, credit=credit), rec.text)
+
+    def update_window(self, stream_id: int, window: BudgetWindow) -> None:
+        """Change the stream's budget window mid-flight (client), via WINDOW_UPDATE."""
+        rec = self._get_open(stream_id)
+        rec.window = rec.window.merged(window)
+        self._queue(Frame.window_update(stream_id, window=window), rec.text)
+
+    def send_budget_update(self, stream_id: int, usage: Mapping[str, Any]) -> None:
+        """Report usage so far to the client (router), via BUDGET_UPDATE."""
+        rec = self._get_open(stream_id)
+        self._queue(
+            Frame(FrameType.BUDGET_UPDATE, 0, stream_id, ext={"usage": dict(usage)}), rec.text
+        )
+
+    def _get_open(self, stream_id: int) -> StreamRecord:
+        rec = self._streams.get(stream_id)
+        if self._closed is not None or rec is None or rec.closed:
+            raise StreamClosedError(
+                ErrorCode.EPROTO, f"stream {stream_id} is not open", stream_id=stream_id
+            )
+        return rec
+
+    def send_error(
+        self,
+        stream_id: int,
+        code: ErrorCode | str,
+        message: str,
+        retry_after_ms: int | None = None,
+    ) -> None:
+        """End a stream with an ERROR frame (no-op when it is already closed)."""
+        rec = self._streams.get(stream_id)
+        if self._closed is not None or rec is None or rec.closed:
+            return
+        self._close_stream(rec, StreamInput.SEND_RST)
+        self._queue(Frame.error(stream_id, code, message, retry_after_ms), rec.text)
+
+    def reset_stream(self, stream_id: int) -> None:
+        """Abandon a stream (RST, no error detail): a client's cancel."""
+        rec = self._streams.get(stream_id)
+        if self._closed is not None or rec is None or rec.closed:
+            return
+        self._close_stream(rec, StreamInput.SEND_RST)
+        self._queue(Frame(FrameType.DATA, Flags.RST, stream_id, rec.send_seq), rec.text)
+
+    # ------------------------------------------------------------------ budget
+
+    def charge(self, stream_id: int, *, tokens: int = 0, usd_micros: int = 0) -> None:
+        """Charge usage to the stream's budget window (ATP-BUDGET).
+
+        Raises:
+            BudgetExceeded: EBUDGET when the tokens or money would pass the window; the
+                usage is still recorded (it was spent). The caller ends the stream.
+        """
+        rec = self._streams.get(stream_id)
+        if rec is None:
+            return
+        rec.usage.tokens += tokens
+        rec.usage.usd_micros += usd_micros
+        over = _over_budget(rec)
+        if over is not None:
+            raise BudgetExceeded(over[0], over[1], stream_id=stream_id)
+
+    def acquire_parallel(self, stream_id: int) -> None:
+        """Count one more adapter call in flight for the stream.
+
+        Raises:
+            BudgetExceeded: EWINDOW when max_parallel calls are already in flight.
+        """
+        rec = self._streams.get(stream_id)
+        if rec is None:
+            raise StreamClosedError(ErrorCode.EPROTO, "stream is closed", stream_id=stream_id)
+        limit = rec.window.max_parallel
+        if limit is not None and rec.usage.parallel >= limit:
+            raise BudgetExceeded(
+                ErrorCode.EWINDOW,
+                f"max_parallel {limit} adapter calls already in flight",
+                stream_id=stream_id,
+            )
+        rec.usage.parallel += 1
+
+    def release_parallel(self, stream_id: int) -> None:
+        rec = self._streams.get(stream_id)
+        if rec is not None and rec.usage.parallel > 0:
+            rec.usage.parallel -= 1
+
+    def usage(self, stream_id: int) -> dict[str, int]:
+        rec = self._streams.get(stream_id)
+        if rec is None:
+            return {"tokens": 0, "usd_micros": 0, "parallel": 0}
+        u = rec.usage
+        return {"tokens": u.tokens, "usd_micros": u.usd_micros, "parallel": u.parallel}
+
+    # ------------------------------------------------------------------ session
+
+    def _caps_frame(self) -> Frame:
+        lim = self.limits
+        caps = {
+            "versions": [VERSION],
+            "max_frame_size": lim.max_frame_size,
+            "max_message_size": lim.max_message_size,
+            "initial_window": lim.initial_window,
+            "max_streams": lim.max_streams,
+            "heartbeat_ms": lim.heartbeat_ms,
+            "idle_timeout_ms": lim.idle_timeout_ms,
+            "features": list(_FEATURES),
+        }
+        return Frame(FrameType.CAPABILITIES, 0, 0, ext={"caps": caps})
+
+    def send_capabilities(self, *, text: bool = False) -> None:
+        """Send our CAPABILITIES (clients: as the first frame; the router answers)."""
+        self._queue(self._caps_frame(), text)
+
+    def send_heartbeat(self, now: float, payload: bytes = b"") -> None:
+        if self._closed is None:
+            self._hb_sent_at = now
+            self._queue(Frame(FrameType.DATA, Flags.HB, 0, payload=payload), self._out_text)
+
+    def start_drain(
+        self, message: str = "the router is shutting down", retry_after_ms: int = 1000
+    ) -> None:
+        """Stop accepting streams (router): new SYNs get EDRAINING; open ones go on."""
+        if self._draining or self._closed is not None:
+            return
+        self._draining = True
+        self._queue(Frame.error(0, ErrorCode.EDRAINING, message, retry_after_ms), self._out_text)
+
+    def close(self, code: ErrorCode | str = ErrorCode.EDRAINING, message: str = "closing") -> None:
+        """Close the connection with a connection-level ERROR frame."""
+        if self._closed is not None:
+            return
+        self._queue(Frame.error(0, code, message), self._out_text)
+        self._closed = ConnectionClosed(str(code), message, by_peer=False)
+        self._streams.clear()
+
+    # ------------------------------------------------------------------ time
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must next be called (None: nothing pending)."""
+        if self._closed is not None:
+            return None
+        candidates: list[float] = []
+        if self.limits.idle_timeout_ms and not self._streams:
+            candidates.append(self._last_recv + self.limits.idle_timeout_ms / 1000)
+        if self._heartbeat is not None:
+            candidates.append(self._last_send + self._heartbeat)
+        candidates.extend(
+            rec.deadline
+            for rec in self._streams.values()
+            if rec.deadline is not None and not rec.closed
+        )
+        return min(candidates) if candidates else None
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """Fire what is due at ``now``: stream TTLs, heartbeats, the idle timeout."""
+        events: list[Event] = []
+        if self._closed is not None:
+            return events
+        for rec in [r for r in self._streams.values() if r.deadline is not None]:
+            if rec.deadline is not None and now >= rec.deadline and not rec.closed:
+                msg = "the stream's ttl passed"
+                self.send_error(rec.stream_id, ErrorCode.ETIMEOUT, msg)
+                events.append(StreamReset(rec.stream_id, ErrorCode.ETIMEOUT, msg, by_peer=False))
+        if (
+            self.limits.idle_timeout_ms
+            and not self._streams
+            and now - self._last_recv >= self.limits.idle_timeout_ms / 1000
+        ):
+            self._connection_error(
+                RemoteProtocolError(
+                    ErrorCode.ETIMEOUT,
+                    f"idle for {self.limits.idle_timeout_ms} ms with no open stream",
+                ),
+                events,
+            )
+            return events
+        if self._heartbeat is not None and now - self._last_send >= self._heartbeat:
+            self.send_heartbeat(now)
+        return events
+
+    # ------------------------------------------------------------------ output
+
+    def _queue(self, frame: Frame, text: bool) -> None:
+        # Encoded now, so a text reply carries the alias the stream had when it was sent.
+        data = self.json.encode(frame) if text else encode_frame(frame)
+        self._out.append(data)
+        self._out_bytes += len(data)
+
+    def has_data_to_send(self) -> bool:
+        return bool(self._out)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Size of what :meth:`data_to_send` would return now (text counted in chars)."""
+        return self._out_bytes
+
+    def data_to_send(self, now: float | None = None) -> list[bytes | str]:
+        """Everything queued: consecutive binary frames coalesced into one ``bytes``
+        (one WebSocket message / one write), each text frame one ``str``.
+
+        Pass ``now`` so that the heartbeat timer knows when we last sent.
+        """
+        if not self._out:
+            return []
+        if now is not None:
+            self._last_send = now
+        out: list[bytes | str] = []
+        binary: list[bytes] = []
+        for item in self._out:
+            if isinstance(item, str):
+                if binary:
+                    out.append(b"".join(binary))
+                    binary = []
+                out.append(item)
+            else:
+                binary.append(item)
+        if binary:
+            out.append(b"".join(binary) if len(binary) > 1 else binary[0])
+        self._out.clear()
+        self._out_bytes = 0
+        return out
+
+
+def _is_uint(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _valid_window(raw: object) -> bool:
+    if not isinstance(raw, Mapping):
+        return False
+    return all(
+        _is_uint(raw[k]) for k in ("max_parallel", "max_tokens", "max_usd_micros") if k in raw
+    )
+
+
+def _over_budget(rec: StreamRecord) -> tuple[ErrorCode, str] | None:
+    w, u = rec.window, rec.usage
+    if w.max_tokens is not None and u.tokens > w.max_tokens:
+        return ErrorCode.EBUDGET, f"{u.tokens} tokens used, budget window allows {w.max_tokens}"
+    if w.max_usd_micros is not None and u.usd_micros > w.max_usd_micros:
+        return (
+            ErrorCode.EBUDGET,
+            f"{u.usd_micros} usd_micros spent, budget window allows {w.max_usd_micros}",
+        )
+    return None
+
+
+def _text_cost(frame: Frame) -> int:
+    """Credit cost of a text frame: its binary-equivalent length (ATP-FLOW)."""
+    if frame.type != FrameType.DATA:
+        return 0
+    ext_len = len(cbor2.dumps(dict(frame.ext))) if frame.ext else 0
+    return HEADER_SIZE + ext_len + len(frame.payload)

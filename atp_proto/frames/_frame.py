@@ -1,0 +1,246 @@
+"""The frame model: one immutable value for every frame, whichever its encoding."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import cbor2
+
+from ._errors import LocalProtocolError
+from ._types import (
+    MAX_STREAM_ID,
+    U16_MAX,
+    U32_MAX,
+    VERSION,
+    BudgetWindow,
+    ErrorCode,
+    Flags,
+    FrameType,
+    QoS,
+)
+
+#: Payload bytes as held by a frame: ``bytes`` when built locally, a read-only
+#: ``memoryview`` into the receive buffer when decoded (no copy).
+Payload = bytes | memoryview
+
+_EMPTY_EXT: Mapping[str, Any] = {}
+
+
+class _FrameFields(NamedTuple):
+    type: int
+    flags: int
+    stream_id: int
+    msg_seq: int
+    frag_seq: int
+    qos: int
+    ttl: int
+    ext: Mapping[str, Any]
+    payload: Payload
+    version: int
+
+
+class Frame(_FrameFields):
+    """One ATP frame (spec §"Frame layout").
+
+    ``ext`` holds the extension map (``window``, ``meta``, ``telemetry``, ``credit``,
+    ``error``, ``usage``, ``caps`` and unknown keys, which are kept). ``payload`` is opaque
+    bytes, by convention a CBOR-encoded object; :meth:`payload_obj` decodes it.
+
+    Frames are immutable. Building one validates every header field's range; the
+    decoder bypasses that check because a decoded header is in range by construction.
+    Unknown frame types and flag bits are representable (extension rules) and kept as
+    plain ints.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        type: int = FrameType.DATA,
+        flags: int = 0,
+        stream_id: int = 0,
+        msg_seq: int = 0,
+        frag_seq: int = 0,
+        qos: int = QoS.UNSPECIFIED,
+        ttl: int = 0,
+        ext: Mapping[str, Any] | None = None,
+        payload: Payload = b"",
+        version: int = VERSION,
+    ) -> Frame:
+        _check_range("type", type, 0xFF)
+        _check_range("flags", flags, 0xFF)
+        _check_range("stream_id", stream_id, MAX_STREAM_ID)
+        _check_range("msg_seq", msg_seq, U32_MAX)
+        _check_range("frag_seq", frag_seq, U16_MAX)
+        _check_range("qos", qos, 0xFF)
+        _check_range("ttl", ttl, U16_MAX)
+        _check_range("version", version, 0xFF)
+        if not isinstance(payload, bytes | memoryview):
+            raise LocalProtocolError(
+                ErrorCode.EPROTO,
+                f"payload must be bytes or memoryview, not {type_name(payload)}",
+            )
+        return tuple.__new__(
+            cls,
+            (
+                _known(FrameType, type),
+                _flags(flags),
+                stream_id,
+                msg_seq,
+                frag_seq,
+                _known(QoS, qos),
+                ttl,
+                _EMPTY_EXT if ext is None else ext,
+                payload,
+                version,
+            ),
+        )
+
+    # -- convenience constructors -------------------------------------------------
+
+    @classmethod
+    def data(
+        cls,
+        stream_id: int,
+        msg_seq: int,
+        payload: Any = None,
+        *,
+        flags: int = 0,
+        frag_seq: int = 0,
+        qos: int = QoS.UNSPECIFIED,
+        ttl: int = 0,
+        ext: Mapping[str, Any] | None = None,
+        raw: Payload | None = None,
+    ) -> Frame:
+        """A DATA frame. ``payload`` is CBOR-encoded; pass ``raw`` to send bytes as they are."""
+        body = raw if raw is not None else (b"" if payload is None else cbor2.dumps(payload))
+        return cls(FrameType.DATA, flags, stream_id, msg_seq, frag_seq, qos, ttl, ext, body)
+
+    @classmethod
+    def error(
+        cls,
+        stream_id: int,
+        code: ErrorCode | str,
+        message: str,
+        retry_after_ms: int | None = None,
+    ) -> Frame:
+        """An ERROR frame. On a stream it carries RST: it ends that stream."""
+        err: dict[str, Any] = {"code": str(code), "message": message}
+        if retry_after_ms is not None:
+            err["retry_after_ms"] = retry_after_ms
+        flags = Flags.RST if stream_id else 0
+        return cls(FrameType.ERROR, flags, stream_id, ext={"error": err})
+
+    @classmethod
+    def window_update(
+        cls,
+        stream_id: int,
+        credit: int | None = None,
+        window: BudgetWindow | None = None,
+    ) -> Frame:
+        """A WINDOW_UPDATE frame granting ``credit`` bytes and/or changing the budget window."""
+        ext: dict[str, Any] = {}
+        if credit is not None:
+            ext["credit"] = credit
+        if window is not None:
+            ext["window"] = window.to_dict()
+        return cls(FrameType.WINDOW_UPDATE, 0, stream_id, ext=ext)
+
+    # -- typed views of ext and payload --------------------------------------------
+
+    @property
+    def flag_set(self) -> Flags:
+        return Flags(self.flags & 0x7F)
+
+    def has(self, flag: Flags) -> bool:
+        return bool(self.flags & flag)
+
+    @property
+    def length(self) -> int:
+        """Encoded length if ext were empty; see :func:`encoded_length` for the exact value."""
+        return 24 + len(self.payload)
+
+    def payload_obj(self) -> Any:
+        """The payload decoded from CBOR (None when empty).
+
+        Raises:
+            FrameDecodeError: the payload is not valid CBOR.
+        """
+        from ._codec import decode_payload
+
+        return decode_payload(self.payload, self.stream_id)
+
+    @property
+    def budget_window(self) -> BudgetWindow | None:
+        w = self.ext.get("window")
+        if not isinstance(w, Mapping):
+            return None
+        return BudgetWindow(
+            _opt_uint(w.get("max_parallel")),
+            _opt_uint(w.get("max_tokens")),
+            _opt_uint(w.get("max_usd_micros")),
+        )
+
+    @property
+    def error_code(self) -> str | None:
+        err = self.ext.get("error")
+        if isinstance(err, Mapping) and isinstance(err.get("code"), str):
+            return str(err["code"])
+        return None
+
+    def replace(self, **changes: Any) -> Frame:
+        """A copy with some fields changed (validated like the constructor)."""
+        fields = self._asdict()
+        fields.update(changes)
+        return Frame(**fields)
+
+    def __repr__(self) -> str:
+        t = _name(FrameType, self.type)
+        fl = "|".join(f.name or "" for f in Flags if self.flags & f) or "0"
+        parts = [t, f"stream={self.stream_id}", f"flags={fl}", f"msg_seq={self.msg_seq}"]
+        if self.frag_seq:
+            parts.append(f"frag_seq={self.frag_seq}")
+        if self.qos:
+            parts.append(f"qos={_name(QoS, self.qos).lower()}")
+        if self.ttl:
+            parts.append(f"ttl={self.ttl}")
+        if self.ext:
+            parts.append(f"ext={dict(self.ext)!r}")
+        parts.append(f"payload={len(self.payload)}B")
+        return f"Frame({', '.join(parts)})"
+
+
+def type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def _check_range(name: str, value: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= hi:
+        raise LocalProtocolError(
+            ErrorCode.EPROTO, f"{name} must be an int in 0..{hi}, got {value!r}"
+        )
+
+
+def _known(enum_cls: type[FrameType] | type[QoS], value: int) -> int:
+    try:
+        return enum_cls(value)
+    except ValueError:
+        return value
+
+
+def _flags(value: int) -> int:
+    return Flags(value) if not value & 0x80 else value
+
+
+def _name(enum_cls: type[FrameType] | type[QoS], value: int) -> str:
+    try:
+        return enum_cls(value).name
+    except ValueError:
+        return f"0x{value:02x}"
+
+
+def _opt_uint(v: object) -> int | None:
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return v
+    return None

@@ -1,0 +1,293 @@
+"""The JSON text mapping (spec §"JSON text mapping").
+
+A WebSocket text message holds one frame as a JSON object in the shape of the seed's
+SYN / PARTIAL / FINAL examples. Header fields are top-level keys, ``payload`` is any JSON
+value (CBOR bytes in the binary encoding), and every other key is an ext entry.
+
+String stream ids are *aliases*: per connection, :class:`JsonMapping` maps each alias to
+a numeric stream id and back, so replies carry the alias the client used. A SYN naming an
+alias whose stream has closed opens a new stream under it (a browser may reuse "st1").
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, Final
+
+import cbor2
+
+from ._codec import _check_value, decode_payload
+from ._errors import FrameDecodeError
+from ._frame import Frame
+from ._types import (
+    DEFAULT_LIMITS,
+    FLAG_ORDER,
+    MAX_STREAM_ID,
+    U16_MAX,
+    U32_MAX,
+    VERSION,
+    ErrorCode,
+    Flags,
+    FrameType,
+    Limits,
+    QoS,
+)
+
+HEADER_KEYS: Final = frozenset(
+    {"v", "type", "session_id", "stream_id", "msg_seq", "frag_seq", "flags", "qos", "ttl"}
+)
+_PAYLOAD_KEYS: Final = frozenset({"payload", "payload_b64"})
+_FLAG_BY_NAME: Final = {f.name: f for f in FLAG_ORDER}
+_QOS_BY_NAME: Final = {q.label: q for q in QoS if q is not QoS.UNSPECIFIED}
+_TYPE_BY_NAME: Final = {t.name: t for t in FrameType}
+_LEADING_EXT: Final = ("window", "meta")  # placed before payload, as in the seed SYN
+_RETIRED_ALIASES: Final = 1024
+
+
+def _uint(obj: Mapping[str, Any], key: str, hi: int, default: int, sid: int) -> int:
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
+        raise FrameDecodeError(
+            ErrorCode.EPROTO, f'"{key}" must be an integer in 0..{hi}, got {value!r}', stream_id=sid
+        )
+    return value
+
+
+class JsonMapping:
+    """Per-connection JSON ↔ frame mapping, holding the stream-id alias table.
+
+    Memory is bounded: live aliases are bounded by the connection's stream limit (the
+    caller calls :meth:`forget` when a stream closes), retired ones by an LRU of 1024.
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self.session_id: str | None = None
+        self._by_alias: dict[str, int] = {}
+        self._by_id: dict[int, str] = {}
+        self._retired: OrderedDict[str, int] = OrderedDict()
+        self._next_id = 1
+
+    # -- aliases --------------------------------------------------------------------
+
+    def note_stream_id(self, stream_id: int) -> None:
+        """Record a numeric id used directly, so aliases never collide with it."""
+        if stream_id >= self._next_id:
+            self._next_id = stream_id + 1
+
+    def _resolve(self, raw: object, syn: bool) -> int:
+        if raw is None:
+            return 0
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            if not 0 <= raw <= MAX_STREAM_ID:
+                raise FrameDecodeError(
+                    ErrorCode.EPROTO, f"stream_id {raw} out of range 0..{MAX_STREAM_ID}"
+                )
+            self.note_stream_id(raw)
+            return raw
+        if not isinstance(raw, str) or not raw or len(raw) > self.limits.max_alias_len:
+            raise FrameDecodeError(
+                ErrorCode.EPROTO,
+                f"stream_id must be an integer or a non-empty string of at most "
+                f"{self.limits.max_alias_len} characters",
+            )
+        sid = self._by_alias.get(raw)
+        if sid is not None and not (syn and self._is_retired(sid)):
+            return sid
+        if not syn:
+            retired = self._retired.get(raw)
+            if retired is not None:
+                return retired
+        # A new stream (or a frame on an unknown alias, which the connection rejects).
+        if self._next_id > MAX_STREAM_ID:
+            raise FrameDecodeError(ErrorCode.EPROTO, "stream ids exhausted on this connection")
+        sid = self._next_id
+        self._next_id += 1
+        old = self._by_alias.get(raw)
+        if old is not None:
+            self._by_id.pop(old, None)
+        self._by_alias[raw] = sid
+        self._by_id[sid] = raw
+        self._retired.pop(raw, None)
+        return sid
+
+    def _is_retired(self, sid: int) -> bool:
+        alias = self._by_id.get(sid)
+        return alias is not None and self._retired.get(alias) == sid
+
+    def forget(self, stream_id: int) -> None:
+        """The stream closed: its alias may be reused by a later SYN."""
+        alias = self._by_id.pop(stream_id, None)
+        if alias is None:
+            return
+        if self._by_alias.get(alias) == stream_id:
+            del self._by_alias[alias]
+        self._retired[alias] = stream_id
+        self._retired.move_to_end(alias)
+        while len(self._retired) > _RETIRED_ALIASES:
+            self._retired.popitem(last=False)
+
+    def alias_of(self, stream_id: int) -> str | int:
+        return self._by_id.get(stream_id, stream_id)
+
+    # -- decoding ---------------------------------------------------------------------
+
+    def decode(self, text: str | bytes) -> Frame | None:
+        """One JSON text message to a frame; ``None`` for an unknown frame type (ignored).
+
+        Raises:
+            FrameDecodeError: malformed JSON or fields. Stream-level when the stream is
+                known, else connection-level (stream 0).
+        """
+        if len(text) > self.limits.max_text_size:
+            raise FrameDecodeError(
+                ErrorCode.ETOOBIG,
+                f"text message of {len(text)} bytes exceeds {self.limits.max_text_size}",
+            )
+        try:
+            obj = json.loads(text)
+        except RecursionError:
+            raise FrameDecodeError(ErrorCode.EPROTO, "JSON nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FrameDecodeError(ErrorCode.EPROTO, f"not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise FrameDecodeError(ErrorCode.EPROTO, "a text frame must be a JSON object")
+        return self.from_obj(obj)
+
+    def from_obj(self, obj: Mapping[str, Any]) -> Frame | None:
+        """A decoded JSON object to a frame (see :meth:`decode`)."""
+        version = _uint(obj, "v", 0xFF, VERSION, 0)
+        if version != VERSION:
+            raise FrameDecodeError(
+                ErrorCode.EPROTO, f"unsupported version {version} (this peer speaks {VERSION})"
+            )
+        ftype_raw = obj.get("type", "DATA")
+        if isinstance(ftype_raw, str):
+            ftype: int | None = _TYPE_BY_NAME.get(ftype_raw)
+            if ftype is None:
+                return None  # unknown control type: ignored (extension rule)
+        else:
+            ftype = _uint(obj, "type", 0xFF, 0, 0)
+        flags_raw = obj.get("flags", [])
+        if not isinstance(flags_raw, list) or not all(isinstance(f, str) for f in flags_raw):
+            raise FrameDecodeError(ErrorCode.EPROTO, '"flags" must be an array of flag names')
+        flags = Flags(0)
+        for name in flags_raw:
+            flags |= _FLAG_BY_NAME.get(name, Flags(0))  # unknown flag names are ignored
+        sid = self._resolve(obj.get("stream_id"), bool(flags & Flags.SYN))
+        session_id = obj.get("session_id")
+        if session_id is not None:
+            if not isinstance(session_id, str) or len(session_id) > self.limits.max_alias_len:
+                raise FrameDecodeError(
+                    ErrorCode.EPROTO, '"session_id" must be a short string', stream_id=sid
+                )
+            if self.session_id is None:
+                self.session_id = session_id
+        qos_raw = obj.get("qos")
+        if qos_raw is None:
+            qos = QoS.UNSPECIFIED
+        else:
+            q = _QOS_BY_NAME.get(qos_raw) if isinstance(qos_raw, str) else None
+            if q is None:
+                raise FrameDecodeError(
+                    ErrorCode.EPROTO,
+                    f'"qos" must be "gold", "silver" or "bronze", got {qos_raw!r}',
+                    stream_id=sid,
+                )
+            qos = q
+        msg_seq = _uint(obj, "msg_seq", U32_MAX, 0, sid)
+        frag_seq = _uint(obj, "frag_seq", U16_MAX, 0, sid)
+        ttl = _uint(obj, "ttl", U16_MAX, 0, sid)
+        if "payload" in obj and "payload_b64" in obj:
+            raise FrameDecodeError(
+                ErrorCode.EPROTO, 'a frame has "payload" or "payload_b64", not both', stream_id=sid
+            )
+        if "payload_b64" in obj:
+            b64 = obj["payload_b64"]
+            try:
+                if not isinstance(b64, str):
+                    raise ValueError("not a string")
+                payload = base64.b64decode(b64, validate=True)
+            except (ValueError, binascii.Error) as exc:
+                raise FrameDecodeError(
+                    ErrorCode.EPROTO, f'"payload_b64" is not base64: {exc}', stream_id=sid
+                ) from None
+        elif obj.get("payload") is not None:
+            payload = cbor2.dumps(obj["payload"])
+        else:
+            payload = b""
+        ext = {k: v for k, v in obj.items() if k not in HEADER_KEYS and k not in _PAYLOAD_KEYS}
+        if ext:
+            try:
+                _check_value(ext, 1, self.limits.max_depth)
+            except ValueError as exc:
+                raise FrameDecodeError(ErrorCode.EPROTO, f"bad ext: {exc}", stream_id=sid) from None
+        return Frame(ftype, flags, sid, msg_seq, frag_seq, qos, ttl, ext or None, payload, version)
+
+    # -- encoding ---------------------------------------------------------------------
+
+    def to_obj(self, frame: Frame) -> dict[str, Any]:
+        """A frame as a JSON-ready dict, in the key order of the seed examples."""
+        out: dict[str, Any] = {"v": frame.version}
+        if self.session_id is not None:
+            out["session_id"] = self.session_id
+        out["stream_id"] = self.alias_of(frame.stream_id)
+        out["msg_seq"] = frame.msg_seq
+        out["frag_seq"] = frame.frag_seq
+        out["flags"] = [f.name for f in FLAG_ORDER if frame.flags & f]
+        if frame.qos:
+            try:
+                out["qos"] = QoS(frame.qos).label
+            except ValueError:
+                out["qos"] = frame.qos
+        if frame.ttl:
+            out["ttl"] = frame.ttl
+        if frame.type != FrameType.DATA:
+            try:
+                out["type"] = FrameType(frame.type).name
+            except ValueError:
+                out["type"] = frame.type
+        ext = frame.ext
+        for key in _LEADING_EXT:
+            if key in ext:
+                out[key] = ext[key]
+        if frame.payload:
+            try:
+                out["payload"] = decode_payload(frame.payload, frame.stream_id)
+                json.dumps(out["payload"])
+            except (FrameDecodeError, TypeError, ValueError):
+                out.pop("payload", None)
+                out["payload_b64"] = base64.b64encode(frame.payload).decode("ascii")
+        for key, value in ext.items():
+            if key not in _LEADING_EXT:
+                out[key] = _jsonable(value)
+        return out
+
+    def encode(self, frame: Frame) -> str:
+        """A frame as one JSON text message (compact)."""
+        return json.dumps(self.to_obj(frame), separators=(",", ":"), ensure_ascii=False)
+
+
+def _jsonable(value: Any) -> Any:
+    """ext values may hold CBOR byte strings; JSON carries them as base64 text."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def frame_from_json(text: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Frame | None:
+    """Decode one JSON frame with a fresh alias table (tools, tests)."""
+    return JsonMapping(limits).decode(text)
+
+
+def frame_to_json(frame: Frame, *, indent: int | None = None) -> str:
+    """Encode one frame as JSON with numeric stream ids (tools, tests)."""
+    return json.dumps(JsonMapping().to_obj(frame), indent=indent, ensure_ascii=False)

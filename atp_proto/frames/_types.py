@@ -1,0 +1,181 @@
+"""Enumerations and small value types of the ATP v1 wire format (spec/atp-v1.md)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+VERSION = 1
+
+
+class FrameType(enum.IntEnum):
+    """Frame types (spec §"Frame types"). Unknown values are ignored on receipt (ATP-EXT)."""
+
+    DATA = 0x00
+    WINDOW_UPDATE = 0x01
+    CAPABILITIES = 0x02
+    BUDGET_UPDATE = 0x03
+    ERROR = 0x04
+
+
+class Flags(enum.IntFlag):
+    """Header flags. Reserved bits are sent as 0 and ignored on receipt."""
+
+    SYN = 0x01
+    ACK = 0x02
+    MORE = 0x04
+    FIN = 0x08
+    RST = 0x10
+    HB = 0x20
+    CONT = 0x40
+
+
+KNOWN_FLAGS = Flags(0x7F)
+
+#: Wire order used when listing flag names (JSON "flags" array).
+FLAG_ORDER: tuple[Flags, ...] = (
+    Flags.SYN,
+    Flags.ACK,
+    Flags.MORE,
+    Flags.FIN,
+    Flags.RST,
+    Flags.HB,
+    Flags.CONT,
+)
+
+
+class QoS(enum.IntEnum):
+    """QoS lane carried in the header. UNSPECIFIED inherits the stream's lane."""
+
+    UNSPECIFIED = 0
+    GOLD = 1
+    SILVER = 2
+    BRONZE = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class ErrorCode(enum.StrEnum):
+    """Error codes carried in ERROR frames (spec §"Errors")."""
+
+    EPROTO = "EPROTO"
+    ESEQ_RETRY = "ESEQ_RETRY"
+    EWINDOW = "EWINDOW"
+    EBUDGET = "EBUDGET"
+    ETIMEOUT = "ETIMEOUT"
+    EAGENTDOWN = "EAGENTDOWN"
+    ESEC = "ESEC"
+    ECONSENSUS = "ECONSENSUS"
+    EPREEMPT = "EPREEMPT"
+    EDRAINING = "EDRAINING"
+    EWINDOW_AGENT = "EWINDOW_AGENT"
+    ETOOBIG = "ETOOBIG"
+    EINTERNAL = "EINTERNAL"
+
+
+#: WebSocket close code used when a connection-level error of this code closes the session.
+WS_CLOSE_CODES: dict[ErrorCode, int] = {
+    ErrorCode.EPROTO: 1002,
+    ErrorCode.ESEC: 1008,
+    ErrorCode.ETOOBIG: 1009,
+    ErrorCode.EINTERNAL: 1011,
+    ErrorCode.EDRAINING: 1001,
+}
+
+
+def ws_close_code(code: ErrorCode | str) -> int:
+    """WebSocket close code for a connection-level error (ATP-WS close code table)."""
+    try:
+        ec = ErrorCode(code)
+    except ValueError:
+        return 1002
+    if ec in WS_CLOSE_CODES:
+        return WS_CLOSE_CODES[ec]
+    return 4000 + list(ErrorCode).index(ec)
+
+
+def quic_error_code(code: ErrorCode | str) -> int:
+    """QUIC application error code for a connection-level error: 0x100 + registry index."""
+    try:
+        return 0x100 + list(ErrorCode).index(ErrorCode(code))
+    except ValueError:
+        return 0x100
+
+
+U16_MAX = 0xFFFF
+U32_MAX = 0xFFFF_FFFF
+MAX_STREAM_ID = 0x7FFF_FFFF
+MAX_WINDOW = 0x7FFF_FFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Every size and count a peer controls, with the spec's defaults (spec §"Limits")."""
+
+    max_frame_size: int = 1 << 20  #: ext + payload of one frame
+    max_ext_size: int = 64 << 10
+    max_message_size: int = 4 << 20  #: reassembled payload of one message
+    max_streams: int = 100  #: concurrent streams per connection
+    max_depth: int = 16  #: nesting depth of ext / JSON values
+    initial_window: int = 256 << 10  #: credit in bytes granted to the peer per stream
+    max_text_size: int = 1 << 20  #: one JSON text message
+    max_hb_payload: int = 64
+    max_alias_len: int = 128  #: JSON string stream id
+    heartbeat_ms: int = 15_000
+    idle_timeout_ms: int = 60_000
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"limit {name} must be a non-negative int, got {value!r}")
+        if not 1 <= self.initial_window <= MAX_WINDOW:
+            raise ValueError("initial_window must be in 1..2^31-1")
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetWindow:
+    """A stream's budget window (SYN "window"). None means unlimited."""
+
+    max_parallel: int | None = None
+    max_tokens: int | None = None
+    max_usd_micros: int | None = None
+
+    def merged(self, update: BudgetWindow) -> BudgetWindow:
+        """This window with the fields named in ``update`` replaced (WINDOW_UPDATE "window")."""
+        return BudgetWindow(
+            self.max_parallel if update.max_parallel is None else update.max_parallel,
+            self.max_tokens if update.max_tokens is None else update.max_tokens,
+            self.max_usd_micros if update.max_usd_micros is None else update.max_usd_micros,
+        )
+
+    def clamp(self, other: BudgetWindow) -> BudgetWindow:
+        """Field-wise minimum of two windows (effective window = min of client, tenant, adapter)."""
+
+        def lo(a: int | None, b: int | None) -> int | None:
+            if a is None:
+                return b
+            if b is None:
+                return a
+            return min(a, b)
+
+        return BudgetWindow(
+            lo(self.max_parallel, other.max_parallel),
+            lo(self.max_tokens, other.max_tokens),
+            lo(self.max_usd_micros, other.max_usd_micros),
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        if self.max_parallel is not None:
+            out["max_parallel"] = self.max_parallel
+        if self.max_tokens is not None:
+            out["max_tokens"] = self.max_tokens
+        if self.max_usd_micros is not None:
+            out["max_usd_micros"] = self.max_usd_micros
+        return out

@@ -1,0 +1,162 @@
+"""Admission: a global concurrency limit that adapts (AIMD), with QoS lanes.
+
+When the router is at its limit, waiting streams are admitted by weighted fair queuing
+across lanes (gold 6 : silver 3 : bronze 1, by virtual finish time), and under pressure
+bronze is shed first with EPREEMPT and a ``retry_after_ms`` hint.
+
+The limit moves like TCP's window (Netflix concurrency-limits' AIMD): +1/limit for each
+call that finishes under the latency target, ×0.9 on an error or a latency spike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from atp_proto.frames import QoS
+
+LANES = (QoS.GOLD, QoS.SILVER, QoS.BRONZE)
+WEIGHTS = {QoS.GOLD: 6.0, QoS.SILVER: 3.0, QoS.BRONZE: 1.0}
+
+
+class Shed(Exception):
+    """The stream was shed (EPREEMPT): retry after ``retry_after_ms``."""
+
+    def __init__(self, lane: QoS, retry_after_ms: int, reason: str) -> None:
+        super().__init__(reason)
+        self.lane = lane
+        self.retry_after_ms = retry_after_ms
+        self.reason = reason
+
+
+@dataclass
+class _Waiter:
+    lane: QoS
+    finish: float
+    event: trio.Event = field(default_factory=trio.Event)
+    shed: Shed | None = None
+    admitted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionConfig:
+    initial_limit: int = 64
+    min_limit: int = 4
+    max_limit: int = 1024
+    latency_target_s: float = 2.0
+    max_queue: int = 256  #: waiting streams, all lanes
+    bronze_queue_share: float = 0.25  #: bronze is shed once it holds this share of max_queue
+
+
+class Admission:
+    """Global admission controller. One per router."""
+
+    def __init__(
+        self,
+        config: AdmissionConfig | None = None,
+        on_change: Callable[[Admission], None] | None = None,
+    ) -> None:
+        self.config = config or AdmissionConfig()
+        self.limit = float(self.config.initial_limit)
+        self.in_flight = 0
+        self._queues: dict[QoS, deque[_Waiter]] = {lane: deque() for lane in LANES}
+        self._vtime = 0.0
+        self._last_finish = dict.fromkeys(LANES, 0.0)
+        self._on_change = on_change
+
+    def queue_depth(self, lane: QoS) -> int:
+        return len(self._queues[lane])
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)
+
+    def _retry_hint(self) -> int:
+        return int(min(30_000, 100 + 50 * self.waiting))
+
+    async def acquire(self, lane: QoS) -> None:
+        """Wait for a slot. Raises :class:`Shed` when the stream is refused."""
+        lane = lane if lane in WEIGHTS else QoS.SILVER
+        if self.in_flight < int(self.limit) and not self.waiting:
+            self.in_flight += 1
+            self._changed()
+            return
+        cfg = self.config
+        if self.waiting >= cfg.max_queue:
+            victim = self._newest(QoS.BRONZE) if lane is not QoS.BRONZE else None
+            if victim is None:
+                raise Shed(lane, self._retry_hint(), "the router is overloaded")
+            self._shed(victim, "shed for a higher lane under load")
+        if (
+            lane is QoS.BRONZE
+            and len(self._queues[QoS.BRONZE]) >= cfg.max_queue * cfg.bronze_queue_share
+        ):
+            raise Shed(lane, self._retry_hint(), "bronze lane is full")
+        start = max(self._vtime, self._last_finish[lane])
+        waiter = _Waiter(lane, start + 1.0 / WEIGHTS[lane])
+        self._last_finish[lane] = waiter.finish
+        self._queues[lane].append(waiter)
+        self._changed()
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.admitted:
+                self.release()
+            elif waiter in self._queues[lane]:
+                self._queues[lane].remove(waiter)
+                self._changed()
+            raise
+        if waiter.shed is not None:
+            raise waiter.shed
+
+    def _newest(self, lane: QoS) -> _Waiter | None:
+        q = self._queues[lane]
+        return q[-1] if q else None
+
+    def _shed(self, waiter: _Waiter, reason: str) -> None:
+        self._queues[waiter.lane].remove(waiter)
+        waiter.shed = Shed(waiter.lane, self._retry_hint(), reason)
+        waiter.event.set()
+
+    def release(self, *, latency_s: float | None = None, error: bool = False) -> None:
+        """A call finished: free the slot, adapt the limit, admit the next waiter."""
+        self.in_flight -= 1
+        cfg = self.config
+        if error or (latency_s is not None and latency_s > 2 * cfg.latency_target_s):
+            self.limit = max(cfg.min_limit, self.limit * 0.9)
+        elif latency_s is not None and latency_s <= cfg.latency_target_s:
+            self.limit = min(cfg.max_limit, self.limit + 1.0 / max(self.limit, 1.0))
+        self._admit()
+        self._changed()
+
+    def _admit(self) -> None:
+        while self.in_flight < int(self.limit):
+            best: _Waiter | None = None
+            for lane in LANES:
+                q = self._queues[lane]
+                if q and (best is None or q[0].finish < best.finish):
+                    best = q[0]
+            if best is None:
+                return
+            self._queues[best.lane].popleft()
+            self._vtime = best.finish
+            best.admitted = True
+            self.in_flight += 1
+            best.event.set()
+
+    def shed_bronze(self, fraction: float = 1.0) -> int:
+        """Shed waiting bronze streams (operator pressure valve). Returns how many."""
+        q = self._queues[QoS.BRONZE]
+        n = math.ceil(len(q) * fraction)
+        for _ in range(n):
+            self._shed(q[-1], "bronze shed under pressure")
+        self._changed()
+        return n

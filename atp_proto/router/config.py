@@ -1,0 +1,225 @@
+"""Router configuration: defaults < TOML file < environment < command-line flags.
+
+Every problem is reported as :class:`ConfigError` with a message naming the setting and
+where it came from, so ``atp serve`` can refuse to start with a clear sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from atp_proto.frames import BudgetWindow, Limits
+
+from .admission import AdmissionConfig
+
+DEFAULT_ADAPTERS = {"echo": "builtin:echo", "persona": "builtin:persona"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_hostport(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what}: expected HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    ws_host: str = "127.0.0.1"
+    ws_port: int = 7443
+    ws_path: str = "/ws"
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = 9464  #: None: no metrics endpoint
+    adapters: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ADAPTERS))
+    auth: bool = True
+    jwt_key_file: str | None = None
+    jwt_algorithm: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    allowed_tenants: tuple[str, ...] = ()
+    max_sessions: int = 10_000
+    grace_s: float = 10.0
+    handshake_timeout_s: float = 10.0
+    estimate_timeout_s: float = 2.0
+    call_timeout_s: float = 120.0
+    min_confidence: float = 0.0
+    log_format: str = "text"
+    log_level: str = "info"
+    limits: Limits = field(default_factory=Limits)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    tenant_window: BudgetWindow = field(default_factory=BudgetWindow)
+
+    def validate(self) -> RouterConfig:
+        if not self.ws_path.startswith("/"):
+            raise ConfigError(f"ws path must start with '/', got {self.ws_path!r}")
+        if self.max_sessions < 1:
+            raise ConfigError("max_sessions must be at least 1")
+        if self.grace_s < 0 or self.call_timeout_s <= 0 or self.estimate_timeout_s <= 0:
+            raise ConfigError("timeouts must be positive")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log format must be text or json, got {self.log_format!r}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ConfigError("min_confidence must be within 0..1")
+        for name, url in self.adapters.items():
+            check_adapter_url(name, url)
+        return self
+
+
+def check_adapter_url(name: str, url: str) -> None:
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"adapter name {name!r}: use letters, digits, '-' and '_'")
+    scheme = urlsplit(url).scheme
+    if scheme not in ("builtin", "grpc", "grpcs"):
+        raise ConfigError(
+            f"adapter {name}: unsupported URL {url!r} (use builtin:echo, builtin:persona, "
+            "grpc://HOST:PORT)"
+        )
+
+
+def parse_adapter_spec(spec: str) -> tuple[str, str]:
+    """``NAME=URL`` (from --adapter)."""
+    name, sep, url = spec.partition("=")
+    if not sep or not name or not url:
+        raise ConfigError(f"--adapter expects NAME=URL, got {spec!r}")
+    return name.strip(), url.strip()
+
+
+def adapters_from_env(value: str) -> dict[str, str]:
+    """``ADAPTER_ENDPOINTS`` as in the seed: a JSON list of URLs (``http://host:7070``
+    meaning gRPC), or ``name=url,name=url``."""
+    value = value.strip()
+    out: dict[str, str] = {}
+    if value.startswith("["):
+        try:
+            urls = json.loads(value)
+        except ValueError as exc:
+            raise ConfigError(f"ADAPTER_ENDPOINTS is not a JSON list: {exc}") from None
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise ConfigError("ADAPTER_ENDPOINTS must be a JSON list of URL strings")
+        for raw in urls:
+            parts = urlsplit(raw)
+            url = raw
+            if parts.scheme in ("http", "https"):
+                url = ("grpcs" if parts.scheme == "https" else "grpc") + raw[len(parts.scheme) :]
+            name = (parts.hostname or "adapter").split(".")[0]
+            base, n = name, 2
+            while name in out:
+                name, n = f"{base}-{n}", n + 1
+            out[name] = url
+    else:
+        for item in filter(None, (s.strip() for s in value.split(","))):
+            name, url = parse_adapter_spec(item)
+            out[name] = url
+    return out
+
+
+_SECTIONS = {"limits": Limits, "admission": AdmissionConfig}
+
+
+def _typed(section: str, cls: type, data: Mapping[str, Any]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"[{section}]: unknown setting(s) {', '.join(sorted(unknown))}")
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[{section}]: {exc}") from None
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Settings from a TOML file, flattened to RouterConfig field names."""
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    out: dict[str, Any] = {}
+    router = doc.pop("router", {})
+    for key, value in router.items():
+        if key == "ws":
+            out["ws_host"], out["ws_port"] = parse_hostport(str(value), f"{path}: router.ws")
+        elif key == "metrics":
+            if value in ("", "off", False):
+                out["metrics_port"] = None
+            else:
+                out["metrics_host"], out["metrics_port"] = parse_hostport(
+                    str(value), f"{path}: router.metrics"
+                )
+        elif key == "path":
+            out["ws_path"] = value
+        else:
+            out[key] = value
+    if "adapters" in doc:
+        adapters = doc.pop("adapters")
+        if not isinstance(adapters, dict) or not all(isinstance(v, str) for v in adapters.values()):
+            raise ConfigError(f"{path}: [adapters] maps names to URL strings")
+        out["adapters"] = adapters
+    if "auth" in doc:
+        auth = doc.pop("auth")
+        mapping = {
+            "enabled": "auth",
+            "key_file": "jwt_key_file",
+            "algorithm": "jwt_algorithm",
+            "audience": "jwt_audience",
+            "issuer": "jwt_issuer",
+            "allowed_tenants": "allowed_tenants",
+        }
+        for key, value in auth.items():
+            if key not in mapping:
+                raise ConfigError(f"{path}: [auth]: unknown setting {key!r}")
+            out[mapping[key]] = tuple(value) if key == "allowed_tenants" else value
+    for section, cls in _SECTIONS.items():
+        if section in doc:
+            out[section] = _typed(section, cls, doc.pop(section))
+    if "tenant_window" in doc:
+        out["tenant_window"] = _typed("tenant_window", BudgetWindow, doc.pop("tenant_window"))
+    if doc:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(doc))}")
+    return out
+
+
+def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    env = os.environ if env is None else env
+    out: dict[str, Any] = {}
+    if env.get("ADAPTER_ENDPOINTS"):
+        out["adapters"] = adapters_from_env(env["ADAPTER_ENDPOINTS"])
+    if env.get("ATP_WS"):
+        out["ws_host"], out["ws_port"] = parse_hostport(env["ATP_WS"], "ATP_WS")
+    if env.get("ATP_METRICS"):
+        out["metrics_host"], out["metrics_port"] = parse_hostport(env["ATP_METRICS"], "ATP_METRICS")
+    if env.get("ATP_JWT_KEY_FILE"):
+        out["jwt_key_file"] = env["ATP_JWT_KEY_FILE"]
+    if env.get("ATP_LOG_FORMAT"):
+        out["log_format"] = env["ATP_LOG_FORMAT"]
+    return out
+
+
+def build_config(
+    *, file: str | None, env: Mapping[str, str] | None, flags: Mapping[str, Any]
+) -> RouterConfig:
+    """Merge the layers: defaults < file < env < flags (flags with value None are unset)."""
+    cfg = RouterConfig()
+    layers = [
+        load_file(file) if file else {},
+        from_env(env),
+        {k: v for k, v in flags.items() if v is not None},
+    ]
+    for layer in layers:
+        try:
+            cfg = replace(cfg, **layer)
+        except TypeError as exc:
+            raise ConfigError(f"unknown setting: {exc}") from None
+    return cfg.validate()

@@ -1,0 +1,350 @@
+"""The router process: WebSocket listener, sessions, metrics endpoint, graceful drain."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+import trio_websocket
+from trio_websocket import ConnectionClosed as WsClosed
+from trio_websocket import WebSocketConnection, WebSocketRequest
+
+from atp_proto.adapters import Adapter, connect
+from atp_proto.frames import ErrorCode, StreamOpened
+
+from .admission import Admission
+from .auth import ANONYMOUS, AuthConfig, Authenticator, AuthError, Principal, extract_token
+from .config import RouterConfig
+from .engine import StreamJob
+from .metrics import RouterMetrics
+from .session import Session, StreamHandle, TransportClosed
+
+log = logging.getLogger("atp.router")
+
+#: Reserved for logging's own LogRecord attributes; everything else in ``extra`` is a field.
+_RECORD_KEYS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, message and the record's extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update((k, v) for k, v in vars(record).items() if k not in _RECORD_KEYS)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _RECORD_KEYS)
+        return f"{base} {extra}" if extra else base
+
+
+def setup_logging(fmt: str = "text", level: str = "info") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger("atp")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class WsTransport:
+    """trio-websocket connection as a session :class:`Transport`."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+
+    async def receive(self) -> bytes | str:
+        try:
+            return await self.ws.get_message()
+        except WsClosed:
+            raise TransportClosed from None
+
+    async def send(self, message: bytes | str) -> None:
+        try:
+            await self.ws.send_message(message)
+        except WsClosed:
+            raise TransportClosed from None
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.aclose(code, reason)
+
+
+class Router:
+    """Serves ATP over WebSocket. Construct, then ``await nursery.start(router.serve)``."""
+
+    def __init__(self, config: RouterConfig, adapters: Mapping[str, Adapter] | None = None) -> None:
+        self.config = config
+        self.metrics = RouterMetrics()
+        self.adapters: dict[str, Adapter] = (
+            dict(adapters)
+            if adapters is not None
+            else {name: connect(name, url) for name, url in config.adapters.items()}
+        )
+        self.admission = Admission(config.admission, on_change=self._admission_changed)
+        self.authenticator: Authenticator | None = None
+        if config.auth:
+            self.authenticator = Authenticator(
+                AuthConfig.load(
+                    key_file=config.jwt_key_file,
+                    algorithm=config.jwt_algorithm,
+                    audience=config.jwt_audience,
+                    issuer=config.jwt_issuer,
+                    allowed_tenants=config.allowed_tenants or None,
+                )
+            )
+        self.sessions: dict[str, Session] = {}
+        self._ids = itertools.count(1)
+        self._draining = False
+        self._listener_scope: trio.CancelScope | None = None
+        self.ws_port: int | None = None
+        self.metrics_port: int | None = None
+        self._ready = False
+        self.stopped = trio.Event()
+
+    def _admission_changed(self, adm: Admission) -> None:
+        m = self.metrics
+        m.concurrency_limit.set(int(adm.limit))
+        for lane in ("gold", "silver", "bronze"):
+            from atp_proto.frames import QoS
+
+            m.lane_queue.set(adm.queue_depth(QoS[lane.upper()]), lane)
+
+    # ------------------------------------------------------------------ serving
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Router] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled or drained. ``task_status.started`` once listening."""
+        cfg = self.config
+        try:
+            async with trio.open_nursery() as nursery:
+                listeners = await trio.open_tcp_listeners(cfg.ws_port, host=cfg.ws_host)
+                self.ws_port = listeners[0].socket.getsockname()[1]
+                server = trio_websocket.WebSocketServer(
+                    self._handle_request,
+                    listeners,
+                    handler_nursery=nursery,
+                    max_message_size=cfg.limits.max_frame_size + 64 * 1024,
+                    receive_buffer_size=65536,
+                    connect_timeout=cfg.handshake_timeout_s,
+                    disconnect_timeout=5,
+                )
+                self._listener_scope = trio.CancelScope()
+                nursery.start_soon(self._run_listener, server, self._listener_scope)
+                if cfg.metrics_port is not None:
+                    self.metrics_port = await nursery.start(self._serve_metrics)
+                self._ready = True
+                log.info(
+                    "router listening",
+                    extra={
+                        "ws": f"ws://{cfg.ws_host}:{self.ws_port}{cfg.ws_path}",
+                        "metrics": (
+                            f"http://{cfg.metrics_host}:{self.metrics_port}/metrics"
+                            if self.metrics_port
+                            else "off"
+                        ),
+                        "auth": "jwt" if self.authenticator else "off",
+                        "adapters": ",".join(self.adapters),
+                    },
+                )
+                task_status.started(self)
+                await self.stopped.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                for adapter in self.adapters.values():
+                    with trio.move_on_after(2):
+                        await adapter.aclose()
+
+    async def _run_listener(
+        self, server: trio_websocket.WebSocketServer, scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            await server.run()
+
+    async def run_stream(self, session: Session, ev: StreamOpened, handle: StreamHandle) -> None:
+        await StreamJob(self, session, ev, handle).run()
+
+    async def _handle_request(self, request: WebSocketRequest) -> None:
+        # An exception escaping here would kill the whole server: catch everything.
+        try:
+            await self._handle(request)
+        except Exception:
+            log.exception("connection handler failed")
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        cfg = self.config
+        m = self.metrics
+        path = urlsplit(request.path).path
+        if path != cfg.ws_path:
+            m.handshakes_refused.inc("404")
+            await request.reject(
+                404, body=f"no ATP endpoint at {path}; use {cfg.ws_path}\n".encode()
+            )
+            return
+        if self._draining:
+            m.handshakes_refused.inc("503")
+            await request.reject(
+                503, extra_headers=[(b"retry-after", b"1")], body=b"router is draining\n"
+            )
+            return
+        if len(self.sessions) >= cfg.max_sessions:
+            m.handshakes_refused.inc("503")
+            await request.reject(
+                503, extra_headers=[(b"retry-after", b"1")], body=b"too many sessions\n"
+            )
+            return
+        token, subprotocol = extract_token(
+            request.path, request.headers, request.proposed_subprotocols
+        )
+        principal: Principal = ANONYMOUS
+        if self.authenticator is not None:
+            try:
+                principal = self.authenticator.authenticate(token)
+            except AuthError as exc:
+                m.handshakes_refused.inc(str(exc.status))
+                log.info(
+                    "handshake refused",
+                    extra={
+                        "status": exc.status,
+                        "reason": exc.message,
+                        "peer": str(request.remote),
+                    },
+                )
+                headers = (
+                    [(b"www-authenticate", b'Bearer realm="atp"')] if exc.status == 401 else []
+                )
+                await request.reject(
+                    exc.status, extra_headers=headers, body=f"{exc.message}\n".encode()
+                )
+                return
+        ws = await request.accept(subprotocol=subprotocol)
+        session_id = f"{time.time_ns() // 1_000_000:x}-{next(self._ids)}"
+        session = Session(
+            WsTransport(ws),
+            principal=principal,
+            limits=cfg.limits,
+            run_stream=self.run_stream,
+            session_id=session_id,
+            metrics=m,
+        )
+        self.sessions[session_id] = session
+        m.sessions_total.inc()
+        m.sessions_active.set(len(self.sessions))
+        log.info(
+            "session open",
+            extra={"session": session_id, "tenant": principal.tenant, "peer": str(request.remote)},
+        )
+        try:
+            await session.run()
+        finally:
+            self.sessions.pop(session_id, None)
+            m.sessions_active.set(len(self.sessions))
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                if not ws.closed:
+                    await ws.aclose(1000, "bye")
+            log.info("session closed", extra={"session": session_id})
+
+    # ------------------------------------------------------------------ drain
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Stop accepting, answer new SYNs with EDRAINING, let streams finish, close."""
+        if self._draining:
+            return
+        self._draining = True
+        self._ready = False
+        grace = self.config.grace_s if grace_s is None else grace_s
+        log.info("draining", extra={"grace_s": grace, "sessions": len(self.sessions)})
+        if self._listener_scope is not None:
+            self._listener_scope.cancel()
+        for s in list(self.sessions.values()):
+            s.start_drain()
+        with trio.move_on_after(grace):
+            while any(s.streams for s in self.sessions.values()):
+                await trio.sleep(0.05)
+        for s in list(self.sessions.values()):
+            s.close(ErrorCode.EDRAINING, "the router is shutting down")
+        with trio.move_on_after(2):
+            while self.sessions:
+                await trio.sleep(0.02)
+        self.stopped.set()
+
+    async def run_until_signal(self) -> None:
+        """Serve; on SIGTERM / SIGINT drain gracefully (a second signal stops at once)."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.serve)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for sig in signals:
+                    if self._draining:
+                        log.warning("second signal: stopping now")
+                        self.stopped.set()
+                        break
+                    log.info(
+                        "signal received, draining", extra={"signal": signal.Signals(sig).name}
+                    )
+                    nursery.start_soon(self.drain)
+
+    # ------------------------------------------------------------------ metrics
+
+    async def _serve_metrics(
+        self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        cfg = self.config
+        listeners = await trio.open_tcp_listeners(cfg.metrics_port or 0, host=cfg.metrics_host)
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._metrics_conn, listeners)
+
+    async def _metrics_conn(self, stream: trio.SocketStream) -> None:
+        try:
+            with trio.move_on_after(5):
+                data = b""
+                while b"\r\n\r\n" not in data and len(data) < 8192:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                line = data.split(b"\r\n", 1)[0].decode("latin-1")
+                parts = line.split()
+                method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
+                status, ctype, body = self._metrics_response(method, urlsplit(target).path)
+                head = (
+                    f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                )
+                await stream.send_all(head.encode() + body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            await stream.aclose()
+
+    def _metrics_response(self, method: str, path: str) -> tuple[str, str, bytes]:
+        if method != "GET":
+            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        if path == "/metrics":
+            return "200 OK", "text/plain; version=0.0.4", self.metrics.render().encode()
+        if path == "/healthz":
+            return "200 OK", "text/plain", b"ok\n"
+        if path == "/readyz":
+            if self._ready and not self._draining:
+                return "200 OK", "text/plain", b"ready\n"
+            return "503 Service Unavailable", "text/plain", b"not ready\n"
+        return "404 Not Found", "text/plain", b"try /metrics, /healthz or /readyz\n"

@@ -1,0 +1,336 @@
+"""One ATP session over one transport connection, on trio.
+
+Tasks, all owned by the session's nursery (nothing is fire-and-forget):
+
+* the reader feeds received messages to the sans-IO :class:`Connection` and dispatches
+  its events (a new stream starts a stream task in the same nursery);
+* the writer drains everything the connection has queued into as few transport sends as
+  possible (one WebSocket message for all ready binary frames);
+* the timer fires TTLs, heartbeats and the idle timeout at the connection's deadline;
+* one task per stream (:mod:`atp_proto.router.engine`) — cancelled when the peer resets
+  the stream, and all of them when the session ends.
+
+Backpressure: a stream task sends a message only when its stream has no frames waiting
+for credit and the session's output queue is below a watermark; otherwise it waits. Waiters
+are woken lane by lane in weighted-fair order (gold 6 : silver 3 : bronze 1), which is the
+connection's outbound QoS scheduling. So a client that stops reading stops its stream
+tasks, which stop pulling from their adapters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from atp_proto.frames import (
+    Connection,
+    ConnectionClosed,
+    ErrorCode,
+    Event,
+    GoingAway,
+    Limits,
+    MessageReceived,
+    QoS,
+    Role,
+    StreamOpened,
+    StreamReset,
+    WindowUpdated,
+)
+
+from .admission import WEIGHTS
+from .auth import Principal
+
+log = logging.getLogger("atp.router")
+
+#: Output waiting in the session beyond this stops stream tasks (bytes).
+OUTPUT_HIGH_WATER = 256 * 1024
+
+
+class Transport(Protocol):
+    """What a session needs from a connection: whole messages in and out."""
+
+    async def receive(self) -> bytes | str:
+        """Next message; raises :class:`TransportClosed` when the peer is gone."""
+        ...
+
+    async def send(self, message: bytes | str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class TransportClosed(Exception):
+    pass
+
+
+@dataclass
+class StreamHandle:
+    stream_id: int
+    lane: QoS
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    credit: trio.Event = field(default_factory=trio.Event)
+    reset: StreamReset | None = None
+    inbox: deque[MessageReceived] = field(default_factory=deque)
+
+
+StreamRunner = Callable[["Session", StreamOpened, StreamHandle], Awaitable[None]]
+
+
+class Session:
+    """Drives one :class:`Connection` over one :class:`Transport`."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        principal: Principal,
+        limits: Limits,
+        run_stream: StreamRunner,
+        session_id: str,
+        metrics: Any = None,
+        on_frame: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.principal = principal
+        self.session_id = session_id
+        self.conn = Connection(Role.ROUTER, limits=limits, now=trio.current_time())
+        self.run_stream = run_stream
+        self.metrics = metrics
+        self.streams: dict[int, StreamHandle] = {}
+        self._wake_writer = trio.Event()
+        self._wake_timer = trio.Event()
+        self._writable = {lane: deque[trio.Event]() for lane in (QoS.GOLD, QoS.SILVER, QoS.BRONZE)}
+        self._vfinish = dict.fromkeys(self._writable, 0.0)
+        self._queued_bytes = 0
+        self._closing: ConnectionClosed | None = None
+        self._nursery: trio.Nursery | None = None
+        self.done = trio.Event()
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self) -> None:
+        """Serve the session until the peer leaves or the connection closes."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._timer)
+                try:
+                    await self._reader()
+                finally:
+                    # Reader done (peer gone or connection closed): stop everything.
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.done.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self._final_flush()
+
+    async def _reader(self) -> None:
+        conn = self.conn
+        while self._closing is None:
+            try:
+                message = await self.transport.receive()
+            except TransportClosed:
+                return
+            now = trio.current_time()
+            if isinstance(message, str):
+                events = conn.receive_text(message, now)
+            else:
+                events = conn.receive_message(message, now)
+            self._dispatch(events)
+            self._kick()
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, StreamOpened):
+                self._start_stream(ev)
+            elif isinstance(ev, MessageReceived):
+                handle = self.streams.get(ev.stream_id)
+                if handle is not None and len(handle.inbox) < 64:
+                    handle.inbox.append(ev)
+                # input beyond the SYN is not used by v1 routing: consume its credit
+                self.conn.acknowledge(ev.stream_id, ev.size)
+            elif isinstance(ev, WindowUpdated):
+                handle = self.streams.get(ev.stream_id)
+                if handle is not None:
+                    handle.credit.set()
+            elif isinstance(ev, StreamReset):
+                handle = self.streams.get(ev.stream_id)
+                if handle is not None:
+                    handle.reset = ev
+                    handle.scope.cancel()
+                if not ev.by_peer and self.metrics is not None:
+                    self.metrics.errors.inc(ev.code)
+                log.info(
+                    "stream reset",
+                    extra={
+                        "session": self.session_id,
+                        "stream": ev.stream_id,
+                        "code": ev.code,
+                        "by_peer": ev.by_peer,
+                    },
+                )
+            elif isinstance(ev, ConnectionClosed):
+                self._closing = ev
+                if not ev.by_peer and self.metrics is not None:
+                    self.metrics.errors.inc(ev.code)
+                log.info(
+                    "session closing",
+                    extra={"session": self.session_id, "code": ev.code, "by_peer": ev.by_peer},
+                )
+            elif isinstance(ev, GoingAway):  # a client draining: nothing to do
+                pass
+
+    def _start_stream(self, ev: StreamOpened) -> None:
+        lane = self.principal.cap_qos(ev.qos)
+        handle = StreamHandle(ev.stream_id, lane)
+        self.streams[ev.stream_id] = handle
+        assert self._nursery is not None
+        self._nursery.start_soon(self._stream_task, ev, handle)
+
+    async def _stream_task(self, ev: StreamOpened, handle: StreamHandle) -> None:
+        try:
+            with handle.scope:
+                await self.run_stream(self, ev, handle)
+        except Exception as exc:  # a bug in routing must not kill the session
+            log.exception(
+                "stream task failed", extra={"session": self.session_id, "stream": ev.stream_id}
+            )
+            self.send_error(
+                ev.stream_id, ErrorCode.EINTERNAL, f"internal error: {type(exc).__name__}"
+            )
+        finally:
+            self.streams.pop(ev.stream_id, None)
+            self._kick()
+
+    # ------------------------------------------------------------------ output
+
+    def _kick(self) -> None:
+        """Something may have been queued: wake the writer and the timer."""
+        if self.conn.has_data_to_send():
+            self._wake_writer.set()
+        self._wake_timer.set()
+
+    async def _writer(self) -> None:
+        conn = self.conn
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer = trio.Event()
+            while True:
+                out = conn.data_to_send(trio.current_time())
+                if not out:
+                    break
+                for message in out:
+                    await self.transport.send(message)
+            self._queued_bytes = 0
+            self._release_writable()
+            if self._closing is not None:
+                return
+
+    async def _final_flush(self) -> None:
+        out = self.conn.data_to_send()
+        try:
+            for message in out:
+                await self.transport.send(message)
+        except (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        from atp_proto.frames import ws_close_code
+
+        if self._closing is not None and not self._closing.by_peer:
+            await self.transport.close(
+                ws_close_code(self._closing.code), self._closing.message[:120]
+            )
+
+    def _release_writable(self) -> None:
+        """Wake stream tasks waiting to write, in weighted-fair lane order."""
+        while True:
+            best: QoS | None = None
+            for lane, q in self._writable.items():
+                if q and (best is None or self._vfinish[lane] < self._vfinish[best]):
+                    best = lane
+            if best is None:
+                return
+            self._vfinish[best] += 1.0 / WEIGHTS[best]
+            self._writable[best].popleft().set()
+
+    async def writable(self, handle: StreamHandle) -> None:
+        """Wait until the stream may queue another message (credit + session room)."""
+        conn = self.conn
+        while True:
+            if conn.outbound_buffered(handle.stream_id):
+                handle.credit = trio.Event()
+                await handle.credit.wait()
+                continue
+            if self._pending_output() > OUTPUT_HIGH_WATER:
+                ev = trio.Event()
+                self._writable[handle.lane].append(ev)
+                try:
+                    await ev.wait()
+                except BaseException:
+                    if ev in self._writable[handle.lane]:
+                        self._writable[handle.lane].remove(ev)
+                    raise
+                continue
+            return
+
+    def _pending_output(self) -> int:
+        return self.conn.queued_bytes
+
+    # API used by stream tasks ------------------------------------------------------
+
+    def send(
+        self,
+        stream_id: int,
+        payload: bytes,
+        *,
+        more: bool = False,
+        end_stream: bool = False,
+        ext: dict[str, Any] | None = None,
+    ) -> None:
+        self.conn.send_message(stream_id, payload, more=more, end_stream=end_stream, ext=ext)
+        self._kick()
+
+    def send_error(
+        self, stream_id: int, code: ErrorCode | str, message: str, retry_after_ms: int | None = None
+    ) -> None:
+        if self.metrics is not None and not self.conn.closed:
+            self.metrics.errors.inc(str(code))
+        self.conn.send_error(stream_id, code, message, retry_after_ms)
+        self._kick()
+
+    def start_drain(self) -> None:
+        self.conn.start_drain()
+        self._kick()
+
+    def close(self, code: ErrorCode | str, message: str) -> None:
+        self.conn.close(code, message)
+        self._closing = ConnectionClosed(str(code), message, by_peer=False)
+        self._kick()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ time
+
+    async def _timer(self) -> None:
+        conn = self.conn
+        while True:
+            deadline = conn.next_deadline()
+            self._wake_timer = trio.Event()
+            if deadline is None:
+                await self._wake_timer.wait()
+                continue
+            with trio.move_on_at(deadline):
+                await self._wake_timer.wait()
+                continue
+            events = conn.handle_timer(trio.current_time())
+            self._dispatch(events)
+            self._kick()
+            if self._closing is not None:
+                # idle timeout: run() flushes the ERROR frame and closes the transport
+                assert self._nursery is not None
+                self._nursery.cancel_scope.cancel()
+                return
