@@ -74,4 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the package's module so that UsageError is the class commands raise.
+    from atp_proto.cli import main as _main
+
+    sys.exit(_main())

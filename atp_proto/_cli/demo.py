@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
 
+    from atp_proto.adapters.process import spawn_adapter
     from atp_proto.client import Final, StreamError, connect
     from atp_proto.frames import BudgetWindow, frame_from_json
     from atp_proto.router.auth import issue_token
@@ -44,15 +45,19 @@ def run(args: argparse.Namespace) -> int:
         import os
 
         os.environ["ATP_JWT_KEY"] = secret
-        cfg = RouterConfig(
-            ws_port=args.port,
-            metrics_port=0,
-            adapters={
-                "echo": "builtin:echo?latency_ms=20",
-                "persona": "builtin:persona?latency_ms=60",
-            },
-        )
-        router = Router(cfg)
+        console.print("starting reference adapters as gRPC services on loopback ...")
+        async with (
+            spawn_adapter("persona", options={"latency_ms": "60"}) as persona,
+            spawn_adapter("echo", options={"latency_ms": "20"}) as echo,
+        ):
+            cfg = RouterConfig(
+                ws_port=args.port,
+                metrics_port=0,
+                adapters={"echo": echo.url, "persona": persona.url},
+            )
+            return await with_router(Router(cfg), persona.url, echo.url)
+
+    async def with_router(router: Router, persona_url: str, echo_url: str) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(router.serve)
             url = f"ws://127.0.0.1:{router.ws_port}/ws"
@@ -61,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
             console.print(
                 f"router   {url}  (JWT auth on; metrics http://127.0.0.1:{router.metrics_port}/metrics)"
             )
-            console.print("adapters persona (builtin, 60 ms/chunk), echo (builtin, 20 ms/chunk)\n")
+            console.print(
+                f"adapters persona {persona_url} (60 ms/chunk), echo {echo_url} (20 ms/chunk)\n"
+            )
 
             # 1. As a browser: the seed's SYN as a JSON text frame.
             seed_syn = {

@@ -3,6 +3,7 @@ available) the gRPC client and vendor SDK."""
 
 from ._base import Adapter, AdapterError, Chunk, CostEstimate, Health, TaskRequest
 from .builtin import BehaviourAdapter, EchoAdapter, PersonaAdapter, builtin_adapter
+from .resilience import ResilientAdapter
 
 __all__ = [
     "Adapter",
@@ -13,6 +14,7 @@ __all__ = [
     "EchoAdapter",
     "Health",
     "PersonaAdapter",
+    "ResilientAdapter",
     "TaskRequest",
     "builtin_adapter",
     "connect",

@@ -86,6 +86,7 @@ class BehaviourAdapter:
         self.name = name
         self.config = config
         self.calls = 0
+        self.chunks_out = 0  #: chunks handed to callers (shows backpressure in tests)
 
     def answer(self, request: TaskRequest) -> str:
         raise NotImplementedError  # pragma: no cover - abstract
@@ -127,6 +128,7 @@ class BehaviourAdapter:
                 await trio.sleep(cfg.latency_ms / 1000)
             used += count_tokens(part)
             final = i == len(parts) - 1
+            self.chunks_out += 1
             yield Chunk(
                 content=part,
                 confidence=cfg.confidence,

@@ -276,6 +276,16 @@ class Connection:
         sid = frame.stream_id
         flags = frame.flags
         rec = self._streams.get(sid)
+        if flags & Flags.RST:
+            # ATP-FLAG: RST aborts the stream now, whatever its sequence or credit.
+            if rec is not None and not rec.closed:
+                self._close_stream(rec, StreamInput.RECV_RST)
+                events.append(StreamReset(sid, "RST", "stream reset by the peer", by_peer=True))
+            elif rec is not None:
+                rec.outbox.clear()
+                rec.outbox_bytes = 0
+                self._maybe_forget(rec)
+            return
         syn = bool(flags & Flags.SYN)
         if rec is None:
             if not syn:
@@ -588,13 +598,12 @@ class Connection:
     def _stream_error(self, exc: ProtocolError, events: list[Event]) -> None:
         sid = exc.stream_id
         rec = self._streams.get(sid)
+        text = rec.text if rec is not None else self._out_text
+        # Queue (encode) before closing: closing a text stream retires its alias.
+        self._queue(Frame.error(sid, exc.code, exc.message, exc.retry_after_ms), text)
         if rec is not None:
             self._close_stream(rec, StreamInput.SEND_RST)
-            text = rec.text
-        else:
-            text = self._out_text
-        self._queue(Frame.error(sid, exc.code, exc.message, exc.retry_after_ms), text)
-        if rec is None and text:
+        elif text:
             self.json.forget(sid)  # a refused SYN: its alias may be used again
         events.append(
             StreamReset(sid, str(exc.code), exc.message, exc.retry_after_ms, by_peer=False)
@@ -839,16 +848,16 @@ class Connection:
         rec = self._streams.get(stream_id)
         if self._closed is not None or rec is None or rec.closed:
             return
-        self._close_stream(rec, StreamInput.SEND_RST)
         self._queue(Frame.error(stream_id, code, message, retry_after_ms), rec.text)
+        self._close_stream(rec, StreamInput.SEND_RST)
 
     def reset_stream(self, stream_id: int) -> None:
         """Abandon a stream (RST, no error detail): a client's cancel."""
         rec = self._streams.get(stream_id)
         if self._closed is not None or rec is None or rec.closed:
             return
-        self._close_stream(rec, StreamInput.SEND_RST)
         self._queue(Frame(FrameType.DATA, Flags.RST, stream_id, rec.send_seq), rec.text)
+        self._close_stream(rec, StreamInput.SEND_RST)
 
     # ------------------------------------------------------------------ budget
 

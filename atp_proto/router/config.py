@@ -52,6 +52,7 @@ class RouterConfig:
     handshake_timeout_s: float = 10.0
     estimate_timeout_s: float = 2.0
     call_timeout_s: float = 120.0
+    health_interval_s: float = 5.0
     min_confidence: float = 0.0
     log_format: str = "text"
     log_level: str = "info"

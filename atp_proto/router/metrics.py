@@ -10,6 +10,7 @@ import bisect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -163,6 +164,27 @@ class RouterMetrics:
             ("adapter", "outcome"),
         )
         self.tokens = r.counter("atp_tokens_total", "Tokens charged", ("tenant",))
+        self.adapter_state: Callable[[], Iterable[tuple[str, dict[str, Any]]]] = list
+        r.gauge(
+            "atp_adapter_concurrency_limit",
+            "Adaptive concurrency limit per remote adapter",
+            ("adapter",),
+            callback=lambda: [((n,), float(st["limit"])) for n, st in self.adapter_state()],
+        )
+        r.gauge(
+            "atp_adapter_in_flight",
+            "Calls in flight per remote adapter",
+            ("adapter",),
+            callback=lambda: [((n,), float(st["in_flight"])) for n, st in self.adapter_state()],
+        )
+        r.gauge(
+            "atp_adapter_breaker_open",
+            "1 when the adapter's circuit breaker is open",
+            ("adapter",),
+            callback=lambda: [
+                ((n,), 1.0 if st["breaker"] == "open" else 0.0) for n, st in self.adapter_state()
+            ],
+        )
 
     def render(self) -> str:
         return self.registry.render()

@@ -16,7 +16,7 @@ import trio_websocket
 from trio_websocket import ConnectionClosed as WsClosed
 from trio_websocket import WebSocketConnection, WebSocketRequest
 
-from atp_proto.adapters import Adapter, connect
+from atp_proto.adapters import Adapter, ResilientAdapter, connect
 from atp_proto.frames import ErrorCode, StreamOpened
 
 from .admission import Admission
@@ -88,6 +88,15 @@ class WsTransport:
         await self.ws.aclose(code, reason)
 
 
+def make_adapter(name: str, url: str) -> Adapter:
+    """An adapter for a configured URL. Remote (gRPC) adapters get the resilience layer:
+    health checks, an AIMD concurrency limit, a circuit breaker, retries before output."""
+    adapter = connect(name, url)
+    if url.startswith(("grpc://", "grpcs://")):
+        return ResilientAdapter(adapter)
+    return adapter
+
+
 class Router:
     """Serves ATP over WebSocket. Construct, then ``await nursery.start(router.serve)``."""
 
@@ -97,9 +106,12 @@ class Router:
         self.adapters: dict[str, Adapter] = (
             dict(adapters)
             if adapters is not None
-            else {name: connect(name, url) for name, url in config.adapters.items()}
+            else {name: make_adapter(name, url) for name, url in config.adapters.items()}
         )
         self.admission = Admission(config.admission, on_change=self._admission_changed)
+        self.metrics.adapter_state = lambda: [
+            (n, a.state) for n, a in self.adapters.items() if isinstance(a, ResilientAdapter)
+        ]
         self.authenticator: Authenticator | None = None
         if config.auth:
             self.authenticator = Authenticator(
@@ -152,6 +164,12 @@ class Router:
                 nursery.start_soon(self._run_listener, server, self._listener_scope)
                 if cfg.metrics_port is not None:
                     self.metrics_port = await nursery.start(self._serve_metrics)
+                for adapter in self.adapters.values():
+                    if isinstance(adapter, ResilientAdapter):
+                        inner_run = getattr(adapter.inner, "run", None)
+                        if inner_run is not None:  # gRPC: connection tasks live in our nursery
+                            await nursery.start(inner_run)
+                        nursery.start_soon(adapter.run_health_checks, cfg.health_interval_s)
                 self._ready = True
                 log.info(
                     "router listening",

@@ -37,6 +37,7 @@ from atp_proto.frames import (
     MessageReceived,
     QoS,
     Role,
+    StreamClosedError,
     StreamOpened,
     StreamReset,
     WindowUpdated,
@@ -105,7 +106,7 @@ class Session:
         self._wake_timer = trio.Event()
         self._writable = {lane: deque[trio.Event]() for lane in (QoS.GOLD, QoS.SILVER, QoS.BRONZE)}
         self._vfinish = dict.fromkeys(self._writable, 0.0)
-        self._queued_bytes = 0
+        self._writer_done = trio.Event()
         self._closing: ConnectionClosed | None = None
         self._nursery: trio.Nursery | None = None
         self.done = trio.Event()
@@ -121,13 +122,22 @@ class Session:
                 nursery.start_soon(self._timer)
                 try:
                     await self._reader()
+                    if self._closing is not None:
+                        # We are closing: let the writer send the ERROR frame first.
+                        self._wake_writer.set()
+                        with trio.move_on_after(2):
+                            await self._writer_done.wait()
                 finally:
-                    # Reader done (peer gone or connection closed): stop everything.
                     nursery.cancel_scope.cancel()
         finally:
             self.done.set()
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await self._final_flush()
+            if self._closing is not None and not self._closing.by_peer:
+                from atp_proto.frames import ws_close_code
+
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await self.transport.close(
+                        ws_close_code(self._closing.code), self._closing.message[:120]
+                    )
 
     async def _reader(self) -> None:
         conn = self.conn
@@ -197,11 +207,18 @@ class Session:
             with handle.scope:
                 await self.run_stream(self, ev, handle)
         except Exception as exc:  # a bug in routing must not kill the session
+            leaves = _leaves(exc)
+            if all(isinstance(e, StreamClosedError) for e in leaves):
+                # The stream was reset (by the peer, a TTL or a limit) between two of the
+                # task's checkpoints: nothing left to do.
+                return
             log.exception(
-                "stream task failed", extra={"session": self.session_id, "stream": ev.stream_id}
+                "stream task failed",
+                exc_info=exc,
+                extra={"session": self.session_id, "stream": ev.stream_id},
             )
             self.send_error(
-                ev.stream_id, ErrorCode.EINTERNAL, f"internal error: {type(exc).__name__}"
+                ev.stream_id, ErrorCode.EINTERNAL, f"internal error: {type(leaves[0]).__name__}"
             )
         finally:
             self.streams.pop(ev.stream_id, None)
@@ -217,33 +234,23 @@ class Session:
 
     async def _writer(self) -> None:
         conn = self.conn
-        while True:
-            await self._wake_writer.wait()
-            self._wake_writer = trio.Event()
-            while True:
-                out = conn.data_to_send(trio.current_time())
-                if not out:
-                    break
-                for message in out:
-                    await self.transport.send(message)
-            self._queued_bytes = 0
-            self._release_writable()
-            if self._closing is not None:
-                return
-
-    async def _final_flush(self) -> None:
-        out = self.conn.data_to_send()
         try:
-            for message in out:
-                await self.transport.send(message)
-        except (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                await self._wake_writer.wait()
+                self._wake_writer = trio.Event()
+                while True:
+                    out = conn.data_to_send(trio.current_time())
+                    if not out:
+                        break
+                    for message in out:
+                        await self.transport.send(message)
+                self._release_writable()
+                if self._closing is not None:
+                    return
+        except TransportClosed:
             return
-        from atp_proto.frames import ws_close_code
-
-        if self._closing is not None and not self._closing.by_peer:
-            await self.transport.close(
-                ws_close_code(self._closing.code), self._closing.message[:120]
-            )
+        finally:
+            self._writer_done.set()
 
     def _release_writable(self) -> None:
         """Wake stream tasks waiting to write, in weighted-fair lane order."""
@@ -334,3 +341,10 @@ class Session:
                 assert self._nursery is not None
                 self._nursery.cancel_scope.cancel()
                 return
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The non-group exceptions inside ``exc`` (trio nurseries wrap errors in groups)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]

@@ -1,0 +1,396 @@
+"""Per-adapter resilience: AIMD concurrency limit, circuit breaker, retries before
+output, per-chunk idle timeout, periodic health checks.
+
+``ResilientAdapter(inner)`` is itself an :class:`~atp_proto.adapters.Adapter`, so the
+router wraps every adapter once and calls it as before. The router owns the health-check
+task: ``nursery.start_soon(adapter.run_health_checks, 5.0)``.
+
+* **Concurrency limit (AIMD, as in Netflix concurrency-limits)**: ``limit`` starts at
+  ``initial_limit``. A call that succeeds with latency (time to first chunk, or the whole
+  unary call) under ``latency_target`` while the adapter was at least half busy raises it
+  by 1 (additive increase, up to ``max_limit``); an error, a timeout, or a latency above
+  ``latency_target * spike_factor`` multiplies it by ``backoff_ratio`` (multiplicative
+  decrease, down to ``min_limit``). Calls beyond the limit wait up to ``queue_timeout``
+  seconds (0: fail at once) and then fail with EWINDOW_AGENT.
+* **Circuit breaker**: CLOSED → OPEN after ``failure_threshold`` consecutive failures
+  (EAGENTDOWN / ETIMEOUT / EINTERNAL; a caller's mistake such as EPROTO or ESEC does not
+  count). While OPEN, calls fail at once with EAGENTDOWN and ``retry_after_ms``. After
+  ``cooldown`` seconds the breaker is HALF_OPEN: one probe (a call, or a health check)
+  goes through; success closes it, failure re-opens it.
+* **Retries**: a call that fails *before any output was streamed* with a retryable code
+  (``retry_on``, default EAGENTDOWN and EWINDOW_AGENT) is retried up to ``max_retries``
+  times with exponential backoff and full jitter, within the request's deadline. Once a
+  chunk has been yielded, failures are raised with ``streamed=True`` and never retried
+  (the router decides on failover).
+* **Idle timeout**: waiting more than ``idle_timeout`` seconds for the next chunk (or the
+  first one) fails the stream with ETIMEOUT (``streamed`` tells whether output came).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio
+
+from atp_proto.frames import ErrorCode
+
+from ._base import Adapter, AdapterError, Chunk, CostEstimate, Health, TaskRequest
+
+__all__ = ["BreakerState", "ResilientAdapter", "ResilienceStats"]
+
+log = logging.getLogger("atp.adapter.resilience")
+
+T = TypeVar("T")
+
+_BREAKER_FAILURES = {ErrorCode.EAGENTDOWN, ErrorCode.ETIMEOUT, ErrorCode.EINTERNAL}
+
+
+class BreakerState(enum.StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass
+class ResilienceStats:
+    """Counters for metrics (monotonic)."""
+
+    calls: int = 0
+    failures: int = 0
+    retries: int = 0
+    rejected_open: int = 0  #: failed fast: breaker open
+    rejected_limit: int = 0  #: failed: concurrency limit
+    idle_timeouts: int = 0
+    breaker_opened: int = 0
+
+
+class ResilientAdapter:
+    """Wraps any :class:`Adapter` (see the module docstring)."""
+
+    def __init__(
+        self,
+        inner: Adapter,
+        *,
+        initial_limit: float = 8,
+        min_limit: float = 1,
+        max_limit: float = 256,
+        backoff_ratio: float = 0.7,
+        latency_target: float = 2.0,
+        spike_factor: float = 3.0,
+        queue_timeout: float = 1.0,
+        failure_threshold: int = 5,
+        cooldown: float = 5.0,
+        max_retries: int = 2,
+        retry_backoff: float = 0.05,
+        retry_backoff_max: float = 2.0,
+        retry_on: Iterable[str] = (ErrorCode.EAGENTDOWN, ErrorCode.EWINDOW_AGENT),
+        idle_timeout: float | None = 30.0,
+        health_timeout: float = 5.0,
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.limit = float(initial_limit)
+        self.min_limit = min_limit
+        self.max_limit = max_limit
+        self.backoff_ratio = backoff_ratio
+        self.latency_target = latency_target
+        self.spike_factor = spike_factor
+        self.queue_timeout = queue_timeout
+        self.failure_threshold = failure_threshold
+        self.cooldown = cooldown
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.retry_on = {str(c) for c in retry_on}
+        self.idle_timeout = idle_timeout
+        self.health_timeout = health_timeout
+        self.in_flight = 0
+        self.breaker = BreakerState.CLOSED
+        self.consecutive_failures = 0
+        self.opened_at = -math.inf
+        self.last_health: Health | None = None
+        self.stats = ResilienceStats()
+        self._probe_in_flight = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Snapshot for metrics: limit, in_flight, breaker state and counters."""
+        return {
+            "limit": int(self.limit),
+            "in_flight": self.in_flight,
+            "breaker": str(self.breaker),
+            "consecutive_failures": self.consecutive_failures,
+            "health": self.last_health.status if self.last_health else None,
+            **vars(self.stats),
+        }
+
+    def _refresh_breaker(self) -> None:
+        if (
+            self.breaker is BreakerState.OPEN
+            and trio.current_time() - self.opened_at >= self.cooldown
+        ):
+            self.breaker = BreakerState.HALF_OPEN
+            self._probe_in_flight = False
+
+    def _retry_after_ms(self) -> int:
+        left = self.cooldown - (trio.current_time() - self.opened_at)
+        return max(1, math.ceil(left * 1000))
+
+    def _open(self) -> None:
+        if self.breaker is not BreakerState.OPEN:
+            self.stats.breaker_opened += 1
+            log.warning(
+                "adapter %s: circuit open after %d failure(s)", self.name, self.consecutive_failures
+            )
+        self.breaker = BreakerState.OPEN
+        self.opened_at = trio.current_time()
+        self._probe_in_flight = False
+
+    def _on_success(self, latency: float | None, busy: int = 0) -> None:
+        """``busy``: calls in flight when this one ran (including it)."""
+        self.consecutive_failures = 0
+        if self.breaker is not BreakerState.CLOSED:
+            log.info("adapter %s: circuit closed", self.name)
+        self.breaker = BreakerState.CLOSED
+        self._probe_in_flight = False
+        if latency is not None:
+            if latency > self.latency_target * self.spike_factor:
+                self._decrease()
+            elif latency <= self.latency_target and busy * 2 >= self.limit:
+                self.limit = min(self.max_limit, self.limit + 1)
+                self._lot.unpark_all()
+
+    def _decrease(self) -> None:
+        self.limit = max(self.min_limit, self.limit * self.backoff_ratio)
+
+    def _on_failure(self, exc: AdapterError) -> None:
+        self.stats.failures += 1
+        code = str(exc.code)
+        if code in _BREAKER_FAILURES or code == ErrorCode.EWINDOW_AGENT:
+            self._decrease()
+        if code not in _BREAKER_FAILURES:
+            if self.breaker is BreakerState.HALF_OPEN:
+                self._probe_in_flight = False  # not the adapter's fault: let another probe
+            return
+        self.consecutive_failures += 1
+        if (
+            self.breaker is BreakerState.HALF_OPEN
+            or self.consecutive_failures >= self.failure_threshold
+        ):
+            self._open()
+
+    # ------------------------------------------------------------------ admission
+
+    async def _acquire(self, deadline: float) -> None:
+        """Breaker check and a concurrency slot (caller must _release)."""
+        self._refresh_breaker()
+        if self.breaker is BreakerState.OPEN or (
+            self.breaker is BreakerState.HALF_OPEN and self._probe_in_flight
+        ):
+            self.stats.rejected_open += 1
+            raise AdapterError(
+                ErrorCode.EAGENTDOWN,
+                "circuit open",
+                adapter=self.name,
+                retry_after_ms=self._retry_after_ms() if self.breaker is BreakerState.OPEN else 100,
+            )
+        if self.breaker is BreakerState.HALF_OPEN:
+            self._probe_in_flight = True
+        if self.in_flight >= int(self.limit):
+            wait_until = min(deadline, trio.current_time() + self.queue_timeout)
+            with trio.move_on_at(wait_until):
+                while self.in_flight >= int(self.limit):
+                    await self._lot.park()
+            if self.in_flight >= int(self.limit):
+                self.stats.rejected_limit += 1
+                if self.breaker is BreakerState.HALF_OPEN:
+                    self._probe_in_flight = False
+                raise AdapterError(
+                    ErrorCode.EWINDOW_AGENT,
+                    f"adapter concurrency limit reached ({int(self.limit)})",
+                    adapter=self.name,
+                    retry_after_ms=100,
+                )
+        self.in_flight += 1
+        self.stats.calls += 1
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self._lot.unpark()
+
+    def _deadline(self, request: TaskRequest) -> float:
+        if request.deadline_ms is None:
+            return math.inf
+        return trio.current_time() + request.deadline_ms / 1000
+
+    async def _backoff(self, attempt: int, exc: AdapterError, deadline: float) -> bool:
+        """Sleep before retry ``attempt`` (1-based); False if no retry fits the deadline."""
+        delay = random.uniform(
+            0, min(self.retry_backoff_max, self.retry_backoff * 2 ** (attempt - 1))
+        )
+        if exc.retry_after_ms:
+            delay = max(delay, exc.retry_after_ms / 1000)
+        if trio.current_time() + delay >= deadline:
+            return False
+        self.stats.retries += 1
+        await trio.sleep(delay)
+        return True
+
+    def _retryable(self, exc: AdapterError, attempt: int) -> bool:
+        return not exc.streamed and str(exc.code) in self.retry_on and attempt < self.max_retries
+
+    @staticmethod
+    def _left_ms(request: TaskRequest, deadline: float) -> TaskRequest:
+        if deadline == math.inf:
+            return request
+        from dataclasses import replace
+
+        left = max(1, int((deadline - trio.current_time()) * 1000))
+        return replace(request, deadline_ms=left)
+
+    # ------------------------------------------------------------------ adapter API
+
+    async def estimate(self, request: TaskRequest) -> CostEstimate:
+        return await self._unary(self.inner.estimate, request)
+
+    async def _unary(self, fn: Callable[[TaskRequest], Awaitable[T]], request: TaskRequest) -> T:
+        deadline = self._deadline(request)
+        attempt = 0
+        while True:
+            await self._acquire(deadline)
+            t0 = trio.current_time()
+            try:
+                result = await fn(self._left_ms(request, deadline))
+            except AdapterError as exc:
+                self._release()
+                self._on_failure(exc)
+                if self._retryable(exc, attempt) and await self._backoff(
+                    attempt + 1, exc, deadline
+                ):
+                    attempt += 1
+                    continue
+                raise
+            except BaseException:
+                self._release()
+                if self._probe_in_flight:
+                    self._probe_in_flight = False
+                raise
+            busy = self.in_flight
+            self._release()
+            self._on_success(trio.current_time() - t0, busy)
+            return result
+
+    async def stream(self, request: TaskRequest) -> AsyncIterator[Chunk]:
+        deadline = self._deadline(request)
+        attempt = 0
+        yielded = 0
+        while True:
+            await self._acquire(deadline)
+            busy = self.in_flight
+            released = False
+            t0 = trio.current_time()
+            first_latency: float | None = None
+            inner = self.inner.stream(self._left_ms(request, deadline))
+            try:
+                while True:
+                    timeout = self.idle_timeout if self.idle_timeout is not None else math.inf
+                    wait_until = min(deadline, trio.current_time() + timeout)
+                    chunk: Chunk | None = None
+                    done = False
+                    with trio.move_on_at(wait_until) as cs:
+                        try:
+                            chunk = await inner.__anext__()
+                        except StopAsyncIteration:
+                            done = True
+                    if cs.cancelled_caught:
+                        self.stats.idle_timeouts += 1
+                        what = "next chunk" if yielded else "first chunk"
+                        raise AdapterError(
+                            ErrorCode.ETIMEOUT,
+                            f"no {what} within {min(timeout, max(0.0, wait_until - t0)):.3f}s",
+                            adapter=self.name,
+                            streamed=yielded > 0,
+                        )
+                    if done:
+                        break
+                    assert chunk is not None
+                    if first_latency is None:
+                        first_latency = trio.current_time() - t0
+                    yielded += 1
+                    yield chunk
+            except AdapterError as exc:
+                released = True
+                self._release()
+                self._on_failure(exc)
+                if yielded:
+                    if not exc.streamed:
+                        exc.streamed = True
+                    raise
+                if self._retryable(exc, attempt) and await self._backoff(
+                    attempt + 1, exc, deadline
+                ):
+                    attempt += 1
+                    continue
+                raise
+            finally:
+                aclose = getattr(inner, "aclose", None)
+                if aclose is not None:
+                    with trio.CancelScope(shield=True):
+                        await aclose()
+                if not released:
+                    self._release()
+                    if self._probe_in_flight:  # left early (break / cancel) while probing
+                        if yielded:
+                            self._on_success(None)  # output came: the adapter is alive
+                        else:
+                            self._probe_in_flight = False
+            self._on_success(first_latency, busy)
+            return
+
+    async def health(self) -> Health:
+        return await self.inner.health()
+
+    async def check_health(self) -> Health | None:
+        """One health check: updates ``last_health`` and the breaker. A successful check
+        of a HALF_OPEN (cooled down) adapter closes the breaker; a failed one counts as a
+        failure."""
+        self._refresh_breaker()
+        try:
+            with trio.fail_after(self.health_timeout):
+                h = await self.inner.health()
+        except (AdapterError, trio.TooSlowError) as exc:
+            err = (
+                exc
+                if isinstance(exc, AdapterError)
+                else AdapterError(ErrorCode.ETIMEOUT, "health check timed out", adapter=self.name)
+            )
+            self.last_health = Health(status="DOWN")
+            if self.breaker is not BreakerState.OPEN:
+                self._on_failure(err)
+            return None
+        self.last_health = h
+        if h.status in ("READY", "BUSY"):
+            if self.breaker is BreakerState.HALF_OPEN or self.consecutive_failures:
+                self._on_success(None)
+        elif h.status == "DOWN" and self.breaker is not BreakerState.OPEN:
+            self._on_failure(AdapterError(ErrorCode.EAGENTDOWN, "reports DOWN", adapter=self.name))
+        return h
+
+    async def run_health_checks(self, interval: float) -> None:
+        """Check health every ``interval`` seconds (with ±10% jitter) until cancelled.
+        Run it in the router's nursery."""
+        while True:
+            await self.check_health()
+            await trio.sleep(interval * random.uniform(0.9, 1.1))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -1,0 +1,382 @@
+"""Adapter-plane benchmark: our trio gRPC client against grpclib's and grpcio's clients,
+all calling the same SDK adapter process (grpclib server, reference ``echo`` adapter with
+``chunks=1000``) in the same run.
+
+Measured per client:
+  * streaming: Stream calls of 1000 one-character chunks, one after another -> chunks/s
+  * unary: Estimate calls one after another -> calls/s, p50 and p99 latency
+
+Clients:
+  * ``atp-trio``        atp_proto.adapters.grpc_client.GrpcAdapter (h2 on trio)
+  * ``grpclib``         grpclib's asyncio client, messages decoded with the same fast codec
+                        as ours (so the comparison is transport against transport)
+  * ``grpclib+bp``      grpclib with the betterproto-generated stub (what a Python user of
+                        the generated code gets; informational)
+  * ``grpcio-aio``      grpcio's asyncio client (C core), same fast codec
+
+Goals: atp-trio >= 1.2x grpclib on streaming chunks/s; atp-trio Estimate p50 <= 1 ms.
+
+    atp bench adapters [--json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+STREAM_CHUNKS = 1000
+PROMPT = "x" * STREAM_CHUNKS
+SVC = "/atp.adapter.v1.AdapterService/"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print only JSON")
+    p.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
+
+
+def _sizes(quick: bool) -> tuple[int, int]:
+    """(stream calls, estimate calls) per client."""
+    return (3, 300) if quick else (20, 3000)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _summary(chunks: int, stream_s: float, lat: list[float]) -> dict[str, float]:
+    return {
+        "stream_chunks_per_s": chunks / stream_s,
+        "estimate_calls_per_s": len(lat) / sum(lat),
+        "estimate_p50_ms": _pct(lat, 0.50) * 1000,
+        "estimate_p99_ms": _pct(lat, 0.99) * 1000,
+        "estimate_mean_ms": statistics.fmean(lat) * 1000,
+    }
+
+
+# ------------------------------------------------------------------------------ clients
+
+
+def bench_ours(port: int, n_stream: int, n_est: int) -> dict[str, float]:
+    import trio
+
+    from atp_proto.adapters import TaskRequest
+    from atp_proto.adapters.grpc_client import GrpcAdapter
+
+    async def main() -> dict[str, float]:
+        req = TaskRequest("bench", PROMPT)
+        async with GrpcAdapter("bench", "127.0.0.1", port) as a:
+            for _ in range(50):
+                await a.estimate(req)
+            async for _ in a.stream(req):
+                pass
+            chunks = 0
+            t0 = time.perf_counter()
+            for _ in range(n_stream):
+                async for _ in a.stream(req):
+                    chunks += 1
+            stream_s = time.perf_counter() - t0
+            lat = []
+            for _ in range(n_est):
+                t = time.perf_counter()
+                await a.estimate(req)
+                lat.append(time.perf_counter() - t)
+        assert chunks == n_stream * STREAM_CHUNKS, chunks
+        return _summary(chunks, stream_s, lat)
+
+    return trio.run(main)
+
+
+def _bench_asyncio(
+    stream_once: Callable[[], Awaitable[int]],
+    estimate_once: Callable[[], Awaitable[Any]],
+    n_stream: int,
+    n_est: int,
+    close: Callable[[], None],
+) -> dict[str, float]:
+    async def main() -> dict[str, float]:
+        for _ in range(50):
+            await estimate_once()
+        await stream_once()
+        chunks = 0
+        t0 = time.perf_counter()
+        for _ in range(n_stream):
+            chunks += await stream_once()
+        stream_s = time.perf_counter() - t0
+        lat = []
+        for _ in range(n_est):
+            t = time.perf_counter()
+            await estimate_once()
+            lat.append(time.perf_counter() - t)
+        close()
+        assert chunks == n_stream * STREAM_CHUNKS, chunks
+        return _summary(chunks, stream_s, lat)
+
+    return asyncio.run(main())
+
+
+def bench_grpclib(port: int, n_stream: int, n_est: int) -> dict[str, float]:
+    from grpclib.client import Channel
+    from grpclib.const import Cardinality
+
+    from atp_proto.adapters import TaskRequest
+    from atp_proto.adapters.proto import codec
+    from atp_proto.adapters.sdk import _RawCodec
+
+    payload = codec.encode_task_request(TaskRequest("bench", PROMPT))
+    channel: Channel | None = None
+
+    def ch() -> Channel:
+        nonlocal channel
+        if channel is None:
+            channel = Channel("127.0.0.1", port, codec=_RawCodec())
+        return channel
+
+    async def stream_once() -> int:
+        n = 0
+        async with ch().request(SVC + "Stream", Cardinality.UNARY_STREAM, bytes, bytes) as s:
+            await s.send_message(payload, end=True)
+            async for msg in s:
+                codec.decode_chunk(msg)
+                n += 1
+        return n
+
+    async def estimate_once() -> Any:
+        async with ch().request(SVC + "Estimate", Cardinality.UNARY_UNARY, bytes, bytes) as s:
+            await s.send_message(payload, end=True)
+            return codec.decode_estimate(await s.recv_message() or b"")
+
+    def close() -> None:
+        if channel is not None:
+            channel.close()
+
+    return _bench_asyncio(stream_once, estimate_once, n_stream, n_est, close)
+
+
+def bench_grpclib_betterproto(port: int, n_stream: int, n_est: int) -> dict[str, float]:
+    from grpclib.client import Channel
+
+    import atp_proto.adapters.proto.atp.adapter.v1 as pb
+
+    task = pb.Task(task_type="bench", prompt=PROMPT)
+    channel: Channel | None = None
+
+    def stub() -> pb.AdapterServiceStub:
+        nonlocal channel
+        if channel is None:
+            channel = Channel("127.0.0.1", port)
+        return pb.AdapterServiceStub(channel)
+
+    async def stream_once() -> int:
+        n = 0
+        async for _ in stub().stream(pb.StreamRequest(task=task)):
+            n += 1
+        return n
+
+    async def estimate_once() -> Any:
+        return await stub().estimate(pb.EstimateRequest(task=task))
+
+    def close() -> None:
+        if channel is not None:
+            channel.close()
+
+    return _bench_asyncio(stream_once, estimate_once, n_stream, n_est, close)
+
+
+def bench_grpcio(port: int, n_stream: int, n_est: int) -> dict[str, float]:
+    import grpc
+
+    from atp_proto.adapters import TaskRequest
+    from atp_proto.adapters.proto import codec
+
+    payload = codec.encode_task_request(TaskRequest("bench", PROMPT))
+    holder: dict[str, Any] = {}
+
+    def ch() -> Any:
+        if "ch" not in holder:
+            c = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            holder["ch"] = c
+            holder["stream"] = c.unary_stream(
+                SVC + "Stream", request_serializer=None, response_deserializer=codec.decode_chunk
+            )
+            holder["est"] = c.unary_unary(
+                SVC + "Estimate",
+                request_serializer=None,
+                response_deserializer=codec.decode_estimate,
+            )
+        return holder
+
+    async def stream_once() -> int:
+        n = 0
+        async for _ in ch()["stream"](payload):
+            n += 1
+        return n
+
+    async def estimate_once() -> Any:
+        return await ch()["est"](payload)
+
+    async def close() -> None:
+        if "ch" in holder:
+            await holder["ch"].close()
+
+    async def run_all() -> dict[str, float]:
+        for _ in range(50):
+            await estimate_once()
+        await stream_once()
+        chunks = 0
+        t0 = time.perf_counter()
+        for _ in range(n_stream):
+            chunks += await stream_once()
+        stream_s = time.perf_counter() - t0
+        lat = []
+        for _ in range(n_est):
+            t = time.perf_counter()
+            await estimate_once()
+            lat.append(time.perf_counter() - t)
+        await close()
+        return _summary(chunks, stream_s, lat)
+
+    return asyncio.run(run_all())
+
+
+CLIENTS: dict[str, Callable[[int, int, int], dict[str, float]]] = {
+    "atp-trio": bench_ours,
+    "grpclib": bench_grpclib,
+    "grpclib+bp": bench_grpclib_betterproto,
+    "grpcio-aio": bench_grpcio,
+}
+
+
+# ------------------------------------------------------------------------------ running
+
+
+class _Server:
+    def __init__(self) -> None:
+        argv = [
+            sys.executable,
+            "-c",
+            "import sys; from atp_proto.cli import main; sys.exit(main())",
+            "adapter",
+            "serve",
+            f"echo?chunks={STREAM_CHUNKS}",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warning",
+        ]
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"adapter did not start: {line!r}")
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    n_stream, n_est = _sizes(args.quick)
+    results: dict[str, dict[str, float]] = {}
+    progress = None
+    if not args.json:
+        from rich.console import Console
+
+        progress = Console(stderr=True)
+    server = _Server()
+    try:
+        for name, fn in CLIENTS.items():
+            if progress:
+                progress.print(f"[dim]benchmarking {name} ...[/dim]")
+            # a fresh server per client would cost a process start; one server, and each
+            # client warmed up first, keeps the comparison in the same conditions
+            results[name] = fn(server.port, n_stream, n_est)
+    finally:
+        server.close()
+    ours, base = results["atp-trio"], results["grpclib"]
+    ratio = ours["stream_chunks_per_s"] / base["stream_chunks_per_s"]
+    goals = {
+        "stream_vs_grpclib_ge_1.2x": {
+            "value": round(ratio, 3),
+            "target": 1.2,
+            "pass": ratio >= 1.2,
+        },
+        "estimate_p50_le_1ms": {
+            "value": round(ours["estimate_p50_ms"], 3),
+            "target": 1.0,
+            "pass": ours["estimate_p50_ms"] <= 1.0,
+        },
+    }
+    ok = all(g["pass"] for g in goals.values())
+    report = {
+        "benchmark": "adapters",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "params": {
+            "stream_calls": n_stream,
+            "chunks_per_stream": STREAM_CHUNKS,
+            "estimate_calls": n_est,
+        },
+        "results": {k: {m: round(v, 3) for m, v in r.items()} for k, r in results.items()},
+        "goals": goals,
+        "pass": ok,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if ok else 1
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"Adapter gRPC clients vs one SDK adapter (echo, {STREAM_CHUNKS} chunks/stream)"
+    )
+    for col in ("client", "stream chunks/s", "Estimate calls/s", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="right" if col != "client" else "left")
+    for name, r in results.items():
+        table.add_row(
+            name,
+            f"{r['stream_chunks_per_s']:,.0f}",
+            f"{r['estimate_calls_per_s']:,.0f}",
+            f"{r['estimate_p50_ms']:.3f}",
+            f"{r['estimate_p99_ms']:.3f}",
+        )
+    console = Console()
+    console.print(table)
+    for name, g in goals.items():
+        mark = "[green]PASS[/green]" if g["pass"] else "[red]FAIL[/red]"
+        console.print(f"{mark} {name}: {g['value']} (target {g['target']})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))

@@ -1,0 +1,129 @@
+"""The `openai` reference adapter against a local OpenAI-compatible HTTP server (a tiny
+http.server in a thread), served by a real `atp adapter serve openai` process."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import serve_adapter
+
+from atp_proto.adapters import AdapterError, TaskRequest
+from atp_proto.adapters.grpc_client import GrpcAdapter
+from atp_proto.adapters.openai_bridge import OpenAIBridge
+from atp_proto.frames import ErrorCode
+
+SECRET = "sk-test-SECRET-0123456789"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    seen: list[dict] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append(
+            {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
+        )
+        prompt = body["messages"][0]["content"]
+        if prompt in ("429", "401"):
+            self.send_response(int(prompt))
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Retry-After", "2")
+            self.end_headers()
+            self.wfile.write(json.dumps({"error": {"message": f"nope {prompt}"}}).encode())
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for word in ["Hello", " there", ", friend"]:
+            event = {"choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
+        self.wfile.write(b": a comment line\n\n")
+        usage = {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 4}}
+        self.wfile.write(f"data: {json.dumps(usage)}\r\n\r\ndata: [DONE]\n\n".encode())
+
+
+@pytest.fixture
+def upstream() -> Iterator[str]:
+    _Handler.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+async def test_openai_bridge_streams_and_maps_errors(tmp_path: Path, upstream: str) -> None:
+    env = {"OPENAI_API_KEY": SECRET, "ATP_OPENAI_MODEL": "test-model"}
+    with trio.fail_after(30):
+        async with serve_adapter(
+            tmp_path,
+            "openai",
+            "--option",
+            f"base_url={upstream}",
+            "--option",
+            "usd_per_1k_out=1000",
+            "--log-level",
+            "debug",
+            env=env,
+        ) as proc:
+            async with GrpcAdapter.from_url("oa", proc.url) as a:
+                chunks = [
+                    c async for c in a.stream(TaskRequest("chat", "Say hello", max_tokens=20))
+                ]
+                assert "".join(c.content for c in chunks) == "Hello there, friend"
+                assert chunks[-1].final and chunks[-1].finish_reason == "stop"
+                assert chunks[-1].tokens == 15 and chunks[-1].usd_micros == 4  # from usage
+                assert [c.final for c in chunks] == [False, False, False, True]
+                est = await a.estimate(TaskRequest("chat", "Say hello", max_tokens=20))
+                assert est.out_tokens == 20
+                with pytest.raises(AdapterError) as ei:
+                    async for _ in a.stream(TaskRequest("chat", "429")):
+                        pass
+                assert ei.value.code == ErrorCode.EWINDOW_AGENT and "nope 429" in ei.value.message
+                with pytest.raises(AdapterError) as ei:
+                    async for _ in a.stream(TaskRequest("chat", "401")):
+                        pass
+                assert ei.value.code == ErrorCode.ESEC
+        assert SECRET not in proc.log_text()
+    seen = _Handler.seen[0]
+    assert seen["path"] == "/v1/chat/completions" and seen["auth"] == f"Bearer {SECRET}"
+    assert seen["body"]["model"] == "test-model" and seen["body"]["stream"] is True
+    assert seen["body"]["max_tokens"] == 20
+
+
+def test_openai_bridge_upstream_down() -> None:
+    import asyncio  # the bridge runs in the SDK's asyncio server
+
+    bridge = OpenAIBridge.from_options(
+        {"base_url": "http://127.0.0.1:1/v1", "api_key": SECRET}, env={}
+    )
+    assert SECRET not in repr(bridge)
+
+    async def main() -> None:
+        async for _ in bridge.stream(TaskRequest("chat", "x")):
+            pass
+
+    with pytest.raises(AdapterError) as ei:
+        asyncio.run(asyncio.wait_for(main(), 10))
+    assert ei.value.code == ErrorCode.EAGENTDOWN
+
+
+def test_openai_options() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        OpenAIBridge.from_options({"bogus": "1"}, env={})
+    b = OpenAIBridge.from_options(
+        {}, env={"OPENAI_BASE_URL": "http://h:9/x/", "ATP_OPENAI_MODEL": "m"}
+    )
+    assert (b.base_url, b.model) == ("http://h:9/x", "m")

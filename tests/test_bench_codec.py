@@ -1,0 +1,89 @@
+"""``atp bench codec`` (benchmarks/bench_codec.py via atp_proto/_cli/bench.py).
+
+Structure only: no timing assertions, machines are noisy.
+"""
+
+from __future__ import annotations
+
+import json
+
+from atp_proto._cli import bench
+from atp_proto.cli import main
+
+OPERATIONS = {
+    "encode",
+    "decode",
+    "round-trip",
+    "decode + payload_obj()",
+    "obj -> obj round-trip",
+}
+FRAMES = {"SYN (seed)", "PARTIAL 200 B", "DATA 64 KiB"}
+
+
+def test_quick_json(capsys):
+    rc = main(["bench", "codec", "--quick", "--json"])
+    out, _ = capsys.readouterr()
+    result = json.loads(out)  # stdout holds the JSON object and nothing else
+    assert rc == (0 if result["all_goals_pass"] else 1)
+    assert result["benchmark"] == "codec"
+    assert result["settings"]["quick"] is True
+    machine = result["machine"]
+    assert machine["cpu_count"] >= 1
+    for key in ("platform", "python", "cpu_model", "cbor2"):
+        assert isinstance(machine[key], str) and machine[key]
+    assert result["date"].endswith("+00:00")
+
+    assert set(result["frames"]) == FRAMES
+    sizes = result["frames"]["PARTIAL 200 B"]
+    assert sizes["payload_bytes"] == 200
+    assert sizes["frame_bytes"] == 24 + 200
+    assert result["frames"]["DATA 64 KiB"]["payload_bytes"] == 64 * 1024
+
+    rows = result["results"]
+    assert {(r["frame"], r["operation"]) for r in rows} == {
+        (f, op) for f in FRAMES for op in OPERATIONS
+    }
+    for r in rows:
+        for key in (
+            "ours_us",
+            "ours_frames_per_s",
+            "json_us",
+            "cbor2_us",
+            "speedup_vs_cbor2",
+            "speedup_vs_json",
+        ):
+            assert isinstance(r[key], float) and r[key] > 0, (r["frame"], r["operation"], key)
+        assert all(n >= 1 for n in r["iterations"].values())
+    for key in ("decode_gb_s", "decode_payload_obj_gb_s", "cbor2_loads_gb_s", "json_loads_gb_s"):
+        assert result["throughput"][key] > 0
+
+    goals = result["goals"]
+    assert len(goals) == 3
+    for g in goals:
+        assert isinstance(g["pass"], bool)
+        assert g["measured"] > 0
+        assert g["target"]
+    assert result["all_goals_pass"] == all(g["pass"] for g in goals)
+
+
+def test_quick_table(capsys):
+    rc = main(["bench", "codec", "--quick"])
+    out, _ = capsys.readouterr()
+    assert rc in (0, 1)
+    assert "PARTIAL 200 B" in out
+    assert out.count("PASS") + out.count("FAIL") == 3
+
+
+def test_missing_benchmarks_directory_is_a_usage_error(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "benchmarks_dir", lambda: tmp_path / "absent")
+    rc = main(["bench", "codec", "--quick"])
+    _, err = capsys.readouterr()
+    assert rc == 2
+    assert "no benchmarks directory" in err
+
+
+def test_bench_without_a_benchmark_shows_help(capsys):
+    rc = main(["bench"])
+    _, err = capsys.readouterr()
+    assert rc == 2
+    assert "codec" in err
