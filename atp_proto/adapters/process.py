@@ -49,9 +49,7 @@ async def spawn_adapter(
     if name:
         argv += ["--name", name]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = await trio.lowlevel.open_process(
-        argv, stdout=subprocess.PIPE, stderr=stderr, env=env
-    )
+    process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=stderr, env=env)
     try:
         assert process.stdout is not None
         buf = b""

@@ -108,6 +108,9 @@ class Connection:
         self._highest_id = 0
         self._out: list[bytes | str] = []
         self._out_bytes = 0
+        #: frames handled, by frame type value: for metrics (received / sent)
+        self.frames_received: dict[int, int] = {}
+        self.frames_sent: dict[int, int] = {}
         self._out_text = False  # encoding for connection-level frames
         self._closed: ConnectionClosed | None = None
         self._draining = False
@@ -242,6 +245,7 @@ class Connection:
         self, frame: Frame, cost: int, now: float, events: list[Event], *, text: bool
     ) -> None:
         ftype = frame.type
+        self.frames_received[ftype] = self.frames_received.get(ftype, 0) + 1
         sid = frame.stream_id
         if ftype == FrameType.DATA:
             if sid == 0:
@@ -999,6 +1003,7 @@ class Connection:
     def _queue(self, frame: Frame, text: bool) -> None:
         # Encoded now, so a text reply carries the alias the stream had when it was sent.
         data = self.json.encode(frame) if text else encode_frame(frame)
+        self.frames_sent[frame.type] = self.frames_sent.get(frame.type, 0) + 1
         self._out.append(data)
         self._out_bytes += len(data)
 

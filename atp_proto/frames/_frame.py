@@ -84,12 +84,12 @@ class Frame(_FrameFields):
         return tuple.__new__(
             cls,
             (
-                _known(FrameType, type),
-                _flags(flags),
+                _TYPE_OF.get(type, type),
+                _FLAGS_OF[flags],
                 stream_id,
                 msg_seq,
                 frag_seq,
-                _known(QoS, qos),
+                _QOS_OF.get(qos, qos),
                 ttl,
                 _EMPTY_EXT if ext is None else ext,
                 payload,
@@ -222,15 +222,10 @@ def _check_range(name: str, value: int, hi: int) -> None:
         )
 
 
-def _known(enum_cls: type[FrameType] | type[QoS], value: int) -> int:
-    try:
-        return enum_cls(value)
-    except ValueError:
-        return value
-
-
-def _flags(value: int) -> int:
-    return Flags(value) if not value & 0x80 else value
+# Lookup tables: one dict access instead of an enum call (~0.25 µs each) per field.
+_TYPE_OF: dict[int, int] = {int(t): t for t in FrameType}
+_QOS_OF: dict[int, int] = {int(q): q for q in QoS}
+_FLAGS_OF: tuple[int, ...] = tuple(Flags(v) if v < 0x80 else v for v in range(256))
 
 
 def _name(enum_cls: type[FrameType] | type[QoS], value: int) -> str:

@@ -104,8 +104,14 @@ class Registry:
     def __init__(self) -> None:
         self._metrics: list[Metric | Histogram] = []
 
-    def counter(self, name: str, help_: str, labels: tuple[str, ...] = ()) -> Metric:
-        m = Metric(name, help_, "counter", labels)
+    def counter(
+        self,
+        name: str,
+        help_: str,
+        labels: tuple[str, ...] = (),
+        callback: Callable[[], Iterable[tuple[tuple[str, ...], float]]] | None = None,
+    ) -> Metric:
+        m = Metric(name, help_, "counter", labels, callback=callback)
         self._metrics.append(m)
         return m
 
@@ -146,8 +152,13 @@ class RouterMetrics:
         self.streams_total = r.counter(
             "atp_streams_total", "Streams finished, by outcome", ("lane", "outcome")
         )
-        self.frames = r.counter(
-            "atp_frames_total", "Frames by direction and type", ("direction", "type")
+        #: set by the router: (direction, type) -> count, over live and finished sessions
+        self.frame_counts: Callable[[], Iterable[tuple[tuple[str, ...], float]]] = list
+        r.counter(
+            "atp_frames_total",
+            "Frames by direction and type",
+            ("direction", "type"),
+            callback=lambda: self.frame_counts(),  # noqa: PLW0108 - late-bound
         )
         self.errors = r.counter("atp_errors_total", "ERROR frames sent, by code", ("code",))
         self.lane_queue = r.gauge(

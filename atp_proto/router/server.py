@@ -17,7 +17,7 @@ from trio_websocket import ConnectionClosed as WsClosed
 from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from atp_proto.adapters import Adapter, ResilientAdapter, connect
-from atp_proto.frames import ErrorCode, StreamOpened
+from atp_proto.frames import ErrorCode, FrameType, StreamOpened
 
 from .admission import Admission
 from .auth import ANONYMOUS, AuthConfig, Authenticator, AuthError, Principal, extract_token
@@ -88,6 +88,22 @@ class WsTransport:
         await self.ws.aclose(code, reason)
 
 
+def _type_name(value: int) -> str:
+    try:
+        return FrameType(value).name
+    except ValueError:
+        return f"0x{value:02x}"
+
+
+def _add_frames(
+    totals: dict[tuple[str, str], int], received: dict[int, int], sent: dict[int, int]
+) -> None:
+    for direction, counts in (("in", received), ("out", sent)):
+        for ftype, n in counts.items():
+            key = (direction, _type_name(ftype))
+            totals[key] = totals.get(key, 0) + n
+
+
 def make_adapter(name: str, url: str) -> Adapter:
     """An adapter for a configured URL. Remote (gRPC) adapters get the resilience layer:
     health checks, an AIMD concurrency limit, a circuit breaker, retries before output."""
@@ -109,6 +125,8 @@ class Router:
             else {name: make_adapter(name, url) for name, url in config.adapters.items()}
         )
         self.admission = Admission(config.admission, on_change=self._admission_changed)
+        self._frames_done: dict[tuple[str, str], int] = {}
+        self.metrics.frame_counts = self._frame_counts
         self.metrics.adapter_state = lambda: [
             (n, a.state) for n, a in self.adapters.items() if isinstance(a, ResilientAdapter)
         ]
@@ -131,6 +149,12 @@ class Router:
         self.metrics_port: int | None = None
         self._ready = False
         self.stopped = trio.Event()
+
+    def _frame_counts(self) -> list[tuple[tuple[str, ...], float]]:
+        totals = dict(self._frames_done)
+        for s in self.sessions.values():
+            _add_frames(totals, s.conn.frames_received, s.conn.frames_sent)
+        return [(k, float(v)) for k, v in sorted(totals.items())]
 
     def _admission_changed(self, adm: Admission) -> None:
         m = self.metrics
@@ -276,6 +300,7 @@ class Router:
             await session.run()
         finally:
             self.sessions.pop(session_id, None)
+            _add_frames(self._frames_done, session.conn.frames_received, session.conn.frames_sent)
             m.sessions_active.set(len(self.sessions))
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 if not ws.closed:
