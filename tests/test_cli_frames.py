@@ -33,10 +33,9 @@ def _run(
 
 
 def _expected(seed_text: str) -> dict[str, object]:
-    """A seed frame as it comes back from binary: numeric stream id, no session_id
-    (the binary encoding has no place for it), defaults filled in."""
+    """A seed frame as it comes back from binary: numeric stream id, defaults filled in;
+    session_id survives as an informational ext entry."""
     obj = json.loads(seed_text)
-    obj.pop("session_id", None)
     obj["stream_id"] = 1
     obj.setdefault("frag_seq", 0)
     return obj
@@ -76,7 +75,7 @@ def test_decode_pretty_names_every_field(capsys, monkeypatch):
     rc, out, _ = _run(capsys, monkeypatch, ["frames", "decode"], seed.encode())
     assert rc == 0
     for text in (
-        "header 24 B @0, ext 117 B @24, payload 49 B @141",
+        "header 24 B @0, ext 131 B @24, payload 49 B @155",
         "type       DATA (0x00)",
         "flags      SYN (0x01)",
         "qos        gold (1)",
@@ -150,7 +149,7 @@ def test_truncated_last_frame_is_reported(capsys, monkeypatch):
     rc, out, err = _run(capsys, monkeypatch, ["frames", "decode", "--raw"], data)
     assert rc == 2
     assert "frame 1" in out and "frame 2" in out  # the whole frames are still shown
-    assert "frame 3 at byte offset 301 is truncated: 108 of 118 bytes present" in err
+    assert "frame 3 at byte offset 330 is truncated: 122 of 132 bytes present" in err
 
 
 def test_bad_second_frame_names_its_offset(capsys, monkeypatch):

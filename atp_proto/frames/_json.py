@@ -37,8 +37,10 @@ from ._types import (
     QoS,
 )
 
+#: Top-level keys that map to header fields. ``session_id`` is not one: it is an
+#: informational ext entry (binary frames need none: the connection is the session).
 HEADER_KEYS: Final = frozenset(
-    {"v", "type", "session_id", "stream_id", "msg_seq", "frag_seq", "flags", "qos", "ttl"}
+    {"v", "type", "stream_id", "msg_seq", "frag_seq", "flags", "qos", "ttl"}
 )
 _PAYLOAD_KEYS: Final = frozenset({"payload", "payload_b64"})
 _FLAG_BY_NAME: Final = {f.name: f for f in FLAG_ORDER}
@@ -233,8 +235,10 @@ class JsonMapping:
     def to_obj(self, frame: Frame) -> dict[str, Any]:
         """A frame as a JSON-ready dict, in the key order of the seed examples."""
         out: dict[str, Any] = {"v": frame.version}
-        if self.session_id is not None:
-            out["session_id"] = self.session_id
+        ext = frame.ext
+        session_id = ext.get("session_id", self.session_id)
+        if session_id is not None:
+            out["session_id"] = session_id
         out["stream_id"] = self.alias_of(frame.stream_id)
         out["msg_seq"] = frame.msg_seq
         out["frag_seq"] = frame.frag_seq
@@ -251,7 +255,6 @@ class JsonMapping:
                 out["type"] = FrameType(frame.type).name
             except ValueError:
                 out["type"] = frame.type
-        ext = frame.ext
         for key in _LEADING_EXT:
             if key in ext:
                 out[key] = ext[key]
@@ -263,7 +266,7 @@ class JsonMapping:
                 out.pop("payload", None)
                 out["payload_b64"] = base64.b64encode(frame.payload).decode("ascii")
         for key, value in ext.items():
-            if key not in _LEADING_EXT:
+            if key not in _LEADING_EXT and key != "session_id":
                 out[key] = _jsonable(value)
         return out
 
