@@ -75,7 +75,6 @@ class StreamHandle:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     credit: trio.Event = field(default_factory=trio.Event)
     reset: StreamReset | None = None
-    inbox: deque[MessageReceived] = field(default_factory=deque)
 
 
 StreamRunner = Callable[["Session", StreamOpened, StreamHandle], Awaitable[None]]
@@ -159,10 +158,8 @@ class Session:
             if isinstance(ev, StreamOpened):
                 self._start_stream(ev)
             elif isinstance(ev, MessageReceived):
-                handle = self.streams.get(ev.stream_id)
-                if handle is not None and len(handle.inbox) < 64:
-                    handle.inbox.append(ev)
-                # input beyond the SYN is not used by v1 routing: consume its credit
+                # v1 routing uses only the SYN's input; later client messages on a stream
+                # (e.g. a FIN half-close) are consumed so that their credit flows back.
                 self.conn.acknowledge(ev.stream_id, ev.size)
             elif isinstance(ev, WindowUpdated):
                 handle = self.streams.get(ev.stream_id)
