@@ -36,6 +36,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "bench_adapters.py",
         "gRPC adapter plane: streaming chunks/s and Estimate latency, beside grpclib and grpcio",
     ),
+    "ws": Benchmark(
+        "bench_ws.py",
+        "router over WebSocket: relayed PARTIAL frames/s, SYN->first PARTIAL latency, "
+        "idle-session RSS, beside a bare trio-websocket echo",
+    ),
 }
 
 
