@@ -332,19 +332,23 @@ class Router:
         self.stopped.set()
 
     async def run_until_signal(self) -> None:
-        """Serve; on SIGTERM / SIGINT drain gracefully (a second signal stops at once)."""
+        """Serve; on SIGTERM / SIGINT drain gracefully, then return (a second signal stops
+        at once)."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.serve)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for sig in signals:
-                    if self._draining:
-                        log.warning("second signal: stopping now")
-                        self.stopped.set()
-                        break
-                    log.info(
-                        "signal received, draining", extra={"signal": signal.Signals(sig).name}
-                    )
-                    nursery.start_soon(self.drain)
+            nursery.start_soon(self._watch_signals, nursery)
+            await self.stopped.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _watch_signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for sig in signals:
+                if self._draining:
+                    log.warning("second signal: stopping now")
+                    self.stopped.set()
+                    return
+                log.info("signal received, draining", extra={"signal": signal.Signals(sig).name})
+                nursery.start_soon(self.drain)
 
     # ------------------------------------------------------------------ metrics
 
