@@ -115,6 +115,14 @@ def run(args: argparse.Namespace) -> int:
         router = Router(cfg)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    # Objects alive after start-up never become garbage: keep them out of the collector's
+    # way, and collect the young generation less often (gen-2 pauses of 25-73 ms were
+    # measured under load by atp bench ws).
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     try:
         trio.run(router.run_until_signal)
     except OSError as exc:

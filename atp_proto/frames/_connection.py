@@ -33,7 +33,7 @@ from typing import Any, Final, TypeGuard
 
 import cbor2
 
-from ._codec import HEADER_SIZE, FrameDecoder, encode_ext, encode_frame
+from ._codec import HEADER, HEADER_SIZE, FrameDecoder, encode_ext, encode_frame
 from ._errors import (
     ATPError,
     FrameDecodeError,
@@ -75,6 +75,7 @@ from ._types import (
 __all__ = ["BudgetExceeded", "Connection", "Role"]
 
 _TEXT_PEER_WINDOW: Final = MAX_WINDOW
+_HEADER_PACK: Final = HEADER.pack
 _FEATURES: Final = ("json", "fragmentation", "budget", "heartbeat")
 
 
@@ -123,6 +124,7 @@ class Connection:
         self.peer_caps: Mapping[str, Any] = {}
         self._peer_frame_size = DEFAULT_LIMITS.max_frame_size
         self._peer_initial_window = DEFAULT_LIMITS.initial_window
+        self._frag_size = _frag_size(self._peer_frame_size, self._peer_initial_window)
         self._peer_max_streams = DEFAULT_LIMITS.max_streams
         self._peer_spoke_binary = False
         self._peer_sent_caps = False
@@ -587,6 +589,7 @@ class Connection:
         win = caps.get("initial_window")
         if _is_uint(win) and 1 <= win <= MAX_WINDOW:
             self._peer_initial_window = win
+        self._frag_size = _frag_size(self._peer_frame_size, self._peer_initial_window)
         ms = caps.get("max_streams")
         if _is_uint(ms):
             self._peer_max_streams = ms
@@ -737,6 +740,33 @@ class Connection:
         Raises:
             StreamClosedError: the stream cannot send (closed, half-closed, unknown).
         """
+        rec = self._streams.get(stream_id)
+        # Fast path (the router's PARTIALs): a binary stream that can send, one fragment,
+        # no ext, credit available, nothing queued before it. Same bytes as the general
+        # path, without building and validating a Frame (ATP-FLOW, ATP-SEQ still hold).
+        if (
+            rec is not None
+            and rec.sendable
+            and not end_stream
+            and not ext
+            and not rec.text
+            and not rec.outbox
+            and self._closed is None
+        ):
+            n = len(payload)
+            cost = HEADER_SIZE + n
+            if cost <= rec.send_credit and n <= self._frag_size:
+                seq = rec.send_seq
+                rec.send_seq = (seq + 1) & U32_MAX
+                rec.send_credit -= cost
+                header = _HEADER_PACK(
+                    VERSION, 0, Flags.MORE if more else 0, 0, stream_id, seq, 0, 0, 0, n
+                )
+                self._out.append(header + payload)
+                self._out_bytes += cost
+                sent = self.frames_sent
+                sent[FrameType.DATA] = sent.get(FrameType.DATA, 0) + 1
+                return
         rec = self._get_sendable(stream_id)
         self._send_data(
             rec, payload, Flags.MORE if more else 0, dict(ext) if ext else {}, fin=end_stream
@@ -758,9 +788,7 @@ class Connection:
         elif not flags & Flags.SYN:
             rec.apply(StreamInput.SEND_DATA)
         ext_len = len(encode_ext(ext)) if ext else 0
-        # Fragments fit the peer's max_frame_size and a quarter of its window, so a
-        # message larger than the window still flows as credit comes back.
-        frag = min(self._peer_frame_size, max(self._peer_initial_window // 4, 1024))
+        frag = self._frag_size
         seq = rec.send_seq
         rec.send_seq = (seq + 1) & U32_MAX
         total = len(payload)
@@ -1040,6 +1068,12 @@ class Connection:
         self._out.clear()
         self._out_bytes = 0
         return out
+
+
+def _frag_size(peer_frame_size: int, peer_initial_window: int) -> int:
+    """Fragments fit the peer's max_frame_size and a quarter of its window, so a message
+    larger than the window still flows as credit comes back."""
+    return min(peer_frame_size, max(peer_initial_window // 4, 1024))
 
 
 def _is_uint(value: object) -> TypeGuard[int]:

@@ -125,8 +125,13 @@ class StreamRecord:
     window: BudgetWindow = field(default_factory=BudgetWindow)
     usage: Usage = field(default_factory=Usage)
 
+    #: cached ``(role, state, SEND_DATA) in TRANSITIONS``, kept current by :meth:`apply`
+    #: (the send fast path checks it once per message)
+    sendable: bool = False
+
     def apply(self, inp: StreamInput) -> None:
-        self.state = next_state(self.role, self.state, inp, self.stream_id)
+        self.state = state = next_state(self.role, self.state, inp, self.stream_id)
+        self.sendable = (self.role, state, StreamInput.SEND_DATA) in TRANSITIONS
 
     @property
     def closed(self) -> bool:
@@ -138,7 +143,7 @@ class StreamRecord:
 
     @property
     def can_send(self) -> bool:
-        return (self.role, self.state, StreamInput.SEND_DATA) in TRANSITIONS
+        return self.sendable
 
 
 def table_markdown() -> str:

@@ -409,7 +409,8 @@ class StreamJob:
         self.chunk_no += 1
 
     async def _wait_writable(self) -> None:
-        await self.session.writable(self.handle)
+        if not self.session.can_write(self.handle):
+            await self.session.writable(self.handle)
 
 
 class _aclosing:

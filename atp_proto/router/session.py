@@ -261,6 +261,13 @@ class Session:
             self._vfinish[best] += 1.0 / WEIGHTS[best]
             self._writable[best].popleft().set()
 
+    def can_write(self, handle: StreamHandle) -> bool:
+        """True when the stream may queue a message now (no waiting needed)."""
+        return (
+            not self.conn.outbound_buffered(handle.stream_id)
+            and self.conn.queued_bytes <= OUTPUT_HIGH_WATER
+        )
+
     async def writable(self, handle: StreamHandle) -> None:
         """Wait until the stream may queue another message (credit + session room)."""
         conn = self.conn
@@ -296,7 +303,8 @@ class Session:
         ext: dict[str, Any] | None = None,
     ) -> None:
         self.conn.send_message(stream_id, payload, more=more, end_stream=end_stream, ext=ext)
-        self._kick()
+        # Hot path: only the writer needs waking (sending moves no timer deadline earlier).
+        self._wake_writer.set()
 
     def send_error(
         self, stream_id: int, code: ErrorCode | str, message: str, retry_after_ms: int | None = None

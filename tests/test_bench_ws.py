@@ -1,0 +1,74 @@
+"""``atp bench ws`` (benchmarks/bench_ws.py via atp_proto/_cli/bench.py).
+
+Structure and positivity only: no timing assertions, machines are noisy. The quick run
+starts two routers, an echo server and a few client processes (about 10-20 s).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from atp_proto.cli import main
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc, forks clients")
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def test_quick_json(capsys):
+    rc = main(["bench", "ws", "--quick", "--json"])
+    out, _ = capsys.readouterr()
+    result = json.loads(out)  # stdout holds the JSON object and nothing else
+    assert rc == (0 if result["all_goals_pass"] else 1)
+    assert result["benchmark"] == "ws"
+    assert result["settings"]["quick"] is True
+    assert result["date"].endswith("+00:00")
+    machine = result["machine"]
+    assert machine["cpu_count"] >= 1
+    for key in ("platform", "python", "cpu_model", "trio", "trio_websocket"):
+        assert isinstance(machine[key], str) and machine[key]
+
+    settings = result["settings"]
+    res = result["results"]
+    tp = res["throughput"]
+    assert tp["partials"] == settings["streams"] * settings["frames_per_stream"]
+    assert tp["finals"] == settings["streams"]
+    for key in (
+        "frames_per_s",
+        "steady_frames_per_s",
+        "seconds",
+        "partial_frame_bytes",
+        "router_cpu_pct",
+        "client_cpu_pct",
+    ):
+        assert _positive(tp[key]), key
+    assert tp["partial_frame_bytes"] > settings["chunk_chars"]
+
+    base = res["baseline"]
+    assert _positive(base["messages_per_s"]) and base["messages"] > 0
+    assert base["message_bytes"] == 200
+
+    lat = res["latency"]
+    assert lat["background_open_during_probes"] == settings["background_streams"]
+    assert lat["probes"] == settings["probes"]
+    for dist in (lat["syn_to_first_partial_ms"], lat["partial_gap_ms"]):
+        assert dist["n"] > 0
+        assert 0 < dist["p50"] <= dist["p99"] <= dist["max"]
+
+    sess = res["sessions"]
+    assert sess["sessions"] == settings["idle_sessions"]
+    assert sess["rss_after_bytes"] >= sess["rss_before_bytes"] > 0
+    assert _positive(sess["rss_at_10k_bytes"]) and _positive(sess["sessions_per_s"])
+
+    goals = result["goals"]
+    assert len(goals) == 4
+    for g in goals:
+        assert isinstance(g["pass"], bool)
+        assert _positive(g["measured"])
+        assert g["target"]
+    assert result["all_goals_pass"] == all(g["pass"] for g in goals)
