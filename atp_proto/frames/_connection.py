@@ -76,6 +76,8 @@ __all__ = ["BudgetExceeded", "Connection", "Role"]
 
 _TEXT_PEER_WINDOW: Final = MAX_WINDOW
 _HEADER_PACK: Final = HEADER.pack
+_SLOW_FLAGS: Final = Flags.SYN | Flags.RST | Flags.CONT
+_NO_EXT: Final[Mapping[str, Any]] = {}
 _FEATURES: Final = ("json", "fragmentation", "budget", "heartbeat")
 
 
@@ -282,6 +284,37 @@ class Connection:
         sid = frame.stream_id
         flags = frame.flags
         rec = self._streams.get(sid)
+        # Fast path (PARTIALs at the client, input at the router): a whole, in-order
+        # message without ext on a stream that can receive, within credit. The general
+        # path below enforces the same rules; this only skips work that cannot apply.
+        if (
+            rec is not None
+            and not flags & _SLOW_FLAGS
+            and rec.receivable
+            and rec.frag_next == 0
+            and frame.msg_seq == rec.recv_seq
+            and frame.frag_seq == 0
+            and not frame.ext
+            and cost <= rec.recv_credit
+        ):
+            rec.recv_credit -= cost
+            rec.recv_seq = (frame.msg_seq + 1) & U32_MAX
+            fin = bool(flags & Flags.FIN)
+            events.append(
+                MessageReceived(
+                    sid,
+                    frame.msg_seq,
+                    frame.payload,
+                    _NO_EXT,
+                    more=bool(flags & Flags.MORE),
+                    end_stream=fin,
+                    size=cost,
+                )
+            )
+            if fin:
+                rec.apply(StreamInput.RECV_FIN)
+                self._maybe_forget(rec)
+            return
         if flags & Flags.RST:
             # ATP-FLAG: RST aborts the stream now, whatever its sequence or credit.
             if rec is not None and not rec.closed:

@@ -128,10 +128,12 @@ class StreamRecord:
     #: cached ``(role, state, SEND_DATA) in TRANSITIONS``, kept current by :meth:`apply`
     #: (the send fast path checks it once per message)
     sendable: bool = False
+    receivable: bool = False  #: likewise for RECV_DATA (the receive fast path)
 
     def apply(self, inp: StreamInput) -> None:
         self.state = state = next_state(self.role, self.state, inp, self.stream_id)
         self.sendable = (self.role, state, StreamInput.SEND_DATA) in TRANSITIONS
+        self.receivable = (self.role, state, StreamInput.RECV_DATA) in TRANSITIONS
 
     @property
     def closed(self) -> bool:
@@ -139,7 +141,7 @@ class StreamRecord:
 
     @property
     def can_receive(self) -> bool:
-        return (self.role, self.state, StreamInput.RECV_DATA) in TRANSITIONS
+        return self.receivable
 
     @property
     def can_send(self) -> bool:
