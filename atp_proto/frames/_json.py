@@ -261,6 +261,9 @@ class JsonMapping:
         if frame.payload:
             try:
                 out["payload"] = decode_payload(frame.payload, frame.stream_id)
+                if out["payload"] is None:
+                    # JSON null means "no payload": a CBOR null must travel as bytes
+                    raise ValueError("null payload")
                 json.dumps(out["payload"])
             except (FrameDecodeError, TypeError, ValueError):
                 out.pop("payload", None)
