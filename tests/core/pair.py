@@ -35,8 +35,7 @@ class Pair:
         return events
 
     def open(self, prompt: str = "hi", **kwargs: Any) -> int:
-        sid = self.client.open_stream(cbor2.dumps({"content": {"prompt": prompt}}), **kwargs)
-        return sid
+        return self.client.open_stream(cbor2.dumps({"content": {"prompt": prompt}}), **kwargs)
 
 
 def of(events: list[Event], cls: type) -> list[Any]:
