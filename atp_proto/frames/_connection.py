@@ -390,9 +390,7 @@ class Connection:
             )
         rec.recv_credit -= cost
 
-        # sequencing (ATP-SEQ)
-        if rec.recv_seq is None:
-            rec.recv_seq = frame.msg_seq  # client: first router message
+        # sequencing (ATP-SEQ); recv_seq is set when the stream opens, on both sides
         if frame.msg_seq != rec.recv_seq or frame.frag_seq != rec.frag_next:
             raise RemoteProtocolError(
                 ErrorCode.ESEQ_RETRY,

@@ -107,7 +107,7 @@ class StreamRecord:
     deadline: float | None = None
     # sequencing
     send_seq: int = 1
-    recv_seq: int | None = None  # next msg_seq expected; None until the first message
+    recv_seq: int = 0  # next msg_seq expected (set when the stream opens)
     # reassembly of the message being received
     frag_next: int = 0
     frag_parts: list[bytes | memoryview] = field(default_factory=list)
