@@ -84,7 +84,7 @@ def test_local_misuse_is_refused() -> None:
     assert c.is_text(sid)
     c.close()
     for call in (
-        lambda: c.open_stream(),
+        c.open_stream,
         lambda: c.send_message(sid, b"x"),
         lambda: c.update_window(sid, BudgetWindow()),
     ):
