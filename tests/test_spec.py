@@ -70,7 +70,7 @@ def test_error_table_matches_the_code() -> None:
 
 
 def test_seed_examples_are_quoted_verbatim() -> None:
-    seed = (ROOT.parent / "shared" / "seeds" / "002_e30579a69d551956.txt")
+    seed = ROOT.parent / "shared" / "seeds" / "002_e30579a69d551956.txt"
     if not seed.exists():  # the spec stands alone; the seed is background material
         return
     text = seed.read_text(encoding="utf-8")

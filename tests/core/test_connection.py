@@ -39,7 +39,7 @@ from .pair import Pair, of
 
 
 def test_open_partial_final() -> None:
-    """ATP-STREAM: SYN opens; router messages follow at SYN.msg_seq + 1; router FIN closes."""
+    """ATP-STREAM-001, ATP-SEQ-001, ATP-SEQ-003, ATP-BUDGET-006: SYN opens; router messages follow at SYN.msg_seq + 1; router FIN closes."""
     p = Pair()
     sid = p.open(qos=QoS.GOLD, ttl=5, window=BudgetWindow(2, 100, 50), meta={"task_type": "qa"})
     (opened,) = of(p.to_router(), StreamOpened)
@@ -56,6 +56,7 @@ def test_open_partial_final() -> None:
 
 
 def test_client_fin_half_closes() -> None:
+    """ATP-STREAM-005."""
     p = Pair()
     sid = p.open(end_stream=True)
     (opened,) = of(p.to_router(), StreamOpened)
@@ -70,6 +71,7 @@ def test_client_fin_half_closes() -> None:
 
 
 def test_only_clients_open_and_router_rejects_server_syn() -> None:
+    """ATP-STREAM-006."""
     r = Connection(Role.ROUTER)
     with pytest.raises(LocalProtocolError):
         r.open_stream(b"")
@@ -80,6 +82,7 @@ def test_only_clients_open_and_router_rejects_server_syn() -> None:
 
 
 def test_stream_ids_must_increase() -> None:
+    """ATP-STREAM-002, ATP-STREAM-003, ATP-STREAM-004."""
     p = Pair()
     p.open()
     p.to_router()
@@ -93,7 +96,7 @@ def test_stream_ids_must_increase() -> None:
 
 
 def test_sequence_errors_reset_stream_only() -> None:
-    """ATP-SEQ: a wrong msg_seq or frag_seq is ESEQ_RETRY; other streams go on."""
+    """ATP-SEQ-004, ATP-ERR-001: a wrong msg_seq or frag_seq is ESEQ_RETRY; other streams go on."""
     p = Pair()
     a = p.open()
     b = p.open()
@@ -111,7 +114,7 @@ def test_sequence_errors_reset_stream_only() -> None:
 
 
 def test_fragmentation_larger_than_the_window() -> None:
-    """ATP-SEQ / ATP-FLOW: a 3 MiB message crosses a 256 KiB window in fragments."""
+    """ATP-SEQ-008, ATP-SEQ-009: a 3 MiB message crosses a 256 KiB window in fragments."""
     p = Pair()
     sid = p.open()
     p.to_router()
@@ -131,6 +134,7 @@ def test_fragmentation_larger_than_the_window() -> None:
 
 
 def test_fragment_rules() -> None:
+    """ATP-SEQ-006."""
     p = Pair()
     sid = p.open()
     p.to_router()
@@ -147,6 +151,7 @@ def test_fragment_rules() -> None:
 
 
 def test_message_size_limit() -> None:
+    """ATP-SEQ-007."""
     p = Pair(router_limits=Limits(max_message_size=1000))
     sid = p.open()
     p.to_router()
@@ -159,7 +164,7 @@ def test_message_size_limit() -> None:
 
 
 def test_credit_is_never_exceeded_and_updates_release() -> None:
-    """ATP-FLOW: the sender queues what the peer's credit does not cover."""
+    """ATP-FLOW-001, ATP-FLOW-003, ATP-FLOW-005: the sender queues what the peer's credit does not cover."""
     p = Pair(client_limits=Limits(initial_window=4096))
     p.client.send_capabilities()
     p.to_router()
@@ -180,6 +185,7 @@ def test_credit_is_never_exceeded_and_updates_release() -> None:
 
 
 def test_receiver_rejects_over_credit_and_bad_updates() -> None:
+    """ATP-FLOW-002, ATP-FLOW-004, ATP-FRAME-012."""
     p = Pair(router_limits=Limits(initial_window=1000))
     sid = p.open()
     p.to_router()
@@ -199,7 +205,7 @@ def test_receiver_rejects_over_credit_and_bad_updates() -> None:
 
 
 def test_budget_windows() -> None:
-    """ATP-BUDGET: charge and parallel checks; WINDOW_UPDATE lowers the window mid-flight."""
+    """ATP-BUDGET-003, ATP-BUDGET-004, ATP-BUDGET-005, ATP-BUDGET-007: charge and parallel checks; WINDOW_UPDATE lowers the window mid-flight."""
     p = Pair()
     sid = p.open(window=BudgetWindow(max_parallel=1, max_tokens=100, max_usd_micros=10))
     p.to_router()
@@ -229,7 +235,7 @@ def test_budget_windows() -> None:
 
 
 def test_ttl_heartbeat_and_idle_are_driven_by_now() -> None:
-    """ATP-TIME: no clock inside; the caller passes time and fires timers."""
+    """ATP-TIME-001, ATP-TIME-002, ATP-TIME-004: no clock inside; the caller passes time and fires timers."""
     p = Pair(router_limits=Limits(idle_timeout_ms=10_000))
     sid = p.open(ttl=2)
     p.to_router()
@@ -252,6 +258,7 @@ def test_ttl_heartbeat_and_idle_are_driven_by_now() -> None:
 
 
 def test_client_heartbeat_schedule() -> None:
+    """ATP-TIME-005."""
     c = Connection(Role.CLIENT, heartbeat=5.0, limits=Limits(idle_timeout_ms=0))
     assert c.next_deadline() == 5.0
     c.handle_timer(5.0)
@@ -263,7 +270,7 @@ def test_client_heartbeat_schedule() -> None:
 
 
 def test_drain_refuses_new_streams_only() -> None:
-    """ATP-SESS: EDRAINING on stream 0 is going-away: open streams continue."""
+    """ATP-SESS-005, ATP-SESS-006: EDRAINING on stream 0 is going-away: open streams continue."""
     p = Pair()
     a = p.open()
     p.to_router()
@@ -278,6 +285,7 @@ def test_drain_refuses_new_streams_only() -> None:
 
 
 def test_max_streams() -> None:
+    """ATP-STREAM-008."""
     p = Pair(router_limits=Limits(max_streams=2))
     for _ in range(3):
         p.open()
@@ -287,6 +295,7 @@ def test_max_streams() -> None:
 
 
 def test_capabilities_exchange_and_version_mismatch() -> None:
+    """ATP-SESS-001, ATP-SESS-002, ATP-SESS-003."""
     p = Pair(router_limits=Limits(max_streams=7))
     p.client.send_capabilities()
     (caps,) = of(p.to_router(), CapabilitiesReceived)
@@ -300,6 +309,7 @@ def test_capabilities_exchange_and_version_mismatch() -> None:
 
 
 def test_errors_from_the_peer() -> None:
+    """ATP-ERR-002, ATP-SESS-004."""
     p = Pair()
     sid = p.open()
     p.to_router()
@@ -313,6 +323,7 @@ def test_errors_from_the_peer() -> None:
 
 
 def test_client_rst_cancels() -> None:
+    """ATP-FLAG-003, ATP-FLAG-004."""
     p = Pair()
     sid = p.open()
     p.to_router()
@@ -324,6 +335,7 @@ def test_client_rst_cancels() -> None:
 
 
 def test_unknown_frame_type_is_ignored() -> None:
+    """ATP-FRAME-010."""
     r = Connection(Role.ROUTER)
     evs = r.receive_message(encode_frame(Frame(0x33, 0, 0, payload=b"future")), 0)
     assert len(evs) == 1 and isinstance(evs[0], UnknownFrameReceived)
@@ -331,6 +343,7 @@ def test_unknown_frame_type_is_ignored() -> None:
 
 
 def test_text_streams_reply_in_text() -> None:
+    """ATP-WS-004."""
     r = Connection(Role.ROUTER)
     (opened,) = r.receive_text(
         '{"stream_id":"st1","msg_seq":1,"flags":["SYN"],"payload":{"content":{"prompt":"x"}}}', 0

@@ -43,6 +43,7 @@ def _open_router(sid: int = 1) -> Connection:
 
 
 def test_close_codes() -> None:
+    """ATP-ERR-002, ATP-QUIC-004."""
     assert ws_close_code(ErrorCode.EPROTO) == 1002
     assert ws_close_code(ErrorCode.ETOOBIG) == 1009
     assert ws_close_code(ErrorCode.EDRAINING) == 1001
@@ -109,6 +110,7 @@ def test_local_misuse_is_refused() -> None:
 
 
 def test_peer_mistakes_on_control_frames() -> None:
+    """ATP-FRAME-012, ATP-FRAME-013, ATP-FRAME-014, ATP-FRAME-015."""
     r = _open_router()
     cases = [
         (Frame(FrameType.ERROR, 0, 1, ext={"error": "nope"}), "error"),
@@ -140,6 +142,7 @@ def test_peer_mistakes_on_control_frames() -> None:
 
 
 def test_heartbeat_mistakes() -> None:
+    """ATP-FRAME-011, ATP-TIME-003."""
     r = Connection(Role.ROUTER)
     evs = r.receive_message(encode_frame(Frame(FrameType.DATA, 0, 0, payload=b"x")), 0)
     assert "without HB" in of(evs, ConnectionClosed)[0].message
@@ -152,6 +155,7 @@ def test_heartbeat_mistakes() -> None:
 
 
 def test_data_after_peer_fin_and_closed_flushing_streams() -> None:
+    """ATP-STREAM-005, ATP-STREAM-007, ATP-FLAG-004."""
     p = Pair(client_limits=Limits(initial_window=1024))
     p.client.send_capabilities()
     p.to_router()
@@ -193,6 +197,7 @@ def test_peer_rst_on_flushing_stream_and_unknown() -> None:
 
 
 def test_text_stream_level_and_connection_level_errors() -> None:
+    """ATP-JSON-006."""
     r = Connection(Role.ROUTER)
     r.receive_text('{"stream_id":"a","msg_seq":1,"flags":["SYN"],"payload":{"p":1}}', 0)
     evs = r.receive_text('{"stream_id":"a","msg_seq":2,"qos":"tin"}', 0)
@@ -207,6 +212,7 @@ def test_text_stream_level_and_connection_level_errors() -> None:
 
 
 def test_refused_text_syn_frees_its_alias() -> None:
+    """ATP-JSON-003, ATP-STREAM-008."""
     r = Connection(Role.ROUTER, limits=Limits(max_streams=1))
     r.receive_text('{"stream_id":"a","msg_seq":1,"flags":["SYN"],"payload":{"p":1}}', 0)
     evs = r.receive_text('{"stream_id":"b","msg_seq":1,"flags":["SYN"],"payload":{"p":1}}', 0)

@@ -64,7 +64,7 @@ SEED_FINAL = """{
 
 
 def test_seed_syn_decodes_to_the_model() -> None:
-    """ATP-JSON: the seed SYN decodes; string ids become stream 1 of this connection."""
+    """ATP-JSON-001, ATP-JSON-002: the seed SYN decodes; string ids become stream 1 of this connection."""
     m = JsonMapping()
     f = m.decode(SEED_SYN)
     assert f is not None
@@ -82,6 +82,7 @@ def test_seed_syn_decodes_to_the_model() -> None:
 
 
 def test_seed_partial_and_final_decode() -> None:
+    """ATP-JSON-001."""
     m = JsonMapping()
     m.decode(SEED_SYN)
     p = m.decode(SEED_PARTIAL)
@@ -95,7 +96,7 @@ def test_seed_partial_and_final_decode() -> None:
 
 @pytest.mark.parametrize("seed", [SEED_SYN, SEED_PARTIAL, SEED_FINAL])
 def test_seed_json_binary_json_round_trip(seed: str) -> None:
-    """ATP-JSON: JSON -> frame -> binary -> frame -> JSON keeps every field."""
+    """ATP-JSON-001, ATP-JSON-004, ATP-JSON-007: JSON -> frame -> binary -> frame -> JSON keeps every field."""
     m = JsonMapping()
     f = m.decode(seed)
     assert f is not None
@@ -108,7 +109,7 @@ def test_seed_json_binary_json_round_trip(seed: str) -> None:
 
 
 def test_header_layout_byte_offsets() -> None:
-    """ATP-FRAME: big-endian fields at fixed offsets; ext then payload follow."""
+    """ATP-FRAME-001: big-endian fields at fixed offsets; ext then payload follow."""
     ext = {"credit": 5}
     f = Frame(
         FrameType.WINDOW_UPDATE,
@@ -139,7 +140,7 @@ def test_header_layout_byte_offsets() -> None:
 
 
 def test_payload_is_not_copied() -> None:
-    """Decoding hands out a view into the fed bytes: no copy of a 64 KiB payload."""
+    """ATP-FRAME-008: Decoding hands out a view into the fed bytes: no copy of a 64 KiB payload."""
     data = encode_frame(Frame.data(1, 1, raw=b"z" * 65536))
     f = decode_frames(data)[0]
     assert isinstance(f.payload, memoryview)
@@ -149,6 +150,7 @@ def test_payload_is_not_copied() -> None:
 
 
 def test_many_frames_per_buffer_and_split_frames() -> None:
+    """ATP-FRAME-009."""
     frames = [Frame.data(1, i, {"n": i}, flags=Flags.MORE) for i in range(1, 50)]
     data = encode_frames(frames)
     assert decode_frames(data) == frames
@@ -163,6 +165,7 @@ def test_many_frames_per_buffer_and_split_frames() -> None:
 
 
 def test_truncated_message_is_connection_error() -> None:
+    """ATP-WS-001."""
     data = encode_frame(Frame.data(1, 1, {"x": 1}))
     with pytest.raises(FrameDecodeError) as err:
         decode_frames(data[:-1])
@@ -172,6 +175,7 @@ def test_truncated_message_is_connection_error() -> None:
 
 
 def test_bad_version_breaks_the_decoder() -> None:
+    """ATP-FRAME-002, ATP-FRAME-003."""
     data = bytearray(encode_frame(Frame.data(1, 1)))
     data[0] = 2
     dec = FrameDecoder()
@@ -184,6 +188,7 @@ def test_bad_version_breaks_the_decoder() -> None:
 
 
 def test_reserved_stream_id_bit_is_connection_error() -> None:
+    """ATP-FRAME-004."""
     data = bytearray(encode_frame(Frame.data(1, 1)))
     data[4] |= 0x80
     with pytest.raises(FrameDecodeError) as err:
@@ -192,7 +197,7 @@ def test_reserved_stream_id_bit_is_connection_error() -> None:
 
 
 def test_oversized_frame_is_skipped_stream_level() -> None:
-    """ATP-LIMIT: an oversized body resets its stream; the body is skipped unbuffered."""
+    """ATP-LIMIT-001: an oversized body resets its stream; the body is skipped unbuffered."""
     limits = Limits(max_frame_size=1024)
     big = encode_frame(Frame.data(5, 1, raw=b"a" * 5000))
     after = Frame.data(7, 1, {"ok": True})
@@ -217,6 +222,7 @@ def test_oversized_frame_is_skipped_stream_level() -> None:
 
 
 def test_oversized_frame_on_stream_zero_is_connection_error() -> None:
+    """ATP-LIMIT-001."""
     data = encode_frame(Frame(FrameType.DATA, Flags.HB, 0, payload=b"a" * 2000))
     with pytest.raises(FrameDecodeError) as err:
         decode_frames(data, Limits(max_frame_size=1024))
@@ -224,6 +230,7 @@ def test_oversized_frame_on_stream_zero_is_connection_error() -> None:
 
 
 def test_oversized_ext() -> None:
+    """ATP-LIMIT-001."""
     f = Frame.data(3, 1, ext={"meta": {"x": "y" * 200}})
     with pytest.raises(FrameDecodeError) as err:
         decode_frames(encode_frame(f), Limits(max_ext_size=100))
@@ -248,7 +255,7 @@ def _raw(ext: bytes, sid: int = 1) -> bytes:
     ],
 )
 def test_ext_must_be_a_plain_map(ext: bytes, why: str) -> None:
-    """ATP-EXT: ext is a definite-length CBOR map with text keys, JSON-model values, no
+    """ATP-FRAME-005, ATP-FRAME-006: ext is a definite-length CBOR map with text keys, JSON-model values, no
     tags, nothing after it, nested at most max_depth; a bad one resets its stream."""
     with pytest.raises(FrameDecodeError) as err:
         decode_frames(_raw(ext))
@@ -257,13 +264,14 @@ def test_ext_must_be_a_plain_map(ext: bytes, why: str) -> None:
 
 
 def test_bad_ext_on_stream_zero_is_connection_level() -> None:
+    """ATP-FRAME-006."""
     with pytest.raises(FrameDecodeError) as err:
         decode_ext(b"\x01", 0)
     assert err.value.connection_level
 
 
 def test_unknown_type_and_flags_are_kept_not_rejected() -> None:
-    """ATP-EXT: unknown frame types and flag bits decode (the connection ignores them)."""
+    """ATP-FRAME-010, ATP-FLAG-001: unknown frame types and flag bits decode (the connection ignores them)."""
     raw = struct.pack("!BBBBIIHHII", 1, 0x7E, 0x80 | 0x04, 0, 1, 1, 0, 0, 0, 0)
     f = decode_frames(raw)[0]
     assert f.type == 0x7E and f.flags & 0x80
@@ -271,6 +279,7 @@ def test_unknown_type_and_flags_are_kept_not_rejected() -> None:
 
 
 def test_unknown_qos_is_stream_error() -> None:
+    """ATP-FRAME-007."""
     raw = struct.pack("!BBBBIIHHII", 1, 0, 0, 9, 1, 1, 0, 0, 0, 0)
     with pytest.raises(FrameDecodeError) as err:
         decode_frames(raw)
@@ -297,6 +306,7 @@ def test_payload_decoding() -> None:
 
 
 def test_json_mapping_details() -> None:
+    """ATP-JSON-004, ATP-JSON-005."""
     m = JsonMapping()
     f = m.decode(
         '{"stream_id": 9, "msg_seq": 1, "flags": ["SYN", "NEWFLAG"], "payload_b64": "AAEC"}'
@@ -329,18 +339,21 @@ def test_json_mapping_details() -> None:
     ],
 )
 def test_json_mapping_rejects(text: str, where: str) -> None:
+    """ATP-JSON-006."""
     with pytest.raises(FrameDecodeError) as err:
         JsonMapping().decode(text)
     assert where.lower() in err.value.message.lower()
 
 
 def test_json_text_size_limit() -> None:
+    """ATP-LIMIT-001."""
     with pytest.raises(FrameDecodeError) as err:
         JsonMapping(Limits(max_text_size=10)).decode('{"stream_id": 1, "payload": "xxxxxxxx"}')
     assert err.value.code == ErrorCode.ETOOBIG
 
 
 def test_alias_reuse_and_retirement() -> None:
+    """ATP-JSON-002, ATP-JSON-003."""
     m = JsonMapping()
     a = m.decode('{"stream_id": "st1", "msg_seq": 1, "flags": ["SYN"]}')
     assert a is not None and a.stream_id == 1

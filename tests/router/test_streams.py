@@ -55,7 +55,7 @@ async def _text_exchange(ws: trio_websocket.WebSocketConnection, frame: dict) ->
 
 
 async def test_seed_syn_as_json_text(start_router) -> None:
-    """ATP-JSON / ATP-WS: the seed's SYN, sent as a browser would, gets PARTIALs then a FINAL
+    """ATP-WS-002, ATP-WS-003, ATP-WS-004, ATP-JSON-007, ATP-SEQ-003: the seed's SYN, sent as a browser would, gets PARTIALs then a FINAL
     in the text mapping, echoing the client's session and stream ids."""
     router = await start_router(adapters={"persona": "builtin:persona?latency_ms=1"})
     async with trio_websocket.open_websocket_url(ws_url(router)) as ws:
@@ -78,7 +78,7 @@ async def test_seed_syn_as_json_text(start_router) -> None:
 
 
 async def test_alias_reuse_after_final(start_router) -> None:
-    """ATP-JSON: a browser may reuse "st1" for the next task once the stream finished."""
+    """ATP-JSON-003: a browser may reuse "st1" for the next task once the stream finished."""
     router = await start_router()
     async with trio_websocket.open_websocket_url(ws_url(router)) as ws:
         first = await _text_exchange(ws, SEED_SYN)
@@ -88,7 +88,7 @@ async def test_alias_reuse_after_final(start_router) -> None:
 
 
 async def test_binary_client_many_concurrent_streams(start_router) -> None:
-    """Many streams at once on one session, each answered with its own content."""
+    """ATP-WS-001, ATP-WS-005: Many streams at once on one session, each answered with its own content."""
     router = await start_router(adapters={"echo": "builtin:echo?chunks=3"})
     results: dict[int, Final] = {}
     async with connect(ws_url(router)) as client:
@@ -106,7 +106,7 @@ async def test_binary_client_many_concurrent_streams(start_router) -> None:
 
 
 async def test_fanout_and_consensus(start_router) -> None:
-    """meta.fanout asks several adapters; PARTIALs come from each; FINAL names them all."""
+    """ATP-BUDGET-004: meta.fanout asks several adapters; PARTIALs come from each; FINAL names them all."""
     router = await start_router()
     seen: set[str] = set()
     async with connect(ws_url(router)) as client:
@@ -123,7 +123,7 @@ async def test_fanout_and_consensus(start_router) -> None:
 
 
 async def test_escalation_on_low_confidence(start_router) -> None:
-    """Cheap-first, then champion/challenger: below min_confidence the router escalates."""
+    """ATP-ADAPT-005: Cheap-first, then champion/challenger: below min_confidence the router escalates."""
     router = await start_router(
         adapters={
             "cheap": "builtin:persona?confidence=0.3&usd_per_1k=100",
@@ -144,7 +144,7 @@ async def test_escalation_on_low_confidence(start_router) -> None:
 
 
 async def test_budget_refused_at_admission(start_router) -> None:
-    """ATP-BUDGET: a window smaller than the guard-banded estimate is refused with EBUDGET."""
+    """ATP-BUDGET-002: a window smaller than the guard-banded estimate is refused with EBUDGET."""
     router = await start_router()
     async with connect(ws_url(router)) as client:
         with pytest.raises(StreamError) as err:
@@ -154,7 +154,7 @@ async def test_budget_refused_at_admission(start_router) -> None:
 
 
 async def test_window_update_lowers_budget_mid_flight(start_router) -> None:
-    """ATP-BUDGET: WINDOW_UPDATE lowering max_tokens below usage ends the stream, EBUDGET."""
+    """ATP-BUDGET-005: WINDOW_UPDATE lowering max_tokens below usage ends the stream, EBUDGET."""
     router = await start_router(adapters={"slow": "builtin:persona?latency_ms=50&chunks=20"})
     async with connect(ws_url(router)) as client:
         with pytest.raises(StreamError) as err:
@@ -167,7 +167,7 @@ async def test_window_update_lowers_budget_mid_flight(start_router) -> None:
 
 
 async def test_task_type_not_allowed_is_esec(start_router, jwt_env) -> None:
-    """ATP-SEC: claims restrict task types; others are refused per stream with ESEC."""
+    """ATP-SEC-004: claims restrict task types; others are refused per stream with ESEC."""
     from atp_proto.router import issue_token
 
     router = await start_router(auth=True)
@@ -183,7 +183,7 @@ async def test_task_type_not_allowed_is_esec(start_router, jwt_env) -> None:
 
 
 async def test_bad_payload_is_stream_error_session_survives(start_router) -> None:
-    """ATP-ERR: a SYN without a prompt is EPROTO on that stream; the session goes on."""
+    """ATP-ERR-001, ATP-ERR-005: a SYN without a prompt is EPROTO on that stream; the session goes on."""
     router = await start_router()
     async with trio_websocket.open_websocket_url(ws_url(router)) as ws:
         bad = dict(SEED_SYN, payload={"type": "x", "content": {"no_prompt": 1}})
@@ -196,7 +196,7 @@ async def test_bad_payload_is_stream_error_session_survives(start_router) -> Non
 
 
 async def test_wrong_sequence_number(start_router) -> None:
-    """ATP-SEQ: a wrong msg_seq resets the stream with ESEQ_RETRY; the session survives."""
+    """ATP-SEQ-004: a wrong msg_seq resets the stream with ESEQ_RETRY; the session survives."""
     router = await start_router(adapters={"slow": "builtin:persona?latency_ms=100"})
     async with trio_websocket.open_websocket_url(ws_url(router)) as ws:
         await ws.send_message(json.dumps(SEED_SYN))
@@ -227,7 +227,7 @@ async def _raw_binary(router, frames: bytes) -> tuple[list[Frame], int | None]:
 
 
 async def test_bad_version_closes_with_1002(start_router) -> None:
-    """ATP-FRAME: an unknown version breaks framing: ERROR on stream 0, close 1002."""
+    """ATP-FRAME-003, ATP-ERR-002: an unknown version breaks framing: ERROR on stream 0, close 1002."""
     router = await start_router()
     frame = bytearray(encode_frame(Frame.data(1, 1, {"content": {"prompt": "x"}}, flags=Flags.SYN)))
     frame[0] = 9
@@ -238,7 +238,7 @@ async def test_bad_version_closes_with_1002(start_router) -> None:
 
 
 async def test_truncated_frame_closes_with_1002(start_router) -> None:
-    """ATP-WS: a binary message that ends inside a frame is a connection error."""
+    """ATP-WS-001: a binary message that ends inside a frame is a connection error."""
     router = await start_router()
     data = encode_frame(Frame.data(1, 1, {"content": {"prompt": "x"}}, flags=Flags.SYN))
     got, code = await _raw_binary(router, data[:-3])
@@ -247,7 +247,7 @@ async def test_truncated_frame_closes_with_1002(start_router) -> None:
 
 
 async def test_oversized_frame_resets_stream_only(start_router) -> None:
-    """ATP-LIMIT: a frame over max_frame_size is ETOOBIG for its stream; the session lives."""
+    """ATP-LIMIT-001: a frame over max_frame_size is ETOOBIG for its stream; the session lives."""
     router = await start_router(limits=Limits(max_frame_size=4096))
     big = encode_frame(Frame.data(1, 1, raw=b"x" * 5000, flags=Flags.SYN))
     good = encode_frame(Frame.data(3, 1, {"content": {"prompt": "after"}}, flags=Flags.SYN))
@@ -264,7 +264,7 @@ async def test_oversized_frame_resets_stream_only(start_router) -> None:
 
 
 async def test_bad_json_text_closes_connection(start_router) -> None:
-    """ATP-JSON: a text message that is not a JSON object cannot be attributed to a stream."""
+    """ATP-JSON-006: a text message that is not a JSON object cannot be attributed to a stream."""
     router = await start_router()
     async with trio_websocket.open_websocket_url(ws_url(router)) as ws:
         await ws.send_message("{not json")
@@ -276,7 +276,7 @@ async def test_bad_json_text_closes_connection(start_router) -> None:
 
 
 async def test_ttl_expiry_is_etimeout(start_router) -> None:
-    """ATP-TIME: when a stream's ttl passes the router ends it with ETIMEOUT."""
+    """ATP-TIME-001: when a stream's ttl passes the router ends it with ETIMEOUT."""
     router = await start_router(adapters={"slow": "builtin:persona?latency_ms=700&chunks=4"})
     async with connect(ws_url(router)) as client:
         with pytest.raises(StreamError) as err:
@@ -286,7 +286,7 @@ async def test_ttl_expiry_is_etimeout(start_router) -> None:
 
 
 async def test_client_cancel_cancels_adapter(start_router) -> None:
-    """A client RST cancels the stream's task and its adapter call."""
+    """ATP-FLAG-003: A client RST cancels the stream's task and its adapter call."""
     router = await start_router(adapters={"slow": "builtin:persona?latency_ms=100&chunks=50"})
     adapter = router.adapters["slow"]
     async with connect(ws_url(router)) as client:
@@ -301,7 +301,7 @@ async def test_client_cancel_cancels_adapter(start_router) -> None:
 
 
 async def test_slow_reader_bounds_memory_and_stops_adapter(start_router) -> None:
-    """ATP-FLOW: a client that grants 4 KiB of credit and then stops reading makes the
+    """ATP-FLOW-006, ATP-LIMIT-002: a client that grants 4 KiB of credit and then stops reading makes the
     router stop pulling from its adapter; router-side memory for the stream stays bounded."""
     router = await start_router(adapters={"firehose": "builtin:echo?chunks=50000"})
     adapter = router.adapters["firehose"]
@@ -346,7 +346,7 @@ async def test_slow_reader_bounds_memory_and_stops_adapter(start_router) -> None
 
 
 async def test_max_streams_refusal(start_router) -> None:
-    """ATP-LIMIT: a SYN beyond max_streams is refused with EWINDOW and retry_after_ms."""
+    """ATP-STREAM-008, ATP-ERR-004: a SYN beyond max_streams is refused with EWINDOW and retry_after_ms."""
     router = await start_router(
         adapters={"slow": "builtin:persona?latency_ms=300"}, limits=Limits(max_streams=2)
     )
