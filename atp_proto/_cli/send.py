@@ -127,7 +127,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     try:
-        return trio.run(main)
+        try:
+            return trio.run(main)
+        except BaseExceptionGroup as group:
+            # The client's nursery wraps a StreamError in a group: unwrap a lone one.
+            leaf: BaseException = group
+            while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+                leaf = leaf.exceptions[0]
+            if leaf is group:
+                raise
+            raise leaf from None
     except StreamError as exc:
         emit(
             "error",

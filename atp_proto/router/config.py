@@ -126,6 +126,33 @@ def adapters_from_env(value: str) -> dict[str, str]:
 
 _SECTIONS = {"limits": Limits, "admission": AdmissionConfig}
 
+#: Scalar RouterConfig settings and their types, to check values read from a file.
+_SCALAR_TYPES: dict[str, type] = {
+    f.name: type(f.default)
+    for f in fields(RouterConfig)
+    if type(f.default) in (bool, int, float, str)
+}
+
+
+def _checked(where: str, name: str, value: Any) -> Any:
+    """``value`` for setting ``name``, or ConfigError when its type is wrong."""
+    if name == "allowed_tenants":
+        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+            raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+        return tuple(value)
+    expected = _SCALAR_TYPES.get(name)
+    if expected is None:
+        return value
+    if expected is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise ConfigError(f"{where} must be {expected.__name__}, got {value!r}")
+    return value
+
 
 def _typed(section: str, cls: type, data: Mapping[str, Any]) -> Any:
     known = {f.name: f for f in fields(cls)}
@@ -162,7 +189,7 @@ def load_file(path: str) -> dict[str, Any]:
         elif key == "path":
             out["ws_path"] = value
         else:
-            out[key] = value
+            out[key] = _checked(f"{path}: router.{key}", key, value)
     if "adapters" in doc:
         adapters = doc.pop("adapters")
         if not isinstance(adapters, dict) or not all(isinstance(v, str) for v in adapters.values()):
@@ -181,7 +208,7 @@ def load_file(path: str) -> dict[str, Any]:
         for key, value in auth.items():
             if key not in mapping:
                 raise ConfigError(f"{path}: [auth]: unknown setting {key!r}")
-            out[mapping[key]] = tuple(value) if key == "allowed_tenants" else value
+            out[mapping[key]] = _checked(f"{path}: auth.{key}", mapping[key], value)
     for section, cls in _SECTIONS.items():
         if section in doc:
             out[section] = _typed(section, cls, doc.pop(section))

@@ -107,7 +107,10 @@ def _add_frames(
 def make_adapter(name: str, url: str) -> Adapter:
     """An adapter for a configured URL. Remote (gRPC) adapters get the resilience layer:
     health checks, an AIMD concurrency limit, a circuit breaker, retries before output."""
-    adapter = connect(name, url)
+    try:
+        adapter = connect(name, url)
+    except ValueError as exc:
+        raise ValueError(f"adapter {name}: {exc}") from None
     if url.startswith(("grpc://", "grpcs://")):
         return ResilientAdapter(adapter)
     return adapter
@@ -317,8 +320,8 @@ class Router:
         self._ready = False
         grace = self.config.grace_s if grace_s is None else grace_s
         log.info("draining", extra={"grace_s": grace, "sessions": len(self.sessions)})
-        if self._listener_scope is not None:
-            self._listener_scope.cancel()
+        # The listener stays open until we stop: new handshakes get a 503 with Retry-After
+        # (see _handle) instead of a bare connection refusal.
         for s in list(self.sessions.values()):
             s.start_drain()
         with trio.move_on_after(grace):

@@ -108,6 +108,8 @@ class Session:
         self._writer_done = trio.Event()
         self._closing: ConnectionClosed | None = None
         self._nursery: trio.Nursery | None = None
+        #: cancelled to stop reading when we close: run() then flushes the ERROR frame
+        self._reader_scope = trio.CancelScope()
         self.done = trio.Event()
 
     # ------------------------------------------------------------------ main loop
@@ -120,7 +122,8 @@ class Session:
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._timer)
                 try:
-                    await self._reader()
+                    with self._reader_scope:
+                        await self._reader()
                     if self._closing is not None:
                         # We are closing: let the writer send the ERROR frame first.
                         self._wake_writer.set()
@@ -322,8 +325,10 @@ class Session:
         self.conn.close(code, message)
         self._closing = ConnectionClosed(str(code), message, by_peer=False)
         self._kick()
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        # Stop the streams and the reader, not the writer: run() sends the ERROR frame.
+        for handle in self.streams.values():
+            handle.scope.cancel()
+        self._reader_scope.cancel()
 
     # ------------------------------------------------------------------ time
 
@@ -343,8 +348,7 @@ class Session:
             self._kick()
             if self._closing is not None:
                 # idle timeout: run() flushes the ERROR frame and closes the transport
-                assert self._nursery is not None
-                self._nursery.cancel_scope.cancel()
+                self._reader_scope.cancel()
                 return
 
 

@@ -54,7 +54,7 @@ SEED_PARTIAL = """{
   "v":1, "session_id":"s1", "stream_id":"st1",
   "msg_seq":2, "frag_seq":0, "flags":["MORE"],
   "payload": {"type":"agent.result.partial","content":{"chunk":0,"adapter":"persona_adapter"}, "confidence":0.62}
-}"""  # noqa: E501 - verbatim from the seed
+}"""
 SEED_FINAL = """{
   "v":1, "session_id":"s1", "stream_id":"st1",
   "msg_seq":3, "flags":["FIN"],
