@@ -86,7 +86,7 @@ class Outcome:
         return "".join(self.text)
 
 
-def parse_task(ev: StreamOpened) -> TaskRequest:
+def parse_task(ev: StreamOpened, request_id: str = "") -> TaskRequest:
     """The SYN payload as a task: ``{"type": ..., "content": {"prompt": ...}}``.
 
     Raises:
@@ -116,7 +116,7 @@ def parse_task(ev: StreamOpened) -> TaskRequest:
         content=dict(content),
         max_tokens=ev.window.max_tokens,
         meta=dict(meta),
-        request_id="",
+        request_id=request_id,
         deadline_ms=ev.ttl * 1000 if ev.ttl else None,
     )
 
@@ -172,7 +172,7 @@ class StreamJob:
     async def _run(self) -> None:
         ev, session = self.ev, self.session
         principal = session.principal
-        task = parse_task(ev)
+        task = parse_task(ev, f"{session.session_id}-{self.sid}")
         if not principal.allows(task.task_type):
             raise StreamFailed(
                 ErrorCode.ESEC, f"task type {task.task_type!r} is not allowed for this token"
