@@ -91,7 +91,11 @@ class Admission:
             return
         cfg = self.config
         if self.waiting >= cfg.max_queue:
-            victim = self._newest(QoS.BRONZE) if lane is not QoS.BRONZE else None
+            # evict the newest waiter of the lowest lane below this one: bronze, then silver
+            victim = None
+            for lower in (QoS.BRONZE, QoS.SILVER):
+                if int(lower) > int(lane) and (victim := self._newest(lower)) is not None:
+                    break
             if victim is None:
                 raise Shed(lane, self._retry_hint(), "the router is overloaded")
             self._shed(victim, "shed for a higher lane under load")
