@@ -32,6 +32,7 @@ from atp_proto.frames import (
     Event,
     GoingAway,
     Limits,
+    LocalProtocolError,
     MessageReceived,
     QoS,
     Role,
@@ -207,15 +208,18 @@ class Client:
             "content": {"prompt": prompt, **(dict(content) if content else {})},
         }
         full_meta = {"task_type": task_type, **(dict(meta) if meta else {})}
-        sid = self._conn.open_stream(
-            cbor2.dumps(body),
-            qos=_QOS[qos],
-            ttl=ttl,
-            window=window,
-            meta=full_meta,
-            text=self._text,
-            now=trio.current_time(),
-        )
+        try:
+            sid = self._conn.open_stream(
+                cbor2.dumps(body),
+                qos=_QOS[qos],
+                ttl=ttl,
+                window=window,
+                meta=full_meta,
+                text=self._text,
+                now=trio.current_time(),
+            )
+        except LocalProtocolError as exc:  # draining router, stream limit, closed session
+            raise StreamError(str(exc.code), exc.message, exc.retry_after_ms) from None
         st = Stream(self, sid)
         self._streams[sid] = st
         await self._flush()

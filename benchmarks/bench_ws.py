@@ -616,7 +616,11 @@ def bench_latency(url: str, background: int, probes: int) -> dict[str, Any]:
                                 finished = True
                     if first is not None and i >= warm:
                         lat.append(first - t0)
+                # Let the paced streams produce a few PARTIALs each even when the probes
+                # were quick (--quick), so the gap figure always has samples.
+                await trio.sleep(max(0.0, 3 * PACE_MS / 1000 - (time.perf_counter() - start)))
 
+        start = time.perf_counter()
         trio.run(main)
         parent.send("stop")
         if not parent.poll(30):

@@ -117,6 +117,7 @@ class Connection:
         self._out_text = False  # encoding for connection-level frames
         self._closed: ConnectionClosed | None = None
         self._draining = False
+        self._drain_retry_ms = 1000
         self._peer_draining = False
         self._heartbeat = heartbeat
         self._last_recv = now
@@ -350,6 +351,7 @@ class Connection:
                     ErrorCode.EDRAINING,
                     "the router is draining and accepts no new streams",
                     stream_id=sid,
+                    retry_after_ms=self._drain_retry_ms,
                 )
             if len(self._streams) >= self.limits.max_streams:
                 raise RemoteProtocolError(
@@ -1002,6 +1004,7 @@ class Connection:
         if self._draining or self._closed is not None:
             return
         self._draining = True
+        self._drain_retry_ms = retry_after_ms
         self._queue(Frame.error(0, ErrorCode.EDRAINING, message, retry_after_ms), self._out_text)
 
     def close(self, code: ErrorCode | str = ErrorCode.EDRAINING, message: str = "closing") -> None:

@@ -328,7 +328,7 @@ class Router:
             while any(s.streams for s in self.sessions.values()):
                 await trio.sleep(0.05)
         for s in list(self.sessions.values()):
-            s.close(ErrorCode.EDRAINING, "the router is shutting down")
+            s.close(ErrorCode.EDRAINING, "drain finished: the router closed the session")
         with trio.move_on_after(2):
             while self.sessions:
                 await trio.sleep(0.02)
