@@ -69,6 +69,7 @@ class Candidate:
     estimate: CostEstimate | None = None
     guarded_tokens: float = 0.0
     guarded_usd: float = 0.0
+    error: str = ""
 
 
 @dataclass
@@ -262,6 +263,7 @@ class StreamJob:
                     est = await c.adapter.estimate(task)
                 except AdapterError as exc:
                     log.info("estimate failed", extra={"adapter": c.name, "code": exc.code})
+                    c.error = f"{c.name}: {exc.code} {exc.message}"
                     return
                 c.estimate = est
                 sd = math.sqrt(max(est.variance, 0.0))
@@ -276,7 +278,10 @@ class StreamJob:
     def _fit(self, candidates: list[Candidate], window: BudgetWindow) -> list[Candidate]:
         alive = [c for c in candidates if c.estimate is not None]
         if not alive:
-            raise StreamFailed(ErrorCode.EAGENTDOWN, "no adapter answered the estimate", 1000)
+            reasons = "; ".join(c.error or f"{c.name}: no answer in time" for c in candidates)
+            raise StreamFailed(
+                ErrorCode.EAGENTDOWN, f"no adapter answered the estimate ({reasons})", 1000
+            )
         fitting = [c for c in alive if self._still_fits(c, window)]
         if not fitting:
             c = min(alive, key=lambda c: c.guarded_usd)
