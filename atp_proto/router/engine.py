@@ -271,6 +271,9 @@ class StreamJob:
                 scale = c.guarded_tokens / est.tokens if est.tokens else 1.0
                 c.guarded_usd = est.usd_micros * scale
 
+        if len(candidates) == 1:  # no concurrency to gain: skip a task spawn (latency)
+            await one(candidates[0])
+            return
         async with trio.open_nursery() as nursery:
             for c in candidates:
                 nursery.start_soon(one, c)
@@ -333,9 +336,13 @@ class StreamJob:
                 fatal.append(exc)
                 cancel.cancel()
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(min(n, len(queue))):
-                nursery.start_soon(lane, queue.pop(0), nursery.cancel_scope)
+        if min(n, len(queue)) == 1:  # one lane: run it here, no nursery round trip
+            with trio.CancelScope() as scope:
+                await lane(queue.pop(0), scope)
+        else:
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(n, len(queue))):
+                    nursery.start_soon(lane, queue.pop(0), nursery.cancel_scope)
         if fatal:
             raise fatal[0]
         done = [o for o in outcomes if o.finished]
