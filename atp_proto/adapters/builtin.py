@@ -94,6 +94,14 @@ class BehaviourAdapter:
     def _usd(self, tokens: int) -> int:
         return tokens * self.config.usd_per_1k // 1000
 
+    # The only I/O: waiting. trio here; the gRPC reference adapters (asyncio, under the
+    # SDK's grpclib server) override these two and inherit everything else.
+    async def _sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+    async def _hang(self) -> None:
+        await trio.sleep_forever()
+
     async def estimate(self, request: TaskRequest) -> CostEstimate:
         out = count_tokens(self.answer(request))
         inp = count_tokens(request.prompt)
@@ -117,7 +125,7 @@ class BehaviourAdapter:
         for i, part in enumerate(parts):
             if cfg.fail and i == cfg.fail_after and i > 0:
                 if cfg.fail == "stall":
-                    await trio.sleep_forever()
+                    await self._hang()
                 raise AdapterError(
                     ErrorCode.EAGENTDOWN,
                     "adapter died mid-stream",
@@ -125,7 +133,7 @@ class BehaviourAdapter:
                     streamed=True,
                 )
             if cfg.latency_ms:
-                await trio.sleep(cfg.latency_ms / 1000)
+                await self._sleep(cfg.latency_ms / 1000)
             used += count_tokens(part)
             final = i == len(parts) - 1
             self.chunks_out += 1

@@ -10,61 +10,30 @@ of trio. Options: ``atp adapter serve 'persona?latency_ms=20&fail=cut&fail_after
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from atp_proto.adapters._base import AdapterError, Chunk, TaskRequest
 from atp_proto.adapters.builtin import (
     _KINDS,
     BehaviourAdapter,
     BehaviourConfig,
     EchoAdapter,
     PersonaAdapter,
-    _split,
-    count_tokens,
 )
-from atp_proto.frames import ErrorCode
 
 __all__ = ["REFERENCE", "AsyncioEcho", "AsyncioPersona", "Reference", "behaviour_adapter"]
 
 
 class _AsyncioBehaviour(BehaviourAdapter):
-    """:meth:`BehaviourAdapter.stream` with asyncio waits (the rest is inherited)."""
+    """:class:`BehaviourAdapter` waiting with asyncio instead of trio (all else inherited,
+    so the gRPC reference adapters answer exactly as the builtin ones)."""
 
-    async def stream(self, request: TaskRequest) -> AsyncIterator[Chunk]:
-        # Mirrors atp_proto.adapters.builtin.BehaviourAdapter.stream line for line;
-        # tests/adapters/test_reference.py checks both give identical results.
-        self.calls += 1
-        cfg = self.config
-        if cfg.fail == "error" and cfg.fail_after == 0:
-            raise AdapterError(ErrorCode.EAGENTDOWN, "configured to fail", adapter=self.name)
-        text = self.answer(request)
-        parts = _split(text, cfg.chunks)
-        used = count_tokens(request.prompt)
-        for i, part in enumerate(parts):
-            if cfg.fail and i == cfg.fail_after and i > 0:
-                if cfg.fail == "stall":
-                    await asyncio.Event().wait()
-                raise AdapterError(
-                    ErrorCode.EAGENTDOWN,
-                    "adapter died mid-stream",
-                    adapter=self.name,
-                    streamed=True,
-                )
-            if cfg.latency_ms:
-                await asyncio.sleep(cfg.latency_ms / 1000)
-            used += count_tokens(part)
-            final = i == len(parts) - 1
-            self.chunks_out = getattr(self, "chunks_out", 0) + 1
-            yield Chunk(
-                content=part,
-                confidence=cfg.confidence,
-                tokens=used,
-                usd_micros=self._usd(used),
-                final=final,
-                finish_reason="stop" if final else "",
-            )
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def _hang(self) -> None:
+        await asyncio.Event().wait()
 
 
 class AsyncioEcho(_AsyncioBehaviour, EchoAdapter):
