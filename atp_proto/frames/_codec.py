@@ -29,7 +29,7 @@ import cbor2
 
 from ._errors import FrameDecodeError, LocalProtocolError
 from ._frame import Frame, Payload
-from ._types import DEFAULT_LIMITS, MAX_STREAM_ID, VERSION, ErrorCode, Flags, FrameType, Limits, QoS
+from ._types import DEFAULT_LIMITS, MAX_STREAM_ID, VERSION, ErrorCode, FrameType, Limits, QoS
 
 HEADER: Final = struct.Struct("!BBBBIIHHII")
 HEADER_SIZE: Final = HEADER.size  # 24
@@ -37,7 +37,6 @@ HEADER_SIZE: Final = HEADER.size  # 24
 # Lookup tables so that decoding maps ints to enums with one dict access.
 _TYPES: Final[dict[int, int]] = {int(t): t for t in FrameType}
 _QOS: Final[dict[int, int]] = {int(q): q for q in QoS}
-_FLAGS: Final[tuple[int, ...]] = tuple(Flags(v) if v < 0x80 else v for v in range(256))
 _new_frame = tuple.__new__
 _EMPTY: Final[Mapping[str, Any]] = {}
 
@@ -271,7 +270,7 @@ class FrameDecoder:
             Frame,
             (
                 _TYPES.get(ftype, ftype),
-                _FLAGS[flags],
+                flags,  # the wire byte as a plain int: IntFlag operators are slow
                 sid,
                 mseq,
                 fseq,

@@ -85,7 +85,7 @@ class Frame(_FrameFields):
             cls,
             (
                 _TYPE_OF.get(type, type),
-                _FLAGS_OF[flags],
+                int(flags),  # plain int: bit tests on the hot path stay in C
                 stream_id,
                 msg_seq,
                 frag_seq,
@@ -225,7 +225,6 @@ def _check_range(name: str, value: int, hi: int) -> None:
 # Lookup tables: one dict access instead of an enum call (~0.25 µs each) per field.
 _TYPE_OF: dict[int, int] = {int(t): t for t in FrameType}
 _QOS_OF: dict[int, int] = {int(q): q for q in QoS}
-_FLAGS_OF: tuple[int, ...] = tuple(Flags(v) if v < 0x80 else v for v in range(256))
 
 
 def _name(enum_cls: type[FrameType] | type[QoS], value: int) -> str:
