@@ -11,9 +11,10 @@ import functools
 import http.server
 import json
 import os
+import queue
 import re
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,12 +43,6 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class RouterProc:
     proc: subprocess.Popen[bytes]
@@ -59,37 +54,60 @@ class RouterProc:
 
 
 def start_router(*args: str, env: dict[str, str] | None = None) -> RouterProc:
-    """``atp serve`` on a free port; returns once it logs that it listens."""
-    argv = [sys.executable, "-m", "atp_proto", "serve", "--ws", "127.0.0.1:0", "--metrics", "off"]
+    """``atp serve`` on a free port; returns once it logs that it listens (20 s at most)."""
+    argv = [sys.executable, "-m", "atp_proto.cli", "serve", "--ws", "127.0.0.1:0"]
     proc = subprocess.Popen(
-        [*argv, *args],
+        [*argv, "--metrics", "off", *args],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )
-    assert proc.stderr is not None
+    lines: queue.Queue[bytes] = queue.Queue()
+
+    def drain() -> None:  # read stderr to the end, so the router never blocks on a full pipe
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put(b"")
+
+    threading.Thread(target=drain, daemon=True).start()
     deadline = time.monotonic() + 20
     seen = b""
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
         if not line:
             break
         seen += line
         m = re.search(rb"router listening ws=ws://[^:]+:(\d+)/ws", line)
         if m:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining
             return RouterProc(proc, int(m.group(1)))
-    proc.kill()
+    stop(proc)
     raise RuntimeError(f"router did not start: {seen.decode(errors='replace')}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
+def stop(proc: subprocess.Popen[bytes], *, group: bool = False) -> None:
+    """End ``proc`` (and, with ``group``, the process group it leads): TERM, then KILL."""
+
+    def signal_it(sig: int) -> None:
+        try:
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    signal_it(signal.SIGTERM)
     try:
         proc.wait(5)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        signal_it(signal.SIGKILL)
         proc.wait(5)
+    if group:  # helpers that outlived the leader
+        signal_it(signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
@@ -103,9 +121,16 @@ def chromium() -> str:
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        done = subprocess.run(cmd, capture_output=True, env=env, timeout=900)
+        try:
+            done = subprocess.run(cmd, capture_output=True, env=env, timeout=900)
+        except subprocess.TimeoutExpired as exc:
+            out = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(
+                errors="replace"
+            )
+            pytest.fail(f"{' '.join(cmd)} did not finish in 900 s:\n{out}")
         if done.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout.decode()}\n{done.stderr.decode()}")
+            out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+            pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{out}")
     path = shutil.which("chromium")
     assert path, "apt-get installed chromium but it is not on PATH"
     return path
@@ -135,29 +160,33 @@ class Page:
         from websockets.sync.client import connect
 
         self.profile = tempfile.mkdtemp(prefix="atp-chromium-")
-        port = _free_port()
+        self._stderr = open(Path(self.profile) / "stderr.txt", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
                 chromium,
                 *CHROMIUM_FLAGS,
                 f"--user-data-dir={self.profile}",
-                f"--remote-debugging-port={port}",
+                "--remote-debugging-port=0",  # Chromium picks a port: no race for a free one
                 url,
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self._stderr,
+            start_new_session=True,  # its own process group: close() ends its helpers too
         )
         pages: list[dict[str, Any]] = []
+        active = Path(self.profile) / "DevToolsActivePort"
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not pages:
+        while time.monotonic() < deadline and not pages and self.proc.poll() is None:
             try:
+                port = int(active.read_text().split()[0])
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=1) as r:
                     pages = [p for p in json.load(r) if p.get("type") == "page"]
-            except OSError:
+            except (OSError, ValueError, IndexError):
                 time.sleep(0.1)
         if not pages:
+            err = (Path(self.profile) / "stderr.txt").read_text(errors="replace")[-3000:]
             self.close()
-            raise RuntimeError("chromium did not expose its DevTools endpoint")
+            raise RuntimeError(f"chromium did not expose its DevTools endpoint:\n{err}")
         self._cm = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
         self.ws = self._cm.__enter__()
         self._id = 0
@@ -178,12 +207,13 @@ class Page:
             if reply.get("id") == self._id:
                 return reply["result"]["result"].get("value")
 
-    def wait_status(self, timeout: float = 20.0, *, not_: str | None = None) -> str:
+    def wait_status(self, timeout: float = 20.0) -> str:
+        """Poll ``body[data-status]`` until the page says "final" or "error"."""
         deadline = time.monotonic() + timeout
         status = ""
         while time.monotonic() < deadline:
             status = self.eval("document.body.dataset.status || ''") or ""
-            if status in ("final", "error") and status != not_:
+            if status in ("final", "error"):
                 return str(status)
             time.sleep(0.05)
         return str(status)
@@ -195,5 +225,6 @@ class Page:
         cm = getattr(self, "_cm", None)
         if cm is not None:
             cm.__exit__(None, None, None)
-        stop(self.proc)
+        stop(self.proc, group=True)
+        self._stderr.close()
         shutil.rmtree(self.profile, ignore_errors=True)
