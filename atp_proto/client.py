@@ -16,6 +16,7 @@ Errors from the router are raised as :class:`StreamError` with the spec's code.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -81,7 +82,10 @@ class Stream:
     def __init__(self, client: Client, stream_id: int) -> None:
         self.client = client
         self.stream_id = stream_id
-        self._send, self._recv = trio.open_memory_channel[MessageReceived | StreamError](64)
+        # Unbounded here, bounded by credit: the router sends at most our initial window
+        # per stream before we acknowledge, and we acknowledge only what is consumed. A
+        # bounded channel would let one unconsumed stream stall every other stream.
+        self._send, self._recv = trio.open_memory_channel[MessageReceived | StreamError](math.inf)
         self.finished = False
 
     def __aiter__(self) -> AsyncIterator[Partial | Final]:
@@ -89,7 +93,10 @@ class Stream:
 
     async def _iterate(self) -> AsyncIterator[Partial | Final]:
         while not self.finished:
-            item = await self._recv.receive()
+            try:
+                item = await self._recv.receive()
+            except trio.EndOfChannel:
+                item = self.client.closed or StreamError("ECLOSED", "connection closed")
             if isinstance(item, StreamError):
                 self.finished = True
                 raise item
@@ -151,8 +158,8 @@ class Client:
         finally:
             final = self.closed or StreamError("ECLOSED", "connection closed")
             for st in list(self._streams.values()):
-                with trio.move_on_after(0.1):  # never block on a consumer that went away
-                    await st._send.send(final)
+                st._send.send_nowait(final)
+                st._send.close()
             self._streams.clear()
 
     async def _dispatch(self, events: list[Event]) -> None:
@@ -160,13 +167,13 @@ class Client:
             if isinstance(ev, MessageReceived):
                 st = self._streams.get(ev.stream_id)
                 if st is not None:
-                    await st._send.send(ev)  # bounded: a slow consumer stops the reader
+                    st._send.send_nowait(ev)
                     if ev.end_stream:
                         self._streams.pop(ev.stream_id, None)
             elif isinstance(ev, StreamReset):
                 st = self._streams.pop(ev.stream_id, None)
                 if st is not None:
-                    await st._send.send(StreamError(ev.code, ev.message, ev.retry_after_ms))
+                    st._send.send_nowait(StreamError(ev.code, ev.message, ev.retry_after_ms))
             elif isinstance(ev, ConnectionClosed):
                 self.closed = StreamError(ev.code, ev.message)
             elif isinstance(ev, GoingAway):
@@ -227,7 +234,7 @@ class Client:
             yield st
         finally:
             if not st.finished and self.closed is None:
-                with trio.CancelScope(shield=True):
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await st.cancel()
             self._streams.pop(sid, None)
 

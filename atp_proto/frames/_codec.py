@@ -110,10 +110,30 @@ def _check_value(value: object, depth: int, max_depth: int) -> None:
         raise ValueError(f"unsupported CBOR item {type(value).__name__} (tags are not allowed)")
 
 
+def _refuse_tag(*_: object) -> Any:
+    raise cbor2.CBORDecodeError("CBOR tags are not allowed")
+
+
+class _RefuseEveryTag(dict[int, Any]):
+    """``semantic_decoders`` that refuses every tag, including those cbor2 would decode
+    silently to a JSON-model value (2/3 bignums, 28/29 sharing, 256 stringrefs, 55799)."""
+
+    def __missing__(self, tag: int) -> Any:
+        return _refuse_tag
+
+
+_NO_TAGS: Final = _RefuseEveryTag()
+
+
 def _strict_cbor(data: Payload, max_depth: int) -> Any:
     bio = io.BytesIO(data)
     obj = cbor2.CBORDecoder(
-        bio, max_depth=max_depth + 1, allow_duplicate_keys=False, allow_indefinite=False
+        bio,
+        max_depth=max_depth + 1,
+        allow_duplicate_keys=False,
+        allow_indefinite=False,
+        tag_hook=_refuse_tag,  # ATP-FRAME-006: no tags at all
+        semantic_decoders=_NO_TAGS,
     ).decode()
     if bio.tell() != len(data):
         raise ValueError(f"{len(data) - bio.tell()} bytes of trailing data after the CBOR item")

@@ -236,6 +236,8 @@ class Connection:
                 self._stream_error(exc, events)
             else:
                 self._connection_error(exc, events)
+        finally:
+            self.json.end_message()
         return events
 
     def _drain_decoder(self, now: float, events: list[Event]) -> None:
@@ -354,6 +356,7 @@ class Connection:
                     stream_id=sid,
                 )
             self._highest_id = sid
+            self.json.note_stream_id(sid)  # ATP-JSON-002: aliases take the next *unused* id
             if self._draining:
                 raise RemoteProtocolError(
                     ErrorCode.EDRAINING,
@@ -417,7 +420,7 @@ class Connection:
                 raise RemoteProtocolError(
                     ErrorCode.EPROTO, "ext is allowed on the first fragment only", stream_id=sid
                 )
-            if syn:
+            if syn:  # pragma: no cover - unreachable: a SYN on a known stream is refused above
                 raise RemoteProtocolError(
                     ErrorCode.EPROTO, "SYN is allowed on the first fragment only", stream_id=sid
                 )
@@ -440,7 +443,9 @@ class Connection:
             )
         rec.frag_bytes = size
         if frame.payload:
-            rec.frag_parts.append(frame.payload)
+            # Copy: a view would keep its whole received message alive (up to a frame of
+            # max_frame_size per one-byte fragment), outside max_message_size.
+            rec.frag_parts.append(bytes(frame.payload))
         if flags & _CONT:
             rec.frag_next += 1
             # The reassembly buffer (bounded by max_message_size) consumes fragments, so
@@ -474,7 +479,7 @@ class Connection:
                 StreamOpened(
                     sid,
                     msg_seq,
-                    payload,
+                    _unpinned(payload),  # held for the stream's life: do not pin the message
                     rec.qos,
                     frame.ttl,
                     rec.window,
@@ -566,7 +571,8 @@ class Connection:
                     stream_id=sid,
                 )
             if self.role is Role.ROUTER:
-                rec.window = rec.window.merged(window)
+                # the client may move its window, never past the router's cap (ATP-BUDGET-001)
+                rec.window = rec.window.merged(window).clamp(rec.cap)
                 over = _over_budget(rec)
                 if over is not None:
                     raise RemoteProtocolError(over[0], over[1], stream_id=sid)
@@ -895,6 +901,14 @@ class Connection:
         rec.window = rec.window.merged(window)
         self._queue(Frame.window_update(stream_id, window=window), rec.text)
 
+    def cap_window(self, stream_id: int, cap: BudgetWindow) -> None:
+        """Limit the stream's budget window by ``cap`` (router: the tenant's and the
+        adapters' limits), now and after every WINDOW_UPDATE (ATP-BUDGET-001)."""
+        rec = self._streams.get(stream_id)
+        if rec is not None:
+            rec.cap = rec.cap.clamp(cap)
+            rec.window = rec.window.clamp(rec.cap)
+
     def send_budget_update(self, stream_id: int, usage: Mapping[str, Any]) -> None:
         """Report usage so far to the client (router), via BUDGET_UPDATE."""
         rec = self._get_open(stream_id)
@@ -1112,10 +1126,22 @@ class Connection:
         return out
 
 
+def _unpinned(payload: Payload) -> Payload:
+    """A payload that does not keep a much larger received buffer alive."""
+    if isinstance(payload, memoryview) and len(payload.obj) > 2 * len(payload) + 4096:  # type: ignore[arg-type]
+        return bytes(payload)
+    return payload
+
+
 def _frag_size(peer_frame_size: int, peer_initial_window: int) -> int:
     """Fragments fit the peer's max_frame_size and a quarter of its window, so a message
-    larger than the window still flows as credit comes back."""
-    return min(peer_frame_size, max(peer_initial_window // 4, 1024))
+    larger than the window still flows as credit comes back. A whole frame (header
+    included) must fit the window, or a small window would never grant enough credit."""
+    return min(
+        peer_frame_size,
+        max(peer_initial_window // 4, 1024),
+        max(peer_initial_window - HEADER_SIZE, 1),
+    )
 
 
 def _is_uint(value: object) -> TypeGuard[int]:

@@ -73,6 +73,7 @@ class JsonMapping:
         self._by_id: dict[int, str] = {}
         self._retired: OrderedDict[str, int] = OrderedDict()
         self._next_id = 1
+        self._transient: tuple[int, str] | None = None
 
     # -- aliases --------------------------------------------------------------------
 
@@ -104,7 +105,12 @@ class JsonMapping:
             retired = self._retired.get(raw)
             if retired is not None:
                 return retired
-        # A new stream (or a frame on an unknown alias, which the connection rejects).
+            # An alias never opened: name an id no stream has and store nothing (the
+            # connection refuses or discards the frame; a peer cannot grow this table).
+            # The alias is kept only while this one message is handled, for the reply.
+            sid = min(self._next_id, MAX_STREAM_ID)
+            self._transient = (sid, raw)
+            return sid
         if self._next_id > MAX_STREAM_ID:
             raise FrameDecodeError(ErrorCode.EPROTO, "stream ids exhausted on this connection")
         sid = self._next_id
@@ -134,7 +140,16 @@ class JsonMapping:
             self._retired.popitem(last=False)
 
     def alias_of(self, stream_id: int) -> str | int:
-        return self._by_id.get(stream_id, stream_id)
+        alias = self._by_id.get(stream_id)
+        if alias is not None:
+            return alias
+        if self._transient is not None and self._transient[0] == stream_id:
+            return self._transient[1]
+        return stream_id
+
+    def end_message(self) -> None:
+        """The current text message is handled: drop its transient alias."""
+        self._transient = None
 
     # -- decoding ---------------------------------------------------------------------
 
@@ -264,7 +279,7 @@ class JsonMapping:
                 if out["payload"] is None:
                     # JSON null means "no payload": a CBOR null must travel as bytes
                     raise ValueError("null payload")
-                json.dumps(out["payload"])
+                json.dumps(out["payload"], allow_nan=False)  # ATP-JSON-004: NaN is not JSON
             except (FrameDecodeError, TypeError, ValueError):
                 out.pop("payload", None)
                 out["payload_b64"] = base64.b64encode(frame.payload).decode("ascii")

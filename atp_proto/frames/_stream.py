@@ -123,6 +123,7 @@ class StreamRecord:
     outbox_bytes: int = 0
     # budget window
     window: BudgetWindow = field(default_factory=BudgetWindow)
+    cap: BudgetWindow = field(default_factory=BudgetWindow)  #: tenant/adapter limits (router)
     usage: Usage = field(default_factory=Usage)
 
     #: cached ``(role, state, SEND_DATA) in TRANSITIONS``, kept current by :meth:`apply`

@@ -53,6 +53,7 @@ class RouterConfig:
     estimate_timeout_s: float = 2.0
     call_timeout_s: float = 120.0
     health_interval_s: float = 5.0
+    write_stall_s: float = 30.0  #: a stream whose client grants no credit this long ends ETIMEOUT
     min_confidence: float = 0.0
     log_format: str = "text"
     log_level: str = "info"

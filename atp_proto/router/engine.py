@@ -141,6 +141,8 @@ class StreamJob:
         self.lane = handle.lane
         self.started = trio.current_time()
         self.used: list[str] = []
+        self.adapter_failures = 0
+        self.client_wait_s = 0.0
         self.tokens = 0
         self.usd = 0
         self.chunk_no = 0
@@ -183,7 +185,8 @@ class StreamJob:
         min_conf = ev.meta.get("min_confidence", self.router.config.min_confidence)
         if isinstance(min_conf, bool) or not isinstance(min_conf, int | float):
             raise StreamFailed(ErrorCode.EPROTO, '"meta.min_confidence" must be a number')
-        window = ev.window.clamp(self.router.config.tenant_window)
+        session.conn.cap_window(self.sid, self.router.config.tenant_window)
+        window = session.conn.budget_window(self.sid)
         await self._estimate(candidates, task)
         fitting = self._fit(candidates, window)
         max_parallel = window.max_parallel or fanout
@@ -192,7 +195,8 @@ class StreamJob:
         except Shed as exc:
             self.router.metrics.shed.inc(self.lane.label)
             raise StreamFailed(ErrorCode.EPREEMPT, exc.reason, exc.retry_after_ms) from None
-        error = False
+        admitted = trio.current_time()
+        self.client_wait_s = 0.0
         try:
             outcomes = await self._fan_out(task, fitting, min(fanout, max_parallel))
             best = self._consensus(outcomes)
@@ -217,10 +221,16 @@ class StreamJob:
                 if outcome.finished and outcome.confidence >= best.confidence:
                     best = outcome
         except BaseException:
-            error = True
+            # A client reset, a budget stop or a stalled reader says nothing about the
+            # adapters: release without adapting the global limit (ATP-ERR-005).
+            self.router.admission.release()
             raise
-        finally:
-            self.router.admission.release(latency_s=trio.current_time() - self.started, error=error)
+        # Adapt on what the adapters did: their failures, and the time spent on them
+        # (not the queueing before admission, nor the waits for the client's credit).
+        self.router.admission.release(
+            latency_s=trio.current_time() - admitted - self.client_wait_s,
+            error=self.adapter_failures > 0 and not any(o.finished for o in outcomes),
+        )
         await self._wait_writable()
         telemetry = {
             "tokens": self.tokens,
@@ -246,7 +256,7 @@ class StreamJob:
             unknown = [n for n in wanted if n not in adapters]
             if unknown:
                 raise StreamFailed(ErrorCode.EPROTO, f"unknown adapter(s): {', '.join(unknown)}")
-            names = wanted
+            names = list(dict.fromkeys(wanted))  # duplicates would multiply adapter calls
         else:
             raise StreamFailed(ErrorCode.EPROTO, '"meta.adapters" must be a list of names')
         if not names:
@@ -262,8 +272,11 @@ class StreamJob:
                 try:
                     est = await c.adapter.estimate(task)
                 except AdapterError as exc:
-                    log.info("estimate failed", extra={"adapter": c.name, "code": exc.code})
-                    c.error = f"{c.name}: {exc.code} {exc.message}"
+                    log.info(
+                        "estimate failed",
+                        extra={"adapter": c.name, "code": exc.code, "detail": exc.message[:200]},
+                    )
+                    c.error = f"{c.name}: {exc.code}"  # details are logged, not sent
                     return
                 c.estimate = est
                 sd = math.sqrt(max(est.variance, 0.0))
@@ -319,7 +332,8 @@ class StreamJob:
                     # failover: the next untried candidate, if any
                     cand = queue.pop(0) if queue else None
                     if cand is not None:
-                        reason = outcome.error.message if outcome.error else ""
+                        # the code only: an adapter's own text may hold upstream secrets
+                        reason = str(outcome.error.code) if outcome.error else ""
                         await self._wait_writable()
                         self._partial(
                             {
@@ -350,7 +364,7 @@ class StreamJob:
             last = outcomes[-1].error if outcomes else None
             raise StreamFailed(
                 ErrorCode.EAGENTDOWN,
-                f"every adapter failed (last: {last.message if last else 'none tried'})",
+                f"every adapter failed (last: {last.code if last else 'none tried'})",
                 last.retry_after_ms if last and last.retry_after_ms else 1000,
             )
         return outcomes
@@ -389,9 +403,15 @@ class StreamJob:
             metrics.adapter_calls.inc(cand.name, "ok")
         except AdapterError as exc:
             metrics.adapter_calls.inc(cand.name, str(exc.code))
+            self.adapter_failures += 1
+            log.info(
+                "adapter call failed",
+                extra={"adapter": cand.name, "code": exc.code, "detail": exc.message[:200]},
+            )
             outcome.error = exc
         except trio.TooSlowError:
             metrics.adapter_calls.inc(cand.name, "ETIMEOUT")
+            self.adapter_failures += 1
             outcome.error = AdapterError(
                 ErrorCode.ETIMEOUT,
                 "adapter call timed out",
@@ -421,8 +441,20 @@ class StreamJob:
         self.chunk_no += 1
 
     async def _wait_writable(self) -> None:
-        if not self.session.can_write(self.handle):
+        """Wait for the client's credit / the session's room, at most write_stall_s: a
+        client that stops reading must not hold an admission slot forever."""
+        if self.session.can_write(self.handle):
+            return
+        start = trio.current_time()
+        with trio.move_on_after(self.router.config.write_stall_s) as scope:
             await self.session.writable(self.handle)
+        self.client_wait_s += trio.current_time() - start
+        if scope.cancelled_caught:
+            raise StreamFailed(
+                ErrorCode.ETIMEOUT,
+                f"the client took no output for {self.router.config.write_stall_s:g} s "
+                "(no credit granted)",
+            )
 
 
 class _aclosing:

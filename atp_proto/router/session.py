@@ -50,6 +50,8 @@ log = logging.getLogger("atp.router")
 
 #: Output waiting in the session beyond this stops stream tasks (bytes).
 OUTPUT_HIGH_WATER = 256 * 1024
+#: ... and beyond this stops reading from the peer too (replies to its input queue up).
+READ_PAUSE_BYTES = 4 * OUTPUT_HIGH_WATER
 
 
 class Transport(Protocol):
@@ -106,6 +108,7 @@ class Session:
         self._writable = {lane: deque[trio.Event]() for lane in (QoS.GOLD, QoS.SILVER, QoS.BRONZE)}
         self._vfinish = dict.fromkeys(self._writable, 0.0)
         self._writer_done = trio.Event()
+        self._drained = trio.Event()
         self._closing: ConnectionClosed | None = None
         self._nursery: trio.Nursery | None = None
         #: cancelled to stop reading when we close: run() then flushes the ERROR frame
@@ -144,6 +147,12 @@ class Session:
     async def _reader(self) -> None:
         conn = self.conn
         while self._closing is None:
+            # Replies we generate ourselves (heartbeat acks, ERRORs, credit) also queue:
+            # stop reading while the peer is not taking them (ATP-LIMIT-002).
+            while conn.queued_bytes > READ_PAUSE_BYTES and self._closing is None:
+                self._wake_writer.set()
+                self._drained = trio.Event()
+                await self._drained.wait()
             try:
                 message = await self.transport.receive()
             except TransportClosed:
@@ -245,6 +254,7 @@ class Session:
                     for message in out:
                         await self.transport.send(message)
                 self._release_writable()
+                self._drained.set()
                 if self._closing is not None:
                     return
         except TransportClosed:
