@@ -110,6 +110,7 @@ class Connection:
         limits: Limits = DEFAULT_LIMITS,
         now: float = 0.0,
         heartbeat: float | None = None,
+        text: bool = False,
     ) -> None:
         self.role = role
         self.limits = limits
@@ -122,7 +123,9 @@ class Connection:
         #: frames handled, by frame type value: for metrics (received / sent)
         self.frames_received: dict[int, int] = {}
         self.frames_sent: dict[int, int] = {}
-        self._out_text = False  # encoding for connection-level frames
+        #: encoding of session-level frames: that of the last message received, and
+        #: before any, ``text`` (ATP-WS-010: a browser that offered no atp.v1 gets text)
+        self._out_text = text
         self._closed: ConnectionClosed | None = None
         self._draining = False
         self._drain_retry_ms = 1000
@@ -376,6 +379,15 @@ class Connection:
             rec.qos = QoS(frame.qos) if frame.qos else QoS.SILVER
             if frame.ttl:
                 rec.deadline = now + frame.ttl
+            raw_window = frame.ext.get("window")
+            if raw_window is not None and not _valid_window(raw_window):
+                # ATP-BUDGET-008: an invalid field is an error, never "unlimited"
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO,
+                    '"window" must map max_parallel / max_tokens / max_usd_micros to '
+                    "unsigned integers",
+                    stream_id=sid,
+                )
             window = frame.budget_window
             if window is not None:
                 rec.window = window

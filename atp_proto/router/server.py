@@ -20,7 +20,15 @@ from atp_proto.adapters import Adapter, ResilientAdapter, connect
 from atp_proto.frames import ErrorCode, FrameType, StreamOpened
 
 from .admission import Admission
-from .auth import ANONYMOUS, AuthConfig, Authenticator, AuthError, Principal, extract_token
+from .auth import (
+    ANONYMOUS,
+    ATP_SUBPROTOCOL,
+    AuthConfig,
+    Authenticator,
+    AuthError,
+    Principal,
+    extract_token,
+)
 from .config import RouterConfig
 from .engine import StreamJob
 from .metrics import RouterMetrics
@@ -291,6 +299,9 @@ class Router:
             run_stream=self.run_stream,
             session_id=session_id,
             metrics=m,
+            # ATP-WS-010: session-level frames go out as text to a client that has not
+            # offered atp.v1 (a browser), until it sends its first message
+            text=subprotocol != ATP_SUBPROTOCOL,
         )
         self.sessions[session_id] = session
         m.sessions_total.inc()

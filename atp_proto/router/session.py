@@ -95,11 +95,12 @@ class Session:
         session_id: str,
         metrics: Any = None,
         on_frame: Callable[[str, int], None] | None = None,
+        text: bool = False,
     ) -> None:
         self.transport = transport
         self.principal = principal
         self.session_id = session_id
-        self.conn = Connection(Role.ROUTER, limits=limits, now=trio.current_time())
+        self.conn = Connection(Role.ROUTER, limits=limits, now=trio.current_time(), text=text)
         self.run_stream = run_stream
         self.metrics = metrics
         self.streams: dict[int, StreamHandle] = {}

@@ -265,3 +265,23 @@ def test_message_received_payload_join() -> None:
     p.router.send_message(sid, b"", more=True)
     (m,) = of(p.to_client(), MessageReceived)
     assert m.payload == b"" and m.more
+
+
+def test_invalid_syn_window_is_eproto() -> None:
+    """ATP-BUDGET-008: an invalid window field is an error, never read as unlimited."""
+    r = Connection(Role.ROUTER)
+    bad = Frame.data(1, 1, {"p": 1}, flags=Flags.SYN, ext={"window": {"max_tokens": -1}})
+    (reset,) = of(r.receive_message(encode_frame(bad), 0), StreamReset)
+    assert reset.code == ErrorCode.EPROTO and "window" in reset.message
+
+
+def test_session_frames_before_any_message_follow_the_text_default() -> None:
+    """ATP-WS-010: before the client says anything, session-level frames use the
+    encoding chosen at the handshake."""
+    r = Connection(Role.ROUTER, text=True)
+    r.start_drain()
+    (msg,) = r.data_to_send()
+    assert isinstance(msg, str) and json.loads(msg)["error"]["code"] == "EDRAINING"
+    b = Connection(Role.ROUTER)
+    b.start_drain()
+    assert isinstance(b.data_to_send()[0], bytes)

@@ -210,7 +210,8 @@ async def test_idle_timeout_closes_with_etimeout(start_router) -> None:
     connection-level ERROR ETIMEOUT and is closed (ATP-WS: 4000 + registry index)."""
     router = await start_router(limits=Limits(idle_timeout_ms=300))
     start = trio.current_time()
-    async with trio_websocket.open_websocket_url(ws_url(router)) as ws:
+    # a binary client offers atp.v1; a silent client without it gets text (ATP-WS-010)
+    async with trio_websocket.open_websocket_url(ws_url(router), subprotocols=["atp.v1"]) as ws:
         with trio.fail_after(5):
             msg = await ws.get_message()
             (frame,) = parse_frames(msg)
