@@ -280,7 +280,13 @@ class FrameDecoder:
         start = pos + HEADER_SIZE
         mv = memoryview(buf)
         if ext_len:
-            ext: Mapping[str, Any] = decode_ext(mv[start : start + ext_len], sid, limits)
+            try:
+                ext: Mapping[str, Any] = decode_ext(mv[start : start + ext_len], sid, limits)
+            except FrameDecodeError as exc:
+                if not sid:  # connection-level: framing cannot be trusted any more
+                    self._broken = exc
+                    self._buf, self._pos = b"", 0
+                raise
         else:
             ext = _EMPTY
         q = _QOS.get(qos)
