@@ -291,6 +291,8 @@ class FrameDecoder:
             ext = _EMPTY
         q = _QOS.get(qos)
         if q is None:
+            if not sid:  # connection-level: leave the decoder broken
+                raise self._fail(f"unknown qos value {qos}")
             raise FrameDecodeError(ErrorCode.EPROTO, f"unknown qos value {qos}", stream_id=sid)
         return _new_frame(
             Frame,
