@@ -455,9 +455,12 @@ class Connection:
             )
         rec.frag_bytes = size
         if frame.payload:
-            # Copy: a view would keep its whole received message alive (up to a frame of
-            # max_frame_size per one-byte fragment), outside max_message_size.
-            rec.frag_parts.append(bytes(frame.payload))
+            if flags & _CONT or rec.frag_next:
+                # A fragment: copy. A view would keep its whole received message alive (a
+                # frame of max_frame_size per one-byte fragment), outside max_message_size.
+                rec.frag_parts.append(bytes(frame.payload))
+            else:  # a whole message in one frame: keep the zero-copy view
+                rec.frag_parts.append(frame.payload)
         if flags & _CONT:
             rec.frag_next += 1
             # The reassembly buffer (bounded by max_message_size) consumes fragments, so

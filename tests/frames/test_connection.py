@@ -1062,3 +1062,41 @@ def test_small_windows_still_flow(window: int) -> None:
     msg = one(c_events, MessageReceived)
     assert bytes(msg.payload) == b"w" * 5000 and msg.ext == {"telemetry": {"tokens": 1}}
     assert all(len(encode_frame(f)) <= window for f in p.client_saw if f.type == FrameType.DATA)
+
+
+@pytest.mark.parametrize(
+    "window", [5, "x", [1], {"max_tokens": -1}, {"max_parallel": True}, {"max_usd_micros": 1.5}]
+)
+def test_invalid_syn_window_is_refused(window: object) -> None:
+    """ATP-BUDGET-008: an invalid SYN window is EPROTO on the stream, never "unlimited"."""
+    p = ConnectionPair()
+    syn = encode_frame(Frame.data(1, 1, flags=Flags.SYN, ext={"window": window}))
+    reset = one(p.router.receive_message(syn, 0.0), StreamReset)
+    assert reset.code == ErrorCode.EPROTO and reset.stream_id == 1 and not p.router.closed
+    assert p.router.open_streams == 0
+
+
+def test_router_cap_bounds_the_clients_window() -> None:
+    """ATP-BUDGET-001: the effective window is the minimum of the client's and the
+    router's cap, also after a WINDOW_UPDATE tries to raise it."""
+    p = ConnectionPair()
+    sid = p.open(window=BudgetWindow(max_parallel=8, max_tokens=1000))
+    p.to_router()
+    p.router.cap_window(sid, BudgetWindow(max_parallel=2, max_usd_micros=50))
+    assert p.router.budget_window(sid) == BudgetWindow(2, 1000, 50)
+    p.router.cap_window(999, BudgetWindow(max_parallel=1))  # unknown stream: no-op
+    p.client.update_window(sid, BudgetWindow(max_parallel=10, max_tokens=5000))
+    one(p.to_router(), WindowUpdated)
+    assert p.router.budget_window(sid) == BudgetWindow(2, 5000, 50)
+
+
+def test_syn_payload_does_not_pin_a_large_receive_buffer() -> None:
+    """ATP-LIMIT-002: a small SYN payload that arrived with a large message is copied, so
+    the stream does not keep the whole message alive; a later message is still a view."""
+    p = ConnectionPair()
+    syn = encode_frame(Frame.data(1, 1, raw=b"tiny", flags=Flags.SYN))
+    big = encode_frame(Frame.data(1, 2, raw=b"B" * 100_000))
+    events = p.router.receive_message(syn + big, 0.0)
+    opened, msg = one(events, StreamOpened), one(events, MessageReceived)
+    assert bytes(opened.payload) == b"tiny" and not isinstance(opened.payload, memoryview)
+    assert isinstance(msg.payload, memoryview) and msg.payload == b"B" * 100_000
