@@ -312,7 +312,7 @@ class Connection:
             and cost <= rec.recv_credit
         ):
             rec.recv_credit -= cost
-            rec.recv_seq = (frame.msg_seq + 1) & U32_MAX
+            rec.recv_seq = frame.msg_seq + 1  # never wraps (ATP-SEQ-005)
             fin = bool(flags & _FIN)
             events.append(
                 MessageReceived(
@@ -392,7 +392,14 @@ class Connection:
             if window is not None:
                 rec.window = window
             rec.recv_seq = frame.msg_seq
-            rec.send_seq = (frame.msg_seq + 1) & U32_MAX
+            rec.send_seq = frame.msg_seq + 1
+            if frame.msg_seq >= U32_MAX:
+                # ATP-SEQ-005: our replies start at SYN.msg_seq + 1, which must not wrap
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO,
+                    f"SYN msg_seq {frame.msg_seq} leaves no room for the router's replies",
+                    stream_id=sid,
+                )
         elif syn:
             raise RemoteProtocolError(
                 ErrorCode.EPROTO, f"SYN on stream {sid}, which is already open", stream_id=sid
@@ -486,7 +493,7 @@ class Connection:
         rec.frag_parts = []
         rec.frag_bytes = rec.frag_cost = rec.frag_next = 0
         rec.frag_ext = None
-        rec.recv_seq = (msg_seq + 1) & U32_MAX
+        rec.recv_seq = msg_seq + 1
         fin = bool(mflags & _FIN)
         if mflags & _SYN:
             meta = ext.get("meta")
@@ -771,7 +778,7 @@ class Connection:
         rec = self._new_stream(sid, text=text)
         rec.apply(StreamInput.SEND_SYN)
         rec.send_seq = msg_seq
-        rec.recv_seq = (msg_seq + 1) & U32_MAX
+        rec.recv_seq = msg_seq + 1
         rec.qos = qos
         if window is not None:
             rec.window = window
@@ -817,9 +824,9 @@ class Connection:
         ):
             n = len(payload)
             cost = HEADER_SIZE + n
-            if cost <= rec.send_credit and n <= self._frag_size:
+            if cost <= rec.send_credit and n <= self._frag_size and rec.send_seq < U32_MAX:
                 seq = rec.send_seq
-                rec.send_seq = (seq + 1) & U32_MAX
+                rec.send_seq = seq + 1
                 rec.send_credit -= cost
                 header = _HEADER_PACK(
                     VERSION, 0, Flags.MORE if more else 0, 0, stream_id, seq, 0, 0, 0, n
@@ -852,7 +859,14 @@ class Connection:
         ext_len = len(encode_ext(ext)) if ext else 0
         frag = self._frag_size
         seq = rec.send_seq
-        rec.send_seq = (seq + 1) & U32_MAX
+        if seq > U32_MAX or (seq == U32_MAX and not fin):
+            # ATP-SEQ-005: end the stream rather than wrap; the last number carries FIN
+            raise LocalProtocolError(
+                ErrorCode.EPROTO,
+                "msg_seq would wrap: end the stream (FIN) with this message",
+                stream_id=rec.stream_id,
+            )
+        rec.send_seq = seq + 1
         total = len(payload)
         chunks: list[bytes | memoryview]
         if total + ext_len <= frag:

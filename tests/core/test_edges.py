@@ -285,3 +285,23 @@ def test_session_frames_before_any_message_follow_the_text_default() -> None:
     b = Connection(Role.ROUTER)
     b.start_drain()
     assert isinstance(b.data_to_send()[0], bytes)
+
+
+def test_msg_seq_never_wraps() -> None:
+    """ATP-SEQ-005: a SYN at 2^32-1 leaves the router no reply number; a peer that
+    wraps gets ESEQ_RETRY; a sender must FIN rather than wrap."""
+    r = Connection(Role.ROUTER)
+    syn = encode_frame(Frame.data(1, 2**32 - 1, {"p": 1}, flags=Flags.SYN))
+    (reset,) = of(r.receive_message(syn, 0), StreamReset)
+    assert reset.code == ErrorCode.EPROTO and "no room" in reset.message
+    r2 = Connection(Role.ROUTER)
+    r2.receive_message(encode_frame(Frame.data(1, 2**32 - 2, {"p": 1}, flags=Flags.SYN)), 0)
+    with pytest.raises(LocalProtocolError):
+        r2.send_message(1, b"x", more=True)  # 2^32-1 without FIN: refused
+    r2.send_message(1, b"x", end_stream=True)  # the last number, with FIN: allowed
+    # a peer that wraps to 0 after 2^32-1 is out of sequence
+    r3 = Connection(Role.ROUTER)
+    r3.receive_message(encode_frame(Frame.data(1, 2**32 - 2, {"p": 1}, flags=Flags.SYN)), 0)
+    r3.receive_message(encode_frame(Frame.data(1, 2**32 - 1, raw=b"a")), 0)
+    (reset,) = of(r3.receive_message(encode_frame(Frame.data(1, 0, raw=b"b")), 0), StreamReset)
+    assert reset.code == ErrorCode.ESEQ_RETRY

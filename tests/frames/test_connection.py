@@ -298,14 +298,17 @@ def test_client_checks_router_sequence_too() -> None:
     assert reset.code == ErrorCode.ESEQ_RETRY
 
 
-def test_msg_seq_wraps_modulo_2_32() -> None:
-    """ATP-SEQ-001: sequence arithmetic is mod 2^32 on both sides."""
+def test_msg_seq_never_wraps_the_last_number_ends_the_stream() -> None:
+    """ATP-SEQ-005: sequence numbers do not wrap: the router may use 2^32-1 only for its
+    FIN, and must end the stream rather than go past it."""
     p = ConnectionPair()
     sid = p.client.open_stream(b"", msg_seq=0xFFFF_FFFE)
     p.to_router()
-    p.router.send_message(sid, b"a")
-    p.router.send_message(sid, b"b")
-    assert [m.msg_seq for m in of(p.to_client(), MessageReceived)] == [0xFFFF_FFFF, 0]
+    with pytest.raises(LocalProtocolError):
+        p.router.send_message(sid, b"a")  # 2^32-1 without FIN
+    p.router.send_message(sid, b"a", end_stream=True)
+    (msg,) = of(p.to_client(), MessageReceived)
+    assert (msg.msg_seq, msg.end_stream) == (0xFFFF_FFFF, True)
 
 
 # -- fragmentation and reassembly (§7.3) ---------------------------------------------------------
