@@ -575,7 +575,9 @@ class Connection:
                 raise RemoteProtocolError(
                     ErrorCode.EPROTO, "WINDOW_UPDATE with a credit increment of 0", stream_id=sid
                 )
-            if rec.send_credit + credit > MAX_WINDOW:
+            if rec.text and not self._peer_sent_caps:
+                credit = 0  # ATP-FLOW-007: its credit is already unlimited; nothing to add
+            elif rec.send_credit + credit > MAX_WINDOW:
                 raise RemoteProtocolError(
                     ErrorCode.EWINDOW,
                     f"credit window would exceed 2^31-1 ({rec.send_credit} + {credit})",

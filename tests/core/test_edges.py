@@ -305,3 +305,12 @@ def test_msg_seq_never_wraps() -> None:
     r3.receive_message(encode_frame(Frame.data(1, 2**32 - 1, raw=b"a")), 0)
     (reset,) = of(r3.receive_message(encode_frame(Frame.data(1, 0, raw=b"b")), 0), StreamReset)
     assert reset.code == ErrorCode.ESEQ_RETRY
+
+
+def test_text_client_credit_without_capabilities_is_harmless() -> None:
+    """ATP-FLOW-007: a browser's credit is unlimited; a WINDOW_UPDATE from it is a no-op,
+    not an overflow."""
+    r = Connection(Role.ROUTER)
+    r.receive_text('{"stream_id":"a","msg_seq":1,"flags":["SYN"],"payload":{"p":1}}', 0)
+    evs = r.receive_text('{"type":"WINDOW_UPDATE","stream_id":"a","credit":65536}', 0)
+    assert not of(evs, StreamReset) and r.stream_state(1) is StreamState.OPEN
