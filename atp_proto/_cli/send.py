@@ -153,12 +153,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"ERROR  handshake refused: HTTP {exc.status_code} {body}", file=sys.stderr)
         return 1
     except (trio_websocket.HandshakeError, OSError) as exc:
-        emit("error", {"code": "ECONNECT", "message": str(exc)})
+        emit("error", {"code": "ECONNECT", "message": _reason(exc)})
         if not args.json:
-            print(f"ERROR  cannot connect to {args.url}: {exc}", file=sys.stderr)
+            print(f"ERROR  cannot connect to {args.url}: {_reason(exc)}", file=sys.stderr)
         return 1
     except trio.TooSlowError:
         emit("error", {"code": "ETIMEOUT", "message": f"no FINAL within {args.timeout} s"})
         if not args.json:
             print(f"ERROR  no FINAL within {args.timeout} s", file=sys.stderr)
         return 1
+
+
+def _reason(exc: BaseException) -> str:
+    """The most specific message in an exception chain (trio-websocket wraps the OSError)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if str(seen):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
