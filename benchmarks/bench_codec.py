@@ -26,15 +26,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import sys
 import time
 import timeit
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -338,30 +334,9 @@ def _goal(name: str, measured: float, unit: str, target: float, op: str) -> dict
 
 
 def machine_info() -> dict[str, Any]:
-    cpu_model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "cbor2": _version("cbor2"),
-        "atp_proto": _version("atp-proto"),
-    }
+    from atp_proto._cli.bench import machine_info as shared
 
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return shared(cbor2="cbor2")
 
 
 # -- output -----------------------------------------------------------------------------

@@ -54,7 +54,6 @@ import datetime as dt
 import json
 import multiprocessing as mp
 import os
-import platform
 import re
 import resource
 import subprocess
@@ -767,31 +766,9 @@ def bench_sessions(n: int) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu_model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "trio": _version("trio"),
-        "trio_websocket": _version("trio-websocket"),
-        "atp_proto": _version("atp-proto"),
-    }
+    from atp_proto._cli.bench import machine_info as shared
 
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return shared(trio="trio", trio_websocket="trio-websocket")
 
 
 _ADMISSION = "[admission]\ninitial_limit = 2048\nmax_limit = 4096\nmax_queue = 4096\n"

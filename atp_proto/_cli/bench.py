@@ -107,3 +107,39 @@ def run(args: argparse.Namespace) -> int:
     module = load(name)
     result: int = module.run(args)
     return result
+
+
+def version(dist: str) -> str:
+    """Installed version of a distribution, or "unknown"."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def machine_info(**versions: str) -> dict[str, object]:
+    """The machine a benchmark ran on, for its JSON and RESULTS.md; ``versions`` maps an
+    output key to a distribution name (``trio_websocket="trio-websocket"``)."""
+    import os
+    import platform
+
+    cpu_model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, object] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+    }
+    info.update({key: version(dist) for key, dist in versions.items()})
+    info["atp_proto"] = version("atp-proto")
+    return info
