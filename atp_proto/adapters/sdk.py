@@ -32,6 +32,10 @@ The server runs on asyncio with grpclib. The SDK handles for the vendor:
 * **Graceful shutdown** on SIGTERM / SIGINT: stop accepting connections, refuse new calls
   with UNAVAILABLE ("draining"), let in-flight calls finish for up to ``grace`` seconds,
   then cancel what is left and call the vendor's ``aclose()`` if it has one.
+* **Coalesced writes**: HTTP/2 frames written during one event-loop iteration leave in
+  one ``send`` (at most 4 KiB are held back), instead of one system call per chunk.
+  A generator that blocks the event loop (CPU work without an ``await``) delays the
+  chunks it already yielded until it awaits; such code starves every other call anyway.
 * **Concurrency cap** (optional ``max_concurrency``): calls beyond it are refused with
   RESOURCE_EXHAUSTED (the router maps it to EWINDOW_AGENT and backs off).
 """
@@ -52,6 +56,7 @@ from typing import Any, Protocol, runtime_checkable
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
+from grpclib.protocol import H2Protocol
 from grpclib.server import Server, Stream
 
 from atp_proto.frames import ErrorCode
@@ -132,6 +137,72 @@ class _Stats:
         return sum(self.outcomes) / len(self.outcomes) if self.outcomes else 0.0
 
 
+class _CoalescingTransport:
+    """Wraps an asyncio transport: writes made in one event-loop iteration are joined
+    and sent at its end (or as soon as ``limit`` bytes wait), so a handler streaming
+    many small chunks costs one system call per batch instead of one per chunk.
+
+    Backpressure is unchanged: the joined data goes to the real transport, which still
+    pauses the protocol above its high-water mark, and HTTP/2 flow control bounds what
+    a handler can write between two flushes.
+    """
+
+    __slots__ = ("_buf", "_loop", "_pending", "_scheduled", "limit", "transport")
+
+    def __init__(self, transport: asyncio.Transport, limit: int = 4096) -> None:
+        self.transport = transport
+        self.limit = limit
+        self._loop = asyncio.get_running_loop()
+        self._buf: list[bytes] = []
+        self._pending = 0
+        self._scheduled = False
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self._buf.append(data)
+        self._pending += len(data)
+        if self._pending >= self.limit:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        data = b"".join(self._buf) if len(self._buf) > 1 else self._buf[0]
+        self._buf.clear()
+        self._pending = 0
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:  # get_extra_info, is_closing, abort, ...
+        return getattr(self.transport, name)
+
+
+class _CoalescingProtocol(H2Protocol):
+    def connection_made(self, transport: Any) -> None:
+        wrapped: Any = _CoalescingTransport(transport)  # duck-types asyncio.Transport
+        super().connection_made(wrapped)
+
+
+class _Server(Server):
+    """grpclib's server with coalesced writes (:class:`_CoalescingTransport`)."""
+
+    def _protocol_factory(self) -> H2Protocol:
+        proto = super()._protocol_factory()
+        return _CoalescingProtocol(proto.handler, proto.config, proto.h2_config)
+
+
 def _grpc_error(exc: AdapterError) -> GRPCError:
     status = ATP_TO_GRPC.get(str(exc.code), Status.INTERNAL)
     return GRPCError(status, exc.message or str(exc.code))
@@ -180,7 +251,7 @@ class AdapterServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 7070) -> int:
         """Listen; returns the bound port (useful with port 0)."""
-        self._server = Server([self], codec=_RawCodec())
+        self._server = _Server([self], codec=_RawCodec())
         await self._server.start(host, port)
         listener: Any = self._server._server
         sockets = listener.sockets if listener is not None else ()
