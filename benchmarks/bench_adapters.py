@@ -6,6 +6,11 @@ Measured per client:
   * streaming: Stream calls of 1000 one-character chunks, one after another -> chunks/s
   * unary: Estimate calls one after another -> calls/s, p50 and p99 latency
 
+The clients take turns: several rounds, each running every client once (a fresh
+connection, a warm-up, then the measured calls), so drift on a shared machine falls on
+all of them alike. Streaming figures are the median over rounds; Estimate latencies are
+pooled over rounds.
+
 Clients:
   * ``atp-trio``        atp_proto.adapters.grpc_client.GrpcAdapter (h2 on trio)
   * ``grpclib``         grpclib's asyncio client, messages decoded with the same fast codec
@@ -25,8 +30,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,9 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
 
 
-def _sizes(quick: bool) -> tuple[int, int]:
-    """(stream calls, estimate calls) per client."""
-    return (3, 300) if quick else (20, 3000)
+def _sizes(quick: bool) -> tuple[int, int, int]:
+    """(rounds, stream calls, estimate calls) per client and round."""
+    return (1, 3, 300) if quick else (5, 20, 600)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -54,9 +57,21 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _summary(chunks: int, stream_s: float, lat: list[float]) -> dict[str, float]:
+class Sample:
+    """One round of one client: streaming rate and each Estimate call's latency."""
+
+    def __init__(self, chunks: int, stream_s: float, lat: list[float]) -> None:
+        self.chunks_per_s = chunks / stream_s
+        self.lat = lat
+
+
+def _summary(samples: list[Sample]) -> dict[str, float]:
+    lat = [x for s in samples for x in s.lat]
+    rates = [s.chunks_per_s for s in samples]
     return {
-        "stream_chunks_per_s": chunks / stream_s,
+        "stream_chunks_per_s": statistics.median(rates),
+        "stream_chunks_per_s_min": min(rates),
+        "stream_chunks_per_s_max": max(rates),
         "estimate_calls_per_s": len(lat) / sum(lat),
         "estimate_p50_ms": _pct(lat, 0.50) * 1000,
         "estimate_p99_ms": _pct(lat, 0.99) * 1000,
@@ -67,13 +82,13 @@ def _summary(chunks: int, stream_s: float, lat: list[float]) -> dict[str, float]
 # ------------------------------------------------------------------------------ clients
 
 
-def bench_ours(port: int, n_stream: int, n_est: int) -> dict[str, float]:
+def bench_ours(port: int, n_stream: int, n_est: int) -> Sample:
     import trio
 
     from atp_proto.adapters import TaskRequest
     from atp_proto.adapters.grpc_client import GrpcAdapter
 
-    async def main() -> dict[str, float]:
+    async def main() -> Sample:
         req = TaskRequest("bench", PROMPT)
         async with GrpcAdapter("bench", "127.0.0.1", port) as a:
             for _ in range(50):
@@ -92,7 +107,7 @@ def bench_ours(port: int, n_stream: int, n_est: int) -> dict[str, float]:
                 await a.estimate(req)
                 lat.append(time.perf_counter() - t)
         assert chunks == n_stream * STREAM_CHUNKS, chunks
-        return _summary(chunks, stream_s, lat)
+        return Sample(chunks, stream_s, lat)
 
     return trio.run(main)
 
@@ -103,8 +118,8 @@ def _bench_asyncio(
     n_stream: int,
     n_est: int,
     close: Callable[[], None],
-) -> dict[str, float]:
-    async def main() -> dict[str, float]:
+) -> Sample:
+    async def main() -> Sample:
         for _ in range(50):
             await estimate_once()
         await stream_once()
@@ -120,12 +135,12 @@ def _bench_asyncio(
             lat.append(time.perf_counter() - t)
         close()
         assert chunks == n_stream * STREAM_CHUNKS, chunks
-        return _summary(chunks, stream_s, lat)
+        return Sample(chunks, stream_s, lat)
 
     return asyncio.run(main())
 
 
-def bench_grpclib(port: int, n_stream: int, n_est: int) -> dict[str, float]:
+def bench_grpclib(port: int, n_stream: int, n_est: int) -> Sample:
     from grpclib.client import Channel
     from grpclib.const import Cardinality
 
@@ -163,7 +178,7 @@ def bench_grpclib(port: int, n_stream: int, n_est: int) -> dict[str, float]:
     return _bench_asyncio(stream_once, estimate_once, n_stream, n_est, close)
 
 
-def bench_grpclib_betterproto(port: int, n_stream: int, n_est: int) -> dict[str, float]:
+def bench_grpclib_betterproto(port: int, n_stream: int, n_est: int) -> Sample:
     from grpclib.client import Channel
 
     import atp_proto.adapters.proto.atp.adapter.v1 as pb
@@ -193,7 +208,7 @@ def bench_grpclib_betterproto(port: int, n_stream: int, n_est: int) -> dict[str,
     return _bench_asyncio(stream_once, estimate_once, n_stream, n_est, close)
 
 
-def bench_grpcio(port: int, n_stream: int, n_est: int) -> dict[str, float]:
+def bench_grpcio(port: int, n_stream: int, n_est: int) -> Sample:
     import grpc
 
     from atp_proto.adapters import TaskRequest
@@ -229,7 +244,7 @@ def bench_grpcio(port: int, n_stream: int, n_est: int) -> dict[str, float]:
         if "ch" in holder:
             await holder["ch"].close()
 
-    async def run_all() -> dict[str, float]:
+    async def run_all() -> Sample:
         for _ in range(50):
             await estimate_once()
         await stream_once()
@@ -244,12 +259,12 @@ def bench_grpcio(port: int, n_stream: int, n_est: int) -> dict[str, float]:
             await estimate_once()
             lat.append(time.perf_counter() - t)
         await close()
-        return _summary(chunks, stream_s, lat)
+        return Sample(chunks, stream_s, lat)
 
     return asyncio.run(run_all())
 
 
-CLIENTS: dict[str, Callable[[int, int, int], dict[str, float]]] = {
+CLIENTS: dict[str, Callable[[int, int, int], Sample]] = {
     "atp-trio": bench_ours,
     "grpclib": bench_grpclib,
     "grpclib+bp": bench_grpclib_betterproto,
@@ -292,18 +307,15 @@ class _Server:
             self.proc.kill()
 
 
-def _machine() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-    }
+def machine_info() -> dict[str, Any]:
+    from atp_proto._cli.bench import machine_info as shared
+
+    return shared(h2="h2", grpclib="grpclib", grpcio="grpcio", trio="trio")
 
 
 def run(args: argparse.Namespace) -> int:
-    n_stream, n_est = _sizes(args.quick)
-    results: dict[str, dict[str, float]] = {}
+    rounds, n_stream, n_est = _sizes(args.quick)
+    samples: dict[str, list[Sample]] = {name: [] for name in CLIENTS}
     progress = None
     if not args.json:
         from rich.console import Console
@@ -311,14 +323,16 @@ def run(args: argparse.Namespace) -> int:
         progress = Console(stderr=True)
     server = _Server()
     try:
-        for name, fn in CLIENTS.items():
-            if progress:
-                progress.print(f"[dim]benchmarking {name} ...[/dim]")
-            # a fresh server per client would cost a process start; one server, and each
-            # client warmed up first, keeps the comparison in the same conditions
-            results[name] = fn(server.port, n_stream, n_est)
+        for i in range(rounds):
+            for name, fn in CLIENTS.items():
+                if progress:
+                    progress.print(f"[dim]round {i + 1}/{rounds}: {name} ...[/dim]")
+                # one server for all: each client warms up first, and the rounds
+                # interleave the clients, so all run in the same conditions
+                samples[name].append(fn(server.port, n_stream, n_est))
     finally:
         server.close()
+    results = {name: _summary(s) for name, s in samples.items()}
     ours, base = results["atp-trio"], results["grpclib"]
     ratio = ours["stream_chunks_per_s"] / base["stream_chunks_per_s"]
     goals = {
@@ -337,11 +351,12 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "benchmark": "adapters",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": machine_info(),
         "params": {
-            "stream_calls": n_stream,
+            "rounds": rounds,
+            "stream_calls_per_round": n_stream,
             "chunks_per_stream": STREAM_CHUNKS,
-            "estimate_calls": n_est,
+            "estimate_calls_per_round": n_est,
         },
         "results": {k: {m: round(v, 3) for m, v in r.items()} for k, r in results.items()},
         "goals": goals,
@@ -356,12 +371,14 @@ def run(args: argparse.Namespace) -> int:
     table = Table(
         title=f"Adapter gRPC clients vs one SDK adapter (echo, {STREAM_CHUNKS} chunks/stream)"
     )
-    for col in ("client", "stream chunks/s", "Estimate calls/s", "p50 ms", "p99 ms"):
+    cols = ("client", "stream chunks/s (median)", "min–max", "Estimate calls/s", "p50 ms", "p99 ms")
+    for col in cols:
         table.add_column(col, justify="right" if col != "client" else "left")
     for name, r in results.items():
         table.add_row(
             name,
             f"{r['stream_chunks_per_s']:,.0f}",
+            f"{r['stream_chunks_per_s_min']:,.0f}–{r['stream_chunks_per_s_max']:,.0f}",
             f"{r['estimate_calls_per_s']:,.0f}",
             f"{r['estimate_p50_ms']:.3f}",
             f"{r['estimate_p99_ms']:.3f}",
