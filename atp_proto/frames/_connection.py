@@ -133,6 +133,13 @@ class Connection:
         self._heartbeat = heartbeat
         self._last_recv = now
         self._last_send = now
+        #: True when :meth:`next_deadline` may have moved *earlier* since the I/O layer
+        #: last cleared it (a stream got a TTL, or the last stream went and the idle
+        #: timeout applies again). Deadlines that move later (traffic postpones the
+        #: idle timeout and heartbeats) do not set it: a timer that fires early finds
+        #: nothing due in :meth:`handle_timer` and asks again. An I/O layer may use it
+        #: to avoid waking its timer after every message; ignoring it is always safe.
+        self.timer_stale = True
         self._hb_sent_at: float | None = None
         # what the peer accepts from us (defaults until CAPABILITIES says otherwise)
         self.peer_caps: Mapping[str, Any] = {}
@@ -379,6 +386,7 @@ class Connection:
             rec.qos = QoS(frame.qos) if frame.qos else QoS.SILVER
             if frame.ttl:
                 rec.deadline = now + frame.ttl
+                self.timer_stale = True
             raw_window = frame.ext.get("window")
             if raw_window is not None and not _valid_window(raw_window):
                 # ATP-BUDGET-008: an invalid field is an error, never "unlimited"
@@ -722,9 +730,11 @@ class Connection:
             rec.state is StreamState.CLOSED
             and not rec.outbox
             and self._streams.pop(rec.stream_id, None) is not None
-            and rec.text
         ):
-            self.json.forget(rec.stream_id)
+            if not self._streams:
+                self.timer_stale = True  # the idle timeout applies again
+            if rec.text:
+                self.json.forget(rec.stream_id)
 
     def _get_sendable(self, stream_id: int) -> StreamRecord:
         rec = self._streams.get(stream_id)
@@ -786,6 +796,7 @@ class Connection:
             rec.window = window
         if ttl and now is not None:
             rec.deadline = now + ttl
+            self.timer_stale = True
         ext: dict[str, Any] = {}
         if window is not None:
             ext["window"] = window.to_dict()

@@ -237,10 +237,13 @@ class Session:
     # ------------------------------------------------------------------ output
 
     def _kick(self) -> None:
-        """Something may have been queued: wake the writer and the timer."""
-        if self.conn.has_data_to_send():
+        """Something may have been queued: wake the writer, and the timer when the
+        connection's next deadline may have moved earlier."""
+        conn = self.conn
+        if conn.has_data_to_send():
             self._wake_writer.set()
-        self._wake_timer.set()
+        if conn.timer_stale:
+            self._wake_timer.set()
 
     async def _writer(self) -> None:
         conn = self.conn
@@ -346,6 +349,7 @@ class Session:
     async def _timer(self) -> None:
         conn = self.conn
         while True:
+            conn.timer_stale = False
             deadline = conn.next_deadline()
             self._wake_timer = trio.Event()
             if deadline is None:

@@ -257,6 +257,32 @@ def test_ttl_heartbeat_and_idle_are_driven_by_now() -> None:
     assert closed.code == ErrorCode.ETIMEOUT and not closed.by_peer
 
 
+def test_timer_stale_is_set_whenever_the_next_deadline_can_move_earlier() -> None:
+    """The I/O layer wakes its timer only on timer_stale: every way the next deadline
+    can move earlier must set it; plain traffic (which only postpones) must not."""
+    p = Pair(router_limits=Limits(idle_timeout_ms=10_000))
+    r = p.router
+    assert r.timer_stale  # a new connection: the timer has not looked yet
+    r.timer_stale = False
+    sid = p.open()  # no TTL: no earlier deadline
+    p.to_router()
+    assert not r.timer_stale and r.next_deadline() is None  # a stream open: no idle
+    sid2 = p.open(ttl=4)
+    p.to_router()
+    assert r.timer_stale and r.next_deadline() == 4.0
+    r.timer_stale = False
+    p.client.send_message(sid, b"more", more=True)
+    p.to_router()
+    assert not r.timer_stale  # traffic alone never moves a deadline earlier
+    for s in (sid, sid2):
+        r.send_message(s, b"done", end_stream=True)
+        p.client.send_message(s, b"bye", end_stream=True)
+    p.to_client()
+    p.to_router()
+    assert r.timer_stale  # the last stream went: the idle timeout applies again
+    assert r.next_deadline() == pytest.approx(10.0)
+
+
 def test_client_heartbeat_schedule() -> None:
     """ATP-TIME-005."""
     c = Connection(Role.CLIENT, heartbeat=5.0, limits=Limits(idle_timeout_ms=0))

@@ -10,6 +10,8 @@ import cbor2
 import pytest
 import trio
 import trio_websocket
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from atp_proto.client import Final, Partial, StreamError, connect
 from atp_proto.frames import (
@@ -366,3 +368,26 @@ async def test_max_streams_refusal(start_router) -> None:
                 ]
     assert [(r.stream_id, r.code) for r in resets] == [(3, ErrorCode.EWINDOW)]
     assert resets[0].retry_after_ms is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.text(max_size=40),
+    st.text(max_size=300),
+    st.floats(allow_nan=False),
+)
+def test_partial_chunk_body_is_the_cbor_of_the_dict(n: int, name: str, text: str, c: float) -> None:
+    """The pre-encoded PARTIAL body is byte-identical to cbor2.dumps of the dict."""
+    from atp_proto.router.engine import _ADAPTER_KEY, _CONFIDENCE_KEY, partial_chunk_body
+
+    body = partial_chunk_body(
+        n, _ADAPTER_KEY + cbor2.dumps(name), text, _CONFIDENCE_KEY + cbor2.dumps(c)
+    )
+    expected = {
+        "type": "agent.result.partial",
+        "content": {"chunk": n, "adapter": name, "text": text},
+        "confidence": c,
+    }
+    assert body == cbor2.dumps(expected)
+    assert cbor2.loads(body) == expected
