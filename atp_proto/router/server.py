@@ -12,9 +12,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import trio
-import trio_websocket
-from trio_websocket import ConnectionClosed as WsClosed
-from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from atp_proto.adapters import Adapter, ResilientAdapter, connect
 from atp_proto.frames import ErrorCode, FrameType, StreamOpened
@@ -32,7 +29,8 @@ from .auth import (
 from .config import RouterConfig
 from .engine import StreamJob
 from .metrics import RouterMetrics
-from .session import Session, StreamHandle, TransportClosed
+from .session import Session, StreamHandle
+from .ws import Handshake, WsConnection
 
 log = logging.getLogger("atp.router")
 
@@ -72,28 +70,6 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
-
-
-class WsTransport:
-    """trio-websocket connection as a session :class:`Transport`."""
-
-    def __init__(self, ws: WebSocketConnection) -> None:
-        self.ws = ws
-
-    async def receive(self) -> bytes | str:
-        try:
-            return await self.ws.get_message()
-        except WsClosed:
-            raise TransportClosed from None
-
-    async def send(self, message: bytes | str) -> None:
-        try:
-            await self.ws.send_message(message)
-        except WsClosed:
-            raise TransportClosed from None
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.ws.aclose(code, reason)
 
 
 def _type_name(value: int) -> str:
@@ -186,17 +162,8 @@ class Router:
             async with trio.open_nursery() as nursery:
                 listeners = await trio.open_tcp_listeners(cfg.ws_port, host=cfg.ws_host)
                 self.ws_port = listeners[0].socket.getsockname()[1]
-                server = trio_websocket.WebSocketServer(
-                    self._handle_request,
-                    listeners,
-                    handler_nursery=nursery,
-                    max_message_size=cfg.limits.max_frame_size + 64 * 1024,
-                    receive_buffer_size=65536,
-                    connect_timeout=cfg.handshake_timeout_s,
-                    disconnect_timeout=5,
-                )
                 self._listener_scope = trio.CancelScope()
-                nursery.start_soon(self._run_listener, server, self._listener_scope)
+                nursery.start_soon(self._run_listener, listeners, nursery, self._listener_scope)
                 if cfg.metrics_port is not None:
                     self.metrics_port = await nursery.start(self._serve_metrics)
                 for adapter in self.adapters.values():
@@ -229,46 +196,63 @@ class Router:
                         await adapter.aclose()
 
     async def _run_listener(
-        self, server: trio_websocket.WebSocketServer, scope: trio.CancelScope
+        self,
+        listeners: list[trio.SocketListener],
+        handler_nursery: trio.Nursery,
+        scope: trio.CancelScope,
     ) -> None:
         with scope:
-            await server.run()
+            await trio.serve_listeners(
+                self._handle_connection, listeners, handler_nursery=handler_nursery
+            )
 
     async def run_stream(self, session: Session, ev: StreamOpened, handle: StreamHandle) -> None:
         await StreamJob(self, session, ev, handle).run()
 
-    async def _handle_request(self, request: WebSocketRequest) -> None:
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
         # An exception escaping here would kill the whole server: catch everything.
+        ws: WsConnection | None = None
         try:
-            await self._handle(request)
+            try:
+                host, port = stream.socket.getpeername()[:2]
+                remote = f"{host}:{port}"
+            except OSError:
+                remote = "?"
+            max_message = self.config.limits.max_frame_size + 64 * 1024
+            ws = WsConnection(stream, max_message_size=max_message, remote=remote)
+            request: Handshake | None = None
+            with trio.move_on_after(self.config.handshake_timeout_s):
+                request = await ws.read_request()
+            if request is None:
+                await ws.abort()
+                return
+            await self._handle(ws, request)
         except Exception:
             log.exception("connection handler failed")
+        finally:
+            if ws is not None:
+                await ws.abort()
+            else:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
 
-    async def _handle(self, request: WebSocketRequest) -> None:
+    async def _handle(self, ws: WsConnection, request: Handshake) -> None:
         cfg = self.config
         m = self.metrics
         path = urlsplit(request.path).path
         if path != cfg.ws_path:
             m.handshakes_refused.inc("404")
-            await request.reject(
-                404, body=f"no ATP endpoint at {path}; use {cfg.ws_path}\n".encode()
-            )
+            await ws.reject(404, body=f"no ATP endpoint at {path}; use {cfg.ws_path}\n".encode())
             return
         if self._draining:
             m.handshakes_refused.inc("503")
-            await request.reject(
-                503, extra_headers=[(b"retry-after", b"1")], body=b"router is draining\n"
-            )
+            await ws.reject(503, headers=[(b"retry-after", b"1")], body=b"router is draining\n")
             return
         if len(self.sessions) >= cfg.max_sessions:
             m.handshakes_refused.inc("503")
-            await request.reject(
-                503, extra_headers=[(b"retry-after", b"1")], body=b"too many sessions\n"
-            )
+            await ws.reject(503, headers=[(b"retry-after", b"1")], body=b"too many sessions\n")
             return
-        token, subprotocol = extract_token(
-            request.path, request.headers, request.proposed_subprotocols
-        )
+        token, subprotocol = extract_token(request.path, request.headers, request.subprotocols)
         principal: Principal = ANONYMOUS
         if self.authenticator is not None:
             try:
@@ -286,14 +270,12 @@ class Router:
                 headers = (
                     [(b"www-authenticate", b'Bearer realm="atp"')] if exc.status == 401 else []
                 )
-                await request.reject(
-                    exc.status, extra_headers=headers, body=f"{exc.message}\n".encode()
-                )
+                await ws.reject(exc.status, headers=headers, body=f"{exc.message}\n".encode())
                 return
-        ws = await request.accept(subprotocol=subprotocol)
+        await ws.accept(subprotocol)
         session_id = f"{time.time_ns() // 1_000_000:x}-{next(self._ids)}"
         session = Session(
-            WsTransport(ws),
+            ws,
             principal=principal,
             limits=cfg.limits,
             run_stream=self.run_stream,
@@ -318,7 +300,7 @@ class Router:
             m.sessions_active.set(len(self.sessions))
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 if not ws.closed:
-                    await ws.aclose(1000, "bye")
+                    await ws.close(1000, "bye")
             log.info("session closed", extra={"session": session_id})
 
     # ------------------------------------------------------------------ drain

@@ -61,7 +61,14 @@ class Transport(Protocol):
         """Next message; raises :class:`TransportClosed` when the peer is gone."""
         ...
 
-    async def send(self, message: bytes | str) -> None: ...
+    async def send(self, message: bytes | str) -> None:
+        """Send one message. Concurrent calls leave in call order; a cancelled call
+        leaves the connection usable (what it did not send goes first next time)."""
+        ...
+
+    async def flush(self) -> None:
+        """Send what a cancelled :meth:`send` left behind, if anything."""
+        ...
 
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -105,6 +112,7 @@ class Session:
         self.metrics = metrics
         self.streams: dict[int, StreamHandle] = {}
         self._wake_writer = trio.Event()
+        self._writer_busy = False  # the writer, or a stream task in flush_now, is sending
         self._wake_timer = trio.Event()
         self._writable = {lane: deque[trio.Event]() for lane in (QoS.GOLD, QoS.SILVER, QoS.BRONZE)}
         self._vfinish = dict.fromkeys(self._writable, 0.0)
@@ -251,12 +259,19 @@ class Session:
             while True:
                 await self._wake_writer.wait()
                 self._wake_writer = trio.Event()
-                while True:
-                    out = conn.data_to_send(trio.current_time())
-                    if not out:
-                        break
-                    for message in out:
-                        await self.transport.send(message)
+                if self._writer_busy:
+                    continue  # flush_now is sending; it wakes us when done
+                self._writer_busy = True
+                try:
+                    while True:
+                        out = conn.data_to_send(trio.current_time())
+                        if not out:
+                            break
+                        for message in out:
+                            await self.transport.send(message)
+                    await self.transport.flush()
+                finally:
+                    self._writer_busy = False
                 self._release_writable()
                 self._drained.set()
                 if self._closing is not None:
@@ -265,6 +280,31 @@ class Session:
             return
         finally:
             self._writer_done.set()
+
+    async def flush_now(self) -> None:
+        """Send what is queued from the calling stream task when the writer is idle,
+        instead of waking the writer task: one trip through trio's run queue less
+        (under load, a wait for a whole batch of other tasks). Used for a stream's
+        first PARTIAL, where latency is what the client feels; later output is left to
+        the writer, which coalesces many streams' frames into one message.
+
+        Safe to cancel (the stream's reset): the transport keeps what it could not send
+        and sends it first next time; the writer is woken to finish the job.
+        """
+        if self._writer_busy or self._closing is not None:
+            return  # the writer is sending, or will: send() already woke it
+        out = self.conn.data_to_send(trio.current_time())
+        if not out:
+            return
+        self._writer_busy = True
+        try:
+            for message in out:
+                await self.transport.send(message)
+        except TransportClosed:
+            pass
+        finally:
+            self._writer_busy = False
+            self._wake_writer.set()  # room waiters, drained, and anything left
 
     def _release_writable(self) -> None:
         """Wake stream tasks waiting to write, in weighted-fair lane order."""

@@ -1,0 +1,314 @@
+"""The router's side of WebSocket (RFC 6455): wsproto over a trio stream, no extra tasks.
+
+Why not trio-websocket here (the client, the demo and the tests still use it): its
+connection runs a reader task that hands every message to the session through a memory
+channel, and every send takes a ``trio.Lock`` — a scheduling checkpoint — before it
+writes. With a thousand busy streams each of those is a wait for trio's whole run batch;
+measured on the 1,000-stream latency benchmark (``atp bench ws``), SYN→first PARTIAL
+p50 went from 0.9-1.3 ms to about half of that once those hops were gone. Here:
+
+* the session's reader task reads the socket and parses it with wsproto itself
+  (:meth:`WsConnection.receive`): a message reaches the session in the same task step
+  that read it;
+* a send reaches the socket in the sending task's step (:meth:`WsConnection.send`; trio
+  yields only after the system call). Sends are serialized without a lock checkpoint:
+  an idle connection is claimed synchronously, a busy one is waited for in FIFO order,
+  and the slot passes directly from one sender to the next, so bytes leave in the order
+  wsproto produced them;
+* pings are answered, a peer's close is answered and the connection shut, a message
+  larger than ``max_message_size`` closes with 1009, a frame wsproto cannot parse closes
+  with the code wsproto gives (1002 / 1007), and a lost connection is
+  :class:`TransportClosed` to the session — never an exception escaping the handler.
+
+No extension (permessage-deflate) is negotiated: ATP payloads are mostly CBOR and
+already compact, and compression would cost CPU on every frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+import wsproto
+import wsproto.events as we
+from wsproto.connection import ConnectionState
+from wsproto.utilities import RemoteProtocolError
+
+from .session import TransportClosed
+
+__all__ = ["Handshake", "WsConnection"]
+
+#: bytes read per receive_some
+RECEIVE_BUFFER = 65536
+#: how long a closing connection waits for the peer's close reply before dropping TCP
+CLOSE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """The upgrade request, as the router's auth and routing need it."""
+
+    path: str  #: request target (path and query string)
+    headers: list[tuple[bytes, bytes]]
+    subprotocols: list[str]
+    remote: str  #: peer "host:port"
+
+
+class WsConnection:
+    """One server-side WebSocket connection. Implements the session's
+    :class:`~atp_proto.router.session.Transport` (``receive`` / ``send`` / ``close``)."""
+
+    def __init__(self, stream: trio.abc.Stream, *, max_message_size: int, remote: str = "") -> None:
+        self.stream = stream
+        self.remote = remote
+        self.max_message_size = max_message_size
+        self._ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        self._messages: deque[bytes | str] = deque()
+        self._parts: list[bytes | bytearray | str] = []
+        self._part_bytes = 0
+        self._closed = False  #: no more sends (close sent / received, or connection lost)
+        self._eof = False  #: no more receives
+        self._sending = False
+        self._send_lot = trio.lowlevel.ParkingLot()
+        #: bytes of a send that was cancelled while the socket was full: they go out
+        #: first with the next send (or :meth:`flush`), so a cancelled sender never
+        #: leaves half a frame followed by another frame
+        self._backlog = b""
+        self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ handshake
+
+    async def read_request(self) -> Handshake | None:
+        """Read the HTTP upgrade request. None when the peer left or sent something that
+        is not a WebSocket handshake (it got a 400 answer then)."""
+        while True:
+            try:
+                data = await self.stream.receive_some(RECEIVE_BUFFER)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return None
+            if not data:
+                return None
+            try:
+                self._ws.receive_data(bytes(data))
+                for event in self._ws.events():
+                    if isinstance(event, we.Request):
+                        return Handshake(
+                            path=event.target,
+                            headers=[(bytes(k), bytes(v)) for k, v in event.extra_headers],
+                            subprotocols=list(event.subprotocols),
+                            remote=self.remote,
+                        )
+            except RemoteProtocolError as exc:
+                await self._bad_request(str(exc))
+                return None
+
+    async def _bad_request(self, why: str) -> None:
+        body = f"not a WebSocket handshake: {why}\n".encode()
+        head = (
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        )
+        await self._write_quietly(head + body)
+        await self.abort()
+
+    async def accept(self, subprotocol: str | None) -> None:
+        data = self._ws.send(we.AcceptConnection(subprotocol=subprotocol))
+        await self._send_bytes(data)
+
+    async def reject(
+        self, status: int, *, headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b""
+    ) -> None:
+        """Refuse the upgrade with an HTTP response, then close the connection."""
+        hdrs = list(headers or [])
+        hdrs += [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+        try:
+            data = self._ws.send(
+                we.RejectConnection(status_code=status, headers=hdrs, has_body=True)
+            )
+            data += self._ws.send(we.RejectData(data=body, body_finished=True))
+        except Exception:  # wsproto refused (state): nothing sensible left to send
+            data = b""
+        await self._write_quietly(data)
+        await self.abort()
+
+    # ------------------------------------------------------------------ messages
+
+    async def receive(self) -> bytes | str:
+        """The next whole message.
+
+        Raises:
+            TransportClosed: the peer closed, the connection was lost, or it broke the
+                WebSocket protocol (then it was closed with the matching code).
+        """
+        while True:
+            if self._messages:
+                return self._messages.popleft()
+            if self._eof:
+                raise TransportClosed
+            await self._process_events()
+            if self._messages or self._eof:
+                continue
+            try:
+                data = await self.stream.receive_some(RECEIVE_BUFFER)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                data = b""
+            if not data:
+                self._lost()
+                continue
+            self._ws.receive_data(bytes(data))
+
+    async def _process_events(self) -> None:
+        for event in self._ws.events():
+            if isinstance(event, we.Message):
+                self._parts.append(event.data)
+                self._part_bytes += len(event.data)
+                if self._part_bytes > self.max_message_size:
+                    await self._close_and_stop(
+                        1009, f"message larger than {self.max_message_size} bytes"
+                    )
+                    return
+                if event.message_finished:
+                    parts, self._parts, self._part_bytes = self._parts, [], 0
+                    if isinstance(event, we.TextMessage):
+                        self._messages.append("".join(parts))  # type: ignore[arg-type]
+                    elif len(parts) == 1:
+                        self._messages.append(bytes(parts[0]))  # type: ignore[arg-type]
+                    else:
+                        self._messages.append(b"".join(parts))  # type: ignore[arg-type]
+            elif isinstance(event, we.Ping):
+                if not self._closed:
+                    await self._send_bytes(self._ws.send(event.response()))
+            elif isinstance(event, we.CloseConnection):
+                if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                    # the peer closed: answer, then the TCP connection goes
+                    data = self._ws.send(event.response())
+                    self._closed = True
+                    await self._write_quietly(data)
+                    self._eof = True
+                    await self.abort()
+                elif self._ws.state is ConnectionState.OPEN:
+                    # wsproto could not parse the peer's frames (1002, 1007, ...)
+                    await self._close_and_stop(event.code, event.reason or "")
+                else:  # our close was answered
+                    self._eof = True
+                    self._closed = True
+                return
+            # Pong: nothing to do
+
+    async def send(self, message: bytes | str) -> None:
+        """Send one message.
+
+        Raises:
+            TransportClosed: the connection is closing or gone.
+        """
+        if self._closed or self._ws.state is not ConnectionState.OPEN:
+            raise TransportClosed
+        if isinstance(message, str):
+            data = self._ws.send(we.TextMessage(data=message))
+        else:
+            data = self._ws.send(we.BytesMessage(data=message))
+        await self._send_bytes(data)
+
+    async def _send_bytes(self, data: bytes) -> None:
+        # One writer at a time, without a checkpoint when idle; the slot is handed to
+        # the next waiter directly, so the order of sends is the order of calls.
+        if self._sending:
+            await self._send_lot.park()  # woken as the owner of the slot
+        else:
+            self._sending = True
+        try:
+            if self._backlog:
+                data, self._backlog = self._backlog + data, b""
+            await self._write(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self._lost()
+            raise TransportClosed from None
+        finally:
+            if self._send_lot:
+                self._send_lot.unpark()
+            else:
+                self._sending = False
+
+    async def _write(self, data: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            await self.stream.send_all(data)
+            return
+        # trio's socket send is cancellable only while it waits for room, before the
+        # bytes of that call leave: on cancellation exactly ``view`` is still unsent.
+        view = memoryview(data)
+        try:
+            while view:
+                sent = await sock.send(view)
+                view = view[sent:]
+        except trio.Cancelled:
+            self._backlog = bytes(view)
+            raise
+
+    async def flush(self) -> None:
+        """Send what a cancelled send left behind, if anything.
+
+        Raises:
+            TransportClosed: the connection is gone.
+        """
+        if self._backlog and not self._closed:
+            await self._send_bytes(b"")
+
+    async def _write_quietly(self, data: bytes) -> None:
+        if not data:
+            return
+        with contextlib.suppress(TransportClosed):
+            await self._send_bytes(data)
+
+    def _lost(self) -> None:
+        self._closed = True
+        self._eof = True
+
+    # ------------------------------------------------------------------ closing
+
+    async def _close_and_stop(self, code: int, reason: str) -> None:
+        """A protocol fault of the peer: close frame, stop receiving, drop TCP."""
+        self._eof = True
+        await self.close(code, reason)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame (once), wait briefly for the peer's reply, drop TCP."""
+        if not self._closed and self._ws.state is ConnectionState.OPEN:
+            self._closed = True
+            data = self._ws.send(we.CloseConnection(code=code, reason=reason[:120]))
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self._write_quietly(data)
+                if not self._eof:
+                    await self._await_close_reply()
+        await self.abort()
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        await self.close(code, reason)
+
+    async def _await_close_reply(self) -> None:
+        while not self._eof:
+            try:
+                data = await self.stream.receive_some(RECEIVE_BUFFER)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            if not data:
+                return
+            self._ws.receive_data(bytes(data))
+            for event in self._ws.events():
+                if isinstance(event, we.CloseConnection):
+                    self._eof = True
+                    return
+
+    async def abort(self) -> None:
+        """Close the TCP connection now."""
+        self._closed = True
+        self._eof = True
+        with trio.CancelScope(shield=True):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await self.stream.aclose()
