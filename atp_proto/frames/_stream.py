@@ -22,12 +22,19 @@ from ._frame import Frame
 from ._types import BudgetWindow, ErrorCode, QoS
 
 
-class Role(enum.Enum):
+class _FastHash(enum.Enum):
+    """Members hash by identity (they compare by identity): Enum.__hash__ hashes the
+    name in Python code, and the state table is looked up several times per stream."""
+
+    __hash__ = object.__hash__
+
+
+class Role(_FastHash):
     CLIENT = "client"
     ROUTER = "router"
 
 
-class StreamState(enum.Enum):
+class StreamState(_FastHash):
     IDLE = "idle"
     OPEN = "open"
     HALF_CLOSED_LOCAL = "half-closed (local)"
@@ -35,7 +42,7 @@ class StreamState(enum.Enum):
     CLOSED = "closed"
 
 
-class StreamInput(enum.Enum):
+class StreamInput(_FastHash):
     SEND_SYN = "send SYN"
     RECV_SYN = "recv SYN"
     SEND_DATA = "send data"

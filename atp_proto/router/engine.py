@@ -382,7 +382,9 @@ class StreamJob:
         tail = b""
         handle = self.handle
         try:
-            with trio.fail_after(self.router.config.call_timeout_s):
+            # trio.fail_after, without its contextmanager layers (hot path)
+            deadline = trio.current_time() + self.router.config.call_timeout_s
+            with trio.CancelScope(deadline=deadline) as call_scope:
                 async with _aclosing(cand.adapter.stream(task)) as chunks:
                     async for chunk in chunks:
                         d_tok = max(0, chunk.tokens - base_tokens)
@@ -410,6 +412,8 @@ class StreamJob:
                         if chunk.final:
                             outcome.finished = True
                             break
+            if call_scope.cancelled_caught:
+                raise trio.TooSlowError
             if not outcome.finished:
                 outcome.finished = True  # a stream that ended without a final marker
             metrics.adapter_calls.inc(cand.name, "ok")

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import trio
 
 from atp_proto.adapters import Adapter, ResilientAdapter, connect
-from atp_proto.frames import ErrorCode, FrameType, StreamOpened
+from atp_proto.frames import ErrorCode, FrameType, QoS, StreamOpened
 
 from .admission import Admission
 from .auth import (
@@ -111,6 +111,7 @@ class Router:
             if adapters is not None
             else {name: make_adapter(name, url) for name, url in config.adapters.items()}
         )
+        self._admission_state: tuple[int, int, int, int] | None = None
         self.admission = Admission(config.admission, on_change=self._admission_changed)
         self._frames_done: dict[tuple[str, str], int] = {}
         self.metrics.frame_counts = self._frame_counts
@@ -144,12 +145,21 @@ class Router:
         return [(k, float(v)) for k, v in sorted(totals.items())]
 
     def _admission_changed(self, adm: Admission) -> None:
+        # called on every admission and release: touch the gauges only when they move
+        state = (
+            int(adm.limit),
+            adm.queue_depth(QoS.GOLD),
+            adm.queue_depth(QoS.SILVER),
+            adm.queue_depth(QoS.BRONZE),
+        )
+        if state == self._admission_state:
+            return
+        self._admission_state = state
         m = self.metrics
-        m.concurrency_limit.set(int(adm.limit))
-        for lane in ("gold", "silver", "bronze"):
-            from atp_proto.frames import QoS
-
-            m.lane_queue.set(adm.queue_depth(QoS[lane.upper()]), lane)
+        m.concurrency_limit.set(state[0])
+        m.lane_queue.set(state[1], "gold")
+        m.lane_queue.set(state[2], "silver")
+        m.lane_queue.set(state[3], "bronze")
 
     # ------------------------------------------------------------------ serving
 
