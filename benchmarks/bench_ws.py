@@ -30,9 +30,12 @@ Scenarios:
   every 100 ms, ~10k PARTIALs/s in all), a probe client sends one SYN at a time (adapter
   ``builtin:echo``: one PARTIAL, then a FINAL) and measures **SYN→first PARTIAL**: from
   just before the SYN is handed to the WebSocket until the message holding the first
-  PARTIAL is decoded (``time.perf_counter``, same process; nothing subtracted: it includes
-  both clients' WebSocket layers, the kernel, parsing the SYN, the adapter's Estimate,
-  admission and the first chunk). Also reported: the gaps between consecutive PARTIALs of
+  PARTIAL is received (``time.perf_counter``, same process; nothing subtracted: it
+  includes the probe's WebSocket and ATP encoding, the kernel both ways, parsing the SYN,
+  the adapter's Estimate, admission and the first chunk). The probe speaks WebSocket
+  with wsproto in its own task (:class:`_RawWs`), as a load generator should: a client
+  library's reader-task hop (trio-websocket's) would add its own scheduling to the
+  router's figure. Also reported: the gaps between consecutive PARTIALs of
   the paced background streams (ideally 100 ms; the excess is scheduling delay).
   The router gets ``[admission] initial_limit = 2048`` (config file): with the default
   AIMD limit of 64 and a queue of 256, 1,000 long streams cannot be open at once.
@@ -251,6 +254,73 @@ class _AtpSession:
         sid = self.conn.open_stream(body, meta={"task_type": "qa", "adapters": [adapter]})
         await self.flush()
         return sid
+
+
+class _RawWs:
+    """A WebSocket client on wsproto over a trio socket, no reader task: the latency
+    probe. Reading happens in the probe's own task, so the figure holds the router's
+    time and the kernel's, not a client library's task hop (trio-websocket's client
+    hands each message through a channel from its reader task)."""
+
+    def __init__(self, stream: Any, ws: Any) -> None:
+        from collections import deque
+
+        self.stream = stream
+        self.ws = ws
+        self.inbox: deque[bytes] = deque()
+        self.parts: list[bytes] = []
+
+    @classmethod
+    async def connect(cls, url: str) -> _RawWs:
+        from urllib.parse import urlsplit
+
+        import trio
+        from wsproto import ConnectionType, WSConnection
+        from wsproto.events import AcceptConnection, Request
+
+        u = urlsplit(url)
+        host, port = u.hostname or "127.0.0.1", u.port or 80
+        stream = await trio.open_tcp_stream(host, port)
+        ws = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(ws.send(Request(host=f"{host}:{port}", target=u.path or "/")))
+        self = cls(stream, ws)
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise RuntimeError("router closed the connection during the handshake")
+            ws.receive_data(data)
+            for ev in ws.events():
+                if isinstance(ev, AcceptConnection):
+                    return self
+                raise RuntimeError(f"handshake refused: {ev!r}")
+
+    async def send_message(self, data: bytes) -> None:
+        from wsproto.events import BytesMessage
+
+        await self.stream.send_all(self.ws.send(BytesMessage(data=data)))
+
+    async def get_message(self) -> bytes:
+        from wsproto.events import BytesMessage, CloseConnection, Ping
+
+        while not self.inbox:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise RuntimeError("router closed the connection")
+            self.ws.receive_data(data)
+            for ev in self.ws.events():
+                if isinstance(ev, BytesMessage):
+                    self.parts.append(bytes(ev.data))
+                    if ev.message_finished:
+                        self.inbox.append(b"".join(self.parts))
+                        self.parts = []
+                elif isinstance(ev, Ping):
+                    await self.stream.send_all(self.ws.send(ev.response()))
+                elif isinstance(ev, CloseConnection):
+                    raise RuntimeError(f"router closed the connection: {ev.code}")
+        return self.inbox.popleft()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 def _open_ws(url: str) -> Any:
@@ -592,7 +662,8 @@ def bench_latency(url: str, background: int, probes: int) -> dict[str, Any]:
         errors: list[str] = []
 
         async def main() -> None:
-            async with _open_ws(url) as ws:
+            ws = await _RawWs.connect(url)
+            try:
                 s = _AtpSession(ws)
                 await s.handshake()
                 conn = s.conn
@@ -618,6 +689,8 @@ def bench_latency(url: str, background: int, probes: int) -> dict[str, Any]:
                 # Let the paced streams produce a few PARTIALs each even when the probes
                 # were quick (--quick), so the gap figure always has samples.
                 await trio.sleep(max(0.0, 3 * PACE_MS / 1000 - (time.perf_counter() - start)))
+            finally:
+                await ws.aclose()
 
         start = time.perf_counter()
         trio.run(main)
