@@ -226,11 +226,11 @@ class _Call:
         got = 0
         while len(buf) >= 5:
             n = int.from_bytes(buf[1:5], "big")
+            if n > self.conn.max_message_size:  # whole or not: refused on its prefix
+                self.fail(GrpcStatus.RESOURCE_EXHAUSTED, f"message of {n} bytes is too large")
+                self.conn.reset(self.stream_id, h2.errors.ErrorCodes.CANCEL)
+                return
             if len(buf) < 5 + n:
-                if n > self.conn.max_message_size:
-                    self.fail(GrpcStatus.RESOURCE_EXHAUSTED, f"message of {n} bytes is too large")
-                    self.conn.reset(self.stream_id, h2.errors.ErrorCodes.CANCEL)
-                    return
                 break
             if buf[0]:
                 self.fail(
@@ -403,7 +403,6 @@ class _Connection:
         self.done = trio.Event()
         self._wake = trio.Event()
         self._in_header_block = False  # a HEADERS frame awaits its CONTINUATION
-        self._h2_only = False  # h2 holds a partial frame: no more fast path
 
     @property
     def usable(self) -> bool:
@@ -429,8 +428,9 @@ class _Connection:
             with trio.CancelScope(shield=True) as cs:
                 cs.deadline = trio.current_time() + 1.0
                 try:
-                    self.h2.close_connection()
-                    data = self.h2.data_to_send()
+                    with contextlib.suppress(h2.exceptions.ProtocolError):
+                        self.h2.close_connection()
+                    data = self.h2.data_to_send()  # an error GOAWAY queued earlier first
                     if data:
                         await self.stream.send_all(data)
                 except Exception:  # best effort GOAWAY
@@ -455,6 +455,9 @@ class _Connection:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            # Cancelled (the connection is closing)? Then leave h2's bytes where they are:
+            # run() sends them, the error GOAWAY included, before closing.
+            await trio.lowlevel.checkpoint_if_cancelled()
             data = self.h2.data_to_send()
             if data:
                 await self.stream.send_all(data)
@@ -497,17 +500,17 @@ class _Connection:
         pos = 0
         h2_from = 0  # start of the run of frames not yet handed to h2
         max_frame = h2c.max_inbound_frame_size
-        if self._h2_only:
-            self._dispatch(h2c.receive_data(data))
-            return b""
         while end - pos >= 9:
             length = int.from_bytes(data[pos : pos + 3], "big")
             if length > max_frame:
-                # h2 raises FRAME_SIZE_ERROR on it; should it not, h2 keeps the partial
-                # frame, and from now on every byte must go to h2
-                self._h2_only = True
-                pos = end
-                break
+                # Fail on the header: h2 would first buffer the whole announced frame
+                # (a server announcing 16 MiB and stalling would hang the call).
+                if h2_from < pos:
+                    self._dispatch(h2c.receive_data(data[h2_from:pos]))
+                h2c.close_connection(error_code=h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+                raise h2.exceptions.FrameTooLargeError(
+                    f"Received overlong frame: length {length}, max {max_frame}"
+                )
             stop = pos + 9 + length
             if stop > end:
                 break
