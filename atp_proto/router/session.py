@@ -113,6 +113,9 @@ class Session:
         self.streams: dict[int, StreamHandle] = {}
         self._wake_writer = trio.Event()
         self._writer_busy = False  # the writer, or a stream task in flush_now, is sending
+        #: messages flush_now took from the connection but could not hand to the
+        #: transport (its task was cancelled): the writer sends them before anything newer
+        self._carry: deque[bytes | str] = deque()
         self._wake_timer = trio.Event()
         self._writable = {lane: deque[trio.Event]() for lane in (QoS.GOLD, QoS.SILVER, QoS.BRONZE)}
         self._vfinish = dict.fromkeys(self._writable, 0.0)
@@ -263,6 +266,10 @@ class Session:
                     continue  # flush_now is sending; it wakes us when done
                 self._writer_busy = True
                 try:
+                    carry = self._carry
+                    while carry:
+                        await self.transport.send(carry[0])
+                        carry.popleft()
                     while True:
                         out = conn.data_to_send(trio.current_time())
                         if not out:
@@ -291,18 +298,20 @@ class Session:
         Safe to cancel (the stream's reset): the transport keeps what it could not send
         and sends it first next time; the writer is woken to finish the job.
         """
-        if self._writer_busy or self._closing is not None:
+        if self._writer_busy or self._carry or self._closing is not None:
             return  # the writer is sending, or will: send() already woke it
-        out = self.conn.data_to_send(trio.current_time())
+        out = deque(self.conn.data_to_send(trio.current_time()))
         if not out:
             return
         self._writer_busy = True
         try:
-            for message in out:
-                await self.transport.send(message)
+            while out:
+                message = out.popleft()
+                await self.transport.send(message)  # cancelled: the transport keeps it
         except TransportClosed:
-            pass
+            out.clear()
         finally:
+            self._carry.extend(out)
             self._writer_busy = False
             self._wake_writer.set()  # room waiters, drained, and anything left
 

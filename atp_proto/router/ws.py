@@ -72,9 +72,9 @@ class WsConnection:
         self._eof = False  #: no more receives
         self._sending = False
         self._send_lot = trio.lowlevel.ParkingLot()
-        #: bytes of a send that was cancelled while the socket was full: they go out
-        #: first with the next send (or :meth:`flush`), so a cancelled sender never
-        #: leaves half a frame followed by another frame
+        #: bytes of sends cancelled while the socket was full or while waiting their
+        #: turn: they go out first with the next send (or :meth:`flush`), in call
+        #: order, so a cancelled sender never loses a message or leaves half a frame
         self._backlog = b""
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
 
@@ -219,7 +219,12 @@ class WsConnection:
         # One writer at a time, without a checkpoint when idle; the slot is handed to
         # the next waiter directly, so the order of sends is the order of calls.
         if self._sending:
-            await self._send_lot.park()  # woken as the owner of the slot
+            try:
+                await self._send_lot.park()  # woken as the owner of the slot
+            except BaseException:
+                # cancelled while waiting: the bytes are this call's place in line
+                self._backlog += data
+                raise
         else:
             self._sending = True
         try:
@@ -248,7 +253,8 @@ class WsConnection:
                 sent = await sock.send(view)
                 view = view[sent:]
         except trio.Cancelled:
-            self._backlog = bytes(view)
+            # before any backlog added meanwhile: that came from later calls
+            self._backlog = bytes(view) + self._backlog
             raise
 
     async def flush(self) -> None:
