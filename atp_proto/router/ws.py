@@ -72,10 +72,11 @@ class WsConnection:
         self._eof = False  #: no more receives
         self._sending = False
         self._send_lot = trio.lowlevel.ParkingLot()
-        #: bytes of sends cancelled while the socket was full or while waiting their
-        #: turn: they go out first with the next send (or :meth:`flush`), in call
-        #: order, so a cancelled sender never loses a message or leaves half a frame
-        self._backlog = b""
+        #: ticket -> bytes of a send cancelled while waiting its turn or while the socket
+        #: was full: written by the next sends (or :meth:`flush`) at the place of its
+        #: ticket, so a cancelled sender never loses a message or leaves half a frame
+        self._held: dict[int, bytes] = {}
+        self._ticket = 0
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
 
     @property
@@ -118,7 +119,14 @@ class WsConnection:
         await self.abort()
 
     async def accept(self, subprotocol: str | None) -> None:
+        # Frames a client sent right behind its upgrade request (no wait for the 101)
+        # sit in h11's buffer, and wsproto does not hand them to the new connection:
+        # take them before accepting and feed them after.
+        h11_conn = getattr(self._ws.handshake, "_h11_connection", None)
+        early = bytes(h11_conn.trailing_data[0]) if h11_conn is not None else b""
         data = self._ws.send(we.AcceptConnection(subprotocol=subprotocol))
+        if early:
+            self._ws.receive_data(early)
         await self._send_bytes(data)
 
     async def reject(
@@ -217,20 +225,25 @@ class WsConnection:
 
     async def _send_bytes(self, data: bytes) -> None:
         # One writer at a time, without a checkpoint when idle; the slot is handed to
-        # the next waiter directly, so the order of sends is the order of calls.
+        # the next waiter directly (FIFO), so bytes leave in the order of the calls.
+        # Each call takes a ticket; a call cancelled while waiting, or in the middle of
+        # writing, leaves its unsent bytes under its ticket, and whoever writes next
+        # sends them at their place: before its own bytes if the ticket is earlier, and
+        # once nobody is waiting any more, everything left.
+        self._ticket += 1
+        mine = self._ticket
         if self._sending:
             try:
                 await self._send_lot.park()  # woken as the owner of the slot
             except BaseException:
-                # cancelled while waiting: the bytes are this call's place in line
-                self._backlog += data
+                self._held[mine] = data
                 raise
         else:
             self._sending = True
         try:
-            if self._backlog:
-                data, self._backlog = self._backlog + data, b""
-            await self._write(data)
+            if self._held:
+                data = self._with_held(mine, data)
+            await self._write(data, mine)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self._lost()
             raise TransportClosed from None
@@ -240,7 +253,16 @@ class WsConnection:
             else:
                 self._sending = False
 
-    async def _write(self, data: bytes) -> None:
+    def _with_held(self, mine: int, data: bytes) -> bytes:
+        held = self._held
+        earlier = sorted(t for t in held if t < mine)
+        parts = [held.pop(t) for t in earlier]
+        parts.append(data)
+        if held and not self._send_lot:  # nobody left in line: later ones go now too
+            parts += [held.pop(t) for t in sorted(held)]
+        return b"".join(parts)
+
+    async def _write(self, data: bytes, ticket: int) -> None:
         sock = self._sock
         if sock is None:
             await self.stream.send_all(data)
@@ -253,17 +275,16 @@ class WsConnection:
                 sent = await sock.send(view)
                 view = view[sent:]
         except trio.Cancelled:
-            # before any backlog added meanwhile: that came from later calls
-            self._backlog = bytes(view) + self._backlog
+            self._held[ticket] = bytes(view)
             raise
 
     async def flush(self) -> None:
-        """Send what a cancelled send left behind, if anything.
+        """Send what cancelled sends left behind, if anything.
 
         Raises:
             TransportClosed: the connection is gone.
         """
-        if self._backlog and not self._closed:
+        if self._held and not self._closed:
             await self._send_bytes(b"")
 
     async def _write_quietly(self, data: bytes) -> None:
