@@ -408,7 +408,7 @@ class StreamJob:
                         )
                         self.chunk_no += 1
                         if self.chunk_no == 1:  # time to first output: skip the writer hop
-                            await session.flush_now()
+                            session.flush_now()
                         if chunk.final:
                             outcome.finished = True
                             break

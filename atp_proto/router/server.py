@@ -29,7 +29,7 @@ from .auth import (
 from .config import RouterConfig
 from .engine import StreamJob
 from .metrics import RouterMetrics
-from .session import Session, StreamHandle
+from .session import Session, StreamHandle, TransportClosed
 from .ws import Handshake, WsConnection
 
 log = logging.getLogger("atp.router")
@@ -282,7 +282,10 @@ class Router:
                 )
                 await ws.reject(exc.status, headers=headers, body=f"{exc.message}\n".encode())
                 return
-        await ws.accept(subprotocol)
+        try:
+            await ws.accept(subprotocol)
+        except TransportClosed:  # the client left during the handshake
+            return
         session_id = f"{time.time_ns() // 1_000_000:x}-{next(self._ids)}"
         session = Session(
             ws,

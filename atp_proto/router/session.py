@@ -70,6 +70,11 @@ class Transport(Protocol):
         """Send what a cancelled :meth:`send` left behind, if anything."""
         ...
 
+    def try_send(self, message: bytes | str) -> bool:
+        """Send at once if no waiting is needed (what the socket does not take yet goes
+        first with the next send or flush); False when nothing was sent."""
+        ...
+
     async def close(self, code: int, reason: str) -> None: ...
 
 
@@ -268,8 +273,7 @@ class Session:
                 try:
                     carry = self._carry
                     while carry:
-                        await self.transport.send(carry[0])
-                        carry.popleft()
+                        await self.transport.send(carry.popleft())  # cancelled: kept
                     while True:
                         out = conn.data_to_send(trio.current_time())
                         if not out:
@@ -288,32 +292,29 @@ class Session:
         finally:
             self._writer_done.set()
 
-    async def flush_now(self) -> None:
-        """Send what is queued from the calling stream task when the writer is idle,
-        instead of waking the writer task: one trip through trio's run queue less
-        (under load, a wait for a whole batch of other tasks). Used for a stream's
-        first PARTIAL, where latency is what the client feels; later output is left to
-        the writer, which coalesces many streams' frames into one message.
-
-        Safe to cancel (the stream's reset): the transport keeps what it could not send
-        and sends it first next time; the writer is woken to finish the job.
+    def flush_now(self) -> None:
+        """Send what is queued from the calling stream task when that needs no waiting
+        (the writer idle, the transport's slot free, room in the socket), instead of
+        waking the writer task: one trip through trio's run queue less (under load, a
+        wait for a whole batch of other tasks). Used for a stream's first PARTIAL, where
+        latency is what the client feels; later output is left to the writer, which
+        coalesces many streams' frames into one message. Never blocks: whatever cannot
+        go at once is left to the writer, in order.
         """
         if self._writer_busy or self._carry or self._closing is not None:
             return  # the writer is sending, or will: send() already woke it
-        out = deque(self.conn.data_to_send(trio.current_time()))
+        out = self.conn.data_to_send(trio.current_time())
         if not out:
             return
-        self._writer_busy = True
+        transport = self.transport
         try:
-            while out:
-                message = out.popleft()
-                await self.transport.send(message)  # cancelled: the transport keeps it
+            for i, message in enumerate(out):
+                if not transport.try_send(message):
+                    self._carry.extend(out[i:])
+                    break
         except TransportClosed:
-            out.clear()
-        finally:
-            self._carry.extend(out)
-            self._writer_busy = False
-            self._wake_writer.set()  # room waiters, drained, and anything left
+            pass
+        self._wake_writer.set()  # room waiters, drained, leftovers
 
     def _release_writable(self) -> None:
         """Wake stream tasks waiting to write, in weighted-fair lane order."""

@@ -27,6 +27,8 @@ already compact, and compression would cost CPU on every frame.
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 from collections import deque
 from dataclasses import dataclass
 
@@ -66,7 +68,8 @@ class WsConnection:
         self.max_message_size = max_message_size
         self._ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
         self._messages: deque[bytes | str] = deque()
-        self._parts: list[bytes | bytearray | str] = []
+        self._binary: bytearray | None = None  # a fragmented binary message so far
+        self._text: io.StringIO | None = None  # a fragmented text message so far
         self._part_bytes = 0
         self._closed = False  #: no more sends (close sent / received, or connection lost)
         self._eof = False  #: no more receives
@@ -174,21 +177,40 @@ class WsConnection:
     async def _process_events(self) -> None:
         for event in self._ws.events():
             if isinstance(event, we.Message):
-                self._parts.append(event.data)
-                self._part_bytes += len(event.data)
+                data = event.data
+                self._part_bytes += len(data)
                 if self._part_bytes > self.max_message_size:
                     await self._close_and_stop(
                         1009, f"message larger than {self.max_message_size} bytes"
                     )
                     return
-                if event.message_finished:
-                    parts, self._parts, self._part_bytes = self._parts, [], 0
-                    if isinstance(event, we.TextMessage):
-                        self._messages.append("".join(parts))  # type: ignore[arg-type]
-                    elif len(parts) == 1:
-                        self._messages.append(bytes(parts[0]))  # type: ignore[arg-type]
-                    else:
-                        self._messages.append(b"".join(parts))  # type: ignore[arg-type]
+                # Fragments are joined as they come (a bytearray, or a StringIO for
+                # text): memory follows the payload bytes, however many (possibly
+                # empty) fragments a peer splits a message into.
+                if isinstance(event, we.TextMessage):
+                    if event.message_finished and self._text is None:
+                        self._messages.append(data)  # one frame: the usual case
+                        self._part_bytes = 0
+                        continue
+                    if self._text is None:
+                        self._text = io.StringIO()
+                    self._text.write(data)
+                    if event.message_finished:
+                        self._messages.append(self._text.getvalue())
+                        self._text = None
+                        self._part_bytes = 0
+                else:
+                    if event.message_finished and self._binary is None:
+                        self._messages.append(bytes(data))  # one frame: the usual case
+                        self._part_bytes = 0
+                        continue
+                    if self._binary is None:
+                        self._binary = bytearray()
+                    self._binary += data
+                    if event.message_finished:
+                        self._messages.append(bytes(self._binary))
+                        self._binary = None
+                        self._part_bytes = 0
             elif isinstance(event, we.Ping):
                 if not self._closed:
                     await self._send_bytes(self._ws.send(event.response()))
@@ -197,8 +219,9 @@ class WsConnection:
                     # the peer closed: answer, then the TCP connection goes
                     data = self._ws.send(event.response())
                     self._closed = True
-                    await self._write_quietly(data)
                     self._eof = True
+                    with trio.move_on_after(CLOSE_TIMEOUT_S):  # a peer not reading
+                        await self._write_quietly(data)
                     await self.abort()
                 elif self._ws.state is ConnectionState.OPEN:
                     # wsproto could not parse the peer's frames (1002, 1007, ...)
@@ -222,6 +245,35 @@ class WsConnection:
         else:
             data = self._ws.send(we.BytesMessage(data=message))
         await self._send_bytes(data)
+
+    def try_send(self, message: bytes | str) -> bool:
+        """Send now, from the calling task, if that needs no waiting at all: the slot is
+        free, nothing is left over from cancelled sends, and the socket takes the bytes
+        (what it does not take is kept and goes first with the next send or
+        :meth:`flush`). False: nothing was sent; the caller leaves it to its writer.
+
+        Raises:
+            TransportClosed: the connection is gone.
+        """
+        if self._sending or self._held or self._sock is None:
+            return False
+        if self._closed or self._ws.state is not ConnectionState.OPEN:
+            raise TransportClosed
+        if isinstance(message, str):
+            data = self._ws.send(we.TextMessage(data=message))
+        else:
+            data = self._ws.send(we.BytesMessage(data=message))
+        try:
+            sent = os.write(self._sock.fileno(), data)  # the socket is non-blocking
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._lost()
+            raise TransportClosed from None
+        if sent < len(data):
+            self._ticket += 1
+            self._held[self._ticket] = data[sent:]
+        return True
 
     async def _send_bytes(self, data: bytes) -> None:
         # One writer at a time, without a checkpoint when idle; the slot is handed to

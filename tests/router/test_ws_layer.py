@@ -21,6 +21,8 @@ import logging
 import os
 import socket
 import struct
+import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +94,10 @@ def no_handler_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
         yield
     finally:
         logger.removeHandler(caplog.handler)
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    # caplog.records in a fixture's teardown holds only the teardown phase's records
+    records = [r for when in ("setup", "call") for r in caplog.get_records(when)]
+    records += caplog.records
+    errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
     assert not errors, errors
 
 
@@ -978,3 +983,104 @@ async def test_max_message_size_boundary_unit() -> None:
             peer._feed(bytes(data))
     assert peer.closes == [1009]
     assert ws.closed
+
+
+# ------------------------------------------------- regressions from the review of ws.py
+
+
+async def test_empty_fragment_flood_holds_no_memory(start_router, no_handler_errors) -> None:
+    """An unfinished binary message followed by 100,000 empty continuation frames (6
+    bytes each on the wire): memory follows payload bytes, not the fragment count (it
+    used to keep a list entry per fragment, unbounded by the 1009 size limit). The
+    session still works afterwards."""
+    router = await start_router()
+    client = await _open_ws(router)
+    syn = _syn(1, prompt="after the flood")
+    await client.stream.send_all(ws_frame(OP_BINARY, syn[:10], fin=False))
+    flood = ws_frame(OP_CONT, b"", fin=False) * 1000
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        for _ in range(100):
+            await client.stream.send_all(flood)
+        await client.stream.send_all(ws_frame(OP_CONT, syn[10:], fin=True))
+        frames = await client.collect({1})
+        grown = tracemalloc.get_traced_memory()[1] - base  # the peak, mid-message
+    finally:
+        tracemalloc.stop()
+    assert "after the flood" in _answer(frames, 1)
+    assert grown < 2_000_000, f"router memory grew by {grown} bytes for empty fragments"
+    await client.aclose()
+
+
+async def test_first_partial_never_waits_for_a_client_that_does_not_read(
+    start_router, no_handler_errors
+) -> None:
+    """A client floods pings and stops reading: the reader's pongs hold the send slot and
+    the socket fills. The stream's first PARTIAL must not make the stream task wait on
+    the socket (flush_now used to, until call_timeout_s, and the stall was booked as an
+    adapter ETIMEOUT): the stream ends by write_stall_s, and the adapter is not blamed."""
+    router = await start_router(
+        adapters={"persona": "builtin:persona?latency_ms=300"},
+        write_stall_s=1.0,
+        call_timeout_s=20.0,
+    )
+    client = await _open_ws(router)
+    client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    syn = build_frame(  # no TTL: only write_stall_s may end the stream
+        T_DATA,
+        F_SYN,
+        1,
+        1,
+        qos=Q_GOLD,
+        ext={"window": WINDOW, "meta": dict(META, adapters=["persona"])},
+        payload={"type": "agent.task", "content": {"prompt": "hello"}},
+    )
+    await client.stream.send_all(ws_frame(OP_BINARY, syn))
+    ping = ws_frame(OP_PING, b"p" * 125) * 64
+    while True:  # until the router stops reading: its pongs cannot leave
+        with trio.move_on_after(0.5) as scope:
+            await client.stream.send_all(ping)
+        if scope.cancelled_caught:
+            break
+    t0 = trio.current_time()
+    with trio.fail_after(15):
+        while router.metrics.streams_active.get("gold"):
+            await trio.sleep(0.1)
+    waited = trio.current_time() - t0
+    text = router.metrics.render()
+    assert waited < 6, f"the stream task was held {waited:.1f} s (write_stall_s is 1 s)"
+    assert (
+        'outcome="ETIMEOUT"'
+        not in text.split("atp_adapter_calls_total", 1)[-1].split("# HELP", 1)[0]
+    ), "a client that does not read was booked as an adapter timeout"
+    assert router.admission.in_flight == 0
+    await client.aclose()
+
+
+async def test_client_reset_during_handshake_is_quiet(
+    start_router, no_handler_errors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client sends its upgrade request and resets the connection before the 101 is
+    written: the handler returns quietly (it used to log "connection handler failed")."""
+    original = WsConnection.accept
+
+    async def slow_accept(self: WsConnection, subprotocol: str | None) -> None:
+        await trio.sleep(0.3)  # widen the window: the RST lands before the 101
+        await original(self, subprotocol)
+
+    monkeypatch.setattr(WsConnection, "accept", slow_accept)
+    router = await start_router()
+    assert router.ws_port is not None
+    port = router.ws_port
+
+    def reset_after_request() -> None:
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(upgrade_request(port, key=base64.b64encode(os.urandom(16))))
+        time.sleep(0.05)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # RST
+
+    await in_thread(reset_after_request)
+    await trio.sleep(0.6)
+    await _no_sessions(router)
