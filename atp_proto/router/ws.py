@@ -90,7 +90,8 @@ class WsConnection:
 
     async def read_request(self) -> Handshake | None:
         """Read the HTTP upgrade request. None when the peer left or sent something that
-        is not a WebSocket handshake (it got a 400 answer then)."""
+        is not a WebSocket handshake (it got a 400 answer then, or 426 with the version we
+        speak for an unsupported Sec-WebSocket-Version)."""
         while True:
             try:
                 data = await self.stream.receive_some(RECEIVE_BUFFER)
@@ -109,14 +110,20 @@ class WsConnection:
                             remote=self.remote,
                         )
             except RemoteProtocolError as exc:
-                await self._bad_request(str(exc))
+                hint = exc.event_hint
+                status, extra = 400, b""
+                if isinstance(hint, we.RejectConnection) and hint.status_code == 426:
+                    # RFC 6455 4.4: an unsupported version gets 426 and the one we speak
+                    status, extra = 426, b"sec-websocket-version: 13\r\n"
+                await self._bad_request(str(exc), status, extra)
                 return None
 
-    async def _bad_request(self, why: str) -> None:
+    async def _bad_request(self, why: str, status: int = 400, extra: bytes = b"") -> None:
+        reason = b"Upgrade Required" if status == 426 else b"Bad Request"
         body = f"not a WebSocket handshake: {why}\n".encode()
         head = (
-            b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\n%s"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % (status, reason, extra, len(body))
         )
         await self._write_quietly(head + body)
         await self.abort()

@@ -598,6 +598,23 @@ async def test_plain_http_get_gets_400_and_close(start_router, no_handler_errors
     assert not router.sessions
 
 
+async def test_unsupported_websocket_version_gets_426(start_router, no_handler_errors) -> None:
+    """RFC 6455 4.4: a Sec-WebSocket-Version the router does not speak gets 426 Upgrade
+    Required naming version 13, then the connection closes; no session is made."""
+    router = await start_router()
+    client = await RawClient.open(router.ws_port)
+    request = upgrade_request(router.ws_port, key=base64.b64encode(os.urandom(16)))
+    request = request.replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8")
+    assert b"Sec-WebSocket-Version: 8" in request
+    await client.stream.send_all(request)
+    status, headers = await client.read_head()
+    assert status.startswith("HTTP/1.1 426"), status
+    assert headers["sec-websocket-version"] == "13"
+    body = await client.expect_eof()
+    assert int(headers["content-length"]) == len(body)
+    assert not router.sessions
+
+
 async def test_garbage_request_gets_400(start_router, no_handler_errors) -> None:
     """Bytes that are not HTTP at all: a 400 too, and the connection closes."""
     router = await start_router()
