@@ -247,11 +247,13 @@ class WsConnection:
         """
         if self._closed or self._ws.state is not ConnectionState.OPEN:
             raise TransportClosed
-        if isinstance(message, str):
-            data = self._ws.send(we.TextMessage(data=message))
-        else:
-            data = self._ws.send(we.BytesMessage(data=message))
+        data = self._encode(message)
         await self._send_bytes(data)
+
+    def _encode(self, message: bytes | str) -> bytes:
+        if isinstance(message, str):
+            return self._ws.send(we.TextMessage(data=message))
+        return self._ws.send(we.BytesMessage(data=message))
 
     def try_send(self, message: bytes | str) -> bool:
         """Send now, from the calling task, if that needs no waiting at all: the slot is
@@ -266,10 +268,7 @@ class WsConnection:
             return False
         if self._closed or self._ws.state is not ConnectionState.OPEN:
             raise TransportClosed
-        if isinstance(message, str):
-            data = self._ws.send(we.TextMessage(data=message))
-        else:
-            data = self._ws.send(we.BytesMessage(data=message))
+        data = self._encode(message)
         try:
             sent = os.write(self._sock.fileno(), data)  # the socket is non-blocking
         except BlockingIOError:

@@ -228,3 +228,31 @@ def router_process(
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
+
+
+#: the seed's SYN window and meta, shared by the end-to-end suites
+WINDOW = {"max_parallel": 4, "max_tokens": 50000, "max_usd_micros": 1000000}
+META = {"task_type": "qa", "tool_permissions": [], "data_scope": ["no_secrets"]}
+
+
+def syn_frame(
+    sid: int = 1,
+    prompt: str = "hello",
+    adapters: list[str] | None = None,
+    *,
+    ttl: int = 8,
+    **kw: Any,
+) -> bytes:
+    """A binary SYN in the seed's shape (gold lane, WINDOW, META) for ``adapters``
+    (persona by default); ``ttl=0`` sends none."""
+    return build_frame(
+        T_DATA,
+        F_SYN,
+        sid,
+        1,
+        qos=Q_GOLD,
+        ttl=ttl,
+        ext={"window": WINDOW, "meta": dict(META, adapters=adapters or ["persona"])},
+        payload={"type": "agent.task", "content": {"prompt": prompt}},
+        **kw,
+    )

@@ -32,6 +32,9 @@ from ._helpers_e2e import (
     parse_frames,
     router_process,
 )
+from ._helpers_e2e import (
+    syn_frame as _syn,
+)
 
 SEED_FILE = Path("/work/shared/seeds/002_e30579a69d551956.txt")
 
@@ -49,9 +52,6 @@ SEED_SYN_TEXT = """{
   "meta": {"task_type":"qa", "tool_permissions":[], "data_scope":["no_secrets"]},
   "payload": {"type":"agent.result.partial", "content":{"prompt":"hello"}}
 }"""
-
-WINDOW = {"max_parallel": 4, "max_tokens": 50000, "max_usd_micros": 1000000}
-META = {"task_type": "qa", "tool_permissions": [], "data_scope": ["no_secrets"]}
 
 
 @pytest.fixture(scope="module")
@@ -72,21 +72,6 @@ def router() -> Iterator[RouterProcess]:
 
 def _ws(router: RouterProcess, **kwargs) -> ClientConnection:  # type: ignore[no-untyped-def]
     return connect(router.ws_url, proxy=None, open_timeout=10, **kwargs)
-
-
-def _syn(sid: int, prompt: str = "hello", adapters: list[str] | None = None, **kw) -> bytes:  # type: ignore[no-untyped-def]
-    meta = dict(META, adapters=adapters or ["persona"])
-    return build_frame(
-        T_DATA,
-        F_SYN,
-        sid,
-        1,
-        qos=Q_GOLD,
-        ttl=8,
-        ext={"window": WINDOW, "meta": meta},
-        payload={"type": "agent.task", "content": {"prompt": prompt}},
-        **kw,
-    )
 
 
 def _collect(ws: ClientConnection, until_fin: set[int], timeout: float = 10) -> list[RawFrame]:

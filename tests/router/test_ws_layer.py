@@ -41,14 +41,14 @@ from atp_proto.router.ws import WsConnection
 
 from ._helpers_e2e import (
     F_FIN,
-    F_SYN,
-    Q_GOLD,
     T_CAPABILITIES,
-    T_DATA,
     T_ERROR,
     RawFrame,
     build_frame,
     parse_frames,
+)
+from ._helpers_e2e import (
+    syn_frame as _syn,
 )
 from .conftest import ws_url
 
@@ -57,22 +57,6 @@ MAX_MESSAGE = RouterConfig().limits.max_frame_size + 64 * 1024
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-WINDOW = {"max_parallel": 4, "max_tokens": 50000, "max_usd_micros": 1000000}
-META = {"task_type": "qa", "tool_permissions": [], "data_scope": ["no_secrets"]}
-
-
-def _syn(sid: int = 1, prompt: str = "hello") -> bytes:
-    return build_frame(
-        T_DATA,
-        F_SYN,
-        sid,
-        1,
-        qos=Q_GOLD,
-        ttl=8,
-        ext={"window": WINDOW, "meta": dict(META, adapters=["persona"])},
-        payload={"type": "agent.task", "content": {"prompt": prompt}},
-    )
 
 
 def _answer(frames: list[RawFrame], sid: int) -> str:
@@ -1044,15 +1028,7 @@ async def test_first_partial_never_waits_for_a_client_that_does_not_read(
     )
     client = await _open_ws(router)
     client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    syn = build_frame(  # no TTL: only write_stall_s may end the stream
-        T_DATA,
-        F_SYN,
-        1,
-        1,
-        qos=Q_GOLD,
-        ext={"window": WINDOW, "meta": dict(META, adapters=["persona"])},
-        payload={"type": "agent.task", "content": {"prompt": "hello"}},
-    )
+    syn = _syn(1, ttl=0)  # no TTL: only write_stall_s may end the stream
     await client.stream.send_all(ws_frame(OP_BINARY, syn))
     ping = ws_frame(OP_PING, b"p" * 125) * 64
     while True:  # until the router stops reading: its pongs cannot leave
