@@ -163,7 +163,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"atp adapter serve: error: cannot listen on {host}:{port}: {exc.strerror or exc}",
             file=sys.stderr,
         )
-        return 1
+        return 2  # the address given cannot be used: bad input, as for atp serve
     return 0
 
 
