@@ -126,6 +126,16 @@ def _list() -> int:
     return 0
 
 
+def _import_from_cwd() -> None:
+    """Let ``MODULE:CLASS`` name a module in the working directory, as uvicorn and gunicorn
+    do: the ``atp`` console script's own directory is on ``sys.path``, the user's is not."""
+    import os
+
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -137,6 +147,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if ":" in target:
+        _import_from_cwd()
     try:
         name, adapter = load_target(target, opts)
     except ValueError as exc:
