@@ -155,6 +155,21 @@ def test_send_bad_numbers_are_bad_usage(flag: str, value: str) -> None:
     assert line.startswith("atp send: error:") and flag in line
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["adapter", "serve", "echo", "--listen", "127.0.0.1:0", "--max-concurrency", "-5"],
+        ["adapter", "serve", "echo", "--listen", "127.0.0.1:0", "--grace", "-1"],
+        ["adapter", "check", "grpc://127.0.0.1:9", "--timeout", "-1"],
+        ["token", "issue", "--ttl", "-1"],
+    ],
+    ids=["max-concurrency", "grace", "check-timeout", "token-ttl"],
+)
+def test_other_bad_numbers_are_bad_usage_too(argv: list[str]) -> None:
+    line = one_line(atp(*argv, env={"ATP_JWT_KEY": "s" * 40}, timeout=20), 2)
+    assert ": error: --" in line
+
+
 @pytest.fixture
 def http_server() -> Iterator[int]:
     """A plain HTTP server answering every GET with 200 and a 40 KiB HTML page."""
@@ -210,3 +225,72 @@ def test_send_wss_to_a_silent_port_names_tls(busy_port: int) -> None:
     proc = atp("send", f"wss://127.0.0.1:{busy_port}/ws", "--prompt", "hi", "--timeout", "1")
     line = one_line(proc, 1)
     assert "no TLS handshake" in line and "deadline" not in line
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[int]:
+    """A TLS listener on loopback with a self-signed certificate (no CA trusts it)."""
+    import datetime as dt
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp_path / "cert.pem"
+    pem.write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pem)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                with ctx.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass  # the client refused our certificate, as it should
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_send_wss_to_an_untrusted_certificate_names_the_certificate(tls_server: int) -> None:
+    proc = atp("send", f"wss://127.0.0.1:{tls_server}/ws", "--prompt", "hi", "--timeout", "10")
+    line = one_line(proc, 1)
+    assert "TLS certificate refused" in line and "deadline" not in line

@@ -143,6 +143,12 @@ def _serve(args: argparse.Namespace) -> int:
     from atp_proto.adapters.sdk import AdapterServer, load_target, serve
 
     host, port = _hostport(args.listen)
+    if args.grace < 0:
+        raise UsageError(f"--grace must not be negative, got {args.grace:g}")
+    if args.max_concurrency < 0:
+        raise UsageError(
+            f"--max-concurrency must be 0 (no cap) or more, got {args.max_concurrency}"
+        )
     target, opts = _options(args.target, args.option)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -187,6 +193,8 @@ def _check(args: argparse.Namespace) -> int:
 
     if not args.url.startswith(("grpc://", "grpcs://")):
         raise UsageError(f"URL must be grpc://HOST:PORT or grpcs://HOST:PORT, not {args.url!r}")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be positive, got {args.timeout:g}")
     try:
         adapter = GrpcAdapter.from_url("check", args.url)
     except ValueError as exc:

@@ -218,12 +218,12 @@ async def _tls_problem(url: str, timeout: float) -> str | None:
             f"no TLS handshake from {host}:{port} within {timeout:g} s: "
             "is it a plain ws:// port? then use ws://"
         )
-    except ssl.SSLCertVerificationError as exc:
-        return f"TLS certificate refused: {exc.verify_message or exc.reason}"
     except (ssl.SSLError, trio.BrokenResourceError) as exc:
-        cause: BaseException | None = exc
+        cause: BaseException | None = exc  # trio wraps the SSLError
         while cause is not None and not isinstance(cause, ssl.SSLError):
             cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate refused: {cause.verify_message or cause.reason}"
         detail = (getattr(cause, "reason", None) or "connection closed").lower().replace("_", " ")
         return (
             f"TLS handshake with {host}:{port} failed ({detail}): "
