@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None and v < (1 if name in ("max_parallel", "fanout") else 0):
             raise UsageError(f"--{name.replace('_', '-')} must be positive")
-    if not 0 <= args.ttl <= 0xFFFF:  # the SYN's ttl is a u16 (ATP-FRAME-*)
+    if not 0 <= args.ttl <= 0xFFFF:  # the SYN's ttl is a u16 (ATP-FRAME-007, ATP-TIME-001)
         raise UsageError(f"--ttl must be within 0..65535 seconds, got {args.ttl}")
     if not args.timeout > 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
