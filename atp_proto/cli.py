@@ -2,7 +2,9 @@
 and registers itself here; imports are lazy so that ``atp --help`` stays fast.
 
 Exit codes scripts can trust: 0 success, 1 the operation failed (an ERROR frame, a
-failed benchmark goal, a failed conformance case), 2 bad usage or bad input.
+failed benchmark goal of a full run, a failed conformance case), 2 bad usage or bad input
+(a bad flag value, an unknown or impossible setting, an address that cannot be listened on).
+Errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations

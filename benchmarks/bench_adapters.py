@@ -19,7 +19,8 @@ Clients:
                         the generated code gets; informational)
   * ``grpcio-aio``      grpcio's asyncio client (C core), same fast codec
 
-Goals: atp-trio >= 1.2x grpclib on streaming chunks/s; atp-trio Estimate p50 <= 1 ms.
+Goals: atp-trio >= 1.2x grpclib on streaming chunks/s; atp-trio Estimate p50 <= 1 ms. A
+full run exits 1 when one is missed; ``--quick`` reports them, not judged, and exits 0.
 
     atp bench adapters [--json] [--quick]
 """
@@ -37,9 +38,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import _harness
+import _report
+from _report import Goal, judge
+
 STREAM_CHUNKS = 1000
 PROMPT = "x" * STREAM_CHUNKS
 SVC = "/atp.adapter.v1.AdapterService/"
+GOAL_VS_GRPCLIB = 1.2  #: atp-trio streaming chunks/s over grpclib's
+GOAL_P50_MS = 1.0  #: atp-trio Estimate p50
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -308,9 +315,7 @@ class _Server:
 
 
 def machine_info() -> dict[str, Any]:
-    from atp_proto._cli.bench import machine_info as shared
-
-    return shared(h2="h2", grpclib="grpclib", grpcio="grpcio", trio="trio")
+    return _harness.machine_info(h2="h2", grpclib="grpclib", grpcio="grpcio", trio="trio")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -335,19 +340,10 @@ def run(args: argparse.Namespace) -> int:
     results = {name: _summary(s) for name, s in samples.items()}
     ours, base = results["atp-trio"], results["grpclib"]
     ratio = ours["stream_chunks_per_s"] / base["stream_chunks_per_s"]
-    goals = {
-        "stream_vs_grpclib_ge_1.2x": {
-            "value": round(ratio, 3),
-            "target": 1.2,
-            "pass": ratio >= 1.2,
-        },
-        "estimate_p50_le_1ms": {
-            "value": round(ours["estimate_p50_ms"], 3),
-            "target": 1.0,
-            "pass": ours["estimate_p50_ms"] <= 1.0,
-        },
-    }
-    ok = all(g["pass"] for g in goals.values())
+    goals = [
+        Goal("atp-trio streaming chunks/s vs grpclib", round(ratio, 3), GOAL_VS_GRPCLIB, "x"),
+        Goal("atp-trio Estimate p50", round(ours["estimate_p50_ms"], 3), GOAL_P50_MS, "ms", "<="),
+    ]
     report = {
         "benchmark": "adapters",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -359,17 +355,18 @@ def run(args: argparse.Namespace) -> int:
             "estimate_calls_per_round": n_est,
         },
         "results": {k: {m: round(v, 3) for m, v in r.items()} for k, r in results.items()},
-        "goals": goals,
-        "pass": ok,
+        **judge(goals, quick=args.quick),
     }
+    report["params"]["quick"] = args.quick
     if args.json:
-        print(json.dumps(report, indent=2))
-        return 0 if ok else 1
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return _report.exit_code(report)
     from rich.console import Console
     from rich.table import Table
 
     table = Table(
         title=f"Adapter gRPC clients vs one SDK adapter (echo, {STREAM_CHUNKS} chunks/stream)"
+        + _report.quick_note(report)
     )
     cols = ("client", "stream chunks/s (median)", "min–max", "Estimate calls/s", "p50 ms", "p99 ms")
     for col in cols:
@@ -385,10 +382,8 @@ def run(args: argparse.Namespace) -> int:
         )
     console = Console()
     console.print(table)
-    for name, g in goals.items():
-        mark = "[green]PASS[/green]" if g["pass"] else "[red]FAIL[/red]"
-        console.print(f"{mark} {name}: {g['value']} (target {g['target']})")
-    return 0 if ok else 1
+    _report.print_summary(console, _report.summary_lines(report))
+    return _report.exit_code(report)
 
 
 if __name__ == "__main__":

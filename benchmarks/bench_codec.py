@@ -17,7 +17,8 @@ that one run takes about 0.2 s; ``time.perf_counter_ns``; the statement is inlin
   ``payload_obj()`` (the payload decoded too), and a full round-trip from a payload object
   to a payload object (``Frame.data`` CBOR-encodes it, the receiver decodes it).
 
-Goals (exit code 1 when one fails): PARTIAL round-trip ≤ 3 µs; PARTIAL round-trip ≥ 2.5×
+Goals (a full run exits 1 when one fails; a ``--quick`` run reports them, not judged, and
+exits 0): PARTIAL round-trip ≤ 3 µs; PARTIAL round-trip ≥ 2.5×
 faster than cbor2 of the dict; 64 KiB payload frame decode ≥ 2 GB/s.
 """
 
@@ -33,7 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import _harness
+import _report
 import cbor2
+from _report import Goal, judge
 
 from atp_proto.frames import (
     HEADER_SIZE,
@@ -288,21 +292,14 @@ def run_benchmark(
     }
     rt = row(cases[1].name, "round-trip")
     goals = [
-        _goal(
-            "PARTIAL 200 B round-trip (encode + decode)",
-            rt["ours_us"],
-            "us",
-            GOAL_RT_US,
-            "<=",
-        ),
-        _goal(
+        Goal("PARTIAL 200 B round-trip (encode + decode)", rt["ours_us"], GOAL_RT_US, "us", "<="),
+        Goal(
             "PARTIAL 200 B round-trip speed-up vs cbor2 of the frame dict",
             rt["speedup_vs_cbor2"],
-            "x",
             GOAL_SPEEDUP,
-            ">=",
+            "x",
         ),
-        _goal("64 KiB payload frame decode", throughput["decode_gb_s"], "GB/s", GOAL_GBPS, ">="),
+        Goal("64 KiB payload frame decode", throughput["decode_gb_s"], GOAL_GBPS, "GB/s"),
     ]
     return {
         "benchmark": "codec",
@@ -317,26 +314,12 @@ def run_benchmark(
         "frames": {c.name: c.sizes() for c in cases},
         "results": rows,
         "throughput": throughput,
-        "goals": goals,
-        "all_goals_pass": all(g["pass"] for g in goals),
-    }
-
-
-def _goal(name: str, measured: float, unit: str, target: float, op: str) -> dict[str, Any]:
-    ok = measured <= target if op == "<=" else measured >= target
-    return {
-        "name": name,
-        "measured": measured,
-        "unit": unit,
-        "target": f"{op} {target:g} {unit}",
-        "pass": ok,
+        **judge(goals, quick=quick),
     }
 
 
 def machine_info() -> dict[str, Any]:
-    from atp_proto._cli.bench import machine_info as shared
-
-    return shared(cbor2="cbor2")
+    return _harness.machine_info(cbor2="cbor2")
 
 
 # -- output -----------------------------------------------------------------------------
@@ -386,12 +369,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"{t['decode_payload_obj_gb_s']:.2f} GB/s; cbor2.loads of the dict: "
         f"{t['cbor2_loads_gb_s']:.2f} GB/s; json.loads: {t['json_loads_gb_s']:.2f} GB/s",
     ]
-    for g in result["goals"]:
-        verdict = "PASS" if g["pass"] else "FAIL"
-        unit = {"us": " µs", "x": "×"}.get(g["unit"], " " + g["unit"])
-        target = g["target"].replace(" us", " µs").replace(" x", "×")
-        lines.append(f"{verdict}  {g['name']}: {g['measured']:.2f}{unit} (goal {target})")
-    return lines
+    return lines + _report.summary_lines(result)
 
 
 def render(result: dict[str, Any]) -> None:
@@ -403,8 +381,7 @@ def render(result: dict[str, Any]) -> None:
     m = result["machine"]
     console.print(
         f"atp bench codec — {m['cpu_model']}, {m['cpu_count']} cores, Python {m['python']}, "
-        f"cbor2 {m['cbor2']}, {result['date']}"
-        + (" (--quick: rough numbers)" if result["settings"]["quick"] else ""),
+        f"cbor2 {m['cbor2']}, {result['date']}" + _report.quick_note(result),
         markup=False,
     )
     sizes = ", ".join(
@@ -420,9 +397,7 @@ def render(result: dict[str, Any]) -> None:
         last_of_frame = i + 1 == len(rows) or rows[i + 1][0] != cells[0]
         table.add_row(*cells, end_section=last_of_frame)
     console.print(table)
-    for line in summary_lines(result):
-        style = "green" if line.startswith("PASS") else "red" if line.startswith("FAIL") else None
-        console.print(line, style=style, markup=False)
+    _report.print_summary(console, summary_lines(result))
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -438,7 +413,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``atp bench codec``: 0 when every goal passes, 1 otherwise."""
+    """``atp bench codec``: 1 when a full run misses a goal, else 0 (a quick run is not
+    judged)."""
     progress = None
     status = None
     if sys.stderr.isatty():
@@ -456,7 +432,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     else:
         render(result)
-    return 0 if result["all_goals_pass"] else 1
+    return _report.exit_code(result)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,8 @@ def test_quick_json(capsys):
     rc = main(["bench", "codec", "--quick", "--json"])
     out, _ = capsys.readouterr()
     result = json.loads(out)  # stdout holds the JSON object and nothing else
-    assert rc == (0 if result["all_goals_pass"] else 1)
+    assert rc == 0  # a quick run is not judged (benchmarks/_report.py)
+    assert result["judged"] is False
     assert result["benchmark"] == "codec"
     assert result["settings"]["quick"] is True
     machine = result["machine"]
@@ -60,18 +61,18 @@ def test_quick_json(capsys):
     goals = result["goals"]
     assert len(goals) == 3
     for g in goals:
-        assert isinstance(g["pass"], bool)
+        assert isinstance(g["pass"], bool) and g["judged"] is False
         assert g["measured"] > 0
-        assert g["target"]
+        assert g["target"] > 0 and g["op"] in (">=", "<=") and g["target_text"]
     assert result["all_goals_pass"] == all(g["pass"] for g in goals)
 
 
 def test_quick_table(capsys):
     rc = main(["bench", "codec", "--quick"])
     out, _ = capsys.readouterr()
-    assert rc in (0, 1)
+    assert rc == 0
     assert "PARTIAL 200 B" in out
-    assert out.count("PASS") + out.count("FAIL") == 3
+    assert out.count("not judged (quick run)") == 3
 
 
 def test_missing_benchmarks_directory_is_a_usage_error(capsys, monkeypatch, tmp_path):

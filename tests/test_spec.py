@@ -70,11 +70,11 @@ def test_error_table_matches_the_code() -> None:
 
 
 def test_seed_examples_are_quoted_verbatim() -> None:
-    seed = ROOT.parent / "shared" / "seeds" / "002_e30579a69d551956.txt"
-    if not seed.exists():  # the spec stands alone; the seed is background material
-        return
-    text = seed.read_text(encoding="utf-8")
-    blocks = re.findall(r"```json\n(.*?)```", text, re.S)
+    """The spec quotes the seed's example frames (conformance/vectors/seed.json, itself
+    checked against the seed by tests/test_vectors.py) character for character."""
+    from conformance.vectors import seed_frames
+
+    blocks = list(seed_frames().values())
     assert len(blocks) == 3
     for block in blocks:
         assert block in SPEC

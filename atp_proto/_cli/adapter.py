@@ -126,6 +126,16 @@ def _list() -> int:
     return 0
 
 
+def _import_from_cwd() -> None:
+    """Let ``MODULE:CLASS`` name a module in the working directory, as uvicorn and gunicorn
+    do: the ``atp`` console script's own directory is on ``sys.path``, the user's is not."""
+    import os
+
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -133,10 +143,18 @@ def _serve(args: argparse.Namespace) -> int:
     from atp_proto.adapters.sdk import AdapterServer, load_target, serve
 
     host, port = _hostport(args.listen)
+    if args.grace < 0:
+        raise UsageError(f"--grace must not be negative, got {args.grace:g}")
+    if args.max_concurrency < 0:
+        raise UsageError(
+            f"--max-concurrency must be 0 (no cap) or more, got {args.max_concurrency}"
+        )
     target, opts = _options(args.target, args.option)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if ":" in target:
+        _import_from_cwd()
     try:
         name, adapter = load_target(target, opts)
     except ValueError as exc:
@@ -163,7 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"atp adapter serve: error: cannot listen on {host}:{port}: {exc.strerror or exc}",
             file=sys.stderr,
         )
-        return 1
+        return 2  # the address given cannot be used: bad input, as for atp serve
     return 0
 
 
@@ -175,6 +193,8 @@ def _check(args: argparse.Namespace) -> int:
 
     if not args.url.startswith(("grpc://", "grpcs://")):
         raise UsageError(f"URL must be grpc://HOST:PORT or grpcs://HOST:PORT, not {args.url!r}")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be positive, got {args.timeout:g}")
     try:
         adapter = GrpcAdapter.from_url("check", args.url)
     except ValueError as exc:

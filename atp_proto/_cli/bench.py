@@ -2,8 +2,9 @@
 
 Benchmarks live beside the package in a source checkout (``benchmarks/bench_*.py``), not
 inside it, so they are loaded by path. Each benchmark module exposes
-``run(args: argparse.Namespace) -> int`` (0: every goal met, 1: a goal failed) and
-receives the options registered here. To add one, add an entry to :data:`BENCHMARKS`
+``run(args: argparse.Namespace) -> int`` (0: every goal met, or a ``--quick`` run, which
+is not judged; 1: a goal of a full run missed; see ``benchmarks/_report.py``) and receives
+the options registered here. To add one, add an entry to :data:`BENCHMARKS`
 (and, if it needs more than ``--json`` / ``--quick``, an options function).
 """
 
@@ -62,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help="print one machine-readable JSON object on stdout, nothing else",
         )
         p.add_argument(
-            "--quick", action="store_true", help="short runs (smoke test; numbers are rough)"
+            "--quick",
+            action="store_true",
+            help="short runs (smoke test; numbers are rough, goals are reported, not judged)",
         )
         if bench.options is not None:
             bench.options(p)
@@ -90,6 +93,10 @@ def load(name: str) -> ModuleType:
     if spec is None or spec.loader is None:
         raise UsageError(f"cannot load benchmark '{name}' from {path}")
     module = importlib.util.module_from_spec(spec)
+    # Benchmarks import their shared modules (_harness, _report) as siblings, as they do
+    # when run as scripts (python benchmarks/bench_X.py).
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
     sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
     try:
         spec.loader.exec_module(module)
@@ -107,39 +114,3 @@ def run(args: argparse.Namespace) -> int:
     module = load(name)
     result: int = module.run(args)
     return result
-
-
-def version(dist: str) -> str:
-    """Installed version of a distribution, or "unknown"."""
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def machine_info(**versions: str) -> dict[str, object]:
-    """The machine a benchmark ran on, for its JSON and RESULTS.md; ``versions`` maps an
-    output key to a distribution name (``trio_websocket="trio-websocket"``)."""
-    import os
-    import platform
-
-    cpu_model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, object] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-    }
-    info.update({key: version(dist) for key, dist in versions.items()})
-    info["atp_proto"] = version("atp-proto")
-    return info

@@ -29,42 +29,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from atp_proto.cli import UsageError
+from conformance.vectors import seed_frames
 
 # The seed's example frames (seeds/002, section 3), verbatim. Normative: they MUST decode.
-SEED_SYN: Final = """\
-{
-  "v":1,
-  "session_id":"s1",
-  "stream_id":"st1",
-  "msg_seq":1,
-  "frag_seq":0,
-  "flags":["SYN"],
-  "qos":"gold",
-  "ttl":8,
-  "window": {"max_parallel":4, "max_tokens":50000, "max_usd_micros":1000000},
-  "meta": {"task_type":"qa", "tool_permissions":[], "data_scope":["no_secrets"]},
-  "payload": {"type":"agent.result.partial", "content":{"prompt":"hello"}}
-}
-"""
-
-SEED_PARTIAL: Final = """\
-{
-  "v":1, "session_id":"s1", "stream_id":"st1",
-  "msg_seq":2, "frag_seq":0, "flags":["MORE"],
-  "payload": {"type":"agent.result.partial","content":{"chunk":0,"adapter":"persona_adapter"}, "confidence":0.62}
-}
-"""  # noqa: E501 -- verbatim from the seed
-
-SEED_FINAL: Final = """\
-{
-  "v":1, "session_id":"s1", "stream_id":"st1",
-  "msg_seq":3, "flags":["FIN"],
-  "payload": {"type":"agent.result.final","content":{"ok":true,"answer":"..."}},
-  "telemetry": {"tokens": 48210, "usd": 910000, "latency_ms": 1320}
-}
-"""
-
-SEEDS: Final = {"syn": SEED_SYN, "partial": SEED_PARTIAL, "final": SEED_FINAL}
+# One copy, in the language-neutral vectors (conformance/vectors/seed.json, package data).
+SEEDS: Final = seed_frames()
+SEED_SYN: Final = SEEDS["syn"]
+SEED_PARTIAL: Final = SEEDS["partial"]
+SEED_FINAL: Final = SEEDS["final"]
 
 _HEX_DIGITS: Final = frozenset(string.hexdigits)
 _WHITESPACE: Final = frozenset(string.whitespace)

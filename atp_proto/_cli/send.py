@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None and v < (1 if name in ("max_parallel", "fanout") else 0):
             raise UsageError(f"--{name.replace('_', '-')} must be positive")
+    if not 0 <= args.ttl <= 0xFFFF:  # the SYN's ttl is a u16 (ATP-FRAME-007, ATP-TIME-001)
+        raise UsageError(f"--ttl must be within 0..65535 seconds, got {args.ttl}")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be positive, got {args.timeout}")
     if not args.url.startswith(("ws://", "wss://")):
         raise UsageError(f"the URL must start with ws:// or wss://, got {args.url!r}")
     token = args.token or os.environ.get("ATP_TOKEN")
@@ -126,6 +130,13 @@ def run(args: argparse.Namespace) -> int:
                                 )
         return 0
 
+    if args.url.startswith("wss://"):
+        problem = trio.run(_tls_problem, args.url, min(args.timeout, 10.0))
+        if problem is not None:
+            emit("error", {"code": "ECONNECT", "message": problem})
+            if not args.json:
+                print(f"ERROR  cannot connect to {args.url}: {problem}", file=sys.stderr)
+            return 1
     try:
         try:
             return trio.run(main)
@@ -147,21 +158,80 @@ def run(args: argparse.Namespace) -> int:
             print(f"ERROR  {exc.code}: {exc.message}{hint}", file=sys.stderr)
         return 1
     except trio_websocket.ConnectionRejected as exc:
-        body = (exc.body or b"").decode(errors="replace").strip()
-        emit("error", {"code": "EHANDSHAKE", "status": exc.status_code, "message": body})
+        message = _rejection(exc.status_code, exc.body)
+        emit("error", {"code": "EHANDSHAKE", "status": exc.status_code, "message": message})
         if not args.json:
-            print(f"ERROR  handshake refused: HTTP {exc.status_code} {body}", file=sys.stderr)
+            print(f"ERROR  handshake refused: HTTP {exc.status_code} {message}", file=sys.stderr)
         return 1
     except (trio_websocket.HandshakeError, OSError) as exc:
-        emit("error", {"code": "ECONNECT", "message": _reason(exc)})
+        reason = _reason(exc)
+        emit("error", {"code": "ECONNECT", "message": reason})
         if not args.json:
-            print(f"ERROR  cannot connect to {args.url}: {_reason(exc)}", file=sys.stderr)
+            print(f"ERROR  cannot connect to {args.url}: {reason}", file=sys.stderr)
         return 1
     except trio.TooSlowError:
         emit("error", {"code": "ETIMEOUT", "message": f"no FINAL within {args.timeout} s"})
         if not args.json:
             print(f"ERROR  no FINAL within {args.timeout} s", file=sys.stderr)
         return 1
+
+
+#: The most of a refusal's HTTP body printed: a router's refusal is one short sentence;
+#: anything longer is some other server's page, not worth a screenful.
+_BODY_SHOWN = 200
+
+
+def _rejection(status: int, body: bytes | None) -> str:
+    """One line for a refused WebSocket handshake: the router's reason (its body's first
+    line), or, from a server that answered plain HTTP, that it is not a WebSocket endpoint."""
+    text = (body or b"").decode(errors="replace").strip()
+    if 200 <= status < 300 or text.startswith("<"):
+        return "(the server answered plain HTTP: not a WebSocket endpoint; check the URL and path)"
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= _BODY_SHOWN else line[:_BODY_SHOWN] + "..."
+
+
+async def _tls_problem(url: str, timeout: float) -> str | None:
+    """For a ``wss://`` URL: why TLS cannot work there (a plain ``ws://`` port answers a
+    ClientHello with plain text, a certificate is refused), or None to go ahead.
+
+    Checked before connecting because trio-websocket loses a failed TLS handshake and
+    waits out its connect timeout ("cancelled due to deadline")."""
+    import ssl
+    from urllib.parse import urlsplit
+
+    import trio
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 443
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=ssl.create_default_context()
+            )
+            try:
+                await stream.do_handshake()
+            finally:
+                await trio.aclose_forcefully(stream)
+    except trio.TooSlowError:
+        return (
+            f"no TLS handshake from {host}:{port} within {timeout:g} s: "
+            "is it a plain ws:// port? then use ws://"
+        )
+    except (ssl.SSLError, trio.BrokenResourceError) as exc:
+        cause: BaseException | None = exc  # trio wraps the SSLError
+        while cause is not None and not isinstance(cause, ssl.SSLError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate refused: {cause.verify_message or cause.reason}"
+        detail = (getattr(cause, "reason", None) or "connection closed").lower().replace("_", " ")
+        return (
+            f"TLS handshake with {host}:{port} failed ({detail}): "
+            "is it a plain ws:// port? then use ws://"
+        )
+    except OSError:
+        return None  # not a TLS problem: the connection itself reports it
+    return None
 
 
 def _reason(exc: BaseException) -> str:

@@ -125,7 +125,44 @@ def run(args: argparse.Namespace) -> int:
     gc.set_threshold(20_000, 20, 20)
     try:
         trio.run(router.run_until_signal)
-    except OSError as exc:
-        print(f"atp serve: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+    except (OSError, BaseExceptionGroup) as exc:
+        err = _listen_error(exc)
+        if err is None:
+            raise
+        where = _which_listener(err, cfg)
+        print(f"atp serve: error: cannot listen on {where}: {_strerror(err)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _listen_error(exc: BaseException) -> OSError | None:
+    """The OSError a listener's bind raised, from inside the nurseries' exception groups
+    (a port in use, a host that is not ours, a port below 1024): None for anything else."""
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            oserrors = [e for e in exc.exceptions if _listen_error(e) is not None]
+            if not oserrors:
+                return None
+            exc = oserrors[0]
+        else:
+            exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError) else None
+
+
+def _which_listener(err: OSError, cfg: Any) -> str:
+    """``HOST:PORT`` of the listener that failed: the metrics one when the bind was made
+    from the metrics server's task, else the WebSocket one."""
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_serve_metrics":
+            return f"{cfg.metrics_host}:{cfg.metrics_port} (metrics)"
+        tb = tb.tb_next
+    return f"{cfg.ws_host}:{cfg.ws_port} (WebSocket)"
+
+
+def _strerror(err: OSError) -> str:
+    import errno
+
+    if err.errno == errno.EADDRINUSE:
+        return "address already in use (another process listens there; pick another port)"
+    return (err.strerror or str(err)).lower()

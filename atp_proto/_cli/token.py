@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import jwt
+
     from atp_proto.router.auth import issue_token
 
     if args.token_cmd == "secret":
@@ -57,8 +59,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("with a PEM private key, pass --algorithm RS256 or ES256")
     if alg == "HS256" and len(key) < 32:
         raise UsageError("the HS256 secret must be at least 32 bytes")
+    if alg != "HS256" and not pem:
+        raise UsageError(
+            f"--algorithm {alg} signs with a PEM private key; the key given is not PEM "
+            "(an HS256 secret? then drop --algorithm)"
+        )
+    if alg == "HS256" and pem:
+        raise UsageError("the key is a PEM key: pass --algorithm RS256 or ES256, not HS256")
     if args.ttl <= 0:
         raise UsageError("--ttl must be positive")
+    if alg != "HS256":
+        _check_private_key(key, alg)
     try:
         tok = issue_token(
             key if alg == "HS256" else key.decode(),
@@ -71,7 +82,26 @@ def run(args: argparse.Namespace) -> int:
             audience=args.aud,
             issuer=args.iss,
         )
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"cannot sign with that key: {exc}") from None
+    except (ValueError, TypeError, NotImplementedError, jwt.PyJWTError) as exc:
+        raise UsageError(f"cannot sign {alg} with that key: {exc}") from None
     sys.stdout.write(tok + "\n")
     return 0
+
+
+def _check_private_key(pem: bytes, alg: str) -> None:
+    """Refuse, as bad usage, a PEM key that cannot sign ``alg`` (a public key, an RSA key for
+    ES256, ...), before PyJWT fails on it with an exception about internals."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        private = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        kind = "a public key" if b"PUBLIC KEY" in pem else "not an unencrypted PEM private key"
+        raise UsageError(f"--algorithm {alg} needs a PEM private key; this is {kind}") from exc
+    wanted = rsa.RSAPrivateKey if alg == "RS256" else ec.EllipticCurvePrivateKey
+    if not isinstance(private, wanted):
+        have = type(private).__name__.removeprefix("_").replace("PrivateKey", "")
+        raise UsageError(
+            f"--algorithm {alg} needs an {'RSA' if alg == 'RS256' else 'EC'} key, not {have}"
+        )

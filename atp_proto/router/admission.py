@@ -44,12 +44,45 @@ class _Waiter:
 
 @dataclass(frozen=True, slots=True)
 class AdmissionConfig:
-    initial_limit: int = 64
+    """The global concurrency limit and its queue.
+
+    ``initial_limit`` is only where the limit *starts*: it grows by AIMD while calls finish
+    under ``latency_target_s``, up to ``max_limit``. To cap the streams running at once, set
+    ``max_limit`` (and ``initial_limit`` no higher); ``min_limit`` is the floor it never
+    shrinks below.
+    """
+
+    initial_limit: int = 64  #: starting limit, in min_limit..max_limit (not a cap)
     min_limit: int = 4
-    max_limit: int = 1024
+    max_limit: int = 1024  #: the cap on streams running at once
     latency_target_s: float = 2.0
     max_queue: int = 256  #: waiting streams, all lanes
     bronze_queue_share: float = 0.25  #: bronze is shed once it holds this share of max_queue
+
+    def __post_init__(self) -> None:
+        for name in ("initial_limit", "min_limit", "max_limit", "max_queue"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        if not 1 <= self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ValueError(
+                "need 1 <= min_limit <= initial_limit <= max_limit, got "
+                f"{self.min_limit}, {self.initial_limit}, {self.max_limit} (max_limit is the "
+                "cap; initial_limit only where the adaptive limit starts)"
+            )
+        if not (
+            isinstance(self.latency_target_s, int | float)
+            and not isinstance(self.latency_target_s, bool)
+            and self.latency_target_s > 0
+        ):
+            raise ValueError(f"latency_target_s must be positive, got {self.latency_target_s!r}")
+        if not (
+            isinstance(self.bronze_queue_share, int | float)
+            and 0.0 <= self.bronze_queue_share <= 1.0
+        ):
+            raise ValueError(
+                f"bronze_queue_share must be within 0..1, got {self.bronze_queue_share!r}"
+            )
 
 
 class Admission:

@@ -74,6 +74,9 @@ class RouterConfig:
             raise ConfigError("min_confidence must be within 0..1")
         for name, url in self.adapters.items():
             check_adapter_url(name, url)
+        for key, value in self.tenant_window.to_dict().items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"[tenant_window]: {key} must be a non-negative int")
         return self
 
 
@@ -88,11 +91,12 @@ def check_adapter_url(name: str, url: str) -> None:
         )
 
 
-def parse_adapter_spec(spec: str) -> tuple[str, str]:
-    """``NAME=URL`` (from --adapter)."""
+def parse_adapter_spec(spec: str, what: str = "--adapter") -> tuple[str, str]:
+    """``NAME=URL`` (from --adapter, or an item of ``ADAPTER_ENDPOINTS``: ``what`` names
+    the source in the error)."""
     name, sep, url = spec.partition("=")
-    if not sep or not name or not url:
-        raise ConfigError(f"--adapter expects NAME=URL, got {spec!r}")
+    if not sep or not name.strip() or not url.strip():
+        raise ConfigError(f"{what} expects NAME=URL, got {spec!r}")
     return name.strip(), url.strip()
 
 
@@ -120,8 +124,15 @@ def adapters_from_env(value: str) -> dict[str, str]:
             out[name] = url
     else:
         for item in filter(None, (s.strip() for s in value.split(","))):
-            name, url = parse_adapter_spec(item)
+            name, url = parse_adapter_spec(
+                item, "ADAPTER_ENDPOINTS (a JSON list of URLs, or name=url,name=url)"
+            )
             out[name] = url
+    for name, url in out.items():
+        try:
+            check_adapter_url(name, url)
+        except ConfigError as exc:
+            raise ConfigError(f"ADAPTER_ENDPOINTS: {exc}") from None
     return out
 
 
@@ -132,6 +143,22 @@ _SCALAR_TYPES: dict[str, type] = {
     f.name: type(f.default)
     for f in fields(RouterConfig)
     if type(f.default) in (bool, int, float, str)
+}
+
+
+#: Settings a file's [router] table may hold under their own name (the rest have their
+#: own key or table: ws, path, metrics, [auth], [adapters], [limits], ...).
+_ROUTER_KEYS = frozenset(_SCALAR_TYPES) - {
+    "ws_host",
+    "ws_port",
+    "ws_path",
+    "metrics_host",
+    "metrics_port",
+    "auth",
+    "jwt_key_file",
+    "jwt_algorithm",
+    "jwt_audience",
+    "jwt_issuer",
 }
 
 
@@ -156,10 +183,15 @@ def _checked(where: str, name: str, value: Any) -> Any:
 
 
 def _typed(section: str, cls: type, data: Mapping[str, Any]) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"[{section}] must be a table, got {data!r}")
     known = {f.name: f for f in fields(cls)}
     unknown = set(data) - set(known)
     if unknown:
-        raise ConfigError(f"[{section}]: unknown setting(s) {', '.join(sorted(unknown))}")
+        raise ConfigError(
+            f"[{section}]: unknown setting(s) {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(known)})"
+        )
     try:
         return cls(**data)
     except (TypeError, ValueError) as exc:
@@ -189,8 +221,13 @@ def load_file(path: str) -> dict[str, Any]:
                 )
         elif key == "path":
             out["ws_path"] = value
-        else:
+        elif key in _ROUTER_KEYS:
             out[key] = _checked(f"{path}: router.{key}", key, value)
+        else:
+            raise ConfigError(
+                f"{path}: [router]: unknown setting {key!r} (known: "
+                f"{', '.join(['ws', 'path', 'metrics', *sorted(_ROUTER_KEYS)])})"
+            )
     if "adapters" in doc:
         adapters = doc.pop("adapters")
         if not isinstance(adapters, dict) or not all(isinstance(v, str) for v in adapters.values()):
@@ -246,9 +283,10 @@ def build_config(
         from_env(env),
         {k: v for k, v in flags.items() if v is not None},
     ]
+    known = {f.name for f in fields(RouterConfig)}
     for layer in layers:
-        try:
-            cfg = replace(cfg, **layer)
-        except TypeError as exc:
-            raise ConfigError(f"unknown setting: {exc}") from None
+        unknown = set(layer) - known
+        if unknown:  # a programming error in a caller, but say it in words
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        cfg = replace(cfg, **layer)
     return cfg.validate()

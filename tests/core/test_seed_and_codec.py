@@ -1,7 +1,7 @@
 """The seed frames, the header layout and the binary codec (ATP-FRAME, ATP-JSON, ATP-EXT).
 
-The three example frames of the seed (shared/seeds/002, section 3) are normative: they
-MUST decode, to exactly these fields.
+The three example frames of the seed (shared/seeds/002, section 3; in the repository as
+conformance/vectors/seed.json) are normative: they MUST decode, to exactly these fields.
 """
 
 from __future__ import annotations
@@ -36,31 +36,10 @@ from atp_proto.frames import (
     frame_from_json,
     frame_to_json,
 )
+from conformance.vectors import seed_frames
 
-SEED_SYN = """{
-  "v":1,
-  "session_id":"s1",
-  "stream_id":"st1",
-  "msg_seq":1,
-  "frag_seq":0,
-  "flags":["SYN"],
-  "qos":"gold",
-  "ttl":8,
-  "window": {"max_parallel":4, "max_tokens":50000, "max_usd_micros":1000000},
-  "meta": {"task_type":"qa", "tool_permissions":[], "data_scope":["no_secrets"]},
-  "payload": {"type":"agent.result.partial", "content":{"prompt":"hello"}}
-}"""
-SEED_PARTIAL = """{
-  "v":1, "session_id":"s1", "stream_id":"st1",
-  "msg_seq":2, "frag_seq":0, "flags":["MORE"],
-  "payload": {"type":"agent.result.partial","content":{"chunk":0,"adapter":"persona_adapter"}, "confidence":0.62}
-}"""
-SEED_FINAL = """{
-  "v":1, "session_id":"s1", "stream_id":"st1",
-  "msg_seq":3, "flags":["FIN"],
-  "payload": {"type":"agent.result.final","content":{"ok":true,"answer":"..."}},
-  "telemetry": {"tokens": 48210, "usd": 910000, "latency_ms": 1320}
-}"""
+#: the seed's example frames, verbatim, from the one in-repo copy (conformance/vectors/)
+SEED_SYN, SEED_PARTIAL, SEED_FINAL = (seed_frames()[n] for n in ("syn", "partial", "final"))
 
 
 def test_seed_syn_decodes_to_the_model() -> None:

@@ -7,8 +7,6 @@ What one side queues with ``data_to_send()`` the other receives with ``receive_m
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
 from typing import Any, TypeVar
 
 import cbor2
@@ -23,18 +21,13 @@ from atp_proto.frames import (
     Limits,
     Role,
 )
+from conformance.vectors import seed_frames
 
 E = TypeVar("E", bound=Event)
 
-SEED = Path("/work/shared/seeds/002_e30579a69d551956.txt")
-
-#: The three example frames of the seed (section 3), verbatim; the spec quotes them too
-#: (spec §13.4), so they are read from there when the seed is not on this machine.
-_SPEC = Path(__file__).resolve().parents[2] / "spec" / "atp-v1.md"
-_SOURCE = SEED if SEED.exists() else _SPEC
-SEED_SYN, SEED_PARTIAL, SEED_FINAL = re.findall(
-    r"```json\n(.*?)```", _SOURCE.read_text(encoding="utf-8"), re.S
-)[:3]
+#: The three example frames of the seed (section 3), verbatim, from the one in-repo copy
+#: (conformance/vectors/seed.json; tests/test_vectors.py checks it against the seed).
+SEED_SYN, SEED_PARTIAL, SEED_FINAL = (seed_frames()[n] for n in ("syn", "partial", "final"))
 
 
 class ConnectionPair:

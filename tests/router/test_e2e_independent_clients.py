@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+
+from conformance.vectors import seed_frames
 
 from ._helpers_e2e import (
     F_FIN,
@@ -36,22 +37,9 @@ from ._helpers_e2e import (
     syn_frame as _syn,
 )
 
-SEED_FILE = Path("/work/shared/seeds/002_e30579a69d551956.txt")
-
-#: Section 3 of the seed, verbatim (the SYN example).
-SEED_SYN_TEXT = """{
-  "v":1,
-  "session_id":"s1",
-  "stream_id":"st1",
-  "msg_seq":1,
-  "frag_seq":0,
-  "flags":["SYN"],
-  "qos":"gold",
-  "ttl":8,
-  "window": {"max_parallel":4, "max_tokens":50000, "max_usd_micros":1000000},
-  "meta": {"task_type":"qa", "tool_permissions":[], "data_scope":["no_secrets"]},
-  "payload": {"type":"agent.result.partial", "content":{"prompt":"hello"}}
-}"""
+#: Section 3 of the seed, verbatim (the SYN example), from the one in-repo copy
+#: (conformance/vectors/seed.json; tests/test_vectors.py checks it against the seed).
+SEED_SYN_TEXT = seed_frames()["syn"]
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +75,6 @@ def _collect(ws: ClientConnection, until_fin: set[int], timeout: float = 10) -> 
             if f.has(F_FIN) or f.type == T_ERROR:
                 open_.discard(f.stream_id)
     return frames
-
-
-def test_seed_text_is_verbatim() -> None:
-    """[ATP-JSON-001] The SYN used here is the seed's, character for character (when the seed is here)."""
-    if not SEED_FILE.exists():
-        pytest.skip("seed file not available")
-    assert SEED_SYN_TEXT in SEED_FILE.read_text()
 
 
 def test_seed_syn_json_text(router: RouterProcess) -> None:

@@ -28,22 +28,12 @@ from atp_proto.frames import (
     decode_frames,
     encode_frame,
 )
+from conformance.vectors import seed_frames
 
 from .conftest import ws_url
 
-SEED_SYN = {
-    "v": 1,
-    "session_id": "s1",
-    "stream_id": "st1",
-    "msg_seq": 1,
-    "frag_seq": 0,
-    "flags": ["SYN"],
-    "qos": "gold",
-    "ttl": 8,
-    "window": {"max_parallel": 4, "max_tokens": 50000, "max_usd_micros": 1000000},
-    "meta": {"task_type": "qa", "tool_permissions": [], "data_scope": ["no_secrets"]},
-    "payload": {"type": "agent.result.partial", "content": {"prompt": "hello"}},
-}
+#: the seed's SYN (conformance/vectors/seed.json), parsed
+SEED_SYN = json.loads(seed_frames()["syn"])
 
 
 async def _text_exchange(ws: trio_websocket.WebSocketConnection, frame: dict) -> list[dict]:

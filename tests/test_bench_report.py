@@ -1,0 +1,98 @@
+"""Benchmark goals are judged in one place (``benchmarks/_report.py``; issue 9, item 20):
+a full run exits 1 on a missed goal, a ``--quick`` run reports the goals as "not judged
+(quick run)" and exits 0.
+
+The judging is tested directly on Goal lists (deterministic: goals that cannot be met),
+then through the real benchmark path: ``atp bench codec --quick`` as a subprocess, and the
+codec benchmark module as ``atp bench`` loads it, run quick with a goal no machine meets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+
+from atp_proto._cli import bench
+
+
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    bench.load("codec")  # puts benchmarks/ on sys.path, as for every benchmark
+    import _report
+
+    return _report
+
+
+def _goals(report: ModuleType) -> list:
+    Goal = report.Goal
+    return [
+        Goal("always met", 5.0, 1.0, "x"),
+        Goal("never met: faster than instant", 0.5, 0.0, "us", "<="),
+    ]
+
+
+def test_a_full_run_with_a_missed_goal_fails(report: ModuleType) -> None:
+    result = report.judge(_goals(report), quick=False)
+    assert result["judged"] is True and result["all_goals_pass"] is False
+    assert [g["pass"] for g in result["goals"]] == [True, False]
+    assert report.exit_code(result) == 1
+    lines = report.summary_lines(result)
+    assert lines[0].startswith("PASS  always met: 5.00×")
+    assert lines[1].startswith("FAIL  never met") and "(goal <= 0 µs)" in lines[1]
+
+
+def test_a_quick_run_reports_goals_without_judging_them(report: ModuleType) -> None:
+    result = report.judge(_goals(report), quick=True)
+    assert result["judged"] is False
+    assert all(g["judged"] is False for g in result["goals"])
+    assert report.exit_code(result) == 0
+    lines = report.summary_lines(result)
+    assert all(line.startswith("not judged (quick run)") for line in lines)
+    assert "met in this rough run" in lines[0] and "not met in this rough run" in lines[1]
+    assert not any("PASS" in line or "FAIL" in line for line in lines)
+
+
+def test_a_full_run_meeting_every_goal_passes(report: ModuleType) -> None:
+    result = report.judge(_goals(report)[:1], quick=False)
+    assert report.exit_code(result) == 0 and result["all_goals_pass"] is True
+
+
+def test_goal_json_round_trips_and_refuses_a_bad_operator(report: ModuleType) -> None:
+    g = report.Goal("p50", 0.4, 0.5, "ms", "<=")
+    assert report.Goal.from_json(g.to_json(judged=True)) == g
+    assert g.to_json(judged=True)["target_text"] == "<= 0.5 ms"
+    with pytest.raises(ValueError):
+        report.Goal("x", 1.0, 1.0, "x", ">")
+
+
+def test_quick_codec_run_with_an_impossible_goal_exits_0(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The real benchmark path (as `atp bench codec --quick --json` runs it), with the
+    round-trip goal set below what any machine does: reported, not judged, exit 0."""
+    module = bench.load("codec")
+    module.GOAL_RT_US = 0.0  # a round-trip in no time at all
+    rc = module.run(argparse.Namespace(quick=True, json=True))
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert result["judged"] is False and result["all_goals_pass"] is False
+    (rt,) = [g for g in result["goals"] if g["name"].startswith("PARTIAL 200 B round-trip (")]
+    assert rt["pass"] is False and rt["judged"] is False and rt["target"] == 0.0
+
+
+def test_atp_bench_codec_quick_reports_not_judged_and_exits_0() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "atp_proto", "bench", "codec", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("not judged (quick run)") == 3
+    assert "PASS" not in out.stdout and "FAIL" not in out.stdout
