@@ -1,0 +1,120 @@
+"""The private internals of pinned libraries that atp_proto relies on, checked one by one.
+
+pyproject.toml pins h2, h11, wsproto, grpclib and aioquic exactly because our fast paths
+read or override something private in them. An upgrade that changes one of these fails
+here, by name, before it can fail subtly in a relay or a benchmark. When this file fails
+after an upgrade: read the library's change, adapt the one module named in the test, and
+move the pin.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import inspect
+
+import h2.config
+import h2.connection
+import pytest
+import wsproto
+import wsproto.events as we
+from grpclib.server import Server
+
+from atp_proto.adapters import grpc_client, sdk
+
+PINS = {"h2": "4.4.1", "h11": "0.16.0", "wsproto": "1.3.2", "grpclib": "0.4.9", "aioquic": "1.7.2"}
+
+
+@pytest.mark.parametrize(("dist", "version"), sorted(PINS.items()))
+def test_installed_version_is_the_pinned_one(dist: str, version: str) -> None:
+    assert md.version(dist) == version, (
+        f"{dist} {md.version(dist)} is installed but {version} is pinned: "
+        "run this file's checks against the new version before moving the pin"
+    )
+
+
+def test_pyproject_pins_exactly() -> None:
+    reqs = md.requires("atp-proto") or []
+    exact = {
+        r.split("==")[0].strip().lower(): r.split("==")[1].split(";")[0].strip()
+        for r in reqs
+        if "==" in r
+    }
+    for dist, version in PINS.items():
+        assert exact.get(dist) == version, f"pyproject.toml must pin {dist}=={version}"
+
+
+def _h2_client_with_open_stream() -> tuple[h2.connection.H2Connection, int]:
+    cfg = h2.config.H2Configuration(client_side=True, header_encoding=None)
+    conn = h2.connection.H2Connection(cfg)
+    conn.initiate_connection()
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    server.initiate_connection()
+    server.receive_data(conn.data_to_send())
+    conn.receive_data(server.data_to_send())
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(
+        sid, [(":method", "POST"), (":path", "/x"), (":scheme", "http"), (":authority", "a")]
+    )
+    server.receive_data(conn.data_to_send())
+    server.send_headers(sid, [(":status", "200")])
+    conn.receive_data(server.data_to_send())
+    return conn, sid
+
+
+def test_h2_internals_used_by_the_grpc_fast_path() -> None:
+    """grpc_client._Connection._fast_window accounts a DATA frame as h2 would."""
+    assert "_inbound_flow_control_window_manager" in inspect.getsource(grpc_client)
+    conn, sid = _h2_client_with_open_stream()
+    st = conn.streams[sid]
+    cw = conn._inbound_flow_control_window_manager
+    sw = st._inbound_window_manager
+    assert isinstance(cw.current_window_size, int)
+    assert isinstance(sw.current_window_size, int)
+    assert st._expected_content_length is None
+    assert isinstance(st._actual_content_length, int)
+    assert st.state_machine.headers_received
+    # and h2's own accounting moves the same fields the fast path moves
+    before = (cw.current_window_size, sw.current_window_size, st._actual_content_length)
+    import hyperframe.frame as hf
+
+    data = hf.DataFrame(sid)
+    data.data = b"x" * 10
+    conn.receive_data(data.serialize())
+    after = (cw.current_window_size, sw.current_window_size, st._actual_content_length)
+    assert after == (before[0] - 10, before[1] - 10, before[2] + 10)
+
+
+def test_wsproto_keeps_pipelined_bytes_in_h11_trailing_data() -> None:
+    """router/ws.py takes frames sent right behind the upgrade from h11's buffer."""
+    ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    request = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    ws.receive_data(request + b"EARLY")
+    assert any(isinstance(e, we.Request) for e in ws.events())
+    h11_conn = ws.handshake._h11_connection
+    assert bytes(h11_conn.trailing_data[0]) == b"EARLY"
+
+
+async def _build_protocol() -> object:
+    server = sdk._Server([], codec=sdk._RawCodec())
+    return server._protocol_factory()
+
+
+def test_grpclib_server_protocol_factory_is_overridable() -> None:
+    """adapters/sdk.py rebuilds the H2Protocol grpclib's Server makes per connection from
+    its ``handler``, ``config`` and ``h2_config`` attributes."""
+    import asyncio
+
+    from grpclib.protocol import H2Protocol
+
+    assert sdk._Server._protocol_factory is not Server._protocol_factory
+    assert list(inspect.signature(Server._protocol_factory).parameters) == ["self"]
+    proto = asyncio.run(_build_protocol())
+    assert isinstance(proto, sdk._CoalescingProtocol)
+    assert isinstance(proto, H2Protocol)
+    for attr in ("handler", "config", "h2_config"):
+        assert getattr(proto, attr) is not None, attr
