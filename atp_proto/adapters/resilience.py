@@ -22,7 +22,8 @@ task: ``nursery.start_soon(adapter.run_health_checks, 5.0)``.
 * **Retries**: a call that fails *before any output was streamed* with a retryable code
   (``retry_on``, default EAGENTDOWN and EWINDOW_AGENT) is retried up to ``max_retries``
   times with exponential backoff and full jitter, never sooner than the adapter's retry
-  hint, within the request's deadline. Retries are bounded per adapter by a token
+  hint (and not at all when the hint is longer than ``retry_backoff_max``: the caller
+  gets it), within the request's deadline. Retries are bounded per adapter by a token
   bucket (``retry_rate`` per second, bursts of ``retry_burst``; as Envoy's retry budget
   and gRPC's retry throttling): a failing adapter gets at most that many extra calls,
   however many streams hit it. Once a chunk has been yielded, failures are raised with
@@ -309,6 +310,8 @@ class ResilientAdapter:
             0, min(self.retry_backoff_max, self.retry_backoff * 2 ** (attempt - 1))
         )
         if exc.retry_after_ms:
+            if exc.retry_after_ms / 1000 > self.retry_backoff_max:
+                return False  # a long pause: the caller gets the hint rather than a wait
             delay = max(delay, exc.retry_after_ms / 1000)
         if trio.current_time() + delay >= deadline:
             return False
