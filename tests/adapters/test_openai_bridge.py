@@ -143,9 +143,7 @@ async def test_openai_bridge_through_the_router(
         async with serve_adapter(
             tmp_path, "openai", "--option", f"base_url={upstream}", env={}
         ) as proc:
-            cfg = RouterConfig(
-                ws_port=0, metrics_port=None, auth=False, adapters={"oa": proc.url}
-            )
+            cfg = RouterConfig(ws_port=0, metrics_port=None, auth=False, adapters={"oa": proc.url})
             router = Router(cfg.validate())
             await nursery.start(router.serve)
             async with connect(f"ws://127.0.0.1:{router.ws_port}/ws") as client:

@@ -169,8 +169,14 @@ def test_largest_uint64_usd_micros_is_accepted() -> None:
 def _rpc_messages() -> tuple[type, type]:
     """google.rpc.Status and RetryInfo built by protobuf itself from their definitions
     (google/rpc/status.proto, error_details.proto), as an independent codec."""
-    from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, duration_pb2
-    from google.protobuf import message_factory
+    pytest.importorskip("google.protobuf")  # with grpcio-tools, a dev dependency
+    from google.protobuf import (
+        any_pb2,
+        descriptor_pb2,
+        descriptor_pool,
+        duration_pb2,
+        message_factory,
+    )
 
     pool = descriptor_pool.DescriptorPool()
     for mod in (any_pb2, duration_pb2):

@@ -23,7 +23,7 @@ from atp_proto.adapters.process import spawn_adapter
 from atp_proto.client import StreamError, connect
 from atp_proto.router import Router, RouterConfig, issue_token
 
-from ._helpers_e2e import ROOT, http_get
+from ._helpers_e2e import ROOT, atp, http_get
 from .conftest import ws_url
 from .test_e2e_grpc import _grpcio_server, _router, _run
 
@@ -338,3 +338,18 @@ async def test_lane_downgrade_is_said_on_the_first_frame(
     assert first["lane"] == "silver"
     assert "lane" not in last or last is first
     assert "lane" not in same_first
+
+
+async def test_demo_consensus_prefers_the_real_answer() -> None:
+    """[ATP-BUDGET-006] `atp demo` (router + echo and persona adapter processes): its
+    fan-out to both adapters ends with persona's answer, not echo's parroted prompt (echo
+    claims confidence 0.1: it knows nothing about the answer); telemetry has usd_micros."""
+    result = await trio.to_thread.run_sync(lambda: atp("demo", "--json", timeout=60))
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    summary = json.loads(out if out.startswith("{") else out[out.rindex("\n{") + 1 :])
+    final = summary["sdk_final"]
+    assert sorted(final["telemetry"]["adapters"]) == ["echo", "persona"]
+    assert final["content"]["adapter"] == "persona"
+    assert final["content"]["answer"] != "hello"
+    assert "usd_micros" in final["telemetry"]
