@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from atp_proto.adapters import AdapterError, Chunk, CostEstimate, TaskRequest
@@ -97,7 +98,9 @@ class Costly(Minimal):
 
 
 class Deadline(Minimal):
-    """Answers with the deadline_ms it received (the gRPC deadline, as the SDK gives it)."""
+    """Answers with the wall-clock time (time.time()) at which its call's deadline passes,
+    from the deadline_ms it received (the gRPC deadline, as the SDK gives it)."""
 
     async def stream(self, req: TaskRequest) -> AsyncIterator[Chunk]:
-        yield Chunk(str(req.deadline_ms), confidence=0.5, tokens=1, usd_micros=0, final=True)
+        at = time.time() + (req.deadline_ms or 0) / 1000
+        yield Chunk(f"{at:.3f}", confidence=0.5, tokens=1, usd_micros=0, final=True)

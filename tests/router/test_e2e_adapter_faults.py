@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -143,15 +144,21 @@ async def test_adapter_deadline_is_later_than_the_ttl(
     nursery: trio.Nursery, vendor_path: None
 ) -> None:
     """[ATP-ADAPT-012, ATP-TIME-001] The deadline an adapter receives for a call of a stream
-    with ttl 2 is later than the ttl (ttl + 250 ms, less transit), so the router's own ttl
-    timer, not the adapter's DEADLINE_EXCEEDED, decides an expired stream."""
+    with ttl 2 passes later than the ttl (ttl + 250 ms after the router read the SYN), so
+    the router's own ttl timer, not the adapter's DEADLINE_EXCEEDED, decides an expired
+    stream."""
     async with spawn_adapter("vendor_fixtures:Deadline") as dl:
         router = await _router(nursery, {"dl": dl.url})
         async with connect(ws_url(router)) as client:
             with trio.fail_after(20):
+                sent = time.time()
                 final = await client.ask("hello", ttl=2)
-    received_ms = int(final.content["answer"])
-    assert 2000 < received_ms <= 2250, received_ms
+                done = time.time()
+    deadline_at = float(final.content["answer"])  # the adapter's wall clock (same host)
+    # a clear margin (200 ms of the 250 ms grace), not a tie with the router's ttl timer
+    # (before: the call's deadline was the ttl itself, counted from a little later)
+    assert deadline_at > sent + 2.0 + 0.2, deadline_at - sent
+    assert deadline_at <= done + 2.25, deadline_at - done
 
 
 # ---------------------------------------------------------------------- item 9
@@ -163,15 +170,12 @@ async def _stream_calls(url: str) -> int:
     return est.out_tokens
 
 
-@pytest.mark.parametrize("retry_ms", ["300", "0"])
-async def test_overloaded_adapter_is_not_piled_on(
-    nursery: trio.Nursery, vendor_path: None, retry_ms: str
-) -> None:
-    """[ATP-ADAPT-014] An adapter that always answers RESOURCE_EXHAUSTED (with a retry hint,
-    or without) gets at most one call per stream plus the retry budget — not 3 calls per
-    stream: the hint pauses every call to it, the status counts toward the breaker, and
-    retries are bounded per adapter. Every stream ends with EWINDOW_AGENT and a hint."""
-    async with spawn_adapter("vendor_fixtures:Overloaded", options={"retry_ms": retry_ms}) as ov:
+async def test_overloaded_adapter_is_not_piled_on(nursery: trio.Nursery, vendor_path: None) -> None:
+    """[ATP-ADAPT-014] An adapter that always answers RESOURCE_EXHAUSTED (no retry hint)
+    gets at most one call per stream plus the retry budget — not 3 calls per stream: the
+    status counts toward the breaker and retries are bounded per adapter per second.
+    Every stream ends with EWINDOW_AGENT and a retry hint."""
+    async with spawn_adapter("vendor_fixtures:Overloaded", options={"retry_ms": "0"}) as ov:
         router = await _router(nursery, {"ov": ov.url})
         adapter = router.adapters["ov"]
         assert isinstance(adapter, ResilientAdapter)
@@ -181,23 +185,45 @@ async def test_overloaded_adapter_is_not_piled_on(
             async def one() -> None:
                 errors.append(await _fail(client, "hello", ttl=5))
 
+            t0 = trio.current_time()
             with trio.fail_after(20):
                 async with trio.open_nursery() as n:
                     for _ in range(20):
                         n.start_soon(one)
+            elapsed = trio.current_time() - t0
             calls = await _stream_calls(ov.url)
     assert len(errors) == 20
     assert {e.code for e in errors} == {"EWINDOW_AGENT"}, {(e.code, e.message) for e in errors}
     assert all(e.retry_after_ms and e.retry_after_ms > 0 for e in errors)
-    # one call per stream at most, plus the retry budget's burst (and a refill's worth)
-    assert calls <= 20 + adapter.retry_burst + 1, calls
-    assert adapter.stats.retries <= adapter.retry_burst + 1
-    if retry_ms != "0":
-        # the hint paused the adapter: far fewer calls than streams
-        assert calls < 10 and adapter.stats.rejected_pushback > 0, calls
-    else:
-        # without a hint the failures open the breaker (RESOURCE_EXHAUSTED counts)
-        assert adapter.stats.breaker_opened >= 1 and adapter.stats.rejected_open > 0
+    budget = adapter.retry_burst + adapter.retry_rate * elapsed
+    assert adapter.stats.retries <= budget
+    assert calls <= 20 + budget, calls  # one call per stream at most, plus the budget
+    assert adapter.stats.breaker_opened >= 1 and adapter.stats.rejected_open > 0
+
+
+async def test_retry_hint_pauses_the_adapter(nursery: trio.Nursery, vendor_path: None) -> None:
+    """[ATP-ADAPT-014, ATP-ADAPT-015] After a RESOURCE_EXHAUSTED with a 5 s retry hint, no
+    call reaches the adapter until the hint has passed: 20 streams cost it one call (the
+    first; the hint is too long to wait for a retry), and every stream ends with
+    EWINDOW_AGENT and the time left to wait."""
+    async with spawn_adapter("vendor_fixtures:Overloaded", options={"retry_ms": "5000"}) as ov:
+        router = await _router(nursery, {"ov": ov.url})
+        errors: list[StreamError] = []
+        async with connect(ws_url(router)) as client:
+
+            async def one() -> None:
+                errors.append(await _fail(client, "hello", ttl=5))
+
+            with trio.fail_after(20):
+                await one()
+                async with trio.open_nursery() as n:
+                    for _ in range(19):
+                        n.start_soon(one)
+            calls = await _stream_calls(ov.url)
+    assert calls == 1
+    assert {e.code for e in errors} == {"EWINDOW_AGENT"}
+    assert errors[0].retry_after_ms == 5000
+    assert all(0 < (e.retry_after_ms or 0) <= 5000 for e in errors)
 
 
 async def test_readyz_follows_the_adapters(nursery: trio.Nursery) -> None:
