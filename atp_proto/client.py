@@ -55,7 +55,8 @@ class Partial:
 
 @dataclass(frozen=True, slots=True)
 class Final:
-    """The FINAL frame: the answer and the telemetry ``{tokens, usd, latency_ms, ...}``."""
+    """The FINAL frame: the answer and the telemetry ``{tokens, usd_micros, latency_ms,
+    ...}`` (a draft-era ``usd`` is read as ``usd_micros``, ATP-BUDGET-006)."""
 
     content: Any
     confidence: float | None
@@ -110,7 +111,10 @@ class Stream:
         if msg.end_stream:
             self.finished = True
             telemetry = msg.ext.get("telemetry", {})
-            return Final(content, conf, telemetry if isinstance(telemetry, Mapping) else {}, body)
+            telemetry = telemetry if isinstance(telemetry, Mapping) else {}
+            if "usd" in telemetry and "usd_micros" not in telemetry:  # the seed's draft name
+                telemetry = {**telemetry, "usd_micros": telemetry["usd"]}
+            return Final(content, conf, telemetry, body)
         return Partial(content, conf, body)
 
     async def cancel(self) -> None:

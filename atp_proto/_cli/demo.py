@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
                                 f" from {item.content.get('adapter')}"
                             )
                             console.print(
-                                f"         telemetry tokens={t['tokens']} usd={t['usd']} "
+                                f"         telemetry tokens={t['tokens']} "
+                                f"usd_micros={t['usd_micros']} "
                                 f"latency_ms={t['latency_ms']} "
                                 f"adapters={escape(str(t['adapters']))}"
                             )

@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
                                 t = item.telemetry
                                 print(f"FINAL  {answer}")
                                 print(
-                                    f"       tokens={t.get('tokens')} usd_micros={t.get('usd')} "
+                                    f"       tokens={t.get('tokens')} "
+                                    f"usd_micros={t.get('usd_micros')} "
                                     f"latency_ms={t.get('latency_ms')} "
                                     f"adapters={','.join(t.get('adapters', []))}"
                                 )

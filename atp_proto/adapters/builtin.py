@@ -8,13 +8,19 @@ and configurable through the URL's query string, e.g.
 latency_ms     delay before each chunk (default 0 echo, 5 persona)
 chunks         number of chunks (persona; default 4)
 usd_per_1k     micro-dollars per 1000 tokens (default 0 echo, 2000 persona)
-confidence     confidence reported (default 0.9 echo, 0.62 persona)
+confidence     confidence reported (default 0.1 echo, 0.62 persona)
 fail           ``error`` (fail at once), ``stall`` (hang after fail_after
                chunks), ``cut`` (die after fail_after chunks)
 fail_after     chunks before the failure (default 0)
 ============== ===============================================================
 
 The same behaviour is served over gRPC by the reference adapter processes.
+
+Confidence is an adapter's claim that its answer is right, and consensus weighs answers
+by it. Echo only parrots the prompt: it knows nothing about the answer, so it claims
+almost nothing (0.1), and a real answer wins consensus over it. (Ignoring answers equal
+to the prompt instead would be a heuristic that punishes right answers such as "repeat
+after me".)
 """
 
 from __future__ import annotations
@@ -179,7 +185,7 @@ class PersonaAdapter(BehaviourAdapter):
 
 
 _KINDS: dict[str, tuple[type[BehaviourAdapter], dict[str, float | int | str]]] = {
-    "echo": (EchoAdapter, {"confidence": 0.9, "chunks": 1}),
+    "echo": (EchoAdapter, {"confidence": 0.1, "chunks": 1}),
     "persona": (PersonaAdapter, {"latency_ms": 5, "usd_per_1k": 2000, "confidence": 0.62}),
 }
 

@@ -41,6 +41,7 @@ Task ownership (no task outlives its owner):
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import math
@@ -158,6 +159,16 @@ def grpc_error(
     )
 
 
+def _retry_info(value: bytes) -> int | None:
+    """The retry delay (ms) of a ``grpc-status-details-bin`` trailer, if it holds a
+    ``google.rpc.RetryInfo``; None when it does not or is malformed."""
+    try:
+        raw = base64.b64decode(value + b"=" * (-len(value) % 4), validate=False)
+        return codec.decode_retry_info(raw)
+    except (ValueError, codec.DecodeError):
+        return None
+
+
 def _grpc_timeout(seconds: float) -> bytes:
     ms = max(1, math.ceil(seconds * 1000))
     if ms < 100_000_000:
@@ -266,11 +277,15 @@ class _Call:
                 grpc_status = int(v)
             elif k == b"grpc-message":
                 message = unquote(v.decode("utf-8", "replace"))
-            elif k == b"grpc-retry-pushback-ms":
+            elif k == b"grpc-retry-pushback-ms":  # gRPC A6 server pushback
                 try:
                     retry = int(v)
                 except ValueError:
                     retry = None
+                if retry is not None and retry < 0:  # negative: "do not retry"
+                    retry = None
+            elif k == b"grpc-status-details-bin" and retry is None:
+                retry = _retry_info(v)  # google.rpc.RetryInfo (richer error model)
         if status is not None:
             self.http_status = status
             if status != 200:

@@ -13,15 +13,24 @@ task: ``nursery.start_soon(adapter.run_health_checks, 5.0)``.
   decrease, down to ``min_limit``). Calls beyond the limit wait up to ``queue_timeout``
   seconds (0: fail at once) and then fail with EWINDOW_AGENT.
 * **Circuit breaker**: CLOSED → OPEN after ``failure_threshold`` consecutive failures
-  (EAGENTDOWN / ETIMEOUT / EINTERNAL; a caller's mistake such as EPROTO or ESEC does not
-  count). While OPEN, calls fail at once with EAGENTDOWN and ``retry_after_ms``. After
+  (EAGENTDOWN / ETIMEOUT / EINTERNAL, and EWINDOW_AGENT — the adapter's
+  RESOURCE_EXHAUSTED: an overloaded adapter is not helped by more calls; a caller's
+  mistake such as EPROTO or ESEC does not count). While OPEN, calls fail at once with
+  ``retry_after_ms`` and EAGENTDOWN (EWINDOW_AGENT when overload opened it). After
   ``cooldown`` seconds the breaker is HALF_OPEN: one probe (a call, or a health check)
   goes through; success closes it, failure re-opens it.
 * **Retries**: a call that fails *before any output was streamed* with a retryable code
   (``retry_on``, default EAGENTDOWN and EWINDOW_AGENT) is retried up to ``max_retries``
-  times with exponential backoff and full jitter, within the request's deadline. Once a
-  chunk has been yielded, failures are raised with ``streamed=True`` and never retried
-  (the router decides on failover).
+  times with exponential backoff and full jitter, never sooner than the adapter's retry
+  hint (and not at all when the hint is longer than ``retry_backoff_max``: the caller
+  gets it), within the request's deadline. Retries are bounded per adapter by a token
+  bucket (``retry_rate`` per second, bursts of ``retry_burst``; as Envoy's retry budget
+  and gRPC's retry throttling): a failing adapter gets at most that many extra calls,
+  however many streams hit it. Once a chunk has been yielded, failures are raised with
+  ``streamed=True`` and never retried (the router decides on failover).
+* **Pushback**: an EWINDOW_AGENT (RESOURCE_EXHAUSTED) with a retry hint stops all calls
+  to the adapter until the hint has passed: they fail at once with EWINDOW_AGENT and
+  the time left, without reaching the adapter (ATP-ADAPT-014).
 * **Idle timeout**: waiting more than ``idle_timeout`` seconds for the next chunk (or the
   first one) fails the stream with ETIMEOUT (``streamed`` tells whether output came).
 """
@@ -48,7 +57,12 @@ log = logging.getLogger("atp.adapter.resilience")
 
 T = TypeVar("T")
 
-_BREAKER_FAILURES = {ErrorCode.EAGENTDOWN, ErrorCode.ETIMEOUT, ErrorCode.EINTERNAL}
+_BREAKER_FAILURES = {
+    ErrorCode.EAGENTDOWN,
+    ErrorCode.ETIMEOUT,
+    ErrorCode.EINTERNAL,
+    ErrorCode.EWINDOW_AGENT,  # ATP-ADAPT-014: overload counts; the local limit does not
+}
 
 
 class BreakerState(enum.StrEnum):
@@ -68,6 +82,8 @@ class ResilienceStats:
     rejected_limit: int = 0  #: failed: concurrency limit
     idle_timeouts: int = 0
     breaker_opened: int = 0
+    rejected_pushback: int = 0  #: failed fast: the adapter's retry hint has not passed
+    retries_throttled: int = 0  #: retries refused by the retry budget
 
 
 class ResilientAdapter:
@@ -90,6 +106,8 @@ class ResilientAdapter:
         retry_backoff: float = 0.05,
         retry_backoff_max: float = 2.0,
         retry_on: Iterable[str] = (ErrorCode.EAGENTDOWN, ErrorCode.EWINDOW_AGENT),
+        retry_rate: float = 2.0,
+        retry_burst: float = 4.0,
         idle_timeout: float | None = 30.0,
         health_timeout: float = 5.0,
     ) -> None:
@@ -108,6 +126,12 @@ class ResilientAdapter:
         self.retry_backoff = retry_backoff
         self.retry_backoff_max = retry_backoff_max
         self.retry_on = {str(c) for c in retry_on}
+        self.retry_rate = retry_rate
+        self.retry_burst = retry_burst
+        self._retry_tokens = float(retry_burst)
+        self._retry_stamp: float | None = None  # set on first use (inside trio)
+        self.pushback_until = -math.inf
+        self._open_code: str = ErrorCode.EAGENTDOWN
         self.idle_timeout = idle_timeout
         self.health_timeout = health_timeout
         self.in_flight = 0
@@ -133,6 +157,16 @@ class ResilientAdapter:
             **vars(self.stats),
         }
 
+    @property
+    def available(self) -> bool:
+        """Whether a call could be served now: the breaker is not open (a cooled-down
+        breaker lets a probe through) and the last health check did not find the
+        adapter DOWN or DRAINING (none yet: assumed available). Used by ``/readyz``."""
+        self._refresh_breaker()
+        if self.breaker is BreakerState.OPEN:
+            return False
+        return self.last_health is None or self.last_health.status not in ("DOWN", "DRAINING")
+
     def _refresh_breaker(self) -> None:
         if (
             self.breaker is BreakerState.OPEN
@@ -145,7 +179,10 @@ class ResilientAdapter:
         left = self.cooldown - (trio.current_time() - self.opened_at)
         return max(1, math.ceil(left * 1000))
 
-    def _open(self) -> None:
+    def _open(self, code: str = ErrorCode.EAGENTDOWN) -> None:
+        self._open_code = (
+            ErrorCode.EWINDOW_AGENT if code == ErrorCode.EWINDOW_AGENT else ErrorCode.EAGENTDOWN
+        )
         if self.breaker is not BreakerState.OPEN:
             self.stats.breaker_opened += 1
             log.warning(
@@ -175,8 +212,13 @@ class ResilientAdapter:
     def _on_failure(self, exc: AdapterError) -> None:
         self.stats.failures += 1
         code = str(exc.code)
-        if code in _BREAKER_FAILURES or code == ErrorCode.EWINDOW_AGENT:
+        if code in _BREAKER_FAILURES:
             self._decrease()
+        if code == ErrorCode.EWINDOW_AGENT and exc.retry_after_ms and exc.retry_after_ms > 0:
+            # ATP-ADAPT-014: the adapter said when it can take calls again; until then
+            # no call of ours reaches it (all of them fail fast with the time left).
+            until = trio.current_time() + exc.retry_after_ms / 1000
+            self.pushback_until = max(self.pushback_until, until)
         if code not in _BREAKER_FAILURES:
             if self.breaker is BreakerState.HALF_OPEN:
                 self._probe_in_flight = False  # not the adapter's fault: let another probe
@@ -186,24 +228,15 @@ class ResilientAdapter:
             self.breaker is BreakerState.HALF_OPEN
             or self.consecutive_failures >= self.failure_threshold
         ):
-            self._open()
+            self._open(code)
 
     # ------------------------------------------------------------------ admission
 
     async def _acquire(self, deadline: float) -> None:
-        """Breaker check and a concurrency slot (caller must _release)."""
-        self._refresh_breaker()
-        if self.breaker is BreakerState.OPEN or (
-            self.breaker is BreakerState.HALF_OPEN and self._probe_in_flight
-        ):
-            self.stats.rejected_open += 1
-            raise AdapterError(
-                ErrorCode.EAGENTDOWN,
-                "circuit open",
-                adapter=self.name,
-                retry_after_ms=self._retry_after_ms() if self.breaker is BreakerState.OPEN else 100,
-            )
-        if self.breaker is BreakerState.HALF_OPEN:
+        """Breaker and pushback checks and a concurrency slot (caller must _release)."""
+        self._check_open()
+        probe_claimed = self.breaker is BreakerState.HALF_OPEN
+        if probe_claimed:
             self._probe_in_flight = True
         if self.in_flight >= int(self.limit):
             wait_until = min(deadline, trio.current_time() + self.queue_timeout)
@@ -220,8 +253,47 @@ class ResilientAdapter:
                     adapter=self.name,
                     retry_after_ms=100,
                 )
+            # While this call waited, the calls ahead of it may have failed: the breaker
+            # may be open, or the adapter may have asked for a pause (ATP-ADAPT-014).
+            # A probe this call holds must not refuse the call itself; if the check
+            # fails, the probe is given up (the flag stays clear).
+            probing = probe_claimed and self._probe_in_flight
+            if probing:
+                self._probe_in_flight = False
+            self._check_open()
+            if probing:
+                self._probe_in_flight = True
         self.in_flight += 1
         self.stats.calls += 1
+
+    def _check_open(self) -> None:
+        """Fail at once (no call) when the breaker is open, a half-open probe is out, or
+        the adapter's retry hint has not passed.
+
+        Raises:
+            AdapterError: EAGENTDOWN (EWINDOW_AGENT when overload opened the breaker, or
+                for a pushback), with ``retry_after_ms``.
+        """
+        self._refresh_breaker()
+        if self.breaker is BreakerState.OPEN or (
+            self.breaker is BreakerState.HALF_OPEN and self._probe_in_flight
+        ):
+            self.stats.rejected_open += 1
+            raise AdapterError(
+                self._open_code,
+                "circuit open",
+                adapter=self.name,
+                retry_after_ms=self._retry_after_ms() if self.breaker is BreakerState.OPEN else 100,
+            )
+        now = trio.current_time()
+        if now < self.pushback_until:
+            self.stats.rejected_pushback += 1
+            raise AdapterError(
+                ErrorCode.EWINDOW_AGENT,
+                "adapter asked for a pause (resource exhausted)",
+                adapter=self.name,
+                retry_after_ms=max(1, math.ceil((self.pushback_until - now) * 1000)),
+            )
 
     def _release(self) -> None:
         self.in_flight -= 1
@@ -238,11 +310,29 @@ class ResilientAdapter:
             0, min(self.retry_backoff_max, self.retry_backoff * 2 ** (attempt - 1))
         )
         if exc.retry_after_ms:
+            if exc.retry_after_ms / 1000 > self.retry_backoff_max:
+                return False  # a long pause: the caller gets the hint rather than a wait
             delay = max(delay, exc.retry_after_ms / 1000)
         if trio.current_time() + delay >= deadline:
             return False
+        if not self._take_retry_token():
+            self.stats.retries_throttled += 1
+            return False
         self.stats.retries += 1
         await trio.sleep(delay)
+        return True
+
+    def _take_retry_token(self) -> bool:
+        """The retry budget: a token bucket of ``retry_burst`` refilled at ``retry_rate``
+        per second; False (no retry) when it is empty."""
+        now = trio.current_time()
+        if self._retry_stamp is not None:
+            refill = (now - self._retry_stamp) * self.retry_rate
+            self._retry_tokens = min(self.retry_burst, self._retry_tokens + refill)
+        self._retry_stamp = now
+        if self._retry_tokens < 1:
+            return False
+        self._retry_tokens -= 1
         return True
 
     def _retryable(self, exc: AdapterError, attempt: int) -> bool:

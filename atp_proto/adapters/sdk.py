@@ -22,8 +22,10 @@ The server runs on asyncio with grpclib. The SDK handles for the vendor:
 * **Validation**: an empty prompt, a negative ``max_tokens`` or content/meta that is not a
   JSON object are refused with INVALID_ARGUMENT and a message saying which.
 * **Errors**: :class:`AdapterError` raised by vendor code becomes the matching gRPC status
-  (:data:`ATP_TO_GRPC`) with the vendor's message; any other exception becomes INTERNAL
-  with a generic message (the traceback is logged, not sent).
+  (:data:`ATP_TO_GRPC`) with the vendor's message, and its ``retry_after_ms`` a
+  ``google.rpc.RetryInfo`` in the ``grpc-status-details-bin`` trailer (ATP-ADAPT-014);
+  any other exception becomes INTERNAL with a generic message (the traceback is
+  logged, not sent).
 * **Backpressure**: each chunk is sent only when HTTP/2 flow control allows it, so the
   vendor's generator is pulled at the pace of the reader.
 * **Deadlines and cancellation**: the ``grpc-timeout`` header becomes
@@ -54,7 +56,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from grpclib.const import Cardinality, Handler, Status
-from grpclib.encoding.base import CodecBase
+from grpclib.encoding.base import CodecBase, StatusDetailsCodecBase
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
 from grpclib.server import Server, Stream
@@ -203,9 +205,23 @@ class _Server(Server):
         return _CoalescingProtocol(proto.handler, proto.config, proto.h2_config)
 
 
+class _RetryInfoCodec(StatusDetailsCodecBase):
+    """``details`` of a :class:`GRPCError` = a retry hint in milliseconds, sent as a
+    ``google.rpc.Status`` holding a ``google.rpc.RetryInfo`` (grpclib writes it to the
+    ``grpc-status-details-bin`` trailer; it refuses a ``grpc-retry-pushback-ms`` one)."""
+
+    def encode(self, status: Status, message: str | None, details: Any) -> bytes:
+        return codec.encode_retry_status(status.value, message or "", int(details))
+
+    def decode(self, status: Status, message: str | None, data: bytes) -> Any:
+        return codec.decode_retry_info(data)
+
+
 def _grpc_error(exc: AdapterError) -> GRPCError:
     status = ATP_TO_GRPC.get(str(exc.code), Status.INTERNAL)
-    return GRPCError(status, exc.message or str(exc.code))
+    retry = exc.retry_after_ms
+    hint = retry if isinstance(retry, int) and not isinstance(retry, bool) and retry > 0 else None
+    return GRPCError(status, exc.message or str(exc.code), details=hint)
 
 
 class AdapterServer:
@@ -251,7 +267,7 @@ class AdapterServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 7070) -> int:
         """Listen; returns the bound port (useful with port 0)."""
-        self._server = _Server([self], codec=_RawCodec())
+        self._server = _Server([self], codec=_RawCodec(), status_details_codec=_RetryInfoCodec())
         await self._server.start(host, port)
         listener: Any = self._server._server
         sockets = listener.sockets if listener is not None else ()

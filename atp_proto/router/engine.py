@@ -13,12 +13,20 @@
    pass it, which stops the adapters).
 6. Failover: an adapter that fails before producing output is replaced by the next
    candidate; one that dies mid-stream too, with a PARTIAL saying so; with no candidate
-   left the stream ends with EAGENTDOWN — never a hang (adapter calls are bounded by
-   the stream's TTL or the router's call timeout).
+   left the stream ends with the mapped code of the last failure (ATP-ADAPT-011:
+   EAGENTDOWN, EWINDOW_AGENT, ETIMEOUT, EPROTO, ESEC), with the adapter's retry hint
+   where the code admits a retry — never a hang (adapter calls are bounded by the
+   stream's TTL, plus a grace so that the router's own TTL timer decides, or the
+   router's call timeout).
 7. Consensus and escalation: the answer with the highest confidence wins; if it is
-   below ``meta.min_confidence`` (or the router's default) and an untried, costlier
-   candidate still fits the budget, the router escalates to it (champion/challenger).
-8. FINAL (FIN) with the answer and telemetry ``{tokens, usd, latency_ms, adapters}``.
+   below ``meta.min_confidence`` (or the router's default) and an untried candidate
+   whose estimate promises more confidence than the champion has still fits the
+   budget, the router escalates to it (champion/challenger, the most confident first).
+8. FINAL (FIN) with the answer and telemetry ``{tokens, usd_micros, latency_ms,
+   adapters}``; counters saturate at 2**64 - 1 (ATP-BUDGET-012).
+
+The router's first DATA frame on a stream whose lane was lowered by the token's
+``max_qos`` carries ext ``lane`` (ATP-SEC-015).
 """
 
 from __future__ import annotations
@@ -53,6 +61,27 @@ log = logging.getLogger("atp.router")
 
 GUARD_K = {QoS.GOLD: 2.0, QoS.SILVER: 1.0, QoS.BRONZE: 0.5}
 
+#: The largest unsigned integer CBOR encodes without a tag (ATP-FRAME-006): telemetry
+#: counters saturate there (ATP-BUDGET-012).
+U64_MAX = (1 << 64) - 1
+
+#: Adapter calls get the stream's TTL plus this much: the router's own TTL timer must
+#: decide an expired stream (ETIMEOUT, ATP-TIME-001), not an adapter's deadline racing it.
+TTL_GRACE_MS = 250
+
+#: ATP codes an adapter failure may end a stream with (ATP-ADAPT-011); any other
+#: code is reported as EAGENTDOWN.
+_ADAPTER_CODES = {
+    ErrorCode.EAGENTDOWN,
+    ErrorCode.EWINDOW_AGENT,
+    ErrorCode.ETIMEOUT,
+    ErrorCode.EPROTO,
+    ErrorCode.ESEC,
+}
+#: ... and those of them a retry may cure: they carry retry_after_ms (§11, ATP-ERR-004);
+#: the others (ETIMEOUT, EPROTO, ESEC) never do (ATP-ERR-009).
+_RETRYABLE = {ErrorCode.EAGENTDOWN: 1000, ErrorCode.EWINDOW_AGENT: 1000}
+
 
 class StreamFailed(Exception):
     def __init__(self, code: ErrorCode | str, message: str, retry_after_ms: int | None = None):
@@ -60,6 +89,20 @@ class StreamFailed(Exception):
         self.code = code
         self.message = message
         self.retry_after_ms = retry_after_ms
+
+
+def adapter_failure(last: AdapterError | None, message: str) -> StreamFailed:
+    """The stream error when no adapter took over: the mapped code of the last failure
+    (ATP-ADAPT-011), with the adapter's retry hint when the code admits a retry (a
+    default one for EAGENTDOWN / EWINDOW_AGENT, ATP-ERR-004) and none otherwise."""
+    code = ErrorCode.EAGENTDOWN
+    if last is not None and str(last.code) in _ADAPTER_CODES:
+        code = ErrorCode(str(last.code))
+    default = _RETRYABLE.get(code)
+    if default is None:
+        return StreamFailed(code, message)
+    hint = last.retry_after_ms if last is not None else None
+    return StreamFailed(code, message, hint if hint and hint > 0 else default)
 
 
 @dataclass
@@ -70,6 +113,7 @@ class Candidate:
     guarded_tokens: float = 0.0
     guarded_usd: float = 0.0
     error: str = ""
+    failure: AdapterError | None = None
 
 
 @dataclass
@@ -118,7 +162,7 @@ def parse_task(ev: StreamOpened, request_id: str = "") -> TaskRequest:
         max_tokens=ev.window.max_tokens,
         meta=dict(meta),
         request_id=request_id,
-        deadline_ms=ev.ttl * 1000 if ev.ttl else None,
+        deadline_ms=ev.ttl * 1000 + TTL_GRACE_MS if ev.ttl else None,
     )
 
 
@@ -146,6 +190,12 @@ class StreamJob:
         self.tokens = 0
         self.usd = 0
         self.chunk_no = 0
+        self.estimate_failures: list[AdapterError] = []  #: in the order they came
+        # ATP-SEC-015: a lane lowered by the token's max_qos is said on the first frame
+        asked = ev.qos if ev.qos is not QoS.UNSPECIFIED else QoS.SILVER
+        self.first_ext: dict[str, Any] | None = (
+            {"lane": self.lane.label} if self.lane > asked else None
+        )
 
     # ------------------------------------------------------------------ entry
 
@@ -203,7 +253,20 @@ class StreamJob:
             tried = {o.adapter for o in outcomes}
             remaining = [c for c in fitting if c.name not in tried]
             while best.confidence < float(min_conf) and remaining:
-                challenger = remaining.pop()  # costliest untried: the strongest we have
+                # The challenger must promise more than the champion has: the most
+                # confident untried estimate (the costliest among equals) first.
+                remaining = [
+                    c
+                    for c in remaining
+                    if c.estimate is not None and c.estimate.confidence > best.confidence
+                ]
+                if not remaining:
+                    break
+                challenger = max(
+                    remaining,
+                    key=lambda c: (c.estimate.confidence if c.estimate else 0.0, c.guarded_usd),
+                )
+                remaining.remove(challenger)
                 if not self._still_fits(challenger, window):
                     continue
                 await self._wait_writable()
@@ -233,8 +296,8 @@ class StreamJob:
         )
         await self._wait_writable()
         telemetry = {
-            "tokens": self.tokens,
-            "usd": self.usd,
+            "tokens": min(self.tokens, U64_MAX),  # ATP-BUDGET-012: saturate, no bignum
+            "usd_micros": min(self.usd, U64_MAX),
             "latency_ms": round((trio.current_time() - self.started) * 1000),
             "adapters": self.used,
         }
@@ -243,7 +306,11 @@ class StreamJob:
             "content": {"ok": True, "answer": best.answer, "adapter": best.adapter},
             "confidence": best.confidence,
         }
-        session.send(self.sid, cbor2.dumps(final), end_stream=True, ext={"telemetry": telemetry})
+        ext: dict[str, Any] = {"telemetry": telemetry}
+        if self.first_ext is not None:
+            ext.update(self.first_ext)
+            self.first_ext = None
+        session.send(self.sid, cbor2.dumps(final), end_stream=True, ext=ext)
 
     # ------------------------------------------------------------------ steps
 
@@ -277,6 +344,8 @@ class StreamJob:
                         extra={"adapter": c.name, "code": exc.code, "detail": exc.message[:200]},
                     )
                     c.error = f"{c.name}: {exc.code}"  # details are logged, not sent
+                    c.failure = exc
+                    self.estimate_failures.append(exc)
                     return
                 c.estimate = est
                 sd = math.sqrt(max(est.variance, 0.0))
@@ -295,9 +364,11 @@ class StreamJob:
         alive = [c for c in candidates if c.estimate is not None]
         if not alive:
             reasons = "; ".join(c.error or f"{c.name}: no answer in time" for c in candidates)
-            raise StreamFailed(
-                ErrorCode.EAGENTDOWN, f"no adapter answered the estimate ({reasons})", 1000
-            )
+            # ATP-ADAPT-011: the last failure decides the code; an adapter that did not
+            # answer in time at all is down as far as this stream is concerned.
+            timed_out = any(c.failure is None for c in candidates)
+            last = None if timed_out else self.estimate_failures[-1]
+            raise adapter_failure(last, f"no adapter answered the estimate ({reasons})")
         fitting = [c for c in alive if self._still_fits(c, window)]
         if not fitting:
             c = min(alive, key=lambda c: c.guarded_usd)
@@ -362,10 +433,8 @@ class StreamJob:
         done = [o for o in outcomes if o.finished]
         if not done:
             last = outcomes[-1].error if outcomes else None
-            raise StreamFailed(
-                ErrorCode.EAGENTDOWN,
-                f"every adapter failed (last: {last.code if last else 'none tried'})",
-                last.retry_after_ms if last and last.retry_after_ms else 1000,
+            raise adapter_failure(
+                last, f"every adapter failed (last: {last.code if last else 'none tried'})"
             )
         return outcomes
 
@@ -390,25 +459,28 @@ class StreamJob:
                         d_tok = max(0, chunk.tokens - base_tokens)
                         d_usd = max(0, chunk.usd_micros - base_usd)
                         base_tokens, base_usd = chunk.tokens, chunk.usd_micros
-                        self.tokens += d_tok
-                        self.usd += d_usd
+                        # saturating: a lying adapter cannot push FINAL into a bignum
+                        self.tokens = min(U64_MAX, self.tokens + d_tok)
+                        self.usd = min(U64_MAX, self.usd + d_usd)
                         outcome.tokens, outcome.usd_micros = chunk.tokens, chunk.usd_micros
                         session.conn.charge(self.sid, tokens=d_tok, usd_micros=d_usd)
-                        outcome.text.append(chunk.content)
                         outcome.confidence = chunk.confidence
-                        if not session.can_write(handle):
-                            await self._wait_writable()
-                        if chunk.confidence != conf:
-                            conf = chunk.confidence
-                            tail = _CONFIDENCE_KEY + cbor2.dumps(conf)
-                        session.send(
-                            self.sid,
-                            partial_chunk_body(self.chunk_no, adapter_key, chunk.content, tail),
-                            more=True,
-                        )
-                        self.chunk_no += 1
-                        if self.chunk_no == 1:  # time to first output: skip the writer hop
-                            session.flush_now()
+                        if chunk.content:  # an empty chunk (usage, final marker) says nothing
+                            outcome.text.append(chunk.content)
+                            if not session.can_write(handle):
+                                await self._wait_writable()
+                            if chunk.confidence != conf:
+                                conf = chunk.confidence
+                                tail = _CONFIDENCE_KEY + cbor2.dumps(conf)
+                            session.send(
+                                self.sid,
+                                partial_chunk_body(self.chunk_no, adapter_key, chunk.content, tail),
+                                more=True,
+                                ext=self._take_first_ext() if self.chunk_no == 0 else None,
+                            )
+                            self.chunk_no += 1
+                            if self.chunk_no == 1:  # time to first output: skip the writer hop
+                                session.flush_now()
                         if chunk.final:
                             outcome.finished = True
                             break
@@ -453,8 +525,12 @@ class StreamJob:
 
     def _partial(self, content: dict[str, Any], confidence: float) -> None:
         body = {"type": "agent.result.partial", "content": content, "confidence": confidence}
-        self.session.send(self.sid, cbor2.dumps(body), more=True)
+        self.session.send(self.sid, cbor2.dumps(body), more=True, ext=self._take_first_ext())
         self.chunk_no += 1
+
+    def _take_first_ext(self) -> dict[str, Any] | None:
+        ext, self.first_ext = self.first_ext, None
+        return ext
 
     async def _wait_writable(self) -> None:
         """Wait for the client's credit / the session's room, at most write_stall_s: a

@@ -196,6 +196,20 @@ class RouterMetrics:
                 ((n,), 1.0 if st["breaker"] == "open" else 0.0) for n, st in self.adapter_state()
             ],
         )
+        r.counter(
+            "atp_adapter_retries_total",
+            "Retries before output per remote adapter, by outcome (done, or refused by the "
+            "retry budget)",
+            ("adapter", "outcome"),
+            callback=lambda: [
+                row
+                for n, st in self.adapter_state()
+                for row in (
+                    ((n, "done"), float(st["retries"])),
+                    ((n, "throttled"), float(st["retries_throttled"])),
+                )
+            ],
+        )
 
     def render(self) -> str:
         return self.registry.render()

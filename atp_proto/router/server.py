@@ -400,7 +400,13 @@ class Router:
         if path == "/healthz":
             return "200 OK", "text/plain", b"ok\n"
         if path == "/readyz":
-            if self._ready and not self._draining:
-                return "200 OK", "text/plain", b"ready\n"
-            return "503 Service Unavailable", "text/plain", b"not ready\n"
+            if not self._ready or self._draining:
+                return "503 Service Unavailable", "text/plain", b"not ready\n"
+            # not ready when no adapter can serve: every remote one is DOWN or its breaker open
+            if not any(
+                a.available if isinstance(a, ResilientAdapter) else True
+                for a in self.adapters.values()
+            ):
+                return "503 Service Unavailable", "text/plain", b"not ready: no adapter can serve\n"
+            return "200 OK", "text/plain", b"ready\n"
         return "404 Not Found", "text/plain", b"try /metrics, /healthz or /readyz\n"

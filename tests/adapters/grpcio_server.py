@@ -3,6 +3,9 @@ for interoperability tests. Messages are the betterproto classes (bytes() / pars
 
 Behaviour by prompt:
     "status:N[:msg]"  abort with gRPC status N
+    "streamstatus:N"  stream: abort with gRPC status N (Estimate answers)
+    "pushback:MS"     stream: RESOURCE_EXHAUSTED with a grpc-retry-pushback-ms MS trailer
+    "rawchunk:HEX"    stream: one message of exactly these bytes (a malformed chunk)
     "slow:S"          stream: sleep S seconds, then 2 chunks
     "flood:N"         stream: N chunks of 1 KiB as fast as flow control allows
     "sleep:S"         estimate: sleep S seconds
@@ -72,6 +75,14 @@ def stream(data: bytes, ctx: grpc.ServicerContext):  # type: ignore[no-untyped-d
         stats["max_active"] = max(stats["max_active"], stats["active"])
     try:
         _maybe_abort(p, ctx)
+        if p.startswith("streamstatus:"):
+            _maybe_abort(p[6:], ctx)
+        if p.startswith("pushback:"):
+            ctx.set_trailing_metadata((("grpc-retry-pushback-ms", p[9:]),))
+            ctx.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy")
+        if p.startswith("rawchunk:"):
+            yield bytes.fromhex(p[9:])
+            return
         if p.startswith("flood:"):
             n = int(p[6:])
             done = []

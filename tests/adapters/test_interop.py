@@ -206,7 +206,7 @@ async def test_grpcio_client_against_sdk_adapter(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with serve_adapter(tmp_path, "echo?chunks=4&usd_per_1k=1000") as proc:
             e, chunks, h, code = await trio.to_thread.run_sync(_grpcio_calls, proc.port)
-    assert (e.in_tokens, e.out_tokens, e.usd_micros, e.confidence) == (2, 2, 4, 0.9)
+    assert (e.in_tokens, e.out_tokens, e.usd_micros, e.confidence) == (2, 2, 4, 0.1)
     assert "".join(c.content for c in chunks) == "abcdefgh" and chunks[-1].final
     assert [c.tokens for c in chunks] == [3, 4, 5, 6]
     assert h.status == pb.Status.READY

@@ -127,3 +127,43 @@ def test_openai_options() -> None:
         {}, env={"OPENAI_BASE_URL": "http://h:9/x/", "ATP_OPENAI_MODEL": "m"}
     )
     assert (b.base_url, b.model) == ("http://h:9/x", "m")
+
+
+async def test_openai_bridge_through_the_router(
+    nursery: trio.Nursery, tmp_path: Path, upstream: str
+) -> None:
+    """[ATP-ADAPT-011, ATP-ADAPT-015] Through a router, from a client: the upstream's 429
+    with Retry-After 2 becomes EWINDOW_AGENT with retry_after_ms 2000 (the SDK sends the
+    hint as a google.rpc.RetryInfo), 401 becomes ESEC without a hint; an answer is three
+    PARTIALs with text and a FINAL — no empty PARTIAL for the bridge's usage-only chunk."""
+    from atp_proto.client import Partial, StreamError, connect
+    from atp_proto.router import Router, RouterConfig
+
+    with trio.fail_after(30):
+        async with serve_adapter(
+            tmp_path, "openai", "--option", f"base_url={upstream}", env={}
+        ) as proc:
+            cfg = RouterConfig(ws_port=0, metrics_port=None, auth=False, adapters={"oa": proc.url})
+            router = Router(cfg.validate())
+            await nursery.start(router.serve)
+            async with connect(f"ws://127.0.0.1:{router.ws_port}/ws") as client:
+                with pytest.raises(StreamError) as busy:
+                    await client.ask("429")
+                with pytest.raises(StreamError) as paused:
+                    await client.ask("Say hello")  # the router honours the pause (ATP-ADAPT-014)
+                await trio.sleep(2.05)
+                with pytest.raises(StreamError) as denied:
+                    await client.ask("401")
+                partials = []
+                async with client.stream("Say hello") as st:
+                    async for item in st:
+                        if isinstance(item, Partial):
+                            partials.append(item)
+                        else:
+                            final = item
+    assert busy.value.code == "EWINDOW_AGENT" and busy.value.retry_after_ms == 2000
+    assert paused.value.code == "EWINDOW_AGENT" and 0 < (paused.value.retry_after_ms or 0) <= 2000
+    assert denied.value.code == "ESEC" and denied.value.retry_after_ms is None
+    assert [p.content["text"] for p in partials] == ["Hello", " there", ", friend"]
+    assert final.content["answer"] == "Hello there, friend"
+    assert final.telemetry["tokens"] == 15  # the usage-only chunk was still charged

@@ -129,3 +129,116 @@ def test_task_rejects_non_object_json() -> None:
     raw = bytes(pb.StreamRequest(pb.Task(prompt="x", content_json="[1]")))
     with pytest.raises(codec.DecodeError, match="content_json"):
         codec.decode_task_request(raw)
+
+
+# ---------------------------------------------------------------- varints (ATP-ADAPT-016)
+
+
+@given(st.integers(0, 2**64 - 1))
+def test_every_uint64_varint_round_trips(value: int) -> None:
+    raw = codec._varint(value)
+    assert len(raw) <= 10
+    assert codec._read_varint(raw, 0) == (value, len(raw))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff" * 9 + b"\x02",  # 10 bytes, 2**64: one bit too many
+        b"\xff" * 9 + b"\x3f",  # the 70-bit varint of issue 9
+        b"\x80" * 10 + b"\x00",  # 11 bytes, even if the value is small
+    ],
+)
+def test_overlong_varints_are_refused(raw: bytes) -> None:
+    with pytest.raises(codec.DecodeError):
+        codec._read_varint(raw, 0)
+    with pytest.raises(codec.DecodeError):
+        codec.decode_chunk(b"\x20" + raw)  # usd_micros
+    with pytest.raises(codec.DecodeError):
+        codec.decode_estimate(b"\x18" + raw)  # usd_micros
+
+
+def test_largest_uint64_usd_micros_is_accepted() -> None:
+    chunk = codec.decode_chunk(codec.encode_chunk(Chunk("x", 0.5, 1, 2**64 - 1, True)))
+    assert chunk.usd_micros == 2**64 - 1
+
+
+# ---------------------------------------------------------------- retry hints (ATP-ADAPT-015)
+
+
+def _rpc_messages() -> tuple[type, type]:
+    """google.rpc.Status and RetryInfo built by protobuf itself from their definitions
+    (google/rpc/status.proto, error_details.proto), as an independent codec."""
+    pytest.importorskip("google.protobuf")  # with grpcio-tools, a dev dependency
+    from google.protobuf import (
+        any_pb2,
+        descriptor_pb2,
+        descriptor_pool,
+        duration_pb2,
+        message_factory,
+    )
+
+    pool = descriptor_pool.DescriptorPool()
+    for mod in (any_pb2, duration_pb2):
+        fdp = descriptor_pb2.FileDescriptorProto()
+        mod.DESCRIPTOR.CopyToProto(fdp)
+        pool.Add(fdp)
+    f = descriptor_pb2.FileDescriptorProto(
+        name="test_google_rpc.proto",
+        package="google.rpc",
+        syntax="proto3",
+        dependency=["google/protobuf/any.proto", "google/protobuf/duration.proto"],
+    )
+    T = descriptor_pb2.FieldDescriptorProto
+    status = f.message_type.add(name="Status")
+    status.field.add(name="code", number=1, type=T.TYPE_INT32, label=T.LABEL_OPTIONAL)
+    status.field.add(name="message", number=2, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    status.field.add(
+        name="details",
+        number=3,
+        type=T.TYPE_MESSAGE,
+        label=T.LABEL_REPEATED,
+        type_name=".google.protobuf.Any",
+    )
+    info = f.message_type.add(name="RetryInfo")
+    info.field.add(
+        name="retry_delay",
+        number=1,
+        type=T.TYPE_MESSAGE,
+        label=T.LABEL_OPTIONAL,
+        type_name=".google.protobuf.Duration",
+    )
+    pool.Add(f)
+    return (
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("google.rpc.Status")),
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("google.rpc.RetryInfo")),
+    )
+
+
+@given(st.integers(0, 2**31 - 1), st.text(max_size=20))
+@settings(max_examples=50)
+def test_retry_status_agrees_with_protobuf(ms: int, message: str) -> None:
+    Status, RetryInfo = _rpc_messages()
+    ours = codec.encode_retry_status(8, message, ms)
+    parsed = Status()
+    parsed.ParseFromString(ours)
+    assert parsed.code == 8 and parsed.message == message
+    info = RetryInfo()
+    assert parsed.details[0].type_url == codec.RETRY_INFO_URL
+    info.ParseFromString(parsed.details[0].value)
+    assert info.retry_delay.seconds * 1000 + info.retry_delay.nanos // 1_000_000 == ms
+    # and theirs, with an unrelated detail first, decodes to the same hint
+    theirs = Status(code=8, message=message)
+    theirs.details.add(type_url="type.googleapis.com/x.Other", value=b"\x08\x01")
+    info2 = RetryInfo()
+    info2.retry_delay.seconds, info2.retry_delay.nanos = divmod(ms, 1000)
+    info2.retry_delay.nanos *= 1_000_000
+    theirs.details.add(type_url=codec.RETRY_INFO_URL, value=info2.SerializeToString())
+    assert codec.decode_retry_info(theirs.SerializeToString()) == ms
+
+
+def test_retry_info_absent_or_malformed() -> None:
+    assert codec.decode_retry_info(b"") is None
+    assert codec.decode_retry_info(b"\x08\x08\x12\x02no") is None  # code + message only
+    with pytest.raises(codec.DecodeError):
+        codec.decode_retry_info(b"\x1a\x05ab")  # truncated details

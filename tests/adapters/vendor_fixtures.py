@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from atp_proto.adapters import AdapterError, Chunk, CostEstimate, TaskRequest
@@ -67,3 +68,39 @@ class Slow(Minimal):
         for i in range(self.n):
             await asyncio.sleep(self.delay)
             yield Chunk(f"{i} ", confidence=0.5, tokens=i + 1, usd_micros=i, final=i == self.n - 1)
+
+
+class Overloaded(Minimal):
+    """Every Stream call fails with EWINDOW_AGENT (RESOURCE_EXHAUSTED) before output, with
+    the retry hint `retry_ms` (0: none). Estimate answers; the prompt "stats" gets the
+    number of Stream calls received so far in `out_tokens`."""
+
+    def __init__(self, retry_ms: str = "300") -> None:
+        self.retry_ms = int(retry_ms)
+        self.calls = 0
+
+    async def estimate(self, req: TaskRequest) -> CostEstimate:
+        if req.prompt == "stats":
+            return CostEstimate(in_tokens=0, out_tokens=self.calls, usd_micros=0, latency_p95_ms=0)
+        return await super().estimate(req)
+
+    async def stream(self, req: TaskRequest) -> AsyncIterator[Chunk]:
+        self.calls += 1
+        raise AdapterError("EWINDOW_AGENT", "overloaded", retry_after_ms=self.retry_ms or None)
+        yield  # pragma: no cover - an async generator
+
+
+class Costly(Minimal):
+    """Reports the largest valid uint64 `usd_micros` (2**64 - 1) for its answer."""
+
+    async def stream(self, req: TaskRequest) -> AsyncIterator[Chunk]:
+        yield Chunk("costly", confidence=0.5, tokens=1, usd_micros=2**64 - 1, final=True)
+
+
+class Deadline(Minimal):
+    """Answers with the wall-clock time (time.time()) at which its call's deadline passes,
+    from the deadline_ms it received (the gRPC deadline, as the SDK gives it)."""
+
+    async def stream(self, req: TaskRequest) -> AsyncIterator[Chunk]:
+        at = time.time() + (req.deadline_ms or 0) / 1000
+        yield Chunk(f"{at:.3f}", confidence=0.5, tokens=1, usd_micros=0, final=True)

@@ -80,7 +80,7 @@ def test_page_streams_partials_then_final(chromium: str, web_server: str) -> Non
         assert final["payload"]["type"] == "agent.result.final"
         assert final["payload"]["content"]["ok"] is True
         assert "the answer is" in final["payload"]["content"]["answer"]
-        assert {"tokens", "usd", "latency_ms"} <= final["telemetry"].keys()
+        assert {"tokens", "usd_micros", "latency_ms"} <= final["telemetry"].keys()
         assert "the answer is" in page.text("answer")
         assert "tokens" in page.text("telemetry") and "persona" in page.text("telemetry")
         # the SYN the page sent is the protocol's example with the form's values

@@ -209,7 +209,8 @@ async def _grpcio_server(log: Path) -> AsyncIterator[str]:
 async def test_grpcio_server_serves_the_router(nursery: trio.Nursery, tmp_path: Path) -> None:
     """[ATP-ADAPT-004, ATP-ERR-005] Interop: an AdapterService implemented on grpcio (not our code) serves the router;
     its two chunks arrive as PARTIALs and its usage is charged; a gRPC error status from
-    it becomes a stream error (EAGENTDOWN), and the session survives."""
+    it becomes a stream error with the mapped code (ATP-ADAPT-011: INVALID_ARGUMENT is
+    EPROTO, without a retry hint), and the session survives."""
     async with _grpcio_server(tmp_path / "grpcio.log") as url:
         router = await _router(nursery, {"grpcio": url})
         async with connect(ws_url(router)) as client:
@@ -220,8 +221,8 @@ async def test_grpcio_server_serves_the_router(nursery: trio.Nursery, tmp_path: 
                 again = await client.ask("hello again")
     assert [p.content["text"] for p in partials] == ["hel", "lo"]
     assert final.content["answer"] == "hello" and final.confidence == pytest.approx(0.6)
-    assert final.telemetry["tokens"] == 5 and final.telemetry["usd"] == 20
+    assert final.telemetry["tokens"] == 5 and final.telemetry["usd_micros"] == 20
     # the grpcio server aborts Estimate too, so the adapter is dropped at preflight
-    assert err.value.code == "EAGENTDOWN"
+    assert err.value.code == "EPROTO" and err.value.retry_after_ms is None
     assert "estimate" in err.value.message
     assert again.content["answer"] == "hello"

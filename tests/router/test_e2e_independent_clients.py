@@ -97,7 +97,7 @@ def test_seed_syn_json_text(router: RouterProcess) -> None:
     assert all(p["payload"]["type"] == "agent.result.partial" for p in partials)
     assert final["payload"]["type"] == "agent.result.final"
     assert final["payload"]["content"]["ok"] is True
-    assert set(final["telemetry"]) >= {"tokens", "usd", "latency_ms"}
+    assert set(final["telemetry"]) >= {"tokens", "usd_micros", "latency_ms"}
 
 
 def test_hand_built_binary_syn(router: RouterProcess) -> None:

@@ -28,10 +28,12 @@ __all__ = [
     "decode_chunk",
     "decode_estimate",
     "decode_health",
+    "decode_retry_info",
     "decode_task_request",
     "encode_chunk",
     "encode_estimate",
     "encode_health",
+    "encode_retry_status",
     "encode_task_request",
 ]
 
@@ -63,6 +65,8 @@ def _varint(value: int) -> bytes:
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A varint of at most 10 bytes whose value fits 64 bits (protobuf encoding): a longer
+    one, or a 10th byte above 1 (a value of 2**64 or more), is malformed."""
     result = 0
     shift = 0
     end = len(data)
@@ -71,12 +75,12 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
             raise DecodeError("truncated varint")
         b = data[pos]
         pos += 1
+        if shift == 63 and b > 1:
+            raise DecodeError("varint over 64 bits")
         result |= (b & 0x7F) << shift
         if b < 0x80:
             return result, pos
         shift += 7
-        if shift >= 70:
-            raise DecodeError("varint too long")
 
 
 def _string(field: int, value: str) -> bytes:
@@ -356,3 +360,66 @@ def decode_health(data: bytes) -> Health:
         error_rate=_get_double(f, 3),
         capacity=_get_int(f, 4) & 0xFFFFFFFF,
     )
+
+
+# --------------------------------------------------------------------------- rich status
+
+#: ``Any.type_url`` of ``google.rpc.RetryInfo`` (google/rpc/error_details.proto).
+RETRY_INFO_URL = "type.googleapis.com/google.rpc.RetryInfo"
+
+
+def encode_retry_status(status: int, message: str, retry_after_ms: int) -> bytes:
+    """A ``google.rpc.Status`` (the ``grpc-status-details-bin`` trailer) whose details
+    hold one ``google.rpc.RetryInfo`` with ``retry_delay`` = ``retry_after_ms``: the
+    gRPC richer error model's retry hint, which any gRPC client library can read."""
+    ms = max(0, retry_after_ms)
+    duration = _uint(1, ms // 1000) + _uint(2, (ms % 1000) * 1_000_000)
+    retry_info = _varint(1 << 3 | 2) + _varint(len(duration)) + duration
+    url = RETRY_INFO_URL.encode()
+    any_ = _varint(1 << 3 | 2) + _varint(len(url)) + url
+    any_ += _varint(2 << 3 | 2) + _varint(len(retry_info)) + retry_info
+    return b"".join(
+        (
+            _uint(1, status),
+            _string(2, message),
+            _varint(3 << 3 | 2) + _varint(len(any_)) + any_,
+        )
+    )
+
+
+def decode_retry_info(data: bytes) -> int | None:
+    """The retry delay, in milliseconds, of the ``RetryInfo`` in a ``google.rpc.Status``
+    (None when there is none). Bounded: at most 2**31 - 1 ms is returned.
+
+    Raises:
+        DecodeError: malformed protobuf.
+    """
+    pos, end = 0, len(data)
+    while pos < end:  # Status.details is repeated: walk every field
+        key, pos = _read_varint(data, pos)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _read_varint(data, pos)
+            continue
+        if wire != 2:
+            raise DecodeError(f"unsupported wire type {wire} in google.rpc.Status")
+        n, pos = _read_varint(data, pos)
+        if pos + n > end:
+            raise DecodeError("truncated google.rpc.Status")
+        value = data[pos : pos + n]
+        pos += n
+        if key >> 3 != 3:
+            continue
+        any_ = _fields(value)
+        if _get_str(any_, 1) != RETRY_INFO_URL or 2 not in any_ or any_[2][0] != 2:
+            continue
+        info = _fields(bytes(any_[2][1]))
+        if 1 not in info or info[1][0] != 2:
+            return None
+        duration = _fields(bytes(info[1][1]))
+        seconds = _get_int(duration, 1)
+        nanos = _get_int(duration, 2, signed32=True)
+        if seconds >= 1 << 63 or nanos < 0:  # a negative delay means none
+            return None
+        return min((1 << 31) - 1, seconds * 1000 + (nanos + 999_999) // 1_000_000)
+    return None
