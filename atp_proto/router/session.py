@@ -57,7 +57,7 @@ READ_PAUSE_BYTES = 4 * OUTPUT_HIGH_WATER
 class Transport(Protocol):
     """What a session needs from a connection: whole messages in and out."""
 
-    async def receive(self) -> bytes | str:
+    async def receive(self) -> bytes | str | Oversized:
         """Next message; raises :class:`TransportClosed` when the peer is gone."""
         ...
 
@@ -80,6 +80,16 @@ class Transport(Protocol):
 
 class TransportClosed(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """What :meth:`Transport.receive` returns for a message over the binding's limit: its
+    first bytes only (the rest was skipped as it arrived, so memory stays bounded), for
+    the connection to answer with ETOOBIG (ATP-WS-012)."""
+
+    prefix: bytes | str
+    limit: int
 
 
 @dataclass
@@ -177,6 +187,8 @@ class Session:
             now = trio.current_time()
             if isinstance(message, str):
                 events = conn.receive_text(message, now)
+            elif isinstance(message, Oversized):
+                events = conn.receive_oversized(message.prefix, message.limit, now)
             else:
                 events = conn.receive_message(message, now)
             self._dispatch(events)
