@@ -370,6 +370,16 @@ class Session:
     def _pending_output(self) -> int:
         return self.conn.queued_bytes
 
+    @property
+    def idle(self) -> bool:
+        """No stream task running and nothing of a stream left to send (a FINAL waiting
+        for credit keeps the session busy)."""
+        return not self.streams and not self.conn.open_streams
+
+    @property
+    def closing(self) -> bool:
+        return self._closing is not None
+
     # API used by stream tasks ------------------------------------------------------
 
     def send(

@@ -301,10 +301,9 @@ async def test_credit_burst_stays_within_the_clients_message_limit() -> None:
     n = 60
     with serve() as r:
         async with trio_websocket.open_websocket_url(r.ws_url, max_message_size=limit) as ws:
-            await ws.send_message(
-                caps(initial_window=4096, max_frame_size=1024)
-                + b"".join(syn(2 * i + 1, "w" * 30_000) for i in range(n))
-            )
+            await ws.send_message(caps(initial_window=4096, max_frame_size=1024))
+            for i in range(n):
+                await ws.send_message(syn(2 * i + 1, "w" * 30_000))
             frames: list[RawFrame] = []
             sizes: list[int] = []
             blocked = {2 * i + 1 for i in range(n)}
