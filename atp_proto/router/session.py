@@ -34,6 +34,7 @@ from atp_proto.frames import (
     Event,
     GoingAway,
     Limits,
+    LocalProtocolError,
     MessageReceived,
     QoS,
     Role,
@@ -391,7 +392,15 @@ class Session:
         end_stream: bool = False,
         ext: dict[str, Any] | None = None,
     ) -> None:
-        self.conn.send_message(stream_id, payload, more=more, end_stream=end_stream, ext=ext)
+        try:
+            self.conn.send_message(stream_id, payload, more=more, end_stream=end_stream, ext=ext)
+        except LocalProtocolError as exc:
+            if isinstance(exc, StreamClosedError) or exc.code != ErrorCode.ETOOBIG:
+                raise
+            # ATP-FLOW-014: the client's window is too small for this message's ext (the
+            # FINAL's telemetry): say so rather than fail with EINTERNAL.
+            self.send_error(stream_id, ErrorCode.ETOOBIG, exc.message)
+            return
         # Hot path: only the writer needs waking (sending moves no timer deadline earlier).
         self._wake_writer.set()
 
