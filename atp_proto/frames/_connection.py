@@ -20,7 +20,9 @@ out of the ``receive_*`` methods, and every buffer is bounded by :class:`Limits`
 
 Flow control (ATP-FLOW): each stream has a credit window per direction, in bytes, where a
 DATA frame costs its whole encoded length. Outbound DATA frames wait in the stream's
-outbox until the peer's credit covers them; :meth:`outbound_buffered` lets the
+outbox until the peer's credit covers them (with more than half the peer's window left,
+a frame that does not fit is cut to what does, ATP-FLOW-013, so that a peer returning
+credit at half its window never deadlocks us); :meth:`outbound_buffered` lets the
 application stop producing while a stream is blocked (this is what makes backpressure
 reach the adapters). Inbound, credit is returned only for bytes the application has
 consumed (:meth:`acknowledge`), once half the window is consumed (h2's hysteresis).

@@ -419,3 +419,43 @@ async def test_router_answers_without_the_clients_fin_and_ignores_later_data() -
                     frames.extend(parse_frames(await ws.get_message()))
     assert not [f for f in frames if f.type == T_ERROR]
     assert [f.stream_id for f in frames if f.has(F_FIN)] == [1, 3]
+
+
+async def test_client_library_pipelines_a_large_syn() -> None:
+    """[ATP-SESS-014, ATP-SESS-015, ATP-SESS-016] The client library sends CAPABILITIES
+    and its SYN without waiting for the router's answer; a 600 KB prompt (more than the
+    default window) to a router whose initial_window is 4 MiB completes, its credit
+    coming back at half the default window."""
+    import os
+    import tempfile
+
+    from atp_proto.client import connect
+
+    prompt = "m" * 600_000
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "router.toml")
+        with open(cfg, "w") as fh:
+            fh.write(f"[limits]\ninitial_window = {4 << 20}\n")
+        with serve("--config", cfg) as r:
+            async with connect(r.ws_url) as client:
+                with trio.fail_after(15):
+                    final = await client.ask(prompt, meta={"adapters": ["echo"]})
+    assert prompt in final.content["answer"]
+
+
+def test_router_refuses_an_initial_window_below_the_default() -> None:
+    """[ATP-SESS-016] ``atp serve`` with limits.initial_window below 262,144: a one-line
+    configuration error, exit 2."""
+    import os
+    import tempfile
+
+    from ._helpers_e2e import atp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "router.toml")
+        with open(cfg, "w") as fh:
+            fh.write("[limits]\ninitial_window = 65536\n")
+        res = atp("serve", "--no-auth", "--ws", "127.0.0.1:0", "--config", cfg, timeout=30)
+    assert res.returncode == 2, res.stderr
+    assert "initial_window must be at least 262144" in res.stderr
+    assert "Traceback" not in res.stderr
