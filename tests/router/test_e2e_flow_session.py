@@ -459,3 +459,18 @@ def test_router_refuses_an_initial_window_below_the_default() -> None:
     assert res.returncode == 2, res.stderr
     assert "initial_window must be at least 262144" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+async def test_final_ext_too_large_for_a_tiny_window_is_etoobig() -> None:
+    """[ATP-FLOW-014] A client window of 150 bytes leaves room for an ext of at most
+    51 bytes in a first fragment; the FINAL's telemetry is larger: the stream ends with
+    ERROR ETOOBIG naming the window, instead of waiting forever (or EINTERNAL)."""
+    with serve() as r:
+        async with trio_websocket.open_websocket_url(r.ws_url) as ws:
+            client = LazyClient(ws, 150)
+            client.open(1)
+            await ws.send_message(caps(initial_window=150) + syn(1, "tiny"))
+            frames = await client.run_until_done({1})
+    (err,) = [f for f in frames if f.type == T_ERROR]
+    assert err.stream_id == 1 and err.ext["error"]["code"] == "ETOOBIG"
+    assert "initial_window" in err.ext["error"]["message"]
