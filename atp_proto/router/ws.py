@@ -76,8 +76,8 @@ class WsConnection:
         self._binary: bytearray | None = None  # a fragmented binary message so far
         self._text: io.StringIO | None = None  # a fragmented text message so far
         self._part_bytes = 0
-        #: the start of a message over max_message_size whose rest is being skipped
-        self._skipping: bytes | str | None = None
+        #: the rest of a message over max_message_size is being skipped
+        self._skipping = False
         self._closed = False  #: no more sends (close sent / received, or connection lost)
         self._eof = False  #: no more receives
         self._sending = False
@@ -192,16 +192,16 @@ class WsConnection:
         for event in self._ws.events():
             if isinstance(event, we.Message):
                 data = event.data
-                if self._skipping is None:
+                if not self._skipping:
                     self._part_bytes += len(data)
                     if self._part_bytes > self.max_message_size:
-                        self._start_skipping(data)
-                if self._skipping is not None:
-                    # ATP-WS-012: nothing more of it is kept; the session answers ETOOBIG
-                    # once it has ended (its ERROR goes before any close).
+                        # ATP-WS-012: the session answers ETOOBIG now (before any close);
+                        # nothing more of the message is kept, the rest is skipped.
+                        self._messages.append(Oversized(self._head(data), self.max_message_size))
+                        self._skipping = True
+                if self._skipping:
                     if event.message_finished:
-                        self._messages.append(Oversized(self._skipping, self.max_message_size))
-                        self._skipping = None
+                        self._skipping = False
                         self._part_bytes = 0
                     continue
                 # Fragments are joined as they come (a bytearray, or a StringIO for
@@ -252,19 +252,22 @@ class WsConnection:
                 return
             # Pong: nothing to do
 
-    def _start_skipping(self, data: bytes | str) -> None:
-        """The message passed max_message_size: keep its first bytes, drop the rest."""
+    def _head(self, data: bytes | str) -> bytes | str:
+        """The first bytes of the message that just passed max_message_size (a binary
+        frame header; some text), the parts buffered so far dropped."""
+        head: bytes | str
         if isinstance(data, str):
-            head = ""
+            text = ""
             if self._text is not None:
                 self._text.seek(0)
-                head = self._text.read(OVERSIZED_TEXT_PREFIX)
-            self._skipping = (head + data[:OVERSIZED_TEXT_PREFIX])[:OVERSIZED_TEXT_PREFIX]
+                text = self._text.read(OVERSIZED_TEXT_PREFIX)
+            head = (text + data[:OVERSIZED_TEXT_PREFIX])[:OVERSIZED_TEXT_PREFIX]
         else:
             start = bytes(self._binary[:OVERSIZED_PREFIX]) if self._binary is not None else b""
-            self._skipping = (start + bytes(data[:OVERSIZED_PREFIX]))[:OVERSIZED_PREFIX]
+            head = (start + bytes(data[:OVERSIZED_PREFIX]))[:OVERSIZED_PREFIX]
         self._text = None
         self._binary = None
+        return head
 
     async def send(self, message: bytes | str) -> None:
         """Send one message.

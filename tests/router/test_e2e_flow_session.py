@@ -12,6 +12,7 @@ no :class:`~atp_proto.frames.Connection` on the client side):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ import cbor2
 import pytest
 import trio
 import trio_websocket
+from websockets.exceptions import ConnectionClosed as WsClosed
+from websockets.sync.client import connect as ws_connect
 
 from ._helpers_e2e import (
     F_CONT,
@@ -205,27 +208,31 @@ async def test_huge_syn_on_a_stream_is_a_stream_error_etoobig() -> None:
 
 async def test_huge_fragmented_message_gets_etoobig_then_1009() -> None:
     """[ATP-WS-012, ATP-ERR-002] 3 MiB of binary WebSocket fragments that together pass
-    the limit, whose first frame is within max_frame_size: ERROR ETOOBIG on stream 0,
-    then close 1009 (it used to be 1009 alone)."""
+    the limit, whose first frame is within max_frame_size: ERROR ETOOBIG on stream 0 as
+    soon as the limit is passed, then close 1009 (it used to be 1009 alone)."""
     frames = b"".join(
         build_frame(T_DATA, F_CONT, 1, 1, frag_seq=i, raw_payload=b"q" * 60_000) for i in range(53)
     )
     assert len(frames) > 3 << 20
-    with serve() as r:
-        async with trio_websocket.open_websocket_url(r.ws_url) as ws:
-            # trio-websocket sends one message; wsproto on the router sees it in parts as
-            # it arrives. Send it as explicit fragments through the raw stream instead:
-            conn = ws._wsproto
-            import wsproto.events as we
+    step = 256 << 10
+    parts = [frames[i : i + step] for i in range(0, len(frames), step)]
 
-            stream = ws._stream
-            step = 256 << 10
-            for i in range(0, len(frames), step):
-                last = i + step >= len(frames)
-                await stream.send_all(
-                    conn.send(we.BytesMessage(data=frames[i : i + step], message_finished=last))
-                )
-            errors, code = await _first_error_then_close(ws)
+    def run(url: str) -> tuple[list[RawFrame], int | None]:
+        got: list[RawFrame] = []
+        with ws_connect(url, max_size=None) as ws:
+            # the router answers once the limit is passed: the send may fail midway
+            with contextlib.suppress(WsClosed):
+                ws.send(iter(parts))
+            try:
+                while True:
+                    msg = ws.recv(timeout=10)
+                    assert isinstance(msg, bytes)
+                    got.extend(f for f in parse_frames(msg) if f.type == T_ERROR)
+            except WsClosed as exc:
+                return got, exc.rcvd.code if exc.rcvd else None
+
+    with serve() as r:
+        errors, code = await trio.to_thread.run_sync(run, r.ws_url)
     assert code == 1009
     assert [(e.stream_id, e.ext["error"]["code"]) for e in errors] == [(0, "ETOOBIG")]
 
