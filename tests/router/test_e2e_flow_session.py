@@ -405,8 +405,8 @@ async def test_pipelined_large_syn_with_a_large_router_window() -> None:
 
 async def test_router_answers_without_the_clients_fin_and_ignores_later_data() -> None:
     """[ATP-STREAM-014, ATP-STREAM-015] The router sends the FINAL without waiting for the
-    client's FIN; a client DATA message after the SYN (here a non-empty one, then a FIN)
-    is consumed and changes nothing: no ERROR, one FINAL each."""
+    client's FIN; a client DATA message after the SYN (here 140,000 bytes, then a FIN)
+    is consumed, its credit returned, and changes nothing: no ERROR, one FINAL each."""
     adapter = "slow=builtin:persona?latency_ms=150&chunks=3"
     with serve(adapter=adapter) as r:
         async with trio_websocket.open_websocket_url(r.ws_url) as ws:
@@ -418,14 +418,20 @@ async def test_router_answers_without_the_clients_fin_and_ignores_later_data() -
                     frames.extend(parse_frames(await ws.get_message()))
             assert answer(frames, 1)["content"]["ok"]
             # a second stream: extra DATA and a FIN after the SYN
-            extra = build_frame(T_DATA, 0, 3, 2, raw_payload=b"e" * 700)
+            extra = build_frame(T_DATA, 0, 3, 2, raw_payload=b"e" * 140_000)
             fin = build_frame(T_DATA, F_FIN, 3, 3)
-            await ws.send_message(syn(3, "with extra", adapters=("slow",)) + extra + fin)
+            await ws.send_message(syn(3, "with extra", adapters=("slow",)) + extra)
+            await ws.send_message(fin)
             with trio.fail_after(10):
                 while not any(f.stream_id == 3 and f.has(F_FIN) for f in frames):
                     frames.extend(parse_frames(await ws.get_message()))
     assert not [f for f in frames if f.type == T_ERROR]
     assert [f.stream_id for f in frames if f.has(F_FIN)] == [1, 3]
+    # consumed: more than half the default window came back as credit (ATP-FLOW-012)
+    returned = sum(
+        f.ext["credit"] for f in frames if f.type == T_WINDOW_UPDATE and f.stream_id == 3
+    )
+    assert returned >= 140_000
 
 
 async def test_client_library_pipelines_a_large_syn() -> None:
