@@ -20,7 +20,9 @@ out of the ``receive_*`` methods, and every buffer is bounded by :class:`Limits`
 
 Flow control (ATP-FLOW): each stream has a credit window per direction, in bytes, where a
 DATA frame costs its whole encoded length. Outbound DATA frames wait in the stream's
-outbox until the peer's credit covers them; :meth:`outbound_buffered` lets the
+outbox until the peer's credit covers them (with more than half the peer's window left,
+a frame that does not fit is cut to what does, ATP-FLOW-013, so that a peer returning
+credit at half its window never deadlocks us); :meth:`outbound_buffered` lets the
 application stop producing while a stream is blocked (this is what makes backpressure
 reach the adapters). Inbound, credit is returned only for bytes the application has
 consumed (:meth:`acknowledge`), once half the window is consumed (h2's hysteresis).
@@ -87,6 +89,9 @@ _CONT: Final = int(Flags.CONT)
 _SLOW_FLAGS: Final = _SYN | _RST | _CONT
 _NO_EXT: Final[Mapping[str, Any]] = {}
 _FEATURES: Final = ("json", "fragmentation", "budget", "heartbeat")
+#: A binary WebSocket message may be this much larger than max_frame_size (ATP-WS-011):
+#: room for a frame's header and ext, and for coalescing small frames.
+WS_MESSAGE_SLACK: Final = 65536
 
 
 class BudgetExceeded(ATPError):
@@ -149,6 +154,13 @@ class Connection:
         self._peer_max_streams = DEFAULT_LIMITS.max_streams
         self._peer_spoke_binary = False
         self._peer_sent_caps = False
+        # ATP-FLOW-012: credit goes back once half the window is consumed. A router uses
+        # at most the default window for that: a client may open streams before our
+        # CAPABILITIES reach it, with the default as their credit (ATP-SESS-016).
+        window = limits.initial_window
+        if role is Role.ROUTER:
+            window = min(window, DEFAULT_LIMITS.initial_window)
+        self._ack_threshold = max(window // 2, 1)
 
     # ------------------------------------------------------------------ inspection
 
@@ -249,6 +261,54 @@ class Connection:
         finally:
             self.json.end_message()
         return events
+
+    def receive_oversized(self, prefix: bytes | str, limit: int, now: float) -> list[Event]:
+        """A WebSocket message over the binding's size limit, of which the I/O layer kept
+        only the first bytes and skipped the rest as it arrived (ATP-WS-012).
+
+        ``prefix`` is the message's start (``bytes`` for a binary message: its first 24
+        bytes are enough; ``str`` for text); ``limit`` is the binding's message limit it
+        passed. A binary message whose first frame is itself over max_frame_size on a
+        stream other than 0 is a stream error ETOOBIG (its body skipped, ATP-LIMIT-001);
+        anything else over the limit is a connection error ETOOBIG.
+        """
+        if self._closed is not None:
+            return []
+        self._last_recv = now
+        events: list[Event] = []
+        if isinstance(prefix, str):
+            self._out_text = True
+            what = "text message"
+        else:
+            self._peer_spoke_binary = True
+            self._out_text = False
+            what = "binary message"
+            if len(prefix) >= HEADER_SIZE and not self._decoder.buffered:
+                version, ftype, _, _, sid, _, _, _, ext_len, pay_len = HEADER.unpack_from(prefix)
+                lim = self.limits
+                body = ext_len + pay_len
+                if (
+                    version == VERSION
+                    and sid
+                    and (body > lim.max_frame_size or ext_len > lim.max_ext_size)
+                ):
+                    self.frames_received[ftype] = self.frames_received.get(ftype, 0) + 1
+                    self._stream_error(
+                        RemoteProtocolError(
+                            ErrorCode.ETOOBIG,
+                            f"frame body of {body} bytes exceeds max_frame_size "
+                            f"{lim.max_frame_size}",
+                            stream_id=sid,
+                        ),
+                        events,
+                    )
+                    return events
+        return self._connection_error(
+            RemoteProtocolError(
+                ErrorCode.ETOOBIG, f"{what} larger than {limit} bytes (the binding's limit)"
+            ),
+            events,
+        )
 
     def _drain_decoder(self, now: float, events: list[Event]) -> None:
         dec = self._decoder
@@ -710,7 +770,7 @@ class Connection:
         peer_window = self._peer_initial_window
         if text and not self._peer_sent_caps:
             peer_window = _TEXT_PEER_WINDOW  # a browser that never sends WINDOW_UPDATE
-        rec.send_credit = peer_window
+        rec.send_credit = rec.send_window = peer_window
         self._streams[sid] = rec
         return rec
 
@@ -865,11 +925,20 @@ class Connection:
         ttl: int = 0,
         fin: bool = False,
     ) -> None:
+        ext_len = len(encode_ext(ext)) if ext else 0
+        if HEADER_SIZE + ext_len > rec.send_window // 2:
+            # ATP-FLOW-014: a first fragment that cannot fit half the peer's window might
+            # wait forever for credit a conformant receiver never has to return.
+            raise LocalProtocolError(
+                ErrorCode.ETOOBIG,
+                f"an ext of {ext_len} bytes does not fit half the peer's initial_window "
+                f"({rec.send_window}): at most {rec.send_window // 2 - HEADER_SIZE} bytes",
+                stream_id=rec.stream_id,
+            )
         if fin:
             rec.apply(StreamInput.SEND_FIN)
         elif not flags & _SYN:
             rec.apply(StreamInput.SEND_DATA)
-        ext_len = len(encode_ext(ext)) if ext else 0
         frag = self._frag_size
         seq = rec.send_seq
         if seq > U32_MAX or (seq == U32_MAX and not fin):
@@ -914,13 +983,77 @@ class Connection:
 
     def _flush_outbox(self, rec: StreamRecord) -> None:
         box = rec.outbox
-        while box and box[0][1] <= rec.send_credit:
+        while box:
+            cost = box[0][1]
+            if cost > rec.send_credit:
+                # ATP-FLOW-013: credit above half the peer's window may never grow (the
+                # peer returns credit only once half its window is consumed, ATP-FLOW-012),
+                # so a frame that does not fit is cut to what does; at or below half,
+                # waiting is safe and avoids tiny fragments.
+                if rec.send_credit <= rec.send_window // 2 or not self._cut_head(rec):
+                    break
+                cost = box[0][1]
             frame, cost = box.popleft()
             rec.send_credit -= cost
             rec.outbox_bytes -= cost
             self._queue(frame, rec.text)
         if not box:
             self._maybe_forget(rec)
+
+    def _cut_head(self, rec: StreamRecord) -> bool:
+        """Split the stream's first queued frame so that its first part costs exactly the
+        credit left (ATP-FLOW-013); the message's later fragments move up one frag_seq.
+        False when no cut is possible (no payload byte would fit, or the message would
+        pass 65,536 fragments, ATP-SEQ-013)."""
+        box = rec.outbox
+        frame, cost = box[0]
+        payload = frame.payload
+        overhead = cost - len(payload)
+        room = rec.send_credit - overhead
+        if room < 1 or room >= len(payload):
+            return False
+        same = 1  # the message's fragments are contiguous in the outbox (ATP-SEQ-011)
+        while same < len(box) and box[same][0].msg_seq == frame.msg_seq:
+            same += 1
+        if box[same - 1][0].frag_seq >= 0xFFFF:
+            return False
+        sid, seq, flags = rec.stream_id, frame.msg_seq, frame.flags
+        view = memoryview(payload)
+        pieces = [
+            (
+                Frame(
+                    FrameType.DATA,
+                    (flags | _CONT) & ~_FIN,
+                    sid,
+                    seq,
+                    frame.frag_seq,
+                    frame.qos,
+                    frame.ttl,
+                    frame.ext or None,
+                    view[:room],
+                ),
+                overhead + room,
+            ),
+            (
+                Frame(
+                    FrameType.DATA,
+                    flags & ~_SYN,
+                    sid,
+                    seq,
+                    frame.frag_seq + 1,
+                    0,
+                    0,
+                    None,
+                    view[room:],
+                ),
+                HEADER_SIZE + len(payload) - room,
+            ),
+        ]
+        later = [box.popleft() for _ in range(same)][1:]
+        pieces.extend((f._replace(frag_seq=f.frag_seq + 1), c) for f, c in later)
+        box.extendleft(reversed(pieces))
+        rec.outbox_bytes += HEADER_SIZE  # the second part's own header
+        return True
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         """The application consumed ``size`` bytes of the stream's input.
@@ -931,7 +1064,7 @@ class Connection:
         if rec is None or rec.closed or size <= 0 or (rec.text and not self._peer_sent_caps):
             return
         rec.recv_unacked += size
-        if rec.recv_unacked >= self.limits.initial_window // 2 and rec.can_receive:
+        if rec.recv_unacked >= self._ack_threshold and rec.can_receive:
             credit = rec.recv_unacked
             rec.recv_unacked = 0
             rec.recv_credit += credit
@@ -1141,9 +1274,19 @@ class Connection:
         """Size of what :meth:`data_to_send` would return now (text counted in chars)."""
         return self._out_bytes
 
-    def data_to_send(self, now: float | None = None) -> list[bytes | str]:
-        """Everything queued: consecutive binary frames coalesced into one ``bytes``
-        (one WebSocket message / one write), each text frame one ``str``.
+    @property
+    def peer_message_limit(self) -> int:
+        """The largest binary WebSocket message the peer must accept: its max_frame_size
+        plus 65,536 (ATP-WS-011), which one whole frame always fits."""
+        return self._peer_frame_size + WS_MESSAGE_SLACK
+
+    def data_to_send(
+        self, now: float | None = None, *, max_message: int | None = None
+    ) -> list[bytes | str]:
+        """Everything queued: consecutive binary frames coalesced into as few ``bytes`` as
+        fit ``max_message`` (default :attr:`peer_message_limit`; one WebSocket message /
+        one write each), each text frame one ``str``. A frame larger than the cap goes
+        alone (it still fits the peer's max_frame_size); a frame is never split.
 
         Pass ``now`` so that the heartbeat timer knows when we last sent.
         """
@@ -1151,16 +1294,22 @@ class Connection:
             return []
         if now is not None:
             self._last_send = now
+        cap = self.peer_message_limit if max_message is None else max_message
         out: list[bytes | str] = []
         binary: list[bytes] = []
+        size = 0
         for item in self._out:
             if isinstance(item, str):
                 if binary:
-                    out.append(b"".join(binary))
-                    binary = []
+                    out.append(b"".join(binary) if len(binary) > 1 else binary[0])
+                    binary, size = [], 0
                 out.append(item)
             else:
+                if binary and size + len(item) > cap:  # ATP-WS-011
+                    out.append(b"".join(binary) if len(binary) > 1 else binary[0])
+                    binary, size = [], 0
                 binary.append(item)
+                size += len(item)
         if binary:
             out.append(b"".join(binary) if len(binary) > 1 else binary[0])
         self._out.clear()

@@ -124,6 +124,7 @@ class StreamRecord:
     frag_ext: dict[str, object] | None = None
     # credit: what we may still send, what the peer may still send us
     send_credit: int = 0
+    send_window: int = 0  #: the peer's initial_window when the stream opened (ATP-FLOW-013)
     recv_credit: int = 0
     recv_unacked: int = 0  # consumed bytes not yet returned as credit
     outbox: deque[tuple[Frame, int]] = field(default_factory=deque)

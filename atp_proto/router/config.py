@@ -72,6 +72,12 @@ class RouterConfig:
             raise ConfigError(f"log format must be text or json, got {self.log_format!r}")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError("min_confidence must be within 0..1")
+        if self.limits.initial_window < Limits().initial_window:
+            # ATP-SESS-016: a client may send before our CAPABILITIES reach it
+            raise ConfigError(
+                f"limits.initial_window must be at least {Limits().initial_window} "
+                "(clients may open streams with the default before they see the router's)"
+            )
         for name, url in self.adapters.items():
             check_adapter_url(name, url)
         for key, value in self.tenant_window.to_dict().items():

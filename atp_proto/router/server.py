@@ -330,11 +330,19 @@ class Router:
         # (see _handle) instead of a bare connection refusal.
         for s in list(self.sessions.values()):
             s.start_drain()
+        # ATP-SESS-013: each session closes as soon as it has no stream left (one with
+        # none closes at once), not when the last stream of the whole router has ended.
         with trio.move_on_after(grace):
-            while any(s.streams for s in self.sessions.values()):
-                await trio.sleep(0.05)
+            while True:
+                for s in list(self.sessions.values()):
+                    if s.idle and not s.closing:
+                        s.close(ErrorCode.EDRAINING, "drain: the session has no open stream")
+                if not self.sessions:
+                    break
+                await trio.sleep(0.02)
         for s in list(self.sessions.values()):
-            s.close(ErrorCode.EDRAINING, "drain finished: the router closed the session")
+            if not s.closing:
+                s.close(ErrorCode.EDRAINING, "drain finished: the router closed the session")
         with trio.move_on_after(2):
             while self.sessions:
                 await trio.sleep(0.02)

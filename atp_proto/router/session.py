@@ -34,6 +34,7 @@ from atp_proto.frames import (
     Event,
     GoingAway,
     Limits,
+    LocalProtocolError,
     MessageReceived,
     QoS,
     Role,
@@ -57,7 +58,7 @@ READ_PAUSE_BYTES = 4 * OUTPUT_HIGH_WATER
 class Transport(Protocol):
     """What a session needs from a connection: whole messages in and out."""
 
-    async def receive(self) -> bytes | str:
+    async def receive(self) -> bytes | str | Oversized:
         """Next message; raises :class:`TransportClosed` when the peer is gone."""
         ...
 
@@ -80,6 +81,16 @@ class Transport(Protocol):
 
 class TransportClosed(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """What :meth:`Transport.receive` returns for a message over the binding's limit: its
+    first bytes only (the rest was skipped as it arrived, so memory stays bounded), for
+    the connection to answer with ETOOBIG (ATP-WS-012)."""
+
+    prefix: bytes | str
+    limit: int
 
 
 @dataclass
@@ -177,6 +188,8 @@ class Session:
             now = trio.current_time()
             if isinstance(message, str):
                 events = conn.receive_text(message, now)
+            elif isinstance(message, Oversized):
+                events = conn.receive_oversized(message.prefix, message.limit, now)
             else:
                 events = conn.receive_message(message, now)
             self._dispatch(events)
@@ -358,6 +371,16 @@ class Session:
     def _pending_output(self) -> int:
         return self.conn.queued_bytes
 
+    @property
+    def idle(self) -> bool:
+        """No stream task running and nothing of a stream left to send (a FINAL waiting
+        for credit keeps the session busy)."""
+        return not self.streams and not self.conn.open_streams
+
+    @property
+    def closing(self) -> bool:
+        return self._closing is not None
+
     # API used by stream tasks ------------------------------------------------------
 
     def send(
@@ -369,7 +392,15 @@ class Session:
         end_stream: bool = False,
         ext: dict[str, Any] | None = None,
     ) -> None:
-        self.conn.send_message(stream_id, payload, more=more, end_stream=end_stream, ext=ext)
+        try:
+            self.conn.send_message(stream_id, payload, more=more, end_stream=end_stream, ext=ext)
+        except LocalProtocolError as exc:
+            if isinstance(exc, StreamClosedError) or exc.code != ErrorCode.ETOOBIG:
+                raise
+            # ATP-FLOW-014: the client's window is too small for this message's ext (the
+            # FINAL's telemetry): say so rather than fail with EINTERNAL.
+            self.send_error(stream_id, ErrorCode.ETOOBIG, exc.message)
+            return
         # Hot path: only the writer needs waking (sending moves no timer deadline earlier).
         self._wake_writer.set()
 

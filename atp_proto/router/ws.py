@@ -16,7 +16,9 @@ p50 went from 0.9-1.3 ms to about half of that once those hops were gone. Here:
   and the slot passes directly from one sender to the next, so bytes leave in the order
   wsproto produced them;
 * pings are answered, a peer's close is answered and the connection shut, a message
-  larger than ``max_message_size`` closes with 1009, a frame wsproto cannot parse closes
+  larger than ``max_message_size`` is skipped as it arrives and handed on as
+  :class:`~atp_proto.router.session.Oversized` (its first bytes only) so that the session
+  answers with ETOOBIG (ATP-WS-012), a frame wsproto cannot parse closes
   with the code wsproto gives (1002 / 1007), and a lost connection is
   :class:`TransportClosed` to the session — never an exception escaping the handler.
 
@@ -38,12 +40,15 @@ import wsproto.events as we
 from wsproto.connection import ConnectionState
 from wsproto.utilities import RemoteProtocolError
 
-from .session import TransportClosed
+from .session import Oversized, TransportClosed
 
 __all__ = ["Handshake", "WsConnection"]
 
 #: bytes read per receive_some
 RECEIVE_BUFFER = 65536
+#: what is kept of an oversized message: a binary frame header (its stream id) / some text
+OVERSIZED_PREFIX = 24
+OVERSIZED_TEXT_PREFIX = 256
 #: how long a closing connection waits for the peer's close reply before dropping TCP
 CLOSE_TIMEOUT_S = 2.0
 
@@ -67,10 +72,12 @@ class WsConnection:
         self.remote = remote
         self.max_message_size = max_message_size
         self._ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
-        self._messages: deque[bytes | str] = deque()
+        self._messages: deque[bytes | str | Oversized] = deque()
         self._binary: bytearray | None = None  # a fragmented binary message so far
         self._text: io.StringIO | None = None  # a fragmented text message so far
         self._part_bytes = 0
+        #: the rest of a message over max_message_size is being skipped
+        self._skipping = False
         self._closed = False  #: no more sends (close sent / received, or connection lost)
         self._eof = False  #: no more receives
         self._sending = False
@@ -157,8 +164,8 @@ class WsConnection:
 
     # ------------------------------------------------------------------ messages
 
-    async def receive(self) -> bytes | str:
-        """The next whole message.
+    async def receive(self) -> bytes | str | Oversized:
+        """The next whole message, or the start of one over ``max_message_size``.
 
         Raises:
             TransportClosed: the peer closed, the connection was lost, or it broke the
@@ -185,12 +192,18 @@ class WsConnection:
         for event in self._ws.events():
             if isinstance(event, we.Message):
                 data = event.data
-                self._part_bytes += len(data)
-                if self._part_bytes > self.max_message_size:
-                    await self._close_and_stop(
-                        1009, f"message larger than {self.max_message_size} bytes"
-                    )
-                    return
+                if not self._skipping:
+                    self._part_bytes += len(data)
+                    if self._part_bytes > self.max_message_size:
+                        # ATP-WS-012: the session answers ETOOBIG now (before any close);
+                        # nothing more of the message is kept, the rest is skipped.
+                        self._messages.append(Oversized(self._head(data), self.max_message_size))
+                        self._skipping = True
+                if self._skipping:
+                    if event.message_finished:
+                        self._skipping = False
+                        self._part_bytes = 0
+                    continue
                 # Fragments are joined as they come (a bytearray, or a StringIO for
                 # text): memory follows the payload bytes, however many (possibly
                 # empty) fragments a peer splits a message into.
@@ -238,6 +251,23 @@ class WsConnection:
                     self._closed = True
                 return
             # Pong: nothing to do
+
+    def _head(self, data: bytes | str) -> bytes | str:
+        """The first bytes of the message that just passed max_message_size (a binary
+        frame header; some text), the parts buffered so far dropped."""
+        head: bytes | str
+        if isinstance(data, str):
+            text = ""
+            if self._text is not None:
+                self._text.seek(0)
+                text = self._text.read(OVERSIZED_TEXT_PREFIX)
+            head = (text + data[:OVERSIZED_TEXT_PREFIX])[:OVERSIZED_TEXT_PREFIX]
+        else:
+            start = bytes(self._binary[:OVERSIZED_PREFIX]) if self._binary is not None else b""
+            head = (start + bytes(data[:OVERSIZED_PREFIX]))[:OVERSIZED_PREFIX]
+        self._text = None
+        self._binary = None
+        return head
 
     async def send(self, message: bytes | str) -> None:
         """Send one message.

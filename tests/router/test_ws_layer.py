@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from atp_proto.router import Router, RouterConfig
-from atp_proto.router.session import TransportClosed
+from atp_proto.router.session import Oversized, TransportClosed
 from atp_proto.router.ws import WsConnection
 
 from ._helpers_e2e import (
@@ -427,28 +427,36 @@ def _send_expect_close(
             return (exc.rcvd.code if exc.rcvd else None), frames
 
 
+def _etoobig_on_stream_0(frames: list[RawFrame]) -> None:
+    assert [(f.type, f.stream_id, f.ext["error"]["code"]) for f in frames] == [
+        (T_ERROR, 0, "ETOOBIG")
+    ], frames
+
+
 async def test_message_over_limit_closes_1009(start_router, no_handler_errors) -> None:
-    """A binary message of max_message_size + 1 bytes (limits.max_frame_size + 64 KiB;
-    1 MiB + 64 KiB by default) closes the connection with 1009 before the session sees it
-    (no ATP ERROR frame); the session ends."""
+    """[ATP-WS-011, ATP-WS-012] A binary message of max_message_size + 1 bytes
+    (limits.max_frame_size + 64 KiB; 1 MiB + 64 KiB by default) whose start is no frame
+    header over max_frame_size: ERROR ETOOBIG on stream 0, then close 1009; the session
+    ends."""
     assert MAX_MESSAGE == (1 << 20) + (64 << 10)
     router = await start_router()
     code, frames = await in_thread(lambda: _send_expect_close(router, b"\x00" * (MAX_MESSAGE + 1)))
     assert code == 1009
-    assert frames == []
+    _etoobig_on_stream_0(frames)
     await _no_sessions(router)
 
 
 async def test_fragmented_message_over_limit_closes_1009(start_router, no_handler_errors) -> None:
-    """The limit is on the reassembled message: 17 fragments of 64 KiB plus a 1-byte
-    fragment (each far below the limit, together max_message_size + 1) close with 1009."""
+    """[ATP-WS-012] The limit is on the reassembled message: 17 fragments of 64 KiB plus a
+    1-byte fragment (each far below the limit, together max_message_size + 1) get ERROR
+    ETOOBIG on stream 0 and close with 1009."""
     router = await start_router()
     frag = 64 << 10
-    parts = [b"\x01" * frag] * (MAX_MESSAGE // frag) + [b"\x01"]
+    parts = [b"\x00" * frag] * (MAX_MESSAGE // frag) + [b"\x00"]
     assert sum(map(len, parts)) == MAX_MESSAGE + 1
     code, frames = await in_thread(lambda: _send_expect_close(router, parts))
     assert code == 1009
-    assert frames == []
+    _etoobig_on_stream_0(frames)
 
 
 async def test_message_at_limit_reaches_the_session(start_router, no_handler_errors) -> None:
@@ -962,9 +970,10 @@ async def test_concurrent_senders_keep_call_order() -> None:
 
 @SEND_DEADLINE
 async def test_max_message_size_boundary_unit() -> None:
-    """WsConnection's own limit: a message of exactly max_message_size is delivered
-    (also in fragments); one byte more closes with 1009 and receive raises
-    TransportClosed."""
+    """[ATP-WS-012] WsConnection's own limit: a message of exactly max_message_size is
+    delivered (also in fragments); one byte more, in one piece or in fragments, is
+    skipped and handed on as Oversized with its first 24 bytes (text: a bounded prefix)
+    for the session to answer ETOOBIG; the connection stays open for that answer."""
     ws, peer = await _ws_pair(max_message_size=1000)
     await peer.stream.send_all(peer.ws.send(we.BytesMessage(data=b"a" * 1000)))
     assert await ws.receive() == b"a" * 1000
@@ -974,16 +983,20 @@ async def test_max_message_size_boundary_unit() -> None:
     )
     assert await ws.receive() == "é" * 200 + "b" * 600  # 400 + 600 bytes
     await peer.stream.send_all(peer.ws.send(we.BytesMessage(data=b"c" * 1001)))
-    with pytest.raises(TransportClosed):
-        await ws.receive()
-    with trio.fail_after(5):
-        while not peer.closes:
-            data = await peer.stream.receive_some(65536)
-            if not data:
-                break
-            peer._feed(bytes(data))
-    assert peer.closes == [1009]
-    assert ws.closed
+    assert await ws.receive() == Oversized(b"c" * 24, 1000)
+    await peer.stream.send_all(
+        peer.ws.send(we.BytesMessage(data=b"d" * 10, message_finished=False))
+        + peer.ws.send(we.BytesMessage(data=b"e" * 995, message_finished=False))
+        + peer.ws.send(we.BytesMessage(data=b"f" * 5000, message_finished=True))
+    )
+    assert await ws.receive() == Oversized(b"d" * 10 + b"e" * 14, 1000)
+    await peer.stream.send_all(peer.ws.send(we.TextMessage(data="t" * 3000)))
+    got = await ws.receive()
+    assert isinstance(got, Oversized) and got.prefix == "t" * 256
+    # the connection is still usable: a message within the limit comes through
+    await peer.stream.send_all(peer.ws.send(we.BytesMessage(data=b"ok")))
+    assert await ws.receive() == b"ok"
+    assert not ws.closed
 
 
 # ------------------------------------------------- regressions from the review of ws.py
