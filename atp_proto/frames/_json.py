@@ -373,7 +373,7 @@ class JsonMapping:
         out: dict[str, Any] = {"v": frame.version}
         session_id = ext.get("session_id", self.session_id)
         if session_id is not None:
-            out["session_id"] = session_id
+            out["session_id"] = _jsonable(session_id)
         out["stream_id"] = self.alias_of(frame.stream_id)
         if frame.stream_id in self._unannounced:
             # ATP-JSON-016: the first frame sent on a stream opened under an alias names
