@@ -854,8 +854,63 @@ class Connection:
                 stream_id=rec.stream_id,
             )
         rec.send_seq = seq + 1
+        if rec.text:  # ATP-FLOW-008: text frames cost their UTF-8 length
+            for item in self._text_fragments(rec, payload, flags, ext, ext_len, seq, qos, ttl, fin):
+                rec.outbox.append(item)
+                rec.outbox_bytes += item[1]
+            self._flush_outbox(rec)
+            return
         total = len(payload)
-        limit = frag + HEADER_SIZE  # the largest cost a frame may have (fits the window)
+        chunks: list[bytes | memoryview]
+        if total + ext_len <= frag:
+            chunks = [payload]
+        else:
+            room = max(frag - ext_len, 1)
+            mv = memoryview(payload)
+            chunks = [mv[:room]]
+            chunks.extend(mv[i : i + frag] for i in range(room, total, frag))
+        last = len(chunks) - 1
+        for i, chunk in enumerate(chunks):
+            f = flags if i == 0 else flags & ~Flags.SYN
+            if i < last:
+                f = (f | Flags.CONT) & ~Flags.FIN
+            elif fin:
+                f |= Flags.FIN
+            frame = Frame(
+                FrameType.DATA,
+                f,
+                rec.stream_id,
+                seq,
+                i,
+                qos if i == 0 else 0,
+                ttl if i == 0 else 0,
+                ext if i == 0 and ext else None,
+                chunk,
+            )
+            cost = HEADER_SIZE + len(chunk) + (ext_len if i == 0 else 0)
+            rec.outbox.append((frame, cost))
+            rec.outbox_bytes += cost
+        self._flush_outbox(rec)
+
+    def _text_fragments(
+        self,
+        rec: StreamRecord,
+        payload: bytes | memoryview,
+        flags: int,
+        ext: dict[str, Any],
+        ext_len: int,
+        seq: int,
+        qos: int,
+        ttl: int,
+        fin: bool,
+    ) -> list[tuple[Frame, int]]:
+        """The frames of one message on a text stream, each with its cost: the UTF-8
+        length of its text (ATP-FLOW-008). JSON can be longer than CBOR (base64, escapes):
+        when the peer limits credit, fragments shrink until each text frame fits as a
+        binary one would (ATP-FLOW-001: a frame larger than the window never leaves)."""
+        frag = self._frag_size
+        limit = frag + HEADER_SIZE
+        total = len(payload)
         while True:
             chunks: list[bytes | memoryview]
             if total + ext_len <= frag:
@@ -884,23 +939,15 @@ class Connection:
                     ext if i == 0 and ext else None,
                     chunk,
                 )
-                if rec.text:  # ATP-FLOW-008: a text frame costs its UTF-8 length
-                    # (peek: should a control frame sent before this one name the stream's
-                    # numeric id first, this frame is sent shorter: credit errs low)
-                    cost = _text_cost(self.json.encode(frame, peek=True))
-                else:
-                    cost = HEADER_SIZE + len(chunk) + (ext_len if i == 0 else 0)
-                built.append((frame, cost))
+                # peek: should a control frame sent before this one name the stream's
+                # numeric id first (ATP-JSON-016), this one leaves shorter: credit errs low
+                built.append((frame, _text_cost(self.json.encode(frame, peek=True))))
+            if not self._peer_sent_caps:
+                return built  # a browser's credit is unlimited (ATP-FLOW-007)
             worst = max(c for _, c in built)
-            if not rec.text or worst <= limit or frag <= 64:
-                break
-            # JSON is larger than CBOR (base64, escapes): smaller fragments, so that each
-            # still fits the peer's window
+            if worst <= limit or frag <= 64:
+                return built
             frag = max(frag * limit // worst - 64, 64)
-        for frame, cost in built:
-            rec.outbox.append((frame, cost))
-            rec.outbox_bytes += cost
-        self._flush_outbox(rec)
 
     def _flush_outbox(self, rec: StreamRecord) -> None:
         box = rec.outbox
