@@ -911,6 +911,8 @@ class Connection:
         frag = self._frag_size
         limit = frag + HEADER_SIZE
         total = len(payload)
+        if self.json.take_announcement(rec.stream_id):  # the first DATA under an alias
+            ext = {**ext, "stream_num": rec.stream_id}  # ATP-JSON-016
         while True:
             chunks: list[bytes | memoryview]
             if total + ext_len <= frag:
@@ -939,9 +941,7 @@ class Connection:
                     ext if i == 0 and ext else None,
                     chunk,
                 )
-                # peek: should a control frame sent before this one name the stream's
-                # numeric id first (ATP-JSON-016), this one leaves shorter: credit errs low
-                built.append((frame, _text_cost(self.json.encode(frame, peek=True))))
+                built.append((frame, _text_cost(self.json.encode(frame))))
             if not self._peer_sent_caps:
                 return built  # a browser's credit is unlimited (ATP-FLOW-007)
             worst = max(c for _, c in built)

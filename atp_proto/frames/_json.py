@@ -198,6 +198,14 @@ class JsonMapping:
         while len(self._retired) > _RETIRED_ALIASES:
             self._retired.popitem(last=False)
 
+    def take_announcement(self, stream_id: int) -> bool:
+        """True once for a stream a SYN opened under an alias: its first DATA frame is
+        being built and must name the numeric id (ATP-JSON-016)."""
+        if stream_id in self._unannounced:
+            self._unannounced.discard(stream_id)
+            return True
+        return False
+
     def alias_of(self, stream_id: int) -> str | int:
         alias = self._by_id.get(stream_id)
         if alias is not None:
@@ -356,11 +364,12 @@ class JsonMapping:
 
     # -- encoding ---------------------------------------------------------------------
 
-    def to_obj(self, frame: Frame, *, peek: bool = False) -> dict[str, Any]:
+    def to_obj(self, frame: Frame) -> dict[str, Any]:
         """A frame as a JSON-ready dict, in the key order of the seed examples.
 
-        ``peek``: the frame is encoded only to learn its size; it is not sent (yet).
-        """
+        An ERROR on a stream opened under an alias names the alias's numeric id in
+        ``stream_num`` (ATP-JSON-016; the first DATA frame gets it from
+        :meth:`take_announcement`)."""
         ext = frame.ext
         if ext:
             bad = reserved_key(ext)
@@ -375,12 +384,8 @@ class JsonMapping:
         if session_id is not None:
             out["session_id"] = _jsonable(session_id)
         out["stream_id"] = self.alias_of(frame.stream_id)
-        if frame.stream_id in self._unannounced:
-            # ATP-JSON-016: the first frame sent on a stream opened under an alias names
-            # the numeric id the alias got, so the client can pick its next numeric id
-            out["stream_num"] = frame.stream_id
-            if not peek:
-                self._unannounced.discard(frame.stream_id)
+        if frame.type == FrameType.ERROR and frame.stream_id in self._by_id:
+            out["stream_num"] = frame.stream_id  # ATP-JSON-016
         out["msg_seq"] = frame.msg_seq
         out["frag_seq"] = frame.frag_seq
         out["flags"] = [f.name for f in FLAG_ORDER if frame.flags & f]
@@ -414,9 +419,9 @@ class JsonMapping:
                 out[key] = _jsonable(value)
         return out
 
-    def encode(self, frame: Frame, *, peek: bool = False) -> str:
-        """A frame as one JSON text message (compact); ``peek`` as for :meth:`to_obj`."""
-        return json.dumps(self.to_obj(frame, peek=peek), separators=(",", ":"), ensure_ascii=False)
+    def encode(self, frame: Frame) -> str:
+        """A frame as one JSON text message (compact)."""
+        return json.dumps(self.to_obj(frame), separators=(",", ":"), ensure_ascii=False)
 
 
 def _jsonable(value: Any) -> Any:

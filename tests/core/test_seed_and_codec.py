@@ -105,8 +105,6 @@ def test_seed_json_binary_json_round_trip(seed: str) -> None:
     again = json.loads(m.encode(back))
     original = json.loads(seed)
     original.setdefault("frag_seq", 0)
-    if "SYN" in original["flags"]:  # ATP-JSON-016: the alias's numeric id, once allocated
-        assert again.pop("stream_num") == f.stream_id
     assert again == original  # replies carry the client's alias and session id
 
 

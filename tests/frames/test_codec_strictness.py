@@ -399,7 +399,8 @@ def test_text_sender_and_receiver_count_the_same_credit() -> None:
 
 
 def test_first_frame_under_an_alias_names_its_numeric_id_once() -> None:
-    """[ATP-JSON-016] On the first reply only; a refused SYN's ERROR carries it too."""
+    """[ATP-JSON-016] On the first DATA frame only, and on ERROR frames (a refused SYN's
+    included); the credit a frame costs is the length of the text actually sent."""
     router = Connection(Role.ROUTER)
     router.receive_message(encode_frame(Frame.data(4, 1, TASK, flags=Flags.SYN)), 0.0)
     router.data_to_send()
