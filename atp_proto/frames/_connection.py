@@ -236,7 +236,7 @@ class Connection:
                 self._stream_error(exc, events)
                 return events
             return self._connection_error(exc, events)
-        except Exception as exc:  # nothing may escape the core
+        except Exception as exc:  # pragma: no cover - nothing may escape the core
             self._internal_error(exc, events)
             self.json.end_message()
             return events
@@ -250,7 +250,7 @@ class Connection:
                 self._stream_error(exc, events)
             else:
                 self._connection_error(exc, events)
-        except Exception as exc:  # nothing may escape the core: a bug of ours
+        except Exception as exc:  # pragma: no cover - nothing may escape the core
             self._internal_error(exc, events)
         finally:
             self.json.end_message()
@@ -271,10 +271,10 @@ class Connection:
                     self._stream_error(exc, events)
                 else:
                     self._connection_error(exc, events)
-            except Exception as exc:  # nothing may escape the core
+            except Exception as exc:  # pragma: no cover - nothing may escape the core
                 self._internal_error(exc, events)
 
-    def _internal_error(self, exc: Exception, events: list[Event]) -> None:
+    def _internal_error(self, exc: Exception, events: list[Event]) -> None:  # pragma: no cover
         """A failure of our own while handling input: the session ends with an ERROR
         (EINTERNAL), never with an exception out of ``receive_*`` (the tests hold that
         this is unreachable; it guards the session should a bug make it reachable)."""
