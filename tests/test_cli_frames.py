@@ -190,3 +190,91 @@ def test_pipeline_through_real_processes():
     assert '"task_type": "qa"' in out
     out = step(["decode", "--json"], step(["encode"], seed))
     assert json.loads(out) == [_expected(seed.decode())]
+
+
+def _frame_hex(
+    ftype: int, flags: int, sid: int, ext: dict | None = None, payload: bytes = b""
+) -> bytes:
+    """A frame built by hand (struct + cbor2), as hex input."""
+    import struct
+
+    import cbor2
+
+    body = cbor2.dumps(ext) if ext else b""
+    head = struct.pack("!BBBBIIHHII", 1, ftype, flags, 0, sid, 0, 0, 0, len(body), len(payload))
+    return (head + body + payload).hex().encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        pytest.param(
+            _frame_hex(0, 0, 1, {"type": "x", "payload": 1, "v": 9}),
+            'EPROTO: bad ext: key "type" is reserved for the JSON header',
+            id="ext-shadows-header",
+        ),
+        pytest.param(
+            _frame_hex(0, 0, 0), "EPROTO: DATA on stream 0 without HB", id="data-stream-0"
+        ),
+        pytest.param(
+            _frame_hex(1, 0, 0, {"credit": 5}),
+            "EPROTO: WINDOW_UPDATE on stream 0",
+            id="wu-stream-0",
+        ),
+        pytest.param(
+            _frame_hex(0, 0x20, 0, payload=b"x" * 65),
+            "ETOOBIG: heartbeat payload over 64 bytes",
+            id="heartbeat-65",
+        ),
+        pytest.param(_frame_hex(1, 0, 1, {"credit": 0}), "EPROTO: credit must be", id="credit-0"),
+        pytest.param(
+            _frame_hex(4, 0x10, 1, {"error": {"code": "EX"}}),
+            'holding a text "code" and "message"',
+            id="error-without-message",
+        ),
+        pytest.param(
+            _frame_hex(2, 0, 0, {"caps": {"max_streams": 4}}),
+            '"caps" must carry "versions"',
+            id="caps-without-versions",
+        ),
+        pytest.param(
+            _frame_hex(0, 0, 1, {"x": float("nan")}), "not a finite number", id="nan-in-ext"
+        ),
+        pytest.param(
+            _frame_hex(0, 0, 1, {"session_id": 42}), '"session_id" must be text', id="session-id"
+        ),
+        pytest.param(
+            b'{"stream_id": 1, "credit": 0, "type": "WINDOW_UPDATE"}',
+            "frame 1 (line 1): EPROTO: credit must be",
+            id="json-credit-0",
+        ),
+        pytest.param(
+            b'{"stream_id": 1, "msg_seq": 1, "msg_seq": 2}',
+            'duplicate key "msg_seq"',
+            id="json-duplicate-key",
+        ),
+        pytest.param(b'{"stream_id": 1, "x": NaN}', "NaN is not a JSON number", id="json-nan"),
+    ],
+)
+def test_decode_refuses_what_a_peer_refuses(capsys, monkeypatch, data, message):
+    """[ATP-FRAME-023, ATP-JSON-015] Issue 9 items 11 and 12: ``atp frames decode`` applies
+    the validator a Connection applies: one line, exit 2, and ``--json`` cannot print a
+    frame whose ext shadows the header."""
+    for argv in (["frames", "decode"], ["frames", "decode", "--json"]):
+        rc, out, err = _run(capsys, monkeypatch, argv, data)
+        assert rc == 2, out
+        assert message in err, err
+        assert len(err.strip().splitlines()) == 1
+        if "--json" in argv:
+            assert out == ""
+
+
+def test_decode_skips_an_unknown_type_unread(capsys, monkeypatch):
+    """[ATP-FRAME-010] Type 0x42 on stream 0 with an ext that is not CBOR is shown, not
+    refused: its body is not read."""
+    import struct
+
+    data = struct.pack("!BBBBIIHHII", 1, 0x42, 0, 9, 0, 0, 0, 0, 3, 1) + b"\xff\xfe\xfd" + b"z"
+    rc, out, err = _run(capsys, monkeypatch, ["frames", "decode", "--raw"], data)
+    assert rc == 0, err
+    assert "type       unknown (0x42)" in out

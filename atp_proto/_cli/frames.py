@@ -144,7 +144,7 @@ def _write_bytes(data: bytes) -> None:
 def _json_values(text: str) -> Iterator[tuple[int, Any]]:
     """Every JSON value in ``text`` (one, an array's items, JSON Lines, or concatenated),
     with the line it starts on."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     pos, end = 0, len(text)
     while True:
         while pos < end and text[pos] in _WHITESPACE:
@@ -159,6 +159,8 @@ def _json_values(text: str) -> Iterator[tuple[int, Any]]:
             ) from None
         except RecursionError:
             raise UsageError("input JSON is nested too deeply") from None
+        except ValueError as exc:  # a duplicate key or NaN (ATP-JSON-006)
+            raise UsageError(f"input is not valid for ATP: {exc}") from None
         line = text.count("\n", 0, pos) + 1
         if isinstance(value, list):
             for item in value:
@@ -168,8 +170,23 @@ def _json_values(text: str) -> Iterator[tuple[int, Any]]:
         pos = new_pos
 
 
+def _unique_keys(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(items)
+    if len(d) != len(items):
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                raise ValueError(f'duplicate key "{key}"')
+            seen.add(key)
+    return d
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _frames_from_json(data: bytes) -> list[Any]:
-    from atp_proto.frames import FrameDecodeError, JsonMapping
+    from atp_proto.frames import JsonMapping, RemoteProtocolError, validate_frame
 
     try:
         text = data.decode("utf-8-sig")
@@ -183,8 +200,10 @@ def _frames_from_json(data: bytes) -> list[Any]:
             raise UsageError(f"{where}: a frame must be a JSON object, got {type(obj).__name__}")
         try:
             frame = mapping.from_obj(obj)
-        except FrameDecodeError as exc:
-            raise UsageError(f"{where}: {exc.message}") from None
+            if frame is not None:
+                validate_frame(frame)
+        except RemoteProtocolError as exc:
+            raise UsageError(f"{where}: {exc.code}: {exc.message}") from None
         if frame is None:
             raise UsageError(f"{where}: unknown frame type {obj.get('type')!r}")
         frames.append(frame)
@@ -274,7 +293,14 @@ def _unhex(data: bytes) -> bytes:
 
 def _decode_binary(data: bytes) -> tuple[list[_Decoded], str | None]:
     """Decode frames back to back; return those decoded and the first error (or None)."""
-    from atp_proto.frames import HEADER, HEADER_SIZE, FrameDecodeError, FrameDecoder
+    from atp_proto.frames import (
+        HEADER,
+        HEADER_SIZE,
+        FrameDecodeError,
+        FrameDecoder,
+        RemoteProtocolError,
+        validate_frame,
+    )
 
     out: list[_Decoded] = []
     dec = FrameDecoder()
@@ -289,6 +315,10 @@ def _decode_binary(data: bytes) -> tuple[list[_Decoded], str | None]:
             return out, f"frame {n} at byte offset {offset}: {exc.code}: {exc.message}"
         if frame is None:
             break
+        try:  # what a peer would refuse, the tool refuses: one validator for both
+            validate_frame(frame)
+        except RemoteProtocolError as exc:
+            return out, f"frame {n} at byte offset {offset}: {exc.code}: {exc.message}"
         ext_len = HEADER.unpack_from(data, offset)[8]
         out.append(_Decoded(frame, offset, ext_len))
     left = dec.buffered

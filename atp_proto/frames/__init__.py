@@ -52,6 +52,7 @@ from ._types import (
     quic_error_code,
     ws_close_code,
 )
+from ._validate import validate_frame
 
 __all__ = [
     "ATPError",
@@ -103,5 +104,6 @@ __all__ = [
     "frame_from_json",
     "frame_to_json",
     "quic_error_code",
+    "validate_frame",
     "ws_close_code",
 ]

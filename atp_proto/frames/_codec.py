@@ -21,6 +21,7 @@ read-only ``memoryview`` slices of the bytes it was fed.
 from __future__ import annotations
 
 import io
+import math
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
@@ -41,10 +42,35 @@ _new_frame = tuple.__new__
 _EMPTY: Final[Mapping[str, Any]] = {}
 
 
+#: ext keys that would shadow a header field in the JSON text mapping (ATP-JSON-015): a
+#: sender never puts them in ext, a receiver refuses a frame whose ext has one.
+RESERVED_EXT_KEYS: Final = frozenset(
+    {"v", "type", "stream_id", "msg_seq", "frag_seq", "flags", "qos", "ttl"}
+    | {"payload", "payload_b64"}
+)
+
+
+def reserved_key(ext: Mapping[str, Any]) -> str | None:
+    """The first ext key that names a JSON header field, or None (ATP-JSON-015)."""
+    if RESERVED_EXT_KEYS.isdisjoint(ext):
+        return None
+    return next(k for k in ext if k in RESERVED_EXT_KEYS)
+
+
 def encode_ext(ext: Mapping[str, Any]) -> bytes:
-    """CBOR-encode an ext map (empty map encodes to zero bytes)."""
+    """CBOR-encode an ext map (empty map encodes to zero bytes).
+
+    Raises:
+        LocalProtocolError: a value is not CBOR-encodable, or a key is reserved
+            (ATP-JSON-015).
+    """
     if not ext:
         return b""
+    bad = reserved_key(ext)
+    if bad is not None:
+        raise LocalProtocolError(
+            ErrorCode.EPROTO, f'ext key "{bad}" is reserved for the JSON header (ATP-JSON-015)'
+        )
     try:
         return cbor2.dumps(dict(ext) if not isinstance(ext, dict) else ext)
     except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
@@ -94,18 +120,25 @@ def encoded_length(frame: Frame) -> int:
 _JSON_SCALARS: Final = (str, int, float, bool, type(None), bytes)
 
 
-def _check_value(value: object, depth: int, max_depth: int) -> None:
-    """Reject anything outside the JSON data model plus byte strings (no CBOR tags)."""
+def _check_value(value: object, depth: int, max_depth: int, *, finite: bool = False) -> None:
+    """Reject anything outside the JSON data model plus byte strings (no CBOR tags).
+
+    With ``finite`` (ext, ATP-FRAME-006) NaN and the infinities are refused too: JSON
+    has no such numbers.
+    """
     if depth > max_depth:
         raise ValueError(f"nesting deeper than {max_depth}")
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ValueError(f"map key {k!r} is not a text string")
-            _check_value(v, depth + 1, max_depth)
+            _check_value(v, depth + 1, max_depth, finite=finite)
     elif isinstance(value, list):
         for v in value:
-            _check_value(v, depth + 1, max_depth)
+            _check_value(v, depth + 1, max_depth, finite=finite)
+    elif isinstance(value, float):
+        if finite and not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number")
     elif not isinstance(value, _JSON_SCALARS):
         raise ValueError(f"unsupported CBOR item {type(value).__name__} (tags are not allowed)")
 
@@ -152,7 +185,10 @@ def decode_ext(
         obj = _strict_cbor(data, limits.max_depth)
         if not isinstance(obj, dict):
             raise ValueError(f"ext must be a CBOR map, got {type(obj).__name__}")
-        _check_value(obj, 1, limits.max_depth)
+        _check_value(obj, 1, limits.max_depth, finite=True)
+        bad = reserved_key(obj)
+        if bad is not None:
+            raise ValueError(f'key "{bad}" is reserved for the JSON header (ATP-JSON-015)')
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise FrameDecodeError(ErrorCode.EPROTO, f"bad ext: {exc}", stream_id=stream_id) from None
     return obj
@@ -279,6 +315,24 @@ class FrameDecoder:
         self._pos = end
         start = pos + HEADER_SIZE
         mv = memoryview(buf)
+        if ftype not in _TYPES:
+            # ATP-FRAME-010: a type we do not know is skipped unread: its ext need not be
+            # CBOR and its qos is not ours to check. The payload is handed on as is.
+            return _new_frame(
+                Frame,
+                (
+                    ftype,
+                    flags,
+                    sid,
+                    mseq,
+                    fseq,
+                    qos,
+                    ttl,
+                    _EMPTY,
+                    mv[start + ext_len : end],
+                    VERSION,
+                ),
+            )
         if ext_len:
             try:
                 ext: Mapping[str, Any] = decode_ext(mv[start : start + ext_len], sid, limits)
@@ -297,7 +351,7 @@ class FrameDecoder:
         return _new_frame(
             Frame,
             (
-                _TYPES.get(ftype, ftype),
+                _TYPES[ftype],
                 flags,  # the wire byte as a plain int: IntFlag operators are slow
                 sid,
                 mseq,

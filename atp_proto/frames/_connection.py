@@ -33,8 +33,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, TypeGuard
 
-import cbor2
-
 from ._codec import HEADER, HEADER_SIZE, FrameDecoder, encode_ext, encode_frame
 from ._errors import (
     ATPError,
@@ -73,6 +71,7 @@ from ._types import (
     Limits,
     QoS,
 )
+from ._validate import validate_frame
 
 __all__ = ["BudgetExceeded", "Connection", "Role"]
 
@@ -249,15 +248,22 @@ class Connection:
                 self._stream_error(exc, events)
                 return events
             return self._connection_error(exc, events)
+        except Exception as exc:  # pragma: no cover - nothing may escape the core
+            self._internal_error(exc, events)
+            self.json.end_message()
+            return events
         if frame is None:
             return events
         try:
-            self._handle_frame(frame, _text_cost(frame), now, events, text=True)
+            cost = _text_cost(text) if frame.type == FrameType.DATA else 0
+            self._handle_frame(frame, cost, now, events, text=True)
         except RemoteProtocolError as exc:
             if exc.stream_id:
                 self._stream_error(exc, events)
             else:
                 self._connection_error(exc, events)
+        except Exception as exc:  # pragma: no cover - nothing may escape the core
+            self._internal_error(exc, events)
         finally:
             self.json.end_message()
         return events
@@ -325,6 +331,20 @@ class Connection:
                     self._stream_error(exc, events)
                 else:
                     self._connection_error(exc, events)
+            except Exception as exc:  # pragma: no cover - nothing may escape the core
+                self._internal_error(exc, events)
+
+    def _internal_error(self, exc: Exception, events: list[Event]) -> None:  # pragma: no cover
+        """A failure of our own while handling input: the session ends with an ERROR
+        (EINTERNAL), never with an exception out of ``receive_*`` (the tests hold that
+        this is unreachable; it guards the session should a bug make it reachable)."""
+        if self._closed is not None:
+            return
+        name = type(exc).__name__
+        self._connection_error(
+            RemoteProtocolError(ErrorCode.EINTERNAL, f"internal error handling a frame ({name})"),
+            events,
+        )
 
     def _handle_frame(
         self, frame: Frame, cost: int, now: float, events: list[Event], *, text: bool
@@ -332,6 +352,13 @@ class Connection:
         ftype = frame.type
         self.frames_received[ftype] = self.frames_received.get(ftype, 0) + 1
         sid = frame.stream_id
+        if ftype or not sid or frame.ext:  # a PARTIAL / input without ext has no such rule
+            try:
+                validate_frame(frame, self.limits)  # the rules that need no state
+            except RemoteProtocolError as exc:
+                if exc.stream_id and not frame.flags & _SYN and self._is_gone(exc.stream_id):
+                    return  # ATP-FLAG-004: a frame for a closed stream is discarded
+                raise
         if ftype == FrameType.DATA:
             if sid == 0:
                 self._handle_heartbeat(frame, now, events)
@@ -344,8 +371,6 @@ class Connection:
         elif ftype == FrameType.CAPABILITIES:
             self._handle_capabilities(frame, events, text)
         elif ftype == FrameType.BUDGET_UPDATE:
-            if sid == 0:
-                raise RemoteProtocolError(ErrorCode.EPROTO, "BUDGET_UPDATE on stream 0")
             if self.role is Role.ROUTER:
                 raise RemoteProtocolError(
                     ErrorCode.EPROTO, "BUDGET_UPDATE is sent by the router only", stream_id=sid
@@ -447,16 +472,7 @@ class Connection:
             if frame.ttl:
                 rec.deadline = now + frame.ttl
                 self.timer_stale = True
-            raw_window = frame.ext.get("window")
-            if raw_window is not None and not _valid_window(raw_window):
-                # ATP-BUDGET-008: an invalid field is an error, never "unlimited"
-                raise RemoteProtocolError(
-                    ErrorCode.EPROTO,
-                    '"window" must map max_parallel / max_tokens / max_usd_micros to '
-                    "unsigned integers",
-                    stream_id=sid,
-                )
-            window = frame.budget_window
+            window = frame.budget_window  # checked by validate_frame (ATP-BUDGET-008)
             if window is not None:
                 rec.window = window
             rec.recv_seq = frame.msg_seq
@@ -598,13 +614,7 @@ class Connection:
             self._maybe_forget(rec)
 
     def _handle_heartbeat(self, frame: Frame, now: float, events: list[Event]) -> None:
-        if not frame.flags & _HB:
-            raise RemoteProtocolError(ErrorCode.EPROTO, "DATA on stream 0 without HB")
-        if len(frame.payload) > self.limits.max_hb_payload:
-            raise RemoteProtocolError(
-                ErrorCode.ETOOBIG,
-                f"heartbeat payload over {self.limits.max_hb_payload} bytes",
-            )
+        # HB set and the payload size: checked by validate_frame (ATP-FRAME-011)
         if frame.flags & _ACK:
             if self._hb_sent_at is not None:
                 events.append(HeartbeatAcked(now - self._hb_sent_at))
@@ -618,9 +628,7 @@ class Connection:
     # -- control --------------------------------------------------------------------
 
     def _handle_window_update(self, frame: Frame, events: list[Event]) -> None:
-        sid = frame.stream_id
-        if sid == 0:
-            raise RemoteProtocolError(ErrorCode.EPROTO, "WINDOW_UPDATE on stream 0")
+        sid = frame.stream_id  # not 0, credit and window well formed: validate_frame
         rec = self._streams.get(sid)
         if rec is None:
             if sid <= self._highest_id:
@@ -631,18 +639,7 @@ class Connection:
         if rec.closed and not rec.outbox:
             return
         credit = frame.ext.get("credit")
-        window = None
         if credit is not None:
-            if isinstance(credit, bool) or not isinstance(credit, int) or credit < 0:
-                raise RemoteProtocolError(
-                    ErrorCode.EPROTO,
-                    f"credit must be a positive integer, got {credit!r}",
-                    stream_id=sid,
-                )
-            if credit == 0:
-                raise RemoteProtocolError(
-                    ErrorCode.EPROTO, "WINDOW_UPDATE with a credit increment of 0", stream_id=sid
-                )
             if rec.text and not self._peer_sent_caps:
                 credit = 0  # ATP-FLOW-007: its credit is already unlimited; nothing to add
             elif rec.send_credit + credit > MAX_WINDOW:
@@ -653,39 +650,20 @@ class Connection:
                 )
             rec.send_credit += credit
             self._flush_outbox(rec)
-        raw_window = frame.ext.get("window")
-        if raw_window is not None:
-            window = frame.budget_window
-            if window is None or not _valid_window(raw_window):
-                raise RemoteProtocolError(
-                    ErrorCode.EPROTO,
-                    '"window" must map budget names to unsigned integers',
-                    stream_id=sid,
-                )
-            if self.role is Role.ROUTER:
-                # the client may move its window, never past the router's cap (ATP-BUDGET-001)
-                rec.window = rec.window.merged(window).clamp(rec.cap)
-                over = _over_budget(rec)
-                if over is not None:
-                    raise RemoteProtocolError(over[0], over[1], stream_id=sid)
-        if credit is None and raw_window is None:
-            raise RemoteProtocolError(
-                ErrorCode.EPROTO, "WINDOW_UPDATE carries neither credit nor window", stream_id=sid
-            )
+        window = frame.budget_window
+        if window is not None and self.role is Role.ROUTER:
+            # the client may move its window, never past the router's cap (ATP-BUDGET-001)
+            rec.window = rec.window.merged(window).clamp(rec.cap)
+            over = _over_budget(rec)
+            if over is not None:
+                raise RemoteProtocolError(over[0], over[1], stream_id=sid)
         events.append(WindowUpdated(sid, rec.send_credit, window))
         self._maybe_forget(rec)
 
     def _handle_error(self, frame: Frame, events: list[Event]) -> None:
-        err = frame.ext.get("error")
-        if not isinstance(err, Mapping) or not isinstance(err.get("code"), str):
-            raise RemoteProtocolError(
-                ErrorCode.EPROTO,
-                'ERROR frame without an "error" map holding a "code"',
-                stream_id=frame.stream_id,
-            )
+        err = frame.ext["error"]  # a map with a text code and message: validate_frame
         code = str(err["code"])
-        message = err.get("message")
-        message = message if isinstance(message, str) else ""
+        message = str(err["message"])
         retry = err.get("retry_after_ms")
         retry = retry if isinstance(retry, int) and not isinstance(retry, bool) else None
         sid = frame.stream_id
@@ -710,18 +688,7 @@ class Connection:
         events.append(StreamReset(sid, code, message, retry, by_peer=True))
 
     def _handle_capabilities(self, frame: Frame, events: list[Event], text: bool) -> None:
-        if frame.stream_id != 0:
-            raise RemoteProtocolError(
-                ErrorCode.EPROTO, "CAPABILITIES on a stream", stream_id=frame.stream_id
-            )
-        caps = frame.ext.get("caps")
-        if not isinstance(caps, Mapping):
-            raise RemoteProtocolError(ErrorCode.EPROTO, 'CAPABILITIES without a "caps" map')
-        versions = caps.get("versions", [VERSION])
-        if not isinstance(versions, list) or VERSION not in versions:
-            raise RemoteProtocolError(
-                ErrorCode.EPROTO, f"no common version: peer offers {versions!r}, we speak {VERSION}"
-            )
+        caps = frame.ext["caps"]  # on stream 0, a map offering version 1: validate_frame
         fs = caps.get("max_frame_size")
         if _is_uint(fs) and fs >= 1024:
             self._peer_frame_size = fs
@@ -782,6 +749,13 @@ class Connection:
             rec.outbox.clear()
             rec.outbox_bytes = 0
         self._maybe_forget(rec)
+
+    def _is_gone(self, sid: int) -> bool:
+        """The stream was opened and is closed now (its frames are discarded)."""
+        rec = self._streams.get(sid)
+        if rec is None:
+            return sid <= self._highest_id
+        return rec.closed and not rec.outbox  # one still flushing takes WINDOW_UPDATE
 
     def _maybe_forget(self, rec: StreamRecord) -> None:
         """Drop a closed stream once its outbox is empty; its id stays 'closed' because
@@ -949,6 +923,12 @@ class Connection:
                 stream_id=rec.stream_id,
             )
         rec.send_seq = seq + 1
+        if rec.text:  # ATP-FLOW-008: text frames cost their UTF-8 length
+            for item in self._text_fragments(rec, payload, flags, ext, ext_len, seq, qos, ttl, fin):
+                rec.outbox.append(item)
+                rec.outbox_bytes += item[1]
+            self._flush_outbox(rec)
+            return
         total = len(payload)
         chunks: list[bytes | memoryview]
         if total + ext_len <= frag:
@@ -981,6 +961,63 @@ class Connection:
             rec.outbox_bytes += cost
         self._flush_outbox(rec)
 
+    def _text_fragments(
+        self,
+        rec: StreamRecord,
+        payload: bytes | memoryview,
+        flags: int,
+        ext: dict[str, Any],
+        ext_len: int,
+        seq: int,
+        qos: int,
+        ttl: int,
+        fin: bool,
+    ) -> list[tuple[Frame, int]]:
+        """The frames of one message on a text stream, each with its cost: the UTF-8
+        length of its text (ATP-FLOW-008). JSON can be longer than CBOR (base64, escapes):
+        when the peer limits credit, fragments shrink until each text frame fits as a
+        binary one would (ATP-FLOW-001: a frame larger than the window never leaves)."""
+        frag = self._frag_size
+        limit = frag + HEADER_SIZE
+        total = len(payload)
+        if self.json.take_announcement(rec.stream_id):  # the first DATA under an alias
+            ext = {**ext, "stream_num": rec.stream_id}  # ATP-JSON-016
+        while True:
+            chunks: list[bytes | memoryview]
+            if total + ext_len <= frag:
+                chunks = [payload]
+            else:
+                room = max(frag - ext_len, 1)
+                mv = memoryview(payload)
+                chunks = [mv[:room]]
+                chunks.extend(mv[i : i + frag] for i in range(room, total, frag))
+            built: list[tuple[Frame, int]] = []
+            last = len(chunks) - 1
+            for i, chunk in enumerate(chunks):
+                f = flags if i == 0 else flags & ~Flags.SYN
+                if i < last:
+                    f = (f | Flags.CONT) & ~Flags.FIN
+                elif fin:
+                    f |= Flags.FIN
+                frame = Frame(
+                    FrameType.DATA,
+                    f,
+                    rec.stream_id,
+                    seq,
+                    i,
+                    qos if i == 0 else 0,
+                    ttl if i == 0 else 0,
+                    ext if i == 0 and ext else None,
+                    chunk,
+                )
+                built.append((frame, _text_cost(self.json.encode(frame))))
+            if not self._peer_sent_caps:
+                return built  # a browser's credit is unlimited (ATP-FLOW-007)
+            worst = max(c for _, c in built)
+            if worst <= limit or frag <= 64:
+                return built
+            frag = max(frag * limit // worst - 64, 64)
+
     def _flush_outbox(self, rec: StreamRecord) -> None:
         box = rec.outbox
         while box:
@@ -1001,17 +1038,19 @@ class Connection:
             self._maybe_forget(rec)
 
     def _cut_head(self, rec: StreamRecord) -> bool:
-        """Split the stream's first queued frame so that its first part costs exactly the
-        credit left (ATP-FLOW-013); the message's later fragments move up one frag_seq.
-        False when no cut is possible (no payload byte would fit, or the message would
-        pass 65,536 fragments, ATP-SEQ-013)."""
+        """Split the stream's first queued frame so that its first part costs what fits
+        the credit left (ATP-FLOW-013); the message's later fragments move up one
+        frag_seq. False when no cut is possible (no payload byte would fit, or the message
+        would pass 65,536 fragments, ATP-SEQ-013).
+
+        A binary frame costs its encoded length, so the first part takes exactly the
+        credit. A text frame costs the UTF-8 length of its JSON (ATP-FLOW-008), which is
+        not linear in the payload (base64) and changes with ``frag_seq``: each new or
+        renumbered piece is costed by encoding it, and the first part is the longest
+        whose cost fits (its cost grows with its length, so a bisection finds it)."""
         box = rec.outbox
         frame, cost = box[0]
         payload = frame.payload
-        overhead = cost - len(payload)
-        room = rec.send_credit - overhead
-        if room < 1 or room >= len(payload):
-            return False
         same = 1  # the message's fragments are contiguous in the outbox (ATP-SEQ-011)
         while same < len(box) and box[same][0].msg_seq == frame.msg_seq:
             same += 1
@@ -1019,41 +1058,54 @@ class Connection:
             return False
         sid, seq, flags = rec.stream_id, frame.msg_seq, frame.flags
         view = memoryview(payload)
-        pieces = [
-            (
-                Frame(
-                    FrameType.DATA,
-                    (flags | _CONT) & ~_FIN,
-                    sid,
-                    seq,
-                    frame.frag_seq,
-                    frame.qos,
-                    frame.ttl,
-                    frame.ext or None,
-                    view[:room],
-                ),
-                overhead + room,
-            ),
-            (
-                Frame(
-                    FrameType.DATA,
-                    flags & ~_SYN,
-                    sid,
-                    seq,
-                    frame.frag_seq + 1,
-                    0,
-                    0,
-                    None,
-                    view[room:],
-                ),
-                HEADER_SIZE + len(payload) - room,
-            ),
-        ]
-        later = [box.popleft() for _ in range(same)][1:]
-        pieces.extend((f._replace(frag_seq=f.frag_seq + 1), c) for f, c in later)
+
+        def head(room: int) -> Frame:
+            return Frame(
+                FrameType.DATA,
+                (flags | _CONT) & ~_FIN,
+                sid,
+                seq,
+                frame.frag_seq,
+                frame.qos,
+                frame.ttl,
+                frame.ext or None,
+                view[:room],
+            )
+
+        def tail(room: int) -> Frame:
+            return Frame(
+                FrameType.DATA, flags & ~_SYN, sid, seq, frame.frag_seq + 1, 0, 0, None, view[room:]
+            )
+
+        credit = rec.send_credit
+        later = [f._replace(frag_seq=f.frag_seq + 1) for f, _ in list(box)[1:same]]
+        if rec.text:
+            text_cost = self._text_frame_cost
+            if len(payload) < 2 or text_cost(head(1)) > credit:
+                return False
+            lo, hi = 1, len(payload) - 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if text_cost(head(mid)) <= credit:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            pieces = [(f, text_cost(f)) for f in (head(lo), tail(lo), *later)]
+        else:
+            overhead = cost - len(payload)
+            room = credit - overhead
+            if room < 1 or room >= len(payload):
+                return False
+            pieces = [(head(room), overhead + room), (tail(room), HEADER_SIZE + len(payload) - room)]
+            pieces.extend((f, c) for f, (_, c) in zip(later, list(box)[1:same], strict=True))
+        removed = [box.popleft() for _ in range(same)]
         box.extendleft(reversed(pieces))
-        rec.outbox_bytes += HEADER_SIZE  # the second part's own header
+        rec.outbox_bytes += sum(c for _, c in pieces) - sum(c for _, c in removed)
         return True
+
+    def _text_frame_cost(self, frame: Frame) -> int:
+        """What a DATA frame costs on a text stream: the UTF-8 length of its JSON."""
+        return _text_cost(self.json.encode(frame))
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         """The application consumed ``size`` bytes of the stream's input.
@@ -1339,14 +1391,6 @@ def _is_uint(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _valid_window(raw: object) -> bool:
-    if not isinstance(raw, Mapping):
-        return False
-    return all(
-        _is_uint(raw[k]) for k in ("max_parallel", "max_tokens", "max_usd_micros") if k in raw
-    )
-
-
 def _over_budget(rec: StreamRecord) -> tuple[ErrorCode, str] | None:
     w, u = rec.window, rec.usage
     if w.max_tokens is not None and u.tokens > w.max_tokens:
@@ -1359,9 +1403,11 @@ def _over_budget(rec: StreamRecord) -> tuple[ErrorCode, str] | None:
     return None
 
 
-def _text_cost(frame: Frame) -> int:
-    """Credit cost of a text frame: its binary-equivalent length (ATP-FLOW)."""
-    if frame.type != FrameType.DATA:
-        return 0
-    ext_len = len(cbor2.dumps(dict(frame.ext))) if frame.ext else 0
-    return HEADER_SIZE + ext_len + len(frame.payload)
+def _text_cost(text: str | bytes) -> int:
+    """Credit cost of a DATA frame sent as text: the UTF-8 length of the whole text
+    message, which any JSON client can count (ATP-FLOW-008)."""
+    if isinstance(text, bytes):
+        return len(text)
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))

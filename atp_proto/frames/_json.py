@@ -14,14 +14,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final
 
 import cbor2
 
-from ._codec import _check_value, decode_payload
-from ._errors import FrameDecodeError
+from ._codec import _check_value, decode_payload, reserved_key
+from ._errors import FrameDecodeError, LocalProtocolError
 from ._frame import Frame
 from ._types import (
     DEFAULT_LIMITS,
@@ -46,8 +47,57 @@ _PAYLOAD_KEYS: Final = frozenset({"payload", "payload_b64"})
 _FLAG_BY_NAME: Final = {f.name: f for f in FLAG_ORDER}
 _QOS_BY_NAME: Final = {q.label: q for q in QoS if q is not QoS.UNSPECIFIED}
 _TYPE_BY_NAME: Final = {t.name: t for t in FrameType}
+_TYPE_BY_VALUE: Final = {int(t): t for t in FrameType}
+#: top-level keys whose duplicates leave the stream (or its opening) unknown
+_ROUTING_KEYS: Final = frozenset({"v", "stream_id", "flags", "type"})
 _LEADING_EXT: Final = ("window", "meta")  # placed before payload, as in the seed SYN
 _RETIRED_ALIASES: Final = 1024
+
+
+_PAYLOAD_DEPTH: Final = 64  # as decode_payload: ext depth is checked apart (limits)
+_CBOR_INT_MIN: Final = -(1 << 64)
+_CBOR_INT_MAX: Final = (1 << 64) - 1
+
+
+def _check_json(value: object, depth: int, max_depth: int) -> None:
+    """Everything a text frame holds must map to CBOR without a tag or an error: text
+    without lone surrogates (``"\\ud800"`` is valid JSON but no Unicode text), finite
+    numbers, integers within CBOR's 64-bit range, bounded nesting (ATP-JSON-006)."""
+    if depth > max_depth:
+        raise ValueError(f"nesting deeper than {max_depth}")
+    if isinstance(value, str):
+        if not value.isascii():
+            _check_text(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not k.isascii():
+                _check_text(k)
+            _check_json(v, depth + 1, max_depth)
+    elif isinstance(value, list):
+        for v in value:
+            _check_json(v, depth + 1, max_depth)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"the number {value} is out of range")
+    elif (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and not _CBOR_INT_MIN <= value <= _CBOR_INT_MAX
+    ):
+        raise ValueError("an integer is outside -2^64 .. 2^64-1")
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"a string holds a lone surrogate (U+{ord(text[exc.start]):04X}), not Unicode text"
+        ) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _uint(obj: Mapping[str, Any], key: str, hi: int, default: int, sid: int) -> int:
@@ -74,6 +124,8 @@ class JsonMapping:
         self._retired: OrderedDict[str, int] = OrderedDict()
         self._next_id = 1
         self._transient: tuple[int, str] | None = None
+        #: streams opened under an alias whose numeric id no sent frame has named yet
+        self._unannounced: set[int] = set()
 
     # -- aliases --------------------------------------------------------------------
 
@@ -98,6 +150,11 @@ class JsonMapping:
                 f"stream_id must be an integer or a non-empty string of at most "
                 f"{self.limits.max_alias_len} characters",
             )
+        if not raw.isascii():
+            try:
+                _check_text(raw)
+            except ValueError as exc:  # no reply could name this alias: the session ends
+                raise FrameDecodeError(ErrorCode.EPROTO, f"stream_id alias: {exc}") from None
         sid = self._by_alias.get(raw)
         if sid is not None and not (syn and self._is_retired(sid)):
             return sid
@@ -121,6 +178,7 @@ class JsonMapping:
         self._by_alias[raw] = sid
         self._by_id[sid] = raw
         self._retired.pop(raw, None)
+        self._unannounced.add(sid)
         return sid
 
     def _is_retired(self, sid: int) -> bool:
@@ -129,6 +187,7 @@ class JsonMapping:
 
     def forget(self, stream_id: int) -> None:
         """The stream closed: its alias may be reused by a later SYN."""
+        self._unannounced.discard(stream_id)
         alias = self._by_id.pop(stream_id, None)
         if alias is None:
             return
@@ -138,6 +197,14 @@ class JsonMapping:
         self._retired.move_to_end(alias)
         while len(self._retired) > _RETIRED_ALIASES:
             self._retired.popitem(last=False)
+
+    def take_announcement(self, stream_id: int) -> bool:
+        """True once for a stream a SYN opened under an alias: its first DATA frame is
+        being built and must name the numeric id (ATP-JSON-016)."""
+        if stream_id in self._unannounced:
+            self._unannounced.discard(stream_id)
+            return True
+        return False
 
     def alias_of(self, stream_id: int) -> str | int:
         alias = self._by_id.get(stream_id)
@@ -165,45 +232,90 @@ class JsonMapping:
                 ErrorCode.ETOOBIG,
                 f"text message of {len(text)} bytes exceeds {self.limits.max_text_size}",
             )
+        dups: list[tuple[str, object]] = []
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            d = dict(items)
+            if len(d) != len(items):  # RFC 8259 4: names SHOULD be unique; ATP: MUST
+                seen: set[str] = set()
+                for k, _ in items:
+                    if k in seen:
+                        dups.append((k, d))
+                    seen.add(k)
+            return d
+
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, object_pairs_hook=pairs, parse_constant=_refuse_constant)
         except RecursionError:
             raise FrameDecodeError(ErrorCode.EPROTO, "JSON nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise FrameDecodeError(ErrorCode.EPROTO, f"not valid JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise FrameDecodeError(ErrorCode.EPROTO, "a text frame must be a JSON object")
-        return self.from_obj(obj)
+        dup: str | None = None
+        for key, where in dups:
+            if where is obj and key in _ROUTING_KEYS:
+                # which stream (or whether a SYN) cannot be told: a connection error
+                raise FrameDecodeError(ErrorCode.EPROTO, f'duplicate key "{key}"')
+            dup = dup or key
+        return self._from_obj(obj, dup)
 
     def from_obj(self, obj: Mapping[str, Any]) -> Frame | None:
         """A decoded JSON object to a frame (see :meth:`decode`)."""
+        return self._from_obj(obj, None)
+
+    def _from_obj(self, obj: Mapping[str, Any], duplicate: str | None) -> Frame | None:
         version = _uint(obj, "v", 0xFF, VERSION, 0)
         if version != VERSION:
             raise FrameDecodeError(
                 ErrorCode.EPROTO, f"unsupported version {version} (this peer speaks {VERSION})"
             )
         ftype_raw = obj.get("type", "DATA")
+        ftype: int | None
         if isinstance(ftype_raw, str):
-            ftype: int | None = _TYPE_BY_NAME.get(ftype_raw)
-            if ftype is None:
-                return None  # unknown control type: ignored (extension rule)
+            ftype = _TYPE_BY_NAME.get(ftype_raw)
+        elif isinstance(ftype_raw, int) and not isinstance(ftype_raw, bool) and ftype_raw >= 0:
+            ftype = _TYPE_BY_VALUE.get(ftype_raw) if ftype_raw <= 0xFF else -1
         else:
-            ftype = _uint(obj, "type", 0xFF, 0, 0)
+            ftype = -1  # not a type at all: refused once the stream is known
+        if ftype is None:
+            return None  # ATP-JSON-005 / ATP-JSON-009: an unknown type is ignored, unread
         flags_raw = obj.get("flags", [])
-        if not isinstance(flags_raw, list) or not all(isinstance(f, str) for f in flags_raw):
-            raise FrameDecodeError(ErrorCode.EPROTO, '"flags" must be an array of flag names')
         flags = Flags(0)
-        for name in flags_raw:
-            flags |= _FLAG_BY_NAME.get(name, Flags(0))  # unknown flag names are ignored
+        flags_ok = isinstance(flags_raw, list) and all(isinstance(f, str) for f in flags_raw)
+        if flags_ok:
+            for name in flags_raw:
+                flags |= _FLAG_BY_NAME.get(name, Flags(0))  # unknown flag names are ignored
         sid = self._resolve(obj.get("stream_id"), bool(flags & Flags.SYN))
+        # From here on the stream is known: every bad field is a stream error on it
+        # (ATP-JSON-006), or a connection error on stream 0.
+        if not flags_ok:
+            raise FrameDecodeError(
+                ErrorCode.EPROTO, '"flags" must be an array of flag names', stream_id=sid
+            )
+        if ftype < 0:
+            raise FrameDecodeError(
+                ErrorCode.EPROTO,
+                f'"type" must be a frame type name or an integer in 0..255, got {ftype_raw!r}',
+                stream_id=sid,
+            )
+        if duplicate is not None:
+            raise FrameDecodeError(
+                ErrorCode.EPROTO, f'duplicate key "{duplicate}" in a text frame', stream_id=sid
+            )
+        try:
+            _check_json(obj, 0, max(self.limits.max_depth, _PAYLOAD_DEPTH) + 1)
+        except (ValueError, RecursionError) as exc:
+            raise FrameDecodeError(
+                ErrorCode.EPROTO, f"bad text frame: {exc}", stream_id=sid
+            ) from None
         session_id = obj.get("session_id")
-        if session_id is not None:
-            if not isinstance(session_id, str) or len(session_id) > self.limits.max_alias_len:
-                raise FrameDecodeError(
-                    ErrorCode.EPROTO, '"session_id" must be a short string', stream_id=sid
-                )
-            if self.session_id is None:
-                self.session_id = session_id
+        if (
+            self.session_id is None
+            and isinstance(session_id, str)
+            and len(session_id) <= self.limits.max_alias_len
+        ):  # a bad one is refused by validate_frame
+            self.session_id = session_id
         qos_raw = obj.get("qos")
         if qos_raw is None:
             qos = QoS.UNSPECIFIED
@@ -234,13 +346,19 @@ class JsonMapping:
                     ErrorCode.EPROTO, f'"payload_b64" is not base64: {exc}', stream_id=sid
                 ) from None
         elif obj.get("payload") is not None:
-            payload = cbor2.dumps(obj["payload"])
+            try:
+                payload = cbor2.dumps(obj["payload"])
+            except (cbor2.CBOREncodeError, ValueError, TypeError) as exc:  # pragma: no cover
+                # defensive: _check_json has refused what CBOR cannot hold
+                raise FrameDecodeError(
+                    ErrorCode.EPROTO, f'"payload" cannot be CBOR: {exc}', stream_id=sid
+                ) from None
         else:
             payload = b""
         ext = {k: v for k, v in obj.items() if k not in HEADER_KEYS and k not in _PAYLOAD_KEYS}
         if ext:
             try:
-                _check_value(ext, 1, self.limits.max_depth)
+                _check_value(ext, 1, self.limits.max_depth, finite=True)
             except ValueError as exc:
                 raise FrameDecodeError(ErrorCode.EPROTO, f"bad ext: {exc}", stream_id=sid) from None
         return Frame(ftype, flags, sid, msg_seq, frag_seq, qos, ttl, ext or None, payload, version)
@@ -248,13 +366,27 @@ class JsonMapping:
     # -- encoding ---------------------------------------------------------------------
 
     def to_obj(self, frame: Frame) -> dict[str, Any]:
-        """A frame as a JSON-ready dict, in the key order of the seed examples."""
-        out: dict[str, Any] = {"v": frame.version}
+        """A frame as a JSON-ready dict, in the key order of the seed examples.
+
+        An ERROR on a stream opened under an alias names the alias's numeric id in
+        ``stream_num`` (ATP-JSON-016; the first DATA frame gets it from
+        :meth:`take_announcement`)."""
         ext = frame.ext
+        if ext:
+            bad = reserved_key(ext)
+            if bad is not None:
+                raise LocalProtocolError(
+                    ErrorCode.EPROTO,
+                    f'ext key "{bad}" is reserved for the JSON header (ATP-JSON-015)',
+                    stream_id=frame.stream_id,
+                )
+        out: dict[str, Any] = {"v": frame.version}
         session_id = ext.get("session_id", self.session_id)
         if session_id is not None:
-            out["session_id"] = session_id
+            out["session_id"] = _jsonable(session_id)
         out["stream_id"] = self.alias_of(frame.stream_id)
+        if frame.type == FrameType.ERROR and frame.stream_id in self._by_id:
+            out["stream_num"] = frame.stream_id  # ATP-JSON-016
         out["msg_seq"] = frame.msg_seq
         out["frag_seq"] = frame.frag_seq
         out["flags"] = [f.name for f in FLAG_ORDER if frame.flags & f]

@@ -249,16 +249,27 @@ def test_error_frame_without_a_code(ext: dict[str, object]) -> None:
     assert closed.code == ErrorCode.EPROTO
 
 
-def test_error_message_and_retry_are_optional() -> None:
+def test_error_retry_is_optional_but_message_is_not() -> None:
+    """[ATP-FRAME-015] retry_after_ms that is not a uint is absent; a missing or non-text
+    message makes the ERROR malformed: EPROTO of the same scope (issue 9 item 12)."""
     p, sid = opened_pair()
     frame = Frame(
         FrameType.ERROR,
         Flags.RST,
         sid,
-        ext={"error": {"code": "EX", "message": 3, "retry_after_ms": True}},
+        ext={"error": {"code": "EX", "message": "gone", "retry_after_ms": True}},
     )
     reset = one(p.client.receive_message(encode_frame(frame), 0.0), StreamReset)
-    assert reset.message == "" and reset.retry_after_ms is None
+    assert reset.by_peer and reset.message == "gone" and reset.retry_after_ms is None
+    for error in ({"code": "EX"}, {"code": "EX", "message": 3}):
+        p, sid = opened_pair()
+        frame = Frame(FrameType.ERROR, Flags.RST, sid, ext={"error": error})
+        reset = one(p.client.receive_message(encode_frame(frame), 0.0), StreamReset)
+        assert not reset.by_peer and reset.code == ErrorCode.EPROTO
+        assert not p.client.closed
+        frame = Frame(FrameType.ERROR, 0, 0, ext={"error": error})
+        closed = one(p.client.receive_message(encode_frame(frame), 0.0), ConnectionClosed)
+        assert not closed.by_peer and closed.code == ErrorCode.EPROTO
 
 
 # -- sequencing (§7.2) -------------------------------------------------------------------------
@@ -912,7 +923,8 @@ def test_capabilities_edge_cases() -> None:
         "max_frame_size": 10,
         "initial_window": 0,
         "max_streams": -1,
-    }  # versions defaults to [1]
+        "versions": [1],
+    }
     one(
         p.client.receive_message(
             encode_frame(Frame(FrameType.CAPABILITIES, ext={"caps": silly})), 0.0

@@ -31,6 +31,7 @@ from atp_proto.frames import (
     StreamReset,
     encode_frame,
 )
+from atp_proto.frames._json import JsonMapping
 
 _BIG = Limits(max_frame_size=1 << 30, max_ext_size=1 << 30)
 
@@ -289,3 +290,67 @@ def test_oversized_otherwise_is_a_connection_error(prefix: bytes | str) -> None:
         assert isinstance(out, bytes)
         assert cbor2.loads(out[HEADER_SIZE:])["error"]["code"] == "ETOOBIG"
     assert r.receive_oversized(prefix, 1 << 20, 0.0) == []  # closed: ignored
+
+
+def run_text_router_messages(window: int, sizes: list[int]) -> list[bytes]:
+    """As :func:`run_router_messages`, on a JSON text session whose client sent
+    CAPABILITIES (so its credit is limited, ATP-FLOW-007). The receiver is written here
+    from the spec: each text message costs its UTF-8 length (ATP-FLOW-008), no frame may
+    overdraw the credit (ATP-FLOW-001), credit goes back only at ⌈W/2⌉ consumed
+    (ATP-FLOW-012). Fails on a stall, an overdraft or any error from the router."""
+    client = Connection(Role.CLIENT, limits=Limits(initial_window=window), now=0.0, text=True)
+    router = Connection(Role.ROUTER, now=0.0)
+    client.send_capabilities(text=True)
+    sid = client.open_stream(b"", now=0.0, text=True)
+    for msg in client.data_to_send(0.0):
+        assert isinstance(msg, str)
+        router.receive_text(msg, 0.0)
+    router.data_to_send(0.0)  # its CAPABILITIES: not needed by this receiver
+    jm = JsonMapping()
+    credit, unreturned = window, 0
+    pending = list(sizes)
+    got: list[bytes] = []
+    part = b""
+    for _ in range(100_000):
+        if pending and not router.outbound_buffered(sid):
+            n = pending.pop(0)
+            router.send_message(sid, b"p" * n, end_stream=not pending, more=bool(pending))
+        moved = False
+        for msg in router.data_to_send(0.0):
+            moved = True
+            assert isinstance(msg, str)
+            frame = jm.decode(msg)
+            jm.end_message()
+            assert frame is not None and frame.type == FrameType.DATA, msg[:200]
+            cost = len(msg.encode("utf-8"))
+            assert cost <= credit, (cost, credit)  # ATP-FLOW-001, in ATP-FLOW-008 terms
+            credit -= cost
+            unreturned += cost
+            part += bytes(frame.payload)
+            if not frame.flags & Flags.CONT:
+                got.append(part)
+                part = b""
+            if unreturned >= math.ceil(window / 2) and not frame.flags & Flags.FIN:
+                update = jm.encode(Frame.window_update(sid, credit=unreturned))
+                credit += unreturned
+                unreturned = 0
+                for ev in router.receive_text(update, 0.0):
+                    assert not isinstance(ev, StreamReset | ConnectionClosed), ev
+        if not pending and len(got) == len(sizes):
+            return got
+        if not moved:
+            raise AssertionError(
+                f"stalled: credit {router.send_credit(sid)}, "
+                f"{router.outbound_buffered(sid)} bytes waiting, window {window}"
+            )
+    raise AssertionError("did not finish")
+
+
+@pytest.mark.parametrize("window", [512, 1024, 1500, 4096])
+def test_text_stream_cut_costs_match_the_receivers(window: int) -> None:
+    """[ATP-FLOW-008, ATP-FLOW-013] On a text stream a cut fragment costs the UTF-8
+    length of its own JSON (base64 payload, its frag_seq), not a binary length: the
+    receiver's accounting and the sender's agree, and a lazy receiver never stalls."""
+    small = window // 4
+    sizes = [small, window, 3 * window, 540, 540]
+    assert [len(m) for m in run_text_router_messages(window, sizes)] == sizes
