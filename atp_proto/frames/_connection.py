@@ -1096,7 +1096,10 @@ class Connection:
             room = credit - overhead
             if room < 1 or room >= len(payload):
                 return False
-            pieces = [(head(room), overhead + room), (tail(room), HEADER_SIZE + len(payload) - room)]
+            pieces = [
+                (head(room), overhead + room),
+                (tail(room), HEADER_SIZE + len(payload) - room),
+            ]
             pieces.extend((f, c) for f, (_, c) in zip(later, list(box)[1:same], strict=True))
         removed = [box.popleft() for _ in range(same)]
         box.extendleft(reversed(pieces))
