@@ -127,6 +127,10 @@ async def test_graceful_shutdown_finishes_in_flight(tmp_path: Path) -> None:
                     got.append(c)
                     if len(got) == 1:
                         proc.terminate()  # SIGTERM mid-stream
+                        # The signal is handled asynchronously in the adapter process: wait
+                        # until it says it is draining, then a new call must be refused.
+                        while "draining" not in proc.log_text():
+                            await trio.sleep(0.01)
                         with pytest.raises(AdapterError) as ei:
                             await a.estimate(REQ)  # new calls refused while draining
                         assert (
