@@ -18,7 +18,11 @@ task: ``nursery.start_soon(adapter.run_health_checks, 5.0)``.
   mistake such as EPROTO or ESEC does not count). While OPEN, calls fail at once with
   ``retry_after_ms`` and EAGENTDOWN (EWINDOW_AGENT when overload opened it). After
   ``cooldown`` seconds the breaker is HALF_OPEN: one probe (a call, or a health check)
-  goes through; success closes it, failure re-opens it.
+  goes through; success closes it, failure re-opens it. Stream calls and the unary calls
+  (Estimate, Health) keep separate counts of consecutive failures, each reset only by a
+  success of its own kind: an adapter that answers every Estimate and every health check
+  but refuses every Stream (an overloaded one) still opens the breaker, however the calls
+  of many streams interleave.
 * **Retries**: a call that fails *before any output was streamed* with a retryable code
   (``retry_on``, default EAGENTDOWN and EWINDOW_AGENT) is retried up to ``max_retries``
   times with exponential backoff and full jitter, never sooner than the adapter's retry
@@ -136,7 +140,8 @@ class ResilientAdapter:
         self.health_timeout = health_timeout
         self.in_flight = 0
         self.breaker = BreakerState.CLOSED
-        self.consecutive_failures = 0
+        #: consecutive failures of Stream calls (True) / of unary calls (False)
+        self._failures = {True: 0, False: 0}
         self.opened_at = -math.inf
         self.last_health: Health | None = None
         self.stats = ResilienceStats()
@@ -192,9 +197,18 @@ class ResilientAdapter:
         self.opened_at = trio.current_time()
         self._probe_in_flight = False
 
-    def _on_success(self, latency: float | None, busy: int = 0) -> None:
-        """``busy``: calls in flight when this one ran (including it)."""
-        self.consecutive_failures = 0
+    @property
+    def consecutive_failures(self) -> int:
+        """The longer run of consecutive failures, of Stream calls or of unary calls."""
+        return max(self._failures.values())
+
+    def _on_success(self, latency: float | None, busy: int = 0, *, work: bool = True) -> None:
+        """``busy``: calls in flight when this one ran (including it); ``work``: a Stream
+        call (False: Estimate or Health)."""
+        if self.breaker is BreakerState.CLOSED:
+            self._failures[work] = 0
+        else:
+            self._failures = {True: 0, False: 0}  # a probe succeeded
         if self.breaker is not BreakerState.CLOSED:
             log.info("adapter %s: circuit closed", self.name)
         self.breaker = BreakerState.CLOSED
@@ -209,7 +223,7 @@ class ResilientAdapter:
     def _decrease(self) -> None:
         self.limit = max(self.min_limit, self.limit * self.backoff_ratio)
 
-    def _on_failure(self, exc: AdapterError) -> None:
+    def _on_failure(self, exc: AdapterError, *, work: bool = True) -> None:
         self.stats.failures += 1
         code = str(exc.code)
         if code in _BREAKER_FAILURES:
@@ -223,7 +237,7 @@ class ResilientAdapter:
             if self.breaker is BreakerState.HALF_OPEN:
                 self._probe_in_flight = False  # not the adapter's fault: let another probe
             return
-        self.consecutive_failures += 1
+        self._failures[work] += 1
         if (
             self.breaker is BreakerState.HALF_OPEN
             or self.consecutive_failures >= self.failure_threshold
@@ -362,7 +376,7 @@ class ResilientAdapter:
                 result = await fn(self._left_ms(request, deadline))
             except AdapterError as exc:
                 self._release()
-                self._on_failure(exc)
+                self._on_failure(exc, work=False)
                 if self._retryable(exc, attempt) and await self._backoff(
                     attempt + 1, exc, deadline
                 ):
@@ -376,7 +390,7 @@ class ResilientAdapter:
                 raise
             busy = self.in_flight
             self._release()
-            self._on_success(trio.current_time() - t0, busy)
+            self._on_success(trio.current_time() - t0, busy, work=False)
             return result
 
     async def stream(self, request: TaskRequest) -> AsyncIterator[Chunk]:
@@ -465,14 +479,16 @@ class ResilientAdapter:
             )
             self.last_health = Health(status="DOWN")
             if self.breaker is not BreakerState.OPEN:
-                self._on_failure(err)
+                self._on_failure(err, work=False)
             return None
         self.last_health = h
         if h.status in ("READY", "BUSY"):
             if self.breaker is BreakerState.HALF_OPEN or self.consecutive_failures:
-                self._on_success(None)
+                self._on_success(None, work=False)
         elif h.status == "DOWN" and self.breaker is not BreakerState.OPEN:
-            self._on_failure(AdapterError(ErrorCode.EAGENTDOWN, "reports DOWN", adapter=self.name))
+            self._on_failure(
+                AdapterError(ErrorCode.EAGENTDOWN, "reports DOWN", adapter=self.name), work=False
+            )
         return h
 
     async def run_health_checks(self, interval: float) -> None:

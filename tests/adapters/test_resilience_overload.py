@@ -111,3 +111,40 @@ def test_stream_error_of_the_last_failure(
     failed = adapter_failure(AdapterError(code, "m", retry_after_ms=hint), "msg")
     assert (failed.code, failed.retry_after_ms) == (want, want_retry)
     assert adapter_failure(None, "none").code == ErrorCode.EAGENTDOWN
+
+
+async def test_estimates_and_ready_health_do_not_forgive_failed_streams(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """[ATP-ADAPT-014, ATP-ADAPT-013] An adapter that answers every Estimate and every
+    Health (READY) but refuses every Stream with RESOURCE_EXHAUSTED: each stream's
+    Estimate comes between two Stream failures, and a health check between them too, yet
+    the breaker opens after `failure_threshold` Stream failures. (Estimates and READY
+    used to reset the count, so under concurrent streams the breaker never opened.)"""
+    inner = _Exhausted(None)
+    r = ResilientAdapter(inner, failure_threshold=3, max_retries=0, cooldown=30.0)
+    for _ in range(3):
+        await r.estimate(REQ)
+        await r.check_health()
+        await _fail(r)
+    assert r.breaker is BreakerState.OPEN
+    assert r.stats.breaker_opened == 1
+    calls = len(inner.calls)
+    err = await _fail(r)  # fails fast, no call reaches the adapter
+    assert len(inner.calls) == calls
+    assert err.code == ErrorCode.EWINDOW_AGENT and err.retry_after_ms
+
+
+async def test_a_successful_estimate_still_closes_a_half_open_breaker(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """[ATP-ADAPT-013] After the cooldown, one probe goes through; an Estimate is a probe
+    like any call: its success closes the breaker."""
+    inner = _Exhausted(None)
+    r = ResilientAdapter(inner, failure_threshold=2, max_retries=0, cooldown=1.0)
+    for _ in range(2):
+        await _fail(r)
+    assert r.breaker is BreakerState.OPEN
+    await trio.sleep(1.5)
+    await r.estimate(REQ)
+    assert r.breaker is BreakerState.CLOSED
