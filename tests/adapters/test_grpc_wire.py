@@ -5,7 +5,7 @@ request and tracks the WINDOW_UPDATEs the client sends; every response frame is 
 byte-exactly with ``hyperframe`` and written raw, so the server can send what a real
 server would never send (padding, CONTINUATION, bytes dribbled across reads, frames that
 break flow control or the frame size limit). The client's own frame parser
-(``_Connection._feed`` and its fast path for DATA) must give the same result as ``h2``
+(``_h2_fastpath.feed`` and its fast path for DATA) must give the same result as ``h2``
 in every case, fail cleanly on a protocol violation, and never grant the server more
 credit than its consumer has used.
 """
@@ -31,12 +31,12 @@ import trio.testing
 from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame
 
 from atp_proto.adapters import AdapterError, Chunk, CostEstimate, TaskRequest
-from atp_proto.adapters import grpc_client as gc
-from atp_proto.adapters.grpc_client import GrpcAdapter
+from atp_proto.adapters.grpc import GrpcAdapter, _h2
+from atp_proto.adapters.grpc._call import ACK_BATCH
+from atp_proto.adapters.grpc.status import method_path
 from atp_proto.adapters.proto import codec
 from atp_proto.frames import ErrorCode
 
-SVC = b"/atp.adapter.v1.AdapterService/"
 DEFAULT_WINDOW = 65535  # HTTP/2 initial window (connection, and the client's streams)
 MAX_FRAME = 16384  # the client's SETTINGS_MAX_FRAME_SIZE (HTTP/2 default)
 REQ = TaskRequest("t", "hello wire", request_id="rid-7")
@@ -314,7 +314,7 @@ async def stream_reply(
 ) -> Request:
     """Answer the next Stream call: HEADERS, one DATA frame per payload, OK trailers."""
     req = await peer.request()
-    assert req.headers[b":path"] == SVC + b"Stream"
+    assert req.headers[b":path"] == method_path("Stream").encode()
     assert req.headers[b"content-type"] == b"application/grpc"
     assert codec.decode_task_request(bytes(req.body[5:])) == REQ
     await peer.write(peer.response_headers(req.sid), dribble=dribble)
@@ -378,15 +378,15 @@ async def test_stream_layouts(
 async def test_stream_dribbled_a_few_bytes_per_send(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every TCP read holds 1-7 bytes: frame headers, gRPC prefixes and messages are all
     split across reads, and the client must carry the partial frame over."""
-    feeds: list[tuple[int, int]] = []  # (bytes given to _feed, bytes it left pending)
-    original = gc._Connection._feed
+    feeds: list[tuple[int, int]] = []  # (bytes given to feed, bytes it left pending)
+    original = _h2.feed
 
-    def spy(self: gc._Connection, data: bytes) -> bytes:
-        rest = original(self, data)
+    def spy(ch: _h2.H2Channel, data: bytes) -> bytes:
+        rest = original(ch, data)
         feeds.append((len(data), len(rest)))
         return rest
 
-    monkeypatch.setattr(gc._Connection, "_feed", spy)
+    monkeypatch.setattr(_h2, "feed", spy)
     chunks = make_chunks(12)
     msgs = [chunk_msg(c) for c in chunks]
     payloads = [msgs[0], b"".join(msgs[1:4]), *cut(b"".join(msgs[4:]), (3, 50, 11))]
@@ -548,7 +548,7 @@ async def test_estimate_with_padding_split_reply_and_continuation() -> None:
 
     async def handler(peer: Peer) -> None:
         req = await peer.request()
-        assert req.headers[b":path"] == SVC + b"Estimate"
+        assert req.headers[b":path"] == method_path("Estimate").encode()
         out = peer.response_headers(req.sid, cuts=(1,))
         for i, part in enumerate(cut(reply, (2, 4, 1000))):
             pad = 9 if i % 2 else None
@@ -769,7 +769,7 @@ async def test_slow_consumer_stops_the_server_at_one_window() -> None:
                     assert 0 <= peer.window(1) < biggest
                     assert peer.sent[1] - consumed <= DEFAULT_WINDOW  # sent, not consumed
                     # credit held back (batching) is bounded: the stream cannot stall
-                    assert consumed - credit < DEFAULT_WINDOW // 2 + gc._ACK_BATCH
+                    assert consumed - credit < DEFAULT_WINDOW // 2 + ACK_BATCH
             await done.wait()
     assert pauses == 2
     assert got == chunks
