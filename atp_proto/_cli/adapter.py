@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list() -> int:
-    from atp_proto.adapters.reference import REFERENCE
+    from atp_proto.adapters.sdk import BUILTIN_TARGETS
 
-    for name, ref in REFERENCE.items():
+    for name, ref in BUILTIN_TARGETS.items():
         print(f"{name:<10} {ref.description}")
     return 0
 

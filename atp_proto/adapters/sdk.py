@@ -54,6 +54,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from grpclib.const import Cardinality, Handler, Status
@@ -61,13 +62,16 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
 from ._base import AdapterError, Chunk, CostEstimate, Health, TaskRequest
+from .builtin import ASYNCIO, behaviour_adapter
 from .grpc.server import CoalescingServer, RawCodec, RetryInfoCodec, grpc_error_of
 from .grpc.status import ATP_TO_GRPC, method_path
 from .proto import codec
 
 __all__ = [
     "ATP_TO_GRPC",
+    "BUILTIN_TARGETS",
     "AdapterServer",
+    "BuiltinTarget",
     "VendorAdapter",
     "load_target",
     "serve",
@@ -329,8 +333,42 @@ class AdapterServer:
 # ---------------------------------------------------------------------- loading & serving
 
 
+def _openai(options: Mapping[str, str]) -> Any:
+    from .openai_bridge import OpenAIBridge
+
+    return OpenAIBridge.from_options(options)
+
+
+@dataclass(frozen=True)
+class BuiltinTarget:
+    """An adapter ``atp adapter serve NAME`` knows by name (no ``MODULE:CLASS``)."""
+
+    factory: Callable[[Mapping[str, str]], Any]
+    description: str
+
+
+#: the adapters served by name: the builtin behaviours (waiting on asyncio under this
+#: server, otherwise the very classes of ``builtin:``) and the OpenAI bridge
+BUILTIN_TARGETS: dict[str, BuiltinTarget] = {
+    "echo": BuiltinTarget(
+        lambda o: behaviour_adapter("echo", o, waits=ASYNCIO),
+        "answers with the prompt "
+        "(options: latency_ms chunks usd_per_1k confidence fail fail_after)",
+    ),
+    "persona": BuiltinTarget(
+        lambda o: behaviour_adapter("persona", o, waits=ASYNCIO),
+        "deterministic mock model (same options as echo)",
+    ),
+    "openai": BuiltinTarget(
+        _openai,
+        "bridge to an OpenAI-compatible chat-completions endpoint "
+        "(options: base_url model api_key usd_per_1k_in usd_per_1k_out confidence timeout)",
+    ),
+}
+
+
 def load_target(target: str, options: Mapping[str, str]) -> tuple[str, Any]:
-    """Instantiate ``MODULE:CLASS`` (or a reference adapter name) with ``options``.
+    """Instantiate ``MODULE:CLASS`` (or a :data:`BUILTIN_TARGETS` name) with ``options``.
 
     A class with a ``from_options(options)`` classmethod gets the option strings; any
     other class is called as ``CLASS(**options)``.
@@ -341,14 +379,13 @@ def load_target(target: str, options: Mapping[str, str]) -> tuple[str, Any]:
     Raises:
         ValueError: the target cannot be imported or instantiated (message says why).
     """
-    from .reference import REFERENCE
-
     if ":" not in target:
-        if target not in REFERENCE:
+        if target not in BUILTIN_TARGETS:
             raise ValueError(
-                f"unknown adapter {target!r}: give MODULE:CLASS or one of {', '.join(REFERENCE)}"
+                f"unknown adapter {target!r}: give MODULE:CLASS or one of "
+                f"{', '.join(BUILTIN_TARGETS)}"
             )
-        return target, REFERENCE[target].factory(dict(options))
+        return target, BUILTIN_TARGETS[target].factory(dict(options))
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)

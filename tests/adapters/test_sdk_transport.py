@@ -17,11 +17,11 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 
 from atp_proto.adapters import Chunk, TaskRequest
+from atp_proto.adapters.builtin import ASYNCIO, behaviour_adapter
 from atp_proto.adapters.grpc import server as grpc_server
 from atp_proto.adapters.grpc.server import CoalescingTransport, RawCodec
 from atp_proto.adapters.grpc.status import method_path
 from atp_proto.adapters.proto import codec
-from atp_proto.adapters.reference import behaviour_adapter
 from atp_proto.adapters.sdk import AdapterServer
 
 STREAM = method_path("Stream")
@@ -193,8 +193,12 @@ def test_grpclib_client_reads_a_coalescing_server(monkeypatch: pytest.MonkeyPatc
     req = TaskRequest("echo", prompt, request_id="sdk-1")
 
     async def main() -> tuple[list[Chunk], list[Chunk]]:
-        expected = [c async for c in behaviour_adapter("echo", {"chunks": "50"}).stream(req)]
-        server = AdapterServer(behaviour_adapter("echo", {"chunks": "50"}), grace=1.0)
+        expected = [
+            c async for c in behaviour_adapter("echo", {"chunks": "50"}, waits=ASYNCIO).stream(req)
+        ]
+        server = AdapterServer(
+            behaviour_adapter("echo", {"chunks": "50"}, waits=ASYNCIO), grace=1.0
+        )
         port = await server.start("127.0.0.1", 0)
         channel = Channel("127.0.0.1", port, codec=RawCodec())
         try:
