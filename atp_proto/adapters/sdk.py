@@ -53,7 +53,7 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -243,12 +243,29 @@ class AdapterServer:
         log.error("adapter %s %s %s: error in adapter code", self.name, kind, rid, exc_info=exc)
         return GRPCError(Status.INTERNAL, f"internal error in adapter {self.name}")
 
-    async def _estimate(self, stream: Stream[Any, Any]) -> None:
+    @contextlib.contextmanager
+    def _call_scope(self, kind: str) -> Iterator[None]:
+        """The prologue and epilogue of every Estimate / Stream call: admission
+        (draining, ``max_concurrency``), the in-flight count, and the outcome and latency
+        recorded for Health. A cancelled call (client gone, deadline passed) is the
+        caller's doing and is not recorded."""
         t0 = time.perf_counter()
-        req: TaskRequest | None = None
         status = Status.OK
         self._admit()
         try:
+            yield
+        except GRPCError as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = Status.CANCELLED
+            raise
+        finally:
+            self._release()
+            self._record(kind, t0, status)
+
+    async def _estimate(self, stream: Stream[Any, Any]) -> None:
+        with self._call_scope("estimate"):
             req = self._parse(await stream.recv_message(), stream)
             try:
                 est = await self.adapter.estimate(req)
@@ -257,19 +274,9 @@ class AdapterServer:
             except Exception as exc:
                 raise self._failed("estimate", req, exc) from None
             await stream.send_message(codec.encode_estimate(est))
-        except GRPCError as exc:
-            status = exc.status
-            raise
-        finally:
-            self._release()
-            self._record("estimate", t0, status)
 
     async def _stream(self, stream: Stream[Any, Any]) -> None:
-        t0 = time.perf_counter()
-        req: TaskRequest | None = None
-        status = Status.OK
-        self._admit()
-        try:
+        with self._call_scope("stream"):
             req = self._parse(await stream.recv_message(), stream)
             log.debug("adapter %s stream %s start", self.name, req.request_id)
             chunks = self.adapter.stream(req)
@@ -287,15 +294,6 @@ class AdapterServer:
                 if aclose is not None:
                     with contextlib.suppress(Exception):
                         await aclose()
-        except GRPCError as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = Status.CANCELLED
-            raise
-        finally:
-            self._release()
-            self._record("stream", t0, status)
 
     def _record(self, kind: str, t0: float, status: Status) -> None:
         if status in _CALLER_FAULTS:
