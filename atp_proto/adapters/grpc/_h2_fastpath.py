@@ -11,7 +11,7 @@ The private attributes written (``H2Connection._inbound_flow_control_window_mana
 ``H2Stream._inbound_window_manager``, ``_expected_content_length``,
 ``_actual_content_length``) are why ``pyproject.toml`` pins h2 exactly;
 ``tests/test_pinned_internals.py`` fails, naming this module, when h2 changes them, and
-``tests/adapters/test_fastpath.py`` checks the fast path against h2's own path.
+``tests/adapters/test_grpc_fastpath.py`` checks the fast path against h2's own path.
 """
 
 from __future__ import annotations
