@@ -12,7 +12,7 @@ all of them alike. Streaming figures are the median over rounds; Estimate latenc
 pooled over rounds.
 
 Clients:
-  * ``atp-trio``        atp_proto.adapters.grpc_client.GrpcAdapter (h2 on trio)
+  * ``atp-trio``        atp_proto.adapters.grpc.GrpcAdapter (h2 on trio)
   * ``grpclib``         grpclib's asyncio client, messages decoded with the same fast codec
                         as ours (so the comparison is transport against transport)
   * ``grpclib+bp``      grpclib with the betterproto-generated stub (what a Python user of
@@ -44,7 +44,6 @@ from _report import Goal, judge
 
 STREAM_CHUNKS = 1000
 PROMPT = "x" * STREAM_CHUNKS
-SVC = "/atp.adapter.v1.AdapterService/"
 GOAL_VS_GRPCLIB = 1.2  #: atp-trio streaming chunks/s over grpclib's
 GOAL_P50_MS = 1.0  #: atp-trio Estimate p50
 
@@ -93,7 +92,7 @@ def bench_ours(port: int, n_stream: int, n_est: int) -> Sample:
     import trio
 
     from atp_proto.adapters import TaskRequest
-    from atp_proto.adapters.grpc_client import GrpcAdapter
+    from atp_proto.adapters.grpc import GrpcAdapter
 
     async def main() -> Sample:
         req = TaskRequest("bench", PROMPT)
@@ -152,8 +151,9 @@ def bench_grpclib(port: int, n_stream: int, n_est: int) -> Sample:
     from grpclib.const import Cardinality
 
     from atp_proto.adapters import TaskRequest
+    from atp_proto.adapters.grpc.server import RawCodec
+    from atp_proto.adapters.grpc.status import method_path
     from atp_proto.adapters.proto import codec
-    from atp_proto.adapters.sdk import _RawCodec
 
     payload = codec.encode_task_request(TaskRequest("bench", PROMPT))
     channel: Channel | None = None
@@ -161,12 +161,12 @@ def bench_grpclib(port: int, n_stream: int, n_est: int) -> Sample:
     def ch() -> Channel:
         nonlocal channel
         if channel is None:
-            channel = Channel("127.0.0.1", port, codec=_RawCodec())
+            channel = Channel("127.0.0.1", port, codec=RawCodec())
         return channel
 
     async def stream_once() -> int:
         n = 0
-        async with ch().request(SVC + "Stream", Cardinality.UNARY_STREAM, bytes, bytes) as s:
+        async with ch().request(method_path("Stream"), Cardinality.UNARY_STREAM, bytes, bytes) as s:
             await s.send_message(payload, end=True)
             async for msg in s:
                 codec.decode_chunk(msg)
@@ -174,7 +174,9 @@ def bench_grpclib(port: int, n_stream: int, n_est: int) -> Sample:
         return n
 
     async def estimate_once() -> Any:
-        async with ch().request(SVC + "Estimate", Cardinality.UNARY_UNARY, bytes, bytes) as s:
+        async with ch().request(
+            method_path("Estimate"), Cardinality.UNARY_UNARY, bytes, bytes
+        ) as s:
             await s.send_message(payload, end=True)
             return codec.decode_estimate(await s.recv_message() or b"")
 
@@ -219,6 +221,7 @@ def bench_grpcio(port: int, n_stream: int, n_est: int) -> Sample:
     import grpc
 
     from atp_proto.adapters import TaskRequest
+    from atp_proto.adapters.grpc.status import method_path
     from atp_proto.adapters.proto import codec
 
     payload = codec.encode_task_request(TaskRequest("bench", PROMPT))
@@ -229,10 +232,12 @@ def bench_grpcio(port: int, n_stream: int, n_est: int) -> Sample:
             c = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
             holder["ch"] = c
             holder["stream"] = c.unary_stream(
-                SVC + "Stream", request_serializer=None, response_deserializer=codec.decode_chunk
+                method_path("Stream"),
+                request_serializer=None,
+                response_deserializer=codec.decode_chunk,
             )
             holder["est"] = c.unary_unary(
-                SVC + "Estimate",
+                method_path("Estimate"),
                 request_serializer=None,
                 response_deserializer=codec.decode_estimate,
             )

@@ -19,7 +19,8 @@ import wsproto
 import wsproto.events as we
 from grpclib.server import Server
 
-from atp_proto.adapters import grpc_client, sdk
+from atp_proto.adapters.grpc import _h2_fastpath
+from atp_proto.adapters.grpc import server as grpc_server
 
 PINS = {"h2": "4.4.1", "h11": "0.16.0", "wsproto": "1.3.2", "grpclib": "0.4.9", "aioquic": "1.7.2"}
 
@@ -64,8 +65,8 @@ def _h2_client_with_open_stream() -> tuple[h2.connection.H2Connection, int]:
 
 
 def test_h2_internals_used_by_the_grpc_fast_path() -> None:
-    """grpc_client._Connection._fast_window accounts a DATA frame as h2 would."""
-    assert "_inbound_flow_control_window_manager" in inspect.getsource(grpc_client)
+    """adapters/grpc/_h2_fastpath.py (fast_window) accounts a DATA frame as h2 would."""
+    assert "_inbound_flow_control_window_manager" in inspect.getsource(_h2_fastpath)
     conn, sid = _h2_client_with_open_stream()
     st = conn.streams[sid]
     cw = conn._inbound_flow_control_window_manager
@@ -100,21 +101,21 @@ def test_wsproto_keeps_pipelined_bytes_in_h11_trailing_data() -> None:
 
 
 async def _build_protocol() -> object:
-    server = sdk._Server([], codec=sdk._RawCodec())
+    server = grpc_server.CoalescingServer([], codec=grpc_server.RawCodec())
     return server._protocol_factory()
 
 
 def test_grpclib_server_protocol_factory_is_overridable() -> None:
-    """adapters/sdk.py rebuilds the H2Protocol grpclib's Server makes per connection from
+    """adapters/grpc/server.py rebuilds the H2Protocol grpclib's Server makes per connection from
     its ``handler``, ``config`` and ``h2_config`` attributes."""
     import asyncio
 
     from grpclib.protocol import H2Protocol
 
-    assert sdk._Server._protocol_factory is not Server._protocol_factory
+    assert grpc_server.CoalescingServer._protocol_factory is not Server._protocol_factory
     assert list(inspect.signature(Server._protocol_factory).parameters) == ["self"]
     proto = asyncio.run(_build_protocol())
-    assert isinstance(proto, sdk._CoalescingProtocol)
+    assert isinstance(proto, grpc_server.CoalescingProtocol)
     assert isinstance(proto, H2Protocol)
     for attr in ("handler", "config", "h2_config"):
         assert getattr(proto, attr) is not None, attr

@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list() -> int:
-    from atp_proto.adapters.reference import REFERENCE
+    from atp_proto.adapters.sdk import BUILTIN_TARGETS
 
-    for name, ref in REFERENCE.items():
+    for name, ref in BUILTIN_TARGETS.items():
         print(f"{name:<10} {ref.description}")
     return 0
 
@@ -189,7 +189,7 @@ def _check(args: argparse.Namespace) -> int:
     import trio
 
     from atp_proto.adapters import AdapterError, TaskRequest
-    from atp_proto.adapters.grpc_client import GrpcAdapter
+    from atp_proto.adapters.grpc import GrpcAdapter
 
     if not args.url.startswith(("grpc://", "grpcs://")):
         raise UsageError(f"URL must be grpc://HOST:PORT or grpcs://HOST:PORT, not {args.url!r}")
@@ -202,6 +202,10 @@ def _check(args: argparse.Namespace) -> int:
     req = TaskRequest(task_type=args.task_type, prompt=args.prompt, request_id="atp-adapter-check")
 
     async def main() -> int:
+        async with adapter:  # owns the connection tasks
+            return await checks()
+
+    async def checks() -> int:
         ok = True
         try:
             try:

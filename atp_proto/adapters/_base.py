@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from atp_proto.frames import ErrorCode
+from atp_proto.frames import ATPError, ErrorCode
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +73,13 @@ class Health:
     capacity: int = 0
 
 
-class AdapterError(Exception):
-    """An adapter call failed. ``streamed`` tells whether output was already produced
-    (then a retry on the same request would duplicate it)."""
+class AdapterError(ATPError):
+    """An adapter call failed. ``code``, ``message`` and ``retry_after_ms`` are the
+    :class:`~atp_proto.frames.ATPError` fields (one error tree for the package: the code
+    is the one the router sends when no other adapter answers); ``adapter`` names the
+    adapter, and ``streamed`` tells whether output was already produced (then a retry on
+    the same request would duplicate it). ``stream_id`` is 0: an adapter call knows no
+    ATP stream; the router attaches the error to its stream."""
 
     def __init__(
         self,
@@ -86,12 +90,10 @@ class AdapterError(Exception):
         streamed: bool = False,
         retry_after_ms: int | None = None,
     ) -> None:
-        super().__init__(f"{adapter or 'adapter'}: {code}: {message}")
-        self.code = code
-        self.message = message
+        super().__init__(code, message, retry_after_ms=retry_after_ms)
+        self.args = (f"{adapter or 'adapter'}: {code}: {message}",)
         self.adapter = adapter
         self.streamed = streamed
-        self.retry_after_ms = retry_after_ms
 
 
 @runtime_checkable

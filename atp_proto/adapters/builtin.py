@@ -1,4 +1,4 @@
-"""In-process reference adapters: ``builtin:echo`` and ``builtin:persona``.
+"""The builtin adapters: ``builtin:echo`` and ``builtin:persona``, in process.
 
 They are deterministic (same request, same output) so tests can assert exact results,
 and configurable through the URL's query string, e.g.
@@ -14,7 +14,10 @@ fail           ``error`` (fail at once), ``stall`` (hang after fail_after
 fail_after     chunks before the failure (default 0)
 ============== ===============================================================
 
-The same behaviour is served over gRPC by the reference adapter processes.
+The same behaviours are served over gRPC by ``atp adapter serve echo`` / ``persona``
+(the SDK's asyncio server): the same classes, answers, costs, options and failure modes,
+built with :data:`ASYNCIO` waits instead of :data:`TRIO` ones (the only I/O they do is
+waiting, so the waiting is injected; there is no second "reference" family).
 
 Confidence is an adapter's claim that its answer is right, and consensus weighs answers
 by it. Echo only parrots the prompt: it knows nothing about the answer, so it claims
@@ -25,8 +28,9 @@ after me".)
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
@@ -35,6 +39,24 @@ import trio
 from atp_proto.frames import ErrorCode
 
 from ._base import AdapterError, Chunk, CostEstimate, Health, TaskRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Waits:
+    """How a builtin adapter waits: the event loop it runs on, injected."""
+
+    sleep: Callable[[float], Awaitable[None]]  #: ``latency_ms`` between chunks
+    forever: Callable[[], Awaitable[object]]  #: ``fail=stall``
+
+
+async def _asyncio_forever() -> None:
+    await asyncio.Event().wait()
+
+
+#: waiting on trio (the router's process, tests)
+TRIO = Waits(trio.sleep, trio.sleep_forever)
+#: waiting on asyncio (served by the SDK's grpclib server)
+ASYNCIO = Waits(asyncio.sleep, _asyncio_forever)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +110,10 @@ class BehaviourAdapter:
 
     kind = "base"
 
-    def __init__(self, name: str, config: BehaviourConfig) -> None:
+    def __init__(self, name: str, config: BehaviourConfig, *, waits: Waits = TRIO) -> None:
         self.name = name
         self.config = config
+        self.waits = waits
         self.calls = 0
         self.chunks_out = 0  #: chunks handed to callers (shows backpressure in tests)
 
@@ -99,14 +122,6 @@ class BehaviourAdapter:
 
     def _usd(self, tokens: int) -> int:
         return tokens * self.config.usd_per_1k // 1000
-
-    # The only I/O: waiting. trio here; the gRPC reference adapters (asyncio, under the
-    # SDK's grpclib server) override these two and inherit everything else.
-    async def _sleep(self, seconds: float) -> None:
-        await trio.sleep(seconds)
-
-    async def _hang(self) -> None:
-        await trio.sleep_forever()
 
     async def estimate(self, request: TaskRequest) -> CostEstimate:
         out = count_tokens(self.answer(request))
@@ -134,7 +149,7 @@ class BehaviourAdapter:
         for i, part in enumerate(parts):
             if cfg.fail and i == cfg.fail_after and i > 0:
                 if cfg.fail == "stall":
-                    await self._hang()
+                    await self.waits.forever()
                 raise AdapterError(
                     ErrorCode.EAGENTDOWN,
                     "adapter died mid-stream",
@@ -142,7 +157,7 @@ class BehaviourAdapter:
                     streamed=True,
                 )
             if cfg.latency_ms:
-                await self._sleep(cfg.latency_ms / 1000)
+                await self.waits.sleep(cfg.latency_ms / 1000)
             used += max(1, (len(part) + 3) // 4)  # count_tokens(part), inlined: hot path
             final = i == last
             self.chunks_out += 1
@@ -190,6 +205,24 @@ _KINDS: dict[str, tuple[type[BehaviourAdapter], dict[str, float | int | str]]] =
 }
 
 
+#: the builtin kinds
+KINDS = tuple(_KINDS)
+
+
+def behaviour_adapter(
+    kind: str, options: Mapping[str, str], name: str = "", *, waits: Waits = TRIO
+) -> BehaviourAdapter:
+    """A builtin adapter of ``kind`` with ``options`` over its defaults.
+
+    Raises:
+        ValueError: unknown kind or bad options (the message says which).
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"unknown builtin adapter {kind!r} (known: {', '.join(_KINDS)})")
+    cls, defaults = _KINDS[kind]
+    return cls(name or kind, BehaviourConfig.from_query(options, **defaults), waits=waits)
+
+
 def builtin_adapter(name: str, url: str) -> BehaviourAdapter:
     """Build an adapter from ``builtin:KIND[?options]``.
 
@@ -199,9 +232,5 @@ def builtin_adapter(name: str, url: str) -> BehaviourAdapter:
     parts = urlsplit(url)
     if parts.scheme != "builtin":
         raise ValueError(f"not a builtin adapter URL: {url!r}")
-    kind = parts.path
-    if kind not in _KINDS:
-        raise ValueError(f"unknown builtin adapter {kind!r} (known: {', '.join(_KINDS)})")
-    cls, defaults = _KINDS[kind]
     query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
-    return cls(name, BehaviourConfig.from_query(query, **defaults))
+    return behaviour_adapter(parts.path, query, name)

@@ -34,8 +34,9 @@ The server runs on asyncio with grpclib. The SDK handles for the vendor:
 * **Graceful shutdown** on SIGTERM / SIGINT: stop accepting connections, refuse new calls
   with UNAVAILABLE ("draining"), let in-flight calls finish for up to ``grace`` seconds,
   then cancel what is left and call the vendor's ``aclose()`` if it has one.
-* **Coalesced writes**: HTTP/2 frames written during one event-loop iteration leave in
-  one ``send`` (at most 4 KiB are held back), instead of one system call per chunk.
+* **Coalesced writes** (:mod:`.grpc.server`): HTTP/2 frames written during one
+  event-loop iteration leave in one ``send`` (at most 4 KiB are held back), instead of
+  one system call per chunk.
   A generator that blocks the event loop (CPU work without an ``await``) delays the
   chunks it already yielded until it awaits; such code starves every other call anyway.
 * **Concurrency cap** (optional ``max_concurrency``): calls beyond it are refused with
@@ -52,44 +53,31 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from grpclib.const import Cardinality, Handler, Status
-from grpclib.encoding.base import CodecBase, StatusDetailsCodecBase
 from grpclib.exceptions import GRPCError
-from grpclib.protocol import H2Protocol
 from grpclib.server import Server, Stream
 
-from atp_proto.frames import ErrorCode
-
 from ._base import AdapterError, Chunk, CostEstimate, Health, TaskRequest
+from .builtin import ASYNCIO, behaviour_adapter
+from .grpc.server import CoalescingServer, RawCodec, RetryInfoCodec, grpc_error_of
+from .grpc.status import ATP_TO_GRPC, method_path
 from .proto import codec
 
 __all__ = [
     "ATP_TO_GRPC",
+    "BUILTIN_TARGETS",
     "AdapterServer",
+    "BuiltinTarget",
     "VendorAdapter",
     "load_target",
     "serve",
 ]
 
 log = logging.getLogger("atp.adapter")
-
-SERVICE = "/atp.adapter.v1.AdapterService"
-
-#: ATP error code raised by vendor code -> gRPC status sent to the router.
-ATP_TO_GRPC: dict[str, Status] = {
-    ErrorCode.EAGENTDOWN: Status.UNAVAILABLE,
-    ErrorCode.EDRAINING: Status.UNAVAILABLE,
-    ErrorCode.ETIMEOUT: Status.DEADLINE_EXCEEDED,
-    ErrorCode.EWINDOW_AGENT: Status.RESOURCE_EXHAUSTED,
-    ErrorCode.EWINDOW: Status.RESOURCE_EXHAUSTED,
-    ErrorCode.EBUDGET: Status.RESOURCE_EXHAUSTED,
-    ErrorCode.EPROTO: Status.INVALID_ARGUMENT,
-    ErrorCode.ETOOBIG: Status.INVALID_ARGUMENT,
-    ErrorCode.ESEC: Status.PERMISSION_DENIED,
-}
 
 #: statuses caused by the caller: they do not count as adapter errors in Health
 _CALLER_FAULTS = {Status.INVALID_ARGUMENT, Status.CANCELLED, Status.PERMISSION_DENIED}
@@ -102,18 +90,6 @@ class VendorAdapter(Protocol):
     async def estimate(self, request: TaskRequest) -> CostEstimate: ...
 
     def stream(self, request: TaskRequest) -> AsyncIterator[Chunk]: ...
-
-
-class _RawCodec(CodecBase):
-    """Messages travel as bytes; encoding is done by :mod:`.proto.codec`."""
-
-    __content_subtype__ = "proto"
-
-    def encode(self, message: Any, message_type: Any) -> bytes:
-        return bytes(message)
-
-    def decode(self, data: bytes, message_type: Any) -> Any:
-        return data
 
 
 class _Stats:
@@ -137,91 +113,6 @@ class _Stats:
 
     def error_rate(self) -> float:
         return sum(self.outcomes) / len(self.outcomes) if self.outcomes else 0.0
-
-
-class _CoalescingTransport:
-    """Wraps an asyncio transport: writes made in one event-loop iteration are joined
-    and sent at its end (or as soon as ``limit`` bytes wait), so a handler streaming
-    many small chunks costs one system call per batch instead of one per chunk.
-
-    Backpressure is unchanged: the joined data goes to the real transport, which still
-    pauses the protocol above its high-water mark, and HTTP/2 flow control bounds what
-    a handler can write between two flushes.
-    """
-
-    __slots__ = ("_buf", "_loop", "_pending", "_scheduled", "limit", "transport")
-
-    def __init__(self, transport: asyncio.Transport, limit: int = 4096) -> None:
-        self.transport = transport
-        self.limit = limit
-        self._loop = asyncio.get_running_loop()
-        self._buf: list[bytes] = []
-        self._pending = 0
-        self._scheduled = False
-
-    def write(self, data: bytes) -> None:
-        if not data:
-            return
-        self._buf.append(data)
-        self._pending += len(data)
-        if self._pending >= self.limit:
-            self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        self._scheduled = False
-        self.flush()
-
-    def flush(self) -> None:
-        if not self._buf:
-            return
-        data = b"".join(self._buf) if len(self._buf) > 1 else self._buf[0]
-        self._buf.clear()
-        self._pending = 0
-        if not self.transport.is_closing():
-            self.transport.write(data)
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def __getattr__(self, name: str) -> Any:  # get_extra_info, is_closing, abort, ...
-        return getattr(self.transport, name)
-
-
-class _CoalescingProtocol(H2Protocol):
-    def connection_made(self, transport: Any) -> None:
-        wrapped: Any = _CoalescingTransport(transport)  # duck-types asyncio.Transport
-        super().connection_made(wrapped)
-
-
-class _Server(Server):
-    """grpclib's server with coalesced writes (:class:`_CoalescingTransport`)."""
-
-    def _protocol_factory(self) -> H2Protocol:
-        proto = super()._protocol_factory()
-        return _CoalescingProtocol(proto.handler, proto.config, proto.h2_config)
-
-
-class _RetryInfoCodec(StatusDetailsCodecBase):
-    """``details`` of a :class:`GRPCError` = a retry hint in milliseconds, sent as a
-    ``google.rpc.Status`` holding a ``google.rpc.RetryInfo`` (grpclib writes it to the
-    ``grpc-status-details-bin`` trailer; it refuses a ``grpc-retry-pushback-ms`` one)."""
-
-    def encode(self, status: Status, message: str | None, details: Any) -> bytes:
-        return codec.encode_retry_status(status.value, message or "", int(details))
-
-    def decode(self, status: Status, message: str | None, data: bytes) -> Any:
-        return codec.decode_retry_info(data)
-
-
-def _grpc_error(exc: AdapterError) -> GRPCError:
-    status = ATP_TO_GRPC.get(str(exc.code), Status.INTERNAL)
-    retry = exc.retry_after_ms
-    hint = retry if isinstance(retry, int) and not isinstance(retry, bool) and retry > 0 else None
-    return GRPCError(status, exc.message or str(exc.code), details=hint)
 
 
 class AdapterServer:
@@ -260,14 +151,16 @@ class AdapterServer:
 
     def __mapping__(self) -> dict[str, Handler]:
         return {
-            f"{SERVICE}/Estimate": Handler(self._estimate, Cardinality.UNARY_UNARY, bytes, bytes),
-            f"{SERVICE}/Stream": Handler(self._stream, Cardinality.UNARY_STREAM, bytes, bytes),
-            f"{SERVICE}/Health": Handler(self._health, Cardinality.UNARY_UNARY, bytes, bytes),
+            method_path("Estimate"): Handler(self._estimate, Cardinality.UNARY_UNARY, bytes, bytes),
+            method_path("Stream"): Handler(self._stream, Cardinality.UNARY_STREAM, bytes, bytes),
+            method_path("Health"): Handler(self._health, Cardinality.UNARY_UNARY, bytes, bytes),
         }
 
     async def start(self, host: str = "127.0.0.1", port: int = 7070) -> int:
         """Listen; returns the bound port (useful with port 0)."""
-        self._server = _Server([self], codec=_RawCodec(), status_details_codec=_RetryInfoCodec())
+        self._server = CoalescingServer(
+            [self], codec=RawCodec(), status_details_codec=RetryInfoCodec()
+        )
         await self._server.start(host, port)
         listener: Any = self._server._server
         sockets = listener.sockets if listener is not None else ()
@@ -346,16 +239,33 @@ class AdapterServer:
             return exc
         if isinstance(exc, AdapterError):
             log.info("adapter %s %s %s failed: %s: %s", self.name, kind, rid, exc.code, exc.message)
-            return _grpc_error(exc)
+            return grpc_error_of(exc)
         log.error("adapter %s %s %s: error in adapter code", self.name, kind, rid, exc_info=exc)
         return GRPCError(Status.INTERNAL, f"internal error in adapter {self.name}")
 
-    async def _estimate(self, stream: Stream[Any, Any]) -> None:
+    @contextlib.contextmanager
+    def _call_scope(self, kind: str) -> Iterator[None]:
+        """The prologue and epilogue of every Estimate / Stream call: admission
+        (draining, ``max_concurrency``), the in-flight count, and the outcome and latency
+        recorded for Health. A cancelled call (client gone, deadline passed) is the
+        caller's doing and is not recorded."""
         t0 = time.perf_counter()
-        req: TaskRequest | None = None
         status = Status.OK
         self._admit()
         try:
+            yield
+        except GRPCError as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = Status.CANCELLED
+            raise
+        finally:
+            self._release()
+            self._record(kind, t0, status)
+
+    async def _estimate(self, stream: Stream[Any, Any]) -> None:
+        with self._call_scope("estimate"):
             req = self._parse(await stream.recv_message(), stream)
             try:
                 est = await self.adapter.estimate(req)
@@ -364,19 +274,9 @@ class AdapterServer:
             except Exception as exc:
                 raise self._failed("estimate", req, exc) from None
             await stream.send_message(codec.encode_estimate(est))
-        except GRPCError as exc:
-            status = exc.status
-            raise
-        finally:
-            self._release()
-            self._record("estimate", t0, status)
 
     async def _stream(self, stream: Stream[Any, Any]) -> None:
-        t0 = time.perf_counter()
-        req: TaskRequest | None = None
-        status = Status.OK
-        self._admit()
-        try:
+        with self._call_scope("stream"):
             req = self._parse(await stream.recv_message(), stream)
             log.debug("adapter %s stream %s start", self.name, req.request_id)
             chunks = self.adapter.stream(req)
@@ -394,15 +294,6 @@ class AdapterServer:
                 if aclose is not None:
                     with contextlib.suppress(Exception):
                         await aclose()
-        except GRPCError as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = Status.CANCELLED
-            raise
-        finally:
-            self._release()
-            self._record("stream", t0, status)
 
     def _record(self, kind: str, t0: float, status: Status) -> None:
         if status in _CALLER_FAULTS:
@@ -440,8 +331,42 @@ class AdapterServer:
 # ---------------------------------------------------------------------- loading & serving
 
 
+def _openai(options: Mapping[str, str]) -> Any:
+    from .openai_bridge import OpenAIBridge
+
+    return OpenAIBridge.from_options(options)
+
+
+@dataclass(frozen=True)
+class BuiltinTarget:
+    """An adapter ``atp adapter serve NAME`` knows by name (no ``MODULE:CLASS``)."""
+
+    factory: Callable[[Mapping[str, str]], Any]
+    description: str
+
+
+#: the adapters served by name: the builtin behaviours (waiting on asyncio under this
+#: server, otherwise the very classes of ``builtin:``) and the OpenAI bridge
+BUILTIN_TARGETS: dict[str, BuiltinTarget] = {
+    "echo": BuiltinTarget(
+        lambda o: behaviour_adapter("echo", o, waits=ASYNCIO),
+        "answers with the prompt "
+        "(options: latency_ms chunks usd_per_1k confidence fail fail_after)",
+    ),
+    "persona": BuiltinTarget(
+        lambda o: behaviour_adapter("persona", o, waits=ASYNCIO),
+        "deterministic mock model (same options as echo)",
+    ),
+    "openai": BuiltinTarget(
+        _openai,
+        "bridge to an OpenAI-compatible chat-completions endpoint "
+        "(options: base_url model api_key usd_per_1k_in usd_per_1k_out confidence timeout)",
+    ),
+}
+
+
 def load_target(target: str, options: Mapping[str, str]) -> tuple[str, Any]:
-    """Instantiate ``MODULE:CLASS`` (or a reference adapter name) with ``options``.
+    """Instantiate ``MODULE:CLASS`` (or a :data:`BUILTIN_TARGETS` name) with ``options``.
 
     A class with a ``from_options(options)`` classmethod gets the option strings; any
     other class is called as ``CLASS(**options)``.
@@ -452,14 +377,13 @@ def load_target(target: str, options: Mapping[str, str]) -> tuple[str, Any]:
     Raises:
         ValueError: the target cannot be imported or instantiated (message says why).
     """
-    from .reference import REFERENCE
-
     if ":" not in target:
-        if target not in REFERENCE:
+        if target not in BUILTIN_TARGETS:
             raise ValueError(
-                f"unknown adapter {target!r}: give MODULE:CLASS or one of {', '.join(REFERENCE)}"
+                f"unknown adapter {target!r}: give MODULE:CLASS or one of "
+                f"{', '.join(BUILTIN_TARGETS)}"
             )
-        return target, REFERENCE[target].factory(dict(options))
+        return target, BUILTIN_TARGETS[target].factory(dict(options))
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)

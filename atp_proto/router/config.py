@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from atp_proto.adapters import registry as adapter_registry
 from atp_proto.frames import BudgetWindow, Limits
 
 from .admission import AdmissionConfig
@@ -89,12 +90,10 @@ class RouterConfig:
 def check_adapter_url(name: str, url: str) -> None:
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"adapter name {name!r}: use letters, digits, '-' and '_'")
-    scheme = urlsplit(url).scheme
-    if scheme not in ("builtin", "grpc", "grpcs"):
-        raise ConfigError(
-            f"adapter {name}: unsupported URL {url!r} (use builtin:echo, builtin:persona, "
-            "grpc://HOST:PORT)"
-        )
+    try:
+        adapter_registry.check_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"adapter {name}: {exc}") from None
 
 
 def parse_adapter_spec(spec: str, what: str = "--adapter") -> tuple[str, str]:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from atp_proto.adapters import Adapter, ResilientAdapter, connect
+from atp_proto.adapters import Adapter, ResilientAdapter, make_adapter, registry
 from atp_proto.frames import ErrorCode, FrameType, QoS, StreamOpened
 
 from .admission import Admission
@@ -86,18 +86,6 @@ def _add_frames(
         for ftype, n in counts.items():
             key = (direction, _type_name(ftype))
             totals[key] = totals.get(key, 0) + n
-
-
-def make_adapter(name: str, url: str) -> Adapter:
-    """An adapter for a configured URL. Remote (gRPC) adapters get the resilience layer:
-    health checks, an AIMD concurrency limit, a circuit breaker, retries before output."""
-    try:
-        adapter = connect(name, url)
-    except ValueError as exc:
-        raise ValueError(f"adapter {name}: {exc}") from None
-    if url.startswith(("grpc://", "grpcs://")):
-        return ResilientAdapter(adapter)
-    return adapter
 
 
 class Router:
@@ -176,12 +164,8 @@ class Router:
                 nursery.start_soon(self._run_listener, listeners, nursery, self._listener_scope)
                 if cfg.metrics_port is not None:
                     self.metrics_port = await nursery.start(self._serve_metrics)
-                for adapter in self.adapters.values():
-                    if isinstance(adapter, ResilientAdapter):
-                        inner_run = getattr(adapter.inner, "run", None)
-                        if inner_run is not None:  # gRPC: connection tasks live in our nursery
-                            await nursery.start(inner_run)
-                        nursery.start_soon(adapter.run_health_checks, cfg.health_interval_s)
+                for adapter in self.adapters.values():  # their tasks live in our nursery
+                    await registry.start(nursery, adapter, health_interval_s=cfg.health_interval_s)
                 self._ready = True
                 log.info(
                     "router listening",

@@ -27,6 +27,7 @@ from pathlib import Path
 import grpc
 
 import atp_proto.adapters.proto.atp.adapter.v1 as pb
+from atp_proto.adapters.grpc.status import SERVICE
 
 CODES = {c.value[0]: c for c in grpc.StatusCode}
 lock = threading.Lock()
@@ -131,7 +132,7 @@ def main() -> None:
         )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=options)
     handler = grpc.method_handlers_generic_handler(
-        "atp.adapter.v1.AdapterService",
+        SERVICE.lstrip("/"),  # grpcio names the service without the leading slash
         {
             "Estimate": grpc.unary_unary_rpc_method_handler(estimate),
             "Stream": grpc.unary_stream_rpc_method_handler(stream),

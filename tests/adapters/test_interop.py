@@ -13,11 +13,10 @@ import trio
 from conftest import grpcio_server, serve_adapter
 
 import atp_proto.adapters.proto.atp.adapter.v1 as pb
-from atp_proto.adapters import AdapterError, Chunk, CostEstimate, Health, TaskRequest
-from atp_proto.adapters.grpc_client import GrpcAdapter
+from atp_proto.adapters import AdapterError, Chunk, CostEstimate, Health, TaskRequest, registry
+from atp_proto.adapters.grpc import GrpcAdapter
+from atp_proto.adapters.grpc.status import method_path
 from atp_proto.frames import ErrorCode
-
-SVC = "/atp.adapter.v1.AdapterService/"
 
 
 async def test_trio_client_against_grpcio_server(tmp_path: Path) -> None:
@@ -146,7 +145,10 @@ async def test_server_killed_mid_stream_then_reconnect(tmp_path: Path) -> None:
                     assert a.connects == 2
 
 
-async def test_owner_nursery_and_system_task_modes(tmp_path: Path) -> None:
+async def test_ownership_is_mandatory(tmp_path: Path) -> None:
+    """The connection tasks run in an owner's nursery (``run`` / ``async with`` /
+    ``registry.start``); without one a call fails at once and starts no task (there is
+    no fire-and-forget system-task mode any more)."""
     with trio.fail_after(30):
         async with serve_adapter(tmp_path, "echo") as proc:
             # owned by a nursery via run()
@@ -157,12 +159,25 @@ async def test_owner_nursery_and_system_task_modes(tmp_path: Path) -> None:
                 n.cancel_scope.cancel()
             with pytest.raises(AdapterError):
                 await a.health()  # closed with its owner
-            # no owner (the router's connect() path): lazy system tasks, stopped by aclose()
+            # no owner: a clear error, and nothing runs
             b = GrpcAdapter.from_url("b", proc.url)
-            assert (await b.health()).status == "READY"
-            assert any("grpc b " in t.name for t in _all_tasks())
+            with pytest.raises(RuntimeError, match="no owner"):
+                await b.health()
+            assert not any("grpc b " in t.name for t in _all_tasks())
             await b.aclose()
-            assert not any("grpc b " in t.name for t in _all_tasks())  # its tasks are gone
+            # the router's path: registry.start puts the tasks in the router's nursery
+            c = registry.make_adapter("c", proc.url)
+            async with trio.open_nursery() as n:
+                await registry.start(n, c, health_interval_s=3600)
+                assert (await c.health()).status == "READY"
+                assert any("grpc c " in t.name for t in _all_tasks())
+                n.cancel_scope.cancel()
+            assert not any("grpc c " in t.name for t in _all_tasks())  # its tasks are gone
+            # two owners at once are refused
+            d = GrpcAdapter.from_url("d", proc.url)
+            async with d:
+                with pytest.raises(RuntimeError, match="already has an owner"):
+                    await d.__aenter__()
 
 
 def _all_tasks() -> list[trio.lowlevel.Task]:
@@ -180,15 +195,19 @@ def _grpcio_calls(
 ) -> tuple[pb.Estimate, list[pb.StreamChunk], pb.HealthReply, grpc.StatusCode]:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         est = ch.unary_unary(
-            SVC + "Estimate", request_serializer=bytes, response_deserializer=pb.Estimate().parse
+            method_path("Estimate"),
+            request_serializer=bytes,
+            response_deserializer=pb.Estimate().parse,
         )
         st = ch.unary_stream(
-            SVC + "Stream",
+            method_path("Stream"),
             request_serializer=bytes,
             response_deserializer=lambda b: pb.StreamChunk().parse(b),
         )
         he = ch.unary_unary(
-            SVC + "Health", request_serializer=bytes, response_deserializer=pb.HealthReply().parse
+            method_path("Health"),
+            request_serializer=bytes,
+            response_deserializer=pb.HealthReply().parse,
         )
         task = pb.Task(task_type="t", prompt="abcdefgh", content_json='{"a":1}', max_tokens=5)
         e = est(pb.EstimateRequest(task), timeout=10)

@@ -14,7 +14,7 @@ import trio
 from conftest import serve_adapter
 
 from atp_proto.adapters import AdapterError, TaskRequest
-from atp_proto.adapters.grpc_client import GrpcAdapter
+from atp_proto.adapters.grpc import GrpcAdapter
 from atp_proto.adapters.openai_bridge import OpenAIBridge
 from atp_proto.frames import ErrorCode
 

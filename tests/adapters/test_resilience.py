@@ -9,7 +9,7 @@ import trio
 from conftest import serve_adapter
 
 from atp_proto.adapters import AdapterError, TaskRequest
-from atp_proto.adapters.grpc_client import GrpcAdapter
+from atp_proto.adapters.grpc import GrpcAdapter
 from atp_proto.adapters.resilience import BreakerState, ResilientAdapter
 from atp_proto.frames import ErrorCode
 

@@ -12,7 +12,7 @@ import trio
 from conftest import ROOT, serve_adapter
 
 from atp_proto.adapters import AdapterError, TaskRequest, builtin_adapter
-from atp_proto.adapters.grpc_client import GrpcAdapter
+from atp_proto.adapters.grpc import GrpcAdapter
 from atp_proto.frames import ErrorCode
 
 REQ = TaskRequest(

@@ -1,4 +1,4 @@
-"""The SDK server's write coalescing (``sdk._CoalescingTransport``).
+"""The SDK server's write coalescing (``grpc_server.CoalescingTransport``).
 
 Unit tests drive the wrapper under asyncio with a fake transport that records what it is
 given; the last test serves a reference adapter through the real grpclib server (which
@@ -16,12 +16,15 @@ import pytest
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 
-from atp_proto.adapters import Chunk, TaskRequest, sdk
+from atp_proto.adapters import Chunk, TaskRequest
+from atp_proto.adapters.builtin import ASYNCIO, behaviour_adapter
+from atp_proto.adapters.grpc import server as grpc_server
+from atp_proto.adapters.grpc.server import CoalescingTransport, RawCodec
+from atp_proto.adapters.grpc.status import method_path
 from atp_proto.adapters.proto import codec
-from atp_proto.adapters.reference import behaviour_adapter
-from atp_proto.adapters.sdk import AdapterServer, _CoalescingTransport, _RawCodec
+from atp_proto.adapters.sdk import AdapterServer
 
-STREAM = "/atp.adapter.v1.AdapterService/Stream"
+STREAM = method_path("Stream")
 
 
 class FakeTransport:
@@ -54,10 +57,10 @@ class FakeTransport:
         return {"peername": ("10.1.2.3", 4567), "socket": None}.get(name, default)
 
 
-def run(test: Callable[[_CoalescingTransport, FakeTransport], Awaitable[None]]) -> None:
+def run(test: Callable[[CoalescingTransport, FakeTransport], Awaitable[None]]) -> None:
     async def main() -> None:
         fake = FakeTransport()
-        wrapper = _CoalescingTransport(fake)  # type: ignore[arg-type]
+        wrapper = CoalescingTransport(fake)  # type: ignore[arg-type]
         await test(wrapper, fake)
 
     asyncio.run(main())
@@ -69,7 +72,7 @@ async def next_iteration() -> None:
 
 
 def test_writes_of_one_iteration_leave_in_one_write_in_order() -> None:
-    async def test(t: _CoalescingTransport, fake: FakeTransport) -> None:
+    async def test(t: CoalescingTransport, fake: FakeTransport) -> None:
         t.write(b"one ")
         t.write(b"two ")
         t.write(b"three")
@@ -87,7 +90,7 @@ def test_writes_of_one_iteration_leave_in_one_write_in_order() -> None:
 
 
 def test_a_single_write_is_passed_on_unchanged() -> None:
-    async def test(t: _CoalescingTransport, fake: FakeTransport) -> None:
+    async def test(t: CoalescingTransport, fake: FakeTransport) -> None:
         t.write(b"alone")
         await next_iteration()
         assert fake.writes == [b"alone"]
@@ -96,7 +99,7 @@ def test_a_single_write_is_passed_on_unchanged() -> None:
 
 
 def test_limit_flushes_at_once() -> None:
-    async def test(t: _CoalescingTransport, fake: FakeTransport) -> None:
+    async def test(t: CoalescingTransport, fake: FakeTransport) -> None:
         assert t.limit == 4096
         t.write(b"a" * 4000)
         t.write(b"b" * 95)  # 4095 bytes: still held
@@ -116,7 +119,7 @@ def test_limit_flushes_at_once() -> None:
 
 
 def test_empty_writes_are_ignored() -> None:
-    async def test(t: _CoalescingTransport, fake: FakeTransport) -> None:
+    async def test(t: CoalescingTransport, fake: FakeTransport) -> None:
         t.write(b"")
         await next_iteration()
         assert fake.ops == []
@@ -132,7 +135,7 @@ def test_empty_writes_are_ignored() -> None:
 
 
 def test_close_flushes_then_closes() -> None:
-    async def test(t: _CoalescingTransport, fake: FakeTransport) -> None:
+    async def test(t: CoalescingTransport, fake: FakeTransport) -> None:
         t.write(b"last ")
         t.write(b"words")
         t.close()
@@ -144,7 +147,7 @@ def test_close_flushes_then_closes() -> None:
 
 
 def test_nothing_is_written_once_the_transport_is_closing() -> None:
-    async def test(t: _CoalescingTransport, fake: FakeTransport) -> None:
+    async def test(t: CoalescingTransport, fake: FakeTransport) -> None:
         t.write(b"early")
         await next_iteration()
         t.write(b"lost")
@@ -161,7 +164,7 @@ def test_nothing_is_written_once_the_transport_is_closing() -> None:
 
 
 def test_other_attributes_are_delegated() -> None:
-    async def test(t: _CoalescingTransport, fake: FakeTransport) -> None:
+    async def test(t: CoalescingTransport, fake: FakeTransport) -> None:
         assert t.get_extra_info("peername") == ("10.1.2.3", 4567)
         assert t.get_extra_info("nope", "dflt") == "dflt"
         assert t.transport is cast(Any, fake)
@@ -178,22 +181,26 @@ def test_other_attributes_are_delegated() -> None:
 def test_grpclib_client_reads_a_coalescing_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """50 chunks from the echo reference adapter through the SDK's real server."""
     joined: list[int] = []  # writes per underlying write, for every flush that sent data
-    original_flush = _CoalescingTransport.flush
+    original_flush = CoalescingTransport.flush
 
-    def counting_flush(self: _CoalescingTransport) -> None:
+    def counting_flush(self: CoalescingTransport) -> None:
         if self._buf and not self.transport.is_closing():
             joined.append(len(self._buf))
         original_flush(self)
 
-    monkeypatch.setattr(sdk._CoalescingTransport, "flush", counting_flush)
+    monkeypatch.setattr(grpc_server.CoalescingTransport, "flush", counting_flush)
     prompt = "".join(chr(65 + i % 26) for i in range(150))  # 50 parts of 3 characters
     req = TaskRequest("echo", prompt, request_id="sdk-1")
 
     async def main() -> tuple[list[Chunk], list[Chunk]]:
-        expected = [c async for c in behaviour_adapter("echo", {"chunks": "50"}).stream(req)]
-        server = AdapterServer(behaviour_adapter("echo", {"chunks": "50"}), grace=1.0)
+        expected = [
+            c async for c in behaviour_adapter("echo", {"chunks": "50"}, waits=ASYNCIO).stream(req)
+        ]
+        server = AdapterServer(
+            behaviour_adapter("echo", {"chunks": "50"}, waits=ASYNCIO), grace=1.0
+        )
         port = await server.start("127.0.0.1", 0)
-        channel = Channel("127.0.0.1", port, codec=_RawCodec())
+        channel = Channel("127.0.0.1", port, codec=RawCodec())
         try:
             async with asyncio.timeout(10):
                 got = []

@@ -1,0 +1,106 @@
+"""Every line of the gRPC client that touches h2's private attributes, in one file.
+
+DATA frames of open calls (no padding, no END_STREAM) take a fast path: the frame header
+is parsed here and h2's flow-control and stream state are updated exactly as
+``H2Connection.receive_data`` would, without building h2's frame and event objects (about
+half the client's cost per streamed message). Every other frame, and any DATA frame the
+fast path is not certain about, goes to h2 in order, so h2 still validates everything it
+sees.
+
+The private attributes written (``H2Connection._inbound_flow_control_window_manager``,
+``H2Stream._inbound_window_manager``, ``_expected_content_length``,
+``_actual_content_length``) are why ``pyproject.toml`` pins h2 exactly;
+``tests/test_pinned_internals.py`` fails, naming this module, when h2 changes them, and
+``tests/adapters/test_grpc_fastpath.py`` checks the fast path against h2's own path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import h2.connection
+import h2.errors
+import h2.exceptions
+import h2.stream
+
+if TYPE_CHECKING:
+    from ._h2 import H2Channel
+
+__all__ = ["fast_window", "feed"]
+
+_CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
+_FAST_STATES = frozenset((h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL))
+
+
+def feed(ch: H2Channel, data: bytes) -> bytes:
+    """Process the complete frames in ``data``; return the incomplete tail.
+
+    DATA frames of open calls (no padding, no END_STREAM) take a fast path: the
+    frame header is parsed here and h2's flow-control and stream state are updated
+    exactly as ``H2Connection.receive_data`` would, without building h2's frame and
+    event objects (about half the client's cost per streamed message). Every other
+    frame, and any DATA frame the fast path is not certain about, goes to h2 in
+    order, so h2 still validates everything it sees.
+    """
+    h2c = ch.h2
+    calls = ch.calls
+    dispatch = ch.dispatch
+    end = len(data)
+    pos = 0
+    h2_from = 0  # start of the run of frames not yet handed to h2
+    max_frame = h2c.max_inbound_frame_size
+    while end - pos >= 9:
+        length = int.from_bytes(data[pos : pos + 3], "big")
+        if length > max_frame:
+            # Fail on the header: h2 would first buffer the whole announced frame
+            # (a server announcing 16 MiB and stalling would hang the call).
+            if h2_from < pos:
+                dispatch(h2c.receive_data(data[h2_from:pos]))
+            h2c.close_connection(error_code=h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+            raise h2.exceptions.FrameTooLargeError(
+                f"Received overlong frame: length {length}, max {max_frame}"
+            )
+        stop = pos + 9 + length
+        if stop > end:
+            break
+        ftype = data[pos + 3]
+        flags = data[pos + 4]
+        if ftype == 0 and not flags & 0x09 and not ch.in_header_block:
+            if h2_from < pos:
+                dispatch(h2c.receive_data(data[h2_from:pos]))
+            h2_from = pos
+            sid = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+            call = calls.get(sid)
+            if call is not None and not call.ended and fast_window(h2c, sid, length):
+                call.on_data(data[pos + 9 : stop], length)
+                h2_from = stop
+        elif ftype in {1, 5, 9}:  # HEADERS, PUSH_PROMISE, CONTINUATION
+            ch.in_header_block = not flags & 0x04
+        pos = stop
+    if h2_from < pos:
+        dispatch(h2c.receive_data(data[h2_from:pos]))
+    return data[pos:] if pos < end else b""
+
+
+def fast_window(h2c: h2.connection.H2Connection, sid: int, length: int) -> bool:
+    """Account for an unpadded DATA frame of ``length`` bytes on ``sid`` as h2 would
+    (connection state, stream state, both inbound windows); False (nothing changed)
+    when h2 must see the frame itself."""
+    if h2c.state_machine.state is not _CLIENT_OPEN:
+        return False
+    st = h2c.streams.get(sid)
+    if st is None:
+        return False
+    sm = st.state_machine
+    if sm.state not in _FAST_STATES or not sm.headers_received:
+        return False
+    if st._expected_content_length is not None:
+        return False
+    cw = h2c._inbound_flow_control_window_manager
+    sw = st._inbound_window_manager
+    if cw.current_window_size < length or sw.current_window_size < length:
+        return False  # h2 raises the FLOW_CONTROL_ERROR
+    cw.current_window_size -= length
+    sw.current_window_size -= length
+    st._actual_content_length += length
+    return True

@@ -1,0 +1,50 @@
+"""One family of builtin adapters, its waiting injected: the same class answers the same on
+trio (``builtin:`` in the router) and on asyncio (served by ``atp adapter serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import trio
+
+from atp_proto.adapters import Chunk, TaskRequest
+from atp_proto.adapters.builtin import ASYNCIO, TRIO, behaviour_adapter, builtin_adapter
+from atp_proto.adapters.sdk import BUILTIN_TARGETS
+
+REQ = TaskRequest("t", "the same answer on both loops")
+
+
+async def _collect_asyncio(kind: str, options: dict[str, str]) -> list[Chunk]:
+    a = behaviour_adapter(kind, options, waits=ASYNCIO)
+    return [c async for c in a.stream(REQ)]
+
+
+def test_asyncio_and_trio_give_the_same_chunks() -> None:
+    options = {"latency_ms": "1", "chunks": "3"}
+    on_asyncio = asyncio.run(_collect_asyncio("persona", options))
+
+    async def on_trio() -> list[Chunk]:
+        a = builtin_adapter("persona", "builtin:persona?latency_ms=1&chunks=3")
+        assert a.waits is TRIO
+        return [c async for c in a.stream(REQ)]
+
+    assert trio.run(on_trio) == on_asyncio and len(on_asyncio) == 3
+
+
+def test_stall_waits_forever_on_asyncio() -> None:
+    async def main() -> None:
+        a = behaviour_adapter(
+            "echo", {"chunks": "3", "fail": "stall", "fail_after": "1"}, waits=ASYNCIO
+        )
+        it = a.stream(REQ)
+        await it.__anext__()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(it.__anext__(), 0.05)
+
+    asyncio.run(main())
+
+
+def test_served_builtins_wait_on_asyncio() -> None:
+    adapter = BUILTIN_TARGETS["echo"].factory({})
+    assert adapter.waits is ASYNCIO
