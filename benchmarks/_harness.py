@@ -1,9 +1,9 @@
 """What every benchmark shares to run: the router process, forked client processes, the
 machine's counters (CPU ticks, RSS, file limit), percentiles, and the machine it ran on.
 
-Imported as a sibling module (``import _harness``): ``atp bench`` puts this directory on
-``sys.path`` when it loads a benchmark, and ``python benchmarks/bench_X.py`` has it there
-already. Benchmarks never import the private CLI modules (``atp_proto._cli``).
+Benchmarks import it from their package (``from . import _harness``) and never import the
+private CLI modules (``atp_proto._cli``). The process helpers build on the public
+:mod:`atp_proto.testing`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 ``builtin:echo`` adapter to raw sans-IO clients over loopback, beside a bare trio-websocket
 echo measured in the same run.
 
-Run it as ``atp bench ws [--json] [--quick]`` (or ``python benchmarks/bench_ws.py``).
+Run it as ``atp bench ws [--json] [--quick]`` (or ``python -m benchmarks.bench_ws``).
 
 Each router is a separate process started as ``python -m atp_proto serve --no-auth --ws
 127.0.0.1:0 --metrics off --max-sessions 20000 --adapter ...`` (through a small ``-c``
@@ -64,10 +64,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-import _harness
-import _report
-from _harness import RouterProcess, _cpu_ticks, _dist_ms, _fork, _raise_nofile, _rss
-from _report import Goal, judge
+from . import _harness, _report
+from ._harness import RouterProcess, _cpu_ticks, _dist_ms, _fork, _raise_nofile, _rss
+from ._report import Goal, judge
 
 CHUNK = 200  #: characters per relayed chunk (the "200-byte frame")
 WINDOW = 64  #: baseline messages in flight
