@@ -97,3 +97,19 @@ def test_atp_bench_codec_quick_reports_not_judged_and_exits_0() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("not judged (quick run)") == 3
     assert "PASS" not in out.stdout and "FAIL" not in out.stdout
+
+
+def test_the_result_envelope_and_markdown_table(report: ModuleType) -> None:
+    """The JSON shape the next benchmarks (quic, routing, load) build with result()."""
+    goals = _goals(report)
+    res = report.result(
+        "demo", machine={"cpu_count": 2}, settings={"n": 3}, results={"x": 1.0},
+        goals=goals, quick=True, frames={"f": 1},
+    )  # fmt: skip
+    assert res["benchmark"] == "demo" and res["date"].endswith("+00:00")
+    assert res["settings"] == {"quick": True, "n": 3} and res["results"] == {"x": 1.0}
+    assert res["frames"] == {"f": 1} and res["machine"] == {"cpu_count": 2}
+    assert res["judged"] is False and len(res["goals"]) == 2
+    md = report.markdown_table(["a", "b"], [["1", "2"]], res)
+    assert md.splitlines()[:3] == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+    assert md.count("- not judged (quick run)") == 2

@@ -123,6 +123,7 @@ class RouterProcess:
         self.ws_url = ""
         self.metrics_port: int | None = None
         self._ready = threading.Event()
+        self._eof = False  #: the router closed its stderr (it is gone or going)
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -135,9 +136,8 @@ class RouterProcess:
         self._thread = threading.Thread(target=self._drain, daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout) or not self.ws_url:
-            alive = self.proc.poll() is None
+            what = "exited" if self._eof else f"did not listen within {timeout:g} s"
             self.stop(timeout=2)
-            what = f"did not listen within {timeout:g} s" if alive else "exited"
             raise RuntimeError(f"atp serve {what} ({self.proc.returncode}): {self.log()[-2000:]}")
 
     def _drain(self) -> None:
@@ -150,6 +150,7 @@ class RouterProcess:
                 self.metrics_port = int(mm.group(1)) if mm else None
                 self.ws_url = m.group(1)
                 self._ready.set()
+        self._eof = True
         self._ready.set()  # EOF: the process is gone
 
     @property
