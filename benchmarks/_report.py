@@ -9,10 +9,21 @@ its target, marked "not judged (quick run)", and exits 0.
 In the JSON result, ``goals`` is a list of :meth:`Goal.to_json` objects, ``judged`` says
 whether the run was judged, and ``all_goals_pass`` whether every measurement met its
 target (informative on a quick run).
+
+The JSON result of every benchmark has one envelope, built by :func:`result`::
+
+    {"benchmark": NAME, "date": ISO-8601 UTC, "machine": _harness.machine_info(...),
+     "settings": {"quick": bool, ...}, "results": {...}, ...extra keys,
+     "goals": [...], "judged": bool, "all_goals_pass": bool}
+
+codec and ws produce it (bench_adapters still names "settings" "params"); the next
+benchmarks (quic, routing, load) build it with :func:`result` and print their tables with
+:func:`markdown_table` and :func:`print_summary`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,3 +152,36 @@ def quick_note(result: Mapping[str, Any]) -> str:
     if result["judged"]:
         return ""
     return " (--quick: rough numbers, goals not judged)"
+
+
+def result(
+    benchmark: str,
+    *,
+    machine: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    results: Mapping[str, Any],
+    goals: Sequence[Goal],
+    quick: bool,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A benchmark's JSON result in the common envelope (see the module docstring)."""
+    return {
+        "benchmark": benchmark,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": dict(machine),
+        "settings": {"quick": quick, **settings},
+        "results": dict(results),
+        **extra,
+        **judge(goals, quick=quick),
+    }
+
+
+def markdown_table(
+    columns: Sequence[str], rows: Iterable[Sequence[str]], result: Mapping[str, Any]
+) -> str:
+    """A Markdown table of ``rows`` followed by the goal summary (for RESULTS.md)."""
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(cells) + " |" for cells in rows]
+    out.append("")
+    out += [f"- {line}" for line in summary_lines(result)]
+    return "\n".join(out) + "\n"

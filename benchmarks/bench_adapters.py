@@ -38,9 +38,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import _harness
-import _report
-from _report import Goal, judge
+from . import _harness, _report
+from ._harness import _pct
+from ._report import Goal, judge
 
 STREAM_CHUNKS = 1000
 PROMPT = "x" * STREAM_CHUNKS
@@ -56,11 +56,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _sizes(quick: bool) -> tuple[int, int, int]:
     """(rounds, stream calls, estimate calls) per client and round."""
     return (1, 3, 300) if quick else (5, 20, 600)
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Sample:

@@ -1,6 +1,6 @@
 """Frame codec benchmark: our binary codec beside json and cbor2, measured in the same run.
 
-Run it as ``atp bench codec [--json] [--quick]`` (or ``python benchmarks/bench_codec.py``).
+Run it as ``atp bench codec [--json] [--quick]`` (or ``python -m benchmarks.bench_codec``).
 
 What is measured, per frame, in µs per frame (best of 5 runs of N iterations, N scaled so
 that one run takes about 0.2 s; ``time.perf_counter_ns``; the statement is inlined by
@@ -34,10 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import _harness
-import _report
 import cbor2
-from _report import Goal, judge
 
 from atp_proto.frames import (
     HEADER_SIZE,
@@ -48,6 +45,9 @@ from atp_proto.frames import (
     QoS,
     encode_frame,
 )
+
+from . import _harness, _report
+from ._report import Goal, judge
 
 REPEATS = 5
 TARGET_S = 0.2  #: one timed run of N iterations

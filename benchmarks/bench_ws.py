@@ -2,7 +2,7 @@
 ``builtin:echo`` adapter to raw sans-IO clients over loopback, beside a bare trio-websocket
 echo measured in the same run.
 
-Run it as ``atp bench ws [--json] [--quick]`` (or ``python benchmarks/bench_ws.py``).
+Run it as ``atp bench ws [--json] [--quick]`` (or ``python -m benchmarks.bench_ws``).
 
 Each router is a separate process started as ``python -m atp_proto serve --no-auth --ws
 127.0.0.1:0 --metrics off --max-sessions 20000 --adapter ...`` (through a small ``-c``
@@ -56,24 +56,17 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import multiprocessing as mp
 import os
-import re
-import resource
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-import _harness
-import _report
-from _report import Goal, judge
+from . import _harness, _report
+from ._harness import RouterProcess, _cpu_ticks, _dist_ms, _fork, _raise_nofile, _rss
+from ._report import Goal, judge
 
 CHUNK = 200  #: characters per relayed chunk (the "200-byte frame")
 WINDOW = 64  #: baseline messages in flight
@@ -108,118 +101,10 @@ QUICK = Sizes(streams=20, frames=200, baseline_s=0.5, background=100, probes=100
 # ------------------------------------------------------------------------------ helpers
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _dist_ms(values_s: list[float]) -> dict[str, float]:
-    ms = [v * 1000 for v in values_s]
-    return {
-        "p50": _pct(ms, 0.50),
-        "p90": _pct(ms, 0.90),
-        "p99": _pct(ms, 0.99),
-        "mean": sum(ms) / len(ms),
-        "max": max(ms),
-        "n": len(ms),
-    }
-
-
-def _raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 65536
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    return want
-
-
-def _cpu_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
 def _prompt_body(chars: int) -> bytes:
     import cbor2
 
     return cbor2.dumps({"type": "agent.task", "content": {"prompt": "x" * chars}})
-
-
-_ROUTER_WRAPPER = (
-    "import resource, sys\n"
-    "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
-    "want = hard if hard != resource.RLIM_INFINITY else 65536\n"
-    "resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))\n"
-    "from atp_proto.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
-
-
-class RouterProcess:
-    """``atp serve`` in a subprocess; its stderr is drained by a thread (kept: the tail)."""
-
-    def __init__(self, adapters: dict[str, str], config_toml: str | None = None) -> None:
-        self._config: str | None = None
-        argv = [sys.executable, "-c", _ROUTER_WRAPPER, "serve", "--no-auth"]
-        argv += ["--ws", "127.0.0.1:0", "--metrics", "off", "--max-sessions", "20000"]
-        argv += ["--log-level", "info", "--grace", "1"]
-        for name, url in adapters.items():
-            argv += ["--adapter", f"{name}={url}"]
-        if config_toml:
-            fd, self._config = tempfile.mkstemp(suffix=".toml", prefix="atp-bench-ws-")
-            with os.fdopen(fd, "w") as fh:
-                fh.write(config_toml)
-            argv += ["--config", self._config]
-        self.argv = argv
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        self.pid = self.proc.pid
-        self.tail: deque[str] = deque(maxlen=40)
-        self._url: list[str] = []
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(30) or not self._url:
-            self.close()
-            raise RuntimeError("router did not start:\n" + "\n".join(self.tail))
-        self.url = self._url[0]
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip()
-            self.tail.append(line)
-            if not self._url:
-                m = re.search(r"router listening .*?ws=(ws://\S+)", line)
-                if m:
-                    self._url.append(m.group(1))
-                    self._ready.set()
-        self._ready.set()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._thread.join(timeout=5)
-        if self._config:
-            with contextlib.suppress(OSError):
-                os.unlink(self._config)
-
-
-def _fork() -> Any:
-    return mp.get_context("fork")
 
 
 # ------------------------------------------------------------------------------ ATP client

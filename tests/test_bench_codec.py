@@ -6,8 +6,8 @@ Structure only: no timing assertions, machines are noisy.
 from __future__ import annotations
 
 import json
+import sys
 
-from atp_proto._cli import bench
 from atp_proto.cli import main
 
 OPERATIONS = {
@@ -75,12 +75,14 @@ def test_quick_table(capsys):
     assert out.count("not judged (quick run)") == 3
 
 
-def test_missing_benchmarks_directory_is_a_usage_error(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(bench, "benchmarks_dir", lambda: tmp_path / "absent")
+def test_missing_benchmarks_package_is_a_usage_error(capsys, monkeypatch):
+    # as when atp-proto is installed without its benchmarks package: the import fails
+    monkeypatch.setitem(sys.modules, "benchmarks", None)
+    monkeypatch.setitem(sys.modules, "benchmarks.bench_codec", None)
     rc = main(["bench", "codec", "--quick"])
     _, err = capsys.readouterr()
     assert rc == 2
-    assert "no benchmarks directory" in err
+    assert "benchmark 'codec' is not installed: no module benchmarks.bench_codec" in err
 
 
 def test_bench_without_a_benchmark_shows_help(capsys):

@@ -22,8 +22,8 @@ from atp_proto._cli import bench
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
-    bench.load("codec")  # puts benchmarks/ on sys.path, as for every benchmark
-    import _report
+    bench.load("codec")  # as `atp bench codec` imports it
+    from benchmarks import _report
 
     return _report
 
@@ -71,12 +71,13 @@ def test_goal_json_round_trips_and_refuses_a_bad_operator(report: ModuleType) ->
 
 
 def test_quick_codec_run_with_an_impossible_goal_exits_0(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real benchmark path (as `atp bench codec --quick --json` runs it), with the
     round-trip goal set below what any machine does: reported, not judged, exit 0."""
     module = bench.load("codec")
-    module.GOAL_RT_US = 0.0  # a round-trip in no time at all
+    # a round-trip in no time at all (restored after: the module is imported once)
+    monkeypatch.setattr(module, "GOAL_RT_US", 0.0)
     rc = module.run(argparse.Namespace(quick=True, json=True))
     result = json.loads(capsys.readouterr().out)
     assert rc == 0
@@ -96,3 +97,19 @@ def test_atp_bench_codec_quick_reports_not_judged_and_exits_0() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("not judged (quick run)") == 3
     assert "PASS" not in out.stdout and "FAIL" not in out.stdout
+
+
+def test_the_result_envelope_and_markdown_table(report: ModuleType) -> None:
+    """The JSON shape the next benchmarks (quic, routing, load) build with result()."""
+    goals = _goals(report)
+    res = report.result(
+        "demo", machine={"cpu_count": 2}, settings={"n": 3}, results={"x": 1.0},
+        goals=goals, quick=True, frames={"f": 1},
+    )  # fmt: skip
+    assert res["benchmark"] == "demo" and res["date"].endswith("+00:00")
+    assert res["settings"] == {"quick": True, "n": 3} and res["results"] == {"x": 1.0}
+    assert res["frames"] == {"f": 1} and res["machine"] == {"cpu_count": 2}
+    assert res["judged"] is False and len(res["goals"]) == 2
+    md = report.markdown_table(["a", "b"], [["1", "2"]], res)
+    assert md.splitlines()[:3] == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+    assert md.count("- not judged (quick run)") == 2

@@ -1,28 +1,31 @@
-"""``atp bench BENCHMARK``: run a benchmark from the repository's ``benchmarks/`` directory.
+"""``atp bench BENCHMARK``: run a benchmark from the ``benchmarks`` package.
 
-Benchmarks live beside the package in a source checkout (``benchmarks/bench_*.py``), not
-inside it, so they are loaded by path. Each benchmark module exposes
-``run(args: argparse.Namespace) -> int`` (0: every goal met, or a ``--quick`` run, which
-is not judged; 1: a goal of a full run missed; see ``benchmarks/_report.py``) and receives
-the options registered here. To add one, add an entry to :data:`BENCHMARKS`
+Benchmarks live beside ``atp_proto`` as a second top-level package (``benchmarks/bench_*.py``),
+installed with it by the wheel and importable from a source checkout (``pip install -e .``),
+so ``atp bench`` works wherever ``atp`` does; they are imported by name. Each benchmark
+module exposes ``run(args: argparse.Namespace) -> int`` (0: every goal met, or a ``--quick``
+run, which is not judged; 1: a goal of a full run missed; see ``benchmarks/_report.py``) and
+receives the options registered here. To add one, add an entry to :data:`BENCHMARKS`
 (and, if it needs more than ``--json`` / ``--quick``, an options function).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
 
 from atp_proto.cli import UsageError
 
+#: the package the benchmarks are imported from
+PACKAGE = "benchmarks"
+
 
 class Benchmark(NamedTuple):
-    file: str  #: module file inside benchmarks/
+    module: str  #: module inside the benchmarks package
     help: str
     options: Callable[[argparse.ArgumentParser], None] | None = None  #: extra arguments
 
@@ -30,26 +33,19 @@ class Benchmark(NamedTuple):
 #: benchmark name -> where it lives and what it measures
 BENCHMARKS: dict[str, Benchmark] = {
     "codec": Benchmark(
-        "bench_codec.py",
+        "bench_codec",
         "frame codec: encode / decode / round-trip per frame, beside json and cbor2",
     ),
     "adapters": Benchmark(
-        "bench_adapters.py",
+        "bench_adapters",
         "gRPC adapter plane: streaming chunks/s and Estimate latency, beside grpclib and grpcio",
     ),
     "ws": Benchmark(
-        "bench_ws.py",
+        "bench_ws",
         "router over WebSocket: relayed PARTIAL frames/s, SYN->first PARTIAL latency, "
         "idle-session RSS, beside a bare trio-websocket echo",
     ),
 }
-
-
-def benchmarks_dir() -> Path:
-    """The repository's ``benchmarks/`` directory (next to the ``atp_proto`` package)."""
-    import atp_proto
-
-    return Path(atp_proto.__file__).resolve().parents[1] / "benchmarks"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,37 +69,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load(name: str) -> ModuleType:
-    """Import benchmark ``name`` from ``benchmarks/`` by path.
+    """Import benchmark ``name`` (``benchmarks.bench_NAME``).
 
     Raises:
-        UsageError: the benchmarks directory or the module is not there (installed
-            package without a source checkout).
+        UsageError: the ``benchmarks`` package or the module is not installed.
     """
-    directory = benchmarks_dir()
-    path = directory / BENCHMARKS[name].file
-    if not directory.is_dir():
-        raise UsageError(
-            f"no benchmarks directory at {directory}; benchmarks run from a source checkout "
-            "of ATP (pip install -e .)"
-        )
-    if not path.is_file():
-        raise UsageError(f"benchmark '{name}' is missing: {path} does not exist")
-    module_name = f"_atp_benchmarks.{path.stem}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"cannot load benchmark '{name}' from {path}")
-    module = importlib.util.module_from_spec(spec)
-    # Benchmarks import their shared modules (_harness, _report) as siblings, as they do
-    # when run as scripts (python benchmarks/bench_X.py).
-    if str(directory) not in sys.path:
-        sys.path.insert(0, str(directory))
-    sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+    module_name = f"{PACKAGE}.{BENCHMARKS[name].module}"
     try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(module_name, None)
-        raise
-    return module
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name not in (PACKAGE, module_name):
+            raise  # a dependency of the benchmark is missing: show it as it is
+        raise UsageError(
+            f"benchmark '{name}' is not installed: no module {module_name} "
+            f"(install atp-proto with its benchmarks package, or pip install -e . in a checkout)"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,141 +1,177 @@
-"""A small Prometheus text-format registry (counters, gauges, histograms with labels).
+"""The router's Prometheus series, on prometheus-client, one registry per `Router`.
 
-No client library: the router needs a dozen series, and rendering them is a few lines.
-Label values are escaped per the exposition format.
+The series (names, labels, types) are part of the operator-facing contract (README "Operating");
+`RouterMetrics` keeps them in one place. The storage, locking, label escaping and the text
+exposition format are prometheus-client's: a well-kept library instead of a hand-written one.
+
+Two rules shape this module:
+
+* Every `Router` gets its own `CollectorRegistry`, never the process-global one: tests and the
+  demo start many routers in one process, and an embedding application's own series must not
+  mix with ours.
+* The call sites stay small and positional (``m.streams_total.inc(lane, outcome)``,
+  ``m.lane_queue.set(3, "gold")``, ``m.stream_latency.observe(dt, lane)``): the thin wrappers
+  below map label *values* to prometheus-client children and cache them, so the hot path is a
+  dict lookup and the child's own ``inc``. Series computed on demand (frame counts, per-adapter
+  state) are a `_CallbackFamily` collector that reads the router's state at scrape time.
+
+The ``*_created`` samples prometheus-client adds to counters and histograms are dropped at
+collection: the switch that turns them off is process-global, and the exposition had none
+before.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import Counter as _PCounter
+from prometheus_client import Gauge as _PGauge
+from prometheus_client import Histogram as _PHistogram
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["DEFAULT_BUCKETS", "Counter", "Gauge", "Histogram", "Registry", "RouterMetrics"]
 
 DEFAULT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+#: rows of an on-demand series: (label values, value)
+Rows = Iterable[tuple[tuple[str, ...], float]]
 
 
-def _fmt(v: float) -> str:
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v)) if not float(v).is_integer() else str(int(v))
+class _Series:
+    """A labelled prometheus-client metric addressed by positional label values."""
+
+    def __init__(self, name: str, metric: MetricWrapperBase, labelnames: tuple[str, ...]) -> None:
+        self.name = name
+        self._metric = metric
+        self.labelnames = labelnames
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, labels: tuple[str, ...]) -> Any:
+        child = self._children.get(labels)
+        if child is None:
+            if len(labels) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {labels}")
+            child = self._metric.labels(*labels) if labels else self._metric
+            self._children[labels] = child
+        return child
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric's families without the ``_created`` samples (see the module docstring)."""
+        for family in self._metric.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
+
+    def _sample(self, suffix: str, labels: tuple[str, ...]) -> float:
+        want = dict(zip(self.labelnames, labels, strict=True))
+        for family in self._metric.collect():
+            for s in family.samples:
+                if s.name == family.name + suffix and s.labels == want:
+                    return float(s.value)
+        return 0.0
 
 
-@dataclass
-class Metric:
-    name: str
-    help: str
-    kind: str
-    labelnames: tuple[str, ...] = ()
-    values: dict[tuple[str, ...], float] = field(default_factory=dict)
-    callback: Callable[[], Iterable[tuple[tuple[str, ...], float]]] | None = None
-
-    def _key(self, labels: tuple[str, ...]) -> tuple[str, ...]:
-        if len(labels) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {labels}")
-        return labels
+class Counter(_Series):
+    def __init__(self, name: str, help_: str, labels: tuple[str, ...] = ()) -> None:
+        super().__init__(name, _PCounter(name, help_, labels, registry=None), labels)
 
     def inc(self, *labels: str, by: float = 1.0) -> None:
-        key = self._key(labels)
-        self.values[key] = self.values.get(key, 0.0) + by
-
-    def set(self, value: float, *labels: str) -> None:
-        self.values[self._key(labels)] = value
+        self._child(labels).inc(by)
 
     def get(self, *labels: str) -> float:
-        return self.values.get(labels, 0.0)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        items = list(self.values.items())
-        if self.callback is not None:
-            items += list(self.callback())
-        for labels, value in sorted(items):
-            lines.append(f"{self.name}{_labels(self.labelnames, labels)} {_fmt(value)}")
-        return lines
+        """The current value (0 for a label set never incremented); for tests and reports."""
+        return self._sample("_total", labels)
 
 
-@dataclass
-class Histogram:
-    name: str
-    help: str
-    labelnames: tuple[str, ...] = ()
-    buckets: tuple[float, ...] = DEFAULT_BUCKETS
-    series: dict[tuple[str, ...], list[float]] = field(default_factory=dict)  # counts..., sum
+class Gauge(_Series):
+    def __init__(self, name: str, help_: str, labels: tuple[str, ...] = ()) -> None:
+        super().__init__(name, _PGauge(name, help_, labels, registry=None), labels)
+
+    def inc(self, *labels: str, by: float = 1.0) -> None:
+        self._child(labels).inc(by)
+
+    def set(self, value: float, *labels: str) -> None:
+        self._child(labels).set(value)
+
+    def get(self, *labels: str) -> float:
+        """The current value (0 for a label set never set)."""
+        return self._sample("", labels)
+
+
+class Histogram(_Series):
+    def __init__(
+        self,
+        name: str,
+        help_: str,
+        labels: tuple[str, ...] = (),
+        buckets: tuple[float, ...] = DEFAULT_BUCKETS,
+    ) -> None:
+        metric = _PHistogram(name, help_, labels, registry=None, buckets=buckets)
+        super().__init__(name, metric, labels)
 
     def observe(self, value: float, *labels: str) -> None:
-        s = self.series.get(labels)
-        if s is None:
-            s = self.series[labels] = [0.0] * (len(self.buckets) + 2)
-        s[bisect.bisect_left(self.buckets, value)] += 1
-        s[-1] += value
+        self._child(labels).observe(value)
 
     def count(self, *labels: str) -> int:
-        s = self.series.get(labels)
-        return int(sum(s[:-1])) if s else 0
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        for labels, s in sorted(self.series.items()):
-            cum = 0.0
-            for bound, n in zip((*self.buckets, math.inf), s[:-1], strict=True):
-                cum += n
-                le = f'le="{_fmt(bound)}"'
-                lines.append(
-                    f"{self.name}_bucket{_labels(self.labelnames, labels, le)} {_fmt(cum)}"
-                )
-            lines.append(f"{self.name}_sum{_labels(self.labelnames, labels)} {_fmt(s[-1])}")
-            lines.append(f"{self.name}_count{_labels(self.labelnames, labels)} {_fmt(cum)}")
-        return lines
+        """Observations so far for one label set."""
+        return int(self._sample("_count", labels))
 
 
-class Registry:
+class _CallbackFamily:
+    """A counter or gauge whose samples a callback computes at scrape time."""
+
+    def __init__(
+        self, kind: str, name: str, help_: str, labels: tuple[str, ...], rows: Callable[[], Rows]
+    ) -> None:
+        self._family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        self.name, self.help, self.labelnames, self._rows = name, help_, labels, rows
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family(self.name, self.help, labels=self.labelnames)
+        for labels, value in sorted(self._rows()):
+            family.add_metric(list(labels), value)
+        yield family
+
+
+class Registry(Collector):
+    """One router's series, in registration order, over its own `CollectorRegistry`."""
+
     def __init__(self) -> None:
-        self._metrics: list[Metric | Histogram] = []
+        self._series: list[_Series | _CallbackFamily] = []
+        self.collector_registry = CollectorRegistry(auto_describe=False)
+        self.collector_registry.register(self)
 
-    def counter(
-        self,
-        name: str,
-        help_: str,
-        labels: tuple[str, ...] = (),
-        callback: Callable[[], Iterable[tuple[tuple[str, ...], float]]] | None = None,
-    ) -> Metric:
-        m = Metric(name, help_, "counter", labels, callback=callback)
-        self._metrics.append(m)
-        return m
+    def counter(self, name: str, help_: str, labels: tuple[str, ...] = ()) -> Counter:
+        c = Counter(name, help_, labels)
+        self._series.append(c)
+        return c
 
-    def gauge(
-        self,
-        name: str,
-        help_: str,
-        labels: tuple[str, ...] = (),
-        callback: Callable[[], Iterable[tuple[tuple[str, ...], float]]] | None = None,
-    ) -> Metric:
-        m = Metric(name, help_, "gauge", labels, callback=callback)
-        self._metrics.append(m)
-        return m
+    def gauge(self, name: str, help_: str, labels: tuple[str, ...] = ()) -> Gauge:
+        g = Gauge(name, help_, labels)
+        self._series.append(g)
+        return g
 
     def histogram(self, name: str, help_: str, labels: tuple[str, ...] = ()) -> Histogram:
         h = Histogram(name, help_, labels)
-        self._metrics.append(h)
+        self._series.append(h)
         return h
 
+    def callback(
+        self, kind: str, name: str, help_: str, labels: tuple[str, ...], rows: Callable[[], Rows]
+    ) -> None:
+        """Register a ``"counter"`` or ``"gauge"`` series computed by ``rows()`` when scraped."""
+        self._series.append(_CallbackFamily(kind, name, help_, labels, rows))
+
+    def collect(self) -> Iterator[Metric]:
+        for series in self._series:
+            yield from series.collect()
+
     def render(self) -> str:
-        lines: list[str] = []
-        for m in self._metrics:
-            lines += m.render()
-        return "\n".join(lines) + "\n"
+        """The Prometheus text exposition (format 0.0.4) of every series."""
+        return generate_latest(self.collector_registry).decode()
 
 
 class RouterMetrics:
@@ -153,12 +189,13 @@ class RouterMetrics:
             "atp_streams_total", "Streams finished, by outcome", ("lane", "outcome")
         )
         #: set by the router: (direction, type) -> count, over live and finished sessions
-        self.frame_counts: Callable[[], Iterable[tuple[tuple[str, ...], float]]] = list
-        r.counter(
+        self.frame_counts: Callable[[], Rows] = list
+        r.callback(
+            "counter",
             "atp_frames_total",
             "Frames by direction and type",
             ("direction", "type"),
-            callback=lambda: self.frame_counts(),  # noqa: PLW0108 - late-bound
+            lambda: self.frame_counts(),  # noqa: PLW0108 - late-bound
         )
         self.errors = r.counter("atp_errors_total", "ERROR frames sent, by code", ("code",))
         self.lane_queue = r.gauge(
@@ -175,33 +212,38 @@ class RouterMetrics:
             ("adapter", "outcome"),
         )
         self.tokens = r.counter("atp_tokens_total", "Tokens charged", ("tenant",))
+        #: set by the router: (adapter name, ResilientAdapter.state) for each remote adapter
         self.adapter_state: Callable[[], Iterable[tuple[str, dict[str, Any]]]] = list
-        r.gauge(
+        r.callback(
+            "gauge",
             "atp_adapter_concurrency_limit",
             "Adaptive concurrency limit per remote adapter",
             ("adapter",),
-            callback=lambda: [((n,), float(st["limit"])) for n, st in self.adapter_state()],
+            lambda: [((n,), float(st["limit"])) for n, st in self.adapter_state()],
         )
-        r.gauge(
+        r.callback(
+            "gauge",
             "atp_adapter_in_flight",
             "Calls in flight per remote adapter",
             ("adapter",),
-            callback=lambda: [((n,), float(st["in_flight"])) for n, st in self.adapter_state()],
+            lambda: [((n,), float(st["in_flight"])) for n, st in self.adapter_state()],
         )
-        r.gauge(
+        r.callback(
+            "gauge",
             "atp_adapter_breaker_open",
             "1 when the adapter's circuit breaker is open",
             ("adapter",),
-            callback=lambda: [
+            lambda: [
                 ((n,), 1.0 if st["breaker"] == "open" else 0.0) for n, st in self.adapter_state()
             ],
         )
-        r.counter(
+        r.callback(
+            "counter",
             "atp_adapter_retries_total",
             "Retries before output per remote adapter, by outcome (done, or refused by the "
             "retry budget)",
             ("adapter", "outcome"),
-            callback=lambda: [
+            lambda: [
                 row
                 for n, st in self.adapter_state()
                 for row in (
@@ -212,4 +254,5 @@ class RouterMetrics:
         )
 
     def render(self) -> str:
+        """The text served at GET /metrics."""
         return self.registry.render()

@@ -11,22 +11,20 @@ import functools
 import http.server
 import json
 import os
-import queue
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from atp_proto.testing import RouterProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "examples" / "web"
@@ -43,52 +41,16 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@dataclass
-class RouterProc:
-    proc: subprocess.Popen[bytes]
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+#: the router helper is atp_proto.testing's; the old name is kept for the tests
+RouterProc = RouterProcess
 
 
-def start_router(*args: str, env: dict[str, str] | None = None) -> RouterProc:
-    """``atp serve`` on a free port; returns once it logs that it listens (20 s at most)."""
-    argv = [sys.executable, "-m", "atp_proto.cli", "serve", "--ws", "127.0.0.1:0"]
-    proc = subprocess.Popen(
-        [*argv, "--metrics", "off", *args],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
-    lines: queue.Queue[bytes] = queue.Queue()
-
-    def drain() -> None:  # read stderr to the end, so the router never blocks on a full pipe
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.put(line)
-        lines.put(b"")
-
-    threading.Thread(target=drain, daemon=True).start()
-    deadline = time.monotonic() + 20
-    seen = b""
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            line = lines.get(timeout=left)
-        except queue.Empty:
-            break
-        if not line:
-            break
-        seen += line
-        m = re.search(rb"router listening ws=ws://[^:]+:(\d+)/ws", line)
-        if m:
-            return RouterProc(proc, int(m.group(1)))
-    stop(proc)
-    raise RuntimeError(f"router did not start: {seen.decode(errors='replace')}")
+def start_router(*args: str, env: dict[str, str] | None = None) -> RouterProcess:
+    """``atp serve`` on a free port, metrics off; returns once it logs that it listens."""
+    return RouterProcess(*args, metrics="off", env={**os.environ, **(env or {})})
 
 
-def stop(proc: subprocess.Popen[bytes], *, group: bool = False) -> None:
+def stop(proc: subprocess.Popen[Any], *, group: bool = False) -> None:
     """End ``proc`` (and, with ``group``, the process group it leads): TERM, then KILL."""
 
     def signal_it(sig: int) -> None:

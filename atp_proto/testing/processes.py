@@ -1,0 +1,315 @@
+"""Real router and adapter processes on loopback, for tests, benchmarks and the conformance suite.
+
+End-to-end checks run the programs a user runs (``atp serve``, ``atp adapter serve``) as
+subprocesses, on ports the kernel picks (``127.0.0.1:0``), and learn the bound address from
+the process's own "listening" log line: no race for a free port, no sleeps.
+
+* :class:`RouterProcess` (synchronous: usable from plain tests, benchmark drivers and trio
+  tests alike). A thread drains the router's stderr to the end, so the router never blocks
+  on a full pipe; the lines are kept for assertions (``log()``) and error messages.
+* :func:`serve_adapter` / :func:`spawn` (trio): an adapter server, ours or another
+  implementation's, as an :class:`AdapterProcess`, which extends the runtime's
+  :class:`atp_proto.adapters.process.AdapterProcess` (what the demo uses) with its log.
+
+Both stop the same way: SIGTERM (the graceful path the programs implement), then SIGKILL
+after a grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import trio
+
+from atp_proto.adapters import process as _adapter_process
+
+__all__ = [
+    "AdapterProcess",
+    "RouterProcess",
+    "adapter_argv",
+    "clean_env",
+    "serve_adapter",
+    "spawn",
+]
+
+_LISTENING = re.compile(r"router listening .*?ws=(ws://\S+)")
+_METRICS = re.compile(r"metrics=http://[^\s:]+:(\d+)/metrics")
+_ADAPTER_LISTENING = re.compile(rb"listening on [^\s]*:(\d+)")
+
+#: ``python -c`` prologue: raise RLIMIT_NOFILE to the hard limit, then run the CLI
+_NOFILE_WRAPPER = (
+    "import resource, sys\n"
+    "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+    "want = hard if hard != resource.RLIM_INFINITY else 65536\n"
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))\n"
+    "from atp_proto.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without ATP_* / ADAPTER_ENDPOINTS / PYTEST_* (so the
+    test runner's settings do not leak into a subprocess), unbuffered, plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ATP_", "ADAPTER_ENDPOINTS", "PYTEST_"))
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class RouterProcess:
+    """``atp serve`` as a subprocess, ready once it logged "router listening ... ws=URL".
+
+    ``args`` are passed to ``atp serve`` as given. ``ws`` and ``metrics`` (default: free
+    loopback ports) add ``--ws`` / ``--metrics`` unless None (then the config file or the
+    environment decides). ``adapters`` adds ``--adapter NAME=URL`` each; ``config_toml`` is
+    written to a temporary file passed as ``--config`` (removed on stop). ``env`` is the
+    whole environment (default: this one's, unbuffered). ``raise_nofile`` raises the
+    child's RLIMIT_NOFILE first (benchmarks open thousands of sessions). ``keep_lines``
+    bounds the log kept (None: all of it).
+
+    Raises:
+        RuntimeError: the router exited, or did not log that it listens within ``timeout``.
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        ws: str | None = "127.0.0.1:0",
+        metrics: str | None = "127.0.0.1:0",
+        adapters: Mapping[str, str] | None = None,
+        config_toml: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        raise_nofile: bool = False,
+        keep_lines: int | None = None,
+        timeout: float = 20.0,
+    ) -> None:
+        argv = [sys.executable, "-c", _NOFILE_WRAPPER] if raise_nofile else [sys.executable]
+        if not raise_nofile:
+            argv += ["-m", "atp_proto"]
+        argv.append("serve")
+        if ws is not None:
+            argv += ["--ws", ws]
+        if metrics is not None:
+            argv += ["--metrics", metrics]
+        for name, url in (adapters or {}).items():
+            argv += ["--adapter", f"{name}={url}"]
+        self._config: str | None = None
+        if config_toml is not None:
+            fd, self._config = tempfile.mkstemp(suffix=".toml", prefix="atp-router-")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(config_toml)
+            argv += ["--config", self._config]
+        argv += args
+        self.argv = argv
+        self.lines: deque[str] = deque(maxlen=keep_lines)  #: stderr lines, with their "\n"
+        self.ws_url = ""
+        self.metrics_port: int | None = None
+        self._ready = threading.Event()
+        self._eof = False  #: the router closed its stderr (it is gone or going)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=dict(env if env is not None else os.environ, PYTHONUNBUFFERED="1"),
+            cwd=cwd,
+        )
+        self.pid = self.proc.pid
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout) or not self.ws_url:
+            what = "exited" if self._eof else f"did not listen within {timeout:g} s"
+            self.stop(timeout=2)
+            raise RuntimeError(f"atp serve {what} ({self.proc.returncode}): {self.log()[-2000:]}")
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace")
+            self.lines.append(line)
+            if not self.ws_url and (m := _LISTENING.search(line)):
+                mm = _METRICS.search(line)
+                self.metrics_port = int(mm.group(1)) if mm else None
+                self.ws_url = m.group(1)
+                self._ready.set()
+        self._eof = True
+        self._ready.set()  # EOF: the process is gone
+
+    @property
+    def url(self) -> str:
+        """The WebSocket URL the router listens on (``ws://127.0.0.1:PORT/ws``)."""
+        return self.ws_url
+
+    @property
+    def ws_port(self) -> int:
+        return int(self.ws_url.rsplit(":", 1)[1].split("/", 1)[0])
+
+    @property
+    def port(self) -> int:
+        return self.ws_port
+
+    def log(self) -> str:
+        """Everything the router logged so far (or the last ``keep_lines`` lines)."""
+        return "".join(list(self.lines))
+
+    @property
+    def tail(self) -> list[str]:
+        """The last 40 log lines, without line ends."""
+        return [line.rstrip("\n") for line in list(self.lines)[-40:]]
+
+    def terminate(self) -> None:
+        """Send SIGTERM (the router drains, then exits); does not wait."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; returns the exit status."""
+        self.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._thread.join(timeout=5)
+        if self._config:
+            with contextlib.suppress(OSError):
+                os.unlink(self._config)
+            self._config = None
+        return self.proc.returncode
+
+    close = stop
+
+    def __enter__(self) -> RouterProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@dataclass
+class AdapterProcess(_adapter_process.AdapterProcess):
+    """A running adapter server (``process``, ``port``, ``url``, ``kill()``) and its log."""
+
+    log: Path | None = None  #: where its stderr goes (None: discarded)
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
+
+
+def adapter_argv(
+    target: str,
+    *args: str,
+    listen: str = "127.0.0.1:0",
+    options: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> list[str]:
+    """The command line of ``atp adapter serve TARGET`` (``options`` as ``--option K=V``)."""
+    argv = [sys.executable, "-m", "atp_proto", "adapter", "serve", target, "--listen", listen]
+    for key, value in (options or {}).items():
+        argv += ["--option", f"{key}={value}"]
+    if name:
+        argv += ["--name", name]
+    return [*argv, *args]
+
+
+@asynccontextmanager
+async def spawn(
+    argv: Sequence[str],
+    *,
+    log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float = 20.0,
+    stop_timeout: float = 3.0,
+) -> AsyncIterator[AdapterProcess]:
+    """Start a gRPC adapter server ``argv`` and wait for its "listening on HOST:PORT" line on
+    stdout; stderr goes to ``log`` (appended). On exit: SIGTERM, then SIGKILL.
+
+    Raises:
+        RuntimeError: the process exited before listening.
+        trio.TooSlowError: it printed no such line within ``timeout``.
+    """
+    full_env = dict(env if env is not None else os.environ, PYTHONUNBUFFERED="1")
+    with contextlib.ExitStack() as files:
+        errf = files.enter_context(open(log, "ab")) if log else subprocess.DEVNULL
+        process = await trio.lowlevel.open_process(
+            list(argv), stdout=subprocess.PIPE, stderr=errf, env=full_env, cwd=cwd
+        )
+    try:
+        assert process.stdout is not None
+        buf = b""
+        with trio.fail_after(timeout):
+            # the whole line: the port's last digit may arrive in the next read
+            while (m := _ADAPTER_LISTENING.search(buf)) is None or b"\n" not in buf[m.end() :]:
+                data = await process.stdout.receive_some(4096)
+                if not data:
+                    tail = log.read_text(errors="replace")[-2000:] if log else ""
+                    raise RuntimeError(
+                        f"{' '.join(argv[:6])} exited before listening: "
+                        f"{buf.decode(errors='replace')[-500:]}{tail}"
+                    )
+                buf += data
+        yield AdapterProcess(process, int(m.group(1)), log)
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.terminate()
+                with trio.move_on_after(stop_timeout):
+                    await process.wait()
+            if process.returncode is None:
+                process.kill()
+                with trio.move_on_after(2):
+                    await process.wait()
+            if process.stdout is not None:
+                await process.stdout.aclose()
+
+
+@asynccontextmanager
+async def serve_adapter(
+    target: str,
+    *args: str,
+    listen: str = "127.0.0.1:0",
+    options: Mapping[str, str] | None = None,
+    name: str | None = None,
+    log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float = 20.0,
+) -> AsyncIterator[AdapterProcess]:
+    """``atp adapter serve TARGET ARGS`` as a real process, ready when it listens."""
+    argv = adapter_argv(target, *args, listen=listen, options=options, name=name)
+    async with spawn(argv, log=log, env=env, cwd=cwd, timeout=timeout) as proc:
+        yield proc
