@@ -10,10 +10,10 @@ between is in the core's record only).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from atp_proto.frames import BudgetWindow, ErrorCode, QoS, StreamReset
+from atp_proto.router.session import OUTPUT_HIGH_WATER
 
 if TYPE_CHECKING:
     from atp_proto.router.session import Session, StreamHandle
@@ -24,7 +24,7 @@ __all__ = ["LegacyOutput"]
 class LegacyOutput:
     """One stream's output over a :class:`Session` and its :class:`StreamHandle`."""
 
-    __slots__ = ("_first", "_handle", "_send", "_session", "_syn_window", "can_write", "stream_id")
+    __slots__ = ("_conn", "_first", "_handle", "_send", "_session", "_syn_window", "stream_id")
 
     def __init__(self, session: Session, handle: StreamHandle, syn_window: BudgetWindow) -> None:
         self.stream_id = handle.stream_id
@@ -33,8 +33,7 @@ class LegacyOutput:
         self._send = session.send
         self._first = True
         self._syn_window = syn_window
-        #: bound once: the per-chunk check is one C-level call into the session
-        self.can_write: Callable[[], bool] = partial(session.can_write, handle)
+        self._conn = session.conn
 
     @property
     def lane(self) -> QoS:
@@ -67,6 +66,11 @@ class LegacyOutput:
             current = self._session.conn.budget_window(self.stream_id)
             if current != self._syn_window:
                 callback(current)
+
+    def can_write(self) -> bool:
+        # Session.can_write, inlined (per-chunk path: one call frame, not two)
+        conn = self._conn
+        return not conn.outbound_buffered(self.stream_id) and conn.queued_bytes <= OUTPUT_HIGH_WATER
 
     async def writable(self) -> None:
         await self._session.writable(self._handle)
