@@ -1,5 +1,5 @@
 """The ATP router: sessions over WebSocket, auth, admission and QoS lanes, the stream
-engine (estimate, admit, fan out, merge, escalate), metrics and graceful drain."""
+routing (estimate, admit, fan out, merge, escalate), metrics and graceful drain."""
 
 from .auth import AuthConfig, Authenticator, AuthError, Principal, issue_token
 from .config import ConfigError, RouterConfig, build_config

@@ -17,19 +17,20 @@ from dataclasses import dataclass, field
 
 import trio
 
-from atp_proto.frames import QoS
+from atp_proto._control import AimdLimit
+from atp_proto.frames import ATPError, ErrorCode, QoS
 
 LANES = (QoS.GOLD, QoS.SILVER, QoS.BRONZE)
 WEIGHTS = {QoS.GOLD: 6.0, QoS.SILVER: 3.0, QoS.BRONZE: 1.0}
 
 
-class Shed(Exception):
+class Shed(ATPError):
     """The stream was shed (EPREEMPT): retry after ``retry_after_ms``."""
 
     def __init__(self, lane: QoS, retry_after_ms: int, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__(ErrorCode.EPREEMPT, reason, retry_after_ms=retry_after_ms)
         self.lane = lane
-        self.retry_after_ms = retry_after_ms
+        self.retry_after_ms: int = retry_after_ms
         self.reason = reason
 
 
@@ -94,12 +95,23 @@ class Admission:
         on_change: Callable[[Admission], None] | None = None,
     ) -> None:
         self.config = config or AdmissionConfig()
-        self.limit = float(self.config.initial_limit)
+        self._limit = AimdLimit(
+            self.config.initial_limit, self.config.min_limit, self.config.max_limit
+        )
         self.in_flight = 0
         self._queues: dict[QoS, deque[_Waiter]] = {lane: deque() for lane in LANES}
         self._vtime = 0.0
         self._last_finish = dict.fromkeys(LANES, 0.0)
         self._on_change = on_change
+
+    @property
+    def limit(self) -> float:
+        """The adaptive concurrency limit (AIMD, :class:`atp_proto._control.AimdLimit`)."""
+        return self._limit.value
+
+    @limit.setter
+    def limit(self, value: float) -> None:
+        self._limit.value = float(value)
 
     def queue_depth(self, lane: QoS) -> int:
         return len(self._queues[lane])
@@ -166,11 +178,7 @@ class Admission:
     def release(self, *, latency_s: float | None = None, error: bool = False) -> None:
         """A call finished: free the slot, adapt the limit, admit the next waiter."""
         self.in_flight -= 1
-        cfg = self.config
-        if error or (latency_s is not None and latency_s > 2 * cfg.latency_target_s):
-            self.limit = max(cfg.min_limit, self.limit * 0.9)
-        elif latency_s is not None and latency_s <= cfg.latency_target_s:
-            self.limit = min(cfg.max_limit, self.limit + 1.0 / max(self.limit, 1.0))
+        self._limit.sample(latency_s, error=error, target_s=self.config.latency_target_s)
         self._admit()
         self._changed()
 

@@ -27,8 +27,9 @@ from .auth import (
     extract_token,
 )
 from .config import RouterConfig
-from .engine import StreamJob
 from .metrics import RouterMetrics
+from .routing import PrincipalPolicy, RoutingContext, SessionInfo, StreamRun
+from .routing._legacy_output import LegacyOutput
 from .session import Session, StreamHandle, TransportClosed
 from .ws import Handshake, WsConnection
 
@@ -106,6 +107,13 @@ class Router:
         self.metrics.adapter_state = lambda: [
             (n, a.state) for n, a in self.adapters.items() if isinstance(a, ResilientAdapter)
         ]
+        self.routing = RoutingContext(
+            self.adapters,
+            self.admission,
+            self.metrics,
+            config,
+            PrincipalPolicy(min_confidence=config.min_confidence, window=config.tenant_window),
+        )
         self.authenticator: Authenticator | None = None
         if config.auth:
             self.authenticator = Authenticator(
@@ -201,7 +209,9 @@ class Router:
             )
 
     async def run_stream(self, session: Session, ev: StreamOpened, handle: StreamHandle) -> None:
-        await StreamJob(self, session, ev, handle).run()
+        info = SessionInfo(session.session_id, session.principal)
+        output = LegacyOutput(session, handle, ev.window)
+        await StreamRun(self.routing, info, ev, output).run()
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         # An exception escaping here would kill the whole server: catch everything.

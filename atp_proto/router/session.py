@@ -7,7 +7,7 @@ Tasks, all owned by the session's nursery (nothing is fire-and-forget):
 * the writer drains everything the connection has queued into as few transport sends as
   possible (one WebSocket message for all ready binary frames);
 * the timer fires TTLs, heartbeats and the idle timeout at the connection's deadline;
-* one task per stream (:mod:`atp_proto.router.engine`) — cancelled when the peer resets
+* one task per stream (:mod:`atp_proto.router.routing`) — cancelled when the peer resets
   the stream, and all of them when the session ends.
 
 Backpressure: a stream task sends a message only when its stream has no frames waiting
@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import trio
 
 from atp_proto.frames import (
+    BudgetWindow,
     Connection,
     ConnectionClosed,
     ErrorCode,
@@ -100,6 +101,8 @@ class StreamHandle:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     credit: trio.Event = field(default_factory=trio.Event)
     reset: StreamReset | None = None
+    #: set by routing: called with every WINDOW_UPDATE's budget window (ATP-BUDGET-005/010)
+    on_window: Callable[[BudgetWindow], None] | None = None
 
 
 StreamRunner = Callable[["Session", StreamOpened, StreamHandle], Awaitable[None]]
@@ -207,6 +210,8 @@ class Session:
                 handle = self.streams.get(ev.stream_id)
                 if handle is not None:
                     handle.credit.set()
+                    if ev.window is not None and handle.on_window is not None:
+                        handle.on_window(ev.window)
             elif isinstance(ev, StreamReset):
                 handle = self.streams.get(ev.stream_id)
                 if handle is not None:

@@ -12,7 +12,7 @@ import trio
 from atp_proto.adapters import AdapterError, Chunk, CostEstimate, Health, TaskRequest
 from atp_proto.adapters.resilience import BreakerState, ResilientAdapter
 from atp_proto.frames import ErrorCode
-from atp_proto.router.engine import adapter_failure
+from atp_proto.router.routing import adapter_failure
 
 REQ = TaskRequest("qa", "hello", deadline_ms=60_000)
 

@@ -369,10 +369,10 @@ async def test_max_streams_refusal(start_router) -> None:
 )
 def test_partial_chunk_body_is_the_cbor_of_the_dict(n: int, name: str, text: str, c: float) -> None:
     """The pre-encoded PARTIAL body is byte-identical to cbor2.dumps of the dict."""
-    from atp_proto.router.engine import _ADAPTER_KEY, _CONFIDENCE_KEY, partial_chunk_body
+    from atp_proto.messages import ADAPTER_KEY, CONFIDENCE_KEY, partial_chunk_body
 
     body = partial_chunk_body(
-        n, _ADAPTER_KEY + cbor2.dumps(name), text, _CONFIDENCE_KEY + cbor2.dumps(c)
+        n, ADAPTER_KEY + cbor2.dumps(name), text, CONFIDENCE_KEY + cbor2.dumps(c)
     )
     expected = {
         "type": "agent.result.partial",
@@ -381,3 +381,74 @@ def test_partial_chunk_body_is_the_cbor_of_the_dict(n: int, name: str, text: str
     }
     assert body == cbor2.dumps(expected)
     assert cbor2.loads(body) == expected
+
+
+async def test_window_update_raise_reaches_escalation(start_router) -> None:
+    """ATP-BUDGET-005, ATP-BUDGET-010, ATP-ADAPT-005: a WINDOW_UPDATE raising max_usd_micros
+    mid-stream reaches escalation: the challenger that did not fit the SYN's window is
+    called once the raised window lets it (one ledger, no stale snapshot)."""
+    router = await start_router(
+        adapters={
+            # guard-banded silver estimates for "hello": cheap ~4, strong ~348 usd_micros
+            "cheap": "builtin:persona?confidence=0.3&usd_per_1k=100&latency_ms=100",
+            "strong": "builtin:persona?confidence=0.95&usd_per_1k=9000",
+        }
+    )
+    escalations = []
+    raised = False
+    async with connect(ws_url(router)) as client:
+        window = BudgetWindow(max_usd_micros=100)
+        async with client.stream("hello", meta={"min_confidence": 0.8}, window=window) as st:
+            async for item in st:
+                if not raised:  # after the cheap adapter's first chunk
+                    client._conn.update_window(st.stream_id, BudgetWindow(max_usd_micros=10_000))
+                    await client._flush()
+                    raised = True
+                if isinstance(item, Partial) and "escalate" in item.content:
+                    escalations.append(item.content["escalate"])
+                elif isinstance(item, Final):
+                    final = item
+    assert escalations == [{"from": "cheap", "to": "strong", "confidence": 0.3}]
+    assert final.content["adapter"] == "strong"
+    assert final.telemetry["adapters"] == ["cheap", "strong"]
+
+
+async def test_window_unraised_does_not_escalate_past_budget(start_router) -> None:
+    """ATP-BUDGET-002, ATP-ADAPT-005: the same stream without the raise stays within its
+    window: no escalation to the challenger that does not fit (the control of the test
+    above)."""
+    router = await start_router(
+        adapters={
+            "cheap": "builtin:persona?confidence=0.3&usd_per_1k=100&latency_ms=10",
+            "strong": "builtin:persona?confidence=0.95&usd_per_1k=9000",
+        }
+    )
+    async with connect(ws_url(router)) as client:
+        final = await client.ask(
+            "hello", meta={"min_confidence": 0.8}, window=BudgetWindow(max_usd_micros=100)
+        )
+    assert final.content["adapter"] == "cheap"
+    assert final.telemetry["adapters"] == ["cheap"]
+
+
+async def test_window_update_lowering_stops_at_once(start_router) -> None:
+    """ATP-BUDGET-005: a WINDOW_UPDATE lowering max_tokens below what was already spent
+    ends the stream with EBUDGET at once — not when the adapter's next chunk is charged
+    (here a second away)."""
+    router = await start_router(adapters={"slow": "builtin:persona?latency_ms=1000&chunks=4"})
+    async with connect(ws_url(router)) as client:
+        with pytest.raises(StreamError) as err:
+            async with client.stream("hello", window=BudgetWindow(max_tokens=10_000)) as st:
+                async for item in st:
+                    assert isinstance(item, Partial)
+                    lowered = trio.current_time()
+                    client._conn.update_window(st.stream_id, BudgetWindow(max_tokens=1))
+                    await client._flush()
+        waited = trio.current_time() - lowered
+    assert err.value.code == "EBUDGET"
+    assert "budget window allows 1" in err.value.message
+    assert waited < 0.5
+    # the router's adapter call stopped too: no stream left running
+    with trio.fail_after(2):
+        while router.metrics.streams_active.get("silver"):
+            await trio.sleep(0.01)

@@ -1,0 +1,27 @@
+"""What the routing stages may use of the router: a narrow context, not the ``Router``
+(which would close the routing <-> server circle, ARCHITECTURE §3.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from atp_proto.adapters import Adapter
+from atp_proto.router.admission import Admission
+from atp_proto.router.config import RouterConfig
+from atp_proto.router.metrics import RouterMetrics
+
+from .policy import Policy
+
+__all__ = ["RoutingContext"]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingContext:
+    """Built once by the router, shared by every stream."""
+
+    adapters: Mapping[str, Adapter]
+    admission: Admission
+    metrics: RouterMetrics
+    config: RouterConfig
+    policy: Policy

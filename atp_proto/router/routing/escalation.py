@@ -1,0 +1,69 @@
+"""Escalation: champion / challenger (ATP-ADAPT-005).
+
+While the champion's confidence is below the rule's ``min_confidence``, the router calls
+an untried candidate whose estimate promises more confidence than the champion has —
+never a weaker one — the most confident first (the costliest among equals), if it still
+fits the stream's live budget (a WINDOW_UPDATE may have raised it since preflight:
+ATP-BUDGET-005/010). The challenger's answer replaces the champion only when it finished
+at least as confident.
+"""
+
+from __future__ import annotations
+
+from atp_proto.router.budget import BudgetLedger
+
+from ._emit import Emitter
+from ._model import Candidate, Outcome
+from .fanout import FanOut
+
+__all__ = ["escalate", "next_challenger"]
+
+
+def next_challenger(
+    champion: Outcome, remaining: list[Candidate], ledger: BudgetLedger
+) -> Candidate | None:
+    """The challenger to call next, taken off ``remaining`` with every stronger one that
+    no longer fits; None when no untried candidate promises more and fits."""
+    stronger = [
+        c
+        for c in remaining
+        if c.estimate is not None and c.estimate.confidence > champion.confidence
+    ]
+    remaining[:] = stronger  # the weaker ones can never challenge again
+    while remaining:
+        challenger = max(
+            remaining, key=lambda c: (c.estimate.confidence if c.estimate else 0.0, c.guarded_usd)
+        )
+        remaining.remove(challenger)
+        if ledger.fits(challenger.guarded_tokens, challenger.guarded_usd):
+            return challenger
+    return None
+
+
+async def escalate(
+    champion: Outcome,
+    remaining: list[Candidate],
+    min_confidence: float,
+    fan: FanOut,
+    emit: Emitter,
+) -> Outcome:
+    """Challenge the champion until it is confident enough or nobody is left."""
+    while champion.confidence < min_confidence:
+        challenger = next_challenger(champion, remaining, fan.ledger)
+        if challenger is None:
+            break
+        await emit.wait_writable()
+        emit.notice(
+            {
+                "escalate": {
+                    "from": champion.adapter,
+                    "to": challenger.name,
+                    "confidence": champion.confidence,
+                }
+            },
+            champion.confidence,
+        )
+        outcome = await fan.call(challenger)
+        if outcome.finished and outcome.confidence >= champion.confidence:
+            champion = outcome
+    return champion

@@ -1,0 +1,107 @@
+"""Policy: may this stream run, and how (ATP-SEC-004, ATP-SEC-015, ATP-BUDGET-001).
+
+One :class:`Policy` protocol, asked once per stream before anything is spent:
+``decide(PolicyInput) -> Decision``. A denial names the rule that denied (the stream
+ends ESEC with it); an allowed stream gets its lane cap, its candidates in order, the
+merge strategy, the fan-out width, the escalation rule (``min_confidence``; never to a
+weaker challenger) and the router's default window (the cap on the client's window).
+
+:class:`PrincipalPolicy` is the first implementation: today's token claims
+(``task_types``, ``max_qos``) plus the request's routing hints (``meta.adapters``,
+``meta.fanout``, ``meta.min_confidence``). A Rego or OPA policy plugs in behind the
+same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from atp_proto.frames import ATPError, BudgetWindow, ErrorCode, QoS
+from atp_proto.messages import Task, meta_adapters, meta_int, meta_number
+
+__all__ = ["Decision", "Policy", "PolicyInput", "PrincipalLike", "PrincipalPolicy"]
+
+
+class PrincipalLike(Protocol):
+    """What the claims policy reads of a principal (``router.auth.Principal``)."""
+
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def task_types(self) -> frozenset[str] | None: ...
+
+    @property
+    def max_qos(self) -> QoS: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInput:
+    principal: PrincipalLike
+    task: Task
+    qos: QoS  #: the lane the SYN asked for
+    adapters: Sequence[str]  #: the configured adapters, in configuration order
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allow: bool
+    rule: str = ""  #: the rule that decided a denial
+    reason: str = ""  #: said to the client on a denial (ESEC)
+    lane: QoS = QoS.SILVER
+    candidates: tuple[str, ...] = ()
+    strategy: str = "consensus"
+    fanout: int = 1
+    min_confidence: float = 0.0  #: escalate while the champion is below this
+    #: the router's cap on the client's window
+    window: BudgetWindow = field(default_factory=BudgetWindow)
+
+
+class Policy(Protocol):
+    def decide(self, inp: PolicyInput) -> Decision:
+        """The decision for one stream.
+
+        Raises:
+            ATPError: EPROTO for malformed routing hints, EAGENTDOWN when there is no
+                adapter at all (a refusal of the request, not a policy denial).
+        """
+        ...
+
+
+class PrincipalPolicy:
+    """The token's claims decide; the router's configuration gives the defaults."""
+
+    def __init__(self, *, min_confidence: float = 0.0, window: BudgetWindow | None = None) -> None:
+        self.min_confidence = min_confidence
+        self.window = window or BudgetWindow()
+
+    def decide(self, inp: PolicyInput) -> Decision:
+        p, task = inp.principal, inp.task
+        if p.task_types is not None and task.task_type not in p.task_types:
+            return Decision(
+                allow=False,
+                rule="task_types",
+                reason=f"task type {task.task_type!r} is not allowed for this token",
+            )
+        # lanes are ordered gold (1) < silver (2) < bronze (3): the claim is a floor
+        lane = QoS(max(int(inp.qos), int(p.max_qos)))
+        wanted = meta_adapters(task.meta)
+        if wanted is None:
+            names: tuple[str, ...] = tuple(inp.adapters)
+        else:
+            unknown = [n for n in wanted if n not in inp.adapters]
+            if unknown:
+                raise ATPError(ErrorCode.EPROTO, f"unknown adapter(s): {', '.join(unknown)}")
+            names = tuple(wanted)
+        if not names:
+            raise ATPError(ErrorCode.EAGENTDOWN, "no adapters are configured", retry_after_ms=5000)
+        return Decision(
+            allow=True,
+            lane=lane,
+            candidates=names,
+            fanout=meta_int(task.meta, "fanout", 1, 1, 16),
+            min_confidence=meta_number(task.meta, "min_confidence", self.min_confidence),
+            window=self.window,
+        )

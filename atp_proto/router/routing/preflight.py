@@ -1,0 +1,99 @@
+"""Preflight: ask every candidate for an estimate at once, guard-band it, and keep those
+that fit the budget (ATP-BUDGET-002, ATP-ADAPT-011).
+
+An estimate is guard-banded as mean + k·sqrt(variance) with k = 2 gold, 1 silver, 0.5
+bronze (money scaled alike); candidates whose guard-banded cost would overflow the
+stream's budget (its live ledger) are not started (EBUDGET when none is left). The plan
+ranks every estimated candidate cheap-first: failover and escalation pick from it later
+against the live window, which a WINDOW_UPDATE may have raised or lowered.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import trio
+
+from atp_proto.adapters import AdapterError, TaskRequest
+from atp_proto.frames import ErrorCode, QoS
+from atp_proto.router.budget import BudgetLedger
+
+from ._model import Candidate, StreamFailed, adapter_failure
+
+__all__ = ["GUARD_K", "Plan", "estimate", "plan"]
+
+log = logging.getLogger("atp.router")
+
+GUARD_K = {QoS.GOLD: 2.0, QoS.SILVER: 1.0, QoS.BRONZE: 0.5}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    ranked: list[Candidate]  #: every estimated candidate, cheap first
+    fitting: list[Candidate]  #: those that fit the budget now, cheap first
+
+
+async def estimate(
+    candidates: list[Candidate], task: TaskRequest, lane: QoS, timeout_s: float
+) -> list[AdapterError]:
+    """Fill each candidate's guard-banded estimate, all at once, each bounded by
+    ``timeout_s``. Returns the estimate failures in the order they came."""
+    k = GUARD_K.get(lane, 1.0)
+    failures: list[AdapterError] = []
+
+    async def one(c: Candidate) -> None:
+        with trio.move_on_after(timeout_s):
+            try:
+                est = await c.adapter.estimate(task)
+            except AdapterError as exc:
+                log.info(
+                    "estimate failed",
+                    extra={"adapter": c.name, "code": exc.code, "detail": exc.message[:200]},
+                )
+                c.error = f"{c.name}: {exc.code}"  # details are logged, not sent
+                c.failure = exc
+                failures.append(exc)
+                return
+            c.estimate = est
+            sd = math.sqrt(max(est.variance, 0.0))
+            c.guarded_tokens = est.tokens + k * sd
+            scale = c.guarded_tokens / est.tokens if est.tokens else 1.0
+            c.guarded_usd = est.usd_micros * scale
+
+    if len(candidates) == 1:  # no concurrency to gain: skip a task spawn (latency)
+        await one(candidates[0])
+        return failures
+    async with trio.open_nursery() as nursery:
+        for c in candidates:
+            nursery.start_soon(one, c)
+    return failures
+
+
+def plan(candidates: list[Candidate], ledger: BudgetLedger, failures: list[AdapterError]) -> Plan:
+    """Rank the estimated candidates cheap-first and keep those that fit.
+
+    Raises:
+        StreamFailed: the last estimate failure's mapped code when none answered
+            (ATP-ADAPT-011; EAGENTDOWN when one did not answer in time), EBUDGET when
+            none fits.
+    """
+    alive = [c for c in candidates if c.estimate is not None]
+    if not alive:
+        reasons = "; ".join(c.error or f"{c.name}: no answer in time" for c in candidates)
+        # ATP-ADAPT-011: the last failure decides the code; an adapter that did not
+        # answer in time at all is down as far as this stream is concerned.
+        timed_out = any(c.failure is None for c in candidates)
+        last = None if timed_out else failures[-1]
+        raise adapter_failure(last, f"no adapter answered the estimate ({reasons})")
+    alive.sort(key=lambda c: (c.guarded_usd, c.guarded_tokens))  # cheap first (stable)
+    fitting = [c for c in alive if ledger.fits(c.guarded_tokens, c.guarded_usd)]
+    if not fitting:
+        c = min(alive, key=lambda c: c.guarded_usd)
+        raise StreamFailed(
+            ErrorCode.EBUDGET,
+            f"no adapter fits the budget window: cheapest ({c.name}) needs about "
+            f"{math.ceil(c.guarded_tokens)} tokens / {math.ceil(c.guarded_usd)} usd_micros",
+        )
+    return Plan(alive, fitting)

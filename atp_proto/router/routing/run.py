@@ -1,0 +1,165 @@
+"""What the router does with one stream, from SYN to FINAL (the seed's sequence diagram).
+
+1. Task: the SYN payload (:func:`atp_proto.messages.parse_task`; EPROTO).
+2. Policy: :meth:`Policy.decide` — allowed (ESEC naming the rule otherwise), the lane cap,
+   the candidates (the configured adapters, or those named in ``meta.adapters``), the
+   fan-out width, the escalation rule, the router's cap on the budget window.
+3. Preflight: ``Estimate`` from every candidate at once, guard-banded; those that would
+   overflow the budget are not started (EBUDGET when none is left) — :mod:`.preflight`.
+4. Admission: a slot from the global, lane-aware :class:`Admission` (EPREEMPT if shed).
+5. Fan-out and failover, charging the stream's :class:`BudgetLedger` — :mod:`.fanout`.
+6. Merge (consensus) and escalation (champion / challenger) — :mod:`.merge`,
+   :mod:`.escalation`.
+7. FINAL (FIN) with the answer and telemetry — :mod:`.telemetry`.
+
+The ledger is the only copy of the stream's budget: the session hands it every
+WINDOW_UPDATE's window (``StreamOutput.on_window``), so a raise reaches failover and
+escalation, and a lowering below what was spent ends the stream at once with EBUDGET
+(ATP-BUDGET-005/010). The first DATA frame of a stream whose lane the policy lowered
+carries ext ``lane`` (ATP-SEC-015).
+"""
+
+from __future__ import annotations
+
+import trio
+
+from atp_proto.adapters import TaskRequest
+from atp_proto.frames import (
+    ATPError,
+    BudgetExceeded,
+    BudgetWindow,
+    ErrorCode,
+    ProtocolError,
+    QoS,
+    StreamOpened,
+)
+from atp_proto.messages import final_body, parse_task
+from atp_proto.router.admission import Shed
+from atp_proto.router.budget import BudgetLedger
+
+from . import merge, preflight
+from ._emit import Emitter
+from ._model import Candidate, StreamFailed
+from ._output import SessionInfo, StreamOutput
+from .context import RoutingContext
+from .escalation import escalate
+from .fanout import FanOut
+from .policy import PolicyInput
+from .telemetry import final_ext, record_stream
+
+__all__ = ["TTL_GRACE_MS", "StreamRun"]
+
+#: Adapter calls get the stream's TTL plus this much: the router's own TTL timer must
+#: decide an expired stream (ETIMEOUT, ATP-TIME-001), not an adapter's deadline racing it.
+TTL_GRACE_MS = 250
+
+
+class StreamRun:
+    """Runs one stream; created per SYN by the router's stream runner."""
+
+    def __init__(
+        self, ctx: RoutingContext, info: SessionInfo, ev: StreamOpened, output: StreamOutput
+    ) -> None:
+        self.ctx = ctx
+        self.info = info
+        self.ev = ev
+        self.output = output
+        self.ledger = BudgetLedger(ev.window, BudgetWindow(), stream_id=ev.stream_id)
+        self.emit = Emitter(output, ctx.config.write_stall_s)
+        self._scope = trio.CancelScope()
+        self._stopped: BudgetExceeded | None = None  #: by a WINDOW_UPDATE
+        self._finished = False
+
+    def _on_window(self, window: BudgetWindow) -> None:
+        """A WINDOW_UPDATE's budget window (called by the session, never blocks)."""
+        try:
+            self.ledger.apply(window)
+        except BudgetExceeded as exc:
+            if not self._finished and self._stopped is None:
+                self._stopped = exc
+                self._scope.cancel()  # stop the adapters now, not at the next chunk
+
+    async def run(self) -> None:
+        metrics, output = self.ctx.metrics, self.output
+        lane = output.lane.label
+        started = trio.current_time()
+        metrics.streams_active.inc(lane)
+        outcome = "error"
+        output.on_window = self._on_window
+        try:
+            with self._scope:
+                await self._route(started)
+            if self._stopped is not None:
+                raise self._stopped
+            outcome = "ok"
+        except ProtocolError:
+            raise  # the stream is gone under us (reset between checkpoints): the session knows
+        except ATPError as exc:
+            outcome = str(exc.code)
+            output.send_error(exc.code, exc.message, exc.retry_after_ms)
+        except trio.Cancelled:
+            outcome = "reset" if output.reset is not None else "cancelled"
+            raise
+        finally:
+            output.on_window = None
+            tenant = getattr(self.info.principal, "tenant", "")
+            latency = trio.current_time() - started
+            record_stream(metrics, lane, outcome, latency, tenant, self.ledger.tokens)
+
+    async def _route(self, started: float) -> None:
+        ctx, ev, ledger, emit = self.ctx, self.ev, self.ledger, self.emit
+        task = parse_task(ev)
+        decision = ctx.policy.decide(
+            PolicyInput(self.info.principal, task, ev.qos, tuple(ctx.adapters))
+        )
+        if not decision.allow:
+            raise StreamFailed(ErrorCode.ESEC, f"{decision.reason} (rule: {decision.rule})")
+        lane = decision.lane
+        if lane != self.output.lane:
+            self.output.set_lane(lane)
+        asked = ev.qos if ev.qos is not QoS.UNSPECIFIED else QoS.SILVER
+        emit.first_ext = {"lane": lane.label} if lane > asked else None
+        ledger.restrict(decision.window)
+        request = TaskRequest(
+            task_type=task.task_type,
+            prompt=task.prompt,
+            content=task.content,
+            max_tokens=task.window.max_tokens,
+            meta=task.meta,
+            request_id=f"{self.info.session_id}-{ev.stream_id}",
+            deadline_ms=task.ttl * 1000 + TTL_GRACE_MS if task.ttl else None,
+        )
+        candidates = [Candidate(n, ctx.adapters[n]) for n in decision.candidates]
+        failures = await preflight.estimate(
+            candidates, request, lane, ctx.config.estimate_timeout_s
+        )
+        plan = preflight.plan(candidates, ledger, failures)
+        width = min(decision.fanout, ledger.window.max_parallel or decision.fanout)
+        try:
+            await ctx.admission.acquire(lane)
+        except Shed:
+            ctx.metrics.shed.inc(lane.label)
+            raise
+        admitted = trio.current_time()
+        fan = FanOut(ctx, request, ledger, emit)
+        try:
+            outcomes = await fan.run(plan.fitting, plan.ranked, width)
+            best = merge.choose(outcomes, decision.strategy)
+            tried = {o.adapter for o in outcomes}
+            untried = [c for c in plan.ranked if c.name not in tried]
+            best = await escalate(best, untried, decision.min_confidence, fan, emit)
+        except BaseException:
+            # A client reset, a budget stop or a stalled reader says nothing about the
+            # adapters: release without adapting the global limit (ATP-ERR-005).
+            ctx.admission.release()
+            raise
+        # Adapt on what the adapters did: their failures, and the time spent on them
+        # (not the queueing before admission, nor the waits for the client's credit).
+        ctx.admission.release(
+            latency_s=trio.current_time() - admitted - emit.client_wait_s,
+            error=fan.adapter_failures > 0 and not any(o.finished for o in outcomes),
+        )
+        await emit.wait_writable()
+        ext = final_ext(ledger, fan.used, trio.current_time() - started, emit.take_first_ext())
+        self.output.send_final(final_body(best.answer, best.adapter, best.confidence), ext=ext)
+        self._finished = True
