@@ -54,8 +54,10 @@ from atp_proto.frames import (
 from .admission import Shed
 
 if TYPE_CHECKING:
+    from atp_proto.session import Output as StreamHandle
+    from atp_proto.session import Session
+
     from .server import Router
-    from .session import Session, StreamHandle
 
 log = logging.getLogger("atp.router")
 

@@ -15,6 +15,9 @@ import trio
 
 from atp_proto.adapters import Adapter, ResilientAdapter, connect
 from atp_proto.frames import ErrorCode, FrameType, QoS, StreamOpened
+from atp_proto.session import Output, Session, SessionInfo
+from atp_proto.transports.base import TransportClosed
+from atp_proto.transports.ws_server import Handshake, WsConnection
 
 from .admission import Admission
 from .auth import (
@@ -29,8 +32,6 @@ from .auth import (
 from .config import RouterConfig
 from .engine import StreamJob
 from .metrics import RouterMetrics
-from .session import Session, StreamHandle, TransportClosed
-from .ws import Handshake, WsConnection
 
 log = logging.getLogger("atp.router")
 
@@ -216,8 +217,12 @@ class Router:
                 self._handle_connection, listeners, handler_nursery=handler_nursery
             )
 
-    async def run_stream(self, session: Session, ev: StreamOpened, handle: StreamHandle) -> None:
-        await StreamJob(self, session, ev, handle).run()
+    async def run_stream(self, info: SessionInfo, ev: StreamOpened, output: Output) -> None:
+        """The session's runner for one SYN: the principal caps the lane (the session
+        knows no principals), then the stream's job runs."""
+        principal: Principal = info.principal
+        output.set_lane(principal.cap_qos(output.lane))
+        await StreamJob(self, self.sessions[info.session_id], ev, output).run()
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         # An exception escaping here would kill the whole server: catch everything.

@@ -36,8 +36,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from atp_proto.router import Router, RouterConfig
-from atp_proto.router.session import Oversized, TransportClosed
-from atp_proto.router.ws import WsConnection
+from atp_proto.transports.base import Oversized, TransportClosed
+from atp_proto.transports.ws_server import WsConnection
 
 from ._helpers_e2e import (
     F_FIN,
