@@ -112,17 +112,21 @@ class Session:
         authenticate: Callable[[CapabilitiesReceived], Any] | None = None,
         metrics: Any = None,
         text: bool = False,
+        heartbeat: float | None = None,
     ) -> None:
         """``run_stream``: called per SYN of the peer (none: a SYN is refused with
         EPROTO, the client's case). ``on_event``: sees every event after the session
         handled it; when set, received messages are left to it to acknowledge
         (``conn.acknowledge``), else the session acknowledges them at once (the router
         uses only a stream's SYN). ``authenticate``: see the module docstring.
-        ``text``: session-level frames go out as JSON text (ATP-WS-010)."""
+        ``text``: session-level frames go out as JSON text (ATP-WS-010). ``heartbeat``:
+        send a heartbeat after this many seconds without sending (None: never)."""
         self.transport = transport
         self.principal = principal
         self.session_id = session_id
-        self.conn = Connection(role, limits=limits, now=trio.current_time(), text=text)
+        self.conn = Connection(
+            role, limits=limits, now=trio.current_time(), text=text, heartbeat=heartbeat
+        )
         self.run_stream = run_stream
         self.on_event = on_event
         self._authenticate = authenticate

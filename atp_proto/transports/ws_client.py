@@ -17,6 +17,7 @@ figure holds the router's time and the kernel's, not a client library's hops.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -50,6 +51,7 @@ async def connect_ws(
     subprotocols: Sequence[str] = (),
     max_message_size: int = 1 << 22,
     connect_timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> WsConnection:
     """Open a TCP connection to ``url`` (``ws://host:port/path?query``), do the upgrade,
     and return the connection, ready for messages. ``subprotocols``: what to offer, e.g.
@@ -61,15 +63,22 @@ async def connect_ws(
         TransportClosed: the server closed the connection during the upgrade.
         OSError: the TCP connection failed.
         trio.TooSlowError: no answer within ``connect_timeout``.
-        ValueError: not a ``ws://`` URL (``wss://`` is not supported by this client).
+        ValueError: not a ``ws://`` or ``wss://`` URL.
     """
     u = urlsplit(url)
-    if u.scheme != "ws":
-        raise ValueError(f"only ws:// URLs are supported, got {url!r}")
-    host, port = u.hostname or "127.0.0.1", u.port or 80
+    if u.scheme not in ("ws", "wss"):
+        raise ValueError(f"only ws:// and wss:// URLs are supported, got {url!r}")
+    tls = u.scheme == "wss"
+    host, port = u.hostname or "127.0.0.1", u.port or (443 if tls else 80)
     target = (u.path or "/") + (f"?{u.query}" if u.query else "")
     with trio.fail_after(connect_timeout):
-        stream = await trio.open_tcp_stream(host, port)
+        stream: trio.abc.Stream
+        if tls:
+            stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=ssl_context or ssl.create_default_context()
+            )
+        else:
+            stream = await trio.open_tcp_stream(host, port)
         try:
             return await _upgrade(
                 stream, f"{host}:{port}", target, headers, subprotocols, max_message_size
@@ -81,7 +90,7 @@ async def connect_ws(
 
 
 async def _upgrade(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     host: str,
     target: str,
     headers: Sequence[tuple[bytes, bytes]] | None,

@@ -91,6 +91,7 @@ class WsConnection:
         self._ws = ws if ws is not None else wsproto.WSConnection(wsproto.ConnectionType.SERVER)
         #: the peer's close code once it closed (None: no close frame seen)
         self.peer_close_code: int | None = None
+        self.peer_close_reason = ""
         self._messages: deque[bytes | str | Oversized] = deque()
         self._binary: bytearray | None = None  # a fragmented binary message so far
         self._text: io.StringIO | None = None  # a fragmented text message so far
@@ -255,6 +256,7 @@ class WsConnection:
                     await self._send_bytes(self._ws.send(event.response()))
             elif isinstance(event, we.CloseConnection):
                 self.peer_close_code = event.code
+                self.peer_close_reason = event.reason or ""
                 if self._ws.state is ConnectionState.REMOTE_CLOSING:
                     # the peer closed: answer, then the TCP connection goes
                     data = self._ws.send(event.response())
