@@ -8,8 +8,10 @@ Each router is a separate process started as ``python -m atp_proto serve --no-au
 127.0.0.1:0 --metrics off --max-sessions 20000 --adapter ...`` (through a small ``-c``
 wrapper that first raises RLIMIT_NOFILE); its address is read from its "router listening"
 log line. The clients speak ATP through the sans-IO :class:`~atp_proto.frames.Connection`
-directly (no :mod:`atp_proto.client` layers), acknowledging credit once per received
-WebSocket message per stream.
+directly (no :mod:`atp_proto.client` layers) over the shared raw wsproto client
+(:mod:`atp_proto.transports.ws_client`, no reader task), acknowledging credit once per
+received WebSocket message per stream. (Until issue 10 the throughput and background
+clients used trio-websocket; figures recorded before then include its client-side hops.)
 
 Scenarios:
 
@@ -227,7 +229,8 @@ def _fork() -> Any:
 
 
 class _AtpSession:
-    """A raw ATP session: trio-websocket + the sans-IO Connection, no client layers."""
+    """A raw ATP session: the shared raw WebSocket client + the sans-IO Connection, no
+    client layers."""
 
     def __init__(self, ws: Any) -> None:
         import trio
@@ -291,12 +294,18 @@ class _RawWs:
         await self.ws.abort()
 
 
-def _open_ws(url: str) -> Any:
-    import trio_websocket
+@contextlib.asynccontextmanager
+async def _open_ws(url: str) -> Any:
+    """A load-generator session on the shared raw client (no reader task: the load
+    client reads in its own task), closed with a close handshake at the end."""
+    ws = await _RawWs.connect(url)
+    try:
+        yield ws
+    finally:
+        import trio
 
-    return trio_websocket.open_websocket_url(
-        url, max_message_size=64 << 20, message_queue_size=16, receive_buffer_size=65536
-    )
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await ws.ws.close(1000, "")
 
 
 # ------------------------------------------------------------------------------ throughput
