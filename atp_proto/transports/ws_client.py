@@ -62,7 +62,8 @@ async def connect_ws(
         HandshakeRefused: the server answered with another status (401, 404, 503, ...).
         TransportClosed: the server closed the connection during the upgrade.
         OSError: the TCP connection failed.
-        trio.TooSlowError: no answer within ``connect_timeout``.
+        TimeoutError: no connection and upgrade within ``connect_timeout`` (an OSError,
+            as a refused connection is).
         ValueError: not a ``ws://`` or ``wss://`` URL.
     """
     u = urlsplit(url)
@@ -71,7 +72,7 @@ async def connect_ws(
     tls = u.scheme == "wss"
     host, port = u.hostname or "127.0.0.1", u.port or (443 if tls else 80)
     target = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    with trio.fail_after(connect_timeout):
+    with trio.move_on_after(connect_timeout):
         stream: trio.abc.Stream
         if tls:
             stream = await trio.open_ssl_over_tcp_stream(
@@ -87,6 +88,7 @@ async def connect_ws(
             with trio.CancelScope(shield=True):
                 await stream.aclose()
             raise
+    raise TimeoutError(f"no WebSocket handshake with {host}:{port} within {connect_timeout:g} s")
 
 
 async def _upgrade(
