@@ -10,7 +10,15 @@
 
 Each message is acknowledged (credit returned to the router) only when the caller takes
 it from the iterator, so a slow consumer slows the router, and through it the adapters.
-Errors from the router are raised as :class:`StreamError` with the spec's code.
+Errors from the router are raised as :class:`StreamError` with the spec's code; a session
+that ends under an open stream without an ERROR frame raises :class:`ConnectionLost` (a
+``StreamError`` whose code is read from the WebSocket close code, EINTERNAL when that
+says nothing).
+
+The client runs on the same session driver as the router (:mod:`atp_proto.session`) over
+the shared raw WebSocket client (:mod:`atp_proto.transports.ws_client`): one reader, one
+coalescing writer, and the core's timers — a stream's TTL (ETIMEOUT), heartbeats and the
+idle timeout fire on the client side too.
 """
 
 from __future__ import annotations
@@ -24,14 +32,15 @@ from typing import Any
 
 import cbor2
 import trio
-import trio_websocket
 
 from atp_proto.frames import (
+    ATPError,
     BudgetWindow,
     Connection,
     ConnectionClosed,
     Event,
     GoingAway,
+    HeartbeatAcked,
     Limits,
     LocalProtocolError,
     MessageReceived,
@@ -40,8 +49,20 @@ from atp_proto.frames import (
     StreamReset,
     decode_payload,
 )
+from atp_proto.session import Session
+from atp_proto.transports.base import error_code_for_ws_close
+from atp_proto.transports.ws_client import HandshakeRefused, connect_ws
+from atp_proto.transports.ws_server import WsConnection
 
-__all__ = ["Client", "Final", "Partial", "StreamError", "connect"]
+__all__ = [
+    "Client",
+    "ConnectionLost",
+    "Final",
+    "HandshakeRefused",
+    "Partial",
+    "StreamError",
+    "connect",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +85,26 @@ class Final:
     payload: Any = field(repr=False, default=None)
 
 
-class StreamError(Exception):
-    """The router ended the stream (or the session) with an ERROR."""
+class StreamError(ATPError):
+    """The router (or our own side's core: a TTL, a limit) ended the stream or the
+    session with an ERROR of ``code``."""
 
-    def __init__(self, code: str, message: str, retry_after_ms: int | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.retry_after_ms = retry_after_ms
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        retry_after_ms: int | None = None,
+        *,
+        stream_id: int = 0,
+    ) -> None:
+        super().__init__(code, message, stream_id=stream_id, retry_after_ms=retry_after_ms)
+        self.code: str = str(code)
+
+
+class ConnectionLost(StreamError):
+    """The session ended under an open stream without an ERROR frame: the connection was
+    lost or closed. ``code`` is what the WebSocket close code maps to (EINTERNAL for a
+    normal close, a lost connection or none)."""
 
 
 _QOS = {"gold": QoS.GOLD, "silver": QoS.SILVER, "bronze": QoS.BRONZE}
@@ -97,7 +130,7 @@ class Stream:
             try:
                 item = await self._recv.receive()
             except trio.EndOfChannel:
-                item = self.client.closed or StreamError("ECLOSED", "connection closed")
+                item = self.client.closed or self.client._lost()
             if isinstance(item, StreamError):
                 self.finished = True
                 raise item
@@ -118,84 +151,80 @@ class Stream:
         return Partial(content, conf, body)
 
     async def cancel(self) -> None:
-        """Abandon the stream (RST)."""
+        """Abandon the stream (RST); returns once the RST was handed to the transport."""
         if not self.finished:
             self.finished = True
             self.client._conn.reset_stream(self.stream_id)
-            await self.client._flush()
+            await self.client._session.flush()
 
 
 class Client:
     """A session with a router. Use :func:`connect`."""
 
     def __init__(
-        self, ws: trio_websocket.WebSocketConnection, *, text: bool, limits: Limits
+        self, ws: WsConnection, *, text: bool, limits: Limits, heartbeat_s: float | None = None
     ) -> None:
         self._ws = ws
         self._text = text
-        self._conn = Connection(Role.CLIENT, limits=limits, now=trio.current_time())
+        self._session = Session(
+            ws,
+            role=Role.CLIENT,
+            limits=limits,
+            session_id="client",
+            on_event=self._on_event,
+            heartbeat=heartbeat_s,
+        )
+        self._conn: Connection = self._session.conn
         self._streams: dict[int, Stream] = {}
-        self._send_lock = trio.Lock()
         self.closed: StreamError | None = None
         self.draining = False
-        self._pending_flush = trio.Event()
+        #: round-trip time of the last heartbeat the router acknowledged (seconds)
+        self.heartbeat_rtt: float | None = None
 
-    async def _reader(self) -> None:
-        ws, conn = self._ws, self._conn
+    async def _run(self) -> None:
+        """The session, then every stream still open learns why it ended."""
         try:
-            while True:
-                message = await ws.get_message()
-                now = trio.current_time()
-                if isinstance(message, str):
-                    events = conn.receive_text(message, now)
-                else:
-                    events = conn.receive_message(message, now)
-                await self._dispatch(events)
-                await self._flush()
-                if conn.closed:
-                    return
-        except trio_websocket.ConnectionClosed as exc:
-            reason = exc.reason
-            detail = f"{reason.code} {reason.reason or ''}".strip() if reason else "no close frame"
-            err = StreamError("ECLOSED", f"connection closed ({detail})")
-            self.closed = self.closed or err
+            await self._session.run()
         finally:
-            final = self.closed or StreamError("ECLOSED", "connection closed")
+            self.closed = self.closed or self._lost()
             for st in list(self._streams.values()):
-                st._send.send_nowait(final)
+                st._send.send_nowait(self.closed)
                 st._send.close()
             self._streams.clear()
 
-    async def _dispatch(self, events: list[Event]) -> None:
-        for ev in events:
-            if isinstance(ev, MessageReceived):
-                st = self._streams.get(ev.stream_id)
-                if st is not None:
-                    st._send.send_nowait(ev)
-                    if ev.end_stream:
-                        self._streams.pop(ev.stream_id, None)
-            elif isinstance(ev, StreamReset):
-                st = self._streams.pop(ev.stream_id, None)
-                if st is not None:
-                    st._send.send_nowait(StreamError(ev.code, ev.message, ev.retry_after_ms))
-            elif isinstance(ev, ConnectionClosed):
-                self.closed = StreamError(ev.code, ev.message)
-            elif isinstance(ev, GoingAway):
-                self.draining = True
+    def _lost(self) -> ConnectionLost:
+        code = self._ws.peer_close_code
+        detail = f"{code} {self._ws.peer_close_reason}".strip() if code else "no close frame"
+        return ConnectionLost(error_code_for_ws_close(code), f"connection closed ({detail})")
+
+    def _on_event(self, ev: Event) -> None:
+        if isinstance(ev, MessageReceived):
+            st = self._streams.get(ev.stream_id)
+            if st is not None:
+                st._send.send_nowait(ev)
+                if ev.end_stream:
+                    self._streams.pop(ev.stream_id, None)
+            else:  # a stream we gave up on: its credit still flows back
+                self._conn.acknowledge(ev.stream_id, ev.size)
+        elif isinstance(ev, StreamReset):
+            st = self._streams.pop(ev.stream_id, None)
+            if st is not None:
+                err = StreamError(ev.code, ev.message, ev.retry_after_ms, stream_id=ev.stream_id)
+                st._send.send_nowait(err)
+        elif isinstance(ev, ConnectionClosed):
+            self.closed = StreamError(ev.code, ev.message)
+        elif isinstance(ev, GoingAway):
+            self.draining = True
+        elif isinstance(ev, HeartbeatAcked):
+            self.heartbeat_rtt = ev.rtt
 
     async def _flush(self) -> None:
-        async with self._send_lock:
-            for message in self._conn.data_to_send(trio.current_time()):
-                try:
-                    await self._ws.send_message(message)
-                except trio_websocket.ConnectionClosed:
-                    return
+        """Wait until what the connection has queued was handed to the transport."""
+        await self._session.flush()
 
     def _acknowledge(self, stream_id: int, size: int) -> None:
         self._conn.acknowledge(stream_id, size)
-        if self._conn.has_data_to_send():
-            # best effort, from sync context: the reader flushes on its next turn
-            self._pending_flush.set()
+        self._session.kick()  # the session's writer sends the credit
 
     @asynccontextmanager
     async def stream(
@@ -233,7 +262,9 @@ class Client:
             raise StreamError(str(exc.code), exc.message, exc.retry_after_ms) from None
         st = Stream(self, sid)
         self._streams[sid] = st
-        await self._flush()
+        # the SYN leaves from this task when the socket takes it at once, else the writer
+        self._session.flush_now()
+        self._session.kick()
         try:
             yield st
         finally:
@@ -250,12 +281,6 @@ class Client:
                     return item
         raise StreamError("EPROTO", "the stream ended without a FINAL")
 
-    async def _flusher(self) -> None:
-        while True:
-            await self._pending_flush.wait()
-            self._pending_flush = trio.Event()
-            await self._flush()
-
 
 @asynccontextmanager
 async def connect(
@@ -266,32 +291,38 @@ async def connect(
     limits: Limits | None = None,
     connect_timeout: float = 10.0,
     capabilities: bool = True,
+    heartbeat_s: float | None = None,
 ) -> AsyncIterator[Client]:
     """Open a session. ``text=True`` speaks the JSON mapping (like a browser).
+    ``heartbeat_s``: send a heartbeat after that long without sending (ATP-SESS
+    heartbeats; the acknowledged round trip lands in :attr:`Client.heartbeat_rtt`).
+    ``limits.idle_timeout_ms`` closes an idle session from this side too (ETIMEOUT).
 
     Raises:
-        trio_websocket.HandshakeError: the router refused the handshake (e.g. 401).
+        HandshakeRefused: the router refused the handshake (e.g. 401); ``status`` says.
     """
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else None
     limits = limits or Limits()
-    async with trio_websocket.open_websocket_url(
+    ws = await connect_ws(
         url,
-        extra_headers=headers,
+        headers=headers,
         connect_timeout=connect_timeout,
         max_message_size=limits.max_frame_size + 64 * 1024,
-        message_queue_size=4,
-    ) as ws:
-        client = Client(ws, text=text, limits=limits)
+    )
+    try:
+        client = Client(ws, text=text, limits=limits, heartbeat_s=heartbeat_s)
         if capabilities:
             client._conn.send_capabilities(text=text)
-            await client._flush()
+            client._session.kick()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(client._reader)
-            nursery.start_soon(client._flusher)
+            nursery.start_soon(client._run)
             try:
                 yield client
             finally:
                 nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await ws.close(1000, "")
 
 
 def frame_json(obj: Any) -> str:

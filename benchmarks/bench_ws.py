@@ -8,8 +8,10 @@ Each router is a separate process started as ``python -m atp_proto serve --no-au
 127.0.0.1:0 --metrics off --max-sessions 20000 --adapter ...`` (through a small ``-c``
 wrapper that first raises RLIMIT_NOFILE); its address is read from its "router listening"
 log line. The clients speak ATP through the sans-IO :class:`~atp_proto.frames.Connection`
-directly (no :mod:`atp_proto.client` layers), acknowledging credit once per received
-WebSocket message per stream.
+directly (no :mod:`atp_proto.client` layers) over the shared raw wsproto client
+(:mod:`atp_proto.transports.ws_client`, no reader task), acknowledging credit once per
+received WebSocket message per stream. (Until issue 10 the throughput and background
+clients used trio-websocket; figures recorded before then include its client-side hops.)
 
 Scenarios:
 
@@ -33,7 +35,8 @@ Scenarios:
   PARTIAL is received (``time.perf_counter``, same process; nothing subtracted: it
   includes the probe's WebSocket and ATP encoding, the kernel both ways, parsing the SYN,
   the adapter's Estimate, admission and the first chunk). The probe speaks WebSocket
-  with wsproto in its own task (:class:`_RawWs`), as a load generator should: a client
+  with the shared raw wsproto client in its own task (:class:`_RawWs`), as a load
+  generator should: a client
   library's reader-task hop (trio-websocket's) would add its own scheduling to the
   router's figure. Also reported: the gaps between consecutive PARTIALs of
   the paced background streams (ideally 100 ms; the excess is scheduling delay).
@@ -59,7 +62,6 @@ import json
 import os
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -111,7 +113,8 @@ def _prompt_body(chars: int) -> bytes:
 
 
 class _AtpSession:
-    """A raw ATP session: trio-websocket + the sans-IO Connection, no client layers."""
+    """A raw ATP session: the shared raw WebSocket client + the sans-IO Connection, no
+    client layers."""
 
     def __init__(self, ws: Any) -> None:
         import trio
@@ -147,78 +150,46 @@ class _AtpSession:
 
 
 class _RawWs:
-    """A WebSocket client on wsproto over a trio socket, no reader task: the latency
-    probe. Reading happens in the probe's own task, so the figure holds the router's
-    time and the kernel's, not a client library's task hop (trio-websocket's client
-    hands each message through a channel from its reader task)."""
+    """The latency probe's client: the shared raw wsproto client
+    (:func:`atp_proto.transports.ws_client.connect_ws`), no reader task. Reading happens
+    in the probe's own task, so the figure holds the router's time and the kernel's, not a
+    client library's task hop (trio-websocket's client hands each message through a
+    channel from its reader task)."""
 
-    def __init__(self, stream: Any, ws: Any) -> None:
-        from collections import deque
-
-        self.stream = stream
+    def __init__(self, ws: Any) -> None:
         self.ws = ws
-        self.inbox: deque[bytes] = deque()
-        self.parts: list[bytes] = []
 
     @classmethod
     async def connect(cls, url: str) -> _RawWs:
-        from urllib.parse import urlsplit
+        from atp_proto.transports.ws_client import connect_ws
 
-        import trio
-        from wsproto import ConnectionType, WSConnection
-        from wsproto.events import AcceptConnection, Request
-
-        u = urlsplit(url)
-        host, port = u.hostname or "127.0.0.1", u.port or 80
-        stream = await trio.open_tcp_stream(host, port)
-        ws = WSConnection(ConnectionType.CLIENT)
-        await stream.send_all(ws.send(Request(host=f"{host}:{port}", target=u.path or "/")))
-        self = cls(stream, ws)
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                raise RuntimeError("router closed the connection during the handshake")
-            ws.receive_data(data)
-            for ev in ws.events():
-                if isinstance(ev, AcceptConnection):
-                    return self
-                raise RuntimeError(f"handshake refused: {ev!r}")
+        return cls(await connect_ws(url, max_message_size=64 << 20))
 
     async def send_message(self, data: bytes) -> None:
-        from wsproto.events import BytesMessage
-
-        await self.stream.send_all(self.ws.send(BytesMessage(data=data)))
+        await self.ws.send(data)
 
     async def get_message(self) -> bytes:
-        from wsproto.events import BytesMessage, CloseConnection, Ping
-
-        while not self.inbox:
-            data = await self.stream.receive_some(65536)
-            if not data:
-                raise RuntimeError("router closed the connection")
-            self.ws.receive_data(data)
-            for ev in self.ws.events():
-                if isinstance(ev, BytesMessage):
-                    self.parts.append(bytes(ev.data))
-                    if ev.message_finished:
-                        self.inbox.append(b"".join(self.parts))
-                        self.parts = []
-                elif isinstance(ev, Ping):
-                    await self.stream.send_all(self.ws.send(ev.response()))
-                elif isinstance(ev, CloseConnection):
-                    raise RuntimeError(f"router closed the connection: {ev.code}")
-        return self.inbox.popleft()
+        message = await self.ws.receive()  # TransportClosed when the router closed
+        if not isinstance(message, bytes):
+            raise RuntimeError(f"unexpected message from the router: {message!r:.200}")
+        return message
 
     async def aclose(self) -> None:
-        await self.stream.aclose()
+        await self.ws.abort()
 
 
-def _open_ws(url: str) -> Any:
-    import trio_websocket
+@contextlib.asynccontextmanager
+async def _open_ws(url: str) -> Any:
+    """A load-generator session on the shared raw client (no reader task: the load
+    client reads in its own task), closed with a close handshake at the end."""
+    ws = await _RawWs.connect(url)
+    try:
+        yield ws
+    finally:
+        import trio
 
-    return trio_websocket.open_websocket_url(
-        url, max_message_size=64 << 20, message_queue_size=16, receive_buffer_size=65536
-    )
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await ws.ws.close(1000, "")
 
 
 # ------------------------------------------------------------------------------ throughput
@@ -611,46 +582,33 @@ def bench_latency(url: str, background: int, probes: int) -> dict[str, Any]:
 def _idle_client(host: str, port: int, path: str, warm: int, n: int, pipe: Any) -> None:
     """Open ``warm`` then ``n`` idle sessions (handshake + CAPABILITIES); hold them."""
     import trio
-    from wsproto import ConnectionType, WSConnection
-    from wsproto.events import AcceptConnection, BytesMessage, Request
 
     from atp_proto.frames import Connection, FrameType, Role, decode_frames
+    from atp_proto.transports import TransportClosed
+    from atp_proto.transports.ws_client import HandshakeRefused, connect_ws
 
     _raise_nofile()
     c = Connection(Role.CLIENT)
     c.send_capabilities()
     caps = c.data_to_send()[0]
     assert isinstance(caps, bytes)
-    held: list[trio.SocketStream] = []
+    held: list[Any] = []
     failures: list[str] = []
 
     async def one(sem: trio.Semaphore) -> None:
         async with sem:
             try:
-                stream = await trio.open_tcp_stream(host, port)
-                ws = WSConnection(ConnectionType.CLIENT)
-                await stream.send_all(ws.send(Request(host=f"{host}:{port}", target=path)))
-                accepted = got_caps = False
-                buf = b""
-                while not got_caps:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        raise RuntimeError("closed during handshake")
-                    ws.receive_data(data)
-                    for ev in ws.events():
-                        if isinstance(ev, AcceptConnection):
-                            accepted = True
-                            await stream.send_all(ws.send(BytesMessage(data=caps)))
-                        elif isinstance(ev, BytesMessage):
-                            buf += ev.data
-                            if ev.message_finished:
-                                frames = decode_frames(buf)
-                                got_caps = frames[0].type == FrameType.CAPABILITIES
-                                buf = b""
-                        elif not accepted:
-                            raise RuntimeError(f"handshake refused: {ev!r}")
-                held.append(stream)
-            except (OSError, RuntimeError, trio.BrokenResourceError) as exc:
+                ws = await connect_ws(f"ws://{host}:{port}{path}")
+                await ws.send(caps)
+                while True:
+                    message = await ws.receive()
+                    if (
+                        isinstance(message, bytes)
+                        and decode_frames(message)[0].type == FrameType.CAPABILITIES
+                    ):
+                        break
+                held.append(ws)
+            except (OSError, TransportClosed, HandshakeRefused, trio.BrokenResourceError) as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
 
     async def batch(count: int) -> float:
@@ -668,9 +626,9 @@ def _idle_client(host: str, port: int, path: str, warm: int, n: int, pipe: Any) 
         seconds = await batch(n)
         pipe.send(("ready", len(held) - warm, failures[:1], seconds))
         await trio.to_thread.run_sync(pipe.recv)  # "close"
-        for s in held:
+        for ws in held:
             with contextlib.suppress(Exception):
-                s.socket.close()
+                ws.stream.socket.close()
 
     trio.run(main)
 

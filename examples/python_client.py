@@ -14,10 +14,10 @@ import argparse
 import sys
 
 import trio
-import trio_websocket
 
-from atp_proto.client import Final, StreamError, connect
+from atp_proto.client import Final, HandshakeRefused, StreamError, connect
 from atp_proto.frames import BudgetWindow
+from atp_proto.transports import TransportClosed
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -50,11 +50,11 @@ def main() -> int:
         retry = f" (retry after {exc.retry_after_ms} ms)" if exc.retry_after_ms is not None else ""
         print(f"ERROR {exc.code}: {exc.message}{retry}", file=sys.stderr)
         return 1
-    except trio_websocket.ConnectionRejected as exc:  # e.g. 401: missing or invalid token
+    except HandshakeRefused as exc:  # e.g. 401: missing or invalid token
         body = (exc.body or b"").decode(errors="replace").strip()
-        print(f"handshake refused: HTTP {exc.status_code} {body}", file=sys.stderr)
+        print(f"handshake refused: HTTP {exc.status} {body}", file=sys.stderr)
         return 2
-    except (trio_websocket.HandshakeError, OSError) as exc:
+    except (TransportClosed, OSError) as exc:
         cause = exc.__cause__ or exc
         print(f"cannot connect to {args.url}: {cause!r}", file=sys.stderr)
         return 2

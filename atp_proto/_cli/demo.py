@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from atp_proto.adapters.process import spawn_adapter
-    from atp_proto.client import Final, StreamError, connect
+    from atp_proto.client import Final, HandshakeRefused, StreamError, connect
     from atp_proto.frames import BudgetWindow, frame_from_json
     from atp_proto.router.auth import issue_token
     from atp_proto.router.config import RouterConfig
@@ -160,12 +160,12 @@ def run(args: argparse.Namespace) -> int:
             try:
                 async with connect(url, token="not-a-token"):
                     pass
-            except trio_websocket.ConnectionRejected as exc:
+            except HandshakeRefused as exc:
                 console.print(
-                    f"   bad token            -> [red]HTTP {exc.status_code}[/] "
+                    f"   bad token            -> [red]HTTP {exc.status}[/] "
                     f"{escape((exc.body or b'').decode().strip())}"
                 )
-                summary["bad_token_status"] = exc.status_code
+                summary["bad_token_status"] = exc.status
             async with trio_websocket.open_websocket_url(f"{url}?access_token={token}") as ws:
                 bad = dict(seed_syn, msg_seq=1)
                 await ws.send_message(json.dumps(bad))

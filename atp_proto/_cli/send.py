@@ -45,10 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import trio
-    import trio_websocket
 
-    from atp_proto.client import Final, StreamError, connect
+    from atp_proto.client import Final, HandshakeRefused, StreamError, connect
     from atp_proto.frames import BudgetWindow
+    from atp_proto.transports import TransportClosed
 
     for name in ("max_tokens", "max_usd_micros", "max_parallel", "fanout"):
         v = getattr(args, name)
@@ -158,13 +158,13 @@ def run(args: argparse.Namespace) -> int:
             hint = f" (retry after {exc.retry_after_ms} ms)" if exc.retry_after_ms else ""
             print(f"ERROR  {exc.code}: {exc.message}{hint}", file=sys.stderr)
         return 1
-    except trio_websocket.ConnectionRejected as exc:
-        message = _rejection(exc.status_code, exc.body)
-        emit("error", {"code": "EHANDSHAKE", "status": exc.status_code, "message": message})
+    except HandshakeRefused as exc:
+        message = _rejection(exc.status, exc.body)
+        emit("error", {"code": "EHANDSHAKE", "status": exc.status, "message": message})
         if not args.json:
-            print(f"ERROR  handshake refused: HTTP {exc.status_code} {message}", file=sys.stderr)
+            print(f"ERROR  handshake refused: HTTP {exc.status} {message}", file=sys.stderr)
         return 1
-    except (trio_websocket.HandshakeError, OSError) as exc:
+    except (TransportClosed, OSError) as exc:
         reason = _reason(exc)
         emit("error", {"code": "ECONNECT", "message": reason})
         if not args.json:

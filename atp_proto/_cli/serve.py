@@ -101,7 +101,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     import trio
 
-    from atp_proto.router.server import Router, setup_logging
+    from atp_proto.router.logs import setup_logging
+    from atp_proto.router.server import Router
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_format, cfg.log_level)

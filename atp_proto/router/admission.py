@@ -19,9 +19,7 @@ import trio
 
 from atp_proto._control import AimdLimit
 from atp_proto.frames import ATPError, ErrorCode, QoS
-
-LANES = (QoS.GOLD, QoS.SILVER, QoS.BRONZE)
-WEIGHTS = {QoS.GOLD: 6.0, QoS.SILVER: 3.0, QoS.BRONZE: 1.0}
+from atp_proto.session.lanes import LANES, WEIGHTS  # one copy; FairQueue is the algorithm
 
 
 class Shed(ATPError):

@@ -1,76 +1,38 @@
-"""The router process: WebSocket listener, sessions, metrics endpoint, graceful drain."""
+"""The router process: listeners, sessions, graceful drain, signals.
+
+Beside it: :mod:`.handshake` (accept or refuse a session -> Principal), :mod:`.http`
+(``/metrics``, ``/healthz``, ``/readyz``), :mod:`.logs` (formatters). Sessions run on
+:mod:`atp_proto.session` over :mod:`atp_proto.transports.ws_server`.
+"""
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import signal
 import time
 from collections.abc import Mapping
-from typing import Any
-from urllib.parse import urlsplit
 
 import trio
 
 from atp_proto.adapters import Adapter, ResilientAdapter, make_adapter, registry
 from atp_proto.frames import ErrorCode, FrameType, QoS, StreamOpened
+from atp_proto.session import Output, Session, SessionInfo
+from atp_proto.transports.base import TransportClosed
+from atp_proto.transports.ws_server import Handshake, WsConnection
 
 from .admission import Admission
 from .auth import (
-    ANONYMOUS,
-    ATP_SUBPROTOCOL,
     AuthConfig,
     Authenticator,
-    AuthError,
-    Principal,
-    extract_token,
 )
 from .config import RouterConfig
+from .handshake import admit
+from .http import serve_http
 from .metrics import RouterMetrics
-from .routing import PrincipalPolicy, RoutingContext, SessionInfo, StreamRun
-from .routing._legacy_output import LegacyOutput
-from .session import Session, StreamHandle, TransportClosed
-from .ws import Handshake, WsConnection
+from .routing import PrincipalPolicy, RoutingContext, StreamRun
 
 log = logging.getLogger("atp.router")
-
-#: Reserved for logging's own LogRecord attributes; everything else in ``extra`` is a field.
-_RECORD_KEYS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, message and the record's extra fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        out.update((k, v) for k, v in vars(record).items() if k not in _RECORD_KEYS)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        base = super().format(record)
-        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _RECORD_KEYS)
-        return f"{base} {extra}" if extra else base
-
-
-def setup_logging(fmt: str = "text", level: str = "info") -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(message)s")
-    )
-    root = logging.getLogger("atp")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
 
 
 def _type_name(value: int) -> str:
@@ -208,9 +170,9 @@ class Router:
                 self._handle_connection, listeners, handler_nursery=handler_nursery
             )
 
-    async def run_stream(self, session: Session, ev: StreamOpened, handle: StreamHandle) -> None:
-        info = SessionInfo(session.session_id, session.principal)
-        output = LegacyOutput(session, handle, ev.window)
+    async def run_stream(self, info: SessionInfo, ev: StreamOpened, output: Output) -> None:
+        """The session's runner for one SYN: the routing run, given the stream's output
+        (its policy caps the lane, ATP-SEC-004/015: the session knows no principals)."""
         await StreamRun(self.routing, info, ev, output).run()
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
@@ -243,41 +205,20 @@ class Router:
     async def _handle(self, ws: WsConnection, request: Handshake) -> None:
         cfg = self.config
         m = self.metrics
-        path = urlsplit(request.path).path
-        if path != cfg.ws_path:
-            m.handshakes_refused.inc("404")
-            await ws.reject(404, body=f"no ATP endpoint at {path}; use {cfg.ws_path}\n".encode())
+        admitted = await admit(
+            ws,
+            request,
+            config=cfg,
+            authenticator=self.authenticator,
+            draining=self._draining,
+            sessions=len(self.sessions),
+            metrics=m,
+        )
+        if admitted is None:
             return
-        if self._draining:
-            m.handshakes_refused.inc("503")
-            await ws.reject(503, headers=[(b"retry-after", b"1")], body=b"router is draining\n")
-            return
-        if len(self.sessions) >= cfg.max_sessions:
-            m.handshakes_refused.inc("503")
-            await ws.reject(503, headers=[(b"retry-after", b"1")], body=b"too many sessions\n")
-            return
-        token, subprotocol = extract_token(request.path, request.headers, request.subprotocols)
-        principal: Principal = ANONYMOUS
-        if self.authenticator is not None:
-            try:
-                principal = self.authenticator.authenticate(token)
-            except AuthError as exc:
-                m.handshakes_refused.inc(str(exc.status))
-                log.info(
-                    "handshake refused",
-                    extra={
-                        "status": exc.status,
-                        "reason": exc.message,
-                        "peer": str(request.remote),
-                    },
-                )
-                headers = (
-                    [(b"www-authenticate", b'Bearer realm="atp"')] if exc.status == 401 else []
-                )
-                await ws.reject(exc.status, headers=headers, body=f"{exc.message}\n".encode())
-                return
+        principal = admitted.principal
         try:
-            await ws.accept(subprotocol)
+            await ws.accept(admitted.subprotocol)
         except TransportClosed:  # the client left during the handshake
             return
         session_id = f"{time.time_ns() // 1_000_000:x}-{next(self._ids)}"
@@ -288,9 +229,7 @@ class Router:
             run_stream=self.run_stream,
             session_id=session_id,
             metrics=m,
-            # ATP-WS-010: session-level frames go out as text to a client that has not
-            # offered atp.v1 (a browser), until it sends its first message
-            text=subprotocol != ATP_SUBPROTOCOL,
+            text=admitted.text,  # ATP-WS-010
         )
         self.sessions[session_id] = session
         m.sessions_total.inc()
@@ -369,46 +308,14 @@ class Router:
         cfg = self.config
         listeners = await trio.open_tcp_listeners(cfg.metrics_port or 0, host=cfg.metrics_host)
         task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self._metrics_conn, listeners)
+        await serve_http(listeners, self.metrics.render, self._readiness)
 
-    async def _metrics_conn(self, stream: trio.SocketStream) -> None:
-        try:
-            with trio.move_on_after(5):
-                data = b""
-                while b"\r\n\r\n" not in data and len(data) < 8192:
-                    chunk = await stream.receive_some(4096)
-                    if not chunk:
-                        return
-                    data += chunk
-                line = data.split(b"\r\n", 1)[0].decode("latin-1")
-                parts = line.split()
-                method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-                status, ctype, body = self._metrics_response(method, urlsplit(target).path)
-                head = (
-                    f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                )
-                await stream.send_all(head.encode() + body)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        finally:
-            await stream.aclose()
-
-    def _metrics_response(self, method: str, path: str) -> tuple[str, str, bytes]:
-        if method != "GET":
-            return "405 Method Not Allowed", "text/plain", b"GET only\n"
-        if path == "/metrics":
-            return "200 OK", "text/plain; version=0.0.4", self.metrics.render().encode()
-        if path == "/healthz":
-            return "200 OK", "text/plain", b"ok\n"
-        if path == "/readyz":
-            if not self._ready or self._draining:
-                return "503 Service Unavailable", "text/plain", b"not ready\n"
-            # not ready when no adapter can serve: every remote one is DOWN or its breaker open
-            if not any(
-                a.available if isinstance(a, ResilientAdapter) else True
-                for a in self.adapters.values()
-            ):
-                return "503 Service Unavailable", "text/plain", b"not ready: no adapter can serve\n"
-            return "200 OK", "text/plain", b"ready\n"
-        return "404 Not Found", "text/plain", b"try /metrics, /healthz or /readyz\n"
+    def _readiness(self) -> str | None:
+        if not self._ready or self._draining:
+            return "not ready\n"
+        # not ready when no adapter can serve: every remote one is DOWN or its breaker open
+        if not any(
+            a.available if isinstance(a, ResilientAdapter) else True for a in self.adapters.values()
+        ):
+            return "not ready: no adapter can serve\n"
+        return None

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from atp_proto.client import connect
 from atp_proto.router import issue_token
-from atp_proto.router.server import JsonFormatter, TextFormatter
+from atp_proto.router.logs import JsonFormatter, TextFormatter
 
 from ._helpers_e2e import atp, http_get, metric_value
 from .conftest import ws_url

@@ -10,7 +10,7 @@ import trio_websocket
 
 from atp_proto.client import StreamError, connect
 from atp_proto.frames import Connection, Flags, Frame, Limits, Role, encode_frame
-from atp_proto.router.session import READ_PAUSE_BYTES
+from atp_proto.session import READ_PAUSE_BYTES
 
 from .conftest import ws_url
 

@@ -81,9 +81,8 @@ class StreamRun:
 
     async def run(self) -> None:
         metrics, output = self.ctx.metrics, self.output
-        lane = output.lane.label
         started = trio.current_time()
-        metrics.streams_active.inc(lane)
+        metrics.streams_active.inc(output.lane.label)
         outcome = "error"
         output.on_window = self._on_window
         try:
@@ -104,7 +103,15 @@ class StreamRun:
             output.on_window = None
             tenant = getattr(self.info.principal, "tenant", "")
             latency = trio.current_time() - started
-            record_stream(metrics, lane, outcome, latency, tenant, self.ledger.tokens)
+            record_stream(metrics, output.lane.label, outcome, latency, tenant, self.ledger.tokens)
+
+    def _move_lane(self, lane: QoS) -> None:
+        """The policy capped the lane (before any output): the stream counts, and its
+        output is scheduled, in the lane it runs in (ATP-SEC-004)."""
+        active = self.ctx.metrics.streams_active
+        active.inc(self.output.lane.label, by=-1)
+        self.output.set_lane(lane)
+        active.inc(lane.label)
 
     async def _route(self, started: float) -> None:
         ctx, ev, ledger, emit = self.ctx, self.ev, self.ledger, self.emit
@@ -116,7 +123,7 @@ class StreamRun:
             raise StreamFailed(ErrorCode.ESEC, f"{decision.reason} (rule: {decision.rule})")
         lane = decision.lane
         if lane != self.output.lane:
-            self.output.set_lane(lane)
+            self._move_lane(lane)
         asked = ev.qos if ev.qos is not QoS.UNSPECIFIED else QoS.SILVER
         emit.first_ext = {"lane": lane.label} if lane > asked else None
         ledger.restrict(decision.window)

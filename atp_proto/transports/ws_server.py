@@ -1,6 +1,13 @@
-"""The router's side of WebSocket (RFC 6455): wsproto over a trio stream, no extra tasks.
+"""WebSocket (RFC 6455) as an ATP transport: wsproto over a trio stream, no extra tasks.
 
-Why not trio-websocket here (the client, the demo and the tests still use it): its
+:class:`WsConnection` is one WebSocket connection of either end: the router's (this
+module: the upgrade is read with :meth:`~WsConnection.read_request` and answered with
+:meth:`~WsConnection.accept` / :meth:`~WsConnection.reject`) and the client's
+(:mod:`atp_proto.transports.ws_client` does the client's upgrade and hands over the same
+class, so both ends share one receive path and one send path). It implements
+:class:`atp_proto.transports.base.Transport`.
+
+Why not trio-websocket here: its
 connection runs a reader task that hands every message to the session through a memory
 channel, and every send takes a ``trio.Lock`` — a scheduling checkpoint — before it
 writes. With a thousand busy streams each of those is a wait for trio's whole run batch;
@@ -17,7 +24,7 @@ p50 went from 0.9-1.3 ms to about half of that once those hops were gone. Here:
   wsproto produced them;
 * pings are answered, a peer's close is answered and the connection shut, a message
   larger than ``max_message_size`` is skipped as it arrives and handed on as
-  :class:`~atp_proto.router.session.Oversized` (its first bytes only) so that the session
+  :class:`~atp_proto.transports.base.Oversized` (its first bytes only) so that the session
   answers with ETOOBIG (ATP-WS-012), a frame wsproto cannot parse closes
   with the code wsproto gives (1002 / 1007), and a lost connection is
   :class:`TransportClosed` to the session — never an exception escaping the handler.
@@ -40,7 +47,9 @@ import wsproto.events as we
 from wsproto.connection import ConnectionState
 from wsproto.utilities import RemoteProtocolError
 
-from .session import Oversized, TransportClosed
+from atp_proto.frames import ErrorCode
+
+from .base import Oversized, TransportClosed, ws_close_code
 
 __all__ = ["Handshake", "WsConnection"]
 
@@ -64,14 +73,25 @@ class Handshake:
 
 
 class WsConnection:
-    """One server-side WebSocket connection. Implements the session's
-    :class:`~atp_proto.router.session.Transport` (``receive`` / ``send`` / ``close``)."""
+    """One WebSocket connection (server side unless ``ws`` is a client-side wsproto
+    connection, see :mod:`~atp_proto.transports.ws_client`). Implements
+    :class:`~atp_proto.transports.base.Transport`."""
 
-    def __init__(self, stream: trio.abc.Stream, *, max_message_size: int, remote: str = "") -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        max_message_size: int,
+        remote: str = "",
+        ws: wsproto.WSConnection | None = None,
+    ) -> None:
         self.stream = stream
         self.remote = remote
         self.max_message_size = max_message_size
-        self._ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        self._ws = ws if ws is not None else wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        #: the peer's close code once it closed (None: no close frame seen)
+        self.peer_close_code: int | None = None
+        self.peer_close_reason = ""
         self._messages: deque[bytes | str | Oversized] = deque()
         self._binary: bytearray | None = None  # a fragmented binary message so far
         self._text: io.StringIO | None = None  # a fragmented text message so far
@@ -235,6 +255,8 @@ class WsConnection:
                 if not self._closed:
                     await self._send_bytes(self._ws.send(event.response()))
             elif isinstance(event, we.CloseConnection):
+                self.peer_close_code = event.code
+                self.peer_close_reason = event.reason or ""
                 if self._ws.state is ConnectionState.REMOTE_CLOSING:
                     # the peer closed: answer, then the TCP connection goes
                     data = self._ws.send(event.response())
@@ -405,6 +427,10 @@ class WsConnection:
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         await self.close(code, reason)
+
+    async def close_with_error(self, code: ErrorCode | str, reason: str) -> None:
+        """Close for a connection-level ATP error: its WebSocket close code (ATP-WS)."""
+        await self.close(ws_close_code(code), reason[:120])
 
     async def _await_close_reply(self) -> None:
         while not self._eof:

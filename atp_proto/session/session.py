@@ -1,14 +1,32 @@
-"""One ATP session over one transport connection, on trio.
+"""One ATP session over one transport connection, on trio — for the router and the client.
 
 Tasks, all owned by the session's nursery (nothing is fire-and-forget):
 
-* the reader feeds received messages to the sans-IO :class:`Connection` and dispatches
+* the reader feeds received units to the sans-IO :class:`Connection` and dispatches
   its events (a new stream starts a stream task in the same nursery);
 * the writer drains everything the connection has queued into as few transport sends as
   possible (one WebSocket message for all ready binary frames);
-* the timer fires TTLs, heartbeats and the idle timeout at the connection's deadline;
-* one task per stream (:mod:`atp_proto.router.routing`) — cancelled when the peer resets
-  the stream, and all of them when the session ends.
+* the timer fires TTLs, heartbeats and the idle timeout at the connection's deadline —
+  on both roles: the client library runs on this driver too, so its TTLs and heartbeats
+  fire (they never did when the client drove the core itself);
+* one task per stream the peer opens (the router's runner, e.g.
+  :mod:`atp_proto.router.routing`, given the stream's :class:`~.output.Output`) — cancelled
+  when the stream is reset, and all of them when the session ends.
+
+The role's own logic sees the session through three seams: ``run_stream`` (one call per
+SYN the peer sends), ``on_event`` (every event after the session's own handling; the
+client routes messages to its streams with it) and ``authenticate`` (below). The session
+imports nothing from :mod:`atp_proto.router`: a principal is opaque to it
+(:class:`SessionInfo`), and lane capping is the runner's policy (``Output.set_lane``).
+
+Authentication phase: over WebSocket the peer is authenticated at the HTTP upgrade, before
+the session exists, and the session starts authenticated (``principal`` given). A
+transport that authenticates inside the session (QUIC: ``caps.auth`` of the first
+CAPABILITIES on the control stream, ATP-QUIC-008/009) passes ``authenticate``: it is
+called with the peer's first :class:`CapabilitiesReceived` and returns the principal, or
+raises an :class:`~atp_proto.frames.ATPError` whose code closes the session (ESEC for a bad
+credential). Until it has returned, a SYN is a protocol error (EPROTO closes the session)
+and no stream task starts.
 
 Backpressure: a stream task sends a message only when its stream has no frames waiting
 for credit and the session's output queue is below a watermark; otherwise it waits. Waiters
@@ -22,13 +40,14 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import trio
 
 from atp_proto.frames import (
-    BudgetWindow,
+    ATPError,
+    CapabilitiesReceived,
     Connection,
     ConnectionClosed,
     ErrorCode,
@@ -37,16 +56,24 @@ from atp_proto.frames import (
     Limits,
     LocalProtocolError,
     MessageReceived,
-    QoS,
     Role,
     StreamClosedError,
     StreamOpened,
     StreamReset,
     WindowUpdated,
 )
+from atp_proto.transports.base import Oversized, Transport, TransportClosed
 
-from .admission import WEIGHTS
-from .auth import Principal
+from .lanes import FairQueue
+from .output import Output
+
+__all__ = [
+    "OUTPUT_HIGH_WATER",
+    "READ_PAUSE_BYTES",
+    "Session",
+    "SessionInfo",
+    "StreamRunner",
+]
 
 log = logging.getLogger("atp.router")
 
@@ -56,56 +83,17 @@ OUTPUT_HIGH_WATER = 256 * 1024
 READ_PAUSE_BYTES = 4 * OUTPUT_HIGH_WATER
 
 
-class Transport(Protocol):
-    """What a session needs from a connection: whole messages in and out."""
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What a stream's runner may know of its session: its id (for logs and task ids)
+    and the authenticated principal, opaque to the session (the router's ``Principal``)."""
 
-    async def receive(self) -> bytes | str | Oversized:
-        """Next message; raises :class:`TransportClosed` when the peer is gone."""
-        ...
-
-    async def send(self, message: bytes | str) -> None:
-        """Send one message. Concurrent calls leave in call order; a cancelled call
-        leaves the connection usable (what it did not send goes first next time)."""
-        ...
-
-    async def flush(self) -> None:
-        """Send what a cancelled :meth:`send` left behind, if anything."""
-        ...
-
-    def try_send(self, message: bytes | str) -> bool:
-        """Send at once if no waiting is needed (what the socket does not take yet goes
-        first with the next send or flush); False when nothing was sent."""
-        ...
-
-    async def close(self, code: int, reason: str) -> None: ...
+    session_id: str
+    principal: Any
 
 
-class TransportClosed(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class Oversized:
-    """What :meth:`Transport.receive` returns for a message over the binding's limit: its
-    first bytes only (the rest was skipped as it arrived, so memory stays bounded), for
-    the connection to answer with ETOOBIG (ATP-WS-012)."""
-
-    prefix: bytes | str
-    limit: int
-
-
-@dataclass
-class StreamHandle:
-    stream_id: int
-    lane: QoS
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    credit: trio.Event = field(default_factory=trio.Event)
-    reset: StreamReset | None = None
-    #: set by routing: called with every WINDOW_UPDATE's budget window (ATP-BUDGET-005/010)
-    on_window: Callable[[BudgetWindow], None] | None = None
-
-
-StreamRunner = Callable[["Session", StreamOpened, StreamHandle], Awaitable[None]]
+#: called once per SYN the peer sends; runs in the session's nursery, cancelled on reset
+StreamRunner = Callable[[SessionInfo, StreamOpened, Output], Awaitable[None]]
 
 
 class Session:
@@ -115,29 +103,44 @@ class Session:
         self,
         transport: Transport,
         *,
-        principal: Principal,
         limits: Limits,
-        run_stream: StreamRunner,
         session_id: str,
+        role: Role = Role.ROUTER,
+        principal: Any = None,
+        run_stream: StreamRunner | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        authenticate: Callable[[CapabilitiesReceived], Any] | None = None,
         metrics: Any = None,
-        on_frame: Callable[[str, int], None] | None = None,
         text: bool = False,
+        heartbeat: float | None = None,
     ) -> None:
+        """``run_stream``: called per SYN of the peer (none: a SYN is refused with
+        EPROTO, the client's case). ``on_event``: sees every event after the session
+        handled it; when set, received messages are left to it to acknowledge
+        (``conn.acknowledge``), else the session acknowledges them at once (the router
+        uses only a stream's SYN). ``authenticate``: see the module docstring.
+        ``text``: session-level frames go out as JSON text (ATP-WS-010). ``heartbeat``:
+        send a heartbeat after this many seconds without sending (None: never)."""
         self.transport = transport
         self.principal = principal
         self.session_id = session_id
-        self.conn = Connection(Role.ROUTER, limits=limits, now=trio.current_time(), text=text)
+        self.conn = Connection(
+            role, limits=limits, now=trio.current_time(), text=text, heartbeat=heartbeat
+        )
         self.run_stream = run_stream
+        self.on_event = on_event
+        self._authenticate = authenticate
         self.metrics = metrics
-        self.streams: dict[int, StreamHandle] = {}
+        self.streams: dict[int, Output] = {}
         self._wake_writer = trio.Event()
         self._writer_busy = False  # the writer, or a stream task in flush_now, is sending
         #: messages flush_now took from the connection but could not hand to the
         #: transport (its task was cancelled): the writer sends them before anything newer
         self._carry: deque[bytes | str] = deque()
         self._wake_timer = trio.Event()
-        self._writable = {lane: deque[trio.Event]() for lane in (QoS.GOLD, QoS.SILVER, QoS.BRONZE)}
-        self._vfinish = dict.fromkeys(self._writable, 0.0)
+        self._writable: FairQueue[trio.Event] = FairQueue()
+        #: tasks in flush() waiting for the writer to finish a pass
+        self._flush_waiters: list[trio.Event] = []
         self._writer_done = trio.Event()
         self._drained = trio.Event()
         self._closing: ConnectionClosed | None = None
@@ -167,13 +170,22 @@ class Session:
                     nursery.cancel_scope.cancel()
         finally:
             self.done.set()
+            for waiter in self._flush_waiters:
+                waiter.set()
             if self._closing is not None and not self._closing.by_peer:
-                from atp_proto.frames import ws_close_code
-
+                # the transport maps the code to its binding's close code
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
-                    await self.transport.close(
-                        ws_close_code(self._closing.code), self._closing.message[:120]
+                    await self.transport.close_with_error(
+                        self._closing.code, self._closing.message[:120]
                     )
+
+    @property
+    def info(self) -> SessionInfo:
+        return SessionInfo(self.session_id, self.principal)
+
+    @property
+    def authenticated(self) -> bool:
+        return self._authenticate is None
 
     async def _reader(self) -> None:
         conn = self.conn
@@ -196,22 +208,34 @@ class Session:
             else:
                 events = conn.receive_message(message, now)
             self._dispatch(events)
-            self._kick()
+            self.kick()
 
     def _dispatch(self, events: list[Event]) -> None:
+        on_event = self.on_event
         for ev in events:
             if isinstance(ev, StreamOpened):
+                if self._authenticate is not None:
+                    self.close(ErrorCode.EPROTO, "SYN before the session was authenticated")
+                    return
                 self._start_stream(ev)
             elif isinstance(ev, MessageReceived):
-                # v1 routing uses only the SYN's input; later client messages on a stream
-                # (e.g. a FIN half-close) are consumed so that their credit flows back.
-                self.conn.acknowledge(ev.stream_id, ev.size)
+                if on_event is None:
+                    # v1 routing uses only the SYN's input; later client messages on a
+                    # stream (e.g. a FIN half-close) are consumed so their credit flows back.
+                    self.conn.acknowledge(ev.stream_id, ev.size)
             elif isinstance(ev, WindowUpdated):
                 handle = self.streams.get(ev.stream_id)
                 if handle is not None:
                     handle.credit.set()
-                    if ev.window is not None and handle.on_window is not None:
-                        handle.on_window(ev.window)
+                    if ev.window is not None:
+                        handle.window_updated(ev.window)
+            elif isinstance(ev, CapabilitiesReceived) and self._authenticate is not None:
+                try:
+                    self.principal = self._authenticate(ev)
+                except ATPError as exc:
+                    self.close(exc.code, exc.message)
+                    return
+                self._authenticate = None
             elif isinstance(ev, StreamReset):
                 handle = self.streams.get(ev.stream_id)
                 if handle is not None:
@@ -236,20 +260,26 @@ class Session:
                     "session closing",
                     extra={"session": self.session_id, "code": ev.code, "by_peer": ev.by_peer},
                 )
-            elif isinstance(ev, GoingAway):  # a client draining: nothing to do
+            elif isinstance(ev, GoingAway):  # the peer draining: the role's business
                 pass
+            if on_event is not None:
+                on_event(ev)
 
     def _start_stream(self, ev: StreamOpened) -> None:
-        lane = self.principal.cap_qos(ev.qos)
-        handle = StreamHandle(ev.stream_id, lane)
+        if self.run_stream is None:  # a role that serves no streams (the client)
+            self.conn.send_error(ev.stream_id, ErrorCode.EPROTO, "this peer opens no streams")
+            return
+        # the runner may cap the lane (Output.set_lane) before its first output
+        handle = Output(self, ev.stream_id, ev.qos)
         self.streams[ev.stream_id] = handle
         assert self._nursery is not None
         self._nursery.start_soon(self._stream_task, ev, handle)
 
-    async def _stream_task(self, ev: StreamOpened, handle: StreamHandle) -> None:
+    async def _stream_task(self, ev: StreamOpened, handle: Output) -> None:
+        assert self.run_stream is not None
         try:
             with handle.scope:
-                await self.run_stream(self, ev, handle)
+                await self.run_stream(self.info, ev, handle)
         except Exception as exc:  # a bug in routing must not kill the session
             leaves = _leaves(exc)
             if all(isinstance(e, StreamClosedError) for e in leaves):
@@ -266,13 +296,14 @@ class Session:
             )
         finally:
             self.streams.pop(ev.stream_id, None)
-            self._kick()
+            self.kick()
 
     # ------------------------------------------------------------------ output
 
-    def _kick(self) -> None:
-        """Something may have been queued: wake the writer, and the timer when the
-        connection's next deadline may have moved earlier."""
+    def kick(self) -> None:
+        """Something may have been queued on :attr:`conn` (by the role's own calls, e.g.
+        the client's ``open_stream`` or ``acknowledge``): wake the writer, and the timer
+        when the connection's next deadline may have moved earlier."""
         conn = self.conn
         if conn.has_data_to_send():
             self._wake_writer.set()
@@ -303,6 +334,10 @@ class Session:
                     self._writer_busy = False
                 self._release_writable()
                 self._drained.set()
+                if self._flush_waiters:
+                    waiters, self._flush_waiters = self._flush_waiters, []
+                    for waiter in waiters:
+                        waiter.set()
                 if self._closing is not None:
                     return
         except TransportClosed:
@@ -334,26 +369,33 @@ class Session:
             pass
         self._wake_writer.set()  # room waiters, drained, leftovers
 
+    async def flush(self) -> None:
+        """Wait until what is queued now has been handed to the transport (or the
+        session ended): for a role that must know its frame left, e.g. the client's RST
+        before it closes."""
+        while not self.done.is_set():
+            self.flush_now()
+            if not (self.conn.has_data_to_send() or self._writer_busy or self._carry):
+                return
+            waiter = trio.Event()
+            self._flush_waiters.append(waiter)
+            self._wake_writer.set()
+            await waiter.wait()
+
     def _release_writable(self) -> None:
         """Wake stream tasks waiting to write, in weighted-fair lane order."""
-        while True:
-            best: QoS | None = None
-            for lane, q in self._writable.items():
-                if q and (best is None or self._vfinish[lane] < self._vfinish[best]):
-                    best = lane
-            if best is None:
-                return
-            self._vfinish[best] += 1.0 / WEIGHTS[best]
-            self._writable[best].popleft().set()
+        writable = self._writable
+        while (ev := writable.pop()) is not None:
+            ev.set()
 
-    def can_write(self, handle: StreamHandle) -> bool:
+    def can_write(self, handle: Output) -> bool:
         """True when the stream may queue a message now (no waiting needed)."""
         return (
             not self.conn.outbound_buffered(handle.stream_id)
             and self.conn.queued_bytes <= OUTPUT_HIGH_WATER
         )
 
-    async def writable(self, handle: StreamHandle) -> None:
+    async def writable(self, handle: Output) -> None:
         """Wait until the stream may queue another message (credit + session room)."""
         conn = self.conn
         while True:
@@ -363,12 +405,11 @@ class Session:
                 continue
             if self._pending_output() > OUTPUT_HIGH_WATER:
                 ev = trio.Event()
-                self._writable[handle.lane].append(ev)
+                self._writable.push(handle.lane, ev)
                 try:
                     await ev.wait()
                 except BaseException:
-                    if ev in self._writable[handle.lane]:
-                        self._writable[handle.lane].remove(ev)
+                    self._writable.remove(handle.lane, ev)
                     raise
                 continue
             return
@@ -415,16 +456,16 @@ class Session:
         if self.metrics is not None and not self.conn.closed:
             self.metrics.errors.inc(str(code))
         self.conn.send_error(stream_id, code, message, retry_after_ms)
-        self._kick()
+        self.kick()
 
     def start_drain(self) -> None:
         self.conn.start_drain()
-        self._kick()
+        self.kick()
 
     def close(self, code: ErrorCode | str, message: str) -> None:
         self.conn.close(code, message)
         self._closing = ConnectionClosed(str(code), message, by_peer=False)
-        self._kick()
+        self.kick()
         # Stop the streams and the reader, not the writer: run() sends the ERROR frame.
         for handle in self.streams.values():
             handle.scope.cancel()
@@ -446,7 +487,7 @@ class Session:
                 continue
             events = conn.handle_timer(trio.current_time())
             self._dispatch(events)
-            self._kick()
+            self.kick()
             if self._closing is not None:
                 # idle timeout: run() flushes the ERROR frame and closes the transport
                 self._reader_scope.cancel()
