@@ -4,8 +4,8 @@
 TCP's congestion window): additive increase while calls finish under a latency target,
 multiplicative decrease on an error or a latency spike. The router's global admission
 (:mod:`atp_proto.router.admission`) uses it; the per-adapter limit of
-:mod:`atp_proto.adapters.resilience` is the same algorithm with a different step and is
-to move onto it. Pure: no I/O, no clock.
+:mod:`atp_proto.adapters.resilience` is the same algorithm with a different step (+1
+while the adapter is at least half busy). Pure: no I/O, no clock.
 """
 
 from __future__ import annotations

@@ -27,10 +27,8 @@ import json
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-import cbor2
 import trio
 
 from atp_proto.frames import (
@@ -47,8 +45,8 @@ from atp_proto.frames import (
     QoS,
     Role,
     StreamReset,
-    decode_payload,
 )
+from atp_proto.messages import Final, Partial, decode_result, task_body
 from atp_proto.session import Session
 from atp_proto.transports.base import error_code_for_ws_close
 from atp_proto.transports.ws_client import HandshakeRefused, connect_ws
@@ -63,26 +61,6 @@ __all__ = [
     "StreamError",
     "connect",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Partial:
-    """A PARTIAL frame's payload (``agent.result.partial``)."""
-
-    content: Any
-    confidence: float | None
-    payload: Any = field(repr=False, default=None)
-
-
-@dataclass(frozen=True, slots=True)
-class Final:
-    """The FINAL frame: the answer and the telemetry ``{tokens, usd_micros, latency_ms,
-    ...}`` (a draft-era ``usd`` is read as ``usd_micros``, ATP-BUDGET-006)."""
-
-    content: Any
-    confidence: float | None
-    telemetry: Mapping[str, Any]
-    payload: Any = field(repr=False, default=None)
 
 
 class StreamError(ATPError):
@@ -138,17 +116,11 @@ class Stream:
             self.client._acknowledge(self.stream_id, item.size)
 
     def _convert(self, msg: MessageReceived) -> Partial | Final:
-        body = decode_payload(msg.payload, msg.stream_id)
-        content = body.get("content") if isinstance(body, dict) else body
-        conf = body.get("confidence") if isinstance(body, dict) else None
         if msg.end_stream:
             self.finished = True
-            telemetry = msg.ext.get("telemetry", {})
-            telemetry = telemetry if isinstance(telemetry, Mapping) else {}
-            if "usd" in telemetry and "usd_micros" not in telemetry:  # the seed's draft name
-                telemetry = {**telemetry, "usd_micros": telemetry["usd"]}
-            return Final(content, conf, telemetry, body)
-        return Partial(content, conf, body)
+        return decode_result(
+            msg.payload, end_stream=msg.end_stream, ext=msg.ext, stream_id=msg.stream_id
+        )
 
     async def cancel(self) -> None:
         """Abandon the stream (RST); returns once the RST was handed to the transport."""
@@ -243,14 +215,10 @@ class Client:
             raise self.closed
         if qos not in _QOS:
             raise ValueError("qos must be gold, silver or bronze")
-        body = {
-            "type": "agent.task",
-            "content": {"prompt": prompt, **(dict(content) if content else {})},
-        }
         full_meta = {"task_type": task_type, **(dict(meta) if meta else {})}
         try:
             sid = self._conn.open_stream(
-                cbor2.dumps(body),
+                task_body(prompt, content),
                 qos=_QOS[qos],
                 ttl=ttl,
                 window=window,

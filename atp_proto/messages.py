@@ -57,6 +57,7 @@ __all__ = [
     "partial_body",
     "partial_chunk_body",
     "read_telemetry",
+    "task_body",
     "telemetry",
 ]
 
@@ -156,6 +157,13 @@ def meta_adapters(meta: Mapping[str, Any]) -> list[str] | None:
 
 
 # ---------------------------------------------------------------------- results (encode)
+
+
+def task_body(prompt: str, content: Mapping[str, Any] | None = None) -> bytes:
+    """CBOR of a SYN's task payload, ``{"type": "agent.task", "content": {"prompt": ...}}``
+    (what :func:`parse_task` reads back; extra ``content`` keys ride along)."""
+    body = {"type": "agent.task", "content": {"prompt": prompt, **(dict(content or {}))}}
+    return cbor2.dumps(body)
 
 
 def partial_body(content: Mapping[str, Any], confidence: float) -> bytes:

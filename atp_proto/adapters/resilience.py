@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from atp_proto._control import AimdLimit
 from atp_proto.frames import ErrorCode
 
 from ._base import Adapter, AdapterError, Chunk, CostEstimate, Health, TaskRequest
@@ -117,7 +118,9 @@ class ResilientAdapter:
     ) -> None:
         self.inner = inner
         self.name = inner.name
-        self.limit = float(initial_limit)
+        #: the adaptive concurrency limit (the shared AIMD of atp_proto._control, with a
+        #: step of +1 gated by how busy the adapter was, see _adapt)
+        self._limit = AimdLimit(initial_limit, min_limit, max_limit, backoff=backoff_ratio)
         self.min_limit = min_limit
         self.max_limit = max_limit
         self.backoff_ratio = backoff_ratio
@@ -217,11 +220,16 @@ class ResilientAdapter:
             if latency > self.latency_target * self.spike_factor:
                 self._decrease()
             elif latency <= self.latency_target and busy * 2 >= self.limit:
-                self.limit = min(self.max_limit, self.limit + 1)
+                self._limit.increase(1)
                 self._lot.unpark_all()
 
+    @property
+    def limit(self) -> float:
+        """The current concurrency limit (calls compare ``int(limit)``)."""
+        return self._limit.value
+
     def _decrease(self) -> None:
-        self.limit = max(self.min_limit, self.limit * self.backoff_ratio)
+        self._limit.decrease()
 
     def _on_failure(self, exc: AdapterError, *, work: bool = True) -> None:
         self.stats.failures += 1

@@ -19,7 +19,7 @@ import trio
 import trio_websocket
 
 from atp_proto.adapters import ResilientAdapter, TaskRequest
-from atp_proto.adapters.grpc_client import GrpcAdapter
+from atp_proto.adapters.grpc import GrpcAdapter
 from atp_proto.adapters.process import spawn_adapter
 from atp_proto.client import StreamError, connect
 from atp_proto.router import Router, RouterConfig, issue_token

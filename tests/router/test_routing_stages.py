@@ -338,3 +338,14 @@ async def test_stream_run_window_lowered_stops_at_once(autojump_clock: Any) -> N
     assert trio.current_time() - start < 1
     assert out.sent[-1][:2] == ("error", "EBUDGET")
     assert ctx.admission.in_flight == 0
+
+
+def test_task_body_is_what_parse_task_reads() -> None:
+    """[ATP-JSON-001] The client's SYN payload (messages.task_body) and the router's reader
+    (messages.parse_task) are one schema: prompt and extra content round-trip."""
+    from atp_proto.frames import BudgetWindow, QoS, StreamOpened
+    from atp_proto.messages import parse_task, task_body
+
+    ev = StreamOpened(1, 1, task_body("hi", {"lang": "en"}), QoS.GOLD, 0, BudgetWindow(), {}, {})
+    task = parse_task(ev)
+    assert task.prompt == "hi" and task.content == {"prompt": "hi", "lang": "en"}
