@@ -13,9 +13,10 @@ from ._codec import (
     encode_frames,
     encoded_length,
 )
-from ._connection import BudgetExceeded, Connection
+from ._connection import Connection
 from ._errors import (
     ATPError,
+    BudgetExceeded,
     FrameDecodeError,
     LocalProtocolError,
     ProtocolError,
@@ -35,9 +36,9 @@ from ._events import (
     UnknownFrameReceived,
     WindowUpdated,
 )
-from ._frame import Frame, Payload
+from ._frame import Frame
 from ._json import JsonMapping, frame_from_json, frame_to_json
-from ._stream import TRANSITIONS, Role, StreamInput, StreamState
+from ._state import TRANSITIONS, Role, StreamInput, StreamState
 from ._types import (
     DEFAULT_LIMITS,
     MAX_STREAM_ID,
@@ -48,6 +49,7 @@ from ._types import (
     Flags,
     FrameType,
     Limits,
+    Payload,
     QoS,
     quic_error_code,
     ws_close_code,

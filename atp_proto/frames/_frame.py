@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import cbor2
 
+from ._cbor import decode_payload
 from ._errors import LocalProtocolError
 from ._types import (
     MAX_STREAM_ID,
@@ -17,12 +18,12 @@ from ._types import (
     ErrorCode,
     Flags,
     FrameType,
+    Payload,
     QoS,
+    is_uint,
 )
 
-#: Payload bytes as held by a frame: ``bytes`` when built locally, a read-only
-#: ``memoryview`` into the receive buffer when decoded (no copy).
-Payload = bytes | memoryview
+__all__ = ["Frame", "Payload"]
 
 _EMPTY_EXT: Mapping[str, Any] = {}
 
@@ -167,8 +168,6 @@ class Frame(_FrameFields):
         Raises:
             FrameDecodeError: the payload is not valid CBOR.
         """
-        from ._codec import decode_payload
-
         return decode_payload(self.payload, self.stream_id)
 
     @property
@@ -216,7 +215,7 @@ def type_name(value: object) -> str:
 
 
 def _check_range(name: str, value: int, hi: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= hi:
+    if not is_uint(value) or value > hi:
         raise LocalProtocolError(
             ErrorCode.EPROTO, f"{name} must be an int in 0..{hi}, got {value!r}"
         )
@@ -235,6 +234,4 @@ def _name(enum_cls: type[FrameType] | type[QoS], value: int) -> str:
 
 
 def _opt_uint(v: object) -> int | None:
-    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-        return v
-    return None
+    return v if is_uint(v) else None

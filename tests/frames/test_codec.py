@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 import cbor2
 import pytest
-from helpers import ConnectionPair, of, one, wire
+from .helpers import ConnectionPair, of, one, wire
 
 from atp_proto.frames import (
     HEADER_SIZE,

@@ -14,7 +14,7 @@ from typing import Any
 
 import cbor2
 import pytest
-from helpers import CI, ConnectionPair, of, one, text_wire
+from .helpers import CI, ConnectionPair, of, one, text_wire
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import cbor2
 import pytest
-from helpers import ConnectionPair, of, one, wire
+from .helpers import ConnectionPair, of, one, wire
 
 from atp_proto.frames import (
     HEADER_SIZE,
@@ -431,7 +431,7 @@ def test_too_many_fragments() -> None:
     """A message of more than 65536 fragments is ETOOBIG (frag_seq is 16 bits)."""
     p, sid = opened_pair()
     rec = p.router._streams[sid]
-    rec.frag_next = 0xFFFF  # as if 65535 fragments had arrived (sending them takes seconds)
+    rec.reasm.next = 0xFFFF  # as if 65535 fragments had arrived (sending them takes seconds)
     reset = one(p.router.receive_message(frag(sid, 2, 0xFFFF, Flags.CONT), 0.0), StreamReset)
     assert reset.code == ErrorCode.ETOOBIG
 
@@ -569,7 +569,7 @@ def test_control_frames_on_stream_zero() -> None:
 def test_text_stream_without_caps_has_unlimited_credit() -> None:
     """ATP-FLOW-007, ATP-FLOW-008: a browser that sent no CAPABILITIES gets 2^31-1 credit
     and is never sent WINDOW_UPDATE."""
-    from helpers import SEED_SYN
+    from .helpers import SEED_SYN
 
     p = ConnectionPair()
     opened = one(p.router.receive_text(SEED_SYN, 0.0), StreamOpened)
@@ -980,7 +980,7 @@ def test_error_isolation_between_streams() -> None:
 
 def test_data_to_send_coalesces_binary_and_keeps_text_apart() -> None:
     """ATP-WS-005: consecutive binary frames are one message; text frames one each."""
-    from helpers import SEED_SYN
+    from .helpers import SEED_SYN
 
     p = ConnectionPair()
     a, b = p.open(), p.open()
@@ -1018,19 +1018,19 @@ def test_connection_errors_in_text_frames() -> None:
 def test_text_heartbeat_and_window_update() -> None:
     """ATP-TIME-002, ATP-FLOW-008: stream-0 text frames need no stream_id; control frames
     cost no credit."""
-    from helpers import SEED_SYN
+    from .helpers import SEED_SYN
 
     p = ConnectionPair()
     assert p.router.receive_text('{"flags": ["HB"], "payload_b64": "AQI="}', 0.0) == []
     (ack,) = p.router.data_to_send()
     assert isinstance(ack, str) and '"flags":["ACK","HB"]' in ack and '"payload_b64":"AQI="' in ack
     opened = one(p.router.receive_text(SEED_SYN, 0.0), StreamOpened)
-    before = p.router._streams[opened.stream_id].recv_credit
+    before = p.router._streams[opened.stream_id].recv.credit
     text = '{"type": "WINDOW_UPDATE", "stream_id": "st1", "window": {"max_tokens": 5}}'
     upd = one(p.router.receive_text(text, 0.0), WindowUpdated)
     assert (
         upd.stream_id == opened.stream_id
-        and p.router._streams[opened.stream_id].recv_credit == before
+        and p.router._streams[opened.stream_id].recv.credit == before
     )
 
 

@@ -9,7 +9,7 @@ import math
 
 import cbor2
 import pytest
-from helpers import CI, ConnectionPair, one, wire
+from .helpers import CI, ConnectionPair, one, wire
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -147,7 +147,7 @@ def test_cut_keeps_later_fragments_in_order() -> None:
     # fragments of 1,024 bytes (header included: 1,048, over the credit left)
     r.send_message(sid, b"b" * 5000, end_stream=True, ext={"telemetry": {"tokens": 1}})
     rec = r._streams[sid]
-    assert rec.outbox_bytes == sum(c for _, c in rec.outbox)
+    assert rec.send.outbox_bytes == sum(c for _, c in rec.send.outbox)
     frames = [f for f in wire(r) if f.type == FrameType.DATA]
     assert len(encode_frame(frames[1])) == 976  # cut to the credit left exactly
     assert r.send_credit(sid) == 0
@@ -159,7 +159,7 @@ def test_cut_keeps_later_fragments_in_order() -> None:
     assert [bool(f.flags & Flags.FIN) for f in second] == [False] * (len(second) - 1) + [True]
     assert second[0].ext == {"telemetry": {"tokens": 1}} and all(not f.ext for f in second[1:])
     assert b"".join(bytes(f.payload) for f in second) == b"b" * 5000
-    assert rec.outbox_bytes == 0
+    assert rec.send.outbox_bytes == 0
 
 
 def test_no_cut_at_or_below_half_the_window() -> None:

@@ -7,7 +7,7 @@ import json
 
 import cbor2
 import pytest
-from helpers import SEED_FINAL, SEED_PARTIAL, SEED_SYN, ConnectionPair, of, one, text_wire
+from .helpers import SEED_FINAL, SEED_PARTIAL, SEED_SYN, ConnectionPair, of, one, text_wire
 
 from atp_proto.frames import (
     BudgetWindow,

@@ -48,7 +48,7 @@ from atp_proto.frames import (
     encode_frames,
 )
 
-from .pair import Pair
+from .helpers import ConnectionPair
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
 json_values = st.recursive(
@@ -200,7 +200,7 @@ class PairMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.pair = Pair(
+        self.pair = ConnectionPair(
             client_limits=Limits(initial_window=2048),
             router_limits=Limits(initial_window=2048, max_streams=4, max_frame_size=4096),
         )
@@ -276,10 +276,10 @@ class PairMachine(RuleBasedStateMachine):
         assert r.open_streams <= 4
         for conn in (r, c):
             for rec in conn._streams.values():
-                assert rec.send_credit >= 0
-                assert rec.recv_credit >= 0
-                assert rec.outbox_bytes == sum(cost for _, cost in rec.outbox)
-                assert rec.outbox_bytes <= 4 * 3000 + 1024
+                assert rec.send.credit >= 0
+                assert rec.recv.credit >= 0
+                assert rec.send.outbox_bytes == sum(cost for _, cost in rec.send.outbox)
+                assert rec.send.outbox_bytes <= 4 * 3000 + 1024
         assert not r.closed and not c.closed
 
 

@@ -16,7 +16,7 @@ from atp_proto.frames import (
     encode_frame,
 )
 
-from .pair import Pair, of
+from .helpers import ConnectionPair, of
 
 
 def test_unknown_aliases_do_not_grow_the_alias_table() -> None:
@@ -40,7 +40,7 @@ def test_fragments_do_not_pin_their_messages() -> None:
     for i in range(20):
         frag = encode_frame(Frame.data(1, 2, raw=b"a", frag_seq=i, flags=Flags.CONT))
         r.receive_message(frag + filler, 0)
-    parts = r._streams[1].frag_parts
+    parts = r._streams[1].reasm.parts
     assert len(parts) == 20 and all(type(p) is bytes and len(p) == 1 for p in parts)
 
 
@@ -54,7 +54,7 @@ def test_syn_payload_does_not_pin_a_large_message() -> None:
 
 def test_router_cap_survives_window_updates() -> None:
     """ATP-BUDGET-001: the client may move its window, never past the router's cap."""
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open(window=BudgetWindow(max_tokens=1000))
     p.to_router()
     p.router.cap_window(sid, BudgetWindow(max_tokens=50))

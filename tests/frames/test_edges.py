@@ -29,10 +29,10 @@ from atp_proto.frames import (
     quic_error_code,
     ws_close_code,
 )
-from atp_proto.frames._stream import Role as SRole
-from atp_proto.frames._stream import StreamInput, next_state
+from atp_proto.frames._state import Role as SRole
+from atp_proto.frames._state import StreamInput, next_state
 
-from .pair import Pair, of
+from .helpers import ConnectionPair, of
 
 
 def _open_router(sid: int = 1) -> Connection:
@@ -156,7 +156,7 @@ def test_heartbeat_mistakes() -> None:
 
 def test_data_after_peer_fin_and_closed_flushing_streams() -> None:
     """ATP-STREAM-005, ATP-STREAM-007, ATP-FLAG-004."""
-    p = Pair(client_limits=Limits(initial_window=1024))
+    p = ConnectionPair(client_limits=Limits(initial_window=1024))
     p.client.send_capabilities()
     p.to_router()
     p.to_client()
@@ -184,7 +184,7 @@ def test_data_after_peer_fin_and_closed_flushing_streams() -> None:
 
 
 def test_peer_rst_on_flushing_stream_and_unknown() -> None:
-    p = Pair(client_limits=Limits(initial_window=1024))
+    p = ConnectionPair(client_limits=Limits(initial_window=1024))
     p.client.send_capabilities()
     p.to_router()
     p.to_client()
@@ -238,7 +238,7 @@ def test_mixed_text_and_binary_output_keeps_order() -> None:
 
 
 def test_budget_update_reaches_client_and_unknown_stream_ignored() -> None:
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open()
     p.to_router()
     p.router.send_budget_update(sid, {"tokens": 1})
@@ -248,7 +248,7 @@ def test_budget_update_reaches_client_and_unknown_stream_ignored() -> None:
 
 
 def test_window_update_on_closed_stream_is_ignored() -> None:
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open()
     p.to_router()
     p.router.send_message(sid, b"", end_stream=True)
@@ -259,7 +259,7 @@ def test_window_update_on_closed_stream_is_ignored() -> None:
 
 
 def test_message_received_payload_join() -> None:
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open()
     p.to_router()
     p.router.send_message(sid, b"", more=True)
