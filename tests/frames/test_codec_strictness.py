@@ -14,7 +14,6 @@ from typing import Any
 
 import cbor2
 import pytest
-from .helpers import CI, ConnectionPair, of, one, text_wire
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,6 +42,8 @@ from atp_proto.frames import (
     encode_frame,
     validate_frame,
 )
+
+from .helpers import CI, ConnectionPair, of, one, text_wire
 
 TASK = {"type": "agent.task", "content": {"prompt": "hi"}}
 

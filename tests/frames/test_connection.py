@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import cbor2
 import pytest
-from .helpers import ConnectionPair, of, one, wire
 
 from atp_proto.frames import (
     HEADER_SIZE,
@@ -34,6 +33,8 @@ from atp_proto.frames import (
     encode_frame,
     encode_frames,
 )
+
+from .helpers import ConnectionPair, of, one, wire
 
 
 def opened_pair(**kwargs: object) -> tuple[ConnectionPair, int]:

@@ -9,7 +9,6 @@ import math
 
 import cbor2
 import pytest
-from .helpers import CI, ConnectionPair, one, wire
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,6 +31,8 @@ from atp_proto.frames import (
     encode_frame,
 )
 from atp_proto.frames._json import JsonMapping
+
+from .helpers import CI, ConnectionPair, one, wire
 
 _BIG = Limits(max_frame_size=1 << 30, max_ext_size=1 << 30)
 

@@ -7,7 +7,6 @@ import json
 
 import cbor2
 import pytest
-from .helpers import SEED_FINAL, SEED_PARTIAL, SEED_SYN, ConnectionPair, of, one, text_wire
 
 from atp_proto.frames import (
     BudgetWindow,
@@ -28,6 +27,8 @@ from atp_proto.frames import (
     frame_to_json,
 )
 from atp_proto.frames._json import _RETIRED_ALIASES
+
+from .helpers import SEED_FINAL, SEED_PARTIAL, SEED_SYN, ConnectionPair, of, one, text_wire
 
 SYN_PAYLOAD = {"type": "agent.result.partial", "content": {"prompt": "hello"}}
 PARTIAL_PAYLOAD = {

@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 import cbor2
-from .helpers import CI, LIGHT, SEED_SYN, ConnectionPair
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -48,6 +47,8 @@ from atp_proto.frames import (
     encode_frames,
 )
 from atp_proto.frames._json import HEADER_KEYS
+
+from .helpers import CI, LIGHT, SEED_SYN, ConnectionPair
 
 # -- strategies ---------------------------------------------------------------------------
 
