@@ -62,7 +62,7 @@ class ConnectionBase(BudgetMixin):
         role: Role,
         *,
         limits: Limits = DEFAULT_LIMITS,
-        now: float = 0.0,
+        now: float,
         heartbeat: float | None = None,
         encoding: Encoding = Encoding.BINARY,
         text: bool = False,
@@ -71,6 +71,9 @@ class ConnectionBase(BudgetMixin):
         self.limits = limits
         self.json = JsonMapping(limits)
         self._decoder = FrameDecoder(limits)
+        #: one decoder per input channel of a per-stream transport (QUIC: an ATP stream's
+        #: QUIC stream; 0 the control stream), see ``receive_stream_data``
+        self._channels: dict[int, FrameDecoder] = {}
         self._streams: dict[int, Stream] = {}
         self._highest_id = 0
         self._output = Output()
@@ -231,6 +234,7 @@ class ConnectionBase(BudgetMixin):
             and not rec.send.outbox
             and self._streams.pop(rec.stream_id, None) is not None
         ):
+            self._channels.pop(rec.stream_id, None)
             if not self._streams:
                 self.timer_stale = True  # the idle timeout applies again
             if rec.encoding is _JSON:

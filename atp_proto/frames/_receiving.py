@@ -14,9 +14,10 @@ from typing import Any, ClassVar, Final
 
 from ._base import ConnectionBase, _text_cost
 from ._budget import over_budget
-from ._codec import HEADER, HEADER_SIZE
+from ._codec import HEADER, HEADER_SIZE, FrameDecoder
 from ._errors import (
     FrameDecodeError,
+    LocalProtocolError,
     RemoteProtocolError,
 )
 from ._events import (
@@ -35,6 +36,7 @@ from ._state import Role, StreamInput
 from ._stream import Stream
 from ._types import (
     ACK_BIT,
+    MAX_STREAM_ID,
     MAX_WINDOW,
     RST_BIT,
     SYN_BIT,
@@ -175,14 +177,53 @@ class ReceiveMixin(ConnectionBase):
             events,
         )
 
-    def _drain_decoder(self, now: float, events: list[Event]) -> None:
-        dec = self._decoder
+    def receive_stream_data(self, channel: int, data: bytes, now: float) -> list[Event]:
+        """Bytes from one stream of a per-stream transport (QUIC): ``channel`` is the ATP
+        stream the transport stream carries (0: the control stream), any chunking.
+
+        Each channel has its own decoder, so a frame split across QUIC packets on one
+        stream never mixes with another's. A frame whose stream_id is not the channel's
+        is a connection error EPROTO (ATP-QUIC-005).
+        """
+        if self._closed is not None:
+            return []
+        self._last_recv = now
+        self._peer_spoke_binary = True
+        self._out_encoding = _BINARY
+        dec = self._channels.get(channel)
+        if dec is None:
+            if not 0 <= channel <= MAX_STREAM_ID:
+                raise LocalProtocolError(ErrorCode.EPROTO, f"no ATP stream {channel}")
+            dec = self._channels[channel] = FrameDecoder(self.limits)
+        events: list[Event] = []
+        try:
+            dec.feed(data)
+        except FrameDecodeError as exc:  # pragma: no cover - decoder already broken
+            return self._connection_error(exc, events)
+        self._drain_decoder(now, events, dec, channel)
+        return events
+
+    def _drain_decoder(
+        self,
+        now: float,
+        events: list[Event],
+        dec: FrameDecoder | None = None,
+        channel: int | None = None,
+    ) -> None:
+        if dec is None:
+            dec = self._decoder
         while self._closed is None:
             start = dec.buffered
             try:
                 frame = dec.next_frame()
                 if frame is None:
                     return
+                if channel is not None and frame.stream_id != channel:
+                    raise RemoteProtocolError(  # ATP-QUIC-005
+                        ErrorCode.EPROTO,
+                        f"a frame for stream {frame.stream_id} on the transport stream of "
+                        f"{'the control stream' if not channel else f'stream {channel}'}",
+                    )
                 cost = start - dec.buffered
                 self._handle_frame(frame, cost, now, events, _BINARY)
             except RemoteProtocolError as exc:

@@ -68,11 +68,13 @@ class SendMixin(ConnectionBase):
         end_stream: bool = False,
         encoding: Encoding = Encoding.BINARY,
         text: bool = False,
-        now: float | None = None,
+        now: float | None,
     ) -> int:
         """Open a stream with a SYN (client only). Returns its stream id.
 
-        ``text=True`` is ``encoding=Encoding.JSON`` (# compat: removed at merge).
+        ``now`` is required: the stream's ttl runs from it on our side too (``None``: the
+        ttl is the router's alone, no local deadline). ``text=True`` is
+        ``encoding=Encoding.JSON`` (# compat: removed at merge).
 
         Raises:
             LocalProtocolError: not a client, the router is draining, the stream id does

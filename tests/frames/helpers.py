@@ -97,6 +97,7 @@ class ConnectionPair:
 
     def open(self, prompt: str = "hi", **kwargs: Any) -> int:
         """Open a stream from the client (not yet delivered)."""
+        kwargs.setdefault("now", None)  # as before ``now`` was required: no client-side ttl
         return self.client.open_stream(cbor2.dumps({"content": {"prompt": prompt}}), **kwargs)
 
     def handshake(self) -> None:

@@ -127,16 +127,16 @@ def test_syn_with_fin_opens_a_half_closed_stream() -> None:
 def test_stream_ids_must_increase() -> None:
     """ATP-STREAM-002: a SYN on an id not above every id used is EPROTO."""
     p = ConnectionPair()
-    p.client.open_stream(b"", stream_id=5)
+    p.client.open_stream(b"", stream_id=5, now=None)
     p.to_router()
     reset = one(
         p.router.receive_message(encode_frame(Frame.data(3, 1, flags=Flags.SYN)), 0.0), StreamReset
     )
     assert reset.stream_id == 3 and reset.code == ErrorCode.EPROTO and "increase" in reset.message
     with pytest.raises(LocalProtocolError, match="must exceed"):
-        p.client.open_stream(b"", stream_id=5)
+        p.client.open_stream(b"", stream_id=5, now=None)
     with pytest.raises(LocalProtocolError):
-        p.client.open_stream(b"", stream_id=0x8000_0000)
+        p.client.open_stream(b"", stream_id=0x8000_0000, now=None)
     assert p.client.stream_state(3) is StreamState.CLOSED  # below the highest id
     assert p.client.stream_state(6) is StreamState.IDLE
 
@@ -168,7 +168,7 @@ def test_router_never_opens_streams() -> None:
     """ATP-STREAM-006: a SYN from a router is EPROTO at the client."""
     p = ConnectionPair()
     with pytest.raises(LocalProtocolError, match="only clients"):
-        p.router.open_stream(b"")
+        p.router.open_stream(b"", now=None)
     reset = one(
         p.client.receive_message(encode_frame(Frame.data(2, 1, flags=Flags.SYN)), 0.0), StreamReset
     )
@@ -299,7 +299,7 @@ def test_out_of_order_is_eseq_retry_and_the_session_survives(msg_seq: int, frag_
 def test_client_checks_router_sequence_too() -> None:
     """ATP-SEQ-003, ATP-SEQ-004: the router's first message must be SYN.msg_seq + 1."""
     p = ConnectionPair()
-    sid = p.client.open_stream(b"", msg_seq=41)
+    sid = p.client.open_stream(b"", msg_seq=41, now=None)
     opened = one(p.to_router(), StreamOpened)
     assert opened.msg_seq == 41
     p.router.send_message(sid, b"a")
@@ -314,7 +314,7 @@ def test_msg_seq_never_wraps_the_last_number_ends_the_stream() -> None:
     """ATP-SEQ-005: sequence numbers do not wrap: the router may use 2^32-1 only for its
     FIN, and must end the stream rather than go past it."""
     p = ConnectionPair()
-    sid = p.client.open_stream(b"", msg_seq=0xFFFF_FFFE)
+    sid = p.client.open_stream(b"", msg_seq=0xFFFF_FFFE, now=None)
     p.to_router()
     with pytest.raises(LocalProtocolError):
         p.router.send_message(sid, b"a")  # 2^32-1 without FIN
@@ -332,7 +332,7 @@ def test_three_mib_message_both_directions() -> None:
     """ATP-SEQ-006, ATP-SEQ-008, ATP-SEQ-009, ATP-FLOW-001, ATP-FLOW-005: a 3 MiB message
     (12x the window) goes through fragments as credit flows back, in both directions."""
     p = ConnectionPair()
-    sid = p.client.open_stream(b"")
+    sid = p.client.open_stream(b"", now=None)
     one(p.to_router(), StreamOpened)
     p.client.send_message(sid, BIG, ext={"k": "v"})
     assert p.client.outbound_buffered(sid) > 0  # blocked on credit
@@ -362,7 +362,7 @@ def test_large_syn_is_fragmented_and_meta_stays_on_the_first_fragment() -> None:
     """ATP-SEQ-006: SYN and ext on frag 0 only; the reassembled SYN opens the stream."""
     p = ConnectionPair()
     payload = b"s" * 200_000
-    sid = p.client.open_stream(payload, meta={"task_type": "qa"}, end_stream=True)
+    sid = p.client.open_stream(payload, meta={"task_type": "qa"}, end_stream=True, now=None)
     r_events, _ = p.pump()
     opened = one(r_events, StreamOpened)
     assert (
@@ -379,7 +379,7 @@ def test_small_fragments_with_a_big_ext() -> None:
     """A first fragment whose ext fills the fragment still carries at least one byte."""
     p = ConnectionPair(router_limits=Limits(max_frame_size=2048, initial_window=4096))
     p.handshake()
-    sid = p.client.open_stream(b"p" * 3000, meta={"pad": "m" * 1500})
+    sid = p.client.open_stream(b"p" * 3000, meta={"pad": "m" * 1500}, now=None)
     r_events, _ = p.pump()
     assert bytes(one(r_events, StreamOpened).payload) == b"p" * 3000
     assert all(
@@ -702,7 +702,7 @@ def test_ttl_ends_the_stream_with_etimeout() -> None:
 def test_client_side_ttl_needs_now() -> None:
     p = ConnectionPair()
     sid = p.open(ttl=5, now=10.0)
-    p2 = p.client.open_stream(b"", ttl=5)  # without now: no local deadline
+    p2 = p.client.open_stream(b"", ttl=5, now=None)  # without now: no local deadline
     assert p.client.next_deadline() == 15.0
     assert [e.stream_id for e in of(p.client.handle_timer(15.0), StreamReset)] == [sid]
     assert p.client.stream_state(p2) is StreamState.OPEN
@@ -951,7 +951,7 @@ def test_error_on_stream_zero_closes_the_connection() -> None:
     with pytest.raises(LocalProtocolError, match="connection is closed"):
         p.router.send_message(sid, b"x")
     with pytest.raises(LocalProtocolError, match="closed"):
-        p.client.open_stream(b"")
+        p.client.open_stream(b"", now=None)
     p.client.send_heartbeat(1.0)
     p.router.start_drain()
     assert not p.client.has_data_to_send() and not p.router.has_data_to_send()
@@ -1002,7 +1002,7 @@ def test_data_to_send_coalesces_binary_and_keeps_text_apart() -> None:
 
 
 def test_stream_state_helpers() -> None:
-    c = Connection(Role.CLIENT)
+    c = Connection(Role.CLIENT, now=0.0)
     assert c.stream_state(1) is StreamState.IDLE and not c.is_text(1)
     assert not c.draining and c.budget_window(1) == BudgetWindow()
 

@@ -120,7 +120,7 @@ def _send_run(ops: list[tuple[str, int, bool, bool, bool]], *, general: bool) ->
     client = Connection(Role.CLIENT, limits=LIMITS, now=0.0)
     router = Connection(Role.ROUTER, limits=LIMITS, now=0.0)
     client.send_capabilities()
-    client.open_stream(b"task")
+    client.open_stream(b"task", now=None)
     for data in client.data_to_send(0.0):
         assert isinstance(data, bytes)
         router.receive_message(data, 0.0)

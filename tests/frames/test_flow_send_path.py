@@ -199,7 +199,7 @@ def test_router_returns_credit_at_half_the_default_window() -> None:
     131,072 bytes are consumed, so a client that opened the stream with the default
     credit (before the router's CAPABILITIES) is never stuck."""
     p = ConnectionPair(router_limits=Limits(initial_window=4 << 20, max_message_size=8 << 20))
-    sid = p.client.open_stream(b"s" * 600_000)  # no CAPABILITIES: default credit
+    sid = p.client.open_stream(b"s" * 600_000, now=None)  # no CAPABILITIES: default credit
     assert p.client.send_credit(sid) < 262_144
     events = []
     for _ in range(50):
@@ -254,7 +254,7 @@ def _header(sid: int, ext_len: int, pay_len: int, version: int = 1) -> bytes:
 def test_oversized_binary_on_a_stream_is_a_stream_error() -> None:
     """[ATP-WS-012, ATP-LIMIT-001] The first frame over max_frame_size on stream 5: stream
     error ETOOBIG, the session goes on."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     events = r.receive_oversized(_header(5, 10, 8 << 20) + b"xxxx", 1 << 20, 0.0)
     reset = one(events, StreamReset)
     assert reset.stream_id == 5 and reset.code == ErrorCode.ETOOBIG
@@ -280,7 +280,7 @@ def test_oversized_binary_on_a_stream_is_a_stream_error() -> None:
 def test_oversized_otherwise_is_a_connection_error(prefix: bytes | str) -> None:
     """[ATP-WS-012] Anything else over the limit: connection error ETOOBIG on stream 0,
     in the encoding of the message (text for text)."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     events = r.receive_oversized(prefix, 1 << 20, 0.0)
     closed = one(events, ConnectionClosed)
     assert closed.code == ErrorCode.ETOOBIG and r.closed

@@ -72,10 +72,10 @@ def test_client_fin_half_closes() -> None:
 
 def test_only_clients_open_and_router_rejects_server_syn() -> None:
     """ATP-STREAM-006."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     with pytest.raises(LocalProtocolError):
-        r.open_stream(b"")
-    c = Connection(Role.CLIENT)
+        r.open_stream(b"", now=None)
+    c = Connection(Role.CLIENT, now=0.0)
     evs = c.receive_message(encode_frame(Frame.data(1, 1, flags=Flags.SYN)), 0)
     (reset,) = of(evs, StreamReset)
     assert reset.code == ErrorCode.EPROTO and not reset.by_peer
@@ -285,7 +285,7 @@ def test_timer_stale_is_set_whenever_the_next_deadline_can_move_earlier() -> Non
 
 def test_client_heartbeat_schedule() -> None:
     """ATP-TIME-005."""
-    c = Connection(Role.CLIENT, heartbeat=5.0, limits=Limits(idle_timeout_ms=0))
+    c = Connection(Role.CLIENT, heartbeat=5.0, limits=Limits(idle_timeout_ms=0), now=0.0)
     assert c.next_deadline() == 5.0
     c.handle_timer(5.0)
     (msg,) = c.data_to_send(5.0)
@@ -303,7 +303,7 @@ def test_drain_refuses_new_streams_only() -> None:
     p.router.start_drain()
     assert of(p.to_client(), GoingAway)
     with pytest.raises(LocalProtocolError):
-        p.client.open_stream(b"")
+        p.client.open_stream(b"", now=None)
     evs = p.router.receive_message(encode_frame(Frame.data(a + 2, 1, flags=Flags.SYN)), 0)
     assert of(evs, StreamReset)[0].code == ErrorCode.EDRAINING
     p.router.send_message(a, b"", end_stream=True)
@@ -329,7 +329,7 @@ def test_capabilities_exchange_and_version_mismatch() -> None:
     (back,) = of(p.to_client(), CapabilitiesReceived)
     assert back.caps["max_streams"] == 7
     bad = Frame(FrameType.CAPABILITIES, 0, 0, ext={"caps": {"versions": [9]}})
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     (closed,) = of(r.receive_message(encode_frame(bad), 0), ConnectionClosed)
     assert "no common version" in closed.message
 
@@ -362,7 +362,7 @@ def test_client_rst_cancels() -> None:
 
 def test_unknown_frame_type_is_ignored() -> None:
     """ATP-FRAME-010."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     evs = r.receive_message(encode_frame(Frame(0x33, 0, 0, payload=b"future")), 0)
     assert len(evs) == 1 and isinstance(evs[0], UnknownFrameReceived)
     assert not r.closed
@@ -370,7 +370,7 @@ def test_unknown_frame_type_is_ignored() -> None:
 
 def test_text_streams_reply_in_text() -> None:
     """ATP-WS-004."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     (opened,) = r.receive_text(
         '{"stream_id":"st1","msg_seq":1,"flags":["SYN"],"payload":{"content":{"prompt":"x"}}}', 0
     )

@@ -164,8 +164,8 @@ def test_connection_survives_plausible_garbage(messages: list[bytes]) -> None:
     """Frames with valid-looking headers and random bodies never raise out of a
     Connection, on either side, whole-message or stream mode."""
     for role in Role:
-        conn = Connection(role, limits=small)
-        stream_conn = Connection(role, limits=small)
+        conn = Connection(role, limits=small, now=0.0)
+        stream_conn = Connection(role, limits=small, now=0.0)
         for i, msg in enumerate(messages):
             assert isinstance(conn.receive_message(msg, float(i)), list)
             assert isinstance(stream_conn.receive_data(msg, float(i)), list)
@@ -176,7 +176,7 @@ def test_connection_survives_plausible_garbage(messages: list[bytes]) -> None:
 @settings(max_examples=200)
 @given(st.lists(st.text(max_size=60) | json_values.map(json.dumps), max_size=6))
 def test_connection_survives_any_text(texts: list[str]) -> None:
-    conn = Connection(Role.ROUTER)
+    conn = Connection(Role.ROUTER, now=0.0)
     for t in texts:
         assert isinstance(conn.receive_text(t, 0.0), list)
         conn.data_to_send()

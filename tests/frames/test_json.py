@@ -423,7 +423,7 @@ def test_text_data_on_an_unknown_alias() -> None:
 def test_text_client_side_receives_text_replies() -> None:
     """A text client: open_stream(text=True), replies decoded as messages."""
     p = ConnectionPair()
-    sid = p.client.open_stream(cbor2.dumps("q"), text=True, qos=QoS.BRONZE)
+    sid = p.client.open_stream(cbor2.dumps("q"), text=True, qos=QoS.BRONZE, now=None)
     (syn,) = p.client.data_to_send()
     assert isinstance(syn, str) and json.loads(syn)["qos"] == "bronze"
     opened = one(p.router.receive_text(syn, 0.0), StreamOpened)
