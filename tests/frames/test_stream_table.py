@@ -7,14 +7,12 @@ import itertools
 import pytest
 
 from atp_proto.frames import (
-    TRANSITIONS,
     LocalProtocolError,
     RemoteProtocolError,
     Role,
-    StreamInput,
     StreamState,
 )
-from atp_proto.frames._state import next_state, table_markdown
+from atp_proto.frames._state import TRANSITIONS, StreamInput, next_state, table_markdown
 from atp_proto.frames._stream import Stream
 from atp_proto.frames._windows import RecvWindow, SendWindow
 
