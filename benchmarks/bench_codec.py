@@ -11,15 +11,19 @@ that one run takes about 0.2 s; ``time.perf_counter_ns``; the statement is inlin
 * ours: ``encode_frame`` on a built frame, and a reused ``FrameDecoder`` fed the bytes
   (``feed`` + ``next_frame``). The payload stays bytes (a ``memoryview``, no copy), which is
   what the router does with payloads it relays;
-* baselines: ``json.dumps`` / ``json.loads`` and plain ``cbor2.dumps`` / ``cbor2.loads`` of
-  the whole frame as a dict (the JSON text mapping's shape, payload as an object);
+* baselines: ``json.dumps`` / ``json.loads``, plain ``cbor2.dumps`` / ``cbor2.loads``,
+  ``orjson.dumps`` / ``orjson.loads`` and ``msgpack.packb`` / ``msgpack.unpackb`` of the
+  whole frame as a dict (the JSON text mapping's shape, payload as an object), all in the
+  same run (issue 10 item 6: orjson and msgpack are the fastest general-purpose codecs a
+  client could use instead; the goals are set against orjson);
 * two honest extra rows, so nobody is misled by the zero-copy numbers: decoding with
   ``payload_obj()`` (the payload decoded too), and a full round-trip from a payload object
   to a payload object (``Frame.data`` CBOR-encodes it, the receiver decodes it).
 
 Goals (a full run exits 1 when one fails; a ``--quick`` run reports them, not judged, and
 exits 0): PARTIAL round-trip ≤ 3 µs; PARTIAL round-trip ≥ 2.5×
-faster than cbor2 of the dict; 64 KiB payload frame decode ≥ 2 GB/s.
+faster than cbor2 of the dict; 64 KiB payload frame decode ≥ 2 GB/s; PARTIAL round-trip
+≤ 1.0× orjson's round-trip of the dict; PARTIAL object → object round-trip ≤ 2.0× orjson's.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
+import msgpack
+import orjson
 
 from atp_proto.frames import (
     HEADER_SIZE,
@@ -57,6 +63,8 @@ QUICK_TARGET_S = 0.005
 GOAL_RT_US = 3.0
 GOAL_SPEEDUP = 2.5
 GOAL_GBPS = 2.0
+GOAL_VS_ORJSON_RT = 1.0  #: frame round-trip time / orjson's round-trip of the dict
+GOAL_VS_ORJSON_OBJ = 2.0  #: object -> object round-trip time / orjson's
 
 PARTIAL_PAYLOAD_BYTES = 200
 BIG_PAYLOAD_BYTES = 64 * 1024
@@ -175,27 +183,40 @@ def measure(stmt: str, ns: dict[str, Any], target_s: float, repeats: int) -> Tim
     return Timing(best / n, n)
 
 
-#: operation -> statements timed for (ours, json baseline, cbor2 baseline)
-OPERATIONS: dict[str, tuple[str, str, str]] = {
-    "encode": ("encode_frame(frame)", "dumps(d)", "cdumps(d)"),
-    "decode": ("dec.feed(wire); dec.next_frame()", "loads(text)", "cloads(cb)"),
+#: operation -> statements timed for (ours, json, cbor2, orjson, msgpack baselines)
+OPERATIONS: dict[str, tuple[str, str, str, str, str]] = {
+    "encode": ("encode_frame(frame)", "dumps(d)", "cdumps(d)", "odumps(d)", "mdumps(d)"),
+    "decode": (
+        "dec.feed(wire); dec.next_frame()",
+        "loads(text)",
+        "cloads(cb)",
+        "oloads(otext)",
+        "mloads(mp)",
+    ),
     "round-trip": (
         "dec.feed(encode_frame(frame)); dec.next_frame()",
         "loads(dumps(d))",
         "cloads(cdumps(d))",
+        "oloads(odumps(d))",
+        "mloads(mdumps(d))",
     ),
     "decode + payload_obj()": (
         "dec.feed(wire); dec.next_frame().payload_obj()",
         "loads(text)",
         "cloads(cb)",
+        "oloads(otext)",
+        "mloads(mp)",
     ),
     "obj -> obj round-trip": (
         "dec.feed(encode_frame(data(1, msg_seq, obj, flags=flags, qos=qos, ttl=ttl, ext=ext)));"
         " dec.next_frame().payload_obj()",
         "loads(dumps(d))",
         "cloads(cdumps(d))",
+        "oloads(odumps(d))",
+        "mloads(mdumps(d))",
     ),
 }
+BASELINES = ("json", "cbor2", "orjson", "msgpack")
 
 
 def _namespace(case: Case) -> dict[str, Any]:
@@ -219,6 +240,12 @@ def _namespace(case: Case) -> dict[str, Any]:
         "loads": json.loads,
         "cdumps": cbor2.dumps,
         "cloads": cbor2.loads,
+        "otext": orjson.dumps(case.as_dict),
+        "mp": msgpack.packb(case.as_dict),
+        "odumps": orjson.dumps,
+        "oloads": orjson.loads,
+        "mdumps": msgpack.packb,
+        "mloads": msgpack.unpackb,
     }
 
 
@@ -236,6 +263,8 @@ def _check_statements(case: Case) -> None:
     assert got.payload_obj() == case.payload_obj
     assert json.loads(case.json_text) == case.as_dict
     assert cbor2.loads(case.cbor) == case.as_dict
+    assert orjson.loads(ns["otext"]) == case.as_dict
+    assert msgpack.unpackb(ns["mp"]) == case.as_dict
     for stmt in (s for row in OPERATIONS.values() for s in row):
         exec(stmt.replace("; ", "\n"), {}, dict(ns))
 
@@ -251,30 +280,28 @@ def run_benchmark(
     for case in cases:
         _check_statements(case)
         ns = _namespace(case)
-        for op, (ours_stmt, json_stmt, cbor_stmt) in OPERATIONS.items():
+        for op, (ours_stmt, *base_stmts) in OPERATIONS.items():
             if progress:
                 progress(f"{case.name}: {op}")
             ours = measure(ours_stmt, ns, target, repeats)
-            base = []
-            for stmt in (json_stmt, cbor_stmt):
+            base: dict[str, Timing] = {}
+            for name, stmt in zip(BASELINES, base_stmts, strict=True):
                 key = (case.name, stmt)
                 if key not in baseline_cache:
                     baseline_cache[key] = measure(stmt, ns, target, repeats)
-                base.append(baseline_cache[key])
-            j, c = base
-            rows.append(
-                {
-                    "frame": case.name,
-                    "operation": op,
-                    "ours_us": ours.ns / 1e3,
-                    "ours_frames_per_s": 1e9 / ours.ns,
-                    "json_us": j.ns / 1e3,
-                    "cbor2_us": c.ns / 1e3,
-                    "speedup_vs_json": j.ns / ours.ns,
-                    "speedup_vs_cbor2": c.ns / ours.ns,
-                    "iterations": {"ours": ours.n, "json": j.n, "cbor2": c.n},
-                }
-            )
+                base[name] = baseline_cache[key]
+            row_: dict[str, Any] = {
+                "frame": case.name,
+                "operation": op,
+                "ours_us": ours.ns / 1e3,
+                "ours_frames_per_s": 1e9 / ours.ns,
+            }
+            for name, t in base.items():
+                row_[f"{name}_us"] = t.ns / 1e3
+            for name, t in base.items():
+                row_[f"speedup_vs_{name}"] = t.ns / ours.ns
+            row_["iterations"] = {"ours": ours.n, **{n: t.n for n, t in base.items()}}
+            rows.append(row_)
 
     def row(frame: str, op: str) -> dict[str, Any]:
         return next(r for r in rows if r["frame"] == frame and r["operation"] == op)
@@ -291,6 +318,7 @@ def run_benchmark(
         "json_loads_gb_s": len(big.json_text.encode()) / (row(big.name, "decode")["json_us"] * 1e3),
     }
     rt = row(cases[1].name, "round-trip")
+    obj_rt = row(cases[1].name, "obj -> obj round-trip")
     goals = [
         Goal("PARTIAL 200 B round-trip (encode + decode)", rt["ours_us"], GOAL_RT_US, "us", "<="),
         Goal(
@@ -300,6 +328,20 @@ def run_benchmark(
             "x",
         ),
         Goal("64 KiB payload frame decode", throughput["decode_gb_s"], GOAL_GBPS, "GB/s"),
+        Goal(
+            "PARTIAL 200 B round-trip vs orjson's round-trip of the dict (time ratio)",
+            rt["ours_us"] / rt["orjson_us"],
+            GOAL_VS_ORJSON_RT,
+            "x",
+            "<=",
+        ),
+        Goal(
+            "PARTIAL 200 B object -> object round-trip vs orjson's (time ratio)",
+            obj_rt["ours_us"] / obj_rt["orjson_us"],
+            GOAL_VS_ORJSON_OBJ,
+            "x",
+            "<=",
+        ),
     ]
     return {
         "benchmark": "codec",
@@ -340,8 +382,11 @@ TABLE_COLUMNS = (
     "ours frames/s",
     "json µs",
     "cbor2 µs",
+    "orjson µs",
+    "msgpack µs",
     "vs cbor2",
     "vs json",
+    "vs orjson",
 )
 
 
@@ -354,8 +399,11 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
             _fmt_rate(r["ours_frames_per_s"]),
             _fmt_us(r["json_us"]),
             _fmt_us(r["cbor2_us"]),
+            _fmt_us(r["orjson_us"]),
+            _fmt_us(r["msgpack_us"]),
             f"{r['speedup_vs_cbor2']:.1f}×",
             f"{r['speedup_vs_json']:.1f}×",
+            f"{r['speedup_vs_orjson']:.2f}×",
         )
         for r in result["results"]
     ]

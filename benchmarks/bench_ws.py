@@ -144,7 +144,7 @@ class _AtpSession:
 
     async def open(self, body: bytes, adapter: str) -> int:
         """Send one SYN (one WebSocket message: the router takes messages <= ~1 MiB)."""
-        sid = self.conn.open_stream(body, meta={"task_type": "qa", "adapters": [adapter]})
+        sid = self.conn.open_stream(body, meta={"task_type": "qa", "adapters": [adapter]}, now=None)
         await self.flush()
         return sid
 
@@ -588,7 +588,7 @@ def _idle_client(host: str, port: int, path: str, warm: int, n: int, pipe: Any) 
     from atp_proto.transports.ws_client import HandshakeRefused, connect_ws
 
     _raise_nofile()
-    c = Connection(Role.CLIENT)
+    c = Connection(Role.CLIENT, now=0.0)
     c.send_capabilities()
     caps = c.data_to_send()[0]
     assert isinstance(caps, bytes)

@@ -50,8 +50,12 @@ def test_quick_json(capsys):
             "ours_frames_per_s",
             "json_us",
             "cbor2_us",
+            "orjson_us",
+            "msgpack_us",
             "speedup_vs_cbor2",
             "speedup_vs_json",
+            "speedup_vs_orjson",
+            "speedup_vs_msgpack",
         ):
             assert isinstance(r[key], float) and r[key] > 0, (r["frame"], r["operation"], key)
         assert all(n >= 1 for n in r["iterations"].values())
@@ -59,7 +63,7 @@ def test_quick_json(capsys):
         assert result["throughput"][key] > 0
 
     goals = result["goals"]
-    assert len(goals) == 3
+    assert len(goals) == 5  # incl. the two against orjson (issue 10 item 6)
     for g in goals:
         assert isinstance(g["pass"], bool) and g["judged"] is False
         assert g["measured"] > 0
@@ -72,7 +76,7 @@ def test_quick_table(capsys):
     out, _ = capsys.readouterr()
     assert rc == 0
     assert "PARTIAL 200 B" in out
-    assert out.count("not judged (quick run)") == 3
+    assert out.count("not judged (quick run)") == 5
 
 
 def test_missing_benchmarks_package_is_a_usage_error(capsys, monkeypatch):

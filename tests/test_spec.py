@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from atp_proto.frames import ErrorCode, quic_error_code, ws_close_code
-from atp_proto.frames._stream import table_markdown
+from atp_proto.frames._state import table_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = (ROOT / "spec" / "atp-v1.md").read_text(encoding="utf-8")

@@ -1,5 +1,23 @@
 """ATP v1 protocol core, sans-IO: the frame model, binary and JSON codecs, and the
-connection/stream state machines. No I/O, no clock, no trio (spec/atp-v1.md)."""
+connection/stream state machines. No I/O, no clock, no trio (spec/atp-v1.md).
+
+The public API is ``__all__`` (tested, tests/frames/test_api.py): the Connection and its
+events, errors and enums, the Frame and its codecs, Limits. The transition table
+(``TRANSITIONS``, ``StreamInput``) is for tools and the spec generator and stays in
+``atp_proto.frames._state``; the modules' other names are internal.
+
+Layout, each module depending only on those above it::
+
+    _types      enums, Limits, BudgetWindow, Encoding, flag bits, Payload
+    _errors     ATPError and the protocol errors
+    _cbor       strict CBOR (ext, payloads)
+    _frame      Frame;  _codec: binary header codec, FrameDecoder;  _json: the text mapping
+    _validate   stateless frame rules;  _events: what a Connection reports
+    _state      the stream state table;  _windows: credit;  _fragments: reassembly
+    _stream     Stream (state + seq + windows + reassembly);  _caps, _timers, _output
+    _base       Connection's state;  _receiving / _sending: its two sides
+    _connection Connection (+ _budget: router budget methods, compat until the merge)
+"""
 
 from ._codec import (
     HEADER,
@@ -13,9 +31,10 @@ from ._codec import (
     encode_frames,
     encoded_length,
 )
-from ._connection import BudgetExceeded, Connection
+from ._connection import Connection
 from ._errors import (
     ATPError,
+    BudgetExceeded,
     FrameDecodeError,
     LocalProtocolError,
     ProtocolError,
@@ -35,19 +54,21 @@ from ._events import (
     UnknownFrameReceived,
     WindowUpdated,
 )
-from ._frame import Frame, Payload
+from ._frame import Frame
 from ._json import JsonMapping, frame_from_json, frame_to_json
-from ._stream import TRANSITIONS, Role, StreamInput, StreamState
+from ._state import Role, StreamState
 from ._types import (
     DEFAULT_LIMITS,
     MAX_STREAM_ID,
     MAX_WINDOW,
     VERSION,
     BudgetWindow,
+    Encoding,
     ErrorCode,
     Flags,
     FrameType,
     Limits,
+    Payload,
     QoS,
     quic_error_code,
     ws_close_code,
@@ -63,6 +84,7 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "DEFAULT_LIMITS",
+    "Encoding",
     "ErrorCode",
     "Event",
     "Flags",
@@ -86,11 +108,9 @@ __all__ = [
     "RemoteProtocolError",
     "Role",
     "StreamClosedError",
-    "StreamInput",
     "StreamOpened",
     "StreamReset",
     "StreamState",
-    "TRANSITIONS",
     "UnknownFrameReceived",
     "VERSION",
     "WindowUpdated",

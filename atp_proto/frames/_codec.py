@@ -20,17 +20,30 @@ read-only ``memoryview`` slices of the bytes it was fed.
 
 from __future__ import annotations
 
-import io
-import math
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
-import cbor2
-
+from ._cbor import RESERVED_EXT_KEYS, decode_ext, decode_payload, encode_ext, reserved_key
 from ._errors import FrameDecodeError, LocalProtocolError
-from ._frame import Frame, Payload
+from ._frame import Frame
 from ._types import DEFAULT_LIMITS, MAX_STREAM_ID, VERSION, ErrorCode, FrameType, Limits, QoS
+
+__all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "RESERVED_EXT_KEYS",
+    "FrameDecoder",
+    "decode_ext",
+    "decode_frame",
+    "decode_frames",
+    "decode_payload",
+    "encode_ext",
+    "encode_frame",
+    "encode_frames",
+    "encoded_length",
+    "reserved_key",
+]
 
 HEADER: Final = struct.Struct("!BBBBIIHHII")
 HEADER_SIZE: Final = HEADER.size  # 24
@@ -40,41 +53,6 @@ _TYPES: Final[dict[int, int]] = {int(t): t for t in FrameType}
 _QOS: Final[dict[int, int]] = {int(q): q for q in QoS}
 _new_frame = tuple.__new__
 _EMPTY: Final[Mapping[str, Any]] = {}
-
-
-#: ext keys that would shadow a header field in the JSON text mapping (ATP-JSON-015): a
-#: sender never puts them in ext, a receiver refuses a frame whose ext has one.
-RESERVED_EXT_KEYS: Final = frozenset(
-    {"v", "type", "stream_id", "msg_seq", "frag_seq", "flags", "qos", "ttl"}
-    | {"payload", "payload_b64"}
-)
-
-
-def reserved_key(ext: Mapping[str, Any]) -> str | None:
-    """The first ext key that names a JSON header field, or None (ATP-JSON-015)."""
-    if RESERVED_EXT_KEYS.isdisjoint(ext):
-        return None
-    return next(k for k in ext if k in RESERVED_EXT_KEYS)
-
-
-def encode_ext(ext: Mapping[str, Any]) -> bytes:
-    """CBOR-encode an ext map (empty map encodes to zero bytes).
-
-    Raises:
-        LocalProtocolError: a value is not CBOR-encodable, or a key is reserved
-            (ATP-JSON-015).
-    """
-    if not ext:
-        return b""
-    bad = reserved_key(ext)
-    if bad is not None:
-        raise LocalProtocolError(
-            ErrorCode.EPROTO, f'ext key "{bad}" is reserved for the JSON header (ATP-JSON-015)'
-        )
-    try:
-        return cbor2.dumps(dict(ext) if not isinstance(ext, dict) else ext)
-    except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
-        raise LocalProtocolError(ErrorCode.EPROTO, f"ext cannot be encoded as CBOR: {exc}") from exc
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -116,100 +94,6 @@ def encoded_length(frame: Frame) -> int:
 
 
 # -- decoding -------------------------------------------------------------------------
-
-_JSON_SCALARS: Final = (str, int, float, bool, type(None), bytes)
-
-
-def _check_value(value: object, depth: int, max_depth: int, *, finite: bool = False) -> None:
-    """Reject anything outside the JSON data model plus byte strings (no CBOR tags).
-
-    With ``finite`` (ext, ATP-FRAME-006) NaN and the infinities are refused too: JSON
-    has no such numbers.
-    """
-    if depth > max_depth:
-        raise ValueError(f"nesting deeper than {max_depth}")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ValueError(f"map key {k!r} is not a text string")
-            _check_value(v, depth + 1, max_depth, finite=finite)
-    elif isinstance(value, list):
-        for v in value:
-            _check_value(v, depth + 1, max_depth, finite=finite)
-    elif isinstance(value, float):
-        if finite and not math.isfinite(value):
-            raise ValueError(f"{value} is not a finite number")
-    elif not isinstance(value, _JSON_SCALARS):
-        raise ValueError(f"unsupported CBOR item {type(value).__name__} (tags are not allowed)")
-
-
-def _refuse_tag(*_: object) -> Any:
-    raise cbor2.CBORDecodeError("CBOR tags are not allowed")
-
-
-class _RefuseEveryTag(dict[int, Any]):
-    """``semantic_decoders`` that refuses every tag, including those cbor2 would decode
-    silently to a JSON-model value (2/3 bignums, 28/29 sharing, 256 stringrefs, 55799)."""
-
-    def __missing__(self, tag: int) -> Any:
-        return _refuse_tag
-
-
-_NO_TAGS: Final = _RefuseEveryTag()
-
-
-def _strict_cbor(data: Payload, max_depth: int) -> Any:
-    bio = io.BytesIO(data)
-    obj = cbor2.CBORDecoder(
-        bio,
-        max_depth=max_depth + 1,
-        allow_duplicate_keys=False,
-        allow_indefinite=False,
-        tag_hook=_refuse_tag,  # ATP-FRAME-006: no tags at all
-        semantic_decoders=_NO_TAGS,
-    ).decode()
-    if bio.tell() != len(data):
-        raise ValueError(f"{len(data) - bio.tell()} bytes of trailing data after the CBOR item")
-    return obj
-
-
-def decode_ext(
-    data: Payload, stream_id: int = 0, limits: Limits = DEFAULT_LIMITS
-) -> dict[str, Any]:
-    """Decode and validate an ext map.
-
-    Raises:
-        FrameDecodeError: EPROTO, for ``stream_id`` (0 means connection-level).
-    """
-    try:
-        obj = _strict_cbor(data, limits.max_depth)
-        if not isinstance(obj, dict):
-            raise ValueError(f"ext must be a CBOR map, got {type(obj).__name__}")
-        _check_value(obj, 1, limits.max_depth, finite=True)
-        bad = reserved_key(obj)
-        if bad is not None:
-            raise ValueError(f'key "{bad}" is reserved for the JSON header (ATP-JSON-015)')
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise FrameDecodeError(ErrorCode.EPROTO, f"bad ext: {exc}", stream_id=stream_id) from None
-    return obj
-
-
-def decode_payload(data: Payload, stream_id: int = 0, max_depth: int = 64) -> Any:
-    """Decode a conventional (CBOR) payload; empty payload is None.
-
-    Raises:
-        FrameDecodeError: EPROTO on stream ``stream_id``.
-    """
-    if not data:
-        return None
-    try:
-        obj = _strict_cbor(data, max_depth)
-        _check_value(obj, 1, max_depth)
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise FrameDecodeError(
-            ErrorCode.EPROTO, f"bad payload: {exc}", stream_id=stream_id
-        ) from None
-    return obj
 
 
 def decode_frame(

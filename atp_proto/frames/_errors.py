@@ -61,3 +61,7 @@ class FrameDecodeError(RemoteProtocolError):
 
 class StreamClosedError(LocalProtocolError):
     """Sending on a stream that is closed or was never opened."""
+
+
+class BudgetExceeded(ATPError):
+    """Charging usage would exceed the stream's budget window (EBUDGET / EWINDOW)."""

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._frame import Frame, Payload
-from ._types import BudgetWindow, QoS
+from ._frame import Frame
+from ._types import BudgetWindow, Encoding, Payload, QoS
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +19,9 @@ class Event:
 class StreamOpened(Event):
     """The peer opened a stream: its first message (the SYN), reassembled.
 
-    ``text`` tells whether the SYN came as a JSON text frame (replies go out as text).
-    ``end_stream`` is True when the SYN also carried FIN (no further input).
+    ``encoding`` is the stream's: ``Encoding.JSON`` when the SYN came as a JSON text
+    frame (replies go out as text). ``text`` is the same as a bool (# compat: removed at
+    merge). ``end_stream`` is True when the SYN also carried FIN (no further input).
     """
 
     stream_id: int
@@ -31,8 +32,15 @@ class StreamOpened(Event):
     window: BudgetWindow
     meta: Mapping[str, Any]
     ext: Mapping[str, Any]
-    text: bool = False
+    text: bool = False  # compat: removed at merge (use ``encoding``)
     end_stream: bool = False
+    encoding: Encoding = Encoding.BINARY
+
+    def __post_init__(self) -> None:  # compat: removed at merge (with ``text``)
+        if self.text:
+            object.__setattr__(self, "encoding", Encoding.JSON)
+        elif self.encoding is Encoding.JSON:
+            object.__setattr__(self, "text", True)
 
 
 @dataclass(frozen=True, slots=True)

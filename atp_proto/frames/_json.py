@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import cbor2
 
-from ._codec import _check_value, decode_payload, reserved_key
+from ._cbor import check_value, decode_payload, reserved_key
 from ._errors import FrameDecodeError, LocalProtocolError
 from ._frame import Frame
 from ._types import (
@@ -36,6 +36,7 @@ from ._types import (
     FrameType,
     Limits,
     QoS,
+    is_uint,
 )
 
 #: Top-level keys that map to header fields. ``session_id`` is not one: it is an
@@ -102,7 +103,7 @@ def _refuse_constant(name: str) -> Any:
 
 def _uint(obj: Mapping[str, Any], key: str, hi: int, default: int, sid: int) -> int:
     value = obj.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
+    if not is_uint(value) or value > hi:
         raise FrameDecodeError(
             ErrorCode.EPROTO, f'"{key}" must be an integer in 0..{hi}, got {value!r}', stream_id=sid
         )
@@ -274,7 +275,7 @@ class JsonMapping:
         ftype: int | None
         if isinstance(ftype_raw, str):
             ftype = _TYPE_BY_NAME.get(ftype_raw)
-        elif isinstance(ftype_raw, int) and not isinstance(ftype_raw, bool) and ftype_raw >= 0:
+        elif is_uint(ftype_raw):
             ftype = _TYPE_BY_VALUE.get(ftype_raw) if ftype_raw <= 0xFF else -1
         else:
             ftype = -1  # not a type at all: refused once the stream is known
@@ -358,7 +359,7 @@ class JsonMapping:
         ext = {k: v for k, v in obj.items() if k not in HEADER_KEYS and k not in _PAYLOAD_KEYS}
         if ext:
             try:
-                _check_value(ext, 1, self.limits.max_depth, finite=True)
+                check_value(ext, 1, self.limits.max_depth, finite=True)
             except ValueError as exc:
                 raise FrameDecodeError(ErrorCode.EPROTO, f"bad ext: {exc}", stream_id=sid) from None
         return Frame(ftype, flags, sid, msg_seq, frag_seq, qos, ttl, ext or None, payload, version)

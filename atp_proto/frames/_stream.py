@@ -1,148 +1,79 @@
-"""Stream lifecycle: one table of legal transitions, per role (spec §"Stream lifecycle").
+"""One ATP stream, as a connection tracks it: the object of h2's ``H2Stream`` kind.
 
-A (role, state, input) missing from :data:`TRANSITIONS` is a protocol error by
-construction: a receive input raises :class:`RemoteProtocolError` (EPROTO, stream
-level), a send input :class:`LocalProtocolError`. RST and ERROR end a stream from any
-state but CLOSED. ``python -m atp_proto.frames._stream`` prints the table as Markdown for
-the spec, so the two cannot drift.
-
-The client opens streams. The client's FIN half-closes (no more input); the router's FIN
-completes the stream in both directions (the client need not answer with FIN).
+A :class:`Stream` owns its lifecycle state (``_state``), its sequencing (the next msg_seq
+to send and to expect), its two credit windows (``_windows``), the reassembly of the
+message being received (``_fragments``), and its qos, deadline and :class:`Encoding`.
+:meth:`Stream.receive_data` takes one DATA frame already routed to it (the connection
+handled SYN, RST and frames for unknown or finished streams) and returns the event it
+completes, if any. The fast path (a whole, in-order message without ext, within credit:
+every PARTIAL at a client, every input at a router) sits *beside* the general path and
+builds its event through the same :meth:`Stream._deliver`, so the two cannot drift; a
+differential property test (tests/frames/test_fast_paths.py) holds them to the same
+events.
 """
 
 from __future__ import annotations
 
-import enum
-from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
-from ._errors import LocalProtocolError, RemoteProtocolError
+from ._budget import Usage
+from ._errors import RemoteProtocolError
+from ._events import MessageReceived, StreamOpened
+from ._fragments import Reassembler, unpinned
 from ._frame import Frame
-from ._types import BudgetWindow, ErrorCode, QoS
+from ._state import TRANSITIONS, Role, StreamInput, StreamState, next_state
+from ._types import (
+    FIN_BIT,
+    MORE_BIT,
+    SLOW_BITS,
+    SYN_BIT,
+    BudgetWindow,
+    Encoding,
+    ErrorCode,
+    Payload,
+    QoS,
+)
+from ._windows import RecvWindow, SendWindow
+
+__all__ = ["Stream"]
+
+_NO_EXT: Final[Mapping[str, Any]] = {}
+_SEND_DATA: Final = StreamInput.SEND_DATA
+_RECV_DATA: Final = StreamInput.RECV_DATA
 
 
-class _FastHash(enum.Enum):
-    """Members hash by identity (they compare by identity): Enum.__hash__ hashes the
-    name in Python code, and the state table is looked up several times per stream."""
-
-    __hash__ = object.__hash__
-
-
-class Role(_FastHash):
-    CLIENT = "client"
-    ROUTER = "router"
-
-
-class StreamState(_FastHash):
-    IDLE = "idle"
-    OPEN = "open"
-    HALF_CLOSED_LOCAL = "half-closed (local)"
-    HALF_CLOSED_REMOTE = "half-closed (remote)"
-    CLOSED = "closed"
-
-
-class StreamInput(_FastHash):
-    SEND_SYN = "send SYN"
-    RECV_SYN = "recv SYN"
-    SEND_DATA = "send data"
-    RECV_DATA = "recv data"
-    SEND_FIN = "send FIN"
-    RECV_FIN = "recv FIN"
-    SEND_RST = "send RST/ERROR"
-    RECV_RST = "recv RST/ERROR"
-
-
-C, R = Role.CLIENT, Role.ROUTER
-S = StreamState
-I = StreamInput  # noqa: E741 - short alias keeps the table readable
-
-#: (role, state, input) -> next state. ATP-STREAM state table.
-TRANSITIONS: Final[dict[tuple[Role, StreamState, StreamInput], StreamState]] = {
-    # client
-    (C, S.IDLE, I.SEND_SYN): S.OPEN,
-    (C, S.OPEN, I.SEND_DATA): S.OPEN,
-    (C, S.OPEN, I.RECV_DATA): S.OPEN,
-    (C, S.OPEN, I.SEND_FIN): S.HALF_CLOSED_LOCAL,
-    (C, S.OPEN, I.RECV_FIN): S.CLOSED,
-    (C, S.HALF_CLOSED_LOCAL, I.RECV_DATA): S.HALF_CLOSED_LOCAL,
-    (C, S.HALF_CLOSED_LOCAL, I.RECV_FIN): S.CLOSED,
-    # router
-    (R, S.IDLE, I.RECV_SYN): S.OPEN,
-    (R, S.OPEN, I.RECV_DATA): S.OPEN,
-    (R, S.OPEN, I.SEND_DATA): S.OPEN,
-    (R, S.OPEN, I.RECV_FIN): S.HALF_CLOSED_REMOTE,
-    (R, S.OPEN, I.SEND_FIN): S.CLOSED,
-    (R, S.HALF_CLOSED_REMOTE, I.SEND_DATA): S.HALF_CLOSED_REMOTE,
-    (R, S.HALF_CLOSED_REMOTE, I.SEND_FIN): S.CLOSED,
-}
-for _role in Role:
-    for _state in (S.OPEN, S.HALF_CLOSED_LOCAL, S.HALF_CLOSED_REMOTE):
-        TRANSITIONS[(_role, _state, I.SEND_RST)] = S.CLOSED
-        TRANSITIONS[(_role, _state, I.RECV_RST)] = S.CLOSED
-
-_RECV_INPUTS: Final = frozenset({I.RECV_SYN, I.RECV_DATA, I.RECV_FIN, I.RECV_RST})
-
-
-def next_state(role: Role, state: StreamState, inp: StreamInput, stream_id: int) -> StreamState:
-    """Apply one input; raise the right error when the table has no entry."""
-    try:
-        return TRANSITIONS[(role, state, inp)]
-    except KeyError:
-        msg = f"{inp.value} is not allowed on a stream that is {state.value}"
-        if inp in _RECV_INPUTS:
-            raise RemoteProtocolError(ErrorCode.EPROTO, msg, stream_id=stream_id) from None
-        raise LocalProtocolError(ErrorCode.EPROTO, msg, stream_id=stream_id) from None
-
-
-@dataclass(slots=True)
-class Usage:
-    tokens: int = 0
-    usd_micros: int = 0
-    parallel: int = 0
-
-
-@dataclass(slots=True)
-class StreamRecord:
+@dataclass(slots=True, eq=False)
+class Stream:
     """Everything a connection tracks for one stream. Internal to the core."""
 
     stream_id: int
     role: Role
+    recv: RecvWindow
+    send: SendWindow
+    encoding: Encoding = Encoding.BINARY
     state: StreamState = StreamState.IDLE
-    text: bool = False
     qos: QoS = QoS.UNSPECIFIED
     deadline: float | None = None
-    # sequencing
     send_seq: int = 1
-    recv_seq: int = 0  # next msg_seq expected (set when the stream opens)
-    # reassembly of the message being received
-    frag_next: int = 0
-    frag_parts: list[bytes | memoryview] = field(default_factory=list)
-    frag_bytes: int = 0
-    frag_cost: int = 0
-    frag_flags: int = 0
-    frag_ext: dict[str, object] | None = None
-    # credit: what we may still send, what the peer may still send us
-    send_credit: int = 0
-    send_window: int = 0  #: the peer's initial_window when the stream opened (ATP-FLOW-013)
-    recv_credit: int = 0
-    recv_unacked: int = 0  # consumed bytes not yet returned as credit
-    outbox: deque[tuple[Frame, int]] = field(default_factory=deque)
-    outbox_bytes: int = 0
-    # budget window
+    recv_seq: int = 0  #: next msg_seq expected (set when the stream opens)
+    reasm: Reassembler = field(default_factory=Reassembler)
+    # budget window (compat: the ledger moves to router/budget.py at merge)
     window: BudgetWindow = field(default_factory=BudgetWindow)
     cap: BudgetWindow = field(default_factory=BudgetWindow)  #: tenant/adapter limits (router)
     usage: Usage = field(default_factory=Usage)
-
     #: cached ``(role, state, SEND_DATA) in TRANSITIONS``, kept current by :meth:`apply`
     #: (the send fast path checks it once per message)
     sendable: bool = False
     receivable: bool = False  #: likewise for RECV_DATA (the receive fast path)
 
+    # -- state --------------------------------------------------------------------
+
     def apply(self, inp: StreamInput) -> None:
         self.state = state = next_state(self.role, self.state, inp, self.stream_id)
-        self.sendable = (self.role, state, StreamInput.SEND_DATA) in TRANSITIONS
-        self.receivable = (self.role, state, StreamInput.RECV_DATA) in TRANSITIONS
+        self.sendable = (self.role, state, _SEND_DATA) in TRANSITIONS
+        self.receivable = (self.role, state, _RECV_DATA) in TRANSITIONS
 
     @property
     def closed(self) -> bool:
@@ -156,14 +87,102 @@ class StreamRecord:
     def can_send(self) -> bool:
         return self.sendable
 
+    @property
+    def text(self) -> bool:
+        """True on a JSON stream.  # compat: removed at merge (use ``encoding``)"""
+        return self.encoding is Encoding.JSON
 
-def table_markdown() -> str:
-    """The transition table as Markdown (for spec/atp-v1.md)."""
-    rows = ["| role | state | input | next state |", "|---|---|---|---|"]
-    for (role, state, inp), nxt in TRANSITIONS.items():
-        rows.append(f"| {role.value} | {state.value} | {inp.value} | {nxt.value} |")
-    return "\n".join(rows)
+    # -- receiving ------------------------------------------------------------------
 
+    def receive_data(
+        self, frame: Frame, cost: int, max_message_size: int
+    ) -> tuple[StreamOpened | MessageReceived | None, int]:
+        """One DATA frame for this stream, which can receive: the event it completes (or
+        None: a fragment), and the credit the core consumed itself and must return now
+        (a fragment's, taken by the reassembly buffer, or the SYN's, taken by opening).
 
-if __name__ == "__main__":  # pragma: no cover
-    print(table_markdown())
+        The caller applies RECV_FIN when the event ends the stream.
+
+        Raises:
+            RemoteProtocolError: EWINDOW, ESEQ_RETRY, EPROTO or ETOOBIG, stream level.
+        """
+        flags = frame.flags
+        recv = self.recv
+        if (
+            not flags & SLOW_BITS
+            and self.reasm.next == 0
+            and frame.msg_seq == self.recv_seq
+            and frame.frag_seq == 0
+            and not frame.ext
+            and cost <= recv.credit
+        ):
+            recv.credit -= cost
+            self.recv_seq = frame.msg_seq + 1  # never wraps (ATP-SEQ-005)
+            return self._deliver(frame.msg_seq, frame.payload, _NO_EXT, flags, cost, 0), 0
+        return self.receive_general(frame, cost, max_message_size)
+
+    def receive_general(
+        self, frame: Frame, cost: int, max_message_size: int
+    ) -> tuple[StreamOpened | MessageReceived | None, int]:
+        """:meth:`receive_data` without its fast path (every rule, every frame)."""
+        # credit (ATP-FLOW): the frame costs its whole encoded length
+        self.recv.consume(cost, self.stream_id)
+        # sequencing (ATP-SEQ); recv_seq is set when the stream opens, on both sides
+        reasm = self.reasm
+        if frame.msg_seq != self.recv_seq or frame.frag_seq != reasm.next:
+            raise RemoteProtocolError(
+                ErrorCode.ESEQ_RETRY,
+                f"expected msg_seq {self.recv_seq} frag_seq {reasm.next}, got "
+                f"msg_seq {frame.msg_seq} frag_seq {frame.frag_seq}",
+                stream_id=self.stream_id,
+                retry_after_ms=0,
+            )
+        message = reasm.push(frame, cost, max_message_size)
+        if message is None:
+            # The reassembly buffer (bounded by max_message_size) consumes fragments, so
+            # their credit goes back at once; otherwise a message larger than the window
+            # could never complete.
+            return None, cost
+        msg_seq = self.recv_seq
+        self.recv_seq = msg_seq + 1
+        event = self._deliver(
+            msg_seq, message.payload, message.ext, message.flags, message.cost, frame.ttl
+        )
+        # The SYN's credit is consumed by opening; return it at once.
+        return event, message.cost if message.flags & SYN_BIT else 0
+
+    def _deliver(
+        self,
+        msg_seq: int,
+        payload: Payload,
+        ext: Mapping[str, Any],
+        flags: int,
+        cost: int,
+        ttl: int,
+    ) -> StreamOpened | MessageReceived:
+        """The event of one whole message: the fast and the general path both end here."""
+        fin = bool(flags & FIN_BIT)
+        if flags & SYN_BIT:
+            meta = ext.get("meta")
+            return StreamOpened(
+                self.stream_id,
+                msg_seq,
+                unpinned(payload),  # held for the stream's life: do not pin the message
+                self.qos,
+                ttl,
+                self.window,
+                meta if isinstance(meta, Mapping) else {},
+                ext,
+                text=self.encoding is Encoding.JSON,
+                end_stream=fin,
+                encoding=self.encoding,
+            )
+        return MessageReceived(
+            self.stream_id,
+            msg_seq,
+            payload,
+            ext,
+            more=bool(flags & MORE_BIT),
+            end_stream=fin,
+            size=cost,
+        )

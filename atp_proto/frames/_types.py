@@ -1,9 +1,18 @@
-"""Enumerations and small value types of the ATP v1 wire format (spec/atp-v1.md)."""
+"""Enumerations and small value types of the ATP v1 wire format (spec/atp-v1.md).
+
+The ground floor of the core: every other module imports from here, this imports nothing
+of the package.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final, TypeGuard
+
+#: Payload bytes as held by a frame: ``bytes`` when built locally, a read-only
+#: ``memoryview`` into the receive buffer when decoded (no copy).
+Payload = bytes | memoryview
 
 VERSION = 1
 
@@ -31,6 +40,43 @@ class Flags(enum.IntFlag):
 
 
 KNOWN_FLAGS = Flags(0x7F)
+
+# Flag bits as plain ints: ``int & IntFlag`` runs IntFlag's Python-level operator (~1 µs),
+# so the hot paths test these instead.
+SYN_BIT: Final = int(Flags.SYN)
+ACK_BIT: Final = int(Flags.ACK)
+MORE_BIT: Final = int(Flags.MORE)
+FIN_BIT: Final = int(Flags.FIN)
+RST_BIT: Final = int(Flags.RST)
+HB_BIT: Final = int(Flags.HB)
+CONT_BIT: Final = int(Flags.CONT)
+#: A DATA frame with any of these takes the receive path's general branch.
+SLOW_BITS: Final = SYN_BIT | RST_BIT | CONT_BIT
+
+
+class Encoding(enum.Enum):
+    """How a stream's (or the session's) frames are encoded on the wire.
+
+    ``BINARY`` is the 24-byte header + CBOR framing (ATP-FRAME); ``JSON`` the text mapping
+    of a WebSocket text message (ATP-JSON), which only the WebSocket binding offers
+    (a QUIC stream refuses it by construction, ATP-QUIC-003).
+    """
+
+    BINARY = "binary"
+    JSON = "json"
+
+    __hash__ = object.__hash__  # by identity: looked up per frame
+
+    @classmethod
+    def of(cls, text: bool) -> Encoding:
+        """The encoding a legacy ``text=`` flag meant.  # compat: removed at merge"""
+        return cls.JSON if text else cls.BINARY
+
+
+def is_uint(value: object) -> TypeGuard[int]:
+    """A non-negative int that is not a bool (CBOR/JSON integers as the spec counts them)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
 
 #: Wire order used when listing flag names (JSON "flags" array).
 FLAG_ORDER: tuple[Flags, ...] = (

@@ -15,17 +15,26 @@ from typing import Any, Final
 
 from ._errors import RemoteProtocolError
 from ._frame import Frame
-from ._types import DEFAULT_LIMITS, MAX_WINDOW, VERSION, ErrorCode, Flags, FrameType, Limits
+from ._types import (
+    DEFAULT_LIMITS,
+    HB_BIT,
+    MAX_WINDOW,
+    SYN_BIT,
+    VERSION,
+    ErrorCode,
+    FrameType,
+    Limits,
+    is_uint,
+)
 
 __all__ = ["validate_frame", "valid_window"]
 
-_SYN: Final = int(Flags.SYN)
-_HB: Final = int(Flags.HB)
+_SYN: Final = SYN_BIT
+_HB: Final = HB_BIT
 _WINDOW_KEYS: Final = ("max_parallel", "max_tokens", "max_usd_micros")
 
 
-def _is_uint(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+_is_uint = is_uint
 
 
 def valid_window(raw: object) -> bool:

@@ -17,9 +17,12 @@ from atp_proto.frames import (
     Event,
     Frame,
     FrameDecoder,
+    FrameType,
     JsonMapping,
     Limits,
     Role,
+    StreamOpened,
+    encode_frame,
 )
 from conformance.vectors import seed_frames
 
@@ -97,12 +100,34 @@ class ConnectionPair:
 
     def open(self, prompt: str = "hi", **kwargs: Any) -> int:
         """Open a stream from the client (not yet delivered)."""
+        kwargs.setdefault("now", None)  # as before ``now`` was required: no client-side ttl
         return self.client.open_stream(cbor2.dumps({"content": {"prompt": prompt}}), **kwargs)
 
     def handshake(self) -> None:
         """Client CAPABILITIES, router's answer."""
         self.client.send_capabilities()
         self.pump()
+
+
+def opened_pair(**kwargs: object) -> tuple[ConnectionPair, int]:
+    """A handshaken pair with one stream open at the router."""
+    p = ConnectionPair(**kwargs)  # type: ignore[arg-type]
+    p.handshake()  # each side learns the other's limits
+    sid = p.open()
+    one(p.to_router(), StreamOpened)
+    return p, sid
+
+
+def frag(
+    sid: int,
+    seq: int,
+    fseq: int,
+    flags: int = 0,
+    ext: dict[str, object] | None = None,
+    body: bytes = b"x",
+) -> bytes:
+    """One encoded DATA frame (a fragment when ``flags`` has CONT)."""
+    return encode_frame(Frame(FrameType.DATA, flags, sid, seq, fseq, ext=ext, payload=body))
 
 
 def of(events: list[Event], cls: type[E]) -> list[E]:

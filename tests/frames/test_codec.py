@@ -7,7 +7,6 @@ from types import MappingProxyType
 
 import cbor2
 import pytest
-from helpers import ConnectionPair, of, one, wire
 
 from atp_proto.frames import (
     HEADER_SIZE,
@@ -39,6 +38,8 @@ from atp_proto.frames import (
     ws_close_code,
 )
 from atp_proto.frames._codec import encode_ext
+
+from .helpers import ConnectionPair, of, one, wire
 
 
 def header(

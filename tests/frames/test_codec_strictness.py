@@ -14,7 +14,6 @@ from typing import Any
 
 import cbor2
 import pytest
-from helpers import CI, ConnectionPair, of, one, text_wire
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -44,6 +43,8 @@ from atp_proto.frames import (
     validate_frame,
 )
 
+from .helpers import CI, ConnectionPair, of, one, text_wire
+
 TASK = {"type": "agent.task", "content": {"prompt": "hi"}}
 
 
@@ -54,7 +55,7 @@ def _text_syn(alias: str | int, **extra: Any) -> str:
 
 
 def _router_with_text_stream(alias: str = "st1") -> tuple[Connection, int]:
-    router = Connection(Role.ROUTER)
+    router = Connection(Role.ROUTER, now=0.0)
     opened = one(router.receive_text(_text_syn(alias), 0.0), StreamOpened)
     router.data_to_send()
     return router, opened.stream_id
@@ -109,7 +110,7 @@ def test_lone_surrogate_in_an_alias_is_a_connection_error() -> None:
 
 def test_a_surrogate_pair_is_fine() -> None:
     """A pair (an astral character escaped as JSON.stringify does) is Unicode text."""
-    router = Connection(Role.ROUTER)
+    router = Connection(Role.ROUTER, now=0.0)
     text = _text_syn("st1", payload={"content": {"prompt": "\U0001f600"}})
     assert "\\ud83d\\ude00" in text
     opened = one(router.receive_text(text, 0.0), StreamOpened)
@@ -401,7 +402,7 @@ def test_text_sender_and_receiver_count_the_same_credit() -> None:
 def test_first_frame_under_an_alias_names_its_numeric_id_once() -> None:
     """[ATP-JSON-016] On the first DATA frame only, and on ERROR frames (a refused SYN's
     included); the credit a frame costs is the length of the text actually sent."""
-    router = Connection(Role.ROUTER)
+    router = Connection(Role.ROUTER, now=0.0)
     router.receive_message(encode_frame(Frame.data(4, 1, TASK, flags=Flags.SYN)), 0.0)
     router.data_to_send()
     opened = one(router.receive_text(_text_syn("a"), 0.0), StreamOpened)
@@ -552,7 +553,7 @@ def _pair_with_streams(text: bool) -> ConnectionPair:
     if text:
         p.client.send_capabilities(text=True)
         p.pump()
-    p.client.open_stream(cbor2.dumps(TASK), text=text)
+    p.client.open_stream(cbor2.dumps(TASK), text=text, now=None)
     p.pump()
     return p
 

@@ -9,7 +9,6 @@ import math
 
 import cbor2
 import pytest
-from helpers import CI, ConnectionPair, one, wire
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,6 +31,8 @@ from atp_proto.frames import (
     encode_frame,
 )
 from atp_proto.frames._json import JsonMapping
+
+from .helpers import CI, ConnectionPair, one, wire
 
 _BIG = Limits(max_frame_size=1 << 30, max_ext_size=1 << 30)
 
@@ -147,7 +148,7 @@ def test_cut_keeps_later_fragments_in_order() -> None:
     # fragments of 1,024 bytes (header included: 1,048, over the credit left)
     r.send_message(sid, b"b" * 5000, end_stream=True, ext={"telemetry": {"tokens": 1}})
     rec = r._streams[sid]
-    assert rec.outbox_bytes == sum(c for _, c in rec.outbox)
+    assert rec.send.outbox_bytes == sum(c for _, c in rec.send.outbox)
     frames = [f for f in wire(r) if f.type == FrameType.DATA]
     assert len(encode_frame(frames[1])) == 976  # cut to the credit left exactly
     assert r.send_credit(sid) == 0
@@ -159,7 +160,7 @@ def test_cut_keeps_later_fragments_in_order() -> None:
     assert [bool(f.flags & Flags.FIN) for f in second] == [False] * (len(second) - 1) + [True]
     assert second[0].ext == {"telemetry": {"tokens": 1}} and all(not f.ext for f in second[1:])
     assert b"".join(bytes(f.payload) for f in second) == b"b" * 5000
-    assert rec.outbox_bytes == 0
+    assert rec.send.outbox_bytes == 0
 
 
 def test_no_cut_at_or_below_half_the_window() -> None:
@@ -198,7 +199,7 @@ def test_router_returns_credit_at_half_the_default_window() -> None:
     131,072 bytes are consumed, so a client that opened the stream with the default
     credit (before the router's CAPABILITIES) is never stuck."""
     p = ConnectionPair(router_limits=Limits(initial_window=4 << 20, max_message_size=8 << 20))
-    sid = p.client.open_stream(b"s" * 600_000)  # no CAPABILITIES: default credit
+    sid = p.client.open_stream(b"s" * 600_000, now=None)  # no CAPABILITIES: default credit
     assert p.client.send_credit(sid) < 262_144
     events = []
     for _ in range(50):
@@ -253,7 +254,7 @@ def _header(sid: int, ext_len: int, pay_len: int, version: int = 1) -> bytes:
 def test_oversized_binary_on_a_stream_is_a_stream_error() -> None:
     """[ATP-WS-012, ATP-LIMIT-001] The first frame over max_frame_size on stream 5: stream
     error ETOOBIG, the session goes on."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     events = r.receive_oversized(_header(5, 10, 8 << 20) + b"xxxx", 1 << 20, 0.0)
     reset = one(events, StreamReset)
     assert reset.stream_id == 5 and reset.code == ErrorCode.ETOOBIG
@@ -279,7 +280,7 @@ def test_oversized_binary_on_a_stream_is_a_stream_error() -> None:
 def test_oversized_otherwise_is_a_connection_error(prefix: bytes | str) -> None:
     """[ATP-WS-012] Anything else over the limit: connection error ETOOBIG on stream 0,
     in the encoding of the message (text for text)."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     events = r.receive_oversized(prefix, 1 << 20, 0.0)
     closed = one(events, ConnectionClosed)
     assert closed.code == ErrorCode.ETOOBIG and r.closed

@@ -7,7 +7,6 @@ import json
 
 import cbor2
 import pytest
-from helpers import SEED_FINAL, SEED_PARTIAL, SEED_SYN, ConnectionPair, of, one, text_wire
 
 from atp_proto.frames import (
     BudgetWindow,
@@ -28,6 +27,8 @@ from atp_proto.frames import (
     frame_to_json,
 )
 from atp_proto.frames._json import _RETIRED_ALIASES
+
+from .helpers import SEED_FINAL, SEED_PARTIAL, SEED_SYN, ConnectionPair, of, one, text_wire
 
 SYN_PAYLOAD = {"type": "agent.result.partial", "content": {"prompt": "hello"}}
 PARTIAL_PAYLOAD = {
@@ -422,7 +423,7 @@ def test_text_data_on_an_unknown_alias() -> None:
 def test_text_client_side_receives_text_replies() -> None:
     """A text client: open_stream(text=True), replies decoded as messages."""
     p = ConnectionPair()
-    sid = p.client.open_stream(cbor2.dumps("q"), text=True, qos=QoS.BRONZE)
+    sid = p.client.open_stream(cbor2.dumps("q"), text=True, qos=QoS.BRONZE, now=None)
     (syn,) = p.client.data_to_send()
     assert isinstance(syn, str) and json.loads(syn)["qos"] == "bronze"
     opened = one(p.router.receive_text(syn, 0.0), StreamOpened)

@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 import cbor2
-from helpers import CI, LIGHT, SEED_SYN, ConnectionPair
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -48,6 +47,8 @@ from atp_proto.frames import (
     encode_frames,
 )
 from atp_proto.frames._json import HEADER_KEYS
+
+from .helpers import CI, LIGHT, SEED_SYN, ConnectionPair
 
 # -- strategies ---------------------------------------------------------------------------
 
@@ -566,15 +567,15 @@ class PairMachine(RuleBasedStateMachine):
             assert conn.open_streams <= self.max_streams  # ATP-STREAM-008, ATP-SESS-007
             for sid, rec in conn._streams.items():
                 assert rec.stream_id == sid
-                assert 0 <= rec.send_credit <= MAX_WINDOW  # ATP-FLOW-001
-                assert rec.recv_credit >= 0
-                assert rec.outbox_bytes == sum(cost for _, cost in rec.outbox) >= 0
-                assert conn.outbound_buffered(sid) == rec.outbox_bytes
+                assert 0 <= rec.send.credit <= MAX_WINDOW  # ATP-FLOW-001
+                assert rec.recv.credit >= 0
+                assert rec.send.outbox_bytes == sum(cost for _, cost in rec.send.outbox) >= 0
+                assert conn.outbound_buffered(sid) == rec.send.outbox_bytes
                 assert rec.state is not StreamState.IDLE
-                if rec.outbox:  # only a blocked head keeps frames queued
-                    assert rec.outbox[0][1] > rec.send_credit
+                if rec.send.outbox:  # only a blocked head keeps frames queued
+                    assert rec.send.outbox[0][1] > rec.send.credit
                 if rec.state is StreamState.CLOSED:
-                    assert rec.outbox  # closed streams are kept only to flush output
+                    assert rec.send.outbox  # closed streams are kept only to flush output
                 assert rec.sendable == (
                     rec.state
                     in (

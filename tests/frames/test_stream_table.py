@@ -7,14 +7,14 @@ import itertools
 import pytest
 
 from atp_proto.frames import (
-    TRANSITIONS,
     LocalProtocolError,
     RemoteProtocolError,
     Role,
-    StreamInput,
     StreamState,
 )
-from atp_proto.frames._stream import StreamRecord, next_state, table_markdown
+from atp_proto.frames._state import TRANSITIONS, StreamInput, next_state, table_markdown
+from atp_proto.frames._stream import Stream
+from atp_proto.frames._windows import RecvWindow, SendWindow
 
 RECV = {StreamInput.RECV_SYN, StreamInput.RECV_DATA, StreamInput.RECV_FIN, StreamInput.RECV_RST}
 
@@ -65,7 +65,7 @@ def test_table_markdown_lists_every_transition() -> None:
 
 
 def test_stream_record_caches_what_it_may_do() -> None:
-    rec = StreamRecord(1, Role.CLIENT)
+    rec = Stream(1, Role.CLIENT, RecvWindow(1024, 512), SendWindow(1024))
     assert not rec.can_send and not rec.can_receive and not rec.closed
     rec.apply(StreamInput.SEND_SYN)
     assert rec.can_send and rec.can_receive

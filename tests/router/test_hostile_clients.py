@@ -54,9 +54,9 @@ async def test_stalled_reader_releases_its_slot(start_router) -> None:
     router = await start_router(
         adapters={"firehose": "builtin:echo?chunks=5000"}, write_stall_s=0.5
     )
-    conn = Connection(Role.CLIENT, limits=Limits(initial_window=4096))
+    conn = Connection(Role.CLIENT, limits=Limits(initial_window=4096), now=0.0)
     conn.send_capabilities()
-    conn.open_stream(cbor2.dumps({"content": {"prompt": "x" * 20_000}}))
+    conn.open_stream(cbor2.dumps({"content": {"prompt": "x" * 20_000}}), now=None)
     async with trio_websocket.open_websocket_url(ws_url(router)) as ws:
         for m in conn.data_to_send():
             await ws.send_message(m)

@@ -297,11 +297,11 @@ async def test_slow_reader_bounds_memory_and_stops_adapter(start_router) -> None
     router stop pulling from its adapter; router-side memory for the stream stays bounded."""
     router = await start_router(adapters={"firehose": "builtin:echo?chunks=50000"})
     adapter = router.adapters["firehose"]
-    conn = Connection(Role.CLIENT, limits=Limits(initial_window=4096))
+    conn = Connection(Role.CLIENT, limits=Limits(initial_window=4096), now=0.0)
     conn.send_capabilities()
     # 200 kB prompt: the SYN fits the router's 256 KiB initial window; echo answers it
     # in 50,000 chunks of 4 characters.
-    sid = conn.open_stream(cbor2.dumps({"content": {"prompt": "x" * 200_000}}))
+    sid = conn.open_stream(cbor2.dumps({"content": {"prompt": "x" * 200_000}}), now=None)
     tracemalloc.start()
     try:
         async with trio_websocket.open_websocket_url(ws_url(router)) as ws:
@@ -342,9 +342,9 @@ async def test_max_streams_refusal(start_router) -> None:
     router = await start_router(
         adapters={"slow": "builtin:persona?latency_ms=300"}, limits=Limits(max_streams=2)
     )
-    conn = Connection(Role.CLIENT)
+    conn = Connection(Role.CLIENT, now=0.0)
     for _ in range(3):  # the client does not know the router's limit (no CAPABILITIES)
-        conn.open_stream(cbor2.dumps({"content": {"prompt": "hi"}}))
+        conn.open_stream(cbor2.dumps({"content": {"prompt": "hi"}}), now=None)
     async with trio_websocket.open_websocket_url(ws_url(router)) as ws:
         for m in conn.data_to_send():
             await ws.send_message(m)

@@ -29,14 +29,14 @@ from atp_proto.frames import (
     quic_error_code,
     ws_close_code,
 )
-from atp_proto.frames._stream import Role as SRole
-from atp_proto.frames._stream import StreamInput, next_state
+from atp_proto.frames._state import Role as SRole
+from atp_proto.frames._state import StreamInput, next_state
 
-from .pair import Pair, of
+from .helpers import ConnectionPair, of
 
 
 def _open_router(sid: int = 1) -> Connection:
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     evs = r.receive_message(encode_frame(Frame.data(sid, 1, {"p": 1}, flags=Flags.SYN)), 0)
     assert of(evs, StreamOpened)
     return r
@@ -78,14 +78,14 @@ def test_frame_helpers() -> None:
 def test_local_misuse_is_refused() -> None:
     with pytest.raises(LocalProtocolError):
         next_state(SRole.CLIENT, StreamState.IDLE, StreamInput.SEND_DATA, 1)
-    c = Connection(Role.CLIENT)
+    c = Connection(Role.CLIENT, now=0.0)
     with pytest.raises(LocalProtocolError):
-        c.open_stream(stream_id=0)
-    sid = c.open_stream(text=True)
+        c.open_stream(stream_id=0, now=None)
+    sid = c.open_stream(text=True, now=None)
     assert c.is_text(sid)
     c.close()
     for call in (
-        c.open_stream,
+        lambda: c.open_stream(now=0.0),
         lambda: c.send_message(sid, b"x"),
         lambda: c.update_window(sid, BudgetWindow()),
     ):
@@ -95,7 +95,7 @@ def test_local_misuse_is_refused() -> None:
     c.reset_stream(sid)
     assert c.handle_timer(100.0) == [] and c.next_deadline() is None
     assert c.receive_text("{}", 0) == [] and c.receive_data(b"x", 0) == []
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     with pytest.raises(StreamClosedError):
         r.acquire_parallel(9)
     with pytest.raises(StreamClosedError):
@@ -133,7 +133,7 @@ def test_peer_mistakes_on_control_frames() -> None:
     r = _open_router()
     bu = Frame(FrameType.BUDGET_UPDATE, 0, 1, ext={"usage": {}})
     assert "router only" in of(r.receive_message(encode_frame(bu), 0), StreamReset)[0].message
-    c = Connection(Role.CLIENT)
+    c = Connection(Role.CLIENT, now=0.0)
     bu0 = Frame(FrameType.BUDGET_UPDATE, 0, 0, ext={"usage": {}})
     assert of(c.receive_message(encode_frame(bu0), 0), ConnectionClosed)
     r = _open_router()
@@ -143,20 +143,20 @@ def test_peer_mistakes_on_control_frames() -> None:
 
 def test_heartbeat_mistakes() -> None:
     """ATP-FRAME-011, ATP-TIME-003."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     evs = r.receive_message(encode_frame(Frame(FrameType.DATA, 0, 0, payload=b"x")), 0)
     assert "without HB" in of(evs, ConnectionClosed)[0].message
-    r = Connection(Role.ROUTER, limits=Limits(max_hb_payload=4))
+    r = Connection(Role.ROUTER, limits=Limits(max_hb_payload=4), now=0.0)
     evs = r.receive_message(encode_frame(Frame(FrameType.DATA, Flags.HB, 0, payload=b"x" * 5)), 0)
     assert of(evs, ConnectionClosed)[0].code == ErrorCode.ETOOBIG
     # an unsolicited HB|ACK is ignored
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     assert r.receive_message(encode_frame(Frame(0, Flags.HB | Flags.ACK, 0)), 0) == []
 
 
 def test_data_after_peer_fin_and_closed_flushing_streams() -> None:
     """ATP-STREAM-005, ATP-STREAM-007, ATP-FLAG-004."""
-    p = Pair(client_limits=Limits(initial_window=1024))
+    p = ConnectionPair(client_limits=Limits(initial_window=1024))
     p.client.send_capabilities()
     p.to_router()
     p.to_client()
@@ -184,7 +184,7 @@ def test_data_after_peer_fin_and_closed_flushing_streams() -> None:
 
 
 def test_peer_rst_on_flushing_stream_and_unknown() -> None:
-    p = Pair(client_limits=Limits(initial_window=1024))
+    p = ConnectionPair(client_limits=Limits(initial_window=1024))
     p.client.send_capabilities()
     p.to_router()
     p.to_client()
@@ -198,7 +198,7 @@ def test_peer_rst_on_flushing_stream_and_unknown() -> None:
 
 def test_text_stream_level_and_connection_level_errors() -> None:
     """ATP-JSON-006."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     r.receive_text('{"stream_id":"a","msg_seq":1,"flags":["SYN"],"payload":{"p":1}}', 0)
     evs = r.receive_text('{"stream_id":"a","msg_seq":2,"qos":"tin"}', 0)
     assert of(evs, StreamReset)[0].code == ErrorCode.EPROTO
@@ -213,7 +213,7 @@ def test_text_stream_level_and_connection_level_errors() -> None:
 
 def test_refused_text_syn_frees_its_alias() -> None:
     """ATP-JSON-003, ATP-STREAM-008."""
-    r = Connection(Role.ROUTER, limits=Limits(max_streams=1))
+    r = Connection(Role.ROUTER, limits=Limits(max_streams=1), now=0.0)
     r.receive_text('{"stream_id":"a","msg_seq":1,"flags":["SYN"],"payload":{"p":1}}', 0)
     evs = r.receive_text('{"stream_id":"b","msg_seq":1,"flags":["SYN"],"payload":{"p":1}}', 0)
     assert of(evs, StreamReset)[0].code == ErrorCode.EWINDOW
@@ -225,7 +225,7 @@ def test_refused_text_syn_frees_its_alias() -> None:
 
 
 def test_mixed_text_and_binary_output_keeps_order() -> None:
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     r.receive_text('{"stream_id":"t","msg_seq":1,"flags":["SYN"],"payload":{"p":1}}', 0)
     r.receive_message(encode_frame(Frame.data(5, 1, {"p": 1}, flags=Flags.SYN)), 0)
     r.send_message(5, b"\xa0", more=True)
@@ -238,7 +238,7 @@ def test_mixed_text_and_binary_output_keeps_order() -> None:
 
 
 def test_budget_update_reaches_client_and_unknown_stream_ignored() -> None:
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open()
     p.to_router()
     p.router.send_budget_update(sid, {"tokens": 1})
@@ -248,7 +248,7 @@ def test_budget_update_reaches_client_and_unknown_stream_ignored() -> None:
 
 
 def test_window_update_on_closed_stream_is_ignored() -> None:
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open()
     p.to_router()
     p.router.send_message(sid, b"", end_stream=True)
@@ -259,7 +259,7 @@ def test_window_update_on_closed_stream_is_ignored() -> None:
 
 
 def test_message_received_payload_join() -> None:
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open()
     p.to_router()
     p.router.send_message(sid, b"", more=True)
@@ -269,7 +269,7 @@ def test_message_received_payload_join() -> None:
 
 def test_invalid_syn_window_is_eproto() -> None:
     """ATP-BUDGET-008: an invalid window field is an error, never read as unlimited."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     bad = Frame.data(1, 1, {"p": 1}, flags=Flags.SYN, ext={"window": {"max_tokens": -1}})
     (reset,) = of(r.receive_message(encode_frame(bad), 0), StreamReset)
     assert reset.code == ErrorCode.EPROTO and "window" in reset.message
@@ -278,11 +278,11 @@ def test_invalid_syn_window_is_eproto() -> None:
 def test_session_frames_before_any_message_follow_the_text_default() -> None:
     """ATP-WS-010: before the client says anything, session-level frames use the
     encoding chosen at the handshake."""
-    r = Connection(Role.ROUTER, text=True)
+    r = Connection(Role.ROUTER, text=True, now=0.0)
     r.start_drain()
     (msg,) = r.data_to_send()
     assert isinstance(msg, str) and json.loads(msg)["error"]["code"] == "EDRAINING"
-    b = Connection(Role.ROUTER)
+    b = Connection(Role.ROUTER, now=0.0)
     b.start_drain()
     assert isinstance(b.data_to_send()[0], bytes)
 
@@ -290,17 +290,17 @@ def test_session_frames_before_any_message_follow_the_text_default() -> None:
 def test_msg_seq_never_wraps() -> None:
     """ATP-SEQ-005: a SYN at 2^32-1 leaves the router no reply number; a peer that
     wraps gets ESEQ_RETRY; a sender must FIN rather than wrap."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     syn = encode_frame(Frame.data(1, 2**32 - 1, {"p": 1}, flags=Flags.SYN))
     (reset,) = of(r.receive_message(syn, 0), StreamReset)
     assert reset.code == ErrorCode.EPROTO and "no room" in reset.message
-    r2 = Connection(Role.ROUTER)
+    r2 = Connection(Role.ROUTER, now=0.0)
     r2.receive_message(encode_frame(Frame.data(1, 2**32 - 2, {"p": 1}, flags=Flags.SYN)), 0)
     with pytest.raises(LocalProtocolError):
         r2.send_message(1, b"x", more=True)  # 2^32-1 without FIN: refused
     r2.send_message(1, b"x", end_stream=True)  # the last number, with FIN: allowed
     # a peer that wraps to 0 after 2^32-1 is out of sequence
-    r3 = Connection(Role.ROUTER)
+    r3 = Connection(Role.ROUTER, now=0.0)
     r3.receive_message(encode_frame(Frame.data(1, 2**32 - 2, {"p": 1}, flags=Flags.SYN)), 0)
     r3.receive_message(encode_frame(Frame.data(1, 2**32 - 1, raw=b"a")), 0)
     (reset,) = of(r3.receive_message(encode_frame(Frame.data(1, 0, raw=b"b")), 0), StreamReset)
@@ -310,7 +310,7 @@ def test_msg_seq_never_wraps() -> None:
 def test_text_client_credit_without_capabilities_is_harmless() -> None:
     """ATP-FLOW-007: a browser's credit is unlimited; a WINDOW_UPDATE from it is a no-op,
     not an overflow."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     r.receive_text('{"stream_id":"a","msg_seq":1,"flags":["SYN"],"payload":{"p":1}}', 0)
     evs = r.receive_text('{"type":"WINDOW_UPDATE","stream_id":"a","credit":65536}', 0)
     assert not of(evs, StreamReset) and r.stream_state(1) is StreamState.OPEN

@@ -16,12 +16,12 @@ from atp_proto.frames import (
     encode_frame,
 )
 
-from .pair import Pair, of
+from .helpers import ConnectionPair, of
 
 
 def test_unknown_aliases_do_not_grow_the_alias_table() -> None:
     """ATP-LIMIT-002: frames naming never-opened aliases store nothing."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     for i in range(5000):
         r.receive_text(
             f'{{"type": "ERROR", "stream_id": "x{i}", "error": {{"code": "E", "message": ""}}}}', 0
@@ -34,18 +34,18 @@ def test_unknown_aliases_do_not_grow_the_alias_table() -> None:
 def test_fragments_do_not_pin_their_messages() -> None:
     """ATP-LIMIT-001: a one-byte fragment sharing a message with a large ignored frame is
     copied, so the message can be freed (max_message_size bounds what is held)."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     r.receive_message(encode_frame(Frame.data(1, 1, {"p": 1}, flags=Flags.SYN)), 0)
     filler = encode_frame(Frame(0x80, 0, 0, payload=b"z" * 500_000))  # private type: ignored
     for i in range(20):
         frag = encode_frame(Frame.data(1, 2, raw=b"a", frag_seq=i, flags=Flags.CONT))
         r.receive_message(frag + filler, 0)
-    parts = r._streams[1].frag_parts
+    parts = r._streams[1].reasm.parts
     assert len(parts) == 20 and all(type(p) is bytes and len(p) == 1 for p in parts)
 
 
 def test_syn_payload_does_not_pin_a_large_message() -> None:
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     syn = encode_frame(Frame.data(1, 1, {"p": 1}, flags=Flags.SYN))
     filler = encode_frame(Frame(0x80, 0, 0, payload=b"z" * 100_000))
     (opened,) = of(r.receive_message(syn + filler, 0), StreamOpened)
@@ -54,7 +54,7 @@ def test_syn_payload_does_not_pin_a_large_message() -> None:
 
 def test_router_cap_survives_window_updates() -> None:
     """ATP-BUDGET-001: the client may move its window, never past the router's cap."""
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open(window=BudgetWindow(max_tokens=1000))
     p.to_router()
     p.router.cap_window(sid, BudgetWindow(max_tokens=50))

@@ -48,7 +48,7 @@ from atp_proto.frames import (
     encode_frames,
 )
 
-from .pair import Pair
+from .helpers import ConnectionPair
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
 json_values = st.recursive(
@@ -164,8 +164,8 @@ def test_connection_survives_plausible_garbage(messages: list[bytes]) -> None:
     """Frames with valid-looking headers and random bodies never raise out of a
     Connection, on either side, whole-message or stream mode."""
     for role in Role:
-        conn = Connection(role, limits=small)
-        stream_conn = Connection(role, limits=small)
+        conn = Connection(role, limits=small, now=0.0)
+        stream_conn = Connection(role, limits=small, now=0.0)
         for i, msg in enumerate(messages):
             assert isinstance(conn.receive_message(msg, float(i)), list)
             assert isinstance(stream_conn.receive_data(msg, float(i)), list)
@@ -176,7 +176,7 @@ def test_connection_survives_plausible_garbage(messages: list[bytes]) -> None:
 @settings(max_examples=200)
 @given(st.lists(st.text(max_size=60) | json_values.map(json.dumps), max_size=6))
 def test_connection_survives_any_text(texts: list[str]) -> None:
-    conn = Connection(Role.ROUTER)
+    conn = Connection(Role.ROUTER, now=0.0)
     for t in texts:
         assert isinstance(conn.receive_text(t, 0.0), list)
         conn.data_to_send()
@@ -200,7 +200,7 @@ class PairMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.pair = Pair(
+        self.pair = ConnectionPair(
             client_limits=Limits(initial_window=2048),
             router_limits=Limits(initial_window=2048, max_streams=4, max_frame_size=4096),
         )
@@ -276,10 +276,10 @@ class PairMachine(RuleBasedStateMachine):
         assert r.open_streams <= 4
         for conn in (r, c):
             for rec in conn._streams.values():
-                assert rec.send_credit >= 0
-                assert rec.recv_credit >= 0
-                assert rec.outbox_bytes == sum(cost for _, cost in rec.outbox)
-                assert rec.outbox_bytes <= 4 * 3000 + 1024
+                assert rec.send.credit >= 0
+                assert rec.recv.credit >= 0
+                assert rec.send.outbox_bytes == sum(cost for _, cost in rec.send.outbox)
+                assert rec.send.outbox_bytes <= 4 * 3000 + 1024
         assert not r.closed and not c.closed
 
 

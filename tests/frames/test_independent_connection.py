@@ -33,14 +33,14 @@ from atp_proto.frames import (
     decode_frames,
     encode_frame,
 )
-from atp_proto.frames._stream import TRANSITIONS, StreamInput, table_markdown
+from atp_proto.frames._state import TRANSITIONS, StreamInput, table_markdown
 
-from .pair import Pair, of
+from .helpers import ConnectionPair, of
 
 
 def test_open_partial_final() -> None:
     """ATP-STREAM-001, ATP-SEQ-001, ATP-SEQ-003, ATP-BUDGET-006: SYN opens; router messages follow at SYN.msg_seq + 1; router FIN closes."""
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open(qos=QoS.GOLD, ttl=5, window=BudgetWindow(2, 100, 50), meta={"task_type": "qa"})
     (opened,) = of(p.to_router(), StreamOpened)
     assert (opened.stream_id, opened.msg_seq, opened.qos, opened.ttl) == (sid, 1, QoS.GOLD, 5)
@@ -57,7 +57,7 @@ def test_open_partial_final() -> None:
 
 def test_client_fin_half_closes() -> None:
     """ATP-STREAM-005."""
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open(end_stream=True)
     (opened,) = of(p.to_router(), StreamOpened)
     assert opened.end_stream
@@ -72,10 +72,10 @@ def test_client_fin_half_closes() -> None:
 
 def test_only_clients_open_and_router_rejects_server_syn() -> None:
     """ATP-STREAM-006."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     with pytest.raises(LocalProtocolError):
-        r.open_stream(b"")
-    c = Connection(Role.CLIENT)
+        r.open_stream(b"", now=None)
+    c = Connection(Role.CLIENT, now=0.0)
     evs = c.receive_message(encode_frame(Frame.data(1, 1, flags=Flags.SYN)), 0)
     (reset,) = of(evs, StreamReset)
     assert reset.code == ErrorCode.EPROTO and not reset.by_peer
@@ -83,7 +83,7 @@ def test_only_clients_open_and_router_rejects_server_syn() -> None:
 
 def test_stream_ids_must_increase() -> None:
     """ATP-STREAM-002, ATP-STREAM-003, ATP-STREAM-004."""
-    p = Pair()
+    p = ConnectionPair()
     p.open()
     p.to_router()
     evs = p.router.receive_message(encode_frame(Frame.data(1, 1, flags=Flags.SYN)), 0)
@@ -97,7 +97,7 @@ def test_stream_ids_must_increase() -> None:
 
 def test_sequence_errors_reset_stream_only() -> None:
     """ATP-SEQ-004, ATP-ERR-001: a wrong msg_seq or frag_seq is ESEQ_RETRY; other streams go on."""
-    p = Pair()
+    p = ConnectionPair()
     a = p.open()
     b = p.open()
     p.to_router()
@@ -115,7 +115,7 @@ def test_sequence_errors_reset_stream_only() -> None:
 
 def test_fragmentation_larger_than_the_window() -> None:
     """ATP-SEQ-008, ATP-SEQ-009: a 3 MiB message crosses a 256 KiB window in fragments."""
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open()
     p.to_router()
     body = bytes(range(256)) * (3 * 4096)
@@ -135,7 +135,7 @@ def test_fragmentation_larger_than_the_window() -> None:
 
 def test_fragment_rules() -> None:
     """ATP-SEQ-006."""
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open()
     p.to_router()
     r = p.router
@@ -152,7 +152,7 @@ def test_fragment_rules() -> None:
 
 def test_message_size_limit() -> None:
     """ATP-SEQ-007."""
-    p = Pair(router_limits=Limits(max_message_size=1000))
+    p = ConnectionPair(router_limits=Limits(max_message_size=1000))
     sid = p.open()
     p.to_router()
     evs = p.router.receive_message(
@@ -165,7 +165,7 @@ def test_message_size_limit() -> None:
 
 def test_credit_is_never_exceeded_and_updates_release() -> None:
     """ATP-FLOW-001, ATP-FLOW-003, ATP-FLOW-005: the sender queues what the peer's credit does not cover."""
-    p = Pair(client_limits=Limits(initial_window=4096))
+    p = ConnectionPair(client_limits=Limits(initial_window=4096))
     p.client.send_capabilities()
     p.to_router()
     p.to_client()
@@ -186,7 +186,7 @@ def test_credit_is_never_exceeded_and_updates_release() -> None:
 
 def test_receiver_rejects_over_credit_and_bad_updates() -> None:
     """ATP-FLOW-002, ATP-FLOW-004, ATP-FRAME-012."""
-    p = Pair(router_limits=Limits(initial_window=1000))
+    p = ConnectionPair(router_limits=Limits(initial_window=1000))
     sid = p.open()
     p.to_router()
     big = encode_frame(Frame.data(sid, 2, raw=b"x" * 2000))
@@ -206,7 +206,7 @@ def test_receiver_rejects_over_credit_and_bad_updates() -> None:
 
 def test_budget_windows() -> None:
     """ATP-BUDGET-003, ATP-BUDGET-004, ATP-BUDGET-005, ATP-BUDGET-007: charge and parallel checks; WINDOW_UPDATE lowers the window mid-flight."""
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open(window=BudgetWindow(max_parallel=1, max_tokens=100, max_usd_micros=10))
     p.to_router()
     r = p.router
@@ -236,7 +236,7 @@ def test_budget_windows() -> None:
 
 def test_ttl_heartbeat_and_idle_are_driven_by_now() -> None:
     """ATP-TIME-001, ATP-TIME-002, ATP-TIME-004: no clock inside; the caller passes time and fires timers."""
-    p = Pair(router_limits=Limits(idle_timeout_ms=10_000))
+    p = ConnectionPair(router_limits=Limits(idle_timeout_ms=10_000))
     sid = p.open(ttl=2)
     p.to_router()
     assert p.router.next_deadline() == 2.0
@@ -260,7 +260,7 @@ def test_ttl_heartbeat_and_idle_are_driven_by_now() -> None:
 def test_timer_stale_is_set_whenever_the_next_deadline_can_move_earlier() -> None:
     """The I/O layer wakes its timer only on timer_stale: every way the next deadline
     can move earlier must set it; plain traffic (which only postpones) must not."""
-    p = Pair(router_limits=Limits(idle_timeout_ms=10_000))
+    p = ConnectionPair(router_limits=Limits(idle_timeout_ms=10_000))
     r = p.router
     assert r.timer_stale  # a new connection: the timer has not looked yet
     r.timer_stale = False
@@ -285,7 +285,7 @@ def test_timer_stale_is_set_whenever_the_next_deadline_can_move_earlier() -> Non
 
 def test_client_heartbeat_schedule() -> None:
     """ATP-TIME-005."""
-    c = Connection(Role.CLIENT, heartbeat=5.0, limits=Limits(idle_timeout_ms=0))
+    c = Connection(Role.CLIENT, heartbeat=5.0, limits=Limits(idle_timeout_ms=0), now=0.0)
     assert c.next_deadline() == 5.0
     c.handle_timer(5.0)
     (msg,) = c.data_to_send(5.0)
@@ -297,13 +297,13 @@ def test_client_heartbeat_schedule() -> None:
 
 def test_drain_refuses_new_streams_only() -> None:
     """ATP-SESS-005, ATP-SESS-006: EDRAINING on stream 0 is going-away: open streams continue."""
-    p = Pair()
+    p = ConnectionPair()
     a = p.open()
     p.to_router()
     p.router.start_drain()
     assert of(p.to_client(), GoingAway)
     with pytest.raises(LocalProtocolError):
-        p.client.open_stream(b"")
+        p.client.open_stream(b"", now=None)
     evs = p.router.receive_message(encode_frame(Frame.data(a + 2, 1, flags=Flags.SYN)), 0)
     assert of(evs, StreamReset)[0].code == ErrorCode.EDRAINING
     p.router.send_message(a, b"", end_stream=True)
@@ -312,7 +312,7 @@ def test_drain_refuses_new_streams_only() -> None:
 
 def test_max_streams() -> None:
     """ATP-STREAM-008."""
-    p = Pair(router_limits=Limits(max_streams=2))
+    p = ConnectionPair(router_limits=Limits(max_streams=2))
     for _ in range(3):
         p.open()
     resets = of(p.to_router(), StreamReset)
@@ -322,21 +322,21 @@ def test_max_streams() -> None:
 
 def test_capabilities_exchange_and_version_mismatch() -> None:
     """ATP-SESS-001, ATP-SESS-002, ATP-SESS-003."""
-    p = Pair(router_limits=Limits(max_streams=7))
+    p = ConnectionPair(router_limits=Limits(max_streams=7))
     p.client.send_capabilities()
     (caps,) = of(p.to_router(), CapabilitiesReceived)
     assert caps.caps["versions"] == [1]
     (back,) = of(p.to_client(), CapabilitiesReceived)
     assert back.caps["max_streams"] == 7
     bad = Frame(FrameType.CAPABILITIES, 0, 0, ext={"caps": {"versions": [9]}})
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     (closed,) = of(r.receive_message(encode_frame(bad), 0), ConnectionClosed)
     assert "no common version" in closed.message
 
 
 def test_errors_from_the_peer() -> None:
     """ATP-ERR-002, ATP-SESS-004."""
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open()
     p.to_router()
     p.router.send_error(sid, ErrorCode.EAGENTDOWN, "adapter died", 500)
@@ -350,7 +350,7 @@ def test_errors_from_the_peer() -> None:
 
 def test_client_rst_cancels() -> None:
     """ATP-FLAG-003, ATP-FLAG-004."""
-    p = Pair()
+    p = ConnectionPair()
     sid = p.open()
     p.to_router()
     p.client.reset_stream(sid)
@@ -362,7 +362,7 @@ def test_client_rst_cancels() -> None:
 
 def test_unknown_frame_type_is_ignored() -> None:
     """ATP-FRAME-010."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     evs = r.receive_message(encode_frame(Frame(0x33, 0, 0, payload=b"future")), 0)
     assert len(evs) == 1 and isinstance(evs[0], UnknownFrameReceived)
     assert not r.closed
@@ -370,7 +370,7 @@ def test_unknown_frame_type_is_ignored() -> None:
 
 def test_text_streams_reply_in_text() -> None:
     """ATP-WS-004."""
-    r = Connection(Role.ROUTER)
+    r = Connection(Role.ROUTER, now=0.0)
     (opened,) = r.receive_text(
         '{"stream_id":"st1","msg_seq":1,"flags":["SYN"],"payload":{"content":{"prompt":"x"}}}', 0
     )

@@ -1,0 +1,90 @@
+"""The connection's output: one queue of encoded frames tagged with their ATP stream,
+and the two views of it that the bindings write (ATP-WS-011, ATP-QUIC-005/006).
+
+Every frame the core sends is encoded when queued (so a text reply carries the alias its
+stream had then) and appended as ``(stream_id, data, end_stream)``. A WebSocket binding
+takes :meth:`Output.coalesced`: consecutive binary frames joined into as few messages as
+fit the peer's message limit, each text frame alone, whatever their streams. A QUIC binding
+takes :meth:`Output.per_stream`: each ATP stream's frames on its own QUIC stream (stream 0
+on the control stream), with ``end_stream`` after its last frame. Both keep queue order,
+and both drain the whole queue.
+"""
+
+from __future__ import annotations
+
+from ._errors import LocalProtocolError
+from ._types import ErrorCode
+
+__all__ = ["WS_MESSAGE_SLACK", "Output"]
+
+#: A binary WebSocket message may be this much larger than max_frame_size (ATP-WS-011):
+#: room for a frame's header and ext, and for coalescing small frames.
+WS_MESSAGE_SLACK = 65536
+
+
+class Output:
+    """Queued frames, encoded, in order (see the module docstring)."""
+
+    __slots__ = ("items", "size")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, bytes | str, bool]] = []
+        self.size = 0  #: bytes queued (text counted in chars)
+
+    def push(self, stream_id: int, data: bytes | str, end_stream: bool) -> None:
+        self.items.append((stream_id, data, end_stream))
+        self.size += len(data)
+
+    def _take(self) -> list[tuple[int, bytes | str, bool]]:
+        items = self.items
+        self.items = []
+        self.size = 0
+        return items
+
+    def coalesced(self, cap: int) -> list[bytes | str]:
+        """The WebSocket view: binary frames joined up to ``cap`` bytes per message (a
+        frame larger than the cap goes alone; a frame is never split), text frames one
+        ``str`` each."""
+        out: list[bytes | str] = []
+        binary: list[bytes] = []
+        size = 0
+        for _, item, _ in self._take():
+            if isinstance(item, str):
+                if binary:
+                    out.append(b"".join(binary) if len(binary) > 1 else binary[0])
+                    binary, size = [], 0
+                out.append(item)
+            else:
+                if binary and size + len(item) > cap:  # ATP-WS-011
+                    out.append(b"".join(binary) if len(binary) > 1 else binary[0])
+                    binary, size = [], 0
+                binary.append(item)
+                size += len(item)
+        if binary:
+            out.append(b"".join(binary) if len(binary) > 1 else binary[0])
+        return out
+
+    def per_stream(self) -> list[tuple[int, bytes, bool]]:
+        """The QUIC view: ``(stream_id, bytes, end_stream)``, consecutive frames of one
+        stream joined, in queue order.
+
+        Raises:
+            LocalProtocolError: a JSON text frame is queued (ATP-QUIC-003).
+        """
+        out: list[tuple[int, bytes, bool]] = []
+        run: list[bytes] = []
+        run_sid = -1
+        run_end = False
+        for sid, item, end in self._take():
+            if isinstance(item, str):
+                raise LocalProtocolError(
+                    ErrorCode.EPROTO, "a JSON frame cannot go on a per-stream transport"
+                )
+            if run and sid != run_sid:
+                out.append((run_sid, b"".join(run), run_end))
+                run = []
+            run_sid, run_end = sid, end
+            run.append(item)
+        if run:
+            out.append((run_sid, b"".join(run), run_end))
+        return out

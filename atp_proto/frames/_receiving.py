@@ -1,0 +1,488 @@
+"""The input side of a :class:`~atp_proto.frames.Connection`: bytes, binary and text
+messages in, frames dispatched by type through a dict (h2's "when in doubt use
+dict-dispatch", aioquic's frame handlers), events out. A DATA frame goes to its
+:class:`~atp_proto.frames._stream.Stream` once the connection has dealt with what only it
+can (RST, a SYN opening a stream, frames for unknown or finished streams). Nothing a peer
+sends raises out of ``receive_*``: a stream error resets the stream, a connection error
+closes the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Final
+
+from ._base import ConnectionBase, _text_cost
+from ._budget import over_budget
+from ._codec import HEADER, HEADER_SIZE, FrameDecoder
+from ._errors import (
+    FrameDecodeError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from ._events import (
+    BudgetReported,
+    CapabilitiesReceived,
+    ConnectionClosed,
+    Event,
+    GoingAway,
+    HeartbeatAcked,
+    StreamReset,
+    UnknownFrameReceived,
+    WindowUpdated,
+)
+from ._frame import Frame
+from ._state import Role, StreamInput
+from ._stream import Stream
+from ._types import (
+    ACK_BIT,
+    MAX_STREAM_ID,
+    MAX_WINDOW,
+    RST_BIT,
+    SYN_BIT,
+    U32_MAX,
+    VERSION,
+    Encoding,
+    ErrorCode,
+    Flags,
+    FrameType,
+    QoS,
+)
+from ._validate import validate_frame
+
+__all__ = ["ReceiveMixin"]
+
+_TEXT_PEER_WINDOW: Final = MAX_WINDOW
+_HEADER_PACK: Final = HEADER.pack
+_JSON: Final = Encoding.JSON
+_BINARY: Final = Encoding.BINARY
+_NO_EXT: Final[Mapping[str, Any]] = {}
+_RESETS: Final = (StreamInput.SEND_RST, StreamInput.RECV_RST)
+
+_Handler = Callable[["ReceiveMixin", Frame, int, float, list[Event], Encoding], None]
+
+
+class ReceiveMixin(ConnectionBase):
+    """Input: the ``receive_*`` methods and the frame handlers."""
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """Bytes from a byte-stream transport (QUIC stream, TCP): any chunking."""
+        if self._closed is not None:
+            return []
+        self._last_recv = now
+        self._peer_spoke_binary = True
+        self._out_encoding = _BINARY
+        events: list[Event] = []
+        try:
+            self._decoder.feed(data)
+        except FrameDecodeError as exc:  # pragma: no cover - decoder already broken
+            return self._connection_error(exc, events)
+        self._drain_decoder(now, events)
+        return events
+
+    def receive_message(self, data: bytes, now: float) -> list[Event]:
+        """One WebSocket binary message: one or more whole frames."""
+        events = self.receive_data(data, now)
+        if self._closed is None and self._decoder.buffered:
+            self._connection_error(
+                FrameDecodeError(
+                    ErrorCode.EPROTO,
+                    f"binary message ends inside a frame ({self._decoder.buffered} bytes left)",
+                ),
+                events,
+            )
+        return events
+
+    def receive_text(self, text: str | bytes, now: float) -> list[Event]:
+        """One WebSocket text message: exactly one JSON frame."""
+        if self._closed is not None:
+            return []
+        self._last_recv = now
+        self._out_encoding = _JSON
+        events: list[Event] = []
+        try:
+            frame = self.json.decode(text)
+        except FrameDecodeError as exc:
+            if exc.stream_id:
+                self._stream_error(exc, events)
+                return events
+            return self._connection_error(exc, events)
+        except Exception as exc:  # pragma: no cover - nothing may escape the core
+            self._internal_error(exc, events)
+            self.json.end_message()
+            return events
+        if frame is None:
+            return events
+        try:
+            cost = _text_cost(text) if frame.type == FrameType.DATA else 0
+            self._handle_frame(frame, cost, now, events, _JSON)
+        except RemoteProtocolError as exc:
+            if exc.stream_id:
+                self._stream_error(exc, events)
+            else:
+                self._connection_error(exc, events)
+        except Exception as exc:  # pragma: no cover - nothing may escape the core
+            self._internal_error(exc, events)
+        finally:
+            self.json.end_message()
+        return events
+
+    def receive_oversized(self, prefix: bytes | str, limit: int, now: float) -> list[Event]:
+        """A WebSocket message over the binding's size limit, of which the I/O layer kept
+        only the first bytes and skipped the rest as it arrived (ATP-WS-012).
+
+        ``prefix`` is the message's start (``bytes`` for a binary message: its first 24
+        bytes are enough; ``str`` for text); ``limit`` is the binding's message limit it
+        passed. A binary message whose first frame is itself over max_frame_size on a
+        stream other than 0 is a stream error ETOOBIG (its body skipped, ATP-LIMIT-001);
+        anything else over the limit is a connection error ETOOBIG.
+        """
+        if self._closed is not None:
+            return []
+        self._last_recv = now
+        events: list[Event] = []
+        if isinstance(prefix, str):
+            self._out_encoding = _JSON
+            what = "text message"
+        else:
+            self._peer_spoke_binary = True
+            self._out_encoding = _BINARY
+            what = "binary message"
+            if len(prefix) >= HEADER_SIZE and not self._decoder.buffered:
+                version, ftype, _, _, sid, _, _, _, ext_len, pay_len = HEADER.unpack_from(prefix)
+                lim = self.limits
+                body = ext_len + pay_len
+                if (
+                    version == VERSION
+                    and sid
+                    and (body > lim.max_frame_size or ext_len > lim.max_ext_size)
+                ):
+                    self.frames_received[ftype] = self.frames_received.get(ftype, 0) + 1
+                    self._stream_error(
+                        RemoteProtocolError(
+                            ErrorCode.ETOOBIG,
+                            f"frame body of {body} bytes exceeds max_frame_size "
+                            f"{lim.max_frame_size}",
+                            stream_id=sid,
+                        ),
+                        events,
+                    )
+                    return events
+        return self._connection_error(
+            RemoteProtocolError(
+                ErrorCode.ETOOBIG, f"{what} larger than {limit} bytes (the binding's limit)"
+            ),
+            events,
+        )
+
+    def receive_stream_data(self, channel: int, data: bytes, now: float) -> list[Event]:
+        """Bytes from one stream of a per-stream transport (QUIC): ``channel`` is the ATP
+        stream the transport stream carries (0: the control stream), any chunking.
+
+        Each channel has its own decoder, so a frame split across QUIC packets on one
+        stream never mixes with another's. A frame whose stream_id is not the channel's
+        is a connection error EPROTO (ATP-QUIC-005).
+        """
+        if self._closed is not None:
+            return []
+        self._last_recv = now
+        self._peer_spoke_binary = True
+        self._out_encoding = _BINARY
+        dec = self._channels.get(channel)
+        if dec is None:
+            if not 0 <= channel <= MAX_STREAM_ID:
+                raise LocalProtocolError(ErrorCode.EPROTO, f"no ATP stream {channel}")
+            dec = self._channels[channel] = FrameDecoder(self.limits)
+        events: list[Event] = []
+        try:
+            dec.feed(data)
+        except FrameDecodeError as exc:  # pragma: no cover - decoder already broken
+            return self._connection_error(exc, events)
+        self._drain_decoder(now, events, dec, channel)
+        return events
+
+    def _drain_decoder(
+        self,
+        now: float,
+        events: list[Event],
+        dec: FrameDecoder | None = None,
+        channel: int | None = None,
+    ) -> None:
+        if dec is None:
+            dec = self._decoder
+        while self._closed is None:
+            start = dec.buffered
+            try:
+                frame = dec.next_frame()
+                if frame is None:
+                    return
+                if channel is not None and frame.stream_id != channel:
+                    raise RemoteProtocolError(  # ATP-QUIC-005
+                        ErrorCode.EPROTO,
+                        f"a frame for stream {frame.stream_id} on the transport stream of "
+                        f"{'the control stream' if not channel else f'stream {channel}'}",
+                    )
+                cost = start - dec.buffered
+                self._handle_frame(frame, cost, now, events, _BINARY)
+            except RemoteProtocolError as exc:
+                if exc.stream_id:
+                    self._stream_error(exc, events)
+                else:
+                    self._connection_error(exc, events)
+            except Exception as exc:  # pragma: no cover - nothing may escape the core
+                self._internal_error(exc, events)
+
+    def _internal_error(self, exc: Exception, events: list[Event]) -> None:  # pragma: no cover
+        """A failure of our own while handling input: the session ends with an ERROR
+        (EINTERNAL), never with an exception out of ``receive_*`` (the tests hold that
+        this is unreachable; it guards the session should a bug make it reachable)."""
+        if self._closed is not None:
+            return
+        name = type(exc).__name__
+        self._connection_error(
+            RemoteProtocolError(ErrorCode.EINTERNAL, f"internal error handling a frame ({name})"),
+            events,
+        )
+
+    def _handle_frame(
+        self, frame: Frame, cost: int, now: float, events: list[Event], encoding: Encoding
+    ) -> None:
+        ftype = frame.type
+        self.frames_received[ftype] = self.frames_received.get(ftype, 0) + 1
+        sid = frame.stream_id
+        if ftype or not sid or frame.ext:  # a PARTIAL / input without ext has no such rule
+            try:
+                validate_frame(frame, self.limits)  # the rules that need no state
+            except RemoteProtocolError as exc:
+                if exc.stream_id and not frame.flags & SYN_BIT and self._is_gone(exc.stream_id):
+                    return  # ATP-FLAG-004: a frame for a closed stream is discarded
+                raise
+        handler = self._HANDLERS.get(ftype)
+        if handler is None:
+            events.append(UnknownFrameReceived(frame))  # ATP-EXT: ignore unknown types
+        else:
+            handler(self, frame, cost, now, events, encoding)
+
+    # -- DATA ---------------------------------------------------------------------
+
+    def _handle_data(
+        self, frame: Frame, cost: int, now: float, events: list[Event], encoding: Encoding
+    ) -> None:
+        sid = frame.stream_id
+        if sid == 0:
+            self._handle_heartbeat(frame, now, events)
+            return
+        rec = self._streams.get(sid)
+        if rec is None or frame.flags & (SYN_BIT | RST_BIT) or not rec.receivable:
+            rec = self._data_outside_stream(frame, rec, now, events, encoding)
+            if rec is None:
+                return
+        event, consumed = rec.receive_data(frame, cost, self.limits.max_message_size)
+        if consumed:
+            self.acknowledge(sid, consumed)
+        if event is not None:
+            events.append(event)
+            if event.end_stream:
+                rec.apply(StreamInput.RECV_FIN)
+                self._maybe_forget(rec)
+
+    def _data_outside_stream(
+        self,
+        frame: Frame,
+        rec: Stream | None,
+        now: float,
+        events: list[Event],
+        encoding: Encoding,
+    ) -> Stream | None:
+        """What a DATA frame does before its stream can take it: RST, a SYN opening a
+        stream, a frame for an unknown, finished or half-closed stream. Returns the stream
+        to hand the frame to, or None when the frame is done with (discarded, reset)."""
+        sid = frame.stream_id
+        flags = frame.flags
+        if flags & RST_BIT:
+            # ATP-FLAG: RST aborts the stream now, whatever its sequence or credit.
+            if rec is not None and not rec.closed:
+                self._close_stream(rec, StreamInput.RECV_RST)
+                events.append(StreamReset(sid, "RST", "stream reset by the peer", by_peer=True))
+            elif rec is not None:
+                rec.send.clear()
+                self._maybe_forget(rec)
+            return None
+        syn = bool(flags & SYN_BIT)
+        if rec is not None:
+            if syn:
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO, f"SYN on stream {sid}, which is already open", stream_id=sid
+                )
+            if rec.receivable:
+                return rec
+            if rec.closed:
+                return None  # closed but still flushing our outbox: discard
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO,
+                f"DATA on stream {sid} after the peer's FIN ({rec.state.value})",
+                stream_id=sid,
+            )
+        if not syn:
+            if sid <= self._highest_id:
+                return None  # closed stream: discard (races with RST / FIN)
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO, f"DATA on stream {sid}, which was never opened", stream_id=sid
+            )
+        return self._accept_stream(frame, now, encoding)
+
+    def _accept_stream(self, frame: Frame, now: float, encoding: Encoding) -> Stream:
+        """A peer's SYN (router): the new stream, or the stream error refusing it."""
+        sid = frame.stream_id
+        if self.role is not Role.ROUTER:
+            raise RemoteProtocolError(ErrorCode.EPROTO, "only clients open streams", stream_id=sid)
+        if sid <= self._highest_id:
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO,
+                f"SYN on stream {sid}: stream ids must increase (highest so far "
+                f"{self._highest_id})",
+                stream_id=sid,
+            )
+        self._highest_id = sid
+        self.json.note_stream_id(sid)  # ATP-JSON-002: aliases take the next *unused* id
+        if self._draining:
+            raise RemoteProtocolError(
+                ErrorCode.EDRAINING,
+                "the router is draining and accepts no new streams",
+                stream_id=sid,
+                retry_after_ms=self._drain_retry_ms,
+            )
+        if len(self._streams) >= self.limits.max_streams:
+            raise RemoteProtocolError(
+                ErrorCode.EWINDOW,
+                f"too many concurrent streams (max_streams {self.limits.max_streams})",
+                stream_id=sid,
+                retry_after_ms=100,
+            )
+        rec = self._new_stream(sid, encoding)
+        rec.apply(StreamInput.RECV_SYN)
+        rec.qos = QoS(frame.qos) if frame.qos else QoS.SILVER
+        if frame.ttl:
+            rec.deadline = now + frame.ttl
+            self.timer_stale = True
+        window = frame.budget_window  # checked by validate_frame (ATP-BUDGET-008)
+        if window is not None:
+            rec.window = window
+        rec.recv_seq = frame.msg_seq
+        rec.send_seq = frame.msg_seq + 1
+        if frame.msg_seq >= U32_MAX:
+            # ATP-SEQ-005: our replies start at SYN.msg_seq + 1, which must not wrap
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO,
+                f"SYN msg_seq {frame.msg_seq} leaves no room for the router's replies",
+                stream_id=sid,
+            )
+        return rec
+
+    def _handle_heartbeat(self, frame: Frame, now: float, events: list[Event]) -> None:
+        # HB set and the payload size: checked by validate_frame (ATP-FRAME-011)
+        if frame.flags & ACK_BIT:
+            if self._hb_sent_at is not None:
+                events.append(HeartbeatAcked(now - self._hb_sent_at))
+                self._hb_sent_at = None
+            return
+        self._queue(
+            Frame(FrameType.DATA, Flags.HB | Flags.ACK, 0, payload=bytes(frame.payload)),
+            self._out_encoding,
+        )
+
+    # -- control --------------------------------------------------------------------
+
+    def _handle_window_update(
+        self, frame: Frame, cost: int, now: float, events: list[Event], encoding: Encoding
+    ) -> None:
+        sid = frame.stream_id  # not 0, credit and window well formed: validate_frame
+        rec = self._streams.get(sid)
+        if rec is None:
+            if sid <= self._highest_id:
+                return  # closed stream
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO, f"WINDOW_UPDATE on stream {sid}, never opened", stream_id=sid
+            )
+        if rec.closed and not rec.send.outbox:
+            return
+        credit = frame.ext.get("credit")
+        if credit is not None:
+            if rec.encoding is _JSON and not self._peer_sent_caps:
+                credit = 0  # ATP-FLOW-007: its credit is already unlimited; nothing to add
+            rec.send.grant(credit, sid)
+            self._flush_outbox(rec)
+        window = frame.budget_window
+        if window is not None and self.role is Role.ROUTER:
+            # the client may move its window, never past the router's cap (ATP-BUDGET-001)
+            rec.window = rec.window.merged(window).clamp(rec.cap)
+            over = over_budget(rec)
+            if over is not None:
+                raise RemoteProtocolError(over[0], over[1], stream_id=sid)
+        events.append(WindowUpdated(sid, rec.send.credit, window))
+        self._maybe_forget(rec)
+
+    def _handle_budget_update(
+        self, frame: Frame, cost: int, now: float, events: list[Event], encoding: Encoding
+    ) -> None:
+        sid = frame.stream_id
+        if self.role is Role.ROUTER:
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO, "BUDGET_UPDATE is sent by the router only", stream_id=sid
+            )
+        rec = self._streams.get(sid)
+        usage = frame.ext.get("usage")
+        if rec is not None and isinstance(usage, Mapping):
+            events.append(BudgetReported(sid, usage))
+
+    def _handle_error(
+        self, frame: Frame, cost: int, now: float, events: list[Event], encoding: Encoding
+    ) -> None:
+        err = frame.ext["error"]  # a map with a text code and message: validate_frame
+        code = str(err["code"])
+        message = str(err["message"])
+        retry = err.get("retry_after_ms")
+        retry = retry if isinstance(retry, int) and not isinstance(retry, bool) else None
+        sid = frame.stream_id
+        if sid == 0:
+            if code == ErrorCode.EDRAINING:
+                self._peer_draining = True
+                events.append(GoingAway(message, retry))
+                return
+            self._closed = ConnectionClosed(code, message, by_peer=True)
+            self._streams.clear()
+            events.append(self._closed)
+            return
+        rec = self._streams.get(sid)
+        if rec is None:
+            return
+        if rec.closed:  # it was flushing its outbox: nothing more will be read
+            rec.send.clear()
+            self._maybe_forget(rec)
+            return
+        self._close_stream(rec, StreamInput.RECV_RST)
+        events.append(StreamReset(sid, code, message, retry, by_peer=True))
+
+    def _handle_capabilities(
+        self, frame: Frame, cost: int, now: float, events: list[Event], encoding: Encoding
+    ) -> None:
+        caps = frame.ext["caps"]  # on stream 0, a map offering version 1: validate_frame
+        self._peer = self._peer.parse(caps)
+        self._frag_size = self._peer.frag_size
+        first = not self._peer_sent_caps
+        self._peer_sent_caps = True
+        self.peer_caps = caps
+        events.append(CapabilitiesReceived(caps))
+        if first and self.role is Role.ROUTER:
+            self._queue(self._caps_frame(), encoding)
+
+    #: frame type -> handler; a type not here is ignored (ATP-EXT)
+    _HANDLERS: ClassVar[dict[int, _Handler]] = {
+        FrameType.DATA: _handle_data,
+        FrameType.WINDOW_UPDATE: _handle_window_update,
+        FrameType.ERROR: _handle_error,
+        FrameType.CAPABILITIES: _handle_capabilities,
+        FrameType.BUDGET_UPDATE: _handle_budget_update,
+    }

@@ -1,0 +1,330 @@
+"""The output side of a :class:`~atp_proto.frames.Connection`: opening streams, sending
+messages (fragmented to the peer's frame size, queued per stream until credit covers
+them), errors, resets, and the session-level frames (CAPABILITIES, HB, drain, close). The
+send fast path (one whole binary PARTIAL within credit, the router's common case) packs
+its header by hand beside :meth:`SendMixin.send_message_general`;
+tests/frames/test_fast_paths.py holds the two to the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from ._base import ConnectionBase
+from ._codec import HEADER, HEADER_SIZE, encode_ext
+from ._errors import (
+    LocalProtocolError,
+)
+from ._events import (
+    ConnectionClosed,
+    Event,
+)
+from ._fragments import fragment
+from ._frame import Frame
+from ._state import Role, StreamInput
+from ._stream import Stream
+from ._types import (
+    MAX_STREAM_ID,
+    MAX_WINDOW,
+    SYN_BIT,
+    U32_MAX,
+    VERSION,
+    BudgetWindow,
+    Encoding,
+    ErrorCode,
+    Flags,
+    FrameType,
+    QoS,
+)
+
+__all__ = ["SendMixin"]
+
+_TEXT_PEER_WINDOW: Final = MAX_WINDOW
+_HEADER_PACK: Final = HEADER.pack
+_JSON: Final = Encoding.JSON
+_BINARY: Final = Encoding.BINARY
+_NO_EXT: Final[Mapping[str, Any]] = {}
+_RESETS: Final = (StreamInput.SEND_RST, StreamInput.RECV_RST)
+
+_Handler = Callable[[Frame, int, float, list[Event], Encoding], None]
+
+
+class SendMixin(ConnectionBase):
+    """Output: streams opened, messages and control frames queued."""
+
+    # ------------------------------------------------------------------ sending
+
+    def open_stream(
+        self,
+        payload: bytes = b"",
+        *,
+        stream_id: int | None = None,
+        msg_seq: int = 1,
+        qos: QoS = QoS.UNSPECIFIED,
+        ttl: int = 0,
+        window: BudgetWindow | None = None,
+        meta: Mapping[str, Any] | None = None,
+        end_stream: bool = False,
+        encoding: Encoding = Encoding.BINARY,
+        text: bool = False,
+        now: float | None,
+    ) -> int:
+        """Open a stream with a SYN (client only). Returns its stream id.
+
+        ``now`` is required: the stream's ttl runs from it on our side too (``None``: the
+        ttl is the router's alone, no local deadline). ``text=True`` is
+        ``encoding=Encoding.JSON`` (# compat: removed at merge).
+
+        Raises:
+            LocalProtocolError: not a client, the router is draining, the stream id does
+                not increase, or the peer's ``max_streams`` would be exceeded.
+        """
+        if self.role is not Role.CLIENT:
+            raise LocalProtocolError(ErrorCode.EPROTO, "only clients open streams")
+        if self._closed is not None:
+            raise LocalProtocolError(ErrorCode.EPROTO, "the connection is closed")
+        if self._peer_draining:
+            raise LocalProtocolError(ErrorCode.EDRAINING, "the router is draining")
+        if text:
+            encoding = _JSON
+        sid = self._highest_id + 1 if stream_id is None else stream_id
+        if not self._highest_id < sid <= MAX_STREAM_ID:
+            raise LocalProtocolError(
+                ErrorCode.EPROTO, f"stream id {sid} must exceed {self._highest_id}"
+            )
+        if len(self._streams) >= self._peer.max_streams:
+            raise LocalProtocolError(
+                ErrorCode.EWINDOW, f"the peer allows {self._peer.max_streams} concurrent streams"
+            )
+        self._highest_id = sid
+        if encoding is _JSON:
+            self.json.note_stream_id(sid)
+        rec = self._new_stream(sid, encoding)
+        rec.apply(StreamInput.SEND_SYN)
+        rec.send_seq = msg_seq
+        rec.recv_seq = msg_seq + 1
+        rec.qos = qos
+        if window is not None:
+            rec.window = window
+        if ttl and now is not None:
+            rec.deadline = now + ttl
+            self.timer_stale = True
+        ext: dict[str, Any] = {}
+        if window is not None:
+            ext["window"] = window.to_dict()
+        if meta is not None:
+            ext["meta"] = dict(meta)
+        self._send_data(rec, payload, SYN_BIT, ext, qos=qos, ttl=ttl, fin=end_stream)
+        return sid
+
+    def send_message(
+        self,
+        stream_id: int,
+        payload: bytes | memoryview,
+        *,
+        more: bool = False,
+        end_stream: bool = False,
+        ext: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Queue one message (fragmented to the peer's max_frame_size as needed).
+
+        The frames leave as credit allows; watch :meth:`outbound_buffered` to stop
+        producing while the peer is not reading.
+
+        Raises:
+            StreamClosedError: the stream cannot send (closed, half-closed, unknown).
+        """
+        rec = self._streams.get(stream_id)
+        # Fast path (the router's PARTIALs): a binary stream that can send, one fragment,
+        # no ext, credit available, nothing queued before it. Same bytes as the general
+        # path (tests/frames/test_fast_paths.py holds them to it), without building and
+        # validating a Frame (ATP-FLOW, ATP-SEQ still hold).
+        if (
+            rec is not None
+            and rec.sendable
+            and not end_stream
+            and not ext
+            and rec.encoding is _BINARY
+            and not rec.send.outbox
+            and self._closed is None
+        ):
+            n = len(payload)
+            cost = HEADER_SIZE + n
+            window = rec.send
+            if cost <= window.credit and n <= self._frag_size and rec.send_seq < U32_MAX:
+                seq = rec.send_seq
+                rec.send_seq = seq + 1
+                window.credit -= cost
+                header = _HEADER_PACK(
+                    VERSION, 0, Flags.MORE if more else 0, 0, stream_id, seq, 0, 0, 0, n
+                )
+                self._output.push(stream_id, header + payload, False)
+                sent = self.frames_sent
+                sent[FrameType.DATA] = sent.get(FrameType.DATA, 0) + 1
+                return
+        self.send_message_general(stream_id, payload, more=more, end_stream=end_stream, ext=ext)
+
+    def send_message_general(
+        self,
+        stream_id: int,
+        payload: bytes | memoryview,
+        *,
+        more: bool = False,
+        end_stream: bool = False,
+        ext: Mapping[str, Any] | None = None,
+    ) -> None:
+        """:meth:`send_message` without its fast path (every rule, every message)."""
+        rec = self._get_sendable(stream_id)
+        self._send_data(
+            rec, payload, Flags.MORE if more else 0, dict(ext) if ext else {}, fin=end_stream
+        )
+
+    def _send_data(
+        self,
+        rec: Stream,
+        payload: bytes | memoryview,
+        flags: int,
+        ext: dict[str, Any],
+        *,
+        qos: int = 0,
+        ttl: int = 0,
+        fin: bool = False,
+    ) -> None:
+        ext_len = len(encode_ext(ext)) if ext else 0
+        window = rec.send.window
+        if HEADER_SIZE + ext_len > window // 2:
+            # ATP-FLOW-014: a first fragment that cannot fit half the peer's window might
+            # wait forever for credit a conformant receiver never has to return.
+            raise LocalProtocolError(
+                ErrorCode.ETOOBIG,
+                f"an ext of {ext_len} bytes does not fit half the peer's initial_window "
+                f"({window}): at most {window // 2 - HEADER_SIZE} bytes",
+                stream_id=rec.stream_id,
+            )
+        if fin:
+            rec.apply(StreamInput.SEND_FIN)
+        elif not flags & SYN_BIT:
+            rec.apply(StreamInput.SEND_DATA)
+        seq = rec.send_seq
+        if seq > U32_MAX or (seq == U32_MAX and not fin):
+            # ATP-SEQ-005: end the stream rather than wrap; the last number carries FIN
+            raise LocalProtocolError(
+                ErrorCode.EPROTO,
+                "msg_seq would wrap: end the stream (FIN) with this message",
+                stream_id=rec.stream_id,
+            )
+        rec.send_seq = seq + 1
+        sid = rec.stream_id
+        if rec.encoding is _JSON:  # ATP-FLOW-008: text frames cost their UTF-8 length
+            items = self._text_fragments(sid, payload, flags, ext, ext_len, seq, qos, ttl, fin)
+        else:
+            frames = fragment(
+                sid, seq, payload, flags, ext, ext_len, self._frag_size, qos=qos, ttl=ttl, fin=fin
+            )
+            items = [(f, HEADER_SIZE + len(f.payload)) for f in frames]
+            if ext_len:
+                items[0] = (frames[0], items[0][1] + ext_len)
+        for frame, cost in items:
+            rec.send.push(frame, cost)
+        self._flush_outbox(rec)
+
+    def _text_fragments(
+        self,
+        sid: int,
+        payload: bytes | memoryview,
+        flags: int,
+        ext: dict[str, Any],
+        ext_len: int,
+        seq: int,
+        qos: int,
+        ttl: int,
+        fin: bool,
+    ) -> list[tuple[Frame, int]]:
+        """The frames of one message on a text stream, each with its cost: the UTF-8
+        length of its text (ATP-FLOW-008). JSON can be longer than CBOR (base64, escapes):
+        when the peer limits credit, fragments shrink until each text frame fits as a
+        binary one would (ATP-FLOW-001: a frame larger than the window never leaves)."""
+        frag = self._frag_size
+        limit = frag + HEADER_SIZE
+        if self.json.take_announcement(sid):  # the first DATA under an alias
+            ext = {**ext, "stream_num": sid}  # ATP-JSON-016
+        while True:
+            frames = fragment(
+                sid, seq, payload, flags, ext, ext_len, frag, qos=qos, ttl=ttl, fin=fin
+            )
+            built = [(f, self._text_frame_cost(f)) for f in frames]
+            if not self._peer_sent_caps:
+                return built  # a browser's credit is unlimited (ATP-FLOW-007)
+            worst = max(c for _, c in built)
+            if worst <= limit or frag <= 64:
+                return built
+            frag = max(frag * limit // worst - 64, 64)
+
+    def update_window(self, stream_id: int, window: BudgetWindow) -> None:
+        """Change the stream's budget window mid-flight (client), via WINDOW_UPDATE."""
+        rec = self._get_open(stream_id)
+        rec.window = rec.window.merged(window)
+        self._queue(Frame.window_update(stream_id, window=window), rec.encoding)
+
+    def send_budget_update(self, stream_id: int, usage: Mapping[str, Any]) -> None:
+        """Report usage so far to the client (router), via BUDGET_UPDATE."""
+        rec = self._get_open(stream_id)
+        self._queue(
+            Frame(FrameType.BUDGET_UPDATE, 0, stream_id, ext={"usage": dict(usage)}), rec.encoding
+        )
+
+    def send_error(
+        self,
+        stream_id: int,
+        code: ErrorCode | str,
+        message: str,
+        retry_after_ms: int | None = None,
+    ) -> None:
+        """End a stream with an ERROR frame (no-op when it is already closed)."""
+        rec = self._streams.get(stream_id)
+        if self._closed is not None or rec is None or rec.closed:
+            return
+        self._queue(Frame.error(stream_id, code, message, retry_after_ms), rec.encoding)
+        self._close_stream(rec, StreamInput.SEND_RST)
+
+    def reset_stream(self, stream_id: int) -> None:
+        """Abandon a stream (RST, no error detail): a client's cancel."""
+        rec = self._streams.get(stream_id)
+        if self._closed is not None or rec is None or rec.closed:
+            return
+        self._queue(Frame(FrameType.DATA, Flags.RST, stream_id, rec.send_seq), rec.encoding)
+        self._close_stream(rec, StreamInput.SEND_RST)
+
+    def send_capabilities(
+        self, *, encoding: Encoding = Encoding.BINARY, text: bool = False
+    ) -> None:
+        """Send our CAPABILITIES (clients: as the first frame; the router answers).
+
+        ``text=True`` is ``encoding=Encoding.JSON`` (# compat: removed at merge)."""
+        self._queue(self._caps_frame(), _JSON if text else encoding)
+
+    def send_heartbeat(self, now: float, payload: bytes = b"") -> None:
+        if self._closed is None:
+            self._hb_sent_at = now
+            self._queue(Frame(FrameType.DATA, Flags.HB, 0, payload=payload), self._out_encoding)
+
+    def start_drain(
+        self, message: str = "the router is shutting down", retry_after_ms: int = 1000
+    ) -> None:
+        """Stop accepting streams (router): new SYNs get EDRAINING; open ones go on."""
+        if self._draining or self._closed is not None:
+            return
+        self._draining = True
+        self._drain_retry_ms = retry_after_ms
+        self._queue(
+            Frame.error(0, ErrorCode.EDRAINING, message, retry_after_ms), self._out_encoding
+        )
+
+    def close(self, code: ErrorCode | str = ErrorCode.EDRAINING, message: str = "closing") -> None:
+        """Close the connection with a connection-level ERROR frame."""
+        if self._closed is not None:
+            return
+        self._queue(Frame.error(0, code, message), self._out_encoding)
+        self._closed = ConnectionClosed(str(code), message, by_peer=False)
+        self._streams.clear()
