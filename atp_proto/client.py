@@ -36,6 +36,7 @@ from atp_proto.frames import (
     BudgetWindow,
     Connection,
     ConnectionClosed,
+    Encoding,
     Event,
     GoingAway,
     HeartbeatAcked,
@@ -137,7 +138,7 @@ class Client:
         self, ws: WsConnection, *, text: bool, limits: Limits, heartbeat_s: float | None = None
     ) -> None:
         self._ws = ws
-        self._text = text
+        self._encoding = Encoding.JSON if text else Encoding.BINARY
         self._session = Session(
             ws,
             role=Role.CLIENT,
@@ -223,7 +224,7 @@ class Client:
                 ttl=ttl,
                 window=window,
                 meta=full_meta,
-                text=self._text,
+                encoding=self._encoding,
                 now=trio.current_time(),
             )
         except LocalProtocolError as exc:  # draining router, stream limit, closed session
@@ -280,7 +281,7 @@ async def connect(
     try:
         client = Client(ws, text=text, limits=limits, heartbeat_s=heartbeat_s)
         if capabilities:
-            client._conn.send_capabilities(text=text)
+            client._conn.send_capabilities(encoding=client._encoding)
             client._session.kick()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._run)

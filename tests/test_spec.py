@@ -9,8 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from atp_proto.frames import ErrorCode, quic_error_code, ws_close_code
+from atp_proto.frames import ErrorCode
 from atp_proto.frames._state import table_markdown
+from atp_proto.transports.base import quic_error_code, ws_close_code
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = (ROOT / "spec" / "atp-v1.md").read_text(encoding="utf-8")

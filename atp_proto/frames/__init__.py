@@ -16,7 +16,7 @@ Layout, each module depending only on those above it::
     _state      the stream state table;  _windows: credit;  _fragments: reassembly
     _stream     Stream (state + seq + windows + reassembly);  _caps, _timers, _output
     _base       Connection's state;  _receiving / _sending: its two sides
-    _connection Connection (+ _budget: router budget methods, compat until the merge)
+    _connection Connection
 """
 
 from ._codec import (
@@ -70,8 +70,6 @@ from ._types import (
     Limits,
     Payload,
     QoS,
-    quic_error_code,
-    ws_close_code,
 )
 from ._validate import validate_frame
 
@@ -123,7 +121,5 @@ __all__ = [
     "encoded_length",
     "frame_from_json",
     "frame_to_json",
-    "quic_error_code",
     "validate_frame",
-    "ws_close_code",
 ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from ._budget import BudgetMixin
 from ._caps import PeerCaps, our_caps
 from ._codec import HEADER, FrameDecoder, encode_frame
 from ._errors import (
@@ -35,6 +34,7 @@ from ._types import (
     FIN_BIT,
     MAX_WINDOW,
     RST_BIT,
+    BudgetWindow,
     Encoding,
     ErrorCode,
     FrameType,
@@ -54,7 +54,7 @@ _RESETS: Final = (StreamInput.SEND_RST, StreamInput.RECV_RST)
 _Handler = Callable[[Frame, int, float, list[Event], Encoding], None]
 
 
-class ConnectionBase(BudgetMixin):
+class ConnectionBase:
     """The state and shared helpers of :class:`Connection` (see the module docstring)."""
 
     def __init__(
@@ -65,7 +65,6 @@ class ConnectionBase(BudgetMixin):
         now: float,
         heartbeat: float | None = None,
         encoding: Encoding = Encoding.BINARY,
-        text: bool = False,
     ) -> None:
         self.role = role
         self.limits = limits
@@ -82,7 +81,7 @@ class ConnectionBase(BudgetMixin):
         self.frames_sent: dict[int, int] = {}
         #: encoding of session-level frames: that of the last message received, and
         #: before any, ``encoding`` (ATP-WS-010: a browser that offered no atp.v1 gets text)
-        self._out_encoding = _JSON if text else encoding
+        self._out_encoding = encoding
         self._closed: ConnectionClosed | None = None
         self._draining = False
         self._drain_retry_ms = 1000
@@ -147,16 +146,20 @@ class ConnectionBase(BudgetMixin):
         rec = self._streams.get(stream_id)
         return rec.send.outbox_bytes if rec is not None else 0
 
+    def budget_window(self, stream_id: int) -> BudgetWindow:
+        """The stream's budget window as the wire set it: the SYN's ``window``, moved by
+        the client's WINDOW_UPDATEs (the fields each names replace the old ones). The
+        router's caps and usage are not here: they are its ledger's
+        (``atp_proto.router.budget``)."""
+        rec = self._streams.get(stream_id)
+        return rec.window if rec is not None else BudgetWindow()
+
     def stream_encoding(self, stream_id: int) -> Encoding:
         """The stream's encoding (a stream not tracked: that of session-level frames)."""
         rec = self._streams.get(stream_id)
         return rec.encoding if rec is not None else self._out_encoding
 
-    def is_text(self, stream_id: int) -> bool:
-        """``stream_encoding(stream_id) is Encoding.JSON``.  # compat: removed at merge"""
-        return self.stream_encoding(stream_id) is _JSON
-
-    # compat: the peer's limits as they were named before PeerCaps (removed at merge)
+    # the peer's limits (PeerCaps), by the names the send path reads
     @property
     def _peer_frame_size(self) -> int:
         return self._peer.frame_size

@@ -53,7 +53,6 @@ class Connection(ReceiveMixin, SendMixin):
         now: the current time in seconds (any monotonic origin).
         heartbeat: send HB after this many seconds without sending (None: never).
         encoding: of session-level frames until the peer speaks (ATP-WS-010).
-        text: ``encoding=Encoding.JSON`` as a bool (# compat: removed at merge).
     """
 
     # ------------------------------------------------------------------ time

@@ -20,8 +20,8 @@ class StreamOpened(Event):
     """The peer opened a stream: its first message (the SYN), reassembled.
 
     ``encoding`` is the stream's: ``Encoding.JSON`` when the SYN came as a JSON text
-    frame (replies go out as text). ``text`` is the same as a bool (# compat: removed at
-    merge). ``end_stream`` is True when the SYN also carried FIN (no further input).
+    frame (replies go out as text). ``end_stream`` is True when the SYN also carried FIN
+    (no further input).
     """
 
     stream_id: int
@@ -32,15 +32,8 @@ class StreamOpened(Event):
     window: BudgetWindow
     meta: Mapping[str, Any]
     ext: Mapping[str, Any]
-    text: bool = False  # compat: removed at merge (use ``encoding``)
     end_stream: bool = False
     encoding: Encoding = Encoding.BINARY
-
-    def __post_init__(self) -> None:  # compat: removed at merge (with ``text``)
-        if self.text:
-            object.__setattr__(self, "encoding", Encoding.JSON)
-        elif self.encoding is Encoding.JSON:
-            object.__setattr__(self, "text", True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +115,9 @@ class ConnectionClosed(Event):
     """The connection is over. ``by_peer`` False means we closed it for ``code``.
 
     The transport should flush :meth:`Connection.data_to_send` and close with
-    :func:`ws_close_code` / :func:`quic_error_code` of ``code``.
+    :func:`~atp_proto.transports.base.ws_close_code` /
+    :func:`~atp_proto.transports.base.quic_error_code` of ``code`` (the binding's mapping
+    lives with the transports, not in the core).
     """
 
     code: str

@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final
 
 from ._base import ConnectionBase, _text_cost
-from ._budget import over_budget
 from ._codec import HEADER, HEADER_SIZE, FrameDecoder
 from ._errors import (
     FrameDecodeError,
@@ -416,11 +415,10 @@ class ReceiveMixin(ConnectionBase):
             self._flush_outbox(rec)
         window = frame.budget_window
         if window is not None and self.role is Role.ROUTER:
-            # the client may move its window, never past the router's cap (ATP-BUDGET-001)
-            rec.window = rec.window.merged(window).clamp(rec.cap)
-            over = over_budget(rec)
-            if over is not None:
-                raise RemoteProtocolError(over[0], over[1], stream_id=sid)
+            # the fields it names replace the client's (ATP-BUDGET-005); the router's
+            # caps and its usage live in its ledger (router/budget.py), which the event
+            # below reaches: the core keeps only the wire state
+            rec.window = rec.window.merged(window)
         events.append(WindowUpdated(sid, rec.send.credit, window))
         self._maybe_forget(rec)
 

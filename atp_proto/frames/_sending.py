@@ -67,14 +67,13 @@ class SendMixin(ConnectionBase):
         meta: Mapping[str, Any] | None = None,
         end_stream: bool = False,
         encoding: Encoding = Encoding.BINARY,
-        text: bool = False,
         now: float | None,
     ) -> int:
         """Open a stream with a SYN (client only). Returns its stream id.
 
         ``now`` is required: the stream's ttl runs from it on our side too (``None``: the
-        ttl is the router's alone, no local deadline). ``text=True`` is
-        ``encoding=Encoding.JSON`` (# compat: removed at merge).
+        ttl is the router's alone, no local deadline). ``encoding`` is the stream's:
+        JSON for a browser-like text client (WebSocket only, ATP-QUIC-003).
 
         Raises:
             LocalProtocolError: not a client, the router is draining, the stream id does
@@ -86,8 +85,6 @@ class SendMixin(ConnectionBase):
             raise LocalProtocolError(ErrorCode.EPROTO, "the connection is closed")
         if self._peer_draining:
             raise LocalProtocolError(ErrorCode.EDRAINING, "the router is draining")
-        if text:
-            encoding = _JSON
         sid = self._highest_id + 1 if stream_id is None else stream_id
         if not self._highest_id < sid <= MAX_STREAM_ID:
             raise LocalProtocolError(
@@ -296,13 +293,9 @@ class SendMixin(ConnectionBase):
         self._queue(Frame(FrameType.DATA, Flags.RST, stream_id, rec.send_seq), rec.encoding)
         self._close_stream(rec, StreamInput.SEND_RST)
 
-    def send_capabilities(
-        self, *, encoding: Encoding = Encoding.BINARY, text: bool = False
-    ) -> None:
-        """Send our CAPABILITIES (clients: as the first frame; the router answers).
-
-        ``text=True`` is ``encoding=Encoding.JSON`` (# compat: removed at merge)."""
-        self._queue(self._caps_frame(), _JSON if text else encoding)
+    def send_capabilities(self, *, encoding: Encoding = Encoding.BINARY) -> None:
+        """Send our CAPABILITIES (clients: as the first frame; the router answers)."""
+        self._queue(self._caps_frame(), encoding)
 
     def send_heartbeat(self, now: float, payload: bytes = b"") -> None:
         if self._closed is None:

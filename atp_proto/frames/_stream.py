@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ._budget import Usage
 from ._errors import RemoteProtocolError
 from ._events import MessageReceived, StreamOpened
 from ._fragments import Reassembler, unpinned
@@ -59,10 +58,9 @@ class Stream:
     send_seq: int = 1
     recv_seq: int = 0  #: next msg_seq expected (set when the stream opens)
     reasm: Reassembler = field(default_factory=Reassembler)
-    # budget window (compat: the ledger moves to router/budget.py at merge)
+    #: the budget window as the wire set it (SYN, WINDOW_UPDATE); the router's caps and
+    #: usage are its ledger's (router/budget.py)
     window: BudgetWindow = field(default_factory=BudgetWindow)
-    cap: BudgetWindow = field(default_factory=BudgetWindow)  #: tenant/adapter limits (router)
-    usage: Usage = field(default_factory=Usage)
     #: cached ``(role, state, SEND_DATA) in TRANSITIONS``, kept current by :meth:`apply`
     #: (the send fast path checks it once per message)
     sendable: bool = False
@@ -86,11 +84,6 @@ class Stream:
     @property
     def can_send(self) -> bool:
         return self.sendable
-
-    @property
-    def text(self) -> bool:
-        """True on a JSON stream.  # compat: removed at merge (use ``encoding``)"""
-        return self.encoding is Encoding.JSON
 
     # -- receiving ------------------------------------------------------------------
 
@@ -173,7 +166,6 @@ class Stream:
                 self.window,
                 meta if isinstance(meta, Mapping) else {},
                 ext,
-                text=self.encoding is Encoding.JSON,
                 end_stream=fin,
                 encoding=self.encoding,
             )

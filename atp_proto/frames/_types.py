@@ -67,11 +67,6 @@ class Encoding(enum.Enum):
 
     __hash__ = object.__hash__  # by identity: looked up per frame
 
-    @classmethod
-    def of(cls, text: bool) -> Encoding:
-        """The encoding a legacy ``text=`` flag meant.  # compat: removed at merge"""
-        return cls.JSON if text else cls.BINARY
-
 
 def is_uint(value: object) -> TypeGuard[int]:
     """A non-negative int that is not a bool (CBOR/JSON integers as the spec counts them)."""
@@ -119,35 +114,6 @@ class ErrorCode(enum.StrEnum):
     EWINDOW_AGENT = "EWINDOW_AGENT"
     ETOOBIG = "ETOOBIG"
     EINTERNAL = "EINTERNAL"
-
-
-#: WebSocket close code used when a connection-level error of this code closes the session.
-WS_CLOSE_CODES: dict[ErrorCode, int] = {
-    ErrorCode.EPROTO: 1002,
-    ErrorCode.ESEC: 1008,
-    ErrorCode.ETOOBIG: 1009,
-    ErrorCode.EINTERNAL: 1011,
-    ErrorCode.EDRAINING: 1001,
-}
-
-
-def ws_close_code(code: ErrorCode | str) -> int:
-    """WebSocket close code for a connection-level error (ATP-WS close code table)."""
-    try:
-        ec = ErrorCode(code)
-    except ValueError:
-        return 1002
-    if ec in WS_CLOSE_CODES:
-        return WS_CLOSE_CODES[ec]
-    return 4000 + list(ErrorCode).index(ec)
-
-
-def quic_error_code(code: ErrorCode | str) -> int:
-    """QUIC application error code for a connection-level error: 0x100 + registry index."""
-    try:
-        return 0x100 + list(ErrorCode).index(ErrorCode(code))
-    except ValueError:
-        return 0x100
 
 
 U16_MAX = 0xFFFF

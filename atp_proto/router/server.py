@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import trio
 
 from atp_proto.adapters import Adapter, ResilientAdapter, make_adapter, registry
-from atp_proto.frames import ErrorCode, FrameType, QoS, StreamOpened
+from atp_proto.frames import Encoding, ErrorCode, FrameType, QoS, StreamOpened
 from atp_proto.session import Output, Session, SessionInfo
 from atp_proto.transports.base import TransportClosed
 from atp_proto.transports.ws_server import Handshake, WsConnection
@@ -229,7 +229,7 @@ class Router:
             run_stream=self.run_stream,
             session_id=session_id,
             metrics=m,
-            text=admitted.text,  # ATP-WS-010
+            encoding=Encoding.JSON if admitted.text else Encoding.BINARY,  # ATP-WS-010
         )
         self.sessions[session_id] = session
         m.sessions_total.inc()

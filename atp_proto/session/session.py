@@ -50,6 +50,7 @@ from atp_proto.frames import (
     CapabilitiesReceived,
     Connection,
     ConnectionClosed,
+    Encoding,
     ErrorCode,
     Event,
     GoingAway,
@@ -111,7 +112,7 @@ class Session:
         on_event: Callable[[Event], None] | None = None,
         authenticate: Callable[[CapabilitiesReceived], Any] | None = None,
         metrics: Any = None,
-        text: bool = False,
+        encoding: Encoding = Encoding.BINARY,
         heartbeat: float | None = None,
     ) -> None:
         """``run_stream``: called per SYN of the peer (none: a SYN is refused with
@@ -119,13 +120,14 @@ class Session:
         handled it; when set, received messages are left to it to acknowledge
         (``conn.acknowledge``), else the session acknowledges them at once (the router
         uses only a stream's SYN). ``authenticate``: see the module docstring.
-        ``text``: session-level frames go out as JSON text (ATP-WS-010). ``heartbeat``:
+        ``encoding``: of session-level frames until the peer speaks (ATP-WS-010: JSON
+        for a browser that offered no ``atp.v1``). ``heartbeat``:
         send a heartbeat after this many seconds without sending (None: never)."""
         self.transport = transport
         self.principal = principal
         self.session_id = session_id
         self.conn = Connection(
-            role, limits=limits, now=trio.current_time(), text=text, heartbeat=heartbeat
+            role, limits=limits, now=trio.current_time(), encoding=encoding, heartbeat=heartbeat
         )
         self.run_stream = run_stream
         self.on_event = on_event

@@ -60,8 +60,6 @@ API = {
     "VERSION",
     "MAX_STREAM_ID",
     "MAX_WINDOW",
-    "ws_close_code",
-    "quic_error_code",
 }
 
 

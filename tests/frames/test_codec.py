@@ -34,8 +34,6 @@ from atp_proto.frames import (
     encode_frame,
     encode_frames,
     encoded_length,
-    quic_error_code,
-    ws_close_code,
 )
 from atp_proto.frames._codec import encode_ext
 
@@ -256,15 +254,7 @@ def test_budget_window_and_limits_values() -> None:
         Limits(initial_window=0)
 
 
-def test_error_code_mappings() -> None:
-    """ATP-ERR-002, ATP-QUIC-004: close codes; unknown codes fall back to EPROTO's."""
-    assert ws_close_code(ErrorCode.EPROTO) == 1002
-    assert ws_close_code("ESEQ_RETRY") == 4001
-    assert ws_close_code("EINTERNAL") == 1011
-    assert ws_close_code("ENOTACODE") == 1002
-    assert quic_error_code(ErrorCode.EPROTO) == 0x100
-    assert quic_error_code("EINTERNAL") == 0x10C
-    assert quic_error_code("ENOTACODE") == 0x100
+def test_qos_labels() -> None:
     assert QoS.SILVER.label == "silver"
 
 

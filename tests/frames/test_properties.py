@@ -24,9 +24,9 @@ from atp_proto.frames import (
     HEADER_SIZE,
     MAX_STREAM_ID,
     MAX_WINDOW,
-    BudgetExceeded,
     BudgetWindow,
     ConnectionClosed,
+    Encoding,
     ErrorCode,
     Event,
     Flags,
@@ -463,7 +463,7 @@ class PairMachine(RuleBasedStateMachine):
                 window=window,
                 ttl=ttl,
                 end_stream=fin,
-                text=text,
+                encoding=Encoding.JSON if text else Encoding.BINARY,
                 now=self.now,
                 qos=QoS.GOLD,
             )
@@ -478,7 +478,9 @@ class PairMachine(RuleBasedStateMachine):
         if self.p.client.stream_state(sid) is not StreamState.OPEN or self.p.client.closed:
             return
         payload = (
-            cbor2.dumps("c" * size) if self.p.client.is_text(sid) else bytes([sid % 256]) * size
+            cbor2.dumps("c" * size)
+            if self.p.client.stream_encoding(sid) is Encoding.JSON
+            else bytes([sid % 256]) * size
         )
         self.p.client.send_message(sid, payload, end_stream=fin)
         self.sent[("router", sid)].append(payload)
@@ -513,7 +515,7 @@ class PairMachine(RuleBasedStateMachine):
             return
         payload = (
             cbor2.dumps("r" * size)
-            if self.p.router.is_text(sid)
+            if self.p.router.stream_encoding(sid) is Encoding.JSON
             else bytes([255 - sid % 256]) * size
         )
         self.p.router.send_message(sid, payload, more=more, end_stream=fin)
@@ -524,26 +526,13 @@ class PairMachine(RuleBasedStateMachine):
         self.p.router.send_error(sid, ErrorCode.EAGENTDOWN, "no adapter", retry_after_ms=10)
 
     @rule(sid=streams, tokens=st.integers(0, 300))
-    def router_charge(self, sid: int, tokens: int) -> None:
-        try:
-            self.p.router.charge(sid, tokens=tokens)
-        except BudgetExceeded as exc:
-            assert exc.code == ErrorCode.EBUDGET
-            self.p.router.send_error(sid, exc.code, exc.message)
-
-    @rule(sid=streams)
-    def router_parallel(self, sid: int) -> None:
-        if not self._router_can_send(sid):
-            return
-        limit = self.p.router.budget_window(sid).max_parallel
-        before = self.p.router.usage(sid)["parallel"]
-        try:
-            self.p.router.acquire_parallel(sid)
-        except BudgetExceeded as exc:
-            assert exc.code == ErrorCode.EWINDOW and limit is not None and before >= limit
-        else:
-            assert limit is None or before < limit
-            self.p.router.release_parallel(sid)
+    def router_budget_stop(self, sid: int, tokens: int) -> None:
+        """The router's ledger (router/budget.py, property-tested in
+        tests/router/test_budget.py) stops a stream over its window with EBUDGET: the
+        core only carries the ERROR, on whatever state the stream is in."""
+        limit = self.p.router.budget_window(sid).max_tokens
+        if limit is not None and tokens > limit:
+            self.p.router.send_error(sid, ErrorCode.EBUDGET, f"{tokens} tokens used")
 
     # -- time --
 

@@ -11,6 +11,7 @@ from atp_proto.frames import (
     CapabilitiesReceived,
     Connection,
     ConnectionClosed,
+    Encoding,
     ErrorCode,
     Flags,
     Frame,
@@ -247,5 +248,5 @@ def test_data_to_send_coalesces_binary_and_keeps_text_apart() -> None:
 
 def test_stream_state_helpers() -> None:
     c = Connection(Role.CLIENT, now=0.0)
-    assert c.stream_state(1) is StreamState.IDLE and not c.is_text(1)
+    assert c.stream_state(1) is StreamState.IDLE and c.stream_encoding(1) is Encoding.BINARY
     assert not c.draining and c.budget_window(1) == BudgetWindow()
