@@ -11,7 +11,6 @@ call that finishes under the latency target, ×0.9 on an error or a latency spik
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,7 +18,7 @@ import trio
 
 from atp_proto._control import AimdLimit
 from atp_proto.frames import ATPError, ErrorCode, QoS
-from atp_proto.session.lanes import LANES, WEIGHTS  # one copy; FairQueue is the algorithm
+from atp_proto.session.lanes import WEIGHTS, FairQueue
 
 
 class Shed(ATPError):
@@ -35,7 +34,6 @@ class Shed(ATPError):
 @dataclass
 class _Waiter:
     lane: QoS
-    finish: float
     event: trio.Event = field(default_factory=trio.Event)
     shed: Shed | None = None
     admitted: bool = False
@@ -97,9 +95,8 @@ class Admission:
             self.config.initial_limit, self.config.min_limit, self.config.max_limit
         )
         self.in_flight = 0
-        self._queues: dict[QoS, deque[_Waiter]] = {lane: deque() for lane in LANES}
-        self._vtime = 0.0
-        self._last_finish = dict.fromkeys(LANES, 0.0)
+        #: waiters, per lane, in weighted-fair order (the session's writers use the same)
+        self._queue: FairQueue[_Waiter] = FairQueue(WEIGHTS)
         self._on_change = on_change
 
     @property
@@ -112,11 +109,11 @@ class Admission:
         self._limit.value = float(value)
 
     def queue_depth(self, lane: QoS) -> int:
-        return len(self._queues[lane])
+        return self._queue.depth(lane)
 
     @property
     def waiting(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        return len(self._queue)
 
     def _changed(self) -> None:
         if self._on_change is not None:
@@ -127,7 +124,7 @@ class Admission:
 
     async def acquire(self, lane: QoS) -> None:
         """Wait for a slot. Raises :class:`Shed` when the stream is refused."""
-        lane = lane if lane in WEIGHTS else QoS.SILVER
+        lane = self._queue.lane_of(lane)
         if self.in_flight < int(self.limit) and not self.waiting:
             self.in_flight += 1
             self._changed()
@@ -144,32 +141,28 @@ class Admission:
             self._shed(victim, "shed for a higher lane under load")
         if (
             lane is QoS.BRONZE
-            and len(self._queues[QoS.BRONZE]) >= cfg.max_queue * cfg.bronze_queue_share
+            and self._queue.depth(QoS.BRONZE) >= cfg.max_queue * cfg.bronze_queue_share
         ):
             raise Shed(lane, self._retry_hint(), "bronze lane is full")
-        start = max(self._vtime, self._last_finish[lane])
-        waiter = _Waiter(lane, start + 1.0 / WEIGHTS[lane])
-        self._last_finish[lane] = waiter.finish
-        self._queues[lane].append(waiter)
+        waiter = _Waiter(lane)
+        self._queue.push(lane, waiter)
         self._changed()
         try:
             await waiter.event.wait()
         except BaseException:
             if waiter.admitted:
                 self.release()
-            elif waiter in self._queues[lane]:
-                self._queues[lane].remove(waiter)
+            elif self._queue.remove(lane, waiter):
                 self._changed()
             raise
         if waiter.shed is not None:
             raise waiter.shed
 
     def _newest(self, lane: QoS) -> _Waiter | None:
-        q = self._queues[lane]
-        return q[-1] if q else None
+        return self._queue.newest(lane)
 
     def _shed(self, waiter: _Waiter, reason: str) -> None:
-        self._queues[waiter.lane].remove(waiter)
+        self._queue.remove(waiter.lane, waiter)
         waiter.shed = Shed(waiter.lane, self._retry_hint(), reason)
         waiter.event.set()
 
@@ -182,24 +175,19 @@ class Admission:
 
     def _admit(self) -> None:
         while self.in_flight < int(self.limit):
-            best: _Waiter | None = None
-            for lane in LANES:
-                q = self._queues[lane]
-                if q and (best is None or q[0].finish < best.finish):
-                    best = q[0]
+            best = self._queue.pop()
             if best is None:
                 return
-            self._queues[best.lane].popleft()
-            self._vtime = best.finish
             best.admitted = True
             self.in_flight += 1
             best.event.set()
 
     def shed_bronze(self, fraction: float = 1.0) -> int:
         """Shed waiting bronze streams (operator pressure valve). Returns how many."""
-        q = self._queues[QoS.BRONZE]
-        n = math.ceil(len(q) * fraction)
+        n = math.ceil(self._queue.depth(QoS.BRONZE) * fraction)
         for _ in range(n):
-            self._shed(q[-1], "bronze shed under pressure")
+            newest = self._queue.newest(QoS.BRONZE)
+            assert newest is not None
+            self._shed(newest, "bronze shed under pressure")
         self._changed()
         return n
