@@ -11,6 +11,8 @@ the runtime package.
   :class:`AdapterProcess` (``atp adapter serve`` or any gRPC adapter server) as real
   subprocesses on free loopback ports: started, awaited until they listen, stopped with
   SIGTERM then SIGKILL, their logs kept.
+* :mod:`atp_proto.testing.pair` — :class:`ConnectionPair`, a client and a router
+  :class:`~atp_proto.frames.Connection` wired back to back in memory (h11's model).
 * :mod:`atp_proto.testing.http` — a minimal HTTP GET for ``/metrics``, ``/healthz`` and
   ``/readyz``, and :func:`metric_value` to read one Prometheus sample.
 
@@ -21,10 +23,12 @@ from __future__ import annotations
 
 from .frames import RawFrame, build_frame, parse_frames, syn_frame
 from .http import http_get, metric_value
+from .pair import ConnectionPair
 from .processes import AdapterProcess, RouterProcess, clean_env, serve_adapter, spawn
 
 __all__ = [
     "AdapterProcess",
+    "ConnectionPair",
     "RawFrame",
     "RouterProcess",
     "build_frame",
