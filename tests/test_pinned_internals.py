@@ -88,7 +88,7 @@ def test_h2_internals_used_by_the_grpc_fast_path() -> None:
 
 
 def test_wsproto_keeps_pipelined_bytes_in_h11_trailing_data() -> None:
-    """router/ws.py takes frames sent right behind the upgrade from h11's buffer."""
+    """transports/ws_server.py takes frames sent right behind the upgrade from h11's buffer."""
     ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
     request = (
         b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
