@@ -146,6 +146,7 @@ class Client:
             session_id="client",
             on_event=self._on_event,
             heartbeat=heartbeat_s,
+            encoding=self._encoding,  # session-level frames too (heartbeats, ERRORs)
         )
         self._conn: Connection = self._session.conn
         self._streams: dict[int, Stream] = {}

@@ -199,6 +199,10 @@ class JsonMapping:
         while len(self._retired) > _RETIRED_ALIASES:
             self._retired.popitem(last=False)
 
+    def announcement_pending(self, stream_id: int) -> bool:
+        """Whether the next DATA frame built for the stream will carry ``stream_num``."""
+        return stream_id in self._unannounced
+
     def take_announcement(self, stream_id: int) -> bool:
         """True once for a stream a SYN opened under an alias: its first DATA frame is
         being built and must name the numeric id (ATP-JSON-016)."""

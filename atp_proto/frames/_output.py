@@ -71,15 +71,16 @@ class Output:
         Raises:
             LocalProtocolError: a JSON text frame is queued (ATP-QUIC-003).
         """
+        if any(isinstance(item, str) for _, item, _ in self.items):
+            raise LocalProtocolError(  # before taking anything: nothing queued is lost
+                ErrorCode.EPROTO, "a JSON frame cannot go on a per-stream transport"
+            )
         out: list[tuple[int, bytes, bool]] = []
         run: list[bytes] = []
         run_sid = -1
         run_end = False
         for sid, item, end in self._take():
-            if isinstance(item, str):
-                raise LocalProtocolError(
-                    ErrorCode.EPROTO, "a JSON frame cannot go on a per-stream transport"
-                )
+            assert isinstance(item, bytes)
             if run and sid != run_sid:
                 out.append((run_sid, b"".join(run), run_end))
                 run = []

@@ -25,6 +25,8 @@ from ._frame import Frame
 from ._state import Role, StreamInput
 from ._stream import Stream
 from ._types import (
+    CONT_BIT,
+    FIN_BIT,
     MAX_STREAM_ID,
     MAX_WINDOW,
     SYN_BIT,
@@ -199,6 +201,8 @@ class SendMixin(ConnectionBase):
                 f"({window}): at most {window // 2 - HEADER_SIZE} bytes",
                 stream_id=rec.stream_id,
             )
+        if rec.encoding is _JSON and self._peer_sent_caps:
+            self._check_text_progress(rec, flags, ext, window)
         if fin:
             rec.apply(StreamInput.SEND_FIN)
         elif not flags & SYN_BIT:
@@ -225,6 +229,33 @@ class SendMixin(ConnectionBase):
         for frame, cost in items:
             rec.send.push(frame, cost)
         self._flush_outbox(rec)
+
+    def _check_text_progress(
+        self, rec: Stream, flags: int, ext: dict[str, Any], window: int
+    ) -> None:
+        """ATP-FLOW-014 for a text stream whose peer limits credit: a frame costs the UTF-8
+        length of its JSON, so the smallest fragments this message can be cut to — the
+        first (with the whole ext, ``stream_num`` included) and a later one, each with one
+        payload byte — must each fit half the peer's window, or the stream could wait
+        forever for credit a conformant receiver never has to return.
+
+        Raises:
+            LocalProtocolError: ETOOBIG, before anything of the message is queued.
+        """
+        sid, seq = rec.stream_id, rec.send_seq
+        if self.json.announcement_pending(sid):
+            ext = {**ext, "stream_num": sid}  # ATP-JSON-016, as _text_fragments adds it
+        first_flags = (flags | CONT_BIT) & ~FIN_BIT
+        first = Frame(FrameType.DATA, first_flags, sid, seq, 0, 0, 0, ext or None, b"x")
+        later = Frame(FrameType.DATA, CONT_BIT, sid, seq, 0xFFFF, 0, 0, None, b"x")
+        worst = max(self._text_frame_cost(first), self._text_frame_cost(later))
+        if worst > window // 2:
+            raise LocalProtocolError(
+                ErrorCode.ETOOBIG,
+                f"the smallest text fragment of this message costs {worst} bytes, more than "
+                f"half the peer's initial_window ({window})",
+                stream_id=sid,
+            )
 
     def _text_fragments(
         self,

@@ -110,8 +110,9 @@ class Output:
         """The session's call for a WINDOW_UPDATE on this stream that carried a window."""
         if self._on_window is not None:
             self._on_window(window)
-        else:
-            self._pending_window = window
+        else:  # each WINDOW_UPDATE names only some fields: keep them all, latest last
+            pending = self._pending_window
+            self._pending_window = window if pending is None else pending.merged(window)
 
     def set_lane(self, lane: QoS) -> None:
         """Routing's policy may cap the lane (before the stream's first output)."""

@@ -123,3 +123,17 @@ def test_the_per_stream_view_refuses_json() -> None:
     c.send_capabilities(encoding=Encoding.JSON)
     with pytest.raises(LocalProtocolError):
         c.stream_data_to_send()
+
+
+def test_per_stream_view_refusing_json_loses_nothing() -> None:
+    """ATP-QUIC-003: asking the per-stream view of a queue holding a JSON frame is an error,
+    and the queue is left as it was (the WebSocket view still gets every frame)."""
+    import pytest
+
+    from atp_proto.frames import LocalProtocolError
+
+    c = Connection(Role.CLIENT, now=0.0, encoding=Encoding.JSON)
+    c.send_capabilities(encoding=Encoding.JSON)
+    with pytest.raises(LocalProtocolError):
+        c.stream_data_to_send(0.0)
+    assert len(c.data_to_send(0.0)) == 1

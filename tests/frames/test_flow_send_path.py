@@ -294,7 +294,9 @@ def test_oversized_otherwise_is_a_connection_error(prefix: bytes | str) -> None:
     assert r.receive_oversized(prefix, 1 << 20, 0.0) == []  # closed: ignored
 
 
-def run_text_router_messages(window: int, sizes: list[int]) -> list[bytes]:
+def run_text_router_messages(
+    window: int, sizes: list[int], final_ext: dict[str, object] | None = None
+) -> list[bytes]:
     """As :func:`run_router_messages`, on a JSON text session whose client sent
     CAPABILITIES (so its credit is limited, ATP-FLOW-007). The receiver is written here
     from the spec: each text message costs its UTF-8 length (ATP-FLOW-008), no frame may
@@ -318,7 +320,8 @@ def run_text_router_messages(window: int, sizes: list[int]) -> list[bytes]:
     for _ in range(100_000):
         if pending and not router.outbound_buffered(sid):
             n = pending.pop(0)
-            router.send_message(sid, b"p" * n, end_stream=not pending, more=bool(pending))
+            ext = final_ext if not pending else None
+            router.send_message(sid, b"p" * n, end_stream=not pending, more=bool(pending), ext=ext)
         moved = False
         for msg in router.data_to_send(0.0):
             moved = True
@@ -358,3 +361,26 @@ def test_text_stream_cut_costs_match_the_receivers(window: int) -> None:
     small = window // 4
     sizes = [small, window, 3 * window, 540, 540]
     assert [len(m) for m in run_text_router_messages(window, sizes)] == sizes
+
+
+@pytest.mark.parametrize("window", [200, 220, 240, 300, 400, 600, 1024])
+def test_text_stream_with_a_final_ext_never_stalls(window: int) -> None:
+    """[ATP-FLOW-014, ATP-FLOW-013] On a text stream the smallest fragment a message can be
+    cut to costs its JSON (the whole ext on the first): when that cannot fit half the
+    window the message is refused locally with ETOOBIG (the router then ends the stream),
+    otherwise every message arrives. Found in review: with a PARTIAL of some sizes, then a
+    FINAL with telemetry, the router waited with credit above half the window for a first
+    fragment larger than that credit, and the client owed nothing: both hung (here at
+    W = 200 … 600 for 51 of the sizes tried before the fix)."""
+    telemetry = {"telemetry": {"tokens": 48210, "usd_micros": 910000, "latency_ms": 1320}}
+    refused = 0
+    for first in range(0, 200, 3):
+        try:
+            got = run_text_router_messages(window, [first, 200], final_ext=telemetry)
+        except LocalProtocolError as exc:
+            assert exc.code == ErrorCode.ETOOBIG, exc
+            assert "half the peer's initial_window" in exc.message
+            refused += 1
+            continue
+        assert [len(m) for m in got] == [first, 200]
+    assert refused in (0, 67), refused  # the FINAL's ext alone decides: all or none

@@ -349,3 +349,18 @@ def test_task_body_is_what_parse_task_reads() -> None:
     ev = StreamOpened(1, 1, task_body("hi", {"lang": "en"}), QoS.GOLD, 0, BudgetWindow(), {}, {})
     task = parse_task(ev)
     assert task.prompt == "hi" and task.content == {"prompt": "hi", "lang": "en"}
+
+
+async def test_stream_run_every_adapter_failing_backs_the_admission_limit_off() -> None:
+    """ATP-ERR-005: when every adapter fails (no answer), the global AIMD limit backs off;
+    a stream that succeeds does not lower it (the 'error' adaptation was dead code)."""
+    ctx = _ctx({"bad": "builtin:echo?fail=error"})
+    before = ctx.admission.limit
+    out = RecordingOutput()
+    await StreamRun(ctx, SessionInfo("s1", Principal("s", "t")), _syn(), out).run()
+    assert out.sent[-1][0] == "error" and out.sent[-1][1] == "EAGENTDOWN"
+    assert ctx.admission.limit < before and ctx.admission.in_flight == 0
+    ok = _ctx({"echo": "builtin:echo"})
+    before = ok.admission.limit
+    await StreamRun(ok, SessionInfo("s1", Principal("s", "t")), _syn(), RecordingOutput()).run()
+    assert ok.admission.limit >= before

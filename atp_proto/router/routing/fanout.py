@@ -48,6 +48,9 @@ class FanOut:
         self.emit = emit
         self.used: list[str] = []  #: adapters called, in order (telemetry)
         self.adapter_failures = 0
+        #: set by run() when no adapter finished (every call failed): the admission
+        #: limit backs off on it
+        self.all_failed = False
 
     def _next_fitting(self, queue: list[Candidate]) -> Candidate | None:
         """The cheapest queued candidate that fits the live budget (taken off the queue)."""
@@ -109,6 +112,7 @@ class FanOut:
         if fatal:
             raise fatal[0]
         if not any(o.finished for o in outcomes):
+            self.all_failed = bool(outcomes)
             last = outcomes[-1].error if outcomes else None
             raise adapter_failure(
                 last, f"every adapter failed (last: {last.code if last else 'none tried'})"

@@ -155,17 +155,15 @@ class StreamRun:
             tried = {o.adapter for o in outcomes}
             untried = [c for c in plan.ranked if c.name not in tried]
             best = await escalate(best, untried, decision.min_confidence, fan, emit)
-        except BaseException:
+        except BaseException as exc:
             # A client reset, a budget stop or a stalled reader says nothing about the
-            # adapters: release without adapting the global limit (ATP-ERR-005).
-            ctx.admission.release()
+            # adapters: release without adapting the global limit (ATP-ERR-005). Every
+            # adapter failing does: the limit backs off.
+            ctx.admission.release(error=isinstance(exc, StreamFailed) and fan.all_failed)
             raise
-        # Adapt on what the adapters did: their failures, and the time spent on them
-        # (not the queueing before admission, nor the waits for the client's credit).
-        ctx.admission.release(
-            latency_s=trio.current_time() - admitted - emit.client_wait_s,
-            error=fan.adapter_failures > 0 and not any(o.finished for o in outcomes),
-        )
+        # Adapt on the time the adapters took (not the queueing before admission, nor
+        # the waits for the client's credit).
+        ctx.admission.release(latency_s=trio.current_time() - admitted - emit.client_wait_s)
         await emit.wait_writable()
         ext = final_ext(ledger, fan.used, trio.current_time() - started, emit.take_first_ext())
         self.output.send_final(final_body(best.answer, best.adapter, best.confidence), ext=ext)
