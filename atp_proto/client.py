@@ -23,7 +23,6 @@ idle timeout fire on the client side too.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -32,6 +31,7 @@ from typing import Any
 import trio
 
 from atp_proto.frames import (
+    WS_MESSAGE_SLACK,
     ATPError,
     BudgetWindow,
     Connection,
@@ -277,7 +277,7 @@ async def connect(
         url,
         headers=headers,
         connect_timeout=connect_timeout,
-        max_message_size=limits.max_frame_size + 64 * 1024,
+        max_message_size=limits.max_frame_size + WS_MESSAGE_SLACK,  # ATP-WS-011
     )
     try:
         client = Client(ws, text=text, limits=limits, heartbeat_s=heartbeat_s)
@@ -293,7 +293,3 @@ async def connect(
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await ws.close(1000, "")
-
-
-def frame_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False, default=str)

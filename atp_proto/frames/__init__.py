@@ -56,6 +56,7 @@ from ._events import (
 )
 from ._frame import Frame
 from ._json import JsonMapping, frame_from_json, frame_to_json
+from ._output import WS_MESSAGE_SLACK
 from ._state import Role, StreamState
 from ._types import (
     DEFAULT_LIMITS,
@@ -99,6 +100,7 @@ __all__ = [
     "LocalProtocolError",
     "MAX_STREAM_ID",
     "MAX_WINDOW",
+    "WS_MESSAGE_SLACK",
     "MessageReceived",
     "Payload",
     "ProtocolError",

@@ -8,11 +8,11 @@ lines), with the dependencies downward: ``_connection`` -> ``_receiving`` / ``_s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from ._caps import PeerCaps, our_caps
-from ._codec import HEADER, FrameDecoder, encode_frame
+from ._codec import FrameDecoder, encode_frame
 from ._errors import (
     LocalProtocolError,
     ProtocolError,
@@ -45,13 +45,8 @@ from ._windows import RecvWindow, SendWindow
 __all__ = ["ConnectionBase"]
 
 _TEXT_PEER_WINDOW: Final = MAX_WINDOW
-_HEADER_PACK: Final = HEADER.pack
 _JSON: Final = Encoding.JSON
-_BINARY: Final = Encoding.BINARY
-_NO_EXT: Final[Mapping[str, Any]] = {}
 _RESETS: Final = (StreamInput.SEND_RST, StreamInput.RECV_RST)
-
-_Handler = Callable[[Frame, int, float, list[Event], Encoding], None]
 
 
 class ConnectionBase:

@@ -10,7 +10,7 @@ closes the session.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
 from ._base import ConnectionBase, _text_cost
 from ._codec import HEADER, HEADER_SIZE, FrameDecoder
@@ -36,7 +36,6 @@ from ._stream import Stream
 from ._types import (
     ACK_BIT,
     MAX_STREAM_ID,
-    MAX_WINDOW,
     RST_BIT,
     SYN_BIT,
     U32_MAX,
@@ -51,12 +50,8 @@ from ._validate import validate_frame
 
 __all__ = ["ReceiveMixin"]
 
-_TEXT_PEER_WINDOW: Final = MAX_WINDOW
-_HEADER_PACK: Final = HEADER.pack
 _JSON: Final = Encoding.JSON
 _BINARY: Final = Encoding.BINARY
-_NO_EXT: Final[Mapping[str, Any]] = {}
-_RESETS: Final = (StreamInput.SEND_RST, StreamInput.RECV_RST)
 
 _Handler = Callable[["ReceiveMixin", Frame, int, float, list[Event], Encoding], None]
 

@@ -8,7 +8,7 @@ tests/frames/test_fast_paths.py holds the two to the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from ._base import ConnectionBase
@@ -18,7 +18,6 @@ from ._errors import (
 )
 from ._events import (
     ConnectionClosed,
-    Event,
 )
 from ._fragments import fragment
 from ._frame import Frame
@@ -28,7 +27,6 @@ from ._types import (
     CONT_BIT,
     FIN_BIT,
     MAX_STREAM_ID,
-    MAX_WINDOW,
     SYN_BIT,
     U32_MAX,
     VERSION,
@@ -42,14 +40,9 @@ from ._types import (
 
 __all__ = ["SendMixin"]
 
-_TEXT_PEER_WINDOW: Final = MAX_WINDOW
 _HEADER_PACK: Final = HEADER.pack
 _JSON: Final = Encoding.JSON
 _BINARY: Final = Encoding.BINARY
-_NO_EXT: Final[Mapping[str, Any]] = {}
-_RESETS: Final = (StreamInput.SEND_RST, StreamInput.RECV_RST)
-
-_Handler = Callable[[Frame, int, float, list[Event], Encoding], None]
 
 
 class SendMixin(ConnectionBase):

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import trio
 
 from atp_proto.adapters import Adapter, ResilientAdapter, make_adapter, registry
-from atp_proto.frames import Encoding, ErrorCode, FrameType, QoS, StreamOpened
+from atp_proto.frames import WS_MESSAGE_SLACK, Encoding, ErrorCode, FrameType, QoS, StreamOpened
 from atp_proto.session import Output, Session, SessionInfo
 from atp_proto.transports.base import TransportClosed
 from atp_proto.transports.ws_server import Handshake, WsConnection
@@ -184,7 +184,7 @@ class Router:
                 remote = f"{host}:{port}"
             except OSError:
                 remote = "?"
-            max_message = self.config.limits.max_frame_size + 64 * 1024
+            max_message = self.config.limits.max_frame_size + WS_MESSAGE_SLACK  # ATP-WS-011
             ws = WsConnection(stream, max_message_size=max_message, remote=remote)
             request: Handshake | None = None
             with trio.move_on_after(self.config.handshake_timeout_s):

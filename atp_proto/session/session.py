@@ -76,7 +76,7 @@ __all__ = [
     "StreamRunner",
 ]
 
-log = logging.getLogger("atp.router")
+log = logging.getLogger("atp.session")
 
 #: Output waiting in the session beyond this stops stream tasks (bytes).
 OUTPUT_HIGH_WATER = 256 * 1024

@@ -60,6 +60,7 @@ API = {
     "VERSION",
     "MAX_STREAM_ID",
     "MAX_WINDOW",
+    "WS_MESSAGE_SLACK",
 }
 
 
