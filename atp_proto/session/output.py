@@ -1,4 +1,5 @@
-"""One stream's output, as the routing code sees it (INTERFACES §1, ``StreamOutput``).
+"""One stream's output, as the routing code sees it (``StreamOutput``: the seam
+between the session and the router's routing stages).
 
 The session owns the transport, the connection's output queue and the writer; a stream's
 routing code gets only this façade: send a PARTIAL, a FINAL or an ERROR on *its* stream,

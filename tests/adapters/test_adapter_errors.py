@@ -1,4 +1,4 @@
-"""AdapterError is part of the package's one error tree (INTERFACES §4, issue 10 item 4)."""
+"""AdapterError is part of the package's one error tree (issue 10 item 4)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The session driver on its own: an in-memory transport, a raw client-role core as the
 peer. Checks the seams the roles use: the runner gets a :class:`SessionInfo` and an
-:class:`Output` (StreamOutput, INTERFACES §1), ``on_window`` hears a WINDOW_UPDATE's
+:class:`Output` (StreamOutput), ``on_window`` hears a WINDOW_UPDATE's
 budget window, the authentication hook (the first CAPABILITIES; no SYN before it), and
 that the session closes the transport through ``close_with_error`` (the transport picks
 the binding's close code).

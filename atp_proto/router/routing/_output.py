@@ -1,5 +1,5 @@
 """What a stream's routing code may do with its stream: the session's
-:class:`~atp_proto.session.output.StreamOutput` (INTERFACES §1), re-exported so the routing
+:class:`~atp_proto.session.output.StreamOutput` (ARCHITECTURE.md §8), re-exported so the routing
 stages import their seam from one place.
 
 Routing never touches the session, its watermarks or the sans-IO ``Connection``: it writes

@@ -36,6 +36,10 @@ class PrincipalLike(Protocol):
     @property
     def max_qos(self) -> QoS: ...
 
+    def allows(self, task_type: str) -> bool: ...
+
+    def cap_qos(self, qos: QoS) -> QoS: ...
+
 
 @dataclass(frozen=True, slots=True)
 class PolicyInput:
@@ -79,14 +83,13 @@ class PrincipalPolicy:
 
     def decide(self, inp: PolicyInput) -> Decision:
         p, task = inp.principal, inp.task
-        if p.task_types is not None and task.task_type not in p.task_types:
+        if not p.allows(task.task_type):
             return Decision(
                 allow=False,
                 rule="task_types",
                 reason=f"task type {task.task_type!r} is not allowed for this token",
             )
-        # lanes are ordered gold (1) < silver (2) < bronze (3): the claim is a floor
-        lane = QoS(max(int(inp.qos), int(p.max_qos)))
+        lane = p.cap_qos(inp.qos)  # the max_qos claim is a floor (ATP-SEC-004)
         wanted = meta_adapters(task.meta)
         if wanted is None:
             names: tuple[str, ...] = tuple(inp.adapters)
