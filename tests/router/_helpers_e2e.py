@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from atp_proto.testing.frames import (
     F_ACK,
@@ -100,3 +101,21 @@ def router_process(
         *args, ws=None, metrics=None, env=clean_env(env), cwd=ROOT, timeout=timeout
     ) as router:
         yield router
+
+
+def frames_until_end(ws: Any, streams: set[int], timeout: float = 15) -> list[RawFrame]:
+    """Binary frames read from a ``websockets`` sync client (an independent WebSocket
+    implementation) until every stream in ``streams`` has ended (FIN or ERROR)."""
+    import time
+
+    frames: list[RawFrame] = []
+    left = set(streams)
+    deadline = time.monotonic() + timeout
+    while left:
+        msg = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
+        assert isinstance(msg, bytes), msg
+        for f in parse_frames(msg):
+            frames.append(f)
+            if f.has(F_FIN) or f.type == T_ERROR:
+                left.discard(f.stream_id)
+    return frames

@@ -32,6 +32,7 @@ from ._helpers_e2e import (
     RawFrame,
     RouterProcess,
     build_frame,
+    frames_until_end,
     parse_frames,
     router_process,
     syn_frame,
@@ -86,20 +87,6 @@ def _texts_until(ws: ClientConnection, done: set[str | int], timeout: float = 15
         out.append(obj)
         if "FIN" in obj.get("flags", []) or obj.get("type") == "ERROR":
             left.discard(obj.get("stream_id"))
-    return out
-
-
-def _binaries_until(ws: ClientConnection, done: set[int], timeout: float = 15) -> list[RawFrame]:
-    out: list[RawFrame] = []
-    left = set(done)
-    deadline = time.monotonic() + timeout
-    while left:
-        msg = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
-        assert isinstance(msg, bytes), msg
-        for f in parse_frames(msg):
-            out.append(f)
-            if f.has(F_FIN) or f.type == T_ERROR:
-                left.discard(f.stream_id)
     return out
 
 
@@ -180,7 +167,7 @@ def test_unknown_frame_type_with_non_cbor_ext_is_skipped(
         ws.send(syn_frame(1, adapters=["slow"]))
         ws.send(junk)
         ws.send(junk + syn_frame(3))  # and back to back with a frame that counts
-        frames = _binaries_until(ws, {1, 3})
+        frames = frames_until_end(ws, {1, 3})
     assert not [f for f in frames if f.type == T_ERROR], frames
     assert {f.stream_id for f in frames if f.has(F_FIN)} == {1, 3}
 
@@ -201,7 +188,7 @@ def test_ext_key_named_like_a_header_field_is_refused(router: RouterProcess) -> 
     )
     with _ws(router) as ws:
         ws.send(bad + syn_frame(3))
-        frames = _binaries_until(ws, {1, 3})
+        frames = frames_until_end(ws, {1, 3})
     errors = [f for f in frames if f.type == T_ERROR]
     assert [(f.stream_id, f.ext["error"]["code"]) for f in errors] == [(1, "EPROTO")]
     assert "reserved" in errors[0].ext["error"]["message"]
@@ -237,7 +224,7 @@ def test_error_without_message_is_refused_on_its_stream(router: RouterProcess) -
     with _ws(router) as ws:
         ws.send(syn_frame(1, adapters=["slow"]))
         ws.send(build_frame(T_ERROR, F_RST, 1, ext={"error": {"code": "EX_GONE"}}))
-        frames = _binaries_until(ws, {1})
+        frames = frames_until_end(ws, {1})
     errors = [f for f in frames if f.type == T_ERROR]
     assert errors and errors[-1].stream_id == 1 and errors[-1].ext["error"]["code"] == "EPROTO"
 
@@ -267,7 +254,7 @@ def test_binary_ext_the_spec_forbids_is_a_stream_error(
     )
     with _ws(router) as ws:
         ws.send(bad + syn_frame(3))
-        frames = _binaries_until(ws, {1, 3})
+        frames = frames_until_end(ws, {1, 3})
     errors = [(f.stream_id, f.ext["error"]["code"]) for f in frames if f.type == T_ERROR]
     assert errors == [(1, "EPROTO")]
     assert [f.stream_id for f in frames if f.has(F_FIN)] == [3]
@@ -351,7 +338,7 @@ def test_router_names_the_numeric_id_of_an_alias_so_a_numeric_syn_can_follow(
     ``stream_num + 1`` is then legal and served, where guessing too low is refused."""
     with _ws(router) as ws:
         ws.send(syn_frame(5))
-        _binaries_until(ws, {5})
+        frames_until_end(ws, {5})
         ws.send(_text_syn("a"))
         replies = _texts_until(ws, {"a"})
         first = replies[0]
@@ -360,10 +347,10 @@ def test_router_names_the_numeric_id_of_an_alias_so_a_numeric_syn_can_follow(
         assert num > 5
         assert all("stream_num" not in r for r in replies[1:])  # said once
         ws.send(syn_frame(num))  # the alias's own id: refused (ids must increase)
-        refused = _binaries_until(ws, {num})
+        refused = frames_until_end(ws, {num})
         assert refused[-1].type == T_ERROR and refused[-1].ext["error"]["code"] == "EPROTO"
         ws.send(syn_frame(num + 1))
-        frames = _binaries_until(ws, {num + 1})
+        frames = frames_until_end(ws, {num + 1})
     assert frames[-1].has(F_FIN) and frames[-1].type == T_DATA
 
 
@@ -373,6 +360,6 @@ def test_router_survives_all_of_the_above(router: RouterProcess) -> None:
     with _ws(router) as ws:
         ws.send(build_frame(T_DATA, F_HB, 0, raw_payload=b"ping"))
         ws.send(syn_frame(1))
-        frames = _binaries_until(ws, {1})
+        frames = frames_until_end(ws, {1})
     assert frames[-1].has(F_FIN)
     assert "Traceback" not in router.log()

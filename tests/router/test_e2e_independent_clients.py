@@ -8,7 +8,6 @@ ATP-FLOW, ATP-SEQ).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -30,6 +29,7 @@ from ._helpers_e2e import (
     RawFrame,
     RouterProcess,
     build_frame,
+    frames_until_end,
     parse_frames,
     router_process,
 )
@@ -62,21 +62,6 @@ def _ws(router: RouterProcess, **kwargs) -> ClientConnection:  # type: ignore[no
     return connect(router.ws_url, proxy=None, open_timeout=10, **kwargs)
 
 
-def _collect(ws: ClientConnection, until_fin: set[int], timeout: float = 10) -> list[RawFrame]:
-    """Binary frames until every stream in ``until_fin`` has ended (FIN or ERROR)."""
-    frames: list[RawFrame] = []
-    open_ = set(until_fin)
-    deadline = time.monotonic() + timeout
-    while open_:
-        msg = ws.recv(timeout=max(0.1, deadline - time.monotonic()))
-        assert isinstance(msg, bytes), msg
-        for f in parse_frames(msg):
-            frames.append(f)
-            if f.has(F_FIN) or f.type == T_ERROR:
-                open_.discard(f.stream_id)
-    return frames
-
-
 def test_seed_syn_json_text(router: RouterProcess) -> None:
     """[ATP-JSON-001, ATP-JSON-007, ATP-SEQ-003, ATP-WS-002, ATP-BUDGET-006] ATP-JSON: the seed's SYN text, sent by an independent client, gets PARTIALs
     (MORE, msg_seq 2, 3, ...) and a FINAL (FIN) with telemetry, as text, echoing the
@@ -106,7 +91,7 @@ def test_hand_built_binary_syn(router: RouterProcess) -> None:
     msg_seq from SYN+1, lengths consistent, telemetry in the FIN's ext."""
     with _ws(router) as ws:
         ws.send(_syn(1))
-        frames = _collect(ws, {1})
+        frames = frames_until_end(ws, {1})
     assert all(f.version == 1 and f.stream_id == 1 and f.frag_seq == 0 for f in frames)
     assert all(f.type == T_DATA for f in frames)
     *partials, fin = frames
@@ -127,7 +112,7 @@ def test_two_frames_in_one_message(router: RouterProcess) -> None:
     caps = build_frame(T_CAPABILITIES, 0, 0, ext={"caps": {"versions": [1]}})
     with _ws(router) as ws:
         ws.send(caps + _syn(1, "first") + _syn(3, "second", adapters=["many"]))
-        frames = _collect(ws, {1, 3})
+        frames = frames_until_end(ws, {1, 3})
     router_caps = [f for f in frames if f.type == T_CAPABILITIES]
     assert len(router_caps) == 1 and router_caps[0].stream_id == 0
     assert 1 in router_caps[0].ext["caps"]["versions"]
@@ -173,7 +158,7 @@ def test_credit_window_by_hand(router: RouterProcess) -> None:
         assert data and not any(f.has(F_FIN) for f in data), "12 chunks cannot fit 1 KiB"
         assert cost <= 1024
         ws.send(build_frame(T_WINDOW_UPDATE, 0, 1, ext={"credit": 1 << 20}))
-        rest = _collect(ws, {1})
+        rest = frames_until_end(ws, {1})
     assert rest[-1].has(F_FIN)
     seqs = [f.msg_seq for f in data + [f for f in rest if f.stream_id == 1]]
     assert seqs == list(range(2, 2 + len(seqs)))  # nothing lost or repeated
@@ -214,5 +199,5 @@ def test_router_survives_independent_clients(router: RouterProcess) -> None:
     assert router.proc.poll() is None
     with _ws(router) as ws:
         ws.send(_syn(1))
-        assert _collect(ws, {1})[-1].has(F_FIN)
+        assert frames_until_end(ws, {1})[-1].has(F_FIN)
     assert "Traceback" not in router.log()
