@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from atp_proto.adapters import Adapter
 from atp_proto.router.admission import Admission
 from atp_proto.router.config import RouterConfig
 from atp_proto.router.metrics import RouterMetrics
 
+from .learning import CheapFirst, Learner
 from .policy import Policy
 
 __all__ = ["RoutingContext"]
@@ -25,3 +26,4 @@ class RoutingContext:
     metrics: RouterMetrics
     config: RouterConfig
     policy: Policy
+    learner: Learner = field(default_factory=CheapFirst)

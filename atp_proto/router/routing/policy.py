@@ -56,9 +56,16 @@ class Decision:
     reason: str = ""  #: said to the client on a denial (ESEC)
     lane: QoS = QoS.SILVER
     candidates: tuple[str, ...] = ()
+    #: how answers are chosen (merge / strategies): "consensus" (today's default),
+    #: "cascade", "first_good", "quorum", "best_confidence", "vote"
     strategy: str = "consensus"
     fanout: int = 1
     min_confidence: float = 0.0  #: escalate while the champion is below this
+    min_quality: float = 0.0  #: cascade: escalate while the predicted quality is below this
+    quorum: int = 2  #: quorum: k answers must agree
+    comparator: str = "exact"  #: quorum/vote: "exact", "numeric" or "json:FIELD"
+    hedge: bool = False  #: hedged requests allowed for this stream
+    plan: str = "default"  #: the tenant's plan: the learner's reward weights
     #: the router's cap on the client's window
     window: BudgetWindow = field(default_factory=BudgetWindow)
 
