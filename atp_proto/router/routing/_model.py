@@ -70,6 +70,7 @@ class Outcome:
     usd_micros: int = 0
     finished: bool = False
     error: AdapterError | None = None
+    latency_ms: float = 0.0  #: from the call's start to its end (the learner observes it)
 
     @property
     def answer(self) -> str:

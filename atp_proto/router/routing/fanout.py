@@ -47,6 +47,8 @@ class FanOut:
         self.ledger = ledger
         self.emit = emit
         self.used: list[str] = []  #: adapters called, in order (telemetry)
+        #: every call's outcome, escalations included, in the order they ended (learner)
+        self.outcomes: list[Outcome] = []
         self.adapter_failures = 0
         #: set by run() when no adapter finished (every call failed): the admission
         #: limit backs off on it
@@ -133,6 +135,7 @@ class FanOut:
         tail = b""
         charge, can_write, send_partial = ledger.charge, output.can_write, output.send_partial
         text = outcome.text
+        call_started = trio.current_time()
         try:
             # trio.fail_after, without its contextmanager layers (hot path)
             deadline = trio.current_time() + self.ctx.config.call_timeout_s
@@ -185,6 +188,8 @@ class FanOut:
             )
         finally:
             ledger.release_parallel()
+            outcome.latency_ms = (trio.current_time() - call_started) * 1000.0
+            self.outcomes.append(outcome)
         return outcome
 
 

@@ -8,6 +8,10 @@
    overflow the budget are not started (EBUDGET when none is left) — :mod:`.preflight`.
 4. Admission: a slot from the global, lane-aware :class:`Admission` (EPREEMPT if shed).
 5. Fan-out and failover, charging the stream's :class:`BudgetLedger` — :mod:`.fanout`.
+   The learner (:mod:`.learning`, ``RoutingContext.learner``) orders the plan: it sees
+   the task, lane, tenant plan, prompt and the guard-banded estimates, and names the
+   order to try; it observes every finished or failed stream. The decision id it is
+   asked under is carried by the FINAL (``ext.telemetry.decision_id``) for feedback.
 6. Merge (consensus) and escalation (champion / challenger) — :mod:`.merge`,
    :mod:`.escalation`.
 7. FINAL (FIN) with the answer and telemetry — :mod:`.telemetry`.
@@ -20,6 +24,9 @@ carries ext ``lane`` (ATP-SEC-015).
 """
 
 from __future__ import annotations
+
+import logging
+import secrets
 
 import trio
 
@@ -39,15 +46,18 @@ from atp_proto.router.budget import BudgetLedger
 
 from . import merge, preflight
 from ._emit import Emitter
-from ._model import Candidate, StreamFailed
+from ._model import Candidate, Outcome, StreamFailed
 from ._output import SessionInfo, StreamOutput
 from .context import RoutingContext
 from .escalation import escalate
 from .fanout import FanOut
+from .learning import CandidateView, Observation, Ranking, RouteQuery
 from .policy import PolicyInput
 from .telemetry import final_ext, record_stream
 
 __all__ = ["TTL_GRACE_MS", "StreamRun"]
+
+log = logging.getLogger("atp.router")
 
 #: Adapter calls get the stream's TTL plus this much: the router's own TTL timer must
 #: decide an expired stream (ETIMEOUT, ATP-TIME-001), not an adapter's deadline racing it.
@@ -69,6 +79,12 @@ class StreamRun:
         self._scope = trio.CancelScope()
         self._stopped: BudgetExceeded | None = None  #: by a WINDOW_UPDATE
         self._finished = False
+        #: the id the learner decided under (FINAL ext telemetry.decision_id, feedback)
+        self.decision_id = secrets.token_hex(8)
+        self._query: RouteQuery | None = None
+        self._outcomes: list[Outcome] = []
+        self._winner: str | None = None
+        self.ev_task_type = ""
 
     def _on_window(self, window: BudgetWindow) -> None:
         """A WINDOW_UPDATE's budget window (called by the session, never blocks)."""
@@ -101,9 +117,53 @@ class StreamRun:
             raise
         finally:
             output.on_window = None
+            self._observe()
             tenant = getattr(self.info.principal, "tenant", "")
             latency = trio.current_time() - started
             record_stream(metrics, output.lane.label, outcome, latency, tenant, self.ledger.tokens)
+
+    def _observe(self) -> None:
+        """Tell the learner what the stream's adapter calls gave (never raises)."""
+        query = self._query
+        if query is None:
+            return
+        observations = [
+            Observation(
+                adapter=o.adapter,
+                ok=o.finished and o.error is None,
+                confidence=o.confidence if o.finished else None,
+                tokens=o.tokens,
+                usd_micros=o.usd_micros,
+                latency_ms=o.latency_ms,
+            )
+            for o in self._outcomes
+        ]
+        try:
+            self.ctx.learner.observe(query, observations, self._winner)
+        except Exception:  # a learner's bug must not fail a stream that is done
+            log.exception("learner.observe failed")
+
+    def _rank(self, lane: QoS, plan: preflight.Plan, prompt: str, plan_name: str) -> Ranking:
+        """Ask the learner for the order to try the estimated candidates in."""
+        views = tuple(CandidateView(c.name, c.guarded_tokens, c.guarded_usd) for c in plan.ranked)
+        tenant = getattr(self.info.principal, "tenant", "")
+        money = self.ledger.window.max_usd_micros
+        self._query = query = RouteQuery(
+            decision_id=self.decision_id,
+            tenant=tenant,
+            plan=plan_name,
+            task_type=self.ev_task_type,
+            lane=lane,
+            prompt=prompt,
+            candidates=views,
+            budget_usd_micros=money or 0,
+        )
+        ranking = self.ctx.learner.rank(query)
+        known = {c.name for c in plan.ranked}
+        if not ranking.order or any(n not in known for n in ranking.order):
+            log.warning("learner returned an invalid order; cheap-first is used")
+            return Ranking(order=tuple(c.name for c in plan.ranked))
+        return ranking
 
     def _move_lane(self, lane: QoS) -> None:
         """The policy capped the lane (before any output): the stream counts, and its
@@ -116,6 +176,7 @@ class StreamRun:
     async def _route(self, started: float) -> None:
         ctx, ev, ledger, emit = self.ctx, self.ev, self.ledger, self.emit
         task = parse_task(ev)
+        self.ev_task_type = task.task_type
         decision = ctx.policy.decide(
             PolicyInput(self.info.principal, task, ev.qos, tuple(ctx.adapters))
         )
@@ -141,6 +202,14 @@ class StreamRun:
             candidates, request, lane, ctx.config.estimate_timeout_s
         )
         plan = preflight.plan(candidates, ledger, failures)
+        ranking = self._rank(lane, plan, task.prompt, decision.plan)
+        position = {name: i for i, name in enumerate(ranking.order)}
+        plan = preflight.Plan(
+            sorted((c for c in plan.ranked if c.name in position), key=lambda c: position[c.name]),
+            sorted((c for c in plan.fitting if c.name in position), key=lambda c: position[c.name]),
+        )
+        if not plan.fitting:
+            raise StreamFailed(ErrorCode.EBUDGET, "no adapter the router chose fits the budget")
         width = min(decision.fanout, ledger.window.max_parallel or decision.fanout)
         try:
             await ctx.admission.acquire(lane)
@@ -149,6 +218,7 @@ class StreamRun:
             raise
         admitted = trio.current_time()
         fan = FanOut(ctx, request, ledger, emit)
+        self._outcomes = fan.outcomes
         try:
             outcomes = await fan.run(plan.fitting, plan.ranked, width)
             best = merge.choose(outcomes, decision.strategy)
@@ -165,6 +235,8 @@ class StreamRun:
         # the waits for the client's credit).
         ctx.admission.release(latency_s=trio.current_time() - admitted - emit.client_wait_s)
         await emit.wait_writable()
+        self._winner = best.adapter
         ext = final_ext(ledger, fan.used, trio.current_time() - started, emit.take_first_ext())
+        ext["telemetry"]["decision_id"] = self.decision_id
         self.output.send_final(final_body(best.answer, best.adapter, best.confidence), ext=ext)
         self._finished = True
