@@ -56,6 +56,7 @@ _pack = HEADER.pack
 #: the same 24 bytes with ext_len and payload_len read as one ``ext_len << 32 |
 #: payload_len``: one comparison checks "no ext and payload within max_frame_size"
 _fast_unpack = struct.Struct("!BBBBIIHHQ").unpack_from
+_SIZES: Final = struct.Struct("!II")  #: ext_len, payload_len at offset 16
 #: byte value -> enum member or None: a tuple index, cheaper than a dict's ``get``
 _TYPE_AT: Final = tuple(_TYPES.get(i) for i in range(256))
 _QOS_AT: Final = tuple(_QOS.get(i) for i in range(256))
@@ -128,11 +129,16 @@ class FrameDecoder:
     frame and the decoder goes on; a connection-level one leaves it broken.
     """
 
-    __slots__ = ("_broken", "_buf", "_fast_max", "_limits", "_pos", "_skip")
+    __slots__ = ("_broken", "_buf", "_fast_max", "_limits", "_need", "_parts", "_pos", "_skip")
 
     # Invariant the fast path relies on: while bytes are being skipped (``_skip``) or the
     # decoder is broken (``_broken``), nothing is buffered (``_pos == len(_buf)``), so a
     # buffer that holds at least a header means "neither", without reading either slot.
+    #
+    # A frame that arrives in many pieces (QUIC stream data, a slow TCP peer) is collected
+    # in ``_parts`` until it is whole, then joined once: concatenating on every feed would
+    # copy the partial frame again per piece (quadratic). While collecting, ``_buf`` is
+    # empty, so next_frame answers None at once; ``_need`` is the frame's whole size.
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
@@ -140,6 +146,8 @@ class FrameDecoder:
         self._pos = 0
         self._skip = 0
         self._broken: FrameDecodeError | None = None
+        self._parts: list[bytes | memoryview] = []
+        self._need = 0
 
     @property
     def limits(self) -> Limits:
@@ -154,7 +162,8 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes held that do not yet form a whole frame (plus bytes still to skip)."""
-        return len(self._buf) - self._pos + self._skip
+        parts = sum(len(p) for p in self._parts) if self._parts else 0
+        return len(self._buf) - self._pos + self._skip + parts
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._broken is not None:
@@ -167,11 +176,36 @@ class FrameDecoder:
             data = data[n:]
             if not data:
                 return
-        if self._pos >= len(self._buf):
+        parts = self._parts
+        if parts:  # collecting one frame: join once it is whole
+            parts.append(data)
+            self._need -= len(data)
+            if self._need > 0:
+                return
+            self._buf, self._pos = b"".join(parts), 0
+            parts.clear()
+            return
+        buf, pos = self._buf, self._pos
+        rest = len(buf) - pos
+        if rest <= 0:
             self._buf, self._pos = data, 0
-        else:
-            self._buf = self._buf[self._pos :] + data
-            self._pos = 0
+            return
+        if rest >= HEADER_SIZE:
+            ext_len, pay_len = _SIZES.unpack_from(buf, pos + 16)
+            missing = HEADER_SIZE + ext_len + pay_len - rest - len(data)
+            limits = self._limits
+            if (
+                missing > 0
+                and ext_len + pay_len <= limits.max_frame_size
+                and ext_len <= limits.max_ext_size
+            ):
+                parts.append(memoryview(buf)[pos:])
+                parts.append(data)
+                self._need = missing
+                self._buf, self._pos = b"", 0
+                return
+        self._buf = buf[pos:] + data
+        self._pos = 0
 
     def __iter__(self) -> Iterator[Frame]:
         while (frame := self.next_frame()) is not None:
@@ -304,6 +338,7 @@ class FrameDecoder:
     def _fail(self, message: str, code: ErrorCode = ErrorCode.EPROTO) -> FrameDecodeError:
         self._broken = FrameDecodeError(code, message, stream_id=0)
         self._buf, self._pos = b"", 0
+        self._parts.clear()
         return self._broken
 
 

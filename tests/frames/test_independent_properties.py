@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 import cbor2
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -290,3 +291,33 @@ PairMachine.TestCase.settings = settings(
 test_pair_machine = PairMachine.TestCase
 
 _ = Flags  # re-exported names used in strategies above
+
+
+@pytest.mark.parametrize("piece", [1, 7, 1000, 4096])
+def test_a_big_frame_fed_in_small_pieces_is_collected_then_decoded(piece: int) -> None:
+    """A frame arriving in many pieces (QUIC stream data) is collected, not re-copied per
+    piece; ``buffered`` counts the pieces; frames after it in the last piece come out too."""
+    big = Frame.data(3, 0, raw=bytes(range(256)) * 64, ext={"meta": {"k": "v"}})  # 16 KiB
+    after = [Frame.data(5, 0, {"n": 1}), Frame.data(3, 1, raw=b"x")]
+    blob = encode_frames([big, *after])
+    dec = FrameDecoder()
+    got: list[Frame] = []
+    fed = 0
+    for i in range(0, len(blob), piece):
+        dec.feed(blob[i : i + piece])
+        fed += len(blob[i : i + piece])
+        got.extend(dec)
+        consumed = sum(len(encode_frames([f])) for f in got)
+        assert dec.buffered == fed - consumed
+    assert got == [big, *after]
+    assert dec.buffered == 0
+
+
+def test_pieces_fed_without_pulling_frames_keep_every_frame() -> None:
+    fs = [Frame.data(1, i, raw=bytes([i]) * 3000) for i in range(4)]
+    blob = encode_frames(fs)
+    dec = FrameDecoder()
+    for i in range(0, len(blob), 1000):
+        dec.feed(blob[i : i + 1000])
+    assert list(dec) == fs
+    assert dec.buffered == 0
