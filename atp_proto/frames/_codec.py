@@ -245,6 +245,22 @@ class FrameDecoder:
                                 1,
                             ),
                         )
+            # A whole header is buffered, so nothing is being skipped and the decoder is
+            # not broken (the invariant above): decide with the header already read.
+            return self._decode(
+                buf,
+                pos,
+                version,
+                ftype,
+                flags,
+                qos,
+                sid,
+                mseq,
+                fseq,
+                ttl,
+                sizes >> 32,
+                sizes & _U32,
+            )
         return self.next_frame_general()
 
     def next_frame_general(self) -> Frame | None:
@@ -252,12 +268,27 @@ class FrameDecoder:
         if self._broken is not None:
             raise self._broken
         buf, pos = self._buf, self._pos
-        avail = len(buf) - pos
-        if avail < HEADER_SIZE or self._skip:
+        if len(buf) - pos < HEADER_SIZE or self._skip:
             return None
-        version, ftype, flags, qos, sid, mseq, fseq, ttl, ext_len, pay_len = HEADER.unpack_from(
-            buf, pos
-        )
+        return self._decode(buf, pos, *HEADER.unpack_from(buf, pos))
+
+    def _decode(
+        self,
+        buf: bytes,
+        pos: int,
+        version: int,
+        ftype: int,
+        flags: int,
+        qos: int,
+        sid: int,
+        mseq: int,
+        fseq: int,
+        ttl: int,
+        ext_len: int,
+        pay_len: int,
+    ) -> Frame | None:
+        """The general decision on one header read at ``pos`` (every case, slow ones too)."""
+        avail = len(buf) - pos
         body = ext_len + pay_len
         if version != VERSION:
             raise self._fail(f"unsupported version {version} (this peer speaks {VERSION})")
