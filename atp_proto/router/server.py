@@ -30,7 +30,9 @@ from .config import RouterConfig
 from .handshake import admit
 from .http import serve_http
 from .metrics import RouterMetrics
-from .routing import PrincipalPolicy, RoutingContext, StreamRun
+from .routing import RoutingContext, StreamRun
+from .routing.policy import LayeredPolicy
+from .routing.reload import PolicySource, Reloader
 
 log = logging.getLogger("atp.router")
 
@@ -69,12 +71,23 @@ class Router:
         self.metrics.adapter_state = lambda: [
             (n, a.state) for n, a in self.adapters.items() if isinstance(a, ResilientAdapter)
         ]
+        # the policy and routing table (a broken one refuses to start: ValueError, exit 2)
+        self.policy = LayeredPolicy(
+            min_confidence=config.min_confidence, window=config.tenant_window
+        )
+        source = PolicySource(
+            config.policy_file,
+            config.opa_url,
+            config.opa_timeout_s,
+            config.routing_table,
+            tuple(self.adapters),
+        )
+        self.policy.state = source.load()
+        self.reloader = Reloader(
+            self.policy, source, registry=self.metrics.registry, interval_s=config.policy_poll_s
+        )
         self.routing = RoutingContext(
-            self.adapters,
-            self.admission,
-            self.metrics,
-            config,
-            PrincipalPolicy(min_confidence=config.min_confidence, window=config.tenant_window),
+            self.adapters, self.admission, self.metrics, config, self.policy
         )
         self.authenticator: Authenticator | None = None
         if config.auth:
@@ -134,6 +147,7 @@ class Router:
                 nursery.start_soon(self._run_listener, listeners, nursery, self._listener_scope)
                 if cfg.metrics_port is not None:
                     self.metrics_port = await nursery.start(self._serve_metrics)
+                nursery.start_soon(self.reloader.run)  # SIGHUP and file changes
                 for adapter in self.adapters.values():  # their tasks live in our nursery
                     await registry.start(nursery, adapter, health_interval_s=cfg.health_interval_s)
                 self._ready = True
@@ -148,6 +162,7 @@ class Router:
                         ),
                         "auth": "jwt" if self.authenticator else "off",
                         "adapters": ",".join(self.adapters),
+                        "policy": self.policy.state.version,
                     },
                 )
                 task_status.started(self)
