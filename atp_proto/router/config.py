@@ -93,6 +93,8 @@ class RouterConfig:
             raise ConfigError("--policy and --opa-url exclude each other: pick one policy")
         if self.jwks and self.oidc_issuer:
             raise ConfigError("--jwks and --oidc-issuer exclude each other (OIDC finds the JWKS)")
+        if self.oidc_issuer and not self.jwt_audience:
+            raise ConfigError("--oidc-issuer needs --jwt-audience (the 'aud' this router accepts)")
         if self.opa_timeout_s <= 0 or self.policy_poll_s <= 0:
             raise ConfigError("opa_timeout_s and policy_poll_s must be positive")
         for key, value in self.tenant_window.to_dict().items():

@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import trio
 
@@ -22,10 +23,7 @@ from atp_proto.transports.base import TransportClosed
 from atp_proto.transports.ws_server import Handshake, WsConnection
 
 from .admission import Admission
-from .auth import (
-    AuthConfig,
-    Authenticator,
-)
+from .auth import AuthConfig, Authenticator, TokenVerifier
 from .config import RouterConfig
 from .handshake import admit
 from .http import serve_http
@@ -51,6 +49,26 @@ def _add_frames(
         for ftype, n in counts.items():
             key = (direction, _type_name(ftype))
             totals[key] = totals.get(key, 0) + n
+
+
+def _key_set_authenticator(config: RouterConfig) -> TokenVerifier:
+    """``--jwks`` / ``--oidc-issuer`` (:mod:`.jwks`). A key set in a file is read now:
+    a broken one refuses to start (ValueError)."""
+    from .jwks import JwksAuthenticator, JwksSource, OidcDiscovery
+
+    keys: JwksSource | OidcDiscovery
+    if config.oidc_issuer:
+        keys = OidcDiscovery(config.oidc_issuer)
+    else:
+        keys = JwksSource(config.jwks or "")
+        if urlsplit(keys.location).scheme not in ("http", "https"):
+            keys.load_now()
+    return JwksAuthenticator(
+        keys,
+        audience=config.jwt_audience,
+        issuer=config.jwt_issuer,
+        allowed_tenants=config.allowed_tenants or None,
+    )
 
 
 class Router:
@@ -89,8 +107,10 @@ class Router:
         self.routing = RoutingContext(
             self.adapters, self.admission, self.metrics, config, self.policy
         )
-        self.authenticator: Authenticator | None = None
-        if config.auth:
+        self.authenticator: TokenVerifier | None = None
+        if config.auth and (config.jwks or config.oidc_issuer):
+            self.authenticator = _key_set_authenticator(config)
+        elif config.auth:
             self.authenticator = Authenticator(
                 AuthConfig.load(
                     key_file=config.jwt_key_file,
@@ -160,7 +180,11 @@ class Router:
                             if self.metrics_port
                             else "off"
                         ),
-                        "auth": "jwt" if self.authenticator else "off",
+                        "auth": (
+                            ("oidc" if cfg.oidc_issuer else "jwks" if cfg.jwks else "jwt")
+                            if self.authenticator
+                            else "off"
+                        ),
                         "adapters": ",".join(self.adapters),
                         "policy": self.policy.state.version,
                     },
