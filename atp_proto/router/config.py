@@ -69,6 +69,8 @@ class RouterConfig:
     policy_poll_s: float = 1.0  #: how often the policy / table files are checked for change
     jwks: str | None = None  #: --jwks FILE|URL: the token keys as a JWK Set
     oidc_issuer: str | None = None  #: --oidc-issuer URL: discovery gives jwks_uri; iss checked
+    jwks_ttl_s: float = 300.0  #: how long a fetched key set is used before it is refetched
+    jwks_refetch_s: float = 5.0  #: at most one refetch per this long (unknown kid, rotation)
 
     def validate(self) -> RouterConfig:
         if not self.ws_path.startswith("/"):

@@ -57,10 +57,11 @@ def _key_set_authenticator(config: RouterConfig) -> TokenVerifier:
     from .jwks import JwksAuthenticator, JwksSource, OidcDiscovery
 
     keys: JwksSource | OidcDiscovery
+    timing = {"ttl_s": config.jwks_ttl_s, "min_refetch_s": config.jwks_refetch_s}
     if config.oidc_issuer:
-        keys = OidcDiscovery(config.oidc_issuer)
+        keys = OidcDiscovery(config.oidc_issuer, **timing)
     else:
-        keys = JwksSource(config.jwks or "")
+        keys = JwksSource(config.jwks or "", **timing)
         if urlsplit(keys.location).scheme not in ("http", "https"):
             keys.load_now()
     return JwksAuthenticator(
