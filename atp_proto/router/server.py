@@ -57,11 +57,11 @@ def _key_set_authenticator(config: RouterConfig) -> TokenVerifier:
     from .jwks import JwksAuthenticator, JwksSource, OidcDiscovery
 
     keys: JwksSource | OidcDiscovery
-    timing = {"ttl_s": config.jwks_ttl_s, "min_refetch_s": config.jwks_refetch_s}
+    ttl, refetch = config.jwks_ttl_s, config.jwks_refetch_s
     if config.oidc_issuer:
-        keys = OidcDiscovery(config.oidc_issuer, **timing)
+        keys = OidcDiscovery(config.oidc_issuer, ttl_s=ttl, min_refetch_s=refetch)
     else:
-        keys = JwksSource(config.jwks or "", **timing)
+        keys = JwksSource(config.jwks or "", ttl_s=ttl, min_refetch_s=refetch)
         if urlsplit(keys.location).scheme not in ("http", "https"):
             keys.load_now()
     return JwksAuthenticator(

@@ -174,3 +174,18 @@ async def test_policy_reload_under_load(tmp_path: Path) -> None:
     assert failed and all("unclosed" in ln for ln in failed)
     assert (metric_value(body, "atp_policy_reloads_total", result="ok") or 0) >= 2
     assert (metric_value(body, "atp_policy_reloads_total", result="failed") or 0) >= 2
+
+
+async def test_demo_shows_a_stream_denied_by_policy_with_its_rule() -> None:
+    """[ATP-SEC-016] `atp demo` runs the example policy: its refusals include a stream
+    asking for a secret-reading tool under data scope no_secrets, ESEC with the rule."""
+    import json
+
+    from ._helpers_e2e import atp
+
+    result = await trio.to_thread.run_sync(lambda: atp("demo", "--json", timeout=60))
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    summary = json.loads(out if out.startswith("{") else out[out.rindex("\n{") + 1 :])
+    assert summary["policy_error"] == "ESEC"
+    assert summary["policy_message"].endswith("(rule: no_secrets)")
