@@ -184,6 +184,14 @@ class JwksSource:
             raise AuthError(401, "token key id (kid) is not in the key set")
         return found
 
+    @property
+    def has_keys(self) -> bool:
+        return bool(self._keys)
+
+    def cached_key(self, kid: str | None) -> PyJWK | None:
+        """The key for ``kid`` in the set fetched last, without fetching."""
+        return self._pick(kid)
+
     def _pick(self, kid: str | None) -> PyJWK | None:
         if kid is None:
             # no kid: only a set of one key is unambiguous
@@ -252,7 +260,20 @@ class JwksAuthenticator:
         self.allowed_tenants = frozenset(allowed_tenants) if allowed_tenants else None
 
     def authenticate(self, token: str | None) -> Principal:
-        raise AuthError(500, "a key set is asked with authenticate_async")  # pragma: no cover
+        """Verify ``token`` with the keys already fetched (no I/O: for a caller that
+        cannot await; :meth:`authenticate_async` fetches, refreshes and rotates).
+
+        Raises:
+            AuthError: as :meth:`authenticate_async`; 503 when no key was fetched yet.
+        """
+        kid = self._kid(token)
+        source = self.keys.source if isinstance(self.keys, OidcDiscovery) else self.keys
+        key = source.cached_key(kid) if source is not None else None
+        if key is None:
+            if source is None or not source.has_keys:
+                raise AuthError(503, "the token keys (JWKS) are not fetched yet; try again")
+            raise AuthError(401, "token key id (kid) is not in the key set")
+        return self._verify(token or "", key)
 
     async def authenticate_async(self, token: str | None) -> Principal:
         """Verify ``token`` against the set's key for its ``kid``.
@@ -261,6 +282,13 @@ class JwksAuthenticator:
             AuthError: 401 for a missing, malformed, unknown-kid, badly signed or expired
                 token; 403 for a tenant not allowed; 503 when no key can be fetched.
         """
+        kid = self._kid(token)
+        source = await self.keys.jwks() if isinstance(self.keys, OidcDiscovery) else self.keys
+        key = await source.key(kid)
+        return self._verify(token or "", key)
+
+    @staticmethod
+    def _kid(token: str | None) -> str | None:
         if not token:
             raise AuthError(401, "missing bearer token")
         try:
@@ -270,8 +298,9 @@ class JwksAuthenticator:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise AuthError(401, "token key id (kid) must be a string")
-        source = await self.keys.jwks() if isinstance(self.keys, OidcDiscovery) else self.keys
-        key = await source.key(kid)
+        return kid
+
+    def _verify(self, token: str, key: PyJWK) -> Principal:
         claims = decode_token(
             token,
             key.key,

@@ -101,10 +101,10 @@ class Router:
             config.routing_table,
             tuple(self.adapters),
         )
-        self.policy.state = source.load()
-        self.reloader = Reloader(
+        self.reloader = Reloader(  # it notes the files' mtimes before they are read
             self.policy, source, registry=self.metrics.registry, interval_s=config.policy_poll_s
         )
+        self.policy.state = source.load()
         self.routing = RoutingContext(
             self.adapters, self.admission, self.metrics, config, self.policy
         )

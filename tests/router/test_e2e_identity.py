@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from atp_proto.client import connect
 from atp_proto.router import Router, RouterConfig
+from atp_proto.router.auth import AuthError
 from atp_proto.router.jwks import keys_from_jwks
 
 from ._helpers_e2e import atp
@@ -208,6 +209,10 @@ async def test_discovery_with_a_wrong_issuer_and_an_unreachable_provider(
     idp.issuer_override = "http://evil.example"
     router = await _router(nursery, oidc_issuer=idp.http.url, jwt_audience=AUD)
     assert (await _status(router, idp.token("k1")))[0] == 503
+    assert router.authenticator is not None
+    with pytest.raises(AuthError) as err:  # nothing fetched: the sync entry cannot verify
+        router.authenticator.authenticate(idp.token("k1"))
+    assert err.value.status == 503
     gone = await _router(nursery, jwks="http://127.0.0.1:9/jwks.json")
     assert (await _status(gone, idp.token("k1")))[0] == 503
 
@@ -227,6 +232,8 @@ async def test_jwks_from_a_file(nursery: trio.Nursery, keys: dict[str, Any], tmp
         headers={"kid": "k1"},
     )
     assert await _status(router, token) == (200, "")
+    assert router.authenticator is not None  # no I/O needed: the sync entry works too
+    assert router.authenticator.authenticate(token).tenant == "t"
     del idp
     bad = tmp_path / "oct.json"
     bad.write_text(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "h"}]}))

@@ -110,13 +110,15 @@ def test_table_per_task_type() -> None:
     policy = _layered()
     math = policy.decide(_inp({}, task_type="qa.math"))
     assert (math.strategy, math.fanout, math.quorum, math.comparator) == ("quorum", 2, 2, "numeric")
-    chat = policy.decide(_inp({}, task_type="chat", qos=QoS.UNSPECIFIED))
+    chat = policy.decide(_inp({}, task_type="chat"))
     assert (chat.strategy, chat.min_quality, chat.hedge, chat.lane) == (
         "cascade",
         0.7,
         True,
-        QoS.SILVER,
+        QoS.GOLD,
     )
+    batch = policy.decide(_inp({}, task_type="batch"))
+    assert batch.lane is QoS.BRONZE and batch.window.max_tokens == 2000
 
 
 def test_malformed_meta_is_eproto() -> None:
@@ -255,11 +257,14 @@ def test_reloader_swaps_whole_states_and_keeps_the_last_good(tmp_path: Path, cap
     assert policy.decide(_inp({})).rule == "a"
     assert not reloader.check_files()
     _write(rego, 'package atp.policy\nimport rego.v1\ndeny contains "b" if true\n')
+    assert not reloader.check_files()  # changed: wait for it to hold still one look
+    assert policy.state is first
     assert reloader.check_files()
     assert policy.state is not first and policy.decide(_inp({})).rule == "b"
     good = policy.state
     _write(rego, "package atp.policy\ndeny contains {\n")
     with caplog.at_level("WARNING", logger="atp.router"):
+        assert not reloader.check_files()
         assert reloader.check_files()
     assert policy.state is good and policy.decide(_inp({})).rule == "b"
     assert reloader.reloads == {"ok": 1, "failed": 1}

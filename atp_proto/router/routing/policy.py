@@ -288,10 +288,9 @@ class LayeredPolicy:
                 "task_types", f"task type {task.task_type!r} is not allowed for this token"
             )
         route: RouteEntry = table.entry(task.task_type)
-        asked = inp.qos
-        if asked is QoS.UNSPECIFIED and route.lane is not None:
-            asked = route.lane
-        lane = p.cap_qos(asked)
+        lane = p.cap_qos(inp.qos)  # the max_qos claim is a floor (ATP-SEC-004)
+        if route.lane is not None:  # the table's lane is a cap too
+            lane = QoS(max(int(lane), int(route.lane)))
         wanted = meta_adapters(task.meta)
         defaults = route.candidates or tuple(inp.adapters)
         if wanted is None:

@@ -3,12 +3,14 @@
 :class:`PolicySource` says where they come from (``--policy FILE.rego``, ``--opa-url``,
 ``--routing-table FILE.toml``) and builds a whole :class:`~.policy.PolicyState` from
 them: the Rego bundle compiled, the table checked. :class:`Reloader` rebuilds it on
-SIGHUP and when a file's mtime (or size) changes, polled every ``interval_s`` with trio,
-and swaps it into the :class:`~.policy.LayeredPolicy` in one assignment: a stream's
-decision reads either the old state or the new one, never a half-loaded one
-(ATP-SEC-018). A policy or table that does not load keeps the last good state and logs
-why, in one line. ``atp_policy_info{version}`` and ``atp_policy_reloads_total{result}``
-show what is loaded; ``/readyz`` names the version too.
+SIGHUP, and when a file's mtime (or size) changed and then held still for one poll
+(polled every ``interval_s`` with trio: a writer that pauses is not read half-way;
+writing aside and renaming over is safest), and swaps it into the
+:class:`~.policy.LayeredPolicy` in one assignment: a stream's decision reads either the
+old state or the new one, never a half-loaded one (ATP-SEC-018). A policy or table that
+does not load keeps the last good state and logs why, in one line.
+``atp_policy_info{version}`` and ``atp_policy_reloads_total{result}`` (/metrics) show
+what is loaded.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ class Reloader:
         self.policy = policy
         self.source = source
         self.interval_s = interval_s
-        self._stamps = {f: _stamp(f) for f in source.files}
+        self._stamps = {f: _stamp(f) for f in source.files}  #: taken before the first load
+        self._settling = False  #: a file changed at the last look
         self.reloads = {"ok": 0, "failed": 0}
         self.last_error = ""
         if registry is not None:
@@ -119,7 +122,9 @@ class Reloader:
         return True
 
     def check_files(self) -> bool:
-        """Reload when a watched file changed since the last look; True if it did."""
+        """Reload once a watched file changed and then held still for one look (a file
+        still being written is not read half-way if its writer pauses less than
+        ``interval_s``); True when a reload was tried."""
         changed = False
         for f in self.source.files:
             now = _stamp(f)
@@ -127,8 +132,13 @@ class Reloader:
                 self._stamps[f] = now
                 changed = True
         if changed:
+            self._settling = True
+            return False
+        if self._settling:
+            self._settling = False
             self.reload("file changed")
-        return changed
+            return True
+        return False
 
     async def run(self) -> None:
         """Watch the files and SIGHUP until cancelled."""

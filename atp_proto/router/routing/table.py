@@ -10,7 +10,7 @@ type; a ``[task."TYPE"]`` table overrides it key by key for one task type::
     fanout = 1
     min_confidence = 0.0               # escalate while the champion is below this
     min_quality = 0.0                  # cascade: escalate while predicted quality is below
-    lane = "silver"                    # the lane of a SYN that asks for none (qos 0)
+    lane = "silver"                    # the best lane this task type runs in (a cap)
     [default.window]                   # the router's cap on the client's budget window
     max_tokens = 4000
 
@@ -59,7 +59,7 @@ class RouteEntry:
     quorum: int | None = None
     comparator: str | None = None
     hedge: bool | None = None
-    lane: QoS | None = None
+    lane: QoS | None = None  #: the best lane allowed (a cap: it can only lower a lane)
     window: BudgetWindow | None = None
 
     def over(self, base: RouteEntry) -> RouteEntry:
