@@ -80,9 +80,6 @@ async def test_denials_name_the_rule_through_real_processes() -> None:
     loaded version."""
     async with _stack("--policy", str(EXAMPLE), "--routing-table", str(TABLE)) as router:
         async with connect(router.url) as client:
-            seed_meta = {"tool_permissions": [], "data_scope": ["no_secrets"]}
-            code, _, final = await _outcome(client, meta=seed_meta)
-            assert code == "ok" and final.content["answer"]
             code, msg, _ = await _outcome(
                 client, meta={"tool_permissions": ["secrets.read"], "data_scope": ["no_secrets"]}
             )
@@ -91,6 +88,12 @@ async def test_denials_name_the_rule_through_real_processes() -> None:
             assert code == "ESEC" and msg.endswith("(rule: tool_permissions)")
             code, msg, _ = await _outcome(client, meta={"data_scope": ["classified"]})
             assert code == "ESEC" and msg.endswith("(rule: data_scope)")
+            # denied before any adapter was called
+            assert "atp_adapter_calls_total{" not in await _metrics(router)
+            seed_meta = {"tool_permissions": [], "data_scope": ["no_secrets"]}
+            code, _, final = await _outcome(client, meta=seed_meta)
+            assert code == "ok" and final.content["answer"]
+            assert "atp_adapter_calls_total{" in await _metrics(router)
             code, _, final = await _outcome(
                 client,
                 meta={"data_scope": ["internal"], "fanout": 2, "adapters": ["strong", "cheap"]},

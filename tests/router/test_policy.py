@@ -8,6 +8,7 @@ is tests/router/test_e2e_policy.py.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +271,28 @@ def test_reloader_swaps_whole_states_and_keeps_the_last_good(tmp_path: Path, cap
     assert reloader.reloads == {"ok": 1, "failed": 1}
     (line,) = [r.getMessage() for r in caplog.records if "reload" in r.getMessage()]
     assert "keeping" in line and good.version in line and "\n" not in line
+
+
+def test_config_file_and_env_carry_the_policy_settings(tmp_path: Path) -> None:
+    """``[policy]`` and ``[auth] jwks / oidc_issuer`` in the config file, ``OPA_URL`` in
+    the environment; unknown keys and wrong types are refused naming the key."""
+    from atp_proto.router.config import ConfigError, build_config
+
+    path = tmp_path / "atp.toml"
+    path.write_text(
+        '[policy]\nfile = "p.rego"\nrouting_table = "t.toml"\npoll_s = 0.5\n'
+        '[auth]\njwks = "https://id.example/jwks.json"\n'
+    )
+    cfg = build_config(file=str(path), env={}, flags={})
+    assert (cfg.policy_file, cfg.routing_table, cfg.policy_poll_s) == ("p.rego", "t.toml", 0.5)
+    assert cfg.jwks == "https://id.example/jwks.json"
+    env_cfg = build_config(file=None, env={"OPA_URL": "http://127.0.0.1:8181"}, flags={})
+    assert env_cfg.opa_url == "http://127.0.0.1:8181"
+    for text, words in (
+        ("[policy]\nengine = 1\n", "[policy]: unknown setting 'engine'"),
+        ("[policy]\npoll_s = true\n", "policy.poll_s has the wrong type"),
+        ("[policy]\nfile = 3\n", "policy.file has the wrong type"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            build_config(file=str(path), env={}, flags={})
