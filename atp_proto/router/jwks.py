@@ -210,9 +210,12 @@ class OidcDiscovery:
         self._options = {"timeout_s": timeout_s, **jwks_options}
         self.source: JwksSource | None = None
         self._lock = trio.Lock()
+        self._failed_at: float | None = None  #: a failed discovery is retried this much later
+        self._retry_s = float(jwks_options.get("min_refetch_s", 5.0))
 
     async def jwks(self) -> JwksSource:
-        """The key source (discovered once; a failed discovery is tried again next time).
+        """The key source (discovered once; a failed discovery is retried at most once
+        per ``min_refetch_s``).
 
         Raises:
             AuthError: 503 when the discovery document cannot be had or is wrong.
@@ -222,6 +225,9 @@ class OidcDiscovery:
         async with self._lock:
             if self.source is not None:
                 return self.source
+            if self._failed_at is not None and time.monotonic() - self._failed_at < self._retry_s:
+                raise AuthError(503, "the identity provider cannot be reached")
+            self._failed_at = time.monotonic()  # cleared when the discovery succeeds
             url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
             try:
                 with trio.fail_after(self.timeout_s + 0.5):
@@ -238,6 +244,7 @@ class OidcDiscovery:
             if not isinstance(uri, str) or not _is_url(uri):
                 raise AuthError(503, "the identity provider's discovery document has no jwks_uri")
             self.source = JwksSource(uri, **self._options)
+            self._failed_at = None
             return self.source
 
 

@@ -209,6 +209,9 @@ async def test_discovery_with_a_wrong_issuer_and_an_unreachable_provider(
     idp.issuer_override = "http://evil.example"
     router = await _router(nursery, oidc_issuer=idp.http.url, jwt_audience=AUD)
     assert (await _status(router, idp.token("k1")))[0] == 503
+    for _ in range(5):  # a provider in trouble is not asked again at once
+        assert (await _status(router, idp.token("k1")))[0] == 503
+    assert len(idp.http.requests) == 1
     assert router.authenticator is not None
     with pytest.raises(AuthError) as err:  # nothing fetched: the sync entry cannot verify
         router.authenticator.authenticate(idp.token("k1"))

@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 from atp_proto.frames import ATPError, BudgetWindow, ErrorCode, QoS
 from atp_proto.messages import Task, meta_adapters, meta_int, meta_number
 
+from .rego import PolicyEvalError
 from .table import (
     LANES,
     RouteEntry,
@@ -179,7 +180,7 @@ class PolicyState:
 
     @property
     def version(self) -> str:
-        """``policy@table`` versions, shown in /metrics and /readyz."""
+        """``policy@table`` versions, shown in /metrics (``atp_policy_info``)."""
         engine = self.engine.version if self.engine is not None else "none"
         return f"{engine}@{self.table.version or 'none'}"
 
@@ -213,8 +214,13 @@ def meta_names(meta: Mapping[str, Any], key: str) -> list[str]:
     return sorted(set(value))
 
 
+#: a policy's rule name and reason go into an ERROR message: bounded
+MAX_RULE_LEN = 64
+MAX_REASON_LEN = 300
+
+
 def _deny(rule: str, reason: str) -> Decision:
-    return Decision(allow=False, rule=rule, reason=reason)
+    return Decision(allow=False, rule=rule[:MAX_RULE_LEN], reason=reason[:MAX_REASON_LEN])
 
 
 def _policy_error(message: str) -> Decision:
@@ -259,8 +265,6 @@ class LayeredPolicy:
             return base
         if isinstance(engine, AsyncEngine):
             raise TypeError("an OPA policy is asked with decide_async")
-        from .rego import PolicyEvalError
-
         try:
             answer = engine.evaluate(self.document(inp, base))
         except PolicyEvalError as exc:
@@ -276,9 +280,8 @@ class LayeredPolicy:
         base = self._base(inp, state.table)
         if not base.allow:
             return base
-        answer = await engine.evaluate_async(
-            self.document(inp, base)
-        )  # ATPError(EAGENTDOWN) when unreachable
+        # ATPError(EAGENTDOWN) when OPA cannot answer: fail closed (ATP-SEC-017)
+        answer = await engine.evaluate_async(self.document(inp, base))
         return self._apply(base, answer, inp)
 
     def _base(self, inp: PolicyInput, table: RoutingTable) -> Decision:
@@ -383,10 +386,7 @@ def _apply(base: Decision, answer: Mapping[str, Any], inp: PolicyInput) -> Decis
         allowed = answer["candidates"]
         if not isinstance(allowed, list) or not all(isinstance(n, str) for n in allowed):
             raise TypeError("candidates must be a list of adapter names")
-        if meta_adapters(inp.task.meta) is None:
-            names = tuple(n for n in allowed if n in inp.adapters)
-        else:
-            names = tuple(n for n in base.candidates if n in allowed)
+        names = tuple(n for n in base.candidates if n in allowed)  # narrowed, in order
         if not names:
             return _deny("candidates", "no adapter the policy allows can serve this stream")
         changes["candidates"] = names
