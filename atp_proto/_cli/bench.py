@@ -45,6 +45,10 @@ BENCHMARKS: dict[str, Benchmark] = {
         "router over WebSocket: relayed PARTIAL frames/s, SYN->first PARTIAL latency, "
         "idle-session RSS, beside a bare trio-websocket echo",
     ),
+    "policy": Benchmark(
+        "bench_policy",
+        "policy decide(): Rego bundle (regopy) and its cache, beside query() and claims only",
+    ),
 }
 
 

@@ -2,8 +2,10 @@
 
 It starts the router with JWT auth on (an ephemeral secret), mints a token, and runs the
 seed's SYN twice: as a browser would (JSON text frame) and as an SDK would (binary
-frames), printing every PARTIAL and the FINAL with its telemetry. Then it shows three
-refusals the spec requires: a bad token, a budget too small, and a wrong sequence number.
+frames), printing every PARTIAL and the FINAL with its telemetry. Then it shows the
+refusals the spec requires: a bad token, a budget too small, a wrong sequence number, and
+(with ``examples/policy/policy.rego`` from the checkout) a stream denied by policy with
+its rule (ATP-SEC-016).
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def example_policy() -> str | None:
+    """``examples/policy/policy.rego`` of the checkout, when there is one (a wheel has no
+    examples: the demo then skips its policy step)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "policy" / "policy.rego"
+    return str(path) if path.is_file() else None
+
+
 def run(args: argparse.Namespace) -> int:
     import trio
     import trio_websocket
@@ -40,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(quiet=args.json)
     secret = secrets.token_hex(32)
     summary: dict[str, Any] = {"ok": False}
+    policy = example_policy()
 
     async def main() -> int:
         import os
@@ -54,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 ws_port=args.port,
                 metrics_port=0,
                 adapters={"echo": echo.url, "persona": persona.url},
+                policy_file=policy,
             )
             return await with_router(Router(cfg), persona.url, echo.url)
 
@@ -157,6 +170,22 @@ def run(args: argparse.Namespace) -> int:
                         f"   budget of 3 tokens   -> [red]{exc.code}[/] {escape(exc.message)}"
                     )
                     summary["budget_error"] = exc.code
+                if policy is not None:
+                    try:
+                        await client.ask(
+                            args.prompt,
+                            meta={
+                                "tool_permissions": ["secrets.read"],
+                                "data_scope": ["no_secrets"],
+                            },
+                        )
+                    except StreamError as exc:
+                        console.print(
+                            f"   secrets.read tool, data_scope no_secrets -> [red]{exc.code}[/] "
+                            f"{escape(exc.message)}"
+                        )
+                        summary["policy_error"] = exc.code
+                        summary["policy_message"] = exc.message
             try:
                 async with connect(url, token="not-a-token"):
                     pass
@@ -189,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
             and summary.get("budget_error") == "EBUDGET"
             and summary.get("bad_token_status") == 401
             and summary.get("seq_error") == "ESEQ_RETRY"
+            and (policy is None or summary.get("policy_error") == "ESEC")
         )
         console.rule("[bold green]demo complete" if summary["ok"] else "[bold red]demo failed")
         return 0 if summary["ok"] else 1

@@ -45,6 +45,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--jwt-audience", metavar="AUD", help="required 'aud' claim")
     p.add_argument("--jwt-issuer", metavar="ISS", help="required 'iss' claim")
+    p.add_argument(
+        "--jwks",
+        metavar="FILE|URL",
+        help="verify tokens with the keys of a JWK Set (RS256/ES256; refetched on a new kid)",
+    )
+    p.add_argument(
+        "--oidc-issuer",
+        metavar="URL",
+        help="OIDC discovery: the issuer's jwks_uri gives the keys; 'iss' must match",
+    )
+    p.add_argument(
+        "--policy", metavar="FILE.rego", help="Rego policy (package atp.policy), in-process"
+    )
+    p.add_argument(
+        "--opa-url", metavar="URL", help="ask an OPA server's data API instead (or env OPA_URL)"
+    )
+    p.add_argument(
+        "--routing-table",
+        metavar="FILE.toml",
+        help="per task type: candidates, strategy, escalation, window, lane (docs/policy.md)",
+    )
     p.add_argument("--max-sessions", type=int, metavar="N")
     p.add_argument("--grace", type=float, metavar="SECONDS", help="drain grace period (default 10)")
     p.add_argument("--log-format", choices=["text", "json"])
@@ -67,6 +88,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
             "jwt_audience": args.jwt_audience,
             "jwt_issuer": args.jwt_issuer,
             "max_sessions": args.max_sessions,
+            "jwks": args.jwks,
+            "oidc_issuer": args.oidc_issuer,
+            "policy_file": args.policy,
+            "opa_url": args.opa_url,
+            "routing_table": args.routing_table,
             "grace_s": args.grace,
             "log_format": args.log_format,
             "log_level": args.log_level,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
@@ -151,32 +151,80 @@ class Authenticator:
         if not token:
             raise AuthError(401, "missing bearer token")
         cfg = self.config
-        options = {"require": ["exp", "sub"], "verify_aud": cfg.audience is not None}
-        try:
-            claims = jwt.decode(
-                token,
-                cfg.key,
-                algorithms=[cfg.algorithm],
-                audience=cfg.audience,
-                issuer=cfg.issuer,
-                leeway=cfg.leeway_s,
-                options=options,  # type: ignore[arg-type]
-            )
-        except jwt.ExpiredSignatureError:
-            raise AuthError(401, "token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise AuthError(401, "token not yet valid (nbf)") from None
-        except jwt.InvalidAudienceError:
-            raise AuthError(401, "token audience mismatch") from None
-        except jwt.InvalidIssuerError:
-            raise AuthError(401, "token issuer mismatch") from None
-        except jwt.InvalidAlgorithmError:
-            raise AuthError(401, f"token algorithm not accepted (only {cfg.algorithm})") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise AuthError(401, f"token lacks the {exc.claim!r} claim") from None
-        except jwt.PyJWTError as exc:
-            raise AuthError(401, f"invalid token: {type(exc).__name__}") from None
+        claims = decode_token(
+            token,
+            cfg.key,
+            [cfg.algorithm],
+            audience=cfg.audience,
+            issuer=cfg.issuer,
+            leeway_s=cfg.leeway_s,
+        )
         return principal_from_claims(claims, cfg.allowed_tenants)
+
+
+class TokenVerifier(Protocol):
+    """What the handshake asks: a static key (:class:`Authenticator`) or a key set
+    (:class:`atp_proto.router.jwks.JwksAuthenticator`, which may fetch keys)."""
+
+    def authenticate(self, token: str | None) -> Principal: ...
+
+
+async def authenticate(verifier: TokenVerifier, token: str | None) -> Principal:
+    """``verifier.authenticate_async`` when it has one (it may fetch keys), else
+    ``authenticate``.
+
+    Raises:
+        AuthError: as :meth:`Authenticator.authenticate`.
+    """
+    averify = getattr(verifier, "authenticate_async", None)
+    if averify is not None:
+        principal: Principal = await averify(token)
+        return principal
+    return verifier.authenticate(token)
+
+
+def decode_token(
+    token: str,
+    key: Any,
+    algorithms: list[str],
+    *,
+    audience: str | None,
+    issuer: str | None,
+    leeway_s: float,
+) -> dict[str, Any]:
+    """The verified claims of ``token`` (``exp`` and ``sub`` required; ATP-SEC-002/003).
+
+    Raises:
+        AuthError: 401 naming what is wrong (never the token).
+    """
+    options = {"require": ["exp", "sub"], "verify_aud": audience is not None}
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=algorithms,
+            audience=audience,
+            issuer=issuer,
+            leeway=leeway_s,
+            options=options,  # type: ignore[arg-type]
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError(401, "token expired") from None
+    except jwt.ImmatureSignatureError:
+        raise AuthError(401, "token not yet valid (nbf)") from None
+    except jwt.InvalidAudienceError:
+        raise AuthError(401, "token audience mismatch") from None
+    except jwt.InvalidIssuerError:
+        raise AuthError(401, "token issuer mismatch") from None
+    except jwt.InvalidAlgorithmError:
+        raise AuthError(
+            401, f"token algorithm not accepted (only {', '.join(algorithms)})"
+        ) from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise AuthError(401, f"token lacks the {exc.claim!r} claim") from None
+    except jwt.PyJWTError as exc:
+        raise AuthError(401, f"invalid token: {type(exc).__name__}") from None
+    return claims
 
 
 def principal_from_claims(

@@ -61,6 +61,16 @@ class RouterConfig:
     limits: Limits = field(default_factory=Limits)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     tenant_window: BudgetWindow = field(default_factory=BudgetWindow)
+    # policy and identity (issue 13 item 1; docs/policy.md)
+    policy_file: str | None = None  #: --policy FILE.rego (in-process, regopy)
+    opa_url: str | None = None  #: --opa-url / OPA_URL (external OPA, REST data API)
+    opa_timeout_s: float = 1.0
+    routing_table: str | None = None  #: --routing-table FILE.toml
+    policy_poll_s: float = 1.0  #: how often the policy / table files are checked for change
+    jwks: str | None = None  #: --jwks FILE|URL: the token keys as a JWK Set
+    oidc_issuer: str | None = None  #: --oidc-issuer URL: discovery gives jwks_uri; iss checked
+    jwks_ttl_s: float = 300.0  #: how long a fetched key set is used before it is refetched
+    jwks_refetch_s: float = 5.0  #: at most one refetch per this long (unknown kid, rotation)
 
     def validate(self) -> RouterConfig:
         if not self.ws_path.startswith("/"):
@@ -81,6 +91,14 @@ class RouterConfig:
             )
         for name, url in self.adapters.items():
             check_adapter_url(name, url)
+        if self.policy_file and self.opa_url:
+            raise ConfigError("--policy and --opa-url exclude each other: pick one policy")
+        if self.jwks and self.oidc_issuer:
+            raise ConfigError("--jwks and --oidc-issuer exclude each other (OIDC finds the JWKS)")
+        if self.oidc_issuer and not self.jwt_audience:
+            raise ConfigError("--oidc-issuer needs --jwt-audience (the 'aud' this router accepts)")
+        if self.opa_timeout_s <= 0 or self.policy_poll_s <= 0:
+            raise ConfigError("opa_timeout_s and policy_poll_s must be positive")
         for key, value in self.tenant_window.to_dict().items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"[tenant_window]: {key} must be a non-negative int")
@@ -247,11 +265,33 @@ def load_file(path: str) -> dict[str, Any]:
             "audience": "jwt_audience",
             "issuer": "jwt_issuer",
             "allowed_tenants": "allowed_tenants",
+            "jwks": "jwks",
+            "oidc_issuer": "oidc_issuer",
         }
         for key, value in auth.items():
             if key not in mapping:
                 raise ConfigError(f"{path}: [auth]: unknown setting {key!r}")
             out[mapping[key]] = _checked(f"{path}: auth.{key}", mapping[key], value)
+    if "policy" in doc:
+        policy = doc.pop("policy")
+        policy_keys = {
+            "file": "policy_file",
+            "opa_url": "opa_url",
+            "opa_timeout_s": "opa_timeout_s",
+            "routing_table": "routing_table",
+            "poll_s": "policy_poll_s",
+        }
+        if not isinstance(policy, dict):
+            raise ConfigError(f"{path}: [policy] must be a table")
+        for key, value in policy.items():
+            if key not in policy_keys:
+                raise ConfigError(
+                    f"{path}: [policy]: unknown setting {key!r} (known: {', '.join(policy_keys)})"
+                )
+            want: type | tuple[type, ...] = (int, float) if key.endswith("_s") else str
+            if isinstance(value, bool) or not isinstance(value, want):
+                raise ConfigError(f"{path}: policy.{key} has the wrong type: {value!r}")
+            out[policy_keys[key]] = value
     for section, cls in _SECTIONS.items():
         if section in doc:
             out[section] = _typed(section, cls, doc.pop(section))
@@ -273,6 +313,8 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         out["metrics_host"], out["metrics_port"] = parse_hostport(env["ATP_METRICS"], "ATP_METRICS")
     if env.get("ATP_JWT_KEY_FILE"):
         out["jwt_key_file"] = env["ATP_JWT_KEY_FILE"]
+    if env.get("OPA_URL"):
+        out["opa_url"] = env["OPA_URL"]
     if env.get("ATP_LOG_FORMAT"):
         out["log_format"] = env["ATP_LOG_FORMAT"]
     return out

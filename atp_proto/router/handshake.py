@@ -24,7 +24,15 @@ from urllib.parse import urlsplit
 
 from atp_proto.transports.ws_server import Handshake, WsConnection
 
-from .auth import ANONYMOUS, ATP_SUBPROTOCOL, Authenticator, AuthError, Principal, extract_token
+from .auth import (
+    ANONYMOUS,
+    ATP_SUBPROTOCOL,
+    AuthError,
+    Principal,
+    TokenVerifier,
+    authenticate,
+    extract_token,
+)
 from .config import RouterConfig
 
 __all__ = ["Admitted", "admit"]
@@ -51,7 +59,7 @@ async def admit(
     request: Handshake,
     *,
     config: RouterConfig,
-    authenticator: Authenticator | None,
+    authenticator: TokenVerifier | None,
     draining: bool,
     sessions: int,
     metrics: Any,
@@ -76,7 +84,7 @@ async def admit(
     principal: Principal = ANONYMOUS
     if authenticator is not None:
         try:
-            principal = authenticator.authenticate(token)
+            principal = await authenticate(authenticator, token)
         except AuthError as exc:
             m.handshakes_refused.inc(str(exc.status))
             log.info(

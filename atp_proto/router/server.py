@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import trio
 
@@ -22,15 +23,14 @@ from atp_proto.transports.base import TransportClosed
 from atp_proto.transports.ws_server import Handshake, WsConnection
 
 from .admission import Admission
-from .auth import (
-    AuthConfig,
-    Authenticator,
-)
+from .auth import AuthConfig, Authenticator, TokenVerifier
 from .config import RouterConfig
 from .handshake import admit
 from .http import serve_http
 from .metrics import RouterMetrics
-from .routing import PrincipalPolicy, RoutingContext, StreamRun
+from .routing import RoutingContext, StreamRun
+from .routing.policy import LayeredPolicy
+from .routing.reload import PolicySource, Reloader
 
 log = logging.getLogger("atp.router")
 
@@ -51,6 +51,27 @@ def _add_frames(
             totals[key] = totals.get(key, 0) + n
 
 
+def _key_set_authenticator(config: RouterConfig) -> TokenVerifier:
+    """``--jwks`` / ``--oidc-issuer`` (:mod:`.jwks`). A key set in a file is read now:
+    a broken one refuses to start (ValueError)."""
+    from .jwks import JwksAuthenticator, JwksSource, OidcDiscovery
+
+    keys: JwksSource | OidcDiscovery
+    ttl, refetch = config.jwks_ttl_s, config.jwks_refetch_s
+    if config.oidc_issuer:
+        keys = OidcDiscovery(config.oidc_issuer, ttl_s=ttl, min_refetch_s=refetch)
+    else:
+        keys = JwksSource(config.jwks or "", ttl_s=ttl, min_refetch_s=refetch)
+        if urlsplit(keys.location).scheme not in ("http", "https"):
+            keys.load_now()
+    return JwksAuthenticator(
+        keys,
+        audience=config.jwt_audience,
+        issuer=config.jwt_issuer,
+        allowed_tenants=config.allowed_tenants or None,
+    )
+
+
 class Router:
     """Serves ATP over WebSocket. Construct, then ``await nursery.start(router.serve)``."""
 
@@ -69,15 +90,28 @@ class Router:
         self.metrics.adapter_state = lambda: [
             (n, a.state) for n, a in self.adapters.items() if isinstance(a, ResilientAdapter)
         ]
-        self.routing = RoutingContext(
-            self.adapters,
-            self.admission,
-            self.metrics,
-            config,
-            PrincipalPolicy(min_confidence=config.min_confidence, window=config.tenant_window),
+        # the policy and routing table (a broken one refuses to start: ValueError, exit 2)
+        self.policy = LayeredPolicy(
+            min_confidence=config.min_confidence, window=config.tenant_window
         )
-        self.authenticator: Authenticator | None = None
-        if config.auth:
+        source = PolicySource(
+            config.policy_file,
+            config.opa_url,
+            config.opa_timeout_s,
+            config.routing_table,
+            tuple(self.adapters),
+        )
+        self.reloader = Reloader(  # it notes the files' mtimes before they are read
+            self.policy, source, registry=self.metrics.registry, interval_s=config.policy_poll_s
+        )
+        self.policy.state = source.load()
+        self.routing = RoutingContext(
+            self.adapters, self.admission, self.metrics, config, self.policy
+        )
+        self.authenticator: TokenVerifier | None = None
+        if config.auth and (config.jwks or config.oidc_issuer):
+            self.authenticator = _key_set_authenticator(config)
+        elif config.auth:
             self.authenticator = Authenticator(
                 AuthConfig.load(
                     key_file=config.jwt_key_file,
@@ -134,6 +168,7 @@ class Router:
                 nursery.start_soon(self._run_listener, listeners, nursery, self._listener_scope)
                 if cfg.metrics_port is not None:
                     self.metrics_port = await nursery.start(self._serve_metrics)
+                nursery.start_soon(self.reloader.run)  # SIGHUP and file changes
                 for adapter in self.adapters.values():  # their tasks live in our nursery
                     await registry.start(nursery, adapter, health_interval_s=cfg.health_interval_s)
                 self._ready = True
@@ -146,8 +181,13 @@ class Router:
                             if self.metrics_port
                             else "off"
                         ),
-                        "auth": "jwt" if self.authenticator else "off",
+                        "auth": (
+                            ("oidc" if cfg.oidc_issuer else "jwks" if cfg.jwks else "jwt")
+                            if self.authenticator
+                            else "off"
+                        ),
                         "adapters": ",".join(self.adapters),
+                        "policy": self.policy.state.version,
                     },
                 )
                 task_status.started(self)

@@ -52,7 +52,7 @@ from .context import RoutingContext
 from .escalation import escalate
 from .fanout import FanOut
 from .learning import CandidateView, Observation, Ranking, RouteQuery
-from .policy import PolicyInput
+from .policy import PolicyInput, decide
 from .telemetry import final_ext, record_stream
 
 __all__ = ["TTL_GRACE_MS", "StreamRun"]
@@ -177,8 +177,8 @@ class StreamRun:
         ctx, ev, ledger, emit = self.ctx, self.ev, self.ledger, self.emit
         task = parse_task(ev)
         self.ev_task_type = task.task_type
-        decision = ctx.policy.decide(
-            PolicyInput(self.info.principal, task, ev.qos, tuple(ctx.adapters))
+        decision = await decide(
+            ctx.policy, PolicyInput(self.info.principal, task, ev.qos, tuple(ctx.adapters))
         )
         if not decision.allow:
             raise StreamFailed(ErrorCode.ESEC, f"{decision.reason} (rule: {decision.rule})")
