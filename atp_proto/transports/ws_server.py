@@ -323,6 +323,8 @@ class WsConnection:
         sock, tls = self._sock, self._tls
         if self._sending or self._held or (sock is None and tls is None):
             return False
+        if tls is not None and tls.pending:  # a wait is needed: the writer's (in order)
+            return False
         if self._closed or self._ws.state is not ConnectionState.OPEN:
             raise TransportClosed
         data = self._encode(message)
