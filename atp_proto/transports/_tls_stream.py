@@ -243,6 +243,8 @@ class TlsStream(trio.abc.Stream):
             self._broken = True
 
     def _advance(self, sent: int) -> None:
+        if not self._pending:  # closed while that send was finishing
+            return
         self._offset += sent
         if self._offset >= len(self._pending[0]):
             self._pending.popleft()

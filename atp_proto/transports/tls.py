@@ -22,6 +22,7 @@ naming the file (``atp serve`` turns it into a one-line error, exit 2).
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import ipaddress
 import os
@@ -29,6 +30,7 @@ import ssl
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 __all__ = [
     "ALPN_QUIC",
@@ -72,6 +74,9 @@ class TLSConfig:
     key_file: str | None = None
     ca_file: str | None = None
     insecure: bool = False
+
+    #: the QUIC binding's ALPN (ATP-QUIC-001), for a QUIC configuration made from this
+    quic_alpn: ClassVar[str] = ALPN_QUIC
 
     def server_ssl_context(self, alpn: list[str] | None = None) -> ssl.SSLContext:
         """A server context with the certificate loaded: TLS 1.2+, no renegotiation,
@@ -128,9 +133,21 @@ def _load_chain(ctx: ssl.SSLContext, cert_file: str, key_file: str | None) -> No
             raise TLSConfigError(f"TLS {what} file {path}: no such file")
         if not os.access(path, os.R_OK):
             raise TLSConfigError(f"TLS {what} file {path}: permission denied")
+    asked: list[bool] = []
+
+    def no_password() -> bytes:
+        # never OpenSSL's own prompt on the terminal (a service would hang on it)
+        asked.append(True)
+        return b""
+
     try:
-        ctx.load_cert_chain(cert_file, key_file)
+        ctx.load_cert_chain(cert_file, key_file, password=no_password)
     except ssl.SSLError as exc:
+        if asked:
+            raise TLSConfigError(
+                f"TLS key {key_file or cert_file} is encrypted: give an unencrypted key "
+                "(readable by the router's user only)"
+            ) from None
         reason = (exc.reason or "").upper()
         if "MISMATCH" in reason:
             raise TLSConfigError(
@@ -176,9 +193,17 @@ def generate_dev_cert(directory: Path) -> tuple[Path, Path, str]:
     at least another week and matches its key, else a new one. Returns the certificate's
     path, the key's path (mode 0600) and the certificate's SHA-256 fingerprint."""
     cert_path, key_path = directory / DEV_CERT_NAME, directory / DEV_KEY_NAME
-    existing = _reusable(cert_path, key_path)
-    if existing is not None:
-        return cert_path, key_path, existing
+    # one maker at a time: two routers started together must not end up with one's
+    # certificate beside the other's key
+    with open(directory / ".dev-cert.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        existing = _reusable(cert_path, key_path)
+        if existing is not None:
+            return cert_path, key_path, existing
+        return (cert_path, key_path, _make_dev_cert(cert_path, key_path))
+
+
+def _make_dev_cert(cert_path: Path, key_path: Path) -> str:
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -238,7 +263,7 @@ def generate_dev_cert(directory: Path) -> tuple[Path, Path, str]:
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     _write_private(key_path, key_pem, 0o600)
     _write_private(cert_path, cert_pem, 0o644)
-    return cert_path, key_path, fingerprint(cert_pem)
+    return fingerprint(cert_pem)
 
 
 def _reusable(cert_path: Path, key_path: Path) -> str | None:
@@ -262,9 +287,7 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
     created with that mode, then renamed over the old one)."""
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
     os.chmod(tmp, mode)  # the umask may have narrowed it; never widened beyond ``mode``
     os.replace(tmp, path)

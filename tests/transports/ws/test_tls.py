@@ -16,7 +16,7 @@ import trio
 import trio.testing
 import wsproto.events as we
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from atp_proto.transports._tls_stream import TlsStream
@@ -190,13 +190,22 @@ async def test_a_corrupted_record_breaks_the_stream(dev_cert: tuple[Path, Path, 
 
 
 def test_bad_certificate_files_are_refused_in_words(tmp_path: Path) -> None:
-    """A missing file, a file that is not PEM, a key of another certificate: each a
-    TLSConfigError naming the file (atp serve: one line, exit 2)."""
+    """A missing file, a file that is not PEM, a key of another certificate, an encrypted
+    key: each a TLSConfigError naming the file (atp serve: one line, exit 2)."""
     cert, key = self_signed(tmp_path / "a", ["localhost"])
     _, other_key = self_signed(tmp_path / "b", ["localhost"])
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
+    encrypted = tmp_path / "encrypted.pem"
+    encrypted.write_bytes(
+        serialization.load_pem_private_key(key.read_bytes(), None).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     cases = {
+        "is encrypted": TLSConfig(str(cert), str(encrypted)),  # never a terminal prompt
         "no such file": TLSConfig(str(tmp_path / "missing.pem"), str(key)),
         "not a usable": TLSConfig(str(junk), str(key)),
         "does not match": TLSConfig(str(cert), str(other_key)),
