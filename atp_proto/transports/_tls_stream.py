@@ -118,15 +118,7 @@ class TlsStream(trio.abc.Stream):
         while True:
             if self._closed:
                 raise trio.ClosedResourceError
-            try:
-                data = self._obj.read(limit)
-            except ssl.SSLWantReadError:
-                data = None
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b""
-            except ssl.SSLError as exc:
-                self._broken = True
-                raise trio.BrokenResourceError(f"TLS error: {exc.reason or exc}") from exc
+            data = self._decrypt(limit)
             if self._out.pending:  # a reply of TLS itself (a key update)
                 self._take_output()
                 if not self._writing:
@@ -141,11 +133,39 @@ class TlsStream(trio.abc.Stream):
             else:
                 self._in.write_eof()
 
+    def _decrypt(self, limit: int) -> bytes | None:
+        """Plaintext of every whole record received, up to ``limit`` bytes (one call
+        hands on many records, as one socket read holds many); b"" at the end; None when
+        a record is still incomplete."""
+        parts: list[bytes] = []
+        size = 0
+        while size < limit:
+            try:
+                part = self._obj.read(limit - size)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                part = b""
+            except ssl.SSLError as exc:
+                self._broken = True
+                raise trio.BrokenResourceError(f"TLS error: {exc.reason or exc}") from exc
+            if not part:  # close_notify (or EOF): the end, reported by the next call if
+                if parts:  # this one has data
+                    break
+                return b""
+            parts.append(part)
+            size += len(part)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     async def _read_raw(self) -> bytes:
         try:
             return bytes(await self.transport.receive_some(RAW_RECEIVE))
-        except OSError as exc:
+        except (trio.BrokenResourceError, OSError) as exc:
             self._broken = True
+            if isinstance(exc, trio.BrokenResourceError):
+                raise
             raise trio.BrokenResourceError(str(exc)) from exc
 
     # ------------------------------------------------------------------ sending

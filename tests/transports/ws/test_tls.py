@@ -128,7 +128,8 @@ async def test_alpn_and_a_round_trip(dev_cert: tuple[Path, Path, str]) -> None:
 async def test_eof_with_and_without_close_notify_is_the_end(
     dev_cert: tuple[Path, Path, str],
 ) -> None:
-    """A peer that closes with close_notify, or just drops TCP, ends the stream (b"");
+    """A peer that closes with close_notify (with or without closing TCP), or just drops
+    TCP, ends the stream (b"");
     what it sent before is still delivered. (The WebSocket close handshake inside TLS
     tells a clean end from a cut one.)"""
 
@@ -145,6 +146,12 @@ async def test_eof_with_and_without_close_notify_is_the_end(
     await client.aclose()  # close_notify
     assert await server.receive_some(100) == b"last words"
     assert await server.receive_some(100) == b""
+    server, client = await opened()
+    async with trio.open_nursery() as nursery:  # close_notify, TCP left open
+        nursery.start_soon(client.unwrap)  # waits for ours, which never comes
+        with trio.fail_after(5):
+            assert await server.receive_some(100) == b""
+        nursery.cancel_scope.cancel()
     server, client = await opened()
     await client.send_all(b"cut")
     await client.transport_stream.aclose()  # no close_notify
