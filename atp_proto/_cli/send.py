@@ -206,23 +206,30 @@ def _rejection(status: int, body: bytes | None) -> str:
     return line if len(line) <= _BODY_SHOWN else line[:_BODY_SHOWN] + "..."
 
 
-def _client_ssl_context(args: argparse.Namespace) -> Any:
-    """The TLS context of a ``wss://`` URL: verifying (``--ca`` or the system's store) unless
-    ``--insecure``; None for ``ws://``. A ``--ca`` file that cannot be used is bad usage."""
+#: URL schemes whose connection is TLS: --ca and --insecure apply (quic:// when it exists)
+TLS_SCHEMES = ("wss://", "quic://")
+
+
+def tls_config_from_args(args: argparse.Namespace) -> Any:
+    """``--ca`` / ``--insecure`` as a client TLSConfig for a TLS URL (verifying by default),
+    None for a plain one; bad usage for a contradiction or a ``--ca`` file that cannot be
+    used. Says once, in one line, that ``--insecure`` verifies nothing. (For every TLS
+    transport of ``atp send``: WebSocket builds its ssl context from it, QUIC its own.)"""
     import warnings
 
     from atp_proto.transports.tls import InsecureTLSWarning, TLSConfig, TLSConfigError
 
-    if not args.url.startswith("wss://"):
+    if not args.url.startswith(TLS_SCHEMES):
         if args.ca or args.insecure:
             raise UsageError("--ca and --insecure are for wss:// URLs")
         return None
     if args.ca and args.insecure:
         raise UsageError("--ca and --insecure contradict each other: pick one")
+    cfg = TLSConfig(ca_file=args.ca, insecure=args.insecure)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureTLSWarning)  # said in one line below
         try:
-            ctx = TLSConfig(ca_file=args.ca, insecure=args.insecure).client_ssl_context()
+            cfg.client_ssl_context()  # checks --ca
         except TLSConfigError as exc:
             raise UsageError(f"--ca: {exc}") from None
     if args.insecure:
@@ -230,7 +237,21 @@ def _client_ssl_context(args: argparse.Namespace) -> Any:
             "warning: --insecure: the router's certificate is not verified (local use only)",
             file=sys.stderr,
         )
-    return ctx
+    return cfg
+
+
+def _client_ssl_context(args: argparse.Namespace) -> Any:
+    """The ssl context of a ``wss://`` URL (:func:`tls_config_from_args`); None otherwise."""
+    import warnings
+
+    from atp_proto.transports.tls import InsecureTLSWarning
+
+    cfg = tls_config_from_args(args)
+    if cfg is None or not args.url.startswith("wss://"):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureTLSWarning)  # already said
+        return cfg.client_ssl_context()
 
 
 async def _tls_problem(url: str, timeout: float, ssl_context: Any) -> str | None:
