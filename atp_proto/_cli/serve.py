@@ -148,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("atp.router").warning(
             "authentication is OFF (--no-auth): anyone who can reach the port can use the router"
         )
+    elif cfg.tls is None and not _loopback(cfg.ws_host):
+        # ATP-SEC-008: bearer tokens beyond loopback belong inside TLS
+        logging.getLogger("atp.router").warning(
+            "tokens travel in clear on ws:// beyond loopback: serve wss:// (--cert/--key)"
+        )
     try:
         router = Router(cfg)
     except ValueError as exc:
@@ -170,6 +175,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"atp serve: error: cannot listen on {where}: {_strerror(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 def _listen_error(exc: BaseException) -> OSError | None:

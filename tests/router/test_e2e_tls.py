@@ -276,3 +276,19 @@ def test_config_file_tls_section(tmp_path: Path) -> None:
     conf.write_text('[tls]\ncert = "certs/cert.pem"\nca = "x"\n')
     with pytest.raises(ConfigError, match=r"\[tls\] takes cert"):
         build_config(file=str(conf), env={}, flags={})
+
+
+def test_plain_ws_beyond_loopback_warns_about_tokens(tmp_path: Path) -> None:
+    """[ATP-SEC-008] With auth on, a router serving plain ws:// on a non-loopback address
+    warns that tokens travel in clear; with a certificate it does not."""
+    import secrets
+
+    env = {"ATP_JWT_KEY": secrets.token_hex(32)}
+    words = "tokens travel in clear"
+    with router_process("--ws", "0.0.0.0:0", "--metrics", "off", env=env) as plain:
+        assert words in plain.log()
+    cert, key = self_signed(tmp_path, ["localhost"])
+    tls_args = ("--cert", str(cert), "--key", str(key))
+    with router_process("--ws", "0.0.0.0:0", "--metrics", "off", *tls_args, env=env) as tls:
+        assert tls.ws_url.startswith("wss://")
+        assert words not in tls.log()
