@@ -285,3 +285,47 @@ def test_dev_cert_is_made_once_for_local_names(
     assert fp3 not in (fp, fp2)
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     assert not [p for p in os.listdir(directory) if p.endswith(".tmp")]
+
+
+@SEND_DEADLINE
+async def test_records_split_into_single_bytes(dev_cert: tuple[Path, Path, str]) -> None:
+    """Through a relay that forwards the client's bytes one at a time (every TLS record,
+    the handshake's too, arrives in pieces), the handshake completes and the data comes
+    through whole and in order."""
+    cert, key, _ = dev_cert
+    a, b = trio.socket.socketpair()  # server <-> relay
+    c, d = trio.socket.socketpair()  # relay <-> client
+    server = TlsStream(
+        trio.SocketStream(a), TLSConfig(str(cert), str(key)).server_ssl_context(), server_side=True
+    )
+    client = trio.SSLStream(
+        trio.SocketStream(d),
+        TLSConfig(ca_file=str(cert)).client_ssl_context(),
+        server_hostname="localhost",
+    )
+    relay_in, relay_out = trio.SocketStream(b), trio.SocketStream(c)
+
+    async def byte_by_byte() -> None:
+        while data := await relay_out.receive_some(65536):
+            for i in range(len(data)):
+                await relay_in.send_all(data[i : i + 1])
+                await trio.sleep(0)
+
+    async def back() -> None:
+        while data := await relay_in.receive_some(65536):
+            await relay_out.send_all(data)
+
+    payload = bytes(range(256)) * 12  # one record, in ~3,000 pieces
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(byte_by_byte)
+        nursery.start_soon(back)
+        nursery.start_soon(client.do_handshake)
+        await server.do_handshake()
+        await client.send_all(payload)
+        got = b""
+        while len(got) < len(payload):
+            got += await server.receive_some(65536)
+        assert got == payload
+        await server.send_all(b"done")
+        assert await client.receive_some(10) == b"done"
+        nursery.cancel_scope.cancel()
