@@ -9,6 +9,8 @@ import os
 import socket
 import ssl
 import stat
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,7 @@ from atp_proto.transports.tls import (
     dev_cert_dir,
     generate_dev_cert,
 )
+from atp_proto.transports.ws_client import connect_ws
 from atp_proto.transports.ws_server import WsConnection
 
 from ..checker import (
@@ -329,3 +332,51 @@ async def test_records_split_into_single_bytes(dev_cert: tuple[Path, Path, str])
         await server.send_all(b"done")
         assert await client.receive_some(10) == b"done"
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def websockets_tls_echo(dev_cert: tuple[Path, Path, str]) -> Iterator[int]:
+    """An independent wss:// server: the ``websockets`` package's echo, in a thread, with
+    the standard library's TLS and the dev cert."""
+    from websockets.sync.server import ServerConnection, serve
+
+    cert, key, _ = dev_cert
+
+    def echo(conn: ServerConnection) -> None:
+        for message in conn:
+            conn.send(message)
+
+    ctx = TLSConfig(str(cert), str(key)).server_ssl_context()
+    with serve(echo, "127.0.0.1", 0, ssl=ctx, compression=None) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server.socket.getsockname()[1]
+        finally:
+            server.shutdown()
+            thread.join(5)
+
+
+@SEND_DEADLINE
+async def test_our_client_against_an_independent_wss_server(
+    websockets_tls_echo: int, dev_cert: tuple[Path, Path, str]
+) -> None:
+    """[ATP-WS-013] Our client (connect_ws over TlsStream) completes TLS and the upgrade
+    with the ``websockets`` server, and messages of many sizes (one byte to several
+    records) echo back whole; trusting only another certificate, it refuses the server's."""
+    ca = str(dev_cert[0])
+    ctx = TLSConfig(ca_file=ca).client_ssl_context()
+    ws = await connect_ws(f"wss://localhost:{websockets_tls_echo}/", ssl_context=ctx)
+    try:
+        for size in (1, 1000, 70_000, 300_000):
+            message = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+            await ws.send(message)
+            assert await ws.receive() == message
+        await ws.send("text é")
+        assert await ws.receive() == "text é"
+    finally:
+        await ws.close()
+    other, _ = self_signed(dev_cert[0].parent / "other", ["atp.invalid"])
+    with pytest.raises(ssl.SSLCertVerificationError):
+        bad = TLSConfig(ca_file=str(other)).client_ssl_context()
+        await connect_ws(f"wss://localhost:{websockets_tls_echo}/", ssl_context=bad)
