@@ -95,6 +95,8 @@ class Router:
             config.tls.server_ssl_context() if config.tls is not None else None
         )
         self.sessions: dict[str, Session] = {}
+        #: connections still in their TLS handshake or upgrade (at most max_sessions)
+        self.handshaking = 0
         self._ids = itertools.count(1)
         self._draining = False
         self._listener_scope: trio.CancelScope | None = None
@@ -191,6 +193,7 @@ class Router:
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         # An exception escaping here would kill the whole server: catch everything.
         ws: WsConnection | None = None
+        counted = False  # in self.handshaking
         try:
             try:
                 host, port = stream.socket.getpeername()[:2]
@@ -199,6 +202,13 @@ class Router:
                 remote = "?"
             max_message = self.config.limits.max_frame_size + WS_MESSAGE_SLACK  # ATP-WS-011
             request: Handshake | None = None
+            if self.handshaking >= self.config.max_sessions:
+                # ATP-WS-014: connections that never finish a handshake are bounded in
+                # number as well as in time: beyond max_sessions at once, new ones go
+                self.metrics.handshakes_refused.inc("busy")
+                return
+            self.handshaking += 1
+            counted = True
             # ATP-WS-014: the handshake timeout covers TLS and the upgrade together, so a
             # client that opens TCP and never finishes either is cut all the same
             with trio.move_on_after(self.config.handshake_timeout_s):
@@ -213,12 +223,16 @@ class Router:
                         return
                 ws = WsConnection(transport, max_message_size=max_message, remote=remote)
                 request = await ws.read_request()
+            self.handshaking -= 1
+            counted = False
             if ws is None or request is None:  # timed out, left, or not a WebSocket
                 return
             await self._handle(ws, request)
         except Exception:
             log.exception("connection handler failed")
         finally:
+            if counted:
+                self.handshaking -= 1
             if ws is not None:
                 await ws.abort()
             else:

@@ -205,6 +205,36 @@ async def test_stalled_tls_handshakes_are_cut(start_router, certs: tuple[Path, P
     assert not router.sessions
 
 
+async def test_stalled_handshakes_are_bounded_in_number(
+    start_router, certs: tuple[Path, Path, str]
+) -> None:
+    """[ATP-WS-014] At most max_sessions connections may sit in their handshake at once:
+    beyond that a new connection is closed at once (counted as refused, "busy"), not held
+    until the timeout; once the stalled ones are cut, clients are served again."""
+    router = await start_router(tls=tls_config(certs), handshake_timeout_s=1.5, max_sessions=4)
+    stalled = [await trio.open_tcp_stream("127.0.0.1", router.ws_port) for _ in range(4)]
+    with trio.fail_after(5):
+        while router.handshaking < 4:
+            await trio.sleep(0.01)
+    extra = [await trio.open_tcp_stream("127.0.0.1", router.ws_port) for _ in range(3)]
+    with trio.fail_after(1):  # well before the 1.5 s handshake timeout
+        for s in extra:
+            with contextlib.suppress(trio.BrokenResourceError):
+                assert await s.receive_some(100) == b""
+    assert router.metrics.handshakes_refused.get("busy") == 3
+    assert router.handshaking == 4
+    with trio.fail_after(5):
+        for s in stalled:
+            with contextlib.suppress(trio.BrokenResourceError):
+                assert await s.receive_some(100) == b""
+        while router.handshaking:
+            await trio.sleep(0.01)
+    async with connect(wss_url(router), ca_file=str(certs[0])) as client:
+        assert (await client.ask("served again")).content
+    for s in stalled + extra:
+        await s.aclose()
+
+
 async def test_jwt_auth_applies_inside_tls(
     start_router, jwt_env: str, certs: tuple[Path, Path, str]
 ) -> None:
