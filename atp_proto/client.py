@@ -1,4 +1,4 @@
-"""An ATP client on trio over WebSocket.
+"""An ATP client on trio over WebSocket (``ws://``, and ``wss://`` verified by default).
 
 ::
 
@@ -24,6 +24,7 @@ idle timeout fire on the client side too.
 from __future__ import annotations
 
 import math
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -50,6 +51,7 @@ from atp_proto.frames import (
 from atp_proto.messages import Final, Partial, decode_result, task_body
 from atp_proto.session import Session
 from atp_proto.transports.base import error_code_for_ws_close
+from atp_proto.transports.tls import TLSConfig
 from atp_proto.transports.ws_client import HandshakeRefused, connect_ws
 from atp_proto.transports.ws_server import WsConnection
 
@@ -262,15 +264,26 @@ async def connect(
     connect_timeout: float = 10.0,
     capabilities: bool = True,
     heartbeat_s: float | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    ca_file: str | None = None,
+    insecure: bool = False,
 ) -> AsyncIterator[Client]:
     """Open a session. ``text=True`` speaks the JSON mapping (like a browser).
+    ``wss://`` verifies the router's certificate and name (ATP-WS-013): against
+    ``ca_file`` when given (e.g. ``atp serve --dev-cert``'s certificate), else the
+    system's trust store; ``insecure=True`` verifies nothing (local use; it warns);
+    ``ssl_context`` replaces all three.
     ``heartbeat_s``: send a heartbeat after that long without sending (ATP-SESS
     heartbeats; the acknowledged round trip lands in :attr:`Client.heartbeat_rtt`).
     ``limits.idle_timeout_ms`` closes an idle session from this side too (ETIMEOUT).
 
     Raises:
         HandshakeRefused: the router refused the handshake (e.g. 401); ``status`` says.
+        ssl.SSLCertVerificationError: ``wss://``: the router's certificate was refused.
+        atp_proto.transports.tls.TLSConfigError: ``ca_file`` cannot be used.
     """
+    if ssl_context is None and url.startswith("wss://"):
+        ssl_context = TLSConfig(ca_file=ca_file, insecure=insecure).client_ssl_context()
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else None
     limits = limits or Limits()
     ws = await connect_ws(
@@ -278,6 +291,7 @@ async def connect(
         headers=headers,
         connect_timeout=connect_timeout,
         max_message_size=limits.max_frame_size + WS_MESSAGE_SLACK,  # ATP-WS-011
+        ssl_context=ssl_context,
     )
     try:
         client = Client(ws, text=text, limits=limits, heartbeat_s=heartbeat_s)

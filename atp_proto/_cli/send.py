@@ -41,6 +41,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="print one JSON object per line (PARTIALs, then FINAL or ERROR)",
     )
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="wss://: trust this CA or certificate (PEM) instead of the system's store, "
+        "e.g. the one `atp serve --dev-cert` printed",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="wss://: do not verify the router's certificate (local use only)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
     if not args.url.startswith(("ws://", "wss://")):
         raise UsageError(f"the URL must start with ws:// or wss://, got {args.url!r}")
+    ssl_context = _client_ssl_context(args)
     token = args.token or os.environ.get("ATP_TOKEN")
     window = None
     if (
@@ -80,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         with trio.fail_after(args.timeout):
-            async with connect(args.url, token=token, text=args.text) as client:
+            async with connect(
+                args.url, token=token, text=args.text, ssl_context=ssl_context
+            ) as client:
                 async with client.stream(
                     args.prompt,
                     task_type=args.task_type,
@@ -131,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
                                 )
         return 0
 
-    if args.url.startswith("wss://"):
-        problem = trio.run(_tls_problem, args.url, min(args.timeout, 10.0))
+    if ssl_context is not None:
+        problem = trio.run(_tls_problem, args.url, min(args.timeout, 10.0), ssl_context)
         if problem is not None:
             emit("error", {"code": "ECONNECT", "message": problem})
             if not args.json:
@@ -192,12 +206,60 @@ def _rejection(status: int, body: bytes | None) -> str:
     return line if len(line) <= _BODY_SHOWN else line[:_BODY_SHOWN] + "..."
 
 
-async def _tls_problem(url: str, timeout: float) -> str | None:
+#: URL schemes whose connection is TLS: --ca and --insecure apply (quic:// when it exists)
+TLS_SCHEMES = ("wss://", "quic://")
+
+
+def tls_config_from_args(args: argparse.Namespace) -> Any:
+    """``--ca`` / ``--insecure`` as a client TLSConfig for a TLS URL (verifying by default),
+    None for a plain one; bad usage for a contradiction or a ``--ca`` file that cannot be
+    used. Says once, in one line, that ``--insecure`` verifies nothing. (For every TLS
+    transport of ``atp send``: WebSocket builds its ssl context from it, QUIC its own.)"""
+    import warnings
+
+    from atp_proto.transports.tls import InsecureTLSWarning, TLSConfig, TLSConfigError
+
+    if not args.url.startswith(TLS_SCHEMES):
+        if args.ca or args.insecure:
+            raise UsageError("--ca and --insecure are for wss:// URLs")
+        return None
+    if args.ca and args.insecure:
+        raise UsageError("--ca and --insecure contradict each other: pick one")
+    cfg = TLSConfig(ca_file=args.ca, insecure=args.insecure)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureTLSWarning)  # said in one line below
+        try:
+            cfg.client_ssl_context()  # checks --ca
+        except TLSConfigError as exc:
+            raise UsageError(f"--ca: {exc}") from None
+    if args.insecure:
+        print(
+            "warning: --insecure: the router's certificate is not verified (local use only)",
+            file=sys.stderr,
+        )
+    return cfg
+
+
+def _client_ssl_context(args: argparse.Namespace) -> Any:
+    """The ssl context of a ``wss://`` URL (:func:`tls_config_from_args`); None otherwise."""
+    import warnings
+
+    from atp_proto.transports.tls import InsecureTLSWarning
+
+    cfg = tls_config_from_args(args)
+    if cfg is None or not args.url.startswith("wss://"):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureTLSWarning)  # already said
+        return cfg.client_ssl_context()
+
+
+async def _tls_problem(url: str, timeout: float, ssl_context: Any) -> str | None:
     """For a ``wss://`` URL: why TLS cannot work there (a plain ``ws://`` port answers a
     ClientHello with plain text, a certificate is refused), or None to go ahead.
 
-    Checked before connecting because trio-websocket loses a failed TLS handshake and
-    waits out its connect timeout ("cancelled due to deadline")."""
+    Checked before connecting, with the context the session will use, so that each of
+    these gets its own sentence rather than the connect timeout's."""
     import ssl
     from urllib.parse import urlsplit
 
@@ -207,9 +269,7 @@ async def _tls_problem(url: str, timeout: float) -> str | None:
     host, port = parts.hostname or "127.0.0.1", parts.port or 443
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_ssl_over_tcp_stream(
-                host, port, ssl_context=ssl.create_default_context()
-            )
+            stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=ssl_context)
             try:
                 await stream.do_handshake()
             finally:

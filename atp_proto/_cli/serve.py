@@ -66,6 +66,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE.toml",
         help="per task type: candidates, strategy, escalation, window, lane (docs/policy.md)",
     )
+    p.add_argument(
+        "--cert", metavar="FILE", help="TLS certificate (PEM, chain first): serve wss://"
+    )
+    p.add_argument("--key", metavar="FILE", help="TLS private key (PEM) of --cert")
+    p.add_argument(
+        "--dev-cert",
+        action="store_true",
+        help="serve wss:// with a self-signed certificate for localhost (made once, kept "
+        "under the user's data directory; local use only)",
+    )
     p.add_argument("--max-sessions", type=int, metavar="N")
     p.add_argument("--grace", type=float, metavar="SECONDS", help="drain grace period (default 10)")
     p.add_argument("--log-format", choices=["text", "json"])
@@ -114,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
             flags["adapters"] = dict(parse_adapter_spec(a) for a in args.adapter)
         if args.no_auth:
             flags["auth"] = False
+        flags["tls"] = _tls_from_args(args)
         cfg = build_config(file=args.config, env=os.environ, flags=flags)
         if cfg_metrics_off:
             from dataclasses import replace
@@ -122,6 +133,31 @@ def config_from_args(args: argparse.Namespace) -> Any:
         return cfg
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _tls_from_args(args: argparse.Namespace) -> Any:
+    """``--cert/--key`` or ``--dev-cert`` as a TLSConfig (None: neither given)."""
+    from atp_proto.transports.tls import TLSConfig, dev_cert_dir, generate_dev_cert
+
+    if args.dev_cert:
+        if args.cert or args.key:
+            raise UsageError("--dev-cert makes its own certificate: drop --cert/--key")
+        try:
+            cert, key, fp = generate_dev_cert(dev_cert_dir())
+        except OSError as exc:
+            raise UsageError(f"cannot write the dev certificate: {exc.strerror or exc}") from None
+        print(f"atp serve: dev certificate {cert} (SHA-256 {fp})", file=sys.stderr)
+        print(
+            "atp serve: warning: the dev certificate is self-signed, for local use only; "
+            f"clients trust it with --ca {cert}",
+            file=sys.stderr,
+        )
+        return TLSConfig(cert_file=str(cert), key_file=str(key))
+    if args.key and not args.cert:
+        raise UsageError("--key needs --cert")
+    if args.cert:
+        return TLSConfig(cert_file=args.cert, key_file=args.key)
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,6 +173,11 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.auth:
         logging.getLogger("atp.router").warning(
             "authentication is OFF (--no-auth): anyone who can reach the port can use the router"
+        )
+    elif cfg.tls is None and not _loopback(cfg.ws_host):
+        # ATP-SEC-008: bearer tokens beyond loopback belong inside TLS
+        logging.getLogger("atp.router").warning(
+            "tokens travel in clear on ws:// beyond loopback: serve wss:// (--cert/--key)"
         )
     try:
         router = Router(cfg)
@@ -160,6 +201,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"atp serve: error: cannot listen on {where}: {_strerror(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 def _listen_error(exc: BaseException) -> OSError | None:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from atp_proto.adapters import registry as adapter_registry
 from atp_proto.frames import BudgetWindow, Limits
+from atp_proto.transports.tls import TLSConfig, TLSConfigError
 
 from .admission import AdmissionConfig
 
@@ -71,6 +72,8 @@ class RouterConfig:
     oidc_issuer: str | None = None  #: --oidc-issuer URL: discovery gives jwks_uri; iss checked
     jwks_ttl_s: float = 300.0  #: how long a fetched key set is used before it is refetched
     jwks_refetch_s: float = 5.0  #: at most one refetch per this long (unknown kid, rotation)
+    #: ``wss://`` (and QUIC) with this certificate and key; None: plain ``ws://``
+    tls: TLSConfig | None = None
 
     def validate(self) -> RouterConfig:
         if not self.ws_path.startswith("/"):
@@ -102,6 +105,11 @@ class RouterConfig:
         for key, value in self.tenant_window.to_dict().items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"[tenant_window]: {key} must be a non-negative int")
+        if self.tls is not None:
+            try:  # a missing, unreadable or mismatched file refuses to start, in words
+                self.tls.server_ssl_context()
+            except TLSConfigError as exc:
+                raise ConfigError(str(exc)) from None
         return self
 
 
@@ -297,9 +305,24 @@ def load_file(path: str) -> dict[str, Any]:
             out[section] = _typed(section, cls, doc.pop(section))
     if "tenant_window" in doc:
         out["tenant_window"] = _typed("tenant_window", BudgetWindow, doc.pop("tenant_window"))
+    if "tls" in doc:  # [tls] cert = "FILE", key = "FILE" (paths relative to the file's)
+        out["tls"] = _tls_section(path, doc.pop("tls"))
     if doc:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(doc))}")
     return out
+
+
+def _tls_section(path: str, data: Any) -> TLSConfig:
+    if not isinstance(data, Mapping) or set(data) - {"cert", "key"} or "cert" not in data:
+        raise ConfigError(f"{path}: [tls] takes cert = FILE and key = FILE, got {data!r}")
+    base = os.path.dirname(os.path.abspath(path))
+    files = {}
+    for key in ("cert", "key"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{path}: tls.{key} must be a file name, got {value!r}")
+        files[key] = os.path.join(base, value) if value else None
+    return TLSConfig(cert_file=files["cert"], key_file=files["key"])
 
 
 def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -1,17 +1,26 @@
-"""The router's operator endpoints over plain HTTP/1.1: ``/metrics``, ``/healthz``, ``/readyz``.
+"""The router's operator endpoints over HTTP/1.1: ``/metrics``, ``/healthz``, ``/readyz``.
 
 A deliberately tiny server (one request per connection, GET only, 5 s to send the head,
 8 KiB of head at most): it answers a scraper and a load balancer's probes, nothing else,
 so it needs no HTTP library. What it serves comes from two callables the router passes
 in, so this module knows nothing of sessions or adapters.
+
+When the router has TLS (``atp serve --cert/--key`` or ``--dev-cert``) the same port also
+answers ``https://`` with the router's certificate: the first byte of a connection tells
+a TLS ClientHello (0x16) from a plain request, so a probe or scraper already pointed at
+``http://`` keeps working and one that wants TLS gets it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ssl
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import trio
+
+from atp_proto.transports._tls_stream import TlsStream
 
 __all__ = ["respond", "serve_http"]
 
@@ -19,23 +28,53 @@ __all__ = ["respond", "serve_http"]
 Readiness = Callable[[], str | None]
 
 
+#: the first byte of a TLS record carrying a handshake message (a ClientHello)
+TLS_HANDSHAKE_RECORD = 0x16
+
+
 async def serve_http(
-    listeners: list[trio.SocketListener], render_metrics: Callable[[], str], readiness: Readiness
+    listeners: list[trio.SocketListener],
+    render_metrics: Callable[[], str],
+    readiness: Readiness,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve the endpoints on ``listeners`` until cancelled."""
+    """Serve the endpoints on ``listeners`` until cancelled; with ``ssl_context``, over
+    https too (see the module's docstring)."""
 
     async def handle(stream: trio.SocketStream) -> None:
-        await _one_request(stream, render_metrics, readiness)
+        if ssl_context is None:
+            await _one_request(stream, render_metrics, readiness)
+            return
+        first = b""
+        with trio.move_on_after(5):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                first = bytes(await stream.receive_some(4096))
+        if not first:
+            await stream.aclose()
+            return
+        if first[0] != TLS_HANDSHAKE_RECORD:
+            await _one_request(stream, render_metrics, readiness, first)
+            return
+        tls = TlsStream(stream, ssl_context, server_side=True, initial=first)
+        try:
+            with trio.fail_after(5):
+                await tls.do_handshake()
+        except (trio.TooSlowError, trio.BrokenResourceError, OSError):  # SSLError is one
+            await tls.aclose()
+            return
+        await _one_request(tls, render_metrics, readiness)
 
     await trio.serve_listeners(handle, listeners)
 
 
 async def _one_request(
-    stream: trio.SocketStream, render_metrics: Callable[[], str], readiness: Readiness
+    stream: trio.abc.Stream,
+    render_metrics: Callable[[], str],
+    readiness: Readiness,
+    data: bytes = b"",
 ) -> None:
     try:
         with trio.move_on_after(5):
-            data = b""
             while b"\r\n\r\n" not in data and len(data) < 8192:
                 chunk = await stream.receive_some(4096)
                 if not chunk:

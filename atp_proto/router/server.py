@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ import trio
 from atp_proto.adapters import Adapter, ResilientAdapter, make_adapter, registry
 from atp_proto.frames import WS_MESSAGE_SLACK, Encoding, ErrorCode, FrameType, QoS, StreamOpened
 from atp_proto.session import Output, Session, SessionInfo
+from atp_proto.transports._tls_stream import TlsStream
 from atp_proto.transports.base import TransportClosed
 from atp_proto.transports.ws_server import Handshake, WsConnection
 
@@ -121,7 +123,14 @@ class Router:
                     allowed_tenants=config.allowed_tenants or None,
                 )
             )
+        #: ``wss://`` (and the metrics port's https): one server context for the listener's
+        #: life; TLSConfigError (a ValueError) for a certificate or key it cannot use
+        self.ssl_context: ssl.SSLContext | None = (
+            config.tls.server_ssl_context() if config.tls is not None else None
+        )
         self.sessions: dict[str, Session] = {}
+        #: connections still in their TLS handshake or upgrade (at most max_sessions)
+        self.handshaking = 0
         self._ids = itertools.count(1)
         self._draining = False
         self._listener_scope: trio.CancelScope | None = None
@@ -175,9 +184,10 @@ class Router:
                 log.info(
                     "router listening",
                     extra={
-                        "ws": f"ws://{cfg.ws_host}:{self.ws_port}{cfg.ws_path}",
+                        "ws": f"{self.ws_scheme}://{cfg.ws_host}:{self.ws_port}{cfg.ws_path}",
                         "metrics": (
-                            f"http://{cfg.metrics_host}:{self.metrics_port}/metrics"
+                            f"{'https' if self.ssl_context else 'http'}://"
+                            f"{cfg.metrics_host}:{self.metrics_port}/metrics"
                             if self.metrics_port
                             else "off"
                         ),
@@ -199,6 +209,11 @@ class Router:
                     with trio.move_on_after(2):
                         await adapter.aclose()
 
+    @property
+    def ws_scheme(self) -> str:
+        """``wss`` when the WebSocket listener speaks TLS, else ``ws``."""
+        return "wss" if self.ssl_context is not None else "ws"
+
     async def _run_listener(
         self,
         listeners: list[trio.SocketListener],
@@ -218,6 +233,7 @@ class Router:
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         # An exception escaping here would kill the whole server: catch everything.
         ws: WsConnection | None = None
+        counted = False  # in self.handshaking
         try:
             try:
                 host, port = stream.socket.getpeername()[:2]
@@ -225,17 +241,38 @@ class Router:
             except OSError:
                 remote = "?"
             max_message = self.config.limits.max_frame_size + WS_MESSAGE_SLACK  # ATP-WS-011
-            ws = WsConnection(stream, max_message_size=max_message, remote=remote)
             request: Handshake | None = None
+            if self.handshaking >= self.config.max_sessions:
+                # ATP-WS-014: connections that never finish a handshake are bounded in
+                # number as well as in time: beyond max_sessions at once, new ones go
+                self.metrics.handshakes_refused.inc("busy")
+                return
+            self.handshaking += 1
+            counted = True
+            # ATP-WS-014: the handshake timeout covers TLS and the upgrade together, so a
+            # client that opens TCP and never finishes either is cut all the same
             with trio.move_on_after(self.config.handshake_timeout_s):
+                transport: trio.abc.Stream = stream
+                if self.ssl_context is not None:
+                    tls = TlsStream(stream, self.ssl_context, server_side=True)
+                    transport = tls
+                    try:
+                        await tls.do_handshake()
+                    except (trio.BrokenResourceError, OSError) as exc:  # ssl.SSLError is one
+                        log.debug("TLS handshake failed", extra={"peer": remote, "error": str(exc)})
+                        return
+                ws = WsConnection(transport, max_message_size=max_message, remote=remote)
                 request = await ws.read_request()
-            if request is None:
-                await ws.abort()
+            self.handshaking -= 1
+            counted = False
+            if ws is None or request is None:  # timed out, left, or not a WebSocket
                 return
             await self._handle(ws, request)
         except Exception:
             log.exception("connection handler failed")
         finally:
+            if counted:
+                self.handshaking -= 1
             if ws is not None:
                 await ws.abort()
             else:
@@ -348,7 +385,7 @@ class Router:
         cfg = self.config
         listeners = await trio.open_tcp_listeners(cfg.metrics_port or 0, host=cfg.metrics_host)
         task_status.started(listeners[0].socket.getsockname()[1])
-        await serve_http(listeners, self.metrics.render, self._readiness)
+        await serve_http(listeners, self.metrics.render, self._readiness, self.ssl_context)
 
     def _readiness(self) -> str | None:
         if not self._ready or self._draining:

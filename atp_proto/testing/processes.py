@@ -45,8 +45,8 @@ __all__ = [
     "spawn",
 ]
 
-_LISTENING = re.compile(r"router listening .*?ws=(ws://\S+)")
-_METRICS = re.compile(r"metrics=http://[^\s:]+:(\d+)/metrics")
+_LISTENING = re.compile(r"router listening .*?ws=(wss?://\S+)")  # wss: atp serve --cert
+_METRICS = re.compile(r"metrics=https?://[^\s:]+:(\d+)/metrics")
 _ADAPTER_LISTENING = re.compile(rb"listening on [^\s]*:(\d+)")
 
 #: ``python -c`` prologue: raise RLIMIT_NOFILE to the hard limit, then run the CLI

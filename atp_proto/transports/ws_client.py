@@ -25,7 +25,9 @@ import trio
 import wsproto
 import wsproto.events as we
 
+from ._tls_stream import TlsStream
 from .base import TransportClosed
+from .tls import TLSConfig
 from .ws_server import RECEIVE_BUFFER, WsConnection
 
 __all__ = ["HandshakeRefused", "connect_ws"]
@@ -58,10 +60,15 @@ async def connect_ws(
     ``(ATP_SUBPROTOCOL,)``; none by default (then the router starts its session-level
     frames as text, ATP-WS-010, until the first binary message).
 
+    ``wss://``: the TLS handshake is done first, with ``ssl_context`` (default: verify
+    against the system's trust store, :meth:`TLSConfig.client_ssl_context`, ATP-WS-013),
+    over :class:`~._tls_stream.TlsStream` so that cancelled sends stay safe.
+
     Raises:
         HandshakeRefused: the server answered with another status (401, 404, 503, ...).
         TransportClosed: the server closed the connection during the upgrade.
-        OSError: the TCP connection failed.
+        OSError: the TCP connection failed; ``ssl.SSLError`` (an OSError): the TLS
+            handshake failed, ``ssl.SSLCertVerificationError`` for a refused certificate.
         TimeoutError: no connection and upgrade within ``connect_timeout`` (an OSError,
             as a refused connection is).
         ValueError: not a ``ws://`` or ``wss://`` URL.
@@ -73,14 +80,18 @@ async def connect_ws(
     host, port = u.hostname or "127.0.0.1", u.port or (443 if tls else 80)
     target = (u.path or "/") + (f"?{u.query}" if u.query else "")
     with trio.move_on_after(connect_timeout):
-        stream: trio.abc.Stream
-        if tls:
-            stream = await trio.open_ssl_over_tcp_stream(
-                host, port, ssl_context=ssl_context or ssl.create_default_context()
-            )
-        else:
-            stream = await trio.open_tcp_stream(host, port)
+        tcp = await trio.open_tcp_stream(host, port)
+        stream: trio.abc.Stream = tcp
         try:
+            if tls:
+                ctx = ssl_context or TLSConfig().client_ssl_context()
+                stream = TlsStream(tcp, ctx, server_side=False, server_hostname=host)
+                try:
+                    await stream.do_handshake()  # under connect_timeout too
+                except trio.BrokenResourceError:
+                    raise TransportClosed(
+                        "the server closed the connection during the TLS handshake"
+                    ) from None
             return await _upgrade(
                 stream, f"{host}:{port}", target, headers, subprotocols, max_message_size
             )

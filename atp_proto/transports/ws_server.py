@@ -49,6 +49,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from atp_proto.frames import ErrorCode
 
+from ._tls_stream import TlsStream
 from .base import Oversized, TransportClosed, ws_close_code
 
 __all__ = ["Handshake", "WsConnection"]
@@ -108,6 +109,9 @@ class WsConnection:
         self._held: dict[int, bytes] = {}
         self._ticket = 0
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        #: ``wss://``: the TLS layer keeps a cancelled send's ciphertext and writes it
+        #: first next time, so the same guarantees hold (``_tls_stream``)
+        self._tls = stream if isinstance(stream, TlsStream) else None
 
     @property
     def closed(self) -> bool:
@@ -316,13 +320,24 @@ class WsConnection:
         Raises:
             TransportClosed: the connection is gone.
         """
-        if self._sending or self._held or self._sock is None:
+        sock, tls = self._sock, self._tls
+        if self._sending or self._held or (sock is None and tls is None):
+            return False
+        if tls is not None and tls.pending:  # a wait is needed: the writer's (in order)
             return False
         if self._closed or self._ws.state is not ConnectionState.OPEN:
             raise TransportClosed
         data = self._encode(message)
+        if tls is not None:
+            try:
+                tls.send_nowait(data)  # what the socket does not take stays queued
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._lost()
+                raise TransportClosed from None
+            return True
+        assert sock is not None
         try:
-            sent = os.write(self._sock.fileno(), data)  # the socket is non-blocking
+            sent = os.write(sock.fileno(), data)  # the socket is non-blocking
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -375,6 +390,8 @@ class WsConnection:
     async def _write(self, data: bytes, ticket: int) -> None:
         sock = self._sock
         if sock is None:
+            # TlsStream: a cancelled send_all has taken its bytes and writes their rest
+            # first next time (other streams: tests' in-memory pairs)
             await self.stream.send_all(data)
             return
         # trio's socket send is cancellable only while it waits for room, before the
@@ -394,7 +411,7 @@ class WsConnection:
         Raises:
             TransportClosed: the connection is gone.
         """
-        if self._held and not self._closed:
+        if (self._held or (self._tls is not None and self._tls.pending)) and not self._closed:
             await self._send_bytes(b"")
 
     async def _write_quietly(self, data: bytes) -> None:
