@@ -61,6 +61,11 @@ class RouterConfig:
     limits: Limits = field(default_factory=Limits)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     tenant_window: BudgetWindow = field(default_factory=BudgetWindow)
+    #: the learner ranking the candidates (issue 13): "cheap-first" or "bandit"
+    learner: str = "cheap-first"
+    routing_state: str = ""  #: SQLite file the bandit's state persists in ("": memory only)
+    routing_weights: str = ""  #: PLAN=QUALITY,COST,LATENCY[;...] (bandit reward weights)
+    routing_seed: int = -1  #: the bandit's random seed (-1: from the OS; reproducible runs)
 
     def validate(self) -> RouterConfig:
         if not self.ws_path.startswith("/"):
@@ -84,6 +89,15 @@ class RouterConfig:
         for key, value in self.tenant_window.to_dict().items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"[tenant_window]: {key} must be a non-negative int")
+        if self.learner not in ("cheap-first", "bandit"):
+            raise ConfigError(f"learner must be cheap-first or bandit, got {self.learner!r}")
+        if self.routing_weights:
+            from .routing.learner.bandit import parse_weights
+
+            try:
+                parse_weights(self.routing_weights)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         return self
 
 

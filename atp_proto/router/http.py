@@ -1,4 +1,5 @@
-"""The router's operator endpoints over plain HTTP/1.1: ``/metrics``, ``/healthz``, ``/readyz``.
+"""The router's operator endpoints over plain HTTP/1.1: ``/metrics``, ``/healthz``, ``/readyz``,
+and ``POST /v1/feedback`` (:mod:`.feedback`, ATP-FEED-002) when the router gives a handler.
 
 A deliberately tiny server (one request per connection, GET only, 5 s to send the head,
 8 KiB of head at most): it answers a scraper and a load balancer's probes, nothing else,
@@ -13,25 +14,35 @@ from urllib.parse import urlsplit
 
 import trio
 
-__all__ = ["respond", "serve_http"]
+__all__ = ["MAX_POST_BODY", "respond", "serve_http"]
 
 #: ``() -> None`` when ready, else the reason it is not (the 503 body)
 Readiness = Callable[[], str | None]
+#: ``(path, headers (lower-case names), body) -> (status line, content type, body)``
+PostHandler = Callable[[str, dict[str, str], bytes], tuple[str, str, bytes]]
+#: the largest POST body read (ATP-FEED-002); a larger one is refused with 413
+MAX_POST_BODY = 8192
 
 
 async def serve_http(
-    listeners: list[trio.SocketListener], render_metrics: Callable[[], str], readiness: Readiness
+    listeners: list[trio.SocketListener],
+    render_metrics: Callable[[], str],
+    readiness: Readiness,
+    post: PostHandler | None = None,
 ) -> None:
-    """Serve the endpoints on ``listeners`` until cancelled."""
+    """Serve the endpoints on ``listeners`` until cancelled (POSTs go to ``post``)."""
 
     async def handle(stream: trio.SocketStream) -> None:
-        await _one_request(stream, render_metrics, readiness)
+        await _one_request(stream, render_metrics, readiness, post)
 
     await trio.serve_listeners(handle, listeners)
 
 
 async def _one_request(
-    stream: trio.SocketStream, render_metrics: Callable[[], str], readiness: Readiness
+    stream: trio.SocketStream,
+    render_metrics: Callable[[], str],
+    readiness: Readiness,
+    post: PostHandler | None = None,
 ) -> None:
     try:
         with trio.move_on_after(5):
@@ -44,7 +55,12 @@ async def _one_request(
             line = data.split(b"\r\n", 1)[0].decode("latin-1")
             parts = line.split()
             method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-            status, ctype, body = respond(method, urlsplit(target).path, render_metrics, readiness)
+            if method == "POST" and post is not None:
+                status, ctype, body = await _post(stream, data, urlsplit(target).path, post)
+            else:
+                status, ctype, body = respond(
+                    method, urlsplit(target).path, render_metrics, readiness
+                )
             head = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -56,12 +72,38 @@ async def _one_request(
         await stream.aclose()
 
 
+async def _post(
+    stream: trio.SocketStream, data: bytes, path: str, post: PostHandler
+) -> tuple[str, str, bytes]:
+    """Read a POST's body (Content-Length, at most :data:`MAX_POST_BODY`) and hand it on."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    headers: dict[str, str] = {}
+    for raw in head.split(b"\r\n")[1:]:
+        name, sep, value = raw.decode("latin-1").partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    if "transfer-encoding" in headers:
+        return "411 Length Required", "text/plain", b"send a Content-Length, not chunks\n"
+    try:
+        length = int(headers.get("content-length", ""))
+    except ValueError:
+        return "411 Length Required", "text/plain", b"a Content-Length is required\n"
+    if length < 0 or length > MAX_POST_BODY:
+        return "413 Content Too Large", "text/plain", f"at most {MAX_POST_BODY} bytes\n".encode()
+    while len(body) < length:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            return "400 Bad Request", "text/plain", b"body shorter than Content-Length\n"
+        body += chunk
+    return post(path, headers, body[:length])
+
+
 def respond(
     method: str, path: str, render_metrics: Callable[[], str], readiness: Readiness
 ) -> tuple[str, str, bytes]:
     """Status line, content type and body for one request."""
     if method != "GET":
-        return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        return "405 Method Not Allowed", "text/plain", b"GET only (POST: /v1/feedback)\n"
     if path == "/metrics":
         return "200 OK", "text/plain; version=0.0.4", render_metrics().encode()
     if path == "/healthz":

@@ -27,10 +27,12 @@ from .auth import (
     Authenticator,
 )
 from .config import RouterConfig
+from .feedback import feedback_handler
 from .handshake import admit
 from .http import serve_http
 from .metrics import RouterMetrics
 from .routing import PrincipalPolicy, RoutingContext, StreamRun
+from .routing.learner.service import build_learner, persist
 
 log = logging.getLogger("atp.router")
 
@@ -75,6 +77,7 @@ class Router:
             self.metrics,
             config,
             PrincipalPolicy(min_confidence=config.min_confidence, window=config.tenant_window),
+            build_learner(config),
         )
         self.authenticator: Authenticator | None = None
         if config.auth:
@@ -134,6 +137,7 @@ class Router:
                 nursery.start_soon(self._run_listener, listeners, nursery, self._listener_scope)
                 if cfg.metrics_port is not None:
                     self.metrics_port = await nursery.start(self._serve_metrics)
+                nursery.start_soon(persist, self.routing.learner, cfg.routing_state)
                 for adapter in self.adapters.values():  # their tasks live in our nursery
                     await registry.start(nursery, adapter, health_interval_s=cfg.health_interval_s)
                 self._ready = True
@@ -308,7 +312,8 @@ class Router:
         cfg = self.config
         listeners = await trio.open_tcp_listeners(cfg.metrics_port or 0, host=cfg.metrics_host)
         task_status.started(listeners[0].socket.getsockname()[1])
-        await serve_http(listeners, self.metrics.render, self._readiness)
+        post = feedback_handler(self.routing.learner, self.authenticator)  # ATP-FEED-002
+        await serve_http(listeners, self.metrics.render, self._readiness, post)
 
     def _readiness(self) -> str | None:
         if not self._ready or self._draining:
