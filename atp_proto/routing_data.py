@@ -120,3 +120,39 @@ def read_records(path: str | Path) -> list[Record]:
                 raise DataError(f"{path}:{i}: not JSON ({exc.msg})") from None
             out.append(_record(doc, f"{path}:{i}"))
     return out
+
+
+def adapter_name(model: str) -> str:
+    """The adapter (and learner arm) name of a model: characters a router's adapter name
+    may not hold (anything but letters, digits, ``-`` and ``_``) become ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in model) or "_"
+
+
+@dataclass(frozen=True, slots=True)
+class PriceModel:
+    """What a router can know of a model's cost before a call: its mean output length and
+    mean cost per token over a file (not any one prompt's outcome)."""
+
+    mean_out: float
+    usd_micros_per_token: float
+
+    def estimate(self, in_tokens: int) -> tuple[int, int]:
+        """(output tokens, micro-dollars) expected for a prompt of ``in_tokens``."""
+        out = round(self.mean_out)
+        return out, round((in_tokens + out) * self.usd_micros_per_token)
+
+
+def price_model(records: list[Record], model: str) -> PriceModel | None:
+    """The :class:`PriceModel` of ``model`` over ``records`` (None: no outcome of it)."""
+    n = out = usd = tokens = 0.0
+    for r in records:
+        o = r.models.get(model)
+        if o is None:
+            continue
+        n += 1
+        out += o.out_tokens
+        usd += round(o.cost_usd * 1e6)
+        tokens += o.in_tokens + o.out_tokens
+    if not n:
+        return None
+    return PriceModel(out / n, usd / tokens if tokens else 0.0)

@@ -45,6 +45,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         "router over WebSocket: relayed PARTIAL frames/s, SYN->first PARTIAL latency, "
         "idle-session RSS, beside a bare trio-websocket echo",
     ),
+    "routing": Benchmark(
+        "bench_routing",
+        "learned routing on real outcome data through the real router: quality, cost, "
+        "PGR/APGR/CPT beside always-strong/weak, random, oracle and RouteLLM's figures",
+        lambda p: importlib.import_module(f"{PACKAGE}.bench_routing").add_options(p),
+    ),
 }
 
 

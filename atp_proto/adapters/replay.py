@@ -43,28 +43,26 @@ class ReplayAdapter:
     def __init__(
         self, data: str, model: str, ms_per_token: float = 0.0, chunk_tokens: int = 64
     ) -> None:
-        from atp_proto.routing_data import read_records
+        from atp_proto.routing_data import price_model, read_records
 
         self.name = model
         self.ms_per_token = ms_per_token
         self.chunk_tokens = max(1, chunk_tokens)
         self.by_id: dict[str, _Entry] = {}
         self.by_prompt: dict[str, _Entry] = {}
-        total_out = total_usd = total_tokens = 0.0
-        for r in read_records(data):
+        records = read_records(data)
+        for r in records:
             o = r.models.get(model)
             if o is None:
                 continue
             e = _Entry(o.in_tokens, o.out_tokens, round(o.cost_usd * 1e6))
             self.by_id[r.id] = e
             self.by_prompt.setdefault(_key(r.prompt), e)
-            total_out += o.out_tokens
-            total_usd += e.usd_micros
-            total_tokens += o.in_tokens + o.out_tokens
-        if not self.by_id:
+        prices = price_model(records, model)
+        if prices is None:
             raise ValueError(f"model {model!r} has no recorded outcome in {data}")
-        self.mean_out = total_out / len(self.by_id)
-        self.usd_per_token = total_usd / total_tokens if total_tokens else 0.0
+        self.prices = prices
+        self.mean_out = prices.mean_out
 
     @classmethod
     def from_options(cls, options: Mapping[str, str]) -> ReplayAdapter:
@@ -93,11 +91,11 @@ class ReplayAdapter:
 
     async def estimate(self, request: TaskRequest) -> CostEstimate:
         e = self._entry(request)
-        out = round(self.mean_out)
+        out, usd = self.prices.estimate(e.in_tokens)
         return CostEstimate(
             in_tokens=e.in_tokens,
             out_tokens=out,
-            usd_micros=round((e.in_tokens + out) * self.usd_per_token),
+            usd_micros=usd,
             latency_p95_ms=self.ms_per_token * out * 2,
             variance=float(out),
             confidence=CONFIDENCE,
