@@ -66,10 +66,23 @@ async def _one_request(
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             )
             await stream.send_all(head.encode() + body)
+            if method == "POST":
+                await _linger(stream)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
         await stream.aclose()
+
+
+async def _linger(stream: trio.SocketStream) -> None:
+    """After answering a POST (perhaps before reading its body: 413), read and drop what the
+    client still sends for a moment, so that closing does not reset the connection before
+    it read the answer."""
+    await stream.send_eof()
+    with trio.move_on_after(0.5):
+        dropped = 0
+        while dropped < 4 * MAX_POST_BODY and (chunk := await stream.receive_some(4096)):
+            dropped += len(chunk)
 
 
 async def _post(

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from atp_proto.routing_data import DataError, Record, quality_of, read_records
+from atp_proto.routing_data import DataError, Record, adapter_name, quality_of, read_records
 
 from .bandit import BanditLearner
 
@@ -24,12 +24,14 @@ def records_in(records: Iterable[Record], buckets: range | None) -> Iterator[Rec
 
 
 def train(learner: BanditLearner, records: Iterable[Record]) -> dict[str, int]:
-    """Train every model's arm on its recorded outcomes; returns examples per model."""
+    """Train every model's arm on its recorded outcomes; returns examples per arm. A model's
+    arm is named as its adapter must be (:func:`~atp_proto.routing_data.adapter_name`)."""
     xs: dict[str, list[np.ndarray[Any, Any]]] = {}
     qs: dict[str, list[float]] = {}
     for r in records:
         x = learner.vector(r.prompt, r.task_type)
-        for name, o in r.models.items():
+        for model, o in r.models.items():
+            name = adapter_name(model)
             xs.setdefault(name, []).append(x)
             qs.setdefault(name, []).append(o.quality)
     for name, rows in xs.items():
