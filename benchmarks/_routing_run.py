@@ -120,7 +120,7 @@ def _greedy(learner: BanditLearner, r: Record, prices: dict[str, PriceModel], w:
     names = _candidates(r)
     cost = {m: guarded_usd(prices[m], r.models[m].in_tokens) for m in names}
     top = max(cost.values()) or 1.0
-    pred = learner.predict(x, [adapter_name(m) for m in names])
+    pred = learner.predict(x, [adapter_name(m) for m in names], clip=False)
     return max(names, key=lambda m: pred[adapter_name(m)] - w * cost[m] / top)
 
 
@@ -366,7 +366,7 @@ async def _offline(
     scores = []
     for r in pair:
         x = learner.vector(r.prompt, r.task_type)
-        p = learner.predict(x, [adapter_name(s.strong), adapter_name(s.weak)])
+        p = learner.predict(x, [adapter_name(s.strong), adapter_name(s.weak)], clip=False)
         cs = guarded_usd(prices[s.strong], r.models[s.strong].in_tokens)
         cw = guarded_usd(prices[s.weak], r.models[s.weak].in_tokens)
         gain = p[adapter_name(s.strong)] - p[adapter_name(s.weak)]

@@ -14,8 +14,9 @@ while another candidate meets it.
 
 What it learns from (ATP-FEED-005): a reported quality (feedback) for the adapter whose
 answer the FINAL returned; without one, what the router saw: a failed call counts as
-quality 0 at once; a finished call's own confidence, when the adapter gave one, counts
-(at half weight) once the decision expires unreported. Decisions wait for feedback in a
+quality 0 at once; another adapter's answer that agreed (or not) with the chosen one
+counts at a quarter weight; the winner's own confidence, when the adapter gave one,
+counts (at half weight) once the decision expires unreported. Decisions wait for feedback in a
 bounded TTL map (ATP-FEED-004): at most ``max_pending``, each for ``ttl_s``.
 """
 
@@ -134,9 +135,11 @@ class BanditLearner:
     def vector(self, prompt: str, task_type: str) -> Vector:
         return self.features.vector(prompt, task_type)
 
-    def predict(self, x: Vector, names: Sequence[str]) -> dict[str, float]:
-        """Mean predicted quality per adapter (clipped to [0, 1]); no sampling."""
-        return {n: min(1.0, max(0.0, self.arm(n).predict(x)[0])) for n in names}
+    def predict(self, x: Vector, names: Sequence[str], *, clip: bool = True) -> dict[str, float]:
+        """Mean predicted quality per adapter (clipped to [0, 1] unless ``clip`` is False:
+        :meth:`rank` compares unclipped means); no sampling."""
+        means = {n: self.arm(n).predict(x)[0] for n in names}
+        return {n: min(1.0, max(0.0, m)) for n, m in means.items()} if clip else means
 
     # ------------------------------------------------------------------ Learner
 
@@ -203,6 +206,10 @@ class BanditLearner:
             arm = self.arm(o.adapter)
             if o.ok:
                 arm.observe_latency(o.latency_ms)
+                if o.agreed is not None and o.adapter != winner:
+                    # agreeing with the chosen answer is weak evidence of quality
+                    arm.update(x, 1.0 if o.agreed else 0.0, weight=0.25)
+                    self.updates += 1
             else:
                 arm.failures += 1
                 arm.update(x, 0.0)  # the router saw it fail: no answer is quality 0

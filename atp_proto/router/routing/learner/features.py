@@ -1,5 +1,5 @@
 """Prompt features the learner can compute before any call (issue 13 item 2): a fixed-size
-dense vector from the task type, the prompt's length and shape, and hashed word n-grams.
+dense vector from the task type, the prompt's length and shape, and hashed words.
 
 Why hashing: the vocabulary of future prompts is unknown and the state must stay a fixed
 size (ATP-FEED-004: bounded state); ``zlib.crc32`` is stable across processes and Python
@@ -10,7 +10,6 @@ a 2,000-word prompt does not swamp the bias term.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 import zlib
@@ -53,10 +52,10 @@ class Featurizer:
         x[6] = 1.0 if len(prompt) > self.max_chars else 0.0
         x[7] = sum(len(w) for w in words) / (10.0 * len(words)) if words else 0.0
         buckets = self.dim - _DENSE
-        grams: list[str] = [f"t:{task_type}"]
-        grams += words
-        grams += [f"{a} {b}" for a, b in itertools.pairwise(tokens)]
-        grams += [f"#{len(t)}" for t in numbers]  # magnitudes, not the digits themselves
+        # Words only: on the routing-data sources, adding word bigrams, number magnitudes,
+        # character 4-grams or more dense shape features made held-out APGR worse, not
+        # better (benchmarks/RESULTS.md, routing), for a state four times the size.
+        grams: list[str] = [f"t:{task_type}", *words]
         counts: dict[int, float] = {}
         for g in grams:
             h = zlib.crc32(g.encode())
