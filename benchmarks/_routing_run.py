@@ -24,6 +24,7 @@ from atp_proto.routing_data import PriceModel, Record, adapter_name, price_model
 from atp_proto.testing import RouterProcess, serve_adapter
 
 from ._routing_eval import (
+    SILVER_K,
     Curve,
     baselines,
     curve_from_points,
@@ -57,8 +58,11 @@ def _default_data() -> Path:
 
 DEFAULT_DATA = _default_data()
 #: cost weights of the sweeps (reward = quality - w * cost / most expensive candidate)
-SWEEP = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.7, 1.0)
+SWEEP = (0.0, 0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0)
 QUICK_SWEEP = (0.0, 0.1, 0.3, 1.0)
+#: offline also tries heavier cost weights: with many models, the cheap ones are far
+#: cheaper than the most expensive (whose cost normalises the penalty)
+HEAVY = (1.5, 2.0, 3.0, 5.0)
 ONLINE_WEIGHT = 0.1  #: the online router's cost weight (the default plan's)
 QUICK_PROMPTS = 80  #: per source and mode in --quick
 
@@ -95,7 +99,10 @@ def _query(r: Record, prices: dict[str, PriceModel], lane: QoS, i: int) -> Route
     views = []
     for m in _candidates(r):
         in_tok = r.models[m].in_tokens
-        views.append(CandidateView(adapter_name(m), float(in_tok), guarded_usd(prices[m], in_tok)))
+        out = round(prices[m].mean_out)
+        tokens = in_tok + out + SILVER_K * float(np.sqrt(out))
+        views.append(CandidateView(adapter_name(m), tokens, guarded_usd(prices[m], in_tok)))
+    views.sort(key=lambda c: (c.est_usd_micros, c.est_tokens))  # the preflight's order
     return RouteQuery(f"sim-{i}", "bench", "default", r.task_type, lane, r.prompt, tuple(views))
 
 
@@ -347,7 +354,7 @@ async def _offline(
     tmp: Path,
     progress: Progress,
 ) -> dict[str, Any]:
-    sweep = QUICK_SWEEP if st.quick else SWEEP
+    sweep = (QUICK_SWEEP if st.quick else SWEEP) + HEAVY
     all_train = [r for src in sources for r in _split(src, st.train_share)[0]]
     train_recs, held = _split(s, st.train_share)
     if st.quick:

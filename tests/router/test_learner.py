@@ -63,7 +63,7 @@ def test_converges_to_the_cheap_good_enough_adapter() -> None:
         lates.append(late)
         x = learner.vector("question number 1 about topic 1", "qa")
         pred = learner.predict(x, list(WORKLOAD))
-        assert pred["cheap-bad"] < 0.5 < pred["cheap-good"]
+        assert pred["cheap-bad"] < pred["cheap-good"] and pred["cheap-good"] > 0.6
     assert min(lates) >= 0.6 and sum(lates) / len(lates) >= 0.85, lates
     assert sum(lates) > sum(earlies), (earlies, lates)
 

@@ -101,7 +101,7 @@ class BanditLearner:
         *,
         dim: int = DEFAULT_DIM,
         ridge: float = 10.0,
-        noise: float = 0.5,
+        noise: float = 0.25,
         weights: Mapping[str, Weights] | None = None,
         lanes: LaneBounds | None = None,
         ttl_s: float = 3600.0,
