@@ -50,7 +50,7 @@ def save_now(learner: Learner, path: str) -> None:
         store.save(path, store.snapshot(learner))
 
 
-async def persist(learner: Learner, path: str, interval_s: float = 2.0) -> None:
+async def persist(learner: Learner, path: str, interval_s: float = 5.0) -> None:
     """Until cancelled: write the state whenever it changed, at most every ``interval_s``;
     a final write when cancelled (the router stopping)."""
     if not isinstance(learner, BanditLearner) or not path:
