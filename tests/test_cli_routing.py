@@ -150,3 +150,15 @@ def test_bench_routing_quick_through_the_real_router(tmp_path: Path) -> None:
     # the learner sees what the data teaches: long prompts to big, short to small
     assert src["offline"]["pair_curve"]["apgr"] > 0.6
     assert src["online"]["second_half_curve"]["apgr"] > 0.5
+
+
+def test_serve_refuses_an_unusable_routing_state(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.sqlite"
+    junk.write_text("not a database")
+    for state in (str(tmp_path / "no" / "dir.sqlite"), str(junk)):
+        out = _atp(
+            "serve", "--no-auth", "--metrics", "off", "--ws", "127.0.0.1:0",
+            "--learner", "bandit", "--routing-state", state,
+        )  # fmt: skip
+        assert out.returncode == 2
+        assert "--routing-state" in out.stderr and "Traceback" not in out.stderr

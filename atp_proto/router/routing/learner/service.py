@@ -35,6 +35,8 @@ def build_learner(config: RouterConfig) -> Learner:
         seed=config.routing_seed if config.routing_seed >= 0 else None,
     )
     path = config.routing_state
+    if path and not Path(path).resolve().parent.is_dir():
+        raise ValueError(f"--routing-state: no directory for {path}")
     if path and Path(path).exists():
         try:
             store.apply(learner, store.load(path))
