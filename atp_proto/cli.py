@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("atp_proto._cli.token", "mint JWTs for local use"),
     "adapter": ("atp_proto._cli.adapter", "serve an adapter (vendor SDK) over gRPC"),
     "bench": ("atp_proto._cli.bench", "run benchmarks beside their baselines"),
+    "feedback": ("atp_proto._cli.feedback", "report the quality of a finished stream's answer"),
+    "routing": ("atp_proto._cli.routing", "train, show, export and import the learner's state"),
 }
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from atp_proto._feedback import FeedbackRefused, FeedbackResult, feedback
 from atp_proto.frames import (
     WS_MESSAGE_SLACK,
     ATPError,
@@ -58,11 +59,14 @@ from atp_proto.transports.ws_server import WsConnection
 __all__ = [
     "Client",
     "ConnectionLost",
+    "FeedbackRefused",
+    "FeedbackResult",
     "Final",
     "HandshakeRefused",
     "Partial",
     "StreamError",
     "connect",
+    "feedback",  # ATP-FEED-002: the quality of a finished stream, by its decision id
 ]
 
 

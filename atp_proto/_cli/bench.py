@@ -49,6 +49,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         "bench_policy",
         "policy decide(): Rego bundle (regopy) and its cache, beside query() and claims only",
     ),
+    "routing": Benchmark(
+        "bench_routing",
+        "learned routing on real outcome data through the real router: quality, cost, "
+        "PGR/APGR/CPT beside always-strong/weak, random, oracle and RouteLLM's figures",
+        lambda p: importlib.import_module(f"{PACKAGE}.bench_routing").add_options(p),
+    ),
 }
 
 

@@ -80,6 +80,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace", type=float, metavar="SECONDS", help="drain grace period (default 10)")
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--learner",
+        choices=["cheap-first", "bandit"],
+        help="who orders the candidates: cheapest estimate first (default), or the learned "
+        "cost-quality bandit (feedback: POST /v1/feedback on the --metrics port)",
+    )
+    p.add_argument(
+        "--routing-state",
+        metavar="FILE.sqlite",
+        help="where the bandit's state persists across restarts (default: memory only)",
+    )
+    p.add_argument(
+        "--routing-weights",
+        metavar="PLAN=Q,C,L[;...]",
+        help="bandit reward weights per tenant plan: quality, cost, latency "
+        "(default default=1,0.1,0.02)",
+    )
+    p.add_argument(
+        "--routing-seed", type=int, metavar="N", help="the bandit's random seed (reproducible runs)"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -106,6 +126,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
             "grace_s": args.grace,
             "log_format": args.log_format,
             "log_level": args.log_level,
+            "learner": getattr(args, "learner", None),
+            "routing_state": getattr(args, "routing_state", None),
+            "routing_weights": getattr(args, "routing_weights", None),
+            "routing_seed": getattr(args, "routing_seed", None),
         }
         if args.ws:
             flags["ws_host"], flags["ws_port"] = parse_hostport(args.ws, "--ws")

@@ -74,6 +74,11 @@ class RouterConfig:
     jwks_refetch_s: float = 5.0  #: at most one refetch per this long (unknown kid, rotation)
     #: ``wss://`` (and QUIC) with this certificate and key; None: plain ``ws://``
     tls: TLSConfig | None = None
+    #: the learner ranking the candidates (issue 13): "cheap-first" or "bandit"
+    learner: str = "cheap-first"
+    routing_state: str = ""  #: SQLite file the bandit's state persists in ("": memory only)
+    routing_weights: str = ""  #: PLAN=QUALITY,COST,LATENCY[;...] (bandit reward weights)
+    routing_seed: int = -1  #: the bandit's random seed (-1: from the OS; reproducible runs)
 
     def validate(self) -> RouterConfig:
         if not self.ws_path.startswith("/"):
@@ -109,6 +114,15 @@ class RouterConfig:
             try:  # a missing, unreadable or mismatched file refuses to start, in words
                 self.tls.server_ssl_context()
             except TLSConfigError as exc:
+                raise ConfigError(str(exc)) from None
+        if self.learner not in ("cheap-first", "bandit"):
+            raise ConfigError(f"learner must be cheap-first or bandit, got {self.learner!r}")
+        if self.routing_weights:
+            from .routing.learner.bandit import parse_weights
+
+            try:
+                parse_weights(self.routing_weights)
+            except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         return self
 

@@ -1,4 +1,5 @@
-"""The router's operator endpoints over HTTP/1.1: ``/metrics``, ``/healthz``, ``/readyz``.
+"""The router's operator endpoints over HTTP/1.1: ``/metrics``, ``/healthz``, ``/readyz``,
+and ``POST /v1/feedback`` (:mod:`.feedback`, ATP-FEED-002) when the router gives a handler.
 
 A deliberately tiny server (one request per connection, GET only, 5 s to send the head,
 8 KiB of head at most): it answers a scraper and a load balancer's probes, nothing else,
@@ -22,10 +23,14 @@ import trio
 
 from atp_proto.transports._tls_stream import TlsStream
 
-__all__ = ["respond", "serve_http"]
+__all__ = ["MAX_POST_BODY", "respond", "serve_http"]
 
 #: ``() -> None`` when ready, else the reason it is not (the 503 body)
 Readiness = Callable[[], str | None]
+#: ``(path, headers (lower-case names), body) -> (status line, content type, body)``
+PostHandler = Callable[[str, dict[str, str], bytes], tuple[str, str, bytes]]
+#: the largest POST body read (ATP-FEED-002); a larger one is refused with 413
+MAX_POST_BODY = 8192
 
 
 #: the first byte of a TLS record carrying a handshake message (a ClientHello)
@@ -37,13 +42,14 @@ async def serve_http(
     render_metrics: Callable[[], str],
     readiness: Readiness,
     ssl_context: ssl.SSLContext | None = None,
+    post: PostHandler | None = None,
 ) -> None:
-    """Serve the endpoints on ``listeners`` until cancelled; with ``ssl_context``, over
-    https too (see the module's docstring)."""
+    """Serve the endpoints on ``listeners`` until cancelled (POSTs go to ``post``); with
+    ``ssl_context``, over https too (see the module's docstring)."""
 
     async def handle(stream: trio.SocketStream) -> None:
         if ssl_context is None:
-            await _one_request(stream, render_metrics, readiness)
+            await _one_request(stream, render_metrics, readiness, post)
             return
         first = b""
         with trio.move_on_after(5):
@@ -53,7 +59,7 @@ async def serve_http(
             await stream.aclose()
             return
         if first[0] != TLS_HANDSHAKE_RECORD:
-            await _one_request(stream, render_metrics, readiness, first)
+            await _one_request(stream, render_metrics, readiness, post, first)
             return
         tls = TlsStream(stream, ssl_context, server_side=True, initial=first)
         try:
@@ -62,7 +68,7 @@ async def serve_http(
         except (trio.TooSlowError, trio.BrokenResourceError, OSError):  # SSLError is one
             await tls.aclose()
             return
-        await _one_request(tls, render_metrics, readiness)
+        await _one_request(tls, render_metrics, readiness, post)
 
     await trio.serve_listeners(handle, listeners)
 
@@ -71,6 +77,7 @@ async def _one_request(
     stream: trio.abc.Stream,
     render_metrics: Callable[[], str],
     readiness: Readiness,
+    post: PostHandler | None = None,
     data: bytes = b"",
 ) -> None:
     try:
@@ -83,16 +90,61 @@ async def _one_request(
             line = data.split(b"\r\n", 1)[0].decode("latin-1")
             parts = line.split()
             method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-            status, ctype, body = respond(method, urlsplit(target).path, render_metrics, readiness)
+            if method == "POST" and post is not None:
+                status, ctype, body = await _post(stream, data, urlsplit(target).path, post)
+            else:
+                status, ctype, body = respond(
+                    method, urlsplit(target).path, render_metrics, readiness
+                )
             head = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             )
             await stream.send_all(head.encode() + body)
+            if method == "POST":
+                await _linger(stream)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
         await stream.aclose()
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """After answering a POST (perhaps before reading its body: 413), read and drop what the
+    client still sends for a moment, so that closing does not reset the connection before
+    it read the answer."""
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        await stream.send_eof()
+    with trio.move_on_after(0.5):
+        dropped = 0
+        while dropped < 4 * MAX_POST_BODY and (chunk := await stream.receive_some(4096)):
+            dropped += len(chunk)
+
+
+async def _post(
+    stream: trio.abc.Stream, data: bytes, path: str, post: PostHandler
+) -> tuple[str, str, bytes]:
+    """Read a POST's body (Content-Length, at most :data:`MAX_POST_BODY`) and hand it on."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    headers: dict[str, str] = {}
+    for raw in head.split(b"\r\n")[1:]:
+        name, sep, value = raw.decode("latin-1").partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    if "transfer-encoding" in headers:
+        return "411 Length Required", "text/plain", b"send a Content-Length, not chunks\n"
+    try:
+        length = int(headers.get("content-length", ""))
+    except ValueError:
+        return "411 Length Required", "text/plain", b"a Content-Length is required\n"
+    if length < 0 or length > MAX_POST_BODY:
+        return "413 Content Too Large", "text/plain", f"at most {MAX_POST_BODY} bytes\n".encode()
+    while len(body) < length:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            return "400 Bad Request", "text/plain", b"body shorter than Content-Length\n"
+        body += chunk
+    return post(path, headers, body[:length])
 
 
 def respond(
@@ -100,7 +152,7 @@ def respond(
 ) -> tuple[str, str, bytes]:
     """Status line, content type and body for one request."""
     if method != "GET":
-        return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        return "405 Method Not Allowed", "text/plain", b"GET only (POST: /v1/feedback)\n"
     if path == "/metrics":
         return "200 OK", "text/plain; version=0.0.4", render_metrics().encode()
     if path == "/healthz":

@@ -27,10 +27,12 @@ from atp_proto.transports.ws_server import Handshake, WsConnection
 from .admission import Admission
 from .auth import AuthConfig, Authenticator, TokenVerifier
 from .config import RouterConfig
+from .feedback import feedback_handler
 from .handshake import admit
 from .http import serve_http
 from .metrics import RouterMetrics
 from .routing import RoutingContext, StreamRun
+from .routing.learner.service import build_learner, persist
 from .routing.policy import LayeredPolicy
 from .routing.reload import PolicySource, Reloader
 
@@ -108,7 +110,7 @@ class Router:
         )
         self.policy.state = source.load()
         self.routing = RoutingContext(
-            self.adapters, self.admission, self.metrics, config, self.policy
+            self.adapters, self.admission, self.metrics, config, self.policy, build_learner(config)
         )
         self.authenticator: TokenVerifier | None = None
         if config.auth and (config.jwks or config.oidc_issuer):
@@ -178,6 +180,7 @@ class Router:
                 if cfg.metrics_port is not None:
                     self.metrics_port = await nursery.start(self._serve_metrics)
                 nursery.start_soon(self.reloader.run)  # SIGHUP and file changes
+                nursery.start_soon(persist, self.routing.learner, cfg.routing_state)
                 for adapter in self.adapters.values():  # their tasks live in our nursery
                     await registry.start(nursery, adapter, health_interval_s=cfg.health_interval_s)
                 self._ready = True
@@ -385,7 +388,8 @@ class Router:
         cfg = self.config
         listeners = await trio.open_tcp_listeners(cfg.metrics_port or 0, host=cfg.metrics_host)
         task_status.started(listeners[0].socket.getsockname()[1])
-        await serve_http(listeners, self.metrics.render, self._readiness, self.ssl_context)
+        post = feedback_handler(self.routing.learner, self.authenticator)  # ATP-FEED-002
+        await serve_http(listeners, self.metrics.render, self._readiness, self.ssl_context, post)
 
     def _readiness(self) -> str | None:
         if not self._ready or self._draining:

@@ -1,0 +1,75 @@
+"""``atp feedback DECISION_ID QUALITY``: report the quality of a finished stream's answer to
+the router (ATP-FEED-001/002), by the decision id its FINAL carried
+(``telemetry.decision_id``; ``atp send --json`` prints it).
+
+    atp feedback 9f2c4e1a0b7d3c55 0.8 --url http://127.0.0.1:9464 --token "$ATP_TOKEN"
+
+Exit 0: taken; 1: refused (unknown or expired id, bad token) or the router is unreachable;
+2: bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+from atp_proto.cli import UsageError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("decision_id", metavar="DECISION_ID", help="telemetry.decision_id of a FINAL")
+    p.add_argument("quality", metavar="QUALITY", help="quality of the answer, 0..1")
+    p.add_argument(
+        "--url",
+        default="http://127.0.0.1:9464",
+        help="the router's HTTP port (its --metrics address; default http://127.0.0.1:9464)",
+    )
+    p.add_argument("--token", help="JWT, where the router authenticates (or env ATP_TOKEN)")
+    p.add_argument(
+        "--source", default="client", help="who judged it: client (default), evaluator, ..."
+    )
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true", help="print the router's answer as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from atp_proto.client import FeedbackRefused, feedback
+
+    try:
+        quality = float(args.quality)
+    except ValueError:
+        raise UsageError(f"QUALITY must be a number within 0..1, got {args.quality!r}") from None
+    if not math.isfinite(quality) or not 0.0 <= quality <= 1.0:
+        raise UsageError(f"QUALITY must be within 0..1, got {args.quality}")
+    token = args.token or os.environ.get("ATP_TOKEN") or None
+    try:
+        result = trio.run(
+            lambda: feedback(
+                args.url,
+                args.decision_id,
+                quality,
+                token=token,
+                source=args.source,
+                timeout=args.timeout,
+            )
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except FeedbackRefused as exc:
+        if args.json:
+            print(json.dumps({"accepted": False, "status": exc.status, "error": exc.message}))
+        print(f"atp feedback: refused ({exc.status}): {exc.message}", file=sys.stderr)
+        return 1
+    except (OSError, trio.TooSlowError) as exc:
+        print(f"atp feedback: cannot reach {args.url}: {exc or 'timed out'}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.body))
+    else:
+        print(f"feedback taken for {args.decision_id} (quality {quality:g})")
+    return 0

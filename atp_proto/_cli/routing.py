@@ -1,0 +1,150 @@
+"""``atp routing train | show | export | import``: the learned router's state (a SQLite file,
+the router's ``--routing-state``), offline.
+
+    atp routing train public.jsonl --state routing.sqlite [--buckets 0-59]
+    atp routing show --state routing.sqlite [--json]
+    atp routing export --state routing.sqlite > state.json
+    atp routing import state.json --state other.sqlite
+
+Train while the router that uses the file is stopped: a running router writes its own
+state over the file. Exit 0 ok, 1 failed (unreadable state or data), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from atp_proto.cli import UsageError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="routing_cmd", metavar="ACTION", required=True)
+    t = sub.add_parser(
+        "train",
+        help="train the state on outcome records (routing-data JSONL)",
+        description="Train every model's quality model on its recorded outcomes "
+        "(routing-data format); adds to the state file's knowledge (created if absent).",
+    )
+    t.add_argument("data", metavar="FILE.jsonl")
+    t.add_argument("--buckets", metavar="A-B", help="only records with A <= bucket <= B")
+    t.add_argument("--json", action="store_true", help="print a JSON summary")
+    s = sub.add_parser("show", help="print what the state knows per adapter")
+    s.add_argument("--json", action="store_true", help="one JSON object")
+    e = sub.add_parser("export", help="print the state as portable JSON")
+    e.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    i = sub.add_parser("import", help="replace the state with an exported one")
+    i.add_argument("source", metavar="FILE.json", help="from atp routing export ('-': stdin)")
+    for q in (t, s, e, i):
+        q.add_argument(
+            "--state", required=True, metavar="FILE.sqlite", help="the routing state file"
+        )
+
+
+def _buckets(text: str | None) -> range | None:
+    if text is None:
+        return None
+    a, sep, b = text.partition("-")
+    if not sep or not a.strip().isdigit() or not b.strip().isdigit() or int(a) > int(b):
+        raise UsageError(f"--buckets expects A-B with A <= B, got {text!r}")
+    return range(int(a), int(b) + 1)
+
+
+def _fail(message: str) -> int:
+    print(f"atp routing: {message}", file=sys.stderr)
+    return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    from atp_proto.router.routing.learner import BanditLearner, store
+    from atp_proto.router.routing.learner.offline import DataError, read_records, records_in
+    from atp_proto.router.routing.learner.offline import train as train_records
+
+    path = Path(args.state)
+    try:
+        if args.routing_cmd == "train":
+            buckets = _buckets(args.buckets)
+            learner = BanditLearner()
+            if path.exists():
+                store.apply(learner, store.load(path))
+            try:
+                records = read_records(args.data)
+            except OSError as exc:
+                return _fail(f"cannot read {args.data}: {exc.strerror}")
+            chosen = list(records_in(records, buckets))
+            if not chosen:
+                return _fail(f"{args.data}: no record to train on")
+            counts = train_records(learner, chosen)
+            store.save(path, store.snapshot(learner))
+            if args.json:
+                print(json.dumps({"records": len(chosen), "models": counts, "state": str(path)}))
+            else:
+                per = ", ".join(f"{n} {c}" for n, c in counts.items())
+                print(f"trained on {len(chosen)} records ({per}); state in {path}")
+            return 0
+        if args.routing_cmd == "show":
+            state = store.load(path)
+            rows = _rows(state)
+            if args.json:
+                print(json.dumps({"dim": state.dim, "ridge": state.ridge, "arms": rows}))
+            else:
+                _table(path, rows)
+            return 0
+        if args.routing_cmd == "export":
+            text = json.dumps(store.dump_json(store.load(path)))
+            if args.output:
+                Path(args.output).write_text(text + "\n")
+            else:
+                print(text)
+            return 0
+        # import
+        try:
+            raw = sys.stdin.read() if args.source == "-" else Path(args.source).read_text()
+        except OSError as exc:
+            return _fail(f"cannot read {args.source}: {exc.strerror}")
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            return _fail(f"{args.source}: not JSON ({exc})")
+        state = store.load_json(doc)
+        store.save(path, state)
+        print(f"imported {len(state.arms)} adapter model(s) into {path}")
+        return 0
+    except (store.StateError, DataError) as exc:
+        return _fail(str(exc))
+
+
+def _rows(state: Any) -> dict[str, dict[str, Any]]:
+    return {
+        name: {
+            "observations": round(a.n, 3),
+            "feedback": a.feedback_n,
+            "mean_quality": round(a.q_sum / a.n, 4) if a.n else None,
+            "latency_ms": round(a.latency_ms, 3),
+            "failures": a.failures,
+        }
+        for name, a in sorted(state.arms.items())
+    }
+
+
+def _table(path: Path, rows: dict[str, dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"routing state {path}")
+    for col in ("adapter", "observations", "feedback", "mean quality", "latency ms", "failures"):
+        table.add_column(col, justify="left" if col == "adapter" else "right")
+    for name, r in rows.items():
+        mq = "-" if r["mean_quality"] is None else f"{r['mean_quality']:.3f}"
+        table.add_row(
+            name,
+            f"{r['observations']:g}",
+            str(r["feedback"]),
+            mq,
+            f"{r['latency_ms']:.1f}",
+            str(r["failures"]),
+        )
+    Console().print(table)

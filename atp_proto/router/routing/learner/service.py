@@ -1,0 +1,78 @@
+"""The learner as the router runs it: built from the configuration, its state loaded at
+start, written back every few seconds while it changes and once more at shutdown
+(ATP-FEED-007). Writes happen on a worker thread from a snapshot taken on the event loop,
+so a stream never waits for the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import trio
+
+from atp_proto.router.config import RouterConfig
+
+from ..learning import CheapFirst, Learner
+from . import store
+from .bandit import BanditLearner, parse_weights
+
+__all__ = ["build_learner", "persist", "save_now"]
+
+log = logging.getLogger("atp.router")
+
+
+def build_learner(config: RouterConfig) -> Learner:
+    """The configured learner, with its saved state when there is one.
+
+    Raises:
+        ValueError: a state file that cannot be used (the message says why).
+    """
+    if config.learner != "bandit":
+        return CheapFirst()
+    learner = BanditLearner(
+        weights=parse_weights(config.routing_weights),
+        seed=config.routing_seed if config.routing_seed >= 0 else None,
+    )
+    path = config.routing_state
+    if path and not Path(path).resolve().parent.is_dir():
+        raise ValueError(f"--routing-state: no directory for {path}")
+    if path and Path(path).exists():
+        try:
+            store.apply(learner, store.load(path))
+        except store.StateError as exc:
+            raise ValueError(f"--routing-state: {exc}") from None
+        log.info("routing state loaded", extra={"file": path, "arms": len(learner.arms)})
+    return learner
+
+
+def save_now(learner: Learner, path: str) -> None:
+    """Write the state synchronously (shutdown)."""
+    if isinstance(learner, BanditLearner) and path:
+        store.save(path, store.snapshot(learner))
+
+
+async def persist(learner: Learner, path: str, interval_s: float = 5.0) -> None:
+    """Until cancelled: write the state whenever it changed, at most every ``interval_s``;
+    a final write when cancelled (the router stopping)."""
+    if not isinstance(learner, BanditLearner) or not path:
+        await trio.sleep_forever()
+        return
+    saved = learner.updates
+    try:
+        while True:
+            await trio.sleep(interval_s)
+            if learner.updates != saved:
+                saved = learner.updates
+                snap = store.snapshot(learner)
+                try:
+                    await trio.to_thread.run_sync(store.save, path, snap)
+                except Exception:
+                    log.exception("routing state not saved", extra={"file": path})
+    finally:
+        if learner.updates != saved:
+            with trio.CancelScope(shield=True):
+                try:
+                    save_now(learner, path)
+                except Exception:
+                    log.exception("routing state not saved", extra={"file": path})

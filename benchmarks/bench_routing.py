@@ -1,0 +1,224 @@
+"""Routing benchmark: the learned router on real per-prompt outcomes of real models
+(``../shared/routing-data/public.jsonl`` by default; any file in that format with
+``--data``), judged the way RouteLLM judges routers.
+
+The path is the real one: ``atp serve --learner bandit`` as a process, one replay adapter
+process per model (:mod:`atp_proto.adapters.replay`: it streams an answer of the recorded
+length and reports the recorded tokens and cost, never correctness), a client session
+opening one stream per prompt (``meta.adapters``: the models recorded for the prompt), and
+the benchmark as the evaluator: it reads the FINAL's adapter and ``decision_id`` and, in
+online mode, POSTs the recorded quality of that answer to ``/v1/feedback``.
+
+Two modes, per source of the file:
+
+* offline: split by ``bucket`` (the lowest buckets holding ``--train-share`` of the
+  source's records train, the rest is held out); ``atp routing train``'s code trains one
+  state on the training part of every source; the router loads it and routes the
+  held-out prompts (no feedback). The operating point (cost weight) is chosen per source
+  by 4-fold cross-validation on the training part: the cheapest whose out-of-fold
+  quality keeps 95 % of always-strong.
+* online: the router starts knowing nothing and routes the source's prompts in a
+  ``--seed``ed order with feedback (bandit feedback: it never learns the outcome of a
+  model it did not call); reported over the whole run and its second half.
+
+Where the figures come from: quality / cost / strong share at the operating point are
+measured through the router. The APGR sweeps over the cost weight are computed in-process
+from the same learner code (offline: the trained state's predictions on the held-out
+prompts, greedy; online: the bandit replayed in-process once per cost weight with the
+same seed and order), because replaying every sweep point through the router would
+multiply the run time; the agreement between the router's choices and the in-process
+choices at the operating point is reported to show they are the same learner.
+
+    atp bench routing [--data FILE.jsonl] [--json] [--quick] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import _harness, _report
+from ._report import Goal
+from ._routing_run import DEFAULT_DATA, Settings, run_all
+
+#: RouteLLM's best published routers on the same data (arXiv 2406.18665; README)
+PUBLISHED: dict[str, dict[str, float]] = {
+    "routellm-gsm8k": {"apgr": 0.622, "cpt50": 0.336},
+    "routellm-mtbench": {"apgr": 0.802, "cpt50": 0.134, "cpt80": 0.313},
+}
+GOAL_ONLINE_APGR = 0.62  #: second half, bandit feedback only
+GOAL_COST_CUT = 0.50  #: multi-model sources: at >= 95 % of always-strong quality
+AIM_OFFLINE_APGR = 0.70  #: reported beside each source (the issue's aim, not a floor)
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        metavar="FILE.jsonl",
+        help="outcome records in the routing-data format (default: "
+        "../shared/routing-data/public.jsonl beside the checkout)",
+    )
+    p.add_argument("--seed", type=int, default=1, metavar="N", help="order and sampling seed")
+    p.add_argument(
+        "--train-share", type=float, default=0.6, metavar="F", help="offline split (default 0.6)"
+    )
+    p.add_argument(
+        "--mode", choices=["both", "online", "offline"], default="both", help="default both"
+    )
+
+
+def goals_of(results: dict[str, Any]) -> list[Goal]:
+    goals: list[Goal] = []
+    for src, r in results["sources"].items():
+        off = r.get("offline")
+        on = r.get("online")
+        pub = PUBLISHED.get(src)
+        if off and off.get("pair_curve") and pub:
+            goals.append(
+                Goal(
+                    f"{src}: offline APGR on held-out prompts above RouteLLM's best",
+                    off["pair_curve"]["apgr"],
+                    pub["apgr"],
+                    "",
+                    ">=",
+                )
+            )
+        if on and on.get("second_half_curve") and r.get("pair_kind") == "two-model":
+            goals.append(
+                Goal(
+                    f"{src}: online APGR over the second half (bandit feedback)",
+                    on["second_half_curve"]["apgr"],
+                    GOAL_ONLINE_APGR,
+                    "",
+                )
+            )
+        if off and r.get("pair_kind") == "multi-model" and off.get("cost_cut") is not None:
+            goals.append(
+                Goal(
+                    f"{src}: cost cut at the CV operating point (all models)",
+                    off["cost_cut"],
+                    GOAL_COST_CUT,
+                    "",
+                )
+            )
+            goals.append(
+                Goal(
+                    f"{src}: quality kept there, share of always-strong",
+                    off["quality_kept"],
+                    0.95,
+                    "",
+                )
+            )
+    return goals
+
+
+def run(args: argparse.Namespace) -> int:
+    data = Path(args.data) if args.data else DEFAULT_DATA
+    if not data.is_file():
+        print(f"atp bench routing: no data file {data} (pass --data FILE.jsonl)", file=sys.stderr)
+        return 2
+    if not 0.1 <= args.train_share <= 0.9:
+        print("atp bench routing: --train-share must be within 0.1..0.9", file=sys.stderr)
+        return 2
+    settings = Settings(
+        data=data,
+        seed=args.seed,
+        quick=args.quick,
+        train_share=args.train_share,
+        modes=("online", "offline") if args.mode == "both" else (args.mode,),
+    )
+    status = None
+    progress = None
+    if sys.stderr.isatty() and not args.json:
+        from rich.console import Console
+
+        status = Console(stderr=True).status("routing benchmark …")
+        status.start()
+        progress = status.update
+    started = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="atp-bench-routing-") as tmp:
+            results = run_all(settings, Path(tmp), progress)
+    except (OSError, RuntimeError, ValueError) as exc:
+        if status is not None:
+            status.stop()
+        print(f"atp bench routing: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if status is not None:
+            status.stop()
+    results["elapsed_s"] = round(time.perf_counter() - started, 1)
+    results["published_routellm"] = PUBLISHED
+    out = _report.result(
+        "routing",
+        machine=_harness.machine_info(),
+        settings={
+            "data": str(data),
+            "seed": args.seed,
+            "train_share": args.train_share,
+            "mode": args.mode,
+        },
+        results=results,
+        goals=goals_of(results),
+        quick=args.quick,
+    )
+    if args.json:
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        render(out)
+    return _report.exit_code(out)
+
+
+def _f(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None else f"{v:{spec}}"
+
+
+def render(out: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    res = out["results"]
+    console.print(
+        f"[bold]atp bench routing[/bold] {out['settings']['data']} seed {out['settings']['seed']}"
+        f"{_report.quick_note(out)} — {res['elapsed_s']} s, pair {res['pair']}"
+    )
+    for src, r in res["sources"].items():
+        for mode in ("offline", "online"):
+            m = r.get(mode)
+            if not m:
+                continue
+            t = Table(title=f"{src} — {mode} ({m['prompts']} prompts {m['where']})")
+            for col in ("router", "quality", "cost $", "strong share", "PGR"):
+                t.add_column(col, justify="left" if col == "router" else "right")
+            for name, row in m["table"].items():
+                t.add_row(
+                    name,
+                    _f(row.get("quality")),
+                    _f(row.get("usd"), ".4f"),
+                    _f(row.get("share"), ".1%"),
+                    _f(row.get("pgr")),
+                )
+            console.print(t)
+            for key in ("pair_curve", "second_half_curve", "whole_curve"):
+                c = m.get(key)
+                if c:
+                    pub = PUBLISHED.get(src, {}) if key == "pair_curve" else {}
+                    console.print(
+                        f"  {key}: APGR {c['apgr']:.3f} (RouteLLM-10 {c['apgr_routellm10']:.3f}), "
+                        f"CPT(50%) {_f(c['cpt50'], '.1%')}, CPT(80%) {_f(c['cpt80'], '.1%')}"
+                        + (
+                            f"; RouteLLM best APGR {pub['apgr']}"
+                            if pub and key == "pair_curve"
+                            else ""
+                        )
+                        + (f"; aim {AIM_OFFLINE_APGR}" if key == "pair_curve" else "")
+                    )
+            for note in m.get("notes", []):
+                console.print(f"  {note}")
+    _report.print_summary(console, _report.summary_lines(out))
