@@ -4,6 +4,7 @@ uses) and by grpcio (the official C-core stack, an independent client)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -60,7 +61,7 @@ async def test_slow_sleeps_before_each_chunk() -> None:
         chunks = await _collect(a, _req("slow:40"))
     assert len(chunks) == 4
     sent = [e["at"] for e in sa.events("t1") if e["event"] == "chunk_sent"]
-    assert sent[0] - t0 >= 0.04 and all(b - a >= 0.035 for a, b in zip(sent, sent[1:]))
+    assert sent[0] - t0 >= 0.04 and all(b - a >= 0.035 for a, b in itertools.pairwise(sent))
 
 
 async def test_die_mid_stream_resets_after_one_chunk() -> None:
@@ -69,7 +70,7 @@ async def test_die_mid_stream_resets_after_one_chunk() -> None:
         got: list[Chunk] = []
         with pytest.raises(AdapterError) as err:
             async for c in a.stream(_req("die_mid_stream")):
-                got.append(c)
+                got.append(c)  # noqa: PERF401 - the chunks before the error count
     assert len(got) == 1 and not got[0].final
     assert err.value.code == "EAGENTDOWN" and err.value.streamed
 
@@ -98,7 +99,7 @@ async def test_stall_honours_the_grpc_deadline() -> None:
     ev = sa.events("t1")
     assert [e["event"] for e in ev] == ["stream_start", "deadline_exceeded", "finished"]
     assert ev[0]["deadline_ms"] == 150
-    assert ev[1]["at"] - ev[0]["at"] == pytest.approx(0.15, abs=0.1)
+    assert 0.14 <= ev[1]["at"] - ev[0]["at"] < 2.0  # at its deadline, not at our whim
 
 
 @pytest.mark.parametrize(
