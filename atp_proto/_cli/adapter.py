@@ -223,6 +223,8 @@ def _check(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if not _reachable(host, port, args.timeout):
+            if not args.json:
+                print(f"health    FAIL cannot reach {host}:{port}")
             print(f"atp adapter check: error: cannot reach {host}:{port}", file=sys.stderr)
             return 3
     smoke_ok = True
