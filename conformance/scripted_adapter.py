@@ -272,8 +272,8 @@ class _Conn:
                         "deadline exceeded",
                         headers_sent=sent["headers"],
                     )
-        except h2.exceptions.StreamClosedError:
-            call.reset_by_peer = True
+        except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError):
+            call.reset_by_peer = True  # the stream was reset (and h2 may have forgotten it)
         finally:
             self.calls.pop(call.sid, None)
             if call.reset_by_peer:  # the router reset the call, or the connection went
