@@ -320,6 +320,7 @@ def _results_json(url: str, results: list[Any]) -> dict[str, Any]:
             {
                 "case": r.case.id,
                 "requirements": list(r.case.requirements),
+                "violated": list(getattr(r, "violated", ())),
                 "verdict": str(r.verdict),
                 "message": r.message,
                 "expected": r.expected,

@@ -40,11 +40,19 @@ class Failed(Exception):
     """A check of the case did not hold: FAIL for a MUST case, NON_STRICT for a SHOULD one,
     unless ``soft`` says which (a SHOULD check inside a MUST case, or the reverse)."""
 
-    def __init__(self, message: str, expected: str = "", *, soft: bool | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        expected: str = "",
+        *,
+        soft: bool | None = None,
+        violated: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.expected = expected
         self.soft = soft
+        self.violated = violated  #: the IDs broken (default: the case's own, less -006)
 
 
 class Unsupported(Exception):
@@ -259,9 +267,18 @@ async def stream_run(
         c.cancel()
         raise Failed(f"Stream: not finished within {s.ctx.timeout(10):g}s")
     if any(e.kind == "too_big" for e in c.events):
-        raise Failed("a StreamChunk message is larger than 4 MiB", "messages <= 4 MiB", soft=False)
+        raise Failed(
+            "a StreamChunk message is larger than 4 MiB",
+            "messages <= 4 MiB",
+            soft=False,
+            violated=("ATP-ADAPT-023",),
+        )
     if c.status != 0:
-        raise Failed(f"Stream ended with {status_of(c)}", "status OK after the final chunk")
+        raise Failed(
+            f"Stream ended with {status_of(c)}",
+            "status OK after the final chunk",
+            violated=("ATP-ADAPT-006",),
+        )
     return c, stream_chunks(c)
 
 
@@ -273,16 +290,22 @@ async def stream_ok(
     c, chunks = await stream_run(s, prompt, **kw)
     finals = [i for i, ch in enumerate(chunks) if ch.final]
     if not finals:
-        raise Failed(f"{len(chunks)} chunk(s), none final", "exactly one final chunk, the last")
+        raise Failed(
+            f"{len(chunks)} chunk(s), none final",
+            "exactly one final chunk, the last",
+            violated=("ATP-ADAPT-018",),
+        )
     if len(finals) > 1:
         raise Failed(
             f"{len(finals)} final chunks (chunks {', '.join(str(i + 1) for i in finals)})",
             "exactly one final chunk",
+            violated=("ATP-ADAPT-018",),
         )
     if finals[0] != len(chunks) - 1:
         raise Failed(
             f"{len(chunks) - 1 - finals[0]} chunk(s) after the final one",
             "nothing after the final chunk",
+            violated=("ATP-ADAPT-018",),
         )
     return c, chunks
 
@@ -296,9 +319,13 @@ async def probe(s: Session) -> int | None:
     try:
         n = int(value)
     except ValueError:
-        raise Failed(f"{PROBE_HEADER}: {value!r} is not a number", "a decimal count") from None
+        raise Failed(
+            f"{PROBE_HEADER}: {value!r} is not a number",
+            "a decimal count",
+            violated=("ATP-ADAPT-024",),
+        ) from None
     if n < 0:
-        raise Failed(f"{PROBE_HEADER}: negative ({n})", "a count >= 0")
+        raise Failed(f"{PROBE_HEADER}: negative ({n})", "a count >= 0", violated=("ATP-ADAPT-024",))
     return n
 
 
@@ -318,4 +345,5 @@ async def settles(s: Session, baseline: int, within: float, what: str) -> None:
     raise Failed(
         f"still {n} call(s) in flight {s.ctx.timeout(within):g}s after {what}",
         f"work stops: {PROBE_HEADER} back to {baseline}",
+        violated=("ATP-ADAPT-008",),
     )

@@ -140,11 +140,13 @@ async def _estimate(s: Session) -> str:
         except codec.DecodeError as exc:
             raise Failed(f"not an Estimate: {exc}") from None
         if not finite_in(e.confidence, 0, 1):
-            raise Failed(f"confidence {e.confidence}", "confidence in [0, 1]")
+            raise Failed(
+                f"confidence {e.confidence}", "confidence in [0, 1]", violated=("ATP-ADAPT-020",)
+            )
         for name in ("latency_p95_ms", "variance"):
             v = getattr(e, name)
             if not finite_in(v, 0, math.inf):
-                raise Failed(f"{name} {v}", f"{name} finite and >= 0")
+                raise Failed(f"{name} {v}", f"{name} finite and >= 0", violated=("ATP-ADAPT-017",))
         shown = shown or f"{e.in_tokens}+{e.out_tokens} tokens, {e.usd_micros} usd_micros"
     return shown
 
@@ -178,10 +180,16 @@ async def _cumulative(s: Session) -> str:
             before, now = getattr(chunks[i - 1], name), getattr(chunks[i], name)
             if now < before:
                 raise Failed(
-                    f"chunk {i + 1}: {name} {now} after {before}", f"{name} never decreases"
+                    f"chunk {i + 1}: {name} {now} after {before}",
+                    f"{name} never decreases",
+                    violated=("ATP-ADAPT-019",),
                 )
     if chunks[-1].tokens <= 0:
-        raise Failed("the final chunk reports 0 tokens used", "tokens so far, input included")
+        raise Failed(
+            "the final chunk reports 0 tokens used",
+            "tokens so far, input included",
+            violated=("ATP-ADAPT-007",),
+        )
     return f"final: {chunks[-1].tokens} tokens, {chunks[-1].usd_micros} usd_micros"
 
 
@@ -246,26 +254,33 @@ async def _concurrent(s: Session) -> str:
     return ""
 
 
+_021 = ("ATP-ADAPT-021",)
+
+
 async def _refused(s: Session, payload: bytes, what: str, *, soft_status: bool = False) -> str:
     """Stream and Estimate with ``payload`` must end INVALID_ARGUMENT, with no chunk."""
     for method in ("Estimate", "Stream"):
         c = await s.call(method, payload)
         if not await c.wait_end(s.bound(5.0)):
             c.cancel()
-            raise Failed(f"{method} with {what}: no answer", "INVALID_ARGUMENT")
+            raise Failed(f"{method} with {what}: no answer", "INVALID_ARGUMENT", violated=_021)
         if method == "Stream" and c.messages():
             raise Failed(
                 f"Stream with {what}: {len(c.messages())} chunk(s) then {status_of(c)}",
                 "INVALID_ARGUMENT before any chunk",
                 soft=False,
+                violated=_021,
             )
         if c.status == 0:
-            raise Failed(f"{method} with {what} answered OK", "INVALID_ARGUMENT", soft=False)
+            raise Failed(
+                f"{method} with {what} answered OK", "INVALID_ARGUMENT", soft=False, violated=_021
+            )
         if c.status != 3:
             raise Failed(
                 f"{method} with {what}: {status_of(c)}",
                 "INVALID_ARGUMENT",
                 soft=True if soft_status else None,
+                violated=("ATP-ADAPT-010", "ATP-ADAPT-021"),
             )
     return "INVALID_ARGUMENT"
 
@@ -337,6 +352,7 @@ async def _status_message(s: Session) -> str:
         raise Failed(
             "an empty prompt answered OK: no error to inspect (ATP-ADAPT-021)",
             "INVALID_ARGUMENT with a grpc-message",
+            violated=_021,
         )
     raw = c.trailers.get("grpc-status")
     if raw is None or c.status is None or not 0 <= c.status <= 16:
@@ -392,12 +408,24 @@ async def _hostile(s: Session) -> str:
         c = await s.call("Stream", payload)
         if not await c.wait_end(s.bound(10.0)):
             c.cancel()
-            raise Failed(f"{what}: no end within {s.ctx.timeout(10):g}s", "a status")
+            raise Failed(
+                f"{what}: no end within {s.ctx.timeout(10):g}s",
+                "a status",
+                violated=("ATP-SEC-012",),
+            )
         if c.status is None:
-            raise Failed(f"{what}: the call ended with {status_of(c)}", "a gRPC status")
+            raise Failed(
+                f"{what}: the call ended with {status_of(c)}",
+                "a gRPC status",
+                violated=("ATP-SEC-012",),
+            )
         h = await s.unary("Health", b"")
         if h.status != 0:
-            raise Failed(f"Health after {what}: {status_of(h)}", "the adapter still answers")
+            raise Failed(
+                f"Health after {what}: {status_of(h)}",
+                "the adapter still answers",
+                violated=("ATP-SEC-012",),
+            )
         seen.append(GRPC_NAMES.get(c.status, str(c.status)))
     return ", ".join(seen)
 
@@ -576,16 +604,20 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
         raise TargetUnreachable(f"cannot connect to {ctx.target}: {exc}") from None
     session = Session(conn, ctx, trio.current_time())
     verdict, message, expected = Verdict.PASS, "", ""
+    violated: tuple[str, ...] = ()
     try:
         message = await fn(session)
     except Failed as exc:
         soft = spec.strength is not Strength.MUST if exc.soft is None else exc.soft
         verdict = Verdict.NON_STRICT if soft else Verdict.FAIL
         message, expected = exc.message, exc.expected
+        own = tuple(r for r in spec.requirements if r != "ATP-ADAPT-006")
+        violated = exc.violated or own or spec.requirements
     except Unsupported as exc:
         verdict, message = Verdict.UNSUPPORTED, str(exc)
     except ConnectionError as exc:
         verdict, message = Verdict.FAIL, f"the adapter dropped the connection: {exc}"
+        violated = ("ATP-ADAPT-006",)
     finally:
         await cm.__aexit__(None, None, None)
     return CaseResult(
@@ -595,4 +627,5 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
         expected=expected,
         duration_ms=(time.perf_counter() - t0) * 1000,
         exchange=session.exchange(),
+        violated=violated,
     )

@@ -105,6 +105,7 @@ async def test_atp_adapter_check_fails_a_broken_adapter_on_the_case_of_its_bug(
     results = {r["case"]: r for r in json.loads(out)["results"]}
     r = results[case_id]
     assert r["verdict"] == "FAIL" and rid in r["requirements"] and says in r["message"], r
+    assert r["violated"] == [rid], r  # the rule it broke, not just the case's list
     # no case errs, none is UNSUPPORTED (the SDK offers the probe): a sharp report
     assert {x["verdict"] for x in results.values()} <= {"PASS", "FAIL"}, results
 
@@ -136,6 +137,7 @@ async def test_the_report_shows_the_second_final_chunk() -> None:
         r = await role.run(role.CASES["adapter.stream.one-final"][0], ctx)
     finals = [e for e in r.exchange if isinstance(e.decoded, dict) and e.decoded.get("final")]
     assert len(finals) == 2 and all(e.hex for e in finals)
+    assert list(r.violated) == ["ATP-ADAPT-018"]
     assert any(e.direction == "sent" and e.decoded["method"] == "Stream" for e in r.exchange)
 
 
@@ -146,7 +148,7 @@ async def test_an_adapter_answering_an_empty_prompt_fails() -> None:
         results = await run_role(url)
         code, out = await atp_check(url)
     r = results["adapter.invalid.empty-prompt"]
-    assert r.verdict == Verdict.FAIL and "ATP-ADAPT-021" in r.case.requirements
+    assert r.verdict == Verdict.FAIL and list(r.violated) == ["ATP-ADAPT-021"]
     assert "answered OK" in r.message
     assert code == 1 and re.search(
         r"FAIL\s+adapter\.invalid\.empty-prompt\s+ATP-ADAPT-010 ATP-ADAPT-021", out
