@@ -169,3 +169,13 @@ def test_parse_target_refuses_what_is_not_grpc() -> None:
     for bad in ("ws://h:1", "grpc://h", "grpc://h:1/x", "grpcs://h:1"):
         with pytest.raises(ValueError, match=re.escape(bad)):
             role.parse_target(bad)
+
+
+def test_a_task_nested_too_deep_is_a_decode_error_not_a_crash() -> None:
+    """Found by adapter.untrusted.hostile-task: the SDK answered UNKNOWN (a RecursionError
+    escaped json.loads); now it refuses the task with INVALID_ARGUMENT (ATP-ADAPT-021)."""
+    from atp_proto.adapters.proto import codec
+
+    deep = '{"a":' + "[" * 5000 + "]" * 5000 + "}"
+    with pytest.raises(codec.DecodeError, match="nested too deeply"):
+        codec.decode_task_request(role.task_bytes("hi", content_json=deep))
