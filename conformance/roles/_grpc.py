@@ -15,10 +15,10 @@ locally; a call keeps at most :data:`MAX_EVENTS` events (more marks it ``overflo
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import h2.config
 import h2.connection
@@ -83,8 +83,6 @@ class GrpcCall:
             return
         if not self.initial_headers and not end:
             self.initial_headers = hdrs
-        from urllib.parse import unquote
-
         self.trailers = hdrs
         status = hdrs.get("grpc-status")
         if status is not None:
@@ -336,7 +334,3 @@ async def open_conn(host: str, port: int, *, connect_timeout: float) -> AsyncIte
             with trio.move_on_after(0.5):
                 await tcp.send_all(conn.h2.data_to_send())
             await tcp.aclose()
-
-
-def deadline_in(seconds: float) -> float:
-    return trio.current_time() + seconds if seconds != math.inf else math.inf
