@@ -396,7 +396,7 @@ def _hostile_tasks(task_type: str) -> list[tuple[str, bytes]]:
 @case(
     "adapter.untrusted.hostile-task",
     "A hostile task gets an answer or an error, never a crash",
-    ("ATP-SEC-012", "ATP-ADAPT-010"),
+    ("ATP-SEC-012", "ATP-ADAPT-010", "ATP-ADAPT-021"),
 )
 async def _hostile(s: Session) -> str:
     """Streams tasks built to hurt a naive parser (control characters, JSON nested 5000
