@@ -5,13 +5,18 @@ check a running adapter.
     atp adapter serve 'persona?latency_ms=20' --option fail=cut --option fail_after=3
     atp adapter serve mypkg.model:MyAdapter --listen 0.0.0.0:7070 --option size=large
     atp adapter list
-    atp adapter check grpc://127.0.0.1:7070 [--stream]
+    atp adapter check grpc://127.0.0.1:7070 [--stream] [--json]
+
+``check`` is a front for the conformance suite's adapter role
+(:mod:`conformance.roles.adapter`): the smoke calls it always printed, then every case of
+the role in a compact table; exit 0 all passed, 1 a failure, 2 bad usage, 3 unreachable.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 from urllib.parse import parse_qsl
 
 from atp_proto.cli import UsageError
@@ -64,22 +69,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     c = sub.add_parser(
         "check",
-        help="call Health and Estimate on a running adapter and print the results",
-        description="Call Health and Estimate (and optionally Stream) on grpc://HOST:PORT. "
-        "Exit 1 on failure.",
+        help="check a running adapter against the adapter contract (conformance suite)",
+        description="Call Health and Estimate (and with --stream one Stream) on "
+        "grpc://HOST:PORT and print the replies, then run the conformance suite's adapter "
+        "role (the same cases as 'atp conformance run --role adapter') and print a table. "
+        "Exit 0 all passed, 1 a failure, 2 bad usage, 3 adapter unreachable.",
     )
     c.add_argument("url", metavar="URL", help="grpc://HOST:PORT or grpcs://HOST:PORT")
     c.add_argument(
         "--prompt", default="Hello from atp adapter check.", help="prompt for Estimate / Stream"
     )
     c.add_argument(
-        "--task-type", default="check", help="task_type for Estimate / Stream (default 'check')"
+        "--task-type",
+        default="qa",
+        help="task_type for Estimate / Stream (default 'qa', what 'atp send' asks for)",
     )
     c.add_argument(
         "--stream", action="store_true", help="also run one Stream call and print the chunks"
     )
     c.add_argument(
         "--timeout", type=float, default=5.0, metavar="SECONDS", help="per-call timeout (default 5)"
+    )
+    c.add_argument(
+        "--timeout-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="multiply the conformance cases' time bounds by F (slow hosts; default 1)",
+    )
+    c.add_argument(
+        "--json", action="store_true", help="print the case results as JSON (nothing else)"
     )
 
 
@@ -186,15 +205,141 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    import trio
+    import json
 
-    from atp_proto.adapters import AdapterError, TaskRequest
-    from atp_proto.adapters.grpc import GrpcAdapter
+    from conformance.roles import TargetUnreachable
+    from conformance.roles.adapter import parse_target
 
     if not args.url.startswith(("grpc://", "grpcs://")):
         raise UsageError(f"URL must be grpc://HOST:PORT or grpcs://HOST:PORT, not {args.url!r}")
     if not args.timeout > 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout:g}")
+    if not args.timeout_scale > 0:
+        raise UsageError(f"--timeout-scale must be positive, got {args.timeout_scale:g}")
+    plain = args.url.startswith("grpc://")
+    if plain:
+        try:
+            host, port = parse_target(args.url)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if not _reachable(host, port, args.timeout):
+            if not args.json:
+                print(f"health    FAIL cannot reach {host}:{port}")
+            print(f"atp adapter check: error: cannot reach {host}:{port}", file=sys.stderr)
+            return 3
+    smoke_ok = True
+    if not args.json:
+        smoke_ok = _smoke(args) == 0
+    if not plain:
+        print("conformance cases skipped: they need a grpc:// (plain) target")
+        return 0 if smoke_ok else 1
+    try:
+        results = _conformance(args)
+    except TargetUnreachable as exc:
+        print(f"atp adapter check: error: {exc}", file=sys.stderr)
+        return 3
+    failed = [r for r in results if r.verdict in ("FAIL", "ERROR")]
+    if args.json:
+        print(json.dumps(_results_json(args.url, results), indent=2))
+    else:
+        _table(results)
+    return 0 if smoke_ok and not failed else 1
+
+
+def _reachable(host: str, port: int, timeout: float) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _conformance(args: argparse.Namespace) -> list[Any]:
+    """Every case of the adapter role, in order (an unexpected harness error is ERROR)."""
+    import time
+
+    import trio
+
+    from conformance.model import CaseResult, Verdict
+    from conformance.roles import RunContext
+    from conformance.roles import adapter as role
+
+    ctx = RunContext(
+        target=args.url,
+        timeout_scale=args.timeout_scale,
+        options={"prompt": args.prompt, "task_type": args.task_type},
+    )
+
+    async def main() -> list[CaseResult]:
+        out: list[CaseResult] = []
+        for spec in role.cases(ctx.options):
+            t0 = time.perf_counter()
+            try:
+                out.append(await role.run(spec, ctx))
+            except Exception as exc:  # a bug of the harness, not the adapter's fault
+                if type(exc).__name__ == "TargetUnreachable":
+                    raise
+                ms = (time.perf_counter() - t0) * 1000
+                msg = f"harness error: {type(exc).__name__}: {exc}"
+                out.append(CaseResult(spec, Verdict.ERROR, msg, duration_ms=ms))
+        return out
+
+    return trio.run(main)
+
+
+def _table(results: list[Any]) -> None:
+    from collections import Counter
+
+    from rich.console import Console
+    from rich.table import Table
+
+    colour = {"PASS": "green", "FAIL": "red", "ERROR": "red", "NON_STRICT": "yellow"}
+    table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
+    for col in ("verdict", "case", "requirements", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        detail = r.message + (f" (expected: {r.expected})" if r.expected else "")
+        verdict = f"[{colour.get(r.verdict, 'cyan')}]{r.verdict}[/]"
+        table.add_row(verdict, r.case.id, " ".join(r.case.requirements), detail)
+    console = Console(width=160 if not sys.stdout.isatty() else None, highlight=False)
+    console.print(table)
+    counts = Counter(str(r.verdict) for r in results)
+    summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    console.print(f"conformance (adapter role): {len(results)} cases: {summary}")
+
+
+def _results_json(url: str, results: list[Any]) -> dict[str, Any]:
+    from collections import Counter
+
+    return {
+        "role": "adapter",
+        "target": url,
+        "results": [
+            {
+                "case": r.case.id,
+                "requirements": list(r.case.requirements),
+                "violated": list(getattr(r, "violated", ())),
+                "verdict": str(r.verdict),
+                "message": r.message,
+                "expected": r.expected,
+                "duration_ms": round(r.duration_ms, 3),
+            }
+            for r in results
+        ],
+        "summary": dict(Counter(str(r.verdict) for r in results)),
+    }
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    """The replies of Health, Estimate (and with --stream one Stream), as printed since
+    ``atp adapter check`` began; exit status 0 or 1."""
+    import trio
+
+    from atp_proto.adapters import AdapterError, TaskRequest
+    from atp_proto.adapters.grpc import GrpcAdapter
+
     try:
         adapter = GrpcAdapter.from_url("check", args.url)
     except ValueError as exc:

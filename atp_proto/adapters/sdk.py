@@ -39,6 +39,8 @@ The server runs on asyncio with grpclib. The SDK handles for the vendor:
   one system call per chunk.
   A generator that blocks the event loop (CPU work without an ``await``) delays the
   chunks it already yielded until it awaits; such code starves every other call anyway.
+* **Probe**: the Health reply carries an ``atp-calls-in-flight`` header, the number of
+  Estimate / Stream calls whose handling has not finished (ATP-ADAPT-024).
 * **Concurrency cap** (optional ``max_concurrency``): calls beyond it are refused with
   RESOURCE_EXHAUSTED (the router maps it to EWINDOW_AGENT and backs off).
 """
@@ -325,7 +327,12 @@ class AdapterServer:
 
     async def _health(self, stream: Stream[Any, Any]) -> None:
         await stream.recv_message()
-        await stream.send_message(codec.encode_health(await self.health()))
+        reply = codec.encode_health(await self.health())
+        # the calls-in-flight probe (ATP-ADAPT-024): Estimate / Stream handlers not yet
+        # finished, a vendor coroutine that ignores its cancellation included, so the
+        # conformance suite can see that work stops (ATP-ADAPT-008)
+        await stream.send_initial_metadata(metadata={"atp-calls-in-flight": str(self.in_flight)})
+        await stream.send_message(reply)
 
 
 # ---------------------------------------------------------------------- loading & serving

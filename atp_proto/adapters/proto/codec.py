@@ -187,6 +187,8 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError:
         raise DecodeError(f"{what} is not valid JSON") from None
+    except RecursionError:  # untrusted input (ATP-SEC-012): nesting deeper than Python's stack
+        raise DecodeError(f"{what} is nested too deeply") from None
     if not isinstance(value, dict):
         raise DecodeError(f"{what} must be a JSON object")
     return value

@@ -1,0 +1,361 @@
+"""The scripted gRPC adapter the router role serves with ``--adapter-listen HOST:PORT``: the
+router under test is configured with ``atp serve --adapter conf=grpc://HOST:PORT``, and
+each case picks the adapter's behaviour through the prompt of the task it sends,
+``"conformance:<token>:<behaviour>"`` (ATP-ADAPT-004, -009, -011, -012, -015):
+
+=========================== ===========================================================
+behaviour                   what the Stream call does
+=========================== ===========================================================
+``ok`` (and any other       three chunks, then a final one (cumulative usage, confidence
+prompt)                     0.8), status OK
+``two_chunks``              two chunks, the second final
+``slow:<ms>``               as ``ok``, sleeping ``ms`` before each chunk
+``die_mid_stream``          one chunk, then RST_STREAM(INTERNAL_ERROR): the HTTP/2 stream
+                            aborted (the router sees UNAVAILABLE, hence EAGENTDOWN)
+``stall``                   sends nothing at all until cancelled (or its deadline)
+``status:<NAME>[:<ms>]``    fails at once with that gRPC status (e.g. UNAVAILABLE,
+                            RESOURCE_EXHAUSTED); UNAVAILABLE and RESOURCE_EXHAUSTED carry
+                            a retry hint, ``ms`` (default 200), as google.rpc.RetryInfo
+``status:<NAME>:<ms>:pushback`` the same hint as a ``grpc-retry-pushback-ms`` trailer
+=========================== ===========================================================
+
+Estimate always answers (its events are recorded); Health answers READY. Every call's
+``grpc-timeout`` is honoured: when it passes, the call ends with DEADLINE_EXCEEDED.
+
+Events, per token, as dicts ``{"event", "at", "deadline_ms"}`` (``at`` is
+``trio.current_time()``, ``deadline_ms`` the call's grpc-timeout or None): ``estimate``,
+``stream_start``, ``chunk_sent``, ``cancelled`` (the router reset the call),
+``deadline_exceeded``, ``finished`` (trailers sent, any status). A case waits with
+:meth:`ScriptedAdapter.wait_event` and reads them with :meth:`ScriptedAdapter.events`.
+
+It runs in the runner's trio process: a small HTTP/2 server on h2 (grpclib is asyncio-only).
+Limits: a request body above 1 MiB is refused (RESOURCE_EXHAUSTED); at most 256 calls at
+once per connection (HTTP/2 SETTINGS); at most 10 000 events per token.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import math
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+
+from atp_proto.adapters import Chunk, CostEstimate, Health
+from atp_proto.adapters.grpc.status import GrpcStatus, method_path, parse_grpc_timeout
+from atp_proto.adapters.proto import codec
+
+__all__ = ["PREFIX", "ScriptedAdapter", "behaviour_of"]
+
+PREFIX = "conformance:"
+MAX_BODY = 1 << 20
+MAX_EVENTS = 10_000
+_RETRY_DEFAULT_MS = 200
+_HINTED = {GrpcStatus.UNAVAILABLE, GrpcStatus.RESOURCE_EXHAUSTED}
+
+
+def behaviour_of(prompt: str) -> tuple[str, str]:
+    """``(token, behaviour)`` of a prompt; any prompt not ``conformance:<token>:<b>`` is
+    ``("", "ok")``."""
+    if prompt.startswith(PREFIX):
+        token, sep, behaviour = prompt[len(PREFIX) :].partition(":")
+        if sep and token:
+            return token, behaviour or "ok"
+    return "", "ok"
+
+
+class _Call:
+    def __init__(self, sid: int, headers: dict[str, str]) -> None:
+        self.sid = sid
+        self.headers = headers
+        self.body = bytearray()
+        self.scope = trio.CancelScope()
+        self.token = ""
+        self.deadline_ms: int | None = None
+        self.reset_by_peer = False
+        self.window = trio.Event()
+
+
+class ScriptedAdapter:
+    """See the module docstring. ``port`` is the bound port once :meth:`serving` runs."""
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+        self._events: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._changed = trio.Event()
+
+    # ------------------------------------------------------------------ events
+
+    def record(self, token: str, event: str, deadline_ms: int | None) -> None:
+        log = self._events[token]
+        if len(log) < MAX_EVENTS:
+            log.append({"event": event, "at": trio.current_time(), "deadline_ms": deadline_ms})
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def events(self, token: str) -> list[dict[str, Any]]:
+        """The events of ``token`` so far, oldest first (a copy)."""
+        return [dict(e) for e in self._events.get(token, ())]
+
+    async def wait_event(self, token: str, event: str, timeout: float) -> bool:
+        """True once ``token`` has an ``event`` (already, or within ``timeout`` seconds)."""
+        with trio.move_on_after(timeout):
+            while not any(e["event"] == event for e in self._events.get(token, ())):
+                await self._changed.wait()
+            return True
+        return False
+
+    # ------------------------------------------------------------------ serving
+
+    @contextlib.asynccontextmanager
+    async def serving(self, host: str, port: int) -> AsyncIterator[ScriptedAdapter]:
+        """Listen on ``host:port`` (0: any free port, see :attr:`port`) while the block runs."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self._connection, listeners)
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        conn = _Conn(self, stream)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await conn.run()
+
+
+class _Conn:
+    def __init__(self, adapter: ScriptedAdapter, stream: trio.SocketStream) -> None:
+        self.adapter = adapter
+        self.stream = stream
+        cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        self.h2 = h2.connection.H2Connection(config=cfg)
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 256,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20,
+            },
+        )
+        self.calls: dict[int, _Call] = {}
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        self.h2.initiate_connection()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._writer)
+            self._wake.set()
+            try:
+                while True:
+                    data = await self.stream.receive_some(65536)
+                    if not data:
+                        break
+                    try:
+                        events = self.h2.receive_data(data)
+                    except h2.exceptions.ProtocolError:
+                        break
+                    for ev in events:
+                        self._dispatch(ev)
+                    self._wake.set()
+            finally:
+                for call in self.calls.values():
+                    call.reset_by_peer = True
+                    call.scope.cancel()
+                nursery.cancel_scope.cancel()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            data = self.h2.data_to_send()
+            if data:
+                await self.stream.send_all(data)
+
+    def _dispatch(self, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.RequestReceived):
+            headers = {str(k): str(v) for k, v in ev.headers}
+            self.calls[ev.stream_id] = _Call(ev.stream_id, headers)
+        elif isinstance(ev, h2.events.DataReceived):
+            call = self.calls.get(ev.stream_id)
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            if call is not None and len(call.body) + len(ev.data) <= MAX_BODY:
+                call.body += ev.data
+            elif call is not None:
+                call.body = bytearray(b"\xff" * 6)  # marks "too large" for the handler
+        elif isinstance(ev, h2.events.StreamEnded):
+            call = self.calls.get(ev.stream_id)
+            if call is not None and self._nursery is not None:
+                self._nursery.start_soon(self._handle, call)
+        elif isinstance(ev, h2.events.StreamReset):
+            call = self.calls.get(ev.stream_id)
+            if call is not None:
+                call.reset_by_peer = True
+                call.scope.cancel()
+        elif isinstance(ev, h2.events.WindowUpdated):
+            for call in self.calls.values():
+                call.window.set()
+
+    # ------------------------------------------------------------------ responses
+
+    def _send_headers(self, call: _Call) -> None:
+        self.h2.send_headers(call.sid, [(":status", "200"), ("content-type", "application/grpc")])
+
+    async def _send_message(self, call: _Call, payload: bytes) -> None:
+        data = b"\x00" + len(payload).to_bytes(4, "big") + payload
+        while data:
+            window = min(
+                self.h2.local_flow_control_window(call.sid), self.h2.max_outbound_frame_size
+            )
+            if window <= 0:
+                call.window = trio.Event()
+                self._wake.set()
+                await call.window.wait()
+                continue
+            part, data = data[:window], data[window:]
+            self.h2.send_data(call.sid, part)
+        self._wake.set()
+        await trio.lowlevel.checkpoint()
+
+    def _trailers(
+        self,
+        call: _Call,
+        status: int,
+        message: str = "",
+        extra: dict[str, str] | None = None,
+        *,
+        headers_sent: bool,
+    ) -> None:
+        trailers = [("grpc-status", str(int(status)))]
+        if not headers_sent:
+            trailers = [(":status", "200"), ("content-type", "application/grpc"), *trailers]
+        if message:
+            trailers.append(("grpc-message", message))
+        trailers += list((extra or {}).items())
+        self.h2.send_headers(call.sid, trailers, end_stream=True)
+        self._wake.set()
+        self.adapter.record(call.token, "finished", call.deadline_ms)
+
+    async def _handle(self, call: _Call) -> None:
+        path = call.headers.get(":path", "")
+        timeout = call.headers.get("grpc-timeout")
+        deadline = math.inf
+        if timeout is not None:
+            try:
+                seconds = parse_grpc_timeout(timeout.encode())
+            except ValueError:
+                seconds = 0.0
+            call.deadline_ms = math.ceil(seconds * 1000)
+            deadline = trio.current_time() + seconds
+        sent = {"headers": False}
+        try:
+            with call.scope:
+                with trio.move_on_at(deadline) as dl:
+                    await self._respond(call, path, sent)
+                if dl.cancelled_caught:
+                    self.adapter.record(call.token, "deadline_exceeded", call.deadline_ms)
+                    self._trailers(
+                        call,
+                        GrpcStatus.DEADLINE_EXCEEDED,
+                        "deadline exceeded",
+                        headers_sent=sent["headers"],
+                    )
+        except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError):
+            call.reset_by_peer = True  # the stream was reset (and h2 may have forgotten it)
+        finally:
+            self.calls.pop(call.sid, None)
+            if call.reset_by_peer:  # the router reset the call, or the connection went
+                self.adapter.record(call.token, "cancelled", call.deadline_ms)
+
+    async def _respond(self, call: _Call, path: str, sent: dict[str, bool]) -> None:
+        body = bytes(call.body)
+        if len(body) < 5:
+            self._trailers(
+                call, GrpcStatus.INVALID_ARGUMENT, "missing request message", headers_sent=False
+            )
+            return
+        message = body[5:]
+        if path == method_path("Health"):
+            self._send_headers(call)
+            sent["headers"] = True
+            await self._send_message(call, codec.encode_health(Health("READY")))
+            self._trailers(call, GrpcStatus.OK, headers_sent=True)
+            return
+        if path not in (method_path("Estimate"), method_path("Stream")):
+            self._trailers(call, GrpcStatus.UNIMPLEMENTED, "Method not found", headers_sent=False)
+            return
+        try:
+            req = codec.decode_task_request(message)
+        except codec.DecodeError as exc:
+            self._trailers(
+                call, GrpcStatus.INVALID_ARGUMENT, f"bad request: {exc}", headers_sent=False
+            )
+            return
+        call.token, behaviour = behaviour_of(req.prompt)
+        if path == method_path("Estimate"):
+            self.adapter.record(call.token, "estimate", call.deadline_ms)
+            self._send_headers(call)
+            sent["headers"] = True
+            await self._send_message(
+                call, codec.encode_estimate(CostEstimate(4, 8, 12, 50.0, 4.0, 0.8))
+            )
+            self._trailers(call, GrpcStatus.OK, headers_sent=True)
+            return
+        self.adapter.record(call.token, "stream_start", call.deadline_ms)
+        await self._stream(call, behaviour, sent)
+
+    async def _stream(self, call: _Call, behaviour: str, sent: dict[str, bool]) -> None:
+        name, _, arg = behaviour.partition(":")
+        if name == "stall":
+            await trio.sleep_forever()
+        if name == "status":
+            code_name, _, rest = arg.partition(":")
+            hint_ms, _, form = rest.partition(":")
+            try:
+                status = GrpcStatus[code_name]
+            except KeyError:
+                status = GrpcStatus.INTERNAL
+            extra: dict[str, str] = {}
+            if status in _HINTED:
+                ms = int(hint_ms) if hint_ms.isdigit() else _RETRY_DEFAULT_MS
+                if form == "pushback":
+                    extra["grpc-retry-pushback-ms"] = str(ms)
+                else:
+                    raw = codec.encode_retry_status(int(status), f"scripted {status.name}", ms)
+                    extra["grpc-status-details-bin"] = base64.b64encode(raw).decode().rstrip("=")
+            self._trailers(call, status, f"scripted {status.name}", extra, headers_sent=False)
+            return
+        delay = 0.0
+        if name == "slow":
+            delay = max(0.0, float(arg)) / 1000 if arg.replace(".", "", 1).isdigit() else 0.05
+        n = {"two_chunks": 2, "die_mid_stream": 1}.get(name, 4)
+        self._send_headers(call)
+        sent["headers"] = True
+        for i in range(n):
+            if delay:
+                await trio.sleep(delay)
+            final = i == n - 1 and name != "die_mid_stream"
+            chunk = Chunk(
+                f"part{i + 1} ", 0.8, 4 + 2 * (i + 1), 3 * (i + 1), final, "stop" if final else ""
+            )
+            await self._send_message(call, codec.encode_chunk(chunk))
+            self.adapter.record(call.token, "chunk_sent", call.deadline_ms)
+        if name == "die_mid_stream":
+            await trio.sleep(0.01)  # the chunk leaves first
+            self.h2.reset_stream(call.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self._wake.set()
+            self.adapter.record(call.token, "finished", call.deadline_ms)
+            return
+        self._trailers(call, GrpcStatus.OK, headers_sent=True)
