@@ -8,18 +8,22 @@ weaker challenger) and the router's default window (the cap on the client's wind
 
 :class:`PrincipalPolicy` is the first implementation: today's token claims
 (``task_types``, ``max_qos``) plus the request's routing hints (``meta.adapters``,
-``meta.fanout``, ``meta.min_confidence``). A Rego or OPA policy plugs in behind the
-same protocol.
+``meta.fanout``, ``meta.min_confidence``, and the strategy hints ``meta.strategy``,
+``meta.quorum``, ``meta.comparator``, ``meta.min_quality``, ``meta.hedge``:
+ATP-ROUTE-009). A Rego or OPA policy plugs in behind the same protocol (and may forbid
+the hints).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from atp_proto.frames import ATPError, BudgetWindow, ErrorCode, QoS
 from atp_proto.messages import Task, meta_adapters, meta_int, meta_number
+
+from .strategies import STRATEGIES, check_comparator
 
 __all__ = ["Decision", "Policy", "PolicyInput", "PrincipalLike", "PrincipalPolicy"]
 
@@ -107,11 +111,42 @@ class PrincipalPolicy:
             names = tuple(wanted)
         if not names:
             raise ATPError(ErrorCode.EAGENTDOWN, "no adapters are configured", retry_after_ms=5000)
+        strategy, comparator, hedge = strategy_hints(task.meta)
         return Decision(
             allow=True,
             lane=lane,
             candidates=names,
+            strategy=strategy,
             fanout=meta_int(task.meta, "fanout", 1, 1, 16),
             min_confidence=meta_number(task.meta, "min_confidence", self.min_confidence),
+            min_quality=meta_number(task.meta, "min_quality", 0.0),
+            quorum=meta_int(task.meta, "quorum", 2, 1, 16),
+            comparator=comparator,
+            hedge=hedge,
             window=self.window,
         )
+
+
+def strategy_hints(meta: Mapping[str, Any]) -> tuple[str, str, bool]:
+    """``meta.strategy`` (default consensus), ``meta.comparator`` (default exact) and
+    ``meta.hedge`` (default false), validated (ATP-ROUTE-009).
+
+    Raises:
+        ATPError: EPROTO naming the bad hint.
+    """
+    strategy = meta.get("strategy", "consensus")
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ATPError(ErrorCode.EPROTO, f'"meta.strategy" must be one of {", ".join(STRATEGIES)}')
+    comparator = meta.get("comparator", "exact")
+    try:
+        if not isinstance(comparator, str):
+            raise ValueError("not text")
+        check_comparator(comparator)
+    except ValueError:
+        raise ATPError(
+            ErrorCode.EPROTO, '"meta.comparator" must be exact, numeric or json:FIELD'
+        ) from None
+    hedge = meta.get("hedge", False)
+    if not isinstance(hedge, bool):
+        raise ATPError(ErrorCode.EPROTO, '"meta.hedge" must be true or false')
+    return strategy, comparator, hedge
