@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("atp_proto._cli.token", "mint JWTs for local use"),
     "adapter": ("atp_proto._cli.adapter", "serve an adapter (vendor SDK) over gRPC"),
     "bench": ("atp_proto._cli.bench", "run benchmarks beside their baselines"),
+    "audit": ("atp_proto._cli.audit", "verify the router's hash-chained decision log"),
 }
 
 

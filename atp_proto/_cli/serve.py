@@ -47,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jwt-issuer", metavar="ISS", help="required 'iss' claim")
     p.add_argument("--max-sessions", type=int, metavar="N")
     p.add_argument("--grace", type=float, metavar="SECONDS", help="drain grace period (default 10)")
+    p.add_argument(
+        "--audit-log",
+        metavar="FILE",
+        help="append a hash-chained decision log (JSON lines) to FILE; "
+        "check it with 'atp audit verify FILE'",
+    )
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -70,6 +76,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
             "grace_s": args.grace,
             "log_format": args.log_format,
             "log_level": args.log_level,
+            "audit_log": args.audit_log,
         }
         if args.ws:
             flags["ws_host"], flags["ws_port"] = parse_hostport(args.ws, "--ws")

@@ -106,6 +106,19 @@ class AuditLog:
                 self._on_drop()
             return False
 
+    def feedback(self, decision_id: str, quality: float, *, source: str = "client") -> bool:
+        """Queue a ``feedback`` record: the reward a client or evaluator gave a decision
+        (ATP-AUDIT-002); the learner's feedback path calls it."""
+        return self.append(
+            {
+                "kind": "feedback",
+                "ts": round(time.time(), 3),
+                "decision_id": decision_id,
+                "reward": quality,
+                "source": source,
+            }
+        )
+
     # ------------------------------------------------------------------ writer
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -123,6 +136,7 @@ class AuditLog:
                         break
                 await trio.to_thread.run_sync(self._write, batch)
         finally:
+            self._send.close()  # later appends are counted as dropped, not lost silently
             with trio.CancelScope(shield=True):
                 rest: list[dict[str, Any]] = []
                 while True:

@@ -61,6 +61,10 @@ class RouterConfig:
     limits: Limits = field(default_factory=Limits)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     tenant_window: BudgetWindow = field(default_factory=BudgetWindow)
+    #: the decision log (ATP-AUDIT-001): a JSON-lines file, "" = off (``--audit-log``)
+    audit_log: str = ""
+    audit_max_bytes: int = 64 * 1024 * 1024  #: rotate the decision log past this size
+    hedge_rate: float = 0.1  #: at most this share of hedge-enabled streams hedge (ATP-ROUTE-006)
 
     def validate(self) -> RouterConfig:
         if not self.ws_path.startswith("/"):
@@ -81,6 +85,10 @@ class RouterConfig:
             )
         for name, url in self.adapters.items():
             check_adapter_url(name, url)
+        if self.audit_max_bytes < 1024:
+            raise ConfigError("audit_max_bytes must be at least 1024")
+        if not 0.0 <= self.hedge_rate <= 1.0:
+            raise ConfigError("hedge_rate must be within 0..1")
         for key, value in self.tenant_window.to_dict().items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"[tenant_window]: {key} must be a non-negative int")

@@ -22,6 +22,7 @@ from atp_proto.transports.base import TransportClosed
 from atp_proto.transports.ws_server import Handshake, WsConnection
 
 from .admission import Admission
+from .audit import AuditLog
 from .auth import (
     AuthConfig,
     Authenticator,
@@ -31,6 +32,7 @@ from .handshake import admit
 from .http import serve_http
 from .metrics import RouterMetrics
 from .routing import PrincipalPolicy, RoutingContext, StreamRun
+from .routing.hedging import Hedger
 
 log = logging.getLogger("atp.router")
 
@@ -69,12 +71,23 @@ class Router:
         self.metrics.adapter_state = lambda: [
             (n, a.state) for n, a in self.adapters.items() if isinstance(a, ResilientAdapter)
         ]
+        self.audit = (
+            AuditLog(
+                config.audit_log,
+                max_bytes=config.audit_max_bytes,
+                on_drop=self.metrics.audit_dropped.inc,
+            )
+            if config.audit_log
+            else None
+        )
         self.routing = RoutingContext(
             self.adapters,
             self.admission,
             self.metrics,
             config,
             PrincipalPolicy(min_confidence=config.min_confidence, window=config.tenant_window),
+            hedger=Hedger(rate=config.hedge_rate),
+            audit=self.audit,
         )
         self.authenticator: Authenticator | None = None
         if config.auth:
@@ -136,6 +149,8 @@ class Router:
                     self.metrics_port = await nursery.start(self._serve_metrics)
                 for adapter in self.adapters.values():  # their tasks live in our nursery
                     await registry.start(nursery, adapter, health_interval_s=cfg.health_interval_s)
+                if self.audit is not None:  # the decision log's writer (off the hot path)
+                    await nursery.start(self.audit.run)
                 self._ready = True
                 log.info(
                     "router listening",
