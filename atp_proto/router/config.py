@@ -64,7 +64,7 @@ class RouterConfig:
     #: the decision log (ATP-AUDIT-001): a JSON-lines file, "" = off (``--audit-log``)
     audit_log: str = ""
     audit_max_bytes: int = 64 * 1024 * 1024  #: rotate the decision log past this size
-    hedge_rate: float = 0.1  #: at most this share of hedge-enabled streams hedge (ATP-ROUTE-006)
+    hedge_rate: float = 0.1  #: at most this share of hedge-enabled streams hedge (ATP-STRAT-006)
 
     def validate(self) -> RouterConfig:
         if not self.ws_path.startswith("/"):

@@ -216,7 +216,7 @@ class RouterMetrics:
         self.usd = r.counter("atp_usd_micros_total", "Money charged, micro-US-dollars", ("tenant",))
         self.baseline_usd = r.counter(
             "atp_baseline_usd_micros_total",
-            "What the strongest candidate alone would have cost (ATP-ROUTE-008)",
+            "What the strongest candidate alone would have cost (ATP-STRAT-008)",
             ("tenant",),
         )
         self.savings_usd = r.gauge(

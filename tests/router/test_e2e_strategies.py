@@ -1,7 +1,7 @@
 """Strategies, escalation, hedging, telemetry and savings end to end (issue 13 items 3-4):
 a real router on loopback, real gRPC adapter processes (``atp adapter serve
 tests.router.scripted_adapter:Scripted``) of different cost, confidence and answers, and
-the client library over WebSocket (ATP-ROUTE-001…009).
+the client library over WebSocket (ATP-STRAT-001…009).
 
 The adapter processes start once for the module (each takes ~1 s to import); every test
 builds its own router over them.
@@ -122,7 +122,7 @@ def _tried(final: Final) -> list[str]:
 async def test_quorum_agrees_after_numeric_normalisation(
     nursery: trio.Nursery, fleet: Fleet
 ) -> None:
-    """[ATP-ROUTE-002] [ATP-ROUTE-003] quorum 2 over "The answer is 42" and "42": numeric
+    """[ATP-STRAT-002] [ATP-STRAT-003] quorum 2 over "The answer is 42" and "42": numeric
     agrees with the two cheapest, the strong adapter is never called."""
     router = await _router(nursery, fleet)
     async with connect(ws_url(router)) as client:
@@ -141,7 +141,7 @@ async def test_quorum_agrees_after_numeric_normalisation(
 async def test_quorum_disagreement_asks_more_then_econsensus(
     nursery: trio.Nursery, fleet: Fleet
 ) -> None:
-    """[ATP-ROUTE-002] [ATP-ROUTE-004] exact comparison: three different texts never make a
+    """[ATP-STRAT-002] [ATP-STRAT-004] exact comparison: three different texts never make a
     quorum of 2 — every candidate is asked, then ECONSENSUS; 42 vs 41 under numeric too."""
     router = await _router(nursery, fleet)
     async with connect(ws_url(router)) as client:
@@ -158,7 +158,7 @@ async def test_quorum_disagreement_asks_more_then_econsensus(
 
 
 async def test_vote_and_best_confidence_differ(nursery: trio.Nursery, fleet: Fleet) -> None:
-    """[ATP-ROUTE-001] three answers: 42 (0.3 + 0.7) outvotes 41 (0.8), which best_confidence
+    """[ATP-STRAT-001] three answers: 42 (0.3 + 0.7) outvotes 41 (0.8), which best_confidence
     picks; a JSON field comparator agrees across differently wrapped JSON."""
     router = await _router(nursery, fleet)
     three = ["cheap", "wrong", "mid"]
@@ -182,7 +182,7 @@ async def test_vote_and_best_confidence_differ(nursery: trio.Nursery, fleet: Fle
 async def test_first_good_stops_at_the_first_confident_answer(
     nursery: trio.Nursery, fleet: Fleet
 ) -> None:
-    """[ATP-ROUTE-001] [ATP-ROUTE-004] first_good walks the plan cheap-first: cheap (0.3) is
+    """[ATP-STRAT-001] [ATP-STRAT-004] first_good walks the plan cheap-first: cheap (0.3) is
     not good enough at 0.6, mid (0.7) is; at 0.99 nobody is: ECONSENSUS."""
     router = await _router(nursery, fleet)
     names = ["cheap", "mid", "strong"]
@@ -201,7 +201,7 @@ async def test_first_good_stops_at_the_first_confident_answer(
 async def test_cascade_escalates_on_low_confidence_never_downward(
     nursery: trio.Nursery, fleet: Fleet
 ) -> None:
-    """[ATP-ROUTE-005] cascade at min_confidence 0.9: cheap (0.3) -> mid -> strong, cheapest
+    """[ATP-STRAT-005] cascade at min_confidence 0.9: cheap (0.3) -> mid -> strong, cheapest
     stronger first; the decoy is cheaper than both but its estimate (0.25) is weaker than
     the champion, so it is never called — although it would claim 0.99."""
     router = await _router(nursery, fleet)
@@ -226,7 +226,7 @@ async def test_cascade_escalates_on_low_confidence_never_downward(
 
 
 async def test_cascade_escalates_when_answers_disagree(nursery: trio.Nursery, fleet: Fleet) -> None:
-    """[ATP-ROUTE-005] cascade with two cheap starters that disagree (42 vs 41, numeric):
+    """[ATP-STRAT-005] cascade with two cheap starters that disagree (42 vs 41, numeric):
     escalate to the strong one although both were confident enough (min_confidence 0)."""
     router = await _router(nursery, fleet)
     async with connect(ws_url(router)) as client:
@@ -244,7 +244,7 @@ async def test_cascade_escalates_when_answers_disagree(nursery: trio.Nursery, fl
 
 
 async def test_telemetry_and_savings_per_tenant(nursery: trio.Nursery, fleet: Fleet) -> None:
-    """[ATP-ROUTE-007] [ATP-ROUTE-008] FINAL telemetry names the tried adapters, the winner,
+    """[ATP-STRAT-007] [ATP-STRAT-008] FINAL telemetry names the tried adapters, the winner,
     why, the decision id and the savings against the strongest candidate (strong: its
     estimate for this prompt); the tenant's usage and savings reach the metrics."""
     router = await _router(nursery, fleet)
@@ -280,7 +280,7 @@ HEDGE_META = {"adapters": ["slowpoke", "quick"], "hedge": True}
 async def test_hedge_wins_and_the_slow_call_is_cancelled(
     nursery: trio.Nursery, fleet: Fleet
 ) -> None:
-    """[ATP-ROUTE-006] after 8 fast calls slowpoke's p95 to first chunk is known; a call
+    """[ATP-STRAT-006] after 8 fast calls slowpoke's p95 to first chunk is known; a call
     slower than that is hedged to quick, quick answers first and wins, and slowpoke's call
     is cancelled — the adapter process itself logs the cancellation."""
     router = await _router(nursery, fleet)
@@ -301,7 +301,7 @@ async def test_hedge_wins_and_the_slow_call_is_cancelled(
 
 
 async def test_hedge_rate_is_bounded(nursery: trio.Nursery, fleet: Fleet) -> None:
-    """[ATP-ROUTE-006] 20 slow streams at once: the token bucket (burst 2, rate 0.1 per
+    """[ATP-STRAT-006] 20 slow streams at once: the token bucket (burst 2, rate 0.1 per
     hedge-enabled stream) lets at most 2 + 0.1 x 28 of them hedge; the rest wait."""
     router = await _router(nursery, fleet)
     finals: list[Final] = []
@@ -325,7 +325,7 @@ async def test_hedge_rate_is_bounded(nursery: trio.Nursery, fleet: Fleet) -> Non
 async def test_hedges_count_against_budget_and_max_parallel(
     nursery: trio.Nursery, fleet: Fleet
 ) -> None:
-    """[ATP-ROUTE-006] a window with money for one call, or max_parallel 1, refuses the hedge:
+    """[ATP-STRAT-006] a window with money for one call, or max_parallel 1, refuses the hedge:
     the stream waits for the slow adapter instead."""
     router = await _router(nursery, fleet)
     async with connect(ws_url(router)) as client:
@@ -342,7 +342,7 @@ async def test_hedges_count_against_budget_and_max_parallel(
 
 
 async def test_bad_strategy_hints_are_eproto(nursery: trio.Nursery, fleet: Fleet) -> None:
-    """[ATP-ROUTE-009] unknown strategy, comparator or a non-boolean hedge: EPROTO naming it."""
+    """[ATP-STRAT-009] unknown strategy, comparator or a non-boolean hedge: EPROTO naming it."""
     router = await _router(nursery, fleet)
     async with connect(ws_url(router)) as client:
         for meta, word in (

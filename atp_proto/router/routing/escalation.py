@@ -6,7 +6,7 @@ never a weaker one — the most confident first (the costliest among equals), if
 fits the stream's live budget (a WINDOW_UPDATE may have raised it since preflight:
 ATP-BUDGET-005/010). The challenger's answer replaces the champion only when it finished
 at least as confident. When the learner predicts quality, a challenger must also be
-predicted at least as good as the champion (``floor`` / ``strength``, ATP-ROUTE-005).
+predicted at least as good as the champion (``floor`` / ``strength``, ATP-STRAT-005).
 """
 
 from __future__ import annotations

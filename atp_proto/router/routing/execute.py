@@ -1,5 +1,5 @@
 """Run a stream's strategy: which adapters are called, when, and whose answer wins
-(ATP-ROUTE-001…005). :mod:`.strategies` holds the pure choices; every call goes through
+(ATP-STRAT-001…005). :mod:`.strategies` holds the pure choices; every call goes through
 the stream's :class:`FanOut` (budget, ``max_parallel``, failover, hedging).
 
 Every strategy that stops escalating short of an answer that qualifies ends the stream

@@ -54,7 +54,7 @@ class FanOut:
         #: set by run() when no adapter finished (every call failed): the admission
         #: limit backs off on it
         self.all_failed = False
-        #: hedge the stream's first call (Decision.hedge, ATP-ROUTE-006)
+        #: hedge the stream's first call (Decision.hedge, ATP-STRAT-006)
         self.hedge = False
         #: (primary, backup, backup won) once a hedge started (telemetry)
         self.hedged: tuple[str, str, bool] | None = None
@@ -127,7 +127,7 @@ class FanOut:
         return outcomes
 
     async def first_call(self, cand: Candidate, queue: list[Candidate]) -> Outcome:
-        """The stream's first call, hedged when allowed (once per stream; ATP-ROUTE-006);
+        """The stream's first call, hedged when allowed (once per stream; ATP-STRAT-006);
         any other call is a plain :meth:`call`."""
         if self.hedge and not self.used and queue:
             self.hedge = False

@@ -1,4 +1,4 @@
-"""Hedged requests (ATP-ROUTE-006): when a stream's first adapter is slower to its first
+"""Hedged requests (ATP-STRAT-006): when a stream's first adapter is slower to its first
 chunk than its observed p95, start another; the first to answer wins, the other is
 cancelled.
 

@@ -10,7 +10,7 @@ weaker challenger) and the router's default window (the cap on the client's wind
 (``task_types``, ``max_qos``) plus the request's routing hints (``meta.adapters``,
 ``meta.fanout``, ``meta.min_confidence``, and the strategy hints ``meta.strategy``,
 ``meta.quorum``, ``meta.comparator``, ``meta.min_quality``, ``meta.hedge``:
-ATP-ROUTE-009). A Rego or OPA policy plugs in behind the same protocol (and may forbid
+ATP-STRAT-009). A Rego or OPA policy plugs in behind the same protocol (and may forbid
 the hints).
 """
 
@@ -129,7 +129,7 @@ class PrincipalPolicy:
 
 def strategy_hints(meta: Mapping[str, Any]) -> tuple[str, str, bool]:
     """``meta.strategy`` (default consensus), ``meta.comparator`` (default exact) and
-    ``meta.hedge`` (default false), validated (ATP-ROUTE-009).
+    ``meta.hedge`` (default false), validated (ATP-STRAT-009).
 
     Raises:
         ATPError: EPROTO naming the bad hint.

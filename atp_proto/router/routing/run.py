@@ -271,7 +271,7 @@ class StreamRun:
             tel.update(self._saved)
         room = getattr(self.output, "max_ext_len", None)
         if room is not None and len(encode_ext(ext)) > room() // 2:
-            # a small client window (ATP-FLOW-014): the required telemetry only (ATP-ROUTE-007)
+            # a small client window (ATP-FLOW-014): the required telemetry only (ATP-STRAT-007)
             ext["telemetry"] = base
         self.output.send_final(final_body(best.answer, best.adapter, best.confidence), ext=ext)
         self._finished = True

@@ -1,8 +1,8 @@
-"""Strategies: how a stream's answer is chosen among its adapters' answers (ATP-ROUTE-001…).
+"""Strategies: how a stream's answer is chosen among its adapters' answers (ATP-STRAT-001…).
 
 Pure functions over finished :class:`Outcome` values; :mod:`.execute` decides which
 adapters to call and when, and asks these which answer wins (or that none qualifies:
-ECONSENSUS, ATP-ROUTE-004).
+ECONSENSUS, ATP-STRAT-004).
 
 ========================= ==============================================================
 ``consensus`` (default)   agreement- and confidence-weighted (:func:`merge.choose`), then
@@ -18,7 +18,7 @@ ECONSENSUS, ATP-ROUTE-004).
 ========================= ==============================================================
 
 Comparators (``quorum``, ``vote``, the cascade's disagreement test) normalise an answer to
-a key; answers agree when their keys are equal (ATP-ROUTE-003):
+a key; answers agree when their keys are equal (ATP-STRAT-003):
 
 * ``exact``: Unicode NFC, case-folded, whitespace runs collapsed, ends stripped;
 * ``numeric``: the last number in the answer (``1,234.50`` = ``1234.5``); no number: no key;
@@ -27,7 +27,7 @@ a key; answers agree when their keys are equal (ATP-ROUTE-003):
 
 An answer without a key never agrees with any answer (not even another keyless one).
 
-Strength (for "escalation never goes to a weaker adapter", ATP-ROUTE-005): the learner's
+Strength (for "escalation never goes to a weaker adapter", ATP-STRAT-005): the learner's
 predicted quality when it gave one for every candidate, else the adapter's estimate
 confidence.
 """

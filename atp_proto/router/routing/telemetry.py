@@ -1,5 +1,5 @@
 """Telemetry: the FINAL's ``ext.telemetry`` and the stream's metrics (ATP-BUDGET-012,
-ATP-ROUTE-007/008).
+ATP-STRAT-007/008).
 
 Savings (seed 000 §18, "Baseline − Actual"): the *strongest* candidate is the estimated
 candidate with the highest predicted quality when the learner predicted one for every
@@ -46,7 +46,7 @@ def savings(
     outcomes: Sequence[Outcome],
     actual_usd_micros: int,
 ) -> Savings | None:
-    """The stream's savings against always using the strongest candidate (ATP-ROUTE-008)."""
+    """The stream's savings against always using the strongest candidate (ATP-STRAT-008)."""
     top = strongest(ranked, predicted)
     if top is None or top.estimate is None:
         return None
