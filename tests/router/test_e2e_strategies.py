@@ -9,6 +9,7 @@ builds its own router over them.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from atp_proto.frames import BudgetWindow
 from atp_proto.router import Router, RouterConfig
 from atp_proto.testing.processes import adapter_argv
 
-from ._helpers_e2e import ROOT, clean_env
+from ._helpers_e2e import ROOT, atp, clean_env
 from .conftest import ws_url
 
 TARGET = "tests.router.scripted_adapter:Scripted"
@@ -353,3 +354,20 @@ async def test_bad_strategy_hints_are_eproto(nursery: trio.Nursery, fleet: Fleet
             with pytest.raises(StreamError) as exc:
                 await _ask(client, "bad hint", meta=meta)
             assert exc.value.code == "EPROTO" and word in exc.value.message
+
+
+async def test_demo_escalates_hedges_and_reports_savings() -> None:
+    """[ATP-STRAT-005] [ATP-STRAT-006] [ATP-STRAT-008] [ATP-AUDIT-003] `atp demo`: one stream
+    escalates echo -> persona, one is hedged (tail's latency tail, persona wins), one saves
+    against the strongest, and the decision log it wrote verifies."""
+    result = await trio.to_thread.run_sync(lambda: atp("demo", "--json", timeout=60))
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    summary = json.loads(out if out.startswith("{") else out[out.rindex("\n{") + 1 :])
+    esc = summary["escalated_final"]["telemetry"]
+    assert [t["adapter"] for t in esc["tried"]] == ["echo", "persona"]
+    hedged = summary["hedged_final"]["telemetry"]
+    assert hedged["hedge"] == {"from": "tail", "to": "persona", "won": True}
+    saved = summary["saving_final"]["telemetry"]
+    assert saved["winner"] == "tail" and saved["savings_usd_micros"] > 0
+    assert summary["audit"]["ok"] is True and summary["audit"]["records"] >= 15

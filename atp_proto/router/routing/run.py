@@ -266,7 +266,13 @@ class StreamRun:
             why=result.why,
         )
         if fan.hedged is not None:
-            tel["hedge"] = {"from": fan.hedged[0], "to": fan.hedged[1], "won": fan.hedged[2]}
+            first, backup, won = fan.hedged
+            tel["hedge"] = {"from": first, "to": backup, "won": won}
+            if won:
+                tel["why"] = self._why = (
+                    f"{result.why}; hedged: {backup} answered first ({first} was slower "
+                    "than its p95 to first chunk)"
+                )
         if self._saved is not None:
             tel.update(self._saved)
         room = getattr(self.output, "max_ext_len", None)
