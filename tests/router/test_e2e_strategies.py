@@ -13,7 +13,7 @@ import json
 import re
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import trio
 from atp_proto.client import Final, Partial, StreamError, connect
 from atp_proto.frames import BudgetWindow
 from atp_proto.router import Router, RouterConfig
+from atp_proto.router.routing.learning import Observation, Ranking, RouteQuery
 from atp_proto.testing.processes import adapter_argv
 
 from ._helpers_e2e import ROOT, atp, clean_env
@@ -290,6 +291,8 @@ async def test_hedge_wins_and_the_slow_call_is_cancelled(
         partials, final = await _ask(client, "SLOW hedge-me", meta=HEDGE_META)
     assert final.content["adapter"] == "quick"
     assert final.telemetry["hedge"] == {"from": "slowpoke", "to": "quick", "won": True}
+    # the FINAL did not wait for the loser: slowpoke's first chunk was 1.5 s away
+    assert final.telemetry["latency_ms"] < 1500
     statuses = {t["adapter"]: t["status"] for t in final.telemetry["tried"]}
     assert statuses == {"slowpoke": "cancelled", "quick": "ok"}
     assert any("hedge" in p.content for p in partials)
@@ -371,3 +374,51 @@ async def test_demo_escalates_hedges_and_reports_savings() -> None:
     saved = summary["saving_final"]["telemetry"]
     assert saved["winner"] == "tail" and saved["savings_usd_micros"] > 0
     assert summary["audit"]["ok"] is True and summary["audit"]["records"] >= 15
+
+
+class FixedPredictions:
+    """A learner with fixed predictions (the learning itself is tested elsewhere): cheap
+    first by estimate, as CheapFirst, plus predicted quality; keeps what it observes."""
+
+    def __init__(self, predicted: dict[str, float]) -> None:
+        self.predicted = predicted
+        self.seen: list[tuple[list[Observation], str | None]] = []
+
+    def rank(self, query: RouteQuery) -> Ranking:
+        order = sorted(query.candidates, key=lambda c: c.est_usd_micros)
+        return Ranking(
+            order=tuple(c.name for c in order),
+            predicted_quality={c.name: self.predicted[c.name] for c in order},
+            model="fixed",
+        )
+
+    def observe(self, query: RouteQuery, observations: Any, winner: str | None) -> None:
+        self.seen.append((list(observations), winner))
+
+    def feedback(self, decision_id: str, quality: float, *, source: str = "client") -> bool:
+        return False
+
+
+async def test_cascade_by_predicted_quality_never_downward(
+    nursery: trio.Nursery, fleet: Fleet
+) -> None:
+    """[ATP-STRAT-005] with the learner's predictions, the cascade starts at the cheapest
+    adapter predicted good enough (decoy, 0.85 >= min_quality 0.8: cheap is skipped), and
+    escalates only to adapters predicted stronger than the champion: strong (0.95), never
+    mid (0.6), although mid is cheaper. The learner is told which answers agreed."""
+    learner = FixedPredictions({"cheap": 0.3, "decoy": 0.85, "mid": 0.6, "strong": 0.95})
+    router = await _router(nursery, fleet)
+    router.routing = replace(router.routing, learner=learner)
+    names = ["cheap", "decoy", "mid", "strong"]
+    async with connect(ws_url(router)) as client:
+        meta = {"strategy": "cascade", "adapters": names, "min_quality": 0.8}
+        _, good = await _ask(client, "predicted", meta=meta)
+        meta = {**meta, "min_confidence": 0.995, "comparator": "numeric"}
+        _, top = await _ask(client, "predicted strict", meta=meta)
+    assert _tried(good) == ["decoy"] and good.telemetry["strongest"] == "strong"
+    assert _tried(top) == ["decoy", "strong"]
+    assert top.content["adapter"] == "strong"
+    assert "no stronger adapter left" in top.telemetry["why"]
+    observations, winner = learner.seen[-1]
+    assert winner == "strong"
+    assert {o.adapter: o.agreed for o in observations} == {"decoy": True, "strong": True}

@@ -61,6 +61,7 @@ from .execute import execute
 from .fanout import FanOut
 from .learning import CandidateView, Observation, Ranking, RouteQuery
 from .policy import Decision, PolicyInput
+from .strategies import answer_key
 from .telemetry import Savings, final_ext, record_savings, record_stream, savings
 
 __all__ = ["TTL_GRACE_MS", "StreamRun"]
@@ -151,6 +152,7 @@ class StreamRun:
                 tokens=o.tokens,
                 usd_micros=o.usd_micros,
                 latency_ms=o.latency_ms,
+                agreed=self._agreed(o),
             )
             for o in self._outcomes
             if not o.cancelled  # a hedge's loser was cut short by the router
@@ -159,6 +161,17 @@ class StreamRun:
             self.ctx.learner.observe(query, observations, self._winner)
         except Exception:  # a learner's bug must not fail a stream that is done
             log.exception("learner.observe failed")
+
+    def _agreed(self, o: Outcome) -> bool | None:
+        """Whether a finished answer agreed with the winner's under the stream's comparator
+        (None when there was nothing to compare it with)."""
+        finished = [x for x in self._outcomes if x.finished and not x.cancelled]
+        winner = next((x for x in finished if x.adapter == self._winner), None)
+        if winner is None or len(finished) < 2 or not o.finished:
+            return None
+        comparator = self._decision.comparator if self._decision else "exact"
+        key = answer_key(winner.answer, comparator)
+        return key is not None and answer_key(o.answer, comparator) == key
 
     def _rank(self, lane: QoS, plan: preflight.Plan, prompt: str, plan_name: str) -> Ranking:
         """Ask the learner for the order to try the estimated candidates in."""
