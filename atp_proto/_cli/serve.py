@@ -119,6 +119,12 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("atp.router").warning(
             "authentication is OFF (--no-auth): anyone who can reach the port can use the router"
         )
+    if cfg.audit_log:  # say a log it cannot write now, not as a listener's error later
+        try:
+            with open(cfg.audit_log, "ab"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot open the audit log {cfg.audit_log}: {exc.strerror}") from None
     try:
         router = Router(cfg)
     except ValueError as exc:

@@ -181,3 +181,13 @@ async def test_writer_never_blocks_and_counts_drops(tmp_path: Path) -> None:
     assert [r["seq"] for r in recs] == [0, 1] and recs[1]["reward"] == 0.75
     assert verify([tmp_path / "a.jsonl"]).problem is None
     assert audit.append({"kind": "late"}) is False  # closed: counted, not lost silently
+
+
+def test_serve_refuses_an_audit_log_it_cannot_open(tmp_path: Path) -> None:
+    """[ATP-AUDIT-001] `atp serve --audit-log` in a missing directory: exit 2, one line."""
+    bad = tmp_path / "missing" / "log.jsonl"
+    r = atp(
+        "serve", "--no-auth", "--ws", "127.0.0.1:0", "--metrics", "off", "--audit-log", str(bad)
+    )
+    assert r.returncode == 2 and "cannot open the audit log" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -137,8 +137,8 @@ class _Run:
         order = list(self.plan.ranked)
         first = True
         for cand in order:
-            if not self.fits(cand):
-                continue
+            if not self.fits(cand) or any(o.adapter == cand.name for o in self.fan.outcomes):
+                continue  # too dear now, or called already (a hedge)
             if first:
                 out = await self.fan.first_call(cand, [c for c in order if c is not cand])
                 first = False

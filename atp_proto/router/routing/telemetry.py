@@ -36,8 +36,8 @@ def strongest(ranked: Sequence[Candidate], predicted: Mapping[str, float]) -> Ca
     return max(alive, key=lambda c: (c.estimate.confidence if c.estimate else 0.0, c.guarded_usd))
 
 
-class Savings(dict[str, Any]):
-    """``{strongest, baseline_usd_micros, savings_usd_micros, savings_pct?}``."""
+#: ``{strongest, baseline_usd_micros, savings_usd_micros, savings_pct?}``
+Savings = dict[str, Any]
 
 
 def savings(
@@ -54,9 +54,11 @@ def savings(
     baseline = called[-1].usd_micros if called else top.estimate.usd_micros
     baseline = max(0, min(int(baseline), _I64))
     actual = max(0, min(int(actual_usd_micros), _I64))
-    out = Savings(
-        strongest=top.name, baseline_usd_micros=baseline, savings_usd_micros=baseline - actual
-    )
+    out: Savings = {
+        "strongest": top.name,
+        "baseline_usd_micros": baseline,
+        "savings_usd_micros": baseline - actual,
+    }
     if baseline:
         out["savings_pct"] = round(100.0 * (baseline - actual) / baseline, 2)
     return out
