@@ -11,6 +11,7 @@ champion (:func:`strategies.strength`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from .learning import Ranking
 from .policy import Decision
 from .preflight import Plan
 from .strategies import (
+    STRATEGIES,
     answer_key,
     disagree,
     largest_group,
@@ -37,6 +39,8 @@ from .strategies import (
 )
 
 __all__ = ["Result", "execute"]
+
+log = logging.getLogger("atp.router")
 
 
 @dataclass
@@ -253,6 +257,8 @@ async def execute(
     """
     run = _Run(decision, ranking, plan, width, fan, emit)
     s = decision.strategy
+    if s not in STRATEGIES:  # a policy's bug: say it, and answer as the default would
+        log.error("unknown strategy %r from the policy; consensus is used", s[:40])
     if s == "cascade":
         return await run.cascade()
     if s == "first_good":
