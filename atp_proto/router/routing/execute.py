@@ -160,6 +160,7 @@ class _Run:
     def _none_qualifies(self, done: list[Outcome], message: str) -> Result:
         finished = [o for o in self.fan.outcomes if o.finished]
         if not finished:
+            self.fan.all_failed = bool(self.fan.outcomes)  # the admission limit backs off
             errors = [o.error for o in self.fan.outcomes if o.error is not None]
             last = errors[-1] if errors else None
             raise adapter_failure(

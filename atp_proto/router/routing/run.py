@@ -210,6 +210,7 @@ class StreamRun:
         decision = ctx.policy.decide(
             PolicyInput(self.info.principal, task, ev.qos, tuple(ctx.adapters))
         )
+        self._decision = decision  # the decision log records denials too, with their rule
         if not decision.allow:
             raise StreamFailed(ErrorCode.ESEC, f"{decision.reason} (rule: {decision.rule})")
         lane = decision.lane
@@ -250,7 +251,7 @@ class StreamRun:
         fan = FanOut(ctx, request, ledger, emit)
         fan.hedge = decision.hedge
         self._outcomes = fan.outcomes
-        self._decision, self._plan, self._ranking = decision, plan, ranking
+        self._plan, self._ranking = plan, ranking
         try:
             result = await execute(decision, ranking, plan, width, fan, emit)
         except BaseException as exc:
@@ -308,6 +309,8 @@ class StreamRun:
                 "tenant": tenant,
                 "task_type": self.ev_task_type,
                 "lane": self.output.lane.label,
+                "allow": decision.allow if decision else None,
+                "rule": decision.rule if decision else "",
                 "strategy": decision.strategy if decision else None,
                 "candidates": [_candidate(c, ranking) for c in plan.ranked] if plan else [],
                 "choice": list(ranking.order) if ranking else [],
