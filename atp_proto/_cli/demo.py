@@ -115,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
             "   a hedged request (meta.hedge): 9 quick calls of 'tail' teach the router its "
             "p95 to first chunk; its 10th call is in the tail ..."
         )
+        for i in range(9):  # every call is sampled; these may not hedge
+            await client.ask(f"{args.prompt} {i}", meta={"adapters": ["tail", "persona"]})
         meta = {"hedge": True, "adapters": ["tail", "persona"]}
-        for i in range(9):
-            await client.ask(f"{args.prompt} {i}", meta=meta)
         async with client.stream(args.prompt, meta=meta) as stream:
             async for item in stream:
                 if isinstance(item, Final):
