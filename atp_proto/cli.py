@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("atp_proto._cli.bench", "run benchmarks beside their baselines"),
     "feedback": ("atp_proto._cli.feedback", "report the quality of a finished stream's answer"),
     "routing": ("atp_proto._cli.routing", "train, show, export and import the learner's state"),
+    "audit": ("atp_proto._cli.audit", "verify the router's hash-chained decision log"),
 }
 
 

@@ -2,7 +2,10 @@
 
 It starts the router with JWT auth on (an ephemeral secret), mints a token, and runs the
 seed's SYN twice: as a browser would (JSON text frame) and as an SDK would (binary
-frames), printing every PARTIAL and the FINAL with its telemetry. Then it shows the
+frames), printing every PARTIAL and the FINAL with its telemetry. Then the routing
+brain: a cascade that escalates from a weak adapter, a call in an adapter's latency tail
+that is hedged (and the slow call cancelled), each FINAL with its telemetry and savings,
+all recorded in a hash-chained decision log that is verified at the end. Then the
 refusals the spec requires: a bad token, a budget too small, a wrong sequence number, and
 (with ``examples/policy/policy.rego`` from the checkout) a stream denied by policy with
 its rule (ATP-SEC-016).
@@ -12,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
+import tempfile
 from typing import Any
 
 
@@ -44,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from atp_proto.adapters.process import spawn_adapter
     from atp_proto.client import Final, HandshakeRefused, StreamError, connect
     from atp_proto.frames import BudgetWindow, frame_from_json
+    from atp_proto.router.audit import segments, verify
     from atp_proto.router.auth import issue_token
     from atp_proto.router.config import RouterConfig
     from atp_proto.router.server import Router
@@ -54,21 +60,89 @@ def run(args: argparse.Namespace) -> int:
     policy = example_policy()
 
     async def main() -> int:
-        import os
-
         os.environ["ATP_JWT_KEY"] = secret
         console.print("starting reference adapters as gRPC services on loopback ...")
-        async with (
-            spawn_adapter("persona", options={"latency_ms": "60"}) as persona,
-            spawn_adapter("echo", options={"latency_ms": "20"}) as echo,
-        ):
-            cfg = RouterConfig(
-                ws_port=args.port,
-                metrics_port=0,
-                adapters={"echo": echo.url, "persona": persona.url},
-                policy_file=policy,
+        # every 10th call of "tail" waits 3 s before its first chunk: a latency tail
+        tail_opts = {"latency_ms": "5", "slow_every": "10", "slow_ms": "3000", "usd_per_1k": "500"}
+        with tempfile.TemporaryDirectory(prefix="atp-demo-") as tmp:
+            audit_log = os.path.join(tmp, "decisions.jsonl")
+            async with (
+                spawn_adapter("persona", options={"latency_ms": "60"}) as persona,
+                spawn_adapter("echo", options={"latency_ms": "20"}) as echo,
+                spawn_adapter("persona", options=tail_opts, name="tail") as tail,
+            ):
+                cfg = RouterConfig(
+                    ws_port=args.port,
+                    metrics_port=0,
+                    adapters={"echo": echo.url, "persona": persona.url, "tail": tail.url},
+                    audit_log=audit_log,
+                    policy_file=policy,
+                )
+                rc = await with_router(Router(cfg), persona.url, echo.url)
+            report = verify(segments(audit_log))
+            summary["audit"] = {"records": report.records, "ok": report.problem is None}
+            console.print(
+                f"\n[bold]5. decision log[/]: {report.records} records, hash chain "
+                + ("[green]intact[/]" if report.problem is None else "[red]BROKEN[/]")
+                + " (what 'atp serve --audit-log FILE' writes and 'atp audit verify' checks)"
             )
-            return await with_router(Router(cfg), persona.url, echo.url)
+            ok = rc == 0 and report.problem is None
+            console.rule("[bold green]demo complete" if ok else "[bold red]demo failed")
+            return 0 if ok else 1
+
+    def show_final(item: Final, key: str) -> None:
+        t = item.telemetry
+        console.print(
+            f"   [green]FINAL[/] from {item.content.get('adapter')}: "
+            f"{escape(str(t.get('why', '')))}"
+        )
+        console.print(
+            f"         telemetry tokens={t['tokens']} usd_micros={t['usd_micros']} "
+            f"latency_ms={t['latency_ms']} tried="
+            + escape(str([(x["adapter"], x["status"]) for x in t.get("tried", [])]))
+        )
+        if "savings_usd_micros" in t:
+            console.print(
+                f"         savings vs always {t['strongest']}: "
+                f"{t['savings_usd_micros']} usd_micros ({t.get('savings_pct', 0)} %), "
+                f"decision_id={t.get('decision_id')}"
+            )
+        summary[key] = {"content": item.content, "telemetry": dict(t)}
+
+    async def routing_steps(client: Any) -> None:
+        console.print(
+            "\n[bold]3. routing[/]: a cheap-first cascade that escalates "
+            "(meta.strategy=cascade, min_confidence 0.5)"
+        )
+        meta = {"strategy": "cascade", "min_confidence": 0.5, "adapters": ["echo", "persona"]}
+        async with client.stream(args.prompt, meta=meta) as stream:
+            async for item in stream:
+                if isinstance(item, Final):
+                    show_final(item, "escalated_final")
+                elif "escalate" in item.content:
+                    e = item.content["escalate"]
+                    console.print(
+                        f"   PARTIAL escalate {e['from']} -> {e['to']} ({escape(e['reason'])})"
+                    )
+        console.print(
+            "   a hedged request (meta.hedge): 9 quick calls of 'tail' teach the router its "
+            "p95 to first chunk; its 10th call is in the tail ..."
+        )
+        for i in range(9):  # every call is sampled; these may not hedge
+            await client.ask(f"{args.prompt} {i}", meta={"adapters": ["tail", "persona"]})
+        meta = {"hedge": True, "adapters": ["tail", "persona"]}
+        async with client.stream(args.prompt, meta=meta) as stream:
+            async for item in stream:
+                if isinstance(item, Final):
+                    show_final(item, "hedged_final")
+                elif "hedge" in item.content:
+                    h = item.content["hedge"]
+                    console.print(
+                        f"   PARTIAL hedge {h['from']} -> {h['to']} after {h['after_ms']} ms"
+                    )
+        console.print("   a cascade where the cheap adapter is good enough (tail, 0.62 >= 0.5):")
+        meta = {"strategy": "cascade", "min_confidence": 0.5, "adapters": ["tail", "persona"]}
+        show_final(await client.ask(args.prompt, meta=meta), "saving_final")
 
     async def with_router(router: Router, persona_url: str, echo_url: str) -> int:
         async with trio.open_nursery() as nursery:
@@ -132,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
                     window=BudgetWindow(
                         max_parallel=4, max_tokens=50_000, max_usd_micros=1_000_000
                     ),
-                    meta={"fanout": 2},
+                    meta={"fanout": 2, "adapters": ["echo", "persona"]},
                 ) as stream:
                     async for item in stream:
                         if isinstance(item, Final):
@@ -157,8 +231,10 @@ def run(args: argparse.Namespace) -> int:
                                 )
                             )
 
-                # 3. Refusals.
-                console.print("\n[bold]3. what the router refuses[/]")
+                await routing_steps(client)
+
+                # 4. Refusals.
+                console.print("\n[bold]4. what the router refuses[/]")
                 try:
                     await client.ask(
                         args.prompt,
@@ -219,8 +295,9 @@ def run(args: argparse.Namespace) -> int:
             and summary.get("bad_token_status") == 401
             and summary.get("seq_error") == "ESEQ_RETRY"
             and (policy is None or summary.get("policy_error") == "ESEC")
+            and summary.get("escalated_final", {}).get("content", {}).get("adapter") == "persona"
+            and "hedge" in summary.get("hedged_final", {}).get("telemetry", {})
         )
-        console.rule("[bold green]demo complete" if summary["ok"] else "[bold red]demo failed")
         return 0 if summary["ok"] else 1
 
     rc = trio.run(main)

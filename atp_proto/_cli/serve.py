@@ -78,6 +78,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-sessions", type=int, metavar="N")
     p.add_argument("--grace", type=float, metavar="SECONDS", help="drain grace period (default 10)")
+    p.add_argument(
+        "--audit-log",
+        metavar="FILE",
+        help="append a hash-chained decision log (JSON lines) to FILE; "
+        "check it with 'atp audit verify FILE'",
+    )
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument(
@@ -130,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
             "routing_state": getattr(args, "routing_state", None),
             "routing_weights": getattr(args, "routing_weights", None),
             "routing_seed": getattr(args, "routing_seed", None),
+            "audit_log": args.audit_log,
         }
         if args.ws:
             flags["ws_host"], flags["ws_port"] = parse_hostport(args.ws, "--ws")
@@ -203,6 +210,12 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("atp.router").warning(
             "tokens travel in clear on ws:// beyond loopback: serve wss:// (--cert/--key)"
         )
+    if cfg.audit_log:  # say a log it cannot write now, not as a listener's error later
+        try:
+            with open(cfg.audit_log, "ab"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot open the audit log {cfg.audit_log}: {exc.strerror}") from None
     try:
         router = Router(cfg)
     except ValueError as exc:

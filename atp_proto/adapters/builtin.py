@@ -12,6 +12,8 @@ confidence     confidence reported (default 0.1 echo, 0.62 persona)
 fail           ``error`` (fail at once), ``stall`` (hang after fail_after
                chunks), ``cut`` (die after fail_after chunks)
 fail_after     chunks before the failure (default 0)
+slow_every     every Nth call (N, 2N, ...) is slow: a tail-latency model (0: none)
+slow_ms        how much longer such a call waits before its first chunk
 ============== ===============================================================
 
 The same behaviours are served over gRPC by ``atp adapter serve echo`` / ``persona``
@@ -67,6 +69,8 @@ class BehaviourConfig:
     confidence: float = 0.9
     fail: str = ""
     fail_after: int = 0
+    slow_every: int = 0
+    slow_ms: float = 0.0
 
     @classmethod
     def from_query(cls, query: Mapping[str, str], **defaults: float | int | str) -> BehaviourConfig:
@@ -83,11 +87,15 @@ class BehaviourConfig:
                 confidence=float(merged.get("confidence", 0.9)),
                 fail=merged.get("fail", ""),
                 fail_after=int(merged.get("fail_after", 0)),
+                slow_every=int(merged.get("slow_every", 0)),
+                slow_ms=float(merged.get("slow_ms", 0)),
             )
         except ValueError as exc:
             raise ValueError(f"bad adapter option: {exc}") from None
         if cfg.fail not in ("", "error", "stall", "cut"):
             raise ValueError("fail must be one of error, stall, cut")
+        if cfg.slow_every < 0 or cfg.slow_ms < 0:
+            raise ValueError("slow_every and slow_ms must not be negative")
         if cfg.chunks < 1 or cfg.latency_ms < 0 or not 0 <= cfg.confidence <= 1:
             raise ValueError("chunks >= 1, latency_ms >= 0 and 0 <= confidence <= 1 are required")
         return cfg
@@ -146,6 +154,8 @@ class BehaviourAdapter:
         last = len(parts) - 1
         per_1k = cfg.usd_per_1k
         confidence = cfg.confidence
+        if cfg.slow_every and self.calls % cfg.slow_every == 0 and cfg.slow_ms:
+            await self.waits.sleep(cfg.slow_ms / 1000)  # this call is in the tail
         for i, part in enumerate(parts):
             if cfg.fail and i == cfg.fail_after and i > 0:
                 if cfg.fail == "stall":

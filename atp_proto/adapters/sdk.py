@@ -358,7 +358,7 @@ BUILTIN_TARGETS: dict[str, BuiltinTarget] = {
     "echo": BuiltinTarget(
         lambda o: behaviour_adapter("echo", o, waits=ASYNCIO),
         "answers with the prompt "
-        "(options: latency_ms chunks usd_per_1k confidence fail fail_after)",
+        "(options: latency_ms chunks usd_per_1k confidence fail fail_after slow_every slow_ms)",
     ),
     "persona": BuiltinTarget(
         lambda o: behaviour_adapter("persona", o, waits=ASYNCIO),

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ._caps import PeerCaps, our_caps
-from ._codec import FrameDecoder, encode_frame
+from ._codec import HEADER_SIZE, FrameDecoder, encode_frame
 from ._errors import (
     LocalProtocolError,
     ProtocolError,
@@ -135,6 +135,12 @@ class ConnectionBase:
         """Bytes of DATA we may still send on the stream before the peer grants more."""
         rec = self._streams.get(stream_id)
         return rec.send.credit if rec is not None else 0
+
+    def max_ext_len(self, stream_id: int) -> int:
+        """The largest ext (encoded bytes) a message on the stream may carry: half the
+        peer's initial window less the header (ATP-FLOW-014); 0 for an unknown stream."""
+        rec = self._streams.get(stream_id)
+        return max(0, rec.send.window // 2 - HEADER_SIZE) if rec is not None else 0
 
     def outbound_buffered(self, stream_id: int) -> int:
         """Bytes of DATA queued on the stream, waiting for credit."""

@@ -79,6 +79,10 @@ class RouterConfig:
     routing_state: str = ""  #: SQLite file the bandit's state persists in ("": memory only)
     routing_weights: str = ""  #: PLAN=QUALITY,COST,LATENCY[;...] (bandit reward weights)
     routing_seed: int = -1  #: the bandit's random seed (-1: from the OS; reproducible runs)
+    #: the decision log (ATP-AUDIT-001): a JSON-lines file, "" = off (``--audit-log``)
+    audit_log: str = ""
+    audit_max_bytes: int = 64 * 1024 * 1024  #: rotate the decision log past this size
+    hedge_rate: float = 0.1  #: at most this share of hedge-enabled streams hedge (ATP-STRAT-006)
 
     def validate(self) -> RouterConfig:
         if not self.ws_path.startswith("/"):
@@ -107,6 +111,10 @@ class RouterConfig:
             raise ConfigError("--oidc-issuer needs --jwt-audience (the 'aud' this router accepts)")
         if self.opa_timeout_s <= 0 or self.policy_poll_s <= 0:
             raise ConfigError("opa_timeout_s and policy_poll_s must be positive")
+        if self.audit_max_bytes < 1024:
+            raise ConfigError("audit_max_bytes must be at least 1024")
+        if not 0.0 <= self.hedge_rate <= 1.0:
+            raise ConfigError("hedge_rate must be within 0..1")
         for key, value in self.tenant_window.to_dict().items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"[tenant_window]: {key} must be a non-negative int")

@@ -22,6 +22,7 @@ import math
 import re
 from typing import Any
 
+from .audit import AuditLog
 from .auth import AuthError, TokenVerifier
 from .http import PostHandler
 from .routing.learning import Learner
@@ -39,8 +40,11 @@ def _answer(status: str, **body: Any) -> tuple[str, str, bytes]:
     return status, "application/json", json.dumps(body).encode() + b"\n"
 
 
-def feedback_handler(learner: Learner, authenticator: TokenVerifier | None) -> PostHandler:
-    """The POST handler the router's HTTP server calls (never raises)."""
+def feedback_handler(
+    learner: Learner, authenticator: TokenVerifier | None, audit: AuditLog | None = None
+) -> PostHandler:
+    """The POST handler the router's HTTP server calls (never raises). An accepted report
+    is also appended to the decision log, when there is one (ATP-AUDIT-002)."""
 
     def handle(path: str, headers: dict[str, str], body: bytes) -> tuple[str, str, bytes]:
         if path != FEEDBACK_PATH:
@@ -95,6 +99,8 @@ def feedback_handler(learner: Learner, authenticator: TokenVerifier | None) -> P
                 error=f"unknown decision id {decision_id!r} (never made, expired, failed, "
                 "or already reported)",
             )
+        if audit is not None:
+            audit.feedback(decision_id, float(quality), source=source)
         return _answer("200 OK", accepted=True, decision_id=decision_id)
 
     return handle

@@ -212,6 +212,30 @@ class RouterMetrics:
             ("adapter", "outcome"),
         )
         self.tokens = r.counter("atp_tokens_total", "Tokens charged", ("tenant",))
+        # issue 13: usage and savings per tenant, strategies, hedges, the decision log
+        self.usd = r.counter("atp_usd_micros_total", "Money charged, micro-US-dollars", ("tenant",))
+        self.baseline_usd = r.counter(
+            "atp_baseline_usd_micros_total",
+            "What the strongest candidate alone would have cost (ATP-STRAT-008)",
+            ("tenant",),
+        )
+        self.savings_usd = r.gauge(
+            "atp_savings_usd_micros",
+            "Baseline minus actual cost, summed over finished streams (may be negative)",
+            ("tenant",),
+        )
+        self.escalations = r.counter(
+            "atp_escalations_total", "Escalations to a stronger adapter", ("strategy",)
+        )
+        self.hedges = r.counter(
+            "atp_hedges_total",
+            "Hedged requests: started, won / lost by the hedge, throttled by the rate, "
+            "refused by budget or max_parallel",
+            ("outcome",),
+        )
+        self.audit_dropped = r.counter(
+            "atp_audit_dropped_total", "Decision-log records dropped (writer queue full)"
+        )
         #: set by the router: (adapter name, ResilientAdapter.state) for each remote adapter
         self.adapter_state: Callable[[], Iterable[tuple[str, dict[str, Any]]]] = list
         r.callback(

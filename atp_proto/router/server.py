@@ -25,6 +25,7 @@ from atp_proto.transports.base import TransportClosed
 from atp_proto.transports.ws_server import Handshake, WsConnection
 
 from .admission import Admission
+from .audit import AuditLog
 from .auth import AuthConfig, Authenticator, TokenVerifier
 from .config import RouterConfig
 from .feedback import feedback_handler
@@ -32,6 +33,7 @@ from .handshake import admit
 from .http import serve_http
 from .metrics import RouterMetrics
 from .routing import RoutingContext, StreamRun
+from .routing.hedging import Hedger
 from .routing.learner.service import build_learner, persist
 from .routing.policy import LayeredPolicy
 from .routing.reload import PolicySource, Reloader
@@ -94,6 +96,15 @@ class Router:
         self.metrics.adapter_state = lambda: [
             (n, a.state) for n, a in self.adapters.items() if isinstance(a, ResilientAdapter)
         ]
+        self.audit = (
+            AuditLog(
+                config.audit_log,
+                max_bytes=config.audit_max_bytes,
+                on_drop=self.metrics.audit_dropped.inc,
+            )
+            if config.audit_log
+            else None
+        )
         # the policy and routing table (a broken one refuses to start: ValueError, exit 2)
         self.policy = LayeredPolicy(
             min_confidence=config.min_confidence, window=config.tenant_window
@@ -110,7 +121,14 @@ class Router:
         )
         self.policy.state = source.load()
         self.routing = RoutingContext(
-            self.adapters, self.admission, self.metrics, config, self.policy, build_learner(config)
+            self.adapters,
+            self.admission,
+            self.metrics,
+            config,
+            self.policy,
+            build_learner(config),
+            hedger=Hedger(rate=config.hedge_rate),
+            audit=self.audit,
         )
         self.authenticator: TokenVerifier | None = None
         if config.auth and (config.jwks or config.oidc_issuer):
@@ -183,6 +201,8 @@ class Router:
                 nursery.start_soon(persist, self.routing.learner, cfg.routing_state)
                 for adapter in self.adapters.values():  # their tasks live in our nursery
                     await registry.start(nursery, adapter, health_interval_s=cfg.health_interval_s)
+                if self.audit is not None:  # the decision log's writer (off the hot path)
+                    await nursery.start(self.audit.run)
                 self._ready = True
                 log.info(
                     "router listening",
@@ -388,7 +408,8 @@ class Router:
         cfg = self.config
         listeners = await trio.open_tcp_listeners(cfg.metrics_port or 0, host=cfg.metrics_host)
         task_status.started(listeners[0].socket.getsockname()[1])
-        post = feedback_handler(self.routing.learner, self.authenticator)  # ATP-FEED-002
+        # ATP-FEED-002; accepted reports also go to the decision log (ATP-AUDIT-002)
+        post = feedback_handler(self.routing.learner, self.authenticator, self.audit)
         await serve_http(listeners, self.metrics.render, self._readiness, self.ssl_context, post)
 
     def _readiness(self) -> str | None:

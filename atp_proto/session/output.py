@@ -60,6 +60,7 @@ class _Sink(Protocol):
         self, stream_id: int, code: ErrorCode | str, message: str, retry_after_ms: int | None = None
     ) -> None: ...
     def flush_now(self) -> None: ...
+    def max_ext_len(self, stream_id: int) -> int: ...
     def can_write(self, handle: Output) -> bool: ...
     async def writable(self, handle: Output) -> None: ...
 
@@ -132,6 +133,11 @@ class Output:
         if not self._started:
             self._started = True
             self._session.flush_now()
+
+    def max_ext_len(self) -> int:
+        """The largest ext the stream's messages may carry (ATP-FLOW-014): routing drops
+        optional telemetry rather than have the FINAL refused with ETOOBIG."""
+        return self._session.max_ext_len(self.stream_id)
 
     def send_final(self, body: bytes, *, ext: Mapping[str, Any] | None = None) -> None:
         """One message with FIN (an ext too big for the peer's window is ETOOBIG,

@@ -452,6 +452,10 @@ class Session:
         # Hot path: only the writer needs waking (sending moves no timer deadline earlier).
         self._wake_writer.set()
 
+    def max_ext_len(self, stream_id: int) -> int:
+        """The largest ext a message on the stream may carry (ATP-FLOW-014)."""
+        return self.conn.max_ext_len(stream_id)
+
     def send_error(
         self, stream_id: int, code: ErrorCode | str, message: str, retry_after_ms: int | None = None
     ) -> None:

@@ -71,6 +71,7 @@ class Outcome:
     finished: bool = False
     error: AdapterError | None = None
     latency_ms: float = 0.0  #: from the call's start to its end (the learner observes it)
+    cancelled: bool = False  #: a hedge race's loser, cancelled by the router (ATP-STRAT-006)
 
     @property
     def answer(self) -> str:

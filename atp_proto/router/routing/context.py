@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 
 from atp_proto.adapters import Adapter
 from atp_proto.router.admission import Admission
+from atp_proto.router.audit import AuditLog
 from atp_proto.router.config import RouterConfig
 from atp_proto.router.metrics import RouterMetrics
 
+from .hedging import Hedger
 from .learning import CheapFirst, Learner
 from .policy import Policy
 
@@ -27,3 +29,5 @@ class RoutingContext:
     config: RouterConfig
     policy: Policy
     learner: Learner = field(default_factory=CheapFirst)
+    hedger: Hedger = field(default_factory=Hedger)  #: TTFC quantiles, hedge rate
+    audit: AuditLog | None = None  #: the decision log (``--audit-log``), when configured

@@ -5,10 +5,13 @@ an untried candidate whose estimate promises more confidence than the champion h
 never a weaker one — the most confident first (the costliest among equals), if it still
 fits the stream's live budget (a WINDOW_UPDATE may have raised it since preflight:
 ATP-BUDGET-005/010). The challenger's answer replaces the champion only when it finished
-at least as confident.
+at least as confident. When the learner predicts quality, a challenger must also be
+predicted at least as good as the champion (``floor`` / ``strength``, ATP-STRAT-005).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from atp_proto.router.budget import BudgetLedger
 
@@ -20,14 +23,22 @@ __all__ = ["escalate", "next_challenger"]
 
 
 def next_challenger(
-    champion: Outcome, remaining: list[Candidate], ledger: BudgetLedger
+    champion: Outcome,
+    remaining: list[Candidate],
+    ledger: BudgetLedger,
+    *,
+    floor: float | None = None,
+    strength: Callable[[str], float] | None = None,
 ) -> Candidate | None:
     """The challenger to call next, taken off ``remaining`` with every stronger one that
-    no longer fits; None when no untried candidate promises more and fits."""
+    no longer fits; None when no untried candidate promises more and fits. With
+    ``strength``, candidates weaker than ``floor`` (the champion's) never challenge."""
     stronger = [
         c
         for c in remaining
-        if c.estimate is not None and c.estimate.confidence > champion.confidence
+        if c.estimate is not None
+        and c.estimate.confidence > champion.confidence
+        and (strength is None or floor is None or strength(c.name) >= floor)
     ]
     remaining[:] = stronger  # the weaker ones can never challenge again
     while remaining:
@@ -46,10 +57,15 @@ async def escalate(
     min_confidence: float,
     fan: FanOut,
     emit: Emitter,
+    *,
+    floor: float | None = None,
+    strength: Callable[[str], float] | None = None,
 ) -> Outcome:
     """Challenge the champion until it is confident enough or nobody is left."""
     while champion.confidence < min_confidence:
-        challenger = next_challenger(champion, remaining, fan.ledger)
+        challenger = next_challenger(
+            champion, remaining, fan.ledger, floor=floor, strength=strength
+        )
         if challenger is None:
             break
         await emit.wait_writable()
@@ -63,7 +79,10 @@ async def escalate(
             },
             champion.confidence,
         )
+        fan.ctx.metrics.escalations.inc("consensus")
         outcome = await fan.call(challenger)
         if outcome.finished and outcome.confidence >= champion.confidence:
             champion = outcome
+            if strength is not None:
+                floor = strength(champion.adapter)
     return champion

@@ -30,6 +30,7 @@ from atp_proto.router.budget import BudgetLedger
 from ._emit import Emitter
 from ._model import Candidate, Outcome, StreamFailed, adapter_failure
 from .context import RoutingContext
+from .hedging import Race, hedged_call
 
 __all__ = ["FanOut"]
 
@@ -53,6 +54,10 @@ class FanOut:
         #: set by run() when no adapter finished (every call failed): the admission
         #: limit backs off on it
         self.all_failed = False
+        #: hedge the stream's first call (Decision.hedge, ATP-STRAT-006)
+        self.hedge = False
+        #: (primary, backup, backup won) once a hedge started (telemetry)
+        self.hedged: tuple[str, str, bool] | None = None
 
     def _next_fitting(self, queue: list[Candidate]) -> Candidate | None:
         """The cheapest queued candidate that fits the live budget (taken off the queue)."""
@@ -80,7 +85,7 @@ class FanOut:
             cand: Candidate | None = first
             try:
                 while cand is not None:
-                    outcome = await self.call(cand)
+                    outcome = await self.first_call(cand, queue)
                     outcomes.append(outcome)
                     if outcome.finished:
                         return
@@ -121,8 +126,21 @@ class FanOut:
             )
         return outcomes
 
-    async def call(self, cand: Candidate) -> Outcome:
-        """Stream one adapter's answer as PARTIALs; charge usage as it arrives."""
+    async def first_call(self, cand: Candidate, queue: list[Candidate]) -> Outcome:
+        """The stream's first call, hedged when allowed (once per stream; ATP-STRAT-006);
+        any other call is a plain :meth:`call`."""
+        if self.hedge and not self.used and queue:
+            self.hedge = False
+            hedger = self.ctx.hedger
+            hedger.offer()
+            delay = hedger.threshold(cand.name)
+            if delay is not None:
+                return await hedged_call(self, cand, queue, delay)
+        return await self.call(cand)
+
+    async def call(self, cand: Candidate, race: Race | None = None, slot: int = 0) -> Outcome:
+        """Stream one adapter's answer as PARTIALs; charge usage as it arrives. In a hedge
+        ``race`` only the call that claims the stream at its first text chunk sends."""
         ledger, emit = self.ledger, self.emit
         output = emit.output
         outcome = Outcome(cand.name)
@@ -136,6 +154,8 @@ class FanOut:
         charge, can_write, send_partial = ledger.charge, output.can_write, output.send_partial
         text = outcome.text
         call_started = trio.current_time()
+        if race is not None:
+            race.outcomes[slot] = outcome
         try:
             # trio.fail_after, without its contextmanager layers (hot path)
             deadline = trio.current_time() + self.ctx.config.call_timeout_s
@@ -149,6 +169,13 @@ class FanOut:
                         charge(d_tok, d_usd)
                         outcome.confidence = chunk.confidence
                         if chunk.content:  # an empty chunk (usage, final marker) says nothing
+                            if not text:  # the call's first text: once per call
+                                self.ctx.hedger.observe_ttfc(
+                                    cand.name, trio.current_time() - call_started
+                                )
+                                if race is not None and not race.claim(slot):
+                                    outcome.cancelled = True
+                                    break
                             text.append(chunk.content)
                             if not can_write():
                                 await emit.wait_writable()
@@ -166,6 +193,8 @@ class FanOut:
                             break
             if call_scope.cancelled_caught:
                 raise trio.TooSlowError
+            if outcome.cancelled:
+                return outcome  # lost a hedge race: nothing was sent
             if not outcome.finished:
                 outcome.finished = True  # a stream that ended without a final marker
             metrics.adapter_calls.inc(cand.name, "ok")

@@ -8,9 +8,11 @@ weaker challenger) and the router's default window (the cap on the client's wind
 
 :class:`PrincipalPolicy` is the first implementation: today's token claims
 (``task_types``, ``max_qos``) plus the request's routing hints (``meta.adapters``,
-``meta.fanout``, ``meta.min_confidence``). :class:`LayeredPolicy` adds the routing
-table (:mod:`.table`) and a Rego policy, in-process (:mod:`.rego`) or on an OPA server
-(:mod:`.opa`): the layers and the Rego contract are in ``docs/policy.md``.
+``meta.fanout``, ``meta.min_confidence``, and the strategy hints ``meta.strategy``,
+``meta.quorum``, ``meta.comparator``, ``meta.min_quality``, ``meta.hedge``:
+ATP-STRAT-009). :class:`LayeredPolicy` adds the routing table (:mod:`.table`) and a Rego
+policy, in-process (:mod:`.rego`) or on an OPA server (:mod:`.opa`), which may forbid the
+hints: the layers and the Rego contract are in ``docs/policy.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from atp_proto.frames import ATPError, BudgetWindow, ErrorCode, QoS
 from atp_proto.messages import Task, meta_adapters, meta_int, meta_number
 
 from .rego import PolicyEvalError
+from .strategies import STRATEGIES
+from .strategies import check_comparator as _comparator_ok
 from .table import (
     LANES,
     RouteEntry,
@@ -45,6 +49,7 @@ __all__ = [
     "PrincipalLike",
     "PrincipalPolicy",
     "decide",
+    "strategy_hints",
 ]
 
 
@@ -131,12 +136,18 @@ class PrincipalPolicy:
             names = tuple(wanted)
         if not names:
             raise ATPError(ErrorCode.EAGENTDOWN, "no adapters are configured", retry_after_ms=5000)
+        strategy, comparator, hedge = strategy_hints(task.meta)
         return Decision(
             allow=True,
             lane=lane,
             candidates=names,
+            strategy=strategy,
             fanout=meta_int(task.meta, "fanout", 1, 1, 16),
             min_confidence=meta_number(task.meta, "min_confidence", self.min_confidence),
+            min_quality=meta_number(task.meta, "min_quality", 0.0),
+            quorum=meta_int(task.meta, "quorum", 2, 1, 16),
+            comparator=comparator,
+            hedge=hedge,
             window=self.window,
         )
 
@@ -306,21 +317,24 @@ class LayeredPolicy:
         if not names:
             raise ATPError(ErrorCode.EAGENTDOWN, "no adapters are configured", retry_after_ms=5000)
         window = self.window.clamp(route.window) if route.window else self.window
+        meta = task.meta
+        # the request's strategy hints (validated: EPROTO) over the table's defaults
+        strategy, comparator, hedge = strategy_hints(meta)
         return Decision(
             allow=True,
             lane=lane,
             candidates=names,
-            strategy=route.strategy or "consensus",
-            fanout=meta_int(task.meta, "fanout", route.fanout or 1, 1, 16),
+            strategy=strategy if "strategy" in meta else (route.strategy or "consensus"),
+            fanout=meta_int(meta, "fanout", route.fanout or 1, 1, 16),
             min_confidence=meta_number(
-                task.meta,
+                meta,
                 "min_confidence",
                 route.min_confidence if route.min_confidence is not None else self.min_confidence,
             ),
-            min_quality=route.min_quality or 0.0,
-            quorum=route.quorum or 2,
-            comparator=route.comparator or "exact",
-            hedge=bool(route.hedge),
+            min_quality=meta_number(meta, "min_quality", route.min_quality or 0.0),
+            quorum=meta_int(meta, "quorum", route.quorum or 2, 1, 16),
+            comparator=comparator if "comparator" in meta else (route.comparator or "exact"),
+            hedge=hedge if "hedge" in meta else bool(route.hedge),
             window=window,
         )
 
@@ -417,3 +431,28 @@ def _apply(base: Decision, answer: Mapping[str, Any], inp: PolicyInput) -> Decis
     if "window" in answer:
         changes["window"] = base.window.clamp(check_window(answer["window"], "window"))
     return replace(base, **changes)
+
+
+def strategy_hints(meta: Mapping[str, Any]) -> tuple[str, str, bool]:
+    """``meta.strategy`` (default consensus), ``meta.comparator`` (default exact) and
+    ``meta.hedge`` (default false), validated (ATP-STRAT-009).
+
+    Raises:
+        ATPError: EPROTO naming the bad hint.
+    """
+    strategy = meta.get("strategy", "consensus")
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ATPError(ErrorCode.EPROTO, f'"meta.strategy" must be one of {", ".join(STRATEGIES)}')
+    comparator = meta.get("comparator", "exact")
+    try:
+        if not isinstance(comparator, str):
+            raise ValueError("not text")
+        _comparator_ok(comparator)
+    except ValueError:
+        raise ATPError(
+            ErrorCode.EPROTO, '"meta.comparator" must be exact, numeric or json:FIELD'
+        ) from None
+    hedge = meta.get("hedge", False)
+    if not isinstance(hedge, bool):
+        raise ATPError(ErrorCode.EPROTO, '"meta.hedge" must be true or false')
+    return strategy, comparator, hedge

@@ -12,9 +12,14 @@
    the task, lane, tenant plan, prompt and the guard-banded estimates, and names the
    order to try; it observes every finished or failed stream. The decision id it is
    asked under is carried by the FINAL (``ext.telemetry.decision_id``) for feedback.
-6. Merge (consensus) and escalation (champion / challenger) — :mod:`.merge`,
-   :mod:`.escalation`.
-7. FINAL (FIN) with the answer and telemetry — :mod:`.telemetry`.
+6. The strategy (:mod:`.execute`, :mod:`.strategies`): consensus and escalation
+   (champion / challenger, :mod:`.merge`, :mod:`.escalation`), cascade, first_good,
+   quorum, best_confidence, vote; ECONSENSUS when no answer qualifies. The stream's first
+   call may be hedged (:mod:`.hedging`, ``Decision.hedge``).
+7. FINAL (FIN) with the answer and telemetry: usage, adapters tried, winner and why,
+   decision id, savings against the strongest candidate — :mod:`.telemetry`.
+8. The decision log (``RoutingContext.audit``, :mod:`atp_proto.router.audit`): one
+   record per stream, queued off the hot path.
 
 The ledger is the only copy of the stream's budget: the session hands it every
 WINDOW_UPDATE's window (``StreamOutput.on_window``), so a raise reaches failover and
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
+from typing import Any
 
 import trio
 
@@ -40,20 +47,22 @@ from atp_proto.frames import (
     QoS,
     StreamOpened,
 )
+from atp_proto.frames._cbor import encode_ext
 from atp_proto.messages import final_body, parse_task
 from atp_proto.router.admission import Shed
 from atp_proto.router.budget import BudgetLedger
 
-from . import merge, preflight
+from . import preflight
 from ._emit import Emitter
 from ._model import Candidate, Outcome, StreamFailed
 from ._output import SessionInfo, StreamOutput
 from .context import RoutingContext
-from .escalation import escalate
+from .execute import execute
 from .fanout import FanOut
 from .learning import CandidateView, Observation, Ranking, RouteQuery
-from .policy import PolicyInput, decide
-from .telemetry import final_ext, record_stream
+from .policy import Decision, PolicyInput, decide
+from .strategies import answer_key
+from .telemetry import Savings, final_ext, record_savings, record_stream, savings
 
 __all__ = ["TTL_GRACE_MS", "StreamRun"]
 
@@ -85,6 +94,11 @@ class StreamRun:
         self._outcomes: list[Outcome] = []
         self._winner: str | None = None
         self.ev_task_type = ""
+        self._decision: Decision | None = None
+        self._plan: preflight.Plan | None = None
+        self._ranking: Ranking | None = None
+        self._why = ""
+        self._saved: Savings | None = None
 
     def _on_window(self, window: BudgetWindow) -> None:
         """A WINDOW_UPDATE's budget window (called by the session, never blocks)."""
@@ -121,6 +135,9 @@ class StreamRun:
             tenant = getattr(self.info.principal, "tenant", "")
             latency = trio.current_time() - started
             record_stream(metrics, output.lane.label, outcome, latency, tenant, self.ledger.tokens)
+            record_savings(metrics, tenant, self.ledger.usd_micros, self._saved)
+            if self.ctx.audit is not None:
+                self._audit(outcome, tenant, latency)
 
     def _observe(self) -> None:
         """Tell the learner what the stream's adapter calls gave (never raises)."""
@@ -135,13 +152,26 @@ class StreamRun:
                 tokens=o.tokens,
                 usd_micros=o.usd_micros,
                 latency_ms=o.latency_ms,
+                agreed=self._agreed(o),
             )
             for o in self._outcomes
+            if not o.cancelled  # a hedge's loser was cut short by the router
         ]
         try:
             self.ctx.learner.observe(query, observations, self._winner)
         except Exception:  # a learner's bug must not fail a stream that is done
             log.exception("learner.observe failed")
+
+    def _agreed(self, o: Outcome) -> bool | None:
+        """Whether a finished answer agreed with the winner's under the stream's comparator
+        (None when there was nothing to compare it with)."""
+        finished = [x for x in self._outcomes if x.finished and not x.cancelled]
+        winner = next((x for x in finished if x.adapter == self._winner), None)
+        if winner is None or len(finished) < 2 or not o.finished:
+            return None
+        comparator = self._decision.comparator if self._decision else "exact"
+        key = answer_key(winner.answer, comparator)
+        return key is not None and answer_key(o.answer, comparator) == key
 
     def _rank(self, lane: QoS, plan: preflight.Plan, prompt: str, plan_name: str) -> Ranking:
         """Ask the learner for the order to try the estimated candidates in."""
@@ -180,6 +210,7 @@ class StreamRun:
         decision = await decide(
             ctx.policy, PolicyInput(self.info.principal, task, ev.qos, tuple(ctx.adapters))
         )
+        self._decision = decision  # the decision log records denials too, with their rule
         if not decision.allow:
             raise StreamFailed(ErrorCode.ESEC, f"{decision.reason} (rule: {decision.rule})")
         lane = decision.lane
@@ -218,13 +249,11 @@ class StreamRun:
             raise
         admitted = trio.current_time()
         fan = FanOut(ctx, request, ledger, emit)
+        fan.hedge = decision.hedge
         self._outcomes = fan.outcomes
+        self._plan, self._ranking = plan, ranking
         try:
-            outcomes = await fan.run(plan.fitting, plan.ranked, width)
-            best = merge.choose(outcomes, decision.strategy)
-            tried = {o.adapter for o in outcomes}
-            untried = [c for c in plan.ranked if c.name not in tried]
-            best = await escalate(best, untried, decision.min_confidence, fan, emit)
+            result = await execute(decision, ranking, plan, width, fan, emit)
         except BaseException as exc:
             # A client reset, a budget stop or a stalled reader says nothing about the
             # adapters: release without adapting the global limit (ATP-ERR-005). Every
@@ -235,8 +264,99 @@ class StreamRun:
         # the waits for the client's credit).
         ctx.admission.release(latency_s=trio.current_time() - admitted - emit.client_wait_s)
         await emit.wait_writable()
-        self._winner = best.adapter
+        best = result.best
+        self._winner, self._why = best.adapter, result.why
+        self._saved = savings(
+            plan.ranked, ranking.predicted_quality, fan.outcomes, ledger.usd_micros
+        )
         ext = final_ext(ledger, fan.used, trio.current_time() - started, emit.take_first_ext())
-        ext["telemetry"]["decision_id"] = self.decision_id
+        tel = ext["telemetry"]
+        tel["decision_id"] = self.decision_id
+        base = dict(tel)
+        tel.update(
+            strategy=decision.strategy,
+            tried=[_tried(o) for o in fan.outcomes],
+            winner=best.adapter,
+            why=result.why,
+        )
+        if fan.hedged is not None:
+            first, backup, won = fan.hedged
+            tel["hedge"] = {"from": first, "to": backup, "won": won}
+            if won:
+                tel["why"] = self._why = (
+                    f"{result.why}; hedged: {backup} answered first ({first} was slower "
+                    "than its p95 to first chunk)"
+                )
+        if self._saved is not None:
+            tel.update(self._saved)
+        room = getattr(self.output, "max_ext_len", None)
+        if room is not None and len(encode_ext(ext)) > room() // 2:
+            # a small client window (ATP-FLOW-014): the required telemetry only (ATP-STRAT-007)
+            ext["telemetry"] = base
         self.output.send_final(final_body(best.answer, best.adapter, best.confidence), ext=ext)
         self._finished = True
+
+    def _audit(self, outcome: str, tenant: str, latency_s: float) -> None:
+        """Queue the stream's decision record (ATP-AUDIT-001); never raises."""
+        audit = self.ctx.audit
+        assert audit is not None
+        try:
+            plan, ranking, decision = self._plan, self._ranking, self._decision
+            record: dict[str, Any] = {
+                "kind": "decision",
+                "ts": round(time.time(), 3),
+                "decision_id": self.decision_id,
+                "tenant": tenant,
+                "task_type": self.ev_task_type,
+                "lane": self.output.lane.label,
+                "allow": decision.allow if decision else None,
+                "rule": decision.rule if decision else "",
+                "strategy": decision.strategy if decision else None,
+                "candidates": [_candidate(c, ranking) for c in plan.ranked] if plan else [],
+                "choice": list(ranking.order) if ranking else [],
+                "exploration": ranking.explored if ranking else False,
+                "model": ranking.model if ranking else None,
+                "scores": dict(ranking.scores) if ranking else {},
+                "outcome": {
+                    "status": outcome,
+                    "winner": self._winner,
+                    "why": self._why,
+                    "tried": [_tried(o) for o in self._outcomes],
+                    "tokens": self.ledger.tokens,
+                    "usd_micros": self.ledger.usd_micros,
+                    "latency_ms": round(latency_s * 1000),
+                    **(self._saved or {}),
+                },
+                "reward": None,  #: a later "feedback" record carries it (ATP-AUDIT-002)
+            }
+            audit.append(record)
+        except Exception:
+            log.exception("audit record failed")
+
+
+def _tried(o: Outcome) -> dict[str, Any]:
+    """One adapter call as telemetry and the decision log say it."""
+    if o.cancelled:
+        status = "cancelled"
+    elif o.error is not None:
+        status = str(o.error.code)
+    else:
+        status = "ok" if o.finished else "stopped"
+    item: dict[str, Any] = {"adapter": o.adapter, "status": status}
+    if o.finished:
+        item["confidence"] = o.confidence
+    item["usd_micros"] = o.usd_micros
+    return item
+
+
+def _candidate(c: Candidate, ranking: Ranking | None) -> dict[str, Any]:
+    est = c.estimate
+    item: dict[str, Any] = {
+        "name": c.name,
+        "est_tokens": round(c.guarded_tokens, 1),
+        "est_usd_micros": round(c.guarded_usd, 1),
+        "confidence": est.confidence if est else None,
+    }
+    if ranking is not None and c.name in ranking.predicted_quality:
+        item["predicted_quality"] = ranking.predicted_quality[c.name]
+    return item

@@ -1,0 +1,295 @@
+"""The decision log: append-only, hash-chained JSON lines (ATP-AUDIT-001…005).
+
+Every routed stream appends one record: its candidates and their estimates, the choice
+(the order the learner named, whether it explored, its scores), the strategy, the
+outcome (winner, adapters tried, usage, savings, or the error code) and, when feedback
+arrives later, a ``feedback`` record with the reward. Each record holds ``seq`` (0, 1, …
+across every file of the log), ``prev`` (the previous record's ``hash``; 64 zeros for the
+first) and ``hash``, the SHA-256 of the record's canonical JSON without ``hash`` (keys
+sorted, no spaces, UTF-8). Editing, deleting, inserting or reordering a record breaks the
+chain at that record; :func:`verify` names the first bad one.
+
+Rotation by size keeps the chain: when the active file passes ``max_bytes`` it is renamed
+``FILE.000001`` (then ``.000002`` …, in order) and the next record, in a new ``FILE``,
+holds the hash of the last one of the renamed file. A router restarted on an existing log
+continues its chain from the last record.
+
+Off the hot path: a stream only puts a dict on a bounded in-memory queue
+(:meth:`AuditLog.append`, never blocks); one writer task hashes and writes batches in a
+worker thread. A full queue drops the record and counts it (``dropped``, and the
+``atp_audit_dropped_total`` metric) rather than slow streams down. Fsync policy: each batch
+is flushed to the OS at once; the file is fsynced at most once per ``fsync_interval_s``
+(default 1 s), at every rotation and at close — a crash of the host loses at most about
+that second, and a torn last line is reported by ``verify`` as the bad record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+__all__ = ["GENESIS", "AuditLog", "Problem", "canonical", "record_hash", "segments", "verify"]
+
+log = logging.getLogger("atp.router")
+
+GENESIS = "0" * 64
+_SEGMENT = re.compile(r"\.(\d{6})$")
+
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    """The bytes hashed: sorted keys, no spaces, UTF-8 (``hash`` itself excluded)."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(record)).hexdigest()
+
+
+def segments(path: str | os.PathLike[str]) -> list[Path]:
+    """The log's files, oldest first: ``FILE.000001`` … then ``FILE`` (when present)."""
+    active = Path(path)
+    rotated = sorted(
+        p
+        for p in active.parent.glob(active.name + ".*")
+        if _SEGMENT.search(p.name) and p.name[:-7] == active.name
+    )
+    return [*rotated, *([active] if active.exists() else [])]
+
+
+class AuditLog:
+    """The writer side: ``append`` from streams, ``run`` as one task in the router's nursery."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int = 64 * 1024 * 1024,
+        queue: int = 4096,
+        fsync_interval_s: float = 1.0,
+        on_drop: Callable[[], None] | None = None,
+    ) -> None:
+        if max_bytes < 1024 or queue < 1 or fsync_interval_s < 0:
+            raise ValueError("audit log: max_bytes >= 1024, queue >= 1, fsync interval >= 0")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.fsync_interval_s = fsync_interval_s
+        self._send, self._recv = trio.open_memory_channel[dict[str, Any]](queue)
+        self._on_drop = on_drop
+        self.dropped = 0
+        self.written = 0
+        self._seq = 0
+        self._prev = GENESIS
+        self._file: Any = None
+        self._last_sync = 0.0
+
+    # ------------------------------------------------------------------ streams' side
+
+    def append(self, record: dict[str, Any]) -> bool:
+        """Queue a record (never blocks); False when it was dropped (queue full or closed)."""
+        try:
+            self._send.send_nowait(record)
+            return True
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.dropped += 1
+            if self._on_drop is not None:
+                self._on_drop()
+            return False
+
+    def feedback(self, decision_id: str, quality: float, *, source: str = "client") -> bool:
+        """Queue a ``feedback`` record: the reward a client or evaluator gave a decision
+        (ATP-AUDIT-002); the learner's feedback path calls it."""
+        return self.append(
+            {
+                "kind": "feedback",
+                "ts": round(time.time(), 3),
+                "decision_id": decision_id,
+                "reward": quality,
+                "source": source,
+            }
+        )
+
+    # ------------------------------------------------------------------ writer
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open (continuing the chain), then write batches until cancelled; on the way
+        out write what is queued, fsync and close."""
+        await trio.to_thread.run_sync(self._open)
+        task_status.started()
+        try:
+            while True:
+                batch = [await self._recv.receive()]
+                while len(batch) < 512:
+                    try:
+                        batch.append(self._recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await trio.to_thread.run_sync(self._write, batch)
+        finally:
+            self._send.close()  # later appends are counted as dropped, not lost silently
+            with trio.CancelScope(shield=True):
+                rest: list[dict[str, Any]] = []
+                while True:
+                    try:
+                        rest.append(self._recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await trio.to_thread.run_sync(self._close, rest)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        last = _last_record(segments(self.path))
+        if last is not None:
+            self._seq = int(last.get("seq", -1)) + 1
+            self._prev = str(last.get("hash", GENESIS))
+        self._file = open(self.path, "ab")  # noqa: SIM115 - held open by the writer
+        if self._file.tell() and not _ends_with_newline(self.path):
+            self._file.write(b"\n")  # a torn last line stays visible to verify
+
+    def _line(self, record: dict[str, Any]) -> bytes:
+        rec = {k: v for k, v in record.items() if k not in ("seq", "prev", "hash")}
+        rec["seq"], rec["prev"] = self._seq, self._prev
+        rec["hash"] = digest = record_hash(rec)
+        self._seq += 1
+        self._prev = digest
+        return canonical(rec)[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        f = self._file
+        for record in batch:
+            try:
+                line = self._line(record)
+            except (TypeError, ValueError) as exc:  # not JSON: a bug, never a crash
+                log.warning("audit record not serialisable: %s", exc)
+                continue
+            if f.tell() and f.tell() + len(line) > self.max_bytes:
+                f = self._rotate()
+            f.write(line)
+            self.written += 1
+        f.flush()
+        now = time.monotonic()
+        if now - self._last_sync >= self.fsync_interval_s:
+            os.fsync(f.fileno())
+            self._last_sync = now
+
+    def _rotate(self) -> Any:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        rotated = [p for p in segments(self.path) if p != self.path]
+        n = int(rotated[-1].name[-6:]) + 1 if rotated else 1
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.{n:06d}"))
+        self._file = open(self.path, "ab")  # noqa: SIM115
+        return self._file
+
+    def _close(self, rest: list[dict[str, Any]]) -> None:
+        if self._file is None:
+            return
+        if rest:
+            self._write(rest)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _last_record(files: list[Path]) -> dict[str, Any] | None:
+    """The last parseable record of the log (the chain continues from it)."""
+    for path in reversed(files):
+        last = None
+        with open(path, "rb") as f:
+            for raw in f:
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and "hash" in rec:
+                    last = rec
+        if last is not None:
+            return last
+    return None
+
+
+# ---------------------------------------------------------------------- verification
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """The first record that breaks the chain."""
+
+    file: str
+    line: int  #: 1-based
+    seq: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    records: int
+    files: int
+    first_seq: int | None
+    head: str  #: the last record's hash (anchor it elsewhere to catch a cut tail)
+    problem: Problem | None
+
+
+def _lines(files: Iterable[Path]) -> Iterator[tuple[Path, int, bytes]]:
+    for path in files:
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                yield path, n, raw
+
+
+def verify(files: Iterable[str | os.PathLike[str]], *, from_start: bool = True) -> Report:
+    """Check the chain across ``files`` (in order). ``from_start``: the first record must
+    be seq 0 with the genesis ``prev`` (False when older segments were retired)."""
+    paths = [Path(f) for f in files]
+    count, first_seq, prev, seq = 0, None, None, None
+
+    def bad(path: Path, n: int, s: int | None, reason: str) -> Report:
+        return Report(
+            count, len(paths), first_seq, prev or GENESIS, Problem(str(path), n, s, reason)
+        )
+
+    for path, n, raw in _lines(paths):
+        if not raw.endswith(b"\n"):
+            return bad(path, n, None, "torn last line (no newline): the write was cut")
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            return bad(path, n, None, "not a JSON record")
+        if not isinstance(rec, dict):
+            return bad(path, n, None, "not a JSON object")
+        s = rec.get("seq")
+        s = s if isinstance(s, int) and not isinstance(s, bool) else None
+        if rec.get("hash") != record_hash(rec):
+            return bad(path, n, s, "hash does not match the record (edited)")
+        if prev is None:
+            if from_start and (s != 0 or rec.get("prev") != GENESIS):
+                return bad(path, n, s, "the chain does not start at seq 0 (records before it lost)")
+            first_seq = s
+        else:
+            if rec.get("prev") != prev:
+                return bad(
+                    path, n, s, "prev is not the previous record's hash (deleted or reordered)"
+                )
+            if s is None or seq is None or s != seq + 1:
+                return bad(path, n, s, f"seq {s} after {seq} (deleted or reordered)")
+        prev, seq = rec["hash"], s
+        count += 1
+    return Report(count, len(paths), first_seq, prev or GENESIS, None)
