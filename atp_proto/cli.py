@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("atp_proto._cli.token", "mint JWTs for local use"),
     "adapter": ("atp_proto._cli.adapter", "serve an adapter (vendor SDK) over gRPC"),
     "bench": ("atp_proto._cli.bench", "run benchmarks beside their baselines"),
+    "conformance": ("atp_proto._cli.conformance", "run the conformance suite; list, explain cases"),
 }
 
 
