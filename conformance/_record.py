@@ -98,19 +98,25 @@ class Recorder:
     def note(self, text: str, decoded: Any = None) -> None:
         self.exchange.append(Exchange("note", self._at(), "", _jsonable(decoded), text))
 
-    def result(self, verdict: Verdict, message: str = "", expected: str = "") -> CaseResult:
+    def result(
+        self, verdict: Verdict, message: str = "", expected: str = "",
+        violated: tuple[str, ...] = (),
+    ) -> CaseResult:
         return CaseResult(
             self.case, verdict, message, expected,
             duration_ms=(time.monotonic() - self.start) * 1000, exchange=list(self.exchange),
+            violated=violated or (self.case.requirements if verdict is Verdict.FAIL else ()),
         )
 
     def passed(self, expected: str = "") -> CaseResult:
         return self.result(Verdict.PASS, "", expected)
 
-    def failed(self, message: str, expected: str = "") -> CaseResult:
+    def failed(
+        self, message: str, expected: str = "", violated: tuple[str, ...] = ()
+    ) -> CaseResult:
         """FAIL for a MUST, NON_STRICT for a SHOULD case, UNSUPPORTED for a MAY."""
         from conformance.model import Strength
 
         verdict = {Strength.MUST: Verdict.FAIL, Strength.SHOULD: Verdict.NON_STRICT,
                    Strength.MAY: Verdict.UNSUPPORTED}[self.case.strength]
-        return self.result(verdict, message, expected)
+        return self.result(verdict, message, expected, violated or self.case.requirements)

@@ -89,3 +89,6 @@ class CaseResult:
     exchange: Sequence[Exchange] = field(default_factory=list)
     known_failure: bool = False  #: listed in --known-failures (does not fail the run)
     repeat: int = 0  #: which repetition (--repeat)
+    #: the requirement IDs a FAIL / NON_STRICT saw broken (a subset of, or beside, the
+    #: case's own: a scenario also checks the invariants every exchange must keep)
+    violated: Sequence[str] = ()

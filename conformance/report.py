@@ -45,14 +45,14 @@ def _case_dict(r: CaseResult) -> dict[str, Any]:
         "strength": c.strength.value, "requirements": list(c.requirements),
         "verdict": r.verdict.value, "message": r.message, "expected": r.expected,
         "duration_ms": round(r.duration_ms, 3), "known_failure": r.known_failure,
-        "repeat": r.repeat, "exchange": [asdict(e) for e in r.exchange],
+        "repeat": r.repeat, "violated": list(r.violated), "exchange": [asdict(e) for e in r.exchange],
     }
 
 
 def summary_dict(s: RunSummary) -> dict[str, Any]:
     reqs: dict[str, dict[str, Any]] = {}
     for r in s.results:
-        for rid in r.case.requirements:
+        for rid in dict.fromkeys([*r.case.requirements, *r.violated]):
             entry = reqs.setdefault(rid, {"verdict": Verdict.PASS.value, "cases": []})
             if r.case.id not in entry["cases"]:
                 entry["cases"].append(r.case.id)
@@ -151,7 +151,8 @@ def _html(doc: dict[str, Any]) -> str:
                    f"{_verdict(c['verdict'], c['known_failure'])}</h3>"
                    f"<p>{_esc(c['title'])} — requirements "
                    + ", ".join(f"<code>{_esc(r)}</code>" for r in c["requirements"]) + "</p>"
-                   f"<p><b>Got:</b> {_esc(c['message'])}</p>"
+                   + (f"<p><b>Violated:</b> {_esc(', '.join(c['violated']))}</p>" if c["violated"] else "")
+                   + f"<p><b>Got:</b> {_esc(c['message'])}</p>"
                    f"<p><b>Expected:</b> {_esc(c['expected'] or '(see the requirements)')}</p>")
         out.append("<table class='exchange'><tr><th>ms</th><th>dir</th><th>hex</th>"
                    "<th>decoded</th></tr>")

@@ -156,6 +156,7 @@ def select(cases: Iterable[CaseSpec], opts: RunOptions) -> list[tuple[CaseSpec, 
 
 def _context(opts: RunOptions, adapter: object | None) -> RunContext:
     options = dict(opts.extra)
+    options["level"] = opts.level
     if adapter is not None:
         options["adapter"] = adapter
     return RunContext(

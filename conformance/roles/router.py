@@ -1,0 +1,241 @@
+"""The router role: the suite plays the client (and, with ``--adapter-listen``, the
+router's adapter) against a router at ``ws://``/``wss://`` (``quic://`` is UNSUPPORTED
+until the QUIC binding lands).
+
+Cases come from three places, each naming its requirement IDs:
+
+* ``conformance/scenarios/router*.yaml`` — scripted exchanges (:mod:`conformance.scenario`),
+  run in the binary encoding and, unless a case says ``encodings: [binary]``, again in the
+  JSON text mapping as ``router.text.…``;
+* every invalid vector of ``conformance/vectors/frames.json`` sent to the router
+  (``router.vector.…``): it must answer with the vector's code, on the stream for a stream
+  error (and keep serving, ATP-ERR-001), on stream 0 then close for a connection error
+  (ATP-ERR-002);
+* handshake and authentication cases in code (``router.auth.…``, L2, need ``--token``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from atp_proto.transports.ws_client import HandshakeRefused
+from conformance._record import Recorder
+from conformance.drivers.ws import WsSession, open_session
+from conformance.model import CaseResult, CaseSpec, Level, Role, Strength, Verdict
+from conformance.roles import RunContext, TargetUnreachable
+from conformance.scenario import Runner, ScenarioFailed, Unsupported, result_of, run_steps
+from conformance.vectors import load
+
+__all__ = ["cases", "run"]
+
+
+@cache
+def scenarios() -> dict[str, dict[str, Any]]:
+    """Case id -> scenario (with ``_text`` for the text-mapping run), from the YAML files."""
+    out: dict[str, dict[str, Any]] = {}
+    folder = resources.files("conformance").joinpath("scenarios")
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not (entry.name.startswith("router") and entry.name.endswith(".yaml")):
+            continue
+        for sc in yaml.safe_load(entry.read_text("utf-8"))["cases"]:
+            encs = sc.get("encodings", ["binary", "text"])
+            if "binary" in encs:
+                out[sc["id"]] = dict(sc, _text=False)
+            if "text" in encs:
+                tid = sc["id"].replace("router.", "router.text.", 1)
+                out[tid] = dict(sc, id=tid, _text=True)
+    return out
+
+
+def _vectors() -> list[dict[str, Any]]:
+    return [v for v in load("frames")["vectors"] if "error" in v]
+
+
+_AUTH = [
+    ("router.auth.valid-token", ("ATP-SEC-001", "ATP-WS-006"),
+     "a valid bearer token in the Authorization header opens a session that serves"),
+    ("router.auth.no-token", ("ATP-SEC-001",), "a handshake without a token is refused (HTTP 401)"),
+    ("router.auth.bad-signature", ("ATP-SEC-001", "ATP-SEC-002"),
+     "the token with its signature altered is refused"),
+    ("router.auth.alg-none", ("ATP-SEC-002", "ATP-SEC-007"),
+     "the token's claims re-signed with alg none are refused"),
+    ("router.auth.expired-token", ("ATP-SEC-003",),
+     "an expired token (option expired_token) is refused"),
+    ("router.auth.query-token", ("ATP-WS-006", "ATP-WS-003"),
+     "the token in the access_token query parameter is accepted"),
+    ("router.auth.subprotocol-token", ("ATP-WS-006", "ATP-WS-007", "ATP-WS-008"),
+     "the token as a bearer. subprotocol is accepted and atp.v1 selected"),
+    ("router.auth.no-secret-in-refusal", ("ATP-SEC-005", "ATP-ERR-006"),
+     "a refused handshake's answer does not echo the token"),
+]
+
+
+def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
+    out: list[CaseSpec] = []
+    for sid, sc in scenarios().items():
+        out.append(CaseSpec(sid, Role.ROUTER, sc["title"], tuple(sc["requirements"]),
+                            level=Level(sc.get("level", "L1")),
+                            strength=Strength(sc.get("strength", "MUST")),
+                            description=sc.get("description", "") or _describe(sc)))
+    for v in _vectors():
+        scope = "on the stream, and keeps serving" if v["scope"] == "stream" else \
+            "on stream 0, then closes the transport"
+        out.append(CaseSpec(f"router.vector.{v['id']}", Role.ROUTER, v["title"],
+                            tuple(dict.fromkeys([*v["requirements"],
+                                   "ATP-ERR-001" if v["scope"] == "stream" else "ATP-ERR-002"])),
+                            description=f"sends the vector's bytes ({v['title']}) after the "
+                            f"CAPABILITIES exchange; expects ERROR {v['error']} {scope}"))
+    for cid, reqs, title in _AUTH:
+        out.append(CaseSpec(cid, Role.ROUTER, title, reqs, level=Level.L2,
+                            description=title + " (needs --token; UNSUPPORTED without)"))
+    return out
+
+
+def _describe(sc: Mapping[str, Any]) -> str:
+    return "steps: " + "; ".join(json.dumps(s, default=str)[:160] for s in sc.get("steps", []))
+
+
+async def _setup(ctx: RunContext, rec: Recorder, text: bool, caps: Any) -> tuple[WsSession, Runner]:
+    session = await open_session(ctx, rec, text=text)
+    r = Runner(ctx, session, rec, text)
+    if caps is not False and not text:
+        mine = {"versions": [1], **(caps or {})}
+        if isinstance(mine.get("initial_window"), int):
+            r.initial_window = mine["initial_window"]
+        await session.send({"type": "CAPABILITIES", "stream_id": 0, "caps": mine})
+        got = await r.wait_for({"type": "CAPABILITIES", "stream_id": 0}, ctx.timeout(5))
+        if got is None:
+            raise ScenarioFailed("no CAPABILITIES in answer to ours", "the router's CAPABILITIES",
+                                 ("ATP-SESS-002",))
+    return session, r
+
+
+async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
+    rec = Recorder(case)
+    if ctx.target.startswith("quic://"):
+        return rec.result(Verdict.UNSUPPORTED, "the QUIC binding is not in this suite yet")
+    kind = case.id.split(".")[1]
+    if kind == "auth":
+        return await _auth(case, ctx, rec)
+    if kind == "vector":
+        return await _vector(case, ctx, rec)
+    sc = scenarios()[case.id]
+    enc = ctx.options.get("encoding", "both")
+    if enc != "both" and enc != ("text" if sc["_text"] else "binary"):
+        return rec.result(Verdict.SKIPPED, f"--encoding {enc}")
+    needs = set(sc.get("needs", []))
+    if "adapter" in needs and not ctx.adapter_listen:
+        return rec.result(Verdict.UNSUPPORTED, "needs --adapter-listen (the scripted adapter)")
+    if "token" in needs and not ctx.token:
+        return rec.result(Verdict.UNSUPPORTED, "needs --token")
+    session = None
+    r: Runner | None = None
+    try:
+        session, r = await _setup(ctx, rec, sc["_text"], sc.get("caps"))
+        await run_steps(r, sc["steps"])
+        return result_of(r, rec, None)
+    except Unsupported as exc:
+        return rec.result(Verdict.UNSUPPORTED, str(exc))
+    except ScenarioFailed as exc:
+        if r is None:
+            return rec.failed(exc.message, exc.expected, exc.violated)
+        return result_of(r, rec, exc)
+    except HandshakeRefused as exc:
+        return rec.failed(f"the handshake was refused: HTTP {exc.status}", "a session",
+                          ("ATP-WS-003",))
+    finally:
+        if session is not None:
+            await session.aclose()
+
+
+async def _vector(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
+    vid = case.id.removeprefix("router.vector.")
+    v = next(x for x in _vectors() if x["id"] == vid)
+    session, r = await _setup(ctx, rec, False, None)
+    try:
+        r.next_sid = 101
+        await session.send_raw(bytes.fromhex(v["hex"]))
+        if v["scope"] == "connection":
+            await run_steps(r, [{"expect_close": {"code": v["error"], "violated": v["requirements"]}}])
+        else:
+            # the stream the vector's frame is on
+            sid = int.from_bytes(bytes.fromhex(v["hex"])[4:8], "big")
+            await run_steps(r, [{"expect_end": {"stream_id": sid, "code": v["error"],
+                                                "violated": v["requirements"]}},
+                                {"still_serves": ["ATP-ERR-001"]}])
+        return result_of(r, rec, None)
+    except ScenarioFailed as exc:
+        return result_of(r, rec, exc)
+    finally:
+        await session.aclose()
+
+
+def _alg_none(token: str) -> str:
+    parts = token.split(".")
+    header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    return f"{header}.{parts[1] if len(parts) > 1 else ''}."
+
+
+async def _auth(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
+    if not ctx.token:
+        return rec.result(Verdict.UNSUPPORTED, "needs --token (the router under test has auth on)")
+    name = case.id.removeprefix("router.auth.")
+    tok = ctx.token
+    refused = {"no-token": None, "bad-signature": tok[:-4] + ("AAAA" if not tok.endswith("AAAA") else "BBBB"),
+               "alg-none": _alg_none(tok), "no-secret-in-refusal": tok + "x"}
+    if name == "expired-token":
+        expired = ctx.options.get("expired_token")
+        if not expired:
+            return rec.result(Verdict.UNSUPPORTED, "needs an expired token (option expired_token)")
+        refused["expired-token"] = str(expired)
+    if name in refused:
+        bad = refused[name]
+        try:
+            session = await open_session(ctx, rec, text=False, token=bad)
+        except HandshakeRefused as exc:
+            rec.note(f"refused: HTTP {exc.status}", {"body": exc.body[:300].decode("utf-8", "replace")})
+            if name == "no-secret-in-refusal" and bad and (
+                bad.encode() in exc.body or any(bad.encode() in v for _, v in exc.headers)
+            ):
+                return rec.failed("the refusal echoes the token", "no token in the answer")
+            return rec.passed(f"refused (HTTP {exc.status})")
+        # accepted the handshake: it must at least not serve a stream
+        r = Runner(ctx, session, rec, False)
+        try:
+            await session.send(r.syn({"stream_id": 1}))
+            end = await r.end_of(1, ctx.timeout(5))
+            if end is not None and "FIN" in end.get("flags", []):
+                return rec.failed("served a stream without a valid token",
+                                  "the handshake refused (401)")
+            if not session.closed and end is None:
+                return rec.failed("accepted the handshake and kept the session open",
+                                  "the handshake refused (401)")
+            return rec.passed("refused after the handshake")
+        finally:
+            await session.aclose()
+    kw: dict[str, Any] = {}
+    if name == "query-token":
+        kw = {"token": None, "query": f"access_token={tok}"}
+    elif name == "subprotocol-token":
+        kw = {"token": None, "subprotocols": ["atp.v1", f"bearer.{tok}"]}
+    try:
+        session = await open_session(ctx, rec, text=False, **kw)
+    except HandshakeRefused as exc:
+        return rec.failed(f"refused a valid token: HTTP {exc.status}", "a session")
+    try:
+        r = Runner(ctx, session, rec, False)
+        await run_steps(r, [{"still_serves": list(case.requirements)}])
+        return result_of(r, rec, None)
+    except ScenarioFailed as exc:
+        return result_of(r, rec, exc)
+    except TargetUnreachable:
+        raise
+    finally:
+        await session.aclose()
