@@ -90,6 +90,7 @@ class Runner:
         self.granted: dict[Any, list[tuple[int, int]]] = {}
         self.initial_window = DEFAULT_WINDOW
         self.next_sid = 1
+        self.last_sid: Any = None  #: the stream the last SYN opened ("stream_id: last")
         self.session_id = "conf-s1" if text else None
 
     def prompt(self, behaviour: str = "ok") -> str:
@@ -116,6 +117,7 @@ class Runner:
         sid = m.get("stream_id", 0)
         if "SYN" in (m.get("flags") or []):
             self.syn_seq[sid] = int(m.get("msg_seq", 0))
+            self.last_sid = sid
             if isinstance(sid, int):
                 self.next_sid = max(self.next_sid, sid + 2)
         if m.get("type") == "WINDOW_UPDATE" and isinstance(m.get("credit"), int):
@@ -237,6 +239,18 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
             await _expect_end(r, arg, r.ms(step))
         elif op == "expect_close":
             await _expect_close(r, arg, r.ms(step, default=5000))
+        elif op == "until_serves":  # poll (a breaker may be open from an earlier case)
+            with trio.move_on_after(r.ms(step, default=8000)):
+                while True:
+                    sid = r.next_sid
+                    await r.send(r.syn({"stream_id": sid, **(arg or {})}))
+                    end = await r.end_of(sid, r.ms({}, default=5000))
+                    if end is not None and "FIN" in end.get("flags", []):
+                        break
+                    await trio.sleep(r.ctx.timeout(0.5))
+            # earlier refusals are the harness's polling, not the case's subject
+            for f in r.s.frames:
+                f["_poll"] = True
         elif op == "still_serves":
             sid = r.next_sid
             await r.send(r.syn({"stream_id": sid}))
@@ -260,7 +274,7 @@ def _short(f: Mapping[str, Any] | None) -> str:
 
 
 async def _expect_end(r: Runner, arg: Mapping[str, Any], timeout: float) -> None:
-    sid = arg["stream_id"]
+    sid = r.last_sid if arg["stream_id"] == "last" else arg["stream_id"]
     end = await r.end_of(sid, timeout)
     how = arg.get("how", "any")
     codes = arg.get("code")
@@ -313,6 +327,7 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
     next_seq: dict[Any, int] = {}
     in_message: dict[Any, bool] = {}
     ended: set[Any] = set()
+    first_fragment: dict[Any, Mapping[str, Any]] = {}  #: ext is only on frag_seq 0
     spent: dict[Any, int] = {}
     for index, f in enumerate(r.s.frames):
         t, sid, flags = f.get("type"), f.get("stream_id"), f.get("flags") or []
@@ -344,6 +359,8 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
                                 f"stream {sid}: msg_seq {f.get('msg_seq')}, expected {want}"))
                     next_seq[sid] = int(f.get("msg_seq") or 0)
                 cont = "CONT" in flags
+                if not f.get("frag_seq"):
+                    first_fragment[sid] = f
                 if not cont:
                     next_seq[sid] += 1
                 in_message[sid] = cont
@@ -358,7 +375,7 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
                             f"{r.credit_at(sid, index)} of credit"))
                 spent[sid] = -(1 << 40)  # report once
             if "FIN" in flags and _level(r) >= 2:
-                tel = f.get("telemetry")
+                tel = first_fragment.get(sid, f).get("telemetry")
                 if not isinstance(tel, Mapping) or not {"tokens", "usd_micros", "latency_ms"} <= tel.keys():
                     out.append(("ATP-BUDGET-006", f"stream {sid}: FINAL telemetry {tel!r}"))
         if sid not in (0, None) and _ended(f):
