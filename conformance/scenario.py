@@ -30,7 +30,7 @@ __all__ = ["ScenarioFailed", "invariants", "matches", "run_steps"]
 WINDOW = {"max_parallel": 4, "max_tokens": 50000, "max_usd_micros": 1000000}
 META = {"task_type": "qa", "tool_permissions": [], "data_scope": ["no_secrets"]}
 DEFAULT_WINDOW = 262_144
-END_MS = 8000
+END_MS = 5000
 
 
 class ScenarioFailed(Exception):
@@ -216,8 +216,11 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
             await r.s.send_raw(bytes.fromhex(arg["hex"]) if "hex" in arg else arg["text"])
         elif op == "grant":
             await r.send({"type": "WINDOW_UPDATE", "stream_id": arg["stream_id"], "credit": arg["credit"]})
-        elif op == "sleep_ms":
-            await trio.sleep(r.ctx.timeout(float(arg) / 1000))
+        elif op == "sleep_ms":  # keep reading meanwhile: what arrives is what was sent so far
+            with trio.move_on_after(r.ctx.timeout(float(arg) / 1000)):
+                while await r.s.next(60.0) is not None or not r.s.closed:
+                    pass
+                await trio.sleep_forever()
         elif op == "repeat":
             for _ in range(int(arg["times"])):
                 await run_steps(r, arg["steps"])

@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--exec", dest="exec_cmd", default="", metavar="CMD",
                      help='the client ("CMD {url}") or codec testee to launch')
     run.add_argument("--token", default=None, help="bearer token for the router's L2 cases")
+    run.add_argument("--expired-token", default=None, metavar="TOKEN",
+                     help="router role: an expired token of the router's issuer (L2 exp check)")
     run.add_argument("--insecure", action="store_true", help="wss://: do not verify the certificate")
     run.add_argument("--encoding", choices=("binary", "text", "both"), default="both",
                      help="router role: which WebSocket encodings to test (default both)")
@@ -174,7 +176,8 @@ def _run(args: argparse.Namespace) -> int:
         timeout_scale=args.timeout_scale, repeat=args.repeat, seed=args.seed,
         report_dir=args.report_dir, known_failures=args.known_failures,
         adapter_listen=args.adapter_listen,
-        extra={"exec": args.exec_cmd, "insecure": args.insecure, "encoding": args.encoding},
+        extra={"exec": args.exec_cmd, "insecure": args.insecure, "encoding": args.encoding,
+               "expired_token": args.expired_token},
     )
     progress = Progress(sys.stderr, quiet=False)
     try:

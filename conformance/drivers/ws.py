@@ -67,6 +67,7 @@ def from_binary(data: bytes) -> list[dict[str, Any]]:
                              "stream_id": f.stream_id, "msg_seq": f.msg_seq,
                              "frag_seq": f.frag_seq, "qos": QOS_NAMES.get(f.qos, f.qos),
                              "ttl": f.ttl, "raw_flags": f.flags, "size": f.size,
+                             "payload_hex": f.payload.hex(),
                              "flags": [n for n, b in FLAG_BITS.items() if f.flags & b]}
         m.update(f.ext)
         try:
