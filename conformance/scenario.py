@@ -91,7 +91,9 @@ class Runner:
         self.initial_window = DEFAULT_WINDOW
         self.next_sid = 1
         self.last_sid: Any = None  #: the stream the last SYN opened ("stream_id: last")
-        self.session_id = "conf-s1" if text else None
+        #: the session_id the client sent (text), which the router must then echo
+        self.session_id: str | None = None
+        self.session_from = 0  #: frames received before the session_id was sent need none
 
     def prompt(self, behaviour: str = "ok") -> str:
         return f"conformance:{self.token}:{behaviour}"
@@ -112,8 +114,10 @@ class Runner:
 
     async def send(self, m: Mapping[str, Any]) -> None:
         m = dict(self._expand(m))
-        if self.session_id and "session_id" not in m:
-            m["session_id"] = self.session_id
+        if self.text and "session_id" not in m:
+            if self.session_id is None:
+                self.session_from = len(self.s.frames)
+            m["session_id"] = self.session_id = self.session_id or "conf-s1"
         sid = m.get("stream_id", 0)
         if "SYN" in (m.get("flags") or []):
             self.syn_seq[sid] = int(m.get("msg_seq", 0))
@@ -213,6 +217,15 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
                                      f"a gRPC deadline later than {arg['gt_ms']} ms",
                                      tuple(arg.get("violated", ())))
         elif op == "send_raw":
+            if "text" in arg:
+                import json
+
+                try:  # the session_id it carries is the one the router must echo
+                    sid_text = json.loads(arg["text"]).get("session_id")
+                    if isinstance(sid_text, str) and r.session_id is None:
+                        r.session_id, r.session_from = sid_text, len(r.s.frames)
+                except (ValueError, AttributeError):
+                    pass
             await r.s.send_raw(bytes.fromhex(arg["hex"]) if "hex" in arg else arg["text"])
         elif op == "grant":
             await r.send({"type": "WINDOW_UPDATE", "stream_id": arg["stream_id"], "credit": arg["credit"]})
@@ -255,7 +268,8 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
             for f in r.s.frames:
                 f["_poll"] = True
         elif op == "still_serves":
-            sid = r.next_sid
+            nums = [f["stream_num"] for f in r.s.frames if isinstance(f.get("stream_num"), int)]
+            sid = max([r.next_sid, *(n + 1 for n in nums)])
             await r.send(r.syn({"stream_id": sid}))
             end = await r.end_of(sid, r.ms(step))
             if end is None or "FIN" not in end.get("flags", []):
@@ -383,7 +397,8 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
                     out.append(("ATP-BUDGET-006", f"stream {sid}: FINAL telemetry {tel!r}"))
         if sid not in (0, None) and _ended(f):
             ended.add(sid)
-        if r.session_id and r.text and t != "UNDECODABLE" and f.get("session_id") != r.session_id:
+        if (r.session_id and r.text and index >= r.session_from and t != "UNDECODABLE"
+                and f.get("session_id") != r.session_id):
             out.append(("ATP-JSON-007", f"a text frame without session_id {r.session_id!r}"))
     if r.text and any(e.direction == "received" and e.hex for e in r.rec.exchange):
         out.append(("ATP-WS-004", "a binary message on a session the client speaks text on"))
