@@ -53,6 +53,8 @@ def matches(frame: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
             if not set(cond.get("has", [])) <= flags or set(cond.get("lacks", [])) & flags:
                 return False
             continue
+        if isinstance(cond, Mapping) and cond.get("or_absent") and key not in frame:
+            continue
         if isinstance(cond, Mapping) and cond.keys() & {"any_of", "present", "gte", "lte"}:
             if "present" in cond and (key in frame) != bool(cond["present"]):
                 return False
@@ -90,7 +92,8 @@ class Runner:
         self.granted: dict[Any, list[tuple[int, int]]] = {}
         self.initial_window = DEFAULT_WINDOW
         self.next_sid = 1
-        self.last_sid: Any = None  #: the stream the last SYN opened ("stream_id: last")
+        self.last_sid: Any = None
+        self.router_caps: Mapping[str, Any] | None = None  #: the router's CAPABILITIES caps  #: the stream the last SYN opened ("stream_id: last")
         #: the session_id the client sent (text), which the router must then echo
         self.session_id: str | None = None
         self.session_from = 0  #: frames received before the session_id was sent need none
@@ -203,6 +206,30 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
             r.syn_seq[arg["stream_id"]] = 1
             r.next_sid = max(r.next_sid, int(arg["stream_id"]) + 2)
             await r.s.send_raw(head + bytes(int(arg["payload_len"])))
+        elif op == "open_to_limit":  # as many streams as the router's max_streams allows
+            limit = int((r.router_caps or {}).get("max_streams", 100))
+            if limit > 1000:
+                raise Unsupported(f"the router's max_streams is {limit} (over 1,000)")
+            for _ in range(limit):
+                await r.send(r.syn(dict(arg)))
+            await r.send(r.syn(dict(arg)))
+        elif op == "adapter_none":
+            adapter = r.ctx.options.get("adapter")
+            if adapter is None:
+                raise Unsupported("needs --adapter-listen")
+            await trio.sleep(r.ms(step, "for_ms", 500))
+            seen_events = [e.get("event") for e in adapter.events(r.token)]
+            if arg["event"] in seen_events:
+                raise ScenarioFailed(f"the adapter saw {arg['event']!r} (events {seen_events})",
+                                     f"no {arg['event']} yet", tuple(arg.get("violated", ())))
+        elif op == "expect_transport_close":
+            if not await r.s.wait_closed(r.ms(step, default=5000)):
+                raise ScenarioFailed("the transport stayed open", "the session ends",
+                                     tuple(arg.get("violated", ())))
+            errs = [f for f in r.s.frames if f.get("type") == "ERROR" and f.get("stream_id") == 0]
+            if errs and arg.get("no_error"):
+                raise ScenarioFailed(f"answered with {_short(errs[0])}", "no ERROR in answer",
+                                     ("ATP-ERR-011",))
         elif op == "close":
             await r.s.aclose()
             r.s.closed = True
@@ -362,6 +389,8 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
                 out.append(("ATP-FRAME-018", f"{t} with msg_seq {f.get('msg_seq')}"))
         if t == "WINDOW_UPDATE" and "window" in f:
             out.append(("ATP-FRAME-021", "the router sent a window in WINDOW_UPDATE"))
+        if isinstance(t, int):  # a type beyond the five of §4, never negotiated here
+            out.append(("ATP-EXT-006", f"the router sent a frame of type {t}"))
         if sid in ended and t in ("DATA", "ERROR") and sid != 0:
             out.append(("ATP-STREAM-011", f"a frame on stream {sid} after its end"))
         if t == "DATA" and sid not in (0, None):

@@ -70,8 +70,10 @@ _AUTH = [
      "an expired token (option expired_token) is refused"),
     ("router.auth.query-token", ("ATP-WS-006", "ATP-WS-003"),
      "the token in the access_token query parameter is accepted"),
-    ("router.auth.subprotocol-token", ("ATP-WS-006", "ATP-WS-007", "ATP-WS-008"),
+    ("router.auth.subprotocol-token", ("ATP-WS-006", "ATP-WS-007"),
      "the token as a bearer. subprotocol is accepted and atp.v1 selected"),
+    ("router.auth.header-first", ("ATP-WS-009",),
+     "a valid token in the header beside a bad one in the query is accepted (the header wins)"),
     ("router.auth.no-secret-in-refusal", ("ATP-SEC-005", "ATP-ERR-006"),
      "a refused handshake's answer does not echo the token"),
 ]
@@ -114,6 +116,7 @@ async def _setup(ctx: RunContext, rec: Recorder, text: bool, caps: Any) -> tuple
         if got is None:
             raise ScenarioFailed("no CAPABILITIES in answer to ours", "the router's CAPABILITIES",
                                  ("ATP-SESS-002",))
+        r.router_caps = got.get("caps") if isinstance(got.get("caps"), Mapping) else {}
     return session, r
 
 
@@ -223,6 +226,8 @@ async def _auth(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
     kw: dict[str, Any] = {}
     if name == "query-token":
         kw = {"token": None, "query": f"access_token={tok}"}
+    elif name == "header-first":
+        kw = {"query": "access_token=not-a-valid-token"}
     elif name == "subprotocol-token":
         kw = {"token": None, "subprotocols": ["atp.v1", f"bearer.{tok}"]}
     try:

@@ -307,7 +307,7 @@ def vectors() -> list[dict[str, Any]]:
     )
     bad(
         "frame.hb-oversized",
-        ["ATP-LIMIT-001"],
+        ["ATP-LIMIT-001", "ATP-TIME-003"],
         build_frame(T_DATA, F_HB, 0, raw_payload=b"\0" * 65),
         "ETOOBIG",
         "connection",
