@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 from typing import Any
 
@@ -16,8 +17,15 @@ from atp_proto.testing.frames import parse_frames
 from conformance.model import CaseResult, CaseSpec, Exchange, Verdict
 
 _TYPES = {0: "DATA", 1: "WINDOW_UPDATE", 2: "CAPABILITIES", 3: "BUDGET_UPDATE", 4: "ERROR"}
-_FLAGS = ((0x01, "SYN"), (0x02, "ACK"), (0x04, "MORE"), (0x08, "FIN"), (0x10, "RST"),
-          (0x20, "HB"), (0x40, "CONT"))
+_FLAGS = (
+    (0x01, "SYN"),
+    (0x02, "ACK"),
+    (0x04, "MORE"),
+    (0x08, "FIN"),
+    (0x10, "RST"),
+    (0x20, "HB"),
+    (0x40, "CONT"),
+)
 #: bytes of one message shown in a report at most (the rest is counted, not shown)
 MAX_SHOWN = 4096
 
@@ -29,7 +37,7 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, float) and value != value:
+    if isinstance(value, float) and math.isnan(value):
         return "NaN"
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
@@ -40,28 +48,30 @@ def describe(data: bytes) -> list[dict[str, Any]] | dict[str, str]:
     """The frames of one binary message as dicts (type and flags by name)."""
     try:
         frames = parse_frames(data)
-    except Exception as exc:  # noqa: BLE001 - shown, not raised: the bytes may be hostile
+    except Exception as exc:
         return {"undecodable": f"{type(exc).__name__}: {exc}"}
     out: list[dict[str, Any]] = []
     for f in frames:
         body: Any
         try:
             body = f.body()
-        except Exception:  # noqa: BLE001
+        except Exception:
             body = {"b64": base64.b64encode(f.payload[:MAX_SHOWN]).decode()}
-        out.append({
-            "v": f.version,
-            "type": _TYPES.get(f.type, f.type),
-            "flags": [n for bit, n in _FLAGS if f.flags & bit] + (
-                [f"0x{f.flags & 0x80:02x}"] if f.flags & 0x80 else []),
-            "stream_id": f.stream_id,
-            "msg_seq": f.msg_seq,
-            "frag_seq": f.frag_seq,
-            "qos": f.qos,
-            "ttl": f.ttl,
-            "ext": _jsonable(f.ext),
-            "payload": _jsonable(body),
-        })
+        out.append(
+            {
+                "v": f.version,
+                "type": _TYPES.get(f.type, f.type),
+                "flags": [n for bit, n in _FLAGS if f.flags & bit]
+                + ([f"0x{f.flags & 0x80:02x}"] if f.flags & 0x80 else []),
+                "stream_id": f.stream_id,
+                "msg_seq": f.msg_seq,
+                "frag_seq": f.frag_seq,
+                "qos": f.qos,
+                "ttl": f.ttl,
+                "ext": _jsonable(f.ext),
+                "payload": _jsonable(body),
+            }
+        )
     return out
 
 
@@ -91,20 +101,33 @@ class Recorder:
             self.exchange.append(Exchange(direction, self._at(), "", decoded or shown, "text"))
         else:
             note = f"{len(data)} bytes" + (" (shown in part)" if len(data) > MAX_SHOWN else "")
-            self.exchange.append(Exchange(
-                direction, self._at(), data[:MAX_SHOWN].hex(),
-                decoded if decoded is not None else describe(data), note))
+            self.exchange.append(
+                Exchange(
+                    direction,
+                    self._at(),
+                    data[:MAX_SHOWN].hex(),
+                    decoded if decoded is not None else describe(data),
+                    note,
+                )
+            )
 
     def note(self, text: str, decoded: Any = None) -> None:
         self.exchange.append(Exchange("note", self._at(), "", _jsonable(decoded), text))
 
     def result(
-        self, verdict: Verdict, message: str = "", expected: str = "",
+        self,
+        verdict: Verdict,
+        message: str = "",
+        expected: str = "",
         violated: tuple[str, ...] = (),
     ) -> CaseResult:
         return CaseResult(
-            self.case, verdict, message, expected,
-            duration_ms=(time.monotonic() - self.start) * 1000, exchange=list(self.exchange),
+            self.case,
+            verdict,
+            message,
+            expected,
+            duration_ms=(time.monotonic() - self.start) * 1000,
+            exchange=list(self.exchange),
             violated=violated or (self.case.requirements if verdict is Verdict.FAIL else ()),
         )
 
@@ -117,6 +140,9 @@ class Recorder:
         """FAIL for a MUST, NON_STRICT for a SHOULD case, UNSUPPORTED for a MAY."""
         from conformance.model import Strength
 
-        verdict = {Strength.MUST: Verdict.FAIL, Strength.SHOULD: Verdict.NON_STRICT,
-                   Strength.MAY: Verdict.UNSUPPORTED}[self.case.strength]
+        verdict = {
+            Strength.MUST: Verdict.FAIL,
+            Strength.SHOULD: Verdict.NON_STRICT,
+            Strength.MAY: Verdict.UNSUPPORTED,
+        }[self.case.strength]
         return self.result(verdict, message, expected, violated or self.case.requirements)

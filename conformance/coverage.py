@@ -38,5 +38,7 @@ def requirements() -> dict[str, dict[str, Any]]:
 def untestable() -> dict[str, str]:
     """ID -> reason, from ``conformance/UNTESTABLE.md`` (lines ``- **ATP-X-NNN** reason``)."""
     text = resources.files("conformance").joinpath("UNTESTABLE.md").read_text("utf-8")
-    return {m.group(1): m.group(2).strip()
-            for m in re.finditer(r"^- \*\*(ATP-[A-Z0-9]+-\d+)\*\*[:\s]+(.+)$", text, re.M)}
+    return {
+        m.group(1): m.group(2).strip()
+        for m in re.finditer(r"^- \*\*(ATP-[A-Z0-9]+-\d+)\*\*[:\s]+(.+)$", text, re.M)
+    }

@@ -83,7 +83,9 @@ class KnownFailures:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise UsageProblem(f"cannot read the known-failures file {path}: {exc.strerror}") from None
+            raise UsageProblem(
+                f"cannot read the known-failures file {path}: {exc.strerror}"
+            ) from None
         pats = [line.split("#", 1)[0].strip() for line in text.splitlines()]
         return cls([p for p in pats if p])
 
@@ -113,7 +115,8 @@ class RunSummary:
 
     def failed(self) -> list[CaseResult]:
         return [
-            r for r in self.results
+            r
+            for r in self.results
             if r.verdict in (Verdict.FAIL, Verdict.ERROR) and not r.known_failure
         ]
 
@@ -178,14 +181,17 @@ async def _run_one(module: Any, case: CaseSpec, ctx: RunContext) -> CaseResult:
         raise
     except trio.TooSlowError:
         result = CaseResult(
-            case, Verdict.FAIL,
+            case,
+            Verdict.FAIL,
             f"the case did not finish within {CASE_TIMEOUT_S * ctx.timeout_scale:g} s "
             "(the target hangs)",
         )
     except Exception as exc:  # a harness bug, not the target's: ERROR with the traceback
         tb = traceback.format_exc(limit=6)
         result = CaseResult(
-            case, Verdict.ERROR, f"harness error: {type(exc).__name__}: {exc}",
+            case,
+            Verdict.ERROR,
+            f"harness error: {type(exc).__name__}: {exc}",
             exchange=[Exchange("note", 0.0, note=tb)],
         )
     if not result.duration_ms:

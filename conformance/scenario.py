@@ -92,8 +92,8 @@ class Runner:
         self.granted: dict[Any, list[tuple[int, int]]] = {}
         self.initial_window = DEFAULT_WINDOW
         self.next_sid = 1
-        self.last_sid: Any = None
-        self.router_caps: Mapping[str, Any] | None = None  #: the router's CAPABILITIES caps  #: the stream the last SYN opened ("stream_id: last")
+        self.last_sid: Any = None  #: the stream the last SYN opened ("stream_id: last")
+        self.router_caps: Mapping[str, Any] | None = None  #: the router's CAPABILITIES caps
         #: the session_id the client sent (text), which the router must then echo
         self.session_id: str | None = None
         self.session_from = 0  #: frames received before the session_id was sent need none
@@ -137,12 +137,20 @@ class Runner:
 
     def syn(self, step: Mapping[str, Any]) -> dict[str, Any]:
         sid = step.get("stream_id", self.next_sid)
-        m: dict[str, Any] = {"type": "DATA", "flags": ["SYN"], "stream_id": sid,
-                             "msg_seq": step.get("msg_seq", 1), "qos": step.get("qos", "gold"),
-                             "ttl": step.get("ttl", 8), "window": step.get("window", WINDOW),
-                             "meta": dict(META, **step.get("meta", {})),
-                             "payload": {"type": "agent.task",
-                                         "content": {"prompt": self.prompt(step.get("behaviour", "ok"))}}}
+        m: dict[str, Any] = {
+            "type": "DATA",
+            "flags": ["SYN"],
+            "stream_id": sid,
+            "msg_seq": step.get("msg_seq", 1),
+            "qos": step.get("qos", "gold"),
+            "ttl": step.get("ttl", 8),
+            "window": step.get("window", WINDOW),
+            "meta": dict(META, **step.get("meta", {})),
+            "payload": {
+                "type": "agent.task",
+                "content": {"prompt": self.prompt(step.get("behaviour", "ok"))},
+            },
+        }
         if self.ctx.adapter_listen and step.get("behaviour") is not None:
             m["meta"].setdefault("adapters", ["conf"])
         for key in ("frag_seq", "extra"):
@@ -157,14 +165,14 @@ class Runner:
                 return f
         with trio.move_on_after(timeout):
             while True:
-                f = await self.s.next(timeout)
-                if f is None:
+                nxt = await self.s.next(timeout)
+                if nxt is None:
                     if self.s.closed:
                         return None
                     continue
-                if matches(f, want) and not f.get("_used"):
-                    f["_used"] = True
-                    return f
+                if matches(nxt, want) and not nxt.get("_used"):
+                    nxt["_used"] = True
+                    return nxt
         return None
 
     async def end_of(self, sid: Any, timeout: float) -> dict[str, Any] | None:
@@ -183,7 +191,7 @@ class Runner:
 
 async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
     for step in steps:
-        (op, arg), = ((k, v) for k, v in step.items() if k not in ("within_ms", "for_ms", "why"))
+        ((op, arg),) = ((k, v) for k, v in step.items() if k not in ("within_ms", "for_ms", "why"))
         why = step.get("why", "")
         if op == "open":
             await r.send(r.syn(arg or {}))
@@ -192,8 +200,8 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
         elif op == "send_batch":  # several frames in one binary message
             from conformance.drivers.ws import to_binary
 
-            for m in arg:
-                m = r._expand(m)
+            for raw in arg:
+                m = r._expand(raw)
                 if "SYN" in (m.get("flags") or []):
                     r.syn_seq[m["stream_id"]] = int(m.get("msg_seq", 0))
                     r.next_sid = max(r.next_sid, int(m["stream_id"]) + 2)
@@ -201,8 +209,19 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
         elif op == "send_big":  # a frame whose body is over the limit, zeros
             import struct
 
-            head = struct.pack("!BBBBIIHHII", 1, 0, 0x05, 1, int(arg["stream_id"]), 1, 0, 8, 0,
-                               int(arg["payload_len"]))
+            head = struct.pack(
+                "!BBBBIIHHII",
+                1,
+                0,
+                0x05,
+                1,
+                int(arg["stream_id"]),
+                1,
+                0,
+                8,
+                0,
+                int(arg["payload_len"]),
+            )
             r.syn_seq[arg["stream_id"]] = 1
             r.next_sid = max(r.next_sid, int(arg["stream_id"]) + 2)
             await r.s.send_raw(head + bytes(int(arg["payload_len"])))
@@ -220,16 +239,21 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
             await trio.sleep(r.ms(step, "for_ms", 500))
             seen_events = [e.get("event") for e in adapter.events(r.token)]
             if arg["event"] in seen_events:
-                raise ScenarioFailed(f"the adapter saw {arg['event']!r} (events {seen_events})",
-                                     f"no {arg['event']} yet", tuple(arg.get("violated", ())))
+                raise ScenarioFailed(
+                    f"the adapter saw {arg['event']!r} (events {seen_events})",
+                    f"no {arg['event']} yet",
+                    tuple(arg.get("violated", ())),
+                )
         elif op == "expect_transport_close":
             if not await r.s.wait_closed(r.ms(step, default=5000)):
-                raise ScenarioFailed("the transport stayed open", "the session ends",
-                                     tuple(arg.get("violated", ())))
+                raise ScenarioFailed(
+                    "the transport stayed open", "the session ends", tuple(arg.get("violated", ()))
+                )
             errs = [f for f in r.s.frames if f.get("type") == "ERROR" and f.get("stream_id") == 0]
             if errs and arg.get("no_error"):
-                raise ScenarioFailed(f"answered with {_short(errs[0])}", "no ERROR in answer",
-                                     ("ATP-ERR-011",))
+                raise ScenarioFailed(
+                    f"answered with {_short(errs[0])}", "no ERROR in answer", ("ATP-ERR-011",)
+                )
         elif op == "close":
             await r.s.aclose()
             r.s.closed = True
@@ -240,9 +264,11 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
             starts = [e for e in adapter.events(r.token) if e.get("event") == "stream_start"]
             dl = starts[0].get("deadline_ms") if starts else None
             if not isinstance(dl, (int, float)) or dl <= arg["gt_ms"]:
-                raise ScenarioFailed(f"the adapter call's deadline is {dl} ms",
-                                     f"a gRPC deadline later than {arg['gt_ms']} ms",
-                                     tuple(arg.get("violated", ())))
+                raise ScenarioFailed(
+                    f"the adapter call's deadline is {dl} ms",
+                    f"a gRPC deadline later than {arg['gt_ms']} ms",
+                    tuple(arg.get("violated", ())),
+                )
         elif op == "send_raw":
             if "text" in arg:
                 import json
@@ -255,7 +281,9 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
                     pass
             await r.s.send_raw(bytes.fromhex(arg["hex"]) if "hex" in arg else arg["text"])
         elif op == "grant":
-            await r.send({"type": "WINDOW_UPDATE", "stream_id": arg["stream_id"], "credit": arg["credit"]})
+            await r.send(
+                {"type": "WINDOW_UPDATE", "stream_id": arg["stream_id"], "credit": arg["credit"]}
+            )
         elif op == "sleep_ms":  # keep reading meanwhile: what arrives is what was sent so far
             with trio.move_on_after(r.ctx.timeout(float(arg) / 1000)):
                 while await r.s.next(60.0) is not None or not r.s.closed:
@@ -277,7 +305,9 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
                         break
             bad = [f for f in r.s.frames[seen:] if matches(f, arg)]
             if bad:
-                raise ScenarioFailed(f"unexpected frame {_short(bad[0])} {why}".strip(), f"none matching {arg}")
+                raise ScenarioFailed(
+                    f"unexpected frame {_short(bad[0])} {why}".strip(), f"none matching {arg}"
+                )
         elif op == "expect_end":
             await _expect_end(r, arg, r.ms(step))
         elif op == "expect_close":
@@ -303,7 +333,8 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
                 raise ScenarioFailed(
                     f"the session no longer serves: stream {sid} ended with {_short(end)}",
                     "a new stream on the same session completes with FIN",
-                    tuple(arg) if isinstance(arg, list) else ("ATP-ERR-001",))
+                    tuple(arg) if isinstance(arg, list) else ("ATP-ERR-001",),
+                )
         elif op == "adapter_event":
             await _adapter_event(r, arg, r.ms(step, default=5000))
         else:
@@ -334,8 +365,12 @@ async def _expect_end(r: Runner, arg: Mapping[str, Any], timeout: float) -> None
         code = (end.get("error") or {}).get("code") if is_err else None
         if not is_err or (codes and code not in codes):
             raise ScenarioFailed(f"stream {sid} ended with {_short(end)}", want, viol)
-        if arg.get("retry_after") and not isinstance((end.get("error") or {}).get("retry_after_ms"), int):
-            raise ScenarioFailed(f"ERROR without retry_after_ms: {_short(end)}", want, ("ATP-ERR-004",))
+        if arg.get("retry_after") and not isinstance(
+            (end.get("error") or {}).get("retry_after_ms"), int
+        ):
+            raise ScenarioFailed(
+                f"ERROR without retry_after_ms: {_short(end)}", want, ("ATP-ERR-004",)
+            )
 
 
 async def _expect_close(r: Runner, arg: Mapping[str, Any], timeout: float) -> None:
@@ -344,14 +379,21 @@ async def _expect_close(r: Runner, arg: Mapping[str, Any], timeout: float) -> No
     err = await r.wait_for({"type": "ERROR", "stream_id": 0}, timeout)
     want = f"ERROR {'/'.join(codes or ['*'])} on stream 0, then the transport closes"
     if err is None:
-        raise ScenarioFailed("no ERROR on stream 0" + (" (the transport closed)" if r.s.closed else
-                             " within the time bound"), want, ("ATP-ERR-002", *arg.get("violated", ())))
+        raise ScenarioFailed(
+            "no ERROR on stream 0"
+            + (" (the transport closed)" if r.s.closed else " within the time bound"),
+            want,
+            ("ATP-ERR-002", *arg.get("violated", ())),
+        )
     code = (err.get("error") or {}).get("code")
     if codes and code not in codes:
         raise ScenarioFailed(f"ERROR {code} on stream 0", want, tuple(arg.get("violated", ())))
     if not await r.s.wait_closed(timeout):
-        raise ScenarioFailed("the transport stayed open after a connection error", want,
-                             ("ATP-ERR-002", "ATP-SESS-004"))
+        raise ScenarioFailed(
+            "the transport stayed open after a connection error",
+            want,
+            ("ATP-ERR-002", "ATP-SESS-004"),
+        )
 
 
 async def _adapter_event(r: Runner, arg: Mapping[str, Any], timeout: float) -> None:
@@ -361,8 +403,11 @@ async def _adapter_event(r: Runner, arg: Mapping[str, Any], timeout: float) -> N
     ok = await adapter.wait_event(r.token, arg["event"], timeout=timeout)
     if not ok:
         events = [e.get("event") for e in adapter.events(r.token)]
-        raise ScenarioFailed(f"the adapter saw no {arg['event']!r} (events: {events})",
-                             f"the adapter call is {arg['event']}", tuple(arg.get("violated", ())))
+        raise ScenarioFailed(
+            f"the adapter saw no {arg['event']!r} (events: {events})",
+            f"the adapter call is {arg['event']}",
+            tuple(arg.get("violated", ())),
+        )
 
 
 def invariants(r: Runner) -> list[tuple[str, str]]:
@@ -384,9 +429,9 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
             out.append(("ATP-FRAME-004", "the reserved stream-id bit set"))
         if f.get("raw_flags", 0) & 0x80:
             out.append(("ATP-FLAG-001", "a reserved flag bit set"))
-        if t in ("WINDOW_UPDATE", "CAPABILITIES", "ERROR", "BUDGET_UPDATE") or "HB" in flags:
-            if f.get("msg_seq") or f.get("frag_seq"):
-                out.append(("ATP-FRAME-018", f"{t} with msg_seq {f.get('msg_seq')}"))
+        control = t in ("WINDOW_UPDATE", "CAPABILITIES", "ERROR", "BUDGET_UPDATE") or "HB" in flags
+        if control and (f.get("msg_seq") or f.get("frag_seq")):
+            out.append(("ATP-FRAME-018", f"{t} with msg_seq {f.get('msg_seq')}"))
         if t == "WINDOW_UPDATE" and "window" in f:
             out.append(("ATP-FRAME-021", "the router sent a window in WINDOW_UPDATE"))
         if isinstance(t, int):  # a type beyond the five of §4, never negotiated here
@@ -401,8 +446,12 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
             if sid in next_seq:
                 want = next_seq[sid]
                 if f.get("msg_seq") != want:
-                    out.append(("ATP-SEQ-003" if want == r.syn_seq.get(sid, -9) + 1 else "ATP-SEQ-001",
-                                f"stream {sid}: msg_seq {f.get('msg_seq')}, expected {want}"))
+                    out.append(
+                        (
+                            "ATP-SEQ-003" if want == r.syn_seq.get(sid, -9) + 1 else "ATP-SEQ-001",
+                            f"stream {sid}: msg_seq {f.get('msg_seq')}, expected {want}",
+                        )
+                    )
                     next_seq[sid] = int(f.get("msg_seq") or 0)
                 cont = "CONT" in flags
                 if not f.get("frag_seq"):
@@ -411,23 +460,40 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
                     next_seq[sid] += 1
                 in_message[sid] = cont
                 if not cont and "FIN" not in flags and "MORE" not in flags:
-                    out.append(("ATP-FLAG-008", f"stream {sid}: msg_seq {f.get('msg_seq')} "
-                                "has neither MORE nor FIN"))
+                    out.append(
+                        (
+                            "ATP-FLAG-008",
+                            f"stream {sid}: msg_seq {f.get('msg_seq')} has neither MORE nor FIN",
+                        )
+                    )
                 if "FIN" in flags and "MORE" in flags:
                     out.append(("ATP-FLAG-008", f"stream {sid}: MORE together with FIN"))
             spent[sid] = spent.get(sid, 0) + int(f.get("size", 0))
             if not r.text and spent[sid] > r.credit_at(sid, index):
-                out.append(("ATP-FLOW-001", f"stream {sid}: {spent[sid]} bytes sent with "
-                            f"{r.credit_at(sid, index)} of credit"))
+                out.append(
+                    (
+                        "ATP-FLOW-001",
+                        f"stream {sid}: {spent[sid]} bytes sent with "
+                        f"{r.credit_at(sid, index)} of credit",
+                    )
+                )
                 spent[sid] = -(1 << 40)  # report once
             if "FIN" in flags and _level(r) >= 2:
                 tel = first_fragment.get(sid, f).get("telemetry")
-                if not isinstance(tel, Mapping) or not {"tokens", "usd_micros", "latency_ms"} <= tel.keys():
+                if (
+                    not isinstance(tel, Mapping)
+                    or not {"tokens", "usd_micros", "latency_ms"} <= tel.keys()
+                ):
                     out.append(("ATP-BUDGET-006", f"stream {sid}: FINAL telemetry {tel!r}"))
         if sid not in (0, None) and _ended(f):
             ended.add(sid)
-        if (r.session_id and r.text and index >= r.session_from and t != "UNDECODABLE"
-                and f.get("session_id") != r.session_id):
+        if (
+            r.session_id
+            and r.text
+            and index >= r.session_from
+            and t != "UNDECODABLE"
+            and f.get("session_id") != r.session_id
+        ):
             out.append(("ATP-JSON-007", f"a text frame without session_id {r.session_id!r}"))
     if r.text and any(e.direction == "received" and e.hex for e in r.rec.exchange):
         out.append(("ATP-WS-004", "a binary message on a session the client speaks text on"))
@@ -444,10 +510,15 @@ def result_of(r: Runner, rec: Recorder, exc: ScenarioFailed | None) -> CaseResul
     if exc is not None:
         viol = exc.violated or tuple(rec.case.requirements)
         extra = "; also " + "; ".join(f"[{i}] {m}" for i, m in broken[:3]) if broken else ""
-        return rec.failed(exc.message + extra, exc.expected,
-                          tuple(dict.fromkeys([*viol, *(i for i, _ in broken)])))
+        return rec.failed(
+            exc.message + extra,
+            exc.expected,
+            tuple(dict.fromkeys([*viol, *(i for i, _ in broken)])),
+        )
     if broken:
-        return rec.failed("; ".join(f"[{i}] {m}" for i, m in broken[:5]),
-                          "every invariant of the exchange holds",
-                          tuple(dict.fromkeys(i for i, _ in broken)))
+        return rec.failed(
+            "; ".join(f"[{i}] {m}" for i, m in broken[:5]),
+            "every invariant of the exchange holds",
+            tuple(dict.fromkeys(i for i, _ in broken)),
+        )
     return rec.passed()

@@ -48,33 +48,67 @@ def _positive_int(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="conf_cmd", metavar="ACTION", required=True)
-    run = sub.add_parser("run", help="run the suite against a target",
-                         description="Run the conformance cases of one role against a target.")
+    run = sub.add_parser(
+        "run",
+        help="run the suite against a target",
+        description="Run the conformance cases of one role against a target.",
+    )
     run.add_argument("--role", choices=ROLE_NAMES, required=True)
-    run.add_argument("--target", default="",
-                     help="ws://HOST:PORT/PATH, wss://..., quic://... (router); grpc://HOST:PORT "
-                     "(adapter)")
-    run.add_argument("--exec", dest="exec_cmd", default="", metavar="CMD",
-                     help='the client ("CMD {url}") or codec testee to launch')
+    run.add_argument(
+        "--target",
+        default="",
+        help="ws://HOST:PORT/PATH, wss://..., quic://... (router); grpc://HOST:PORT (adapter)",
+    )
+    run.add_argument(
+        "--exec",
+        dest="exec_cmd",
+        default="",
+        metavar="CMD",
+        help='the client ("CMD {url}") or codec testee to launch',
+    )
     run.add_argument("--token", default=None, help="bearer token for the router's L2 cases")
-    run.add_argument("--expired-token", default=None, metavar="TOKEN",
-                     help="router role: an expired token of the router's issuer (L2 exp check)")
-    run.add_argument("--insecure", action="store_true", help="wss://: do not verify the certificate")
-    run.add_argument("--encoding", choices=("binary", "text", "both"), default="both",
-                     help="router role: which WebSocket encodings to test (default both)")
-    run.add_argument("--adapter-listen", default=None, metavar="HOST:PORT",
-                     help="router role: serve the scripted gRPC adapter here (the router under "
-                     "test must be configured with --adapter conf=grpc://HOST:PORT)")
+    run.add_argument(
+        "--expired-token",
+        default=None,
+        metavar="TOKEN",
+        help="router role: an expired token of the router's issuer (L2 exp check)",
+    )
+    run.add_argument(
+        "--insecure", action="store_true", help="wss://: do not verify the certificate"
+    )
+    run.add_argument(
+        "--encoding",
+        choices=("binary", "text", "both"),
+        default="both",
+        help="router role: which WebSocket encodings to test (default both)",
+    )
+    run.add_argument(
+        "--adapter-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="router role: serve the scripted gRPC adapter here (the router under "
+        "test must be configured with --adapter conf=grpc://HOST:PORT)",
+    )
     run.add_argument("--level", choices=("L1", "L2", "L3"), default="L1")
     run.add_argument("--run", action="append", default=[], metavar="GLOB", help="case ids to run")
     run.add_argument("--skip", action="append", default=[], metavar="GLOB", help="case ids to skip")
-    run.add_argument("--requirement", action="append", default=[], metavar="ID",
-                     help="only cases citing this requirement ID (repeatable)")
+    run.add_argument(
+        "--requirement",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only cases citing this requirement ID (repeatable)",
+    )
     run.add_argument("--timeout-scale", type=_positive_float, default=1.0, metavar="F")
     run.add_argument("--repeat", type=_positive_int, default=1, metavar="N")
     run.add_argument("--seed", type=int, default=0, metavar="N", help="fuzz cases' seed")
-    run.add_argument("--report-dir", type=Path, default=None, metavar="DIR",
-                     help="write report.json, junit.xml and report.html here")
+    run.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write report.json, junit.xml and report.html here",
+    )
     run.add_argument("--known-failures", type=Path, default=None, metavar="FILE")
     run.add_argument("--json", action="store_true", help="print report.json on stdout")
     lst = sub.add_parser("list", help="every case with its requirement IDs")
@@ -109,9 +143,22 @@ def _cases(role: str | None) -> list[Any]:
 def _list(args: argparse.Namespace) -> int:
     cases = _cases(args.role)
     if args.json:
-        print(json.dumps([{"id": c.id, "role": c.role.value, "level": c.level.value,
-                           "strength": c.strength.value, "title": c.title,
-                           "requirements": list(c.requirements)} for c in cases], indent=1))
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": c.id,
+                        "role": c.role.value,
+                        "level": c.level.value,
+                        "strength": c.strength.value,
+                        "title": c.title,
+                        "requirements": list(c.requirements),
+                    }
+                    for c in cases
+                ],
+                indent=1,
+            )
+        )
         return 0
     for c in cases:
         print(f"{c.id:<58} {c.level} {c.strength:<6} {' '.join(c.requirements)}")
@@ -134,23 +181,36 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"{r['id']} ({r['level']}; {', '.join(r['roles'])}) {r['keyword']}")
         print(f"section {r['section']}")
         print(r["text"])
-        print("cases: " + (", ".join(covering) if covering else "none (see conformance/UNTESTABLE.md)"))
+        print(
+            "cases: "
+            + (", ".join(covering) if covering else "none (see conformance/UNTESTABLE.md)")
+        )
         return 0
     match = [c for c in cases if c.id == key]
     if not match:
         raise UsageError(f"no case or requirement named {key!r} (see 'atp conformance list')")
     c = match[0]
     if args.json:
-        print(json.dumps({"id": c.id, "role": c.role.value, "level": c.level.value,
-                          "strength": c.strength.value, "title": c.title,
-                          "description": c.description, "requirements": list(c.requirements)},
-                         indent=1))
+        print(
+            json.dumps(
+                {
+                    "id": c.id,
+                    "role": c.role.value,
+                    "level": c.level.value,
+                    "strength": c.strength.value,
+                    "title": c.title,
+                    "description": c.description,
+                    "requirements": list(c.requirements),
+                },
+                indent=1,
+            )
+        )
         return 0
     print(f"{c.id} — {c.title} ({c.role}, {c.level}, {c.strength})")
     print(c.description or "(no description)")
     for rid in c.requirements:
-        r = reqs.get(rid)
-        print(f"  {rid}: {r['text'] if r else '(unknown requirement)'}")
+        entry = reqs.get(rid)
+        print(f"  {rid}: {entry['text'] if entry else '(unknown requirement)'}")
     return 0
 
 
@@ -166,18 +226,32 @@ def _run(args: argparse.Namespace) -> int:
         if not args.exec_cmd:
             raise UsageError(f"--role {args.role} needs --exec CMD")
         if args.role == "client" and "{url}" not in args.exec_cmd:
-            raise UsageError('--exec for the client role must contain {url}, e.g. "my-client {url}"')
+            raise UsageError(
+                '--exec for the client role must contain {url}, e.g. "my-client {url}"'
+            )
         target = target or args.exec_cmd
     elif not target:
         raise UsageError(f"--role {args.role} needs --target URL")
     opts = RunOptions(
-        role=args.role, target=target, token=args.token, level=Level(args.level),
-        run=args.run, skip=args.skip, requirements=[r.upper() for r in args.requirement],
-        timeout_scale=args.timeout_scale, repeat=args.repeat, seed=args.seed,
-        report_dir=args.report_dir, known_failures=args.known_failures,
+        role=args.role,
+        target=target,
+        token=args.token,
+        level=Level(args.level),
+        run=args.run,
+        skip=args.skip,
+        requirements=[r.upper() for r in args.requirement],
+        timeout_scale=args.timeout_scale,
+        repeat=args.repeat,
+        seed=args.seed,
+        report_dir=args.report_dir,
+        known_failures=args.known_failures,
         adapter_listen=args.adapter_listen,
-        extra={"exec": args.exec_cmd, "insecure": args.insecure, "encoding": args.encoding,
-               "expired_token": args.expired_token},
+        extra={
+            "exec": args.exec_cmd,
+            "insecure": args.insecure,
+            "encoding": args.encoding,
+            "expired_token": args.expired_token,
+        },
     )
     progress = Progress(sys.stderr, quiet=False)
     try:

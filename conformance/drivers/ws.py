@@ -9,6 +9,7 @@ both encodings, so one scenario can run binary and text: ``{"type": "DATA", "fla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 from collections.abc import Mapping, Sequence
@@ -28,12 +29,29 @@ __all__ = ["FLAG_BITS", "TYPES", "WsSession", "open_session", "to_binary"]
 
 TYPES = {"DATA": 0, "WINDOW_UPDATE": 1, "CAPABILITIES": 2, "BUDGET_UPDATE": 3, "ERROR": 4}
 TYPE_NAMES = {v: k for k, v in TYPES.items()}
-FLAG_BITS = {"SYN": 0x01, "ACK": 0x02, "MORE": 0x04, "FIN": 0x08, "RST": 0x10, "HB": 0x20,
-             "CONT": 0x40}
+FLAG_BITS = {
+    "SYN": 0x01,
+    "ACK": 0x02,
+    "MORE": 0x04,
+    "FIN": 0x08,
+    "RST": 0x10,
+    "HB": 0x20,
+    "CONT": 0x40,
+}
 QOS = {"unspecified": 0, "gold": 1, "silver": 2, "bronze": 3}
 QOS_NAMES = {v: k for k, v in QOS.items()}
-_HEADER_KEYS = ("v", "type", "stream_id", "msg_seq", "frag_seq", "flags", "qos", "ttl",
-                "payload", "payload_b64")
+_HEADER_KEYS = (
+    "v",
+    "type",
+    "stream_id",
+    "msg_seq",
+    "frag_seq",
+    "flags",
+    "qos",
+    "ttl",
+    "payload",
+    "payload_b64",
+)
 
 
 def to_binary(m: Mapping[str, Any]) -> bytes:
@@ -52,10 +70,16 @@ def to_binary(m: Mapping[str, Any]) -> bytes:
     elif m.get("payload") is not None:
         kw["payload"] = m["payload"]
     return build_frame(
-        TYPES[ftype] if isinstance(ftype, str) else int(ftype), flags, int(m.get("stream_id", 0)),
-        int(m.get("msg_seq", 0)), qos=QOS[qos] if isinstance(qos, str) else int(qos),
-        frag_seq=int(m.get("frag_seq", 0)), ttl=int(m.get("ttl", 0)), ext=ext or None,
-        version=int(m.get("v", 1)), **kw,
+        TYPES[ftype] if isinstance(ftype, str) else int(ftype),
+        flags,
+        int(m.get("stream_id", 0)),
+        int(m.get("msg_seq", 0)),
+        qos=QOS[qos] if isinstance(qos, str) else int(qos),
+        frag_seq=int(m.get("frag_seq", 0)),
+        ttl=int(m.get("ttl", 0)),
+        ext=ext or None,
+        version=int(m.get("v", 1)),
+        **kw,
     )
 
 
@@ -63,16 +87,23 @@ def from_binary(data: bytes) -> list[dict[str, Any]]:
     """Binary frames as mappings (payload decoded when it is CBOR; ``raw_flags`` kept)."""
     out = []
     for f in parse_frames(data):
-        m: dict[str, Any] = {"v": f.version, "type": TYPE_NAMES.get(f.type, f.type),
-                             "stream_id": f.stream_id, "msg_seq": f.msg_seq,
-                             "frag_seq": f.frag_seq, "qos": QOS_NAMES.get(f.qos, f.qos),
-                             "ttl": f.ttl, "raw_flags": f.flags, "size": f.size,
-                             "payload_hex": f.payload.hex(),
-                             "flags": [n for n, b in FLAG_BITS.items() if f.flags & b]}
+        m: dict[str, Any] = {
+            "v": f.version,
+            "type": TYPE_NAMES.get(f.type, f.type),
+            "stream_id": f.stream_id,
+            "msg_seq": f.msg_seq,
+            "frag_seq": f.frag_seq,
+            "qos": QOS_NAMES.get(f.qos, f.qos),
+            "ttl": f.ttl,
+            "raw_flags": f.flags,
+            "size": f.size,
+            "payload_hex": f.payload.hex(),
+            "flags": [n for n, b in FLAG_BITS.items() if f.flags & b],
+        }
         m.update(f.ext)
         try:
             m["payload"] = cbor2.loads(f.payload) if f.payload else None
-        except Exception:  # noqa: BLE001 - a router's payload may be anything
+        except Exception:
             m["payload_raw"] = f.payload.hex()
         out.append(m)
     return out
@@ -140,8 +171,17 @@ class WsSession:
                 try:
                     got = [from_text(msg)] if isinstance(msg, str) else from_binary(msg)
                 except ValueError as exc:
-                    got = [{"type": "UNDECODABLE", "why": str(exc), "stream_id": -1,
-                            "flags": [], "msg_seq": 0, "frag_seq": 0, "size": len(msg)}]
+                    got = [
+                        {
+                            "type": "UNDECODABLE",
+                            "why": str(exc),
+                            "stream_id": -1,
+                            "flags": [],
+                            "msg_seq": 0,
+                            "frag_seq": 0,
+                            "size": len(msg),
+                        }
+                    ]
                 self.frames += got
                 self._pending += got
             return self._pending.pop(0)
@@ -157,10 +197,8 @@ class WsSession:
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection is fine
                 await self.ws.aclose()
-            except Exception:  # noqa: BLE001 - closing a broken connection is fine
-                pass
 
 
 async def open_session(
@@ -197,8 +235,13 @@ async def open_session(
             ssl_ctx.verify_mode = ssl.CERT_NONE
     protos = subprotocols if subprotocols is not None else ([] if text else [ATP_SUBPROTOCOL])
     try:
-        ws = await connect_ws(url, headers=hdrs, subprotocols=protos,
-                              connect_timeout=ctx.timeout(5), ssl_context=ssl_ctx)
+        ws = await connect_ws(
+            url,
+            headers=hdrs,
+            subprotocols=protos,
+            connect_timeout=ctx.timeout(5),
+            ssl_context=ssl_ctx,
+        )
     except HandshakeRefused:
         raise
     except (OSError, TransportClosed, ssl.SSLError) as exc:

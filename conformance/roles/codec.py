@@ -23,6 +23,7 @@ from typing import IO, Any
 import trio
 
 from atp_proto.testing.frames import parse_frames
+from conformance._record import Recorder
 from conformance.model import CaseResult, CaseSpec, Level, Role
 from conformance.roles import RunContext, TargetUnreachable
 from conformance.vectors import load
@@ -41,29 +42,57 @@ def _vectors() -> list[dict[str, Any]]:
 
 
 def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
-    out = [CaseSpec("codec.hello", Role.CODEC, "the testee answers hello with its name and claims",
-                    ("ATP-FRAME-001",), description="sends {\"op\":\"hello\"}; expects ok, a "
-                    "name and claims including L1")]
+    out = [
+        CaseSpec(
+            "codec.hello",
+            Role.CODEC,
+            "the testee answers hello with its name and claims",
+            ("ATP-FRAME-001",),
+            description='sends {"op":"hello"}; expects ok, a name and claims including L1',
+        )
+    ]
     for v in _vectors():
         if "error" in v:
             desc = f"decodes {v['title']}; expects error {v['error']} of scope {v['scope']}"
         else:
             desc = f"decodes {v['title']}; expects exactly {len(v['frames'])} frame(s) as listed"
-        out.append(CaseSpec(f"codec.decode.{v['id']}", Role.CODEC, v["title"],
-                            tuple(v["requirements"]), description=desc))
+        out.append(
+            CaseSpec(
+                f"codec.decode.{v['id']}",
+                Role.CODEC,
+                v["title"],
+                tuple(v["requirements"]),
+                description=desc,
+            )
+        )
     for v in _vectors():
-        if "frames" in v and all(isinstance(f.get("type", 0), int) is False or f.get("type", 0) < 5
-                                 for f in v["frames"]):
-            out.append(CaseSpec(f"codec.encode.{v['id']}", Role.CODEC, f"encode: {v['title']}",
-                                ("ATP-FRAME-001", "ATP-FRAME-002"), description="encodes each "
-                                "frame's JSON mapping; the hex must parse (independent parser) to "
-                                "the header, ext and payload of the vector"))
+        if "frames" in v and all(
+            isinstance(f.get("type", 0), int) is False or f.get("type", 0) < 5 for f in v["frames"]
+        ):
+            out.append(  # noqa: PERF401 - one case per vector reads better as a loop
+                CaseSpec(
+                    f"codec.encode.{v['id']}",
+                    Role.CODEC,
+                    f"encode: {v['title']}",
+                    ("ATP-FRAME-001", "ATP-FRAME-002"),
+                    description="encodes each "
+                    "frame's JSON mapping; the hex must parse (independent parser) to "
+                    "the header, ext and payload of the vector",
+                )
+            )
     for i in range(FUZZ_CASES):
-        out.append(CaseSpec(f"codec.fuzz.{i}", Role.CODEC, f"fuzz batch {i}: mutated valid frames",
-                            ("ATP-WS-001", "ATP-FRAME-003", "ATP-FRAME-004"), level=Level.L1,
-                            description=f"{MUTATIONS_PER_CASE} mutations of valid vectors drawn "
-                            "from --seed: truncations (EPROTO connection), a version other than 1 "
-                            "(EPROTO connection), the reserved stream-id bit (EPROTO connection)"))
+        out.append(  # noqa: PERF401 - one case per batch reads better as a loop
+            CaseSpec(
+                f"codec.fuzz.{i}",
+                Role.CODEC,
+                f"fuzz batch {i}: mutated valid frames",
+                ("ATP-WS-001", "ATP-FRAME-003", "ATP-FRAME-004"),
+                level=Level.L1,
+                description=f"{MUTATIONS_PER_CASE} mutations of valid vectors drawn "
+                "from --seed: truncations (EPROTO connection), a version other than 1 "
+                "(EPROTO connection), the reserved stream-id bit (EPROTO connection)",
+            )
+        )
     return out
 
 
@@ -115,7 +144,7 @@ def _command(ctx: RunContext) -> list[str]:
 async def prepare(ctx: RunContext) -> dict[str, Any]:
     """Start the testee and say hello (called once per run by the runner)."""
     argv = _command(ctx)
-    errf = tempfile.TemporaryFile()
+    errf = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the testee (finish())
     try:
         proc = await trio.lowlevel.open_process(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errf
@@ -150,8 +179,16 @@ def _norm(frame: Any) -> Any:
     """A JSON mapping with defaults dropped and flags as a set, for comparison."""
     if not isinstance(frame, dict):
         return frame
-    defaults = {"v": 1, "type": "DATA", "msg_seq": 0, "frag_seq": 0, "qos": 0, "ttl": 0,
-                "payload": None, "flags": []}
+    defaults = {
+        "v": 1,
+        "type": "DATA",
+        "msg_seq": 0,
+        "frag_seq": 0,
+        "qos": 0,
+        "ttl": 0,
+        "payload": None,
+        "flags": [],
+    }
     out = {k: v for k, v in frame.items() if defaults.get(k, object()) != v}
     if isinstance(out.get("type"), int) and out["type"] == 0:
         del out["type"]
@@ -163,7 +200,7 @@ def _norm(frame: Any) -> Any:
 
 
 async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
-    from conformance._record import Recorder, describe
+    from conformance._record import describe
 
     testee = _TESTEES.get(ctx.target or str(ctx.options.get("exec")))
     if testee is None:
@@ -185,7 +222,7 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
         if not reply or reply.get("ok") is not True or not isinstance(reply.get("name"), str):
             return rec.failed(f"bad hello reply: {reply}", 'ok true and a "name"')
         if "L1" not in (reply.get("claims") or []):
-            return rec.failed(f"claims {reply.get('claims')} do not include L1", "claims [\"L1\"]")
+            return rec.failed(f"claims {reply.get('claims')} do not include L1", 'claims ["L1"]')
         return rec.passed()
     kind, _, vid = case.id.removeprefix("codec.").partition(".")
     if kind == "fuzz":
@@ -218,13 +255,13 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
             return rec.failed(f"did not encode {json.dumps(mapping)[:200]}: {reply}")
         try:
             data = bytes.fromhex(reply["hex"])
-            got = parse_frames(data)
+            parsed = parse_frames(data)
         except ValueError as exc:
             return rec.failed(f"the hex is not one whole frame: {exc}")
         rec.received(data)
-        if len(got) != 1:
-            return rec.failed(f"{len(got)} frames for one mapping")
-        g = got[0]
+        if len(parsed) != 1:
+            return rec.failed(f"{len(parsed)} frames for one mapping")
+        g = parsed[0]
         fields = ("version", "type", "stream_id", "msg_seq", "frag_seq", "qos", "ttl")
         diffs = [f for f in fields if getattr(g, f) != getattr(want_f, f)]
         if (g.flags & 0x7F) != (want_f.flags & 0x7F):
@@ -234,12 +271,14 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
         if g.body() != want_f.body():
             diffs.append("payload")
         if diffs:
-            return rec.failed(f"encoded frame differs in {', '.join(diffs)}: {describe(data)}",
-                              json.dumps(describe(bytes.fromhex(vector['hex']))))
+            return rec.failed(
+                f"encoded frame differs in {', '.join(diffs)}: {describe(data)}",
+                json.dumps(describe(bytes.fromhex(vector["hex"]))),
+            )
     return rec.passed()
 
 
-async def _fuzz(batch: int, ctx: RunContext, rec: Any, ask: Any) -> CaseResult:
+async def _fuzz(batch: int, ctx: RunContext, rec: Recorder, ask: Any) -> CaseResult:
     rng = random.Random(f"{ctx.seed}:{batch}")
     valid = [bytes.fromhex(v["hex"]) for v in _vectors() if "frames" in v]
     for _ in range(MUTATIONS_PER_CASE):

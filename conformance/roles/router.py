@@ -59,44 +59,98 @@ def _vectors() -> list[dict[str, Any]]:
 
 
 _AUTH = [
-    ("router.auth.valid-token", ("ATP-SEC-001", "ATP-WS-006"),
-     "a valid bearer token in the Authorization header opens a session that serves"),
+    (
+        "router.auth.valid-token",
+        ("ATP-SEC-001", "ATP-WS-006"),
+        "a valid bearer token in the Authorization header opens a session that serves",
+    ),
     ("router.auth.no-token", ("ATP-SEC-001",), "a handshake without a token is refused (HTTP 401)"),
-    ("router.auth.bad-signature", ("ATP-SEC-001", "ATP-SEC-002"),
-     "the token with its signature altered is refused"),
-    ("router.auth.alg-none", ("ATP-SEC-002", "ATP-SEC-007"),
-     "the token's claims re-signed with alg none are refused"),
-    ("router.auth.expired-token", ("ATP-SEC-003",),
-     "an expired token (option expired_token) is refused"),
-    ("router.auth.query-token", ("ATP-WS-006", "ATP-WS-003"),
-     "the token in the access_token query parameter is accepted"),
-    ("router.auth.subprotocol-token", ("ATP-WS-006", "ATP-WS-007"),
-     "the token as a bearer. subprotocol is accepted and atp.v1 selected"),
-    ("router.auth.header-first", ("ATP-WS-009",),
-     "a valid token in the header beside a bad one in the query is accepted (the header wins)"),
-    ("router.auth.no-secret-in-refusal", ("ATP-SEC-005", "ATP-ERR-006"),
-     "a refused handshake's answer does not echo the token"),
+    (
+        "router.auth.bad-signature",
+        ("ATP-SEC-001", "ATP-SEC-002"),
+        "the token with its signature altered is refused",
+    ),
+    (
+        "router.auth.alg-none",
+        ("ATP-SEC-002", "ATP-SEC-007"),
+        "the token's claims re-signed with alg none are refused",
+    ),
+    (
+        "router.auth.expired-token",
+        ("ATP-SEC-003",),
+        "an expired token (option expired_token) is refused",
+    ),
+    (
+        "router.auth.query-token",
+        ("ATP-WS-006", "ATP-WS-003"),
+        "the token in the access_token query parameter is accepted",
+    ),
+    (
+        "router.auth.subprotocol-token",
+        ("ATP-WS-006", "ATP-WS-007"),
+        "the token as a bearer. subprotocol is accepted and atp.v1 selected",
+    ),
+    (
+        "router.auth.header-first",
+        ("ATP-WS-009",),
+        "a valid token in the header beside a bad one in the query is accepted (the header wins)",
+    ),
+    (
+        "router.auth.no-secret-in-refusal",
+        ("ATP-SEC-005", "ATP-ERR-006"),
+        "a refused handshake's answer does not echo the token",
+    ),
 ]
 
 
 def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
     out: list[CaseSpec] = []
     for sid, sc in scenarios().items():
-        out.append(CaseSpec(sid, Role.ROUTER, sc["title"], tuple(sc["requirements"]),
-                            level=Level(sc.get("level", "L1")),
-                            strength=Strength(sc.get("strength", "MUST")),
-                            description=sc.get("description", "") or _describe(sc)))
+        out.append(
+            CaseSpec(
+                sid,
+                Role.ROUTER,
+                sc["title"],
+                tuple(sc["requirements"]),
+                level=Level(sc.get("level", "L1")),
+                strength=Strength(sc.get("strength", "MUST")),
+                description=sc.get("description", "") or _describe(sc),
+            )
+        )
     for v in _vectors():
-        scope = "on the stream, and keeps serving" if v["scope"] == "stream" else \
-            "on stream 0, then closes the transport"
-        out.append(CaseSpec(f"router.vector.{v['id']}", Role.ROUTER, v["title"],
-                            tuple(dict.fromkeys([*v["requirements"],
-                                   "ATP-ERR-001" if v["scope"] == "stream" else "ATP-ERR-002"])),
-                            description=f"sends the vector's bytes ({v['title']}) after the "
-                            f"CAPABILITIES exchange; expects ERROR {v['error']} {scope}"))
+        scope = (
+            "on the stream, and keeps serving"
+            if v["scope"] == "stream"
+            else "on stream 0, then closes the transport"
+        )
+        out.append(
+            CaseSpec(
+                f"router.vector.{v['id']}",
+                Role.ROUTER,
+                v["title"],
+                tuple(
+                    dict.fromkeys(
+                        [
+                            *v["requirements"],
+                            "ATP-ERR-001" if v["scope"] == "stream" else "ATP-ERR-002",
+                        ]
+                    )
+                ),
+                description=f"sends the vector's bytes ({v['title']}) after the "
+                f"CAPABILITIES exchange; expects ERROR {v['error']} {scope}",
+            )
+        )
     for cid, reqs, title in _AUTH:
-        out.append(CaseSpec(cid, Role.ROUTER, title, reqs, level=Level.L2,
-                            description=title + " (needs --token; UNSUPPORTED without)"))
+        out.append(
+            CaseSpec(
+                cid,
+                Role.ROUTER,
+                title,
+                reqs,
+                level=Level.L2,
+                description=title + " (needs --token; UNSUPPORTED without)",
+            )
+        )
     return out
 
 
@@ -114,8 +168,9 @@ async def _setup(ctx: RunContext, rec: Recorder, text: bool, caps: Any) -> tuple
         await session.send({"type": "CAPABILITIES", "stream_id": 0, "caps": mine})
         got = await r.wait_for({"type": "CAPABILITIES", "stream_id": 0}, ctx.timeout(5))
         if got is None:
-            raise ScenarioFailed("no CAPABILITIES in answer to ours", "the router's CAPABILITIES",
-                                 ("ATP-SESS-002",))
+            raise ScenarioFailed(
+                "no CAPABILITIES in answer to ours", "the router's CAPABILITIES", ("ATP-SESS-002",)
+            )
         r.router_caps = got.get("caps") if isinstance(got.get("caps"), Mapping) else {}
     return session, r
 
@@ -151,8 +206,9 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
             return rec.failed(exc.message, exc.expected, exc.violated)
         return result_of(r, rec, exc)
     except HandshakeRefused as exc:
-        return rec.failed(f"the handshake was refused: HTTP {exc.status}", "a session",
-                          ("ATP-WS-003",))
+        return rec.failed(
+            f"the handshake was refused: HTTP {exc.status}", "a session", ("ATP-WS-003",)
+        )
     finally:
         if session is not None:
             await session.aclose()
@@ -166,13 +222,25 @@ async def _vector(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
         r.next_sid = 101
         await session.send_raw(bytes.fromhex(v["hex"]))
         if v["scope"] == "connection":
-            await run_steps(r, [{"expect_close": {"code": v["error"], "violated": v["requirements"]}}])
+            await run_steps(
+                r, [{"expect_close": {"code": v["error"], "violated": v["requirements"]}}]
+            )
         else:
             # the stream the vector's frame is on
             sid = int.from_bytes(bytes.fromhex(v["hex"])[4:8], "big")
-            await run_steps(r, [{"expect_end": {"stream_id": sid, "code": v["error"],
-                                                "violated": v["requirements"]}},
-                                {"still_serves": ["ATP-ERR-001"]}])
+            await run_steps(
+                r,
+                [
+                    {
+                        "expect_end": {
+                            "stream_id": sid,
+                            "code": v["error"],
+                            "violated": v["requirements"],
+                        }
+                    },
+                    {"still_serves": ["ATP-ERR-001"]},
+                ],
+            )
         return result_of(r, rec, None)
     except ScenarioFailed as exc:
         return result_of(r, rec, exc)
@@ -191,8 +259,12 @@ async def _auth(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
         return rec.result(Verdict.UNSUPPORTED, "needs --token (the router under test has auth on)")
     name = case.id.removeprefix("router.auth.")
     tok = ctx.token
-    refused = {"no-token": None, "bad-signature": tok[:-4] + ("AAAA" if not tok.endswith("AAAA") else "BBBB"),
-               "alg-none": _alg_none(tok), "no-secret-in-refusal": tok + "x"}
+    refused = {
+        "no-token": None,
+        "bad-signature": tok[:-4] + ("AAAA" if not tok.endswith("AAAA") else "BBBB"),
+        "alg-none": _alg_none(tok),
+        "no-secret-in-refusal": tok + "x",
+    }
     if name == "expired-token":
         expired = ctx.options.get("expired_token")
         if not expired:
@@ -203,9 +275,13 @@ async def _auth(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
         try:
             session = await open_session(ctx, rec, text=False, token=bad)
         except HandshakeRefused as exc:
-            rec.note(f"refused: HTTP {exc.status}", {"body": exc.body[:300].decode("utf-8", "replace")})
-            if name == "no-secret-in-refusal" and bad and (
-                bad.encode() in exc.body or any(bad.encode() in v for _, v in exc.headers)
+            rec.note(
+                f"refused: HTTP {exc.status}", {"body": exc.body[:300].decode("utf-8", "replace")}
+            )
+            if (
+                name == "no-secret-in-refusal"
+                and bad
+                and (bad.encode() in exc.body or any(bad.encode() in v for _, v in exc.headers))
             ):
                 return rec.failed("the refusal echoes the token", "no token in the answer")
             return rec.passed(f"refused (HTTP {exc.status})")
@@ -215,11 +291,14 @@ async def _auth(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
             await session.send(r.syn({"stream_id": 1}))
             end = await r.end_of(1, ctx.timeout(5))
             if end is not None and "FIN" in end.get("flags", []):
-                return rec.failed("served a stream without a valid token",
-                                  "the handshake refused (401)")
+                return rec.failed(
+                    "served a stream without a valid token", "the handshake refused (401)"
+                )
             if not session.closed and end is None:
-                return rec.failed("accepted the handshake and kept the session open",
-                                  "the handshake refused (401)")
+                return rec.failed(
+                    "accepted the handshake and kept the session open",
+                    "the handshake refused (401)",
+                )
             return rec.passed("refused after the handshake")
         finally:
             await session.aclose()

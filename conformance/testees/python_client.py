@@ -47,7 +47,7 @@ def main() -> int:
             args.prompt = fh.read()
     try:
         return trio.run(_main, args)
-    except Exception as exc:  # noqa: BLE001 - the outcome is what the suite reads
+    except Exception as exc:
         print(json.dumps({"error": type(exc).__name__, "message": str(exc)[:300]}), flush=True)
         return 1
 

@@ -65,10 +65,10 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
             return _error(exc)
     if op == "encode":
         try:
-            frame = JsonMapping().from_obj(request.get("frame") or {})
-            if frame is None:
+            built = JsonMapping().from_obj(request.get("frame") or {})
+            if built is None:
                 return {"ok": False, "error": "EPROTO", "message": "unknown frame type"}
-            return {"ok": True, "hex": encode_frame(frame).hex()}
+            return {"ok": True, "hex": encode_frame(built).hex()}
         except ATPError as exc:
             return _error(exc)
         except (TypeError, ValueError) as exc:

@@ -65,7 +65,11 @@ def run_suite(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any], st
     """``python -m atp_proto conformance run ARGS --json``: exit status, report, stderr."""
     proc = subprocess.run(
         [sys.executable, "-m", "atp_proto", "conformance", "run", *args, "--json"],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     report = json.loads(proc.stdout) if proc.stdout.strip() else {}
     return proc.returncode, report, proc.stderr

@@ -25,8 +25,14 @@ BROKEN_CODEC = f"env PYTHONPATH={BROKEN}:{ROOT} {PY} {BROKEN / 'codec_variant.py
 
 
 def atp(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "atp_proto", "conformance", *args], cwd=ROOT,
-                          env=clean_env(), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [PY, "-m", "atp_proto", "conformance", *args],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_list_and_explain() -> None:
@@ -46,13 +52,16 @@ def test_list_and_explain() -> None:
     assert "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ("run", "--role", "client"),  # no --exec
-    ("run", "--role", "client", "--exec", "my-client"),  # no {url}
-    ("run", "--role", "codec", "--exec", CODEC, "--repeat", "0"),
-    ("run", "--role", "router"),  # no --target
-    ("run", "--role", "router", "--target", "ws://x/ws", "--adapter-listen", "nope"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("run", "--role", "client"),  # no --exec
+        ("run", "--role", "client", "--exec", "my-client"),  # no {url}
+        ("run", "--role", "codec", "--exec", CODEC, "--repeat", "0"),
+        ("run", "--role", "router"),  # no --target
+        ("run", "--role", "router", "--target", "ws://x/ws", "--adapter-listen", "nope"),
+    ],
+)
 def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
     out = atp(*args)
     assert out.returncode == 2, out.stderr
@@ -60,7 +69,9 @@ def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
 
 
 def test_unreachable_target_exits_3() -> None:
-    code, report, err = run_suite("--role", "router", "--target", f"ws://127.0.0.1:{free_port()}/ws")
+    code, report, err = run_suite(
+        "--role", "router", "--target", f"ws://127.0.0.1:{free_port()}/ws"
+    )
     assert code == 3 and report["exit_code"] == 3 and report["unreachable"]
     assert "unreachable" in err
     code, _, _ = run_suite("--role", "codec", "--exec", "/nonexistent/codec-testee")
@@ -73,21 +84,37 @@ def test_known_failures_and_stale_entries(tmp_path: Path) -> None:
     assert code == 1 and failing
     known = tmp_path / "known.txt"
     known.write_text("# accepted for now\n" + "\n".join(failing) + "\n")
-    code, report, _ = run_suite("--role", "codec", "--exec", BROKEN_CODEC, "--known-failures", str(known))
+    code, report, _ = run_suite(
+        "--role", "codec", "--exec", BROKEN_CODEC, "--known-failures", str(known)
+    )
     assert code == 0, report["counts"]
     assert all(c["known_failure"] for c in report["cases"] if c["verdict"] == "FAIL")
     known.write_text(known.read_text() + "codec.hello  # passes: stale\n")
-    code, report, err = run_suite("--role", "codec", "--exec", BROKEN_CODEC, "--known-failures", str(known))
+    code, report, err = run_suite(
+        "--role", "codec", "--exec", BROKEN_CODEC, "--known-failures", str(known)
+    )
     assert code == 1 and report["stale"] == ["codec.hello"] and "stale" in err
 
 
 def test_repeat_and_selection() -> None:
-    code, report, _ = run_suite("--role", "codec", "--exec", CODEC, "--repeat", "3",
-                                "--run", "codec.fuzz.*", "--skip", "codec.fuzz.5")
+    code, report, _ = run_suite(
+        "--role",
+        "codec",
+        "--exec",
+        CODEC,
+        "--repeat",
+        "3",
+        "--run",
+        "codec.fuzz.*",
+        "--skip",
+        "codec.fuzz.5",
+    )
     assert code == 0
     ran = [c for c in report["cases"] if c["verdict"] != "SKIPPED"]
     assert len(ran) == 5 * 3 and {c["repeat"] for c in ran} == {0, 1, 2}
-    code, report, _ = run_suite("--role", "codec", "--exec", CODEC, "--requirement", "ATP-FRAME-013")
+    code, report, _ = run_suite(
+        "--role", "codec", "--exec", CODEC, "--requirement", "ATP-FRAME-013"
+    )
     ran = {c["id"] for c in report["cases"] if c["verdict"] != "SKIPPED"}
     assert ran == {"codec.decode.frame.caps-without-caps", "codec.decode.frame.caps-on-stream"}
 
@@ -106,14 +133,24 @@ def test_reports_in_report_dir_and_html_in_chromium(tmp_path: Path) -> None:
     code, _, _ = run_suite("--role", "codec", "--exec", BROKEN_CODEC, "--report-dir", str(tmp_path))
     assert code == 1
     doc = json.loads((tmp_path / "report.json").read_text())
-    jsonschema.validate(doc, json.loads((ROOT / "conformance/schema/report.schema.json").read_text()))
+    jsonschema.validate(
+        doc, json.loads((ROOT / "conformance/schema/report.schema.json").read_text())
+    )
     failed = [c for c in doc["cases"] if c["verdict"] == "FAIL"]
     suite = ET.parse(tmp_path / "junit.xml").getroot()
     assert int(suite.get("failures", "0")) == len(failed) > 0
     dom = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-         (tmp_path / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--dump-dom",
+            (tmp_path / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
     assert "ATP conformance report" in dom
     assert f"Failures ({len(failed)})" in dom

@@ -25,7 +25,9 @@ def _schema(name: str) -> dict:
 def test_vectors_match_their_schema_and_builder() -> None:
     doc = json.loads((CONF / "vectors" / "frames.json").read_text())
     jsonschema.validate(doc, _schema("vectors.schema.json"))
-    assert doc == json.loads(json.dumps(build_frames.document())), "run python -m conformance.vectors.build_frames"
+    assert doc == json.loads(json.dumps(build_frames.document())), (
+        "run python -m conformance.vectors.build_frames"
+    )
     ids = [v["id"] for v in doc["vectors"]]
     assert len(ids) == len(set(ids))
     assert sum("error" in v for v in doc["vectors"]) >= 25
@@ -44,8 +46,19 @@ def test_scenarios_match_their_schema() -> None:
 
 
 def test_a_bad_vector_is_refused_by_the_schema() -> None:
-    bad = {"description": "x", "vectors": [{"id": "a", "title": "t", "requirements": ["ATP-FRAME-001"],
-                                            "hex": "00", "frames": [], "error": "EPROTO"}]}
+    bad = {
+        "description": "x",
+        "vectors": [
+            {
+                "id": "a",
+                "title": "t",
+                "requirements": ["ATP-FRAME-001"],
+                "hex": "00",
+                "frames": [],
+                "error": "EPROTO",
+            }
+        ],
+    }
     try:
         jsonschema.validate(bad, _schema("vectors.schema.json"))
     except jsonschema.ValidationError:
@@ -54,4 +67,6 @@ def test_a_bad_vector_is_refused_by_the_schema() -> None:
 
 
 def test_packaged_requirements_are_the_spec() -> None:
-    assert (CONF / "requirements.yaml").read_text() == (ROOT / "spec" / "requirements.yaml").read_text()
+    assert (CONF / "requirements.yaml").read_text() == (
+        ROOT / "spec" / "requirements.yaml"
+    ).read_text()

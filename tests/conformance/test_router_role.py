@@ -23,8 +23,11 @@ from .conftest import (
 
 
 def _not_passed(report: dict) -> list[tuple[str, str, str]]:
-    return [(c["id"], c["verdict"], c["message"]) for c in report["cases"]
-            if c["verdict"] not in ("PASS",)]
+    return [
+        (c["id"], c["verdict"], c["message"])
+        for c in report["cases"]
+        if c["verdict"] not in ("PASS",)
+    ]
 
 
 @needs_scripted_adapter
@@ -33,8 +36,18 @@ def test_reference_router_passes_every_case_with_the_scripted_adapter() -> None:
     100% PASS except the auth cases, UNSUPPORTED without --token (the next test)."""
     port = free_port()
     with router(adapters={"conf": f"grpc://127.0.0.1:{port}"}) as r:
-        code, report, err = run_suite("--role", "router", "--target", r.url, "--level", "L3",
-                                      "--adapter-listen", f"127.0.0.1:{port}", "--skip", "router.auth.*")
+        code, report, err = run_suite(
+            "--role",
+            "router",
+            "--target",
+            r.url,
+            "--level",
+            "L3",
+            "--adapter-listen",
+            f"127.0.0.1:{port}",
+            "--skip",
+            "router.auth.*",
+        )
     assert code == 0, (err[-2000:], report and _not_passed(report))
     assert {c["verdict"] for c in report["cases"]} == {"PASS", "SKIPPED"}
     assert sum(c["verdict"] == "PASS" for c in report["cases"]) >= 90
@@ -46,15 +59,27 @@ def test_reference_router_with_auth_passes_l2(secret_file: Path) -> None:
     token = issue_token(SECRET.encode(), ttl_s=600)
     expired = issue_token(SECRET.encode(), ttl_s=-120)
     with router(adapters={"persona": "builtin:persona"}, key_file=secret_file) as r:
-        code, report, err = run_suite("--role", "router", "--target", r.url, "--level", "L2",
-                                      "--token", token, "--expired-token", expired)
+        code, report, err = run_suite(
+            "--role",
+            "router",
+            "--target",
+            r.url,
+            "--level",
+            "L2",
+            "--token",
+            token,
+            "--expired-token",
+            expired,
+        )
     assert code == 0, (err[-2000:], report and _not_passed(report))
     not_passed = {c["id"]: c["verdict"] for c in report["cases"] if c["verdict"] != "PASS"}
     report_msgs = {c["id"]: c["message"] for c in report["cases"]}
     # only the cases that need the scripted adapter, and those above L2
-    assert all((v == "UNSUPPORTED" and (".adapter." in k or ".time.ttl" in k))
-               or (v == "SKIPPED" and "above --level" in report_msgs[k])
-               for k, v in not_passed.items()), not_passed
+    assert all(
+        (v == "UNSUPPORTED" and (".adapter." in k or ".time.ttl" in k))
+        or (v == "SKIPPED" and "above --level" in report_msgs[k])
+        for k, v in not_passed.items()
+    ), not_passed
     assert token not in err
 
 
@@ -76,8 +101,18 @@ def test_broken_router_is_caught(variant: str) -> None:
     """Each variant fails its case with the requirement it breaks, and the run exits 1."""
     want_id, case = _PLAIN[variant]
     with router(variant=variant, adapters={"persona": "builtin:persona"}) as r:
-        code, report, _ = run_suite("--role", "router", "--target", r.url, "--level", "L2",
-                                    "--encoding", "binary", "--run", case)
+        code, report, _ = run_suite(
+            "--role",
+            "router",
+            "--target",
+            r.url,
+            "--level",
+            "L2",
+            "--encoding",
+            "binary",
+            "--run",
+            case,
+        )
     assert code == 1
     failed = {c["id"]: c for c in failures(report)}
     assert case in failed, sorted(failed)
@@ -88,11 +123,23 @@ def test_broken_router_is_caught(variant: str) -> None:
 def test_router_accepting_an_expired_token_is_caught(secret_file: Path) -> None:
     token = issue_token(SECRET.encode(), ttl_s=600)
     expired = issue_token(SECRET.encode(), ttl_s=-120)
-    with router(variant="accept-expired", adapters={"persona": "builtin:persona"},
-                key_file=secret_file) as r:
-        code, report, _ = run_suite("--role", "router", "--target", r.url, "--level", "L2",
-                                    "--token", token, "--expired-token", expired,
-                                    "--run", "router.auth.*")
+    with router(
+        variant="accept-expired", adapters={"persona": "builtin:persona"}, key_file=secret_file
+    ) as r:
+        code, report, _ = run_suite(
+            "--role",
+            "router",
+            "--target",
+            r.url,
+            "--level",
+            "L2",
+            "--token",
+            token,
+            "--expired-token",
+            expired,
+            "--run",
+            "router.auth.*",
+        )
     assert code == 1
     failed = {c["id"]: c for c in failures(report)}
     assert set(failed) == {"router.auth.expired-token"}, failed
@@ -100,16 +147,30 @@ def test_router_accepting_an_expired_token_is_caught(secret_file: Path) -> None:
 
 
 @needs_scripted_adapter
-@pytest.mark.parametrize(("variant", "case", "want_id"), [
-    ("no-cancel-on-reset", "router.adapter.cancel-on-rst", "ATP-ADAPT-009"),
-    ("hang-on-stall", "router.adapter.stall-ttl", "ATP-ADAPT-012"),
-])
+@pytest.mark.parametrize(
+    ("variant", "case", "want_id"),
+    [
+        ("no-cancel-on-reset", "router.adapter.cancel-on-rst", "ATP-ADAPT-009"),
+        ("hang-on-stall", "router.adapter.stall-ttl", "ATP-ADAPT-012"),
+    ],
+)
 def test_broken_router_to_adapter_is_caught(variant: str, case: str, want_id: str) -> None:
     port = free_port()
     with router(variant=variant, adapters={"conf": f"grpc://127.0.0.1:{port}"}) as r:
-        code, report, _ = run_suite("--role", "router", "--target", r.url, "--level", "L3",
-                                    "--adapter-listen", f"127.0.0.1:{port}", "--encoding", "binary",
-                                    "--run", "router.adapter.*", "--run", "router.time.*")
+        code, report, _ = run_suite(
+            "--role",
+            "router",
+            "--target",
+            r.url,
+            "--level",
+            "L3",
+            "--adapter-listen",
+            f"127.0.0.1:{port}",
+            "--encoding",
+            "binary",
+            "--run",
+            case,
+        )
     assert code == 1
     failed = {c["id"]: c for c in failures(report)}
     assert case in failed, sorted(failed)

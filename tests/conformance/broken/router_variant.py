@@ -20,13 +20,28 @@ FIN, MORE = 0x08, 0x04
 
 
 def _frame(f: Frame, **changes: Any) -> Frame:
-    fields = {k: getattr(f, k) for k in ("type", "flags", "stream_id", "msg_seq", "frag_seq",
-                                          "qos", "ttl", "ext", "payload", "version")}
+    fields = {
+        k: getattr(f, k)
+        for k in (
+            "type",
+            "flags",
+            "stream_id",
+            "msg_seq",
+            "frag_seq",
+            "qos",
+            "ttl",
+            "ext",
+            "payload",
+            "version",
+        )
+    }
     fields.update(changes)
     return Frame(**fields)
 
 
-def _wire(binary: Callable[[Frame], Frame | None], text: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+def _wire(
+    binary: Callable[[Frame], Frame | None], text: Callable[[dict[str, Any]], dict[str, Any] | None]
+) -> None:
     """Rewrite every message the router sends (binary frames and text frames)."""
 
     def mutate(message: bytes | str) -> bytes | str:
@@ -66,24 +81,47 @@ def ignore_credit() -> None:
 
 
 def reuse_seq() -> None:  # the FINAL repeats the previous message's msg_seq
-    _wire(lambda f: _frame(f, msg_seq=f.msg_seq - 1) if _is_data(f) and f.flags & FIN and f.msg_seq > 2 else f,
-          lambda o: dict(o, msg_seq=o["msg_seq"] - 1) if "FIN" in o.get("flags", []) and o.get("msg_seq", 0) > 2 else o)
+    _wire(
+        lambda f: (
+            _frame(f, msg_seq=f.msg_seq - 1)
+            if _is_data(f) and f.flags & FIN and f.msg_seq > 2
+            else f
+        ),
+        lambda o: (
+            dict(o, msg_seq=o["msg_seq"] - 1)
+            if "FIN" in o.get("flags", []) and o.get("msg_seq", 0) > 2
+            else o
+        ),
+    )
 
 
 def skip_seq() -> None:  # the FINAL skips one msg_seq
-    _wire(lambda f: _frame(f, msg_seq=f.msg_seq + 1) if _is_data(f) and f.flags & FIN else f,
-          lambda o: dict(o, msg_seq=o.get("msg_seq", 0) + 1) if "FIN" in o.get("flags", []) else o)
+    _wire(
+        lambda f: _frame(f, msg_seq=f.msg_seq + 1) if _is_data(f) and f.flags & FIN else f,
+        lambda o: dict(o, msg_seq=o.get("msg_seq", 0) + 1) if "FIN" in o.get("flags", []) else o,
+    )
 
 
 def drop_fin() -> None:  # the FINAL goes out with MORE instead of FIN
-    _wire(lambda f: _frame(f, flags=(f.flags & ~FIN) | MORE) if _is_data(f) and f.flags & FIN else f,
-          lambda o: dict(o, flags=[x for x in o.get("flags", []) if x != "FIN"] + ["MORE"])
-          if "FIN" in o.get("flags", []) else o)
+    _wire(
+        lambda f: _frame(f, flags=(f.flags & ~FIN) | MORE) if _is_data(f) and f.flags & FIN else f,
+        lambda o: (
+            dict(o, flags=[x for x in o.get("flags", []) if x != "FIN"] + ["MORE"])
+            if "FIN" in o.get("flags", [])
+            else o
+        ),
+    )
 
 
 def drop_telemetry() -> None:
-    _wire(lambda f: _frame(f, ext={k: v for k, v in f.ext.items() if k != "telemetry"}) if "telemetry" in f.ext else f,
-          lambda o: {k: v for k, v in o.items() if k != "telemetry"})
+    _wire(
+        lambda f: (
+            _frame(f, ext={k: v for k, v in f.ext.items() if k != "telemetry"})
+            if "telemetry" in f.ext
+            else f
+        ),
+        lambda o: {k: v for k, v in o.items() if k != "telemetry"},
+    )
 
 
 def _recode(err: dict[str, Any]) -> dict[str, Any]:
@@ -91,13 +129,21 @@ def _recode(err: dict[str, Any]) -> dict[str, Any]:
 
 
 def wrong_error_code() -> None:  # protocol violations answered with EINTERNAL
-    _wire(lambda f: _frame(f, ext=dict(f.ext, error=_recode(dict(f.ext["error"])))) if f.type == FrameType.ERROR else f,
-          lambda o: dict(o, error=_recode(o["error"])) if o.get("type") == "ERROR" else o)
+    _wire(
+        lambda f: (
+            _frame(f, ext=dict(f.ext, error=_recode(dict(f.ext["error"]))))
+            if f.type == FrameType.ERROR
+            else f
+        ),
+        lambda o: dict(o, error=_recode(o["error"])) if o.get("type") == "ERROR" else o,
+    )
 
 
 def no_error_answer() -> None:  # ERROR frames never sent
-    _wire(lambda f: None if f.type == FrameType.ERROR else f,
-          lambda o: None if o.get("type") == "ERROR" else o)
+    _wire(
+        lambda f: None if f.type == FrameType.ERROR else f,
+        lambda o: None if o.get("type") == "ERROR" else o,
+    )
 
 
 def accept_expired() -> None:
