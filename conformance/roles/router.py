@@ -87,7 +87,7 @@ _AUTH = [
     ),
     (
         "router.auth.subprotocol-token",
-        ("ATP-WS-006", "ATP-WS-007"),
+        ("ATP-WS-006",),
         "the token as a bearer. subprotocol is accepted and atp.v1 selected",
     ),
     (
