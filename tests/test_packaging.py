@@ -109,6 +109,17 @@ def test_atp_conformance_outside_the_checkout(installed: Path, tmp_path: Path) -
     out = _run([str(installed / "atp"), "conformance", "explain", "ATP-FLOW-001"], tmp_path)
     assert "router.flow.credit-respected" in out.stdout
     testee = f"{installed / 'python'} -m conformance.testees.python_codec"
-    out = _run([str(installed / "atp"), "conformance", "run", "--role", "codec", "--exec", testee,
-                "--json"], tmp_path)
+    out = _run(
+        [
+            str(installed / "atp"),
+            "conformance",
+            "run",
+            "--role",
+            "codec",
+            "--exec",
+            testee,
+            "--json",
+        ],
+        tmp_path,
+    )
     assert json.loads(out.stdout)["exit_code"] == 0
