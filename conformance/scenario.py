@@ -225,6 +225,8 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
             r.syn_seq[arg["stream_id"]] = 1
             r.next_sid = max(r.next_sid, int(arg["stream_id"]) + 2)
             await r.s.send_raw(head + bytes(int(arg["payload_len"])))
+        elif op == "send_fragmented":
+            await _send_fragmented(r, arg, r.ms(step, default=4000))
         elif op == "open_to_limit":  # as many streams as the router's max_streams allows
             limit = int((r.router_caps or {}).get("max_streams", 100))
             if limit > 1000:
@@ -339,6 +341,73 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
             await _adapter_event(r, arg, r.ms(step, default=5000))
         else:
             raise ValueError(f"unknown step {op!r}")
+
+
+async def _send_fragmented(r: Runner, arg: Mapping[str, Any], wait: float) -> None:
+    """A SYN message of a ``prompt_bytes`` prompt in fragments of ``fragment`` payload bytes,
+    sent within the router's credit: when it runs out, wait (up to ``wait``) for the
+    WINDOW_UPDATE the router owes for buffered fragments (ATP-SEQ-009, ATP-FLOW-012)."""
+    import cbor2
+
+    from conformance.drivers.ws import to_binary
+
+    sid = arg["stream_id"]
+    body = cbor2.dumps(
+        {"type": "agent.task", "content": {"prompt": r.prompt() + "x" * int(arg["prompt_bytes"])}}
+    )
+    size = int(arg["fragment"])
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    window = int((r.router_caps or {}).get("initial_window", DEFAULT_WINDOW))
+    credit, seen = window, 0
+    r.syn_seq[sid] = 1
+    r.next_sid = max(r.next_sid, sid + 2)
+    batch: list[bytes] = []
+    batch_bytes = 0
+    import base64
+
+    for i, part in enumerate(parts[:65536]):  # frag_seq is 16 bits: 65,536 fragments at most
+        m: dict[str, Any] = {
+            "type": "DATA",
+            "stream_id": sid,
+            "msg_seq": 1,
+            "frag_seq": i,
+            "flags": (["SYN"] if i == 0 else []) + (["CONT"] if i < len(parts) - 1 else []),
+            "payload_b64": base64.b64encode(part).decode(),
+        }
+        if i == 0:
+            m.update(qos="gold", ttl=8, window=arg.get("window", WINDOW), meta=dict(META))
+        frame = to_binary(m)
+        while len(frame) > credit:
+            if batch:
+                await r.s.send_raw(b"".join(batch))
+                batch, batch_bytes = [], 0
+            got = None
+            with trio.move_on_after(wait):
+                while got is None:
+                    f = await r.s.next(wait)
+                    if f is None and r.s.closed:
+                        break
+                    for g in r.s.frames[seen:]:
+                        if g.get("stream_id") == sid and g.get("type") == "WINDOW_UPDATE":
+                            credit += int(g.get("credit") or 0)
+                            got = g
+                        elif g.get("stream_id") == sid and _ended(g):
+                            return  # the router ended the stream: the case's expect_end says if rightly
+                    seen = len(r.s.frames)
+            if got is None:
+                raise ScenarioFailed(
+                    f"no credit came back after {i} fragments ({window - credit} bytes in flight)",
+                    "WINDOW_UPDATE for the buffered fragments",
+                    tuple(arg.get("violated", ())),
+                )
+        credit -= len(frame)
+        batch.append(frame)
+        batch_bytes += len(frame)
+        if batch_bytes >= 65536:
+            await r.s.send_raw(b"".join(batch))
+            batch, batch_bytes = [], 0
+    if batch:
+        await r.s.send_raw(b"".join(batch))
 
 
 def _short(f: Mapping[str, Any] | None) -> str:
