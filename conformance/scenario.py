@@ -392,7 +392,7 @@ async def _send_fragmented(r: Runner, arg: Mapping[str, Any], wait: float) -> No
                             credit += int(g.get("credit") or 0)
                             got = g
                         elif g.get("stream_id") == sid and _ended(g):
-                            return  # the router ended the stream: the case's expect_end says if rightly
+                            return  # the router ended it: the case's expect_end judges that
                     seen = len(r.s.frames)
             if got is None:
                 raise ScenarioFailed(
