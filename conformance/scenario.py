@@ -225,6 +225,16 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
             r.syn_seq[arg["stream_id"]] = 1
             r.next_sid = max(r.next_sid, int(arg["stream_id"]) + 2)
             await r.s.send_raw(head + bytes(int(arg["payload_len"])))
+        elif op == "other_session":  # the same steps' language on a second session
+            from conformance.drivers.ws import open_session
+
+            other = await open_session(r.ctx, r.rec, text=r.text)
+            try:
+                r2 = Runner(r.ctx, other, r.rec, r.text)
+                r2.next_sid = 101
+                await run_steps(r2, arg)
+            finally:
+                await other.aclose()
         elif op == "send_fragmented":
             await _send_fragmented(r, arg, r.ms(step, default=4000))
         elif op == "open_to_limit":  # as many streams as the router's max_streams allows
