@@ -103,8 +103,22 @@ _AUTH = [
 ]
 
 
+_LANES = CaseSpec(
+    "router.lanes.gold-not-starved",
+    Role.ROUTER,
+    "at its concurrency limit the router admits a gold stream before the bronze ones queued "
+    "ahead of it (weighted fair queuing)",
+    ("ATP-ADAPT-001",),
+    level=Level.L2,
+    description="needs --adapter-listen: times one bronze stream alone (T), then opens 8 bronze "
+    "and, once they are queued, 1 gold stream of the same work; when the router queued "
+    "them (the last bronze ends after 2.5 T) at least 3 bronze streams must end after "
+    "the gold one; UNSUPPORTED when the router ran them all at once",
+)
+
+
 def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
-    out: list[CaseSpec] = []
+    out: list[CaseSpec] = [_LANES]
     for sid, sc in scenarios().items():
         out.append(
             CaseSpec(
@@ -180,6 +194,8 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
     if ctx.target.startswith("quic://"):
         return rec.result(Verdict.UNSUPPORTED, "the QUIC binding is not in this suite yet")
     kind = case.id.split(".")[1]
+    if case.id == _LANES.id:
+        return await _lanes(case, ctx, rec)
     if kind == "auth":
         return await _auth(case, ctx, rec)
     if kind == "vector":
@@ -246,6 +262,67 @@ async def _vector(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
         return result_of(r, rec, exc)
     finally:
         await session.aclose()
+
+
+async def _lanes(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
+    import trio
+
+    if not ctx.adapter_listen:
+        return rec.result(Verdict.UNSUPPORTED, "needs --adapter-listen (the scripted adapter)")
+    session, r = await _setup(ctx, rec, False, None)
+    try:
+        work = {"behaviour": "slow:60", "qos": "bronze", "ttl": 30}
+        t0 = trio.current_time()
+        await r.send(r.syn({"stream_id": 1, **work}))
+        first = await r.end_of(1, ctx.timeout(10))
+        if first is None or "FIN" not in first.get("flags", []):
+            return rec.failed(f"a lone bronze stream did not complete: {first}", "FIN")
+        alone = trio.current_time() - t0
+        sent = trio.current_time()
+        bronze = [3, 5, 7, 9, 11, 13, 15, 17]
+        for sid in bronze:
+            await r.send(r.syn({"stream_id": sid, **work}))
+        # the gold stream comes once the bronze ones are surely queued (their estimates done)
+        with trio.move_on_after(min(alone, 0.3)):
+            while await r.s.next(1.0) is not None or not r.s.closed:
+                pass
+        gold = 19
+        await r.send(r.syn({"stream_id": gold, **dict(work, qos="gold")}))
+        ends: dict[int, float] = {}
+        with trio.move_on_after(ctx.timeout(alone * 14 + 5)):
+            while len(ends) < len(bronze) + 1:
+                for f in r.s.frames:
+                    if f.get("stream_id") in [*bronze, gold] and _is_end(f):
+                        ends.setdefault(f["stream_id"], trio.current_time() - sent)
+                if len(ends) == len(bronze) + 1:
+                    break
+                if await r.s.next(ctx.timeout(alone * 14 + 5)) is None and r.s.closed:
+                    break
+        rec.note("end times (s after sending)", {str(k): round(v, 3) for k, v in ends.items()})
+        if len(ends) < len(bronze) + 1:
+            return rec.failed(
+                f"only {len(ends)} of {len(bronze) + 1} streams ended", "every stream ends"
+            )
+        if max(ends[b] for b in bronze) < 2.5 * alone:
+            return rec.result(
+                Verdict.UNSUPPORTED,
+                "the router ran all 7 streams at once (not at "
+                "its concurrency limit): lanes cannot be observed",
+            )
+        later = sum(1 for b in bronze if ends[b] > ends[gold])
+        if later < 3:
+            return rec.failed(
+                f"only {later} of 8 bronze streams queued before the gold one ended after it",
+                "at least 3 end after the gold stream",
+                ("ATP-ADAPT-001",),
+            )
+        return rec.passed(f"{later} of 8 bronze streams ended after the gold one")
+    finally:
+        await session.aclose()
+
+
+def _is_end(f: Mapping[str, Any]) -> bool:
+    return f.get("type") == "ERROR" or "FIN" in (f.get("flags") or [])
 
 
 def _alg_none(token: str) -> str:

@@ -50,6 +50,7 @@ def router(
     variant: str | None = None,
     adapters: Mapping[str, str] | None = None,
     key_file: Path | None = None,
+    config_toml: str | None = None,
 ) -> Iterator[RouterProcess]:
     """``atp serve`` (no auth unless ``key_file``), optionally broken by ``variant``."""
     env = clean_env()
@@ -57,7 +58,9 @@ def router(
         env["CONF_BROKEN_VARIANT"] = variant
         env["PYTHONPATH"] = os.pathsep.join([str(BROKEN / "site"), str(ROOT)])
     auth = ["--jwt-key-file", str(key_file)] if key_file else ["--no-auth"]
-    with RouterProcess(*auth, *args, adapters=adapters, env=env, cwd=ROOT) as r:
+    with RouterProcess(
+        *auth, *args, adapters=adapters, env=env, cwd=ROOT, config_toml=config_toml
+    ) as r:
         yield r
 
 

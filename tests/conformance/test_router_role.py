@@ -47,6 +47,8 @@ def test_reference_router_passes_every_case_with_the_scripted_adapter() -> None:
             f"127.0.0.1:{port}",
             "--skip",
             "router.auth.*",
+            "--skip",
+            "router.lanes.*",  # needs a router at its limit: test_lanes_at_the_concurrency_limit
         )
     assert code == 0, (err[-2000:], report and _not_passed(report))
     assert {c["verdict"] for c in report["cases"]} == {"PASS", "SKIPPED"}
@@ -76,7 +78,7 @@ def test_reference_router_with_auth_passes_l2(secret_file: Path) -> None:
     report_msgs = {c["id"]: c["message"] for c in report["cases"]}
     # only the cases that need the scripted adapter, and those above L2
     assert all(
-        (v == "UNSUPPORTED" and (".adapter." in k or ".time.ttl" in k))
+        (v == "UNSUPPORTED" and "needs --adapter-listen" in report_msgs[k])
         or (v == "SKIPPED" and "above --level" in report_msgs[k])
         for k, v in not_passed.items()
     ), not_passed
@@ -175,3 +177,34 @@ def test_broken_router_to_adapter_is_caught(variant: str, case: str, want_id: st
     failed = {c["id"]: c for c in failures(report)}
     assert case in failed, sorted(failed)
     assert want_id in failed[case]["violated"]
+
+
+#: one stream at a time, so that lanes decide who goes next
+_LIMIT_ONE = "[admission]\nmin_limit = 1\ninitial_limit = 1\nmax_limit = 1\n"
+
+
+@needs_scripted_adapter
+@pytest.mark.parametrize("variant", [None, "bronze-starves-gold"])
+def test_lanes_at_the_concurrency_limit(variant: str | None) -> None:
+    """[ATP-ADAPT-001] the reference admits gold ahead of queued bronze; FIFO is caught."""
+    port = free_port()
+    with router(
+        variant=variant, adapters={"conf": f"grpc://127.0.0.1:{port}"}, config_toml=_LIMIT_ONE
+    ) as r:
+        code, report, err = run_suite(
+            "--role",
+            "router",
+            "--target",
+            r.url,
+            "--level",
+            "L2",
+            "--adapter-listen",
+            f"127.0.0.1:{port}",
+            "--run",
+            "router.lanes.gold-not-starved",
+        )
+    (case,) = [c for c in report["cases"] if c["id"] == "router.lanes.gold-not-starved"]
+    if variant is None:
+        assert code == 0 and case["verdict"] == "PASS", (case["message"], err[-1000:])
+    else:
+        assert code == 1 and case["verdict"] == "FAIL" and case["violated"] == ["ATP-ADAPT-001"]

@@ -178,7 +178,20 @@ def hang_on_stall() -> None:  # no ttl timer, no call deadline
     run.TTL_GRACE_MS = 10**8
 
 
+def bronze_starves_gold() -> None:  # every stream waits in the bronze lane: FIFO
+    from atp_proto.frames import QoS
+    from atp_proto.router import admission
+
+    orig = admission.Admission.acquire
+
+    async def acquire(self: Any, lane: Any) -> None:
+        await orig(self, QoS.BRONZE)
+
+    admission.Admission.acquire = acquire  # type: ignore[method-assign]
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "bronze-starves-gold": bronze_starves_gold,
     "ignore-credit": ignore_credit,
     "reuse-seq": reuse_seq,
     "skip-seq": skip_seq,
