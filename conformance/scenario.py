@@ -225,6 +225,17 @@ async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
             r.syn_seq[arg["stream_id"]] = 1
             r.next_sid = max(r.next_sid, int(arg["stream_id"]) + 2)
             await r.s.send_raw(head + bytes(int(arg["payload_len"])))
+        elif op == "idle_close":  # ATP-TIME-004: say nothing, open nothing, and wait
+            idle = int((r.router_caps or {}).get("idle_timeout_ms", 60_000))
+            if idle > int(arg.get("max_ms", 10_000)):
+                raise Unsupported(
+                    f"the router's idle_timeout_ms is {idle} (over {arg.get('max_ms', 10_000)})"
+                )
+            await _expect_close(
+                r,
+                {"code": "ETIMEOUT", "violated": ["ATP-TIME-004"]},
+                r.ctx.timeout(idle / 1000 + 3),
+            )
         elif op == "other_session":  # the same steps' language on a second session
             from conformance.drivers.ws import open_session
 
