@@ -74,6 +74,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="router role: an expired token of the router's issuer (L2 exp check)",
     )
     run.add_argument(
+        "--limited-token",
+        default=None,
+        metavar="TOKEN",
+        help="router role: a token whose task_types is [qa] and max_qos bronze (L2 policy cases)",
+    )
+    run.add_argument(
         "--insecure", action="store_true", help="wss://: do not verify the certificate"
     )
     run.add_argument(
@@ -251,6 +257,7 @@ def _run(args: argparse.Namespace) -> int:
             "insecure": args.insecure,
             "encoding": args.encoding,
             "expired_token": args.expired_token,
+            "limited_token": args.limited_token,
         },
     )
     progress = Progress(sys.stderr, quiet=False)

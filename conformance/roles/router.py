@@ -96,6 +96,16 @@ _AUTH = [
         "a valid token in the header beside a bad one in the query is accepted (the header wins)",
     ),
     (
+        "router.auth.task-type-refused",
+        ("ATP-SEC-004",),
+        "with the limited token (task_types [qa]), a stream of another task type is refused ESEC",
+    ),
+    (
+        "router.auth.lane-capped",
+        ("ATP-SEC-004", "ATP-SEC-015"),
+        "with the limited token (max_qos bronze), a gold SYN runs as bronze, said in ext lane",
+    ),
+    (
         "router.auth.no-secret-in-refusal",
         ("ATP-SEC-005", "ATP-ERR-006"),
         "a refused handshake's answer does not echo the token",
@@ -325,6 +335,37 @@ def _is_end(f: Mapping[str, Any]) -> bool:
     return f.get("type") == "ERROR" or "FIN" in (f.get("flags") or [])
 
 
+async def _limited(name: str, ctx: RunContext, rec: Recorder) -> CaseResult:
+    limited = ctx.options.get("limited_token")
+    if not limited:
+        return rec.result(
+            Verdict.UNSUPPORTED, "needs --limited-token (task_types [qa], max_qos bronze)"
+        )
+    session = await open_session(ctx, rec, text=False, token=str(limited))
+    r = Runner(ctx, session, rec, False)
+    try:
+        if name == "task-type-refused":
+            steps: list[dict[str, Any]] = [
+                {"open": {"stream_id": 1, "meta": {"task_type": "conformance-other"}}},
+                {"expect_end": {"stream_id": 1, "code": "ESEC", "violated": ["ATP-SEC-004"]}},
+                {"still_serves": ["ATP-SEC-004"]},
+            ]
+        else:
+            steps = [
+                {"open": {"stream_id": 1, "qos": "gold"}},
+                {"expect": {"stream_id": 1, "type": "DATA", "lane": "bronze"}},
+                {"expect_end": {"stream_id": 1, "how": "fin"}},
+            ]
+        await run_steps(r, steps)
+        return result_of(r, rec, None)
+    except ScenarioFailed as exc:
+        return result_of(r, rec, exc)
+    except HandshakeRefused as exc:
+        return rec.failed(f"refused the limited token: HTTP {exc.status}", "a session")
+    finally:
+        await session.aclose()
+
+
 def _alg_none(token: str) -> str:
     parts = token.split(".")
     header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
@@ -336,6 +377,8 @@ async def _auth(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
         return rec.result(Verdict.UNSUPPORTED, "needs --token (the router under test has auth on)")
     name = case.id.removeprefix("router.auth.")
     tok = ctx.token
+    if name in ("task-type-refused", "lane-capped"):
+        return await _limited(name, ctx, rec)
     refused = {
         "no-token": None,
         "bad-signature": tok[:-4] + ("AAAA" if not tok.endswith("AAAA") else "BBBB"),

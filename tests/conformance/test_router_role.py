@@ -62,6 +62,7 @@ def test_reference_router_with_auth_passes_l2(secret_file: Path) -> None:
     the token ones included (an expired token refused)."""
     token = issue_token(SECRET.encode(), ttl_s=600)
     expired = issue_token(SECRET.encode(), ttl_s=-120)
+    limited = issue_token(SECRET.encode(), ttl_s=600, task_types=["qa"], max_qos="bronze")
     with router(adapters={"persona": "builtin:persona"}, key_file=secret_file) as r:
         code, report, err = run_suite(
             "--role",
@@ -74,6 +75,8 @@ def test_reference_router_with_auth_passes_l2(secret_file: Path) -> None:
             token,
             "--expired-token",
             expired,
+            "--limited-token",
+            limited,
             "--skip",
             "router.time.idle-timeout",  # 60 s here: test_idle_timeout_closes_a_silent_session
         )
@@ -87,6 +90,9 @@ def test_reference_router_with_auth_passes_l2(secret_file: Path) -> None:
         for k, v in not_passed.items()
     ), not_passed
     assert token not in err
+    assert {"router.auth.task-type-refused", "router.auth.lane-capped"} <= {
+        c["id"] for c in report["cases"] if c["verdict"] == "PASS"
+    }
 
 
 # ---------------------------------------------------------------- broken variants
