@@ -14,7 +14,7 @@ encoding, control frames' sequence numbers, telemetry at L2).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import trio
@@ -189,7 +189,7 @@ class Runner:
         return None
 
 
-async def run_steps(r: Runner, steps: list[Mapping[str, Any]]) -> None:
+async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
     for step in steps:
         ((op, arg),) = ((k, v) for k, v in step.items() if k not in ("within_ms", "for_ms", "why"))
         why = step.get("why", "")
