@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "feedback": ("atp_proto._cli.feedback", "report the quality of a finished stream's answer"),
     "routing": ("atp_proto._cli.routing", "train, show, export and import the learner's state"),
     "audit": ("atp_proto._cli.audit", "verify the router's hash-chained decision log"),
+    "conformance": ("atp_proto._cli.conformance", "run the conformance suite; list, explain cases"),
 }
 
 

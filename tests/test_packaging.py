@@ -99,3 +99,27 @@ def test_atp_bench_codec_outside_the_checkout(installed: Path, tmp_path: Path) -
     out = _run([str(installed / "atp"), "bench", "codec", "--quick", "--json"], tmp_path)
     result = json.loads(out.stdout)
     assert result["benchmark"] == "codec" and result["judged"] is False
+
+
+def test_atp_conformance_outside_the_checkout(installed: Path, tmp_path: Path) -> None:
+    """Issue 11: scenarios, schemas, UNTESTABLE.md and requirements.yaml are package data."""
+    out = _run([str(installed / "atp"), "conformance", "list", "--json"], tmp_path)
+    ids = {c["id"] for c in json.loads(out.stdout)}
+    assert "router.basic.final" in ids and "codec.hello" in ids
+    out = _run([str(installed / "atp"), "conformance", "explain", "ATP-FLOW-001"], tmp_path)
+    assert "router.flow.credit-respected" in out.stdout
+    testee = f"{installed / 'python'} -m conformance.testees.python_codec"
+    out = _run(
+        [
+            str(installed / "atp"),
+            "conformance",
+            "run",
+            "--role",
+            "codec",
+            "--exec",
+            testee,
+            "--json",
+        ],
+        tmp_path,
+    )
+    assert json.loads(out.stdout)["exit_code"] == 0

@@ -1,0 +1,281 @@
+"""``atp conformance``: run the conformance suite against a router, client, adapter or
+codec, list its cases, explain a case or a requirement (``conformance/README.md``).
+
+::
+
+    atp conformance run --role router --target ws://127.0.0.1:7443/ws [--token T]
+    atp conformance run --role client --exec "my-client {url}"
+    atp conformance run --role adapter --target grpc://127.0.0.1:50051
+    atp conformance run --role codec --exec "node examples/node-codec/codec.js"
+    atp conformance list [--role R] [--json]
+    atp conformance explain ATP-FLOW-002 | router.flow.credit-respected
+
+Exit status of ``run``: 0 every case passed, 1 a failure, 2 bad usage, 3 target unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from atp_proto.cli import UsageError
+
+ROLE_NAMES = ("router", "client", "adapter", "codec")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="conf_cmd", metavar="ACTION", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run the suite against a target",
+        description="Run the conformance cases of one role against a target.",
+    )
+    run.add_argument("--role", choices=ROLE_NAMES, required=True)
+    run.add_argument(
+        "--target",
+        default="",
+        help="ws://HOST:PORT/PATH, wss://..., quic://... (router); grpc://HOST:PORT (adapter)",
+    )
+    run.add_argument(
+        "--exec",
+        dest="exec_cmd",
+        default="",
+        metavar="CMD",
+        help='the client ("CMD {url}") or codec testee to launch',
+    )
+    run.add_argument("--token", default=None, help="bearer token for the router's L2 cases")
+    run.add_argument(
+        "--expired-token",
+        default=None,
+        metavar="TOKEN",
+        help="router role: an expired token of the router's issuer (L2 exp check)",
+    )
+    run.add_argument(
+        "--limited-token",
+        default=None,
+        metavar="TOKEN",
+        help="router role: a token whose task_types is [qa] and max_qos bronze (L2 policy cases)",
+    )
+    run.add_argument(
+        "--insecure", action="store_true", help="wss://: do not verify the certificate"
+    )
+    run.add_argument(
+        "--encoding",
+        choices=("binary", "text", "both"),
+        default="both",
+        help="router role: which WebSocket encodings to test (default both)",
+    )
+    run.add_argument(
+        "--adapter-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="router role: serve the scripted gRPC adapter here (the router under "
+        "test must be configured with --adapter conf=grpc://HOST:PORT)",
+    )
+    run.add_argument("--level", choices=("L1", "L2", "L3"), default="L1")
+    run.add_argument("--run", action="append", default=[], metavar="GLOB", help="case ids to run")
+    run.add_argument("--skip", action="append", default=[], metavar="GLOB", help="case ids to skip")
+    run.add_argument(
+        "--requirement",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only cases citing this requirement ID (repeatable)",
+    )
+    run.add_argument("--timeout-scale", type=_positive_float, default=1.0, metavar="F")
+    run.add_argument("--repeat", type=_positive_int, default=1, metavar="N")
+    run.add_argument("--seed", type=int, default=0, metavar="N", help="fuzz cases' seed")
+    run.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write report.json, junit.xml and report.html here",
+    )
+    run.add_argument("--known-failures", type=Path, default=None, metavar="FILE")
+    run.add_argument("--json", action="store_true", help="print report.json on stdout")
+    lst = sub.add_parser("list", help="every case with its requirement IDs")
+    lst.add_argument("--role", choices=ROLE_NAMES, default=None)
+    lst.add_argument("--json", action="store_true")
+    exp = sub.add_parser("explain", help="a case or a requirement: text, what is sent, coverage")
+    exp.add_argument("id", metavar="ID")
+    exp.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.conf_cmd == "list":
+        return _list(args)
+    if args.conf_cmd == "explain":
+        return _explain(args)
+    return _run(args)
+
+
+def _cases(role: str | None) -> list[Any]:
+    from conformance.runner import UsageProblem, all_cases
+
+    out = []
+    for name in [role] if role else list(ROLE_NAMES):
+        try:
+            out += all_cases(name)
+        except UsageProblem as exc:
+            if role:
+                raise UsageError(str(exc)) from None
+    return out
+
+
+def _list(args: argparse.Namespace) -> int:
+    cases = _cases(args.role)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": c.id,
+                        "role": c.role.value,
+                        "level": c.level.value,
+                        "strength": c.strength.value,
+                        "title": c.title,
+                        "requirements": list(c.requirements),
+                    }
+                    for c in cases
+                ],
+                indent=1,
+            )
+        )
+        return 0
+    for c in cases:
+        print(f"{c.id:<58} {c.level} {c.strength:<6} {' '.join(c.requirements)}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from conformance.coverage import requirements
+
+    reqs = requirements()
+    cases = _cases(None)
+    key = args.id
+    if key.upper() in reqs:
+        r = reqs[key.upper()]
+        covering = [c.id for c in cases if r["id"] in c.requirements]
+        doc: dict[str, Any] = {"requirement": r, "cases": covering}
+        if args.json:
+            print(json.dumps(doc, indent=1))
+            return 0
+        print(f"{r['id']} ({r['level']}; {', '.join(r['roles'])}) {r['keyword']}")
+        print(f"section {r['section']}")
+        print(r["text"])
+        print(
+            "cases: "
+            + (", ".join(covering) if covering else "none (see conformance/UNTESTABLE.md)")
+        )
+        return 0
+    match = [c for c in cases if c.id == key]
+    if not match:
+        raise UsageError(f"no case or requirement named {key!r} (see 'atp conformance list')")
+    c = match[0]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "id": c.id,
+                    "role": c.role.value,
+                    "level": c.level.value,
+                    "strength": c.strength.value,
+                    "title": c.title,
+                    "description": c.description,
+                    "requirements": list(c.requirements),
+                },
+                indent=1,
+            )
+        )
+        return 0
+    print(f"{c.id} — {c.title} ({c.role}, {c.level}, {c.strength})")
+    print(c.description or "(no description)")
+    for rid in c.requirements:
+        entry = reqs.get(rid)
+        print(f"  {rid}: {entry['text'] if entry else '(unknown requirement)'}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import trio
+
+    from conformance.model import Level
+    from conformance.report import Progress, summary_dict, write_reports
+    from conformance.runner import RunOptions, UsageProblem, run_suite
+
+    target = args.target
+    if args.role in ("client", "codec"):
+        if not args.exec_cmd:
+            raise UsageError(f"--role {args.role} needs --exec CMD")
+        if args.role == "client" and "{url}" not in args.exec_cmd:
+            raise UsageError(
+                '--exec for the client role must contain {url}, e.g. "my-client {url}"'
+            )
+        target = target or args.exec_cmd
+    elif not target:
+        raise UsageError(f"--role {args.role} needs --target URL")
+    opts = RunOptions(
+        role=args.role,
+        target=target,
+        token=args.token,
+        level=Level(args.level),
+        run=args.run,
+        skip=args.skip,
+        requirements=[r.upper() for r in args.requirement],
+        timeout_scale=args.timeout_scale,
+        repeat=args.repeat,
+        seed=args.seed,
+        report_dir=args.report_dir,
+        known_failures=args.known_failures,
+        adapter_listen=args.adapter_listen,
+        extra={
+            "exec": args.exec_cmd,
+            "insecure": args.insecure,
+            "encoding": args.encoding,
+            "expired_token": args.expired_token,
+            "limited_token": args.limited_token,
+        },
+    )
+    progress = Progress(sys.stderr, quiet=False)
+    try:
+        with progress.live():
+            summary = trio.run(run_suite, opts, progress.result, progress.start)
+    except UsageProblem as exc:
+        raise UsageError(str(exc)) from None
+    if args.report_dir:
+        paths = write_reports(summary, args.report_dir)
+        print(f"reports: {paths['html']} {paths['json']} {paths['junit']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary_dict(summary), default=str))
+    counts = summary.counts()
+    line = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    if summary.unreachable:
+        print(f"atp conformance: target unreachable: {summary.unreachable}", file=sys.stderr)
+    else:
+        stale = f"; stale known failures: {', '.join(summary.stale)}" if summary.stale else ""
+        print(f"atp conformance: {args.role}: {line or 'no cases'}{stale}", file=sys.stderr)
+    return summary.exit_code

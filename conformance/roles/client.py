@@ -1,0 +1,465 @@
+"""The client role: the suite is a scripted router; it launches the client under test
+(``--exec "CMD {url}"``) against it and checks what the client sends and how it reacts.
+
+Placeholders in the command: ``{url}`` (required), ``{prompt_file}`` (a file holding the
+task's prompt), ``{streams}`` (tasks the client runs one after another on one session)
+and ``{ttl}`` (the stream's ttl in seconds); a case that needs one the
+command lacks is UNSUPPORTED. The client is expected to open a session, run its tasks, and
+exit. Every frame it sends is checked against the invariants of a client (version,
+reserved bits, SYN on frag_seq 0, stream ids strictly increasing, msg_seq +1, credit).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from conformance._record import Recorder
+from conformance.drivers.ws import from_binary, from_text, to_binary
+from conformance.model import CaseResult, CaseSpec, Role, Verdict
+from conformance.roles import RunContext, TargetUnreachable
+
+__all__ = ["cases", "run"]
+
+DEFAULT_WINDOW = 262_144
+CASE_S = 10.0
+
+_CASES: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
+    (
+        "client.basic.three-streams",
+        "three tasks on one session: SYN on frag_seq 0, ids strictly "
+        "increasing, msg_seq from the SYN, a heartbeat answered",
+        (
+            "ATP-STREAM-001",
+            "ATP-STREAM-002",
+            "ATP-SEQ-001",
+            "ATP-FRAME-001",
+            "ATP-FRAME-002",
+            "ATP-FRAME-004",
+            "ATP-FLAG-001",
+            "ATP-FRAME-018",
+            "ATP-TIME-002",
+            "ATP-JSON-002",
+        ),
+        {"streams": 3, "heartbeat": True},
+    ),
+    (
+        "client.flow.credit-respected",
+        "a 400 KB prompt with the default 256 KiB credit: the "
+        "client fragments, never passes its credit, and goes on when credit comes",
+        (
+            "ATP-FLOW-001",
+            "ATP-FLOW-003",
+            "ATP-SEQ-008",
+            "ATP-SEQ-010",
+            "ATP-SEQ-011",
+            "ATP-LIMIT-004",
+            "ATP-SESS-015",
+            "ATP-SESS-007",
+        ),
+        {"prompt_size": 400_000, "withhold_s": 0.6},
+    ),
+    (
+        "client.stream.syn-from-router",
+        "a SYN from the router is a stream error EPROTO",
+        ("ATP-STREAM-006", "ATP-ERR-001"),
+        {"router_syn": True},
+    ),
+    (
+        "client.session.draining",
+        "after EDRAINING on stream 0 the client opens no new stream on that session",
+        ("ATP-SESS-006", "ATP-ERR-007"),
+        {"streams": 2, "drain": True},
+    ),
+    (
+        "client.err.retry-after",
+        "a stream refused with retry_after_ms is not retried earlier",
+        ("ATP-ERR-008",),
+        {"streams": 1, "refuse_ms": 600},
+    ),
+    (
+        "client.frame.budget-update",
+        "a BUDGET_UPDATE from the router is accepted mid-stream",
+        ("ATP-FRAME-014", "ATP-EXT-004"),
+        {"budget_update": True},
+    ),
+    (
+        "client.time.ttl",
+        "a stream whose ttl passes without an answer does not hang the client",
+        ("ATP-TIME-007",),
+        {"ttl": 1, "silent": True},
+    ),
+]
+
+
+def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
+    return [
+        CaseSpec(cid, Role.CLIENT, title, reqs, description=title) for cid, title, reqs, _ in _CASES
+    ]
+
+
+@dataclass
+class _Seen:
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    opened: list[int] = field(default_factory=list)
+    syn_times: list[float] = field(default_factory=list)
+    after_drain_syn: bool = False
+    errors_from_client: list[dict[str, Any]] = field(default_factory=list)
+    hb_ack: bool = False
+
+
+def _command(
+    ctx: RunContext, params: Mapping[str, Any], url: str, prompt_path: str
+) -> list[str] | None:
+    cmd = str(ctx.options.get("exec") or ctx.target)
+    needed = {
+        "{prompt_file}": "prompt_size" in params,
+        "{streams}": params.get("streams", 1) > 1,
+        "{ttl}": "ttl" in params,
+    }
+    if any(need and ph not in cmd for ph, need in needed.items()):
+        return None
+    prompt = "conformance:client:ok" + "x" * int(params.get("prompt_size", 0))
+    with open(prompt_path, "w", encoding="utf-8") as fh:
+        fh.write(prompt)
+    out = []
+    for part in shlex.split(cmd):
+        out.append(  # noqa: PERF401 - the placeholders, one per line
+            part.replace("{url}", url)
+            .replace("{prompt_file}", fh.name)
+            .replace("{streams}", str(params.get("streams", 1)))
+            .replace("{ttl}", str(params.get("ttl", 0)))
+        )
+    return out
+
+
+async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
+
+    params = next(p for cid, _, _, p in _CASES if cid == case.id)
+    rec = Recorder(case)
+    seen = _Seen()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}/ws"
+    import os
+    import tempfile
+
+    fd, prompt_path = tempfile.mkstemp(suffix=".txt", prefix="atp-conf-prompt-")
+    os.close(fd)
+    try:
+        return await _run(case, ctx, params, rec, seen, listeners, url, prompt_path)
+    finally:
+        os.unlink(prompt_path)
+
+
+async def _run(
+    case: CaseSpec,
+    ctx: RunContext,
+    params: Mapping[str, Any],
+    rec: Recorder,
+    seen: _Seen,
+    listeners: Any,
+    url: str,
+    prompt_path: str,
+) -> CaseResult:
+    from atp_proto.transports.ws_server import WsConnection
+
+    argv = _command(ctx, params, url, prompt_path)
+    if argv is None:
+        for ln in listeners:
+            await ln.aclose()
+        return rec.result(
+            Verdict.UNSUPPORTED, "the --exec command lacks a placeholder this case needs"
+        )
+    done = trio.Event()
+    outcome: dict[str, Any] = {}
+
+    async def serve_one() -> None:
+        stream = await listeners[0].accept()
+        ws = WsConnection(stream, max_message_size=1 << 21)
+        req = await ws.read_request()
+        if req is None:
+            return
+        await ws.accept("atp.v1" if "atp.v1" in req.subprotocols else None)
+        try:
+            await _script(ws, params, seen, rec, ctx)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await ws.aclose()
+
+    async def launch() -> None:
+        try:
+            proc = await trio.run_process(
+                argv,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            outcome["error"] = f"cannot start {argv[0]}: {exc}"
+            done.set()
+            return
+        outcome["rc"] = proc.returncode
+        outcome["stdout"] = proc.stdout.decode("utf-8", "replace")[-2000:]
+        outcome["stderr"] = proc.stderr.decode("utf-8", "replace")[-2000:]
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_one)
+        nursery.start_soon(launch)
+        with trio.move_on_after(ctx.timeout(CASE_S)) as scope:
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    for ln in listeners:
+        await ln.aclose()
+    if "error" in outcome:
+        raise TargetUnreachable(outcome["error"])
+    rec.note("client exit", outcome)
+    return _judge(case, params, seen, rec, outcome, scope.cancelled_caught)
+
+
+def _judge(
+    case: CaseSpec,
+    params: Mapping[str, Any],
+    seen: _Seen,
+    rec: Recorder,
+    outcome: Mapping[str, Any],
+    hung: bool,
+) -> CaseResult:
+    probs = list(seen.problems)
+    if hung:
+        probs.append(
+            (
+                "ATP-TIME-007" if params.get("silent") else "ATP-STREAM-011",
+                f"the client did not exit within {CASE_S:g} s",
+            )
+        )
+    if params.get("router_syn") and not any(
+        e.get("stream_id") == 2 and (e.get("error") or {}).get("code") == "EPROTO"
+        for e in seen.errors_from_client
+    ):
+        probs.append(("ATP-STREAM-006", "no ERROR EPROTO on stream 2 for the router's SYN"))
+    if params.get("heartbeat") and not seen.hb_ack:
+        probs.append(("ATP-TIME-002", "the heartbeat got no HB|ACK with its payload"))
+    if params.get("drain") and seen.after_drain_syn:
+        probs.append(("ATP-SESS-006", "a SYN after EDRAINING on the same session"))
+    if params.get("refuse_ms") and len(seen.syn_times) > 1:
+        gap = (seen.syn_times[1] - seen.syn_times[0]) * 1000
+        if gap < params["refuse_ms"]:
+            probs.append(
+                (
+                    "ATP-ERR-008",
+                    f"retried after {gap:.0f} ms (retry_after_ms {params['refuse_ms']})",
+                )
+            )
+    want_streams = params.get("streams", 1)
+    if (
+        not params.get("silent")
+        and not params.get("drain")
+        and not params.get("refuse_ms")
+        and not params.get("router_syn")
+        and len(seen.opened) < want_streams
+    ):
+        probs.append(
+            ("ATP-STREAM-001", f"{len(seen.opened)} stream(s) opened, {want_streams} asked")
+        )
+    if probs:
+        return rec.failed(
+            "; ".join(f"[{i}] {m}" for i, m in probs[:5]),
+            "a client that keeps every rule of the exchange",
+            tuple(dict.fromkeys(i for i, _ in probs)),
+        )
+    return rec.passed()
+
+
+async def _script(
+    ws: Any, params: Mapping[str, Any], seen: _Seen, rec: Recorder, ctx: RunContext
+) -> None:
+    """The scripted router: answer CAPABILITIES, then each SYN as the case says."""
+    text = False
+    msgs: dict[int, bytearray] = {}
+    next_seq: dict[int, int] = {}
+    spent: dict[int, int] = {}
+    credit: dict[int, int] = {}
+    highest = 0
+    drained = False
+    answered = 0
+    pending: list[tuple[int, int]] = []  #: credit granted, applied from the next message on
+
+    async def send(m: dict[str, Any]) -> None:
+        data: bytes | str = json.dumps(m) if text else to_binary(m)
+        rec.sent(data)
+        await ws.send(data)
+
+    async def answer(sid: int) -> None:
+        seq = next_seq.get(sid, 1)
+        if params.get("budget_update"):
+            await send(
+                {"type": "BUDGET_UPDATE", "stream_id": sid, "usage": {"tokens": 3, "x_new": 1}}
+            )
+        await send(
+            {
+                "type": "DATA",
+                "flags": ["MORE"],
+                "stream_id": sid,
+                "msg_seq": seq,
+                "payload": {"type": "agent.result.partial", "content": {"chunk": 0}},
+            }
+        )
+        await send(
+            {
+                "type": "DATA",
+                "flags": ["FIN"],
+                "stream_id": sid,
+                "msg_seq": seq + 1,
+                "telemetry": {"tokens": 1, "usd_micros": 1, "latency_ms": 1},
+                "payload": {"type": "agent.result.final", "content": {"ok": True, "answer": "ok"}},
+            }
+        )
+
+    while True:
+        try:
+            msg = await ws.receive()
+        except Exception:
+            return
+        if not isinstance(msg, (bytes, str)):
+            seen.problems.append(("ATP-WS-011", "a message over the limit"))
+            continue
+        rec.received(msg)
+        for s_id, c in pending:
+            credit[s_id] = credit.get(s_id, DEFAULT_WINDOW) + c
+        pending.clear()
+        text = isinstance(msg, str)
+        try:
+            frames = [from_text(msg)] if isinstance(msg, str) else from_binary(msg)
+        except ValueError as exc:
+            seen.problems.append(("ATP-WS-001", f"undecodable message: {exc}"))
+            continue
+        for f in frames:
+            seen.frames.append(f)
+            t, sid, flags = f.get("type"), f.get("stream_id"), f.get("flags") or []
+            if f.get("v", 1) != 1:
+                seen.problems.append(("ATP-FRAME-002", f"version {f.get('v')}"))
+            if isinstance(sid, int) and sid & 0x80000000:
+                seen.problems.append(("ATP-FRAME-004", "reserved stream-id bit"))
+            if f.get("raw_flags", 0) & 0x80:
+                seen.problems.append(("ATP-FLAG-001", "a reserved flag bit"))
+            if t == "CAPABILITIES":
+                caps = {"versions": [1], "initial_window": DEFAULT_WINDOW, "max_streams": 100}
+                await send({"type": "CAPABILITIES", "stream_id": 0, "caps": caps})
+                if params.get("heartbeat"):
+                    await send(
+                        {"type": "DATA", "flags": ["HB"], "stream_id": 0, "payload_b64": "CQgH"}
+                    )
+                if params.get("router_syn"):
+                    await send(
+                        {
+                            "type": "DATA",
+                            "flags": ["SYN"],
+                            "stream_id": 2,
+                            "msg_seq": 1,
+                            "payload": {"type": "agent.task"},
+                        }
+                    )
+                continue
+            if t == "DATA" and sid == 0 and "HB" in flags and "ACK" in flags:
+                seen.hb_ack = (
+                    seen.hb_ack
+                    or f.get("payload_b64") == "CQgH"
+                    or (f.get("payload_hex") == "090807")
+                )
+                continue
+            if t == "ERROR":
+                seen.errors_from_client.append(f)
+                continue
+            if t in ("WINDOW_UPDATE", "CAPABILITIES") or sid == 0:
+                if f.get("msg_seq") or f.get("frag_seq"):
+                    seen.problems.append(("ATP-FRAME-018", f"{t} with a msg_seq"))
+                continue
+            if t != "DATA" or not isinstance(sid, int):
+                continue
+            spent[sid] = spent.get(sid, 0) + int(f.get("size", 0))
+            if spent[sid] > credit.get(sid, DEFAULT_WINDOW):
+                seen.problems.append(
+                    (
+                        "ATP-FLOW-001",
+                        f"stream {sid}: {spent[sid]} bytes with "
+                        f"{credit.get(sid, DEFAULT_WINDOW)} of credit",
+                    )
+                )
+                credit[sid] = 1 << 40
+            if "SYN" in flags:
+                if f.get("frag_seq"):
+                    seen.problems.append(("ATP-STREAM-001", "SYN on a frag_seq other than 0"))
+                if sid <= highest:
+                    seen.problems.append(("ATP-STREAM-002", f"SYN on stream {sid} after {highest}"))
+                if drained:
+                    seen.after_drain_syn = True
+                highest = max(highest, sid)
+                seen.opened.append(sid)
+                seen.syn_times.append(trio.current_time())
+                next_seq[sid] = int(f.get("msg_seq", 0)) + 1
+                msgs[sid] = bytearray()
+            elif sid in next_seq and f.get("frag_seq", 0) == 0:
+                if f.get("msg_seq") != next_seq[sid]:
+                    seen.problems.append(
+                        (
+                            "ATP-SEQ-001",
+                            f"stream {sid}: msg_seq {f.get('msg_seq')}, expected {next_seq[sid]}",
+                        )
+                    )
+                next_seq[sid] = int(f.get("msg_seq", 0)) + 1
+            if "CONT" in flags:  # more fragments of the SYN message to come
+                if params.get("withhold_s") and spent[sid] > DEFAULT_WINDOW // 2:
+                    withhold = params["withhold_s"]
+                    params = dict(params, withhold_s=0)  # once
+
+                    async def grant_later(s: int = sid, w: float = withhold) -> None:
+                        await trio.sleep(ctx.timeout(w))
+                        pending.append((s, 1 << 22))  # counts for messages read after it
+                        await send({"type": "WINDOW_UPDATE", "stream_id": s, "credit": 1 << 22})
+
+                    async with trio.open_nursery() as n:  # read nothing meanwhile
+                        n.start_soon(grant_later)
+                continue
+            if "SYN" not in flags and f.get("frag_seq", 0) == 0 and sid in next_seq:
+                continue  # a later message of the client (e.g. FIN): nothing to do
+            answered += 1
+            if params.get("silent"):
+                continue
+            if params.get("refuse_ms") and answered == 1:
+                await send(
+                    {
+                        "type": "ERROR",
+                        "flags": ["RST"],
+                        "stream_id": sid,
+                        "error": {
+                            "code": "EPREEMPT",
+                            "message": "shed (conformance)",
+                            "retry_after_ms": params["refuse_ms"],
+                        },
+                    }
+                )
+                continue
+            await answer(sid)
+            if params.get("drain") and not drained:
+                drained = True
+                await send(
+                    {
+                        "type": "ERROR",
+                        "stream_id": 0,
+                        "error": {
+                            "code": "EDRAINING",
+                            "message": "draining (conformance)",
+                            "retry_after_ms": 1000,
+                        },
+                    }
+                )

@@ -1,0 +1,614 @@
+"""The scenario interpreter: runs one case of ``conformance/scenarios/*.yaml`` (schema
+``conformance/schema/scenario.schema.json``) against a router over one WebSocket session.
+
+A scenario is a list of steps (``open``, ``send``, ``send_raw``, ``grant``, ``expect``,
+``expect_end``, ``expect_close``, ``expect_none``, ``still_serves``, ``adapter_event``,
+``sleep_ms``, ``repeat``); matchers compare received frames (as JSON mappings) field by
+field, with ``{"any_of": [...]}``, ``{"present": bool}``, ``{"has": [...]}`` /
+``{"lacks": [...]}`` (flags), ``{"gte": n}`` / ``{"lte": n}``. After the steps the
+*invariants* every router exchange must keep are checked on everything received, each
+with its requirement ID (msg_seq numbering, MORE/FIN, one end per stream, credit,
+encoding, control frames' sequence numbers, telemetry at L2).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import trio
+
+from conformance._record import Recorder
+from conformance.drivers.ws import WsSession
+from conformance.model import CaseResult, Level
+from conformance.roles import RunContext
+
+__all__ = ["ScenarioFailed", "invariants", "matches", "run_steps"]
+
+#: the seed's SYN window and meta (spec §13.4)
+WINDOW = {"max_parallel": 4, "max_tokens": 50000, "max_usd_micros": 1000000}
+META = {"task_type": "qa", "tool_permissions": [], "data_scope": ["no_secrets"]}
+DEFAULT_WINDOW = 262_144
+END_MS = 5000
+
+
+class ScenarioFailed(Exception):
+    def __init__(self, message: str, expected: str = "", violated: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.expected = expected
+        self.violated = violated
+
+
+class Unsupported(Exception):
+    """The case needs what the run lacks (--adapter-listen, --token): UNSUPPORTED."""
+
+
+def matches(frame: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
+    for key, cond in want.items():
+        have = frame.get(key, None)
+        if key == "flags" and isinstance(cond, Mapping):
+            flags = set(have or [])
+            if not set(cond.get("has", [])) <= flags or set(cond.get("lacks", [])) & flags:
+                return False
+            continue
+        if isinstance(cond, Mapping) and cond.get("or_absent") and key not in frame:
+            continue
+        if isinstance(cond, Mapping) and cond.keys() & {"any_of", "present", "gte", "lte"}:
+            if "present" in cond and (key in frame) != bool(cond["present"]):
+                return False
+            if "any_of" in cond and have not in cond["any_of"]:
+                return False
+            if "gte" in cond and not (isinstance(have, (int, float)) and have >= cond["gte"]):
+                return False
+            if "lte" in cond and not (isinstance(have, (int, float)) and have <= cond["lte"]):
+                return False
+            continue
+        if isinstance(cond, Mapping):
+            if not isinstance(have, Mapping) or not matches(have, cond):
+                return False
+        elif have != cond:
+            return False
+    return True
+
+
+def _ended(f: Mapping[str, Any]) -> bool:
+    flags = f.get("flags") or []
+    return f.get("type") == "ERROR" or "FIN" in flags or "RST" in flags
+
+
+class Runner:
+    """State of one scenario run: the session, what was sent, the token of the run."""
+
+    def __init__(self, ctx: RunContext, session: WsSession, rec: Recorder, text: bool) -> None:
+        self.ctx = ctx
+        self.s = session
+        self.rec = rec
+        self.text = text
+        self.token = secrets.token_hex(6)
+        self.syn_seq: dict[Any, int] = {}  #: stream -> msg_seq of its SYN
+        #: stream -> [(frames received when the grant was sent, credit)]
+        self.granted: dict[Any, list[tuple[int, int]]] = {}
+        self.initial_window = DEFAULT_WINDOW
+        self.next_sid = 1
+        self.last_sid: Any = None  #: the stream the last SYN opened ("stream_id: last")
+        self.router_caps: Mapping[str, Any] | None = None  #: the router's CAPABILITIES caps
+        #: the session_id the client sent (text), which the router must then echo
+        self.session_id: str | None = None
+        self.session_from = 0  #: frames received before the session_id was sent need none
+
+    def prompt(self, behaviour: str = "ok") -> str:
+        return f"conformance:{self.token}:{behaviour}"
+
+    def _expand(self, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.startswith("{task") and value.endswith("}"):
+                return self.prompt(value[6:-1] if ":" in value else "ok")
+            return value
+        if isinstance(value, Mapping):
+            return {k: self._expand(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._expand(v) for v in value]
+        return value
+
+    def ms(self, step: Mapping[str, Any], key: str = "within_ms", default: float = END_MS) -> float:
+        return self.ctx.timeout(float(step.get(key, default)) / 1000)
+
+    async def send(self, m: Mapping[str, Any]) -> None:
+        m = dict(self._expand(m))
+        if self.text and "session_id" not in m:
+            if self.session_id is None:
+                self.session_from = len(self.s.frames)
+            m["session_id"] = self.session_id = self.session_id or "conf-s1"
+        sid = m.get("stream_id", 0)
+        if "SYN" in (m.get("flags") or []):
+            self.syn_seq[sid] = int(m.get("msg_seq", 0))
+            self.last_sid = sid
+            if isinstance(sid, int):
+                self.next_sid = max(self.next_sid, sid + 2)
+        if m.get("type") == "WINDOW_UPDATE" and isinstance(m.get("credit"), int):
+            self.granted.setdefault(sid, []).append((len(self.s.frames), m["credit"]))
+        await self.s.send(m)
+
+    def credit_at(self, sid: Any, index: int) -> int:
+        """The credit the router had for ``sid`` when it sent received frame ``index``."""
+        return self.initial_window + sum(c for n, c in self.granted.get(sid, []) if n <= index)
+
+    def syn(self, step: Mapping[str, Any]) -> dict[str, Any]:
+        sid = step.get("stream_id", self.next_sid)
+        m: dict[str, Any] = {
+            "type": "DATA",
+            "flags": ["SYN"],
+            "stream_id": sid,
+            "msg_seq": step.get("msg_seq", 1),
+            "qos": step.get("qos", "gold"),
+            "ttl": step.get("ttl", 8),
+            "window": step.get("window", WINDOW),
+            "meta": dict(META, **step.get("meta", {})),
+            "payload": {
+                "type": "agent.task",
+                "content": {"prompt": self.prompt(step.get("behaviour", "ok"))},
+            },
+        }
+        if self.ctx.adapter_listen and step.get("behaviour") is not None:
+            m["meta"].setdefault("adapters", ["conf"])
+        for key in ("frag_seq", "extra"):
+            if key in step:
+                m.update(step[key] if key == "extra" else {key: step[key]})
+        return m
+
+    async def wait_for(self, want: Mapping[str, Any], timeout: float) -> dict[str, Any] | None:
+        for f in self.s.frames:  # already here
+            if matches(f, want) and not f.get("_used"):
+                f["_used"] = True
+                return f
+        with trio.move_on_after(timeout):
+            while True:
+                nxt = await self.s.next(timeout)
+                if nxt is None:
+                    if self.s.closed:
+                        return None
+                    continue
+                if matches(nxt, want) and not nxt.get("_used"):
+                    nxt["_used"] = True
+                    return nxt
+        return None
+
+    async def end_of(self, sid: Any, timeout: float) -> dict[str, Any] | None:
+        with trio.move_on_after(timeout):
+            while True:
+                for f in self.s.frames:
+                    if f.get("stream_id") == sid and _ended(f):
+                        return f
+                if await self.s.next(timeout) is None and self.s.closed:
+                    break
+        for f in self.s.frames:
+            if f.get("stream_id") == sid and _ended(f):
+                return f
+        return None
+
+
+async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
+    for step in steps:
+        ((op, arg),) = ((k, v) for k, v in step.items() if k not in ("within_ms", "for_ms", "why"))
+        why = step.get("why", "")
+        if op == "open":
+            await r.send(r.syn(arg or {}))
+        elif op == "send":
+            await r.send(arg)
+        elif op == "send_batch":  # several frames in one binary message
+            from conformance.drivers.ws import to_binary
+
+            for raw in arg:
+                m = r._expand(raw)
+                if "SYN" in (m.get("flags") or []):
+                    r.syn_seq[m["stream_id"]] = int(m.get("msg_seq", 0))
+                    r.next_sid = max(r.next_sid, int(m["stream_id"]) + 2)
+            await r.s.send_raw(b"".join(to_binary(r._expand(m)) for m in arg))
+        elif op == "send_big":  # a frame whose body is over the limit, zeros
+            import struct
+
+            head = struct.pack(
+                "!BBBBIIHHII",
+                1,
+                0,
+                0x05,
+                1,
+                int(arg["stream_id"]),
+                1,
+                0,
+                8,
+                0,
+                int(arg["payload_len"]),
+            )
+            r.syn_seq[arg["stream_id"]] = 1
+            r.next_sid = max(r.next_sid, int(arg["stream_id"]) + 2)
+            await r.s.send_raw(head + bytes(int(arg["payload_len"])))
+        elif op == "idle_close":  # ATP-TIME-004: say nothing, open nothing, and wait
+            idle = int((r.router_caps or {}).get("idle_timeout_ms", 60_000))
+            if idle > int(arg.get("max_ms", 10_000)):
+                raise Unsupported(
+                    f"the router's idle_timeout_ms is {idle} (over {arg.get('max_ms', 10_000)})"
+                )
+            await _expect_close(
+                r,
+                {"code": "ETIMEOUT", "violated": ["ATP-TIME-004"]},
+                r.ctx.timeout(idle / 1000 + 3),
+            )
+        elif op == "other_session":  # the same steps' language on a second session
+            from conformance.drivers.ws import open_session
+
+            other = await open_session(r.ctx, r.rec, text=r.text)
+            try:
+                r2 = Runner(r.ctx, other, r.rec, r.text)
+                r2.next_sid = 101
+                await run_steps(r2, arg)
+            finally:
+                await other.aclose()
+        elif op == "send_fragmented":
+            await _send_fragmented(r, arg, r.ms(step, default=4000))
+        elif op == "open_to_limit":  # as many streams as the router's max_streams allows
+            limit = int((r.router_caps or {}).get("max_streams", 100))
+            if limit > 1000:
+                raise Unsupported(f"the router's max_streams is {limit} (over 1,000)")
+            for _ in range(limit):
+                await r.send(r.syn(dict(arg)))
+            await r.send(r.syn(dict(arg)))
+        elif op == "adapter_none":
+            adapter = r.ctx.options.get("adapter")
+            if adapter is None:
+                raise Unsupported("needs --adapter-listen")
+            await trio.sleep(r.ms(step, "for_ms", 500))
+            seen_events = [e.get("event") for e in adapter.events(r.token)]
+            if arg["event"] in seen_events:
+                raise ScenarioFailed(
+                    f"the adapter saw {arg['event']!r} (events {seen_events})",
+                    f"no {arg['event']} yet",
+                    tuple(arg.get("violated", ())),
+                )
+        elif op == "expect_transport_close":
+            if not await r.s.wait_closed(r.ms(step, default=5000)):
+                raise ScenarioFailed(
+                    "the transport stayed open", "the session ends", tuple(arg.get("violated", ()))
+                )
+            errs = [f for f in r.s.frames if f.get("type") == "ERROR" and f.get("stream_id") == 0]
+            if errs and arg.get("no_error"):
+                raise ScenarioFailed(
+                    f"answered with {_short(errs[0])}", "no ERROR in answer", ("ATP-ERR-011",)
+                )
+        elif op == "close":
+            await r.s.aclose()
+            r.s.closed = True
+        elif op == "adapter_deadline":
+            adapter = r.ctx.options.get("adapter")
+            if adapter is None:
+                raise Unsupported("needs --adapter-listen")
+            starts = [e for e in adapter.events(r.token) if e.get("event") == "stream_start"]
+            dl = starts[0].get("deadline_ms") if starts else None
+            if not isinstance(dl, (int, float)) or dl <= arg["gt_ms"]:
+                raise ScenarioFailed(
+                    f"the adapter call's deadline is {dl} ms",
+                    f"a gRPC deadline later than {arg['gt_ms']} ms",
+                    tuple(arg.get("violated", ())),
+                )
+        elif op == "send_raw":
+            if "text" in arg:
+                import json
+
+                try:  # the session_id it carries is the one the router must echo
+                    sid_text = json.loads(arg["text"]).get("session_id")
+                    if isinstance(sid_text, str) and r.session_id is None:
+                        r.session_id, r.session_from = sid_text, len(r.s.frames)
+                except (ValueError, AttributeError):
+                    pass
+            await r.s.send_raw(bytes.fromhex(arg["hex"]) if "hex" in arg else arg["text"])
+        elif op == "grant":
+            await r.send(
+                {"type": "WINDOW_UPDATE", "stream_id": arg["stream_id"], "credit": arg["credit"]}
+            )
+        elif op == "sleep_ms":  # keep reading meanwhile: what arrives is what was sent so far
+            with trio.move_on_after(r.ctx.timeout(float(arg) / 1000)):
+                while await r.s.next(60.0) is not None or not r.s.closed:
+                    pass
+                await trio.sleep_forever()
+        elif op == "repeat":
+            for _ in range(int(arg["times"])):
+                await run_steps(r, arg["steps"])
+        elif op == "expect":
+            got = await r.wait_for(arg, r.ms(step))
+            if got is None:
+                raise ScenarioFailed(f"no frame matching {arg} {why}".strip(), str(arg))
+        elif op == "expect_none":
+            seen = len(r.s.frames)
+            with trio.move_on_after(r.ms(step, "for_ms", 500)):
+                while True:
+                    f = await r.s.next(r.ms(step, "for_ms", 500))
+                    if f is None and r.s.closed:
+                        break
+            bad = [f for f in r.s.frames[seen:] if matches(f, arg)]
+            if bad:
+                raise ScenarioFailed(
+                    f"unexpected frame {_short(bad[0])} {why}".strip(), f"none matching {arg}"
+                )
+        elif op == "expect_end":
+            await _expect_end(r, arg, r.ms(step))
+        elif op == "expect_close":
+            await _expect_close(r, arg, r.ms(step, default=5000))
+        elif op == "until_serves":  # poll (a breaker may be open from an earlier case)
+            with trio.move_on_after(r.ms(step, default=8000)):
+                while True:
+                    sid = r.next_sid
+                    await r.send(r.syn({"stream_id": sid, **(arg or {})}))
+                    end = await r.end_of(sid, r.ms({}, default=5000))
+                    if end is not None and "FIN" in end.get("flags", []):
+                        break
+                    await trio.sleep(r.ctx.timeout(0.5))
+            # earlier refusals are the harness's polling, not the case's subject
+            for f in r.s.frames:
+                f["_poll"] = True
+        elif op == "still_serves":
+            nums = [f["stream_num"] for f in r.s.frames if isinstance(f.get("stream_num"), int)]
+            sid = max([r.next_sid, *(n + 1 for n in nums)])
+            await r.send(r.syn({"stream_id": sid}))
+            end = await r.end_of(sid, r.ms(step))
+            if end is None or "FIN" not in end.get("flags", []):
+                raise ScenarioFailed(
+                    f"the session no longer serves: stream {sid} ended with {_short(end)}",
+                    "a new stream on the same session completes with FIN",
+                    tuple(arg) if isinstance(arg, list) else ("ATP-ERR-001",),
+                )
+        elif op == "adapter_event":
+            await _adapter_event(r, arg, r.ms(step, default=5000))
+        else:
+            raise ValueError(f"unknown step {op!r}")
+
+
+async def _send_fragmented(r: Runner, arg: Mapping[str, Any], wait: float) -> None:
+    """A SYN message of a ``prompt_bytes`` prompt in fragments of ``fragment`` payload bytes,
+    sent within the router's credit: when it runs out, wait (up to ``wait``) for the
+    WINDOW_UPDATE the router owes for buffered fragments (ATP-SEQ-009, ATP-FLOW-012)."""
+    import cbor2
+
+    from conformance.drivers.ws import to_binary
+
+    sid = arg["stream_id"]
+    body = cbor2.dumps(
+        {"type": "agent.task", "content": {"prompt": r.prompt() + "x" * int(arg["prompt_bytes"])}}
+    )
+    size = int(arg["fragment"])
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    window = int((r.router_caps or {}).get("initial_window", DEFAULT_WINDOW))
+    credit, seen = window, 0
+    r.syn_seq[sid] = 1
+    r.next_sid = max(r.next_sid, sid + 2)
+    batch: list[bytes] = []
+    batch_bytes = 0
+    import base64
+
+    for i, part in enumerate(parts[:65536]):  # frag_seq is 16 bits: 65,536 fragments at most
+        m: dict[str, Any] = {
+            "type": "DATA",
+            "stream_id": sid,
+            "msg_seq": 1,
+            "frag_seq": i,
+            "flags": (["SYN"] if i == 0 else []) + (["CONT"] if i < len(parts) - 1 else []),
+            "payload_b64": base64.b64encode(part).decode(),
+        }
+        if i == 0:
+            m.update(qos="gold", ttl=8, window=arg.get("window", WINDOW), meta=dict(META))
+        frame = to_binary(m)
+        while len(frame) > credit:
+            if batch:
+                await r.s.send_raw(b"".join(batch))
+                batch, batch_bytes = [], 0
+            got = None
+            with trio.move_on_after(wait):
+                while got is None:
+                    f = await r.s.next(wait)
+                    if f is None and r.s.closed:
+                        break
+                    for g in r.s.frames[seen:]:
+                        if g.get("stream_id") == sid and g.get("type") == "WINDOW_UPDATE":
+                            credit += int(g.get("credit") or 0)
+                            got = g
+                        elif g.get("stream_id") == sid and _ended(g):
+                            return  # the router ended it: the case's expect_end judges that
+                    seen = len(r.s.frames)
+            if got is None:
+                raise ScenarioFailed(
+                    f"no credit came back after {i} fragments ({window - credit} bytes in flight)",
+                    "WINDOW_UPDATE for the buffered fragments",
+                    tuple(arg.get("violated", ())),
+                )
+        credit -= len(frame)
+        batch.append(frame)
+        batch_bytes += len(frame)
+        if batch_bytes >= 65536:
+            await r.s.send_raw(b"".join(batch))
+            batch, batch_bytes = [], 0
+    if batch:
+        await r.s.send_raw(b"".join(batch))
+
+
+def _short(f: Mapping[str, Any] | None) -> str:
+    if f is None:
+        return "nothing (no end within the time bound)"
+    keep = ("type", "stream_id", "flags", "msg_seq", "error")
+    return str({k: f[k] for k in keep if k in f})
+
+
+async def _expect_end(r: Runner, arg: Mapping[str, Any], timeout: float) -> None:
+    sid = r.last_sid if arg["stream_id"] == "last" else arg["stream_id"]
+    end = await r.end_of(sid, timeout)
+    how = arg.get("how", "any")
+    codes = arg.get("code")
+    codes = [codes] if isinstance(codes, str) else codes
+    want = f"stream {sid} ends with " + (f"ERROR {'/'.join(codes)}" if codes else how)
+    viol = tuple(arg.get("violated", ()))
+    if end is None:
+        raise ScenarioFailed(f"stream {sid} did not end: {_short(end)}", want, viol)
+    is_err = end.get("type") == "ERROR"
+    if how == "fin" and (is_err or "FIN" not in end.get("flags", [])):
+        raise ScenarioFailed(f"stream {sid} ended with {_short(end)}", want, viol)
+    if codes or how == "error":
+        code = (end.get("error") or {}).get("code") if is_err else None
+        if not is_err or (codes and code not in codes):
+            raise ScenarioFailed(f"stream {sid} ended with {_short(end)}", want, viol)
+        if arg.get("retry_after") and not isinstance(
+            (end.get("error") or {}).get("retry_after_ms"), int
+        ):
+            raise ScenarioFailed(
+                f"ERROR without retry_after_ms: {_short(end)}", want, ("ATP-ERR-004",)
+            )
+
+
+async def _expect_close(r: Runner, arg: Mapping[str, Any], timeout: float) -> None:
+    codes = arg.get("code")
+    codes = [codes] if isinstance(codes, str) else codes
+    err = await r.wait_for({"type": "ERROR", "stream_id": 0}, timeout)
+    want = f"ERROR {'/'.join(codes or ['*'])} on stream 0, then the transport closes"
+    if err is None:
+        raise ScenarioFailed(
+            "no ERROR on stream 0"
+            + (" (the transport closed)" if r.s.closed else " within the time bound"),
+            want,
+            ("ATP-ERR-002", *arg.get("violated", ())),
+        )
+    code = (err.get("error") or {}).get("code")
+    if codes and code not in codes:
+        raise ScenarioFailed(f"ERROR {code} on stream 0", want, tuple(arg.get("violated", ())))
+    if not await r.s.wait_closed(timeout):
+        raise ScenarioFailed(
+            "the transport stayed open after a connection error",
+            want,
+            ("ATP-ERR-002", "ATP-SESS-004"),
+        )
+
+
+async def _adapter_event(r: Runner, arg: Mapping[str, Any], timeout: float) -> None:
+    adapter = r.ctx.options.get("adapter")
+    if adapter is None:
+        raise Unsupported("needs --adapter-listen")
+    ok = await adapter.wait_event(r.token, arg["event"], timeout=timeout)
+    if not ok:
+        events = [e.get("event") for e in adapter.events(r.token)]
+        raise ScenarioFailed(
+            f"the adapter saw no {arg['event']!r} (events: {events})",
+            f"the adapter call is {arg['event']}",
+            tuple(arg.get("violated", ())),
+        )
+
+
+def invariants(r: Runner) -> list[tuple[str, str]]:
+    """(requirement ID, what was wrong) for every invariant the received frames break."""
+    out: list[tuple[str, str]] = []
+    next_seq: dict[Any, int] = {}
+    in_message: dict[Any, bool] = {}
+    ended: set[Any] = set()
+    first_fragment: dict[Any, Mapping[str, Any]] = {}  #: ext is only on frag_seq 0
+    spent: dict[Any, int] = {}
+    for index, f in enumerate(r.s.frames):
+        t, sid, flags = f.get("type"), f.get("stream_id"), f.get("flags") or []
+        if t == "UNDECODABLE":
+            out.append(("ATP-FRAME-001", f"an undecodable message: {f.get('why')}"))
+            continue
+        if f.get("v", 1) != 1:
+            out.append(("ATP-FRAME-002", f"version {f.get('v')}"))
+        if isinstance(sid, int) and sid & 0x80000000:
+            out.append(("ATP-FRAME-004", "the reserved stream-id bit set"))
+        if f.get("raw_flags", 0) & 0x80:
+            out.append(("ATP-FLAG-001", "a reserved flag bit set"))
+        control = t in ("WINDOW_UPDATE", "CAPABILITIES", "ERROR", "BUDGET_UPDATE") or "HB" in flags
+        if control and (f.get("msg_seq") or f.get("frag_seq")):
+            out.append(("ATP-FRAME-018", f"{t} with msg_seq {f.get('msg_seq')}"))
+        if t == "WINDOW_UPDATE" and "window" in f:
+            out.append(("ATP-FRAME-021", "the router sent a window in WINDOW_UPDATE"))
+        if isinstance(t, int):  # a type beyond the five of §4, never negotiated here
+            out.append(("ATP-EXT-006", f"the router sent a frame of type {t}"))
+        if sid in ended and t in ("DATA", "ERROR") and sid != 0:
+            out.append(("ATP-STREAM-011", f"a frame on stream {sid} after its end"))
+        if t == "DATA" and sid not in (0, None):
+            if "SYN" in flags:
+                out.append(("ATP-STREAM-006", "the router sent a SYN"))
+            if sid not in next_seq and sid in r.syn_seq:
+                next_seq[sid] = r.syn_seq[sid] + 1
+            if sid in next_seq:
+                want = next_seq[sid]
+                if f.get("msg_seq") != want:
+                    out.append(
+                        (
+                            "ATP-SEQ-003" if want == r.syn_seq.get(sid, -9) + 1 else "ATP-SEQ-001",
+                            f"stream {sid}: msg_seq {f.get('msg_seq')}, expected {want}",
+                        )
+                    )
+                    next_seq[sid] = int(f.get("msg_seq") or 0)
+                cont = "CONT" in flags
+                if not f.get("frag_seq"):
+                    first_fragment[sid] = f
+                if not cont:
+                    next_seq[sid] += 1
+                in_message[sid] = cont
+                if not cont and "FIN" not in flags and "MORE" not in flags:
+                    out.append(
+                        (
+                            "ATP-FLAG-008",
+                            f"stream {sid}: msg_seq {f.get('msg_seq')} has neither MORE nor FIN",
+                        )
+                    )
+                if "FIN" in flags and "MORE" in flags:
+                    out.append(("ATP-FLAG-008", f"stream {sid}: MORE together with FIN"))
+            spent[sid] = spent.get(sid, 0) + int(f.get("size", 0))
+            if not r.text and spent[sid] > r.credit_at(sid, index):
+                out.append(
+                    (
+                        "ATP-FLOW-001",
+                        f"stream {sid}: {spent[sid]} bytes sent with "
+                        f"{r.credit_at(sid, index)} of credit",
+                    )
+                )
+                spent[sid] = -(1 << 40)  # report once
+            if "FIN" in flags and _level(r) >= 2:
+                tel = first_fragment.get(sid, f).get("telemetry")
+                if (
+                    not isinstance(tel, Mapping)
+                    or not {"tokens", "usd_micros", "latency_ms"} <= tel.keys()
+                ):
+                    out.append(("ATP-BUDGET-006", f"stream {sid}: FINAL telemetry {tel!r}"))
+        if sid not in (0, None) and _ended(f):
+            ended.add(sid)
+        if (
+            r.session_id
+            and r.text
+            and index >= r.session_from
+            and t != "UNDECODABLE"
+            and f.get("session_id") != r.session_id
+        ):
+            out.append(("ATP-JSON-007", f"a text frame without session_id {r.session_id!r}"))
+    if r.text and any(e.direction == "received" and e.hex for e in r.rec.exchange):
+        out.append(("ATP-WS-004", "a binary message on a session the client speaks text on"))
+    return list(dict.fromkeys(out))
+
+
+def _level(r: Runner) -> int:
+    lvl = r.ctx.options.get("level", Level.L1)
+    return {"L1": 1, "L2": 2, "L3": 3}[str(lvl)]
+
+
+def result_of(r: Runner, rec: Recorder, exc: ScenarioFailed | None) -> CaseResult:
+    broken = invariants(r)
+    if exc is not None:
+        viol = exc.violated or tuple(rec.case.requirements)
+        extra = "; also " + "; ".join(f"[{i}] {m}" for i, m in broken[:3]) if broken else ""
+        return rec.failed(
+            exc.message + extra,
+            exc.expected,
+            tuple(dict.fromkeys([*viol, *(i for i, _ in broken)])),
+        )
+    if broken:
+        return rec.failed(
+            "; ".join(f"[{i}] {m}" for i, m in broken[:5]),
+            "every invariant of the exchange holds",
+            tuple(dict.fromkeys(i for i, _ in broken)),
+        )
+    return rec.passed()

@@ -1,0 +1,26 @@
+"""A deliberately broken client: ``python client_variant.py NAME URL [testee args]`` runs
+the Python client testee (conformance/testees/python_client.py) with one fault."""
+
+from __future__ import annotations
+
+import sys
+
+from router_variant import _frame, _wire, ignore_credit
+
+from atp_proto.frames import Frame
+
+
+def reuse_stream_id() -> None:  # the second stream goes out on the first one's id
+    def binary(f: Frame) -> Frame:
+        return _frame(f, stream_id=1) if f.stream_id == 3 else f
+
+    _wire(binary, lambda o: dict(o, stream_id=1) if o.get("stream_id") == 3 else o)
+
+
+VARIANTS = {"past-credit": ignore_credit, "reuse-stream-id": reuse_stream_id}
+
+if __name__ == "__main__":
+    VARIANTS[sys.argv.pop(1)]()
+    from conformance.testees.python_client import main
+
+    sys.exit(main())

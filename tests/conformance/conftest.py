@@ -1,0 +1,80 @@
+"""Fixtures of the conformance suite's own tests: real router processes (the reference, and
+broken variants started as real ``atp serve`` processes), free loopback ports, and the
+suite run through its real entry point (``python -m atp_proto conformance run``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atp_proto.testing import RouterProcess, clean_env
+
+ROOT = Path(__file__).resolve().parents[2]
+BROKEN = Path(__file__).with_name("broken")
+#: a 32-byte HS256 secret for the auth runs
+SECRET = "conformance-test-secret-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def router(
+    *args: str,
+    variant: str | None = None,
+    adapters: Mapping[str, str] | None = None,
+    key_file: Path | None = None,
+    config_toml: str | None = None,
+) -> Iterator[RouterProcess]:
+    """``atp serve`` (no auth unless ``key_file``), optionally broken by ``variant``."""
+    env = clean_env()
+    if variant:
+        env["CONF_BROKEN_VARIANT"] = variant
+        env["PYTHONPATH"] = os.pathsep.join([str(BROKEN / "site"), str(ROOT)])
+    auth = ["--jwt-key-file", str(key_file)] if key_file else ["--no-auth"]
+    with RouterProcess(
+        *auth, *args, adapters=adapters, env=env, cwd=ROOT, config_toml=config_toml
+    ) as r:
+        yield r
+
+
+def run_suite(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any], str]:
+    """``python -m atp_proto conformance run ARGS --json``: exit status, report, stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "atp_proto", "conformance", "run", *args, "--json"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    report = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    return proc.returncode, report, proc.stderr
+
+
+def failures(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [c for c in report["cases"] if c["verdict"] in ("FAIL", "ERROR")]
+
+
+def violated_ids(report: Mapping[str, Any]) -> set[str]:
+    """Every requirement ID a failing case names as broken."""
+    return {i for c in failures(report) for i in c["violated"]}
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "hs256.key"
+    path.write_text(SECRET)
+    return path
