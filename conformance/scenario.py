@@ -5,7 +5,8 @@ A scenario is a list of steps (``open``, ``send``, ``send_raw``, ``grant``, ``ex
 ``expect_end``, ``expect_close``, ``expect_none``, ``still_serves``, ``adapter_event``,
 ``sleep_ms``, ``repeat``); matchers compare received frames (as JSON mappings) field by
 field, with ``{"any_of": [...]}``, ``{"present": bool}``, ``{"has": [...]}`` /
-``{"lacks": [...]}`` (flags), ``{"gte": n}`` / ``{"lte": n}``. After the steps the
+``{"lacks": [...]}`` (flags), ``{"gte": n}`` / ``{"lte": n}``, ``{"regex": re}`` (full
+match), ``{"contains": s}``. After the steps the
 *invariants* every router exchange must keep are checked on everything received, each
 with its requirement ID (msg_seq numbering, MORE/FIN, one end per stream, credit,
 encoding, control frames' sequence numbers, telemetry at L2).
@@ -13,6 +14,8 @@ encoding, control frames' sequence numbers, telemetry at L2).
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -55,7 +58,20 @@ def matches(frame: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
             continue
         if isinstance(cond, Mapping) and cond.get("or_absent") and key not in frame:
             continue
-        if isinstance(cond, Mapping) and cond.keys() & {"any_of", "present", "gte", "lte"}:
+        if isinstance(cond, Mapping) and cond.keys() & {
+            "any_of",
+            "present",
+            "gte",
+            "lte",
+            "regex",
+            "contains",
+        }:
+            if "regex" in cond and not (
+                isinstance(have, str) and re.fullmatch(cond["regex"], have)
+            ):
+                return False
+            if "contains" in cond and not (isinstance(have, str) and cond["contains"] in have):
+                return False
             if "present" in cond and (key in frame) != bool(cond["present"]):
                 return False
             if "any_of" in cond and have not in cond["any_of"]:
@@ -151,6 +167,17 @@ class Runner:
                 "content": {"prompt": self.prompt(step.get("behaviour", "ok"))},
             },
         }
+        if "meta_option" in step:  # a meta the vendor passes (e.g. --denied-meta JSON)
+            raw = self.ctx.options.get(step["meta_option"])
+            if not raw:
+                raise Unsupported(f"needs --{step['meta_option'].replace('_', '-')}")
+            try:
+                extra = json.loads(raw) if isinstance(raw, str) else raw
+            except ValueError as exc:
+                raise Unsupported(f"--{step['meta_option']} is not JSON: {exc}") from None
+            if not isinstance(extra, Mapping):
+                raise Unsupported(f"--{step['meta_option']} is not a JSON object")
+            m["meta"].update(extra)
         if self.ctx.adapter_listen and step.get("behaviour") is not None:
             m["meta"].setdefault("adapters", ["conf"])
         for key in ("frag_seq", "extra"):
@@ -191,7 +218,9 @@ class Runner:
 
 async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
     for step in steps:
-        ((op, arg),) = ((k, v) for k, v in step.items() if k not in ("within_ms", "for_ms", "why"))
+        ((op, arg),) = (
+            (k, v) for k, v in step.items() if k not in ("within_ms", "for_ms", "why", "violated")
+        )
         why = step.get("why", "")
         if op == "open":
             await r.send(r.syn(arg or {}))
@@ -318,7 +347,11 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
         elif op == "expect":
             got = await r.wait_for(arg, r.ms(step))
             if got is None:
-                raise ScenarioFailed(f"no frame matching {arg} {why}".strip(), str(arg))
+                raise ScenarioFailed(
+                    f"no frame matching {arg} {why}".strip(),
+                    str(arg),
+                    tuple(step.get("violated", ())),
+                )
         elif op == "expect_none":
             seen = len(r.s.frames)
             with trio.move_on_after(r.ms(step, "for_ms", 500)):
@@ -455,6 +488,13 @@ async def _expect_end(r: Runner, arg: Mapping[str, Any], timeout: float) -> None
         code = (end.get("error") or {}).get("code") if is_err else None
         if not is_err or (codes and code not in codes):
             raise ScenarioFailed(f"stream {sid} ended with {_short(end)}", want, viol)
+        msg = (end.get("error") or {}).get("message")
+        if arg.get("message_regex") and not (
+            isinstance(msg, str) and re.search(arg["message_regex"], msg)
+        ):
+            raise ScenarioFailed(
+                f"ERROR message {msg!r} does not match {arg['message_regex']!r}", want, viol
+            )
         if arg.get("retry_after") and not isinstance(
             (end.get("error") or {}).get("retry_after_ms"), int
         ):

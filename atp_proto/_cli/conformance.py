@@ -80,6 +80,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="router role: a token whose task_types is [qa] and max_qos bronze (L2 policy cases)",
     )
     run.add_argument(
+        "--http-url",
+        default=None,
+        metavar="URL",
+        help="router role: the router's HTTP base URL, for the feedback cases (POST /v1/feedback)",
+    )
+    run.add_argument(
+        "--denied-meta",
+        default=None,
+        metavar="JSON",
+        help="router role: a SYN meta (JSON object) the router's policy denies (ESEC rule cases)",
+    )
+    run.add_argument(
+        "--policy-unreachable",
+        action="store_true",
+        help="router role: the router's policy service does not answer (fail-closed case)",
+    )
+    run.add_argument(
         "--insecure", action="store_true", help="wss://: do not verify the certificate"
     )
     run.add_argument(
@@ -258,6 +275,9 @@ def _run(args: argparse.Namespace) -> int:
             "encoding": args.encoding,
             "expired_token": args.expired_token,
             "limited_token": args.limited_token,
+            "http_url": args.http_url,
+            "denied_meta": args.denied_meta,
+            "policy_unreachable": args.policy_unreachable,
         },
     )
     progress = Progress(sys.stderr, quiet=False)

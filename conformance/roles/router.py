@@ -219,6 +219,10 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
         return rec.result(Verdict.UNSUPPORTED, "needs --adapter-listen (the scripted adapter)")
     if "token" in needs and not ctx.token:
         return rec.result(Verdict.UNSUPPORTED, "needs --token")
+    if "policy_unreachable" in needs and not ctx.options.get("policy_unreachable"):
+        return rec.result(
+            Verdict.UNSUPPORTED, "needs --policy-unreachable (a router whose policy is down)"
+        )
     session = None
     r: Runner | None = None
     try:
