@@ -29,7 +29,7 @@ from atp_proto.transports.ws_client import HandshakeRefused
 from conformance._record import Recorder
 from conformance.drivers.ws import WsSession, open_session
 from conformance.model import CaseResult, CaseSpec, Level, Role, Strength, Verdict
-from conformance.roles import RunContext, TargetUnreachable
+from conformance.roles import RunContext, TargetUnreachable, _router_http
 from conformance.scenario import Runner, ScenarioFailed, Unsupported, result_of, run_steps
 from conformance.vectors import load
 
@@ -128,7 +128,7 @@ _LANES = CaseSpec(
 
 
 def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
-    out: list[CaseSpec] = [_LANES]
+    out: list[CaseSpec] = [_LANES, *_router_http.CASES]
     for sid, sc in scenarios().items():
         out.append(
             CaseSpec(
@@ -208,6 +208,8 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
         return await _lanes(case, ctx, rec)
     if kind == "auth":
         return await _auth(case, ctx, rec)
+    if kind in ("tls", "feedback"):
+        return await _router_http.run(case, ctx, rec)
     if kind == "vector":
         return await _vector(case, ctx, rec)
     sc = scenarios()[case.id]
@@ -219,6 +221,8 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
         return rec.result(Verdict.UNSUPPORTED, "needs --adapter-listen (the scripted adapter)")
     if "token" in needs and not ctx.token:
         return rec.result(Verdict.UNSUPPORTED, "needs --token")
+    if "policy" in needs and not ctx.options.get("denied_meta"):
+        return rec.result(Verdict.UNSUPPORTED, "needs --denied-meta (a router with a policy)")
     if "policy_unreachable" in needs and not ctx.options.get("policy_unreachable"):
         return rec.result(
             Verdict.UNSUPPORTED, "needs --policy-unreachable (a router whose policy is down)"

@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BROKEN = Path(__file__).with_name("broken")
 #: a 32-byte HS256 secret for the auth runs
 SECRET = "conformance-test-secret-0123456789abcdef"
+#: the example Rego policy, and a SYN meta it denies (rule no_secrets)
+POLICY = ROOT / "examples" / "policy" / "policy.rego"
+DENIED_META = '{"data_scope": ["no_secrets"], "tool_permissions": ["secrets.read"]}'
+#: a short handshake timeout, so router.tls.handshake-timeout takes 2 s, not 10
+HANDSHAKE_2S = "[router]\nhandshake_timeout_s = 2.0\n"
 
 
 def free_port() -> int:

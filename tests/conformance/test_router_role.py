@@ -12,6 +12,9 @@ import pytest
 from atp_proto.router.auth import issue_token
 
 from .conftest import (
+    DENIED_META,
+    HANDSHAKE_2S,
+    POLICY,
     SECRET,
     failures,
     free_port,
@@ -31,9 +34,18 @@ def _not_passed(report: dict) -> list[tuple[str, str, str]]:
 
 def test_reference_router_passes_every_case_with_the_scripted_adapter() -> None:
     """[ATP-ADAPT-009, ATP-ADAPT-011, ATP-ADAPT-012] L3, binary and text, --adapter-listen:
-    100% PASS except the auth cases, UNSUPPORTED without --token (the next test)."""
+    100% PASS except the auth cases, UNSUPPORTED without --token (the next test). The
+    router learns (bandit, feedback on its HTTP port) and asks the example policy
+    [ATP-STRAT-001, ATP-FEED-002, ATP-SEC-016]."""
     port = free_port()
-    with router(adapters={"conf": f"grpc://127.0.0.1:{port}"}) as r:
+    with router(
+        "--learner",
+        "bandit",
+        "--policy",
+        str(POLICY),
+        adapters={"conf": f"grpc://127.0.0.1:{port}"},
+        config_toml=HANDSHAKE_2S,
+    ) as r:
         code, report, err = run_suite(
             "--role",
             "router",
@@ -43,8 +55,16 @@ def test_reference_router_passes_every_case_with_the_scripted_adapter() -> None:
             "L3",
             "--adapter-listen",
             f"127.0.0.1:{port}",
+            "--http-url",
+            f"http://127.0.0.1:{r.metrics_port}",
+            "--denied-meta",
+            DENIED_META,
             "--skip",
             "router.auth.*",
+            "--skip",
+            "router.feedback.needs-token",  # auth on: test_router_role_strategy.py
+            "--skip",
+            "*.policy.service-unreachable",  # policy service down: test_router_role_strategy.py
             "--skip",
             "router.lanes.*",  # needs a router at its limit: test_lanes_at_the_concurrency_limit
             "--skip",
@@ -52,7 +72,14 @@ def test_reference_router_passes_every_case_with_the_scripted_adapter() -> None:
         )
     assert code == 0, (err[-2000:], report and _not_passed(report))
     assert {c["verdict"] for c in report["cases"]} == {"PASS", "SKIPPED"}
-    assert sum(c["verdict"] == "PASS" for c in report["cases"]) >= 90
+    assert sum(c["verdict"] == "PASS" for c in report["cases"]) >= 110
+    passed = {c["id"] for c in report["cases"] if c["verdict"] == "PASS"}
+    assert {
+        "router.strategy.quorum-not-reached",
+        "router.feedback.accepted",
+        "router.policy.denied",
+        "router.tls.handshake-timeout",
+    } <= passed
 
 
 def test_reference_router_with_auth_passes_l2(secret_file: Path) -> None:
@@ -61,7 +88,9 @@ def test_reference_router_with_auth_passes_l2(secret_file: Path) -> None:
     token = issue_token(SECRET.encode(), ttl_s=600)
     expired = issue_token(SECRET.encode(), ttl_s=-120)
     limited = issue_token(SECRET.encode(), ttl_s=600, task_types=["qa"], max_qos="bronze")
-    with router(adapters={"persona": "builtin:persona"}, key_file=secret_file) as r:
+    with router(
+        "--policy", str(POLICY), adapters={"persona": "builtin:persona"}, key_file=secret_file
+    ) as r:
         code, report, err = run_suite(
             "--role",
             "router",
@@ -75,6 +104,10 @@ def test_reference_router_with_auth_passes_l2(secret_file: Path) -> None:
             expired,
             "--limited-token",
             limited,
+            "--denied-meta",
+            DENIED_META,
+            "--skip",
+            "*.policy.service-unreachable",  # policy service down: test_router_role_strategy.py
             "--skip",
             "router.time.idle-timeout",  # 60 s here: test_idle_timeout_closes_a_silent_session
         )
@@ -161,6 +194,8 @@ def test_router_accepting_an_expired_token_is_caught(secret_file: Path) -> None:
     [
         ("no-cancel-on-reset", "router.adapter.cancel-on-rst", "ATP-ADAPT-009"),
         ("hang-on-stall", "router.adapter.stall-ttl", "ATP-ADAPT-012"),
+        ("no-decision-id", "router.strategy.telemetry", "ATP-FEED-001"),
+        ("quorum-of-one", "router.strategy.quorum-not-reached", "ATP-STRAT-002"),
     ],
 )
 def test_broken_router_to_adapter_is_caught(variant: str, case: str, want_id: str) -> None:

@@ -190,7 +190,35 @@ def bronze_starves_gold() -> None:  # every stream waits in the bronze lane: FIF
     admission.Admission.acquire = acquire  # type: ignore[method-assign]
 
 
+def _no_decision_id(tel: Any) -> Any:
+    return {k: v for k, v in tel.items() if k != "decision_id"} if isinstance(tel, dict) else tel
+
+
+def no_decision_id() -> None:  # the FINAL's telemetry without decision_id (ATP-FEED-001)
+    _wire(
+        lambda f: (
+            _frame(f, ext=dict(f.ext, telemetry=_no_decision_id(dict(f.ext["telemetry"]))))
+            if "telemetry" in f.ext
+            else f
+        ),
+        lambda o: dict(o, telemetry=_no_decision_id(o["telemetry"])) if "telemetry" in o else o,
+    )
+
+
+def quorum_of_one() -> None:  # meta.quorum ignored: one answer is a quorum (ATP-STRAT-002)
+    from atp_proto.router.routing import execute
+
+    orig = execute.pick_quorum
+
+    def pick_quorum(done: Any, k: int, comparator: str) -> Any:
+        return orig(done, 1, comparator)
+
+    execute.pick_quorum = pick_quorum  # type: ignore[assignment]
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "no-decision-id": no_decision_id,
+    "quorum-of-one": quorum_of_one,
     "bronze-starves-gold": bronze_starves_gold,
     "ignore-credit": ignore_credit,
     "reuse-seq": reuse_seq,
