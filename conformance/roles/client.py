@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ import trio
 from conformance._record import Recorder
 from conformance.drivers.ws import from_binary, from_text, to_binary
 from conformance.model import CaseResult, CaseSpec, Role, Verdict
-from conformance.roles import RunContext, TargetUnreachable
+from conformance.roles import RunContext, TargetUnreachable, _client_tls
 
 __all__ = ["cases", "run"]
 
@@ -100,7 +101,11 @@ _CASES: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
 
 def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
     return [
-        CaseSpec(cid, Role.CLIENT, title, reqs, description=title) for cid, title, reqs, _ in _CASES
+        *(
+            CaseSpec(cid, Role.CLIENT, title, reqs, description=title)
+            for cid, title, reqs, _ in _CASES
+        ),
+        _client_tls.CASE,
     ]
 
 
@@ -141,7 +146,11 @@ def _command(
 
 
 async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
-
+    if case.id == _client_tls.CASE.id:
+        with tempfile.TemporaryDirectory(prefix="atp-conf-prompt-") as tmp:
+            return await _client_tls.run(
+                case, ctx, lambda url: _command(ctx, {}, url, f"{tmp}/prompt.txt")
+            )
     params = next(p for cid, _, _, p in _CASES if cid == case.id)
     rec = Recorder(case)
     seen = _Seen()
@@ -149,7 +158,6 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
     port = listeners[0].socket.getsockname()[1]
     url = f"ws://127.0.0.1:{port}/ws"
     import os
-    import tempfile
 
     fd, prompt_path = tempfile.mkstemp(suffix=".txt", prefix="atp-conf-prompt-")
     os.close(fd)

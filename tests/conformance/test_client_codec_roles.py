@@ -21,10 +21,11 @@ BROKEN_ENV = f"env PYTHONPATH={BROKEN}:{ROOT}"
 
 
 def test_python_client_passes_the_client_role() -> None:
-    code, report, err = run_suite("--role", "client", "--exec", CLIENT)
+    """At L2, with the untrusted-certificate case [ATP-WS-013]."""
+    code, report, err = run_suite("--role", "client", "--exec", CLIENT, "--level", "L2")
     assert code == 0, (err[-1500:], failures(report))
     assert {c["verdict"] for c in report["cases"]} == {"PASS"}
-    assert len(report["cases"]) >= 7
+    assert len(report["cases"]) >= 8
 
 
 @pytest.mark.parametrize(
@@ -32,6 +33,7 @@ def test_python_client_passes_the_client_role() -> None:
     [
         ("past-credit", "client.flow.credit-respected", "ATP-FLOW-001"),
         ("reuse-stream-id", "client.basic.three-streams", "ATP-STREAM-002"),
+        ("no-verify", "client.tls.untrusted-cert", "ATP-WS-013"),
     ],
 )
 def test_broken_client_is_caught(variant: str, case: str, want_id: str) -> None:
@@ -39,7 +41,7 @@ def test_broken_client_is_caught(variant: str, case: str, want_id: str) -> None:
         f"{BROKEN_ENV} {PY} {BROKEN / 'client_variant.py'} {variant} {{url}} --streams "
         "{streams} --prompt-file {prompt_file} --ttl {ttl}"
     )
-    code, report, _ = run_suite("--role", "client", "--exec", cmd, "--run", case)
+    code, report, _ = run_suite("--role", "client", "--exec", cmd, "--run", case, "--level", "L2")
     assert code == 1
     (failed,) = failures(report)
     assert failed["id"] == case and want_id in failed["violated"], failed

@@ -14,9 +14,7 @@ from .conftest import HANDSHAKE_2S, SECRET, free_port, router, run_suite
 
 def _verdicts(report: dict) -> dict[str, tuple[str, str]]:
     return {
-        c["id"]: (c["verdict"], c["message"])
-        for c in report["cases"]
-        if c["verdict"] != "SKIPPED"
+        c["id"]: (c["verdict"], c["message"]) for c in report["cases"] if c["verdict"] != "SKIPPED"
     }
 
 

@@ -4,6 +4,7 @@ the Python client testee (conformance/testees/python_client.py) with one fault."
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from router_variant import _frame, _wire, ignore_credit
 
@@ -17,7 +18,25 @@ def reuse_stream_id() -> None:  # the second stream goes out on the first one's 
     _wire(binary, lambda o: dict(o, stream_id=1) if o.get("stream_id") == 3 else o)
 
 
-VARIANTS = {"past-credit": ignore_credit, "reuse-stream-id": reuse_stream_id}
+def no_verify() -> None:  # every default TLS context verifies nothing (ATP-WS-013)
+    import ssl
+
+    orig = ssl.create_default_context
+
+    def make(*args: Any, **kw: Any) -> ssl.SSLContext:
+        ctx = orig(*args, **kw)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    ssl.create_default_context = make
+
+
+VARIANTS = {
+    "past-credit": ignore_credit,
+    "reuse-stream-id": reuse_stream_id,
+    "no-verify": no_verify,
+}
 
 if __name__ == "__main__":
     VARIANTS[sys.argv.pop(1)]()
