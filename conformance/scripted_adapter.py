@@ -13,6 +13,8 @@ prompt)                     0.8), status OK
 ``die_mid_stream``          one chunk, then RST_STREAM(INTERNAL_ERROR): the HTTP/2 stream
                             aborted (the router sees UNAVAILABLE, hence EAGENTDOWN)
 ``stall``                   sends nothing at all until cancelled (or its deadline)
+``text:<answer>``           one final chunk whose text is ``answer`` (the rest of the
+                            prompt, colons and all; at most 4 KiB), confidence 0.8
 ``status:<NAME>[:<ms>]``    fails at once with that gRPC status (e.g. UNAVAILABLE,
                             RESOURCE_EXHAUSTED); UNAVAILABLE and RESOURCE_EXHAUSTED carry
                             a retry hint, ``ms`` (default 200), as google.rpc.RetryInfo
@@ -336,6 +338,14 @@ class _Conn:
                     raw = codec.encode_retry_status(int(status), f"scripted {status.name}", ms)
                     extra["grpc-status-details-bin"] = base64.b64encode(raw).decode().rstrip("=")
             self._trailers(call, status, f"scripted {status.name}", extra, headers_sent=False)
+            return
+        if name == "text":  # a given answer: comparators' keys (ATP-STRAT-003)
+            self._send_headers(call)
+            sent["headers"] = True
+            chunk = Chunk(arg[:4096], 0.8, 8, 4, True, "stop")
+            await self._send_message(call, codec.encode_chunk(chunk))
+            self.adapter.record(call.token, "chunk_sent", call.deadline_ms)
+            self._trailers(call, GrpcStatus.OK, headers_sent=True)
             return
         delay = 0.0
         if name == "slow":
