@@ -196,6 +196,7 @@ def test_router_accepting_an_expired_token_is_caught(secret_file: Path) -> None:
         ("hang-on-stall", "router.adapter.stall-ttl", "ATP-ADAPT-012"),
         ("no-decision-id", "router.strategy.telemetry", "ATP-FEED-001"),
         ("quorum-of-one", "router.strategy.quorum-not-reached", "ATP-STRAT-002"),
+        ("ignore-comparator", "router.strategy.comparator-no-key", "ATP-STRAT-003"),
     ],
 )
 def test_broken_router_to_adapter_is_caught(variant: str, case: str, want_id: str) -> None:

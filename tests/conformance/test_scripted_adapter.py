@@ -54,6 +54,18 @@ async def test_ok_and_two_chunks_and_events() -> None:
     assert sa.events("nobody") == []
 
 
+async def test_text_answers_the_given_text_in_one_final_chunk() -> None:
+    """``text:ANSWER`` (the router role's comparator cases, ATP-STRAT-003): colons kept."""
+    sa = ScriptedAdapter()
+    async with sa.serving("127.0.0.1", 0), GrpcAdapter("conf", "127.0.0.1", sa.port or 0) as a:
+        chunks = await _collect(a, _req('text:Result: {"answer": 42}'))
+        long = await _collect(a, _req("text:" + "x" * 5000, "t2"))
+    assert [(c.content, c.final, c.confidence) for c in chunks] == [
+        ('Result: {"answer": 42}', True, 0.8)
+    ]
+    assert len(long) == 1 and len(long[0].content) == 4096
+
+
 async def test_slow_sleeps_before_each_chunk() -> None:
     sa = ScriptedAdapter()
     async with sa.serving("127.0.0.1", 0), GrpcAdapter("conf", "127.0.0.1", sa.port or 0) as a:

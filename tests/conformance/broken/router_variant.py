@@ -216,7 +216,19 @@ def quorum_of_one() -> None:  # meta.quorum ignored: one answer is a quorum (ATP
     execute.pick_quorum = pick_quorum  # type: ignore[assignment]
 
 
+def ignore_comparator() -> None:  # every comparator taken as exact (ATP-STRAT-003)
+    from atp_proto.router.routing import strategies
+
+    orig = strategies.answer_key
+
+    def answer_key(text: str, comparator: str) -> Any:
+        return orig(text, "exact")
+
+    strategies.answer_key = answer_key  # type: ignore[assignment]
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "ignore-comparator": ignore_comparator,
     "no-decision-id": no_decision_id,
     "quorum-of-one": quorum_of_one,
     "bronze-starves-gold": bronze_starves_gold,
