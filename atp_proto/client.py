@@ -1,8 +1,9 @@
-"""An ATP client on trio over WebSocket.
+"""An ATP client on trio over WebSocket or QUIC.
 
 ::
 
     async with atp_proto.client.connect("ws://127.0.0.1:7443/ws", token=tok) as client:
+    # or connect("quic://127.0.0.1:7443", token=tok, ca_file=...) (spec §13.2)
         async with client.stream("hello", task_type="qa", qos="gold") as stream:
             async for item in stream:          # Partial ... then Final
                 print(item)
@@ -27,6 +28,7 @@ import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 
@@ -49,7 +51,9 @@ from atp_proto.frames import (
 )
 from atp_proto.messages import Final, Partial, decode_result, task_body
 from atp_proto.session import Session
-from atp_proto.transports.base import error_code_for_ws_close
+from atp_proto.transports._quic_conn import QuicTransport
+from atp_proto.transports.base import error_code_for_quic_close, error_code_for_ws_close
+from atp_proto.transports.quic_client import QuicConnectError, connect_quic
 from atp_proto.transports.ws_client import HandshakeRefused, connect_ws
 from atp_proto.transports.ws_server import WsConnection
 
@@ -59,6 +63,7 @@ __all__ = [
     "Final",
     "HandshakeRefused",
     "Partial",
+    "QuicConnectError",
     "StreamError",
     "connect",
 ]
@@ -135,7 +140,12 @@ class Client:
     """A session with a router. Use :func:`connect`."""
 
     def __init__(
-        self, ws: WsConnection, *, text: bool, limits: Limits, heartbeat_s: float | None = None
+        self,
+        ws: WsConnection | QuicTransport,
+        *,
+        text: bool,
+        limits: Limits,
+        heartbeat_s: float | None = None,
     ) -> None:
         self._ws = ws
         self._encoding = Encoding.JSON if text else Encoding.BINARY
@@ -168,6 +178,10 @@ class Client:
 
     def _lost(self) -> ConnectionLost:
         code = self._ws.peer_close_code
+        if isinstance(self._ws, QuicTransport):  # the close code is the authority (§13.2)
+            detail = f"QUIC code 0x{code:x} {self._ws.peer_close_reason}" if code else "lost"
+            ec = error_code_for_quic_close(code)
+            return ConnectionLost(ec, f"connection closed ({detail.strip()})")
         detail = f"{code} {self._ws.peer_close_reason}".strip() if code else "no close frame"
         return ConnectionLost(error_code_for_ws_close(code), f"connection closed ({detail})")
 
@@ -262,15 +276,37 @@ async def connect(
     connect_timeout: float = 10.0,
     capabilities: bool = True,
     heartbeat_s: float | None = None,
+    ca_file: str | None = None,
+    insecure: bool = False,
 ) -> AsyncIterator[Client]:
     """Open a session. ``text=True`` speaks the JSON mapping (like a browser).
     ``heartbeat_s``: send a heartbeat after that long without sending (ATP-SESS
     heartbeats; the acknowledged round trip lands in :attr:`Client.heartbeat_rtt`).
     ``limits.idle_timeout_ms`` closes an idle session from this side too (ETIMEOUT).
 
+    ``quic://HOST:PORT``: the QUIC binding (spec §13.2); the token goes as ``caps.auth``
+    of the first CAPABILITIES (ATP-QUIC-008); ``ca_file`` / ``insecure``: how the router's
+    certificate is verified (verified against the system's CAs by default).
+
     Raises:
         HandshakeRefused: the router refused the handshake (e.g. 401); ``status`` says.
+        QuicConnectError: the QUIC handshake failed (certificate, ALPN, no answer).
     """
+    if url.startswith("quic://"):
+        if text:
+            raise ValueError("the JSON mapping is not used over QUIC (ATP-QUIC-003)")
+        async with _connect_quic(
+            url,
+            token,
+            limits or Limits(),
+            connect_timeout,
+            capabilities,
+            heartbeat_s,
+            ca_file,
+            insecure,
+        ) as client:
+            yield client
+        return
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else None
     limits = limits or Limits()
     ws = await connect_ws(
@@ -293,3 +329,38 @@ async def connect(
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await ws.close(1000, "")
+
+
+@asynccontextmanager
+async def _connect_quic(
+    url: str,
+    token: str | None,
+    limits: Limits,
+    connect_timeout: float,
+    capabilities: bool,
+    heartbeat_s: float | None,
+    ca_file: str | None,
+    insecure: bool,
+) -> AsyncIterator[Client]:
+    parts = urlsplit(url)
+    if not parts.hostname or parts.port is None:
+        raise ValueError(f"expected quic://HOST:PORT, got {url!r}")
+    idle = limits.idle_timeout_ms / 1000 + 5 if limits.idle_timeout_ms else 60.0
+    async with connect_quic(
+        parts.hostname,
+        parts.port,
+        ca_file=ca_file,
+        insecure=insecure,
+        connect_timeout=connect_timeout,
+        idle_timeout=max(idle, 10.0),
+    ) as transport:
+        client = Client(transport, text=False, limits=limits, heartbeat_s=heartbeat_s)
+        if capabilities:  # first on the control stream, with the credential (ATP-QUIC-008)
+            client._conn.send_capabilities(auth=f"Bearer {token}" if token else None)
+            client._session.kick()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._run)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
