@@ -115,6 +115,7 @@ class QuicTransport:
         self._fin_sent: set[int] = set()
         self._fin_received: set[int] = set()
         self._unacked: set[int] = set()
+        self._stopped: set[int] = set()  # STOP_SENDING seen, the peer's side not ended
         self._timer_wake = trio.Event()
         self._timer_at: float | None = None
         self._faulted = False
@@ -177,7 +178,12 @@ class QuicTransport:
                 if sid not in self._fin_sent:
                     self._fin_sent.add(sid)
                     quic.reset_stream(sid, ev.error_code)
-                self._peer_reset(sid)
+                # the peer's own frames (its ERROR, ATP-QUIC-006) may still be on the way:
+                # the ATP stream is reset after them, when its side ends
+                if sid in self._fin_received:
+                    self._peer_reset(sid)
+                else:
+                    self._stopped.add(sid)
             elif isinstance(ev, qe.HandshakeCompleted):
                 self.alpn = ev.alpn_protocol
                 self.handshake_done.set()
@@ -228,6 +234,9 @@ class QuicTransport:
                 self._fault("more input than the session could take", ErrorCode.ETOOBIG)
         if end:
             self._fin_received.add(sid)
+            if sid in self._stopped:
+                self._stopped.discard(sid)
+                self._peer_reset(sid)
             if self.is_client and sid and sid not in self._fin_sent:
                 # the router ended the ATP stream: our side follows (ATP-QUIC-012)
                 self._fin_sent.add(sid)
@@ -353,6 +362,14 @@ class QuicTransport:
             self._timer_wake.set()
         with trio.move_on_after(1):
             await self._sent_close.wait()
+
+    def close_now(self, code: int = NORMAL_CLOSE, reason: str = "") -> None:
+        """Close at once, without the sender task (it may be gone): CONNECTION_CLOSE
+        written straight to the socket, best effort."""
+        if not self.terminated.is_set() and not self.closed:
+            self.quic.close(error_code=code, reason_phrase=reason[:120])
+        for data, addr in self.take_datagrams(trio.current_time()):
+            self.endpoint.send_now(data, addr)
 
     @property
     def closed(self) -> bool:

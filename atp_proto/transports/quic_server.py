@@ -284,16 +284,23 @@ class QuicServer:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(transport.run_timer)
+                stopping = False
                 try:
                     with trio.move_on_after(self.cfg.handshake_timeout):
                         await transport.handshake_done.wait()
                     if transport.handshake_done.is_set() and not transport.terminated.is_set():
                         await self.handler(transport)
+                except trio.Cancelled:
+                    stopping = True  # the server stops: the sender is going too
+                    raise
                 except Exception:
                     log.exception("QUIC connection handler failed")
                 finally:
-                    with trio.CancelScope(shield=True):
-                        await transport.aclose()
+                    if stopping:
+                        transport.close_now()
+                    else:
+                        with trio.CancelScope(shield=True):
+                            await transport.aclose()
                         with trio.move_on_after(3):  # aioquic's closing period
                             await transport.terminated.wait()
                     nursery.cancel_scope.cancel()
