@@ -106,6 +106,7 @@ class Router:
         self._listener_scope: trio.CancelScope | None = None
         self.ws_port: int | None = None
         self.quic_port: int | None = None
+        self.quic_server: QuicServer | None = None
         self.metrics_port: int | None = None
         self._ready = False
         self.stopped = trio.Event()
@@ -146,7 +147,7 @@ class Router:
                 self.ws_port = listeners[0].socket.getsockname()[1]
                 self._listener_scope = trio.CancelScope()
                 nursery.start_soon(self._run_listener, listeners, nursery, self._listener_scope)
-                quic = self._quic_server()
+                quic = self.quic_server = self._quic_server()
                 if quic is not None:
                     self.quic_port = await nursery.start(quic.serve, cfg.quic_host, cfg.quic_port)
                 if cfg.metrics_port is not None:
