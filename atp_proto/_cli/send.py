@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "url",
         nargs="?",
         default="ws://127.0.0.1:7443/ws",
-        help="router URL (default ws://127.0.0.1:7443/ws)",
+        help="router URL: ws://, wss:// or quic://HOST:PORT (default ws://127.0.0.1:7443/ws)",
     )
     p.add_argument("--prompt", required=True, help="the task's prompt")
     p.add_argument("--task-type", default="qa")
@@ -41,12 +41,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="print one JSON object per line (PARTIALs, then FINAL or ERROR)",
     )
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    # QUIC (quic://): the router's certificate is verified against the system's CAs, or
+    # --ca; --insecure skips verification (local use only). The TLS branch adds the same
+    # options for wss:// (keep one copy at merge).
+    p.add_argument("--ca", metavar="FILE", help="CA certificate (PEM) to verify the router")
+    p.add_argument("--insecure", action="store_true", help="do not verify the router's certificate")
 
 
 def run(args: argparse.Namespace) -> int:
     import trio
 
-    from atp_proto.client import Final, HandshakeRefused, StreamError, connect
+    from atp_proto.client import Final, HandshakeRefused, QuicConnectError, StreamError, connect
     from atp_proto.frames import BudgetWindow
     from atp_proto.transports import TransportClosed
 
@@ -58,8 +63,27 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--ttl must be within 0..65535 seconds, got {args.ttl}")
     if not args.timeout > 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
-    if not args.url.startswith(("ws://", "wss://")):
-        raise UsageError(f"the URL must start with ws:// or wss://, got {args.url!r}")
+    if not args.url.startswith(("ws://", "wss://", "quic://")):
+        raise UsageError(f"the URL must start with ws://, wss:// or quic://, got {args.url!r}")
+    quic_opts: dict[str, Any] = {}
+    if args.url.startswith("quic://"):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(args.url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None:
+            raise UsageError(f"expected quic://HOST:PORT, got {args.url!r}")
+        if args.text:
+            raise UsageError("--text is not available over QUIC (binary frames only)")
+        quic_opts = {
+            "ca_file": getattr(args, "ca", None),
+            "insecure": args.insecure,
+            # UDP has no refusal to wait for: say "no handshake" before --timeout fires
+            "connect_timeout": min(10.0, args.timeout / 2),
+        }
     token = args.token or os.environ.get("ATP_TOKEN")
     window = None
     if (
@@ -80,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         with trio.fail_after(args.timeout):
-            async with connect(args.url, token=token, text=args.text) as client:
+            async with connect(args.url, token=token, text=args.text, **quic_opts) as client:
                 async with client.stream(
                     args.prompt,
                     task_type=args.task_type,
@@ -164,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"ERROR  handshake refused: HTTP {exc.status} {message}", file=sys.stderr)
         return 1
-    except (TransportClosed, OSError) as exc:
+    except (TransportClosed, OSError, QuicConnectError) as exc:
         reason = _reason(exc)
         emit("error", {"code": "ECONNECT", "message": reason})
         if not args.json:

@@ -16,6 +16,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--path", metavar="PATH", help="WebSocket path (default /ws)")
     p.add_argument(
+        "--quic",
+        metavar="HOST:PORT",
+        help="QUIC listen address, UDP (default: the WebSocket host, port 7443, when a "
+        "certificate is configured; 'off')",
+    )
+    p.add_argument("--quic-cert", metavar="FILE", help="certificate (PEM) for QUIC")
+    p.add_argument("--quic-key", metavar="FILE", help="private key (PEM) of --quic-cert")
+    p.add_argument(
         "--metrics",
         metavar="HOST:PORT",
         help="Prometheus /metrics, /healthz, /readyz (default 127.0.0.1:9464; 'off')",
@@ -86,6 +94,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
             cfg_metrics_off = False
         if args.adapter:
             flags["adapters"] = dict(parse_adapter_spec(a) for a in args.adapter)
+        _quic_flags(args, flags, parse_hostport)
         if args.no_auth:
             flags["auth"] = False
         cfg = build_config(file=args.config, env=os.environ, flags=flags)
@@ -96,6 +105,29 @@ def config_from_args(args: argparse.Namespace) -> Any:
         return cfg
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _quic_flags(args: argparse.Namespace, flags: dict[str, Any], parse_hostport: Any) -> None:
+    """``--quic`` / ``--quic-cert`` / ``--quic-key`` (spec §13.2): QUIC is served when a
+    certificate is configured, on 7443/udp unless ``--quic`` says otherwise
+    (ATP-QUIC-019). The TLS branch's ``--cert`` / ``--key`` feed the same fields."""
+    from atp_proto.router.config import ConfigError
+
+    cert = args.quic_cert or getattr(args, "cert", None)
+    key = args.quic_key or getattr(args, "key", None)
+    if bool(cert) != bool(key):
+        raise ConfigError("--quic-cert and --quic-key go together")
+    if cert:
+        flags["cert_file"], flags["key_file"] = cert, key
+    if args.quic == "off":
+        return
+    if args.quic:
+        if not cert and not getattr(args, "dev_cert", False):
+            raise ConfigError("--quic needs a certificate (--quic-cert FILE --quic-key FILE)")
+        flags["quic_host"], flags["quic_port"] = parse_hostport(args.quic, "--quic")
+    elif cert:
+        host = parse_hostport(args.ws, "--ws")[0] if args.ws else "127.0.0.1"
+        flags["quic_host"], flags["quic_port"] = host, 7443
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,6 +189,8 @@ def _which_listener(err: OSError, cfg: Any) -> str:
     while tb is not None:
         if tb.tb_frame.f_code.co_name == "_serve_metrics":
             return f"{cfg.metrics_host}:{cfg.metrics_port} (metrics)"
+        if tb.tb_frame.f_code.co_filename.endswith("quic_server.py"):
+            return f"{cfg.quic_host}:{cfg.quic_port} (QUIC, UDP)"
         tb = tb.tb_next
     return f"{cfg.ws_host}:{cfg.ws_port} (WebSocket)"
 

@@ -29,6 +29,7 @@ over an aioquic :class:`~aioquic.quic.connection.QuicConnection` (sans-IO) that 
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -44,6 +45,10 @@ from ._quic_udp import Address, UdpEndpoint
 from .base import ChannelData, ChannelReset, TransportClosed, TransportFault, quic_error_code
 
 __all__ = ["ALPN", "NORMAL_CLOSE", "QuicTransport"]
+
+# aioquic logs handshake failures itself; the caller reports them (a library stays quiet
+# unless the application configures logging)
+logging.getLogger("quic").addHandler(logging.NullHandler())
 
 #: ATP-QUIC-001
 ALPN = "atp/1"
