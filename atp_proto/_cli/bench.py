@@ -45,6 +45,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "router over WebSocket: relayed PARTIAL frames/s, SYN->first PARTIAL latency, "
         "idle-session RSS, beside a bare trio-websocket echo",
     ),
+    "quic": Benchmark(
+        "bench_quic",
+        "router over QUIC: 200 B frames/s, 16 KiB MB/s, SYN->first PARTIAL with 1,000 "
+        "streams open, a stalled stream beside quick ones, beside bare aioquic echoes",
+    ),
 }
 
 

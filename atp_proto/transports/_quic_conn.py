@@ -116,7 +116,11 @@ class QuicTransport:
         self._inbox_ready = trio.Event()
         self._q2a: dict[int, int] = {0: 0}  # QUIC stream -> ATP stream (its channel)
         self._a2q: dict[int, int] = {0: 0}
-        self._head: dict[int, bytes] = {}  # a new QUIC stream's first bytes, < 8 of them
+        #: new QUIC streams' bytes until their turn (ATP-QUIC-021); their FINs
+        self._head: dict[int, bytes] = {}
+        self._head_fin: set[int] = set()
+        self._next_new = 4  #: the QUIC stream whose first frame is handed on next
+        self._skip: set[int] = set()  #: new streams reset before their first frame
         self._fin_sent: set[int] = set()
         self._fin_received: set[int] = set()
         self._unacked: set[int] = set()
@@ -215,23 +219,57 @@ class QuicTransport:
             if self.is_client or sid & 3:  # the router opens none; no unidirectional
                 self._fault(f"QUIC stream {sid} is not a client-opened bidirectional stream")
                 return
-            head = self._head.pop(sid, b"") + data
-            if len(head) < 8:
-                if end:
-                    self._fault(f"QUIC stream {sid} ended before its first frame")
-                else:
-                    self._head[sid] = head
+            self._new_stream_data(sid, data, end)
+            return
+        self._deliver(sid, channel, data, end)
+
+    def _new_stream_data(self, sid: int, data: bytes, end: bool) -> None:
+        """Bytes of a QUIC stream whose first frame has not been handed on yet. New
+        streams are handed on in QUIC stream id order (ATP-QUIC-021): QUIC delivers each
+        stream independently, so a later stream's SYN may arrive before an earlier one's,
+        and ATP stream ids must increase (ATP-STREAM-002). What waits is bounded by the
+        inbox limit (and by QUIC's per-stream flow control)."""
+        if sid < self._next_new:
+            return  # a stream already dealt with (reset before its first frame)
+        self._head[sid] = self._head.get(sid, b"") + data
+        self._inbox_bytes += len(data)
+        if end:
+            self._head_fin.add(sid)
+        if self._inbox_bytes > INBOX_LIMIT:
+            self._fault("more input than the session could take", ErrorCode.ETOOBIG)
+            return
+        self._advance()
+
+    def _advance(self) -> None:
+        """Hand on the new streams whose turn has come (see :meth:`_new_stream_data`)."""
+        while not self._faulted:
+            q = self._next_new
+            if q in self._skip:
+                self._skip.discard(q)
+                self._next_new = q + 4
+                continue
+            head = self._head.get(q)
+            if head is None or len(head) < 8:
+                if head is not None and q in self._head_fin:
+                    self._fault(f"QUIC stream {q} ended before its first frame")
                 return
+            del self._head[q]
+            self._inbox_bytes -= len(head)
+            self._next_new = q + 4
             (channel,) = _SID.unpack_from(head, 4)
             if channel == 0:
-                self._fault(f"a stream-0 frame on QUIC stream {sid}, not the control stream")
+                self._fault(f"a stream-0 frame on QUIC stream {q}, not the control stream")
                 return
             if channel in self._a2q:
                 self._fault(f"ATP stream {channel} already has QUIC stream {self._a2q[channel]}")
                 return
-            self._q2a[sid] = channel
-            self._a2q[channel] = sid
-            data = head
+            self._q2a[q] = channel
+            self._a2q[channel] = q
+            fin = q in self._head_fin
+            self._head_fin.discard(q)
+            self._deliver(q, channel, head, fin)
+
+    def _deliver(self, sid: int, channel: int, data: bytes, end: bool) -> None:
         if data:
             self._inbox.append(ChannelData(channel, data))
             self._inbox_bytes += len(data)
@@ -249,6 +287,14 @@ class QuicTransport:
 
     def _peer_reset(self, sid: int) -> None:
         channel = self._q2a.get(sid)
+        if channel is None and not self.is_client and sid >= self._next_new and not sid & 3:
+            # reset before its first frame was handed on: nothing of it reaches the
+            # session; its place in the order is given up
+            self._inbox_bytes -= len(self._head.pop(sid, b""))
+            self._head_fin.discard(sid)
+            self._skip.add(sid)
+            self._advance()
+            return
         if channel:
             self._inbox.append(ChannelReset(channel))
         elif sid == 0:

@@ -16,7 +16,7 @@ import trio
 from atp_proto.adapters import connect as connect_adapter
 from atp_proto.client import connect
 from atp_proto.router import Router, RouterConfig
-from tests._certs import CertFiles, make_cert
+from atp_proto.testing.certs import CertFiles, make_cert
 
 SECRET = secrets.token_hex(32)
 

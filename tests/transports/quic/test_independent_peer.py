@@ -230,3 +230,29 @@ async def test_peer_reset_stream_cancels_the_atp_stream(quic_router, cert) -> No
         code = await in_thread(router, cert, script)
     assert code == 0x1FF  # RESET_STREAM answering our STOP_SENDING carries its code
     assert adapter.chunks_out < 400  # type: ignore[attr-defined]
+
+
+async def test_syns_arriving_out_of_order_are_taken_in_quic_stream_order(quic_router, cert) -> None:
+    """ATP-QUIC-021, ATP-STREAM-002: QUIC delivers streams independently, so the SYN of a
+    later stream may arrive first; the router takes new streams in QUIC stream id order,
+    and both streams complete (no EPROTO for "stream ids must increase")."""
+    router = await quic_router()
+
+    async def script(peer: Recorder) -> Any:
+        peer.send(0, caps_frame())
+        q1 = peer.next_stream()
+        peer._quic.send_stream_data(q1, b"")  # opened (id taken), nothing sent yet
+        q2 = peer.next_stream()
+        peer.send(q2, syn_frame(3, "second, sent first"))
+        import asyncio
+
+        await asyncio.sleep(0.1)  # the later SYN is at the router, waiting for its turn
+        early = dict(peer.data)
+        peer.send(q1, syn_frame(1, "first, sent second"))
+        await peer.until(lambda: q1 in peer.fins and q2 in peer.fins)
+        return early, peer.frames(q1), peer.frames(q2)
+
+    early, first, second = await in_thread(router, cert, script)
+    assert set(early) <= {0}  # nothing came back on stream 3 before stream 1 opened
+    assert first[-1].has(F_FIN) and first[-1].type == T_DATA
+    assert second[-1].has(F_FIN) and second[-1].type == T_DATA

@@ -1,4 +1,5 @@
-"""A self-signed certificate for tests that need TLS (QUIC), made with ``cryptography``.
+"""A self-signed certificate for tests and benchmarks that need TLS (QUIC), made with
+``cryptography``.
 
 The TLS branch ships ``atp_proto.transports.tls.generate_dev_cert`` for users; tests make
 their own here so that they do not depend on it.
