@@ -7,7 +7,7 @@ over an aioquic :class:`~aioquic.quic.connection.QuicConnection` (sans-IO) that 
 * QUIC stream 0 — the client's first bidirectional stream — is the control stream, both
   directions (ATP-QUIC-002, ATP-QUIC-011); every other client-opened bidirectional QUIC
   stream carries one ATP stream, learned from the stream id in its first frame's header
-  (the first 8 bytes). A second QUIC stream naming an ATP stream that has one, a stream-0
+  (its header). A second QUIC stream naming an ATP stream that has one, a stream-0
   frame off the control stream, a unidirectional or server-opened stream: EPROTO
   (:class:`~.base.TransportFault`, ATP-QUIC-002/005). Everything else of ATP-QUIC-005 (a
   frame for another stream later on a QUIC stream) is the core's per-channel decoder.
@@ -60,6 +60,21 @@ INBOX_LIMIT = 8 * 1024 * 1024
 
 _SID = struct.Struct("!I")
 _ECANCELLED_QUIC = quic_error_code(ErrorCode.EPROTO) - 1  # 0xFF: an RST without a code
+
+
+#: a first frame announcing a larger body is handed on at once (the core refuses it)
+FIRST_FRAME_LIMIT = 2 * 1024 * 1024
+
+
+def _first_frame_complete(head: bytes) -> bool:
+    """The whole first frame (the SYN) is here: its turn may be taken (the core handles a
+    stream's SYN only once it is complete, so handing on a part would let a later SYN in
+    first). A frame announcing more than FIRST_FRAME_LIMIT is not waited for."""
+    if len(head) < HEADER_SIZE:
+        return False
+    fields = HEADER.unpack_from(head)
+    size = HEADER_SIZE + fields[8] + fields[9]
+    return len(head) >= size or size > FIRST_FRAME_LIMIT
 
 
 def _reset_code(data: bytes) -> int | None:
@@ -249,7 +264,7 @@ class QuicTransport:
                 self._next_new = q + 4
                 continue
             head = self._head.get(q)
-            if head is None or len(head) < 8:
+            if head is None or not _first_frame_complete(head):
                 if head is not None and q in self._head_fin:
                     self._fault(f"QUIC stream {q} ended before its first frame")
                 return
