@@ -73,7 +73,7 @@ def _first_frame_complete(head: bytes) -> bool:
     if len(head) < HEADER_SIZE:
         return False
     fields = HEADER.unpack_from(head)
-    size = HEADER_SIZE + fields[8] + fields[9]
+    size = HEADER_SIZE + int(fields[8]) + int(fields[9])
     return len(head) >= size or size > FIRST_FRAME_LIMIT
 
 
@@ -299,6 +299,19 @@ class QuicTransport:
                 # the router ended the ATP stream: our side follows (ATP-QUIC-012)
                 self._fin_sent.add(sid)
                 self.quic.send_stream_data(sid, b"", end_stream=True)
+            self._maybe_forget(sid)
+
+    def _maybe_forget(self, q: int) -> None:
+        """A QUIC stream done both ways is forgotten, so that a long session's tables
+        stay as small as its open streams (its ATP id stays used: the core refuses a SYN
+        that reuses it, ATP-STREAM-002)."""
+        if q and q in self._fin_sent and q in self._fin_received:
+            self._fin_sent.discard(q)
+            self._fin_received.discard(q)
+            self._stopped.discard(q)
+            channel = self._q2a.pop(q, None)
+            if channel is not None:
+                self._a2q.pop(channel, None)
 
     def _peer_reset(self, sid: int) -> None:
         channel = self._q2a.get(sid)
@@ -357,8 +370,10 @@ class QuicTransport:
         for atp_sid, data, end in items:
             q = self._a2q.get(atp_sid)
             if q is None:
-                if not self.is_client:
-                    continue  # a stream whose QUIC stream is gone (reset): nothing to carry
+                if not self.is_client or not (len(data) > 2 and data[1] == 0 and data[2] & 1):
+                    # no QUIC stream (any more) for it, and not a SYN that would open one:
+                    # a late frame of an ended stream, moot
+                    continue
                 q = quic.get_next_available_stream_id()  # send at once (DESIGN.md pitfall)
                 self._a2q[atp_sid] = q
                 self._q2a[q] = atp_sid
@@ -376,6 +391,7 @@ class QuicTransport:
                 self._fin_sent.add(q)
                 if code is not None and q not in self._fin_received:
                     quic.stop_stream(q, code)
+                self._maybe_forget(q)
         self.endpoint.mark(self)
         return True
 
