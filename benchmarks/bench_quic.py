@@ -143,28 +143,66 @@ def _baseline(cert: str, key: str, datagram: int, size: int, streams: int, n: in
 # ------------------------------------------------------------------ through the router
 
 
-async def _router_rate(url: str, ca: str, size: int, streams: int, chunks: int) -> float:
-    """Frames/s of ``size``-byte PARTIALs over ``streams`` concurrent streams."""
+async def _lean_stream_rate(
+    url: str, ca: str, prompt_bytes: int, streams: int, adapter: str = "echo"
+) -> tuple[float, float]:
+    """PARTIALs/s and payload bytes/s relayed to a lean client: our QUIC transport and
+    session driver (the same as :func:`atp_proto.client.connect`'s) counting frames and
+    returning credit at once, without decoding each result into a Python object — so
+    the figure is the router's and the transport's, not the convenience API's."""
+    from urllib.parse import urlsplit
+
     import trio
 
-    from atp_proto.client import Final, connect
+    from atp_proto.frames import Limits, MessageReceived, QoS, Role
+    from atp_proto.messages import task_body
+    from atp_proto.session import Session
+    from atp_proto.transports.quic_client import connect_quic
 
-    prompt = "y" * (size * chunks)
-    count = [0]
-    async with connect(url, ca_file=ca) as client:
-        await client.ask("warm up", meta={"adapters": ["echo"]})
+    parts = urlsplit(url)
+    assert parts.hostname and parts.port
+    counts = {"frames": 0, "bytes": 0, "open": streams}
+    done = trio.Event()
+    async with connect_quic(parts.hostname, parts.port, ca_file=ca) as transport:
+        session: Session
 
-        async def one() -> None:
-            async with client.stream(prompt, meta={"adapters": ["echo"]}) as st:
-                async for item in st:
-                    if not isinstance(item, Final):
-                        count[0] += 1
+        def on_event(ev: object) -> None:
+            if isinstance(ev, MessageReceived):
+                session.conn.acknowledge(ev.stream_id, ev.size)
+                if ev.end_stream:
+                    counts["open"] -= 1
+                    if counts["open"] == 0:
+                        done.set()
+                else:
+                    counts["frames"] += 1
+                    counts["bytes"] += len(ev.payload)
 
-        start = trio.current_time()
+        session = Session(
+            transport, role=Role.CLIENT, limits=Limits(), session_id="bench", on_event=on_event
+        )
+        session.conn.send_capabilities()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.run)
+            body = task_body("y" * prompt_bytes, None)
+            start = trio.current_time()
             for _ in range(streams):
-                nursery.start_soon(one)
-        return count[0] / (trio.current_time() - start)
+                session.conn.open_stream(
+                    body,
+                    qos=QoS.GOLD,
+                    meta={"task_type": "qa", "adapters": [adapter]},
+                    now=trio.current_time(),
+                )
+            session.kick()
+            await done.wait()
+            elapsed = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+    return counts["frames"] / elapsed, counts["bytes"] / elapsed
+
+
+async def _router_rate(url: str, ca: str, size: int, streams: int, chunks: int) -> float:
+    """Frames/s of ``size``-byte PARTIALs over ``streams`` concurrent streams."""
+    fps, _ = await _lean_stream_rate(url, ca, size * chunks, streams)
+    return fps
 
 
 async def _latency_with_open_streams(url: str, ca: str, open_streams: int, samples: int) -> Any:
@@ -322,25 +360,14 @@ def run_benchmark(*, quick: bool, progress: Any = None) -> dict[str, Any]:
 
 async def _bulk_rate(url: str, ca: str, streams: int, chunks: int) -> float:
     """Payload bytes/s of 16 KiB PARTIALs (the ``bulk`` adapter) over concurrent streams."""
-    import trio
+    _, bps = await _lean_bulk(url, ca, streams, chunks)
+    return bps
 
-    from atp_proto.client import Final, connect
 
-    prompt = "b" * (BULK * chunks)
-    got = [0]
-    async with connect(url, ca_file=ca) as client:
+async def _lean_bulk(url: str, ca: str, streams: int, chunks: int) -> tuple[float, float]:
+    from functools import partial
 
-        async def one() -> None:
-            async with client.stream(prompt, meta={"adapters": ["bulk"]}) as st:
-                async for item in st:
-                    if not isinstance(item, Final):
-                        got[0] += len(str(item.content.get("text", "")))
-
-        start = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            for _ in range(streams):
-                nursery.start_soon(one)
-        return got[0] / (trio.current_time() - start)
+    return await partial(_lean_stream_rate, url, ca, BULK * chunks, streams, "bulk")()
 
 
 #: 1,000 long streams at once need more than admission's default AIMD limit and queue
