@@ -223,6 +223,7 @@ class QuicTransport:
                     self.peer_close_reason = ev.reason_phrase
                 self.terminated.set()
                 self.handshake_done.set()  # a handshake waiter learns it failed
+                self._inbox_ready.set()  # the session's reader learns it is over
                 self._sent_close.set()
                 self._timer_wake.set()
         if self._inbox:

@@ -206,3 +206,35 @@ async def test_never_reading_client_stays_bounded(quic_router, cert) -> None:
     assert all(0 < n <= window + 512 for n in received.values()), received
     assert seen["chunks_2s"] == seen["chunks_1s"] < 10 * 3000  # the adapters stopped
     assert seen["pending_2s"] <= 10 * (window + 512)
+
+
+@pytest.mark.deadline(30)
+async def test_drain_over_quic(quic_router, cert) -> None:
+    """ATP-SESS-013, ATP-QUIC-004, ATP-QUIC-014 over QUIC: a draining router lets the open
+    stream finish, refuses a new stream with EDRAINING, then closes the session with
+    EDRAINING's code (0x109), from which the client learns why the session ended (the
+    drain's ERROR on stream 0 only says "going away")."""
+    router = await quic_router(
+        adapters={"persona": "builtin:persona?latency_ms=100&chunks=5"}, grace_s=5.0
+    )
+    url = f"quic://127.0.0.1:{router.quic_port}"
+    async with connect(url, ca_file=cert.cert) as client:
+        async with client.stream("long enough to see the drain") as st:
+            items = []
+            async with trio.open_nursery() as nursery:
+                async for item in st:
+                    items.append(item)
+                    if len(items) == 1:
+                        nursery.start_soon(router.drain)
+                        with trio.fail_after(5):
+                            while not client.draining:
+                                await trio.sleep(0.01)
+                        with pytest.raises(StreamError) as refused:
+                            await client.ask("too late")
+        assert isinstance(items[-1], Final) and len(items) == 6
+        assert refused.value.code == "EDRAINING"
+        with trio.fail_after(5):
+            while client.closed is None:
+                await trio.sleep(0.01)
+    assert client.closed.code == "EDRAINING"  # from the close code (ATP-QUIC-014)
+    assert client._ws.peer_close_code == 0x109
