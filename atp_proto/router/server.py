@@ -346,7 +346,21 @@ class Router:
             authenticate=authenticate,
             preauth_code=ErrorCode.ESEC,  # ATP-QUIC-008: any other first frame
         )
-        await self._run_session(session, transport, ANONYMOUS, transport.remote)
+        if authenticate is None:
+            await self._run_session(session, transport, ANONYMOUS, transport.remote)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._auth_deadline, session)
+            await self._run_session(session, transport, ANONYMOUS, transport.remote)
+            nursery.cancel_scope.cancel()
+
+    async def _auth_deadline(self, session: Session) -> None:
+        """A QUIC client has ``handshake_timeout_s`` to authenticate (its first
+        CAPABILITIES with caps.auth, ATP-QUIC-008), as a WebSocket client has to finish
+        its upgrade: an unauthenticated connection holds nothing longer."""
+        await trio.sleep(self.config.handshake_timeout_s)
+        if not session.authenticated and not session.closing:
+            session.close(ErrorCode.ESEC, "no CAPABILITIES with caps.auth in time")
 
     # ------------------------------------------------------------------ drain
 

@@ -256,3 +256,14 @@ async def test_syns_arriving_out_of_order_are_taken_in_quic_stream_order(quic_ro
     assert set(early) <= {0}  # nothing came back on stream 3 before stream 1 opened
     assert first[-1].has(F_FIN) and first[-1].type == T_DATA
     assert second[-1].has(F_FIN) and second[-1].type == T_DATA
+
+
+async def test_no_caps_auth_in_time_closes_with_esec(quic_router, cert, jwt_secret) -> None:
+    """ATP-QUIC-008, ATP-QUIC-018: with auth configured, a client that connects and never
+    sends its CAPABILITIES is closed with 0x106 once the handshake timeout has passed."""
+    router = await quic_router(auth=True, handshake_timeout_s=0.5)
+
+    async def script(peer: Recorder) -> int | None:
+        return await peer.closed(timeout=10)
+
+    assert await in_thread(router, cert, script) == ESEC_QUIC
