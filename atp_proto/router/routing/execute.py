@@ -126,8 +126,12 @@ class _Run:
             self.d.min_confidence,
             self.fan,
             self.emit,
-            floor=self.strength(best.adapter) if self.predicted else None,
-            strength=self.strength if self.predicted else None,
+            # ATP-STRAT-005: never weaker than the champion by the predicted quality (at
+            # least equal), else by the estimate confidence (above it, as well as above
+            # the answer's confidence, which next_challenger checks)
+            floor=self.strength(best.adapter),
+            strength=self.strength,
+            strict=not self.predicted,
         )
         self.escalations += [o.adapter for o in self.fan.outcomes[before:]]
         if champion is not best:

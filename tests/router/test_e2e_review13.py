@@ -1,0 +1,93 @@
+"""Regression tests from the review of the routing brain (issue 13): a real router on
+loopback over real gRPC adapter processes (``tests.router.scripted_adapter:Scripted``).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from atp_proto.client import Final, Partial, connect
+from atp_proto.router import Router, RouterConfig
+from atp_proto.testing.processes import adapter_argv
+
+from ._helpers_e2e import ROOT, clean_env
+from .conftest import ws_url
+
+TARGET = "tests.router.scripted_adapter:Scripted"
+_LISTENING = re.compile(rb"listening on [^:\s]+:(\d+)")
+
+ADAPTERS: dict[str, dict[str, str]] = {
+    # cheap, promises much (estimate 0.9) and answers unsure (0.3)
+    "overrated": {
+        "answer": "43",
+        "confidence": "0.3",
+        "est_confidence": "0.9",
+        "usd_per_1k": "500",
+    },
+    # dearer, promises less than the champion's estimate (0.7), more than its answer
+    "middling": {"answer": "42", "confidence": "0.7", "usd_per_1k": "10000"},
+}
+
+
+@pytest.fixture(scope="module")
+def urls() -> Iterator[dict[str, str]]:
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, opts in ADAPTERS.items():
+            argv = adapter_argv(TARGET, options={**opts, "name": name})
+            procs[name] = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT, env=clean_env()
+            )
+        out = {}
+        for name, p in procs.items():
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            m = _LISTENING.search(line)
+            assert m, f"adapter {name} did not start: {line!r}"
+            out[name] = f"grpc://127.0.0.1:{int(m.group(1))}"
+        yield out
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+async def _router(nursery: trio.Nursery, urls: dict[str, str], **fields: Any) -> Router:
+    cfg = RouterConfig(
+        ws_port=0, metrics_port=None, auth=False, adapters=urls, health_interval_s=60, **fields
+    )
+    router = Router(cfg.validate())
+    await nursery.start(router.serve)
+    return router
+
+
+async def test_consensus_never_escalates_below_the_champions_estimate(
+    nursery: trio.Nursery, urls: dict[str, str]
+) -> None:
+    """[ATP-STRAT-005] without predicted quality, a challenger's estimate confidence must be
+    above the champion's estimate confidence AND its answer's: "middling" (estimate 0.7)
+    is above "overrated"'s answer (0.3) but below its estimate (0.9), so consensus at
+    min_confidence 0.8 must not escalate to it (it did: only the answer was compared)."""
+    router = await _router(nursery, urls)
+    partials: list[Partial] = []
+    async with connect(ws_url(router)) as client:
+        meta = {"adapters": ["overrated", "middling"], "min_confidence": 0.8}
+        async with client.stream("which?", meta=meta) as st:
+            async for item in st:
+                if isinstance(item, Final):
+                    final = item
+                    break
+                partials.append(item)
+    assert [t["adapter"] for t in final.telemetry["tried"]] == ["overrated"]
+    assert final.content["adapter"] == "overrated"
+    assert not any("escalate" in p.content for p in partials)
