@@ -4,9 +4,11 @@ loopback over real gRPC adapter processes (``tests.router.scripted_adapter:Scrip
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ import trio
 
 from atp_proto.client import Final, Partial, connect
 from atp_proto.router import Router, RouterConfig
-from atp_proto.testing.processes import adapter_argv
+from atp_proto.testing.processes import RouterProcess, adapter_argv
 
 from ._helpers_e2e import ROOT, clean_env
 from .conftest import ws_url
@@ -91,3 +93,45 @@ async def test_consensus_never_escalates_below_the_champions_estimate(
     assert [t["adapter"] for t in final.telemetry["tried"]] == ["overrated"]
     assert final.content["adapter"] == "overrated"
     assert not any("escalate" in p.content for p in partials)
+
+
+#: imported by the router process before anything else: files it writes are capped at
+#: 3000 bytes (RLIMIT_FSIZE), a write past that fails with EFBIG as on a full disk
+_FSIZE_SITECUSTOMIZE = """
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+"""
+
+
+def test_a_failing_decision_log_write_does_not_kill_the_router(tmp_path: Path) -> None:
+    """[ATP-AUDIT-004] a decision log that cannot be written (here: the file size limit, as
+    a full disk would) drops and counts records; the router keeps serving (the writer's
+    OSError escaped into the router's nursery and took every session down)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_FSIZE_SITECUSTOMIZE)
+    env = clean_env({"PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])})
+    log = tmp_path / "decisions.jsonl"
+    with RouterProcess(
+        "--no-auth",
+        "--audit-log",
+        str(log),
+        adapters={"echo": "builtin:echo"},
+        env=env,
+        cwd=ROOT,
+    ) as router:
+
+        async def streams() -> int:
+            done = 0
+            for i in range(12):
+                async with connect(router.url) as client:
+                    async with client.stream(f"hello {i} " + "x" * 200) as st:
+                        done += len([item async for item in st if isinstance(item, Final)])
+                await trio.sleep(0.05)  # let the writer write this stream's record
+            return done
+
+        assert trio.run(streams) == 12
+        assert router.proc.poll() is None, router.log()[-2000:]
+        assert "decision log write failed" in router.log()
+    assert 0 < log.stat().st_size <= 3000
