@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from atp_proto.frames import ATPError, ErrorCode
 from atp_proto.router.routing import Outcome
 from atp_proto.router.routing.strategies import answer_key, disagree, pick_quorum, pick_vote
 
@@ -21,3 +24,28 @@ def test_empty_answers_have_no_key_and_agree_with_nothing() -> None:
     found = pick_vote([*silent, _done("c", "42", 0.5)], "exact")
     assert found is not None and found[0].adapter == "c"
     assert disagree(silent, "exact")  # the cascade escalates past them
+
+
+def _decide(meta: dict[str, object]) -> object:
+    import cbor2
+
+    from atp_proto.frames import BudgetWindow, QoS, StreamOpened
+    from atp_proto.messages import parse_task
+    from atp_proto.router.auth import ANONYMOUS
+    from atp_proto.router.routing.policy import LayeredPolicy, PolicyInput
+
+    payload = cbor2.dumps({"type": "agent.task", "content": {"prompt": "hi"}})
+    ev = StreamOpened(1, 1, payload, QoS.SILVER, 0, BudgetWindow(), meta, {})
+    return LayeredPolicy().decide(PolicyInput(ANONYMOUS, parse_task(ev), QoS.SILVER, ("a",)))
+
+
+@pytest.mark.parametrize("key", ["min_quality", "min_confidence"])
+@pytest.mark.parametrize("value", [10**400, float("nan"), float("inf")])
+def test_huge_or_non_finite_thresholds_are_eproto(key: str, value: object) -> None:
+    """[ATP-STRAT-009] ``meta.min_quality`` / ``meta.min_confidence`` that is no finite
+    number is refused with EPROTO naming the key (a CBOR bignum raised OverflowError out of
+    the policy: EINTERNAL; NaN and infinity were taken, and NaN never escalates)."""
+    with pytest.raises(ATPError) as exc:
+        _decide({key: value})
+    assert exc.value.code == ErrorCode.EPROTO and key in exc.value.message
+    assert _decide({key: 0.5}).allow  # type: ignore[attr-defined]
