@@ -135,3 +135,52 @@ def test_a_failing_decision_log_write_does_not_kill_the_router(tmp_path: Path) -
         assert router.proc.poll() is None, router.log()[-2000:]
         assert "decision log write failed" in router.log()
     assert 0 < log.stat().st_size <= 3000
+
+
+def test_feedback_over_https_when_the_router_has_tls(tmp_path: Path) -> None:
+    """[ATP-FEED-002] [ATP-FEED-004] a router with TLS takes feedback over https:// on its
+    HTTP port, from the client library and `atp feedback --ca` (both refused https:// URLs,
+    so a bearer token could only go to a TLS router in the clear)."""
+    import secrets
+
+    from atp_proto.client import feedback
+    from atp_proto.router import issue_token
+
+    from ._helpers_e2e import atp, router_process
+
+    key = secrets.token_hex(32)
+    token = issue_token(key.encode(), tenant="acme", subject="alice")
+    home = tmp_path / "xdg"
+    with router_process(
+        "--dev-cert",
+        "--learner",
+        "bandit",
+        "--adapter",
+        "echo=builtin:echo",
+        "--ws",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        env={"XDG_DATA_HOME": str(home), "ATP_JWT_KEY": key},
+    ) as router:
+        cert = str(home / "atp" / "dev-cert.pem")
+        https = f"https://localhost:{router.metrics_port}"
+
+        async def go() -> list[str]:
+            ids = []
+            async with connect(router.ws_url, token=token, ca_file=cert) as client:
+                for i in range(2):
+                    async with client.stream(f"judge me {i}") as st:
+                        ids += [
+                            item.telemetry["decision_id"]
+                            async for item in st
+                            if isinstance(item, Final)
+                        ]
+            result = await feedback(https, ids[0], 0.9, token=token, ca_file=cert)
+            assert result.accepted
+            return ids
+
+        ids = trio.run(go)
+        r = atp("feedback", ids[1], "0.7", "--url", https, "--token", token, "--ca", cert)
+        assert r.returncode == 0, r.stderr
+        assert "feedback taken" in r.stdout
