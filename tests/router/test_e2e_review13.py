@@ -34,6 +34,9 @@ ADAPTERS: dict[str, dict[str, str]] = {
     },
     # dearer, promises less than the champion's estimate (0.7), more than its answer
     "middling": {"answer": "42", "confidence": "0.7", "usd_per_1k": "10000"},
+    # on a SLOW prompt: "lag" answers after 0.4 s (unsure), "laggard" after 1.5 s (sure)
+    "lag": {"answer": "42 lag", "confidence": "0.6", "usd_per_1k": "1000", "slow_ms": "400"},
+    "laggard": {"answer": "42", "confidence": "0.95", "usd_per_1k": "100000", "slow_ms": "1500"},
 }
 
 
@@ -184,3 +187,27 @@ def test_feedback_over_https_when_the_router_has_tls(tmp_path: Path) -> None:
         r = atp("feedback", ids[1], "0.7", "--url", https, "--token", token, "--ca", cert)
         assert r.returncode == 0, r.stderr
         assert "feedback taken" in r.stdout
+
+
+async def test_a_cancelled_hedge_can_still_be_escalated_to(
+    nursery: trio.Nursery, urls: dict[str, str]
+) -> None:
+    """[ATP-STRAT-005] [ATP-STRAT-006] "lag" is hedged with "laggard", "lag" answers first
+    (laggard is cancelled before any output), at confidence 0.6 < min_confidence 0.9: the
+    stream escalates to laggard, which never answered. (It did not: the cancelled hedge
+    counted as tried, so escalation skipped the one stronger candidate.)"""
+    router = await _router(nursery, urls)
+    async with connect(ws_url(router)) as client:
+        for i in range(8):  # the hedger learns lag's time to first chunk (no hedge yet)
+            async with client.stream(f"warm {i}", meta={"adapters": ["lag"]}) as st:
+                _ = [item async for item in st]
+        meta = {"adapters": ["lag", "laggard"], "hedge": True, "min_confidence": 0.9}
+        async with client.stream("SLOW hedge", meta=meta) as st:
+            finals = [item async for item in st if isinstance(item, Final)]
+    assert len(finals) == 1
+    final = finals[0]
+    assert final.telemetry["hedge"] == {"from": "lag", "to": "laggard", "won": False}
+    tried = [(t["adapter"], t["status"]) for t in final.telemetry["tried"]]
+    assert sorted(tried[:2]) == [("lag", "ok"), ("laggard", "cancelled")]
+    assert tried[2:] == [("laggard", "ok")]
+    assert final.content["adapter"] == "laggard"

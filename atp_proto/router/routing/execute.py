@@ -85,7 +85,9 @@ class _Run:
         return strength(name, self.by_name, self.pq)
 
     def untried(self) -> list[Candidate]:
-        tried = {o.adapter for o in self.fan.outcomes}
+        """Candidates not called yet, or whose only call was a hedge the router cancelled
+        before it said anything (it may still be escalated to)."""
+        tried = {o.adapter for o in self.fan.outcomes if not o.cancelled}
         return [c for c in self.plan.ranked if c.name not in tried]
 
     def fits(self, c: Candidate) -> bool:
@@ -145,8 +147,10 @@ class _Run:
         order = list(self.plan.ranked)
         first = True
         for cand in order:
-            if not self.fits(cand) or any(o.adapter == cand.name for o in self.fan.outcomes):
-                continue  # too dear now, or called already (a hedge)
+            if not self.fits(cand) or any(
+                o.adapter == cand.name and not o.cancelled for o in self.fan.outcomes
+            ):
+                continue  # too dear now, or called already (a hedge that answered)
             if first:
                 out = await self.fan.first_call(cand, [c for c in order if c is not cand])
                 first = False
