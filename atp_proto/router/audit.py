@@ -305,7 +305,11 @@ def verify(files: Iterable[str | os.PathLike[str]], *, from_start: bool = True) 
             return bad(path, n, None, "not a JSON object")
         s = rec.get("seq")
         s = s if isinstance(s, int) and not isinstance(s, bool) else None
-        if rec.get("hash") != record_hash(rec):
+        try:
+            intact = rec.get("hash") == record_hash(rec)
+        except ValueError:  # "\ud800" is valid JSON but no UTF-8: never written by us
+            intact = False
+        if not intact:
             return bad(path, n, s, "hash does not match the record (edited)")
         if prev is None:
             if from_start and (s != 0 or rec.get("prev") != GENESIS):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from atp_proto.frames import ATPError, ErrorCode
@@ -49,3 +51,16 @@ def test_huge_or_non_finite_thresholds_are_eproto(key: str, value: object) -> No
         _decide({key: value})
     assert exc.value.code == ErrorCode.EPROTO and key in exc.value.message
     assert _decide({key: 0.5}).allow  # type: ignore[attr-defined]
+
+
+def test_verify_names_a_record_with_a_lone_surrogate(tmp_path: Path) -> None:
+    """[ATP-AUDIT-003] [ATP-AUDIT-005] an edited record holding ``"\\ud800"`` (valid JSON,
+    no Unicode text) is a bad record that ``verify`` names; it raised UnicodeEncodeError
+    (``atp audit verify`` died with a traceback)."""
+    from atp_proto.router.audit import GENESIS, verify
+
+    log = tmp_path / "a.jsonl"
+    log.write_text('{"seq":0,"prev":"' + GENESIS + '","x":"\\ud800","hash":"ab"}\n')
+    report = verify([log])
+    assert report.problem is not None and report.problem.line == 1
+    assert "edited" in report.problem.reason
