@@ -64,3 +64,15 @@ def test_verify_names_a_record_with_a_lone_surrogate(tmp_path: Path) -> None:
     report = verify([log])
     assert report.problem is not None and report.problem.line == 1
     assert "edited" in report.problem.reason
+
+
+@pytest.mark.parametrize("key", ["tool_permissions", "data_scope"])
+def test_malformed_scope_lists_are_eproto_without_a_policy_too(key: str) -> None:
+    """[ATP-SEC-016] malformed ``meta.tool_permissions`` / ``meta.data_scope`` are refused
+    with EPROTO whether or not a policy is loaded (without one they were taken as they
+    came and passed on to the adapters)."""
+    for bad in ("shell", [1], ["x" * 200], ["t"] * 65):
+        with pytest.raises(ATPError) as exc:
+            _decide({key: bad})
+        assert exc.value.code == ErrorCode.EPROTO and key in exc.value.message
+    assert _decide({key: ["calculator"]}).allow  # type: ignore[attr-defined]
