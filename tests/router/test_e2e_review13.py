@@ -211,3 +211,22 @@ async def test_a_cancelled_hedge_can_still_be_escalated_to(
     assert sorted(tried[:2]) == [("lag", "ok"), ("laggard", "cancelled")]
     assert tried[2:] == [("laggard", "ok")]
     assert final.content["adapter"] == "laggard"
+
+
+@pytest.mark.parametrize("strategy", ["quorum", "vote"])
+async def test_max_parallel_zero_is_ewindow_under_quorum_and_vote(
+    nursery: trio.Nursery, urls: dict[str, str], strategy: str
+) -> None:
+    """[ATP-BUDGET-004] a window of max_parallel 0 allows no adapter call: EWINDOW, as under
+    every other strategy (quorum and vote started 0 calls and said EAGENTDOWN "every adapter
+    failed (last: none tried)" with a retry hint: a client would retry for ever)."""
+    from atp_proto.client import StreamError
+    from atp_proto.frames import BudgetWindow
+
+    router = await _router(nursery, urls)
+    async with connect(ws_url(router)) as client:
+        meta = {"adapters": ["overrated", "middling"], "strategy": strategy}
+        with pytest.raises(StreamError) as exc:
+            async with client.stream("x", meta=meta, window=BudgetWindow(max_parallel=0)) as st:
+                _ = [item async for item in st]
+    assert exc.value.code == "EWINDOW", exc.value.message

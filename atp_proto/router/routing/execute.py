@@ -181,7 +181,8 @@ class _Run:
     async def quorum(self) -> Result:
         k, comp = self.d.quorum, self.d.comparator
         limit = self.fan.ledger.window.max_parallel
-        n = max(self.width, k) if limit is None else min(max(self.width, k), limit)
+        # at least one call: max_parallel 0 is EWINDOW from the ledger, not "none tried"
+        n = max(self.width, k) if limit is None else max(1, min(max(self.width, k), limit))
         outcomes = await self.fan.run(self.plan.fitting, self.plan.ranked, n)
         done = list(outcomes)
         while True:
@@ -204,7 +205,7 @@ class _Run:
     async def vote(self) -> Result:
         comp = self.d.comparator
         limit = self.fan.ledger.window.max_parallel
-        n = max(self.width, 2) if limit is None else min(max(self.width, 2), limit)
+        n = max(self.width, 2) if limit is None else max(1, min(max(self.width, 2), limit))
         outcomes = await self.fan.run(self.plan.fitting, self.plan.ranked, n)
         found = pick_vote(outcomes, comp)
         if found is None:
