@@ -230,3 +230,50 @@ async def test_max_parallel_zero_is_ewindow_under_quorum_and_vote(
             async with client.stream("x", meta=meta, window=BudgetWindow(max_parallel=0)) as st:
                 _ = [item async for item in st]
     assert exc.value.code == "EWINDOW", exc.value.message
+
+
+GOOD_TABLE = '[default]\nlane = "silver"\n'
+BAD_TABLE = '[default]\nlane = ["gold"]\n'  # TOML, but no lane name
+
+
+def test_a_routing_table_with_a_lane_list_keeps_the_router_up(tmp_path: Path) -> None:
+    """[ATP-SEC-018] a routing table whose ``lane`` is a list (not a lane name) is a table
+    that does not load: on SIGHUP the router keeps the last good one and says why; at start
+    ``atp serve`` exits 2 in one line. (``value not in LANES`` raised TypeError, unhashable
+    list: it escaped the reloader and killed the router; at start, a traceback.)"""
+    import signal
+    import time
+
+    from ._helpers_e2e import atp
+
+    table = tmp_path / "routing.toml"
+    table.write_text(GOOD_TABLE)
+    with RouterProcess(
+        "--no-auth",
+        "--routing-table",
+        str(table),
+        adapters={"echo": "builtin:echo"},
+        config_toml="[policy]\npoll_s = 3600\n",
+        env=clean_env(),
+        cwd=ROOT,
+    ) as router:
+
+        async def one() -> list[Any]:
+            async with connect(router.url) as client:
+                async with client.stream("still there?") as st:
+                    return [item async for item in st if isinstance(item, Final)]
+
+        assert len(trio.run(one)) == 1
+        table.write_text(BAD_TABLE)
+        router.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "policy reload (SIGHUP) failed" not in router.log():
+            assert router.proc.poll() is None, router.log()[-2000:]
+            assert time.monotonic() < deadline, router.log()[-2000:]
+            time.sleep(0.05)
+        assert "default.lane" in router.log()
+        assert len(trio.run(one)) == 1
+        assert router.proc.poll() is None
+    r = atp("serve", "--no-auth", "--ws", "127.0.0.1:0", "--routing-table", str(table))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "default.lane" in r.stderr

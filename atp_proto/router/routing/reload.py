@@ -115,6 +115,11 @@ class Reloader:
             self.last_error = str(exc)
             log.warning("policy reload (%s) failed, keeping %s: %s", why, old, exc)
             return False
+        except Exception as exc:  # a loader's bug must not take the running router down
+            self.reloads["failed"] += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("policy reload (%s) failed, keeping %s", why, old)
+            return False
         self.policy.state = state  # one assignment: atomic for every reader
         self.reloads["ok"] += 1
         self.last_error = ""
