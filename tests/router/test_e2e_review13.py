@@ -277,3 +277,30 @@ def test_a_routing_table_with_a_lane_list_keeps_the_router_up(tmp_path: Path) ->
     r = atp("serve", "--no-auth", "--ws", "127.0.0.1:0", "--routing-table", str(table))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "default.lane" in r.stderr
+
+
+def test_sighup_right_after_listening_reloads_and_does_not_kill(tmp_path: Path) -> None:
+    """[ATP-SEC-018] the router says "router listening" only once SIGHUP reloads: a SIGHUP
+    sent at once reloads (SIGHUP's default action, ending the process, killed a router
+    whose reloader task had not yet installed its handler)."""
+    import signal
+    import time
+
+    table = tmp_path / "routing.toml"
+    table.write_text(GOOD_TABLE)
+    for _ in range(3):  # the race was lost almost every time; three tries make sure
+        with RouterProcess(
+            "--no-auth",
+            "--routing-table",
+            str(table),
+            adapters={"echo": "builtin:echo"},
+            metrics=None,
+            env=clean_env(),
+            cwd=ROOT,
+        ) as router:
+            router.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "policy reloaded (SIGHUP)" not in router.log():
+                assert router.proc.poll() is None, f"killed: {router.proc.returncode}"
+                assert time.monotonic() < deadline, router.log()[-2000:]
+                time.sleep(0.05)
