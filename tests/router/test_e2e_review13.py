@@ -304,3 +304,39 @@ def test_sighup_right_after_listening_reloads_and_does_not_kill(tmp_path: Path) 
                 assert router.proc.poll() is None, f"killed: {router.proc.returncode}"
                 assert time.monotonic() < deadline, router.log()[-2000:]
                 time.sleep(0.05)
+
+
+def _post(port: int, body: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_deeply_nested_feedback_body_is_400_and_the_router_lives(tmp_path: Path) -> None:
+    """[ATP-FEED-002] a feedback body of 8,000 ``[`` (under the 8 KiB limit) is a malformed
+    body: 400, and the router goes on (json.loads raised RecursionError, which is no
+    ValueError: it escaped the HTTP handler and took the whole router down)."""
+    with RouterProcess(
+        "--no-auth",
+        "--learner",
+        "bandit",
+        adapters={"echo": "builtin:echo"},
+        env=clean_env(),
+        cwd=ROOT,
+    ) as router:
+        assert router.metrics_port is not None
+        answer = _post(router.metrics_port, b"[" * 8000)
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        assert b"JSON object" in answer
+        answer = _post(router.metrics_port, b'{"decision_id": "abc", "quality": 0.5}')
+        assert answer.startswith(b"HTTP/1.1 404"), answer[:200]  # still serving
+        assert router.proc.poll() is None
