@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,44 @@ def test_malformed_scope_lists_are_eproto_without_a_policy_too(key: str) -> None
             _decide({key: bad})
         assert exc.value.code == ErrorCode.EPROTO and key in exc.value.message
     assert _decide({key: ["calculator"]}).allow  # type: ignore[attr-defined]
+
+
+async def test_an_opa_answer_nested_too_deep_fails_closed_with_eagentdown() -> None:
+    """[ATP-SEC-017] an OPA server on loopback whose answer is 100,000 nested ``[`` is
+    "something that is not a policy document": EAGENTDOWN, failing closed (json.loads'
+    RecursionError escaped the engine: the stream ended EINTERNAL)."""
+    import trio
+
+    from atp_proto.router.routing.opa import OpaEngine
+
+    body = b'{"result": ' + b"[" * 100_000 + b"}"
+
+    async def answer(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        await stream.send_all(head + body)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, answer, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        engine = OpaEngine(f"http://127.0.0.1:{port}", timeout_s=5)
+        with pytest.raises(ATPError) as exc:
+            await engine.evaluate_async({"tenant": "t"})
+        assert exc.value.code == ErrorCode.EAGENTDOWN and "unreachable" in exc.value.message
+        nursery.cancel_scope.cancel()
+
+
+def test_a_jwks_nested_too_deep_is_a_bad_key_set(tmp_path: Path) -> None:
+    """[ATP-SEC-019] a JWK Set file of 100,000 nested ``[`` is refused as a key set
+    (ValueError: `atp serve` exits 2 in one line); json.loads' RecursionError escaped
+    (at a URL, it escaped the refresh's handling too: no "keeping N keys", no 503)."""
+    from atp_proto.router.jwks import JwksSource
+
+    bad = tmp_path / "jwks.json"
+    bad.write_bytes(b"[" * 100_000)
+    with pytest.raises(ValueError, match="nested too deep"):
+        JwksSource(str(bad)).load_now()
