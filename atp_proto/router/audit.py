@@ -245,7 +245,7 @@ def _last_record(files: list[Path]) -> dict[str, Any] | None:
             for raw in f:
                 try:
                     rec = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: "[[[[..."
                     continue
                 if isinstance(rec, dict) and "hash" in rec:
                     last = rec
@@ -299,7 +299,7 @@ def verify(files: Iterable[str | os.PathLike[str]], *, from_start: bool = True) 
             return bad(path, n, None, "torn last line (no newline): the write was cut")
         try:
             rec = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
             return bad(path, n, None, "not a JSON record")
         if not isinstance(rec, dict):
             return bad(path, n, None, "not a JSON object")

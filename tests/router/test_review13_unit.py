@@ -118,3 +118,35 @@ def test_a_jwks_nested_too_deep_is_a_bad_key_set(tmp_path: Path) -> None:
     bad.write_bytes(b"[" * 100_000)
     with pytest.raises(ValueError, match="nested too deep"):
         JwksSource(str(bad)).load_now()
+
+
+def test_verify_and_restart_take_a_line_nested_too_deep_as_a_bad_record(
+    tmp_path: Path,
+) -> None:
+    """[ATP-AUDIT-003] a line of 100,000 ``[`` in the log is "not a JSON record" for
+    ``verify``, and a router restarted on that log continues from the last good record
+    (json.loads' RecursionError escaped both: a traceback, a router that cannot start)."""
+    import trio
+
+    from atp_proto.router.audit import AuditLog, verify
+
+    log = tmp_path / "a.jsonl"
+
+    async def write(n: int) -> None:
+        audit = AuditLog(log)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(audit.run)
+            for i in range(n):
+                audit.append({"kind": "decision", "n": i})
+            while audit.written < n:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(write, 2)
+    with open(log, "ab") as f:
+        f.write(b"[" * 100_000 + b"\n")
+    report = verify([log])
+    assert report.problem is not None and report.problem.line == 3
+    assert report.problem.reason == "not a JSON record"
+    trio.run(write, 1)  # starts: the chain goes on from seq 1
+    assert '"seq":2' in log.read_text().splitlines()[-1]
