@@ -61,7 +61,10 @@ def _fetch_json(location: str, timeout_s: float) -> Any:
         raw = Path(location).read_bytes()[: MAX_DOC_BYTES + 1]
     if len(raw) > MAX_DOC_BYTES:
         raise ValueError(f"larger than {MAX_DOC_BYTES} bytes")
-    return json.loads(raw)
+    try:
+        return json.loads(raw)
+    except RecursionError:  # "[[[[...": no JWK Set, no discovery document
+        raise ValueError("JSON nested too deep") from None
 
 
 def _algorithm(jwk: Mapping[str, Any]) -> str | None:

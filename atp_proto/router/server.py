@@ -219,7 +219,7 @@ class Router:
                     self.quic_port = await nursery.start(quic.serve, cfg.quic_host, cfg.quic_port)
                 if cfg.metrics_port is not None:
                     self.metrics_port = await nursery.start(self._serve_metrics)
-                nursery.start_soon(self.reloader.run)  # SIGHUP and file changes
+                await nursery.start(self.reloader.run)  # SIGHUP (handled from now) and files
                 nursery.start_soon(persist, self.routing.learner, cfg.routing_state)
                 for adapter in self.adapters.values():  # their tasks live in our nursery
                     await registry.start(nursery, adapter, health_interval_s=cfg.health_interval_s)
