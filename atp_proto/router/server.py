@@ -220,6 +220,9 @@ class Router:
                 if cfg.metrics_port is not None:
                     self.metrics_port = await nursery.start(self._serve_metrics)
                 await nursery.start(self.reloader.run)  # SIGHUP (handled from now) and files
+                keys = getattr(self.authenticator, "keep_fresh", None)
+                if keys is not None:  # JWKS / OIDC: QUIC's first CAPABILITIES cannot await
+                    await nursery.start(keys)
                 nursery.start_soon(persist, self.routing.learner, cfg.routing_state)
                 for adapter in self.adapters.values():  # their tasks live in our nursery
                     await registry.start(nursery, adapter, health_interval_s=cfg.health_interval_s)
