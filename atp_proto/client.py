@@ -1,8 +1,10 @@
-"""An ATP client on trio over WebSocket (``ws://``, and ``wss://`` verified by default).
+"""An ATP client on trio over WebSocket (``ws://``, and ``wss://`` verified by default)
+or QUIC (``quic://``).
 
 ::
 
     async with atp_proto.client.connect("ws://127.0.0.1:7443/ws", token=tok) as client:
+    # or connect("quic://127.0.0.1:7443", token=tok, ca_file=...) (spec §13.2)
         async with client.stream("hello", task_type="qa", qos="gold") as stream:
             async for item in stream:          # Partial ... then Final
                 print(item)
@@ -28,6 +30,7 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 
@@ -51,7 +54,9 @@ from atp_proto.frames import (
 )
 from atp_proto.messages import Final, Partial, decode_result, task_body
 from atp_proto.session import Session
-from atp_proto.transports.base import error_code_for_ws_close
+from atp_proto.transports._quic_conn import QuicTransport
+from atp_proto.transports.base import error_code_for_quic_close, error_code_for_ws_close
+from atp_proto.transports.quic_client import QuicConnectError, connect_quic
 from atp_proto.transports.tls import TLSConfig
 from atp_proto.transports.ws_client import HandshakeRefused, connect_ws
 from atp_proto.transports.ws_server import WsConnection
@@ -64,6 +69,7 @@ __all__ = [
     "Final",
     "HandshakeRefused",
     "Partial",
+    "QuicConnectError",
     "StreamError",
     "connect",
     "feedback",  # ATP-FEED-002: the quality of a finished stream, by its decision id
@@ -141,7 +147,12 @@ class Client:
     """A session with a router. Use :func:`connect`."""
 
     def __init__(
-        self, ws: WsConnection, *, text: bool, limits: Limits, heartbeat_s: float | None = None
+        self,
+        ws: WsConnection | QuicTransport,
+        *,
+        text: bool,
+        limits: Limits,
+        heartbeat_s: float | None = None,
     ) -> None:
         self._ws = ws
         self._encoding = Encoding.JSON if text else Encoding.BINARY
@@ -174,6 +185,10 @@ class Client:
 
     def _lost(self) -> ConnectionLost:
         code = self._ws.peer_close_code
+        if isinstance(self._ws, QuicTransport):  # the close code is the authority (§13.2)
+            detail = f"QUIC code 0x{code:x} {self._ws.peer_close_reason}" if code else "lost"
+            ec = error_code_for_quic_close(code)
+            return ConnectionLost(ec, f"connection closed ({detail.strip()})")
         detail = f"{code} {self._ws.peer_close_reason}".strip() if code else "no close frame"
         return ConnectionLost(error_code_for_ws_close(code), f"connection closed ({detail})")
 
@@ -281,11 +296,31 @@ async def connect(
     heartbeats; the acknowledged round trip lands in :attr:`Client.heartbeat_rtt`).
     ``limits.idle_timeout_ms`` closes an idle session from this side too (ETIMEOUT).
 
+    ``quic://HOST:PORT``: the QUIC binding (spec §13.2); the token goes as ``caps.auth``
+    of the first CAPABILITIES (ATP-QUIC-008); ``ca_file`` / ``insecure``: how the router's
+    certificate is verified (verified against the system's CAs by default).
+
     Raises:
         HandshakeRefused: the router refused the handshake (e.g. 401); ``status`` says.
         ssl.SSLCertVerificationError: ``wss://``: the router's certificate was refused.
         atp_proto.transports.tls.TLSConfigError: ``ca_file`` cannot be used.
+        QuicConnectError: the QUIC handshake failed (certificate, ALPN, no answer).
     """
+    if url.startswith("quic://"):
+        if text:
+            raise ValueError("the JSON mapping is not used over QUIC (ATP-QUIC-003)")
+        async with _connect_quic(
+            url,
+            token,
+            limits or Limits(),
+            connect_timeout,
+            capabilities,
+            heartbeat_s,
+            ca_file,
+            insecure,
+        ) as client:
+            yield client
+        return
     if ssl_context is None and url.startswith("wss://"):
         ssl_context = TLSConfig(ca_file=ca_file, insecure=insecure).client_ssl_context()
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else None
@@ -311,3 +346,38 @@ async def connect(
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await ws.close(1000, "")
+
+
+@asynccontextmanager
+async def _connect_quic(
+    url: str,
+    token: str | None,
+    limits: Limits,
+    connect_timeout: float,
+    capabilities: bool,
+    heartbeat_s: float | None,
+    ca_file: str | None,
+    insecure: bool,
+) -> AsyncIterator[Client]:
+    parts = urlsplit(url)
+    if not parts.hostname or parts.port is None:
+        raise ValueError(f"expected quic://HOST:PORT, got {url!r}")
+    idle = limits.idle_timeout_ms / 1000 + 5 if limits.idle_timeout_ms else 60.0
+    async with connect_quic(
+        parts.hostname,
+        parts.port,
+        ca_file=ca_file,
+        insecure=insecure,
+        connect_timeout=connect_timeout,
+        idle_timeout=max(idle, 10.0),
+    ) as transport:
+        client = Client(transport, text=False, limits=limits, heartbeat_s=heartbeat_s)
+        if capabilities:  # first on the control stream, with the credential (ATP-QUIC-008)
+            client._conn.send_capabilities(auth=f"Bearer {token}" if token else None)
+            client._session.kick()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._run)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()

@@ -23,6 +23,7 @@ Decoding (client side): :func:`decode_result` turns a received message into a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,15 +131,21 @@ def meta_int(meta: Mapping[str, Any], key: str, default: int, lo: int, hi: int) 
 
 
 def meta_number(meta: Mapping[str, Any], key: str, default: float) -> float:
-    """``meta[key]`` as a number (``default`` when absent).
+    """``meta[key]`` as a finite number (``default`` when absent).
 
     Raises:
-        ATPError: EPROTO otherwise.
+        ATPError: EPROTO otherwise (a CBOR bignum past a float, NaN, infinity too).
     """
     v = meta.get(key, default)
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise _eproto(f'"meta.{key}" must be a number', 0)
-    return float(v)
+    try:
+        f = float(v)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        raise _eproto(f'"meta.{key}" must be a finite number', 0)
+    return f
 
 
 def meta_adapters(meta: Mapping[str, Any]) -> list[str] | None:

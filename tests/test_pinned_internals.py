@@ -119,3 +119,25 @@ def test_grpclib_server_protocol_factory_is_overridable() -> None:
     assert isinstance(proto, H2Protocol)
     for attr in ("handler", "config", "h2_config"):
         assert getattr(proto, attr) is not None, attr
+
+
+def test_aioquic_internals_the_quic_transport_uses() -> None:
+    """atp_proto/transports/_quic_conn.py reads ``QuicConnection._state`` / ``_streams``
+    and each stream sender's ``_buffer_start`` / ``_buffer_stop`` (the unacknowledged
+    bytes, ATP-QUIC-010); quic_server.py overrides ``_replenish_connection_ids`` and sets
+    the ``stateless_reset_token`` of ``_host_cids`` entries, and uses aioquic's
+    ``_encode_invalid_token_close``."""
+    from aioquic.asyncio import server as aioquic_server
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection, QuicConnectionId, QuicConnectionState
+
+    conn = QuicConnection(configuration=QuicConfiguration(is_client=True))
+    assert isinstance(conn._state, QuicConnectionState)
+    conn.send_stream_data(0, b"abc")
+    sender = conn._streams[0].sender
+    assert sender._buffer_stop - sender._buffer_start == 3
+    assert hasattr(conn, "_replenish_connection_ids") and isinstance(conn._host_cids, list)
+    cid = conn._host_cids[0]
+    assert isinstance(cid, QuicConnectionId)
+    assert {"cid", "sequence_number", "stateless_reset_token", "was_sent"} <= set(vars(cid))
+    assert "source_cid" in inspect.signature(aioquic_server._encode_invalid_token_close).parameters

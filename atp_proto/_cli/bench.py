@@ -55,6 +55,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "PGR/APGR/CPT beside always-strong/weak, random, oracle and RouteLLM's figures",
         lambda p: importlib.import_module(f"{PACKAGE}.bench_routing").add_options(p),
     ),
+    "quic": Benchmark(
+        "bench_quic",
+        "router over QUIC: 200 B frames/s, 16 KiB MB/s, SYN->first PARTIAL with 1,000 "
+        "streams open, a stalled stream beside quick ones, beside bare aioquic echoes",
+    ),
 }
 
 

@@ -3,6 +3,7 @@ the router (ATP-FEED-001/002), by the decision id its FINAL carried
 (``telemetry.decision_id``; ``atp send --json`` prints it).
 
     atp feedback 9f2c4e1a0b7d3c55 0.8 --url http://127.0.0.1:9464 --token "$ATP_TOKEN"
+    atp feedback 9f2c4e1a0b7d3c55 0.8 --url https://router:9464 --ca dev-cert.pem ...
 
 Exit 0: taken; 1: refused (unknown or expired id, bad token) or the router is unreachable;
 2: bad usage.
@@ -25,13 +26,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url",
         default="http://127.0.0.1:9464",
-        help="the router's HTTP port (its --metrics address; default http://127.0.0.1:9464)",
+        help="the router's HTTP port (its --metrics address; https:// when it has TLS; "
+        "default http://127.0.0.1:9464)",
     )
     p.add_argument("--token", help="JWT, where the router authenticates (or env ATP_TOKEN)")
     p.add_argument(
         "--source", default="client", help="who judged it: client (default), evaluator, ..."
     )
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="https://: trust this CA or certificate (PEM), e.g. `atp serve --dev-cert`'s",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="https://: do not verify the router's certificate (local use only)",
+    )
     p.add_argument("--json", action="store_true", help="print the router's answer as JSON")
 
 
@@ -47,6 +59,29 @@ def run(args: argparse.Namespace) -> int:
     if not math.isfinite(quality) or not 0.0 <= quality <= 1.0:
         raise UsageError(f"QUALITY must be within 0..1, got {args.quality}")
     token = args.token or os.environ.get("ATP_TOKEN") or None
+    ssl_context = None
+    if args.url.startswith("https://"):
+        import warnings
+
+        from atp_proto.transports.tls import InsecureTLSWarning, TLSConfig, TLSConfigError
+
+        if args.ca and args.insecure:
+            raise UsageError("--ca and --insecure contradict each other: pick one")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InsecureTLSWarning)  # said in one line below
+            try:
+                ssl_context = TLSConfig(
+                    ca_file=args.ca, insecure=args.insecure
+                ).client_ssl_context()
+            except TLSConfigError as exc:
+                raise UsageError(f"--ca: {exc}") from None
+        if args.insecure:
+            print(
+                "atp feedback: --insecure: the router's certificate is not verified",
+                file=sys.stderr,
+            )
+    elif args.ca or args.insecure:
+        raise UsageError("--ca and --insecure are for https:// URLs")
     try:
         result = trio.run(
             lambda: feedback(
@@ -56,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 token=token,
                 source=args.source,
                 timeout=args.timeout,
+                ssl_context=ssl_context,
             )
         )
     except ValueError as exc:

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "url",
         nargs="?",
         default="ws://127.0.0.1:7443/ws",
-        help="router URL (default ws://127.0.0.1:7443/ws)",
+        help="router URL: ws://, wss:// or quic://HOST:PORT (default ws://127.0.0.1:7443/ws)",
     )
     p.add_argument("--prompt", required=True, help="the task's prompt")
     p.add_argument("--task-type", default="qa")
@@ -44,20 +44,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ca",
         metavar="FILE",
-        help="wss://: trust this CA or certificate (PEM) instead of the system's store, "
-        "e.g. the one `atp serve --dev-cert` printed",
+        help="wss:// and quic://: trust this CA or certificate (PEM) instead of the system's "
+        "store, e.g. the one `atp serve --dev-cert` printed",
     )
     p.add_argument(
         "--insecure",
         action="store_true",
-        help="wss://: do not verify the router's certificate (local use only)",
+        help="wss:// and quic://: do not verify the router's certificate (local use only)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     import trio
 
-    from atp_proto.client import Final, HandshakeRefused, StreamError, connect
+    from atp_proto.client import Final, HandshakeRefused, QuicConnectError, StreamError, connect
     from atp_proto.frames import BudgetWindow
     from atp_proto.transports import TransportClosed
 
@@ -69,8 +69,27 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--ttl must be within 0..65535 seconds, got {args.ttl}")
     if not args.timeout > 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
-    if not args.url.startswith(("ws://", "wss://")):
-        raise UsageError(f"the URL must start with ws:// or wss://, got {args.url!r}")
+    if not args.url.startswith(("ws://", "wss://", "quic://")):
+        raise UsageError(f"the URL must start with ws://, wss:// or quic://, got {args.url!r}")
+    quic_opts: dict[str, Any] = {}
+    if args.url.startswith("quic://"):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(args.url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None:
+            raise UsageError(f"expected quic://HOST:PORT, got {args.url!r}")
+        if args.text:
+            raise UsageError("--text is not available over QUIC (binary frames only)")
+        quic_opts = {
+            "ca_file": args.ca,
+            "insecure": args.insecure,
+            # UDP has no refusal to wait for: say "no handshake" before --timeout fires
+            "connect_timeout": min(10.0, args.timeout / 2),
+        }
     ssl_context = _client_ssl_context(args)
     token = args.token or os.environ.get("ATP_TOKEN")
     window = None
@@ -93,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> int:
         with trio.fail_after(args.timeout):
             async with connect(
-                args.url, token=token, text=args.text, ssl_context=ssl_context
+                args.url, token=token, text=args.text, ssl_context=ssl_context, **quic_opts
             ) as client:
                 async with client.stream(
                     args.prompt,
@@ -178,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"ERROR  handshake refused: HTTP {exc.status} {message}", file=sys.stderr)
         return 1
-    except (TransportClosed, OSError) as exc:
+    except (TransportClosed, OSError, QuicConnectError) as exc:
         reason = _reason(exc)
         emit("error", {"code": "ECONNECT", "message": reason})
         if not args.json:

@@ -16,6 +16,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--path", metavar="PATH", help="WebSocket path (default /ws)")
     p.add_argument(
+        "--quic",
+        metavar="HOST:PORT",
+        help="QUIC listen address, UDP (default: the WebSocket host, port 7443, when a "
+        "certificate is configured; 'off')",
+    )
+    p.add_argument("--quic-cert", metavar="FILE", help="certificate (PEM) for QUIC")
+    p.add_argument("--quic-key", metavar="FILE", help="private key (PEM) of --quic-cert")
+    p.add_argument(
         "--metrics",
         metavar="HOST:PORT",
         help="Prometheus /metrics, /healthz, /readyz (default 127.0.0.1:9464; 'off')",
@@ -155,7 +163,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
             flags["adapters"] = dict(parse_adapter_spec(a) for a in args.adapter)
         if args.no_auth:
             flags["auth"] = False
-        flags["tls"] = _tls_from_args(args)
+        flags["tls"] = tls = _tls_from_args(args)
+        _quic_flags(args, flags, parse_hostport, tls)
         cfg = build_config(file=args.config, env=os.environ, flags=flags)
         if cfg_metrics_off:
             from dataclasses import replace
@@ -189,6 +198,34 @@ def _tls_from_args(args: argparse.Namespace) -> Any:
     if args.cert:
         return TLSConfig(cert_file=args.cert, key_file=args.key)
     return None
+
+
+def _quic_flags(
+    args: argparse.Namespace, flags: dict[str, Any], parse_hostport: Any, tls: Any
+) -> None:
+    """``--quic`` (spec §13.2): QUIC is served with the router's certificate (``--cert`` /
+    ``--key`` or ``--dev-cert``, the same as ``wss://``; ``--quic-cert`` / ``--quic-key``
+    give QUIC another one), on 7443/udp beside WebSocket unless ``--quic`` says otherwise
+    (ATP-QUIC-019)."""
+    from atp_proto.router.config import ConfigError
+
+    cert = args.quic_cert or (tls.cert_file if tls is not None else None)
+    key = args.quic_key or (tls.key_file if tls is not None else None)
+    if bool(args.quic_cert) != bool(args.quic_key):
+        raise ConfigError("--quic-cert and --quic-key go together")
+    if cert:
+        flags["cert_file"], flags["key_file"] = cert, key
+    if args.quic == "off":
+        return
+    if args.quic:
+        if not cert:
+            raise ConfigError("--quic needs a certificate (--cert/--key or --dev-cert)")
+        flags["quic_host"], flags["quic_port"] = parse_hostport(args.quic, "--quic")
+    elif cert:
+        # beside WebSocket: the same host and port number, over UDP (7443 by default; a
+        # kernel-chosen port when --ws asks for one, so that routers never collide)
+        host, port = parse_hostport(args.ws, "--ws") if args.ws else ("127.0.0.1", 7443)
+        flags["quic_host"], flags["quic_port"] = host, port
 
 
 def run(args: argparse.Namespace) -> int:
@@ -272,6 +309,8 @@ def _which_listener(err: OSError, cfg: Any) -> str:
     while tb is not None:
         if tb.tb_frame.f_code.co_name == "_serve_metrics":
             return f"{cfg.metrics_host}:{cfg.metrics_port} (metrics)"
+        if tb.tb_frame.f_code.co_filename.endswith("quic_server.py"):
+            return f"{cfg.quic_host}:{cfg.quic_port} (QUIC, UDP)"
         tb = tb.tb_next
     return f"{cfg.ws_host}:{cfg.ws_port} (WebSocket)"
 

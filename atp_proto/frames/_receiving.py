@@ -197,6 +197,26 @@ class ReceiveMixin(ConnectionBase):
         self._drain_decoder(now, events, dec, channel)
         return events
 
+    def receive_stream_reset(self, channel: int, now: float) -> list[Event]:
+        """The peer reset the transport stream of ATP stream ``channel`` (QUIC
+        RESET_STREAM or STOP_SENDING, ATP-QUIC-006): the ATP stream is reset as by an RST
+        from the peer, and what was buffered of the channel's bytes is dropped."""
+        if self._closed is not None or not channel:
+            return []
+        self._last_recv = now
+        self._channels.pop(channel, None)
+        events: list[Event] = []
+        rec = self._streams.get(channel)
+        if rec is not None and not rec.closed:
+            self._close_stream(rec, StreamInput.RECV_RST)
+            events.append(
+                StreamReset(channel, "RST", "transport stream reset by the peer", by_peer=True)
+            )
+        elif rec is not None:
+            rec.send.clear()
+            self._maybe_forget(rec)
+        return events
+
     def _drain_decoder(
         self,
         now: float,

@@ -317,9 +317,18 @@ class SendMixin(ConnectionBase):
         self._queue(Frame(FrameType.DATA, Flags.RST, stream_id, rec.send_seq), rec.encoding)
         self._close_stream(rec, StreamInput.SEND_RST)
 
-    def send_capabilities(self, *, encoding: Encoding = Encoding.BINARY) -> None:
-        """Send our CAPABILITIES (clients: as the first frame; the router answers)."""
-        self._queue(self._caps_frame(), encoding)
+    def send_capabilities(
+        self, *, encoding: Encoding = Encoding.BINARY, auth: str | None = None
+    ) -> None:
+        """Send our CAPABILITIES (clients: as the first frame; the router answers).
+        ``auth``: the client's ``caps.auth`` (``"Bearer <token>"``) where the binding has
+        no handshake to carry it (QUIC, ATP-QUIC-008); never sent by a router."""
+        frame = self._caps_frame()
+        if auth is not None:
+            frame = Frame(
+                FrameType.CAPABILITIES, 0, 0, ext={"caps": {**frame.ext["caps"], "auth": auth}}
+            )
+        self._queue(frame, encoding)
 
     def send_heartbeat(self, now: float, payload: bytes = b"") -> None:
         if self._closed is None:

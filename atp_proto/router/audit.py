@@ -25,6 +25,7 @@ that second, and a torn last line is reported by ``verify`` as the bad record.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -92,6 +93,7 @@ class AuditLog:
         self._prev = GENESIS
         self._file: Any = None
         self._last_sync = 0.0
+        self._failing = False  #: the last write failed (logged once until one succeeds)
 
     # ------------------------------------------------------------------ streams' side
 
@@ -134,7 +136,13 @@ class AuditLog:
                         batch.append(self._recv.receive_nowait())
                     except trio.WouldBlock:
                         break
-                await trio.to_thread.run_sync(self._write, batch)
+                try:
+                    await trio.to_thread.run_sync(self._write, batch)
+                except OSError as exc:
+                    # a full disk or an I/O error must not take the router down: the
+                    # batch counts as dropped, the next one tries again (the chain shows
+                    # the gap to verify)
+                    self._write_failed(batch, exc)
         finally:
             self._send.close()  # later appends are counted as dropped, not lost silently
             with trio.CancelScope(shield=True):
@@ -144,7 +152,19 @@ class AuditLog:
                         rest.append(self._recv.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                await trio.to_thread.run_sync(self._close, rest)
+                try:
+                    await trio.to_thread.run_sync(self._close, rest)
+                except OSError as exc:
+                    self._write_failed(rest, exc)
+
+    def _write_failed(self, batch: list[dict[str, Any]], exc: OSError) -> None:
+        if not self._failing:
+            log.error("decision log write failed, dropping records: %s", exc)
+        self._failing = True
+        for _ in batch:
+            self.dropped += 1
+            if self._on_drop is not None:
+                self._on_drop()
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +185,8 @@ class AuditLog:
         return canonical(rec)[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
+        if self._file.closed:  # a rotation failed half-way: write on in the active file
+            self._file = open(self.path, "ab")  # noqa: SIM115
         f = self._file
         for record in batch:
             try:
@@ -177,6 +199,7 @@ class AuditLog:
             f.write(line)
             self.written += 1
         f.flush()
+        self._failing = False
         now = time.monotonic()
         if now - self._last_sync >= self.fsync_interval_s:
             os.fsync(f.fileno())
@@ -186,21 +209,26 @@ class AuditLog:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        rotated = [p for p in segments(self.path) if p != self.path]
-        n = int(rotated[-1].name[-6:]) + 1 if rotated else 1
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.{n:06d}"))
-        self._file = open(self.path, "ab")  # noqa: SIM115
+        try:
+            rotated = [p for p in segments(self.path) if p != self.path]
+            n = int(rotated[-1].name[-6:]) + 1 if rotated else 1
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.{n:06d}"))
+        finally:  # renamed or not, the writer goes on in an open active file
+            self._file = open(self.path, "ab")  # noqa: SIM115
         return self._file
 
     def _close(self, rest: list[dict[str, Any]]) -> None:
         if self._file is None:
             return
-        if rest:
-            self._write(rest)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
+        try:
+            if rest:
+                self._write(rest)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            f, self._file = self._file, None
+            with contextlib.suppress(OSError):
+                f.close()
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -217,7 +245,7 @@ def _last_record(files: list[Path]) -> dict[str, Any] | None:
             for raw in f:
                 try:
                     rec = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: "[[[[..."
                     continue
                 if isinstance(rec, dict) and "hash" in rec:
                     last = rec
@@ -271,13 +299,17 @@ def verify(files: Iterable[str | os.PathLike[str]], *, from_start: bool = True) 
             return bad(path, n, None, "torn last line (no newline): the write was cut")
         try:
             rec = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
             return bad(path, n, None, "not a JSON record")
         if not isinstance(rec, dict):
             return bad(path, n, None, "not a JSON object")
         s = rec.get("seq")
         s = s if isinstance(s, int) and not isinstance(s, bool) else None
-        if rec.get("hash") != record_hash(rec):
+        try:
+            intact = rec.get("hash") == record_hash(rec)
+        except ValueError:  # "\ud800" is valid JSON but no UTF-8: never written by us
+            intact = False
+        if not intact:
             return bad(path, n, s, "hash does not match the record (edited)")
         if prev is None:
             if from_start and (s != 0 or rec.get("prev") != GENESIS):

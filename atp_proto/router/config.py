@@ -40,6 +40,13 @@ class RouterConfig:
     ws_host: str = "127.0.0.1"
     ws_port: int = 7443
     ws_path: str = "/ws"
+    #: QUIC listener (spec §13.2; UDP): None = off. Needs a certificate: ``tls``
+    #: (TLSConfig, after the TLS branch) or ``cert_file`` / ``key_file``.
+    quic_host: str = "127.0.0.1"
+    quic_port: int | None = None
+    quic_retry: bool = True  #: address validation with Retry tokens
+    cert_file: str | None = None
+    key_file: str | None = None
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 9464  #: None: no metrics endpoint
     adapters: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ADAPTERS))

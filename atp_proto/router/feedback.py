@@ -62,7 +62,7 @@ def feedback_handler(
                 return _answer(status, error=exc.message)
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # "[[[[..." nests too deep
             return _answer("400 Bad Request", error="the body must be a JSON object")
         if not isinstance(doc, dict):
             return _answer("400 Bad Request", error="the body must be a JSON object")

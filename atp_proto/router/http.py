@@ -15,6 +15,7 @@ a TLS ClientHello (0x16) from a plain request, so a probe or scraper already poi
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -24,6 +25,8 @@ import trio
 from atp_proto.transports._tls_stream import TlsStream
 
 __all__ = ["MAX_POST_BODY", "respond", "serve_http"]
+
+log = logging.getLogger("atp.router")
 
 #: ``() -> None`` when ready, else the reason it is not (the 503 body)
 Readiness = Callable[[], str | None]
@@ -105,6 +108,8 @@ async def _one_request(
                 await _linger(stream)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
+    except Exception:  # a handler's bug must not take the router down with this server
+        log.exception("HTTP request failed")
     finally:
         await stream.aclose()
 

@@ -61,7 +61,10 @@ def _fetch_json(location: str, timeout_s: float) -> Any:
         raw = Path(location).read_bytes()[: MAX_DOC_BYTES + 1]
     if len(raw) > MAX_DOC_BYTES:
         raise ValueError(f"larger than {MAX_DOC_BYTES} bytes")
-    return json.loads(raw)
+    try:
+        return json.loads(raw)
+    except RecursionError:  # "[[[[...": no JWK Set, no discovery document
+        raise ValueError("JSON nested too deep") from None
 
 
 def _algorithm(jwk: Mapping[str, Any]) -> str | None:
@@ -184,6 +187,14 @@ class JwksSource:
             raise AuthError(401, "token key id (kid) is not in the key set")
         return found
 
+    async def refresh_if_stale(self) -> None:
+        """Fetch the set when it is older than ``ttl_s`` (or was never fetched), at most
+        once per ``min_refetch_s``."""
+        now = time.monotonic()
+        stale = self._fetched_at is None or now - self._fetched_at > self.ttl_s
+        if stale and (self._tried_at is None or now - self._tried_at >= self.min_refetch_s):
+            await self._refresh("expired" if self._fetched_at else "first use")
+
     @property
     def has_keys(self) -> bool:
         return bool(self._keys)
@@ -281,6 +292,30 @@ class JwksAuthenticator:
                 raise AuthError(503, "the token keys (JWKS) are not fetched yet; try again")
             raise AuthError(401, "token key id (kid) is not in the key set")
         return self._verify(token or "", key)
+
+    async def keep_fresh(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Fetch the key set now and refresh it as it goes stale, for ever (a task of the
+        router; started once the first fetch was tried, so that a router announces
+        itself with its keys). The synchronous :meth:`authenticate` — what a QUIC
+        session's first CAPABILITIES is checked with, as it cannot await — then finds the
+        keys fetched, and a rotated key within about one ``ttl_s``. Never raises: a
+        failed fetch keeps the keys it had (and is logged by the source)."""
+        started = False
+        while True:
+            try:
+                source = (
+                    await self.keys.jwks() if isinstance(self.keys, OidcDiscovery) else self.keys
+                )
+                await source.refresh_if_stale()
+                period = source.ttl_s
+            except AuthError:
+                period = self.keys.min_refetch_s if isinstance(self.keys, JwksSource) else 1.0
+            if not started:
+                task_status.started()
+                started = True
+            await trio.sleep(max(0.1, min(period, 60.0)))
 
     async def authenticate_async(self, token: str | None) -> Principal:
         """Verify ``token`` against the set's key for its ``kid``.

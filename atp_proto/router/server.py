@@ -18,15 +18,32 @@ from urllib.parse import urlsplit
 import trio
 
 from atp_proto.adapters import Adapter, ResilientAdapter, make_adapter, registry
-from atp_proto.frames import WS_MESSAGE_SLACK, Encoding, ErrorCode, FrameType, QoS, StreamOpened
+from atp_proto.frames import (
+    WS_MESSAGE_SLACK,
+    ATPError,
+    CapabilitiesReceived,
+    Encoding,
+    ErrorCode,
+    FrameType,
+    QoS,
+    StreamOpened,
+)
 from atp_proto.session import Output, Session, SessionInfo
 from atp_proto.transports._tls_stream import TlsStream
-from atp_proto.transports.base import TransportClosed
+from atp_proto.transports.base import Transport, TransportClosed
+from atp_proto.transports.quic_server import QuicServer, QuicServerConfig, QuicTransport
 from atp_proto.transports.ws_server import Handshake, WsConnection
 
 from .admission import Admission
 from .audit import AuditLog
-from .auth import AuthConfig, Authenticator, TokenVerifier
+from .auth import (
+    ANONYMOUS,
+    AuthConfig,
+    Authenticator,
+    AuthError,
+    Principal,
+    TokenVerifier,
+)
 from .config import RouterConfig
 from .feedback import feedback_handler
 from .handshake import admit
@@ -155,6 +172,8 @@ class Router:
         self._draining = False
         self._listener_scope: trio.CancelScope | None = None
         self.ws_port: int | None = None
+        self.quic_port: int | None = None
+        self.quic_server: QuicServer | None = None
         self.metrics_port: int | None = None
         self._ready = False
         self.stopped = trio.Event()
@@ -195,9 +214,15 @@ class Router:
                 self.ws_port = listeners[0].socket.getsockname()[1]
                 self._listener_scope = trio.CancelScope()
                 nursery.start_soon(self._run_listener, listeners, nursery, self._listener_scope)
+                quic = self.quic_server = self._quic_server()
+                if quic is not None:
+                    self.quic_port = await nursery.start(quic.serve, cfg.quic_host, cfg.quic_port)
                 if cfg.metrics_port is not None:
                     self.metrics_port = await nursery.start(self._serve_metrics)
-                nursery.start_soon(self.reloader.run)  # SIGHUP and file changes
+                await nursery.start(self.reloader.run)  # SIGHUP (handled from now) and files
+                keys = getattr(self.authenticator, "keep_fresh", None)
+                if keys is not None:  # JWKS / OIDC: QUIC's first CAPABILITIES cannot await
+                    await nursery.start(keys)
                 nursery.start_soon(persist, self.routing.learner, cfg.routing_state)
                 for adapter in self.adapters.values():  # their tasks live in our nursery
                     await registry.start(nursery, adapter, health_interval_s=cfg.health_interval_s)
@@ -208,6 +233,9 @@ class Router:
                     "router listening",
                     extra={
                         "ws": f"{self.ws_scheme}://{cfg.ws_host}:{self.ws_port}{cfg.ws_path}",
+                        "quic": (
+                            f"quic://{cfg.quic_host}:{self.quic_port}" if self.quic_port else "off"
+                        ),
                         "metrics": (
                             f"{'https' if self.ssl_context else 'http'}://"
                             f"{cfg.metrics_host}:{self.metrics_port}/metrics"
@@ -331,12 +359,20 @@ class Router:
             metrics=m,
             encoding=Encoding.JSON if admitted.text else Encoding.BINARY,  # ATP-WS-010
         )
+        await self._run_session(session, ws, principal, str(request.remote))
+
+    async def _run_session(
+        self, session: Session, transport: Transport, principal: Principal, remote: str
+    ) -> None:
+        """One admitted session, whatever its transport: served until it ends."""
+        m = self.metrics
+        session_id = session.session_id
         self.sessions[session_id] = session
         m.sessions_total.inc()
         m.sessions_active.set(len(self.sessions))
         log.info(
             "session open",
-            extra={"session": session_id, "tenant": principal.tenant, "peer": str(request.remote)},
+            extra={"session": session_id, "tenant": principal.tenant, "peer": remote},
         )
         try:
             await session.run()
@@ -345,9 +381,93 @@ class Router:
             _add_frames(self._frames_done, session.conn.frames_received, session.conn.frames_sent)
             m.sessions_active.set(len(self.sessions))
             with trio.CancelScope(shield=True), trio.move_on_after(2):
-                if not ws.closed:
-                    await ws.close(1000, "bye")
+                if isinstance(transport, WsConnection):
+                    if not transport.closed:
+                        await transport.close(1000, "bye")
+                else:
+                    await transport.aclose()
             log.info("session closed", extra={"session": session_id})
+
+    # ------------------------------------------------------------------ QUIC
+
+    def _quic_server(self) -> QuicServer | None:
+        """The QUIC listener when configured (``quic_port`` and a certificate)."""
+        cfg = self.config
+        if cfg.quic_port is None:
+            return None
+        tls = getattr(cfg, "tls", None)  # TLSConfig of the TLS branch, when merged
+        cert = getattr(tls, "cert_file", None) or cfg.cert_file
+        key = getattr(tls, "key_file", None) or cfg.key_file
+        if not cert or not key:
+            raise ValueError("QUIC needs a certificate: set cert_file and key_file")
+        return QuicServer(
+            QuicServerConfig(
+                cert_file=cert,
+                key_file=key,
+                retry=cfg.quic_retry,
+                idle_timeout=max(cfg.limits.idle_timeout_ms / 1000 + 5, 10.0),
+                handshake_timeout=cfg.handshake_timeout_s,
+                max_connections=cfg.max_sessions,
+            ),
+            self._handle_quic,
+        )
+
+    async def _handle_quic(self, transport: QuicTransport) -> None:
+        """One QUIC connection: the same session, admission and engine as WebSocket;
+        authentication by the first CAPABILITIES' ``caps.auth`` (ATP-QUIC-008/009)."""
+        cfg = self.config
+        m = self.metrics
+        if self._draining or len(self.sessions) >= cfg.max_sessions:
+            m.handshakes_refused.inc("503")
+            await transport.close_with_error(
+                ErrorCode.EDRAINING, "router is draining" if self._draining else "too many sessions"
+            )
+            return
+        authenticator = self.authenticator
+        authenticate = None
+        if authenticator is not None:
+
+            def authenticate(ev: CapabilitiesReceived) -> Principal:
+                auth = ev.caps.get("auth")
+                token = None
+                if isinstance(auth, str) and auth[:7].lower() == "bearer ":
+                    token = auth[7:].strip()
+                try:
+                    return authenticator.authenticate(token)
+                except AuthError as exc:
+                    m.handshakes_refused.inc(str(exc.status))
+                    log.info(
+                        "QUIC session refused",
+                        extra={"reason": exc.message, "peer": transport.remote},
+                    )
+                    raise ATPError(ErrorCode.ESEC, exc.message) from None
+
+        session_id = f"{time.time_ns() // 1_000_000:x}-{next(self._ids)}"
+        session = Session(
+            transport,
+            principal=ANONYMOUS,
+            limits=cfg.limits,
+            run_stream=self.run_stream,
+            session_id=session_id,
+            metrics=m,
+            authenticate=authenticate,
+            preauth_code=ErrorCode.ESEC,  # ATP-QUIC-008: any other first frame
+        )
+        if authenticate is None:
+            await self._run_session(session, transport, ANONYMOUS, transport.remote)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._auth_deadline, session)
+            await self._run_session(session, transport, ANONYMOUS, transport.remote)
+            nursery.cancel_scope.cancel()
+
+    async def _auth_deadline(self, session: Session) -> None:
+        """A QUIC client has ``handshake_timeout_s`` to authenticate (its first
+        CAPABILITIES with caps.auth, ATP-QUIC-008), as a WebSocket client has to finish
+        its upgrade: an unauthenticated connection holds nothing longer."""
+        await trio.sleep(self.config.handshake_timeout_s)
+        if not session.authenticated and not session.closing:
+            session.close(ErrorCode.ESEC, "no CAPABILITIES with caps.auth in time")
 
     # ------------------------------------------------------------------ drain
 

@@ -25,8 +25,17 @@ transport that authenticates inside the session (QUIC: ``caps.auth`` of the firs
 CAPABILITIES on the control stream, ATP-QUIC-008/009) passes ``authenticate``: it is
 called with the peer's first :class:`CapabilitiesReceived` and returns the principal, or
 raises an :class:`~atp_proto.frames.ATPError` whose code closes the session (ESEC for a bad
-credential). Until it has returned, a SYN is a protocol error (EPROTO closes the session)
-and no stream task starts.
+credential). Until it has returned, any other frame (a SYN above all) closes the session
+with ``preauth_code`` (the router's QUIC sessions: ESEC, ATP-QUIC-008; EPROTO by default)
+and no stream task starts; a later CAPABILITIES is not
+authenticated again (ATP-QUIC-017).
+
+Per-stream transports (QUIC, :class:`~atp_proto.transports.base.StreamTransport`): input
+comes per channel (``ChannelData`` to the core's ``receive_stream_data``, ``ChannelReset``
+to ``receive_stream_reset``, a ``TransportFault`` closes the session), output goes as the
+core's per-stream view, and what the transport holds unacknowledged counts against the
+output watermark below (ATP-QUIC-010). Everything else — dispatch, stream tasks, timers,
+backpressure — is this one driver for both bindings.
 
 Backpressure: a stream task sends a message only when its stream has no frames waiting
 for credit and the session's output queue is below a watermark; otherwise it waits. Waiters
@@ -63,7 +72,15 @@ from atp_proto.frames import (
     StreamReset,
     WindowUpdated,
 )
-from atp_proto.transports.base import Oversized, Transport, TransportClosed
+from atp_proto.transports.base import (
+    ChannelData,
+    ChannelReset,
+    Oversized,
+    StreamTransport,
+    Transport,
+    TransportClosed,
+    TransportFault,
+)
 
 from .lanes import FairQueue
 from .output import Output
@@ -111,6 +128,7 @@ class Session:
         run_stream: StreamRunner | None = None,
         on_event: Callable[[Event], None] | None = None,
         authenticate: Callable[[CapabilitiesReceived], Any] | None = None,
+        preauth_code: ErrorCode = ErrorCode.EPROTO,
         metrics: Any = None,
         encoding: Encoding = Encoding.BINARY,
         heartbeat: float | None = None,
@@ -124,6 +142,12 @@ class Session:
         for a browser that offered no ``atp.v1``). ``heartbeat``:
         send a heartbeat after this many seconds without sending (None: never)."""
         self.transport = transport
+        #: a per-stream transport (QUIC): input per channel, output per ATP stream
+        self._streams_io: StreamTransport | None = None
+        if getattr(transport, "per_stream", False):
+            streams_io: StreamTransport = transport  # type: ignore[assignment]
+            streams_io.on_writable = self._transport_room
+            self._streams_io = streams_io
         self.principal = principal
         self.session_id = session_id
         self.conn = Connection(
@@ -132,6 +156,7 @@ class Session:
         self.run_stream = run_stream
         self.on_event = on_event
         self._authenticate = authenticate
+        self._preauth_code = preauth_code
         self.metrics = metrics
         self.streams: dict[int, Output] = {}
         self._wake_writer = trio.Event()
@@ -139,6 +164,8 @@ class Session:
         #: messages flush_now took from the connection but could not hand to the
         #: transport (its task was cancelled): the writer sends them before anything newer
         self._carry: deque[bytes | str] = deque()
+        #: the same for a per-stream transport: item lists try_send_streams refused
+        self._stream_carry: list[list[tuple[int, bytes, bool]]] = []
         self._wake_timer = trio.Event()
         self._writable: FairQueue[trio.Event] = FairQueue()
         #: tasks in flush() waiting for the writer to finish a pass
@@ -194,7 +221,7 @@ class Session:
         while self._closing is None:
             # Replies we generate ourselves (heartbeat acks, ERRORs, credit) also queue:
             # stop reading while the peer is not taking them (ATP-LIMIT-002).
-            while conn.queued_bytes > READ_PAUSE_BYTES and self._closing is None:
+            while self._pending_output() > READ_PAUSE_BYTES and self._closing is None:
                 self._wake_writer.set()
                 self._drained = trio.Event()
                 await self._drained.wait()
@@ -203,10 +230,17 @@ class Session:
             except TransportClosed:
                 return
             now = trio.current_time()
-            if isinstance(message, str):
+            if isinstance(message, ChannelData):
+                events = conn.receive_stream_data(message.channel, message.data, now)
+            elif isinstance(message, str):
                 events = conn.receive_text(message, now)
             elif isinstance(message, Oversized):
                 events = conn.receive_oversized(message.prefix, message.limit, now)
+            elif isinstance(message, ChannelReset):
+                events = conn.receive_stream_reset(message.channel, now)
+            elif isinstance(message, TransportFault):
+                self.close(message.code, message.message)
+                return
             else:
                 events = conn.receive_message(message, now)
             self._dispatch(events)
@@ -215,10 +249,13 @@ class Session:
     def _dispatch(self, events: list[Event]) -> None:
         on_event = self.on_event
         for ev in events:
+            if self._authenticate is not None and not isinstance(
+                ev, (CapabilitiesReceived, ConnectionClosed)
+            ):
+                # ATP-QUIC-008/009: nothing before the authenticating CAPABILITIES
+                self.close(self._preauth_code, "the first frame must be CAPABILITIES")
+                return
             if isinstance(ev, StreamOpened):
-                if self._authenticate is not None:
-                    self.close(ErrorCode.EPROTO, "SYN before the session was authenticated")
-                    return
                 self._start_stream(ev)
             elif isinstance(ev, MessageReceived):
                 if on_event is None:
@@ -322,6 +359,8 @@ class Session:
                     continue  # flush_now is sending; it wakes us when done
                 self._writer_busy = True
                 try:
+                    if self._streams_io is not None:
+                        await self._write_streams(self._streams_io)
                     carry = self._carry
                     while carry:
                         await self.transport.send(carry.popleft())  # cancelled: kept
@@ -347,6 +386,22 @@ class Session:
         finally:
             self._writer_done.set()
 
+    async def _write_streams(self, transport: StreamTransport) -> None:
+        """The per-stream writer pass: each ATP stream's frames to its transport stream."""
+        conn = self.conn
+        while self._stream_carry:
+            await transport.send_streams(self._stream_carry[0])
+            self._stream_carry.pop(0)
+        while True:
+            items = conn.stream_data_to_send(trio.current_time())
+            if not items:
+                return
+            await transport.send_streams(items)
+
+    def _transport_room(self) -> None:
+        """The per-stream transport's buffers fell: let waiting stream tasks run."""
+        self._wake_writer.set()
+
     def flush_now(self) -> None:
         """Send what is queued from the calling stream task when that needs no waiting
         (the writer idle, the transport's slot free, room in the socket), instead of
@@ -356,8 +411,14 @@ class Session:
         coalesces many streams' frames into one message. Never blocks: whatever cannot
         go at once is left to the writer, in order.
         """
-        if self._writer_busy or self._carry or self._closing is not None:
+        if self._writer_busy or self._carry or self._stream_carry or self._closing is not None:
             return  # the writer is sending, or will: send() already woke it
+        if self._streams_io is not None:
+            items = self.conn.stream_data_to_send(trio.current_time())
+            if items and not self._streams_io.try_send_streams(items):
+                self._stream_carry.append(items)  # the writer sends it first
+            self._wake_writer.set()
+            return
         out = self.conn.data_to_send(trio.current_time())
         if not out:
             return
@@ -377,7 +438,12 @@ class Session:
         before it closes."""
         while not self.done.is_set():
             self.flush_now()
-            if not (self.conn.has_data_to_send() or self._writer_busy or self._carry):
+            if not (
+                self.conn.has_data_to_send()
+                or self._writer_busy
+                or self._carry
+                or self._stream_carry
+            ):
                 return
             waiter = trio.Event()
             self._flush_waiters.append(waiter)
@@ -394,7 +460,7 @@ class Session:
         """True when the stream may queue a message now (no waiting needed)."""
         return (
             not self.conn.outbound_buffered(handle.stream_id)
-            and self.conn.queued_bytes <= OUTPUT_HIGH_WATER
+            and self._pending_output() <= OUTPUT_HIGH_WATER
         )
 
     async def writable(self, handle: Output) -> None:
@@ -417,6 +483,11 @@ class Session:
             return
 
     def _pending_output(self) -> int:
+        """Output not yet taken by the peer: queued in the connection, and for a
+        per-stream transport also what sits unacknowledged in its stream buffers (QUIC
+        buffers without limit, so this is the session's bound on it: ATP-QUIC-010)."""
+        if self._streams_io is not None:
+            return self.conn.queued_bytes + self._streams_io.pending_bytes
         return self.conn.queued_bytes
 
     @property

@@ -20,6 +20,7 @@ Transports import nothing from :mod:`atp_proto.session` or :mod:`atp_proto.route
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,9 +28,14 @@ from atp_proto.frames import ErrorCode
 
 __all__ = [
     "WS_CLOSE_CODES",
+    "ChannelData",
+    "ChannelReset",
     "Oversized",
+    "StreamTransport",
+    "TransportFault",
     "Transport",
     "TransportClosed",
+    "error_code_for_quic_close",
     "error_code_for_ws_close",
     "quic_error_code",
     "ws_close_code",
@@ -50,11 +56,42 @@ class Oversized:
     limit: int
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelData:
+    """What a per-stream transport's :meth:`Transport.receive` returns: bytes of one
+    transport stream, ``channel`` being the ATP stream it carries (0: the control stream),
+    any chunking. The session feeds it to ``Connection.receive_stream_data``, whose
+    per-channel decoder enforces ATP-QUIC-005."""
+
+    channel: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelReset:
+    """The peer reset the transport stream of ATP stream ``channel`` (QUIC RESET_STREAM
+    or STOP_SENDING, ATP-QUIC-006): the session resets the ATP stream as by the peer."""
+
+    channel: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransportFault:
+    """The peer broke a binding rule the transport checks itself (a QUIC stream naming an
+    ATP stream that already has one, ATP-QUIC-002/005): the session closes with ``code``."""
+
+    code: ErrorCode
+    message: str
+
+
 class Transport(Protocol):
     """One session's byte mover, as the session driver uses it."""
 
-    async def receive(self) -> bytes | str | Oversized:
-        """The next unit; raises :class:`TransportClosed` when the peer is gone."""
+    async def receive(
+        self,
+    ) -> bytes | str | Oversized | ChannelData | ChannelReset | TransportFault:
+        """The next unit (a per-stream transport: the last three only); raises
+        :class:`TransportClosed` when the peer is gone."""
         ...
 
     async def send(self, data: bytes | str) -> None:
@@ -78,6 +115,28 @@ class Transport(Protocol):
 
     async def aclose(self) -> None:
         """Close normally (no error)."""
+        ...
+
+
+class StreamTransport(Transport, Protocol):
+    """A per-stream transport (QUIC, spec §13.2): each ATP stream on its own transport
+    stream. :meth:`receive` returns :class:`ChannelData` / :class:`ChannelReset` /
+    :class:`TransportFault`; output goes as the core's per-stream view
+    (``Connection.stream_data_to_send``: ``(stream_id, bytes, end_stream)`` items)
+    instead of :meth:`send`. The session tells the two kinds apart by ``per_stream``."""
+
+    per_stream: bool  #: True
+    #: bytes handed to the transport and not yet acknowledged by the peer (ATP-QUIC-010)
+    pending_bytes: int
+    #: set by the session: called when ``pending_bytes`` fell (room again)
+    on_writable: Callable[[], None] | None
+
+    async def send_streams(self, items: list[tuple[int, bytes, bool]]) -> None:
+        """Write the items, each on its ATP stream's transport stream."""
+        ...
+
+    def try_send_streams(self, items: list[tuple[int, bytes, bool]]) -> bool:
+        """Write the items at once if that needs no waiting (False: nothing written)."""
         ...
 
 
@@ -112,6 +171,16 @@ def error_code_for_ws_close(close_code: int | None) -> ErrorCode:
     codes = list(ErrorCode)
     if close_code is not None and 4000 <= close_code < 4000 + len(codes):
         return codes[close_code - 4000]
+    return ErrorCode.EINTERNAL
+
+
+def error_code_for_quic_close(close_code: int | None) -> ErrorCode:
+    """The inverse of :func:`quic_error_code`, for a session that ended without an ERROR
+    frame (that frame may be lost before CONNECTION_CLOSE, RFC 9000 §10.2: the close code
+    is the authority, ATP-QUIC-014): EINTERNAL for a normal close (0) or an unknown code."""
+    codes = list(ErrorCode)
+    if close_code is not None and 0x100 <= close_code < 0x100 + len(codes):
+        return codes[close_code - 0x100]
     return ErrorCode.EINTERNAL
 
 

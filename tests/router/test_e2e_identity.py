@@ -270,3 +270,53 @@ def test_oidc_needs_an_audience() -> None:
     r = atp("serve", "--oidc-issuer", "https://id.example", "--ws", "127.0.0.1:0")
     assert r.returncode == 2
     assert "--jwt-audience" in r.stderr and "Traceback" not in r.stderr
+
+
+async def test_quic_sessions_verify_with_oidc_keys_before_any_websocket_session(
+    nursery: trio.Nursery, keys: dict[str, Any], quic_cert: Any
+) -> None:
+    """[ATP-QUIC-008, ATP-SEC-019] QUIC authenticates from the first CAPABILITIES without
+    awaiting (no key fetch there): the router fetches the key set at start and keeps it
+    fresh, so the very first session of a router is a QUIC one and still gets in; a
+    rotated key is learned by the refresher, a forged token is still refused."""
+    idp = await _idp(nursery, keys, ["k1"])
+    router = await _router(
+        nursery,
+        oidc_issuer=idp.http.url,
+        jwt_audience=AUD,
+        jwks_ttl_s=0.5,
+        jwks_refetch_s=0.2,
+        quic_port=0,
+        cert_file=quic_cert.cert,
+        key_file=quic_cert.key,
+    )
+    url = f"quic://127.0.0.1:{router.quic_port}"
+    with trio.fail_after(10):
+        async with connect(url, token=idp.token("k1"), ca_file=quic_cert.cert) as client:
+            final = await client.ask("hello")
+    assert final.content["answer"] == "hello"
+    idp.published = ["k2"]  # rotation: k1 retired, k2 new
+    with trio.fail_after(10):
+        while True:  # the refresher learns k2 within a few ttl periods
+            try:
+                async with connect(url, token=idp.token("k2"), ca_file=quic_cert.cert) as c:
+                    assert (await c.ask("again")).content["answer"] == "again"
+                break
+            except Exception:
+                await trio.sleep(0.2)
+    forged = jwt.encode(
+        {
+            "sub": "mallory",
+            "tenant": "acme",
+            "aud": AUD,
+            "iss": idp.http.url,
+            "exp": int(time.time()) + 60,
+        },
+        keys["forger"],
+        algorithm="RS256",
+        headers={"kid": "k2"},
+    )
+    with trio.fail_after(10), pytest.raises(Exception) as refused:
+        async with connect(url, token=forged, ca_file=quic_cert.cert) as c:
+            await c.ask("no")
+    assert "ESEC" in repr(refused.value) or "signature" in str(refused.value).lower()

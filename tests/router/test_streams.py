@@ -13,7 +13,7 @@ import trio_websocket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atp_proto.client import Final, Partial, StreamError, connect
+from atp_proto.client import Final, Partial, StreamError
 from atp_proto.frames import (
     BudgetWindow,
     Connection,
@@ -79,11 +79,11 @@ async def test_alias_reuse_after_final(start_router) -> None:
     assert second[-1]["stream_id"] == "st1"
 
 
-async def test_binary_client_many_concurrent_streams(start_router) -> None:
+async def test_binary_client_many_concurrent_streams(start_router, connect_to) -> None:
     """ATP-WS-001, ATP-WS-005: Many streams at once on one session, each answered with its own content."""
     router = await start_router(adapters={"echo": "builtin:echo?chunks=3"})
     results: dict[int, Final] = {}
-    async with connect(ws_url(router)) as client:
+    async with connect_to(router) as client:
 
         async def one(i: int) -> None:
             results[i] = await client.ask(f"prompt number {i:03d}", qos="gold")
@@ -97,11 +97,11 @@ async def test_binary_client_many_concurrent_streams(start_router) -> None:
         assert final.telemetry["adapters"] == ["echo"]
 
 
-async def test_fanout_and_consensus(start_router) -> None:
+async def test_fanout_and_consensus(start_router, connect_to) -> None:
     """ATP-BUDGET-004: meta.fanout asks several adapters; PARTIALs come from each; FINAL names them all."""
     router = await start_router()
     seen: set[str] = set()
-    async with connect(ws_url(router)) as client:
+    async with connect_to(router) as client:
         async with client.stream("hello", meta={"fanout": 2}) as st:
             async for item in st:
                 if isinstance(item, Partial):
@@ -114,7 +114,7 @@ async def test_fanout_and_consensus(start_router) -> None:
     assert final.content["adapter"] == "persona"
 
 
-async def test_escalation_on_low_confidence(start_router) -> None:
+async def test_escalation_on_low_confidence(start_router, connect_to) -> None:
     """ATP-ADAPT-005: Cheap-first, then champion/challenger: below min_confidence the router escalates."""
     router = await start_router(
         adapters={
@@ -123,7 +123,7 @@ async def test_escalation_on_low_confidence(start_router) -> None:
         }
     )
     escalations = []
-    async with connect(ws_url(router)) as client:
+    async with connect_to(router) as client:
         async with client.stream("hello", meta={"min_confidence": 0.8}) as st:
             async for item in st:
                 if isinstance(item, Partial) and "escalate" in item.content:
@@ -135,20 +135,20 @@ async def test_escalation_on_low_confidence(start_router) -> None:
     assert final.telemetry["adapters"] == ["cheap", "strong"]
 
 
-async def test_budget_refused_at_admission(start_router) -> None:
+async def test_budget_refused_at_admission(start_router, connect_to) -> None:
     """ATP-BUDGET-002: a window smaller than the guard-banded estimate is refused with EBUDGET."""
     router = await start_router()
-    async with connect(ws_url(router)) as client:
+    async with connect_to(router) as client:
         with pytest.raises(StreamError) as err:
             await client.ask("hello", window=BudgetWindow(max_tokens=2))
     assert err.value.code == "EBUDGET"
     assert "budget window" in err.value.message
 
 
-async def test_window_update_lowers_budget_mid_flight(start_router) -> None:
+async def test_window_update_lowers_budget_mid_flight(start_router, connect_to) -> None:
     """ATP-BUDGET-005: WINDOW_UPDATE lowering max_tokens below usage ends the stream, EBUDGET."""
     router = await start_router(adapters={"slow": "builtin:persona?latency_ms=50&chunks=20"})
-    async with connect(ws_url(router)) as client:
+    async with connect_to(router) as client:
         with pytest.raises(StreamError) as err:
             async with client.stream("hello", window=BudgetWindow(max_tokens=10_000)) as st:
                 async for item in st:
@@ -158,13 +158,13 @@ async def test_window_update_lowers_budget_mid_flight(start_router) -> None:
     assert err.value.code == "EBUDGET"
 
 
-async def test_task_type_not_allowed_is_esec(start_router, jwt_env) -> None:
+async def test_task_type_not_allowed_is_esec(start_router, jwt_env, connect_to) -> None:
     """ATP-SEC-004: claims restrict task types; others are refused per stream with ESEC."""
     from atp_proto.router import issue_token
 
     router = await start_router(auth=True)
     token = issue_token(jwt_env.encode(), task_types=["qa"])
-    async with connect(ws_url(router), token=token) as client:
+    async with connect_to(router, token=token) as client:
         ok = await client.ask("hello", task_type="qa")
         with pytest.raises(StreamError) as err:
             await client.ask("hello", task_type="code_review")
@@ -267,21 +267,21 @@ async def test_bad_json_text_closes_connection(start_router) -> None:
     assert closed.value.reason.code == 1002
 
 
-async def test_ttl_expiry_is_etimeout(start_router) -> None:
+async def test_ttl_expiry_is_etimeout(start_router, connect_to) -> None:
     """ATP-TIME-001: when a stream's ttl passes the router ends it with ETIMEOUT."""
     router = await start_router(adapters={"slow": "builtin:persona?latency_ms=700&chunks=4"})
-    async with connect(ws_url(router)) as client:
+    async with connect_to(router) as client:
         with pytest.raises(StreamError) as err:
             await client.ask("hello", ttl=1)
         assert err.value.code == "ETIMEOUT"
         assert router.adapters["slow"].chunks_out < 4  # the adapter call was cancelled
 
 
-async def test_client_cancel_cancels_adapter(start_router) -> None:
+async def test_client_cancel_cancels_adapter(start_router, connect_to) -> None:
     """ATP-FLAG-003: A client RST cancels the stream's task and its adapter call."""
     router = await start_router(adapters={"slow": "builtin:persona?latency_ms=100&chunks=50"})
     adapter = router.adapters["slow"]
-    async with connect(ws_url(router)) as client:
+    async with connect_to(router) as client:
         async with client.stream("hello") as st:
             async for _ in st:
                 break  # leaving the block sends RST
@@ -383,7 +383,7 @@ def test_partial_chunk_body_is_the_cbor_of_the_dict(n: int, name: str, text: str
     assert cbor2.loads(body) == expected
 
 
-async def test_window_update_raise_reaches_escalation(start_router) -> None:
+async def test_window_update_raise_reaches_escalation(start_router, connect_to) -> None:
     """ATP-BUDGET-005, ATP-BUDGET-010, ATP-ADAPT-005: a WINDOW_UPDATE raising max_usd_micros
     mid-stream reaches escalation: the challenger that did not fit the SYN's window is
     called once the raised window lets it (one ledger, no stale snapshot)."""
@@ -396,7 +396,7 @@ async def test_window_update_raise_reaches_escalation(start_router) -> None:
     )
     escalations = []
     raised = False
-    async with connect(ws_url(router)) as client:
+    async with connect_to(router) as client:
         window = BudgetWindow(max_usd_micros=100)
         async with client.stream("hello", meta={"min_confidence": 0.8}, window=window) as st:
             async for item in st:
@@ -413,7 +413,7 @@ async def test_window_update_raise_reaches_escalation(start_router) -> None:
     assert final.telemetry["adapters"] == ["cheap", "strong"]
 
 
-async def test_window_unraised_does_not_escalate_past_budget(start_router) -> None:
+async def test_window_unraised_does_not_escalate_past_budget(start_router, connect_to) -> None:
     """ATP-BUDGET-002, ATP-ADAPT-005: the same stream without the raise stays within its
     window: no escalation to the challenger that does not fit (the control of the test
     above)."""
@@ -423,7 +423,7 @@ async def test_window_unraised_does_not_escalate_past_budget(start_router) -> No
             "strong": "builtin:persona?confidence=0.95&usd_per_1k=9000",
         }
     )
-    async with connect(ws_url(router)) as client:
+    async with connect_to(router) as client:
         final = await client.ask(
             "hello", meta={"min_confidence": 0.8}, window=BudgetWindow(max_usd_micros=100)
         )
@@ -431,12 +431,12 @@ async def test_window_unraised_does_not_escalate_past_budget(start_router) -> No
     assert final.telemetry["adapters"] == ["cheap"]
 
 
-async def test_window_update_lowering_stops_at_once(start_router) -> None:
+async def test_window_update_lowering_stops_at_once(start_router, connect_to) -> None:
     """ATP-BUDGET-005: a WINDOW_UPDATE lowering max_tokens below what was already spent
     ends the stream with EBUDGET at once — not when the adapter's next chunk is charged
     (here a second away)."""
     router = await start_router(adapters={"slow": "builtin:persona?latency_ms=1000&chunks=4"})
-    async with connect(ws_url(router)) as client:
+    async with connect_to(router) as client:
         with pytest.raises(StreamError) as err:
             async with client.stream("hello", window=BudgetWindow(max_tokens=10_000)) as st:
                 async for item in st:

@@ -29,16 +29,23 @@ def next_challenger(
     *,
     floor: float | None = None,
     strength: Callable[[str], float] | None = None,
+    strict: bool = False,
 ) -> Candidate | None:
     """The challenger to call next, taken off ``remaining`` with every stronger one that
     no longer fits; None when no untried candidate promises more and fits. With
-    ``strength``, candidates weaker than ``floor`` (the champion's) never challenge."""
+    ``strength``, candidates weaker than ``floor`` (the champion's) never challenge;
+    ``strict``: nor equal ones (ATP-STRAT-005: by estimate confidence, a challenger must
+    be above the champion's estimate, not only above its answer's confidence)."""
     stronger = [
         c
         for c in remaining
         if c.estimate is not None
         and c.estimate.confidence > champion.confidence
-        and (strength is None or floor is None or strength(c.name) >= floor)
+        and (
+            strength is None
+            or floor is None
+            or (strength(c.name) > floor if strict else strength(c.name) >= floor)
+        )
     ]
     remaining[:] = stronger  # the weaker ones can never challenge again
     while remaining:
@@ -60,11 +67,12 @@ async def escalate(
     *,
     floor: float | None = None,
     strength: Callable[[str], float] | None = None,
+    strict: bool = False,
 ) -> Outcome:
     """Challenge the champion until it is confident enough or nobody is left."""
     while champion.confidence < min_confidence:
         challenger = next_challenger(
-            champion, remaining, fan.ledger, floor=floor, strength=strength
+            champion, remaining, fan.ledger, floor=floor, strength=strength, strict=strict
         )
         if challenger is None:
             break

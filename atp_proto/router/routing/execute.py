@@ -85,7 +85,9 @@ class _Run:
         return strength(name, self.by_name, self.pq)
 
     def untried(self) -> list[Candidate]:
-        tried = {o.adapter for o in self.fan.outcomes}
+        """Candidates not called yet, or whose only call was a hedge the router cancelled
+        before it said anything (it may still be escalated to)."""
+        tried = {o.adapter for o in self.fan.outcomes if not o.cancelled}
         return [c for c in self.plan.ranked if c.name not in tried]
 
     def fits(self, c: Candidate) -> bool:
@@ -126,8 +128,12 @@ class _Run:
             self.d.min_confidence,
             self.fan,
             self.emit,
-            floor=self.strength(best.adapter) if self.predicted else None,
-            strength=self.strength if self.predicted else None,
+            # ATP-STRAT-005: never weaker than the champion by the predicted quality (at
+            # least equal), else by the estimate confidence (above it, as well as above
+            # the answer's confidence, which next_challenger checks)
+            floor=self.strength(best.adapter),
+            strength=self.strength,
+            strict=not self.predicted,
         )
         self.escalations += [o.adapter for o in self.fan.outcomes[before:]]
         if champion is not best:
@@ -141,8 +147,10 @@ class _Run:
         order = list(self.plan.ranked)
         first = True
         for cand in order:
-            if not self.fits(cand) or any(o.adapter == cand.name for o in self.fan.outcomes):
-                continue  # too dear now, or called already (a hedge)
+            if not self.fits(cand) or any(
+                o.adapter == cand.name and not o.cancelled for o in self.fan.outcomes
+            ):
+                continue  # too dear now, or called already (a hedge that answered)
             if first:
                 out = await self.fan.first_call(cand, [c for c in order if c is not cand])
                 first = False
@@ -173,7 +181,8 @@ class _Run:
     async def quorum(self) -> Result:
         k, comp = self.d.quorum, self.d.comparator
         limit = self.fan.ledger.window.max_parallel
-        n = max(self.width, k) if limit is None else min(max(self.width, k), limit)
+        # at least one call: max_parallel 0 is EWINDOW from the ledger, not "none tried"
+        n = max(self.width, k) if limit is None else max(1, min(max(self.width, k), limit))
         outcomes = await self.fan.run(self.plan.fitting, self.plan.ranked, n)
         done = list(outcomes)
         while True:
@@ -196,7 +205,7 @@ class _Run:
     async def vote(self) -> Result:
         comp = self.d.comparator
         limit = self.fan.ledger.window.max_parallel
-        n = max(self.width, 2) if limit is None else min(max(self.width, 2), limit)
+        n = max(self.width, 2) if limit is None else max(1, min(max(self.width, 2), limit))
         outcomes = await self.fan.run(self.plan.fitting, self.plan.ranked, n)
         found = pick_vote(outcomes, comp)
         if found is None:

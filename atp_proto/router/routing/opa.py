@@ -99,6 +99,8 @@ class OpaEngine:
             ) from None
         except (OSError, ValueError) as exc:
             raise self._unreachable(str(exc) or type(exc).__name__) from None
+        except RecursionError:  # an answer nested too deep is no policy document either
+            raise self._unreachable("answer nested too deep") from None
         self._cache[key] = (now, result)
         self._cache.move_to_end(key)
         if len(self._cache) > CACHE_SIZE:

@@ -301,6 +301,8 @@ class LayeredPolicy:
             return _deny(
                 "task_types", f"task type {task.task_type!r} is not allowed for this token"
             )
+        for key in ("tool_permissions", "data_scope"):  # EPROTO, policy or not (ATP-SEC-016)
+            meta_names(task.meta, key)
         route: RouteEntry = table.entry(task.task_type)
         lane = p.cap_qos(inp.qos)  # the max_qos claim is a floor (ATP-SEC-004)
         if route.lane is not None:  # the table's lane is a cap too

@@ -115,6 +115,11 @@ class Reloader:
             self.last_error = str(exc)
             log.warning("policy reload (%s) failed, keeping %s: %s", why, old, exc)
             return False
+        except Exception as exc:  # a loader's bug must not take the running router down
+            self.reloads["failed"] += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("policy reload (%s) failed, keeping %s", why, old)
+            return False
         self.policy.state = state  # one assignment: atomic for every reader
         self.reloads["ok"] += 1
         self.last_error = ""
@@ -140,21 +145,30 @@ class Reloader:
             return True
         return False
 
-    async def run(self) -> None:
-        """Watch the files and SIGHUP until cancelled."""
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch the files and SIGHUP until cancelled; started once SIGHUP is handled (its
+        default action would end the process: the router says it listens only after)."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_signal)
+            await nursery.start(self._watch_signal)
+            task_status.started()
             if self.source.files:
                 while True:
                     await trio.sleep(self.interval_s)
                     self.check_files()
 
-    async def _watch_signal(self) -> None:
+    async def _watch_signal(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        started = False
         try:
             with trio.open_signal_receiver(signal.SIGHUP) as signals:
+                task_status.started()
+                started = True
                 async for _ in signals:
                     for f in self.source.files:
                         self._stamps[f] = _stamp(f)
                     self.reload("SIGHUP")
         except (ValueError, RuntimeError):  # not the main thread (an embedded router)
-            return
+            if started:
+                raise
+            task_status.started()

@@ -25,7 +25,8 @@ a key; answers agree when their keys are equal (ATP-STRAT-003):
 * ``json:FIELD``: the answer parsed as JSON (or the first ``{...}`` in it), the value at the
   dotted path FIELD, as canonical JSON; invalid JSON or a missing field: no key.
 
-An answer without a key never agrees with any answer (not even another keyless one).
+An answer without a key never agrees with any answer (not even another keyless one); under
+``exact``, an empty (or white-space only) answer has no key.
 
 Strength (for "escalation never goes to a weaker adapter", ATP-STRAT-005): the learner's
 predicted quality when it gave one for every candidate, else the adapter's estimate
@@ -99,7 +100,8 @@ def answer_key(answer: str, comparator: str) -> str | None:
         return "0" if normal.is_zero() else format(normal, "f")
     if comparator.startswith("json:"):
         return _json_key(answer, comparator[5:])
-    return _SPACE.sub(" ", unicodedata.normalize("NFC", answer)).strip().casefold()
+    text = _SPACE.sub(" ", unicodedata.normalize("NFC", answer)).strip().casefold()
+    return text or None  # an answer that says nothing agrees with nothing
 
 
 def _json_key(answer: str, path: str) -> str | None:

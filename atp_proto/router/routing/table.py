@@ -140,7 +140,7 @@ def parse_entry(data: Any, where: str, adapters: Collection[str] | None) -> Rout
                 raise TableError(f"{at}: must be true or false")
             out[key] = value
         elif key == "lane":
-            if value not in LANES:
+            if not isinstance(value, str) or value not in LANES:  # a list is unhashable
                 raise TableError(f"{at}: must be gold, silver or bronze, got {value!r}")
             out[key] = LANES[value]
         elif key == "window":

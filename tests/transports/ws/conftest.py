@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.router.conftest import jwt_env, start_router
+from tests.router.conftest import jwt_env, quic_cert, start_router
 
-__all__ = ["jwt_env", "no_handler_errors", "start_router"]
+__all__ = ["jwt_env", "no_handler_errors", "quic_cert", "start_router"]
 
 
 @pytest.fixture

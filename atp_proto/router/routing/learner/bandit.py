@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from atp_proto.frames import QoS
 
@@ -81,14 +82,30 @@ def parse_weights(text: str) -> dict[str, Weights]:
 
 @dataclass(slots=True)
 class _Pending:
-    """A decision waiting for feedback."""
+    """A decision waiting for feedback. Its feature vector is kept sparse, in float32:
+    a prompt sets a few dozen of the vector's entries, and the map holds up to
+    ``max_pending`` decisions (a dense vector each would be 4 KiB: 400 MB at 100,000;
+    sparse, a few hundred bytes). The values are kept exact (float64)."""
 
-    x: Vector
+    idx: npt.NDArray[np.int32]
+    val: npt.NDArray[np.float64]
+    dim: int
     deadline: float
     tenant: str = ""
     winner: str | None = None
     confidence: float | None = None
     observed: bool = False
+
+    @classmethod
+    def of(cls, x: Vector, deadline: float, tenant: str) -> _Pending:
+        idx = np.flatnonzero(x).astype(np.int32)
+        return cls(idx, x[idx].copy(), len(x), deadline, tenant)
+
+    @property
+    def x(self) -> Vector:
+        dense = np.zeros(self.dim, dtype=np.float64)
+        dense[self.idx] = self.val
+        return dense
 
 
 class BanditLearner:
@@ -251,7 +268,7 @@ class BanditLearner:
         return None if p is None else p.tenant
 
     def _remember(self, decision_id: str, x: Vector, now: float, tenant: str) -> None:
-        self.pending[decision_id] = _Pending(x, now + self.ttl_s, tenant)
+        self.pending[decision_id] = _Pending.of(x, now + self.ttl_s, tenant)
         while len(self.pending) > self.max_pending:
             _, old = self.pending.popitem(last=False)
             self._settle(old)

@@ -1,0 +1,464 @@
+"""The router over QUIC (spec §13.2), beside two bare aioquic echoes measured in the same run.
+
+Run it as ``atp bench quic [--json] [--quick]`` (or ``python -m benchmarks.bench_quic``).
+
+What is measured (``atp serve --quic`` in a subprocess, our client in this process):
+
+* **frames/s**: 200-byte PARTIALs relayed by the router (the echo adapter cutting a long
+  prompt into 200-byte chunks) to our QUIC client, over several concurrent streams;
+* **MB/s**: the same with 16 KiB chunks (payload bytes received per second);
+* **baselines**, in the same run: an aioquic asyncio echo server (subprocess) and client
+  (this process) moving the same message sizes on concurrent streams, once with aioquic's
+  defaults (1,200-byte datagrams) and once tuned as our transport tunes itself on loopback
+  (8,000-byte datagrams, the same flow-control windows);
+* **SYN -> first PARTIAL** latency on a new stream while 1,000 streams are open (ten QUIC
+  sessions of 100, aioquic's per-connection stream limit being 128);
+* **one slow stream**: the latency of quick streams on a session whose other stream is
+  stalled (its client does not read; its QUIC stream is blocked by credit), against the
+  same session without it. Over QUIC the stall must not spread: ratio about 1.
+
+Goals (issue 12): >= 50k frames/s and >= 30 MB/s through the router; >= 2x the default
+baseline; >= 1.0x the tuned baseline; the slow stream's ratio <= 1.5. A ``--quick`` run
+reports them, not judged, and exits 0 (``benchmarks/_report.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import socket
+import ssl
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import _harness, _report
+from ._report import Goal
+
+FRAME = 200
+BULK = 16 * 1024
+GOAL_FPS = 50_000
+GOAL_MBPS = 30.0
+GOAL_VS_DEFAULT = 2.0
+GOAL_VS_TUNED = 1.0
+GOAL_SLOW_RATIO = 1.5
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------ the aioquic echo
+
+
+def _echo_server(port: int, cert: str, key: str, datagram: int, ready: Any) -> None:
+    from aioquic.asyncio import serve
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.quic import events as qe
+    from aioquic.quic.configuration import QuicConfiguration
+
+    class Echo(QuicConnectionProtocol):
+        def quic_event_received(self, event: qe.QuicEvent) -> None:
+            if isinstance(event, qe.StreamDataReceived):
+                self._quic.send_stream_data(event.stream_id, event.data, event.end_stream)
+                self.transmit()
+
+    async def main() -> None:
+        conf = QuicConfiguration(is_client=False, alpn_protocols=["echo"])
+        if datagram:
+            conf.max_datagram_size = datagram
+            conf.max_data, conf.max_stream_data = 4 << 20, 1 << 20
+        conf.load_cert_chain(cert, key)
+        await serve("127.0.0.1", port, configuration=conf, create_protocol=Echo)
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def _echo_client(port: int, datagram: int, size: int, streams: int, per_stream: int) -> float:
+    """Messages/s echoed: ``streams`` concurrent streams each writing ``per_stream``
+    messages of ``size`` bytes back to back, reading the echo."""
+    from aioquic.asyncio import connect
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.quic import events as qe
+    from aioquic.quic.configuration import QuicConfiguration
+
+    total = size * per_stream
+
+    class Client(QuicConnectionProtocol):
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self.got: dict[int, int] = {}
+            self.done = asyncio.Event()
+
+        def quic_event_received(self, event: qe.QuicEvent) -> None:
+            if isinstance(event, qe.StreamDataReceived):
+                self.got[event.stream_id] = self.got.get(event.stream_id, 0) + len(event.data)
+                if len(self.got) == streams and all(v >= total for v in self.got.values()):
+                    self.done.set()
+
+    async def main() -> float:
+        conf = QuicConfiguration(is_client=True, alpn_protocols=["echo"])
+        conf.verify_mode = ssl.CERT_NONE
+        if datagram:
+            conf.max_datagram_size = datagram
+            conf.max_data, conf.max_stream_data = 4 << 20, 1 << 20
+        async with connect("127.0.0.1", port, configuration=conf, create_protocol=Client) as c:
+            assert isinstance(c, Client)
+            msg = b"x" * size
+            start = time.perf_counter()
+            for _ in range(streams):
+                sid = c._quic.get_next_available_stream_id()
+                for _ in range(per_stream):
+                    c._quic.send_stream_data(sid, msg)
+                c.transmit()
+            await asyncio.wait_for(c.done.wait(), 120)
+            return streams * per_stream / (time.perf_counter() - start)
+
+    return asyncio.run(main())
+
+
+def _baseline(cert: str, key: str, datagram: int, size: int, streams: int, n: int) -> float:
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    port = _free_udp_port()
+    proc = ctx.Process(target=_echo_server, args=(port, cert, key, datagram, ready), daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("the aioquic echo server did not start")
+        return _echo_client(port, datagram, size, streams, n)
+    finally:
+        proc.kill()
+        proc.join(5)
+
+
+# ------------------------------------------------------------------ through the router
+
+
+async def _lean_stream_rate(
+    url: str, ca: str, prompt_bytes: int, streams: int, adapter: str = "echo"
+) -> tuple[float, float]:
+    """PARTIALs/s and payload bytes/s relayed to a lean client: our QUIC transport and
+    session driver (the same as :func:`atp_proto.client.connect`'s) counting frames and
+    returning credit at once, without decoding each result into a Python object — so
+    the figure is the router's and the transport's, not the convenience API's."""
+    from urllib.parse import urlsplit
+
+    import trio
+
+    from atp_proto.frames import Limits, MessageReceived, QoS, Role
+    from atp_proto.messages import task_body
+    from atp_proto.session import Session
+    from atp_proto.transports.quic_client import connect_quic
+
+    parts = urlsplit(url)
+    assert parts.hostname and parts.port
+    counts = {"frames": 0, "bytes": 0, "open": streams}
+    done = trio.Event()
+    async with connect_quic(parts.hostname, parts.port, ca_file=ca) as transport:
+        session: Session
+
+        def on_event(ev: object) -> None:
+            if isinstance(ev, MessageReceived):
+                session.conn.acknowledge(ev.stream_id, ev.size)
+                if ev.end_stream:
+                    counts["open"] -= 1
+                    if counts["open"] == 0:
+                        done.set()
+                else:
+                    counts["frames"] += 1
+                    counts["bytes"] += len(ev.payload)
+
+        session = Session(
+            transport, role=Role.CLIENT, limits=Limits(), session_id="bench", on_event=on_event
+        )
+        session.conn.send_capabilities()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.run)
+            body = task_body("y" * prompt_bytes, None)
+            start = trio.current_time()
+            for _ in range(streams):
+                session.conn.open_stream(
+                    body,
+                    qos=QoS.GOLD,
+                    meta={"task_type": "qa", "adapters": [adapter]},
+                    now=trio.current_time(),
+                )
+            session.kick()
+            await done.wait()
+            elapsed = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+    return counts["frames"] / elapsed, counts["bytes"] / elapsed
+
+
+async def _router_rate(url: str, ca: str, size: int, streams: int, chunks: int) -> float:
+    """Frames/s of ``size``-byte PARTIALs over ``streams`` concurrent streams."""
+    fps, _ = await _lean_stream_rate(url, ca, size * chunks, streams)
+    return fps
+
+
+async def _latency_with_open_streams(url: str, ca: str, open_streams: int, samples: int) -> Any:
+    """SYN -> first PARTIAL on a fresh stream while ``open_streams`` stay open."""
+    import trio
+
+    from atp_proto.client import connect
+
+    per_session = 100
+    lat: list[float] = []
+    opened = [0]
+    async with trio.open_nursery() as nursery:
+        hold = trio.Event()
+
+        async def holder(n: int, ready: trio.Event) -> None:
+            async with connect(url, ca_file=ca) as client:
+
+                async def keep() -> None:
+                    async with client.stream("hold", meta={"adapters": ["slow"]}) as st:
+                        opened[0] += 1
+                        async for _ in st:
+                            await hold.wait()
+
+                async with trio.open_nursery() as inner:
+                    for _ in range(n):
+                        inner.start_soon(keep)
+                    ready.set()
+                    await hold.wait()
+                    inner.cancel_scope.cancel()
+
+        for i in range(0, open_streams, per_session):
+            ready = trio.Event()
+            nursery.start_soon(holder, min(per_session, open_streams - i), ready)
+            await ready.wait()
+        with trio.fail_after(60):
+            while opened[0] < open_streams:
+                await trio.sleep(0.05)
+        async with connect(url, ca_file=ca) as client:
+            for _ in range(samples):
+                t0 = trio.current_time()
+                async with client.stream("ping", meta={"adapters": ["echo"]}) as st:
+                    async for _ in st:
+                        lat.append(trio.current_time() - t0)
+                        break
+        hold.set()
+        nursery.cancel_scope.cancel()
+    return _harness._dist_ms(lat) | {"open_streams": open_streams}
+
+
+async def _slow_stream(url: str, ca: str, samples: int) -> dict[str, float]:
+    """Quick streams' latency beside a stalled stream on the same session, and without."""
+    import trio
+
+    from atp_proto.client import connect
+
+    async def quick(client: Any) -> float:
+        times = []
+        for _ in range(samples):
+            t0 = trio.current_time()
+            await client.ask("quick", meta={"adapters": ["echo"]})
+            times.append(trio.current_time() - t0)
+        return sorted(times)[len(times) // 2]
+
+    async with connect(url, ca_file=ca) as client:
+        alone = await quick(client)
+        async with client.stream("z" * 200_000, meta={"adapters": ["bulk"]}) as stalled:
+            await trio.sleep(0.3)  # its window fills; the client never reads it
+            beside = await quick(client)
+            await stalled.cancel()
+    return {
+        "alone_p50_ms": alone * 1000,
+        "beside_stalled_p50_ms": beside * 1000,
+        "ratio": beside / alone if alone else 0.0,
+    }
+
+
+# ------------------------------------------------------------------ the run
+
+
+def run_benchmark(*, quick: bool, progress: Any = None) -> dict[str, Any]:
+    import trio
+
+    from atp_proto.testing.certs import make_cert
+
+    say = progress or (lambda _m: None)
+    streams = 4 if quick else 16
+    chunks = 200 if quick else 2500
+    bulk_chunks = 20 if quick else 200
+    open_streams = 100 if quick else 1000
+    samples = 20 if quick else 200
+    with tempfile.TemporaryDirectory() as tmp:
+        cert = make_cert(Path(tmp))
+        port = _free_udp_port()
+        adapters = {
+            "echo": f"builtin:echo?chunks={chunks}",
+            "bulk": f"builtin:echo?chunks={bulk_chunks}",
+            "slow": "builtin:persona?latency_ms=1000&chunks=100",
+        }
+        say("starting the router (atp serve --quic)")
+        argv = ("--quic", f"127.0.0.1:{port}", "--quic-cert", cert.cert, "--quic-key", cert.key)
+        with _quic_router(adapters, argv):
+            url = f"quic://127.0.0.1:{port}"
+            say("router: 200-byte frames")
+            fps = trio.run(_router_rate, url, cert.cert, FRAME, streams, chunks)
+            say("router: 16 KiB payloads")
+            bulk_url_rate = trio.run(_bulk_rate, url, cert.cert, streams, bulk_chunks)
+            say(f"router: SYN -> first PARTIAL with {open_streams} streams open")
+            latency = trio.run(_latency_with_open_streams, url, cert.cert, open_streams, samples)
+            say("router: a stalled stream beside quick ones")
+            slow = trio.run(_slow_stream, url, cert.cert, 10 if quick else 50)
+        n_small = 2000 if quick else 20000
+        n_bulk = 50 if quick else 400
+        say("baseline: aioquic echo, defaults")
+        default_fps = _baseline(cert.cert, cert.key, 0, FRAME, streams, n_small // streams)
+        default_bulk = _baseline(cert.cert, cert.key, 0, BULK, streams, n_bulk // streams)
+        say("baseline: aioquic echo, tuned (8,000-byte datagrams)")
+        tuned_fps = _baseline(cert.cert, cert.key, 8000, FRAME, streams, n_small // streams)
+        tuned_bulk = _baseline(cert.cert, cert.key, 8000, BULK, streams, n_bulk // streams)
+    mbps = bulk_url_rate / 1e6
+    results = {
+        "router": {"frames_per_s": fps, "bulk_mb_per_s": mbps},
+        "baseline_default": {"msgs_per_s": default_fps, "bulk_mb_per_s": default_bulk * BULK / 1e6},
+        "baseline_tuned": {"msgs_per_s": tuned_fps, "bulk_mb_per_s": tuned_bulk * BULK / 1e6},
+        "latency_first_partial_ms": latency,
+        "slow_stream": slow,
+    }
+    goals = [
+        Goal("router frames/s, 200 B PARTIALs over QUIC", fps, GOAL_FPS, "frames/s"),
+        Goal("router MB/s, 16 KiB payloads over QUIC", mbps, GOAL_MBPS, "MB/s"),
+        Goal("frames/s vs the default aioquic echo", fps / default_fps, GOAL_VS_DEFAULT, "x"),
+        Goal("frames/s vs the tuned aioquic echo", fps / tuned_fps, GOAL_VS_TUNED, "x"),
+        Goal(
+            "quick streams beside a stalled one (latency ratio)",
+            slow["ratio"],
+            GOAL_SLOW_RATIO,
+            "x",
+            "<=",
+        ),
+    ]
+    return _report.result(
+        "quic",
+        machine=_harness.machine_info(aioquic="aioquic", trio="trio"),
+        settings={
+            "streams": streams,
+            "frame_bytes": FRAME,
+            "bulk_bytes": BULK,
+            "chunks_per_stream": chunks,
+            "open_streams": open_streams,
+        },
+        results=results,
+        goals=goals,
+        quick=quick,
+    )
+
+
+async def _bulk_rate(url: str, ca: str, streams: int, chunks: int) -> float:
+    """Payload bytes/s of 16 KiB PARTIALs (the ``bulk`` adapter) over concurrent streams."""
+    _, bps = await _lean_bulk(url, ca, streams, chunks)
+    return bps
+
+
+async def _lean_bulk(url: str, ca: str, streams: int, chunks: int) -> tuple[float, float]:
+    from functools import partial
+
+    return await partial(_lean_stream_rate, url, ca, BULK * chunks, streams, "bulk")()
+
+
+#: 1,000 long streams at once need more than admission's default AIMD limit and queue
+_ADMISSION = "[admission]\ninitial_limit = 2048\nmax_limit = 4096\nmax_queue = 4096\n"
+
+
+class _quic_router:
+    """``atp serve --quic`` with the benchmark's adapters (the WebSocket port is free)."""
+
+    def __init__(self, adapters: dict[str, str], argv: tuple[str, ...]) -> None:
+        from atp_proto.testing.processes import RouterProcess
+
+        self.proc = RouterProcess(
+            "--no-auth",
+            "--log-level",
+            "info",
+            *argv,
+            metrics="off",
+            adapters=adapters,
+            config_toml=_ADMISSION,
+            raise_nofile=True,
+            keep_lines=40,
+            timeout=30,
+        )
+
+    def __enter__(self) -> _quic_router:
+        self.proc.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.proc.__exit__(*exc)
+
+
+def _print(result: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=False)
+    r = result["results"]
+    rows = [
+        [
+            "router over QUIC (ours)",
+            f"{r['router']['frames_per_s']:,.0f}",
+            f"{r['router']['bulk_mb_per_s']:.1f}",
+        ],
+        [
+            "aioquic echo, defaults",
+            f"{r['baseline_default']['msgs_per_s']:,.0f}",
+            f"{r['baseline_default']['bulk_mb_per_s']:.1f}",
+        ],
+        [
+            "aioquic echo, 8,000-byte datagrams",
+            f"{r['baseline_tuned']['msgs_per_s']:,.0f}",
+            f"{r['baseline_tuned']['bulk_mb_per_s']:.1f}",
+        ],
+    ]
+    lat = r["latency_first_partial_ms"]
+    slow = r["slow_stream"]
+    console.print(
+        f"atp bench quic — {result['machine']['cpu_model']}, {result['date']}"
+        + _report.quick_note(result),
+        markup=False,
+    )
+    console.print(
+        _report.markdown_table(["what", "200 B frames/s", "16 KiB MB/s"], rows, result),
+        markup=False,
+    )
+    console.print(
+        f"SYN -> first PARTIAL with {lat['open_streams']} streams open: p50 {lat['p50']:.2f} ms, "
+        f"p99 {lat['p99']:.2f} ms; quick streams beside a stalled one: "
+        f"{slow['beside_stalled_p50_ms']:.2f} ms vs {slow['alone_p50_ms']:.2f} ms alone",
+        markup=False,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``atp bench quic``: 1 when a full run misses a goal, else 0."""
+    progress = None if args.json else (lambda m: print(f"... {m}", file=sys.stderr, flush=True))
+    result = run_benchmark(quick=args.quick, progress=progress)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print(result)
+    return _report.exit_code(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_quic")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="short runs (smoke test)")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""``atp bench quic`` (benchmarks/bench_quic.py via atp_proto/_cli/bench.py).
+
+Structure and positivity only: no timing assertions, machines are noisy. The quick run
+starts a router and two aioquic echo servers (about 10-20 s).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from atp_proto.cli import main
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="forks a router and echoes")
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+@pytest.mark.slow
+def test_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "quic", "--quick", "--json"])
+    out, _ = capsys.readouterr()
+    result = json.loads(out)  # stdout holds the JSON object and nothing else
+    assert rc == 0  # a quick run is not judged
+    assert result["benchmark"] == "quic" and result["judged"] is False
+    assert result["settings"]["quick"] is True
+    res = result["results"]
+    for key in ("router", "baseline_default", "baseline_tuned"):
+        assert all(_positive(v) for v in res[key].values()), res[key]
+    lat = res["latency_first_partial_ms"]
+    assert lat["open_streams"] == result["settings"]["open_streams"]
+    assert _positive(lat["p50"]) and lat["p50"] <= lat["p99"]
+    assert _positive(res["slow_stream"]["ratio"])
+    names = [g["name"] for g in result["goals"]]
+    assert len(names) == 5 and all(g["judged"] is False for g in result["goals"])
