@@ -129,7 +129,17 @@ class FrameDecoder:
     frame and the decoder goes on; a connection-level one leaves it broken.
     """
 
-    __slots__ = ("_broken", "_buf", "_fast_max", "_limits", "_need", "_parts", "_pos", "_skip")
+    __slots__ = (
+        "_broken",
+        "_buf",
+        "_collected",
+        "_fast_max",
+        "_limits",
+        "_need",
+        "_parts",
+        "_pos",
+        "_skip",
+    )
 
     # Invariant the fast path relies on: while bytes are being skipped (``_skip``) or the
     # decoder is broken (``_broken``), nothing is buffered (``_pos == len(_buf)``), so a
@@ -147,7 +157,8 @@ class FrameDecoder:
         self._skip = 0
         self._broken: FrameDecodeError | None = None
         self._parts: list[bytes | memoryview] = []
-        self._need = 0
+        self._need = 0  #: bytes the frame being collected still misses
+        self._collected = 0  #: bytes held in ``_parts``
 
     @property
     def limits(self) -> Limits:
@@ -162,8 +173,7 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes held that do not yet form a whole frame (plus bytes still to skip)."""
-        parts = sum(len(p) for p in self._parts) if self._parts else 0
-        return len(self._buf) - self._pos + self._skip + parts
+        return len(self._buf) - self._pos + self._skip + self._collected
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._broken is not None:
@@ -181,9 +191,11 @@ class FrameDecoder:
             parts.append(data)
             self._need -= len(data)
             if self._need > 0:
+                self._collected += len(data)
                 return
             self._buf, self._pos = b"".join(parts), 0
             parts.clear()
+            self._collected = 0
             return
         buf, pos = self._buf, self._pos
         rest = len(buf) - pos
@@ -202,6 +214,7 @@ class FrameDecoder:
                 parts.append(memoryview(buf)[pos:])
                 parts.append(data)
                 self._need = missing
+                self._collected = rest + len(data)
                 self._buf, self._pos = b"", 0
                 return
         self._buf = buf[pos:] + data
@@ -370,6 +383,7 @@ class FrameDecoder:
         self._broken = FrameDecodeError(code, message, stream_id=0)
         self._buf, self._pos = b"", 0
         self._parts.clear()
+        self._collected = 0
         return self._broken
 
 

@@ -302,12 +302,13 @@ def test_a_big_frame_fed_in_small_pieces_is_collected_then_decoded(piece: int) -
     blob = encode_frames([big, *after])
     dec = FrameDecoder()
     got: list[Frame] = []
-    fed = 0
+    fed = consumed = 0
     for i in range(0, len(blob), piece):
         dec.feed(blob[i : i + piece])
         fed += len(blob[i : i + piece])
-        got.extend(dec)
-        consumed = sum(len(encode_frames([f])) for f in got)
+        for f in dec:
+            got.append(f)
+            consumed += len(encode_frames([f]))
         assert dec.buffered == fed - consumed
     assert got == [big, *after]
     assert dec.buffered == 0
