@@ -153,6 +153,10 @@ pre{background:#f7f7f7;border:1px solid #ddd;padding:6px;overflow-x:auto;white-s
 word-break:break-all;margin:2px 0}
 .failure{border:2px solid #e08080;border-radius:6px;padding:8px 12px;margin:12px 0}
 .dir-sent{color:#03579b}.dir-received{color:#1b5e20}.dir-note{color:#666}
+table.exchange{table-layout:fixed}
+table.exchange th:nth-child(1){width:4em}table.exchange th:nth-child(2){width:8em}
+table.exchange th:nth-child(3){width:40%}
+table.exchange td:nth-child(4) pre{word-break:normal;overflow-wrap:anywhere}
 """
 
 
