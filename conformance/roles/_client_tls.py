@@ -8,7 +8,6 @@ unless asked (the reference: ``--insecure``) passes; one that connects anyway fa
 from __future__ import annotations
 
 import ssl
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from atp_proto.transports.tls import generate_dev_cert
 from conformance._record import Recorder
 from conformance.model import CaseResult, CaseSpec, Level, Role, Verdict
 from conformance.roles import RunContext, TargetUnreachable
+from conformance.roles._testee import run_testee
 
 __all__ = ["CASE", "run"]
 
@@ -71,27 +71,9 @@ async def run(case: CaseSpec, ctx: RunContext, argv_for: Any) -> CaseResult:
                 finally:
                     await trio.aclose_forcefully(tls)
 
-        async def launch() -> None:
-            try:
-                proc = await trio.run_process(
-                    argv,
-                    capture_stdout=True,
-                    capture_stderr=True,
-                    check=False,
-                    stdin=subprocess.DEVNULL,
-                )
-            except OSError as exc:
-                outcome["error"] = f"cannot start {argv[0]}: {exc}"
-                done.set()
-                return
-            outcome["rc"] = proc.returncode
-            outcome["stdout"] = proc.stdout.decode("utf-8", "replace")[-1000:]
-            outcome["stderr"] = proc.stderr.decode("utf-8", "replace")[-1000:]
-            done.set()
-
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve)
-            nursery.start_soon(launch)
+            nursery.start_soon(run_testee, argv, outcome, done, 1000)
             with trio.move_on_after(ctx.timeout(10)) as scope:
                 await done.wait()
             nursery.cancel_scope.cancel()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from conformance._record import Recorder
 from conformance.drivers.ws import from_binary, from_text, to_binary
 from conformance.model import CaseResult, CaseSpec, Role, Verdict
 from conformance.roles import RunContext, TargetUnreachable, _client_tls
+from conformance.roles._testee import run_testee
 
 __all__ = ["cases", "run"]
 
@@ -202,27 +202,9 @@ async def _run(
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await ws.aclose()
 
-    async def launch() -> None:
-        try:
-            proc = await trio.run_process(
-                argv,
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-        except OSError as exc:
-            outcome["error"] = f"cannot start {argv[0]}: {exc}"
-            done.set()
-            return
-        outcome["rc"] = proc.returncode
-        outcome["stdout"] = proc.stdout.decode("utf-8", "replace")[-2000:]
-        outcome["stderr"] = proc.stderr.decode("utf-8", "replace")[-2000:]
-        done.set()
-
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve_one)
-        nursery.start_soon(launch)
+        nursery.start_soon(run_testee, argv, outcome, done, 2000)
         with trio.move_on_after(ctx.timeout(CASE_S)) as scope:
             await done.wait()
         nursery.cancel_scope.cancel()
