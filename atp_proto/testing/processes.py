@@ -26,8 +26,8 @@ import sys
 import tempfile
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +40,7 @@ __all__ = [
     "AdapterProcess",
     "RouterProcess",
     "adapter_argv",
+    "adapter_fleet",
     "clean_env",
     "serve_adapter",
     "spawn",
@@ -243,6 +244,45 @@ def adapter_argv(
     if name:
         argv += ["--name", name]
     return [*argv, *args]
+
+
+@contextmanager
+def adapter_fleet(
+    target: str,
+    options: Mapping[str, Mapping[str, str]],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    stop_timeout: float = 5.0,
+) -> Iterator[dict[str, str]]:
+    """``atp adapter serve TARGET`` once per name of ``options`` (each with its options and
+    ``--option name=NAME``), all started before any is awaited; yields ``{name: grpc URL}``
+    once every one said where it listens. Synchronous: for module-scoped fixtures. Stops
+    them all with SIGTERM, then SIGKILL after ``stop_timeout``."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, opts in options.items():
+            argv = adapter_argv(target, options={**opts, "name": name})
+            procs[name] = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd, env=clean_env()
+            )
+        urls = {}
+        for name, p in procs.items():
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            m = _ADAPTER_LISTENING.search(line)
+            if m is None:
+                raise RuntimeError(f"adapter {name} did not start: {line!r}")
+            urls[name] = f"grpc://127.0.0.1:{int(m.group(1))}"
+        yield urls
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(stop_timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 @asynccontextmanager

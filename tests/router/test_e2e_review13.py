@@ -5,8 +5,6 @@ loopback over real gRPC adapter processes (``tests.router.scripted_adapter:Scrip
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +14,12 @@ import trio
 
 from atp_proto.client import Final, Partial, connect
 from atp_proto.router import Router, RouterConfig
-from atp_proto.testing.processes import RouterProcess, adapter_argv
+from atp_proto.testing.processes import RouterProcess, adapter_fleet
 
 from ._helpers_e2e import ROOT, clean_env
 from .conftest import ws_url
 
 TARGET = "tests.router.scripted_adapter:Scripted"
-_LISTENING = re.compile(rb"listening on [^:\s]+:(\d+)")
 
 ADAPTERS: dict[str, dict[str, str]] = {
     # cheap, promises much (estimate 0.9) and answers unsure (0.3)
@@ -42,29 +39,8 @@ ADAPTERS: dict[str, dict[str, str]] = {
 
 @pytest.fixture(scope="module")
 def urls() -> Iterator[dict[str, str]]:
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for name, opts in ADAPTERS.items():
-            argv = adapter_argv(TARGET, options={**opts, "name": name})
-            procs[name] = subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT, env=clean_env()
-            )
-        out = {}
-        for name, p in procs.items():
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            m = _LISTENING.search(line)
-            assert m, f"adapter {name} did not start: {line!r}"
-            out[name] = f"grpc://127.0.0.1:{int(m.group(1))}"
+    with adapter_fleet(TARGET, ADAPTERS, cwd=ROOT) as out:
         yield out
-    finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 async def _router(nursery: trio.Nursery, urls: dict[str, str], **fields: Any) -> Router:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,13 +23,12 @@ from atp_proto.client import Final, Partial, StreamError, connect
 from atp_proto.frames import BudgetWindow
 from atp_proto.router import Router, RouterConfig
 from atp_proto.router.routing.learning import Observation, Ranking, RouteQuery
-from atp_proto.testing.processes import adapter_argv
+from atp_proto.testing.processes import adapter_fleet
 
-from ._helpers_e2e import ROOT, atp, clean_env
+from ._helpers_e2e import ROOT, atp
 from .conftest import ws_url
 
 TARGET = "tests.router.scripted_adapter:Scripted"
-_LISTENING = re.compile(rb"listening on [^:\s]+:(\d+)")
 
 #: name -> options: cost (usd_per_1k), reported and estimated confidence, answer
 ADAPTERS: dict[str, dict[str, str]] = {
@@ -68,29 +66,9 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     log = tmp_path_factory.mktemp("fleet") / "calls.log"
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for name, opts in ADAPTERS.items():
-            argv = adapter_argv(TARGET, options={**opts, "name": name, "log": str(log)})
-            procs[name] = subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT, env=clean_env()
-            )
-        urls = {}
-        for name, p in procs.items():
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            m = _LISTENING.search(line)
-            assert m, f"adapter {name} did not start: {line!r}"
-            urls[name] = f"grpc://127.0.0.1:{int(m.group(1))}"
+    options = {name: {**opts, "log": str(log)} for name, opts in ADAPTERS.items()}
+    with adapter_fleet(TARGET, options, cwd=ROOT) as urls:
         yield Fleet(urls, log)
-    finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 async def _router(nursery: trio.Nursery, fleet: Fleet, **fields: Any) -> Router:
