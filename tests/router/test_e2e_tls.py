@@ -20,9 +20,9 @@ from websockets.sync.client import connect as ws_connect
 
 from atp_proto.client import HandshakeRefused, connect
 from atp_proto.router import issue_token
+from atp_proto.testing.certs import self_signed
 from atp_proto.transports.tls import TLSConfig, fingerprint, generate_dev_cert
 from tests.test_cli_errors import one_line
-from tests.transports.tls_certs import self_signed
 
 from ._helpers_e2e import (
     F_FIN,

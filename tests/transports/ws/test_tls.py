@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from atp_proto.testing.certs import self_signed
 from atp_proto.transports._tls_stream import TlsStream
 from atp_proto.transports.base import ws_close_code
 from atp_proto.transports.tls import (
@@ -44,7 +45,6 @@ from ..checker import (
     test_concurrent_senders_keep_call_order,
     test_send_cancelled_while_waiting_for_its_turn,
 )
-from ..tls_certs import self_signed
 from .test_send_path import Peer
 
 #: socket buffers of the TLS pair: small, so that a send blocks soon, but room for a few
