@@ -114,6 +114,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--routing-seed", type=int, metavar="N", help="the bandit's random seed (reproducible runs)"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run N router processes on the one WebSocket port (SO_REUSEPORT: Linux, BSD, "
+        "macOS; refused where the OS lacks it), supervised; QUIC is served by worker 0; "
+        "worker i serves metrics on the metrics port + i (README: Scale-out)",
+    )
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share tenant quotas and the learned routing state with every router using "
+        "this Redis (redis://HOST:PORT[/DB]; or env ATP_REDIS_URL); unreachable: new "
+        "streams are refused (fail closed), routing learns locally",
+    )
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -145,7 +161,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
             "routing_weights": getattr(args, "routing_weights", None),
             "routing_seed": getattr(args, "routing_seed", None),
             "audit_log": args.audit_log,
+            "workers": getattr(args, "workers", None),
+            "redis_url": getattr(args, "redis", None),
         }
+        if getattr(args, "worker_index", None) is not None:  # a worker of --workers N
+            flags["worker_index"], flags["reuse_port"] = args.worker_index, True
         if args.ws:
             flags["ws_host"], flags["ws_port"] = parse_hostport(args.ws, "--ws")
         if args.metrics:
@@ -238,6 +258,13 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(cfg.log_format, cfg.log_level)
     import logging
 
+    if cfg.workers > 1 and cfg.worker_index < 0:
+        return _supervise(cfg)
+    if cfg.worker_index >= 0:
+        from atp_proto.router.workers import tag_worker_logs
+
+        tag_worker_logs(cfg.worker_index)
+
     if not cfg.auth:
         logging.getLogger("atp.router").warning(
             "authentication is OFF (--no-auth): anyone who can reach the port can use the router"
@@ -266,7 +293,10 @@ def run(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     try:
-        trio.run(router.run_until_signal)
+        if cfg.worker_index >= 0:
+            trio.run(_serve_worker, router)
+        else:
+            trio.run(router.run_until_signal)
     except (OSError, BaseExceptionGroup) as exc:
         err = _listen_error(exc)
         if err is None:
@@ -275,6 +305,67 @@ def run(args: argparse.Namespace) -> int:
         print(f"atp serve: error: cannot listen on {where}: {_strerror(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+async def _serve_worker(router: Any) -> None:
+    """A worker of ``--workers N``: serve until a signal, or drain when the supervisor is
+    gone (no orphan keeps the port)."""
+    import trio
+
+    from atp_proto.router.workers import watch_parent
+
+    orphaned = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_parent, orphaned, os.getppid())
+
+        async def drain_when_orphaned() -> None:
+            await orphaned.wait()
+            await router.drain()
+
+        nursery.start_soon(drain_when_orphaned)
+        await router.run_until_signal()
+        nursery.cancel_scope.cancel()
+
+
+def _supervise(cfg: Any) -> int:
+    """``--workers N``: the supervisor (atp_proto.router.workers)."""
+    import logging
+
+    from atp_proto.router import workers
+
+    if not workers.HAS_REUSEPORT:
+        raise UsageError(workers.NO_REUSEPORT)
+    try:
+        serve_at = sys.argv.index("serve")
+    except ValueError:
+        raise UsageError("--workers runs from the command line (atp serve --workers N)") from None
+    try:
+        held = workers.reserve_port(cfg.ws_host, cfg.ws_port)
+    except OSError as exc:
+        print(
+            f"atp serve: error: cannot listen on {cfg.ws_host}:{cfg.ws_port} (WebSocket): "
+            f"{_strerror(exc)}",
+            file=sys.stderr,
+        )
+        return 2
+    port = held.getsockname()[1]
+    quic = None
+    if cfg.quic_port is not None:
+        qport = port if cfg.quic_port == cfg.ws_port else cfg.quic_port
+        quic = f"[{cfg.quic_host}]:{qport}" if ":" in cfg.quic_host else f"{cfg.quic_host}:{qport}"
+    metrics = None if cfg.metrics_port is None else (cfg.metrics_host, cfg.metrics_port)
+    opts = workers.WorkerOptions(cfg.ws_host, port, metrics, quic)
+    log = logging.getLogger("atp.router")
+    log.info(
+        "supervisor starting workers",
+        extra={"workers": cfg.workers, "ws_port": port, "quic": quic or "off"},
+    )
+    if not cfg.redis_url and cfg.quota.enabled:
+        log.warning("no --redis: each worker counts the tenant quotas alone (limit x workers)")
+    try:
+        return workers.supervise(sys.argv[serve_at + 1 :], opts, cfg.workers)
+    finally:
+        held.close()
 
 
 def _loopback(host: str) -> bool:

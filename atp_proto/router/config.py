@@ -19,6 +19,7 @@ from atp_proto.frames import BudgetWindow, Limits
 from atp_proto.transports.tls import TLSConfig, TLSConfigError
 
 from .admission import AdmissionConfig
+from .quota import QuotaConfig, parse_quota_section
 
 DEFAULT_ADAPTERS = {"echo": "builtin:echo", "persona": "builtin:persona"}
 
@@ -90,6 +91,16 @@ class RouterConfig:
     audit_log: str = ""
     audit_max_bytes: int = 64 * 1024 * 1024  #: rotate the decision log past this size
     hedge_rate: float = 0.1  #: at most this share of hedge-enabled streams hedge (ATP-STRAT-006)
+    # scale-out (issue 14 item 5; README "Scale-out")
+    #: per-tenant quotas (``[quota]``, :mod:`.quota`): in-process, or in Redis with redis_url
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
+    redis_url: str = ""  #: --redis URL: quotas and the learner's state shared ("" = none)
+    redis_prefix: str = "atp:"  #: the keys' prefix in Redis (routers of one fleet share it)
+    redis_timeout_s: float = 0.5  #: a Redis call's bound (then fail closed / local state)
+    workers: int = 1  #: --workers N: router processes on one port (SO_REUSEPORT)
+    #: bind the WebSocket listener with SO_REUSEPORT (set by the supervisor in each worker)
+    reuse_port: bool = False
+    worker_index: int = -1  #: which worker this process is (-1: not a worker)
 
     def validate(self) -> RouterConfig:
         if not self.ws_path.startswith("/"):
@@ -122,6 +133,14 @@ class RouterConfig:
             raise ConfigError("audit_max_bytes must be at least 1024")
         if not 0.0 <= self.hedge_rate <= 1.0:
             raise ConfigError("hedge_rate must be within 0..1")
+        if self.redis_url and urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                "--redis expects redis://HOST:PORT[/DB], rediss://... or unix:///PATH"
+            )
+        if self.redis_timeout_s <= 0:
+            raise ConfigError("redis_timeout_s must be positive")
+        if not 1 <= self.workers <= 256:
+            raise ConfigError("--workers must be within 1..256")
         for key, value in self.tenant_window.to_dict().items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"[tenant_window]: {key} must be a non-negative int")
@@ -219,6 +238,8 @@ _ROUTER_KEYS = frozenset(_SCALAR_TYPES) - {
     "jwt_algorithm",
     "jwt_audience",
     "jwt_issuer",
+    "reuse_port",
+    "worker_index",
 }
 
 
@@ -334,6 +355,22 @@ def load_file(path: str) -> dict[str, Any]:
             out[section] = _typed(section, cls, doc.pop(section))
     if "tenant_window" in doc:
         out["tenant_window"] = _typed("tenant_window", BudgetWindow, doc.pop("tenant_window"))
+    if "redis" in doc:  # [redis] url, prefix, timeout_s (router/shared/)
+        section = doc.pop("redis")
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: [redis] must be a table")
+        for key, value in section.items():
+            name = {"url": "redis_url", "prefix": "redis_prefix", "timeout_s": "redis_timeout_s"}
+            if key not in name:
+                raise ConfigError(
+                    f"{path}: [redis]: unknown setting {key!r} (known: url, prefix, timeout_s)"
+                )
+            out[name[key]] = _checked(f"{path}: redis.{key}", name[key], value)
+    if "quota" in doc:  # [quota] period_s, limits, [quota.tenants.NAME] (router/quota.py)
+        try:
+            out["quota"] = parse_quota_section(doc.pop("quota"))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     if "tls" in doc:  # [tls] cert = "FILE", key = "FILE" (paths relative to the file's)
         out["tls"] = _tls_section(path, doc.pop("tls"))
     if doc:
@@ -365,6 +402,8 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         out["metrics_host"], out["metrics_port"] = parse_hostport(env["ATP_METRICS"], "ATP_METRICS")
     if env.get("ATP_JWT_KEY_FILE"):
         out["jwt_key_file"] = env["ATP_JWT_KEY_FILE"]
+    if env.get("ATP_REDIS_URL"):
+        out["redis_url"] = env["ATP_REDIS_URL"]
     if env.get("OPA_URL"):
         out["opa_url"] = env["OPA_URL"]
     if env.get("ATP_LOG_FORMAT"):

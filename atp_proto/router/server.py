@@ -13,6 +13,7 @@ import signal
 import ssl
 import time
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import trio
@@ -49,6 +50,7 @@ from .feedback import feedback_handler
 from .handshake import admit
 from .http import serve_http
 from .metrics import RouterMetrics
+from .quota import LocalQuotaStore, QuotaGuard
 from .routing import RoutingContext, StreamRun
 from .routing.hedging import Hedger
 from .routing.learner.service import build_learner, persist
@@ -147,6 +149,7 @@ class Router:
             hedger=Hedger(rate=config.hedge_rate),
             audit=self.audit,
         )
+        self._shared_tasks = self._scale_out(config)  # --redis, [quota] (router/shared/)
         self.authenticator: TokenVerifier | None = None
         if config.auth and (config.jwks or config.oidc_issuer):
             self.authenticator = _key_set_authenticator(config)
@@ -177,6 +180,39 @@ class Router:
         self.metrics_port: int | None = None
         self._ready = False
         self.stopped = trio.Event()
+
+    def _scale_out(self, config: RouterConfig) -> list[Any]:
+        """Tenant quotas (in-process, or in Redis with ``--redis``) and the learner's
+        state shared through Redis: the tasks to start beside the listeners."""
+        tasks: list[Any] = []
+        self.quota: QuotaGuard | None = None
+        link = None
+        if config.redis_url:
+            from .shared.link import RedisLink
+
+            link = RedisLink(
+                config.redis_url, prefix=config.redis_prefix, timeout_s=config.redis_timeout_s
+            )
+            from .shared.learning import SharedLearning
+
+            # workers of one fleet load the same state file: worker 0 alone publishes it
+            sharing = SharedLearning.maybe(
+                self.routing.learner, link, publish_loaded=config.worker_index <= 0
+            )
+            if sharing is not None:
+                tasks.append(sharing.run)
+        if config.quota.enabled:
+            refused = self.metrics.registry.counter(
+                "atp_quota_refused_total", "streams refused by a tenant quota, by code", ("code",)
+            )
+            store: Any = LocalQuotaStore()
+            if link is not None:
+                from .shared.redis_quota import RedisQuotaStore
+
+                store = RedisQuotaStore(link)
+                tasks.append(store.run)
+            self.quota = QuotaGuard(config.quota, store, refused)
+        return tasks
 
     def _frame_counts(self) -> list[tuple[tuple[str, ...], float]]:
         totals = dict(self._frames_done)
@@ -210,7 +246,12 @@ class Router:
         cfg = self.config
         try:
             async with trio.open_nursery() as nursery:
-                listeners = await trio.open_tcp_listeners(cfg.ws_port, host=cfg.ws_host)
+                if cfg.reuse_port:  # a worker of atp serve --workers N (router/workers.py)
+                    from .workers import reuse_port_listeners
+
+                    listeners = await reuse_port_listeners(cfg.ws_host, cfg.ws_port)
+                else:
+                    listeners = await trio.open_tcp_listeners(cfg.ws_port, host=cfg.ws_host)
                 self.ws_port = listeners[0].socket.getsockname()[1]
                 self._listener_scope = trio.CancelScope()
                 nursery.start_soon(self._run_listener, listeners, nursery, self._listener_scope)
@@ -224,6 +265,8 @@ class Router:
                 if keys is not None:  # JWKS / OIDC: QUIC's first CAPABILITIES cannot await
                     await nursery.start(keys)
                 nursery.start_soon(persist, self.routing.learner, cfg.routing_state)
+                for shared_task in self._shared_tasks:  # quota writer, learner sharing
+                    await nursery.start(shared_task)
                 for adapter in self.adapters.values():  # their tasks live in our nursery
                     await registry.start(nursery, adapter, health_interval_s=cfg.health_interval_s)
                 if self.audit is not None:  # the decision log's writer (off the hot path)
@@ -278,8 +321,13 @@ class Router:
 
     async def run_stream(self, info: SessionInfo, ev: StreamOpened, output: Output) -> None:
         """The session's runner for one SYN: the routing run, given the stream's output
-        (its policy caps the lane, ATP-SEC-004/015: the session knows no principals)."""
-        await StreamRun(self.routing, info, ev, output).run()
+        (its policy caps the lane, ATP-SEC-004/015: the session knows no principals);
+        within the tenant's quota when one is configured (ATP-BUDGET-013)."""
+        if self.quota is None:
+            await StreamRun(self.routing, info, ev, output).run()
+            return
+        tenant = getattr(info.principal, "tenant", "")
+        await self.quota.run(StreamRun(self.routing, info, ev, output), tenant, output)
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         # An exception escaping here would kill the whole server: catch everything.

@@ -1,0 +1,265 @@
+"""Tenant quotas shared through a real Redis by real router processes (issue 14 item 5).
+
+Every test runs ``atp serve --redis URL`` processes (atp_proto.testing.processes) in front
+of real gRPC persona adapter processes, against a real ``redis-server`` (Debian's package,
+installed by the fixture when missing; atp_proto.testing.redis_server). Tenants come from
+HS256 tokens, so one pair of routers holds several tenants' quotas at once.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import redis
+import trio
+
+from atp_proto.client import StreamError, connect
+from atp_proto.router.auth import issue_token
+from atp_proto.testing.processes import RouterProcess, adapter_argv, clean_env
+from atp_proto.testing.redis_server import RedisServer, RedisUnavailable
+
+from ._helpers_e2e import ROOT
+
+SECRET = "quota-tests-" + "k" * 40
+
+QUOTAS = """
+[quota]
+period_s = 3600
+[quota.tenants.budget]
+tokens = 200
+[quota.tenants.conc]
+concurrent = 3
+[quota.tenants.rate]
+streams_per_s = 0.01
+burst = 5
+[quota.tenants.kill]
+tokens = 100000
+[quota.tenants.outage]
+tokens = 100000
+"""
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    try:
+        server = RedisServer()
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def adapters() -> Iterator[dict[str, str]]:
+    """Two gRPC persona adapter processes: a quick one and a slow one (4 chunks, 100 ms)."""
+    procs = {
+        name: subprocess.Popen(
+            adapter_argv("persona", options={"latency_ms": ms}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=clean_env(),
+            cwd=ROOT,
+        )
+        for name, ms in (("persona", "1"), ("slow", "100"))
+    }
+    try:
+        urls = {}
+        for name, p in procs.items():
+            assert p.stdout is not None
+            m = re.search(rb"listening on [^\s]*:(\d+)", p.stdout.readline())
+            assert m, f"adapter {name} did not start"
+            urls[name] = f"grpc://127.0.0.1:{int(m.group(1))}"
+        yield urls
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            p.wait(5)
+
+
+def _routers(n: int, adapters: dict[str, str], *args: str) -> list[RouterProcess]:
+    env = clean_env({"ATP_JWT_KEY": SECRET})
+    with ThreadPoolExecutor(n) as pool:
+        return list(
+            pool.map(
+                lambda _: RouterProcess(
+                    *args, adapters=adapters, config_toml=QUOTAS, env=env, cwd=ROOT
+                ),
+                range(n),
+            )
+        )
+
+
+@pytest.fixture(scope="module")
+def shared(redis_server: RedisServer, adapters: dict[str, str]) -> Iterator[list[RouterProcess]]:
+    """Two routers sharing the module's Redis."""
+    routers = _routers(2, adapters, "--redis", redis_server.url)
+    try:
+        yield routers
+    finally:
+        for r in routers:
+            r.stop()
+
+
+def _token(tenant: str) -> str:
+    return issue_token(SECRET, tenant=tenant)
+
+
+async def _ask(router: RouterProcess, tenant: str, adapter: str = "persona") -> Any:
+    """The FINAL's telemetry, or the StreamError."""
+    async with connect(router.ws_url, token=_token(tenant)) as client:
+        try:
+            final = await client.ask("how many tokens", meta={"adapters": [adapter]})
+        except StreamError as exc:
+            return exc
+        return final.telemetry
+
+
+def _used(server: RedisServer, tenant: str) -> int:
+    """The tenant's tokens in this period, read from Redis itself."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        total = 0
+        for key in client.scan_iter(f"atp:q:{{{tenant}}}:b:*"):
+            total += int(client.hget(key, "t") or 0)
+        return total
+    finally:
+        client.close()
+
+
+def _sequential(routers: list[RouterProcess], tenant: str, n: int) -> list[Any]:
+    async def run() -> list[Any]:
+        return [await _ask(routers[i % len(routers)], tenant) for i in range(n)]
+
+    return trio.run(run)
+
+
+def test_tenant_budget_holds_across_two_routers(
+    shared: list[RouterProcess], redis_server: RedisServer, adapters: dict[str, str]
+) -> None:
+    """[ATP-BUDGET-013] A tenant's 200-token budget is spent through two routers in turn:
+    what both together served never passes 200, every stream after the first refusal is
+    refused with EBUDGET by either router, and Redis holds exactly what the FINALs
+    reported. The same two routers without Redis each allow the whole budget (limit x 2),
+    which is what sharing prevents."""
+    results = _sequential(shared, "budget", 10)
+    ok = [r["tokens"] for r in results if isinstance(r, dict)]
+    first_refusal = next(i for i, r in enumerate(results) if isinstance(r, StreamError))
+    assert all(isinstance(r, StreamError) for r in results[first_refusal:])
+    assert {r.code for r in results[first_refusal:]} == {"EBUDGET"}
+    assert len(ok) >= 2 and sum(ok) <= 200
+    assert sum(ok) > 200 - 2 * max(ok)  # the budget was used up: no further stream fit
+    assert _used(redis_server, "budget") == sum(ok)
+
+    alone = _routers(2, adapters)  # in-process quotas: each router counts alone
+    try:
+        results = _sequential(alone, "budget", 10)
+    finally:
+        for r in alone:
+            r.stop()
+    assert sum(r["tokens"] for r in results if isinstance(r, dict)) > 200
+
+
+def test_concurrent_streams_exact_across_two_routers(shared: list[RouterProcess]) -> None:
+    """[ATP-BUDGET-014] 8 streams of a tenant allowed 3 at once, opened together on two
+    routers (4 each): exactly 3 run, 5 are refused with EWINDOW and retry_after_ms."""
+    results: list[Any] = []
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+
+                async def one(router: RouterProcess = shared[i % 2]) -> None:
+                    results.append(await _ask(router, "conc", adapter="slow"))
+
+                nursery.start_soon(one)
+
+    trio.run(run)
+    refused = [r for r in results if isinstance(r, StreamError)]
+    assert len(results) - len(refused) == 3
+    assert [r.code for r in refused] == ["EWINDOW"] * 5
+    assert all(r.retry_after_ms and "3 concurrent streams" in r.message for r in refused)
+
+
+def test_stream_rate_exact_across_two_routers(shared: list[RouterProcess]) -> None:
+    """[ATP-BUDGET-014] A bucket of 5 streams refilled at 0.01/s: of 12 streams sent at
+    once through two routers exactly 5 run; the rest get EWINDOW with a retry_after_ms of
+    the refill time (about 100 s)."""
+    results: list[Any] = []
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(12):
+
+                async def one(router: RouterProcess = shared[i % 2]) -> None:
+                    results.append(await _ask(router, "rate"))
+
+                nursery.start_soon(one)
+
+    trio.run(run)
+    refused = [r for r in results if isinstance(r, StreamError)]
+    assert len(results) - len(refused) == 5
+    assert {r.code for r in refused} == {"EWINDOW"}
+    assert all(50_000 < (r.retry_after_ms or 0) <= 100_000 for r in refused)
+
+
+def test_router_killed_loses_no_budget_accounting(
+    shared: list[RouterProcess], redis_server: RedisServer, adapters: dict[str, str]
+) -> None:
+    """[ATP-BUDGET-013] A router SIGKILLed the moment its client has the third FINAL (no
+    drain, no shutdown write) has accounted for all three in Redis; the other router goes
+    on from there."""
+    (victim,) = _routers(1, adapters, "--redis", redis_server.url)
+    try:
+
+        async def run() -> list[Any]:
+            out = [await _ask(victim, "kill") for _ in range(3)]
+            victim.kill()
+            return out
+
+        results = trio.run(run)
+    finally:
+        victim.stop()
+    assert all(isinstance(r, dict) for r in results), results
+    spent = sum(r["tokens"] for r in results)
+    assert _used(redis_server, "kill") == spent
+    (after,) = _sequential(shared[1:], "kill", 1)
+    assert _used(redis_server, "kill") == spent + after["tokens"]
+
+
+def test_redis_restarted_mid_run_fails_closed_then_recovers(adapters: dict[str, str]) -> None:
+    """[ATP-BUDGET-015] Redis stopped: the router refuses new streams with EAGENTDOWN,
+    retry_after_ms and a message naming the quota store (fail closed), and keeps running;
+    Redis back (its append-only file kept the usage): streams are served again without a
+    router restart, and the usage before the outage still counts."""
+    try:
+        server = RedisServer()
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        (router,) = _routers(1, adapters, "--redis", server.url)
+        try:
+            (before,) = _sequential([router], "outage", 1)
+            server.stop()
+            (down,) = _sequential([router], "outage", 1)
+            assert isinstance(down, StreamError) and down.code == "EAGENTDOWN"
+            assert down.retry_after_ms and "quota store (Redis) is unreachable" in down.message
+            server.restart()
+            deadline = time.monotonic() + 10
+            while True:
+                (again,) = _sequential([router], "outage", 1)
+                if isinstance(again, dict) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert isinstance(again, dict), again
+            assert router.proc.poll() is None
+            assert _used(server, "outage") == before["tokens"] + again["tokens"]
+            assert "Redis unreachable" in router.log() and "Redis reachable again" in router.log()
+        finally:
+            router.stop()
