@@ -195,10 +195,7 @@ class Router:
             )
             from .shared.learning import SharedLearning
 
-            # workers of one fleet load the same state file: worker 0 alone publishes it
-            sharing = SharedLearning.maybe(
-                self.routing.learner, link, publish_loaded=config.worker_index <= 0
-            )
+            sharing = SharedLearning.maybe(self.routing.learner, link)
             if sharing is not None:
                 tasks.append(sharing.run)
         if config.quota.enabled:

@@ -41,7 +41,7 @@ def ensure_redis_server(timeout: float = 900) -> str:
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
-        done = subprocess.run(cmd, capture_output=True, env=env, timeout=timeout)
+        done = subprocess.run(cmd, check=False, capture_output=True, env=env, timeout=timeout)
         if done.returncode != 0:
             out = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
             raise RedisUnavailable(f"{' '.join(cmd)} failed ({done.returncode}): {out}")

@@ -1,17 +1,26 @@
-"""The bandit's posteriors shared through Redis by every router of a fleet (``--redis``).
+"""The bandit's learning shared through Redis by every router of a fleet (``--redis``).
 
-Each arm's model is Bayesian ridge regression (:mod:`..routing.learner.model`): its
-sufficient statistics ``A = ridge*I + sum w x x^T``, ``b`` and the counters are sums over
-observations, so routers share them by adding. Every ``interval_s`` a router sends what it
-learned since its last sync (its local ``A - base``, ``b - base``, counter deltas; ``base``
-is what it installed from Redis last time) and reads the fleet's sums back, in one Lua
-script per arm (atomic: two routers adding at once both count). It installs
-``prior + fleet sums + what it learned while the call was in flight``, so no local
-observation is lost and none is counted twice.
+Each arm is Bayesian ridge regression (:mod:`..routing.learner.model`) whose posterior is
+a sum over observations, so routers share the *observations*, not the posteriors: an
+arm's ``A`` is 512 x 512 (2 MB) while one observation is a sparse feature vector (a few
+dozen hashed words), a quality and a weight. Every ``interval_s`` a router appends what
+it learned since the last sync to one Redis stream (XADD, atomic; capped at
+``MAX_LOG`` entries) and applies the other routers' entries it has not seen (XRANGE from
+its last id) with the same Sherman-Morrison update the learner uses: after a sync every
+router holds the posterior of one learner that saw every observation, each counted once.
 
-Redis unreachable: the router keeps ranking and learning from its local state (the
-deltas keep growing) and sends them when Redis answers again (README "Scale-out").
-The moving latency average (``latency_ms``) and pending decisions stay per router.
+How observations are seen without touching the model code: the learner's ``arm()``
+accessor is wrapped on the instance, and returns arms whose ``update`` also records
+``(arm, x, quality, weight)``; other routers' entries are applied with the plain
+``Arm.update``, so they are not echoed. The counters outside ``update`` (failures,
+feedback reports) travel as deltas in the same entry.
+
+A router that starts with no state replays the log (up to ``MAX_LOG`` entries); one that
+loaded a state file starts at the log's end (its file already holds what it learned).
+Redis unreachable: the router keeps ranking and learning from its local state, keeps its
+entries queued (at most ``MAX_QUEUE`` observations; older ones are dropped with a
+warning) and sends them when Redis answers again (README "Scale-out"). The latency
+average and pending decisions stay per router.
 """
 
 from __future__ import annotations
@@ -22,129 +31,98 @@ import logging
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import trio
 
 from ..routing.learner.bandit import BanditLearner
-from ..routing.learner.model import Arm
+from ..routing.learner.model import Arm, Vector
 from .link import RedisError, RedisLink, redacted
 
-__all__ = ["SharedLearning"]
+__all__ = ["MAX_LOG", "MAX_QUEUE", "SharedLearning"]
 
 log = logging.getLogger("atp.router")
 
-Matrix = npt.NDArray[np.float64]
-
-#: the additive counters of an arm
-_COUNTS = ("n", "feedback_n", "q_sum", "failures")
-
-_MERGE = """
-local function add(field, delta)
-  local d = cjson.decode(delta)
-  if #d == 0 then return end
-  local cur = redis.call('HGET', KEYS[1], field)
-  local v = {}
-  if cur then v = cjson.decode(cur) end
-  for i = 1, #d do v[i] = (v[i] or 0) + d[i] end
-  redis.call('HSET', KEYS[1], field, cjson.encode(v))
-end
-local meta = redis.call('HGET', KEYS[2], 'dim')
-if meta and meta ~= ARGV[1] then return redis.error_reply('dimension ' .. meta) end
-if not meta then redis.call('HSET', KEYS[2], 'dim', ARGV[1]) end
-redis.call('SADD', KEYS[3], ARGV[2])
-add('A', ARGV[3])
-add('b', ARGV[4])
-local counts = cjson.decode(ARGV[5])
-for k, v in pairs(counts) do redis.call('HINCRBYFLOAT', KEYS[1], k, v) end
-return 1
-"""
+MAX_LOG = 100_000  #: entries kept in the Redis stream (XADD MAXLEN ~)
+MAX_QUEUE = 100_000  #: observations kept while Redis is away
+_READ_BATCH = 1000
 
 
-class _Stats:
-    """An arm's sufficient statistics as sums (A, not its inverse)."""
+@dataclasses.dataclass(slots=True)
+class _RecordingArm(Arm):
+    """An arm whose updates are also written down for the fleet."""
 
-    __slots__ = ("a", "b", "counts")
+    _name: str = ""
+    _record: Any = None  #: SharedLearning._recorded
 
-    def __init__(self, a: Matrix, b: Matrix, counts: dict[str, float]) -> None:
-        self.a, self.b, self.counts = a, b, counts
-
-    @classmethod
-    def of(cls, arm: Arm) -> _Stats:
-        counts = {k: float(getattr(arm, k)) for k in _COUNTS}
-        return cls(np.asarray(np.linalg.inv(arm.a_inv), dtype=np.float64), arm.b.copy(), counts)
-
-    @classmethod
-    def prior(cls, dim: int, ridge: float) -> _Stats:
-        return cls(np.eye(dim) * ridge, np.zeros(dim), dict.fromkeys(_COUNTS, 0.0))
-
-    def minus(self, other: _Stats) -> _Stats:
-        return _Stats(
-            self.a - other.a,
-            self.b - other.b,
-            {k: self.counts[k] - other.counts[k] for k in _COUNTS},
-        )
-
-    def plus(self, other: _Stats) -> _Stats:
-        return _Stats(
-            self.a + other.a,
-            self.b + other.b,
-            {k: self.counts[k] + other.counts[k] for k in _COUNTS},
-        )
-
-    def empty(self) -> bool:
-        return not (np.any(self.a) or np.any(self.b) or any(self.counts.values()))
-
-    def to_arm(self, like: Arm) -> Arm:
-        inv = np.linalg.inv(self.a)
-        return dataclasses.replace(
-            like,
-            a_inv=np.asarray((inv + inv.T) / 2, dtype=np.float64),
-            b=self.b.copy(),
-            n=self.counts["n"],
-            feedback_n=round(self.counts["feedback_n"]),
-            q_sum=self.counts["q_sum"],
-            failures=round(self.counts["failures"]),
-            _theta=None,
-        )
+    def update(self, x: Vector, quality: float, weight: float = 1.0) -> None:
+        Arm.update(self, x, quality, weight)
+        if weight > 0 and self._record is not None:
+            idx = np.flatnonzero(x)
+            self._record(self._name, idx, x[idx], quality, weight)
 
 
 class SharedLearning:
-    """Syncs one :class:`BanditLearner` with the fleet's sums in Redis."""
+    """Shares one :class:`BanditLearner`'s observations with the fleet's, through Redis."""
 
-    def __init__(
-        self,
-        learner: BanditLearner,
-        link: RedisLink,
-        *,
-        interval_s: float = 1.0,
-        publish_loaded: bool = True,
-    ) -> None:
+    def __init__(self, learner: BanditLearner, link: RedisLink, *, interval_s: float = 1.0) -> None:
         self.learner = learner
         self.link = link
         self.interval_s = interval_s
-        dim, ridge = learner.features.dim, learner.ridge
-        self._prior = _Stats.prior(dim, ridge)
-        #: per arm: what it held after the last sync (all it had published, plus the fleet's)
-        self._base: dict[str, _Stats] = {}
-        if not publish_loaded:  # the state file another worker publishes: not ours to add
-            self._base = {n: _Stats.of(a) for n, a in learner.arms.items()}
-        self._merge = link.client.register_script(_MERGE)
         self.up = True
         self.syncs = 0
-        p = link.prefix
-        self._meta, self._names = f"{p}learn:meta", f"{p}learn:arms"
+        self.applied = 0  #: other routers' observations applied here
+        self._key = f"{link.prefix}learn:log"
+        self._queue: list[list[Any]] = []  #: [arm, idx, val, quality, weight]
+        self._dropped = 0
+        self._counts: dict[str, tuple[int, int]] = {}  #: published (failures, feedback_n)
+        #: where this router is in the log: "0" replays it all, None: start at its end
+        self._last_id: str | None = "0" if not learner.arms else None
+        self._plain_arm = learner.arm
+        for name, arm in list(learner.arms.items()):
+            learner.arms[name] = self._recording(name, arm)
+            self._counts[name] = (arm.failures, arm.feedback_n)
+        learner.arm = self._arm  # type: ignore[method-assign]
 
     @classmethod
     def maybe(cls, learner: Any, link: RedisLink, **kw: Any) -> SharedLearning | None:
         """Sharing for a bandit learner; None for a learner with no learned state."""
         return cls(learner, link, **kw) if isinstance(learner, BanditLearner) else None
 
-    def _arm_key(self, name: str) -> str:
-        return f"{self.link.prefix}learn:arm:{name}"
+    # ------------------------------------------------------------------ recording
+
+    def _recording(self, name: str, arm: Arm) -> _RecordingArm:
+        if isinstance(arm, _RecordingArm):
+            return arm
+        fields = {f.name: getattr(arm, f.name) for f in dataclasses.fields(arm)}
+        return _RecordingArm(**fields, _name=name, _record=self._recorded)
+
+    def _arm(self, name: str) -> Arm:
+        arm = self.learner.arms.get(name)
+        if not isinstance(arm, _RecordingArm):
+            arm = self._recording(name, arm if arm is not None else self._plain_arm(name))
+            self.learner.arms[name] = arm
+        return arm
+
+    def _recorded(self, name: str, idx: Any, val: Any, quality: float, weight: float) -> None:
+        self._queue.append([name, idx.tolist(), val.tolist(), quality, weight])
+        if len(self._queue) > MAX_QUEUE:
+            drop = len(self._queue) - MAX_QUEUE
+            del self._queue[:drop]
+            self._dropped += drop
+
+    def _count_deltas(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for name, arm in self.learner.arms.items():
+            f0, n0 = self._counts.get(name, (0, 0))
+            if arm.failures != f0 or arm.feedback_n != n0:
+                out[name] = [arm.failures - f0, arm.feedback_n - n0]
+                self._counts[name] = (arm.failures, arm.feedback_n)
+        return out
+
+    # ------------------------------------------------------------------ syncing
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Until cancelled: one sync at start (the fleet's state before the first stream,
-        when Redis answers), then one every ``interval_s``."""
+        """Until cancelled: one sync at start (the fleet's learning before the first
+        stream, when Redis answers), then one every ``interval_s``."""
         with trio.move_on_after(3):  # each call is bounded by the link's timeout anyway
             await self.sync()
         task_status.started()
@@ -153,38 +131,42 @@ class SharedLearning:
             await self.sync()
 
     async def sync(self) -> bool:
-        """Send the local deltas, read the fleet's sums, install them; False (and local
-        state kept) when Redis did not answer."""
-        learner = self.learner
-        sent = {n: _Stats.of(a) for n, a in learner.arms.items()}
-        deltas = {n: s.minus(self._base.get(n, self._prior)) for n, s in sent.items()}
-        dim = str(learner.features.dim)
-        keys = (self._meta, self._names)
+        """Send this router's new observations, apply the others'; False (local state
+        kept, observations still queued) when Redis did not answer."""
+        queue, self._queue = self._queue, []
+        counts = self._count_deltas()
+        dim = self.learner.features.dim
+        me = self.link.router_id
+        entry = None
+        if queue or counts:
+            entry = json.dumps({"dim": dim, "obs": queue, "counts": counts})
+        last = self._last_id
 
-        def exchange() -> dict[str, dict[bytes, bytes]]:
-            client = self.link.client
-            pipe = client.pipeline(transaction=False)
-            for name, d in deltas.items():
-                if d.empty():
-                    continue
-                args = [
-                    dim,
-                    name,
-                    json.dumps(d.a.ravel().tolist()),
-                    json.dumps(d.b.tolist()),
-                    json.dumps(d.counts),
-                ]
-                self._merge(keys=[self._arm_key(name), *keys], args=args, client=pipe)
-            pipe.execute()
-            names = sorted(n.decode() for n in client.smembers(self._names))
-            read = client.pipeline(transaction=False)
-            for name in names:
-                read.hgetall(self._arm_key(name))
-            return dict(zip(names, read.execute(), strict=True))
+        def exchange() -> tuple[str | None, list[Any]]:
+            c = self.link.client
+            if entry is not None:
+                c.xadd(self._key, {"r": me, "d": entry}, maxlen=MAX_LOG, approximate=True)
+            start = last
+            if start is None:  # a router with a state file: from the log's end
+                tail = c.xrevrange(self._key, count=1)
+                return (tail[0][0].decode() if tail else "0"), []
+            got: list[Any] = []
+            while True:
+                batch = c.xrange(
+                    self._key, min=f"({start}" if start != "0" else "-", count=_READ_BATCH
+                )
+                got.extend(batch)
+                if len(batch) < _READ_BATCH:
+                    return (batch[-1][0].decode() if batch else start), got
+                start = batch[-1][0].decode()
 
         try:
-            fleet = await self.link.call(exchange)
+            self._last_id, entries = await self.link.call(exchange)
         except RedisError as exc:
+            self._queue[:0] = queue  # nothing is lost: sent with the next sync
+            for name, (df, dn) in counts.items():
+                f, n = self._counts[name]
+                self._counts[name] = (f - df, n - dn)
             if self.up:
                 self.up = False
                 log.warning(
@@ -194,38 +176,39 @@ class SharedLearning:
             return False
         if not self.up:
             self.up = True
-            log.info("Redis reachable again: routing state shared", extra={"arms": len(fleet)})
-        self._install(fleet, sent)
+            log.info("Redis reachable again: routing learning shared")
+        if self._dropped:
+            log.warning(
+                "routing observations dropped while Redis was away",
+                extra={"dropped": self._dropped},
+            )
+            self._dropped = 0
+        self._apply(entries, me, dim)
         self.syncs += 1
         return True
 
-    def _install(self, fleet: dict[str, dict[bytes, bytes]], sent: dict[str, _Stats]) -> None:
+    def _apply(self, entries: list[Any], me: str, dim: int) -> None:
         learner = self.learner
-        dim = learner.features.dim
-        for name, fields in fleet.items():
+        for _, fields in entries:
+            if fields.get(b"r", b"").decode() == me:
+                continue
             try:
-                a = np.asarray(json.loads(fields.get(b"A", b"[]")), dtype=np.float64)
-                b = np.asarray(json.loads(fields.get(b"b", b"[]")), dtype=np.float64)
-                counts = {k: float(fields.get(k.encode(), b"0")) for k in _COUNTS}
-            except (ValueError, TypeError):
-                log.warning("routing state in Redis unreadable", extra={"arm": name})
+                doc = json.loads(fields[b"d"])
+                if doc["dim"] != dim:
+                    continue
+                for name, idx, val, quality, weight in doc["obs"]:
+                    x = np.zeros(dim)
+                    x[np.asarray(idx, dtype=np.int64)] = np.asarray(val, dtype=np.float64)
+                    Arm.update(self._arm(str(name)), x, float(quality), float(weight))
+                    self.applied += 1
+                for name, (df, dn) in doc["counts"].items():
+                    arm = self._arm(str(name))
+                    arm.failures += int(df)
+                    arm.feedback_n += int(dn)
+                    f, n = self._counts.get(str(name), (0, 0))
+                    self._counts[str(name)] = (f + int(df), n + int(dn))
+            except (KeyError, TypeError, ValueError, IndexError):
+                log.warning("unreadable routing log entry in Redis skipped")
                 continue
-            if a.size == 0:
-                a = np.zeros(dim * dim)
-            if b.size == 0:
-                b = np.zeros(dim)
-            if a.size != dim * dim or b.size != dim:
-                continue
-            total = self._prior.plus(_Stats(a.reshape(dim, dim), b, counts))
-            arm = learner.arms.get(name)
-            if arm is not None:  # what it learned while the exchange was in flight
-                since = _Stats.of(arm).minus(sent.get(name, self._prior))
-                mine = total.plus(since)
-            else:
-                arm = Arm.prior(dim, learner.ridge)
-                mine = total
-            try:
-                learner.arms[name] = mine.to_arm(arm)
-            except np.linalg.LinAlgError:
-                continue
-            self._base[name] = total
+        if entries:
+            learner.updates += 1  # the state file is rewritten with what others taught
