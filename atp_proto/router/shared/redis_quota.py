@@ -6,7 +6,7 @@ so that routers' clocks do not matter:
 * admit: the period budget (a hash per tenant and period window, fields ``t`` tokens and
   ``u`` usd_micros), then the concurrent streams (a hash per tenant: one field per router,
   counted only while that router's liveness key exists, so a killed router's streams stop
-  counting ``ALIVE_MS`` after it died), then the rate (a token bucket). A refusal consumes
+  counting at most ``ALIVE_MS`` after it died), then the rate (a token bucket). A refusal consumes
   nothing.
 * charge: HINCRBY of the period's hash, as usage arrives (coalesced per tenant, written
   by :meth:`RedisQuotaStore.run` as soon as it is queued).
@@ -60,7 +60,7 @@ if cl >= 0 then
   local fields = redis.call('HGETALL', KEYS[3])
   local open = 0
   for i = 1, #fields, 2 do
-    if redis.call('EXISTS', ARGV[8] .. fields[i]) == 1 then
+    if fields[i] == ARGV[7] or redis.call('EXISTS', ARGV[8] .. fields[i]) == 1 then
       open = open + tonumber(fields[i + 1])
     else
       redis.call('HDEL', KEYS[3], fields[i])
@@ -172,10 +172,11 @@ class RedisQuotaStore:
             return
         p = self._pending.setdefault(tenant, [0, 0, 1, 0])
         p[3] += 1
+        self._queued += 1
         self._wake.set()
 
     async def settle(self) -> None:
-        """Wait until what was charged so far is written (at most the link's timeout
+        """Wait until what was charged (and released) so far is written (at most the link's timeout
         twice: when Redis is away the charges stay queued, and the caller goes on)."""
         target = self._queued
         if not self.up:  # known to be away: the usage waits in the queue, not the FINAL
@@ -195,9 +196,14 @@ class RedisQuotaStore:
         """Until cancelled: write what is queued as soon as it is (one pipelined call at a
         time), and refresh this router's liveness key every second; on failure keep the
         queue and retry with backoff (0.1 s doubling to 2 s). A last write when cancelled."""
-        task_status.started()
         backoff = 0.1
         last_alive = -1e9
+        try:  # alive before the first stream: other routers count our streams from now
+            await self._flush(True)
+            last_alive = trio.current_time()
+        except RedisError as exc:
+            self._went_down(exc)
+        task_status.started()
         try:
             while True:
                 with trio.move_on_after(1.0):
