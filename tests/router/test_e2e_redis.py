@@ -13,14 +13,16 @@ import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import trio
 
-from atp_proto.client import StreamError, connect
+from atp_proto.client import StreamError, connect, feedback
 from atp_proto.router.auth import issue_token
+from atp_proto.router.routing.learner import store
 from atp_proto.testing.processes import RouterProcess, adapter_argv, clean_env
 from atp_proto.testing.redis_server import RedisServer, RedisUnavailable
 
@@ -263,3 +265,51 @@ def test_redis_restarted_mid_run_fails_closed_then_recovers(adapters: dict[str, 
             assert "Redis unreachable" in router.log() and "Redis reachable again" in router.log()
         finally:
             router.stop()
+
+
+def test_learning_reaches_a_router_that_served_nothing(
+    redis_server: RedisServer, adapters: dict[str, str], tmp_path: Path
+) -> None:
+    """Two bandit routers on one Redis: feedback given to router A for A's stream is, a
+    sync later, in router B's state (saved to B's state file when B stops), although B
+    served no stream and got no feedback."""
+    state = tmp_path / "b.sqlite"
+    (a,) = _routers(1, adapters, "--redis", redis_server.url, "--learner", "bandit")
+    env = clean_env({"ATP_JWT_KEY": SECRET})
+    b = RouterProcess(
+        "--redis",
+        redis_server.url,
+        "--learner",
+        "bandit",
+        "--routing-state",
+        str(state),
+        adapters=adapters,
+        config_toml=QUOTAS,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+
+        async def run() -> None:
+            telemetry = await _ask(a, "learner")
+            assert isinstance(telemetry, dict), telemetry
+            took = await feedback(
+                f"http://127.0.0.1:{a.metrics_port}",
+                telemetry["decision_id"],
+                0.9,
+                token=_token("learner"),
+            )
+            assert took.accepted
+
+        trio.run(run)
+        client = redis.Redis.from_url(redis_server.url)
+        deadline = time.monotonic() + 10
+        while not client.xlen("atp:learn:log") and time.monotonic() < deadline:
+            time.sleep(0.1)  # A syncs every second
+        client.close()
+        time.sleep(1.5)  # and so does B
+    finally:
+        assert b.stop(timeout=10) == 0
+        a.stop()
+    arms = store.load(state).arms
+    assert arms["persona"].feedback_n == 1 and arms["persona"].n == pytest.approx(1.0)
