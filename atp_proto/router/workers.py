@@ -20,7 +20,8 @@ counts alone, and a tenant's quota is per worker (the supervisor says so at star
 The supervisor restarts a worker that exits (backoff 0.5 s doubling to 10 s, reset after
 30 s of uptime); a worker that exits with status 2 (bad usage) at start stops the whole
 fleet. SIGTERM / SIGINT: every worker drains (the router's own drain, SIGTERM forwarded)
-and the supervisor exits 0 when all have; a second signal kills them. Workers run in
+and the supervisor exits 0 when all have; a second signal kills them. SIGHUP is passed
+on (every worker reloads its policy files). Workers run in
 their own process group (a terminal's Ctrl-C reaches only the supervisor) and drain by
 themselves when the supervisor dies.
 """
@@ -223,8 +224,13 @@ class _Supervisor:
                     proc.send_signal(sig)
 
     async def _signals(self, scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for sig in signals:
+                if sig == signal.SIGHUP:  # reload the policy files: every worker does
+                    for proc in list(self.procs.values()):
+                        with contextlib.suppress(ProcessLookupError):
+                            proc.send_signal(signal.SIGHUP)
+                    continue
                 if self.stopping:
                     log.warning("second signal: killing the workers")
                     self._stop(signal.SIGKILL)
