@@ -43,6 +43,9 @@ log = logging.getLogger("atp.router")
 
 #: a router's liveness key lives this long; it is refreshed every second
 ALIVE_MS = 5000
+#: while Redis is known to be away, admission asks it at most this often (the others are
+#: refused at once instead of each waiting for a timeout)
+PROBE_S = 0.5
 
 _ADMIT = """
 local t = redis.call('TIME')
@@ -117,6 +120,7 @@ class RedisQuotaStore:
         self._written = 0  #: of them, the first this many are in Redis
         self._flushed = trio.Event()  #: set (and replaced) after each write
         self.up = True
+        self._tried = -1e9  #: when admit last asked Redis
         self._alive_key = f"{link.prefix}alive:{link.router_id}"
 
     def _keys(self, tenant: str) -> tuple[str, str, str]:
@@ -137,16 +141,15 @@ class RedisQuotaStore:
             self.link.router_id,
             f"{self.link.prefix}alive:",
         ]
+        now = trio.current_time()
+        if not self.up and now - self._tried < PROBE_S:
+            raise self._unreachable()  # known down: answer at once, probe twice a second
+        self._tried = now
         try:
             reply = await self.link.call(lambda: self._admit(keys=list(keys), args=args))
         except RedisError as exc:
             self._went_down(exc)
-            raise ATPError(
-                ErrorCode.EAGENTDOWN,
-                "the quota store (Redis) is unreachable: the router refuses streams it "
-                "cannot account for",
-                retry_after_ms=STORE_DOWN_RETRY_MS,
-            ) from None
+            raise self._unreachable() from None
         self._came_back()
         status, a, b = (int(x) for x in reply)
         if status == 1:
@@ -156,6 +159,15 @@ class RedisQuotaStore:
         if status == 3:
             raise refuse_concurrent(q.concurrent or 0)
         return grant_of(q, a, b)
+
+    @staticmethod
+    def _unreachable() -> ATPError:
+        return ATPError(
+            ErrorCode.EAGENTDOWN,
+            "the quota store (Redis) is unreachable: the router refuses streams it "
+            "cannot account for",
+            retry_after_ms=STORE_DOWN_RETRY_MS,
+        )
 
     def charge(self, tenant: str, tokens: int, usd_micros: int, period_s: int) -> None:
         if tokens <= 0 and usd_micros <= 0:
