@@ -59,7 +59,8 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def adapters() -> Iterator[dict[str, str]]:
-    """Two gRPC persona adapter processes: a quick one and a slow one (4 chunks, 100 ms)."""
+    """Two gRPC persona adapter processes: a quick one and a slow one (4 chunks, 300 ms:
+    a stream lasts longer than opening 8 sessions takes on a loaded host)."""
     procs = {
         name: subprocess.Popen(
             adapter_argv("persona", options={"latency_ms": ms}),
@@ -68,7 +69,7 @@ def adapters() -> Iterator[dict[str, str]]:
             env=clean_env(),
             cwd=ROOT,
         )
-        for name, ms in (("persona", "1"), ("slow", "100"))
+        for name, ms in (("persona", "1"), ("slow", "300"))
     }
     try:
         urls = {}
