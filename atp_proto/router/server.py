@@ -185,6 +185,7 @@ class Router:
         """Tenant quotas (in-process, or in Redis with ``--redis``) and the learner's
         state shared through Redis: the tasks to start beside the listeners."""
         tasks: list[Any] = []
+        users: list[tuple[str, Any]] = []  #: what uses Redis, for atp_redis_up
         self.quota: QuotaGuard | None = None
         link = None
         if config.redis_url:
@@ -198,6 +199,14 @@ class Router:
             sharing = SharedLearning.maybe(self.routing.learner, link)
             if sharing is not None:
                 tasks.append(sharing.run)
+                users.append(("learning", sharing))
+            self.metrics.registry.callback(
+                "gauge",
+                "atp_redis_up",
+                "1 while the shared state (--redis) answers, per use (quota, learning)",
+                ("use",),
+                lambda: [((use,), 1.0 if u.up else 0.0) for use, u in users],
+            )
         if config.quota.enabled:
             refused = self.metrics.registry.counter(
                 "atp_quota_refused_total", "streams refused by a tenant quota, by code", ("code",)
@@ -208,6 +217,7 @@ class Router:
 
                 store = RedisQuotaStore(link)
                 tasks.append(store.run)
+                users.append(("quota", store))
             self.quota = QuotaGuard(config.quota, store, refused)
         return tasks
 

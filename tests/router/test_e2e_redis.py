@@ -23,6 +23,7 @@ import trio
 from atp_proto.client import StreamError, connect, feedback
 from atp_proto.router.auth import issue_token
 from atp_proto.router.routing.learner import store
+from atp_proto.testing.http import http_get, metric_value
 from atp_proto.testing.processes import RouterProcess, adapter_argv, clean_env
 from atp_proto.testing.redis_server import RedisServer, RedisUnavailable
 
@@ -134,6 +135,15 @@ def _used(server: RedisServer, tenant: str) -> int:
         return total
     finally:
         client.close()
+
+
+def _redis_up(router: RouterProcess) -> float | None:
+    async def get() -> float | None:
+        assert router.metrics_port is not None
+        _, text = await http_get(router.metrics_port, "/metrics")
+        return metric_value(text, "atp_redis_up", use="quota")
+
+    return trio.run(get)
 
 
 def _sequential(routers: list[RouterProcess], tenant: str, n: int) -> list[Any]:
@@ -253,6 +263,7 @@ def test_redis_restarted_mid_run_fails_closed_then_recovers(adapters: dict[str, 
             (down,) = _sequential([router], "outage", 1)
             assert isinstance(down, StreamError) and down.code == "EAGENTDOWN"
             assert down.retry_after_ms and "quota store (Redis) is unreachable" in down.message
+            assert _redis_up(router) == 0.0
             server.restart()
             deadline = time.monotonic() + 10
             while True:
@@ -262,6 +273,7 @@ def test_redis_restarted_mid_run_fails_closed_then_recovers(adapters: dict[str, 
                 time.sleep(0.2)
             assert isinstance(again, dict), again
             assert router.proc.poll() is None
+            assert _redis_up(router) == 1.0
             assert _used(server, "outage") == before["tokens"] + again["tokens"]
             assert "Redis unreachable" in router.log() and "Redis reachable again" in router.log()
         finally:
