@@ -18,11 +18,12 @@ from functools import partial
 import pytest
 import trio
 
-from atp_proto.client import connect
+from atp_proto.client import StreamError, connect
 from atp_proto.router.workers import HAS_REUSEPORT
 from atp_proto.testing.certs import CertFiles, make_cert
 from atp_proto.testing.http import http_get, metric_value
 from atp_proto.testing.processes import RouterProcess, clean_env
+from atp_proto.testing.redis_server import RedisServer, RedisUnavailable
 
 from ._helpers_e2e import ROOT
 
@@ -168,3 +169,49 @@ def test_workers_without_reuse_port_refuse_in_one_line() -> None:
     lines = [ln for ln in done.stderr.splitlines() if "error" in ln]
     assert len(lines) == 1 and "SO_REUSEPORT" in lines[0] and "load balancer" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+@needs_reuseport
+def test_workers_share_a_tenant_quota_through_redis() -> None:
+    """[ATP-BUDGET-014] ``--workers 2 --redis URL`` with 2 concurrent streams per tenant:
+    of 12 sessions opened at once (spread over both workers by the kernel) exactly 2
+    run; each worker alone would have run 2."""
+    try:
+        server = RedisServer()
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        router = RouterProcess(
+            "--no-auth",
+            "--workers",
+            "2",
+            "--redis",
+            server.url,
+            adapters={"persona": "builtin:persona?latency_ms=300"},
+            config_toml="[quota]\nconcurrent = 2\n",
+            env=clean_env(),
+            cwd=ROOT,
+        )
+        try:
+            listening = _wait_for(router, _LISTEN, 2)
+            outcomes: list[str] = []
+
+            async def one() -> None:
+                async with connect(router.ws_url) as client:
+                    try:
+                        await client.ask("hold a slot")
+                        outcomes.append("ok")
+                    except StreamError as exc:
+                        outcomes.append(exc.code)
+
+            async def run() -> None:
+                async with trio.open_nursery() as nursery:
+                    for _ in range(12):
+                        nursery.start_soon(one)
+
+            trio.run(run)
+            assert sorted(outcomes) == ["EWINDOW"] * 10 + ["ok"] * 2
+            per_worker = [_sessions(int(p)) for p, _ in listening]
+            assert all(n > 0 for n in per_worker), per_worker
+        finally:
+            router.stop(timeout=15)
