@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from atp_proto.router.routing.learner.bandit import BanditLearner
-from atp_proto.router.shared.learning import SharedLearning
+from atp_proto.router.shared.learning import OBS_PER_ENTRY, SharedLearning
 from atp_proto.router.shared.link import RedisLink
 from atp_proto.testing.redis_server import RedisServer, RedisUnavailable
 
@@ -102,3 +102,15 @@ async def test_redis_unreachable_keeps_local_learning() -> None:
         assert await sb.sync()
         _same(b, a, "mid")
         assert b.arms["mid"].n == pytest.approx(2.0)
+
+
+async def test_a_large_sync_is_split_and_applied_whole(redis_server: RedisServer) -> None:
+    """More observations than one log entry holds (OBS_PER_ENTRY) go as several entries
+    of one transaction; the other router applies every one."""
+    a, sa, b, sb = _pair(redis_server.url, "t3:")
+    n = OBS_PER_ENTRY + 44
+    for i in range(n):
+        _learn(a, "mid", f"prompt number {i}", (i % 10) / 10)
+    assert await sa.sync() and await sb.sync()
+    assert sb.applied == n
+    _same(b, a, "mid")

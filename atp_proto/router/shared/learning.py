@@ -15,8 +15,9 @@ accessor is wrapped on the instance, and returns arms whose ``update`` also reco
 ``Arm.update``, so they are not echoed. The counters outside ``update`` (failures,
 feedback reports) travel as deltas in the same entry.
 
-A router that starts with no state replays the log (up to ``MAX_LOG`` entries); one that
-loaded a state file starts at the log's end (its file already holds what it learned).
+A router that starts with no state replays the log (its last ``MAX_LOG`` entries: give a
+new router the fleet's whole state with ``atp routing export | import`` or a state
+file); one that loaded a state file starts at the log's end (its file holds the past).
 Redis unreachable: the router keeps ranking and learning from its local state, keeps its
 entries queued (at most ``MAX_QUEUE`` observations; older ones are dropped with a
 warning) and sends them when Redis answers again (README "Scale-out"). The latency
@@ -37,11 +38,14 @@ from ..routing.learner.bandit import BanditLearner
 from ..routing.learner.model import Arm, Vector
 from .link import RedisError, RedisLink, redacted
 
-__all__ = ["MAX_LOG", "MAX_QUEUE", "SharedLearning"]
+__all__ = ["MAX_LOG", "MAX_QUEUE", "OBS_PER_ENTRY", "SharedLearning"]
 
 log = logging.getLogger("atp.router")
 
-MAX_LOG = 100_000  #: entries kept in the Redis stream (XADD MAXLEN ~)
+#: entries kept in the Redis stream (XADD MAXLEN ~), each of at most OBS_PER_ENTRY
+#: observations: Redis holds at most about MAX_LOG * OBS_PER_ENTRY * ~0.6 kB
+MAX_LOG = 1000
+OBS_PER_ENTRY = 256
 MAX_QUEUE = 100_000  #: observations kept while Redis is away
 _READ_BATCH = 1000
 
@@ -137,15 +141,21 @@ class SharedLearning:
         counts = self._count_deltas()
         dim = self.learner.features.dim
         me = self.link.router_id
-        entry = None
-        if queue or counts:
-            entry = json.dumps({"dim": dim, "obs": queue, "counts": counts})
+        entries_out = [
+            json.dumps({"dim": dim, "obs": queue[i : i + OBS_PER_ENTRY], "counts": {}})
+            for i in range(0, len(queue), OBS_PER_ENTRY)
+        ]
+        if counts:
+            entries_out.append(json.dumps({"dim": dim, "obs": [], "counts": counts}))
         last = self._last_id
 
         def exchange() -> tuple[str | None, list[Any]]:
             c = self.link.client
-            if entry is not None:
-                c.xadd(self._key, {"r": me, "d": entry}, maxlen=MAX_LOG, approximate=True)
+            if entries_out:
+                pipe = c.pipeline(transaction=True)  # all of this sync's entries, or none
+                for entry in entries_out:
+                    pipe.xadd(self._key, {"r": me, "d": entry}, maxlen=MAX_LOG, approximate=True)
+                pipe.execute()
             start = last
             if start is None:  # a router with a state file: from the log's end
                 tail = c.xrevrange(self._key, count=1)
