@@ -122,6 +122,27 @@ class Admission:
     def _retry_hint(self) -> int:
         return int(min(30_000, 100 + 50 * self.waiting))
 
+    def refuse_now(self, lane: QoS) -> Shed | None:
+        """The :class:`Shed` that :meth:`acquire` would raise at once for ``lane`` now, or
+        None (it would admit or queue the stream). The router asks before any adapter work
+        for a stream (ATP-ADAPT-025): under a flood, the streams shed anyway must not load
+        with Estimate calls the adapters the admitted streams are waiting on."""
+        lane = self._queue.lane_of(lane)
+        if self.in_flight < int(self.limit) and not self.waiting:
+            return None
+        cfg = self.config
+        if self.waiting >= cfg.max_queue and not any(
+            int(lower) > int(lane) and self._queue.depth(lower)
+            for lower in (QoS.BRONZE, QoS.SILVER)
+        ):
+            return Shed(lane, self._retry_hint(), "the router is overloaded")
+        if (
+            lane is QoS.BRONZE
+            and self._queue.depth(QoS.BRONZE) >= cfg.max_queue * cfg.bronze_queue_share
+        ):
+            return Shed(lane, self._retry_hint(), "bronze lane is full")
+        return None
+
     async def acquire(self, lane: QoS) -> None:
         """Wait for a slot. Raises :class:`Shed` when the stream is refused."""
         lane = self._queue.lane_of(lane)
