@@ -137,7 +137,7 @@ def options(args: argparse.Namespace) -> Options:
             warmup=0.5,
             slow_readers=200,
             open_streams=1000,
-            sweep=(100, 300, 600),
+            sweep=(50, 150, 300),
         )
     o = replace(
         o,
@@ -191,7 +191,13 @@ def run_benchmark(o: Options, which: tuple[str, ...], progress: Any = None) -> d
 
 
 def _pcts(d: dict[str, Any]) -> str:
+    if "n" in d and not d["n"]:
+        return "— (none completed)"
     return f"{d['p50']:.2f} / {d['p95']:.2f} / {d['p99']:.2f} / {d['max']:.1f}"
+
+
+def _errors(errors: dict[str, int]) -> str:
+    return ", ".join(f"{code} {n:,}" for code, n in sorted(errors.items())) or "none"
 
 
 def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -211,16 +217,16 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         for lane, s in rt["lanes"].items():
             rows.append(
                 (
-                    f"  {lane}: TTFP / FINAL p50/p95/p99/max ms",
-                    f"{_pcts(s['ttfp_ms'])} | {_pcts(s['ttf_ms'])}",
-                    f"errors {s['errors'] or 0}, shed {s['shed_rate']:.1%}",
+                    f"  {lane}: TTFP ; FINAL p50/p95/p99/max ms",
+                    f"{_pcts(s['ttfp_ms'])} ; {_pcts(s['ttf_ms'])}",
+                    f"errors {_errors(s['errors'])}, shed {s['shed_rate']:.1%}",
                 )
             )
         a = L["added"]
         rows.append(
             (
-                "  router added TTFP / FINAL p50/p95/p99/max ms",
-                f"{_pcts(a['ttfp_ms'])} | {_pcts(a['ttf_ms'])}",
+                "  router added TTFP ; FINAL p50/p95/p99/max ms",
+                f"{_pcts(a['ttfp_ms'])} ; {_pcts(a['ttf_ms'])}",
                 f"direct TTFP {_pcts(dr['total']['ttfp_ms'])}",
             )
         )

@@ -46,7 +46,7 @@ class Options:
     workers: int = 1
     slow_readers: int = 1000
     open_streams: int = 10_000
-    sweep: tuple[float, ...] = (200, 400, 600, 800, 1000, 1200, 1600, 2000)
+    sweep: tuple[float, ...] = (50, 100, 200, 400, 600, 800, 1000, 1200, 1600, 2000)
 
 
 def _settle(o: Options) -> float:
