@@ -32,11 +32,16 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import _harness, _report
-from ._load import scenarios
-from ._load.scenarios import Options
+from . import _report
+
+if TYPE_CHECKING:
+    from ._load.scenarios import Options
+
+# Only the light modules above at import time: `atp` builds its parser (and so imports this
+# module for add_options) on every command, `atp serve` included. The load machinery
+# (trio, atp_proto.testing, hdrhistogram) is imported when the benchmark runs.
 
 ALL = ("load", "qos", "slow-readers", "capacity", "open-streams")
 
@@ -127,6 +132,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 
 def options(args: argparse.Namespace) -> Options:
+    from ._load.scenarios import Options
+
     quick = bool(args.quick)
     o = Options(quick=quick)
     if quick:
@@ -158,14 +165,25 @@ def options(args: argparse.Namespace) -> Options:
         open_streams=args.open_streams or o.open_streams,
         sweep=args.sweep or o.sweep,
     )
-    if o.warmup >= o.duration:
-        from atp_proto.cli import UsageError
+    from atp_proto.cli import UsageError
 
+    if o.warmup >= o.duration:
         raise UsageError(f"--warmup ({o.warmup:g} s) must be shorter than --duration")
+    if o.workers > 1:
+        from ._load.fleet import serve_has_workers
+
+        if not serve_has_workers():
+            raise UsageError(
+                "--workers needs `atp serve --workers N` (issue 14 item 5), which this "
+                "installation does not have"
+            )
     return o
 
 
 def run_benchmark(o: Options, which: tuple[str, ...], progress: Any = None) -> dict[str, Any]:
+    from . import _harness
+    from ._load import scenarios
+
     say = progress or (lambda _text: None)
     results: dict[str, Any] = {}
     goals: list[_report.Goal] = []
@@ -345,6 +363,9 @@ def run(args: argparse.Namespace) -> int:
         progress = status.update
     try:
         result = run_benchmark(o, which, progress)
+    except RuntimeError as exc:  # a process did not start or a worker failed: one line
+        print(f"atp bench e2e: {exc}", file=sys.stderr)
+        return 1
     finally:
         if status is not None:
             status.stop()

@@ -170,3 +170,20 @@ def test_every_scenario_json_and_plots(tmp_path: Path) -> None:
     assert o["bytes_per_stream"] == pytest.approx(
         (o["rss_after_bytes"] - o["rss_before_bytes"]) / 150
     )
+
+
+def test_registering_the_benchmark_keeps_the_cli_light() -> None:
+    """`atp` imports bench_e2e to build its parser on every command (`atp serve` too): the
+    module must not pull in trio, atp_proto.testing or hdrhistogram at import time."""
+    code = (
+        "import sys, benchmarks.bench_e2e as b, argparse\n"
+        "b.add_options(argparse.ArgumentParser())\n"
+        "heavy = [m for m in ('trio', 'atp_proto.testing', 'hdrh', 'matplotlib') "
+        "if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env()
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
