@@ -145,13 +145,23 @@ def load(o: Options, say: Say) -> tuple[dict[str, Any], list[Goal]]:
 
 
 def qos(o: Options, say: Say) -> tuple[dict[str, Any], list[Goal]]:
-    """Item 3: gold alone, then gold beside bronze at 5x capacity, then bronze at half the
-    capacity honouring retry_after_ms (recovery). The capacity is fixed: admission at
-    ``limit`` streams at once (AIMD pinned), each stream ~``chunks x delay`` long."""
+    """Item 3: gold alone, then gold beside bronze at 5x capacity, then bronze at half its
+    share of the capacity honouring retry_after_ms (recovery). The capacity is fixed:
+    admission at ``limit`` streams at once (AIMD pinned), each stream ~``chunks x delay``
+    long, half of the slots kept from bronze (``bronze_limit_share``, ATP-ADAPT-026)."""
     limit, delay_ms, chunks = 4, 20.0, 4
     capacity = limit / (chunks * delay_ms / 1000)  # streams/s the admission lets through
-    gold_rate, flood, recovery = 0.2 * capacity, 5 * capacity, 0.5 * capacity
-    admission = {"initial_limit": limit, "min_limit": limit, "max_limit": limit, "max_queue": 32}
+    share = 0.5  # of the slots bronze may take (ATP-ADAPT-026); the rest is gold's headroom
+    gold_rate, flood, recovery = 0.2 * capacity, 5 * capacity, 0.5 * capacity * share
+    # half the slots are headroom bronze cannot take (ATP-ADAPT-026): gold (a fifth of
+    # the capacity) never waits behind bronze for a slot
+    admission = {
+        "initial_limit": limit,
+        "min_limit": limit,
+        "max_limit": limit,
+        "max_queue": 32,
+        "bronze_limit_share": share,
+    }
     d = o.duration
     opts = {"latency_ms": f"{delay_ms:g}", "chunks": str(chunks)}
     runs: dict[str, dict[str, Any]] = {}

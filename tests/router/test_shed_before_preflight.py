@@ -1,4 +1,4 @@
-"""ATP-ADAPT-025: a stream the admission refuses at once is shed before the preflight's
+"""ATP-ADAPT-025 and 026. 025: a stream the admission refuses at once is shed before the preflight's
 Estimate calls, so a bronze flood does not load the adapters that admitted and gold
 streams wait on (found by ``atp bench e2e --scenario qos``: gold p50 rose from 20 ms to
 2.5 s under a 5x bronze flood while the router used 27% of a core — every shed bronze
@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import cbor2
+import pytest
 import trio
 
 from atp_proto.adapters import connect
@@ -123,3 +124,40 @@ async def test_a_shed_bronze_stream_costs_the_adapters_nothing() -> None:
                 await trio.sleep(0.01)
         assert gold.sent[-1][0] == "final"
         nursery.cancel_scope.cancel()
+
+
+async def test_bronze_limit_share_keeps_headroom_for_gold() -> None:
+    """ATP-ADAPT-026: with bronze_limit_share 0.5 of a limit of 4, bronze runs at most 2
+    streams at once and queues beyond; gold takes the other slots at once, and a freed slot
+    goes to bronze again only below its share."""
+    adm = Admission(
+        AdmissionConfig(
+            initial_limit=4, min_limit=4, max_limit=4, max_queue=16, bronze_limit_share=0.5
+        )
+    )
+    async with trio.open_nursery() as nursery:
+        await adm.acquire(QoS.BRONZE)
+        await adm.acquire(QoS.BRONZE)
+        nursery.start_soon(adm.acquire, QoS.BRONZE)  # a third bronze waits
+        await trio.testing.wait_all_tasks_blocked()
+        assert adm.in_flight == 2 and adm.queue_depth(QoS.BRONZE) == 1
+        with trio.fail_after(1):  # gold does not wait: two slots are free for it
+            await adm.acquire(QoS.GOLD)
+            await adm.acquire(QoS.GOLD)
+        assert adm.in_flight == 4 and adm.queue_depth(QoS.BRONZE) == 1
+        adm.release()  # a gold slot frees: bronze holds 2 of 3 running, its share is 2
+        await trio.testing.wait_all_tasks_blocked()
+        assert adm.in_flight == 3 and adm.queue_depth(QoS.BRONZE) == 1
+        adm.release()  # 2 running (both bronze): still at bronze's share
+        await trio.testing.wait_all_tasks_blocked()
+        assert adm.in_flight == 2 and adm.queue_depth(QoS.BRONZE) == 1
+        adm.release()  # a bronze ended: 1 running, below the share: the waiter goes
+        await trio.testing.wait_all_tasks_blocked()
+        assert adm.in_flight == 2 and adm.queue_depth(QoS.BRONZE) == 0
+
+
+def test_bronze_limit_share_is_checked() -> None:
+    for bad in (0.0, 1.5, True, "half"):
+        with pytest.raises(ValueError, match="bronze_limit_share"):
+            AdmissionConfig(bronze_limit_share=bad)  # type: ignore[arg-type]
+    assert AdmissionConfig().bronze_limit_share == 1.0  # the default keeps no headroom
