@@ -60,6 +60,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         "router over QUIC: 200 B frames/s, 16 KiB MB/s, SYN->first PARTIAL with 1,000 "
         "streams open, a stalled stream beside quick ones, beside bare aioquic echoes",
     ),
+    "e2e": Benchmark(
+        "bench_e2e",
+        "load through atp serve to gRPC persona adapters: streams/s, TTFP/FINAL percentiles "
+        "per lane, router overhead beside direct gRPC, QoS isolation, slow readers, capacity",
+        lambda p: importlib.import_module(f"{PACKAGE}.bench_e2e").add_options(p),
+    ),
 }
 
 

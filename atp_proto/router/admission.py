@@ -55,6 +55,10 @@ class AdmissionConfig:
     latency_target_s: float = 2.0
     max_queue: int = 256  #: waiting streams, all lanes
     bronze_queue_share: float = 0.25  #: bronze is shed once it holds this share of max_queue
+    #: bronze is admitted only while fewer than this share of the limit are running (at
+    #: least one slot): the rest is headroom that gold and silver never wait behind bronze
+    #: for (ATP-ADAPT-026). 1.0, the default: bronze may take every slot.
+    bronze_limit_share: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("initial_limit", "min_limit", "max_limit", "max_queue"):
@@ -79,6 +83,14 @@ class AdmissionConfig:
         ):
             raise ValueError(
                 f"bronze_queue_share must be within 0..1, got {self.bronze_queue_share!r}"
+            )
+        if not (
+            isinstance(self.bronze_limit_share, int | float)
+            and not isinstance(self.bronze_limit_share, bool)
+            and 0.0 < self.bronze_limit_share <= 1.0
+        ):
+            raise ValueError(
+                f"bronze_limit_share must be within (0, 1], got {self.bronze_limit_share!r}"
             )
 
 
@@ -119,13 +131,41 @@ class Admission:
         if self._on_change is not None:
             self._on_change(self)
 
+    def _cap(self, lane: QoS) -> int:
+        """Streams that may run at once when ``lane`` is admitted (ATP-ADAPT-026)."""
+        limit = int(self.limit)
+        if lane is QoS.BRONZE and self.config.bronze_limit_share < 1.0:
+            return max(1, int(limit * self.config.bronze_limit_share))
+        return limit
+
     def _retry_hint(self) -> int:
         return int(min(30_000, 100 + 50 * self.waiting))
+
+    def refuse_now(self, lane: QoS) -> Shed | None:
+        """The :class:`Shed` that :meth:`acquire` would raise at once for ``lane`` now, or
+        None (it would admit or queue the stream). The router asks before any adapter work
+        for a stream (ATP-ADAPT-025): under a flood, the streams shed anyway must not load
+        with Estimate calls the adapters the admitted streams are waiting on."""
+        lane = self._queue.lane_of(lane)
+        if self.in_flight < self._cap(lane) and not self.waiting:
+            return None
+        cfg = self.config
+        if self.waiting >= cfg.max_queue and not any(
+            int(lower) > int(lane) and self._queue.depth(lower)
+            for lower in (QoS.BRONZE, QoS.SILVER)
+        ):
+            return Shed(lane, self._retry_hint(), "the router is overloaded")
+        if (
+            lane is QoS.BRONZE
+            and self._queue.depth(QoS.BRONZE) >= cfg.max_queue * cfg.bronze_queue_share
+        ):
+            return Shed(lane, self._retry_hint(), "bronze lane is full")
+        return None
 
     async def acquire(self, lane: QoS) -> None:
         """Wait for a slot. Raises :class:`Shed` when the stream is refused."""
         lane = self._queue.lane_of(lane)
-        if self.in_flight < int(self.limit) and not self.waiting:
+        if self.in_flight < self._cap(lane) and not self.waiting:
             self.in_flight += 1
             self._changed()
             return
@@ -146,6 +186,8 @@ class Admission:
             raise Shed(lane, self._retry_hint(), "bronze lane is full")
         waiter = _Waiter(lane)
         self._queue.push(lane, waiter)
+        # a slot may be free for this lane while bronze waits for its share (ATP-ADAPT-026)
+        self._admit()
         self._changed()
         try:
             await waiter.event.wait()
@@ -175,7 +217,9 @@ class Admission:
 
     def _admit(self) -> None:
         while self.in_flight < int(self.limit):
-            best = self._queue.pop()
+            # past bronze's share of the limit only gold and silver are admitted
+            skip = QoS.BRONZE if self.in_flight >= self._cap(QoS.BRONZE) else None
+            best = self._queue.pop(skip)
             if best is None:
                 return
             best.admitted = True

@@ -46,12 +46,13 @@ class FairQueue(Generic[T]):
         self._queues[lane].append((finish, item))
         return finish
 
-    def pop(self) -> T | None:
-        """The next item in fair order (None when every lane is empty)."""
+    def pop(self, skip: QoS | None = None) -> T | None:
+        """The next item in fair order (None when every lane is empty), not from lane
+        ``skip`` when given (the admission's bronze share of the limit is used up)."""
         best: QoS | None = None
         best_finish = 0.0
         for lane, q in self._queues.items():
-            if q and (best is None or q[0][0] < best_finish):
+            if q and lane is not skip and (best is None or q[0][0] < best_finish):
                 best, best_finish = lane, q[0][0]
         if best is None:
             return None

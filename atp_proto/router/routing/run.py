@@ -228,6 +228,10 @@ class StreamRun:
             request_id=f"{self.info.session_id}-{ev.stream_id}",
             deadline_ms=task.ttl * 1000 + TTL_GRACE_MS if task.ttl else None,
         )
+        if (shed := ctx.admission.refuse_now(lane)) is not None:
+            # ATP-ADAPT-025: shed before the preflight's Estimate calls, not after them
+            ctx.metrics.shed.inc(lane.label)
+            raise shed
         candidates = [Candidate(n, ctx.adapters[n]) for n in decision.candidates]
         failures = await preflight.estimate(
             candidates, request, lane, ctx.config.estimate_timeout_s
