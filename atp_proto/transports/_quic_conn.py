@@ -25,6 +25,13 @@ over an aioquic :class:`~aioquic.quic.connection.QuicConnection` (sans-IO) that 
 * Closing: a connection-level error closes with 0x100 + the code's index (ATP-QUIC-004);
   a normal close uses application code 0 (ATP-QUIC-015); the peer's code is kept in
   ``peer_close_code``.
+* Stateless reset (RFC 9000 §10.3, ATP-QUIC-022): aioquic does not detect one, so the
+  client does. A short-header datagram whose last 16 bytes are the reset token of the
+  router's connection ID in use ends the connection at once: nothing more is sent on it
+  (aioquic enters its draining state), the session learns it is over (``terminated``,
+  ``peer_close_reason`` "stateless reset", no close code: its streams end with
+  EINTERNAL, ATP-QUIC-014). Only the connection ID in use is checked: a token of a CID
+  not used or retired must not be (§10.3.1).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from collections.abc import Callable
 import trio
 from aioquic.quic import events as qe
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.packet import QuicErrorCode
 
 from atp_proto.frames import HEADER, HEADER_SIZE, ErrorCode, decode_frame
 from atp_proto.frames._types import RST_BIT
@@ -59,6 +67,9 @@ NORMAL_CLOSE = 0x0
 INBOX_LIMIT = 8 * 1024 * 1024
 
 _SID = struct.Struct("!I")
+#: the smallest stateless reset (RFC 9000 §10.3: 5 unpredictable bytes, then the token)
+RESET_MIN = 21
+RESET_TOKEN_SIZE = 16
 _ECANCELLED_QUIC = quic_error_code(ErrorCode.EPROTO) - 1  # 0xFF: an RST without a code
 
 
@@ -144,6 +155,8 @@ class QuicTransport:
         self._timer_at: float | None = None
         self._faulted = False
         self._sent_close = trio.Event()
+        #: the router reset the connection statelessly (ATP-QUIC-022)
+        self.stateless_reset = False
 
     # ------------------------------------------------------------------ endpoint side
 
@@ -157,7 +170,35 @@ class QuicTransport:
 
     def datagram_received(self, data: bytes, addr: Address, now: float) -> None:
         """The receive loop's call, per datagram (events are handled per batch)."""
+        if self.is_client and len(data) >= RESET_MIN and not data[0] & 0x80:
+            token = self.quic._peer_cid.stateless_reset_token
+            if token and data[-RESET_TOKEN_SIZE:] == token and addr == self.quic.get_peer_address():
+                # a valid packet's last 16 bytes are its AEAD tag: one matching the token
+                # by chance has odds of 2^-128, so the check may precede decryption
+                # (RFC 9000 §10.3.1 allows skipping it only for processed datagrams)
+                self._reset_statelessly(now)
+                return
         self.quic.receive_datagram(data, addr, now)
+
+    def _reset_statelessly(self, now: float) -> None:
+        """The router has no state for this connection: it is over, nothing more is
+        sent on it (RFC 9000 §10.3.1, ATP-QUIC-022)."""
+        quic = self.quic
+        if self.stateless_reset or quic._state in _CLOSING_STATES:
+            return
+        self.stateless_reset = True
+        if quic._close_event is None:
+            quic._close_event = qe.ConnectionTerminated(
+                error_code=QuicErrorCode.NO_ERROR, frame_type=None, reason_phrase="stateless reset"
+            )
+        quic._close_begin(is_initiator=False, now=now)  # draining: sends nothing more
+        self.peer_close_code = None
+        self.peer_close_reason = "stateless reset"
+        self.terminated.set()
+        self.handshake_done.set()
+        self._inbox_ready.set()
+        self._sent_close.set()
+        self._timer_wake.set()
 
     def after_batch(self) -> None:
         """The receive loop's call after a batch of datagrams for this connection."""
