@@ -77,15 +77,35 @@ _ECANCELLED_QUIC = quic_error_code(ErrorCode.EPROTO) - 1  # 0xFF: an RST without
 FIRST_FRAME_LIMIT = 2 * 1024 * 1024
 
 
-def _first_frame_complete(head: bytes) -> bool:
-    """The whole first frame (the SYN) is here: its turn may be taken (the core handles a
-    stream's SYN only once it is complete, so handing on a part would let a later SYN in
-    first). A frame announcing more than FIRST_FRAME_LIMIT is not waited for."""
-    if len(head) < HEADER_SIZE:
-        return False
-    fields = HEADER.unpack_from(head)
-    size = HEADER_SIZE + int(fields[8]) + int(fields[9])
-    return len(head) >= size or size > FIRST_FRAME_LIMIT
+class _Head:
+    """A new QUIC stream's bytes until its whole first frame (the SYN) is here, kept as
+    pieces and joined once when handed on (joining at each piece would copy a large SYN
+    quadratically often: a peer sending one in small pieces could make us burn CPU)."""
+
+    __slots__ = ("need", "parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.need = 0  #: the first frame's whole size once its header is here, else 0
+
+    def add(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        if not self.need and self.size >= HEADER_SIZE:
+            if len(self.parts) > 1:
+                self.parts = [b"".join(self.parts)]
+            fields = HEADER.unpack_from(self.parts[0])
+            self.need = HEADER_SIZE + int(fields[8]) + int(fields[9])
+
+    def complete(self) -> bool:
+        """The whole first frame is here: its turn may be taken (the core handles a
+        stream's SYN only once it is complete, so handing on a part would let a later
+        SYN in first). A frame announcing more than FIRST_FRAME_LIMIT is not waited for."""
+        return bool(self.need) and (self.size >= self.need or self.need > FIRST_FRAME_LIMIT)
+
+    def take(self) -> bytes:
+        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
 
 
 def _reset_code(data: bytes) -> int | None:
@@ -143,7 +163,7 @@ class QuicTransport:
         self._q2a: dict[int, int] = {0: 0}  # QUIC stream -> ATP stream (its channel)
         self._a2q: dict[int, int] = {0: 0}
         #: new QUIC streams' bytes until their turn (ATP-QUIC-021); their FINs
-        self._head: dict[int, bytes] = {}
+        self._head: dict[int, _Head] = {}
         self._head_fin: set[int] = set()
         self._next_new = 4  #: the QUIC stream whose first frame is handed on next
         self._skip: set[int] = set()  #: new streams reset before their first frame
@@ -288,7 +308,10 @@ class QuicTransport:
         inbox limit (and by QUIC's per-stream flow control)."""
         if sid < self._next_new:
             return  # a stream already dealt with (reset before its first frame)
-        self._head[sid] = self._head.get(sid, b"") + data
+        head = self._head.get(sid)
+        if head is None:
+            head = self._head[sid] = _Head()
+        head.add(data)
         self._inbox_bytes += len(data)
         if end:
             self._head_fin.add(sid)
@@ -305,12 +328,13 @@ class QuicTransport:
                 self._skip.discard(q)
                 self._next_new = q + 4
                 continue
-            head = self._head.get(q)
-            if head is None or not _first_frame_complete(head):
-                if head is not None and q in self._head_fin:
+            pending = self._head.get(q)
+            if pending is None or not pending.complete():
+                if pending is not None and q in self._head_fin:
                     self._fault(f"QUIC stream {q} ended before its first frame")
                 return
             del self._head[q]
+            head = pending.take()
             self._inbox_bytes -= len(head)
             self._next_new = q + 4
             (channel,) = _SID.unpack_from(head, 4)
@@ -360,7 +384,8 @@ class QuicTransport:
         if channel is None and not self.is_client and sid >= self._next_new and not sid & 3:
             # reset before its first frame was handed on: nothing of it reaches the
             # session; its place in the order is given up
-            self._inbox_bytes -= len(self._head.pop(sid, b""))
+            dropped = self._head.pop(sid, None)
+            self._inbox_bytes -= dropped.size if dropped is not None else 0
             self._head_fin.discard(sid)
             self._skip.add(sid)
             self._advance()
