@@ -46,9 +46,9 @@ from aioquic.quic import events as qe
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.packet import QuicErrorCode
 
-from atp_proto.frames import HEADER, HEADER_SIZE, ErrorCode, decode_frame
-from atp_proto.frames._types import RST_BIT
+from atp_proto.frames import ErrorCode
 
+from ._quic_frames import FirstFrame, reset_code
 from ._quic_udp import Address, UdpEndpoint
 from .base import ChannelData, ChannelReset, TransportClosed, TransportFault, quic_error_code
 
@@ -70,65 +70,6 @@ _SID = struct.Struct("!I")
 #: the smallest stateless reset (RFC 9000 §10.3: 5 unpredictable bytes, then the token)
 RESET_MIN = 21
 RESET_TOKEN_SIZE = 16
-_ECANCELLED_QUIC = quic_error_code(ErrorCode.EPROTO) - 1  # 0xFF: an RST without a code
-
-
-#: a first frame announcing a larger body is handed on at once (the core refuses it)
-FIRST_FRAME_LIMIT = 2 * 1024 * 1024
-
-
-class _Head:
-    """A new QUIC stream's bytes until its whole first frame (the SYN) is here, kept as
-    pieces and joined once when handed on (joining at each piece would copy a large SYN
-    quadratically often: a peer sending one in small pieces could make us burn CPU)."""
-
-    __slots__ = ("need", "parts", "size")
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.need = 0  #: the first frame's whole size once its header is here, else 0
-
-    def add(self, data: bytes) -> None:
-        self.parts.append(data)
-        self.size += len(data)
-        if not self.need and self.size >= HEADER_SIZE:
-            if len(self.parts) > 1:
-                self.parts = [b"".join(self.parts)]
-            fields = HEADER.unpack_from(self.parts[0])
-            self.need = HEADER_SIZE + int(fields[8]) + int(fields[9])
-
-    def complete(self) -> bool:
-        """The whole first frame is here: its turn may be taken (the core handles a
-        stream's SYN only once it is complete, so handing on a part would let a later
-        SYN in first). A frame announcing more than FIRST_FRAME_LIMIT is not waited for."""
-        return bool(self.need) and (self.size >= self.need or self.need > FIRST_FRAME_LIMIT)
-
-    def take(self) -> bytes:
-        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
-
-
-def _reset_code(data: bytes) -> int | None:
-    """The QUIC code for the last frame of ``data`` if it resets its stream (an ERROR
-    frame: its code's QUIC code; a bare RST: 0xFF), else None (a FIN)."""
-    pos = 0
-    last = 0
-    n = len(data)
-    while pos + HEADER_SIZE <= n:
-        last = pos
-        fields = HEADER.unpack_from(data, pos)
-        pos += HEADER_SIZE + fields[8] + fields[9]
-    flags = data[last + 2] if n >= HEADER_SIZE else 0
-    if not flags & RST_BIT:
-        return None
-    try:
-        frame, _ = decode_frame(data, last)
-        err = frame.ext.get("error") if frame.ext else None
-        if isinstance(err, dict) and "code" in err:
-            return quic_error_code(str(err["code"]))
-    except Exception:  # a bare RST frame, or something the core would not encode
-        pass
-    return _ECANCELLED_QUIC
 
 
 class QuicTransport:
@@ -163,7 +104,7 @@ class QuicTransport:
         self._q2a: dict[int, int] = {0: 0}  # QUIC stream -> ATP stream (its channel)
         self._a2q: dict[int, int] = {0: 0}
         #: new QUIC streams' bytes until their turn (ATP-QUIC-021); their FINs
-        self._head: dict[int, _Head] = {}
+        self._head: dict[int, FirstFrame] = {}
         self._head_fin: set[int] = set()
         self._next_new = 4  #: the QUIC stream whose first frame is handed on next
         self._skip: set[int] = set()  #: new streams reset before their first frame
@@ -310,7 +251,7 @@ class QuicTransport:
             return  # a stream already dealt with (reset before its first frame)
         head = self._head.get(sid)
         if head is None:
-            head = self._head[sid] = _Head()
+            head = self._head[sid] = FirstFrame()
         head.add(data)
         self._inbox_bytes += len(data)
         if end:
@@ -449,7 +390,7 @@ class QuicTransport:
             fin = False
             code: int | None = None
             if end and atp_sid:
-                code = _reset_code(data)
+                code = reset_code(data)
                 fin = code is not None or not self.is_client
             quic.send_stream_data(q, data, end_stream=fin)
             self._unacked.add(q)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import struct
 
 from atp_proto.testing.frames import syn_frame
-from atp_proto.transports._quic_conn import FIRST_FRAME_LIMIT, _Head
+from atp_proto.transports._quic_frames import FIRST_FRAME_LIMIT, FirstFrame
 
 
 def test_a_syn_in_small_pieces_is_whole_once_and_joined_once() -> None:
     syn = syn_frame(5, "p" * 50_000)
-    head = _Head()
+    head = FirstFrame()
     pieces = [syn[i : i + 7] for i in range(0, len(syn), 7)]
     for n, piece in enumerate(pieces, 1):
         assert not head.complete()
@@ -31,7 +31,7 @@ def test_a_first_frame_over_the_limit_is_handed_on_at_once() -> None:
     """Its header announces more than FIRST_FRAME_LIMIT: not waited for (the core
     refuses it, ETOOBIG), so nothing of it piles up here."""
     header = struct.pack("!BBBBIIHHII", 1, 1, 1, 0, 5, 0, 0, 0, 0, FIRST_FRAME_LIMIT + 1)
-    head = _Head()
+    head = FirstFrame()
     head.add(header[:10])
     assert not head.complete()
     head.add(header[10:])
