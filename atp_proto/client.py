@@ -186,7 +186,8 @@ class Client:
     def _lost(self) -> ConnectionLost:
         code = self._ws.peer_close_code
         if isinstance(self._ws, QuicTransport):  # the close code is the authority (§13.2)
-            detail = f"QUIC code 0x{code:x} {self._ws.peer_close_reason}" if code else "lost"
+            reason = self._ws.peer_close_reason
+            detail = f"QUIC code 0x{code:x} {reason}" if code else (reason or "lost")
             ec = error_code_for_quic_close(code)
             return ConnectionLost(ec, f"connection closed ({detail.strip()})")
         detail = f"{code} {self._ws.peer_close_reason}".strip() if code else "no close frame"

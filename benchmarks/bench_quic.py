@@ -10,12 +10,19 @@ What is measured (``atp serve --quic`` in a subprocess, our client in this proce
 * **baselines**, in the same run: an aioquic asyncio echo server (subprocess) and client
   (this process) moving the same message sizes on concurrent streams, once with aioquic's
   defaults (1,200-byte datagrams) and once tuned as our transport tunes itself on loopback
-  (8,000-byte datagrams, the same flow-control windows);
+  (8,000-byte datagrams, the same flow-control windows, the same 4 MiB socket buffers:
+  with the default ones a loaded host drops the echo's datagrams, which would slow the
+  baseline for a reason that is not its protocol code);
 * **SYN -> first PARTIAL** latency on a new stream while 1,000 streams are open (ten QUIC
   sessions of 100, aioquic's per-connection stream limit being 128);
 * **one slow stream**: the latency of quick streams on a session whose other stream is
   stalled (its client does not read; its QUIC stream is blocked by credit), against the
-  same session without it. Over QUIC the stall must not spread: ratio about 1.
+  same session without it. Over QUIC the stall must not spread: ratio about 1;
+* **CPU per frame**, beside each rate: the CPU time (user + system) each end used during
+  the run divided by the frames (or echoed messages) it moved — the router process and
+  our client, the echo server process and its client. On a loaded host the rates follow
+  how much CPU the other tenants leave; the CPU per frame barely does, so it tells where a
+  gap comes from even when the rates are noise.
 
 Goals (issue 12): >= 50k frames/s and >= 30 MB/s through the router; >= 2x the default
 baseline; >= 1.0x the tuned baseline; the slow stream's ratio <= 1.5. A ``--quick`` run
@@ -25,11 +32,7 @@ reports them, not judged, and exits 0 (``benchmarks/_report.py``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing as mp
-import socket
-import ssl
 import sys
 import tempfile
 import time
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _harness, _report
+from ._quic_echo import _baseline, _cpu_s, _free_udp_port
 from ._report import Goal
 
 FRAME = 200
@@ -48,108 +52,17 @@ GOAL_VS_TUNED = 1.0
 GOAL_SLOW_RATIO = 1.5
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# ------------------------------------------------------------------ the aioquic echo
-
-
-def _echo_server(port: int, cert: str, key: str, datagram: int, ready: Any) -> None:
-    from aioquic.asyncio import serve
-    from aioquic.asyncio.protocol import QuicConnectionProtocol
-    from aioquic.quic import events as qe
-    from aioquic.quic.configuration import QuicConfiguration
-
-    class Echo(QuicConnectionProtocol):
-        def quic_event_received(self, event: qe.QuicEvent) -> None:
-            if isinstance(event, qe.StreamDataReceived):
-                self._quic.send_stream_data(event.stream_id, event.data, event.end_stream)
-                self.transmit()
-
-    async def main() -> None:
-        conf = QuicConfiguration(is_client=False, alpn_protocols=["echo"])
-        if datagram:
-            conf.max_datagram_size = datagram
-            conf.max_data, conf.max_stream_data = 4 << 20, 1 << 20
-        conf.load_cert_chain(cert, key)
-        await serve("127.0.0.1", port, configuration=conf, create_protocol=Echo)
-        ready.set()
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
-
-
-def _echo_client(port: int, datagram: int, size: int, streams: int, per_stream: int) -> float:
-    """Messages/s echoed: ``streams`` concurrent streams each writing ``per_stream``
-    messages of ``size`` bytes back to back, reading the echo."""
-    from aioquic.asyncio import connect
-    from aioquic.asyncio.protocol import QuicConnectionProtocol
-    from aioquic.quic import events as qe
-    from aioquic.quic.configuration import QuicConfiguration
-
-    total = size * per_stream
-
-    class Client(QuicConnectionProtocol):
-        def __init__(self, *a: Any, **kw: Any) -> None:
-            super().__init__(*a, **kw)
-            self.got: dict[int, int] = {}
-            self.done = asyncio.Event()
-
-        def quic_event_received(self, event: qe.QuicEvent) -> None:
-            if isinstance(event, qe.StreamDataReceived):
-                self.got[event.stream_id] = self.got.get(event.stream_id, 0) + len(event.data)
-                if len(self.got) == streams and all(v >= total for v in self.got.values()):
-                    self.done.set()
-
-    async def main() -> float:
-        conf = QuicConfiguration(is_client=True, alpn_protocols=["echo"])
-        conf.verify_mode = ssl.CERT_NONE
-        if datagram:
-            conf.max_datagram_size = datagram
-            conf.max_data, conf.max_stream_data = 4 << 20, 1 << 20
-        async with connect("127.0.0.1", port, configuration=conf, create_protocol=Client) as c:
-            assert isinstance(c, Client)
-            msg = b"x" * size
-            start = time.perf_counter()
-            for _ in range(streams):
-                sid = c._quic.get_next_available_stream_id()
-                for _ in range(per_stream):
-                    c._quic.send_stream_data(sid, msg)
-                c.transmit()
-            await asyncio.wait_for(c.done.wait(), 120)
-            return streams * per_stream / (time.perf_counter() - start)
-
-    return asyncio.run(main())
-
-
-def _baseline(cert: str, key: str, datagram: int, size: int, streams: int, n: int) -> float:
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    port = _free_udp_port()
-    proc = ctx.Process(target=_echo_server, args=(port, cert, key, datagram, ready), daemon=True)
-    proc.start()
-    try:
-        if not ready.wait(30):
-            raise RuntimeError("the aioquic echo server did not start")
-        return _echo_client(port, datagram, size, streams, n)
-    finally:
-        proc.kill()
-        proc.join(5)
-
-
 # ------------------------------------------------------------------ through the router
 
 
 async def _lean_stream_rate(
-    url: str, ca: str, prompt_bytes: int, streams: int, adapter: str = "echo"
-) -> tuple[float, float]:
+    url: str, ca: str, prompt_bytes: int, streams: int, adapter: str, router_pid: int
+) -> dict[str, float]:
     """PARTIALs/s and payload bytes/s relayed to a lean client: our QUIC transport and
     session driver (the same as :func:`atp_proto.client.connect`'s) counting frames and
     returning credit at once, without decoding each result into a Python object — so
-    the figure is the router's and the transport's, not the convenience API's."""
+    the figure is the router's and the transport's, not the convenience API's. Also the
+    router's and this client's CPU microseconds per PARTIAL over the same interval."""
     from urllib.parse import urlsplit
 
     import trio
@@ -185,6 +98,7 @@ async def _lean_stream_rate(
             nursery.start_soon(session.run)
             body = task_body("y" * prompt_bytes, None)
             start = trio.current_time()
+            cpu0, router0 = time.process_time(), _cpu_s(router_pid)
             for _ in range(streams):
                 session.conn.open_stream(
                     body,
@@ -195,14 +109,22 @@ async def _lean_stream_rate(
             session.kick()
             await done.wait()
             elapsed = trio.current_time() - start
+            client_cpu, router_cpu = time.process_time() - cpu0, _cpu_s(router_pid) - router0
             nursery.cancel_scope.cancel()
-    return counts["frames"] / elapsed, counts["bytes"] / elapsed
+    frames = max(counts["frames"], 1)
+    return {
+        "frames_per_s": counts["frames"] / elapsed,
+        "bytes_per_s": counts["bytes"] / elapsed,
+        "router_cpu_us": router_cpu / frames * 1e6,
+        "client_cpu_us": client_cpu / frames * 1e6,
+    }
 
 
-async def _router_rate(url: str, ca: str, size: int, streams: int, chunks: int) -> float:
+async def _router_rate(
+    url: str, ca: str, size: int, streams: int, chunks: int, router_pid: int
+) -> dict[str, float]:
     """Frames/s of ``size``-byte PARTIALs over ``streams`` concurrent streams."""
-    fps, _ = await _lean_stream_rate(url, ca, size * chunks, streams)
-    return fps
+    return await _lean_stream_rate(url, ca, size * chunks, streams, "echo", router_pid)
 
 
 async def _latency_with_open_streams(url: str, ca: str, open_streams: int, samples: int) -> Any:
@@ -303,12 +225,14 @@ def run_benchmark(*, quick: bool, progress: Any = None) -> dict[str, Any]:
         }
         say("starting the router (atp serve --quic)")
         argv = ("--quic", f"127.0.0.1:{port}", "--quic-cert", cert.cert, "--quic-key", cert.key)
-        with _quic_router(adapters, argv):
+        with _quic_router(adapters, argv) as router:
             url = f"quic://127.0.0.1:{port}"
+            pid = router.proc.pid
             say("router: 200-byte frames")
-            fps = trio.run(_router_rate, url, cert.cert, FRAME, streams, chunks)
+            small = trio.run(_router_rate, url, cert.cert, FRAME, streams, chunks, pid)
+            fps = small["frames_per_s"]
             say("router: 16 KiB payloads")
-            bulk_url_rate = trio.run(_bulk_rate, url, cert.cert, streams, bulk_chunks)
+            bulk_url_rate = trio.run(_bulk_rate, url, cert.cert, streams, bulk_chunks, pid)
             say(f"router: SYN -> first PARTIAL with {open_streams} streams open")
             latency = trio.run(_latency_with_open_streams, url, cert.cert, open_streams, samples)
             say("router: a stalled stream beside quick ones")
@@ -316,16 +240,33 @@ def run_benchmark(*, quick: bool, progress: Any = None) -> dict[str, Any]:
         n_small = 2000 if quick else 20000
         n_bulk = 50 if quick else 400
         say("baseline: aioquic echo, defaults")
-        default_fps = _baseline(cert.cert, cert.key, 0, FRAME, streams, n_small // streams)
+        default = _baseline(cert.cert, cert.key, 0, FRAME, streams, n_small // streams)
         default_bulk = _baseline(cert.cert, cert.key, 0, BULK, streams, n_bulk // streams)
         say("baseline: aioquic echo, tuned (8,000-byte datagrams)")
-        tuned_fps = _baseline(cert.cert, cert.key, 8000, FRAME, streams, n_small // streams)
+        tuned = _baseline(cert.cert, cert.key, 8000, FRAME, streams, n_small // streams)
         tuned_bulk = _baseline(cert.cert, cert.key, 8000, BULK, streams, n_bulk // streams)
+    default_fps, tuned_fps = default["rate"], tuned["rate"]
     mbps = bulk_url_rate / 1e6
     results = {
         "router": {"frames_per_s": fps, "bulk_mb_per_s": mbps},
-        "baseline_default": {"msgs_per_s": default_fps, "bulk_mb_per_s": default_bulk * BULK / 1e6},
-        "baseline_tuned": {"msgs_per_s": tuned_fps, "bulk_mb_per_s": tuned_bulk * BULK / 1e6},
+        "baseline_default": {
+            "msgs_per_s": default_fps,
+            "bulk_mb_per_s": default_bulk["rate"] * BULK / 1e6,
+        },
+        "baseline_tuned": {
+            "msgs_per_s": tuned_fps,
+            "bulk_mb_per_s": tuned_bulk["rate"] * BULK / 1e6,
+        },
+        # CPU microseconds per 200 B frame / message of each end (0 where /proc is absent;
+        # a quick run's figures are coarse: the kernel counts in 10 ms ticks)
+        "cpu_us_per_frame": {
+            "router": small["router_cpu_us"],
+            "our_client": small["client_cpu_us"],
+            "default_echo_server": default["server_cpu_us"],
+            "default_echo_client": default["client_cpu_us"],
+            "tuned_echo_server": tuned["server_cpu_us"],
+            "tuned_echo_client": tuned["client_cpu_us"],
+        },
         "latency_first_partial_ms": latency,
         "slow_stream": slow,
     }
@@ -358,16 +299,10 @@ def run_benchmark(*, quick: bool, progress: Any = None) -> dict[str, Any]:
     )
 
 
-async def _bulk_rate(url: str, ca: str, streams: int, chunks: int) -> float:
+async def _bulk_rate(url: str, ca: str, streams: int, chunks: int, router_pid: int) -> float:
     """Payload bytes/s of 16 KiB PARTIALs (the ``bulk`` adapter) over concurrent streams."""
-    _, bps = await _lean_bulk(url, ca, streams, chunks)
-    return bps
-
-
-async def _lean_bulk(url: str, ca: str, streams: int, chunks: int) -> tuple[float, float]:
-    from functools import partial
-
-    return await partial(_lean_stream_rate, url, ca, BULK * chunks, streams, "bulk")()
+    run = await _lean_stream_rate(url, ca, BULK * chunks, streams, "bulk", router_pid)
+    return run["bytes_per_s"]
 
 
 #: 1,000 long streams at once need more than admission's default AIMD limit and queue
@@ -401,26 +336,34 @@ class _quic_router:
         self.proc.__exit__(*exc)
 
 
+def _cpu_cell(server: float, client: float) -> str:
+    return f"{server:.1f} + {client:.1f}"
+
+
 def _print(result: dict[str, Any]) -> None:
     from rich.console import Console
 
     console = Console(stderr=False)
     r = result["results"]
+    cpu = r["cpu_us_per_frame"]
     rows = [
         [
             "router over QUIC (ours)",
             f"{r['router']['frames_per_s']:,.0f}",
             f"{r['router']['bulk_mb_per_s']:.1f}",
+            _cpu_cell(cpu["router"], cpu["our_client"]),
         ],
         [
             "aioquic echo, defaults",
             f"{r['baseline_default']['msgs_per_s']:,.0f}",
             f"{r['baseline_default']['bulk_mb_per_s']:.1f}",
+            _cpu_cell(cpu["default_echo_server"], cpu["default_echo_client"]),
         ],
         [
             "aioquic echo, 8,000-byte datagrams",
             f"{r['baseline_tuned']['msgs_per_s']:,.0f}",
             f"{r['baseline_tuned']['bulk_mb_per_s']:.1f}",
+            _cpu_cell(cpu["tuned_echo_server"], cpu["tuned_echo_client"]),
         ],
     ]
     lat = r["latency_first_partial_ms"]
@@ -431,7 +374,11 @@ def _print(result: dict[str, Any]) -> None:
         markup=False,
     )
     console.print(
-        _report.markdown_table(["what", "200 B frames/s", "16 KiB MB/s"], rows, result),
+        _report.markdown_table(
+            ["what", "200 B frames/s", "16 KiB MB/s", "CPU µs per frame (server + client)"],
+            rows,
+            result,
+        ),
         markup=False,
     )
     console.print(

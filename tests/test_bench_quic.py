@@ -31,6 +31,19 @@ def test_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
     res = result["results"]
     for key in ("router", "baseline_default", "baseline_tuned"):
         assert all(_positive(v) for v in res[key].values()), res[key]
+    # CPU per frame of each end: numbers, never negative (a quick run's may round to 0:
+    # the kernel counts CPU time in 10 ms ticks); ours and the echo's are both reported
+    cpu = res["cpu_us_per_frame"]
+    assert set(cpu) == {
+        "router",
+        "our_client",
+        "default_echo_server",
+        "default_echo_client",
+        "tuned_echo_server",
+        "tuned_echo_client",
+    }
+    assert all(isinstance(v, float) and v >= 0 for v in cpu.values()), cpu
+    assert _positive(cpu["our_client"]) and _positive(cpu["tuned_echo_client"]), cpu
     lat = res["latency_first_partial_ms"]
     assert lat["open_streams"] == result["settings"]["open_streams"]
     assert _positive(lat["p50"]) and lat["p50"] <= lat["p99"]

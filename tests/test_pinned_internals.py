@@ -141,3 +141,23 @@ def test_aioquic_internals_the_quic_transport_uses() -> None:
     assert isinstance(cid, QuicConnectionId)
     assert {"cid", "sequence_number", "stateless_reset_token", "was_sent"} <= set(vars(cid))
     assert "source_cid" in inspect.signature(aioquic_server._encode_invalid_token_close).parameters
+
+
+def test_aioquic_internals_the_stateless_reset_check_uses() -> None:
+    """atp_proto/transports/_quic_conn.py (ATP-QUIC-022) reads the token of
+    ``QuicConnection._peer_cid`` and ends a reset connection as aioquic ends one whose
+    peer sent CONNECTION_CLOSE: ``_close_event`` set, ``_close_begin(is_initiator=False,
+    now=...)`` entering the draining state, in which nothing is sent."""
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection, QuicConnectionId, QuicConnectionState
+
+    conn = QuicConnection(configuration=QuicConfiguration(is_client=True))
+    conn.connect(("127.0.0.1", 4433), now=0.0)
+    assert isinstance(conn._peer_cid, QuicConnectionId)
+    assert isinstance(conn._peer_cid.stateless_reset_token, bytes)
+    assert conn.get_peer_address() == ("127.0.0.1", 4433)
+    assert conn._close_event is None
+    assert list(inspect.signature(conn._close_begin).parameters) == ["is_initiator", "now"]
+    conn._close_begin(is_initiator=False, now=0.0)
+    assert conn._state == QuicConnectionState.DRAINING
+    assert conn.datagrams_to_send(now=0.0) == []

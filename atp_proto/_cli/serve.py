@@ -184,12 +184,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if args.no_auth:
             flags["auth"] = False
         flags["tls"] = tls = _tls_from_args(args)
-        _quic_flags(args, flags, parse_hostport, tls)
+        beside = _quic_flags(args, flags, parse_hostport, tls)
         cfg = build_config(file=args.config, env=os.environ, flags=flags)
-        if cfg_metrics_off:
-            from dataclasses import replace
+        from dataclasses import replace
 
+        if cfg_metrics_off:
             cfg = replace(cfg, metrics_port=None)
+        if args.quic == "off":  # wins over [transport.quic] listen
+            cfg = replace(cfg, quic_port=None)
+        elif beside is not None and cfg.quic_port is None and not cfg.quic.disabled:
+            cfg = replace(cfg, quic_host=beside[0], quic_port=beside[1])
         return cfg
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
@@ -222,11 +226,12 @@ def _tls_from_args(args: argparse.Namespace) -> Any:
 
 def _quic_flags(
     args: argparse.Namespace, flags: dict[str, Any], parse_hostport: Any, tls: Any
-) -> None:
+) -> tuple[str, int] | None:
     """``--quic`` (spec §13.2): QUIC is served with the router's certificate (``--cert`` /
     ``--key`` or ``--dev-cert``, the same as ``wss://``; ``--quic-cert`` / ``--quic-key``
-    give QUIC another one), on 7443/udp beside WebSocket unless ``--quic`` says otherwise
-    (ATP-QUIC-019)."""
+    give QUIC another one), on 7443/udp beside WebSocket unless ``--quic`` (or the config
+    file's ``[transport.quic] listen``) says otherwise (ATP-QUIC-019). Returns that
+    default address (applied when nothing else set one), or None."""
     from atp_proto.router.config import ConfigError
 
     cert = args.quic_cert or (tls.cert_file if tls is not None else None)
@@ -236,7 +241,7 @@ def _quic_flags(
     if cert:
         flags["cert_file"], flags["key_file"] = cert, key
     if args.quic == "off":
-        return
+        return None
     if args.quic:
         if not cert:
             raise ConfigError("--quic needs a certificate (--cert/--key or --dev-cert)")
@@ -245,7 +250,8 @@ def _quic_flags(
         # beside WebSocket: the same host and port number, over UDP (7443 by default; a
         # kernel-chosen port when --ws asks for one, so that routers never collide)
         host, port = parse_hostport(args.ws, "--ws") if args.ws else ("127.0.0.1", 7443)
-        flags["quic_host"], flags["quic_port"] = host, port
+        return host, port
+    return None
 
 
 def run(args: argparse.Namespace) -> int:

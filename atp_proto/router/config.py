@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from atp_proto.adapters import registry as adapter_registry
 from atp_proto.frames import BudgetWindow, Limits
+from atp_proto.transports.quic_settings import QuicSettings, QuicSettingsError, parse_quic_table
 from atp_proto.transports.tls import TLSConfig, TLSConfigError
 
 from .admission import AdmissionConfig
@@ -46,6 +47,8 @@ class RouterConfig:
     quic_host: str = "127.0.0.1"
     quic_port: int | None = None
     quic_retry: bool = True  #: address validation with Retry tokens
+    #: the rest of ``[transport.quic]`` (idle timeout, datagram size, QUIC windows)
+    quic: QuicSettings = field(default_factory=QuicSettings)
     cert_file: str | None = None
     key_file: str | None = None
     metrics_host: str = "127.0.0.1"
@@ -141,6 +144,15 @@ class RouterConfig:
             raise ConfigError("redis_timeout_s must be positive")
         if not 1 <= self.workers <= 256:
             raise ConfigError("--workers must be within 1..256")
+        try:
+            self.quic.validate()
+        except QuicSettingsError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.quic_port is not None and not (self.cert_file and self.key_file) and not self.tls:
+            raise ConfigError(
+                "QUIC needs a certificate: [tls] or [transport.quic] cert and key, "
+                "or --cert/--key (--dev-cert)"
+            )
         for key, value in self.tenant_window.to_dict().items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"[tenant_window]: {key} must be a non-negative int")
@@ -373,6 +385,8 @@ def load_file(path: str) -> dict[str, Any]:
             raise ConfigError(f"{path}: {exc}") from None
     if "tls" in doc:  # [tls] cert = "FILE", key = "FILE" (paths relative to the file's)
         out["tls"] = _tls_section(path, doc.pop("tls"))
+    if "transport" in doc:  # [transport.quic]
+        out.update(_transport_section(path, doc.pop("transport")))
     if doc:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(doc))}")
     return out
@@ -389,6 +403,30 @@ def _tls_section(path: str, data: Any) -> TLSConfig:
             raise ConfigError(f"{path}: tls.{key} must be a file name, got {value!r}")
         files[key] = os.path.join(base, value) if value else None
     return TLSConfig(cert_file=files["cert"], key_file=files["key"])
+
+
+def _transport_section(path: str, data: Any) -> dict[str, Any]:
+    """``[transport.quic]`` (atp_proto/transports/quic_settings.py) as RouterConfig fields."""
+    if not isinstance(data, Mapping) or set(data) - {"quic"}:
+        raise ConfigError(f"{path}: [transport] holds the table [transport.quic], got {data!r}")
+    try:
+        quic = parse_quic_table(path, data.get("quic", {}))
+    except QuicSettingsError as exc:
+        raise ConfigError(str(exc)) from None
+    out: dict[str, Any] = {}
+    settings = quic["settings"]
+    listen = quic.get("listen")
+    if listen == "off":
+        out["quic_port"] = None
+        settings = replace(settings, disabled=True)
+    elif listen is not None:
+        out["quic_host"], out["quic_port"] = listen
+    if "cert" in quic:
+        out["cert_file"], out["key_file"] = quic["cert"], quic["key"]
+    if "retry" in quic:
+        out["quic_retry"] = quic["retry"]
+    out["quic"] = settings
+    return out
 
 
 def from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -25,6 +25,13 @@ over an aioquic :class:`~aioquic.quic.connection.QuicConnection` (sans-IO) that 
 * Closing: a connection-level error closes with 0x100 + the code's index (ATP-QUIC-004);
   a normal close uses application code 0 (ATP-QUIC-015); the peer's code is kept in
   ``peer_close_code``.
+* Stateless reset (RFC 9000 §10.3, ATP-QUIC-022): aioquic does not detect one, so the
+  client does. A short-header datagram whose last 16 bytes are the reset token of the
+  router's connection ID in use ends the connection at once: nothing more is sent on it
+  (aioquic enters its draining state), the session learns it is over (``terminated``,
+  ``peer_close_reason`` "stateless reset", no close code: its streams end with
+  EINTERNAL, ATP-QUIC-014). Only the connection ID in use is checked: a token of a CID
+  not used or retired must not be (§10.3.1).
 """
 
 from __future__ import annotations
@@ -37,10 +44,11 @@ from collections.abc import Callable
 import trio
 from aioquic.quic import events as qe
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.packet import QuicErrorCode
 
-from atp_proto.frames import HEADER, HEADER_SIZE, ErrorCode, decode_frame
-from atp_proto.frames._types import RST_BIT
+from atp_proto.frames import ErrorCode
 
+from ._quic_frames import FirstFrame, reset_code
 from ._quic_udp import Address, UdpEndpoint
 from .base import ChannelData, ChannelReset, TransportClosed, TransportFault, quic_error_code
 
@@ -59,45 +67,9 @@ NORMAL_CLOSE = 0x0
 INBOX_LIMIT = 8 * 1024 * 1024
 
 _SID = struct.Struct("!I")
-_ECANCELLED_QUIC = quic_error_code(ErrorCode.EPROTO) - 1  # 0xFF: an RST without a code
-
-
-#: a first frame announcing a larger body is handed on at once (the core refuses it)
-FIRST_FRAME_LIMIT = 2 * 1024 * 1024
-
-
-def _first_frame_complete(head: bytes) -> bool:
-    """The whole first frame (the SYN) is here: its turn may be taken (the core handles a
-    stream's SYN only once it is complete, so handing on a part would let a later SYN in
-    first). A frame announcing more than FIRST_FRAME_LIMIT is not waited for."""
-    if len(head) < HEADER_SIZE:
-        return False
-    fields = HEADER.unpack_from(head)
-    size = HEADER_SIZE + int(fields[8]) + int(fields[9])
-    return len(head) >= size or size > FIRST_FRAME_LIMIT
-
-
-def _reset_code(data: bytes) -> int | None:
-    """The QUIC code for the last frame of ``data`` if it resets its stream (an ERROR
-    frame: its code's QUIC code; a bare RST: 0xFF), else None (a FIN)."""
-    pos = 0
-    last = 0
-    n = len(data)
-    while pos + HEADER_SIZE <= n:
-        last = pos
-        fields = HEADER.unpack_from(data, pos)
-        pos += HEADER_SIZE + fields[8] + fields[9]
-    flags = data[last + 2] if n >= HEADER_SIZE else 0
-    if not flags & RST_BIT:
-        return None
-    try:
-        frame, _ = decode_frame(data, last)
-        err = frame.ext.get("error") if frame.ext else None
-        if isinstance(err, dict) and "code" in err:
-            return quic_error_code(str(err["code"]))
-    except Exception:  # a bare RST frame, or something the core would not encode
-        pass
-    return _ECANCELLED_QUIC
+#: the smallest stateless reset (RFC 9000 §10.3: 5 unpredictable bytes, then the token)
+RESET_MIN = 21
+RESET_TOKEN_SIZE = 16
 
 
 class QuicTransport:
@@ -132,7 +104,7 @@ class QuicTransport:
         self._q2a: dict[int, int] = {0: 0}  # QUIC stream -> ATP stream (its channel)
         self._a2q: dict[int, int] = {0: 0}
         #: new QUIC streams' bytes until their turn (ATP-QUIC-021); their FINs
-        self._head: dict[int, bytes] = {}
+        self._head: dict[int, FirstFrame] = {}
         self._head_fin: set[int] = set()
         self._next_new = 4  #: the QUIC stream whose first frame is handed on next
         self._skip: set[int] = set()  #: new streams reset before their first frame
@@ -144,6 +116,8 @@ class QuicTransport:
         self._timer_at: float | None = None
         self._faulted = False
         self._sent_close = trio.Event()
+        #: the router reset the connection statelessly (ATP-QUIC-022)
+        self.stateless_reset = False
 
     # ------------------------------------------------------------------ endpoint side
 
@@ -157,7 +131,35 @@ class QuicTransport:
 
     def datagram_received(self, data: bytes, addr: Address, now: float) -> None:
         """The receive loop's call, per datagram (events are handled per batch)."""
+        if self.is_client and len(data) >= RESET_MIN and not data[0] & 0x80:
+            token = self.quic._peer_cid.stateless_reset_token
+            if token and data[-RESET_TOKEN_SIZE:] == token and addr == self.quic.get_peer_address():
+                # a valid packet's last 16 bytes are its AEAD tag: one matching the token
+                # by chance has odds of 2^-128, so the check may precede decryption
+                # (RFC 9000 §10.3.1 allows skipping it only for processed datagrams)
+                self._reset_statelessly(now)
+                return
         self.quic.receive_datagram(data, addr, now)
+
+    def _reset_statelessly(self, now: float) -> None:
+        """The router has no state for this connection: it is over, nothing more is
+        sent on it (RFC 9000 §10.3.1, ATP-QUIC-022)."""
+        quic = self.quic
+        if self.stateless_reset or quic._state in _CLOSING_STATES:
+            return
+        self.stateless_reset = True
+        if quic._close_event is None:
+            quic._close_event = qe.ConnectionTerminated(
+                error_code=QuicErrorCode.NO_ERROR, frame_type=None, reason_phrase="stateless reset"
+            )
+        quic._close_begin(is_initiator=False, now=now)  # draining: sends nothing more
+        self.peer_close_code = None
+        self.peer_close_reason = "stateless reset"
+        self.terminated.set()
+        self.handshake_done.set()
+        self._inbox_ready.set()
+        self._sent_close.set()
+        self._timer_wake.set()
 
     def after_batch(self) -> None:
         """The receive loop's call after a batch of datagrams for this connection."""
@@ -247,7 +249,10 @@ class QuicTransport:
         inbox limit (and by QUIC's per-stream flow control)."""
         if sid < self._next_new:
             return  # a stream already dealt with (reset before its first frame)
-        self._head[sid] = self._head.get(sid, b"") + data
+        head = self._head.get(sid)
+        if head is None:
+            head = self._head[sid] = FirstFrame()
+        head.add(data)
         self._inbox_bytes += len(data)
         if end:
             self._head_fin.add(sid)
@@ -264,12 +269,13 @@ class QuicTransport:
                 self._skip.discard(q)
                 self._next_new = q + 4
                 continue
-            head = self._head.get(q)
-            if head is None or not _first_frame_complete(head):
-                if head is not None and q in self._head_fin:
+            pending = self._head.get(q)
+            if pending is None or not pending.complete():
+                if pending is not None and q in self._head_fin:
                     self._fault(f"QUIC stream {q} ended before its first frame")
                 return
             del self._head[q]
+            head = pending.take()
             self._inbox_bytes -= len(head)
             self._next_new = q + 4
             (channel,) = _SID.unpack_from(head, 4)
@@ -319,7 +325,8 @@ class QuicTransport:
         if channel is None and not self.is_client and sid >= self._next_new and not sid & 3:
             # reset before its first frame was handed on: nothing of it reaches the
             # session; its place in the order is given up
-            self._inbox_bytes -= len(self._head.pop(sid, b""))
+            dropped = self._head.pop(sid, None)
+            self._inbox_bytes -= dropped.size if dropped is not None else 0
             self._head_fin.discard(sid)
             self._skip.add(sid)
             self._advance()
@@ -383,7 +390,7 @@ class QuicTransport:
             fin = False
             code: int | None = None
             if end and atp_sid:
-                code = _reset_code(data)
+                code = reset_code(data)
                 fin = code is not None or not self.is_client
             quic.send_stream_data(q, data, end_stream=fin)
             self._unacked.add(q)

@@ -76,6 +76,8 @@ class QuicServerConfig:
     max_datagram_size: int | None = None
     handshake_timeout: float = 10.0
     max_connections: int = 10_000
+    max_data: int = 4 * 1024 * 1024  #: QUIC connection flow-control window (bytes)
+    max_stream_data: int = 1024 * 1024  #: QUIC per-stream flow-control window (bytes)
 
 
 def server_configuration(cfg: QuicServerConfig, loopback: bool) -> QuicConfiguration:
@@ -87,8 +89,8 @@ def server_configuration(cfg: QuicServerConfig, loopback: bool) -> QuicConfigura
         idle_timeout=cfg.idle_timeout,
         max_datagram_size=size,
         connection_id_length=CID_LENGTH,
-        max_data=4 * 1024 * 1024,
-        max_stream_data=1024 * 1024,
+        max_data=cfg.max_data,
+        max_stream_data=cfg.max_stream_data,
     )
     conf.load_cert_chain(cfg.cert_file, cfg.key_file)
     return conf
