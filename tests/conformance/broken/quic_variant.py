@@ -1,0 +1,80 @@
+"""Deliberately broken QUIC bindings of the reference router, each wrong in one way of
+spec §13.2; applied before ``atp serve`` starts by ``site/sitecustomize.py`` (names start
+with ``quic-``), so the suite meets a real router process over a real UDP socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from atp_proto.transports import _quic_conn, quic_server
+
+
+def reset_stream_for_errors() -> None:
+    """Its own stream resets as RESET_STREAM (discarding the ERROR frame), ATP-QUIC-006."""
+    original = _quic_conn.QuicTransport.try_send_streams
+
+    def patched(self: Any, items: list[tuple[int, bytes, bool]]) -> bool:
+        keep = []
+        for atp_sid, data, end in items:
+            code = _quic_conn._reset_code(data) if end and atp_sid else None
+            q = self._a2q.get(atp_sid)
+            if code is not None and q is not None and q not in self._fin_sent:
+                self._fin_sent.add(q)
+                self.quic.reset_stream(q, code)
+                self.endpoint.mark(self)
+            else:
+                keep.append((atp_sid, data, end))
+        return original(self, keep)
+
+    _quic_conn.QuicTransport.try_send_streams = patched  # type: ignore[method-assign]
+
+
+def close_code_zero() -> None:
+    """Connection errors close with application code 0 instead of 0x100 + i (ATP-QUIC-004)."""
+
+    async def close_with_error(self: Any, code: Any, reason: str) -> None:
+        await self._close(0, reason)
+
+    _quic_conn.QuicTransport.close_with_error = close_with_error  # type: ignore[method-assign]
+
+
+def fin_late() -> None:
+    """The QUIC FIN never goes with the FINAL: the router's side stays open (ATP-QUIC-013)."""
+    original = _quic_conn.QuicTransport.try_send_streams
+
+    def patched(self: Any, items: list[tuple[int, bytes, bool]]) -> bool:
+        quic = self.quic
+        send = quic.send_stream_data
+
+        def no_fin(stream_id: int, data: bytes, end_stream: bool = False) -> None:
+            send(stream_id, data, end_stream=False)
+
+        quic.send_stream_data = no_fin
+        try:
+            return original(self, items)
+        finally:
+            quic.send_stream_data = send
+
+    _quic_conn.QuicTransport.try_send_streams = patched  # type: ignore[method-assign]
+
+
+def any_alpn() -> None:
+    """The handshake completes for any ALPN the client offers (ATP-QUIC-001)."""
+    original = quic_server.server_configuration
+
+    def patched(cfg: Any, loopback: bool) -> Any:
+        conf = original(cfg, loopback)
+        conf.alpn_protocols = ["atp/1", "h3", "h2", "http/1.1"]
+        return conf
+
+    quic_server.server_configuration = patched  # type: ignore[assignment]
+
+
+VARIANTS: dict[str, Callable[[], None]] = {
+    "quic-reset-stream": reset_stream_for_errors,
+    "quic-close-code-zero": close_code_zero,
+    "quic-fin-late": fin_late,
+    "quic-any-alpn": any_alpn,
+}
