@@ -1,10 +1,14 @@
-"""Deliberately broken QUIC bindings of the reference router, each wrong in one way of
-spec §13.2; applied before ``atp serve`` starts by ``site/sitecustomize.py`` (names start
-with ``quic-``), so the suite meets a real router process over a real UDP socket.
+"""Deliberately broken QUIC bindings, each wrong in one way of spec §13.2.
+
+Router variants (``quic-…``) are applied before ``atp serve`` starts by
+``site/sitecustomize.py``, so the suite meets a real router process over a real UDP socket.
+Client variants (``quic-client-…``): ``python quic_variant.py NAME URL [testee args]`` runs
+the Python client testee (conformance/testees/python_client.py) with the fault.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -72,9 +76,48 @@ def any_alpn() -> None:
     quic_server.server_configuration = patched  # type: ignore[assignment]
 
 
+def client_fin_early() -> None:
+    """The client ends its side of each ATP stream's QUIC stream with its SYN, before the
+    router's FINAL, so its WINDOW_UPDATEs could not follow (ATP-QUIC-012)."""
+    original = _quic_conn.QuicTransport.try_send_streams
+
+    def patched(self: Any, items: list[tuple[int, bytes, bool]]) -> bool:
+        quic = self.quic
+        send = quic.send_stream_data
+
+        def fin_on_syn(stream_id: int, data: bytes, end_stream: bool = False) -> None:
+            syn = stream_id != 0 and len(data) > 2 and data[1] == 0 and data[2] & 0x01
+            send(stream_id, data, end_stream=end_stream or bool(syn))
+
+        quic.send_stream_data = fin_on_syn
+        try:
+            return original(self, items)
+        finally:
+            quic.send_stream_data = send
+
+    _quic_conn.QuicTransport.try_send_streams = patched  # type: ignore[method-assign]
+
+
+def client_close_eproto() -> None:
+    """A session that ended normally closes with 0x100 (EPROTO), not 0 (ATP-QUIC-015)."""
+
+    async def aclose(self: Any) -> None:
+        await self._close(0x100, "")
+
+    _quic_conn.QuicTransport.aclose = aclose  # type: ignore[method-assign]
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "quic-client-fin-early": client_fin_early,
+    "quic-client-close-eproto": client_close_eproto,
     "quic-reset-stream": reset_stream_for_errors,
     "quic-close-code-zero": close_code_zero,
     "quic-fin-late": fin_late,
     "quic-any-alpn": any_alpn,
 }
+
+if __name__ == "__main__":
+    VARIANTS[sys.argv.pop(1)]()
+    from conformance.testees.python_client import main
+
+    sys.exit(main())
