@@ -128,8 +128,12 @@ _LANES = CaseSpec(
 
 
 def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
-    """Every router case: the WebSocket ones, then the QUIC ones (``router.quic.…``)."""
-    return [*_ws_cases(options), *router_quic.cases(options)]
+    """Every router case: the WebSocket ones, then the QUIC ones (``router.quic.…``); a
+    run against one transport (``options["target"]``) gets only that transport's."""
+    target = str(options.get("target") or "")
+    ws = [] if target.startswith("quic://") else _ws_cases(options)
+    quic = [] if target.startswith(("ws://", "wss://")) else router_quic.cases(options)
+    return [*ws, *quic]
 
 
 def _ws_cases(options: Mapping[str, Any]) -> list[CaseSpec]:

@@ -16,7 +16,8 @@ Every QUIC case also checks the binding's invariants on what the router sent
 frames on QUIC stream 0, no router-opened QUIC stream (ATP-QUIC-002, -011); the QUIC FIN
 with the end of each ATP stream (ATP-QUIC-013); an ERROR's STOP_SENDING with its code and
 no RESET_STREAM for the router's own reset (ATP-QUIC-006); a close code matching the
-ERROR on stream 0 (ATP-QUIC-004). Against a ``ws://`` target these cases are SKIPPED.
+ERROR on stream 0 (ATP-QUIC-004). A run against a ``ws://`` target does not list these
+cases (:func:`conformance.roles.router.cases`); given one anyway, they are SKIPPED.
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ _TRANSPORT_ONLY = ("ATP-WS-", "ATP-JSON-")
 _BY_ID = {PREFIX + b[0]: b for b in _BINDING}
 
 
+#: what each ``needs`` of a binding case means, for ``atp conformance explain``
+_NEEDS = {
+    "token": "needs --token (auth on); UNSUPPORTED without",
+    "limited_token": "needs --limited-token; UNSUPPORTED without",
+    "adapter": "needs --adapter-listen; UNSUPPORTED without",
+    "bad_token": "caps.auth carries the --token with its signature altered",
+    "no_caps": "the client sends no CAPABILITIES first",
+    "no_auto_fin": "the client keeps its side of the QUIC streams open",
+}
+
+
 def _neutral(reqs: Sequence[str]) -> tuple[str, ...]:
     return tuple(r for r in reqs if not r.startswith(_TRANSPORT_ONLY))
 
@@ -58,7 +70,7 @@ def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
             title,
             reqs,
             level=Level.L3,
-            description=title + (f" (needs {', '.join(needs)})" if needs else ""),
+            description=title + "".join(f"; {_NEEDS[n]}" for n in needs),
         )
         for cid, reqs, title, needs, _ in _BINDING
     ]

@@ -57,7 +57,8 @@ def _not_passed(report: dict[str, Any]) -> list[tuple[str, str, str]]:
 def test_reference_router_passes_every_quic_case(cert: CertFiles) -> None:
     """[ATP-QUIC-001, ATP-QUIC-002, ATP-QUIC-004, ATP-QUIC-005, ATP-QUIC-006,
     ATP-QUIC-011, ATP-QUIC-013, ATP-QUIC-014, ATP-QUIC-016, ATP-QUIC-020, ATP-QUIC-021]
-    L3 with the scripted adapter: 100% PASS over quic://, every WebSocket case SKIPPED."""
+    L3 with the scripted adapter: 100% PASS over quic://; the WebSocket cases are not in
+    a quic:// run's report (nor the QUIC ones in a ws:// run's)."""
     quic, grpc = _udp_port(), free_port()
     with router(*_serve(cert, quic), adapters={"conf": f"grpc://127.0.0.1:{grpc}"}):
         code, report, err = _suite(
@@ -71,10 +72,8 @@ def test_reference_router_passes_every_quic_case(cert: CertFiles) -> None:
             "router.quic.policy.*",  # needs a policy: as over WebSocket (test_router_role.py)
             "--skip",
             "router.quic.time.idle-timeout",  # 60 s; as over WebSocket
-            # the three slowest (9 s together), nothing of QUIC in them beyond what the
+            # the two slowest (5.5 s together), nothing of QUIC in them beyond what the
             # others exercise; they pass over QUIC too (run without these --skip to see)
-            "--skip",
-            "router.quic.adapter.max-streams",
             "--skip",
             "router.quic.adapter.status-pushback",
             "--skip",
@@ -84,10 +83,8 @@ def test_reference_router_passes_every_quic_case(cert: CertFiles) -> None:
     quic_cases = [c for c in report["cases"] if c["id"].startswith("router.quic.")]
     ran = [c for c in quic_cases if c["verdict"] != "SKIPPED"]
     assert {c["verdict"] for c in ran} == {"PASS"}, _not_passed(report)
-    assert len(ran) >= 110
-    assert all(
-        c["verdict"] == "SKIPPED" for c in report["cases"] if not c["id"].startswith("router.quic.")
-    )
+    assert len(ran) >= 105
+    assert len(quic_cases) == len(report["cases"]), "a quic:// run lists only QUIC cases"
     passed = {c["id"] for c in ran}
     assert {
         "router.quic.binding.stop-sending",
@@ -95,6 +92,7 @@ def test_reference_router_passes_every_quic_case(cert: CertFiles) -> None:
         "router.quic.binding.close-ends-streams",
         "router.quic.binding.syn-order",
         "router.quic.adapter.cancel-on-rst",
+        "router.quic.adapter.max-streams",
         "router.quic.sec.sessions-isolated",
         "router.quic.vector.frame.reserved-stream-bit",
         "router.quic.seq.message-too-big",
@@ -135,6 +133,18 @@ def test_reference_router_authenticates_with_caps_auth(cert: CertFiles, tmp_path
         "router.quic.auth.stream-refusal",
         "router.quic.basic.final",
     }
+
+
+def test_idle_timeout_closes_with_its_quic_code(cert: CertFiles) -> None:
+    """[ATP-TIME-004, ATP-QUIC-004] a silent QUIC session is closed with 0x104 (ETIMEOUT)
+    after the router's idle_timeout_ms (1.5 s here, as over WebSocket)."""
+    quic = _udp_port()
+    with router(*_serve(cert, quic), config_toml="[limits]\nidle_timeout_ms = 1500\n"):
+        code, report, err = _suite(quic, cert, "--run", "router.quic.time.idle-timeout")
+    assert code == 0, (err[-2000:], report and _not_passed(report))
+    (case,) = [c for c in report["cases"] if c["verdict"] != "SKIPPED"]
+    assert case["verdict"] == "PASS"
+    assert any("0x104" in (e.get("note") or "") for e in case["exchange"]), case["exchange"]
 
 
 @pytest.mark.parametrize(
