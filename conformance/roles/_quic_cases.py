@@ -149,7 +149,7 @@ BINDING: list[tuple[str, tuple[str, ...], str, tuple[str, ...], list[dict[str, A
                     {"type": "DATA", "flags": ["MORE"], "stream_id": 1, "msg_seq": 3},
                 ]
             },
-            {"expect_end": {"stream_id": 1, "code": "ESEQ_RETRY"}},
+            {"expect_end": {"stream_id": 1, "code": "ESEQ_RETRY"}, "within_ms": 2500},
             {"expect_stop_sending": {"stream_id": 1, "code": "ESEQ_RETRY"}},
             {"still_serves": ["ATP-QUIC-006"]},
         ],

@@ -154,6 +154,7 @@ def test_idle_timeout_closes_with_its_quic_code(cert: CertFiles) -> None:
         ("quic-close-code-zero", ["router.quic.binding.close-code"], "ATP-QUIC-004"),
         ("quic-fin-late", ["router.quic.binding.fin-with-final"], "ATP-QUIC-013"),
         ("quic-any-alpn", ["router.quic.binding.alpn"], "ATP-QUIC-001"),
+        ("quic-any-order", ["router.quic.binding.syn-order"], "ATP-QUIC-021"),
     ],
 )
 def test_broken_quic_binding_is_caught(

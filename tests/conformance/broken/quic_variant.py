@@ -76,6 +76,27 @@ def any_alpn() -> None:
     quic_server.server_configuration = patched  # type: ignore[assignment]
 
 
+def any_order() -> None:
+    """New QUIC streams' SYNs are taken as they complete, not in QUIC stream id order, so a
+    later stream's SYN that arrives first makes the earlier one's id look reused
+    (ATP-QUIC-021)."""
+
+    def new_stream_data(self: Any, sid: int, data: bytes, end: bool) -> None:
+        head = self._head.get(sid, b"") + data
+        if not _quic_conn._first_frame_complete(head):
+            self._head[sid] = head
+            return
+        self._head.pop(sid, None)
+        channel = int.from_bytes(head[4:8], "big")
+        if channel == 0 or channel in self._a2q:
+            self._fault(f"QUIC stream {sid}: ATP stream {channel}")
+            return
+        self._q2a[sid], self._a2q[channel] = channel, sid
+        self._deliver(sid, channel, head, end)
+
+    _quic_conn.QuicTransport._new_stream_data = new_stream_data  # type: ignore[method-assign]
+
+
 def client_fin_early() -> None:
     """The client ends its side of each ATP stream's QUIC stream with its SYN, before the
     router's FINAL, so its WINDOW_UPDATEs could not follow (ATP-QUIC-012)."""
@@ -114,6 +135,7 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "quic-close-code-zero": close_code_zero,
     "quic-fin-late": fin_late,
     "quic-any-alpn": any_alpn,
+    "quic-any-order": any_order,
 }
 
 if __name__ == "__main__":
