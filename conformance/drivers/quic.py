@@ -45,6 +45,8 @@ __all__ = ["ALPN", "ERROR_CODES", "QuicSession", "open_quic", "quic_code"]
 
 #: ATP-QUIC-001
 ALPN = "atp/1"
+#: the port of a quic:// URL without one (ATP-QUIC-019)
+DEFAULT_PORT = 7443
 #: the table of spec §11, in order: the QUIC code of ERROR_CODES[i] is 0x100 + i
 ERROR_CODES = (
     "EPROTO",
@@ -390,12 +392,13 @@ async def open_quic(
     the system's store unless ``--insecure``); ``wait``: until the handshake is done.
 
     Raises:
-        TargetUnreachable: no handshake within the time bound (nothing answers there), or
-            the handshake failed for another reason than ALPN.
+        TargetUnreachable: no handshake (nothing answers there, the certificate is not
+            trusted, or the router refused ALPN atp/1).
     """
     u = urlsplit(ctx.target)
-    if u.scheme != "quic" or not u.hostname or not u.port:
+    if u.scheme != "quic" or not u.hostname:
         raise TargetUnreachable(f"a QUIC target is quic://HOST:PORT (got {ctx.target!r})")
+    port = u.port or DEFAULT_PORT
     conf = QuicConfiguration(is_client=True, alpn_protocols=list(alpn), server_name=u.hostname)
     conf.max_datagram_size = 1350
     if ctx.options.get("insecure"):
@@ -405,7 +408,7 @@ async def open_quic(
     else:
         conf.load_verify_locations(cafile=ssl.get_default_verify_paths().cafile)
     try:
-        info = await trio.socket.getaddrinfo(u.hostname, u.port, type=trio.socket.SOCK_DGRAM)
+        info = await trio.socket.getaddrinfo(u.hostname, port, type=trio.socket.SOCK_DGRAM)
     except OSError as exc:
         raise TargetUnreachable(f"cannot resolve {u.hostname}: {exc}") from None
     family, _, _, _, addr = info[0]
@@ -420,13 +423,14 @@ async def open_quic(
     conn.send_stream_data(0, b"")  # QUIC stream 0 is the control stream (ATP-QUIC-011)
     trio.lowlevel.spawn_system_task(_start, session)
     session.transmit()
-    rec.note(f"QUIC to {u.hostname}:{u.port}, ALPN {list(alpn)}")
+    rec.note(f"QUIC to {u.hostname}:{port}, ALPN {list(alpn)}")
     if wait:
         with trio.move_on_after(ctx.timeout(5)):
             await session.handshake.wait()
-        if session.alpn is None and session.peer_close is None:
+        if session.alpn is None:
+            why = session.peer_close[2] if session.peer_close else "no answer within 5 s"
             await session.aclose()
-            raise TargetUnreachable(f"no QUIC handshake with {ctx.target} within 5 s")
+            raise TargetUnreachable(f"no QUIC handshake with {ctx.target}: {why}")
     return session
 
 
