@@ -209,7 +209,9 @@ async def run_suite(
     if opts.repeat < 1 or not math.isfinite(opts.timeout_scale) or opts.timeout_scale <= 0:
         raise UsageProblem("--repeat must be >= 1 and --timeout-scale > 0")
     known = KnownFailures.load(opts.known_failures)
-    cases = all_cases(opts.role, {"level": opts.level, "seed": opts.seed, **opts.extra})
+    cases = all_cases(
+        opts.role, {"level": opts.level, "seed": opts.seed, "target": opts.target, **opts.extra}
+    )
     chosen = select(cases, opts)
     module = load_role(opts.role)
     summary = RunSummary(opts.role, opts.target, opts.level.value, time.time(), seed=opts.seed)

@@ -113,6 +113,8 @@ class Runner:
         #: the session_id the client sent (text), which the router must then echo
         self.session_id: str | None = None
         self.session_from = 0  #: frames received before the session_id was sent need none
+        #: opens another session on the same transport (other_session); None: WebSocket
+        self.open_other: Any = None
 
     def prompt(self, behaviour: str = "ok") -> str:
         return f"conformance:{self.token}:{behaviour}"
@@ -268,7 +270,7 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
         elif op == "other_session":  # the same steps' language on a second session
             from conformance.drivers.ws import open_session
 
-            other = await open_session(r.ctx, r.rec, text=r.text)
+            other = await (r.open_other or open_session)(r.ctx, r.rec, text=r.text)
             try:
                 r2 = Runner(r.ctx, other, r.rec, r.text)
                 r2.next_sid = 101

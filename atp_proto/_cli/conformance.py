@@ -97,7 +97,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="router role: the router's policy service does not answer (fail-closed case)",
     )
     run.add_argument(
-        "--insecure", action="store_true", help="wss://: do not verify the certificate"
+        "--insecure", action="store_true", help="wss://, quic://: do not verify the certificate"
+    )
+    run.add_argument(
+        "--ca",
+        default=None,
+        metavar="FILE",
+        help="wss://, quic://: trust this CA or certificate (PEM), e.g. atp serve --dev-cert's",
     )
     run.add_argument(
         "--encoding",
@@ -272,6 +278,7 @@ def _run(args: argparse.Namespace) -> int:
         extra={
             "exec": args.exec_cmd,
             "insecure": args.insecure,
+            "ca": args.ca,
             "encoding": args.encoding,
             "expired_token": args.expired_token,
             "limited_token": args.limited_token,

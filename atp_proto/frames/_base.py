@@ -238,7 +238,11 @@ class ConnectionBase:
             and not rec.send.outbox
             and self._streams.pop(rec.stream_id, None) is not None
         ):
-            self._channels.pop(rec.stream_id, None)
+            dec = self._channels.get(rec.stream_id)
+            if dec is not None and not dec.buffered:
+                # a decoder inside a frame stays until it ends, or the rest of that frame
+                # would be read as new frames (ATP-QUIC-013: read and discard)
+                del self._channels[rec.stream_id]
             if not self._streams:
                 self.timer_stale = True  # the idle timeout applies again
             if rec.encoding is _JSON:

@@ -16,7 +16,6 @@ from ._base import ConnectionBase, _text_cost
 from ._codec import HEADER, HEADER_SIZE, FrameDecoder
 from ._errors import (
     FrameDecodeError,
-    LocalProtocolError,
     RemoteProtocolError,
 )
 from ._events import (
@@ -185,16 +184,21 @@ class ReceiveMixin(ConnectionBase):
         self._peer_spoke_binary = True
         self._out_encoding = _BINARY
         dec = self._channels.get(channel)
-        if dec is None:
-            if not 0 <= channel <= MAX_STREAM_ID:
-                raise LocalProtocolError(ErrorCode.EPROTO, f"no ATP stream {channel}")
-            dec = self._channels[channel] = FrameDecoder(self.limits)
         events: list[Event] = []
+        if dec is None:
+            if not 0 <= channel <= MAX_STREAM_ID:  # the reserved bit (ATP-FRAME-004)
+                return self._connection_error(
+                    RemoteProtocolError(ErrorCode.EPROTO, f"stream id {channel} is not valid"),
+                    events,
+                )
+            dec = self._channels[channel] = FrameDecoder(self.limits)
         try:
             dec.feed(data)
         except FrameDecodeError as exc:  # pragma: no cover - decoder already broken
             return self._connection_error(exc, events)
         self._drain_decoder(now, events, dec, channel)
+        if channel and channel not in self._streams and not dec.buffered:
+            self._channels.pop(channel, None)  # a forgotten stream's last frame is done
         return events
 
     def receive_stream_reset(self, channel: int, now: float) -> list[Event]:

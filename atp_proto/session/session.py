@@ -62,6 +62,7 @@ from atp_proto.frames import (
     Encoding,
     ErrorCode,
     Event,
+    FrameType,
     GoingAway,
     Limits,
     LocalProtocolError,
@@ -84,6 +85,9 @@ from atp_proto.transports.base import (
 
 from .lanes import FairQueue
 from .output import Output
+
+#: the CAPABILITIES frame type, the second byte of a frame header (ATP-QUIC-008)
+_CAPABILITIES = int(FrameType.CAPABILITIES)
 
 __all__ = [
     "OUTPUT_HIGH_WATER",
@@ -157,6 +161,7 @@ class Session:
         self.on_event = on_event
         self._authenticate = authenticate
         self._preauth_code = preauth_code
+        self._control_seen = False  #: bytes of the control stream arrived (per-stream)
         self.metrics = metrics
         self.streams: dict[int, Output] = {}
         self._wake_writer = trio.Event()
@@ -231,6 +236,14 @@ class Session:
                 return
             now = trio.current_time()
             if isinstance(message, ChannelData):
+                if self._authenticate is not None and message.channel == 0:
+                    first = not self._control_seen
+                    self._control_seen = True
+                    if first and len(message.data) > 1 and message.data[1] != _CAPABILITIES:
+                        # ATP-QUIC-008: any other first frame of the control stream (a
+                        # heartbeat too, which the core would answer without an event)
+                        self.close(self._preauth_code, "the first frame must be CAPABILITIES")
+                        return
                 events = conn.receive_stream_data(message.channel, message.data, now)
             elif isinstance(message, str):
                 events = conn.receive_text(message, now)

@@ -229,7 +229,7 @@ async def open_session(
         hdrs.append((b"authorization", f"Bearer {tok}".encode()))
     ssl_ctx = None
     if u.scheme == "wss":
-        ssl_ctx = ssl.create_default_context()
+        ssl_ctx = ssl.create_default_context(cafile=ctx.options.get("ca") or None)
         if ctx.options.get("insecure"):
             ssl_ctx.check_hostname = False
             ssl_ctx.verify_mode = ssl.CERT_NONE

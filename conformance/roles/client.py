@@ -2,9 +2,10 @@
 (``--exec "CMD {url}"``) against it and checks what the client sends and how it reacts.
 
 Placeholders in the command: ``{url}`` (required), ``{prompt_file}`` (a file holding the
-task's prompt), ``{streams}`` (tasks the client runs one after another on one session)
-and ``{ttl}`` (the stream's ttl in seconds); a case that needs one the
-command lacks is UNSUPPORTED. The client is expected to open a session, run its tasks, and
+task's prompt), ``{streams}`` (tasks the client runs one after another on one session),
+``{ttl}`` (the stream's ttl in seconds) and ``{ca}`` (the certificate to trust: the QUIC
+cases of :mod:`conformance.roles.client_quic`, empty for the others); a case that needs one
+the command lacks is UNSUPPORTED. The client is expected to open a session, run its tasks, and
 exit. Every frame it sends is checked against the invariants of a client (version,
 reserved bits, SYN on frag_seq 0, stream ids strictly increasing, msg_seq +1, credit).
 """
@@ -23,7 +24,7 @@ import trio
 from conformance._record import Recorder
 from conformance.drivers.ws import from_binary, from_text, to_binary
 from conformance.model import CaseResult, CaseSpec, Role, Verdict
-from conformance.roles import RunContext, TargetUnreachable, _client_tls
+from conformance.roles import RunContext, TargetUnreachable, _client_tls, client_quic
 from conformance.roles._testee import run_testee
 
 __all__ = ["cases", "run"]
@@ -106,6 +107,7 @@ def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
             for cid, title, reqs, _ in _CASES
         ),
         _client_tls.CASE,
+        *client_quic.CASES,
     ]
 
 
@@ -123,7 +125,7 @@ class _Seen:
 def _command(
     ctx: RunContext, params: Mapping[str, Any], url: str, prompt_path: str
 ) -> list[str] | None:
-    cmd = str(ctx.options.get("exec") or ctx.target)
+    cmd = str(params.get("_cmd") or ctx.options.get("exec") or ctx.target)
     needed = {
         "{prompt_file}": "prompt_size" in params,
         "{streams}": params.get("streams", 1) > 1,
@@ -141,8 +143,19 @@ def _command(
             .replace("{prompt_file}", fh.name)
             .replace("{streams}", str(params.get("streams", 1)))
             .replace("{ttl}", str(params.get("ttl", 0)))
+            .replace("{ca}", "")
         )
     return out
+
+
+def _quic_command(
+    ctx: RunContext, params: Mapping[str, Any], url: str, ca: str, prompt_path: str
+) -> list[str] | None:
+    """The command of a QUIC case: ``{ca}`` is required there, and filled in."""
+    if "{ca}" not in str(ctx.options.get("exec") or ctx.target):
+        return None
+    cmd = str(ctx.options.get("exec") or ctx.target).replace("{ca}", ca)
+    return _command(ctx, dict(params, _cmd=cmd), url, prompt_path)
 
 
 async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
@@ -151,6 +164,8 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
             return await _client_tls.run(
                 case, ctx, lambda url: _command(ctx, {}, url, f"{tmp}/prompt.txt")
             )
+    if case.id.startswith("client.quic."):
+        return await client_quic.run(case, ctx, lambda *a: _quic_command(ctx, *a))
     params = next(p for cid, _, _, p in _CASES if cid == case.id)
     rec = Recorder(case)
     seen = _Seen()

@@ -1,6 +1,6 @@
 """The router role: the suite plays the client (and, with ``--adapter-listen``, the
-router's adapter) against a router at ``ws://``/``wss://`` (``quic://`` is UNSUPPORTED
-until the QUIC binding lands).
+router's adapter) against a router at ``ws://``/``wss://``, or at ``quic://`` (the cases of
+:mod:`conformance.roles.router_quic`, ``router.quic.…``; the others are SKIPPED there).
 
 Cases come from three places, each naming its requirement IDs:
 
@@ -29,7 +29,7 @@ from atp_proto.transports.ws_client import HandshakeRefused
 from conformance._record import Recorder
 from conformance.drivers.ws import WsSession, open_session
 from conformance.model import CaseResult, CaseSpec, Level, Role, Strength, Verdict
-from conformance.roles import RunContext, TargetUnreachable, _router_http
+from conformance.roles import RunContext, TargetUnreachable, _router_http, router_quic
 from conformance.scenario import Runner, ScenarioFailed, Unsupported, result_of, run_steps
 from conformance.vectors import load
 
@@ -128,6 +128,15 @@ _LANES = CaseSpec(
 
 
 def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
+    """Every router case: the WebSocket ones, then the QUIC ones (``router.quic.…``); a
+    run against one transport (``options["target"]``) gets only that transport's."""
+    target = str(options.get("target") or "")
+    ws = [] if target.startswith("quic://") else _ws_cases(options)
+    quic = [] if target.startswith(("ws://", "wss://")) else router_quic.cases(options)
+    return [*ws, *quic]
+
+
+def _ws_cases(options: Mapping[str, Any]) -> list[CaseSpec]:
     out: list[CaseSpec] = [_LANES, *_router_http.CASES]
     for sid, sc in scenarios().items():
         out.append(
@@ -182,9 +191,12 @@ def _describe(sc: Mapping[str, Any]) -> str:
     return "steps: " + "; ".join(json.dumps(s, default=str)[:160] for s in sc.get("steps", []))
 
 
-async def _setup(ctx: RunContext, rec: Recorder, text: bool, caps: Any) -> tuple[WsSession, Runner]:
-    session = await open_session(ctx, rec, text=text)
+async def _setup(
+    ctx: RunContext, rec: Recorder, text: bool, caps: Any, opener: Any = open_session
+) -> tuple[WsSession, Runner]:
+    session = await opener(ctx, rec, text=text)
     r = Runner(ctx, session, rec, text)
+    r.open_other = opener
     if caps is not False and not text:
         mine = {"versions": [1], **(caps or {})}
         if isinstance(mine.get("initial_window"), int):
@@ -200,9 +212,11 @@ async def _setup(ctx: RunContext, rec: Recorder, text: bool, caps: Any) -> tuple
 
 
 async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
+    if case.id.startswith(router_quic.PREFIX):  # the QUIC binding: roles/router_quic.py
+        return await router_quic.run(case, ctx)
     rec = Recorder(case)
     if ctx.target.startswith("quic://"):
-        return rec.result(Verdict.UNSUPPORTED, "the QUIC binding is not in this suite yet")
+        return rec.result(Verdict.SKIPPED, "a WebSocket case (the target is quic://)")
     kind = case.id.split(".")[1]
     if case.id == _LANES.id:
         return await _lanes(case, ctx, rec)
@@ -211,8 +225,19 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
     if kind in ("tls", "feedback"):
         return await _router_http.run(case, ctx, rec)
     if kind == "vector":
-        return await _vector(case, ctx, rec)
-    sc = scenarios()[case.id]
+        return await run_vector(case, ctx, rec, case.id)
+    return await run_scenario(case, ctx, rec, scenarios()[case.id])
+
+
+async def run_scenario(
+    case: CaseSpec,
+    ctx: RunContext,
+    rec: Recorder,
+    sc: Mapping[str, Any],
+    opener: Any = open_session,
+    check: Any = result_of,
+) -> CaseResult:
+    """One scenario on a session from ``opener``, judged by ``check`` (QUIC adds its own)."""
     enc = ctx.options.get("encoding", "both")
     if enc != "both" and enc != ("text" if sc["_text"] else "binary"):
         return rec.result(Verdict.SKIPPED, f"--encoding {enc}")
@@ -230,15 +255,15 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
     session = None
     r: Runner | None = None
     try:
-        session, r = await _setup(ctx, rec, sc["_text"], sc.get("caps"))
+        session, r = await _setup(ctx, rec, sc["_text"], sc.get("caps"), opener)
         await run_steps(r, sc["steps"])
-        return result_of(r, rec, None)
+        return check(r, rec, None)  # type: ignore[no-any-return]
     except Unsupported as exc:
         return rec.result(Verdict.UNSUPPORTED, str(exc))
     except ScenarioFailed as exc:
         if r is None:
             return rec.failed(exc.message, exc.expected, exc.violated)
-        return result_of(r, rec, exc)
+        return check(r, rec, exc)  # type: ignore[no-any-return]
     except HandshakeRefused as exc:
         return rec.failed(
             f"the handshake was refused: HTTP {exc.status}", "a session", ("ATP-WS-003",)
@@ -248,10 +273,18 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
             await session.aclose()
 
 
-async def _vector(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
-    vid = case.id.removeprefix("router.vector.")
+async def run_vector(
+    case: CaseSpec,
+    ctx: RunContext,
+    rec: Recorder,
+    cid: str,
+    opener: Any = open_session,
+    check: Any = result_of,
+) -> CaseResult:
+    """The invalid vector of case id ``cid`` on a session from ``opener``."""
+    vid = cid.removeprefix("router.vector.")
     v = next(x for x in _vectors() if x["id"] == vid)
-    session, r = await _setup(ctx, rec, False, None)
+    session, r = await _setup(ctx, rec, False, None, opener)
     try:
         r.next_sid = 101
         await session.send_raw(bytes.fromhex(v["hex"]))
@@ -275,9 +308,9 @@ async def _vector(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
                     {"still_serves": ["ATP-ERR-001"]},
                 ],
             )
-        return result_of(r, rec, None)
+        return check(r, rec, None)  # type: ignore[no-any-return]
     except ScenarioFailed as exc:
-        return result_of(r, rec, exc)
+        return check(r, rec, exc)  # type: ignore[no-any-return]
     finally:
         await session.aclose()
 

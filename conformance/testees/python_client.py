@@ -1,10 +1,12 @@
 """The client testee for this repository's client library (:mod:`atp_proto.client`).
 
-``python -m conformance.testees.python_client URL [--streams N] [--prompt-file F] [--ttl S]``:
+``python -m conformance.testees.python_client URL [--streams N] [--prompt-file F] [--ttl S]
+[--ca FILE]``:
 open one session, run N tasks one after another on it, print each outcome as one JSON
 line, exit 0 when every task ended with a FINAL, 1 otherwise. Run by ``atp conformance
 run --role client --exec "python -m conformance.testees.python_client {url} --streams
-{streams} --prompt-file {prompt_file} --ttl {ttl}"`` (``{…}`` are filled in per case).
+{streams} --prompt-file {prompt_file} --ttl {ttl} --ca {ca}"`` (``{…}`` are filled in per
+case).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from atp_proto.client import StreamError, connect
 
 async def _main(args: argparse.Namespace) -> int:
     ok = True
-    async with connect(args.url, text=args.text) as client:
+    async with connect(args.url, text=args.text, ca_file=args.ca or None) as client:
         for _ in range(args.streams):
             try:
                 final = await client.ask(args.prompt, ttl=args.ttl)
@@ -41,6 +43,7 @@ def main() -> int:
     p.add_argument("--prompt-file", default=None, help="read the prompt from this file")
     p.add_argument("--ttl", type=int, default=0)
     p.add_argument("--text", action="store_true")
+    p.add_argument("--ca", default="", help="wss://, quic://: trust this certificate (PEM)")
     args = p.parse_args()
     if args.prompt_file:
         with open(args.prompt_file, encoding="utf-8") as fh:

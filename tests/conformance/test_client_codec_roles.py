@@ -15,17 +15,19 @@ from .conftest import BROKEN, ROOT, failures, run_suite
 PY = sys.executable
 CLIENT = (
     f"{PY} -m conformance.testees.python_client {{url}} --streams {{streams}} "
-    "--prompt-file {prompt_file} --ttl {ttl}"
+    "--prompt-file {prompt_file} --ttl {ttl} --ca {ca}"
 )
 BROKEN_ENV = f"env PYTHONPATH={BROKEN}:{ROOT}"
 
 
 def test_python_client_passes_the_client_role() -> None:
-    """At L2, with the untrusted-certificate case [ATP-WS-013]."""
-    code, report, err = run_suite("--role", "client", "--exec", CLIENT, "--level", "L2")
+    """At L3, with the untrusted-certificate case [ATP-WS-013] and the QUIC cases
+    (test_client_role_quic.py has the broken QUIC clients)."""
+    code, report, err = run_suite("--role", "client", "--exec", CLIENT, "--level", "L3")
     assert code == 0, (err[-1500:], failures(report))
     assert {c["verdict"] for c in report["cases"]} == {"PASS"}
     assert len(report["cases"]) >= 8
+    assert sum(c["id"].startswith("client.quic.") for c in report["cases"]) >= 3
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,9 @@ import sys
 _name = os.environ.get("CONF_BROKEN_VARIANT")
 if _name:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from router_variant import VARIANTS
+    if _name.startswith("quic-"):  # the QUIC binding's variants (quic_variant.py)
+        from quic_variant import VARIANTS
+    else:
+        from router_variant import VARIANTS
 
     VARIANTS[_name]()

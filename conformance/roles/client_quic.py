@@ -1,0 +1,285 @@
+"""The client role over QUIC (spec §13.2): the suite is a scripted router on a QUIC socket
+(aioquic's sans-IO server connection on a trio UDP socket, a certificate made for the
+run), and the client under test is launched with ``{url}`` = ``quic://127.0.0.1:PORT``
+and ``{ca}`` = that certificate (a command without ``{ca}`` makes these cases
+UNSUPPORTED). The scripted router is the WebSocket one's (:func:`client._script`) behind a
+QUIC stream mapper, so the same exchanges are judged the same way, plus the binding's
+rules on what the client does with QUIC streams:
+
+* ALPN ``atp/1`` (ATP-QUIC-001: the router offers nothing else, so a client that does not
+  offer it never gets a session);
+* stream-0 frames on QUIC stream 0, each ATP stream on its own client-opened
+  bidirectional QUIC stream whose first frame is its SYN, binary frames only, no
+  unidirectional stream (ATP-QUIC-002, -003, -011), QUIC streams opened in increasing ATP
+  stream id order (ATP-QUIC-021);
+* the client's FIN on an ATP stream's QUIC stream only after the router's FINAL or ERROR
+  on it (ATP-QUIC-012); a normal close with application code 0 (ATP-QUIC-015);
+* a router frame for ATP stream 1 sent on the control stream: the client must close the
+  connection with 0x100, EPROTO (ATP-QUIC-004, -005).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import trio
+from aioquic._buffer import Buffer
+from aioquic.quic import events as qe
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import pull_quic_header
+
+from atp_proto.transports.tls import generate_dev_cert
+from conformance._record import Recorder
+from conformance.drivers.quic import ALPN, split_frames
+from conformance.model import CaseResult, CaseSpec, Level, Role, Verdict
+from conformance.roles import RunContext, TargetUnreachable
+from conformance.roles._testee import run_testee
+
+__all__ = ["CASES", "run"]
+
+_MAPPING = ("ATP-QUIC-001", "ATP-QUIC-002", "ATP-QUIC-003", "ATP-QUIC-011", "ATP-QUIC-012")
+#: id, title, requirements, the scripted router's parameters (client._script)
+_TABLE: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
+    (
+        "client.quic.basic.three-streams",
+        "three tasks on one QUIC session: each on its own QUIC stream opened in order, "
+        "stream-0 frames on QUIC stream 0, FIN after the router's, a normal close with 0",
+        (*_MAPPING, "ATP-QUIC-015", "ATP-QUIC-021", "ATP-STREAM-002", "ATP-TIME-002"),
+        {"streams": 3, "heartbeat": True},
+    ),
+    (
+        "client.quic.flow.credit-respected",
+        "a 400 KB prompt over QUIC with the default 256 KiB credit: the client fragments "
+        "on its stream's QUIC stream and never passes its credit",
+        (*_MAPPING, "ATP-FLOW-001", "ATP-SEQ-008"),
+        {"prompt_size": 400_000, "withhold_s": 0.6},
+    ),
+    (
+        "client.quic.binding.frame-on-wrong-stream",
+        "the router's answer for ATP stream 1 arrives on the control stream: the client "
+        "closes the connection with 0x100 (EPROTO)",
+        ("ATP-QUIC-005", "ATP-QUIC-004"),
+        {"misroute": True},
+    ),
+]
+CASES = [
+    CaseSpec(cid, Role.CLIENT, title, reqs, level=Level.L3, description=title)
+    for cid, title, reqs, _ in _TABLE
+]
+_PARAMS = {cid: p for cid, _, _, p in _TABLE}
+
+
+class _QuicRouterEnd:
+    """The server end of one QUIC connection, with the ``receive`` / ``send`` surface the
+    scripted router uses (one call: the whole frames that arrived on one QUIC stream)."""
+
+    def __init__(self, sock: Any, raw: socket.socket, rec: Recorder, misroute: bool) -> None:
+        self.sock = sock
+        self.raw = raw  #: the same socket, to send without awaiting (UDP)
+        self.rec = rec
+        self.misroute = misroute
+        self.conn: QuicConnection | None = None
+        self.addr: Any = None
+        self.alpn: str | None = None
+        self.q2a: dict[int, int] = {0: 0}
+        self.a2q: dict[int, int] = {0: 0}
+        self.buffers: dict[int, bytes] = {}
+        self.inbox: list[bytes] = []
+        self.arrived = trio.Event()
+        self.problems: list[tuple[str, str]] = []
+        self.order: list[tuple[int, int]] = []  #: (QUIC stream, ATP stream) as opened
+        self.final_sent: set[int] = set()  #: QUIC streams the router ended
+        self.client_fin: dict[int, bool] = {}  #: QUIC stream -> after the router's end?
+        self.close: tuple[int, int | None] | None = None  #: code, frame type
+        self.wake = trio.Event()
+
+    def transmit(self) -> None:
+        if self.conn is None:
+            return
+        for data, addr in self.conn.datagrams_to_send(trio.current_time()):
+            with contextlib.suppress(OSError):
+                self.raw.sendto(data, addr)
+        self.wake.set()
+
+    async def pump(self, conf: QuicConfiguration) -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(self._timer)
+            while True:
+                data, addr = await self.sock.recvfrom(65536)
+                if self.conn is None:
+                    try:
+                        header = pull_quic_header(Buffer(data=data), host_cid_length=8)
+                    except ValueError:
+                        continue
+                    self.addr = addr
+                    self.conn = QuicConnection(
+                        configuration=conf,
+                        original_destination_connection_id=header.destination_cid,
+                    )
+                self.conn.receive_datagram(data, addr, trio.current_time())
+                self._events()
+                self.transmit()
+
+    async def _timer(self) -> None:
+        while True:
+            self.wake = trio.Event()
+            at = self.conn.get_timer() if self.conn is not None else None
+            with trio.move_on_at(at if at is not None else math.inf):
+                await self.wake.wait()
+                continue
+            assert self.conn is not None
+            self.conn.handle_timer(trio.current_time())
+            self._events()
+            self.transmit()
+
+    def _events(self) -> None:
+        assert self.conn is not None
+        while (ev := self.conn.next_event()) is not None:
+            if isinstance(ev, qe.HandshakeCompleted):
+                self.alpn = ev.alpn_protocol
+            elif isinstance(ev, qe.StreamDataReceived):
+                self._data(ev.stream_id, ev.data, ev.end_stream)
+            elif isinstance(ev, qe.ConnectionTerminated):
+                self.close = (ev.error_code, ev.frame_type)
+                self.rec.note(f"the client closed: code {ev.error_code:#x} {ev.reason_phrase!r}")
+                self.arrived.set()
+
+    def _data(self, q: int, data: bytes, end: bool) -> None:
+        if q & 2:
+            self.problems.append(("ATP-QUIC-011", f"a unidirectional QUIC stream {q}"))
+        whole, rest = split_frames(self.buffers.get(q, b"") + data)
+        self.buffers[q] = rest
+        for frame in whole:
+            sid = int.from_bytes(frame[4:8], "big")
+            if q not in self.q2a:
+                self.q2a[q], self.a2q[sid] = sid, q
+                self.order.append((q, sid))
+                if sid == 0 or not frame[2] & 0x01:
+                    self.problems.append(
+                        (
+                            "ATP-QUIC-002",
+                            f"QUIC stream {q} begins with a frame for {sid}, not a SYN",
+                        )
+                    )
+            if self.q2a[q] != sid:
+                code = "ATP-QUIC-011" if sid == 0 else "ATP-QUIC-002"
+                self.problems.append((code, f"a frame for ATP stream {sid} on QUIC stream {q}"))
+        if whole:
+            self.inbox.append(b"".join(whole))
+            self.arrived.set()
+        if rest[:1] == b"{":
+            self.problems.append(("ATP-QUIC-003", f"JSON text on QUIC stream {q}"))
+        if end and q:
+            self.client_fin[q] = q in self.final_sent
+            self.rec.note(f"the client's FIN on QUIC stream {q}")
+
+    async def receive(self) -> bytes:
+        while not self.inbox:
+            if self.close is not None:
+                raise ConnectionError("closed")
+            self.arrived = trio.Event()
+            await self.arrived.wait()
+        return self.inbox.pop(0)
+
+    async def send(self, data: bytes | str) -> None:
+        assert self.conn is not None and isinstance(data, bytes)
+        for frame in split_frames(data)[0]:
+            sid = int.from_bytes(frame[4:8], "big")
+            q = self.a2q.get(sid)
+            if q is None:
+                continue  # no QUIC stream for it (the router opens none)
+            if self.misroute and sid:
+                q = 0
+            end = bool(sid and q and (frame[1] == 4 or frame[2] & 0x08))  # ERROR or FIN
+            if q in self.final_sent:
+                continue
+            self.conn.send_stream_data(q, frame, end_stream=end)
+            if end:
+                self.final_sent.add(q)
+        self.transmit()
+
+    async def aclose(self) -> None:
+        if self.conn is not None and self.close is None:
+            self.conn.close(error_code=0x0)
+            self.transmit()
+
+
+async def run(case: CaseSpec, ctx: RunContext, command: Any) -> CaseResult:
+    """``command(params, url, ca)``: the client's argv (None: a placeholder is missing)."""
+    from conformance.roles import client
+
+    rec = Recorder(case)
+    params = _PARAMS[case.id]
+    with tempfile.TemporaryDirectory(prefix="atp-conf-quic-") as tmp:
+        cert, key, _ = generate_dev_cert(Path(tmp))
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        raw.setblocking(False)
+        raw.bind(("127.0.0.1", 0))
+        sock = trio.socket.from_stdlib_socket(raw)
+        url = f"quic://127.0.0.1:{sock.getsockname()[1]}"
+        argv = command(params, url, str(cert), os.path.join(tmp, "prompt.txt"))
+        if argv is None:
+            sock.close()
+            return rec.result(
+                Verdict.UNSUPPORTED, "the --exec command lacks {ca} (or another placeholder)"
+            )
+        conf = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
+        conf.load_cert_chain(str(cert), str(key))
+        end = _QuicRouterEnd(sock, raw, rec, bool(params.get("misroute")))
+        seen = client._Seen()
+        outcome: dict[str, Any] = {}
+        done = trio.Event()
+
+        async def serve() -> None:
+            try:
+                await client._script(end, params, seen, rec, ctx)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(0.05)  # what the client still sends (its FINs, close)
+                    await end.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(end.pump, conf)
+            nursery.start_soon(serve)
+            nursery.start_soon(run_testee, argv, outcome, done, 2000)
+            with trio.move_on_after(ctx.timeout(client.CASE_S)) as scope:
+                await done.wait()
+            with trio.move_on_after(ctx.timeout(1)):  # its CONNECTION_CLOSE, still on the way
+                while end.close is None:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        sock.close()
+    if "error" in outcome:
+        raise TargetUnreachable(outcome["error"])
+    rec.note("client exit", outcome)
+    if end.conn is None or end.alpn is None:
+        return rec.failed(
+            "no QUIC handshake completed with ALPN atp/1", "a session", (_MAPPING[0],)
+        )
+    if params.get("misroute"):
+        got = end.close
+        if got is None or got[1] is not None or got[0] != 0x100:
+            shown = "none" if got is None else f"{got[0]:#x}"
+            return rec.failed(
+                f"the client's close: {shown}",
+                "CONNECTION_CLOSE 0x100 (EPROTO) for a frame on the wrong QUIC stream",
+                ("ATP-QUIC-005", "ATP-QUIC-004"),
+            )
+        return rec.passed("closed with 0x100")
+    seen.problems += end.problems
+    ids = [sid for _, sid in sorted(end.order)]
+    if ids != sorted(ids):
+        seen.problems.append(("ATP-QUIC-021", f"QUIC streams opened for ATP streams {ids}"))
+    early = [q for q, after in end.client_fin.items() if not after]
+    if early:
+        seen.problems.append(("ATP-QUIC-012", f"FIN before the router's end on QUIC {early}"))
+    if end.close is not None and end.close[1] is None and end.close[0] != 0x0:
+        seen.problems.append(("ATP-QUIC-015", f"a normal session closed with {end.close[0]:#x}"))
+    return client._judge(case, params, seen, rec, outcome, scope.cancelled_caught)

@@ -1,0 +1,145 @@
+"""Deliberately broken QUIC bindings, each wrong in one way of spec §13.2.
+
+Router variants (``quic-…``) are applied before ``atp serve`` starts by
+``site/sitecustomize.py``, so the suite meets a real router process over a real UDP socket.
+Client variants (``quic-client-…``): ``python quic_variant.py NAME URL [testee args]`` runs
+the Python client testee (conformance/testees/python_client.py) with the fault.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from atp_proto.transports import _quic_conn, quic_server
+
+
+def reset_stream_for_errors() -> None:
+    """Its own stream resets as RESET_STREAM (discarding the ERROR frame), ATP-QUIC-006."""
+    original = _quic_conn.QuicTransport.try_send_streams
+
+    def patched(self: Any, items: list[tuple[int, bytes, bool]]) -> bool:
+        keep = []
+        for atp_sid, data, end in items:
+            code = _quic_conn._reset_code(data) if end and atp_sid else None
+            q = self._a2q.get(atp_sid)
+            if code is not None and q is not None and q not in self._fin_sent:
+                self._fin_sent.add(q)
+                self.quic.reset_stream(q, code)
+                self.endpoint.mark(self)
+            else:
+                keep.append((atp_sid, data, end))
+        return original(self, keep)
+
+    _quic_conn.QuicTransport.try_send_streams = patched  # type: ignore[method-assign]
+
+
+def close_code_zero() -> None:
+    """Connection errors close with application code 0 instead of 0x100 + i (ATP-QUIC-004)."""
+
+    async def close_with_error(self: Any, code: Any, reason: str) -> None:
+        await self._close(0, reason)
+
+    _quic_conn.QuicTransport.close_with_error = close_with_error  # type: ignore[method-assign]
+
+
+def fin_late() -> None:
+    """The QUIC FIN never goes with the FINAL: the router's side stays open (ATP-QUIC-013)."""
+    original = _quic_conn.QuicTransport.try_send_streams
+
+    def patched(self: Any, items: list[tuple[int, bytes, bool]]) -> bool:
+        quic = self.quic
+        send = quic.send_stream_data
+
+        def no_fin(stream_id: int, data: bytes, end_stream: bool = False) -> None:
+            send(stream_id, data, end_stream=False)
+
+        quic.send_stream_data = no_fin
+        try:
+            return original(self, items)
+        finally:
+            quic.send_stream_data = send
+
+    _quic_conn.QuicTransport.try_send_streams = patched  # type: ignore[method-assign]
+
+
+def any_alpn() -> None:
+    """The handshake completes for any ALPN the client offers (ATP-QUIC-001)."""
+    original = quic_server.server_configuration
+
+    def patched(cfg: Any, loopback: bool) -> Any:
+        conf = original(cfg, loopback)
+        conf.alpn_protocols = ["atp/1", "h3", "h2", "http/1.1"]
+        return conf
+
+    quic_server.server_configuration = patched  # type: ignore[assignment]
+
+
+def any_order() -> None:
+    """New QUIC streams' SYNs are taken as they complete, not in QUIC stream id order, so a
+    later stream's SYN that arrives first makes the earlier one's id look reused
+    (ATP-QUIC-021)."""
+
+    def new_stream_data(self: Any, sid: int, data: bytes, end: bool) -> None:
+        head = self._head.get(sid, b"") + data
+        if not _quic_conn._first_frame_complete(head):
+            self._head[sid] = head
+            return
+        self._head.pop(sid, None)
+        channel = int.from_bytes(head[4:8], "big")
+        if channel == 0 or channel in self._a2q:
+            self._fault(f"QUIC stream {sid}: ATP stream {channel}")
+            return
+        self._q2a[sid], self._a2q[channel] = channel, sid
+        self._deliver(sid, channel, head, end)
+
+    _quic_conn.QuicTransport._new_stream_data = new_stream_data  # type: ignore[method-assign]
+
+
+def client_fin_early() -> None:
+    """The client ends its side of each ATP stream's QUIC stream with its SYN, before the
+    router's FINAL, so its WINDOW_UPDATEs could not follow (ATP-QUIC-012)."""
+    original = _quic_conn.QuicTransport.try_send_streams
+
+    def patched(self: Any, items: list[tuple[int, bytes, bool]]) -> bool:
+        quic = self.quic
+        send = quic.send_stream_data
+
+        def fin_on_syn(stream_id: int, data: bytes, end_stream: bool = False) -> None:
+            syn = stream_id != 0 and len(data) > 2 and data[1] == 0 and data[2] & 0x01
+            send(stream_id, data, end_stream=end_stream or bool(syn))
+
+        quic.send_stream_data = fin_on_syn
+        try:
+            return original(self, items)
+        finally:
+            quic.send_stream_data = send
+
+    _quic_conn.QuicTransport.try_send_streams = patched  # type: ignore[method-assign]
+
+
+def client_close_eproto() -> None:
+    """A session that ended normally closes with 0x100 (EPROTO), not 0 (ATP-QUIC-015)."""
+
+    async def aclose(self: Any) -> None:
+        await self._close(0x100, "")
+
+    _quic_conn.QuicTransport.aclose = aclose  # type: ignore[method-assign]
+
+
+VARIANTS: dict[str, Callable[[], None]] = {
+    "quic-client-fin-early": client_fin_early,
+    "quic-client-close-eproto": client_close_eproto,
+    "quic-reset-stream": reset_stream_for_errors,
+    "quic-close-code-zero": close_code_zero,
+    "quic-fin-late": fin_late,
+    "quic-any-alpn": any_alpn,
+    "quic-any-order": any_order,
+}
+
+if __name__ == "__main__":
+    VARIANTS[sys.argv.pop(1)]()
+    from conformance.testees.python_client import main
+
+    sys.exit(main())
