@@ -27,6 +27,11 @@ Scenarios:
 * **baseline** — a bare trio-websocket echo server (its own process) and a trio-websocket
   client in the benchmark process sending one 200-byte message per frame, 64 in flight;
   echoed messages/s.
+* **picows baseline** — the fastest Python WebSocket echo a user would pick: picows
+  (asyncio + C) in its own process, driven by the throughput scenario's own client and
+  workload (the same two client processes, raw wsproto client, sessions of 50 streams,
+  streams × M messages of 200 bytes, 64 in flight per session, sends coalesced); echoed
+  messages/s, and the server's and clients' CPU (``benchmarks/_ws_echo.py``).
 * **latency** — with 1,000 concurrent streams open and streaming (a background client
   process; adapter ``builtin:echo?chunks=K&latency_ms=100``, i.e. one PARTIAL per stream
   every 100 ms, ~10k PARTIALs/s in all), a probe client sends one SYN at a time (adapter
@@ -46,11 +51,12 @@ Scenarios:
   trio: handshake, one CAPABILITIES exchange, then idle) to a fresh router; the router's
   VmRSS (``/proc/PID/status``) is read before (10 warm sessions open) and after.
 
-Goals (a full run exits 1 when one fails): relay ≥ 100,000 PARTIAL frames/s and ≥ 10× the
-baseline; SYN→first PARTIAL p50 ≤ 0.5 ms with 1,000 concurrent streams; router RSS with
-10,000 idle sessions ≤ 1 GiB. ``--quick`` scales everything down (1,000 idle sessions,
-RSS extrapolated to 10,000; 100 background streams); its numbers are rough, so it reports
-the goals without judging them and exits 0 (``benchmarks/_report.py``).
+Goals (a full run exits 1 when one fails): relay ≥ 100,000 PARTIAL frames/s, ≥ 10× the
+trio-websocket baseline and ≥ 1.0× the picows echo (issue 14 item 6); SYN→first PARTIAL
+p50 ≤ 0.5 ms with 1,000 concurrent streams; router RSS with 10,000 idle sessions ≤ 1 GiB.
+``--quick`` scales everything down (1,000 idle sessions, RSS extrapolated to 10,000; 100
+background streams); its numbers are rough, so it reports the goals without judging them
+and exits 0 (``benchmarks/_report.py``).
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from . import _harness, _report
+from . import _harness, _report, _ws_echo
 from ._harness import RouterProcess, _cpu_ticks, _dist_ms, _fork, _raise_nofile, _rss
 from ._report import Goal, judge
 
@@ -79,6 +85,7 @@ GIB = 1 << 30
 
 GOAL_FPS = 100_000.0
 GOAL_VS_BASELINE = 10.0
+GOAL_VS_PICOWS = 1.0
 GOAL_P50_MS = 0.5
 GOAL_SESSIONS = 10_000
 GOAL_RSS = GIB
@@ -687,7 +694,7 @@ def bench_sessions(n: int) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    return _harness.machine_info(trio="trio", trio_websocket="trio-websocket")
+    return _harness.machine_info(trio="trio", trio_websocket="trio-websocket", picows="picows")
 
 
 _ADMISSION = "[admission]\ninitial_limit = 2048\nmax_limit = 4096\nmax_queue = 4096\n"
@@ -704,6 +711,8 @@ def run_benchmark(quick: bool, progress: Any = None) -> dict[str, Any]:
     sessions = bench_sessions(sz.sessions)
     say("baseline: trio-websocket echo …")
     baseline = bench_baseline(sz.baseline_s)
+    say("baseline: picows echo, the relay's client and workload …")
+    picows = _ws_echo.bench_picows(sz.streams, sz.frames, WINDOW)
     adapters = {
         "echo": f"builtin:echo?chunks={sz.frames}",
         "probe": "builtin:echo",
@@ -727,6 +736,17 @@ def run_benchmark(quick: bool, progress: Any = None) -> dict[str, Any]:
     goals = [
         Goal("relay PARTIAL frames/s", fps, GOAL_FPS, "frames/s"),
         Goal("relay vs trio-websocket echo baseline", ratio, GOAL_VS_BASELINE, "x"),
+    ]
+    if picows is not None:  # picows is in the dev extra; without it, no goal against it
+        goals.append(
+            Goal(
+                "relay frames/s vs picows echo msg/s (same client and workload)",
+                fps / picows["messages_per_s"],
+                GOAL_VS_PICOWS,
+                "x",
+            )
+        )
+    goals += [
         Goal(
             f"SYN→first PARTIAL p50 with {sz.background:,} concurrent streams",
             p50,
@@ -762,6 +782,7 @@ def run_benchmark(quick: bool, progress: Any = None) -> dict[str, Any]:
         "results": {
             "throughput": throughput,
             "baseline": baseline,
+            "picows": picows,
             "latency": latency,
             "sessions": sessions,
         },
@@ -772,30 +793,45 @@ def run_benchmark(quick: bool, progress: Any = None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ output
 
 
-def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     r = result["results"]
     t, b, lat, s = r["throughput"], r["baseline"], r["latency"], r["sessions"]
+    p = r.get("picows")
     syn, gap = lat["syn_to_first_partial_ms"], lat["partial_gap_ms"]
+    fps = t["frames_per_s"]
     rows = [
         (
             f"throughput ({t['streams']} streams × {t['frames_per_stream']} PARTIALs, "
             f"{t['partial_frame_bytes']:.0f} B frames)",
-            f"{t['frames_per_s']:,.0f} frames/s",
+            f"{fps:,.0f} frames/s",
             f"{b['messages_per_s']:,.0f} msg/s ({b['message_bytes']} B, {b['window']} in flight)",
+            f"{p['messages_per_s']:,.0f} msg/s ({p['message_bytes']} B, "
+            f"{p['window_per_session']} in flight × {p['sessions']} sessions)"
+            if p
+            else "picows not installed",
+        ),
+        (
+            "  relay ÷ baseline",
+            "",
+            f"{fps / b['messages_per_s']:.2f}×",
+            f"{fps / p['messages_per_s']:.2f}×" if p else "",
         ),
         (
             "  steady state (first PARTIAL → last PARTIAL)",
             f"{t['steady_frames_per_s']:,.0f} frames/s",
             "",
+            "",
         ),
         (
-            f"  CPU, % of one core (router / {t['client_processes']} client processes)",
+            f"  CPU, % of one core (server / {t['client_processes']} client processes)",
             f"{t['router_cpu_pct']:.0f}% / {t['client_cpu_pct']:.0f}%",
             "",
+            f"{p['server_cpu_pct']:.0f}% / {p['client_cpu_pct']:.0f}%" if p else "",
         ),
         (
             f"SYN→first PARTIAL, {lat['background_open_during_probes']:,} streams open (p50 / p99)",
             f"{syn['p50']:.3f} / {syn['p99']:.3f} ms",
+            "",
             "",
         ),
     ]
@@ -805,6 +841,7 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"  gap between PARTIALs, paced every {lat['background_pace_ms']} ms (p50 / p99)",
                 f"{gap['p50']:.2f} / {gap['p99']:.2f} ms",
                 "",
+                "",
             )
         )
     rows.append(
@@ -812,6 +849,7 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"idle sessions: {s['sessions']:,} (RSS before → after)",
             f"{s['rss_before_bytes'] / 2**20:,.0f} → {s['rss_after_bytes'] / 2**20:,.0f} MiB, "
             f"{s['bytes_per_session'] / 1024:,.1f} KiB/session",
+            "",
             "",
         )
     )
@@ -830,14 +868,15 @@ def render(result: dict[str, Any]) -> None:
     m = result["machine"]
     console.print(
         f"atp bench ws — {m['cpu_model']}, {m['cpu_count']} cores, Python {m['python']}, "
-        f"trio {m['trio']}, trio-websocket {m['trio_websocket']}, {result['date']}"
-        + _report.quick_note(result),
+        f"trio {m['trio']}, trio-websocket {m['trio_websocket']}, picows {m['picows']}, "
+        f"{result['date']}" + _report.quick_note(result),
         markup=False,
     )
     table = Table()
     table.add_column("scenario")
     table.add_column("ATP router (builtin:echo)", justify="right")
     table.add_column("baseline: bare trio-websocket echo", justify="right")
+    table.add_column("baseline: picows echo, the relay's client", justify="right")
     for row in table_rows(result):
         table.add_row(*row)
     console.print(table)
@@ -846,8 +885,9 @@ def render(result: dict[str, Any]) -> None:
 
 def markdown(result: dict[str, Any]) -> str:
     out = [
-        "| scenario | ATP router (builtin:echo) | baseline: bare trio-websocket echo |",
-        "|---|---|---|",
+        "| scenario | ATP router (builtin:echo) | baseline: bare trio-websocket echo "
+        "| baseline: picows echo, the relay's client |",
+        "|---|---|---|---|",
     ]
     out += ["| " + " | ".join(c or "" for c in row) + " |" for row in table_rows(result)]
     out.append("")

@@ -306,6 +306,24 @@ class WsConnection:
         data = self._encode(message)
         await self._send_bytes(data)
 
+    async def send_many(self, messages: list[bytes | str]) -> None:
+        """Send several messages with one socket write (what a load generator or a
+        writer with many ready messages wants: the cost is per system call).
+
+        Raises:
+            TransportClosed: the connection is closing or gone.
+        """
+        if self._closed or self._ws.state is not ConnectionState.OPEN:
+            raise TransportClosed
+        encode = self._encode
+        await self._send_bytes(b"".join([encode(m) for m in messages]))
+
+    @property
+    def buffered(self) -> bool:
+        """A whole message is already parsed: :meth:`receive` returns it without
+        reading the socket."""
+        return bool(self._messages)
+
     def _encode(self, message: bytes | str) -> bytes:
         if isinstance(message, str):
             return self._ws.send(we.TextMessage(data=message))
