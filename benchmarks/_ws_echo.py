@@ -14,7 +14,10 @@ and workload as the router's throughput scenario.
   (:meth:`~atp_proto.transports.ws_server.WsConnection.send_many`), as the router's
   writer coalesces its frames. messages/s = echoed messages / wall time from the first
   send to the last echo, and both sides' CPU over that interval (the client being the
-  limit would show there).
+  limit would show there);
+* for reference (not a goal): the same echo driven by picows' own C client (asyncio, the
+  same sessions, window and count), which shows how much of the echo figure is our
+  client's cost rather than the server's.
 
 picows is a benchmark baseline only (the ``dev`` extra); without it the baseline is
 reported as missing and the goal against it is not judged.
@@ -135,8 +138,82 @@ def _echo_client(
         out.send({"error": f"{type(exc).__name__}: {exc}"})
 
 
+def _picows_client(
+    url: str, messages: int, window: int, sessions: int, barrier: Any, out: Any
+) -> None:
+    """A reference client process: picows' own (C) client on asyncio, the same sessions,
+    window and message count as :func:`_echo_client`; one send per echoed message."""
+    import asyncio
+
+    import picows
+    from picows import WSListener, WSMsgType
+
+    per = [messages // sessions + (1 if i < messages % sessions else 0) for i in range(sessions)]
+    payload = b"x" * 200
+    marks: dict[str, float] = {}
+    tot = {"echoed": 0, "bytes": 0}
+
+    class Client(WSListener):  # type: ignore[misc]
+        def __init__(self, n: int) -> None:
+            self.n, self.sent, self.got = n, 0, 0
+            self.done = asyncio.get_running_loop().create_future()
+
+        def start(self, transport: Any) -> None:
+            self.transport = transport
+            while self.sent < min(window, self.n):
+                transport.send(WSMsgType.BINARY, payload)
+                self.sent += 1
+
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            if frame.msg_type is not WSMsgType.BINARY:
+                return
+            self.got += 1
+            tot["bytes"] += len(frame.get_payload_as_memoryview())
+            if self.sent < self.n:
+                transport.send(WSMsgType.BINARY, payload)
+                self.sent += 1
+            elif self.got == self.n and not self.done.done():
+                self.done.set_result(None)
+
+    async def main() -> None:
+        pairs = [await picows.ws_connect(lambda n=n: Client(n), url) for n in per]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, barrier.wait)
+        marks["cpu0"] = time.process_time()
+        marks["start"] = time.perf_counter()
+        for transport, client in pairs:
+            client.start(transport)
+        for _, client in pairs:
+            await client.done
+            tot["echoed"] += client.got
+        marks["end"] = time.perf_counter()
+        for transport, _ in pairs:
+            transport.send_close()
+            transport.disconnect()
+
+    try:
+        asyncio.run(main())
+        out.send(
+            {
+                **tot,
+                "start": marks["start"],
+                "end": marks["end"],
+                "cpu": time.process_time() - marks["cpu0"],
+            }
+        )
+    except BaseException as exc:  # report, never hang the parent
+        barrier.abort()
+        out.send({"error": f"{type(exc).__name__}: {exc}"})
+
+
 def drive_echo(
-    url: str, server_pid: int, streams: int, frames: int, window: int, procs: int = 2
+    url: str,
+    server_pid: int,
+    streams: int,
+    frames: int,
+    window: int,
+    procs: int = 2,
+    client: Any = _echo_client,
 ) -> dict[str, Any]:
     """streams × frames echoes from ``procs`` client processes (the relay's shape)."""
     ctx = _fork()
@@ -147,7 +224,7 @@ def drive_echo(
         sessions = max(1, -(-n_streams // STREAMS_PER_SESSION))
         parent, child = ctx.Pipe()
         p = ctx.Process(
-            target=_echo_client,
+            target=client,
             args=(url, n_streams * frames, window, sessions, barrier, child),
             daemon=True,
         )
@@ -200,6 +277,10 @@ def bench_picows(streams: int, frames: int, window: int) -> dict[str, Any] | Non
         url = f"ws://127.0.0.1:{parent.recv()}/"
         drive_echo(url, proc.pid, max(2, streams // 10), frames, window)  # warm-up
         result = drive_echo(url, proc.pid, streams, frames, window)
+        # for reference, not judged: what the server does with its own C client
+        result["picows_client"] = drive_echo(
+            url, proc.pid, streams, frames, window, client=_picows_client
+        )
     finally:
         with contextlib.suppress(OSError):
             parent.send("stop")
