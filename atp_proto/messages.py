@@ -236,15 +236,21 @@ _HEAD_64 = struct.Struct(">BQ").pack
 def _cbor_head(major: int, n: int) -> bytes:
     """A CBOR item head (RFC 8949 3.1), shortest form, for 0 <= n < 2**64: what cbor2
     writes for an unsigned int (major 0x00) or before a text's UTF-8 (major 0x60)."""
-    if n < 24:
-        return bytes((major | n,))
     if n < 0x100:
-        return bytes((major | 24, n))
+        return _SMALL_HEADS[major][n]
     if n < 0x10000:
         return _HEAD_16(major | 25, n)
     if n < 0x100000000:
         return _HEAD_32(major | 26, n)
     return _HEAD_64(major | 27, n)
+
+
+def _small_head(major: int, n: int) -> bytes:
+    return bytes((major | n,)) if n < 24 else bytes((major | 24, n))
+
+
+#: the heads of 0..255 (most chunk numbers and chunk texts), looked up rather than built
+_SMALL_HEADS = {major: [_small_head(major, n) for n in range(0x100)] for major in (0, 0x60)}
 
 
 def partial_chunk_body(chunk_no: int, adapter_key: bytes, text: str, tail: bytes) -> bytes:
