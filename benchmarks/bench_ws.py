@@ -31,7 +31,9 @@ Scenarios:
   (asyncio + C) in its own process, driven by the throughput scenario's own client and
   workload (the same two client processes, raw wsproto client, sessions of 50 streams,
   streams × M messages of 200 bytes, 64 in flight per session, sends coalesced); echoed
-  messages/s, and the server's and clients' CPU (``benchmarks/_ws_echo.py``).
+  messages/s, and the server's and clients' CPU (``benchmarks/_ws_echo.py``). For
+  reference (not a goal), the same echo driven by picows' own C client: it shows how much
+  of the echo figure is the Python client's cost.
 * **latency** — with 1,000 concurrent streams open and streaming (a background client
   process; adapter ``builtin:echo?chunks=K&latency_ms=100``, i.e. one PARTIAL per stream
   every 100 ms, ~10k PARTIALs/s in all), a probe client sends one SYN at a time (adapter
@@ -816,6 +818,18 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"{fps / b['messages_per_s']:.2f}×",
             f"{fps / p['messages_per_s']:.2f}×" if p else "",
         ),
+    ]
+    if p and p.get("picows_client"):
+        pc = p["picows_client"]
+        rows.append(
+            (
+                "  reference, not a goal: the picows echo with picows' own C client (relay ÷ it)",
+                "",
+                "",
+                f"{pc['messages_per_s']:,.0f} msg/s ({fps / pc['messages_per_s']:.2f}×)",
+            )
+        )
+    rows += [
         (
             "  steady state (first PARTIAL → last PARTIAL)",
             f"{t['steady_frames_per_s']:,.0f} frames/s",

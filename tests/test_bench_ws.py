@@ -64,6 +64,9 @@ def test_quick_json(capsys):
     for key in ("messages_per_s", "seconds", "client_cpu_pct"):
         assert _positive(pic[key]), key
     assert pic["server_cpu_pct"] >= 0
+    ref = pic["picows_client"]  # the reference: the same echo with picows' own client
+    assert ref["messages"] == pic["messages"] and ref["sessions"] == pic["sessions"]
+    assert _positive(ref["messages_per_s"])
 
     lat = res["latency"]
     assert lat["background_open_during_probes"] == settings["background_streams"]
