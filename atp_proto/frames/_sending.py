@@ -153,7 +153,9 @@ class SendMixin(ConnectionBase):
                 window.credit -= cost
                 flags = _MORE if more else 0
                 header = _HEADER_PACK(VERSION, 0, flags, 0, stream_id, seq, 0, 0, 0, n)
-                self._output.push(stream_id, header + payload, False)
+                out = self._output  # Output.push, inlined (once per relayed chunk)
+                out.items.append((stream_id, header + payload, False))
+                out.size += cost
                 sent = self.frames_sent
                 sent[_DATA] = sent.get(_DATA, 0) + 1
                 return
