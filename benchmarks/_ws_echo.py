@@ -50,7 +50,7 @@ def _picows_server(pipe: Any) -> None:
     import picows
     from picows import WSListener, WSMsgType
 
-    class Echo(WSListener):  # type: ignore[misc]
+    class Echo(WSListener):
         def on_ws_frame(self, transport: Any, frame: Any) -> None:
             kind = frame.msg_type
             if kind is WSMsgType.BINARY or kind is WSMsgType.TEXT:
@@ -68,6 +68,12 @@ def _picows_server(pipe: Any) -> None:
         server.close()
 
     asyncio.run(main())
+
+
+def _size(message: object) -> int:
+    if not isinstance(message, bytes):
+        raise RuntimeError(f"unexpected message from the echo server: {message!r:.200}")
+    return len(message)
 
 
 def _echo_client(
@@ -92,14 +98,12 @@ def _echo_client(
             await ws.send_many([payload] * sent)
             got = 0
             while got < n:
-                message = await ws.receive()
+                tot["bytes"] += _size(await ws.receive())
                 got += 1
-                tot["bytes"] += len(message)
                 # everything wsproto already parsed is taken before the next send
                 while got < n and ws.buffered:
-                    message = await ws.receive()
+                    tot["bytes"] += _size(await ws.receive())
                     got += 1
-                    tot["bytes"] += len(message)
                 more = min(n - sent, window - (sent - got))
                 if more > 0:
                     await ws.send_many([payload] * more)
@@ -153,7 +157,7 @@ def _picows_client(
     marks: dict[str, float] = {}
     tot = {"echoed": 0, "bytes": 0}
 
-    class Client(WSListener):  # type: ignore[misc]
+    class Client(WSListener):
         def __init__(self, n: int) -> None:
             self.n, self.sent, self.got = n, 0, 0
             self.done = asyncio.get_running_loop().create_future()
@@ -176,7 +180,9 @@ def _picows_client(
                 self.done.set_result(None)
 
     async def main() -> None:
-        pairs = [await picows.ws_connect(lambda n=n: Client(n), url) for n in per]
+        pairs: list[tuple[Any, Any]] = [
+            await picows.ws_connect(lambda n=n: Client(n), url) for n in per
+        ]
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, barrier.wait)
         marks["cpu0"] = time.process_time()
@@ -263,28 +269,49 @@ def drive_echo(
     }
 
 
+class PicowsEcho:
+    """The picows echo server process, kept up so that its runs can interleave with the
+    relay's (``atp bench ws`` alternates them: on a loaded host one run of each is noise).
+    ``with PicowsEcho() as echo: echo.run(...)``."""
+
+    def __init__(self) -> None:
+        ctx = _fork()
+        self._pipe, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_picows_server, args=(child,), daemon=True)
+        self._proc.start()
+        if not self._pipe.poll(30):
+            self.close()
+            raise RuntimeError("picows echo server did not start")
+        self.url = f"ws://127.0.0.1:{self._pipe.recv()}/"
+        self.server = f"picows {version('picows')} (asyncio)"
+
+    def run(self, streams: int, frames: int, window: int, *, own_client: bool = False) -> Any:
+        """One measured run with the relay's client (``own_client``: picows' C client)."""
+        client = _picows_client if own_client else _echo_client
+        return drive_echo(self.url, self._proc.pid, streams, frames, window, client=client)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._pipe.send("stop")
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+    def __enter__(self) -> PicowsEcho:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 def bench_picows(streams: int, frames: int, window: int) -> dict[str, Any] | None:
-    """The picows echo, warmed up, then measured; None when picows is not installed."""
+    """The picows echo, warmed up, then measured once, and the reference run with its
+    own client; None when picows is not installed."""
     if not available():
         return None
-    ctx = _fork()
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_picows_server, args=(child,), daemon=True)
-    proc.start()
-    try:
-        if not parent.poll(30):
-            raise RuntimeError("picows echo server did not start")
-        url = f"ws://127.0.0.1:{parent.recv()}/"
-        drive_echo(url, proc.pid, max(2, streams // 10), frames, window)  # warm-up
-        result = drive_echo(url, proc.pid, streams, frames, window)
+    with PicowsEcho() as echo:
+        echo.run(max(2, streams // 10), frames, window)  # warm-up
+        result = echo.run(streams, frames, window)
         # for reference, not judged: what the server does with its own C client
-        result["picows_client"] = drive_echo(
-            url, proc.pid, streams, frames, window, client=_picows_client
-        )
-    finally:
-        with contextlib.suppress(OSError):
-            parent.send("stop")
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-    return {"server": f"picows {version('picows')} (asyncio)", **result}
+        result["picows_client"] = echo.run(streams, frames, window, own_client=True)
+    return {"server": echo.server, **result}
