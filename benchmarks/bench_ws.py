@@ -27,6 +27,15 @@ Scenarios:
 * **baseline** — a bare trio-websocket echo server (its own process) and a trio-websocket
   client in the benchmark process sending one 200-byte message per frame, 64 in flight;
   echoed messages/s.
+* **picows baseline** — the fastest Python WebSocket echo a user would pick: picows
+  (asyncio + C) in its own process, driven by the throughput scenario's own client and
+  workload (the same two client processes, raw wsproto client, sessions of 50 streams,
+  streams × M messages of 200 bytes, 64 in flight per session, sends coalesced); echoed
+  messages/s, and the server's and clients' CPU (``benchmarks/_ws_echo.py``). The echo and
+  the relay's throughput scenario are alternated (3 rounds; 2 with ``--quick``) and the
+  goal compares their medians: on a loaded host one run of each moves by a third. For
+  reference (not a goal), the same echo driven by picows' own C client: it shows how much
+  of the echo figure is the Python client's cost.
 * **latency** — with 1,000 concurrent streams open and streaming (a background client
   process; adapter ``builtin:echo?chunks=K&latency_ms=100``, i.e. one PARTIAL per stream
   every 100 ms, ~10k PARTIALs/s in all), a probe client sends one SYN at a time (adapter
@@ -46,11 +55,12 @@ Scenarios:
   trio: handshake, one CAPABILITIES exchange, then idle) to a fresh router; the router's
   VmRSS (``/proc/PID/status``) is read before (10 warm sessions open) and after.
 
-Goals (a full run exits 1 when one fails): relay ≥ 100,000 PARTIAL frames/s and ≥ 10× the
-baseline; SYN→first PARTIAL p50 ≤ 0.5 ms with 1,000 concurrent streams; router RSS with
-10,000 idle sessions ≤ 1 GiB. ``--quick`` scales everything down (1,000 idle sessions,
-RSS extrapolated to 10,000; 100 background streams); its numbers are rough, so it reports
-the goals without judging them and exits 0 (``benchmarks/_report.py``).
+Goals (a full run exits 1 when one fails): relay ≥ 100,000 PARTIAL frames/s, ≥ 10× the
+trio-websocket baseline and ≥ 1.0× the picows echo (issue 14 item 6); SYN→first PARTIAL
+p50 ≤ 0.5 ms with 1,000 concurrent streams; router RSS with 10,000 idle sessions ≤ 1 GiB.
+``--quick`` scales everything down (1,000 idle sessions, RSS extrapolated to 10,000; 100
+background streams); its numbers are rough, so it reports the goals without judging them
+and exits 0 (``benchmarks/_report.py``).
 """
 
 from __future__ import annotations
@@ -66,7 +76,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from . import _harness, _report
+from . import _harness, _report, _ws_echo
 from ._harness import RouterProcess, _cpu_ticks, _dist_ms, _fork, _raise_nofile, _rss
 from ._report import Goal, judge
 
@@ -79,6 +89,7 @@ GIB = 1 << 30
 
 GOAL_FPS = 100_000.0
 GOAL_VS_BASELINE = 10.0
+GOAL_VS_PICOWS = 1.0
 GOAL_P50_MS = 0.5
 GOAL_SESSIONS = 10_000
 GOAL_RSS = GIB
@@ -92,12 +103,21 @@ class Sizes:
     background: int  #: latency: concurrent background streams
     probes: int
     sessions: int  #: idle sessions
+    rounds: int  #: picows echo and relay runs, alternated
 
 
 FULL = Sizes(
-    streams=200, frames=1000, baseline_s=3.0, background=1000, probes=1000, sessions=10_000
+    streams=200,
+    frames=1000,
+    baseline_s=3.0,
+    background=1000,
+    probes=1000,
+    sessions=10_000,
+    rounds=3,
 )
-QUICK = Sizes(streams=20, frames=200, baseline_s=0.5, background=100, probes=100, sessions=1000)
+QUICK = Sizes(
+    streams=20, frames=200, baseline_s=0.5, background=100, probes=100, sessions=1000, rounds=2
+)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -686,8 +706,36 @@ def bench_sessions(n: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ run
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _picows_result(
+    echo: _ws_echo.PicowsEcho,
+    runs: list[dict[str, Any]],
+    relay_rounds: list[float],
+    sz: Sizes,
+) -> dict[str, Any]:
+    """The picows baseline's JSON: the median run's figures, every round, the goal's
+    ratio (median relay frames/s over median echo msg/s) and the reference run."""
+    rates = [r["messages_per_s"] for r in runs]
+    median_run = sorted(runs, key=lambda r: r["messages_per_s"])[len(runs) // 2]
+    return {
+        "server": echo.server,
+        **median_run,
+        "messages_per_s": _median(rates),
+        "rounds": len(runs),
+        "round_messages_per_s": rates,
+        "relay_round_frames_per_s": relay_rounds,
+        "relay_vs_echo": _median(relay_rounds) / _median(rates),
+        "picows_client": echo.run(sz.streams, sz.frames, WINDOW, own_client=True),
+    }
+
+
 def machine_info() -> dict[str, Any]:
-    return _harness.machine_info(trio="trio", trio_websocket="trio-websocket")
+    return _harness.machine_info(trio="trio", trio_websocket="trio-websocket", picows="picows")
 
 
 _ADMISSION = "[admission]\ninitial_limit = 2048\nmax_limit = 4096\nmax_queue = 4096\n"
@@ -710,15 +758,35 @@ def run_benchmark(quick: bool, progress: Any = None) -> dict[str, Any]:
         "paced": f"builtin:echo?chunks=300&latency_ms={PACE_MS}",
     }
     router = RouterProcess(adapters, _ADMISSION)
+    echo: _ws_echo.PicowsEcho | None = None
     try:
         say("throughput: warm-up …")
         bench_throughput(router.url, router.pid, max(2, sz.streams // 10), sz.frames)
         say("throughput …")
         throughput = bench_throughput(router.url, router.pid, sz.streams, sz.frames)
+        picows = None
+        if _ws_echo.available():
+            echo = _ws_echo.PicowsEcho()
+            # the picows goal: relay and echo alternated, medians compared (a loaded host
+            # moves single runs by a third)
+            relay_rounds = [throughput["frames_per_s"]]
+            echo_runs: list[dict[str, Any]] = []
+            say("baseline: picows echo, the relay's client and workload …")
+            echo.run(max(2, sz.streams // 10), sz.frames, WINDOW)  # warm-up
+            for i in range(sz.rounds):
+                say(f"picows echo / relay, round {i + 1} of {sz.rounds} …")
+                echo_runs.append(echo.run(sz.streams, sz.frames, WINDOW))
+                if i + 1 < sz.rounds:
+                    again = bench_throughput(router.url, router.pid, sz.streams, sz.frames)
+                    relay_rounds.append(again["frames_per_s"])
+            say("picows echo with its own client (reference) …")
+            picows = _picows_result(echo, echo_runs, relay_rounds, sz)
         say("latency …")
         latency = bench_latency(router.url, sz.background, sz.probes)
     finally:
         router.close()
+        if echo is not None:
+            echo.close()
 
     fps = throughput["frames_per_s"]
     ratio = fps / baseline["messages_per_s"]
@@ -727,6 +795,18 @@ def run_benchmark(quick: bool, progress: Any = None) -> dict[str, Any]:
     goals = [
         Goal("relay PARTIAL frames/s", fps, GOAL_FPS, "frames/s"),
         Goal("relay vs trio-websocket echo baseline", ratio, GOAL_VS_BASELINE, "x"),
+    ]
+    if picows is not None:  # picows is in the dev extra; without it, no goal against it
+        goals.append(
+            Goal(
+                "relay frames/s vs picows echo msg/s (same client and workload, medians "
+                f"of {sz.rounds} interleaved rounds)",
+                picows["relay_vs_echo"],
+                GOAL_VS_PICOWS,
+                "x",
+            )
+        )
+    goals += [
         Goal(
             f"SYN→first PARTIAL p50 with {sz.background:,} concurrent streams",
             p50,
@@ -756,12 +836,14 @@ def run_benchmark(quick: bool, progress: Any = None) -> dict[str, Any]:
             "background_streams": sz.background,
             "probes": sz.probes,
             "idle_sessions": sz.sessions,
+            "picows_rounds": sz.rounds,
             "router_adapters": adapters,
             "router_admission": {"initial_limit": 2048, "max_limit": 4096, "max_queue": 4096},
         },
         "results": {
             "throughput": throughput,
             "baseline": baseline,
+            "picows": picows,
             "latency": latency,
             "sessions": sessions,
         },
@@ -772,30 +854,60 @@ def run_benchmark(quick: bool, progress: Any = None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ output
 
 
-def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     r = result["results"]
     t, b, lat, s = r["throughput"], r["baseline"], r["latency"], r["sessions"]
+    p = r.get("picows")
     syn, gap = lat["syn_to_first_partial_ms"], lat["partial_gap_ms"]
+    fps = t["frames_per_s"]
     rows = [
         (
             f"throughput ({t['streams']} streams × {t['frames_per_stream']} PARTIALs, "
             f"{t['partial_frame_bytes']:.0f} B frames)",
-            f"{t['frames_per_s']:,.0f} frames/s",
+            f"{fps:,.0f} frames/s",
             f"{b['messages_per_s']:,.0f} msg/s ({b['message_bytes']} B, {b['window']} in flight)",
+            f"{p['messages_per_s']:,.0f} msg/s ({p['message_bytes']} B, "
+            f"{p['window_per_session']} in flight × {p['sessions']} sessions)"
+            if p
+            else "picows not installed",
         ),
+        (
+            "  relay ÷ baseline",
+            "",
+            f"{fps / b['messages_per_s']:.2f}×",
+            f"{p['relay_vs_echo']:.2f}× (medians of {p['rounds']} interleaved rounds: "
+            f"relay {_median(p['relay_round_frames_per_s']):,.0f})"
+            if p
+            else "",
+        ),
+    ]
+    if p and p.get("picows_client"):
+        pc = p["picows_client"]
+        rows.append(
+            (
+                "  reference, not a goal: the picows echo with picows' own C client (relay ÷ it)",
+                "",
+                "",
+                f"{pc['messages_per_s']:,.0f} msg/s ({fps / pc['messages_per_s']:.2f}×)",
+            )
+        )
+    rows += [
         (
             "  steady state (first PARTIAL → last PARTIAL)",
             f"{t['steady_frames_per_s']:,.0f} frames/s",
             "",
+            "",
         ),
         (
-            f"  CPU, % of one core (router / {t['client_processes']} client processes)",
+            f"  CPU, % of one core (server / {t['client_processes']} client processes)",
             f"{t['router_cpu_pct']:.0f}% / {t['client_cpu_pct']:.0f}%",
             "",
+            f"{p['server_cpu_pct']:.0f}% / {p['client_cpu_pct']:.0f}%" if p else "",
         ),
         (
             f"SYN→first PARTIAL, {lat['background_open_during_probes']:,} streams open (p50 / p99)",
             f"{syn['p50']:.3f} / {syn['p99']:.3f} ms",
+            "",
             "",
         ),
     ]
@@ -805,6 +917,7 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"  gap between PARTIALs, paced every {lat['background_pace_ms']} ms (p50 / p99)",
                 f"{gap['p50']:.2f} / {gap['p99']:.2f} ms",
                 "",
+                "",
             )
         )
     rows.append(
@@ -812,6 +925,7 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"idle sessions: {s['sessions']:,} (RSS before → after)",
             f"{s['rss_before_bytes'] / 2**20:,.0f} → {s['rss_after_bytes'] / 2**20:,.0f} MiB, "
             f"{s['bytes_per_session'] / 1024:,.1f} KiB/session",
+            "",
             "",
         )
     )
@@ -830,14 +944,15 @@ def render(result: dict[str, Any]) -> None:
     m = result["machine"]
     console.print(
         f"atp bench ws — {m['cpu_model']}, {m['cpu_count']} cores, Python {m['python']}, "
-        f"trio {m['trio']}, trio-websocket {m['trio_websocket']}, {result['date']}"
-        + _report.quick_note(result),
+        f"trio {m['trio']}, trio-websocket {m['trio_websocket']}, picows {m['picows']}, "
+        f"{result['date']}" + _report.quick_note(result),
         markup=False,
     )
     table = Table()
     table.add_column("scenario")
     table.add_column("ATP router (builtin:echo)", justify="right")
     table.add_column("baseline: bare trio-websocket echo", justify="right")
+    table.add_column("baseline: picows echo, the relay's client", justify="right")
     for row in table_rows(result):
         table.add_row(*row)
     console.print(table)
@@ -846,8 +961,9 @@ def render(result: dict[str, Any]) -> None:
 
 def markdown(result: dict[str, Any]) -> str:
     out = [
-        "| scenario | ATP router (builtin:echo) | baseline: bare trio-websocket echo |",
-        "|---|---|---|",
+        "| scenario | ATP router (builtin:echo) | baseline: bare trio-websocket echo "
+        "| baseline: picows echo, the relay's client |",
+        "|---|---|---|---|",
     ]
     out += ["| " + " | ".join(c or "" for c in row) + " |" for row in table_rows(result)]
     out.append("")

@@ -43,6 +43,9 @@ __all__ = ["SendMixin"]
 _HEADER_PACK: Final = HEADER.pack
 _JSON: Final = Encoding.JSON
 _BINARY: Final = Encoding.BINARY
+#: the fast path's constants, looked up once (an enum member's lookup is per call)
+_MORE: Final = int(Flags.MORE)
+_DATA: Final = FrameType.DATA
 
 
 class SendMixin(ConnectionBase):
@@ -148,12 +151,13 @@ class SendMixin(ConnectionBase):
                 seq = rec.send_seq
                 rec.send_seq = seq + 1
                 window.credit -= cost
-                header = _HEADER_PACK(
-                    VERSION, 0, Flags.MORE if more else 0, 0, stream_id, seq, 0, 0, 0, n
-                )
-                self._output.push(stream_id, header + payload, False)
+                flags = _MORE if more else 0
+                header = _HEADER_PACK(VERSION, 0, flags, 0, stream_id, seq, 0, 0, 0, n)
+                out = self._output  # Output.push, inlined (once per relayed chunk)
+                out.items.append((stream_id, header + payload, False))
+                out.size += cost
                 sent = self.frames_sent
-                sent[FrameType.DATA] = sent.get(FrameType.DATA, 0) + 1
+                sent[_DATA] = sent.get(_DATA, 0) + 1
                 return
         self.send_message_general(stream_id, payload, more=more, end_stream=end_stream, ext=ext)
 

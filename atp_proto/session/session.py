@@ -165,6 +165,8 @@ class Session:
         self.metrics = metrics
         self.streams: dict[int, Output] = {}
         self._wake_writer = trio.Event()
+        #: _wake_writer is set (send_more's shortcut; other callers just set it again)
+        self._writer_woken = False
         self._writer_busy = False  # the writer, or a stream task in flush_now, is sending
         #: messages flush_now took from the connection but could not hand to the
         #: transport (its task was cancelled): the writer sends them before anything newer
@@ -368,6 +370,7 @@ class Session:
             while True:
                 await self._wake_writer.wait()
                 self._wake_writer = trio.Event()
+                self._writer_woken = False
                 if self._writer_busy:
                     continue  # flush_now is sending; it wakes us when done
                 self._writer_busy = True
@@ -471,10 +474,12 @@ class Session:
 
     def can_write(self, handle: Output) -> bool:
         """True when the stream may queue a message now (no waiting needed)."""
-        return (
-            not self.conn.outbound_buffered(handle.stream_id)
-            and self._pending_output() <= OUTPUT_HIGH_WATER
-        )
+        conn = self.conn
+        if conn.outbound_buffered(handle.stream_id):
+            return False
+        if self._streams_io is None:  # _pending_output(), inlined: once per relayed chunk
+            return conn.queued_bytes <= OUTPUT_HIGH_WATER
+        return self._pending_output() <= OUTPUT_HIGH_WATER
 
     async def writable(self, handle: Output) -> None:
         """Wait until the stream may queue another message (credit + session room)."""
@@ -535,6 +540,20 @@ class Session:
             return
         # Hot path: only the writer needs waking (sending moves no timer deadline earlier).
         self._wake_writer.set()
+
+    def send_more(self, stream_id: int, payload: bytes) -> None:
+        """:meth:`send` of one message with MORE and no ext: a relayed chunk after the
+        stream's first (:meth:`Output.send_partial`), the same checks with fewer calls."""
+        try:
+            self.conn.send_message(stream_id, payload, more=True)
+        except LocalProtocolError as exc:
+            if isinstance(exc, StreamClosedError) or exc.code != ErrorCode.ETOOBIG:
+                raise
+            self.send_error(stream_id, ErrorCode.ETOOBIG, exc.message)  # as in send()
+            return
+        if not self._writer_woken:  # one Event.set per writer pass, not one per chunk
+            self._writer_woken = True
+            self._wake_writer.set()
 
     def max_ext_len(self, stream_id: int) -> int:
         """The largest ext a message on the stream may carry (ATP-FLOW-014)."""

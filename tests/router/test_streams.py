@@ -452,3 +452,22 @@ async def test_window_update_lowering_stops_at_once(start_router, connect_to) ->
     with trio.fail_after(2):
         while router.metrics.streams_active.get("silver"):
             await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize("n", [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
+@pytest.mark.parametrize("size", [0, 23, 24, 255, 256, 65535, 65536, 70_000])
+def test_partial_chunk_body_heads_at_every_width(n: int, size: int) -> None:
+    """Every CBOR head width (1, 2, 3, 5, 9 bytes) of the chunk number and of the text,
+    ASCII and multi-byte UTF-8 (whose byte length is not its length in characters)."""
+    from atp_proto.messages import ADAPTER_KEY, CONFIDENCE_KEY, partial_chunk_body
+
+    for text in ("x" * size, "é" * (size // 2)):
+        body = partial_chunk_body(
+            n, ADAPTER_KEY + cbor2.dumps("a"), text, CONFIDENCE_KEY + cbor2.dumps(0.5)
+        )
+        expected = {
+            "type": "agent.result.partial",
+            "content": {"chunk": n, "adapter": "a", "text": text},
+            "confidence": 0.5,
+        }
+        assert body == cbor2.dumps(expected)
