@@ -118,6 +118,7 @@ class BanditLearner:
         *,
         dim: int = DEFAULT_DIM,
         ridge: float = 10.0,
+        bias_ridge: float | None = 1.0,
         noise: float = 0.25,
         weights: Mapping[str, Weights] | None = None,
         lanes: LaneBounds | None = None,
@@ -128,6 +129,7 @@ class BanditLearner:
     ) -> None:
         self.features = Featurizer(dim)
         self.ridge = ridge
+        self.bias_ridge = bias_ridge
         self.noise = noise
         self.weights: dict[str, Weights] = {"default": Weights(), **(weights or {})}
         self.lanes = lanes or LaneBounds()
@@ -146,7 +148,7 @@ class BanditLearner:
     def arm(self, name: str) -> Arm:
         arm = self.arms.get(name)
         if arm is None:
-            arm = self.arms[name] = Arm.prior(self.features.dim, self.ridge)
+            arm = self.arms[name] = Arm.prior(self.features.dim, self.ridge, self.bias_ridge)
         return arm
 
     def vector(self, prompt: str, task_type: str) -> Vector:

@@ -1,9 +1,12 @@
 """Per-adapter Bayesian linear models of answer quality (the bandit's arms).
 
 Each arm predicts the quality in [0, 1] of one adapter's answer from the prompt's features
-(:mod:`.features`) by Bayesian ridge regression: prior ``theta ~ N(0, I / ridge)`` around
-a constant prior quality of 0.5, posterior kept as ``A^-1`` and ``b`` (``A = ridge * I +
-sum w x x^T``, ``b = sum w (q - 0.5) x``). An observation is one Sherman-Morrison update
+(:mod:`.features`) by Bayesian ridge regression: prior ``theta ~ N(0, P^-1)`` around
+a constant prior quality of 0.5, with ``P = ridge * I`` except the bias term's precision,
+``bias_ridge`` (weaker: an adapter's mean quality is learned from a few answers, a word's
+effect needs many), posterior kept as ``A^-1`` and ``b`` (``A = P + sum w x x^T``,
+``b = sum w (q - 0.5) x``). The prior lives only in a new arm's ``A^-1``: a saved state
+carries it, and the state format does not change. An observation is one Sherman-Morrison update
 (O(dim^2), no inversion); a batch (offline training) is one solve. Thompson sampling needs
 only the predictive distribution of the one query: ``q ~ N(x.mu, noise^2 x^T A^-1 x)``,
 which is exact for a linear model and costs O(dim^2), not a dim^3 Cholesky.
@@ -42,8 +45,14 @@ class Arm:
     _theta: Vector | None = field(default=None, repr=False)
 
     @classmethod
-    def prior(cls, dim: int, ridge: float) -> Arm:
-        return cls(np.eye(dim) / ridge, np.zeros(dim))
+    def prior(cls, dim: int, ridge: float, bias_ridge: float | None = None) -> Arm:
+        """The prior: ``theta ~ N(0, I / ridge)``, except the bias (feature 0), whose prior
+        precision is ``bias_ridge`` (weaker: an adapter's mean quality is learned from a
+        few answers, a word's effect from many)."""
+        a_inv = np.eye(dim) / ridge
+        if bias_ridge is not None:
+            a_inv[0, 0] = 1.0 / bias_ridge
+        return cls(a_inv, np.zeros(dim))
 
     @property
     def dim(self) -> int:
