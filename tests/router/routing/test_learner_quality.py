@@ -152,3 +152,17 @@ def test_rotated_splits_partition_by_bucket(share: float) -> None:
     assert len(set().union(*held_ids)) == len(recs)  # every record is held out once or more
     if share == 0.6:
         assert held_ids[3] == {r.id for r in _split(s, share)[1]}
+
+
+def test_sparse_prediction_equals_the_dense_quadratic_form() -> None:
+    """Arm.predict works on the prompt's non-zero features only; it gives what the dense
+    ``x @ A^-1 @ x`` gives, after updates too (cheap ranking, same answers)."""
+    learner = BanditLearner(seed=2)
+    train(learner, _records(60))
+    arm = learner.arm("weak")
+    for text in ("prove the theorem please", "hello " * 40, "a"):
+        x = learner.vector(text, "qa")
+        mean, var = arm.predict(x)
+        assert mean == pytest.approx(0.5 + float(x @ arm.a_inv @ arm.b), abs=1e-12)
+        assert var == pytest.approx(float(x @ arm.a_inv @ x), abs=1e-12)
+        arm.update(x, 1.0)

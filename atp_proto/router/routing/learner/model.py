@@ -63,10 +63,18 @@ class Arm:
             self._theta = self.a_inv @ self.b
         return self._theta
 
-    def predict(self, x: Vector) -> tuple[float, float]:
-        """Posterior mean quality and the variance of that mean (before noise scaling)."""
-        mean = PRIOR_QUALITY + float(x @ self.theta())
-        var = float(x @ self.a_inv @ x)
+    def predict(self, x: Vector, idx: npt.NDArray[np.intp] | None = None) -> tuple[float, float]:
+        """Posterior mean quality and the variance of that mean (before noise scaling).
+
+        A prompt sets a few dozen of the vector's entries: the quadratic form is taken over
+        those only (``idx``, the non-zero entries, computed here when not given: the
+        ranker computes it once per stream for all candidates), a few thousand products
+        instead of ``dim**2`` -- per-stream ranking stays cheap with many candidates."""
+        if idx is None:
+            idx = np.flatnonzero(x)
+        xi = x[idx]
+        mean = PRIOR_QUALITY + float(xi @ self.theta()[idx])
+        var = float(xi @ self.a_inv[np.ix_(idx, idx)] @ xi)
         return mean, max(var, 0.0)
 
     def update(self, x: Vector, quality: float, weight: float = 1.0) -> None:
@@ -74,7 +82,8 @@ class Arm:
         q = min(1.0, max(0.0, quality))
         if weight <= 0:
             return
-        ax = self.a_inv @ x
+        idx = np.flatnonzero(x)
+        ax = self.a_inv[:, idx] @ x[idx]  # a_inv is symmetric: a column block suffices
         denom = 1.0 / weight + float(x @ ax)
         self.a_inv -= np.outer(ax, ax) / denom
         self.b += weight * (q - PRIOR_QUALITY) * x
