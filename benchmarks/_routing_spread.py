@@ -1,4 +1,5 @@
-"""How much the routing figures move with the split and the seed (``atp bench routing``).
+"""How much the routing figures move with the split and the seed, and what a decision
+costs (``atp bench routing``).
 
 The bench's headline figures come from one split (offline: the lowest buckets holding the
 train share of each source train, the rest is held out) and one seed (online: the order
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 import bisect
 import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from atp_proto.frames import QoS
 from atp_proto.router.routing.learner import BanditLearner
 from atp_proto.router.routing.learner.offline import train
 from atp_proto.routing_data import PriceModel, Record, adapter_name
@@ -38,13 +41,15 @@ from ._routing_run import (
     Settings,
     Source,
     _pair_records,
+    _query,
     _renamed,
     _row,
     _simulate,
+    _split,
     load_sources,
 )
 
-__all__ = ["ROTATIONS", "SEEDS", "add_spreads", "rotated_split"]
+__all__ = ["ROTATIONS", "SEEDS", "add_spreads", "decision_us", "rotated_split"]
 
 ROTATIONS = 5
 SEEDS = 5
@@ -140,6 +145,33 @@ def online_spread(
     return out
 
 
+def decision_us(
+    sources: Sequence[Source], prices: dict[str, PriceModel], train_share: float
+) -> dict[str, dict[str, float]]:
+    """What one ranking costs the router (features, then a Thompson draw per candidate):
+    in-process, on a state trained on the bench's split, over up to 200 held-out prompts
+    per source; median and p99 microseconds per decision."""
+    learner = BanditLearner(seed=0)
+    train(learner, _renamed([r for s in sources for r in _split(s, train_share)[0]]))
+    out = {}
+    for s in sources:
+        held = _split(s, train_share)[1][:200]
+        times = []
+        for i, r in enumerate(held):
+            q = _query(r, prices, QoS.SILVER, i)
+            t0 = time.perf_counter()
+            learner.rank(q)
+            times.append((time.perf_counter() - t0) * 1e6)
+        learner.pending.clear()  # decisions nobody will report on
+        if times:
+            out[s.name] = {
+                "p50": round(float(np.median(times)), 1),
+                "p99": round(float(np.percentile(times, 99)), 1),
+                "candidates": round(float(np.mean([len(r.models) for r in held])), 1),
+            }
+    return out
+
+
 def add_spreads(results: dict[str, Any], settings: Settings) -> None:
     """Add ``offline.apgr_rotations`` and (small two-model sources) ``online.
     second_half_apgr_seeds`` to the bench's results, in place."""
@@ -153,6 +185,11 @@ def add_spreads(results: dict[str, Any], settings: Settings) -> None:
                     f"pair APGR over {ROTATIONS} rotated bucket splits: {st['mean']} "
                     f"+- {st['std']} (how the split moves it)"
                 )
+    if "offline" in settings.modes:
+        for name, d in decision_us(sources, prices, settings.train_share).items():
+            off = results["sources"].get(name, {}).get("offline")
+            if off is not None:
+                off["decision_us"] = d
     if "online" in settings.modes:
         for s in sources:
             on = results["sources"].get(s.name, {}).get("online")

@@ -223,6 +223,12 @@ def render(out: dict[str, Any]) -> None:
                         )
                         + (f"; aim {AIM_OFFLINE_APGR}" if key == "pair_curve" else "")
                     )
+            d = m.get("decision_us")
+            if d:
+                console.print(
+                    f"  decision (rank, in-process): p50 {d['p50']} µs, p99 {d['p99']} µs "
+                    f"over {d['candidates']:.1f} candidates"
+                )
             for note in m.get("notes", []):
                 console.print(f"  {note}")
     _report.print_summary(console, _report.summary_lines(out))
