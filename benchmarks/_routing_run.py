@@ -34,7 +34,7 @@ from ._routing_eval import (
     pick_pair,
 )
 
-__all__ = ["DEFAULT_DATA", "Settings", "run_all"]
+__all__ = ["DEFAULT_DATA", "Settings", "load_sources", "run_all"]
 
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ SWEEP = (0.0, 0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2, 0.25, 0.3, 0.4, 0.5,
 QUICK_SWEEP = (0.0, 0.1, 0.3, 1.0)
 #: offline also tries heavier cost weights: with many models, the cheap ones are far
 #: cheaper than the most expensive (whose cost normalises the penalty)
-HEAVY = (1.5, 2.0, 3.0, 5.0)
+HEAVY = (1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 5.0)
 ONLINE_WEIGHT = 0.1  #: the online router's cost weight (the default plan's)
 QUICK_PROMPTS = 80  #: per source and mode in --quick
 
@@ -304,10 +304,14 @@ async def _with_adapters(
         return await body(ports)
 
 
-def run_all(settings: Settings, tmp: Path, progress: Progress) -> dict[str, Any]:
-    records = read_records(settings.data)
+def load_sources(
+    data: Path,
+) -> tuple[list[Source], dict[str, PriceModel], tuple[str, str] | None, list[Record]]:
+    """The file's sources with their strong / weak pair, the price models and the pair
+    chosen over the whole file (None: none common to every source)."""
+    records = read_records(data)
     if not records:
-        raise ValueError(f"{settings.data}: no records")
+        raise ValueError(f"{data}: no records")
     by_source: dict[str, list[Record]] = {}
     for r in records:
         by_source.setdefault(r.source or "(none)", []).append(r)
@@ -321,6 +325,12 @@ def run_all(settings: Settings, tmp: Path, progress: Progress) -> dict[str, Any]
         sources.append(Source(name, rs, pair[0], pair[1], kind))
     models = sorted({m for r in records for m in r.models})
     prices = {m: p for m in models if (p := price_model(records, m)) is not None}
+    return sources, prices, file_pair, records
+
+
+def run_all(settings: Settings, tmp: Path, progress: Progress) -> dict[str, Any]:
+    sources, prices, file_pair, records = load_sources(settings.data)
+    models = sorted({m for r in records for m in r.models})
     results: dict[str, Any] = {"pair": list(file_pair) if file_pair else None, "sources": {}}
 
     async def body(ports: dict[str, int]) -> None:

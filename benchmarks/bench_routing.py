@@ -45,6 +45,7 @@ from typing import Any
 from . import _harness, _report
 from ._report import Goal
 from ._routing_run import DEFAULT_DATA, Settings, run_all
+from ._routing_spread import add_spreads
 
 #: RouteLLM's best published routers on the same data (arXiv 2406.18665; README)
 PUBLISHED: dict[str, dict[str, float]] = {
@@ -144,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="atp-bench-routing-") as tmp:
             results = run_all(settings, Path(tmp), progress)
+        if progress:
+            progress("spread over splits and seeds (in-process) …")
+        add_spreads(results, settings)
     except (OSError, RuntimeError, ValueError) as exc:
         if status is not None:
             status.stop()
@@ -219,6 +223,12 @@ def render(out: dict[str, Any]) -> None:
                         )
                         + (f"; aim {AIM_OFFLINE_APGR}" if key == "pair_curve" else "")
                     )
+            d = m.get("decision_us")
+            if d:
+                console.print(
+                    f"  decision (rank, in-process): p50 {d['p50']} µs, p99 {d['p99']} µs "
+                    f"over {d['candidates']:.1f} candidates"
+                )
             for note in m.get("notes", []):
                 console.print(f"  {note}")
     _report.print_summary(console, _report.summary_lines(out))

@@ -118,6 +118,7 @@ class BanditLearner:
         *,
         dim: int = DEFAULT_DIM,
         ridge: float = 10.0,
+        bias_ridge: float | None = 1.0,
         noise: float = 0.25,
         weights: Mapping[str, Weights] | None = None,
         lanes: LaneBounds | None = None,
@@ -128,6 +129,7 @@ class BanditLearner:
     ) -> None:
         self.features = Featurizer(dim)
         self.ridge = ridge
+        self.bias_ridge = bias_ridge
         self.noise = noise
         self.weights: dict[str, Weights] = {"default": Weights(), **(weights or {})}
         self.lanes = lanes or LaneBounds()
@@ -146,7 +148,7 @@ class BanditLearner:
     def arm(self, name: str) -> Arm:
         arm = self.arms.get(name)
         if arm is None:
-            arm = self.arms[name] = Arm.prior(self.features.dim, self.ridge)
+            arm = self.arms[name] = Arm.prior(self.features.dim, self.ridge, self.bias_ridge)
         return arm
 
     def vector(self, prompt: str, task_type: str) -> Vector:
@@ -155,7 +157,8 @@ class BanditLearner:
     def predict(self, x: Vector, names: Sequence[str], *, clip: bool = True) -> dict[str, float]:
         """Mean predicted quality per adapter (clipped to [0, 1] unless ``clip`` is False:
         :meth:`rank` compares unclipped means); no sampling."""
-        means = {n: self.arm(n).predict(x)[0] for n in names}
+        idx = np.flatnonzero(x)
+        means = {n: self.arm(n).predict(x, idx)[0] for n in names}
         return {n: min(1.0, max(0.0, m)) for n, m in means.items()} if clip else means
 
     # ------------------------------------------------------------------ Learner
@@ -175,8 +178,9 @@ class BanditLearner:
         means: dict[str, float] = {}
         sampled: dict[str, float] = {}
         expected: dict[str, float] = {}
+        idx = np.flatnonzero(x)  # once for every candidate (Arm.predict)
         for c in query.candidates:
-            mean, var = self.arm(c.name).predict(x)
+            mean, var = self.arm(c.name).predict(x, idx)
             draw = mean + spread * np.sqrt(var) * float(self.rng.standard_normal())
             penalty = w.cost * (c.est_usd_micros / max_cost if max_cost > 0 else 0.0)
             penalty += w.latency * (lats[c.name] / max_lat if max_lat > 0 else 0.0)

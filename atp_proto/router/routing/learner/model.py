@@ -1,9 +1,12 @@
 """Per-adapter Bayesian linear models of answer quality (the bandit's arms).
 
 Each arm predicts the quality in [0, 1] of one adapter's answer from the prompt's features
-(:mod:`.features`) by Bayesian ridge regression: prior ``theta ~ N(0, I / ridge)`` around
-a constant prior quality of 0.5, posterior kept as ``A^-1`` and ``b`` (``A = ridge * I +
-sum w x x^T``, ``b = sum w (q - 0.5) x``). An observation is one Sherman-Morrison update
+(:mod:`.features`) by Bayesian ridge regression: prior ``theta ~ N(0, P^-1)`` around
+a constant prior quality of 0.5, with ``P = ridge * I`` except the bias term's precision,
+``bias_ridge`` (weaker: an adapter's mean quality is learned from a few answers, a word's
+effect needs many), posterior kept as ``A^-1`` and ``b`` (``A = P + sum w x x^T``,
+``b = sum w (q - 0.5) x``). The prior lives only in a new arm's ``A^-1``: a saved state
+carries it, and the state format does not change. An observation is one Sherman-Morrison update
 (O(dim^2), no inversion); a batch (offline training) is one solve. Thompson sampling needs
 only the predictive distribution of the one query: ``q ~ N(x.mu, noise^2 x^T A^-1 x)``,
 which is exact for a linear model and costs O(dim^2), not a dim^3 Cholesky.
@@ -42,8 +45,14 @@ class Arm:
     _theta: Vector | None = field(default=None, repr=False)
 
     @classmethod
-    def prior(cls, dim: int, ridge: float) -> Arm:
-        return cls(np.eye(dim) / ridge, np.zeros(dim))
+    def prior(cls, dim: int, ridge: float, bias_ridge: float | None = None) -> Arm:
+        """The prior: ``theta ~ N(0, I / ridge)``, except the bias (feature 0), whose prior
+        precision is ``bias_ridge`` (weaker: an adapter's mean quality is learned from a
+        few answers, a word's effect from many)."""
+        a_inv = np.eye(dim) / ridge
+        if bias_ridge is not None:
+            a_inv[0, 0] = 1.0 / bias_ridge
+        return cls(a_inv, np.zeros(dim))
 
     @property
     def dim(self) -> int:
@@ -54,10 +63,18 @@ class Arm:
             self._theta = self.a_inv @ self.b
         return self._theta
 
-    def predict(self, x: Vector) -> tuple[float, float]:
-        """Posterior mean quality and the variance of that mean (before noise scaling)."""
-        mean = PRIOR_QUALITY + float(x @ self.theta())
-        var = float(x @ self.a_inv @ x)
+    def predict(self, x: Vector, idx: npt.NDArray[np.intp] | None = None) -> tuple[float, float]:
+        """Posterior mean quality and the variance of that mean (before noise scaling).
+
+        A prompt sets a few dozen of the vector's entries: the quadratic form is taken over
+        those only (``idx``, the non-zero entries, computed here when not given: the
+        ranker computes it once per stream for all candidates), a few thousand products
+        instead of ``dim**2`` -- per-stream ranking stays cheap with many candidates."""
+        if idx is None:
+            idx = np.flatnonzero(x)
+        xi = x[idx]
+        mean = PRIOR_QUALITY + float(xi @ self.theta()[idx])
+        var = float(xi @ self.a_inv[np.ix_(idx, idx)] @ xi)
         return mean, max(var, 0.0)
 
     def update(self, x: Vector, quality: float, weight: float = 1.0) -> None:
@@ -65,7 +82,8 @@ class Arm:
         q = min(1.0, max(0.0, quality))
         if weight <= 0:
             return
-        ax = self.a_inv @ x
+        idx = np.flatnonzero(x)
+        ax = self.a_inv[:, idx] @ x[idx]  # a_inv is symmetric: a column block suffices
         denom = 1.0 / weight + float(x @ ax)
         self.a_inv -= np.outer(ax, ax) / denom
         self.b += weight * (q - PRIOR_QUALITY) * x
