@@ -661,22 +661,30 @@ def _adapter_check(r: Runner, op: str, arg: Mapping[str, Any]) -> None:
 
 
 async def _drain(r: Runner, arg: Mapping[str, Any], timeout: float) -> None:
-    """Read until stream ``stream_id`` ends, granting back each DATA frame's cost on it as
-    it arrives (a client that reads at once), so that a small window never stalls."""
+    """Read until stream ``stream_id`` ends; whenever the router goes quiet (``idle_ms``,
+    default 150: it has spent the credit it believes it has), grant back what the DATA
+    frames received since the last grant cost. Granting only then makes the credit check
+    sharp: a router that prices its frames too low overshoots before any grant comes."""
     sid = arg["stream_id"]
-    seen = 0
+    idle = r.ctx.timeout(float(arg.get("idle_ms", 150)) / 1000)
+    granted_to = 0
     with trio.move_on_after(timeout):
         while True:
-            for f in r.s.frames[seen:]:
-                if f.get("stream_id") == sid and f.get("type") == "DATA" and not _ended(f):
-                    await r.send(
-                        {"type": "WINDOW_UPDATE", "stream_id": sid, "credit": int(f["size"])}
-                    )
-            seen = len(r.s.frames)
             if any(f.get("stream_id") == sid and _ended(f) for f in r.s.frames):
                 return
-            if await r.s.next(timeout) is None and r.s.closed:
+            got = await r.s.next(idle)
+            if got is None and r.s.closed:
                 return
+            if got is not None:
+                continue
+            owed = sum(
+                int(f.get("size", 0))
+                for f in r.s.frames[granted_to:]
+                if f.get("stream_id") == sid and f.get("type") == "DATA"
+            )
+            granted_to = len(r.s.frames)
+            if owed:
+                await r.send({"type": "WINDOW_UPDATE", "stream_id": sid, "credit": owed})
 
 
 def invariants(r: Runner) -> list[tuple[str, str]]:

@@ -114,6 +114,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "serves a second one, the router's adapter conf2",
     )
     run.add_argument(
+        "--pressure",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="router role: streams at once that take the router past its concurrency limit "
+        "and queue (at most 100), for the shedding case",
+    )
+    run.add_argument(
         "--session-limit",
         type=_positive_int,
         default=None,
@@ -287,6 +295,7 @@ def _run(args: argparse.Namespace) -> int:
             "denied_meta": args.denied_meta,
             "policy_unreachable": args.policy_unreachable,
             "session_limit": args.session_limit,
+            "pressure": args.pressure,
         },
     )
     progress = Progress(sys.stderr, quiet=False)

@@ -27,7 +27,7 @@ import trio
 from conformance._record import Recorder
 from conformance.drivers.ws import open_session
 from conformance.model import CaseResult, CaseSpec, Level, Role, Verdict
-from conformance.roles import RunContext
+from conformance.roles import RunContext, _router_learn, _router_load
 from conformance.scenario import Runner, ScenarioFailed, result_of
 
 __all__ = ["CASES", "run"]
@@ -299,6 +299,7 @@ async def _upgrade(
 
 
 async def _subprotocols(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
+    tries: list[tuple[list[str], str | None]]
     if case.id.endswith("-bearer"):
         if not ctx.token:
             return rec.result(Verdict.UNSUPPORTED, "needs --token (a router with auth on)")
@@ -386,7 +387,9 @@ async def _session_limit(ctx: RunContext, rec: Recorder) -> CaseResult:
         while True:
             status, _ = await _upgrade(ctx, ["atp.v1"])
             if status == 101:
-                return rec.passed(f"503 beyond {limit} sessions, 101 once they closed")
+                return rec.result(
+                    Verdict.PASS, f"503 beyond {limit} sessions, 101 once they closed"
+                )
             await trio.sleep(0.1)
     return rec.failed(
         f"after the {limit} sessions closed, handshakes are still refused (HTTP {status})",
@@ -395,7 +398,14 @@ async def _session_limit(ctx: RunContext, rec: Recorder) -> CaseResult:
     )
 
 
+CASES += [_router_load.CASE, _router_learn.CASE]
+#: the ids of the cases this module runs (the router role sends them here)
+IDS = frozenset(c.id for c in CASES)
+
+
 async def run(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
+    if case.id == _router_load.CASE.id:
+        return await _router_load.run(case, ctx, rec)
     if case.id == "router.tls.handshake-timeout":
         return await _handshake_timeout(ctx, rec)
     if case.id.startswith("router.handshake."):
@@ -412,6 +422,15 @@ async def run(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
         return rec.result(Verdict.UNSUPPORTED, "needs --http-url (the router's HTTP base URL)")
     name = case.id.removeprefix("router.feedback.")
     auth = {"Authorization": f"Bearer {ctx.token}"} if ctx.token else {}
+    if case.id == _router_learn.CASE.id:
+
+        async def post(body: bytes) -> tuple[int, bytes]:
+            return await _http(ctx, str(base), body, headers=auth)
+
+        try:
+            return await _router_learn.run(case, ctx, rec, post)
+        except (OSError, trio.TooSlowError) as exc:
+            return rec.failed(f"the HTTP port did not answer: {exc!r}", "an HTTP answer")
     try:
         if name == "needs-token":
             if not ctx.token:

@@ -208,7 +208,7 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
         return await _lanes(case, ctx, rec)
     if kind == "auth":
         return await _auth(case, ctx, rec)
-    if kind in ("tls", "feedback", "handshake"):
+    if case.id in _router_http.IDS:
         return await _router_http.run(case, ctx, rec)
     if kind == "vector":
         return await _vector(case, ctx, rec)
