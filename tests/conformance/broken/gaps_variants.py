@@ -72,13 +72,24 @@ def weaker_challenger() -> None:  # escalation to any untried adapter, however w
     escalation.next_challenger = next_challenger  # type: ignore[assignment]
 
 
-def unoffered_subprotocol() -> None:  # atp.v1 selected whatever the client offered
+def unoffered_subprotocol() -> None:  # atp.v1 selected when the client offered others
+    import wsproto.events as we
+
     from atp_proto.transports import ws_server
 
-    orig = ws_server.WsConnection.accept
-
     async def accept(self: Any, subprotocol: str | None) -> None:
-        await orig(self, "atp.v1")
+        # as WsConnection.accept, but the 101 names atp.v1 when the client offered only
+        # other subprotocols (wsproto would refuse to; the bytes are rewritten)
+        h11_conn = getattr(self._ws.handshake, "_h11_connection", None)
+        early = bytes(h11_conn.trailing_data[0]) if h11_conn is not None else b""
+        offered = getattr(self._ws.handshake, "_initiating_request", None)
+        data = self._ws.send(we.AcceptConnection(subprotocol=subprotocol))
+        if subprotocol is None and offered is not None and offered.subprotocols:
+            head, sep, rest = data.partition(b"\r\n\r\n")
+            data = head + b"\r\nSec-WebSocket-Protocol: atp.v1" + sep + rest
+        if early:
+            self._ws.receive_data(early)
+        await self._send_bytes(data)
 
     ws_server.WsConnection.accept = accept  # type: ignore[method-assign]
 

@@ -10,4 +10,5 @@ if _name:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from router_variant import VARIANTS
 
-    VARIANTS[_name]()
+    for _one in _name.split("+"):  # "a+b": two independent faults in one process
+        VARIANTS[_one]()
