@@ -419,6 +419,14 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
             adapter = r.ctx.options.get("adapter")
             r.mark = len(adapter.events(r.token)) if adapter is not None else 0
         elif op in ("adapter_meta", "adapter_count", "adapter_inflight"):
+            if "within_ms" in step:  # events may still be coming: wait for them to hold
+                with trio.move_on_after(r.ms(step)):
+                    while True:
+                        try:
+                            _adapter_check(r, op, arg)
+                            break
+                        except ScenarioFailed:
+                            await trio.sleep(0.02)
             _adapter_check(r, op, arg)
         elif op == "requires_event":  # an optional behaviour (MAY): not used, UNSUPPORTED
             adapter = r.ctx.options.get("adapter")
