@@ -151,6 +151,7 @@ class ScriptedAdapter:
         self._events: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._changed = trio.Event()
         self._names: list[str] = []  #: listener names, in the order they started
+        self.ports: dict[str, int] = {}  #: listener name -> its bound port
         self.inflight: dict[str, int] = defaultdict(int)  #: token -> Stream calls running
 
     # ------------------------------------------------------------------ events
@@ -206,6 +207,7 @@ class ScriptedAdapter:
             self.port = bound
         index = len(self._names)
         self._names.append(name)
+        self.ports[name] = bound
 
         async def handler(stream: trio.SocketStream) -> None:
             await self._connection(stream, name, index)
