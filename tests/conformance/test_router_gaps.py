@@ -193,6 +193,7 @@ _SEVERAL = (
             },
         ),
         ("hedge-loser-runs", {"router.pair.hedge": "ATP-STRAT-006"}),
+        ("hedge-unbounded", {"router.pair.hedge": "ATP-STRAT-006"}),
     ],
 )
 def test_broken_routers_are_caught_by_the_gap_cases(variants: str, caught: dict[str, str]) -> None:

@@ -63,6 +63,16 @@ def hedge_loser_runs() -> None:  # a hedge's loser is not cancelled when the win
     hedging.Race.claim = claim  # type: ignore[method-assign]
 
 
+def hedge_unbounded() -> None:  # every hedge-enabled stream may hedge (no rate bound)
+    from atp_proto.router.routing import hedging
+
+    def take(self: Any) -> bool:
+        self.started += 1
+        return True
+
+    hedging.Hedger.take = take  # type: ignore[method-assign]
+
+
 def weaker_challenger() -> None:  # escalation to any untried adapter, however weak
     from atp_proto.router.routing import escalation
 
@@ -132,6 +142,7 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "ignore-max-parallel": ignore_max_parallel,
     "meta-not-passed": meta_not_passed,
     "hedge-loser-runs": hedge_loser_runs,
+    "hedge-unbounded": hedge_unbounded,
     "weaker-challenger": weaker_challenger,
     "unoffered-subprotocol": unoffered_subprotocol,
     "no-retry-after": no_retry_after,
