@@ -273,16 +273,24 @@ def _apply_known(summary: RunSummary, known: KnownFailures) -> None:
 
 
 async def _start_adapter(opts: RunOptions, stack: AsyncExitStack) -> object | None:
-    """Serve the scripted gRPC adapter on --adapter-listen (router role only)."""
+    """Serve the scripted gRPC adapter on --adapter-listen (router role only): ``HOST:PORT``
+    (the router's adapter ``conf``), or ``HOST:PORT,HOST:PORT`` (``conf`` and ``conf2``, for
+    the cases that need two adapters of different strength)."""
     if not opts.adapter_listen or opts.role != "router":
         return None
-    host, _, port = opts.adapter_listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageProblem(f"--adapter-listen wants HOST:PORT, got {opts.adapter_listen!r}")
+    addresses: list[tuple[str, int]] = []
+    for item in opts.adapter_listen.split(",")[:2]:
+        host, _, digits = item.strip().rpartition(":")
+        if not host or not digits.isdigit():
+            raise UsageProblem(
+                f"--adapter-listen wants HOST:PORT[,HOST:PORT], got {opts.adapter_listen!r}"
+            )
+        addresses.append((host, int(digits)))
     try:
         from conformance.scripted_adapter import ScriptedAdapter
     except ImportError as exc:
         raise UsageProblem(f"the scripted adapter is not available in this build ({exc})") from None
     adapter = ScriptedAdapter()
-    await stack.enter_async_context(adapter.serving(host, int(port)))
+    for (host, number), name in zip(addresses, ("conf", "conf2"), strict=False):
+        await stack.enter_async_context(adapter.serving(host, number, name))
     return adapter

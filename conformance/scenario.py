@@ -3,7 +3,9 @@
 
 A scenario is a list of steps (``open``, ``send``, ``send_raw``, ``grant``, ``expect``,
 ``expect_end``, ``expect_close``, ``expect_none``, ``still_serves``, ``adapter_event``,
-``sleep_ms``, ``repeat``); matchers compare received frames (as JSON mappings) field by
+``sleep_ms``, ``repeat``; with the scripted adapter ``adapter_meta``, ``adapter_count``,
+``adapter_inflight``; ``drain`` (grant back every DATA frame's cost until the stream
+ends), ``received_bytes``); matchers compare received frames (as JSON mappings) field by
 field, with ``{"any_of": [...]}``, ``{"present": bool}``, ``{"has": [...]}`` /
 ``{"lacks": [...]}`` (flags), ``{"gte": n}`` / ``{"lte": n}``, ``{"regex": re}`` (full
 match), ``{"contains": s}``. After the steps the
@@ -115,6 +117,10 @@ class Runner:
         self.session_from = 0  #: frames received before the session_id was sent need none
         #: opens another session on the same transport (other_session); None: WebSocket
         self.open_other: Any = None
+        #: a text session whose client sent CAPABILITIES: its credit is limited (ATP-FLOW-007)
+        #: and counted in UTF-8 bytes of each text message (ATP-FLOW-008)
+        self.text_credit = False
+        self.mark = 0  #: the adapter's event count at the last adapter_mark step
 
     def prompt(self, behaviour: str = "ok") -> str:
         return f"conformance:{self.token}:{behaviour}"
@@ -145,6 +151,11 @@ class Runner:
             self.last_sid = sid
             if isinstance(sid, int):
                 self.next_sid = max(self.next_sid, sid + 2)
+        caps = m.get("caps")
+        if m.get("type") == "CAPABILITIES" and isinstance(caps, Mapping):
+            if isinstance(caps.get("initial_window"), int):
+                self.initial_window = caps["initial_window"]
+            self.text_credit = self.text
         if m.get("type") == "WINDOW_UPDATE" and isinstance(m.get("credit"), int):
             self.granted.setdefault(sid, []).append((len(self.s.frames), m["credit"]))
         await self.s.send(m)
@@ -182,6 +193,13 @@ class Runner:
             m["meta"].update(extra)
         if self.ctx.adapter_listen and step.get("behaviour") is not None:
             m["meta"].setdefault("adapters", ["conf"])
+        if "conf2" in (m["meta"].get("adapters") or []) and "," not in (
+            self.ctx.adapter_listen or ""
+        ):
+            raise Unsupported(
+                "needs a second scripted adapter: --adapter-listen HOST:PORT,HOST:PORT "
+                "(the router's adapters conf and conf2)"
+            )
         for key in ("frag_seq", "extra"):
             if key in step:
                 m.update(step[key] if key == "extra" else {key: step[key]})
@@ -291,7 +309,11 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
             if adapter is None:
                 raise Unsupported("needs --adapter-listen")
             await trio.sleep(r.ms(step, "for_ms", 500))
-            seen_events = [e.get("event") for e in adapter.events(r.token)]
+            seen_events = [
+                e.get("event")
+                for e in adapter.events(r.token)
+                if arg.get("adapter") in (None, e.get("adapter"))
+            ]
             if arg["event"] in seen_events:
                 raise ScenarioFailed(
                     f"the adapter saw {arg['event']!r} (events {seen_events})",
@@ -395,6 +417,66 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
                 )
         elif op == "adapter_event":
             await _adapter_event(r, arg, r.ms(step, default=5000))
+        elif op == "adapter_mark":  # adapter_count since_mark counts the events after it
+            adapter = r.ctx.options.get("adapter")
+            r.mark = len(adapter.events(r.token)) if adapter is not None else 0
+        elif op in ("adapter_meta", "adapter_count", "adapter_inflight"):
+            from conformance._scenario_steps import adapter_check
+
+            if "within_ms" in step:  # events may still be coming: wait for them to hold
+                with trio.move_on_after(r.ms(step)):
+                    while True:
+                        try:
+                            adapter_check(r, op, arg)
+                            break
+                        except ScenarioFailed:
+                            await trio.sleep(0.02)
+            adapter_check(r, op, arg)
+        elif op == "requires_event":  # an optional behaviour (MAY): not used, UNSUPPORTED
+            adapter = r.ctx.options.get("adapter")
+            if adapter is None:
+                raise Unsupported("needs --adapter-listen")
+            if not await adapter.wait_event(
+                r.token, arg["event"], timeout=r.ms(step, default=1000), name=arg.get("adapter")
+            ):
+                raise Unsupported(arg.get("why") or f"the router made no {arg['event']} call")
+            firsts = [e for e in adapter.events(r.token) if e.get("event") == arg["event"]]
+            if arg.get("first") and firsts[0].get("adapter") != arg.get("adapter"):
+                order = [(e.get("adapter"), e.get("event")) for e in adapter.events(r.token)]
+                raise Unsupported(
+                    f"{arg.get('why') or 'the first ' + arg['event'] + ' was elsewhere'} "
+                    f"(events {order[:12]})"
+                )
+        elif op == "frames_count":
+            n = sum(1 for f in r.s.frames if matches(f, arg["match"]))
+            if (
+                ("eq" in arg and n != arg["eq"])
+                or ("lte" in arg and n > arg["lte"])
+                or ("gte" in arg and n < arg["gte"])
+            ):
+                want = {k: arg[k] for k in ("eq", "gte", "lte") if k in arg}
+                raise ScenarioFailed(
+                    f"{n} frames matching {arg['match']} {why}".strip(),
+                    f"a count {want}",
+                    tuple(arg.get("violated", ())),
+                )
+        elif op == "drain":
+            from conformance._scenario_steps import drain
+
+            await drain(r, arg, r.ms(step, default=10_000))
+        elif op == "received_bytes":
+            sid = r.last_sid if arg["stream_id"] == "last" else arg["stream_id"]
+            total = sum(
+                int(f.get("size", 0))
+                for f in r.s.frames
+                if f.get("stream_id") == sid and f.get("type") == "DATA"
+            )
+            if total < int(arg["gte"]):
+                raise ScenarioFailed(
+                    f"stream {sid}: {total} bytes of DATA received",
+                    f"at least {arg['gte']} bytes",
+                    tuple(arg.get("violated", ())),
+                )
         else:
             raise ValueError(f"unknown step {op!r}")
 
@@ -532,9 +614,9 @@ async def _adapter_event(r: Runner, arg: Mapping[str, Any], timeout: float) -> N
     adapter = r.ctx.options.get("adapter")
     if adapter is None:
         raise Unsupported("needs --adapter-listen")
-    ok = await adapter.wait_event(r.token, arg["event"], timeout=timeout)
+    ok = await adapter.wait_event(r.token, arg["event"], timeout=timeout, name=arg.get("adapter"))
     if not ok:
-        events = [e.get("event") for e in adapter.events(r.token)]
+        events = [(e.get("adapter"), e.get("event")) for e in adapter.events(r.token)]
         raise ScenarioFailed(
             f"the adapter saw no {arg['event']!r} (events: {events})",
             f"the adapter call is {arg['event']}",
@@ -601,10 +683,10 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
                 if "FIN" in flags and "MORE" in flags:
                     out.append(("ATP-FLAG-008", f"stream {sid}: MORE together with FIN"))
             spent[sid] = spent.get(sid, 0) + int(f.get("size", 0))
-            if not r.text and spent[sid] > r.credit_at(sid, index):
+            if (not r.text or r.text_credit) and spent[sid] > r.credit_at(sid, index):
                 out.append(
                     (
-                        "ATP-FLOW-001",
+                        "ATP-FLOW-008" if r.text else "ATP-FLOW-001",
                         f"stream {sid}: {spent[sid]} bytes sent with "
                         f"{r.credit_at(sid, index)} of credit",
                     )

@@ -19,20 +19,38 @@ prompt)                     0.8), status OK
                             RESOURCE_EXHAUSTED); UNAVAILABLE and RESOURCE_EXHAUSTED carry
                             a retry hint, ``ms`` (default 200), as google.rpc.RetryInfo
 ``status:<NAME>:<ms>:pushback`` the same hint as a ``grpc-retry-pushback-ms`` trailer
+``big:<bytes>``             an answer of ``bytes`` characters (at most 1 MiB) in chunks of
+                            16 Ki characters, cycling ``ab"\\é…`` (JSON escapes them, so
+                            its text frames are longer than its CBOR: ATP-FLOW-007/008)
+``raw:<hex>``               one StreamChunk message of exactly these bytes (a malformed
+                            one: ATP-ADAPT-016), then status OK
+``duo:<A>|<B>``             behaviour ``A`` on the first listener (``conf``), ``B`` on the
+                            second (``conf2``): two adapters of different strength
 =========================== ===========================================================
+
+Any behaviour may start with options ``{key=value,...}``: ``est_tok`` / ``est_usd`` /
+``est_conf`` (the Estimate's out_tokens, usd_micros, confidence; default 8, 12, 0.8),
+``conf`` (every chunk's confidence, default 0.8), ``tok`` / ``usd`` (the cumulative usage
+added by each chunk of ``ok`` / ``slow``, default 2 and 3: ATP-BUDGET-003), ``n`` (the
+number of chunks of ``ok`` / ``slow``, default 4, at most 1,000), ``wait`` (milliseconds
+the Stream call sleeps before it does anything, at most 60,000).
 
 Estimate always answers (its events are recorded); Health answers READY. Every call's
 ``grpc-timeout`` is honoured: when it passes, the call ends with DEADLINE_EXCEEDED.
 
-Events, per token, as dicts ``{"event", "at", "deadline_ms"}`` (``at`` is
-``trio.current_time()``, ``deadline_ms`` the call's grpc-timeout or None): ``estimate``,
-``stream_start``, ``chunk_sent``, ``cancelled`` (the router reset the call),
-``deadline_exceeded``, ``finished`` (trailers sent, any status). A case waits with
-:meth:`ScriptedAdapter.wait_event` and reads them with :meth:`ScriptedAdapter.events`.
+Events, per token, as dicts ``{"event", "at", "deadline_ms", "adapter"}`` (``at`` is
+``trio.current_time()``, ``deadline_ms`` the call's grpc-timeout or None, ``adapter`` the
+listener's name): ``estimate``, ``stream_start`` (also with ``meta``, the task's meta as
+the adapter received it, ATP-SEC-014, and ``inflight``, the token's Stream calls in
+flight on every listener, this one included: ATP-BUDGET-004), ``chunk_sent``,
+``cancelled`` (the router reset the call), ``deadline_exceeded``, ``finished`` (trailers
+sent, any status). A case waits with :meth:`ScriptedAdapter.wait_event` and reads them
+with :meth:`ScriptedAdapter.events`.
 
 It runs in the runner's trio process: a small HTTP/2 server on h2 (grpclib is asyncio-only).
-Limits: a request body above 1 MiB is refused (RESOURCE_EXHAUSTED); at most 256 calls at
-once per connection (HTTP/2 SETTINGS); at most 10 000 events per token.
+A second listener (``--adapter-listen A,B`` in the runner: ``serving(..., name="conf2")``)
+shares the events. Limits: a request body above 1 MiB is refused (RESOURCE_EXHAUSTED); at
+most 256 calls at once per connection (HTTP/2 SETTINGS); at most 10 000 events per token.
 """
 
 from __future__ import annotations
@@ -56,13 +74,26 @@ from atp_proto.adapters import Chunk, CostEstimate, Health
 from atp_proto.adapters.grpc.status import GrpcStatus, method_path, parse_grpc_timeout
 from atp_proto.adapters.proto import codec
 
-__all__ = ["PREFIX", "ScriptedAdapter", "behaviour_of"]
+__all__ = ["PREFIX", "ScriptedAdapter", "behaviour_of", "split_options"]
 
 PREFIX = "conformance:"
 MAX_BODY = 1 << 20
 MAX_EVENTS = 10_000
 _RETRY_DEFAULT_MS = 200
 _HINTED = {GrpcStatus.UNAVAILABLE, GrpcStatus.RESOURCE_EXHAUSTED}
+MAX_BIG = 1 << 20
+_BIG_CHUNK = 16 * 1024
+_BIG_CYCLE = 'ab"\\\u00e9\n\t<>&cd'
+_OPTION_DEFAULTS = {
+    "est_tok": 8.0,
+    "est_usd": 12.0,
+    "est_conf": 0.8,
+    "conf": 0.8,
+    "tok": 2.0,
+    "usd": 3.0,
+    "n": 4.0,
+    "wait": 0.0,
+}
 
 
 def behaviour_of(prompt: str) -> tuple[str, str]:
@@ -73,6 +104,31 @@ def behaviour_of(prompt: str) -> tuple[str, str]:
         if sep and token:
             return token, behaviour or "ok"
     return "", "ok"
+
+
+def split_options(behaviour: str) -> tuple[dict[str, float], str]:
+    """``({key: value}, rest)`` of ``{key=value,...}rest``; unknown keys and values that are
+    not numbers are ignored (the defaults stay)."""
+    opts = dict(_OPTION_DEFAULTS)
+    if behaviour.startswith("{") and "}" in behaviour:
+        inner, _, behaviour = behaviour[1:].partition("}")
+        for item in inner.split(","):
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key in opts:
+                with contextlib.suppress(ValueError):
+                    number = float(value)
+                    if math.isfinite(number) and number >= 0:
+                        opts[key] = number
+    return opts, behaviour
+
+
+def for_listener(behaviour: str, index: int) -> str:
+    """The part of a ``duo:A|B`` behaviour for listener ``index`` (0: A, 1: B)."""
+    if behaviour.startswith("duo:"):
+        parts = behaviour[4:].split("|")
+        return parts[min(index, len(parts) - 1)] or "ok"
+    return behaviour
 
 
 class _Call:
@@ -94,13 +150,26 @@ class ScriptedAdapter:
         self.port: int | None = None
         self._events: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._changed = trio.Event()
+        self._names: list[str] = []  #: listener names, in the order they started
+        self.ports: dict[str, int] = {}  #: listener name -> its bound port
+        self.inflight: dict[str, int] = defaultdict(int)  #: token -> Stream calls running
 
     # ------------------------------------------------------------------ events
 
-    def record(self, token: str, event: str, deadline_ms: int | None) -> None:
+    def record(
+        self, token: str, event: str, deadline_ms: int | None, adapter: str = "conf", **extra: Any
+    ) -> None:
         log = self._events[token]
         if len(log) < MAX_EVENTS:
-            log.append({"event": event, "at": trio.current_time(), "deadline_ms": deadline_ms})
+            log.append(
+                {
+                    "event": event,
+                    "at": trio.current_time(),
+                    "deadline_ms": deadline_ms,
+                    "adapter": adapter,
+                    **extra,
+                }
+            )
         self._changed.set()
         self._changed = trio.Event()
 
@@ -108,10 +177,16 @@ class ScriptedAdapter:
         """The events of ``token`` so far, oldest first (a copy)."""
         return [dict(e) for e in self._events.get(token, ())]
 
-    async def wait_event(self, token: str, event: str, timeout: float) -> bool:
-        """True once ``token`` has an ``event`` (already, or within ``timeout`` seconds)."""
+    async def wait_event(
+        self, token: str, event: str, timeout: float, name: str | None = None
+    ) -> bool:
+        """True once ``token`` has an ``event`` (already, or within ``timeout`` seconds),
+        on the listener called ``name`` if given."""
         with trio.move_on_after(timeout):
-            while not any(e["event"] == event for e in self._events.get(token, ())):
+            while not any(
+                e["event"] == event and name in (None, e["adapter"])
+                for e in self._events.get(token, ())
+            ):
                 await self._changed.wait()
             return True
         return False
@@ -119,26 +194,44 @@ class ScriptedAdapter:
     # ------------------------------------------------------------------ serving
 
     @contextlib.asynccontextmanager
-    async def serving(self, host: str, port: int) -> AsyncIterator[ScriptedAdapter]:
-        """Listen on ``host:port`` (0: any free port, see :attr:`port`) while the block runs."""
+    async def serving(
+        self, host: str, port: int, name: str = "conf"
+    ) -> AsyncIterator[ScriptedAdapter]:
+        """Listen on ``host:port`` (0: any free port, see :attr:`port`, the first listener's)
+        while the block runs; ``name``: the adapter name the router under test gives this
+        listener (the events say it; the second of a ``duo:`` behaviour is the second
+        listener started)."""
         listeners = await trio.open_tcp_listeners(port, host=host)
-        self.port = listeners[0].socket.getsockname()[1]
+        bound = listeners[0].socket.getsockname()[1]
+        if self.port is None:
+            self.port = bound
+        index = len(self._names)
+        self._names.append(name)
+        self.ports[name] = bound
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await self._connection(stream, name, index)
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, self._connection, listeners)
+            nursery.start_soon(trio.serve_listeners, handler, listeners)
             try:
                 yield self
             finally:
                 nursery.cancel_scope.cancel()
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
-        conn = _Conn(self, stream)
+    async def _connection(self, stream: trio.SocketStream, name: str, index: int) -> None:
+        conn = _Conn(self, stream, name, index)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await conn.run()
 
 
 class _Conn:
-    def __init__(self, adapter: ScriptedAdapter, stream: trio.SocketStream) -> None:
+    def __init__(
+        self, adapter: ScriptedAdapter, stream: trio.SocketStream, name: str, index: int
+    ) -> None:
         self.adapter = adapter
+        self.name = name
+        self.index = index
         self.stream = stream
         cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         self.h2 = h2.connection.H2Connection(config=cfg)
@@ -248,7 +341,10 @@ class _Conn:
         trailers += list((extra or {}).items())
         self.h2.send_headers(call.sid, trailers, end_stream=True)
         self._wake.set()
-        self.adapter.record(call.token, "finished", call.deadline_ms)
+        self._record(call, "finished")
+
+    def _record(self, call: _Call, event: str, **extra: Any) -> None:
+        self.adapter.record(call.token, event, call.deadline_ms, self.name, **extra)
 
     async def _handle(self, call: _Call) -> None:
         path = call.headers.get(":path", "")
@@ -267,7 +363,7 @@ class _Conn:
                 with trio.move_on_at(deadline) as dl:
                     await self._respond(call, path, sent)
                 if dl.cancelled_caught:
-                    self.adapter.record(call.token, "deadline_exceeded", call.deadline_ms)
+                    self._record(call, "deadline_exceeded")
                     self._trailers(
                         call,
                         GrpcStatus.DEADLINE_EXCEEDED,
@@ -279,7 +375,7 @@ class _Conn:
         finally:
             self.calls.pop(call.sid, None)
             if call.reset_by_peer:  # the router reset the call, or the connection went
-                self.adapter.record(call.token, "cancelled", call.deadline_ms)
+                self._record(call, "cancelled")
 
     async def _respond(self, call: _Call, path: str, sent: dict[str, bool]) -> None:
         body = bytes(call.body)
@@ -306,20 +402,32 @@ class _Conn:
             )
             return
         call.token, behaviour = behaviour_of(req.prompt)
+        opts, behaviour = split_options(for_listener(behaviour, self.index))
         if path == method_path("Estimate"):
-            self.adapter.record(call.token, "estimate", call.deadline_ms)
+            self._record(call, "estimate")
             self._send_headers(call)
             sent["headers"] = True
-            await self._send_message(
-                call, codec.encode_estimate(CostEstimate(4, 8, 12, 50.0, 4.0, 0.8))
+            est = CostEstimate(
+                4, int(opts["est_tok"]), int(opts["est_usd"]), 50.0, 4.0, min(opts["est_conf"], 1.0)
             )
+            await self._send_message(call, codec.encode_estimate(est))
             self._trailers(call, GrpcStatus.OK, headers_sent=True)
             return
-        self.adapter.record(call.token, "stream_start", call.deadline_ms)
-        await self._stream(call, behaviour, sent)
+        inflight = self.adapter.inflight
+        inflight[call.token] += 1
+        try:
+            self._record(call, "stream_start", meta=dict(req.meta), inflight=inflight[call.token])
+            await self._stream(call, behaviour, opts, sent)
+        finally:
+            inflight[call.token] -= 1
 
-    async def _stream(self, call: _Call, behaviour: str, sent: dict[str, bool]) -> None:
+    async def _stream(
+        self, call: _Call, behaviour: str, opts: dict[str, float], sent: dict[str, bool]
+    ) -> None:
         name, _, arg = behaviour.partition(":")
+        confidence = min(opts["conf"], 1.0)
+        if opts["wait"]:
+            await trio.sleep(min(opts["wait"], 60_000.0) / 1000)
         if name == "stall":
             await trio.sleep_forever()
         if name == "status":
@@ -342,15 +450,41 @@ class _Conn:
         if name == "text":  # a given answer: comparators' keys (ATP-STRAT-003)
             self._send_headers(call)
             sent["headers"] = True
-            chunk = Chunk(arg[:4096], 0.8, 8, 4, True, "stop")
+            chunk = Chunk(arg[:4096], confidence, 8, 4, True, "stop")
             await self._send_message(call, codec.encode_chunk(chunk))
-            self.adapter.record(call.token, "chunk_sent", call.deadline_ms)
+            self._record(call, "chunk_sent")
+            self._trailers(call, GrpcStatus.OK, headers_sent=True)
+            return
+        if name == "raw":  # these bytes as a StreamChunk, malformed or not (ATP-ADAPT-016)
+            try:
+                raw = bytes.fromhex(arg[:8192])
+            except ValueError:
+                raw = b""
+            self._send_headers(call)
+            sent["headers"] = True
+            await self._send_message(call, raw)
+            self._record(call, "chunk_sent")
+            self._trailers(call, GrpcStatus.OK, headers_sent=True)
+            return
+        if name == "big":  # a long answer, JSON-escaped characters included (ATP-FLOW-007)
+            total = min(int(arg), MAX_BIG) if arg.isdigit() else 300_000
+            self._send_headers(call)
+            sent["headers"] = True
+            text = (_BIG_CYCLE * (_BIG_CHUNK // len(_BIG_CYCLE) + 1))[:_BIG_CHUNK]
+            done = 0
+            while done < total:
+                part = text[: min(_BIG_CHUNK, total - done)]
+                done += len(part)
+                final = done >= total
+                chunk = Chunk(part, confidence, 10, 10, final, "stop" if final else "")
+                await self._send_message(call, codec.encode_chunk(chunk))
+                self._record(call, "chunk_sent")
             self._trailers(call, GrpcStatus.OK, headers_sent=True)
             return
         delay = 0.0
         if name == "slow":
             delay = max(0.0, float(arg)) / 1000 if arg.replace(".", "", 1).isdigit() else 0.05
-        n = {"two_chunks": 2, "die_mid_stream": 1}.get(name, 4)
+        n = {"two_chunks": 2, "die_mid_stream": 1}.get(name, max(1, min(int(opts["n"]), 1000)))
         self._send_headers(call)
         sent["headers"] = True
         for i in range(n):
@@ -358,14 +492,19 @@ class _Conn:
                 await trio.sleep(delay)
             final = i == n - 1 and name != "die_mid_stream"
             chunk = Chunk(
-                f"part{i + 1} ", 0.8, 4 + 2 * (i + 1), 3 * (i + 1), final, "stop" if final else ""
+                f"part{i + 1} ",
+                confidence,
+                4 + int(opts["tok"] * (i + 1)),
+                int(opts["usd"] * (i + 1)),
+                final,
+                "stop" if final else "",
             )
             await self._send_message(call, codec.encode_chunk(chunk))
-            self.adapter.record(call.token, "chunk_sent", call.deadline_ms)
+            self._record(call, "chunk_sent")
         if name == "die_mid_stream":
             await trio.sleep(0.01)  # the chunk leaves first
             self.h2.reset_stream(call.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
             self._wake.set()
-            self.adapter.record(call.token, "finished", call.deadline_ms)
+            self._record(call, "finished")
             return
         self._trailers(call, GrpcStatus.OK, headers_sent=True)

@@ -116,7 +116,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="HOST:PORT",
         help="router role: serve the scripted gRPC adapter here (the router under "
-        "test must be configured with --adapter conf=grpc://HOST:PORT)",
+        "test must be configured with --adapter conf=grpc://HOST:PORT); HOST:PORT,HOST:PORT "
+        "serves a second one, the router's adapter conf2",
+    )
+    run.add_argument(
+        "--pressure",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="router role: streams at once that take the router past its concurrency limit "
+        "and queue (at most 100), for the shedding case",
+    )
+    run.add_argument(
+        "--session-limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="router role: the router's configured session limit (at most 200), for the 503 case",
     )
     run.add_argument("--level", choices=("L1", "L2", "L3"), default="L1")
     run.add_argument("--run", action="append", default=[], metavar="GLOB", help="case ids to run")
@@ -285,6 +301,8 @@ def _run(args: argparse.Namespace) -> int:
             "http_url": args.http_url,
             "denied_meta": args.denied_meta,
             "policy_unreachable": args.policy_unreachable,
+            "session_limit": args.session_limit,
+            "pressure": args.pressure,
         },
     )
     progress = Progress(sys.stderr, quiet=False)

@@ -411,6 +411,10 @@ class ResilientAdapter:
             released = False
             t0 = trio.current_time()
             first_latency: float | None = None
+            #: the last chunk yielded was final: the call succeeded, even when the caller
+            #: stops iterating there (the router does) and this generator is closed
+            last_final = False
+            succeeded = False
             inner = self.inner.stream(self._left_ms(request, deadline))
             try:
                 while True:
@@ -438,6 +442,7 @@ class ResilientAdapter:
                     if first_latency is None:
                         first_latency = trio.current_time() - t0
                     yielded += 1
+                    last_final = chunk.final
                     yield chunk
             except AdapterError as exc:
                 released = True
@@ -460,12 +465,18 @@ class ResilientAdapter:
                         await aclose()
                 if not released:
                     self._release()
-                    if self._probe_in_flight:  # left early (break / cancel) while probing
+                    if last_final:
+                        # a whole answer: a success (it resets the breaker's count of
+                        # consecutive failures) whether or not the caller read past it
+                        succeeded = True
+                        self._on_success(first_latency, busy)
+                    elif self._probe_in_flight:  # left early (break / cancel) while probing
                         if yielded:
                             self._on_success(None)  # output came: the adapter is alive
                         else:
                             self._probe_in_flight = False
-            self._on_success(first_latency, busy)
+            if not succeeded:
+                self._on_success(first_latency, busy)
             return
 
     async def health(self) -> Health:

@@ -1,7 +1,9 @@
 """Router cases outside one WebSocket session: the handshake timeout on a connection that
 never finishes TLS or the upgrade (``router.tls.…``, ATP-WS-014), and feedback on the
 router's HTTP port (``router.feedback.…``, ATP-FEED-001…004: needs ``--http-url``, the
-router's HTTP base URL; UNSUPPORTED without).
+router's HTTP base URL; UNSUPPORTED without). This module also sends the router role the
+cases of :mod:`._router_handshake` (the upgrade by hand), :mod:`._router_load` (shedding
+under pressure) and :mod:`._router_learn` (gold's quality floor).
 
 HTTP is spoken by hand over one TCP (or TLS) connection per request, so that a request
 without a Content-Length (411) or with a body over 8 KiB (413) can be sent as the spec
@@ -22,7 +24,7 @@ import trio
 from conformance._record import Recorder
 from conformance.drivers.ws import open_session
 from conformance.model import CaseResult, CaseSpec, Level, Role, Verdict
-from conformance.roles import RunContext
+from conformance.roles import RunContext, _router_handshake, _router_learn, _router_load
 from conformance.scenario import Runner, ScenarioFailed, result_of
 
 __all__ = ["CASES", "run"]
@@ -209,14 +211,32 @@ async def _handshake_timeout(ctx: RunContext, rec: Recorder) -> CaseResult:
     return rec.result(Verdict.PASS, f"closed after {took:.1f} s")
 
 
+CASES += [*_router_handshake.CASES, _router_load.CASE, _router_learn.CASE]
+#: the ids of the cases this module runs (the router role sends them here)
+IDS = frozenset(c.id for c in CASES)
+
+
 async def run(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
+    if case.id == _router_load.CASE.id:
+        return await _router_load.run(case, ctx, rec)
     if case.id == "router.tls.handshake-timeout":
         return await _handshake_timeout(ctx, rec)
+    if case.id.startswith("router.handshake."):
+        return await _router_handshake.run(case, ctx, rec)
     base = ctx.options.get("http_url")
     if not base:
         return rec.result(Verdict.UNSUPPORTED, "needs --http-url (the router's HTTP base URL)")
     name = case.id.removeprefix("router.feedback.")
     auth = {"Authorization": f"Bearer {ctx.token}"} if ctx.token else {}
+    if case.id == _router_learn.CASE.id:
+
+        async def post(body: bytes) -> tuple[int, bytes]:
+            return await _http(ctx, str(base), body, headers=auth)
+
+        try:
+            return await _router_learn.run(case, ctx, rec, post)
+        except (OSError, trio.TooSlowError) as exc:
+            return rec.failed(f"the HTTP port did not answer: {exc!r}", "an HTTP answer")
     try:
         if name == "needs-token":
             if not ctx.token:

@@ -66,8 +66,13 @@ def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
             )
         )
     for v in _vectors():
-        if "frames" in v and all(
-            isinstance(f.get("type", 0), int) is False or f.get("type", 0) < 5 for f in v["frames"]
+        if (
+            "frames" in v
+            and not v.get("text_lossy")
+            and all(
+                isinstance(f.get("type", 0), int) is False or f.get("type", 0) < 5
+                for f in v["frames"]
+            )
         ):
             out.append(  # noqa: PERF401 - one case per vector reads better as a loop
                 CaseSpec(

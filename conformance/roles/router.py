@@ -222,7 +222,7 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
         return await _lanes(case, ctx, rec)
     if kind == "auth":
         return await _auth(case, ctx, rec)
-    if kind in ("tls", "feedback"):
+    if case.id in _router_http.IDS:
         return await _router_http.run(case, ctx, rec)
     if kind == "vector":
         return await run_vector(case, ctx, rec, case.id)

@@ -207,6 +207,33 @@ def vectors() -> list[dict[str, Any]]:
         "unknown ext keys, also inside a known ext map, are accepted",
     )
     ok(
+        "frame.valid.ext-bytes",
+        ["ATP-JSON-011", "ATP-FRAME-006"],
+        build_frame(
+            T_DATA,
+            F_MORE,
+            1,
+            2,
+            ext={"x_blob": b"\x00\x01\xfe\xff", "x_list": [b"at"]},
+            payload={"type": "x"},
+        ),
+        [
+            {
+                "v": 1,
+                "stream_id": 1,
+                "msg_seq": 2,
+                "frag_seq": 0,
+                "flags": ["MORE"],
+                "x_blob": "AAH+/w==",
+                "x_list": ["YXQ="],
+                "payload": {"type": "x"},
+            }
+        ],
+        "byte strings in ext decode to padded base64 text (also inside an array); the "
+        "mapping is not lossless for them, so no encode case",
+    )
+    v[-1]["text_lossy"] = True
+    ok(
         "frame.valid.window-update",
         ["ATP-FLOW-004"],
         build_frame(T_WINDOW_UPDATE, 0, 1, ext={"credit": 65536}),

@@ -143,6 +143,18 @@ function validate(t, flags, sid, ext, payload) {
     if (e === null || typeof e !== "object" || typeof e.code !== "string" || typeof e.message !== "string") err("EPROTO", "ERROR without code and message");
   }
 }
+// ext byte strings become padded base64 text, at any depth (ATP-JSON-011)
+function b64Bytes(v) {
+  if (Buffer.isBuffer(v)) return v.toString("base64");
+  if (Array.isArray(v)) return v.map(b64Bytes);
+  if (v !== null && typeof v === "object") {
+    const o = {};
+    for (const [k, x] of Object.entries(v)) o[k] = b64Bytes(x);
+    return o;
+  }
+  return v;
+}
+
 function jsonable(v) {
   if (Buffer.isBuffer(v) || typeof v === "bigint") return false;
   if (Array.isArray(v)) return v.every(jsonable);
@@ -181,7 +193,7 @@ function decodeMessage(buf) {
       if (ext === null || typeof ext !== "object" || Array.isArray(ext) || Buffer.isBuffer(ext)) throw new AtpError("EPROTO", "ext is not a map", sid);
     }
     validate(t, flags, sid, ext, payB);
-    for (const [k, val] of Object.entries(ext)) out[k] = Buffer.isBuffer(val) ? val.toString("base64") : val;
+    for (const [k, val] of Object.entries(ext)) out[k] = b64Bytes(val);
     if (payLen) {
       let p, ok = true;
       try { p = cborDecode(payB, false, 64); ok = jsonable(p); } catch (e) { ok = false; }

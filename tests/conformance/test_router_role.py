@@ -69,6 +69,12 @@ def test_reference_router_passes_every_case_with_the_scripted_adapter() -> None:
             "router.lanes.*",  # needs a router at its limit: test_lanes_at_the_concurrency_limit
             "--skip",
             "router.time.idle-timeout",  # 60 s here: test_idle_timeout_closes_a_silent_session
+            "--skip",
+            "*.pair.*",  # two scripted adapters, no learner: test_router_gaps.py
+            "--skip",
+            "router.handshake.subprotocol-bearer",  # auth on: test_router_gaps.py
+            "--skip",
+            "router.handshake.session-limit",  # a small max_sessions: test_router_gaps.py
         )
     assert code == 0, (err[-2000:], report and _not_passed(report))
     assert {c["verdict"] for c in report["cases"]} == {"PASS", "SKIPPED"}
@@ -110,6 +116,8 @@ def test_reference_router_with_auth_passes_l2(secret_file: Path) -> None:
             "*.policy.service-unreachable",  # policy service down: test_router_role_strategy.py
             "--skip",
             "router.time.idle-timeout",  # 60 s here: test_idle_timeout_closes_a_silent_session
+            "--skip",
+            "router.handshake.session-limit",  # a small max_sessions: test_router_gaps.py
         )
     assert code == 0, (err[-2000:], report and _not_passed(report))
     not_passed = {c["id"]: c["verdict"] for c in report["cases"] if c["verdict"] != "PASS"}

@@ -31,10 +31,12 @@ async def test_a_real_router_meets_the_scripted_behaviours() -> None:
         try:
             ok = await _send(router.url, "conformance:e2e-ok:ok")
             died = await _send(router.url, "conformance:e2e-die:die_mid_stream")
-            busy = await _send(router.url, "conformance:e2e-busy:status:RESOURCE_EXHAUSTED:900")
+            # a hint over the router's longest retry backoff (2 s): no retry, and the pause
+            # outlasts starting the next `atp send` even on a loaded machine
+            busy = await _send(router.url, "conformance:e2e-busy:status:RESOURCE_EXHAUSTED:2500")
             # within the retry hint the router leaves the adapter alone (ATP-ADAPT-014)
             held = await _send(router.url, "conformance:e2e-held:ok")
-            await trio.sleep(1.0)
+            await trio.sleep(2.6)  # the pause is over
             stalled = await _send(router.url, "conformance:e2e-stall:stall", "--ttl", "1")
             stall_cancelled = await sa.wait_event("e2e-stall", "cancelled", 5.0)
         finally:

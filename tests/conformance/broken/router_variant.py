@@ -244,6 +244,11 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "hang-on-stall": hang_on_stall,
 }
 
+# the variants of the router-gaps cases and the handshake cases
+from gaps_variants import VARIANTS as _GAPS_VARIANTS  # noqa: E402
+
+VARIANTS.update(_GAPS_VARIANTS)
+
 if __name__ == "__main__":
     VARIANTS[sys.argv[1]]()
     from atp_proto.cli import main

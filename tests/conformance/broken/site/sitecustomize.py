@@ -13,4 +13,5 @@ if _name:
     else:
         from router_variant import VARIANTS
 
-    VARIANTS[_name]()
+    for _one in _name.split("+"):  # "a+b": two independent faults in one process
+        VARIANTS[_one]()
