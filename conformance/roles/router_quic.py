@@ -74,7 +74,11 @@ def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
         )
         for cid, reqs, title, needs, _ in _BINDING
     ]
+    from conformance.roles import _router_http
+
     for spec in router._ws_cases(options):
+        if spec.id in _router_http.IDS:
+            continue  # cases in code drive WebSocket sessions of their own (handshake, load)
         if spec.id.startswith(("router.text.", PREFIX)) or spec.id.split(".")[1] in (
             "auth",
             "tls",
