@@ -42,10 +42,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import _harness, _report
+from . import _report
 from ._report import Goal
-from ._routing_run import DEFAULT_DATA, Settings, run_all
-from ._routing_spread import add_spreads
+
+# Only light modules at import time: `atp` builds its parser (and so imports this module for
+# add_options) on every command, `atp serve` and `atp adapter serve` included. The routing
+# machinery (numpy, trio, the learner, atp_proto.testing) is imported when the benchmark runs.
 
 #: RouteLLM's best published routers on the same data (arXiv 2406.18665; README)
 PUBLISHED: dict[str, dict[str, float]] = {
@@ -119,6 +121,10 @@ def goals_of(results: dict[str, Any]) -> list[Goal]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import _harness
+    from ._routing_run import DEFAULT_DATA, Settings, run_all
+    from ._routing_spread import add_spreads
+
     data = Path(args.data) if args.data else DEFAULT_DATA
     if not data.is_file():
         print(f"atp bench routing: no data file {data} (pass --data FILE.jsonl)", file=sys.stderr)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from atp_proto.testing.processes import clean_env
 from benchmarks._routing_eval import baselines, curve_from_points, curve_from_scores, pick_pair
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,3 +163,23 @@ def test_serve_refuses_an_unusable_routing_state(tmp_path: Path) -> None:
         )  # fmt: skip
         assert out.returncode == 2
         assert "--routing-state" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_building_the_cli_parser_imports_no_routing_machinery() -> None:
+    """`atp` builds its whole parser (and so imports bench_routing for add_options) on every
+    command, `atp serve` and `atp adapter serve` included, i.e. in every process the test
+    suite starts: numpy, trio and the learner must be imported only when the benchmark runs
+    (they cost ~0.6 s per process start)."""
+    code = (
+        "import sys\n"
+        "from atp_proto.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = [m for m in ('numpy', 'trio', 'atp_proto.testing', 'benchmarks._routing_run', "
+        "'atp_proto.router.routing.learner') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env()
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

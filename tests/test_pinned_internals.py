@@ -161,3 +161,18 @@ def test_aioquic_internals_the_stateless_reset_check_uses() -> None:
     conn._close_begin(is_initiator=False, now=0.0)
     assert conn._state == QuicConnectionState.DRAINING
     assert conn.datagrams_to_send(now=0.0) == []
+
+
+def test_h2_counts_open_streams_through_the_property_we_override() -> None:
+    """adapters/grpc/_h2_fastpath.py (Connection) overrides ``open_outbound_streams``: h2's
+    ``send_headers`` must still ask that property before opening a stream (else the
+    override would not be used), and h2's own count must still drop closed streams (the
+    override calls it to keep the connection's memory bounded)."""
+    assert "self.open_outbound_streams" in inspect.getsource(
+        h2.connection.H2Connection.send_headers
+    )
+    assert "self.streams.pop" in inspect.getsource(h2.connection.H2Connection._open_streams)
+    assert isinstance(h2.connection.H2Connection.__dict__["open_outbound_streams"], property), (
+        "h2's open_outbound_streams is no longer a property"
+    )
+    assert issubclass(_h2_fastpath.Connection, h2.connection.H2Connection)

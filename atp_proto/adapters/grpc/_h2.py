@@ -29,7 +29,7 @@ import h2.settings
 import trio
 
 from ._call import Call
-from ._h2_fastpath import feed
+from ._h2_fastpath import Connection, feed
 from .status import GrpcStatus, RpcError, encode_grpc_timeout
 
 __all__ = ["USER_AGENT", "H2Channel"]
@@ -66,7 +66,7 @@ class H2Channel:
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self.h2 = h2.connection.H2Connection(config=cfg)
+        self.h2 = Connection(config=cfg)  # h2's, counting open streams cheaply
         self.h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={

@@ -12,6 +12,13 @@ The private attributes written (``H2Connection._inbound_flow_control_window_mana
 ``_actual_content_length``) are why ``pyproject.toml`` pins h2 exactly;
 ``tests/test_pinned_internals.py`` fails, naming this module, when h2 changes them, and
 ``tests/adapters/test_grpc_fastpath.py`` checks the fast path against h2's own path.
+
+:class:`Connection` is h2's connection with a cheaper count of open outbound streams:
+h2 counts them by scanning every stream it holds (and drops the closed ones as it goes)
+twice per new call, so a call's cost grew with the calls in flight (and a router behind
+on its load paid most exactly when it could least afford it). It reads only h2's public
+``streams`` and calls h2's own count; ``tests/test_pinned_internals.py`` pins that h2
+still counts through the property.
 """
 
 from __future__ import annotations
@@ -26,10 +33,33 @@ import h2.stream
 if TYPE_CHECKING:
     from ._h2 import H2Channel
 
-__all__ = ["fast_window", "feed"]
+__all__ = ["Connection", "fast_window", "feed"]
 
 _CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
 _FAST_STATES = frozenset((h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL))
+
+
+class Connection(h2.connection.H2Connection):
+    """h2's client connection, counting its open outbound streams in amortised O(1).
+
+    ``open_outbound_streams`` compares the same against ``max_concurrent_streams`` as
+    h2's exact count (``value < max`` and ``value + 1 > max`` are what h2's
+    ``send_headers`` and :meth:`H2Channel.start_call` ask): while the streams h2 holds
+    (open or closed, an upper bound of the open ones) are fewer than the limit it returns
+    that bound; otherwise, and whenever the held streams doubled since the last scan (so
+    closed streams are still dropped and memory stays bounded), it runs h2's own scan.
+    """
+
+    _scan_at = 64  #: held streams at which the next count scans (and prunes) anyway
+
+    @property
+    def open_outbound_streams(self) -> int:
+        held = len(self.streams)
+        if held < self._scan_at and held < self.remote_settings.max_concurrent_streams:
+            return held  # >= the open count, below the limit: every comparison agrees
+        count: int = super().open_outbound_streams  # h2's scan: prunes closed streams
+        self._scan_at = 2 * len(self.streams) + 64
+        return count
 
 
 def feed(ch: H2Channel, data: bytes) -> bytes:

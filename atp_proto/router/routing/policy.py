@@ -286,7 +286,9 @@ class LayeredPolicy:
     async def decide_async(self, inp: PolicyInput) -> Decision:
         state = self.state
         engine = state.engine
-        if not isinstance(engine, AsyncEngine):
+        # `engine is None` first: isinstance against a runtime-checkable Protocol costs
+        # ~10 us, on every stream of a router without a Rego layer
+        if engine is None or not isinstance(engine, AsyncEngine):
             return self.decide(inp)
         base = self._base(inp, state.table)
         if not base.allow:
