@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -320,3 +321,39 @@ def test_streams_at_once_on_two_routers_share_one_budget(
     # each stream's prompt alone is ~27 tokens, a chunk a few more: without sharing the
     # eight would spend 8 x (a whole stream) > 4 x the quota
     assert used <= 60 + 8 * 12, (used, per_stream)
+
+
+# ---------------------------------------------------------------- --redis validation
+
+SERVE = [sys.executable, "-m", "atp_proto", "serve", "--no-auth", "--metrics", "off"]
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis://u:s3cretpw@[::1:6379", "does not parse"),  # was a traceback, exit 1
+        ("redis://:s3cretpw@127.0.0.1:port", "does not parse"),
+        ("redis://:s3cretpw@127.0.0.1:6379/abc", "the DB must be a number"),  # was: DB 0
+    ],
+)
+def test_bad_redis_urls_exit_2_in_one_line_without_the_password(url: str, says: str) -> None:
+    """A --redis URL the client would misread (or not read) is refused at start: exit 2,
+    one line naming the problem, and the password is not repeated (no secrets in logs)."""
+    proc = subprocess.run(
+        [*SERVE, "--ws", "127.0.0.1:0", "--redis", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("atp serve: error: --redis expects") and says in last, last
+    assert "Traceback" not in proc.stderr and "s3cretpw" not in proc.stderr
+
+
+def test_good_redis_urls_pass() -> None:
+    from atp_proto.router.config import build_config
+
+    for url in ("redis://:pw@127.0.0.1:6379/3", "rediss://h:1", "unix:///run/redis.sock"):
+        assert build_config(file=None, env={}, flags={"redis_url": url}).redis_url == url
