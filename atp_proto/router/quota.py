@@ -347,8 +347,13 @@ class QuotaGuard:
             return None
 
         old = stream_run.ledger
+        budgeted = q.tokens is not None or q.usd_micros is not None
         stream_run.ledger = QuotaLedger(
-            old.window, grant.window(), sink, stream_id=old.stream_id, over=over
+            old.window,
+            grant.window(),
+            sink,
+            stream_id=old.stream_id,
+            over=over if budgeted else None,
         )
         held = None
         if q.tokens is not None or q.usd_micros is not None:
