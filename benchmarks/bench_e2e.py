@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -80,22 +81,37 @@ def _rates(text: str) -> tuple[float, ...]:
         rates = tuple(float(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a list of rates: {text!r}") from None
-    if not rates or min(rates) <= 0:
-        raise argparse.ArgumentTypeError("rates must be positive")
+    if not rates or min(rates) <= 0 or not all(math.isfinite(r) and r <= 1e6 for r in rates):
+        raise argparse.ArgumentTypeError("rates must be positive, at most 1e6")
     return rates
 
 
-def _positive(kind: type) -> Any:
+def _positive(kind: type, most: float = math.inf) -> Any:
+    """A positive, finite number of at most ``most`` (what a run may ask for: processes,
+    clients and rates are bounded, so a typo cannot fork 100,000 load processes)."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        if value > most:
+            raise argparse.ArgumentTypeError(f"at most {most:g}, got {text}")
         return value
 
     return parse
+
+
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -106,26 +122,36 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help=f"what to run, comma-separated: all (default) or of {', '.join(ALL)}",
     )
     p.add_argument("--transport", choices=("ws", "quic"), default="ws")
-    p.add_argument("--rate", type=_positive(float), help="open loop: streams/s (default 1000)")
+    p.add_argument("--rate", type=_positive(float, 1e6), help="open loop: streams/s (default 1000)")
     p.add_argument(
-        "--concurrency", type=_positive(int), help="closed loop: concurrent clients instead"
+        "--concurrency",
+        type=_positive(int, 100_000),
+        help="closed loop: concurrent clients instead",
     )
-    p.add_argument("--duration", type=_positive(float), help="seconds per run (default 10)")
-    p.add_argument("--warmup", type=float, help="seconds not recorded at the start (default 1)")
-    p.add_argument("--prompt-bytes", type=_positive(int), default=64)
-    p.add_argument("--chunks", type=_positive(int), default=4, help="PARTIALs per answer")
-    p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="adapter delay per chunk")
-    p.add_argument("--adapters", type=_positive(int), default=2, help="persona processes")
-    p.add_argument("--procs", type=_positive(int), default=2, help="load processes")
-    p.add_argument("--sessions", type=_positive(int), default=4, help="sessions per process")
+    p.add_argument("--duration", type=_positive(float, 86_400), help="seconds per run (default 10)")
+    p.add_argument(
+        "--warmup", type=_not_negative, help="seconds not recorded at the start (default 1)"
+    )
+    p.add_argument("--prompt-bytes", type=_positive(int, 1 << 20), default=64)
+    p.add_argument("--chunks", type=_positive(int, 10_000), default=4, help="PARTIALs per answer")
+    p.add_argument(
+        "--chunk-delay-ms", type=_not_negative, default=0.0, help="adapter delay per chunk"
+    )
+    p.add_argument("--adapters", type=_positive(int, 64), default=2, help="persona processes")
+    p.add_argument("--procs", type=_positive(int, 64), default=2, help="load processes")
+    p.add_argument(
+        "--sessions", type=_positive(int, 10_000), default=4, help="sessions per process"
+    )
     p.add_argument(
         "--lanes", type=_lanes, default=_lanes("gold,silver,bronze"), help="e.g. gold=1,bronze=3"
     )
     p.add_argument(
-        "--workers", type=_positive(int), default=1, help="passed to atp serve --workers"
+        "--workers", type=_positive(int, 64), default=1, help="passed to atp serve --workers"
     )
-    p.add_argument("--slow-readers", type=_positive(int), help="default 1000 (quick 200)")
-    p.add_argument("--open-streams", type=_positive(int), help="default 10000 (quick 1000)")
+    p.add_argument("--slow-readers", type=_positive(int, 100_000), help="default 1000 (quick 200)")
+    p.add_argument(
+        "--open-streams", type=_positive(int, 100_000), help="default 10000 (quick 1000)"
+    )
     p.add_argument("--sweep", type=_rates, help="capacity: offered rates, e.g. 200,400,800")
     p.add_argument("--plot", metavar="DIR", help="write PNG plots and index.html to DIR")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")

@@ -136,10 +136,8 @@ class RouterConfig:
             raise ConfigError("audit_max_bytes must be at least 1024")
         if not 0.0 <= self.hedge_rate <= 1.0:
             raise ConfigError("hedge_rate must be within 0..1")
-        if self.redis_url and urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(
-                "--redis expects redis://HOST:PORT[/DB], rediss://... or unix:///PATH"
-            )
+        if self.redis_url:
+            _check_redis_url(self.redis_url)
         if self.redis_timeout_s <= 0:
             raise ConfigError("redis_timeout_s must be positive")
         if not 1 <= self.workers <= 256:
@@ -466,3 +464,24 @@ def build_config(
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         cfg = replace(cfg, **layer)
     return cfg.validate()
+
+
+def _check_redis_url(url: str) -> None:
+    """``--redis``: a URL the client takes as meant (its parser ignores a DB that is not a
+    number and uses DB 0, another fleet's maybe). The message never repeats the URL: it
+    may hold a password.
+
+    Raises:
+        ConfigError: one line saying what is wrong.
+    """
+    usage = "--redis expects redis://HOST:PORT[/DB], rediss://... or unix:///PATH"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{usage}: the URL does not parse") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(usage)
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ConfigError(f"{usage}: the DB must be a number")

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from atp_proto.frames import ATPError, BudgetWindow, ErrorCode
+from atp_proto.frames import ATPError, BudgetExceeded, BudgetWindow, ErrorCode
 
 from .budget import BudgetLedger
 
@@ -187,6 +187,11 @@ class QuotaStore(Protocol):
     def charge(self, tenant: str, tokens: int, usd_micros: int, period_s: int) -> None:
         """Usage spent (never blocks, never raises)."""
 
+    def spent(self, tenant: str, period_s: int) -> tuple[int, int]:
+        """The tenant's (tokens, usd_micros) in the current period as far as this router
+        knows (never blocks): what streams open at once check as they charge, so that
+        they share the period's remainder instead of each spending all of it."""
+
     def release(self, tenant: str, q: TenantQuota) -> None:
         """An admitted stream ended (never blocks, never raises)."""
 
@@ -200,15 +205,35 @@ class LocalQuotaStore:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._used: dict[str, tuple[int, int, int]] = {}  #: tenant -> (window, tokens, usd)
-        self._buckets: dict[str, tuple[float, float]] = {}  #: tenant -> (tokens, at)
-        self._open: dict[str, int] = {}
+        #: tenant -> (tokens, at, full_at: when the bucket is full again and can be forgotten)
+        self._buckets: dict[str, tuple[float, float, float]] = {}
+        self._open: dict[str, int] = {}  #: tenant -> streams open (no entry: none)
+        self._admits = 0
+
+    @property
+    def tenants(self) -> int:
+        """Entries held (bounded by the tenants active in the period, not by all ever seen)."""
+        return len(self._used) + len(self._buckets) + len(self._open)
 
     def used(self, tenant: str, period_s: int) -> tuple[int, int]:
         win = int(self.clock() // period_s)
         w, t, u = self._used.get(tenant, (win, 0, 0))
         return (t, u) if w == win else (0, 0)
 
+    spent = used
+
+    def _prune(self, period_s: int) -> None:
+        """Forget past periods' usage and full buckets: the tenant names come from tokens,
+        and every name ever seen must not stay in memory."""
+        now = self.clock()
+        win = int(now // period_s)
+        self._used = {k: v for k, v in self._used.items() if v[0] == win}
+        self._buckets = {k: v for k, v in self._buckets.items() if v[2] > now}
+
     async def admit(self, tenant: str, q: TenantQuota, period_s: int) -> Grant:
+        self._admits += 1
+        if self._admits % 1024 == 0:
+            self._prune(period_s)
         used_t, used_u = self.used(tenant, period_s)
         if (q.tokens is not None and used_t >= q.tokens) or (
             q.usd_micros is not None and used_u >= q.usd_micros
@@ -219,11 +244,12 @@ class LocalQuotaStore:
         if q.streams_per_s is not None:
             now = self.clock()
             cap = q.bucket
-            tokens, at = self._buckets.get(tenant, (cap, now))
+            tokens, at, _ = self._buckets.get(tenant, (cap, now, now))
             tokens = min(cap, tokens + (now - at) * q.streams_per_s)
             if tokens < 1.0:
                 raise refuse_rate(q.streams_per_s, math.ceil((1 - tokens) / q.streams_per_s * 1e3))
-            self._buckets[tenant] = (tokens - 1.0, now)
+            tokens -= 1.0
+            self._buckets[tenant] = (tokens, now, now + (cap - tokens) / q.streams_per_s)
         if q.concurrent is not None:
             self._open[tenant] = self._open.get(tenant, 0) + 1
         return grant_of(q, used_t, used_u)
@@ -236,8 +262,11 @@ class LocalQuotaStore:
         self._used[tenant] = (win, t + tokens, u + usd_micros)
 
     def release(self, tenant: str, q: TenantQuota) -> None:
-        if q.concurrent is not None and self._open.get(tenant, 0) > 0:
-            self._open[tenant] -= 1
+        left = self._open.get(tenant, 0) - 1
+        if left > 0:
+            self._open[tenant] = left
+        else:
+            self._open.pop(tenant, None)
 
     async def settle(self) -> None:
         return  # charged in place
@@ -246,7 +275,7 @@ class LocalQuotaStore:
 class QuotaLedger(BudgetLedger):
     """A stream's ledger that also charges its tenant's quota as usage arrives."""
 
-    __slots__ = ("_sink",)
+    __slots__ = ("_over", "_sink")
 
     def __init__(
         self,
@@ -255,16 +284,26 @@ class QuotaLedger(BudgetLedger):
         sink: Callable[[int, int], None],
         *,
         stream_id: int = 0,
+        over: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__(window, cap, stream_id=stream_id)
         self._sink = sink
+        self._over = over
 
     def charge(self, tokens: int, usd_micros: int) -> None:
+        """Charge the stream and its tenant; EBUDGET when the stream's window or the
+        tenant's period quota (all its streams together, ``over``) is passed
+        (ATP-BUDGET-016: the grant is what was left at admission, and streams open at
+        once share it)."""
         try:
             self._sink(tokens, usd_micros)
         except Exception:  # accounting must never fail the stream's own ledger
             log.exception("quota charge failed")
         super().charge(tokens, usd_micros)
+        if self._over is not None and (tokens > 0 or usd_micros > 0):
+            why = self._over()
+            if why is not None:
+                raise BudgetExceeded(ErrorCode.EBUDGET, why, stream_id=self.stream_id)
 
 
 class QuotaGuard:
@@ -299,8 +338,23 @@ class QuotaGuard:
         def sink(tokens: int, usd_micros: int) -> None:
             store.charge(tenant, tokens, usd_micros, period)
 
+        def over() -> str | None:
+            used_t, used_u = store.spent(tenant, period)
+            if (q.tokens is not None and used_t > q.tokens) or (
+                q.usd_micros is not None and used_u > q.usd_micros
+            ):
+                return refuse_budget(q, used_t, used_u, period).message
+            return None
+
         old = stream_run.ledger
-        stream_run.ledger = QuotaLedger(old.window, grant.window(), sink, stream_id=old.stream_id)
+        budgeted = q.tokens is not None or q.usd_micros is not None
+        stream_run.ledger = QuotaLedger(
+            old.window,
+            grant.window(),
+            sink,
+            stream_id=old.stream_id,
+            over=over if budgeted else None,
+        )
         held = None
         if q.tokens is not None or q.usd_micros is not None:
             # the FINAL leaves once its usage is stored: a router killed after a client saw

@@ -174,6 +174,7 @@ class _Supervisor:
         self.argv, self.opts, self.n = argv, opts, n
         self.procs: dict[int, trio.Process] = {}
         self.stopping = False
+        self.stop_signal: int = signal.SIGTERM  #: what a worker spawned while stopping gets
         self.status = 0
 
     async def run(self) -> int:
@@ -195,6 +196,9 @@ class _Supervisor:
             )
             self.procs[index] = proc
             log.info("worker started", extra={"worker": index, "pid": proc.pid})
+            if self.stopping:  # a signal came while it was being spawned (on a thread)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(self.stop_signal)
             with trio.CancelScope(shield=True):
                 code = await proc.wait()
             self.procs.pop(index, None)
@@ -218,6 +222,7 @@ class _Supervisor:
 
     def _stop(self, sig: int) -> None:
         self.stopping = True
+        self.stop_signal = sig
         for proc in list(self.procs.values()):
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

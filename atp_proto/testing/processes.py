@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ __all__ = [
     "adapter_argv",
     "adapter_fleet",
     "clean_env",
+    "die_with_parent",
     "serve_adapter",
     "spawn",
 ]
@@ -59,6 +60,29 @@ _NOFILE_WRAPPER = (
     "from atp_proto.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when the process that started it
+    dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``): a benchmark killed mid-run leaves
+    no router or adapter behind. None where the OS has no such call. The signal follows
+    the *thread* that forks: start the child from a thread that lives as long as it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec: keep it minimal
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl
+            os._exit(1)
+
+    return preexec
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -83,7 +107,8 @@ class RouterProcess:
     written to a temporary file passed as ``--config`` (removed on stop). ``env`` is the
     whole environment (default: this one's, unbuffered). ``raise_nofile`` raises the
     child's RLIMIT_NOFILE first (benchmarks open thousands of sessions). ``keep_lines``
-    bounds the log kept (None: all of it).
+    bounds the log kept (None: all of it). ``with_parent``: the router gets SIGTERM when
+    this process dies, even by SIGKILL (:func:`die_with_parent`).
 
     Raises:
         RuntimeError: the router exited, or did not log that it listens within ``timeout``.
@@ -101,6 +126,7 @@ class RouterProcess:
         raise_nofile: bool = False,
         keep_lines: int | None = None,
         timeout: float = 20.0,
+        with_parent: bool = False,
     ) -> None:
         argv = [sys.executable, "-c", _NOFILE_WRAPPER] if raise_nofile else [sys.executable]
         if not raise_nofile:
@@ -132,6 +158,8 @@ class RouterProcess:
             stderr=subprocess.PIPE,
             env=dict(env if env is not None else os.environ, PYTHONUNBUFFERED="1"),
             cwd=cwd,
+            # the hook takes no lock (one prctl, one getppid): safe beside our threads
+            preexec_fn=die_with_parent() if with_parent else None,  # noqa: PLW1509
         )
         self.pid = self.proc.pid
         self._thread = threading.Thread(target=self._drain, daemon=True)

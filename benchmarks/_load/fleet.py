@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from atp_proto import testing
-from atp_proto.testing.processes import adapter_argv, clean_env
+from atp_proto.testing.processes import adapter_argv, clean_env, die_with_parent
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -43,8 +43,12 @@ def adapters(
         for k in range(1, count + 1):
             name = f"{prefix}{k}"
             argv = adapter_argv(target, "--grace", "0.5", options=options, name=name)
-            procs[name] = subprocess.Popen(
-                argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=clean_env()
+            procs[name] = subprocess.Popen(  # gone with the benchmark, even a SIGKILLed one
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=clean_env(),
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 (one prctl: takes no lock)
             )
         urls = {}
         for name, p in procs.items():
@@ -139,6 +143,7 @@ def router(
             raise_nofile=True,
             keep_lines=40,
             timeout=30,
+            with_parent=True,  # gone with the benchmark, even a SIGKILLed one
         )
         stack.callback(proc.stop)
         url = f"quic://127.0.0.1:{quic_port}" if transport == "quic" else proc.url

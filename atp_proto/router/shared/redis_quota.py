@@ -21,6 +21,8 @@ is lost while it is away (only a router killed while Redis is away loses its que
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 import trio
 
@@ -46,6 +48,8 @@ ALIVE_MS = 5000
 #: while Redis is known to be away, admission asks it at most this often (the others are
 #: refused at once instead of each waiting for a timeout)
 PROBE_S = 0.5
+#: tenants whose last known totals are kept (for the streams' shared-remainder check)
+MAX_KNOWN = 100_000
 
 _ADMIT = """
 local t = redis.call('TIME')
@@ -86,14 +90,30 @@ if cl >= 0 then redis.call('HINCRBY', KEYS[3], ARGV[7], 1) end
 return {0, used_t, used_u}
 """
 
+#: counters saturate here (2^53, exact in Lua's doubles): usage past it means "at least
+#: this much" (ATP-BUDGET-012), and an adapter's absurd figure cannot make HINCRBY
+#: overflow, which would fail every later write of this router (and refuse every stream)
+SATURATE = 2**53
+
 _CHARGE = """
 local t = redis.call('TIME')
 local period = tonumber(ARGV[1])
-local bkey = KEYS[1] .. ':' .. math.floor(tonumber(t[1]) / period)
-redis.call('HINCRBY', bkey, 't', ARGV[2])
-redis.call('HINCRBY', bkey, 'u', ARGV[3])
+local win = math.floor(tonumber(t[1]) / period)
+local bkey = KEYS[1] .. ':' .. win
+local out = {win, 0, 0}
+local cap = tonumber(ARGV[4])
+for i, f in ipairs({'t', 'u'}) do
+  local inc = tonumber(ARGV[i + 1])
+  local cur = tonumber(redis.call('HGET', bkey, f) or '0')
+  if cur + inc >= cap then
+    redis.call('HSET', bkey, f, ARGV[4])
+    out[i + 1] = cap
+  else
+    out[i + 1] = redis.call('HINCRBY', bkey, f, inc)
+  end
+end
 redis.call('EXPIRE', bkey, period * 2)
-return 1
+return out
 """
 
 _RELEASE = """
@@ -121,6 +141,8 @@ class RedisQuotaStore:
         self._flushed = trio.Event()  #: set (and replaced) after each write
         self.up = True
         self._tried = -1e9  #: when admit last asked Redis
+        #: tenant -> (period window, tokens, usd): the totals Redis last answered
+        self._known: dict[str, tuple[int, int, int]] = {}
         self._alive_key = f"{link.prefix}alive:{link.router_id}"
 
     def _keys(self, tenant: str) -> tuple[str, str, str]:
@@ -145,13 +167,24 @@ class RedisQuotaStore:
         if not self.up and now - self._tried < PROBE_S:
             raise self._unreachable()  # known down: answer at once, probe twice a second
         self._tried = now
+        probe = not self.up
+
+        def ask() -> list[int]:
+            # queued behind the thread limiter while an earlier call found Redis away:
+            # answer at once instead of waiting for a timeout of its own
+            if not probe and not self.up:
+                raise RedisError("Redis went away while this call waited")
+            return self._admit(keys=list(keys), args=args)  # type: ignore[no-any-return]
+
         try:
-            reply = await self.link.call(lambda: self._admit(keys=list(keys), args=args))
+            reply = await self.link.call(ask)
         except RedisError as exc:
             self._went_down(exc)
             raise self._unreachable() from None
         self._came_back()
         status, a, b = (int(x) for x in reply)
+        if status not in {2, 3}:
+            self._know(tenant, period_s, a, b)
         if status == 1:
             raise refuse_budget(q, a, b, period_s)
         if status == 2:
@@ -169,13 +202,31 @@ class RedisQuotaStore:
             retry_after_ms=STORE_DOWN_RETRY_MS,
         )
 
+    def _know(self, tenant: str, period_s: int, tokens: int, usd: int) -> None:
+        self._known[tenant] = (int(time.time() // period_s), tokens, usd)
+        if len(self._known) > MAX_KNOWN:  # bounded: forget the oldest answers
+            for name in list(self._known)[: MAX_KNOWN // 2]:
+                del self._known[name]
+
+    def spent(self, tenant: str, period_s: int) -> tuple[int, int]:
+        """What Redis last said the tenant spent this period, plus this router's usage
+        not yet written (the other routers' is seen at the next write's answer)."""
+        win = int(time.time() // period_s)
+        w, t, u = self._known.get(tenant, (win, 0, 0))
+        if w != win:
+            t = u = 0
+        p = self._pending.get(tenant)
+        if p is not None:
+            t, u = t + p[0], u + p[1]
+        return t, u
+
     def charge(self, tenant: str, tokens: int, usd_micros: int, period_s: int) -> None:
         if tokens <= 0 and usd_micros <= 0:
             return
         p = self._pending.setdefault(tenant, [0, 0, period_s, 0])
         p[2] = max(p[2], period_s)
-        p[0] += tokens
-        p[1] += usd_micros
+        p[0] = min(SATURATE, p[0] + max(0, tokens))
+        p[1] = min(SATURATE, p[1] + max(0, usd_micros))
         self._queued += 1
         self._wake.set()
 
@@ -252,20 +303,27 @@ class RedisQuotaStore:
             return
         router = self.link.router_id
 
-        def write() -> None:
-            pipe = self.link.client.pipeline(transaction=False)
+        def write() -> list[tuple[str, int, Any]]:
+            # MULTI/EXEC: the batch is written whole or not at all, so putting it back
+            # after a failure cannot count a part of it twice
+            pipe = self.link.client.pipeline(transaction=True)
+            charged: list[tuple[str, int]] = []
             for tenant, (tokens, usd, period, ended) in batch.items():
                 bkey, _, ckey = self._keys(tenant)
                 if tokens or usd:
-                    self._charge(keys=[bkey], args=[period, tokens, usd], client=pipe)
+                    self._charge(keys=[bkey], args=[period, tokens, usd, SATURATE], client=pipe)
+                    charged.append((tenant, period))
                 if ended:
                     self._release(keys=[ckey], args=[router, ended], client=pipe)
             if alive:
                 pipe.set(self._alive_key, 1, px=ALIVE_MS)
-            pipe.execute()
+            replies = pipe.execute()
+            totals = [r for r in replies if isinstance(r, list)]
+            return [(name, period, r) for (name, period), r in zip(charged, totals, strict=True)]
 
         try:
-            await self.link.call(write)
+            for tenant, period, (_, t, u) in await self.link.call(write):
+                self._know(tenant, period, int(t), int(u))
             self._written = queued
             self._flushed.set()
             self._flushed = trio.Event()
