@@ -176,3 +176,57 @@ def test_h2_counts_open_streams_through_the_property_we_override() -> None:
         "h2's open_outbound_streams is no longer a property"
     )
     assert issubclass(_h2_fastpath.Connection, h2.connection.H2Connection)
+
+
+def test_aioquic_internals_the_conformance_stateless_reset_uses() -> None:
+    """conformance/roles/client_quic.py (case client.quic.stateless-reset, ATP-QUIC-022)
+    builds a stateless reset from the token a plain aioquic server connection issued: it
+    looks the client's destination CID up in ``QuicConnection._host_cids`` (``cid``,
+    ``stateless_reset_token``), and sees a CONNECTION_CLOSE that arrives after the reset in
+    ``_close_event`` (set at once; the public event waits for the draining period). An
+    in-memory handshake: the token the client holds for the CID it uses is that entry's."""
+    import ssl
+    import tempfile
+    from pathlib import Path
+
+    from aioquic.buffer import Buffer
+    from aioquic.quic import events as qe
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+    from aioquic.quic.packet import pull_quic_header
+
+    from atp_proto.transports.tls import generate_dev_cert
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key, _ = generate_dev_cert(Path(tmp))
+        sconf = QuicConfiguration(is_client=False, alpn_protocols=["atp/1"])
+        sconf.load_cert_chain(str(cert), str(key))
+    cconf = QuicConfiguration(is_client=True, alpn_protocols=["atp/1"])
+    cconf.verify_mode = ssl.CERT_NONE
+    client = QuicConnection(configuration=cconf)
+    caddr, saddr = ("127.0.0.1", 1), ("127.0.0.1", 2)
+    client.connect(saddr, now=0.0)
+    server: QuicConnection | None = None
+    last: bytes = b""
+    for _ in range(10):
+        for data, _a in client.datagrams_to_send(now=0.0):
+            if server is None:
+                hdr = pull_quic_header(Buffer(data=data), host_cid_length=8)
+                server = QuicConnection(
+                    configuration=sconf, original_destination_connection_id=hdr.destination_cid
+                )
+            last = data
+            server.receive_datagram(data, caddr, now=0.0)
+        assert server is not None
+        for data, _a in server.datagrams_to_send(now=0.0):
+            client.receive_datagram(data, saddr, now=0.0)
+    assert server is not None
+    dcid = pull_quic_header(Buffer(data=last), host_cid_length=8).destination_cid
+    tokens = {c.cid: c.stateless_reset_token for c in server._host_cids}
+    assert tokens[dcid] == client._peer_cid.stateless_reset_token != b""
+    assert server._close_event is None
+    client.close(error_code=0x0)
+    for data, _a in client.datagrams_to_send(now=0.0):
+        server.receive_datagram(data, caddr, now=0.0)
+    assert isinstance(server._close_event, qe.ConnectionTerminated)
+    assert server._close_event.error_code == 0x0

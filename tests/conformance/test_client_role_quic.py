@@ -5,7 +5,9 @@ broken QUIC client â€” the same testee with one fault, broken/quic_variant.py â€
 with the requirement ID it breaks. (The Python client passing every QUIC case is in
 test_client_codec_roles.py's run of the whole client role at L3 [ATP-QUIC-001,
 ATP-QUIC-002, ATP-QUIC-004, ATP-QUIC-005, ATP-QUIC-011, ATP-QUIC-012, ATP-QUIC-015,
-ATP-QUIC-021].)"""
+ATP-QUIC-021, ATP-QUIC-022].) A client that ignores the router's stateless reset, one that
+sees it but answers with a CONNECTION_CLOSE, and one that ends on the decoy (a reset's
+shape without the token) all fail ATP-QUIC-022."""
 
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ def test_quic_cases_need_the_ca_placeholder() -> None:
     [
         ("quic-client-fin-early", "client.quic.basic.three-streams", "ATP-QUIC-012"),
         ("quic-client-close-eproto", "client.quic.basic.three-streams", "ATP-QUIC-015"),
+        ("quic-client-ignore-reset", "client.quic.stateless-reset", "ATP-QUIC-022"),
+        ("quic-client-close-on-reset", "client.quic.stateless-reset", "ATP-QUIC-022"),
+        ("quic-client-any-reset", "client.quic.stateless-reset", "ATP-QUIC-022"),
     ],
 )
 def test_broken_quic_client_is_caught(variant: str, case: str, want_id: str) -> None:

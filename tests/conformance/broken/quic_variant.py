@@ -128,7 +128,53 @@ def client_close_eproto() -> None:
     _quic_conn.QuicTransport.aclose = aclose  # type: ignore[method-assign]
 
 
+def client_ignore_reset() -> None:
+    """The client does not look for stateless resets: every datagram goes to aioquic, which
+    drops one for an unknown CID, so the session waits for its idle timeout (ATP-QUIC-022)."""
+
+    def datagram_received(self: Any, data: bytes, addr: Any, now: float) -> None:
+        self.quic.receive_datagram(data, addr, now)
+
+    _quic_conn.QuicTransport.datagram_received = datagram_received  # type: ignore[method-assign]
+
+
+def client_close_on_reset() -> None:
+    """The client sees the reset and ends the session, but closes it as if the router were
+    still there: a CONNECTION_CLOSE goes out where it must send nothing (ATP-QUIC-022)."""
+
+    def reset(self: Any, now: float) -> None:
+        if self.stateless_reset:
+            return
+        self.stateless_reset = True
+        self.peer_close_reason = "stateless reset"
+        self.quic.close(error_code=0x0)  # closing, not draining
+        self.endpoint.mark(self)
+        self.terminated.set()
+        self._inbox_ready.set()
+        self._timer_wake.set()
+
+    _quic_conn.QuicTransport._reset_statelessly = reset  # type: ignore[method-assign]
+
+
+def client_any_reset() -> None:
+    """The client takes any short-header datagram of a reset's size that is not for one of
+    its connection IDs for a stateless reset, token or not: anyone who can send it a
+    datagram with the router's address can end its sessions (ATP-QUIC-022, §10.3.1)."""
+
+    def datagram_received(self: Any, data: bytes, addr: Any, now: float) -> None:
+        ours = {c.cid for c in self.quic._host_cids}
+        if len(data) >= _quic_conn.RESET_MIN and not data[0] & 0x80 and data[1:9] not in ours:
+            self._reset_statelessly(now)
+            return
+        self.quic.receive_datagram(data, addr, now)
+
+    _quic_conn.QuicTransport.datagram_received = datagram_received  # type: ignore[method-assign]
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "quic-client-any-reset": client_any_reset,
+    "quic-client-close-on-reset": client_close_on_reset,
+    "quic-client-ignore-reset": client_ignore_reset,
     "quic-client-fin-early": client_fin_early,
     "quic-client-close-eproto": client_close_eproto,
     "quic-reset-stream": reset_stream_for_errors,
