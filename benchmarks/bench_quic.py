@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import socket
 import ssl
 import sys
 import tempfile
@@ -48,18 +47,13 @@ GOAL_VS_TUNED = 1.0
 GOAL_SLOW_RATIO = 1.5
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # ------------------------------------------------------------------ the aioquic echo
 
 
-def _echo_server(port: int, cert: str, key: str, datagram: int, ready: Any) -> None:
-    from aioquic.asyncio import serve
+def _echo_server(cert: str, key: str, datagram: int, ready: Any) -> None:
+    """The aioquic echo on a UDP port the kernel picks; sends that port to ``ready``."""
     from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.asyncio.server import QuicServer
     from aioquic.quic import events as qe
     from aioquic.quic.configuration import QuicConfiguration
 
@@ -75,8 +69,11 @@ def _echo_server(port: int, cert: str, key: str, datagram: int, ready: Any) -> N
             conf.max_datagram_size = datagram
             conf.max_data, conf.max_stream_data = 4 << 20, 1 << 20
         conf.load_cert_chain(cert, key)
-        await serve("127.0.0.1", port, configuration=conf, create_protocol=Echo)
-        ready.set()
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: QuicServer(configuration=conf, create_protocol=Echo),  # what serve() does
+            local_addr=("127.0.0.1", 0),
+        )
+        ready.send(transport.get_extra_info("sockname")[1])
         await asyncio.Event().wait()
 
     asyncio.run(main())
@@ -127,13 +124,13 @@ def _echo_client(port: int, datagram: int, size: int, streams: int, per_stream: 
 
 def _baseline(cert: str, key: str, datagram: int, size: int, streams: int, n: int) -> float:
     ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    port = _free_udp_port()
-    proc = ctx.Process(target=_echo_server, args=(port, cert, key, datagram, ready), daemon=True)
+    ready, tell = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_echo_server, args=(cert, key, datagram, tell), daemon=True)
     proc.start()
     try:
-        if not ready.wait(30):
+        if not ready.poll(30):
             raise RuntimeError("the aioquic echo server did not start")
+        port = int(ready.recv())
         return _echo_client(port, datagram, size, streams, n)
     finally:
         proc.kill()
@@ -295,16 +292,15 @@ def run_benchmark(*, quick: bool, progress: Any = None) -> dict[str, Any]:
     samples = 20 if quick else 200
     with tempfile.TemporaryDirectory() as tmp:
         cert = make_cert(Path(tmp))
-        port = _free_udp_port()
         adapters = {
             "echo": f"builtin:echo?chunks={chunks}",
             "bulk": f"builtin:echo?chunks={bulk_chunks}",
             "slow": "builtin:persona?latency_ms=1000&chunks=100",
         }
         say("starting the router (atp serve --quic)")
-        argv = ("--quic", f"127.0.0.1:{port}", "--quic-cert", cert.cert, "--quic-key", cert.key)
-        with _quic_router(adapters, argv):
-            url = f"quic://127.0.0.1:{port}"
+        argv = ("--quic", "127.0.0.1:0", "--quic-cert", cert.cert, "--quic-key", cert.key)
+        with _quic_router(adapters, argv) as router:
+            url = router.proc.quic_url  # the port the kernel picked, from its log
             say("router: 200-byte frames")
             fps = trio.run(_router_rate, url, cert.cert, FRAME, streams, chunks)
             say("router: 16 KiB payloads")

@@ -276,11 +276,15 @@ async def _start_adapter(opts: RunOptions, stack: AsyncExitStack) -> object | No
         return None
     host, _, port = opts.adapter_listen.rpartition(":")
     if not host or not port.isdigit():
-        raise UsageProblem(f"--adapter-listen wants HOST:PORT, got {opts.adapter_listen!r}")
+        raise UsageProblem(f"--adapter-listen wants HOST:PORT or fd:N, got {opts.adapter_listen!r}")
     try:
         from conformance.scripted_adapter import ScriptedAdapter
     except ImportError as exc:
         raise UsageProblem(f"the scripted adapter is not available in this build ({exc})") from None
     adapter = ScriptedAdapter()
-    await stack.enter_async_context(adapter.serving(host, int(port)))
+    fd = int(port) if host == "fd" else None  # fd:N, a listening socket passed to us
+    try:
+        await stack.enter_async_context(adapter.serving(host, int(port), fd=fd))
+    except OSError as exc:
+        raise UsageProblem(f"--adapter-listen {opts.adapter_listen}: {exc}") from None
     return adapter

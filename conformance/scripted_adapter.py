@@ -40,6 +40,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import math
+import socket
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -119,9 +120,17 @@ class ScriptedAdapter:
     # ------------------------------------------------------------------ serving
 
     @contextlib.asynccontextmanager
-    async def serving(self, host: str, port: int) -> AsyncIterator[ScriptedAdapter]:
-        """Listen on ``host:port`` (0: any free port, see :attr:`port`) while the block runs."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
+    async def serving(
+        self, host: str, port: int, *, fd: int | None = None
+    ) -> AsyncIterator[ScriptedAdapter]:
+        """Listen on ``host:port`` (0: any free port, see :attr:`port`) while the block runs;
+        with ``fd``, on that listening socket instead (the caller bound it and configured the
+        router with its port first: no race for a free port)."""
+        if fd is None:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        else:
+            sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
+            listeners = [trio.SocketListener(sock)]
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, self._connection, listeners)

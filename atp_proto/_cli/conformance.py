@@ -110,7 +110,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="HOST:PORT",
         help="router role: serve the scripted gRPC adapter here (the router under "
-        "test must be configured with --adapter conf=grpc://HOST:PORT)",
+        "test must be configured with --adapter conf=grpc://HOST:PORT); fd:N serves on "
+        "the listening socket N this process inherited",
     )
     run.add_argument("--level", choices=("L1", "L2", "L3"), default="L1")
     run.add_argument("--run", action="append", default=[], metavar="GLOB", help="case ids to run")
