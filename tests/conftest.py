@@ -4,12 +4,24 @@ Every async test runs under ``trio.fail_after`` (60 s unless marked
 ``@pytest.mark.deadline(seconds)``): a hang fails the test with a traceback instead of
 stalling CI. This wraps the test function itself, because pytest-trio runs each fixture
 in its own task, so a cancel scope opened in a fixture would not cover the test.
+
+The suite runs in parallel (``./dev test``: pytest-xdist, ``--dist loadgroup``), so:
+
+* a module with a module-scoped fixture (a fleet of adapter processes, a built wheel) is
+  one ``xdist_group``: its tests share one worker, which sets the fixture up once, instead
+  of every worker building it again (a wheel built twice at once in the same checkout);
+* each worker's ``XDG_DATA_HOME`` (where ``atp serve --dev-cert`` keeps its certificate) is
+  a directory of its own, inherited by the processes the tests start: no test writes the
+  user's data directory, and no two workers share one;
+* servers bind port 0 and report the port they got (never "pick a free port, close it,
+  let the server bind it": another worker can take it in between).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -21,7 +33,28 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "deadline(seconds): fail an async test after this long")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.fixture(scope="session", autouse=True)
+def _own_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``XDG_DATA_HOME`` of this worker's session: a fresh directory (tests that need
+    another one still set it themselves)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+        yield
+
+
+def _group_modules_with_shared_fixtures(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        module = getattr(item, "module", None)
+        if module is not None and any(d[-1].scope == "module" for d in defs if d):
+            item.add_marker(pytest.mark.xdist_group(module.__name__))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _group_modules_with_shared_fixtures(config, items)
     for item in items:
         fn = getattr(item, "obj", None)
         if not inspect.iscoroutinefunction(fn) or getattr(fn, "_atp_deadline", False):
