@@ -7,9 +7,8 @@ in its own task, so a cancel scope opened in a fixture would not cover the test.
 
 The suite runs in parallel (``./dev test``: pytest-xdist, ``--dist loadgroup``), so:
 
-* a module with a module-scoped fixture (a fleet of adapter processes, a built wheel) is
-  one ``xdist_group``: its tests share one worker, which sets the fixture up once, instead
-  of every worker building it again (a wheel built twice at once in the same checkout);
+* a module with a module-scoped fixture (a fleet of adapter processes, a built wheel) goes
+  whole to one worker, which sets the fixture up once (tests/_xdist_scheduling.py);
 * each worker's ``XDG_DATA_HOME`` (where ``atp serve --dev-cert`` keeps its certificate) is
   a directory of its own, inherited by the processes the tests start: no test writes the
   user's data directory, and no two workers share one;
@@ -22,6 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import trio
@@ -42,19 +42,18 @@ def _own_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
-def _group_modules_with_shared_fixtures(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        defs = info.name2fixturedefs.values() if info is not None else ()
-        module = getattr(item, "module", None)
-        if module is not None and any(d[-1].scope == "module" for d in defs if d):
-            item.add_marker(pytest.mark.xdist_group(module.__name__))
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: absent with -p no:xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup``: tests/_xdist_scheduling.py (modules with module-scoped
+    fixtures stay on one worker)."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from tests._xdist_scheduling import ModuleFixtureScheduling
+
+    return ModuleFixtureScheduling(config, log)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    _group_modules_with_shared_fixtures(config, items)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fn = getattr(item, "obj", None)
         if not inspect.iscoroutinefunction(fn) or getattr(fn, "_atp_deadline", False):

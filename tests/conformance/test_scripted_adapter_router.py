@@ -13,6 +13,10 @@ import trio
 from atp_proto.testing.processes import RouterProcess, clean_env
 from conformance.scripted_adapter import ScriptedAdapter
 
+#: the scripted adapter's retry hint: long enough that the next ``atp send`` starts within
+#: it on a loaded machine (a Python process can take seconds to start there)
+HINT_MS = 4000
+
 
 async def _send(url: str, prompt: str, *args: str) -> list[dict[str, object]]:
     argv = [sys.executable, "-m", "atp_proto", "send", url, "--prompt", prompt, "--json", *args]
@@ -31,10 +35,13 @@ async def test_a_real_router_meets_the_scripted_behaviours() -> None:
         try:
             ok = await _send(router.url, "conformance:e2e-ok:ok")
             died = await _send(router.url, "conformance:e2e-die:die_mid_stream")
-            busy = await _send(router.url, "conformance:e2e-busy:status:RESOURCE_EXHAUSTED:900")
+            busy = await _send(
+                router.url, f"conformance:e2e-busy:status:RESOURCE_EXHAUSTED:{HINT_MS}"
+            )
+            hinted_until = trio.current_time() + HINT_MS / 1000  # or sooner: it began before
             # within the retry hint the router leaves the adapter alone (ATP-ADAPT-014)
             held = await _send(router.url, "conformance:e2e-held:ok")
-            await trio.sleep(1.0)
+            await trio.sleep_until(hinted_until + 0.2)  # the hint is over: the adapter again
             stalled = await _send(router.url, "conformance:e2e-stall:stall", "--ttl", "1")
             stall_cancelled = await sa.wait_event("e2e-stall", "cancelled", 5.0)
         finally:
