@@ -50,7 +50,13 @@ async def test_a_real_router_meets_the_scripted_behaviours() -> None:
     assert ok[-1]["content"]["answer"] == "part1 part2 part3 part4 "  # type: ignore[index]
     assert "EAGENTDOWN" in json.dumps(died[-1]), died
     assert "EWINDOW_AGENT" in json.dumps(busy[-1]), busy
-    assert "EWINDOW_AGENT" in json.dumps(held[-1]) and sa.events("e2e-held") == [], held
+    assert "EWINDOW_AGENT" in json.dumps(held[-1]) and sa.events("e2e-held") == [], (
+        held,
+        busy,
+        sa.events("e2e-busy"),
+        sa.events("e2e-held"),
+        router.log()[-3000:],
+    )
     assert "ETIMEOUT" in json.dumps(stalled[-1]), stalled
     # the router cancelled the stalled call when the stream's ttl ended it (ATP-ADAPT-009)
     assert stall_cancelled, sa.events("e2e-stall")
