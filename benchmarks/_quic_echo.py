@@ -36,16 +36,11 @@ def _tune_socket(transport: Any) -> None:
             sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # ------------------------------------------------------------------ the aioquic echo
 
 
-def _echo_server(port: int, cert: str, key: str, datagram: int, ready: Any) -> None:
+def _echo_server(cert: str, key: str, datagram: int, ready: Any) -> None:
+    """The aioquic echo on a UDP port the kernel picks; sends that port to ``ready``."""
     from aioquic.asyncio import serve
     from aioquic.asyncio.protocol import QuicConnectionProtocol
     from aioquic.quic import events as qe
@@ -63,10 +58,10 @@ def _echo_server(port: int, cert: str, key: str, datagram: int, ready: Any) -> N
             conf.max_datagram_size = datagram
             conf.max_data, conf.max_stream_data = 4 << 20, 1 << 20
         conf.load_cert_chain(cert, key)
-        server = await serve("127.0.0.1", port, configuration=conf, create_protocol=Echo)
+        server = await serve("127.0.0.1", 0, configuration=conf, create_protocol=Echo)
         if datagram:
             _tune_socket(server._transport)
-        ready.set()
+        ready.send(server._transport.get_extra_info("sockname")[1])
         await asyncio.Event().wait()
 
     asyncio.run(main())
@@ -127,13 +122,13 @@ def _baseline(
 ) -> dict[str, float]:
     """The echo's messages/s and both ends' CPU microseconds per message."""
     ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    port = _free_udp_port()
-    proc = ctx.Process(target=_echo_server, args=(port, cert, key, datagram, ready), daemon=True)
+    ready, tell = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_echo_server, args=(cert, key, datagram, tell), daemon=True)
     proc.start()
     try:
-        if not ready.wait(30):
+        if not ready.poll(30):
             raise RuntimeError("the aioquic echo server did not start")
+        port = int(ready.recv())
         assert proc.pid is not None
         server0 = _cpu_s(proc.pid)
         rate, client_cpu = _echo_client(port, datagram, size, streams, n)

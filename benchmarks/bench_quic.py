@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _harness, _report
-from ._quic_echo import _baseline, _cpu_s, _free_udp_port
+from ._quic_echo import _baseline, _cpu_s
 from ._report import Goal
 
 FRAME = 200
@@ -217,16 +217,15 @@ def run_benchmark(*, quick: bool, progress: Any = None) -> dict[str, Any]:
     samples = 20 if quick else 200
     with tempfile.TemporaryDirectory() as tmp:
         cert = make_cert(Path(tmp))
-        port = _free_udp_port()
         adapters = {
             "echo": f"builtin:echo?chunks={chunks}",
             "bulk": f"builtin:echo?chunks={bulk_chunks}",
             "slow": "builtin:persona?latency_ms=1000&chunks=100",
         }
         say("starting the router (atp serve --quic)")
-        argv = ("--quic", f"127.0.0.1:{port}", "--quic-cert", cert.cert, "--quic-key", cert.key)
+        argv = ("--quic", "127.0.0.1:0", "--quic-cert", cert.cert, "--quic-key", cert.key)
         with _quic_router(adapters, argv) as router:
-            url = f"quic://127.0.0.1:{port}"
+            url = router.proc.quic_url  # the port the kernel picked, from its log
             pid = router.proc.pid
             say("router: 200-byte frames")
             small = trio.run(_router_rate, url, cert.cert, FRAME, streams, chunks, pid)

@@ -283,7 +283,8 @@ async def _start_adapter(opts: RunOptions, stack: AsyncExitStack) -> object | No
         host, _, digits = item.strip().rpartition(":")
         if not host or not digits.isdigit():
             raise UsageProblem(
-                f"--adapter-listen wants HOST:PORT[,HOST:PORT], got {opts.adapter_listen!r}"
+                "--adapter-listen wants HOST:PORT[,HOST:PORT] or fd:N[,fd:M], "
+                f"got {opts.adapter_listen!r}"
             )
         addresses.append((host, int(digits)))
     try:
@@ -292,5 +293,9 @@ async def _start_adapter(opts: RunOptions, stack: AsyncExitStack) -> object | No
         raise UsageProblem(f"the scripted adapter is not available in this build ({exc})") from None
     adapter = ScriptedAdapter()
     for (host, number), name in zip(addresses, ("conf", "conf2"), strict=False):
-        await stack.enter_async_context(adapter.serving(host, number, name))
+        fd = number if host == "fd" else None  # fd:N, a listening socket passed to us
+        try:
+            await stack.enter_async_context(adapter.serving(host, number, name, fd=fd))
+        except OSError as exc:
+            raise UsageProblem(f"--adapter-listen {opts.adapter_listen}: {exc}") from None
     return adapter

@@ -58,6 +58,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import math
+import socket
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -195,13 +196,18 @@ class ScriptedAdapter:
 
     @contextlib.asynccontextmanager
     async def serving(
-        self, host: str, port: int, name: str = "conf"
+        self, host: str, port: int, name: str = "conf", *, fd: int | None = None
     ) -> AsyncIterator[ScriptedAdapter]:
         """Listen on ``host:port`` (0: any free port, see :attr:`port`, the first listener's)
-        while the block runs; ``name``: the adapter name the router under test gives this
-        listener (the events say it; the second of a ``duo:`` behaviour is the second
-        listener started)."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        while the block runs; with ``fd``, on that listening socket instead (the caller bound
+        it and configured the router with its port first: no race for a free port);
+        ``name``: the adapter name the router under test gives this listener (the events say
+        it; the second of a ``duo:`` behaviour is the second listener started)."""
+        if fd is None:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        else:
+            sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
+            listeners = [trio.SocketListener(sock)]
         bound = listeners[0].socket.getsockname()[1]
         if self.port is None:
             self.port = bound

@@ -53,7 +53,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         "bench_routing",
         "learned routing on real outcome data through the real router: quality, cost, "
         "PGR/APGR/CPT beside always-strong/weak, random, oracle and RouteLLM's figures",
-        lambda p: importlib.import_module(f"{PACKAGE}.bench_routing").add_options(p),
+        lambda p: _options_of("bench_routing", p),
     ),
     "quic": Benchmark(
         "bench_quic",
@@ -67,6 +67,20 @@ BENCHMARKS: dict[str, Benchmark] = {
         lambda p: importlib.import_module(f"{PACKAGE}.bench_e2e").add_options(p),
     ),
 }
+
+
+def _options_of(module: str, parser: argparse.ArgumentParser) -> None:
+    """The benchmark module's own ``add_options(parser)``; none when the benchmarks package
+    is not installed (every ``atp`` command builds this parser; running the benchmark then
+    says it is missing, see :func:`load`)."""
+    name = f"{PACKAGE}.{module}"
+    try:
+        found = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name not in (PACKAGE, name):
+            raise
+        return
+    found.add_options(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

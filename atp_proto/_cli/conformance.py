@@ -117,7 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="router role: serve the scripted gRPC adapter here (the router under "
         "test must be configured with --adapter conf=grpc://HOST:PORT); HOST:PORT,HOST:PORT "
-        "serves a second one, the router's adapter conf2",
+        "serves a second one, the router's adapter conf2; fd:N serves on the listening "
+        "socket N this process inherited (fd:N,fd:M for two)",
     )
     run.add_argument(
         "--pressure",

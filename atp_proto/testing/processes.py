@@ -49,6 +49,7 @@ __all__ = [
 
 _LISTENING = re.compile(r"router listening .*?ws=(wss?://\S+)")  # wss: atp serve --cert
 _METRICS = re.compile(r"metrics=https?://[^\s:]+:(\d+)/metrics")
+_QUIC = re.compile(r"quic=(quic://\S+)")  # atp serve --quic HOST:0 logs the bound port
 _ADAPTER_LISTENING = re.compile(rb"listening on [^\s]*:(\d+)")
 
 #: ``python -c`` prologue: raise RLIMIT_NOFILE to the hard limit, then run the CLI
@@ -148,6 +149,7 @@ class RouterProcess:
         self.argv = argv
         self.lines: deque[str] = deque(maxlen=keep_lines)  #: stderr lines, with their "\n"
         self.ws_url = ""
+        self.quic_url = ""  #: ``quic://HOST:PORT`` when it serves QUIC (``--quic``), else ""
         self.metrics_port: int | None = None
         self._ready = threading.Event()
         self._eof = False  #: the router closed its stderr (it is gone or going)
@@ -177,6 +179,8 @@ class RouterProcess:
             if not self.ws_url and (m := _LISTENING.search(line)):
                 mm = _METRICS.search(line)
                 self.metrics_port = int(mm.group(1)) if mm else None
+                mq = _QUIC.search(line)
+                self.quic_url = mq.group(1) if mq else ""
                 self.ws_url = m.group(1)
                 self._ready.set()
         self._eof = True

@@ -1,5 +1,6 @@
 """Fixtures of the conformance suite's own tests: real router processes (the reference, and
-broken variants started as real ``atp serve`` processes), free loopback ports, and the
+broken variants started as real ``atp serve`` processes), loopback sockets held for the
+suite's scripted adapter (no race for a free port), and the
 suite run through its real entry point (``python -m atp_proto conformance run``)."""
 
 from __future__ import annotations
@@ -29,10 +30,23 @@ DENIED_META = '{"data_scope": ["no_secrets"], "tool_permissions": ["secrets.read
 HANDSHAKE_2S = "[router]\nhandshake_timeout_s = 2.0\n"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@contextmanager
+def adapter_socket() -> Iterator[socket.socket]:
+    """A listening loopback socket for the suite's scripted adapter, held from before the
+    router starts until the run ends: its port goes into the router's ``--adapter`` URL and
+    the socket itself to the runner (``--adapter-listen fd:N``, ``run_suite(adapter=...)``),
+    so no other process (another test worker) can take the port in between."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        yield sock
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback TCP port that refuses connections: bound (so nobody else can listen on
+    it) but not listening, for as long as the block runs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -55,8 +69,19 @@ def router(
         yield r
 
 
-def run_suite(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any], str]:
-    """``python -m atp_proto conformance run ARGS --json``: exit status, report, stderr."""
+def run_suite(
+    *args: str,
+    timeout: float = 120,
+    adapter: socket.socket | tuple[socket.socket, socket.socket] | None = None,
+) -> tuple[int, dict[str, Any], str]:
+    """``python -m atp_proto conformance run ARGS --json``: exit status, report, stderr.
+    ``adapter`` (from :func:`adapter_socket`, or two for the adapters conf and conf2) is
+    passed on as ``--adapter-listen fd:N`` (``fd:N,fd:M``)."""
+    fds: tuple[int, ...] = ()
+    if adapter is not None:
+        socks = adapter if isinstance(adapter, tuple) else (adapter,)
+        fds = tuple(s.fileno() for s in socks)
+        args = (*args, "--adapter-listen", ",".join(f"fd:{fd}" for fd in fds))
     proc = subprocess.run(
         [sys.executable, "-m", "atp_proto", "conformance", "run", *args, "--json"],
         cwd=ROOT,
@@ -64,6 +89,7 @@ def run_suite(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any], st
         capture_output=True,
         text=True,
         timeout=timeout,
+        pass_fds=fds,
     )
     report = json.loads(proc.stdout) if proc.stdout.strip() else {}
     return proc.returncode, report, proc.stderr

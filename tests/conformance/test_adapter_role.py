@@ -21,6 +21,8 @@ from conformance.model import CaseResult, Verdict
 from conformance.roles import RunContext
 from conformance.roles import adapter as role
 
+from .conftest import refused_port
+
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = "tests.conformance.broken_adapters.variants"
 
@@ -123,11 +125,8 @@ async def test_atp_adapter_check_passes_a_good_adapter_and_prints_a_table() -> N
 async def test_atp_adapter_check_exit_status_for_bad_usage_and_no_adapter() -> None:
     code, out = await atp_check("http://127.0.0.1:1")
     assert code == 2 and "grpc://HOST:PORT" in out and "Traceback" not in out
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.close()
-    code, out = await atp_check(f"grpc://127.0.0.1:{port}")
+    with refused_port() as port:
+        code, out = await atp_check(f"grpc://127.0.0.1:{port}")
     assert code == 3 and "cannot reach" in out and "Traceback" not in out
 
 
@@ -156,11 +155,7 @@ async def test_an_adapter_answering_an_empty_prompt_fails() -> None:
 
 
 async def test_an_unreachable_target_is_reported_as_such() -> None:
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.close()  # nobody listens there now
-    with pytest.raises(role.TargetUnreachable):
+    with refused_port() as port, pytest.raises(role.TargetUnreachable):
         await role.run(role.cases({})[0], RunContext(target=f"grpc://127.0.0.1:{port}"))
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from atp_proto.testing import clean_env
 
-from .conftest import BROKEN, ROOT, free_port, run_suite
+from .conftest import BROKEN, ROOT, refused_port, run_suite
 
 PY = sys.executable
 CODEC = f"{PY} -m conformance.testees.python_codec"
@@ -60,6 +60,7 @@ def test_list_and_explain() -> None:
         ("run", "--role", "codec", "--exec", CODEC, "--repeat", "0"),
         ("run", "--role", "router"),  # no --target
         ("run", "--role", "router", "--target", "ws://x/ws", "--adapter-listen", "nope"),
+        ("run", "--role", "router", "--target", "ws://x/ws", "--adapter-listen", "fd:987"),
     ],
 )
 def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
@@ -69,9 +70,8 @@ def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
 
 
 def test_unreachable_target_exits_3() -> None:
-    code, report, err = run_suite(
-        "--role", "router", "--target", f"ws://127.0.0.1:{free_port()}/ws"
-    )
+    with refused_port() as port:
+        code, report, err = run_suite("--role", "router", "--target", f"ws://127.0.0.1:{port}/ws")
     assert code == 3 and report["exit_code"] == 3 and report["unreachable"]
     assert "unreachable" in err
     code, _, _ = run_suite("--role", "codec", "--exec", "/nonexistent/codec-testee")

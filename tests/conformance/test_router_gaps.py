@@ -8,6 +8,7 @@ they break. The gap cases that need one adapter run in test_router_role.py's ful
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from atp_proto.router.auth import issue_token
 from atp_proto.testing import RouterProcess
 
-from .conftest import SECRET, failures, free_port, router, run_suite
+from .conftest import SECRET, adapter_socket, failures, router, run_suite
 
 #: small enough for router.handshake.session-limit to open them all
 MAX_SESSIONS = 8
@@ -29,16 +30,32 @@ _PRESSURE = "[admission]\nmin_limit = 1\ninitial_limit = 1\nmax_limit = 1\nmax_q
 @contextmanager
 def _pair_router(
     variant: str | None = None, key_file: Path | None = None
-) -> Iterator[tuple[RouterProcess, str]]:
-    """A router with the two scripted adapters (conf, conf2); ``--adapter-listen`` value."""
-    p1, p2 = free_port(), free_port()
-    with router(
-        variant=variant,
-        adapters={"conf": f"grpc://127.0.0.1:{p1}", "conf2": f"grpc://127.0.0.1:{p2}"},
-        key_file=key_file,
-        config_toml=_SESSIONS,
-    ) as r:
-        yield r, f"127.0.0.1:{p1},127.0.0.1:{p2}"
+) -> Iterator[tuple[RouterProcess, tuple[socket.socket, socket.socket]]]:
+    """A router with the two scripted adapters (conf, conf2), and their listening sockets
+    (``run_suite(adapter=...)``: held from before the router starts, no port race)."""
+    with (
+        _pair_sockets() as (s1, s2),
+        router(
+            variant=variant,
+            adapters=_pair_urls(s1, s2),
+            key_file=key_file,
+            config_toml=_SESSIONS,
+        ) as r,
+    ):
+        yield r, (s1, s2)
+
+
+@contextmanager
+def _pair_sockets() -> Iterator[tuple[socket.socket, socket.socket]]:
+    with adapter_socket() as s1, adapter_socket() as s2:
+        yield s1, s2
+
+
+def _pair_urls(s1: socket.socket, s2: socket.socket) -> dict[str, str]:
+    return {
+        "conf": f"grpc://127.0.0.1:{s1.getsockname()[1]}",
+        "conf2": f"grpc://127.0.0.1:{s2.getsockname()[1]}",
+    }
 
 
 def _verdicts(report: dict) -> dict[str, tuple[str, str]]:
@@ -63,8 +80,6 @@ def test_reference_router_passes_the_pair_and_handshake_cases(secret_file: Path)
             "L3",
             "--token",
             token,
-            "--adapter-listen",
-            listen,
             "--session-limit",
             str(MAX_SESSIONS),
             "--run",
@@ -73,6 +88,7 @@ def test_reference_router_passes_the_pair_and_handshake_cases(secret_file: Path)
             "router.handshake.*",
             "--skip",
             "router.pair.gold-floor",  # a learning router: test_gold_quality_floor_...
+            adapter=listen,
         )
     got = _verdicts(report)
     assert code == 0, (got, err[-1500:])
@@ -96,10 +112,14 @@ def test_shedding_by_lane_under_pressure(variant: str | None) -> None:
     """[ATP-ADAPT-002, ATP-ERR-004] one stream at a time, a queue of 4, 4 streams per lane:
     the reference sheds bronze and silver, never gold while lower lanes wait; a router
     whose every stream waits as bronze sheds gold ahead of queued bronze: caught."""
-    port = free_port()
-    with router(
-        variant=variant, adapters={"conf": f"grpc://127.0.0.1:{port}"}, config_toml=_PRESSURE
-    ) as r:
+    with (
+        adapter_socket() as conf,
+        router(
+            variant=variant,
+            adapters={"conf": f"grpc://127.0.0.1:{conf.getsockname()[1]}"},
+            config_toml=_PRESSURE,
+        ) as r,
+    ):
         code, report, err = run_suite(
             "--role",
             "router",
@@ -107,8 +127,6 @@ def test_shedding_by_lane_under_pressure(variant: str | None) -> None:
             r.url,
             "--level",
             "L3",
-            "--adapter-listen",
-            f"127.0.0.1:{port}",
             "--pressure",
             "4",
             "--run",
@@ -117,6 +135,7 @@ def test_shedding_by_lane_under_pressure(variant: str | None) -> None:
             "router.pair.max-parallel",
             "--encoding",
             "binary",
+            adapter=conf,
         )
     (case,) = [c for c in report["cases"] if c["id"] == "router.lanes.shed-order"]
     if variant is None:
@@ -135,13 +154,15 @@ def test_shedding_by_lane_under_pressure(variant: str | None) -> None:
 def test_gold_quality_floor_of_a_learning_router(variant: str | None) -> None:
     """[ATP-FEED-006] the bandit learner, taught that conf2 is bad: gold never tries it
     first; a learner whose gold lane puts any adapter first is caught."""
-    p1, p2 = free_port(), free_port()
-    with router(
-        "--learner",
-        "bandit",
-        variant=variant,
-        adapters={"conf": f"grpc://127.0.0.1:{p1}", "conf2": f"grpc://127.0.0.1:{p2}"},
-    ) as r:
+    with (
+        _pair_sockets() as pair,
+        router(
+            "--learner",
+            "bandit",
+            variant=variant,
+            adapters=_pair_urls(*pair),
+        ) as r,
+    ):
         code, report, err = run_suite(
             "--role",
             "router",
@@ -149,12 +170,11 @@ def test_gold_quality_floor_of_a_learning_router(variant: str | None) -> None:
             r.url,
             "--level",
             "L3",
-            "--adapter-listen",
-            f"127.0.0.1:{p1},127.0.0.1:{p2}",
             "--http-url",
             f"http://127.0.0.1:{r.metrics_port}",
             "--run",
             "router.pair.gold-floor",
+            adapter=pair,
         )
     (case,) = [c for c in report["cases"] if c["id"] == "router.pair.gold-floor"]
     if variant is None:
@@ -210,11 +230,10 @@ def test_broken_routers_are_caught_by_the_gap_cases(variants: str, caught: dict[
             r.url,
             "--level",
             "L3",
-            "--adapter-listen",
-            listen,
             "--session-limit",
             str(MAX_SESSIONS),
             *args,
+            adapter=listen,
         )
     assert code == 1, _verdicts(report)
     failed = {c["id"]: c for c in failures(report)}

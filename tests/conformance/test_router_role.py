@@ -16,8 +16,8 @@ from .conftest import (
     HANDSHAKE_2S,
     POLICY,
     SECRET,
+    adapter_socket,
     failures,
-    free_port,
     router,
     run_suite,
     violated_ids,
@@ -37,15 +37,17 @@ def test_reference_router_passes_every_case_with_the_scripted_adapter() -> None:
     100% PASS except the auth cases, UNSUPPORTED without --token (the next test). The
     router learns (bandit, feedback on its HTTP port) and asks the example policy
     [ATP-STRAT-001, ATP-FEED-002, ATP-SEC-016]."""
-    port = free_port()
-    with router(
-        "--learner",
-        "bandit",
-        "--policy",
-        str(POLICY),
-        adapters={"conf": f"grpc://127.0.0.1:{port}"},
-        config_toml=HANDSHAKE_2S,
-    ) as r:
+    with (
+        adapter_socket() as conf,
+        router(
+            "--learner",
+            "bandit",
+            "--policy",
+            str(POLICY),
+            adapters={"conf": f"grpc://127.0.0.1:{conf.getsockname()[1]}"},
+            config_toml=HANDSHAKE_2S,
+        ) as r,
+    ):
         code, report, err = run_suite(
             "--role",
             "router",
@@ -53,8 +55,6 @@ def test_reference_router_passes_every_case_with_the_scripted_adapter() -> None:
             r.url,
             "--level",
             "L3",
-            "--adapter-listen",
-            f"127.0.0.1:{port}",
             "--http-url",
             f"http://127.0.0.1:{r.metrics_port}",
             "--denied-meta",
@@ -75,6 +75,7 @@ def test_reference_router_passes_every_case_with_the_scripted_adapter() -> None:
             "router.handshake.subprotocol-bearer",  # auth on: test_router_gaps.py
             "--skip",
             "router.handshake.session-limit",  # a small max_sessions: test_router_gaps.py
+            adapter=conf,
         )
     assert code == 0, (err[-2000:], report and _not_passed(report))
     assert {c["verdict"] for c in report["cases"]} == {"PASS", "SKIPPED"}
@@ -208,8 +209,12 @@ def test_router_accepting_an_expired_token_is_caught(secret_file: Path) -> None:
     ],
 )
 def test_broken_router_to_adapter_is_caught(variant: str, case: str, want_id: str) -> None:
-    port = free_port()
-    with router(variant=variant, adapters={"conf": f"grpc://127.0.0.1:{port}"}) as r:
+    with (
+        adapter_socket() as conf,
+        router(
+            variant=variant, adapters={"conf": f"grpc://127.0.0.1:{conf.getsockname()[1]}"}
+        ) as r,
+    ):
         code, report, _ = run_suite(
             "--role",
             "router",
@@ -217,12 +222,11 @@ def test_broken_router_to_adapter_is_caught(variant: str, case: str, want_id: st
             r.url,
             "--level",
             "L3",
-            "--adapter-listen",
-            f"127.0.0.1:{port}",
             "--encoding",
             "binary",
             "--run",
             case,
+            adapter=conf,
         )
     assert code == 1
     failed = {c["id"]: c for c in failures(report)}
@@ -237,10 +241,14 @@ _LIMIT_ONE = "[admission]\nmin_limit = 1\ninitial_limit = 1\nmax_limit = 1\n"
 @pytest.mark.parametrize("variant", [None, "bronze-starves-gold"])
 def test_lanes_at_the_concurrency_limit(variant: str | None) -> None:
     """[ATP-ADAPT-001] the reference admits gold ahead of queued bronze; FIFO is caught."""
-    port = free_port()
-    with router(
-        variant=variant, adapters={"conf": f"grpc://127.0.0.1:{port}"}, config_toml=_LIMIT_ONE
-    ) as r:
+    with (
+        adapter_socket() as conf,
+        router(
+            variant=variant,
+            adapters={"conf": f"grpc://127.0.0.1:{conf.getsockname()[1]}"},
+            config_toml=_LIMIT_ONE,
+        ) as r,
+    ):
         code, report, err = run_suite(
             "--role",
             "router",
@@ -248,10 +256,9 @@ def test_lanes_at_the_concurrency_limit(variant: str | None) -> None:
             r.url,
             "--level",
             "L2",
-            "--adapter-listen",
-            f"127.0.0.1:{port}",
             "--run",
             "router.lanes.gold-not-starved",
+            adapter=conf,
         )
     (case,) = [c for c in report["cases"] if c["id"] == "router.lanes.gold-not-starved"]
     if variant is None:

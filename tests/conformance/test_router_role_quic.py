@@ -15,14 +15,14 @@ import pytest
 
 from atp_proto.router.auth import issue_token
 from atp_proto.testing.certs import CertFiles, make_cert
+from atp_proto.testing.processes import RouterProcess
 
-from .conftest import SECRET, failures, free_port, router, run_suite, violated_ids
+from .conftest import SECRET, adapter_socket, failures, router, run_suite, violated_ids
 
 
-def _udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _port(r: RouterProcess) -> int:
+    """The UDP port the router's QUIC listener bound (``--quic 127.0.0.1:0``)."""
+    return int(r.quic_url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +30,14 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
     return make_cert(tmp_path_factory.mktemp("conf-quic"))
 
 
-def _serve(cert: CertFiles, port: int) -> tuple[str, ...]:
-    return ("--cert", cert.cert, "--key", cert.key, "--quic", f"127.0.0.1:{port}")
+def _serve(cert: CertFiles) -> tuple[str, ...]:
+    """QUIC on a port the kernel picks: no race with another test worker for a free one."""
+    return ("--cert", cert.cert, "--key", cert.key, "--quic", "127.0.0.1:0")
 
 
-def _suite(port: int, cert: CertFiles, *args: str) -> tuple[int, dict[str, Any], str]:
+def _suite(
+    port: int, cert: CertFiles, *args: str, adapter: socket.socket | None = None
+) -> tuple[int, dict[str, Any], str]:
     return run_suite(
         "--role",
         "router",
@@ -45,6 +48,7 @@ def _suite(port: int, cert: CertFiles, *args: str) -> tuple[int, dict[str, Any],
         "--level",
         "L3",
         *args,
+        adapter=adapter,
     )
 
 
@@ -59,13 +63,13 @@ def test_reference_router_passes_every_quic_case(cert: CertFiles) -> None:
     ATP-QUIC-011, ATP-QUIC-013, ATP-QUIC-014, ATP-QUIC-016, ATP-QUIC-020, ATP-QUIC-021]
     L3 with the scripted adapter: 100% PASS over quic://; the WebSocket cases are not in
     a quic:// run's report (nor the QUIC ones in a ws:// run's)."""
-    quic, grpc = _udp_port(), free_port()
-    with router(*_serve(cert, quic), adapters={"conf": f"grpc://127.0.0.1:{grpc}"}):
+    with (
+        adapter_socket() as conf,
+        router(*_serve(cert), adapters={"conf": f"grpc://127.0.0.1:{conf.getsockname()[1]}"}) as r,
+    ):
         code, report, err = _suite(
-            quic,
+            _port(r),
             cert,
-            "--adapter-listen",
-            f"127.0.0.1:{grpc}",
             "--skip",
             "router.quic.auth.*",  # auth on: the next test
             "--skip",
@@ -80,6 +84,7 @@ def test_reference_router_passes_every_quic_case(cert: CertFiles) -> None:
             "router.quic.adapter.status-pushback",
             "--skip",
             "router.quic.seq.too-many-fragments",
+            adapter=conf,
         )
     assert code == 0, (err[-2000:], report and _not_passed(report))
     quic_cases = [c for c in report["cases"] if c["id"].startswith("router.quic.")]
@@ -109,10 +114,9 @@ def test_reference_router_authenticates_with_caps_auth(cert: CertFiles, tmp_path
     key.write_text(SECRET)
     token = issue_token(SECRET.encode(), ttl_s=600)
     limited = issue_token(SECRET.encode(), ttl_s=600, task_types=["qa"], max_qos="bronze")
-    quic = _udp_port()
-    with router(*_serve(cert, quic), key_file=key):
+    with router(*_serve(cert), key_file=key) as r:
         code, report, err = _suite(
-            quic,
+            _port(r),
             cert,
             "--token",
             token,
@@ -140,9 +144,8 @@ def test_reference_router_authenticates_with_caps_auth(cert: CertFiles, tmp_path
 def test_idle_timeout_closes_with_its_quic_code(cert: CertFiles) -> None:
     """[ATP-TIME-004, ATP-QUIC-004] a silent QUIC session is closed with 0x104 (ETIMEOUT)
     after the router's idle_timeout_ms (1.5 s here, as over WebSocket)."""
-    quic = _udp_port()
-    with router(*_serve(cert, quic), config_toml="[limits]\nidle_timeout_ms = 1500\n"):
-        code, report, err = _suite(quic, cert, "--run", "router.quic.time.idle-timeout")
+    with router(*_serve(cert), config_toml="[limits]\nidle_timeout_ms = 1500\n") as r:
+        code, report, err = _suite(_port(r), cert, "--run", "router.quic.time.idle-timeout")
     assert code == 0, (err[-2000:], report and _not_passed(report))
     (case,) = [c for c in report["cases"] if c["verdict"] != "SKIPPED"]
     assert case["verdict"] == "PASS"
@@ -164,9 +167,8 @@ def test_broken_quic_binding_is_caught(
 ) -> None:
     """Each variant fails its case with the ID it breaks, and the same case passes against
     the reference (test_reference_router_passes_every_quic_case)."""
-    quic = _udp_port()
-    with router(*_serve(cert, quic), variant=variant):
-        code, report, err = _suite(quic, cert, *(a for c in cases for a in ("--run", c)))
+    with router(*_serve(cert), variant=variant) as r:
+        code, report, err = _suite(_port(r), cert, *(a for c in cases for a in ("--run", c)))
     assert code == 1, (err[-2000:], report and _not_passed(report))
     assert expected in violated_ids(report), failures(report)
     assert {c["id"] for c in failures(report)} & set(cases)

@@ -9,7 +9,7 @@ from pathlib import Path
 from atp_proto.router.auth import issue_token
 from atp_proto.transports.tls import generate_dev_cert
 
-from .conftest import HANDSHAKE_2S, SECRET, free_port, router, run_suite
+from .conftest import HANDSHAKE_2S, SECRET, refused_port, router, run_suite
 
 
 def _verdicts(report: dict) -> dict[str, tuple[str, str]]:
@@ -20,9 +20,12 @@ def _verdicts(report: dict) -> dict[str, tuple[str, str]]:
 
 def test_policy_service_down_fails_closed() -> None:
     """[ATP-SEC-017] an OPA URL nobody answers: EAGENTDOWN with retry_after_ms."""
-    with router(
-        "--opa-url", f"http://127.0.0.1:{free_port()}", adapters={"persona": "builtin:persona"}
-    ) as r:
+    with (
+        refused_port() as opa_port,
+        router(
+            "--opa-url", f"http://127.0.0.1:{opa_port}", adapters={"persona": "builtin:persona"}
+        ) as r,
+    ):
         code, report, err = run_suite(
             "--role",
             "router",

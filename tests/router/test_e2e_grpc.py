@@ -9,8 +9,6 @@ connection tasks run in the router's nursery.
 
 from __future__ import annotations
 
-import re
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +24,7 @@ from atp_proto.adapters._base import TaskRequest
 from atp_proto.adapters.process import spawn_adapter
 from atp_proto.client import Final, Partial, StreamError, connect
 from atp_proto.router import Router, RouterConfig
+from atp_proto.testing.processes import spawn
 
 from ._helpers_e2e import ROOT, clean_env
 from .conftest import ws_url
@@ -179,31 +178,10 @@ async def test_dead_adapter_is_skipped_at_preflight(nursery: trio.Nursery) -> No
 @asynccontextmanager
 async def _grpcio_server(log: Path) -> AsyncIterator[str]:
     """tests/adapters/grpcio_server.py (grpcio, C-core) as a process; yields its URL."""
-    with open(log, "wb") as errf:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, str(GRPCIO_SERVER)],
-            stdout=subprocess.PIPE,
-            stderr=errf,
-            cwd=str(ROOT),
-            env=clean_env({"PYTHONPATH": str(ROOT)}),
-        )
-    try:
-        assert process.stdout is not None
-        buf = b""
-        with trio.fail_after(20):
-            while (m := re.search(rb"listening on [^\s]*:(\d+)\n", buf)) is None:
-                data = await process.stdout.receive_some(4096)
-                if not data:
-                    raise RuntimeError(f"grpcio server died: {log.read_text()[-2000:]}")
-                buf += data
-        yield f"grpc://127.0.0.1:{int(m.group(1))}"
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.move_on_after(5):
-            await process.wait()
-        if process.stdout is not None:
-            await process.stdout.aclose()
+    argv = [sys.executable, str(GRPCIO_SERVER)]
+    env = clean_env({"PYTHONPATH": str(ROOT)})
+    async with spawn(argv, log=log, env=env, cwd=ROOT) as proc:  # port 0, from its log line
+        yield proc.url
 
 
 async def test_grpcio_server_serves_the_router(nursery: trio.Nursery, tmp_path: Path) -> None:
