@@ -64,7 +64,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         "bench_e2e",
         "load through atp serve to gRPC persona adapters: streams/s, TTFP/FINAL percentiles "
         "per lane, router overhead beside direct gRPC, QoS isolation, slow readers, capacity",
-        lambda p: importlib.import_module(f"{PACKAGE}.bench_e2e").add_options(p),
+        lambda p: _options_of("bench_e2e", p),
     ),
 }
 
