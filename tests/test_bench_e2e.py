@@ -134,7 +134,10 @@ def test_every_scenario_json_and_plots(tmp_path: Path) -> None:
     steps = r["results"]["capacity"]["steps"]
     assert [s["offered"] for s in steps] == [40]
     best = r["results"]["capacity"]["capacity_streams_per_s"]
-    assert best == (steps[0]["streams_per_s"] if steps[0]["held"] else 0.0)
+    # the offered rate of the highest step held (every stream finished, none failed)
+    assert best == (float(steps[0]["offered"]) if steps[0]["held"] else 0.0)
+    if steps[0]["held"]:
+        assert steps[0]["streams_per_s"] >= 0.95 * steps[0]["offered"]
 
     # plots: PNGs and one page with every image inlined
     files = [Path(p) for p in r["plots"]]
