@@ -84,3 +84,12 @@ def test_a_router_checking_the_quota_only_at_admission_is_caught() -> None:
     spent = cases["router.quota.spent"]
     assert code == 1 and spent["verdict"] == "FAIL", spent
     assert spent["violated"] == ["ATP-BUDGET-013"], spent
+
+
+def test_a_concurrent_refusal_without_retry_after_is_caught() -> None:
+    """[ATP-BUDGET-014] EWINDOW over the concurrent limit without retry_after_ms: caught."""
+    code, cases, _ = _run("router.quota.concurrent", variant="quota-no-retry-after")
+    case = cases["router.quota.concurrent"]
+    assert code == 1 and case["verdict"] == "FAIL", case
+    assert case["violated"] == ["ATP-BUDGET-014"], case
+    assert "retry_after_ms" in case["expected"], case

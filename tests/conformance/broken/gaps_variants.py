@@ -149,7 +149,18 @@ def quota_at_admission_only() -> None:  # the tenant quota checked at admission,
     quota.QuotaLedger.__init__ = init  # type: ignore[method-assign]
 
 
+def quota_no_retry_after() -> None:  # over the concurrent quota: EWINDOW without a hint
+    from atp_proto.frames import ATPError, ErrorCode
+    from atp_proto.router import quota
+
+    def refuse_concurrent(limit: int) -> ATPError:
+        return ATPError(ErrorCode.EWINDOW, f"tenant quota: at most {limit} concurrent streams")
+
+    quota.refuse_concurrent = refuse_concurrent
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "quota-no-retry-after": quota_no_retry_after,
     "quota-at-admission-only": quota_at_admission_only,
     "gold-random-first": gold_random_first,
     "text-credit-cbor": text_credit_cbor,
