@@ -135,6 +135,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="router role: the router's configured session limit (at most 200), for the 503 case",
     )
+    run.add_argument(
+        "--quota-tokens",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="router role: the tokens per period the router's tenant quota gives the run's "
+        "tenant (at least 100, a fresh quota), for the quota cases",
+    )
+    run.add_argument(
+        "--quota-concurrent",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="router role: the streams at once the tenant quota allows the run's tenant "
+        "(at most 50), for router.quota.concurrent",
+    )
     run.add_argument("--level", choices=("L1", "L2", "L3"), default="L1")
     run.add_argument("--run", action="append", default=[], metavar="GLOB", help="case ids to run")
     run.add_argument("--skip", action="append", default=[], metavar="GLOB", help="case ids to skip")
@@ -304,6 +320,8 @@ def _run(args: argparse.Namespace) -> int:
             "policy_unreachable": args.policy_unreachable,
             "session_limit": args.session_limit,
             "pressure": args.pressure,
+            "quota_tokens": args.quota_tokens,
+            "quota_concurrent": args.quota_concurrent,
         },
     )
     progress = Progress(sys.stderr, quiet=False)

@@ -3,7 +3,8 @@ never finishes TLS or the upgrade (``router.tls.…``, ATP-WS-014), and feedback
 router's HTTP port (``router.feedback.…``, ATP-FEED-001…004: needs ``--http-url``, the
 router's HTTP base URL; UNSUPPORTED without). This module also sends the router role the
 cases of :mod:`._router_handshake` (the upgrade by hand), :mod:`._router_load` (shedding
-under pressure) and :mod:`._router_learn` (gold's quality floor).
+under pressure), :mod:`._router_learn` (gold's quality floor) and :mod:`._router_quota`
+(tenant quotas, with ``--quota-tokens`` / ``--quota-concurrent``).
 
 HTTP is spoken by hand over one TCP (or TLS) connection per request, so that a request
 without a Content-Length (411) or with a body over 8 KiB (413) can be sent as the spec
@@ -24,7 +25,13 @@ import trio
 from conformance._record import Recorder
 from conformance.drivers.ws import open_session
 from conformance.model import CaseResult, CaseSpec, Level, Role, Verdict
-from conformance.roles import RunContext, _router_handshake, _router_learn, _router_load
+from conformance.roles import (
+    RunContext,
+    _router_handshake,
+    _router_learn,
+    _router_load,
+    _router_quota,
+)
 from conformance.scenario import Runner, ScenarioFailed, result_of
 
 __all__ = ["CASES", "run"]
@@ -211,7 +218,7 @@ async def _handshake_timeout(ctx: RunContext, rec: Recorder) -> CaseResult:
     return rec.result(Verdict.PASS, f"closed after {took:.1f} s")
 
 
-CASES += [*_router_handshake.CASES, _router_load.CASE, _router_learn.CASE]
+CASES += [*_router_handshake.CASES, _router_load.CASE, _router_learn.CASE, *_router_quota.CASES]
 #: the ids of the cases this module runs (the router role sends them here)
 IDS = frozenset(c.id for c in CASES)
 
@@ -219,6 +226,8 @@ IDS = frozenset(c.id for c in CASES)
 async def run(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
     if case.id == _router_load.CASE.id:
         return await _router_load.run(case, ctx, rec)
+    if case.id in _router_quota.IDS:
+        return await _router_quota.run(case, ctx, rec)
     if case.id == "router.tls.handshake-timeout":
         return await _handshake_timeout(ctx, rec)
     if case.id.startswith("router.handshake."):

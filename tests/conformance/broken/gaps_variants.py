@@ -135,7 +135,33 @@ def gold_random_first() -> None:  # gold explores as freely as it likes: any ada
     bandit.BanditLearner.rank = rank  # type: ignore[method-assign]
 
 
+def quota_at_admission_only() -> None:  # the tenant quota checked at admission, never after
+    from atp_proto.router import quota
+
+    orig = quota.QuotaLedger.__init__
+
+    def init(self: Any, window: Any, cap: Any, sink: Any, **kw: Any) -> None:
+        # no tenant window (the remainder) and no check of the tenant's total as it charges:
+        # streams open at once each spend what they like (ATP-BUDGET-013/016)
+        kw["over"] = None
+        orig(self, window, quota.BudgetWindow(), sink, **kw)
+
+    quota.QuotaLedger.__init__ = init  # type: ignore[method-assign]
+
+
+def quota_no_retry_after() -> None:  # over the concurrent quota: EWINDOW without a hint
+    from atp_proto.frames import ATPError, ErrorCode
+    from atp_proto.router import quota
+
+    def refuse_concurrent(limit: int) -> ATPError:
+        return ATPError(ErrorCode.EWINDOW, f"tenant quota: at most {limit} concurrent streams")
+
+    quota.refuse_concurrent = refuse_concurrent
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "quota-no-retry-after": quota_no_retry_after,
+    "quota-at-admission-only": quota_at_admission_only,
     "gold-random-first": gold_random_first,
     "text-credit-cbor": text_credit_cbor,
     "no-usage-charge": no_usage_charge,
