@@ -88,7 +88,7 @@ async def _upgrade(
     with trio.fail_after(ctx.timeout(10)):
         stream: trio.abc.Stream = await trio.open_tcp_stream(u.hostname, port)
         if u.scheme == "wss":
-            sslctx = ssl.create_default_context()
+            sslctx = ssl.create_default_context(cafile=ctx.options.get("ca") or None)
             if ctx.options.get("insecure"):
                 sslctx.check_hostname = False
                 sslctx.verify_mode = ssl.CERT_NONE

@@ -124,3 +124,31 @@ def test_wss_handshake_timeout_covers_tls(tmp_path: Path) -> None:
     assert {v for v, _ in got.values()} == {"PASS"}, got
     (case,) = [c for c in report["cases"] if c["id"] == "router.tls.handshake-timeout"]
     assert 1.5 < case["duration_ms"] / 1000 < 8  # closed by the timeout, not at once
+
+
+def test_wss_cases_trust_the_ca_given(tmp_path: Path) -> None:
+    """[ATP-WS-008, ATP-WS-013] over wss:// with ``--ca`` (not --insecure), the cases that
+    speak the upgrade by hand trust that CA as the session driver does (they used the
+    system's trust store and ended in a harness error against a dev certificate)."""
+    cert, key, _ = generate_dev_cert(tmp_path)
+    with router(
+        "--cert", str(cert), "--key", str(key), adapters={"persona": "builtin:persona"}
+    ) as r:
+        code, report, err = run_suite(
+            "--role",
+            "router",
+            "--target",
+            r.url,
+            "--ca",
+            str(cert),
+            "--encoding",
+            "binary",
+            "--run",
+            "router.handshake.subprotocol-atp",
+            "--run",
+            "router.basic.final",
+        )
+    got = _verdicts(report)
+    assert code == 0, (got, err[-1000:])
+    assert set(got) == {"router.handshake.subprotocol-atp", "router.basic.final"}, got
+    assert {v for v, _ in got.values()} == {"PASS"}, got
