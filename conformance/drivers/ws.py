@@ -201,6 +201,16 @@ class WsSession:
                 await self.ws.aclose()
 
 
+def client_tls_context(ctx: RunContext) -> ssl.SSLContext:
+    """The suite's TLS client context for wss:// and https:// targets: verifies against
+    ``--ca FILE`` (else the system's store), or not at all with ``--insecure``."""
+    sslctx = ssl.create_default_context(cafile=ctx.options.get("ca") or None)
+    if ctx.options.get("insecure"):
+        sslctx.check_hostname = False
+        sslctx.verify_mode = ssl.CERT_NONE
+    return sslctx
+
+
 async def open_session(
     ctx: RunContext,
     rec: Recorder,
@@ -227,12 +237,7 @@ async def open_session(
     tok = ctx.token if token == "ctx" else token
     if tok:
         hdrs.append((b"authorization", f"Bearer {tok}".encode()))
-    ssl_ctx = None
-    if u.scheme == "wss":
-        ssl_ctx = ssl.create_default_context(cafile=ctx.options.get("ca") or None)
-        if ctx.options.get("insecure"):
-            ssl_ctx.check_hostname = False
-            ssl_ctx.verify_mode = ssl.CERT_NONE
+    ssl_ctx = client_tls_context(ctx) if u.scheme == "wss" else None
     protos = subprotocols if subprotocols is not None else ([] if text else [ATP_SUBPROTOCOL])
     try:
         ws = await connect_ws(

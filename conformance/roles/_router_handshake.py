@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import base64
 import secrets
-import ssl
 from urllib.parse import urlsplit
 
 import trio
 
 from conformance._record import Recorder
-from conformance.drivers.ws import open_session
+from conformance.drivers.ws import client_tls_context, open_session
 from conformance.model import CaseResult, CaseSpec, Level, Role, Verdict
 from conformance.roles import RunContext
 from conformance.scenario import ScenarioFailed
@@ -88,11 +87,7 @@ async def _upgrade(
     with trio.fail_after(ctx.timeout(10)):
         stream: trio.abc.Stream = await trio.open_tcp_stream(u.hostname, port)
         if u.scheme == "wss":
-            sslctx = ssl.create_default_context(cafile=ctx.options.get("ca") or None)
-            if ctx.options.get("insecure"):
-                sslctx.check_hostname = False
-                sslctx.verify_mode = ssl.CERT_NONE
-            stream = trio.SSLStream(stream, sslctx, server_hostname=u.hostname)
+            stream = trio.SSLStream(stream, client_tls_context(ctx), server_hostname=u.hostname)
         async with stream:
             await stream.send_all(("\r\n".join(head) + "\r\n\r\n").encode())
             got = b""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import ssl
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 import trio
 
 from conformance._record import Recorder
-from conformance.drivers.ws import open_session
+from conformance.drivers.ws import client_tls_context, open_session
 from conformance.model import CaseResult, CaseSpec, Level, Role, Verdict
 from conformance.roles import (
     RunContext,
@@ -121,11 +120,7 @@ async def _http(
     with trio.fail_after(ctx.timeout(10)):
         stream: trio.abc.Stream = await trio.open_tcp_stream(u.hostname, port)
         if u.scheme == "https":
-            sslctx = ssl.create_default_context(cafile=ctx.options.get("ca") or None)
-            if ctx.options.get("insecure"):
-                sslctx.check_hostname = False
-                sslctx.verify_mode = ssl.CERT_NONE
-            stream = trio.SSLStream(stream, sslctx, server_hostname=u.hostname)
+            stream = trio.SSLStream(stream, client_tls_context(ctx), server_hostname=u.hostname)
         async with stream:
             await stream.send_all(("\r\n".join(head) + "\r\n\r\n").encode() + data)
             got = b""

@@ -28,7 +28,14 @@ from typing import Any
 import trio
 
 from conformance._record import Recorder
-from conformance.drivers.quic import ALPN, QuicSession, code_name, open_quic, quic_code
+from conformance.drivers.quic import (
+    ALPN,
+    ERROR_CODES,
+    QuicSession,
+    code_name,
+    open_quic,
+    quic_code,
+)
 from conformance.drivers.ws import to_binary
 from conformance.model import CaseResult, CaseSpec, Level, Role, Verdict
 from conformance.roles import RunContext
@@ -219,23 +226,7 @@ def quic_invariants(s: QuicSession) -> list[tuple[str, str]]:
     return out
 
 
-_CODES = frozenset(
-    {
-        "EPROTO",
-        "ESEQ_RETRY",
-        "EWINDOW",
-        "EBUDGET",
-        "ETIMEOUT",
-        "EAGENTDOWN",
-        "ESEC",
-        "ECONSENSUS",
-        "EPREEMPT",
-        "EDRAINING",
-        "EWINDOW_AGENT",
-        "ETOOBIG",
-        "EINTERNAL",
-    }
-)
+_CODES = frozenset(ERROR_CODES)  #: spec §11's names, as the driver maps them
 
 
 # ------------------------------------------------------------------ the binding's cases
