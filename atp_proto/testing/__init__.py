@@ -13,6 +13,12 @@ the runtime package.
   SIGTERM then SIGKILL, their logs kept.
 * :mod:`atp_proto.testing.pair` — :class:`ConnectionPair`, a client and a router
   :class:`~atp_proto.frames.Connection` wired back to back in memory (h11's model).
+* :mod:`atp_proto.testing.transport_checker` — the battery every transport must pass
+  (ordering, large units, backpressure, close codes, abrupt peer loss, concurrent senders,
+  cancellation safety, unit size limits), run over a :class:`~.transport_checker.Binding`;
+  :mod:`~atp_proto.testing.ws_peer` (``ws://`` and ``wss://`` pairs on loopback TCP) and
+  :mod:`~atp_proto.testing.quic_peer` (our QUIC server against aioquic's asyncio client)
+  make the bindings of this package's transports.
 * :mod:`atp_proto.testing.http` — a minimal HTTP GET for ``/metrics``, ``/healthz`` and
   ``/readyz``, and :func:`metric_value` to read one Prometheus sample.
 

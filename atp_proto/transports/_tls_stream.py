@@ -3,8 +3,8 @@
 Why not :class:`trio.SSLStream`: a ``send_all`` cancelled part-way leaves it broken (trio
 documents this: the TLS record it was writing is half out), while the WebSocket
 transport's contract is that a cancelled send loses nothing and tears nothing (the
-transport checker, ``tests/transports/checker.py``; the session relies on it not to lose
-frames it already took from its Connection). So this stream is :class:`ssl.SSLObject` on
+transport checker, :mod:`atp_proto.testing.transport_checker`; the session relies on it
+not to lose frames it already took from its Connection). So this stream is :class:`ssl.SSLObject` on
 memory BIOs, and keeps what it encrypted and could not write yet *in order*, as
 ciphertext: a cancelled :meth:`TlsStream.send_all` has taken its bytes (they are
 encrypted, in sequence), and the next ``send_all`` — or :meth:`TlsStream.flush` — writes

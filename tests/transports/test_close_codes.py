@@ -14,6 +14,7 @@ def test_error_code_mappings() -> None:
     assert ws_close_code("EINTERNAL") == 1011
     assert ws_close_code("ENOTACODE") == 1002
     assert quic_error_code(ErrorCode.EPROTO) == 0x100
+    assert quic_error_code(ErrorCode.ESEQ_RETRY) == 0x101  # what the checker's close sees
     assert quic_error_code("EINTERNAL") == 0x10C
     assert quic_error_code("ENOTACODE") == 0x100
 

@@ -1,12 +1,11 @@
-"""TLS under the WebSocket transport (``wss://``): the transport checker over
-:class:`TlsStream`, read by an independent TLS client (trio's ``SSLStream`` over the
-standard library's ssl); the TLS stream's own edges; :class:`TLSConfig`'s refusals in
+"""TLS under the WebSocket transport (``wss://``; the transport checker runs over it in
+tests/transports/test_transport_checker.py, read by trio's ``SSLStream``): the TLS
+stream's own edges; :class:`TLSConfig`'s refusals in
 words; the dev cert (ATP-WS-013, ATP-WS-014)."""
 
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 import stat
 import threading
@@ -22,8 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from atp_proto.testing.certs import self_signed
+from atp_proto.testing.ws_peer import WsPeer, tls_streams
 from atp_proto.transports._tls_stream import TlsStream
-from atp_proto.transports.base import ws_close_code
 from atp_proto.transports.tls import (
     ALPN_QUIC,
     InsecureTLSWarning,
@@ -35,29 +34,8 @@ from atp_proto.transports.tls import (
 from atp_proto.transports.ws_client import connect_ws
 from atp_proto.transports.ws_server import WsConnection
 
-from ..checker import (
-    SEND_DEADLINE,
-    Pair,
-    PairMaker,
-    test_cancelled_send_keeps_framing,
-    test_cancelled_twice_then_close,
-    test_cancelled_waiters_keep_call_order,
-    test_concurrent_senders_keep_call_order,
-    test_send_cancelled_while_waiting_for_its_turn,
-)
-from .test_send_path import Peer
-
-#: socket buffers of the TLS pair: small, so that a send blocks soon, but room for a few
-#: whole TLS records (16 KiB each) — the peer decrypts nothing of a partial record
-SMALL_BUF = 32768
-
-__all__ = [  # the checker's tests, run here over wss://
-    "test_cancelled_send_keeps_framing",
-    "test_cancelled_twice_then_close",
-    "test_cancelled_waiters_keep_call_order",
-    "test_concurrent_senders_keep_call_order",
-    "test_send_cancelled_while_waiting_for_its_turn",
-]
+#: a broken send path tends to hang (a torn frame never completes): fail fast instead
+SEND_DEADLINE = pytest.mark.deadline(10)
 
 
 @pytest.fixture(scope="module")
@@ -68,45 +46,13 @@ def dev_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]
 async def _tls_streams(
     dev_cert: tuple[Path, Path, str], *, small: bool = True
 ) -> tuple[TlsStream, trio.SSLStream[trio.SocketStream]]:
-    """Our server TlsStream and trio's client SSLStream on a socketpair, handshake done."""
+    """Our server TlsStream and trio's client SSLStream on loopback TCP, handshake done."""
     cert, key, _ = dev_cert
-    a, b = trio.socket.socketpair()
-    if small:
-        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUF)
-        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUF)
-    server = TlsStream(
-        trio.SocketStream(a), TLSConfig(str(cert), str(key)).server_ssl_context(), server_side=True
-    )
-    client = trio.SSLStream(
-        trio.SocketStream(b),
+    return await tls_streams(
+        TLSConfig(str(cert), str(key)).server_ssl_context(),
         TLSConfig(ca_file=str(cert)).client_ssl_context(),
-        server_hostname="localhost",
+        small=small,
     )
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.do_handshake)
-        nursery.start_soon(client.do_handshake)
-    return server, client
-
-
-@pytest.fixture
-def transport_pair(dev_cert: tuple[Path, Path, str]) -> PairMaker:
-    """The checker's pair for wss://: a server WsConnection over our TlsStream, the peer
-    a wsproto client over trio's SSLStream (another TLS implementation's send path)."""
-
-    async def make() -> Pair:
-        tls, client = await _tls_streams(dev_cert)
-        server = WsConnection(tls, max_message_size=1 << 22, remote="pair")
-        peer = Peer(client)  # type: ignore[arg-type]  # any trio stream will do
-        await peer.stream.send_all(peer.ws.send(we.Request(host="localhost", target="/ws")))
-        request = await server.read_request()
-        assert request is not None and request.path == "/ws"
-        await server.accept(None)
-        assert await peer.read_until(1) == ["<accepted>"]
-        peer.messages.clear()
-        peer.bytes_read = 0
-        return Pair(server, peer, ws_close_code)
-
-    return make
 
 
 # ---------------------------------------------------------------------- the TLS stream
@@ -168,7 +114,7 @@ async def test_try_send_over_tls_keeps_order(dev_cert: tuple[Path, Path, str]) -
     queued (as ciphertext) and goes first with the next flush, in order."""
     tls, client = await _tls_streams(dev_cert)
     server = WsConnection(tls, max_message_size=1 << 22, remote="pair")
-    peer = Peer(client)  # type: ignore[arg-type]
+    peer = WsPeer(client)
     await peer.stream.send_all(peer.ws.send(we.Request(host="localhost", target="/ws")))
     assert await server.read_request() is not None
     await server.accept(None)

@@ -1,0 +1,260 @@
+"""The QUIC pair of the transport checker: our server transport, aioquic's asyncio client.
+
+The transport under test is the router's :class:`~atp_proto.transports.quic_server.
+QuicServer` connection (a :class:`~atp_proto.transports._quic_conn.QuicTransport`) on a
+loopback UDP port. The peer is :class:`QuicPeer`: aioquic's own asyncio API, run in a
+thread with its own event loop, so the transport and the peer share no event loop and no
+code on the QUIC path above aioquic's sans-IO core (the frames' headers are built by hand
+with ``struct``). The peer opens the pair's channels the way a client does — the control
+stream (QUIC stream 0), then one QUIC stream per ATP stream whose first bytes are a frame
+header naming it — and records every stream's bytes, FINs and the connection close.
+
+``stall()`` makes the peer drop what arrives (no acknowledgements: the sender's
+``pending_bytes`` stays up); ``vanish()`` silences it for good without a
+CONNECTION_CLOSE (the server learns only by its idle timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic import events as qe
+from aioquic.quic.configuration import QuicConfiguration
+
+from atp_proto.transports.base import ChannelData, quic_error_code
+from atp_proto.transports.quic_server import QuicServer, QuicServerConfig, QuicTransport
+
+from .transport_checker import Binding, Pair
+
+__all__ = ["QuicPeer", "frame_header", "quic_binding"]
+
+#: the ATP streams a pair opens besides the control stream
+CHANNELS = (0, 1, 3, 5)
+#: the server's idle timeout in a pair: how soon a vanished peer is noticed
+PAIR_IDLE_TIMEOUT = 2.5
+
+
+def frame_header(atp_sid: int) -> bytes:
+    """A 24-byte frame header naming ``atp_sid`` (no body): what maps a QUIC stream."""
+    return struct.pack("!BBBBIIHHII", 1, 1, 0, 0, atp_sid, 0, 0, 0, 0, 0)
+
+
+class _Recorder(QuicConnectionProtocol):
+    """Records every QUIC stream's bytes and FINs and the close; can stall or go mute."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+        self.data: dict[int, bytearray] = {}
+        self.fins: set[int] = set()
+        self.close_code: int | None = None
+        self.stalled = False
+        self.muted = False
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if not self.stalled:
+            super().datagram_received(data, addr)
+
+    def transmit(self) -> None:
+        if not self.muted:
+            super().transmit()
+
+    def quic_event_received(self, event: qe.QuicEvent) -> None:
+        with self.lock:
+            if isinstance(event, qe.StreamDataReceived):
+                self.data.setdefault(event.stream_id, bytearray()).extend(event.data)
+                if event.end_stream:
+                    self.fins.add(event.stream_id)
+            elif isinstance(event, qe.ConnectionTerminated):
+                self.close_code = event.error_code
+        if not isinstance(event, qe.StreamDataReceived):
+            # (the base class would make a StreamWriter per new stream, whose garbage
+            # collection closes the stream with a FIN this peer did not ask for)
+            super().quic_event_received(event)
+
+
+class QuicPeer:
+    """aioquic's asyncio client in a thread, driven from trio (see the module doc)."""
+
+    def __init__(self, port: int, cafile: str) -> None:
+        self.port, self.cafile = port, cafile
+        self.messages: list[bytes | str] = []  # a byte-stream binding has no messages
+        self.bytes_read = 0
+        self._proto: _Recorder | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
+        self._q: dict[int, int] = {0: 0}  # channel -> QUIC stream
+        self._thread = threading.Thread(target=self._main, daemon=True, name="quic-peer")
+
+    # ------------------------------------------------------------------ the thread
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # reported to the trio side by start()
+            self._failed = exc
+            self._ready.set()
+
+    async def _run(self) -> None:
+        conf = QuicConfiguration(is_client=True, alpn_protocols=["atp/1"], server_name="localhost")
+        conf.load_verify_locations(cafile=self.cafile)
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with connect(
+            "127.0.0.1", self.port, configuration=conf, create_protocol=_Recorder
+        ) as proto:
+            assert isinstance(proto, _Recorder)
+            self._proto = proto
+            self._ready.set()
+            await self._stop.wait()
+
+    def _call(self, fn: Callable[[_Recorder], None]) -> None:
+        proto, loop = self._proto, self._loop
+        assert proto is not None and loop is not None
+
+        def run() -> None:
+            fn(proto)
+            proto.transmit()
+
+        loop.call_soon_threadsafe(run)
+
+    # ------------------------------------------------------------------ trio side
+
+    async def start(self, channels: tuple[int, ...]) -> None:
+        """Connect and open ``channels`` (the control stream, then one QUIC stream each)."""
+        self._thread.start()
+        await trio.to_thread.run_sync(self._ready.wait, abandon_on_cancel=True)
+        if self._failed is not None:
+            raise self._failed
+        opened: dict[int, int] = {}
+        done = threading.Event()
+
+        def open_all(proto: _Recorder) -> None:
+            proto._quic.send_stream_data(0, b"")
+            for channel in channels:
+                if channel:
+                    q = proto._quic.get_next_available_stream_id()
+                    opened[channel] = q
+                    proto._quic.send_stream_data(q, frame_header(channel))
+            done.set()
+
+        self._call(open_all)
+        await trio.to_thread.run_sync(done.wait)
+        self._q.update(opened)
+
+    async def stop(self) -> None:
+        """Close the connection (normally, unless it vanished) and end the thread."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
+                loop.call_soon_threadsafe(stop.set)
+        await trio.to_thread.run_sync(self._thread.join, 5.0)
+
+    @property
+    def closes(self) -> list[int]:
+        proto = self._proto
+        return [] if proto is None or proto.close_code is None else [proto.close_code]
+
+    @property
+    def fins(self) -> set[int]:
+        proto = self._proto
+        assert proto is not None
+        with proto.lock:
+            return {c for c, q in self._q.items() if q in proto.fins}
+
+    def received(self, channel: int) -> bytes:
+        proto = self._proto
+        assert proto is not None
+        with proto.lock:
+            return bytes(proto.data.get(self._q[channel], b""))
+
+    async def _wait(self, done: Callable[[], bool], timeout: float = 20.0) -> None:
+        with trio.fail_after(timeout):
+            while not done():
+                await trio.sleep(0.005)
+
+    async def read_until(
+        self, n_messages: int, chunk: int = 65536, delay: float = 0.0
+    ) -> list[bytes | str]:
+        raise NotImplementedError("a byte-stream binding has no messages")
+
+    async def read_until_bytes(self, channel: int, n_bytes: int) -> None:
+        await self._wait(lambda: len(self.received(channel)) >= n_bytes)
+
+    async def read_for(self, seconds: float) -> None:
+        await trio.sleep(seconds)  # the peer reads all the time (unless stalled)
+
+    async def read_until_close_and_answer(self) -> None:
+        await self._wait(lambda: bool(self.closes))  # aioquic answers the close itself
+
+    async def send(self, channel: int, unit: bytes | str) -> None:
+        assert isinstance(unit, bytes), "QUIC carries no text (ATP-QUIC-003)"
+        q = self._q[channel]
+        self._call(lambda p: p._quic.send_stream_data(q, unit))
+
+    async def send_parts(self, channel: int, parts: list[bytes | str]) -> None:
+        for part in parts:
+            await self.send(channel, part)
+
+    async def stall(self) -> None:
+        assert self._proto is not None
+        self._proto.stalled = True
+
+    async def resume(self) -> None:
+        assert self._proto is not None
+        self._proto.stalled = False
+        self._call(lambda p: None)  # transmit: acknowledge what comes next at once
+
+    async def vanish(self) -> None:
+        assert self._proto is not None
+        self._proto.muted = True
+        self._proto.stalled = True
+
+
+@asynccontextmanager
+async def quic_binding(cert_file: str, key_file: str) -> AsyncIterator[Binding]:
+    """The checker's binding for QUIC: each pair a new connection to one loopback
+    :class:`QuicServer` (stopped, with every peer, on exit)."""
+    accepted_in, accepted_out = trio.open_memory_channel[QuicTransport](16)
+    peers: list[QuicPeer] = []
+
+    async def handler(transport: QuicTransport) -> None:
+        await accepted_in.send(transport)
+        await trio.sleep_forever()  # the pair's transport lives until the server stops
+
+    cfg = QuicServerConfig(cert_file=cert_file, key_file=key_file, idle_timeout=PAIR_IDLE_TIMEOUT)
+    server = QuicServer(cfg, handler)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.serve, "127.0.0.1", 0)
+
+        async def make(max_unit: int | None = None) -> Pair:
+            peer = QuicPeer(port, cert_file)
+            peers.append(peer)
+            await peer.start(CHANNELS)
+            with trio.fail_after(10):
+                transport = await accepted_out.receive()
+                seen: set[int] = set()
+                while seen != set(CHANNELS) - {0}:  # the headers that mapped the streams
+                    item = await transport.receive()
+                    assert isinstance(item, ChannelData)
+                    seen.add(item.channel)
+            return Pair(transport, peer, quic_error_code, channels=CHANNELS, max_unit=max_unit)
+
+        try:
+            yield Binding("quic", make, per_stream=True)
+        finally:
+            with trio.CancelScope(shield=True):
+                for peer in peers:
+                    await peer.stop()
+            nursery.cancel_scope.cancel()
