@@ -32,7 +32,6 @@ import asyncio
 import datetime
 import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -282,38 +281,6 @@ CLIENTS: dict[str, Callable[[int, int, int], Sample]] = {
 # ------------------------------------------------------------------------------ running
 
 
-class _Server:
-    def __init__(self) -> None:
-        argv = [
-            sys.executable,
-            "-c",
-            "import sys; from atp_proto.cli import main; sys.exit(main())",
-            "adapter",
-            "serve",
-            f"echo?chunks={STREAM_CHUNKS}",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warning",
-        ]
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            self.proc.kill()
-            raise RuntimeError(f"adapter did not start: {line!r}")
-        self.port = int(line.rsplit(":", 1)[1])
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def machine_info() -> dict[str, Any]:
     return _harness.machine_info(h2="h2", grpclib="grpclib", grpcio="grpcio", trio="trio")
 
@@ -326,17 +293,17 @@ def run(args: argparse.Namespace) -> int:
         from rich.console import Console
 
         progress = Console(stderr=True)
-    server = _Server()
-    try:
+    from atp_proto.testing.processes import adapter_server
+
+    with adapter_server(f"echo?chunks={STREAM_CHUNKS}", "--log-level", "warning") as url:
+        port = int(url.rsplit(":", 1)[1])
         for i in range(rounds):
             for name, fn in CLIENTS.items():
                 if progress:
                     progress.print(f"[dim]round {i + 1}/{rounds}: {name} ...[/dim]")
                 # one server for all: each client warms up first, and the rounds
                 # interleave the clients, so all run in the same conditions
-                samples[name].append(fn(server.port, n_stream, n_est))
-    finally:
-        server.close()
+                samples[name].append(fn(port, n_stream, n_est))
     results = {name: _summary(s) for name, s in samples.items()}
     ours, base = results["atp-trio"], results["grpclib"]
     ratio = ours["stream_chunks_per_s"] / base["stream_chunks_per_s"]

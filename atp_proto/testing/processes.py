@@ -7,6 +7,8 @@ the process's own "listening" log line: no race for a free port, no sleeps.
 * :class:`RouterProcess` (synchronous: usable from plain tests, benchmark drivers and trio
   tests alike). A thread drains the router's stderr to the end, so the router never blocks
   on a full pipe; the lines are kept for assertions (``log()``) and error messages.
+* :func:`adapter_server` / :func:`adapter_fleet` (synchronous): one or several
+  ``atp adapter serve`` processes, yielding their grpc URLs.
 * :func:`serve_adapter` / :func:`spawn` (trio): an adapter server, ours or another
   implementation's, as an :class:`AdapterProcess`, which extends the runtime's
   :class:`atp_proto.adapters.process.AdapterProcess` (what the demo uses) with its log.
@@ -41,6 +43,7 @@ __all__ = [
     "RouterProcess",
     "adapter_argv",
     "adapter_fleet",
+    "adapter_server",
     "clean_env",
     "die_with_parent",
     "serve_adapter",
@@ -290,10 +293,38 @@ def adapter_fleet(
     ``--option name=NAME``), all started before any is awaited; yields ``{name: grpc URL}``
     once every one said where it listens. Synchronous: for module-scoped fixtures. Stops
     them all with SIGTERM, then SIGKILL after ``stop_timeout``."""
+    argvs = {
+        name: adapter_argv(target, options={**opts, "name": name}) for name, opts in options.items()
+    }
+    with _adapter_processes(argvs, cwd=cwd, stop_timeout=stop_timeout) as urls:
+        yield urls
+
+
+@contextmanager
+def adapter_server(
+    target: str,
+    *args: str,
+    options: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    stop_timeout: float = 5.0,
+) -> Iterator[str]:
+    """One ``atp adapter serve TARGET ARGS``, synchronous (benchmark drivers, module
+    fixtures): yields its grpc URL once it listens; stopped as :func:`adapter_fleet`."""
+    argvs = {target: adapter_argv(target, *args, options=options)}
+    with _adapter_processes(argvs, cwd=cwd, stop_timeout=stop_timeout) as urls:
+        yield urls[target]
+
+
+@contextmanager
+def _adapter_processes(
+    argvs: Mapping[str, list[str]],
+    *,
+    cwd: str | os.PathLike[str] | None,
+    stop_timeout: float,
+) -> Iterator[dict[str, str]]:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for name, opts in options.items():
-            argv = adapter_argv(target, options={**opts, "name": name})
+        for name, argv in argvs.items():
             procs[name] = subprocess.Popen(
                 argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=cwd, env=clean_env()
             )
