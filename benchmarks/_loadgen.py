@@ -1,0 +1,96 @@
+"""The load generator's WebSocket side, shared by the ``atp bench ws`` scenarios: a raw
+ATP session (the sans-IO :class:`~atp_proto.frames.Connection` over the shared raw wsproto
+client, no client layers) and the SYN body the scenarios send."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+__all__ = ["AtpSession", "RawWs", "open_ws", "prompt_body"]
+
+
+def prompt_body(chars: int) -> bytes:
+    import cbor2
+
+    return cbor2.dumps({"type": "agent.task", "content": {"prompt": "x" * chars}})
+
+
+class AtpSession:
+    """A raw ATP session: the shared raw WebSocket client + the sans-IO Connection, no
+    client layers."""
+
+    def __init__(self, ws: Any) -> None:
+        import trio
+
+        from atp_proto.frames import Connection, Role
+
+        self.ws = ws
+        self.conn = Connection(Role.CLIENT, now=trio.current_time())
+
+    async def flush(self) -> None:
+        for message in self.conn.data_to_send():
+            await self.ws.send_message(message)
+
+    async def handshake(self) -> None:
+        """CAPABILITIES both ways (so the router's window and limits are known)."""
+        import trio
+
+        from atp_proto.frames import CapabilitiesReceived
+
+        self.conn.send_capabilities()
+        await self.flush()
+        while True:
+            msg = await self.ws.get_message()
+            events = self.conn.receive_message(msg, trio.current_time())
+            if any(isinstance(e, CapabilitiesReceived) for e in events):
+                return
+
+    async def open(self, body: bytes, adapter: str) -> int:
+        """Send one SYN (one WebSocket message: the router takes messages <= ~1 MiB)."""
+        sid = self.conn.open_stream(body, meta={"task_type": "qa", "adapters": [adapter]}, now=None)
+        await self.flush()
+        return sid
+
+
+class RawWs:
+    """The latency probe's client: the shared raw wsproto client
+    (:func:`atp_proto.transports.ws_client.connect_ws`), no reader task. Reading happens
+    in the probe's own task, so the figure holds the router's time and the kernel's, not a
+    client library's task hop (trio-websocket's client hands each message through a
+    channel from its reader task)."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def connect(cls, url: str) -> RawWs:
+        from atp_proto.transports.ws_client import connect_ws
+
+        return cls(await connect_ws(url, max_message_size=64 << 20))
+
+    async def send_message(self, data: bytes) -> None:
+        await self.ws.send(data)
+
+    async def get_message(self) -> bytes:
+        message = await self.ws.receive()  # TransportClosed when the router closed
+        if not isinstance(message, bytes):
+            raise RuntimeError(f"unexpected message from the router: {message!r:.200}")
+        return message
+
+    async def aclose(self) -> None:
+        await self.ws.abort()
+
+
+@contextlib.asynccontextmanager
+async def open_ws(url: str) -> Any:
+    """A load-generator session on the shared raw client (no reader task: the load
+    client reads in its own task), closed with a close handshake at the end."""
+    ws = await RawWs.connect(url)
+    try:
+        yield ws
+    finally:
+        import trio
+
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await ws.ws.close(1000, "")
