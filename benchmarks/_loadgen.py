@@ -1,13 +1,25 @@
-"""The load generator's WebSocket side, shared by the ``atp bench ws`` scenarios: a raw
-ATP session (the sans-IO :class:`~atp_proto.frames.Connection` over the shared raw wsproto
-client, no client layers) and the SYN body the scenarios send."""
+"""The load generator's WebSocket side, shared by the ``atp bench ws`` scenarios and the
+picows baseline's client: a raw ATP session (the sans-IO :class:`~atp_proto.frames.Connection`
+over the shared raw wsproto client, no client layers), the SYN body the scenarios send, and
+the frame of a forked client process (sessions that start their load together with the
+other client processes, a result or an error sent back to the parent)."""
 
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-__all__ = ["AtpSession", "RawWs", "open_ws", "prompt_body"]
+__all__ = [
+    "AtpSession",
+    "RawWs",
+    "client_process",
+    "open_ws",
+    "prompt_body",
+    "split",
+    "start_together",
+]
 
 
 def prompt_body(chars: int) -> bytes:
@@ -94,3 +106,47 @@ async def open_ws(url: str) -> Any:
 
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await ws.ws.close(1000, "")
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` spread over ``parts`` as evenly as whole numbers allow."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+async def start_together(
+    per: Sequence[int],
+    session: Callable[[int, Any, Any], Awaitable[None]],
+    barrier: Any,
+    marks: dict[str, float],
+) -> None:
+    """Run ``session(n, ready, go)`` for each ``n`` of ``per`` (one a WebSocket session);
+    once every one has released ``ready`` (a ``trio.Semaphore``), meet the other client
+    processes at ``barrier`` (a multiprocessing Barrier), mark ``cpu0`` and ``start``, and
+    set ``go`` (a ``trio.Event``): every client's load starts at once."""
+    import trio
+
+    ready = trio.Semaphore(0)
+    go = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for n in per:
+            nursery.start_soon(session, n, ready, go)
+        for _ in per:
+            await ready.acquire()
+        await trio.to_thread.run_sync(barrier.wait)
+        marks["cpu0"] = time.process_time()
+        marks["start"] = time.perf_counter()
+        go.set()
+
+
+def client_process(
+    run: Callable[[], None], barrier: Any, out: Any, result: Callable[[], dict[str, Any]]
+) -> None:
+    """The body of a forked client process: ``run()`` the load, then send ``result()`` to
+    the parent through the pipe ``out``; on any error abort ``barrier`` and send the error
+    instead, so that the parent never hangs on a client that died."""
+    try:
+        run()
+        out.send(result())
+    except BaseException as exc:  # report, never hang the parent
+        barrier.abort()
+        out.send({"error": f"{type(exc).__name__}: {exc}"})

@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from ._harness import _cpu_ticks, _fork, version
+from ._loadgen import client_process, split, start_together
 
 STREAMS_PER_SESSION = 50  #: as the relay's clients
 
@@ -84,7 +85,7 @@ def _echo_client(
 
     from atp_proto.transports.ws_client import connect_ws
 
-    per = [messages // sessions + (1 if i < messages % sessions else 0) for i in range(sessions)]
+    per = split(messages, sessions)
     payload = b"x" * 200
     marks: dict[str, float] = {}
     tot = {"echoed": 0, "bytes": 0}
@@ -114,32 +115,17 @@ def _echo_client(
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await ws.close(1000, "")
 
-    async def main() -> None:
-        ready = trio.Semaphore(0)
-        go = trio.Event()
-        async with trio.open_nursery() as nursery:
-            for n in per:
-                nursery.start_soon(session, n, ready, go)
-            for _ in per:
-                await ready.acquire()
-            await trio.to_thread.run_sync(barrier.wait)
-            marks["cpu0"] = time.process_time()
-            marks["start"] = time.perf_counter()
-            go.set()
-
-    try:
-        trio.run(main)
-        out.send(
-            {
-                **tot,
-                "start": marks["start"],
-                "end": marks["end"],
-                "cpu": time.process_time() - marks["cpu0"],
-            }
-        )
-    except BaseException as exc:  # report, never hang the parent
-        barrier.abort()
-        out.send({"error": f"{type(exc).__name__}: {exc}"})
+    client_process(
+        lambda: trio.run(start_together, per, session, barrier, marks),
+        barrier,
+        out,
+        lambda: {
+            **tot,
+            "start": marks["start"],
+            "end": marks["end"],
+            "cpu": time.process_time() - marks["cpu0"],
+        },
+    )
 
 
 def _picows_client(
@@ -152,7 +138,7 @@ def _picows_client(
     import picows
     from picows import WSListener, WSMsgType
 
-    per = [messages // sessions + (1 if i < messages % sessions else 0) for i in range(sessions)]
+    per = split(messages, sessions)
     payload = b"x" * 200
     marks: dict[str, float] = {}
     tot = {"echoed": 0, "bytes": 0}
@@ -197,19 +183,17 @@ def _picows_client(
             transport.send_close()
             transport.disconnect()
 
-    try:
-        asyncio.run(main())
-        out.send(
-            {
-                **tot,
-                "start": marks["start"],
-                "end": marks["end"],
-                "cpu": time.process_time() - marks["cpu0"],
-            }
-        )
-    except BaseException as exc:  # report, never hang the parent
-        barrier.abort()
-        out.send({"error": f"{type(exc).__name__}: {exc}"})
+    client_process(
+        lambda: asyncio.run(main()),
+        barrier,
+        out,
+        lambda: {
+            **tot,
+            "start": marks["start"],
+            "end": marks["end"],
+            "cpu": time.process_time() - marks["cpu0"],
+        },
+    )
 
 
 def drive_echo(

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from .._harness import _cpu_ticks, _fork
-from .._loadgen import AtpSession, open_ws, prompt_body
+from .._loadgen import AtpSession, client_process, open_ws, prompt_body, split, start_together
 from .settings import (
     CHUNK,
     STREAMS_PER_SESSION,
@@ -22,9 +22,7 @@ def _tp_client(url: str, streams: int, frames: int, barrier: Any, out: Any) -> N
 
     body = prompt_body(CHUNK * frames)
     n_sessions = -(-streams // STREAMS_PER_SESSION)
-    per = [
-        streams // n_sessions + (1 if i < streams % n_sessions else 0) for i in range(n_sessions)
-    ]
+    per = split(streams, n_sessions)
     tot = {"partials": 0, "finals": 0, "partial_bytes": 0, "errors": 0}
     first_error: list[str] = []
     marks: dict[str, float] = {}
@@ -75,35 +73,20 @@ def _tp_client(url: str, streams: int, frames: int, barrier: Any, out: Any) -> N
                 nursery.start_soon(send_syns)
                 await read(s, n)
 
-    async def main() -> None:
-        ready = trio.Semaphore(0)
-        go = trio.Event()
-        async with trio.open_nursery() as nursery:
-            for n in per:
-                nursery.start_soon(session, n, ready, go)
-            for _ in per:
-                await ready.acquire()
-            await trio.to_thread.run_sync(barrier.wait)
-            marks["cpu0"] = time.process_time()
-            marks["start"] = time.perf_counter()
-            go.set()
-
-    try:
-        trio.run(main)
-        out.send(
-            {
-                **tot,
-                "sessions": n_sessions,
-                "start": marks["start"],
-                "first": marks["first"],
-                "end": marks["end"],
-                "cpu": time.process_time() - marks["cpu0"],
-                "error": first_error[0] if first_error else None,
-            }
-        )
-    except BaseException as exc:  # report, never hang the parent
-        barrier.abort()
-        out.send({"error": f"{type(exc).__name__}: {exc}"})
+    client_process(
+        lambda: trio.run(start_together, per, session, barrier, marks),
+        barrier,
+        out,
+        lambda: {
+            **tot,
+            "sessions": n_sessions,
+            "start": marks["start"],
+            "first": marks["first"],
+            "end": marks["end"],
+            "cpu": time.process_time() - marks["cpu0"],
+            "error": first_error[0] if first_error else None,
+        },
+    )
 
 
 def bench_throughput(
