@@ -7,6 +7,7 @@ other client processes, a result or an error sent back to the parent)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ __all__ = [
     "AtpSession",
     "RawWs",
     "client_process",
+    "collect",
     "open_ws",
     "prompt_body",
     "split",
@@ -150,3 +152,28 @@ def client_process(
     except BaseException as exc:  # report, never hang the parent
         barrier.abort()
         out.send({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def collect(
+    barrier: Any, pipes: Sequence[Any], children: Sequence[Any], server_pid: int, what: str
+) -> tuple[list[dict[str, Any]], float]:
+    """The parent's side of :func:`client_process`: meet the clients at ``barrier``, then
+    gather each one's result (300 s at most) and the CPU seconds process ``server_pid``
+    spent meanwhile; the children are joined (killed after 10 s) whatever happens."""
+    from ._harness import _cpu_ticks
+
+    try:
+        barrier.wait(60)
+        cpu0 = _cpu_ticks(server_pid)
+        results = []
+        for parent in pipes:
+            if not parent.poll(300):
+                raise RuntimeError(f"{what}: a client did not finish in 300 s")
+            results.append(parent.recv())
+        cpu = (_cpu_ticks(server_pid) - cpu0) / os.sysconf("SC_CLK_TCK")
+    finally:
+        for p in children:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    return results, cpu

@@ -26,12 +26,11 @@ reported as missing and the goal against it is not judged.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from typing import Any
 
-from ._harness import _cpu_ticks, _fork, version
-from ._loadgen import client_process, split, start_together
+from ._harness import _fork, version
+from ._loadgen import client_process, collect, split, start_together
 
 STREAMS_PER_SESSION = 50  #: as the relay's clients
 
@@ -221,20 +220,9 @@ def drive_echo(
         p.start()
         pipes.append((parent, sessions))
         children.append(p)
-    try:
-        barrier.wait(60)
-        cpu0 = _cpu_ticks(server_pid)
-        results = []
-        for parent, _ in pipes:
-            if not parent.poll(300):
-                raise RuntimeError("echo baseline: a client did not finish in 300 s")
-            results.append(parent.recv())
-        server_cpu = (_cpu_ticks(server_pid) - cpu0) / os.sysconf("SC_CLK_TCK")
-    finally:
-        for p in children:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
+    results, server_cpu = collect(
+        barrier, [parent for parent, _ in pipes], children, server_pid, "echo baseline"
+    )
     errors = [r["error"] for r in results if r.get("error")]
     if errors:
         raise RuntimeError(f"echo baseline: a client failed: {errors[0]}")

@@ -117,8 +117,11 @@ def _bench_asyncio(
     estimate_once: Callable[[], Awaitable[Any]],
     n_stream: int,
     n_est: int,
-    close: Callable[[], None],
+    close: Callable[[], Awaitable[None]],
 ) -> Sample:
+    """Warm up, then ``n_stream`` Stream calls one after another and ``n_est`` Estimate
+    calls timed one by one, on asyncio (the grpclib and grpcio clients)."""
+
     async def main() -> Sample:
         for _ in range(50):
             await estimate_once()
@@ -133,7 +136,7 @@ def _bench_asyncio(
             t = time.perf_counter()
             await estimate_once()
             lat.append(time.perf_counter() - t)
-        close()
+        await close()
         assert chunks == n_stream * STREAM_CHUNKS, chunks
         return Sample(chunks, stream_s, lat)
 
@@ -174,7 +177,7 @@ def bench_grpclib(port: int, n_stream: int, n_est: int) -> Sample:
             await s.send_message(payload, end=True)
             return codec.decode_estimate(await s.recv_message() or b"")
 
-    def close() -> None:
+    async def close() -> None:
         if channel is not None:
             channel.close()
 
@@ -204,7 +207,7 @@ def bench_grpclib_betterproto(port: int, n_stream: int, n_est: int) -> Sample:
     async def estimate_once() -> Any:
         return await stub().estimate(pb.EstimateRequest(task=task))
 
-    def close() -> None:
+    async def close() -> None:
         if channel is not None:
             channel.close()
 
@@ -250,24 +253,7 @@ def bench_grpcio(port: int, n_stream: int, n_est: int) -> Sample:
         if "ch" in holder:
             await holder["ch"].close()
 
-    async def run_all() -> Sample:
-        for _ in range(50):
-            await estimate_once()
-        await stream_once()
-        chunks = 0
-        t0 = time.perf_counter()
-        for _ in range(n_stream):
-            chunks += await stream_once()
-        stream_s = time.perf_counter() - t0
-        lat = []
-        for _ in range(n_est):
-            t = time.perf_counter()
-            await estimate_once()
-            lat.append(time.perf_counter() - t)
-        await close()
-        return Sample(chunks, stream_s, lat)
-
-    return asyncio.run(run_all())
+    return _bench_asyncio(stream_once, estimate_once, n_stream, n_est, close)
 
 
 CLIENTS: dict[str, Callable[[int, int, int], Sample]] = {

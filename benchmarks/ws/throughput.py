@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
-from .._harness import _cpu_ticks, _fork
-from .._loadgen import AtpSession, client_process, open_ws, prompt_body, split, start_together
+from .._harness import _fork
+from .._loadgen import (
+    AtpSession,
+    client_process,
+    collect,
+    open_ws,
+    prompt_body,
+    split,
+    start_together,
+)
 from .settings import (
     CHUNK,
     STREAMS_PER_SESSION,
@@ -103,20 +110,7 @@ def bench_throughput(
         p.start()
         pipes.append(parent)
         children.append(p)
-    try:
-        barrier.wait(60)
-        rcpu0 = _cpu_ticks(router_pid)
-        results = []
-        for parent in pipes:
-            if not parent.poll(300):
-                raise RuntimeError("throughput: a client did not finish in 300 s")
-            results.append(parent.recv())
-        rcpu = (_cpu_ticks(router_pid) - rcpu0) / os.sysconf("SC_CLK_TCK")
-    finally:
-        for p in children:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
+    results, rcpu = collect(barrier, pipes, children, router_pid, "throughput")
     errors = [r["error"] for r in results if r.get("error")]
     if errors:
         raise RuntimeError(f"throughput: streams failed, first: {errors[0]}")
