@@ -16,224 +16,39 @@ encoding, control frames' sequence numbers, telemetry at L2).
 
 from __future__ import annotations
 
-import json
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import trio
 
-from conformance._record import Recorder
-from conformance.drivers.ws import WsSession
-from conformance.model import CaseResult, Level
-from conformance.roles import RunContext
+from conformance._scenario_invariants import invariants, result_of
+from conformance._scenario_runner import (
+    DEFAULT_WINDOW,
+    END_MS,
+    META,
+    WINDOW,
+    Runner,
+    ScenarioFailed,
+    Unsupported,
+    _ended,
+    matches,
+)
 
-__all__ = ["ScenarioFailed", "invariants", "matches", "run_steps"]
-
-#: the seed's SYN window and meta (spec §13.4)
-WINDOW = {"max_parallel": 4, "max_tokens": 50000, "max_usd_micros": 1000000}
-META = {"task_type": "qa", "tool_permissions": [], "data_scope": ["no_secrets"]}
-DEFAULT_WINDOW = 262_144
-END_MS = 5000
-
-
-class ScenarioFailed(Exception):
-    def __init__(self, message: str, expected: str = "", violated: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.message = message
-        self.expected = expected
-        self.violated = violated
-
-
-class Unsupported(Exception):
-    """The case needs what the run lacks (--adapter-listen, --token): UNSUPPORTED."""
-
-
-def matches(frame: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
-    for key, cond in want.items():
-        have = frame.get(key, None)
-        if key == "flags" and isinstance(cond, Mapping):
-            flags = set(have or [])
-            if not set(cond.get("has", [])) <= flags or set(cond.get("lacks", [])) & flags:
-                return False
-            continue
-        if isinstance(cond, Mapping) and cond.get("or_absent") and key not in frame:
-            continue
-        if isinstance(cond, Mapping) and cond.keys() & {
-            "any_of",
-            "present",
-            "gte",
-            "lte",
-            "regex",
-            "contains",
-        }:
-            if "regex" in cond and not (
-                isinstance(have, str) and re.fullmatch(cond["regex"], have)
-            ):
-                return False
-            if "contains" in cond and not (isinstance(have, str) and cond["contains"] in have):
-                return False
-            if "present" in cond and (key in frame) != bool(cond["present"]):
-                return False
-            if "any_of" in cond and have not in cond["any_of"]:
-                return False
-            if "gte" in cond and not (isinstance(have, (int, float)) and have >= cond["gte"]):
-                return False
-            if "lte" in cond and not (isinstance(have, (int, float)) and have <= cond["lte"]):
-                return False
-            continue
-        if isinstance(cond, Mapping):
-            if not isinstance(have, Mapping) or not matches(have, cond):
-                return False
-        elif have != cond:
-            return False
-    return True
-
-
-def _ended(f: Mapping[str, Any]) -> bool:
-    flags = f.get("flags") or []
-    return f.get("type") == "ERROR" or "FIN" in flags or "RST" in flags
-
-
-class Runner:
-    """State of one scenario run: the session, what was sent, the token of the run."""
-
-    def __init__(self, ctx: RunContext, session: WsSession, rec: Recorder, text: bool) -> None:
-        self.ctx = ctx
-        self.s = session
-        self.rec = rec
-        self.text = text
-        self.token = secrets.token_hex(6)
-        self.syn_seq: dict[Any, int] = {}  #: stream -> msg_seq of its SYN
-        #: stream -> [(frames received when the grant was sent, credit)]
-        self.granted: dict[Any, list[tuple[int, int]]] = {}
-        self.initial_window = DEFAULT_WINDOW
-        self.next_sid = 1
-        self.last_sid: Any = None  #: the stream the last SYN opened ("stream_id: last")
-        self.router_caps: Mapping[str, Any] | None = None  #: the router's CAPABILITIES caps
-        #: the session_id the client sent (text), which the router must then echo
-        self.session_id: str | None = None
-        self.session_from = 0  #: frames received before the session_id was sent need none
-        #: opens another session on the same transport (other_session); None: WebSocket
-        self.open_other: Any = None
-        #: a text session whose client sent CAPABILITIES: its credit is limited (ATP-FLOW-007)
-        #: and counted in UTF-8 bytes of each text message (ATP-FLOW-008)
-        self.text_credit = False
-        self.mark = 0  #: the adapter's event count at the last adapter_mark step
-
-    def prompt(self, behaviour: str = "ok") -> str:
-        return f"conformance:{self.token}:{behaviour}"
-
-    def _expand(self, value: Any) -> Any:
-        if isinstance(value, str):
-            if value.startswith("{task") and value.endswith("}"):
-                return self.prompt(value[6:-1] if ":" in value else "ok")
-            return value
-        if isinstance(value, Mapping):
-            return {k: self._expand(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._expand(v) for v in value]
-        return value
-
-    def ms(self, step: Mapping[str, Any], key: str = "within_ms", default: float = END_MS) -> float:
-        return self.ctx.timeout(float(step.get(key, default)) / 1000)
-
-    async def send(self, m: Mapping[str, Any]) -> None:
-        m = dict(self._expand(m))
-        if self.text and "session_id" not in m:
-            if self.session_id is None:
-                self.session_from = len(self.s.frames)
-            m["session_id"] = self.session_id = self.session_id or "conf-s1"
-        sid = m.get("stream_id", 0)
-        if "SYN" in (m.get("flags") or []):
-            self.syn_seq[sid] = int(m.get("msg_seq", 0))
-            self.last_sid = sid
-            if isinstance(sid, int):
-                self.next_sid = max(self.next_sid, sid + 2)
-        caps = m.get("caps")
-        if m.get("type") == "CAPABILITIES" and isinstance(caps, Mapping):
-            if isinstance(caps.get("initial_window"), int):
-                self.initial_window = caps["initial_window"]
-            self.text_credit = self.text
-        if m.get("type") == "WINDOW_UPDATE" and isinstance(m.get("credit"), int):
-            self.granted.setdefault(sid, []).append((len(self.s.frames), m["credit"]))
-        await self.s.send(m)
-
-    def credit_at(self, sid: Any, index: int) -> int:
-        """The credit the router had for ``sid`` when it sent received frame ``index``."""
-        return self.initial_window + sum(c for n, c in self.granted.get(sid, []) if n <= index)
-
-    def syn(self, step: Mapping[str, Any]) -> dict[str, Any]:
-        sid = step.get("stream_id", self.next_sid)
-        m: dict[str, Any] = {
-            "type": "DATA",
-            "flags": ["SYN"],
-            "stream_id": sid,
-            "msg_seq": step.get("msg_seq", 1),
-            "qos": step.get("qos", "gold"),
-            "ttl": step.get("ttl", 8),
-            "window": step.get("window", WINDOW),
-            "meta": dict(META, **step.get("meta", {})),
-            "payload": {
-                "type": "agent.task",
-                "content": {"prompt": self.prompt(step.get("behaviour", "ok"))},
-            },
-        }
-        if "meta_option" in step:  # a meta the vendor passes (e.g. --denied-meta JSON)
-            raw = self.ctx.options.get(step["meta_option"])
-            if not raw:
-                raise Unsupported(f"needs --{step['meta_option'].replace('_', '-')}")
-            try:
-                extra = json.loads(raw) if isinstance(raw, str) else raw
-            except ValueError as exc:
-                raise Unsupported(f"--{step['meta_option']} is not JSON: {exc}") from None
-            if not isinstance(extra, Mapping):
-                raise Unsupported(f"--{step['meta_option']} is not a JSON object")
-            m["meta"].update(extra)
-        if self.ctx.adapter_listen and step.get("behaviour") is not None:
-            m["meta"].setdefault("adapters", ["conf"])
-        if "conf2" in (m["meta"].get("adapters") or []) and "," not in (
-            self.ctx.adapter_listen or ""
-        ):
-            raise Unsupported(
-                "needs a second scripted adapter: --adapter-listen HOST:PORT,HOST:PORT "
-                "(the router's adapters conf and conf2)"
-            )
-        for key in ("frag_seq", "extra"):
-            if key in step:
-                m.update(step[key] if key == "extra" else {key: step[key]})
-        return m
-
-    async def wait_for(self, want: Mapping[str, Any], timeout: float) -> dict[str, Any] | None:
-        for f in self.s.frames:  # already here
-            if matches(f, want) and not f.get("_used"):
-                f["_used"] = True
-                return f
-        with trio.move_on_after(timeout):
-            while True:
-                nxt = await self.s.next(timeout)
-                if nxt is None:
-                    if self.s.closed:
-                        return None
-                    continue
-                if matches(nxt, want) and not nxt.get("_used"):
-                    nxt["_used"] = True
-                    return nxt
-        return None
-
-    async def end_of(self, sid: Any, timeout: float) -> dict[str, Any] | None:
-        with trio.move_on_after(timeout):
-            while True:
-                for f in self.s.frames:
-                    if f.get("stream_id") == sid and _ended(f):
-                        return f
-                if await self.s.next(timeout) is None and self.s.closed:
-                    break
-        for f in self.s.frames:
-            if f.get("stream_id") == sid and _ended(f):
-                return f
-        return None
+__all__ = [  # the interpreter's names, importable from here as before the split
+    "DEFAULT_WINDOW",
+    "END_MS",
+    "META",
+    "WINDOW",
+    "Runner",
+    "ScenarioFailed",
+    "Unsupported",
+    "_ended",
+    "invariants",
+    "matches",
+    "result_of",
+    "run_steps",
+]
 
 
 async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
@@ -622,117 +437,3 @@ async def _adapter_event(r: Runner, arg: Mapping[str, Any], timeout: float) -> N
             f"the adapter call is {arg['event']}",
             tuple(arg.get("violated", ())),
         )
-
-
-def invariants(r: Runner) -> list[tuple[str, str]]:
-    """(requirement ID, what was wrong) for every invariant the received frames break."""
-    out: list[tuple[str, str]] = []
-    next_seq: dict[Any, int] = {}
-    in_message: dict[Any, bool] = {}
-    ended: set[Any] = set()
-    first_fragment: dict[Any, Mapping[str, Any]] = {}  #: ext is only on frag_seq 0
-    spent: dict[Any, int] = {}
-    for index, f in enumerate(r.s.frames):
-        t, sid, flags = f.get("type"), f.get("stream_id"), f.get("flags") or []
-        if t == "UNDECODABLE":
-            out.append(("ATP-FRAME-001", f"an undecodable message: {f.get('why')}"))
-            continue
-        if f.get("v", 1) != 1:
-            out.append(("ATP-FRAME-002", f"version {f.get('v')}"))
-        if isinstance(sid, int) and sid & 0x80000000:
-            out.append(("ATP-FRAME-004", "the reserved stream-id bit set"))
-        if f.get("raw_flags", 0) & 0x80:
-            out.append(("ATP-FLAG-001", "a reserved flag bit set"))
-        control = t in ("WINDOW_UPDATE", "CAPABILITIES", "ERROR", "BUDGET_UPDATE") or "HB" in flags
-        if control and (f.get("msg_seq") or f.get("frag_seq")):
-            out.append(("ATP-FRAME-018", f"{t} with msg_seq {f.get('msg_seq')}"))
-        if t == "WINDOW_UPDATE" and "window" in f:
-            out.append(("ATP-FRAME-021", "the router sent a window in WINDOW_UPDATE"))
-        if isinstance(t, int):  # a type beyond the five of §4, never negotiated here
-            out.append(("ATP-EXT-006", f"the router sent a frame of type {t}"))
-        if sid in ended and t in ("DATA", "ERROR") and sid != 0:
-            out.append(("ATP-STREAM-011", f"a frame on stream {sid} after its end"))
-        if t == "DATA" and sid not in (0, None):
-            if "SYN" in flags:
-                out.append(("ATP-STREAM-006", "the router sent a SYN"))
-            if sid not in next_seq and sid in r.syn_seq:
-                next_seq[sid] = r.syn_seq[sid] + 1
-            if sid in next_seq:
-                want = next_seq[sid]
-                if f.get("msg_seq") != want:
-                    out.append(
-                        (
-                            "ATP-SEQ-003" if want == r.syn_seq.get(sid, -9) + 1 else "ATP-SEQ-001",
-                            f"stream {sid}: msg_seq {f.get('msg_seq')}, expected {want}",
-                        )
-                    )
-                    next_seq[sid] = int(f.get("msg_seq") or 0)
-                cont = "CONT" in flags
-                if not f.get("frag_seq"):
-                    first_fragment[sid] = f
-                if not cont:
-                    next_seq[sid] += 1
-                in_message[sid] = cont
-                if not cont and "FIN" not in flags and "MORE" not in flags:
-                    out.append(
-                        (
-                            "ATP-FLAG-008",
-                            f"stream {sid}: msg_seq {f.get('msg_seq')} has neither MORE nor FIN",
-                        )
-                    )
-                if "FIN" in flags and "MORE" in flags:
-                    out.append(("ATP-FLAG-008", f"stream {sid}: MORE together with FIN"))
-            spent[sid] = spent.get(sid, 0) + int(f.get("size", 0))
-            if (not r.text or r.text_credit) and spent[sid] > r.credit_at(sid, index):
-                out.append(
-                    (
-                        "ATP-FLOW-008" if r.text else "ATP-FLOW-001",
-                        f"stream {sid}: {spent[sid]} bytes sent with "
-                        f"{r.credit_at(sid, index)} of credit",
-                    )
-                )
-                spent[sid] = -(1 << 40)  # report once
-            if "FIN" in flags and _level(r) >= 2:
-                tel = first_fragment.get(sid, f).get("telemetry")
-                if (
-                    not isinstance(tel, Mapping)
-                    or not {"tokens", "usd_micros", "latency_ms"} <= tel.keys()
-                ):
-                    out.append(("ATP-BUDGET-006", f"stream {sid}: FINAL telemetry {tel!r}"))
-        if sid not in (0, None) and _ended(f):
-            ended.add(sid)
-        if (
-            r.session_id
-            and r.text
-            and index >= r.session_from
-            and t != "UNDECODABLE"
-            and f.get("session_id") != r.session_id
-        ):
-            out.append(("ATP-JSON-007", f"a text frame without session_id {r.session_id!r}"))
-    if r.text and any(e.direction == "received" and e.hex for e in r.rec.exchange):
-        out.append(("ATP-WS-004", "a binary message on a session the client speaks text on"))
-    return list(dict.fromkeys(out))
-
-
-def _level(r: Runner) -> int:
-    lvl = r.ctx.options.get("level", Level.L1)
-    return {"L1": 1, "L2": 2, "L3": 3}[str(lvl)]
-
-
-def result_of(r: Runner, rec: Recorder, exc: ScenarioFailed | None) -> CaseResult:
-    broken = invariants(r)
-    if exc is not None:
-        viol = exc.violated or tuple(rec.case.requirements)
-        extra = "; also " + "; ".join(f"[{i}] {m}" for i, m in broken[:3]) if broken else ""
-        return rec.failed(
-            exc.message + extra,
-            exc.expected,
-            tuple(dict.fromkeys([*viol, *(i for i, _ in broken)])),
-        )
-    if broken:
-        return rec.failed(
-            "; ".join(f"[{i}] {m}" for i, m in broken[:5]),
-            "every invariant of the exchange holds",
-            tuple(dict.fromkeys(i for i, _ in broken)),
-        )
-    return rec.passed()
