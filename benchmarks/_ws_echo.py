@@ -76,6 +76,16 @@ def _size(message: object) -> int:
     return len(message)
 
 
+def _result(tot: dict[str, int], marks: dict[str, float]) -> dict[str, Any]:
+    """A client process's figures, for the parent."""
+    return {
+        **tot,
+        "start": marks["start"],
+        "end": marks["end"],
+        "cpu": time.process_time() - marks["cpu0"],
+    }
+
+
 def _echo_client(
     url: str, messages: int, window: int, sessions: int, barrier: Any, out: Any
 ) -> None:
@@ -118,12 +128,7 @@ def _echo_client(
         lambda: trio.run(start_together, per, session, barrier, marks),
         barrier,
         out,
-        lambda: {
-            **tot,
-            "start": marks["start"],
-            "end": marks["end"],
-            "cpu": time.process_time() - marks["cpu0"],
-        },
+        lambda: _result(tot, marks),
     )
 
 
@@ -186,12 +191,7 @@ def _picows_client(
         lambda: asyncio.run(main()),
         barrier,
         out,
-        lambda: {
-            **tot,
-            "start": marks["start"],
-            "end": marks["end"],
-            "cpu": time.process_time() - marks["cpu0"],
-        },
+        lambda: _result(tot, marks),
     )
 
 
