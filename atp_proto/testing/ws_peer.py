@@ -37,6 +37,7 @@ __all__ = [
     "tcp_pair",
     "tls_streams",
     "ws_binding",
+    "ws_client_pair",
     "ws_pair",
     "wss_pair",
 ]
@@ -52,11 +53,13 @@ TLS_BUF = 32768
 
 
 class WsPeer:
-    """The client end of a pair, parsed by a wsproto client connection (one channel, 0)."""
+    """The far end of a pair, parsed by a wsproto connection (one channel, 0): a client
+    when our server side is under test, a server (``server=True``) when our client is."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, *, server: bool = False) -> None:
         self.stream = stream
-        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        role = wsproto.ConnectionType.SERVER if server else wsproto.ConnectionType.CLIENT
+        self.ws = wsproto.WSConnection(role)
         self.messages: list[bytes | str] = []
         self.closes: list[int] = []
         self.fins: set[int] = set()  # a message transport ends no channel on its own
@@ -226,25 +229,71 @@ async def wss_pair(
     return Pair(ws, peer, ws_close_code, max_unit=max_message_size)
 
 
+async def ws_client_pair(*, max_message_size: int = MAX_UNIT) -> Pair:
+    """The checker's pair for our *client* end of ``ws://``: :func:`connect_ws` (masked
+    frames built by wsproto, the same send path) against a wsproto server peer on
+    loopback TCP with small buffers; upgrade done, nothing read yet."""
+    from atp_proto.transports.ws_client import connect_ws
+
+    listener = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    peer: WsPeer | None = None
+    try:
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUF)  # inherited
+        port = listener.getsockname()[1]
+
+        async def serve_one() -> None:
+            nonlocal peer
+            sock, _ = await listener.accept()
+            peer = WsPeer(trio.SocketStream(sock), server=True)
+            while True:
+                data = await peer.stream.receive_some(65536)
+                assert data, "the client left during the upgrade"
+                peer.ws.receive_data(bytes(data))
+                if any(isinstance(ev, we.Request) for ev in peer.ws.events()):
+                    await peer.stream.send_all(peer.ws.send(we.AcceptConnection()))
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_one)
+            ws = await connect_ws(
+                f"ws://127.0.0.1:{port}/ws?q=1", max_message_size=max_message_size
+            )
+    finally:
+        listener.close()
+    assert peer is not None
+    assert isinstance(ws.stream, trio.SocketStream)
+    ws.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUF)
+    return Pair(ws, peer, ws_close_code, max_unit=max_message_size)
+
+
 @asynccontextmanager
 async def ws_binding(
-    server_ctx: ssl.SSLContext | None = None, client_ctx: ssl.SSLContext | None = None
+    server_ctx: ssl.SSLContext | None = None,
+    client_ctx: ssl.SSLContext | None = None,
+    *,
+    client_side: bool = False,
 ) -> AsyncIterator[Binding]:
-    """The checker's binding for ``ws://`` (or ``wss://`` given both TLS contexts):
-    every pair it made is aborted on exit."""
+    """The checker's binding for our server end of ``ws://`` (or ``wss://`` given both TLS
+    contexts), or for our client end of ``ws://`` (``client_side``): every pair it made
+    is aborted on exit."""
     pairs: list[Pair] = []
 
     async def make(max_unit: int | None = None) -> Pair:
         size = max_unit or MAX_UNIT
-        if server_ctx is not None and client_ctx is not None:
+        if client_side:
+            pair = await ws_client_pair(max_message_size=size)
+        elif server_ctx is not None and client_ctx is not None:
             pair = await wss_pair(server_ctx, client_ctx, max_message_size=size)
         else:
             pair = await ws_pair(max_message_size=size)
         pairs.append(pair)
         return pair
 
+    name = "ws-client" if client_side else "wss" if server_ctx is not None else "ws"
     try:
-        yield Binding("wss" if server_ctx is not None else "ws", make)
+        yield Binding(name, make)
     finally:
         with trio.CancelScope(shield=True):
             for pair in pairs:

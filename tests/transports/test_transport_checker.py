@@ -1,6 +1,7 @@
 """The transport checker (:mod:`atp_proto.testing.transport_checker`) over every transport:
 ``ws://`` and ``wss://`` (our WsConnection, over our TlsStream for wss, read by wsproto's
-client over loopback TCP — over trio's SSLStream for wss) and QUIC (our QuicServer's
+client over loopback TCP — over trio's SSLStream for wss), our ``ws://`` client
+(``connect_ws``, read by a wsproto server) and QUIC (our QuicServer's
 transport, read by aioquic's asyncio client in a thread). One battery, parametrized; a
 check that does not apply to a per-stream binding is skipped with the reason it gives."""
 
@@ -23,7 +24,7 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
 
 
 #: the bindings, and whether each is per-stream
-BINDINGS = {"ws": False, "wss": False, "quic": True}
+BINDINGS = {"ws": False, "wss": False, "ws-client": False, "quic": True}
 CASES = [
     pytest.param(
         name,
@@ -41,6 +42,9 @@ CASES = [
 async def binding(request: pytest.FixtureRequest, cert: CertFiles) -> AsyncIterator[Binding]:
     if request.param == "quic":
         async with quic_binding(cert.cert, cert.key) as b:
+            yield b
+    elif request.param == "ws-client":
+        async with ws_binding(client_side=True) as b:
             yield b
     elif request.param == "wss":
         server = TLSConfig(cert.cert, cert.key).server_ssl_context()
