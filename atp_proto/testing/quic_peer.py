@@ -22,7 +22,7 @@ import struct
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import trio
 from aioquic.asyncio.client import connect
@@ -48,6 +48,31 @@ def frame_header(atp_sid: int) -> bytes:
     return struct.pack("!BBBBIIHHII", 1, 1, 0, 0, atp_sid, 0, 0, 0, 0, 0)
 
 
+class _Muting(asyncio.DatagramTransport):
+    """The UDP transport of a :class:`_Recorder`: drops what it sends once muted (aioquic
+    still runs its timers, so the connection ends by itself at its close or idle timer)."""
+
+    def __init__(self, inner: asyncio.DatagramTransport, owner: _Recorder) -> None:
+        super().__init__()
+        self.inner, self.owner = inner, owner
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if not self.owner.muted:
+            self.inner.sendto(data, addr)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def is_closing(self) -> bool:
+        return self.inner.is_closing()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.inner.get_extra_info(name, default)
+
+
 class _Recorder(QuicConnectionProtocol):
     """Records every QUIC stream's bytes and FINs and the close; can stall or go mute."""
 
@@ -64,9 +89,8 @@ class _Recorder(QuicConnectionProtocol):
         if not self.stalled:
             super().datagram_received(data, addr)
 
-    def transmit(self) -> None:
-        if not self.muted:
-            super().transmit()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(_Muting(cast(asyncio.DatagramTransport, transport), self))
 
     def quic_event_received(self, event: qe.QuicEvent) -> None:
         with self.lock:
@@ -159,7 +183,11 @@ class QuicPeer:
         if loop is not None and stop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
                 loop.call_soon_threadsafe(stop.set)
-        await trio.to_thread.run_sync(self._thread.join, 5.0)
+        if self._thread.ident is None:
+            return  # never started
+        await trio.to_thread.run_sync(self._thread.join, 10.0)
+        if self._thread.is_alive():
+            raise RuntimeError("the QUIC peer's thread did not end (its connection hangs)")
 
     @property
     def closes(self) -> list[int]:
@@ -254,7 +282,13 @@ async def quic_binding(cert_file: str, key_file: str) -> AsyncIterator[Binding]:
         try:
             yield Binding("quic", make, per_stream=True)
         finally:
+            nursery.cancel_scope.cancel()  # the server goes once every peer has stopped
+            hung: list[BaseException] = []
             with trio.CancelScope(shield=True):
                 for peer in peers:
-                    await peer.stop()
-            nursery.cancel_scope.cancel()
+                    try:
+                        await peer.stop()
+                    except RuntimeError as exc:
+                        hung.append(exc)
+            if hung:
+                raise hung[0]
