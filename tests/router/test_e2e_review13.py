@@ -270,7 +270,6 @@ def test_sighup_right_after_listening_reloads_and_does_not_kill(tmp_path: Path) 
             "--routing-table",
             str(table),
             adapters={"echo": "builtin:echo"},
-            metrics=None,
             env=clean_env(),
             cwd=ROOT,
         ) as router:
