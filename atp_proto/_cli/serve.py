@@ -194,6 +194,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
             cfg = replace(cfg, quic_port=None)
         elif beside is not None and cfg.quic_port is None and not cfg.quic.disabled:
             cfg = replace(cfg, quic_host=beside[0], quic_port=beside[1])
+        elif cfg.quic_port is None and not cfg.quic.disabled and (cfg.tls or cfg.cert_file):
+            # ATP-QUIC-019: a certificate from the config file alone ([tls], or
+            # [transport.quic] cert/key without listen) turns QUIC on beside WebSocket too
+            cfg = replace(cfg, quic_host=cfg.ws_host, quic_port=cfg.ws_port)
         return cfg
     except ConfigError as exc:
         raise UsageError(str(exc)) from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -150,3 +151,23 @@ async def test_the_settings_reach_the_quic_server(quic_router) -> None:
     assert conf.idle_timeout == 7.0 and conf.max_datagram_size == 1300
     assert (conf.max_data, conf.max_stream_data) == (2 << 20, 512 << 10)
     assert os.path.exists(server.cfg.cert_file)
+
+
+def test_a_tls_section_alone_turns_quic_on(tmp_path: Path, cert) -> None:
+    """[ATP-QUIC-019] ``atp serve --config`` whose file has only ``[tls]`` (no QUIC flag,
+    no ``[transport.quic]``) serves QUIC beside WebSocket with that certificate: a QUIC
+    client streams from it. ``[transport.quic] listen = "off"`` beside it turns QUIC off."""
+    shutil.copy(cert.cert, tmp_path / "c.pem")
+    shutil.copy(cert.key, tmp_path / "c.key")
+    path = _write(tmp_path, '[tls]\ncert = "c.pem"\nkey = "c.key"\n')
+    serve = ("--no-auth", "--ws", "127.0.0.1:0", "--metrics", "off", "--config", path)
+    with router_process(*serve) as router:
+        found = re.search(r"quic=quic://127\.0\.0\.1:(\d+)", "".join(router.lines))
+        assert found is not None, router.lines
+        url = f"quic://127.0.0.1:{found.group(1)}"
+        ok = atp("send", url, "--prompt", "hello over [tls]", "--ca", cert.cert, "--json")
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout.strip().splitlines()[-1])["kind"] == "final"
+    _write(tmp_path, '[tls]\ncert = "c.pem"\nkey = "c.key"\n[transport.quic]\nlisten = "off"\n')
+    with router_process(*serve) as router:
+        assert "quic=off" in "".join(router.lines)
