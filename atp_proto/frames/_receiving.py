@@ -268,19 +268,21 @@ class ReceiveMixin(ConnectionBase):
         counts = self.frames_received
         max_message = self.limits.max_message_size
         rec = streams.get(channel) if channel else None
+        left = dec.buffered  # only next_frame() changes it on the shortcut
         while self._closed is None:
-            start = dec.buffered
+            start = left
             try:
                 frame = dec.next_frame()
                 if frame is None:
                     return
+                left = dec.buffered
                 if frame.stream_id != channel:
                     raise RemoteProtocolError(  # ATP-QUIC-005
                         ErrorCode.EPROTO,
                         f"a frame for stream {frame.stream_id} on the transport stream of "
                         f"{'the control stream' if not channel else f'stream {channel}'}",
                     )
-                cost = start - dec.buffered
+                cost = start - left
                 if (
                     rec is not None
                     and frame.type is _DATA
@@ -299,15 +301,16 @@ class ReceiveMixin(ConnectionBase):
                             self._maybe_forget(rec)
                     continue
                 self._handle_frame(frame, cost, now, events, _BINARY)
-                rec = streams.get(channel) if channel else None
             except RemoteProtocolError as exc:
                 if exc.stream_id:
                     self._stream_error(exc, events)
                 else:
                     self._connection_error(exc, events)
-                rec = streams.get(channel) if channel else None
             except Exception as exc:  # pragma: no cover - nothing may escape the core
                 self._internal_error(exc, events)
+            # the general way may have opened, ended or skipped something: look again
+            rec = streams.get(channel) if channel else None
+            left = dec.buffered
 
     def _internal_error(self, exc: Exception, events: list[Event]) -> None:  # pragma: no cover
         """A failure of our own while handling input: the session ends with an ERROR

@@ -77,7 +77,7 @@ op_spec = st.one_of(
         st.just("inject"),
         st.sampled_from([0, 1, 3]),  # the channel it arrives on
         st.sampled_from([1, 3, 5, 0]),  # the stream id in its header
-        st.sampled_from(["data", "rst", "syn", "ext", "window", "unknown", "stale"]),
+        st.sampled_from(["data", "rst", "syn", "ext", "window", "unknown", "stale", "huge"]),
         st.just(False),
     ),
 )
@@ -85,7 +85,7 @@ op_spec = st.one_of(
 
 def _wire(ops: list[tuple[str, int, int, str, bool]]) -> list[tuple[int, bytes]]:
     """The router's real output for ``ops`` (per channel, in order), hostile frames
-    spliced in where the ops say."""
+    spliced in where the ops say (a huge one is skipped by the decoder, ATP-LIMIT-001)."""
     _, opening = _client()
     router = Connection(Role.ROUTER, limits=LIMITS, now=0.0)
     for sid, data, _end in opening:
@@ -117,7 +117,7 @@ def _wire(ops: list[tuple[str, int, int, str, bool]]) -> list[tuple[int, bytes]]
             frame = Frame.data(
                 sid,
                 1 if what == "stale" else seq.get(sid, 1),
-                raw=b"h" * 40,
+                raw=b"h" * (5000 if what == "huge" else 40),  # huge: > max_frame_size
                 flags=flags,
                 ext={"x": 1} if what == "ext" else None,
             )
