@@ -184,7 +184,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if args.no_auth:
             flags["auth"] = False
         flags["tls"] = tls = _tls_from_args(args)
-        beside = _quic_flags(args, flags, parse_hostport, tls)
+        _quic_flags(args, flags, parse_hostport, tls)
         cfg = build_config(file=args.config, env=os.environ, flags=flags)
         from dataclasses import replace
 
@@ -192,8 +192,12 @@ def config_from_args(args: argparse.Namespace) -> Any:
             cfg = replace(cfg, metrics_port=None)
         if args.quic == "off":  # wins over [transport.quic] listen
             cfg = replace(cfg, quic_port=None)
-        elif beside is not None and cfg.quic_port is None and not cfg.quic.disabled:
-            cfg = replace(cfg, quic_host=beside[0], quic_port=beside[1])
+        elif cfg.quic_port is None and not cfg.quic.disabled and (cfg.tls or cfg.cert_file):
+            # ATP-QUIC-019: with a certificate from any layer (--cert, --dev-cert,
+            # --quic-cert, [tls], [transport.quic] cert) QUIC goes beside WebSocket: the
+            # same host and port number over UDP (7443 by default; a kernel-chosen port
+            # when the WebSocket asks for one, so that routers never collide)
+            cfg = replace(cfg, quic_host=cfg.ws_host, quic_port=cfg.ws_port)
         return cfg
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
@@ -226,12 +230,13 @@ def _tls_from_args(args: argparse.Namespace) -> Any:
 
 def _quic_flags(
     args: argparse.Namespace, flags: dict[str, Any], parse_hostport: Any, tls: Any
-) -> tuple[str, int] | None:
+) -> None:
     """``--quic`` (spec §13.2): QUIC is served with the router's certificate (``--cert`` /
-    ``--key`` or ``--dev-cert``, the same as ``wss://``; ``--quic-cert`` / ``--quic-key``
-    give QUIC another one), on 7443/udp beside WebSocket unless ``--quic`` (or the config
-    file's ``[transport.quic] listen``) says otherwise (ATP-QUIC-019). Returns that
-    default address (applied when nothing else set one), or None."""
+    ``--key`` or ``--dev-cert``, the same as ``wss://``, or the config file's ``[tls]``;
+    ``--quic-cert`` / ``--quic-key`` give QUIC another one), beside WebSocket unless
+    ``--quic`` (or the config file's ``[transport.quic] listen``) says otherwise
+    (ATP-QUIC-019: :func:`config_from_args` puts it there once every layer is merged). A
+    QUIC address without any certificate is refused by ``RouterConfig.validate``."""
     from atp_proto.router.config import ConfigError
 
     cert = args.quic_cert or (tls.cert_file if tls is not None else None)
@@ -240,18 +245,8 @@ def _quic_flags(
         raise ConfigError("--quic-cert and --quic-key go together")
     if cert:
         flags["cert_file"], flags["key_file"] = cert, key
-    if args.quic == "off":
-        return None
-    if args.quic:
-        if not cert:
-            raise ConfigError("--quic needs a certificate (--cert/--key or --dev-cert)")
+    if args.quic and args.quic != "off":
         flags["quic_host"], flags["quic_port"] = parse_hostport(args.quic, "--quic")
-    elif cert:
-        # beside WebSocket: the same host and port number, over UDP (7443 by default; a
-        # kernel-chosen port when --ws asks for one, so that routers never collide)
-        host, port = parse_hostport(args.ws, "--ws") if args.ws else ("127.0.0.1", 7443)
-        return host, port
-    return None
 
 
 def run(args: argparse.Namespace) -> int:
