@@ -105,6 +105,39 @@ async def test_a_dead_routers_holds_are_charged_once_its_lease_lapses(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_router_cut_off_and_back_is_charged_exactly_in_the_end(
+    redis_server: RedisServer,
+) -> None:
+    """Router A alive but cut off from Redis longer than its lease (its writer stopped, as
+    while Redis is away): B presumes it dead and charges its 30-token hold (10 written +
+    20 held: 30). A comes back and writes 15 more of that stream: covered by the forfeited
+    hold, not charged again (30); the stream ends: what the hold charged beyond the
+    stream's usage is given back, so the tenant has spent exactly 25."""
+    a, b = _pair(redis_server.url)
+    q = TenantQuota(tokens=100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(b.run)
+        async with trio.open_nursery() as router_a:
+            await router_a.start(a.run)
+            g = await a.admit("t", q, 3600, BudgetWindow(max_tokens=30))
+            a.charge("t", 10, 0, 3600, g.hold)
+            await a.settle()
+            router_a.cancel_scope.cancel()  # cut off: no writes, no renewals
+        await trio.sleep(LEASE_MS / 1000 + 0.2)
+        assert (await b.admit("t", q, 3600, BudgetWindow(max_tokens=1))).tokens_left == 70
+        async with trio.open_nursery() as router_a:  # A is back
+            await router_a.start(a.run)
+            a.charge("t", 15, 0, 3600, g.hold)
+            await a.settle()
+            assert a.spent("t", 3600) == (30, 0)
+            a.release("t", q, g.hold)
+            await a.settle()
+            assert a.spent("t", 3600) == (25, 0)
+            router_a.cancel_scope.cancel()
+        assert (await b.admit("t", q, 3600, BudgetWindow(max_tokens=1))).tokens_left == 75
+        nursery.cancel_scope.cancel()
+
+
 def test_every_key_of_a_script_is_in_the_tenants_cluster_slot(redis_server: RedisServer) -> None:
     """Redis Cluster requires one slot per script: every key the store builds for a
     tenant (and the period windows the scripts derive) hashes to one slot, for awkward

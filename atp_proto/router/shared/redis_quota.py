@@ -12,7 +12,8 @@ its hash tag (``PREFIX q:{TENANT}:...``), so it is in one Redis Cluster slot (RE
   has streams of this tenant open, ``lease_ms`` ahead: 5 s). The lease lives beside the
   counters it vouches for, in the tenant's slot, instead of one key per router;
 * ``q:{T}:h``: the *holds* (ATP-BUDGET-017), one per stream in flight (field
-  ``ROUTER/N``: the tokens and usd_micros it may still spend).
+  ``ROUTER/N``: the tokens and usd_micros it may still spend); ``q:{T}:f`` the holds
+  charged for a router presumed dead (see below).
 
 A hold works like a payment card's: at admission the script reserves the stream's
 admitted share (what is left of the tenant's period budget, or less when the client's
@@ -37,8 +38,10 @@ yet written when it died is covered.
 Redis unreachable: :meth:`admit` refuses with EAGENTDOWN and ``retry_after_ms`` (fail
 closed: a stream whose cost cannot be accounted for is not run); writes stay queued in
 the process and are sent when Redis answers again. A router cut off longer than its
-lease is treated as dead: its holds are charged, and what it writes when it is back is
-charged on top (an over-count, never an under-count).
+lease (or all of them, after Redis was down that long) is presumed dead: its holds are
+charged and kept as *forfeits* (``q:{T}:f``); when it writes again, a forfeit covers the
+usage it was charged for, and the rest is given back at the stream's end in the same
+period, so the count is high while the router is away and exact in the end.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from atp_proto.router.quota import (
 )
 
 from .link import RedisError, RedisLink, redacted
+from .quota_scripts import ADMIT, WRITE
 
 __all__ = ["ALIVE_MS", "RedisQuotaStore"]
 
@@ -79,155 +83,6 @@ MAX_KNOWN = 100_000
 #: this much" (ATP-BUDGET-012), and an adapter's absurd figure cannot make HINCRBY
 #: overflow, which would fail every later write of this router (and refuse every stream)
 SATURATE = 2**53
-
-#: shared by both scripts: Redis's clock, a saturating add, and the reaper of the routers
-#: whose lease lapsed (their counters deleted, their holds charged); returns the streams
-#: open on live routers
-_COMMON = """
-local function clock()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(t[1])
-end
-local function add(bkey, f, inc, cap)
-  local cur = tonumber(redis.call('HGET', bkey, f) or '0')
-  if cur + inc >= cap then
-    redis.call('HSET', bkey, f, string.format('%.0f', cap))
-    return cap
-  end
-  return redis.call('HINCRBY', bkey, f, string.format('%.0f', inc))
-end
-local function reap(ckey, hkey, bkey, me, now, cap)
-  local f = redis.call('HGETALL', ckey)
-  local live, dead, ndead = {}, {}, 0
-  for i = 1, #f, 2 do
-    if string.sub(f[i], 1, 1) == '@' then
-      local r = string.sub(f[i], 2)
-      if r == me or tonumber(f[i + 1]) > now then
-        live[r] = true
-      else
-        dead[r] = true
-        ndead = ndead + 1
-        redis.call('HDEL', ckey, f[i])
-      end
-    end
-  end
-  if ndead > 0 then
-    local h = redis.call('HGETALL', hkey)
-    for i = 1, #h, 2 do
-      local r = string.match(h[i], '^(.*)/[^/]*$')
-      if r == nil or not live[r] then
-        local ht, hu = string.match(h[i + 1], '^(%S+) (%S+)$')
-        if tonumber(ht) and tonumber(ht) > 0 then add(bkey, 't', tonumber(ht), cap) end
-        if tonumber(hu) and tonumber(hu) > 0 then add(bkey, 'u', tonumber(hu), cap) end
-        redis.call('HDEL', hkey, h[i])
-      end
-    end
-  end
-  local open = 0
-  for i = 1, #f, 2 do
-    if string.sub(f[i], 1, 1) ~= '@' then
-      if live[f[i]] then
-        open = open + tonumber(f[i + 1])
-      else
-        redis.call('HDEL', ckey, f[i])
-      end
-    end
-  end
-  return open
-end
-local function lease(ckey, hkey, me, now, lease_ms, ttl_ms)
-  redis.call('HSET', ckey, '@' .. me, string.format('%.0f', now + lease_ms))
-  redis.call('PEXPIRE', ckey, ttl_ms)
-  if redis.call('EXISTS', hkey) == 1 then redis.call('PEXPIRE', hkey, ttl_ms) end
-end
-"""
-
-#: KEYS: budget (without its window), bucket, counters, holds. ARGV: period, tokens limit,
-#: usd limit (-1: none), rate, burst, concurrent limit (-1: none), router, lease_ms, hold
-#: id ("": none), the stream's own token and usd caps (-1: none), the saturation
-_ADMIT = (
-    _COMMON
-    + """
-local now, secs = clock()
-local period = tonumber(ARGV[1])
-local bkey = KEYS[1] .. ':' .. math.floor(secs / period)
-local me, cap = ARGV[7], tonumber(ARGV[12])
-local open = reap(KEYS[3], KEYS[4], bkey, me, now, cap)
-if redis.call('EXISTS', bkey) == 1 then redis.call('EXPIRE', bkey, period * 2) end
-local used_t = tonumber(redis.call('HGET', bkey, 't') or '0')
-local used_u = tonumber(redis.call('HGET', bkey, 'u') or '0')
-local lt, lu = tonumber(ARGV[2]), tonumber(ARGV[3])
-if (lt >= 0 and used_t >= lt) or (lu >= 0 and used_u >= lu) then
-  return {1, used_t, used_u}
-end
-local cl = tonumber(ARGV[6])
-if cl >= 0 and open >= cl then return {3, open, 0} end
-local rate = tonumber(ARGV[4])
-if rate > 0 then
-  local burst = tonumber(ARGV[5])
-  local b = redis.call('HMGET', KEYS[2], 'n', 'at')
-  local n = tonumber(b[1]) or burst
-  local at = tonumber(b[2]) or now / 1000
-  n = math.min(burst, n + math.max(0, now / 1000 - at) * rate)
-  if n < 1 then return {2, math.ceil((1 - n) / rate * 1000), 0} end
-  redis.call('HSET', KEYS[2], 'n', tostring(n - 1), 'at', tostring(now / 1000))
-  redis.call('PEXPIRE', KEYS[2], math.ceil(burst / rate * 1000) + 1000)
-end
-if cl >= 0 then redis.call('HINCRBY', KEYS[3], me, 1) end
-if ARGV[9] ~= '' then
-  local ht, hu = 0, 0
-  local ct, cu = tonumber(ARGV[10]), tonumber(ARGV[11])
-  if lt >= 0 then ht = lt - used_t; if ct >= 0 and ct < ht then ht = ct end end
-  if lu >= 0 then hu = lu - used_u; if cu >= 0 and cu < hu then hu = cu end end
-  redis.call('HSET', KEYS[4], ARGV[9], string.format('%.0f %.0f', ht, hu))
-end
-if cl >= 0 or ARGV[9] ~= '' then
-  lease(KEYS[3], KEYS[4], me, now, tonumber(ARGV[8]), math.max(period * 2000, 60000))
-end
-return {0, used_t, used_u}
-"""
-)
-
-#: KEYS: budget (without its window), counters, holds. ARGV: period, tokens, usd,
-#: saturation, router, streams ended, lease_ms (0: no renewal), then per hold: id, tokens,
-#: usd, 1 when its stream ended. Returns {window, tokens used, usd used}.
-_WRITE = (
-    _COMMON
-    + """
-local now, secs = clock()
-local period = tonumber(ARGV[1])
-local win = math.floor(secs / period)
-local bkey = KEYS[1] .. ':' .. win
-local cap, me = tonumber(ARGV[4]), ARGV[5]
-reap(KEYS[2], KEYS[3], bkey, me, now, cap)
-local out = {win, 0, 0}
-local dt, du = tonumber(ARGV[2]), tonumber(ARGV[3])
-out[2] = dt > 0 and add(bkey, 't', dt, cap) or tonumber(redis.call('HGET', bkey, 't') or '0')
-out[3] = du > 0 and add(bkey, 'u', du, cap) or tonumber(redis.call('HGET', bkey, 'u') or '0')
-if dt > 0 or du > 0 then redis.call('EXPIRE', bkey, period * 2) end
-for i = 8, #ARGV, 4 do
-  local id = ARGV[i]
-  if ARGV[i + 3] == '1' then
-    redis.call('HDEL', KEYS[3], id)
-  else
-    local v = redis.call('HGET', KEYS[3], id)
-    if v then
-      local ht, hu = string.match(v, '^(%S+) (%S+)$')
-      ht = math.max(0, tonumber(ht) - tonumber(ARGV[i + 1]))
-      hu = math.max(0, tonumber(hu) - tonumber(ARGV[i + 2]))
-      redis.call('HSET', KEYS[3], id, string.format('%.0f %.0f', ht, hu))
-    end
-  end
-end
-local ended = tonumber(ARGV[6])
-if ended > 0 then
-  if redis.call('HINCRBY', KEYS[2], me, -ended) <= 0 then redis.call('HDEL', KEYS[2], me) end
-end
-local lease_ms = tonumber(ARGV[7])
-if lease_ms > 0 then lease(KEYS[2], KEYS[3], me, now, lease_ms, math.max(period * 2000, 60000)) end
-return out
-"""
-)
 
 
 @dataclass(slots=True)
@@ -259,8 +114,8 @@ class RedisQuotaStore:
         self.link = link
         self.lease_ms = lease_ms
         c = link.client
-        self._admit = c.register_script(_ADMIT)
-        self._write = c.register_script(_WRITE)
+        self._admit = c.register_script(ADMIT)
+        self._write = c.register_script(WRITE)
         self._pending: dict[str, _Due] = {}
         self._wake = trio.Event()
         self._queued = 0  #: charges queued since start
@@ -274,10 +129,11 @@ class RedisQuotaStore:
         self._leased: dict[str, tuple[int, int]] = {}
         self._holds = 0  #: hold ids issued (ROUTER/N)
 
-    def _keys(self, tenant: str) -> tuple[str, str, str, str]:
-        """The tenant's keys, all with the hash tag ``{tenant}`` (one Cluster slot)."""
+    def _keys(self, tenant: str) -> tuple[str, str, str, str, str]:
+        """The tenant's keys (budget, bucket, counters, holds, forfeits), all with the
+        hash tag ``{tenant}`` (one Cluster slot)."""
         base = f"{self.link.prefix}q:{{{tenant}}}"
-        return f"{base}:b", f"{base}:r", f"{base}:c", f"{base}:h"
+        return f"{base}:b", f"{base}:r", f"{base}:c", f"{base}:h", f"{base}:f"
 
     # ------------------------------------------------------------------ the store
 
@@ -392,18 +248,20 @@ class RedisQuotaStore:
     def release(self, tenant: str, q: TenantQuota, hold: str | None = None) -> None:
         if q.concurrent is None and hold is None:
             return
-        p = self._pending.get(tenant)
-        if p is None:
-            p = self._pending[tenant] = _Due(1)
-        if q.concurrent is not None:
-            p.ended += 1
-        if hold is not None:
-            p.holds.setdefault(hold, [0, 0, 0])[2] = 1
+        # the period the admission named: a write reaps dead holds into its window
         n, period = self._leased.get(tenant, (1, 1))
         if n <= 1:
             self._leased.pop(tenant, None)
         else:
             self._leased[tenant] = (n - 1, period)
+        p = self._pending.get(tenant)
+        if p is None:
+            p = self._pending[tenant] = _Due(period)
+        p.period = max(p.period, period)
+        if q.concurrent is not None:
+            p.ended += 1
+        if hold is not None:
+            p.holds.setdefault(hold, [0, 0, 0])[2] = 1
         self._queued += 1
         self._wake.set()
 
@@ -480,17 +338,17 @@ class RedisQuotaStore:
             pipe = self.link.client.pipeline(transaction=True)
             order: list[tuple[str, int]] = []
             for tenant, due in batch.items():
-                bkey, _, ckey, hkey = self._keys(tenant)
+                bkey, _, ckey, hkey, fkey = self._keys(tenant)
                 args: list[Any] = [due.period, due.tokens, due.usd, SATURATE, router, due.ended]
                 args.append(lease_ms if leased[tenant] else 0)
                 for hid, (t, u, done) in due.holds.items():
                     args += [hid, t, u, done]
-                self._write(keys=[bkey, ckey, hkey], args=args, client=pipe)
+                self._write(keys=[bkey, ckey, hkey, fkey], args=args, client=pipe)
                 order.append((tenant, due.period))
             for tenant, period in renewals.items():
-                bkey, _, ckey, hkey = self._keys(tenant)
+                bkey, _, ckey, hkey, fkey = self._keys(tenant)
                 args = [period, 0, 0, SATURATE, router, 0, lease_ms]
-                self._write(keys=[bkey, ckey, hkey], args=args, client=pipe)
+                self._write(keys=[bkey, ckey, hkey, fkey], args=args, client=pipe)
                 order.append((tenant, period))
             replies = pipe.execute()
             return [(name, period, r) for (name, period), r in zip(order, replies, strict=True)]
