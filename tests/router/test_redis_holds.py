@@ -148,3 +148,28 @@ def test_every_key_of_a_script_is_in_the_tenants_cluster_slot(redis_server: Redi
     for tenant in ("acme", "a:b", "with space", "{braces}", "x}y", "ünï"):
         keys = [*store._keys(tenant), store._keys(tenant)[0] + ":123456"]
         assert len({key_slot(k.encode()) for k in keys}) == 1, (tenant, keys)
+
+
+async def test_an_idle_store_notices_redis_going_and_coming_back() -> None:
+    """With no stream and nothing to write, the store still asks Redis once a second, so
+    ``up`` (atp_redis_up{use="quota"}) follows Redis: false after it stopped, true again
+    after it restarted, without any admission."""
+    try:
+        server = RedisServer()
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        store = RedisQuotaStore(RedisLink(server.url, timeout_s=0.2))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            await trio.sleep(1.3)
+            assert store.up
+            await trio.to_thread.run_sync(server.stop)
+            with trio.fail_after(5):
+                while store.up:
+                    await trio.sleep(0.1)
+            await trio.to_thread.run_sync(server.restart)
+            with trio.fail_after(8):
+                while not store.up:
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()

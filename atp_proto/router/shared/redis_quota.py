@@ -328,6 +328,8 @@ class RedisQuotaStore:
         queued = self._queued
         renewals = {t: p for t, (_, p) in self._leased.items() if t not in batch} if renew else {}
         if not batch and not renewals:
+            if renew:  # idle: a PING a second keeps `up` (atp_redis_up) true to Redis
+                await self.link.call(self.link.client.ping)
             return
         router, lease_ms = self.link.router_id, self.lease_ms
         leased = {t: t in self._leased for t in batch}
