@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from atp_proto.frames import BudgetWindow
+from atp_proto.frames import ATPError, BudgetWindow
 from atp_proto.router.quota import TenantQuota
 from atp_proto.router.shared.link import RedisLink
 from atp_proto.router.shared.redis_quota import RedisQuotaStore
@@ -58,10 +58,11 @@ async def test_a_hold_is_the_admitted_share_settled_as_usage_arrives(
         g1 = await a.admit("t", q, 3600, BudgetWindow(max_tokens=30))
         g2 = await a.admit("t", q, 3600)
         assert g1.hold and g2.hold and g1.hold != g2.hold
-        assert _holds(a, "t") == {g1.hold: "30 0", g2.hold: "100 0"}
+        # "tokens usd token-limit usd-limit" (-1: no limit)
+        assert _holds(a, "t") == {g1.hold: "30 0 100 -1", g2.hold: "100 0 100 -1"}
         a.charge("t", 12, 0, 3600, g1.hold)
         await a.settle()
-        assert _holds(a, "t")[g1.hold] == "18 0"
+        assert _holds(a, "t")[g1.hold] == "18 0 100 -1"
         g3 = await b.admit("t", q, 3600)
         assert g3.tokens_left == 88  # A's holds do not count while A lives
         a.release("t", q, g1.hold)
@@ -102,6 +103,34 @@ async def test_a_dead_routers_holds_are_charged_once_its_lease_lapses(
         fields = {k.decode() for k in b.link.client.hgetall(ckey)}
         assert not any(a.link.router_id in f for f in fields)
         assert (await b.admit("t", q, 3600, BudgetWindow(max_tokens=1))).tokens_left == 40
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_dead_routers_holds_never_charge_past_the_quota(
+    redis_server: RedisServer,
+) -> None:
+    """Four streams without a client window each hold the whole remainder (the first had
+    10 written; 90 left each); they shared it (ATP-BUDGET-016), so together they could not
+    have spent more: the reaper charges the holds up to the 100-token quota, not
+    10 + 4 x 90, and the tenant is refused with EBUDGET until the period ends."""
+    a, b = _pair(redis_server.url)
+    q = TenantQuota(tokens=100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(b.run)
+        async with trio.open_nursery() as router_a:
+            await router_a.start(a.run)
+            g = await a.admit("t", q, 3600)
+            a.charge("t", 10, 0, 3600, g.hold)
+            await a.settle()
+            for _ in range(3):
+                await a.admit("t", q, 3600)
+            router_a.cancel_scope.cancel()  # A dies
+        await trio.sleep(LEASE_MS / 1000 + 0.2)
+        with pytest.raises(ATPError) as exc:
+            await b.admit("t", q, 3600)
+        assert str(exc.value.code) == "EBUDGET"
+        (bkey,) = b.link.client.keys(b._keys("t")[0] + ":*")
+        assert int(b.link.client.hget(bkey, "t")) == 100
         nursery.cancel_scope.cancel()
 
 

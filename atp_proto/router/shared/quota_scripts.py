@@ -46,8 +46,16 @@ local function reap(ckey, hkey, fkey, bkey, win, me, now, cap, ttl_ms)
     for i = 1, #h, 2 do
       local r = string.match(h[i], '^(.*)/[^/]*$')
       if r == nil or not live[r] then
-        local ht, hu = string.match(h[i + 1], '^(%S+) (%S+)$')
+        -- a hold is "tokens usd token-limit usd-limit": the streams of a tenant share
+        -- what is left (ATP-BUDGET-016), so together they could not have spent past the
+        -- quota: holds are charged up to it, never past it
+        local ht, hu, lt, lu = string.match(h[i + 1], '^(%S+) (%S+) (%S+) (%S+)$')
         ht, hu = tonumber(ht) or 0, tonumber(hu) or 0
+        lt, lu = tonumber(lt) or -1, tonumber(lu) or -1
+        local used_t = tonumber(redis.call('HGET', bkey, 't') or '0')
+        local used_u = tonumber(redis.call('HGET', bkey, 'u') or '0')
+        if lt >= 0 then ht = math.min(ht, math.max(0, lt - used_t)) end
+        if lu >= 0 then hu = math.min(hu, math.max(0, lu - used_u)) end
         if ht > 0 then add(bkey, 't', ht, cap) end
         if hu > 0 then add(bkey, 'u', hu, cap) end
         redis.call('HDEL', hkey, h[i])
@@ -114,7 +122,7 @@ if ARGV[9] ~= '' then
   local ct, cu = tonumber(ARGV[10]), tonumber(ARGV[11])
   if lt >= 0 then ht = lt - used_t; if ct >= 0 and ct < ht then ht = ct end end
   if lu >= 0 then hu = lu - used_u; if cu >= 0 and cu < hu then hu = cu end end
-  redis.call('HSET', KEYS[4], ARGV[9], string.format('%.0f %.0f', ht, hu))
+  redis.call('HSET', KEYS[4], ARGV[9], string.format('%.0f %.0f %.0f %.0f', ht, hu, lt, lu))
 end
 if cl >= 0 or ARGV[9] ~= '' then lease(KEYS[3], KEYS[4], me, now, tonumber(ARGV[8]), ttl) end
 return {0, used_t, used_u}
@@ -144,10 +152,10 @@ for i = 8, #ARGV, 4 do
     if done == '1' then
       redis.call('HDEL', KEYS[3], id)
     else
-      local ht, hu = string.match(v, '^(%S+) (%S+)$')
+      local ht, hu, limits = string.match(v, '^(%S+) (%S+) (%S+ %S+)$')
       ht = math.max(0, tonumber(ht) - ut)
       hu = math.max(0, tonumber(hu) - uu)
-      redis.call('HSET', KEYS[3], id, string.format('%.0f %.0f', ht, hu))
+      redis.call('HSET', KEYS[3], id, string.format('%.0f %.0f %s', ht, hu, limits))
     end
   else
     local f = redis.call('HGET', KEYS[4], id)
