@@ -126,7 +126,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--redis",
         metavar="URL",
         help="share tenant quotas and the learned routing state with every router using "
-        "this Redis (redis://HOST:PORT[/DB]; or env ATP_REDIS_URL); unreachable: new "
+        "this Redis (redis://HOST:PORT[/DB], redis+cluster://NODE:PORT for a Redis "
+        "Cluster; or env ATP_REDIS_URL); unreachable: new "
         "streams are refused (fail closed), routing learns locally",
     )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers

@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
 from atp_proto.frames import ATPError, BudgetWindow, ErrorCode
 from atp_proto.router.quota import (
@@ -64,7 +66,7 @@ from atp_proto.router.quota import (
     refuse_rate,
 )
 
-from .link import RedisError, RedisLink, redacted
+from .link import LuaScript, RedisError, RedisLink, redacted
 from .quota_scripts import ADMIT, WRITE
 
 __all__ = ["ALIVE_MS", "RedisQuotaStore"]
@@ -113,9 +115,8 @@ class RedisQuotaStore:
     def __init__(self, link: RedisLink, *, lease_ms: int = ALIVE_MS) -> None:
         self.link = link
         self.lease_ms = lease_ms
-        c = link.client
-        self._admit = c.register_script(ADMIT)
-        self._write = c.register_script(WRITE)
+        self._admit = LuaScript(link, ADMIT)
+        self._write = LuaScript(link, WRITE)
         self._pending: dict[str, _Due] = {}
         self._wake = trio.Event()
         self._queued = 0  #: charges queued since start
@@ -175,7 +176,7 @@ class RedisQuotaStore:
             # answer at once instead of waiting for a timeout of its own
             if not probe and not self.up:
                 raise RedisError("Redis went away while this call waited")
-            return self._admit(keys=list(keys), args=args)  # type: ignore[no-any-return]
+            return self._admit(list(keys), args)  # type: ignore[no-any-return]
 
         try:
             reply = await self.link.call(ask)
@@ -332,42 +333,64 @@ class RedisQuotaStore:
                 await self.link.call(self.link.client.ping)
             return
         router, lease_ms = self.link.router_id, self.lease_ms
-        leased = {t: t in self._leased for t in batch}
+        calls: list[tuple[str, int, list[str], list[Any]]] = []
+        for tenant, due in batch.items():
+            bkey, _, ckey, hkey, fkey = self._keys(tenant)
+            args: list[Any] = [due.period, due.tokens, due.usd, SATURATE, router, due.ended]
+            args.append(lease_ms if tenant in self._leased else 0)
+            for hid, (t, u, done) in due.holds.items():
+                args += [hid, t, u, done]
+            calls.append((tenant, due.period, [bkey, ckey, hkey, fkey], args))
+        for tenant, period in renewals.items():
+            bkey, _, ckey, hkey, fkey = self._keys(tenant)
+            args = [period, 0, 0, SATURATE, router, 0, lease_ms]
+            calls.append((tenant, period, [bkey, ckey, hkey, fkey], args))
+        groups = _by_slot(calls) if self.link.cluster else [calls]
 
-        def write() -> list[tuple[str, int, Any]]:
-            # MULTI/EXEC: the batch is written whole or not at all, so putting it back
-            # after a failure cannot count a part of it twice
-            pipe = self.link.client.pipeline(transaction=True)
-            order: list[tuple[str, int]] = []
-            for tenant, due in batch.items():
-                bkey, _, ckey, hkey, fkey = self._keys(tenant)
-                args: list[Any] = [due.period, due.tokens, due.usd, SATURATE, router, due.ended]
-                args.append(lease_ms if leased[tenant] else 0)
-                for hid, (t, u, done) in due.holds.items():
-                    args += [hid, t, u, done]
-                self._write(keys=[bkey, ckey, hkey, fkey], args=args, client=pipe)
-                order.append((tenant, due.period))
-            for tenant, period in renewals.items():
-                bkey, _, ckey, hkey, fkey = self._keys(tenant)
-                args = [period, 0, 0, SATURATE, router, 0, lease_ms]
-                self._write(keys=[bkey, ckey, hkey, fkey], args=args, client=pipe)
-                order.append((tenant, period))
-            replies = pipe.execute()
-            return [(name, period, r) for (name, period), r in zip(order, replies, strict=True)]
+        def write() -> tuple[list[tuple[str, int, Any]], set[str], Exception | None]:
+            # MULTI/EXEC: a group is written whole or not at all, so putting it back after
+            # a failure cannot count a part of it twice. One group on one Redis; on a
+            # Cluster one per slot (a transaction cannot span slots)
+            written: list[tuple[str, int, Any]] = []
+            failed: set[str] = set()
+            error: Exception | None = None
+            for group in groups:
+                if error is None:
+                    try:
+                        pipe = self.link.client.pipeline(transaction=True)
+                        for _, _, keys, args in group:
+                            self._write(keys, args, client=pipe)
+                        replies = pipe.execute()
+                        written += [(c[0], c[1], r) for c, r in zip(group, replies, strict=True)]
+                        continue
+                    except (RedisError, RedisClusterException) as exc:
+                        error = exc
+                failed.update(c[0] for c in group)
+            return written, failed, error
 
         try:
-            for tenant, period, (_, t, u) in await self.link.call(write):
-                self._know(tenant, period, int(t), int(u))
-            self._written = queued
-            self._flushed.set()
-            self._flushed = trio.Event()
+            written, failed, error = await self.link.call(write)
         except BaseException:
-            for tenant, due in batch.items():  # put it back: nothing is lost
-                later = self._pending.get(tenant)
-                if later is not None:
-                    due.merge(later)
-                self._pending[tenant] = due
+            failed, error = set(batch), None
+            self._put_back(batch, failed)
             raise
+        for tenant, period, (_, t, u) in written:
+            self._know(tenant, period, int(t), int(u))
+        if error is not None:
+            self._put_back(batch, failed)
+            raise RedisError(str(error))
+        self._written = queued
+        self._flushed.set()
+        self._flushed = trio.Event()
+
+    def _put_back(self, batch: dict[str, _Due], tenants: set[str]) -> None:
+        """Queue again what a failed write did not store: nothing is lost."""
+        for tenant in tenants & set(batch):
+            due = batch[tenant]
+            later = self._pending.get(tenant)
+            if later is not None:
+                due.merge(later)
+            self._pending[tenant] = due
 
     # ------------------------------------------------------------------ health
 
@@ -383,3 +406,11 @@ class RedisQuotaStore:
         if not self.up:
             self.up = True
             log.info("Redis reachable again", extra={"redis": redacted(self.link.url)})
+
+
+def _by_slot(calls: list[Any]) -> list[list[Any]]:
+    """Calls grouped by the Redis Cluster slot of their keys (each call's keys share one)."""
+    groups: dict[int, list[Any]] = {}
+    for call in calls:
+        groups.setdefault(key_slot(call[2][1].encode()), []).append(call)
+    return list(groups.values())
