@@ -2,8 +2,8 @@
 
 Every decision is one Lua script, atomic in Redis, timed by Redis's own clock (``TIME``)
 so that routers' clocks do not matter. Every key a script touches carries the tenant as
-its hash tag (``PREFIX q:{TENANT}:...``), so it is in one Redis Cluster slot (README
-"Scale-out" says what is supported):
+its hash tag (``PREFIX q:{TENANT}:...``), so it is in one Redis Cluster slot
+(``--redis redis+cluster://``):
 
 * ``q:{T}:b:WINDOW``: the period's usage (fields ``t`` tokens, ``u`` usd_micros);
 * ``q:{T}:r``: the stream-rate token bucket;
@@ -31,9 +31,9 @@ yet written when it died is covered.
 * admit: reap lapsed leases, then the period budget, the concurrent streams (live
   routers' counters), the rate; on success the counter, the hold and the lease. A
   refusal consumes nothing.
-* write (one per tenant per flush, all of a flush in one MULTI): the usage, the holds'
-  settlements, the streams ended, the lease renewal; queued in the process and written
-  by :meth:`RedisQuotaStore.run` as soon as they are.
+* write (one per tenant per flush; a flush is one MULTI, or one per slot on a Redis
+  Cluster): the usage, the holds' settlements, the streams ended, the lease renewal;
+  queued in the process and written by :meth:`RedisQuotaStore.run` as soon as they are.
 
 Redis unreachable: :meth:`admit` refuses with EAGENTDOWN and ``retry_after_ms`` (fail
 closed: a stream whose cost cannot be accounted for is not run); writes stay queued in
