@@ -21,7 +21,7 @@ from atp_proto.router.routing.learner.bandit import BanditLearner
 path, worker = sys.argv[1], int(sys.argv[2])
 learner = BanditLearner()
 rng = np.random.default_rng(worker)
-for i in range(25):
+for i in range(15):
     x = np.zeros(learner.features.dim)
     x[rng.integers(0, learner.features.dim, 8)] = 1.0
     learner.arm(f"arm{worker}").update(x, 0.9)
@@ -40,7 +40,7 @@ def _learned(learner: BanditLearner, name: str, seed: int, n: int) -> None:
 
 
 def test_workers_writing_at_once_neither_fail_nor_overwrite_each_other(tmp_path: Path) -> None:
-    """Two processes each saving their state 25 times as fast as they can into one file:
+    """Two processes each saving their state 15 times as fast as they can into one file:
     no write fails (a writer waits for the other), the file is intact, it is in WAL mode,
     and each worker's rows hold its own last state."""
     path = tmp_path / "state.sqlite"
@@ -59,7 +59,7 @@ def test_workers_writing_at_once_neither_fail_nor_overwrite_each_other(tmp_path:
         con.close()
     for w in (0, 1):
         arms = store.load(path, worker=w).arms
-        assert set(arms) == {f"arm{w}"} and arms[f"arm{w}"].n == 25
+        assert set(arms) == {f"arm{w}"} and arms[f"arm{w}"].n == 15
 
 
 def test_merge_equals_one_learner_that_saw_every_observation(tmp_path: Path) -> None:
