@@ -50,6 +50,8 @@ tokens = 100000
 tokens = 1000
 [quota.tenants.conc2]
 concurrent = 2
+[quota.tenants.away]
+tokens = 100000
 """
 
 
@@ -352,6 +354,66 @@ def test_redis_restarted_mid_run_fails_closed_then_recovers(adapters: dict[str, 
             assert "Redis unreachable" in router.log() and "Redis reachable again" in router.log()
         finally:
             router.stop()
+
+
+def test_redis_down_longer_than_the_lease_with_streams_in_flight_counts_them_exactly(
+    adapters: dict[str, str],
+) -> None:
+    """[ATP-BUDGET-017] Redis stops while router A has two streams in flight and stays
+    down longer than A's lease (6 s > 5 s): the streams finish (their usage queued in A),
+    Redis comes back. Whichever runs first — A writing its queue, or router B's
+    admission presuming A dead and charging its holds — the tenant ends charged exactly
+    what the FINALs said (a charged hold covers its stream's usage, the rest is given
+    back), plus B's stream."""
+    try:
+        server = RedisServer()
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        a, b = _routers(2, adapters, "--redis", server.url)
+        try:
+            finals: list[Any] = []
+
+            async def run() -> None:
+                started = [trio.Event(), trio.Event()]
+
+                async def one(i: int) -> None:
+                    async with connect(a.ws_url, token=_token("away")) as client:
+                        async with client.stream(
+                            "how many tokens", meta={"adapters": ["slow"]}
+                        ) as st:
+                            async for item in st:
+                                started[i].set()
+                                if getattr(item, "telemetry", None):
+                                    finals.append(item.telemetry)
+
+                async with trio.open_nursery() as nursery:
+                    for i in range(2):
+                        nursery.start_soon(one, i)
+                    for ev in started:
+                        await ev.wait()
+                    await trio.to_thread.run_sync(server.stop)
+                stopped = trio.current_time()
+                await trio.sleep(max(0.0, 6.0 - (trio.current_time() - stopped)))
+
+            trio.run(run)
+            assert len(finals) == 2, finals
+            server.restart()
+            deadline = time.monotonic() + 15
+            while True:
+                (late,) = _sequential([b], "away", 1)
+                if isinstance(late, dict) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)  # EBUDGET while A's holds are charged, EAGENTDOWN: again
+            assert isinstance(late, dict), late
+            want = sum(f["tokens"] for f in finals) + late["tokens"]
+            deadline = time.monotonic() + 10
+            while _used(server, "away") != want and time.monotonic() < deadline:
+                time.sleep(0.2)  # A's queue is written within its backoff (<= 2 s)
+            assert _used(server, "away") == want
+        finally:
+            for r in (a, b):
+                r.stop()
 
 
 def test_learning_reaches_a_router_that_served_nothing(
