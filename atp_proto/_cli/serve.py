@@ -126,7 +126,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--redis",
         metavar="URL",
         help="share tenant quotas and the learned routing state with every router using "
-        "this Redis (redis://HOST:PORT[/DB]; or env ATP_REDIS_URL); unreachable: new "
+        "this Redis (redis://HOST:PORT[/DB], redis+cluster://NODE:PORT for a Redis "
+        "Cluster; or env ATP_REDIS_URL); unreachable: new "
         "streams are refused (fail closed), routing learns locally",
     )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers
@@ -363,10 +364,31 @@ def _supervise(cfg: Any) -> int:
     )
     if not cfg.redis_url and cfg.quota.enabled:
         log.warning("no --redis: each worker counts the tenant quotas alone (limit x workers)")
+    _merge_routing_state(cfg)  # what a fleet killed before its stop left in worker rows
     try:
         return workers.supervise(sys.argv[serve_at + 1 :], opts, cfg.workers)
     finally:
         held.close()
+        _merge_routing_state(cfg)  # the workers' learning, one state for the next start
+
+
+def _merge_routing_state(cfg: Any) -> None:
+    """``--workers N --routing-state FILE``: fold the workers' rows into the fleet's state
+    while no worker runs (atp_proto.router.routing.learner.store.merge_workers)."""
+    if cfg.learner != "bandit" or not cfg.routing_state:
+        return
+    import logging
+
+    from atp_proto.router.routing.learner import store
+
+    log = logging.getLogger("atp.router")
+    try:
+        merged = store.merge_workers(cfg.routing_state, shared=bool(cfg.redis_url))
+    except store.StateError as exc:
+        log.warning("routing state not merged", extra={"error": str(exc)})  # workers say why
+        return
+    if merged:
+        log.info("routing state merged", extra={"file": cfg.routing_state, "workers": merged})
 
 
 def _loopback(host: str) -> bool:
