@@ -188,10 +188,12 @@ def _loads_py(data: Payload, max_depth: int, ext: bool) -> Any:
 
 
 def _dumps_py(obj: Any, max_depth: int, finite: bool) -> bytes:
-    """The pure-Python path of :func:`dumps`: ``cbor2.dumps``, then its output decoded by
-    the receiver's rules (what cbor2 writes with a tag, or as something refused, fails)."""
+    """The pure-Python path of :func:`dumps`: the value checked (types, keys, depth, NaN),
+    ``cbor2.dumps``, then its output decoded by the receiver's rules (an integer beyond 64
+    bits is what is left to refuse: cbor2 writes it as a bignum tag)."""
+    check_value(obj, 1, max_depth, finite=finite)
     data: bytes = cbor2.dumps(obj)
-    check_value(strict_cbor(data, max_depth), 1, max_depth, finite=finite)
+    strict_cbor(data, max_depth)
     return data
 
 

@@ -603,8 +603,6 @@ encode_item(Encoder *e, PyObject *obj, int depth)
         return write_text(e, obj);
     if (PyBytes_Check(obj))
         return write_bytes(e, 2, PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj));
-    if (PyByteArray_Check(obj))
-        return write_bytes(e, 2, PyByteArray_AS_STRING(obj), PyByteArray_GET_SIZE(obj));
     PyErr_Format(PyExc_TypeError,
                  "cannot encode %.100s: only the JSON data model and bytes are allowed",
                  Py_TYPE(obj)->tp_name);
