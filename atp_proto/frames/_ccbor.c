@@ -20,7 +20,12 @@
  *   dumps(obj, max_depth, finite) -> bytes
  *       Byte-identical to cbor2.dumps for every value it accepts; raises ValueError or
  *       TypeError for what ATP does not allow (those cbor2 would encode with a tag or as
- *       something a receiver refuses).
+ *       something a receiver refuses). finite=True: NaN and the infinities are refused.
+ *
+ * And three shortcuts of the frame path, each answering the common case or None (then the
+ * Python code beside it decides, so both agree on every input): header() checks a Frame's
+ * integer fields, frame_encode() encodes a frame without ext, frame_at() is
+ * FrameDecoder.next_frame's fast path.
  *
  * Memory safety: every read is bounds-checked against the end of the buffer before it is
  * made (`need`); a container's announced count is checked against the bytes left before
@@ -685,7 +690,7 @@ ccbor_frame_encode(PyObject *module, PyObject *frame)
         Py_RETURN_NONE;
     /* fields: type flags stream_id msg_seq frag_seq qos ttl ext payload version */
     PyObject *ext = PyTuple_GET_ITEM(frame, 7);
-    if (!PyDict_Check(ext) || PyDict_GET_SIZE(ext) != 0)
+    if (!PyDict_CheckExact(ext) || PyDict_GET_SIZE(ext) != 0)
         Py_RETURN_NONE;
     unsigned long long v[8];
     for (int i = 0; i < 8; i++) {
