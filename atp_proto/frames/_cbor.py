@@ -90,11 +90,14 @@ def encode_payload(obj: Any) -> bytes:
 _JSON_SCALARS: Final = (str, int, float, bool, type(None), bytes)
 
 
-def check_value(value: object, depth: int, max_depth: int, *, finite: bool = False) -> None:
+def check_value(
+    value: object, depth: int, max_depth: int, *, finite: bool = False, encoding: bool = False
+) -> None:
     """Reject anything outside the JSON data model plus byte strings (no CBOR tags).
 
     With ``finite`` (ext, ATP-FRAME-006) NaN and the infinities are refused too: JSON
-    has no such numbers.
+    has no such numbers. With ``encoding`` (a value about to be encoded, not one decoded)
+    integers must fit in 64 bits, the most CBOR holds without a tag; tuples are arrays.
 
     One pass over the decoded value. The decoders hand out exact built-in types, so the
     common members of a container (text, integers, byte strings) are checked inline by
@@ -110,25 +113,39 @@ def check_value(value: object, depth: int, max_depth: int, *, finite: bool = Fal
             if type(k) is not str and not isinstance(k, str):
                 raise ValueError(f"map key {k!r} is not a text string")
             tv = type(v)
-            if inline and (tv is str or tv is int or tv is bytes or tv is bool or v is None):
+            if inline and (
+                tv is str or (tv is int and not encoding) or tv is bytes or tv is bool or v is None
+            ):
                 continue
-            check_value(v, depth + 1, max_depth, finite=finite)
+            check_value(v, depth + 1, max_depth, finite=finite, encoding=encoding)
     elif t is list:
         inline = depth < max_depth
         for v in value:  # type: ignore[attr-defined]
             tv = type(v)
-            if inline and (tv is str or tv is int or tv is bytes or tv is bool or v is None):
+            if inline and (
+                tv is str or (tv is int and not encoding) or tv is bytes or tv is bool or v is None
+            ):
                 continue
-            check_value(v, depth + 1, max_depth, finite=finite)
+            check_value(v, depth + 1, max_depth, finite=finite, encoding=encoding)
     elif t is float or isinstance(value, float):
         if finite and not math.isfinite(value):  # type: ignore[arg-type]
             raise ValueError(f"{value} is not a finite number")
-    elif isinstance(value, dict | list | tuple):
+    elif isinstance(value, int):
+        if encoding and not -_U64_END <= value < _U64_END:
+            raise ValueError(f"integer {value} does not fit in 64 bits (CBOR would need a tag)")
+    elif isinstance(value, dict | list) or (encoding and isinstance(value, tuple)):
         check_value(
-            dict(value) if isinstance(value, dict) else list(value), depth, max_depth, finite=finite
+            dict(value) if isinstance(value, dict) else list(value),
+            depth,
+            max_depth,
+            finite=finite,
+            encoding=encoding,
         )
     elif not isinstance(value, _JSON_SCALARS):
         raise ValueError(f"unsupported CBOR item {type(value).__name__} (tags are not allowed)")
+
+
+_U64_END: Final = 1 << 64
 
 
 def _refuse_tag(*_: object) -> Any:
@@ -188,12 +205,10 @@ def _loads_py(data: Payload, max_depth: int, ext: bool) -> Any:
 
 
 def _dumps_py(obj: Any, max_depth: int, finite: bool) -> bytes:
-    """The pure-Python path of :func:`dumps`: the value checked (types, keys, depth, NaN),
-    ``cbor2.dumps``, then its output decoded by the receiver's rules (an integer beyond 64
-    bits is what is left to refuse: cbor2 writes it as a bignum tag)."""
-    check_value(obj, 1, max_depth, finite=finite)
+    """The pure-Python path of :func:`dumps`: the value checked in one walk (types, keys,
+    integer range, depth, NaN), then ``cbor2.dumps``."""
+    check_value(obj, 1, max_depth, finite=finite, encoding=True)
     data: bytes = cbor2.dumps(obj)
-    strict_cbor(data, max_depth)
     return data
 
 
