@@ -129,6 +129,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "this Redis (redis://HOST:PORT[/DB]; or env ATP_REDIS_URL); unreachable: new "
         "streams are refused (fail closed), routing learns locally",
     )
+    p.add_argument(
+        "--restart-limit",
+        metavar="N/SECONDS",
+        type=_restart_limit,
+        help="--workers: stop them all (exit 1) when a worker exits N times within SECONDS "
+        "(default 5/60); a worker's exit status 2 (bad configuration) stops them at once",
+    )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers
 
 
@@ -264,8 +271,14 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(cfg.log_format, cfg.log_level)
     import logging
 
+    if cfg.audit_log:  # say a log it cannot write now, not as a listener's error later
+        try:
+            with open(cfg.audit_log, "ab"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot open the audit log {cfg.audit_log}: {exc.strerror}") from None
     if cfg.workers > 1 and cfg.worker_index < 0:
-        return _supervise(cfg)
+        return _supervise(cfg, args.restart_limit)
     if cfg.worker_index >= 0:
         from atp_proto.router.workers import tag_worker_logs
 
@@ -280,12 +293,6 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("atp.router").warning(
             "tokens travel in clear on ws:// beyond loopback: serve wss:// (--cert/--key)"
         )
-    if cfg.audit_log:  # say a log it cannot write now, not as a listener's error later
-        try:
-            with open(cfg.audit_log, "ab"):
-                pass
-        except OSError as exc:
-            raise UsageError(f"cannot open the audit log {cfg.audit_log}: {exc.strerror}") from None
     try:
         router = Router(cfg)
     except ValueError as exc:
@@ -333,7 +340,17 @@ async def _serve_worker(router: Any) -> None:
         nursery.cancel_scope.cancel()
 
 
-def _supervise(cfg: Any) -> int:
+def _restart_limit(text: str) -> Any:
+    """``--restart-limit N/SECONDS`` as a :class:`atp_proto.router.workers.RestartLimit`."""
+    from atp_proto.router.workers import RestartLimit
+
+    try:
+        return RestartLimit.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _supervise(cfg: Any, limit: Any) -> int:
     """``--workers N``: the supervisor (atp_proto.router.workers)."""
     import logging
 
@@ -369,7 +386,9 @@ def _supervise(cfg: Any) -> int:
     if not cfg.redis_url and cfg.quota.enabled:
         log.warning("no --redis: each worker counts the tenant quotas alone (limit x workers)")
     try:
-        return workers.supervise(sys.argv[serve_at + 1 :], opts, cfg.workers)
+        return workers.supervise(
+            sys.argv[serve_at + 1 :], opts, cfg.workers, limit or workers.DEFAULT_RESTART_LIMIT
+        )
     finally:
         held.close()
 
