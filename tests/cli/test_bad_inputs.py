@@ -1,0 +1,94 @@
+"""Bad inputs found by walking the README as a new user (the real ``atp`` in a
+subprocess): each is one line for a person with the right exit status, and no traceback.
+
+- ``atp send`` with a URL whose port or host cannot be parsed printed a traceback; a
+  refused connection said only "all attempts to connect ... failed"; ``--ca`` on a
+  ``ws://`` URL named wss:// only, though quic:// takes it too; ``ws://`` to a ``wss://``
+  port gave no hint.
+- ``atp conformance run`` with a target of the wrong kind ran every case against it (17
+  or 328 ERRORs, exit 1) instead of saying so once (exit 2).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from atp_proto.testing.certs import make_cert
+from tests.router._helpers_e2e import atp, router_process
+
+
+def _line(argv: tuple[str, ...], rc: int) -> str:
+    proc = atp(*argv, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert proc.returncode == rc, (proc.returncode, proc.stderr)
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("ws://127.0.0.1:99999/ws", "the port must be within 1..65535"),
+        ("ws://127.0.0.1:0/ws", "the port must be within 1..65535"),
+        ("ws://[::1/ws", "invalid ipv6 url"),
+        ("ws:///ws", "no host"),
+        ("quic://127.0.0.1", "expected quic://HOST:PORT"),
+        ("http://127.0.0.1:7443/ws", "must start with ws://, wss:// or quic://"),
+    ],
+)
+def test_send_with_a_url_it_cannot_use_is_bad_usage(url: str, expected: str) -> None:
+    line = _line(("send", url, "--prompt", "hi"), 2)
+    assert line.startswith("atp send: error: ") and expected in line
+
+
+def test_send_ca_on_a_plain_url_names_both_tls_schemes() -> None:
+    line = _line(("send", "ws://127.0.0.1:9/ws", "--prompt", "hi", "--ca", "x.pem"), 2)
+    assert "wss:// and quic://" in line
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port bound but not listening: connections to it are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def test_send_to_a_refused_port_says_refused(refused_port: int) -> None:
+    line = _line(("send", f"ws://127.0.0.1:{refused_port}/ws", "--prompt", "hi"), 1)
+    assert line == (
+        f"ERROR  cannot connect to ws://127.0.0.1:{refused_port}/ws: "
+        "connection refused (is a router listening there?)"
+    )
+
+
+def test_send_ws_to_a_wss_port_hints_at_wss(tmp_path: Path) -> None:
+    cert = make_cert(tmp_path)
+    with router_process(
+        "--no-auth", "--ws", "127.0.0.1:0", "--metrics", "off", "--quic", "off",
+        "--cert", cert.cert, "--key", cert.key,
+    ) as router:  # fmt: skip
+        url = router.ws_url.replace("wss://", "ws://")
+        line = _line(("send", url, "--prompt", "hi", "--timeout", "10"), 1)
+    assert line.endswith("(is it a wss:// port? then use wss://)"), line
+
+
+@pytest.mark.parametrize(
+    ("role", "target", "expected"),
+    [
+        ("router", "http://127.0.0.1:9/ws", "the router role needs --target ws://"),
+        ("router", "ws://127.0.0.1:99999/ws", "port out of range"),
+        ("router", "quic://127.0.0.1", "a port for quic://"),
+        ("adapter", "http://127.0.0.1:9", "the adapter role needs --target grpc://HOST:PORT"),
+    ],
+)
+def test_conformance_target_of_the_wrong_kind_is_bad_usage(
+    role: str, target: str, expected: str
+) -> None:
+    line = _line(("conformance", "run", "--role", role, "--target", target), 2)
+    assert line.startswith("atp conformance: error: ") and expected in line
