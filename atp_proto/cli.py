@@ -140,6 +140,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError as exc:
+        if _stdout_gone():  # `atp ... | head`: the reader left, not an error
+            return 0
+        print(f"atp {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # The system refused something a command needed (a file, a directory, a socket)
+        # where the command did not expect it: say what, in one line, not a traceback.
+        print(f"atp {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
+
+
+def _os_error(exc: OSError) -> str:
+    """``strerror: filename`` of an OSError, else its text."""
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.strerror.lower()}: {exc.filename}"
+    return (exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
+def _stdout_gone() -> bool:
+    """True when stdout is a pipe whose reader has left; stdout is then pointed at
+    /dev/null, so that the interpreter's own flush at exit does not complain (Python's
+    documented recipe). A broken pipe elsewhere (a socket) is not this."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+    return gone
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     for name in args.files:
         path = Path(name)
         if not path.is_file():
-            raise UsageError(f"cannot read {name}: no such file")
+            why = "not a file" if path.exists() else "no such file"
+            raise UsageError(f"cannot read {name}: {why}")
         files += segments(path) if len(args.files) == 1 else [path]
     try:
         report = verify(files, from_start=not args.partial)

@@ -296,6 +296,13 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--role {args.role} needs --target URL")
     else:
         _check_target(args.role, target)
+    if args.report_dir:  # say so now, not after the whole run
+        try:
+            Path(args.report_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"--report-dir {args.report_dir}: {(exc.strerror or str(exc)).lower()}"
+            ) from None
     opts = RunOptions(
         role=args.role,
         target=target,

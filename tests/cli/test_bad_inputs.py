@@ -12,6 +12,7 @@ subprocess): each is one line for a person with the right exit status, and no tr
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,3 +93,31 @@ def test_conformance_target_of_the_wrong_kind_is_bad_usage(
 ) -> None:
     line = _line(("conformance", "run", "--role", role, "--target", target), 2)
     assert line.startswith("atp conformance: error: ") and expected in line
+
+
+def test_conformance_report_dir_that_cannot_be_made_is_said_before_the_run(
+    tmp_path: Path,
+) -> None:
+    """Before: the whole suite ran, then writing the reports failed."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = _line(
+        ("conformance", "run", "--role", "router", "--target", "ws://127.0.0.1:9/ws",
+         "--report-dir", str(blocker / "reports")),
+        2,
+    )  # fmt: skip
+    assert line.startswith(f"atp conformance: error: --report-dir {blocker / 'reports'}: ")
+
+
+def test_a_codec_testee_that_exits_at_once_is_unreachable_not_a_traceback() -> None:
+    """``--exec`` of a program that exits without answering: exit 3, one line (before: a
+    ValueError from reading the testee's stderr after its file was closed)."""
+    proc = atp("conformance", "run", "--role", "codec", "--exec", f"{sys.executable} -c pass")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 3, proc.stderr
+    assert "the codec testee did not answer hello" in proc.stderr.splitlines()[-1]
+
+
+def test_audit_verify_a_directory_says_so(tmp_path: Path) -> None:
+    line = _line(("audit", "verify", str(tmp_path)), 2)
+    assert line == f"atp audit: error: cannot read {tmp_path}: not a file"
