@@ -102,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"atp feedback: refused ({exc.status}): {exc.message}", file=sys.stderr)
         return 1
     except (OSError, trio.TooSlowError) as exc:
-        print(f"atp feedback: cannot reach {args.url}: {exc or 'timed out'}", file=sys.stderr)
+        from atp_proto._cli._reasons import REFUSED, refused
+
+        why = REFUSED.replace("a router", "the router's metrics port") if refused(exc) else exc
+        print(f"atp feedback: cannot reach {args.url}: {why or 'timed out'}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result.body))

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from atp_proto._cli._reasons import connect_reason
 from atp_proto.cli import UsageError
 
 
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"ERROR  handshake refused: HTTP {exc.status} {message}", file=sys.stderr)
         return 1
     except (TransportClosed, OSError, QuicConnectError) as exc:
-        reason = _reason(exc)
+        reason = connect_reason(exc)
         if args.url.startswith("ws://") and "during the upgrade" in reason:
             reason += " (is it a wss:// port? then use wss://)"
         emit("error", {"code": "ECONNECT", "message": reason})
@@ -328,32 +329,3 @@ async def _tls_problem(url: str, timeout: float, ssl_context: Any) -> str | None
     except OSError:
         return None  # not a TLS problem: the connection itself reports it
     return None
-
-
-def _reason(exc: BaseException) -> str:
-    """The most specific message in an exception chain (trio-websocket wraps the OSError;
-    trio's "all attempts to connect ... failed" carries each attempt's error in a group)."""
-    seen: BaseException | None = exc
-    if _refused(exc):
-        return "connection refused (is a router listening there?)"
-    while seen is not None:
-        if str(seen):
-            return str(seen)
-        seen = seen.__cause__ or seen.__context__
-    return type(exc).__name__
-
-
-def _refused(exc: BaseException) -> bool:
-    """Every connection attempt in ``exc``'s chain (and its groups) was refused."""
-    todo, seen, found = [exc], set(), []
-    while todo:
-        e = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ConnectionRefusedError):
-            found.append(e)
-        elif isinstance(e, BaseExceptionGroup):
-            todo += e.exceptions
-        todo += [c for c in (e.__cause__, e.__context__) if c is not None]
-    return bool(found) and all(isinstance(e, ConnectionRefusedError) for e in found)

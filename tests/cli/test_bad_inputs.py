@@ -121,3 +121,12 @@ def test_a_codec_testee_that_exits_at_once_is_unreachable_not_a_traceback() -> N
 def test_audit_verify_a_directory_says_so(tmp_path: Path) -> None:
     line = _line(("audit", "verify", str(tmp_path)), 2)
     assert line == f"atp audit: error: cannot read {tmp_path}: not a file"
+
+
+def test_feedback_to_a_refused_port_says_refused(refused_port: int) -> None:
+    url = f"http://127.0.0.1:{refused_port}"
+    line = _line(("feedback", "0123456789abcdef", "0.5", "--url", url), 1)
+    assert line == (
+        f"atp feedback: cannot reach {url}: "
+        "connection refused (is the router's metrics port listening there?)"
+    )
