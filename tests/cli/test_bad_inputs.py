@@ -130,3 +130,12 @@ def test_feedback_to_a_refused_port_says_refused(refused_port: int) -> None:
         f"atp feedback: cannot reach {url}: "
         "connection refused (is the router's metrics port listening there?)"
     )
+
+
+def test_adapter_list_json_is_for_scripts() -> None:
+    import json
+
+    proc = atp("adapter", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads(proc.stdout)
+    assert {"echo", "persona"} <= set(table) and all(isinstance(v, str) for v in table.values())
