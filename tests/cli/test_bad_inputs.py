@@ -139,3 +139,23 @@ def test_adapter_list_json_is_for_scripts() -> None:
     assert proc.returncode == 0, proc.stderr
     table = json.loads(proc.stdout)
     assert {"echo", "persona"} <= set(table) and all(isinstance(v, str) for v in table.values())
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_demo_on_a_port_in_use_is_one_line_exit_2(busy_port: int) -> None:
+    """Before: an exception group traceback ending in OSError [Errno 98]."""
+    line = _line(("demo", "--port", str(busy_port)), 2)
+    assert line.startswith(f"atp demo: error: cannot listen on 127.0.0.1:{busy_port}: ")
+    assert "in use" in line
+
+
+def test_demo_port_out_of_range_is_bad_usage() -> None:
+    line = _line(("demo", "--port", "99999"), 2)
+    assert "expected a port within 0..65535" in line
