@@ -95,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        text = str(exc)
+        if text.startswith("Port out of range"):  # urllib's words, without the URL
+            text = f"--url {args.url}: the port must be within 1..65535"
+        raise UsageError(text) from None
     except FeedbackRefused as exc:
         if args.json:
             print(json.dumps({"accepted": False, "status": exc.status, "error": exc.message}))

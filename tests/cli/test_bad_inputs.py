@@ -159,3 +159,10 @@ def test_demo_on_a_port_in_use_is_one_line_exit_2(busy_port: int) -> None:
 def test_demo_port_out_of_range_is_bad_usage() -> None:
     line = _line(("demo", "--port", "99999"), 2)
     assert "expected a port within 0..65535" in line
+
+
+def test_feedback_url_port_out_of_range_names_the_url() -> None:
+    line = _line(("feedback", "abc", "0.5", "--url", "http://127.0.0.1:99999"), 2)
+    assert line == (
+        "atp feedback: error: --url http://127.0.0.1:99999: the port must be within 1..65535"
+    )
