@@ -271,13 +271,18 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(cfg.log_format, cfg.log_level)
     import logging
 
+    supervising = cfg.workers > 1 and cfg.worker_index < 0
     if cfg.audit_log:  # say a log it cannot write now, not as a listener's error later
-        try:
-            with open(cfg.audit_log, "ab"):
-                pass
-        except OSError as exc:
-            raise UsageError(f"cannot open the audit log {cfg.audit_log}: {exc.strerror}") from None
-    if cfg.workers > 1 and cfg.worker_index < 0:
+        from atp_proto.router.workers import worker_audit_log
+
+        n = cfg.workers if supervising else 0  # each worker writes its own
+        for log_file in [worker_audit_log(cfg.audit_log, i) for i in range(n)] or [cfg.audit_log]:
+            try:
+                with open(log_file, "ab"):
+                    pass
+            except OSError as exc:
+                raise UsageError(f"cannot open the audit log {log_file}: {exc.strerror}") from None
+    if supervising:
         return _supervise(cfg, args.restart_limit)
     if cfg.worker_index >= 0:
         from atp_proto.router.workers import tag_worker_logs
@@ -377,7 +382,7 @@ def _supervise(cfg: Any, limit: Any) -> int:
         qport = port if cfg.quic_port == cfg.ws_port else cfg.quic_port
         quic = f"[{cfg.quic_host}]:{qport}" if ":" in cfg.quic_host else f"{cfg.quic_host}:{qport}"
     metrics = None if cfg.metrics_port is None else (cfg.metrics_host, cfg.metrics_port)
-    opts = workers.WorkerOptions(cfg.ws_host, port, metrics, quic)
+    opts = workers.WorkerOptions(cfg.ws_host, port, metrics, quic, cfg.audit_log)
     log = logging.getLogger("atp.router")
     log.info(
         "supervisor starting workers",

@@ -14,6 +14,9 @@ does not know its connection ID. Routing by connection ID needs an eBPF
 
 Metrics are per worker: worker ``i`` serves ``/metrics`` on the metrics port plus ``i``
 (kernel-chosen ports when the metrics port is 0); every log line carries ``worker=i``.
+So is the decision log (``--audit-log FILE``): worker ``i`` writes ``FILE`` with
+``.worker<i>`` before its extension, one hash chain per writer (two processes appending
+to one chain would break it).
 Shared state (tenant quotas, the learner) needs ``--redis``: without it each worker
 counts alone, and a tenant's quota is per worker (the supervisor says so at start).
 
@@ -42,6 +45,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import trio
@@ -54,6 +58,7 @@ __all__ = [
     "supervise",
     "tag_worker_logs",
     "watch_parent",
+    "worker_audit_log",
 ]
 
 log = logging.getLogger("atp.router")
@@ -65,7 +70,15 @@ NO_REUSEPORT = (
 )
 
 #: options the supervisor sets itself in each worker's command line (value-taking)
-_OWN = ("--workers", "--ws", "--metrics", "--quic", "--worker-index", "--restart-limit")
+_OWN = (
+    "--workers",
+    "--ws",
+    "--metrics",
+    "--quic",
+    "--worker-index",
+    "--restart-limit",
+    "--audit-log",
+)
 
 
 async def reuse_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
@@ -119,8 +132,17 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+def worker_audit_log(path: str, index: int) -> str:
+    """Worker ``index``'s own decision log beside ``path`` (``audit.jsonl`` ->
+    ``audit.worker1.jsonl``): a hash chain has one writer, so N workers write N chains,
+    each verified on its own (``atp audit verify``); rotation segments follow each name."""
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}.worker{index}{p.suffix}"))
+
+
 class WorkerOptions:
-    """What differs between workers: their index, ports, and QUIC (worker 0 only)."""
+    """What differs between workers: their index, ports, QUIC (worker 0 only) and their
+    decision log (:func:`worker_audit_log`)."""
 
     def __init__(
         self,
@@ -128,8 +150,10 @@ class WorkerOptions:
         port: int,
         metrics: tuple[str, int] | None,
         quic: str | None,
+        audit_log: str = "",
     ) -> None:
         self.host, self.port, self.metrics, self.quic = host, port, metrics, quic
+        self.audit_log = audit_log
 
     def flags(self, index: int) -> list[str]:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -140,6 +164,8 @@ class WorkerOptions:
             mhost, mport = self.metrics
             out += ["--metrics", f"{mhost}:{mport + index if mport else 0}"]
         out += ["--quic", self.quic if index == 0 and self.quic else "off"]
+        if self.audit_log:
+            out += ["--audit-log", worker_audit_log(self.audit_log, index)]
         return out
 
 
