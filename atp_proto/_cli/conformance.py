@@ -296,6 +296,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--role {args.role} needs --target URL")
     else:
         _check_target(args.role, target)
+    _check_globs(args.role, args.run, args.requirement)
     if args.report_dir:  # say so now, not after the whole run
         try:
             Path(args.report_dir).mkdir(parents=True, exist_ok=True)
@@ -385,3 +386,26 @@ def _check_target(role: str, target: str) -> None:
         raise UsageError(f"bad --target {target!r}: {str(exc).lower()}") from None
     if not parts.hostname or (port is None and target.startswith("quic://")):
         raise UsageError(f"bad --target {target!r}: it needs a host (and a port for quic://)")
+
+
+def _check_globs(role: str, run: list[str], requirement: list[str]) -> None:
+    """A ``--run`` glob or ``--requirement`` ID that selects no case of the role is a
+    typo: say so (a run of nothing but SKIPPED would exit 0, as if it had passed).
+
+    Raises:
+        UsageError: naming the glob or ID.
+    """
+    import fnmatch
+
+    if not run and not requirement:
+        return
+    cases = _cases(role)
+    for glob in run:
+        if not any(fnmatch.fnmatchcase(c.id, glob) for c in cases):
+            raise UsageError(
+                f"--run {glob!r} matches no {role} case (see atp conformance list --role {role})"
+            )
+    cited = {rid for c in cases for rid in c.requirements}
+    for rid in requirement:
+        if rid.upper() not in cited:
+            raise UsageError(f"--requirement {rid} is cited by no {role} case")

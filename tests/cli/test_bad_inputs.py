@@ -166,3 +166,22 @@ def test_feedback_url_port_out_of_range_names_the_url() -> None:
     assert line == (
         "atp feedback: error: --url http://127.0.0.1:99999: the port must be within 1..65535"
     )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--run", "router.no-such-case*", "--run 'router.no-such-case*' matches no router case"),
+        ("--requirement", "ATP-NOPE-999", "--requirement ATP-NOPE-999 is cited by no router case"),
+    ],
+)
+def test_conformance_selection_of_nothing_is_a_typo_not_a_pass(
+    flag: str, value: str, expected: str
+) -> None:
+    """Before: every case SKIPPED, exit 0, as if the router had passed."""
+    line = _line(
+        ("conformance", "run", "--role", "router", "--target", "ws://127.0.0.1:9/ws",
+         flag, value),
+        2,
+    )  # fmt: skip
+    assert line.startswith(f"atp conformance: error: {expected}")
