@@ -172,7 +172,7 @@ def test_feedback_url_port_out_of_range_names_the_url() -> None:
     ("flag", "value", "expected"),
     [
         ("--run", "router.no-such-case*", "--run 'router.no-such-case*' matches no router case"),
-        ("--requirement", "ATP-NOPE-999", "--requirement ATP-NOPE-999 is cited by no router case"),
+        ("--requirement", "ATP-NOPE-0", "--requirement ATP-NOPE-0 is cited by no router case"),
     ],
 )
 def test_conformance_selection_of_nothing_is_a_typo_not_a_pass(
