@@ -130,6 +130,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "Cluster; or env ATP_REDIS_URL); unreachable: new "
         "streams are refused (fail closed), routing learns locally",
     )
+    p.add_argument(
+        "--restart-limit",
+        metavar="N/SECONDS",
+        type=_restart_limit,
+        help="--workers: stop them all (exit 1) when a worker exits N times within SECONDS "
+        "(default 5/60); a worker's exit status 2 (bad configuration) stops them at once",
+    )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers
 
 
@@ -260,8 +267,19 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(cfg.log_format, cfg.log_level)
     import logging
 
-    if cfg.workers > 1 and cfg.worker_index < 0:
-        return _supervise(cfg)
+    supervising = cfg.workers > 1 and cfg.worker_index < 0
+    if cfg.audit_log:  # say a log it cannot write now, not as a listener's error later
+        from atp_proto.router.workers import worker_audit_log
+
+        n = cfg.workers if supervising else 0  # each worker writes its own
+        for log_file in [worker_audit_log(cfg.audit_log, i) for i in range(n)] or [cfg.audit_log]:
+            try:
+                with open(log_file, "ab"):
+                    pass
+            except OSError as exc:
+                raise UsageError(f"cannot open the audit log {log_file}: {exc.strerror}") from None
+    if supervising:
+        return _supervise(cfg, args.restart_limit)
     if cfg.worker_index >= 0:
         from atp_proto.router.workers import tag_worker_logs
 
@@ -276,12 +294,6 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("atp.router").warning(
             "tokens travel in clear on ws:// beyond loopback: serve wss:// (--cert/--key)"
         )
-    if cfg.audit_log:  # say a log it cannot write now, not as a listener's error later
-        try:
-            with open(cfg.audit_log, "ab"):
-                pass
-        except OSError as exc:
-            raise UsageError(f"cannot open the audit log {cfg.audit_log}: {exc.strerror}") from None
     try:
         router = Router(cfg)
     except ValueError as exc:
@@ -329,7 +341,17 @@ async def _serve_worker(router: Any) -> None:
         nursery.cancel_scope.cancel()
 
 
-def _supervise(cfg: Any) -> int:
+def _restart_limit(text: str) -> Any:
+    """``--restart-limit N/SECONDS`` as a :class:`atp_proto.router.workers.RestartLimit`."""
+    from atp_proto.router.workers import RestartLimit
+
+    try:
+        return RestartLimit.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _supervise(cfg: Any, limit: Any) -> int:
     """``--workers N``: the supervisor (atp_proto.router.workers)."""
     import logging
 
@@ -356,7 +378,7 @@ def _supervise(cfg: Any) -> int:
         qport = port if cfg.quic_port == cfg.ws_port else cfg.quic_port
         quic = f"[{cfg.quic_host}]:{qport}" if ":" in cfg.quic_host else f"{cfg.quic_host}:{qport}"
     metrics = None if cfg.metrics_port is None else (cfg.metrics_host, cfg.metrics_port)
-    opts = workers.WorkerOptions(cfg.ws_host, port, metrics, quic)
+    opts = workers.WorkerOptions(cfg.ws_host, port, metrics, quic, cfg.audit_log)
     log = logging.getLogger("atp.router")
     log.info(
         "supervisor starting workers",
@@ -366,7 +388,9 @@ def _supervise(cfg: Any) -> int:
         log.warning("no --redis: each worker counts the tenant quotas alone (limit x workers)")
     _merge_routing_state(cfg)  # what a fleet killed before its stop left in worker rows
     try:
-        return workers.supervise(sys.argv[serve_at + 1 :], opts, cfg.workers)
+        return workers.supervise(
+            sys.argv[serve_at + 1 :], opts, cfg.workers, limit or workers.DEFAULT_RESTART_LIMIT
+        )
     finally:
         held.close()
         _merge_routing_state(cfg)  # the workers' learning, one state for the next start
