@@ -57,6 +57,7 @@ Matrix = npt.NDArray[np.float64]
 SCALES = (0.5, 1.0, 2.0)  #: the embedding block's norm against the hashed block's (~1)
 BOOSTS = (1.0, 3.0, 10.0, 30.0)
 QUALITY_KEPT = 0.95
+BENCH_RULE = "best minus cost weight (bench)"
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ def _rules(
 
     deltas = np.linspace(0.0, 0.5, 51)
     return {
-        "best minus cost weight (bench)": (weighted, np.linspace(0.0, 6.0, 61)),
+        BENCH_RULE: (weighted, np.linspace(0.0, 6.0, 61)),
         "cheapest within delta, shrunk 0.5": (within(0.5), deltas),
         "cheapest within delta, model means only": (within(0.0), deltas),
     }
@@ -263,8 +264,24 @@ def arena_rules(
                 cut = cost_cut_at(points) if held and q_strong and c_strong else None
                 per[s.name].setdefault(name, []).append(cut)
     for name, rules in per.items():
-        out[name] = {rule: _stats(v) for rule, v in rules.items()}
+        out[name] = {label: _stats(v) for label, v in rules.items()}
+        base = out[name].get(BENCH_RULE)
+        for label, st in out[name].items():
+            if base is not None and label != BENCH_RULE:
+                _paired(st, base)
     return out
+
+
+def _paired(st: dict[str, Any], ref: dict[str, Any]) -> None:
+    """Beside a variant's figures, its difference from ``ref``'s split by split (or seed
+    by seed), mean +- sd: the splits differ in difficulty, so a paired difference tells a
+    real change from the split's noise better than two spreads side by side."""
+    pairs = [
+        (a, b)
+        for a, b in zip(st["values"], ref.get("values", []), strict=False)
+        if a is not None and b is not None
+    ]
+    st["paired_delta"] = _stats([a - b for a, b in pairs]) if pairs else None
 
 
 def run_levers(
@@ -293,9 +310,18 @@ def run_levers(
             offline[f"+ {emb.name} x{scale}"] = offline_embedding(
                 sources, prices, train_share, _with_features(f)
             )
+    for name, per in offline.items():
+        for src, st in per.items():
+            if name != "hashed words (default)":
+                _paired(st, offline["hashed words (default)"][src])
     say("levers: context-aware exploration (online, small two-model sources) …")
     small = [s for s in sources if s.kind == "two-model" and len(s.records) <= 400]
     say("levers: cost-aware choice among many models …")
+    online = context_exploration(small, prices, seed, BOOSTS)
+    for per in online.values():
+        for boost, st in per.items():
+            if boost != "1.0":
+                _paired(st, per["1.0"])
     return {
         "offline_apgr_rotations": offline,
         "embedders": {
@@ -303,6 +329,6 @@ def run_levers(
             "skipped": skipped,
             "ms_per_prompt": embed_ms,
         },
-        "online_second_half_apgr_seeds": context_exploration(small, prices, seed, BOOSTS),
+        "online_second_half_apgr_seeds": online,
         "multi_model_cost_cut_at_95": arena_rules(sources, prices, train_share),
     }

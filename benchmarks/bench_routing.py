@@ -78,7 +78,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also judge the levers tried against the missed goals (pretrained embeddings "
         "if installed, prompt-dependent exploration, many-model choice rules) on the "
-        "rotated splits and seeds, in-process (several minutes more)",
+        "rotated splits and seeds, in-process (several minutes more; ignored with --quick)",
     )
 
 
@@ -258,7 +258,9 @@ def render(out: dict[str, Any]) -> None:
 def _st(st: dict[str, Any] | None) -> str:
     if not st or st.get("mean") is None:
         return "-"
-    return f"{st['mean']:.3f} ± {st['std']:.3f}"
+    d = st.get("paired_delta")
+    paired = f" (Δ {d['mean']:+.3f} ± {d['std']:.3f})" if d and d.get("mean") is not None else ""
+    return f"{st['mean']:.3f} ± {st['std']:.3f}{paired}"
 
 
 def render_levers(console: Any, lev: dict[str, Any]) -> None:
@@ -273,7 +275,7 @@ def render_levers(console: Any, lev: dict[str, Any]) -> None:
     )
     off = lev["offline_apgr_rotations"]
     names = sorted({src for per in off.values() for src in per})
-    t = Table(title="offline pair APGR, 5 rotated splits (mean ± sd)")
+    t = Table(title="offline pair APGR, 5 rotated splits: mean ± sd (Δ: paired, vs default)")
     t.add_column("features")
     for n in names:
         t.add_column(n, justify="right")
