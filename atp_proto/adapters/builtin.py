@@ -14,6 +14,9 @@ fail           ``error`` (fail at once), ``stall`` (hang after fail_after
 fail_after     chunks before the failure (default 0)
 slow_every     every Nth call (N, 2N, ...) is slow: a tail-latency model (0: none)
 slow_ms        how much longer such a call waits before its first chunk
+max_age_ms     the Estimate's ``max_age_ms``: how long a router may reuse it
+               for tasks of the same type, max_tokens and input-size class
+               (default 0: never; ATP-BUDGET-017)
 ============== ===============================================================
 
 The same behaviours are served over gRPC by ``atp adapter serve echo`` / ``persona``
@@ -71,6 +74,7 @@ class BehaviourConfig:
     fail_after: int = 0
     slow_every: int = 0
     slow_ms: float = 0.0
+    max_age_ms: int = 0
 
     @classmethod
     def from_query(cls, query: Mapping[str, str], **defaults: float | int | str) -> BehaviourConfig:
@@ -89,6 +93,7 @@ class BehaviourConfig:
                 fail_after=int(merged.get("fail_after", 0)),
                 slow_every=int(merged.get("slow_every", 0)),
                 slow_ms=float(merged.get("slow_ms", 0)),
+                max_age_ms=int(merged.get("max_age_ms", 0)),
             )
         except ValueError as exc:
             raise ValueError(f"bad adapter option: {exc}") from None
@@ -96,6 +101,8 @@ class BehaviourConfig:
             raise ValueError("fail must be one of error, stall, cut")
         if cfg.slow_every < 0 or cfg.slow_ms < 0:
             raise ValueError("slow_every and slow_ms must not be negative")
+        if not 0 <= cfg.max_age_ms < 2**32:
+            raise ValueError("max_age_ms must be 0..4294967295")
         if cfg.chunks < 1 or cfg.latency_ms < 0 or not 0 <= cfg.confidence <= 1:
             raise ValueError("chunks >= 1, latency_ms >= 0 and 0 <= confidence <= 1 are required")
         return cfg
@@ -141,6 +148,7 @@ class BehaviourAdapter:
             latency_p95_ms=self.config.latency_ms * self.config.chunks * 1.2,
             variance=float(out),
             confidence=self.config.confidence,
+            max_age_ms=self.config.max_age_ms,
         )
 
     async def stream(self, request: TaskRequest) -> AsyncIterator[Chunk]:

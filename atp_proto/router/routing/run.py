@@ -234,7 +234,7 @@ class StreamRun:
             raise shed
         candidates = [Candidate(n, ctx.adapters[n]) for n in decision.candidates]
         failures = await preflight.estimate(
-            candidates, request, lane, ctx.config.estimate_timeout_s
+            candidates, request, lane, ctx.config.estimate_timeout_s, ctx.estimates, ctx.metrics
         )
         plan = preflight.plan(candidates, ledger, failures)
         ranking = self._rank(lane, plan, task.prompt, decision.plan)
