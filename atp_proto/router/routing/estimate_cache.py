@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from atp_proto.adapters import Adapter, CostEstimate, TaskRequest
 from atp_proto.adapters.proto.codec import json_text
 
-__all__ = ["MAX_AGE_CAP_MS", "PER_ADAPTER", "EstimateCache", "cache_key", "size_class"]
+__all__ = ["MAX_AGE_CAP_MS", "PER_ADAPTER", "EstimateCache", "Key", "cache_key", "size_class"]
 
 #: entries kept per adapter (ATP-BUDGET-018: bounded); the oldest stored is dropped first
 PER_ADAPTER = 64
@@ -86,6 +86,10 @@ class EstimateCache:
         self.max_age_cap_ms = max_age_cap_ms
         self._entries: dict[str, OrderedDict[Key, _Entry]] = {}
         self.stats = CacheStats()
+
+    def holds(self, name: str) -> bool:
+        """Whether ``name`` has any entry (the preflight computes no key otherwise)."""
+        return bool(self._entries.get(name))
 
     def get(self, name: str, adapter: Adapter, key: Key, now: float) -> CostEstimate | None:
         """The reusable estimate of ``name`` for ``key`` at ``now``, or None (call

@@ -27,7 +27,7 @@ from atp_proto.router.budget import BudgetLedger
 from atp_proto.router.metrics import RouterMetrics
 
 from ._model import Candidate, StreamFailed, adapter_failure
-from .estimate_cache import EstimateCache, cache_key
+from .estimate_cache import EstimateCache, Key, cache_key
 
 __all__ = ["GUARD_K", "Plan", "estimate", "plan"]
 
@@ -64,12 +64,15 @@ async def estimate(
     (ATP-BUDGET-017). Returns the estimate failures in the order they came."""
     k = GUARD_K.get(lane, 1.0)
     failures: list[AdapterError] = []
-    key = None
+    key: Key | None = None  # computed only when an adapter has or gives a reusable one
     asked = candidates
     if cache is not None:
-        key, now, asked = cache_key(task), trio.current_time(), []
+        now, asked = trio.current_time(), []
         for c in candidates:
-            reused = cache.get(c.name, c.adapter, key, now)
+            reused = None
+            if cache.holds(c.name):
+                key = key or cache_key(task)
+                reused = cache.get(c.name, c.adapter, key, now)
             if reused is None:
                 asked.append(c)
             else:
@@ -80,6 +83,7 @@ async def estimate(
             return failures  # every candidate answered from a reused estimate
 
     async def one(c: Candidate) -> None:
+        nonlocal key
         if metrics is not None:
             metrics.estimates.inc(c.name, "called")
         with trio.move_on_after(timeout_s) as scope:
@@ -96,7 +100,8 @@ async def estimate(
                 if cache is not None:
                     cache.drop(c.name)  # ATP-BUDGET-018
                 return
-            if cache is not None and key is not None:
+            if cache is not None and (est.max_age_ms > 0 or cache.holds(c.name)):
+                key = key or cache_key(task)
                 cache.put(c.name, c.adapter, key, est, trio.current_time())
             _guard(c, est, k)
         if scope.cancelled_caught and cache is not None:
