@@ -145,6 +145,14 @@ async def test_a_health_change_drops_the_adapters_entries() -> None:
     inner = Counting()
     ra = ResilientAdapter(inner)  # type: ignore[arg-type]
     cache, key = EstimateCache(), cache_key(_task())
+    cache.put("a", ra, key, EST, now=0.0)  # before the first health check
+    ra.last_health = Health("READY")  # the first report says it takes work: no change
+    assert cache.get("a", ra, key, now=0.1) is EST
+    cache.put("a", ra, key, EST, now=0.0)
+    ra.last_health = None
+    cache.put("a", ra, ("qa", None, 2), EST, now=0.0)
+    ra.last_health = Health("DOWN")  # the first report says it is down: a change
+    assert cache.get("a", ra, ("qa", None, 2), now=0.1) is None
     ra.last_health = Health("READY")
     cache.put("a", ra, key, EST, now=0.0)
     cache.put("a", ra, ("qa", None, 3), EST, now=0.0)

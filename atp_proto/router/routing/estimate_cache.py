@@ -12,7 +12,8 @@ reused mean and variance).
 An adapter's entries are dropped when a call to it fails (``Estimate`` in the preflight,
 ``Stream`` in the fan-out: :meth:`EstimateCache.drop`) and when its health changes: an
 entry remembers the adapter's health status and circuit breaker state when it was
-stored, and a lookup that finds them different drops every entry of that adapter. Each
+stored, and a lookup that finds them different drops every entry of that adapter (the
+first health report after none, saying the adapter takes work, is no change). Each
 adapter keeps at most :data:`PER_ADAPTER` entries (the oldest stored goes first), and
 expired entries are removed when looked up. ``max_age_ms`` 0 (absent, every adapter
 before this field) stores nothing: the router calls ``Estimate`` for every stream.
@@ -63,6 +64,15 @@ def _health_of(adapter: Adapter) -> tuple[str | None, str | None]:
     )
 
 
+def _changed(stored: tuple[str | None, str | None], now: tuple[str | None, str | None]) -> bool:
+    """A health change since an entry was stored; the adapter's first health report
+    saying it takes work (READY, BUSY) after none is not one."""
+    if stored == now:
+        return False
+    first_ready = stored[0] is None and now[0] in ("READY", "BUSY")
+    return not (first_ready and stored[1] == now[1])
+
+
 @dataclass(slots=True)
 class _Entry:
     estimate: CostEstimate
@@ -102,7 +112,7 @@ class EstimateCache:
         if entry is None:
             self.stats.misses += 1
             return None
-        if entry.health != _health_of(adapter):
+        if _changed(entry.health, _health_of(adapter)):
             self.drop(name)
             self.stats.misses += 1
             return None
