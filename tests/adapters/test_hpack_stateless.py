@@ -77,6 +77,7 @@ def test_never_indexed_fields_stay_never_indexed() -> None:
     assert [type(h) for h in out] == [NeverIndexedHeaderTuple, HeaderTuple]
     assert block[0] & 0xF0 == 0x10  # §6.2.3 never indexed, name by static index 23
     assert enc.encode([(b"authorization", b"secret", True)])[0] & 0xF0 == 0x10
+    assert all(b"secret" not in k[1] for k in enc._fields)  # secrets are not remembered
 
 
 def test_a_pending_table_size_update_is_sent() -> None:

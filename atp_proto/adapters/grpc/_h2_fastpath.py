@@ -96,14 +96,14 @@ class StatelessEncoder(Encoder):
     A block that must carry a dynamic table size update (the peer changed
     SETTINGS_HEADER_TABLE_SIZE) and a ``dict`` of headers go to hpack's ``encode``.
     Encoded fields are remembered (at most :attr:`MAX_CACHED`; a call's fixed headers
-    repeat, its ``grpc-timeout`` seldom does).
+    repeat, its ``grpc-timeout`` seldom does), never-indexed ones (secrets) are not.
     """
 
     MAX_CACHED = 256
 
     def __init__(self) -> None:
         super().__init__()
-        self._fields: dict[tuple[bytes, bytes, bool], bytes] = {}
+        self._fields: dict[tuple[bytes, bytes], bytes] = {}
 
     def encode(self, headers: Any, huffman: bool = True) -> bytes:
         if self.header_table.resized or isinstance(headers, dict):
@@ -117,10 +117,13 @@ class StatelessEncoder(Encoder):
             if isinstance(value, str):
                 value = value.encode()
             never = not getattr(field, "indexable", True) or (len(field) > 2 and bool(field[2]))
-            key = (name, value, never)
+            if never:  # a secret (a token): encoded each time, never remembered
+                out.append(_field(name, value, True))
+                continue
+            key = (name, value)
             block = cache.get(key)
             if block is None:
-                block = _field(name, value, never)
+                block = _field(name, value, False)
                 if len(cache) >= self.MAX_CACHED:
                     cache.clear()
                 cache[key] = block
