@@ -12,7 +12,10 @@ Scenarios (``--scenario``, default ``all``):
 
 * ``load``: the load through the router, then the same load straight to the same adapter
   processes over gRPC; the router's added latency per percentile (goals: added TTFP p50
-  <= 0.3 ms and p99 <= 2 ms at 1,000 streams/s).
+  <= 0.3 ms and p99 <= 2 ms at 1,000 streams/s). The persona adapters send
+  ``max_age_ms`` with their estimates (``--estimate-max-age-ms``, default 1000; 0: none),
+  so the router answers most preflights from a reused estimate (ATP-BUDGET-018) instead
+  of an ``Estimate`` round trip; the table says which.
 * ``qos``: gold alone; gold beside bronze flooding at 5x the admission's capacity; bronze
   at half of it honouring ``retry_after_ms`` (gold p99 within 1.2x, gold never shed, bronze
   shed with EPREEMPT + ``retry_after_ms``, recovery without a retry storm).
@@ -114,6 +117,17 @@ def _not_negative(text: str) -> float:
     return value
 
 
+def _age_ms(text: str) -> int:
+    """An Estimate max_age_ms: an integer 0..2^32-1 (a uint32 on the wire)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be 0..4294967295, not {value}")
+    return value
+
+
 def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scenario",
@@ -153,6 +167,13 @@ def add_options(p: argparse.ArgumentParser) -> None:
         "--open-streams", type=_positive(int, 100_000), help="default 10000 (quick 1000)"
     )
     p.add_argument("--sweep", type=_rates, help="capacity: offered rates, e.g. 200,400,800")
+    p.add_argument(
+        "--estimate-max-age-ms",
+        type=_age_ms,
+        default=1000,
+        help="the persona adapters' Estimate max_age_ms: how long the router may reuse an "
+        "estimate (default 1000; 0: an Estimate call before every stream)",
+    )
     p.add_argument("--plot", metavar="DIR", help="write PNG plots and index.html to DIR")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
 
@@ -190,6 +211,7 @@ def options(args: argparse.Namespace) -> Options:
         slow_readers=args.slow_readers or o.slow_readers,
         open_streams=args.open_streams or o.open_streams,
         sweep=args.sweep or o.sweep,
+        estimate_max_age_ms=args.estimate_max_age_ms,
     )
     from atp_proto.cli import UsageError
 
@@ -266,6 +288,16 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"errors {_errors(s['errors'])}, shed {s['shed_rate']:.1%}",
                 )
             )
+        age = L.get("estimate_max_age_ms", 0)
+        rows.append(
+            (
+                "  preflight: the adapters' Estimate max_age_ms",
+                f"{age:,} ms" if age else "0 (no reuse)",
+                "the router reuses an estimate that long per class (ATP-BUDGET-018)"
+                if age
+                else "an Estimate round trip before every Stream call",
+            )
+        )
         a = L["added"]
         rows.append(
             (

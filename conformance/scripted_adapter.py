@@ -33,7 +33,9 @@ Any behaviour may start with options ``{key=value,...}``: ``est_tok`` / ``est_us
 ``conf`` (every chunk's confidence, default 0.8), ``tok`` / ``usd`` (the cumulative usage
 added by each chunk of ``ok`` / ``slow``, default 2 and 3: ATP-BUDGET-003), ``n`` (the
 number of chunks of ``ok`` / ``slow``, default 4, at most 1,000), ``wait`` (milliseconds
-the Stream call sleeps before it does anything, at most 60,000).
+the Stream call sleeps before it does anything, at most 60,000), ``max_age`` (the
+Estimate's ``max_age_ms``: how long the router may reuse it, default 0 = never, at most
+600,000; ATP-BUDGET-018).
 
 Estimate always answers (its events are recorded); Health answers READY. Every call's
 ``grpc-timeout`` is honoured: when it passes, the call ends with DEADLINE_EXCEEDED.
@@ -94,7 +96,9 @@ _OPTION_DEFAULTS = {
     "usd": 3.0,
     "n": 4.0,
     "wait": 0.0,
+    "max_age": 0.0,
 }
+MAX_AGE_MS = 600_000  #: the largest ``max_age`` option sent
 
 
 def behaviour_of(prompt: str) -> tuple[str, str]:
@@ -414,7 +418,13 @@ class _Conn:
             self._send_headers(call)
             sent["headers"] = True
             est = CostEstimate(
-                4, int(opts["est_tok"]), int(opts["est_usd"]), 50.0, 4.0, min(opts["est_conf"], 1.0)
+                4,
+                int(opts["est_tok"]),
+                int(opts["est_usd"]),
+                50.0,
+                4.0,
+                min(opts["est_conf"], 1.0),
+                int(min(opts["max_age"], MAX_AGE_MS)),
             )
             await self._send_message(call, codec.encode_estimate(est))
             self._trailers(call, GrpcStatus.OK, headers_sent=True)

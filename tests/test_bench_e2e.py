@@ -106,6 +106,8 @@ def test_every_scenario_json_and_plots(tmp_path: Path) -> None:
     assert r["goals"] and all(g["judged"] is False for g in r["goals"])
 
     load = r["results"]["load"]
+    # the persona adapters let the router reuse estimates for 1 s (ATP-BUDGET-018)
+    assert load["estimate_max_age_ms"] == r["settings"]["estimate_max_age_ms"] == 1000
     lanes = {"gold", "silver", "bronze"}
     _check_run(load["router"], lanes)
     _check_run(load["direct"], lanes)

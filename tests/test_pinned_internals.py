@@ -14,6 +14,7 @@ import inspect
 
 import h2.config
 import h2.connection
+import h2.exceptions
 import pytest
 import wsproto
 import wsproto.events as we
@@ -230,3 +231,71 @@ def test_aioquic_internals_the_conformance_stateless_reset_uses() -> None:
         server.receive_datagram(data, caddr, now=0.0)
     assert isinstance(server._close_event, qe.ConnectionTerminated)
     assert server._close_event.error_code == 0x0
+
+
+def test_h2_receive_frame_copy_is_of_the_pinned_h2() -> None:
+    """adapters/grpc/_h2_fastpath.py's Connection._receive_frame copies h2's (without the
+    repr(frame) of a no-op trace log): h2's source must be the one it copied."""
+    import hashlib
+
+    src = inspect.getsource(h2.connection.H2Connection._receive_frame)
+    assert hashlib.sha256(src.encode()).hexdigest() == _h2_fastpath.H2_RECEIVE_FRAME_SHA256, (
+        "h2's _receive_frame changed: re-copy it into _h2_fastpath.Connection._receive_frame"
+    )
+    assert 'logger.trace("Received frame: %s", repr(frame))' in src
+
+
+def _pair(cls: type) -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+    client = cls(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    client.data_to_send()
+    return client, server
+
+
+def _script(cls: type) -> list[object]:
+    """The same exchange against ``cls``: a call answered, one reset by the client whose
+    late HEADERS and DATA arrive (h2's StreamClosedError path: RST_STREAM back), a DATA
+    frame on the stream that ended. What the client emits (and raises), in order."""
+    import hyperframe.frame as hf
+
+    client, server = _pair(cls)
+    req = [(":method", "POST"), (":path", "/x"), (":scheme", "http"), (":authority", "a")]
+    out: list[object] = []
+    for sid in (1, 3):
+        client.send_headers(sid, req, end_stream=True)
+    server.receive_data(client.data_to_send())
+    for sid in (1, 3):
+        server.send_headers(sid, [(":status", "200")])
+    client.reset_stream(3)
+    server.send_data(1, b"hello")
+    server.send_data(3, b"late")
+    server.send_headers(1, [("grpc-status", "0")], end_stream=True)
+    events = client.receive_data(server.data_to_send())
+    out.append([(type(e).__name__, getattr(e, "stream_id", None)) for e in events])
+    out.append(client.data_to_send())
+    late = hf.DataFrame(1, data=b"x")  # stream 1 ended by END_STREAM (then pruned)
+    try:
+        client.receive_data(late.serialize())
+    except h2.exceptions.ProtocolError as exc:
+        out.append(("raised", type(exc).__name__))
+    out.append(client.data_to_send())
+    return out
+
+
+def test_h2_receive_frame_copy_behaves_as_h2s() -> None:
+    got = _script(_h2_fastpath.Connection)
+    assert got == _script(h2.connection.H2Connection)
+    # the exchange reached the except branches: RST_STREAM(STREAM_CLOSED) answered the
+    # reset stream's frames and the late DATA on the ended one
+    rst3 = b"\x00\x00\x04\x03\x00\x00\x00\x00\x03\x00\x00\x00\x05"
+    assert got[0] == [
+        ("ResponseReceived", 1), ("DataReceived", 1), ("TrailersReceived", 1), ("StreamEnded", 1)
+    ]  # fmt: skip
+    assert isinstance(got[1], bytes) and rst3 in got[1]
+    assert got[-1] == b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x05"

@@ -45,6 +45,9 @@ class CostEstimate:
     latency_p95_ms: float
     variance: float = 0.0  #: variance of the token estimate (tokens²)
     confidence: float = 0.5
+    #: how long (ms) a router may reuse this estimate for tasks of the same type,
+    #: max_tokens and input-size class (0: never; ATP-BUDGET-018)
+    max_age_ms: int = 0
 
     @property
     def tokens(self) -> int:

@@ -16,6 +16,9 @@ slow_every     every Nth call (N, 2N, ...) is slow: a tail-latency model (0: non
 slow_ms        how much longer such a call waits before its first chunk
 repeat         echo: the answer is the prompt N times (default 1), a long answer
                from a short prompt (``atp bench quic``)
+max_age_ms     the Estimate's ``max_age_ms``: how long a router may reuse it
+               for tasks of the same type, max_tokens and input-size class
+               (default 0: never; ATP-BUDGET-018)
 ============== ===============================================================
 
 The same behaviours are served over gRPC by ``atp adapter serve echo`` / ``persona``
@@ -74,6 +77,7 @@ class BehaviourConfig:
     slow_every: int = 0
     slow_ms: float = 0.0
     repeat: int = 1
+    max_age_ms: int = 0
 
     @classmethod
     def from_query(cls, query: Mapping[str, str], **defaults: float | int | str) -> BehaviourConfig:
@@ -93,6 +97,7 @@ class BehaviourConfig:
                 slow_every=int(merged.get("slow_every", 0)),
                 slow_ms=float(merged.get("slow_ms", 0)),
                 repeat=int(merged.get("repeat", 1)),
+                max_age_ms=int(merged.get("max_age_ms", 0)),
             )
         except ValueError as exc:
             raise ValueError(f"bad adapter option: {exc}") from None
@@ -102,6 +107,8 @@ class BehaviourConfig:
             raise ValueError("repeat must be within 1..10000")
         if cfg.slow_every < 0 or cfg.slow_ms < 0:
             raise ValueError("slow_every and slow_ms must not be negative")
+        if not 0 <= cfg.max_age_ms < 2**32:
+            raise ValueError("max_age_ms must be 0..4294967295")
         if cfg.chunks < 1 or cfg.latency_ms < 0 or not 0 <= cfg.confidence <= 1:
             raise ValueError("chunks >= 1, latency_ms >= 0 and 0 <= confidence <= 1 are required")
         return cfg
@@ -147,6 +154,7 @@ class BehaviourAdapter:
             latency_p95_ms=self.config.latency_ms * self.config.chunks * 1.2,
             variance=float(out),
             confidence=self.config.confidence,
+            max_age_ms=self.config.max_age_ms,
         )
 
     async def stream(self, request: TaskRequest) -> AsyncIterator[Chunk]:

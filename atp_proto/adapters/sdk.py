@@ -43,6 +43,12 @@ The server runs on asyncio with grpclib. The SDK handles for the vendor:
   Estimate / Stream calls whose handling has not finished (ATP-ADAPT-024).
 * **Concurrency cap** (optional ``max_concurrency``): calls beyond it are refused with
   RESOURCE_EXHAUSTED (the router maps it to EWINDOW_AGENT and backs off).
+* **Estimate reuse** (optional ``estimate_max_age_ms``, default 0: never): the
+  ``max_age_ms`` sent with every Estimate reply whose vendor code left
+  ``CostEstimate.max_age_ms`` at 0. A router may then answer later streams' preflight
+  from that reply for that long, for tasks of the same type, ``max_tokens`` and
+  input-size class (ATP-BUDGET-018): set it only when the estimate holds for all of
+  them. A vendor that knows better sets ``CostEstimate.max_age_ms`` per reply.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 from grpclib.const import Cardinality, Handler, Status
@@ -92,6 +98,10 @@ class VendorAdapter(Protocol):
     async def estimate(self, request: TaskRequest) -> CostEstimate: ...
 
     def stream(self, request: TaskRequest) -> AsyncIterator[Chunk]: ...
+
+
+#: ``Estimate.max_age_ms`` is a uint32
+_MAX_AGE_MS = 2**32 - 1
 
 
 class _Stats:
@@ -131,10 +141,14 @@ class AdapterServer:
         name: str = "",
         grace: float = 10.0,
         max_concurrency: int = 0,
+        estimate_max_age_ms: int = 0,
     ) -> None:
         for method in ("estimate", "stream"):
             if not callable(getattr(adapter, method, None)):
                 raise TypeError(f"adapter {adapter!r} has no {method}() method")
+        if not 0 <= estimate_max_age_ms <= _MAX_AGE_MS:
+            raise ValueError(f"estimate_max_age_ms must be 0..{_MAX_AGE_MS}")
+        self.estimate_max_age_ms = estimate_max_age_ms
         self.adapter = adapter
         self.name = name or getattr(adapter, "name", "") or type(adapter).__name__
         self.grace = grace
@@ -273,6 +287,10 @@ class AdapterServer:
                 est = await self.adapter.estimate(req)
                 if not isinstance(est, CostEstimate):
                     raise TypeError(f"estimate() returned {type(est).__name__}, not CostEstimate")
+                if not 0 <= est.max_age_ms <= _MAX_AGE_MS:  # a uint32 on the wire
+                    raise ValueError(f"estimate() max_age_ms {est.max_age_ms} is not 0..2^32-1")
+                if not est.max_age_ms and self.estimate_max_age_ms:
+                    est = replace(est, max_age_ms=self.estimate_max_age_ms)
             except Exception as exc:
                 raise self._failed("estimate", req, exc) from None
             await stream.send_message(codec.encode_estimate(est))
@@ -358,7 +376,8 @@ BUILTIN_TARGETS: dict[str, BuiltinTarget] = {
     "echo": BuiltinTarget(
         lambda o: behaviour_adapter("echo", o, waits=ASYNCIO),
         "answers with the prompt "
-        "(options: latency_ms chunks usd_per_1k confidence fail fail_after slow_every slow_ms)",
+        "(options: latency_ms chunks usd_per_1k confidence fail fail_after slow_every slow_ms "
+        "max_age_ms)",
     ),
     "persona": BuiltinTarget(
         lambda o: behaviour_adapter("persona", o, waits=ASYNCIO),
@@ -423,9 +442,16 @@ async def serve(
     grace: float = 10.0,
     max_concurrency: int = 0,
     on_listening: Callable[[AdapterServer], None] | None = None,
+    estimate_max_age_ms: int = 0,
 ) -> None:
     """Serve ``adapter`` until SIGTERM / SIGINT, then drain gracefully (asyncio)."""
-    server = AdapterServer(adapter, name=name, grace=grace, max_concurrency=max_concurrency)
+    server = AdapterServer(
+        adapter,
+        name=name,
+        grace=grace,
+        max_concurrency=max_concurrency,
+        estimate_max_age_ms=estimate_max_age_ms,
+    )
     await server.start(host, port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -29,7 +29,7 @@ import io
 import math
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import cbor2
 
@@ -52,12 +52,15 @@ def reserved_key(ext: Mapping[str, Any]) -> str | None:
 
 
 def encode_ext(ext: Mapping[str, Any]) -> bytes:
-    """CBOR-encode an ext map (empty map encodes to zero bytes).
+    """CBOR-encode an ext map (empty map encodes to zero bytes); an :class:`EncodedExt`
+    gives the bytes it was encoded to once.
 
     Raises:
         LocalProtocolError: a value is not CBOR-encodable, or a key is reserved
             (ATP-JSON-015).
     """
+    if ext.__class__ is EncodedExt:
+        return ext.cbor
     if not ext:
         return b""
     bad = reserved_key(ext)
@@ -85,6 +88,52 @@ def encode_payload(obj: Any) -> bytes:
         raise LocalProtocolError(
             ErrorCode.EPROTO, f"payload cannot be encoded as CBOR: {exc}"
         ) from exc
+
+
+def _read_only() -> NoReturn:
+    raise TypeError("an EncodedExt is read-only: build a new one")
+
+
+class EncodedExt(dict[str, Any]):
+    """An ext map CBOR-encoded once, on construction (:attr:`cbor`), for a message whose
+    ext is large and measured before it is sent (the router's FINAL telemetry: its size
+    decides what it carries, ATP-FLOW-014). The sending path and the frame encoder take
+    the bytes instead of encoding the map again (they did twice per message). It refuses
+    changes to itself; values nested in it must not be changed either once it is built.
+
+    Raises:
+        LocalProtocolError: as :func:`encode_ext`.
+    """
+
+    __slots__ = ("cbor",)
+
+    def __init__(self, ext: Mapping[str, Any]) -> None:
+        super().__init__(ext)
+        self.cbor: bytes = encode_ext(dict(self))
+
+    def __setitem__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _read_only()
+
+    def __delitem__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _read_only()
+
+    def __ior__(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[misc]
+        _read_only()
+
+    def clear(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _read_only()
+
+    def pop(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _read_only()
+
+    def popitem(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _read_only()
+
+    def setdefault(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _read_only()
+
+    def update(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _read_only()
 
 
 _JSON_SCALARS: Final = (str, int, float, bool, type(None), bytes)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ._base import ConnectionBase
+from ._cbor import EncodedExt
 from ._codec import HEADER, HEADER_SIZE, encode_ext
 from ._errors import (
     LocalProtocolError,
@@ -172,9 +173,14 @@ class SendMixin(ConnectionBase):
     ) -> None:
         """:meth:`send_message` without its fast path (every rule, every message)."""
         rec = self._get_sendable(stream_id)
-        self._send_data(
-            rec, payload, Flags.MORE if more else 0, dict(ext) if ext else {}, fin=end_stream
-        )
+        own: dict[str, Any]
+        if not ext:
+            own = {}
+        elif ext.__class__ is EncodedExt:  # read-only, and encoded once already
+            own = ext
+        else:
+            own = dict(ext)
+        self._send_data(rec, payload, Flags.MORE if more else 0, own, fin=end_stream)
 
     def _send_data(
         self,

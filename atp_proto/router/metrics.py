@@ -212,6 +212,12 @@ class RouterMetrics:
             ("adapter", "outcome"),
         )
         self.tokens = r.counter("atp_tokens_total", "Tokens charged", ("tenant",))
+        self.estimates = r.counter(
+            "atp_estimates_total",
+            "Preflight estimates by adapter and source: called (an Estimate call) or reused "
+            "(within the adapter's max_age_ms, ATP-BUDGET-018)",
+            ("adapter", "source"),
+        )
         # issue 13: usage and savings per tenant, strategies, hedges, the decision log
         self.usd = r.counter("atp_usd_micros_total", "Money charged, micro-US-dollars", ("tenant",))
         self.baseline_usd = r.counter(

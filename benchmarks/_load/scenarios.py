@@ -47,6 +47,9 @@ class Options:
     slow_readers: int = 1000
     open_streams: int = 10_000
     sweep: tuple[float, ...] = (50, 100, 200, 400, 600, 800, 1000, 1200, 1600, 2000)
+    #: the persona adapters' Estimate max_age_ms (ATP-BUDGET-018): the router reuses an
+    #: estimate that long for streams of the same class; 0: an Estimate call per stream
+    estimate_max_age_ms: int = 1000
 
 
 def _settle(o: Options) -> float:
@@ -55,7 +58,12 @@ def _settle(o: Options) -> float:
 
 
 def _persona(o: Options, **extra: str) -> dict[str, str]:
-    return {"latency_ms": f"{o.chunk_delay_ms:g}", "chunks": str(o.chunks), **extra}
+    return {
+        "latency_ms": f"{o.chunk_delay_ms:g}",
+        "chunks": str(o.chunks),
+        "max_age_ms": str(o.estimate_max_age_ms),
+        **extra,
+    }
 
 
 def _plans(o: Options, target: str, r: fleet.Router | None, urls: dict[str, str]) -> list[Plan]:
@@ -137,6 +145,7 @@ def load(o: Options, say: Say) -> tuple[dict[str, Any], list[Goal]]:
         "router": through,
         "direct": direct,
         "added": added,
+        "estimate_max_age_ms": o.estimate_max_age_ms,
     }
     return section, goals
 

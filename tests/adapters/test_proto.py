@@ -58,10 +58,10 @@ def test_chunk_codec_matches_betterproto(content, conf, tokens, usd, final, reas
 
 
 @settings(max_examples=200, deadline=None)
-@given(u32, u32, u63, fin, fin, fin)
-def test_estimate_codec_matches_betterproto(i, o, usd, lat, var, conf) -> None:
-    e = CostEstimate(i, o, usd, lat, var, conf)
-    ref = pb.Estimate(i, o, usd, lat, var, conf)
+@given(u32, u32, u63, fin, fin, fin, u32)
+def test_estimate_codec_matches_betterproto(i, o, usd, lat, var, conf, age) -> None:
+    e = CostEstimate(i, o, usd, lat, var, conf, age)
+    ref = pb.Estimate(i, o, usd, lat, var, conf, age)
     assert codec.encode_estimate(e) == bytes(ref)
     assert codec.decode_estimate(bytes(ref)) == e
 

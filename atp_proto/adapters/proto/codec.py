@@ -35,6 +35,7 @@ __all__ = [
     "encode_health",
     "encode_retry_status",
     "encode_task_request",
+    "json_text",
 ]
 
 _DOUBLE = struct.Struct("<d")
@@ -178,6 +179,10 @@ def _get_double(f: dict[int, Any], n: int) -> float:
 
 def _json_text(value: Mapping[str, Any]) -> str:
     return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False) if value else ""
+
+
+#: the ``content_json`` / ``meta_json`` text the router sends for a mapping
+json_text = _json_text
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
@@ -327,6 +332,7 @@ def encode_estimate(est: CostEstimate) -> bytes:
             _double(4, est.latency_p95_ms),
             _double(5, est.variance),
             _double(6, est.confidence),
+            _uint(7, est.max_age_ms),  # 0 (the default) is not sent: old peers unchanged
         )
     )
 
@@ -340,6 +346,7 @@ def decode_estimate(data: bytes) -> CostEstimate:
         latency_p95_ms=_get_double(f, 4),
         variance=_get_double(f, 5),
         confidence=_get_double(f, 6),
+        max_age_ms=_get_int(f, 7) & 0xFFFFFFFF,
     )
 
 

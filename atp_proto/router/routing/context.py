@@ -12,6 +12,7 @@ from atp_proto.router.audit import AuditLog
 from atp_proto.router.config import RouterConfig
 from atp_proto.router.metrics import RouterMetrics
 
+from .estimate_cache import EstimateCache
 from .hedging import Hedger
 from .learning import CheapFirst, Learner
 from .policy import Policy
@@ -31,3 +32,5 @@ class RoutingContext:
     learner: Learner = field(default_factory=CheapFirst)
     hedger: Hedger = field(default_factory=Hedger)  #: TTFC quantiles, hedge rate
     audit: AuditLog | None = None  #: the decision log (``--audit-log``), when configured
+    #: estimates adapters allowed to reuse (``max_age_ms``, ATP-BUDGET-018/019)
+    estimates: EstimateCache = field(default_factory=EstimateCache)

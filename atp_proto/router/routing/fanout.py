@@ -219,6 +219,8 @@ class FanOut:
             )
         finally:
             ledger.release_parallel()
+            if outcome.error is not None:  # ATP-BUDGET-019: its reused estimates go
+                self.ctx.estimates.drop(cand.name)
             outcome.latency_ms = (trio.current_time() - call_started) * 1000.0
             self.outcomes.append(outcome)
         return outcome

@@ -6,6 +6,11 @@ bronze (money scaled alike); candidates whose guard-banded cost would overflow t
 stream's budget (its live ledger) are not started (EBUDGET when none is left). The plan
 ranks every estimated candidate cheap-first: failover and escalation pick from it later
 against the live window, which a WINDOW_UPDATE may have raised or lowered.
+
+An adapter whose last reply for the task's class allowed reuse (``max_age_ms``,
+ATP-BUDGET-018) is answered from :class:`~.estimate_cache.EstimateCache` without a
+round trip; the guard band is applied to a reused estimate exactly as to a fresh one. A
+failed or timed-out ``Estimate`` drops the adapter's reusable estimates (ATP-BUDGET-019).
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from dataclasses import dataclass
 
 import trio
 
-from atp_proto.adapters import AdapterError, TaskRequest
+from atp_proto.adapters import AdapterError, CostEstimate, TaskRequest
 from atp_proto.frames import ErrorCode, QoS
 from atp_proto.router.budget import BudgetLedger
+from atp_proto.router.metrics import RouterMetrics
 
 from ._model import Candidate, StreamFailed, adapter_failure
+from .estimate_cache import EstimateCache, Key, cache_key
 
 __all__ = ["GUARD_K", "Plan", "estimate", "plan"]
 
@@ -35,16 +42,51 @@ class Plan:
     fitting: list[Candidate]  #: those that fit the budget now, cheap first
 
 
+def _guard(c: Candidate, est: CostEstimate, k: float) -> None:
+    """ATP-BUDGET-002: mean + k·sqrt(variance), money scaled alike."""
+    c.estimate = est
+    sd = math.sqrt(max(est.variance, 0.0))
+    c.guarded_tokens = est.tokens + k * sd
+    scale = c.guarded_tokens / est.tokens if est.tokens else 1.0
+    c.guarded_usd = est.usd_micros * scale
+
+
 async def estimate(
-    candidates: list[Candidate], task: TaskRequest, lane: QoS, timeout_s: float
+    candidates: list[Candidate],
+    task: TaskRequest,
+    lane: QoS,
+    timeout_s: float,
+    cache: EstimateCache | None = None,
+    metrics: RouterMetrics | None = None,
 ) -> list[AdapterError]:
     """Fill each candidate's guard-banded estimate, all at once, each bounded by
-    ``timeout_s``. Returns the estimate failures in the order they came."""
+    ``timeout_s``; a candidate ``cache`` holds a live estimate for is answered from it
+    (ATP-BUDGET-018). Returns the estimate failures in the order they came."""
     k = GUARD_K.get(lane, 1.0)
     failures: list[AdapterError] = []
+    key: Key | None = None  # computed only when an adapter has or gives a reusable one
+    asked = candidates
+    if cache is not None:
+        now, asked = trio.current_time(), []
+        for c in candidates:
+            reused = None
+            if cache.holds(c.name):
+                key = key or cache_key(task)
+                reused = cache.get(c.name, c.adapter, key, now)
+            if reused is None:
+                asked.append(c)
+            else:
+                _guard(c, reused, k)
+                if metrics is not None:
+                    metrics.estimates.inc(c.name, "reused")
+        if not asked:
+            return failures  # every candidate answered from a reused estimate
 
     async def one(c: Candidate) -> None:
-        with trio.move_on_after(timeout_s):
+        nonlocal key
+        if metrics is not None:
+            metrics.estimates.inc(c.name, "called")
+        with trio.move_on_after(timeout_s) as scope:
             try:
                 est = await c.adapter.estimate(task)
             except AdapterError as exc:
@@ -55,18 +97,21 @@ async def estimate(
                 c.error = f"{c.name}: {exc.code}"  # details are logged, not sent
                 c.failure = exc
                 failures.append(exc)
+                if cache is not None:
+                    cache.drop(c.name)  # ATP-BUDGET-019
                 return
-            c.estimate = est
-            sd = math.sqrt(max(est.variance, 0.0))
-            c.guarded_tokens = est.tokens + k * sd
-            scale = c.guarded_tokens / est.tokens if est.tokens else 1.0
-            c.guarded_usd = est.usd_micros * scale
+            if cache is not None and (est.max_age_ms > 0 or cache.holds(c.name)):
+                key = key or cache_key(task)
+                cache.put(c.name, c.adapter, key, est, trio.current_time())
+            _guard(c, est, k)
+        if scope.cancelled_caught and cache is not None:
+            cache.drop(c.name)  # no answer in time: a failure too (ATP-BUDGET-019)
 
-    if len(candidates) == 1:  # no concurrency to gain: skip a task spawn (latency)
-        await one(candidates[0])
+    if len(asked) == 1:  # no concurrency to gain: skip a task spawn (latency)
+        await one(asked[0])
         return failures
     async with trio.open_nursery() as nursery:
-        for c in candidates:
+        for c in asked:
             nursery.start_soon(one, c)
     return failures
 

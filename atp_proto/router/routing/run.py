@@ -47,7 +47,7 @@ from atp_proto.frames import (
     QoS,
     StreamOpened,
 )
-from atp_proto.frames._cbor import encode_ext
+from atp_proto.frames._cbor import EncodedExt
 from atp_proto.messages import final_body, parse_task
 from atp_proto.router.admission import Shed
 from atp_proto.router.budget import BudgetLedger
@@ -234,7 +234,7 @@ class StreamRun:
             raise shed
         candidates = [Candidate(n, ctx.adapters[n]) for n in decision.candidates]
         failures = await preflight.estimate(
-            candidates, request, lane, ctx.config.estimate_timeout_s
+            candidates, request, lane, ctx.config.estimate_timeout_s, ctx.estimates, ctx.metrics
         )
         plan = preflight.plan(candidates, ledger, failures)
         ranking = self._rank(lane, plan, task.prompt, decision.plan)
@@ -294,10 +294,14 @@ class StreamRun:
         if self._saved is not None:
             tel.update(self._saved)
         room = getattr(self.output, "max_ext_len", None)
-        if room is not None and len(encode_ext(ext)) > room() // 2:
+        # encoded once, here: its size decides what it carries, and the session's sending
+        # path and frame encoder take these bytes instead of encoding it twice more
+        sent = EncodedExt(ext)
+        if room is not None and len(sent.cbor) > room() // 2:
             # a small client window (ATP-FLOW-014): the required telemetry only (ATP-STRAT-007)
             ext["telemetry"] = base
-        self.output.send_final(final_body(best.answer, best.adapter, best.confidence), ext=ext)
+            sent = EncodedExt(ext)
+        self.output.send_final(final_body(best.answer, best.adapter, best.confidence), ext=sent)
         self._finished = True
 
     def _audit(self, outcome: str, tenant: str, latency_s: float) -> None:

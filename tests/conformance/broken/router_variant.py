@@ -248,6 +248,10 @@ VARIANTS: dict[str, Callable[[], None]] = {
 from gaps_variants import VARIANTS as _GAPS_VARIANTS  # noqa: E402
 
 VARIANTS.update(_GAPS_VARIANTS)
+# the variants of the estimate-reuse cases (ATP-BUDGET-018/019)
+from estimate_variants import VARIANTS as _ESTIMATE_VARIANTS  # noqa: E402
+
+VARIANTS.update(_ESTIMATE_VARIANTS)
 
 if __name__ == "__main__":
     VARIANTS[sys.argv[1]]()

@@ -117,6 +117,18 @@ class Estimate(betterproto.Message):
     confidence: float = betterproto.double_field(6)
     """How sure the adapter is of the quality of its answer, 0..1."""
 
+    max_age_ms: int = betterproto.uint32_field(7)
+    """
+    For how long, in milliseconds after this reply arrives, the router may
+     reuse this estimate for a later task of the same task_type, the same
+     max_tokens (both absent or equal) and the same input-size class: the
+     bit length of the byte length of prompt + content_json (UTF-8), i.e.
+     0 for an empty input, k for 2^(k-1) <= bytes < 2^k. The router uses the
+     reply as it is (no scaling) and still guard-bands it (spec ATP-BUDGET-002,
+     ATP-BUDGET-018/019). 0 (the default): do not reuse, call Estimate for
+     every task. Set it only when the estimate holds for the whole class.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class StreamRequest(betterproto.Message):
