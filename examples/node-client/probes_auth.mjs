@@ -121,7 +121,20 @@ probe('idle_timeout', ['ATP-TIME-004', 'ATP-TIME-008'], async (ctx) => {
 });
 
 // ---- drain: run alone, against a router that gets SIGTERM once READY is printed ----------
-export const DRAIN_PROBES = [{ name: 'drain', ids: ['ATP-SESS-005', 'ATP-SESS-006', 'ATP-SESS-013', 'ATP-ERR-004'], fn: async (ctx) => {
+export const DRAIN_PROBES = [{ name: 'session_limit_503', ids: ['ATP-LIMIT-003'], fn: async (ctx) => {
+  // the drain router runs with --max-sessions 3
+  const held = [];
+  for (let i = 0; i < 3; i++) held.push(await fresh(ctx, {}, { token: ctx.token }));
+  const ws = await WsClient.connect(ctx.url, { headers: { Authorization: `Bearer ${ctx.token}` } });
+  for (const h of held) h.ws.close(1000);
+  for (const h of held) await h.closed(2000);
+  await new Promise((r) => setTimeout(r, 200));
+  const again = await WsClient.connect(ctx.url, { headers: { Authorization: `Bearer ${ctx.token}` } });
+  again.destroy();
+  const ra = ws.headers?.['retry-after'];
+  return { ok: ws.refused === 503 && /^\d+$/.test(ra ?? '') && again.status === 101,
+    detail: `4th session: HTTP ${ws.status} Retry-After ${ra}; after 3 closed: HTTP ${again.status}` };
+} }, { name: 'drain', ids: ['ATP-SESS-005', 'ATP-SESS-006', 'ATP-SESS-013', 'ATP-ERR-004'], fn: async (ctx) => {
   const idle = await fresh(ctx, {}, { token: ctx.token });
   const s = await fresh(ctx, { initial_window: 1024 }, { token: ctx.token, initialWindow: 1024, autoCredit: false });
   s.send(syn(1, { prompt: 'd'.repeat(6000) }));

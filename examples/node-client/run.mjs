@@ -2,16 +2,21 @@
 // Run the probes against a router: node run.mjs ws://HOST:PORT/ws [--token JWT] [--json]
 // [--only NAME,...] [--group auth]. Exit 0 when every probe passed, 1 otherwise, 2 on bad usage.
 import { PROBES } from './probes.mjs';
+import { Session } from './session.mjs';
 import { PROBES as MORE } from './probes_streams.mjs';
 import { PROBES as JSONP } from './probes_json.mjs';
 import { PROBES as LIMITS } from './probes_limits.mjs';
+import { PROBES as BINDING } from './probes_binding.mjs';
 import { AUTH_PROBES, DRAIN_PROBES } from './probes_auth.mjs';
 
 const args = process.argv.slice(2);
 const opt = (k) => { const i = args.indexOf(k); return i >= 0 ? args[i + 1] : undefined; };
+// checked over every binary frame the router sent during all the other probes
+const WELL_FORMED = { name: 'router_frames_well_formed', ids: ['ATP-FRAME-002', 'ATP-FRAME-005', 'ATP-FRAME-015', 'ATP-FRAME-018', 'ATP-FRAME-021', 'ATP-FLAG-001', 'ATP-FLAG-008', 'ATP-SEQ-006', 'ATP-STREAM-006'] };
 if (args.includes('--list')) {
   const g = (n) => n.map((p) => ({ name: p.name, ids: p.ids }));
-  console.log(JSON.stringify({ open: g([...PROBES, ...MORE, ...JSONP, ...LIMITS]), auth: g(AUTH_PROBES), drain: g(DRAIN_PROBES) }));
+  const all = [...g([...PROBES, ...MORE, ...JSONP, ...LIMITS, ...BINDING]), WELL_FORMED];
+  console.log(JSON.stringify({ open: all, auth: [...g(AUTH_PROBES), WELL_FORMED], drain: g(DRAIN_PROBES) }));
   process.exit(0);
 }
 const url = args.find((a) => /^wss?:\/\//.test(a));
@@ -19,7 +24,7 @@ if (!url) { console.error('usage: node run.mjs ws://HOST:PORT/ws [--token JWT] [
 const token = opt('--token');
 const only = opt('--only')?.split(',');
 const group = opt('--group');
-let list = group === 'auth' ? AUTH_PROBES : group === 'drain' ? DRAIN_PROBES : [...PROBES, ...MORE, ...JSONP, ...LIMITS];
+let list = group === 'auth' ? AUTH_PROBES : group === 'drain' ? DRAIN_PROBES : [...PROBES, ...MORE, ...JSONP, ...LIMITS, ...BINDING];
 if (only) list = list.filter((p) => only.includes(p.name));
 const tokens = { silver: opt('--token-silver'), qa: opt('--token-qa') };
 const ctx = { url, token, tokens, secret: process.env.ATP_JWT_KEY, auth: token ? { token } : {} };
@@ -38,6 +43,12 @@ async function worker() {
   }
 }
 await Promise.all(Array.from({ length: PAR }, worker));
+if (!only && group !== 'drain') {
+  const v = Session.violations;
+  results.push({ name: WELL_FORMED.name, ids: WELL_FORMED.ids, ok: v.length === 0, ms: 0,
+    detail: v.length ? `${v.length} violations, first: ${[...new Set(v)].slice(0, 3).join('; ')}` : `${Session.framesChecked} router frames, all well-formed` });
+  list.push(WELL_FORMED);
+}
 results.sort((a, b) => list.findIndex((p) => p.name === a.name) - list.findIndex((p) => p.name === b.name));
 if (args.includes('--json')) console.log(JSON.stringify({ url, ms: Date.now() - t0, results }));
 else for (const r of results) console.log(`${r.ok ? 'PASS' : 'FAIL'} ${r.name.padEnd(40)} ${r.ms}ms  ${r.detail}`);

@@ -45,6 +45,7 @@ export class Session {
       if (!m) return null;
       if (m.kind === 'text') {
         let obj; try { obj = JSON.parse(m.data); } catch { obj = { unparsable: m.data }; }
+        for (const v of checkRouterText(obj)) Session.violations.push(v);
         this.pending.push({ text: true, json: obj, cost: Buffer.byteLength(m.data) });
         continue;
       }
@@ -59,6 +60,7 @@ export class Session {
   }
 
   _onFrame(f) {
+    for (const v of checkRouterFrame(f)) Session.violations.push(v);
     if (f.stream === 0 && f.type === T.DATA && (f.flags & F.HB) && !(f.flags & F.ACK)) {
       this.send(frame({ flags: F.HB | F.ACK, payload: Uint8Array.from(f.payload) }));
     }
@@ -105,6 +107,84 @@ export class Session {
   async closed(timeoutMs = 2000) { return this.ws.waitClosed(timeoutMs); }
   get closeCode() { return this.ws.closeCode; }
   end() { this.ws.destroy(); }
+}
+
+/** Every frame any session received that breaks a rule a router's frames must keep. */
+Session.violations = [];
+Session.framesChecked = 0;
+
+const RESERVED_KEYS = ['v', 'type', 'stream_id', 'msg_seq', 'frag_seq', 'flags', 'qos', 'ttl', 'payload', 'payload_b64'];
+
+/** What is wrong with one binary frame from a router (spec §3-§5, §4.2, §4.3, §7.3). */
+export function checkRouterFrame(f) {
+  Session.framesChecked++;
+  const bad = [];
+  const where = `type ${f.type} stream ${f.stream} flags 0x${f.flags.toString(16)}`;
+  const no = (id, what) => bad.push(`${id}: ${what} (${where})`);
+  if (f.version !== 1) no('ATP-FRAME-002', `version ${f.version}`);
+  if (f.reserved) no('ATP-FRAME-004', 'reserved stream bit set');
+  if (f.flags & 0x80) no('ATP-FLAG-001', 'reserved flag bit 0x80 set');
+  if (f.type > 4) { no('§18', 'a frame type not in the registry'); return bad; }
+  if (f.extError) no('ATP-FRAME-005/006', `ext is not strict CBOR: ${f.extError}`);
+  for (const k of RESERVED_KEYS) if (k in f.ext) no('ATP-JSON-015', `reserved key "${k}" in ext`);
+  if (f.type !== T.DATA) {
+    if (f.msgSeq || f.fragSeq) no('ATP-FRAME-018', `control frame with msg_seq ${f.msgSeq} frag_seq ${f.fragSeq}`);
+    if (f.payloadLen) no('§4.3', 'control frame with a payload');
+    if (f.qos || f.ttl) no('§4.2', `control frame with qos ${f.qos} ttl ${f.ttl}`);
+  }
+  if (f.type === T.ERROR) {
+    const e = f.ext.error;
+    if (!e || typeof e.code !== 'string' || typeof e.message !== 'string') no('ATP-FRAME-015', 'ERROR without text code and message');
+    if (f.stream !== 0 && !(f.flags & F.RST)) no('§4.3', 'ERROR on a stream without RST');
+    if (e && 'retry_after_ms' in e && !(Number.isInteger(e.retry_after_ms) && e.retry_after_ms >= 0)) no('§4.3', 'retry_after_ms not a uint');
+  }
+  if (f.type === T.WINDOW_UPDATE) {
+    if (f.stream === 0) no('ATP-FRAME-012', 'WINDOW_UPDATE on stream 0');
+    if ('window' in f.ext) no('ATP-FRAME-021', 'router sent window');
+    const c = f.ext.credit;
+    if (!(Number.isInteger(c) && c >= 1 && c <= 0x7fffffff)) no('ATP-FLOW-004', `credit ${c}`);
+  }
+  if (f.type === T.CAPABILITIES && f.stream !== 0) no('ATP-FRAME-013', 'CAPABILITIES on a stream');
+  if (f.type === T.BUDGET_UPDATE && f.stream === 0) no('ATP-FRAME-012', 'BUDGET_UPDATE on stream 0');
+  if (f.type === T.DATA) {
+    if (f.stream === 0) {
+      if (!(f.flags & F.HB)) no('ATP-FRAME-011', 'DATA on stream 0 without HB');
+      if (f.payloadLen > 64) no('ATP-TIME-003', `heartbeat of ${f.payloadLen} bytes`);
+    } else {
+      if (f.flags & F.SYN) no('ATP-STREAM-006', 'router sent SYN');
+      if (f.flags & F.HB) no('ATP-FLAG-006', 'HB on a stream');
+      if ((f.flags & F.MORE) && (f.flags & F.FIN)) no('ATP-FLAG-008', 'MORE with FIN');
+      if ((f.flags & F.FIN) && (f.flags & F.CONT)) no('ATP-SEQ-006', 'FIN with CONT');
+      if (f.fragSeq > 0 && f.extLen > 0) no('ATP-SEQ-006', 'ext on a later fragment');
+      if (f.qos || f.ttl) no('§4.2', `non-SYN DATA with qos ${f.qos} ttl ${f.ttl}`);
+    }
+  }
+  return bad;
+}
+
+const FLAG_NAMES = ['SYN', 'ACK', 'MORE', 'FIN', 'RST', 'HB', 'CONT'];
+const TYPE_NAMES = ['DATA', 'WINDOW_UPDATE', 'CAPABILITIES', 'BUDGET_UPDATE', 'ERROR'];
+
+/** What is wrong with one JSON text frame from a router (spec §13.3). */
+export function checkRouterText(j) {
+  Session.framesChecked++;
+  const bad = [];
+  const no = (id, what) => bad.push(`${id}: ${what} (text ${JSON.stringify(j).slice(0, 120)})`);
+  if (j === null || typeof j !== 'object' || Array.isArray(j)) { no('ATP-WS-002', 'not a JSON object'); return bad; }
+  if ((j.v ?? 1) !== 1) no('ATP-FRAME-002', `v ${j.v}`);
+  const flags = j.flags ?? [];
+  if (!Array.isArray(flags) || flags.some((f) => !FLAG_NAMES.includes(f))) no('ATP-FLAG-001', `flags ${JSON.stringify(flags)}`);
+  const type = j.type ?? 'DATA';
+  if (!TYPE_NAMES.includes(type)) no('§18', `type ${type}`);
+  if ('payload' in j && 'payload_b64' in j) no('ATP-JSON-004', 'both payload and payload_b64');
+  for (const k of ['msg_seq', 'frag_seq', 'ttl']) if (k in j && !Number.isInteger(j[k])) no('ATP-JSON-010', `${k} ${j[k]}`);
+  if ('qos' in j && !['gold', 'silver', 'bronze'].includes(j.qos)) no('§13.3', `qos ${j.qos}`);
+  if (type === 'ERROR' && (typeof j.error?.code !== 'string' || typeof j.error?.message !== 'string')) no('ATP-FRAME-015', 'ERROR without text code and message');
+  if (type === 'ERROR' && j.stream_id !== 0 && !flags.includes('RST')) no('§4.3', 'ERROR on a stream without RST');
+  if (type === 'DATA' && j.stream_id !== 0 && flags.includes('MORE') && flags.includes('FIN')) no('ATP-FLAG-008', 'MORE with FIN');
+  if (type === 'DATA' && j.stream_id !== 0 && flags.includes('SYN')) no('ATP-STREAM-006', 'router sent SYN');
+  if (type === 'WINDOW_UPDATE' && 'window' in j) no('ATP-FRAME-021', 'router sent window');
+  return bad;
 }
 
 /** A SYN frame on `stream` (msg_seq 1 unless given) with the conventional task payload. */

@@ -92,7 +92,7 @@ export class WsClient {
         return;
       }
       if (op === 0x9) { this._send(0xa, data); continue; }
-      if (op === 0xa) continue;
+      if (op === 0xa) { this.pongs = (this.pongs ?? []).concat([Buffer.from(data)]); this._wake(); continue; }
       if (op === 0x0) { if (this.frag) this.frag[1].push(Buffer.from(data)); }
       else this.frag = [op, [Buffer.from(data)]];
       if (fin && this.frag) {
@@ -117,6 +117,7 @@ export class WsClient {
   }
 
   sendBinary(buf) { this._send(0x2, buf); }
+  ping(data) { this._send(0x9, data); }
   sendText(s) { this._send(0x1, Buffer.from(s, 'utf8')); }
   close(code = 1000) { const b = Buffer.alloc(2); b.writeUInt16BE(code); this.closeSent = true; this._send(0x8, b); }
   destroy() { this.sock.destroy(); }

@@ -142,14 +142,17 @@ def test_router_auth(auth_results: dict[str, dict[str, Any]], name: str) -> None
 
 
 def test_router_drain(adapter: str) -> None:
-    """SIGTERM while a stream is held open: EDRAINING announced, an idle session closed at
+    """First the session limit (--max-sessions 3: the 4th handshake gets HTTP 503 with
+    Retry-After, ATP-LIMIT-003). Then SIGTERM while a stream is held open: EDRAINING announced, an idle session closed at
     once with 1001, a new SYN refused with retry_after_ms, the open stream finishes, then
     the session closes with EDRAINING and 1001 (ATP-SESS-005, ATP-SESS-006, ATP-SESS-013)."""
     assert NODE is not None
     env = clean_env({"ATP_JWT_KEY": SECRET})
-    with RouterProcess("--grace", "5", adapters={"echo": adapter}, metrics="off", env=env) as r:
+    args = ("--grace", "5", "--max-sessions", "3")
+    with RouterProcess(*args, adapters={"echo": adapter}, metrics="off", env=env) as r:
         proc = subprocess.Popen(
-            [NODE, "run.mjs", r.url, "--json", "--group", "drain", "--token", _token()],
+            [NODE, "run.mjs", r.url, "--json", "--group", "drain", "--parallel", "1"]
+            + ["--token", _token()],
             cwd=CLIENT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -163,8 +166,9 @@ def test_router_drain(adapter: str) -> None:
         t0 = time.monotonic()
         rest, err = proc.communicate(timeout=30)
         report = json.loads(rest.strip().splitlines()[-1])
-        (res,) = report["results"]
-        assert res["ok"], f"drain: {res['detail']} ({err[-500:]})"
+        for res in report["results"]:  # session_limit_503 (ATP-LIMIT-003), then drain
+            assert res["ok"], f"{res['name']}: {res['detail']} ({err[-500:]})"
+        assert [res["name"] for res in report["results"]] == ["session_limit_503", "drain"]
         assert time.monotonic() - t0 < 5, "the drained session closed only at the grace period"
         assert r.wait(timeout=10) == 0
 
