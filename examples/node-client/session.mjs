@@ -49,6 +49,7 @@ export class Session {
         this.pending.push({ text: true, json: obj, cost: Buffer.byteLength(m.data) });
         continue;
       }
+      this.maxBinary = Math.max(this.maxBinary ?? 0, m.data.length);
       let frs;
       try { frs = parseMessage(m.data); } catch (e) { this.badMessage = String(e.message); continue; }
       for (const f of frs) this._onFrame(f);
