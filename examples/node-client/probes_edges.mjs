@@ -113,3 +113,15 @@ probe('binary_message_at_limit', ['ATP-WS-011'], async (ctx) => {
 });
 
 export const PROBES = P;
+
+P.push({ name: 'fragments_interleaved_with_other_streams', ids: ['ATP-SEQ-012', '§7.3'], fn: async (ctx) => {
+  const s = await fresh(ctx);
+  const whole = Buffer.from(syn(1, { prompt: 'interleaved' }).subarray(24));
+  s.send(frame({ flags: F.SYN | F.CONT, qos: 2, stream: 1, msgSeq: 1, payload: whole.subarray(0, 9) }),
+    syn(3, { prompt: 'between' }),
+    frame({ stream: 1, msgSeq: 1, fragSeq: 1, payload: whole.subarray(9) }));
+  const { streams } = await import('./probes.mjs');
+  const r = await streams(s, [1, 3]); s.end();
+  const bad = checkComplete(r[1]) ?? checkComplete(r[3]);
+  return { ok: !bad, detail: bad ?? 'a SYN between the fragments of another stream\'s SYN: both served' };
+} });
