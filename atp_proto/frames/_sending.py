@@ -92,6 +92,12 @@ class SendMixin(ConnectionBase):
             raise LocalProtocolError(
                 ErrorCode.EWINDOW, f"the peer allows {self._peer.max_streams} concurrent streams"
             )
+        if len(payload) > self._peer.message_size:  # ATP-LIMIT-004, before any stream state
+            raise LocalProtocolError(
+                ErrorCode.ETOOBIG,
+                f"a task of {len(payload)} bytes exceeds the peer's max_message_size "
+                f"({self._peer.message_size})",
+            )
         self._highest_id = sid
         if encoding is _JSON:
             self.json.note_stream_id(sid)

@@ -107,3 +107,23 @@ def test_no_message_over_the_peer_max_message_size() -> None:
         else:
             raise AssertionError(f"a message of {len(payload)} bytes was queued")
     assert not router.data_to_send()
+
+
+def test_a_client_task_over_the_router_max_message_size_opens_no_stream() -> None:
+    """[ATP-LIMIT-004] the same rule on the client's side: a SYN larger than the router's
+    max_message_size is refused locally (ETOOBIG) without leaving a stream behind."""
+    from atp_proto.frames import LocalProtocolError
+
+    client = Connection(Role.CLIENT, now=0.0)
+    caps = {"caps": {"versions": [1], "max_message_size": 1000}}
+    client.receive_data(
+        encode_frame(Frame(FrameType.CAPABILITIES, 0, 0, 0, 0, 0, 0, caps, b"", 1)), 0.0
+    )
+    try:
+        client.open_stream(b"t" * 1001, now=None)
+    except LocalProtocolError as exc:
+        assert exc.code == ErrorCode.ETOOBIG
+    else:
+        raise AssertionError("a task over max_message_size was sent")
+    assert client.open_streams == 0
+    assert client.open_stream(b"t" * 1000, now=None) == 1  # the id was not used up
