@@ -7,14 +7,14 @@ import { frame, parseMessage, T, F } from './frame.mjs';
 
 export class Session {
   static async open(url, { token, tokenIn = 'header', protocols = [], initialWindow = 262144,
-    autoCredit = true, timeoutMs = 3000 } = {}) {
+    autoCredit = true, timeoutMs = 3000, ca } = {}) {
     const headers = {};
     let u = url;
     const protos = [...protocols];
     if (token && tokenIn === 'header') headers.Authorization = `Bearer ${token}`;
     if (token && tokenIn === 'query') u += (u.includes('?') ? '&' : '?') + `access_token=${encodeURIComponent(token)}`;
     if (token && tokenIn === 'subprotocol') protos.push(`bearer.${token}`);
-    const ws = await WsClient.connect(u, { headers, protocols: protos, timeoutMs });
+    const ws = await WsClient.connect(u, { headers, protocols: protos, timeoutMs, ca });
     return new Session(ws, { initialWindow, autoCredit });
   }
 

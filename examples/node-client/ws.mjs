@@ -2,16 +2,25 @@
 // (messages that end inside an ATP frame, oversized messages, close codes) and read the
 // HTTP refusal of a handshake (401/403/404/503) as it is sent.
 import net from 'node:net';
+import tls from 'node:tls';
+import fs from 'node:fs';
 import crypto from 'node:crypto';
 
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
 export class WsClient {
   /** @returns {Promise<WsClient>} resolves after the 101 (or with .refused set to the status). */
-  static connect(url, { headers = {}, protocols = [], timeoutMs = 3000 } = {}) {
+  static connect(url, { headers = {}, protocols = [], timeoutMs = 3000, ca } = {}) {
     const u = new URL(url);
     return new Promise((resolve, reject) => {
-      const sock = net.connect(Number(u.port || 80), u.hostname);
+      // wss://: the certificate chain and host name are verified (ATP-WS-013); `ca` (a PEM
+      // file) replaces the system's trust store; ALPN http/1.1 (§13.1)
+      const host = u.hostname.replace(/^\[|\]$/g, '');
+      const sock = u.protocol === 'wss:'
+        ? tls.connect({ host, port: Number(u.port || 443), servername: net.isIP(host) ? undefined : host,
+          ca: ca ? fs.readFileSync(ca) : undefined, ALPNProtocols: ['http/1.1'], minVersion: 'TLSv1.2' })
+        : net.connect(Number(u.port || 80), host);
+      const ready = u.protocol === 'wss:' ? 'secureConnect' : 'connect';
       const ws = new WsClient(sock);
       const key = crypto.randomBytes(16).toString('base64');
       const timer = setTimeout(() => { sock.destroy(); reject(new Error('handshake timeout')); }, timeoutMs);
@@ -41,7 +50,7 @@ export class WsClient {
       sock.on('data', onData);
       sock.on('error', (e) => { clearTimeout(timer); ws._end(e); reject(e); });
       sock.on('close', () => ws._end());
-      sock.on('connect', () => {
+      sock.on(ready, () => {
         const hs = [`GET ${u.pathname}${u.search} HTTP/1.1`, `Host: ${u.host}`, 'Upgrade: websocket',
           'Connection: Upgrade', `Sec-WebSocket-Key: ${key}`, 'Sec-WebSocket-Version: 13'];
         if (protocols.length) hs.push(`Sec-WebSocket-Protocol: ${protocols.join(', ')}`);

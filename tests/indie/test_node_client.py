@@ -212,3 +212,31 @@ def test_probe_ids_exist() -> None:
     missing = sorted(i for i in cited if f"**[{i}]**" not in spec)
     assert not missing, missing
     assert os.path.isfile(CLIENT / "package.json")
+
+
+def test_reference_conformance_suite_passes_the_independent_client(tmp_path: Path) -> None:
+    """The other direction: the reference's conformance suite (``atp conformance run --role
+    client``, a scripted router) against examples/node-client/client.mjs, L1 and L2 (the
+    QUIC cases are L3; Node 20 has no QUIC). Every case must pass: three streams on one
+    session, credit respected with a 400 KB task, a SYN from the router refused, no SYN
+    after EDRAINING, retry_after_ms, BUDGET_UPDATE, the ttl, an untrusted certificate
+    refused (ATP-STREAM-006, ATP-SESS-006, ATP-ERR-008, ATP-TIME-007, ATP-WS-013)."""
+    if not NODE_OK:
+        pytest.skip(SKIP)
+    cmd = (
+        f"{NODE} {CLIENT / 'client.mjs'} {{url}} --tasks {{streams}} --prompt-file {{prompt_file}}"
+    )
+    cmd += " --ttl {ttl} --ca {ca}"
+    argv = [sys.executable, "-m", "atp_proto", "conformance", "run", "--role", "client"]
+    out = subprocess.run(
+        [*argv, "--exec", cmd, "--level", "L2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    report = json.loads(out.stdout)
+    assert report["counts"]["PASS"] >= 8, report["counts"]
+    bad = {k: v for k, v in report["counts"].items() if k not in ("PASS", "SKIPPED") and v}
+    assert not bad and out.returncode == 0, (bad, out.stderr[-1500:])
