@@ -9,6 +9,7 @@ import { PROBES as LIMITS } from './probes_limits.mjs';
 import { PROBES as BINDING } from './probes_binding.mjs';
 import { PROBES as EDGES } from './probes_edges.mjs';
 import { AUTH_PROBES, DRAIN_PROBES } from './probes_auth.mjs';
+import { TLS_PROBES } from './probes_tls.mjs';
 
 const args = process.argv.slice(2);
 const opt = (k) => { const i = args.indexOf(k); return i >= 0 ? args[i + 1] : undefined; };
@@ -17,18 +18,18 @@ const WELL_FORMED = { name: 'router_frames_well_formed', ids: ['ATP-FRAME-002', 
 if (args.includes('--list')) {
   const g = (n) => n.map((p) => ({ name: p.name, ids: p.ids }));
   const all = [...g([...PROBES, ...MORE, ...JSONP, ...LIMITS, ...BINDING, ...EDGES]), WELL_FORMED];
-  console.log(JSON.stringify({ open: all, auth: [...g(AUTH_PROBES), WELL_FORMED], drain: g(DRAIN_PROBES) }));
+  console.log(JSON.stringify({ open: all, auth: [...g(AUTH_PROBES), WELL_FORMED], drain: g(DRAIN_PROBES), tls: g(TLS_PROBES) }));
   process.exit(0);
 }
 const url = args.find((a) => /^wss?:\/\//.test(a));
-if (!url) { console.error('usage: node run.mjs ws://HOST:PORT/ws [--token JWT] [--json] [--only A,B] [--group auth|drain] [--token-silver JWT] [--token-qa JWT] (env ATP_JWT_KEY: the HS256 secret)'); process.exit(2); }
+if (!url) { console.error('usage: node run.mjs ws://HOST:PORT/ws [--token JWT] [--json] [--only A,B] [--group auth|drain|tls] [--ca PEM] [--token-silver JWT] [--token-qa JWT] (env ATP_JWT_KEY: the HS256 secret)'); process.exit(2); }
 const token = opt('--token');
 const only = opt('--only')?.split(',');
 const group = opt('--group');
-let list = group === 'auth' ? AUTH_PROBES : group === 'drain' ? DRAIN_PROBES : [...PROBES, ...MORE, ...JSONP, ...LIMITS, ...BINDING, ...EDGES];
+let list = group === 'auth' ? AUTH_PROBES : group === 'drain' ? DRAIN_PROBES : group === 'tls' ? TLS_PROBES : [...PROBES, ...MORE, ...JSONP, ...LIMITS, ...BINDING, ...EDGES];
 if (only) list = list.filter((p) => only.includes(p.name));
 const tokens = { silver: opt('--token-silver'), qa: opt('--token-qa') };
-const ctx = { url, token, tokens, secret: process.env.ATP_JWT_KEY, auth: token ? { token } : {} };
+const ctx = { url, token, tokens, secret: process.env.ATP_JWT_KEY, ca: opt('--ca'), auth: token ? { token } : {} };
 const results = [];
 const PAR = Number(opt('--parallel') ?? 4);
 const t0 = Date.now();
@@ -44,7 +45,7 @@ async function worker() {
   }
 }
 await Promise.all(Array.from({ length: PAR }, worker));
-if (!only && group !== 'drain') {
+if (!only && group !== 'drain' && group !== 'tls') {
   const v = Session.violations;
   results.push({ name: WELL_FORMED.name, ids: WELL_FORMED.ids, ok: v.length === 0, ms: 0,
     detail: v.length ? `${v.length} violations, first: ${[...new Set(v)].slice(0, 3).join('; ')}` : `${Session.framesChecked} router frames, all well-formed` });

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,7 +60,7 @@ SKIP = "needs Node.js 20 or newer on PATH (the independent client is JavaScript)
 
 def _probe_names() -> dict[str, list[dict[str, Any]]]:
     if not NODE_OK:
-        return {"open": [], "auth": [], "drain": []}
+        return {"open": [], "auth": [], "drain": [], "tls": []}
     out = subprocess.run(
         [NODE, "run.mjs", "--list"], cwd=CLIENT, capture_output=True, text=True, check=True
     )
@@ -117,6 +118,7 @@ class Routers:
 
     open: dict[str, dict[str, Any]]
     auth: dict[str, dict[str, Any]]
+    tls: dict[str, dict[str, Any]]
     drain: RouterProcess
     drain_token: str
 
@@ -141,16 +143,22 @@ def routers() -> Iterator[Routers]:
         )
         drain_args = ("--grace", "5", "--max-sessions", "3")
         drain_f = ex.submit(RouterProcess, *drain_args, adapters=echo, metrics="off", env=env)
+        # --dev-cert: under this worker's XDG_DATA_HOME (tests/conftest.py)
+        tls_args = ("--no-auth", "--dev-cert", "--quic", "off")
+        tls_f = ex.submit(RouterProcess, *tls_args, adapters=echo, metrics="off")
         token_f = [
             ex.submit(_token, *a) for a in ((), ("--max-qos", "silver"), ("--task-type", "qa"))
         ]
-        started = [f.result() for f in (open_f, auth_f, drain_f)]
+        started = [f.result() for f in (open_f, auth_f, drain_f, tls_f)]
         try:
             main, silver, qa = (f.result() for f in token_f)
             auth_args = ["--group", "auth", "--token", main, "--token-silver", silver]
             open_run = ex.submit(_run, started[0].url)
             auth_run = ex.submit(_run, started[1].url, *auth_args, "--token-qa", qa, env=env)
-            yield Routers(open_run.result(), auth_run.result(), started[2], main)
+            cert = re.search(r"dev certificate (\S+) \(", started[3].log())
+            assert cert, started[3].log()[-1000:]
+            tls_run = ex.submit(_run, started[3].url, "--group", "tls", "--ca", cert.group(1))
+            yield Routers(open_run.result(), auth_run.result(), tls_run.result(), started[2], main)
         finally:
             for r in started:
                 r.stop()
@@ -171,6 +179,13 @@ def test_router_open(routers: Routers, name: str) -> None:
 def test_router_auth(routers: Routers, name: str) -> None:
     """One probe against ``atp serve`` with HS256 JWT authentication (ATP-SEC-001...)."""
     _check(routers.auth, name)
+
+
+@pytest.mark.parametrize("name", _params("tls"))
+def test_router_tls(routers: Routers, name: str) -> None:
+    """One probe against ``atp serve --dev-cert``: wss:// (§13.1: TLS 1.2 or newer, ALPN
+    http/1.1), the certificate trusted with ``--ca`` only (ATP-WS-013)."""
+    _check(routers.tls, name)
 
 
 def test_router_drain(routers: Routers) -> None:
