@@ -224,3 +224,15 @@ P.push({ name: 'json_refused_alias_id_stays_used', ids: ['ATP-STREAM-002', 'ATP-
   const c = r.hit?.type === T.ERROR ? r.hit.ext.error?.code : 'served';
   return { ok: c === 'EPROTO', detail: `alias "bad" refused as stream_num ${n}; a binary SYN on ${n} then: ${c}` };
 } });
+
+P.push({ name: 'json_fragmented_syn', ids: ['ATP-SEQ-010', 'ATP-SEQ-012', 'ATP-JSON-004'], fn: async (ctx) => {
+  const { encode } = await import('./cbor.mjs');
+  const s = await open(ctx);
+  const body = Buffer.from(encode({ type: 'agent.task', content: { prompt: 'text fragments' } }));
+  s.sendText({ stream_id: 'fr', msg_seq: 1, flags: ['SYN', 'CONT'], payload_b64: body.subarray(0, 10).toString('base64') });
+  s.sendText({ stream_id: 'fr', msg_seq: 1, frag_seq: 1, payload_b64: body.subarray(10).toString('base64') });
+  const r = await jsonStream(s, 'fr'); s.end();
+  const bad = checkJsonComplete(r);
+  const ans = r.end?.json.payload?.content?.answer;
+  return { ok: !bad && ans === 'text fragments', detail: bad ?? `a SYN in two text fragments (payload_b64): answer ${JSON.stringify(ans)}` };
+} });
