@@ -120,6 +120,19 @@ probe('idle_timeout', ['ATP-TIME-004', 'ATP-TIME-008'], async (ctx) => {
   return { ...r, detail: `${r.detail} after ${Date.now() - t} ms idle (idle_timeout_ms ${idle})` };
 });
 
+probe('idle_timeout_not_with_open_stream', ['ATP-TIME-004'], async (ctx) => {
+  // "no open stream and nothing received": a stream held open (no credit) keeps the session
+  const s = await fresh(ctx, { initial_window: 1024 }, { token: ctx.token, initialWindow: 1024, autoCredit: false });
+  const idle = s.routerCaps.idle_timeout_ms;
+  s.send(syn(1, { prompt: 'h'.repeat(6000) }));
+  await s.until((f) => f.stream === 1 && f.type === T.DATA, 2000);
+  await new Promise((r) => setTimeout(r, 2 * idle));
+  const alive = !s.ws.closed && !s.log.some(isErr(0));
+  s.send(frame({ type: T.WINDOW_UPDATE, stream: 1, ext: { credit: 1000000 } }));
+  const r = await s.stream(1); s.end();
+  return { ok: alive && r.end?.type === T.DATA, detail: `silent for ${2 * idle} ms with a stream open: session ${alive ? 'kept' : 'closed'}; stream ${desc(r.end)}`.slice(0, 300) };
+});
+
 // ---- drain: run alone, against a router that gets SIGTERM once READY is printed ----------
 export const DRAIN_PROBES = [{ name: 'session_limit_503', ids: ['ATP-LIMIT-003'], fn: async (ctx) => {
   // the drain router runs with --max-sessions 3
