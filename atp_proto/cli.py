@@ -4,7 +4,9 @@ and registers itself here; imports are lazy so that ``atp --help`` stays fast.
 Exit codes scripts can trust: 0 success, 1 the operation failed (an ERROR frame, a
 failed benchmark goal of a full run, a failed conformance case), 2 bad usage or bad input
 (a bad flag value, an unknown or impossible setting, an address that cannot be listened on).
-Errors are one line on stderr, never a traceback.
+Errors are one line on stderr, never a traceback: bad usage that argparse finds (a missing
+or unknown option, a bad value, a missing subcommand) too, through :class:`ArgumentParser`,
+which every command's parser is (``add_subparsers`` makes its nested parsers of the same class).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,14 +37,74 @@ class UsageError(Exception):
     """Bad input from the person at the keyboard: printed, exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+#: the namespace attribute naming the innermost (sub)parser that parsed the command line
+_PROG = "_usage_prog"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with bad usage said in one line for a person instead of the usage block:
+    ``atp routing show: error: the following arguments are required: --state (see atp
+    routing show --help)``, exit status 2.
+
+    - Options nobody knows are blamed on the innermost subcommand that was parsed (argparse
+      blames the top-level ``atp``), so the hint points at the help that lists them.
+    - A command with subcommands needs one (``add_subparsers`` defaults to
+      ``required=True``), and the error lists them.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        usage_error(self.prog, self._with_choices(message))
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("required", True)
+        return super().add_subparsers(**kwargs)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # Set before parsing: a subparser parses into its own namespace, copied into ours
+        # afterwards, so the innermost parser's name is the one left.
+        namespace = argparse.Namespace() if namespace is None else namespace
+        setattr(namespace, _PROG, self.prog)
+        return super().parse_known_args(args, namespace)
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            prog = getattr(parsed, _PROG, self.prog)
+            usage_error(prog, f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _with_choices(self, message: str) -> str:
+        """A missing subcommand's error, with the subcommands to choose from."""
+        for action in self._actions:
+            if (
+                isinstance(action, argparse._SubParsersAction)
+                and action.metavar
+                and message.endswith(f"required: {action.metavar}")
+            ):
+                return f"missing {action.metavar}: one of {', '.join(action.choices)}"
+        return message
+
+
+def usage_error(prog: str, message: str) -> NoReturn:
+    """Print ``PROG: error: MESSAGE (see PROG --help)`` on one line and exit 2."""
+    text = " ".join(message.split())  # argparse messages may wrap
+    print(f"{prog}: error: {text} (see {prog} --help)", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="atp",
         description="ATP — Agent Transport Protocol: router, client and tools.",
         epilog="Run 'atp COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # not required: a bare ``atp`` prints the help (main)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=False)
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(_module=module)
@@ -77,6 +140,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError as exc:
+        if _stdout_gone():  # `atp ... | head`: the reader left, not an error
+            return 0
+        print(f"atp {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # The system refused something a command needed (a file, a directory, a socket)
+        # where the command did not expect it: say what, in one line, not a traceback.
+        print(f"atp {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
+
+
+def _os_error(exc: OSError) -> str:
+    """``strerror: filename`` of an OSError, else its text."""
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.strerror.lower()}: {exc.filename}"
+    return (exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
+def _stdout_gone() -> bool:
+    """True when stdout is a pipe whose reader has left; stdout is then pointed at
+    /dev/null, so that the interpreter's own flush at exit does not complain (Python's
+    documented recipe). A broken pipe elsewhere (a socket) is not this."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+    return gone
 
 
 if __name__ == "__main__":

@@ -132,10 +132,16 @@ def _greedy(learner: BanditLearner, r: Record, prices: dict[str, PriceModel], w:
 
 
 def _simulate(
-    order: Sequence[Record], prices: dict[str, PriceModel], w: float, seed: int
+    order: Sequence[Record],
+    prices: dict[str, PriceModel],
+    w: float,
+    seed: int,
+    context_explore: float = 1.0,
 ) -> list[str]:
     """The online bandit in-process: rank, take the first, report its recorded quality."""
-    learner = BanditLearner(weights={"default": Weights(1.0, w, 0.0)}, seed=seed)
+    learner = BanditLearner(
+        weights={"default": Weights(1.0, w, 0.0)}, seed=seed, context_explore=context_explore
+    )
     chosen = []
     for i, r in enumerate(order):
         q = _query(r, prices, QoS.SILVER, i)
@@ -463,7 +469,8 @@ async def _online(
     out["agreement_with_in_process"] = round(
         sum(a == b for a, b in zip(chosen, sim0, strict=True)) / max(1, len(order)), 4
     )
-    whole, second = [], []
+    whole: list[tuple[float, float]] = []
+    second: list[tuple[float, float]] = []
     sweep = QUICK_SWEEP if st.quick else SWEEP
     for w in sweep:
         if progress:

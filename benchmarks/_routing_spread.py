@@ -121,7 +121,11 @@ def offline_spread(
 
 
 def online_spread(
-    s: Source, prices: dict[str, PriceModel], seed: int, quick: bool
+    s: Source,
+    prices: dict[str, PriceModel],
+    seed: int,
+    quick: bool,
+    context_explore: float = 1.0,
 ) -> dict[str, Any]:
     values: list[float | None] = []
     sweep = QUICK_SWEEP if quick else SWEEP
@@ -135,7 +139,7 @@ def online_spread(
         ids = {r.id for r in pr}
         points = []
         for w in sweep:
-            ch = _simulate(order, prices, w, sd)
+            ch = _simulate(order, prices, w, sd, context_explore)
             keep = [c for r, c in zip(order[half:], ch[half:], strict=True) if r.id in ids]
             row = _row(pr, keep, s)
             points.append((row["share"], row["pgr"]))

@@ -20,6 +20,10 @@ that one run takes about 0.2 s; ``time.perf_counter_ns``; the statement is inlin
   ``payload_obj()`` (the payload decoded too), and a full round-trip from a payload object
   to a payload object (``Frame.data`` CBOR-encodes it, the receiver decodes it).
 
+Which strict CBOR path ran is printed and in the JSON (``cbor_path``): ``c``, the
+accelerator ``atp_proto/frames/_ccbor.c``, or ``python`` (cbor2 plus a walk), which
+``ATP_PURE_CBOR=1 atp bench codec`` selects, for a before/after on one machine.
+
 Goals (a full run exits 1 when one fails; a ``--quick`` run reports them, not judged, and
 exits 0): PARTIAL round-trip ≤ 3 µs; PARTIAL round-trip ≥ 2.5×
 faster than cbor2 of the dict; 64 KiB payload frame decode ≥ 2 GB/s; PARTIAL round-trip
@@ -374,7 +378,9 @@ def run_benchmark(
 
 
 def machine_info() -> dict[str, Any]:
-    return _harness.machine_info(cbor2="cbor2")
+    from atp_proto.frames import _cbor
+
+    return {**_harness.machine_info(cbor2="cbor2"), "cbor_path": _cbor.IMPLEMENTATION}
 
 
 # -- output -----------------------------------------------------------------------------
@@ -450,7 +456,8 @@ def render(result: dict[str, Any]) -> None:
     m = result["machine"]
     console.print(
         f"atp bench codec — {m['cpu_model']}, {m['cpu_count']} cores, Python {m['python']}, "
-        f"cbor2 {m['cbor2']}, {result['date']}" + _report.quick_note(result),
+        f"cbor2 {m['cbor2']}, strict CBOR path: {m.get('cbor_path', '?')}, {result['date']}"
+        + _report.quick_note(result),
         markup=False,
     )
     sizes = ", ".join(

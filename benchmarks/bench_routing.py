@@ -73,6 +73,13 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mode", choices=["both", "online", "offline"], default="both", help="default both"
     )
+    p.add_argument(
+        "--levers",
+        action="store_true",
+        help="also judge the levers tried against the missed goals (pretrained embeddings "
+        "if installed, prompt-dependent exploration, many-model choice rules) on the "
+        "rotated splits and seeds, in-process (several minutes more; ignored with --quick)",
+    )
 
 
 def goals_of(results: dict[str, Any]) -> list[Goal]:
@@ -154,6 +161,12 @@ def run(args: argparse.Namespace) -> int:
         if progress:
             progress("spread over splits and seeds (in-process) …")
         add_spreads(results, settings)
+        if getattr(args, "levers", False) and not args.quick:
+            from ._routing_levers import run_levers
+            from ._routing_run import load_sources
+
+            sources, prices, _, _ = load_sources(data)
+            results["levers"] = run_levers(sources, prices, args.train_share, args.seed, progress)
     except (OSError, RuntimeError, ValueError) as exc:
         if status is not None:
             status.stop()
@@ -237,4 +250,45 @@ def render(out: dict[str, Any]) -> None:
                 )
             for note in m.get("notes", []):
                 console.print(f"  {note}")
+    if "levers" in res:
+        render_levers(console, res["levers"])
     _report.print_summary(console, _report.summary_lines(out))
+
+
+def _st(st: dict[str, Any] | None) -> str:
+    if not st or st.get("mean") is None:
+        return "-"
+    d = st.get("paired_delta")
+    paired = f" (Δ {d['mean']:+.3f} ± {d['std']:.3f})" if d and d.get("mean") is not None else ""
+    return f"{st['mean']:.3f} ± {st['std']:.3f}{paired}"
+
+
+def render_levers(console: Any, lev: dict[str, Any]) -> None:
+    """The levers' figures: mean ± sd over the rotated splits / seeds, default first."""
+    from rich.table import Table
+
+    emb = lev["embedders"]
+    console.print(
+        f"[bold]levers[/bold]: embedders ran {emb['ran'] or 'none'}"
+        + "".join(f"; {n} skipped ({why})" for n, why in emb["skipped"].items())
+        + "".join(f"; {n} {ms} ms per prompt" for n, ms in emb["ms_per_prompt"].items())
+    )
+    off = lev["offline_apgr_rotations"]
+    names = sorted({src for per in off.values() for src in per})
+    t = Table(title="offline pair APGR, 5 rotated splits: mean ± sd (Δ: paired, vs default)")
+    t.add_column("features")
+    for n in names:
+        t.add_column(n, justify="right")
+    for feat, per in off.items():
+        t.add_row(feat, *(_st(per.get(n)) for n in names))
+    console.print(t)
+    for src, per in lev["online_second_half_apgr_seeds"].items():
+        console.print(
+            f"  {src} online second half, 5 seeds, by context_explore: "
+            + ", ".join(f"{b}: {_st(st)}" for b, st in per.items())
+        )
+    for src, per in lev["multi_model_cost_cut_at_95"].items():
+        console.print(
+            f"  {src} cost cut at 95 % of strong on the held-out frontier: "
+            + ", ".join(f"{rule}: {_st(st)}" for rule, st in per.items())
+        )

@@ -44,6 +44,9 @@ def test_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
     }
     assert all(isinstance(v, float) and v >= 0 for v in cpu.values()), cpu
     assert _positive(cpu["our_client"]) and _positive(cpu["tuned_echo_client"]), cpu
+    short = res["router_short_prompt"]  # the same PARTIALs from a 200-byte prompt
+    assert _positive(short["frames_per_s"]) and _positive(short["vs_tuned"]), short
+    assert short["router_cpu_us"] >= 0 and short["client_cpu_us"] >= 0, short
     lat = res["latency_first_partial_ms"]
     assert lat["open_streams"] == result["settings"]["open_streams"]
     assert _positive(lat["p50"]) and lat["p50"] <= lat["p99"]

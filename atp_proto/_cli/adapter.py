@@ -64,9 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="refuse calls beyond N at once with RESOURCE_EXHAUSTED (default: no cap)",
     )
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
-    sub.add_parser(
+    lst = sub.add_parser(
         "list", help="list the reference adapters", description="List the reference adapters."
     )
+    lst.add_argument("--json", action="store_true", help="one JSON object: name -> description")
     c = sub.add_parser(
         "check",
         help="check a running adapter against the adapter contract (conformance suite)",
@@ -129,7 +130,7 @@ def _options(target: str, pairs: list[str]) -> tuple[str, dict[str, str]]:
 def run(args: argparse.Namespace) -> int:
     cmd = getattr(args, "adapter_command", None)
     if cmd == "list":
-        return _list()
+        return _list(args.json)
     if cmd == "serve":
         return _serve(args)
     if cmd == "check":
@@ -137,9 +138,15 @@ def run(args: argparse.Namespace) -> int:
     raise UsageError("give a subcommand: serve, list or check (see 'atp adapter --help')")
 
 
-def _list() -> int:
+def _list(as_json: bool = False) -> int:
     from atp_proto.adapters.sdk import BUILTIN_TARGETS
 
+    if as_json:
+        import json
+
+        table = {name: ref.description for name, ref in BUILTIN_TARGETS.items()}
+        print(json.dumps(table))
+        return 0
     for name, ref in BUILTIN_TARGETS.items():
         print(f"{name:<10} {ref.description}")
     return 0

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     for name in args.files:
         path = Path(name)
         if not path.is_file():
-            raise UsageError(f"cannot read {name}: no such file")
+            why = "not a file" if path.exists() else "no such file"
+            raise UsageError(f"cannot read {name}: {why}")
         files += segments(path) if len(args.files) == 1 else [path]
     try:
         report = verify(files, from_start=not args.partial)
@@ -70,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         seq = f" (seq {p.seq})" if p.seq is not None else ""
         print(
             f"TAMPERED: {p.file} line {p.line}{seq}: {p.reason}; "
-            f"{report.records} records before it are intact",
+            f"{report.records} record{'' if report.records == 1 else 's'} before it "
+            f"{'is' if report.records == 1 else 'are'} intact",
             file=sys.stderr,
         )
     return 0 if p is None else 1

@@ -294,6 +294,16 @@ def _run(args: argparse.Namespace) -> int:
         target = target or args.exec_cmd
     elif not target:
         raise UsageError(f"--role {args.role} needs --target URL")
+    else:
+        _check_target(args.role, target)
+    _check_globs(args.role, args.run, args.requirement)
+    if args.report_dir:  # say so now, not after the whole run
+        try:
+            Path(args.report_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"--report-dir {args.report_dir}: {(exc.strerror or str(exc)).lower()}"
+            ) from None
     opts = RunOptions(
         role=args.role,
         target=target,
@@ -343,3 +353,59 @@ def _run(args: argparse.Namespace) -> int:
         stale = f"; stale known failures: {', '.join(summary.stale)}" if summary.stale else ""
         print(f"atp conformance: {args.role}: {line or 'no cases'}{stale}", file=sys.stderr)
     return summary.exit_code
+
+
+def _check_target(role: str, target: str) -> None:
+    """A ``--target`` the role's drivers can reach, checked before any case runs (else
+    every case would fail with the same connection error).
+
+    Raises:
+        UsageError: a URL of the wrong kind for the role.
+    """
+    from urllib.parse import urlsplit
+
+    if role == "adapter":
+        from conformance.roles.adapter import parse_target
+
+        try:
+            parse_target(target)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return
+    if role != "router":
+        return
+    if not target.startswith(("ws://", "wss://", "quic://")):
+        raise UsageError(
+            "the router role needs --target ws://HOST:PORT/PATH, wss://... or "
+            f"quic://HOST:PORT, not {target!r}"
+        )
+    try:
+        parts = urlsplit(target)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"bad --target {target!r}: {str(exc).lower()}") from None
+    if not parts.hostname or (port is None and target.startswith("quic://")):
+        raise UsageError(f"bad --target {target!r}: it needs a host (and a port for quic://)")
+
+
+def _check_globs(role: str, run: list[str], requirement: list[str]) -> None:
+    """A ``--run`` glob or ``--requirement`` ID that selects no case of the role is a
+    typo: say so (a run of nothing but SKIPPED would exit 0, as if it had passed).
+
+    Raises:
+        UsageError: naming the glob or ID.
+    """
+    import fnmatch
+
+    if not run and not requirement:
+        return
+    cases = _cases(role)
+    for glob in run:
+        if not any(fnmatch.fnmatchcase(c.id, glob) for c in cases):
+            raise UsageError(
+                f"--run {glob!r} matches no {role} case (see atp conformance list --role {role})"
+            )
+    cited = {rid for c in cases for rid in c.requirements}
+    for rid in requirement:
+        if rid.upper() not in cited:
+            raise UsageError(f"--requirement {rid} is cited by no {role} case")

@@ -20,15 +20,27 @@ import secrets
 import tempfile
 from typing import Any
 
+from atp_proto.cli import UsageError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prompt", default="hello", help="the prompt to send (default: the seed's 'hello')"
     )
-    p.add_argument("--port", type=int, default=0, help="router port (default: a free one)")
+    p.add_argument("--port", type=_port, default=0, help="router port (default: a free one)")
     p.add_argument(
         "--json", action="store_true", help="print a JSON summary instead of the walk-through"
     )
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port within 0..65535, got {text!r}")
+    return port
 
 
 def example_policy() -> str | None:
@@ -300,7 +312,15 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0 if summary["ok"] else 1
 
-    rc = trio.run(main)
+    try:
+        rc = trio.run(main)
+    except (OSError, BaseExceptionGroup) as exc:
+        from atp_proto._cli.serve import _listen_error, _strerror
+
+        err = _listen_error(exc)
+        if err is None:
+            raise
+        raise UsageError(f"cannot listen on 127.0.0.1:{args.port}: {_strerror(err)}") from None
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     return rc

@@ -95,14 +95,20 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        text = str(exc)
+        if text.startswith("Port out of range"):  # urllib's words, without the URL
+            text = f"--url {args.url}: the port must be within 1..65535"
+        raise UsageError(text) from None
     except FeedbackRefused as exc:
         if args.json:
             print(json.dumps({"accepted": False, "status": exc.status, "error": exc.message}))
         print(f"atp feedback: refused ({exc.status}): {exc.message}", file=sys.stderr)
         return 1
     except (OSError, trio.TooSlowError) as exc:
-        print(f"atp feedback: cannot reach {args.url}: {exc or 'timed out'}", file=sys.stderr)
+        from atp_proto._cli._reasons import REFUSED, refused
+
+        why = REFUSED.replace("a router", "the router's metrics port") if refused(exc) else exc
+        print(f"atp feedback: cannot reach {args.url}: {why or 'timed out'}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result.body))

@@ -54,7 +54,7 @@ def _buckets(text: str | None) -> range | None:
 
 
 def _fail(message: str) -> int:
-    print(f"atp routing: {message}", file=sys.stderr)
+    print(f"atp routing: error: {message}", file=sys.stderr)
     return 1
 
 

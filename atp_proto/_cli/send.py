@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from atp_proto._cli._reasons import connect_reason
 from atp_proto.cli import UsageError
 
 
@@ -71,17 +72,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
     if not args.url.startswith(("ws://", "wss://", "quic://")):
         raise UsageError(f"the URL must start with ws://, wss:// or quic://, got {args.url!r}")
+    _check_url(args.url)
     quic_opts: dict[str, Any] = {}
     if args.url.startswith("quic://"):
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(args.url)
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        if not parts.hostname or port is None:
-            raise UsageError(f"expected quic://HOST:PORT, got {args.url!r}")
         if args.text:
             raise UsageError("--text is not available over QUIC (binary frames only)")
         quic_opts = {
@@ -198,7 +191,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"ERROR  handshake refused: HTTP {exc.status} {message}", file=sys.stderr)
         return 1
     except (TransportClosed, OSError, QuicConnectError) as exc:
-        reason = _reason(exc)
+        reason = connect_reason(exc)
+        if args.url.startswith("ws://") and "during the upgrade" in reason:
+            reason += " (is it a wss:// port? then use wss://)"
         emit("error", {"code": "ECONNECT", "message": reason})
         if not args.json:
             print(f"ERROR  cannot connect to {args.url}: {reason}", file=sys.stderr)
@@ -208,6 +203,28 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"ERROR  no FINAL within {args.timeout} s", file=sys.stderr)
         return 1
+
+
+def _check_url(url: str) -> None:
+    """A URL the client can connect to: a host, a port in 1..65535 (quic:// needs one).
+
+    Raises:
+        UsageError: what is wrong with it, in one line.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # "Port out of range 0-65535", "Invalid IPv6 URL"
+        why = "the port must be within 1..65535" if "Port" in str(exc) else str(exc).lower()
+        raise UsageError(f"bad URL {url!r}: {why}") from None
+    if not parts.hostname:
+        raise UsageError(f"bad URL {url!r}: no host")
+    if port == 0:
+        raise UsageError(f"bad URL {url!r}: the port must be within 1..65535")
+    if port is None and url.startswith("quic://"):
+        raise UsageError(f"expected {url.split(':', 1)[0]}://HOST:PORT, got {url!r}")
 
 
 #: The most of a refusal's HTTP body printed: a router's refusal is one short sentence;
@@ -240,7 +257,7 @@ def tls_config_from_args(args: argparse.Namespace) -> Any:
 
     if not args.url.startswith(TLS_SCHEMES):
         if args.ca or args.insecure:
-            raise UsageError("--ca and --insecure are for wss:// URLs")
+            raise UsageError("--ca and --insecure are for wss:// and quic:// URLs")
         return None
     if args.ca and args.insecure:
         raise UsageError("--ca and --insecure contradict each other: pick one")
@@ -312,13 +329,3 @@ async def _tls_problem(url: str, timeout: float, ssl_context: Any) -> str | None
     except OSError:
         return None  # not a TLS problem: the connection itself reports it
     return None
-
-
-def _reason(exc: BaseException) -> str:
-    """The most specific message in an exception chain (trio-websocket wraps the OSError)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if str(seen):
-            return str(seen)
-        seen = seen.__cause__ or seen.__context__
-    return type(exc).__name__

@@ -126,8 +126,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--redis",
         metavar="URL",
         help="share tenant quotas and the learned routing state with every router using "
-        "this Redis (redis://HOST:PORT[/DB]; or env ATP_REDIS_URL); unreachable: new "
+        "this Redis (redis://HOST:PORT[/DB], redis+cluster://NODE:PORT for a Redis "
+        "Cluster; or env ATP_REDIS_URL); unreachable: new "
         "streams are refused (fail closed), routing learns locally",
+    )
+    p.add_argument(
+        "--restart-limit",
+        metavar="N/SECONDS",
+        type=_restart_limit,
+        help="--workers: stop them all (exit 1) when a worker exits N times within SECONDS "
+        "(default 5/60); a worker's exit status 2 (bad configuration) stops them at once",
     )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers
 
@@ -184,7 +192,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if args.no_auth:
             flags["auth"] = False
         flags["tls"] = tls = _tls_from_args(args)
-        beside = _quic_flags(args, flags, parse_hostport, tls)
+        _quic_flags(args, flags, parse_hostport, tls)
         cfg = build_config(file=args.config, env=os.environ, flags=flags)
         from dataclasses import replace
 
@@ -192,8 +200,12 @@ def config_from_args(args: argparse.Namespace) -> Any:
             cfg = replace(cfg, metrics_port=None)
         if args.quic == "off":  # wins over [transport.quic] listen
             cfg = replace(cfg, quic_port=None)
-        elif beside is not None and cfg.quic_port is None and not cfg.quic.disabled:
-            cfg = replace(cfg, quic_host=beside[0], quic_port=beside[1])
+        elif cfg.quic_port is None and not cfg.quic.disabled and (cfg.tls or cfg.cert_file):
+            # ATP-QUIC-019: with a certificate from any layer (--cert, --dev-cert,
+            # --quic-cert, [tls], [transport.quic] cert) QUIC goes beside WebSocket: the
+            # same host and port number over UDP (7443 by default; a kernel-chosen port
+            # when the WebSocket asks for one, so that routers never collide)
+            cfg = replace(cfg, quic_host=cfg.ws_host, quic_port=cfg.ws_port)
         return cfg
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
@@ -226,12 +238,13 @@ def _tls_from_args(args: argparse.Namespace) -> Any:
 
 def _quic_flags(
     args: argparse.Namespace, flags: dict[str, Any], parse_hostport: Any, tls: Any
-) -> tuple[str, int] | None:
+) -> None:
     """``--quic`` (spec §13.2): QUIC is served with the router's certificate (``--cert`` /
-    ``--key`` or ``--dev-cert``, the same as ``wss://``; ``--quic-cert`` / ``--quic-key``
-    give QUIC another one), on 7443/udp beside WebSocket unless ``--quic`` (or the config
-    file's ``[transport.quic] listen``) says otherwise (ATP-QUIC-019). Returns that
-    default address (applied when nothing else set one), or None."""
+    ``--key`` or ``--dev-cert``, the same as ``wss://``, or the config file's ``[tls]``;
+    ``--quic-cert`` / ``--quic-key`` give QUIC another one), beside WebSocket unless
+    ``--quic`` (or the config file's ``[transport.quic] listen``) says otherwise
+    (ATP-QUIC-019: :func:`config_from_args` puts it there once every layer is merged). A
+    QUIC address without any certificate is refused by ``RouterConfig.validate``."""
     from atp_proto.router.config import ConfigError
 
     cert = args.quic_cert or (tls.cert_file if tls is not None else None)
@@ -240,18 +253,8 @@ def _quic_flags(
         raise ConfigError("--quic-cert and --quic-key go together")
     if cert:
         flags["cert_file"], flags["key_file"] = cert, key
-    if args.quic == "off":
-        return None
-    if args.quic:
-        if not cert:
-            raise ConfigError("--quic needs a certificate (--cert/--key or --dev-cert)")
+    if args.quic and args.quic != "off":
         flags["quic_host"], flags["quic_port"] = parse_hostport(args.quic, "--quic")
-    elif cert:
-        # beside WebSocket: the same host and port number, over UDP (7443 by default; a
-        # kernel-chosen port when --ws asks for one, so that routers never collide)
-        host, port = parse_hostport(args.ws, "--ws") if args.ws else ("127.0.0.1", 7443)
-        return host, port
-    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -264,8 +267,19 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(cfg.log_format, cfg.log_level)
     import logging
 
-    if cfg.workers > 1 and cfg.worker_index < 0:
-        return _supervise(cfg)
+    supervising = cfg.workers > 1 and cfg.worker_index < 0
+    if cfg.audit_log:  # say a log it cannot write now, not as a listener's error later
+        from atp_proto.router.workers import worker_audit_log
+
+        n = cfg.workers if supervising else 0  # each worker writes its own
+        for log_file in [worker_audit_log(cfg.audit_log, i) for i in range(n)] or [cfg.audit_log]:
+            try:
+                with open(log_file, "ab"):
+                    pass
+            except OSError as exc:
+                raise UsageError(f"cannot open the audit log {log_file}: {exc.strerror}") from None
+    if supervising:
+        return _supervise(cfg, args.restart_limit)
     if cfg.worker_index >= 0:
         from atp_proto.router.workers import tag_worker_logs
 
@@ -280,12 +294,6 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("atp.router").warning(
             "tokens travel in clear on ws:// beyond loopback: serve wss:// (--cert/--key)"
         )
-    if cfg.audit_log:  # say a log it cannot write now, not as a listener's error later
-        try:
-            with open(cfg.audit_log, "ab"):
-                pass
-        except OSError as exc:
-            raise UsageError(f"cannot open the audit log {cfg.audit_log}: {exc.strerror}") from None
     try:
         router = Router(cfg)
     except ValueError as exc:
@@ -333,7 +341,17 @@ async def _serve_worker(router: Any) -> None:
         nursery.cancel_scope.cancel()
 
 
-def _supervise(cfg: Any) -> int:
+def _restart_limit(text: str) -> Any:
+    """``--restart-limit N/SECONDS`` as a :class:`atp_proto.router.workers.RestartLimit`."""
+    from atp_proto.router.workers import RestartLimit
+
+    try:
+        return RestartLimit.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _supervise(cfg: Any, limit: Any) -> int:
     """``--workers N``: the supervisor (atp_proto.router.workers)."""
     import logging
 
@@ -360,7 +378,7 @@ def _supervise(cfg: Any) -> int:
         qport = port if cfg.quic_port == cfg.ws_port else cfg.quic_port
         quic = f"[{cfg.quic_host}]:{qport}" if ":" in cfg.quic_host else f"{cfg.quic_host}:{qport}"
     metrics = None if cfg.metrics_port is None else (cfg.metrics_host, cfg.metrics_port)
-    opts = workers.WorkerOptions(cfg.ws_host, port, metrics, quic)
+    opts = workers.WorkerOptions(cfg.ws_host, port, metrics, quic, cfg.audit_log)
     log = logging.getLogger("atp.router")
     log.info(
         "supervisor starting workers",
@@ -368,10 +386,33 @@ def _supervise(cfg: Any) -> int:
     )
     if not cfg.redis_url and cfg.quota.enabled:
         log.warning("no --redis: each worker counts the tenant quotas alone (limit x workers)")
+    _merge_routing_state(cfg)  # what a fleet killed before its stop left in worker rows
     try:
-        return workers.supervise(sys.argv[serve_at + 1 :], opts, cfg.workers)
+        return workers.supervise(
+            sys.argv[serve_at + 1 :], opts, cfg.workers, limit or workers.DEFAULT_RESTART_LIMIT
+        )
     finally:
         held.close()
+        _merge_routing_state(cfg)  # the workers' learning, one state for the next start
+
+
+def _merge_routing_state(cfg: Any) -> None:
+    """``--workers N --routing-state FILE``: fold the workers' rows into the fleet's state
+    while no worker runs (atp_proto.router.routing.learner.store.merge_workers)."""
+    if cfg.learner != "bandit" or not cfg.routing_state:
+        return
+    import logging
+
+    from atp_proto.router.routing.learner import store
+
+    log = logging.getLogger("atp.router")
+    try:
+        merged = store.merge_workers(cfg.routing_state, shared=bool(cfg.redis_url))
+    except store.StateError as exc:
+        log.warning("routing state not merged", extra={"error": str(exc)})  # workers say why
+        return
+    if merged:
+        log.info("routing state merged", extra={"file": cfg.routing_state, "workers": merged})
 
 
 def _loopback(host: str) -> bool:

@@ -14,6 +14,8 @@ fail           ``error`` (fail at once), ``stall`` (hang after fail_after
 fail_after     chunks before the failure (default 0)
 slow_every     every Nth call (N, 2N, ...) is slow: a tail-latency model (0: none)
 slow_ms        how much longer such a call waits before its first chunk
+repeat         echo: the answer is the prompt N times (default 1), a long answer
+               from a short prompt (``atp bench quic``)
 ============== ===============================================================
 
 The same behaviours are served over gRPC by ``atp adapter serve echo`` / ``persona``
@@ -71,6 +73,7 @@ class BehaviourConfig:
     fail_after: int = 0
     slow_every: int = 0
     slow_ms: float = 0.0
+    repeat: int = 1
 
     @classmethod
     def from_query(cls, query: Mapping[str, str], **defaults: float | int | str) -> BehaviourConfig:
@@ -89,11 +92,14 @@ class BehaviourConfig:
                 fail_after=int(merged.get("fail_after", 0)),
                 slow_every=int(merged.get("slow_every", 0)),
                 slow_ms=float(merged.get("slow_ms", 0)),
+                repeat=int(merged.get("repeat", 1)),
             )
         except ValueError as exc:
             raise ValueError(f"bad adapter option: {exc}") from None
         if cfg.fail not in ("", "error", "stall", "cut"):
             raise ValueError("fail must be one of error, stall, cut")
+        if not 1 <= cfg.repeat <= 10_000:
+            raise ValueError("repeat must be within 1..10000")
         if cfg.slow_every < 0 or cfg.slow_ms < 0:
             raise ValueError("slow_every and slow_ms must not be negative")
         if cfg.chunks < 1 or cfg.latency_ms < 0 or not 0 <= cfg.confidence <= 1:
@@ -183,12 +189,12 @@ class BehaviourAdapter:
 
 
 class EchoAdapter(BehaviourAdapter):
-    """Answers with the prompt itself."""
+    """Answers with the prompt itself (``repeat`` times)."""
 
     kind = "echo"
 
     def answer(self, request: TaskRequest) -> str:
-        return request.prompt
+        return request.prompt * self.config.repeat
 
 
 _PERSONAS = (

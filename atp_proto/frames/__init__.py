@@ -10,7 +10,8 @@ Layout, each module depending only on those above it::
 
     _types      enums, Limits, BudgetWindow, Encoding, flag bits, Payload
     _errors     ATPError and the protocol errors
-    _cbor       strict CBOR (ext, payloads)
+    _cbor       strict CBOR (ext, payloads): the C accelerator _ccbor (_ccbor.c, built at
+                install; its frame shortcuts serve _frame and _codec) or the pure-Python path
     _frame      Frame;  _codec: binary header codec, FrameDecoder;  _json: the text mapping
     _validate   stateless frame rules;  _events: what a Connection reports
     _state      the stream state table;  _windows: credit;  _fragments: reassembly

@@ -8,13 +8,27 @@ the one item. The binary codec (``_codec``), the frame model (``_frame``) and th
 mapping (``_json``) all decode through here, so each rule is written once, and this module
 depends only on ``_types`` and ``_errors`` (it used to live in ``_codec``, which made a
 circle with ``_frame``).
+
+Two implementations of one contract, :func:`loads` / :func:`dumps` (issue 10 item 6):
+
+* ``c``: the extension ``_ccbor`` (``_ccbor.c``, built at ``pip install``), which checks
+  every rule while it decodes or encodes, in one pass;
+* ``python``: cbor2's C decoder with the options that enforce what they can (tags,
+  indefinite lengths, duplicate keys, depth), then :func:`check_value` for the rest; the
+  encoder is ``cbor2.dumps`` whose output is decoded back by the same strict rules.
+
+The C one runs when it imports and ``ATP_PURE_CBOR`` is unset (or ``0``);
+:data:`IMPLEMENTATION` says which, and :func:`use` switches (the tests run both paths and
+hold them to the same answers: tests/frames/test_ccbor.py). Both raise only
+:data:`DECODE_ERRORS` on bad input, which the callers below turn into the spec's EPROTO.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import cbor2
@@ -52,19 +66,38 @@ def encode_ext(ext: Mapping[str, Any]) -> bytes:
             ErrorCode.EPROTO, f'ext key "{bad}" is reserved for the JSON header (ATP-JSON-015)'
         )
     try:
-        return cbor2.dumps(dict(ext) if not isinstance(ext, dict) else ext)
-    except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
+        return dumps(ext if type(ext) is dict else dict(ext), ENCODE_MAX_DEPTH, True)
+    except DECODE_ERRORS as exc:
         raise LocalProtocolError(ErrorCode.EPROTO, f"ext cannot be encoded as CBOR: {exc}") from exc
+
+
+def encode_payload(obj: Any) -> bytes:
+    """CBOR-encode a conventional payload (the JSON data model and bytes; NaN allowed).
+
+    Raises:
+        LocalProtocolError: ``obj`` holds something a receiver would refuse (a type outside
+            the model, an integer beyond 64 bits, a non-text key, nesting deeper than
+            :data:`ENCODE_MAX_DEPTH`).
+    """
+    try:
+        return dumps(obj, ENCODE_MAX_DEPTH, False)
+    except DECODE_ERRORS as exc:
+        raise LocalProtocolError(
+            ErrorCode.EPROTO, f"payload cannot be encoded as CBOR: {exc}"
+        ) from exc
 
 
 _JSON_SCALARS: Final = (str, int, float, bool, type(None), bytes)
 
 
-def check_value(value: object, depth: int, max_depth: int, *, finite: bool = False) -> None:
+def check_value(
+    value: object, depth: int, max_depth: int, *, finite: bool = False, encoding: bool = False
+) -> None:
     """Reject anything outside the JSON data model plus byte strings (no CBOR tags).
 
     With ``finite`` (ext, ATP-FRAME-006) NaN and the infinities are refused too: JSON
-    has no such numbers.
+    has no such numbers. With ``encoding`` (a value about to be encoded, not one decoded)
+    integers must fit in 64 bits, the most CBOR holds without a tag; tuples are arrays.
 
     One pass over the decoded value. The decoders hand out exact built-in types, so the
     common members of a container (text, integers, byte strings) are checked inline by
@@ -80,25 +113,39 @@ def check_value(value: object, depth: int, max_depth: int, *, finite: bool = Fal
             if type(k) is not str and not isinstance(k, str):
                 raise ValueError(f"map key {k!r} is not a text string")
             tv = type(v)
-            if inline and (tv is str or tv is int or tv is bytes or tv is bool or v is None):
+            if inline and (
+                tv is str or (tv is int and not encoding) or tv is bytes or tv is bool or v is None
+            ):
                 continue
-            check_value(v, depth + 1, max_depth, finite=finite)
+            check_value(v, depth + 1, max_depth, finite=finite, encoding=encoding)
     elif t is list:
         inline = depth < max_depth
         for v in value:  # type: ignore[attr-defined]
             tv = type(v)
-            if inline and (tv is str or tv is int or tv is bytes or tv is bool or v is None):
+            if inline and (
+                tv is str or (tv is int and not encoding) or tv is bytes or tv is bool or v is None
+            ):
                 continue
-            check_value(v, depth + 1, max_depth, finite=finite)
+            check_value(v, depth + 1, max_depth, finite=finite, encoding=encoding)
     elif t is float or isinstance(value, float):
         if finite and not math.isfinite(value):  # type: ignore[arg-type]
             raise ValueError(f"{value} is not a finite number")
-    elif isinstance(value, dict | list):
+    elif isinstance(value, int):
+        if encoding and not -_U64_END <= value < _U64_END:
+            raise ValueError(f"integer {value} does not fit in 64 bits (CBOR would need a tag)")
+    elif isinstance(value, dict | list) or (encoding and isinstance(value, tuple)):
         check_value(
-            dict(value) if isinstance(value, dict) else list(value), depth, max_depth, finite=finite
+            dict(value) if isinstance(value, dict) else list(value),
+            depth,
+            max_depth,
+            finite=finite,
+            encoding=encoding,
         )
     elif not isinstance(value, _JSON_SCALARS):
         raise ValueError(f"unsupported CBOR item {type(value).__name__} (tags are not allowed)")
+
+
+_U64_END: Final = 1 << 64
 
 
 def _refuse_tag(*_: object) -> Any:
@@ -148,6 +195,75 @@ def strict_cbor(data: Payload, max_depth: int) -> Any:
     return obj
 
 
+def _loads_py(data: Payload, max_depth: int, ext: bool) -> Any:
+    """The pure-Python path of :func:`loads`: cbor2 with every option it has, then a walk."""
+    obj = strict_cbor(data, max_depth)
+    if ext and not isinstance(obj, dict):
+        raise ValueError(f"ext must be a CBOR map, got {type(obj).__name__}")
+    check_value(obj, 1, max_depth, finite=ext)
+    return obj
+
+
+def _dumps_py(obj: Any, max_depth: int, finite: bool) -> bytes:
+    """The pure-Python path of :func:`dumps`: the value checked in one walk (types, keys,
+    integer range, depth, NaN), then ``cbor2.dumps``."""
+    check_value(obj, 1, max_depth, finite=finite, encoding=True)
+    data: bytes = cbor2.dumps(obj)
+    return data
+
+
+#: what :func:`loads` and :func:`dumps` raise on input they refuse, in either path
+DECODE_ERRORS: Final = (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError)
+#: nesting bound when encoding: no receiver accepts more by default (ext 16, payload 64);
+#: it is there so that a cycle or a runaway structure fails instead of recursing
+ENCODE_MAX_DEPTH: Final = 256
+#: the payload nesting a receiver accepts (ATP-SEC-012: untrusted input is bounded)
+PAYLOAD_MAX_DEPTH: Final = 64
+
+try:
+    if os.environ.get("ATP_PURE_CBOR", "0") not in ("", "0"):
+        raise ImportError("ATP_PURE_CBOR is set")
+    # an explicit re-export (mypy): _frame and _codec take its frame shortcuts
+    from . import _ccbor as _ccbor  # noqa: PLC0414
+except ImportError:  # pragma: no cover - the build went without a C compiler
+    _ccbor = None  # type: ignore[assignment]
+
+#: ``loads(data, max_depth, ext)``: one strict item; ``ext`` adds "a map, finite floats"
+loads: Callable[[Payload, int, bool], Any]
+#: ``dumps(obj, max_depth, finite)``: the JSON data model and bytes, as cbor2 writes them
+dumps: Callable[[Any, int, bool], bytes]
+#: "c" or "python": which path runs
+IMPLEMENTATION: str
+
+
+def use(implementation: str) -> str:
+    """Select ``"c"`` or ``"python"``; return the one selected before (tests, benchmarks).
+
+    Raises:
+        ValueError: ``"c"`` when the extension is not built.
+    """
+    global loads, dumps, IMPLEMENTATION  # noqa: PLW0603 - the callers read them at call time
+    before = str(globals().get("IMPLEMENTATION", implementation))
+    if implementation == "c":
+        if _ccbor is None:
+            raise ValueError("the C extension atp_proto.frames._ccbor is not built")
+        loads, dumps = _ccbor.loads, _ccbor.dumps
+    elif implementation == "python":
+        loads, dumps = _loads_py, _dumps_py
+    else:
+        raise ValueError(f"unknown CBOR implementation {implementation!r}")
+    IMPLEMENTATION = implementation
+    return before
+
+
+def available() -> list[str]:
+    """The implementations this installation has."""
+    return ["c", "python"] if _ccbor is not None else ["python"]
+
+
+use("c" if _ccbor is not None else "python")
+
+
 def decode_ext(
     data: Payload, stream_id: int = 0, limits: Limits = DEFAULT_LIMITS
 ) -> dict[str, Any]:
@@ -157,19 +273,16 @@ def decode_ext(
         FrameDecodeError: EPROTO, for ``stream_id`` (0 means connection-level).
     """
     try:
-        obj = strict_cbor(data, limits.max_depth)
-        if not isinstance(obj, dict):
-            raise ValueError(f"ext must be a CBOR map, got {type(obj).__name__}")
-        check_value(obj, 1, limits.max_depth, finite=True)
+        obj: dict[str, Any] = loads(data, limits.max_depth, True)
         bad = reserved_key(obj)
         if bad is not None:
             raise ValueError(f'key "{bad}" is reserved for the JSON header (ATP-JSON-015)')
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+    except DECODE_ERRORS as exc:
         raise FrameDecodeError(ErrorCode.EPROTO, f"bad ext: {exc}", stream_id=stream_id) from None
     return obj
 
 
-def decode_payload(data: Payload, stream_id: int = 0, max_depth: int = 64) -> Any:
+def decode_payload(data: Payload, stream_id: int = 0, max_depth: int = PAYLOAD_MAX_DEPTH) -> Any:
     """Decode a conventional (CBOR) payload; empty payload is None.
 
     Raises:
@@ -178,10 +291,8 @@ def decode_payload(data: Payload, stream_id: int = 0, max_depth: int = 64) -> An
     if not data:
         return None
     try:
-        obj = strict_cbor(data, max_depth)
-        check_value(obj, 1, max_depth)
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        return loads(data, max_depth, False)
+    except DECODE_ERRORS as exc:
         raise FrameDecodeError(
             ErrorCode.EPROTO, f"bad payload: {exc}", stream_id=stream_id
         ) from None
-    return obj

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
 from ._cbor import RESERVED_EXT_KEYS, decode_ext, decode_payload, encode_ext, reserved_key
+from ._cbor import _ccbor as _c
 from ._errors import FrameDecodeError, LocalProtocolError
 from ._frame import Frame
 from ._types import DEFAULT_LIMITS, MAX_STREAM_ID, VERSION, ErrorCode, FrameType, Limits, QoS
@@ -65,6 +66,10 @@ _U32: Final = 0xFFFF_FFFF
 if (HEADER_SIZE, VERSION, MAX_STREAM_ID) != (24, 1, 0x7FFF_FFFF):  # pragma: no cover
     raise ImportError("FrameDecoder.next_frame's literals are out of date")
 _EMPTY: Final[Mapping[str, Any]] = {}
+#: the C shortcuts of encode_frame and next_frame (None on the pure-Python path): each
+#: answers the common case or None, and then the Python code below decides
+_frame_encode = _c.frame_encode if _c is not None else None
+_frame_at = _c.frame_at if _c is not None else None
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -73,6 +78,15 @@ def encode_frame(frame: Frame) -> bytes:
     Raises:
         LocalProtocolError: a field is out of range or ext cannot be encoded.
     """
+    if _frame_encode is not None:  # the frame without ext, in one C call
+        data = _frame_encode(frame)
+        if data is not None:
+            return data
+    return encode_frame_py(frame)
+
+
+def encode_frame_py(frame: Frame) -> bytes:
+    """:func:`encode_frame` without its C shortcut: decides every case."""
     # One unpack of the tuple instead of ten attribute reads (measured: 50 ns vs 115 ns).
     ftype, flags, sid, mseq, fseq, qos, ttl, ext_map, payload, version = frame
     ext = encode_ext(ext_map) if ext_map else b""
@@ -233,6 +247,13 @@ class FrameDecoder:
         # the header again and decides; both must agree on every input
         # (tests/frames/test_codec_fast_paths.py).
         if len(buf) - pos >= 24:
+            if _frame_at is not None:  # the same shortcut in one C call
+                frame: Frame | None = _frame_at(
+                    Frame, buf, pos, self._fast_max, _TYPE_AT, _QOS_AT, _EMPTY
+                )
+                if frame is not None:
+                    self._pos = pos + 24 + len(frame[8])
+                    return frame
             version, ftype, flags, qos, sid, mseq, fseq, ttl, sizes = _fast_unpack(buf, pos)
             if version == 1 and sizes <= self._fast_max and sid <= 0x7FFF_FFFF:
                 t = _TYPE_AT[ftype]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ._errors import RemoteProtocolError
-from ._events import MessageReceived, StreamOpened
+from ._events import MessageReceived, StreamOpened, message_received
 from ._fragments import Reassembler, unpinned
 from ._frame import Frame
 from ._state import TRANSITIONS, Role, StreamInput, StreamState, next_state
@@ -110,8 +110,19 @@ class Stream:
             and cost <= recv.credit
         ):
             recv.credit -= cost
-            self.recv_seq = frame.msg_seq + 1  # never wraps (ATP-SEQ-005)
-            return self._deliver(frame.msg_seq, frame.payload, _NO_EXT, flags, cost, 0), 0
+            msg_seq = frame.msg_seq
+            self.recv_seq = msg_seq + 1  # never wraps (ATP-SEQ-005)
+            # _deliver()'s MessageReceived (no SYN here: SLOW_BITS), built without its
+            # keyword __init__: once per frame on a client
+            return message_received(
+                self.stream_id,
+                msg_seq,
+                frame.payload,
+                _NO_EXT,
+                bool(flags & MORE_BIT),
+                bool(flags & FIN_BIT),
+                cost,
+            ), 0
         return self.receive_general(frame, cost, max_message_size)
 
     def receive_general(

@@ -474,14 +474,19 @@ def _check_redis_url(url: str) -> None:
     Raises:
         ConfigError: one line saying what is wrong.
     """
-    usage = "--redis expects redis://HOST:PORT[/DB], rediss://... or unix:///PATH"
+    usage = (
+        "--redis expects redis://HOST:PORT[/DB], rediss://..., unix:///PATH or "
+        "redis+cluster://HOST:PORT (a Redis Cluster node)"
+    )
     try:
         parts = urlsplit(url)
         _ = parts.port  # ValueError for a port that is not a number
     except ValueError:
         raise ConfigError(f"{usage}: the URL does not parse") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
+    if parts.scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         raise ConfigError(usage)
     db = parts.path.strip("/")
+    if parts.scheme.endswith("+cluster") and db not in ("", "0"):
+        raise ConfigError(f"{usage}: a Redis Cluster has only DB 0")
     if parts.scheme != "unix" and db and not db.isdigit():
         raise ConfigError(f"{usage}: the DB must be a number")

@@ -133,10 +133,12 @@ def parse_quota_section(data: Any) -> QuotaConfig:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """An admitted stream: what is left of the tenant's period budget (None: unlimited)."""
+    """An admitted stream: what is left of the tenant's period budget (None: unlimited),
+    and the id of the stream's hold in a shared store (ATP-BUDGET-017; None: no hold)."""
 
     tokens_left: int | None = None
     usd_left: int | None = None
+    hold: str | None = None
 
     def window(self) -> BudgetWindow:
         return BudgetWindow(max_tokens=self.tokens_left, max_usd_micros=self.usd_left)
@@ -176,24 +178,30 @@ def grant_of(q: TenantQuota, used_t: int, used_u: int) -> Grant:
 class QuotaStore(Protocol):
     """Where the tenants' counters live (in-process, or shared)."""
 
-    async def admit(self, tenant: str, q: TenantQuota, period_s: int) -> Grant:
-        """Count a new stream of ``tenant``, or refuse it.
+    async def admit(
+        self, tenant: str, q: TenantQuota, period_s: int, cap: BudgetWindow | None = None
+    ) -> Grant:
+        """Count a new stream of ``tenant``, or refuse it. A shared store also reserves
+        the stream's share (at most ``cap``, the client's window) as a hold, charged if the
+        router dies before the stream settles it (ATP-BUDGET-017).
 
         Raises:
             ATPError: EBUDGET (period budget spent), EWINDOW (rate or concurrency, with
                 retry_after_ms), EAGENTDOWN (the store did not answer; fail closed).
         """
 
-    def charge(self, tenant: str, tokens: int, usd_micros: int, period_s: int) -> None:
-        """Usage spent (never blocks, never raises)."""
+    def charge(
+        self, tenant: str, tokens: int, usd_micros: int, period_s: int, hold: str | None = None
+    ) -> None:
+        """Usage spent (never blocks, never raises); ``hold``: the stream's, settled by it."""
 
     def spent(self, tenant: str, period_s: int) -> tuple[int, int]:
         """The tenant's (tokens, usd_micros) in the current period as far as this router
         knows (never blocks): what streams open at once check as they charge, so that
         they share the period's remainder instead of each spending all of it."""
 
-    def release(self, tenant: str, q: TenantQuota) -> None:
-        """An admitted stream ended (never blocks, never raises)."""
+    def release(self, tenant: str, q: TenantQuota, hold: str | None = None) -> None:
+        """An admitted stream ended (never blocks, never raises); its hold is dropped."""
 
     async def settle(self) -> None:
         """Return once the charges made so far are stored (bounded; never raises)."""
@@ -230,7 +238,10 @@ class LocalQuotaStore:
         self._used = {k: v for k, v in self._used.items() if v[0] == win}
         self._buckets = {k: v for k, v in self._buckets.items() if v[2] > now}
 
-    async def admit(self, tenant: str, q: TenantQuota, period_s: int) -> Grant:
+    async def admit(
+        self, tenant: str, q: TenantQuota, period_s: int, cap: BudgetWindow | None = None
+    ) -> Grant:
+        """In-process: no hold (the counters die with the process that would settle it)."""
         self._admits += 1
         if self._admits % 1024 == 0:
             self._prune(period_s)
@@ -243,25 +254,27 @@ class LocalQuotaStore:
             raise refuse_concurrent(q.concurrent)
         if q.streams_per_s is not None:
             now = self.clock()
-            cap = q.bucket
-            tokens, at, _ = self._buckets.get(tenant, (cap, now, now))
-            tokens = min(cap, tokens + (now - at) * q.streams_per_s)
+            size = q.bucket
+            tokens, at, _ = self._buckets.get(tenant, (size, now, now))
+            tokens = min(size, tokens + (now - at) * q.streams_per_s)
             if tokens < 1.0:
                 raise refuse_rate(q.streams_per_s, math.ceil((1 - tokens) / q.streams_per_s * 1e3))
             tokens -= 1.0
-            self._buckets[tenant] = (tokens, now, now + (cap - tokens) / q.streams_per_s)
+            self._buckets[tenant] = (tokens, now, now + (size - tokens) / q.streams_per_s)
         if q.concurrent is not None:
             self._open[tenant] = self._open.get(tenant, 0) + 1
         return grant_of(q, used_t, used_u)
 
-    def charge(self, tenant: str, tokens: int, usd_micros: int, period_s: int) -> None:
+    def charge(
+        self, tenant: str, tokens: int, usd_micros: int, period_s: int, hold: str | None = None
+    ) -> None:
         win = int(self.clock() // period_s)
         w, t, u = self._used.get(tenant, (win, 0, 0))
         if w != win:
             t = u = 0
         self._used[tenant] = (win, t + tokens, u + usd_micros)
 
-    def release(self, tenant: str, q: TenantQuota) -> None:
+    def release(self, tenant: str, q: TenantQuota, hold: str | None = None) -> None:
         left = self._open.get(tenant, 0) - 1
         if left > 0:
             self._open[tenant] = left
@@ -323,7 +336,7 @@ class QuotaGuard:
             return
         period = self.config.period_s
         try:
-            grant = await self.store.admit(tenant, q, period)
+            grant = await self.store.admit(tenant, q, period, stream_run.ledger.window)
         except ATPError as exc:
             if self._refused is not None:
                 self._refused.inc(str(exc.code))
@@ -333,10 +346,10 @@ class QuotaGuard:
             )
             output.send_error(exc.code, exc.message, exc.retry_after_ms)
             return
-        store = self.store
+        store, hold = self.store, grant.hold
 
         def sink(tokens: int, usd_micros: int) -> None:
-            store.charge(tenant, tokens, usd_micros, period)
+            store.charge(tenant, tokens, usd_micros, period, hold)
 
         def over() -> str | None:
             used_t, used_u = store.spent(tenant, period)
@@ -363,7 +376,7 @@ class QuotaGuard:
         try:
             await stream_run.run()
         finally:
-            store.release(tenant, q)
+            store.release(tenant, q, hold)
             if held is not None and held.final is not None:
                 await store.settle()
                 body, ext = held.final

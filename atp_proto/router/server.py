@@ -271,7 +271,9 @@ class Router:
                 keys = getattr(self.authenticator, "keep_fresh", None)
                 if keys is not None:  # JWKS / OIDC: QUIC's first CAPABILITIES cannot await
                     await nursery.start(keys)
-                nursery.start_soon(persist, self.routing.learner, cfg.routing_state)
+                nursery.start_soon(  # a worker of --workers N writes its own rows
+                    persist, self.routing.learner, cfg.routing_state, 5.0, cfg.worker_index
+                )
                 for shared_task in self._shared_tasks:  # quota writer, learner sharing
                     await nursery.start(shared_task)
                 for adapter in self.adapters.values():  # their tasks live in our nursery

@@ -14,16 +14,24 @@ does not know its connection ID. Routing by connection ID needs an eBPF
 
 Metrics are per worker: worker ``i`` serves ``/metrics`` on the metrics port plus ``i``
 (kernel-chosen ports when the metrics port is 0); every log line carries ``worker=i``.
+So is the decision log (``--audit-log FILE``): worker ``i`` writes ``FILE`` with
+``.worker<i>`` before its extension, one hash chain per writer (two processes appending
+to one chain would break it).
 Shared state (tenant quotas, the learner) needs ``--redis``: without it each worker
 counts alone, and a tenant's quota is per worker (the supervisor says so at start).
 
 The supervisor restarts a worker that exits (backoff 0.5 s doubling to 10 s, reset after
-30 s of uptime); a worker that exits with status 2 (bad usage) at start stops the whole
-fleet. SIGTERM / SIGINT: every worker drains (the router's own drain, SIGTERM forwarded)
-and the supervisor exits 0 when all have; a second signal kills them. SIGHUP is passed
-on (every worker reloads its policy files). Workers run in
-their own process group (a terminal's Ctrl-C reaches only the supervisor) and drain by
-themselves when the supervisor dies.
+30 s of uptime) and gives up as systemd does (``StartLimitBurst``,
+``StartLimitIntervalSec``): a worker that exits ``burst`` times within ``interval`` seconds
+(:class:`RestartLimit`, ``atp serve --restart-limit N/SECONDS``, default 5 in 60 s) stops
+the whole set, exit status 1; a worker that exits with status 2 (bad usage or
+configuration: it would fail the same way again), however long it ran, stops it at once,
+exit status 2. Either way the reason is one line on stderr.
+
+SIGTERM / SIGINT: every worker drains (the router's own drain, SIGTERM forwarded) and the
+supervisor exits 0 when all have; a second signal kills them. SIGHUP is passed on (every
+worker reloads its policy files). Workers run in their own process group (a terminal's
+Ctrl-C reaches only the supervisor) and drain by themselves when the supervisor dies.
 """
 
 from __future__ import annotations
@@ -35,17 +43,22 @@ import signal
 import socket
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
 
 import trio
 
 __all__ = [
+    "RestartLimit",
     "WorkerOptions",
     "child_argv",
     "reuse_port_listeners",
     "supervise",
     "tag_worker_logs",
     "watch_parent",
+    "worker_audit_log",
 ]
 
 log = logging.getLogger("atp.router")
@@ -57,7 +70,15 @@ NO_REUSEPORT = (
 )
 
 #: options the supervisor sets itself in each worker's command line (value-taking)
-_OWN = ("--workers", "--ws", "--metrics", "--quic", "--worker-index")
+_OWN = (
+    "--workers",
+    "--ws",
+    "--metrics",
+    "--quic",
+    "--worker-index",
+    "--restart-limit",
+    "--audit-log",
+)
 
 
 async def reuse_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
@@ -111,8 +132,17 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+def worker_audit_log(path: str, index: int) -> str:
+    """Worker ``index``'s own decision log beside ``path`` (``audit.jsonl`` ->
+    ``audit.worker1.jsonl``): a hash chain has one writer, so N workers write N chains,
+    each verified on its own (``atp audit verify``); rotation segments follow each name."""
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}.worker{index}{p.suffix}"))
+
+
 class WorkerOptions:
-    """What differs between workers: their index, ports, and QUIC (worker 0 only)."""
+    """What differs between workers: their index, ports, QUIC (worker 0 only) and their
+    decision log (:func:`worker_audit_log`)."""
 
     def __init__(
         self,
@@ -120,8 +150,10 @@ class WorkerOptions:
         port: int,
         metrics: tuple[str, int] | None,
         quic: str | None,
+        audit_log: str = "",
     ) -> None:
         self.host, self.port, self.metrics, self.quic = host, port, metrics, quic
+        self.audit_log = audit_log
 
     def flags(self, index: int) -> list[str]:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -132,6 +164,8 @@ class WorkerOptions:
             mhost, mport = self.metrics
             out += ["--metrics", f"{mhost}:{mport + index if mport else 0}"]
         out += ["--quic", self.quic if index == 0 and self.quic else "off"]
+        if self.audit_log:
+            out += ["--audit-log", worker_audit_log(self.audit_log, index)]
         return out
 
 
@@ -169,13 +203,48 @@ async def watch_parent(on_orphaned: trio.Event, parent: int) -> None:
     on_orphaned.set()
 
 
+class RestartLimit(NamedTuple):
+    """Give up on a worker that exits ``burst`` times within ``interval`` seconds."""
+
+    burst: int
+    interval: float
+
+    @classmethod
+    def parse(cls, text: str) -> RestartLimit:
+        """``N/SECONDS`` (``5/60``).
+
+        Raises:
+            ValueError: not two positive numbers, the first an integer.
+        """
+        burst, sep, interval = text.partition("/")
+        try:
+            limit = cls(int(burst), float(interval))
+        except ValueError:
+            limit = cls(0, 0.0)
+        if not sep or limit.burst < 1 or not 0 < limit.interval < float("inf"):
+            raise ValueError(f"expected N/SECONDS (e.g. 5/60), got {text!r}")
+        return limit
+
+
+#: systemd's defaults are 5 in 10 s; a worker here takes ~1 s to start and backs off
+#: 0.5 + 1 + 2 + 4 s, so 5 exits take ~12 s at best: 60 s catches a worker that dies at start
+DEFAULT_RESTART_LIMIT = RestartLimit(5, 60.0)
+
+
 class _Supervisor:
-    def __init__(self, argv: list[str], opts: WorkerOptions, n: int) -> None:
-        self.argv, self.opts, self.n = argv, opts, n
+    def __init__(
+        self,
+        argv: list[str],
+        opts: WorkerOptions,
+        n: int,
+        limit: RestartLimit = DEFAULT_RESTART_LIMIT,
+    ) -> None:
+        self.argv, self.opts, self.n, self.limit = argv, opts, n, limit
         self.procs: dict[int, trio.Process] = {}
         self.stopping = False
         self.stop_signal: int = signal.SIGTERM  #: what a worker spawned while stopping gets
         self.status = 0
+        self.reason = ""  #: why the supervisor gave up (one line), when it did
 
     async def run(self) -> int:
         async with trio.open_nursery() as nursery:
@@ -188,6 +257,7 @@ class _Supervisor:
 
     async def _keep(self, index: int) -> None:
         backoff = 0.5
+        exits: deque[float] = deque()  #: when this worker exited, within the limit's interval
         while not self.stopping:
             started = trio.current_time()
             argv = [*self.argv, *self.opts.flags(index)]
@@ -205,11 +275,20 @@ class _Supervisor:
             if self.stopping:
                 log.info("worker stopped", extra={"worker": index, "status": code})
                 return
-            uptime = trio.current_time() - started
-            if code == 2 and uptime < 5.0:
-                log.error("worker refused its options: stopping", extra={"worker": index})
-                self.status = 2
-                self._stop(signal.SIGTERM)
+            now = trio.current_time()
+            uptime = now - started
+            if code == 2:  # bad usage or configuration: a restart fails the same way
+                self._give_up(2, f"worker {index} refused its options or configuration (exit 2)")
+                return
+            exits.append(now)
+            while exits and exits[0] < now - self.limit.interval:
+                exits.popleft()
+            if len(exits) >= self.limit.burst:
+                self._give_up(
+                    1,
+                    f"worker {index} exited {len(exits)} times within "
+                    f"{self.limit.interval:g} s (last status {code})",
+                )
                 return
             if uptime > 30.0:
                 backoff = 0.5
@@ -219,6 +298,14 @@ class _Supervisor:
             )
             await trio.sleep(backoff)
             backoff = min(10.0, backoff * 2)
+
+    def _give_up(self, status: int, reason: str) -> None:
+        """Stop every worker: the set cannot serve as configured."""
+        if self.stopping:
+            return
+        self.status, self.reason = status, f"{reason}: stopping all workers"
+        log.error(self.reason)
+        self._stop(signal.SIGTERM)
 
     def _stop(self, sig: int) -> None:
         self.stopping = True
@@ -247,7 +334,18 @@ class _Supervisor:
                 self._stop(signal.SIGTERM)
 
 
-def supervise(serve_args: Sequence[str], opts: WorkerOptions, n: int) -> int:
-    """Run ``n`` workers of ``atp serve serve_args`` until a signal; the exit status."""
+def supervise(
+    serve_args: Sequence[str],
+    opts: WorkerOptions,
+    n: int,
+    limit: RestartLimit = DEFAULT_RESTART_LIMIT,
+) -> int:
+    """Run ``n`` workers of ``atp serve serve_args`` until a signal, or until it gives up
+    (:class:`RestartLimit`, a worker's exit status 2: the reason is printed on stderr as
+    one line); the exit status (0 drained, 1 gave up, 2 bad configuration)."""
     argv = [sys.executable, "-m", "atp_proto", "serve", *child_argv(serve_args)]
-    return trio.run(_Supervisor(argv, opts, n).run)
+    sup = _Supervisor(argv, opts, n, limit)
+    status = trio.run(sup.run)
+    if sup.reason:
+        print(f"atp serve: error: {sup.reason}", file=sys.stderr)
+    return status

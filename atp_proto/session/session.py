@@ -340,6 +340,17 @@ class Session:
                 # The stream was reset (by the peer, a TTL or a limit) between two of the
                 # task's checkpoints: nothing left to do.
                 return
+            if all(isinstance(e, _SESSION_GONE) for e in leaves):
+                # The session ended under the stream (the peer left): a normal end.
+                log.debug(
+                    "stream ended with its session",
+                    extra={
+                        "session": self.session_id,
+                        "stream": ev.stream_id,
+                        "error": type(leaves[0]).__name__,
+                    },
+                )
+                return
             log.exception(
                 "stream task failed",
                 exc_info=exc,
@@ -431,8 +442,11 @@ class Session:
             return  # the writer is sending, or will: send() already woke it
         if self._streams_io is not None:
             items = self.conn.stream_data_to_send(trio.current_time())
-            if items and not self._streams_io.try_send_streams(items):
-                self._stream_carry.append(items)  # the writer sends it first
+            try:
+                if items and not self._streams_io.try_send_streams(items):
+                    self._stream_carry.append(items)  # the writer sends it first
+            except TransportClosed:
+                pass  # the peer is gone (the reader ends the session), as for WebSocket
             self._wake_writer.set()
             return
         out = self.conn.data_to_send(trio.current_time())
@@ -601,6 +615,10 @@ class Session:
                 # idle timeout: run() flushes the ERROR frame and closes the transport
                 self._reader_scope.cancel()
                 return
+
+
+#: what a stream task may meet when the session's transport is gone under it
+_SESSION_GONE = (TransportClosed, trio.ClosedResourceError, trio.BrokenResourceError)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -5,7 +5,8 @@ browser tests install Chromium) when it is missing and this runs as root.
 :class:`RedisServer` runs one on a free loopback port (Redis has no port 0: a port is
 picked, and another one tried when the bind loses a race), with append-only persistence in
 its own directory so that :meth:`RedisServer.restart` keeps the data (a restart mid-run
-is one of the tests), and stops it.
+is one of the tests), and stops it. :class:`RedisCluster` runs a Redis Cluster of three
+such servers (``--cluster-enabled``, joined with ``redis-cli --cluster create``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["RedisServer", "RedisUnavailable", "ensure_redis_server"]
+__all__ = ["RedisCluster", "RedisServer", "RedisUnavailable", "ensure_redis_server"]
 
 
 class RedisUnavailable(RuntimeError):
@@ -61,8 +62,9 @@ def _free_port() -> int:
 class RedisServer:
     """``redis-server`` on ``127.0.0.1:port`` (AOF in a temporary directory)."""
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, *, cluster: bool = False) -> None:
         self.binary = binary or ensure_redis_server()
+        self.cluster = cluster  #: a node of a Redis Cluster (joined by RedisCluster)
         self.dir = tempfile.mkdtemp(prefix="atp-redis-")
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -97,6 +99,11 @@ class RedisServer:
                 "no",
                 "--protected-mode",
                 "yes",
+                *(
+                    ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+                    if self.cluster
+                    else []
+                ),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -118,6 +125,15 @@ class RedisServer:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
                 return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def cluster_ok(self) -> bool:
+        """A cluster node that says ``cluster_state:ok``."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"CLUSTER INFO\r\n")
+                return b"cluster_state:ok" in s.recv(4096)
         except OSError:
             return False
 
@@ -150,6 +166,54 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RedisCluster:
+    """A Redis Cluster of ``n`` primaries on loopback (``redis-server --cluster-enabled``,
+    joined by ``redis-cli --cluster create``), no replicas; :attr:`url` names one node
+    (``redis+cluster://``: the router discovers the others)."""
+
+    def __init__(self, n: int = 3, binary: str | None = None) -> None:
+        binary = binary or ensure_redis_server()
+        cli = shutil.which("redis-cli", path=str(Path(binary).parent)) or shutil.which("redis-cli")
+        if cli is None:
+            raise RedisUnavailable("redis-cli is missing (Debian's redis-tools)")
+        self.nodes: list[RedisServer] = []
+        try:
+            for _ in range(n):
+                self.nodes.append(RedisServer(binary, cluster=True))
+            addrs = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            done = subprocess.run(
+                [cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+                check=False,
+                capture_output=True,
+                timeout=60,
+            )
+            if done.returncode != 0:
+                out = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+                raise RedisUnavailable(f"redis-cli --cluster create failed: {out}")
+            deadline = time.monotonic() + 20
+            while not all(node.cluster_ok() for node in self.nodes):
+                if time.monotonic() > deadline:
+                    raise RedisUnavailable("the Redis Cluster did not become ready")
+                time.sleep(0.1)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> RedisCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:

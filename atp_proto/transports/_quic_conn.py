@@ -37,6 +37,7 @@ over an aioquic :class:`~aioquic.quic.connection.QuicConnection` (sans-IO) that 
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -67,6 +68,7 @@ NORMAL_CLOSE = 0x0
 INBOX_LIMIT = 8 * 1024 * 1024
 
 _SID = struct.Struct("!I")
+_INF = math.inf
 #: the smallest stateless reset (RFC 9000 §10.3: 5 unpredictable bytes, then the token)
 RESET_MIN = 21
 RESET_TOKEN_SIZE = 16
@@ -113,7 +115,7 @@ class QuicTransport:
         self._unacked: set[int] = set()
         self._stopped: set[int] = set()  # STOP_SENDING seen, the peer's side not ended
         self._timer_wake = trio.Event()
-        self._timer_at: float | None = None
+        self._timer_scope: trio.CancelScope | None = None
         self._faulted = False
         self._sent_close = trio.Event()
         #: the router reset the connection statelessly (ATP-QUIC-022)
@@ -168,27 +170,40 @@ class QuicTransport:
         self.endpoint.mark(self)
 
     async def run_timer(self) -> None:
-        """aioquic's loss-detection / idle timer on trio's clock, until terminated."""
+        """aioquic's loss-detection / idle / ACK timer on trio's clock, until terminated.
+
+        One cancel scope per expiry, not per change: :meth:`_check_timer` moves the
+        scope's deadline to ``get_timer()`` (earlier or later) after every sender pass,
+        so a timer that the sender's own pass made moot (an ACK that left with data, a
+        loss timer pushed back by acknowledgements) never wakes this task. Under load
+        that is most of them; a wake-up costs a trio Cancelled and a task switch, the
+        deadline change a heap push."""
         quic = self.quic
         while not self.terminated.is_set():
             self._timer_wake = trio.Event()
-            at = self._timer_at = quic.get_timer()
-            if at is None:
+            at = quic.get_timer()
+            with trio.CancelScope(deadline=_INF if at is None else at) as scope:
+                self._timer_scope = scope
                 await self._timer_wake.wait()
-                continue
-            with trio.move_on_at(at):
-                await self._timer_wake.wait()
-                continue
-            quic.handle_timer(trio.current_time())
+            self._timer_scope = None
+            if not scope.cancelled_caught:
+                continue  # woken (closing, a stateless reset): look again
+            now = trio.current_time()
+            at = quic.get_timer()
+            if at is None or at > now:
+                continue  # moved later since the deadline was set: wait again
+            quic.handle_timer(now)
             self._handle_events()
             self._recount()
             self.endpoint.mark(self)
-        self._timer_at = None
+        self._timer_scope = None
 
     def _check_timer(self) -> None:
-        at = self.quic.get_timer()
-        if at is not None and (self._timer_at is None or at < self._timer_at):
-            self._timer_wake.set()
+        """The timer task's deadline follows aioquic's timer (see :meth:`run_timer`)."""
+        scope = self._timer_scope
+        if scope is not None:
+            at = self.quic.get_timer()
+            scope.deadline = _INF if at is None else at
 
     # ------------------------------------------------------------------ input
 

@@ -168,6 +168,22 @@ class QuicServer:
             conn.after_batch()
 
     def _route(self, data: bytes, addr: Address, now: float) -> QuicTransport | None:
+        """The connection a datagram is for (None: dealt with here, or dropped).
+
+        Shortcut for nearly every datagram of a running connection: a 1-RTT packet
+        (short header: form bit 0, fixed bit 1) names its destination CID in bytes
+        1..8, every CID this server issues being ``CID_LENGTH`` long, so a known one is
+        a dictionary lookup instead of ``pull_quic_header``. Anything else, an unknown
+        CID included (stateless reset), goes :meth:`_route_general`, which decides the
+        same for these (tests/transports/quic/test_route.py)."""
+        if len(data) > CID_LENGTH and data[0] & 0xC0 == 0x40:
+            conn = self.connections.get(data[1 : 1 + CID_LENGTH])
+            if conn is not None:
+                return conn
+        return self._route_general(data, addr, now)
+
+    def _route_general(self, data: bytes, addr: Address, now: float) -> QuicTransport | None:
+        """:meth:`_route` without its shortcut: every kind of datagram."""
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=CID_LENGTH)
         except ValueError:

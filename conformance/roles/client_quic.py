@@ -63,7 +63,7 @@ IDLE_S = 30.0
 #: datagrams arriving this soon after the reset may have left before it could be read
 GRACE_S = 0.25
 #: how long the client is watched after the decoy, before the true reset is sent
-DECOY_S = 0.3
+DECOY_S = 1.0  # a loaded host may take a few hundred ms to read the decoy
 
 _MAPPING = ("ATP-QUIC-001", "ATP-QUIC-002", "ATP-QUIC-003", "ATP-QUIC-011", "ATP-QUIC-012")
 #: id, title, requirements, the scripted router's parameters (client._script)

@@ -160,8 +160,9 @@ async def prepare(ctx: RunContext) -> dict[str, Any]:
     _TESTEES[ctx.target or str(ctx.options.get("exec"))] = testee
     reply = await testee.ask({"op": "hello"}, ctx.timeout(REPLY_TIMEOUT_S * 2))
     if reply is None:
+        said = testee.stderr()[-300:]  # before finish() closes the file
         await finish(ctx)
-        raise TargetUnreachable(f"the codec testee did not answer hello: {testee.stderr()[-300:]}")
+        raise TargetUnreachable(f"the codec testee did not answer hello: {said}")
     return {"hello": reply}
 
 

@@ -48,3 +48,16 @@ def test_stall_waits_forever_on_asyncio() -> None:
 def test_served_builtins_wait_on_asyncio() -> None:
     adapter = BUILTIN_TARGETS["echo"].factory({})
     assert adapter.waits is ASYNCIO
+
+
+def test_echo_repeat_answers_the_prompt_n_times() -> None:
+    """``repeat`` (atp bench quic: a long answer from a short prompt): the chunks join to
+    the prompt N times; a value out of range is refused in words."""
+
+    async def main() -> str:
+        a = builtin_adapter("echo", "builtin:echo?repeat=3&chunks=4")
+        return "".join(c.content for c in [c async for c in a.stream(REQ)])
+
+    assert trio.run(main) == REQ.prompt * 3
+    with pytest.raises(ValueError, match="repeat must be within"):
+        builtin_adapter("echo", "builtin:echo?repeat=0")

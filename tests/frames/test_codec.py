@@ -39,6 +39,9 @@ from atp_proto.frames._codec import encode_ext
 
 from .helpers import ConnectionPair, of, one, wire
 
+#: every test here runs on the C accelerator and on the pure-Python path (issue 10 item 6)
+pytestmark = pytest.mark.usefixtures("cbor_path")
+
 
 def header(
     version: int = 1,

@@ -15,6 +15,7 @@ import itertools
 import struct
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +23,9 @@ from atp_proto.frames import FrameDecodeError, FrameDecoder, Limits, encode_fram
 from atp_proto.frames._codec import HEADER
 
 from .helpers import CI
+
+#: every test here runs on the C accelerator and on the pure-Python path (issue 10 item 6)
+pytestmark = pytest.mark.usefixtures("cbor_path")
 
 
 class _GeneralDecoder(FrameDecoder):

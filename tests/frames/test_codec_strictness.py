@@ -46,6 +46,9 @@ from atp_proto.frames import (
 
 from .helpers import CI, ConnectionPair, of, one, text_wire
 
+#: every test here runs on the C accelerator and on the pure-Python path (issue 10 item 6)
+pytestmark = pytest.mark.usefixtures("cbor_path")
+
 TASK = {"type": "agent.task", "content": {"prompt": "hi"}}
 
 

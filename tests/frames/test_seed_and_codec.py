@@ -38,6 +38,9 @@ from atp_proto.frames import (
 )
 from conformance.vectors import seed_frames
 
+#: every test here runs on the C accelerator and on the pure-Python path (issue 10 item 6)
+pytestmark = pytest.mark.usefixtures("cbor_path")
+
 #: the seed's example frames, verbatim, from the one in-repo copy (conformance/vectors/)
 SEED_SYN, SEED_PARTIAL, SEED_FINAL = (seed_frames()[n] for n in ("syn", "partial", "final"))
 

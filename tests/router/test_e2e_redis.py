@@ -21,6 +21,7 @@ import redis
 import trio
 
 from atp_proto.client import StreamError, connect, feedback
+from atp_proto.frames import BudgetWindow
 from atp_proto.router.auth import issue_token
 from atp_proto.router.routing.learner import store
 from atp_proto.testing.http import http_get, metric_value
@@ -44,6 +45,12 @@ burst = 5
 [quota.tenants.kill]
 tokens = 100000
 [quota.tenants.outage]
+tokens = 100000
+[quota.tenants.inflight]
+tokens = 1000
+[quota.tenants.conc2]
+concurrent = 2
+[quota.tenants.away]
 tokens = 100000
 """
 
@@ -246,6 +253,75 @@ def test_router_killed_loses_no_budget_accounting(
     assert _used(redis_server, "kill") == spent + after["tokens"]
 
 
+def _kill_mid_flight(victim: RouterProcess, streams: list[tuple[str, BudgetWindow | None]]) -> None:
+    """Open ``streams`` (tenant, client window) on the slow adapter through ``victim``,
+    SIGKILL it once every one has had its first chunk."""
+
+    async def run() -> None:
+        started = [trio.Event() for _ in streams]
+
+        async def one(i: int, tenant: str, window: BudgetWindow | None) -> None:
+            async with connect(victim.ws_url, token=_token(tenant)) as client:
+                try:
+                    async with client.stream(
+                        "how many tokens", window=window, meta={"adapters": ["slow"]}
+                    ) as st:
+                        async for _ in st:
+                            started[i].set()
+                except StreamError:
+                    pass  # the router died under the stream
+
+        async with trio.open_nursery() as nursery:
+            for i, (tenant, window) in enumerate(streams):
+                nursery.start_soon(one, i, tenant, window)
+            with trio.fail_after(20):
+                for ev in started:
+                    await ev.wait()
+            victim.kill()
+            victim.wait(5)
+
+    trio.run(run)
+
+
+def test_router_killed_with_streams_in_flight_is_charged_their_holds(
+    shared: list[RouterProcess], redis_server: RedisServer, adapters: dict[str, str]
+) -> None:
+    """[ATP-BUDGET-017] A router SIGKILLed with three streams of a 1,000-token tenant in
+    flight (each with a 150-token client window, each past its first chunk), and two of a
+    tenant allowed 2 streams at once. While its lease runs, the other router counts the
+    dead router's open streams (a third stream of the 2-stream tenant is refused); once it
+    lapsed, the other router's next admission charges each killed stream its hold, the
+    larger of what it had written and its 150-token share: 450 tokens, exactly, whatever
+    the streams had written; the 2-stream tenant runs two streams at once again."""
+    (victim,) = _routers(1, adapters, "--redis", redis_server.url)
+    try:
+        window = BudgetWindow(max_tokens=150)
+        _kill_mid_flight(victim, [("inflight", window)] * 3 + [("conc2", None)] * 2)
+    finally:
+        victim.stop()
+    assert _used(redis_server, "inflight") < 450  # what was written before the kill
+    (early,) = _sequential(shared, "conc2", 1)
+    assert isinstance(early, StreamError) and early.code == "EWINDOW"
+    time.sleep(5.5)  # the dead router's lease (5 s) lapses
+
+    (after,) = _sequential(shared[1:], "inflight", 1)
+    assert isinstance(after, dict), after
+    assert _used(redis_server, "inflight") == 3 * 150 + after["tokens"]
+    results: list[Any] = []
+
+    async def two() -> None:
+        async with trio.open_nursery() as nursery:
+            for router in shared:
+
+                async def one(router: RouterProcess = router) -> None:
+                    results.append(await _ask(router, "conc2", adapter="slow"))
+
+                nursery.start_soon(one)
+
+    trio.run(two)
+    assert all(isinstance(r, dict) for r in results), results
+
+
 def test_redis_restarted_mid_run_fails_closed_then_recovers(adapters: dict[str, str]) -> None:
     """[ATP-BUDGET-015] Redis stopped: the router refuses new streams with EAGENTDOWN,
     retry_after_ms and a message naming the quota store (fail closed), and keeps running;
@@ -278,6 +354,66 @@ def test_redis_restarted_mid_run_fails_closed_then_recovers(adapters: dict[str, 
             assert "Redis unreachable" in router.log() and "Redis reachable again" in router.log()
         finally:
             router.stop()
+
+
+def test_redis_down_longer_than_the_lease_with_streams_in_flight_counts_them_exactly(
+    adapters: dict[str, str],
+) -> None:
+    """[ATP-BUDGET-017] Redis stops while router A has two streams in flight and stays
+    down longer than A's lease (6 s > 5 s): the streams finish (their usage queued in A),
+    Redis comes back. Whichever runs first — A writing its queue, or router B's
+    admission presuming A dead and charging its holds — the tenant ends charged exactly
+    what the FINALs said (a charged hold covers its stream's usage, the rest is given
+    back), plus B's stream."""
+    try:
+        server = RedisServer()
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        a, b = _routers(2, adapters, "--redis", server.url)
+        try:
+            finals: list[Any] = []
+
+            async def run() -> None:
+                started = [trio.Event(), trio.Event()]
+
+                async def one(i: int) -> None:
+                    async with connect(a.ws_url, token=_token("away")) as client:
+                        async with client.stream(
+                            "how many tokens", meta={"adapters": ["slow"]}
+                        ) as st:
+                            async for item in st:
+                                started[i].set()
+                                if getattr(item, "telemetry", None):
+                                    finals.append(item.telemetry)
+
+                async with trio.open_nursery() as nursery:
+                    for i in range(2):
+                        nursery.start_soon(one, i)
+                    for ev in started:
+                        await ev.wait()
+                    await trio.to_thread.run_sync(server.stop)
+                stopped = trio.current_time()
+                await trio.sleep(max(0.0, 6.0 - (trio.current_time() - stopped)))
+
+            trio.run(run)
+            assert len(finals) == 2, finals
+            server.restart()
+            deadline = time.monotonic() + 15
+            while True:
+                (late,) = _sequential([b], "away", 1)
+                if isinstance(late, dict) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)  # EBUDGET while A's holds are charged, EAGENTDOWN: again
+            assert isinstance(late, dict), late
+            want = sum(f["tokens"] for f in finals) + late["tokens"]
+            deadline = time.monotonic() + 10
+            while _used(server, "away") != want and time.monotonic() < deadline:
+                time.sleep(0.2)  # A's queue is written within its backoff (<= 2 s)
+            assert _used(server, "away") == want
+        finally:
+            for r in (a, b):
+                r.stop()
 
 
 def test_learning_reaches_a_router_that_served_nothing(

@@ -26,10 +26,10 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-def _stores(url: str) -> tuple[RedisQuotaStore, RedisQuotaStore]:
+def _stores(url: str, lease_ms: int = 5000) -> tuple[RedisQuotaStore, RedisQuotaStore]:
     prefix = f"s{secrets.token_hex(3)}:"
-    return RedisQuotaStore(RedisLink(url, prefix=prefix)), RedisQuotaStore(
-        RedisLink(url, prefix=prefix)
+    return RedisQuotaStore(RedisLink(url, prefix=prefix), lease_ms=lease_ms), RedisQuotaStore(
+        RedisLink(url, prefix=prefix), lease_ms=lease_ms
     )
 
 
@@ -59,21 +59,23 @@ async def test_budget_spent_through_two_stores(redis_server: RedisServer) -> Non
 
 async def test_a_dead_routers_streams_stop_counting(redis_server: RedisServer) -> None:
     """[ATP-BUDGET-014] One stream at once: router A's open stream refuses B's (EWINDOW,
-    retry_after_ms; the refusal takes nothing); once A's liveness key is gone (A died:
-    its key expires), B admits; a release brings the count down."""
-    a, b = _stores(redis_server.url)
+    retry_after_ms; the refusal takes nothing); once A's lease on the tenant lapsed (A
+    died: it stopped renewing it), B admits; a release brings the count down. While A
+    lives, its lease is renewed (every second) past the lease's length."""
+    a, b = _stores(redis_server.url, lease_ms=1500)
     q = TenantQuota(concurrent=1)
     async with trio.open_nursery() as nursery:
         await nursery.start(b.run)
         async with trio.open_nursery() as router_a:
             await router_a.start(a.run)
             await a.admit("t", q, 3600)
+            await trio.sleep(2.5)  # longer than the lease: renewed
             for _ in range(3):
                 with pytest.raises(ATPError) as exc:
                     await b.admit("t", q, 3600)
                 assert str(exc.value.code) == "EWINDOW" and exc.value.retry_after_ms
             router_a.cancel_scope.cancel()  # A dies with its stream open...
-        a.link.client.delete(f"{a.link.prefix}alive:{a.link.router_id}")  # ...its key expires
+        await trio.sleep(1.6)  # ...and its lease lapses
         await b.admit("t", q, 3600)
         with pytest.raises(ATPError):
             await b.admit("t", q, 3600)

@@ -11,6 +11,13 @@ and charges are coalesced into one pipelined call per flush, never one per chunk
 call is bounded by the socket timeouts (``timeout_s``) and never retried by the client
 itself (``Retry(NoBackoff(), 0)``): the callers decide (fail closed for quotas, local
 state for learning).
+
+``redis+cluster://HOST:PORT`` (or ``rediss+cluster://``) names one node of a Redis
+Cluster: the client is then ``RedisCluster`` (it discovers the others and follows
+``MOVED``), made on first use rather than at start (it connects when made, and a router
+must start, and fail closed, while the cluster is away). Every key one script or one
+transaction touches shares one hash tag (the tenant's; the learning log is one key), and
+scripts go by EVAL there (a cluster pipeline refuses EVALSHA): :class:`LuaScript`.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -25,9 +33,10 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import trio
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-__all__ = ["RedisLink", "RedisError", "redacted"]
+__all__ = ["LuaScript", "RedisLink", "RedisError", "redacted"]
 
 T = TypeVar("T")
 
@@ -51,16 +60,37 @@ class RedisLink:
         self.url = url
         self.prefix = prefix
         self.timeout_s = timeout_s
-        self.client: Any = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-        )
+        scheme = urlsplit(url).scheme
+        self.cluster = scheme.endswith("+cluster")  #: a Redis Cluster (redis+cluster://)
+        self._options: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        self._client: Any = None
+        self._made = threading.Lock()
+        if not self.cluster:
+            self._client = redis.Redis.from_url(url, retry_on_timeout=False, **self._options)
         #: unique per process start: a restarted worker is a new router
         self.router_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._limiter = trio.CapacityLimiter(16)
+
+    @property
+    def client(self) -> Any:
+        """The client (``redis.Redis``, or ``redis.RedisCluster`` made on first use).
+
+        Raises:
+            redis.RedisError: the cluster could not be reached to be discovered.
+        """
+        if self._client is None:
+            with self._made:
+                if self._client is None:
+                    plain = self.url.replace("+cluster://", "://", 1)
+                    try:
+                        self._client = redis.RedisCluster.from_url(plain, **self._options)
+                    except RedisClusterException as exc:
+                        raise RedisError(f"Redis Cluster unreachable: {exc}") from None
+        return self._client
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` (which uses :attr:`client`) on a worker thread. Shielded: a started
@@ -69,9 +99,36 @@ class RedisLink:
         Raises:
             redis.RedisError: Redis did not answer, or answered an error.
         """
+
+        def run() -> T:
+            try:
+                return fn()
+            except RedisClusterException as exc:  # the cluster client's own errors
+                raise RedisError(str(exc)) from None
+
         with trio.CancelScope(shield=True):
-            result = await trio.to_thread.run_sync(fn, limiter=self._limiter)
+            result = await trio.to_thread.run_sync(run, limiter=self._limiter)
         return result  # noqa: RET504 (mypy: a cancel scope may swallow the return)
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
+
+
+class LuaScript:
+    """A Lua script run on the link's Redis: by EVALSHA (the client loads it again after a
+    restart's NOSCRIPT) on one Redis, by EVAL on a Cluster (whose pipelines refuse
+    EVALSHA, and whose nodes each need the script)."""
+
+    def __init__(self, link: RedisLink, text: str) -> None:
+        self.link = link
+        self.text = text
+        self._script: Any = None
+
+    def __call__(self, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        if self.link.cluster:
+            target = client if client is not None else self.link.client
+            return target.execute_command("EVAL", self.text, len(keys), *keys, *args)
+        if self._script is None:
+            self._script = self.link.client.register_script(self.text)
+        return self._script(keys=keys, args=args, client=client)

@@ -1,32 +1,61 @@
-"""Tenant quotas in Redis: one limit across every router sharing it (ATP-BUDGET-013/014/015).
+"""Tenant quotas in Redis: one limit across every router sharing it (ATP-BUDGET-013..017).
 
 Every decision is one Lua script, atomic in Redis, timed by Redis's own clock (``TIME``)
-so that routers' clocks do not matter:
+so that routers' clocks do not matter. Every key a script touches carries the tenant as
+its hash tag (``PREFIX q:{TENANT}:...``), so it is in one Redis Cluster slot
+(``--redis redis+cluster://``):
 
-* admit: the period budget (a hash per tenant and period window, fields ``t`` tokens and
-  ``u`` usd_micros), then the concurrent streams (a hash per tenant: one field per router,
-  counted only while that router's liveness key exists, so a killed router's streams stop
-  counting at most ``ALIVE_MS`` after it died), then the rate (a token bucket). A refusal consumes
-  nothing.
-* charge: HINCRBY of the period's hash, as usage arrives (coalesced per tenant, written
-  by :meth:`RedisQuotaStore.run` as soon as it is queued).
-* release: the router's concurrency field minus the streams that ended.
+* ``q:{T}:b:WINDOW``: the period's usage (fields ``t`` tokens, ``u`` usd_micros);
+* ``q:{T}:r``: the stream-rate token bucket;
+* ``q:{T}:c``: per router, its streams open (field ``ROUTER``) and its *lease* (field
+  ``@ROUTER``: a deadline in Redis's milliseconds, renewed every second while the router
+  has streams of this tenant open, ``lease_ms`` ahead: 5 s). The lease lives beside the
+  counters it vouches for, in the tenant's slot, instead of one key per router;
+* ``q:{T}:h``: the *holds* (ATP-BUDGET-017), one per stream in flight (field
+  ``ROUTER/N``: the tokens and usd_micros it may still spend); ``q:{T}:f`` the holds
+  charged for a router presumed dead (see below).
+
+A hold works like a payment card's: at admission the script reserves the stream's
+admitted share (what is left of the tenant's period budget, or less when the client's
+window asks for less); every write of the stream's usage charges the period and takes as
+much off the hold, and the stream's end deletes what is left, in the same script. While
+its router's lease runs, a hold does not count against the tenant (the stream's usage is
+charged as it arrives, and streams open at once share the remainder, ATP-BUDGET-016). A
+router that dies (SIGKILL, power) stops renewing: the first script of any router that
+touches the tenant after the lease lapsed *charges* the dead router's holds (what its
+streams had not written yet, up to their share) to the current period and deletes them
+with its counters, atomically. So a killed router's stream is charged the larger of what
+it had written and what it was admitted to spend; usage charged in the process and not
+yet written when it died is covered.
+
+* admit: reap lapsed leases, then the period budget, the concurrent streams (live
+  routers' counters), the rate; on success the counter, the hold and the lease. A
+  refusal consumes nothing.
+* write (one per tenant per flush; a flush is one MULTI, or one per slot on a Redis
+  Cluster): the usage, the holds' settlements, the streams ended, the lease renewal;
+  queued in the process and written by :meth:`RedisQuotaStore.run` as soon as they are.
 
 Redis unreachable: :meth:`admit` refuses with EAGENTDOWN and ``retry_after_ms`` (fail
-closed: a stream whose cost cannot be accounted for is not run); charges and releases
-stay queued in the process and are written when Redis answers again, so no accounting
-is lost while it is away (only a router killed while Redis is away loses its queue).
+closed: a stream whose cost cannot be accounted for is not run); writes stay queued in
+the process and are sent when Redis answers again. A router cut off longer than its
+lease (or all of them, after Redis was down that long) is presumed dead: its holds are
+charged and kept as *forfeits* (``q:{T}:f``); when it writes again, a forfeit covers the
+usage it was charged for, and the rest is given back at the stream's end in the same
+period, so the count is high while the router is away and exact in the end.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
-from atp_proto.frames import ATPError, ErrorCode
+from atp_proto.frames import ATPError, BudgetWindow, ErrorCode
 from atp_proto.router.quota import (
     STORE_DOWN_RETRY_MS,
     Grant,
@@ -37,13 +66,14 @@ from atp_proto.router.quota import (
     refuse_rate,
 )
 
-from .link import RedisError, RedisLink, redacted
+from .link import LuaScript, RedisError, RedisLink, redacted
+from .quota_scripts import ADMIT, WRITE
 
 __all__ = ["ALIVE_MS", "RedisQuotaStore"]
 
 log = logging.getLogger("atp.router")
 
-#: a router's liveness key lives this long; it is refreshed every second
+#: a router's lease on a tenant's counters and holds lasts this long; renewed every second
 ALIVE_MS = 5000
 #: while Redis is known to be away, admission asks it at most this often (the others are
 #: refused at once instead of each waiting for a timeout)
@@ -51,90 +81,43 @@ PROBE_S = 0.5
 #: tenants whose last known totals are kept (for the streams' shared-remainder check)
 MAX_KNOWN = 100_000
 
-_ADMIT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local period = tonumber(ARGV[1])
-local bkey = KEYS[1] .. ':' .. math.floor(tonumber(t[1]) / period)
-local used_t = tonumber(redis.call('HGET', bkey, 't') or '0')
-local used_u = tonumber(redis.call('HGET', bkey, 'u') or '0')
-local lt, lu = tonumber(ARGV[2]), tonumber(ARGV[3])
-if (lt >= 0 and used_t >= lt) or (lu >= 0 and used_u >= lu) then
-  return {1, used_t, used_u}
-end
-local cl = tonumber(ARGV[6])
-if cl >= 0 then
-  local fields = redis.call('HGETALL', KEYS[3])
-  local open = 0
-  for i = 1, #fields, 2 do
-    if fields[i] == ARGV[7] or redis.call('EXISTS', ARGV[8] .. fields[i]) == 1 then
-      open = open + tonumber(fields[i + 1])
-    else
-      redis.call('HDEL', KEYS[3], fields[i])
-    end
-  end
-  if open >= cl then return {3, open, 0} end
-end
-local rate = tonumber(ARGV[4])
-if rate > 0 then
-  local burst = tonumber(ARGV[5])
-  local b = redis.call('HMGET', KEYS[2], 'n', 'at')
-  local n = tonumber(b[1]) or burst
-  local at = tonumber(b[2]) or now
-  n = math.min(burst, n + math.max(0, now - at) * rate)
-  if n < 1 then return {2, math.ceil((1 - n) / rate * 1000), 0} end
-  redis.call('HSET', KEYS[2], 'n', tostring(n - 1), 'at', tostring(now))
-  redis.call('PEXPIRE', KEYS[2], math.ceil(burst / rate * 1000) + 1000)
-end
-if cl >= 0 then redis.call('HINCRBY', KEYS[3], ARGV[7], 1) end
-return {0, used_t, used_u}
-"""
-
 #: counters saturate here (2^53, exact in Lua's doubles): usage past it means "at least
 #: this much" (ATP-BUDGET-012), and an adapter's absurd figure cannot make HINCRBY
 #: overflow, which would fail every later write of this router (and refuse every stream)
 SATURATE = 2**53
 
-_CHARGE = """
-local t = redis.call('TIME')
-local period = tonumber(ARGV[1])
-local win = math.floor(tonumber(t[1]) / period)
-local bkey = KEYS[1] .. ':' .. win
-local out = {win, 0, 0}
-local cap = tonumber(ARGV[4])
-for i, f in ipairs({'t', 'u'}) do
-  local inc = tonumber(ARGV[i + 1])
-  local cur = tonumber(redis.call('HGET', bkey, f) or '0')
-  if cur + inc >= cap then
-    redis.call('HSET', bkey, f, ARGV[4])
-    out[i + 1] = cap
-  else
-    out[i + 1] = redis.call('HINCRBY', bkey, f, inc)
-  end
-end
-redis.call('EXPIRE', bkey, period * 2)
-return out
-"""
 
-_RELEASE = """
-local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -tonumber(ARGV[2]))
-if left <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-return left
-"""
+@dataclass(slots=True)
+class _Due:
+    """What one tenant's next write carries."""
+
+    period: int
+    tokens: int = 0
+    usd: int = 0
+    ended: int = 0  #: counted streams that ended
+    holds: dict[str, list[int]] = field(default_factory=dict)  #: id -> [tokens, usd, done]
+
+    def merge(self, other: _Due) -> None:
+        """Add ``other``'s (a batch put back after a failed write meets a newer one)."""
+        self.period = max(self.period, other.period)
+        self.tokens = min(SATURATE, self.tokens + other.tokens)
+        self.usd = min(SATURATE, self.usd + other.usd)
+        self.ended += other.ended
+        for hid, (t, u, done) in other.holds.items():
+            h = self.holds.setdefault(hid, [0, 0, 0])
+            h[0], h[1], h[2] = h[0] + t, h[1] + u, max(h[2], done)
 
 
 class RedisQuotaStore:
     """The shared :class:`~atp_proto.router.quota.QuotaStore`. Start :meth:`run` in the
-    router's nursery (it writes charges and releases, and keeps this router alive)."""
+    router's nursery (it writes usage, settlements and releases, and renews the leases)."""
 
-    def __init__(self, link: RedisLink) -> None:
+    def __init__(self, link: RedisLink, *, lease_ms: int = ALIVE_MS) -> None:
         self.link = link
-        c = link.client
-        self._admit = c.register_script(_ADMIT)
-        self._charge = c.register_script(_CHARGE)
-        self._release = c.register_script(_RELEASE)
-        #: tenant -> [tokens, usd_micros, period_s, streams ended]
-        self._pending: dict[str, list[int]] = {}
+        self.lease_ms = lease_ms
+        self._admit = LuaScript(link, ADMIT)
+        self._write = LuaScript(link, WRITE)
+        self._pending: dict[str, _Due] = {}
         self._wake = trio.Event()
         self._queued = 0  #: charges queued since start
         self._written = 0  #: of them, the first this many are in Redis
@@ -143,16 +126,31 @@ class RedisQuotaStore:
         self._tried = -1e9  #: when admit last asked Redis
         #: tenant -> (period window, tokens, usd): the totals Redis last answered
         self._known: dict[str, tuple[int, int, int]] = {}
-        self._alive_key = f"{link.prefix}alive:{link.router_id}"
+        #: tenant -> (streams of this router holding a lease there, period_s): renewed
+        self._leased: dict[str, tuple[int, int]] = {}
+        self._holds = 0  #: hold ids issued (ROUTER/N)
 
-    def _keys(self, tenant: str) -> tuple[str, str, str]:
+    def _keys(self, tenant: str) -> tuple[str, str, str, str, str]:
+        """The tenant's keys (budget, bucket, counters, holds, forfeits), all with the
+        hash tag ``{tenant}`` (one Cluster slot)."""
         base = f"{self.link.prefix}q:{{{tenant}}}"
-        return f"{base}:b", f"{base}:r", f"{base}:c"
+        return f"{base}:b", f"{base}:r", f"{base}:c", f"{base}:h", f"{base}:f"
 
     # ------------------------------------------------------------------ the store
 
-    async def admit(self, tenant: str, q: TenantQuota, period_s: int) -> Grant:
+    async def admit(
+        self, tenant: str, q: TenantQuota, period_s: int, cap: BudgetWindow | None = None
+    ) -> Grant:
+        """Admit or refuse; an admitted stream of a budgeted tenant gets a hold of its
+        share (``cap``: the client's window, which may ask for less than the remainder)."""
         keys = self._keys(tenant)
+        budgeted = q.tokens is not None or q.usd_micros is not None
+        hold = ""
+        if budgeted:
+            self._holds += 1
+            hold = f"{self.link.router_id}/{self._holds}"
+        ct = cap.max_tokens if cap is not None and cap.max_tokens is not None else -1
+        cu = cap.max_usd_micros if cap is not None and cap.max_usd_micros is not None else -1
         args = [
             period_s,
             -1 if q.tokens is None else q.tokens,
@@ -161,7 +159,11 @@ class RedisQuotaStore:
             q.bucket,
             -1 if q.concurrent is None else q.concurrent,
             self.link.router_id,
-            f"{self.link.prefix}alive:",
+            self.lease_ms,
+            hold,
+            ct,
+            cu,
+            SATURATE,
         ]
         now = trio.current_time()
         if not self.up and now - self._tried < PROBE_S:
@@ -174,12 +176,14 @@ class RedisQuotaStore:
             # answer at once instead of waiting for a timeout of its own
             if not probe and not self.up:
                 raise RedisError("Redis went away while this call waited")
-            return self._admit(keys=list(keys), args=args)  # type: ignore[no-any-return]
+            return self._admit(list(keys), args)  # type: ignore[no-any-return]
 
         try:
             reply = await self.link.call(ask)
         except RedisError as exc:
             self._went_down(exc)
+            if hold:  # the script may have run and its answer been lost: drop the hold
+                self._pending.setdefault(tenant, _Due(period_s)).holds[hold] = [0, 0, 1]
             raise self._unreachable() from None
         self._came_back()
         status, a, b = (int(x) for x in reply)
@@ -191,7 +195,11 @@ class RedisQuotaStore:
             raise refuse_rate(q.streams_per_s or 0.0, a)
         if status == 3:
             raise refuse_concurrent(q.concurrent or 0)
-        return grant_of(q, a, b)
+        if budgeted or q.concurrent is not None:
+            n, p = self._leased.get(tenant, (0, period_s))
+            self._leased[tenant] = (n + 1, max(p, period_s))
+        g = grant_of(q, a, b)
+        return Grant(g.tokens_left, g.usd_left, hold or None)
 
     @staticmethod
     def _unreachable() -> ATPError:
@@ -217,24 +225,44 @@ class RedisQuotaStore:
             t = u = 0
         p = self._pending.get(tenant)
         if p is not None:
-            t, u = t + p[0], u + p[1]
+            t, u = t + p.tokens, u + p.usd
         return t, u
 
-    def charge(self, tenant: str, tokens: int, usd_micros: int, period_s: int) -> None:
+    def charge(
+        self, tenant: str, tokens: int, usd_micros: int, period_s: int, hold: str | None = None
+    ) -> None:
         if tokens <= 0 and usd_micros <= 0:
             return
-        p = self._pending.setdefault(tenant, [0, 0, period_s, 0])
-        p[2] = max(p[2], period_s)
-        p[0] = min(SATURATE, p[0] + max(0, tokens))
-        p[1] = min(SATURATE, p[1] + max(0, usd_micros))
+        p = self._pending.get(tenant)
+        if p is None:
+            p = self._pending[tenant] = _Due(period_s)
+        p.period = max(p.period, period_s)
+        p.tokens = min(SATURATE, p.tokens + max(0, tokens))
+        p.usd = min(SATURATE, p.usd + max(0, usd_micros))
+        if hold is not None:
+            h = p.holds.setdefault(hold, [0, 0, 0])
+            h[0] = min(SATURATE, h[0] + max(0, tokens))
+            h[1] = min(SATURATE, h[1] + max(0, usd_micros))
         self._queued += 1
         self._wake.set()
 
-    def release(self, tenant: str, q: TenantQuota) -> None:
-        if q.concurrent is None:
+    def release(self, tenant: str, q: TenantQuota, hold: str | None = None) -> None:
+        if q.concurrent is None and hold is None:
             return
-        p = self._pending.setdefault(tenant, [0, 0, 1, 0])
-        p[3] += 1
+        # the period the admission named: a write reaps dead holds into its window
+        n, period = self._leased.get(tenant, (1, 1))
+        if n <= 1:
+            self._leased.pop(tenant, None)
+        else:
+            self._leased[tenant] = (n - 1, period)
+        p = self._pending.get(tenant)
+        if p is None:
+            p = self._pending[tenant] = _Due(period)
+        p.period = max(p.period, period)
+        if q.concurrent is not None:
+            p.ended += 1
+        if hold is not None:
+            p.holds.setdefault(hold, [0, 0, 0])[2] = 1
         self._queued += 1
         self._wake.set()
 
@@ -253,28 +281,28 @@ class RedisQuotaStore:
         """Tenants with usage or releases not yet written (for tests and logs)."""
         return len(self._pending)
 
+    @property
+    def holds_open(self) -> int:
+        """Tenants where this router holds a lease (streams open; for tests and logs)."""
+        return len(self._leased)
+
     # ------------------------------------------------------------------ the writer
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Until cancelled: write what is queued as soon as it is (one pipelined call at a
-        time), and refresh this router's liveness key every second; on failure keep the
-        queue and retry with backoff (0.1 s doubling to 2 s). A last write when cancelled."""
+        time), and renew this router's leases every second; on failure keep the queue and
+        retry with backoff (0.1 s doubling to 2 s). A last write when cancelled."""
         backoff = 0.1
-        last_alive = -1e9
-        try:  # alive before the first stream: other routers count our streams from now
-            await self._flush(True)
-            last_alive = trio.current_time()
-        except RedisError as exc:
-            self._went_down(exc)
+        last_renewal = trio.current_time()
         task_status.started()
         try:
             while True:
                 with trio.move_on_after(1.0):
                     await self._wake.wait()
                 self._wake = trio.Event()
-                alive = trio.current_time() - last_alive >= 1.0
+                renew = trio.current_time() - last_renewal >= 1.0
                 try:
-                    await self._flush(alive)
+                    await self._flush(renew)
                 except RedisError as exc:
                     self._went_down(exc)
                     await trio.sleep(backoff)
@@ -282,8 +310,8 @@ class RedisQuotaStore:
                     self._wake.set()
                     continue
                 backoff = 0.1
-                if alive:
-                    last_alive = trio.current_time()
+                if renew:
+                    last_renewal = trio.current_time()
                 self._came_back()
         finally:
             if self._pending:
@@ -296,45 +324,73 @@ class RedisQuotaStore:
                             extra={"tenants": len(self._pending)},
                         )
 
-    async def _flush(self, alive: bool) -> None:
+    async def _flush(self, renew: bool) -> None:
         batch, self._pending = self._pending, {}
         queued = self._queued
-        if not batch and not alive:
+        renewals = {t: p for t, (_, p) in self._leased.items() if t not in batch} if renew else {}
+        if not batch and not renewals:
+            if renew:  # idle: a PING a second keeps `up` (atp_redis_up) true to Redis
+                await self.link.call(self.link.client.ping)
             return
-        router = self.link.router_id
+        router, lease_ms = self.link.router_id, self.lease_ms
+        calls: list[tuple[str, int, list[str], list[Any]]] = []
+        for tenant, due in batch.items():
+            bkey, _, ckey, hkey, fkey = self._keys(tenant)
+            args: list[Any] = [due.period, due.tokens, due.usd, SATURATE, router, due.ended]
+            args.append(lease_ms if tenant in self._leased else 0)
+            for hid, (t, u, done) in due.holds.items():
+                args += [hid, t, u, done]
+            calls.append((tenant, due.period, [bkey, ckey, hkey, fkey], args))
+        for tenant, period in renewals.items():
+            bkey, _, ckey, hkey, fkey = self._keys(tenant)
+            args = [period, 0, 0, SATURATE, router, 0, lease_ms]
+            calls.append((tenant, period, [bkey, ckey, hkey, fkey], args))
+        groups = _by_slot(calls) if self.link.cluster else [calls]
 
-        def write() -> list[tuple[str, int, Any]]:
-            # MULTI/EXEC: the batch is written whole or not at all, so putting it back
-            # after a failure cannot count a part of it twice
-            pipe = self.link.client.pipeline(transaction=True)
-            charged: list[tuple[str, int]] = []
-            for tenant, (tokens, usd, period, ended) in batch.items():
-                bkey, _, ckey = self._keys(tenant)
-                if tokens or usd:
-                    self._charge(keys=[bkey], args=[period, tokens, usd, SATURATE], client=pipe)
-                    charged.append((tenant, period))
-                if ended:
-                    self._release(keys=[ckey], args=[router, ended], client=pipe)
-            if alive:
-                pipe.set(self._alive_key, 1, px=ALIVE_MS)
-            replies = pipe.execute()
-            totals = [r for r in replies if isinstance(r, list)]
-            return [(name, period, r) for (name, period), r in zip(charged, totals, strict=True)]
+        def write() -> tuple[list[tuple[str, int, Any]], set[str], Exception | None]:
+            # MULTI/EXEC: a group is written whole or not at all, so putting it back after
+            # a failure cannot count a part of it twice. One group on one Redis; on a
+            # Cluster one per slot (a transaction cannot span slots)
+            written: list[tuple[str, int, Any]] = []
+            failed: set[str] = set()
+            error: Exception | None = None
+            for group in groups:
+                if error is None:
+                    try:
+                        pipe = self.link.client.pipeline(transaction=True)
+                        for _, _, keys, args in group:
+                            self._write(keys, args, client=pipe)
+                        replies = pipe.execute()
+                        written += [(c[0], c[1], r) for c, r in zip(group, replies, strict=True)]
+                        continue
+                    except (RedisError, RedisClusterException) as exc:
+                        error = exc
+                failed.update(c[0] for c in group)
+            return written, failed, error
 
         try:
-            for tenant, period, (_, t, u) in await self.link.call(write):
-                self._know(tenant, period, int(t), int(u))
-            self._written = queued
-            self._flushed.set()
-            self._flushed = trio.Event()
+            written, failed, error = await self.link.call(write)
         except BaseException:
-            for tenant, p in batch.items():  # put it back: nothing is lost
-                q = self._pending.setdefault(tenant, [0, 0, p[2], 0])
-                q[0] += p[0]
-                q[1] += p[1]
-                q[3] += p[3]
-                q[2] = max(q[2], p[2])
+            failed, error = set(batch), None
+            self._put_back(batch, failed)
             raise
+        for tenant, period, (_, t, u) in written:
+            self._know(tenant, period, int(t), int(u))
+        if error is not None:
+            self._put_back(batch, failed)
+            raise RedisError(str(error))
+        self._written = queued
+        self._flushed.set()
+        self._flushed = trio.Event()
+
+    def _put_back(self, batch: dict[str, _Due], tenants: set[str]) -> None:
+        """Queue again what a failed write did not store: nothing is lost."""
+        for tenant in tenants & set(batch):
+            due = batch[tenant]
+            later = self._pending.get(tenant)
+            if later is not None:
+                due.merge(later)
+            self._pending[tenant] = due
 
     # ------------------------------------------------------------------ health
 
@@ -350,3 +406,11 @@ class RedisQuotaStore:
         if not self.up:
             self.up = True
             log.info("Redis reachable again", extra={"redis": redacted(self.link.url)})
+
+
+def _by_slot(calls: list[Any]) -> list[list[Any]]:
+    """Calls grouped by the Redis Cluster slot of their keys (each call's keys share one)."""
+    groups: dict[int, list[Any]] = {}
+    for call in calls:
+        groups.setdefault(key_slot(call[2][1].encode()), []).append(call)
+    return list(groups.values())

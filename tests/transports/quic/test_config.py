@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -150,3 +151,65 @@ async def test_the_settings_reach_the_quic_server(quic_router) -> None:
     assert conf.idle_timeout == 7.0 and conf.max_datagram_size == 1300
     assert (conf.max_data, conf.max_stream_data) == (2 << 20, 512 << 10)
     assert os.path.exists(server.cfg.cert_file)
+
+
+def test_a_tls_section_alone_turns_quic_on(tmp_path: Path, cert) -> None:
+    """[ATP-QUIC-019] ``atp serve --config`` whose file has only ``[tls]`` (no QUIC flag,
+    no ``[transport.quic]``) serves QUIC beside WebSocket with that certificate: a QUIC
+    client streams from it. ``[transport.quic] listen = "off"`` beside it turns QUIC off."""
+    shutil.copy(cert.cert, tmp_path / "c.pem")
+    shutil.copy(cert.key, tmp_path / "c.key")
+    path = _write(tmp_path, '[tls]\ncert = "c.pem"\nkey = "c.key"\n')
+    serve = ("--no-auth", "--ws", "127.0.0.1:0", "--metrics", "off", "--config", path)
+    with router_process(*serve) as router:
+        found = re.search(r"quic=quic://127\.0\.0\.1:(\d+)", "".join(router.lines))
+        assert found is not None, router.lines
+        url = f"quic://127.0.0.1:{found.group(1)}"
+        ok = atp("send", url, "--prompt", "hello over [tls]", "--ca", cert.cert, "--json")
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout.strip().splitlines()[-1])["kind"] == "final"
+    _write(tmp_path, '[tls]\ncert = "c.pem"\nkey = "c.key"\n[transport.quic]\nlisten = "off"\n')
+    with router_process(*serve) as router:
+        assert "quic=off" in "".join(router.lines)
+
+
+def _serve_config(argv: list[str], env: dict[str, str] | None = None) -> RouterConfig:
+    """``atp serve ARGV``'s merged configuration (flags, the file, the environment)."""
+    from atp_proto._cli.serve import config_from_args
+    from atp_proto.cli import build_parser
+
+    args = build_parser().parse_args(["serve", *argv])
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env or {})
+    try:
+        cfg: RouterConfig = config_from_args(args)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return cfg
+
+
+def test_quic_beside_websocket_wherever_the_certificate_comes_from(tmp_path: Path, cert) -> None:
+    """[ATP-QUIC-019] QUIC goes on the WebSocket's host and port number over UDP, with a
+    certificate from any layer, and wherever the WebSocket address came from (a flag, the
+    config file, ATP_WS); ``--quic HOST:PORT`` takes the file's ``[tls]`` certificate
+    (it was refused as having none); without any certificate it is bad usage."""
+    from atp_proto.cli import UsageError
+
+    shutil.copy(cert.cert, tmp_path / "c.pem")
+    shutil.copy(cert.key, tmp_path / "c.key")
+    tls = _write(tmp_path, '[tls]\ncert = "c.pem"\nkey = "c.key"\n')
+    pair = ["--cert", cert.cert, "--key", cert.key]
+    cfg = _serve_config(["--config", tls])
+    assert (cfg.quic_host, cfg.quic_port) == ("127.0.0.1", 7443)
+    cfg = _serve_config(["--config", tls, "--ws", "127.0.0.1:9001"])
+    assert (cfg.quic_host, cfg.quic_port) == ("127.0.0.1", 9001)
+    cfg = _serve_config([*pair], env={"ATP_WS": "127.0.0.2:9002"})
+    assert (cfg.quic_host, cfg.quic_port) == ("127.0.0.2", 9002)  # was 127.0.0.1:7443
+    cfg = _serve_config(["--config", tls, "--quic", "127.0.0.1:9003"])
+    assert cfg.quic_port == 9003 and cfg.tls is not None
+    assert _serve_config(["--config", tls, "--quic", "off"]).quic_port is None
+    assert _serve_config([]).quic_port is None  # no certificate: no QUIC
+    with pytest.raises(UsageError, match="QUIC needs a certificate"):
+        _serve_config(["--quic", "127.0.0.1:9004"])

@@ -126,8 +126,16 @@ class BanditLearner:
         max_pending: int = 100_000,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        context_explore: float = 1.0,
     ) -> None:
         self.features = Featurizer(dim)
+        #: how much more the prompt's own features (hashed words, not the dense head)
+        #: count in a Thompson draw's spread than the posterior gives them; 1.0 is plain
+        #: Thompson sampling, the default: a larger factor was tried for the online goal
+        #: and lost (benchmarks/RESULTS.md, routing levers); kept to reproduce that A/B
+        if not context_explore > 0 or not np.isfinite(context_explore):
+            raise ValueError("context_explore must be a finite number > 0")
+        self.context_explore = context_explore
         self.ridge = ridge
         self.bias_ridge = bias_ridge
         self.noise = noise
@@ -180,7 +188,10 @@ class BanditLearner:
         expected: dict[str, float] = {}
         idx = np.flatnonzero(x)  # once for every candidate (Arm.predict)
         for c in query.candidates:
-            mean, var = self.arm(c.name).predict(x, idx)
+            arm = self.arm(c.name)
+            mean, var = arm.predict(x, idx)
+            if self.context_explore != 1.0:
+                var = arm.variance(x, idx, self.context_explore)
             draw = mean + spread * np.sqrt(var) * float(self.rng.standard_normal())
             penalty = w.cost * (c.est_usd_micros / max_cost if max_cost > 0 else 0.0)
             penalty += w.latency * (lats[c.name] / max_lat if max_lat > 0 else 0.0)

@@ -17,6 +17,8 @@ import zlib
 import numpy as np
 import numpy.typing as npt
 
+from .model import DENSE
+
 __all__ = ["DEFAULT_DIM", "Featurizer"]
 
 #: hashed buckets + the dense "shape" features below
@@ -24,7 +26,7 @@ DEFAULT_DIM = 512
 _WORD = re.compile(r"[a-z]+|\d+(?:[.,]\d+)?|[^\sa-z\d]", re.IGNORECASE)
 _NUMBER = re.compile(r"\d")
 #: dense features at the head of the vector (bias, lengths, shape)
-_DENSE = 8
+_DENSE = DENSE
 
 
 class Featurizer:

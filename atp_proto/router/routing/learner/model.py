@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["PRIOR_QUALITY", "Arm"]
+__all__ = ["DENSE", "PRIOR_QUALITY", "Arm"]
 
 Vector = npt.NDArray[np.float64]
 
+#: the dense head of a feature vector (bias, lengths, shape: features._DENSE); the rest
+#: are the prompt's hashed words
+DENSE = 8
 #: the quality an arm is expected to give before it has any data
 PRIOR_QUALITY = 0.5
 
@@ -76,6 +79,13 @@ class Arm:
         mean = PRIOR_QUALITY + float(xi @ self.theta()[idx])
         var = float(xi @ self.a_inv[np.ix_(idx, idx)] @ xi)
         return mean, max(var, 0.0)
+
+    def variance(self, x: Vector, idx: npt.NDArray[np.intp], boost: float) -> float:
+        """The quadratic form of :meth:`predict` with the prompt's own features (every
+        entry past the dense head, ``DENSE``) weighted by ``boost``: an exploration that
+        depends on the prompt more than the posterior says (``context_explore``)."""
+        xi = x[idx] * np.where(idx >= DENSE, np.sqrt(boost), 1.0)
+        return max(0.0, float(xi @ self.a_inv[np.ix_(idx, idx)] @ xi))
 
     def update(self, x: Vector, quality: float, weight: float = 1.0) -> None:
         """One observation of ``quality`` (clipped to [0, 1]) for features ``x``."""

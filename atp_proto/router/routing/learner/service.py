@@ -1,12 +1,15 @@
 """The learner as the router runs it: built from the configuration, its state loaded at
 start, written back every few seconds while it changes and once more at shutdown
 (ATP-FEED-007). Writes happen on a worker thread from a snapshot taken on the event loop,
-so a stream never waits for the disk.
+so a stream never waits for the disk. A worker of ``--workers N`` reads and writes its own
+rows of the file; the fleet's are merged when no worker runs (:func:`store.merge_workers`,
+by the supervisor, or here by a lone router that finds a fleet's file).
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -37,24 +40,29 @@ def build_learner(config: RouterConfig) -> Learner:
     path = config.routing_state
     if path and not Path(path).resolve().parent.is_dir():
         raise ValueError(f"--routing-state: no directory for {path}")
+    worker = config.worker_index if config.worker_index >= 0 else None
     if path and Path(path).exists():
         try:
-            store.apply(learner, store.load(path))
+            if worker is None:  # a lone router: a fleet's workers' rows are folded in first
+                store.merge_workers(path, shared=bool(config.redis_url))
+            store.apply(learner, store.load(path, worker=worker))
         except store.StateError as exc:
             raise ValueError(f"--routing-state: {exc}") from None
         log.info("routing state loaded", extra={"file": path, "arms": len(learner.arms)})
     return learner
 
 
-def save_now(learner: Learner, path: str) -> None:
-    """Write the state synchronously (shutdown)."""
+def save_now(learner: Learner, path: str, worker: int = -1) -> None:
+    """Write the state synchronously (shutdown); ``worker`` >= 0: that worker's rows."""
     if isinstance(learner, BanditLearner) and path:
-        store.save(path, store.snapshot(learner))
+        store.save(path, store.snapshot(learner), worker=worker if worker >= 0 else None)
 
 
-async def persist(learner: Learner, path: str, interval_s: float = 5.0) -> None:
+async def persist(learner: Learner, path: str, interval_s: float = 5.0, worker: int = -1) -> None:
     """Until cancelled: write the state whenever it changed, at most every ``interval_s``;
-    a final write when cancelled (the router stopping)."""
+    a final write when cancelled (the router stopping). ``worker`` >= 0: a worker of
+    ``--workers N`` writes its own rows."""
+    own = worker if worker >= 0 else None
     if not isinstance(learner, BanditLearner) or not path:
         await trio.sleep_forever()
         return
@@ -66,13 +74,13 @@ async def persist(learner: Learner, path: str, interval_s: float = 5.0) -> None:
                 saved = learner.updates
                 snap = store.snapshot(learner)
                 try:
-                    await trio.to_thread.run_sync(store.save, path, snap)
+                    await trio.to_thread.run_sync(partial(store.save, path, snap, worker=own))
                 except Exception:
                     log.exception("routing state not saved", extra={"file": path})
     finally:
         if learner.updates != saved:
             with trio.CancelScope(shield=True):
                 try:
-                    save_now(learner, path)
+                    save_now(learner, path, worker)
                 except Exception:
                     log.exception("routing state not saved", extra={"file": path})

@@ -1,0 +1,188 @@
+"""The Lua scripts of the shared quota store (:mod:`.redis_quota` says what they keep and
+why). Each is atomic in Redis, timed by its clock, and touches only keys with one tenant's
+hash tag (one Redis Cluster slot): the declared KEYS and the period windows derived from
+KEYS[1]."""
+
+from __future__ import annotations
+
+__all__ = ["ADMIT", "COMMON", "WRITE"]
+
+#: shared by both scripts: Redis's clock, saturating adds, and the reaper of the routers
+#: whose lease lapsed (their counters deleted, their holds charged and kept as forfeits);
+#: returns the streams open on live routers
+COMMON = """
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(t[1])
+end
+local function add(bkey, f, inc, cap)
+  local cur = tonumber(redis.call('HGET', bkey, f) or '0')
+  if cur + inc >= cap then
+    redis.call('HSET', bkey, f, string.format('%.0f', cap))
+    return cap
+  end
+  if cur + inc <= 0 then
+    redis.call('HSET', bkey, f, '0')
+    return 0
+  end
+  return redis.call('HINCRBY', bkey, f, string.format('%.0f', inc))
+end
+local function reap(ckey, hkey, fkey, bkey, win, me, now, cap, ttl_ms)
+  local f = redis.call('HGETALL', ckey)
+  local live, ndead = {}, 0
+  for i = 1, #f, 2 do
+    if string.sub(f[i], 1, 1) == '@' then
+      local r = string.sub(f[i], 2)
+      if r == me or tonumber(f[i + 1]) > now then
+        live[r] = true
+      else
+        ndead = ndead + 1
+        redis.call('HDEL', ckey, f[i])
+      end
+    end
+  end
+  if ndead > 0 then
+    local h = redis.call('HGETALL', hkey)
+    for i = 1, #h, 2 do
+      local r = string.match(h[i], '^(.*)/[^/]*$')
+      if r == nil or not live[r] then
+        -- a hold is "tokens usd token-limit usd-limit": the streams of a tenant share
+        -- what is left (ATP-BUDGET-016), so together they could not have spent past the
+        -- quota: holds are charged up to it, never past it
+        local ht, hu, lt, lu = string.match(h[i + 1], '^(%S+) (%S+) (%S+) (%S+)$')
+        ht, hu = tonumber(ht) or 0, tonumber(hu) or 0
+        lt, lu = tonumber(lt) or -1, tonumber(lu) or -1
+        local used_t = tonumber(redis.call('HGET', bkey, 't') or '0')
+        local used_u = tonumber(redis.call('HGET', bkey, 'u') or '0')
+        if lt >= 0 then ht = math.min(ht, math.max(0, lt - used_t)) end
+        if lu >= 0 then hu = math.min(hu, math.max(0, lu - used_u)) end
+        if ht > 0 then add(bkey, 't', ht, cap) end
+        if hu > 0 then add(bkey, 'u', hu, cap) end
+        redis.call('HDEL', hkey, h[i])
+        redis.call('HSET', fkey, h[i], string.format('%.0f %.0f %d', ht, hu, win))
+        redis.call('PEXPIRE', fkey, ttl_ms)
+      end
+    end
+  end
+  local open = 0
+  for i = 1, #f, 2 do
+    if string.sub(f[i], 1, 1) ~= '@' then
+      if live[f[i]] then
+        open = open + tonumber(f[i + 1])
+      else
+        redis.call('HDEL', ckey, f[i])
+      end
+    end
+  end
+  return open
+end
+local function lease(ckey, hkey, me, now, lease_ms, ttl_ms)
+  redis.call('HSET', ckey, '@' .. me, string.format('%.0f', now + lease_ms))
+  redis.call('PEXPIRE', ckey, ttl_ms)
+  if redis.call('EXISTS', hkey) == 1 then redis.call('PEXPIRE', hkey, ttl_ms) end
+end
+"""
+
+#: KEYS: budget (without its window), bucket, counters, holds, forfeits. ARGV: period,
+#: tokens limit, usd limit (-1: none), rate, burst, concurrent limit (-1: none), router,
+#: lease_ms, hold id ("": none), the stream's own token and usd caps (-1: none), the
+#: saturation
+ADMIT = (
+    COMMON
+    + """
+local now, secs = clock()
+local period = tonumber(ARGV[1])
+local win = math.floor(secs / period)
+local bkey = KEYS[1] .. ':' .. win
+local me, cap, ttl = ARGV[7], tonumber(ARGV[12]), math.max(period * 2000, 60000)
+local open = reap(KEYS[3], KEYS[4], KEYS[5], bkey, win, me, now, cap, ttl)
+if redis.call('EXISTS', bkey) == 1 then redis.call('EXPIRE', bkey, period * 2) end
+local used_t = tonumber(redis.call('HGET', bkey, 't') or '0')
+local used_u = tonumber(redis.call('HGET', bkey, 'u') or '0')
+local lt, lu = tonumber(ARGV[2]), tonumber(ARGV[3])
+if (lt >= 0 and used_t >= lt) or (lu >= 0 and used_u >= lu) then
+  return {1, used_t, used_u}
+end
+local cl = tonumber(ARGV[6])
+if cl >= 0 and open >= cl then return {3, open, 0} end
+local rate = tonumber(ARGV[4])
+if rate > 0 then
+  local burst = tonumber(ARGV[5])
+  local b = redis.call('HMGET', KEYS[2], 'n', 'at')
+  local n = tonumber(b[1]) or burst
+  local at = tonumber(b[2]) or now / 1000
+  n = math.min(burst, n + math.max(0, now / 1000 - at) * rate)
+  if n < 1 then return {2, math.ceil((1 - n) / rate * 1000), 0} end
+  redis.call('HSET', KEYS[2], 'n', tostring(n - 1), 'at', tostring(now / 1000))
+  redis.call('PEXPIRE', KEYS[2], math.ceil(burst / rate * 1000) + 1000)
+end
+if cl >= 0 then redis.call('HINCRBY', KEYS[3], me, 1) end
+if ARGV[9] ~= '' then
+  local ht, hu = 0, 0
+  local ct, cu = tonumber(ARGV[10]), tonumber(ARGV[11])
+  if lt >= 0 then ht = lt - used_t; if ct >= 0 and ct < ht then ht = ct end end
+  if lu >= 0 then hu = lu - used_u; if cu >= 0 and cu < hu then hu = cu end end
+  redis.call('HSET', KEYS[4], ARGV[9], string.format('%.0f %.0f %.0f %.0f', ht, hu, lt, lu))
+end
+if cl >= 0 or ARGV[9] ~= '' then lease(KEYS[3], KEYS[4], me, now, tonumber(ARGV[8]), ttl) end
+return {0, used_t, used_u}
+"""
+)
+
+#: KEYS: budget (without its window), counters, holds, forfeits. ARGV: period, tokens,
+#: usd, saturation, router, streams ended, lease_ms (0: no renewal), then per hold: id,
+#: tokens, usd, 1 when its stream ended. A hold found forfeited (its router was presumed
+#: dead, and it was charged) covers the usage it was charged for, and what is left of it
+#: is given back when the stream ends in the same period: a router cut off for a while is
+#: charged exactly in the end. Returns {window, tokens used, usd used}.
+WRITE = (
+    COMMON
+    + """
+local now, secs = clock()
+local period = tonumber(ARGV[1])
+local win = math.floor(secs / period)
+local bkey = KEYS[1] .. ':' .. win
+local cap, me, ttl = tonumber(ARGV[4]), ARGV[5], math.max(period * 2000, 60000)
+reap(KEYS[2], KEYS[3], KEYS[4], bkey, win, me, now, cap, ttl)
+local dt, du = tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 8, #ARGV, 4 do
+  local id, ut, uu, done = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local v = redis.call('HGET', KEYS[3], id)
+  if v then
+    if done == '1' then
+      redis.call('HDEL', KEYS[3], id)
+    else
+      local ht, hu, limits = string.match(v, '^(%S+) (%S+) (%S+ %S+)$')
+      ht = math.max(0, tonumber(ht) - ut)
+      hu = math.max(0, tonumber(hu) - uu)
+      redis.call('HSET', KEYS[3], id, string.format('%.0f %.0f %s', ht, hu, limits))
+    end
+  else
+    local f = redis.call('HGET', KEYS[4], id)
+    if f then
+      local ft, fu, fw = string.match(f, '^(%S+) (%S+) (%S+)$')
+      ft, fu = tonumber(ft), tonumber(fu)
+      local ct, cu = math.min(ut, ft), math.min(uu, fu)
+      dt, du, ft, fu = dt - ct, du - cu, ft - ct, fu - cu
+      if done == '1' then
+        redis.call('HDEL', KEYS[4], id)
+        if tonumber(fw) == win then dt, du = dt - ft, du - fu end
+      else
+        redis.call('HSET', KEYS[4], id, string.format('%.0f %.0f %s', ft, fu, fw))
+      end
+    end
+  end
+end
+local out = {win, 0, 0}
+out[2] = dt ~= 0 and add(bkey, 't', dt, cap) or tonumber(redis.call('HGET', bkey, 't') or '0')
+out[3] = du ~= 0 and add(bkey, 'u', du, cap) or tonumber(redis.call('HGET', bkey, 'u') or '0')
+if dt ~= 0 or du ~= 0 then redis.call('EXPIRE', bkey, period * 2) end
+local ended = tonumber(ARGV[6])
+if ended > 0 then
+  if redis.call('HINCRBY', KEYS[2], me, -ended) <= 0 then redis.call('HDEL', KEYS[2], me) end
+end
+local lease_ms = tonumber(ARGV[7])
+if lease_ms > 0 then lease(KEYS[2], KEYS[3], me, now, lease_ms, ttl) end
+return out
+"""
+)
