@@ -8,7 +8,7 @@ here, citing the requirements it checks; the probes of one router run in one nod
 (in parallel, a few seconds in all), so the module stays well under 30 s.
 
 Routers: ``open`` (``--no-auth``, one echo adapter process over gRPC), ``auth`` (HS256 JWT
-via ``atp token``, idle_timeout_ms 1000 to probe ATP-TIME-004) and ``drain`` (SIGTERM
+via ``atp token``, idle_timeout_ms 1500 to probe ATP-TIME-004) and ``drain`` (SIGTERM
 while the client holds a stream open: ATP-SESS-005, ATP-SESS-013).
 """
 
@@ -126,7 +126,7 @@ class Routers:
 @pytest.fixture(scope="module")
 def routers() -> Iterator[Routers]:
     """An echo adapter process over gRPC; ``atp serve --no-auth``; ``atp serve`` with HS256
-    JWT and idle_timeout_ms 1000; a third for the drain. Everything that can overlap does:
+    JWT and idle_timeout_ms 1500; a third for the drain. Everything that can overlap does:
     the routers start together, the tokens are minted meanwhile, both probe runs together."""
     if not NODE_OK:
         pytest.skip(SKIP)
@@ -139,9 +139,9 @@ def routers() -> Iterator[Routers]:
             adapters=echo,
             metrics="off",
             env=env,
-            config_toml="[limits]\nidle_timeout_ms = 1000\n",
+            config_toml="[limits]\nidle_timeout_ms = 1500\n",
         )
-        drain_args = ("--grace", "5", "--max-sessions", "3")
+        drain_args = ("--grace", "20", "--max-sessions", "3")
         drain_f = ex.submit(RouterProcess, *drain_args, adapters=echo, metrics="off", env=env)
         # --dev-cert: under this worker's XDG_DATA_HOME (tests/conftest.py)
         tls_args = ("--no-auth", "--dev-cert", "--quic", "off")
@@ -214,7 +214,7 @@ def test_router_drain(routers: Routers) -> None:
     for res in report["results"]:  # session_limit_503 (ATP-LIMIT-003), then drain
         assert res["ok"], f"{res['name']}: {res['detail']} ({err[-500:]})"
     assert [res["name"] for res in report["results"]] == ["session_limit_503", "drain"]
-    assert time.monotonic() - t0 < 5, "the drained session closed only at the grace period"
+    assert time.monotonic() - t0 < 15, "the drained session closed only at the grace period"
     assert r.wait(timeout=10) == 0
 
 
