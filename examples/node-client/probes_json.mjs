@@ -1,5 +1,5 @@
 // Probes of the JSON text mapping (spec §13.3, §13.4) over WebSocket text messages.
-import { Session } from './session.mjs';
+import { Session, SLACK } from './session.mjs';
 import { T } from './frame.mjs';
 import { CLOSE } from './frame.mjs';
 
@@ -189,7 +189,7 @@ probe('json_credit_counts_utf8_bytes', ['ATP-FLOW-008', 'ATP-FLOW-014'], async (
   const prompt = 'é€'.repeat(3000); // multi-byte UTF-8: bytes, not characters, are charged
   s.sendText({ stream_id: 'cr', flags: ['SYN'], msg_seq: 1, payload: { type: 'agent.task', content: { prompt } } });
   let credit = W, unret = 0, end = null, n = 0;
-  const deadline = Date.now() + 5000;
+  const deadline = Date.now() + 5000 * SLACK;
   while (!end && Date.now() < deadline) {
     const f = await s.recv(1500);
     if (!f) return { ok: false, detail: `stalled, credit ${credit}` };

@@ -1,5 +1,5 @@
 // Probes of budget windows, meta, the client's advertised limits and payload handling.
-import { Session, syn } from './session.mjs';
+import { Session, syn, SLACK } from './session.mjs';
 import { frame, T, F, decodePayload } from './frame.mjs';
 import { streams, fresh, streamError, checkComplete, code, desc, isErr } from './probes.mjs';
 
@@ -118,7 +118,7 @@ probe('window_update_after_close', ['ATP-FLAG-004'], async (ctx) => {
 probe('too_many_fragments', ['ATP-SEQ-013'], async (ctx) => {
   const s = await fresh(ctx);
   let credit = s.routerCaps.initial_window ?? 262144, frag = 0;
-  const deadline = Date.now() + 7000;
+  const deadline = Date.now() + 7000 * SLACK;
   while (frag <= 65535 && Date.now() < deadline) {
     const batch = [];
     while (credit >= 25 && frag <= 65535 && batch.length < 20000) {

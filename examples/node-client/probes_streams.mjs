@@ -1,5 +1,5 @@
 // Probes of streams, sequencing, reassembly, credit, time, errors and the JSON mapping.
-import { Session, syn } from './session.mjs';
+import { Session, syn, SLACK } from './session.mjs';
 import { frame, T, F, decodePayload } from './frame.mjs';
 import { streams, fresh, streamError, connError, checkComplete, code, desc, isErr } from './probes.mjs';
 
@@ -99,7 +99,7 @@ probe('concurrent_streams', ['ATP-SEQ-001', 'ATP-ERR-005'], async (ctx) => {
   const ids = Array.from({ length: 20 }, (_, i) => 2 * i + 1);
   s.send(...ids.map((id) => syn(id, { prompt: `task ${id}` })));
   const done = new Map();
-  const deadline = Date.now() + 4000;
+  const deadline = Date.now() + 4000 * SLACK;
   const per = new Map(ids.map((i) => [i, []]));
   while (done.size < ids.length && Date.now() < deadline) {
     const f = await s.recv(deadline - Date.now());
@@ -211,7 +211,7 @@ probe('message_over_max_message_size', ['ATP-SEQ-007', 'ATP-SEQ-009'], async (ct
   const max = s.routerCaps.max_message_size ?? 4194304;
   const chunk = 60000;
   let credit = s.routerCaps.initial_window ?? 262144, sent = 0, frag = 0;
-  const deadline = Date.now() + 6000;
+  const deadline = Date.now() + 6000 * SLACK;
   while (sent <= max && Date.now() < deadline) {
     while (credit >= chunk + 24 && sent <= max) {
       s.send(frame({ flags: (frag === 0 ? F.SYN : 0) | F.CONT, stream: 1, msgSeq: 1, fragSeq: frag, payload: new Uint8Array(chunk) }));
@@ -280,7 +280,7 @@ probe('router_respects_small_window', ['ATP-FLOW-001', 'ATP-FLOW-013', 'ATP-SEQ-
   const text = 'abcdefghij'.repeat(500);
   s.send(syn(1, { prompt: text }));
   let credit = W, unret = 0, frags = [], msgs = 0, end = null;
-  const deadline = Date.now() + 5000;
+  const deadline = Date.now() + 5000 * SLACK;
   while (!end && Date.now() < deadline) {
     const f = await s.recv(1500);
     if (!f) return { ok: false, detail: `stalled with credit ${credit} after ${msgs} messages` };

@@ -39,7 +39,7 @@ async function worker() {
     const p = list[next++];
     const t = Date.now();
     let r;
-    try { r = await Promise.race([p.fn(ctx), new Promise((_, rej) => setTimeout(() => rej(new Error('probe timeout')), 8000))]); }
+    try { r = await Promise.race([p.fn(ctx), new Promise((_, rej) => setTimeout(() => rej(new Error('probe timeout')), 30000))]); }
     catch (e) { r = { ok: false, detail: `exception: ${e.message}` }; }
     results.push({ name: p.name, ids: p.ids, ok: Boolean(r.ok), detail: r.detail, ms: Date.now() - t });
   }

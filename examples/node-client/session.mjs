@@ -5,6 +5,10 @@ import crypto from 'node:crypto';
 import { WsClient } from './ws.mjs';
 import { frame, parseMessage, T, F } from './frame.mjs';
 
+/** Every wait for the router is this many times longer than a probe asks (a loaded host:
+ * a probe that passes never waits its timeout out; ATP_PROBE_SLACK overrides). */
+export const SLACK = Number(process.env.ATP_PROBE_SLACK ?? 3);
+
 export class Session {
   static async open(url, { token, tokenIn = 'header', protocols = [], initialWindow = 262144,
     autoCredit = true, timeoutMs = 3000, ca } = {}) {
@@ -39,7 +43,7 @@ export class Session {
 
   /** Next frame (binary frames are objects from parseMessage; text ones {json, text}). */
   async recv(timeoutMs = 2000) {
-    const deadline = Date.now() + timeoutMs;
+    const deadline = Date.now() + timeoutMs * SLACK;
     while (!this.pending.length) {
       const m = await this.ws.next(Math.max(0, deadline - Date.now()));
       if (!m) return null;
@@ -80,9 +84,9 @@ export class Session {
   /** Frames until `pred` matches one (returned last), or until timeout / close. */
   async until(pred, timeoutMs = 2000) {
     const seen = [];
-    const deadline = Date.now() + timeoutMs;
+    const deadline = Date.now() + timeoutMs * SLACK;
     for (;;) {
-      const f = await this.recv(Math.max(0, deadline - Date.now()));
+      const f = await this.recv(Math.max(0, deadline - Date.now()) / SLACK);
       if (!f) return { seen, hit: null };
       seen.push(f);
       if (pred(f)) return { seen, hit: f };
@@ -105,7 +109,7 @@ export class Session {
     return { before: r.seen.slice(0, r.hit ? -1 : undefined), ok: r.hit != null };
   }
 
-  async closed(timeoutMs = 2000) { return this.ws.waitClosed(timeoutMs); }
+  async closed(timeoutMs = 2000) { return this.ws.waitClosed(timeoutMs * SLACK); }
   get closeCode() { return this.ws.closeCode; }
   end() { this.ws.destroy(); }
 }
