@@ -7,9 +7,11 @@ HS256 JWT minter. Node's standard library only: no npm install. Each probe is on
 here, citing the requirements it checks; the probes of one router run in one node process
 (in parallel, a few seconds in all), so the module stays well under 30 s.
 
-Routers: ``open`` (``--no-auth``, one echo adapter process over gRPC), ``auth`` (HS256 JWT
-via ``atp token``, idle_timeout_ms 1500 to probe ATP-TIME-004) and ``drain`` (SIGTERM
-while the client holds a stream open: ATP-SESS-005, ATP-SESS-013).
+Routers, all behind one echo adapter process over gRPC: ``open`` (``--no-auth``),
+``auth`` (HS256 JWT via ``atp token``, idle_timeout_ms 1500 to probe ATP-TIME-004),
+``drain`` (``--max-sessions 3``, then SIGTERM while the client holds a stream open:
+ATP-LIMIT-003, ATP-SESS-005, ATP-SESS-013) and ``tls`` (``--dev-cert``: wss://). Last, the
+other direction: the reference's conformance suite (client role) against the client.
 """
 
 from __future__ import annotations
