@@ -184,6 +184,12 @@ class ConnectionBase:
         if rec is not None:
             self._close_stream(rec, StreamInput.SEND_RST)
         elif encoding is _JSON:
+            # A SYN refused under an alias still took its id, named to the client in
+            # stream_num (ATP-JSON-016): the id is used, so no numeric SYN may take it
+            # and a late frame on the alias stays on the closed stream (ATP-STREAM-002,
+            # ATP-JSON-014). Found by the independent client (tests/indie).
+            if self.json.allocated(sid) and sid > self._highest_id:
+                self._highest_id = sid
             self.json.forget(sid)  # a refused SYN: its alias may be used again
         events.append(
             StreamReset(sid, str(exc.code), exc.message, exc.retry_after_ms, by_peer=False)

@@ -29,6 +29,8 @@ class PeerCaps:
     frame_size: int = DEFAULT_LIMITS.max_frame_size
     initial_window: int = DEFAULT_LIMITS.initial_window
     max_streams: int = DEFAULT_LIMITS.max_streams
+    #: the largest message (reassembled payload) the peer accepts (ATP-LIMIT-004)
+    message_size: int = DEFAULT_LIMITS.max_message_size
 
     def parse(self, caps: Mapping[str, Any]) -> PeerCaps:
         """These limits updated by a peer's CAPABILITIES map (already validated as a map
@@ -36,10 +38,12 @@ class PeerCaps:
         fs = caps.get("max_frame_size")
         win = caps.get("initial_window")
         ms = caps.get("max_streams")
+        mm = caps.get("max_message_size")
         return PeerCaps(
             fs if is_uint(fs) and fs >= 1024 else self.frame_size,
             win if is_uint(win) and 1 <= win <= MAX_WINDOW else self.initial_window,
             ms if is_uint(ms) else self.max_streams,
+            mm if is_uint(mm) else self.message_size,
         )
 
     @property

@@ -182,6 +182,10 @@ class JsonMapping:
         self._unannounced.add(sid)
         return sid
 
+    def allocated(self, stream_id: int) -> bool:
+        """Whether a SYN under an alias was given this id (a transient id is not)."""
+        return stream_id in self._by_id
+
     def _is_retired(self, sid: int) -> bool:
         alias = self._by_id.get(sid)
         return alias is not None and self._retired.get(alias) == sid

@@ -93,6 +93,12 @@ class SendMixin(ConnectionBase):
             raise LocalProtocolError(
                 ErrorCode.EWINDOW, f"the peer allows {self._peer.max_streams} concurrent streams"
             )
+        if len(payload) > self._peer.message_size:  # ATP-LIMIT-004, before any stream state
+            raise LocalProtocolError(
+                ErrorCode.ETOOBIG,
+                f"a task of {len(payload)} bytes exceeds the peer's max_message_size "
+                f"({self._peer.message_size})",
+            )
         self._highest_id = sid
         if encoding is _JSON:
             self.json.note_stream_id(sid)
@@ -148,7 +154,12 @@ class SendMixin(ConnectionBase):
             n = len(payload)
             cost = HEADER_SIZE + n
             window = rec.send
-            if cost <= window.credit and n <= self._frag_size and rec.send_seq < U32_MAX:
+            if (
+                cost <= window.credit
+                and n <= self._frag_size
+                and n <= self._peer.message_size
+                and rec.send_seq < U32_MAX
+            ):
                 seq = rec.send_seq
                 rec.send_seq = seq + 1
                 window.credit -= cost
@@ -202,6 +213,16 @@ class SendMixin(ConnectionBase):
                 ErrorCode.ETOOBIG,
                 f"an ext of {ext_len} bytes does not fit half the peer's initial_window "
                 f"({window}): at most {window // 2 - HEADER_SIZE} bytes",
+                stream_id=rec.stream_id,
+            )
+        if len(payload) > self._peer.message_size:
+            # ATP-LIMIT-004: never a message larger than the peer's max_message_size (the
+            # router refuses the stream with ETOOBIG, as for ATP-FLOW-014). Found by the
+            # independent client (tests/indie).
+            raise LocalProtocolError(
+                ErrorCode.ETOOBIG,
+                f"a message of {len(payload)} bytes exceeds the peer's max_message_size "
+                f"({self._peer.message_size})",
                 stream_id=rec.stream_id,
             )
         if rec.encoding is _JSON and self._peer_sent_caps:
