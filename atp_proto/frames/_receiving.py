@@ -387,6 +387,13 @@ class ReceiveMixin(ConnectionBase):
             elif rec is not None:
                 rec.send.clear()
                 self._maybe_forget(rec)
+            elif sid > self._highest_id:
+                # Never opened: the stream table has no 'idle / recv RST' row
+                # (ATP-STREAM-009; ATP-FLAG-004's discard is for streams opened and closed).
+                # Our ERROR is not answered with an ERROR (ATP-ERR-011): no ping-pong.
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO, f"RST on stream {sid}, which was never opened", stream_id=sid
+                )
             return None
         syn = bool(flags & SYN_BIT)
         if rec is not None:

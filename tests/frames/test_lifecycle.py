@@ -256,15 +256,20 @@ def test_error_retry_is_optional_but_message_is_not() -> None:
         assert not closed.by_peer and closed.code == ErrorCode.EPROTO
 
 
-def test_rst_for_an_unknown_or_forgotten_stream_is_discarded() -> None:
-    """ATP-FLAG-004: RST for a stream that is gone is dropped without an error."""
+def test_rst_for_a_forgotten_stream_is_discarded_and_for_a_never_opened_one_is_eproto() -> None:
+    """ATP-FLAG-004: RST for a stream that was opened and is gone is dropped without an
+    error; ATP-STREAM-009: RST on an id never opened (no 'idle / recv RST' row) is a stream
+    error EPROTO (found by the independent client, tests/indie), and the session lives."""
     p, sid = opened_pair()
     p.router.send_message(sid, b"", end_stream=True)
     p.to_client()
     assert p.router.open_streams == 0
     assert p.router.receive_message(encode_frame(Frame(flags=Flags.RST, stream_id=sid)), 0.0) == []
-    assert p.router.receive_message(encode_frame(Frame(flags=Flags.RST, stream_id=99)), 0.0) == []
     assert not p.router.has_data_to_send() and not p.router.closed
+    events = p.router.receive_message(encode_frame(Frame(flags=Flags.RST, stream_id=99)), 0.0)
+    reset = one(events, StreamReset)
+    assert (reset.stream_id, reset.code, reset.by_peer) == (99, "EPROTO", False)
+    assert p.router.has_data_to_send() and not p.router.closed
 
 
 def test_frames_for_a_closed_stream_still_flushing() -> None:

@@ -38,15 +38,7 @@ NODE = shutil.which("node")
 SECRET = "indie-" + "k" * 40  # an HS256 secret of more than 32 bytes (ATP-SEC-006)
 
 #: probes that find the reference wrong, with why; strict: fixing one makes its test fail
-KNOWN: dict[str, str] = {
-    "bare_rst_on_idle_stream": (
-        "a bare RST on a stream id never opened is discarded, where ATP-STREAM-003 (a non-SYN"
-        " DATA frame on an id never opened) and ATP-STREAM-009 (no 'idle / recv RST' row)"
-        " make it EPROTO; tests/frames/test_lifecycle.py and test_edges.py assert the discard,"
-        " citing ATP-FLAG-004, which covers streams 'opened and now closed' only: the lead"
-        " decides whether the reference or the spec changes"
-    ),
-}
+KNOWN: dict[str, str] = {}
 
 
 def _node_major() -> int:
