@@ -178,7 +178,9 @@ def test_peer_rst_on_flushing_stream_and_unknown() -> None:
     p.router.receive_message(encode_frame(Frame(0, Flags.RST, sid, 9)), 0)
     assert p.router.open_streams == 0
     # ATP-STREAM-009: an RST on an id never opened is a stream error, not discarded
-    (reset,) = of(p.router.receive_message(encode_frame(Frame(0, Flags.RST, 77, 1)), 0), StreamReset)
+    (reset,) = of(
+        p.router.receive_message(encode_frame(Frame(0, Flags.RST, 77, 1)), 0), StreamReset
+    )
     assert reset.code == ErrorCode.EPROTO and not p.router.closed
 
 
