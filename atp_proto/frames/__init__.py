@@ -16,7 +16,7 @@ Layout, each module depending only on those above it::
     _validate   stateless frame rules;  _events: what a Connection reports
     _state      the stream state table;  _windows: credit;  _fragments: reassembly
     _stream     Stream (state + seq + windows + reassembly);  _caps, _timers, _output
-    _base       Connection's state;  _receiving / _sending: its two sides
+    _base       Connection's state;  _receiving (+ _control) / _sending: its two sides
     _connection Connection
 """
 
