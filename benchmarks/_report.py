@@ -38,6 +38,8 @@ _UNITS: dict[str, tuple[str, str]] = {
     "GB/s": (".2f", " GB/s"),
     "GiB": (".3f", " GiB"),
     "frames/s": (",.0f", " frames/s"),
+    "streams/s": (",.1f", " streams/s"),
+    "MiB": (",.1f", " MiB"),
 }
 
 
