@@ -422,6 +422,31 @@ def vectors() -> list[dict[str, Any]]:
         "stream",
         "a text string in ext that is not UTF-8",
     )
+    ok(
+        "frame.valid.ext-depth-16",
+        ["ATP-FRAME-006", "ATP-LIMIT-001"],
+        _raw(T_DATA, F_SYN, 1, 1, cbor2.dumps({"x_deep": _nested(14)}), cbor2.dumps(_TASK)),
+        [
+            {
+                "v": 1,
+                "stream_id": 1,
+                "msg_seq": 1,
+                "frag_seq": 0,
+                "flags": ["SYN"],
+                "x_deep": _nested(14),
+                "payload": _TASK,
+            }
+        ],
+        "ext values 16 deep, the limit (the ext map at depth 1, the innermost 1 at 16)",
+    )
+    bad(
+        "frame.ext-depth-17",
+        ["ATP-FRAME-006", "ATP-LIMIT-001"],
+        _raw(T_DATA, F_SYN, 1, 1, cbor2.dumps({"x_deep": _nested(15)}), cbor2.dumps(_TASK)),
+        "EPROTO",
+        "stream",
+        "ext values 17 deep, one past the limit",
+    )
     bad(
         "frame.ext-deep",
         ["ATP-FRAME-006", "ATP-LIMIT-001"],

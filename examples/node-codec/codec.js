@@ -78,7 +78,7 @@ function cborDecode(buf, strict, depthLimit) {
     }
     fail("bad major type");
   }
-  const v = item(0);
+  const v = item(1);  // the top item is at depth 1 (spec §12: the ext map counts)
   if (pos !== buf.length) fail("trailing bytes");
   return v;
 }
