@@ -222,8 +222,12 @@ def decode_token(
         ) from None
     except jwt.MissingRequiredClaimError as exc:
         raise AuthError(401, f"token lacks the {exc.claim!r} claim") from None
-    except jwt.PyJWTError as exc:
-        raise AuthError(401, f"invalid token: {type(exc).__name__}") from None
+    except jwt.InvalidSignatureError:
+        raise AuthError(401, "invalid token: the signature does not verify") from None
+    except jwt.DecodeError:
+        raise AuthError(401, "invalid token: not a well-formed JWT") from None
+    except jwt.PyJWTError as exc:  # other claim checks: PyJWT's one-line reason
+        raise AuthError(401, f"invalid token: {exc}") from None
     return claims
 
 

@@ -336,7 +336,7 @@ class JwksAuthenticator:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise AuthError(401, "invalid token: DecodeError") from None
+            raise AuthError(401, "invalid token: not a well-formed JWT") from None
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise AuthError(401, "token key id (kid) must be a string")
