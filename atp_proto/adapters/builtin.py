@@ -39,6 +39,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
@@ -86,21 +87,28 @@ class BehaviourConfig:
         unknown = set(merged) - set(cls.__slots__)
         if unknown:
             raise ValueError(f"unknown adapter option(s): {', '.join(sorted(unknown))}")
-        try:
-            cfg = cls(
-                latency_ms=float(merged.get("latency_ms", 0)),
-                chunks=int(merged.get("chunks", 4)),
-                usd_per_1k=int(merged.get("usd_per_1k", 0)),
-                confidence=float(merged.get("confidence", 0.9)),
-                fail=merged.get("fail", ""),
-                fail_after=int(merged.get("fail_after", 0)),
-                slow_every=int(merged.get("slow_every", 0)),
-                slow_ms=float(merged.get("slow_ms", 0)),
-                repeat=int(merged.get("repeat", 1)),
-                max_age_ms=int(merged.get("max_age_ms", 0)),
-            )
-        except ValueError as exc:
-            raise ValueError(f"bad adapter option: {exc}") from None
+        def num(name: str, kind: type[int] | type[float], default: int | float) -> Any:
+            text = merged.get(name)
+            if text is None:
+                return default
+            try:
+                return kind(text)
+            except ValueError:
+                what = "an integer" if kind is int else "a number"
+                raise ValueError(f"bad adapter option {name}={text!r}: not {what}") from None
+
+        cfg = cls(
+            latency_ms=num("latency_ms", float, 0.0),
+            chunks=num("chunks", int, 4),
+            usd_per_1k=num("usd_per_1k", int, 0),
+            confidence=num("confidence", float, 0.9),
+            fail=merged.get("fail", ""),
+            fail_after=num("fail_after", int, 0),
+            slow_every=num("slow_every", int, 0),
+            slow_ms=num("slow_ms", float, 0.0),
+            repeat=num("repeat", int, 1),
+            max_age_ms=num("max_age_ms", int, 0),
+        )
         if cfg.fail not in ("", "error", "stall", "cut"):
             raise ValueError("fail must be one of error, stall, cut")
         if not 1 <= cfg.repeat <= 10_000:

@@ -61,3 +61,20 @@ def test_echo_repeat_answers_the_prompt_n_times() -> None:
     assert trio.run(main) == REQ.prompt * 3
     with pytest.raises(ValueError, match="repeat must be within"):
         builtin_adapter("echo", "builtin:echo?repeat=0")
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ({"latency_ms": "abc"}, "bad adapter option latency_ms='abc': not a number"),
+        ({"chunks": "1.5"}, "bad adapter option chunks='1.5': not an integer"),
+    ],
+)
+def test_a_bad_option_value_is_named(query: dict[str, str], said: str) -> None:
+    """The error names the option and its value (it said only "could not convert string
+    to float: 'abc'")."""
+    from atp_proto.adapters.builtin import BehaviourConfig
+
+    with pytest.raises(ValueError) as info:
+        BehaviourConfig.from_query(query)
+    assert str(info.value) == said
