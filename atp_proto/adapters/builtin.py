@@ -87,6 +87,7 @@ class BehaviourConfig:
         unknown = set(merged) - set(cls.__slots__)
         if unknown:
             raise ValueError(f"unknown adapter option(s): {', '.join(sorted(unknown))}")
+
         def num(name: str, kind: type[int] | type[float], default: int | float) -> Any:
             text = merged.get(name)
             if text is None:
