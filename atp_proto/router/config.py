@@ -110,8 +110,14 @@ class RouterConfig:
             raise ConfigError(f"ws path must start with '/', got {self.ws_path!r}")
         if self.max_sessions < 1:
             raise ConfigError("max_sessions must be at least 1")
-        if self.grace_s < 0 or self.call_timeout_s <= 0 or self.estimate_timeout_s <= 0:
-            raise ConfigError("timeouts must be positive")
+        if self.grace_s < 0:
+            raise ConfigError(f"the drain grace must not be negative, got {self.grace_s:g} s")
+        for name, value in (
+            ("call_timeout_s", self.call_timeout_s),
+            ("estimate_timeout_s", self.estimate_timeout_s),
+        ):
+            if not value > 0:
+                raise ConfigError(f"{name} must be positive, got {value:g}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log format must be text or json, got {self.log_format!r}")
         if not 0.0 <= self.min_confidence <= 1.0:

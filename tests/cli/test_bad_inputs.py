@@ -185,3 +185,9 @@ def test_conformance_selection_of_nothing_is_a_typo_not_a_pass(
         2,
     )  # fmt: skip
     assert line.startswith(f"atp conformance: error: {expected}")
+
+
+def test_serve_with_a_negative_grace_names_it() -> None:
+    """It said "timeouts must be positive", naming neither the option nor its value."""
+    line = _line(("serve", "--no-auth", "--grace", "-1", "--metrics", "off"), 2)
+    assert line == "atp serve: error: the drain grace must not be negative, got -1 s"
