@@ -247,3 +247,20 @@ async def test_a_failed_or_silent_estimate_drops_the_adapters_entries(
     a.hang = False
     await _estimate([Candidate("a", a)], _task(), QoS.GOLD, cache)  # type: ignore[arg-type]
     assert a.calls == 5
+
+
+async def test_a_health_change_that_flips_back_still_drops_the_entries() -> None:
+    """ATP-BUDGET-019: a change between two preflights counts even when the adapter is
+    back in the state the entry was stored in (READY, DOWN, READY; a breaker that opened,
+    cooled down and closed): the estimate came before the change, so it is forgotten."""
+    ra = ResilientAdapter(Counting(), cooldown=0.5)  # type: ignore[arg-type]
+    cache, key = EstimateCache(), cache_key(_task())
+    ra.last_health = Health("READY")
+    cache.put("a", ra, key, EST, now=0.0)
+    ra.last_health = Health("DOWN")  # a health check between two preflights ...
+    ra.last_health = Health("READY")  # ... and the next one: up again
+    assert cache.get("a", ra, key, now=0.1) is None
+    cache.put("a", ra, key, EST, now=0.2)
+    ra._open()  # the breaker opens ...
+    ra._on_success(None, work=False)  # ... and a probe closes it again
+    assert cache.get("a", ra, key, now=0.3) is None

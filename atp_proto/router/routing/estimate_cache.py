@@ -52,21 +52,34 @@ def cache_key(task: TaskRequest) -> Key:
     return (task.task_type, task.max_tokens, size_class(task))
 
 
-def _health_of(adapter: Adapter) -> tuple[str | None, str | None]:
+#: what an entry remembers of its adapter's health: status, breaker state, and the
+#: adapter's count of health changes (None: a bare adapter keeps none)
+_Health = tuple[str | None, str | None, int | None]
+
+
+def _health_of(adapter: Adapter) -> _Health:
     """What a health change is measured by: the status of the adapter's last health
-    check and its circuit breaker's state (a :class:`ResilientAdapter` has both; a bare
-    adapter neither, so its entries change only with failures and age)."""
+    check, its circuit breaker's state and its count of their changes (a
+    :class:`ResilientAdapter` has all three; a bare adapter none, so its entries change
+    only with failures and age)."""
     health = getattr(adapter, "last_health", None)
     breaker = getattr(adapter, "breaker", None)
+    changes = getattr(adapter, "health_changes", None)
     return (
         None if health is None else str(health.status),
         None if breaker is None else str(breaker),
+        changes if isinstance(changes, int) else None,
     )
 
 
-def _changed(stored: tuple[str | None, str | None], now: tuple[str | None, str | None]) -> bool:
-    """A health change since an entry was stored; the adapter's first health report
-    saying it takes work (READY, BUSY) after none is not one."""
+def _changed(stored: _Health, now: _Health) -> bool:
+    """A health change since an entry was stored. The adapter's count of changes decides
+    when it keeps one, so that a change that flipped back between two preflights (READY,
+    DOWN, READY; a breaker opened and closed again) still counts (ATP-BUDGET-019);
+    otherwise the states are compared, the first health report saying it takes work
+    (READY, BUSY) after none being no change."""
+    if stored[2] is not None and now[2] is not None:
+        return stored[2] != now[2]
     if stored == now:
         return False
     first_ready = stored[0] is None and now[0] in ("READY", "BUSY")
@@ -77,7 +90,7 @@ def _changed(stored: tuple[str | None, str | None], now: tuple[str | None, str |
 class _Entry:
     estimate: CostEstimate
     expires: float  #: trio clock, seconds
-    health: tuple[str | None, str | None]
+    health: _Health
 
 
 @dataclass(slots=True)
