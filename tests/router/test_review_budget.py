@@ -1,0 +1,69 @@
+"""Review of issue 14's quota holds against a real Redis (ATP-BUDGET-014/017): an
+admission whose script ran but whose answer was lost (the link failed on the way back)
+must not leave the stream counted, or a tenant's concurrent limit shrinks for as long as
+the router lives (its own admissions never reap its counters)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from atp_proto.frames import ATPError
+from atp_proto.router.quota import TenantQuota
+from atp_proto.router.shared.link import RedisError, RedisLink
+from atp_proto.router.shared.redis_quota import PROBE_S, RedisQuotaStore
+from atp_proto.testing.redis_server import RedisServer, RedisUnavailable
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    try:
+        server = RedisServer()
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        yield server
+
+
+def _lose_the_next_answer(store: RedisQuotaStore) -> None:
+    """The next call runs on Redis, then its answer is lost (a RedisError on the way back)."""
+    real = store.link.call
+
+    async def call(fn: Callable[[], Any]) -> Any:
+        store.link.call = real  # type: ignore[method-assign]
+        await real(fn)
+        raise RedisError("connection reset while reading the answer")
+
+    store.link.call = call  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("budgeted", [False, True])
+async def test_an_admission_whose_answer_was_lost_is_not_counted(
+    redis_server: RedisServer, budgeted: bool
+) -> None:
+    """ATP-BUDGET-014: one router, concurrent limit 1. The first admission ran in Redis
+    but the router saw an error and refused the stream (EAGENTDOWN): nothing runs, so once
+    the writer has caught up the next stream is admitted (and, budgeted, no hold is left)."""
+    store = RedisQuotaStore(RedisLink(redis_server.url, prefix=f"r{secrets.token_hex(3)}:"))
+    q = TenantQuota(concurrent=1, tokens=100 if budgeted else None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        _lose_the_next_answer(store)
+        with pytest.raises(ATPError):
+            await store.admit("t", q, 3600)
+        ckey, hkey = store._keys("t")[2:4]
+        assert store.link.client.hget(ckey, store.link.router_id) == b"1"  # the script ran
+        await trio.sleep(PROBE_S + 0.1)
+        await store.settle()
+        grant = await store.admit("t", q, 3600)  # refused (concurrent limit) before the fix
+        assert store.link.client.hget(ckey, store.link.router_id) == b"1"
+        held = {k.decode() for k in store.link.client.hkeys(hkey)}
+        assert held == ({grant.hold} if budgeted else set())
+        store.release("t", q, grant.hold)
+        await store.settle()
+        assert store.link.client.hget(ckey, store.link.router_id) is None
+        nursery.cancel_scope.cancel()
