@@ -182,8 +182,19 @@ class RedisQuotaStore:
             reply = await self.link.call(ask)
         except RedisError as exc:
             self._went_down(exc)
-            if hold:  # the script may have run and its answer been lost: drop the hold
-                self._pending.setdefault(tenant, _Due(period_s)).holds[hold] = [0, 0, 1]
+            # the script may have run and its answer been lost: drop the hold, and count
+            # the stream out (else this router's own admissions, which never reap its
+            # counter, would refuse the tenant's last slot for as long as it lives). Had
+            # it not run, the count is one low until this router's streams end (a write
+            # deletes a counter that falls to 0 or below): one stream too many at worst
+            if hold or q.concurrent is not None:
+                due = self._pending.setdefault(tenant, _Due(period_s))
+                if hold:
+                    due.holds[hold] = [0, 0, 1]
+                if q.concurrent is not None:
+                    due.ended += 1
+                self._queued += 1
+                self._wake.set()
             raise self._unreachable() from None
         self._came_back()
         status, a, b = (int(x) for x in reply)
