@@ -67,3 +67,36 @@ async def test_an_admission_whose_answer_was_lost_is_not_counted(
         await store.settle()
         assert store.link.client.hget(ckey, store.link.router_id) is None
         nursery.cancel_scope.cancel()
+
+
+async def test_a_stop_writes_the_holds_of_the_streams_it_cancels(
+    redis_server: RedisServer,
+) -> None:
+    """ATP-BUDGET-017: a router stopping cancels its streams and its writer at once. A
+    stream that unwinds after the writer (its own shielded cleanup, such as closing the
+    adapter's call, takes a moment) still has its hold deleted in Redis: else the hold
+    outlives the router and the other routers charge it once the lease lapses, for a
+    stream that had settled (its usage is written too)."""
+    store = RedisQuotaStore(RedisLink(redis_server.url, prefix=f"r{secrets.token_hex(3)}:"))
+    q = TenantQuota(tokens=100)
+    hkey = store._keys("t")[3]
+
+    async def stream(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        grant = await store.admit("t", q, 3600)
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.05)  # the stream's own cleanup
+            store.charge("t", 7, 0, 3600, grant.hold)
+            store.release("t", q, grant.hold)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await nursery.start(stream)
+        assert len(store.link.client.hkeys(hkey)) == 1
+        nursery.cancel_scope.cancel()
+    assert store.link.client.hkeys(hkey) == []  # left in Redis before the fix
+    other = RedisQuotaStore(RedisLink(redis_server.url, prefix=store.link.prefix))
+    assert (await other.admit("t", TenantQuota(tokens=100), 3600)).tokens_left == 93
