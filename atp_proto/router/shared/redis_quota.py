@@ -78,6 +78,9 @@ ALIVE_MS = 5000
 #: while Redis is known to be away, admission asks it at most this often (the others are
 #: refused at once instead of each waiting for a timeout)
 PROBE_S = 0.5
+#: a stopping writer waits this long for the streams cancelled with it to release their
+#: holds (they unwind at once; a stream stuck past it is charged as a dead router's)
+STOP_WAIT_S = 0.5
 #: tenants whose last known totals are kept (for the streams' shared-remainder check)
 MAX_KNOWN = 100_000
 
@@ -325,6 +328,14 @@ class RedisQuotaStore:
                     last_renewal = trio.current_time()
                 self._came_back()
         finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(STOP_WAIT_S):
+                # a stop cancels the streams with this writer: those still unwinding
+                # (their own shielded cleanup) release their holds after it, which must
+                # reach Redis too, or the holds outlive this router and are charged
+                # (ATP-BUDGET-017). Wait for them a little, writing as they come
+                while self._leased:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
             if self._pending:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:
