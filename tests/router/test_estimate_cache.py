@@ -264,3 +264,28 @@ async def test_a_health_change_that_flips_back_still_drops_the_entries() -> None
     ra._open()  # the breaker opens ...
     ra._on_success(None, work=False)  # ... and a probe closes it again
     assert cache.get("a", ra, key, now=0.3) is None
+
+
+async def test_an_estimate_asked_before_a_failure_is_not_kept() -> None:
+    """ATP-BUDGET-019: a stream's Estimate is in flight when another stream's call to the
+    same adapter fails (its estimates are dropped); the reply that comes after the drop
+    was asked of the adapter before the failure, so it is used once, not kept."""
+
+    class Slow(Counting):
+        def __init__(self) -> None:
+            super().__init__()
+            self.go = trio.Event()
+
+        async def estimate(self, request: TaskRequest) -> CostEstimate:
+            await self.go.wait()
+            return await super().estimate(request)
+
+    a, cache = Slow(), EstimateCache()
+    c = Candidate("a", a)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_estimate, [c], _task(), QoS.GOLD, cache)
+        await trio.testing.wait_all_tasks_blocked()
+        cache.drop("a")  # a Stream call to it failed meanwhile (fanout)
+        a.go.set()
+    assert c.estimate is EST  # this stream uses it ...
+    assert not cache.holds("a")  # ... the next preflight asks again
