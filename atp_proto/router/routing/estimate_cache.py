@@ -108,6 +108,8 @@ class EstimateCache:
         self.per_adapter = per_adapter
         self.max_age_cap_ms = max_age_cap_ms
         self._entries: dict[str, OrderedDict[Key, _Entry]] = {}
+        #: drops per adapter name (names come from the configuration: bounded)
+        self._drops: dict[str, int] = {}
         self.stats = CacheStats()
 
     def holds(self, name: str) -> bool:
@@ -136,13 +138,28 @@ class EstimateCache:
         self.stats.hits += 1
         return entry.estimate
 
+    def generation(self, name: str) -> int:
+        """How many times ``name``'s estimates were dropped: read before an Estimate
+        call, given back to :meth:`put` with its reply."""
+        return self._drops.get(name, 0)
+
     def put(
-        self, name: str, adapter: Adapter, key: Key, estimate: CostEstimate, now: float
+        self,
+        name: str,
+        adapter: Adapter,
+        key: Key,
+        estimate: CostEstimate,
+        now: float,
+        asked: int | None = None,
     ) -> None:
         """Keep ``estimate`` (answered at ``now``) for its ``max_age_ms``; 0 keeps nothing
-        and forgets an older entry of the key."""
+        and forgets an older entry of the key. ``asked``: :meth:`generation` when the call
+        started; a drop since (another call to the adapter failed meanwhile) keeps
+        nothing, as the reply was asked before the failure (ATP-BUDGET-019)."""
         entries = self._entries.get(name)
         age_ms = min(estimate.max_age_ms, self.max_age_cap_ms)
+        if asked is not None and asked != self.generation(name):
+            age_ms = 0
         if age_ms <= 0:
             if entries:
                 entries.pop(key, None)
@@ -156,7 +173,9 @@ class EstimateCache:
             entries.popitem(last=False)
 
     def drop(self, name: str) -> None:
-        """Forget every estimate of ``name`` (a failed call, a health change)."""
+        """Forget every estimate of ``name`` (a failed call, a health change), and any
+        reply to a call already under way."""
+        self._drops[name] = self.generation(name) + 1
         if self._entries.pop(name, None):
             self.stats.dropped += 1
 
