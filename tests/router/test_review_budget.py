@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from atp_proto.frames import ATPError
+from atp_proto.frames import ATPError, BudgetWindow
 from atp_proto.router.quota import TenantQuota
 from atp_proto.router.shared.link import RedisError, RedisLink
 from atp_proto.router.shared.redis_quota import PROBE_S, RedisQuotaStore
@@ -100,3 +100,30 @@ async def test_a_stop_writes_the_holds_of_the_streams_it_cancels(
     assert store.link.client.hkeys(hkey) == []  # left in Redis before the fix
     other = RedisQuotaStore(RedisLink(redis_server.url, prefix=store.link.prefix))
     assert (await other.admit("t", TenantQuota(tokens=100), 3600)).tokens_left == 93
+
+
+async def test_holds_charged_by_a_renewal_leave_the_period_key_expiring(
+    redis_server: RedisServer,
+) -> None:
+    """ATP-BUDGET-017: router A dies holding a stream's share before the tenant spent
+    anything this period; router B, with a stream of its own open, reaps A's hold in the
+    write that renews its lease (no usage of its own). The period's counters it creates
+    expire like every period's, instead of staying in Redis for ever."""
+    prefix = f"r{secrets.token_hex(3)}:"
+    a, b = (RedisQuotaStore(RedisLink(redis_server.url, prefix=prefix), lease_ms=600) for _ in "ab")
+    q = TenantQuota(tokens=100)
+    async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as router_a:
+            await router_a.start(a.run)
+            await a.admit("t", q, 60)
+            router_a.cancel_scope.cancel()  # A dies with its stream's hold
+        await b.admit("t", q, 60, BudgetWindow(max_tokens=1))  # A still live: nothing reaped
+        await nursery.start(b.run)
+        bpattern = b._keys("t")[0] + ":*"
+        with trio.fail_after(5):
+            while not b.link.client.keys(bpattern):  # B's renewal reaps A's hold
+                await trio.sleep(0.1)
+        (bkey,) = b.link.client.keys(bpattern)
+        assert int(b.link.client.hget(bkey, "t")) == 100
+        assert 0 < b.link.client.ttl(bkey) <= 120  # -1 (no expiry) before the fix
+        nursery.cancel_scope.cancel()
