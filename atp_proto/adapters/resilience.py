@@ -142,16 +142,43 @@ class ResilientAdapter:
         self.idle_timeout = idle_timeout
         self.health_timeout = health_timeout
         self.in_flight = 0
-        self.breaker = BreakerState.CLOSED
+        #: bumped on every health change (ATP-BUDGET-019): the breaker's state, or the
+        #: status of the last health check (the first report that the adapter takes
+        #: work, after none, is no change); the estimate cache compares it
+        self.health_changes = 0
+        self._breaker = BreakerState.CLOSED
         #: consecutive failures of Stream calls (True) / of unary calls (False)
         self._failures = {True: 0, False: 0}
         self.opened_at = -math.inf
-        self.last_health: Health | None = None
+        self._last_health: Health | None = None
         self.stats = ResilienceStats()
         self._probe_in_flight = False
         self._lot = trio.lowlevel.ParkingLot()
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def breaker(self) -> BreakerState:
+        return self._breaker
+
+    @breaker.setter
+    def breaker(self, state: BreakerState) -> None:
+        if state is not self._breaker:
+            self.health_changes += 1
+        self._breaker = state
+
+    @property
+    def last_health(self) -> Health | None:
+        """The last health check's report (None before the first)."""
+        return self._last_health
+
+    @last_health.setter
+    def last_health(self, h: Health | None) -> None:
+        old = None if self._last_health is None else self._last_health.status
+        new = None if h is None else h.status
+        if old != new and not (old is None and new in ("READY", "BUSY")):
+            self.health_changes += 1
+        self._last_health = h
 
     @property
     def state(self) -> dict[str, Any]:

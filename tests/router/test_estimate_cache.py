@@ -247,3 +247,45 @@ async def test_a_failed_or_silent_estimate_drops_the_adapters_entries(
     a.hang = False
     await _estimate([Candidate("a", a)], _task(), QoS.GOLD, cache)  # type: ignore[arg-type]
     assert a.calls == 5
+
+
+async def test_a_health_change_that_flips_back_still_drops_the_entries() -> None:
+    """ATP-BUDGET-019: a change between two preflights counts even when the adapter is
+    back in the state the entry was stored in (READY, DOWN, READY; a breaker that opened,
+    cooled down and closed): the estimate came before the change, so it is forgotten."""
+    ra = ResilientAdapter(Counting(), cooldown=0.5)  # type: ignore[arg-type]
+    cache, key = EstimateCache(), cache_key(_task())
+    ra.last_health = Health("READY")
+    cache.put("a", ra, key, EST, now=0.0)
+    ra.last_health = Health("DOWN")  # a health check between two preflights ...
+    ra.last_health = Health("READY")  # ... and the next one: up again
+    assert cache.get("a", ra, key, now=0.1) is None
+    cache.put("a", ra, key, EST, now=0.2)
+    ra._open()  # the breaker opens ...
+    ra._on_success(None, work=False)  # ... and a probe closes it again
+    assert cache.get("a", ra, key, now=0.3) is None
+
+
+async def test_an_estimate_asked_before_a_failure_is_not_kept() -> None:
+    """ATP-BUDGET-019: a stream's Estimate is in flight when another stream's call to the
+    same adapter fails (its estimates are dropped); the reply that comes after the drop
+    was asked of the adapter before the failure, so it is used once, not kept."""
+
+    class Slow(Counting):
+        def __init__(self) -> None:
+            super().__init__()
+            self.go = trio.Event()
+
+        async def estimate(self, request: TaskRequest) -> CostEstimate:
+            await self.go.wait()
+            return await super().estimate(request)
+
+    a, cache = Slow(), EstimateCache()
+    c = Candidate("a", a)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_estimate, [c], _task(), QoS.GOLD, cache)
+        await trio.testing.wait_all_tasks_blocked()
+        cache.drop("a")  # a Stream call to it failed meanwhile (fanout)
+        a.go.set()
+    assert c.estimate is EST  # this stream uses it ...
+    assert not cache.holds("a")  # ... the next preflight asks again

@@ -52,21 +52,34 @@ def cache_key(task: TaskRequest) -> Key:
     return (task.task_type, task.max_tokens, size_class(task))
 
 
-def _health_of(adapter: Adapter) -> tuple[str | None, str | None]:
+#: what an entry remembers of its adapter's health: status, breaker state, and the
+#: adapter's count of health changes (None: a bare adapter keeps none)
+_Health = tuple[str | None, str | None, int | None]
+
+
+def _health_of(adapter: Adapter) -> _Health:
     """What a health change is measured by: the status of the adapter's last health
-    check and its circuit breaker's state (a :class:`ResilientAdapter` has both; a bare
-    adapter neither, so its entries change only with failures and age)."""
+    check, its circuit breaker's state and its count of their changes (a
+    :class:`ResilientAdapter` has all three; a bare adapter none, so its entries change
+    only with failures and age)."""
     health = getattr(adapter, "last_health", None)
     breaker = getattr(adapter, "breaker", None)
+    changes = getattr(adapter, "health_changes", None)
     return (
         None if health is None else str(health.status),
         None if breaker is None else str(breaker),
+        changes if isinstance(changes, int) else None,
     )
 
 
-def _changed(stored: tuple[str | None, str | None], now: tuple[str | None, str | None]) -> bool:
-    """A health change since an entry was stored; the adapter's first health report
-    saying it takes work (READY, BUSY) after none is not one."""
+def _changed(stored: _Health, now: _Health) -> bool:
+    """A health change since an entry was stored. The adapter's count of changes decides
+    when it keeps one, so that a change that flipped back between two preflights (READY,
+    DOWN, READY; a breaker opened and closed again) still counts (ATP-BUDGET-019);
+    otherwise the states are compared, the first health report saying it takes work
+    (READY, BUSY) after none being no change."""
+    if stored[2] is not None and now[2] is not None:
+        return stored[2] != now[2]
     if stored == now:
         return False
     first_ready = stored[0] is None and now[0] in ("READY", "BUSY")
@@ -77,7 +90,7 @@ def _changed(stored: tuple[str | None, str | None], now: tuple[str | None, str |
 class _Entry:
     estimate: CostEstimate
     expires: float  #: trio clock, seconds
-    health: tuple[str | None, str | None]
+    health: _Health
 
 
 @dataclass(slots=True)
@@ -95,6 +108,8 @@ class EstimateCache:
         self.per_adapter = per_adapter
         self.max_age_cap_ms = max_age_cap_ms
         self._entries: dict[str, OrderedDict[Key, _Entry]] = {}
+        #: drops per adapter name (names come from the configuration: bounded)
+        self._drops: dict[str, int] = {}
         self.stats = CacheStats()
 
     def holds(self, name: str) -> bool:
@@ -123,13 +138,28 @@ class EstimateCache:
         self.stats.hits += 1
         return entry.estimate
 
+    def generation(self, name: str) -> int:
+        """How many times ``name``'s estimates were dropped: read before an Estimate
+        call, given back to :meth:`put` with its reply."""
+        return self._drops.get(name, 0)
+
     def put(
-        self, name: str, adapter: Adapter, key: Key, estimate: CostEstimate, now: float
+        self,
+        name: str,
+        adapter: Adapter,
+        key: Key,
+        estimate: CostEstimate,
+        now: float,
+        asked: int | None = None,
     ) -> None:
         """Keep ``estimate`` (answered at ``now``) for its ``max_age_ms``; 0 keeps nothing
-        and forgets an older entry of the key."""
+        and forgets an older entry of the key. ``asked``: :meth:`generation` when the call
+        started; a drop since (another call to the adapter failed meanwhile) keeps
+        nothing, as the reply was asked before the failure (ATP-BUDGET-019)."""
         entries = self._entries.get(name)
         age_ms = min(estimate.max_age_ms, self.max_age_cap_ms)
+        if asked is not None and asked != self.generation(name):
+            age_ms = 0
         if age_ms <= 0:
             if entries:
                 entries.pop(key, None)
@@ -143,7 +173,9 @@ class EstimateCache:
             entries.popitem(last=False)
 
     def drop(self, name: str) -> None:
-        """Forget every estimate of ``name`` (a failed call, a health change)."""
+        """Forget every estimate of ``name`` (a failed call, a health change), and any
+        reply to a call already under way."""
+        self._drops[name] = self.generation(name) + 1
         if self._entries.pop(name, None):
             self.stats.dropped += 1
 

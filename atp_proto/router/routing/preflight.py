@@ -86,6 +86,7 @@ async def estimate(
         nonlocal key
         if metrics is not None:
             metrics.estimates.inc(c.name, "called")
+        gen = None if cache is None else cache.generation(c.name)
         with trio.move_on_after(timeout_s) as scope:
             try:
                 est = await c.adapter.estimate(task)
@@ -102,7 +103,7 @@ async def estimate(
                 return
             if cache is not None and (est.max_age_ms > 0 or cache.holds(c.name)):
                 key = key or cache_key(task)
-                cache.put(c.name, c.adapter, key, est, trio.current_time())
+                cache.put(c.name, c.adapter, key, est, trio.current_time(), gen)
             _guard(c, est, k)
         if scope.cancelled_caught and cache is not None:
             cache.drop(c.name)  # no answer in time: a failure too (ATP-BUDGET-019)

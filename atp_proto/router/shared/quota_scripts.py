@@ -58,6 +58,8 @@ local function reap(ckey, hkey, fkey, bkey, win, me, now, cap, ttl_ms)
         if lu >= 0 then hu = math.min(hu, math.max(0, lu - used_u)) end
         if ht > 0 then add(bkey, 't', ht, cap) end
         if hu > 0 then add(bkey, 'u', hu, cap) end
+        -- the period's counters may be new here (a renewal's write charges nothing else)
+        if ht > 0 or hu > 0 then redis.call('PEXPIRE', bkey, ttl_ms) end
         redis.call('HDEL', hkey, h[i])
         redis.call('HSET', fkey, h[i], string.format('%.0f %.0f %d', ht, hu, win))
         redis.call('PEXPIRE', fkey, ttl_ms)

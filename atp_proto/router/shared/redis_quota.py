@@ -78,6 +78,9 @@ ALIVE_MS = 5000
 #: while Redis is known to be away, admission asks it at most this often (the others are
 #: refused at once instead of each waiting for a timeout)
 PROBE_S = 0.5
+#: a stopping writer waits this long for the streams cancelled with it to release their
+#: holds (they unwind at once; a stream stuck past it is charged as a dead router's)
+STOP_WAIT_S = 0.5
 #: tenants whose last known totals are kept (for the streams' shared-remainder check)
 MAX_KNOWN = 100_000
 
@@ -182,8 +185,19 @@ class RedisQuotaStore:
             reply = await self.link.call(ask)
         except RedisError as exc:
             self._went_down(exc)
-            if hold:  # the script may have run and its answer been lost: drop the hold
-                self._pending.setdefault(tenant, _Due(period_s)).holds[hold] = [0, 0, 1]
+            # the script may have run and its answer been lost: drop the hold, and count
+            # the stream out (else this router's own admissions, which never reap its
+            # counter, would refuse the tenant's last slot for as long as it lives). Had
+            # it not run, the count is one low until this router's streams end (a write
+            # deletes a counter that falls to 0 or below): one stream too many at worst
+            if hold or q.concurrent is not None:
+                due = self._pending.setdefault(tenant, _Due(period_s))
+                if hold:
+                    due.holds[hold] = [0, 0, 1]
+                if q.concurrent is not None:
+                    due.ended += 1
+                self._queued += 1
+                self._wake.set()
             raise self._unreachable() from None
         self._came_back()
         status, a, b = (int(x) for x in reply)
@@ -314,6 +328,14 @@ class RedisQuotaStore:
                     last_renewal = trio.current_time()
                 self._came_back()
         finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(STOP_WAIT_S):
+                # a stop cancels the streams with this writer: those still unwinding
+                # (their own shielded cleanup) release their holds after it, which must
+                # reach Redis too, or the holds outlive this router and are charged
+                # (ATP-BUDGET-017). Wait for them a little, writing as they come
+                while self._leased:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
             if self._pending:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:

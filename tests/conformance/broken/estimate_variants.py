@@ -14,8 +14,11 @@ def estimate_reuse_forever() -> None:  # every estimate kept 60 s, whatever max_
 
     orig = estimate_cache.EstimateCache.put
 
-    def put(self: Any, name: str, adapter: Any, key: Any, estimate: Any, now: float) -> None:
-        orig(self, name, adapter, key, dataclasses.replace(estimate, max_age_ms=60_000), now)
+    def put(
+        self: Any, name: str, adapter: Any, key: Any, estimate: Any, now: float, *args: Any
+    ) -> None:
+        longer = dataclasses.replace(estimate, max_age_ms=60_000)
+        orig(self, name, adapter, key, longer, now, *args)
 
     estimate_cache.EstimateCache.put = put  # type: ignore[method-assign]
 
