@@ -356,6 +356,23 @@ def test_frame_at_refuses_bad_arguments() -> None:
     assert ccbor.frame_at(Frame, b"\x01" * 30, -1, 100, types, _codec._QOS_AT, {}) is None
 
 
+def test_frame_at_takes_a_bytes_subclass_as_the_python_path_does() -> None:
+    """FrameDecoder.feed keeps a ``bytes`` subclass as it is (``isinstance(data, bytes)``);
+    the C shortcut must then answer as the Python fast path does, not raise TypeError out
+    of the sans-IO core."""
+
+    class Chunk(bytes):
+        pass
+
+    data = _codec.encode_frame(Frame(FrameType.DATA, stream_id=1, payload=b"hi"))
+    dec = _codec.FrameDecoder()
+    dec.feed(Chunk(data))
+    frame = dec.next_frame()
+    assert frame is not None
+    assert (frame.type, frame.stream_id, bytes(frame.payload)) == (FrameType.DATA, 1, b"hi")
+    assert dec.next_frame() is None
+
+
 # -- the build, the switch, and memory ------------------------------------------------------
 
 
