@@ -488,8 +488,12 @@ write_int(Encoder *e, PyObject *obj)
         return -1;
     if (!overflow)
         return v >= 0 ? write_head(e, 0, (uint64_t)v) : write_head(e, 1, (uint64_t)(-1 - v));
-    /* beyond int64: a uint64 still fits the head (major 0 of n, major 1 of ~n) */
-    PyObject *n = overflow > 0 ? Py_NewRef(obj) : PyNumber_Invert(obj);
+    /* beyond int64: a uint64 still fits the head (major 0 of n, major 1 of ~n). ~n of the
+     * value as an exact int: PyNumber_Index copies a subclass without calling its methods,
+     * whose __invert__ could answer anything (and run code). */
+    PyObject *n = PyNumber_Index(obj);
+    if (n != NULL && overflow < 0)
+        Py_SETREF(n, PyNumber_Invert(n));
     if (n == NULL)
         return -1;
     unsigned long long u = PyLong_AsUnsignedLongLong(n);

@@ -252,6 +252,31 @@ def test_encoder_takes_the_model_in_its_python_spellings() -> None:
         )
 
 
+class _OddInt(int):
+    """An int subclass whose operators lie: the encoder must read the value, not call them."""
+
+    def __invert__(self) -> int:
+        return 5
+
+    def __neg__(self) -> int:
+        return 5
+
+    def __index__(self) -> int:
+        return 5
+
+
+def test_an_int_subclass_is_encoded_by_its_value_not_its_operators() -> None:
+    """A negative int below -2^63 is written as major type 1 of ``-1 - n``: the C path must
+    compute that on the value (as cbor2 does), not through the subclass's ``__invert__``,
+    which wrote -6 for -2^63-5 and let -2^64-2 through (ATP-FRAME-006: 64 bits at most)."""
+    for n in (-(2**63) - 5, -(2**64), 2**63 + 5, -3, 7):
+        assert ccbor.dumps(_OddInt(n), 16, False) == cbor2.dumps(n) == cbor2.dumps(_OddInt(n))
+        assert ccbor.dumps({"k": [_OddInt(n)]}, 16, True) == _cbor._dumps_py({"k": [n]}, 16, True)
+    for dumps in (ccbor.dumps, _cbor._dumps_py):
+        with pytest.raises(ValueError, match="64 bits"):
+            dumps(_OddInt(-(2**64) - 2), 16, False)
+
+
 _CYCLE: list[Any] = []
 _CYCLE.append(_CYCLE)
 
