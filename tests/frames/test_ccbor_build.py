@@ -1,0 +1,43 @@
+"""Issue 10 item 6: the C accelerator is built wherever it can be.
+
+Apart from tests/frames/test_ccbor.py on purpose: that file skips as a whole when
+``_ccbor`` does not import, so a check kept there could never fail on the very installation
+it is about (one where the optional build went wrong silently).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from atp_proto.frames import _cbor
+
+
+def _can_build() -> bool:
+    """A C compiler that runs (``$CC``, else sysconfig's, as setuptools picks it) and the
+    Python headers: what building ``_ccbor`` needs."""
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    if not cc or shutil.which(cc[0]) is None:
+        return False
+    try:
+        ok = subprocess.run([*cc, "--version"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return ok and (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file()
+
+
+@pytest.mark.skipif(not _can_build(), reason="no C compiler or Python headers: the fallback runs")
+def test_the_extension_is_built_where_a_compiler_is() -> None:
+    """``pip install -e .`` (./dev setup) builds ``_ccbor`` when it can; the build is
+    optional, so a silent failure would only show as a slow codec. This says it loudly."""
+    spec = importlib.util.find_spec("atp_proto.frames._ccbor")
+    assert spec is not None, "atp_proto.frames._ccbor is missing: run ./dev setup"
+    if not os.environ.get("ATP_PURE_CBOR", "").strip("0"):
+        assert "c" in _cbor.available()
