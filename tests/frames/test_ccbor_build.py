@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -41,3 +42,41 @@ def test_the_extension_is_built_where_a_compiler_is() -> None:
     assert spec is not None, "atp_proto.frames._ccbor is missing: run ./dev setup"
     if not os.environ.get("ATP_PURE_CBOR", "").strip("0"):
         assert "c" in _cbor.available()
+
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _setuptools_major() -> int:
+    try:
+        import setuptools
+    except ImportError:
+        return 0
+    return int(setuptools.__version__.split(".")[0])
+
+
+@pytest.mark.skipif(
+    _setuptools_major() < 77, reason="setuptools>=77 (pyproject.toml's build backend) is needed"
+)
+def test_a_failed_rebuild_leaves_no_stale_module(tmp_path: Path) -> None:
+    """The build is optional, so an edit of ``_ccbor.c`` that does not compile still
+    "installs": the module an earlier build left beside it must go, else the old C code
+    goes on running (and passing the tests) as if it were the new one. Runs the project's
+    own setup.py on a copy whose C source is broken."""
+    for name in ("setup.py", "pyproject.toml", "README.md", "atp_proto/__init__.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_ROOT / name, tmp_path / name)
+    frames = tmp_path / "atp_proto" / "frames"
+    frames.mkdir()
+    (frames / "_ccbor.c").write_text("this is not C;\n")
+    stale = frames / f"_ccbor{sysconfig.get_config_var('EXT_SUFFIX')}"
+    stale.write_bytes(b"an old build")
+    run = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]  # optional: the install goes on
+    assert not stale.exists(), "the module of the old source is still there"
