@@ -239,8 +239,10 @@ def strict_cbor(data: Payload, max_depth: int) -> Any:
     dec = _DECODERS.get(max_depth) or _decoder(max_depth)
     dec.fp = bio
     obj = dec.decode()
-    if bio.tell() != len(data):
-        raise ValueError(f"{len(data) - bio.tell()} bytes of trailing data after the CBOR item")
+    # in bytes: len() of a memoryview counts its items, which may be wider than a byte
+    size = data.nbytes if type(data) is memoryview else len(data)
+    if bio.tell() != size:
+        raise ValueError(f"{size - bio.tell()} bytes of trailing data after the CBOR item")
     return obj
 
 

@@ -187,6 +187,16 @@ def test_a_memoryview_slice_decodes_without_a_copy_of_the_frame() -> None:
     assert ccbor.loads(view, 16, True) == _cbor._loads_py(view, 16, True) == {"a": [1, 2]}
 
 
+def test_trailing_data_is_counted_in_bytes_for_a_view_of_wider_items() -> None:
+    """[ATP-FRAME-006] Nothing after the one item: a memoryview whose items are wider than a
+    byte (``cast("I")``) holds 4 bytes per item; the pure path compared the bytes read with
+    ``len()`` (items), and took 3 trailing bytes for none."""
+    view = memoryview(b"\xa0\xa0\xa0\xa0").cast("I")
+    for loads in (ccbor.loads, _cbor._loads_py):
+        with pytest.raises(ValueError, match="3 bytes of trailing data"):
+            loads(view, 16, False)
+
+
 def test_a_deep_limit_beyond_the_stack_is_refused_not_a_crash() -> None:
     """No recursion without a bound: a limit far above the interpreter's recursion limit
     meets ``Py_EnterRecursiveCall`` (RecursionError, refused like any bad input)."""
