@@ -43,22 +43,17 @@ def _header_py(
     version: int,
 ) -> int | None:
     """``_ccbor.header`` in Python: ``flags`` as a plain int when every field is an int (not a
-    bool) in its range, else None. ``struct`` refuses non-ints and out-of-range values; bools
-    and the stream id's reserved bit are the two things it lets pass."""
+    bool) in its range, else None. ``struct`` refuses out-of-range values; what it lets pass
+    is checked first: a non-int with ``__index__``, a bool, the stream id's reserved bit."""
+    fields = (type, flags, qos, version, stream_id, msg_seq, frag_seq, ttl)
+    for f in fields:
+        if not isinstance(f, int) or f.__class__ is bool:
+            return None
     try:
-        _RANGES(type, flags, qos, version, stream_id, msg_seq, frag_seq, ttl)
-    except (struct.error, TypeError):
+        _RANGES(*fields)
+    except struct.error:
         return None
-    if stream_id > MAX_STREAM_ID or bool in (
-        type.__class__,
-        flags.__class__,
-        qos.__class__,
-        version.__class__,
-        stream_id.__class__,
-        msg_seq.__class__,
-        frag_seq.__class__,
-        ttl.__class__,
-    ):
+    if stream_id > MAX_STREAM_ID:
         return None
     return int(flags)
 

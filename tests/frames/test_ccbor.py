@@ -335,10 +335,18 @@ def test_nan_is_refused_in_ext_only() -> None:
 
 # -- the frame shortcuts --------------------------------------------------------------------
 
+
+class _Index:
+    """Not an int, though ``struct`` takes it as one (``__index__``)."""
+
+    def __index__(self) -> int:
+        return 1
+
+
 _field = (
     st.integers(-2, 2**32 + 1)
     | st.sampled_from([0, 255, 256, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF, 0x10000, True, False])
-    | st.sampled_from([None, 1.0, "1", Flags.MORE, QoS.GOLD, 2**64])
+    | st.sampled_from([None, 1.0, "1", Flags.MORE, QoS.GOLD, 2**64, _Index()])
 )
 
 
@@ -349,6 +357,19 @@ def test_header_check_matches_the_python_one(fields: list[Any]) -> None:
     c = ccbor.header(*fields)
     py = _frame._header_py(*fields)
     assert c == py and type(c) is type(py), fields
+
+
+@pytest.mark.parametrize("header", [ccbor.header, _frame._header_py], ids=["c", "python"])
+@pytest.mark.parametrize("field", ["type", "flags", "stream_id", "msg_seq", "qos", "ttl"])
+def test_a_header_field_that_is_not_an_int_is_refused(
+    header: Any, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frame() refuses a field that is not an int with EPROTO on both paths: the pure one
+    let an ``__index__`` object through ``struct`` (and raised TypeError for stream_id)."""
+    assert header(*(_Index() if i == 2 else 1 for i in range(8))) is None
+    monkeypatch.setattr(_frame, "_header", header)
+    with pytest.raises(LocalProtocolError, match=f"{field} must be an int"):
+        Frame(**{"type": FrameType.DATA, field: _Index()})
 
 
 @CI
