@@ -58,6 +58,13 @@ def _header_py(
     return int(flags)
 
 
+def _odd_view(view: memoryview) -> bool:
+    """A memoryview that is not one contiguous run of bytes: items wider than a byte (its
+    len() counts items, while the wire's payload_len counts bytes) or a strided view (no
+    simple buffer to write from). Frame() keeps a copy of its bytes instead."""
+    return view.nbytes != len(view) or not view.c_contiguous
+
+
 _header = _cbor._ccbor.header if _cbor._ccbor is not None else _header_py
 
 
@@ -121,6 +128,8 @@ class Frame(_FrameFields):
                 ErrorCode.EPROTO,
                 f"payload must be bytes or memoryview, not {type_name(payload)}",
             )
+        if payload.__class__ is memoryview and _odd_view(payload):
+            payload = payload.tobytes()
         return tuple.__new__(
             cls,
             (
@@ -177,7 +186,13 @@ class Frame(_FrameFields):
         # Frame()'s checks without its call: type and version are ours, the body is bytes
         # unless ``raw`` says otherwise (then the constructor says what is wrong).
         fl = _header(0, flags, stream_id, msg_seq, frag_seq, qos, ttl, 1)
-        if fl is None or (raw is not None and not isinstance(raw, bytes | memoryview)):
+        if fl is None or (
+            raw is not None
+            and (
+                not isinstance(raw, bytes | memoryview)
+                or (raw.__class__ is memoryview and _odd_view(raw))
+            )
+        ):
             return cls(FrameType.DATA, flags, stream_id, msg_seq, frag_seq, qos, ttl, ext, body)
         return _new(
             cls,

@@ -399,6 +399,30 @@ def _outcome_any(fn: Any, *args: Any) -> tuple[str, Any]:
         return "error", type(exc)
 
 
+@pytest.mark.parametrize("encode", [_codec.encode_frame, _codec.encode_frame_py], ids=["c", "py"])
+@pytest.mark.parametrize(
+    "view",
+    [memoryview(b"abcdefgh").cast("I"), memoryview(b"aXbXcXdX")[::2]],
+    ids=["wide items", "strided"],
+)
+def test_a_payload_view_that_is_not_plain_bytes_is_framed_by_its_bytes(
+    encode: Any, view: memoryview
+) -> None:
+    """The header's payload_len counts bytes: a memoryview of 4-byte items has len() 2 for
+    8 bytes, and the Python encoder wrote 2 (a frame the peer cannot parse; the C one wrote 8),
+    and a strided view has no simple buffer. Frame() and Frame.data() keep its bytes."""
+    want = view.tobytes()
+    for ext in ({}, {"a": 1}):
+        for frame in (
+            Frame(FrameType.DATA, stream_id=1, ext=ext, payload=view),
+            Frame.data(1, 0, raw=view, ext=ext),
+        ):
+            wire = encode(frame)
+            assert len(wire) == _codec.encoded_length(frame)
+            (back,) = _codec.decode_frames(wire)
+            assert bytes(back.payload) == want
+
+
 def test_frame_at_refuses_bad_arguments() -> None:
     """The decoder's shortcut checks what it is given (a caller's bug is a TypeError)."""
     types = _codec._TYPE_AT
