@@ -264,7 +264,15 @@ def _dumps_py(obj: Any, max_depth: int, finite: bool) -> bytes:
 
 
 #: what :func:`loads` and :func:`dumps` raise on input they refuse, in either path
-DECODE_ERRORS: Final = (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError)
+#: (BufferError: a view without a simple buffer, such as a strided memoryview)
+DECODE_ERRORS: Final = (
+    cbor2.CBORError,
+    ValueError,
+    TypeError,
+    OverflowError,
+    RecursionError,
+    BufferError,
+)
 #: nesting bound when encoding: no receiver accepts more by default (ext 16, payload 64);
 #: it is there so that a cycle or a runaway structure fails instead of recursing
 ENCODE_MAX_DEPTH: Final = 256

@@ -197,6 +197,19 @@ def test_trailing_data_is_counted_in_bytes_for_a_view_of_wider_items() -> None:
             loads(view, 16, False)
 
 
+def test_a_strided_view_is_refused_as_bad_input() -> None:
+    """A view with no simple buffer (``[::2]``) is refused with the codec's errors, which
+    the callers turn into EPROTO: BufferError escaped both paths."""
+    view = memoryview(cbor2.dumps({"a": 1}) * 2)[::2]
+    for loads in (ccbor.loads, _cbor._loads_py):
+        with pytest.raises(_cbor.DECODE_ERRORS):
+            loads(view, 16, False)
+    with pytest.raises(FrameDecodeError):
+        _cbor.decode_payload(view)
+    with pytest.raises(FrameDecodeError):
+        _cbor.decode_ext(view)
+
+
 def test_a_deep_limit_beyond_the_stack_is_refused_not_a_crash() -> None:
     """No recursion without a bound: a limit far above the interpreter's recursion limit
     meets ``Py_EnterRecursiveCall`` (RecursionError, refused like any bad input)."""
