@@ -128,7 +128,9 @@ class Frame(_FrameFields):
                 ErrorCode.EPROTO,
                 f"payload must be bytes or memoryview, not {type_name(payload)}",
             )
-        if payload.__class__ is memoryview and _odd_view(payload):
+        if payload.__class__ is memoryview and (  # _odd_view inline: Frame() is hot
+            payload.nbytes != len(payload) or not payload.c_contiguous
+        ):
             payload = payload.tobytes()
         return tuple.__new__(
             cls,
