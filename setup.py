@@ -21,9 +21,12 @@ class _BuildExt(build_ext):
     one. With it removed the pure path runs, and tests/frames/test_ccbor_build.py says so
     wherever a compiler is."""
 
-    def build_extension(self, ext: Extension) -> None:
-        Path(self.get_ext_filename(ext.name)).unlink(missing_ok=True)  # relative: the tree
-        super().build_extension(ext)
+    def run(self) -> None:
+        # only a build into the tree replaces that module (``pip wheel .`` must leave it be)
+        if self.inplace or getattr(self, "editable_mode", False):
+            for ext in self.extensions:
+                Path(self.get_ext_filename(ext.name)).unlink(missing_ok=True)  # cwd: the tree
+        super().run()
 
 
 setup(

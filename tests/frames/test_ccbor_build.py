@@ -71,12 +71,18 @@ def test_a_failed_rebuild_leaves_no_stale_module(tmp_path: Path) -> None:
     (frames / "_ccbor.c").write_text("this is not C;\n")
     stale = frames / f"_ccbor{sysconfig.get_config_var('EXT_SUFFIX')}"
     stale.write_bytes(b"an old build")
-    run = subprocess.run(
-        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]  # optional: the install goes on
+
+    def build(*args: str) -> None:
+        run = subprocess.run(
+            [sys.executable, "setup.py", "-q", "build_ext", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]  # optional: the install goes on
+
+    build("--build-lib", str(tmp_path / "out"))  # a wheel's build: the tree is not its to clean
+    assert stale.exists(), "a build outside the tree removed the module in it"
+    build("--inplace")
     assert not stale.exists(), "the module of the old source is still there"
