@@ -7,7 +7,27 @@ the install goes on and ``atp_proto.frames._cbor`` runs its pure-Python path, wh
 same answers (``ATP_PURE_CBOR=1`` selects that path too; ``atp bench codec`` says which ran).
 """
 
+from pathlib import Path
+
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class _BuildExt(build_ext):
+    """``build_ext`` that first removes the module an earlier build left in the source tree
+    (``pip install -e .`` puts it beside ``_ccbor.c``): else, once an edit of ``_ccbor.c``
+    fails to compile (the build is optional, so the install still succeeds), the stale
+    module of the old source would go on being imported, and tested, as if it were the new
+    one. With it removed the pure path runs, and tests/frames/test_ccbor_build.py says so
+    wherever a compiler is."""
+
+    def run(self) -> None:
+        # only a build into the tree replaces that module (``pip wheel .`` must leave it be)
+        if self.inplace or getattr(self, "editable_mode", False):
+            for ext in self.extensions:
+                Path(self.get_ext_filename(ext.name)).unlink(missing_ok=True)  # cwd: the tree
+        super().run()
+
 
 setup(
     ext_modules=[
@@ -16,5 +36,6 @@ setup(
             sources=["atp_proto/frames/_ccbor.c"],
             optional=True,
         )
-    ]
+    ],
+    cmdclass={"build_ext": _BuildExt},
 )

@@ -239,8 +239,10 @@ def strict_cbor(data: Payload, max_depth: int) -> Any:
     dec = _DECODERS.get(max_depth) or _decoder(max_depth)
     dec.fp = bio
     obj = dec.decode()
-    if bio.tell() != len(data):
-        raise ValueError(f"{len(data) - bio.tell()} bytes of trailing data after the CBOR item")
+    # in bytes: len() of a memoryview counts its items, which may be wider than a byte
+    size = data.nbytes if type(data) is memoryview else len(data)
+    if bio.tell() != size:
+        raise ValueError(f"{size - bio.tell()} bytes of trailing data after the CBOR item")
     return obj
 
 
@@ -262,7 +264,15 @@ def _dumps_py(obj: Any, max_depth: int, finite: bool) -> bytes:
 
 
 #: what :func:`loads` and :func:`dumps` raise on input they refuse, in either path
-DECODE_ERRORS: Final = (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError)
+#: (BufferError: a view without a simple buffer, such as a strided memoryview)
+DECODE_ERRORS: Final = (
+    cbor2.CBORError,
+    ValueError,
+    TypeError,
+    OverflowError,
+    RecursionError,
+    BufferError,
+)
 #: nesting bound when encoding: no receiver accepts more by default (ext 16, payload 64);
 #: it is there so that a cycle or a runaway structure fails instead of recursing
 ENCODE_MAX_DEPTH: Final = 256

@@ -488,8 +488,12 @@ write_int(Encoder *e, PyObject *obj)
         return -1;
     if (!overflow)
         return v >= 0 ? write_head(e, 0, (uint64_t)v) : write_head(e, 1, (uint64_t)(-1 - v));
-    /* beyond int64: a uint64 still fits the head (major 0 of n, major 1 of ~n) */
-    PyObject *n = overflow > 0 ? Py_NewRef(obj) : PyNumber_Invert(obj);
+    /* beyond int64: a uint64 still fits the head (major 0 of n, major 1 of ~n). ~n of the
+     * value as an exact int: PyNumber_Index copies a subclass without calling its methods,
+     * whose __invert__ could answer anything (and run code). */
+    PyObject *n = PyNumber_Index(obj);
+    if (n != NULL && overflow < 0)
+        Py_SETREF(n, PyNumber_Invert(n));
     if (n == NULL)
         return -1;
     unsigned long long u = PyLong_AsUnsignedLongLong(n);
@@ -733,7 +737,7 @@ ccbor_frame_encode(PyObject *module, PyObject *frame)
 
 /* frame_at(cls, buf, pos, fast_max, type_at, qos_at, empty) -> frame | None
  * FrameDecoder.next_frame's shortcut: the whole version-1 frame at ``pos`` of ``buf``
- * (bytes) when it has a known type (``type_at[byte]`` is not None) and qos, no ext, a payload
+ * (bytes, or a subclass: FrameDecoder.feed keeps one) when it has a known type (``type_at[byte]`` is not None) and qos, no ext, a payload
  * within ``fast_max`` and a stream id without the reserved bit, built as ``cls`` (Frame)
  * with the payload a memoryview slice of ``buf`` (no copy). None for every other case, which
  * the general path decides (tests/frames/test_codec_fast_paths.py holds the two equal). */
@@ -746,7 +750,7 @@ ccbor_frame_at(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *cls = args[0], *buf = args[1], *type_at = args[4], *qos_at = args[5];
     if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type) ||
-        !PyBytes_CheckExact(buf) || !PyTuple_Check(type_at) || PyTuple_GET_SIZE(type_at) != 256 ||
+        !PyBytes_Check(buf) || !PyTuple_Check(type_at) || PyTuple_GET_SIZE(type_at) != 256 ||
         !PyTuple_Check(qos_at) || PyTuple_GET_SIZE(qos_at) != 256) {
         PyErr_SetString(PyExc_TypeError, "frame_at(): bad argument types");
         return NULL;

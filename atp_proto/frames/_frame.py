@@ -43,24 +43,26 @@ def _header_py(
     version: int,
 ) -> int | None:
     """``_ccbor.header`` in Python: ``flags`` as a plain int when every field is an int (not a
-    bool) in its range, else None. ``struct`` refuses non-ints and out-of-range values; bools
-    and the stream id's reserved bit are the two things it lets pass."""
+    bool) in its range, else None. ``struct`` refuses out-of-range values; what it lets pass
+    is checked first: a non-int with ``__index__``, a bool, the stream id's reserved bit."""
+    fields = (type, flags, qos, version, stream_id, msg_seq, frag_seq, ttl)
+    for f in fields:
+        if not isinstance(f, int) or f.__class__ is bool:
+            return None
     try:
-        _RANGES(type, flags, qos, version, stream_id, msg_seq, frag_seq, ttl)
-    except (struct.error, TypeError):
+        _RANGES(*fields)
+    except struct.error:
         return None
-    if stream_id > MAX_STREAM_ID or bool in (
-        type.__class__,
-        flags.__class__,
-        qos.__class__,
-        version.__class__,
-        stream_id.__class__,
-        msg_seq.__class__,
-        frag_seq.__class__,
-        ttl.__class__,
-    ):
+    if stream_id > MAX_STREAM_ID:
         return None
     return int(flags)
+
+
+def _odd_view(view: memoryview) -> bool:
+    """A memoryview that is not one contiguous run of bytes: items wider than a byte (its
+    len() counts items, while the wire's payload_len counts bytes) or a strided view (no
+    simple buffer to write from). Frame() keeps a copy of its bytes instead."""
+    return view.nbytes != len(view) or not view.c_contiguous
 
 
 _header = _cbor._ccbor.header if _cbor._ccbor is not None else _header_py
@@ -126,6 +128,10 @@ class Frame(_FrameFields):
                 ErrorCode.EPROTO,
                 f"payload must be bytes or memoryview, not {type_name(payload)}",
             )
+        if payload.__class__ is memoryview and (  # _odd_view inline: Frame() is hot
+            payload.nbytes != len(payload) or not payload.c_contiguous
+        ):
+            payload = payload.tobytes()
         return tuple.__new__(
             cls,
             (
@@ -182,7 +188,13 @@ class Frame(_FrameFields):
         # Frame()'s checks without its call: type and version are ours, the body is bytes
         # unless ``raw`` says otherwise (then the constructor says what is wrong).
         fl = _header(0, flags, stream_id, msg_seq, frag_seq, qos, ttl, 1)
-        if fl is None or (raw is not None and not isinstance(raw, bytes | memoryview)):
+        if fl is None or (
+            raw is not None
+            and (
+                not isinstance(raw, bytes | memoryview)
+                or (raw.__class__ is memoryview and _odd_view(raw))
+            )
+        ):
             return cls(FrameType.DATA, flags, stream_id, msg_seq, frag_seq, qos, ttl, ext, body)
         return _new(
             cls,

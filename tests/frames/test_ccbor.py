@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import importlib.util
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tracemalloc
@@ -189,6 +187,29 @@ def test_a_memoryview_slice_decodes_without_a_copy_of_the_frame() -> None:
     assert ccbor.loads(view, 16, True) == _cbor._loads_py(view, 16, True) == {"a": [1, 2]}
 
 
+def test_trailing_data_is_counted_in_bytes_for_a_view_of_wider_items() -> None:
+    """[ATP-FRAME-006] Nothing after the one item: a memoryview whose items are wider than a
+    byte (``cast("I")``) holds 4 bytes per item; the pure path compared the bytes read with
+    ``len()`` (items), and took 3 trailing bytes for none."""
+    view = memoryview(b"\xa0\xa0\xa0\xa0").cast("I")
+    for loads in (ccbor.loads, _cbor._loads_py):
+        with pytest.raises(ValueError, match="3 bytes of trailing data"):
+            loads(view, 16, False)
+
+
+def test_a_strided_view_is_refused_as_bad_input() -> None:
+    """A view with no simple buffer (``[::2]``) is refused with the codec's errors, which
+    the callers turn into EPROTO: BufferError escaped both paths."""
+    view = memoryview(cbor2.dumps({"a": 1}) * 2)[::2]
+    for loads in (ccbor.loads, _cbor._loads_py):
+        with pytest.raises(_cbor.DECODE_ERRORS):
+            loads(view, 16, False)
+    with pytest.raises(FrameDecodeError):
+        _cbor.decode_payload(view)
+    with pytest.raises(FrameDecodeError):
+        _cbor.decode_ext(view)
+
+
 def test_a_deep_limit_beyond_the_stack_is_refused_not_a_crash() -> None:
     """No recursion without a bound: a limit far above the interpreter's recursion limit
     meets ``Py_EnterRecursiveCall`` (RecursionError, refused like any bad input)."""
@@ -252,6 +273,31 @@ def test_encoder_takes_the_model_in_its_python_spellings() -> None:
         )
 
 
+class _OddInt(int):
+    """An int subclass whose operators lie: the encoder must read the value, not call them."""
+
+    def __invert__(self) -> int:
+        return 5
+
+    def __neg__(self) -> int:
+        return 5
+
+    def __index__(self) -> int:
+        return 5
+
+
+def test_an_int_subclass_is_encoded_by_its_value_not_its_operators() -> None:
+    """A negative int below -2^63 is written as major type 1 of ``-1 - n``: the C path must
+    compute that on the value (as cbor2 does), not through the subclass's ``__invert__``,
+    which wrote -6 for -2^63-5 and let -2^64-2 through (ATP-FRAME-006: 64 bits at most)."""
+    for n in (-(2**63) - 5, -(2**64), 2**63 + 5, -3, 7):
+        assert ccbor.dumps(_OddInt(n), 16, False) == cbor2.dumps(n) == cbor2.dumps(_OddInt(n))
+        assert ccbor.dumps({"k": [_OddInt(n)]}, 16, True) == _cbor._dumps_py({"k": [n]}, 16, True)
+    for dumps in (ccbor.dumps, _cbor._dumps_py):
+        with pytest.raises(ValueError, match="64 bits"):
+            dumps(_OddInt(-(2**64) - 2), 16, False)
+
+
 _CYCLE: list[Any] = []
 _CYCLE.append(_CYCLE)
 
@@ -302,10 +348,18 @@ def test_nan_is_refused_in_ext_only() -> None:
 
 # -- the frame shortcuts --------------------------------------------------------------------
 
+
+class _Index:
+    """Not an int, though ``struct`` takes it as one (``__index__``)."""
+
+    def __index__(self) -> int:
+        return 1
+
+
 _field = (
     st.integers(-2, 2**32 + 1)
     | st.sampled_from([0, 255, 256, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF, 0x10000, True, False])
-    | st.sampled_from([None, 1.0, "1", Flags.MORE, QoS.GOLD, 2**64])
+    | st.sampled_from([None, 1.0, "1", Flags.MORE, QoS.GOLD, 2**64, _Index()])
 )
 
 
@@ -316,6 +370,19 @@ def test_header_check_matches_the_python_one(fields: list[Any]) -> None:
     c = ccbor.header(*fields)
     py = _frame._header_py(*fields)
     assert c == py and type(c) is type(py), fields
+
+
+@pytest.mark.parametrize("header", [ccbor.header, _frame._header_py], ids=["c", "python"])
+@pytest.mark.parametrize("field", ["type", "flags", "stream_id", "msg_seq", "qos", "ttl"])
+def test_a_header_field_that_is_not_an_int_is_refused(
+    header: Any, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frame() refuses a field that is not an int with EPROTO on both paths: the pure one
+    let an ``__index__`` object through ``struct`` (and raised TypeError for stream_id)."""
+    assert header(*(_Index() if i == 2 else 1 for i in range(8))) is None
+    monkeypatch.setattr(_frame, "_header", header)
+    with pytest.raises(LocalProtocolError, match=f"{field} must be an int"):
+        Frame(**{"type": FrameType.DATA, field: _Index()})
 
 
 @CI
@@ -345,6 +412,30 @@ def _outcome_any(fn: Any, *args: Any) -> tuple[str, Any]:
         return "error", type(exc)
 
 
+@pytest.mark.parametrize("encode", [_codec.encode_frame, _codec.encode_frame_py], ids=["c", "py"])
+@pytest.mark.parametrize(
+    "view",
+    [memoryview(b"abcdefgh").cast("I"), memoryview(b"aXbXcXdX")[::2]],
+    ids=["wide items", "strided"],
+)
+def test_a_payload_view_that_is_not_plain_bytes_is_framed_by_its_bytes(
+    encode: Any, view: memoryview
+) -> None:
+    """The header's payload_len counts bytes: a memoryview of 4-byte items has len() 2 for
+    8 bytes, and the Python encoder wrote 2 (a frame the peer cannot parse; the C one wrote 8),
+    and a strided view has no simple buffer. Frame() and Frame.data() keep its bytes."""
+    want = view.tobytes()
+    for ext in ({}, {"a": 1}):
+        for frame in (
+            Frame(FrameType.DATA, stream_id=1, ext=ext, payload=view),
+            Frame.data(1, 0, raw=view, ext=ext),
+        ):
+            wire = encode(frame)
+            assert len(wire) == _codec.encoded_length(frame)
+            (back,) = _codec.decode_frames(wire)
+            assert bytes(back.payload) == want
+
+
 def test_frame_at_refuses_bad_arguments() -> None:
     """The decoder's shortcut checks what it is given (a caller's bug is a TypeError)."""
     types = _codec._TYPE_AT
@@ -354,6 +445,23 @@ def test_frame_at_refuses_bad_arguments() -> None:
         ccbor.frame_at(Frame, b"", 0, 100, types[:3], types, {})
     assert ccbor.frame_at(Frame, b"\x01" * 10, 0, 100, types, _codec._QOS_AT, {}) is None
     assert ccbor.frame_at(Frame, b"\x01" * 30, -1, 100, types, _codec._QOS_AT, {}) is None
+
+
+def test_frame_at_takes_a_bytes_subclass_as_the_python_path_does() -> None:
+    """FrameDecoder.feed keeps a ``bytes`` subclass as it is (``isinstance(data, bytes)``);
+    the C shortcut must then answer as the Python fast path does, not raise TypeError out
+    of the sans-IO core."""
+
+    class Chunk(bytes):
+        pass
+
+    data = _codec.encode_frame(Frame(FrameType.DATA, stream_id=1, payload=b"hi"))
+    dec = _codec.FrameDecoder()
+    dec.feed(Chunk(data))
+    frame = dec.next_frame()
+    assert frame is not None
+    assert (frame.type, frame.stream_id, bytes(frame.payload)) == (FrameType.DATA, 1, b"hi")
+    assert dec.next_frame() is None
 
 
 # -- the build, the switch, and memory ------------------------------------------------------
@@ -373,16 +481,6 @@ def test_the_c_path_is_the_default() -> None:
         assert out.stdout.strip() == expected, env
     with pytest.raises(ValueError, match="unknown"):
         _cbor.use("rust")
-
-
-@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler: the fallback runs")
-def test_the_extension_is_built_where_a_compiler_is() -> None:
-    """``pip install -e .`` (./dev setup) builds ``_ccbor`` when it can; the build is
-    optional, so a silent failure would only show as a slow codec. This says it loudly."""
-    spec = importlib.util.find_spec("atp_proto.frames._ccbor")
-    assert spec is not None, "atp_proto.frames._ccbor is missing: run ./dev setup"
-    if not os.environ.get("ATP_PURE_CBOR", "").strip("0"):
-        assert "c" in _cbor.available()
 
 
 def test_error_paths_release_what_they_built() -> None:
