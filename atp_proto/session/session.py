@@ -340,8 +340,11 @@ class Session:
                 # The stream was reset (by the peer, a TTL or a limit) between two of the
                 # task's checkpoints: nothing left to do.
                 return
-            if all(isinstance(e, _SESSION_GONE) for e in leaves):
-                # The session ended under the stream (the peer left): a normal end.
+            if all(isinstance(e, _SESSION_GONE) for e in leaves) or (
+                self.conn.closed and all(isinstance(e, LocalProtocolError) for e in leaves)
+            ):
+                # The session ended under the stream (the peer left, or a connection
+                # error closed the core while the stream was sending): a normal end.
                 log.debug(
                     "stream ended with its session",
                     extra={

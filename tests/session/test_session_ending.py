@@ -151,3 +151,43 @@ async def test_a_real_failure_still_logs_its_traceback_and_ends_the_stream_einte
     (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert record.getMessage() == "stream task failed" and record.exc_info is not None
     assert record.exc_info[0] is KeyError
+
+
+async def test_a_connection_error_under_a_sending_stream_is_not_a_stream_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The peer's malformed frame closes the core (a connection error) while a stream is
+    about to send: its send raises LocalProtocolError ("the connection is closed"), which
+    is the session ending, not a routing bug (seen in CI as a "stream task failed"
+    traceback at ERROR in test_e2e_independent_clients)."""
+    transport = PerStreamMemory.make()
+    sent_after_close: list[BaseException] = []
+    session: Session | None = None
+
+    async def runner(info: SessionInfo, ev: StreamOpened, output: Output) -> None:
+        assert session is not None
+        with trio.CancelScope(shield=True):  # the adapter's chunk is already on its way
+            while not session.conn.closed:
+                await trio.sleep(0.01)
+        try:
+            output.send_partial(b"\xa0")
+        except BaseException as exc:
+            sent_after_close.append(exc)
+            raise
+
+    session = Session(transport, limits=Limits(), session_id="s1", principal="p", run_stream=runner)
+    peer = Connection(Role.CLIENT, now=trio.current_time())
+    with caplog.at_level(logging.DEBUG, logger="atp"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.run)
+            peer.open_stream(b"\xa0", qos=QoS.GOLD, now=trio.current_time())
+            for sid, data, _ in peer.stream_data_to_send(trio.current_time()):
+                await transport.inbox.send(ChannelData(sid, data))
+            await trio.sleep(0.05)
+            await transport.inbox.send(ChannelData(0, b"\xff" * 24))  # no ATP frame
+            with trio.fail_after(5):
+                await session.done.wait()
+    assert sent_after_close and session.conn.closed  # the race this test is about
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert not any(r.exc_info for r in caplog.records)
