@@ -190,6 +190,17 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if args.adapter:
             flags["adapters"] = dict(parse_adapter_spec(a) for a in args.adapter)
         if args.no_auth:
+            given = [
+                flag
+                for flag, value in (
+                    ("--jwt-key-file", args.jwt_key_file),
+                    ("--jwks", args.jwks),
+                    ("--oidc-issuer", args.oidc_issuer),
+                )
+                if value
+            ]
+            if given:  # ignored before: a router left open that its operator meant to guard
+                raise UsageError(f"{' and '.join(given)} with --no-auth: choose one")
             flags["auth"] = False
         flags["tls"] = tls = _tls_from_args(args)
         _quic_flags(args, flags, parse_hostport, tls)

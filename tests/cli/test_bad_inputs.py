@@ -191,3 +191,11 @@ def test_serve_with_a_negative_grace_names_it() -> None:
     """It said "timeouts must be positive", naming neither the option nor its value."""
     line = _line(("serve", "--no-auth", "--grace", "-1", "--metrics", "off"), 2)
     assert line == "atp serve: error: the drain grace must not be negative, got -1 s"
+
+
+def test_serve_with_an_identity_provider_and_no_auth_is_bad_usage(tmp_path: Path) -> None:
+    """--jwks (or --jwt-key-file, --oidc-issuer) beside --no-auth was silently ignored: a
+    router left open that its operator meant to guard (ATP-SEC: no unauthenticated access
+    where auth is configured)."""
+    line = _line(("serve", "--no-auth", "--jwks", str(tmp_path / "keys.json")), 2)
+    assert line == "atp serve: error: --jwks with --no-auth: choose one"
