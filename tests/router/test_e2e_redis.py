@@ -27,6 +27,7 @@ from atp_proto.router.routing.learner import store
 from atp_proto.testing.http import http_get, metric_value
 from atp_proto.testing.processes import RouterProcess, adapter_argv, clean_env
 from atp_proto.testing.redis_server import RedisServer, RedisUnavailable
+from tests.router._redis import redis_or_skip
 
 from ._helpers_e2e import ROOT
 
@@ -57,12 +58,7 @@ tokens = 100000
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer()
-    except RedisUnavailable as exc:
-        pytest.skip(str(exc))
-    with server:
-        yield server
+    yield from redis_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,12 @@ from atp_proto.router.routing.learner.bandit import BanditLearner
 from atp_proto.router.shared.learning import OBS_PER_ENTRY, SharedLearning
 from atp_proto.router.shared.link import RedisLink
 from atp_proto.testing.redis_server import RedisServer, RedisUnavailable
+from tests.router._redis import redis_or_skip
 
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer()
-    except RedisUnavailable as exc:
-        pytest.skip(str(exc))
-    with server:
-        yield server
+    yield from redis_or_skip()
 
 
 def _learn(learner: BanditLearner, arm: str, prompt: str, quality: float) -> None:

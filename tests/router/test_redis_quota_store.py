@@ -13,17 +13,13 @@ from atp_proto.frames import ATPError
 from atp_proto.router.quota import TenantQuota
 from atp_proto.router.shared.link import RedisLink
 from atp_proto.router.shared.redis_quota import RedisQuotaStore
-from atp_proto.testing.redis_server import RedisServer, RedisUnavailable
+from atp_proto.testing.redis_server import RedisServer
+from tests.router._redis import redis_or_skip
 
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer()
-    except RedisUnavailable as exc:
-        pytest.skip(str(exc))
-    with server:
-        yield server
+    yield from redis_or_skip()
 
 
 def _stores(url: str, lease_ms: int = 5000) -> tuple[RedisQuotaStore, RedisQuotaStore]:

@@ -38,7 +38,8 @@ from atp_proto.router.quota import LocalQuotaStore, QuotaGuard, TenantQuota, par
 from atp_proto.router.shared.link import RedisLink
 from atp_proto.router.shared.redis_quota import SATURATE, RedisQuotaStore
 from atp_proto.testing.processes import RouterProcess, adapter_argv, clean_env
-from atp_proto.testing.redis_server import RedisServer, RedisUnavailable
+from atp_proto.testing.redis_server import RedisServer
+from tests.router._redis import redis_or_skip
 
 from ._helpers_e2e import ROOT
 
@@ -47,12 +48,7 @@ SECRET = "review14-quota-" + "k" * 40
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer()
-    except RedisUnavailable as exc:
-        pytest.skip(str(exc))
-    with server:
-        yield server
+    yield from redis_or_skip()
 
 
 class Clock:

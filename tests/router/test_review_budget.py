@@ -16,17 +16,13 @@ from atp_proto.frames import ATPError, BudgetWindow
 from atp_proto.router.quota import TenantQuota
 from atp_proto.router.shared.link import RedisError, RedisLink
 from atp_proto.router.shared.redis_quota import PROBE_S, RedisQuotaStore
-from atp_proto.testing.redis_server import RedisServer, RedisUnavailable
+from atp_proto.testing.redis_server import RedisServer
+from tests.router._redis import redis_or_skip
 
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer()
-    except RedisUnavailable as exc:
-        pytest.skip(str(exc))
-    with server:
-        yield server
+    yield from redis_or_skip()
 
 
 def _lose_the_next_answer(store: RedisQuotaStore) -> None:
