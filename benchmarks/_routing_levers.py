@@ -40,7 +40,13 @@ from atp_proto.routing_data import PriceModel, Record, adapter_name
 
 from ._routing_eval import guarded_usd
 from ._routing_run import Source, _renamed
-from ._routing_spread import ROTATIONS, _stats, online_spread, pair_apgr, rotated_split
+from ._routing_spread import (
+    ROTATIONS,
+    _stats,
+    offline_spread,
+    online_spread,
+    rotated_split,
+)
 
 __all__ = [
     "Embedder",
@@ -49,7 +55,6 @@ __all__ = [
     "available_embedders",
     "context_exploration",
     "cost_cut_at",
-    "offline_embedding",
     "run_levers",
 ]
 
@@ -139,23 +144,6 @@ def _embed_table(emb: Embedder, records: Sequence[Record]) -> tuple[dict[str, Ma
         times.append((time.perf_counter() - t0) * 1000)
     vecs = emb.embed(prompts)
     return dict(zip(prompts, vecs, strict=True)), float(np.median(times))
-
-
-def offline_embedding(
-    sources: Sequence[Source],
-    prices: dict[str, PriceModel],
-    train_share: float,
-    make: Callable[[], BanditLearner],
-) -> dict[str, dict[str, Any]]:
-    """Pair APGR per source over the rotated splits for learners built by ``make``."""
-    per: dict[str, list[float | None]] = {s.name: [] for s in sources}
-    for k in range(ROTATIONS):
-        parts = {s.name: rotated_split(s.records, k, ROTATIONS, train_share) for s in sources}
-        learner = make()
-        train(learner, _renamed([r for tr, _ in parts.values() for r in tr]))
-        for s in sources:
-            per[s.name].append(pair_apgr(learner, parts[s.name][1], s, prices))
-    return {name: _stats(v) for name, v in per.items()}
 
 
 def _with_features(f: Featurizer) -> Callable[[], BanditLearner]:
@@ -296,7 +284,7 @@ def run_levers(
     records = [r for s in sources for r in s.records]
     say("levers: the default learner over the rotated splits …")
     offline: dict[str, Any] = {
-        "hashed words (default)": offline_embedding(sources, prices, train_share, BanditLearner)
+        "hashed words (default)": offline_spread(sources, prices, train_share, BanditLearner)
     }
     found, skipped = available_embedders()
     embed_ms: dict[str, float] = {}
@@ -307,7 +295,7 @@ def run_levers(
         width = len(next(iter(table.values())))
         for scale in SCALES:
             f = EmbeddingFeaturizer(emb.embed, width, scale, table)
-            offline[f"+ {emb.name} x{scale}"] = offline_embedding(
+            offline[f"+ {emb.name} x{scale}"] = offline_spread(
                 sources, prices, train_share, _with_features(f)
             )
     for name, per in offline.items():

@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -108,12 +108,16 @@ def _stats(values: Sequence[float | None]) -> dict[str, Any]:
 
 
 def offline_spread(
-    sources: Sequence[Source], prices: dict[str, PriceModel], train_share: float
+    sources: Sequence[Source],
+    prices: dict[str, PriceModel],
+    train_share: float,
+    make: Callable[[], BanditLearner] = BanditLearner,
 ) -> dict[str, dict[str, Any]]:
+    """Pair APGR per source over the rotated splits, for learners built by ``make``."""
     per: dict[str, list[float | None]] = {s.name: [] for s in sources}
     for k in range(ROTATIONS):
         parts = {s.name: rotated_split(s.records, k, ROTATIONS, train_share) for s in sources}
-        learner = BanditLearner()
+        learner = make()
         train(learner, _renamed([r for tr, _ in parts.values() for r in tr]))
         for s in sources:
             per[s.name].append(pair_apgr(learner, parts[s.name][1], s, prices))
