@@ -123,18 +123,30 @@ class AuditLog:
 
     # ------------------------------------------------------------------ writer
 
+    def close(self) -> None:
+        """No more records: the writer (:meth:`run`) writes what is queued, fsyncs, closes
+        the file and returns. Later appends are counted as dropped."""
+        self._send.close()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open (continuing the chain), then write batches until cancelled; on the way
-        out write what is queued, fsync and close."""
+        """Open (continuing the chain), then write batches until :meth:`close` or a
+        cancellation; on the way out write what is queued, fsync and close.
+
+        The router closes rather than cancels it, once every stream task has ended: a
+        stream appends its record on its way out, and a writer cancelled beside the
+        streams would drop the records of the last ones."""
         await trio.to_thread.run_sync(self._open)
         task_status.started()
         try:
             while True:
-                batch = [await self._recv.receive()]
+                try:
+                    batch = [await self._recv.receive()]
+                except trio.EndOfChannel:
+                    return
                 while len(batch) < 512:
                     try:
                         batch.append(self._recv.receive_nowait())
-                    except trio.WouldBlock:
+                    except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 try:
                     await trio.to_thread.run_sync(self._write, batch)

@@ -250,67 +250,89 @@ class Router:
         self, *, task_status: trio.TaskStatus[Router] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until cancelled or drained. ``task_status.started`` once listening."""
-        cfg = self.config
         try:
-            async with trio.open_nursery() as nursery:
-                if cfg.reuse_port:  # a worker of atp serve --workers N (router/workers.py)
-                    from .workers import reuse_port_listeners
-
-                    listeners = await reuse_port_listeners(cfg.ws_host, cfg.ws_port)
-                else:
-                    listeners = await trio.open_tcp_listeners(cfg.ws_port, host=cfg.ws_host)
-                self.ws_port = listeners[0].socket.getsockname()[1]
-                self._listener_scope = trio.CancelScope()
-                nursery.start_soon(self._run_listener, listeners, nursery, self._listener_scope)
-                quic = self.quic_server = self._quic_server()
-                if quic is not None:
-                    self.quic_port = await nursery.start(quic.serve, cfg.quic_host, cfg.quic_port)
-                if cfg.metrics_port is not None:
-                    self.metrics_port = await nursery.start(self._serve_metrics)
-                await nursery.start(self.reloader.run)  # SIGHUP (handled from now) and files
-                keys = getattr(self.authenticator, "keep_fresh", None)
-                if keys is not None:  # JWKS / OIDC: QUIC's first CAPABILITIES cannot await
-                    await nursery.start(keys)
-                nursery.start_soon(  # a worker of --workers N writes its own rows
-                    persist, self.routing.learner, cfg.routing_state, 5.0, cfg.worker_index
-                )
-                for shared_task in self._shared_tasks:  # quota writer, learner sharing
-                    await nursery.start(shared_task)
-                for adapter in self.adapters.values():  # their tasks live in our nursery
-                    await registry.start(nursery, adapter, health_interval_s=cfg.health_interval_s)
+            async with trio.open_nursery() as outer:
+                writer = trio.CancelScope(shield=True)  # closed, never cancelled: see below
                 if self.audit is not None:  # the decision log's writer (off the hot path)
-                    await nursery.start(self.audit.run)
-                self._ready = True
-                log.info(
-                    "router listening",
-                    extra={
-                        "ws": f"{self.ws_scheme}://{cfg.ws_host}:{self.ws_port}{cfg.ws_path}",
-                        "quic": (
-                            f"quic://{cfg.quic_host}:{self.quic_port}" if self.quic_port else "off"
-                        ),
-                        "metrics": (
-                            f"{'https' if self.ssl_context else 'http'}://"
-                            f"{cfg.metrics_host}:{self.metrics_port}/metrics"
-                            if self.metrics_port
-                            else "off"
-                        ),
-                        "auth": (
-                            ("oidc" if cfg.oidc_issuer else "jwks" if cfg.jwks else "jwt")
-                            if self.authenticator
-                            else "off"
-                        ),
-                        "adapters": ",".join(self.adapters),
-                        "policy": self.policy.state.version,
-                    },
-                )
-                task_status.started(self)
-                await self.stopped.wait()
-                nursery.cancel_scope.cancel()
+                    await outer.start(self._write_audit, self.audit, writer)
+                try:
+                    await self._serve(task_status)
+                finally:
+                    # every stream task has ended (each appended its record on its way
+                    # out): the writer writes the queue and returns, within 10 s
+                    if self.audit is not None:
+                        self.audit.close()
+                        writer.deadline = trio.current_time() + 10
         finally:
             with trio.CancelScope(shield=True):
                 for adapter in self.adapters.values():
                     with trio.move_on_after(2):
                         await adapter.aclose()
+
+    @staticmethod
+    async def _write_audit(
+        audit: AuditLog,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with scope:
+            await audit.run(task_status=task_status)
+
+    async def _serve(self, task_status: trio.TaskStatus[Router]) -> None:
+        cfg = self.config
+        async with trio.open_nursery() as nursery:
+            if cfg.reuse_port:  # a worker of atp serve --workers N (router/workers.py)
+                from .workers import reuse_port_listeners
+
+                listeners = await reuse_port_listeners(cfg.ws_host, cfg.ws_port)
+            else:
+                listeners = await trio.open_tcp_listeners(cfg.ws_port, host=cfg.ws_host)
+            self.ws_port = listeners[0].socket.getsockname()[1]
+            self._listener_scope = trio.CancelScope()
+            nursery.start_soon(self._run_listener, listeners, nursery, self._listener_scope)
+            quic = self.quic_server = self._quic_server()
+            if quic is not None:
+                self.quic_port = await nursery.start(quic.serve, cfg.quic_host, cfg.quic_port)
+            if cfg.metrics_port is not None:
+                self.metrics_port = await nursery.start(self._serve_metrics)
+            await nursery.start(self.reloader.run)  # SIGHUP (handled from now) and files
+            keys = getattr(self.authenticator, "keep_fresh", None)
+            if keys is not None:  # JWKS / OIDC: QUIC's first CAPABILITIES cannot await
+                await nursery.start(keys)
+            nursery.start_soon(  # a worker of --workers N writes its own rows
+                persist, self.routing.learner, cfg.routing_state, 5.0, cfg.worker_index
+            )
+            for shared_task in self._shared_tasks:  # quota writer, learner sharing
+                await nursery.start(shared_task)
+            for adapter in self.adapters.values():  # their tasks live in our nursery
+                await registry.start(nursery, adapter, health_interval_s=cfg.health_interval_s)
+            self._ready = True
+            log.info(
+                "router listening",
+                extra={
+                    "ws": f"{self.ws_scheme}://{cfg.ws_host}:{self.ws_port}{cfg.ws_path}",
+                    "quic": (
+                        f"quic://{cfg.quic_host}:{self.quic_port}" if self.quic_port else "off"
+                    ),
+                    "metrics": (
+                        f"{'https' if self.ssl_context else 'http'}://"
+                        f"{cfg.metrics_host}:{self.metrics_port}/metrics"
+                        if self.metrics_port
+                        else "off"
+                    ),
+                    "auth": (
+                        ("oidc" if cfg.oidc_issuer else "jwks" if cfg.jwks else "jwt")
+                        if self.authenticator
+                        else "off"
+                    ),
+                    "adapters": ",".join(self.adapters),
+                    "policy": self.policy.state.version,
+                },
+            )
+            task_status.started(self)
+            await self.stopped.wait()
+            nursery.cancel_scope.cancel()
 
     @property
     def ws_scheme(self) -> str:

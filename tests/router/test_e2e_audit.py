@@ -191,3 +191,18 @@ def test_serve_refuses_an_audit_log_it_cannot_open(tmp_path: Path) -> None:
     )
     assert r.returncode == 2 and "cannot open the audit log" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+async def test_close_writes_what_is_queued_then_the_writer_returns(tmp_path: Path) -> None:
+    """[ATP-AUDIT-004] the router closes the writer after its stream tasks have ended
+    (each appends its record on the way out) instead of cancelling it beside them: close()
+    lets run() write the queue, fsync and return on its own; a later append is a drop."""
+    audit = AuditLog(tmp_path / "a.jsonl")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(audit.run)
+        for i in range(3):
+            audit.append({"kind": "decision", "n": i})
+        audit.close()  # no cancel: run() must return by itself
+    assert audit.written == 3
+    assert verify([tmp_path / "a.jsonl"]).problem is None
+    assert audit.append({"kind": "late"}) is False and audit.dropped == 1
