@@ -108,6 +108,11 @@ def test_every_scenario_json_and_plots(tmp_path: Path) -> None:
     load = r["results"]["load"]
     # the persona adapters let the router reuse estimates for 1 s (ATP-BUDGET-018)
     assert load["estimate_max_age_ms"] == r["settings"]["estimate_max_age_ms"] == 1000
+    # ... and the run measures it: the router's atp_estimates_total, scraped from its
+    # metrics port after the load (the first preflight per class is a call)
+    est = load["estimates"]
+    assert est["called"] >= 1 and est["reused"] > 0
+    assert est["reuse_rate"] == pytest.approx(est["reused"] / (est["called"] + est["reused"]))
     lanes = {"gold", "silver", "bronze"}
     _check_run(load["router"], lanes)
     _check_run(load["direct"], lanes)

@@ -116,7 +116,7 @@ def load(o: Options, say: Say) -> tuple[dict[str, Any], list[Goal]]:
     """Items 1 and 2: the load through the router, then the same load straight to the same
     adapter processes over gRPC; the router's added latency per percentile."""
     with fleet.adapters(o.adapters, _persona(o)) as ad:
-        with fleet.router(ad.urls, transport=o.transport, workers=o.workers) as r:
+        with fleet.router(ad.urls, transport=o.transport, workers=o.workers, metrics=True) as r:
             say("load: through the router")
             through = drive.run(
                 _plans(o, "router", r, ad.urls),
@@ -124,6 +124,9 @@ def load(o: Options, say: Say) -> tuple[dict[str, Any], list[Goal]]:
                 adapter_pids=ad.pids,
                 progress=_progress(say, "load → router"),
             )
+            # measured, not assumed: how many preflights the router answered from a
+            # reused estimate (with --workers N: the worker that answers the scrape)
+            estimates = fleet.estimate_reuse(r.proc.metrics_port)
         say("load: straight to the adapters (gRPC)")
         direct = drive.run(
             _plans(o, "direct", None, ad.urls),
@@ -146,6 +149,7 @@ def load(o: Options, say: Say) -> tuple[dict[str, Any], list[Goal]]:
         "direct": direct,
         "added": added,
         "estimate_max_age_ms": o.estimate_max_age_ms,
+        "estimates": estimates,
     }
     return section, goals
 
