@@ -323,6 +323,15 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"direct TTFP {_pcts(dr['total']['ttfp_ms'])}",
             )
         )
+        per_stream = L.get("router_cpu_ms_per_stream")
+        if per_stream is not None:
+            rows.append(
+                (
+                    "  router CPU per stream",
+                    f"{per_stream * 1000:,.0f} µs",
+                    "CPU seconds over the run ÷ its streams (the figure a loaded host moves least)",
+                )
+            )
         if rt["router"]:
             rows.append(
                 (

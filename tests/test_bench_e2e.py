@@ -124,6 +124,8 @@ def test_every_scenario_json_and_plots(tmp_path: Path) -> None:
     router = load["router"]["router"]
     assert router["processes"] >= 1 and router["rss_peak_bytes"] >= router["rss_start_bytes"] > 0
     assert router["cpu_s"] >= 0 and load["direct"]["router"] is None
+    streams = load["router"]["streams_per_s"] * load["router"]["duration_s"]
+    assert load["router_cpu_ms_per_stream"] == pytest.approx(1000 * router["cpu_s"] / streams)
 
     q = r["results"]["qos"]
     runs = q["runs"]

@@ -150,8 +150,21 @@ def load(o: Options, say: Say) -> tuple[dict[str, Any], list[Goal]]:
         "added": added,
         "estimate_max_age_ms": o.estimate_max_age_ms,
         "estimates": estimates,
+        "router_cpu_ms_per_stream": _cpu_per_stream(through),
     }
     return section, goals
+
+
+def _cpu_per_stream(run: dict[str, Any]) -> float | None:
+    """The router's CPU milliseconds per stream: its CPU seconds over the whole run (from
+    the moment the load processes start, warm-up included) over the streams of the whole
+    run, estimated as the recorded rate times the duration. Unlike the latencies it
+    barely moves with a shared host's load, so runs on different hosts compare."""
+    router = run.get("router")
+    streams = run["streams_per_s"] * run["duration_s"]
+    if not router or streams <= 0:
+        return None
+    return float(1000.0 * router["cpu_s"] / streams)
 
 
 # ---------------------------------------------------------------------- QoS isolation
