@@ -298,6 +298,23 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                 else "an Estimate round trip before every Stream call",
             )
         )
+        est = L.get("estimates") or {}
+        if est.get("reuse_rate") is not None:
+            rows.append(
+                (
+                    "  preflight estimates reused (router's atp_estimates_total)",
+                    f"{est['reuse_rate']:.1%}",
+                    f"{est['reused']:,} reused, {est['called']:,} Estimate calls",
+                )
+            )
+        elif est:
+            rows.append(
+                (
+                    "  preflight estimates reused (router's atp_estimates_total)",
+                    "— (not read)",
+                    "no metrics port answered, or no preflight counted",
+                )
+            )
         a = L["added"]
         rows.append(
             (
@@ -306,6 +323,15 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"direct TTFP {_pcts(dr['total']['ttfp_ms'])}",
             )
         )
+        per_stream = L.get("router_cpu_ms_per_stream")
+        if per_stream is not None:
+            rows.append(
+                (
+                    "  router CPU per stream",
+                    f"{per_stream * 1000:,.0f} µs",
+                    "CPU seconds over the run ÷ its streams (the figure a loaded host moves least)",
+                )
+            )
         if rt["router"]:
             rows.append(
                 (

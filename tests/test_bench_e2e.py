@@ -108,6 +108,11 @@ def test_every_scenario_json_and_plots(tmp_path: Path) -> None:
     load = r["results"]["load"]
     # the persona adapters let the router reuse estimates for 1 s (ATP-BUDGET-018)
     assert load["estimate_max_age_ms"] == r["settings"]["estimate_max_age_ms"] == 1000
+    # ... and the run measures it: the router's atp_estimates_total, scraped from its
+    # metrics port after the load (the first preflight per class is a call)
+    est = load["estimates"]
+    assert est["called"] >= 1 and est["reused"] > 0
+    assert est["reuse_rate"] == pytest.approx(est["reused"] / (est["called"] + est["reused"]))
     lanes = {"gold", "silver", "bronze"}
     _check_run(load["router"], lanes)
     _check_run(load["direct"], lanes)
@@ -119,6 +124,8 @@ def test_every_scenario_json_and_plots(tmp_path: Path) -> None:
     router = load["router"]["router"]
     assert router["processes"] >= 1 and router["rss_peak_bytes"] >= router["rss_start_bytes"] > 0
     assert router["cpu_s"] >= 0 and load["direct"]["router"] is None
+    streams = load["router"]["streams_per_s"] * load["router"]["duration_s"]
+    assert load["router_cpu_ms_per_stream"] == pytest.approx(1000 * router["cpu_s"] / streams)
 
     q = r["results"]["qos"]
     runs = q["runs"]

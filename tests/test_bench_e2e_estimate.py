@@ -56,3 +56,22 @@ def test_a_bad_value_is_bad_usage() -> None:
         assert proc.returncode == 2, proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
         assert "--estimate-max-age-ms" in last and "Traceback" not in proc.stderr
+
+
+def test_the_table_says_the_measured_reuse_rate() -> None:
+    run = {
+        "workers": 2, "streams_per_s": 1.0, "frames_per_s": 5.0, "lanes": {}, "router": None,
+        "total": {"ttfp_ms": {"p50": 1, "p95": 1, "p99": 1, "max": 1}},
+    }  # fmt: skip
+    pcts = {"p50": 0.5, "p95": 0.5, "p99": 0.5, "max": 0.5}
+    for est, says in (
+        ({"called": 3, "reused": 97, "reuse_rate": 0.97}, "97.0%"),
+        ({"called": 0, "reused": 0, "reuse_rate": None}, "— (not read)"),
+    ):
+        load = {
+            "router": run, "direct": run, "added": {"ttfp_ms": pcts, "ttf_ms": pcts},
+            "estimate_max_age_ms": 1000, "estimates": est,
+        }  # fmt: skip
+        rows = bench_e2e.table_rows({"results": {"load": load}})
+        (row,) = [r for r in rows if "estimates reused" in r[0]]
+        assert row[1] == says

@@ -37,6 +37,9 @@ task: ``nursery.start_soon(adapter.run_health_checks, 5.0)``.
   the time left, without reaching the adapter (ATP-ADAPT-014).
 * **Idle timeout**: waiting more than ``idle_timeout`` seconds for the next chunk (or the
   first one) fails the stream with ETIMEOUT (``streamed`` tells whether output came).
+  A chunk the inner stream says is already here (its ``ready()``, as GrpcAdapter's
+  :class:`~atp_proto.adapters.grpc.client.ChunkStream` has) is taken without a timer:
+  nothing waits, so nothing can time out (one cancel scope less per chunk).
 """
 
 from __future__ import annotations
@@ -443,26 +446,36 @@ class ResilientAdapter:
             last_final = False
             succeeded = False
             inner = self.inner.stream(self._left_ms(request, deadline))
+            # an inner stream may say its next chunk is already here (GrpcAdapter's
+            # ChunkStream.ready): then nothing waits, and no timer is opened for it
+            ready: Callable[[], bool] | None = getattr(inner, "ready", None)
             try:
                 while True:
                     timeout = self.idle_timeout if self.idle_timeout is not None else math.inf
-                    wait_until = min(deadline, trio.current_time() + timeout)
+                    now = trio.current_time()
+                    wait_until = min(deadline, now + timeout)
                     chunk: Chunk | None = None
                     done = False
-                    with trio.move_on_at(wait_until) as cs:
+                    if ready is not None and now < wait_until and ready():
                         try:
                             chunk = await inner.__anext__()
                         except StopAsyncIteration:
                             done = True
-                    if cs.cancelled_caught:
-                        self.stats.idle_timeouts += 1
-                        what = "next chunk" if yielded else "first chunk"
-                        raise AdapterError(
-                            ErrorCode.ETIMEOUT,
-                            f"no {what} within {min(timeout, max(0.0, wait_until - t0)):.3f}s",
-                            adapter=self.name,
-                            streamed=yielded > 0,
-                        )
+                    else:
+                        with trio.move_on_at(wait_until) as cs:
+                            try:
+                                chunk = await inner.__anext__()
+                            except StopAsyncIteration:
+                                done = True
+                        if cs.cancelled_caught:
+                            self.stats.idle_timeouts += 1
+                            what = "next chunk" if yielded else "first chunk"
+                            raise AdapterError(
+                                ErrorCode.ETIMEOUT,
+                                f"no {what} within {min(timeout, max(0.0, wait_until - t0)):.3f}s",
+                                adapter=self.name,
+                                streamed=yielded > 0,
+                            )
                     if done:
                         break
                     assert chunk is not None

@@ -108,9 +108,13 @@ def router(
     transport: str = "ws",
     admission: Mapping[str, Any] | None = None,
     workers: int = 1,
+    metrics: bool = False,
 ) -> Iterator[Router]:
-    """``atp serve`` as the benchmarks run it (no auth, no metrics listener, room for 20,000
-    sessions, RLIMIT_NOFILE raised), with an ``[admission]`` section when given."""
+    """``atp serve`` as the benchmarks run it (no auth, room for 20,000 sessions,
+    RLIMIT_NOFILE raised), with an ``[admission]`` section when given. ``metrics`` opens its
+    Prometheus listener on an ephemeral loopback port (read with :func:`scrape`); without
+    it there is none. The router records its series either way: the listener costs a run
+    nothing until it is scraped."""
     args = ["--no-auth", "--max-sessions", "20000", "--log-level", "info", "--grace", "1"]
     if workers > 1:
         if not serve_has_workers():
@@ -136,7 +140,7 @@ def router(
             ca = cert.cert
         proc = testing.RouterProcess(
             *args,
-            metrics="off",
+            metrics="127.0.0.1:0" if metrics else "off",
             adapters=adapter_urls,
             config_toml=toml,
             env=clean_env(),
@@ -148,6 +152,47 @@ def router(
         stack.callback(proc.stop)
         url = f"quic://127.0.0.1:{quic_port}" if transport == "quic" else proc.url
         yield Router(proc, url, ca)
+
+
+def scrape(
+    port: int | None, name: str, *, timeout: float = 5.0
+) -> list[tuple[dict[str, str], float]]:
+    """The samples of the counter ``name`` on a router's metrics port (``/metrics``), as
+    (labels, value) pairs; [] when there is no port or it does not answer (a benchmark
+    reports what it could read, it does not fail for it)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if port is None:
+        return []
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+            text = r.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [
+        (dict(s.labels), float(s.value))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    ]
+
+
+def estimate_reuse(port: int | None) -> dict[str, Any]:
+    """The router's preflight estimates by source, from ``atp_estimates_total{adapter,
+    source=called|reused}`` (ATP-BUDGET-018): how many streams' estimates were reused
+    instead of an ``Estimate`` call, summed over the adapters. ``reuse_rate`` is None when
+    nothing was counted (no metrics port, or no preflight ran)."""
+    rows = scrape(port, "atp_estimates_total")
+    called = sum(v for labels, v in rows if labels.get("source") == "called")
+    reused = sum(v for labels, v in rows if labels.get("source") == "reused")
+    total = called + reused
+    return {
+        "called": int(called),
+        "reused": int(reused),
+        "reuse_rate": reused / total if total else None,
+    }
 
 
 # ---------------------------------------------------------------------- sampling

@@ -116,7 +116,7 @@ def load(o: Options, say: Say) -> tuple[dict[str, Any], list[Goal]]:
     """Items 1 and 2: the load through the router, then the same load straight to the same
     adapter processes over gRPC; the router's added latency per percentile."""
     with fleet.adapters(o.adapters, _persona(o)) as ad:
-        with fleet.router(ad.urls, transport=o.transport, workers=o.workers) as r:
+        with fleet.router(ad.urls, transport=o.transport, workers=o.workers, metrics=True) as r:
             say("load: through the router")
             through = drive.run(
                 _plans(o, "router", r, ad.urls),
@@ -124,6 +124,9 @@ def load(o: Options, say: Say) -> tuple[dict[str, Any], list[Goal]]:
                 adapter_pids=ad.pids,
                 progress=_progress(say, "load → router"),
             )
+            # measured, not assumed: how many preflights the router answered from a
+            # reused estimate (with --workers N: the worker that answers the scrape)
+            estimates = fleet.estimate_reuse(r.proc.metrics_port)
         say("load: straight to the adapters (gRPC)")
         direct = drive.run(
             _plans(o, "direct", None, ad.urls),
@@ -146,8 +149,22 @@ def load(o: Options, say: Say) -> tuple[dict[str, Any], list[Goal]]:
         "direct": direct,
         "added": added,
         "estimate_max_age_ms": o.estimate_max_age_ms,
+        "estimates": estimates,
+        "router_cpu_ms_per_stream": _cpu_per_stream(through),
     }
     return section, goals
+
+
+def _cpu_per_stream(run: dict[str, Any]) -> float | None:
+    """The router's CPU milliseconds per stream: its CPU seconds over the whole run (from
+    the moment the load processes start, warm-up included) over the streams of the whole
+    run, estimated as the recorded rate times the duration. Unlike the latencies it
+    barely moves with a shared host's load, so runs on different hosts compare."""
+    router = run.get("router")
+    streams = run["streams_per_s"] * run["duration_s"]
+    if not router or streams <= 0:
+        return None
+    return float(1000.0 * router["cpu_s"] / streams)
 
 
 # ---------------------------------------------------------------------- QoS isolation

@@ -241,6 +241,21 @@ class H2Channel:
                 return
             self._wake.set()
 
+    def starts_now(self, payload_len: int) -> bool:
+        """Whether :meth:`start_call` with a request of ``payload_len`` bytes returns
+        without waiting: the connection takes calls, a stream slot is free and the
+        server's windows (the connection's and a new stream's) hold the whole request.
+        A caller that bounds the call's start opens no timer for it then."""
+        h2c = self.h2
+        size = payload_len + 5  # the gRPC message prefix
+        return (
+            self.dead is None
+            and not self.going_away
+            and h2c.open_outbound_streams < h2c.remote_settings.max_concurrent_streams
+            and size <= h2c.outbound_flow_control_window
+            and size <= h2c.remote_settings.initial_window_size
+        )
+
     async def start_call(self, path: bytes, payload: bytes, timeout: float | None) -> Call:
         """Open a stream (waiting for a slot), send the request, half-close."""
         h2c = self.h2

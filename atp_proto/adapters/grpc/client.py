@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -44,7 +44,7 @@ from ._call import Call
 from ._h2 import H2Channel
 from .status import GrpcStatus, RpcError, grpc_error, method_path
 
-__all__ = ["GrpcAdapter", "HandshakeError"]
+__all__ = ["ChunkStream", "GrpcAdapter", "HandshakeError"]
 
 T = TypeVar("T")
 
@@ -387,8 +387,14 @@ class GrpcAdapter:
         reply = await self._unary(_HEALTH, b"", self.health_timeout)
         return self._decode_reply(codec.decode_health, reply, "Health")
 
-    async def stream(self, request: TaskRequest) -> AsyncIterator[Chunk]:
-        """Chunks as the server sends them; leaving early cancels the call."""
+    def stream(self, request: TaskRequest) -> ChunkStream:
+        """Chunks as the server sends them; leaving early (``aclose``) cancels the call.
+        The iterator's :meth:`ChunkStream.ready` says whether its next chunk is already
+        here (a caller bounding each wait, :class:`ResilientAdapter`, opens no timer)."""
+        box = _CallBox()
+        return ChunkStream(self._chunks(request, box), box)
+
+    async def _chunks(self, request: TaskRequest, holder: _CallBox) -> AsyncGenerator[Chunk, None]:
         payload = codec.encode_task_request(request)
         timeout = self._timeout(request, self.stream_timeout)
         n = 0
@@ -401,10 +407,21 @@ class GrpcAdapter:
         decode = codec.decode_chunk
         try:
             while True:
-                with trio.move_on_at(deadline):
-                    call = await self._open(method, payload, timeout)
+                conn = self._conn
+                if (
+                    conn is not None
+                    and conn.usable
+                    and conn.starts_now(len(payload))
+                    and trio.current_time() < deadline
+                ):
+                    # nothing to wait for (the common case): no timer to open and close
+                    call = await conn.start_call(method, payload, timeout)
+                else:
+                    with trio.move_on_at(deadline):
+                        call = await self._open(method, payload, timeout)
                 if call is None:
                     raise self._stream_timeout(timeout, n)
+                holder.call = call
                 try:
                     while True:
                         if deadline == math.inf or (call.inbox and trio.current_time() < deadline):
@@ -429,7 +446,7 @@ class GrpcAdapter:
                     if exc.transparent and n == 0 and attempts < _TRANSPARENT_RETRIES:
                         attempts += 1  # the server never saw it: safe to resend
                         call.close()
-                        call = None
+                        call = holder.call = None
                         continue
                     raise
         except RpcError as exc:
@@ -441,6 +458,7 @@ class GrpcAdapter:
                 retry_after_ms=exc.retry_after_ms,
             ) from None
         finally:
+            holder.call = None
             if call is not None:
                 call.close()
 
@@ -451,6 +469,50 @@ class GrpcAdapter:
             adapter=self.name,
             streamed=n > 0,
         )
+
+
+class _CallBox:
+    """The call a stream's generator has in progress (None before and after), shared
+    with its :class:`ChunkStream` without a reference cycle: a stream left without
+    ``aclose`` is freed, and its generator finalized (the call reset), at once."""
+
+    __slots__ = ("call",)
+
+    def __init__(self) -> None:
+        self.call: Call | None = None
+
+
+class ChunkStream:
+    """The iterator :meth:`GrpcAdapter.stream` returns: its generator's chunks, and
+    :meth:`ready`. An async iterator with ``aclose`` (what ``async for`` and
+    ``aclosing`` need), not an async generator."""
+
+    __slots__ = ("_box", "_gen")
+
+    def __init__(self, gen: AsyncGenerator[Chunk, None], box: _CallBox) -> None:
+        self._gen = gen
+        self._box = box
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    def __anext__(self) -> Awaitable[Chunk]:
+        return self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        await self._gen.aclose()
+
+    def ready(self) -> bool:
+        """Whether the next ``__anext__`` returns without waiting for the network: a
+        message of the call is already received, or the call ended OK (the iteration
+        stops). False before the call is open, and while nothing is here."""
+        call = self._box.call
+        if call is None:
+            return False
+        if call.inbox:
+            return True
+        outcome = call.outcome
+        return call.ended and outcome is not None and outcome.status == GrpcStatus.OK
 
 
 class HandshakeError(Exception):
