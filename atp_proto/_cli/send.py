@@ -20,14 +20,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="router URL: ws://, wss:// or quic://HOST:PORT (default ws://127.0.0.1:7443/ws)",
     )
     p.add_argument("--prompt", required=True, help="the task's prompt")
-    p.add_argument("--task-type", default="qa")
-    p.add_argument("--qos", choices=["gold", "silver", "bronze"], default="silver")
+    p.add_argument("--task-type", default="qa", help="the task's type (default qa)")
+    p.add_argument(
+        "--qos",
+        choices=["gold", "silver", "bronze"],
+        default="silver",
+        help="QoS lane (default silver; a token's max_qos caps it)",
+    )
     p.add_argument("--max-tokens", type=int, metavar="N", help="budget window: tokens")
     p.add_argument("--max-usd-micros", type=int, metavar="N", help="budget window: micro-dollars")
     p.add_argument(
         "--max-parallel", type=int, metavar="N", help="budget window: adapter calls at once"
     )
-    p.add_argument("--ttl", type=int, default=0, metavar="SECONDS")
+    p.add_argument(
+        "--ttl", type=int, default=0, metavar="SECONDS", help="the stream's deadline (0: none)"
+    )
     p.add_argument(
         "--adapter", action="append", metavar="NAME", help="restrict to these adapters (repeatable)"
     )
@@ -41,7 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print one JSON object per line (PARTIALs, then FINAL or ERROR)",
     )
-    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up without a FINAL after this long (default 60)",
+    )
     p.add_argument(
         "--ca",
         metavar="FILE",
