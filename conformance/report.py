@@ -245,6 +245,12 @@ def _html(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _ids(r: CaseResult) -> str:
+    """The requirement IDs a FAIL / NON_STRICT saw broken, for its progress line: a vendor
+    reading the terminal learns which rule of the spec to look up without the report."""
+    return f" [{' '.join(r.violated)}]" if r.violated and r.verdict is not Verdict.PASS else ""
+
+
 class Progress:
     """A rich progress bar on a terminal, one plain line per finished case otherwise."""
 
@@ -285,11 +291,16 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._task, completed=done, total=total)
             if r.verdict in (Verdict.FAIL, Verdict.ERROR):
+                from rich.markup import escape
+
                 self._bar.console.print(
-                    f"[red]{r.verdict}[/red] {r.case.id}: {r.message}", markup=True, highlight=False
+                    f"[red]{r.verdict}[/red] {escape(f'{r.case.id}: {r.message}{_ids(r)}')}",
+                    markup=True,
+                    highlight=False,
                 )
         elif not self.quiet:
             tail = f" — {r.message}" if r.message and r.verdict is not Verdict.PASS else ""
+            tail += _ids(r)
             known = " (known failure)" if r.known_failure else ""
             print(
                 f"[{done}/{total}] {r.verdict.value:<11} {r.case.id}{known}{tail}",

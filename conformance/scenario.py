@@ -16,6 +16,7 @@ encoding, control frames' sequence numbers, telemetry at L2).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -328,7 +329,10 @@ async def _send_fragmented(r: Runner, arg: Mapping[str, Any], wait: float) -> No
             "payload_b64": base64.b64encode(part).decode(),
         }
         if i == 0:
-            m.update(qos="gold", ttl=8, window=arg.get("window", WINDOW), meta=dict(META))
+            # the stream's ttl is a time bound too: --timeout-scale stretches it, or a slow
+            # host's 65,536 fragments outlast it (ETIMEOUT instead of the error under test)
+            ttl = min(0xFFFF, math.ceil(r.ctx.timeout(8)))
+            m.update(qos="gold", ttl=ttl, window=arg.get("window", WINDOW), meta=dict(META))
         frame = to_binary(m)
         while len(frame) > credit:
             if batch:

@@ -63,7 +63,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="refuse calls beyond N at once with RESOURCE_EXHAUSTED (default: no cap)",
     )
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    s.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="default info",
+    )
     lst = sub.add_parser(
         "list", help="list the reference adapters", description="List the reference adapters."
     )

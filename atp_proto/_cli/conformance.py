@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run the suite against a target",
         description="Run the conformance cases of one role against a target.",
     )
-    run.add_argument("--role", choices=ROLE_NAMES, required=True)
+    run.add_argument("--role", choices=ROLE_NAMES, required=True, help="what is tested")
     run.add_argument(
         "--target",
         default="",
@@ -151,7 +151,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="router role: the streams at once the tenant quota allows the run's tenant "
         "(at most 50), for router.quota.concurrent",
     )
-    run.add_argument("--level", choices=("L1", "L2", "L3"), default="L1")
+    run.add_argument(
+        "--level",
+        choices=("L1", "L2", "L3"),
+        default="L1",
+        help="run the cases at or below this level (default L1)",
+    )
     run.add_argument("--run", action="append", default=[], metavar="GLOB", help="case ids to run")
     run.add_argument("--skip", action="append", default=[], metavar="GLOB", help="case ids to skip")
     run.add_argument(
@@ -161,8 +166,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ID",
         help="only cases citing this requirement ID (repeatable)",
     )
-    run.add_argument("--timeout-scale", type=_positive_float, default=1.0, metavar="F")
-    run.add_argument("--repeat", type=_positive_int, default=1, metavar="N")
+    run.add_argument(
+        "--timeout-scale",
+        type=_positive_float,
+        default=1.0,
+        metavar="F",
+        help="multiply every time bound (slow hosts, CI)",
+    )
+    run.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run every case N times (one failing run fails it)",
+    )
     run.add_argument("--seed", type=int, default=0, metavar="N", help="fuzz cases' seed")
     run.add_argument(
         "--report-dir",
@@ -171,14 +188,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="write report.json, junit.xml and report.html here",
     )
-    run.add_argument("--known-failures", type=Path, default=None, metavar="FILE")
+    run.add_argument(
+        "--known-failures",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="case ids (or globs) a line whose failure does not fail the run",
+    )
     run.add_argument("--json", action="store_true", help="print report.json on stdout")
     lst = sub.add_parser("list", help="every case with its requirement IDs")
-    lst.add_argument("--role", choices=ROLE_NAMES, default=None)
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--role", choices=ROLE_NAMES, default=None, help="one role (default all)")
+    lst.add_argument("--json", action="store_true", help="print the cases as JSON")
     exp = sub.add_parser("explain", help="a case or a requirement: text, what is sent, coverage")
     exp.add_argument("id", metavar="ID")
-    exp.add_argument("--json", action="store_true")
+    exp.add_argument("--json", action="store_true", help="print it as JSON")
 
 
 def run(args: argparse.Namespace) -> int:

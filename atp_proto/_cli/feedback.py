@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--source", default="client", help="who judged it: client (default), evaluator, ..."
     )
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="HTTP timeout (default 10)"
+    )
     p.add_argument(
         "--ca",
         metavar="FILE",

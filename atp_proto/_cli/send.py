@@ -20,14 +20,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="router URL: ws://, wss:// or quic://HOST:PORT (default ws://127.0.0.1:7443/ws)",
     )
     p.add_argument("--prompt", required=True, help="the task's prompt")
-    p.add_argument("--task-type", default="qa")
-    p.add_argument("--qos", choices=["gold", "silver", "bronze"], default="silver")
+    p.add_argument("--task-type", default="qa", help="the task's type (default qa)")
+    p.add_argument(
+        "--qos",
+        choices=["gold", "silver", "bronze"],
+        default="silver",
+        help="QoS lane (default silver; a token's max_qos caps it)",
+    )
     p.add_argument("--max-tokens", type=int, metavar="N", help="budget window: tokens")
     p.add_argument("--max-usd-micros", type=int, metavar="N", help="budget window: micro-dollars")
     p.add_argument(
         "--max-parallel", type=int, metavar="N", help="budget window: adapter calls at once"
     )
-    p.add_argument("--ttl", type=int, default=0, metavar="SECONDS")
+    p.add_argument(
+        "--ttl", type=int, default=0, metavar="SECONDS", help="the stream's deadline (0: none)"
+    )
     p.add_argument(
         "--adapter", action="append", metavar="NAME", help="restrict to these adapters (repeatable)"
     )
@@ -41,7 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print one JSON object per line (PARTIALs, then FINAL or ERROR)",
     )
-    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up without a FINAL after this long (default 60)",
+    )
     p.add_argument(
         "--ca",
         metavar="FILE",
@@ -162,7 +175,10 @@ def run(args: argparse.Namespace) -> int:
         if problem is not None:
             emit("error", {"code": "ECONNECT", "message": problem})
             if not args.json:
-                print(f"ERROR  cannot connect to {args.url}: {problem}", file=sys.stderr)
+                print(
+                    f"ERROR  cannot connect to {args.url}: {problem}{_ca_hint(args, problem)}",
+                    file=sys.stderr,
+                )
             return 1
     try:
         try:
@@ -188,12 +204,17 @@ def run(args: argparse.Namespace) -> int:
         message = _rejection(exc.status, exc.body)
         emit("error", {"code": "EHANDSHAKE", "status": exc.status, "message": message})
         if not args.json:
-            print(f"ERROR  handshake refused: HTTP {exc.status} {message}", file=sys.stderr)
+            hint = ""
+            if exc.status == 401 and not (args.token or os.environ.get("ATP_TOKEN")):
+                hint = " (pass --token TOKEN or set ATP_TOKEN; 'atp token issue' mints one)"
+            print(f"ERROR  handshake refused: HTTP {exc.status} {message}{hint}", file=sys.stderr)
         return 1
     except (TransportClosed, OSError, QuicConnectError) as exc:
         reason = connect_reason(exc)
         if args.url.startswith("ws://") and "during the upgrade" in reason:
             reason += " (is it a wss:// port? then use wss://)"
+        if not args.json:
+            reason += _ca_hint(args, reason)
         emit("error", {"code": "ECONNECT", "message": reason})
         if not args.json:
             print(f"ERROR  cannot connect to {args.url}: {reason}", file=sys.stderr)
@@ -329,3 +350,13 @@ async def _tls_problem(url: str, timeout: float, ssl_context: Any) -> str | None
     except OSError:
         return None  # not a TLS problem: the connection itself reports it
     return None
+
+
+def _ca_hint(args: argparse.Namespace, problem: str) -> str:
+    """What to do about a certificate the client refused (for the human line only): trust
+    it with --ca, or skip the check for local use. Nothing once --ca or --insecure is given."""
+    if args.ca or args.insecure:
+        return ""
+    if "certificate" not in problem or ("refused" not in problem and "failed" not in problem):
+        return ""
+    return " (trust its certificate with --ca FILE, or --insecure for local use)"

@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="serve wss:// with a self-signed certificate for localhost (made once, kept "
         "under the user's data directory; local use only)",
     )
-    p.add_argument("--max-sessions", type=int, metavar="N")
+    p.add_argument("--max-sessions", type=int, metavar="N", help="sessions at once (default 10000)")
     p.add_argument("--grace", type=float, metavar="SECONDS", help="drain grace period (default 10)")
     p.add_argument(
         "--audit-log",
@@ -92,8 +92,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="append a hash-chained decision log (JSON lines) to FILE; "
         "check it with 'atp audit verify FILE'",
     )
-    p.add_argument("--log-format", choices=["text", "json"])
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-format", choices=["text", "json"], help="json: one JSON object a line (default text)"
+    )
+    p.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="default info"
+    )
     p.add_argument(
         "--learner",
         choices=["cheap-first", "bandit"],

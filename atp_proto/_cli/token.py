@@ -13,25 +13,42 @@ from atp_proto.cli import UsageError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="token_cmd", metavar="ACTION", required=True)
-    issue = sub.add_parser("issue", help="print a signed token")
+    issue = sub.add_parser(
+        "issue",
+        help="print a signed token",
+        description="Print a JWT signed with the router's key, for local use: claims sub, exp, "
+        "tenant, max_qos, task_types, and aud / iss when the router checks them.",
+    )
     issue.add_argument(
         "--key-file",
         metavar="FILE",
         help="HS256 secret or RS256/ES256 PEM *private* key (or env ATP_JWT_KEY)",
     )
-    issue.add_argument("--algorithm", choices=["HS256", "RS256", "ES256"], default=None)
+    issue.add_argument(
+        "--algorithm",
+        choices=["HS256", "RS256", "ES256"],
+        default=None,
+        help="signing algorithm (default HS256; a PEM key needs RS256 or ES256)",
+    )
     issue.add_argument("--sub", default="local-user", help="subject (default local-user)")
-    issue.add_argument("--tenant", default="local")
-    issue.add_argument("--max-qos", choices=["gold", "silver", "bronze"], default="gold")
+    issue.add_argument("--tenant", default="local", help="the tenant claim (default local)")
+    issue.add_argument(
+        "--max-qos",
+        choices=["gold", "silver", "bronze"],
+        default="gold",
+        help="the highest lane the token's streams get (default gold)",
+    )
     issue.add_argument(
         "--task-type",
         action="append",
         metavar="TYPE",
         help="allowed task type (repeatable; default any)",
     )
-    issue.add_argument("--ttl", type=int, default=3600, metavar="SECONDS")
-    issue.add_argument("--aud", default=None)
-    issue.add_argument("--iss", default=None)
+    issue.add_argument(
+        "--ttl", type=int, default=3600, metavar="SECONDS", help="lifetime (default 3600)"
+    )
+    issue.add_argument("--aud", default=None, help="audience: the router's [auth] audience")
+    issue.add_argument("--iss", default=None, help="issuer: the router's [auth] issuer")
     secret = sub.add_parser("secret", help="print a fresh random HS256 secret (hex, 32 bytes)")
     secret.set_defaults(token_cmd="secret")
 

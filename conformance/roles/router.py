@@ -415,7 +415,7 @@ def _alg_none(token: str) -> str:
 
 async def _auth(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
     if not ctx.token:
-        return rec.result(Verdict.UNSUPPORTED, "needs --token (the router under test has auth on)")
+        return rec.result(Verdict.UNSUPPORTED, "needs --token (a router with auth on)")
     name = case.id.removeprefix("router.auth.")
     tok = ctx.token
     if name in ("task-type-refused", "lane-capped"):

@@ -236,7 +236,7 @@ async def _binding(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult
     _, _, _, needs, steps = _BY_ID[case.id]
     token: str | None = ctx.token
     if "token" in needs and not ctx.token:
-        return rec.result(Verdict.UNSUPPORTED, "needs --token (the router under test has auth on)")
+        return rec.result(Verdict.UNSUPPORTED, "needs --token (a router with auth on)")
     if "limited_token" in needs:
         token = ctx.options.get("limited_token")
         if not token:
