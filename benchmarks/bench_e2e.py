@@ -135,7 +135,12 @@ def add_options(p: argparse.ArgumentParser) -> None:
         default=ALL,
         help=f"what to run, comma-separated: all (default) or of {', '.join(ALL)}",
     )
-    p.add_argument("--transport", choices=("ws", "quic"), default="ws")
+    p.add_argument(
+        "--transport",
+        choices=("ws", "quic"),
+        default="ws",
+        help="how clients reach the router (default ws; quic is on loopback with a dev cert)",
+    )
     p.add_argument("--rate", type=_positive(float, 1e6), help="open loop: streams/s (default 1000)")
     p.add_argument(
         "--concurrency",
@@ -146,7 +151,12 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--warmup", type=_not_negative, help="seconds not recorded at the start (default 1)"
     )
-    p.add_argument("--prompt-bytes", type=_positive(int, 1 << 20), default=64)
+    p.add_argument(
+        "--prompt-bytes",
+        type=_positive(int, 1 << 20),
+        default=64,
+        help="size of each stream's prompt in bytes (default 64)",
+    )
     p.add_argument("--chunks", type=_positive(int, 10_000), default=4, help="PARTIALs per answer")
     p.add_argument(
         "--chunk-delay-ms", type=_not_negative, default=0.0, help="adapter delay per chunk"
