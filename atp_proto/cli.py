@@ -89,6 +89,14 @@ class ArgumentParser(argparse.ArgumentParser):
         return message
 
 
+def prog_of(args: argparse.Namespace) -> str:
+    """The innermost (sub)command of a parsed command line as argparse names it in its own
+    errors (``atp token issue``): every error a command prints starts with it, so that a
+    command says one prefix whoever finds the fault, argparse or the command."""
+    prog = getattr(args, _PROG, None)
+    return prog if isinstance(prog, str) else f"atp {getattr(args, 'command', '')}".strip()
+
+
 def usage_error(prog: str, message: str) -> NoReturn:
     """Print ``PROG: error: MESSAGE (see PROG --help)`` on one line and exit 2."""
     text = " ".join(message.split())  # argparse messages may wrap
@@ -136,22 +144,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"atp: the '{args.command}' command is not available in this build", file=sys.stderr)
         return 2
     module = importlib.import_module(args._module)
+    prog = prog_of(args)
     try:
         return int(module.run(args) or 0)
     except UsageError as exc:
-        print(f"atp {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError as exc:
         if _stdout_gone():  # `atp ... | head`: the reader left, not an error
             return 0
-        print(f"atp {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {_os_error(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
         # The system refused something a command needed (a file, a directory, a socket)
         # where the command did not expect it: say what, in one line, not a traceback.
-        print(f"atp {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {_os_error(exc)}", file=sys.stderr)
         return 1
 
 

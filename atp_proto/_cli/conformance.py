@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from atp_proto.cli import UsageError
+from atp_proto.cli import UsageError, prog_of
 
 ROLE_NAMES = ("router", "client", "adapter", "codec")
 
@@ -348,10 +348,10 @@ def _run(args: argparse.Namespace) -> int:
     counts = summary.counts()
     line = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     if summary.unreachable:
-        print(f"atp conformance: target unreachable: {summary.unreachable}", file=sys.stderr)
+        print(f"{prog_of(args)}: target unreachable: {summary.unreachable}", file=sys.stderr)
     else:
         stale = f"; stale known failures: {', '.join(summary.stale)}" if summary.stale else ""
-        print(f"atp conformance: {args.role}: {line or 'no cases'}{stale}", file=sys.stderr)
+        print(f"{prog_of(args)}: {args.role}: {line or 'no cases'}{stale}", file=sys.stderr)
     return summary.exit_code
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from atp_proto.cli import UsageError
+from atp_proto.cli import UsageError, prog_of
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,8 +53,8 @@ def _buckets(text: str | None) -> range | None:
     return range(int(a), int(b) + 1)
 
 
-def _fail(message: str) -> int:
-    print(f"atp routing: error: {message}", file=sys.stderr)
+def _fail(args: argparse.Namespace, message: str) -> int:
+    print(f"{prog_of(args)}: error: {message}", file=sys.stderr)
     return 1
 
 
@@ -73,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
             try:
                 records = read_records(args.data)
             except OSError as exc:
-                return _fail(f"cannot read {args.data}: {exc.strerror}")
+                return _fail(args, f"cannot read {args.data}: {exc.strerror}")
             chosen = list(records_in(records, buckets))
             if not chosen:
-                return _fail(f"{args.data}: no record to train on")
+                return _fail(args, f"{args.data}: no record to train on")
             counts = train_records(learner, chosen)
             store.save(path, store.snapshot(learner))
             if args.json:
@@ -104,17 +104,17 @@ def run(args: argparse.Namespace) -> int:
         try:
             raw = sys.stdin.read() if args.source == "-" else Path(args.source).read_text()
         except OSError as exc:
-            return _fail(f"cannot read {args.source}: {exc.strerror}")
+            return _fail(args, f"cannot read {args.source}: {exc.strerror}")
         try:
             doc = json.loads(raw)
         except ValueError as exc:
-            return _fail(f"{args.source}: not JSON ({exc})")
+            return _fail(args, f"{args.source}: not JSON ({exc})")
         state = store.load_json(doc)
         store.save(path, state)
         print(f"imported {len(state.arms)} adapter model(s) into {path}")
         return 0
     except (store.StateError, DataError) as exc:
-        return _fail(str(exc))
+        return _fail(args, str(exc))
 
 
 def _rows(state: Any) -> dict[str, dict[str, Any]]:
