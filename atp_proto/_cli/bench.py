@@ -121,11 +121,36 @@ def load(name: str) -> ModuleType:
         ) from None
 
 
+#: options of some benchmarks (their ``add_options``) naming a file they read, checked
+#: before the run: a missing one is bad usage (exit 2) in the words of every ``atp`` command
+INPUT_FILES = {"data": "--data"}
+#: ... and a directory they write: one that cannot be written is said before a run of
+#: minutes, not after it (exit 2)
+OUTPUT_DIRS = {"plot": "--plot"}
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """The :data:`INPUT_FILES` and :data:`OUTPUT_DIRS` a benchmark was given.
+
+    Raises:
+        UsageError: the first one that cannot be read or written.
+    """
+    from atp_proto._cli._files import input_file, output_dir
+
+    for dest, flag in INPUT_FILES.items():
+        if getattr(args, dest, None):
+            input_file(getattr(args, dest), flag)
+    for dest, flag in OUTPUT_DIRS.items():
+        if getattr(args, dest, None):
+            output_dir(getattr(args, dest), flag)
+
+
 def run(args: argparse.Namespace) -> int:
     name = getattr(args, "_bench", None)
     if name is None:
         args._bench_parser.print_help(sys.stderr)
         return 2
+    check_paths(args)
     module = load(name)
     result: int = module.run(args)
     return result

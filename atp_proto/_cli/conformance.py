@@ -297,13 +297,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         _check_target(args.role, target)
     _check_globs(args.role, args.run, args.requirement)
+    from atp_proto._cli._files import input_file, output_dir
+
     if args.report_dir:  # say so now, not after the whole run
-        try:
-            Path(args.report_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(
-                f"--report-dir {args.report_dir}: {(exc.strerror or str(exc)).lower()}"
-            ) from None
+        output_dir(args.report_dir, "--report-dir")
+    if args.known_failures:
+        input_file(args.known_failures, "--known-failures")
     opts = RunOptions(
         role=args.role,
         target=target,

@@ -7,7 +7,9 @@ the router's ``--routing-state``), offline.
     atp routing import state.json --state other.sqlite
 
 Train while the router that uses the file is stopped: a running router writes its own
-state over the file. Exit 0 ok, 1 failed (unreadable state or data), 2 bad usage.
+state over the file. Exit 0 ok, 1 failed (a state or data file whose content is not
+usable), 2 bad usage (a file to read that is missing or unreadable, as for every ``atp``
+command; an output file that cannot be written, said before the work).
 """
 
 from __future__ import annotations
@@ -59,11 +61,20 @@ def _fail(args: argparse.Namespace, message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from atp_proto._cli._files import input_file, output_file
     from atp_proto.router.routing.learner import BanditLearner, store
     from atp_proto.router.routing.learner.offline import DataError, read_records, records_in
     from atp_proto.router.routing.learner.offline import train as train_records
 
     path = Path(args.state)
+    if args.routing_cmd in ("show", "export"):
+        input_file(path, "the routing state")
+    if args.routing_cmd == "train":
+        input_file(args.data)
+    if args.routing_cmd == "import" and args.source != "-":
+        input_file(args.source)
+    if args.routing_cmd == "export" and args.output:
+        output_file(args.output, "--output")
     try:
         if args.routing_cmd == "train":
             buckets = _buckets(args.buckets)

@@ -204,6 +204,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
             flags["auth"] = False
         flags["tls"] = tls = _tls_from_args(args)
         _quic_flags(args, flags, parse_hostport, tls)
+        _check_input_files(args)
         cfg = build_config(file=args.config, env=os.environ, flags=flags)
         from dataclasses import replace
 
@@ -220,6 +221,28 @@ def config_from_args(args: argparse.Namespace) -> Any:
         return cfg
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _check_input_files(args: argparse.Namespace) -> None:
+    """Every file named by a flag exists and opens: ``cannot read --policy FILE: no such
+    file``, exit 2, the same words for each (before, some said a Python errno, and a
+    missing ``--quic-cert`` said it could not listen)."""
+    from atp_proto._cli._files import input_file
+
+    jwks = args.jwks if args.jwks and "://" not in args.jwks else None
+    for flag, value in (
+        ("--config", args.config),
+        ("--policy", args.policy),
+        ("--routing-table", args.routing_table),
+        ("--jwt-key-file", args.jwt_key_file),
+        ("--jwks", jwks),
+        ("--cert", args.cert),
+        ("--key", args.key),
+        ("--quic-cert", args.quic_cert),
+        ("--quic-key", args.quic_key),
+    ):
+        if value:
+            input_file(value, flag)
 
 
 def _tls_from_args(args: argparse.Namespace) -> Any:
