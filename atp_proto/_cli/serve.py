@@ -196,6 +196,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
                     ("--jwt-key-file", args.jwt_key_file),
                     ("--jwks", args.jwks),
                     ("--oidc-issuer", args.oidc_issuer),
+                    ("--jwt-algorithm", args.jwt_algorithm),
+                    ("--jwt-audience", args.jwt_audience),
+                    ("--jwt-issuer", args.jwt_issuer),
                 )
                 if value
             ]
@@ -210,6 +213,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
         if cfg_metrics_off:
             cfg = replace(cfg, metrics_port=None)
+        _check_combinations(args, cfg)
         if args.quic == "off":  # wins over [transport.quic] listen
             cfg = replace(cfg, quic_port=None)
         elif cfg.quic_port is None and not cfg.quic.disabled and (cfg.tls or cfg.cert_file):
@@ -221,6 +225,35 @@ def config_from_args(args: argparse.Namespace) -> Any:
         return cfg
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _check_combinations(args: argparse.Namespace, cfg: Any) -> None:
+    """Flags that would do nothing beside the rest of the configuration (every layer
+    merged) are bad usage, not silently ignored: the operator meant something by them.
+
+    Raises:
+        UsageError: naming the flag and what it needs.
+    """
+    if args.restart_limit is not None and cfg.workers <= 1:
+        # one router has no supervisor: its restarts are a service manager's (systemd's
+        # StartLimitBurst), which --restart-limit copies for the workers
+        raise UsageError(
+            "--restart-limit needs --workers N (N > 1): one router process has no supervisor "
+            "to restart it (use the service manager's restart limit)"
+        )
+    if cfg.learner != "bandit":
+        for flag, value in (
+            ("--routing-state", args.routing_state),
+            ("--routing-weights", args.routing_weights),
+            ("--routing-seed", args.routing_seed),
+        ):
+            if value is not None:
+                raise UsageError(f"{flag} is for --learner bandit (the learner is {cfg.learner})")
+    if args.quic == "off" and (args.quic_cert or args.quic_key):
+        raise UsageError("--quic-cert/--quic-key with --quic off: drop one")
+    if cfg.auth and (cfg.jwks or cfg.oidc_issuer) and args.jwt_key_file:
+        given = "--jwks" if cfg.jwks else "--oidc-issuer"
+        raise UsageError(f"--jwt-key-file and {given} exclude each other: the key set verifies")
 
 
 def _check_input_files(args: argparse.Namespace) -> None:
