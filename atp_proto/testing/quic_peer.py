@@ -26,13 +26,12 @@ from typing import Any, cast
 
 import trio
 from aioquic.asyncio.client import connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 
 from atp_proto.transports.base import ChannelData, quic_error_code
 from atp_proto.transports.quic_server import QuicServer, QuicServerConfig, QuicTransport
 
+from .quic_recorder import StreamRecorder
 from .transport_checker import Binding, Pair
 
 __all__ = ["QuicPeer", "frame_header", "quic_binding"]
@@ -73,15 +72,11 @@ class _Muting(asyncio.DatagramTransport):
         return self.inner.get_extra_info(name, default)
 
 
-class _Recorder(QuicConnectionProtocol):
-    """Records every QUIC stream's bytes and FINs and the close; can stall or go mute."""
+class _Recorder(StreamRecorder):
+    """Records what arrives (:class:`StreamRecorder`); can stall or go mute."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.lock = threading.Lock()
-        self.data: dict[int, bytearray] = {}
-        self.fins: set[int] = set()
-        self.close_code: int | None = None
         self.stalled = False
         self.muted = False
 
@@ -91,19 +86,6 @@ class _Recorder(QuicConnectionProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(_Muting(cast(asyncio.DatagramTransport, transport), self))
-
-    def quic_event_received(self, event: qe.QuicEvent) -> None:
-        with self.lock:
-            if isinstance(event, qe.StreamDataReceived):
-                self.data.setdefault(event.stream_id, bytearray()).extend(event.data)
-                if event.end_stream:
-                    self.fins.add(event.stream_id)
-            elif isinstance(event, qe.ConnectionTerminated):
-                self.close_code = event.error_code
-        if not isinstance(event, qe.StreamDataReceived):
-            # (the base class would make a StreamWriter per new stream, whose garbage
-            # collection closes the stream with a FIN this peer did not ask for)
-            super().quic_event_received(event)
 
 
 class QuicPeer:
