@@ -9,13 +9,14 @@ on it stays independent of the QUIC transport it checks.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from typing import Any
+from typing import Any, cast
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events as qe
 
-__all__ = ["StreamRecorder"]
+__all__ = ["StallableRecorder", "StreamRecorder"]
 
 
 class StreamRecorder(QuicConnectionProtocol):
@@ -51,3 +52,47 @@ class StreamRecorder(QuicConnectionProtocol):
             # (the base class would make a StreamWriter per new stream, whose garbage
             # collection closes the stream with a FIN the peer did not ask for)
             super().quic_event_received(event)
+
+
+class _Muting(asyncio.DatagramTransport):
+    """The UDP transport of a :class:`StallableRecorder`: drops what it sends once muted
+    (aioquic still runs its timers, so the connection ends by itself at its close or idle
+    timer)."""
+
+    def __init__(self, inner: asyncio.DatagramTransport, owner: StallableRecorder) -> None:
+        super().__init__()
+        self.inner, self.owner = inner, owner
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if not self.owner.muted:
+            self.inner.sendto(data, addr)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def is_closing(self) -> bool:
+        return self.inner.is_closing()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.inner.get_extra_info(name, default)
+
+
+class StallableRecorder(StreamRecorder):
+    """A :class:`StreamRecorder` that can stall (drop what arrives: no acknowledgements,
+    the sender's unacknowledged bytes stay up) or go mute (send nothing more, not even a
+    close: the far end learns only by its idle timeout)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stalled = False
+        self.muted = False
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if not self.stalled:
+            super().datagram_received(data, addr)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(_Muting(cast(asyncio.DatagramTransport, transport), self))
