@@ -6,7 +6,10 @@ so ``atp bench`` works wherever ``atp`` does; they are imported by name. Each be
 module exposes ``run(args: argparse.Namespace) -> int`` (0: every goal met, or a ``--quick``
 run, which is not judged; 1: a goal of a full run missed; see ``benchmarks/_report.py``) and
 receives the options registered here. To add one, add an entry to :data:`BENCHMARKS`
-(and, if it needs more than ``--json`` / ``--quick``, an options function).
+(and, if it needs more than ``--json`` / ``--quick``, an options function). A module may
+also expose ``check_options(args) -> str | None``: the one-line reason why the options
+given together would not all act (one would be ignored), said as bad usage (exit 2)
+before anything runs.
 """
 
 from __future__ import annotations
@@ -150,7 +153,11 @@ def run(args: argparse.Namespace) -> int:
     if name is None:
         args._bench_parser.print_help(sys.stderr)
         return 2
-    check_paths(args)
     module = load(name)
+    check = getattr(module, "check_options", None)  # options that would do nothing
+    problem = check(args) if check is not None else None
+    if problem:
+        raise UsageError(problem)
+    check_paths(args)
     result: int = module.run(args)
     return result

@@ -2,8 +2,9 @@
 line naming it and what it needs (the real ``atp`` in a subprocess). Before, each of
 these was silently ignored: ``atp serve --restart-limit`` without ``--workers``, the
 bandit's options under the default learner, JWT checks beside ``--no-auth``, a QUIC
-certificate with QUIC off, a JWT key beside a key set, and conformance options that the
-role given does not read (the run then passed without the case asked for).
+certificate with QUIC off, a JWT key beside a key set, conformance options that the
+role given does not read (the run then passed without the case asked for), and benchmark
+options the scenarios chosen do not read or that another one overrides.
 
 A serve case that is not refused would start a router: it runs on a kernel-chosen port
 and the subprocess's timeout fails the test."""
@@ -85,6 +86,25 @@ CASES: list[tuple[tuple[str, ...], str]] = [
     (
         (*CONF, "--role", "adapter", "--target", "grpc://127.0.0.1:9", "--ca", "{cert}"),
         "atp conformance run: error: --ca is for a wss:// or quic:// --target",
+    ),
+    (
+        ("bench", "e2e", "--quick", "--rate", "50", "--concurrency", "4"),
+        "atp bench e2e: error: --rate (open loop) and --concurrency (closed loop) exclude "
+        "each other",
+    ),
+    (
+        ("bench", "e2e", "--quick", "--scenario", "load,qos", "--open-streams", "100"),
+        "atp bench e2e: error: --open-streams is for --scenario open-streams, which this run "
+        "does not include",
+    ),
+    (
+        ("bench", "e2e", "--quick", "--json", "--markdown"),
+        "atp bench e2e: error: --json and --markdown exclude each other: pick one output",
+    ),
+    (
+        ("bench", "routing", "--quick", "--levers"),
+        "atp bench routing: error: --levers does not run with --quick (several minutes of "
+        "in-process runs)",
     ),
 ]
 
