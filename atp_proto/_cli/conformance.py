@@ -304,6 +304,8 @@ def _run(args: argparse.Namespace) -> int:
         output_dir(args.report_dir, "--report-dir")
     if args.known_failures:
         input_file(args.known_failures, "--known-failures")
+    if args.ca:
+        input_file(args.ca, "--ca")
     opts = RunOptions(
         role=args.role,
         target=target,

@@ -28,6 +28,8 @@ MISSING = [
     (("token", "issue", "--key-file", "{nope}"), "--key-file {nope}"),
     (("frames", "decode", "{nope}"), "{nope}"),
     (("bench", "routing", "--quick", "--data", "{nope}"), "--data {nope}"),
+    (("send", "wss://127.0.0.1:9/ws", "--prompt", "hi", "--ca", "{nope}"), "--ca {nope}"),
+    (("feedback", "ab", "0.5", "--url", "https://127.0.0.1:9", "--ca", "{nope}"), "--ca {nope}"),
     (
         (
             "conformance",
@@ -40,6 +42,19 @@ MISSING = [
             "{nope}",
         ),
         "--known-failures {nope}",
+    ),
+    (
+        (
+            "conformance",
+            "run",
+            "--role",
+            "router",
+            "--target",
+            "wss://127.0.0.1:9/ws",
+            "--ca",
+            "{nope}",
+        ),
+        "--ca {nope}",
     ),
     *(
         (("serve", "--ws", "127.0.0.1:0", "--metrics", "off", *extra), f"{flag} {{nope}}")
