@@ -3,7 +3,11 @@ and registers itself here; imports are lazy so that ``atp --help`` stays fast.
 
 Exit codes scripts can trust: 0 success, 1 the operation failed (an ERROR frame, a
 failed benchmark goal of a full run, a failed conformance case), 2 bad usage or bad input
-(a bad flag value, an unknown or impossible setting, an address that cannot be listened on).
+(a bad flag value, an unknown or impossible setting, an address that cannot be listened on,
+an option that would do nothing beside the others, a file to read that is missing, a place
+to write that cannot be written: the last three said before any work,
+``atp_proto._cli._files``). Every error line starts with the innermost subcommand
+(:func:`prog_of`).
 Errors are one line on stderr, never a traceback: bad usage that argparse finds (a missing
 or unknown option, a bad value, a missing subcommand) too, through :class:`ArgumentParser`,
 which every command's parser is (``add_subparsers`` makes its nested parsers of the same class).
