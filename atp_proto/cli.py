@@ -3,7 +3,11 @@ and registers itself here; imports are lazy so that ``atp --help`` stays fast.
 
 Exit codes scripts can trust: 0 success, 1 the operation failed (an ERROR frame, a
 failed benchmark goal of a full run, a failed conformance case), 2 bad usage or bad input
-(a bad flag value, an unknown or impossible setting, an address that cannot be listened on).
+(a bad flag value, an unknown or impossible setting, an address that cannot be listened on,
+an option that would do nothing beside the others, a file to read that is missing, a place
+to write that cannot be written: the last three said before any work,
+``atp_proto._cli._files``). Every error line starts with the innermost subcommand
+(:func:`prog_of`).
 Errors are one line on stderr, never a traceback: bad usage that argparse finds (a missing
 or unknown option, a bad value, a missing subcommand) too, through :class:`ArgumentParser`,
 which every command's parser is (``add_subparsers`` makes its nested parsers of the same class).
@@ -89,6 +93,14 @@ class ArgumentParser(argparse.ArgumentParser):
         return message
 
 
+def prog_of(args: argparse.Namespace) -> str:
+    """The innermost (sub)command of a parsed command line as argparse names it in its own
+    errors (``atp token issue``): every error a command prints starts with it, so that a
+    command says one prefix whoever finds the fault, argparse or the command."""
+    prog = getattr(args, _PROG, None)
+    return prog if isinstance(prog, str) else f"atp {getattr(args, 'command', '')}".strip()
+
+
 def usage_error(prog: str, message: str) -> NoReturn:
     """Print ``PROG: error: MESSAGE (see PROG --help)`` on one line and exit 2."""
     text = " ".join(message.split())  # argparse messages may wrap
@@ -136,22 +148,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"atp: the '{args.command}' command is not available in this build", file=sys.stderr)
         return 2
     module = importlib.import_module(args._module)
+    prog = prog_of(args)
     try:
         return int(module.run(args) or 0)
     except UsageError as exc:
-        print(f"atp {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError as exc:
         if _stdout_gone():  # `atp ... | head`: the reader left, not an error
             return 0
-        print(f"atp {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {_os_error(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
         # The system refused something a command needed (a file, a directory, a socket)
         # where the command did not expect it: say what, in one line, not a traceback.
-        print(f"atp {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {_os_error(exc)}", file=sys.stderr)
         return 1
 
 

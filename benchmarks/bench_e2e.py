@@ -188,6 +188,27 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
 
 
+#: options only one scenario reads: (dest, flag, scenario)
+_SCENARIO_ONLY = (
+    ("slow_readers", "--slow-readers", "slow-readers"),
+    ("open_streams", "--open-streams", "open-streams"),
+    ("sweep", "--sweep", "capacity"),
+)
+
+
+def check_options(args: argparse.Namespace) -> str | None:
+    """Why the options given would not all act (``atp bench`` says it, exit 2), else
+    None: one that the scenarios chosen do not read, or two of which one wins."""
+    if args.rate is not None and args.concurrency is not None:
+        return "--rate (open loop) and --concurrency (closed loop) exclude each other"
+    for dest, flag, scenario in _SCENARIO_ONLY:
+        if getattr(args, dest) is not None and scenario not in args.scenario:
+            return f"{flag} is for --scenario {scenario}, which this run does not include"
+    if args.json and args.markdown:
+        return "--json and --markdown exclude each other: pick one output"
+    return None
+
+
 def options(args: argparse.Namespace) -> Options:
     from ._load.scenarios import Options
 

@@ -78,8 +78,15 @@ def add_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also judge the levers tried against the missed goals (pretrained embeddings "
         "if installed, prompt-dependent exploration, many-model choice rules) on the "
-        "rotated splits and seeds, in-process (several minutes more; ignored with --quick)",
+        "rotated splits and seeds, in-process (several minutes more; not with --quick)",
     )
+
+
+def check_options(args: argparse.Namespace) -> str | None:
+    """Why the options given would not all act (``atp bench`` says it, exit 2)."""
+    if args.levers and args.quick:
+        return "--levers does not run with --quick (several minutes of in-process runs)"
+    return None
 
 
 def goals_of(results: dict[str, Any]) -> list[Goal]:

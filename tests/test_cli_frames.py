@@ -136,7 +136,7 @@ def test_bad_input_exits_2_with_one_line(capsys, monkeypatch, data, message):
     assert rc == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
-    assert err.startswith("atp frames: error: ")
+    assert err.startswith("atp frames decode: error: ")
 
 
 def test_truncated_last_frame_is_reported(capsys, monkeypatch):

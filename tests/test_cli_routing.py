@@ -88,7 +88,7 @@ def test_routing_cli_errors_are_one_line(tmp_path: Path) -> None:
     bad.write_text('{"prompt": "x", "models": {}}\nnot json\n')
     cases = [
         (("routing", "train", str(bad), "--state", str(tmp_path / "a.sqlite")), 1, "not JSON"),
-        (("routing", "show", "--state", str(tmp_path / "missing.sqlite")), 1, "no such"),
+        (("routing", "show", "--state", str(tmp_path / "missing.sqlite")), 2, "no such"),
         (("routing", "train", str(bad), "--state", "x", "--buckets", "9-1"), 2, "--buckets"),
         (("routing", "import", str(bad), "--state", str(tmp_path / "b.sqlite")), 1, "not JSON"),
     ]

@@ -36,14 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from atp_proto._cli._files import input_file
     from atp_proto.router.audit import segments, verify
 
     files: list[Path] = []
     for name in args.files:
-        path = Path(name)
-        if not path.is_file():
-            why = "not a file" if path.exists() else "no such file"
-            raise UsageError(f"cannot read {name}: {why}")
+        path = input_file(name)
         files += segments(path) if len(args.files) == 1 else [path]
     try:
         report = verify(files, from_start=not args.partial)

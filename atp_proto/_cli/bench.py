@@ -6,7 +6,10 @@ so ``atp bench`` works wherever ``atp`` does; they are imported by name. Each be
 module exposes ``run(args: argparse.Namespace) -> int`` (0: every goal met, or a ``--quick``
 run, which is not judged; 1: a goal of a full run missed; see ``benchmarks/_report.py``) and
 receives the options registered here. To add one, add an entry to :data:`BENCHMARKS`
-(and, if it needs more than ``--json`` / ``--quick``, an options function).
+(and, if it needs more than ``--json`` / ``--quick``, an options function). A module may
+also expose ``check_options(args) -> str | None``: the one-line reason why the options
+given together would not all act (one would be ignored), said as bad usage (exit 2)
+before anything runs.
 """
 
 from __future__ import annotations
@@ -121,11 +124,40 @@ def load(name: str) -> ModuleType:
         ) from None
 
 
+#: options of some benchmarks (their ``add_options``) naming a file they read, checked
+#: before the run: a missing one is bad usage (exit 2) in the words of every ``atp`` command
+INPUT_FILES = {"data": "--data"}
+#: ... and a directory they write: one that cannot be written is said before a run of
+#: minutes, not after it (exit 2)
+OUTPUT_DIRS = {"plot": "--plot"}
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """The :data:`INPUT_FILES` and :data:`OUTPUT_DIRS` a benchmark was given.
+
+    Raises:
+        UsageError: the first one that cannot be read or written.
+    """
+    from atp_proto._cli._files import input_file, output_dir
+
+    for dest, flag in INPUT_FILES.items():
+        if getattr(args, dest, None):
+            input_file(getattr(args, dest), flag)
+    for dest, flag in OUTPUT_DIRS.items():
+        if getattr(args, dest, None):
+            output_dir(getattr(args, dest), flag)
+
+
 def run(args: argparse.Namespace) -> int:
     name = getattr(args, "_bench", None)
     if name is None:
         args._bench_parser.print_help(sys.stderr)
         return 2
     module = load(name)
+    check = getattr(module, "check_options", None)  # options that would do nothing
+    problem = check(args) if check is not None else None
+    if problem:
+        raise UsageError(problem)
+    check_paths(args)
     result: int = module.run(args)
     return result

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from atp_proto.cli import UsageError
+from atp_proto.cli import UsageError, prog_of
 
 ROLE_NAMES = ("router", "client", "adapter", "codec")
 
@@ -319,14 +319,16 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--role {args.role} needs --target URL")
     else:
         _check_target(args.role, target)
+    _check_role_options(args)
     _check_globs(args.role, args.run, args.requirement)
+    from atp_proto._cli._files import input_file, output_dir
+
     if args.report_dir:  # say so now, not after the whole run
-        try:
-            Path(args.report_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(
-                f"--report-dir {args.report_dir}: {(exc.strerror or str(exc)).lower()}"
-            ) from None
+        output_dir(args.report_dir, "--report-dir")
+    if args.known_failures:
+        input_file(args.known_failures, "--known-failures")
+    if args.ca:
+        input_file(args.ca, "--ca")
     opts = RunOptions(
         role=args.role,
         target=target,
@@ -371,11 +373,48 @@ def _run(args: argparse.Namespace) -> int:
     counts = summary.counts()
     line = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     if summary.unreachable:
-        print(f"atp conformance: target unreachable: {summary.unreachable}", file=sys.stderr)
+        print(f"{prog_of(args)}: target unreachable: {summary.unreachable}", file=sys.stderr)
     else:
         stale = f"; stale known failures: {', '.join(summary.stale)}" if summary.stale else ""
-        print(f"atp conformance: {args.role}: {line or 'no cases'}{stale}", file=sys.stderr)
+        print(f"{prog_of(args)}: {args.role}: {line or 'no cases'}{stale}", file=sys.stderr)
     return summary.exit_code
+
+
+#: options only the router role reads (their help says "router role:"): (dest, flag)
+ROUTER_ONLY = (
+    ("expired_token", "--expired-token"),
+    ("limited_token", "--limited-token"),
+    ("http_url", "--http-url"),
+    ("denied_meta", "--denied-meta"),
+    ("policy_unreachable", "--policy-unreachable"),
+    ("adapter_listen", "--adapter-listen"),
+    ("pressure", "--pressure"),
+    ("session_limit", "--session-limit"),
+    ("quota_tokens", "--quota-tokens"),
+    ("quota_concurrent", "--quota-concurrent"),
+)
+
+
+def _check_role_options(args: argparse.Namespace) -> None:
+    """An option the role given does not read is bad usage, not ignored: a run that
+    passes without the case its operator asked for would look like a pass.
+
+    Raises:
+        UsageError: ``--pressure is for --role router, not --role adapter`` and the like.
+    """
+    if args.role != "router":
+        given = [flag for dest, flag in ROUTER_ONLY if getattr(args, dest)]
+        if args.encoding != "both":
+            given.append("--encoding")
+        if given:
+            raise UsageError(f"{given[0]} is for --role router, not --role {args.role}")
+    if args.exec_cmd and args.role in ("router", "adapter"):
+        raise UsageError(
+            f"--exec is for --role client and codec; --role {args.role} takes --target"
+        )
+    if (args.ca or args.insecure) and not args.target.startswith(("wss://", "quic://")):
+        flag = "--ca" if args.ca else "--insecure"
+        raise UsageError(f"{flag} is for a wss:// or quic:// --target")
 
 
 def _check_target(role: str, target: str) -> None:

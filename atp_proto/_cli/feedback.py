@@ -69,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
         if args.ca and args.insecure:
             raise UsageError("--ca and --insecure contradict each other: pick one")
+        if args.ca:
+            from atp_proto._cli._files import input_file
+
+            input_file(args.ca, "--ca")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", InsecureTLSWarning)  # said in one line below
             try:

@@ -125,8 +125,10 @@ def _read_input(name: str) -> bytes:
         stdin = sys.stdin
         buf = getattr(stdin, "buffer", None)
         return buf.read() if buf is not None else stdin.read().encode()
+    from atp_proto._cli._files import input_file
+
     try:
-        return Path(name).read_bytes()
+        return input_file(name).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {name}: {exc.strerror or exc}") from None
 
@@ -216,8 +218,11 @@ def _frames_from_json(data: bytes) -> list[Any]:
 
 
 def _run_encode(args: argparse.Namespace) -> int:
+    from atp_proto._cli._files import output_file
     from atp_proto.frames import LocalProtocolError, encode_frame
 
+    if args.out:  # before the input is read: stdin may be a long pipe
+        output_file(args.out, "--out")
     frames = _frames_from_json(_read_input(args.file))
     chunks = []
     for n, frame in enumerate(frames, 1):

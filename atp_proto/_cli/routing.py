@@ -7,7 +7,9 @@ the router's ``--routing-state``), offline.
     atp routing import state.json --state other.sqlite
 
 Train while the router that uses the file is stopped: a running router writes its own
-state over the file. Exit 0 ok, 1 failed (unreadable state or data), 2 bad usage.
+state over the file. Exit 0 ok, 1 failed (a state or data file whose content is not
+usable), 2 bad usage (a file to read that is missing or unreadable, as for every ``atp``
+command; an output file that cannot be written, said before the work).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from atp_proto.cli import UsageError
+from atp_proto.cli import UsageError, prog_of
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,17 +55,26 @@ def _buckets(text: str | None) -> range | None:
     return range(int(a), int(b) + 1)
 
 
-def _fail(message: str) -> int:
-    print(f"atp routing: error: {message}", file=sys.stderr)
+def _fail(args: argparse.Namespace, message: str) -> int:
+    print(f"{prog_of(args)}: error: {message}", file=sys.stderr)
     return 1
 
 
 def run(args: argparse.Namespace) -> int:
+    from atp_proto._cli._files import input_file, output_file
     from atp_proto.router.routing.learner import BanditLearner, store
     from atp_proto.router.routing.learner.offline import DataError, read_records, records_in
     from atp_proto.router.routing.learner.offline import train as train_records
 
     path = Path(args.state)
+    if args.routing_cmd in ("show", "export"):
+        input_file(path, "the routing state")
+    if args.routing_cmd == "train":
+        input_file(args.data)
+    if args.routing_cmd == "import" and args.source != "-":
+        input_file(args.source)
+    if args.routing_cmd == "export" and args.output:
+        output_file(args.output, "--output")
     try:
         if args.routing_cmd == "train":
             buckets = _buckets(args.buckets)
@@ -73,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
             try:
                 records = read_records(args.data)
             except OSError as exc:
-                return _fail(f"cannot read {args.data}: {exc.strerror}")
+                return _fail(args, f"cannot read {args.data}: {exc.strerror}")
             chosen = list(records_in(records, buckets))
             if not chosen:
-                return _fail(f"{args.data}: no record to train on")
+                return _fail(args, f"{args.data}: no record to train on")
             counts = train_records(learner, chosen)
             store.save(path, store.snapshot(learner))
             if args.json:
@@ -104,17 +115,17 @@ def run(args: argparse.Namespace) -> int:
         try:
             raw = sys.stdin.read() if args.source == "-" else Path(args.source).read_text()
         except OSError as exc:
-            return _fail(f"cannot read {args.source}: {exc.strerror}")
+            return _fail(args, f"cannot read {args.source}: {exc.strerror}")
         try:
             doc = json.loads(raw)
         except ValueError as exc:
-            return _fail(f"{args.source}: not JSON ({exc})")
+            return _fail(args, f"{args.source}: not JSON ({exc})")
         state = store.load_json(doc)
         store.save(path, state)
         print(f"imported {len(state.arms)} adapter model(s) into {path}")
         return 0
     except (store.StateError, DataError) as exc:
-        return _fail(str(exc))
+        return _fail(args, str(exc))
 
 
 def _rows(state: Any) -> dict[str, dict[str, Any]]:

@@ -282,6 +282,10 @@ def tls_config_from_args(args: argparse.Namespace) -> Any:
         return None
     if args.ca and args.insecure:
         raise UsageError("--ca and --insecure contradict each other: pick one")
+    if args.ca:
+        from atp_proto._cli._files import input_file
+
+        input_file(args.ca, "--ca")
     cfg = TLSConfig(ca_file=args.ca, insecure=args.insecure)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureTLSWarning)  # said in one line below

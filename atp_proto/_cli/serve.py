@@ -200,6 +200,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
                     ("--jwt-key-file", args.jwt_key_file),
                     ("--jwks", args.jwks),
                     ("--oidc-issuer", args.oidc_issuer),
+                    ("--jwt-algorithm", args.jwt_algorithm),
+                    ("--jwt-audience", args.jwt_audience),
+                    ("--jwt-issuer", args.jwt_issuer),
                 )
                 if value
             ]
@@ -208,11 +211,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
             flags["auth"] = False
         flags["tls"] = tls = _tls_from_args(args)
         _quic_flags(args, flags, parse_hostport, tls)
+        from atp_proto._cli._serve_checks import check_combinations, check_input_files
+
+        check_input_files(args)
         cfg = build_config(file=args.config, env=os.environ, flags=flags)
         from dataclasses import replace
 
         if cfg_metrics_off:
             cfg = replace(cfg, metrics_port=None)
+        check_combinations(args, cfg)
         if args.quic == "off":  # wins over [transport.quic] listen
             cfg = replace(cfg, quic_port=None)
         elif cfg.quic_port is None and not cfg.quic.disabled and (cfg.tls or cfg.cert_file):

@@ -6,7 +6,6 @@ import argparse
 import os
 import secrets
 import sys
-from pathlib import Path
 
 from atp_proto.cli import UsageError
 
@@ -62,10 +61,12 @@ def run(args: argparse.Namespace) -> int:
         print(secrets.token_hex(32))
         return 0
     if args.key_file:
+        from atp_proto._cli._files import input_file
+
         try:
-            key = Path(args.key_file).read_bytes().strip()
+            key = input_file(args.key_file, "--key-file").read_bytes().strip()
         except OSError as exc:
-            raise UsageError(f"cannot read {args.key_file}: {exc.strerror}") from None
+            raise UsageError(f"cannot read --key-file {args.key_file}: {exc.strerror}") from None
     elif os.environ.get("ATP_JWT_KEY"):
         key = os.environ["ATP_JWT_KEY"].encode().strip()
     else:

@@ -44,8 +44,6 @@ task: ``nursery.start_soon(adapter.run_health_checks, 5.0)``.
 
 from __future__ import annotations
 
-import enum
-import logging
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -58,25 +56,11 @@ from atp_proto._control import AimdLimit
 from atp_proto.frames import ErrorCode
 
 from ._base import Adapter, AdapterError, Chunk, CostEstimate, Health, TaskRequest
+from .resilience_breaker import Breaker, BreakerState
 
-__all__ = ["BreakerState", "ResilientAdapter", "ResilienceStats"]
-
-log = logging.getLogger("atp.adapter.resilience")
+__all__ = ["BreakerState", "ResilientAdapter", "ResilienceStats"]  # BreakerState: re-exported
 
 T = TypeVar("T")
-
-_BREAKER_FAILURES = {
-    ErrorCode.EAGENTDOWN,
-    ErrorCode.ETIMEOUT,
-    ErrorCode.EINTERNAL,
-    ErrorCode.EWINDOW_AGENT,  # ATP-ADAPT-014: overload counts; the local limit does not
-}
-
-
-class BreakerState(enum.StrEnum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
 
 
 @dataclass
@@ -94,7 +78,7 @@ class ResilienceStats:
     retries_throttled: int = 0  #: retries refused by the retry budget
 
 
-class ResilientAdapter:
+class ResilientAdapter(Breaker):
     """Wraps any :class:`Adapter` (see the module docstring)."""
 
     def __init__(
@@ -161,29 +145,6 @@ class ResilientAdapter:
     # ------------------------------------------------------------------ state
 
     @property
-    def breaker(self) -> BreakerState:
-        return self._breaker
-
-    @breaker.setter
-    def breaker(self, state: BreakerState) -> None:
-        if state is not self._breaker:
-            self.health_changes += 1
-        self._breaker = state
-
-    @property
-    def last_health(self) -> Health | None:
-        """The last health check's report (None before the first)."""
-        return self._last_health
-
-    @last_health.setter
-    def last_health(self, h: Health | None) -> None:
-        old = None if self._last_health is None else self._last_health.status
-        new = None if h is None else h.status
-        if old != new and not (old is None and new in ("READY", "BUSY")):
-            self.health_changes += 1
-        self._last_health = h
-
-    @property
     def state(self) -> dict[str, Any]:
         """Snapshot for metrics: limit, in_flight, breaker state and counters."""
         return {
@@ -194,93 +155,6 @@ class ResilientAdapter:
             "health": self.last_health.status if self.last_health else None,
             **vars(self.stats),
         }
-
-    @property
-    def available(self) -> bool:
-        """Whether a call could be served now: the breaker is not open (a cooled-down
-        breaker lets a probe through) and the last health check did not find the
-        adapter DOWN or DRAINING (none yet: assumed available). Used by ``/readyz``."""
-        self._refresh_breaker()
-        if self.breaker is BreakerState.OPEN:
-            return False
-        return self.last_health is None or self.last_health.status not in ("DOWN", "DRAINING")
-
-    def _refresh_breaker(self) -> None:
-        if (
-            self.breaker is BreakerState.OPEN
-            and trio.current_time() - self.opened_at >= self.cooldown
-        ):
-            self.breaker = BreakerState.HALF_OPEN
-            self._probe_in_flight = False
-
-    def _retry_after_ms(self) -> int:
-        left = self.cooldown - (trio.current_time() - self.opened_at)
-        return max(1, math.ceil(left * 1000))
-
-    def _open(self, code: str = ErrorCode.EAGENTDOWN) -> None:
-        self._open_code = (
-            ErrorCode.EWINDOW_AGENT if code == ErrorCode.EWINDOW_AGENT else ErrorCode.EAGENTDOWN
-        )
-        if self.breaker is not BreakerState.OPEN:
-            self.stats.breaker_opened += 1
-            log.warning(
-                "adapter %s: circuit open after %d failure(s)", self.name, self.consecutive_failures
-            )
-        self.breaker = BreakerState.OPEN
-        self.opened_at = trio.current_time()
-        self._probe_in_flight = False
-
-    @property
-    def consecutive_failures(self) -> int:
-        """The longer run of consecutive failures, of Stream calls or of unary calls."""
-        return max(self._failures.values())
-
-    def _on_success(self, latency: float | None, busy: int = 0, *, work: bool = True) -> None:
-        """``busy``: calls in flight when this one ran (including it); ``work``: a Stream
-        call (False: Estimate or Health)."""
-        if self.breaker is BreakerState.CLOSED:
-            self._failures[work] = 0
-        else:
-            self._failures = {True: 0, False: 0}  # a probe succeeded
-        if self.breaker is not BreakerState.CLOSED:
-            log.info("adapter %s: circuit closed", self.name)
-        self.breaker = BreakerState.CLOSED
-        self._probe_in_flight = False
-        if latency is not None:
-            if latency > self.latency_target * self.spike_factor:
-                self._decrease()
-            elif latency <= self.latency_target and busy * 2 >= self.limit:
-                self._limit.increase(1)
-                self._lot.unpark_all()
-
-    @property
-    def limit(self) -> float:
-        """The current concurrency limit (calls compare ``int(limit)``)."""
-        return self._limit.value
-
-    def _decrease(self) -> None:
-        self._limit.decrease()
-
-    def _on_failure(self, exc: AdapterError, *, work: bool = True) -> None:
-        self.stats.failures += 1
-        code = str(exc.code)
-        if code in _BREAKER_FAILURES:
-            self._decrease()
-        if code == ErrorCode.EWINDOW_AGENT and exc.retry_after_ms and exc.retry_after_ms > 0:
-            # ATP-ADAPT-014: the adapter said when it can take calls again; until then
-            # no call of ours reaches it (all of them fail fast with the time left).
-            until = trio.current_time() + exc.retry_after_ms / 1000
-            self.pushback_until = max(self.pushback_until, until)
-        if code not in _BREAKER_FAILURES:
-            if self.breaker is BreakerState.HALF_OPEN:
-                self._probe_in_flight = False  # not the adapter's fault: let another probe
-            return
-        self._failures[work] += 1
-        if (
-            self.breaker is BreakerState.HALF_OPEN
-            or self.consecutive_failures >= self.failure_threshold
-        ):
-            self._open(code)
 
     # ------------------------------------------------------------------ admission
 
@@ -317,35 +191,6 @@ class ResilientAdapter:
                 self._probe_in_flight = True
         self.in_flight += 1
         self.stats.calls += 1
-
-    def _check_open(self) -> None:
-        """Fail at once (no call) when the breaker is open, a half-open probe is out, or
-        the adapter's retry hint has not passed.
-
-        Raises:
-            AdapterError: EAGENTDOWN (EWINDOW_AGENT when overload opened the breaker, or
-                for a pushback), with ``retry_after_ms``.
-        """
-        self._refresh_breaker()
-        if self.breaker is BreakerState.OPEN or (
-            self.breaker is BreakerState.HALF_OPEN and self._probe_in_flight
-        ):
-            self.stats.rejected_open += 1
-            raise AdapterError(
-                self._open_code,
-                "circuit open",
-                adapter=self.name,
-                retry_after_ms=self._retry_after_ms() if self.breaker is BreakerState.OPEN else 100,
-            )
-        now = trio.current_time()
-        if now < self.pushback_until:
-            self.stats.rejected_pushback += 1
-            raise AdapterError(
-                ErrorCode.EWINDOW_AGENT,
-                "adapter asked for a pause (resource exhausted)",
-                adapter=self.name,
-                retry_after_ms=max(1, math.ceil((self.pushback_until - now) * 1000)),
-            )
 
     def _release(self) -> None:
         self.in_flight -= 1

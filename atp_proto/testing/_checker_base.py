@@ -65,6 +65,9 @@ class Pair:
     close_code: Callable[[ErrorCode], int]  #: the binding's close code of an ErrorCode
     channels: tuple[int, ...] = (0,)  #: channels open both ways (first: the control one)
     max_unit: int | None = None  #: the transport's receive limit on one unit
+    #: a per-stream transport ends (FIN) a stream with its last item's ``end``; False: not
+    #: by itself (QUIC's client end follows the router's FIN instead, ATP-QUIC-012)
+    fin_on_end: bool = True
 
     @property
     def per_stream(self) -> bool:

@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import trio
-
 from atp_proto.adapters import process as _adapter_process
 
 __all__ = [
@@ -225,12 +223,7 @@ class RouterProcess:
 
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; returns the exit status."""
-        self.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        _adapter_process.stop_popen([self.proc], timeout)
         self._thread.join(timeout=5)
         if self._config:
             with contextlib.suppress(OSError):
@@ -265,20 +258,7 @@ class AdapterProcess(_adapter_process.AdapterProcess):
         return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
 
 
-def adapter_argv(
-    target: str,
-    *args: str,
-    listen: str = "127.0.0.1:0",
-    options: Mapping[str, str] | None = None,
-    name: str | None = None,
-) -> list[str]:
-    """The command line of ``atp adapter serve TARGET`` (``options`` as ``--option K=V``)."""
-    argv = [sys.executable, "-m", "atp_proto", "adapter", "serve", target, "--listen", listen]
-    for key, value in (options or {}).items():
-        argv += ["--option", f"{key}={value}"]
-    if name:
-        argv += ["--name", name]
-    return [*argv, *args]
+adapter_argv = _adapter_process.adapter_argv
 
 
 @contextmanager
@@ -338,14 +318,7 @@ def _adapter_processes(
             urls[name] = f"grpc://127.0.0.1:{int(m.group(1))}"
         yield urls
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(stop_timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _adapter_process.stop_popen(procs.values(), stop_timeout)
 
 
 @asynccontextmanager
@@ -365,39 +338,10 @@ async def spawn(
         RuntimeError: the process exited before listening.
         trio.TooSlowError: it printed no such line within ``timeout``.
     """
-    full_env = dict(env if env is not None else os.environ, PYTHONUNBUFFERED="1")
-    with contextlib.ExitStack() as files:
-        errf = files.enter_context(open(log, "ab")) if log else subprocess.DEVNULL
-        process = await trio.lowlevel.open_process(
-            list(argv), stdout=subprocess.PIPE, stderr=errf, env=full_env, cwd=cwd
-        )
-    try:
-        assert process.stdout is not None
-        buf = b""
-        with trio.fail_after(timeout):
-            # the whole line: the port's last digit may arrive in the next read
-            while (m := _ADAPTER_LISTENING.search(buf)) is None or b"\n" not in buf[m.end() :]:
-                data = await process.stdout.receive_some(4096)
-                if not data:
-                    tail = log.read_text(errors="replace")[-2000:] if log else ""
-                    raise RuntimeError(
-                        f"{' '.join(argv[:6])} exited before listening: "
-                        f"{buf.decode(errors='replace')[-500:]}{tail}"
-                    )
-                buf += data
-        yield AdapterProcess(process, int(m.group(1)), log)
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.terminate()
-                with trio.move_on_after(stop_timeout):
-                    await process.wait()
-            if process.returncode is None:
-                process.kill()
-                with trio.move_on_after(2):
-                    await process.wait()
-            if process.stdout is not None:
-                await process.stdout.aclose()
+    async with _adapter_process.listening_process(
+        argv, log=log, env=env, cwd=cwd, timeout=timeout, stop_timeout=stop_timeout
+    ) as (process, port):
+        yield AdapterProcess(process, port, log)
 
 
 @asynccontextmanager

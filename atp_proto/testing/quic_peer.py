@@ -20,22 +20,29 @@ import asyncio
 import contextlib
 import struct
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
 import trio
 from aioquic.asyncio.client import connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.quic import events as qe
+from aioquic.asyncio.server import serve
 from aioquic.quic.configuration import QuicConfiguration
 
 from atp_proto.transports.base import ChannelData, quic_error_code
 from atp_proto.transports.quic_server import QuicServer, QuicServerConfig, QuicTransport
 
+from .quic_recorder import StallableRecorder
 from .transport_checker import Binding, Pair
 
-__all__ = ["QuicPeer", "frame_header", "quic_binding"]
+__all__ = [
+    "QuicPeer",
+    "QuicServerPeer",
+    "frame_header",
+    "quic_binding",
+    "quic_client_binding",
+    "syn_header",
+]
 
 #: the ATP streams a pair opens besides the control stream
 CHANNELS = (0, 1, 3, 5)
@@ -48,62 +55,8 @@ def frame_header(atp_sid: int) -> bytes:
     return struct.pack("!BBBBIIHHII", 1, 1, 0, 0, atp_sid, 0, 0, 0, 0, 0)
 
 
-class _Muting(asyncio.DatagramTransport):
-    """The UDP transport of a :class:`_Recorder`: drops what it sends once muted (aioquic
-    still runs its timers, so the connection ends by itself at its close or idle timer)."""
-
-    def __init__(self, inner: asyncio.DatagramTransport, owner: _Recorder) -> None:
-        super().__init__()
-        self.inner, self.owner = inner, owner
-
-    def sendto(self, data: Any, addr: Any = None) -> None:
-        if not self.owner.muted:
-            self.inner.sendto(data, addr)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def is_closing(self) -> bool:
-        return self.inner.is_closing()
-
-    def abort(self) -> None:
-        self.inner.abort()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.inner.get_extra_info(name, default)
-
-
-class _Recorder(QuicConnectionProtocol):
-    """Records every QUIC stream's bytes and FINs and the close; can stall or go mute."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lock = threading.Lock()
-        self.data: dict[int, bytearray] = {}
-        self.fins: set[int] = set()
-        self.close_code: int | None = None
-        self.stalled = False
-        self.muted = False
-
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        if not self.stalled:
-            super().datagram_received(data, addr)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(_Muting(cast(asyncio.DatagramTransport, transport), self))
-
-    def quic_event_received(self, event: qe.QuicEvent) -> None:
-        with self.lock:
-            if isinstance(event, qe.StreamDataReceived):
-                self.data.setdefault(event.stream_id, bytearray()).extend(event.data)
-                if event.end_stream:
-                    self.fins.add(event.stream_id)
-            elif isinstance(event, qe.ConnectionTerminated):
-                self.close_code = event.error_code
-        if not isinstance(event, qe.StreamDataReceived):
-            # (the base class would make a StreamWriter per new stream, whose garbage
-            # collection closes the stream with a FIN this peer did not ask for)
-            super().quic_event_received(event)
+class _Recorder(StallableRecorder):
+    """Records what arrives (:class:`StreamRecorder`); can stall or go mute."""
 
 
 class QuicPeer:
@@ -250,6 +203,23 @@ class QuicPeer:
         self._proto.stalled = True
 
 
+async def _stop_all(peers: Sequence[QuicPeer]) -> None:
+    """Stop every peer of a binding (shielded: the binding's scope is cancelled).
+
+    Raises:
+        RuntimeError: a peer's thread did not end (the first one).
+    """
+    hung: list[BaseException] = []
+    with trio.CancelScope(shield=True):
+        for peer in peers:
+            try:
+                await peer.stop()
+            except RuntimeError as exc:
+                hung.append(exc)
+    if hung:
+        raise hung[0]
+
+
 @asynccontextmanager
 async def quic_binding(cert_file: str, key_file: str) -> AsyncIterator[Binding]:
     """The checker's binding for QUIC: each pair a new connection to one loopback
@@ -283,12 +253,128 @@ async def quic_binding(cert_file: str, key_file: str) -> AsyncIterator[Binding]:
             yield Binding("quic", make, per_stream=True)
         finally:
             nursery.cancel_scope.cancel()  # the server goes once every peer has stopped
-            hung: list[BaseException] = []
-            with trio.CancelScope(shield=True):
-                for peer in peers:
-                    try:
-                        await peer.stop()
-                    except RuntimeError as exc:
-                        hung.append(exc)
-            if hung:
-                raise hung[0]
+            await _stop_all(peers)
+
+
+# ---------------------------------------------------------------------- the client end
+
+
+class QuicServerPeer(QuicPeer):
+    """The far end of our *client's* QUIC transport: aioquic's asyncio server in a
+    thread (the same recorder, stall and vanish as :class:`QuicPeer`). The client opens
+    every QUIC stream (ATP-QUIC-002), each with its stream's SYN; the peer learns the
+    channel from that first frame's header and reports only what follows it."""
+
+    def __init__(self, cert_file: str, key_file: str) -> None:
+        super().__init__(0, cert_file)
+        self.key_file = key_file
+
+    async def _run(self) -> None:
+        conf = QuicConfiguration(
+            is_client=False, alpn_protocols=["atp/1"], idle_timeout=PAIR_IDLE_TIMEOUT
+        )
+        conf.load_cert_chain(self.cafile, self.key_file)
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+
+        def accept(*args: Any, **kwargs: Any) -> _Recorder:
+            self._proto = _Recorder(*args, **kwargs)  # one client per peer
+            return self._proto
+
+        server = await serve("127.0.0.1", 0, configuration=conf, create_protocol=accept)
+        try:
+            assert server._transport is not None
+            self.port = int(server._transport.get_extra_info("sockname")[1])
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            server.close()
+
+    async def listen(self) -> int:
+        """Start the server; its UDP port."""
+        self._thread.start()
+        await trio.to_thread.run_sync(self._ready.wait, abandon_on_cancel=True)
+        if self._failed is not None:
+            raise self._failed
+        return self.port
+
+    def _streams(self) -> dict[int, int]:
+        """channel -> QUIC stream, from each client stream's first frame header."""
+        proto = self._proto
+        if proto is None:
+            return {}
+        with proto.lock:
+            return {
+                struct.unpack_from("!I", data, 4)[0]: q
+                for q, data in proto.data.items()
+                if q and len(data) >= HEADER_SIZE
+            }
+
+    async def opened(self, channels: tuple[int, ...]) -> None:
+        """Wait until the client's streams for ``channels`` have said which they are."""
+        want = set(channels) - {0}
+        await self._wait(lambda: want <= set(self._streams()))
+        self._q.update({c: q for c, q in self._streams().items() if c in want})
+
+    def received(self, channel: int) -> bytes:
+        data = super().received(channel)
+        return data[HEADER_SIZE:] if channel else data
+
+
+def syn_header(atp_sid: int) -> bytes:
+    """A 24-byte SYN header (no body) for ``atp_sid``: what makes our client open a QUIC
+    stream for it (the client opens one only for a SYN)."""
+    return struct.pack("!BBBBIIHHII", 1, 0, _F_SYN, 0, atp_sid, 0, 0, 0, 0, 0)
+
+
+_F_SYN = 0x01
+HEADER_SIZE = 24
+
+
+@asynccontextmanager
+async def quic_client_binding(cert_file: str, key_file: str) -> AsyncIterator[Binding]:
+    """The checker's binding for our QUIC *client* end (``connect_quic``): each pair a
+    new connection to its own aioquic server peer. The client ends its side of a stream
+    when the router's FIN has arrived, not with its own last item (ATP-QUIC-012), so its
+    pairs say ``fin_on_end=False``."""
+    from atp_proto.transports.quic_client import connect_quic
+
+    peers: list[QuicServerPeer] = []
+
+    async def client(port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with connect_quic(
+            "127.0.0.1",
+            port,
+            ca_file=cert_file,
+            server_name="localhost",
+            idle_timeout=PAIR_IDLE_TIMEOUT,
+        ) as transport:
+            task_status.started(transport)
+            await trio.sleep_forever()  # the pair's transport lives until the binding ends
+
+    async with trio.open_nursery() as nursery:
+
+        async def make(max_unit: int | None = None) -> Pair:
+            peer = QuicServerPeer(cert_file, key_file)
+            peers.append(peer)
+            port = await peer.listen()
+            with trio.fail_after(10):
+                transport = await nursery.start(client, port)
+                await transport.send_streams([(c, syn_header(c), False) for c in CHANNELS if c])
+                await peer.opened(CHANNELS)
+                while transport.pending_bytes:  # the SYNs acknowledged: a check starts
+                    await trio.sleep(0.005)  # from nothing in flight (backpressure counts)
+            return Pair(
+                transport,
+                peer,
+                quic_error_code,
+                channels=CHANNELS,
+                max_unit=max_unit,
+                fin_on_end=False,
+            )
+
+        try:
+            yield Binding("quic-client", make, per_stream=True)
+        finally:
+            nursery.cancel_scope.cancel()  # every client goes, then every peer
+            await _stop_all(peers)

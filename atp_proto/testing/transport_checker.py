@@ -5,7 +5,9 @@ Modelled on trio's ``testing/_check_streams.py``: the checks are written once ag
 or a per-stream :class:`~atp_proto.transports.base.StreamTransport`, with ``closed``) and
 a :class:`Peer` on a real loopback socket that records what arrives — and each binding
 supplies a :class:`Binding` that makes pairs. This repository runs the battery over
-``ws://``, ``wss://`` and QUIC (``tests/transports/test_transport_checker.py``); a vendor's
+``ws://``, ``wss://`` and QUIC, each at both ends (the router's server transports and
+the client's ``connect_ws`` / ``connect_quic``; ``tests/transports/test_transport_checker.py``,
+:mod:`.quic_peer`'s ``quic_binding`` and ``quic_client_binding``); a vendor's
 transport, or the conformance suite later, runs it the same way::
 
     for check in CHECKS:
@@ -16,7 +18,9 @@ What every binding must do (a unit is a WebSocket message, or bytes on one QUIC 
 
 * ``units_in_order`` / ``received_in_order``: units of many sizes, on several channels,
   arrive whole, byte-identical and in call order in both directions; a per-stream
-  transport ends (FIN) exactly the channels whose last item said so.
+  transport ends (FIN) exactly the channels whose last item said so, or none where its
+  pair says ``fin_on_end=False`` (QUIC's client end follows the router's FIN instead,
+  ATP-QUIC-012).
 * ``large_units``: a multi-MiB unit crosses intact.
 * ``backpressure``: a peer that does not read holds the sender back — a blocked ``send``
   on a message transport, ``pending_bytes`` that stays up until the peer acknowledges on a

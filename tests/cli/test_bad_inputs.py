@@ -92,7 +92,7 @@ def test_conformance_target_of_the_wrong_kind_is_bad_usage(
     role: str, target: str, expected: str
 ) -> None:
     line = _line(("conformance", "run", "--role", role, "--target", target), 2)
-    assert line.startswith("atp conformance: error: ") and expected in line
+    assert line.startswith("atp conformance run: error: ") and expected in line
 
 
 def test_conformance_report_dir_that_cannot_be_made_is_said_before_the_run(
@@ -106,7 +106,7 @@ def test_conformance_report_dir_that_cannot_be_made_is_said_before_the_run(
          "--report-dir", str(blocker / "reports")),
         2,
     )  # fmt: skip
-    assert line.startswith(f"atp conformance: error: --report-dir {blocker / 'reports'}: ")
+    assert line.startswith(f"atp conformance run: error: --report-dir {blocker / 'reports'}: ")
 
 
 def test_a_codec_testee_that_exits_at_once_is_unreachable_not_a_traceback() -> None:
@@ -120,7 +120,7 @@ def test_a_codec_testee_that_exits_at_once_is_unreachable_not_a_traceback() -> N
 
 def test_audit_verify_a_directory_says_so(tmp_path: Path) -> None:
     line = _line(("audit", "verify", str(tmp_path)), 2)
-    assert line == f"atp audit: error: cannot read {tmp_path}: not a file"
+    assert line == f"atp audit verify: error: cannot read {tmp_path}: not a file"
 
 
 def test_feedback_to_a_refused_port_says_refused(refused_port: int) -> None:
@@ -184,7 +184,7 @@ def test_conformance_selection_of_nothing_is_a_typo_not_a_pass(
          flag, value),
         2,
     )  # fmt: skip
-    assert line.startswith(f"atp conformance: error: {expected}")
+    assert line.startswith(f"atp conformance run: error: {expected}")
 
 
 def test_serve_with_a_negative_grace_names_it() -> None:

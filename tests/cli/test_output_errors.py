@@ -41,4 +41,4 @@ def test_output_that_cannot_be_written_is_one_line_exit_1() -> None:
             stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60,
         )  # fmt: skip
     assert proc.returncode == 1
-    assert proc.stderr == "atp conformance: error: no space left on device\n"
+    assert proc.stderr == "atp conformance list: error: no space left on device\n"

@@ -1,8 +1,9 @@
 """The transport checker (:mod:`atp_proto.testing.transport_checker`) over every transport:
 ``ws://`` and ``wss://`` (our WsConnection, over our TlsStream for wss, read by wsproto's
 client over loopback TCP — over trio's SSLStream for wss), our ``ws://`` client
-(``connect_ws``, read by a wsproto server) and QUIC (our QuicServer's
-transport, read by aioquic's asyncio client in a thread). One battery, parametrized; a
+(``connect_ws``, read by a wsproto server), QUIC (our QuicServer's
+transport, read by aioquic's asyncio client in a thread) and our QUIC client
+(``connect_quic``, read by aioquic's asyncio server in a thread). One battery, parametrized; a
 check that does not apply to a per-stream binding is skipped with the reason it gives."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from atp_proto.testing.certs import CertFiles, make_cert
-from atp_proto.testing.quic_peer import quic_binding
+from atp_proto.testing.quic_peer import quic_binding, quic_client_binding
 from atp_proto.testing.transport_checker import CHECKS, Binding, Check
 from atp_proto.testing.ws_peer import ws_binding
 from atp_proto.transports.tls import TLSConfig
@@ -24,7 +25,7 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
 
 
 #: the bindings, and whether each is per-stream
-BINDINGS = {"ws": False, "wss": False, "ws-client": False, "quic": True}
+BINDINGS = {"ws": False, "wss": False, "ws-client": False, "quic": True, "quic-client": True}
 CASES = [
     pytest.param(
         name,
@@ -42,6 +43,9 @@ CASES = [
 async def binding(request: pytest.FixtureRequest, cert: CertFiles) -> AsyncIterator[Binding]:
     if request.param == "quic":
         async with quic_binding(cert.cert, cert.key) as b:
+            yield b
+    elif request.param == "quic-client":
+        async with quic_client_binding(cert.cert, cert.key) as b:
             yield b
     elif request.param == "ws-client":
         async with ws_binding(client_side=True) as b:

@@ -2,7 +2,9 @@
 
 Nothing here imports :mod:`atp_proto.transports` or :mod:`atp_proto.frames`: the frames
 are built and parsed by hand (:mod:`atp_proto.testing.frames`, ``struct`` + ``cbor2``) and
-the QUIC side is ``aioquic.asyncio.connect`` with a protocol that records what arrives. A
+the QUIC side is ``aioquic.asyncio.connect`` with a protocol that records what arrives
+(:mod:`atp_proto.testing.quic_recorder`, aioquic only: test scaffolding shared with the
+transport checker's QUIC pair, not our transport code). A
 trio test runs a script with :func:`run_peer` (``trio.to_thread.run_sync``), so the
 router under test and this peer share no event loop and no code on the QUIC path.
 """
@@ -12,48 +14,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aioquic.asyncio import connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 
 from atp_proto.testing.frames import RawFrame, parse_frames
+from atp_proto.testing.quic_recorder import StreamRecorder
 
 T = TypeVar("T")
 
 __all__ = ["Recorder", "run_peer"]
 
 
-class Recorder(QuicConnectionProtocol):
-    """Records every QUIC stream's bytes, FINs, resets and the connection close."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.data: dict[int, bytearray] = {}
-        self.fins: set[int] = set()
-        self.resets: dict[int, int] = {}
-        self.stops: dict[int, int] = {}
-        self.close_code: int | None = None
-        self.close_reason = ""
-
-    def quic_event_received(self, event: qe.QuicEvent) -> None:
-        if isinstance(event, qe.StreamDataReceived):
-            self.data.setdefault(event.stream_id, bytearray()).extend(event.data)
-            if event.end_stream:
-                self.fins.add(event.stream_id)
-        elif isinstance(event, qe.StreamReset):
-            self.resets[event.stream_id] = event.error_code
-        elif isinstance(event, qe.StopSendingReceived):
-            self.stops[event.stream_id] = event.error_code
-        elif isinstance(event, qe.ConnectionTerminated):
-            self.close_code = event.error_code
-            self.close_reason = event.reason_phrase
-        if not isinstance(event, qe.StreamDataReceived):
-            # (the base class would make a StreamWriter per new stream, whose garbage
-            # collection closes the stream with a FIN this script did not ask for)
-            super().quic_event_received(event)
+class Recorder(StreamRecorder):
+    """Records what arrives (:class:`StreamRecorder`), with the scripts' helpers."""
 
     # the script's helpers ------------------------------------------------------------
 
