@@ -37,7 +37,7 @@ local function reap(ckey, hkey, fkey, bkey, win, me, now, cap, ttl_ms)
         live[r] = true
       else
         ndead = ndead + 1
-        redis.call('HDEL', ckey, f[i])
+        redis.call('HDEL', ckey, f[i], '#' .. r)
       end
     end
   end
@@ -68,7 +68,12 @@ local function reap(ckey, hkey, fkey, bkey, win, me, now, cap, ttl_ms)
   end
   local open = 0
   for i = 1, #f, 2 do
-    if string.sub(f[i], 1, 1) ~= '@' then
+    local kind = string.sub(f[i], 1, 1)
+    if kind == '#' then
+      -- a router's last flush number (WRITE), kept for a retry's while: ttl_ms
+      local at = tonumber(string.match(f[i + 1], ' (%S+)$') or '0')
+      if at + ttl_ms < now then redis.call('HDEL', ckey, f[i]) end
+    elseif kind ~= '@' then
       if live[f[i]] then
         open = open + tonumber(f[i + 1])
       else
@@ -132,11 +137,14 @@ return {0, used_t, used_u}
 )
 
 #: KEYS: budget (without its window), counters, holds, forfeits. ARGV: period, tokens,
-#: usd, saturation, router, streams ended, lease_ms (0: no renewal), then per hold: id,
-#: tokens, usd, 1 when its stream ended. A hold found forfeited (its router was presumed
-#: dead, and it was charged) covers the usage it was charged for, and what is left of it
-#: is given back when the stream ends in the same period: a router cut off for a while is
-#: charged exactly in the end. Returns {window, tokens used, usd used}.
+#: usd, saturation, router, streams ended, lease_ms (0: no renewal), the router's flush
+#: number, then per hold: id, tokens, usd, 1 when its stream ended. A flush number not
+#: above the router's last one (field ``#ROUTER`` of the counters: a retry of a write
+#: whose reply was lost) changes nothing and returns the totals. A hold found forfeited
+#: (its router was presumed dead, and it was charged) covers the usage it was charged
+#: for, and what is left of it is given back when the stream ends in the same period: a
+#: router cut off for a while is charged exactly in the end. Returns {window, tokens
+#: used, usd used}.
 WRITE = (
     COMMON
     + """
@@ -146,8 +154,16 @@ local win = math.floor(secs / period)
 local bkey = KEYS[1] .. ':' .. win
 local cap, me, ttl = tonumber(ARGV[4]), ARGV[5], math.max(period * 2000, 60000)
 reap(KEYS[2], KEYS[3], KEYS[4], bkey, win, me, now, cap, ttl)
+local seq = tonumber(ARGV[8])
+local last = redis.call('HGET', KEYS[2], '#' .. me)
+if last and tonumber(string.match(last, '^(%S+)')) >= seq then
+  return {win, tonumber(redis.call('HGET', bkey, 't') or '0'),
+          tonumber(redis.call('HGET', bkey, 'u') or '0')}
+end
+redis.call('HSET', KEYS[2], '#' .. me, string.format('%.0f %.0f', seq, now))
+redis.call('PEXPIRE', KEYS[2], ttl)
 local dt, du = tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 8, #ARGV, 4 do
+for i = 9, #ARGV, 4 do
   local id, ut, uu, done = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
   local v = redis.call('HGET', KEYS[3], id)
   if v then

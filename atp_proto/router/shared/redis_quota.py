@@ -34,6 +34,13 @@ yet written when it died is covered.
 * write (one per tenant per flush; a flush is one MULTI, or one per slot on a Redis
   Cluster): the usage, the holds' settlements, the streams ended, the lease renewal;
   queued in the process and written by :meth:`RedisQuotaStore.run` as soon as they are.
+  Each flush carries its number; the script keeps each router's last one per tenant
+  (field ``#ROUTER`` of the counters) and skips a flush it has already applied, so a
+  flush whose reply was lost (a connection cut after EXEC, a failover) is sent again,
+  whole and with the same number, until it is confirmed, and counts once. With Redis
+  Sentinel (``redis+sentinel://``) a write counts as stored once a replica acknowledged
+  it (``WAIT``) or the sentinels confirm the server is the master
+  (:meth:`.link.RedisLink.pipelined`).
 
 Redis unreachable: :meth:`admit` refuses with EAGENTDOWN and ``retry_after_ms`` (fail
 closed: a stream whose cost cannot be accounted for is not run); writes stay queued in
@@ -100,16 +107,6 @@ class _Due:
     ended: int = 0  #: counted streams that ended
     holds: dict[str, list[int]] = field(default_factory=dict)  #: id -> [tokens, usd, done]
 
-    def merge(self, other: _Due) -> None:
-        """Add ``other``'s (a batch put back after a failed write meets a newer one)."""
-        self.period = max(self.period, other.period)
-        self.tokens = min(SATURATE, self.tokens + other.tokens)
-        self.usd = min(SATURATE, self.usd + other.usd)
-        self.ended += other.ended
-        for hid, (t, u, done) in other.holds.items():
-            h = self.holds.setdefault(hid, [0, 0, 0])
-            h[0], h[1], h[2] = h[0] + t, h[1] + u, max(h[2], done)
-
 
 class RedisQuotaStore:
     """The shared :class:`~atp_proto.router.quota.QuotaStore`. Start :meth:`run` in the
@@ -132,6 +129,10 @@ class RedisQuotaStore:
         #: tenant -> (streams of this router holding a lease there, period_s): renewed
         self._leased: dict[str, tuple[int, int]] = {}
         self._holds = 0  #: hold ids issued (ROUTER/N)
+        self._seq = 0  #: flushes numbered: a write retried with its number counts once
+        #: the last flush, until Redis confirmed it: (seq, calls, charges queued by then)
+        self._unconfirmed: tuple[int, list[tuple[str, int, list[str], list[Any]]], int] | None
+        self._unconfirmed = None
 
     def _keys(self, tenant: str) -> tuple[str, str, str, str, str]:
         """The tenant's keys (budget, bucket, counters, holds, forfeits), all with the
@@ -179,6 +180,10 @@ class RedisQuotaStore:
             # answer at once instead of waiting for a timeout of its own
             if not probe and not self.up:
                 raise RedisError("Redis went away while this call waited")
+            if self.link.replicas:  # acknowledged by the replicas, or refused (a failover)
+                return self.link.pipelined(  # type: ignore[no-any-return]
+                    lambda pipe: self._admit(list(keys), args, client=pipe), transaction=False
+                )[0]
             return self._admit(list(keys), args)  # type: ignore[no-any-return]
 
         try:
@@ -336,7 +341,7 @@ class RedisQuotaStore:
                 while self._leased:
                     self._wake = trio.Event()
                     await self._wake.wait()
-            if self._pending:
+            if self._pending or self._unconfirmed is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:
                         await self._flush(False)
@@ -347,6 +352,12 @@ class RedisQuotaStore:
                         )
 
     async def _flush(self, renew: bool) -> None:
+        """Write a flush not yet confirmed (again, with its number: a write whose reply
+        was lost, or that too few replicas acknowledged, is counted once), then what is
+        queued."""
+        if self._unconfirmed is not None:
+            await self._send(*self._unconfirmed)
+            self._unconfirmed = None
         batch, self._pending = self._pending, {}
         queued = self._queued
         renewals = {t: p for t, (_, p) in self._leased.items() if t not in batch} if renew else {}
@@ -354,65 +365,61 @@ class RedisQuotaStore:
             if renew:  # idle: a PING a second keeps `up` (atp_redis_up) true to Redis
                 await self.link.call(self.link.client.ping)
             return
-        router, lease_ms = self.link.router_id, self.lease_ms
+        self._seq += 1
+        router, lease_ms, seq = self.link.router_id, self.lease_ms, self._seq
         calls: list[tuple[str, int, list[str], list[Any]]] = []
         for tenant, due in batch.items():
             bkey, _, ckey, hkey, fkey = self._keys(tenant)
             args: list[Any] = [due.period, due.tokens, due.usd, SATURATE, router, due.ended]
-            args.append(lease_ms if tenant in self._leased else 0)
+            args += [lease_ms if tenant in self._leased else 0, seq]
             for hid, (t, u, done) in due.holds.items():
                 args += [hid, t, u, done]
             calls.append((tenant, due.period, [bkey, ckey, hkey, fkey], args))
         for tenant, period in renewals.items():
             bkey, _, ckey, hkey, fkey = self._keys(tenant)
-            args = [period, 0, 0, SATURATE, router, 0, lease_ms]
+            args = [period, 0, 0, SATURATE, router, 0, lease_ms, seq]
             calls.append((tenant, period, [bkey, ckey, hkey, fkey], args))
+        self._unconfirmed = (seq, calls, queued)
+        await self._send(seq, calls, queued)
+        self._unconfirmed = None
+
+    async def _send(
+        self, seq: int, calls: list[tuple[str, int, list[str], list[Any]]], queued: int
+    ) -> None:
+        """Write flush ``seq``; the charges queued up to ``queued`` are then stored.
+
+        Raises:
+            RedisError: not (all) written: the caller keeps the flush and sends it again.
+        """
         groups = _by_slot(calls) if self.link.cluster else [calls]
 
-        def write() -> tuple[list[tuple[str, int, Any]], set[str], Exception | None]:
-            # MULTI/EXEC: a group is written whole or not at all, so putting it back after
-            # a failure cannot count a part of it twice. One group on one Redis; on a
-            # Cluster one per slot (a transaction cannot span slots)
+        def write() -> tuple[list[tuple[str, int, Any]], Exception | None]:
+            # MULTI/EXEC: a group is written whole or not at all. One group on one Redis;
+            # on a Cluster one per slot (a transaction cannot span slots). A group sent
+            # again after a failure is skipped per tenant by the flush's number (the
+            # script keeps each router's last one), so a lost reply counts nothing twice
             written: list[tuple[str, int, Any]] = []
-            failed: set[str] = set()
-            error: Exception | None = None
             for group in groups:
-                if error is None:
-                    try:
-                        pipe = self.link.client.pipeline(transaction=True)
+                try:
+
+                    def fill(pipe: Any, group: Any = group) -> None:
                         for _, _, keys, args in group:
                             self._write(keys, args, client=pipe)
-                        replies = pipe.execute()
-                        written += [(c[0], c[1], r) for c, r in zip(group, replies, strict=True)]
-                        continue
-                    except (RedisError, RedisClusterException) as exc:
-                        error = exc
-                failed.update(c[0] for c in group)
-            return written, failed, error
 
-        try:
-            written, failed, error = await self.link.call(write)
-        except BaseException:
-            failed, error = set(batch), None
-            self._put_back(batch, failed)
-            raise
+                    replies = self.link.pipelined(fill, transaction=True)
+                    written += [(c[0], c[1], r) for c, r in zip(group, replies, strict=True)]
+                except (RedisError, RedisClusterException) as exc:
+                    return written, exc
+            return written, None
+
+        written, error = await self.link.call(write)
         for tenant, period, (_, t, u) in written:
             self._know(tenant, period, int(t), int(u))
         if error is not None:
-            self._put_back(batch, failed)
             raise RedisError(str(error))
         self._written = queued
         self._flushed.set()
         self._flushed = trio.Event()
-
-    def _put_back(self, batch: dict[str, _Due], tenants: set[str]) -> None:
-        """Queue again what a failed write did not store: nothing is lost."""
-        for tenant in tenants & set(batch):
-            due = batch[tenant]
-            later = self._pending.get(tenant)
-            if later is not None:
-                due.merge(later)
-            self._pending[tenant] = due
 
     # ------------------------------------------------------------------ health
 
