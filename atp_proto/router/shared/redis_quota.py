@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,9 +113,19 @@ class RedisQuotaStore:
     """The shared :class:`~atp_proto.router.quota.QuotaStore`. Start :meth:`run` in the
     router's nursery (it writes usage, settlements and releases, and renews the leases)."""
 
-    def __init__(self, link: RedisLink, *, lease_ms: int = ALIVE_MS) -> None:
+    def __init__(
+        self,
+        link: RedisLink,
+        *,
+        lease_ms: int = ALIVE_MS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.link = link
         self.lease_ms = lease_ms
+        #: this process's clock (seconds, any origin): only intervals of it are used,
+        #: Redis's clock (``TIME``, in every script's reply) numbers the periods
+        self.clock = clock
+        self._redis_offset: float | None = None  #: Redis's clock - ours, at the last reply
         self._admit = LuaScript(link, ADMIT)
         self._write = LuaScript(link, WRITE)
         self._pending: dict[str, _Due] = {}
@@ -124,7 +135,7 @@ class RedisQuotaStore:
         self._flushed = trio.Event()  #: set (and replaced) after each write
         self.up = True
         self._tried = -1e9  #: when admit last asked Redis
-        #: tenant -> (period window, tokens, usd): the totals Redis last answered
+        #: tenant -> (period window by Redis's clock, tokens, usd): what Redis last answered
         self._known: dict[str, tuple[int, int, int]] = {}
         #: tenant -> (streams of this router holding a lease there, period_s): renewed
         self._leased: dict[str, tuple[int, int]] = {}
@@ -205,9 +216,10 @@ class RedisQuotaStore:
                 self._wake.set()
             raise self._unreachable() from None
         self._came_back()
-        status, a, b = (int(x) for x in reply)
+        status, a, b, win, redis_ms = (int(x) for x in reply)
+        self._tick(redis_ms)
         if status not in {2, 3}:
-            self._know(tenant, period_s, a, b)
+            self._know(tenant, win, a, b)
         if status == 1:
             raise refuse_budget(q, a, b, period_s)
         if status == 2:
@@ -229,16 +241,30 @@ class RedisQuotaStore:
             retry_after_ms=STORE_DOWN_RETRY_MS,
         )
 
-    def _know(self, tenant: str, period_s: int, tokens: int, usd: int) -> None:
-        self._known[tenant] = (int(time.time() // period_s), tokens, usd)
+    def _tick(self, redis_ms: int) -> None:
+        """A script's reply carried Redis's clock: keep its offset from ours."""
+        self._redis_offset = redis_ms / 1000 - self.clock()
+
+    def window(self, period_s: int) -> int | None:
+        """The current period's number by Redis's clock (as the scripts number it), from
+        the offset of the last reply; None before the first."""
+        if self._redis_offset is None:
+            return None
+        return int((self.clock() + self._redis_offset) // period_s)
+
+    def _know(self, tenant: str, win: int, tokens: int, usd: int) -> None:
+        """Redis's totals of ``tenant`` in period ``win`` (numbered by Redis's clock)."""
+        self._known[tenant] = (win, tokens, usd)
         if len(self._known) > MAX_KNOWN:  # bounded: forget the oldest answers
             for name in list(self._known)[: MAX_KNOWN // 2]:
                 del self._known[name]
 
     def spent(self, tenant: str, period_s: int) -> tuple[int, int]:
         """What Redis last said the tenant spent this period, plus this router's usage
-        not yet written (the other routers' is seen at the next write's answer)."""
-        win = int(time.time() // period_s)
+        not yet written (the other routers' is seen at the next write's answer). The
+        period is numbered by Redis's clock, so routers whose own clocks disagree agree
+        on it, and on when it ends."""
+        win = self.window(period_s)
         w, t, u = self._known.get(tenant, (win, 0, 0))
         if w != win:
             t = u = 0
@@ -413,8 +439,9 @@ class RedisQuotaStore:
             return written, None
 
         written, error = await self.link.call(write)
-        for tenant, period, (_, t, u) in written:
-            self._know(tenant, period, int(t), int(u))
+        for tenant, _, (win, t, u, redis_ms) in written:
+            self._tick(int(redis_ms))
+            self._know(tenant, int(win), int(t), int(u))
         if error is not None:
             raise RedisError(str(error))
         self._written = queued
