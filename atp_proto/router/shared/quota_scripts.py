@@ -144,7 +144,8 @@ return {0, used_t, used_u, win, now}
 
 #: KEYS: budget (without its window), counters, holds, forfeits. ARGV: period, tokens,
 #: usd, saturation, router, streams ended, lease_ms (0: no renewal), the router's flush
-#: number, then per hold: id, tokens, usd, 1 when its stream ended. A flush number not
+#: number, then per hold: id, tokens, usd, 1 when its stream ended, and what the hold is
+#: set to once the usage is taken off it (tokens, usd; -1: unchanged). A flush number not
 #: above the router's last one (field ``#ROUTER`` of the counters: a retry of a write
 #: whose reply was lost) changes nothing and returns the totals. A hold found forfeited
 #: (its router was presumed dead, and it was charged) covers the usage it was charged
@@ -169,8 +170,9 @@ end
 redis.call('HSET', KEYS[2], '#' .. me, string.format('%.0f %.0f', seq, now))
 redis.call('PEXPIRE', KEYS[2], ttl)
 local dt, du = tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 9, #ARGV, 4 do
+for i = 9, #ARGV, 6 do
   local id, ut, uu, done = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local rt, ru = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
   local v = redis.call('HGET', KEYS[3], id)
   if v then
     if done == '1' then
@@ -179,6 +181,8 @@ for i = 9, #ARGV, 4 do
       local ht, hu, limits = string.match(v, '^(%S+) (%S+) (.+)$')
       ht = math.max(0, tonumber(ht) - ut)
       hu = math.max(0, tonumber(hu) - uu)
+      if rt >= 0 then ht = rt end
+      if ru >= 0 then hu = ru end
       redis.call('HSET', KEYS[3], id, string.format('%.0f %.0f %s', ht, hu, limits))
     end
   else

@@ -106,7 +106,9 @@ class _Due:
     tokens: int = 0
     usd: int = 0
     ended: int = 0  #: counted streams that ended
-    holds: dict[str, list[int]] = field(default_factory=dict)  #: id -> [tokens, usd, done]
+    #: id -> [tokens, usd, done, remaining tokens, remaining usd] (the last two: what the
+    #: hold is set to after this write's usage is taken off it, -1: unchanged)
+    holds: dict[str, list[int]] = field(default_factory=dict)
 
 
 class RedisQuotaStore:
@@ -140,6 +142,8 @@ class RedisQuotaStore:
         #: tenant -> (streams of this router holding a lease there, period_s): renewed
         self._leased: dict[str, tuple[int, int]] = {}
         self._holds = 0  #: hold ids issued (ROUTER/N)
+        #: hold id -> [tokens, usd] its stream charged so far (for resize_hold)
+        self._hold_used: dict[str, list[int]] = {}
         self._seq = 0  #: flushes numbered: a write retried with its number counts once
         #: the last flush, until Redis confirmed it: (seq, calls, charges queued by then)
         self._unconfirmed: tuple[int, list[tuple[str, int, list[str], list[Any]]], int] | None
@@ -209,7 +213,7 @@ class RedisQuotaStore:
             if hold or q.concurrent is not None:
                 due = self._pending.setdefault(tenant, _Due(period_s))
                 if hold:
-                    due.holds[hold] = [0, 0, 1]
+                    due.holds[hold] = [0, 0, 1, -1, -1]
                 if q.concurrent is not None:
                     due.ended += 1
                 self._queued += 1
@@ -229,6 +233,8 @@ class RedisQuotaStore:
         if budgeted or q.concurrent is not None:
             n, p = self._leased.get(tenant, (0, period_s))
             self._leased[tenant] = (n + 1, max(p, period_s))
+        if hold:
+            self._hold_used[hold] = [0, 0]
         g = grant_of(q, a, b)
         return Grant(g.tokens_left, g.usd_left, hold or None)
 
@@ -285,9 +291,13 @@ class RedisQuotaStore:
         p.tokens = min(SATURATE, p.tokens + max(0, tokens))
         p.usd = min(SATURATE, p.usd + max(0, usd_micros))
         if hold is not None:
-            h = p.holds.setdefault(hold, [0, 0, 0])
+            h = p.holds.setdefault(hold, [0, 0, 0, -1, -1])
             h[0] = min(SATURATE, h[0] + max(0, tokens))
             h[1] = min(SATURATE, h[1] + max(0, usd_micros))
+            used = self._hold_used.get(hold)
+            if used is not None:
+                used[0] = min(SATURATE, used[0] + max(0, tokens))
+                used[1] = min(SATURATE, used[1] + max(0, usd_micros))
         self._queued += 1
         self._wake.set()
 
@@ -307,7 +317,29 @@ class RedisQuotaStore:
         if q.concurrent is not None:
             p.ended += 1
         if hold is not None:
-            p.holds.setdefault(hold, [0, 0, 0])[2] = 1
+            p.holds.setdefault(hold, [0, 0, 0, -1, -1])[2] = 1
+            self._hold_used.pop(hold, None)
+        self._queued += 1
+        self._wake.set()
+
+    def resize_hold(
+        self, tenant: str, period_s: int, hold: str, tokens: int | None, usd: int | None
+    ) -> None:
+        """Set the share ``hold`` reserves to ``tokens`` / ``usd_micros`` (None: that one
+        unchanged), less what its stream charged so far, from its next write on: lowered
+        to the preflight's guard-banded estimate, raised back to the admitted share when
+        the stream outspends it (ATP-BUDGET-017). Never blocks, never raises."""
+        used = self._hold_used.get(hold)
+        if used is None:
+            return  # its stream ended
+        p = self._pending.get(tenant)
+        if p is None:
+            p = self._pending[tenant] = _Due(period_s)
+        h = p.holds.setdefault(hold, [0, 0, 0, -1, -1])
+        if tokens is not None:
+            h[3] = max(0, tokens - used[0])
+        if usd is not None:
+            h[4] = max(0, usd - used[1])
         self._queued += 1
         self._wake.set()
 
@@ -398,8 +430,8 @@ class RedisQuotaStore:
             bkey, _, ckey, hkey, fkey = self._keys(tenant)
             args: list[Any] = [due.period, due.tokens, due.usd, SATURATE, router, due.ended]
             args += [lease_ms if tenant in self._leased else 0, seq]
-            for hid, (t, u, done) in due.holds.items():
-                args += [hid, t, u, done]
+            for hid, (t, u, done, rt, ru) in due.holds.items():
+                args += [hid, t, u, done, rt, ru]
             calls.append((tenant, due.period, [bkey, ckey, hkey, fkey], args))
         for tenant, period in renewals.items():
             bkey, _, ckey, hkey, fkey = self._keys(tenant)
