@@ -43,7 +43,8 @@ def _holds(store: RedisQuotaStore, tenant: str) -> dict[str, list[int]]:
 async def test_a_hold_is_resized_less_what_its_stream_spent(redis_server: RedisServer) -> None:
     """The admitted share (100) lowered to 30, 10 spent (20 left), raised back to the
     share: 100 less the 10 spent. Each write takes the usage off first; the stream's end
-    deletes the hold."""
+    deletes the hold. A hold lowered and charged within one write keeps the share less
+    the charge."""
     store = RedisQuotaStore(RedisLink(redis_server.url, prefix=f"z{secrets.token_hex(3)}:"))
     q = TenantQuota(tokens=100)
     async with trio.open_nursery() as nursery:
@@ -65,6 +66,15 @@ async def test_a_hold_is_resized_less_what_its_stream_spent(redis_server: RedisS
         assert _holds(store, "t") == {}
         store.resize_hold("t", 3600, g.hold, 5, None)  # after the end: nothing to resize
         assert store.pending == 0
+        # lowered and charged before the writer runs (one write): 30 less the 10
+        g2 = await store.admit("t", q, 3600)
+        assert g2.hold is not None
+        store.resize_hold("t", 3600, g2.hold, 30, None)
+        store.charge("t", 10, 0, 3600, g2.hold)
+        await store.settle()
+        assert _holds(store, "t")[g2.hold][:2] == [20, 0]
+        store.release("t", q, g2.hold)
+        await store.settle()
         nursery.cancel_scope.cancel()
 
 

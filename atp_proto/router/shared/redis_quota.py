@@ -106,8 +106,8 @@ class _Due:
     tokens: int = 0
     usd: int = 0
     ended: int = 0  #: counted streams that ended
-    #: id -> [tokens, usd, done, remaining tokens, remaining usd] (the last two: what the
-    #: hold is set to after this write's usage is taken off it, -1: unchanged)
+    #: id -> [tokens, usd, done, share tokens, share usd] (the last two: the share the hold
+    #: is resized to, less all its stream charged by the write; -1: unchanged)
     holds: dict[str, list[int]] = field(default_factory=dict)
 
 
@@ -337,9 +337,9 @@ class RedisQuotaStore:
             p = self._pending[tenant] = _Due(period_s)
         h = p.holds.setdefault(hold, [0, 0, 0, -1, -1])
         if tokens is not None:
-            h[3] = max(0, tokens - used[0])
+            h[3] = max(0, tokens)
         if usd is not None:
-            h[4] = max(0, usd - used[1])
+            h[4] = max(0, usd)
         self._queued += 1
         self._wake.set()
 
@@ -430,7 +430,12 @@ class RedisQuotaStore:
             bkey, _, ckey, hkey, fkey = self._keys(tenant)
             args: list[Any] = [due.period, due.tokens, due.usd, SATURATE, router, due.ended]
             args += [lease_ms if tenant in self._leased else 0, seq]
-            for hid, (t, u, done, rt, ru) in due.holds.items():
+            for hid, (t, u, done, st, su) in due.holds.items():
+                # a resized hold keeps its share less all its stream charged, all of
+                # which this flush writes (the queue is the batch)
+                used = self._hold_used.get(hid, (0, 0))
+                rt = -1 if st < 0 else max(0, st - used[0])
+                ru = -1 if su < 0 else max(0, su - used[1])
                 args += [hid, t, u, done, rt, ru]
             calls.append((tenant, due.period, [bkey, ckey, hkey, fkey], args))
         for tenant, period in renewals.items():
