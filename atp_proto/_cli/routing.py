@@ -2,7 +2,7 @@
 the router's ``--routing-state``), offline.
 
     atp routing train public.jsonl --state routing.sqlite [--buckets 0-59]
-    atp routing show --state routing.sqlite [--json]
+    atp routing show --state routing.sqlite [--worker N] [--json]
     atp routing export --state routing.sqlite > state.json
     atp routing import state.json --state other.sqlite
 
@@ -34,8 +34,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("data", metavar="FILE.jsonl")
     t.add_argument("--buckets", metavar="A-B", help="only records with A <= bucket <= B")
     t.add_argument("--json", action="store_true", help="print a JSON summary")
-    s = sub.add_parser("show", help="print what the state knows per adapter")
+    s = sub.add_parser(
+        "show",
+        help="print what the state knows per adapter",
+        description="Print the fleet's (merged) state per adapter, and each worker's own "
+        "rows when the file holds some (atp serve --workers N, not merged yet: the "
+        "supervisor merges them when no worker runs).",
+    )
     s.add_argument("--json", action="store_true", help="one JSON object")
+    s.add_argument(
+        "--worker",
+        type=_worker,
+        metavar="N",
+        help="only worker N's own rows (as the worker saved them)",
+    )
     e = sub.add_parser("export", help="print the state as portable JSON")
     e.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     i = sub.add_parser("import", help="replace the state with an exported one")
@@ -44,6 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         q.add_argument(
             "--state", required=True, metavar="FILE.sqlite", help="the routing state file"
         )
+
+
+def _worker(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expects a worker index (0, 1, ...), got {text!r}")
+    return int(text)
 
 
 def _buckets(text: str | None) -> range | None:
@@ -97,13 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"trained on {len(chosen)} records ({per}); state in {path}")
             return 0
         if args.routing_cmd == "show":
-            state = store.load(path)
-            rows = _rows(state)
-            if args.json:
-                print(json.dumps({"dim": state.dim, "ridge": state.ridge, "arms": rows}))
-            else:
-                _table(path, rows)
-            return 0
+            return _show(path, args.worker, args.json)
         if args.routing_cmd == "export":
             text = json.dumps(store.dump_json(store.load(path)))
             if args.output:
@@ -128,6 +140,38 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args, str(exc))
 
 
+def _show(path: Path, worker: int | None, as_json: bool) -> int:
+    """The fleet's rows and each worker's own (or only worker ``worker``'s)."""
+    from atp_proto.router.routing.learner import store
+
+    found = store.workers(path)
+    if worker is not None:
+        if worker not in found:
+            have = ", ".join(map(str, found)) if found else "none (the fleet's merged state only)"
+            return _fail(f"{path}: no rows of worker {worker} (workers with rows: {have})")
+        state = store.load(path, worker=worker)
+        if as_json:
+            one = {"dim": state.dim, "ridge": state.ridge, "worker": worker}
+            print(json.dumps({**one, "arms": _rows(state)}))
+        else:
+            _table(path, {(str(worker), n): r for n, r in _rows(state).items()}, worker=True)
+        return 0
+    state = store.load(path)
+    rows = _rows(state)
+    per = {w: _rows(store.load(path, worker=w)) for w in found}
+    if as_json:
+        doc: dict[str, Any] = {"dim": state.dim, "ridge": state.ridge, "arms": rows}
+        if per:
+            doc["workers"] = {str(w): r for w, r in per.items()}
+        print(json.dumps(doc))
+        return 0
+    _table(path, {("", n): r for n, r in rows.items()})
+    if per:
+        merged = {(str(w), n): r for w, wr in per.items() for n, r in wr.items()}
+        _table(path, merged, worker=True)
+    return 0
+
+
 def _rows(state: Any) -> dict[str, dict[str, Any]]:
     return {
         name: {
@@ -141,16 +185,23 @@ def _rows(state: Any) -> dict[str, dict[str, Any]]:
     }
 
 
-def _table(path: Path, rows: dict[str, dict[str, Any]]) -> None:
+def _table(
+    path: Path, rows: dict[tuple[str, str], dict[str, Any]], *, worker: bool = False
+) -> None:
+    """``rows`` by (worker, adapter); ``worker``: the workers' own rows (a column)."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"routing state {path}")
-    for col in ("adapter", "observations", "feedback", "mean quality", "latency ms", "failures"):
-        table.add_column(col, justify="left" if col == "adapter" else "right")
-    for name, r in rows.items():
+    title = f"routing state {path}"
+    title += ": each worker's own rows, not merged yet" if worker else " (the fleet's)"
+    table = Table(title=title)
+    cols = ("adapter", "observations", "feedback", "mean quality", "latency ms", "failures")
+    for col in ("worker", *cols) if worker else cols:
+        table.add_column(col, justify="left" if col in ("adapter", "worker") else "right")
+    for (w, name), r in rows.items():
         mq = "-" if r["mean_quality"] is None else f"{r['mean_quality']:.3f}"
         table.add_row(
+            *((w,) if worker else ()),
             name,
             f"{r['observations']:g}",
             str(r["feedback"]),

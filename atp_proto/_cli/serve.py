@@ -131,7 +131,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="share tenant quotas and the learned routing state with every router using "
         "this Redis (redis://HOST:PORT[/DB], redis+cluster://NODE:PORT for a Redis "
-        "Cluster; or env ATP_REDIS_URL); unreachable: new "
+        "Cluster, redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER_NAME[?db=N] through Redis "
+        "Sentinel; or env ATP_REDIS_URL); unreachable: new "
         "streams are refused (fail closed), routing learns locally",
     )
     p.add_argument(

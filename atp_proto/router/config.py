@@ -481,9 +481,18 @@ def _check_redis_url(url: str) -> None:
         ConfigError: one line saying what is wrong.
     """
     usage = (
-        "--redis expects redis://HOST:PORT[/DB], rediss://..., unix:///PATH or "
-        "redis+cluster://HOST:PORT (a Redis Cluster node)"
+        "--redis expects redis://HOST:PORT[/DB], rediss://..., unix:///PATH, "
+        "redis+cluster://HOST:PORT (a Redis Cluster node) or "
+        "redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER_NAME[?db=N]"
     )
+    if url.partition("://")[0] in ("redis+sentinel", "rediss+sentinel"):
+        from .shared.urls import parse_sentinel  # no redis import: checked at start
+
+        try:
+            parse_sentinel(url)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return
     try:
         parts = urlsplit(url)
         _ = parts.port  # ValueError for a port that is not a number

@@ -36,6 +36,7 @@ from .budget import BudgetLedger
 
 __all__ = [
     "Grant",
+    "HoldSizer",
     "LocalQuotaStore",
     "QuotaConfig",
     "QuotaLedger",
@@ -288,7 +289,7 @@ class LocalQuotaStore:
 class QuotaLedger(BudgetLedger):
     """A stream's ledger that also charges its tenant's quota as usage arrives."""
 
-    __slots__ = ("_over", "_sink")
+    __slots__ = ("_over", "_sink", "sizer")
 
     def __init__(
         self,
@@ -302,6 +303,7 @@ class QuotaLedger(BudgetLedger):
         super().__init__(window, cap, stream_id=stream_id)
         self._sink = sink
         self._over = over
+        self.sizer: HoldSizer | None = None  #: the stream's hold in a shared store
 
     def charge(self, tokens: int, usd_micros: int) -> None:
         """Charge the stream and its tenant; EBUDGET when the stream's window or the
@@ -310,6 +312,10 @@ class QuotaLedger(BudgetLedger):
         once share it)."""
         try:
             self._sink(tokens, usd_micros)
+            if self.sizer is not None:
+                self.sizer.charged(
+                    self.tokens + max(0, tokens), self.usd_micros + max(0, usd_micros)
+                )
         except Exception:  # accounting must never fail the stream's own ledger
             log.exception("quota charge failed")
         super().charge(tokens, usd_micros)
@@ -319,13 +325,85 @@ class QuotaLedger(BudgetLedger):
                 raise BudgetExceeded(ErrorCode.EBUDGET, why, stream_id=self.stream_id)
 
 
+class HoldSizer:
+    """Keeps a stream's hold in a shared store near what the stream will spend
+    (ATP-BUDGET-017). Admission reserves the admitted share (what is left of the tenant's
+    quota, or the client's window); once the preflight has chosen the work,
+    :meth:`planned` lowers the hold to its guard-banded estimate (ATP-BUDGET-002), so that
+    a router that dies is charged for what its streams were going to spend, not for the
+    whole remainder each; :meth:`charged` raises it back to the admitted share, with the
+    write of the usage that passes the lowered hold, when the stream outspends its
+    estimate (an escalation, a failover, an adapter past its guard band)."""
+
+    __slots__ = ("_low", "full", "hold", "period", "resized", "store", "tenant")
+
+    def __init__(
+        self,
+        store: Any,
+        tenant: str,
+        period: int,
+        hold: str,
+        full: tuple[int | None, int | None],
+        resized: Any = None,
+    ) -> None:
+        self.store = store
+        self.tenant = tenant
+        self.period = period
+        self.hold = hold
+        self.full = full  #: the admitted share (tokens, usd; None: no such limit)
+        self.resized = resized  #: a metrics Counter labelled by change, or None
+        self._low: tuple[int | None, int | None] | None = None  #: the lowered hold
+
+    def planned(self, tokens: float, usd_micros: float) -> None:
+        """The preflight chose work estimated (guard-banded) at ``tokens`` and
+        ``usd_micros``: lower the hold to it (never raise it here)."""
+        full_t, full_u = self.full
+        low_t = None if full_t is None else min(full_t, math.ceil(max(0.0, tokens)))
+        low_u = None if full_u is None else min(full_u, math.ceil(max(0.0, usd_micros)))
+        if low_t == full_t and low_u == full_u:
+            return  # the estimate needs the whole share
+        self._low = (low_t, low_u)
+        self.store.resize_hold(self.tenant, self.period, self.hold, low_t, low_u)
+        if self.resized is not None:
+            self.resized.inc("lowered")
+
+    def charged(self, tokens: int, usd_micros: int) -> None:
+        """The stream's totals so far: past the lowered hold, raise it back."""
+        if self._low is None:
+            return
+        low_t, low_u = self._low
+        if (low_t is not None and tokens > low_t) or (low_u is not None and usd_micros > low_u):
+            self._low = None
+            self.store.resize_hold(self.tenant, self.period, self.hold, *self.full)
+            if self.resized is not None:
+                self.resized.inc("raised")
+
+
+def _share(grant: Grant, q: TenantQuota, cap: BudgetWindow) -> tuple[int | None, int | None]:
+    """The share a hold reserves at admission: what is left of each limited quota, or the
+    client's window when smaller (the store's ADMIT script computes the same)."""
+
+    def one(limit: int | None, left: int | None, want: int | None) -> int | None:
+        if limit is None or left is None:
+            return None
+        return left if want is None else min(left, want)
+
+    return (
+        one(q.tokens, grant.tokens_left, cap.max_tokens),
+        one(q.usd_micros, grant.usd_left, cap.max_usd_micros),
+    )
+
+
 class QuotaGuard:
     """What the router wraps every stream in when quotas are configured."""
 
-    def __init__(self, config: QuotaConfig, store: QuotaStore, refused: Any = None) -> None:
+    def __init__(
+        self, config: QuotaConfig, store: QuotaStore, refused: Any = None, resized: Any = None
+    ) -> None:
         self.config = config
         self.store = store
         self._refused = refused  #: a metrics Counter labelled by code, or None
+        self._resized = resized  #: holds lowered / raised (a Counter by change), or None
 
     async def run(self, stream_run: Any, tenant: str, output: Any) -> None:
         """Admit ``stream_run`` (a :class:`~atp_proto.router.routing.StreamRun`) against the
@@ -368,6 +446,13 @@ class QuotaGuard:
             stream_id=old.stream_id,
             over=over if budgeted else None,
         )
+        resize = getattr(store, "resize_hold", None)
+        if hold is not None and resize is not None:
+            sizer = HoldSizer(
+                store, tenant, period, hold, _share(grant, q, old.window), self._resized
+            )
+            stream_run.ledger.sizer = sizer
+            stream_run.on_plan = sizer.planned  # the preflight's hand-off (ATP-BUDGET-017)
         held = None
         if q.tokens is not None or q.usd_micros is not None:
             # the FINAL leaves once its usage is stored: a router killed after a client saw

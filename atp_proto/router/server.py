@@ -218,7 +218,13 @@ class Router:
                 store = RedisQuotaStore(link)
                 tasks.append(store.run)
                 users.append(("quota", store))
-            self.quota = QuotaGuard(config.quota, store, refused)
+            resized = self.metrics.registry.counter(
+                "atp_quota_holds_resized_total",
+                "shared-store holds lowered to the preflight's estimate, or raised back "
+                "to the admitted share when a stream outspent it (ATP-BUDGET-017)",
+                ("change",),
+            )
+            self.quota = QuotaGuard(config.quota, store, refused, resized)
         return tasks
 
     def _frame_counts(self) -> list[tuple[tuple[str, ...], float]]:

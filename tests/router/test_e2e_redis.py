@@ -287,22 +287,31 @@ def test_router_killed_with_streams_in_flight_is_charged_their_holds(
     tenant allowed 2 streams at once. While its lease runs, the other router counts the
     dead router's open streams (a third stream of the 2-stream tenant is refused); once it
     lapsed, the other router's next admission charges each killed stream its hold, the
-    larger of what it had written and its 150-token share: 450 tokens, exactly, whatever
-    the streams had written; the 2-stream tenant runs two streams at once again."""
+    larger of what it had written and its hold: its 150-token share lowered to the
+    preflight's guard-banded estimate (ATP-BUDGET-017) — what Redis held, exactly, and
+    less than 450; the 2-stream tenant runs two streams at once again."""
     (victim,) = _routers(1, adapters, "--redis", redis_server.url)
     try:
         window = BudgetWindow(max_tokens=150)
         _kill_mid_flight(victim, [("inflight", window)] * 3 + [("conc2", None)] * 2)
     finally:
         victim.stop()
-    assert _used(redis_server, "inflight") < 450  # what was written before the kill
+    written = _used(redis_server, "inflight")  # what was written before the kill
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        holds = [v.split() for v in client.hgetall("atp:q:{inflight}:h").values()]
+    finally:
+        client.close()
+    assert len(holds) == 3 and all(0 <= int(h[0]) < 150 for h in holds)
+    held = sum(int(h[0]) for h in holds)  # what the streams may still have spent
+    assert written + held < 450
     (early,) = _sequential(shared, "conc2", 1)
     assert isinstance(early, StreamError) and early.code == "EWINDOW"
     time.sleep(5.5)  # the dead router's lease (5 s) lapses
 
     (after,) = _sequential(shared[1:], "inflight", 1)
     assert isinstance(after, dict), after
-    assert _used(redis_server, "inflight") == 3 * 150 + after["tokens"]
+    assert _used(redis_server, "inflight") == written + held + after["tokens"]
     results: list[Any] = []
 
     async def two() -> None:

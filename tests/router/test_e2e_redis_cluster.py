@@ -102,7 +102,9 @@ def test_budget_and_in_flight_holds_across_two_routers_on_a_cluster(
     """[ATP-BUDGET-013] [ATP-BUDGET-017] Two routers on the cluster: a 200-token budget
     spent through both never passes 200 and Redis holds exactly what the FINALs said; a
     third router SIGKILLed with three 150-token streams in flight of a 1,000-token tenant
-    is charged their holds once its lease lapsed (450, exactly)."""
+    is charged their holds once its lease lapsed: what it had written and what its holds
+    (each lowered from 150 to the preflight's estimate, ATP-BUDGET-017) still held,
+    exactly."""
     shared = _routers(2, adapters, "--redis", cluster.url)
     try:
         results = _sequential(shared, "budget", 10)
@@ -117,10 +119,19 @@ def test_budget_and_in_flight_holds_across_two_routers_on_a_cluster(
             _kill_mid_flight(victim, [("inflight", BudgetWindow(max_tokens=150))] * 3)
         finally:
             victim.stop()
+        written = _used(cluster, "inflight")
+        c = _client(cluster)
+        try:
+            holds = [v.split() for v in c.hgetall("atp:q:{inflight}:h").values()]
+        finally:
+            c.close()
+        assert len(holds) == 3 and all(0 <= int(h[0]) < 150 for h in holds)
+        held = sum(int(h[0]) for h in holds)
+        assert written + held < 450
         time.sleep(5.5)  # the dead router's lease lapses
         (after,) = _sequential(shared[1:], "inflight", 1)
         assert isinstance(after, dict), after
-        assert _used(cluster, "inflight") == 3 * 150 + after["tokens"]
+        assert _used(cluster, "inflight") == written + held + after["tokens"]
         for r in shared:
             assert "CROSSSLOT" not in r.log() and "Redis unreachable" not in r.log()
     finally:

@@ -54,11 +54,13 @@ async def test_a_hold_is_the_admitted_share_settled_as_usage_arrives(
         g1 = await a.admit("t", q, 3600, BudgetWindow(max_tokens=30))
         g2 = await a.admit("t", q, 3600)
         assert g1.hold and g2.hold and g1.hold != g2.hold
-        # "tokens usd token-limit usd-limit" (-1: no limit)
-        assert _holds(a, "t") == {g1.hold: "30 0 100 -1", g2.hold: "100 0 100 -1"}
+        # "tokens usd token-limit usd-limit window" (-1: no limit; the period it was
+        # taken in, by Redis's clock)
+        win = int(a.link.client.time()[0]) // 3600
+        assert _holds(a, "t") == {g1.hold: f"30 0 100 -1 {win}", g2.hold: f"100 0 100 -1 {win}"}
         a.charge("t", 12, 0, 3600, g1.hold)
         await a.settle()
-        assert _holds(a, "t")[g1.hold] == "18 0 100 -1"
+        assert _holds(a, "t")[g1.hold] == f"18 0 100 -1 {win}"
         g3 = await b.admit("t", q, 3600)
         assert g3.tokens_left == 88  # A's holds do not count while A lives
         a.release("t", q, g1.hold)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -99,6 +100,9 @@ class StreamRun:
         self._ranking: Ranking | None = None
         self._why = ""
         self._saved: Savings | None = None
+        #: told the guard-banded estimate of the work the preflight chose (tokens, usd):
+        #: the tenant quota lowers the stream's hold to it (ATP-BUDGET-017); None: no hold
+        self.on_plan: Callable[[float, float], None] | None = None
 
     def _on_window(self, window: BudgetWindow) -> None:
         """A WINDOW_UPDATE's budget window (called by the session, never blocks)."""
@@ -246,6 +250,9 @@ class StreamRun:
         if not plan.fitting:
             raise StreamFailed(ErrorCode.EBUDGET, "no adapter the router chose fits the budget")
         width = min(decision.fanout, ledger.window.max_parallel or decision.fanout)
+        if self.on_plan is not None:  # the calls the stream starts with, guard-banded
+            starts = plan.fitting[: max(1, width)]
+            self.on_plan(sum(c.guarded_tokens for c in starts), sum(c.guarded_usd for c in starts))
         try:
             await ctx.admission.acquire(lane)
         except Shed:

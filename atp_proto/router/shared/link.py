@@ -18,6 +18,13 @@ Cluster: the client is then ``RedisCluster`` (it discovers the others and follow
 must start, and fail closed, while the cluster is away). Every key one script or one
 transaction touches shares one hash tag (the tenant's; the learning log is one key), and
 scripts go by EVAL there (a cluster pipeline refuses EVALSHA): :class:`LuaScript`.
+
+``redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER_NAME[?db=N]`` names Redis Sentinels
+(:mod:`.urls`): the client is ``redis.sentinel.Sentinel(...).master_for(NAME)``, whose
+pool asks the sentinels for the master's address on every new connection, and drops its
+connections when the address changed or the old master answers READONLY (demoted). A
+call during a failover fails like any unreachable Redis (fail closed for quotas, local
+state for learning); the next one after the sentinels promoted a replica reaches it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ import trio
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from .urls import SENTINEL_SCHEMES, parse_sentinel, redact_netloc
 
 __all__ = ["LuaScript", "RedisLink", "RedisError", "redacted"]
 
@@ -45,6 +55,8 @@ RedisError = redis.RedisError
 
 def redacted(url: str) -> str:
     """The URL without its password (for logs and errors: no secrets in logs)."""
+    if url.partition("://")[0] in SENTINEL_SCHEMES:
+        return redact_netloc(url)  # several hosts: urlsplit cannot read their port
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -69,11 +81,40 @@ class RedisLink:
         }
         self._client: Any = None
         self._made = threading.Lock()
-        if not self.cluster:
+        self.sentinel = scheme in SENTINEL_SCHEMES  #: a master found through Sentinels
+        #: replicas that must acknowledge every quota write (WAIT) before it counts as
+        #: stored: a Sentinel URL's ``?replicas=N`` (default 1), else 0
+        self.replicas = 0
+        self.wait_ms = 0  #: how long a write waits for them (``?wait_ms=N``, default 50)
+        self._sentinels: Sentinel | None = None
+        self._master_name = ""
+        if self.sentinel:
+            parsed = parse_sentinel(url)
+            self.replicas, self.wait_ms = parsed.replicas, parsed.wait_ms
+            self._client = self._sentinel_client(url)
+        elif not self.cluster:
             self._client = redis.Redis.from_url(url, retry_on_timeout=False, **self._options)
         #: unique per process start: a restarted worker is a new router
         self.router_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._limiter = trio.CapacityLimiter(16)
+
+    def _sentinel_client(self, url: str) -> Any:
+        """The master's client through the sentinels (connects lazily: a router starts,
+        and fails closed, while they are away)."""
+        parsed = parse_sentinel(url)
+        self._sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            list(parsed.sentinels), sentinel_kwargs=dict(self._options)
+        )
+        self._master_name = parsed.master
+        return self._sentinels.master_for(  # type: ignore[no-untyped-call]
+            parsed.master,
+            db=parsed.db,
+            username=parsed.username,
+            password=parsed.password,
+            ssl=parsed.ssl,
+            retry_on_timeout=False,
+            **self._options,
+        )
 
     @property
     def client(self) -> Any:
@@ -91,6 +132,79 @@ class RedisLink:
                     except RedisClusterException as exc:
                         raise RedisError(f"Redis Cluster unreachable: {exc}") from None
         return self._client
+
+    def pipelined(self, fill: Callable[[Any], None], *, transaction: bool) -> list[Any]:
+        """(On a worker thread.) The replies to what ``fill`` queues on a pipeline, one
+        round trip; ``transaction``: in one MULTI/EXEC.
+
+        With :attr:`replicas` (a Sentinel URL), a ``WAIT`` follows on the same connection,
+        and a write fewer replicas acknowledged within :attr:`wait_ms` counts only if
+        the sentinels name that server as the master with no failover under way: so a
+        write into an old master the sentinels are failing over, or have replaced (it
+        goes on answering until they demote it, and its last writes are then lost), is
+        refused here; the pool finds the new master, and the caller sends it again
+        (a quota write with its flush number: counted once). A master left without
+        replicas (after a failover, before the old one rejoins) is written to, each write
+        waiting ``wait_ms`` more.
+
+        Raises:
+            redis.RedisError: no answer, an error reply, or a write into a master that is
+                not (or may soon not be) the sentinels' master.
+        """
+        if not self.replicas:
+            pipe = self.client.pipeline(transaction=transaction)
+            fill(pipe)
+            return pipe.execute()  # type: ignore[no-any-return]
+        client = self.client
+        pipe = client.pipeline(transaction=False)
+        conn = client.connection_pool.get_connection()
+        pipe.connection = conn  # the WAIT must follow the writes on their connection
+        address = (conn.host, int(conn.port))
+        try:
+            if transaction:
+                pipe.execute_command("MULTI")
+            fill(pipe)
+            if transaction:
+                pipe.execute_command("EXEC")
+            pipe.execute_command("WAIT", self.replicas, self.wait_ms)
+            replies = pipe.execute()
+        finally:
+            pipe.reset()  # the connection back to the pool (execute did it, unless it raised)
+        acked = int(replies[-1])
+        if transaction:
+            replies = list(replies[-2] or ())
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        else:
+            replies = list(replies[:-1])
+        if acked < self.replicas and not self._the_master(address):
+            client.connection_pool.disconnect(inuse_connections=False)
+            raise RedisError(
+                f"{acked} of {self.replicas} replica(s) acknowledged the write and the "
+                "sentinels name another master or a failover under way"
+            )
+        return replies
+
+    def _the_master(self, address: tuple[str, int]) -> bool:
+        """Whether a sentinel names ``address`` as the master, with no failover under way."""
+        assert self._sentinels is not None
+        for sentinel in self._sentinels.sentinels:
+            try:
+                masters: Any = sentinel.sentinel_masters()
+                state = masters.get(self._master_name)
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+            if not state:
+                continue
+            flags = str(state.get("flags", ""))
+            return (
+                (str(state["ip"]), int(state["port"])) == address
+                and "failover_in_progress" not in flags
+                and not state.get("is_sdown")
+                and not state.get("is_odown")
+            )
+        return False
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` (which uses :attr:`client`) on a worker thread. Shielded: a started

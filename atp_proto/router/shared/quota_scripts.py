@@ -27,7 +27,7 @@ local function add(bkey, f, inc, cap)
   end
   return redis.call('HINCRBY', bkey, f, string.format('%.0f', inc))
 end
-local function reap(ckey, hkey, fkey, bkey, win, me, now, cap, ttl_ms)
+local function reap(ckey, hkey, fkey, bbase, me, now, cap, ttl_ms, win)
   local f = redis.call('HGETALL', ckey)
   local live, ndead = {}, 0
   for i = 1, #f, 2 do
@@ -37,7 +37,7 @@ local function reap(ckey, hkey, fkey, bkey, win, me, now, cap, ttl_ms)
         live[r] = true
       else
         ndead = ndead + 1
-        redis.call('HDEL', ckey, f[i])
+        redis.call('HDEL', ckey, f[i], '#' .. r)
       end
     end
   end
@@ -46,12 +46,15 @@ local function reap(ckey, hkey, fkey, bkey, win, me, now, cap, ttl_ms)
     for i = 1, #h, 2 do
       local r = string.match(h[i], '^(.*)/[^/]*$')
       if r == nil or not live[r] then
-        -- a hold is "tokens usd token-limit usd-limit": the streams of a tenant share
-        -- what is left (ATP-BUDGET-016), so together they could not have spent past the
-        -- quota: holds are charged up to it, never past it
-        local ht, hu, lt, lu = string.match(h[i + 1], '^(%S+) (%S+) (%S+) (%S+)$')
+        -- a hold is "tokens usd token-limit usd-limit window": the streams of a tenant
+        -- share what is left (ATP-BUDGET-016), so together they could not have spent
+        -- past the quota: holds are charged up to it, never past it, and into the period
+        -- they were taken in (a hold without a window, from an older router: this one)
+        local ht, hu, lt, lu, hw = string.match(h[i + 1], '^(%S+) (%S+) (%S+) (%S+) ?(%S*)$')
         ht, hu = tonumber(ht) or 0, tonumber(hu) or 0
         lt, lu = tonumber(lt) or -1, tonumber(lu) or -1
+        hw = tonumber(hw) or win
+        local bkey = bbase .. ':' .. hw
         local used_t = tonumber(redis.call('HGET', bkey, 't') or '0')
         local used_u = tonumber(redis.call('HGET', bkey, 'u') or '0')
         if lt >= 0 then ht = math.min(ht, math.max(0, lt - used_t)) end
@@ -61,14 +64,19 @@ local function reap(ckey, hkey, fkey, bkey, win, me, now, cap, ttl_ms)
         -- the period's counters may be new here (a renewal's write charges nothing else)
         if ht > 0 or hu > 0 then redis.call('PEXPIRE', bkey, ttl_ms) end
         redis.call('HDEL', hkey, h[i])
-        redis.call('HSET', fkey, h[i], string.format('%.0f %.0f %d', ht, hu, win))
+        redis.call('HSET', fkey, h[i], string.format('%.0f %.0f %d', ht, hu, hw))
         redis.call('PEXPIRE', fkey, ttl_ms)
       end
     end
   end
   local open = 0
   for i = 1, #f, 2 do
-    if string.sub(f[i], 1, 1) ~= '@' then
+    local kind = string.sub(f[i], 1, 1)
+    if kind == '#' then
+      -- a router's last flush number (WRITE), kept for a retry's while: ttl_ms
+      local at = tonumber(string.match(f[i + 1], ' (%S+)$') or '0')
+      if at + ttl_ms < now then redis.call('HDEL', ckey, f[i]) end
+    elseif kind ~= '@' then
       if live[f[i]] then
         open = open + tonumber(f[i + 1])
       else
@@ -88,7 +96,9 @@ end
 #: KEYS: budget (without its window), bucket, counters, holds, forfeits. ARGV: period,
 #: tokens limit, usd limit (-1: none), rate, burst, concurrent limit (-1: none), router,
 #: lease_ms, hold id ("": none), the stream's own token and usd caps (-1: none), the
-#: saturation
+#: saturation. Returns {status, a, b, window, Redis's clock in ms}: status 0 admitted
+#: (a, b: tokens and usd used), 1 budget spent (the same), 2 rate (a: retry ms), 3
+#: concurrency (a: streams open). A hold is "tokens usd token-limit usd-limit window"
 ADMIT = (
     COMMON
     + """
@@ -97,16 +107,16 @@ local period = tonumber(ARGV[1])
 local win = math.floor(secs / period)
 local bkey = KEYS[1] .. ':' .. win
 local me, cap, ttl = ARGV[7], tonumber(ARGV[12]), math.max(period * 2000, 60000)
-local open = reap(KEYS[3], KEYS[4], KEYS[5], bkey, win, me, now, cap, ttl)
+local open = reap(KEYS[3], KEYS[4], KEYS[5], KEYS[1], me, now, cap, ttl, win)
 if redis.call('EXISTS', bkey) == 1 then redis.call('EXPIRE', bkey, period * 2) end
 local used_t = tonumber(redis.call('HGET', bkey, 't') or '0')
 local used_u = tonumber(redis.call('HGET', bkey, 'u') or '0')
 local lt, lu = tonumber(ARGV[2]), tonumber(ARGV[3])
 if (lt >= 0 and used_t >= lt) or (lu >= 0 and used_u >= lu) then
-  return {1, used_t, used_u}
+  return {1, used_t, used_u, win, now}
 end
 local cl = tonumber(ARGV[6])
-if cl >= 0 and open >= cl then return {3, open, 0} end
+if cl >= 0 and open >= cl then return {3, open, 0, win, now} end
 local rate = tonumber(ARGV[4])
 if rate > 0 then
   local burst = tonumber(ARGV[5])
@@ -114,7 +124,7 @@ if rate > 0 then
   local n = tonumber(b[1]) or burst
   local at = tonumber(b[2]) or now / 1000
   n = math.min(burst, n + math.max(0, now / 1000 - at) * rate)
-  if n < 1 then return {2, math.ceil((1 - n) / rate * 1000), 0} end
+  if n < 1 then return {2, math.ceil((1 - n) / rate * 1000), 0, win, now} end
   redis.call('HSET', KEYS[2], 'n', tostring(n - 1), 'at', tostring(now / 1000))
   redis.call('PEXPIRE', KEYS[2], math.ceil(burst / rate * 1000) + 1000)
 end
@@ -124,19 +134,24 @@ if ARGV[9] ~= '' then
   local ct, cu = tonumber(ARGV[10]), tonumber(ARGV[11])
   if lt >= 0 then ht = lt - used_t; if ct >= 0 and ct < ht then ht = ct end end
   if lu >= 0 then hu = lu - used_u; if cu >= 0 and cu < hu then hu = cu end end
-  redis.call('HSET', KEYS[4], ARGV[9], string.format('%.0f %.0f %.0f %.0f', ht, hu, lt, lu))
+  redis.call('HSET', KEYS[4], ARGV[9],
+    string.format('%.0f %.0f %.0f %.0f %d', ht, hu, lt, lu, win))
 end
 if cl >= 0 or ARGV[9] ~= '' then lease(KEYS[3], KEYS[4], me, now, tonumber(ARGV[8]), ttl) end
-return {0, used_t, used_u}
+return {0, used_t, used_u, win, now}
 """
 )
 
 #: KEYS: budget (without its window), counters, holds, forfeits. ARGV: period, tokens,
-#: usd, saturation, router, streams ended, lease_ms (0: no renewal), then per hold: id,
-#: tokens, usd, 1 when its stream ended. A hold found forfeited (its router was presumed
-#: dead, and it was charged) covers the usage it was charged for, and what is left of it
-#: is given back when the stream ends in the same period: a router cut off for a while is
-#: charged exactly in the end. Returns {window, tokens used, usd used}.
+#: usd, saturation, router, streams ended, lease_ms (0: no renewal), the router's flush
+#: number, then per hold: id, tokens, usd, 1 when its stream ended, and what the hold is
+#: set to once the usage is taken off it (tokens, usd; -1: unchanged). A flush number not
+#: above the router's last one (field ``#ROUTER`` of the counters: a retry of a write
+#: whose reply was lost) changes nothing and returns the totals. A hold found forfeited
+#: (its router was presumed dead, and it was charged) covers the usage it was charged
+#: for, and what is left of it is given back, to the period the hold was taken (and
+#: charged) in, when the stream ends: a router cut off for a while is charged exactly in
+#: the end. Returns {window, tokens used, usd used, Redis's clock in ms}.
 WRITE = (
     COMMON
     + """
@@ -145,18 +160,29 @@ local period = tonumber(ARGV[1])
 local win = math.floor(secs / period)
 local bkey = KEYS[1] .. ':' .. win
 local cap, me, ttl = tonumber(ARGV[4]), ARGV[5], math.max(period * 2000, 60000)
-reap(KEYS[2], KEYS[3], KEYS[4], bkey, win, me, now, cap, ttl)
+reap(KEYS[2], KEYS[3], KEYS[4], KEYS[1], me, now, cap, ttl, win)
+local seq = tonumber(ARGV[8])
+local last = redis.call('HGET', KEYS[2], '#' .. me)
+if last and tonumber(string.match(last, '^(%S+)')) >= seq then
+  return {win, tonumber(redis.call('HGET', bkey, 't') or '0'),
+          tonumber(redis.call('HGET', bkey, 'u') or '0'), now}
+end
+redis.call('HSET', KEYS[2], '#' .. me, string.format('%.0f %.0f', seq, now))
+redis.call('PEXPIRE', KEYS[2], ttl)
 local dt, du = tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 8, #ARGV, 4 do
+for i = 9, #ARGV, 6 do
   local id, ut, uu, done = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local rt, ru = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
   local v = redis.call('HGET', KEYS[3], id)
   if v then
     if done == '1' then
       redis.call('HDEL', KEYS[3], id)
     else
-      local ht, hu, limits = string.match(v, '^(%S+) (%S+) (%S+ %S+)$')
+      local ht, hu, limits = string.match(v, '^(%S+) (%S+) (.+)$')
       ht = math.max(0, tonumber(ht) - ut)
       hu = math.max(0, tonumber(hu) - uu)
+      if rt >= 0 then ht = rt end
+      if ru >= 0 then hu = ru end
       redis.call('HSET', KEYS[3], id, string.format('%.0f %.0f %s', ht, hu, limits))
     end
   else
@@ -167,15 +193,22 @@ for i = 8, #ARGV, 4 do
       local ct, cu = math.min(ut, ft), math.min(uu, fu)
       dt, du, ft, fu = dt - ct, du - cu, ft - ct, fu - cu
       if done == '1' then
+        -- what the stream did not use is given back to the period it was charged to
         redis.call('HDEL', KEYS[4], id)
-        if tonumber(fw) == win then dt, du = dt - ft, du - fu end
+        local fkey = KEYS[1] .. ':' .. fw
+        if tonumber(fw) == win then
+          dt, du = dt - ft, du - fu
+        elseif redis.call('EXISTS', fkey) == 1 then
+          if ft > 0 then add(fkey, 't', -ft, cap) end
+          if fu > 0 then add(fkey, 'u', -fu, cap) end
+        end
       else
         redis.call('HSET', KEYS[4], id, string.format('%.0f %.0f %s', ft, fu, fw))
       end
     end
   end
 end
-local out = {win, 0, 0}
+local out = {win, 0, 0, now}
 out[2] = dt ~= 0 and add(bkey, 't', dt, cap) or tonumber(redis.call('HGET', bkey, 't') or '0')
 out[3] = du ~= 0 and add(bkey, 'u', du, cap) or tonumber(redis.call('HGET', bkey, 'u') or '0')
 if dt ~= 0 or du ~= 0 then redis.call('EXPIRE', bkey, period * 2) end

@@ -34,6 +34,13 @@ yet written when it died is covered.
 * write (one per tenant per flush; a flush is one MULTI, or one per slot on a Redis
   Cluster): the usage, the holds' settlements, the streams ended, the lease renewal;
   queued in the process and written by :meth:`RedisQuotaStore.run` as soon as they are.
+  Each flush carries its number; the script keeps each router's last one per tenant
+  (field ``#ROUTER`` of the counters) and skips a flush it has already applied, so a
+  flush whose reply was lost (a connection cut after EXEC, a failover) is sent again,
+  whole and with the same number, until it is confirmed, and counts once. With Redis
+  Sentinel (``redis+sentinel://``) a write counts as stored once a replica acknowledged
+  it (``WAIT``) or the sentinels confirm the server is the master
+  (:meth:`.link.RedisLink.pipelined`).
 
 Redis unreachable: :meth:`admit` refuses with EAGENTDOWN and ``retry_after_ms`` (fail
 closed: a stream whose cost cannot be accounted for is not run); writes stay queued in
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,26 +106,28 @@ class _Due:
     tokens: int = 0
     usd: int = 0
     ended: int = 0  #: counted streams that ended
-    holds: dict[str, list[int]] = field(default_factory=dict)  #: id -> [tokens, usd, done]
-
-    def merge(self, other: _Due) -> None:
-        """Add ``other``'s (a batch put back after a failed write meets a newer one)."""
-        self.period = max(self.period, other.period)
-        self.tokens = min(SATURATE, self.tokens + other.tokens)
-        self.usd = min(SATURATE, self.usd + other.usd)
-        self.ended += other.ended
-        for hid, (t, u, done) in other.holds.items():
-            h = self.holds.setdefault(hid, [0, 0, 0])
-            h[0], h[1], h[2] = h[0] + t, h[1] + u, max(h[2], done)
+    #: id -> [tokens, usd, done, share tokens, share usd] (the last two: the share the hold
+    #: is resized to, less all its stream charged by the write; -1: unchanged)
+    holds: dict[str, list[int]] = field(default_factory=dict)
 
 
 class RedisQuotaStore:
     """The shared :class:`~atp_proto.router.quota.QuotaStore`. Start :meth:`run` in the
     router's nursery (it writes usage, settlements and releases, and renews the leases)."""
 
-    def __init__(self, link: RedisLink, *, lease_ms: int = ALIVE_MS) -> None:
+    def __init__(
+        self,
+        link: RedisLink,
+        *,
+        lease_ms: int = ALIVE_MS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.link = link
         self.lease_ms = lease_ms
+        #: this process's clock (seconds, any origin): only intervals of it are used,
+        #: Redis's clock (``TIME``, in every script's reply) numbers the periods
+        self.clock = clock
+        self._redis_offset: float | None = None  #: Redis's clock - ours, at the last reply
         self._admit = LuaScript(link, ADMIT)
         self._write = LuaScript(link, WRITE)
         self._pending: dict[str, _Due] = {}
@@ -127,11 +137,17 @@ class RedisQuotaStore:
         self._flushed = trio.Event()  #: set (and replaced) after each write
         self.up = True
         self._tried = -1e9  #: when admit last asked Redis
-        #: tenant -> (period window, tokens, usd): the totals Redis last answered
+        #: tenant -> (period window by Redis's clock, tokens, usd): what Redis last answered
         self._known: dict[str, tuple[int, int, int]] = {}
         #: tenant -> (streams of this router holding a lease there, period_s): renewed
         self._leased: dict[str, tuple[int, int]] = {}
         self._holds = 0  #: hold ids issued (ROUTER/N)
+        #: hold id -> [tokens, usd] its stream charged so far (for resize_hold)
+        self._hold_used: dict[str, list[int]] = {}
+        self._seq = 0  #: flushes numbered: a write retried with its number counts once
+        #: the last flush, until Redis confirmed it: (seq, calls, charges queued by then)
+        self._unconfirmed: tuple[int, list[tuple[str, int, list[str], list[Any]]], int] | None
+        self._unconfirmed = None
 
     def _keys(self, tenant: str) -> tuple[str, str, str, str, str]:
         """The tenant's keys (budget, bucket, counters, holds, forfeits), all with the
@@ -179,6 +195,10 @@ class RedisQuotaStore:
             # answer at once instead of waiting for a timeout of its own
             if not probe and not self.up:
                 raise RedisError("Redis went away while this call waited")
+            if self.link.replicas:  # acknowledged by the replicas, or refused (a failover)
+                return self.link.pipelined(  # type: ignore[no-any-return]
+                    lambda pipe: self._admit(list(keys), args, client=pipe), transaction=False
+                )[0]
             return self._admit(list(keys), args)  # type: ignore[no-any-return]
 
         try:
@@ -193,16 +213,17 @@ class RedisQuotaStore:
             if hold or q.concurrent is not None:
                 due = self._pending.setdefault(tenant, _Due(period_s))
                 if hold:
-                    due.holds[hold] = [0, 0, 1]
+                    due.holds[hold] = [0, 0, 1, -1, -1]
                 if q.concurrent is not None:
                     due.ended += 1
                 self._queued += 1
                 self._wake.set()
             raise self._unreachable() from None
         self._came_back()
-        status, a, b = (int(x) for x in reply)
+        status, a, b, win, redis_ms = (int(x) for x in reply)
+        self._tick(redis_ms)
         if status not in {2, 3}:
-            self._know(tenant, period_s, a, b)
+            self._know(tenant, win, a, b)
         if status == 1:
             raise refuse_budget(q, a, b, period_s)
         if status == 2:
@@ -212,6 +233,8 @@ class RedisQuotaStore:
         if budgeted or q.concurrent is not None:
             n, p = self._leased.get(tenant, (0, period_s))
             self._leased[tenant] = (n + 1, max(p, period_s))
+        if hold:
+            self._hold_used[hold] = [0, 0]
         g = grant_of(q, a, b)
         return Grant(g.tokens_left, g.usd_left, hold or None)
 
@@ -224,16 +247,30 @@ class RedisQuotaStore:
             retry_after_ms=STORE_DOWN_RETRY_MS,
         )
 
-    def _know(self, tenant: str, period_s: int, tokens: int, usd: int) -> None:
-        self._known[tenant] = (int(time.time() // period_s), tokens, usd)
+    def _tick(self, redis_ms: int) -> None:
+        """A script's reply carried Redis's clock: keep its offset from ours."""
+        self._redis_offset = redis_ms / 1000 - self.clock()
+
+    def window(self, period_s: int) -> int | None:
+        """The current period's number by Redis's clock (as the scripts number it), from
+        the offset of the last reply; None before the first."""
+        if self._redis_offset is None:
+            return None
+        return int((self.clock() + self._redis_offset) // period_s)
+
+    def _know(self, tenant: str, win: int, tokens: int, usd: int) -> None:
+        """Redis's totals of ``tenant`` in period ``win`` (numbered by Redis's clock)."""
+        self._known[tenant] = (win, tokens, usd)
         if len(self._known) > MAX_KNOWN:  # bounded: forget the oldest answers
             for name in list(self._known)[: MAX_KNOWN // 2]:
                 del self._known[name]
 
     def spent(self, tenant: str, period_s: int) -> tuple[int, int]:
         """What Redis last said the tenant spent this period, plus this router's usage
-        not yet written (the other routers' is seen at the next write's answer)."""
-        win = int(time.time() // period_s)
+        not yet written (the other routers' is seen at the next write's answer). The
+        period is numbered by Redis's clock, so routers whose own clocks disagree agree
+        on it, and on when it ends."""
+        win = self.window(period_s)
         w, t, u = self._known.get(tenant, (win, 0, 0))
         if w != win:
             t = u = 0
@@ -254,9 +291,13 @@ class RedisQuotaStore:
         p.tokens = min(SATURATE, p.tokens + max(0, tokens))
         p.usd = min(SATURATE, p.usd + max(0, usd_micros))
         if hold is not None:
-            h = p.holds.setdefault(hold, [0, 0, 0])
+            h = p.holds.setdefault(hold, [0, 0, 0, -1, -1])
             h[0] = min(SATURATE, h[0] + max(0, tokens))
             h[1] = min(SATURATE, h[1] + max(0, usd_micros))
+            used = self._hold_used.get(hold)
+            if used is not None:
+                used[0] = min(SATURATE, used[0] + max(0, tokens))
+                used[1] = min(SATURATE, used[1] + max(0, usd_micros))
         self._queued += 1
         self._wake.set()
 
@@ -276,7 +317,29 @@ class RedisQuotaStore:
         if q.concurrent is not None:
             p.ended += 1
         if hold is not None:
-            p.holds.setdefault(hold, [0, 0, 0])[2] = 1
+            p.holds.setdefault(hold, [0, 0, 0, -1, -1])[2] = 1
+            self._hold_used.pop(hold, None)
+        self._queued += 1
+        self._wake.set()
+
+    def resize_hold(
+        self, tenant: str, period_s: int, hold: str, tokens: int | None, usd: int | None
+    ) -> None:
+        """Set the share ``hold`` reserves to ``tokens`` / ``usd_micros`` (None: that one
+        unchanged), less what its stream charged so far, from its next write on: lowered
+        to the preflight's guard-banded estimate, raised back to the admitted share when
+        the stream outspends it (ATP-BUDGET-017). Never blocks, never raises."""
+        used = self._hold_used.get(hold)
+        if used is None:
+            return  # its stream ended
+        p = self._pending.get(tenant)
+        if p is None:
+            p = self._pending[tenant] = _Due(period_s)
+        h = p.holds.setdefault(hold, [0, 0, 0, -1, -1])
+        if tokens is not None:
+            h[3] = max(0, tokens)
+        if usd is not None:
+            h[4] = max(0, usd)
         self._queued += 1
         self._wake.set()
 
@@ -336,7 +399,7 @@ class RedisQuotaStore:
                 while self._leased:
                     self._wake = trio.Event()
                     await self._wake.wait()
-            if self._pending:
+            if self._pending or self._unconfirmed is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:
                         await self._flush(False)
@@ -347,6 +410,12 @@ class RedisQuotaStore:
                         )
 
     async def _flush(self, renew: bool) -> None:
+        """Write a flush not yet confirmed (again, with its number: a write whose reply
+        was lost, or that too few replicas acknowledged, is counted once), then what is
+        queued."""
+        if self._unconfirmed is not None:
+            await self._send(*self._unconfirmed)
+            self._unconfirmed = None
         batch, self._pending = self._pending, {}
         queued = self._queued
         renewals = {t: p for t, (_, p) in self._leased.items() if t not in batch} if renew else {}
@@ -354,65 +423,67 @@ class RedisQuotaStore:
             if renew:  # idle: a PING a second keeps `up` (atp_redis_up) true to Redis
                 await self.link.call(self.link.client.ping)
             return
-        router, lease_ms = self.link.router_id, self.lease_ms
+        self._seq += 1
+        router, lease_ms, seq = self.link.router_id, self.lease_ms, self._seq
         calls: list[tuple[str, int, list[str], list[Any]]] = []
         for tenant, due in batch.items():
             bkey, _, ckey, hkey, fkey = self._keys(tenant)
             args: list[Any] = [due.period, due.tokens, due.usd, SATURATE, router, due.ended]
-            args.append(lease_ms if tenant in self._leased else 0)
-            for hid, (t, u, done) in due.holds.items():
-                args += [hid, t, u, done]
+            args += [lease_ms if tenant in self._leased else 0, seq]
+            for hid, (t, u, done, st, su) in due.holds.items():
+                # a resized hold keeps its share less all its stream charged, all of
+                # which this flush writes (the queue is the batch)
+                used = self._hold_used.get(hid, (0, 0))
+                rt = -1 if st < 0 else max(0, st - used[0])
+                ru = -1 if su < 0 else max(0, su - used[1])
+                args += [hid, t, u, done, rt, ru]
             calls.append((tenant, due.period, [bkey, ckey, hkey, fkey], args))
         for tenant, period in renewals.items():
             bkey, _, ckey, hkey, fkey = self._keys(tenant)
-            args = [period, 0, 0, SATURATE, router, 0, lease_ms]
+            args = [period, 0, 0, SATURATE, router, 0, lease_ms, seq]
             calls.append((tenant, period, [bkey, ckey, hkey, fkey], args))
+        self._unconfirmed = (seq, calls, queued)
+        await self._send(seq, calls, queued)
+        self._unconfirmed = None
+
+    async def _send(
+        self, seq: int, calls: list[tuple[str, int, list[str], list[Any]]], queued: int
+    ) -> None:
+        """Write flush ``seq``; the charges queued up to ``queued`` are then stored.
+
+        Raises:
+            RedisError: not (all) written: the caller keeps the flush and sends it again.
+        """
         groups = _by_slot(calls) if self.link.cluster else [calls]
 
-        def write() -> tuple[list[tuple[str, int, Any]], set[str], Exception | None]:
-            # MULTI/EXEC: a group is written whole or not at all, so putting it back after
-            # a failure cannot count a part of it twice. One group on one Redis; on a
-            # Cluster one per slot (a transaction cannot span slots)
+        def write() -> tuple[list[tuple[str, int, Any]], Exception | None]:
+            # MULTI/EXEC: a group is written whole or not at all. One group on one Redis;
+            # on a Cluster one per slot (a transaction cannot span slots). A group sent
+            # again after a failure is skipped per tenant by the flush's number (the
+            # script keeps each router's last one), so a lost reply counts nothing twice
             written: list[tuple[str, int, Any]] = []
-            failed: set[str] = set()
-            error: Exception | None = None
             for group in groups:
-                if error is None:
-                    try:
-                        pipe = self.link.client.pipeline(transaction=True)
+                try:
+
+                    def fill(pipe: Any, group: Any = group) -> None:
                         for _, _, keys, args in group:
                             self._write(keys, args, client=pipe)
-                        replies = pipe.execute()
-                        written += [(c[0], c[1], r) for c, r in zip(group, replies, strict=True)]
-                        continue
-                    except (RedisError, RedisClusterException) as exc:
-                        error = exc
-                failed.update(c[0] for c in group)
-            return written, failed, error
 
-        try:
-            written, failed, error = await self.link.call(write)
-        except BaseException:
-            failed, error = set(batch), None
-            self._put_back(batch, failed)
-            raise
-        for tenant, period, (_, t, u) in written:
-            self._know(tenant, period, int(t), int(u))
+                    replies = self.link.pipelined(fill, transaction=True)
+                    written += [(c[0], c[1], r) for c, r in zip(group, replies, strict=True)]
+                except (RedisError, RedisClusterException) as exc:
+                    return written, exc
+            return written, None
+
+        written, error = await self.link.call(write)
+        for tenant, _, (win, t, u, redis_ms) in written:
+            self._tick(int(redis_ms))
+            self._know(tenant, int(win), int(t), int(u))
         if error is not None:
-            self._put_back(batch, failed)
             raise RedisError(str(error))
         self._written = queued
         self._flushed.set()
         self._flushed = trio.Event()
-
-    def _put_back(self, batch: dict[str, _Due], tenants: set[str]) -> None:
-        """Queue again what a failed write did not store: nothing is lost."""
-        for tenant in tenants & set(batch):
-            due = batch[tenant]
-            later = self._pending.get(tenant)
-            if later is not None:
-                due.merge(later)
-            self._pending[tenant] = due
 
     # ------------------------------------------------------------------ health
 

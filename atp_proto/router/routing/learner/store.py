@@ -48,6 +48,7 @@ __all__ = [
     "merge_workers",
     "save",
     "snapshot",
+    "workers",
 ]
 
 FORMAT = "atp-routing-state"
@@ -247,6 +248,28 @@ def load(path: str | Path, *, worker: int | None = None) -> State:
     except sqlite3.Error as exc:
         raise StateError(f"{path}: not a routing state ({exc})") from None
     return _state(meta, rows, path)
+
+
+def workers(path: str | Path) -> list[int]:
+    """The workers whose own rows the file holds (``--workers N`` wrote them and no merge
+    has folded them into the fleet's ``arms`` yet), in order; [] for none.
+
+    Raises:
+        StateError: missing or not SQLite.
+    """
+    if not Path(path).is_file():
+        raise StateError(f"{path}: no such routing state file")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_S)
+        try:
+            if "worker_arms" not in _tables(con):
+                return []
+            found = con.execute("SELECT DISTINCT worker FROM worker_arms ORDER BY worker")
+            return [int(r[0]) for r in found.fetchall()]
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise StateError(f"{path}: not a routing state ({exc})") from None
 
 
 def _added(base: Arm, changed: list[Arm]) -> Arm:

@@ -1,0 +1,105 @@
+"""The ``--redis`` URL forms that name more than one server (no ``redis`` import here: the
+configuration checks a URL at start without loading the client).
+
+``redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[?db=N]`` (or
+``rediss+sentinel://``: TLS to the master) names the Redis Sentinels that watch a master
+called ``MASTER_NAME``: the router asks them where the master is, and asks again after a
+failover (README "Which Redis"). The credentials are the master's (and its replicas');
+the sentinels are asked without them. ``?replicas=N`` (default 1): the replicas that
+must acknowledge every quota write (``WAIT``, at most ``?wait_ms=N``, default 50)
+before the router counts it as stored without asking the sentinels whether the server is
+still the master; 0 trusts the master alone (Redis replication is asynchronous: a
+failover may then lose the writes the old master acknowledged last).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote
+
+__all__ = ["SENTINEL_SCHEMES", "SentinelURL", "parse_sentinel", "redact_netloc"]
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+_USAGE = "--redis expects redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER_NAME[?db=N]"
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelURL:
+    """A parsed ``redis+sentinel://`` URL."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+    replicas: int = 1  #: replicas that must acknowledge a quota write (``?replicas=N``)
+    wait_ms: int = 50  #: how long a write waits for them (``?wait_ms=N``, at least 1)
+
+
+def parse_sentinel(url: str) -> SentinelURL:
+    """Parse a ``redis+sentinel://`` URL.
+
+    Raises:
+        ValueError: one line saying what is wrong (never repeating the URL, which may
+            hold a password).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SENTINEL_SCHEMES:
+        raise ValueError(_USAGE)
+    netloc, _, tail = rest.partition("/")
+    path, _, query = tail.partition("?")
+    username = password = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, has_pw, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if has_pw else None
+    sentinels: list[tuple[str, int]] = []
+    for addr in netloc.split(","):
+        host, colon, port = addr.strip().rpartition(":")
+        host = host.strip("[]")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{_USAGE}: each sentinel is HOST:PORT")
+        sentinels.append((host, int(port)))
+    master = unquote(path.strip("/"))
+    if not master or "/" in master:
+        raise ValueError(f"{_USAGE}: the path names the master (as in 'sentinel monitor NAME')")
+    options = parse_qs(query, keep_blank_values=True)
+    unknown = set(options) - {"db", "replicas", "wait_ms"}
+    if unknown:
+        raise ValueError(f"{_USAGE}: unknown option(s) {', '.join(sorted(unknown))}")
+    db_text = options.get("db", ["0"])[-1]
+    if not db_text.isdigit():
+        raise ValueError(f"{_USAGE}: the DB must be a number")
+    replicas = options.get("replicas", ["1"])[-1]
+    wait_ms = options.get("wait_ms", ["50"])[-1]
+    if not replicas.isdigit() or not wait_ms.isdigit() or int(wait_ms) < 1:
+        raise ValueError(f"{_USAGE}: replicas and wait_ms must be whole numbers (wait_ms >= 1)")
+    return SentinelURL(
+        tuple(sentinels),
+        master,
+        int(db_text),
+        username,
+        password,
+        scheme.startswith("rediss"),
+        int(replicas),
+        int(wait_ms),
+    )
+
+
+def redact_netloc(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***`` (any scheme, and
+    a netloc of several hosts)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    if "@" not in netloc:
+        return url
+    userinfo, _, hosts = netloc.rpartition("@")
+    user, has_pw, _ = userinfo.partition(":")
+    if not has_pw:
+        return url
+    return f"{scheme}://{user}:***@{hosts}{slash}{tail}"

@@ -1,0 +1,76 @@
+"""``--redis redis+sentinel://...``: the URL's forms, what is refused at start (exit 2 for
+``atp serve``), and the password kept out of logs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from atp_proto.router.config import ConfigError, build_config
+from atp_proto.router.shared.link import RedisLink, redacted
+from atp_proto.router.shared.urls import SentinelURL, parse_sentinel
+
+from ._helpers_e2e import ROOT
+
+
+def test_sentinel_url_forms() -> None:
+    assert parse_sentinel("redis+sentinel://10.0.0.1:26379/main") == SentinelURL(
+        (("10.0.0.1", 26379),), "main"
+    )
+    got = parse_sentinel(
+        "rediss+sentinel://app:p%40ss@s1:26379,s2:26380,[::1]:26381/main?db=3&replicas=2&wait_ms=20"
+    )
+    assert got.sentinels == (("s1", 26379), ("s2", 26380), ("::1", 26381))
+    assert (got.master, got.db, got.username, got.password) == ("main", 3, "app", "p@ss")
+    assert (got.ssl, got.replicas, got.wait_ms) == (True, 2, 20)
+    assert parse_sentinel("redis+sentinel://h:1/m?replicas=0").replicas == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis+sentinel://h:1", "names the master"),
+        ("redis+sentinel://h:1/", "names the master"),
+        ("redis+sentinel://h/m", "HOST:PORT"),
+        ("redis+sentinel://h:1,/m", "HOST:PORT"),
+        ("redis+sentinel://h:99999/m", "HOST:PORT"),
+        ("redis+sentinel://h:1/m?db=x", "DB must be a number"),
+        ("redis+sentinel://h:1/m?replicas=-1", "whole numbers"),
+        ("redis+sentinel://h:1/m?wait_ms=0", "whole numbers"),
+        ("redis+sentinel://h:1/m?password=x", "unknown option"),
+        ("redis+sentinel://h:1/m/2", "names the master"),
+    ],
+)
+def test_bad_sentinel_urls_are_refused_at_start(url: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says) as exc:
+        build_config(file=None, env={}, flags={"redis_url": url.replace("h:1", "u:sekrit@h:1")})
+    assert "sekrit" not in str(exc.value)
+
+
+def test_a_good_sentinel_url_is_taken() -> None:
+    url = "redis+sentinel://s1:26379,s2:26379/main?db=1"
+    assert build_config(file=None, env={}, flags={"redis_url": url}).redis_url == url
+
+
+def test_the_password_never_reaches_a_log() -> None:
+    url = "redis+sentinel://app:sekrit@s1:26379,s2:26379/main"
+    assert redacted(url) == "redis+sentinel://app:***@s1:26379,s2:26379/main"
+    assert redacted("redis+sentinel://s1:26379/main") == "redis+sentinel://s1:26379/main"
+    link = RedisLink(url)  # connects lazily: made without a sentinel answering
+    assert link.sentinel and link.replicas == 1 and link.wait_ms == 50
+    assert RedisLink("redis://127.0.0.1:1/0").replicas == 0
+
+
+def test_atp_serve_exits_2_on_a_bad_sentinel_url() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "atp_proto", "serve", "--redis", "redis+sentinel://u:sekrit@h/m"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "HOST:PORT" in done.stderr and "sekrit" not in done.stderr
+    assert "Traceback" not in done.stderr
