@@ -251,6 +251,8 @@ def _small_head(major: int, n: int) -> bytes:
 
 #: the heads of 0..255 (most chunk numbers and chunk texts), looked up rather than built
 _SMALL_HEADS = {major: [_small_head(major, n) for n in range(0x100)] for major in (0, 0x60)}
+_UINT_HEADS = _SMALL_HEADS[0]
+_TEXT_HEADS = _SMALL_HEADS[0x60]
 
 
 def partial_chunk_body(chunk_no: int, adapter_key: bytes, text: str, tail: bytes) -> bytes:
@@ -259,10 +261,17 @@ def partial_chunk_body(chunk_no: int, adapter_key: bytes, text: str, tail: bytes
     and the text's head are written here (cheaper than two ``cbor2.dumps`` calls per
     relayed chunk; the same bytes, tests/router/test_streams.py)."""
     data = text.encode()
-    number = _cbor_head(0, chunk_no) if 0 <= chunk_no < 1 << 64 else cbor2.dumps(chunk_no)
-    return b"".join(
-        (_PARTIAL_HEAD, number, adapter_key, _TEXT_KEY, _cbor_head(0x60, len(data)), data, tail)
-    )
+    size = len(data)
+    # the common widths looked up / packed here, not through _cbor_head (a call less per
+    # head: this runs once per relayed chunk, ~0.3 us of its ~0.8)
+    if 0 <= chunk_no < 0x10000:
+        number = _UINT_HEADS[chunk_no] if chunk_no < 0x100 else _HEAD_16(25, chunk_no)
+    elif 0 <= chunk_no < 1 << 64:
+        number = _cbor_head(0, chunk_no)
+    else:
+        number = cbor2.dumps(chunk_no)
+    text_head = _TEXT_HEADS[size] if size < 0x100 else _cbor_head(0x60, size)
+    return b"".join((_PARTIAL_HEAD, number, adapter_key, _TEXT_KEY, text_head, data, tail))
 
 
 # ---------------------------------------------------------------------- results (decode)

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"trained on {len(chosen)} records ({per}); state in {path}")
             return 0
         if args.routing_cmd == "show":
-            return _show(path, args.worker, args.json)
+            return _show(args, path, args.worker, args.json)
         if args.routing_cmd == "export":
             text = json.dumps(store.dump_json(store.load(path)))
             if args.output:
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args, str(exc))
 
 
-def _show(path: Path, worker: int | None, as_json: bool) -> int:
+def _show(args: argparse.Namespace, path: Path, worker: int | None, as_json: bool) -> int:
     """The fleet's rows and each worker's own (or only worker ``worker``'s)."""
     from atp_proto.router.routing.learner import store
 
@@ -148,7 +148,7 @@ def _show(path: Path, worker: int | None, as_json: bool) -> int:
     if worker is not None:
         if worker not in found:
             have = ", ".join(map(str, found)) if found else "none (the fleet's merged state only)"
-            return _fail(f"{path}: no rows of worker {worker} (workers with rows: {have})")
+            return _fail(args, f"{path}: no rows of worker {worker} (workers with rows: {have})")
         state = store.load(path, worker=worker)
         if as_json:
             one = {"dim": state.dim, "ridge": state.ridge, "worker": worker}

@@ -8,8 +8,8 @@ tests/frames/test_fast_paths.py holds the two to the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Protocol
 
 from ._base import ConnectionBase
 from ._cbor import EncodedExt
@@ -49,8 +49,44 @@ _MORE: Final = int(Flags.MORE)
 _DATA: Final = FrameType.DATA
 
 
+class _Pending(Protocol):
+    """What :meth:`SendMixin.write_check` reads of a per-stream transport."""
+
+    pending_bytes: int
+
+
 class SendMixin(ConnectionBase):
     """Output: streams opened, messages and control frames queued."""
+
+    def write_check(
+        self, stream_id: int, high_water: int, transport: _Pending | None = None
+    ) -> Callable[[], bool]:
+        """The per-chunk "may this stream queue a message now" test, as one call: no DATA
+        of the stream waits for credit (:meth:`outbound_buffered` is 0) and what is queued
+        here — plus, for a per-stream transport, what it holds unacknowledged
+        (``transport.pending_bytes``, ATP-QUIC-010) — is at most ``high_water``.
+
+        The session's ``can_write`` asks the same through four calls; a router asks once
+        per relayed chunk, so the stream's test is a closure over the tables it reads
+        (tests/frames/test_write_check.py holds it to that answer)."""
+        streams = self._streams
+        out = self._output  # never replaced: its items list is, on every take
+
+        if transport is None:
+
+            def check() -> bool:
+                rec = streams.get(stream_id)
+                return (rec is None or not rec.send.outbox_bytes) and out.size <= high_water
+
+            return check
+
+        def check_io() -> bool:
+            rec = streams.get(stream_id)
+            return (rec is None or not rec.send.outbox_bytes) and (
+                out.size + transport.pending_bytes <= high_water
+            )
+
+        return check_io
 
     # ------------------------------------------------------------------ sending
 

@@ -72,6 +72,7 @@ class Output:
     waiter (``credit``, set on WINDOW_UPDATE)."""
 
     __slots__ = (
+        "_check",
         "_on_window",
         "_pending_window",
         "_session",
@@ -83,8 +84,18 @@ class Output:
         "stream_id",
     )
 
-    def __init__(self, session: _Sink, stream_id: int, lane: QoS) -> None:
+    def __init__(
+        self,
+        session: _Sink,
+        stream_id: int,
+        lane: QoS,
+        *,
+        check: Callable[[], bool] | None = None,
+    ) -> None:
+        """``check``: the session's :meth:`can_write` for this stream as one call (the
+        relay asks once per chunk); None: ask the session each time."""
         self._session = session
+        self._check = check
         self.stream_id = stream_id
         self.lane = lane
         self.scope = trio.CancelScope()
@@ -122,7 +133,8 @@ class Output:
         self.lane = lane
 
     def can_write(self) -> bool:
-        return self._session.can_write(self)
+        check = self._check
+        return check() if check is not None else self._session.can_write(self)
 
     async def writable(self) -> None:
         await self._session.writable(self)

@@ -324,7 +324,9 @@ class Session:
             self.conn.send_error(ev.stream_id, ErrorCode.EPROTO, "this peer opens no streams")
             return
         # the runner may cap the lane (Output.set_lane) before its first output
-        handle = Output(self, ev.stream_id, ev.qos)
+        sid = ev.stream_id
+        check = self.conn.write_check(sid, OUTPUT_HIGH_WATER, self._streams_io)
+        handle = Output(self, sid, ev.qos, check=check)
         self.streams[ev.stream_id] = handle
         assert self._nursery is not None
         self._nursery.start_soon(self._stream_task, ev, handle)
