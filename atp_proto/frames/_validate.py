@@ -113,19 +113,14 @@ def _check_window_update(ext: Mapping[str, Any], sid: int) -> None:
         raise RemoteProtocolError(
             ErrorCode.EPROTO, "WINDOW_UPDATE carries neither credit nor window", stream_id=sid
         )
-    if credit is not None:
-        if not _is_uint(credit) or credit == 0:  # ATP-FLOW-004
-            raise RemoteProtocolError(
-                ErrorCode.EPROTO,
-                f"credit must be a positive integer (1..{MAX_WINDOW}), got {credit!r}",
-                stream_id=sid,
-            )
-        if credit > MAX_WINDOW:  # no window can grow by more than its maximum
-            raise RemoteProtocolError(
-                ErrorCode.EWINDOW,
-                f"credit {credit} would make the window exceed 2^31-1",
-                stream_id=sid,
-            )
+    # ATP-FLOW-004: the range is the frame's, stateless (ATP-FRAME-023): 2^31 is EPROTO;
+    # EWINDOW is only for a valid increment the window cannot take (_windows.grant).
+    if credit is not None and (not _is_uint(credit) or not 1 <= credit <= MAX_WINDOW):
+        raise RemoteProtocolError(
+            ErrorCode.EPROTO,
+            f"credit must be an integer in 1..{MAX_WINDOW}, got {credit!r}",
+            stream_id=sid,
+        )
     if raw_window is not None and not valid_window(raw_window):  # ATP-FRAME-020
         raise RemoteProtocolError(
             ErrorCode.EPROTO, '"window" must map budget names to unsigned integers', stream_id=sid

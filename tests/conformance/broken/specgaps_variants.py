@@ -1,0 +1,30 @@
+"""Broken-router variants for the spec points the independent client found unclear
+(examples/node-client/README.md; loaded into router_variant.VARIANTS): each puts back the
+reference's old answer, or another plausible reading of the old text, so that a REAL
+``atp serve`` process is wrong in exactly that way and its case must catch it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def credit_over_range_ewindow() -> None:  # credit 2^31 read as a window overflow (ATP-FLOW-004)
+    from atp_proto.frames import _validate
+    from atp_proto.frames._errors import RemoteProtocolError
+    from atp_proto.frames._types import MAX_WINDOW, ErrorCode
+
+    orig = _validate._check_window_update
+
+    def check(ext: Any, sid: int) -> None:
+        credit = ext.get("credit")
+        if isinstance(credit, int) and credit > MAX_WINDOW:
+            raise RemoteProtocolError(ErrorCode.EWINDOW, "window past 2^31-1", stream_id=sid)
+        orig(ext, sid)
+
+    _validate._check_window_update = check
+
+
+VARIANTS: dict[str, Callable[[], None]] = {
+    "credit-over-range-ewindow": credit_over_range_ewindow,
+}

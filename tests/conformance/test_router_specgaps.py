@@ -1,0 +1,39 @@
+"""The router cases of the spec points the independent client found unclear
+(examples/node-client/README.md, "Where the spec was unclear"): the reference passes each
+(its full run: test_router_role.py), and a real ``atp serve`` broken back to the old
+reading (tests/conformance/broken/specgaps_variants.py) is caught with the requirement it
+breaks. One router process per variant, one case each: a few seconds apiece."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import failures, router, run_suite, violated_ids
+
+#: variant: (the requirement it breaks, the case that catches it, encoding)
+_CAUGHT = {
+    "credit-over-range-ewindow": (
+        "ATP-FLOW-004",
+        "router.vector.frame.wu-credit-2-31",
+        "binary",
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(_CAUGHT))
+def test_reference_passes_and_broken_variant_is_caught(variant: str) -> None:
+    """The case passes against the reference and fails against the variant, naming the
+    requirement; the run against the variant exits 1."""
+    want_id, case, encoding = _CAUGHT[variant]
+    args = ("--role", "router", "--level", "L3", "--encoding", encoding, "--run", case)
+    with router(adapters={"persona": "builtin:persona"}) as r:
+        code, report, err = run_suite(*args, "--target", r.url)
+    assert code == 0, (err[-2000:], failures(report))
+    assert [c["verdict"] for c in report["cases"] if c["id"] == case] == ["PASS"]
+    with router(variant=variant, adapters={"persona": "builtin:persona"}) as r:
+        code, report, _ = run_suite(*args, "--target", r.url)
+    assert code == 1
+    failed = {c["id"]: c for c in failures(report)}
+    assert case in failed, sorted(failed)
+    assert want_id in failed[case]["violated"], failed[case]
+    assert want_id in violated_ids(report)
