@@ -17,6 +17,7 @@ _CAUGHT = {
         "router.vector.frame.wu-credit-2-31",
         "binary",
     ),
+    "meta-not-map-ignored": ("ATP-FRAME-025", "router.text.syn.meta-not-map", "text"),
 }
 
 

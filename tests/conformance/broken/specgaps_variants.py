@@ -25,6 +25,24 @@ def credit_over_range_ewindow() -> None:  # credit 2^31 read as a window overflo
     _validate._check_window_update = check
 
 
+def meta_not_map_ignored() -> None:  # a SYN meta [1] read as no meta (ATP-FRAME-025)
+    from collections.abc import Mapping
+
+    from atp_proto.frames import _receiving
+
+    orig = _receiving.validate_frame
+
+    def validate(frame: Any, limits: Any = None) -> None:
+        ext = frame.ext
+        if ext and "meta" in ext and not isinstance(ext["meta"], Mapping):
+            kept = {k: v for k, v in ext.items() if k != "meta"}
+            frame = frame._replace(ext=kept)
+        orig(frame, limits)
+
+    _receiving.validate_frame = validate
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
     "credit-over-range-ewindow": credit_over_range_ewindow,
+    "meta-not-map-ignored": meta_not_map_ignored,
 }
