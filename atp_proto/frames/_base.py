@@ -181,6 +181,11 @@ class ConnectionBase:
         encoding = rec.encoding if rec is not None else self._out_encoding
         # Queue (encode) before closing: closing a text stream retires its alias.
         self._queue(Frame.error(sid, exc.code, exc.message, exc.retry_after_ms), encoding)
+        if rec is None and exc.syn and sid > self._highest_id and self.role is Role.ROUTER:
+            # ATP-STREAM-002: a refused SYN uses its id as an accepted one would (RFC 9113
+            # §5.1.1): the same or a lower id is then EPROTO, whatever refused this one.
+            self._highest_id = sid
+            self.json.note_stream_id(sid)
         if rec is not None:
             self._close_stream(rec, StreamInput.SEND_RST)
         elif encoding is _JSON:

@@ -140,7 +140,9 @@ class ReceiveMixin(ControlMixin):
             self._out_encoding = _BINARY
             what = "binary message"
             if len(prefix) >= HEADER_SIZE and not self._decoder.buffered:
-                version, ftype, _, _, sid, _, _, _, ext_len, pay_len = HEADER.unpack_from(prefix)
+                version, ftype, flags, _, sid, _, _, _, ext_len, pay_len = HEADER.unpack_from(
+                    prefix
+                )
                 lim = self.limits
                 body = ext_len + pay_len
                 if (
@@ -149,15 +151,13 @@ class ReceiveMixin(ControlMixin):
                     and (body > lim.max_frame_size or ext_len > lim.max_ext_size)
                 ):
                     self.frames_received[ftype] = self.frames_received.get(ftype, 0) + 1
-                    self._stream_error(
-                        RemoteProtocolError(
-                            ErrorCode.ETOOBIG,
-                            f"frame body of {body} bytes exceeds max_frame_size "
-                            f"{lim.max_frame_size}",
-                            stream_id=sid,
-                        ),
-                        events,
+                    err = RemoteProtocolError(
+                        ErrorCode.ETOOBIG,
+                        f"frame body of {body} bytes exceeds max_frame_size {lim.max_frame_size}",
+                        stream_id=sid,
                     )
+                    err.syn = bool(flags & SYN_BIT)  # its id is used (ATP-STREAM-002)
+                    self._stream_error(err, events)
                     return events
         return self._connection_error(
             RemoteProtocolError(
@@ -327,8 +327,11 @@ class ReceiveMixin(ControlMixin):
             try:
                 validate_frame(frame, self.limits)  # the rules that need no state
             except RemoteProtocolError as exc:
-                if exc.stream_id and not frame.flags & SYN_BIT and self._is_gone(exc.stream_id):
-                    return  # ATP-FLAG-004: a frame for a closed stream is discarded
+                if not frame.flags & SYN_BIT:
+                    if exc.stream_id and self._is_gone(exc.stream_id):
+                        return  # ATP-FLAG-004: a frame for a closed stream is discarded
+                elif ftype == FrameType.DATA:
+                    exc.syn = True  # its id is used (ATP-STREAM-002)
                 raise
         handler = self._HANDLERS.get(ftype)
         if handler is None:

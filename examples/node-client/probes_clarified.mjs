@@ -1,7 +1,7 @@
 // Probes of the spec points this client found unclear (README "Where the spec was
 // unclear"), as the spec now decides them: each names the requirement that settled it.
 import { syn } from './session.mjs';
-import { fresh, streamError } from './probes.mjs';
+import { fresh, streamError, checkComplete } from './probes.mjs';
 
 const P = [];
 const probe = (name, ids, fn) => P.push({ name, ids, fn });
@@ -20,6 +20,26 @@ for (const [key, value] of [['task_type', 42], ['adapters', 'echo'], ['fanout', 
     const r = await streamError(s, 1, 'EPROTO');
     if (r.ok && !r.error.message.includes(key)) return { ok: false, detail: `EPROTO without naming ${key}: ${r.error.message}` };
     return r;
+  });
+}
+
+// ATP-STREAM-002: a refused SYN uses its id, whatever refused it (the ext, a header field)
+for (const [why, bad] of [['meta', { ext: { meta: [1] } }], ['qos', { qos: 4 }], ['window', { window: 5 }]]) {
+  probe(`syn_refused_for_${why}_uses_its_id`, ['ATP-STREAM-002'], async (ctx) => {
+    const s = await fresh(ctx);
+    s.send(syn(5, bad));
+    const first = await streamError(s, 5, 'EPROTO');
+    if (!first.ok) { s.end(); return first; }
+    s.send(syn(5));
+    const again = await streamError(s, 5, 'EPROTO');
+    if (!again.ok) { s.end(); return { ok: false, detail: `the same id again: ${again.detail}` }; }
+    s.send(syn(3));
+    const lower = await streamError(s, 3, 'EPROTO');
+    if (!lower.ok) { s.end(); return { ok: false, detail: `a lower id: ${lower.detail}` }; }
+    s.send(syn(7));
+    const r = await s.stream(7); s.end();
+    const bad7 = checkComplete(r);
+    return { ok: !bad7, detail: bad7 ?? `id 5 used after its SYN was refused (${why}); 7 served` };
   });
 }
 

@@ -18,6 +18,7 @@ _CAUGHT = {
         "binary",
     ),
     "meta-not-map-ignored": ("ATP-FRAME-025", "router.text.syn.meta-not-map", "text"),
+    "refused-syn-id-free": ("ATP-STREAM-002", "router.stream.refused-syn-id-used-qos", "binary"),
 }
 
 

@@ -15,6 +15,7 @@ from atp_proto.frames import (
     StreamReset,
     encode_frame,
 )
+from atp_proto.frames._codec import HEADER
 from atp_proto.frames._types import MAX_WINDOW
 from atp_proto.testing.pair import ConnectionPair
 
@@ -59,3 +60,76 @@ def test_syn_meta_that_is_not_a_map_is_eproto_in_both_encodings() -> None:
     )
     (reset,) = of(p.router.receive_text(text, 0), StreamReset)
     assert (reset.stream_id, reset.code) == (1, ErrorCode.EPROTO)
+
+
+def _refused_syns() -> list[tuple[str, bytes]]:
+    """SYNs on stream 5 each refused with a stream error, for every reason a router has
+    before the stream exists: a bad ext key, a bad window, a bad meta, an unknown qos, an
+    ext that is not CBOR, a frame over max_frame_size."""
+
+    def syn(ext: dict[str, object]) -> bytes:
+        return encode_frame(Frame.data(5, 1, raw=b"\xa0", flags=Flags.SYN, ext=ext))
+
+    def raw(qos: int, ext: bytes, payload: bytes) -> bytes:  # header fields as given
+        return HEADER.pack(1, 0, 0x01, qos, 5, 1, 0, 0, len(ext), len(payload)) + ext + payload
+
+    return [
+        ("window", syn({"window": 5})),
+        ("meta", syn({"meta": [1]})),
+        ("session_id", syn({"session_id": 7})),
+        ("qos", raw(9, b"", b"\xa0")),
+        ("ext-not-cbor", raw(1, b"\xff", b"\xa0")),
+        ("too-big", raw(1, b"", b"x" * ((1 << 20) + 1))),
+    ]
+
+
+def test_a_refused_syn_uses_its_id() -> None:
+    """[ATP-STREAM-002] whatever refuses a SYN, before the stream exists or after, its id
+    is used: a SYN on the same id or a lower one is then EPROTO, a higher one is served;
+    the session lives on."""
+    for why, raw in _refused_syns():
+        p = ConnectionPair()
+        p.handshake()
+        (reset,) = of(p.router.receive_message(raw, 0), StreamReset)
+        assert reset.stream_id == 5 and not reset.by_peer, why
+        for sid in (5, 3):
+            again = Frame.data(sid, 1, raw=b"\xa0", flags=Flags.SYN)
+            evs = p.router.receive_message(encode_frame(again), 0)
+            (reset,) = of(evs, StreamReset)
+            assert (reset.stream_id, reset.code) == (sid, ErrorCode.EPROTO), (why, sid)
+            assert "increase" in reset.message and not of(evs, StreamOpened)
+        ok = Frame.data(7, 1, raw=b"\xa0", flags=Flags.SYN)
+        assert of(p.router.receive_message(encode_frame(ok), 0), StreamOpened), why
+        assert p.router.stream_state(5) is p.router.stream_state(3)  # both closed
+
+
+def test_a_refused_text_syn_uses_its_numeric_id() -> None:
+    """[ATP-STREAM-002] a JSON SYN on a numeric id refused for a bad field (qos, window)
+    uses its id as a binary one does; a frame that is not a SYN uses none."""
+    for bad in ({"qos": "platinum"}, {"window": 5}):
+        p = ConnectionPair()
+        syn = {"type": 0, "flags": ["SYN"], "stream_id": 5, "msg_seq": 1, "payload": {}}
+        (reset,) = of(p.router.receive_text(json.dumps(dict(syn, **bad)), 0), StreamReset)
+        assert reset.stream_id == 5
+        (reset,) = of(p.router.receive_text(json.dumps(syn), 0), StreamReset)
+        assert (reset.stream_id, reset.code) == (5, ErrorCode.EPROTO), bad
+        assert of(p.router.receive_text(json.dumps(dict(syn, stream_id=7)), 0), StreamOpened)
+    p = ConnectionPair()
+    wu = {"type": "WINDOW_UPDATE", "stream_id": 9, "credit": 0}
+    assert of(p.router.receive_text(json.dumps(wu), 0), StreamReset)
+    syn = {"type": 0, "flags": ["SYN"], "stream_id": 3, "msg_seq": 1, "payload": {}}
+    assert of(p.router.receive_text(json.dumps(syn), 0), StreamOpened)
+
+
+def test_a_syn_cut_by_the_message_limit_uses_its_id() -> None:
+    """[ATP-STREAM-002, ATP-WS-012] a SYN whose message was over the binding's limit (the
+    I/O layer kept its first bytes) is refused ETOOBIG and its id is used."""
+    p = ConnectionPair()
+    p.handshake()
+    big = (1 << 20) + 70_000
+    prefix = HEADER.pack(1, 0, 0x01, 1, 5, 1, 0, 0, 0, big)
+    (reset,) = of(p.router.receive_oversized(prefix, (1 << 20) + 65_536, 0), StreamReset)
+    assert (reset.stream_id, reset.code) == (5, ErrorCode.ETOOBIG)
+    again = Frame.data(5, 1, raw=b"\xa0", flags=Flags.SYN)
+    (reset,) = of(p.router.receive_message(encode_frame(again), 0), StreamReset)
+    assert (reset.stream_id, reset.code) == (5, ErrorCode.EPROTO)

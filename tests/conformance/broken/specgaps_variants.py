@@ -42,7 +42,17 @@ def meta_not_map_ignored() -> None:  # a SYN meta [1] read as no meta (ATP-FRAME
     _receiving.validate_frame = validate
 
 
+def refused_syn_id_free() -> None:  # a SYN refused before its stream existed leaves its id
+    # free (ATP-STREAM-002): the reference's old behaviour for a bad ext or header field
+    from atp_proto.frames import _errors
+
+    _errors.ProtocolError.syn = property(  # type: ignore[assignment]
+        lambda self: False, lambda self, value: None
+    )
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "refused-syn-id-free": refused_syn_id_free,
     "credit-over-range-ewindow": credit_over_range_ewindow,
     "meta-not-map-ignored": meta_not_map_ignored,
 }
