@@ -189,6 +189,11 @@ class FrameDecoder:
         """Bytes held that do not yet form a whole frame (plus bytes still to skip)."""
         return len(self._buf) - self._pos + self._skip + self._collected
 
+    @property
+    def skipping(self) -> bool:
+        """The body of a frame over the limits is still being skipped (ATP-LIMIT-001)."""
+        return self._skip > 0
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._broken is not None:
             raise self._broken

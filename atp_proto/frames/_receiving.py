@@ -58,6 +58,9 @@ class ReceiveMixin(ControlMixin):
 
     def receive_data(self, data: bytes, now: float) -> list[Event]:
         """Bytes from a byte-stream transport (QUIC stream, TCP): any chunking."""
+        return self._receive_bytes(data, now, message=False)
+
+    def _receive_bytes(self, data: bytes, now: float, *, message: bool) -> list[Event]:
         if self._closed is not None:
             return []
         self._last_recv = now
@@ -68,12 +71,15 @@ class ReceiveMixin(ControlMixin):
             self._decoder.feed(data)
         except FrameDecodeError as exc:  # pragma: no cover - decoder already broken
             return self._connection_error(exc, events)
-        self._drain_decoder(now, events)
+        self._drain_decoder(now, events, message=message)
         return events
 
     def receive_message(self, data: bytes, now: float) -> list[Event]:
-        """One WebSocket binary message: one or more whole frames."""
-        events = self.receive_data(data, now)
+        """One WebSocket binary message: one or more whole frames. A message that ends
+        inside a frame is a connection error EPROTO, whatever the frame's header
+        announces: the stream error ETOOBIG is for a frame over max_frame_size whose body
+        the message holds (ATP-WS-001, ATP-LIMIT-001)."""
+        events = self._receive_bytes(data, now, message=True)
         if self._closed is None and self._decoder.buffered:
             self._connection_error(
                 FrameDecodeError(
@@ -223,6 +229,7 @@ class ReceiveMixin(ControlMixin):
         events: list[Event],
         dec: FrameDecoder | None = None,
         channel: int | None = None,
+        message: bool = False,
     ) -> None:
         if dec is None:
             dec = self._decoder
@@ -241,6 +248,13 @@ class ReceiveMixin(ControlMixin):
                 cost = start - dec.buffered
                 self._handle_frame(frame, cost, now, events, _BINARY)
             except RemoteProtocolError as exc:
+                if message and dec.skipping:
+                    # ATP-WS-001: the whole message is in, and it ends inside this frame
+                    exc = FrameDecodeError(
+                        ErrorCode.EPROTO,
+                        f"binary message ends inside a frame ({exc.message}; "
+                        f"{dec.buffered} bytes missing)",
+                    )
                 if exc.stream_id:
                     self._stream_error(exc, events)
                 else:

@@ -1,7 +1,8 @@
 // Probes of the spec points this client found unclear (README "Where the spec was
 // unclear"), as the spec now decides them: each names the requirement that settled it.
 import { syn } from './session.mjs';
-import { fresh, streamError, checkComplete } from './probes.mjs';
+import { frame, F, CLOSE } from './frame.mjs';
+import { fresh, streamError, checkComplete, code, desc, isErr } from './probes.mjs';
 
 const P = [];
 const probe = (name, ids, fn) => P.push({ name, ids, fn });
@@ -42,5 +43,19 @@ for (const [why, bad] of [['meta', { ext: { meta: [1] } }], ['qos', { qos: 4 }],
     return { ok: !bad7, detail: bad7 ?? `id 5 used after its SYN was refused (${why}); 7 served` };
   });
 }
+
+// ATP-WS-001: a message within the limit that ends inside a frame announcing a body over
+// max_frame_size is a connection error EPROTO only, with no ETOOBIG on its stream first
+probe('message_ends_inside_oversized_frame', ['ATP-WS-001', 'ATP-LIMIT-001'], async (ctx) => {
+  const s = await fresh(ctx);
+  s.send(frame({ flags: F.SYN, stream: 1, msgSeq: 1, payload: new Uint8Array(16), payloadLen: 0xffffff00 }));
+  const r = await s.until(isErr(0), 2000);
+  const closed = await s.closed(2000);
+  const early = r.seen.find(isErr(1));
+  if (early) return { ok: false, detail: `a stream error before the EPROTO: ${desc(early)}` };
+  if (code(r.hit) !== 'EPROTO') return { ok: false, detail: `want connection error EPROTO, got ${desc(r.hit)}` };
+  if (!closed || s.closeCode !== CLOSE.EPROTO) return { ok: false, detail: `EPROTO, then close ${s.closeCode}` };
+  return { ok: true, detail: `EPROTO + close ${s.closeCode}, no ETOOBIG: ${r.hit.ext.error.message}` };
+});
 
 export const PROBES = P;

@@ -18,6 +18,11 @@ _CAUGHT = {
         "binary",
     ),
     "meta-not-map-ignored": ("ATP-FRAME-025", "router.text.syn.meta-not-map", "text"),
+    "etoobig-before-eproto": (
+        "ATP-WS-001",
+        "router.ws.message-ends-inside-oversized-frame",
+        "binary",
+    ),
     "refused-syn-id-free": ("ATP-STREAM-002", "router.stream.refused-syn-id-used-qos", "binary"),
 }
 

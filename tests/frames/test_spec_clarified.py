@@ -133,3 +133,30 @@ def test_a_syn_cut_by_the_message_limit_uses_its_id() -> None:
     again = Frame.data(5, 1, raw=b"\xa0", flags=Flags.SYN)
     (reset,) = of(p.router.receive_message(encode_frame(again), 0), StreamReset)
     assert (reset.stream_id, reset.code) == (5, ErrorCode.EPROTO)
+
+
+def test_a_message_ending_inside_an_oversized_frame_is_only_eproto() -> None:
+    """[ATP-WS-001, ATP-LIMIT-001] a message within the limit that ends inside a frame
+    whose header announces a body over max_frame_size is a connection error EPROTO, with
+    no ETOOBIG on the stream first; the same frame whole in its message is a stream
+    error ETOOBIG and the session goes on; over a byte stream (QUIC) the body is skipped
+    as it arrives."""
+    big = (1 << 20) + 1
+    head = HEADER.pack(1, 0, 0x01, 1, 1, 1, 0, 0, 0, big)
+    p = ConnectionPair()
+    p.handshake()
+    evs = p.router.receive_message(head + b"x" * 100, 0)
+    assert not of(evs, StreamReset), evs
+    (closed,) = of(evs, ConnectionClosed)
+    assert closed.code == ErrorCode.EPROTO and "inside a frame" in closed.message
+    p = ConnectionPair()
+    p.handshake()
+    evs = p.router.receive_message(head + b"x" * big, 0)
+    (reset,) = of(evs, StreamReset)
+    assert (reset.stream_id, reset.code) == (1, ErrorCode.ETOOBIG) and not of(evs, ConnectionClosed)
+    p = ConnectionPair()
+    p.handshake()
+    evs = p.router.receive_data(head + b"x" * 100, 0)  # a byte stream: the rest may follow
+    (reset,) = of(evs, StreamReset)
+    assert reset.code == ErrorCode.ETOOBIG
+    assert not of(p.router.receive_data(b"x" * (big - 100), 0), ConnectionClosed)

@@ -51,7 +51,27 @@ def refused_syn_id_free() -> None:  # a SYN refused before its stream existed le
     )
 
 
+def etoobig_before_eproto() -> None:  # a message ending inside an oversized frame gets the
+    # stream error ETOOBIG, then EPROTO (ATP-WS-001): the reference's old answer
+    from atp_proto.frames import _receiving
+
+    orig = _receiving.ReceiveMixin._drain_decoder
+
+    def drain(
+        self: Any,
+        now: float,
+        events: Any,
+        dec: Any = None,
+        channel: Any = None,
+        message: bool = False,
+    ) -> None:
+        orig(self, now, events, dec, channel)
+
+    _receiving.ReceiveMixin._drain_decoder = drain
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "etoobig-before-eproto": etoobig_before_eproto,
     "refused-syn-id-free": refused_syn_id_free,
     "credit-over-range-ewindow": credit_over_range_ewindow,
     "meta-not-map-ignored": meta_not_map_ignored,
