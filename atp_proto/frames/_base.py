@@ -16,6 +16,7 @@ from ._codec import HEADER_SIZE, FrameDecoder, encode_frame
 from ._errors import (
     LocalProtocolError,
     ProtocolError,
+    RemoteProtocolError,
     StreamClosedError,
 )
 from ._events import (
@@ -199,6 +200,18 @@ class ConnectionBase:
         events.append(
             StreamReset(sid, str(exc.code), exc.message, exc.retry_after_ms, by_peer=False)
         )
+
+    def _never_opened(self, what: str, sid: int) -> RemoteProtocolError:
+        """The stream error for ``what`` on a stream never opened (ATP-STREAM-003). On an
+        alias that names no stream it names the alias, not the id standing in for it: no
+        id was allocated (ATP-JSON-013)."""
+        alias = self.json.transient_alias(sid)
+        where = (
+            f"stream {sid}, which was never opened"
+            if alias is None
+            else f'alias "{alias}", which names no stream of the session'
+        )
+        return RemoteProtocolError(ErrorCode.EPROTO, f"{what} on {where}", stream_id=sid)
 
     def _connection_error(self, exc: ProtocolError, events: list[Event]) -> list[Event]:
         self._queue(Frame.error(0, exc.code, exc.message, exc.retry_after_ms), self._out_encoding)

@@ -215,6 +215,13 @@ class JsonMapping:
             return True
         return False
 
+    def transient_alias(self, stream_id: int) -> str | None:
+        """The alias naming no stream that this message used for ``stream_id`` (an id no
+        stream has, allocated to nothing: ATP-JSON-013), else None."""
+        if self._transient is not None and self._transient[0] == stream_id:
+            return self._transient[1]
+        return None
+
     def alias_of(self, stream_id: int) -> str | int:
         alias = self._by_id.get(stream_id)
         if alias is not None:

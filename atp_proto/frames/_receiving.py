@@ -401,9 +401,7 @@ class ReceiveMixin(ControlMixin):
                 # Never opened: the stream table has no 'idle / recv RST' row
                 # (ATP-STREAM-009; ATP-FLAG-004's discard is for streams opened and closed).
                 # Our ERROR is not answered with an ERROR (ATP-ERR-011): no ping-pong.
-                raise RemoteProtocolError(
-                    ErrorCode.EPROTO, f"RST on stream {sid}, which was never opened", stream_id=sid
-                )
+                raise self._never_opened("RST", sid)
             return None
         syn = bool(flags & SYN_BIT)
         if rec is not None:
@@ -423,9 +421,7 @@ class ReceiveMixin(ControlMixin):
         if not syn:
             if sid <= self._highest_id:
                 return None  # closed stream: discard (races with RST / FIN)
-            raise RemoteProtocolError(
-                ErrorCode.EPROTO, f"DATA on stream {sid}, which was never opened", stream_id=sid
-            )
+            raise self._never_opened("DATA", sid)
         return self._accept_stream(frame, now, encoding)
 
     def _accept_stream(self, frame: Frame, now: float, encoding: Encoding) -> Stream:

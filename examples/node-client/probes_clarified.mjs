@@ -1,6 +1,6 @@
 // Probes of the spec points this client found unclear (README "Where the spec was
 // unclear"), as the spec now decides them: each names the requirement that settled it.
-import { syn } from './session.mjs';
+import { Session, syn } from './session.mjs';
 import { frame, F, CLOSE } from './frame.mjs';
 import { fresh, streamError, checkComplete, code, desc, isErr } from './probes.mjs';
 
@@ -56,6 +56,21 @@ probe('message_ends_inside_oversized_frame', ['ATP-WS-001', 'ATP-LIMIT-001'], as
   if (code(r.hit) !== 'EPROTO') return { ok: false, detail: `want connection error EPROTO, got ${desc(r.hit)}` };
   if (!closed || s.closeCode !== CLOSE.EPROTO) return { ok: false, detail: `EPROTO, then close ${s.closeCode}` };
   return { ok: true, detail: `EPROTO + close ${s.closeCode}, no ETOOBIG: ${r.hit.ext.error.message}` };
+});
+
+// ATP-JSON-013: a frame on an alias naming no stream allocates no id, and its ERROR has no
+// stream_num; the next alias SYN gets the id it would have had (1 on a fresh session)
+probe('json_unknown_alias_allocates_no_id', ['ATP-JSON-013', 'ATP-JSON-016'], async (ctx) => {
+  const s = await Session.open(ctx.url, ctx.auth);
+  if (s.refused) throw new Error(`handshake refused: HTTP ${s.refused}`);
+  s.sendText({ type: 'WINDOW_UPDATE', stream_id: 'ghost', credit: 5 });
+  const e = (await s.until((f) => f.text && f.json.stream_id === 'ghost', 2000)).hit?.json;
+  if (!e || e.error?.code !== 'EPROTO') { s.end(); return { ok: false, detail: `want EPROTO on "ghost", got ${JSON.stringify(e)}` }; }
+  if ('stream_num' in e) { s.end(); return { ok: false, detail: `the ERROR numbers a stream that does not exist: ${JSON.stringify(e)}` }; }
+  s.sendText({ stream_id: 'a1', msg_seq: 1, flags: ['SYN'], payload: { type: 'agent.task', content: { prompt: 'x' } } });
+  const d = (await s.until((f) => f.text && f.json.stream_id === 'a1', 3000)).hit?.json; s.end();
+  if (d?.stream_num !== 1) return { ok: false, detail: `the next alias SYN got ${JSON.stringify(d)}, want stream_num 1` };
+  return { ok: true, detail: `no id for "ghost" (${e.error.message}); a1 is stream 1` };
 });
 
 export const PROBES = P;

@@ -23,6 +23,11 @@ _CAUGHT = {
         "router.ws.message-ends-inside-oversized-frame",
         "binary",
     ),
+    "unknown-alias-takes-id": (
+        "ATP-JSON-013",
+        "router.text.json.unknown-alias-no-id",
+        "text",
+    ),
     "refused-syn-id-free": ("ATP-STREAM-002", "router.stream.refused-syn-id-used-qos", "binary"),
 }
 

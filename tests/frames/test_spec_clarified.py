@@ -160,3 +160,24 @@ def test_a_message_ending_inside_an_oversized_frame_is_only_eproto() -> None:
     (reset,) = of(evs, StreamReset)
     assert reset.code == ErrorCode.ETOOBIG
     assert not of(p.router.receive_data(b"x" * (big - 100), 0), ConnectionClosed)
+
+
+def test_a_frame_on_an_alias_naming_no_stream_allocates_no_id() -> None:
+    """[ATP-JSON-013, ATP-JSON-016] DATA, WINDOW_UPDATE or RST on an alias that names no
+    stream: EPROTO on that alias, with no stream_num and a message naming the alias, not
+    a number; the next alias SYN gets id 1, as if the frame had not come."""
+    frames = (
+        {"stream_id": "ghost", "msg_seq": 2, "payload": 1},
+        {"type": "WINDOW_UPDATE", "stream_id": "ghost", "credit": 5},
+        {"stream_id": "ghost", "flags": ["RST"]},
+    )
+    for frame in frames:
+        p = ConnectionPair()
+        (reset,) = of(p.router.receive_text(json.dumps(frame), 0), StreamReset)
+        assert reset.code == ErrorCode.EPROTO and '"ghost"' in reset.message, frame
+        assert not any(ch.isdigit() for ch in reset.message), reset.message
+        (err,) = [json.loads(m) for m in p.router.data_to_send() if isinstance(m, str)]
+        assert err["stream_id"] == "ghost" and "stream_num" not in err, err
+        syn = {"stream_id": "a1", "flags": ["SYN"], "msg_seq": 1, "payload": {}}
+        (opened,) = of(p.router.receive_text(json.dumps(syn), 0), StreamOpened)
+        assert opened.stream_id == 1, frame

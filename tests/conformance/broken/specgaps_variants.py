@@ -70,7 +70,23 @@ def etoobig_before_eproto() -> None:  # a message ending inside an oversized fra
     _receiving.ReceiveMixin._drain_decoder = drain
 
 
+def unknown_alias_takes_id() -> None:  # a frame on an alias naming no stream allocates an
+    # id: the next alias SYN skips it (ATP-JSON-013)
+    from atp_proto.frames import _json
+
+    orig = _json.JsonMapping._resolve
+
+    def resolve(self: Any, raw: object, syn: bool) -> int:
+        sid = orig(self, raw, syn)
+        if self._transient is not None and self._transient[0] == sid:
+            self._next_id = sid + 1
+        return sid
+
+    _json.JsonMapping._resolve = resolve
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "unknown-alias-takes-id": unknown_alias_takes_id,
     "etoobig-before-eproto": etoobig_before_eproto,
     "refused-syn-id-free": refused_syn_id_free,
     "credit-over-range-ewindow": credit_over_range_ewindow,
