@@ -73,4 +73,12 @@ probe('json_unknown_alias_allocates_no_id', ['ATP-JSON-013', 'ATP-JSON-016'], as
   return { ok: true, detail: `no id for "ghost" (${e.error.message}); a1 is stream 1` };
 });
 
+// ATP-SESS-008 / ATP-LIMIT-006: every uint is a max_message_size (0 too); an answer that
+// does not fit ends the stream with ETOOBIG, nothing of it sent, and the session goes on
+probe('max_message_size_0_answer_etoobig', ['ATP-SESS-008', 'ATP-LIMIT-006'], async (ctx) => {
+  const s = await fresh(ctx, { max_message_size: 0 });
+  s.send(syn(1));
+  return streamError(s, 1, 'ETOOBIG');
+});
+
 export const PROBES = P;

@@ -28,6 +28,11 @@ _CAUGHT = {
         "router.text.json.unknown-alias-no-id",
         "text",
     ),
+    "small-message-size-ignored": (
+        "ATP-LIMIT-006",
+        "router.limit.answer-over-client-message-size",
+        "binary",
+    ),
     "refused-syn-id-free": ("ATP-STREAM-002", "router.stream.refused-syn-id-used-qos", "binary"),
 }
 

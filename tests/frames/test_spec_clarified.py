@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from atp_proto.frames import (
+    Connection,
     ConnectionClosed,
     ErrorCode,
     Flags,
     Frame,
+    FrameType,
+    LocalProtocolError,
+    Role,
     StreamOpened,
     StreamReset,
     encode_frame,
@@ -181,3 +187,32 @@ def test_a_frame_on_an_alias_naming_no_stream_allocates_no_id() -> None:
         syn = {"stream_id": "a1", "flags": ["SYN"], "msg_seq": 1, "payload": {}}
         (opened,) = of(p.router.receive_text(json.dumps(syn), 0), StreamOpened)
         assert opened.stream_id == 1, frame
+
+
+def _caps(caps: dict[str, object]) -> bytes:
+    return encode_frame(
+        Frame(FrameType.CAPABILITIES, 0, 0, ext={"caps": {"versions": [1], **caps}})
+    )
+
+
+def test_every_uint_is_in_range_for_the_message_and_stream_limits() -> None:
+    """[ATP-SESS-008, ATP-LIMIT-004, ATP-LIMIT-006] max_message_size 0 and max_streams 0
+    are taken, not ignored: the router then refuses locally (ETOOBIG) every message with
+    a payload on the stream, and sends nothing of it; the client opens no stream
+    (EWINDOW); text or a negative number is still ignored."""
+    router = Connection(Role.ROUTER, now=0.0)
+    syn = encode_frame(Frame.data(1, 1, raw=b"\xa0", flags=Flags.SYN))
+    router.receive_message(_caps({"max_message_size": 0, "heartbeat_ms": 0}) + syn, 0.0)
+    router.data_to_send()
+    with pytest.raises(LocalProtocolError) as info:
+        router.send_message(1, b"x", end_stream=True)
+    assert info.value.code == ErrorCode.ETOOBIG and info.value.stream_id == 1
+    assert not router.data_to_send()
+    client = Connection(Role.CLIENT, now=0.0)
+    client.receive_message(_caps({"max_streams": 0, "idle_timeout_ms": 0}), 0.0)
+    with pytest.raises(LocalProtocolError) as info:
+        client.open_stream(b"\xa0", now=None)
+    assert info.value.code == ErrorCode.EWINDOW and client.open_streams == 0
+    client = Connection(Role.CLIENT, now=0.0)
+    client.receive_message(_caps({"max_streams": "many", "max_message_size": -1}), 0.0)
+    assert client.open_stream(b"t" * 5000, now=None) == 1  # the defaults kept

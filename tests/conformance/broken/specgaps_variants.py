@@ -85,7 +85,23 @@ def unknown_alias_takes_id() -> None:  # a frame on an alias naming no stream al
     _json.JsonMapping._resolve = resolve
 
 
+def small_message_size_ignored() -> None:  # a client's max_message_size below 1,024 read
+    # as out of range and ignored, as for max_frame_size (ATP-SESS-008, ATP-LIMIT-006)
+    from atp_proto.frames import _caps
+
+    orig = _caps.PeerCaps.parse
+
+    def parse(self: Any, caps: Any) -> Any:
+        mm = caps.get("max_message_size")
+        if isinstance(mm, int) and mm < 1024:
+            caps = {k: v for k, v in caps.items() if k != "max_message_size"}
+        return orig(self, caps)
+
+    _caps.PeerCaps.parse = parse
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "small-message-size-ignored": small_message_size_ignored,
     "unknown-alias-takes-id": unknown_alias_takes_id,
     "etoobig-before-eproto": etoobig_before_eproto,
     "refused-syn-id-free": refused_syn_id_free,
