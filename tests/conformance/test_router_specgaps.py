@@ -6,9 +6,11 @@ breaks. One router process per variant, one case each: a few seconds apiece."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from .conftest import failures, router, run_suite, violated_ids
+from .conftest import BROKEN, ROOT, failures, router, run_suite, violated_ids
 
 #: variant: (the requirement it breaks, the case that catches it, encoding)
 _CAUGHT = {
@@ -54,3 +56,25 @@ def test_reference_passes_and_broken_variant_is_caught(variant: str) -> None:
     assert case in failed, sorted(failed)
     assert want_id in failed[case]["violated"], failed[case]
     assert want_id in violated_ids(report)
+
+
+#: the client side: (the requirement it breaks, the case that catches it)
+_CLIENT_CAUGHT = {
+    "credit-over-range-ewindow": ("ATP-FLOW-004", "client.flow.credit-out-of-range"),
+    "etoobig-before-eproto": ("ATP-WS-001", "client.ws.message-ends-inside-oversized-frame"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(_CLIENT_CAUGHT))
+def test_broken_client_is_caught(variant: str) -> None:
+    """The Python client testee with the old answer fails the client case, naming the
+    requirement (it passes unbroken: test_client_codec_roles.py's full run)."""
+    want_id, case = _CLIENT_CAUGHT[variant]
+    cmd = (
+        f"env PYTHONPATH={BROKEN}:{ROOT} {sys.executable} {BROKEN / 'client_variant.py'} "
+        f"{variant} {{url}} --streams {{streams}}"
+    )
+    code, report, _ = run_suite("--role", "client", "--exec", cmd, "--run", case, "--level", "L2")
+    assert code == 1
+    (failed,) = failures(report)
+    assert failed["id"] == case and want_id in failed["violated"], failed

@@ -108,3 +108,9 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "credit-over-range-ewindow": credit_over_range_ewindow,
     "meta-not-map-ignored": meta_not_map_ignored,
 }
+
+#: the same faults in the Python client testee (client_variant.py)
+CLIENT_VARIANTS: dict[str, Callable[[], None]] = {
+    "credit-over-range-ewindow": credit_over_range_ewindow,
+    "etoobig-before-eproto": etoobig_before_eproto,
+}
