@@ -218,6 +218,13 @@ class Client:
         """Wait until what the connection has queued was handed to the transport."""
         await self._session.flush()
 
+    async def _flush_before_close(self) -> None:
+        """On leaving ``connect()``: hand what the core still queues (an ERROR refusing a
+        malformed frame, ATP-FLOW-004, ATP-ERR-001) to the transport first, within 1 s,
+        so that a caller who exits on a stream error does not drop the frame saying why."""
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await self._session.flush()
+
     def _acknowledge(self, stream_id: int, size: int) -> None:
         self._conn.acknowledge(stream_id, size)
         self._session.kick()  # the session's writer sends the credit
@@ -343,6 +350,7 @@ async def connect(
             try:
                 yield client
             finally:
+                await client._flush_before_close()
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
@@ -381,4 +389,5 @@ async def _connect_quic(
             try:
                 yield client
             finally:
+                await client._flush_before_close()
                 nursery.cancel_scope.cancel()

@@ -166,12 +166,21 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
                 import json
 
                 try:  # the session_id it carries is the one the router must echo
-                    sid_text = json.loads(arg["text"]).get("session_id")
+                    obj = json.loads(arg["text"])
+                    sid_text = obj.get("session_id")
                     if isinstance(sid_text, str) and r.session_id is None:
                         r.session_id, r.session_from = sid_text, len(r.s.frames)
-                except (ValueError, AttributeError):
+                    num = obj.get("stream_id")
+                    if "SYN" in (obj.get("flags") or []) and type(num) is int:
+                        r.next_sid = max(r.next_sid, num + 2)  # used, refused or not
+                except (ValueError, AttributeError, TypeError):
                     pass
-            await r.s.send_raw(bytes.fromhex(arg["hex"]) if "hex" in arg else arg["text"])
+            raw = bytes.fromhex(arg["hex"]) if "hex" in arg else arg["text"]
+            if isinstance(raw, bytes) and len(raw) >= 24 and raw[2] & 0x01:
+                # a SYN uses its id even when it is refused (ATP-STREAM-002): open above it
+                syn_sid = int.from_bytes(raw[4:8], "big")
+                r.next_sid = max(r.next_sid, syn_sid + 2)
+            await r.s.send_raw(raw)
         elif op == "grant":
             await r.send(
                 {"type": "WINDOW_UPDATE", "stream_id": arg["stream_id"], "credit": arg["credit"]}

@@ -16,6 +16,7 @@ from ._codec import HEADER_SIZE, FrameDecoder, encode_frame
 from ._errors import (
     LocalProtocolError,
     ProtocolError,
+    RemoteProtocolError,
     StreamClosedError,
 )
 from ._events import (
@@ -181,6 +182,11 @@ class ConnectionBase:
         encoding = rec.encoding if rec is not None else self._out_encoding
         # Queue (encode) before closing: closing a text stream retires its alias.
         self._queue(Frame.error(sid, exc.code, exc.message, exc.retry_after_ms), encoding)
+        if rec is None and exc.syn and sid > self._highest_id and self.role is Role.ROUTER:
+            # ATP-STREAM-002: a refused SYN uses its id as an accepted one would (RFC 9113
+            # §5.1.1): the same or a lower id is then EPROTO, whatever refused this one.
+            self._highest_id = sid
+            self.json.note_stream_id(sid)
         if rec is not None:
             self._close_stream(rec, StreamInput.SEND_RST)
         elif encoding is _JSON:
@@ -194,6 +200,18 @@ class ConnectionBase:
         events.append(
             StreamReset(sid, str(exc.code), exc.message, exc.retry_after_ms, by_peer=False)
         )
+
+    def _never_opened(self, what: str, sid: int) -> RemoteProtocolError:
+        """The stream error for ``what`` on a stream never opened (ATP-STREAM-003). On an
+        alias that names no stream it names the alias, not the id standing in for it: no
+        id was allocated (ATP-JSON-013)."""
+        alias = self.json.transient_alias(sid)
+        where = (
+            f"stream {sid}, which was never opened"
+            if alias is None
+            else f'alias "{alias}", which names no stream of the session'
+        )
+        return RemoteProtocolError(ErrorCode.EPROTO, f"{what} on {where}", stream_id=sid)
 
     def _connection_error(self, exc: ProtocolError, events: list[Event]) -> list[Event]:
         self._queue(Frame.error(0, exc.code, exc.message, exc.retry_after_ms), self._out_encoding)

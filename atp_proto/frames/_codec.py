@@ -189,6 +189,11 @@ class FrameDecoder:
         """Bytes held that do not yet form a whole frame (plus bytes still to skip)."""
         return len(self._buf) - self._pos + self._skip + self._collected
 
+    @property
+    def skipping(self) -> bool:
+        """The body of a frame over the limits is still being skipped (ATP-LIMIT-001)."""
+        return self._skip > 0
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._broken is not None:
             raise self._broken
@@ -344,7 +349,7 @@ class FrameDecoder:
             else:
                 self._skip = body - have
                 self._buf, self._pos = b"", 0
-            raise FrameDecodeError(ErrorCode.ETOOBIG, what, stream_id=sid)
+            raise _syn_noted(FrameDecodeError(ErrorCode.ETOOBIG, what, stream_id=sid), flags)
         end = pos + HEADER_SIZE + body
         if avail < HEADER_SIZE + body:
             return None
@@ -376,14 +381,17 @@ class FrameDecoder:
                 if not sid:  # connection-level: framing cannot be trusted any more
                     self._broken = exc
                     self._buf, self._pos = b"", 0
-                raise
+                raise _syn_noted(exc, flags) from None
         else:
             ext = _EMPTY
         q = _QOS.get(qos)
         if q is None:
             if not sid:  # connection-level: leave the decoder broken
                 raise self._fail(f"unknown qos value {qos}")
-            raise FrameDecodeError(ErrorCode.EPROTO, f"unknown qos value {qos}", stream_id=sid)
+            raise _syn_noted(
+                FrameDecodeError(ErrorCode.EPROTO, f"unknown qos value {qos}", stream_id=sid),
+                flags,
+            )
         return _new_frame(
             Frame,
             (
@@ -406,6 +414,14 @@ class FrameDecoder:
         self._parts.clear()
         self._collected = 0
         return self._broken
+
+
+def _syn_noted(exc: FrameDecodeError, flags: int) -> FrameDecodeError:
+    """``exc``, marked as refusing a SYN when the header's flags have SYN (ATP-STREAM-002:
+    a router counts the id of a refused SYN as used)."""
+    if flags & 0x01:
+        exc.syn = True
+    return exc
 
 
 def decode_frames(data: bytes, limits: Limits = DEFAULT_LIMITS) -> list[Frame]:

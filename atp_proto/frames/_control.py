@@ -55,9 +55,7 @@ class ControlMixin(ConnectionBase):
         if rec is None:
             if sid <= self._highest_id:
                 return  # closed stream
-            raise RemoteProtocolError(
-                ErrorCode.EPROTO, f"WINDOW_UPDATE on stream {sid}, never opened", stream_id=sid
-            )
+            raise self._never_opened("WINDOW_UPDATE", sid)
         if rec.closed and not rec.send.outbox:
             return
         credit = frame.ext.get("credit")

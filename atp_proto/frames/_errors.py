@@ -46,6 +46,10 @@ class ATPError(Exception):
 class ProtocolError(ATPError):
     """A violation of the protocol (by either side)."""
 
+    #: the error refuses a frame whose header carries SYN: a router then counts its stream
+    #: id as used, as if the stream had been accepted (ATP-STREAM-002)
+    syn: bool = False
+
 
 class RemoteProtocolError(ProtocolError):
     """The peer broke the protocol. Answer with an ERROR frame of ``code``."""

@@ -215,6 +215,13 @@ class JsonMapping:
             return True
         return False
 
+    def transient_alias(self, stream_id: int) -> str | None:
+        """The alias naming no stream that this message used for ``stream_id`` (an id no
+        stream has, allocated to nothing: ATP-JSON-013), else None."""
+        if self._transient is not None and self._transient[0] == stream_id:
+            return self._transient[1]
+        return None
+
     def alias_of(self, stream_id: int) -> str | int:
         alias = self._by_id.get(stream_id)
         if alias is not None:
@@ -295,9 +302,31 @@ class JsonMapping:
         if flags_ok:
             for name in flags_raw:
                 flags |= _FLAG_BY_NAME.get(name, Flags(0))  # unknown flag names are ignored
-        sid = self._resolve(obj.get("stream_id"), bool(flags & Flags.SYN))
+        syn = bool(flags & Flags.SYN)
+        sid = self._resolve(obj.get("stream_id"), syn)
         # From here on the stream is known: every bad field is a stream error on it
-        # (ATP-JSON-006), or a connection error on stream 0.
+        # (ATP-JSON-006), or a connection error on stream 0; a SYN refused so still uses
+        # its id (ATP-STREAM-002).
+        try:
+            return self._decode_known(
+                obj, ftype, ftype_raw, flags, flags_ok, sid, duplicate, version
+            )
+        except FrameDecodeError as exc:
+            exc.syn = syn and flags_ok
+            raise
+
+    def _decode_known(
+        self,
+        obj: Mapping[str, Any],
+        ftype: int,
+        ftype_raw: object,
+        flags: Flags,
+        flags_ok: bool,
+        sid: int,
+        duplicate: str | None,
+        version: int,
+    ) -> Frame:
+        """The rest of :meth:`decode`, once the frame's stream is known."""
         if not flags_ok:
             raise FrameDecodeError(
                 ErrorCode.EPROTO, '"flags" must be an array of flag names', stream_id=sid

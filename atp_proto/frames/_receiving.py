@@ -70,6 +70,9 @@ class ReceiveMixin(ControlMixin):
 
     def receive_data(self, data: bytes, now: float) -> list[Event]:
         """Bytes from a byte-stream transport (QUIC stream, TCP): any chunking."""
+        return self._receive_bytes(data, now, message=False)
+
+    def _receive_bytes(self, data: bytes, now: float, *, message: bool) -> list[Event]:
         if self._closed is not None:
             return []
         self._last_recv = now
@@ -80,12 +83,15 @@ class ReceiveMixin(ControlMixin):
             self._decoder.feed(data)
         except FrameDecodeError as exc:  # pragma: no cover - decoder already broken
             return self._connection_error(exc, events)
-        self._drain_decoder(now, events)
+        self._drain_decoder(now, events, message=message)
         return events
 
     def receive_message(self, data: bytes, now: float) -> list[Event]:
-        """One WebSocket binary message: one or more whole frames."""
-        events = self.receive_data(data, now)
+        """One WebSocket binary message: one or more whole frames. A message that ends
+        inside a frame is a connection error EPROTO, whatever the frame's header
+        announces: the stream error ETOOBIG is for a frame over max_frame_size whose body
+        the message holds (ATP-WS-001, ATP-LIMIT-001)."""
+        events = self._receive_bytes(data, now, message=True)
         if self._closed is None and self._decoder.buffered:
             self._connection_error(
                 FrameDecodeError(
@@ -152,7 +158,9 @@ class ReceiveMixin(ControlMixin):
             self._out_encoding = _BINARY
             what = "binary message"
             if len(prefix) >= HEADER_SIZE and not self._decoder.buffered:
-                version, ftype, _, _, sid, _, _, _, ext_len, pay_len = HEADER.unpack_from(prefix)
+                version, ftype, flags, _, sid, _, _, _, ext_len, pay_len = HEADER.unpack_from(
+                    prefix
+                )
                 lim = self.limits
                 body = ext_len + pay_len
                 if (
@@ -161,15 +169,13 @@ class ReceiveMixin(ControlMixin):
                     and (body > lim.max_frame_size or ext_len > lim.max_ext_size)
                 ):
                     self.frames_received[ftype] = self.frames_received.get(ftype, 0) + 1
-                    self._stream_error(
-                        RemoteProtocolError(
-                            ErrorCode.ETOOBIG,
-                            f"frame body of {body} bytes exceeds max_frame_size "
-                            f"{lim.max_frame_size}",
-                            stream_id=sid,
-                        ),
-                        events,
+                    err = RemoteProtocolError(
+                        ErrorCode.ETOOBIG,
+                        f"frame body of {body} bytes exceeds max_frame_size {lim.max_frame_size}",
+                        stream_id=sid,
                     )
+                    err.syn = bool(flags & SYN_BIT)  # its id is used (ATP-STREAM-002)
+                    self._stream_error(err, events)
                     return events
         return self._connection_error(
             RemoteProtocolError(
@@ -235,6 +241,7 @@ class ReceiveMixin(ControlMixin):
         events: list[Event],
         dec: FrameDecoder | None = None,
         channel: int | None = None,
+        message: bool = False,
     ) -> None:
         if dec is None:
             dec = self._decoder
@@ -253,6 +260,13 @@ class ReceiveMixin(ControlMixin):
                 cost = start - dec.buffered
                 self._handle_frame(frame, cost, now, events, _BINARY)
             except RemoteProtocolError as exc:
+                if message and dec.skipping:
+                    # ATP-WS-001: the whole message is in, and it ends inside this frame
+                    exc = FrameDecodeError(
+                        ErrorCode.EPROTO,
+                        f"binary message ends inside a frame ({exc.message}; "
+                        f"{dec.buffered} bytes missing)",
+                    )
                 if exc.stream_id:
                     self._stream_error(exc, events)
                 else:
@@ -367,8 +381,11 @@ class ReceiveMixin(ControlMixin):
             try:
                 validate_frame(frame, self.limits)  # the rules that need no state
             except RemoteProtocolError as exc:
-                if exc.stream_id and not frame.flags & SYN_BIT and self._is_gone(exc.stream_id):
-                    return  # ATP-FLAG-004: a frame for a closed stream is discarded
+                if not frame.flags & SYN_BIT:
+                    if exc.stream_id and self._is_gone(exc.stream_id):
+                        return  # ATP-FLAG-004: a frame for a closed stream is discarded
+                elif ftype == FrameType.DATA:
+                    exc.syn = True  # its id is used (ATP-STREAM-002)
                 raise
         handler = self._HANDLERS.get(ftype)
         if handler is None:
@@ -424,9 +441,7 @@ class ReceiveMixin(ControlMixin):
                 # Never opened: the stream table has no 'idle / recv RST' row
                 # (ATP-STREAM-009; ATP-FLAG-004's discard is for streams opened and closed).
                 # Our ERROR is not answered with an ERROR (ATP-ERR-011): no ping-pong.
-                raise RemoteProtocolError(
-                    ErrorCode.EPROTO, f"RST on stream {sid}, which was never opened", stream_id=sid
-                )
+                raise self._never_opened("RST", sid)
             return None
         syn = bool(flags & SYN_BIT)
         if rec is not None:
@@ -446,9 +461,7 @@ class ReceiveMixin(ControlMixin):
         if not syn:
             if sid <= self._highest_id:
                 return None  # closed stream: discard (races with RST / FIN)
-            raise RemoteProtocolError(
-                ErrorCode.EPROTO, f"DATA on stream {sid}, which was never opened", stream_id=sid
-            )
+            raise self._never_opened("DATA", sid)
         return self._accept_stream(frame, now, encoding)
 
     def _accept_stream(self, frame: Frame, now: float, encoding: Encoding) -> Stream:

@@ -65,13 +65,18 @@ def validate_frame(frame: Frame, limits: Limits = DEFAULT_LIMITS) -> None:
                 raise RemoteProtocolError(
                     ErrorCode.ETOOBIG, f"heartbeat payload over {limits.max_hb_payload} bytes"
                 )
-        elif frame.flags & _SYN and "window" in ext and not valid_window(ext["window"]):
-            # ATP-BUDGET-008: an invalid field is an error, never "unlimited"
-            raise RemoteProtocolError(
-                ErrorCode.EPROTO,
-                '"window" must map max_parallel / max_tokens / max_usd_micros to unsigned integers',
-                stream_id=sid,
-            )
+        elif frame.flags & _SYN and ext:
+            if "window" in ext and not valid_window(ext["window"]):
+                # ATP-BUDGET-008: an invalid field is an error, never "unlimited"
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO,
+                    '"window" must map max_parallel / max_tokens / max_usd_micros to '
+                    "unsigned integers",
+                    stream_id=sid,
+                )
+            if "meta" in ext and not isinstance(ext["meta"], Mapping):
+                # ATP-FRAME-025: never read as "no meta" (its policy keys would be lost)
+                raise RemoteProtocolError(ErrorCode.EPROTO, '"meta" must be a map', stream_id=sid)
     elif ftype == FrameType.WINDOW_UPDATE:
         _check_window_update(ext, sid)
     elif ftype == FrameType.ERROR:
@@ -113,19 +118,14 @@ def _check_window_update(ext: Mapping[str, Any], sid: int) -> None:
         raise RemoteProtocolError(
             ErrorCode.EPROTO, "WINDOW_UPDATE carries neither credit nor window", stream_id=sid
         )
-    if credit is not None:
-        if not _is_uint(credit) or credit == 0:  # ATP-FLOW-004
-            raise RemoteProtocolError(
-                ErrorCode.EPROTO,
-                f"credit must be a positive integer (1..{MAX_WINDOW}), got {credit!r}",
-                stream_id=sid,
-            )
-        if credit > MAX_WINDOW:  # no window can grow by more than its maximum
-            raise RemoteProtocolError(
-                ErrorCode.EWINDOW,
-                f"credit {credit} would make the window exceed 2^31-1",
-                stream_id=sid,
-            )
+    # ATP-FLOW-004: the range is the frame's, stateless (ATP-FRAME-023): 2^31 is EPROTO;
+    # EWINDOW is only for a valid increment the window cannot take (_windows.grant).
+    if credit is not None and (not _is_uint(credit) or not 1 <= credit <= MAX_WINDOW):
+        raise RemoteProtocolError(
+            ErrorCode.EPROTO,
+            f"credit must be a positive integer in 1..{MAX_WINDOW}, got {credit!r}",
+            stream_id=sid,
+        )
     if raw_window is not None and not valid_window(raw_window):  # ATP-FRAME-020
         raise RemoteProtocolError(
             ErrorCode.EPROTO, '"window" must map budget names to unsigned integers', stream_id=sid

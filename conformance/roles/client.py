@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import struct
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,6 +91,20 @@ _CASES: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
         "a BUDGET_UPDATE from the router is accepted mid-stream",
         ("ATP-FRAME-014", "ATP-EXT-004"),
         {"budget_update": True},
+    ),
+    (
+        "client.flow.credit-out-of-range",
+        "a WINDOW_UPDATE credit of 2^31 (outside 1 .. 2^31-1) is a stream error EPROTO, "
+        "not EWINDOW",
+        ("ATP-FLOW-004", "ATP-FRAME-023"),
+        {"bad_credit": True},
+    ),
+    (
+        "client.ws.message-ends-inside-oversized-frame",
+        "a message that ends inside a frame announcing a body over max_frame_size is a "
+        "connection error EPROTO, with no ETOOBIG on the stream",
+        ("ATP-WS-001", "ATP-LIMIT-001"),
+        {"cut_frame": True},
     ),
     (
         "client.time.ttl",
@@ -252,6 +267,17 @@ def _judge(
         for e in seen.errors_from_client
     ):
         probs.append(("ATP-STREAM-006", "no ERROR EPROTO on stream 2 for the router's SYN"))
+    codes = {
+        (e.get("stream_id"), (e.get("error") or {}).get("code")) for e in seen.errors_from_client
+    }
+    if params.get("bad_credit") and (seen.opened[:1] and (seen.opened[0], "EPROTO") not in codes):
+        got = sorted(str(c) for i, c in codes if i == seen.opened[0]) or ["no ERROR"]
+        probs.append(("ATP-FLOW-004", f"credit 2^31 answered with {', '.join(got)}, not EPROTO"))
+    if params.get("cut_frame") and seen.opened[:1]:
+        if (0, "EPROTO") not in codes:
+            probs.append(("ATP-WS-001", "no ERROR EPROTO on stream 0 for a message cut in a frame"))
+        if any(i == seen.opened[0] for i, _ in codes):
+            probs.append(("ATP-WS-001", "a stream error for a frame the message ends inside"))
     if params.get("heartbeat") and not seen.hb_ack:
         probs.append(("ATP-TIME-002", "the heartbeat got no HB|ACK with its payload"))
     if params.get("drain") and seen.after_drain_syn:
@@ -439,6 +465,16 @@ async def _script(
                 continue  # a later message of the client (e.g. FIN): nothing to do
             answered += 1
             if params.get("silent"):
+                continue
+            if params.get("bad_credit"):  # ATP-FLOW-004: malformed, whatever the window
+                await send({"type": "WINDOW_UPDATE", "stream_id": sid, "credit": 1 << 31})
+                continue
+            if params.get("cut_frame"):  # ATP-WS-001: the header announces 4 GiB, 16 bytes follow
+                head = struct.pack(
+                    "!BBBBIIHHII", 1, 0, 0x04, 0, sid, next_seq[sid], 0, 0, 0, 0xFFFFFF00
+                )
+                rec.sent(head + bytes(16))
+                await ws.send(head + bytes(16))
                 continue
             if params.get("refuse_ms") and answered == 1:
                 await send(

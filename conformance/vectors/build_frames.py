@@ -512,6 +512,14 @@ def vectors() -> list[dict[str, Any]]:
         "a credit increment of 0",
     )
     bad(
+        "frame.wu-credit-2-31",
+        ["ATP-FLOW-004", "ATP-FRAME-023"],
+        build_frame(T_WINDOW_UPDATE, 0, 1, ext={"credit": 2**31}),
+        "EPROTO",
+        "stream",
+        "a credit of 2^31, outside 1 .. 2^31-1: malformed whatever the window holds",
+    )
+    bad(
         "frame.wu-window-not-map",
         ["ATP-FRAME-020"],
         build_frame(T_WINDOW_UPDATE, 0, 1, ext={"window": 5}),

@@ -48,11 +48,20 @@ const peer = { max_frame_size: 1048576, initial_window: 262144, max_message_size
 let peerCaps = false, draining = false, sessionEnd = null;
 const credit = new Map(); // stream -> send credit left
 const known = new Set(); // streams we opened
+const refused = new Map(); // stream -> why we ended it with a stream error
 let nextId = 1;
 
 /** Read one frame and do what the session needs; returns it (or null: closed / timeout). */
 async function pump(timeoutMs) {
   const f = await s.recv(timeoutMs);
+  if (s.badMessage && !sessionEnd) {
+    // ATP-WS-001: a message that ends inside a frame is a connection error EPROTO, whatever
+    // the frame's header announces (no ETOOBIG for a frame the message cuts)
+    sessionEnd = `EPROTO: ${s.badMessage}`;
+    s.send(frame({ type: T.ERROR, stream: 0, ext: { error: { code: 'EPROTO', message: s.badMessage } } }));
+    s.ws.close(1002);
+    return null;
+  }
   if (!f) { if (s.ws.closed && !sessionEnd) sessionEnd = 'the router closed the session'; return null; }
   if (f.text) return f;
   if (f.stream === 0) {
@@ -66,6 +75,13 @@ async function pump(timeoutMs) {
       if (f.ext.error?.code === 'EDRAINING') draining = true;
       else sessionEnd = `${f.ext.error?.code}: ${f.ext.error?.message}`;
     }
+    return f;
+  }
+  if (f.type === T.WINDOW_UPDATE && 'credit' in f.ext && !(Number.isInteger(f.ext.credit) && f.ext.credit >= 1 && f.ext.credit <= 0x7fffffff)) {
+    // ATP-FLOW-004: a credit outside 1 .. 2^31-1 is malformed: a stream error EPROTO
+    const why = `credit ${f.ext.credit} outside 1..2^31-1`;
+    s.send(frame({ type: T.ERROR, flags: F.RST, stream: f.stream, ext: { error: { code: 'EPROTO', message: why } } }));
+    refused.set(f.stream, why);
     return f;
   }
   if (f.type === T.WINDOW_UPDATE && credit.has(f.stream)) credit.set(f.stream, credit.get(f.stream) + (f.ext.credit ?? 0));
@@ -114,6 +130,7 @@ async function runTask() {
   let cont = [];
   for (;;) {
     if (sessionEnd) return { error: 'session', message: sessionEnd };
+    if (refused.has(sid)) return { error: 'EPROTO', message: refused.get(sid) };
     if (Date.now() > deadline) {
       s.send(frame({ type: T.ERROR, flags: F.RST, stream: sid, ext: { error: { code: 'ETIMEOUT', message: 'the ttl passed' } } }));
       return { error: 'ETIMEOUT', message: `no answer within the ttl (${ttl} s)` };

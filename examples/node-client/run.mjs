@@ -8,6 +8,7 @@ import { PROBES as JSONP } from './probes_json.mjs';
 import { PROBES as LIMITS } from './probes_limits.mjs';
 import { PROBES as BINDING } from './probes_binding.mjs';
 import { PROBES as EDGES } from './probes_edges.mjs';
+import { PROBES as CLARIFIED } from './probes_clarified.mjs';
 import { AUTH_PROBES, DRAIN_PROBES } from './probes_auth.mjs';
 import { TLS_PROBES } from './probes_tls.mjs';
 
@@ -17,7 +18,7 @@ const opt = (k) => { const i = args.indexOf(k); return i >= 0 ? args[i + 1] : un
 const WELL_FORMED = { name: 'router_frames_well_formed', ids: ['ATP-FRAME-002', 'ATP-FRAME-005', 'ATP-FRAME-015', 'ATP-FRAME-018', 'ATP-FRAME-021', 'ATP-FLAG-001', 'ATP-FLAG-008', 'ATP-SEQ-006', 'ATP-STREAM-006'] };
 if (args.includes('--list')) {
   const g = (n) => n.map((p) => ({ name: p.name, ids: p.ids }));
-  const all = [...g([...PROBES, ...MORE, ...JSONP, ...LIMITS, ...BINDING, ...EDGES]), WELL_FORMED];
+  const all = [...g([...PROBES, ...MORE, ...JSONP, ...LIMITS, ...BINDING, ...EDGES, ...CLARIFIED]), WELL_FORMED];
   console.log(JSON.stringify({ open: all, auth: [...g(AUTH_PROBES), WELL_FORMED], drain: g(DRAIN_PROBES), tls: g(TLS_PROBES) }));
   process.exit(0);
 }
@@ -26,7 +27,7 @@ if (!url) { console.error('usage: node run.mjs ws://HOST:PORT/ws [--token JWT] [
 const token = opt('--token');
 const only = opt('--only')?.split(',');
 const group = opt('--group');
-let list = group === 'auth' ? AUTH_PROBES : group === 'drain' ? DRAIN_PROBES : group === 'tls' ? TLS_PROBES : [...PROBES, ...MORE, ...JSONP, ...LIMITS, ...BINDING, ...EDGES];
+let list = group === 'auth' ? AUTH_PROBES : group === 'drain' ? DRAIN_PROBES : group === 'tls' ? TLS_PROBES : [...PROBES, ...MORE, ...JSONP, ...LIMITS, ...BINDING, ...EDGES, ...CLARIFIED];
 if (only) list = list.filter((p) => only.includes(p.name));
 const tokens = { silver: opt('--token-silver'), qa: opt('--token-qa') };
 const ctx = { url, token, tokens, secret: process.env.ATP_JWT_KEY, ca: opt('--ca'), auth: token ? { token } : {} };

@@ -255,7 +255,7 @@ VALIDATOR_CASES: list[tuple[str, Frame, str, int]] = [
     ),
     ("credit-0", Frame.window_update(_OPEN, credit=0), "EPROTO", _OPEN),
     ("credit-text", Frame(FrameType.WINDOW_UPDATE, 0, _OPEN, ext={"credit": "5"}), "EPROTO", _OPEN),
-    ("credit-over-2^31-1", Frame.window_update(_OPEN, credit=MAX_WINDOW + 1), "EWINDOW", _OPEN),
+    ("credit-over-2^31-1", Frame.window_update(_OPEN, credit=MAX_WINDOW + 1), "EPROTO", _OPEN),
     (
         "window-update-empty",
         Frame(FrameType.WINDOW_UPDATE, 0, _OPEN, ext={"x": 1}),

@@ -252,6 +252,10 @@ VARIANTS.update(_GAPS_VARIANTS)
 from estimate_variants import VARIANTS as _ESTIMATE_VARIANTS  # noqa: E402
 
 VARIANTS.update(_ESTIMATE_VARIANTS)
+# the variants of the spec points the independent client found unclear
+from specgaps_variants import VARIANTS as _SPECGAPS_VARIANTS  # noqa: E402
+
+VARIANTS.update(_SPECGAPS_VARIANTS)
 
 if __name__ == "__main__":
     VARIANTS[sys.argv[1]]()
