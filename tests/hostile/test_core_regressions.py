@@ -1,0 +1,52 @@
+"""Defects the hostile peer (tests/hostile/test_hostile_e2e.py) found in the reference,
+pinned at the sans-IO core: one test per fix, citing the requirement it broke."""
+
+from __future__ import annotations
+
+import json
+
+import cbor2
+
+from atp_proto.frames import (
+    ConnectionClosed,
+    Encoding,
+    Flags,
+    Frame,
+    FrameType,
+    RemoteProtocolError,
+    StreamReset,
+    encode_frame,
+)
+from atp_proto.frames._validate import validate_frame
+
+from ..frames.helpers import ConnectionPair, one
+
+_TASK = cbor2.dumps({"type": "agent.task", "content": {"prompt": "x"}})
+
+
+def test_a_null_session_id_is_not_text() -> None:
+    """[ATP-EXT-010] ``session_id`` null is not text: a stream error EPROTO on a SYN, a
+    connection error on stream 0, in the binary encoding as in the JSON mapping (the
+    validator let a null through as if the key were absent)."""
+    syn = Frame(FrameType.DATA, Flags.SYN, 1, 1, ext={"session_id": None}, payload=_TASK)
+    try:
+        validate_frame(syn)
+    except RemoteProtocolError as e:
+        assert (e.code, e.stream_id) == ("EPROTO", 1)
+    else:
+        raise AssertionError("a null session_id passed the validator")
+    p = ConnectionPair()
+    p.open()
+    p.pump()
+    events = p.router.receive_message(encode_frame(syn.replace(stream_id=3)), 1.0)
+    reset = one(events, StreamReset)
+    assert (reset.code, reset.stream_id) == ("EPROTO", 3) and not p.router.closed
+    hb = Frame(FrameType.DATA, Flags.HB, 0, ext={"session_id": None}, payload=b"x")
+    closed = one(p.router.receive_message(encode_frame(hb), 1.0), ConnectionClosed)
+    assert closed.code == "EPROTO"
+    t = ConnectionPair()
+    t.open(encoding=Encoding.JSON)
+    t.pump()
+    text = {"stream_id": "a", "msg_seq": 1, "flags": ["SYN"], "session_id": None, "payload": {}}
+    reset = one(t.router.receive_text(json.dumps(text), 1.0), StreamReset)
+    assert reset.code == "EPROTO" and not t.router.closed
