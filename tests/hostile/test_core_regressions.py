@@ -50,3 +50,26 @@ def test_a_null_session_id_is_not_text() -> None:
     text = {"stream_id": "a", "msg_seq": 1, "flags": ["SYN"], "session_id": None, "payload": {}}
     reset = one(t.router.receive_text(json.dumps(text), 1.0), StreamReset)
     assert reset.code == "EPROTO" and not t.router.closed
+
+
+def test_a_budget_update_for_a_closed_stream_is_discarded() -> None:
+    """[ATP-FRAME-023, ATP-FLAG-004, ATP-FRAME-014] A client's BUDGET_UPDATE on a stream
+    that completed is discarded like any frame for a closed stream: the router sent an
+    ERROR EPROTO after the stream's FINAL (ATP-STREAM-011). On an open stream it is still
+    a stream error, and on a stream never opened too."""
+    p = ConnectionPair()
+    p.open(end_stream=True)
+    p.pump()
+    p.router.send_message(1, b"done", end_stream=True)
+    p.pump()
+    assert p.router.stream_state(1).value == "closed"
+    bu = Frame(FrameType.BUDGET_UPDATE, 0, 1, ext={"usage": {"tokens": 1}})
+    assert p.router.receive_message(encode_frame(bu), 1.0) == []
+    assert p.router.data_to_send() == [] and not p.router.closed
+    q = ConnectionPair()
+    q.open()
+    q.pump()
+    reset = one(q.router.receive_message(encode_frame(bu), 1.0), StreamReset)
+    assert (reset.code, reset.stream_id) == ("EPROTO", 1)
+    never = one(q.router.receive_message(encode_frame(bu.replace(stream_id=9)), 1.0), StreamReset)
+    assert (never.code, never.stream_id) == ("EPROTO", 9)
