@@ -1,0 +1,343 @@
+"""Hostile cases: the JSON mapping, time, budget, dead adapters, size limits, slow
+readers, QUIC stream resets, vanishing peers."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any
+
+from .hostile_session import Session, syn
+from .hostile_verdicts import (
+    BIG,
+    EXT_BAD,
+    _json_end,
+    _json_syn,
+    case,
+    conn,
+    ok,
+    opened,
+    stream,
+)
+from .hostile_wire import (
+    BUDGET_UPDATE,
+    CAPABILITIES,
+    CONT,
+    DATA,
+    ERROR,
+    FIN,
+    RST,
+    SYN,
+    WINDOW_UPDATE,
+    Closed,
+    frame,
+)
+
+
+# -- JSON text mapping (WebSocket only) ------------------------------------------------
+@case(kinds=("ws",), weight=2)
+def c_json_stream(s: Session, r: random.Random) -> None:
+    alias = f"st{r.randint(1, 9)}"
+    options: list[tuple[dict[str, Any], str | None]] = [
+        ({}, "fin"),
+        ({"qos": "platinum"}, "EPROTO"),
+        ({"msg_seq": 1.5}, "EPROTO"),
+        ({"ttl": -1}, "EPROTO"),
+        ({"ttl": 70000}, "EPROTO"),
+        ({"window": {"max_tokens": "many"}}, "EPROTO"),
+        ({"session_id": "x" * 129}, "EPROTO"),
+        ({"payload_b64": "!!!"}, "EPROTO"),
+        ({"payload_b64": "aGk=", "payload": 1}, "EPROTO"),
+        ({"meta": {"task_type": "qa", "adapters": ["echo"], "fanout": 99}}, "EPROTO"),
+        ({"x-extra": {"deep": [1, [2, [3]]]}}, "fin"),
+        ({"flags": ["SYN", "NOPE"]}, "fin"),
+        ({"type": 99}, None),  # unknown type: ignored, nothing comes back
+    ]
+    bad, want = r.choice(options)
+    text = json.dumps(_json_syn(alias, **bad))
+    s.link.send_text(text)
+    got = _json_end(s, alias, 3.0 if want is None else 8.0)
+    if got != want:
+        s.violations.append(f"ATP-JSON-006/010: text SYN {bad} ended {got!r}, spec: {want!r}")
+    s.link.send_text(json.dumps(_json_syn("probe")))
+    if _json_end(s, "probe") != "fin":
+        s.violations.append("ATP-ERR-001: text probe did not complete")
+
+
+# -- time, budget, adapters, limits ------------------------------------------------------
+@case()
+def c_ttl_passes(s: Session, r: random.Random) -> None:
+    sid = opened(s, "hold", ttl=1)
+    stream(s, sid, {"ETIMEOUT"}, "ATP-TIME-001")
+
+
+@case()
+def c_budget_too_small(s: Session, r: random.Random) -> None:
+    sid = s.new_sid()
+    s.link.send([syn(sid, "b" * 400, ext={"window": {"max_tokens": r.randint(1, 3)}})])
+    stream(s, sid, {"EBUDGET"}, "ATP-BUDGET-002")
+
+
+@case()
+def c_dead_adapter(s: Session, r: random.Random) -> None:
+    sid = s.new_sid()
+    s.track(sid)
+    s.link.send([syn(sid, "x", "dead")])
+    stream(s, sid, {"EAGENTDOWN"}, "ATP-ADAPT-011")
+    err: dict[str, Any] = next(
+        (f.ext.get("error", {}) for f in s.streams[sid].frames if f.type == ERROR), {}
+    )
+    if s.streams[sid].ended == "EAGENTDOWN" and not isinstance(err.get("retry_after_ms"), int):
+        s.violations.append("ATP-ERR-004: EAGENTDOWN without retry_after_ms")
+
+
+@case()
+def c_error_for_unopened_stream(s: Session, r: random.Random) -> None:
+    """ATP-ERR-011: a well-formed ERROR on a stream never opened is discarded, unanswered."""
+    sid = s.new_sid(gap=r.randint(1, 9))
+    s.link.send([frame(ERROR, RST, sid, ext={"error": {"code": "EPROTO", "message": "m"}})])
+    s.pump(0.4)
+    if s.violations or s.closed is not None:
+        s.violations.append("ATP-ERR-011: the router answered an ERROR on a stream never opened")
+    if s.probe() != "fin":
+        s.violations.append("ATP-ERR-011: probe after an ERROR on an unopened stream")
+
+
+@case(kinds=("ws",), weight=0.3)
+def c_ws_message_over_limit(s: Session, r: random.Random) -> None:
+    """ATP-WS-012: a binary message over max_frame_size + 65,536 whose first frame is
+    small: connection error ETOOBIG, close 1009."""
+    small = frame(0x99, 0, 0, raw_payload=b"u" * 200)
+    n = (1_048_576 + 65_536) // len(small) + 2
+    s.link.send([small] * n)
+    conn(s, BIG, "ATP-WS-012")
+    if s.closed is not None and s.closed.code not in (None, 1009, 1006):
+        s.violations.append(f"ATP-WS-012: close code {s.closed.code}, spec 1009")
+
+
+@case(kinds=("ws",), weight=0.3)
+def c_ws_text_over_limit(s: Session, r: random.Random) -> None:
+    s.link.send_text(json.dumps({"stream_id": 0, "type": 99, "x": "t" * 1_048_600}))
+    conn(s, BIG, "ATP-WS-012 (text)")
+
+
+@case(weight=0.3)
+def c_message_over_max_message_size(s: Session, r: random.Random) -> None:
+    """ATP-SEQ-007/009: a SYN in fragments past 4 MiB, sent within the credit the router
+    returns for buffered fragments; ETOOBIG."""
+    sid = s.new_sid()
+    s.track(sid)
+    s.send_credit[sid] = 262_144
+    piece = b"m" * 60_000
+    meta = {"meta": {"task_type": "qa", "adapters": ["echo"]}}
+    head = frame(DATA, SYN | CONT, sid, 1, qos=1, ext=meta, raw_payload=b"\x78\x00")
+    s.link.send([head])
+    s.send_credit[sid] -= len(head)
+    total, i = 0, 1
+    while total <= 4_194_304 + 60_000 and s.streams[sid].ended is None and s.closed is None:
+        f = frame(DATA, CONT, sid, 1, frag=i, raw_payload=piece)
+        if not s.wait(lambda f=f: s.send_credit[sid] >= len(f) or s.streams[sid].ended, 5):
+            s.violations.append(f"ATP-SEQ-009: no credit returned after {total} bytes of fragments")
+            return
+        if s.streams[sid].ended is not None:
+            break
+        s.link.send([f])
+        s.send_credit[sid] -= len(f)
+        total += len(piece)
+        i += 1
+    stream(s, sid, BIG, "ATP-SEQ-007")
+
+
+@case(weight=1.5)
+def c_slow_reader(s: Session, r: random.Random) -> None:
+    """A client with a small window that reads slowly and grants credit in dribbles: the
+    router never sends past its credit (ATP-FLOW-001) and the stream completes."""
+    w = r.choice([1024, 2048, 4096, 16384])
+    s.link.send([frame(CAPABILITIES, 0, 0, ext={"caps": {"versions": [1], "initial_window": w}})])
+    s.wait(lambda: s.caps_answers >= 1, 2.0)
+    sid = s.new_sid()
+    s.track(sid)
+    s.recv_credit[sid] = w
+    s.link.send([syn(sid, "0123456789" * 10, "big")])
+    used = 0
+    deadline = time.monotonic() + 25
+    while s.streams[sid].ended is None and s.closed is None:
+        if time.monotonic() > deadline:
+            s.violations.append(f"ATP-FLOW-013: slow-reader stream stuck (window {w})")
+            return
+        before = s.recv_credit[sid]
+        s.pump(r.choice([0.02, 0.1, 0.3]))
+        used += before - s.recv_credit[sid]
+        if used >= w // 2 or (used and r.random() < 0.3):
+            grant = used if r.random() < 0.7 else max(1, used // 2)
+            s.link.send([frame(WINDOW_UPDATE, 0, sid, ext={"credit": grant})])
+            s.recv_credit[sid] += grant
+            used -= grant
+    ok(s, sid, "ATP-FLOW-001/012 (slow reader)")
+
+
+@case(kinds=("ws",))
+def c_json_alias_reuse(s: Session, r: random.Random) -> None:
+    """ATP-JSON-003: a SYN on an alias whose stream closed opens a new stream."""
+    for _ in range(r.randint(2, 4)):
+        s.link.send_text(json.dumps(_json_syn("st1")))
+        end = _json_end(s, "st1")
+        if end != "fin":
+            s.violations.append(f"ATP-JSON-003: alias reuse ended {end!r}")
+            return
+
+
+@case()
+def c_syn_on_closed_stream_id(s: Session, r: random.Random) -> None:
+    """A SYN on the id of a stream that completed. ATP-STREAM-002 (EPROTO) and
+    ATP-FLAG-004 (discard) both claim it: the report lists the ambiguity; either is taken."""
+    sid = s.new_sid()
+    s.track(sid)
+    s.link.send([syn(sid)])
+    if s.ended(sid) != "fin":
+        s.violations.append("setup: stream did not complete")
+        return
+    s.streams[sid] = type(s.streams[sid])(1)
+    s.link.send([syn(sid)])
+    s.pump(0.5)
+    got = s.streams[sid].ended
+    if got not in (None, "EPROTO"):
+        s.violations.append(f"ATP-STREAM-002/FLAG-004: SYN on a closed id ended {got!r}")
+    s.streams[sid].ended = got or "discarded"
+    if s.probe() != "fin":
+        s.violations.append("probe after a SYN on a closed id did not complete")
+
+
+@case(weight=1.5)
+def c_coalesced_error_then_valid(s: Session, r: random.Random) -> None:
+    """One message: a stream error, then valid SYNs: the later streams still run
+    (ATP-ERR-005: an error on one stream must not end another)."""
+    bad = s.new_sid()
+    s.track(bad)
+    good = [s.new_sid() for _ in range(r.randint(1, 3))]
+    for g in good:
+        s.track(g)
+    spoil = r.choice(
+        [
+            syn(bad, qos=9),
+            syn(bad, raw_ext=r.choice(EXT_BAD)),
+            syn(bad, raw_payload=b"\xff"),
+            syn(bad, ext={"session_id": 1}),
+        ]
+    )
+    s.link.send([spoil, *[syn(g) for g in good]])
+    for g in good:
+        ok(s, g, "ATP-ERR-005 (coalesced)")
+    if s.ended(bad) != "EPROTO":
+        s.violations.append(
+            f"ATP-FRAME-006/007/024: coalesced bad SYN ended {s.streams[bad].ended!r}"
+        )
+
+
+@case()
+def c_frames_after_final(s: Session, r: random.Random) -> None:
+    """ATP-FLAG-004 / ATP-FRAME-023: anything for a stream that completed is discarded,
+    malformed control frames included; no ERROR comes back for it."""
+    sid = s.new_sid()
+    s.track(sid)
+    s.link.send([syn(sid)])
+    if s.ended(sid) != "fin":
+        s.violations.append("setup: stream did not complete")
+        return
+    late = r.sample(
+        [
+            frame(DATA, 0, sid, 2, raw_payload=b"late"),
+            frame(DATA, 0, sid, 99, raw_payload=b"late seq"),
+            frame(WINDOW_UPDATE, 0, sid, ext={"credit": 5}),
+            frame(WINDOW_UPDATE, 0, sid, ext={"credit": 0}),
+            frame(BUDGET_UPDATE, 0, sid, ext={"usage": {}}),
+            frame(CAPABILITIES, 0, sid, ext={"caps": {"versions": [1]}}),
+            frame(DATA, RST, sid, 3),
+            frame(ERROR, RST, sid, ext={"error": {"code": "EPROTO"}}),
+        ],
+        r.randint(1, 4),
+    )
+    s.link.send(late)
+    s.pump(0.4)
+    if s.probe() != "fin":
+        s.violations.append("ATP-FLAG-004: probe after frames for a closed stream")
+
+
+@case(kinds=("ws",))
+def c_json_alias_and_numeric_ids(s: Session, r: random.Random) -> None:
+    """ATP-JSON-014/016: an alias gets an id above every numeric id; a numeric SYN then
+    needs an id above the alias's ``stream_num``."""
+    first = s.new_sid(gap=r.randint(1, 20))
+    s.track(first)
+    s.link.send([syn(first)])
+    if s.ended(first) != "fin":
+        s.violations.append("setup: numeric stream did not complete")
+        return
+    s.link.send_text(json.dumps(_json_syn("al")))
+    num: list[int] = []
+    import time as _t
+
+    deadline = _t.monotonic() + 8
+    end = None
+    while end is None and _t.monotonic() < deadline and s.closed is None:
+        try:
+            for f in s.link.recv(0.5):
+                if f.text and "stream_num" in f.ext:
+                    num.append(int(f.ext["stream_num"]))
+                if f.text and (f.flags & FIN or f.type == ERROR):
+                    end = "fin" if f.flags & FIN else f.code()
+        except TimeoutError:
+            continue
+    if end != "fin" or not num:
+        s.violations.append(f"ATP-JSON-016: alias stream ended {end!r}, stream_num {num}")
+        return
+    if num[0] <= first:
+        s.violations.append(f"ATP-JSON-014: alias id {num[0]} not above numeric id {first}")
+    s.max_sid = max(s.max_sid, num[0])
+    nxt = s.new_sid()
+    s.track(nxt)
+    s.link.send([syn(nxt)])
+    ok(s, nxt, "ATP-JSON-016 (a numeric SYN above stream_num)")
+
+
+@case(kinds=("quic",))
+def c_quic_reset_stream(s: Session, r: random.Random) -> None:
+    """ATP-QUIC-006: RESET_STREAM (or STOP_SENDING) on a live ATP stream's QUIC stream is
+    an RST from the peer; ATP-QUIC-021: a QUIC stream reset before its first frame gives
+    up its place. The session goes on."""
+    assert s.link.quic is not None
+    q = s.link.quic
+    how = r.choice(["reset_live", "stop_live", "reset_empty", "fin_early"])
+    if how == "reset_empty":
+        empty = q.open()
+        q.reset(empty, 0x10C)
+    else:
+        sid = opened(s)
+        s.wait(lambda: bool(s.streams[sid].frames), 3.0)
+        qsid = s.link.qsid(sid)
+        if how == "reset_live":
+            q.reset(qsid, 0xFF)
+        elif how == "stop_live":
+            q.quic.stop_stream(qsid, 0xFF)
+            q._flush()
+        else:  # the client's QUIC FIN before the ATP stream ended (a broken client)
+            q.send(qsid, b"", end=True)
+        s.pump(0.5)
+        v = s.streams[sid]
+        v.ended = v.ended or "reset"
+    if s.probe() != "fin":
+        s.violations.append(f"ATP-QUIC-006/021: probe after {how} did not complete")
+
+
+@case(kinds=("ws",), weight=0.5)
+def c_vanish_mid_stream(s: Session, r: random.Random) -> None:
+    """The peer disappears with streams open (no close frame / CONNECTION_CLOSE): the
+    router must end them and cancel their calls (ATP-SESS-012; the run's end checks that
+    no stream or session stays open)."""
+    for _ in range(r.randint(1, 5)):
+        opened(s, r.choice(["slow", "hold"]))
+    s.pump(0.1)
+    if s.link.ws is not None:
+        s.link.ws.sock.close()
+    s.closed = Closed(None, "vanished")
