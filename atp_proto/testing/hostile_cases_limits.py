@@ -151,15 +151,23 @@ def c_message_over_max_message_size(s: Session, r: random.Random) -> None:
 
 @case(weight=1.5)
 def c_slow_reader(s: Session, r: random.Random) -> None:
-    """A client with a small window that reads slowly and grants credit in dribbles: the
-    router never sends past its credit (ATP-FLOW-001) and the stream completes."""
-    w = r.choice([1024, 2048, 4096, 16384])
-    s.link.send([frame(CAPABILITIES, 0, 0, ext={"caps": {"versions": [1], "initial_window": w}})])
+    """A client with a small window (down to 1 byte) and max_frame_size, which reads slowly
+    and grants credit in dribbles: the router never sends past its credit (ATP-FLOW-001)
+    nor a frame over the client's max_frame_size (ATP-SESS-007), and the stream completes
+    (ATP-FLOW-013: no deadlock) or, when the FINAL's fixed cost (24 + its telemetry ext)
+    cannot fit half the window, is refused with ETOOBIG (ATP-FLOW-014; taken for windows
+    up to 256 bytes, where half is 128)."""
+    w = r.choice([1, 16, 64, 200, 600, 1024, 2048, 4096, 16384])
+    mfs = r.choice([1024, 4096, 1_048_576])
+    caps = {"versions": [1], "initial_window": w, "max_frame_size": mfs}
+    s.link.send([frame(CAPABILITIES, 0, 0, ext={"caps": caps})])
     s.wait(lambda: s.caps_answers >= 1, 2.0)
+    s.peer_max_frame = mfs
     sid = s.new_sid()
     s.track(sid)
     s.recv_credit[sid] = w
-    s.link.send([syn(sid, "0123456789" * 10, "big")])
+    # ttl 60: a slow reader may take longer than the usual 8 s (ATP-TIME-001 would end it)
+    s.link.send([syn(sid, "0123456789" * 10, "big" if w >= 4096 else "echo", ttl=60)])
     used = 0
     deadline = time.monotonic() + 25
     while s.streams[sid].ended is None and s.closed is None:
@@ -169,12 +177,14 @@ def c_slow_reader(s: Session, r: random.Random) -> None:
         before = s.recv_credit[sid]
         s.pump(r.choice([0.02, 0.1, 0.3]))
         used += before - s.recv_credit[sid]
-        if used >= w // 2 or (used and r.random() < 0.3):
+        if used >= (w + 1) // 2 or (used and r.random() < 0.3):
             grant = used if r.random() < 0.7 else max(1, used // 2)
             s.link.send([frame(WINDOW_UPDATE, 0, sid, ext={"credit": grant})])
             s.recv_credit[sid] += grant
             used -= grant
-    ok(s, sid, "ATP-FLOW-001/012 (slow reader)")
+    end = s.streams[sid].ended
+    if end != "fin" and not (end == "ETOOBIG" and w <= 256):
+        s.violations.append(f"ATP-FLOW-013/014: slow reader (window {w}) ended {end!r}")
 
 
 @case(kinds=("ws",))
@@ -321,8 +331,11 @@ def c_quic_reset_stream(s: Session, r: random.Random) -> None:
         elif how == "stop_live":
             q.quic.stop_stream(qsid, 0xFF)
             q._flush()
-        else:  # the client's QUIC FIN before the ATP stream ended (a broken client)
+        else:  # the client's QUIC FIN before the ATP stream ended (a broken client,
+            # ATP-QUIC-012): the router may finish the stream or end it, but must end it
             q.send(qsid, b"", end=True)
+            if s.ended(sid) is None:
+                s.violations.append("ATP-STREAM-011: stream left hanging after a QUIC FIN")
         s.pump(0.5)
         v = s.streams[sid]
         v.ended = v.ended or "reset"

@@ -189,6 +189,7 @@ class Session:
         self.closed: Closed | None = None
         self.violations: list[str] = []
         self.router_caps: dict[str, Any] = {}
+        self.peer_max_frame = 1_048_576  #: the max_frame_size this peer advertised
         #: the router's send credit per stream, when a case checks ATP-FLOW-001
         self.recv_credit: dict[int, int] = {}
         #: our send credit per stream (the router's WINDOW_UPDATEs add to it)
@@ -216,6 +217,10 @@ class Session:
         if f.type == -1:
             self._bad("ATP-WS-001", "router message ends inside a frame")
             return
+        if not f.text and f.size - 24 > self.peer_max_frame:
+            self._bad(
+                "ATP-SESS-007", f"a {f.size}-byte frame over max_frame_size {self.peer_max_frame}"
+            )
         if "__undecodable__" in f.ext:
             self._bad("ATP-FRAME-005", f"router ext is not CBOR on stream {f.sid}")
         if f.type == ERROR:

@@ -381,7 +381,9 @@ class QuicPeer:
             raise Closed(self.close_code)
         try:
             self.quic.send_stream_data(qsid, data, end_stream=end)
-        except Exception as e:
+        except Exception as e:  # aioquic refuses a write on a stream that ended
+            if "reset" in str(e):
+                return  # the router stopped the stream (STOP_SENDING, ATP-QUIC-006): dropped
             raise Closed(self.close_code, f"send: {e}") from e
         self._flush()
 
