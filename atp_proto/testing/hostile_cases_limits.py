@@ -354,3 +354,168 @@ def c_vanish_mid_stream(s: Session, r: random.Random) -> None:
     if s.link.ws is not None:
         s.link.ws.sock.close()
     s.closed = Closed(None, "vanished")
+
+
+_JSON_VALUES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    2**31,
+    2**32,
+    2**53 + 1,
+    2**64,
+    -(2**64) - 1,
+    1.5,
+    -0.0,
+    1e300,
+    "",
+    "x",
+    "gold",
+    "SYN",
+    "\u00e9\u4e2d",
+    [],
+    [1],
+    ["SYN"],
+    ["SYN", 5],
+    {},
+    {"a": 1},
+    {"max_tokens": 1},
+    "A" * 200,
+]
+
+
+@case(kinds=("ws",), weight=3)
+def c_json_field_mutation(s: Session, r: random.Random) -> None:
+    """A valid text SYN with one field (header or ext, top level or inside ``window`` /
+    ``meta``) set to a random JSON value. The alias names the stream, so whatever is
+    wrong is a stream error (ATP-JSON-006): the session must stay open, the stream end
+    with its FINAL or an ERROR of the registry, and a later text stream complete."""
+    alias = "m" + str(r.randint(1, 99))
+    obj = _json_syn(alias)
+    where = r.choice(
+        [
+            "msg_seq",
+            "frag_seq",
+            "qos",
+            "ttl",
+            "payload",
+            "window",
+            "meta",
+            "session_id",
+            "x-vendor",
+            "window.max_tokens",
+            "window.max_parallel",
+            "meta.adapters",
+            "meta.task_type",
+            "meta.fanout",
+            "meta.strategy",
+            "payload.content",
+            "payload_b64",
+        ]
+    )
+    value = r.choice(_JSON_VALUES)
+    if "." in where:
+        a, b = where.split(".")
+        obj.setdefault(a, {})
+        if isinstance(obj[a], dict):
+            obj[a][b] = value
+    elif where == "payload_b64":
+        obj.pop("payload")
+        obj["payload_b64"] = value
+    else:
+        obj[where] = value
+    s.link.send_text(json.dumps(obj))
+    end = _json_end(s, alias)
+    if s.closed is not None or s.session_errors:
+        s.violations.append(
+            f"ATP-JSON-006: {where}={value!r} on a named stream closed the session "
+            f"({s.session_errors or s.closed})"
+        )
+        return
+    if end is None:
+        s.violations.append(f"ATP-STREAM-011: text stream with {where}={value!r} never ended")
+    s.link.send_text(json.dumps(_json_syn("after")))
+    if _json_end(s, "after") != "fin":
+        s.violations.append(f"ATP-ERR-001: text probe after {where}={value!r} did not complete")
+
+
+@case(kinds=("ws",))
+def c_json_control_frames(s: Session, r: random.Random) -> None:
+    """Text control frames: a heartbeat (answered, ATP-TIME-002), a WINDOW_UPDATE and a
+    bare RST for an alias that names no stream (ATP-JSON-013: as a stream never opened,
+    EPROTO), CAPABILITIES as text (answered at most once)."""
+    which = r.choice(["hb", "wu_unknown", "rst_unknown", "caps"])
+    if which == "hb":
+        s.link.send_text(json.dumps({"flags": ["HB"], "payload_b64": "aGVsbG8="}))
+        s.wait(lambda: False, 0.6)
+        if s.closed is not None:
+            s.violations.append("ATP-TIME-002: a text heartbeat closed the session")
+    elif which == "caps":
+        s.link.send_text(json.dumps({"type": "CAPABILITIES", "caps": {"versions": [1]}}))
+        s.pump(0.5)
+    else:
+        f: dict[str, Any] = {"stream_id": "ghost"}
+        if which == "wu_unknown":
+            f.update(type="WINDOW_UPDATE", credit=100)
+        else:
+            f.update(flags=["RST"], msg_seq=2)
+        s.link.send_text(json.dumps(f))
+        end = _json_end(s, "ghost", 3.0)
+        if end != "EPROTO":
+            s.violations.append(f"ATP-JSON-013: {which} on an unknown alias ended {end!r}")
+    if s.closed is None and s.probe() != "fin":
+        s.violations.append(f"probe after text {which} did not complete")
+
+
+@case()
+def c_window_lowered_mid_flight(s: Session, r: random.Random) -> None:
+    """ATP-BUDGET-005: a WINDOW_UPDATE ``window`` lowering max_tokens below what the stream
+    has used ends it with EBUDGET; raising it lets it finish."""
+    sid = opened(s, "slow")
+    s.wait(lambda: len(s.streams[sid].frames) >= 2, 3.0)
+    if s.streams[sid].ended is not None:
+        return
+    lower = r.random() < 0.5
+    w = {"max_tokens": 1} if lower else {"max_tokens": 10**9, "max_parallel": 8}
+    s.link.send([frame(WINDOW_UPDATE, 0, sid, ext={"window": w})])
+    if lower:
+        stream(s, sid, {"EBUDGET"}, "ATP-BUDGET-005")
+    else:
+        ok(s, sid, "ATP-BUDGET-005 (raised)", probe=True)
+
+
+@case(kinds=("ws",), weight=0.5)
+def c_handshake_junk(s: Session, r: random.Random) -> None:
+    """Junk before or instead of a WebSocket handshake (a bad path, a bad version, no
+    key, garbage, headers that never end): answered with an HTTP error or closed, and
+    the router goes on serving (ATP-ERR-005, ATP-WS-014)."""
+    import socket as _socket
+
+    assert s.link.ws is not None
+    host, port = s.link.ws.host, s.link.ws.port
+    req = r.choice(
+        [
+            b"GET /nope HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 99\r\n\r\n",
+            bytes(r.getrandbits(8) for _ in range(300)),
+            b"GET /ws HTTP/1.1\r\n" + b"X-Junk: " + b"j" * 70_000 + b"\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: x\r\n",  # never ends
+        ]
+    )
+    with _socket.create_connection((host, port), timeout=5) as raw:
+        try:
+            raw.sendall(req)
+            raw.settimeout(1.5)
+            answer = raw.recv(200)
+        except OSError:
+            answer = b""
+    if answer.startswith(b"HTTP/1.1 101"):
+        s.violations.append(f"handshake junk was upgraded: {req[:60]!r}")
+    if s.probe() != "fin":
+        s.violations.append("ATP-ERR-005: the session beside a junk handshake did not complete")
