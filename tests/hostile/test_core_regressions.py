@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import cbor2
+import pytest
 
 from atp_proto.frames import (
     ConnectionClosed,
@@ -14,6 +15,8 @@ from atp_proto.frames import (
     Frame,
     FrameType,
     RemoteProtocolError,
+    SequenceExhausted,
+    StreamClosedError,
     StreamReset,
     encode_frame,
 )
@@ -73,3 +76,22 @@ def test_a_budget_update_for_a_closed_stream_is_discarded() -> None:
     assert (reset.code, reset.stream_id) == ("EPROTO", 1)
     never = one(q.router.receive_message(encode_frame(bu.replace(stream_id=9)), 1.0), StreamReset)
     assert (never.code, never.stream_id) == ("EPROTO", 9)
+
+
+def test_no_msg_seq_left_before_the_final_is_a_named_refusal() -> None:
+    """[ATP-SEQ-005, ATP-SEQ-003] A SYN with msg_seq 2³²−2 leaves the router one number,
+    2³²−1, which only the FIN message may take: a PARTIAL there is refused locally with
+    :class:`SequenceExhausted` (EPROTO, a message saying why), which the session turns into
+    that ERROR on the stream; the router answered EINTERNAL "internal error:
+    LocalProtocolError" before. The FINAL alone still fits."""
+    syn = Frame(FrameType.DATA, Flags.SYN, 1, 2**32 - 2, payload=_TASK)
+    p = ConnectionPair()
+    p.router.receive_message(encode_frame(syn), 1.0)
+    with pytest.raises(SequenceExhausted) as info:
+        p.router.send_message(1, b"partial", more=True)
+    assert info.value.code == "EPROTO" and "ATP-SEQ-005" in info.value.message
+    assert not isinstance(info.value, StreamClosedError)
+    p.router.send_message(1, b"final", end_stream=True)
+    out = p.router.data_to_send()
+    assert out and isinstance(out[0], bytes)
+    assert int.from_bytes(out[0][8:12], "big") == 2**32 - 1  # the last number, with FIN
