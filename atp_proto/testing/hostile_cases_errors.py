@@ -468,3 +468,20 @@ def c_too_many_streams(s: Session, r: random.Random) -> None:
     end = s.probe()
     if end != "fin":
         s.violations.append(f"ATP-STREAM-007: probe after resetting 100 streams ended {end!r}")
+
+
+@case()
+def c_syn_seq_near_wrap(s: Session, r: random.Random) -> None:
+    """A SYN whose msg_seq is near 2³²−1 (ATP-SEQ-005): the router's messages start at
+    SYN.msg_seq + 1 and never wrap (the session's oracle checks each number); it ends
+    the stream with its FINAL at 2³²−1 at the latest, or with ERROR EPROTO (no room),
+    never with EINTERNAL (ATP-ERR-010 is for the router's own failures)."""
+    k = r.randint(1, 4)
+    sid = s.new_sid()
+    s.track(sid, syn_seq=2**32 - k)
+    s.link.send([syn(sid, "near the end", seq=2**32 - k)])
+    end = s.ended(sid)
+    if end not in ("fin", "EPROTO"):
+        s.violations.append(f"ATP-SEQ-005: SYN msg_seq 2^32-{k} ended {end!r}")
+    if s.probe() != "fin":
+        s.violations.append("ATP-ERR-005: probe after a SYN near the msg_seq end")

@@ -75,7 +75,8 @@ def test_every_case_once(open_fleet: hr.Fleet, kind: str) -> None:
 def test_found_defects_stay_fixed(open_fleet: hr.Fleet, kind: str) -> None:
     """[ATP-EXT-010] a null session_id is refused (stream error EPROTO, the session goes
     on); [ATP-FRAME-023, ATP-FLAG-004] a client's BUDGET_UPDATE for a completed stream is
-    discarded (the router used to answer ERROR EPROTO after the FINAL)."""
+    discarded (the router used to answer ERROR EPROTO after the FINAL); [ATP-SEQ-005] a
+    SYN two numbers short of 2³²−1 is ended with EPROTO (it was EINTERNAL)."""
     s = Session(open_fleet.target(kind))
     try:
         s.track(1)
@@ -87,6 +88,13 @@ def test_found_defects_stay_fixed(open_fleet: hr.Fleet, kind: str) -> None:
         s.pump(0.5)
         assert s.probe() == "fin"
         assert not s.violations and s.closed is None, s.violations
+        # [ATP-SEQ-005] one msg_seq left: ERROR EPROTO saying so, not EINTERNAL
+        wrap = s.new_sid()
+        s.track(wrap, syn_seq=2**32 - 2)
+        s.link.send([syn(wrap, "two numbers short", seq=2**32 - 2)])
+        assert s.ended(wrap) == "EPROTO", s.streams[wrap].frames
+        assert s.probe() == "fin"
+        assert not s.violations, s.violations
     finally:
         s.close()
 
