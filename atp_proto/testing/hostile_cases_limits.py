@@ -519,3 +519,51 @@ def c_handshake_junk(s: Session, r: random.Random) -> None:
         s.violations.append(f"handshake junk was upgraded: {req[:60]!r}")
     if s.probe() != "fin":
         s.violations.append("ATP-ERR-005: the session beside a junk handshake did not complete")
+
+
+@case()
+def c_failing_adapter(s: Session, r: random.Random) -> None:
+    """An adapter process that dies mid-stream (no other adapter to take over: EAGENTDOWN
+    with retry_after_ms, ATP-ADAPT-004, ATP-ERR-004) or hangs (the stream's ttl ends it
+    with ETIMEOUT, ATP-ADAPT-012, ATP-TIME-001); never a hanging stream, and the session
+    goes on."""
+    which = r.choice(["flaky", "stall"])
+    sid = s.new_sid()
+    s.track(sid)
+    s.link.send([syn(sid, "hold me open " * 6, which, ttl=1 if which == "stall" else 8)])
+    want = {"EAGENTDOWN"} if which == "flaky" else {"ETIMEOUT"}
+    stream(s, sid, want, "ATP-ADAPT-004" if which == "flaky" else "ATP-ADAPT-012")
+    err = next((f.ext.get("error") for f in s.streams[sid].frames if f.type == ERROR), None)
+    if (
+        which == "flaky"
+        and isinstance(err, dict)
+        and not isinstance(err.get("retry_after_ms"), int)
+    ):
+        s.violations.append("ATP-ERR-004: EAGENTDOWN without retry_after_ms")
+
+
+@case(kinds=("quic",), weight=0.5)
+def c_quic_control_stream_end(s: Session, r: random.Random) -> None:
+    """The client ends (FIN) or resets the control stream, or STOP_SENDINGs it, with a
+    stream open. The spec names no verdict: the general oracles hold (an ATP close code,
+    ATP-QUIC-004; a clean log), the open stream ends, and if the session stays up it
+    still serves."""
+    assert s.link.quic is not None
+    q = s.link.quic
+    sid = opened(s)
+    how = r.choice(["fin", "reset", "stop"])
+    if how == "fin":
+        q.send(0, b"", end=True)
+    elif how == "reset":
+        q.reset(0, 0x100)
+    else:
+        q.quic.stop_stream(0, 0x100)
+        q._flush()
+    s.wait(lambda: s.streams[sid].ended is not None or s.closed is not None, 8.0)
+    if s.closed is None and s.streams[sid].ended is None:
+        s.violations.append(f"ATP-STREAM-011: stream left hanging after control stream {how}")
+    if s.closed is None and how == "fin":
+        nxt = s.new_sid()
+        s.track(nxt)
+        s.link.send([syn(nxt)])
+        s.wait(lambda: s.streams[nxt].ended is not None or s.closed is not None, 8.0)

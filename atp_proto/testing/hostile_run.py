@@ -77,6 +77,12 @@ def fleet(*, auth: bool = False, quic: bool = True, extra: tuple[str, ...] = ())
                 adapter_server("echo", options={"repeat": "2000", "chunks": "20"})
             ),
             "dead": f"grpc://127.0.0.1:{_refused_port(stack)}",
+            "flaky": stack.enter_context(  # dies mid-stream after two chunks
+                adapter_server("echo", options={"chunks": "4", "fail": "cut", "fail_after": "2"})
+            ),
+            "stall": stack.enter_context(  # hangs after its first chunk
+                adapter_server("echo", options={"chunks": "4", "fail": "stall", "fail_after": "1"})
+            ),
             "hold": stack.enter_context(
                 adapter_server("echo", options={"latency_ms": "400", "chunks": "40"})
             ),
