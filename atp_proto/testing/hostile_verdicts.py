@@ -18,15 +18,13 @@ into account: the JSON mapping and WebSocket message bounds are WebSocket only.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .hostile_session import Session, syn
-from .hostile_wire import (
-    ERROR,
-    FIN,
-)
+from .hostile_wire import CODES, ERROR, FIN, Closed
 
 __all__ = ["CASES", "Case", "case", "conn", "ok", "opened", "run_case", "stream"]
 
@@ -80,7 +78,7 @@ def conn(s: Session, codes: set[str], rule: str) -> None:
     errs = s.session_errors
     if not errs:
         if s.link.kind == "quic" and s.closed.code is not None:
-            want = {0x100 + i for i, c in enumerate(_codes()) if c in codes}
+            want = {0x100 + i for i, c in enumerate(CODES) if c in codes}
             if s.closed.code not in want:
                 s.violations.append(f"{rule}: QUIC close {s.closed.code:#x}, spec: {sorted(codes)}")
             return
@@ -95,12 +93,6 @@ def ok(s: Session, sid: int, rule: str, *, probe: bool = False) -> None:
         s.violations.append(f"{rule}: stream {sid} ended {got!r}, spec: FINAL")
     if probe and s.closed is None and s.probe() != "fin":
         s.violations.append(f"{rule}: probe after ignored input did not complete")
-
-
-def _codes() -> tuple[str, ...]:
-    from .hostile_wire import CODES
-
-    return CODES
 
 
 def opened(s: Session, adapter: str = "slow", **kw: Any) -> int:
@@ -146,34 +138,25 @@ def _json_syn(alias: str, **over: Any) -> dict[str, Any]:
 
 
 def _json_end(s: Session, alias: str, timeout: float = 8.0) -> str | None:
-    """The end of the text stream ``alias`` (frames keyed by alias in ext)."""
+    """How the text stream just opened ended ("fin" or the ERROR code; None: it did not
+    within ``timeout``). One text stream at a time: a stream-0 ERROR (no ``stream_num``)
+    is the session's."""
     got: list[str] = []
-
-    def seen() -> bool:
-        return bool(got)
-
-    import time as _t
-
-    deadline = _t.monotonic() + timeout
-    while not got and _t.monotonic() < deadline and s.closed is None:
+    deadline = time.monotonic() + timeout
+    while not got and time.monotonic() < deadline and s.closed is None:
         try:
             frames = s.link.recv(0.5)
         except TimeoutError:
             continue
-        except Exception as c:
-            from .hostile_wire import Closed
-
-            if isinstance(c, Closed):
-                s.closed = c
-                break
-            raise
+        except Closed as c:
+            s.closed = c
+            break
         for f in frames:
             if f.type == ERROR:
                 err = f.ext.get("error", {})
-                from .hostile_wire import CODES
-
                 if not isinstance(err, dict) or err.get("code") not in CODES:
                     s.violations.append(f"ATP-ERR-001: text ERROR {err!r}")
+                    continue
                 if f.sid == 0 and "stream_num" not in f.ext:
                     s.session_errors.append(str(err.get("code")))
                     continue
