@@ -11,6 +11,7 @@ from typing import Any
 from .hostile_session import Session, syn
 from .hostile_verdicts import (
     BIG,
+    EP,
     EXT_BAD,
     _json_end,
     _json_syn,
@@ -567,3 +568,24 @@ def c_quic_control_stream_end(s: Session, r: random.Random) -> None:
         s.track(nxt)
         s.link.send([syn(nxt)])
         s.wait(lambda: s.streams[nxt].ended is not None or s.closed is not None, 8.0)
+
+
+@case(kinds=("ws",))
+def c_json_connection_level(s: Session, r: random.Random) -> None:
+    """Text frames whose stream cannot be identified, or that break a session rule:
+    connection errors (ATP-JSON-006/017, ATP-FRAME-003, ATP-TIME-003, ATP-FRAME-011)."""
+    text, want, rule = r.choice(
+        [
+            (json.dumps(_json_syn("a" * 129)), EP, "§12 alias length / ATP-JSON-017"),
+            (json.dumps(_json_syn(-1)), EP, "ATP-JSON-006 (stream_id out of range)"),
+            (json.dumps(_json_syn(2**31)), EP, "ATP-JSON-006 (stream_id out of range)"),
+            (json.dumps(_json_syn(1.0)), EP, "ATP-JSON-010"),
+            (json.dumps(_json_syn("x", v=2)), EP, "ATP-FRAME-003"),
+            (json.dumps({"flags": ["HB"], "payload_b64": "QUFB" * 30}), BIG, "ATP-TIME-003"),
+            (json.dumps({"flags": ["MORE"], "payload": 1}), EP, "ATP-FRAME-011"),
+            (json.dumps({"type": "WINDOW_UPDATE", "credit": 5}), EP, "ATP-FRAME-012"),
+            ('{"stream_id":"a","stream_id":"b","flags":["SYN"]}', EP, "ATP-JSON-017"),
+        ]
+    )
+    s.link.send_text(text)
+    conn(s, want, rule)

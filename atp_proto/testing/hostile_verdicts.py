@@ -122,7 +122,7 @@ EXT_BAD = [
 ]
 
 
-def _json_syn(alias: str, **over: Any) -> dict[str, Any]:
+def _json_syn(alias: Any, **over: Any) -> dict[str, Any]:
     f: dict[str, Any] = {
         "v": 1,
         "stream_id": alias,
