@@ -40,6 +40,7 @@ from ._errors import (
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
+    SequenceExhausted,
     StreamClosedError,
 )
 from ._events import (
@@ -108,6 +109,7 @@ __all__ = [
     "QoS",
     "RemoteProtocolError",
     "Role",
+    "SequenceExhausted",
     "StreamClosedError",
     "StreamOpened",
     "StreamReset",

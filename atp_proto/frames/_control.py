@@ -78,6 +78,9 @@ class ControlMixin(ConnectionBase):
     ) -> None:
         sid = frame.stream_id
         if self.role is Role.ROUTER:
+            rec = self._streams.get(sid)
+            if rec.closed if rec is not None else sid <= self._highest_id:
+                return  # ATP-FRAME-023 / ATP-FLAG-004: on a closed stream it is discarded
             raise RemoteProtocolError(
                 ErrorCode.EPROTO, "BUDGET_UPDATE is sent by the router only", stream_id=sid
             )

@@ -67,5 +67,12 @@ class StreamClosedError(LocalProtocolError):
     """Sending on a stream that is closed or was never opened."""
 
 
+class SequenceExhausted(LocalProtocolError):
+    """A message other than the FIN one would take the stream's last msg_seq (2³²−1):
+    the stream must end rather than wrap (ATP-SEQ-005). Not a bug of the caller: the
+    peer's SYN chose a msg_seq that leaves too little room. A router ends the stream
+    with an ERROR of this code and message."""
+
+
 class BudgetExceeded(ATPError):
     """Charging usage would exceed the stream's budget window (EBUDGET / EWINDOW)."""

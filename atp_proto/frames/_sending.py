@@ -16,6 +16,7 @@ from ._cbor import EncodedExt
 from ._codec import HEADER, HEADER_SIZE, encode_ext
 from ._errors import (
     LocalProtocolError,
+    SequenceExhausted,
 )
 from ._events import (
     ConnectionClosed,
@@ -270,9 +271,10 @@ class SendMixin(ConnectionBase):
         seq = rec.send_seq
         if seq > U32_MAX or (seq == U32_MAX and not fin):
             # ATP-SEQ-005: end the stream rather than wrap; the last number carries FIN
-            raise LocalProtocolError(
+            raise SequenceExhausted(
                 ErrorCode.EPROTO,
-                "msg_seq would wrap: end the stream (FIN) with this message",
+                "the SYN's msg_seq leaves no msg_seq for this stream's messages before its "
+                "FINAL (2^32-1 is the last; ATP-SEQ-005)",
                 stream_id=rec.stream_id,
             )
         rec.send_seq = seq + 1

@@ -98,10 +98,11 @@ def validate_frame(frame: Frame, limits: Limits = DEFAULT_LIMITS) -> None:
 
 
 def _check_session_id(ext: Mapping[str, Any], sid: int, limits: Limits) -> None:
-    session_id = ext.get("session_id")
-    if session_id is not None and (
-        not isinstance(session_id, str) or len(session_id) > limits.max_alias_len
-    ):  # §12: max session_id length, in both encodings
+    if "session_id" not in ext:
+        return
+    session_id = ext["session_id"]
+    if not isinstance(session_id, str) or len(session_id) > limits.max_alias_len:
+        # §12: max session_id length, in both encodings; a null is not text (ATP-EXT-010)
         raise RemoteProtocolError(
             ErrorCode.EPROTO,
             f'"session_id" must be text of at most {limits.max_alias_len} characters',

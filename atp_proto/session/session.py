@@ -68,6 +68,7 @@ from atp_proto.frames import (
     LocalProtocolError,
     MessageReceived,
     Role,
+    SequenceExhausted,
     StreamClosedError,
     StreamOpened,
     StreamReset,
@@ -551,11 +552,14 @@ class Session:
         try:
             self.conn.send_message(stream_id, payload, more=more, end_stream=end_stream, ext=ext)
         except LocalProtocolError as exc:
-            if isinstance(exc, StreamClosedError) or exc.code != ErrorCode.ETOOBIG:
+            if isinstance(exc, StreamClosedError) or not (
+                exc.code == ErrorCode.ETOOBIG or isinstance(exc, SequenceExhausted)
+            ):
                 raise
             # ATP-FLOW-014: the client's window is too small for this message's ext (the
-            # FINAL's telemetry): say so rather than fail with EINTERNAL.
-            self.send_error(stream_id, ErrorCode.ETOOBIG, exc.message)
+            # FINAL's telemetry); ATP-SEQ-005: the SYN's msg_seq left no number for this
+            # message before the FINAL. Say so rather than fail with EINTERNAL.
+            self.send_error(stream_id, exc.code, exc.message)
             return
         # Hot path: only the writer needs waking (sending moves no timer deadline earlier).
         self._wake_writer.set()
@@ -566,9 +570,11 @@ class Session:
         try:
             self.conn.send_message(stream_id, payload, more=True)
         except LocalProtocolError as exc:
-            if isinstance(exc, StreamClosedError) or exc.code != ErrorCode.ETOOBIG:
+            if isinstance(exc, StreamClosedError) or not (
+                exc.code == ErrorCode.ETOOBIG or isinstance(exc, SequenceExhausted)
+            ):
                 raise
-            self.send_error(stream_id, ErrorCode.ETOOBIG, exc.message)  # as in send()
+            self.send_error(stream_id, exc.code, exc.message)  # as in send()
             return
         if not self._writer_woken:  # one Event.set per writer pass, not one per chunk
             self._writer_woken = True

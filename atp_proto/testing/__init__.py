@@ -19,6 +19,11 @@ the runtime package.
   :mod:`~atp_proto.testing.ws_peer` (``ws://`` and ``wss://`` pairs on loopback TCP) and
   :mod:`~atp_proto.testing.quic_peer` (our QUIC server against aioquic's asyncio client)
   make the bindings of this package's transports.
+* :mod:`atp_proto.testing.hostile_run` — a hostile peer written from the spec alone
+  (:mod:`~.hostile_wire`: its own header code, a raw-socket WebSocket client, aioquic's
+  sans-IO QUIC; :mod:`~.hostile_session`: the router-side oracles; :mod:`~.hostile_cases`:
+  mutation cases with the spec's verdicts), run against real processes by
+  ``tests/hostile/`` and ``scripts/hostile_fuzz.py``.
 * :mod:`atp_proto.testing.http` — a minimal HTTP GET for ``/metrics``, ``/healthz`` and
   ``/readyz``, and :func:`metric_value` to read one Prometheus sample.
 

@@ -31,6 +31,7 @@ API = {
     "RemoteProtocolError",
     "FrameDecodeError",
     "StreamClosedError",
+    "SequenceExhausted",
     "BudgetExceeded",
     # the frame model and its codecs
     "Frame",
