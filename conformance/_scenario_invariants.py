@@ -20,6 +20,7 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
     next_seq: dict[Any, int] = {}
     in_message: dict[Any, bool] = {}
     ended: set[Any] = set()
+    ended_at: dict[Any, int] = {}  #: the index of each stream's end among r.s.frames
     first_fragment: dict[Any, Mapping[str, Any]] = {}  #: ext is only on frag_seq 0
     spent: dict[Any, int] = {}
     for index, f in enumerate(r.s.frames):
@@ -40,6 +41,12 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
             out.append(("ATP-FRAME-021", "the router sent a window in WINDOW_UPDATE"))
         if isinstance(t, int):  # a type beyond the five of §4, never negotiated here
             out.append(("ATP-EXT-006", f"the router sent a frame of type {t}"))
+        if sid in ended and ended_at[sid] < r.syn_from.get(sid, -1) <= index:
+            # the client sent a new SYN on the used id after the end: what follows answers
+            # that SYN (router.stream.syn-on-closed-id), not the ended stream
+            ended.discard(sid)
+            next_seq.pop(sid, None)
+            spent.pop(sid, None)
         if sid in ended and t in ("DATA", "ERROR") and sid != 0:
             out.append(("ATP-STREAM-011", f"a frame on stream {sid} after its end"))
         if t == "DATA" and sid not in (0, None):
@@ -91,6 +98,7 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
                     out.append(("ATP-BUDGET-006", f"stream {sid}: FINAL telemetry {tel!r}"))
         if sid not in (0, None) and _ended(f):
             ended.add(sid)
+            ended_at[sid] = index
         if (
             r.session_id
             and r.text

@@ -102,6 +102,9 @@ class Runner:
         self.text = text
         self.token = secrets.token_hex(6)
         self.syn_seq: dict[Any, int] = {}  #: stream -> msg_seq of its SYN
+        #: stream -> how many frames had arrived when its (latest) SYN was sent: a stream's
+        #: end comes after its SYN, so a SYN on a used id is judged by what follows it
+        self.syn_from: dict[Any, int] = {}
         #: stream -> [(frames received when the grant was sent, credit)]
         self.granted: dict[Any, list[tuple[int, int]]] = {}
         self.initial_window = DEFAULT_WINDOW
@@ -144,6 +147,7 @@ class Runner:
         sid = m.get("stream_id", 0)
         if "SYN" in (m.get("flags") or []):
             self.syn_seq[sid] = int(m.get("msg_seq", 0))
+            self.syn_from[sid] = len(self.s.frames)
             self.last_sid = sid
             if isinstance(sid, int):
                 self.next_sid = max(self.next_sid, sid + 2)
@@ -219,14 +223,15 @@ class Runner:
         return None
 
     async def end_of(self, sid: Any, timeout: float) -> dict[str, Any] | None:
+        start = self.syn_from.get(sid, 0)
         with trio.move_on_after(timeout):
             while True:
-                for f in self.s.frames:
+                for f in self.s.frames[start:]:
                     if f.get("stream_id") == sid and _ended(f):
                         return f
                 if await self.s.next(timeout) is None and self.s.closed:
                     break
-        for f in self.s.frames:
+        for f in self.s.frames[start:]:
             if f.get("stream_id") == sid and _ended(f):
                 return f
         return None

@@ -133,6 +133,15 @@ class Stream:
         self.recv.consume(cost, self.stream_id)
         # sequencing (ATP-SEQ); recv_seq is set when the stream opens, on both sides
         reasm = self.reasm
+        if frame.frag_seq and frame.flags & SYN_BIT:
+            # ATP-SEQ-006 before ATP-SEQ-004: a SYN is a message's first fragment by
+            # definition, so a SYN on a later one is malformed (EPROTO), not a sequence
+            # slip to retry (a new stream has no message to retry)
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO,
+                f"SYN on frag_seq {frame.frag_seq}: a SYN is the first fragment of its message",
+                stream_id=self.stream_id,
+            )
         if frame.msg_seq != self.recv_seq or frame.frag_seq != reasm.next:
             raise RemoteProtocolError(
                 ErrorCode.ESEQ_RETRY,

@@ -216,3 +216,19 @@ def test_every_uint_is_in_range_for_the_message_and_stream_limits() -> None:
     client = Connection(Role.CLIENT, now=0.0)
     client.receive_message(_caps({"max_streams": "many", "max_message_size": -1}), 0.0)
     assert client.open_stream(b"t" * 5000, now=None) == 1  # the defaults kept
+
+
+def test_syn_on_a_later_fragment_of_a_new_stream_is_eproto_not_eseq_retry() -> None:
+    """[ATP-SEQ-006] a SYN on frag_seq 3 of a stream never opened: the frag_seq is also not
+    the one expected (ATP-SEQ-004's ESEQ_RETRY), but a SYN is a message's first fragment by
+    definition, so the stream error is EPROTO; the session lives on (stream 3 opens)."""
+    for frag in (1, 3, 0xFFFF):
+        p = ConnectionPair()
+        p.handshake()
+        syn = Frame(FrameType.DATA, Flags.SYN, 1, 1, frag_seq=frag, payload=b"\xa0")
+        evs = p.router.receive_message(encode_frame(syn), 0)
+        (reset,) = of(evs, StreamReset)
+        assert (reset.stream_id, reset.code) == (1, ErrorCode.EPROTO), frag
+        assert "first fragment" in reset.message and not of(evs, ConnectionClosed)
+        ok = Frame.data(3, 1, raw=b"\xa0", flags=Flags.SYN)
+        assert of(p.router.receive_message(encode_frame(ok), 0), StreamOpened)
