@@ -34,7 +34,10 @@ def check_combinations(args: argparse.Namespace, cfg: Any) -> None:
         ):
             if value is not None:
                 raise UsageError(f"{flag} is for --learner bandit (the learner is {cfg.learner})")
-    if args.quic == "off" and (args.quic_cert or args.quic_key):
+    worker = getattr(args, "worker_index", None) is not None
+    # a worker of --workers N other than worker 0 is given --quic off by the supervisor
+    # (worker 0 owns the UDP port) beside the user's --quic-cert: not the user's mistake
+    if args.quic == "off" and (args.quic_cert or args.quic_key) and not worker:
         raise UsageError("--quic-cert/--quic-key with --quic off: drop one")
     if cfg.auth and (cfg.jwks or cfg.oidc_issuer) and args.jwt_key_file:
         given = "--jwks" if cfg.jwks else "--oidc-issuer"

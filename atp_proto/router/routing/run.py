@@ -73,6 +73,24 @@ log = logging.getLogger("atp.router")
 #: decide an expired stream (ETIMEOUT, ATP-TIME-001), not an adapter's deadline racing it.
 TTL_GRACE_MS = 250
 
+#: The smallest FINAL ext this router can send (ATP-STRAT-007's fallback: the keys of
+#: ATP-BUDGET-006 and decision_id, zero counters, no adapter named): a stream whose window
+#: cannot carry it is refused at the SYN, before any adapter is called or billed
+#: (ATP-FLOW-014), not after the answer was paid for.
+MIN_FINAL_EXT = len(
+    EncodedExt(
+        {
+            "telemetry": {
+                "tokens": 0,
+                "usd_micros": 0,
+                "latency_ms": 0,
+                "adapters": [],
+                "decision_id": "0" * 16,
+            }
+        }
+    ).cbor
+)
+
 
 class StreamRun:
     """Runs one stream; created per SYN by the router's stream runner."""
@@ -209,6 +227,14 @@ class StreamRun:
 
     async def _route(self, started: float) -> None:
         ctx, ev, ledger, emit = self.ctx, self.ev, self.ledger, self.emit
+        room = getattr(self.output, "max_ext_len", None)
+        if room is not None and (have := room()) < MIN_FINAL_EXT:
+            raise StreamFailed(
+                ErrorCode.ETOOBIG,
+                f"the stream's initial_window leaves {have} bytes for the FINAL's ext, and "
+                f"its required telemetry needs at least {MIN_FINAL_EXT}: refused before any "
+                "adapter call (ATP-FLOW-014)",
+            )
         task = parse_task(ev)
         self.ev_task_type = task.task_type
         decision = await decide(
