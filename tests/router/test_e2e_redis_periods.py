@@ -80,7 +80,6 @@ def test_a_killed_routers_hold_is_charged_to_its_own_period(
         assert len(windows) == 1
         (w,) = windows
         before = _by_window(redis_server, "inflight")
-        written = sum(before.values())
         held = sum(h[0] for h in holds)
         time.sleep(5.5)  # A's lease lapses, and the period W is long over
         (after,) = _sequential([b], "inflight", 1)
@@ -90,7 +89,9 @@ def test_a_killed_routers_hold_is_charged_to_its_own_period(
         wb = max(now)  # B's period (A's streams may have written into W+1 too)
         assert wb > w
         assert added == {w: held, wb: after["tokens"]}
-        assert written > 0 and _holds(redis_server, "inflight") == []
+        # (what A's streams wrote before the kill may be 0: A flushes usage in batches, and
+        # the kill comes at their first chunk; the holds are what the test is about)
+        assert held > 0 and _holds(redis_server, "inflight") == []
     finally:
         for r in (a, b):
             r.stop()
