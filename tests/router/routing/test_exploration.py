@@ -143,3 +143,23 @@ def test_a_shared_draw_keeps_decisions_reproducible() -> None:
         runs.append([learner.rank(_query(i)).scores["dear"] for i in range(20)])
     assert runs[0] == runs[1]
     assert len(set(np.round(runs[0], 6))) > 1  # the draws do move
+
+
+def test_forced_exploration_is_greedy_but_keeps_observing_each_arm() -> None:
+    """The levers' greedy learner with forced exploration: the dear arm known better
+    (quality 0.9 against the cheap arm's 0.3) goes first unless the coin, with
+    probability c / (1 + n) for the least-observed arm, puts the cheap one first; with
+    c = 0 never, with c = 5 and n = 9 about half the time."""
+    from benchmarks._routing_levers import ForcedExploration
+
+    def firsts(c: float) -> list[str]:
+        learner = ForcedExploration(seed=5, explore_c=c)
+        for i in range(9):
+            learner.arm("cheap").update(learner.vector(f"prompt {i}", "qa"), 0.3)
+        for i in range(30):
+            learner.arm("dear").update(learner.vector(f"prompt {i}", "qa"), 0.9)
+        return [learner.rank(_query(i)).order[0] for i in range(400)]
+
+    assert set(firsts(0.0)) == {"dear"}
+    share = firsts(5.0).count("cheap") / 400
+    assert 0.4 < share < 0.6, share
