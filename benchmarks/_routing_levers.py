@@ -11,6 +11,14 @@ beside the default learner measured in the same run (issue 13 items 2 and 6).
   not installed is reported as skipped, with the reason.
 * **Exploration that depends on the prompt** (``BanditLearner(context_explore=k)``: the
   hashed-word part of a Thompson draw's spread weighted by ``k``) for the online goal.
+* **Exploration of the online learner** (:data:`ONLINE_VARIANTS`): a heavier task-type
+  feature (``task_weight``: a weaker prior on the task type, so a task type is learned
+  from a few answers and a new one is explored like a new adapter) and one Thompson draw
+  shared by the candidates (``shared_draw``: the spread both arms' posteriors share --
+  the prior of words neither has seen -- cancels instead of randomising every
+  comparison); and greedy choices with forced exploration instead of Thompson sampling
+  (:class:`ForcedExploration`); second-half APGR over the bench's seeds, paired against
+  the default.
 * **A cost-aware choice among many models** (arena): besides the bench's rule (best
   predicted quality minus a cost weight), the cheapest model whose prediction, shrunk
   towards the model's mean quality on the training part, is within ``delta`` of the
@@ -36,6 +44,7 @@ import numpy.typing as npt
 from atp_proto.router.routing.learner import BanditLearner
 from atp_proto.router.routing.learner.features import DEFAULT_DIM, Featurizer
 from atp_proto.router.routing.learner.offline import train
+from atp_proto.router.routing.learning import Ranking, RouteQuery
 from atp_proto.routing_data import PriceModel, Record, adapter_name
 
 from ._routing_eval import guarded_usd
@@ -51,9 +60,11 @@ from ._routing_spread import (
 __all__ = [
     "Embedder",
     "EmbeddingFeaturizer",
+    "ForcedExploration",
     "arena_rules",
     "available_embedders",
     "context_exploration",
+    "online_variants",
     "cost_cut_at",
     "run_levers",
 ]
@@ -61,6 +72,48 @@ __all__ = [
 Matrix = npt.NDArray[np.float64]
 SCALES = (0.5, 1.0, 2.0)  #: the embedding block's norm against the hashed block's (~1)
 BOOSTS = (1.0, 3.0, 10.0, 30.0)
+
+
+class ForcedExploration(BanditLearner):
+    """Greedy on the expected reward, except that with probability ``c / (1 + n)``, ``n``
+    the least-observed candidate's answer weight, that candidate goes first (forced
+    sampling: each arm keeps being observed, ever more rarely; cf. Bastani, Bayati and
+    Khosravi, "Mostly exploration-free algorithms for contextual bandits"). The lever
+    for "Thompson sampling's draws randomise the second half's choices"."""
+
+    def __init__(self, *, explore_c: float = 5.0, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.explore_c = explore_c
+
+    def rank(self, query: RouteQuery) -> Ranking:
+        base = super().rank(query)  # bookkeeping (pending decision), predictions
+        if not base.order:
+            return base
+        x = self.vector(query.prompt, query.task_type)
+        w = self.weights.get(query.plan) or self.weights["default"]
+        top = max(c.est_usd_micros for c in query.candidates) or 1.0
+        pred = self.predict(x, [c.name for c in query.candidates], clip=False)
+        exp = {
+            c.name: w.quality * pred[c.name] - w.cost * c.est_usd_micros / top
+            for c in query.candidates
+        }
+        order = sorted(exp, key=lambda n: -exp[n])
+        least = min(order, key=lambda n: self.arm(n).n)
+        explored = self.rng.random() < min(1.0, self.explore_c / (1.0 + self.arm(least).n))
+        if explored:
+            order = [least, *(n for n in order if n != least)]
+        return Ranking(tuple(order), base.predicted_quality, explored, exp, "forced-exploration")
+
+
+#: online learner variants (BanditLearner settings) judged beside the default
+ONLINE_VARIANTS: dict[str, dict[str, Any]] = {
+    "task_weight 3": {"task_weight": 3.0},
+    "shared draw": {"shared_draw": True},
+    "task_weight 3 + shared draw": {"task_weight": 3.0, "shared_draw": True},
+    "greedy + forced exploration (c 5)": {"learner": ForcedExploration, "explore_c": 5.0},
+}
+
+
 QUALITY_KEPT = 0.95
 BENCH_RULE = "best minus cost weight (bench)"
 
@@ -162,6 +215,24 @@ def context_exploration(
     return {
         s.name: {str(b): online_spread(s, prices, seed, False, b) for b in boosts} for s in sources
     }
+
+
+def online_variants(
+    sources: Sequence[Source],
+    prices: dict[str, PriceModel],
+    seed: int,
+    variants: Mapping[str, Mapping[str, Any]] = ONLINE_VARIANTS,
+) -> dict[str, dict[str, Any]]:
+    """Second-half online APGR over the bench's 5 seeds: the default learner and each
+    variant, with its paired difference seed by seed."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in sources:
+        per = {"default": online_spread(s, prices, seed, False)}
+        for name, opts in variants.items():
+            per[name] = online_spread(s, prices, seed, False, **opts)
+            _paired(per[name], per["default"])
+        out[s.name] = per
+    return out
 
 
 def cost_cut_at(points: Sequence[tuple[float, float]], kept: float = QUALITY_KEPT) -> float:
@@ -304,12 +375,19 @@ def run_levers(
                 _paired(st, offline["hashed words (default)"][src])
     say("levers: context-aware exploration (online, small two-model sources) …")
     small = [s for s in sources if s.kind == "two-model" and len(s.records) <= 400]
-    say("levers: cost-aware choice among many models …")
     online = context_exploration(small, prices, seed, BOOSTS)
     for per in online.values():
         for boost, st in per.items():
             if boost != "1.0":
                 _paired(st, per["1.0"])
+    say("levers: the online learner's exploration variants …")
+    variants = online_variants(small, prices, seed)
+    tw = {"task_weight 3": _with_features(Featurizer(DEFAULT_DIM, task_weight=3.0))}
+    for name, make in tw.items():
+        offline[name] = offline_spread(sources, prices, train_share, make)
+        for src, st in offline[name].items():
+            _paired(st, offline["hashed words (default)"][src])
+    say("levers: cost-aware choice among many models …")
     return {
         "offline_apgr_rotations": offline,
         "embedders": {
@@ -318,5 +396,6 @@ def run_levers(
             "ms_per_prompt": embed_ms,
         },
         "online_second_half_apgr_seeds": online,
+        "online_exploration_variants": variants,
         "multi_model_cost_cut_at_95": arena_rules(sources, prices, train_share),
     }

@@ -137,10 +137,17 @@ def _simulate(
     w: float,
     seed: int,
     context_explore: float = 1.0,
+    **opts: Any,
 ) -> list[str]:
-    """The online bandit in-process: rank, take the first, report its recorded quality."""
-    learner = BanditLearner(
-        weights={"default": Weights(1.0, w, 0.0)}, seed=seed, context_explore=context_explore
+    """The online bandit in-process: rank, take the first, report its recorded quality.
+    ``opts``: more :class:`BanditLearner` settings (the levers' variants), and under
+    ``learner`` the class to build instead of it."""
+    make = opts.pop("learner", BanditLearner)  # a BanditLearner subclass (the levers')
+    learner = make(
+        weights={"default": Weights(1.0, w, 0.0)},
+        seed=seed,
+        context_explore=context_explore,
+        **opts,
     )
     chosen = []
     for i, r in enumerate(order):

@@ -130,7 +130,10 @@ def online_spread(
     seed: int,
     quick: bool,
     context_explore: float = 1.0,
+    **opts: Any,
 ) -> dict[str, Any]:
+    """Second-half APGR of the in-process replay over ``SEEDS`` seeds from ``seed``, for
+    the default learner or one with ``context_explore`` / ``opts`` (:func:`_simulate`)."""
     values: list[float | None] = []
     sweep = QUICK_SWEEP if quick else SWEEP
     for sd in range(seed, seed + SEEDS):
@@ -143,7 +146,7 @@ def online_spread(
         ids = {r.id for r in pr}
         points = []
         for w in sweep:
-            ch = _simulate(order, prices, w, sd, context_explore)
+            ch = _simulate(order, prices, w, sd, context_explore, **opts)
             keep = [c for r, c in zip(order[half:], ch[half:], strict=True) if r.id in ids]
             row = _row(pr, keep, s)
             points.append((row["share"], row["pgr"]))

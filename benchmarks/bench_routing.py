@@ -294,6 +294,11 @@ def render_levers(console: Any, lev: dict[str, Any]) -> None:
             f"  {src} online second half, 5 seeds, by context_explore: "
             + ", ".join(f"{b}: {_st(st)}" for b, st in per.items())
         )
+    for src, per in lev.get("online_exploration_variants", {}).items():
+        console.print(
+            f"  {src} online second half, 5 seeds, exploration variants: "
+            + ", ".join(f"{name}: {_st(st)}" for name, st in per.items())
+        )
     for src, per in lev["multi_model_cost_cut_at_95"].items():
         console.print(
             f"  {src} cost cut at 95 % of strong on the held-out frontier: "

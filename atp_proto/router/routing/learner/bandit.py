@@ -127,8 +127,15 @@ class BanditLearner:
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         context_explore: float = 1.0,
+        shared_draw: bool = False,
+        task_weight: float = 1.0,
     ) -> None:
-        self.features = Featurizer(dim)
+        #: ``task_weight``: the value of the task type's own feature (1.0: as before; a
+        #: larger value is a weaker prior on it, see :class:`.features.Featurizer`)
+        self.features = Featurizer(dim, task_weight=task_weight)
+        #: one standard normal per decision, shared by every candidate's draw, instead of
+        #: one per candidate (:meth:`rank`)
+        self.shared_draw = shared_draw
         #: how much more the prompt's own features (hashed words, not the dense head)
         #: count in a Thompson draw's spread than the posterior gives them; 1.0 is plain
         #: Thompson sampling, the default: a larger factor was tried for the online goal
@@ -187,12 +194,14 @@ class BanditLearner:
         sampled: dict[str, float] = {}
         expected: dict[str, float] = {}
         idx = np.flatnonzero(x)  # once for every candidate (Arm.predict)
+        z = float(self.rng.standard_normal()) if self.shared_draw else 0.0
         for c in query.candidates:
             arm = self.arm(c.name)
             mean, var = arm.predict(x, idx)
             if self.context_explore != 1.0:
                 var = arm.variance(x, idx, self.context_explore)
-            draw = mean + spread * np.sqrt(var) * float(self.rng.standard_normal())
+            e = z if self.shared_draw else float(self.rng.standard_normal())
+            draw = mean + spread * np.sqrt(var) * e
             penalty = w.cost * (c.est_usd_micros / max_cost if max_cost > 0 else 0.0)
             penalty += w.latency * (lats[c.name] / max_lat if max_lat > 0 else 0.0)
             if not c.healthy:

@@ -32,10 +32,15 @@ _DENSE = DENSE
 class Featurizer:
     """``vector(prompt, task_type)`` -> float64 array of ``dim`` (deterministic)."""
 
-    def __init__(self, dim: int = DEFAULT_DIM, max_chars: int = 4000) -> None:
+    def __init__(
+        self, dim: int = DEFAULT_DIM, max_chars: int = 4000, task_weight: float = 1.0
+    ) -> None:
         if dim < _DENSE + 16:
             raise ValueError(f"feature dimension must be at least {_DENSE + 16}")
+        if not task_weight > 0 or not math.isfinite(task_weight):
+            raise ValueError("task_weight must be a finite number > 0")
         self.dim = dim
+        self.task_weight = task_weight
         self.max_chars = max_chars  #: longer prompts are cut (bounded work per request)
 
     def vector(self, prompt: str, task_type: str = "") -> npt.NDArray[np.float64]:
@@ -69,5 +74,5 @@ class Featurizer:
             val = np.sign(val) * np.log1p(np.abs(val))
             val /= math.sqrt(len(grams))  # a bounded norm whatever the length
             x[idx] += val
-        x[_DENSE + zlib.crc32(f"task:{task_type}".encode()) % buckets] += 1.0
+        x[_DENSE + zlib.crc32(f"task:{task_type}".encode()) % buckets] += self.task_weight
         return x

@@ -2,7 +2,10 @@
 form to move it between routers (``atp routing export | import``).
 
 One row per arm (the posterior ``A^-1`` and ``b`` as little-endian float64 blobs, the
-counters) and a ``meta`` table (format version, feature dimension, ridge). Writes are one
+counters) and a ``meta`` table (format version, feature dimension, ridge, and since
+version 2 the task type's feature value, ``task_weight``: a state means what its features
+meant when it learned, so a learner takes the weight of the state it loads; a version-1
+state is read as weight 1.0, the only one that version knew). Writes are one
 transaction (a crash leaves the previous state), done off the event loop by the router
 from a :func:`snapshot` taken on it. Pending decisions are not persisted: feedback for a
 decision made before a restart is refused as unknown (ATP-FEED-003).
@@ -36,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .bandit import BanditLearner
+from .features import Featurizer
 from .model import Arm
 
 __all__ = [
@@ -52,7 +56,10 @@ __all__ = [
 ]
 
 FORMAT = "atp-routing-state"
-VERSION = 1
+VERSION = 2
+#: versions this code reads (1: before ``task_weight``, which was 1.0 then)
+READS = ("1", "2")
+
 #: how long a writer waits for another worker's write before giving up (then it logs and
 #: retries at the next save)
 BUSY_S = 10.0
@@ -67,6 +74,13 @@ class State:
     dim: int
     ridge: float
     arms: Mapping[str, Arm]
+    task_weight: float = 1.0  #: the featurizer's (features.Featurizer.task_weight)
+
+
+def _version(state: State) -> int:
+    """A state whose features mean what they meant in version 1 is written as version 1
+    (older routers keep reading it); another task weight needs version 2."""
+    return 1 if state.task_weight == 1.0 else VERSION
 
 
 def snapshot(learner: BanditLearner) -> State:
@@ -84,7 +98,7 @@ def snapshot(learner: BanditLearner) -> State:
         )
         for n, a in learner.arms.items()
     }
-    return State(learner.features.dim, learner.ridge, arms)
+    return State(learner.features.dim, learner.ridge, arms, learner.features.task_weight)
 
 
 def apply(learner: BanditLearner, state: State) -> None:
@@ -99,6 +113,10 @@ def apply(learner: BanditLearner, state: State) -> None:
             f"{learner.features.dim}"
         )
     learner.ridge = state.ridge
+    if learner.features.task_weight != state.task_weight:
+        learner.features = Featurizer(
+            learner.features.dim, learner.features.max_chars, state.task_weight
+        )
     learner.arms = dict(state.arms)
 
 
@@ -146,9 +164,10 @@ def _write_meta(con: sqlite3.Connection, state: State) -> None:
         "INSERT INTO meta VALUES (?, ?)",
         [
             ("format", FORMAT),
-            ("version", str(VERSION)),
+            ("version", str(_version(state))),
             ("dim", str(state.dim)),
             ("ridge", repr(state.ridge)),
+            *([("task_weight", repr(state.task_weight))] if _version(state) > 1 else []),
         ],
     )
 
@@ -199,9 +218,10 @@ def _arm(dim: int, a_inv: bytes, b: bytes, **counts: Any) -> Arm:
 
 
 def _state(meta: Mapping[str, str], rows: list[Any], path: str | Path) -> State:
-    if meta.get("format") != FORMAT or meta.get("version") != str(VERSION):
-        raise StateError(f"{path}: not a routing state of version {VERSION}")
+    if meta.get("format") != FORMAT or meta.get("version") not in READS:
+        raise StateError(f"{path}: not a routing state of version {' or '.join(READS)}")
     dim = int(meta["dim"])
+    task_weight = _task_weight(meta.get("task_weight", "1.0"), path)
     arms = {
         r[0]: _arm(
             dim,
@@ -216,7 +236,17 @@ def _state(meta: Mapping[str, str], rows: list[Any], path: str | Path) -> State:
         )
         for r in rows
     }
-    return State(dim, float(meta["ridge"]), arms)
+    return State(dim, float(meta["ridge"]), arms, task_weight)
+
+
+def _task_weight(value: Any, where: str | Path) -> float:
+    try:
+        tw = float(value)
+    except (TypeError, ValueError):
+        tw = float("nan")
+    if not tw > 0 or not np.isfinite(tw):
+        raise StateError(f"{where}: task_weight must be a finite number > 0, got {value!r}")
+    return tw
 
 
 def _tables(con: sqlite3.Connection) -> set[str]:
@@ -349,7 +379,7 @@ def merge_workers(path: str | Path, *, shared: bool = False) -> int:
                     merged[name] = changed[0]
                 elif changed:
                     merged[name] = _added(start, changed)
-            state = State(base.dim, base.ridge, merged)
+            state = State(base.dim, base.ridge, merged, base.task_weight)
             _write_meta(con, state)
             con.execute("DELETE FROM arms")
             con.executemany("INSERT INTO arms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _rows(state))
@@ -383,9 +413,10 @@ def dump_json(state: State) -> dict[str, Any]:
 
     return {
         "format": FORMAT,
-        "version": VERSION,
+        "version": _version(state),
         "dim": state.dim,
         "ridge": state.ridge,
+        **({"task_weight": state.task_weight} if _version(state) > 1 else {}),
         "arms": {
             n: {
                 "n": a.n,
@@ -408,8 +439,13 @@ def load_json(doc: Any) -> State:
     Raises:
         StateError: not such a document (the message says what is wrong).
     """
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise StateError(f"not an {FORMAT} document of version {VERSION}")
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != FORMAT
+        or str(doc.get("version")) not in READS
+    ):
+        raise StateError(f"not an {FORMAT} document of version {' or '.join(READS)}")
+    task_weight = _task_weight(doc.get("task_weight", 1.0), FORMAT)
     try:
         dim = int(doc["dim"])
         arms = {}
@@ -422,7 +458,7 @@ def load_json(doc: Any) -> State:
                 failures=a["failures"],
                 **counts,
             )
-        return State(dim, float(doc["ridge"]), arms)
+        return State(dim, float(doc["ridge"]), arms, task_weight)
     except (KeyError, TypeError, ValueError) as exc:
         raise StateError(f"malformed {FORMAT} document: {exc}") from None
 
