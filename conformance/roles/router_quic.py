@@ -66,6 +66,15 @@ def _neutral(reqs: Sequence[str]) -> tuple[str, ...]:
     return tuple(r for r in reqs if not r.startswith(_TRANSPORT_ONLY))
 
 
+#: transport-neutral cases not repeated over QUIC, and why
+_NOT_OVER_QUIC = {
+    # a second QUIC stream naming a used ATP id: which QUIC stream carries the refusal
+    # (the new one, the first one's, or a connection error by ATP-QUIC-005) is not yet
+    # decided by §13.2; the reference sends no ERROR on the new QUIC stream today
+    "router.stream.syn-on-closed-id",
+}
+
+
 def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
     """Every QUIC case: the binding's, then the transport-neutral scenarios and vectors."""
     from conformance.roles import router
@@ -92,6 +101,8 @@ def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
             "feedback",
             "lanes",
         ):
+            continue
+        if spec.id in _NOT_OVER_QUIC:
             continue
         reqs = _neutral(spec.requirements)
         if not reqs or "ATP-WS-001" in spec.requirements:
