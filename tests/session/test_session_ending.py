@@ -74,6 +74,14 @@ class PerStreamMemory:
         self._recv.close()
 
 
+async def _open_one(peer: Connection, transport: PerStreamMemory) -> int:
+    """The client peer opens one stream and its frames go in through the transport."""
+    sid = peer.open_stream(b"\xa0", qos=QoS.GOLD, now=trio.current_time())
+    for s, data, _ in peer.stream_data_to_send(trio.current_time()):
+        await transport.inbox.send(ChannelData(s, data))
+    return sid
+
+
 @pytest.mark.parametrize("first_output", ["partial", "final"])
 async def test_the_transport_gone_under_a_stream_is_not_a_stream_failure(
     first_output: str, caplog: pytest.LogCaptureFixture
@@ -101,9 +109,7 @@ async def test_the_transport_gone_under_a_stream_is_not_a_stream_failure(
     with caplog.at_level(logging.DEBUG, logger="atp"):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(session.run)
-            peer.open_stream(b"\xa0", qos=QoS.GOLD, now=trio.current_time())
-            for sid, data, _ in peer.stream_data_to_send(trio.current_time()):
-                await transport.inbox.send(ChannelData(sid, data))
+            await _open_one(peer, transport)
             with trio.fail_after(5):
                 await started.wait()
             transport.gone = True  # the QUIC connection terminated
@@ -134,9 +140,7 @@ async def test_a_real_failure_still_logs_its_traceback_and_ends_the_stream_einte
     with caplog.at_level(logging.DEBUG, logger="atp"):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(session.run)
-            sid = peer.open_stream(b"\xa0", qos=QoS.GOLD, now=trio.current_time())
-            for s, data, _ in peer.stream_data_to_send(trio.current_time()):
-                await transport.inbox.send(ChannelData(s, data))
+            sid = await _open_one(peer, transport)
             resets: list[StreamReset] = []
             with trio.fail_after(5):
                 while not resets:
@@ -180,9 +184,7 @@ async def test_a_connection_error_under_a_sending_stream_is_not_a_stream_failure
     with caplog.at_level(logging.DEBUG, logger="atp"):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(session.run)
-            peer.open_stream(b"\xa0", qos=QoS.GOLD, now=trio.current_time())
-            for sid, data, _ in peer.stream_data_to_send(trio.current_time()):
-                await transport.inbox.send(ChannelData(sid, data))
+            await _open_one(peer, transport)
             await trio.sleep(0.05)
             await transport.inbox.send(ChannelData(0, b"\xff" * 24))  # no ATP frame
             with trio.fail_after(5):
