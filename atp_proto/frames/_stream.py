@@ -24,6 +24,7 @@ from ._fragments import Reassembler, unpinned
 from ._frame import Frame
 from ._state import TRANSITIONS, Role, StreamInput, StreamState, next_state
 from ._types import (
+    CONT_BIT,
     FIN_BIT,
     MORE_BIT,
     SLOW_BITS,
@@ -133,14 +134,16 @@ class Stream:
         self.recv.consume(cost, self.stream_id)
         # sequencing (ATP-SEQ); recv_seq is set when the stream opens, on both sides
         reasm = self.reasm
-        if frame.frag_seq and frame.flags & SYN_BIT:
-            # ATP-SEQ-006 before ATP-SEQ-004: a SYN is a message's first fragment by
-            # definition, so a SYN on a later one is malformed (EPROTO), not a sequence
-            # slip to retry (a new stream has no message to retry)
+        flags = frame.flags
+        if (frame.frag_seq and (flags & SYN_BIT or frame.ext)) or (
+            flags & CONT_BIT and flags & FIN_BIT
+        ):
+            # ATP-SEQ-006 before ATP-SEQ-004: SYN and ext belong to a message's first
+            # fragment, FIN to its last; a frame breaking that is malformed (EPROTO) even
+            # when its numbers are also not the ones expected (a new stream has no message
+            # to retry, and a retry would repeat the malformed frame)
             raise RemoteProtocolError(
-                ErrorCode.EPROTO,
-                f"SYN on frag_seq {frame.frag_seq}: a SYN is the first fragment of its message",
-                stream_id=self.stream_id,
+                ErrorCode.EPROTO, _seq006_violation(frame), stream_id=self.stream_id
             )
         if frame.msg_seq != self.recv_seq or frame.frag_seq != reasm.next:
             raise RemoteProtocolError(
@@ -198,3 +201,14 @@ class Stream:
             end_stream=fin,
             size=cost,
         )
+
+
+def _seq006_violation(frame: Frame) -> str:
+    """What an ATP-SEQ-006 violation is, for its ERROR message."""
+    if frame.flags & CONT_BIT and frame.flags & FIN_BIT:
+        return "FIN is allowed on the last fragment only (CONT is set)"
+    what = "SYN" if frame.flags & SYN_BIT else "ext"
+    return (
+        f"{what} is allowed on the first fragment only: a frame with it on frag_seq "
+        f"{frame.frag_seq}"
+    )
