@@ -187,7 +187,14 @@ class ConnectionBase:
             # §5.1.1): the same or a lower id is then EPROTO, whatever refused this one.
             self._highest_id = sid
             self.json.note_stream_id(sid)
-        if rec is not None:
+        if rec is not None and rec.closed:
+            # closed by our FIN, which still waits for credit in the outbox (a flushing
+            # stream takes WINDOW_UPDATE, _is_gone): the ERROR ends it instead, so its
+            # queued frames go (§7.1 "send RST/ERROR") and the FIN never follows the
+            # ERROR (ATP-STREAM-011: exactly one ending)
+            rec.send.clear()
+            self._maybe_forget(rec)
+        elif rec is not None:
             self._close_stream(rec, StreamInput.SEND_RST)
         elif encoding is _JSON:
             # A SYN refused under an alias still took its id, named to the client in
