@@ -319,6 +319,7 @@ class ReceiveMixin(ControlMixin):
                         and not frame.frag_seq
                         and not rec.reasm.next
                         and cost <= recv.credit
+                        and cost <= max_message  # the payload is within it (ATP-SEQ-007)
                     ):
                         # Stream.receive_data's own shortcut (a whole in-order message
                         # within credit), inline with its event's slots: the client's

@@ -109,6 +109,7 @@ class Stream:
             and frame.frag_seq == 0
             and not frame.ext
             and cost <= recv.credit
+            and cost <= max_message_size  # the payload is within it (ATP-SEQ-007)
         ):
             recv.credit -= cost
             msg_seq = frame.msg_seq
