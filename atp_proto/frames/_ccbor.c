@@ -30,7 +30,8 @@
  * Memory safety: every read is bounds-checked against the end of the buffer before it is
  * made (`need`); a container's announced count is checked against the bytes left before
  * anything is allocated (each item takes at least one byte), so a 9-byte header cannot ask
- * for 2^64 slots; recursion is bounded by max_depth and by Py_EnterRecursiveCall; every
+ * for 2^64 slots, and a long array's slots grow with the items read (ARRAY_PREALLOC_MAX);
+ * recursion is bounded by max_depth and by Py_EnterRecursiveCall; every
  * error path releases what it owns (a partly filled list or dict is released whole: its
  * empty slots are NULL, which list deallocation skips).
  */
@@ -152,6 +153,13 @@ decode_short_text(Decoder *d, uint64_t len, int is_key)
     return k;
 }
 
+/* Slots allocated for an array before its items are read. A longer array grows as its
+ * items arrive: its announced count is bounded only by the bytes left, and arrays nested
+ * 63 deep in a 4 MiB payload, each announcing what is left, would otherwise ask for
+ * 2 GB of slots at once before the first item fails (a MemoryError under an address-space
+ * limit, where the pure path peaks at 8 bytes per input byte). */
+#define ARRAY_PREALLOC_MAX 4096
+
 static PyObject *
 decode_array(Decoder *d, uint64_t n, int depth)
 {
@@ -159,7 +167,8 @@ decode_array(Decoder *d, uint64_t n, int depth)
         return NULL;
     if (Py_EnterRecursiveCall(" while decoding CBOR"))
         return NULL;
-    PyObject *list = PyList_New((Py_ssize_t)n);
+    int grow = n > ARRAY_PREALLOC_MAX;
+    PyObject *list = PyList_New(grow ? 0 : (Py_ssize_t)n);
     if (list != NULL) {
         for (uint64_t i = 0; i < n; i++) {
             PyObject *item = decode_item(d, depth + 1);
@@ -167,7 +176,16 @@ decode_array(Decoder *d, uint64_t n, int depth)
                 Py_CLEAR(list); /* the slots not yet filled are NULL */
                 break;
             }
-            PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+            if (!grow) {
+                PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+                continue;
+            }
+            int bad = PyList_Append(list, item) < 0;
+            Py_DECREF(item);
+            if (bad) {
+                Py_CLEAR(list);
+                break;
+            }
         }
     }
     Py_LeaveRecursiveCall();

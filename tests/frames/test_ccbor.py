@@ -522,3 +522,33 @@ def test_error_paths_release_what_they_built() -> None:
     finally:
         tracemalloc.stop()
     assert grown < 64 * 1024, f"{grown} bytes kept after 32,000 refused items"
+
+
+# -- allocation for announced lengths (session 6) --------------------------------------
+
+
+def _nested_announcements(size: int, levels: int) -> bytes:
+    """Arrays nested ``levels`` deep, each announcing as many items as bytes remain (the
+    bound the decoder checks), then zeros: a payload of ``size`` bytes that is refused."""
+    head = b"".join(b"\x9a" + (size - 5 * (i + 1)).to_bytes(4, "big") for i in range(levels))
+    return (head + bytes(size))[:size]
+
+
+@pytest.mark.parametrize("implementation", _cbor.available())
+def test_announced_array_lengths_do_not_allocate_beyond_the_input(implementation: str) -> None:
+    """ATP-SEC-012 / ATP-LIMIT-002: the C decoder allocated each array's slots from its
+    announced count (bounded only by the bytes left), so 63 nested arrays in a 1 MiB
+    payload took 528 MB at once (4 MiB: 2 GB of address space, a MemoryError out of
+    loads under a 1.5 GB limit); the pure path peaked at 8 MB. Slots now grow with
+    the items decoded: the peak is bounded by a small multiple of the input."""
+    before = _cbor.use(implementation)
+    data = _nested_announcements(1 << 20, 63)
+    tracemalloc.start()
+    try:
+        with pytest.raises(_cbor.DECODE_ERRORS):
+            _cbor.loads(data, 64, False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        _cbor.use(before)
+    assert peak < 16 * len(data), peak
