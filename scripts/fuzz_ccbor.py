@@ -1,6 +1,12 @@
 """Fuzz the C CBOR accelerator under AddressSanitizer + UBSan, against the pure-Python path.
 
     .venv/bin/python scripts/fuzz_ccbor.py [SECONDS] [SEED]     (default 60 s, seed 1)
+    .venv/bin/python scripts/fuzz_ccbor.py SECONDS SEED --debug-malloc
+
+``--debug-malloc`` runs the installed module (no sanitizer build) under Python's debug
+allocators and development mode instead (``PYTHONMALLOC=debug``, ``-X dev``): buffer
+overruns and underruns of Python's own blocks, use of freed memory (filled with a
+pattern) and API misuse warnings, where no compiler with ASAN is at hand.
 
 Builds ``atp_proto/frames/_ccbor.c`` with ``-fsanitize=address,undefined`` into a temporary
 directory, then runs itself again with the sanitizer runtimes preloaded and
@@ -8,7 +14,10 @@ directory, then runs itself again with the sanitizer runtimes preloaded and
 writes, is a malloc block ASAN guards). The loop feeds the sanitized module random values
 (``dumps``), their encodings cut, flipped and with hostile heads inserted, random bytes
 (``loads`` at several depth limits, payload and ext rules) and random frames and headers
-(``header``, ``frame_encode``, ``frame_at``), and checks every answer against the
+(``header``, ``frame_encode``, ``frame_at``), items of a hostile CBOR grammar
+(:mod:`atp_proto.testing.hostile_cbor`: non-minimal heads, tags, indefinite lengths, duplicate
+keys in other widths, invalid UTF-8, NaN and -0.0 in three widths, counts off by one, huge
+lengths), and checks every answer against the
 pure-Python path (``_cbor._loads_py`` / ``_dumps_py``, ``_frame._header_py``,
 ``_codec.encode_frame_py``). Any memory error aborts with ASAN's report; any disagreement
 fails an assertion. Needs gcc and the Python headers (issue 10 item 6).
@@ -67,6 +76,20 @@ def _build_and_reexec(seconds: str, seed: str) -> int:
     ).returncode
 
 
+def _reexec_debug_malloc(seconds: str, seed: str) -> int:
+    import atp_proto.frames._ccbor as installed  # built by ./dev setup
+
+    env = {
+        **os.environ,
+        "PYTHONMALLOC": "debug",
+        "ATP_PURE_CBOR": "1",  # the package's own path is the pure one: the reference
+        "CCBOR_ASAN_MODULE": str(installed.__file__),
+    }
+    return subprocess.run(
+        [sys.executable, "-X", "dev", __file__, seconds, seed], env=env, check=False
+    ).returncode
+
+
 def _load(path: str) -> Any:
     name = "atp_proto.frames._ccbor"
     loader = importlib.machinery.ExtensionFileLoader(name, path)
@@ -81,6 +104,7 @@ def _fuzz(seconds: float, seed: int) -> None:
     import cbor2
 
     from atp_proto.frames import Frame, _cbor, _codec, _frame
+    from atp_proto.testing.hostile_cbor import hostile_item, same
 
     asan = _load(os.environ["CCBOR_ASAN_MODULE"])
     assert _cbor.IMPLEMENTATION == "python"
@@ -122,19 +146,8 @@ def _fuzz(seconds: float, seed: int) -> None:
         except errors:
             return "refused", None
 
-    def same(a: Any, b: Any) -> bool:
-        if type(a) is not type(b):
-            return False
-        if isinstance(a, float):
-            return a == b or (math.isnan(a) and math.isnan(b))
-        if isinstance(a, list):
-            return len(a) == len(b) and all(map(same, a, b))
-        if isinstance(a, dict):
-            return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
-        return bool(a == b)
-
     deadline = time.monotonic() + seconds
-    n = 0
+    n = grammar = accepted = 0
     while time.monotonic() < deadline:
         v = value()
         for finite in (False, True):
@@ -159,6 +172,15 @@ def _fuzz(seconds: float, seed: int) -> None:
                     outcome(_cbor._loads_py, data, depth, ext),
                 )
                 assert c[0] == p[0] and same(c[1], p[1]), (data.hex(), depth, ext, c, p)
+        for _ in range(4):  # the hostile grammar, whole or cut
+            data = hostile_item(rnd, 0, rnd.choice((2, 6, 12)))
+            if rnd.random() < 0.2:
+                data = data[: rnd.randint(0, len(data))]
+            depth, ext = rnd.choice((3, 16, 64)), rnd.random() < 0.5
+            c, p = outcome(asan.loads, data, depth, ext), outcome(_cbor._loads_py, data, depth, ext)
+            assert c[0] == p[0] and same(c[1], p[1]), (data.hex(), depth, ext, c, p)
+            grammar += 1
+            accepted += c[0] == "ok"
         if rnd.random() < 0.5:
             buf = rnd.randbytes(rnd.randint(0, 40))
         else:
@@ -188,16 +210,25 @@ def _fuzz(seconds: float, seed: int) -> None:
         encoded = asan.frame_encode(built)
         assert encoded is None or encoded == _codec.encode_frame_py(built)
         n += 1
+    under = (
+        "PYTHONMALLOC=debug, -X dev"
+        if os.environ.get("PYTHONMALLOC") == "debug"
+        else "ASAN + UBSan"
+    )
     print(
-        f"fuzz_ccbor: {n} rounds ({8 * n} decodes, {2 * n} encodes, {3 * n} frame shortcut "
-        f"calls) in {seconds:g} s, seed {seed}, under ASAN + UBSan: no finding"
+        f"fuzz_ccbor: {n} rounds ({8 * n} decodes, {grammar} grammar items of which "
+        f"{accepted} accepted, {2 * n} encodes, {3 * n} frame shortcut calls) in "
+        f"{seconds:g} s, seed {seed}, under {under}: no finding"
     )
 
 
 if __name__ == "__main__":
-    secs = sys.argv[1] if len(sys.argv) > 1 else "60"
-    seed_arg = sys.argv[2] if len(sys.argv) > 2 else "1"
+    args = [a for a in sys.argv[1:] if a != "--debug-malloc"]
+    secs = args[0] if args else "60"
+    seed_arg = args[1] if len(args) > 1 else "1"
     if "CCBOR_ASAN_MODULE" not in os.environ:
+        if "--debug-malloc" in sys.argv:
+            sys.exit(_reexec_debug_malloc(secs, seed_arg))
         sys.exit(_build_and_reexec(secs, seed_arg))
     sys.path.insert(0, str(ROOT))
     _fuzz(float(secs), int(seed_arg))

@@ -37,6 +37,7 @@ from atp_proto.frames import (
     _codec,
     _frame,
 )
+from atp_proto.testing.hostile_cbor import hostile_item, same
 
 from .helpers import CI
 
@@ -64,17 +65,8 @@ values = st.recursive(
 )
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal values of the same types, NaN equal to NaN (a decoded value is exact built-ins)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return a == b or (math.isnan(a) and math.isnan(b))
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
-    return bool(a == b)
+#: exact comparison of decoded values: types, NaN equal to NaN, the sign of a zero
+_same = same
 
 
 def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
@@ -133,6 +125,21 @@ def test_cut_and_mutated_encodings_are_refused_alike(value: Any, data: st.DataOb
         else:
             raw += data.draw(st.binary(min_size=1, max_size=3))
     _agree(bytes(raw))
+
+
+@CI
+@given(st.randoms(use_true_random=False), st.sampled_from([2, 6, 12]), st.booleans())
+def test_hostile_grammar_items_decode_alike(rnd: Any, levels: int, cut: bool) -> None:
+    """[ATP-FRAME-005, ATP-FRAME-006] Items of a hostile CBOR grammar (non-minimal heads,
+    64-bit edges, invalid and surrogate UTF-8, counts off by one, indefinite lengths,
+    duplicate keys in other head widths, keys not text, tags, NaN / -0.0 / subnormals in
+    three widths, simple values, huge lengths), whole or cut: the C and the pure path give
+    the same value (-0.0 kept) or both refuse, at several depth limits."""
+    data = hostile_item(rnd, 0, levels)
+    if cut:
+        data = data[: rnd.randint(0, len(data))]
+    for max_depth in (3, 16, 64):
+        _agree(data, max_depth)
 
 
 @CI
