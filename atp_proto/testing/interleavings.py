@@ -54,9 +54,9 @@ from atp_proto.frames import (
 )
 from atp_proto.frames._types import FIN_BIT, MAX_WINDOW, RST_BIT
 
-_CODES = {c.value for c in ErrorCode}
+CODES = {c.value for c in ErrorCode}
 _HEADER = struct.Struct("!BBBBIIHHII")
-_BIG = Limits(max_frame_size=1 << 30, max_ext_size=1 << 30, max_depth=64)
+BIG_LIMITS = Limits(max_frame_size=1 << 30, max_ext_size=1 << 30, max_depth=64)
 _EXTS: list[dict[str, Any]] = [
     {"credit": 1},
     {"credit": 4096},
@@ -109,7 +109,7 @@ class Side:
             assert self.closed_at is None or self.conn_errors, "output after the close"
             if f.type == FrameType.ERROR:
                 err = f.ext["error"]
-                assert err["code"] in _CODES, err
+                assert err["code"] in CODES, err
                 assert isinstance(err["message"], str) and err["message"], err
             sid = f.stream_id
             if sid == 0:
@@ -132,7 +132,7 @@ class Side:
         self.events += events
         for ev in events:
             if isinstance(ev, StreamReset | ConnectionClosed) and not ev.by_peer:
-                assert ev.code in _CODES and ev.message, ev
+                assert ev.code in CODES and ev.message, ev
 
     def check_state(self) -> None:
         c = self.conn
@@ -154,14 +154,14 @@ class Side:
 def _decode(side: Side, items: list[bytes]) -> list[Frame]:
     frames: list[Frame] = []
     for data in items:
-        dec = FrameDecoder(_BIG)
+        dec = FrameDecoder(BIG_LIMITS)
         dec.feed(data)
         frames.extend(dec)
     side.check_output(frames)
     return frames
 
 
-def _hostile(rnd: random.Random, known: list[int]) -> bytes:
+def hostile(rnd: random.Random, known: list[int]) -> bytes:
     """One frame with random fields, for a stream open, closed or never opened."""
     others = [0, max(known, default=0) + 2, 0x7FFFFFFF, rnd.randint(1, 40)]
     sid = rnd.choice(known if known and rnd.random() < 0.6 else others)
@@ -246,7 +246,7 @@ def conversation(rnd: random.Random, binding: str, trace: list[str] | None = Non
     def deliver(side: Side, channel: int, data: bytes) -> None:
         c = side.conn
         if trace is not None:
-            dec = FrameDecoder(_BIG)
+            dec = FrameDecoder(BIG_LIMITS)
             dec.feed(data)
             try:
                 shown = [repr(f) for f in dec]
@@ -313,7 +313,7 @@ def conversation(rnd: random.Random, binding: str, trace: list[str] | None = Non
                 )
         elif action < 0.55:
             known = sorted({*client_streams, *router_streams})
-            to_router.append((rnd.choice([0, *known]) if quic else 0, _hostile(rnd, known)))
+            to_router.append((rnd.choice([0, *known]) if quic else 0, hostile(rnd, known)))
         elif action < 0.6:
             now += rnd.choice([0.5, 5.0, 40.0])
             for side in (client, router):
@@ -335,6 +335,6 @@ def conversation(rnd: random.Random, binding: str, trace: list[str] | None = Non
             assert len(closed) == 1, closed
             assert side.conn_errors == (0 if closed[0].by_peer else 1)
             before = side.sent
-            assert side.conn.receive_data(_hostile(rnd, []), now) == []
+            assert side.conn.receive_data(hostile(rnd, []), now) == []
             collect(side, [])
             assert side.sent == before  # a closed connection sends nothing more
