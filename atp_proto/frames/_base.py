@@ -48,6 +48,18 @@ __all__ = ["ConnectionBase"]
 _TEXT_PEER_WINDOW: Final = MAX_WINDOW
 _JSON: Final = Encoding.JSON
 _RESETS: Final = (StreamInput.SEND_RST, StreamInput.RECV_RST)
+#: characters of an ERROR message the core writes about a peer's input: a refusal may quote
+#: it (a duplicate map key), and a quote of a peer's 400 KB key must not come back as a
+#: 400 KB ERROR, nor as an ext over the peer's max_ext_size (ATP-LIMIT-004)
+MAX_ERROR_MESSAGE: Final = 256
+
+
+def _bounded(message: str) -> str:
+    """``message`` cut to :data:`MAX_ERROR_MESSAGE` characters, saying how long it was."""
+    if len(message) <= MAX_ERROR_MESSAGE:
+        return message
+    tail = f"... ({len(message)} characters)"
+    return message[: MAX_ERROR_MESSAGE - len(tail)] + tail
 
 
 class ConnectionBase:
@@ -180,8 +192,9 @@ class ConnectionBase:
         sid = exc.stream_id
         rec = self._streams.get(sid)
         encoding = rec.encoding if rec is not None else self._out_encoding
+        message = _bounded(exc.message)
         # Queue (encode) before closing: closing a text stream retires its alias.
-        self._queue(Frame.error(sid, exc.code, exc.message, exc.retry_after_ms), encoding)
+        self._queue(Frame.error(sid, exc.code, message, exc.retry_after_ms), encoding)
         if rec is None and exc.syn and sid > self._highest_id and self.role is Role.ROUTER:
             # ATP-STREAM-002: a refused SYN uses its id as an accepted one would (RFC 9113
             # §5.1.1): the same or a lower id is then EPROTO, whatever refused this one.
@@ -204,9 +217,7 @@ class ConnectionBase:
             if self.json.allocated(sid) and sid > self._highest_id:
                 self._highest_id = sid
             self.json.forget(sid)  # a refused SYN: its alias may be used again
-        events.append(
-            StreamReset(sid, str(exc.code), exc.message, exc.retry_after_ms, by_peer=False)
-        )
+        events.append(StreamReset(sid, str(exc.code), message, exc.retry_after_ms, by_peer=False))
 
     def _never_opened(self, what: str, sid: int) -> RemoteProtocolError:
         """The stream error for ``what`` on a stream never opened (ATP-STREAM-003). On an
@@ -221,8 +232,9 @@ class ConnectionBase:
         return RemoteProtocolError(ErrorCode.EPROTO, f"{what} on {where}", stream_id=sid)
 
     def _connection_error(self, exc: ProtocolError, events: list[Event]) -> list[Event]:
-        self._queue(Frame.error(0, exc.code, exc.message, exc.retry_after_ms), self._out_encoding)
-        self._closed = ConnectionClosed(str(exc.code), exc.message, by_peer=False)
+        message = _bounded(exc.message)
+        self._queue(Frame.error(0, exc.code, message, exc.retry_after_ms), self._out_encoding)
+        self._closed = ConnectionClosed(str(exc.code), message, by_peer=False)
         self._streams.clear()
         events.append(self._closed)
         return events
