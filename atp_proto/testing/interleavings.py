@@ -16,7 +16,8 @@ router's input. After every step:
   code of the spec's registry (§11) and a message;
 * state is bounded: streams ≤ max_streams, a reassembly ≤ max_message_size, what the
   decoder keeps < one frame, the receive credit within the window we granted and the send
-  credit within 0 … 2³¹−1;
+  credit within 0 … 2³¹−1; the messages an application holds unconsumed on a stream cost
+  at most the window (memory per stream is bounded by it, ATP-FLOW);
 * a stream ends once: after a core's ERROR or RST on a stream, or the router's FIN, it
   sends nothing but ERROR there (the answer to a SYN repeating the id, ATP-STREAM-002),
   never DATA or WINDOW_UPDATE (ATP-STREAM-011); after the client's FIN, no DATA but a
@@ -243,6 +244,9 @@ def conversation(rnd: random.Random, binding: str, trace: list[str] | None = Non
         if side.conn.closed and side.closed_at is None:
             side.closed_at = side.sent
 
+    #: (role, stream) -> sizes of messages delivered and not yet consumed
+    held: dict[tuple[Role, int], list[int]] = {}
+
     def deliver(side: Side, channel: int, data: bytes) -> None:
         c = side.conn
         if trace is not None:
@@ -269,8 +273,21 @@ def conversation(rnd: random.Random, binding: str, trace: list[str] | None = Non
         for ev in evs:
             if isinstance(ev, StreamOpened) and c.role is Role.ROUTER:
                 router_streams.append(ev.stream_id)
-            if isinstance(ev, MessageReceived) and rnd.random() < 0.8:
-                c.acknowledge(ev.stream_id, ev.size)  # consumed: its credit may return
+            if isinstance(ev, MessageReceived):
+                if rnd.random() < 0.7:
+                    c.acknowledge(ev.stream_id, ev.size)  # consumed: its credit may return
+                else:  # held by the application: what it holds stays within the window
+                    mine = held.setdefault((c.role, ev.stream_id), [])
+                    mine.append(ev.size)
+                    assert sum(mine) <= c.limits.initial_window, (ev, mine)
+        side.check_state()
+
+    def consume_held(side: Side) -> None:
+        for (role, sid), sizes in list(held.items()):
+            if role is side.conn.role:
+                for size in sizes:
+                    side.conn.acknowledge(sid, size)
+                del held[(role, sid)]
         side.check_state()
 
     if rnd.random() < 0.8:  # the client's CAPABILITIES first (ATP-SESS-001): its limits
@@ -314,7 +331,9 @@ def conversation(rnd: random.Random, binding: str, trace: list[str] | None = Non
         elif action < 0.55:
             known = sorted({*client_streams, *router_streams})
             to_router.append((rnd.choice([0, *known]) if quic else 0, hostile(rnd, known)))
-        elif action < 0.6:
+        elif action < 0.58:
+            consume_held(rnd.choice((client, router)))
+        elif action < 0.62:
             now += rnd.choice([0.5, 5.0, 40.0])
             for side in (client, router):
                 side.check_events(side.conn.handle_timer(now))
