@@ -301,6 +301,13 @@ def run(args: argparse.Namespace) -> int:
                     pass
             except OSError as exc:
                 raise UsageError(f"cannot open the audit log {log_file}: {exc.strerror}") from None
+    if cfg.redis_url and not cfg.quota.enabled and cfg.learner != "bandit" and cfg.worker_index < 0:
+        # said once (by the supervisor with --workers), not refused: one ATP_REDIS_URL may
+        # serve a fleet whose routers do not all have quotas
+        logging.getLogger("atp.router").warning(
+            "--redis is set but nothing uses it: no [quota] is configured and the learner "
+            "is not bandit (the shared state is for these two)"
+        )
     if supervising:
         return _supervise(cfg, args.restart_limit)
     if cfg.worker_index >= 0:

@@ -23,6 +23,9 @@ import redis
 import trio
 
 from atp_proto.client import StreamError
+from atp_proto.router.quota import TenantQuota
+from atp_proto.router.shared.link import TRUST_S, RedisLink
+from atp_proto.router.shared.redis_quota import RedisQuotaStore
 from atp_proto.testing.processes import RouterProcess, clean_env
 from atp_proto.testing.redis_server import RedisSentinelSet, RedisUnavailable
 
@@ -205,3 +208,46 @@ def test_budget_counted_exactly_when_the_master_dies(
     assert sum(isinstance(r, dict) for r in results[-6:]) >= 4, results[-6:]
     assert _settled(new, "flow", spent) == spent
     assert all(r.proc.poll() is None for r in routers)
+
+
+class _CountsSentinelQuestions(RedisLink):
+    """A Sentinel link that counts how often it asks the sentinels whether its server is
+    still the master (the real question, asked of the real Sentinel)."""
+
+    asked = 0
+
+    def _the_master(self, address: tuple[str, int]) -> bool:
+        self.asked += 1
+        return super()._the_master(address)
+
+
+async def test_a_master_without_its_replica_is_asked_about_once_a_second() -> None:
+    """[ATP-BUDGET-013] A Sentinel's master whose one replica is down: 30 admissions and
+    their usage go on being stored and counted, and the sentinels are asked whether the
+    server is still the master (after a WAIT that timed out) about once a second, not
+    once per write (before: every admission and flush waited wait_ms and asked)."""
+    try:
+        sentinel = RedisSentinelSet()
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    with sentinel:
+        master = sentinel.master_port()
+        replica = next(s for s in sentinel.servers if s.port != master)
+        await trio.to_thread.run_sync(replica.stop)
+        link = _CountsSentinelQuestions(sentinel.url)
+        store = RedisQuotaStore(link)
+        q = TenantQuota(tokens=10_000)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            started = trio.current_time()
+            for _ in range(30):
+                g = await store.admit("short", q, 3600)
+                store.charge("short", 3, 0, 3600, g.hold)
+                store.release("short", q, g.hold)
+                await store.settle()
+            elapsed = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+        assert store.up
+        assert _used(master, "short") == 90
+        assert 1 <= link.asked <= 2 + elapsed / TRUST_S, (link.asked, elapsed)
+        link.close()

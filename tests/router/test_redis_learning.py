@@ -7,14 +7,16 @@ observation itself: sharing by sufficient statistics must give the same posterio
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
 from atp_proto.router.routing.learner.bandit import BanditLearner
 from atp_proto.router.shared.learning import OBS_PER_ENTRY, SharedLearning
-from atp_proto.router.shared.link import RedisLink
+from atp_proto.router.shared.link import RedisError, RedisLink
 from atp_proto.testing.redis_server import RedisServer, RedisUnavailable
 from tests.router._redis import redis_or_skip
 
@@ -110,3 +112,42 @@ async def test_a_large_sync_is_split_and_applied_whole(redis_server: RedisServer
     assert await sa.sync() and await sb.sync()
     assert sb.applied == n
     _same(b, a, "mid")
+
+
+class _LosesOneReply(RedisLink):
+    """A link whose next call runs in Redis and then fails, as a reply lost would."""
+
+    lose = False
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        result = await super().call(fn)
+        if self.lose:
+            self.lose = False
+            raise RedisError("Connection closed by server (injected after the reply)")
+        return result
+
+
+async def test_learning_sent_again_after_a_lost_reply_counts_once(
+    redis_server: RedisServer,
+) -> None:
+    """Router A's sync writes its three observations and a feedback count to the log and
+    loses the reply; its next sync sends them again. Router B applies each once: its
+    posterior is that of one learner that saw the three (before: six, and the feedback
+    twice)."""
+    prefix = f"l{secrets.token_hex(3)}:"
+    a, b, ref = BanditLearner(seed=1), BanditLearner(seed=2), BanditLearner(seed=3)
+    link = _LosesOneReply(redis_server.url, prefix=prefix)
+    sa = SharedLearning(a, link)
+    sb = SharedLearning(b, RedisLink(redis_server.url, prefix=prefix))
+    for learner in (a, ref):
+        for prompt, quality in (("six times seven", 0.9), ("translate hi", 0.4), ("2+2", 0.7)):
+            learner.arm("mid").update(learner.vector(prompt, "qa"), quality)
+        learner.arm("mid").feedback_n += 1
+    link.lose = True
+    assert await sa.sync() is False
+    assert await sa.sync()
+    assert await sb.sync()
+    assert sb.applied == 3
+    np.testing.assert_allclose(b.arms["mid"].a_inv, ref.arms["mid"].a_inv, rtol=1e-9)
+    np.testing.assert_allclose(b.arms["mid"].b, ref.arms["mid"].b, rtol=1e-9)
+    assert b.arms["mid"].feedback_n == 1

@@ -74,3 +74,17 @@ def test_atp_serve_exits_2_on_a_bad_sentinel_url() -> None:
     assert done.returncode == 2, done.stderr
     assert "HOST:PORT" in done.stderr and "sekrit" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_password_in_the_urls_query_is_redacted() -> None:
+    """The client reads a password from ``?password=`` too: logs show neither it nor the
+    user part's; the rest of the URL is kept as written."""
+    cases = {
+        "redis://127.0.0.1:6379/0?password=s3cret": "redis://127.0.0.1:6379/0?password=***",
+        "unix:///run/redis.sock?db=1&password=s3cret": "unix:///run/redis.sock?db=1&password=***",
+        "redis://u:s3cret@[::1]:6379/2": "redis://u:***@[::1]:6379/2",
+        "redis+sentinel://:s3cret@a:1,b:2/m?db=1": "redis+sentinel://:***@a:1,b:2/m?db=1",
+        "redis://h:1/0?socket_timeout=1": "redis://h:1/0?socket_timeout=1",
+    }
+    for url, want in cases.items():
+        assert redacted(url) == want

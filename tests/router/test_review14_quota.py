@@ -353,3 +353,26 @@ def test_good_redis_urls_pass() -> None:
 
     for url in ("redis://:pw@127.0.0.1:6379/3", "rediss://h:1", "unix:///run/redis.sock"):
         assert build_config(file=None, env={}, flags={"redis_url": url}).redis_url == url
+
+
+def test_redis_set_but_unused_is_said_at_start(redis_server: RedisServer) -> None:
+    """``atp serve --redis URL`` with no ``[quota]`` and the default learner: one warning
+    line at start saying nothing uses it; the router serves on (with a quota, none)."""
+    unused = RouterProcess("--no-auth", "--redis", redis_server.url, env=clean_env(), cwd=ROOT)
+    try:
+        lines = [line for line in unused.log().splitlines() if "nothing uses it" in line]
+    finally:
+        unused.stop()
+    assert len(lines) == 1, unused.log()[-2000:]
+    used = RouterProcess(
+        "--no-auth",
+        "--redis",
+        redis_server.url,
+        config_toml="[quota]\ntokens = 100\n",
+        env=clean_env(),
+        cwd=ROOT,
+    )
+    try:
+        assert "nothing uses it" not in used.log()
+    finally:
+        used.stop()

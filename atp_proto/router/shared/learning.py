@@ -20,7 +20,9 @@ new router the fleet's whole state with ``atp routing export | import`` or a sta
 file); one that loaded a state file starts at the log's end (its file holds the past).
 Redis unreachable: the router keeps ranking and learning from its local state, keeps its
 entries queued (at most ``MAX_QUEUE`` observations; older ones are dropped with a
-warning) and sends them when Redis answers again (README "Scale-out"). The latency
+warning) and sends them when Redis answers again (README "Scale-out"). Entries are
+numbered per router and sent again as they were made, so one whose reply was lost (it
+is in the log already) is applied once by the others. The latency
 average and pending decisions stay per router.
 """
 
@@ -47,6 +49,7 @@ log = logging.getLogger("atp.router")
 MAX_LOG = 1000
 OBS_PER_ENTRY = 256
 MAX_QUEUE = 100_000  #: observations kept while Redis is away
+MAX_ROUTERS = 10_000  #: routers whose last entry number is kept (they restart as new ones)
 _READ_BATCH = 1000
 
 
@@ -76,6 +79,11 @@ class SharedLearning:
         self.applied = 0  #: other routers' observations applied here
         self._key = f"{link.prefix}learn:log"
         self._queue: list[list[Any]] = []  #: [arm, idx, val, quality, weight]
+        #: entries made and not yet confirmed sent: (number, entry, observations in it);
+        #: sent again as they are, and the others apply each number once
+        self._unsent: list[tuple[int, str, int]] = []
+        self._seq = 0  #: this router's entries numbered
+        self._seen: dict[str, int] = {}  #: router -> the last entry number applied here
         self._dropped = 0
         self._counts: dict[str, tuple[int, int]] = {}  #: published (failures, feedback_n)
         #: where this router is in the log: "0" replays it all, None: start at its end
@@ -134,27 +142,46 @@ class SharedLearning:
             await trio.sleep(self.interval_s)
             await self.sync()
 
-    async def sync(self) -> bool:
-        """Send this router's new observations, apply the others'; False (local state
-        kept, observations still queued) when Redis did not answer."""
+    def _entries(self, dim: int) -> list[tuple[int, str, int]]:
+        """What this sync sends: the entries not confirmed sent (as they were made, with
+        their numbers: one whose reply was lost may be in the log already), then the
+        new observations and counters as new entries. Bounded: past MAX_QUEUE
+        observations unsent, the oldest entries of observations are dropped."""
         queue, self._queue = self._queue, []
         counts = self._count_deltas()
-        dim = self.learner.features.dim
-        me = self.link.router_id
-        entries_out = [
+        made = [
             json.dumps({"dim": dim, "obs": queue[i : i + OBS_PER_ENTRY], "counts": {}})
             for i in range(0, len(queue), OBS_PER_ENTRY)
         ]
+        sizes = [len(queue[i : i + OBS_PER_ENTRY]) for i in range(0, len(queue), OBS_PER_ENTRY)]
         if counts:
-            entries_out.append(json.dumps({"dim": dim, "obs": [], "counts": counts}))
+            made.append(json.dumps({"dim": dim, "obs": [], "counts": counts}))
+            sizes.append(0)
+        for entry, size in zip(made, sizes, strict=True):
+            self._seq += 1
+            self._unsent.append((self._seq, entry, size))
+        held = sum(size for _, _, size in self._unsent)
+        while held > MAX_QUEUE:
+            i = next(i for i, e in enumerate(self._unsent) if e[2])
+            held -= self._unsent[i][2]
+            self._dropped += self._unsent.pop(i)[2]
+        return list(self._unsent)
+
+    async def sync(self) -> bool:
+        """Send this router's new observations, apply the others'; False (local state
+        kept, observations still queued) when Redis did not answer."""
+        dim = self.learner.features.dim
+        me = self.link.router_id
+        entries_out = self._entries(dim)
         last = self._last_id
 
         def exchange() -> tuple[str | None, list[Any]]:
             c = self.link.client
             if entries_out:
                 pipe = c.pipeline(transaction=True)  # all of this sync's entries, or none
-                for entry in entries_out:
-                    pipe.xadd(self._key, {"r": me, "d": entry}, maxlen=MAX_LOG, approximate=True)
+                for seq, entry, _ in entries_out:
+                    fields = {"r": me, "n": seq, "d": entry}
+                    pipe.xadd(self._key, fields, maxlen=MAX_LOG, approximate=True)
                 pipe.execute()
             start = last
             if start is None:  # a router with a state file: from the log's end
@@ -173,10 +200,7 @@ class SharedLearning:
         try:
             self._last_id, entries = await self.link.call(exchange)
         except RedisError as exc:
-            self._queue[:0] = queue  # nothing is lost: sent with the next sync
-            for name, (df, dn) in counts.items():
-                f, n = self._counts[name]
-                self._counts[name] = (f - df, n - dn)
+            # nothing is lost: the entries are sent again, as they are, by the next sync
             if self.up:
                 self.up = False
                 log.warning(
@@ -184,6 +208,7 @@ class SharedLearning:
                     extra={"redis": redacted(self.link.url), "error": str(exc)},
                 )
             return False
+        del self._unsent[: len(entries_out)]
         if not self.up:
             self.up = True
             log.info("Redis reachable again: routing learning shared")
@@ -200,9 +225,17 @@ class SharedLearning:
     def _apply(self, entries: list[Any], me: str, dim: int) -> None:
         learner = self.learner
         for _, fields in entries:
-            if fields.get(b"r", b"").decode() == me:
+            router = fields.get(b"r", b"").decode()
+            if router == me:
                 continue
             try:
+                if b"n" in fields:  # numbered: an entry sent again is applied once
+                    seq = int(fields[b"n"])
+                    if seq <= self._seen.get(router, 0):
+                        continue
+                    self._seen[router] = seq
+                    if len(self._seen) > MAX_ROUTERS:  # bounded: the oldest forgotten
+                        del self._seen[next(iter(self._seen))]
                 doc = json.loads(fields[b"d"])
                 if doc["dim"] != dim:
                     continue

@@ -29,13 +29,15 @@ state for learning); the next one after the sentinels promoted a replica reaches
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import redis
 import trio
@@ -50,19 +52,26 @@ __all__ = ["LuaScript", "RedisLink", "RedisError", "redacted"]
 
 T = TypeVar("T")
 
+log = logging.getLogger("atp.router")
+
+#: how long a master the sentinels confirmed short of replicas is written to without
+#: waiting for the missing ones (and without asking the sentinels again)
+TRUST_S = 1.0
+
 RedisError = redis.RedisError
 
 
 def redacted(url: str) -> str:
-    """The URL without its password (for logs and errors: no secrets in logs)."""
-    if url.partition("://")[0] in SENTINEL_SCHEMES:
-        return redact_netloc(url)  # several hosts: urlsplit cannot read their port
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its password (for logs and errors: no secrets in logs): the user
+    part's, and a ``?password=`` option's (the client reads one there too)."""
+    head, q, query = url.partition("?")
+    if q:
+        query = "&".join(
+            f"{name}=***" if unquote(name).lower() == "password" else item
+            for item in query.split("&")
+            for name in [item.partition("=")[0]]
+        )
+    return redact_netloc(head) + q + query
 
 
 class RedisLink:
@@ -87,6 +96,10 @@ class RedisLink:
         self.replicas = 0
         self.wait_ms = 0  #: how long a write waits for them (``?wait_ms=N``, default 50)
         self._sentinels: Sentinel | None = None
+        #: a master the sentinels confirmed short of replicas: (address, the replicas
+        #: that acknowledged, until when, on time.monotonic) (:meth:`pipelined`)
+        self._trusted: tuple[tuple[str, int], int, float] | None = None
+        self._short = False  #: said so in the log (said again once they are back)
         self._master_name = ""
         if self.sentinel:
             parsed = parse_sentinel(url)
@@ -144,8 +157,12 @@ class RedisLink:
         goes on answering until they demote it, and its last writes are then lost), is
         refused here; the pool finds the new master, and the caller sends it again
         (a quota write with its flush number: counted once). A master left without
-        replicas (after a failover, before the old one rejoins) is written to, each write
-        waiting ``wait_ms`` more.
+        replicas (after a failover, before the old one rejoins; a replica down) is written
+        to: once the sentinels confirmed it, the writes of the next :data:`TRUST_S`
+        seconds to it wait only for the replicas that acknowledged then (none: no WAIT,
+        no sentinel asked), so that a master short of replicas costs one ``wait_ms`` and
+        one question to the sentinels a second, not one per admission (the first write
+        after that window waits for all ``replicas`` again).
 
         Raises:
             redis.RedisError: no answer, an error reply, or a write into a master that is
@@ -160,29 +177,51 @@ class RedisLink:
         conn = client.connection_pool.get_connection()
         pipe.connection = conn  # the WAIT must follow the writes on their connection
         address = (conn.host, int(conn.port))
+        want = self.replicas
+        trusted = self._trusted
+        if trusted is not None and trusted[0] == address and time.monotonic() < trusted[2]:
+            want = trusted[1]  # confirmed short of replicas a moment ago
         try:
             if transaction:
                 pipe.execute_command("MULTI")
             fill(pipe)
             if transaction:
                 pipe.execute_command("EXEC")
-            pipe.execute_command("WAIT", self.replicas, self.wait_ms)
+            if want:
+                pipe.execute_command("WAIT", want, self.wait_ms)
             replies = pipe.execute()
         finally:
             pipe.reset()  # the connection back to the pool (execute did it, unless it raised)
-        acked = int(replies[-1])
+        acked = int(replies[-1]) if want else 0
+        if want:
+            replies = replies[:-1]
         if transaction:
-            replies = list(replies[-2] or ())
+            replies = list(replies[-1] or ())
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
         else:
-            replies = list(replies[:-1])
-        if acked < self.replicas and not self._the_master(address):
+            replies = list(replies)
+        if acked >= self.replicas:
+            if self._short:
+                self._short = False
+                log.info("the Redis master's replicas acknowledge the quota writes again")
+            return replies
+        if acked >= want and want < self.replicas:
+            return replies  # within the window the sentinels confirmed
+        if not self._the_master(address):
             client.connection_pool.disconnect(inuse_connections=False)
             raise RedisError(
                 f"{acked} of {self.replicas} replica(s) acknowledged the write and the "
                 "sentinels name another master or a failover under way"
+            )
+        self._trusted = (address, acked, time.monotonic() + TRUST_S)
+        if not self._short:
+            self._short = True
+            log.warning(
+                "the Redis master has fewer replicas than the quota writes ask for: "
+                "writes count on the master alone (checked with the sentinels every second)",
+                extra={"acknowledged": acked, "replicas": self.replicas},
             )
         return replies
 

@@ -37,7 +37,9 @@ local function reap(ckey, hkey, fkey, bbase, me, now, cap, ttl_ms, win)
         live[r] = true
       else
         ndead = ndead + 1
-        redis.call('HDEL', ckey, f[i], '#' .. r)
+        -- its last flush number ('#' .. r) stays, for ttl_ms (below): a router only
+        -- cut off sends its last flush again when it is back, and that must count once
+        redis.call('HDEL', ckey, f[i])
       end
     end
   end

@@ -3,7 +3,8 @@
 Every decision is one Lua script, atomic in Redis, timed by Redis's own clock (``TIME``)
 so that routers' clocks do not matter. Every key a script touches carries the tenant as
 its hash tag (``PREFIX q:{TENANT}:...``), so it is in one Redis Cluster slot
-(``--redis redis+cluster://``):
+(``--redis redis+cluster://``; ``T`` below is the tenant, percent-encoded when it holds a
+``}`` or a ``%``: :func:`key_tag`):
 
 * ``q:{T}:b:WINDOW``: the period's usage (fields ``t`` tokens, ``u`` usd_micros);
 * ``q:{T}:r``: the stream-rate token bucket;
@@ -35,9 +36,11 @@ yet written when it died is covered.
   Cluster): the usage, the holds' settlements, the streams ended, the lease renewal;
   queued in the process and written by :meth:`RedisQuotaStore.run` as soon as they are.
   Each flush carries its number; the script keeps each router's last one per tenant
-  (field ``#ROUTER`` of the counters) and skips a flush it has already applied, so a
-  flush whose reply was lost (a connection cut after EXEC, a failover) is sent again,
-  whole and with the same number, until it is confirmed, and counts once. With Redis
+  (field ``#ROUTER`` of the counters, kept for two periods or a minute after the
+  router's last write, its lease lapsed or not) and skips a flush it has already applied,
+  so a flush whose reply was lost (a connection cut after EXEC, a failover) is sent
+  again, whole and with the same number, until it is confirmed, and counts once (a retry
+  later than that, after a cut of over a minute and two periods, could count twice). With Redis
   Sentinel (``redis+sentinel://``) a write counts as stored once a replica acknowledged
   it (``WAIT``) or the sentinels confirm the server is the master
   (:meth:`.link.RedisLink.pipelined`).
@@ -77,7 +80,7 @@ from atp_proto.router.quota import (
 from .link import LuaScript, RedisError, RedisLink, redacted
 from .quota_scripts import ADMIT, WRITE
 
-__all__ = ["ALIVE_MS", "RedisQuotaStore"]
+__all__ = ["ALIVE_MS", "RedisQuotaStore", "key_tag"]
 
 log = logging.getLogger("atp.router")
 
@@ -151,8 +154,8 @@ class RedisQuotaStore:
 
     def _keys(self, tenant: str) -> tuple[str, str, str, str, str]:
         """The tenant's keys (budget, bucket, counters, holds, forfeits), all with the
-        hash tag ``{tenant}`` (one Cluster slot)."""
-        base = f"{self.link.prefix}q:{{{tenant}}}"
+        hash tag ``{tenant}`` (one Cluster slot; :func:`key_tag`)."""
+        base = f"{self.link.prefix}q:{{{key_tag(tenant)}}}"
         return f"{base}:b", f"{base}:r", f"{base}:c", f"{base}:h", f"{base}:f"
 
     # ------------------------------------------------------------------ the store
@@ -189,12 +192,19 @@ class RedisQuotaStore:
             raise self._unreachable()  # known down: answer at once, probe twice a second
         self._tried = now
         probe = not self.up
+        sent = False  #: whether the script may have reached Redis
 
         def ask() -> list[int]:
+            nonlocal sent
             # queued behind the thread limiter while an earlier call found Redis away:
             # answer at once instead of waiting for a timeout of its own
             if not probe and not self.up:
                 raise RedisError("Redis went away while this call waited")
+            if probe and not self.link.cluster:
+                # Redis was away: a PING first, so that a probe that finds it still away
+                # surely did not run the script (a Cluster's PING asks every node)
+                self.link.client.ping()
+            sent = True
             if self.link.replicas:  # acknowledged by the replicas, or refused (a failover)
                 return self.link.pipelined(  # type: ignore[no-any-return]
                     lambda pipe: self._admit(list(keys), args, client=pipe), transaction=False
@@ -209,8 +219,10 @@ class RedisQuotaStore:
             # the stream out (else this router's own admissions, which never reap its
             # counter, would refuse the tenant's last slot for as long as it lives). Had
             # it not run, the count is one low until this router's streams end (a write
-            # deletes a counter that falls to 0 or below): one stream too many at worst
-            if hold or q.concurrent is not None:
+            # deletes a counter that falls to 0 or below): one stream too many for each
+            # admission in flight when Redis went; the probes while it is away PING
+            # first, and one that found it still away sent nothing to count out
+            if sent and (hold or q.concurrent is not None):
                 due = self._pending.setdefault(tenant, _Due(period_s))
                 if hold:
                     due.holds[hold] = [0, 0, 1, -1, -1]
@@ -403,10 +415,20 @@ class RedisQuotaStore:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:
                         await self._flush(False)
-                    except RedisError:
-                        log.exception(
-                            "quota usage not written to Redis at shutdown",
-                            extra={"tenants": len(self._pending)},
+                    except RedisError as exc:
+                        # one line: the error says why; the other routers charge this
+                        # one's holds once its lease lapses (ATP-BUDGET-017)
+                        unsent = set(self._pending)
+                        if self._unconfirmed is not None:
+                            unsent.update(c[0] for c in self._unconfirmed[1])
+                        log.warning(
+                            "Redis unreachable at shutdown: quota usage not written (the "
+                            "other routers charge this router's holds once its lease lapses)",
+                            extra={
+                                "redis": redacted(self.link.url),
+                                "tenants": len(unsent),
+                                "error": str(exc),
+                            },
                         )
 
     async def _flush(self, renew: bool) -> None:
@@ -499,6 +521,20 @@ class RedisQuotaStore:
         if not self.up:
             self.up = True
             log.info("Redis reachable again", extra={"redis": redacted(self.link.url)})
+
+
+def key_tag(tenant: str) -> str:
+    """The tenant as its keys' hash tag spells it: itself, unless it holds a ``}`` or a
+    ``%`` (or is empty), then with ``%``, ``{`` and ``}`` percent-encoded. A ``}`` would end
+    the tag early, and a tag that ends at once (``{}``, a tenant starting with ``}``)
+    makes Redis Cluster hash each whole key: a script's keys in several slots, refused
+    (CROSSSLOT) at every admission and, in the flush that releases it, at every write of
+    the router. Encoding ``%`` keeps two tenants from ever sharing a key."""
+    if not tenant:
+        return "%"  # no encoded name is a bare '%'
+    if "}" not in tenant and "%" not in tenant:
+        return tenant
+    return tenant.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
 def _by_slot(calls: list[Any]) -> list[list[Any]]:

@@ -9,7 +9,9 @@ the sentinels are asked without them. ``?replicas=N`` (default 1): the replicas 
 must acknowledge every quota write (``WAIT``, at most ``?wait_ms=N``, default 50)
 before the router counts it as stored without asking the sentinels whether the server is
 still the master; 0 trusts the master alone (Redis replication is asynchronous: a
-failover may then lose the writes the old master acknowledged last).
+failover may then lose the writes the old master acknowledged last). A master the
+sentinels confirmed short of replicas is written to for a second without waiting for
+the missing ones (:meth:`.link.RedisLink.pipelined`).
 """
 
 from __future__ import annotations
