@@ -299,3 +299,40 @@ def test_h2_receive_frame_copy_behaves_as_h2s() -> None:
     ]  # fmt: skip
     assert isinstance(got[1], bytes) and rst3 in got[1]
     assert got[-1] == b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x05"
+
+
+def test_h2_request_path_replaced_by_send_request_is_of_the_pinned_h2() -> None:
+    """adapters/grpc/_h2_fastpath.py's Connection.send_request leaves h2's state as h2's
+    send_headers + send_data do (tests/adapters/test_grpc_send_request.py checks it
+    against h2 itself): the h2 methods and transitions it stands in for must be the ones
+    it was written against."""
+    import hashlib
+
+    import h2.stream
+
+    parts = [
+        h2.connection.H2Connection.send_headers,
+        h2.connection.H2Connection.send_data,
+        h2.connection.H2Connection._begin_new_stream,
+        h2.stream.H2Stream.send_headers,
+        h2.stream.H2Stream.send_data,
+        h2.stream.H2Stream._build_headers_frames,
+        h2.stream.H2StreamStateMachine.request_sent,
+    ]
+    src = "".join(inspect.getsource(f) for f in parts)
+    assert hashlib.sha256(src.encode()).hexdigest() == _h2_fastpath.H2_SEND_REQUEST_SHA256, (
+        "h2's request path changed: check _h2_fastpath.Connection.send_request against it"
+    )
+    st, si = h2.stream.StreamState, h2.stream.StreamInputs
+    table = h2.stream._transitions
+    assert table[(st.IDLE, si.SEND_HEADERS)] == (
+        h2.stream.H2StreamStateMachine.request_sent,
+        st.OPEN,
+    )
+    assert table[(st.OPEN, si.SEND_DATA)] == (None, st.OPEN)
+    assert table[(st.OPEN, si.SEND_END_STREAM)] == (None, st.HALF_CLOSED_LOCAL)
+    cs, ci = h2.connection.ConnectionState, h2.connection.ConnectionInputs
+    machine = h2.connection.H2ConnectionStateMachine
+    assert machine._transitions[(cs.IDLE, ci.SEND_HEADERS)] == (None, cs.CLIENT_OPEN)
+    assert machine._transitions[(cs.CLIENT_OPEN, ci.SEND_HEADERS)] == (None, cs.CLIENT_OPEN)
+    assert machine._transitions[(cs.CLIENT_OPEN, ci.SEND_DATA)] == (None, cs.CLIENT_OPEN)

@@ -279,10 +279,15 @@ class H2Channel:
         ]
         if timeout is not None:
             headers.append((b"grpc-timeout", encode_grpc_timeout(timeout)))
+        data = b"\x00" + len(payload).to_bytes(4, "big") + payload
+        if h2c.send_request(sid, headers, data):  # the usual case: two frames, no h2 objects
+            call = Call(self, sid)
+            self.calls[sid] = call
+            self._wake.set()
+            return call
         h2c.send_headers(sid, headers)
         call = Call(self, sid)
         self.calls[sid] = call
-        data = b"\x00" + len(payload).to_bytes(4, "big") + payload
         try:
             while data:
                 if call.ended:

@@ -28,6 +28,14 @@ without the dynamic table (static-table entries, literals without indexing), whi
 a few microseconds where hpack's encoder took 20-50 (its table search and insertion, and
 every call's new ``grpc-timeout`` value churning the table), and leaves the table, and the
 server's copy of it, untouched.
+
+A call's request leaves by :meth:`Connection.send_request`: its HEADERS frame (one block)
+and its one DATA frame with END_STREAM are written here and the new stream's state set as
+h2's ``send_headers`` + ``send_data`` set it (same bytes; 7 µs instead of 29 µs a call,
+microbenchmark), checked against h2 itself by tests/adapters/test_grpc_send_request.py and
+pinned by the source digest of the h2 methods it stands in for
+(:data:`H2_SEND_REQUEST_SHA256`). A request that is not that simple case (over one frame
+or the windows, a table size update due, the stream limit) goes through h2.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.stream
+from h2.connection import AllowedStreamIDs
 from hpack import Encoder
 from hpack.table import HeaderTable
 from hyperframe.frame import Frame, RstStreamFrame
@@ -47,13 +56,28 @@ from hyperframe.frame import Frame, RstStreamFrame
 if TYPE_CHECKING:
     from ._h2 import H2Channel
 
-__all__ = ["H2_RECEIVE_FRAME_SHA256", "Connection", "StatelessEncoder", "fast_window", "feed"]
+__all__ = [
+    "H2_RECEIVE_FRAME_SHA256",
+    "H2_SEND_REQUEST_SHA256",
+    "Connection",
+    "StatelessEncoder",
+    "fast_window",
+    "feed",
+]
 
 #: sha256 of ``inspect.getsource(h2.connection.H2Connection._receive_frame)`` (h2 4.4.1),
 #: the method :meth:`Connection._receive_frame` copies
 H2_RECEIVE_FRAME_SHA256 = "39b2e16b4fd74ed014ca144a0c6e388aef3dc51f116d6f0a874b70d92bd92873"
 
+#: sha256 of ``inspect.getsource`` of the h2 4.4.1 methods :meth:`Connection.send_request`
+#: stands in for (``H2Connection.send_headers``, ``H2Connection.send_data``,
+#: ``H2Connection._begin_new_stream``, ``H2Stream.send_headers``, ``H2Stream.send_data``,
+#: ``H2Stream._build_headers_frames``, ``H2StreamStateMachine.request_sent``), joined
+H2_SEND_REQUEST_SHA256 = "0e2b2fe638aa5d11c69d3149122b518780990aed261bb4dbe0e91808f84d2337"
+
 _CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
+_IDLE = h2.connection.ConnectionState.IDLE
+_HALF_CLOSED_LOCAL = h2.stream.StreamState.HALF_CLOSED_LOCAL
 _FAST_STATES = frozenset((h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL))
 
 
@@ -168,6 +192,70 @@ class Connection(h2.connection.H2Connection):
         count: int = super().open_outbound_streams  # h2's scan: prunes closed streams
         self._scan_at = 2 * len(self.streams) + 64
         return count
+
+    def send_request(self, stream_id: int, headers: list[tuple[bytes, bytes]], data: bytes) -> bool:
+        """A client request in one HEADERS frame and one DATA frame with END_STREAM,
+        leaving h2's state as ``send_headers(stream_id, headers)`` followed by
+        ``send_data(stream_id, data, end_stream=True)`` does (with this connection's
+        configuration: no header validation or normalisation) and the same bytes queued,
+        without h2's frame objects, state-machine lookups and header copies.
+
+        ``headers`` are bytes pairs (or hpack's header tuples) encoded by the same
+        :class:`StatelessEncoder` as h2's path would. False (nothing changed) when the
+        request is not that simple case — the connection not open for requests, the
+        stream known, the header block or ``data`` over one frame or the windows, a
+        dynamic table size update due, the stream limit reached — and the caller uses
+        h2's two calls (which raise what h2 raises).
+        """
+        size = len(data)
+        max_frame = self.max_outbound_frame_size
+        state = self.state_machine.state
+        if (
+            (state is not _CLIENT_OPEN and state is not _IDLE)
+            or stream_id in self.streams
+            or size > max_frame
+            or size > self.outbound_flow_control_window
+            or size > self.remote_settings.initial_window_size
+            or self.encoder.header_table.resized
+            or self.open_outbound_streams + 1 > self.remote_settings.max_concurrent_streams
+        ):
+            return False
+        block = self.encoder.encode(headers)  # stateless: nothing to undo if we stop here
+        if len(block) > max_frame:
+            return False  # h2 adds CONTINUATION frames
+        if state is _IDLE:  # the connection's first request: IDLE -> CLIENT_OPEN, as h2
+            self.state_machine.process_input(h2.connection.ConnectionInputs.SEND_HEADERS)
+        st = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)  # h2's own checks
+        sm = st.state_machine
+        # IDLE --SEND_HEADERS (request_sent)--> OPEN --SEND_DATA--> OPEN
+        # --SEND_END_STREAM--> HALF_CLOSED_LOCAL
+        sm.client = True
+        sm.headers_sent = True
+        sm.state = _HALF_CLOSED_LOCAL
+        method = authority = None  # h2: extract_method_header, authority_from_headers
+        for name, value in headers:
+            if name == b":method" and method is None:
+                method = value
+            elif name == b":authority" and authority is None:
+                authority = value
+        st._authority = authority
+        st.request_method = method
+        st.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        sid = stream_id.to_bytes(4, "big")
+        self._data_to_send += b"".join(
+            (
+                len(block).to_bytes(3, "big"),
+                b"\x01\x04",  # HEADERS, END_HEADERS
+                sid,
+                block,
+                size.to_bytes(3, "big"),
+                b"\x00\x01",  # DATA, END_STREAM
+                sid,
+                data,
+            )
+        )
+        return True
 
     def _receive_frame(self, frame: Frame) -> list[h2.events.Event]:
         """h2 4.4.1's ``_receive_frame`` without ``logger.trace("...", repr(frame))``,
