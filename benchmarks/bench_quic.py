@@ -15,7 +15,10 @@ What is measured (``atp serve --quic`` in a subprocess, our client in this proce
   defaults (1,200-byte datagrams) and once tuned as our transport tunes itself on loopback
   (8,000-byte datagrams, the same flow-control windows, the same 4 MiB socket buffers:
   with the default ones a loaded host drops the echo's datagrams, which would slow the
-  baseline for a reason that is not its protocol code);
+  baseline for a reason that is not its protocol code). Not the same in one respect: our
+  transport uses UDP GSO / GRO where Linux has them (one system call for a run of
+  datagrams), the echoes asyncio's one ``sendto`` / ``recvfrom`` per datagram: a
+  transport feature a user of ours gets, printed with the counts of our client's calls;
 * **SYN -> first PARTIAL** latency on a new stream while 1,000 streams are open (ten QUIC
   sessions of 100, aioquic's per-connection stream limit being 128);
 * **one slow stream**: the latency of quick streams on a session whose other stream is
@@ -65,7 +68,9 @@ async def _lean_stream_rate(
     session driver (the same as :func:`atp_proto.client.connect`'s) counting frames and
     returning credit at once, without decoding each result into a Python object — so
     the figure is the router's and the transport's, not the convenience API's. Also the
-    router's and this client's CPU microseconds per PARTIAL over the same interval."""
+    router's and this client's CPU microseconds per PARTIAL over the same interval, and
+    this client's UDP datagrams and system calls both ways (``udp``: what GSO / GRO
+    saved)."""
     from urllib.parse import urlsplit
 
     import trio
@@ -100,6 +105,8 @@ async def _lean_stream_rate(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(session.run)
             body = task_body("y" * prompt_bytes, None)
+            ep = transport.endpoint
+            udp0 = _udp_counts(ep)
             start = trio.current_time()
             cpu0, router0 = time.process_time(), _cpu_s(router_pid)
             for _ in range(streams):
@@ -113,6 +120,8 @@ async def _lean_stream_rate(
             await done.wait()
             elapsed = trio.current_time() - start
             client_cpu, router_cpu = time.process_time() - cpu0, _cpu_s(router_pid) - router0
+            udp = {k: v - udp0[k] for k, v in _udp_counts(ep).items()}
+            udp |= {"gso": ep.gso, "gro": ep.gro}
             nursery.cancel_scope.cancel()
     frames = max(counts["frames"], 1)
     return {
@@ -120,6 +129,16 @@ async def _lean_stream_rate(
         "bytes_per_s": counts["bytes"] / elapsed,
         "router_cpu_us": router_cpu / frames * 1e6,
         "client_cpu_us": client_cpu / frames * 1e6,
+        "udp": udp,
+    }
+
+
+def _udp_counts(ep: Any) -> dict[str, int]:
+    return {
+        "datagrams_sent": ep.datagrams_sent,
+        "send_calls": ep.send_calls,
+        "datagrams_received": ep.datagrams_received,
+        "receive_calls": ep.receive_calls,
     }
 
 
@@ -283,6 +302,9 @@ def run_benchmark(*, quick: bool, progress: Any = None) -> dict[str, Any]:
         },
         "latency_first_partial_ms": latency,
         "slow_stream": slow,
+        # our client's UDP on the goal row; GSO / GRO are our transport's (Linux, where the
+        # kernel has them): the aioquic echoes send and read one datagram per system call
+        "our_client_udp": small["udp"],
     }
     goals = [
         Goal("router frames/s, 200 B PARTIALs over QUIC", fps, GOAL_FPS, "frames/s"),
@@ -408,6 +430,15 @@ def _print(result: dict[str, Any]) -> None:
         f"SYN -> first PARTIAL with {lat['open_streams']} streams open: p50 {lat['p50']:.2f} ms, "
         f"p99 {lat['p99']:.2f} ms; quick streams beside a stalled one: "
         f"{slow['beside_stalled_p50_ms']:.2f} ms vs {slow['alone_p50_ms']:.2f} ms alone",
+        markup=False,
+    )
+    udp = r["our_client_udp"]
+    offload = " + ".join(n for n in ("GSO", "GRO") if udp[n.lower()]) or "none"
+    console.print(
+        f"UDP offload of ours: {offload} (ours only: the aioquic echoes make one system call "
+        f"per datagram); our client sent {udp['datagrams_sent']:,} datagrams in "
+        f"{udp['send_calls']:,} calls, received {udp['datagrams_received']:,} in "
+        f"{udp['receive_calls']:,} reads",
         markup=False,
     )
 

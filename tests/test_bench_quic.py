@@ -51,5 +51,9 @@ def test_quick_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert lat["open_streams"] == result["settings"]["open_streams"]
     assert _positive(lat["p50"]) and lat["p50"] <= lat["p99"]
     assert _positive(res["slow_stream"]["ratio"])
+    udp = res["our_client_udp"]  # our client's datagrams and system calls, both ways
+    assert udp["datagrams_received"] > 0 and udp["receive_calls"] > 0
+    assert 0 < udp["send_calls"] <= udp["datagrams_sent"]
+    assert isinstance(udp["gso"], bool) and isinstance(udp["gro"], bool)
     names = [g["name"] for g in result["goals"]]
     assert len(names) == 5 and all(g["judged"] is False for g in result["goals"])

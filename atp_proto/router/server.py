@@ -496,6 +496,7 @@ class Router:
                 max_datagram_size=cfg.quic.max_datagram_size,
                 max_data=cfg.quic.max_data,
                 max_stream_data=cfg.quic.max_stream_data,
+                udp_offload=cfg.quic.udp_offload,
             ),
             self._handle_quic,
         )

@@ -50,8 +50,10 @@ async def connect_quic(
     idle_timeout: float = 60.0,
     max_datagram_size: int | None = None,
     connect_timeout: float = 10.0,
+    udp_offload: bool = True,
 ) -> AsyncIterator[QuicTransport]:
-    """A QUIC connection to the router at ``host:port``, closed on exit.
+    """A QUIC connection to the router at ``host:port``, closed on exit. ``udp_offload``:
+    UDP GSO / GRO where the kernel has them (atp_proto/transports/_quic_udp.py).
 
     Raises:
         QuicConnectError: the handshake failed (certificate, ALPN, no answer).
@@ -76,7 +78,7 @@ async def connect_quic(
     if ca_file:
         conf.load_verify_locations(cafile=ca_file)
     sock = open_udp_socket("::" if family == trio.socket.AF_INET6 else "0.0.0.0", 0)
-    endpoint = UdpEndpoint(sock)
+    endpoint = UdpEndpoint(sock, offload=udp_offload)
     quic = QuicConnection(configuration=conf)
     transport = QuicTransport(quic, endpoint, is_client=True, remote=f"{addr[0]}:{addr[1]}")
 

@@ -78,6 +78,7 @@ class QuicServerConfig:
     max_connections: int = 10_000
     max_data: int = 4 * 1024 * 1024  #: QUIC connection flow-control window (bytes)
     max_stream_data: int = 1024 * 1024  #: QUIC per-stream flow-control window (bytes)
+    udp_offload: bool = True  #: UDP GSO / GRO where the kernel has them (_quic_udp.py)
 
 
 def server_configuration(cfg: QuicServerConfig, loopback: bool) -> QuicConfiguration:
@@ -144,7 +145,7 @@ class QuicServer:
         """Listen on ``host:port`` (UDP) until cancelled; ``started`` with the port."""
         loopback = host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
         self._conf = server_configuration(self.cfg, loopback)
-        ep = self._endpoint = UdpEndpoint(open_udp_socket(host, port))
+        ep = self._endpoint = UdpEndpoint(open_udp_socket(host, port), offload=self.cfg.udp_offload)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

@@ -14,6 +14,7 @@ flag::
     max_datagram_size = 1200    # UDP payload we send; default: 8000 on loopback, else 1200
     max_data = 4194304          # QUIC connection flow-control window (bytes)
     max_stream_data = 1048576   # QUIC per-stream flow-control window (bytes)
+    udp_offload = true          # Linux UDP GSO / GRO where the kernel has them
 
 ATP's own limits stay in ``[limits]``: the number of concurrent streams (``max_streams``)
 and the credit windows (``initial_window``) apply over QUIC as over WebSocket; QUIC's flow
@@ -54,6 +55,9 @@ class QuicSettings:
     max_datagram_size: int | None = None
     max_data: int = 4 * 1024 * 1024
     max_stream_data: int = 1024 * 1024
+    #: UDP segmentation offload (GSO on send, GRO on receive) where the kernel has it;
+    #: False: one system call per datagram (see atp_proto/transports/_quic_udp.py)
+    udp_offload: bool = True
 
     def validate(self) -> QuicSettings:
         """This, or QuicSettingsError naming the first wrong value."""
@@ -91,7 +95,8 @@ class QuicSettings:
 
 _FLOATS = ("idle_timeout_s", "handshake_timeout_s")
 _INTS = ("max_datagram_size", "max_data", "max_stream_data")
-_KEYS = ("listen", "cert", "key", "retry", *_FLOATS, *_INTS)
+_BOOLS = ("udp_offload",)
+_KEYS = ("listen", "cert", "key", "retry", *_FLOATS, *_INTS, *_BOOLS)
 
 
 def parse_quic_table(path: str, data: Any) -> dict[str, Any]:
@@ -139,6 +144,11 @@ def parse_quic_table(path: str, data: Any) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise QuicSettingsError(f"{path}: transport.quic.{key} must be an integer")
             fields[key] = value
+    for key in _BOOLS:
+        if key in data:
+            if not isinstance(data[key], bool):
+                raise QuicSettingsError(f"{path}: transport.quic.{key} must be true or false")
+            fields[key] = data[key]
     try:
         out["settings"] = QuicSettings(**fields).validate()
     except QuicSettingsError as exc:

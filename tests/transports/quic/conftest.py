@@ -116,3 +116,15 @@ async def lossy_relay(nursery: trio.Nursery) -> Callable[..., Any]:
         return relay, port
 
     return start
+
+
+@pytest.fixture
+def udp_offload(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Parametrize indirectly with True / False: every QUIC socket this test opens (the
+    router's and the client's, both in this process) uses UDP GSO / GRO where the kernel
+    has them, or neither (``_quic_udp.OFFLOAD``)."""
+    from atp_proto.transports import _quic_udp
+
+    on = bool(getattr(request, "param", True))
+    monkeypatch.setattr(_quic_udp, "OFFLOAD", on)
+    return on

@@ -45,6 +45,7 @@ handshake_timeout_s = 2.5
 max_datagram_size = 1350
 max_data = 8388608
 max_stream_data = 262144
+udp_offload = false
 """,
     )
     out = load_file(path)
@@ -58,6 +59,7 @@ max_stream_data = 262144
         max_datagram_size=1350,
         max_data=8 << 20,
         max_stream_data=256 << 10,
+        udp_offload=False,
     )
 
 
@@ -86,6 +88,7 @@ def test_defaults_and_off(tmp_path: Path) -> None:
         ("max_data = 65536\nmax_stream_data = 131072", "must not exceed max_data"),
         ('cert = "a.pem"', "cert and key go together"),
         ('retry = "yes"', "retry must be true or false"),
+        ("udp_offload = 1", "udp_offload must be true or false"),
     ],
 )
 def test_wrong_values_are_refused_in_words(tmp_path: Path, body: str, words: str) -> None:
@@ -135,13 +138,15 @@ def test_serve_takes_quic_from_the_file(tmp_path: Path, cert) -> None:
 
 async def test_the_settings_reach_the_quic_server(quic_router) -> None:
     """The running QUIC server uses the table's values: idle and handshake timeouts,
-    datagram size and QUIC windows (aioquic's configuration of the listener)."""
+    datagram size and QUIC windows (aioquic's configuration of the listener), UDP
+    offload off (its socket does neither GSO nor GRO)."""
     settings = QuicSettings(
         idle_timeout_s=7.0,
         handshake_timeout_s=3.0,
         max_datagram_size=1300,
         max_data=2 << 20,
         max_stream_data=512 << 10,
+        udp_offload=False,
     )
     router = await quic_router(quic=settings)
     server = router.quic_server
@@ -150,6 +155,7 @@ async def test_the_settings_reach_the_quic_server(quic_router) -> None:
     conf = server._conf
     assert conf.idle_timeout == 7.0 and conf.max_datagram_size == 1300
     assert (conf.max_data, conf.max_stream_data) == (2 << 20, 512 << 10)
+    assert server._endpoint is not None and not (server._endpoint.gso or server._endpoint.gro)
     assert os.path.exists(server.cfg.cert_file)
 
 

@@ -45,12 +45,14 @@ async def in_thread(router: Any, cert: Any, script: Any, **kw: Any) -> Any:
     )
 
 
-async def test_independent_client_completes_streams(quic_router, cert) -> None:
+@pytest.mark.parametrize("udp_offload", [True, False], indirect=True, ids=["offload", "plain"])
+async def test_independent_client_completes_streams(udp_offload, quic_router, cert) -> None:
     """ATP-QUIC-001, ATP-QUIC-002, ATP-QUIC-003, ATP-QUIC-011, ATP-QUIC-013, ATP-QUIC-009:
     an aioquic asyncio client with ALPN atp/1 sends CAPABILITIES on QUIC stream 0 and a SYN
     on its next bidirectional stream; the router's CAPABILITIES comes back on stream 0
     (without caps.auth), the stream's PARTIALs then FINAL on the SYN's QUIC stream, that
-    stream ends with a QUIC FIN, and a second stream on the same session does the same."""
+    stream ends with a QUIC FIN, and a second stream on the same session does the same.
+    The router's socket with UDP GSO / GRO where the kernel has them, and without."""
     router = await quic_router()
 
     async def script(peer: Recorder) -> dict[str, Any]:

@@ -18,15 +18,22 @@ from atp_proto.testing.frames import F_FIN, T_CAPABILITIES, T_ERROR, build_frame
 from atp_proto.transports.quic_server import reset_token
 
 from ._aioquic_peer import Recorder, run_peer
+from .test_udp_offload import probe_kernel
 
 
 @pytest.mark.deadline(90)
-async def test_lossy_relay_every_stream_completes_in_order(quic_router, lossy_relay, cert) -> None:
+@pytest.mark.parametrize("udp_offload", [True, False], indirect=True, ids=["offload", "plain"])
+async def test_lossy_relay_every_stream_completes_in_order(
+    udp_offload, quic_router, lossy_relay, cert
+) -> None:
     """ATP-QUIC-002, ATP-SEQ-003: through a relay that drops 8 %, duplicates 8 % and
     reorders 10 % of the datagrams each way (seeded), 20 concurrent streams all complete
     and every stream's PARTIALs arrive complete and in order, then its FINAL. The relay
-    also saw the router's Retry (address validation) go by."""
+    also saw the router's Retry (address validation) go by. With UDP GSO / GRO at both
+    ends where the kernel has them, and without."""
     router = await quic_router(adapters={"persona": "builtin:persona?latency_ms=1&chunks=30"})
+    endpoint = router.quic_server._endpoint
+    assert endpoint is not None and endpoint.gro == (udp_offload and probe_kernel()[1])
     relay, port = await lossy_relay(router.quic_port, seed=12, drop=0.08, dup=0.08, reorder=0.1)
     results: dict[int, list[Any]] = {}
     async with connect(f"quic://127.0.0.1:{port}", ca_file=cert.cert) as client:
@@ -47,6 +54,41 @@ async def test_lossy_relay_every_stream_completes_in_order(quic_router, lossy_re
     assert relay.counts["dropped"] > 0 and relay.counts["duplicated"] > 0
     assert relay.counts["reordered"] > 0
     assert relay.counts["retry"] >= 1
+
+
+@pytest.mark.deadline(90)
+@pytest.mark.parametrize("udp_offload", [True, False], indirect=True, ids=["offload", "plain"])
+async def test_lossy_relay_bulk_answers_arrive_whole(
+    udp_offload, quic_router, lossy_relay, cert
+) -> None:
+    """ATP-QUIC-010, ATP-SEQ-003: bursts of full datagrams both ways (100 KB prompts up,
+    their echo down in 40 chunks) through a relay that drops 5 %, duplicates 5 % and
+    reorders 10 %: every stream's answer arrives whole and in order. With UDP offload on
+    (where the kernel has it) the router sent runs of datagrams in one segmented send
+    each, and the relay saw them one by one as any peer does."""
+    router = await quic_router(adapters={"echo": "builtin:echo?chunks=40"})
+    endpoint = router.quic_server._endpoint
+    relay, port = await lossy_relay(router.quic_port, seed=5, drop=0.05, dup=0.05, reorder=0.1)
+    prompts = {i: f"stream {i}: " + "".join(f"{n:07d} " for n in range(12_500)) for i in range(4)}
+    answers: dict[int, str] = {}
+    async with connect(f"quic://127.0.0.1:{port}", ca_file=cert.cert) as client:
+
+        async def one(i: int) -> None:
+            async with client.stream(prompts[i], meta={"adapters": ["echo"]}) as st:
+                items = [item async for item in st]
+            assert isinstance(items[-1], Final)
+            answers[i] = "".join(p.content["text"] for p in items if isinstance(p, Partial))
+
+        async with trio.open_nursery() as nursery:
+            for i in prompts:
+                nursery.start_soon(one, i)
+    assert answers == prompts
+    assert relay.counts["dropped"] > 0 and relay.counts["reordered"] > 0
+    assert endpoint is not None and endpoint.datagrams_sent > 50
+    if udp_offload and probe_kernel()[0]:
+        assert endpoint.send_calls < endpoint.datagrams_sent
+    else:
+        assert endpoint.send_calls == endpoint.datagrams_sent
 
 
 @pytest.mark.deadline(60)
