@@ -536,7 +536,14 @@ def _check(events: list[Event], conn: Connection) -> None:
     # a stream opened and then reset (or the connection closed) by the same input: the
     # application sees both events at once, and a reply to the SYN is then refused as
     # h2 refuses a send on a closed stream (LocalProtocolError), the one exception allowed
-    gone = {e.stream_id for e in events if isinstance(e, StreamReset)}
+    # (a reset before the SYN does not count: an error on an id never opened uses no id,
+    # ATP-STREAM-002, so a SYN after it opens the stream)
+    opened_at = {e.stream_id: i for i, e in enumerate(events) if isinstance(e, StreamOpened)}
+    gone = {
+        e.stream_id
+        for i, e in enumerate(events)
+        if isinstance(e, StreamReset) and i > opened_at.get(e.stream_id, len(events))
+    }
     closed = any(isinstance(e, ConnectionClosed) for e in events)
     for e in events:
         if isinstance(e, ConnectionClosed | StreamReset):
