@@ -81,8 +81,11 @@ class RegoEngine:
     def load(cls, path: str | Path) -> RegoEngine:
         try:
             source = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PolicyLoadError(f"cannot read policy {path}: {exc}") from None
+        except OSError as exc:
+            why = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror or exc
+            raise PolicyLoadError(f"cannot read policy {path}: {str(why).lower()}") from None
+        except UnicodeDecodeError as exc:
+            raise PolicyLoadError(f"cannot read policy {path}: not UTF-8 text ({exc})") from None
         try:
             return cls(source, name=str(path))
         except PolicyEvalError as exc:
