@@ -214,3 +214,37 @@ def test_a_missing_key_file_from_the_environment_is_named_so(tmp_path: Path) -> 
     missing = tmp_path / "jwt.key"
     line = _line(SERVE, env={"ATP_JWT_KEY_FILE": str(missing)})
     assert line == f"atp serve: error: cannot read ATP_JWT_KEY_FILE {missing}: no such file"
+
+
+def test_a_policy_that_does_not_compile_is_one_line(tmp_path: Path) -> None:
+    """regopy's compiler printed its diagnostics on file descriptor 1 (a dozen lines
+    past ``sys.stdout``) and raised an s-expression, which was the error line."""
+    policy = tmp_path / "broken.rego"
+    policy.write_text("package atp.policy\nx := \n")
+    proc = atp(*SERVE, "--no-auth", "--policy", str(policy), timeout=30)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    lines = [ln for ln in proc.stderr.splitlines() if " WARNING " not in ln]
+    assert lines == [f"atp serve: error: {policy}:2:3: Invalid assignment operator"]
+
+
+def test_bench_routing_without_its_data_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a fresh clone (no ``../shared/routing-data/`` beside it) ``atp bench routing
+    --quick`` said ``atp bench routing: no data file /tmp/shared/...`` without "error:"
+    nor that the records are not in the repository."""
+    import argparse
+
+    from atp_proto.cli import UsageError
+    from benchmarks import _routing_run, bench_routing
+
+    missing = tmp_path / "shared" / "routing-data" / "public.jsonl"
+    monkeypatch.setattr(_routing_run, "DEFAULT_DATA", missing)
+    parser = argparse.ArgumentParser()
+    bench_routing.add_options(parser)
+    with pytest.raises(UsageError) as err:
+        bench_routing.run(parser.parse_args([]))
+    assert str(err.value) == (
+        f"no outcome records at {missing} (the default, beside the checkout; they are not "
+        "in the repository): pass --data FILE.jsonl (README, 'Learned routing')"
+    )
