@@ -78,7 +78,8 @@ def check_input_files(args: argparse.Namespace) -> None:
 def check_config_files(args: argparse.Namespace, cfg: Any) -> None:
     """The files the configuration names beyond the flags (``--config``'s
     ``[auth] key_file`` / ``jwks``, ``[policy] file`` / ``routing_table``, ``[router]
-    audit_log`` / ``routing_state``, and ``ATP_JWT_KEY_FILE``) checked as the flags' are,
+    audit_log`` / ``routing_state``, ``[transport.quic] cert`` / ``key``, and
+    ``ATP_JWT_KEY_FILE``) checked as the flags' are,
     one line, exit 2, before the router starts: ``cannot read policy.file /etc/p.rego
     (from atp.toml): no such file`` (a missing ``[policy] file`` said a Python errno).
 
@@ -106,7 +107,15 @@ def check_config_files(args: argparse.Namespace, cfg: Any) -> None:
         "audit_log": True,
         "routing_state": cfg.learner == "bandit",
     }
-    for name, key in FILE_PATH_SETTINGS.items():
+    paths = dict(FILE_PATH_SETTINGS)
+    quic_on = args.quic != "off" and not cfg.quic.disabled
+    if cfg.cert_file and quic_on and not (args.quic_cert or args.cert or args.dev_cert):
+        # [transport.quic] cert / key: a missing one said "cannot listen on ... (QUIC,
+        # UDP): no such file or directory" once the listener tried to load it
+        paths.update(cert_file="transport.quic.cert", key_file="transport.quic.key")
+        flags.update(cert_file=None, key_file=None)
+        read.update(cert_file=True, key_file=True)
+    for name, key in paths.items():
         value = getattr(cfg, name)
         if not value or flags[name] or not read[name] or (name == "jwks" and "://" in value):
             continue  # unset, given by a flag (checked already), not read, or a URL

@@ -248,3 +248,19 @@ def test_bench_routing_without_its_data_says_where_it_looked(
         f"no outcome records at {missing} (the default, beside the checkout; they are not "
         "in the repository): pass --data FILE.jsonl (README, 'Learned routing')"
     )
+
+
+def test_a_missing_quic_certificate_of_the_config_is_not_a_listen_error(tmp_path: Path) -> None:
+    """README's config example as it stands (its ``[transport.quic] cert = "quic.pem"``
+    absent) said ``cannot listen on 0.0.0.0:7443 (QUIC, UDP): no such file or
+    directory``."""
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    file = conf / "atp.toml"
+    file.write_text('[transport.quic]\ncert = "quic.pem"\nkey = "quic.key"\n')
+    serve = ("serve", "--ws", "127.0.0.1:0", "--metrics", "off", "--no-auth")
+    line = _line((*serve, "--config", str(file)))
+    assert line == (
+        f"atp serve: error: cannot read transport.quic.cert {conf}/quic.pem (from {file}): "
+        "no such file"
+    )
