@@ -135,17 +135,23 @@ def goals_of(results: dict[str, Any]) -> list[Goal]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from atp_proto.cli import UsageError
+
     from . import _harness
     from ._routing_run import DEFAULT_DATA, Settings, run_all
     from ._routing_spread import add_spreads
 
     data = Path(args.data) if args.data else DEFAULT_DATA
     if not data.is_file():
-        print(f"atp bench routing: no data file {data} (pass --data FILE.jsonl)", file=sys.stderr)
-        return 2
+        if args.data:
+            raise UsageError(f"cannot read --data {data}: no such file")
+        # the outcome records are public data sets, not part of the repository
+        raise UsageError(
+            f"no outcome records at {data} (the default, beside the checkout; they are not "
+            "in the repository): pass --data FILE.jsonl (README, 'Learned routing')"
+        )
     if not 0.1 <= args.train_share <= 0.9:
-        print("atp bench routing: --train-share must be within 0.1..0.9", file=sys.stderr)
-        return 2
+        raise UsageError("--train-share must be within 0.1..0.9")
     settings = Settings(
         data=data,
         seed=args.seed,
@@ -177,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError, ValueError) as exc:
         if status is not None:
             status.stop()
-        print(f"atp bench routing: {exc}", file=sys.stderr)
+        print(f"atp bench routing: error: {exc}", file=sys.stderr)
         return 1
     finally:
         if status is not None:

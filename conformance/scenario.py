@@ -399,7 +399,16 @@ async def _expect_end(r: Runner, arg: Mapping[str, Any], timeout: float) -> None
     if codes or how == "error":
         code = (end.get("error") or {}).get("code") if is_err else None
         if not is_err or (codes and code not in codes):
-            raise ScenarioFailed(f"stream {sid} ended with {_short(end)}", want, viol)
+            hint = ""
+            if code == "ETIMEOUT" and "ETIMEOUT" not in (codes or ()):
+                # the case's ttl ran out before the router could answer: a slow host
+                # (or a slow router), which --timeout-scale gives more time
+                scale = r.ctx.timeout_scale
+                hint = (
+                    " (the stream's ttl passed: on a slow host, give the case more time "
+                    f"with --timeout-scale {max(3, math.ceil(scale * 2)):g})"
+                )
+            raise ScenarioFailed(f"stream {sid} ended with {_short(end)}{hint}", want, viol)
         msg = (end.get("error") or {}).get("message")
         if arg.get("message_regex") and not (
             isinstance(msg, str) and re.search(arg["message_regex"], msg)

@@ -15,7 +15,8 @@ from pathlib import Path
 from atp_proto.cli import UsageError
 
 
-def _why(exc: OSError) -> str:
+def why(exc: OSError) -> str:
+    """An OSError's reason in a few lower-case words (``no such file``)."""
     if exc.errno == errno.ENOENT:
         return "no such file"
     return (exc.strerror or str(exc)).lower()
@@ -36,7 +37,7 @@ def input_file(name: str | os.PathLike[str], what: str = "") -> Path:
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot read {label}: {_why(exc)}") from None
+        raise UsageError(f"cannot read {label}: {why(exc)}") from None
     return path
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from atp_proto.cli import UsageError
 
-__all__ = ["check_combinations", "check_input_files"]
+__all__ = ["check_combinations", "check_config_files", "check_input_files"]
 
 
 def check_combinations(args: argparse.Namespace, cfg: Any) -> None:
@@ -42,6 +42,15 @@ def check_combinations(args: argparse.Namespace, cfg: Any) -> None:
     if cfg.auth and (cfg.jwks or cfg.oidc_issuer) and args.jwt_key_file:
         given = "--jwks" if cfg.jwks else "--oidc-issuer"
         raise UsageError(f"--jwt-key-file and {given} exclude each other: the key set verifies")
+    if cfg.auth and (cfg.jwks or cfg.oidc_issuer) and cfg.jwt_algorithm == "HS256":
+        # a key set gives public keys only (atp_proto/router/jwks.py): HS256 would verify
+        # nothing, or, were an HMAC key ever loaded from it, a token signed with a public key
+        flag = "--jwt-algorithm HS256" if args.jwt_algorithm else "auth.algorithm = HS256"
+        given = "--jwks" if cfg.jwks else "--oidc-issuer"
+        raise UsageError(
+            f"{flag} with {given}: a key set gives RS256/ES256 keys only (HS256 is for "
+            "--jwt-key-file)"
+        )
 
 
 def check_input_files(args: argparse.Namespace) -> None:
@@ -64,3 +73,65 @@ def check_input_files(args: argparse.Namespace) -> None:
     ):
         if value:
             input_file(value, flag)
+
+
+def check_config_files(args: argparse.Namespace, cfg: Any) -> None:
+    """The files the configuration names beyond the flags (``--config``'s
+    ``[auth] key_file`` / ``jwks``, ``[policy] file`` / ``routing_table``, ``[router]
+    audit_log`` / ``routing_state``, ``[transport.quic] cert`` / ``key``, and
+    ``ATP_JWT_KEY_FILE``) checked as the flags' are,
+    one line, exit 2, before the router starts: ``cannot read policy.file /etc/p.rego
+    (from atp.toml): no such file`` (a missing ``[policy] file`` said a Python errno).
+
+    Raises:
+        UsageError: naming the setting, the file and what is wrong.
+    """
+    import os
+
+    from atp_proto._cli._files import why
+    from atp_proto.router.config import FILE_PATH_SETTINGS
+
+    flags = {
+        "jwt_key_file": args.jwt_key_file,
+        "jwks": args.jwks,
+        "policy_file": args.policy,
+        "routing_table": args.routing_table,
+        "audit_log": args.audit_log,
+        "routing_state": args.routing_state,
+    }
+    read = {  # what this configuration reads (a setting it does not read is not checked)
+        "jwt_key_file": cfg.auth and not (cfg.jwks or cfg.oidc_issuer),
+        "jwks": cfg.auth,
+        "policy_file": not cfg.opa_url,
+        "routing_table": True,
+        "audit_log": True,
+        "routing_state": cfg.learner == "bandit",
+    }
+    paths = dict(FILE_PATH_SETTINGS)
+    quic_on = args.quic != "off" and not cfg.quic.disabled
+    if cfg.cert_file and quic_on and not (args.quic_cert or args.cert or args.dev_cert):
+        # [transport.quic] cert / key: a missing one said "cannot listen on ... (QUIC,
+        # UDP): no such file or directory" once the listener tried to load it
+        paths.update(cert_file="transport.quic.cert", key_file="transport.quic.key")
+        flags.update(cert_file=None, key_file=None)
+        read.update(cert_file=True, key_file=True)
+    for name, key in paths.items():
+        value = getattr(cfg, name)
+        if not value or flags[name] or not read[name] or (name == "jwks" and "://" in value):
+            continue  # unset, given by a flag (checked already), not read, or a URL
+        if name == "jwt_key_file" and os.environ.get("ATP_JWT_KEY_FILE") == value:
+            label = f"ATP_JWT_KEY_FILE {value}"
+        else:
+            label = f"{key} {value} (from {args.config})"
+        if name in ("audit_log", "routing_state"):  # written: its directory must be there
+            parent = os.path.dirname(os.path.abspath(value))
+            if not os.path.isdir(parent):
+                raise UsageError(f"cannot write {label}: no directory {parent}")
+            continue
+        if os.path.isdir(value):
+            raise UsageError(f"cannot read {label}: not a file")
+        try:
+            with open(value, "rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot read {label}: {why(exc)}") from None

@@ -66,7 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="CMD",
         help='the client ("CMD {url}") or codec testee to launch',
     )
-    run.add_argument("--token", default=None, help="bearer token for the router's L2 cases")
+    run.add_argument(
+        "--token", default=None, help="router role: bearer token for the router's L2 cases"
+    )
     run.add_argument(
         "--expired-token",
         default=None,
@@ -382,6 +384,7 @@ def _run(args: argparse.Namespace) -> int:
 
 #: options only the router role reads (their help says "router role:"): (dest, flag)
 ROUTER_ONLY = (
+    ("token", "--token"),
     ("expired_token", "--expired-token"),
     ("limited_token", "--limited-token"),
     ("http_url", "--http-url"),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from atp_proto.cli import UsageError
@@ -210,17 +212,22 @@ def config_from_args(args: argparse.Namespace) -> Any:
             if given:  # ignored before: a router left open that its operator meant to guard
                 raise UsageError(f"{' and '.join(given)} with --no-auth: choose one")
             flags["auth"] = False
+        from atp_proto._cli._serve_checks import (
+            check_combinations,
+            check_config_files,
+            check_input_files,
+        )
+
+        check_input_files(args)  # before --dev-cert writes anything
         flags["tls"] = tls = _tls_from_args(args)
         _quic_flags(args, flags, parse_hostport, tls)
-        from atp_proto._cli._serve_checks import check_combinations, check_input_files
-
-        check_input_files(args)
         cfg = build_config(file=args.config, env=os.environ, flags=flags)
         from dataclasses import replace
 
         if cfg_metrics_off:
             cfg = replace(cfg, metrics_port=None)
         check_combinations(args, cfg)
+        check_config_files(args, cfg)
         if args.quic == "off":  # wins over [transport.quic] listen
             cfg = replace(cfg, quic_port=None)
         elif cfg.quic_port is None and not cfg.quic.disabled and (cfg.tls or cfg.cert_file):
@@ -231,27 +238,80 @@ def config_from_args(args: argparse.Namespace) -> Any:
             cfg = replace(cfg, quic_host=cfg.ws_host, quic_port=cfg.ws_port)
         return cfg
     except ConfigError as exc:
+        _DEV_CERT.forget()
         raise UsageError(str(exc)) from None
+    except UsageError:
+        _DEV_CERT.forget()
+        raise
 
 
-def _tls_from_args(args: argparse.Namespace) -> Any:
-    """``--cert/--key`` or ``--dev-cert`` as a TLSConfig (None: neither given)."""
-    from atp_proto.transports.tls import TLSConfig, dev_cert_dir, generate_dev_cert
+class _DevCert:
+    """``--dev-cert``: what this run made (the directory, the certificate, its key, the
+    lock file), so that a start refused afterwards (a missing ``--policy``, a broken
+    config file) leaves nothing behind, and the lines saying where it is, printed once
+    the router is about to serve (not before an error that then removes it)."""
 
-    if args.dev_cert:
-        if args.cert or args.key:
-            raise UsageError("--dev-cert makes its own certificate: drop --cert/--key")
+    def __init__(self) -> None:
+        self.made: list[Path] = []
+        self.lines: list[str] = []
+
+    def make(self) -> tuple[str, str]:
+        from atp_proto.transports.tls import (
+            DEV_CERT_NAME,
+            DEV_KEY_NAME,
+            dev_cert_dir,
+            generate_dev_cert,
+        )
+
+        # where dev_cert_dir() puts it (atp_proto/transports/tls.py), before it creates it
+        base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+            os.path.expanduser("~"), ".local/share"
+        )
+        where = Path(base) / "atp"
+        names = (DEV_CERT_NAME, DEV_KEY_NAME, ".dev-cert.lock")
+        before = [p for p in (where / n for n in names) if not p.exists()]
+        dir_before = []  # the directories it will create, deepest first
+        parent = where
+        while not parent.exists() and parent != parent.parent:
+            dir_before.append(parent)
+            parent = parent.parent
         try:
             cert, key, fp = generate_dev_cert(dev_cert_dir())
         except OSError as exc:
             raise UsageError(f"cannot write the dev certificate: {exc.strerror or exc}") from None
-        print(f"atp serve: dev certificate {cert} (SHA-256 {fp})", file=sys.stderr)
-        print(
+        self.made = [p for p in before if p.exists()] + dir_before
+        self.lines = [
+            f"atp serve: dev certificate {cert} (SHA-256 {fp})",
             "atp serve: warning: the dev certificate is self-signed, for local use only; "
             f"clients trust it with --ca {cert}",
-            file=sys.stderr,
-        )
-        return TLSConfig(cert_file=str(cert), key_file=str(key))
+        ]
+        return str(cert), str(key)
+
+    def announce(self) -> None:
+        for line in self.lines:
+            print(line, file=sys.stderr)
+        self.made, self.lines = [], []
+
+    def forget(self) -> None:
+        """Remove what :meth:`make` made (the start was refused)."""
+        for path in self.made:
+            with contextlib.suppress(OSError):  # not empty, or gone: leave it
+                path.rmdir() if path.is_dir() else path.unlink()
+        self.made, self.lines = [], []
+
+
+_DEV_CERT = _DevCert()
+
+
+def _tls_from_args(args: argparse.Namespace) -> Any:
+    """``--cert/--key`` or ``--dev-cert`` as a TLSConfig (None: neither given)."""
+    from atp_proto.transports.tls import TLSConfig
+
+    if args.dev_cert:
+        if args.cert or args.key:
+            raise UsageError("--dev-cert makes its own certificate: drop --cert/--key")
+        cert, key = _DEV_CERT.make()
+        return TLSConfig(cert_file=cert, key_file=key)
     if args.key and not args.cert:
         raise UsageError("--key needs --cert")
     if args.cert:
@@ -281,6 +341,14 @@ def _quic_flags(
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except UsageError:
+        _DEV_CERT.forget()  # a start refused after --dev-cert made its certificate
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     import trio
 
     from atp_proto.router.logs import setup_logging
@@ -300,7 +368,8 @@ def run(args: argparse.Namespace) -> int:
                 with open(log_file, "ab"):
                     pass
             except OSError as exc:
-                raise UsageError(f"cannot open the audit log {log_file}: {exc.strerror}") from None
+                why = (exc.strerror or str(exc)).lower()
+                raise UsageError(f"cannot open the audit log {log_file}: {why}") from None
     if cfg.redis_url and not cfg.quota.enabled and cfg.learner != "bandit" and cfg.worker_index < 0:
         # said once (by the supervisor with --workers), not refused: one ATP_REDIS_URL may
         # serve a fleet whose routers do not all have quotas
@@ -309,6 +378,7 @@ def run(args: argparse.Namespace) -> int:
             "is not bandit (the shared state is for these two)"
         )
     if supervising:
+        _DEV_CERT.announce()
         return _supervise(cfg, args.restart_limit)
     if cfg.worker_index >= 0:
         from atp_proto.router.workers import tag_worker_logs
@@ -336,6 +406,7 @@ def run(args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
+    _DEV_CERT.announce()
     try:
         if cfg.worker_index >= 0:
             trio.run(_serve_worker, router)

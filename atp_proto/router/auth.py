@@ -85,7 +85,10 @@ class AuthConfig:
             try:
                 raw = Path(key_file).read_bytes()
             except OSError as exc:
-                raise ValueError(f"cannot read JWT key file {key_file}: {exc.strerror}") from None
+                why = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror
+                raise ValueError(
+                    f"cannot read JWT key file {key_file}: {str(why).lower()}"
+                ) from None
         elif os.environ.get(key_env):
             raw = os.environ[key_env].encode()
         else:

@@ -393,7 +393,26 @@ def load_file(path: str) -> dict[str, Any]:
         out.update(_transport_section(path, doc.pop("transport")))
     if doc:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(doc))}")
+    base = os.path.dirname(os.path.abspath(path))
+    for setting in FILE_PATH_SETTINGS:  # every path of the file: relative to its directory
+        value = out.get(setting)
+        if value and not (setting == "jwks" and "://" in value):
+            out[setting] = os.path.join(base, value)
     return out
+
+
+#: The settings a config file gives as paths (beside ``[tls]`` and ``[transport.quic]``
+#: ``cert`` / ``key``), by RouterConfig field: the file's key for each. A relative path
+#: is taken relative to the config file's directory, as every path of the file is
+#: (README, "Configuration"); a ``jwks`` URL is left alone.
+FILE_PATH_SETTINGS = {
+    "jwt_key_file": "auth.key_file",
+    "jwks": "auth.jwks",
+    "policy_file": "policy.file",
+    "routing_table": "policy.routing_table",
+    "audit_log": "router.audit_log",
+    "routing_state": "router.routing_state",
+}
 
 
 def _tls_section(path: str, data: Any) -> TLSConfig:

@@ -90,18 +90,23 @@ def keys_from_jwks(doc: Any, algorithms: Sequence[str] = JWKS_ALGORITHMS) -> dic
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         raise ValueError('not a JWK Set (no "keys" list)')
     out: dict[str, PyJWK] = {}
+    other: set[str] = set()  #: usable algorithms of keys not asked for
     for jwk in doc["keys"][:MAX_KEYS]:
         if not isinstance(jwk, dict):
             continue
         alg = _algorithm(jwk)
-        if alg is None or alg not in algorithms:
+        if alg is None:
+            continue
+        if alg not in algorithms:
+            other.add(alg)
             continue
         try:
             out[str(jwk.get("kid", ""))] = PyJWK(jwk, algorithm=alg)
         except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
             continue
     if not out:
-        raise ValueError(f"no usable {'/'.join(algorithms)} signing key in the JWK Set")
+        held = f" (it holds {'/'.join(sorted(other))} keys)" if other else ""
+        raise ValueError(f"no usable {'/'.join(algorithms)} signing key in the JWK Set{held}")
     return out
 
 
@@ -135,8 +140,13 @@ class JwksSource:
             ValueError: unreadable or no usable key.
         """
         try:
-            self._install(keys_from_jwks(_fetch_json(self.location, self.timeout_s)))
-        except (OSError, ValueError) as exc:
+            self._install(
+                keys_from_jwks(_fetch_json(self.location, self.timeout_s), self.algorithms)
+            )
+        except OSError as exc:
+            why = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror or exc
+            raise ValueError(f"--jwks {self.location}: {str(why).lower()}") from None
+        except ValueError as exc:
             raise ValueError(f"--jwks {self.location}: {exc}") from None
 
     def _install(self, keys: dict[str, PyJWK]) -> None:

@@ -79,16 +79,31 @@ def _add_frames(
 def _key_set_authenticator(config: RouterConfig) -> TokenVerifier:
     """``--jwks`` / ``--oidc-issuer`` (:mod:`.jwks`). A key set in a file is read now:
     a broken one refuses to start (ValueError)."""
-    from .jwks import JwksAuthenticator, JwksSource, OidcDiscovery
+    from .jwks import JWKS_ALGORITHMS, JwksAuthenticator, JwksSource, OidcDiscovery
 
     keys: JwksSource | OidcDiscovery
     ttl, refetch = config.jwks_ttl_s, config.jwks_refetch_s
+    options: dict[str, Any] = {"ttl_s": ttl, "min_refetch_s": refetch}
+    if config.jwt_algorithm:  # --jwt-algorithm pins it: keys of the other type are not loaded
+        if config.jwt_algorithm not in JWKS_ALGORITHMS:
+            raise ValueError(
+                f"--jwt-algorithm {config.jwt_algorithm} with a key set: a JWK Set gives "
+                f"{'/'.join(JWKS_ALGORITHMS)} keys only ({config.jwt_algorithm} is for "
+                "--jwt-key-file)"
+            )
+        options["algorithms"] = (config.jwt_algorithm,)
     if config.oidc_issuer:
-        keys = OidcDiscovery(config.oidc_issuer, ttl_s=ttl, min_refetch_s=refetch)
+        keys = OidcDiscovery(config.oidc_issuer, **options)
     else:
-        keys = JwksSource(config.jwks or "", ttl_s=ttl, min_refetch_s=refetch)
+        keys = JwksSource(config.jwks or "", **options)
         if urlsplit(keys.location).scheme not in ("http", "https"):
-            keys.load_now()
+            try:
+                keys.load_now()
+            except ValueError as exc:
+                msg, pin = str(exc), f"--jwt-algorithm {config.jwt_algorithm}"
+                if config.jwt_algorithm:  # "... (it holds RS256 keys; --jwt-algorithm ES256)"
+                    msg = f"{msg[:-1]}; {pin})" if msg.endswith(")") else f"{msg} ({pin})"
+                raise ValueError(msg) from None
     return JwksAuthenticator(
         keys,
         audience=config.jwt_audience,

@@ -71,6 +71,10 @@ CASES: list[tuple[tuple[str, ...], str]] = [
         "atp conformance run: error: --encoding is for --role router, not --role codec",
     ),
     (
+        (*CONF, "--role", "adapter", "--target", "grpc://127.0.0.1:9", "--token", "t"),
+        "atp conformance run: error: --token is for --role router, not --role adapter",
+    ),
+    (
         (*CONF, "--role", "client", "--exec", "c {url}", "--http-url", "http://127.0.0.1:9"),
         "atp conformance run: error: --http-url is for --role router, not --role client",
     ),

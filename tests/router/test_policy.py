@@ -284,7 +284,11 @@ def test_config_file_and_env_carry_the_policy_settings(tmp_path: Path) -> None:
         '[auth]\njwks = "https://id.example/jwks.json"\n'
     )
     cfg = build_config(file=str(path), env={}, flags={})
-    assert (cfg.policy_file, cfg.routing_table, cfg.policy_poll_s) == ("p.rego", "t.toml", 0.5)
+    assert (cfg.policy_file, cfg.routing_table, cfg.policy_poll_s) == (
+        str(tmp_path / "p.rego"),  # relative to the config file's directory
+        str(tmp_path / "t.toml"),
+        0.5,
+    )
     assert cfg.jwks == "https://id.example/jwks.json"
     env_cfg = build_config(file=None, env={"OPA_URL": "http://127.0.0.1:8181"}, flags={})
     assert env_cfg.opa_url == "http://127.0.0.1:8181"

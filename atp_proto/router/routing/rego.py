@@ -11,10 +11,15 @@ a new one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import re
+import sys
+import tempfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,40 @@ def _one_line(text: str, limit: int = 300) -> str:
     return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
+@contextlib.contextmanager
+def _stdout_captured() -> Iterator[Callable[[], str]]:
+    """File descriptor 1 into a temporary file for the block: regopy's compiler prints its
+    diagnostics there (``Errors: ... Pass collections failed``), past ``sys.stdout``, in
+    the middle of ``atp serve``'s one-line error. Yields what was printed, once read."""
+    captured = {"text": ""}
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1: nothing to keep clean
+        yield lambda: captured["text"]
+        return
+    with tempfile.TemporaryFile() as tmp:
+        sys.stdout.flush()
+        os.dup2(tmp.fileno(), 1)
+        try:
+            yield lambda: captured["text"]
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            tmp.seek(0)
+            captured["text"] = tmp.read(64 * 1024).decode("utf-8", "replace")
+
+
+def _compile_error(name: str, error: str, printed: str) -> str:
+    """One line from regopy's s-expression error and the diagnostics it printed:
+    ``policy.rego:2:3: Invalid assignment operator``."""
+    messages = re.findall(r"\(errormsg \d+:([^)\n]*)\)", error)
+    where = re.findall(r"^-- (\S+:\d+:\d+)$", printed, re.M)
+    if not messages:
+        return f"{name}: {_one_line(error)}"
+    head = where[0] if where else name
+    return _one_line(f"{head}: {'; '.join(dict.fromkeys(messages))}")
+
+
 def _regopy() -> Any:
     try:
         import regopy
@@ -61,11 +100,16 @@ class RegoEngine:
         #: what /metrics and the logs show: the first 12 hex digits of the source's sha256
         self.version = hashlib.sha256(source.encode()).hexdigest()[:12]
         builder = regopy.Interpreter()
-        try:
-            builder.add_module(name, source)
-            bundle = builder.build(None, [ENTRYPOINT])
-        except regopy.RegoError as exc:
-            raise PolicyLoadError(f"{name}: {_one_line(str(exc))}") from None
+        with _stdout_captured() as printed:
+            try:
+                builder.add_module(name, source)
+                bundle = builder.build(None, [ENTRYPOINT])
+            except regopy.RegoError as exc:
+                error: Exception | None = exc
+            else:
+                error = None
+        if error is not None:
+            raise PolicyLoadError(_compile_error(name, str(error), printed())) from None
         if not bundle.ok():
             raise PolicyLoadError(f"{name}: the policy did not compile")
         self._regopy = regopy
@@ -81,8 +125,11 @@ class RegoEngine:
     def load(cls, path: str | Path) -> RegoEngine:
         try:
             source = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PolicyLoadError(f"cannot read policy {path}: {exc}") from None
+        except OSError as exc:
+            why = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror or exc
+            raise PolicyLoadError(f"cannot read policy {path}: {str(why).lower()}") from None
+        except UnicodeDecodeError as exc:
+            raise PolicyLoadError(f"cannot read policy {path}: not UTF-8 text ({exc})") from None
         try:
             return cls(source, name=str(path))
         except PolicyEvalError as exc:

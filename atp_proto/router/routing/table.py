@@ -193,7 +193,8 @@ class RoutingTable:
             raw = Path(path).read_bytes()
             doc = tomllib.loads(raw.decode("utf-8"))
         except OSError as exc:
-            raise TableError(f"cannot read routing table {path}: {exc.strerror}") from None
+            why = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror or exc
+            raise TableError(f"cannot read routing table {path}: {str(why).lower()}") from None
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise TableError(f"routing table {path} is not valid TOML: {exc}") from None
         table = cls.parse(doc, str(path), adapters)
