@@ -7,10 +7,16 @@ over an aioquic :class:`~aioquic.quic.connection.QuicConnection` (sans-IO) that 
 * QUIC stream 0 — the client's first bidirectional stream — is the control stream, both
   directions (ATP-QUIC-002, ATP-QUIC-011); every other client-opened bidirectional QUIC
   stream carries one ATP stream, learned from the stream id in its first frame's header
-  (its header). A second QUIC stream naming an ATP stream that has one, a stream-0
-  frame off the control stream, a unidirectional or server-opened stream: EPROTO
+  (its header). A second QUIC stream naming an ATP stream that has one, or an ATP id
+  not above the one of every earlier new QUIC stream's first frame (ATP-QUIC-023: one
+  integer, like HTTP/2's highest stream id), a stream-0 frame off the control stream, a
+  unidirectional or server-opened stream, the peer ending or resetting the control
+  stream or sending STOP_SENDING on it (ATP-QUIC-025): EPROTO
   (:class:`~.base.TransportFault`, ATP-QUIC-002/005). Everything else of ATP-QUIC-005 (a
   frame for another stream later on a QUIC stream) is the core's per-channel decoder.
+  The peer's FIN on an ATP stream's QUIC stream before ours is a
+  :class:`~.base.ChannelEnd`: the core ends the ATP stream with EPROTO if it is still
+  open (ATP-QUIC-024: a client that ended its side can send no WINDOW_UPDATE).
 * Output arrives as the core's per-stream view. The router ends its sending side (FIN)
   with the last frame of an ATP stream (its FINAL or ERROR, ATP-QUIC-006/013); the client
   ends its own when the router's FIN has arrived, since WINDOW_UPDATEs for the router's
@@ -225,7 +231,9 @@ class QuicTransport:
             elif isinstance(ev, qe.StopSendingReceived):
                 sid = ev.stream_id
                 if not sid:  # the control stream lives as long as the session (ATP-QUIC-025;
-                    # aioquic has answered with RESET_STREAM itself: the close code tells)
+                    # aioquic has answered with RESET_STREAM itself: the close code tells,
+                    # and nothing more can be written on it)
+                    self._fin_sent.add(0)
                     self._fault("the peer sent STOP_SENDING on the control stream")
                     continue
                 if sid not in self._fin_sent:
