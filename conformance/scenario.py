@@ -231,7 +231,9 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
                 f["_poll"] = True
         elif op == "still_serves":
             nums = [f["stream_num"] for f in r.s.frames if isinstance(f.get("stream_num"), int)]
-            sid = max([r.next_sid, *(n + 1 for n in nums)])
+            # over QUIC, above every ATP id an earlier QUIC stream named (ATP-QUIC-023)
+            fresh = getattr(r.s, "fresh_sid", 1)
+            sid = max([r.next_sid, fresh, *(n + 1 for n in nums)])
             await r.send(r.syn({"stream_id": sid}))
             end = await r.end_of(sid, r.ms(step))
             if end is None or "FIN" not in end.get("flags", []):

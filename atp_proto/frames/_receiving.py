@@ -235,6 +235,29 @@ class ReceiveMixin(ControlMixin):
             self._maybe_forget(rec)
         return events
 
+    def receive_stream_end(self, channel: int, now: float) -> list[Event]:
+        """The peer ended its side of ATP stream ``channel``'s transport stream (a QUIC
+        FIN) before this end ended the ATP stream. Still open, it can take no more input
+        (WINDOW_UPDATE, RST) from the peer: a stream error EPROTO (ATP-QUIC-024; for a
+        router, the client broke ATP-QUIC-012). Closed, it is nothing; what was buffered
+        of the channel's bytes (a frame cut by the end) is dropped."""
+        if self._closed is not None or not channel:
+            return []
+        self._last_recv = now
+        self._channels.pop(channel, None)
+        rec = self._streams.get(channel)
+        events: list[Event] = []
+        if rec is not None and not rec.closed:
+            self._stream_error(
+                RemoteProtocolError(
+                    ErrorCode.EPROTO,
+                    f"the peer ended stream {channel}'s transport stream before the stream ended",
+                    stream_id=channel,
+                ),
+                events,
+            )
+        return events
+
     def _drain_decoder(
         self,
         now: float,

@@ -76,6 +76,7 @@ from atp_proto.frames import (
 )
 from atp_proto.transports.base import (
     ChannelData,
+    ChannelEnd,
     ChannelReset,
     Oversized,
     StreamTransport,
@@ -254,6 +255,8 @@ class Session:
                 events = conn.receive_oversized(message.prefix, message.limit, now)
             elif isinstance(message, ChannelReset):
                 events = conn.receive_stream_reset(message.channel, now)
+            elif isinstance(message, ChannelEnd):
+                events = conn.receive_stream_end(message.channel, now)
             elif isinstance(message, TransportFault):
                 self.close(message.code, message.message)
                 return

@@ -296,6 +296,10 @@ def c_syn_id_not_greater(s: Session, r: random.Random) -> None:
         return
     low = first - r.randint(1, 2)
     s.link.send([syn(low)])
+    if s.link.quic is not None:  # a new QUIC stream naming a lower id (ATP-QUIC-023)
+        s.streams.setdefault(low, type(s.streams[first])(1)).ended = "conn"
+        conn(s, EP, "ATP-QUIC-023")
+        return
     stream(s, low, EP, "ATP-STREAM-002")
 
 

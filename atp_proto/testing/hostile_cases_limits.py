@@ -28,6 +28,7 @@ from .hostile_wire import (
     DATA,
     ERROR,
     FIN,
+    HB,
     RST,
     SYN,
     WINDOW_UPDATE,
@@ -150,6 +151,68 @@ def c_message_over_max_message_size(s: Session, r: random.Random) -> None:
     stream(s, sid, BIG, "ATP-SEQ-007")
 
 
+@case(weight=0.2)
+def c_too_many_fragments(s: Session, r: random.Random) -> None:
+    """ATP-SEQ-013: a message of 65,536 fragments (the last, frag_seq 65,535, still with
+    CONT) is a stream error ETOOBIG, and not before it: 65,535 fragments are a message a
+    receiver must take. One-byte fragments, sent in batches within the credit the router
+    returns for buffered fragments (ATP-SEQ-009)."""
+    sid = s.new_sid()
+    s.track(sid)
+    s.wait(lambda: s.caps_answers >= 1, 2.0)
+    s.send_credit[sid] = int(s.router_caps.get("initial_window", 262_144))  # ATP-FLOW-003
+    meta = {"meta": {"task_type": "qa", "adapters": ["echo"]}}
+    head = frame(DATA, SYN | CONT, sid, 1, qos=1, ext=meta, raw_payload=b"\x78")
+    s.link.send([head])
+    s.send_credit[sid] -= len(head)
+    last = 65_535
+    i = 1
+    while i <= last and s.streams[sid].ended is None and s.closed is None:
+        batch = [
+            frame(DATA, CONT, sid, 1, frag=k, raw_payload=b"f")
+            for k in range(i, min(i + 2000, last + 1))
+        ]
+        need = sum(map(len, batch))
+        if not s.wait(lambda n=need: s.send_credit[sid] >= n or s.streams[sid].ended, 8):
+            s.violations.append(f"ATP-SEQ-009: no credit returned after {i} fragments")
+            return
+        if s.streams[sid].ended is not None:
+            break
+        s.link.send([b"".join(batch)])  # one write (one WebSocket message)
+        s.send_credit[sid] -= need
+        i += len(batch)
+    if i <= last:
+        s.violations.append(
+            f"ATP-SEQ-013: stream ended {s.streams[sid].ended!r} after {i} of 65,536 fragments"
+        )
+        return
+    stream(s, sid, BIG, "ATP-SEQ-013")
+
+
+@case(weight=0.2)
+def c_idle_session_closed(s: Session, r: random.Random) -> None:
+    """ATP-TIME-004: a session with no open stream that sends nothing is closed after the
+    router's idle_timeout_ms (announced in its CAPABILITIES; the fleet's router uses
+    IDLE_MS) with a connection error ETIMEOUT — over QUIC CONNECTION_CLOSE 0x104
+    (ATP-QUIC-004), not QUIC's own silent idle timeout. A stream served first, and
+    a heartbeat, restart the timer (ATP-TIME-008). Nothing to judge against a router
+    whose idle timeout is over 15 s."""
+    idle = s.router_caps.get("idle_timeout_ms")
+    if not isinstance(idle, int) or not 0 < idle <= 15_000:
+        return
+    if r.random() < 0.5 and s.probe() != "fin":
+        s.violations.append("probe before the idle wait did not complete")
+        return
+    if r.random() < 0.5:
+        s.link.send([frame(DATA, HB, 0, raw_payload=b"idle")])
+    t0 = time.monotonic()
+    s.wait_closed(idle / 1000 + 4)
+    took = time.monotonic() - t0
+    if s.closed is not None and took < idle / 1000 * 0.9:
+        s.violations.append(f"ATP-TIME-004: closed after {took:.1f} s, idle_timeout_ms {idle}")
+    conn(s, {"ETIMEOUT"}, "ATP-TIME-004")
+
+
 @case(weight=1.5)
 def c_slow_reader(s: Session, r: random.Random) -> None:
     """A client with a small window (down to 1 byte) and max_frame_size, which reads slowly
@@ -201,8 +264,10 @@ def c_json_alias_reuse(s: Session, r: random.Random) -> None:
 
 @case()
 def c_syn_on_closed_stream_id(s: Session, r: random.Random) -> None:
-    """A SYN on the id of a stream that completed. ATP-STREAM-002 (EPROTO) and
-    ATP-FLAG-004 (discard) both claim it: the report lists the ambiguity; either is taken."""
+    """A SYN on the id of a stream that completed: a stream error EPROTO, its id being used
+    (ATP-FLAG-004, ATP-STREAM-002). Over QUIC it goes either on the ended stream's QUIC
+    stream, whose client side is still open (read and discarded: ATP-QUIC-013), or as the
+    first frame of a new QUIC stream (a connection error EPROTO: ATP-QUIC-023)."""
     sid = s.new_sid()
     s.track(sid)
     s.link.send([syn(sid)])
@@ -210,11 +275,18 @@ def c_syn_on_closed_stream_id(s: Session, r: random.Random) -> None:
         s.violations.append("setup: stream did not complete")
         return
     s.streams[sid] = type(s.streams[sid])(1)
+    if s.link.quic is not None and r.random() < 0.5:
+        s.streams[sid].ended = "conn"
+        s.link.send([syn(sid)], qsid=s.link.quic.open())
+        conn(s, EP, "ATP-QUIC-023 (a SYN on an ended id on a new QUIC stream)")
+        return
     s.link.send([syn(sid)])
     s.pump(0.5)
     got = s.streams[sid].ended
-    if got not in (None, "EPROTO"):
-        s.violations.append(f"ATP-STREAM-002/FLAG-004: SYN on a closed id ended {got!r}")
+    want = None if s.link.quic is not None else "EPROTO"
+    if got != want:
+        rule = "ATP-QUIC-013" if s.link.quic is not None else "ATP-STREAM-002/FLAG-004"
+        s.violations.append(f"{rule}: SYN on a closed id ended {got!r}, spec: {want!r}")
     s.streams[sid].ended = got or "discarded"
     if s.probe() != "fin":
         s.violations.append("probe after a SYN on a closed id did not complete")
@@ -324,7 +396,8 @@ def c_quic_reset_stream(s: Session, r: random.Random) -> None:
         empty = q.open()
         q.reset(empty, 0x10C)
     else:
-        sid = opened(s)
+        # fin_early on the adapter that answers in 16 s: the stream is surely still running
+        sid = opened(s, "hold" if how == "fin_early" else "slow")
         s.wait(lambda: bool(s.streams[sid].frames), 3.0)
         qsid = s.link.qsid(sid)
         if how == "reset_live":
@@ -333,10 +406,11 @@ def c_quic_reset_stream(s: Session, r: random.Random) -> None:
             q.quic.stop_stream(qsid, 0xFF)
             q._flush()
         else:  # the client's QUIC FIN before the ATP stream ended (a broken client,
-            # ATP-QUIC-012): the router may finish the stream or end it, but must end it
+            # ATP-QUIC-012): a stream error EPROTO (ATP-QUIC-024)
             q.send(qsid, b"", end=True)
-            if s.ended(sid) is None:
-                s.violations.append("ATP-STREAM-011: stream left hanging after a QUIC FIN")
+            got = s.ended(sid)
+            if got != "EPROTO":
+                s.violations.append(f"ATP-QUIC-024: stream after an early QUIC FIN ended {got!r}")
         s.pump(0.5)
         v = s.streams[sid]
         v.ended = v.ended or "reset"
@@ -546,12 +620,13 @@ def c_failing_adapter(s: Session, r: random.Random) -> None:
 @case(kinds=("quic",), weight=0.5)
 def c_quic_control_stream_end(s: Session, r: random.Random) -> None:
     """The client ends (FIN) or resets the control stream, or STOP_SENDINGs it, with a
-    stream open. The spec names no verdict: the general oracles hold (an ATP close code,
-    ATP-QUIC-004; a clean log), the open stream ends, and if the session stays up it
-    still serves."""
+    stream open: a connection error EPROTO, close 0x100 (ATP-QUIC-025). The ERROR on
+    stream 0 may be lost to the RESET_STREAM answering a STOP_SENDING: the close code
+    tells (ATP-QUIC-014)."""
     assert s.link.quic is not None
     q = s.link.quic
     sid = opened(s)
+    s.streams[sid].ended = "conn"
     how = r.choice(["fin", "reset", "stop"])
     if how == "fin":
         q.send(0, b"", end=True)
@@ -560,14 +635,41 @@ def c_quic_control_stream_end(s: Session, r: random.Random) -> None:
     else:
         q.quic.stop_stream(0, 0x100)
         q._flush()
-    s.wait(lambda: s.streams[sid].ended is not None or s.closed is not None, 8.0)
-    if s.closed is None and s.streams[sid].ended is None:
-        s.violations.append(f"ATP-STREAM-011: stream left hanging after control stream {how}")
-    if s.closed is None and how == "fin":
-        nxt = s.new_sid()
-        s.track(nxt)
-        s.link.send([syn(nxt)])
-        s.wait(lambda: s.streams[nxt].ended is not None or s.closed is not None, 8.0)
+    conn(s, EP, f"ATP-QUIC-025 (control stream {how})")
+
+
+@case(kinds=("quic",), weight=0.5)
+def c_quic_first_frame_not_above(s: Session, r: random.Random) -> None:
+    """A new QUIC stream whose first frame names an ATP id not above the one of an
+    earlier QUIC stream (the ended stream's, or one below it never used; a SYN, a
+    WINDOW_UPDATE or a bare RST): a connection error EPROTO (ATP-QUIC-023)."""
+    assert s.link.quic is not None
+    sid = s.new_sid(gap=2)
+    s.track(sid)
+    s.link.send([syn(sid)])
+    if s.ended(sid) != "fin":
+        s.violations.append("setup: stream did not complete")
+        return
+    target = r.choice([sid, sid - 1])
+    first = r.choice(
+        [
+            syn(target),
+            frame(WINDOW_UPDATE, 0, target, ext={"credit": 100}),
+            frame(DATA, RST, target, 2),
+        ]
+    )
+    s.link.send([first], qsid=s.link.quic.open())
+    conn(s, EP, "ATP-QUIC-023")
+
+
+@case()
+def c_bare_rst_never_opened(s: Session, r: random.Random) -> None:
+    """A bare RST on an id never opened: a stream error EPROTO (ATP-FLAG-009, ATP-STREAM-003),
+    over WebSocket and QUIC alike (over QUIC on the QUIC stream that carried it); the
+    session goes on."""
+    sid = s.new_sid(gap=r.randint(1, 9))
+    s.link.send([frame(DATA, RST, sid, r.randint(0, 5))])
+    stream(s, sid, EP, "ATP-FLAG-009")
 
 
 @case(kinds=("ws",))

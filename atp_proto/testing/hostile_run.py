@@ -33,6 +33,9 @@ from .hostile_wire import Closed
 __all__ = ["Fleet", "Summary", "fleet", "proc_stats", "run"]
 
 SECRET = "hostile-peer-secret-of-at-least-32-bytes!"
+#: the fleet router's idle_timeout_ms: short enough for c_idle_session_closed to see it
+#: (ATP-TIME-004), longer than any other case leaves a session without a stream
+IDLE_MS = 6000
 
 
 @dataclass
@@ -99,7 +102,14 @@ def fleet(*, auth: bool = False, quic: bool = True, extra: tuple[str, ...] = ())
         if quic:
             cert = make_cert(Path(tmp))
             args += ["--quic", "127.0.0.1:0", "--quic-cert", cert.cert, "--quic-key", cert.key]
-        with RouterProcess(*args, *extra, adapters=urls, env=clean_env(), keep_lines=20000) as r:
+        with RouterProcess(
+            *args,
+            *extra,
+            adapters=urls,
+            env=clean_env(),
+            keep_lines=20000,
+            config_toml=f"[limits]\nidle_timeout_ms = {IDLE_MS}\n",
+        ) as r:
             yield Fleet(r.ws_url, r.quic_url, r.pid, r.metrics_port, token, r)
 
 

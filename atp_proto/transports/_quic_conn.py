@@ -7,10 +7,16 @@ over an aioquic :class:`~aioquic.quic.connection.QuicConnection` (sans-IO) that 
 * QUIC stream 0 — the client's first bidirectional stream — is the control stream, both
   directions (ATP-QUIC-002, ATP-QUIC-011); every other client-opened bidirectional QUIC
   stream carries one ATP stream, learned from the stream id in its first frame's header
-  (its header). A second QUIC stream naming an ATP stream that has one, a stream-0
-  frame off the control stream, a unidirectional or server-opened stream: EPROTO
+  (its header). A second QUIC stream naming an ATP stream that has one, or an ATP id
+  not above the one of every earlier new QUIC stream's first frame (ATP-QUIC-023: one
+  integer, like HTTP/2's highest stream id), a stream-0 frame off the control stream, a
+  unidirectional or server-opened stream, the peer ending or resetting the control
+  stream or sending STOP_SENDING on it (ATP-QUIC-025): EPROTO
   (:class:`~.base.TransportFault`, ATP-QUIC-002/005). Everything else of ATP-QUIC-005 (a
   frame for another stream later on a QUIC stream) is the core's per-channel decoder.
+  The peer's FIN on an ATP stream's QUIC stream before ours is a
+  :class:`~.base.ChannelEnd`: the core ends the ATP stream with EPROTO if it is still
+  open (ATP-QUIC-024: a client that ended its side can send no WINDOW_UPDATE).
 * Output arrives as the core's per-stream view. The router ends its sending side (FIN)
   with the last frame of an ATP stream (its FINAL or ERROR, ATP-QUIC-006/013); the client
   ends its own when the router's FIN has arrived, since WINDOW_UPDATEs for the router's
@@ -47,11 +53,18 @@ from aioquic.quic import events as qe
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.packet import QuicErrorCode
 
-from atp_proto.frames import ErrorCode
+from atp_proto.frames import MAX_STREAM_ID, ErrorCode
 
 from ._quic_frames import FirstFrame, reset_code
 from ._quic_udp import Address, UdpEndpoint
-from .base import ChannelData, ChannelReset, TransportClosed, TransportFault, quic_error_code
+from .base import (
+    ChannelData,
+    ChannelEnd,
+    ChannelReset,
+    TransportClosed,
+    TransportFault,
+    quic_error_code,
+)
 
 __all__ = ["ALPN", "NORMAL_CLOSE", "QuicTransport"]
 
@@ -100,7 +113,7 @@ class QuicTransport:
         self.alpn: str | None = None
         self.peer_close_code: int | None = None
         self.peer_close_reason = ""
-        self._inbox: deque[ChannelData | ChannelReset | TransportFault] = deque()
+        self._inbox: deque[ChannelData | ChannelEnd | ChannelReset | TransportFault] = deque()
         self._inbox_bytes = 0
         self._inbox_ready = trio.Event()
         self._q2a: dict[int, int] = {0: 0}  # QUIC stream -> ATP stream (its channel)
@@ -109,6 +122,7 @@ class QuicTransport:
         self._head: dict[int, FirstFrame] = {}
         self._head_fin: set[int] = set()
         self._next_new = 4  #: the QUIC stream whose first frame is handed on next
+        self._last_first = 0  #: the ATP stream named by the last first frame handed on
         self._skip: set[int] = set()  #: new streams reset before their first frame
         self._fin_sent: set[int] = set()
         self._fin_received: set[int] = set()
@@ -216,6 +230,12 @@ class QuicTransport:
                 self._peer_reset(ev.stream_id)
             elif isinstance(ev, qe.StopSendingReceived):
                 sid = ev.stream_id
+                if not sid:  # the control stream lives as long as the session (ATP-QUIC-025;
+                    # aioquic has answered with RESET_STREAM itself: the close code tells,
+                    # and nothing more can be written on it)
+                    self._fin_sent.add(0)
+                    self._fault("the peer sent STOP_SENDING on the control stream")
+                    continue
                 if sid not in self._fin_sent:
                     self._fin_sent.add(sid)
                     quic.reset_stream(sid, ev.error_code)
@@ -300,6 +320,16 @@ class QuicTransport:
             if channel in self._a2q:
                 self._fault(f"ATP stream {channel} already has QUIC stream {self._a2q[channel]}")
                 return
+            if channel <= self._last_first:
+                # ATP-QUIC-023: whatever the frame, open or closed (the verdict must not
+                # hang on whether an earlier QUIC stream's FIN has arrived yet)
+                self._fault(
+                    f"QUIC stream {q} names ATP stream {channel}, not above "
+                    f"{self._last_first} of an earlier QUIC stream"
+                )
+                return
+            if channel <= MAX_STREAM_ID:  # else the core refuses it (ATP-FRAME-004)
+                self._last_first = channel
             self._q2a[q] = channel
             self._a2q[channel] = q
             fin = q in self._head_fin
@@ -313,11 +343,18 @@ class QuicTransport:
             if self._inbox_bytes > INBOX_LIMIT:
                 self._fault("more input than the session could take", ErrorCode.ETOOBIG)
         if end:
+            if not sid:  # ATP-QUIC-025: the control stream is never ended
+                self._fault("the peer ended the control stream (QUIC FIN)")
+                return
             self._fin_received.add(sid)
             if sid in self._stopped:
                 self._stopped.discard(sid)
                 self._peer_reset(sid)
-            if self.is_client and sid and sid not in self._fin_sent:
+            elif sid not in self._fin_sent:
+                # the peer's side ended before ours: the core ends the ATP stream if it is
+                # still open (a router: the client broke ATP-QUIC-012, ATP-QUIC-024)
+                self._inbox.append(ChannelEnd(channel))
+            if self.is_client and sid not in self._fin_sent:
                 # the router ended the ATP stream: our side follows (ATP-QUIC-012)
                 self._fin_sent.add(sid)
                 self.quic.send_stream_data(sid, b"", end_stream=True)
@@ -356,7 +393,7 @@ class QuicTransport:
             self._faulted = True
             self._inbox.append(TransportFault(code, message))
 
-    async def receive(self) -> ChannelData | ChannelReset | TransportFault:
+    async def receive(self) -> ChannelData | ChannelEnd | ChannelReset | TransportFault:
         """The next input; consecutive bytes of one channel joined."""
         while True:
             inbox = self._inbox

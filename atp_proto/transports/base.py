@@ -29,6 +29,7 @@ from atp_proto.frames import ErrorCode
 __all__ = [
     "WS_CLOSE_CODES",
     "ChannelData",
+    "ChannelEnd",
     "ChannelReset",
     "Oversized",
     "StreamTransport",
@@ -68,6 +69,16 @@ class ChannelData:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelEnd:
+    """The peer ended its side of the transport stream of ATP stream ``channel`` (a QUIC
+    FIN) before this end ended its own: the session tells the core, which ends the ATP
+    stream with EPROTO if it is still open (ATP-QUIC-024; never for the control stream,
+    whose end is a :class:`TransportFault`, ATP-QUIC-025)."""
+
+    channel: int
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelReset:
     """The peer reset the transport stream of ATP stream ``channel`` (QUIC RESET_STREAM
     or STOP_SENDING, ATP-QUIC-006): the session resets the ATP stream as by the peer."""
@@ -89,7 +100,7 @@ class Transport(Protocol):
 
     async def receive(
         self,
-    ) -> bytes | str | Oversized | ChannelData | ChannelReset | TransportFault:
+    ) -> bytes | str | Oversized | ChannelData | ChannelEnd | ChannelReset | TransportFault:
         """The next unit (a per-stream transport: the last three only); raises
         :class:`TransportClosed` when the peer is gone."""
         ...

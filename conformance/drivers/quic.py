@@ -261,6 +261,13 @@ class QuicSession:
 
     # ---------------------------------------------------------------- ATP surface
 
+    @property
+    def fresh_sid(self) -> int:
+        """The lowest odd ATP id above every one a QUIC stream of ours was opened for:
+        a new QUIC stream must name one (ATP-QUIC-023), a SYN or not."""
+        top = max(self.a2q)
+        return top + 2 if top % 2 else top + 1
+
     def quic_stream_for(self, sid: int) -> int:
         """The QUIC stream of ATP stream ``sid`` (a new one the first time)."""
         q = self.a2q.get(sid)

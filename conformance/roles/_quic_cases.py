@@ -8,7 +8,7 @@ Each entry: id (after ``router.quic.``), requirement IDs, title, needs (``token`
 language of :mod:`conformance.scenario` plus the QUIC steps of ``router_quic._steps``
 (``quic_send`` on a chosen QUIC stream, ``quic_reset``, ``quic_stop``, ``quic_close``,
 ``expect_quic_close``, ``expect_quic_fin``, ``expect_reset_stream``,
-``expect_stop_sending``, and a few whole cases in code).
+``expect_stop_sending``, ``expect_no_stop_sending``, and a few whole cases in code).
 """
 
 from __future__ import annotations
@@ -23,6 +23,18 @@ _HB = {"type": "DATA", "flags": ["HB"], "stream_id": 0, "payload_b64": "AQIDBA==
 
 def _wu(sid: int) -> dict[str, Any]:
     return {"type": "WINDOW_UPDATE", "stream_id": sid, "credit": 1024}
+
+
+def _syn(sid: int) -> dict[str, Any]:
+    return {
+        "type": "DATA",
+        "flags": ["SYN"],
+        "stream_id": sid,
+        "msg_seq": 1,
+        "ttl": 8,
+        "qos": "gold",
+        "payload": {"type": "agent.task", "content": {"prompt": "{task}"}},
+    }
 
 
 def _close(code: str, *ids: str) -> dict[str, Any]:
@@ -109,6 +121,122 @@ BINDING: list[tuple[str, tuple[str, ...], str, tuple[str, ...], list[dict[str, A
             {"open": {"stream_id": 1, "behaviour": "slow:300"}},
             {"quic_send": {"on": "new", "frame": _wu(1)}},
             _close("EPROTO", "ATP-QUIC-011"),
+        ],
+    ),
+    (
+        "binding.syn-on-ended-id",
+        ("ATP-QUIC-023",),
+        "stream 1 served to its end (both sides of its QUIC stream ended), a new QUIC stream "
+        "whose SYN names ATP stream 1 again is a connection error EPROTO, not a stream error",
+        (),
+        [
+            {"open": {"stream_id": 1}},
+            {"expect_end": {"stream_id": 1, "how": "fin"}},
+            {"quic_send": {"on": "new", "frame": _syn(1)}},
+            _close("EPROTO", "ATP-QUIC-023"),
+        ],
+    ),
+    (
+        "binding.id-below-earlier",
+        ("ATP-QUIC-023",),
+        "after stream 5, a new QUIC stream whose SYN names ATP stream 3 (never used, but not "
+        "above 5) is a connection error EPROTO",
+        (),
+        [
+            {"open": {"stream_id": 5}},
+            {"expect_end": {"stream_id": 5, "how": "fin"}},
+            {"quic_send": {"on": "new", "frame": _syn(3)}},
+            _close("EPROTO", "ATP-QUIC-023"),
+        ],
+    ),
+    (
+        "binding.late-frame-on-new-stream",
+        ("ATP-QUIC-023",),
+        "a WINDOW_UPDATE for ended stream 1 as the first frame of a new QUIC stream is a "
+        "connection error EPROTO, not a late frame to discard (ATP-FLAG-004)",
+        (),
+        [
+            {"open": {"stream_id": 1}},
+            {"expect_end": {"stream_id": 1, "how": "fin"}},
+            {"quic_send": {"on": "new", "frame": _wu(1)}},
+            _close("EPROTO", "ATP-QUIC-023"),
+        ],
+    ),
+    (
+        "binding.rst-never-opened",
+        ("ATP-FLAG-009", "ATP-QUIC-006"),
+        "a bare RST on ATP stream 9, never opened, as the first frame of its QUIC stream is a "
+        "stream error EPROTO on that QUIC stream, with FIN and STOP_SENDING 0x100; the "
+        "session goes on",
+        ("no_auto_fin",),
+        [
+            {"send": {"type": "DATA", "flags": ["RST"], "stream_id": 9, "msg_seq": 1}},
+            {"expect_end": {"stream_id": 9, "code": "EPROTO", "violated": ["ATP-FLAG-009"]}},
+            {"expect_quic_fin": {"stream_id": 9}},
+            {"expect_stop_sending": {"stream_id": 9, "code": "EPROTO"}},
+            {"still_serves": ["ATP-FLAG-009"]},
+        ],
+    ),
+    (
+        "binding.early-fin",
+        ("ATP-QUIC-024", "ATP-QUIC-012"),
+        "the client's QUIC FIN on a running stream's QUIC stream is a stream error EPROTO "
+        "(ERROR with the router's FIN, no STOP_SENDING); the session goes on",
+        (),
+        [
+            {"open": {"stream_id": 1, "behaviour": "slow:400"}},
+            {"quic_send": {"on": 1, "data": "", "fin": True}},
+            {"expect_end": {"stream_id": 1, "code": "EPROTO", "violated": ["ATP-QUIC-024"]}},
+            {"expect_quic_fin": {"stream_id": 1}},
+            {"expect_no_stop_sending": {"stream_id": 1}},
+            {"still_serves": ["ATP-QUIC-024"]},
+        ],
+    ),
+    (
+        "binding.early-fin-cancels",
+        ("ATP-QUIC-024", "ATP-ADAPT-009"),
+        "the client's early QUIC FIN on a stalled stream ends it with EPROTO and cancels "
+        "its adapter call",
+        ("adapter",),
+        [
+            {"open": {"stream_id": 1, "behaviour": "stall"}},
+            {"adapter_event": {"event": "stream_start"}},
+            {"quic_send": {"on": 1, "data": "", "fin": True}},
+            {"expect_end": {"stream_id": 1, "code": "EPROTO", "violated": ["ATP-QUIC-024"]}},
+            {"adapter_event": {"event": "cancelled", "violated": ["ATP-QUIC-024"]}},
+        ],
+    ),
+    (
+        "binding.control-fin",
+        ("ATP-QUIC-025",),
+        "the client's QUIC FIN on the control stream, a stream open, is a connection error EPROTO",
+        (),
+        [
+            {"open": {"stream_id": 1, "behaviour": "slow:400"}},
+            {"quic_send": {"on": 0, "data": "", "fin": True}},
+            _close("EPROTO", "ATP-QUIC-025"),
+        ],
+    ),
+    (
+        "binding.control-reset",
+        ("ATP-QUIC-025",),
+        "RESET_STREAM on the control stream is a connection error EPROTO",
+        (),
+        [
+            {"open": {"stream_id": 1, "behaviour": "slow:400"}},
+            {"quic_reset": {"stream_id": 0, "code": 0x100}},
+            _close("EPROTO", "ATP-QUIC-025"),
+        ],
+    ),
+    (
+        "binding.control-stop",
+        ("ATP-QUIC-025",),
+        "STOP_SENDING on the control stream is a connection error EPROTO",
+        (),
+        [
+            {"open": {"stream_id": 1, "behaviour": "slow:400"}},
+            {"quic_stop": {"stream_id": 0, "code": 0x100}},
+            _close("EPROTO", "ATP-QUIC-025"),
         ],
     ),
     (

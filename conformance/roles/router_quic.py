@@ -68,10 +68,13 @@ def _neutral(reqs: Sequence[str]) -> tuple[str, ...]:
 
 #: transport-neutral cases not repeated over QUIC, and why
 _NOT_OVER_QUIC = {
-    # a second QUIC stream naming a used ATP id: which QUIC stream carries the refusal
-    # (the new one, the first one's, or a connection error by ATP-QUIC-005) is not yet
-    # decided by §13.2; the reference sends no ERROR on the new QUIC stream today
+    # a new QUIC stream whose SYN names an id not above every earlier QUIC stream's is a
+    # connection error over QUIC (ATP-QUIC-023), not ATP-STREAM-002's stream error: the
+    # binding's cases binding.syn-on-ended-id and binding.id-below-earlier check that
     "router.stream.syn-on-closed-id",
+    "router.stream.id-not-increasing",
+    "router.stream.refused-syn-id-used",
+    "router.stream.refused-syn-id-used-qos",
 }
 
 
@@ -298,7 +301,9 @@ async def _steps(r: Runner, s: QuicSession, steps: Sequence[Mapping[str, Any]], 
             for k, v in step.items()
             if k not in ("within_ms", "for_ms", "why", "violated", "or_with_token")
         )
-        if not op.startswith(("quic_", "expect_quic", "expect_reset", "expect_stop")):
+        if not op.startswith(
+            ("quic_", "expect_quic", "expect_reset", "expect_stop", "expect_no_stop")
+        ):
             await run_steps(r, [step])
             continue
         if op == "quic_send":
@@ -340,6 +345,15 @@ async def _steps(r: Runner, s: QuicSession, steps: Sequence[Mapping[str, Any]], 
                     f"STOP_SENDING on QUIC stream {q} not answered with RESET_STREAM",
                     "RESET_STREAM (RFC 9000 §3.5)",
                     ("ATP-QUIC-006",),
+                )
+        elif op == "expect_no_stop_sending":  # the client's side has ended (ATP-QUIC-024)
+            q = s.a2q[arg["stream_id"]]
+            await trio.sleep(0.2)
+            if q in s.stops:
+                raise ScenarioFailed(
+                    f"STOP_SENDING {s.stops[q]:#x} on QUIC stream {q}, whose client side ended",
+                    "no STOP_SENDING",
+                    ("ATP-QUIC-024",),
                 )
         elif op == "expect_stop_sending":
             q = s.a2q[arg["stream_id"]]

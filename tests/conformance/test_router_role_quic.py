@@ -160,6 +160,10 @@ def test_idle_timeout_closes_with_its_quic_code(cert: CertFiles) -> None:
         ("quic-fin-late", ["router.quic.binding.fin-with-final"], "ATP-QUIC-013"),
         ("quic-any-alpn", ["router.quic.binding.alpn"], "ATP-QUIC-001"),
         ("quic-any-order", ["router.quic.binding.syn-order"], "ATP-QUIC-021"),
+        ("quic-reused-id-stream-error", ["router.quic.binding.syn-on-ended-id"], "ATP-QUIC-023"),
+        ("quic-reused-id-stream-error", ["router.quic.binding.id-below-earlier"], "ATP-QUIC-023"),
+        ("quic-early-fin-ignored", ["router.quic.binding.early-fin"], "ATP-QUIC-024"),
+        ("quic-control-end-ignored", ["router.quic.binding.control-fin"], "ATP-QUIC-025"),
     ],
 )
 def test_broken_quic_binding_is_caught(

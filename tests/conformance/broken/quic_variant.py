@@ -171,6 +171,43 @@ def client_any_reset() -> None:
     _quic_conn.QuicTransport.datagram_received = datagram_received  # type: ignore[method-assign]
 
 
+def reused_id_stream_error() -> None:
+    """A new QUIC stream naming an ATP id not above an earlier QUIC stream's is handed to
+    the core like any other (whose stream rules then answer it, or discard it), not a
+    connection error (ATP-QUIC-023)."""
+    original = _quic_conn.QuicTransport._advance
+
+    def advance(self: Any) -> None:
+        self._last_first = -1  # every id is above it: the check never fires
+        original(self)
+
+    _quic_conn.QuicTransport._advance = advance  # type: ignore[method-assign]
+
+
+def early_fin_ignored() -> None:
+    """The client's QUIC FIN before the ATP stream ended is not told to the core: the stream
+    runs on as if nothing happened (ATP-QUIC-024)."""
+    original = _quic_conn.QuicTransport._deliver
+
+    def deliver(self: Any, sid: int, channel: int, data: bytes, end: bool) -> None:
+        original(self, sid, channel, data, end)
+        while self._inbox and isinstance(self._inbox[-1], _quic_conn.ChannelEnd):
+            self._inbox.pop()
+
+    _quic_conn.QuicTransport._deliver = deliver  # type: ignore[method-assign]
+
+
+def control_end_ignored() -> None:
+    """The client's QUIC FIN on the control stream is taken as nothing: the session goes
+    on with a control stream that can carry nothing more (ATP-QUIC-025)."""
+    original = _quic_conn.QuicTransport._deliver
+
+    def deliver(self: Any, sid: int, channel: int, data: bytes, end: bool) -> None:
+        original(self, sid, channel, data, end and sid != 0)
+
+    _quic_conn.QuicTransport._deliver = deliver  # type: ignore[method-assign]
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
     "quic-client-any-reset": client_any_reset,
     "quic-client-close-on-reset": client_close_on_reset,
@@ -182,6 +219,9 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "quic-fin-late": fin_late,
     "quic-any-alpn": any_alpn,
     "quic-any-order": any_order,
+    "quic-reused-id-stream-error": reused_id_stream_error,
+    "quic-early-fin-ignored": early_fin_ignored,
+    "quic-control-end-ignored": control_end_ignored,
 }
 
 if __name__ == "__main__":
