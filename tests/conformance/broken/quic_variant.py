@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from atp_proto.transports import _quic_conn, quic_server
+from atp_proto.transports._quic_frames import FirstFrame, reset_code
 
 
 def reset_stream_for_errors() -> None:
@@ -22,7 +23,7 @@ def reset_stream_for_errors() -> None:
     def patched(self: Any, items: list[tuple[int, bytes, bool]]) -> bool:
         keep = []
         for atp_sid, data, end in items:
-            code = _quic_conn._reset_code(data) if end and atp_sid else None
+            code = reset_code(data) if end and atp_sid else None
             q = self._a2q.get(atp_sid)
             if code is not None and q is not None and q not in self._fin_sent:
                 self._fin_sent.add(q)
@@ -82,17 +83,21 @@ def any_order() -> None:
     (ATP-QUIC-021)."""
 
     def new_stream_data(self: Any, sid: int, data: bytes, end: bool) -> None:
-        head = self._head.get(sid, b"") + data
-        if not _quic_conn._first_frame_complete(head):
-            self._head[sid] = head
+        head = self._head.get(sid)
+        if head is None:
+            head = self._head[sid] = FirstFrame()
+        head.add(data)
+        if not head.complete():
             return
-        self._head.pop(sid, None)
-        channel = int.from_bytes(head[4:8], "big")
-        if channel == 0 or channel in self._a2q:
-            self._fault(f"QUIC stream {sid}: ATP stream {channel}")
+        del self._head[sid]
+        first = head.take()
+        channel = int.from_bytes(first[4:8], "big")
+        if channel == 0 or channel in self._a2q or channel <= self._last_first:
+            self._fault(f"QUIC stream {sid}: ATP stream {channel} (not above the last)")
             return
+        self._last_first = channel
         self._q2a[sid], self._a2q[channel] = channel, sid
-        self._deliver(sid, channel, head, end)
+        self._deliver(sid, channel, first, end)
 
     _quic_conn.QuicTransport._new_stream_data = new_stream_data  # type: ignore[method-assign]
 
