@@ -17,8 +17,9 @@ beside the default learner measured in the same run (issue 13 items 2 and 6).
   shared by the candidates (``shared_draw``: the spread both arms' posteriors share --
   the prior of words neither has seen -- cancels instead of randomising every
   comparison); and greedy choices with forced exploration instead of Thompson sampling
-  (:class:`ForcedExploration`); second-half APGR over the bench's seeds, paired against
-  the default.
+  (:class:`ForcedExploration`, over every candidate; ``BanditLearner(compete_c=...)``,
+  only over the candidates that compete for the prompt, bounded by lane); second-half
+  APGR over the bench's seeds, paired against the default.
 * **A cost-aware choice among many models** (arena): besides the bench's rule (best
   predicted quality minus a cost weight), the cheapest model whose prediction, shrunk
   towards the model's mean quality on the training part, is within ``delta`` of the
@@ -111,6 +112,20 @@ ONLINE_VARIANTS: dict[str, dict[str, Any]] = {
     "shared draw": {"shared_draw": True},
     "task_weight 3 + shared draw": {"task_weight": 3.0, "shared_draw": True},
     "greedy + forced exploration (c 5)": {"learner": ForcedExploration, "explore_c": 5.0},
+    # the same idea inside BanditLearner, exploring only the candidates that compete for
+    # the prompt (their intervals, compete_z sd, overlap the best's), the coin scaled by
+    # the lane: the least-observed competitor first, or a Thompson draw among them
+    "competing: least observed (c 10, z 3)": {"compete_c": 10.0, "compete_z": 3.0},
+    "competing: Thompson draw (c 5, z 3)": {
+        "compete_c": 5.0,
+        "compete_z": 3.0,
+        "compete_pick": "draw",
+    },
+    "competing: Thompson draw (c 20, z 3)": {
+        "compete_c": 20.0,
+        "compete_z": 3.0,
+        "compete_pick": "draw",
+    },
 }
 
 

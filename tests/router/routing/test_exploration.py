@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from atp_proto.frames import QoS
-from atp_proto.router.routing.learner import BanditLearner, Featurizer, store
+from atp_proto.router.routing.learner import BanditLearner, Featurizer, LaneBounds, store
 from atp_proto.router.routing.learning import CandidateView, RouteQuery
 
 
@@ -163,3 +163,103 @@ def test_forced_exploration_is_greedy_but_keeps_observing_each_arm() -> None:
     assert set(firsts(0.0)) == {"dear"}
     share = firsts(5.0).count("cheap") / 400
     assert 0.4 < share < 0.6, share
+
+
+def _three(i: int, lane: QoS = QoS.SILVER) -> RouteQuery:
+    cands = (
+        CandidateView("bad", 70.0, 50.0),
+        CandidateView("cheap", 70.0, 100.0),
+        CandidateView("dear", 70.0, 2000.0),
+    )
+    return RouteQuery(f"d{i}", "t", "default", "qa", lane, f"prompt {i}", cands)
+
+
+def _competing(
+    seed: int = 5,
+    c: float = 5.0,
+    cheap_n: int = 19,
+    pick: str = "least",
+    learner: type = BanditLearner,
+) -> BanditLearner:
+    """The dear arm known good (0.9 on 40 answers), the cheap one seen at 0.75 (it may be
+    worth it once its cost counts), the bad one known bad: 0.05 on 12 answers, fewer
+    than the cheap one's, so it is the least-observed arm of all."""
+    if learner is BanditLearner:
+        made = BanditLearner(seed=seed, compete_c=c, compete_z=3.0, compete_pick=pick)
+    else:
+        made = learner(seed=seed, explore_c=c)
+    for i in range(cheap_n):
+        made.arm("cheap").update(made.vector(f"prompt {i}", "qa"), 0.75)
+    for i in range(40):
+        made.arm("dear").update(made.vector(f"prompt {i}", "qa"), 0.9)
+    for i in range(12):
+        made.arm("bad").update(made.vector(f"prompt {i}", "qa"), 0.05)
+    return made
+
+
+def test_competing_exploration_is_greedy_and_explores_only_the_competitors() -> None:
+    """compete_c > 0: the expected reward's best goes first, except that with probability
+    c / (1 + n), n the least-observed competitor's answers, that competitor does; a
+    candidate known worse for the prompt (its interval far below the best's) never goes
+    first although it is the cheapest and the least observed -- the levers' forced
+    exploration over every candidate, on the same state, does put it first."""
+    from benchmarks._routing_levers import ForcedExploration
+
+    learner = _competing()
+    firsts = [learner.rank(_three(i)).order[0] for i in range(800)]
+    assert "bad" not in firsts
+    share = firsts.count("cheap") / 800  # c / (1 + n) = 5 / 20
+    assert 0.18 < share < 0.32, share
+    forced = _competing(learner=ForcedExploration)
+    assert "bad" in [forced.rank(_three(i)).order[0] for i in range(800)]
+    # the rankings say which were explored: the cheap arm's, not the greedy best
+    learner = _competing()
+    ranks = [learner.rank(_three(i)) for i in range(100)]
+    assert all(r.explored == (r.order[0] == "cheap") for r in ranks)
+    assert learner.explorations == sum(r.explored for r in ranks)
+
+
+def test_competing_exploration_fades_as_the_competitor_is_observed() -> None:
+    """The coin's probability falls with the competitor's answers: 19 -> about 1/4,
+    99 -> about 1/20 (c = 5); the Thompson draw among the competitors (the other pick)
+    explores no more than the forced pick of the least observed."""
+    shares = {}
+    for n, pick in ((19, "least"), (99, "least"), (19, "draw")):
+        learner = _competing(cheap_n=n, pick=pick)
+        firsts = [learner.rank(_three(i)).order[0] for i in range(800)]
+        assert "bad" not in firsts
+        shares[n, pick] = firsts.count("cheap") / 800
+    assert shares[99, "least"] < 0.1, shares
+    assert shares[19, "least"] > 0.18, shares
+    assert 0 < shares[19, "draw"] <= shares[19, "least"], shares
+
+
+def test_competing_exploration_is_bounded_by_lane() -> None:
+    """[ATP-FEED-006] The coin is scaled by the lane's exploration factor: gold (0.2)
+    explores least, bronze (1.5) most; in gold a competitor predicted below the quality
+    floor is never first while another candidate meets it."""
+    counts = {}
+    for lane in (QoS.GOLD, QoS.SILVER, QoS.BRONZE):
+        learner = _competing()
+        counts[lane] = sum(learner.rank(_three(i, lane)).explored for i in range(600))
+    assert counts[QoS.GOLD] < counts[QoS.SILVER] < counts[QoS.BRONZE], counts
+    assert counts[QoS.GOLD] > 0, counts  # bounded, not switched off
+    learner = _competing()
+    learner.lanes = LaneBounds(gold_floor=0.8)  # cheap (0.75) is below it, dear meets it
+    for i in range(300):
+        r = learner.rank(_three(i, QoS.GOLD))
+        assert r.order[0] == "dear", r
+
+
+def test_competing_exploration_keeps_decisions_reproducible_and_checks_settings() -> None:
+    runs = [[_competing(seed=7).rank(_three(i)).order for i in range(50)] for _ in range(2)]
+    assert runs[0] == runs[1]
+    bads: list[dict[str, object]] = [
+        {"compete_c": -1.0},
+        {"compete_c": float("nan")},
+        {"compete_z": -0.5},
+        {"compete_pick": "random"},
+    ]
+    for bad in bads:
+        with pytest.raises(ValueError, match="compete"):
+            BanditLearner(**bad)  # type: ignore[arg-type]

@@ -10,7 +10,10 @@ with the weights of the tenant's plan (:class:`Weights`), the guard-banded cost 
 of the preflight and each arm's observed latency. Exploration is bounded per lane
 (ATP-FEED-006): the sample's spread is scaled by the lane (gold least), and in gold an
 adapter whose *mean* predicted quality is below the quality floor is never put first
-while another candidate meets it.
+while another candidate meets it. An option (``compete_c`` > 0, not the default:
+benchmarks/RESULTS.md, "competing candidates") chooses greedily on the expected reward
+instead and explores only among the candidates that compete for the prompt, with a coin
+scaled by the same lane factor (:meth:`BanditLearner._compete`).
 
 What it learns from (ATP-FEED-005): a reported quality (feedback) for the adapter whose
 answer the FINAL returned; without one, what the router saw: a failed call counts as
@@ -129,6 +132,9 @@ class BanditLearner:
         context_explore: float = 1.0,
         shared_draw: bool = False,
         task_weight: float = 1.0,
+        compete_c: float = 0.0,
+        compete_z: float = 1.0,
+        compete_pick: str = "least",
     ) -> None:
         #: ``task_weight``: the value of the task type's own feature (1.0: as before; a
         #: larger value is a weaker prior on it, see :class:`.features.Featurizer`)
@@ -143,6 +149,21 @@ class BanditLearner:
         if not context_explore > 0 or not np.isfinite(context_explore):
             raise ValueError("context_explore must be a finite number > 0")
         self.context_explore = context_explore
+        #: ``compete_c`` > 0: choose greedily on the expected reward, and explore only
+        #: among the candidates that compete for the prompt (:meth:`_compete`); 0 (the
+        #: default) is plain Thompson sampling. ``compete_z``: how many posterior
+        #: standard deviations make two candidates' intervals overlap; ``compete_pick``:
+        #: whom the coin puts first, the least-observed competitor ("least", forced
+        #: exploration) or the best of a Thompson draw among the competitors ("draw").
+        if not compete_c >= 0 or not np.isfinite(compete_c):
+            raise ValueError("compete_c must be a finite number >= 0")
+        if not compete_z >= 0 or not np.isfinite(compete_z):
+            raise ValueError("compete_z must be a finite number >= 0")
+        if compete_pick not in ("least", "draw"):
+            raise ValueError("compete_pick must be 'least' or 'draw'")
+        self.compete_c = compete_c
+        self.compete_z = compete_z
+        self.compete_pick = compete_pick
         self.ridge = ridge
         self.bias_ridge = bias_ridge
         self.noise = noise
@@ -194,6 +215,8 @@ class BanditLearner:
         sampled: dict[str, float] = {}
         expected: dict[str, float] = {}
         idx = np.flatnonzero(x)  # once for every candidate (Arm.predict)
+        if self.compete_c > 0:
+            return self._compete(query, x, idx, w, max_cost, lats, max_lat, now)
         z = float(self.rng.standard_normal()) if self.shared_draw else 0.0
         for c in query.candidates:
             arm = self.arm(c.name)
@@ -222,6 +245,81 @@ class BanditLearner:
             predicted_quality=means,
             explored=explored,
             scores={n: round(sampled[n], 6) for n in names},
+            model=self.name,
+        )
+
+    def _compete(
+        self,
+        query: RouteQuery,
+        x: Vector,
+        idx: npt.NDArray[np.intp],
+        w: Weights,
+        max_cost: float,
+        lats: Mapping[str, float],
+        max_lat: float,
+        now: float,
+    ) -> Ranking:
+        """Greedy with exploration among the competitors (``compete_c`` > 0).
+
+        The candidates are ordered by expected reward (the posterior mean, no draw). The
+        ones that *compete* for this prompt are those whose interval, expected reward
+        plus ``compete_z`` posterior standard deviations (``noise * sqrt(var)``), reaches
+        the best's minus its own: with probability ``lane factor * compete_c / (1 + n)``,
+        ``n`` the answer weight of the least-observed competitor, the first place goes to
+        that competitor (``compete_pick="least"``) or to the best of a Thompson draw among
+        the competitors only (``"draw"``; the lane factor scales the draw's spread as in
+        plain Thompson sampling). A candidate known to be worse for this
+        kind of prompt is not a competitor and is not explored; early on every candidate
+        competes and the coin is nearly sure (Thompson sampling); as the competitors
+        are observed the coin fades and the choice is the greedy one, which does not
+        randomise the choices near the trade-off threshold. Gold's quality floor still
+        applies afterwards (ATP-FEED-006), and gold's factor (the smallest) makes it
+        explore least.
+        """
+        factor = self.lanes.explore.get(query.lane, 1.0)
+        names = [c.name for c in query.candidates]
+        means: dict[str, float] = {}
+        expected: dict[str, float] = {}
+        sd: dict[str, float] = {}
+        for c in query.candidates:
+            mean, var = self.arm(c.name).predict(x, idx)
+            penalty = w.cost * (c.est_usd_micros / max_cost if max_cost > 0 else 0.0)
+            penalty += w.latency * (lats[c.name] / max_lat if max_lat > 0 else 0.0)
+            if not c.healthy:
+                penalty += w.quality
+            means[c.name] = min(1.0, max(0.0, mean))
+            expected[c.name] = w.quality * mean - penalty
+            sd[c.name] = w.quality * self.noise * float(np.sqrt(var))
+        order = sorted(names, key=lambda n: -expected[n])
+        best = order[0]
+        low = expected[best] - self.compete_z * sd[best]
+        rivals = [n for n in order if expected[n] + self.compete_z * sd[n] >= low]
+        scores = dict(expected)
+        if len(rivals) > 1:
+            least = min(self.arm(n).n for n in rivals)
+            coin = min(1.0, factor * self.compete_c / (1.0 + least))
+            if self.rng.random() < coin:
+                if self.compete_pick == "least":
+                    first = min(rivals, key=lambda n: self.arm(n).n)
+                else:
+                    draw = {
+                        n: expected[n] + factor * sd[n] * float(self.rng.standard_normal())
+                        for n in rivals
+                    }
+                    first = max(rivals, key=lambda n: draw[n])
+                    scores.update(draw)
+                order = [first, *(n for n in order if n != first)]
+        if query.lane is QoS.GOLD:
+            order = self._gold_floor(order, means)
+        explored = order[0] != best
+        self.decisions += 1
+        self.explorations += explored
+        self._remember(query.decision_id, x, now, query.tenant)
+        return Ranking(
+            order=tuple(order),
+            predicted_quality=means,
+            explored=explored,
+            scores={n: round(scores[n], 6) for n in names},
             model=self.name,
         )
 
