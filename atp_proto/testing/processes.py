@@ -127,7 +127,7 @@ class RouterProcess:
         cwd: str | os.PathLike[str] | None = None,
         raise_nofile: bool = False,
         keep_lines: int | None = None,
-        timeout: float = 20.0,
+        timeout: float = 60.0,
         with_parent: bool = False,
     ) -> None:
         argv = [sys.executable, "-c", _NOFILE_WRAPPER] if raise_nofile else [sys.executable]
@@ -328,7 +328,7 @@ async def spawn(
     log: Path | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
-    timeout: float = 20.0,
+    timeout: float = 60.0,
     stop_timeout: float = 3.0,
 ) -> AsyncIterator[AdapterProcess]:
     """Start a gRPC adapter server ``argv`` and wait for its "listening on HOST:PORT" line on
@@ -354,7 +354,7 @@ async def serve_adapter(
     log: Path | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
-    timeout: float = 20.0,
+    timeout: float = 60.0,
 ) -> AsyncIterator[AdapterProcess]:
     """``atp adapter serve TARGET ARGS`` as a real process, ready when it listens."""
     argv = adapter_argv(target, *args, listen=listen, options=options, name=name)
