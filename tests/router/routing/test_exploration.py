@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def test_a_shared_draw_cancels_what_both_arms_do_not_know() -> None:
     first on some decisions (exploration the two identical posteriors cannot repay)."""
     firsts = {}
     for shared in (True, False):
-        learner = BanditLearner(seed=3, shared_draw=shared)
+        learner = BanditLearner(seed=3, shared_draw=shared, compete_c=0.0)
         firsts[shared] = [learner.rank(_query(i)).order[0] for i in range(200)]
     assert set(firsts[True]) == {"cheap"}
     assert firsts[False].count("dear") > 20, firsts[False].count("dear")
@@ -138,7 +139,7 @@ def test_a_shared_draw_keeps_decisions_reproducible() -> None:
     """Same seed, same decisions (the shared draw takes one normal per decision)."""
     runs = []
     for _ in range(2):
-        learner = BanditLearner(seed=11, shared_draw=True)
+        learner = BanditLearner(seed=11, shared_draw=True, compete_c=0.0)
         learner.arm("dear").update(learner.vector("prompt 1", "qa"), 0.9)
         runs.append([learner.rank(_query(i)).scores["dear"] for i in range(20)])
     assert runs[0] == runs[1]
@@ -185,7 +186,9 @@ def _competing(
     worth it once its cost counts), the bad one known bad: 0.05 on 12 answers, fewer
     than the cheap one's, so it is the least-observed arm of all."""
     if learner is BanditLearner:
-        made = BanditLearner(seed=seed, compete_c=c, compete_z=3.0, compete_pick=pick)
+        made = BanditLearner(
+            seed=seed, compete_c=c, compete_z=3.0, compete_pick=pick, compete_max=3
+        )
     else:
         made = learner(seed=seed, explore_c=c)
     for i in range(cheap_n):
@@ -259,7 +262,42 @@ def test_competing_exploration_keeps_decisions_reproducible_and_checks_settings(
         {"compete_c": float("nan")},
         {"compete_z": -0.5},
         {"compete_pick": "random"},
+        {"compete_max": -1},
     ]
     for bad in bads:
         with pytest.raises(ValueError, match="compete"):
             BanditLearner(**bad)  # type: ignore[arg-type]
+
+
+def test_the_default_explores_among_competitors_for_two_candidates_only() -> None:
+    """The default learner: a decision between two candidates is greedy with exploration
+    among the competitors (the two-model sources gain with it), one among three or more is
+    plain Thompson sampling (the eleven-model source loses with it; benchmarks/RESULTS.md):
+    the same rankings, seed for seed, as the learner configured each way explicitly."""
+    two = ("cheap", "dear")
+
+    def state(learner: BanditLearner) -> BanditLearner:
+        for i in range(19):
+            learner.arm("cheap").update(learner.vector(f"prompt {i}", "qa"), 0.75)
+        for i in range(40):
+            learner.arm("dear").update(learner.vector(f"prompt {i}", "qa"), 0.9)
+        for i in range(12):
+            learner.arm("bad").update(learner.vector(f"prompt {i}", "qa"), 0.05)
+        return learner
+
+    def orders(learner: BanditLearner, pair: bool) -> list[tuple[str, ...]]:
+        out = []
+        for i in range(200):
+            q = _three(i)
+            if pair:
+                q = replace(q, candidates=tuple(c for c in q.candidates if c.name in two))
+            out.append(learner.rank(q).order)
+        return out
+
+    default_two = orders(state(BanditLearner(seed=5)), True)
+    assert default_two == orders(
+        state(BanditLearner(seed=5, compete_c=20.0, compete_z=3.0, compete_pick="draw")), True
+    )
+    assert default_two != orders(state(BanditLearner(seed=5, compete_c=0.0)), True)
+    default_three = orders(state(BanditLearner(seed=5)), False)
+    assert default_three == orders(state(BanditLearner(seed=5, compete_c=0.0)), False)

@@ -119,7 +119,7 @@ def test_context_explore_weights_the_words_in_the_draw(k: float) -> None:
     refused."""
     recs = _latent_records(60)
     for i in range(5):
-        learner = BanditLearner(seed=i, context_explore=k)
+        learner = BanditLearner(seed=i, context_explore=k, compete_c=0.0)
         train(learner, recs)
         q = _query(i)
         want = _expected_scores(learner, q, i, k)

@@ -10,10 +10,12 @@ with the weights of the tenant's plan (:class:`Weights`), the guard-banded cost 
 of the preflight and each arm's observed latency. Exploration is bounded per lane
 (ATP-FEED-006): the sample's spread is scaled by the lane (gold least), and in gold an
 adapter whose *mean* predicted quality is below the quality floor is never put first
-while another candidate meets it. An option (``compete_c`` > 0, not the default:
-benchmarks/RESULTS.md, "competing candidates") chooses greedily on the expected reward
-instead and explores only among the candidates that compete for the prompt, with a coin
-scaled by the same lane factor (:meth:`BanditLearner._compete`).
+while another candidate meets it. A decision between at most ``compete_max`` (2)
+candidates is made greedily on the expected reward instead, exploring only among the
+candidates that compete for the prompt, with a coin scaled by the same lane factor
+(:meth:`BanditLearner._compete`; ``compete_c=0`` turns it off): the two-model sources
+gain with it and the eleven-model one loses (benchmarks/RESULTS.md, "competing
+candidates"), so larger decisions stay Thompson sampling.
 
 What it learns from (ATP-FEED-005): a reported quality (feedback) for the adapter whose
 answer the FINAL returned; without one, what the router saw: a failed call counts as
@@ -132,9 +134,10 @@ class BanditLearner:
         context_explore: float = 1.0,
         shared_draw: bool = False,
         task_weight: float = 1.0,
-        compete_c: float = 0.0,
-        compete_z: float = 1.0,
-        compete_pick: str = "least",
+        compete_c: float = 20.0,
+        compete_z: float = 3.0,
+        compete_pick: str = "draw",
+        compete_max: int = 2,
     ) -> None:
         #: ``task_weight``: the value of the task type's own feature (1.0: as before; a
         #: larger value is a weaker prior on it, see :class:`.features.Featurizer`)
@@ -149,9 +152,10 @@ class BanditLearner:
         if not context_explore > 0 or not np.isfinite(context_explore):
             raise ValueError("context_explore must be a finite number > 0")
         self.context_explore = context_explore
-        #: ``compete_c`` > 0: choose greedily on the expected reward, and explore only
-        #: among the candidates that compete for the prompt (:meth:`_compete`); 0 (the
-        #: default) is plain Thompson sampling. ``compete_z``: how many posterior
+        #: ``compete_c`` > 0 (20, the default): choose greedily on the expected reward
+        #: and explore only among the candidates that compete for the prompt
+        #: (:meth:`_compete`), in decisions among at most ``compete_max``; 0 is plain
+        #: Thompson sampling everywhere. ``compete_z``: how many posterior
         #: standard deviations make two candidates' intervals overlap; ``compete_pick``:
         #: whom the coin puts first, the least-observed competitor ("least", forced
         #: exploration) or the best of a Thompson draw among the competitors ("draw").
@@ -161,6 +165,12 @@ class BanditLearner:
             raise ValueError("compete_z must be a finite number >= 0")
         if compete_pick not in ("least", "draw"):
             raise ValueError("compete_pick must be 'least' or 'draw'")
+        if compete_max < 0:
+            raise ValueError("compete_max must be >= 0")
+        #: the option applies to decisions among at most ``compete_max`` candidates (2 by
+        #: default: the two-model sources gain with it, the eleven-model one loses,
+        #: benchmarks/RESULTS.md); larger decisions are plain Thompson sampling
+        self.compete_max = compete_max
         self.compete_c = compete_c
         self.compete_z = compete_z
         self.compete_pick = compete_pick
@@ -215,7 +225,7 @@ class BanditLearner:
         sampled: dict[str, float] = {}
         expected: dict[str, float] = {}
         idx = np.flatnonzero(x)  # once for every candidate (Arm.predict)
-        if self.compete_c > 0:
+        if self.compete_c > 0 and len(query.candidates) <= self.compete_max:
             return self._compete(query, x, idx, w, max_cost, lats, max_lat, now)
         z = float(self.rng.standard_normal()) if self.shared_draw else 0.0
         for c in query.candidates:
