@@ -239,15 +239,17 @@ class ReceiveMixin(ControlMixin):
         """The peer ended its side of ATP stream ``channel``'s transport stream (a QUIC
         FIN) before this end ended the ATP stream. Still open, it can take no more input
         (WINDOW_UPDATE, RST) from the peer: a stream error EPROTO (ATP-QUIC-024; for a
-        router, the client broke ATP-QUIC-012). Closed, it is nothing; what was buffered
-        of the channel's bytes (a frame cut by the end) is dropped."""
+        router, the client broke ATP-QUIC-012) — and so is a stream closed by our FIN that
+        still waits in the outbox for credit, which can no longer come (the ERROR ends it
+        instead, its queued frames dropped). Closed and flushed, it is nothing; what was
+        buffered of the channel's bytes (a frame cut by the end) is dropped."""
         if self._closed is not None or not channel:
             return []
         self._last_recv = now
         self._channels.pop(channel, None)
         rec = self._streams.get(channel)
         events: list[Event] = []
-        if rec is not None and not rec.closed:
+        if rec is not None and (not rec.closed or rec.send.outbox_bytes):
             self._stream_error(
                 RemoteProtocolError(
                     ErrorCode.EPROTO,

@@ -54,3 +54,27 @@ def test_a_stream_error_while_flushing_the_final_ends_the_stream_once(
     assert after[-1].type == FrameType.ERROR  # nothing of the stream after its ERROR
     assert r.outbound_buffered(sid) == 0
     assert r.open_streams == 0
+
+
+def test_the_peers_transport_end_while_flushing_the_final_ends_the_stream_once() -> None:
+    """ATP-QUIC-024: the client's QUIC FIN while the router's FINAL waits for credit. No
+    WINDOW_UPDATE can follow it, so the FINAL would wait for ever (it did: the stream,
+    closed, was taken as ended): the ERROR ends it and the queued frames go."""
+    p, sid = _flushing_router()
+    r = p.router
+    evs = r.receive_stream_end(sid, 0)
+    assert one(evs, StreamReset).stream_id == sid
+    after = [f for f in wire(r) if f.stream_id == sid]
+    assert [f.type for f in after] == [FrameType.ERROR], after
+    assert r.outbound_buffered(sid) == 0
+    assert r.open_streams == 0
+    assert r.receive_stream_end(sid, 0) == []  # once
+
+
+def test_the_peers_transport_end_after_the_final_left_is_nothing() -> None:
+    """A stream whose FINAL has left whole: the client's QUIC FIN ends nothing more."""
+    p, sid = opened_pair()
+    p.router.send_message(sid, b"done", end_stream=True)
+    assert any(f.flags & FIN_BIT for f in wire(p.router) if f.stream_id == sid)
+    assert p.router.receive_stream_end(sid, 0) == []
+    assert wire(p.router) == []
