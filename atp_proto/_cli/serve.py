@@ -260,7 +260,7 @@ class _DevCert:
             DEV_CERT_NAME,
             DEV_KEY_NAME,
             dev_cert_dir,
-            generate_dev_cert,
+            make_or_reuse_dev_cert,
         )
 
         # where dev_cert_dir() puts it (atp_proto/transports/tls.py), before it creates it
@@ -276,10 +276,13 @@ class _DevCert:
             dir_before.append(parent)
             parent = parent.parent
         try:
-            cert, key, fp = generate_dev_cert(dev_cert_dir())
+            cert, key, fp, created = make_or_reuse_dev_cert(dev_cert_dir())
         except OSError as exc:
             raise UsageError(f"cannot write the dev certificate: {exc.strerror or exc}") from None
-        self.made = [p for p in before if p.exists()] + dir_before
+        # only what this run made, as the lock decided: a router started beside this one
+        # may have made them meanwhile (it then serves with them); the directories go
+        # only when empty (forget: rmdir)
+        self.made = [p for p in before if p.exists()] + dir_before if created else []
         self.lines = [
             f"atp serve: dev certificate {cert} (SHA-256 {fp})",
             "atp serve: warning: the dev certificate is self-signed, for local use only; "

@@ -43,6 +43,7 @@ __all__ = [
     "dev_cert_dir",
     "fingerprint",
     "generate_dev_cert",
+    "make_or_reuse_dev_cert",
 ]
 
 #: ALPN of the QUIC binding (ATP-QUIC-001)
@@ -192,6 +193,14 @@ def generate_dev_cert(directory: Path) -> tuple[Path, Path, str]:
     ``directory`` (ECDSA P-256, valid a year): the one already there while it is valid for
     at least another week and matches its key, else a new one. Returns the certificate's
     path, the key's path (mode 0600) and the certificate's SHA-256 fingerprint."""
+    cert_path, key_path, fp, _ = make_or_reuse_dev_cert(directory)
+    return cert_path, key_path, fp
+
+
+def make_or_reuse_dev_cert(directory: Path) -> tuple[Path, Path, str, bool]:
+    """:func:`generate_dev_cert`, saying also whether this call made the certificate
+    (True) or reused the one there (False), decided under the lock: a caller that undoes
+    what it made must not take another router's new certificate for its own."""
     cert_path, key_path = directory / DEV_CERT_NAME, directory / DEV_KEY_NAME
     # one maker at a time: two routers started together must not end up with one's
     # certificate beside the other's key
@@ -199,8 +208,8 @@ def generate_dev_cert(directory: Path) -> tuple[Path, Path, str]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         existing = _reusable(cert_path, key_path)
         if existing is not None:
-            return cert_path, key_path, existing
-        return (cert_path, key_path, _make_dev_cert(cert_path, key_path))
+            return cert_path, key_path, existing, False
+        return cert_path, key_path, _make_dev_cert(cert_path, key_path), True
 
 
 def _make_dev_cert(cert_path: Path, key_path: Path) -> str:

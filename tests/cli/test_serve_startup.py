@@ -131,6 +131,44 @@ def test_a_refused_start_keeps_the_dev_cert_it_reused(tmp_path: Path) -> None:
     assert (cert.read_bytes(), key.read_bytes()) == before
 
 
+def test_a_refused_start_keeps_a_dev_cert_another_router_made_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ``atp serve --dev-cert`` started together: A makes the certificate under the
+    lock while B, which found none before, waits and then reuses it. B's start is then
+    refused: B removes nothing (it removed A's certificate, key, lock and directory,
+    found by a review). The other router is played by a real make between B's look and
+    B's turn at the lock."""
+    from atp_proto._cli import serve
+    from atp_proto.transports import tls
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("XDG_DATA_HOME", str(data))
+    real = tls.make_or_reuse_dev_cert
+
+    def beside_another(directory: Path) -> tuple[Path, Path, str, bool]:
+        made_by_a = real(directory)  # router A, first at the lock
+        assert made_by_a[3]
+        return real(directory)  # router B: reuses A's
+
+    monkeypatch.setattr(tls, "make_or_reuse_dev_cert", beside_another)
+    b = serve._DevCert()
+    cert, key = b.make()
+    b.forget()  # B's start refused
+    assert Path(cert).exists() and Path(key).exists()
+    assert (data / "atp" / ".dev-cert.lock").exists()
+    # alone, a refused start still removes what it made
+    for p in (data / "atp").iterdir():
+        p.unlink()
+    (data / "atp").rmdir()
+    data.rmdir()
+    monkeypatch.setattr(tls, "make_or_reuse_dev_cert", real)
+    alone = serve._DevCert()
+    alone.make()
+    alone.forget()
+    assert not data.exists()
+
+
 # ------------------------------------------------------------ the config file's paths
 
 
