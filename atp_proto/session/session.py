@@ -72,6 +72,7 @@ from atp_proto.frames import (
     StreamClosedError,
     StreamOpened,
     StreamReset,
+    StreamState,
     WindowUpdated,
 )
 from atp_proto.transports.base import (
@@ -90,6 +91,9 @@ from .output import Output
 
 #: the CAPABILITIES frame type, the second byte of a frame header (ATP-QUIC-008)
 _CAPABILITIES = int(FrameType.CAPABILITIES)
+#: idle transport streams waiting for their end at most (beyond it one is left to the
+#: session's end, as before; the peer's QUIC stream limit bounds them anyway)
+_MAX_IDLE_ENDS = 1024
 
 __all__ = [
     "OUTPUT_HIGH_WATER",
@@ -175,6 +179,12 @@ class Session:
         self._carry: deque[bytes | str] = deque()
         #: the same for a per-stream transport: item lists try_send_streams refused
         self._stream_carry: list[list[tuple[int, bytes, bool]]] = []
+        #: a router's channels whose peer ended a transport stream that opened no ATP
+        #: stream (its first frame was of an unknown type): our side is ended (an empty
+        #: FIN) after the core's output of the same pass, so the transport stream is done
+        #: both ways and forgotten, not held until the session ends
+        self._idle_ends: list[int] = []
+        self._role = role
         self._wake_timer = trio.Event()
         self._writable: FairQueue[trio.Event] = FairQueue()
         #: tasks in flush() waiting for the writer to finish a pass
@@ -257,6 +267,14 @@ class Session:
                 events = conn.receive_stream_reset(message.channel, now)
             elif isinstance(message, ChannelEnd):
                 events = conn.receive_stream_end(message.channel, now)
+                if (
+                    not events
+                    and self._role is Role.ROUTER
+                    and conn.stream_state(message.channel) is StreamState.IDLE
+                    and len(self._idle_ends) < _MAX_IDLE_ENDS
+                ):
+                    self._idle_ends.append(message.channel)
+                    self._wake_writer.set()
             elif isinstance(message, TransportFault):
                 self.close(message.code, message.message)
                 return
@@ -431,8 +449,11 @@ class Session:
         while True:
             items = conn.stream_data_to_send(trio.current_time())
             if not items:
-                return
+                break
             await transport.send_streams(items)
+        if self._idle_ends:
+            ends, self._idle_ends = self._idle_ends, []
+            await transport.send_streams([(channel, b"", True) for channel in ends])
 
     def _transport_room(self) -> None:
         """The per-stream transport's buffers fell: let waiting stream tasks run."""
