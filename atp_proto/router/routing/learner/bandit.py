@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from atp_proto.frames import QoS
 
-from ..learning import Observation, Ranking, RouteQuery
+from ..learning import CandidateView, Observation, Ranking, RouteQuery
 from .features import DEFAULT_DIM, Featurizer
 from .model import Arm, Vector
 
@@ -235,28 +235,13 @@ class BanditLearner:
                 var = arm.variance(x, idx, self.context_explore)
             e = z if self.shared_draw else float(self.rng.standard_normal())
             draw = mean + spread * np.sqrt(var) * e
-            penalty = w.cost * (c.est_usd_micros / max_cost if max_cost > 0 else 0.0)
-            penalty += w.latency * (lats[c.name] / max_lat if max_lat > 0 else 0.0)
-            if not c.healthy:
-                penalty += w.quality  # a known-unhealthy adapter goes last
+            penalty = _penalty(c, w, max_cost, lats[c.name], max_lat)
             means[c.name] = min(1.0, max(0.0, mean))
             sampled[c.name] = w.quality * draw - penalty
             expected[c.name] = w.quality * mean - penalty
         order = sorted(names, key=lambda n: -sampled[n])
-        if query.lane is QoS.GOLD:
-            order = self._gold_floor(order, means)
         best = max(names, key=lambda n: expected[n])
-        explored = order[0] != best
-        self.decisions += 1
-        self.explorations += explored
-        self._remember(query.decision_id, x, now, query.tenant)
-        return Ranking(
-            order=tuple(order),
-            predicted_quality=means,
-            explored=explored,
-            scores={n: round(sampled[n], 6) for n in names},
-            model=self.name,
-        )
+        return self._decided(query, x, now, order, best, means, sampled)
 
     def _compete(
         self,
@@ -293,10 +278,7 @@ class BanditLearner:
         sd: dict[str, float] = {}
         for c in query.candidates:
             mean, var = self.arm(c.name).predict(x, idx)
-            penalty = w.cost * (c.est_usd_micros / max_cost if max_cost > 0 else 0.0)
-            penalty += w.latency * (lats[c.name] / max_lat if max_lat > 0 else 0.0)
-            if not c.healthy:
-                penalty += w.quality
+            penalty = _penalty(c, w, max_cost, lats[c.name], max_lat)
             means[c.name] = min(1.0, max(0.0, mean))
             expected[c.name] = w.quality * mean - penalty
             sd[c.name] = w.quality * self.noise * float(np.sqrt(var))
@@ -319,6 +301,21 @@ class BanditLearner:
                     first = max(rivals, key=lambda n: draw[n])
                     scores.update(draw)
                 order = [first, *(n for n in order if n != first)]
+        return self._decided(query, x, now, order, best, means, scores)
+
+    def _decided(
+        self,
+        query: RouteQuery,
+        x: Vector,
+        now: float,
+        order: list[str],
+        best: str,
+        means: dict[str, float],
+        scores: Mapping[str, float],
+    ) -> Ranking:
+        """The ranking of ``order`` (gold's quality floor applied), counted as explored
+        when its first is not ``best`` (the greatest expected reward), and remembered for
+        the decision's feedback."""
         if query.lane is QoS.GOLD:
             order = self._gold_floor(order, means)
         explored = order[0] != best
@@ -329,7 +326,7 @@ class BanditLearner:
             order=tuple(order),
             predicted_quality=means,
             explored=explored,
-            scores={n: round(scores[n], 6) for n in names},
+            scores={c.name: round(scores[c.name], 6) for c in query.candidates},
             model=self.name,
         )
 
@@ -420,3 +417,13 @@ class BanditLearner:
         if p.observed and p.winner is not None and p.confidence is not None:
             self.arm(p.winner).update(p.x, p.confidence, weight=0.5)
             self.updates += 1
+
+
+def _penalty(c: CandidateView, w: Weights, max_cost: float, lat: float, max_lat: float) -> float:
+    """What a candidate's cost and latency take off its reward (each over the largest of
+    the candidates), and the whole quality weight for a known-unhealthy adapter (last)."""
+    penalty = w.cost * (c.est_usd_micros / max_cost if max_cost > 0 else 0.0)
+    penalty += w.latency * (lat / max_lat if max_lat > 0 else 0.0)
+    if not c.healthy:
+        penalty += w.quality
+    return penalty
