@@ -11,9 +11,10 @@ worker's stream starts and events, each adding one list append per event. Use it
 stream at a time (``--concurrency 1`` or a low ``--rate`` with one lane): the analysis
 matches stages across processes by time order. Run from the repository root::
 
-    TTFP_TRACE_DIR=/tmp/tr PYTHONPATH=scripts/ttfp_trace:. atp bench e2e --scenario load \
+    mkdir -p ttfp-trace
+    TTFP_TRACE_DIR="$PWD/ttfp-trace" PYTHONPATH=scripts/ttfp_trace:. atp bench e2e --scenario load \
         --concurrency 1 --duration 8 --procs 1 --sessions 1 --lanes gold=1
-    python scripts/ttfp_trace/analyze.py /tmp/tr
+    python scripts/ttfp_trace/analyze.py ttfp-trace
 """
 
 import os

@@ -269,8 +269,9 @@ def test_bench_routing_without_its_data_says_where_it_looked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """From a fresh clone (no ``../shared/routing-data/`` beside it) ``atp bench routing
-    --quick`` said ``atp bench routing: no data file /tmp/shared/...`` without "error:"
-    nor that the records are not in the repository."""
+    --quick`` said ``atp bench routing: no data file`` and the resolved path of
+    ``../shared/routing-data/public.jsonl``, without "error:" nor that the records are not
+    in the repository."""
     import argparse
 
     from atp_proto.cli import UsageError
