@@ -22,15 +22,15 @@ def why(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
 
 
-def input_file(name: str | os.PathLike[str], what: str = "") -> Path:
+def input_file(name: str | os.PathLike[str], what: str = "", *, label: str = "") -> Path:
     """``name`` as a Path, once it is known to be a regular file this process can open.
 
     Raises:
         UsageError: ``cannot read [WHAT ]NAME: no such file`` (or ``not a file``, or the
-            system's reason).
+            system's reason); ``label`` replaces ``[WHAT ]NAME`` in it.
     """
     path = Path(name)
-    label = f"{what} {name}" if what else str(name)
+    label = label or (f"{what} {name}" if what else str(name))
     if path.is_dir():
         raise UsageError(f"cannot read {label}: not a file")
     try:

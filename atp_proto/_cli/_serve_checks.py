@@ -88,7 +88,7 @@ def check_config_files(args: argparse.Namespace, cfg: Any) -> None:
     """
     import os
 
-    from atp_proto._cli._files import why
+    from atp_proto._cli._files import input_file
     from atp_proto.router.config import FILE_PATH_SETTINGS
 
     flags = {
@@ -128,10 +128,4 @@ def check_config_files(args: argparse.Namespace, cfg: Any) -> None:
             if not os.path.isdir(parent):
                 raise UsageError(f"cannot write {label}: no directory {parent}")
             continue
-        if os.path.isdir(value):
-            raise UsageError(f"cannot read {label}: not a file")
-        try:
-            with open(value, "rb"):
-                pass
-        except OSError as exc:
-            raise UsageError(f"cannot read {label}: {why(exc)}") from None
+        input_file(value, label=label)
