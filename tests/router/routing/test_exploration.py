@@ -191,6 +191,11 @@ def _competing(
         )
     else:
         made = learner(seed=seed, explore_c=c)
+    return _three_arms(made, cheap_n)
+
+
+def _three_arms(made: BanditLearner, cheap_n: int = 19) -> BanditLearner:
+    """``made`` taught the three arms of :func:`_competing`."""
     for i in range(cheap_n):
         made.arm("cheap").update(made.vector(f"prompt {i}", "qa"), 0.75)
     for i in range(40):
@@ -276,15 +281,6 @@ def test_the_default_explores_among_competitors_for_two_candidates_only() -> Non
     the same rankings, seed for seed, as the learner configured each way explicitly."""
     two = ("cheap", "dear")
 
-    def state(learner: BanditLearner) -> BanditLearner:
-        for i in range(19):
-            learner.arm("cheap").update(learner.vector(f"prompt {i}", "qa"), 0.75)
-        for i in range(40):
-            learner.arm("dear").update(learner.vector(f"prompt {i}", "qa"), 0.9)
-        for i in range(12):
-            learner.arm("bad").update(learner.vector(f"prompt {i}", "qa"), 0.05)
-        return learner
-
     def orders(learner: BanditLearner, pair: bool) -> list[tuple[str, ...]]:
         out = []
         for i in range(200):
@@ -294,10 +290,10 @@ def test_the_default_explores_among_competitors_for_two_candidates_only() -> Non
             out.append(learner.rank(q).order)
         return out
 
-    default_two = orders(state(BanditLearner(seed=5)), True)
+    default_two = orders(_three_arms(BanditLearner(seed=5)), True)
     assert default_two == orders(
-        state(BanditLearner(seed=5, compete_c=20.0, compete_z=3.0, compete_pick="draw")), True
+        _three_arms(BanditLearner(seed=5, compete_c=20.0, compete_z=3.0, compete_pick="draw")), True
     )
-    assert default_two != orders(state(BanditLearner(seed=5, compete_c=0.0)), True)
-    default_three = orders(state(BanditLearner(seed=5)), False)
-    assert default_three == orders(state(BanditLearner(seed=5, compete_c=0.0)), False)
+    assert default_two != orders(_three_arms(BanditLearner(seed=5, compete_c=0.0)), True)
+    default_three = orders(_three_arms(BanditLearner(seed=5)), False)
+    assert default_three == orders(_three_arms(BanditLearner(seed=5, compete_c=0.0)), False)
