@@ -77,16 +77,21 @@ class ControlMixin(ConnectionBase):
         self, frame: Frame, cost: int, now: float, events: list[Event], encoding: Encoding
     ) -> None:
         sid = frame.stream_id
+        rec = self._streams.get(sid)
         if self.role is Role.ROUTER:
-            rec = self._streams.get(sid)
             if rec.closed if rec is not None else sid <= self._highest_id:
                 return  # ATP-FRAME-023 / ATP-FLAG-004: on a closed stream it is discarded
             raise RemoteProtocolError(
                 ErrorCode.EPROTO, "BUDGET_UPDATE is sent by the router only", stream_id=sid
             )
-        rec = self._streams.get(sid)
+        if rec is None:
+            if sid <= self._highest_id:
+                return  # ATP-FLAG-004: opened and closed, it is discarded
+            # ATP-STREAM-016: as a WINDOW_UPDATE there (ATP-STREAM-013), and as the
+            # router treats a non-SYN frame on an id never opened (ATP-STREAM-003)
+            raise self._never_opened("BUDGET_UPDATE", sid)
         usage = frame.ext.get("usage")
-        if rec is not None and isinstance(usage, Mapping):
+        if not rec.closed and isinstance(usage, Mapping):  # closed, flushing: ATP-FLAG-004
             events.append(BudgetReported(sid, usage))
 
     def _handle_error(

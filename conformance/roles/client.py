@@ -32,6 +32,9 @@ __all__ = ["cases", "run"]
 
 DEFAULT_WINDOW = 262_144
 CASE_S = 10.0
+#: how far above the client's first stream id the stray ERROR and BUDGET_UPDATE go
+#: (client.stream.never-opened): ids it has not used
+_STRAY_ERROR, _STRAY_BUDGET = 1000, 1002
 
 _CASES: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
     (
@@ -91,6 +94,13 @@ _CASES: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
         "a BUDGET_UPDATE from the router is accepted mid-stream",
         ("ATP-FRAME-014", "ATP-EXT-004"),
         {"budget_update": True},
+    ),
+    (
+        "client.stream.never-opened",
+        "a BUDGET_UPDATE on a stream id the client never opened is a stream error EPROTO, "
+        "an ERROR there is discarded without an answer, and the open stream goes on",
+        ("ATP-STREAM-016", "ATP-ERR-011", "ATP-ERR-001"),
+        {"stray": True},
     ),
     (
         "client.flow.credit-out-of-range",
@@ -273,6 +283,25 @@ def _judge(
     if params.get("bad_credit") and (seen.opened[:1] and (seen.opened[0], "EPROTO") not in codes):
         got = sorted(str(c) for i, c in codes if i == seen.opened[0]) or ["no ERROR"]
         probs.append(("ATP-FLOW-004", f"credit 2^31 answered with {', '.join(got)}, not EPROTO"))
+    if params.get("stray") and seen.opened[:1]:
+        first = seen.opened[0]
+        if (first + _STRAY_BUDGET, "EPROTO") not in codes:
+            got = sorted(str(c) for i, c in codes if i == first + _STRAY_BUDGET) or ["no ERROR"]
+            probs.append(
+                (
+                    "ATP-STREAM-016",
+                    f"a BUDGET_UPDATE on stream {first + _STRAY_BUDGET}, never opened, "
+                    f"answered with {', '.join(got)}, not EPROTO",
+                )
+            )
+        if any(i == first + _STRAY_ERROR for i, _ in codes):
+            probs.append(
+                (
+                    "ATP-ERR-011",
+                    f"an ERROR on stream {first + _STRAY_ERROR}, never opened, answered "
+                    "with an ERROR",
+                )
+            )
     if params.get("cut_frame") and seen.opened[:1]:
         if (0, "EPROTO") not in codes:
             probs.append(("ATP-WS-001", "no ERROR EPROTO on stream 0 for a message cut in a frame"))
@@ -476,6 +505,25 @@ async def _script(
                 rec.sent(head + bytes(16))
                 await ws.send(head + bytes(16))
                 continue
+            if params.get("stray") and answered == 1:
+                # ids the client has not used: an ERROR (ATP-ERR-011: discarded, never
+                # answered), then a BUDGET_UPDATE (ATP-STREAM-016: a stream error EPROTO);
+                # then the stream's answer, which the client must still take
+                await send(
+                    {
+                        "type": "ERROR",
+                        "flags": ["RST"],
+                        "stream_id": sid + _STRAY_ERROR,
+                        "error": {"code": "EINTERNAL", "message": "stray (conformance)"},
+                    }
+                )
+                await send(
+                    {
+                        "type": "BUDGET_UPDATE",
+                        "stream_id": sid + _STRAY_BUDGET,
+                        "usage": {"tokens": 1},
+                    }
+                )
             if params.get("refuse_ms") and answered == 1:
                 await send(
                     {

@@ -36,6 +36,8 @@ def test_python_client_passes_the_client_role() -> None:
         ("past-credit", "client.flow.credit-respected", "ATP-FLOW-001"),
         ("reuse-stream-id", "client.basic.three-streams", "ATP-STREAM-002"),
         ("no-verify", "client.tls.untrusted-cert", "ATP-WS-013"),
+        ("budget-update-ignored", "client.stream.never-opened", "ATP-STREAM-016"),
+        ("error-answered", "client.stream.never-opened", "ATP-ERR-011"),
     ],
 )
 def test_broken_client_is_caught(variant: str, case: str, want_id: str) -> None:

@@ -225,14 +225,16 @@ def test_mixed_text_and_binary_output_keeps_order() -> None:
     assert not r.has_data_to_send()
 
 
-def test_budget_update_reaches_client_and_unknown_stream_ignored() -> None:
+def test_budget_update_reaches_client_and_unknown_stream_is_refused() -> None:
+    """ATP-STREAM-016 (session 7: the client dropped it silently)."""
     p = ConnectionPair()
     sid = p.open()
     p.to_router()
     p.router.send_budget_update(sid, {"tokens": 1})
     assert of(p.to_client(), BudgetReported)
     bu = Frame(FrameType.BUDGET_UPDATE, 0, 99, ext={"usage": {}})
-    assert p.client.receive_message(encode_frame(bu), 0) == []
+    (reset,) = of(p.client.receive_message(encode_frame(bu), 0), StreamReset)
+    assert reset.stream_id == 99 and reset.code == ErrorCode.EPROTO
 
 
 def test_window_update_on_closed_stream_is_ignored() -> None:

@@ -32,7 +32,42 @@ def no_verify() -> None:  # every default TLS context verifies nothing (ATP-WS-0
     ssl.create_default_context = make
 
 
+def budget_update_ignored() -> None:
+    """A BUDGET_UPDATE on an id never opened is dropped, as the core did before session 7
+    (ATP-STREAM-016)."""
+    from atp_proto.frames import FrameType
+    from atp_proto.frames._receiving import ReceiveMixin
+
+    original = ReceiveMixin._HANDLERS[FrameType.BUDGET_UPDATE]
+
+    def handler(self: Any, frame: Frame, *args: Any) -> None:
+        if frame.stream_id in self._streams:
+            original(self, frame, *args)
+
+    ReceiveMixin._HANDLERS[FrameType.BUDGET_UPDATE] = handler
+
+
+def error_answered() -> None:
+    """An ERROR on an id never opened is answered with an ERROR EPROTO (ATP-ERR-011)."""
+    from atp_proto.frames import ErrorCode, FrameType, RemoteProtocolError
+    from atp_proto.frames._receiving import ReceiveMixin
+
+    original = ReceiveMixin._HANDLERS[FrameType.ERROR]
+
+    def handler(self: Any, frame: Frame, *args: Any) -> None:
+        sid = frame.stream_id
+        if sid and sid not in self._streams and sid > self._highest_id:
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO, "ERROR on a stream never opened", stream_id=sid
+            )
+        original(self, frame, *args)
+
+    ReceiveMixin._HANDLERS[FrameType.ERROR] = handler
+
+
 VARIANTS = {
+    "budget-update-ignored": budget_update_ignored,
+    "error-answered": error_answered,
     "past-credit": ignore_credit,
     "reuse-stream-id": reuse_stream_id,
     "no-verify": no_verify,
