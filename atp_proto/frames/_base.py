@@ -8,6 +8,7 @@ lines), with the dependencies downward: ``_connection`` -> ``_receiving`` / ``_s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -48,14 +49,24 @@ __all__ = ["ConnectionBase"]
 _TEXT_PEER_WINDOW: Final = MAX_WINDOW
 _JSON: Final = Encoding.JSON
 _RESETS: Final = (StreamInput.SEND_RST, StreamInput.RECV_RST)
-#: characters of an ERROR message the core writes about a peer's input: a refusal may quote
-#: it (a duplicate map key), and a quote of a peer's 400 KB key must not come back as a
-#: 400 KB ERROR, nor as an ext over the peer's max_ext_size (ATP-LIMIT-004)
+#: characters (code points) of every ERROR message the core sends, its own and the
+#: application's: a refusal may quote a peer's input (a duplicate map key), a router's may
+#: carry an adapter's or an upstream's text, and a quote of a peer's 400 KB key must not come
+#: back as a 400 KB ERROR, nor as an ext over the peer's max_ext_size (ATP-LIMIT-004)
 MAX_ERROR_MESSAGE: Final = 256
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def _bounded(message: str) -> str:
-    """``message`` cut to :data:`MAX_ERROR_MESSAGE` characters, saying how long it was."""
+    """``message`` as an ERROR carries it: at most :data:`MAX_ERROR_MESSAGE` code points,
+    cut with a note of how long it was. The cut falls between code points, so never inside
+    a UTF-8 sequence (at most 4 bytes each: 1,024 bytes in all), and a lone surrogate, which
+    no UTF-8 or CBOR text can hold (ATP-JSON-017), becomes U+FFFD: the frame always encodes."""
+    if not message.isascii():
+        try:
+            message.encode("utf-8")
+        except UnicodeEncodeError:
+            message = _SURROGATE.sub("\ufffd", message)
     if len(message) <= MAX_ERROR_MESSAGE:
         return message
     tail = f"... ({len(message)} characters)"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
-from ._base import ConnectionBase
+from ._base import ConnectionBase, _bounded
 from ._cbor import EncodedExt
 from ._codec import HEADER, HEADER_SIZE, encode_ext
 from ._errors import (
@@ -371,10 +371,12 @@ class SendMixin(ConnectionBase):
         message: str,
         retry_after_ms: int | None = None,
     ) -> None:
-        """End a stream with an ERROR frame (no-op when it is already closed)."""
+        """End a stream with an ERROR frame (no-op when it is already closed). ``message``
+        is cut as the core's own (:data:`~._base.MAX_ERROR_MESSAGE` code points)."""
         rec = self._streams.get(stream_id)
         if self._closed is not None or rec is None or rec.closed:
             return
+        message = _bounded(message)
         self._queue(Frame.error(stream_id, code, message, retry_after_ms), rec.encoding)
         self._close_stream(rec, StreamInput.SEND_RST)
 
@@ -413,13 +415,15 @@ class SendMixin(ConnectionBase):
         self._draining = True
         self._drain_retry_ms = retry_after_ms
         self._queue(
-            Frame.error(0, ErrorCode.EDRAINING, message, retry_after_ms), self._out_encoding
+            Frame.error(0, ErrorCode.EDRAINING, _bounded(message), retry_after_ms),
+            self._out_encoding,
         )
 
     def close(self, code: ErrorCode | str = ErrorCode.EDRAINING, message: str = "closing") -> None:
         """Close the connection with a connection-level ERROR frame."""
         if self._closed is not None:
             return
+        message = _bounded(message)
         self._queue(Frame.error(0, code, message), self._out_encoding)
         self._closed = ConnectionClosed(str(code), message, by_peer=False)
         self._streams.clear()
