@@ -139,6 +139,7 @@ def _udp_counts(ep: Any) -> dict[str, int]:
         "send_calls": ep.send_calls,
         "datagrams_received": ep.datagrams_received,
         "receive_calls": ep.receive_calls,
+        "datagrams_truncated": ep.datagrams_truncated,
     }
 
 

@@ -18,10 +18,12 @@ It heeds the pitfalls measured with aioquic on trio (``../shared/DESIGN.md``):
   datagrams to one ``sendmsg`` with a ``UDP_SEGMENT`` size (GSO: one system call for up
   to :data:`GSO_MAX_SEGMENTS` datagrams; the kernel, or the NIC, cuts them), and the
   socket has ``UDP_GRO`` on, so one ``recvmsg`` may return several datagrams of a flow
-  glued together, cut again here by the size the kernel reports. A peer sees ordinary
-  datagrams either way. A send the path refuses (``EIO``: no checksum offload on the
-  device; ``EINVAL``: a size over the path's MTU) turns GSO off for the socket and goes
-  out datagram by datagram.
+  glued together, cut again here by the size the kernel reports. A read the buffer was too
+  small for (``MSG_TRUNC``) keeps only its whole segments: the cut one is dropped and
+  counted (``datagrams_truncated``); the kernel discarded those past it (QUIC
+  retransmits what they carried). A peer sees ordinary datagrams either way. A
+  send the path refuses (``EIO``: no checksum offload on the device; ``EINVAL``: a size
+  over the path's MTU) turns GSO off for the socket and goes out datagram by datagram.
 """
 
 from __future__ import annotations
@@ -36,13 +38,25 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["Address", "Sendable", "UdpEndpoint", "open_udp_socket", "probe_offload"]
+__all__ = [
+    "Address",
+    "Sendable",
+    "UdpEndpoint",
+    "open_udp_socket",
+    "probe_offload",
+    "split_truncated",
+]
 
 Address = tuple[str, int]
 
 #: datagrams read per wake-up before the connections act on them
 RECV_BATCH = 256
+#: bytes of one read: a whole UDP datagram (at most 65,507 bytes) always fits, and so does
+#: a GRO read of the kernel's usual 64 KB; a larger one comes back cut (MSG_TRUNC)
 RECV_SIZE = 65536
+#: the largest UDP payload (IPv4): a read of this size cannot cut a datagram
+_MAX_UDP_PAYLOAD = 65_507
+_MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x20)
 
 #: Linux's UDP socket options (linux/udp.h); the stdlib has no names for them
 UDP_SEGMENT = 103
@@ -58,6 +72,20 @@ OFFLOAD = True
 _GRO_ANC = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 _U16 = struct.Struct("=H")
 _I32 = struct.Struct("=i")
+
+
+def split_truncated(data: bytes, seg: int) -> tuple[list[bytes], int]:
+    """The intact datagrams of a read the buffer cut (MSG_TRUNC: the kernel held more than
+    ``data``), and how many it cut (0 or 1). ``seg``: the kernel's GRO segment size (0:
+    none, the read is one datagram). All segments but a read's last are ``seg`` bytes, so
+    one read in full ends before the cut and is intact; the one the cut falls inside is
+    dropped. Those after it are gone without a trace (the kernel discards the rest of the
+    read), and QUIC retransmits what they carried."""
+    n = len(data)
+    if seg <= 0 or seg > n:
+        return [], 1  # one datagram, or a read shorter than one segment: cut
+    whole = n - n % seg
+    return [data[o : o + seg] for o in range(0, whole, seg)], int(whole < n)
 
 
 class Sendable(Protocol):
@@ -103,11 +131,14 @@ def probe_offload(sock: socket.socket) -> tuple[bool, bool]:
 class UdpEndpoint:
     """A UDP socket, its receive loop (:meth:`receive_loop`) and its sender (:meth:`sender`).
 
-    ``offload``: use GSO / GRO where the kernel has them (see the module). The counters
-    (``datagrams_sent``, ``send_calls``, ``datagrams_received``, ``receive_calls``) say
-    what the offload saved."""
+    ``offload``: use GSO / GRO where the kernel has them (see the module); ``recv_size``:
+    the bytes of one read. The counters (``datagrams_sent``, ``send_calls``,
+    ``datagrams_received``, ``receive_calls``) say what the offload saved;
+    ``datagrams_truncated`` counts the datagrams a read cut (MSG_TRUNC), dropped."""
 
-    def __init__(self, sock: socket.socket, *, offload: bool = True) -> None:
+    def __init__(
+        self, sock: socket.socket, *, offload: bool = True, recv_size: int = RECV_SIZE
+    ) -> None:
         self.sock = sock
         self._dirty: dict[Sendable, None] = {}
         self._wake = trio.Event()
@@ -117,6 +148,8 @@ class UdpEndpoint:
         self.send_calls = 0
         self.datagrams_received = 0
         self.receive_calls = 0
+        self.datagrams_truncated = 0
+        self.recv_size = recv_size
 
     @property
     def address(self) -> Address:
@@ -219,6 +252,10 @@ class UdpEndpoint:
             await self._receive_loop_gro(on_batch)
             return
         sock = self.sock
+        size = self.recv_size
+        if size < _MAX_UDP_PAYLOAD:  # a read may cut a datagram: its flags tell
+            await self._receive_loop_checked(on_batch)
+            return
         recv = sock.recvfrom
         while True:
             await trio.lowlevel.wait_readable(sock)
@@ -227,10 +264,39 @@ class UdpEndpoint:
             while len(batch) < RECV_BATCH:
                 calls += 1
                 try:
-                    data, addr = recv(RECV_SIZE)
+                    data, addr = recv(size)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:  # e.g. ECONNREFUSED from an earlier send: nothing to read
+                    continue
+                batch.append((data, (str(addr[0]), int(addr[1]))))
+            self.receive_calls += calls
+            if batch:
+                self.datagrams_received += len(batch)
+                on_batch(batch, trio.current_time())
+
+    async def _receive_loop_checked(
+        self, on_batch: Callable[[list[tuple[bytes, Address]], float], None]
+    ) -> None:
+        """:meth:`receive_loop` without GRO and a read smaller than a datagram may be: a
+        datagram the read cut (MSG_TRUNC) is dropped and counted."""
+        sock = self.sock
+        recv = sock.recvmsg
+        size = self.recv_size
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            batch: list[tuple[bytes, Address]] = []
+            calls = 0
+            while len(batch) < RECV_BATCH:
+                calls += 1
+                try:
+                    data, _anc, flags, addr = recv(size)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:  # e.g. ECONNREFUSED from an earlier send: nothing to read
+                    continue
+                if flags & _MSG_TRUNC:
+                    self.datagrams_truncated += 1
                     continue
                 batch.append((data, (str(addr[0]), int(addr[1]))))
             self.receive_calls += calls
@@ -243,9 +309,11 @@ class UdpEndpoint:
     ) -> None:
         """:meth:`receive_loop` with ``UDP_GRO`` on: a read may hold several datagrams
         of one sender, each ``gso_size`` bytes (the kernel's control message) but the
-        last."""
+        last. A read cut by the buffer (MSG_TRUNC) keeps its whole segments only
+        (:func:`split_truncated`)."""
         sock = self.sock
         recv = sock.recvmsg
+        size = self.recv_size
         anc_size = _GRO_ANC
         gro_type, udp = UDP_GRO, socket.IPPROTO_UDP
         unpack = _I32.unpack_from
@@ -256,7 +324,7 @@ class UdpEndpoint:
             while len(batch) < RECV_BATCH:
                 calls += 1
                 try:
-                    data, anc, _flags, addr = recv(RECV_SIZE, anc_size)
+                    data, anc, flags, addr = recv(size, anc_size)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:  # e.g. ECONNREFUSED from an earlier send: nothing to read
@@ -266,7 +334,11 @@ class UdpEndpoint:
                 for level, kind, cdata in anc:
                     if kind == gro_type and level == udp and len(cdata) >= 4:
                         seg = unpack(cdata)[0]
-                if 0 < seg < len(data):
+                if flags & _MSG_TRUNC:
+                    whole, cut = split_truncated(data, seg)
+                    self.datagrams_truncated += cut
+                    batch.extend((d, src) for d in whole)
+                elif 0 < seg < len(data):
                     batch.extend((data[o : o + seg], src) for o in range(0, len(data), seg))
                 else:
                     batch.append((data, src))

@@ -16,6 +16,7 @@ from atp_proto.transports._quic_udp import (
     UdpEndpoint,
     open_udp_socket,
     probe_offload,
+    split_truncated,
 )
 
 SO_NO_CHECK = 11  # Linux: no UDP checksum on send, which the kernel's GSO refuses (EINVAL)
@@ -156,3 +157,84 @@ async def test_offload_off_is_one_call_per_datagram() -> None:
         sender.close()
     assert got_a == pa and got_b == pb
     assert sender.send_calls == sender.datagrams_sent == len(pa) + len(pb)
+
+
+# -- a read the buffer cut (MSG_TRUNC; session 7) ---------------------------------------
+#
+# The GRO receive split a cut read by the kernel's segment size as if it were whole: the
+# last piece, part of a datagram, went to aioquic as a datagram. Only whole segments go on
+# now; the cut one is counted in ``datagrams_truncated``.
+
+
+def test_split_truncated_keeps_the_whole_segments_only() -> None:
+    seg = bytes(range(100))
+    assert split_truncated(seg * 3 + seg[:40], 100) == ([seg, seg, seg], 1)
+    assert split_truncated(seg * 2, 100) == ([seg, seg], 0)  # cut between two segments
+    assert split_truncated(seg[:60], 100) == ([], 1)  # shorter than one segment
+    assert split_truncated(seg, 0) == ([], 1)  # no GRO size: one datagram, cut
+
+
+async def _receive_until_marker(
+    sender: UdpEndpoint, receiver: UdpEndpoint, bursts: list[list[bytes]], marker: bytes
+) -> list[bytes]:
+    """``sender`` sends each burst as one connection's datagrams (a GSO run each), then
+    ``marker`` alone; what ``receiver`` handed on until the marker, in order."""
+    got: list[bytes] = []
+    seen = trio.Event()
+
+    def on_batch(batch: list[tuple[bytes, Address]], now: float) -> None:
+        for data, _ in batch:
+            got.append(data)
+            if data == marker:
+                seen.set()
+
+    to = receiver.address
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.sender)
+            nursery.start_soon(receiver.receive_loop, on_batch)
+            await trio.sleep(0)
+            for burst in bursts:
+                sender.mark(Burst([(d, to) for d in burst]))
+                await trio.sleep(0.05)  # one pass per burst: each its own GSO send
+            sender.mark(Burst([(marker, to)]))
+            await seen.wait()
+            nursery.cancel_scope.cancel()
+    return got
+
+
+@needs_gso
+async def test_a_gro_read_cut_by_a_small_buffer_drops_and_counts_its_cut_segment() -> None:
+    """Runs of 5 x 8,000 bytes reach a GRO socket as one 40,000-byte read each; a 20,000
+    byte buffer holds two whole segments and half a third: the two go on, the half is
+    dropped and counted, the last two the kernel discarded. A run cut exactly between
+    segments (24,000: three whole) loses none of what was read."""
+    sender = UdpEndpoint(open_udp_socket("127.0.0.1", 0))
+    receiver = UdpEndpoint(open_udp_socket("127.0.0.1", 0), recv_size=20_000)
+    exact = UdpEndpoint(open_udp_socket("127.0.0.1", 0), recv_size=24_000)
+    try:
+        assert sender.gso and receiver.gro
+        runs = [_payloads([8000] * 5, tag) for tag in (1, 2)]
+        got = await _receive_until_marker(sender, receiver, runs, b"end")
+        got_exact = await _receive_until_marker(sender, exact, runs[:1], b"end")
+    finally:
+        for ep in (sender, receiver, exact):
+            ep.close()
+    assert got == [*runs[0][:2], *runs[1][:2], b"end"]
+    assert receiver.datagrams_truncated == 2
+    assert got_exact == [*runs[0][:3], b"end"] and exact.datagrams_truncated == 0
+
+
+async def test_a_plain_read_cut_by_a_small_buffer_drops_and_counts_the_datagram() -> None:
+    """Without GRO a datagram larger than the read is dropped (it was handed on cut, as
+    recvfrom silently cuts); the ones that fit go on."""
+    sender = UdpEndpoint(open_udp_socket("127.0.0.1", 0), offload=False)
+    receiver = UdpEndpoint(open_udp_socket("127.0.0.1", 0), offload=False, recv_size=2000)
+    try:
+        small = _payloads([1500, 3000, 1999, 2000, 2001], 3)
+        got = await _receive_until_marker(sender, receiver, [small], b"end")
+    finally:
+        sender.close()
+        receiver.close()
+    assert got == [small[0], small[2], small[3], b"end"]
+    assert receiver.datagrams_truncated == 2
