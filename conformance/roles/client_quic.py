@@ -16,6 +16,10 @@ rules on what the client does with QUIC streams:
   on it (ATP-QUIC-012); a normal close with application code 0 (ATP-QUIC-015);
 * a router frame for ATP stream 1 sent on the control stream: the client must close the
   connection with 0x100, EPROTO (ATP-QUIC-004, -005);
+* the router's QUIC FIN, RESET_STREAM or STOP_SENDING on the control stream once the
+  client's SYN has arrived (the answer held back ``HOLD_S``, so that the client's verdict
+  cannot hang on which it reads first): the client must close the connection with 0x100,
+  EPROTO (ATP-QUIC-025);
 * a stateless reset (ATP-QUIC-022): once the client's SYN has arrived, the router end
   stops its connection silently (it acknowledges nothing more and sends nothing; it still
   decrypts what arrives, to tell a CONNECTION_CLOSE) and sends a decoy, a datagram of a
@@ -64,6 +68,9 @@ IDLE_S = 30.0
 GRACE_S = 0.25
 #: how long the client is watched after the decoy, before the true reset is sent
 DECOY_S = 1.0  # a loaded host may take a few hundred ms to read the decoy
+#: how long the answer waits after the router ended its control stream (ATP-QUIC-025): a
+#: client that took the end for nothing then gets its FINAL and closes normally
+HOLD_S = 0.5
 
 _MAPPING = ("ATP-QUIC-001", "ATP-QUIC-002", "ATP-QUIC-003", "ATP-QUIC-011", "ATP-QUIC-012")
 #: id, title, requirements, the scripted router's parameters (client._script)
@@ -97,6 +104,16 @@ _TABLE: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
         ("ATP-QUIC-022",),
         {"reset": True},
     ),
+    *(
+        (
+            f"client.quic.binding.control-{how}",
+            f"the router's {what} on the control stream once the client's SYN arrived: the "
+            "client closes the connection with 0x100 (EPROTO)",
+            ("ATP-QUIC-025", "ATP-QUIC-004"),
+            {"control_end": how},
+        )
+        for how, what in (("fin", "QUIC FIN"), ("reset", "RESET_STREAM"), ("stop", "STOP_SENDING"))
+    ),
 ]
 CASES = [
     CaseSpec(cid, Role.CLIENT, title, reqs, level=Level.L3, description=title)
@@ -110,13 +127,23 @@ class _QuicRouterEnd:
     scripted router uses (one call: the whole frames that arrived on one QUIC stream)."""
 
     def __init__(
-        self, sock: Any, raw: socket.socket, rec: Recorder, misroute: bool, reset: bool = False
+        self,
+        sock: Any,
+        raw: socket.socket,
+        rec: Recorder,
+        misroute: bool,
+        reset: bool = False,
+        control_end: str | None = None,
+        hold_s: float = HOLD_S,
     ) -> None:
         self.sock = sock
         self.raw = raw  #: the same socket, to send without awaiting (UDP)
         self.rec = rec
         self.misroute = misroute
         self.reset_on_syn = reset
+        self.control_end = control_end  #: "fin", "reset" or "stop" on the first SYN
+        self.hold_s = hold_s
+        self.hold_until: float | None = None  #: the answer waits until then
         self.dcid = b""  #: the connection ID the client's last datagram was sent to
         self.silent_at: float | None = None  #: when the router end went silent
         self.silenced = trio.Event()
@@ -224,6 +251,8 @@ class _QuicRouterEnd:
                 elif self.reset_on_syn:
                     self._go_silent()
                     return
+                elif self.control_end and self.hold_until is None:
+                    self._end_control()
             if self.q2a[q] != sid:
                 code = "ATP-QUIC-011" if sid == 0 else "ATP-QUIC-002"
                 self.problems.append((code, f"a frame for ATP stream {sid} on QUIC stream {q}"))
@@ -235,6 +264,20 @@ class _QuicRouterEnd:
         if end and q:
             self.client_fin[q] = q in self.final_sent
             self.rec.note(f"the client's FIN on QUIC stream {q}")
+
+    def _end_control(self) -> None:
+        """ATP-QUIC-025: end the control stream (the router's side: FIN; RESET_STREAM; or
+        the client's: STOP_SENDING), and hold the answer back a while."""
+        assert self.conn is not None
+        how = self.control_end
+        if how == "fin":
+            self.conn.send_stream_data(0, b"", end_stream=True)
+        elif how == "reset":
+            self.conn.reset_stream(0, 0x100)
+        else:
+            self.conn.stop_stream(0, 0x100)
+        self.hold_until = trio.current_time() + self.hold_s
+        self.rec.note(f"the router ended the control stream ({how}) on the client's SYN")
 
     def _go_silent(self) -> None:
         """Stop answering, and send a decoy: a datagram shaped like a stateless reset whose
@@ -288,8 +331,10 @@ class _QuicRouterEnd:
 
     async def send(self, data: bytes | str) -> None:
         assert self.conn is not None and isinstance(data, bytes)
-        if self.silent_at is not None:
-            return
+        if self.hold_until is not None:
+            await trio.sleep_until(self.hold_until)
+        if self.silent_at is not None or self.conn._close_event is not None:
+            return  # silent, or the client has closed: nothing more is sent
         for frame in split_frames(data)[0]:
             sid = int.from_bytes(frame[4:8], "big")
             q = self.a2q.get(sid)
@@ -297,6 +342,8 @@ class _QuicRouterEnd:
                 continue  # no QUIC stream for it (the router opens none)
             if self.misroute and sid:
                 q = 0
+            if not q and self.hold_until is not None:
+                continue  # the control stream is ended: nothing more on it
             end = bool(sid and q and (frame[1] == 4 or frame[2] & 0x08))  # ERROR or FIN
             if q in self.final_sent:
                 continue
@@ -333,7 +380,15 @@ async def run(case: CaseSpec, ctx: RunContext, command: Any) -> CaseResult:
         conf = QuicConfiguration(is_client=False, alpn_protocols=[ALPN], idle_timeout=IDLE_S)
         conf.load_cert_chain(str(cert), str(key))
         reset = bool(params.get("reset"))
-        end = _QuicRouterEnd(sock, raw, rec, bool(params.get("misroute")), reset)
+        end = _QuicRouterEnd(
+            sock,
+            raw,
+            rec,
+            bool(params.get("misroute")),
+            reset,
+            params.get("control_end"),
+            ctx.timeout(HOLD_S),
+        )
         seen = client._Seen()
         outcome: dict[str, Any] = {}
         done = trio.Event()
@@ -378,14 +433,19 @@ async def run(case: CaseSpec, ctx: RunContext, command: Any) -> CaseResult:
         )
     if reset:
         return _judge_reset(end, rec, outcome, ended, ctx.timeout(GRACE_S), ctx.timeout(REACT_S))
-    if params.get("misroute"):
+    if params.get("misroute") or params.get("control_end"):
         got = end.close
+        if got is None and end.conn._close_event is not None:  # still draining
+            got = (end.conn._close_event.error_code, end.conn._close_event.frame_type)
         if got is None or got[1] is not None or got[0] != 0x100:
             shown = "none" if got is None else f"{got[0]:#x}"
+            if params.get("misroute"):
+                why, reqs = "a frame on the wrong QUIC stream", ("ATP-QUIC-005", "ATP-QUIC-004")
+            else:
+                why = f"the control stream ended by the router ({params['control_end']})"
+                reqs = ("ATP-QUIC-025",)
             return rec.failed(
-                f"the client's close: {shown}",
-                "CONNECTION_CLOSE 0x100 (EPROTO) for a frame on the wrong QUIC stream",
-                ("ATP-QUIC-005", "ATP-QUIC-004"),
+                f"the client's close: {shown}", f"CONNECTION_CLOSE 0x100 (EPROTO) for {why}", reqs
             )
         return rec.passed("closed with 0x100")
     seen.problems += end.problems

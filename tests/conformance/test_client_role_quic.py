@@ -7,7 +7,8 @@ test_client_codec_roles.py's run of the whole client role at L3 [ATP-QUIC-001,
 ATP-QUIC-002, ATP-QUIC-004, ATP-QUIC-005, ATP-QUIC-011, ATP-QUIC-012, ATP-QUIC-015,
 ATP-QUIC-021, ATP-QUIC-022].) A client that ignores the router's stateless reset, one that
 sees it but answers with a CONNECTION_CLOSE, and one that ends on the decoy (a reset's
-shape without the token) all fail ATP-QUIC-022."""
+shape without the token) all fail ATP-QUIC-022; one that takes the router's FIN,
+RESET_STREAM or STOP_SENDING on the control stream for nothing fails ATP-QUIC-025."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ def test_quic_cases_need_the_ca_placeholder() -> None:
         ("quic-client-ignore-reset", "client.quic.stateless-reset", "ATP-QUIC-022"),
         ("quic-client-close-on-reset", "client.quic.stateless-reset", "ATP-QUIC-022"),
         ("quic-client-any-reset", "client.quic.stateless-reset", "ATP-QUIC-022"),
+        ("quic-client-control-end-ignored", "client.quic.binding.control-fin", "ATP-QUIC-025"),
+        (
+            "quic-client-control-reset-ignored",
+            "client.quic.binding.control-reset",
+            "ATP-QUIC-025",
+        ),
+        ("quic-client-control-reset-ignored", "client.quic.binding.control-stop", "ATP-QUIC-025"),
     ],
 )
 def test_broken_quic_client_is_caught(variant: str, case: str, want_id: str) -> None:

@@ -213,7 +213,28 @@ def control_end_ignored() -> None:
     _quic_conn.QuicTransport._deliver = deliver  # type: ignore[method-assign]
 
 
+def client_control_reset_ignored() -> None:
+    """The client takes the router's RESET_STREAM or STOP_SENDING on the control stream for
+    nothing: the session goes on with a control stream that can carry nothing more
+    (ATP-QUIC-025). (Its FIN: ``control_end_ignored``, which either end shares.)"""
+    original_reset = _quic_conn.QuicTransport._peer_reset
+    original_fault = _quic_conn.QuicTransport._fault
+
+    def peer_reset(self: Any, sid: int) -> None:
+        if sid:
+            original_reset(self, sid)
+
+    def fault(self: Any, message: str, *args: Any) -> None:
+        if "STOP_SENDING on the control stream" not in message:
+            original_fault(self, message, *args)
+
+    _quic_conn.QuicTransport._peer_reset = peer_reset  # type: ignore[method-assign]
+    _quic_conn.QuicTransport._fault = fault  # type: ignore[method-assign]
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
+    "quic-client-control-end-ignored": control_end_ignored,
+    "quic-client-control-reset-ignored": client_control_reset_ignored,
     "quic-client-any-reset": client_any_reset,
     "quic-client-close-on-reset": client_close_on_reset,
     "quic-client-ignore-reset": client_ignore_reset,
