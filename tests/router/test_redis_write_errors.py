@@ -27,7 +27,7 @@ from atp_proto.frames import ATPError, BudgetWindow
 from atp_proto.router.quota import TenantQuota
 from atp_proto.router.shared.link import RedisLink
 from atp_proto.router.shared.redis_quota import RedisQuotaStore
-from atp_proto.testing.redis_server import RedisServer
+from atp_proto.testing.redis_server import RedisSentinelSet, RedisServer, RedisUnavailable
 from tests.router._redis import redis_or_skip
 
 Q = TenantQuota(tokens=1000)
@@ -261,3 +261,41 @@ async def test_a_lease_set_before_redis_clock_went_back_lapses_within_a_lease(
 def _redis_ms(admin: Any) -> int:
     secs, micros = admin.time()
     return int(secs) * 1000 + int(micros) // 1000
+
+
+async def test_sentinels_that_require_a_password(caplog: pytest.LogCaptureFixture) -> None:
+    """Sentinels with a password of their own (``requirepass``; here set through ACL on
+    the running one): a URL with ``?sentinel_password=`` finds the master through them
+    and admits; one without is refused by them and the router fails closed (EAGENTDOWN),
+    as it does when it asks for a sentinel that sees another (``min_other_sentinels=1``)
+    and the one there is sees none. The password appears in no log record."""
+    try:
+        sentinels = RedisSentinelSet()
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    caplog.set_level(logging.DEBUG, logger="atp.router")
+    try:
+        admin = redis.Redis(port=sentinels.sentinel_port)
+        admin.execute_command(
+            "ACL", "SETUSER", "default", "on", "resetpass", ">s3cret", "~*", "&*", "+@all"
+        )
+        prefix = f"sp{secrets.token_hex(3)}:"
+        good = _store(f"{sentinels.url}?sentinel_password=s3cret", prefix)
+        bad = _store(sentinels.url, prefix)
+        assert (await good.admit("t", Q, 3600)).tokens_left == 1000
+        with pytest.raises(ATPError) as exc:
+            await bad.admit("t", Q, 3600)
+        assert str(exc.value.code) == "EAGENTDOWN"
+        # a lone sentinel (it sees no other) is not believed when one other is asked for
+        lone = _store(f"{sentinels.url}?sentinel_password=s3cret&min_other_sentinels=1", prefix)
+        with pytest.raises(ATPError) as exc:
+            await lone.admit("t", Q, 3600)
+        assert str(exc.value.code) == "EAGENTDOWN"
+        lone.link.close()
+        assert caplog.records  # the refused ones said so
+        for record in caplog.records:
+            assert "s3cret" not in str(record.__dict__), record.__dict__
+        good.link.close()
+        bad.link.close()
+    finally:
+        sentinels.close()

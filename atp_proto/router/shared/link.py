@@ -107,12 +107,13 @@ def refuses_writes(exc: BaseException) -> str | None:
 
 
 def redacted(url: str) -> str:
-    """The URL without its password (for logs and errors: no secrets in logs): the user
-    part's, and a ``?password=`` option's (the client reads one there too)."""
+    """The URL without its passwords (for logs and errors: no secrets in logs): the user
+    part's, and a ``?password=`` option's (the client reads one there too), or any other
+    option named ``...password`` (a Sentinel URL's ``sentinel_password``)."""
     head, q, query = url.partition("?")
     if q:
         query = "&".join(
-            f"{name}=***" if unquote(name).lower() == "password" else item
+            f"{name}=***" if unquote(name).lower().endswith("password") else item
             for item in query.split("&")
             for name in [item.partition("=")[0]]
         )
@@ -160,8 +161,14 @@ class RedisLink:
         """The master's client through the sentinels (connects lazily: a router starts,
         and fails closed, while they are away)."""
         parsed = parse_sentinel(url)
+        asked = dict(self._options)  # the sentinels' own credentials, if they want some
+        if parsed.sentinel_password is not None:
+            asked["password"] = parsed.sentinel_password
+            asked["username"] = parsed.sentinel_username
         self._sentinels = Sentinel(  # type: ignore[no-untyped-call]
-            list(parsed.sentinels), sentinel_kwargs=dict(self._options)
+            list(parsed.sentinels),
+            sentinel_kwargs=asked,
+            min_other_sentinels=parsed.min_other_sentinels,
         )
         self._master_name = parsed.master
         return self._sentinels.master_for(  # type: ignore[no-untyped-call]
@@ -289,7 +296,9 @@ class RedisLink:
         return replies
 
     def _the_master(self, address: tuple[str, int]) -> bool:
-        """Whether a sentinel names ``address`` as the master, with no failover under way."""
+        """Whether a sentinel names ``address`` as the master, with no failover under way
+        (the first that answers and sees ``?min_other_sentinels`` others: one sentinel's
+        word, as the client's own discovery takes it; the quorum is the sentinels')."""
         assert self._sentinels is not None
         for sentinel in self._sentinels.sentinels:
             try:
@@ -297,7 +306,9 @@ class RedisLink:
                 state = masters.get(self._master_name)
             except (redis.ConnectionError, redis.TimeoutError):
                 continue
-            if not state:
+            if not state or int(state.get("num-other-sentinels", 0)) < (
+                self._sentinels.min_other_sentinels
+            ):
                 continue
             flags = str(state.get("flags", ""))
             return (
