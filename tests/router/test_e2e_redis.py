@@ -377,7 +377,9 @@ def test_redis_out_of_memory_fails_closed_then_counts_every_stream_once(
 ) -> None:
     """[ATP-BUDGET-015] Redis past ``maxmemory`` (``noeviction``) refuses the router's
     writes (OOM): the router refuses new streams with EAGENTDOWN naming the refusal
-    (at the latest once a write of usage was refused), counts it in
+    (at the latest once a write of usage was refused; before, a probe of Redis half a
+    second later was admitted, Redis running a script whose first write adds no
+    memory), counts it in
     ``atp_redis_write_errors_total{kind="refused"}`` and keeps the usage; memory back,
     streams are served again and Redis holds exactly the usage of every stream served."""
     try:
@@ -401,6 +403,9 @@ def test_redis_out_of_memory_fails_closed_then_counts_every_stream_once(
                 assert isinstance(r, StreamError) and r.code == "EAGENTDOWN", r
                 assert "quota store (Redis) refuses writes (OOM)" in r.message
                 assert (_write_errors(router, "refused") or 0) >= 1
+                time.sleep(0.7)  # past the probe interval: still refused, not admitted
+                (r,) = _sequential([router], "oom", 1)
+                assert isinstance(r, StreamError) and r.code == "EAGENTDOWN", r
             finally:
                 admin.config_set("maxmemory", 0)
             deadline = time.monotonic() + 15
