@@ -233,6 +233,17 @@ class Router:
                 store = RedisQuotaStore(link)
                 tasks.append(store.run)
                 users.append(("quota", store))
+                errors = store.write_errors
+                self.metrics.registry.callback(
+                    "counter",
+                    "atp_redis_write_errors_total",
+                    "quota scripts Redis answered with an error: kind=refused (Redis "
+                    "refuses writes for a while: OOM, READONLY...; sent again, streams "
+                    "refused meanwhile), kind=rejected (an error about the write itself: "
+                    "a script error; its tenant's usage queued, its streams refused)",
+                    ("kind",),
+                    lambda: [((k,), float(v)) for k, v in sorted(errors.items())],
+                )
             resized = self.metrics.registry.counter(
                 "atp_quota_holds_resized_total",
                 "shared-store holds lowered to the preflight's estimate, or raised back "

@@ -47,6 +47,8 @@ burst = 5
 tokens = 100000
 [quota.tenants.outage]
 tokens = 100000
+[quota.tenants.oom]
+tokens = 100000
 [quota.tenants.inflight]
 tokens = 1000
 [quota.tenants.conc2]
@@ -358,6 +360,67 @@ def test_redis_restarted_mid_run_fails_closed_then_recovers(adapters: dict[str, 
             assert _used(server, "outage") == before["tokens"] + again["tokens"]
             assert "Redis unreachable" in router.log() and "Redis reachable again" in router.log()
         finally:
+            router.stop()
+
+
+def _write_errors(router: RouterProcess, kind: str) -> float | None:
+    async def get() -> float | None:
+        assert router.metrics_port is not None
+        _, text = await http_get(router.metrics_port, "/metrics")
+        return metric_value(text, "atp_redis_write_errors_total", kind=kind)
+
+    return trio.run(get)
+
+
+def test_redis_out_of_memory_fails_closed_then_counts_every_stream_once(
+    adapters: dict[str, str],
+) -> None:
+    """[ATP-BUDGET-015] Redis past ``maxmemory`` (``noeviction``) refuses the router's
+    writes (OOM): the router refuses new streams with EAGENTDOWN naming the refusal
+    (at the latest once a write of usage was refused; before, a probe of Redis half a
+    second later was admitted, Redis running a script whose first write adds no
+    memory), counts it in
+    ``atp_redis_write_errors_total{kind="refused"}`` and keeps the usage; memory back,
+    streams are served again and Redis holds exactly the usage of every stream served."""
+    try:
+        server = RedisServer()
+    except RedisUnavailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        (router,) = _routers(1, adapters, "--redis", server.url)
+        admin = redis.Redis.from_url(server.url)
+        try:
+            served = _sequential([router], "oom", 1)
+            assert _write_errors(router, "refused") == 0.0
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)
+            try:
+                for _ in range(5):  # Redis may run an admission whose first write adds nothing
+                    (r,) = _sequential([router], "oom", 1)
+                    if not isinstance(r, dict):
+                        break
+                    served.append(r)
+                assert isinstance(r, StreamError) and r.code == "EAGENTDOWN", r
+                assert "quota store (Redis) refuses writes (OOM)" in r.message
+                assert (_write_errors(router, "refused") or 0) >= 1
+                time.sleep(0.7)  # past the probe interval: still refused, not admitted
+                (r,) = _sequential([router], "oom", 1)
+                assert isinstance(r, StreamError) and r.code == "EAGENTDOWN", r
+            finally:
+                admin.config_set("maxmemory", 0)
+            deadline = time.monotonic() + 15
+            while True:
+                (again,) = _sequential([router], "oom", 1)
+                if isinstance(again, dict) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert isinstance(again, dict), again
+            served.append(again)
+            time.sleep(0.5)  # the last stream's usage is written before its FINAL; margin
+            assert _used(server, "oom") == sum(r["tokens"] for r in served)
+            assert "Redis refuses writes (OOM)" in router.log()
+        finally:
+            admin.close()
             router.stop()
 
 

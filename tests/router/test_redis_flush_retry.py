@@ -30,8 +30,10 @@ class _LosesReplies(RedisLink):
 
     lose = 0
 
-    def pipelined(self, fill: Callable[[Any], None], *, transaction: bool) -> list[Any]:
-        replies = super().pipelined(fill, transaction=transaction)
+    def pipelined(
+        self, fill: Callable[[Any], None], *, transaction: bool, raise_on_error: bool = True
+    ) -> list[Any]:
+        replies = super().pipelined(fill, transaction=transaction, raise_on_error=raise_on_error)
         if transaction and self.lose > 0:
             self.lose -= 1
             raise RedisError("Connection closed by server (injected after EXEC)")

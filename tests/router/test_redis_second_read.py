@@ -55,10 +55,12 @@ class _CutAfterWrite(RedisLink):
     cut_next = False
     down = False
 
-    def pipelined(self, fill: Callable[[Any], None], *, transaction: bool) -> list[Any]:
+    def pipelined(
+        self, fill: Callable[[Any], None], *, transaction: bool, raise_on_error: bool = True
+    ) -> list[Any]:
         if self.down:
             raise RedisError("Connection refused (injected)")
-        replies = super().pipelined(fill, transaction=transaction)
+        replies = super().pipelined(fill, transaction=transaction, raise_on_error=raise_on_error)
         if transaction and self.cut_next:
             self.cut_next, self.down = False, True
             raise RedisError("Connection closed by server (injected after EXEC)")

@@ -88,3 +88,17 @@ def test_a_password_in_the_urls_query_is_redacted() -> None:
     }
     for url, want in cases.items():
         assert redacted(url) == want
+
+
+def test_the_sentinels_own_password_is_taken_and_redacted() -> None:
+    url = "redis+sentinel://s1:26379/main?sentinel_username=watch&sentinel_password=s%40nt"
+    got = parse_sentinel(url)
+    assert (got.sentinel_username, got.sentinel_password) == ("watch", "s@nt")
+    assert (got.username, got.password) == (None, None)  # the master's stay apart
+    assert got.min_other_sentinels == 0
+    assert parse_sentinel("redis+sentinel://h:1/m?min_other_sentinels=2").min_other_sentinels == 2
+    with pytest.raises(ValueError, match="min_other_sentinels"):
+        parse_sentinel("redis+sentinel://h:1/m?min_other_sentinels=x")
+    assert redacted(url) == (
+        "redis+sentinel://s1:26379/main?sentinel_username=watch&sentinel_password=***"
+    )

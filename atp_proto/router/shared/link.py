@@ -42,13 +42,22 @@ from urllib.parse import unquote, urlsplit
 import redis
 import trio
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from .urls import SENTINEL_SCHEMES, parse_sentinel, redact_netloc
 
-__all__ = ["LuaScript", "RedisLink", "RedisError", "redacted"]
+__all__ = ["LuaScript", "RedisError", "RedisLink", "redacted", "refuses_writes"]
 
 T = TypeVar("T")
 
@@ -60,14 +69,51 @@ TRUST_S = 1.0
 
 RedisError = redis.RedisError
 
+#: the error replies by which Redis refuses every write for a while, whatever the write:
+#: its state, not the request's (the reply's code; the client strips some of them from the
+#: message, and names those by their class). OOM: past ``maxmemory`` (with ``noeviction``);
+#: READONLY: a replica (a master demoted by a failover, a DNS name still naming it);
+#: MASTERDOWN, NOREPLICAS, MISCONF: a replica cut off from its master, fewer replicas than
+#: ``min-replicas-to-write``, a failed RDB save with ``stop-writes-on-bgsave-error``;
+#: LOADING: a restart reading its data; BUSY: a script past ``busy-reply-threshold``;
+#: TRYAGAIN, CLUSTERDOWN: a cluster resharding or down; NOSCRIPT: the script cache
+#: flushed between the client's load and its call (the next call loads it again)
+_REFUSING_CLASSES: tuple[tuple[type[Exception], str], ...] = (
+    (OutOfMemoryError, "OOM"),
+    (ReadOnlyError, "READONLY"),
+    (MasterDownError, "MASTERDOWN"),
+    (BusyLoadingError, "LOADING"),
+    (TryAgainError, "TRYAGAIN"),
+    (ClusterDownError, "CLUSTERDOWN"),
+    (NoScriptError, "NOSCRIPT"),
+)
+_REFUSING_CODES = frozenset(
+    {"OOM", "READONLY", "MASTERDOWN", "NOREPLICAS", "MISCONF", "LOADING", "BUSY"}
+    | {"TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT"}
+)
+
+
+def refuses_writes(exc: BaseException) -> str | None:
+    """The code of an error reply by which Redis refuses writes for a while (OOM,
+    READONLY, ...: :data:`_REFUSING_CODES`), else None (a connection error, or a reply
+    about this write itself: a script error, a key of the wrong type)."""
+    if not isinstance(exc, redis.ResponseError):
+        return None
+    for cls, code in _REFUSING_CLASSES:
+        if isinstance(exc, cls):
+            return code
+    code = str(exc).split(" ", 1)[0]
+    return code if code in _REFUSING_CODES else None
+
 
 def redacted(url: str) -> str:
-    """The URL without its password (for logs and errors: no secrets in logs): the user
-    part's, and a ``?password=`` option's (the client reads one there too)."""
+    """The URL without its passwords (for logs and errors: no secrets in logs): the user
+    part's, and a ``?password=`` option's (the client reads one there too), or any other
+    option named ``...password`` (a Sentinel URL's ``sentinel_password``)."""
     head, q, query = url.partition("?")
     if q:
         query = "&".join(
-            f"{name}=***" if unquote(name).lower() == "password" else item
+            f"{name}=***" if unquote(name).lower().endswith("password") else item
             for item in query.split("&")
             for name in [item.partition("=")[0]]
         )
@@ -115,8 +161,14 @@ class RedisLink:
         """The master's client through the sentinels (connects lazily: a router starts,
         and fails closed, while they are away)."""
         parsed = parse_sentinel(url)
+        asked = dict(self._options)  # the sentinels' own credentials, if they want some
+        if parsed.sentinel_password is not None:
+            asked["password"] = parsed.sentinel_password
+            asked["username"] = parsed.sentinel_username
         self._sentinels = Sentinel(  # type: ignore[no-untyped-call]
-            list(parsed.sentinels), sentinel_kwargs=dict(self._options)
+            list(parsed.sentinels),
+            sentinel_kwargs=asked,
+            min_other_sentinels=parsed.min_other_sentinels,
         )
         self._master_name = parsed.master
         return self._sentinels.master_for(  # type: ignore[no-untyped-call]
@@ -146,9 +198,22 @@ class RedisLink:
                         raise RedisError(f"Redis Cluster unreachable: {exc}") from None
         return self._client
 
-    def pipelined(self, fill: Callable[[Any], None], *, transaction: bool) -> list[Any]:
+    def reconnect(self) -> None:
+        """(On a worker thread.) Drop the client's connections, so that the next call
+        connects again: after READONLY, the server behind the URL is a replica now (a
+        failover), and a name resolved again (a DNS name that follows the master), or
+        the sentinels asked again, may give the new master. A Cluster's client follows
+        its nodes' redirections by itself."""
+        if self._client is not None and not self.cluster:
+            self._client.connection_pool.disconnect()
+
+    def pipelined(
+        self, fill: Callable[[Any], None], *, transaction: bool, raise_on_error: bool = True
+    ) -> list[Any]:
         """(On a worker thread.) The replies to what ``fill`` queues on a pipeline, one
-        round trip; ``transaction``: in one MULTI/EXEC.
+        round trip; ``transaction``: in one MULTI/EXEC. ``raise_on_error`` False: a
+        command's error reply is returned in its place (a transaction Redis discarded
+        whole, a command refused when queued, still raises).
 
         With :attr:`replicas` (a Sentinel URL), a ``WAIT`` follows on the same connection,
         and a write fewer replicas acknowledged within :attr:`wait_ms` counts only if
@@ -171,7 +236,7 @@ class RedisLink:
         if not self.replicas:
             pipe = self.client.pipeline(transaction=transaction)
             fill(pipe)
-            return pipe.execute()  # type: ignore[no-any-return]
+            return pipe.execute(raise_on_error=raise_on_error)  # type: ignore[no-any-return]
         client = self.client
         pipe = client.pipeline(transaction=False)
         conn = client.connection_pool.get_connection()
@@ -189,19 +254,24 @@ class RedisLink:
                 pipe.execute_command("EXEC")
             if want:
                 pipe.execute_command("WAIT", want, self.wait_ms)
-            replies = pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
         finally:
             pipe.reset()  # the connection back to the pool (execute did it, unless it raised)
+        if want and isinstance(replies[-1], Exception):
+            raise replies[-1]
         acked = int(replies[-1]) if want else 0
         if want:
             replies = replies[:-1]
         if transaction:
+            if isinstance(replies[-1], Exception):  # discarded (EXECABORT): say why
+                raise next((r for r in replies if isinstance(r, Exception)), replies[-1])
             replies = list(replies[-1] or ())
+        else:
+            replies = list(replies)
+        if raise_on_error:
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
-        else:
-            replies = list(replies)
         if acked >= self.replicas:
             if self._short:
                 self._short = False
@@ -226,7 +296,9 @@ class RedisLink:
         return replies
 
     def _the_master(self, address: tuple[str, int]) -> bool:
-        """Whether a sentinel names ``address`` as the master, with no failover under way."""
+        """Whether a sentinel names ``address`` as the master, with no failover under way
+        (the first that answers and sees ``?min_other_sentinels`` others: one sentinel's
+        word, as the client's own discovery takes it; the quorum is the sentinels')."""
         assert self._sentinels is not None
         for sentinel in self._sentinels.sentinels:
             try:
@@ -234,7 +306,9 @@ class RedisLink:
                 state = masters.get(self._master_name)
             except (redis.ConnectionError, redis.TimeoutError):
                 continue
-            if not state:
+            if not state or int(state.get("num-other-sentinels", 0)) < (
+                self._sentinels.min_other_sentinels
+            ):
                 continue
             flags = str(state.get("flags", ""))
             return (

@@ -5,12 +5,31 @@ KEYS[1]."""
 
 from __future__ import annotations
 
-__all__ = ["ADMIT", "COMMON", "WRITE"]
+__all__ = ["ADMIT", "COMMON", "LEASE_MAX_MS", "WRITE"]
 
-#: shared by both scripts: Redis's clock, saturating adds, and the reaper of the routers
-#: whose lease lapsed (their counters deleted, their holds charged and kept as forfeits);
-#: returns the streams open on live routers
-COMMON = """
+#: the longest lease a router takes (redis_quota.ALIVE_MS): a deadline further ahead than
+#: this from Redis's clock can only be one set before that clock went back (a restart or
+#: a failover onto a host whose clock is behind), and is counted from now instead
+LEASE_MAX_MS = 5000
+
+#: shared by both scripts: Redis's clock, the keys' types checked, saturating adds, and the
+#: reaper of the routers whose lease lapsed (their counters deleted, their holds charged
+#: and kept as forfeits; returns the streams open on live routers)
+COMMON = (
+    """
+-- each key of the script of its type (or absent), checked before anything is written:
+-- a key of another type (a clash with another user of the Redis, a hand edit) fails the
+-- script whole, with nothing written, instead of half-way (Redis undoes nothing), so
+-- that sending the write again later is exact (redis_quota: a rejected write)
+local function check(keys, types)
+  for i = 1, #keys do
+    local t = redis.call('TYPE', keys[i])['ok']
+    if t ~= 'none' and t ~= types[i] then
+      return redis.error_reply('WRONGTYPE the quota key ' .. keys[i] .. ' holds a ' .. t)
+    end
+  end
+  return nil
+end
 local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(t[1])
@@ -27,18 +46,28 @@ local function add(bkey, f, inc, cap)
   end
   return redis.call('HINCRBY', bkey, f, string.format('%.0f', inc))
 end
+local LEASE_MAX_MS = """
+    + str(LEASE_MAX_MS)
+    + """
 local function reap(ckey, hkey, fkey, bbase, me, now, cap, ttl_ms, win)
   local f = redis.call('HGETALL', ckey)
   local live, ndead = {}, 0
   for i = 1, #f, 2 do
     if string.sub(f[i], 1, 1) == '@' then
       local r = string.sub(f[i], 2)
-      if r == me or tonumber(f[i + 1]) > now then
+      local deadline = tonumber(f[i + 1])
+      if r == me or deadline > now then
         live[r] = true
+        if deadline > now + LEASE_MAX_MS then
+          -- set before Redis's clock went back: a router that died then would otherwise
+          -- be presumed alive (and its holds not count) for as long as the clock went back
+          redis.call('HSET', ckey, f[i], string.format('%.0f', now + LEASE_MAX_MS))
+        end
       else
         ndead = ndead + 1
-        -- its last flush number ('#' .. r) stays, for ttl_ms (below): a router only
-        -- cut off sends its last flush again when it is back, and that must count once
+        -- its last flush number (its own key, WRITE's KEYS[5]) stays, for ttl_ms: a
+        -- router only cut off sends its last flush again when it is back, and that must
+        -- count once
         redis.call('HDEL', ckey, f[i])
       end
     end
@@ -75,7 +104,7 @@ local function reap(ckey, hkey, fkey, bbase, me, now, cap, ttl_ms, win)
   for i = 1, #f, 2 do
     local kind = string.sub(f[i], 1, 1)
     if kind == '#' then
-      -- a router's last flush number (WRITE), kept for a retry's while: ttl_ms
+      -- an older router's last flush number (now a key per router), kept ttl_ms
       local at = tonumber(string.match(f[i + 1], ' (%S+)$') or '0')
       if at + ttl_ms < now then redis.call('HDEL', ckey, f[i]) end
     elseif kind ~= '@' then
@@ -94,6 +123,7 @@ local function lease(ckey, hkey, me, now, lease_ms, ttl_ms)
   if redis.call('EXISTS', hkey) == 1 then redis.call('PEXPIRE', hkey, ttl_ms) end
 end
 """
+)
 
 #: KEYS: budget (without its window), bucket, counters, holds, forfeits. ARGV: period,
 #: tokens limit, usd limit (-1: none), rate, burst, concurrent limit (-1: none), router,
@@ -109,6 +139,9 @@ local period = tonumber(ARGV[1])
 local win = math.floor(secs / period)
 local bkey = KEYS[1] .. ':' .. win
 local me, cap, ttl = ARGV[7], tonumber(ARGV[12]), math.max(period * 2000, 60000)
+local bad = check({bkey, KEYS[2], KEYS[3], KEYS[4], KEYS[5]},
+  {'hash', 'hash', 'hash', 'hash', 'hash'})
+if bad then return bad end
 local open = reap(KEYS[3], KEYS[4], KEYS[5], KEYS[1], me, now, cap, ttl, win)
 if redis.call('EXISTS', bkey) == 1 then redis.call('EXPIRE', bkey, period * 2) end
 local used_t = tonumber(redis.call('HGET', bkey, 't') or '0')
@@ -144,12 +177,15 @@ return {0, used_t, used_u, win, now}
 """
 )
 
-#: KEYS: budget (without its window), counters, holds, forfeits. ARGV: period, tokens,
+#: KEYS: budget (without its window), counters, holds, forfeits, the router's flush
+#: number (a key per router and tenant, expiring ttl after its last write: not in the
+#: counters, which every script reads whole). ARGV: period, tokens,
 #: usd, saturation, router, streams ended, lease_ms (0: no renewal), the router's flush
 #: number, then per hold: id, tokens, usd, 1 when its stream ended, and what the hold is
 #: set to once the usage is taken off it (tokens, usd; -1: unchanged). A flush number not
-#: above the router's last one (field ``#ROUTER`` of the counters: a retry of a write
-#: whose reply was lost) changes nothing and returns the totals. A hold found forfeited
+#: above the router's last one (KEYS[5]: a retry of a write whose reply was lost) changes
+#: nothing and returns the totals; the number is stored last, so a write that fails
+#: part-way (a script error) is not taken as applied when it is sent again. A hold found forfeited
 #: (its router was presumed dead, and it was charged) covers the usage it was charged
 #: for, and what is left of it is given back, to the period the hold was taken (and
 #: charged) in, when the stream ends: a router cut off for a while is charged exactly in
@@ -162,15 +198,16 @@ local period = tonumber(ARGV[1])
 local win = math.floor(secs / period)
 local bkey = KEYS[1] .. ':' .. win
 local cap, me, ttl = tonumber(ARGV[4]), ARGV[5], math.max(period * 2000, 60000)
+local bad = check({bkey, KEYS[2], KEYS[3], KEYS[4], KEYS[5]},
+  {'hash', 'hash', 'hash', 'hash', 'string'})
+if bad then return bad end
 reap(KEYS[2], KEYS[3], KEYS[4], KEYS[1], me, now, cap, ttl, win)
 local seq = tonumber(ARGV[8])
-local last = redis.call('HGET', KEYS[2], '#' .. me)
-if last and tonumber(string.match(last, '^(%S+)')) >= seq then
+local last = redis.call('GET', KEYS[5])
+if last and tonumber(last) >= seq then
   return {win, tonumber(redis.call('HGET', bkey, 't') or '0'),
           tonumber(redis.call('HGET', bkey, 'u') or '0'), now}
 end
-redis.call('HSET', KEYS[2], '#' .. me, string.format('%.0f %.0f', seq, now))
-redis.call('PEXPIRE', KEYS[2], ttl)
 local dt, du = tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 9, #ARGV, 6 do
   local id, ut, uu, done = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
@@ -220,6 +257,7 @@ if ended > 0 then
 end
 local lease_ms = tonumber(ARGV[7])
 if lease_ms > 0 then lease(KEYS[2], KEYS[3], me, now, lease_ms, ttl) end
+redis.call('SET', KEYS[5], string.format('%.0f', seq), 'PX', ttl)
 return out
 """
 )

@@ -36,8 +36,9 @@ yet written when it died is covered.
   Cluster): the usage, the holds' settlements, the streams ended, the lease renewal;
   queued in the process and written by :meth:`RedisQuotaStore.run` as soon as they are.
   Each flush carries its number; the script keeps each router's last one per tenant
-  (field ``#ROUTER`` of the counters, kept for two periods or a minute after the
-  router's last write, its lease lapsed or not) and skips a flush it has already applied,
+  (key ``q:{T}:n:ROUTER``, expiring two periods or a minute after the router's last
+  write, its lease lapsed or not: not a field of ``q:{T}:c``, which every script reads
+  whole and which would grow with every router restart) and skips a flush it has already applied,
   so a flush whose reply was lost (a connection cut after EXEC, a failover) is sent
   again, whole and with the same number, until it is confirmed, and counts once (a retry
   later than that, after a cut of over a minute and two periods, could count twice). With Redis
@@ -52,6 +53,15 @@ lease (or all of them, after Redis was down that long) is presumed dead: its hol
 charged and kept as *forfeits* (``q:{T}:f``); when it writes again, a forfeit covers the
 usage it was charged for, and the rest is given back at the stream's end in the same
 period, so the count is high while the router is away and exact in the end.
+
+Redis refusing writes for a while (OOM, READONLY...: :func:`.link.refuses_writes`) is
+Redis away for the writer: the flush is kept and sent again, and admission refuses at
+once (EAGENTDOWN) until a flush went through; READONLY also drops the connections (a
+failover). A write Redis rejects for itself (a script error, a key of another type: the
+scripts check their keys before writing anything, and store the flush number last, so it
+changed nothing) puts its tenant's usage back in the queue, merged, sent again after
+:data:`REJECT_RETRY_S` doubling to :data:`REJECT_RETRY_MAX_S`; that tenant's streams are
+refused meanwhile, the others' writes go on. Both are counted in :attr:`write_errors`.
 """
 
 from __future__ import annotations
@@ -64,7 +74,7 @@ from typing import Any
 
 import trio
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, ResponseError
 
 from atp_proto.frames import ATPError, BudgetWindow, ErrorCode
 from atp_proto.router.quota import (
@@ -77,15 +87,15 @@ from atp_proto.router.quota import (
     refuse_rate,
 )
 
-from .link import LuaScript, RedisError, RedisLink, redacted
-from .quota_scripts import ADMIT, WRITE
+from .link import LuaScript, RedisError, RedisLink, redacted, refuses_writes
+from .quota_scripts import ADMIT, LEASE_MAX_MS, WRITE
 
 __all__ = ["ALIVE_MS", "RedisQuotaStore", "key_tag"]
 
 log = logging.getLogger("atp.router")
 
 #: a router's lease on a tenant's counters and holds lasts this long; renewed every second
-ALIVE_MS = 5000
+ALIVE_MS = LEASE_MAX_MS
 #: while Redis is known to be away, admission asks it at most this often (the others are
 #: refused at once instead of each waiting for a timeout)
 PROBE_S = 0.5
@@ -94,11 +104,20 @@ PROBE_S = 0.5
 STOP_WAIT_S = 0.5
 #: tenants whose last known totals are kept (for the streams' shared-remainder check)
 MAX_KNOWN = 100_000
+#: a tenant whose write Redis rejected (a script error) is written again after this, the
+#: wait doubling to REJECT_RETRY_MAX_S while it fails
+REJECT_RETRY_S = 1.0
+REJECT_RETRY_MAX_S = 30.0
 
 #: counters saturate here (2^53, exact in Lua's doubles): usage past it means "at least
 #: this much" (ATP-BUDGET-012), and an adapter's absurd figure cannot make HINCRBY
 #: overflow, which would fail every later write of this router (and refuse every stream)
 SATURATE = 2**53
+
+
+#: a flush until Redis confirmed it: (its number, its calls (tenant, period, keys, args),
+#: the charges queued by then, what it carries per tenant)
+_Flush = tuple[int, list[tuple[str, int, list[str], list[Any]]], int, dict[str, "_Due"]]
 
 
 @dataclass(slots=True)
@@ -112,6 +131,21 @@ class _Due:
     #: id -> [tokens, usd, done, share tokens, share usd] (the last two: the share the hold
     #: is resized to, less all its stream charged by the write; -1: unchanged)
     holds: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, later: _Due) -> None:
+        """Fold ``later`` (what was queued after this) into this one: one write."""
+        self.period = max(self.period, later.period)
+        self.tokens = min(SATURATE, self.tokens + later.tokens)
+        self.usd = min(SATURATE, self.usd + later.usd)
+        self.ended += later.ended
+        for hid, (t, u, done, st, su) in later.holds.items():
+            h = self.holds.setdefault(hid, [0, 0, 0, -1, -1])
+            h[0], h[1] = min(SATURATE, h[0] + t), min(SATURATE, h[1] + u)
+            h[2] = max(h[2], done)
+            if st >= 0:
+                h[3] = st
+            if su >= 0:
+                h[4] = su
 
 
 class RedisQuotaStore:
@@ -148,15 +182,32 @@ class RedisQuotaStore:
         #: hold id -> [tokens, usd] its stream charged so far (for resize_hold)
         self._hold_used: dict[str, list[int]] = {}
         self._seq = 0  #: flushes numbered: a write retried with its number counts once
-        #: the last flush, until Redis confirmed it: (seq, calls, charges queued by then)
-        self._unconfirmed: tuple[int, list[tuple[str, int, list[str], list[Any]]], int] | None
-        self._unconfirmed = None
+        #: the last flush, until Redis confirmed it: (seq, calls, charges queued by then,
+        #: what it carries per tenant)
+        self._unconfirmed: _Flush | None = None
+        #: quota scripts Redis answered with an error (atp_redis_write_errors_total):
+        #: ``refused``, Redis refusing writes for a while (OOM, READONLY...: the flush is
+        #: kept and sent again, the router refuses streams meanwhile); ``rejected``, a
+        #: write that failed in Redis for itself (a script error: its tenant's usage is
+        #: put back in the queue and its streams refused, the other tenants go on)
+        self.write_errors = {"refused": 0, "rejected": 0}
+        #: the code of Redis's refusal of the writer's last flush (OOM, READONLY...);
+        #: None once a flush went through. While set, admission refuses at once
+        self._refusing: str | None = None
+        #: tenant -> (not written again before, the wait doubling): writes rejected
+        self._rejected: dict[str, tuple[float, float]] = {}
 
     def _keys(self, tenant: str) -> tuple[str, str, str, str, str]:
         """The tenant's keys (budget, bucket, counters, holds, forfeits), all with the
         hash tag ``{tenant}`` (one Cluster slot; :func:`key_tag`)."""
         base = f"{self.link.prefix}q:{{{key_tag(tenant)}}}"
         return f"{base}:b", f"{base}:r", f"{base}:c", f"{base}:h", f"{base}:f"
+
+    def _seq_key(self, tenant: str) -> str:
+        """This router's last flush number for ``tenant`` (a key of its own, expiring on
+        its own: the counters, which every script reads whole, stay as small as the
+        routers alive, however often routers restart)."""
+        return f"{self.link.prefix}q:{{{key_tag(tenant)}}}:n:{self.link.router_id}"
 
     # ------------------------------------------------------------------ the store
 
@@ -188,6 +239,13 @@ class RedisQuotaStore:
             SATURATE,
         ]
         now = trio.current_time()
+        if self._refusing is not None:
+            # Redis refuses this router's writes (the writer sends them again): fail
+            # closed as when it is away, until a write went through
+            raise self._unreachable(self._refusing)
+        rejected = self._rejected.get(tenant)
+        if rejected is not None and (now < rejected[0] or tenant in self._pending):
+            raise self._unreachable("rejected")  # until a write of the tenant went through
         if not self.up and now - self._tried < PROBE_S:
             raise self._unreachable()  # known down: answer at once, probe twice a second
         self._tried = now
@@ -214,7 +272,21 @@ class RedisQuotaStore:
         try:
             reply = await self.link.call(ask)
         except RedisError as exc:
+            code = refuses_writes(exc)
+            if isinstance(exc, ResponseError) and code is None:
+                # an error about this admission (a key of the wrong type: the script
+                # checks them before writing anything): the tenant alone fails closed
+                self.write_errors["rejected"] += 1
+                self._reject([tenant], exc)
+                raise self._unreachable("rejected") from None
             self._went_down(exc)
+            if code is not None:
+                # refused before the script wrote anything (a refusal comes at a
+                # script's first write): nothing to count out
+                self.write_errors["refused"] += 1
+                if code == "READONLY":
+                    await self.link.call(self.link.reconnect)
+                raise self._unreachable(code) from None
             # the script may have run and its answer been lost: drop the hold, and count
             # the stream out (else this router's own admissions, which never reap its
             # counter, would refuse the tenant's last slot for as long as it lives). Had
@@ -232,6 +304,8 @@ class RedisQuotaStore:
                 self._wake.set()
             raise self._unreachable() from None
         self._came_back()
+        if rejected is not None:
+            self._rejected.pop(tenant, None)
         status, a, b, win, redis_ms = (int(x) for x in reply)
         self._tick(redis_ms)
         if status not in {2, 3}:
@@ -251,11 +325,18 @@ class RedisQuotaStore:
         return Grant(g.tokens_left, g.usd_left, hold or None)
 
     @staticmethod
-    def _unreachable() -> ATPError:
+    def _unreachable(why: str | None = None) -> ATPError:
+        """EAGENTDOWN: Redis away (``why`` None), refusing writes (``why`` its code), or
+        rejecting this tenant's (``"rejected"``)."""
+        if why is None:
+            state = "is unreachable"
+        elif why == "rejected":
+            state = "refuses this tenant's writes"
+        else:
+            state = f"refuses writes ({why})"
         return ATPError(
             ErrorCode.EAGENTDOWN,
-            "the quota store (Redis) is unreachable: the router refuses streams it "
-            "cannot account for",
+            f"the quota store (Redis) {state}: the router refuses streams it cannot account for",
             retry_after_ms=STORE_DOWN_RETRY_MS,
         )
 
@@ -286,9 +367,12 @@ class RedisQuotaStore:
         w, t, u = self._known.get(tenant, (win, 0, 0))
         if w != win:
             t = u = 0
-        p = self._pending.get(tenant)
-        if p is not None:
-            t, u = t + p.tokens, u + p.usd
+        for p in (
+            self._pending.get(tenant),
+            None if self._unconfirmed is None else self._unconfirmed[3].get(tenant),
+        ):
+            if p is not None:  # not written yet (or not confirmed: counted high, not low)
+                t, u = t + p.tokens, u + p.usd
         return t, u
 
     def charge(
@@ -379,8 +463,9 @@ class RedisQuotaStore:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Until cancelled: write what is queued as soon as it is (one pipelined call at a
-        time), and renew this router's leases every second; on failure keep the queue and
-        retry with backoff (0.1 s doubling to 2 s). A last write when cancelled."""
+        time), and renew this router's leases every second; when Redis is away or refuses
+        writes (OOM, READONLY...) keep the flush and the queue and retry with backoff (0.1 s
+        doubling to 2 s; admission fails closed meanwhile). A last write when cancelled."""
         backoff = 0.1
         last_renewal = trio.current_time()
         task_status.started()
@@ -393,6 +478,12 @@ class RedisQuotaStore:
                 try:
                     await self._flush(renew)
                 except RedisError as exc:
+                    code = refuses_writes(exc)
+                    if code is not None:
+                        self.write_errors["refused"] += 1
+                        self._refusing = code
+                        if code == "READONLY":  # a demoted master: a failover
+                            await self.link.call(self.link.reconnect)
                     self._went_down(exc)
                     await trio.sleep(backoff)
                     backoff = min(2.0, backoff * 2)
@@ -434,13 +525,23 @@ class RedisQuotaStore:
     async def _flush(self, renew: bool) -> None:
         """Write a flush not yet confirmed (again, with its number: a write whose reply
         was lost, or that too few replicas acknowledged, is counted once), then what is
-        queued."""
+        queued (but a tenant whose write Redis rejected, until its retry is due)."""
         if self._unconfirmed is not None:
             await self._send(*self._unconfirmed)
             self._unconfirmed = None
-        batch, self._pending = self._pending, {}
+        now = trio.current_time()
+        held = {t for t, (at, _) in self._rejected.items() if now < at}
+        if held:
+            batch = {t: d for t, d in self._pending.items() if t not in held}
+            self._pending = {t: d for t, d in self._pending.items() if t in held}
+        else:
+            batch, self._pending = self._pending, {}
         queued = self._queued
-        renewals = {t: p for t, (_, p) in self._leased.items() if t not in batch} if renew else {}
+        renewals = (
+            {t: p for t, (_, p) in self._leased.items() if t not in batch and t not in held}
+            if renew
+            else {}
+        )
         if not batch and not renewals:
             if renew:  # idle: a PING a second keeps `up` (atp_redis_up) true to Redis
                 await self.link.call(self.link.client.ping)
@@ -459,65 +560,141 @@ class RedisQuotaStore:
                 rt = -1 if st < 0 else max(0, st - used[0])
                 ru = -1 if su < 0 else max(0, su - used[1])
                 args += [hid, t, u, done, rt, ru]
-            calls.append((tenant, due.period, [bkey, ckey, hkey, fkey], args))
+            keys = [bkey, ckey, hkey, fkey, self._seq_key(tenant)]
+            calls.append((tenant, due.period, keys, args))
         for tenant, period in renewals.items():
             bkey, _, ckey, hkey, fkey = self._keys(tenant)
             args = [period, 0, 0, SATURATE, router, 0, lease_ms, seq]
-            calls.append((tenant, period, [bkey, ckey, hkey, fkey], args))
-        self._unconfirmed = (seq, calls, queued)
-        await self._send(seq, calls, queued)
+            calls.append((tenant, period, [bkey, ckey, hkey, fkey, self._seq_key(tenant)], args))
+        self._unconfirmed = (seq, calls, queued, batch)
+        await self._send(seq, calls, queued, batch)
         self._unconfirmed = None
 
     async def _send(
-        self, seq: int, calls: list[tuple[str, int, list[str], list[Any]]], queued: int
+        self,
+        seq: int,
+        calls: list[tuple[str, int, list[str], list[Any]]],
+        queued: int,
+        batch: dict[str, _Due],
     ) -> None:
-        """Write flush ``seq``; the charges queued up to ``queued`` are then stored.
+        """Write flush ``seq``; the charges queued up to ``queued`` are then stored, but
+        those of a tenant whose write Redis rejected (a script error, a key of the wrong
+        type: it would fail again as it is), which go back to the queue from ``batch``,
+        merged with what came since, and are sent again later in a flush of their own
+        number (the script writes nothing before it checked the keys, and its number
+        last: a rejected write changed nothing).
 
         Raises:
-            RedisError: not (all) written: the caller keeps the flush and sends it again.
+            RedisError: Redis away, or refusing writes (:func:`.link.refuses_writes`):
+                not (all) written, the caller keeps the flush and sends it again.
         """
         groups = _by_slot(calls) if self.link.cluster else [calls]
 
-        def write() -> tuple[list[tuple[str, int, Any]], Exception | None]:
+        def write() -> tuple[list[tuple[Any, Any]], Exception | None]:
             # MULTI/EXEC: a group is written whole or not at all. One group on one Redis;
             # on a Cluster one per slot (a transaction cannot span slots). A group sent
             # again after a failure is skipped per tenant by the flush's number (the
-            # script keeps each router's last one), so a lost reply counts nothing twice
-            written: list[tuple[str, int, Any]] = []
+            # script keeps each router's last one), so a lost reply counts nothing twice.
+            # Each call's reply, or its error reply (the others in the group are written)
+            done: list[tuple[Any, Any]] = []
             for group in groups:
+
+                def fill(pipe: Any, group: Any = group) -> None:
+                    for _, _, keys, args in group:
+                        self._write(keys, args, client=pipe)
+
                 try:
-
-                    def fill(pipe: Any, group: Any = group) -> None:
-                        for _, _, keys, args in group:
-                            self._write(keys, args, client=pipe)
-
-                    replies = self.link.pipelined(fill, transaction=True)
-                    written += [(c[0], c[1], r) for c, r in zip(group, replies, strict=True)]
+                    replies = self.link.pipelined(fill, transaction=True, raise_on_error=False)
+                except ResponseError as exc:  # the transaction discarded: why, for each
+                    replies = [exc] * len(group)
                 except (RedisError, RedisClusterException) as exc:
-                    return written, exc
-            return written, None
+                    return done, exc
+                done += list(zip(group, replies, strict=True))
+            return done, None
 
-        written, error = await self.link.call(write)
-        for tenant, _, (win, t, u, redis_ms) in written:
+        done, error = await self.link.call(write)
+        refused: Exception | None = None
+        rejected: list[tuple[str, Exception]] = []
+        back: list[str] = []
+        for (tenant, _, _, _), reply in done:
+            if isinstance(reply, Exception):
+                if refuses_writes(reply) is not None:
+                    refused = refused or reply
+                else:
+                    rejected.append((tenant, reply))
+                continue
+            win, t, u, redis_ms = reply
             self._tick(int(redis_ms))
             self._know(tenant, int(win), int(t), int(u))
+            if self._rejected.pop(tenant, None) is not None:
+                back.append(tenant)
         if error is not None:
             raise RedisError(str(error))
+        if refused is not None:
+            raise refused  # kept whole and sent again (the rejected ones with it)
+        if rejected:
+            self.write_errors["rejected"] += len(rejected)
+            self._reject([t for t, _ in rejected], rejected[0][1])
+            for tenant, _ in rejected:
+                due = batch.get(tenant)
+                if due is None:
+                    continue  # a renewal: the next one renews
+                later = self._pending.pop(tenant, None)
+                if later is not None:
+                    due.add(later)
+                self._pending[tenant] = due
+        if back:
+            log.info(
+                "Redis takes the quota writes of the tenant again: its usage is written",
+                extra={"tenant": back[0], "tenants": len(back)},
+            )
         self._written = queued
         self._flushed.set()
         self._flushed = trio.Event()
+
+    def _reject(self, tenants: list[str], exc: Exception) -> None:
+        """Redis answered writes (an admission, a flush) of ``tenants`` with an error about
+        themselves: each fails closed (its streams refused) and is written again after a
+        wait, doubling while it fails. One log line for those newly in that state."""
+        now = trio.current_time()
+        new = [t for t in tenants if t not in self._rejected]
+        for tenant in tenants:
+            _, wait = self._rejected.get(tenant, (0.0, REJECT_RETRY_S / 2))
+            wait = min(REJECT_RETRY_MAX_S, wait * 2)
+            self._rejected[tenant] = (now + wait, wait)
+        if len(self._rejected) > MAX_KNOWN:  # bounded: forget those with nothing queued
+            for name in [t for t in self._rejected if t not in self._pending][: MAX_KNOWN // 2]:
+                del self._rejected[name]
+        if new:
+            log.error(
+                "Redis rejected a quota write (an error about the write, not Redis being "
+                "away: a script error, a key of the wrong type): the tenant's usage stays "
+                "queued in this router and is sent again with backoff; its new streams are "
+                "refused (EAGENTDOWN) until a write goes through",
+                extra={
+                    "redis": redacted(self.link.url),
+                    "tenant": new[0],
+                    "tenants": len(new),
+                    "error": str(exc)[:300],
+                },
+            )
 
     # ------------------------------------------------------------------ health
 
     def _went_down(self, exc: Exception) -> None:
         if self.up:
             self.up = False
+            code = refuses_writes(exc)
             log.warning(
-                "Redis unreachable: new streams are refused (EAGENTDOWN) until it answers",
-                extra={"redis": redacted(self.link.url), "error": str(exc)},
+                "Redis unreachable: new streams are refused (EAGENTDOWN) until it answers"
+                if code is None
+                else f"Redis refuses writes ({code}): new streams are refused (EAGENTDOWN) "
+                "and the usage stays queued until a write goes through",
+                extra={"redis": redacted(self.link.url), "error": str(exc)[:300]},
             )
 
     def _came_back(self) -> None:
+        self._refusing = None
         if not self.up:
             self.up = True
             log.info("Redis reachable again", extra={"redis": redacted(self.link.url)})

@@ -5,13 +5,18 @@ configuration checks a URL at start without loading the client).
 ``rediss+sentinel://``: TLS to the master) names the Redis Sentinels that watch a master
 called ``MASTER_NAME``: the router asks them where the master is, and asks again after a
 failover (README "Which Redis"). The credentials are the master's (and its replicas');
-the sentinels are asked without them. ``?replicas=N`` (default 1): the replicas that
-must acknowledge every quota write (``WAIT``, at most ``?wait_ms=N``, default 50)
-before the router counts it as stored without asking the sentinels whether the server is
-still the master; 0 trusts the master alone (Redis replication is asynchronous: a
-failover may then lose the writes the old master acknowledged last). A master the
-sentinels confirmed short of replicas is written to for a second without waiting for
-the missing ones (:meth:`.link.RedisLink.pipelined`).
+the sentinels are asked without them, or with ``?sentinel_password=PW`` (and
+``&sentinel_username=USER`` for an ACL user) when they require one (``requirepass`` in
+sentinel.conf); every password is kept out of logs (:func:`.link.redacted`).
+``?min_other_sentinels=N`` (default 0): a sentinel is believed only when it sees at
+least N other sentinels (one cut off on the minority side of a partition is not).
+``?replicas=N`` (default 1): the replicas that must acknowledge every quota write
+(``WAIT``, at most ``?wait_ms=N``, default 50) before the router counts it as stored
+without asking the sentinels whether the server is still the master; 0 trusts the
+master alone (Redis replication is asynchronous: a failover may then lose the writes the
+old master acknowledged last). A master the sentinels confirmed short of replicas is
+written to for a second without waiting for the missing ones
+(:meth:`.link.RedisLink.pipelined`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ class SentinelURL:
     ssl: bool = False
     replicas: int = 1  #: replicas that must acknowledge a quota write (``?replicas=N``)
     wait_ms: int = 50  #: how long a write waits for them (``?wait_ms=N``, at least 1)
+    sentinel_username: str | None = None  #: the sentinels' own (``?sentinel_username=``)
+    sentinel_password: str | None = None  #: the sentinels' own (``?sentinel_password=``)
+    #: a sentinel is believed only when it sees this many others (``?min_other_sentinels=``)
+    min_other_sentinels: int = 0
 
 
 def parse_sentinel(url: str) -> SentinelURL:
@@ -69,7 +78,8 @@ def parse_sentinel(url: str) -> SentinelURL:
     if not master or "/" in master:
         raise ValueError(f"{_USAGE}: the path names the master (as in 'sentinel monitor NAME')")
     options = parse_qs(query, keep_blank_values=True)
-    unknown = set(options) - {"db", "replicas", "wait_ms"}
+    known = {"db", "replicas", "wait_ms", "sentinel_username", "sentinel_password"}
+    unknown = set(options) - known - {"min_other_sentinels"}
     if unknown:
         raise ValueError(f"{_USAGE}: unknown option(s) {', '.join(sorted(unknown))}")
     db_text = options.get("db", ["0"])[-1]
@@ -79,6 +89,9 @@ def parse_sentinel(url: str) -> SentinelURL:
     wait_ms = options.get("wait_ms", ["50"])[-1]
     if not replicas.isdigit() or not wait_ms.isdigit() or int(wait_ms) < 1:
         raise ValueError(f"{_USAGE}: replicas and wait_ms must be whole numbers (wait_ms >= 1)")
+    others = options.get("min_other_sentinels", ["0"])[-1]
+    if not others.isdigit():
+        raise ValueError(f"{_USAGE}: min_other_sentinels must be a whole number")
     return SentinelURL(
         tuple(sentinels),
         master,
@@ -88,6 +101,9 @@ def parse_sentinel(url: str) -> SentinelURL:
         scheme.startswith("rediss"),
         int(replicas),
         int(wait_ms),
+        options.get("sentinel_username", [""])[-1] or None,
+        options.get("sentinel_password", [""])[-1] or None,
+        int(others),
     )
 
 
