@@ -336,3 +336,69 @@ def test_h2_request_path_replaced_by_send_request_is_of_the_pinned_h2() -> None:
     assert machine._transitions[(cs.IDLE, ci.SEND_HEADERS)] == (None, cs.CLIENT_OPEN)
     assert machine._transitions[(cs.CLIENT_OPEN, ci.SEND_HEADERS)] == (None, cs.CLIENT_OPEN)
     assert machine._transitions[(cs.CLIENT_OPEN, ci.SEND_DATA)] == (None, cs.CLIENT_OPEN)
+
+
+def test_h2_response_headers_path_replaced_by_receive_headers_is_of_the_pinned_h2() -> None:
+    """adapters/grpc/_h2_fastpath.py's Connection.receive_headers decodes a response's
+    header block with h2's ``_decode_headers`` and, for a plain block, updates the stream
+    as h2's ``receive_headers`` does; otherwise it runs the rest of h2's
+    ``_receive_headers_frame`` (tests/adapters/test_grpc_receive_headers.py checks it
+    against h2 itself). The h2 functions, transitions, attributes and frame flags it
+    relies on must be the ones it was written against."""
+    import hashlib
+
+    import h2.stream
+    import h2.utilities as u
+    from hyperframe.frame import HeadersFrame
+
+    c, s = h2.connection, h2.stream
+    parts = [
+        c.H2Connection.receive_data,
+        c.H2Connection._receive_headers_frame,
+        c._decode_headers,
+        s.H2Stream.receive_headers,
+        s.H2Stream._initialize_content_length,
+        s.H2Stream._process_received_headers,
+        s.H2StreamStateMachine.response_received,
+        s.H2StreamStateMachine.stream_ended,
+        u.is_informational_response,
+        u.validate_headers,
+        u.normalize_inbound_headers,
+        u._reject_illegal_characters,
+        u._reject_empty_header_names,
+        u._reject_te,
+        u._reject_connection_header,
+    ]
+    src = "".join(inspect.getsource(f) for f in parts)
+    assert hashlib.sha256(src.encode()).hexdigest() == _h2_fastpath.H2_RECEIVE_HEADERS_SHA256, (
+        "h2's response-headers path changed: check _h2_fastpath.Connection.receive_headers"
+    )
+    st, si = s.StreamState, s.StreamInputs
+    table = s._transitions
+    assert table[(st.HALF_CLOSED_LOCAL, si.RECV_HEADERS)] == (
+        s.H2StreamStateMachine.response_received,
+        st.HALF_CLOSED_LOCAL,
+    )
+    assert table[(st.HALF_CLOSED_LOCAL, si.RECV_END_STREAM)] == (
+        s.H2StreamStateMachine.stream_ended,
+        st.CLOSED,
+    )
+    cs, ci = c.ConnectionState, c.ConnectionInputs
+    machine = c.H2ConnectionStateMachine
+    assert machine._transitions[(cs.CLIENT_OPEN, ci.RECV_HEADERS)] == (None, cs.CLIENT_OPEN)
+    assert dict(HeadersFrame.defined_flags) == {
+        "END_STREAM": 0x01, "END_HEADERS": 0x04, "PADDED": 0x08, "PRIORITY": 0x20
+    }  # fmt: skip
+    # the attributes it reads and writes, on a client stream with its response in
+    conn, sid = _h2_client_with_open_stream()
+    sm = conn.streams[sid].state_machine
+    assert (sm.client, sm.headers_received, sm.trailers_received, sm.stream_closed_by) == (
+        True,
+        True,
+        None,
+        None,
+    )
+    assert conn.streams[sid]._expected_content_length is None
+    for name in ("decoder", "_terminate_connection", "_get_or_create_stream"):
+        assert hasattr(conn, name), name
+    assert callable(conn._prepare_for_sending)

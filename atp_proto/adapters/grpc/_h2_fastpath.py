@@ -48,7 +48,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.stream
-from h2.connection import AllowedStreamIDs
+import h2.utilities
+from h2.connection import AllowedStreamIDs, _decode_headers
 from hpack import Encoder
 from hpack.table import HeaderTable
 from hyperframe.frame import Frame, RstStreamFrame
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "H2_RECEIVE_FRAME_SHA256",
+    "H2_RECEIVE_HEADERS_SHA256",
     "H2_SEND_REQUEST_SHA256",
     "Connection",
     "StatelessEncoder",
@@ -75,7 +77,84 @@ H2_RECEIVE_FRAME_SHA256 = "39b2e16b4fd74ed014ca144a0c6e388aef3dc51f116d6f0a874b7
 #: ``H2Stream._build_headers_frames``, ``H2StreamStateMachine.request_sent``), joined
 H2_SEND_REQUEST_SHA256 = "0e2b2fe638aa5d11c69d3149122b518780990aed261bb4dbe0e91808f84d2337"
 
+#: sha256 of ``inspect.getsource`` of the h2 4.4.1 functions :meth:`Connection.receive_headers`
+#: stands in for or calls (``H2Connection.receive_data``, ``H2Connection._receive_headers_frame``,
+#: ``_decode_headers``, ``H2Stream.receive_headers``, ``H2Stream._initialize_content_length``,
+#: ``H2Stream._process_received_headers``, ``H2StreamStateMachine.response_received``,
+#: ``H2StreamStateMachine.stream_ended``, ``utilities.is_informational_response``,
+#: ``utilities.validate_headers``, ``utilities.normalize_inbound_headers`` and the checks
+#: it runs per field: ``_reject_illegal_characters``, ``_reject_empty_header_names``,
+#: ``_reject_te``, ``_reject_connection_header``), joined
+H2_RECEIVE_HEADERS_SHA256 = "068974700f6e5ff814ee68e0ed3237e2550b1a868e19304fc58b0ccdb226587f"
+
 _CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
+_CLOSED = h2.stream.StreamState.CLOSED
+_RECV_END_STREAM = h2.stream.StreamClosedBy.RECV_END_STREAM
+_RECV_HEADERS = h2.connection.ConnectionInputs.RECV_HEADERS
+_REGULAR = 1  #: a field that passed h2's per-field checks, name not a pseudo-header
+_STATUS = 2  #: a ``:status`` field that passed them, not 1xx
+#: names whose fields h2 transforms or reads (cookies joined, content-length checked)
+_SPECIAL_NAMES = frozenset((b"cookie", b"content-length"))
+
+
+def _field_kind(field: tuple[bytes, bytes]) -> int:
+    """:data:`_REGULAR` or :data:`_STATUS` for a field h2's per-field checks accept (run
+    here, h2's own generators), 0 for one h2 rejects, transforms or reads."""
+    name = field[0]
+    if not isinstance(name, bytes) or not isinstance(field[1], bytes):
+        return 0
+    if name in _SPECIAL_NAMES:
+        return 0
+    u = h2.utilities
+    flags = u.HeaderValidationFlags(False, False, False, False)  # unused by these four
+    try:
+        for _ in u._reject_connection_header(
+            u._reject_te(
+                u._reject_empty_header_names(u._reject_illegal_characters([field], flags), flags),
+                flags,
+            ),
+            flags,
+        ):
+            pass
+    except h2.exceptions.ProtocolError:
+        return 0
+    if name[:1] != b":":
+        return _REGULAR
+    if name == b":status" and field[1][:1] != b"1":
+        return _STATUS
+    return 0
+
+
+#: fields already checked -> their kind (bounded: cleared when full)
+_KINDS: dict[tuple[bytes, bytes], int] = {}
+_MAX_KINDS = 512
+
+
+def _plain_block(headers: list[Any], trailers: bool, end_stream: bool) -> bool:
+    """Whether h2 accepts ``headers`` (a decoded response block, or trailers) unchanged:
+    h2's validation and normalisation would return the same list and raise nothing, and
+    its ``receive_headers`` take the plain response / trailers transitions."""
+    kinds = _KINDS
+    if trailers:
+        if not end_stream:
+            return False  # h2: "Trailers must have END_STREAM set"
+        first = 0
+    else:
+        if not headers:
+            return False
+        first = 1
+    for i, field in enumerate(headers):
+        kind = kinds.get(field)
+        if kind is None:
+            kind = _field_kind(field)
+            if len(kinds) >= _MAX_KINDS:
+                kinds.clear()
+            kinds[(field[0], field[1])] = kind
+        if kind != (_STATUS if i < first else _REGULAR):
+            return False
+    return True
+
+
 _IDLE = h2.connection.ConnectionState.IDLE
 _HALF_CLOSED_LOCAL = h2.stream.StreamState.HALF_CLOSED_LOCAL
 _FAST_STATES = frozenset((h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL))
@@ -257,6 +336,66 @@ class Connection(h2.connection.H2Connection):
         )
         return True
 
+    def receive_headers(
+        self, stream_id: int, block: bytes, end_stream: bool
+    ) -> tuple[bool, list[Any]] | None:
+        """A HEADERS frame with END_HEADERS, no padding and no priority, received on
+        ``stream_id``, as ``receive_data`` of it would take it.
+
+        None (nothing changed) when h2 must see the frame itself: the connection not
+        open, the stream unknown or not half-closed by us, its trailers already in, a
+        HEAD request. Otherwise the block is decoded by h2's ``_decode_headers`` (the
+        dynamic table moves as in h2), and returns either ``(True, headers)`` (a plain
+        response or trailers: the stream updated as h2's ``receive_headers`` updates it,
+        no event built; the caller acts as on ``ResponseReceived`` /
+        ``TrailersReceived`` and, with ``end_stream``, ``StreamEnded``) or, when the
+        block is anything else, ``(False, events)``: h2's own events from the rest of
+        ``_receive_headers_frame``. A ``ProtocolError`` queues h2's GOAWAY and
+        propagates, as in ``receive_data``.
+        """
+        if self.state_machine.state is not _CLIENT_OPEN or self.config.header_encoding:
+            return None
+        st = self.streams.get(stream_id)
+        if st is None:
+            return None
+        sm = st.state_machine
+        if (
+            sm.state is not _HALF_CLOSED_LOCAL
+            or sm.trailers_received
+            or sm.client is not True
+            or st.request_method == b"HEAD"
+        ):
+            return None
+        try:
+            headers = _decode_headers(self.decoder, block)  # h2's: hpack's table, h2's errors
+            if not isinstance(headers, list):  # hpack returns a list
+                headers = list(headers)
+            trailers = bool(sm.headers_received)
+            if _plain_block(headers, trailers, end_stream):
+                # HALF_CLOSED_LOCAL --RECV_HEADERS (response_received)--> HALF_CLOSED_LOCAL
+                if trailers:
+                    sm.trailers_received = True
+                else:
+                    sm.headers_received = True
+                if end_stream:  # --RECV_END_STREAM (stream_ended)--> CLOSED
+                    sm.state = _CLOSED
+                    sm.stream_closed_by = _RECV_END_STREAM
+                st._expected_content_length = None  # no content-length field, not HEAD
+                return True, headers
+            # h2's _receive_headers_frame after its decode (no PRIORITY flag here)
+            events = self.state_machine.process_input(_RECV_HEADERS)
+            stream = self._get_or_create_stream(
+                stream_id, AllowedStreamIDs(not self.config.client_side)
+            )
+            frames, stream_events = stream.receive_headers(
+                headers, end_stream, self.config.header_encoding
+            )
+            self._prepare_for_sending(frames)
+            return False, events + stream_events
+        except h2.exceptions.ProtocolError as e:  # as H2Connection.receive_data
+            self._terminate_connection(e.error_code)
+            raise
+
     def _receive_frame(self, frame: Frame) -> list[h2.events.Event]:
         """h2 4.4.1's ``_receive_frame`` without ``logger.trace("...", repr(frame))``,
         whose argument is built even when the logger is h2's no-op default."""
@@ -294,8 +433,10 @@ def feed(ch: H2Channel, data: bytes) -> bytes:
     DATA frames of open calls (no padding, no END_STREAM) take a fast path: the
     frame header is parsed here and h2's flow-control and stream state are updated
     exactly as ``H2Connection.receive_data`` would, without building h2's frame and
-    event objects (about half the client's cost per streamed message). Every other
-    frame, and any DATA frame the fast path is not certain about, goes to h2 in
+    event objects (about half the client's cost per streamed message). A call's
+    response HEADERS and trailers (END_HEADERS, no padding or priority) go to
+    :meth:`Connection.receive_headers` (unless :data:`FAST_HEADERS` is off). Every
+    other frame, and any frame the fast paths are not certain about, goes to h2 in
     order, so h2 still validates everything it sees.
     """
     h2c = ch.h2
@@ -305,6 +446,7 @@ def feed(ch: H2Channel, data: bytes) -> bytes:
     pos = 0
     h2_from = 0  # start of the run of frames not yet handed to h2
     max_frame = h2c.max_inbound_frame_size
+    fast_headers = FAST_HEADERS
     while end - pos >= 9:
         length = int.from_bytes(data[pos : pos + 3], "big")
         if length > max_frame:
@@ -330,12 +472,38 @@ def feed(ch: H2Channel, data: bytes) -> bytes:
             if call is not None and not call.ended and fast_window(h2c, sid, length):
                 call.on_data(data[pos + 9 : stop], length)
                 h2_from = stop
+        elif ftype == 1 and flags & 0x2C == 0x04 and not ch.in_header_block and fast_headers:
+            # HEADERS, END_HEADERS, not PADDED, not PRIORITY: a response or trailers
+            if h2_from < pos:
+                dispatch(h2c.receive_data(data[h2_from:pos]))
+            h2_from = pos
+            sid = int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+            end_stream = bool(flags & 0x01)
+            got = h2c.receive_headers(sid, data[pos + 9 : stop], end_stream)
+            if got is not None:
+                h2_from = stop
+                plain, items = got
+                if not plain:
+                    dispatch(items)
+                else:
+                    call = calls.get(sid)
+                    if call is not None:
+                        call.on_headers(items, end_stream)
+                    if end_stream:
+                        if call is not None:
+                            call.on_end()
+                        ch.slot_lot.unpark_all()
         elif ftype in {1, 5, 9}:  # HEADERS, PUSH_PROMISE, CONTINUATION
             ch.in_header_block = not flags & 0x04
         pos = stop
     if h2_from < pos:
         dispatch(h2c.receive_data(data[h2_from:pos]))
     return data[pos:] if pos < end else b""
+
+
+#: response HEADERS and trailers through :meth:`Connection.receive_headers` (the
+#: differential test turns it off for the h2-only side)
+FAST_HEADERS = True
 
 
 def fast_window(h2c: h2.connection.H2Connection, sid: int, length: int) -> bool:
