@@ -21,6 +21,7 @@ from h2_peer import (
     collect,
     crafted_server,
     data_frame,
+    header_frames,
     make_chunks,
     sized_chunk_msg,
 )
@@ -197,3 +198,48 @@ async def test_message_above_max_message_size(split: bool) -> None:
     assert error is not None, f"a 295-byte message passed max_message_size=100: {got}"
     assert error.code == ErrorCode.EWINDOW_AGENT  # RESOURCE_EXHAUSTED
     assert error.message == "message of 295 bytes is too large (grpc status 8)"
+
+
+@pytest.mark.parametrize(
+    ("bad_block", "message"),
+    [
+        ([(b":status", b"abc"), (b"content-type", b"application/grpc")], "malformed :status"),
+        ([(b":status", b"200"), (b"grpc-status", b"x1")], "malformed grpc-status"),
+    ],
+    ids=["status", "grpc-status"],
+)
+async def test_a_malformed_status_fails_that_call_only(
+    bad_block: list[tuple[bytes, bytes]], message: str
+) -> None:
+    """A non-numeric ``:status`` or ``grpc-status`` (h2 does not check their values) fails
+    the call it came on; the connection and the other call on it go on."""
+    chunks = make_chunks(2)
+
+    async def handler(peer: Peer) -> None:
+        first = await peer.request()
+        second = await peer.request()
+        block = peer.headers_block(bad_block)
+        await peer.write(header_frames(block, first.sid, end_stream=True))
+        await peer.write(peer.response_headers(second.sid))
+        for c in chunks:
+            await peer.send_data(second.sid, chunk_msg(c))
+        await peer.write(peer.trailers(second.sid))
+
+    async with crafted_server(handler) as port, GrpcAdapter("t", "127.0.0.1", port) as a:
+        failed: list[AdapterError] = []
+        got: list[Chunk] = []
+
+        async def bad() -> None:
+            with pytest.raises(AdapterError) as ei:
+                await collect(a)
+            failed.append(ei.value)
+
+        async def good() -> None:
+            await trio.sleep(0.05)  # the second request
+            got.extend(await collect(a))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bad)
+            nursery.start_soon(good)
+    assert got == chunks
+    assert len(failed) == 1 and message in failed[0].message, failed

@@ -119,7 +119,7 @@ def _state(ch: H2Channel) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ the server's bytes
 
-status = strat.sampled_from([b"200", b"200", b"200", b"404", b"503", b"100", b"204"])
+status = strat.sampled_from([b"200", b"200", b"200", b"404", b"503", b"100", b"204", b"abc"])
 good = strat.sampled_from(
     [
         (b"content-type", b"application/grpc"),
@@ -148,6 +148,7 @@ hostile = strat.sampled_from(
         (b":path", b"/"),
         (b":status", b"200"),
         (b":custom", b"1"),
+        (b"grpc-status", b"x1"),
     ]
 )
 random_field = strat.tuples(strat.binary(max_size=8), strat.binary(max_size=8))

@@ -120,10 +120,10 @@ class Call:
         message = ""
         retry: int | None = None
         for k, v in headers:
-            if k == b":status":
-                status = int(v)
+            if k == b":status":  # h2 checks neither value: a malformed one fails this call
+                status = int(v) if v.isdigit() else -1
             elif k == b"grpc-status":
-                grpc_status = int(v)
+                grpc_status = int(v) if v.isdigit() else -1
             elif k == b"grpc-message":
                 message = unquote(v.decode("utf-8", "replace"))
             elif k == b"grpc-retry-pushback-ms":  # gRPC A6 server pushback
@@ -132,13 +132,21 @@ class Call:
                 retry = retry_info_ms(v)  # google.rpc.RetryInfo (richer error model)
         if status is not None:
             self.http_status = status
+            if status < 0:
+                self.outcome = RpcError(GrpcStatus.INTERNAL, "malformed :status from the server")
+                return
             if status != 200:
                 code = HTTP_TO_GRPC.get(status, GrpcStatus.UNKNOWN)
                 self.outcome = RpcError(code, f"HTTP status {status}")
                 return
             self.headers_ok = True
         if grpc_status is not None and self.outcome is None:
-            self.outcome = RpcError(grpc_status, message, retry)
+            if grpc_status < 0:
+                self.outcome = RpcError(
+                    GrpcStatus.INTERNAL, "malformed grpc-status from the server"
+                )
+            else:
+                self.outcome = RpcError(grpc_status, message, retry)
 
     def on_end(self) -> None:
         self.ended = True
