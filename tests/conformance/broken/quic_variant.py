@@ -14,6 +14,7 @@ from typing import Any
 
 from atp_proto.transports import _quic_conn, quic_server
 from atp_proto.transports._quic_frames import FirstFrame, reset_code
+from atp_proto.transports.base import ChannelEnd
 
 
 def reset_stream_for_errors() -> None:
@@ -196,7 +197,7 @@ def early_fin_ignored() -> None:
 
     def deliver(self: Any, sid: int, channel: int, data: bytes, end: bool) -> None:
         original(self, sid, channel, data, end)
-        while self._inbox and isinstance(self._inbox[-1], _quic_conn.ChannelEnd):
+        while self._inbox and isinstance(self._inbox[-1], ChannelEnd):
             self._inbox.pop()
 
     _quic_conn.QuicTransport._deliver = deliver  # type: ignore[method-assign]
