@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from atp_proto.cli import UsageError
+from atp_proto.cli import UsageError, prog_of
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         seq = f" (seq {p.seq})" if p.seq is not None else ""
         print(
-            f"TAMPERED: {p.file} line {p.line}{seq}: {p.reason}; "
+            f"{prog_of(args)}: error: TAMPERED: {p.file} line {p.line}{seq}: {p.reason}; "
             f"{report.records} record{'' if report.records == 1 else 's'} before it "
             f"{'is' if report.records == 1 else 'are'} intact",
             file=sys.stderr,

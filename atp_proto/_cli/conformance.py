@@ -374,11 +374,14 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(summary_dict(summary), default=str))
     counts = summary.counts()
     line = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    # the last line: the verdict; "error:" when the run failed (exit 1) or found no
+    # target (exit 3), as every failure line of atp says
     if summary.unreachable:
-        print(f"{prog_of(args)}: target unreachable: {summary.unreachable}", file=sys.stderr)
+        print(f"{prog_of(args)}: error: target unreachable: {summary.unreachable}", file=sys.stderr)
     else:
         stale = f"; stale known failures: {', '.join(summary.stale)}" if summary.stale else ""
-        print(f"{prog_of(args)}: {args.role}: {line or 'no cases'}{stale}", file=sys.stderr)
+        failed = "error: " if summary.exit_code else ""
+        print(f"{prog_of(args)}: {failed}{args.role}: {line or 'no cases'}{stale}", file=sys.stderr)
     return summary.exit_code
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         input_file(args.source)
     if args.routing_cmd == "export" and args.output:
         output_file(args.output, "--output")
+    if args.routing_cmd in ("train", "import"):  # written: said before the work
+        output_file(path, "--state")
     try:
         if args.routing_cmd == "train":
             buckets = _buckets(args.buckets)
@@ -138,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except (store.StateError, DataError) as exc:
         return _fail(args, str(exc))
+    except sqlite3.Error as exc:  # the file went away or filled the disk meanwhile
+        return _fail(args, f"{path}: {exc}")
 
 
 def _show(args: argparse.Namespace, path: Path, worker: int | None, as_json: bool) -> int:
@@ -197,7 +202,8 @@ def _table(
     table = Table(title=title)
     cols = ("adapter", "observations", "feedback", "mean quality", "latency ms", "failures")
     for col in ("worker", *cols) if worker else cols:
-        table.add_column(col, justify="left" if col in ("adapter", "worker") else "right")
+        left = col in ("adapter", "worker")  # a long name folds, never cut to "claude-inst…"
+        table.add_column(col, justify="left" if left else "right", overflow="fold")
     for (w, name), r in rows.items():
         mq = "-" if r["mean_quality"] is None else f"{r['mean_quality']:.3f}"
         table.add_row(

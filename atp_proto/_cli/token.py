@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     pem = key.startswith(b"-----BEGIN")
     alg = args.algorithm or ("HS256" if not pem else None)
     if alg is None:
-        raise UsageError("with a PEM private key, pass --algorithm RS256 or ES256")
+        raise UsageError(_which_algorithm(key))
     if alg == "HS256" and len(key) < 32:
         raise UsageError("the HS256 secret must be at least 32 bytes")
     if alg != "HS256" and not pem:
@@ -104,6 +104,25 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot sign {alg} with that key: {exc}") from None
     sys.stdout.write(tok + "\n")
     return 0
+
+
+def _which_algorithm(pem: bytes) -> str:
+    """What to pass for a PEM key given without ``--algorithm``: the one its kind signs
+    with, or that a public key cannot sign (it said "with a PEM private key" for both)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        private = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        if b"PUBLIC KEY" in pem:
+            return "--key-file holds a public key: tokens are signed with its private key"
+        return "--key-file is not an unencrypted PEM private key"
+    if isinstance(private, rsa.RSAPrivateKey):
+        return "with an RSA private key, pass --algorithm RS256"
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        return "with an EC private key, pass --algorithm ES256"
+    return "with a PEM private key, pass --algorithm RS256 or ES256"
 
 
 def _check_private_key(pem: bytes, alg: str) -> None:
