@@ -26,7 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--audit-log FILE'. Files are checked in the order given; a single FILE brings "
         "its rotated segments (FILE.000001, ...) first.",
     )
-    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="the log (its rotated segments FILE.000001, ... are found beside it), or "
+        "several files in chain order",
+    )
     v.add_argument(
         "--partial",
         action="store_true",

@@ -198,11 +198,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="case ids (or globs) a line whose failure does not fail the run",
     )
     run.add_argument("--json", action="store_true", help="print report.json on stdout")
-    lst = sub.add_parser("list", help="every case with its requirement IDs")
+    lst = sub.add_parser(
+        "list",
+        help="every case with its requirement IDs",
+        description="Every case (of --role, default all) with its level, strength and the "
+        "requirement IDs it checks.",
+    )
     lst.add_argument("--role", choices=ROLE_NAMES, default=None, help="one role (default all)")
     lst.add_argument("--json", action="store_true", help="print the cases as JSON")
-    exp = sub.add_parser("explain", help="a case or a requirement: text, what is sent, coverage")
-    exp.add_argument("id", metavar="ID")
+    exp = sub.add_parser(
+        "explain",
+        help="a case or a requirement: text, what is sent, coverage",
+        description="A case (router.seq.too-many-fragments) or a requirement "
+        "(ATP-SEQ-013): its text, what is sent, and which cases cover it.",
+    )
+    exp.add_argument("id", metavar="ID", help="a case ID or a requirement ID")
     exp.add_argument("--json", action="store_true", help="print it as JSON")
 
 

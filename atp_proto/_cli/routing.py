@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         description="Train every model's quality model on its recorded outcomes "
         "(routing-data format); adds to the state file's knowledge (created if absent).",
     )
-    t.add_argument("data", metavar="FILE.jsonl")
+    t.add_argument("data", metavar="FILE.jsonl", help="outcome records, one JSON object a line")
     t.add_argument("--buckets", metavar="A-B", help="only records with A <= bucket <= B")
     t.add_argument("--json", action="store_true", help="print a JSON summary")
     s = sub.add_parser(
@@ -49,9 +49,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="only worker N's own rows (as the worker saved them)",
     )
-    e = sub.add_parser("export", help="print the state as portable JSON")
+    e = sub.add_parser(
+        "export",
+        help="print the state as portable JSON",
+        description="Print the state as portable JSON (for atp routing import).",
+    )
     e.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    i = sub.add_parser("import", help="replace the state with an exported one")
+    i = sub.add_parser(
+        "import",
+        help="replace the state with an exported one",
+        description="Replace the state file's content with an exported one (atp routing export).",
+    )
     i.add_argument("source", metavar="FILE.json", help="from atp routing export ('-': stdin)")
     for q in (t, s, e, i):
         q.add_argument(

@@ -48,7 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     issue.add_argument("--aud", default=None, help="audience: the router's [auth] audience")
     issue.add_argument("--iss", default=None, help="issuer: the router's [auth] issuer")
-    secret = sub.add_parser("secret", help="print a fresh random HS256 secret (hex, 32 bytes)")
+    secret = sub.add_parser(
+        "secret",
+        help="print a fresh random HS256 secret (hex, 32 bytes)",
+        description="Print a fresh random HS256 secret (hex, 32 bytes), for ATP_JWT_KEY or "
+        "a --jwt-key-file shared by the router and 'atp token issue'.",
+    )
     secret.set_defaults(token_cmd="secret")
 
 
