@@ -9,7 +9,7 @@ from typing import Any
 
 from atp_proto.cli import UsageError
 
-__all__ = ["check_combinations", "check_config_files", "check_input_files"]
+__all__ = ["check_combinations", "check_config_files", "check_input_files", "check_tls_files"]
 
 
 def check_combinations(args: argparse.Namespace, cfg: Any) -> None:
@@ -73,6 +73,29 @@ def check_input_files(args: argparse.Namespace) -> None:
     ):
         if value:
             input_file(value, flag)
+
+
+def check_tls_files(args: argparse.Namespace) -> None:
+    """The config file's ``[tls]`` ``cert`` / ``key``, when no flag replaces them, checked
+    as the other files it names: ``cannot read tls.cert /etc/atp/c.pem (from atp.toml): no
+    such file``, exit 2 (it said "TLS certificate file /etc/atp/c.pem: no such file",
+    naming neither the setting nor the file that set it). Before the configuration is
+    built, which loads the certificate.
+
+    Raises:
+        UsageError: naming the setting, the file and what is wrong.
+        ConfigError: the config file itself is broken (as building the configuration says).
+    """
+    if not args.config or args.cert or args.dev_cert:
+        return
+    from atp_proto._cli._files import input_file
+    from atp_proto.router.config import load_file
+
+    tls = load_file(args.config).get("tls")
+    for name, key in (("cert_file", "tls.cert"), ("key_file", "tls.key")):
+        value = getattr(tls, name, None)
+        if value:
+            input_file(value, label=f"{key} {value} (from {args.config})")
 
 
 def check_config_files(args: argparse.Namespace, cfg: Any) -> None:

@@ -208,10 +208,12 @@ def _serve(args: argparse.Namespace) -> int:
             )
         )
     except OSError as exc:
-        print(
-            f"atp adapter serve: error: cannot listen on {host}:{port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
+        # asyncio's strerror repeats the address: "error while attempting to bind on
+        # address ('127.0.0.1', 7070): address already in use"; the errno's words suffice
+        import os
+
+        why = os.strerror(exc.errno).lower() if exc.errno else (exc.strerror or str(exc))
+        print(f"atp adapter serve: error: cannot listen on {host}:{port}: {why}", file=sys.stderr)
         return 2  # the address given cannot be used: bad input, as for atp serve
     return 0
 

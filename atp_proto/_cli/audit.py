@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from atp_proto.cli import UsageError
+from atp_proto.cli import UsageError, prog_of
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--audit-log FILE'. Files are checked in the order given; a single FILE brings "
         "its rotated segments (FILE.000001, ...) first.",
     )
-    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="the log (its rotated segments FILE.000001, ... are found beside it), or "
+        "several files in chain order",
+    )
     v.add_argument(
         "--partial",
         action="store_true",
@@ -68,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         seq = f" (seq {p.seq})" if p.seq is not None else ""
         print(
-            f"TAMPERED: {p.file} line {p.line}{seq}: {p.reason}; "
+            f"{prog_of(args)}: error: TAMPERED: {p.file} line {p.line}{seq}: {p.reason}; "
             f"{report.records} record{'' if report.records == 1 else 's'} before it "
             f"{'is' if report.records == 1 else 'are'} intact",
             file=sys.stderr,

@@ -198,11 +198,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="case ids (or globs) a line whose failure does not fail the run",
     )
     run.add_argument("--json", action="store_true", help="print report.json on stdout")
-    lst = sub.add_parser("list", help="every case with its requirement IDs")
+    lst = sub.add_parser(
+        "list",
+        help="every case with its requirement IDs",
+        description="Every case (of --role, default all) with its level, strength and the "
+        "requirement IDs it checks.",
+    )
     lst.add_argument("--role", choices=ROLE_NAMES, default=None, help="one role (default all)")
     lst.add_argument("--json", action="store_true", help="print the cases as JSON")
-    exp = sub.add_parser("explain", help="a case or a requirement: text, what is sent, coverage")
-    exp.add_argument("id", metavar="ID")
+    exp = sub.add_parser(
+        "explain",
+        help="a case or a requirement: text, what is sent, coverage",
+        description="A case (router.seq.too-many-fragments) or a requirement "
+        "(ATP-SEQ-013): its text, what is sent, and which cases cover it.",
+    )
+    exp.add_argument("id", metavar="ID", help="a case ID or a requirement ID")
     exp.add_argument("--json", action="store_true", help="print it as JSON")
 
 
@@ -374,11 +384,14 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(summary_dict(summary), default=str))
     counts = summary.counts()
     line = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    # the last line: the verdict; "error:" when the run failed (exit 1) or found no
+    # target (exit 3), as every failure line of atp says
     if summary.unreachable:
-        print(f"{prog_of(args)}: target unreachable: {summary.unreachable}", file=sys.stderr)
+        print(f"{prog_of(args)}: error: target unreachable: {summary.unreachable}", file=sys.stderr)
     else:
         stale = f"; stale known failures: {', '.join(summary.stale)}" if summary.stale else ""
-        print(f"{prog_of(args)}: {args.role}: {line or 'no cases'}{stale}", file=sys.stderr)
+        failed = "error: " if summary.exit_code else ""
+        print(f"{prog_of(args)}: {failed}{args.role}: {line or 'no cases'}{stale}", file=sys.stderr)
     return summary.exit_code
 
 

@@ -15,9 +15,12 @@ import argparse
 import json
 import math
 import os
+import ssl
 import sys
 
 from atp_proto.cli import UsageError
+
+_TRUST_HINT = " (trust its certificate with --ca FILE, or --insecure for local use)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
                 ssl_context=ssl_context,
             )
         )
+    except ssl.SSLError as exc:  # before ValueError: a refused certificate is one of both
+        verify = exc.verify_message if isinstance(exc, ssl.SSLCertVerificationError) else None
+        hint = "" if args.ca or args.insecure else _TRUST_HINT
+        what = f"TLS certificate refused: {verify}{hint}" if verify else f"TLS failed: {exc.reason}"
+        print(f"atp feedback: error: cannot reach {args.url}: {what}", file=sys.stderr)
+        return 1
     except ValueError as exc:
         text = str(exc)
         if text.startswith("Port out of range"):  # urllib's words, without the URL
@@ -108,13 +117,16 @@ def run(args: argparse.Namespace) -> int:
     except FeedbackRefused as exc:
         if args.json:
             print(json.dumps({"accepted": False, "status": exc.status, "error": exc.message}))
-        print(f"atp feedback: refused ({exc.status}): {exc.message}", file=sys.stderr)
+        print(f"atp feedback: error: refused ({exc.status}): {exc.message}", file=sys.stderr)
         return 1
     except (OSError, trio.TooSlowError) as exc:
         from atp_proto._cli._reasons import REFUSED, refused
 
         why = REFUSED.replace("a router", "the router's metrics port") if refused(exc) else exc
-        print(f"atp feedback: cannot reach {args.url}: {why or 'timed out'}", file=sys.stderr)
+        print(
+            f"atp feedback: error: cannot reach {args.url}: {why or 'timed out'}",
+            file=sys.stderr,
+        )
         return 1
     if args.json:
         print(json.dumps(result.body))

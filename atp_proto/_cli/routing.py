@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         description="Train every model's quality model on its recorded outcomes "
         "(routing-data format); adds to the state file's knowledge (created if absent).",
     )
-    t.add_argument("data", metavar="FILE.jsonl")
+    t.add_argument("data", metavar="FILE.jsonl", help="outcome records, one JSON object a line")
     t.add_argument("--buckets", metavar="A-B", help="only records with A <= bucket <= B")
     t.add_argument("--json", action="store_true", help="print a JSON summary")
     s = sub.add_parser(
@@ -48,9 +49,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="only worker N's own rows (as the worker saved them)",
     )
-    e = sub.add_parser("export", help="print the state as portable JSON")
+    e = sub.add_parser(
+        "export",
+        help="print the state as portable JSON",
+        description="Print the state as portable JSON (for atp routing import).",
+    )
     e.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    i = sub.add_parser("import", help="replace the state with an exported one")
+    i = sub.add_parser(
+        "import",
+        help="replace the state with an exported one",
+        description="Replace the state file's content with an exported one (atp routing export).",
+    )
     i.add_argument("source", metavar="FILE.json", help="from atp routing export ('-': stdin)")
     for q in (t, s, e, i):
         q.add_argument(
@@ -93,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         input_file(args.source)
     if args.routing_cmd == "export" and args.output:
         output_file(args.output, "--output")
+    if args.routing_cmd in ("train", "import"):  # written: said before the work
+        output_file(path, "--state")
     try:
         if args.routing_cmd == "train":
             buckets = _buckets(args.buckets)
@@ -138,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except (store.StateError, DataError) as exc:
         return _fail(args, str(exc))
+    except sqlite3.Error as exc:  # the file went away or filled the disk meanwhile
+        return _fail(args, f"{path}: {exc}")
 
 
 def _show(args: argparse.Namespace, path: Path, worker: int | None, as_json: bool) -> int:
@@ -197,7 +210,8 @@ def _table(
     table = Table(title=title)
     cols = ("adapter", "observations", "feedback", "mean quality", "latency ms", "failures")
     for col in ("worker", *cols) if worker else cols:
-        table.add_column(col, justify="left" if col in ("adapter", "worker") else "right")
+        left = col in ("adapter", "worker")  # a long name folds, never cut to "claude-inst…"
+        table.add_column(col, justify="left" if left else "right", overflow="fold")
     for (w, name), r in rows.items():
         mq = "-" if r["mean_quality"] is None else f"{r['mean_quality']:.3f}"
         table.add_row(

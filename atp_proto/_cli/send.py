@@ -176,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
             emit("error", {"code": "ECONNECT", "message": problem})
             if not args.json:
                 print(
-                    f"ERROR  cannot connect to {args.url}: {problem}{_ca_hint(args, problem)}",
+                    f"atp send: error: cannot connect to {args.url}: "
+                    f"{problem}{_ca_hint(args, problem)}",
                     file=sys.stderr,
                 )
             return 1
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if not args.json:
             hint = f" (retry after {exc.retry_after_ms} ms)" if exc.retry_after_ms else ""
-            print(f"ERROR  {exc.code}: {exc.message}{hint}", file=sys.stderr)
+            print(f"atp send: error: {exc.code}: {exc.message}{hint}", file=sys.stderr)
         return 1
     except HandshakeRefused as exc:
         message = _rejection(exc.status, exc.body)
@@ -207,7 +208,10 @@ def run(args: argparse.Namespace) -> int:
             hint = ""
             if exc.status == 401 and not (args.token or os.environ.get("ATP_TOKEN")):
                 hint = " (pass --token TOKEN or set ATP_TOKEN; 'atp token issue' mints one)"
-            print(f"ERROR  handshake refused: HTTP {exc.status} {message}{hint}", file=sys.stderr)
+            print(
+                f"atp send: error: handshake refused: HTTP {exc.status} {message}{hint}",
+                file=sys.stderr,
+            )
         return 1
     except (TransportClosed, OSError, QuicConnectError) as exc:
         reason = connect_reason(exc)
@@ -217,12 +221,12 @@ def run(args: argparse.Namespace) -> int:
             reason += _ca_hint(args, reason)
         emit("error", {"code": "ECONNECT", "message": reason})
         if not args.json:
-            print(f"ERROR  cannot connect to {args.url}: {reason}", file=sys.stderr)
+            print(f"atp send: error: cannot connect to {args.url}: {reason}", file=sys.stderr)
         return 1
     except trio.TooSlowError:
         emit("error", {"code": "ETIMEOUT", "message": f"no FINAL within {args.timeout} s"})
         if not args.json:
-            print(f"ERROR  no FINAL within {args.timeout} s", file=sys.stderr)
+            print(f"atp send: error: no FINAL within {args.timeout} s", file=sys.stderr)
         return 1
 
 
@@ -295,7 +299,8 @@ def tls_config_from_args(args: argparse.Namespace) -> Any:
             raise UsageError(f"--ca: {exc}") from None
     if args.insecure:
         print(
-            "warning: --insecure: the router's certificate is not verified (local use only)",
+            "atp send: warning: --insecure: the router's certificate is not verified "
+            "(local use only)",
             file=sys.stderr,
         )
     return cfg

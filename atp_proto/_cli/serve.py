@@ -216,9 +216,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
             check_combinations,
             check_config_files,
             check_input_files,
+            check_tls_files,
         )
 
         check_input_files(args)  # before --dev-cert writes anything
+        check_tls_files(args)
         flags["tls"] = tls = _tls_from_args(args)
         _quic_flags(args, flags, parse_hostport, tls)
         cfg = build_config(file=args.config, env=os.environ, flags=flags)

@@ -48,7 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     issue.add_argument("--aud", default=None, help="audience: the router's [auth] audience")
     issue.add_argument("--iss", default=None, help="issuer: the router's [auth] issuer")
-    secret = sub.add_parser("secret", help="print a fresh random HS256 secret (hex, 32 bytes)")
+    secret = sub.add_parser(
+        "secret",
+        help="print a fresh random HS256 secret (hex, 32 bytes)",
+        description="Print a fresh random HS256 secret (hex, 32 bytes), for ATP_JWT_KEY or "
+        "a --jwt-key-file shared by the router and 'atp token issue'.",
+    )
     secret.set_defaults(token_cmd="secret")
 
 
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     pem = key.startswith(b"-----BEGIN")
     alg = args.algorithm or ("HS256" if not pem else None)
     if alg is None:
-        raise UsageError("with a PEM private key, pass --algorithm RS256 or ES256")
+        raise UsageError(_which_algorithm(key))
     if alg == "HS256" and len(key) < 32:
         raise UsageError("the HS256 secret must be at least 32 bytes")
     if alg != "HS256" and not pem:
@@ -104,6 +109,25 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot sign {alg} with that key: {exc}") from None
     sys.stdout.write(tok + "\n")
     return 0
+
+
+def _which_algorithm(pem: bytes) -> str:
+    """What to pass for a PEM key given without ``--algorithm``: the one its kind signs
+    with, or that a public key cannot sign (it said "with a PEM private key" for both)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        private = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        if b"PUBLIC KEY" in pem:
+            return "--key-file holds a public key: tokens are signed with its private key"
+        return "--key-file is not an unencrypted PEM private key"
+    if isinstance(private, rsa.RSAPrivateKey):
+        return "with an RSA private key, pass --algorithm RS256"
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        return "with an EC private key, pass --algorithm ES256"
+    return "with a PEM private key, pass --algorithm RS256 or ES256"
 
 
 def _check_private_key(pem: bytes, alg: str) -> None:

@@ -181,7 +181,8 @@ class AdapterServer:
         listener: Any = self._server._server
         sockets = listener.sockets if listener is not None else ()
         self.port = sockets[0].getsockname()[1] if sockets else port
-        log.info("adapter %s listening on %s:%s", self.name, host, self.port)
+        # said once, by whoever runs it: serve() (or its on_listening, atp adapter serve)
+        log.debug("adapter %s listening on %s:%s", self.name, host, self.port)
         return self.port
 
     async def drain(self) -> None:
@@ -459,7 +460,9 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     try:
         if on_listening is not None:
-            on_listening(server)
+            on_listening(server)  # it says so (atp adapter serve: a line on stdout)
+        else:
+            log.info("adapter %s listening on %s:%s", server.name, host, server.port)
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -608,11 +608,22 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
     spec, fn = CASES[case.id]
     host, port = parse_target(ctx.target)
     t0 = time.perf_counter()
+    connect_timeout = ctx.timeout(5.0)
     try:
-        cm = open_conn(host, port, connect_timeout=ctx.timeout(5.0))
+        cm = open_conn(host, port, connect_timeout=connect_timeout)
         conn = await cm.__aenter__()
-    except (OSError, trio.TooSlowError) as exc:
-        raise TargetUnreachable(f"cannot connect to {ctx.target}: {exc}") from None
+    except BaseException as exc:
+        # the wait for the adapter's SETTINGS fails inside open_conn's nursery: a group
+        # of one (before, a listener that never answers was 17 harness ERRORs, exit 1)
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, trio.TooSlowError):
+            why = f"no HTTP/2 SETTINGS within {connect_timeout:g} s (is it a gRPC server?)"
+            raise TargetUnreachable(f"cannot connect to {ctx.target}: {why}") from None
+        if isinstance(leaf, OSError):
+            raise TargetUnreachable(f"cannot connect to {ctx.target}: {leaf}") from None
+        raise
     session = Session(conn, ctx, trio.current_time())
     verdict, message, expected = Verdict.PASS, "", ""
     violated: tuple[str, ...] = ()

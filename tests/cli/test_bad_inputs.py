@@ -63,7 +63,7 @@ def refused_port() -> Iterator[int]:
 def test_send_to_a_refused_port_says_refused(refused_port: int) -> None:
     line = _line(("send", f"ws://127.0.0.1:{refused_port}/ws", "--prompt", "hi"), 1)
     assert line == (
-        f"ERROR  cannot connect to ws://127.0.0.1:{refused_port}/ws: "
+        f"atp send: error: cannot connect to ws://127.0.0.1:{refused_port}/ws: "
         "connection refused (is a router listening there?)"
     )
 
@@ -127,7 +127,7 @@ def test_feedback_to_a_refused_port_says_refused(refused_port: int) -> None:
     url = f"http://127.0.0.1:{refused_port}"
     line = _line(("feedback", "0123456789abcdef", "0.5", "--url", url), 1)
     assert line == (
-        f"atp feedback: cannot reach {url}: "
+        f"atp feedback: error: cannot reach {url}: "
         "connection refused (is the router's metrics port listening there?)"
     )
 

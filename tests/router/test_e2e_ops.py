@@ -384,7 +384,7 @@ async def test_send_budget_error_exits_1(start_router) -> None:
     router = await start_router()
     done = await _send(ws_url(router), "--prompt", "hello", "--max-tokens", "1")
     assert done.returncode == 1
-    assert "ERROR  EBUDGET" in done.stderr
+    assert "atp send: error: EBUDGET" in done.stderr
     done = await _send(ws_url(router), "--prompt", "hello", "--max-tokens", "1", "--json")
     assert done.returncode == 1
     last = json.loads(done.stdout.splitlines()[-1])
@@ -397,7 +397,7 @@ async def test_send_refused_handshake_exits_1(start_router, jwt_env) -> None:
     router = await start_router(auth=True)
     done = await _send(ws_url(router), "--prompt", "hello")
     assert done.returncode == 1
-    assert "ERROR  handshake refused: HTTP 401" in done.stderr
+    assert "atp send: error: handshake refused: HTTP 401" in done.stderr
     from atp_proto.router import issue_token
 
     done = await _send(

@@ -90,7 +90,7 @@ def test_unknown_ca_is_refused_unless_insecure(router: RouterProcess) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "FINAL  hi" in proc.stdout
     assert proc.stderr.strip() == (
-        "warning: --insecure: the router's certificate is not verified (local use only)"
+        "atp send: warning: --insecure: the router's certificate is not verified (local use only)"
     )
 
 
