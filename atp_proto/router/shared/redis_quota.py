@@ -57,9 +57,11 @@ period, so the count is high while the router is away and exact in the end.
 Redis refusing writes for a while (OOM, READONLY...: :func:`.link.refuses_writes`) is
 Redis away for the writer: the flush is kept and sent again, and admission refuses at
 once (EAGENTDOWN) until a flush went through; READONLY also drops the connections (a
-failover). A write Redis rejects for itself (a script error, a key of another type: the
-scripts check their keys before writing anything, and store the flush number last, so it
-changed nothing) puts its tenant's usage back in the queue, merged, sent again after
+failover). A write Redis rejects for itself (a script error, a key of another type or a
+value that is no number: the scripts check their keys' types and the values they compute
+with before writing anything, and store the flush number last, so it changed nothing;
+a script failing part-way for another reason, a bug, wrote that part, which its retry
+writes again: counted high) puts its tenant's usage back in the queue, merged, sent again after
 :data:`REJECT_RETRY_S` doubling to :data:`REJECT_RETRY_MAX_S`; that tenant's streams are
 refused meanwhile, the others' writes go on. Both are counted in :attr:`write_errors`.
 """
@@ -581,7 +583,7 @@ class RedisQuotaStore:
         those of a tenant whose write Redis rejected (a script error, a key of the wrong
         type: it would fail again as it is), which go back to the queue from ``batch``,
         merged with what came since, and are sent again later in a flush of their own
-        number (the script writes nothing before it checked the keys, and its number
+        number (the script writes nothing before it checked the keys and values, and its number
         last: a rejected write changed nothing).
 
         Raises:
