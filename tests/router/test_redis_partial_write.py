@@ -7,6 +7,7 @@ anything: a bad value fails the write whole, and the retry once repaired is exac
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -133,3 +134,47 @@ async def test_a_bad_stream_counter_fails_the_write_before_the_usage(
         assert admin.hget(bkey, "t") == b"5" and admin.hget(ckey, a.link.router_id) is None
         nursery.cancel_scope.cancel()
     a.link.close()
+
+
+async def test_a_stop_writes_the_usage_of_a_tenant_waiting_for_its_retry(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tenant's write was rejected (its holds' key a string), the key is repaired, and
+    the router stops before the retry's wait (1 s) is over: the last write at the stop
+    skipped that tenant, whose usage was lost without a log line; now the stop writes it.
+    And a tenant still rejected at the stop is named in the stop's warning."""
+    prefix = f"ps{secrets.token_hex(3)}:"
+    a = RedisQuotaStore(RedisLink(redis_server.url, prefix=prefix))
+    admin = redis.Redis.from_url(redis_server.url)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        g = await a.admit("t", Q, PERIOD)
+        hkey = a._keys("t")[3]
+        saved = admin.hgetall(hkey)
+        admin.delete(hkey)
+        admin.set(hkey, "not a hash")
+        a.charge("t", 5, 0, PERIOD, g.hold)
+        await _until(lambda: a.write_errors["rejected"] >= 1)
+        admin.delete(hkey)
+        admin.hset(hkey, mapping=saved)
+        nursery.cancel_scope.cancel()  # well within the retry's 1 s
+    bkey = _window_key(a, admin)
+    assert admin.hget(bkey, "t") == b"5"
+    a.link.close()
+    # still rejected at the stop: said so
+    b = RedisQuotaStore(RedisLink(redis_server.url, prefix=prefix + "2"))
+    caplog.set_level(logging.WARNING, logger="atp.router")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(b.run)
+        g = await b.admit("t", Q, PERIOD)
+        hkey = b._keys("t")[3]
+        admin.delete(hkey)
+        admin.set(hkey, "not a hash")
+        b.charge("t", 5, 0, PERIOD, g.hold)
+        await _until(lambda: b.write_errors["rejected"] >= 1)
+        nursery.cancel_scope.cancel()
+    assert b.pending == 1
+    lines = [r for r in caplog.records if "at shutdown" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].tenants == 1  # type: ignore[attr-defined]
+    admin.delete(hkey)
+    b.link.close()

@@ -504,10 +504,15 @@ class RedisQuotaStore:
                 while self._leased:
                     self._wake = trio.Event()
                     await self._wake.wait()
+            # a tenant whose write Redis rejected is tried once more now, its wait cut
+            # short (the flush skips it until then: its usage would stay here, unsaid)
+            self._rejected = {t: (0.0, w) for t, (_, w) in self._rejected.items()}
             if self._pending or self._unconfirmed is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:
                         await self._flush(False)
+                        if self._pending:  # rejected again: put back in the queue
+                            raise RedisError("a quota write rejected by Redis")
                     except RedisError as exc:
                         # one line: the error says why; the other routers charge this
                         # one's holds once its lease lapses (ATP-BUDGET-017)
@@ -515,12 +520,13 @@ class RedisQuotaStore:
                         if self._unconfirmed is not None:
                             unsent.update(c[0] for c in self._unconfirmed[1])
                         log.warning(
-                            "Redis unreachable at shutdown: quota usage not written (the "
-                            "other routers charge this router's holds once its lease lapses)",
+                            "quota usage not written at shutdown, Redis unreachable or "
+                            "rejecting the write (the other routers charge this router's "
+                            "holds once its lease lapses)",
                             extra={
                                 "redis": redacted(self.link.url),
                                 "tenants": len(unsent),
-                                "error": str(exc),
+                                "error": str(exc)[:300],
                             },
                         )
 
