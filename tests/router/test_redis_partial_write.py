@@ -178,3 +178,59 @@ async def test_a_stop_writes_the_usage_of_a_tenant_waiting_for_its_retry(
     assert len(lines) == 1 and lines[0].tenants == 1  # type: ignore[attr-defined]
     admin.delete(hkey)
     b.link.close()
+
+
+async def test_an_admission_in_flight_does_not_end_the_writers_refusal(
+    redis_server: RedisServer,
+) -> None:
+    """Past ``maxmemory`` Redis runs an admission whose first write adds no memory (an
+    EXPIRE) to its end, and refuses the writer's flush. An admission already on its way
+    when the flush was refused came back admitted and cleared the refusal: the router
+    then admitted every stream again while its usage could not be written, until the
+    writer's next retry. Only a write that goes through ends the refusal now. (The
+    admission is held at its thread's start by a wrapper, to order the two; the script
+    and the server are the real ones.)"""
+    import threading
+
+    prefix = f"pr{secrets.token_hex(3)}:"
+    a = RedisQuotaStore(RedisLink(redis_server.url, prefix=prefix))
+    admin = redis.Redis.from_url(redis_server.url)
+    go = threading.Event()
+    real = a._admit
+
+    def held(*args: Any, **kw: Any) -> Any:
+        go.wait(10)
+        return real(*args, **kw)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        g = await a.admit("x", Q, PERIOD)  # the period's totals exist: EXPIRE comes first
+        a.charge("x", 1, 0, PERIOD, g.hold)
+        await a.settle()
+        gt = await a.admit("t", Q, PERIOD)
+        a._admit = held  # type: ignore[assignment]
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+        try:
+            admitted: list[Any] = []
+
+            async def in_flight() -> None:
+                admitted.append(await a.admit("x", Q, PERIOD))
+
+            nursery.start_soon(in_flight)
+            await trio.sleep(0.2)  # on its way, past the refusal check
+            a.charge("t", 5, 0, PERIOD, gt.hold)
+            await _until(lambda: a.write_errors["refused"] >= 1)
+            go.set()
+            await _until(lambda: bool(admitted))  # admitted: Redis ran it to its end
+            a._admit = real  # type: ignore[assignment]
+            with pytest.raises(Exception) as exc:
+                await a.admit("x", Q, PERIOD)
+            assert "refuses writes (OOM)" in str(exc.value)
+            assert not a.up  # atp_redis_up stays 0 while the writes are refused
+        finally:
+            admin.config_set("maxmemory", 0)
+        await _until(lambda: a.up and not a.pending and a._unconfirmed is None)
+        await a.admit("x", Q, PERIOD)
+        nursery.cancel_scope.cancel()
+    a.link.close()

@@ -305,7 +305,9 @@ class RedisQuotaStore:
                 self._queued += 1
                 self._wake.set()
             raise self._unreachable() from None
-        self._came_back()
+        # not the writer's refusal: an admission Redis ran to its end (past maxmemory,
+        # one whose first write adds no memory) says nothing of the writes
+        self._came_back(writer=False)
         if rejected is not None:
             self._rejected.pop(tenant, None)
         status, a, b, win, redis_ms = (int(x) for x in reply)
@@ -701,8 +703,12 @@ class RedisQuotaStore:
                 extra={"redis": redacted(self.link.url), "error": str(exc)[:300]},
             )
 
-    def _came_back(self) -> None:
-        self._refusing = None
+    def _came_back(self, *, writer: bool = True) -> None:
+        """Redis answered; ``writer``: a flush went through, ending a refusal of writes."""
+        if writer:
+            self._refusing = None
+        elif self._refusing is not None:
+            return  # still refusing the writer: not back
         if not self.up:
             self.up = True
             log.info("Redis reachable again", extra={"redis": redacted(self.link.url)})
