@@ -234,3 +234,50 @@ async def test_an_admission_in_flight_does_not_end_the_writers_refusal(
         await a.admit("x", Q, PERIOD)
         nursery.cancel_scope.cancel()
     a.link.close()
+
+
+async def test_usage_charged_while_a_rejected_write_is_in_flight_is_merged_not_lost(
+    redis_server: RedisServer,
+) -> None:
+    """A charge that arrives while the write Redis then rejects is on its way goes to the
+    queue beside it; the rejected write's usage is put back merged with it (the tests of
+    the rejection above charged only between writes, so dropping that later usage went
+    unseen). Repaired, all of it is written once: 5 + 7 tokens, the hold lowered by both.
+    (The write is held at its thread's start to order the two; real script and server.)"""
+    import threading
+
+    prefix = f"pm{secrets.token_hex(3)}:"
+    a = RedisQuotaStore(RedisLink(redis_server.url, prefix=prefix))
+    admin = redis.Redis.from_url(redis_server.url)
+    go, entered = threading.Event(), threading.Event()
+    real = a._write
+
+    def held(*args: Any, **kw: Any) -> Any:
+        entered.set()
+        go.wait(10)
+        return real(*args, **kw)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        g = await a.admit("t", Q, PERIOD)
+        hkey = a._keys("t")[3]
+        saved = admin.hgetall(hkey)
+        first = int(saved[g.hold.encode()].split()[0]) if g.hold else 0
+        admin.delete(hkey)
+        admin.set(hkey, "not a hash")
+        a._write = held  # type: ignore[assignment]
+        a.charge("t", 5, 0, PERIOD, g.hold)
+        await _until(entered.is_set)  # the write of the 5 is on its way
+        a.charge("t", 7, 0, PERIOD, g.hold)
+        go.set()
+        await _until(lambda: a.write_errors["rejected"] >= 1)
+        a._write = real  # type: ignore[assignment]
+        assert a.pending == 1 and a.spent("t", PERIOD)[0] == 12
+        admin.delete(hkey)
+        admin.hset(hkey, mapping=saved)
+        await _until(lambda: not a.pending and a._unconfirmed is None)
+        assert admin.hget(_window_key(a, admin), "t") == b"12"
+        left = admin.hget(hkey, g.hold or "")
+        assert left is not None and int(left.split()[0]) == first - 12
+        nursery.cancel_scope.cancel()
+    a.link.close()
