@@ -102,3 +102,14 @@ def test_the_sentinels_own_password_is_taken_and_redacted() -> None:
     assert redacted(url) == (
         "redis+sentinel://s1:26379/main?sentinel_username=watch&sentinel_password=***"
     )
+
+
+def test_a_sentinel_username_without_its_password_is_a_usage_error() -> None:
+    """(Session 7 review.) The username alone was dropped without a word, and the
+    sentinels asked with none; and no password shows in the parsed URL's repr (a log of
+    the configuration must not carry it)."""
+    with pytest.raises(ValueError, match="sentinel_username needs a sentinel_password"):
+        parse_sentinel("redis+sentinel://h:1/m?sentinel_username=watch")
+    got = parse_sentinel("redis+sentinel://:m4ster@h:1/m?sentinel_password=s3nt")
+    assert got.password == "m4ster" and got.sentinel_password == "s3nt"
+    assert "m4ster" not in repr(got) and "s3nt" not in repr(got)

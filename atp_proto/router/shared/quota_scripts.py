@@ -30,6 +30,20 @@ local function check(keys, types)
   end
   return nil
 end
+-- the fields of a hash key the script computes with, each a number (or absent), checked
+-- with the types: a value that is not (a hand edit, another tool) would fail the script
+-- at its arithmetic after it wrote part of its work, and the retry of a rejected write
+-- would write that part again (the tokens counted once more at every retry)
+local function numeric(key, fields)
+  local v = redis.call('HMGET', key, unpack(fields))
+  for i = 1, #fields do
+    if v[i] and not tonumber(v[i]) then
+      return redis.error_reply('ERR the quota key ' .. key .. ' field ' .. fields[i] ..
+        ' holds no number')
+    end
+  end
+  return nil
+end
 local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(t[1])
@@ -51,6 +65,12 @@ local LEASE_MAX_MS = """
     + """
 local function reap(ckey, hkey, fkey, bbase, me, now, cap, ttl_ms, win)
   local f = redis.call('HGETALL', ckey)
+  for i = 1, #f, 2 do  -- deadlines and counters whole numbers, before anything is written
+    if string.sub(f[i], 1, 1) ~= '#' and not string.match(f[i + 1], '^%-?%d+$') then
+      return nil, redis.error_reply('ERR the quota key ' .. ckey .. ' field ' .. f[i] ..
+        ' holds no whole number')
+    end
+  end
   local live, ndead = {}, 0
   for i = 1, #f, 2 do
     if string.sub(f[i], 1, 1) == '@' then
@@ -140,9 +160,10 @@ local win = math.floor(secs / period)
 local bkey = KEYS[1] .. ':' .. win
 local me, cap, ttl = ARGV[7], tonumber(ARGV[12]), math.max(period * 2000, 60000)
 local bad = check({bkey, KEYS[2], KEYS[3], KEYS[4], KEYS[5]},
-  {'hash', 'hash', 'hash', 'hash', 'hash'})
+  {'hash', 'hash', 'hash', 'hash', 'hash'}) or numeric(bkey, {'t', 'u'})
 if bad then return bad end
-local open = reap(KEYS[3], KEYS[4], KEYS[5], KEYS[1], me, now, cap, ttl, win)
+local open, bad_value = reap(KEYS[3], KEYS[4], KEYS[5], KEYS[1], me, now, cap, ttl, win)
+if bad_value then return bad_value end
 if redis.call('EXISTS', bkey) == 1 then redis.call('EXPIRE', bkey, period * 2) end
 local used_t = tonumber(redis.call('HGET', bkey, 't') or '0')
 local used_u = tonumber(redis.call('HGET', bkey, 'u') or '0')
@@ -199,9 +220,24 @@ local win = math.floor(secs / period)
 local bkey = KEYS[1] .. ':' .. win
 local cap, me, ttl = tonumber(ARGV[4]), ARGV[5], math.max(period * 2000, 60000)
 local bad = check({bkey, KEYS[2], KEYS[3], KEYS[4], KEYS[5]},
-  {'hash', 'hash', 'hash', 'hash', 'string'})
+  {'hash', 'hash', 'hash', 'hash', 'string'}) or numeric(bkey, {'t', 'u'})
 if bad then return bad end
-reap(KEYS[2], KEYS[3], KEYS[4], KEYS[1], me, now, cap, ttl, win)
+-- the holds and forfeits this write settles, parsed below after writes: checked first
+for i = 9, #ARGV, 6 do
+  local v = redis.call('HGET', KEYS[3], ARGV[i])
+  local ht, hu = string.match(v or '0 0 -', '^(%S+) (%S+) .+$')
+  local f = redis.call('HGET', KEYS[4], ARGV[i])
+  local ft, fu, fw = string.match(f or '0 0 0', '^(%S+) (%S+) (%S+)$')
+  if not (tonumber(ht) and tonumber(hu) and tonumber(ft) and tonumber(fu) and tonumber(fw)) then
+    return redis.error_reply('ERR the quota hold ' .. ARGV[i] .. ' is not one the router wrote')
+  end
+  if f and tonumber(fw) ~= win and redis.call('EXISTS', KEYS[1] .. ':' .. fw) == 1 then
+    bad = check({KEYS[1] .. ':' .. fw}, {'hash'}) or numeric(KEYS[1] .. ':' .. fw, {'t', 'u'})
+    if bad then return bad end
+  end
+end
+local _, bad_value = reap(KEYS[2], KEYS[3], KEYS[4], KEYS[1], me, now, cap, ttl, win)
+if bad_value then return bad_value end
 local seq = tonumber(ARGV[8])
 local last = redis.call('GET', KEYS[5])
 if last and tonumber(last) >= seq then

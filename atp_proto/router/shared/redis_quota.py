@@ -57,9 +57,11 @@ period, so the count is high while the router is away and exact in the end.
 Redis refusing writes for a while (OOM, READONLY...: :func:`.link.refuses_writes`) is
 Redis away for the writer: the flush is kept and sent again, and admission refuses at
 once (EAGENTDOWN) until a flush went through; READONLY also drops the connections (a
-failover). A write Redis rejects for itself (a script error, a key of another type: the
-scripts check their keys before writing anything, and store the flush number last, so it
-changed nothing) puts its tenant's usage back in the queue, merged, sent again after
+failover). A write Redis rejects for itself (a script error, a key of another type or a
+value that is no number: the scripts check their keys' types and the values they compute
+with before writing anything, and store the flush number last, so it changed nothing;
+a script failing part-way for another reason, a bug, wrote that part, which its retry
+writes again: counted high) puts its tenant's usage back in the queue, merged, sent again after
 :data:`REJECT_RETRY_S` doubling to :data:`REJECT_RETRY_MAX_S`; that tenant's streams are
 refused meanwhile, the others' writes go on. Both are counted in :attr:`write_errors`.
 """
@@ -303,7 +305,9 @@ class RedisQuotaStore:
                 self._queued += 1
                 self._wake.set()
             raise self._unreachable() from None
-        self._came_back()
+        # not the writer's refusal: an admission Redis ran to its end (past maxmemory,
+        # one whose first write adds no memory) says nothing of the writes
+        self._came_back(writer=False)
         if rejected is not None:
             self._rejected.pop(tenant, None)
         status, a, b, win, redis_ms = (int(x) for x in reply)
@@ -502,10 +506,15 @@ class RedisQuotaStore:
                 while self._leased:
                     self._wake = trio.Event()
                     await self._wake.wait()
+            # a tenant whose write Redis rejected is tried once more now, its wait cut
+            # short (the flush skips it until then: its usage would stay here, unsaid)
+            self._rejected = {t: (0.0, w) for t, (_, w) in self._rejected.items()}
             if self._pending or self._unconfirmed is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:
                         await self._flush(False)
+                        if self._pending:  # rejected again: put back in the queue
+                            raise RedisError("a quota write rejected by Redis")
                     except RedisError as exc:
                         # one line: the error says why; the other routers charge this
                         # one's holds once its lease lapses (ATP-BUDGET-017)
@@ -513,12 +522,13 @@ class RedisQuotaStore:
                         if self._unconfirmed is not None:
                             unsent.update(c[0] for c in self._unconfirmed[1])
                         log.warning(
-                            "Redis unreachable at shutdown: quota usage not written (the "
-                            "other routers charge this router's holds once its lease lapses)",
+                            "quota usage not written at shutdown, Redis unreachable or "
+                            "rejecting the write (the other routers charge this router's "
+                            "holds once its lease lapses)",
                             extra={
                                 "redis": redacted(self.link.url),
                                 "tenants": len(unsent),
-                                "error": str(exc),
+                                "error": str(exc)[:300],
                             },
                         )
 
@@ -581,7 +591,7 @@ class RedisQuotaStore:
         those of a tenant whose write Redis rejected (a script error, a key of the wrong
         type: it would fail again as it is), which go back to the queue from ``batch``,
         merged with what came since, and are sent again later in a flush of their own
-        number (the script writes nothing before it checked the keys, and its number
+        number (the script writes nothing before it checked the keys and values, and its number
         last: a rejected write changed nothing).
 
         Raises:
@@ -693,8 +703,12 @@ class RedisQuotaStore:
                 extra={"redis": redacted(self.link.url), "error": str(exc)[:300]},
             )
 
-    def _came_back(self) -> None:
-        self._refusing = None
+    def _came_back(self, *, writer: bool = True) -> None:
+        """Redis answered; ``writer``: a flush went through, ending a refusal of writes."""
+        if writer:
+            self._refusing = None
+        elif self._refusing is not None:
+            return  # still refusing the writer: not back
         if not self.up:
             self.up = True
             log.info("Redis reachable again", extra={"redis": redacted(self.link.url)})

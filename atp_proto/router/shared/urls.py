@@ -21,7 +21,7 @@ written to for a second without waiting for the missing ones
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote
 
 __all__ = ["SENTINEL_SCHEMES", "SentinelURL", "parse_sentinel", "redact_netloc"]
@@ -39,12 +39,13 @@ class SentinelURL:
     master: str
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  #: no secret in a repr
     ssl: bool = False
     replicas: int = 1  #: replicas that must acknowledge a quota write (``?replicas=N``)
     wait_ms: int = 50  #: how long a write waits for them (``?wait_ms=N``, at least 1)
     sentinel_username: str | None = None  #: the sentinels' own (``?sentinel_username=``)
-    sentinel_password: str | None = None  #: the sentinels' own (``?sentinel_password=``)
+    #: the sentinels' own (``?sentinel_password=``)
+    sentinel_password: str | None = field(default=None, repr=False)
     #: a sentinel is believed only when it sees this many others (``?min_other_sentinels=``)
     min_other_sentinels: int = 0
 
@@ -89,6 +90,11 @@ def parse_sentinel(url: str) -> SentinelURL:
     wait_ms = options.get("wait_ms", ["50"])[-1]
     if not replicas.isdigit() or not wait_ms.isdigit() or int(wait_ms) < 1:
         raise ValueError(f"{_USAGE}: replicas and wait_ms must be whole numbers (wait_ms >= 1)")
+    s_user = options.get("sentinel_username", [""])[-1] or None
+    s_password = options.get("sentinel_password", [""])[-1] or None
+    if s_user is not None and s_password is None:
+        # the sentinels would be asked without it, and refuse: say so at start instead
+        raise ValueError(f"{_USAGE}: sentinel_username needs a sentinel_password")
     others = options.get("min_other_sentinels", ["0"])[-1]
     if not others.isdigit():
         raise ValueError(f"{_USAGE}: min_other_sentinels must be a whole number")
@@ -101,8 +107,8 @@ def parse_sentinel(url: str) -> SentinelURL:
         scheme.startswith("rediss"),
         int(replicas),
         int(wait_ms),
-        options.get("sentinel_username", [""])[-1] or None,
-        options.get("sentinel_password", [""])[-1] or None,
+        s_user,
+        s_password,
         int(others),
     )
 
