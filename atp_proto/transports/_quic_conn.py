@@ -45,7 +45,7 @@ from atp_proto.frames import ErrorCode
 from ._quic_frames import reset_code
 from ._quic_input import INBOX_LIMIT, QuicInput
 from ._quic_udp import Address, UdpEndpoint
-from .base import TransportClosed, quic_error_code
+from .base import TransportClosed, close_reason, quic_error_code
 
 __all__ = ["ALPN", "INBOX_LIMIT", "NORMAL_CLOSE", "QuicTransport"]
 
@@ -295,7 +295,7 @@ class QuicTransport(QuicInput):
 
     async def _close(self, code: int, reason: str) -> None:
         if not self.terminated.is_set() and self.quic._state not in _CLOSING_STATES:
-            self.quic.close(error_code=code, reason_phrase=reason[:120])
+            self.quic.close(error_code=code, reason_phrase=close_reason(reason))
             self.endpoint.mark(self)
             self._timer_wake.set()
         with trio.move_on_after(1):
@@ -305,7 +305,7 @@ class QuicTransport(QuicInput):
         """Close at once, without the sender task (it may be gone): CONNECTION_CLOSE
         written straight to the socket, best effort."""
         if not self.terminated.is_set() and not self.closed:
-            self.quic.close(error_code=code, reason_phrase=reason[:120])
+            self.quic.close(error_code=code, reason_phrase=close_reason(reason))
         for data, addr in self.take_datagrams(trio.current_time()):
             self.endpoint.send_now(data, addr)
 

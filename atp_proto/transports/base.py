@@ -20,11 +20,18 @@ Transports import nothing from :mod:`atp_proto.session` or :mod:`atp_proto.route
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from atp_proto.frames import ErrorCode
+
+#: the longest close reason a transport sends, in code points (a WebSocket close frame
+#: holds 123 bytes of it, which wsproto cuts between code points; QUIC's reason phrase is
+#: kept as short)
+CLOSE_REASON_MAX = 120
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 __all__ = [
     "WS_CLOSE_CODES",
@@ -36,6 +43,7 @@ __all__ = [
     "TransportFault",
     "Transport",
     "TransportClosed",
+    "close_reason",
     "error_code_for_quic_close",
     "error_code_for_ws_close",
     "quic_error_code",
@@ -201,3 +209,14 @@ def quic_error_code(code: ErrorCode | str) -> int:
         return 0x100 + list(ErrorCode).index(ErrorCode(code))
     except ValueError:
         return 0x100
+
+
+def close_reason(reason: str) -> str:
+    """``reason`` as a close frame can carry it: at most :data:`CLOSE_REASON_MAX` code
+    points, a lone surrogate (no UTF-8 text can hold one) as U+FFFD. A reason that does not
+    encode would raise in the sender — over QUIC the endpoint's, shared by every
+    connection of the socket."""
+    reason = reason[:CLOSE_REASON_MAX]
+    if not reason.isascii():
+        reason = _SURROGATE.sub("\ufffd", reason)
+    return reason

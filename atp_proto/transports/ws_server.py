@@ -55,7 +55,7 @@ from wsproto.utilities import RemoteProtocolError
 from atp_proto.frames import ErrorCode
 
 from ._tls_stream import TlsStream
-from .base import Oversized, TransportClosed, ws_close_code
+from .base import Oversized, TransportClosed, close_reason, ws_close_code
 
 __all__ = ["Handshake", "WsConnection", "server_frame"]
 
@@ -489,7 +489,7 @@ class WsConnection:
         """Send a close frame (once), wait briefly for the peer's reply, drop TCP."""
         if not self._closed and self._ws.state is ConnectionState.OPEN:
             self._closed = True
-            data = self._ws.send(we.CloseConnection(code=code, reason=reason[:120]))
+            data = self._ws.send(we.CloseConnection(code=code, reason=close_reason(reason)))
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 await self._write_quietly(data)
                 if not self._eof:
@@ -501,7 +501,7 @@ class WsConnection:
 
     async def close_with_error(self, code: ErrorCode | str, reason: str) -> None:
         """Close for a connection-level ATP error: its WebSocket close code (ATP-WS)."""
-        await self.close(ws_close_code(code), reason[:120])
+        await self.close(ws_close_code(code), reason)
 
     async def _await_close_reply(self) -> None:
         while not self._eof:

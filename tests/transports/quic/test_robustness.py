@@ -280,3 +280,28 @@ async def test_drain_over_quic(quic_router, cert) -> None:
                 await trio.sleep(0.01)
     assert client.closed.code == "EDRAINING"  # from the close code (ATP-QUIC-014)
     assert client._ws.peer_close_code == 0x109
+
+
+@pytest.mark.deadline(90)
+async def test_a_close_reason_that_is_no_text_closes_one_connection_only(quic_router, cert) -> None:
+    """A close reason holding a lone surrogate (an application's text read with
+    surrogateescape, say) cannot be UTF-8: the transport sends it with U+FFFD instead of
+    raising in the sender, which over QUIC is the endpoint's, shared by every connection of
+    the router's socket (before: UnicodeEncodeError there, every client cut off)."""
+    router = await quic_router()
+    server = router.quic_server
+    assert server is not None
+    url = f"quic://127.0.0.1:{router.quic_port}"
+    async with connect(url, ca_file=cert.cert) as other, connect(url, ca_file=cert.cert) as one:
+        assert isinstance(await one.ask("one"), Final)
+        assert isinstance(await other.ask("other"), Final)
+        theirs = one._ws
+        cid = theirs.quic.host_cid  # type: ignore[union-attr]
+        (mine,) = [t for t in server.transports if t.quic._peer_cid.cid == cid]
+        await mine.close_with_error("EPROTO", "bad \udc80 text " + "x" * 500)
+        with trio.fail_after(10):
+            await theirs.terminated.wait()  # type: ignore[union-attr]
+        assert theirs.peer_close_code == 0x100
+        assert theirs.peer_close_reason.startswith("bad \ufffd text x")
+        assert len(theirs.peer_close_reason) <= 120
+        assert isinstance(await other.ask("still here"), Final)
