@@ -125,9 +125,12 @@ def _field_kind(field: tuple[bytes, bytes]) -> int:
     return 0
 
 
-#: fields already checked -> their kind (bounded: cleared when full)
+#: fields already checked -> their kind (bounded: cleared when full). Process-wide, so
+#: it holds only short fields (a server's long values, up to a frame each, would stay
+#: in memory across connections) and no never-indexed (sensitive) ones.
 _KINDS: dict[tuple[bytes, bytes], int] = {}
 _MAX_KINDS = 512
+_MAX_KIND_FIELD = 128  #: name + value bytes of a field the cache may hold
 
 
 def _plain_block(headers: list[Any], trailers: bool, end_stream: bool) -> bool:
@@ -147,9 +150,12 @@ def _plain_block(headers: list[Any], trailers: bool, end_stream: bool) -> bool:
         kind = kinds.get(field)
         if kind is None:
             kind = _field_kind(field)
-            if len(kinds) >= _MAX_KINDS:
-                kinds.clear()
-            kinds[(field[0], field[1])] = kind
+            if len(field[0]) + len(field[1]) <= _MAX_KIND_FIELD and getattr(
+                field, "indexable", True
+            ):
+                if len(kinds) >= _MAX_KINDS:
+                    kinds.clear()
+                kinds[(field[0], field[1])] = kind
         if kind != (_STATUS if i < first else _REGULAR):
             return False
     return True
