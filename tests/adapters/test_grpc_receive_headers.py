@@ -49,6 +49,18 @@ RESET = 11  #: a request we reset (RST_STREAM sent): its call is gone
 HEAD = 13  #: a HEAD request, half-closed (h2 expects no body: content length 0)
 
 
+class _Lot:
+    """Stands in for the channel's ``slot_lot``: counts the wake-ups of callers waiting
+    for a stream slot (a call's end must wake them on both paths)."""
+
+    def __init__(self) -> None:
+        self.woken = 0
+
+    def unpark_all(self) -> list[Any]:
+        self.woken += 1
+        return []
+
+
 class Recording(Call):
     """A call that logs what the reader hands it."""
 
@@ -94,6 +106,7 @@ def _channel() -> H2Channel:
     ch.h2.send_headers(HEAD, [(b":method", b"HEAD"), *REQUEST[1:]], end_stream=True)
     for sid in (*SIDS, HEAD):
         ch.calls[sid] = Recording(ch, sid)
+    ch.slot_lot = _Lot()  # type: ignore[assignment]
     ch.h2.data_to_send()
     return ch
 
@@ -305,7 +318,7 @@ def _run(data: bytes, cuts: list[int], fast: bool) -> tuple[Any, ...]:
         # read's frames (in_header_block), are moot; the error and h2's state are not
         return error, state, None
     logs = {sid: c.log for sid, c in ch.calls.items()}  # type: ignore[attr-defined]
-    return error, state, (logs, ch.in_header_block)
+    return error, state, (logs, ch.in_header_block, ch.slot_lot.woken)  # type: ignore[attr-defined]
 
 
 @settings(max_examples=400, deadline=None)
@@ -382,6 +395,8 @@ TARGETED: dict[str, list[tuple[Any, ...]]] = {
     "colon-in-name": [_h(1, [*OK, (b"x:y", b"v")])],
     "colon-name": [_h(1, [*OK, (b":", b"v")])],
     "custom-pseudo": [_h(1, [*OK[:1], (b":custom", b"v")])],
+    "custom-pseudo-first": [_h(1, [(b":custom", b"200"), *OK[1:]])],
+    "authority-first": [_h(1, [(b":authority", b"a"), *OK[1:]])],
     "never-indexed": [_h(1, OK, never=True), _h(1, END, True, never=True)],
     "reset-by-us": [_h(RESET, OK)],
     "reset-by-us-end": [_h(RESET, OK, True)],

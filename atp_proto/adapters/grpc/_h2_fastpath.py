@@ -84,8 +84,12 @@ H2_SEND_REQUEST_SHA256 = "0e2b2fe638aa5d11c69d3149122b518780990aed261bb4dbe0e918
 #: ``H2StreamStateMachine.stream_ended``, ``utilities.is_informational_response``,
 #: ``utilities.validate_headers``, ``utilities.normalize_inbound_headers`` and the checks
 #: it runs per field: ``_reject_illegal_characters``, ``_reject_empty_header_names``,
-#: ``_reject_te``, ``_reject_connection_header``), joined
-H2_RECEIVE_HEADERS_SHA256 = "068974700f6e5ff814ee68e0ed3237e2550b1a868e19304fc58b0ccdb226587f"
+#: ``_reject_te``, ``_reject_connection_header``; and those whose outcome on a plain block
+#: it assumes: ``_reject_pseudo_header_fields``, ``_check_pseudo_header_field_acceptability``,
+#: ``_assert_header_in_set``, ``_check_host_authority_header``, ``_check_path_header``,
+#: ``_combine_cookie_fields``, ``H2Stream._build_hdr_validation_flags``,
+#: ``H2StreamStateMachine.process_input``, ``H2Connection._get_or_create_stream``), joined
+H2_RECEIVE_HEADERS_SHA256 = "04cf3338d2bf9f18e4336ff8f833b4d1ff974ed1009e9d0a522e4fd3b3103407"
 
 _CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
 _CLOSED = h2.stream.StreamState.CLOSED
