@@ -368,11 +368,26 @@ def test_h2_response_headers_path_replaced_by_receive_headers_is_of_the_pinned_h
         u._reject_empty_header_names,
         u._reject_te,
         u._reject_connection_header,
+        # what _plain_block assumes of the rest of h2's checks and normalisation: a
+        # leading non-1xx :status then regular fields pass them unchanged, and only
+        # cookie fields are transformed (the stream's own calls and flags included)
+        u._reject_pseudo_header_fields,
+        u._check_pseudo_header_field_acceptability,
+        u._assert_header_in_set,
+        u._check_host_authority_header,
+        u._check_path_header,
+        u._combine_cookie_fields,
+        s.H2Stream._build_hdr_validation_flags,
+        s.H2StreamStateMachine.process_input,
+        c.H2Connection._get_or_create_stream,
     ]
     src = "".join(inspect.getsource(f) for f in parts)
     assert hashlib.sha256(src.encode()).hexdigest() == _h2_fastpath.H2_RECEIVE_HEADERS_SHA256, (
         "h2's response-headers path changed: check _h2_fastpath.Connection.receive_headers"
     )
+    # the sets those checks read: a response's :status allowed, not request-only
+    assert b":status" in u._ALLOWED_PSEUDO_HEADER_FIELDS
+    assert b":status" not in u._REQUEST_ONLY_HEADERS
     st, si = s.StreamState, s.StreamInputs
     table = s._transitions
     assert table[(st.HALF_CLOSED_LOCAL, si.RECV_HEADERS)] == (

@@ -22,6 +22,7 @@ from hpack import Encoder, NeverIndexedHeaderTuple
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
+    GoAwayFrame,
     HeadersFrame,
     RstStreamFrame,
     SettingsFrame,
@@ -44,6 +45,20 @@ REQUEST = [
     (b"content-type", b"application/grpc"),
 ]
 SIDS = (1, 3, 5, 7)  #: 1, 3, 5 half-closed by a request; 7 opened and still sending
+RESET = 11  #: a request we reset (RST_STREAM sent): its call is gone
+HEAD = 13  #: a HEAD request, half-closed (h2 expects no body: content length 0)
+
+
+class _Lot:
+    """Stands in for the channel's ``slot_lot``: counts the wake-ups of callers waiting
+    for a stream slot (a call's end must wake them on both paths)."""
+
+    def __init__(self) -> None:
+        self.woken = 0
+
+    def unpark_all(self) -> list[Any]:
+        self.woken += 1
+        return []
 
 
 class Recording(Call):
@@ -86,8 +101,12 @@ def _channel() -> H2Channel:
     for sid in SIDS[:3]:
         assert ch.h2.send_request(sid, REQUEST, b"\x00\x00\x00\x00\x01z")
     ch.h2.send_headers(SIDS[3], REQUEST)  # OPEN: not the fast path's state
-    for sid in SIDS:
+    assert ch.h2.send_request(RESET, REQUEST, b"\x00\x00\x00\x00\x01z")
+    ch.h2.reset_stream(RESET, 8)
+    ch.h2.send_headers(HEAD, [(b":method", b"HEAD"), *REQUEST[1:]], end_stream=True)
+    for sid in (*SIDS, HEAD):
         ch.calls[sid] = Recording(ch, sid)
+    ch.slot_lot = _Lot()  # type: ignore[assignment]
     ch.h2.data_to_send()
     return ch
 
@@ -158,11 +177,11 @@ response = strat.tuples(status, strat.lists(field, max_size=4)).map(
 )
 trailers = strat.lists(field, max_size=4)
 block_fields = strat.one_of(response, response, trailers)
-sid = strat.sampled_from([*SIDS, *SIDS[:3], *SIDS[:3], 9, 2])
+sid = strat.sampled_from([*SIDS, *SIDS[:3], *SIDS[:3], 9, 2, 0, RESET, HEAD])
 
 call = strat.tuples(  # a whole answer: response HEADERS, a message, trailers
     strat.just("call"),
-    sid,
+    sid.filter(bool),  # not stream 0 (hyperframe builds no such frame)
     strat.lists(good, max_size=2),
     strat.lists(good, max_size=3),
     strat.booleans(),  # huffman
@@ -176,7 +195,9 @@ action = strat.one_of(
         sid,
         block_fields,
         strat.booleans(),  # END_STREAM
-        strat.sampled_from(["plain", "plain", "plain", "padded", "priority", "continued"]),
+        strat.sampled_from(
+            ["plain", "plain", "plain", "padded", "priority", "continued", "odd_flags", "reserved"]
+        ),
         strat.booleans(),  # huffman
         strat.booleans(),  # fields never indexed
     ),
@@ -189,7 +210,47 @@ action = strat.one_of(
     strat.tuples(strat.just("garbage"), strat.sampled_from(SIDS), strat.binary(max_size=12)),
     strat.tuples(strat.just("rst"), strat.sampled_from(SIDS)),
     strat.tuples(strat.just("table_size"), strat.sampled_from([0, 64, 256, 4096, 8192])),
+    strat.tuples(strat.just("bomb"), strat.sampled_from(SIDS[:3])),
+    strat.tuples(strat.just("goaway")),
 )
+
+
+def _server_bytes_headers(
+    out: list[bytes],
+    enc: Encoder,
+    sid: int,
+    fields: list[tuple[bytes, bytes]],
+    end: bool,
+    shape: str,
+    huffman: bool,
+    never: bool,
+) -> None:
+    if never:
+        fields = [NeverIndexedHeaderTuple(n, v) for n, v in fields]
+    block = enc.encode(fields, huffman=huffman)
+    flags = ["END_STREAM"] if end else []
+    if shape == "continued" and len(block) > 1:
+        cut = len(block) // 2
+        f = HeadersFrame(sid, data=block[:cut], flags=flags)
+        c = ContinuationFrame(sid, data=block[cut:], flags=["END_HEADERS"])
+        out += [f.serialize(), c.serialize()]
+        return
+    f = HeadersFrame(sid, data=block, flags=[*flags, "END_HEADERS"])
+    if shape in ("odd_flags", "reserved"):
+        raw = bytearray(f.serialize())
+        if shape == "odd_flags":
+            raw[4] |= 0xD2  # flag bits HEADERS does not define: both ignore them
+        else:
+            raw[5] |= 0x80  # the reserved bit of the stream id
+        out.append(bytes(raw))
+        return
+    if shape == "padded":
+        f.flags.add("PADDED")
+        f.pad_length = 3
+    elif shape == "priority":
+        f.flags.add("PRIORITY")
+        f.depends_on, f.stream_weight = 0, 15
+    out.append(f.serialize())
 
 
 def _server_bytes(actions: list[tuple[Any, ...]]) -> bytes:
@@ -207,24 +268,13 @@ def _server_bytes(actions: list[tuple[Any, ...]]) -> bytes:
             out.append(HeadersFrame(sid, data=block, flags=flags).serialize())
         elif kind == "headers":
             _, sid, fields, end, shape, huffman, never = a
-            if never:
-                fields = [NeverIndexedHeaderTuple(n, v) for n, v in fields]
-            block = enc.encode(fields, huffman=huffman)
-            flags = ["END_STREAM"] if end else []
-            if shape == "continued" and len(block) > 1:
-                cut = len(block) // 2
-                f = HeadersFrame(sid, data=block[:cut], flags=flags)
-                c = ContinuationFrame(sid, data=block[cut:], flags=["END_HEADERS"])
-                out += [f.serialize(), c.serialize()]
+            if sid == 0:  # hyperframe builds none on stream 0: stream 1's, then zeroed
+                tail = len(out)
+                _server_bytes_headers(out, enc, 1, fields, end, shape, huffman, never)
+                for i in range(tail, len(out)):
+                    out[i] = out[i][:5] + bytes(4) + out[i][9:]
                 continue
-            f = HeadersFrame(sid, data=block, flags=[*flags, "END_HEADERS"])
-            if shape == "padded":
-                f.flags.add("PADDED")
-                f.pad_length = 3
-            elif shape == "priority":
-                f.flags.add("PRIORITY")
-                f.depends_on, f.stream_weight = 0, 15
-            out.append(f.serialize())
+            _server_bytes_headers(out, enc, sid, fields, end, shape, huffman, never)
         elif kind == "data":
             _, sid, payload, end = a
             out.append(
@@ -237,6 +287,12 @@ def _server_bytes(actions: list[tuple[Any, ...]]) -> bytes:
             out.append(RstStreamFrame(a[1], error_code=8).serialize())
         elif kind == "table_size":
             enc.header_table_size = a[1]
+        elif kind == "bomb":  # one 4 KB table entry referenced past max_header_list_size
+            big = [(b"x-big", b"a" * 4000)] * 17
+            block = enc.encode([(b":status", b"200"), *big], huffman=False)
+            out.append(HeadersFrame(a[1], data=block, flags=["END_HEADERS"]).serialize())
+        elif kind == "goaway":
+            out.append(GoAwayFrame(0, last_stream_id=0, error_code=0).serialize())
     return b"".join(out)
 
 
@@ -262,7 +318,7 @@ def _run(data: bytes, cuts: list[int], fast: bool) -> tuple[Any, ...]:
         # read's frames (in_header_block), are moot; the error and h2's state are not
         return error, state, None
     logs = {sid: c.log for sid, c in ch.calls.items()}  # type: ignore[attr-defined]
-    return error, state, (logs, ch.in_header_block)
+    return error, state, (logs, ch.in_header_block, ch.slot_lot.woken)  # type: ignore[attr-defined]
 
 
 @settings(max_examples=400, deadline=None)
@@ -273,6 +329,117 @@ def _run(data: bytes, cuts: list[int], fast: bool) -> tuple[Any, ...]:
 def test_fast_path_equals_h2_path(actions: list[tuple[Any, ...]], cuts: list[int]) -> None:
     data = _server_bytes(actions)
     assert _run(data, cuts, True) == _run(data, cuts, False)
+
+
+# ------------------------------------------------------------------ targeted sequences
+# The property test above draws a given hostile field in a given place rarely (it let a
+# fast path that skipped h2's TE check, or took trailers without END_STREAM, pass 400
+# examples): each case an h2 maintainer would try, fed to both paths every run.
+
+
+def _h(
+    sid: int,
+    fields: list[tuple[bytes, bytes]],
+    end: bool = False,
+    shape: str = "plain",
+    never: bool = False,
+) -> tuple[Any, ...]:
+    return ("headers", sid, fields, end, shape, False, never)
+
+
+OK = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+END = [(b"grpc-status", b"0")]
+MSG = ("data", 1, b"\x00\x00\x00\x00\x02hi", False)
+CONNECTION_FIELDS = (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding")
+TARGETED: dict[str, list[tuple[Any, ...]]] = {
+    "plain": [_h(1, OK), MSG, _h(1, END, True)],
+    "trailers-without-end-stream": [_h(1, OK), _h(1, END)],
+    "empty-trailers": [_h(1, OK), _h(1, [], True)],
+    "empty-response": [_h(1, [], True)],
+    "1xx-then-response": [_h(1, [(b":status", b"100")]), _h(1, OK), _h(1, END, True)],
+    "1xx-end-stream": [_h(1, [(b":status", b"103")], True)],
+    "1xx-after-response": [_h(1, OK), _h(1, [(b":status", b"100")])],
+    "1xx-content-length": [
+        _h(1, [(b":status", b"100"), (b"content-length", b"4")]),
+        _h(1, OK),
+        MSG,
+        _h(1, END, True),
+    ],
+    "content-length-then-trailers": [
+        _h(1, [*OK, (b"content-length", b"7")]),
+        MSG,
+        _h(1, END, True),
+    ],
+    "content-length-short": [_h(1, [*OK, (b"content-length", b"3")]), MSG, _h(1, END, True)],
+    "content-length-in-trailers": [_h(1, OK), _h(1, [(b"content-length", b"0")], True)],
+    "duplicate-status": [_h(1, [*OK, (b":status", b"200")])],
+    "status-after-regular": [_h(1, [(b"content-type", b"x"), (b":status", b"200")])],
+    "status-in-trailers": [_h(1, OK), _h(1, [(b":status", b"200")], True)],
+    "path-in-response": [_h(1, [(b":status", b"200"), (b":path", b"/")])],
+    "no-status": [_h(1, [(b"content-type", b"x")])],
+    "empty-status": [_h(1, [(b":status", b"")], True)],
+    "uppercase": [_h(1, [*OK, (b"X-A", b"v")])],
+    "uppercase-in-trailers": [_h(1, OK), _h(1, [(b"Grpc-Status", b"0")], True)],
+    "te-gzip": [_h(1, [*OK, (b"te", b"gzip")])],
+    "te-gzip-in-trailers": [_h(1, OK), _h(1, [(b"te", b"gzip")], True)],
+    "te-Trailers": [_h(1, [*OK, (b"te", b"Trailers")]), _h(1, END, True)],
+    **{f"{n.decode()}": [_h(1, [*OK, (n, b"x")])] for n in CONNECTION_FIELDS},
+    "connection-in-trailers": [_h(1, OK), _h(1, [(b"connection", b"close")], True)],
+    "cookies": [_h(1, [*OK, (b"cookie", b"a=1"), (b"cookie", b"b=2")]), _h(1, END, True)],
+    "tab-value": [_h(1, [*OK, (b"x-a", b"v\t")])],
+    "cr-value": [_h(1, [*OK, (b"x-a", b"a\rb")])],
+    "nul-value-in-trailers": [_h(1, OK), _h(1, [(b"x-a", b"a\x00")], True)],
+    "empty-name": [_h(1, [*OK, (b"", b"v")])],
+    "del-name": [_h(1, [*OK, (b"x\x7f", b"v")])],
+    "high-byte-name": [_h(1, [*OK, (b"x\xe9", b"v")])],
+    "colon-in-name": [_h(1, [*OK, (b"x:y", b"v")])],
+    "colon-name": [_h(1, [*OK, (b":", b"v")])],
+    "custom-pseudo": [_h(1, [*OK[:1], (b":custom", b"v")])],
+    "custom-pseudo-first": [_h(1, [(b":custom", b"200"), *OK[1:]])],
+    "authority-first": [_h(1, [(b":authority", b"a"), *OK[1:]])],
+    "never-indexed": [_h(1, OK, never=True), _h(1, END, True, never=True)],
+    "reset-by-us": [_h(RESET, OK)],
+    "reset-by-us-end": [_h(RESET, OK, True)],
+    "head": [_h(HEAD, OK, True)],
+    "head-content-length": [_h(HEAD, [*OK, (b"content-length", b"9")]), _h(HEAD, END, True)],
+    "unknown-odd": [_h(9, OK)],
+    "even": [_h(2, OK)],
+    "stream-0": [_h(0, OK)],
+    "open-stream": [_h(7, OK)],
+    "after-end": [("call", 1, [], END, False), _h(1, OK)],
+    "after-server-rst": [("rst", 1), _h(1, OK)],
+    "after-goaway": [("goaway",), _h(1, OK, True)],
+    "oversized-list": [("bomb", 1)],
+    "table-size-updates": [("table_size", 0), _h(1, OK), ("table_size", 256), _h(1, END, True)],
+    "odd-flags": [_h(1, OK, shape="odd_flags"), _h(1, END, True, shape="odd_flags")],
+    "reserved-bit": [_h(1, OK, shape="reserved"), _h(1, END, True, shape="reserved")],
+    "padded": [_h(1, OK, shape="padded"), _h(1, END, True, shape="padded")],
+    "priority": [_h(1, OK, shape="priority"), _h(1, END, True, shape="priority")],
+    "continued": [_h(1, OK, shape="continued"), _h(1, END, True, shape="continued")],
+    "garbage": [("garbage", 1, b"\xff\xff\xff\xff")],
+    "garbage-after-response": [_h(1, OK), ("garbage", 1, b"\x7f\xff\xff\xff\x7f")],
+}
+
+
+@pytest.mark.parametrize("actions", TARGETED.values(), ids=TARGETED.keys())
+@pytest.mark.parametrize("cuts", [[], [7] * 60], ids=["one-read", "7-byte-reads"])
+def test_targeted_sequences_equal_h2(actions: list[tuple[Any, ...]], cuts: list[int]) -> None:
+    data = _server_bytes(actions)
+    assert _run(data, cuts, True) == _run(data, cuts, False)
+
+
+def test_the_field_cache_keeps_no_long_or_never_indexed_field() -> None:
+    """The per-field cache is process-wide: it must not hold a server's long values
+    (up to a frame each, 512 of them) nor its never-indexed (sensitive) ones."""
+    _h2_fastpath._KINDS.clear()
+    for i in range(600):
+        value = b"v%d-" % i + b"x" * 10_000
+        assert _h2_fastpath._plain_block([(b":status", b"200"), (b"x-long", value)], False, True)
+    secret = NeverIndexedHeaderTuple(b"x-token", b"s3cret")
+    assert _h2_fastpath._plain_block([secret], True, True)
+    held = sum(len(n) + len(v) for n, v in _h2_fastpath._KINDS)
+    assert held <= 2000, f"{held} bytes of header fields held by the cache"
+    assert (b"x-token", b"s3cret") not in _h2_fastpath._KINDS
 
 
 # ------------------------------------------------------------------ the fast path is taken

@@ -121,9 +121,9 @@ class Call:
         retry: int | None = None
         for k, v in headers:
             if k == b":status":  # h2 checks neither value: a malformed one fails this call
-                status = int(v) if v.isdigit() else -1
+                status = _code(v)
             elif k == b"grpc-status":
-                grpc_status = int(v) if v.isdigit() else -1
+                grpc_status = _code(v)
             elif k == b"grpc-message":
                 message = unquote(v.decode("utf-8", "replace"))
             elif k == b"grpc-retry-pushback-ms":  # gRPC A6 server pushback
@@ -218,3 +218,10 @@ class Call:
                 conn.ack(self.stream_id, unacked)
         conn.calls.pop(self.stream_id, None)
         conn.slot_lot.unpark_all()
+
+
+def _code(value: bytes) -> int:
+    """A ``:status`` or ``grpc-status`` value as a number; -1 when it is not 1 to 9 ASCII
+    digits (``int()`` also takes signs, spaces and ``_``, and raises ValueError on more
+    than 4300 digits, which in the reader would drop the connection)."""
+    return int(value) if len(value) <= 9 and value.isdigit() else -1

@@ -84,8 +84,12 @@ H2_SEND_REQUEST_SHA256 = "0e2b2fe638aa5d11c69d3149122b518780990aed261bb4dbe0e918
 #: ``H2StreamStateMachine.stream_ended``, ``utilities.is_informational_response``,
 #: ``utilities.validate_headers``, ``utilities.normalize_inbound_headers`` and the checks
 #: it runs per field: ``_reject_illegal_characters``, ``_reject_empty_header_names``,
-#: ``_reject_te``, ``_reject_connection_header``), joined
-H2_RECEIVE_HEADERS_SHA256 = "068974700f6e5ff814ee68e0ed3237e2550b1a868e19304fc58b0ccdb226587f"
+#: ``_reject_te``, ``_reject_connection_header``; and those whose outcome on a plain block
+#: it assumes: ``_reject_pseudo_header_fields``, ``_check_pseudo_header_field_acceptability``,
+#: ``_assert_header_in_set``, ``_check_host_authority_header``, ``_check_path_header``,
+#: ``_combine_cookie_fields``, ``H2Stream._build_hdr_validation_flags``,
+#: ``H2StreamStateMachine.process_input``, ``H2Connection._get_or_create_stream``), joined
+H2_RECEIVE_HEADERS_SHA256 = "04cf3338d2bf9f18e4336ff8f833b4d1ff974ed1009e9d0a522e4fd3b3103407"
 
 _CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
 _CLOSED = h2.stream.StreamState.CLOSED
@@ -125,9 +129,12 @@ def _field_kind(field: tuple[bytes, bytes]) -> int:
     return 0
 
 
-#: fields already checked -> their kind (bounded: cleared when full)
+#: fields already checked -> their kind (bounded: cleared when full). Process-wide, so
+#: it holds only short fields (a server's long values, up to a frame each, would stay
+#: in memory across connections) and no never-indexed (sensitive) ones.
 _KINDS: dict[tuple[bytes, bytes], int] = {}
 _MAX_KINDS = 512
+_MAX_KIND_FIELD = 128  #: name + value bytes of a field the cache may hold
 
 
 def _plain_block(headers: list[Any], trailers: bool, end_stream: bool) -> bool:
@@ -147,9 +154,12 @@ def _plain_block(headers: list[Any], trailers: bool, end_stream: bool) -> bool:
         kind = kinds.get(field)
         if kind is None:
             kind = _field_kind(field)
-            if len(kinds) >= _MAX_KINDS:
-                kinds.clear()
-            kinds[(field[0], field[1])] = kind
+            if len(field[0]) + len(field[1]) <= _MAX_KIND_FIELD and getattr(
+                field, "indexable", True
+            ):
+                if len(kinds) >= _MAX_KINDS:
+                    kinds.clear()
+                kinds[(field[0], field[1])] = kind
         if kind != (_STATUS if i < first else _REGULAR):
             return False
     return True
