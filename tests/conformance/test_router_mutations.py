@@ -16,13 +16,14 @@ each case meeting only its own: three processes in all."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from atp_proto.router.auth import issue_token
 
-from .conftest import SECRET, adapter_socket, failures, router, run_suite
+from .conftest import BROKEN, ROOT, SECRET, adapter_socket, failures, router, run_suite
 
 #: variant: (the case that must catch it, the requirement it must name)
 _PLAIN = {
@@ -104,3 +105,30 @@ def test_broken_auth_is_caught(secret_file: Path) -> None:
     assert code == 1, err[-1500:]
     assert token not in err
     _caught(report, _AUTH)
+
+
+#: the client testee broken in one way: (the case that must catch it, the requirement)
+_CLIENT = {
+    "client-hb-ack-empty": ("client.basic.three-streams", "ATP-TIME-002"),
+    "client-syn-ignored": ("client.stream.syn-from-router", "ATP-STREAM-006"),
+    "client-budget-update-refused": ("client.frame.budget-update", "ATP-FRAME-014"),
+    "client-drain-ignored": ("client.session.draining", "ATP-SESS-006"),
+    "client-cont-never-set": ("client.flow.credit-respected", "ATP-SEQ-010"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(_CLIENT))
+def test_broken_client_is_caught(variant: str) -> None:
+    """The Python client testee with one fault fails the client case citing it (it passes
+    unbroken: test_client_codec_roles.py). client.frame.budget-update passed a client that
+    answered the BUDGET_UPDATE with EPROTO, client.flow.credit-respected one that sent its
+    fragments without CONT: both checks were added."""
+    case, want_id = _CLIENT[variant]
+    cmd = (
+        f"env PYTHONPATH={BROKEN}:{ROOT} {sys.executable} {BROKEN / 'client_variant.py'} "
+        f"{variant} {{url}} --streams {{streams}} --prompt-file {{prompt_file}} --ttl {{ttl}}"
+    )
+    code, report, _ = run_suite("--role", "client", "--exec", cmd, "--run", case, "--level", "L2")
+    assert code == 1
+    (failed,) = failures(report)
+    assert failed["id"] == case and want_id in failed["violated"], failed

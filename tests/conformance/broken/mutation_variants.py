@@ -405,3 +405,56 @@ VARIANTS.update(
         "alg-none-accepted": alg_none_accepted,
     }
 )
+
+
+def client_syn_ignored() -> None:  # a SYN from the router dropped by the client
+    # (ATP-STREAM-006: EPROTO)
+    from atp_proto.frames import _receiving
+
+    orig = _receiving.ReceiveMixin._data_outside_stream
+
+    def outside(self: Any, frame: Any, rec: Any, now: float, events: Any, enc: Any) -> Any:
+        if rec is None and frame.flags & 0x01:
+            return None
+        return orig(self, frame, rec, now, events, enc)
+
+    _receiving.ReceiveMixin._data_outside_stream = outside  # type: ignore[method-assign]
+
+
+def client_budget_update_refused() -> None:  # the client refuses the router's BUDGET_UPDATE
+    # with EPROTO, as a router must refuse a client's (ATP-FRAME-014)
+    from atp_proto.frames._errors import RemoteProtocolError
+    from atp_proto.frames._types import ErrorCode
+
+    def make(orig: Callable[..., None]) -> Callable[..., None]:
+        def handle(self: Any, frame: Any, cost: int, now: float, events: Any, enc: Any) -> None:
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO, "BUDGET_UPDATE refused", stream_id=frame.stream_id
+            )
+
+        return handle
+
+    _handler(FrameType.BUDGET_UPDATE, make)
+
+
+def client_drain_ignored() -> None:  # EDRAINING on stream 0 ignored: the client goes on
+    # opening streams on the session (ATP-SESS-006)
+    def make(orig: Callable[..., None]) -> Callable[..., None]:
+        def handle(self: Any, frame: Any, cost: int, now: float, events: Any, enc: Any) -> None:
+            if not frame.stream_id and frame.ext["error"]["code"] == "EDRAINING":
+                return
+            orig(self, frame, cost, now, events, enc)
+
+        return handle
+
+    _handler(FrameType.ERROR, make)
+
+
+#: the client testee's variants (client_variant.py)
+CLIENT_VARIANTS: dict[str, Callable[[], None]] = {
+    "client-hb-ack-empty": hb_ack_empty,
+    "client-syn-ignored": client_syn_ignored,
+    "client-budget-update-refused": client_budget_update_refused,
+    "client-drain-ignored": client_drain_ignored,
+    "client-cont-never-set": cont_never_set,
+}
