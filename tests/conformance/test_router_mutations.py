@@ -9,7 +9,9 @@ ATP-SEQ-003, the only case whose SYN msg_seq is not 1; router.time.heartbeat che
 reply's payload; router.flow.fragments-within-credit and an invariant for CONT;
 router.json.duplicate-nested-key; router.adapter.max-streams names ATP-STREAM-008;
 connection errors' close codes, ATP-ERR-002; router.frame.budget-update-from-client,
-ATP-FRAME-014, which no router case cited; router.caps.stream0-data names ATP-FRAME-012).
+ATP-FRAME-014, which no router case cited; router.caps.stream0-data names ATP-FRAME-012;
+router.budget.preflight-refused, as router.budget.tiny-token-window passed a router that
+starts the work and ends it EBUDGET at the first usage report).
 The lanes (ATP-FRAME-017) and the idle timer (ATP-TIME-008) have their variants in
 test_router_role.py, which runs those cases with the configuration they need. Independent faults share a router process,
 each case meeting only its own: three processes in all."""
@@ -40,6 +42,8 @@ _PLAIN = {
     "float-header-truncated": ("router.text.json.float-header", "ATP-JSON-010"),
     "invalid-argument-unmapped": ("router.adapter.status-invalid-argument", "ATP-ADAPT-011"),
     "no-window-update": ("router.seq.fragments-credit", "ATP-FLOW-012"),
+    "bad-window-unlimited": ("router.vector.frame.syn-window-negative", "ATP-BUDGET-008"),
+    "preflight-unchecked": ("router.budget.preflight-refused", "ATP-BUDGET-002"),
 }
 _MORE = {
     "hb-ack-answered": ("router.time.heartbeat", "ATP-TIME-006"),

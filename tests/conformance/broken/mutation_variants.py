@@ -458,3 +458,24 @@ CLIENT_VARIANTS: dict[str, Callable[[], None]] = {
     "client-drain-ignored": client_drain_ignored,
     "client-cont-never-set": cont_never_set,
 }
+
+
+def bad_window_unlimited() -> None:  # a SYN window field that is no unsigned integer read
+    # as "no limit" (ATP-BUDGET-008: EPROTO)
+    from collections.abc import Mapping
+
+    from atp_proto.frames import _validate
+
+    _validate.valid_window = lambda raw: isinstance(raw, Mapping)
+
+
+def preflight_unchecked() -> None:  # work starts whatever the estimate: only usage, as it
+    # comes, is held to the window (ATP-BUDGET-002)
+    from atp_proto.router import budget
+
+    budget.BudgetLedger.fits = lambda self, tokens, usd_micros: True  # type: ignore[method-assign]
+
+
+VARIANTS.update(
+    {"bad-window-unlimited": bad_window_unlimited, "preflight-unchecked": preflight_unchecked}
+)
