@@ -11,10 +11,12 @@ router.json.duplicate-nested-key; router.adapter.max-streams names ATP-STREAM-00
 connection errors' close codes, ATP-ERR-002; router.frame.budget-update-from-client,
 ATP-FRAME-014, which no router case cited; router.caps.stream0-data names ATP-FRAME-012;
 router.budget.preflight-refused, as router.budget.tiny-token-window passed a router that
-starts the work and ends it EBUDGET at the first usage report).
+starts the work and ends it EBUDGET at the first usage report;
+router.err.stream-error-spares-others, as only router.sec.sessions-isolated, naming
+ATP-SEC-010, caught a router whose every stream error ends the session).
 The lanes (ATP-FRAME-017) and the idle timer (ATP-TIME-008) have their variants in
 test_router_role.py, which runs those cases with the configuration they need. Independent faults share a router process,
-each case meeting only its own: three processes in all."""
+each case meeting only its own: four processes in all."""
 
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ _MORE = {
     "wu-stream0-ignored": ("router.caps.stream0-data", "ATP-FRAME-012"),
     "data-after-fin-dropped": ("router.stream.data-after-fin", "ATP-STREAM-005"),
 }
+#: alone in its process: every stream error of the session would meet it
+_FATAL = {"stream-error-ends-session": ("router.err.stream-error-spares-others", "ATP-ERR-005")}
 _AUTH = {
     "task-types-ignored": ("router.auth.task-type-refused", "ATP-SEC-004"),
     "lane-not-capped": ("router.auth.lane-capped", "ATP-SEC-015"),
@@ -73,7 +77,7 @@ def _caught(report: dict, caught: dict[str, tuple[str, str]]) -> None:
         assert want_id in failed[case]["violated"], (variant, failed[case])
 
 
-@pytest.mark.parametrize("group", [_PLAIN, _MORE], ids=["plain", "more"])
+@pytest.mark.parametrize("group", [_PLAIN, _MORE, _FATAL], ids=["plain", "more", "fatal"])
 def test_broken_routers_are_caught(group: dict[str, tuple[str, str]]) -> None:
     runs: list[str] = ["--run", "router.basic.final"]
     for case, _ in group.values():

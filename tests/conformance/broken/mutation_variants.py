@@ -479,3 +479,17 @@ def preflight_unchecked() -> None:  # work starts whatever the estimate: only us
 VARIANTS.update(
     {"bad-window-unlimited": bad_window_unlimited, "preflight-unchecked": preflight_unchecked}
 )
+
+
+def stream_error_ends_session() -> None:  # every stream error taken as fatal: the session
+    # ends with it, its other streams too (ATP-ERR-005, ATP-ERR-001)
+    from atp_proto.frames import _base
+
+    def stream_error(self: Any, exc: Any, events: Any) -> None:
+        exc.stream_id = 0
+        self._connection_error(exc, events)
+
+    _base.ConnectionBase._stream_error = stream_error  # type: ignore[method-assign]
+
+
+VARIANTS["stream-error-ends-session"] = stream_error_ends_session
