@@ -23,6 +23,8 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
     ended_at: dict[Any, int] = {}  #: the index of each stream's end among r.s.frames
     first_fragment: dict[Any, Mapping[str, Any]] = {}  #: ext is only on frag_seq 0
     spent: dict[Any, int] = {}
+    #: each stream's last DATA frame: (msg_seq, frag_seq, CONT set)
+    last_frag: dict[Any, tuple[Any, Any, bool]] = {}
     for index, f in enumerate(r.s.frames):
         t, sid, flags = f.get("type"), f.get("stream_id"), f.get("flags") or []
         if t == "UNDECODABLE":
@@ -55,6 +57,21 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
             if sid not in next_seq and sid in r.syn_seq:
                 next_seq[sid] = r.syn_seq[sid] + 1
             if sid in next_seq:
+                prev = last_frag.get(sid)
+                if (
+                    prev is not None
+                    and not prev[2]
+                    and f.get("msg_seq") == prev[0]
+                    and f.get("frag_seq") == int(prev[1] or 0) + 1
+                ):
+                    out.append(
+                        (
+                            "ATP-SEQ-010",
+                            f"stream {sid}: frag_seq {f.get('frag_seq')} of msg_seq {prev[0]} "
+                            "follows a fragment without CONT",
+                        )
+                    )
+                last_frag[sid] = (f.get("msg_seq"), f.get("frag_seq"), "CONT" in flags)
                 want = next_seq[sid]
                 if f.get("msg_seq") != want:
                     out.append(

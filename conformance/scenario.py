@@ -101,6 +101,26 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
                 {"code": "ETIMEOUT", "violated": ["ATP-TIME-004"]},
                 r.ctx.timeout(idle / 1000 + 3),
             )
+        elif op == "idle_heartbeats":  # ATP-TIME-008: heartbeats alone keep a session
+            idle = int((r.router_caps or {}).get("idle_timeout_ms", 60_000))
+            if idle > int(arg.get("max_ms", 10_000)):
+                raise Unsupported(
+                    f"the router's idle_timeout_ms is {idle} (over {arg.get('max_ms', 10_000)})"
+                )
+            # no stream open: a heartbeat every third of the idle timeout, for twice it
+            # (in the router's time: the scale stretches neither)
+            for beat in range(6):
+                await r.s.send(
+                    {"type": "DATA", "flags": ["HB"], "stream_id": 0, "payload_b64": "aGI="}
+                )
+                closing = await r.wait_for({"type": "ERROR", "stream_id": 0}, idle / 3000)
+                if closing is not None or r.s.closed:
+                    raise ScenarioFailed(
+                        f"the session was closed after {beat + 1} heartbeats, one every "
+                        f"{idle // 3} ms: {_short(closing) if closing else 'transport closed'}",
+                        "heartbeats count as activity: the idle timeout restarts on each",
+                        tuple(arg.get("violated", ())),
+                    )
         elif op == "other_session":  # the same steps' language on a second session
             from conformance.drivers.ws import open_session
 
@@ -422,7 +442,7 @@ async def _expect_end(r: Runner, arg: Mapping[str, Any], timeout: float) -> None
             (end.get("error") or {}).get("retry_after_ms"), int
         ):
             raise ScenarioFailed(
-                f"ERROR without retry_after_ms: {_short(end)}", want, ("ATP-ERR-004",)
+                f"ERROR without retry_after_ms: {_short(end)}", want, ("ATP-ERR-004", *viol)
             )
 
 
@@ -447,6 +467,35 @@ async def _expect_close(r: Runner, arg: Mapping[str, Any], timeout: float) -> No
             want,
             ("ATP-ERR-002", "ATP-SESS-004"),
         )
+    quic = type(r.s).__module__.endswith(".quic")
+    close = close_code_of(str(code), quic=quic)
+    if close is not None and r.s.close_code != close:
+        # ATP-ERR-002: "then close the transport with the code's close code" (spec §11)
+        shown = "{:#x}" if quic else "{}"
+        got = r.s.close_code
+        raise ScenarioFailed(
+            f"ERROR {code} on stream 0, then the transport closed with "
+            + ("no close code" if got is None else "close code " + shown.format(got)),
+            f"{want}, with close code " + shown.format(close),
+            ("ATP-ERR-002",),
+        )
+
+
+#: the error codes of spec §11 in the table's order: a code's QUIC close code is 0x100 plus
+#: its index, its WebSocket close code 4000 plus its index, but where a standard one fits
+ERROR_CODES = (
+    "EPROTO", "ESEQ_RETRY", "EWINDOW", "EBUDGET", "ETIMEOUT", "EAGENTDOWN", "ESEC",
+    "ECONSENSUS", "EPREEMPT", "EDRAINING", "EWINDOW_AGENT", "ETOOBIG", "EINTERNAL",
+)  # fmt: skip
+_WS_STANDARD = {"EPROTO": 1002, "ESEC": 1008, "EDRAINING": 1001, "ETOOBIG": 1009, "EINTERNAL": 1011}
+
+
+def close_code_of(code: str, *, quic: bool) -> int | None:
+    """The close code of a connection error ``code`` (None: not a code of the table)."""
+    if code not in ERROR_CODES:
+        return None
+    index = ERROR_CODES.index(code)
+    return 0x100 + index if quic else _WS_STANDARD.get(code, 4000 + index)
 
 
 async def _adapter_event(r: Runner, arg: Mapping[str, Any], timeout: float) -> None:

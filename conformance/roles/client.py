@@ -307,6 +307,11 @@ def _judge(
             probs.append(("ATP-WS-001", "no ERROR EPROTO on stream 0 for a message cut in a frame"))
         if any(i == seen.opened[0] for i, _ in codes):
             probs.append(("ATP-WS-001", "a stream error for a frame the message ends inside"))
+    if params.get("budget_update") and any(i in seen.opened for i, _ in codes):
+        got = sorted(str(c) for i, c in codes if i in seen.opened)
+        probs.append(
+            ("ATP-FRAME-014", f"the router's BUDGET_UPDATE answered with ERROR {', '.join(got)}")
+        )
     if params.get("heartbeat") and not seen.hb_ack:
         probs.append(("ATP-TIME-002", "the heartbeat got no HB|ACK with its payload"))
     if params.get("drain") and seen.after_drain_syn:
@@ -353,6 +358,7 @@ async def _script(
     drained = False
     answered = 0
     pending: list[tuple[int, int]] = []  #: credit granted, applied from the next message on
+    cont: dict[int, bool] = {}  #: whether each stream's last DATA frame had CONT
 
     async def send(m: dict[str, Any]) -> None:
         data: bytes | str = json.dumps(m) if text else to_binary(m)
@@ -456,6 +462,14 @@ async def _script(
                     )
                 )
                 credit[sid] = 1 << 40
+            if f.get("frag_seq") and not cont.get(sid, False):
+                seen.problems.append(
+                    (
+                        "ATP-SEQ-010",
+                        f"stream {sid}: frag_seq {f.get('frag_seq')} follows a frame without CONT",
+                    )
+                )
+            cont[sid] = "CONT" in flags
             if "SYN" in flags:
                 if f.get("frag_seq"):
                     seen.problems.append(("ATP-STREAM-001", "SYN on a frag_seq other than 0"))

@@ -117,13 +117,14 @@ _LANES = CaseSpec(
     "router.lanes.gold-not-starved",
     Role.ROUTER,
     "at its concurrency limit the router admits a gold stream before the bronze ones queued "
-    "ahead of it (weighted fair queuing)",
-    ("ATP-ADAPT-001",),
+    "ahead of it (weighted fair queuing), and a stream of qos 0 as silver",
+    ("ATP-ADAPT-001", "ATP-FRAME-017"),
     level=Level.L2,
     description="needs --adapter-listen: times one bronze stream alone (T), then opens 8 bronze "
-    "and, once they are queued, 1 gold stream of the same work; when the router queued "
-    "them (the last bronze ends after 2.5 T) at least 3 bronze streams must end after "
-    "the gold one; UNSUPPORTED when the router ran them all at once",
+    "and, once they are queued, 1 gold stream and 1 of qos 0 of the same work; when the "
+    "router queued them (the last bronze ends after 2.5 T) at least 3 bronze streams must "
+    "end after the gold one, and at least 1 after the qos 0 one (silver, ATP-FRAME-017); "
+    "UNSUPPORTED when the router ran them all at once",
 )
 
 
@@ -337,22 +338,25 @@ async def _lanes(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
         with trio.move_on_after(min(alone, 0.3)):
             while await r.s.next(1.0) is not None or not r.s.closed:
                 pass
-        gold = 19
+        gold, unspecified = 19, 21
         await r.send(r.syn({"stream_id": gold, **dict(work, qos="gold")}))
+        # and a stream of qos 0, which runs in the silver lane (ATP-FRAME-017)
+        await r.send(r.syn({"stream_id": unspecified, **dict(work, qos=0)}))
         ends: dict[int, float] = {}
-        with trio.move_on_after(ctx.timeout(alone * 14 + 5)):
-            while len(ends) < len(bronze) + 1:
+        watched = [*bronze, gold, unspecified]
+        with trio.move_on_after(ctx.timeout(alone * 16 + 5)):
+            while len(ends) < len(watched):
                 for f in r.s.frames:
-                    if f.get("stream_id") in [*bronze, gold] and _is_end(f):
+                    if f.get("stream_id") in watched and _is_end(f):
                         ends.setdefault(f["stream_id"], trio.current_time() - sent)
-                if len(ends) == len(bronze) + 1:
+                if len(ends) == len(watched):
                     break
-                if await r.s.next(ctx.timeout(alone * 14 + 5)) is None and r.s.closed:
+                if await r.s.next(ctx.timeout(alone * 16 + 5)) is None and r.s.closed:
                     break
         rec.note("end times (s after sending)", {str(k): round(v, 3) for k, v in ends.items()})
-        if len(ends) < len(bronze) + 1:
+        if len(ends) < len(watched):
             return rec.failed(
-                f"only {len(ends)} of {len(bronze) + 1} streams ended", "every stream ends"
+                f"only {len(ends)} of {len(watched)} streams ended", "every stream ends"
             )
         if max(ends[b] for b in bronze) < 2.5 * alone:
             return rec.result(
@@ -367,7 +371,17 @@ async def _lanes(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
                 "at least 3 end after the gold stream",
                 ("ATP-ADAPT-001",),
             )
-        return rec.passed(f"{later} of 8 bronze streams ended after the gold one")
+        if not any(ends[b] > ends[unspecified] for b in bronze):
+            return rec.failed(
+                "the stream of qos 0, sent after the 8 bronze ones, ended after all of them: "
+                "it ran as bronze",
+                "qos 0 runs in the silver lane: at least one queued bronze stream ends after it",
+                ("ATP-FRAME-017",),
+            )
+        return rec.passed(
+            f"{later} of 8 bronze streams ended after the gold one, "
+            f"{sum(1 for b in bronze if ends[b] > ends[unspecified])} after the qos 0 one"
+        )
     finally:
         await session.aclose()
 

@@ -70,6 +70,8 @@ def test_reference_router_passes_every_case_with_the_scripted_adapter() -> None:
             "--skip",
             "router.time.idle-timeout",  # 60 s here: test_idle_timeout_closes_a_silent_session
             "--skip",
+            "router.time.heartbeats-keep-alive",  # likewise
+            "--skip",
             "*.pair.*",  # two scripted adapters, no learner: test_router_gaps.py
             "--skip",
             "router.handshake.subprotocol-bearer",  # auth on: test_router_gaps.py
@@ -119,6 +121,8 @@ def test_reference_router_with_auth_passes_l2(secret_file: Path) -> None:
             "*.policy.service-unreachable",  # policy service down: test_router_role_strategy.py
             "--skip",
             "router.time.idle-timeout",  # 60 s here: test_idle_timeout_closes_a_silent_session
+            "--skip",
+            "router.time.heartbeats-keep-alive",  # likewise
             "--skip",
             "router.handshake.session-limit",  # a small max_sessions: test_router_gaps.py
         )
@@ -240,9 +244,10 @@ def test_broken_router_to_adapter_is_caught(variant: str, case: str, want_id: st
 _LIMIT_ONE = "[admission]\nmin_limit = 1\ninitial_limit = 1\nmax_limit = 1\n"
 
 
-@pytest.mark.parametrize("variant", [None, "bronze-starves-gold"])
+@pytest.mark.parametrize("variant", [None, "bronze-starves-gold", "qos-zero-bronze"])
 def test_lanes_at_the_concurrency_limit(variant: str | None) -> None:
-    """[ATP-ADAPT-001] the reference admits gold ahead of queued bronze; FIFO is caught."""
+    """[ATP-ADAPT-001, ATP-FRAME-017] the reference admits gold ahead of queued bronze, and
+    a stream of qos 0 as silver; FIFO is caught, and so is qos 0 run as bronze."""
     with (
         adapter_socket() as conf,
         router(
@@ -266,17 +271,31 @@ def test_lanes_at_the_concurrency_limit(variant: str | None) -> None:
     if variant is None:
         assert code == 0 and case["verdict"] == "PASS", (case["message"], err[-1000:])
     else:
-        assert code == 1 and case["verdict"] == "FAIL" and case["violated"] == ["ATP-ADAPT-001"]
+        want = "ATP-ADAPT-001" if variant == "bronze-starves-gold" else "ATP-FRAME-017"
+        assert code == 1 and case["verdict"] == "FAIL" and case["violated"] == [want], case
 
 
-def test_idle_timeout_closes_a_silent_session() -> None:
-    """[ATP-TIME-004] with idle_timeout_ms 1500 the case runs (UNSUPPORTED above 10 s)."""
+@pytest.mark.parametrize("variant", [None, "hb-not-activity"])
+def test_idle_timeout_closes_a_silent_session(variant: str | None) -> None:
+    """[ATP-TIME-004, ATP-TIME-008] with idle_timeout_ms 1500 the cases run (UNSUPPORTED
+    above 10 s): a silent session is closed, one that sends only heartbeats is kept; a
+    router whose idle timer only streams' frames restart is caught."""
     with router(
-        config_toml="[limits]\nidle_timeout_ms = 1500\n", adapters={"persona": "builtin:persona"}
+        variant=variant,
+        config_toml="[limits]\nidle_timeout_ms = 1500\n",
+        adapters={"persona": "builtin:persona"},
     ) as r:
         code, report, err = run_suite(
-            "--role", "router", "--target", r.url, "--run", "router.time.idle-timeout"
-        )
-    (case,) = [c for c in report["cases"] if c["id"] == "router.time.idle-timeout"]
-    assert code == 0 and case["verdict"] == "PASS", (case["message"], err[-800:])
+            "--role", "router", "--target", r.url, "--run", "router.time.idle-timeout",
+            "--run", "router.time.heartbeats-keep-alive",
+        )  # fmt: skip
+    got = {c["id"]: c for c in report["cases"] if c["verdict"] != "SKIPPED"}
+    case, beats = got["router.time.idle-timeout"], got["router.time.heartbeats-keep-alive"]
+    assert case["verdict"] == "PASS", (case["message"], err[-800:])
     assert case["duration_ms"] / 1000 > 1.4  # not before the idle timeout
+    if variant is None:
+        assert code == 0 and beats["verdict"] == "PASS", (beats["message"], err[-800:])
+        assert beats["duration_ms"] / 1000 > 2.9  # six heartbeats, 0.5 s apart
+    else:
+        assert code == 1 and beats["verdict"] == "FAIL", beats
+        assert beats["violated"] == ["ATP-TIME-008"], beats

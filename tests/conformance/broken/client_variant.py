@@ -76,6 +76,10 @@ VARIANTS = {
 from specgaps_variants import CLIENT_VARIANTS  # noqa: E402
 
 VARIANTS.update(CLIENT_VARIANTS)
+# the client side of the MUSTs no other variant broke (test_router_mutations.py)
+from mutation_variants import CLIENT_VARIANTS as _MUTATION_CLIENT  # noqa: E402
+
+VARIANTS.update(_MUTATION_CLIENT)
 
 if __name__ == "__main__":
     VARIANTS[sys.argv.pop(1)]()

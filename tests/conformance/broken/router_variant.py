@@ -256,6 +256,10 @@ VARIANTS.update(_ESTIMATE_VARIANTS)
 from specgaps_variants import VARIANTS as _SPECGAPS_VARIANTS  # noqa: E402
 
 VARIANTS.update(_SPECGAPS_VARIANTS)
+# the variants of the MUSTs no other variant broke (test_router_mutations.py)
+from mutation_variants import VARIANTS as _MUTATION_VARIANTS  # noqa: E402
+
+VARIANTS.update(_MUTATION_VARIANTS)
 
 if __name__ == "__main__":
     VARIANTS[sys.argv[1]]()

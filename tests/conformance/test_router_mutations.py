@@ -1,0 +1,142 @@
+"""Mutation tests of the router cases: for MUSTs that no other broken variant broke, a real
+``atp serve`` process wrong in exactly one way per MUST
+(tests/conformance/broken/mutation_variants.py) must fail the case that cites it, naming
+it, while router.basic.final still passes (the variant did not merely break the router).
+The reference passes every one of these cases in test_router_role.py's full runs.
+
+Several of these found hollow cases, each strengthened (router.basic.two-streams now cites
+ATP-SEQ-003, the only case whose SYN msg_seq is not 1; router.time.heartbeat checks the
+reply's payload; router.flow.fragments-within-credit and an invariant for CONT;
+router.json.duplicate-nested-key; router.adapter.max-streams names ATP-STREAM-008;
+connection errors' close codes, ATP-ERR-002; router.frame.budget-update-from-client,
+ATP-FRAME-014, which no router case cited; router.caps.stream0-data names ATP-FRAME-012;
+router.budget.preflight-refused, as router.budget.tiny-token-window passed a router that
+starts the work and ends it EBUDGET at the first usage report;
+router.err.stream-error-spares-others, as only router.sec.sessions-isolated, naming
+ATP-SEC-010, caught a router whose every stream error ends the session).
+The lanes (ATP-FRAME-017) and the idle timer (ATP-TIME-008) have their variants in
+test_router_role.py, which runs those cases with the configuration they need. Independent faults share a router process,
+each case meeting only its own: four processes in all."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from atp_proto.router.auth import issue_token
+
+from .conftest import BROKEN, ROOT, SECRET, adapter_socket, failures, router, run_suite
+
+#: variant: (the case that must catch it, the requirement it must name)
+_PLAIN = {
+    "seq-from-one": ("router.basic.two-streams", "ATP-SEQ-003"),
+    "cont-never-set": ("router.flow.fragments-within-credit", "ATP-SEQ-010"),
+    "credit-unchecked": ("router.flow.frame-past-credit", "ATP-FLOW-002"),
+    "hb-ack-empty": ("router.time.heartbeat", "ATP-TIME-002"),
+    "error-answered": ("router.err.error-on-never-opened-stream", "ATP-ERR-011"),
+    "wu-never-opened-ignored": ("router.stream.wu-never-opened", "ATP-STREAM-013"),
+    "json-last-key-wins": ("router.text.json.duplicate-nested-key", "ATP-JSON-017"),
+    "max-streams-no-retry-after": ("router.adapter.max-streams", "ATP-STREAM-008"),
+    "budget-update-taken": ("router.frame.budget-update-from-client", "ATP-FRAME-014"),
+    "ws-close-normal": ("router.vector.frame.version-2", "ATP-ERR-002"),
+    "float-header-truncated": ("router.text.json.float-header", "ATP-JSON-010"),
+    "invalid-argument-unmapped": ("router.adapter.status-invalid-argument", "ATP-ADAPT-011"),
+    "no-window-update": ("router.seq.fragments-credit", "ATP-FLOW-012"),
+    "bad-window-unlimited": ("router.vector.frame.syn-window-negative", "ATP-BUDGET-008"),
+    "preflight-unchecked": ("router.budget.preflight-refused", "ATP-BUDGET-002"),
+}
+_MORE = {
+    "hb-ack-answered": ("router.time.heartbeat", "ATP-TIME-006"),
+    "hb-size-unchecked": ("router.vector.frame.hb-oversized", "ATP-TIME-003"),
+    "unknown-code-ignored": ("router.err.error-frame-ends-stream", "ATP-ERR-003"),
+    "session-error-unknown-kept": ("router.err.stream0-error-ends-session", "ATP-ERR-007"),
+    "message-size-unchecked": ("router.seq.message-too-big", "ATP-SEQ-007"),
+    "session-id-not-echoed": ("router.text.basic.final", "ATP-JSON-007"),
+    "wu-stream0-ignored": ("router.caps.stream0-data", "ATP-FRAME-012"),
+    "data-after-fin-dropped": ("router.stream.data-after-fin", "ATP-STREAM-005"),
+}
+#: alone in its process: every stream error of the session would meet it
+_FATAL = {"stream-error-ends-session": ("router.err.stream-error-spares-others", "ATP-ERR-005")}
+_AUTH = {
+    "task-types-ignored": ("router.auth.task-type-refused", "ATP-SEC-004"),
+    "lane-not-capped": ("router.auth.lane-capped", "ATP-SEC-015"),
+    "missing-token-anonymous": ("router.auth.no-token", "ATP-SEC-001"),
+    "alias-not-echoed": ("router.text.json.seed-syn", "ATP-JSON-016"),
+    "alg-none-accepted": ("router.auth.alg-none", "ATP-SEC-002"),
+}
+
+
+def _caught(report: dict, caught: dict[str, tuple[str, str]]) -> None:
+    verdicts = {c["id"]: (c["verdict"], c["violated"]) for c in report["cases"]}
+    assert verdicts["router.basic.final"][0] == "PASS", verdicts["router.basic.final"]
+    failed = {c["id"]: c for c in failures(report)}
+    for variant, (case, want_id) in caught.items():
+        assert case in failed, (variant, case, verdicts.get(case))
+        assert want_id in failed[case]["violated"], (variant, failed[case])
+
+
+@pytest.mark.parametrize("group", [_PLAIN, _MORE, _FATAL], ids=["plain", "more", "fatal"])
+def test_broken_routers_are_caught(group: dict[str, tuple[str, str]]) -> None:
+    runs: list[str] = ["--run", "router.basic.final"]
+    for case, _ in group.values():
+        runs += ["--run", case]
+    with (
+        adapter_socket() as conf,
+        router(
+            variant="+".join(group),
+            adapters={"conf": f"grpc://127.0.0.1:{conf.getsockname()[1]}"},
+        ) as r,
+    ):
+        code, report, err = run_suite(
+            "--role", "router", "--target", r.url, "--level", "L3", *runs, adapter=conf
+        )
+    assert code == 1, err[-1500:]
+    _caught(report, group)
+
+
+def test_broken_auth_is_caught(secret_file: Path) -> None:
+    """Auth on: the token's claims ignored, and a handshake without a token served."""
+    token = issue_token(SECRET.encode(), ttl_s=600)
+    limited = issue_token(SECRET.encode(), ttl_s=600, task_types=["qa"], max_qos="bronze")
+    runs: list[str] = ["--run", "router.basic.final"]
+    for case, _ in _AUTH.values():
+        runs += ["--run", case]
+    with router(
+        variant="+".join(_AUTH), adapters={"persona": "builtin:persona"}, key_file=secret_file
+    ) as r:
+        code, report, err = run_suite(
+            "--role", "router", "--target", r.url, "--level", "L2", "--token", token,
+            "--limited-token", limited, *runs,
+        )  # fmt: skip
+    assert code == 1, err[-1500:]
+    assert token not in err
+    _caught(report, _AUTH)
+
+
+#: the client testee broken in one way: (the case that must catch it, the requirement)
+_CLIENT = {
+    "client-hb-ack-empty": ("client.basic.three-streams", "ATP-TIME-002"),
+    "client-syn-ignored": ("client.stream.syn-from-router", "ATP-STREAM-006"),
+    "client-budget-update-refused": ("client.frame.budget-update", "ATP-FRAME-014"),
+    "client-drain-ignored": ("client.session.draining", "ATP-SESS-006"),
+    "client-cont-never-set": ("client.flow.credit-respected", "ATP-SEQ-010"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(_CLIENT))
+def test_broken_client_is_caught(variant: str) -> None:
+    """The Python client testee with one fault fails the client case citing it (it passes
+    unbroken: test_client_codec_roles.py). client.frame.budget-update passed a client that
+    answered the BUDGET_UPDATE with EPROTO, client.flow.credit-respected one that sent its
+    fragments without CONT: both checks were added."""
+    case, want_id = _CLIENT[variant]
+    cmd = (
+        f"env PYTHONPATH={BROKEN}:{ROOT} {sys.executable} {BROKEN / 'client_variant.py'} "
+        f"{variant} {{url}} --streams {{streams}} --prompt-file {{prompt_file}} --ttl {{ttl}}"
+    )
+    code, report, _ = run_suite("--role", "client", "--exec", cmd, "--run", case, "--level", "L2")
+    assert code == 1
+    (failed,) = failures(report)
+    assert failed["id"] == case and want_id in failed["violated"], failed
