@@ -123,6 +123,12 @@ class Admission:
     def queue_depth(self, lane: QoS) -> int:
         return self._queue.depth(lane)
 
+    def gauges(self) -> tuple[int, int, int, int]:
+        """``(int(limit), queue_depth(GOLD), queue_depth(SILVER), queue_depth(BRONZE))``
+        in one call: the router reads it on every admission and release."""
+        gold, silver, bronze = self._queue.depths()
+        return int(self._limit.value), gold, silver, bronze
+
     @property
     def waiting(self) -> int:
         return len(self._queue)

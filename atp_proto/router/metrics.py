@@ -49,6 +49,9 @@ class _Series:
         self._metric = metric
         self.labelnames = labelnames
         self._children: dict[tuple[str, ...], Any] = {}
+        #: the children's bound ``inc`` / ``observe``, by label values: the hot path's
+        #: one dict lookup (a stream increments about ten series)
+        self._hot: dict[tuple[str, ...], Callable[[float], None]] = {}
 
     def _child(self, labels: tuple[str, ...]) -> Any:
         child = self._children.get(labels)
@@ -79,7 +82,10 @@ class Counter(_Series):
         super().__init__(name, _PCounter(name, help_, labels, registry=None), labels)
 
     def inc(self, *labels: str, by: float = 1.0) -> None:
-        self._child(labels).inc(by)
+        inc = self._hot.get(labels)
+        if inc is None:
+            inc = self._hot[labels] = self._child(labels).inc
+        inc(by)
 
     def get(self, *labels: str) -> float:
         """The current value (0 for a label set never incremented); for tests and reports."""
@@ -91,7 +97,10 @@ class Gauge(_Series):
         super().__init__(name, _PGauge(name, help_, labels, registry=None), labels)
 
     def inc(self, *labels: str, by: float = 1.0) -> None:
-        self._child(labels).inc(by)
+        inc = self._hot.get(labels)
+        if inc is None:
+            inc = self._hot[labels] = self._child(labels).inc
+        inc(by)
 
     def set(self, value: float, *labels: str) -> None:
         self._child(labels).set(value)
@@ -113,7 +122,10 @@ class Histogram(_Series):
         super().__init__(name, metric, labels)
 
     def observe(self, value: float, *labels: str) -> None:
-        self._child(labels).observe(value)
+        observe = self._hot.get(labels)
+        if observe is None:
+            observe = self._hot[labels] = self._child(labels).observe
+        observe(value)
 
     def count(self, *labels: str) -> int:
         """Observations so far for one label set."""

@@ -26,7 +26,6 @@ from atp_proto.frames import (
     Encoding,
     ErrorCode,
     FrameType,
-    QoS,
     StreamOpened,
 )
 from atp_proto.session import Output, Session, SessionInfo
@@ -261,12 +260,7 @@ class Router:
 
     def _admission_changed(self, adm: Admission) -> None:
         # called on every admission and release: touch the gauges only when they move
-        state = (
-            int(adm.limit),
-            adm.queue_depth(QoS.GOLD),
-            adm.queue_depth(QoS.SILVER),
-            adm.queue_depth(QoS.BRONZE),
-        )
+        state = adm.gauges()
         if state == self._admission_state:
             return
         self._admission_state = state

@@ -75,6 +75,17 @@ class FairQueue(Generic[T]):
     def depth(self, lane: QoS) -> int:
         return len(self._queues[self.lane_of(lane)])
 
+    def depths(self) -> tuple[int, int, int]:
+        """``(depth(GOLD), depth(SILVER), depth(BRONZE))`` in one call."""
+        q = self._queues
+        silver = q.get(QoS.SILVER)
+        gold, bronze = q.get(QoS.GOLD, silver), q.get(QoS.BRONZE, silver)
+        return (
+            len(gold) if gold is not None else 0,
+            len(silver) if silver is not None else 0,
+            len(bronze) if bronze is not None else 0,
+        )
+
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues.values())
 

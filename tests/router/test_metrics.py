@@ -58,3 +58,27 @@ def test_label_values_are_escaped_and_checked() -> None:
     assert 'atp_tokens_total{tenant="t\\"1\\n"} 4.0' in m.render()
     with pytest.raises(ValueError, match="takes labels"):
         m.streams_total.inc("gold")
+
+
+def test_cached_incs_keep_counting_each_label_set_and_checking() -> None:
+    """The wrappers cache each label set's bound ``inc`` / ``observe``: repeated calls
+    land on the right child (never a neighbour's), a counter still refuses a negative
+    increment, and a wrong number of labels is refused every time, not only the first."""
+    m = RouterMetrics()
+    for i in range(50):
+        m.streams_total.inc("gold", "ok")
+        m.streams_total.inc("silver", "ok", by=2)
+        m.streams_active.inc("gold", by=1 if i % 2 else -1)
+        m.stream_latency.observe(0.001 * i, "bronze")
+    assert m.streams_total.get("gold", "ok") == 50
+    assert m.streams_total.get("silver", "ok") == 100
+    assert m.streams_total.get("gold", "error") == 0
+    assert m.streams_active.get("gold") == 0
+    assert m.stream_latency.count("bronze") == 50 and m.stream_latency.count("gold") == 0
+    with pytest.raises(ValueError):
+        m.streams_total.inc("gold", "ok", by=-1)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="takes labels"):
+            m.streams_total.inc("gold")
+        with pytest.raises(ValueError, match="takes labels"):
+            m.stream_latency.observe(1.0)

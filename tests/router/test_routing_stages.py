@@ -364,3 +364,34 @@ async def test_stream_run_every_adapter_failing_backs_the_admission_limit_off() 
     before = ok.admission.limit
     await StreamRun(ok, SessionInfo("s1", Principal("s", "t")), _syn(), RecordingOutput()).run()
     assert ok.admission.limit >= before
+
+
+async def test_admission_gauges_match_the_limit_and_each_lane_depth() -> None:
+    """``Admission.gauges()`` (read by the router on every admission and release) is
+    ``(int(limit), queue_depth(GOLD), queue_depth(SILVER), queue_depth(BRONZE))`` while
+    streams of every lane queue, get admitted and leave."""
+    seen: list[tuple[int, int, int, int]] = []
+
+    def changed(adm: Admission) -> None:
+        want = (
+            int(adm.limit),
+            adm.queue_depth(QoS.GOLD),
+            adm.queue_depth(QoS.SILVER),
+            adm.queue_depth(QoS.BRONZE),
+        )
+        assert adm.gauges() == want
+        seen.append(want)
+
+    adm = Admission(on_change=changed)
+    adm.limit = 1.0
+    async with trio.open_nursery() as nursery:
+        await adm.acquire(QoS.GOLD)  # the one slot
+        for lane in (QoS.BRONZE, QoS.SILVER, QoS.GOLD, QoS.SILVER):
+            nursery.start_soon(adm.acquire, lane)
+            await trio.testing.wait_all_tasks_blocked()
+        assert adm.gauges() == (1, 1, 2, 1)
+        for _ in range(5):
+            adm.release(latency_s=0.01)
+            await trio.testing.wait_all_tasks_blocked()
+    assert adm.gauges()[1:] == (0, 0, 0)
+    assert len(set(seen)) >= 5  # the queue moved through several states

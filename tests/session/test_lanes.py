@@ -44,3 +44,30 @@ def test_remove_depth_newest_and_unknown_lane() -> None:
     assert q.remove(QoS.SILVER, b) and not q.remove(QoS.SILVER, b)
     assert [q.pop(), q.pop(), q.pop()] == [a, c, None]
     assert not q
+
+
+def test_depths_is_depth_of_each_lane() -> None:
+    """``depths()`` (the router's gauges read it on every admission) agrees with
+    ``depth(lane)`` for each lane, for the default weights and for a queue that
+    schedules only some lanes (an unscheduled lane is counted as silver, as
+    ``depth`` counts it), through pushes, pops and removals."""
+    import random
+
+    rnd = random.Random(7)
+    for weights in (WEIGHTS, {QoS.SILVER: 1.0, QoS.BRONZE: 1.0}, {QoS.SILVER: 1.0}):
+        q: FairQueue[int] = FairQueue(weights)
+        items: list[tuple[QoS, int]] = []
+        for i in range(400):
+            op = rnd.random()
+            if op < 0.55:
+                lane = rnd.choice((QoS.GOLD, QoS.SILVER, QoS.BRONZE))
+                q.push(lane, i)
+                items.append((lane, i))
+            elif op < 0.85:
+                q.pop(rnd.choice((None, QoS.BRONZE)))
+            elif items:
+                lane, item = items.pop(rnd.randrange(len(items)))
+                q.remove(lane, item)
+            want = (q.depth(QoS.GOLD), q.depth(QoS.SILVER), q.depth(QoS.BRONZE))
+            assert q.depths() == want
+        assert sum(q.depths()) >= len(q)  # an unscheduled lane reads silver's queue

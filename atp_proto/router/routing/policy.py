@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from atp_proto.frames import ATPError, BudgetWindow, ErrorCode, QoS
 from atp_proto.messages import Task, meta_adapters, meta_int, meta_number
+from atp_proto.router.auth import Principal
 
 from .rego import PolicyEvalError
 from .strategies import STRATEGIES
@@ -196,6 +197,26 @@ class PolicyState:
         return f"{engine}@{self.table.version or 'none'}"
 
 
+#: Every ``meta`` key the claims-and-table layer (``LayeredPolicy._base``) reads: a
+#: request without any of them gets the same base decision as every other stream of its
+#: task type, lane, claims and adapters, so that decision is computed once and reused.
+HINT_KEYS = frozenset(
+    {
+        "tool_permissions",
+        "data_scope",
+        "adapters",
+        "strategy",
+        "comparator",
+        "hedge",
+        "fanout",
+        "min_confidence",
+        "min_quality",
+        "quorum",
+    }
+)
+#: Base decisions kept (the key holds the client's task_type: bounded, cleared when full)
+BASE_CACHE_MAX = 256
+
 #: Claims that change with every token: never policy input (they would defeat the cache).
 VOLATILE_CLAIMS = frozenset({"exp", "iat", "nbf", "jti"})
 #: Bounds of meta.tool_permissions / meta.data_scope (a peer controls them).
@@ -265,12 +286,15 @@ class LayeredPolicy:
         self.state = state or PolicyState()
         self.min_confidence = min_confidence
         self.window = window or BudgetWindow()
+        #: base decisions of hint-free requests, valid for `_cached_for` (see _base_cached)
+        self._cache: dict[tuple[Any, ...], Decision] = {}
+        self._cached_for: tuple[PolicyState, BudgetWindow, float] | None = None
 
     # The two entry points share everything but the engine call.
 
     def decide(self, inp: PolicyInput) -> Decision:
         state = self.state
-        base = self._base(inp, state.table)
+        base = self._base_cached(inp, state)
         engine = state.engine
         if engine is None or not base.allow:
             return base
@@ -290,12 +314,44 @@ class LayeredPolicy:
         # ~10 us, on every stream of a router without a Rego layer
         if engine is None or not isinstance(engine, AsyncEngine):
             return self.decide(inp)
-        base = self._base(inp, state.table)
+        base = self._base_cached(inp, state)
         if not base.allow:
             return base
         # ATPError(EAGENTDOWN) when OPA cannot answer: fail closed (ATP-SEC-017)
         answer = await engine.evaluate_async(self.document(inp, base))
         return self._apply(base, answer, inp)
+
+    def _base_cached(self, inp: PolicyInput, state: PolicyState) -> Decision:
+        """``_base(inp, state.table)``, reused for requests without routing hints.
+
+        Such a decision reads only the task type, the lane asked for, the principal's
+        ``task_types`` and ``max_qos`` (a :class:`Principal`'s ``allows`` and ``cap_qos``
+        read nothing else), the configured adapters, the routing table (``state``) and
+        this policy's window and min_confidence: those are the key and the cache's
+        validity. Decisions are frozen, so streams can share one. A request with any of
+        :data:`HINT_KEYS`, or another principal type, is decided afresh; so is one whose
+        decision raises (nothing is stored)."""
+        p, task = inp.principal, inp.task
+        if type(p) is not Principal or not task.meta.keys().isdisjoint(HINT_KEYS):
+            return self._base(inp, state.table)
+        cache = self._cache
+        cached_for = self._cached_for
+        if (
+            cached_for is None
+            or cached_for[0] is not state
+            or cached_for[1] is not self.window
+            or cached_for[2] != self.min_confidence
+        ):
+            cache.clear()
+            self._cached_for = (state, self.window, self.min_confidence)
+        key = (task.task_type, inp.qos, p.task_types, p.max_qos, tuple(inp.adapters))
+        decision = cache.get(key)
+        if decision is None:
+            decision = self._base(inp, state.table)
+            if len(cache) >= BASE_CACHE_MAX:
+                cache.clear()
+            cache[key] = decision
+        return decision
 
     def _base(self, inp: PolicyInput, table: RoutingTable) -> Decision:
         p, task = inp.principal, inp.task
