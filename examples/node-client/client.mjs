@@ -84,6 +84,12 @@ async function pump(timeoutMs) {
     refused.set(f.stream, why);
     return f;
   }
+  if ((f.type === T.WINDOW_UPDATE || f.type === T.BUDGET_UPDATE) && !known.has(f.stream)) {
+    // ATP-STREAM-013, ATP-STREAM-016: credit or budget for a stream we never opened is a
+    // stream error EPROTO (an ERROR there is only discarded: ATP-ERR-011)
+    s.send(frame({ type: T.ERROR, flags: F.RST, stream: f.stream, ext: { error: { code: 'EPROTO', message: `stream ${f.stream} was never opened` } } }));
+    return null;
+  }
   if (f.type === T.WINDOW_UPDATE && credit.has(f.stream)) credit.set(f.stream, credit.get(f.stream) + (f.ext.credit ?? 0));
   if (f.type === T.DATA && (f.flags & F.SYN)) {
     s.send(frame({ type: T.ERROR, flags: F.RST, stream: f.stream, ext: { error: { code: 'EPROTO', message: 'a router does not open streams' } } }));
