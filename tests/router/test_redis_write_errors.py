@@ -172,7 +172,7 @@ async def test_a_write_redis_rejects_does_not_hold_back_the_others(
         assert len(lines) == 1, [r.getMessage() for r in caplog.records]
         assert lines[0].tenant == "bad" and "WRONGTYPE" in lines[0].error  # type: ignore[attr-defined]
         admin.delete(hkey)
-        await _until(lambda: not a.pending, timeout=40)
+        await _until(lambda: not a.pending and a._unconfirmed is None, timeout=40)
         assert _used(a, "bad") == 15
         await a.admit("bad", Q, 3600)
         nursery.cancel_scope.cancel()
