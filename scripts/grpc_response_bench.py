@@ -31,6 +31,7 @@ from atp_proto.adapters.grpc import GrpcAdapter, _h2
 from atp_proto.adapters.grpc._call import Call
 from atp_proto.adapters.grpc._h2 import H2Channel
 from atp_proto.adapters.grpc._h2_fastpath import Connection
+from atp_proto.testing.h2_channel import detached_channel
 from atp_proto.testing.processes import adapter_argv
 
 Step = tuple[list[bytes], int, list[tuple[bytes, bytes]], bytes]  # reads before, request
@@ -83,15 +84,7 @@ async def _record(calls: int) -> tuple[list[Step], list[bytes]]:
 
 def _replay(steps: list[Step], tail: list[bytes], clock: Callable[[], float]) -> float:
     """Seconds of ``clock`` spent on the responses, per call."""
-    ch = H2Channel(
-        stream=None,  # type: ignore[arg-type]  # feed() does no I/O
-        authority=b"127.0.0.1",
-        scheme=b"http",
-        window=65535,
-        connection_window=1 << 24,
-        max_message_size=4 << 20,
-        label="bench",
-    )
+    ch = detached_channel("bench", b"127.0.0.1")
     total = 0.0
     prev: Call | None = None
     for reads, sid, headers, data in steps:

@@ -17,18 +17,11 @@ from atp_proto.adapters.grpc import _h2_fastpath
 from atp_proto.adapters.grpc._call import Call
 from atp_proto.adapters.grpc._h2 import H2Channel
 from atp_proto.adapters.grpc._h2_fastpath import feed
+from atp_proto.testing.h2_channel import detached_channel
 
 
 def _channel() -> tuple[H2Channel, h2.connection.H2Connection, int]:
-    ch = H2Channel(
-        stream=None,  # type: ignore[arg-type]  # feed() does no I/O
-        authority=b"a",
-        scheme=b"http",
-        window=65535,
-        connection_window=1 << 24,
-        max_message_size=4 << 20,
-        label="diff",
-    )
+    ch = detached_channel("diff")
     server = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=False, header_encoding=None)
     )

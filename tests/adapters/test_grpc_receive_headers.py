@@ -35,6 +35,7 @@ from atp_proto.adapters.grpc import GrpcAdapter, _h2_fastpath
 from atp_proto.adapters.grpc._call import Call
 from atp_proto.adapters.grpc._h2 import H2Channel
 from atp_proto.adapters.grpc._h2_fastpath import Connection, feed
+from atp_proto.testing.h2_channel import detached_channel
 
 REQUEST = [
     (b":method", b"POST"),
@@ -89,15 +90,7 @@ class Recording(Call):
 
 
 def _channel() -> H2Channel:
-    ch = H2Channel(
-        stream=None,  # type: ignore[arg-type]  # feed() does no I/O
-        authority=b"a",
-        scheme=b"http",
-        window=65535,
-        connection_window=1 << 24,
-        max_message_size=4 << 20,
-        label="diff",
-    )
+    ch = detached_channel("diff")
     for sid in SIDS[:3]:
         assert ch.h2.send_request(sid, REQUEST, b"\x00\x00\x00\x00\x01z")
     ch.h2.send_headers(SIDS[3], REQUEST)  # OPEN: not the fast path's state
