@@ -2,10 +2,35 @@
 resilience layer and the URL registry (:mod:`.registry`); the gRPC client is
 :mod:`.grpc`, the vendor SDK :mod:`.sdk`."""
 
-from ._base import Adapter, AdapterError, Chunk, CostEstimate, Health, TaskRequest
-from .builtin import BehaviourAdapter, EchoAdapter, PersonaAdapter, builtin_adapter
-from .registry import connect, make_adapter
-from .resilience import ResilientAdapter
+# The names below load on first use (PEP 562), so that importing one submodule (say
+# ``atp_proto.adapters.audit`` for ``atp audit verify``) does not import the whole package: a
+# command-line tool pays only for what it runs.
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._base import Adapter, AdapterError, Chunk, CostEstimate, Health, TaskRequest
+    from .builtin import BehaviourAdapter, EchoAdapter, PersonaAdapter, builtin_adapter
+    from .registry import connect, make_adapter
+    from .resilience import ResilientAdapter
+
+_EXPORTS = {
+    "Adapter": "._base",
+    "AdapterError": "._base",
+    "Chunk": "._base",
+    "CostEstimate": "._base",
+    "Health": "._base",
+    "TaskRequest": "._base",
+    "BehaviourAdapter": ".builtin",
+    "EchoAdapter": ".builtin",
+    "PersonaAdapter": ".builtin",
+    "builtin_adapter": ".builtin",
+    "connect": ".registry",
+    "make_adapter": ".registry",
+    "ResilientAdapter": ".resilience",
+}
 
 __all__ = [
     "Adapter",
@@ -22,3 +47,16 @@ __all__ = [
     "connect",
     "make_adapter",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,9 +1,30 @@
 """The ATP router: sessions over WebSocket, auth, admission and QoS lanes, the stream
 routing (estimate, admit, fan out, merge, escalate), metrics and graceful drain."""
 
-from .auth import AuthConfig, Authenticator, AuthError, Principal, issue_token
-from .config import ConfigError, RouterConfig, build_config
-from .server import Router
+# The names below load on first use (PEP 562), so that importing one submodule (say
+# ``atp_proto.router.audit`` for ``atp audit verify``) does not import the whole package: a
+# command-line tool pays only for what it runs.
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .auth import AuthConfig, Authenticator, AuthError, Principal, issue_token
+    from .config import ConfigError, RouterConfig, build_config
+    from .server import Router
+
+_EXPORTS = {
+    "AuthConfig": ".auth",
+    "Authenticator": ".auth",
+    "AuthError": ".auth",
+    "Principal": ".auth",
+    "issue_token": ".auth",
+    "ConfigError": ".config",
+    "RouterConfig": ".config",
+    "build_config": ".config",
+    "Router": ".server",
+}
 
 __all__ = [
     "AuthConfig",
@@ -16,3 +37,16 @@ __all__ = [
     "build_config",
     "issue_token",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -13,7 +13,7 @@ import signal
 import ssl
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import trio
@@ -31,7 +31,6 @@ from atp_proto.frames import (
 from atp_proto.session import Output, Session, SessionInfo
 from atp_proto.transports._tls_stream import TlsStream
 from atp_proto.transports.base import Transport, TransportClosed
-from atp_proto.transports.quic_server import QuicServer, QuicServerConfig, QuicTransport
 from atp_proto.transports.ws_server import Handshake, WsConnection
 
 from .admission import Admission
@@ -55,6 +54,9 @@ from .routing.hedging import Hedger
 from .routing.learner.service import build_learner, persist
 from .routing.policy import LayeredPolicy
 from .routing.reload import PolicySource, Reloader
+
+if TYPE_CHECKING:  # aioquic loads only when QUIC is configured (start-up time)
+    from atp_proto.transports.quic_server import QuicServer, QuicTransport
 
 log = logging.getLogger("atp.router")
 
@@ -505,6 +507,8 @@ class Router:
         key = getattr(tls, "key_file", None) or cfg.key_file
         if not cert or not key:
             raise ValueError("QUIC needs a certificate: set cert_file and key_file")
+        from atp_proto.transports.quic_server import QuicServer, QuicServerConfig
+
         return QuicServer(
             QuicServerConfig(
                 cert_file=cert,

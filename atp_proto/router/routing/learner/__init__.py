@@ -11,9 +11,36 @@
 * :mod:`.store` — SQLite state and its JSON export (ATP-FEED-007).
 """
 
+# The names load on first use (PEP 562): they need numpy, which a router without the
+# bandit learner (the default, cheap-first) never imports.
 from __future__ import annotations
 
-from .bandit import BanditLearner, LaneBounds, Weights, parse_weights
-from .features import Featurizer
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bandit import BanditLearner, LaneBounds, Weights, parse_weights
+    from .features import Featurizer
+
+_EXPORTS = {
+    "BanditLearner": ".bandit",
+    "LaneBounds": ".bandit",
+    "Weights": ".bandit",
+    "parse_weights": ".bandit",
+    "Featurizer": ".features",
+}
 
 __all__ = ["BanditLearner", "Featurizer", "LaneBounds", "Weights", "parse_weights"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -11,14 +11,19 @@ from __future__ import annotations
 import logging
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from atp_proto.router.config import RouterConfig
 
 from ..learning import CheapFirst, Learner
-from . import store
-from .bandit import BanditLearner, parse_weights
+
+if TYPE_CHECKING:
+    from .bandit import BanditLearner
+
+# The bandit and its store need numpy: they load when a router uses the bandit (the default
+# learner, cheap-first, starts without them).
 
 __all__ = ["build_learner", "persist", "save_now"]
 
@@ -33,6 +38,9 @@ def build_learner(config: RouterConfig) -> Learner:
     """
     if config.learner != "bandit":
         return CheapFirst()
+    from . import store
+    from .bandit import BanditLearner, parse_weights
+
     learner = BanditLearner(
         weights=parse_weights(config.routing_weights),
         seed=config.routing_seed if config.routing_seed >= 0 else None,
@@ -52,10 +60,22 @@ def build_learner(config: RouterConfig) -> Learner:
     return learner
 
 
+def _bandit(learner: Learner) -> BanditLearner | None:
+    """``learner`` if it is the bandit (whose module is then loaded), else None."""
+    if isinstance(learner, CheapFirst):
+        return None
+    from .bandit import BanditLearner
+
+    return learner if isinstance(learner, BanditLearner) else None
+
+
 def save_now(learner: Learner, path: str, worker: int = -1) -> None:
     """Write the state synchronously (shutdown); ``worker`` >= 0: that worker's rows."""
-    if isinstance(learner, BanditLearner) and path:
-        store.save(path, store.snapshot(learner), worker=worker if worker >= 0 else None)
+    bandit = _bandit(learner)
+    if bandit is not None and path:
+        from . import store
+
+        store.save(path, store.snapshot(bandit), worker=worker if worker >= 0 else None)
 
 
 async def persist(learner: Learner, path: str, interval_s: float = 5.0, worker: int = -1) -> None:
@@ -63,9 +83,13 @@ async def persist(learner: Learner, path: str, interval_s: float = 5.0, worker: 
     a final write when cancelled (the router stopping). ``worker`` >= 0: a worker of
     ``--workers N`` writes its own rows."""
     own = worker if worker >= 0 else None
-    if not isinstance(learner, BanditLearner) or not path:
+    bandit = _bandit(learner)
+    if bandit is None or not path:
         await trio.sleep_forever()
         return
+    learner = bandit
+    from . import store
+
     saved = learner.updates
     try:
         while True:
