@@ -62,9 +62,13 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
             await r.send(r.syn(arg or {}))
         elif op == "send":
             await r.send(arg)
-        elif op == "send_batch":  # several frames in one binary message
+        elif op == "send_batch":  # several frames of ONE stream in one binary message
             from conformance.drivers.ws import to_binary
 
+            if len({r._expand(m).get("stream_id", 0) for m in arg}) > 1:
+                # over QUIC each ATP stream has its own QUIC stream (ATP-QUIC-002): frames
+                # of several streams could not be one message there, nor keep their order
+                raise ValueError(f"a send_batch holds frames of several streams: {arg}")
             for raw in arg:
                 m = r._expand(raw)
                 if "SYN" in (m.get("flags") or []):
@@ -231,7 +235,9 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
             bad = [f for f in r.s.frames[seen:] if matches(f, arg)]
             if bad:
                 raise ScenarioFailed(
-                    f"unexpected frame {_short(bad[0])} {why}".strip(), f"none matching {arg}"
+                    f"unexpected frame {_short(bad[0])} {why}".strip(),
+                    f"none matching {arg}",
+                    tuple(step.get("violated", ())),
                 )
         elif op == "expect_end":
             await _expect_end(r, arg, r.ms(step))
