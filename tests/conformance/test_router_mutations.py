@@ -14,9 +14,15 @@ router.budget.preflight-refused, as router.budget.tiny-token-window passed a rou
 starts the work and ends it EBUDGET at the first usage report;
 router.err.stream-error-spares-others, as only router.sec.sessions-isolated, naming
 ATP-SEC-010, caught a router whose every stream error ends the session).
+Session 8 added the group ``_EIGHT`` (and ATP-SEC-005 to the auth run) and found three
+more hollow cases: router.text.json.null-payload passed a router refusing a null payload
+(a FIN message's null payload must now be taken), ATP-FLOW-009 was cited by
+router.basic.final only (router.flow.error-not-held: an ERROR while the answer waits for
+credit), and the vector frame.wu-empty names a stream never opened, which is EPROTO
+whatever the frame (router.frame.wu-empty-open-stream).
 The lanes (ATP-FRAME-017) and the idle timer (ATP-TIME-008) have their variants in
 test_router_role.py, which runs those cases with the configuration they need. Independent faults share a router process,
-each case meeting only its own: four processes in all."""
+each case meeting only its own: five processes in all."""
 
 from __future__ import annotations
 
@@ -56,6 +62,27 @@ _MORE = {
     "session-id-not-echoed": ("router.text.basic.final", "ATP-JSON-007"),
     "wu-stream0-ignored": ("router.caps.stream0-data", "ATP-FRAME-012"),
     "data-after-fin-dropped": ("router.stream.data-after-fin", "ATP-STREAM-005"),
+    "alias-reuse-refused": ("router.text.json.alias-reused", "ATP-JSON-003"),
+}
+#: session 8's: MUSTs no variant broke before (their own process: several share a case, or
+#: a patched function, with the groups above)
+_EIGHT = {
+    "rst-ignored": ("router.flag.rst-ends-stream", "ATP-FLAG-003"),
+    "syn-on-open-ignored": ("router.stream.syn-on-open-stream", "ATP-STREAM-004"),
+    "data-never-opened-dropped": ("router.stream.data-never-opened", "ATP-STREAM-003"),
+    "caps-answered-always": ("router.caps.answered-once", "ATP-SESS-010"),
+    "null-payload-refused": ("router.text.json.null-payload", "ATP-JSON-012"),
+    "alias-below-numeric": ("router.text.json.alias-reused", "ATP-JSON-014"),
+    "wu-with-window": ("router.seq.fragments-credit", "ATP-FRAME-021"),
+    "error-held-behind-credit": ("router.flow.error-not-held", "ATP-FLOW-009"),
+    "stream0-data-as-heartbeat": ("router.vector.frame.data-stream0-no-hb", "ATP-FRAME-011"),
+    "wu-empty-ignored": ("router.frame.wu-empty-open-stream", "ATP-FRAME-019"),
+    "qos-clamped": ("router.vector.frame.qos-4", "ATP-FRAME-007"),
+    "other-version-taken": ("router.caps.no-version-1", "ATP-SESS-003"),
+    "versions-optional": ("router.caps.no-versions", "ATP-SESS-017"),
+    "unknown-type-fatal": ("router.frame.unknown-type", "ATP-FRAME-010"),
+    "unknown-ext-refused": ("router.frame.unknown-ext-keys", "ATP-EXT-001"),
+    "error-without-rst-ignored": ("router.err.error-frame-ends-stream", "ATP-FRAME-022"),
 }
 #: alone in its process: every stream error of the session would meet it
 _FATAL = {"stream-error-ends-session": ("router.err.stream-error-spares-others", "ATP-ERR-005")}
@@ -65,6 +92,7 @@ _AUTH = {
     "missing-token-anonymous": ("router.auth.no-token", "ATP-SEC-001"),
     "alias-not-echoed": ("router.text.json.seed-syn", "ATP-JSON-016"),
     "alg-none-accepted": ("router.auth.alg-none", "ATP-SEC-002"),
+    "refusal-echoes-token": ("router.auth.no-secret-in-refusal", "ATP-SEC-005"),
 }
 
 
@@ -77,7 +105,11 @@ def _caught(report: dict, caught: dict[str, tuple[str, str]]) -> None:
         assert want_id in failed[case]["violated"], (variant, failed[case])
 
 
-@pytest.mark.parametrize("group", [_PLAIN, _MORE, _FATAL], ids=["plain", "more", "fatal"])
+@pytest.mark.parametrize(
+    "group",
+    [_PLAIN, _MORE, _FATAL, _EIGHT],
+    ids=["plain", "more", "fatal", "eight"],
+)
 def test_broken_routers_are_caught(group: dict[str, tuple[str, str]]) -> None:
     runs: list[str] = ["--run", "router.basic.final"]
     for case, _ in group.values():

@@ -166,6 +166,12 @@ def test_idle_timeout_closes_with_its_quic_code(cert: CertFiles) -> None:
         ("quic-reused-id-stream-error", ["router.quic.binding.id-below-earlier"], "ATP-QUIC-023"),
         ("quic-early-fin-ignored", ["router.quic.binding.early-fin"], "ATP-QUIC-024"),
         ("quic-control-end-ignored", ["router.quic.binding.control-fin"], "ATP-QUIC-025"),
+        ("quic-frame-by-header", ["router.quic.binding.frame-for-other-stream"], "ATP-QUIC-005"),
+        (
+            "quic-ended-stream-frame-discarded",
+            ["router.quic.binding.frame-for-ended-stream"],
+            "ATP-QUIC-016",
+        ),
     ],
 )
 def test_broken_quic_binding_is_caught(
