@@ -191,3 +191,30 @@ def test_broken_quic_binding_is_caught(
     (basic,) = [c for c in report["cases"] if c["id"] == "router.quic.basic.final"]
     # it passes, or fails for the same fault only (fin-late: the FINAL's FIN is late there too)
     assert basic["verdict"] == "PASS" or expected in basic["violated"], (variant, basic)
+
+
+def test_broken_quic_bindings_with_auth_are_caught(cert: CertFiles, tmp_path: Path) -> None:
+    """Auth on, two independent faults in one router process, each caught by its case
+    naming its ID while router.quic.basic.final passes: data on a unidirectional QUIC
+    stream dropped (ATP-QUIC-011), and a later CAPABILITIES' caps.auth verified again, a
+    bad one ending the session (ATP-QUIC-017)."""
+    key = tmp_path / "hs256.key"
+    key.write_text(SECRET)
+    token = issue_token(SECRET.encode(), ttl_s=600)
+    caught = {
+        "router.quic.binding.unidirectional": "ATP-QUIC-011",
+        "router.quic.auth.later-caps-ignored": "ATP-QUIC-017",
+    }
+    runs = [a for c in caught for a in ("--run", c)]
+    variant = "quic-unidirectional-ignored+quic-later-auth-taken"
+    with router(*_serve(cert), variant=variant, key_file=key) as r:
+        code, report, err = _suite(
+            _port(r), cert, "--token", token, *runs, "--run", "router.quic.basic.final"
+        )
+    assert code == 1, (err[-2000:], report and _not_passed(report))
+    assert token not in err
+    verdicts = {c["id"]: c for c in report["cases"]}
+    assert verdicts["router.quic.basic.final"]["verdict"] == "PASS", _not_passed(report)
+    for case, want in caught.items():
+        assert verdicts[case]["verdict"] == "FAIL", (case, verdicts[case])
+        assert want in verdicts[case]["violated"], (case, verdicts[case])

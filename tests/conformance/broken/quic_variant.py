@@ -308,6 +308,52 @@ def ended_stream_frame_discarded() -> None:
 VARIANTS["quic-frame-by-header"] = frame_by_header
 VARIANTS["quic-ended-stream-frame-discarded"] = ended_stream_frame_discarded
 
+
+def unidirectional_ignored() -> None:
+    """Data on a client-opened unidirectional QUIC stream is dropped, not a connection
+    error EPROTO (ATP-QUIC-011)."""
+    original = _quic_conn.QuicTransport._stream_data
+
+    def stream_data(self: Any, sid: int, data: bytes, end: bool) -> None:
+        if sid & 3 == 2:  # client-initiated, unidirectional (RFC 9000 §2.1)
+            return
+        original(self, sid, data, end)
+
+    _quic_conn.QuicTransport._stream_data = stream_data  # type: ignore[method-assign]
+
+
+def later_auth_taken() -> None:
+    """A later CAPABILITIES' caps.auth is verified again, and a bad one ends the session
+    (ATP-QUIC-017: only the first authenticates; later ones are ignored)."""
+    from atp_proto.frames import ATPError, CapabilitiesReceived
+    from atp_proto.session import session
+
+    init, dispatch = session.Session.__init__, session.Session._dispatch
+
+    def patched_init(self: Any, *args: Any, **kw: Any) -> None:
+        init(self, *args, **kw)
+        self._first_auth = kw.get("authenticate")
+
+    def patched_dispatch(self: Any, events: list[Any]) -> None:
+        again = getattr(self, "_first_auth", None)
+        if again is not None and self._authenticate is None:
+            for ev in events:
+                if isinstance(ev, CapabilitiesReceived) and "auth" in ev.caps:
+                    try:
+                        self.principal = again(ev)
+                    except ATPError as exc:
+                        self.close(exc.code, exc.message)
+                        return
+        dispatch(self, events)
+
+    session.Session.__init__ = patched_init  # type: ignore[method-assign]
+    session.Session._dispatch = patched_dispatch  # type: ignore[method-assign]
+
+
+VARIANTS["quic-unidirectional-ignored"] = unidirectional_ignored
+VARIANTS["quic-later-auth-taken"] = later_auth_taken
+
+
 if __name__ == "__main__":
     VARIANTS[sys.argv.pop(1)]()
     from conformance.testees.python_client import main
