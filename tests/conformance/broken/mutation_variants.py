@@ -787,3 +787,15 @@ VARIANTS.update(
         "refusal-echoes-token": refusal_echoes_token,
     }
 )
+
+
+def no_cut_to_credit() -> None:  # fragments as large as the peer's max_frame_size (the
+    # SHOULD of ATP-SEQ-008 not kept: allowed), and one longer than the credit waits for
+    # credit for all of it, never cut to the credit there is (ATP-FLOW-013)
+    from atp_proto.frames import _caps, _windows
+
+    _caps.frag_size = lambda peer_frame_size, peer_initial_window: peer_frame_size
+    _windows.SendWindow._cut_head = lambda self, text_cost: False  # type: ignore[method-assign]
+
+
+VARIANTS["no-cut-to-credit"] = no_cut_to_credit
