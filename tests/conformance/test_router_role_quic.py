@@ -167,11 +167,6 @@ def test_idle_timeout_closes_with_its_quic_code(cert: CertFiles) -> None:
         ("quic-early-fin-ignored", ["router.quic.binding.early-fin"], "ATP-QUIC-024"),
         ("quic-control-end-ignored", ["router.quic.binding.control-fin"], "ATP-QUIC-025"),
         ("quic-frame-by-header", ["router.quic.binding.frame-for-other-stream"], "ATP-QUIC-005"),
-        (
-            "quic-ended-stream-frame-discarded",
-            ["router.quic.binding.frame-for-ended-stream"],
-            "ATP-QUIC-016",
-        ),
     ],
 )
 def test_broken_quic_binding_is_caught(
@@ -194,19 +189,22 @@ def test_broken_quic_binding_is_caught(
 
 
 def test_broken_quic_bindings_with_auth_are_caught(cert: CertFiles, tmp_path: Path) -> None:
-    """Auth on, two independent faults in one router process, each caught by its case
+    """Auth on, three independent faults in one router process, each caught by its case
     naming its ID while router.quic.basic.final passes: data on a unidirectional QUIC
-    stream dropped (ATP-QUIC-011), and a later CAPABILITIES' caps.auth verified again, a
-    bad one ending the session (ATP-QUIC-017)."""
+    stream dropped (ATP-QUIC-011), a later CAPABILITIES' caps.auth verified again, a bad
+    one ending the session (ATP-QUIC-017), and a frame for an ended stream on another
+    stream's QUIC stream discarded as late, the QUIC-stream check made after the stream
+    state (ATP-QUIC-016)."""
     key = tmp_path / "hs256.key"
     key.write_text(SECRET)
     token = issue_token(SECRET.encode(), ttl_s=600)
     caught = {
         "router.quic.binding.unidirectional": "ATP-QUIC-011",
         "router.quic.auth.later-caps-ignored": "ATP-QUIC-017",
+        "router.quic.binding.frame-for-ended-stream": "ATP-QUIC-016",
     }
     runs = [a for c in caught for a in ("--run", c)]
-    variant = "quic-unidirectional-ignored+quic-later-auth-taken"
+    variant = "quic-unidirectional-ignored+quic-later-auth-taken+quic-ended-stream-frame-discarded"
     with router(*_serve(cert), variant=variant, key_file=key) as r:
         code, report, err = _suite(
             _port(r), cert, "--token", token, *runs, "--run", "router.quic.basic.final"
