@@ -14,14 +14,16 @@ router.budget.preflight-refused, as router.budget.tiny-token-window passed a rou
 starts the work and ends it EBUDGET at the first usage report;
 router.err.stream-error-spares-others, as only router.sec.sessions-isolated, naming
 ATP-SEC-010, caught a router whose every stream error ends the session).
-Session 8 added the group ``_EIGHT`` (and ATP-SEC-005 to the auth run) and found four
+Session 8 added the group ``_EIGHT`` (and ATP-SEC-005 to the auth run) and found five
 more hollow cases: router.text.json.null-payload passed a router refusing a null payload
 (a FIN message's null payload must now be taken); ATP-FLOW-009 was cited by
 router.basic.final only (router.flow.error-not-held: an ERROR while the answer waits for
 credit); the vector frame.wu-empty names a stream never opened, which is EPROTO whatever
 the frame (router.frame.wu-empty-open-stream); router.flow.credit-respected and
 router.flow.fragments-within-credit, both citing ATP-FLOW-013, passed a router whose
-fragments are max_frame_size and never cut to the credit (router.flow.cut-to-credit).
+fragments are max_frame_size and never cut to the credit (router.flow.cut-to-credit);
+router.seq.fragments-credit, citing ATP-FLOW-010, one that never returns a SYN's own
+credit (router.flow.syn-credit-returned).
 The lanes (ATP-FRAME-017) and the idle timer (ATP-TIME-008) have their variants in
 test_router_role.py, which runs those cases with the configuration they need. Independent faults share a router process,
 each case meeting only its own: five processes in all."""
@@ -86,6 +88,8 @@ _EIGHT = {
     "unknown-ext-refused": ("router.frame.unknown-ext-keys", "ATP-EXT-001"),
     "error-without-rst-ignored": ("router.err.error-frame-ends-stream", "ATP-FRAME-022"),
     "no-cut-to-credit": ("router.flow.cut-to-credit", "ATP-FLOW-013"),
+    "tiny-window-served": ("router.flow.window-too-small-refused-at-syn", "ATP-FLOW-014"),
+    "syn-credit-kept": ("router.flow.syn-credit-returned", "ATP-FLOW-010"),
 }
 #: alone in its process: every stream error of the session would meet it
 _FATAL = {"stream-error-ends-session": ("router.err.stream-error-spares-others", "ATP-ERR-005")}

@@ -799,3 +799,31 @@ def no_cut_to_credit() -> None:  # fragments as large as the peer's max_frame_si
 
 
 VARIANTS["no-cut-to-credit"] = no_cut_to_credit
+
+
+def tiny_window_served() -> None:  # a stream whose window cannot carry the FINAL's
+    # telemetry is run anyway, its answer refused only at the end (ATP-FLOW-014: refused at
+    # the SYN, before any adapter call)
+    from atp_proto.router.routing import run
+
+    run.MIN_FINAL_EXT = 0
+
+
+VARIANTS["tiny-window-served"] = tiny_window_served
+
+
+def syn_credit_kept() -> None:  # the SYN message is never counted as consumed: its credit
+    # does not come back (ATP-FLOW-010)
+    from atp_proto.frames import _stream
+    from atp_proto.frames._events import StreamOpened
+
+    orig = _stream.Stream.receive_general
+
+    def receive_general(self: Any, frame: Any, cost: int, max_message_size: int) -> Any:
+        event, consumed = orig(self, frame, cost, max_message_size)
+        return event, 0 if isinstance(event, StreamOpened) else consumed
+
+    _stream.Stream.receive_general = receive_general  # type: ignore[method-assign]
+
+
+VARIANTS["syn-credit-kept"] = syn_credit_kept
