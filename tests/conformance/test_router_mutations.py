@@ -14,12 +14,13 @@ router.budget.preflight-refused, as router.budget.tiny-token-window passed a rou
 starts the work and ends it EBUDGET at the first usage report;
 router.err.stream-error-spares-others, as only router.sec.sessions-isolated, naming
 ATP-SEC-010, caught a router whose every stream error ends the session).
-Session 8 added the group ``_EIGHT`` (and ATP-SEC-005 to the auth run) and found five
+Session 8 added the group ``_EIGHT`` (and ATP-SEC-005 to the auth run) and found six
 more hollow cases: router.text.json.null-payload passed a router refusing a null payload
 (a FIN message's null payload must now be taken); ATP-FLOW-009 was cited by
 router.basic.final only (router.flow.error-not-held: an ERROR while the answer waits for
 credit); the vector frame.wu-empty names a stream never opened, which is EPROTO whatever
-the frame (router.frame.wu-empty-open-stream); router.flow.credit-respected and
+the frame (router.frame.wu-empty-open-stream; frame.wu-window-not-map likewise,
+router.frame.wu-window-not-map-open-stream); router.flow.credit-respected and
 router.flow.fragments-within-credit, both citing ATP-FLOW-013, passed a router whose
 fragments are max_frame_size and never cut to the credit (router.flow.cut-to-credit);
 router.seq.fragments-credit, citing ATP-FLOW-010, one that never returns a SYN's own
@@ -90,6 +91,8 @@ _EIGHT = {
     "no-cut-to-credit": ("router.flow.cut-to-credit", "ATP-FLOW-013"),
     "tiny-window-served": ("router.flow.window-too-small-refused-at-syn", "ATP-FLOW-014"),
     "syn-credit-kept": ("router.flow.syn-credit-returned", "ATP-FLOW-010"),
+    "wu-bad-window-ignored": ("router.frame.wu-window-not-map-open-stream", "ATP-FRAME-020"),
+    "wu-after-end-refused": ("router.flag.frames-after-end-discarded", "ATP-FLAG-004"),
 }
 #: alone in its process: every stream error of the session would meet it
 _FATAL = {"stream-error-ends-session": ("router.err.stream-error-spares-others", "ATP-ERR-005")}

@@ -827,3 +827,43 @@ def syn_credit_kept() -> None:  # the SYN message is never counted as consumed: 
 
 
 VARIANTS["syn-credit-kept"] = syn_credit_kept
+
+
+def wu_bad_window_ignored() -> None:  # a WINDOW_UPDATE whose window is not a map taken as
+    # one without a window (ATP-FRAME-020: a stream error EPROTO)
+    from collections.abc import Mapping
+
+    from atp_proto.frames import _validate
+
+    orig = _validate._check_window_update
+
+    def check(ext: Any, sid: int) -> None:
+        if sid and "window" in ext and not isinstance(ext["window"], Mapping):
+            return
+        orig(ext, sid)
+
+    _validate._check_window_update = check
+
+
+def wu_after_end_refused() -> None:  # a WINDOW_UPDATE for a stream that has ended answered
+    # with EPROTO (ATP-FLAG-004: discarded)
+    from atp_proto.frames._errors import RemoteProtocolError
+    from atp_proto.frames._types import ErrorCode
+
+    def make(orig: Callable[..., None]) -> Callable[..., None]:
+        def handle(self: Any, frame: Any, cost: int, now: float, events: Any, enc: Any) -> None:
+            sid = frame.stream_id
+            if sid not in self._streams and 0 < sid <= self._highest_id:
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO, f"WINDOW_UPDATE on ended stream {sid}", stream_id=sid
+                )
+            orig(self, frame, cost, now, events, enc)
+
+        return handle
+
+    _handler(FrameType.WINDOW_UPDATE, make)
+
+
+VARIANTS.update(
+    {"wu-bad-window-ignored": wu_bad_window_ignored, "wu-after-end-refused": wu_after_end_refused}
+)
