@@ -167,18 +167,21 @@ _CLIENT = {
 }
 
 
-@pytest.mark.parametrize("variant", sorted(_CLIENT))
-def test_broken_client_is_caught(variant: str) -> None:
-    """The Python client testee with one fault fails the client case citing it (it passes
-    unbroken: test_client_codec_roles.py). client.frame.budget-update passed a client that
-    answered the BUDGET_UPDATE with EPROTO, client.flow.credit-respected one that sent its
-    fragments without CONT: both checks were added."""
-    case, want_id = _CLIENT[variant]
+def test_broken_client_is_caught() -> None:
+    """The Python client testee with five independent faults (one client process per case,
+    each with all five), each failing the client case citing it, naming only its ID (the
+    client passes unbroken: test_client_codec_roles.py). client.frame.budget-update passed
+    a client that answered the BUDGET_UPDATE with EPROTO, client.flow.credit-respected one
+    that sent its fragments without CONT: both checks were added."""
     cmd = (
         f"env PYTHONPATH={BROKEN}:{ROOT} {sys.executable} {BROKEN / 'client_variant.py'} "
-        f"{variant} {{url}} --streams {{streams}} --prompt-file {{prompt_file}} --ttl {{ttl}}"
+        f"{'+'.join(_CLIENT)} {{url}} --streams {{streams}} --prompt-file {{prompt_file}} "
+        "--ttl {ttl}"
     )
-    code, report, _ = run_suite("--role", "client", "--exec", cmd, "--run", case, "--level", "L2")
+    runs = [a for case, _ in _CLIENT.values() for a in ("--run", case)]
+    code, report, _ = run_suite("--role", "client", "--exec", cmd, *runs, "--level", "L2")
     assert code == 1
-    (failed,) = failures(report)
-    assert failed["id"] == case and want_id in failed["violated"], failed
+    failed = {c["id"]: c for c in failures(report)}
+    assert set(failed) == {case for case, _ in _CLIENT.values()}, failed
+    for variant, (case, want_id) in _CLIENT.items():
+        assert failed[case]["violated"] == [want_id], (variant, failed[case])
