@@ -93,6 +93,8 @@ _EIGHT = {
     "syn-credit-kept": ("router.flow.syn-credit-returned", "ATP-FLOW-010"),
     "wu-bad-window-ignored": ("router.frame.wu-window-not-map-open-stream", "ATP-FRAME-020"),
     "wu-after-end-refused": ("router.flag.frames-after-end-discarded", "ATP-FLAG-004"),
+    "session-id-unchecked": ("router.vector.frame.session-id-int", "ATP-EXT-010"),
+    "bare-rst-never-opened-dropped": ("router.stream.rst-never-opened", "ATP-FLAG-009"),
 }
 #: alone in its process: every stream error of the session would meet it
 _FATAL = {"stream-error-ends-session": ("router.err.stream-error-spares-others", "ATP-ERR-005")}

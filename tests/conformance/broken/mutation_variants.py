@@ -867,3 +867,31 @@ def wu_after_end_refused() -> None:  # a WINDOW_UPDATE for a stream that has end
 VARIANTS.update(
     {"wu-bad-window-ignored": wu_bad_window_ignored, "wu-after-end-refused": wu_after_end_refused}
 )
+
+
+def session_id_unchecked() -> None:  # an ext session_id that is no text, or too long,
+    # taken (ATP-EXT-010: a stream error EPROTO)
+    from atp_proto.frames import _validate
+
+    _validate._check_session_id = lambda ext, sid, limits: None
+
+
+def bare_rst_never_opened_dropped() -> None:  # a bare RST on a stream id never opened
+    # discarded, as one on a closed stream (ATP-FLAG-009: EPROTO)
+    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def outside(self: Any, frame: Any, rec: Any, now: float, events: Any, enc: Any) -> Any:
+            if frame.flags & 0x10 and rec is None:
+                return None
+            return orig(self, frame, rec, now, events, enc)
+
+        return outside
+
+    _outside(make)
+
+
+VARIANTS.update(
+    {
+        "session-id-unchecked": session_id_unchecked,
+        "bare-rst-never-opened-dropped": bare_rst_never_opened_dropped,
+    }
+)
