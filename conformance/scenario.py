@@ -62,9 +62,13 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
             await r.send(r.syn(arg or {}))
         elif op == "send":
             await r.send(arg)
-        elif op == "send_batch":  # several frames in one binary message
+        elif op == "send_batch":  # several frames of ONE stream in one binary message
             from conformance.drivers.ws import to_binary
 
+            if len({r._expand(m).get("stream_id", 0) for m in arg}) > 1:
+                # over QUIC each ATP stream has its own QUIC stream (ATP-QUIC-002): frames
+                # of several streams could not be one message there, nor keep their order
+                raise ValueError(f"a send_batch holds frames of several streams: {arg}")
             for raw in arg:
                 m = r._expand(raw)
                 if "SYN" in (m.get("flags") or []):
@@ -231,7 +235,9 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
             bad = [f for f in r.s.frames[seen:] if matches(f, arg)]
             if bad:
                 raise ScenarioFailed(
-                    f"unexpected frame {_short(bad[0])} {why}".strip(), f"none matching {arg}"
+                    f"unexpected frame {_short(bad[0])} {why}".strip(),
+                    f"none matching {arg}",
+                    tuple(step.get("violated", ())),
                 )
         elif op == "expect_end":
             await _expect_end(r, arg, r.ms(step))
@@ -331,18 +337,29 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
 async def _send_fragmented(r: Runner, arg: Mapping[str, Any], wait: float) -> None:
     """A SYN message of a ``prompt_bytes`` prompt in fragments of ``fragment`` payload bytes,
     sent within the router's credit: when it runs out, wait (up to ``wait``) for the
-    WINDOW_UPDATE the router owes for buffered fragments (ATP-SEQ-009, ATP-FLOW-012)."""
+    WINDOW_UPDATE the router owes for buffered fragments (ATP-SEQ-009, ATP-FLOW-012).
+    ``prompt_bytes: half_window`` with ``fragment: whole``: one frame of just over half the
+    router's initial_window (ATP-FLOW-010), UNSUPPORTED when its max_frame_size is smaller."""
     import cbor2
 
     from conformance.drivers.ws import to_binary
 
     sid = arg["stream_id"]
-    body = cbor2.dumps(
-        {"type": "agent.task", "content": {"prompt": r.prompt() + "x" * int(arg["prompt_bytes"])}}
-    )
-    size = int(arg["fragment"])
-    parts = [body[i : i + size] for i in range(0, len(body), size)]
     window = int((r.router_caps or {}).get("initial_window", DEFAULT_WINDOW))
+    prompt_bytes = arg["prompt_bytes"]
+    if prompt_bytes == "half_window":
+        prompt_bytes = -(-window // 2) + 1024
+        frame_max = int((r.router_caps or {}).get("max_frame_size", 1_048_576))
+        if prompt_bytes + 4096 > min(frame_max, window):
+            raise Unsupported(
+                f"one frame of half the router's initial_window ({window}) does not fit its "
+                f"max_frame_size ({frame_max}) and credit"
+            )
+    body = cbor2.dumps(
+        {"type": "agent.task", "content": {"prompt": r.prompt() + "x" * int(prompt_bytes)}}
+    )
+    size = len(body) if arg["fragment"] == "whole" else int(arg["fragment"])
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
     credit, seen = window, 0
     r.syn_seq[sid] = 1
     r.next_sid = max(r.next_sid, sid + 2)

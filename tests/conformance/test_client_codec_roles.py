@@ -65,6 +65,7 @@ def test_python_codec_passes_the_codec_role() -> None:
     [
         ("accept-truncated", "ATP-WS-001"),
         ("accept-reserved-bit", "ATP-FRAME-004"),
+        ("unpadded-base64", "ATP-JSON-011"),
     ],
 )
 def test_broken_codec_is_caught(variant: str, want_id: str) -> None:

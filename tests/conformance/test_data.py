@@ -70,3 +70,33 @@ def test_packaged_requirements_are_the_spec() -> None:
     assert (CONF / "requirements.yaml").read_text() == (
         ROOT / "spec" / "requirements.yaml"
     ).read_text()
+
+
+def _batches(steps: object) -> list[list[dict]]:
+    """Every ``send_batch`` of a scenario's steps, ``repeat`` and ``other_session`` included."""
+    out: list[list[dict]] = []
+    if isinstance(steps, list):
+        for step in steps:
+            out += _batches(step)
+    elif isinstance(steps, dict):
+        if isinstance(steps.get("send_batch"), list):
+            out.append(steps["send_batch"])
+        for value in steps.values():
+            out += _batches(value)
+    return out
+
+
+def test_each_batch_holds_one_streams_frames() -> None:
+    """A batch is one binary message over WebSocket; over QUIC each ATP stream has its own
+    QUIC stream (ATP-QUIC-002), so frames of two streams could not share one there nor keep
+    their order: a case that batched them would test something else over QUIC. The runner
+    refuses such a batch; no case (scenario or QUIC binding case) has one."""
+    from conformance.roles._quic_cases import BINDING
+
+    batches: list[list[dict]] = []
+    for path in sorted((CONF / "scenarios").glob("*.yaml")):
+        batches += _batches(yaml.safe_load(path.read_text())["cases"])
+    batches += _batches([steps for *_, steps in BINDING])
+    assert len(batches) >= 10
+    for batch in batches:
+        assert len({m.get("stream_id", 0) for m in batch}) == 1, batch

@@ -14,9 +14,20 @@ router.budget.preflight-refused, as router.budget.tiny-token-window passed a rou
 starts the work and ends it EBUDGET at the first usage report;
 router.err.stream-error-spares-others, as only router.sec.sessions-isolated, naming
 ATP-SEC-010, caught a router whose every stream error ends the session).
+Session 8 added the group ``_EIGHT`` (and ATP-SEC-005 to the auth run) and found six
+more hollow cases: router.text.json.null-payload passed a router refusing a null payload
+(a FIN message's null payload must now be taken); ATP-FLOW-009 was cited by
+router.basic.final only (router.flow.error-not-held: an ERROR while the answer waits for
+credit); the vector frame.wu-empty names a stream never opened, which is EPROTO whatever
+the frame (router.frame.wu-empty-open-stream; frame.wu-window-not-map likewise,
+router.frame.wu-window-not-map-open-stream); router.flow.credit-respected and
+router.flow.fragments-within-credit, both citing ATP-FLOW-013, passed a router whose
+fragments are max_frame_size and never cut to the credit (router.flow.cut-to-credit);
+router.seq.fragments-credit, citing ATP-FLOW-010, one that never returns a SYN's own
+credit (router.flow.syn-credit-returned).
 The lanes (ATP-FRAME-017) and the idle timer (ATP-TIME-008) have their variants in
 test_router_role.py, which runs those cases with the configuration they need. Independent faults share a router process,
-each case meeting only its own: four processes in all."""
+each case meeting only its own: five processes in all."""
 
 from __future__ import annotations
 
@@ -56,6 +67,34 @@ _MORE = {
     "session-id-not-echoed": ("router.text.basic.final", "ATP-JSON-007"),
     "wu-stream0-ignored": ("router.caps.stream0-data", "ATP-FRAME-012"),
     "data-after-fin-dropped": ("router.stream.data-after-fin", "ATP-STREAM-005"),
+    "alias-reuse-refused": ("router.text.json.alias-reused", "ATP-JSON-003"),
+}
+#: session 8's: MUSTs no variant broke before (their own process: several share a case, or
+#: a patched function, with the groups above)
+_EIGHT = {
+    "rst-ignored": ("router.flag.rst-ends-stream", "ATP-FLAG-003"),
+    "syn-on-open-ignored": ("router.stream.syn-on-open-stream", "ATP-STREAM-004"),
+    "data-never-opened-dropped": ("router.stream.data-never-opened", "ATP-STREAM-003"),
+    "caps-answered-always": ("router.caps.answered-once", "ATP-SESS-010"),
+    "null-payload-refused": ("router.text.json.null-payload", "ATP-JSON-012"),
+    "alias-below-numeric": ("router.text.json.alias-reused", "ATP-JSON-014"),
+    "wu-with-window": ("router.seq.fragments-credit", "ATP-FRAME-021"),
+    "error-held-behind-credit": ("router.flow.error-not-held", "ATP-FLOW-009"),
+    "stream0-data-as-heartbeat": ("router.vector.frame.data-stream0-no-hb", "ATP-FRAME-011"),
+    "wu-empty-ignored": ("router.frame.wu-empty-open-stream", "ATP-FRAME-019"),
+    "qos-clamped": ("router.vector.frame.qos-4", "ATP-FRAME-007"),
+    "other-version-taken": ("router.caps.no-version-1", "ATP-SESS-003"),
+    "versions-optional": ("router.caps.no-versions", "ATP-SESS-017"),
+    "unknown-type-fatal": ("router.frame.unknown-type", "ATP-FRAME-010"),
+    "unknown-ext-refused": ("router.frame.unknown-ext-keys", "ATP-EXT-001"),
+    "error-without-rst-ignored": ("router.err.error-frame-ends-stream", "ATP-FRAME-022"),
+    "no-cut-to-credit": ("router.flow.cut-to-credit", "ATP-FLOW-013"),
+    "tiny-window-served": ("router.flow.window-too-small-refused-at-syn", "ATP-FLOW-014"),
+    "syn-credit-kept": ("router.flow.syn-credit-returned", "ATP-FLOW-010"),
+    "wu-bad-window-ignored": ("router.frame.wu-window-not-map-open-stream", "ATP-FRAME-020"),
+    "wu-after-end-refused": ("router.flag.frames-after-end-discarded", "ATP-FLAG-004"),
+    "session-id-unchecked": ("router.vector.frame.session-id-int", "ATP-EXT-010"),
+    "bare-rst-never-opened-dropped": ("router.stream.rst-never-opened", "ATP-FLAG-009"),
 }
 #: alone in its process: every stream error of the session would meet it
 _FATAL = {"stream-error-ends-session": ("router.err.stream-error-spares-others", "ATP-ERR-005")}
@@ -65,6 +104,7 @@ _AUTH = {
     "missing-token-anonymous": ("router.auth.no-token", "ATP-SEC-001"),
     "alias-not-echoed": ("router.text.json.seed-syn", "ATP-JSON-016"),
     "alg-none-accepted": ("router.auth.alg-none", "ATP-SEC-002"),
+    "refusal-echoes-token": ("router.auth.no-secret-in-refusal", "ATP-SEC-005"),
 }
 
 
@@ -77,7 +117,11 @@ def _caught(report: dict, caught: dict[str, tuple[str, str]]) -> None:
         assert want_id in failed[case]["violated"], (variant, failed[case])
 
 
-@pytest.mark.parametrize("group", [_PLAIN, _MORE, _FATAL], ids=["plain", "more", "fatal"])
+@pytest.mark.parametrize(
+    "group",
+    [_PLAIN, _MORE, _FATAL, _EIGHT],
+    ids=["plain", "more", "fatal", "eight"],
+)
 def test_broken_routers_are_caught(group: dict[str, tuple[str, str]]) -> None:
     runs: list[str] = ["--run", "router.basic.final"]
     for case, _ in group.values():
@@ -125,18 +169,21 @@ _CLIENT = {
 }
 
 
-@pytest.mark.parametrize("variant", sorted(_CLIENT))
-def test_broken_client_is_caught(variant: str) -> None:
-    """The Python client testee with one fault fails the client case citing it (it passes
-    unbroken: test_client_codec_roles.py). client.frame.budget-update passed a client that
-    answered the BUDGET_UPDATE with EPROTO, client.flow.credit-respected one that sent its
-    fragments without CONT: both checks were added."""
-    case, want_id = _CLIENT[variant]
+def test_broken_client_is_caught() -> None:
+    """The Python client testee with five independent faults (one client process per case,
+    each with all five), each failing the client case citing it, naming only its ID (the
+    client passes unbroken: test_client_codec_roles.py). client.frame.budget-update passed
+    a client that answered the BUDGET_UPDATE with EPROTO, client.flow.credit-respected one
+    that sent its fragments without CONT: both checks were added."""
     cmd = (
         f"env PYTHONPATH={BROKEN}:{ROOT} {sys.executable} {BROKEN / 'client_variant.py'} "
-        f"{variant} {{url}} --streams {{streams}} --prompt-file {{prompt_file}} --ttl {{ttl}}"
+        f"{'+'.join(_CLIENT)} {{url}} --streams {{streams}} --prompt-file {{prompt_file}} "
+        "--ttl {ttl}"
     )
-    code, report, _ = run_suite("--role", "client", "--exec", cmd, "--run", case, "--level", "L2")
+    runs = [a for case, _ in _CLIENT.values() for a in ("--run", case)]
+    code, report, _ = run_suite("--role", "client", "--exec", cmd, *runs, "--level", "L2")
     assert code == 1
-    (failed,) = failures(report)
-    assert failed["id"] == case and want_id in failed["violated"], failed
+    failed = {c["id"]: c for c in failures(report)}
+    assert set(failed) == {case for case, _ in _CLIENT.values()}, failed
+    for variant, (case, want_id) in _CLIENT.items():
+        assert failed[case]["violated"] == [want_id], (variant, failed[case])

@@ -20,7 +20,6 @@ from .conftest import (
     failures,
     router,
     run_suite,
-    violated_ids,
 )
 
 
@@ -143,6 +142,9 @@ def test_reference_router_with_auth_passes_l2(secret_file: Path) -> None:
 
 # ---------------------------------------------------------------- broken variants
 
+#: variant: (the requirement, the case). Grouped so that no fault meets another's case:
+#: one router process per group (the three that rewrite a FINAL's numbering or flags meet
+#: every FINAL, so each is alone).
 _PLAIN = {
     "ignore-credit": ("ATP-FLOW-001", "router.flow.credit-respected"),
     "reuse-seq": ("ATP-SEQ-001", "router.basic.final"),
@@ -152,30 +154,31 @@ _PLAIN = {
     "wrong-error-code": ("ATP-SEQ-004", "router.seq.skip"),
     "no-error-answer": ("ATP-FRAME-003", "router.vector.frame.version-2"),
 }
+_PLAIN_GROUPS = [
+    ("ignore-credit", "wrong-error-code"),
+    ("drop-telemetry", "no-error-answer"),
+    ("reuse-seq",),
+    ("skip-seq",),
+    ("drop-fin",),
+]
 
 
-@pytest.mark.parametrize("variant", sorted(_PLAIN))
-def test_broken_router_is_caught(variant: str) -> None:
+@pytest.mark.parametrize("group", _PLAIN_GROUPS, ids="+".join)
+def test_broken_router_is_caught(group: tuple[str, ...]) -> None:
     """Each variant fails its case with the requirement it breaks, and the run exits 1."""
-    want_id, case = _PLAIN[variant]
-    with router(variant=variant, adapters={"persona": "builtin:persona"}) as r:
+    runs = [a for v in group for a in ("--run", _PLAIN[v][1])]
+    with router(variant="+".join(group), adapters={"persona": "builtin:persona"}) as r:
         code, report, _ = run_suite(
-            "--role",
-            "router",
-            "--target",
-            r.url,
-            "--level",
-            "L2",
-            "--encoding",
-            "binary",
-            "--run",
-            case,
-        )
+            "--role", "router", "--target", r.url, "--level", "L2", "--encoding", "binary",
+            *runs,
+        )  # fmt: skip
     assert code == 1
     failed = {c["id"]: c for c in failures(report)}
-    assert case in failed, sorted(failed)
-    assert want_id in failed[case]["violated"], failed[case]
-    assert want_id in violated_ids(report)
+    for variant in group:
+        want_id, case = _PLAIN[variant]
+        assert case in failed, (variant, sorted(failed))
+        assert want_id in failed[case]["violated"], (variant, failed[case])
+    assert {_PLAIN[v][1] for v in group} == set(failed), failed
 
 
 def test_router_accepting_an_expired_token_is_caught(secret_file: Path) -> None:
@@ -204,40 +207,39 @@ def test_router_accepting_an_expired_token_is_caught(secret_file: Path) -> None:
     assert failed["router.auth.expired-token"]["violated"] == ["ATP-SEC-003"]
 
 
-@pytest.mark.parametrize(
-    ("variant", "case", "want_id"),
-    [
+#: (variant, case, requirement) per router process: no-decision-id rewrites every FINAL's
+#: telemetry, so it is alone; the others meet none of each other's cases
+_ADAPTER_GROUPS = [
+    (
         ("no-cancel-on-reset", "router.adapter.cancel-on-rst", "ATP-ADAPT-009"),
         ("hang-on-stall", "router.adapter.stall-ttl", "ATP-ADAPT-012"),
-        ("no-decision-id", "router.strategy.telemetry", "ATP-FEED-001"),
         ("quorum-of-one", "router.strategy.quorum-not-reached", "ATP-STRAT-002"),
         ("ignore-comparator", "router.strategy.comparator-no-key", "ATP-STRAT-003"),
-    ],
-)
-def test_broken_router_to_adapter_is_caught(variant: str, case: str, want_id: str) -> None:
+    ),
+    (("no-decision-id", "router.strategy.telemetry", "ATP-FEED-001"),),
+]
+
+
+@pytest.mark.parametrize("group", _ADAPTER_GROUPS, ids=lambda g: "+".join(v for v, _, _ in g))
+def test_broken_router_to_adapter_is_caught(group: tuple[tuple[str, str, str], ...]) -> None:
+    runs = [a for _, case, _ in group for a in ("--run", case)]
     with (
         adapter_socket() as conf,
         router(
-            variant=variant, adapters={"conf": f"grpc://127.0.0.1:{conf.getsockname()[1]}"}
+            variant="+".join(v for v, _, _ in group),
+            adapters={"conf": f"grpc://127.0.0.1:{conf.getsockname()[1]}"},
         ) as r,
     ):
         code, report, _ = run_suite(
-            "--role",
-            "router",
-            "--target",
-            r.url,
-            "--level",
-            "L3",
-            "--encoding",
-            "binary",
-            "--run",
-            case,
-            adapter=conf,
-        )
+            "--role", "router", "--target", r.url, "--level", "L3", "--encoding", "binary",
+            *runs, adapter=conf,
+        )  # fmt: skip
     assert code == 1
     failed = {c["id"]: c for c in failures(report)}
-    assert case in failed, sorted(failed)
-    assert want_id in failed[case]["violated"]
+    for variant, case, want_id in group:
+        assert case in failed, (variant, sorted(failed))
+        assert want_id in failed[case]["violated"], (variant, failed[case])
+    assert {case for _, case, _ in group} == set(failed), failed
 
 
 #: one stream at a time, so that lanes decide who goes next

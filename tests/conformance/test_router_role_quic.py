@@ -17,7 +17,7 @@ from atp_proto.router.auth import issue_token
 from atp_proto.testing.certs import CertFiles, make_cert
 from atp_proto.testing.processes import RouterProcess
 
-from .conftest import SECRET, adapter_socket, failures, router, run_suite, violated_ids
+from .conftest import SECRET, adapter_socket, router, run_suite
 
 
 def _port(r: RouterProcess) -> int:
@@ -154,34 +154,79 @@ def test_idle_timeout_closes_with_its_quic_code(cert: CertFiles) -> None:
     assert any("0x104" in (e.get("note") or "") for e in case["exchange"]), case["exchange"]
 
 
-@pytest.mark.parametrize(
-    ("variant", "cases", "expected"),
-    [
-        ("quic-reset-stream", ["router.quic.binding.error-then-fin"], "ATP-QUIC-006"),
-        ("quic-close-code-zero", ["router.quic.binding.close-code"], "ATP-QUIC-004"),
-        ("quic-fin-late", ["router.quic.binding.fin-with-final"], "ATP-QUIC-013"),
-        ("quic-any-alpn", ["router.quic.binding.alpn"], "ATP-QUIC-001"),
-        ("quic-any-order", ["router.quic.binding.syn-order"], "ATP-QUIC-021"),
-        ("quic-reused-id-stream-error", ["router.quic.binding.syn-on-ended-id"], "ATP-QUIC-023"),
-        ("quic-reused-id-stream-error", ["router.quic.binding.id-below-earlier"], "ATP-QUIC-023"),
-        ("quic-early-fin-ignored", ["router.quic.binding.early-fin"], "ATP-QUIC-024"),
-        ("quic-control-end-ignored", ["router.quic.binding.control-fin"], "ATP-QUIC-025"),
+#: broken QUIC bindings, grouped so that each group's faults meet none of the others'
+#: cases (one router process per group): (variant, the case that must catch it, the ID)
+_QUIC_GROUPS: dict[str, list[tuple[str, str, str]]] = {
+    "handshake-order-errors": [
+        ("quic-any-alpn", "router.quic.binding.alpn", "ATP-QUIC-001"),
+        ("quic-any-order", "router.quic.binding.syn-order", "ATP-QUIC-021"),
+        ("quic-early-fin-ignored", "router.quic.binding.early-fin", "ATP-QUIC-024"),
+        ("quic-reset-stream", "router.quic.binding.error-then-fin", "ATP-QUIC-006"),
     ],
-)
-def test_broken_quic_binding_is_caught(
-    cert: CertFiles, variant: str, cases: list[str], expected: str
-) -> None:
+    "new-streams-and-input": [
+        ("quic-reused-id-stream-error", "router.quic.binding.syn-on-ended-id", "ATP-QUIC-023"),
+        ("quic-reused-id-stream-error", "router.quic.binding.id-below-earlier", "ATP-QUIC-023"),
+        ("quic-control-end-ignored", "router.quic.binding.control-fin", "ATP-QUIC-025"),
+        ("quic-frame-by-header", "router.quic.binding.frame-for-other-stream", "ATP-QUIC-005"),
+    ],
+    # every FINAL meets fin-late (router.quic.basic.final fails for it too), and every
+    # close close-code-zero: their cases meet neither (a FINAL, a close), the others both
+    "fin-late-close-code": [
+        ("quic-fin-late", "router.quic.binding.fin-with-final", "ATP-QUIC-013"),
+        ("quic-close-code-zero", "router.quic.binding.close-code", "ATP-QUIC-004"),
+    ],
+}
+
+
+@pytest.mark.parametrize("group", sorted(_QUIC_GROUPS))
+def test_broken_quic_binding_is_caught(cert: CertFiles, group: str) -> None:
     """Each variant fails its case with the ID it breaks, and the same case passes against
     the reference (test_reference_router_passes_every_quic_case). Each variant is broken
-    in that one way only: it still serves a plain stream (router.quic.basic.final passes, or
-    fails for the same fault), so a variant that merely crashes the router cannot pass for a
-    caught one."""
-    runs = [a for c in cases for a in ("--run", c)]
+    in that one way only: the router still serves a plain stream (router.quic.basic.final
+    passes, or fails for fin-late only, whose FINAL has its FIN late there too), so a
+    variant that merely crashes the router cannot pass for a caught one."""
+    caught = _QUIC_GROUPS[group]
+    variant = "+".join(dict.fromkeys(v for v, _, _ in caught))
+    runs = [a for _, c, _ in caught for a in ("--run", c)]
     with router(*_serve(cert), variant=variant) as r:
         code, report, err = _suite(_port(r), cert, *runs, "--run", "router.quic.basic.final")
     assert code == 1, (err[-2000:], report and _not_passed(report))
-    assert expected in violated_ids(report), failures(report)
-    assert {c["id"] for c in failures(report)} & set(cases)
-    (basic,) = [c for c in report["cases"] if c["id"] == "router.quic.basic.final"]
-    # it passes, or fails for the same fault only (fin-late: the FINAL's FIN is late there too)
-    assert basic["verdict"] == "PASS" or expected in basic["violated"], (variant, basic)
+    verdicts = {c["id"]: c for c in report["cases"]}
+    for v, case, expected in caught:
+        assert verdicts[case]["verdict"] == "FAIL", (v, verdicts[case])
+        assert expected in verdicts[case]["violated"], (v, verdicts[case])
+    basic = verdicts["router.quic.basic.final"]
+    if group == "fin-late-close-code":
+        assert basic["violated"] == ["ATP-QUIC-013"], basic  # fin-late's, nothing else
+    else:
+        assert basic["verdict"] == "PASS", (group, basic)
+
+
+def test_broken_quic_bindings_with_auth_are_caught(cert: CertFiles, tmp_path: Path) -> None:
+    """Auth on, three independent faults in one router process, each caught by its case
+    naming its ID while router.quic.basic.final passes: data on a unidirectional QUIC
+    stream dropped (ATP-QUIC-011), a later CAPABILITIES' caps.auth verified again, a bad
+    one ending the session (ATP-QUIC-017), and a frame for an ended stream on another
+    stream's QUIC stream discarded as late, the QUIC-stream check made after the stream
+    state (ATP-QUIC-016)."""
+    key = tmp_path / "hs256.key"
+    key.write_text(SECRET)
+    token = issue_token(SECRET.encode(), ttl_s=600)
+    caught = {
+        "router.quic.binding.unidirectional": "ATP-QUIC-011",
+        "router.quic.auth.later-caps-ignored": "ATP-QUIC-017",
+        "router.quic.binding.frame-for-ended-stream": "ATP-QUIC-016",
+    }
+    runs = [a for c in caught for a in ("--run", c)]
+    variant = "quic-unidirectional-ignored+quic-later-auth-taken+quic-ended-stream-frame-discarded"
+    with router(*_serve(cert), variant=variant, key_file=key) as r:
+        code, report, err = _suite(
+            _port(r), cert, "--token", token, *runs, "--run", "router.quic.basic.final"
+        )
+    assert code == 1, (err[-2000:], report and _not_passed(report))
+    assert token not in err
+    verdicts = {c["id"]: c for c in report["cases"]}
+    assert verdicts["router.quic.basic.final"]["verdict"] == "PASS", _not_passed(report)
+    for case, want in caught.items():
+        assert verdicts[case]["verdict"] == "FAIL", (case, verdicts[case])
+        assert want in verdicts[case]["violated"], (case, verdicts[case])

@@ -1,5 +1,6 @@
 """A deliberately broken client: ``python client_variant.py NAME URL [testee args]`` runs
-the Python client testee (conformance/testees/python_client.py) with one fault."""
+the Python client testee (conformance/testees/python_client.py) with one fault (or several
+independent ones: ``a+b``)."""
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ from mutation_variants import CLIENT_VARIANTS as _MUTATION_CLIENT  # noqa: E402
 VARIANTS.update(_MUTATION_CLIENT)
 
 if __name__ == "__main__":
-    VARIANTS[sys.argv.pop(1)]()
+    for _one in sys.argv.pop(1).split("+"):  # "a+b": independent faults in one client
+        VARIANTS[_one]()
     from conformance.testees.python_client import main
 
     sys.exit(main())

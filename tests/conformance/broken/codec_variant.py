@@ -26,7 +26,37 @@ def accept_reserved_bit(request: dict[str, Any]) -> dict[str, Any]:
     return python_codec.handle(request)
 
 
-VARIANTS = {"accept-truncated": accept_truncated, "accept-reserved-bit": accept_reserved_bit}
+_HEADER = frozenset(
+    {"v", "type", "stream_id", "msg_seq", "frag_seq", "flags", "qos", "ttl", "payload"}
+)
+
+
+def _unpad(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.rstrip("=")
+    if isinstance(value, list):
+        return [_unpad(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _unpad(v) for k, v in value.items()}
+    return value
+
+
+def unpadded_base64(request: dict[str, Any]) -> dict[str, Any]:
+    """Byte strings in ext written as base64 without its padding (ATP-JSON-011: padded)."""
+    reply = python_codec.handle(request)
+    if request.get("op") == "decode" and reply.get("ok"):
+        reply["frames"] = [
+            {k: v if k in _HEADER or k == "payload_b64" else _unpad(v) for k, v in f.items()}
+            for f in reply["frames"]
+        ]
+    return reply
+
+
+VARIANTS = {
+    "accept-truncated": accept_truncated,
+    "accept-reserved-bit": accept_reserved_bit,
+    "unpadded-base64": unpadded_base64,
+}
 
 if __name__ == "__main__":
     handle = VARIANTS[sys.argv[1]]

@@ -493,3 +493,405 @@ def stream_error_ends_session() -> None:  # every stream error taken as fatal: t
 
 
 VARIANTS["stream-error-ends-session"] = stream_error_ends_session
+
+
+# -- session 8: MUSTs no variant broke before (test_router_mutations.py) ---------------
+
+
+def _outside(make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Wrap the receive path's ``_data_outside_stream`` (RST, SYN, frames for streams that
+    cannot take them): several variants chain their wrappers in one process."""
+    from atp_proto.frames import _receiving
+
+    cls = _receiving.ReceiveMixin
+    cls._data_outside_stream = make(cls._data_outside_stream)  # type: ignore[method-assign]
+
+
+def rst_ignored() -> None:  # a client's RST on an open stream dropped: the stream runs on
+    # (ATP-FLAG-003)
+    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def outside(self: Any, frame: Any, rec: Any, now: float, events: Any, enc: Any) -> Any:
+            if frame.flags & 0x10 and rec is not None and not rec.closed:
+                return None
+            return orig(self, frame, rec, now, events, enc)
+
+        return outside
+
+    _outside(make)
+
+
+def syn_on_open_ignored() -> None:  # a second SYN on an open stream dropped
+    # (ATP-STREAM-004: EPROTO)
+    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def outside(self: Any, frame: Any, rec: Any, now: float, events: Any, enc: Any) -> Any:
+            if frame.flags & 0x01 and rec is not None:
+                return None
+            return orig(self, frame, rec, now, events, enc)
+
+        return outside
+
+    _outside(make)
+
+
+def data_never_opened_dropped() -> None:  # a non-SYN DATA on a stream never opened dropped
+    # (ATP-STREAM-003: EPROTO)
+    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def outside(self: Any, frame: Any, rec: Any, now: float, events: Any, enc: Any) -> Any:
+            if rec is None and not frame.flags & 0x11 and frame.stream_id > self._highest_id:
+                return None
+            return orig(self, frame, rec, now, events, enc)
+
+        return outside
+
+    _outside(make)
+
+
+def caps_answered_always() -> None:  # every CAPABILITIES answered, not only the first
+    # (ATP-SESS-010)
+
+    def make(orig: Callable[..., None]) -> Callable[..., None]:
+        def handle(self: Any, frame: Any, cost: int, now: float, events: Any, enc: Any) -> None:
+            again = self._peer_sent_caps
+            orig(self, frame, cost, now, events, enc)
+            if again:
+                self._queue(self._caps_frame(), enc)
+
+        return handle
+
+    _handler(FrameType.CAPABILITIES, make)
+
+
+def null_payload_refused() -> None:  # a text frame's "payload": null refused as malformed,
+    # a stream error EPROTO (ATP-JSON-012: an empty payload)
+    from atp_proto.frames import _json
+
+    orig = _json.JsonMapping._from_obj
+
+    def from_obj(self: Any, obj: Any, duplicate: str | None) -> Any:
+        if "payload" in obj and obj["payload"] is None:
+            obj = {k: v for k, v in obj.items() if k != "payload"}
+            obj["payload_b64"] = None  # "not a string": EPROTO on the frame's stream
+        return orig(self, obj, duplicate)
+
+    _json.JsonMapping._from_obj = from_obj  # type: ignore[method-assign]
+
+
+def alias_below_numeric() -> None:  # alias ids counted apart from the numeric ids the
+    # client used: an alias may be given an id below them (ATP-JSON-014)
+    from atp_proto.frames import _json
+
+    _json.JsonMapping.note_stream_id = lambda self, stream_id: None  # type: ignore[method-assign]
+
+
+def alias_reuse_refused() -> None:  # a SYN under an alias whose stream has closed is
+    # taken for that closed stream, so refused (ATP-JSON-003: a new stream)
+    from atp_proto.frames import _json
+
+    orig = _json.JsonMapping._resolve
+
+    def resolve(self: Any, raw: object, syn: bool) -> int:
+        if syn and isinstance(raw, str) and raw in self._retired:
+            return int(self._retired[raw])
+        return int(orig(self, raw, syn))
+
+    _json.JsonMapping._resolve = resolve  # type: ignore[method-assign]
+
+
+def wu_with_window() -> None:  # the router's WINDOW_UPDATE carries a window
+    # (ATP-FRAME-021)
+    _wire(
+        lambda f: (
+            _frame(f, ext=dict(f.ext, window={"max_parallel": 1}))
+            if f.type == FrameType.WINDOW_UPDATE and f.stream_id
+            else f
+        ),
+        lambda o: dict(o, window={"max_parallel": 1}) if o.get("type") == "WINDOW_UPDATE" else o,
+    )
+
+
+def error_held_behind_credit() -> None:  # a stream error's ERROR held behind the stream's
+    # output waiting for credit, which never comes (ATP-FLOW-009)
+    from atp_proto.frames import _base
+
+    orig = _base.ConnectionBase._stream_error
+
+    def stream_error(self: Any, exc: Any, events: Any) -> None:
+        rec = self._streams.get(exc.stream_id)
+        if rec is None or not rec.send.outbox_bytes:
+            orig(self, exc, events)
+            return
+        self._queue = lambda frame, enc: None  # held: nothing goes out for the stream
+        try:
+            orig(self, exc, events)
+        finally:
+            del self._queue
+
+    _base.ConnectionBase._stream_error = stream_error  # type: ignore[method-assign]
+
+
+VARIANTS.update(
+    {
+        "rst-ignored": rst_ignored,
+        "syn-on-open-ignored": syn_on_open_ignored,
+        "data-never-opened-dropped": data_never_opened_dropped,
+        "caps-answered-always": caps_answered_always,
+        "null-payload-refused": null_payload_refused,
+        "alias-below-numeric": alias_below_numeric,
+        "alias-reuse-refused": alias_reuse_refused,
+        "wu-with-window": wu_with_window,
+        "error-held-behind-credit": error_held_behind_credit,
+    }
+)
+
+
+def _validation(skip: Callable[[Any], bool]) -> None:
+    """The receive path's stateless checks (validate_frame) skipped for frames ``skip``
+    picks: the handlers then take them as they come."""
+    from atp_proto.frames import _receiving
+
+    orig = _receiving.validate_frame
+
+    def validate(frame: Any, limits: Any = None) -> None:
+        if skip(frame):
+            return
+        if limits is None:
+            orig(frame)
+        else:
+            orig(frame, limits)
+
+    _receiving.validate_frame = validate
+
+
+def stream0_data_as_heartbeat() -> None:  # DATA on stream 0 without HB answered as a
+    # heartbeat (ATP-FRAME-011: a connection error EPROTO)
+    _validation(lambda f: f.type == FrameType.DATA and not f.stream_id and not f.flags & 0x20)
+
+
+def wu_empty_ignored() -> None:  # a WINDOW_UPDATE with neither credit nor window taken as
+    # a no-op (ATP-FRAME-019: a stream error EPROTO)
+    _validation(
+        lambda f: (
+            f.type == FrameType.WINDOW_UPDATE
+            and f.stream_id
+            and f.ext.get("credit") is None
+            and f.ext.get("window") is None
+        )
+    )
+
+
+def qos_clamped() -> None:  # a qos above 3 read as bronze (ATP-FRAME-007: EPROTO)
+    from atp_proto.frames import _codec
+    from atp_proto.frames._types import QoS
+
+    for value in range(4, 256):
+        _codec._QOS[value] = QoS.BRONZE
+
+
+def other_version_taken() -> None:  # a CAPABILITIES whose versions lack 1 taken
+    # (ATP-SESS-003)
+    _caps_versions(lambda versions: isinstance(versions, list) and bool(versions))
+
+
+def versions_optional() -> None:  # a CAPABILITIES without versions taken as "version 1"
+    # (ATP-SESS-017)
+    _caps_versions(lambda versions: versions is None)
+
+
+def _caps_versions(take: Callable[[Any], bool]) -> None:
+    from collections.abc import Mapping
+
+    from atp_proto.frames import _validate
+
+    orig = _validate._check_capabilities
+
+    def check(ext: Any, sid: int) -> None:
+        caps = ext.get("caps")
+        if not sid and isinstance(caps, Mapping) and take(caps.get("versions")):
+            return
+        orig(ext, sid)
+
+    _validate._check_capabilities = check
+
+
+def unknown_type_fatal() -> None:  # a frame of an unknown type is a connection error
+    # (ATP-FRAME-010: ignored)
+    from atp_proto.frames import _receiving
+    from atp_proto.frames._errors import RemoteProtocolError
+    from atp_proto.frames._types import ErrorCode
+
+    cls = _receiving.ReceiveMixin
+    orig = cls._handle_frame
+
+    def handle(self: Any, frame: Any, cost: int, now: float, events: Any, enc: Any) -> None:
+        if frame.type not in cls._HANDLERS:
+            raise RemoteProtocolError(ErrorCode.EPROTO, f"unknown frame type {frame.type}")
+        orig(self, frame, cost, now, events, enc)
+
+    cls._handle_frame = handle  # type: ignore[method-assign]
+
+
+def unknown_ext_refused() -> None:  # an ext key the router does not know (a vendor's
+    # x_...) refused with EPROTO (ATP-EXT-001: ignored)
+    from atp_proto.frames._errors import RemoteProtocolError
+    from atp_proto.frames._types import ErrorCode
+
+    def skip(frame: Any) -> bool:
+        vendor = [k for k in frame.ext if k.startswith(("x_", "x-"))] if frame.ext else []
+        if vendor and frame.stream_id:
+            raise RemoteProtocolError(
+                ErrorCode.EPROTO, f"unknown ext key {vendor[0]!r}", stream_id=frame.stream_id
+            )
+        return False
+
+    _validation(skip)
+
+
+def error_without_rst_ignored() -> None:  # an ERROR on a stream without RST taken as a
+    # notice: the stream runs on (ATP-FRAME-022)
+    def make(orig: Callable[..., None]) -> Callable[..., None]:
+        def handle(self: Any, frame: Any, cost: int, now: float, events: Any, enc: Any) -> None:
+            if frame.stream_id in self._streams and not frame.flags & 0x10:
+                return  # (a never-opened stream's ERROR goes its way: ATP-ERR-011)
+            orig(self, frame, cost, now, events, enc)
+
+        return handle
+
+    _handler(FrameType.ERROR, make)
+
+
+def refusal_echoes_token() -> None:  # a refused handshake's answer quotes the token
+    # (ATP-SEC-005, ATP-ERR-006)
+    from atp_proto.router import auth
+
+    orig = auth.Authenticator.authenticate
+
+    def authenticate(self: Any, token: str | None) -> Any:
+        try:
+            return orig(self, token)
+        except auth.AuthError as exc:
+            raise auth.AuthError(exc.status, f"{exc.message}: {token}") from None
+
+    auth.Authenticator.authenticate = authenticate  # type: ignore[method-assign]
+
+
+VARIANTS.update(
+    {
+        "stream0-data-as-heartbeat": stream0_data_as_heartbeat,
+        "wu-empty-ignored": wu_empty_ignored,
+        "qos-clamped": qos_clamped,
+        "other-version-taken": other_version_taken,
+        "versions-optional": versions_optional,
+        "unknown-type-fatal": unknown_type_fatal,
+        "unknown-ext-refused": unknown_ext_refused,
+        "error-without-rst-ignored": error_without_rst_ignored,
+        "refusal-echoes-token": refusal_echoes_token,
+    }
+)
+
+
+def no_cut_to_credit() -> None:  # fragments as large as the peer's max_frame_size (the
+    # SHOULD of ATP-SEQ-008 not kept: allowed), and one longer than the credit waits for
+    # credit for all of it, never cut to the credit there is (ATP-FLOW-013)
+    from atp_proto.frames import _caps, _windows
+
+    _caps.frag_size = lambda peer_frame_size, peer_initial_window: peer_frame_size
+    _windows.SendWindow._cut_head = lambda self, text_cost: False  # type: ignore[method-assign]
+
+
+VARIANTS["no-cut-to-credit"] = no_cut_to_credit
+
+
+def tiny_window_served() -> None:  # a stream whose window cannot carry the FINAL's
+    # telemetry is run anyway, its answer refused only at the end (ATP-FLOW-014: refused at
+    # the SYN, before any adapter call)
+    from atp_proto.router.routing import run
+
+    run.MIN_FINAL_EXT = 0
+
+
+VARIANTS["tiny-window-served"] = tiny_window_served
+
+
+def syn_credit_kept() -> None:  # the SYN message is never counted as consumed: its credit
+    # does not come back (ATP-FLOW-010)
+    from atp_proto.frames import _stream
+    from atp_proto.frames._events import StreamOpened
+
+    orig = _stream.Stream.receive_general
+
+    def receive_general(self: Any, frame: Any, cost: int, max_message_size: int) -> Any:
+        event, consumed = orig(self, frame, cost, max_message_size)
+        return event, 0 if isinstance(event, StreamOpened) else consumed
+
+    _stream.Stream.receive_general = receive_general  # type: ignore[method-assign]
+
+
+VARIANTS["syn-credit-kept"] = syn_credit_kept
+
+
+def wu_bad_window_ignored() -> None:  # a WINDOW_UPDATE whose window is not a map taken as
+    # one without a window (ATP-FRAME-020: a stream error EPROTO)
+    from collections.abc import Mapping
+
+    from atp_proto.frames import _validate
+
+    orig = _validate._check_window_update
+
+    def check(ext: Any, sid: int) -> None:
+        if sid and "window" in ext and not isinstance(ext["window"], Mapping):
+            return
+        orig(ext, sid)
+
+    _validate._check_window_update = check
+
+
+def wu_after_end_refused() -> None:  # a WINDOW_UPDATE for a stream that has ended answered
+    # with EPROTO (ATP-FLAG-004: discarded)
+    from atp_proto.frames._errors import RemoteProtocolError
+    from atp_proto.frames._types import ErrorCode
+
+    def make(orig: Callable[..., None]) -> Callable[..., None]:
+        def handle(self: Any, frame: Any, cost: int, now: float, events: Any, enc: Any) -> None:
+            sid = frame.stream_id
+            if sid not in self._streams and 0 < sid <= self._highest_id:
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO, f"WINDOW_UPDATE on ended stream {sid}", stream_id=sid
+                )
+            orig(self, frame, cost, now, events, enc)
+
+        return handle
+
+    _handler(FrameType.WINDOW_UPDATE, make)
+
+
+VARIANTS.update(
+    {"wu-bad-window-ignored": wu_bad_window_ignored, "wu-after-end-refused": wu_after_end_refused}
+)
+
+
+def session_id_unchecked() -> None:  # an ext session_id that is no text, or too long,
+    # taken (ATP-EXT-010: a stream error EPROTO)
+    from atp_proto.frames import _validate
+
+    _validate._check_session_id = lambda ext, sid, limits: None
+
+
+def bare_rst_never_opened_dropped() -> None:  # a bare RST on a stream id never opened
+    # discarded, as one on a closed stream (ATP-FLAG-009: EPROTO)
+    def make(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def outside(self: Any, frame: Any, rec: Any, now: float, events: Any, enc: Any) -> Any:
+            if frame.flags & 0x10 and rec is None:
+                return None
+            return orig(self, frame, rec, now, events, enc)
+
+        return outside
+
+    _outside(make)
+
+
+VARIANTS.update(
+    {
+        "session-id-unchecked": session_id_unchecked,
+        "bare-rst-never-opened-dropped": bare_rst_never_opened_dropped,
+    }
+)

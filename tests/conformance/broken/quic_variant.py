@@ -14,7 +14,7 @@ from typing import Any
 
 from atp_proto.transports import _quic_conn, quic_server
 from atp_proto.transports._quic_frames import FirstFrame, reset_code
-from atp_proto.transports.base import ChannelEnd
+from atp_proto.transports.base import ChannelData, ChannelEnd
 
 
 def reset_stream_for_errors() -> None:
@@ -250,6 +250,109 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "quic-early-fin-ignored": early_fin_ignored,
     "quic-control-end-ignored": control_end_ignored,
 }
+
+
+def _frames_by_header(data: bytes) -> list[tuple[int, bytes]] | None:
+    """``data`` as (header stream id, frame) pairs when it is whole frames only, else None."""
+    out, at = [], 0
+    while at < len(data):
+        if len(data) - at < 24:
+            return None
+        size = (
+            24 + int.from_bytes(data[at + 16 : at + 20]) + int.from_bytes(data[at + 20 : at + 24])
+        )
+        if len(data) - at < size:
+            return None
+        out.append((int.from_bytes(data[at + 4 : at + 8]), data[at : at + size]))
+        at += size
+    return out
+
+
+def _by_header(rechannel: Callable[[Any, int, int], bool]) -> None:
+    """Frames on an ATP stream's QUIC stream handed to the core as frames of the stream
+    their header names (not the QUIC stream's) when ``rechannel(self, channel, named)``."""
+    original = _quic_conn.QuicTransport._deliver
+
+    def deliver(self: Any, sid: int, channel: int, data: bytes, end: bool) -> None:
+        frames = _frames_by_header(data) if channel and data else None
+        if not frames or all(named == channel for named, _ in frames):
+            original(self, sid, channel, data, end)
+            return
+        for named, frame in frames:
+            self._inbox.append(
+                ChannelData(named if rechannel(self, channel, named) else channel, frame)
+            )
+        original(self, sid, channel, b"", end)
+
+    _quic_conn.QuicTransport._deliver = deliver  # type: ignore[method-assign]
+
+
+def frame_by_header() -> None:
+    """A frame for ATP stream N on another stream's QUIC stream is taken as stream N's, as
+    a WebSocket router dispatches by the header (ATP-QUIC-005: a connection error EPROTO)."""
+    _by_header(lambda self, channel, named: named != 0)
+
+
+def ended_stream_frame_discarded() -> None:
+    """ATP-QUIC-005's check comes after the stream state: a frame naming a stream the
+    router has ended (its FIN sent, or its QUIC stream done) is taken as that stream's, so
+    discarded (ATP-FLAG-004), not a connection error (ATP-QUIC-016)."""
+
+    def ended(self: Any, channel: int, named: int) -> bool:
+        q = self._a2q.get(named)
+        return named != 0 and (q is None or q in self._fin_sent)  # our side is done
+
+    _by_header(ended)
+
+
+VARIANTS["quic-frame-by-header"] = frame_by_header
+VARIANTS["quic-ended-stream-frame-discarded"] = ended_stream_frame_discarded
+
+
+def unidirectional_ignored() -> None:
+    """Data on a client-opened unidirectional QUIC stream is dropped, not a connection
+    error EPROTO (ATP-QUIC-011)."""
+    original = _quic_conn.QuicTransport._stream_data
+
+    def stream_data(self: Any, sid: int, data: bytes, end: bool) -> None:
+        if sid & 3 == 2:  # client-initiated, unidirectional (RFC 9000 §2.1)
+            return
+        original(self, sid, data, end)
+
+    _quic_conn.QuicTransport._stream_data = stream_data  # type: ignore[method-assign]
+
+
+def later_auth_taken() -> None:
+    """A later CAPABILITIES' caps.auth is verified again, and a bad one ends the session
+    (ATP-QUIC-017: only the first authenticates; later ones are ignored)."""
+    from atp_proto.frames import ATPError, CapabilitiesReceived
+    from atp_proto.session import session
+
+    init, dispatch = session.Session.__init__, session.Session._dispatch
+
+    def patched_init(self: Any, *args: Any, **kw: Any) -> None:
+        init(self, *args, **kw)
+        self._first_auth = kw.get("authenticate")
+
+    def patched_dispatch(self: Any, events: list[Any]) -> None:
+        again = getattr(self, "_first_auth", None)
+        if again is not None and self._authenticate is None:
+            for ev in events:
+                if isinstance(ev, CapabilitiesReceived) and "auth" in ev.caps:
+                    try:
+                        self.principal = again(ev)
+                    except ATPError as exc:
+                        self.close(exc.code, exc.message)
+                        return
+        dispatch(self, events)
+
+    session.Session.__init__ = patched_init  # type: ignore[method-assign]
+    session.Session._dispatch = patched_dispatch  # type: ignore[method-assign]
+
+
+VARIANTS["quic-unidirectional-ignored"] = unidirectional_ignored
+VARIANTS["quic-later-auth-taken"] = later_auth_taken
+
 
 if __name__ == "__main__":
     VARIANTS[sys.argv.pop(1)]()
