@@ -201,6 +201,8 @@ class Options:
     budget_updates: bool = False  # BUDGET_UPDATE before each message (ATP-BUDGET-007)
     eager_credit: bool = False  # return credit after every frame consumed
     handshake_timeout: float = HANDSHAKE_TIMEOUT  # TLS-less upgrade bound (ATP-WS-014)
+    max_sessions: int = MAX_SESSIONS  # beyond it: HTTP 503 with Retry-After (ATP-LIMIT-003)
+    heartbeat_ms: int = 0  # send our own heartbeats this often (0: never; at least 1000)
 
 
 class Router:
@@ -370,6 +372,9 @@ class Session:
             return
         router.sessions += 1
         idle = asyncio.get_running_loop().create_task(self.idle_watch())
+        if router.opts.heartbeat_ms:
+            beat = asyncio.get_running_loop().create_task(self.heartbeats())
+            idle.add_done_callback(lambda _: beat.cancel())
         try:
             while not self.closed:
                 data = await self.reader.read(65_536)
@@ -405,7 +410,7 @@ class Session:
                             )
                         )
                         return False
-                    if self.router.sessions >= MAX_SESSIONS:
+                    if self.router.sessions >= self.router.opts.max_sessions:
                         self._write(
                             self.ws.send(
                                 RejectConnection(
@@ -433,6 +438,18 @@ class Session:
             if time.monotonic() - self.last_rx >= limit:
                 self.connection_error("ETIMEOUT", "idle session timed out")
                 return
+
+    async def heartbeats(self) -> None:
+        """Our own heartbeats (the client must answer them, ATP-TIME-002), paced no more
+        often than once a second (ATP-SESS-008)."""
+        n = 0
+        while not self.closed:
+            await asyncio.sleep(max(1000, self.router.opts.heartbeat_ms) / 1000)
+            n += 1
+            self.send_frame(
+                Frame(type=DATA, flags=HB, payload=f"indie-{n}".encode()), self.last_text
+            )
+            self.flush()
 
     def pump(self) -> None:
         for ev in self.ws.events():
@@ -1146,6 +1163,8 @@ async def main() -> None:
     ap.add_argument("--budget-updates", action="store_true", help="send BUDGET_UPDATE usage")
     ap.add_argument("--eager-credit", action="store_true", help="return credit at once")
     ap.add_argument("--handshake-timeout", type=float, default=HANDSHAKE_TIMEOUT, metavar="S")
+    ap.add_argument("--max-sessions", type=int, default=MAX_SESSIONS, metavar="N")
+    ap.add_argument("--heartbeat-ms", type=int, default=0, metavar="MS", help="our own heartbeats")
     args = ap.parse_args()
     host, _, port = args.listen.rpartition(":")
     router = Router(
@@ -1157,6 +1176,8 @@ async def main() -> None:
             budget_updates=args.budget_updates,
             eager_credit=args.eager_credit,
             handshake_timeout=args.handshake_timeout,
+            max_sessions=args.max_sessions,
+            heartbeat_ms=args.heartbeat_ms,
         )
     )
 

@@ -8,8 +8,8 @@ router fails, or a listed one that starts failing instead of being UNSUPPORTED, 
 Cases the suite once failed it on while the spec allows what it does were fixed in the
 case (router.seq.msg-seq-exhausted, router.basic.telemetry, router.err.error-frame-ends-
 stream); a second pair of runs repeats the cases where they were found with the router's
-other choices (a lone FINAL; small fragments, coalesced messages, BUDGET_UPDATEs and
-credit returned after every frame).
+other choices (a lone FINAL; small fragments, coalesced messages, BUDGET_UPDATEs,
+credit returned after every frame, heartbeats).
 
 The cases are split over three suite processes against one router, so that the module
 stays near 15 s on a quiet host.
@@ -216,12 +216,16 @@ def test_indie_router_passes_every_case_it_can_run() -> None:
 
 
 def test_indie_router_choices_the_spec_leaves_open_pass() -> None:
-    """A lone FINAL; fragments of at most 1 KiB, coalesced binary messages, a BUDGET_UPDATE
-    before each message and credit returned after every frame: all allowed (ATP-FLAG-008,
-    spec 7.3, ATP-WS-005, ATP-BUDGET-007, ATP-FLOW-012), so the same cases pass."""
+    """A lone FINAL; fragments of at most 64 bytes, coalesced binary messages, a BUDGET_UPDATE
+    before each message, credit returned after every frame and the router's own heartbeats
+    each second: all allowed (ATP-FLAG-008, spec 7.3, ATP-WS-005, ATP-BUDGET-007,
+    ATP-FLOW-012, ATP-TIME-002), so the same cases pass."""
     runs = (
         ("--no-partial",),
-        ("--fragment", "1024", "--coalesce", "--budget-updates", "--eager-credit"),
+        (
+            *("--fragment", "64", "--coalesce", "--budget-updates", "--eager-credit"),
+            *("--heartbeat-ms", "1000"),
+        ),
     )
     with indie_router(*runs[0]) as url_a, indie_router(*runs[1]) as url_b:
         globs = [a for g in VARIANT_CASES for a in ("--run", g)]
