@@ -74,6 +74,16 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
         elif op == "send_big":  # a frame whose body is over the limit, zeros
             import struct
 
+            if "past_credit" in arg:  # past the credit the router granted: its initial_window
+                caps = r.router_caps or {}
+                window = int(caps.get("initial_window", DEFAULT_WINDOW))
+                limit = int(caps.get("max_frame_size", 1_048_576))
+                arg = {**arg, "payload_len": window + int(arg["past_credit"])}
+                if arg["payload_len"] > limit:
+                    raise Unsupported(
+                        f"the router's initial_window {window} leaves no frame past its "
+                        f"credit within its max_frame_size {limit}"
+                    )
             head = struct.pack(
                 "!BBBBIIHHII",
                 1,
