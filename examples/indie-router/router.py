@@ -203,6 +203,8 @@ class Options:
     handshake_timeout: float = HANDSHAKE_TIMEOUT  # TLS-less upgrade bound (ATP-WS-014)
     max_sessions: int = MAX_SESSIONS  # beyond it: HTTP 503 with Retry-After (ATP-LIMIT-003)
     heartbeat_ms: int = 0  # send our own heartbeats this often (0: never; at least 1000)
+    initial_window: int = INITIAL_WINDOW  # ours, advertised when not the default
+    text_credit_unlimited: bool = False  # ATP-FLOW-011: no receive credit on text streams
 
 
 class Router:
@@ -800,6 +802,8 @@ class Session:
                 }
                 if self.router.idle_timeout_ms != 60_000:  # §6.1: limits off the default
                     mine["idle_timeout_ms"] = self.router.idle_timeout_ms
+                if self.router.opts.initial_window != INITIAL_WINDOW:
+                    mine["initial_window"] = self.router.opts.initial_window
                 self.send_frame(Frame(type=CAPABILITIES, ext={"caps": mine}), f.text)
 
     def apply_caps(self, caps: dict[str, Any]) -> None:
@@ -839,6 +843,9 @@ class Session:
             window=window,
             next_send_seq=f.msg_seq + 1,
         )
+        st.recv_credit = self.router.opts.initial_window
+        if text and self.router.opts.text_credit_unlimited:
+            st.recv_credit = U31
         st.send_w = self.peer_initial_window
         st.send_credit = st.send_w
         if text and not self.got_caps:
@@ -931,8 +938,11 @@ class Session:
     def maybe_return_credit(self, st: Stream) -> None:
         if st.half_closed or st.ended:
             return
+        if st.text and self.router.opts.text_credit_unlimited:
+            return
+        half = min(self.router.opts.initial_window, INITIAL_WINDOW) // 2  # ATP-SESS-016
         eager = self.router.opts.eager_credit
-        if st.unreturned >= INITIAL_WINDOW // 2 or (st.unreturned and eager):
+        if st.unreturned >= half or (st.unreturned and eager):
             n, st.unreturned = st.unreturned, 0
             st.recv_credit += n
             self.send_frame(
@@ -1164,6 +1174,8 @@ async def main() -> None:
     ap.add_argument("--eager-credit", action="store_true", help="return credit at once")
     ap.add_argument("--handshake-timeout", type=float, default=HANDSHAKE_TIMEOUT, metavar="S")
     ap.add_argument("--max-sessions", type=int, default=MAX_SESSIONS, metavar="N")
+    ap.add_argument("--initial-window", type=int, default=INITIAL_WINDOW, metavar="BYTES")
+    ap.add_argument("--text-credit-unlimited", action="store_true", help="ATP-FLOW-011")
     ap.add_argument("--heartbeat-ms", type=int, default=0, metavar="MS", help="our own heartbeats")
     args = ap.parse_args()
     host, _, port = args.listen.rpartition(":")
@@ -1178,6 +1190,8 @@ async def main() -> None:
             handshake_timeout=args.handshake_timeout,
             max_sessions=args.max_sessions,
             heartbeat_ms=args.heartbeat_ms,
+            initial_window=max(INITIAL_WINDOW, min(U31, args.initial_window)),  # ATP-SESS-016
+            text_credit_unlimited=args.text_credit_unlimited,
         )
     )
 

@@ -8,7 +8,7 @@ router fails, or a listed one that starts failing instead of being UNSUPPORTED, 
 Cases the suite once failed it on while the spec allows what it does were fixed in the
 case (router.seq.msg-seq-exhausted, router.basic.telemetry, router.err.error-frame-ends-
 stream); a second pair of runs repeats the cases where they were found with the router's
-other choices (a lone FINAL; small fragments, coalesced messages, BUDGET_UPDATEs,
+other choices (a lone FINAL, a larger receive window; small fragments, coalesced messages, BUDGET_UPDATEs,
 credit returned after every frame, heartbeats).
 
 The cases are split over three suite processes against one router, so that the module
@@ -126,6 +126,7 @@ VARIANT_CASES = (
     "router.seq.fragments-credit",
     "router.text.json.seed-syn",
     "router.flow.credit-*",
+    "router.flow.frame-past-credit",
     "router.limit.answer-over-client-message-size",
 )
 
@@ -216,14 +217,15 @@ def test_indie_router_passes_every_case_it_can_run() -> None:
 
 
 def test_indie_router_choices_the_spec_leaves_open_pass() -> None:
-    """A lone FINAL; fragments of at most 64 bytes, coalesced binary messages, a BUDGET_UPDATE
-    before each message, credit returned after every frame and the router's own heartbeats
-    each second: all allowed (ATP-FLAG-008, spec 7.3, ATP-WS-005, ATP-BUDGET-007,
+    """A lone FINAL, a receive window of 600,000 and no credit on text streams; fragments of
+    at most 256 bytes, coalesced binary messages, a BUDGET_UPDATE before each message, credit
+    returned after every frame and the router's own heartbeats each second: all allowed
+    (ATP-FLAG-008, ATP-FLOW-003, ATP-FLOW-011; spec 7.3, ATP-WS-005, ATP-BUDGET-007,
     ATP-FLOW-012, ATP-TIME-002), so the same cases pass."""
     runs = (
-        ("--no-partial",),
+        ("--no-partial", "--initial-window", "600000", "--text-credit-unlimited"),
         (
-            *("--fragment", "64", "--coalesce", "--budget-updates", "--eager-credit"),
+            *("--fragment", "256", "--coalesce", "--budget-updates", "--eager-credit"),
             *("--heartbeat-ms", "1000"),
         ),
     )
