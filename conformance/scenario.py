@@ -84,6 +84,11 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
                         f"the router's initial_window {window} leaves no frame past its "
                         f"credit within its max_frame_size {limit}"
                     )
+            if "past_frame_limit" in arg:  # over the max_frame_size the router advertised
+                limit = int((r.router_caps or {}).get("max_frame_size", 1_048_576))
+                if limit > 64 * 1024 * 1024:
+                    raise Unsupported(f"the router's max_frame_size is {limit} (over 64 MiB)")
+                arg = {**arg, "payload_len": limit + int(arg["past_frame_limit"])}
             head = struct.pack(
                 "!BBBBIIHHII",
                 1,
@@ -347,6 +352,11 @@ async def _send_fragmented(r: Runner, arg: Mapping[str, Any], wait: float) -> No
     from conformance.drivers.ws import to_binary
 
     sid = arg["stream_id"]
+    if "past_message_limit" in arg:  # over the max_message_size the router advertised
+        limit = int((r.router_caps or {}).get("max_message_size", 4_194_304))
+        if limit > 64 * 1024 * 1024:
+            raise Unsupported(f"the router's max_message_size is {limit} (over 64 MiB)")
+        arg = {**arg, "prompt_bytes": limit + int(arg["past_message_limit"])}
     body = cbor2.dumps(
         {"type": "agent.task", "content": {"prompt": r.prompt() + "x" * int(arg["prompt_bytes"])}}
     )
