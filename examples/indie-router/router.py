@@ -77,7 +77,6 @@ MAX_MESSAGE = 4_194_304
 MAX_STREAMS = 100
 INITIAL_WINDOW = 262_144
 MAX_TEXT = 1_048_576
-MAX_WS_MESSAGE = MAX_FRAME + 65_536
 MAX_SESSIONS = 10_000
 HANDSHAKE_TIMEOUT = 10.0
 ALIAS_MEMORY = 1024
@@ -205,6 +204,9 @@ class Options:
     heartbeat_ms: int = 0  # send our own heartbeats this often (0: never; at least 1000)
     initial_window: int = INITIAL_WINDOW  # ours, advertised when not the default
     text_credit_unlimited: bool = False  # ATP-FLOW-011: no receive credit on text streams
+    max_frame_size: int = MAX_FRAME  # ours (what we accept), advertised when not the default
+    max_message_size: int = MAX_MESSAGE
+    max_streams: int = MAX_STREAMS
 
 
 class Router:
@@ -476,7 +478,7 @@ class Session:
             self.msg_over = False
             self.msg_buf = bytearray()
         self.msg_len += len(chunk)
-        limit = MAX_TEXT if text else MAX_WS_MESSAGE
+        limit = MAX_TEXT if text else self.router.opts.max_frame_size + 65_536  # ATP-WS-011
         if not self.msg_over:
             if self.msg_len > limit:
                 self.msg_over = True
@@ -511,7 +513,8 @@ class Session:
         """ATP-WS-012."""
         if not text and len(head) >= HEADER_LEN:
             ver, ftype, flags, _qos, sid, _mseq, _fseq, _ttl, ext_len, pl_len = HEADER.unpack(head)
-            if ver == 1 and sid != 0 and not sid & 0x80000000 and ext_len + pl_len > MAX_FRAME:
+            big = ext_len + pl_len > self.router.opts.max_frame_size
+            if ver == 1 and sid != 0 and not sid & 0x80000000 and big:
                 self.note_syn_id(ftype, flags, sid)
                 self.stream_error(sid, "ETOOBIG", "frame over max_frame_size", False, None)
                 return
@@ -550,13 +553,13 @@ class Session:
             raise Violation("EPROTO", "reserved stream id bit set", connection=True)
         self._refusing = False
         if ftype not in (DATA, WINDOW_UPDATE, CAPABILITIES, BUDGET_UPDATE, ERROR):
-            if ext_len + pl_len > MAX_FRAME or ext_len > MAX_EXT:
+            if ext_len + pl_len > self.router.opts.max_frame_size or ext_len > MAX_EXT:
                 if sid == 0:
                     raise Violation("ETOOBIG", "frame over max_frame_size", connection=True)
                 self.stream_error(sid, "ETOOBIG", "frame over max_frame_size", False, None)
             return  # ATP-FRAME-010
         self.note_syn_id(ftype, flags, sid)
-        if ext_len + pl_len > MAX_FRAME or ext_len > MAX_EXT:
+        if ext_len + pl_len > self.router.opts.max_frame_size or ext_len > MAX_EXT:
             if sid == 0:
                 raise Violation("ETOOBIG", "frame over max_frame_size", connection=True)
             self.stream_error(sid, "ETOOBIG", "frame over max_frame_size", False, None)
@@ -802,8 +805,14 @@ class Session:
                 }
                 if self.router.idle_timeout_ms != 60_000:  # §6.1: limits off the default
                     mine["idle_timeout_ms"] = self.router.idle_timeout_ms
-                if self.router.opts.initial_window != INITIAL_WINDOW:
-                    mine["initial_window"] = self.router.opts.initial_window
+                o = self.router.opts
+                limits = (
+                    ("initial_window", o.initial_window, INITIAL_WINDOW),
+                    ("max_frame_size", o.max_frame_size, MAX_FRAME),
+                    ("max_message_size", o.max_message_size, MAX_MESSAGE),
+                    ("max_streams", o.max_streams, MAX_STREAMS),
+                )
+                mine.update({k: v for k, v, default in limits if v != default})
                 self.send_frame(Frame(type=CAPABILITIES, ext={"caps": mine}), f.text)
 
     def apply_caps(self, caps: dict[str, Any]) -> None:
@@ -824,7 +833,7 @@ class Session:
     def open_stream(self, f: Frame) -> None:
         sid, text, alias = f.stream_id, f.text, f.alias
         snum = sid if alias is not None else None
-        if len(self.streams) >= MAX_STREAMS:
+        if len(self.streams) >= self.router.opts.max_streams:
             self.send_error(sid, "EWINDOW", "too many streams", text, alias, 1000, snum)
             return
         window = check_window(f.ext["window"]) if "window" in f.ext else {}
@@ -904,7 +913,7 @@ class Session:
         st.recv_credit -= f.cost
         st.msg_size += len(f.payload)
         is_syn_msg = st.recv_seq == st.syn_seq
-        if st.msg_size > MAX_MESSAGE:
+        if st.msg_size > self.router.opts.max_message_size:
             self.stream_error(st.sid, "ETOOBIG", "message over max_message_size", st.text, st.alias)
             return
         if f.flags & CONT and f.frag_seq == 0xFFFF:
@@ -1176,6 +1185,9 @@ async def main() -> None:
     ap.add_argument("--max-sessions", type=int, default=MAX_SESSIONS, metavar="N")
     ap.add_argument("--initial-window", type=int, default=INITIAL_WINDOW, metavar="BYTES")
     ap.add_argument("--text-credit-unlimited", action="store_true", help="ATP-FLOW-011")
+    ap.add_argument("--max-frame-size", type=int, default=MAX_FRAME, metavar="BYTES")
+    ap.add_argument("--max-message-size", type=int, default=MAX_MESSAGE, metavar="BYTES")
+    ap.add_argument("--max-streams", type=int, default=MAX_STREAMS, metavar="N")
     ap.add_argument("--heartbeat-ms", type=int, default=0, metavar="MS", help="our own heartbeats")
     args = ap.parse_args()
     host, _, port = args.listen.rpartition(":")
@@ -1192,6 +1204,9 @@ async def main() -> None:
             heartbeat_ms=args.heartbeat_ms,
             initial_window=max(INITIAL_WINDOW, min(U31, args.initial_window)),  # ATP-SESS-016
             text_credit_unlimited=args.text_credit_unlimited,
+            max_frame_size=max(1024, args.max_frame_size),
+            max_message_size=max(0, args.max_message_size),
+            max_streams=max(0, args.max_streams),
         )
     )
 

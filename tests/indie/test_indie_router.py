@@ -127,7 +127,8 @@ VARIANT_CASES = (
     "router.text.json.seed-syn",
     "router.flow.credit-*",
     "router.flow.frame-past-credit",
-    "router.limit.answer-over-client-message-size",
+    "router.limit.*",
+    "router.seq.message-too-big",
 )
 
 
@@ -217,13 +218,18 @@ def test_indie_router_passes_every_case_it_can_run() -> None:
 
 
 def test_indie_router_choices_the_spec_leaves_open_pass() -> None:
-    """A lone FINAL, a receive window of 600,000 and no credit on text streams; fragments of
+    """A lone FINAL, a receive window of 600,000, no credit on text streams and larger limits
+    (frames of 2 MiB, messages of 8 MiB) but 20 streams; fragments of
     at most 256 bytes, coalesced binary messages, a BUDGET_UPDATE before each message, credit
     returned after every frame and the router's own heartbeats each second: all allowed
-    (ATP-FLAG-008, ATP-FLOW-003, ATP-FLOW-011; spec 7.3, ATP-WS-005, ATP-BUDGET-007,
+    (ATP-FLAG-008, ATP-FLOW-003, ATP-FLOW-011, ATP-SESS-007; spec 7.3, ATP-WS-005, ATP-BUDGET-007,
     ATP-FLOW-012, ATP-TIME-002), so the same cases pass."""
     runs = (
-        ("--no-partial", "--initial-window", "600000", "--text-credit-unlimited"),
+        (
+            *("--no-partial", "--initial-window", "600000", "--text-credit-unlimited"),
+            *("--max-frame-size", "2097152", "--max-message-size", "8388608"),
+            *("--max-streams", "20"),
+        ),
         (
             *("--fragment", "256", "--coalesce", "--budget-updates", "--eager-credit"),
             *("--heartbeat-ms", "1000"),
