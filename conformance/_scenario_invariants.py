@@ -54,6 +54,8 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
         if t == "DATA" and sid not in (0, None):
             if "SYN" in flags:
                 out.append(("ATP-STREAM-006", "the router sent a SYN"))
+            if not f.get("frag_seq"):  # a message's ext is its first fragment's (spec 7.3)
+                first_fragment[sid] = f
             if sid not in next_seq and sid in r.syn_seq:
                 next_seq[sid] = r.syn_seq[sid] + 1
             if sid in next_seq:
@@ -82,8 +84,6 @@ def invariants(r: Runner) -> list[tuple[str, str]]:
                     )
                     next_seq[sid] = int(f.get("msg_seq") or 0)
                 cont = "CONT" in flags
-                if not f.get("frag_seq"):
-                    first_fragment[sid] = f
                 if not cont:
                     next_seq[sid] += 1
                 in_message[sid] = cont

@@ -224,11 +224,15 @@ class Runner:
 
     async def end_of(self, sid: Any, timeout: float) -> dict[str, Any] | None:
         start = self.syn_from.get(sid, 0)
+        seen = start  # frames only grow: look at each once (rescanning them all on every
+        # arrival made an answer in many small fragments quadratic, past the time bound)
         with trio.move_on_after(timeout):
             while True:
-                for f in self.s.frames[start:]:
+                frames = self.s.frames
+                for f in frames[seen:]:
                     if f.get("stream_id") == sid and _ended(f):
                         return f
+                seen = len(frames)
                 if await self.s.next(timeout) is None and self.s.closed:
                     break
         for f in self.s.frames[start:]:

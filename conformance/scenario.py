@@ -78,6 +78,21 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
         elif op == "send_big":  # a frame whose body is over the limit, zeros
             import struct
 
+            if "past_credit" in arg:  # past the credit the router granted: its initial_window
+                caps = r.router_caps or {}
+                window = int(caps.get("initial_window", DEFAULT_WINDOW))
+                limit = int(caps.get("max_frame_size", 1_048_576))
+                arg = {**arg, "payload_len": window + int(arg["past_credit"])}
+                if arg["payload_len"] > limit:
+                    raise Unsupported(
+                        f"the router's initial_window {window} leaves no frame past its "
+                        f"credit within its max_frame_size {limit}"
+                    )
+            if "past_frame_limit" in arg:  # over the max_frame_size the router advertised
+                limit = int((r.router_caps or {}).get("max_frame_size", 1_048_576))
+                if limit > 64 * 1024 * 1024:
+                    raise Unsupported(f"the router's max_frame_size is {limit} (over 64 MiB)")
+                arg = {**arg, "payload_len": limit + int(arg["past_frame_limit"])}
             head = struct.pack(
                 "!BBBBIIHHII",
                 1,
@@ -345,6 +360,11 @@ async def _send_fragmented(r: Runner, arg: Mapping[str, Any], wait: float) -> No
     from conformance.drivers.ws import to_binary
 
     sid = arg["stream_id"]
+    if "past_message_limit" in arg:  # over the max_message_size the router advertised
+        limit = int((r.router_caps or {}).get("max_message_size", 4_194_304))
+        if limit > 64 * 1024 * 1024:
+            raise Unsupported(f"the router's max_message_size is {limit} (over 64 MiB)")
+        arg = {**arg, "prompt_bytes": limit + int(arg["past_message_limit"])}
     window = int((r.router_caps or {}).get("initial_window", DEFAULT_WINDOW))
     prompt_bytes = arg["prompt_bytes"]
     if prompt_bytes == "half_window":

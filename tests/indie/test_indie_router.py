@@ -1,0 +1,247 @@
+"""The conformance suite's router role against examples/indie-router, a router written from
+spec/atp-v1.md alone (asyncio + wsproto, no atp_proto), on loopback.
+
+Every L1 and L2 WebSocket case the suite runs against it must pass; the cases it cannot
+run (no adapter, no authentication, no policy, no session limit option) must be
+UNSUPPORTED for exactly that reason and are listed below, so that a new case the indie
+router fails, or a listed one that starts failing instead of being UNSUPPORTED, shows.
+Cases the suite once failed it on while the spec allows what it does were fixed in the
+case (router.seq.msg-seq-exhausted, router.basic.telemetry, router.err.error-frame-ends-
+stream); a second pair of runs repeats the cases where they were found with the router's
+other choices (a lone FINAL, a larger receive window; small fragments, coalesced messages, BUDGET_UPDATEs,
+credit returned after every frame, heartbeats).
+
+The cases are split over three suite processes against one router, so that the module
+stays near 15 s on a quiet host.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from atp_proto.testing.processes import clean_env
+
+ROOT = Path(__file__).resolve().parents[2]
+ROUTER = ROOT / "examples" / "indie-router" / "router.py"
+SHARDS = 3
+
+#: what the indie router lacks, and the cases each absence makes UNSUPPORTED
+UNSUPPORTED: dict[str, frozenset[str]] = {
+    "needs --adapter-listen": frozenset(
+        [
+            *(
+                f"router.{p}adapter.{n}"
+                for p in ("", "text.")
+                for n in (
+                    "cancel-on-close",
+                    "cancel-on-rst",
+                    "deadline",
+                    "malformed-varint",
+                    "meta-passed",
+                    "ok",
+                    "slow",
+                    "stall-ttl",
+                )
+            ),
+            "router.adapter.estimate-no-max-age",
+            "router.adapter.estimate-reuse-expiry",
+            "router.adapter.estimate-reuse-failure",
+            "router.adapter.estimate-reuse-guard-band",
+            "router.adapter.max-streams",
+            "router.adapter.partial-message-held",
+            "router.adapter.status-internal",
+            "router.adapter.status-invalid-argument",
+            "router.adapter.status-permission-denied",
+            "router.adapter.status-pushback",
+            "router.adapter.status-resource-exhausted",
+            "router.adapter.status-unavailable",
+            "router.budget.lowered-window",
+            "router.budget.preflight-refused",
+            "router.budget.raised-window-refused",
+            "router.budget.usage-charged",
+            "router.text.budget.lowered-window",
+            "router.text.budget.raised-window-refused",
+            "router.text.budget.usage-charged",
+            "router.flow.fragments-within-credit",
+            "router.flow.window-too-small-refused-at-syn",
+            "router.text.flow.text-credit-unlimited",
+            "router.text.flow.text-credit-utf8",
+            "router.lanes.gold-not-starved",
+            "router.lanes.shed-order",
+            "router.quota.concurrent",
+            "router.quota.shared",
+            "router.quota.spent",
+            "router.time.ttl",
+            "router.text.time.ttl",
+        ]
+    ),
+    "needs --token": frozenset(
+        [
+            "router.auth.alg-none",
+            "router.auth.bad-signature",
+            "router.auth.expired-token",
+            "router.auth.header-first",
+            "router.auth.lane-capped",
+            "router.auth.no-secret-in-refusal",
+            "router.auth.no-token",
+            "router.auth.query-token",
+            "router.auth.subprotocol-token",
+            "router.auth.task-type-refused",
+            "router.auth.valid-token",
+            "router.handshake.subprotocol-bearer",
+        ]
+    ),
+    "needs --session-limit": frozenset(["router.handshake.session-limit"]),
+    "needs --denied-meta": frozenset(
+        [
+            "router.policy.bad-meta-lists",
+            "router.policy.denied",
+            "router.text.policy.bad-meta-lists",
+            "router.text.policy.denied",
+        ]
+    ),
+    "needs --policy-unreachable": frozenset(
+        ["router.policy.service-unreachable", "router.text.policy.service-unreachable"]
+    ),
+}
+
+#: run alone by hand, not here: 65,536 one-byte frames make it CPU-bound on both ends, and
+#: beside two other suite processes on a loaded host its 8 s ttl passes first (it passes
+#: alone: python examples/indie-router/router.py ..., then --run router.seq.too-many-fragments)
+NOT_HERE = ("router.seq.too-many-fragments",)
+
+#: the cases over-fitted cases were found in, for the router's other choices
+VARIANT_CASES = (
+    "router.basic.*",
+    "router.text.basic.*",
+    "router.err.error-frame-ends-stream",
+    "router.seq.msg-seq-exhausted",
+    "router.seq.fragments-credit",
+    "router.text.json.seed-syn",
+    "router.flow.credit-*",
+    "router.flow.frame-past-credit",
+    "router.limit.*",
+    "router.seq.message-too-big",
+)
+
+
+@contextmanager
+def indie_router(*options: str) -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROUTER), "--listen", "127.0.0.1:0", *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening "), (line, proc.stderr.read() if proc.stderr else "")
+        yield line.split()[1]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _suite(url: str, *args: str) -> tuple[int, dict[str, Any], str]:
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "atp_proto", "conformance", "run", "--role", "router"),
+            *("--target", url, "--level", "L2", "--json", *args),
+        ],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    report = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    return proc.returncode, report, proc.stderr
+
+
+def _case_ids() -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "atp_proto", "conformance", "list", "--role", "router"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [line.split() for line in out.splitlines() if line.startswith("router.")]
+    return [
+        r[0]
+        for r in rows
+        if r[1] in ("L1", "L2") and not r[0].startswith("router.quic.") and r[0] not in NOT_HERE
+    ]
+
+
+def test_indie_router_passes_every_case_it_can_run() -> None:
+    ids = _case_ids()
+    assert len(ids) > 150, ids  # the listing was read
+    shards = [ids[k::SHARDS] for k in range(SHARDS)]
+    with indie_router("--idle-timeout-ms", "1000", "--handshake-timeout", "1") as url:
+        with ThreadPoolExecutor(SHARDS) as pool:
+            runs = list(
+                pool.map(lambda s: _suite(url, *(a for i in s for a in ("--run", i))), shards)
+            )
+    cases = [c for _, report, _ in runs for c in report.get("cases", [])]
+    ran = {c["id"]: c for c in cases if c["verdict"] != "SKIPPED"}
+    assert set(ran) == set(ids), sorted(set(ids) ^ set(ran))
+    bad = {
+        i: (c["verdict"], c["message"][:300])
+        for i, c in ran.items()
+        if c["verdict"] not in ("PASS", "UNSUPPORTED")
+    }
+    assert not bad, bad
+    unsupported = {i: c["message"] for i, c in ran.items() if c["verdict"] == "UNSUPPORTED"}
+    known = {i: why for why, group in UNSUPPORTED.items() for i in group}
+    assert set(unsupported) == set(known), sorted(set(unsupported) ^ set(known))
+    for i, msg in unsupported.items():
+        assert msg.startswith(known[i]), (i, msg)
+    passed = [i for i, c in ran.items() if c["verdict"] == "PASS"]
+    assert len(passed) >= 110, len(passed)
+    for code, _, err in runs:
+        assert code == 0, err[-2000:]
+
+
+def test_indie_router_choices_the_spec_leaves_open_pass() -> None:
+    """A lone FINAL, a receive window of 600,000, no credit on text streams and larger limits
+    (frames of 2 MiB, messages of 8 MiB) but 20 streams; fragments of
+    at most 256 bytes, coalesced binary messages, a BUDGET_UPDATE before each message, credit
+    returned after every frame and the router's own heartbeats each second: all allowed
+    (ATP-FLAG-008, ATP-FLOW-003, ATP-FLOW-011, ATP-SESS-007; spec 7.3, ATP-WS-005, ATP-BUDGET-007,
+    ATP-FLOW-012, ATP-TIME-002), so the same cases pass."""
+    runs = (
+        (
+            *("--no-partial", "--initial-window", "600000", "--text-credit-unlimited"),
+            *("--max-frame-size", "2097152", "--max-message-size", "8388608"),
+            *("--max-streams", "20"),
+        ),
+        (
+            *("--fragment", "256", "--coalesce", "--budget-updates", "--eager-credit"),
+            *("--heartbeat-ms", "1000"),
+        ),
+    )
+    with indie_router(*runs[0]) as url_a, indie_router(*runs[1]) as url_b:
+        globs = [a for g in VARIANT_CASES for a in ("--run", g)]
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda u: _suite(u, *globs), (url_a, url_b)))
+    for (code, report, err), opts in zip(results, runs, strict=True):
+        verdicts = {c["id"]: c["verdict"] for c in report["cases"] if c["verdict"] != "SKIPPED"}
+        failed = {i: v for i, v in verdicts.items() if v not in ("PASS", "UNSUPPORTED")}
+        assert not failed, (opts, failed, err[-1500:])
+        assert sum(v == "PASS" for v in verdicts.values()) >= 12, (opts, verdicts)
+        assert code == 0, (opts, err[-1500:])
