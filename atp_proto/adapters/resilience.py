@@ -242,10 +242,8 @@ class ResilientAdapter(Breaker):
     def _left_ms(request: TaskRequest, deadline: float) -> TaskRequest:
         if deadline == math.inf:
             return request
-        from dataclasses import replace
-
         left = max(1, int((deadline - trio.current_time()) * 1000))
-        return replace(request, deadline_ms=left)
+        return request.with_deadline_ms(left)  # its encoding kept: not encoded per call
 
     # ------------------------------------------------------------------ adapter API
 
