@@ -219,10 +219,10 @@ async def test_chunk_stream_aclose_never_checkpoints(tmp_path: Path) -> None:
                     await stream.aclose()
 
 
-async def test_resilient_stream_opens_one_cancel_scope(tmp_path: Path) -> None:
-    """Around a ChunkStream, a whole stream opens one scope in ResilientAdapter: the
-    first chunk's timer. The inner stream is closed without a shield (before: a second
-    scope per stream)."""
+async def test_resilient_stream_closes_a_chunk_stream_without_a_scope(tmp_path: Path) -> None:
+    """Around a ChunkStream, ResilientAdapter opens no scope but its waits' timers (one
+    per stream when the later chunks are already here): the inner stream is closed
+    without a shield (before: one more scope per stream)."""
     from atp_proto.adapters import resilience
 
     with trio.fail_after(30):
@@ -235,10 +235,11 @@ async def test_resilient_stream_opens_one_cancel_scope(tmp_path: Path) -> None:
                 ):
                     async with aclosing(r.stream(REQ)) as chunks:
                         async for chunk in chunks:
-                            await trio.sleep(0.05)  # the rest arrives: taken at once
                             if chunk.final:
                                 break
-                assert len(timers) == 1 and scopes == []
+                # the waits' timers (the first chunk's at least; later ones only when a
+                # chunk is not here yet: the test above), and no other scope
+                assert timers and scopes == []
                 assert r.in_flight == 0 and r.stats.calls == 1
 
 
