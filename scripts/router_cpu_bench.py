@@ -12,6 +12,12 @@ per stream of its hot functions; profiling inflates the CPU figure, so the two a
 separate runs.
 
 A/B against another tree: ``--tree DIR`` puts DIR first on the router's PYTHONPATH.
+
+``--adapter-path``: the router's adapter-call path alone, in this process (the tree to
+measure first on ``PYTHONPATH``): per stream the preflight's estimate-cache key
+(``size_class``) and ``ResilientAdapter(GrpcAdapter).stream`` to the end (4 chunks,
+``--concurrency`` at once, a real persona process); this process's CPU time per stream,
+or with ``--profile FILE`` its function calls per stream.
 """
 
 from __future__ import annotations
@@ -73,6 +79,69 @@ async def _drive(url: str, warmup: int, streams: int, concurrency: int, pid: int
         return (_cpu(pid) - start) / streams
 
 
+async def _adapter_path(url: str, warmup: int, streams: int, concurrency: int) -> float:
+    from atp_proto.adapters import TaskRequest
+    from atp_proto.adapters.grpc import GrpcAdapter
+    from atp_proto.adapters.resilience import ResilientAdapter
+    from atp_proto.router.routing.estimate_cache import size_class
+
+    async with GrpcAdapter.from_url("p1", url) as inner:
+        adapter = ResilientAdapter(inner)
+        left = [0]
+
+        async def one() -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                req = TaskRequest(
+                    "t",
+                    "The quick brown fox jumps over the lazy dog",
+                    {"lang": "en"},
+                    None,
+                    {"qos": "gold", "client": "bench"},
+                    f"s-{left[0]}",
+                )
+                size_class(req)
+                async for chunk in adapter.stream(req):
+                    if chunk.final:
+                        break
+
+        async def batch(n: int) -> None:
+            left[0] = n
+            async with trio.open_nursery() as nursery:
+                for _ in range(concurrency):
+                    nursery.start_soon(one)
+
+        await batch(warmup)
+        start = time.process_time()
+        await batch(streams)
+        return (time.process_time() - start) / streams
+
+
+def adapter_path(args: argparse.Namespace) -> int:
+    import cProfile
+
+    opts = {"latency_ms": "0", "chunks": "4"}
+    with fleet.adapters(1, opts) as ad:
+        url = next(iter(ad.urls.values()))
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+        us = 1e6 * trio.run(_adapter_path, url, args.warmup, args.streams, args.concurrency)
+        if args.profile:
+            prof.disable()
+            prof.dump_stats(args.profile)
+    print(
+        f"adapter path CPU per stream: {us:.1f} µs ({args.streams} streams, load "
+        f"{os.getloadavg()[0]:.1f}{', profiled' if args.profile else ''})"
+    )
+    if args.profile:
+        st = pstats.Stats(args.profile)
+        total = sum(v[1] for v in st.stats.values())  # type: ignore[attr-defined]
+        n = args.streams + args.warmup
+        print(f"function calls per stream (profile, warmup included): {total / n:.1f}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", type=int, default=3000)
@@ -81,7 +150,12 @@ def main() -> int:
     p.add_argument("--profile", metavar="FILE", help="cProfile the router into FILE")
     p.add_argument("--tree", metavar="DIR", help="first on the router's PYTHONPATH")
     p.add_argument("--top", type=int, default=40, help="functions to print with --profile")
+    p.add_argument(
+        "--adapter-path", action="store_true", help="the adapter-call path alone, in process"
+    )
     args = p.parse_args()
+    if args.adapter_path:
+        return adapter_path(args)
     env = clean_env()
     path = [args.tree] if args.tree else []
     tmp = tempfile.TemporaryDirectory()

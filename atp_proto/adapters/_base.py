@@ -18,7 +18,7 @@ Contract:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from atp_proto.frames import ATPError, ErrorCode
@@ -35,6 +35,38 @@ class TaskRequest:
     meta: Mapping[str, Any] = field(default_factory=dict)
     request_id: str = ""
     deadline_ms: int | None = None  #: time left for the call, if bounded
+    # What the protobuf codec made of this request, kept by its first use (once per
+    # request, not per call: atp_proto.adapters.proto.codec) and shared with the copies
+    # ``with_deadline_ms`` makes. Like every field, ``content`` and ``meta`` are not to
+    # be changed once the request is made; ``dataclasses.replace`` makes a new request
+    # that keeps nothing.
+    _kept: Encoded | None = field(default=None, init=False, repr=False, compare=False)
+
+    def encoded(self) -> Encoded:
+        """What the codec keeps of this request (made empty on first use)."""
+        kept = self._kept
+        if kept is None:
+            kept = Encoded()
+            object.__setattr__(self, "_kept", kept)
+        return kept
+
+    def with_deadline_ms(self, deadline_ms: int | None) -> TaskRequest:
+        """This request with another ``deadline_ms``, sharing what its encoding keeps
+        (``dataclasses.replace`` would make the copy encode it again)."""
+        new = replace(self, deadline_ms=deadline_ms)
+        object.__setattr__(new, "_kept", self.encoded())
+        return new
+
+
+class Encoded:
+    """A :class:`TaskRequest` 's protobuf encoding, kept: the UTF-8 ``content_json`` and
+    the whole Task message (``deadline_ms`` is not in it); None until made."""
+
+    __slots__ = ("content_json", "task")
+
+    def __init__(self) -> None:
+        self.content_json: bytes | None = None
+        self.task: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,9 @@ task: ``nursery.start_soon(adapter.run_health_checks, 5.0)``.
   A chunk the inner stream says is already here (its ``ready()``, as GrpcAdapter's
   :class:`~atp_proto.adapters.grpc.client.ChunkStream` has) is taken without a timer:
   nothing waits, so nothing can time out (one cancel scope less per chunk).
+  The inner stream is closed shielded from cancellation, unless it says its ``aclose``
+  never checkpoints (``aclose_checkpoints = False``, as ChunkStream does): then nothing
+  can cancel it and no scope is opened.
 """
 
 from __future__ import annotations
@@ -239,10 +242,8 @@ class ResilientAdapter(Breaker):
     def _left_ms(request: TaskRequest, deadline: float) -> TaskRequest:
         if deadline == math.inf:
             return request
-        from dataclasses import replace
-
         left = max(1, int((deadline - trio.current_time()) * 1000))
-        return replace(request, deadline_ms=left)
+        return request.with_deadline_ms(left)  # its encoding kept: not encoded per call
 
     # ------------------------------------------------------------------ adapter API
 
@@ -346,7 +347,12 @@ class ResilientAdapter(Breaker):
             finally:
                 aclose = getattr(inner, "aclose", None)
                 if aclose is not None:
-                    with trio.CancelScope(shield=True):
+                    if getattr(inner, "aclose_checkpoints", True):
+                        with trio.CancelScope(shield=True):
+                            await aclose()
+                    else:
+                        # it never checkpoints (GrpcAdapter's ChunkStream): no cancel
+                        # can reach it, so no shield (one cancel scope less per stream)
                         await aclose()
                 if not released:
                     self._release()

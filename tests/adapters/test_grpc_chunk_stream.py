@@ -165,3 +165,104 @@ async def test_a_call_that_can_start_at_once_opens_no_timer(tmp_path: Path) -> N
                     second = [c async for c in a.stream(REQ)]
                     assert len(opened) == 1  # no timer for the second call's start
                 assert [c.content for c in second] == [c.content for c in first]
+
+
+@contextmanager
+def _scopes_opened_by(module_file: str) -> Iterator[list[dict[str, Any]]]:
+    """Record every ``trio.CancelScope(...)`` made from ``module_file`` (its arguments)."""
+    real = trio.CancelScope
+    opened: list[dict[str, Any]] = []
+
+    def spy(**kwargs: Any) -> trio.CancelScope:
+        if sys._getframe(1).f_code.co_filename == module_file:
+            opened.append(kwargs)
+        return real(**kwargs)
+
+    trio.CancelScope = spy  # type: ignore[assignment,misc]
+    try:
+        yield opened
+    finally:
+        trio.CancelScope = real  # type: ignore[misc]
+
+
+async def test_chunk_stream_aclose_never_checkpoints(tmp_path: Path) -> None:
+    """What ``aclose_checkpoints = False`` claims, in every state a caller closes it in:
+    before the first chunk, after one, after the last, after a failed call, and with
+    the caller's scope cancelled (nothing to shield: no cancel can reach it)."""
+    assert ChunkStream.aclose_checkpoints is False
+    fail = ("persona", "--option", "latency_ms=0", "--option", "fail=error")
+    with trio.fail_after(30):
+        async with serve_adapter(tmp_path, *PERSONA) as proc:
+            async with GrpcAdapter.from_url("p", proc.url) as a:
+                for take in (0, 1, 2, 99):
+                    stream = a.stream(REQ)
+                    got = []
+                    while len(got) < take:
+                        try:
+                            got.append(await stream.__anext__())
+                        except StopAsyncIteration:
+                            break
+                    with trio.CancelScope() as cs:
+                        cs.cancel()
+                        with trio.testing.assert_no_checkpoints():
+                            await stream.aclose()
+                    assert not cs.cancelled_caught
+                    assert take == 0 or got
+                assert a._conn is not None and not a._conn.calls  # every call closed
+        async with serve_adapter(tmp_path, *fail) as proc:
+            async with GrpcAdapter.from_url("p", proc.url) as a:
+                stream = a.stream(REQ)
+                with pytest.raises(AdapterError):
+                    while True:
+                        await stream.__anext__()
+                with trio.testing.assert_no_checkpoints():
+                    await stream.aclose()
+
+
+async def test_resilient_stream_closes_a_chunk_stream_without_a_scope(tmp_path: Path) -> None:
+    """Around a ChunkStream, ResilientAdapter opens no scope but its waits' timers (one
+    per stream when the later chunks are already here): the inner stream is closed
+    without a shield (before: one more scope per stream)."""
+    from atp_proto.adapters import resilience
+
+    with trio.fail_after(30):
+        async with serve_adapter(tmp_path, *PERSONA) as proc:
+            async with GrpcAdapter.from_url("p", proc.url) as a:
+                r = ResilientAdapter(a, idle_timeout=5.0)
+                with (
+                    _timers_opened_by(resilience.__file__) as timers,
+                    _scopes_opened_by(resilience.__file__) as scopes,
+                ):
+                    async with aclosing(r.stream(REQ)) as chunks:
+                        async for chunk in chunks:
+                            if chunk.final:
+                                break
+                # the waits' timers (the first chunk's at least; later ones only when a
+                # chunk is not here yet: the test above), and no other scope
+                assert timers and scopes == []
+                assert r.in_flight == 0 and r.stats.calls == 1
+
+
+async def test_a_cancelled_resilient_stream_still_resets_its_call(tmp_path: Path) -> None:
+    """The caller's scope cancelled mid-stream: the unshielded close of the ChunkStream
+    still runs to its end (the server sees the cancel) and the slot is given back."""
+    with trio.fail_after(30):
+        async with grpcio_server(tmp_path) as srv, GrpcAdapter.from_url("g", srv.url) as a:
+            r = ResilientAdapter(a, idle_timeout=5.0)
+            n = 0
+            with trio.CancelScope() as cs:
+                async with aclosing(r.stream(TaskRequest("t", "flood:20000"))) as chunks:
+                    async for _ in chunks:
+                        n += 1
+                        if n == 3:
+                            cs.cancel()
+                            await trio.sleep(1)  # cancelled here: closed inside the scope
+            assert cs.cancelled_caught and n == 3
+            assert r.in_flight == 0 and a._conn is not None and not a._conn.calls
+            stats = None
+            for _ in range(100):
+                stats = await a.estimate(TaskRequest("t", "stats"))
+                if stats.usd_micros:
+                    break
+                await trio.sleep(0.05)
+            assert stats is not None and stats.usd_micros == 1  # the server saw the cancel

@@ -31,7 +31,7 @@ import random
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
@@ -488,6 +488,11 @@ class ChunkStream:
     ``aclosing`` need), not an async generator."""
 
     __slots__ = ("_box", "_gen")
+
+    #: ``aclose`` never checkpoints: the generator's cleanup is ``Call.close`` (no wait),
+    #: so a caller need not shield it from cancellation (:class:`ResilientAdapter` opens
+    #: no cancel scope for it; tests/adapters/test_grpc_chunk_stream.py checks it)
+    aclose_checkpoints: ClassVar[bool] = False
 
     def __init__(self, gen: AsyncGenerator[Chunk, None], box: _CallBox) -> None:
         self._gen = gen

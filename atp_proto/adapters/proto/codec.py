@@ -177,12 +177,33 @@ def _get_double(f: dict[int, Any], n: int) -> float:
 # --------------------------------------------------------------------------- messages
 
 
+#: json.dumps(value, separators=(",", ":"), ensure_ascii=False) without building an
+#: encoder per call (dumps makes one from the same arguments and calls its encode)
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _json_text(value: Mapping[str, Any]) -> str:
-    return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False) if value else ""
+    return _encode_json(dict(value)) if value else ""
 
 
 #: the ``content_json`` / ``meta_json`` text the router sends for a mapping
 json_text = _json_text
+
+
+def content_json(req: TaskRequest) -> bytes:
+    """The UTF-8 ``content_json`` the router sends for ``req``: encoded once per request
+    (kept on it), however many calls and readers need it."""
+    kept = req.encoded()
+    raw = kept.content_json
+    if raw is None:
+        raw = kept.content_json = _json_text(req.content).encode()
+    return raw
+
+
+def _bytes(field: int, raw: bytes) -> bytes:
+    if not raw:
+        return b""
+    return _varint(field << 3 | 2) + _varint(len(raw)) + raw
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
@@ -200,19 +221,26 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
 
 
 def encode_task_request(req: TaskRequest) -> bytes:
-    """An ``EstimateRequest`` or ``StreamRequest`` (both are ``{Task task = 1}``)."""
+    """An ``EstimateRequest`` or ``StreamRequest`` (both are ``{Task task = 1}``):
+    encoded once per request (kept on it; its ``deadline_ms`` is not in it), however
+    many calls (Estimate, Stream, retries, failovers) send it."""
+    kept = req.encoded()
+    pb = kept.task
+    if pb is not None:
+        return pb
     task = b"".join(
         (
             _string(1, req.task_type),
             _string(2, req.prompt),
-            _string(3, _json_text(req.content)),
+            _bytes(3, content_json(req)),
             # proto3 `optional`: present (even when 0) iff set
             b"" if req.max_tokens is None else _varint(4 << 3) + _varint(req.max_tokens),
             _string(5, _json_text(req.meta)),
             _string(6, req.request_id),
         )
     )
-    return _varint(1 << 3 | 2) + _varint(len(task)) + task
+    pb = kept.task = _varint(1 << 3 | 2) + _varint(len(task)) + task
+    return pb
 
 
 def decode_task_request(data: bytes, *, deadline_ms: int | None = None) -> TaskRequest:

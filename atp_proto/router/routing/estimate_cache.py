@@ -25,7 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from atp_proto.adapters import Adapter, CostEstimate, TaskRequest
-from atp_proto.adapters.proto.codec import json_text
+from atp_proto.adapters.proto.codec import content_json
 
 __all__ = ["MAX_AGE_CAP_MS", "PER_ADAPTER", "EstimateCache", "Key", "cache_key", "size_class"]
 
@@ -42,10 +42,8 @@ def size_class(task: TaskRequest) -> int:
     """The input-size class of a task (ATP-BUDGET-018): the bit length of the byte length
     of its input, ``prompt`` and ``content_json`` as the router sends them (UTF-8): 0 for
     an empty input, k for 2^(k-1) <= bytes < 2^k (1 byte: 1; 64..127 bytes: 7)."""
-    n = len(task.prompt.encode())
-    if task.content:
-        n += len(json_text(task.content).encode())
-    return n.bit_length()
+    # content_json: encoded once per request, and kept for its calls (proto codec)
+    return (len(task.prompt.encode()) + len(content_json(task))).bit_length()
 
 
 def cache_key(task: TaskRequest) -> Key:
