@@ -327,8 +327,9 @@ def load_sources(
         raise ValueError(f"{data}: no records")
     by_source: dict[str, list[Record]] = {}
     for r in records:
-        by_source.setdefault(r.source or "(none)", []).append(r)
-    file_pair = pick_pair(by_source)
+        if r.models:  # a record no model was judged on has nothing to route between
+            by_source.setdefault(r.source or "(none)", []).append(r)
+    file_pair = pick_pair(by_source) if by_source else None
     sources: list[Source] = []
     for name, rs in sorted(by_source.items()):
         pair = file_pair or pick_pair(by_source, name)
@@ -336,6 +337,11 @@ def load_sources(
             continue
         kind = "two-model" if all(len(r.models) <= 2 for r in rs) else "multi-model"
         sources.append(Source(name, rs, pair[0], pair[1], kind))
+    if not sources:
+        raise ValueError(
+            f"{data}: no source has two models recorded on 90 % of its prompts (a strong "
+            "and a weak one to route between)"
+        )
     models = sorted({m for r in records for m in r.models})
     prices = {m: p for m in models if (p := price_model(records, m)) is not None}
     return sources, prices, file_pair, records
@@ -345,6 +351,10 @@ def run_all(settings: Settings, tmp: Path, progress: Progress) -> dict[str, Any]
     sources, prices, file_pair, records = load_sources(settings.data)
     models = sorted({m for r in records for m in r.models})
     results: dict[str, Any] = {"pair": list(file_pair) if file_pair else None, "sources": {}}
+    skipped = sorted({r.source or "(none)" for r in records} - {s.name for s in sources})
+    if skipped:  # said, not silently left out
+        why = "no two models recorded on 90 % of its prompts"
+        results["skipped_sources"] = dict.fromkeys(skipped, why)
 
     async def body(ports: dict[str, int]) -> None:
         for s in sources:
