@@ -24,7 +24,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataError", "Outcome", "Record", "quality_of", "read_records", "score_scale"]
+__all__ = [
+    "DataError",
+    "Outcome",
+    "Record",
+    "adapter_names",
+    "quality_of",
+    "read_records",
+    "score_scale",
+]
 
 #: bounds on what one file may make us hold (a record's prompt, the records, the models)
 MAX_PROMPT_CHARS = 100_000
@@ -246,6 +254,25 @@ def adapter_name(model: str) -> str:
     """The adapter (and learner arm) name of a model: characters a router's adapter name
     may not hold (anything but letters, digits, ``-`` and ``_``) become ``_``."""
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in model) or "_"
+
+
+def adapter_names(records: Iterable[Record]) -> dict[str, str]:
+    """Each model of ``records`` by its adapter name (:func:`adapter_name`).
+
+    Raises:
+        DataError: two models whose names become the same adapter name (their outcomes
+            would train one arm and be served by one adapter).
+    """
+    out: dict[str, str] = {}
+    for r in records:
+        for m in r.models:
+            a = adapter_name(m)
+            if out.setdefault(a, m) != m:
+                raise DataError(
+                    f"record {r.id!r}: models {out[a]!r} and {m!r} both become adapter "
+                    f"name {a!r} (letters, digits, '-' and '_' only): rename one"
+                )
+    return out
 
 
 @dataclass(frozen=True, slots=True)

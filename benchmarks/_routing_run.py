@@ -20,7 +20,14 @@ from atp_proto.frames import QoS
 from atp_proto.router.routing.learner import BanditLearner, Weights, store
 from atp_proto.router.routing.learner.offline import train
 from atp_proto.router.routing.learning import CandidateView, RouteQuery
-from atp_proto.routing_data import PriceModel, Record, adapter_name, price_model, read_records
+from atp_proto.routing_data import (
+    PriceModel,
+    Record,
+    adapter_name,
+    adapter_names,
+    price_model,
+    read_records,
+)
 from atp_proto.testing import RouterProcess, serve_adapter
 
 from ._routing_eval import (
@@ -325,6 +332,7 @@ def load_sources(
     records = read_records(data)
     if not records:
         raise ValueError(f"{data}: no records")
+    adapter_names(records)  # one adapter process and one arm per model
     by_source: dict[str, list[Record]] = {}
     for r in records:
         if r.models:  # a record no model was judged on has nothing to route between

@@ -232,6 +232,11 @@ def test_malformed_data_fails_the_cli_in_one_line(tmp_path: Path) -> None:
     cases.append(
         (("bench", "routing", "--quick", "--json", "--data", str(one)), "no source has two models")
     )
+    clash = tmp_path / "clash.jsonl"  # two models, one adapter name: not merged silently
+    m = {"correct": 1, "in_tokens": 1, "out_tokens": 1, "cost_usd": 0}
+    clash.write_text(json.dumps({"id": "c", "prompt": "p", "models": {"a.b": m, "a_b": m}}) + "\n")
+    says = "models 'a.b' and 'a_b' both become adapter name 'a_b'"
+    cases.append((("routing", "train", str(clash), "--state", str(tmp_path / "c.sqlite")), says))
     for args, says in cases:
         out = _atp(*args)
         assert out.returncode == 1, (args, out.stdout, out.stderr)
