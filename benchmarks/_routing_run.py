@@ -460,7 +460,18 @@ async def _offline(
         " (the rest: Thompson sampling's exploration)",
         "APGR / CPT: in-process sweep over the trained state's predictions on held-out prompts",
     ]
+    if len(pair) < FEW_PROMPTS:
+        out["notes"].append(_few(len(pair), "held-out"))
     return out
+
+
+#: below this many prompts on the pair a source's curves are noise (one prompt moves
+#: PGR by more than 0.05): said beside its figures
+FEW_PROMPTS = 20
+
+
+def _few(n: int, what: str) -> str:
+    return f"only {n} {what} prompts with both models of the pair: these figures are noise"
 
 
 async def _online(
@@ -515,6 +526,8 @@ async def _online(
         f"router choices = in-process replay choices on {out['agreement_with_in_process']:.1%}",
         "APGR curves: the bandit replayed in-process per cost weight, same order and seed",
     ]
+    if len(_pair_records(order, s)) < FEW_PROMPTS:
+        out["notes"].append(_few(len(_pair_records(order, s)), "routed"))
     return out
 
 
