@@ -227,16 +227,6 @@ def test_malformed_data_fails_the_cli_in_one_line(tmp_path: Path) -> None:
             f"{path}:3: model 'mod': field 'cost_usd'",
         ),
     ]
-    one = tmp_path / "one.jsonl"  # nothing to route between: said, not an empty report
-    one.write_text(json.dumps(json.loads(_entry())) + "\n")
-    cases.append(
-        (("bench", "routing", "--quick", "--json", "--data", str(one)), "no source has two models")
-    )
-    clash = tmp_path / "clash.jsonl"  # two models, one adapter name: not merged silently
-    m = {"correct": 1, "in_tokens": 1, "out_tokens": 1, "cost_usd": 0}
-    clash.write_text(json.dumps({"id": "c", "prompt": "p", "models": {"a.b": m, "a_b": m}}) + "\n")
-    says = "models 'a.b' and 'a_b' both become adapter name 'a_b'"
-    cases.append((("routing", "train", str(clash), "--state", str(tmp_path / "c.sqlite")), says))
     for args, says in cases:
         out = _atp(*args)
         assert out.returncode == 1, (args, out.stdout, out.stderr)
@@ -248,3 +238,24 @@ def test_malformed_data_fails_the_cli_in_one_line(tmp_path: Path) -> None:
     )
     with pytest.raises(DataError, match=rf"{bad_utf8}:2: not UTF-8"):
         read_records(bad_utf8)
+
+
+def test_data_the_bench_cannot_route_is_refused(tmp_path: Path) -> None:
+    """Nothing to route between (one model) is said, not an empty report; two models whose
+    names become one adapter name are refused, not trained as one arm (``atp routing
+    train`` and ``atp bench routing`` say it in one line, exit 1: the CLI cases above)."""
+    from atp_proto.router.routing.learner import BanditLearner
+    from atp_proto.router.routing.learner.offline import train
+
+    one = tmp_path / "one.jsonl"
+    one.write_text(_entry() + "\n")
+    with pytest.raises(ValueError, match="no source has two models"):
+        load_sources(one)
+    clash = tmp_path / "clash.jsonl"
+    m = {"correct": 1, "in_tokens": 1, "out_tokens": 1, "cost_usd": 0}
+    clash.write_text(json.dumps({"id": "c", "prompt": "p", "models": {"a.b": m, "a_b": m}}) + "\n")
+    says = "models 'a.b' and 'a_b' both become adapter name 'a_b'"
+    with pytest.raises(DataError, match=says):
+        load_sources(clash)
+    with pytest.raises(DataError, match=says):
+        train(BanditLearner(), read_records(clash))
