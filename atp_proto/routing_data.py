@@ -172,7 +172,8 @@ def _record(doc: Any, where: str) -> tuple[Record, dict[str, str]]:
         )
     bucket = doc.get("bucket")
     if bucket is None:  # the format's definition
-        bucket = int(hashlib.sha256((rid or where).encode()).hexdigest(), 16) % 100
+        key = rid if rid is not None else prompt  # not the path: the same split anywhere
+        bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 100
     if not isinstance(bucket, int) or isinstance(bucket, bool):
         raise DataError(f"{where}: field 'bucket' must be an integer")
     task = _text(doc, "category", where) or _text(doc, "subject", where)

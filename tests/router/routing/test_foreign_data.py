@@ -259,3 +259,18 @@ def test_data_the_bench_cannot_route_is_refused(tmp_path: Path) -> None:
         load_sources(clash)
     with pytest.raises(DataError, match=says):
         train(BanditLearner(), read_records(clash))
+
+
+def test_a_missing_bucket_is_the_formats_hash(tmp_path: Path) -> None:
+    """``bucket`` absent: ``sha256(id) mod 100`` as the format defines it (the prompt's
+    when the id is absent too, never the file's path), not 0 for every record."""
+    import hashlib
+
+    rows = [json.loads(_entry()) | {"id": f"r{i}"} for i in range(20)]
+    rows.append({k: v for k, v in rows[0].items() if k != "id"} | {"prompt": "no id"})
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a, b = (read_records(tmp_path / n) for n in ("a.jsonl", "b.jsonl"))
+    want = [int(hashlib.sha256(f"r{i}".encode()).hexdigest(), 16) % 100 for i in range(20)]
+    assert [r.bucket for r in a[:20]] == want and len(set(want)) > 5
+    assert a[20].bucket == b[20].bucket == int(hashlib.sha256(b"no id").hexdigest(), 16) % 100
