@@ -20,7 +20,14 @@ from atp_proto.frames import QoS
 from atp_proto.router.routing.learner import BanditLearner, Weights, store
 from atp_proto.router.routing.learner.offline import train
 from atp_proto.router.routing.learning import CandidateView, RouteQuery
-from atp_proto.routing_data import PriceModel, Record, adapter_name, price_model, read_records
+from atp_proto.routing_data import (
+    PriceModel,
+    Record,
+    adapter_name,
+    adapter_names,
+    price_model,
+    read_records,
+)
 from atp_proto.testing import RouterProcess, serve_adapter
 
 from ._routing_eval import (
@@ -325,10 +332,12 @@ def load_sources(
     records = read_records(data)
     if not records:
         raise ValueError(f"{data}: no records")
+    adapter_names(records)  # one adapter process and one arm per model
     by_source: dict[str, list[Record]] = {}
     for r in records:
-        by_source.setdefault(r.source or "(none)", []).append(r)
-    file_pair = pick_pair(by_source)
+        if r.models:  # a record no model was judged on has nothing to route between
+            by_source.setdefault(r.source or "(none)", []).append(r)
+    file_pair = pick_pair(by_source) if by_source else None
     sources: list[Source] = []
     for name, rs in sorted(by_source.items()):
         pair = file_pair or pick_pair(by_source, name)
@@ -336,6 +345,11 @@ def load_sources(
             continue
         kind = "two-model" if all(len(r.models) <= 2 for r in rs) else "multi-model"
         sources.append(Source(name, rs, pair[0], pair[1], kind))
+    if not sources:
+        raise ValueError(
+            f"{data}: no source has two models recorded on 90 % of its prompts (a strong "
+            "and a weak one to route between)"
+        )
     models = sorted({m for r in records for m in r.models})
     prices = {m: p for m in models if (p := price_model(records, m)) is not None}
     return sources, prices, file_pair, records
@@ -345,6 +359,10 @@ def run_all(settings: Settings, tmp: Path, progress: Progress) -> dict[str, Any]
     sources, prices, file_pair, records = load_sources(settings.data)
     models = sorted({m for r in records for m in r.models})
     results: dict[str, Any] = {"pair": list(file_pair) if file_pair else None, "sources": {}}
+    skipped = sorted({r.source or "(none)" for r in records} - {s.name for s in sources})
+    if skipped:  # said, not silently left out
+        why = "no two models recorded on 90 % of its prompts"
+        results["skipped_sources"] = dict.fromkeys(skipped, why)
 
     async def body(ports: dict[str, int]) -> None:
         for s in sources:
@@ -442,7 +460,18 @@ async def _offline(
         " (the rest: Thompson sampling's exploration)",
         "APGR / CPT: in-process sweep over the trained state's predictions on held-out prompts",
     ]
+    if len(pair) < FEW_PROMPTS:
+        out["notes"].append(_few(len(pair), "held-out"))
     return out
+
+
+#: below this many prompts on the pair a source's curves are noise (one prompt moves
+#: PGR by more than 0.05): said beside its figures
+FEW_PROMPTS = 20
+
+
+def _few(n: int, what: str) -> str:
+    return f"only {n} {what} prompts with both models of the pair: these figures are noise"
 
 
 async def _online(
@@ -497,6 +526,8 @@ async def _online(
         f"router choices = in-process replay choices on {out['agreement_with_in_process']:.1%}",
         "APGR curves: the bandit replayed in-process per cost weight, same order and seed",
     ]
+    if len(_pair_records(order, s)) < FEW_PROMPTS:
+        out["notes"].append(_few(len(_pair_records(order, s)), "routed"))
     return out
 
 

@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
             chosen = list(records_in(records, buckets))
             if not chosen:
                 return _fail(args, f"{args.data}: no record to train on")
+            if not any(r.models for r in chosen):
+                return _fail(args, f"{args.data}: no model has a 'correct' or 'score' to train on")
             counts = train_records(learner, chosen)
             store.save(path, store.snapshot(learner))
             if args.json:

@@ -23,7 +23,12 @@ __all__ = ["DEFAULT_DIM", "Featurizer"]
 
 #: hashed buckets + the dense "shape" features below
 DEFAULT_DIM = 512
-_WORD = re.compile(r"[a-z]+|\d+(?:[.,]\d+)?|[^\sa-z\d]", re.IGNORECASE)
+#: tokens: a run of letters of any script (a word; "café" and "вопрос" are one each, not
+#: letters apart), except the scripts written without spaces (CJK, kana, hangul), whose
+#: characters are one token each; a number; any other character but a space. On ASCII
+#: text the same tokens as ``[a-z]+|\d+(?:[.,]\d+)?|[^\sa-z\d]`` (the former rule).
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_WORD = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])[^\W\d_])+|\d+(?:[.,]\d+)?|[^\s\w]|_")
 _NUMBER = re.compile(r"\d")
 #: dense features at the head of the vector (bias, lengths, shape)
 _DENSE = DENSE

@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from atp_proto.routing_data import DataError, Record, adapter_name, quality_of, read_records
+from atp_proto.routing_data import (
+    DataError,
+    Record,
+    adapter_name,
+    adapter_names,
+    quality_of,
+    read_records,
+)
 
 from .bandit import BanditLearner
 
@@ -25,7 +32,12 @@ def records_in(records: Iterable[Record], buckets: range | None) -> Iterator[Rec
 
 def train(learner: BanditLearner, records: Iterable[Record]) -> dict[str, int]:
     """Train every model's arm on its recorded outcomes; returns examples per arm. A model's
-    arm is named as its adapter must be (:func:`~atp_proto.routing_data.adapter_name`)."""
+    arm is named as its adapter must be (:func:`~atp_proto.routing_data.adapter_name`).
+
+    Raises:
+        DataError: two models of ``records`` share an adapter name."""
+    records = list(records)
+    adapter_names(records)  # two models that would train one arm: an error, said first
     xs: dict[str, list[np.ndarray[Any, Any]]] = {}
     qs: dict[str, list[float]] = {}
     for r in records:
