@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -57,7 +58,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
-        usage_error(self.prog, self._with_choices(message))
+        usage_error(self.prog, _concise(self._with_choices(message)))
 
     def add_subparsers(self, **kwargs: Any) -> Any:
         kwargs.setdefault("required", True)
@@ -91,6 +92,27 @@ class ArgumentParser(argparse.ArgumentParser):
             ):
                 return f"missing {action.metavar}: one of {', '.join(action.choices)}"
         return message
+
+
+_CHOICE = re.compile(r"argument (\S+): invalid choice: '(.*)' \(choose from (.*)\)", re.S)
+_TYPED = re.compile(r"argument (\S+): invalid (\w+) value: '(.*)'", re.S)
+_ARGUMENT = re.compile(r"argument (\S+): (.*)", re.S)
+_KINDS = {"int": "an integer", "float": "a number"}
+
+
+def _concise(message: str) -> str:
+    """argparse's words for a bad value, shorter and alike whatever the Python version
+    (3.12.8 dropped the quotes around the choices): ``--transport x: one of ws, quic``,
+    ``--workers x: not an integer``, ``--rate: must be a positive number, got 0``
+    instead of ``argument --transport: invalid choice: 'x' (choose from 'ws', 'quic')``."""
+    if m := _CHOICE.fullmatch(message):
+        choices = ", ".join(c.strip().strip("'") for c in m[3].split(","))
+        return f"{m[1]} {m[2]}: one of {choices}"
+    if m := _TYPED.fullmatch(message):
+        return f"{m[1]} {m[3]}: not {_KINDS.get(m[2], 'a valid ' + m[2])}"
+    if m := _ARGUMENT.fullmatch(message):
+        return f"{m[1]}: {m[2]}"
+    return message
 
 
 def prog_of(args: argparse.Namespace) -> str:

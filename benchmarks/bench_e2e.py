@@ -73,8 +73,9 @@ def _scenarios(text: str) -> tuple[str, ...]:
         return ALL
     bad = [n for n in names if n not in ALL]
     if bad or not names:
+        # `atp bench e2e: error: --scenario: nope is not one of all, load, ...`
         raise argparse.ArgumentTypeError(
-            f"unknown scenario {', '.join(bad) or text!r}: use all or {', '.join(ALL)}"
+            f"{','.join(bad) or repr(text)} is not one of all, {', '.join(ALL)}"
         )
     return names
 

@@ -60,7 +60,7 @@ def test_bad_values_exit_2_with_one_line(flag: str, value: str, says: str) -> No
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stdout == ""  # --json: nothing on stdout that a script would misread
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"atp bench e2e: error: argument {flag}:") and says in last, last
+    assert last.startswith(f"atp bench e2e: error: {flag}: ") and says in last, last
     assert "Traceback" not in proc.stderr
 
 

@@ -3,8 +3,9 @@
 
 Exit 0 when the chain holds across the files (oldest first; a log's rotated segments
 ``FILE.000001`` … are included when FILE is given alone), 1 when a record was edited,
-deleted, inserted, reordered or cut (the first bad record is named), 2 on bad usage (a
-file that cannot be read).
+deleted, inserted, reordered or cut (the first bad record is named), 2 on bad usage or
+bad input (a file that cannot be read, or is not a decision log: no line of it has a
+record's form, or it is empty).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="check the hash chain of a decision log (exit 0 intact, 1 tampered)",
         description="Check the hash chain of the decision log written by 'atp serve "
         "--audit-log FILE'. Files are checked in the order given; a single FILE brings "
-        "its rotated segments (FILE.000001, ...) first.",
+        "its rotated segments (FILE.000001, ...) first. Exit 0: the chain is intact; 1: "
+        "TAMPERED, a record was edited, deleted, inserted, reordered or cut (the first "
+        "bad one is named); 2: bad usage, a file that cannot be read, or one that is not "
+        "a decision log (empty, or no line of it is a hash-chained record).",
     )
     v.add_argument(
         "files",
@@ -43,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from atp_proto._cli._files import input_file
-    from atp_proto.router.audit import segments, verify
+    from atp_proto.router.audit import NotADecisionLog, segments, verify
 
     files: list[Path] = []
     for name in args.files:
@@ -53,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         report = verify(files, from_start=not args.partial)
     except OSError as exc:
         raise UsageError(f"cannot read the log: {exc.strerror}") from None
+    except NotADecisionLog as exc:
+        raise UsageError(str(exc)) from None
     p = report.problem
     if args.json:
         out = {

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from atp_proto.adapters.process import spawn_adapter
     from atp_proto.client import Final, HandshakeRefused, StreamError, connect
     from atp_proto.frames import BudgetWindow, frame_from_json
-    from atp_proto.router.audit import segments, verify
+    from atp_proto.router.audit import NotADecisionLog, segments, verify
     from atp_proto.router.auth import issue_token
     from atp_proto.router.config import RouterConfig
     from atp_proto.router.server import Router
@@ -91,14 +91,18 @@ def run(args: argparse.Namespace) -> int:
                     policy_file=policy,
                 )
                 rc = await with_router(Router(cfg), persona.url, echo.url)
-            report = verify(segments(audit_log))
-            summary["audit"] = {"records": report.records, "ok": report.problem is None}
+            try:
+                report = verify(segments(audit_log))
+                records, intact = report.records, report.problem is None
+            except NotADecisionLog:  # the router wrote no record (it failed early)
+                records, intact = 0, False
+            summary["audit"] = {"records": records, "ok": intact}
             console.print(
-                f"\n[bold]5. decision log[/]: {report.records} records, hash chain "
-                + ("[green]intact[/]" if report.problem is None else "[red]BROKEN[/]")
+                f"\n[bold]5. decision log[/]: {records} records, hash chain "
+                + ("[green]intact[/]" if intact else "[red]BROKEN[/]")
                 + " (what 'atp serve --audit-log FILE' writes and 'atp audit verify' checks)"
             )
-            ok = rc == 0 and report.problem is None
+            ok = rc == 0 and intact
             console.rule("[bold green]demo complete" if ok else "[bold red]demo failed")
             return 0 if ok else 1
 

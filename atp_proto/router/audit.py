@@ -39,7 +39,16 @@ from typing import Any
 
 import trio
 
-__all__ = ["GENESIS", "AuditLog", "Problem", "canonical", "record_hash", "segments", "verify"]
+__all__ = [
+    "GENESIS",
+    "AuditLog",
+    "NotADecisionLog",
+    "Problem",
+    "canonical",
+    "record_hash",
+    "segments",
+    "verify",
+]
 
 log = logging.getLogger("atp.router")
 
@@ -288,6 +297,40 @@ class Report:
     problem: Problem | None
 
 
+class NotADecisionLog(ValueError):
+    """A file given to :func:`verify` is no decision log at all (not one line of it has a
+    record's form), or every file given is empty: bad input, not tampering."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        super().__init__(f"{file} is not a decision log: {reason}")
+        self.file = file
+        self.reason = reason
+
+
+def _is_record(raw: bytes) -> bool:
+    """Has ``raw`` a record's form: a JSON object with an integer ``seq`` and a string
+    ``prev`` and ``hash`` (whether they are right is the chain's question: an edited
+    record keeps its form)?"""
+    try:
+        rec = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(rec, dict):
+        return False
+    seq, prev, digest = rec.get("seq"), rec.get("prev"), rec.get("hash")
+    return (
+        isinstance(seq, int)
+        and not isinstance(seq, bool)
+        and isinstance(prev, str)
+        and isinstance(digest, str)
+    )
+
+
+def _holds_a_record(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return any(_is_record(raw) for raw in f)
+
+
 def _lines(files: Iterable[Path]) -> Iterator[tuple[Path, int, bytes]]:
     for path in files:
         with open(path, "rb") as f:
@@ -297,11 +340,23 @@ def _lines(files: Iterable[Path]) -> Iterator[tuple[Path, int, bytes]]:
 
 def verify(files: Iterable[str | os.PathLike[str]], *, from_start: bool = True) -> Report:
     """Check the chain across ``files`` (in order). ``from_start``: the first record must
-    be seq 0 with the genesis ``prev`` (False when older segments were retired)."""
+    be seq 0 with the genesis ``prev`` (False when older segments were retired).
+
+    Raises:
+        NotADecisionLog: the chain breaks in a file none of whose lines has a record's
+            form (a text, JSON of another shape, binary), or every file is empty: such a
+            file was never a log, and is not called tampered. A log whose records were
+            edited, deleted or reordered keeps their form, and is reported as a
+            :class:`Problem`.
+        OSError: a file cannot be read.
+    """
     paths = [Path(f) for f in files]
     count, first_seq, prev, seq = 0, None, None, None
+    good_in: Path | None = None  # the file of the last good record
 
     def bad(path: Path, n: int, s: int | None, reason: str) -> Report:
+        if good_in != path and not _holds_a_record(path):
+            raise NotADecisionLog(str(path), "no line of it is a hash-chained record")
         return Report(
             count, len(paths), first_seq, prev or GENESIS, Problem(str(path), n, s, reason)
         )
@@ -336,4 +391,8 @@ def verify(files: Iterable[str | os.PathLike[str]], *, from_start: bool = True) 
                 return bad(path, n, s, f"seq {s} after {seq} (deleted or reordered)")
         prev, seq = rec["hash"], s
         count += 1
+        good_in = path
+    if count == 0 and paths:
+        empty = "it is empty" if len(paths) == 1 else "it and the other files are empty"
+        raise NotADecisionLog(str(paths[0]), empty)
     return Report(count, len(paths), first_seq, prev or GENESIS, None)

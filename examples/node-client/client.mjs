@@ -13,35 +13,38 @@
 // with EPROTO (ATP-STREAM-006); no new stream after EDRAINING (ATP-SESS-006); a refused
 // stream retried once, not before retry_after_ms (ATP-ERR-008), and only for codes that
 // carry one (ATP-ERR-009); the ttl enforced with ERROR ETIMEOUT (ATP-TIME-007).
-import fs from 'node:fs';
 import { Session } from './session.mjs';
 import { frame, T, F, QOS, decodePayload } from './frame.mjs';
 import { encode } from './cbor.mjs';
+import { catchAll, fail, parseArgs, readInput, usageError } from './cli.mjs';
 
-const args = process.argv.slice(2);
-const opt = (k) => { const i = args.indexOf(k); return i >= 0 ? args[i + 1] : undefined; };
-const url = args.find((a) => /^wss?:\/\//.test(a));
-const usage = 'usage: node client.mjs ws://HOST:PORT/ws [--prompt TEXT | --prompt-file F] [--tasks N] [--ttl S] [--qos LANE] [--token JWT] [--ca PEM] [--json]';
-if (!url) { console.error(usage); process.exit(2); }
-const tasks = Number(opt('--tasks') ?? 1);
-const ttl = Number(opt('--ttl') ?? 0);
-const qos = QOS[opt('--qos') ?? 'silver'];
-const promptFile = opt('--prompt-file');
-const prompt = promptFile ? fs.readFileSync(promptFile, 'utf8') : (opt('--prompt') ?? 'hello');
-if (!Number.isInteger(tasks) || tasks < 1 || !Number.isInteger(ttl) || ttl < 0 || ttl > 65535 || qos === undefined) {
-  console.error(usage); process.exit(2);
-}
-const json = args.includes('--json');
+const PROG = 'client.mjs';
+catchAll(PROG);
+const usage = 'usage: node client.mjs ws://HOST:PORT/ws [--prompt TEXT | --prompt-file F] [--tasks N] [--ttl S] [--qos gold|silver|bronze] [--token JWT] [--ca PEM] [--json]\n'
+  + 'Runs N tasks one after another on one session, prints each answer. Exit 0: every task answered; 1: a task failed; 2: bad usage.';
+const { url, opts } = parseArgs(PROG, process.argv.slice(2), {
+  valued: ['--prompt', '--prompt-file', '--tasks', '--ttl', '--qos', '--token', '--ca'], flags: ['--json'], usage,
+});
+const tasks = Number(opts['--tasks'] ?? 1);
+if (!Number.isInteger(tasks) || tasks < 1) usageError(PROG, `--tasks ${opts['--tasks']}: a whole number, 1 or more`);
+const ttl = Number(opts['--ttl'] ?? 0);
+if (!Number.isInteger(ttl) || ttl < 0 || ttl > 65535) usageError(PROG, `--ttl ${opts['--ttl']}: whole seconds, 0 to 65535`);
+const qos = Object.hasOwn(QOS, opts['--qos'] ?? 'silver') ? QOS[opts['--qos'] ?? 'silver'] : undefined;
+if (qos === undefined) usageError(PROG, `--qos ${opts['--qos']}: one of ${Object.keys(QOS).join(', ')}`);
+if (opts['--prompt'] !== undefined && opts['--prompt-file'] !== undefined) usageError(PROG, '--prompt and --prompt-file: one or the other');
+const prompt = opts['--prompt-file'] !== undefined ? readInput(PROG, '--prompt-file', opts['--prompt-file'], 'utf8') : (opts['--prompt'] ?? 'hello');
+if (opts['--ca']) readInput(PROG, '--ca', opts['--ca']); // "": none (conformance fills {ca} so)
+const json = Boolean(opts['--json']);
 const RETRYABLE = new Set(['ESEQ_RETRY', 'EWINDOW', 'EAGENTDOWN', 'EPREEMPT', 'EDRAINING', 'EWINDOW_AGENT']);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 let s;
 try {
-  s = await Session.open(url, { token: opt('--token'), ca: opt('--ca'), timeoutMs: 5000 });
+  s = await Session.open(url, { token: opts['--token'], ca: opts['--ca'] || undefined, timeoutMs: 5000 });
 } catch (e) {
-  console.error(`ERROR  cannot connect to ${url}: ${e.message}`); process.exit(1);
+  fail(PROG, `cannot connect to ${url}: ${e.message}`);
 }
-if (s.refused) { console.error(`ERROR  handshake refused: HTTP ${s.refused}`); process.exit(1); }
+if (s.refused) fail(PROG, `handshake refused: HTTP ${s.refused}`);
 
 // the router's limits: the defaults of §12 until its CAPABILITIES arrive
 const peer = { max_frame_size: 1048576, initial_window: 262144, max_message_size: 4194304 };
@@ -165,14 +168,14 @@ async function settle() {
 
 for (let i = 0; i < tasks; i++) {
   await settle();
-  if (draining) { console.error('ERROR  the router is draining: no new streams'); failed = true; break; }
+  if (draining) { console.error(`${PROG}: error: the router is draining: no new streams`); failed = true; break; }
   let r = await runTask();
   if (r.error && RETRYABLE.has(r.error) && Number.isInteger(r.retry) && !draining && !sessionEnd) {
     await sleep(r.retry); // ATP-ERR-008
     await settle();
     if (!draining) r = await runTask();
   }
-  if (r.error) { failed = true; console.error(`ERROR  task ${i + 1}: ${r.error}: ${r.message}`); if (sessionEnd) break; continue; }
+  if (r.error) { failed = true; console.error(`${PROG}: error: task ${i + 1}: ${r.error}: ${String(r.message).split(/\s+/).join(' ')}`); if (sessionEnd) break; continue; }
   console.log(json ? JSON.stringify({ task: i + 1, answer: r.answer, telemetry: r.telemetry }) : String(r.answer));
 }
 s.ws.close(1000);

@@ -11,28 +11,43 @@ import { PROBES as EDGES } from './probes_edges.mjs';
 import { PROBES as CLARIFIED } from './probes_clarified.mjs';
 import { AUTH_PROBES, DRAIN_PROBES } from './probes_auth.mjs';
 import { TLS_PROBES } from './probes_tls.mjs';
+import { catchAll, parseArgs, readInput, usageError } from './cli.mjs';
 
-const args = process.argv.slice(2);
-const opt = (k) => { const i = args.indexOf(k); return i >= 0 ? args[i + 1] : undefined; };
+const PROG = 'run.mjs';
+catchAll(PROG);
+const usage = 'usage: node run.mjs ws://HOST:PORT/ws [--token JWT] [--json] [--only A,B] [--group auth|drain|tls] [--ca PEM] [--token-silver JWT] [--token-qa JWT] [--parallel N] | node run.mjs --list\n'
+  + '(env ATP_JWT_KEY: the HS256 secret) Exit 0: every probe passed; 1: one failed; 2: bad usage.';
+const { url, opts } = parseArgs(PROG, process.argv.slice(2), {
+  valued: ['--token', '--only', '--group', '--ca', '--token-silver', '--token-qa', '--parallel'],
+  flags: ['--json', '--list'], usage, urlOptional: true,
+});
+const opt = (k) => opts[k];
 // checked over every binary frame the router sent during all the other probes
 const WELL_FORMED = { name: 'router_frames_well_formed', ids: ['ATP-FRAME-002', 'ATP-FRAME-005', 'ATP-FRAME-015', 'ATP-FRAME-018', 'ATP-FRAME-021', 'ATP-FLAG-001', 'ATP-FLAG-008', 'ATP-SEQ-006', 'ATP-STREAM-006'] };
-if (args.includes('--list')) {
+if (opts['--list']) {
   const g = (n) => n.map((p) => ({ name: p.name, ids: p.ids }));
   const all = [...g([...PROBES, ...MORE, ...JSONP, ...LIMITS, ...BINDING, ...EDGES, ...CLARIFIED]), WELL_FORMED];
   console.log(JSON.stringify({ open: all, auth: [...g(AUTH_PROBES), WELL_FORMED], drain: g(DRAIN_PROBES), tls: g(TLS_PROBES) }));
   process.exit(0);
 }
-const url = args.find((a) => /^wss?:\/\//.test(a));
-if (!url) { console.error('usage: node run.mjs ws://HOST:PORT/ws [--token JWT] [--json] [--only A,B] [--group auth|drain|tls] [--ca PEM] [--token-silver JWT] [--token-qa JWT] (env ATP_JWT_KEY: the HS256 secret)'); process.exit(2); }
+if (!url) usageError(PROG, 'a ws:// or wss:// URL is needed (or --list)');
 const token = opt('--token');
 const only = opt('--only')?.split(',');
 const group = opt('--group');
-let list = group === 'auth' ? AUTH_PROBES : group === 'drain' ? DRAIN_PROBES : group === 'tls' ? TLS_PROBES : [...PROBES, ...MORE, ...JSONP, ...LIMITS, ...BINDING, ...EDGES, ...CLARIFIED];
-if (only) list = list.filter((p) => only.includes(p.name));
+const GROUPS = { auth: AUTH_PROBES, drain: DRAIN_PROBES, tls: TLS_PROBES };
+if (group !== undefined && !Object.hasOwn(GROUPS, group)) usageError(PROG, `--group ${group}: one of ${Object.keys(GROUPS).join(', ')}`);
+let list = group !== undefined ? GROUPS[group] : [...PROBES, ...MORE, ...JSONP, ...LIMITS, ...BINDING, ...EDGES, ...CLARIFIED];
+if (only) {
+  const unknown = only.filter((n) => !list.some((p) => p.name === n));
+  if (unknown.length) usageError(PROG, `--only ${unknown.join(',')}: no such probe in ${group ? `the ${group} group` : 'the default group'}; node run.mjs --list names them`);
+  list = list.filter((p) => only.includes(p.name));
+}
+if (opt('--ca')) readInput(PROG, '--ca', opt('--ca'));
 const tokens = { silver: opt('--token-silver'), qa: opt('--token-qa') };
 const ctx = { url, token, tokens, secret: process.env.ATP_JWT_KEY, ca: opt('--ca'), auth: token ? { token } : {} };
 const results = [];
 const PAR = Number(opt('--parallel') ?? 4);
+if (!Number.isInteger(PAR) || PAR < 1) usageError(PROG, `--parallel ${opt('--parallel')}: a whole number, 1 or more`);
 const t0 = Date.now();
 let next = 0;
 async function worker() {
@@ -53,6 +68,6 @@ if (!only && group !== 'drain' && group !== 'tls') {
   list.push(WELL_FORMED);
 }
 results.sort((a, b) => list.findIndex((p) => p.name === a.name) - list.findIndex((p) => p.name === b.name));
-if (args.includes('--json')) console.log(JSON.stringify({ url, ms: Date.now() - t0, results }));
+if (opts['--json']) console.log(JSON.stringify({ url, ms: Date.now() - t0, results }));
 else for (const r of results) console.log(`${r.ok ? 'PASS' : 'FAIL'} ${r.name.padEnd(40)} ${r.ms}ms  ${r.detail}`);
 process.exit(results.every((r) => r.ok) ? 0 : 1);

@@ -150,6 +150,6 @@ def test_a_bad_restart_limit_is_one_line_bad_usage() -> None:
     proc = atp("serve", "--workers", "2", "--restart-limit", "often")
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        "atp serve: error: argument --restart-limit: expected N/SECONDS (e.g. 5/60), "
+        "atp serve: error: --restart-limit: expected N/SECONDS (e.g. 5/60), "
         "got 'often' (see atp serve --help)"
     )

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -249,3 +250,83 @@ def test_reference_conformance_suite_passes_the_independent_client(tmp_path: Pat
     assert report["counts"]["PASS"] >= 8, report["counts"]
     bad = {k: v for k, v in report["counts"].items() if k not in ("PASS", "SKIPPED") and v}
     assert not bad and out.returncode == 0, (bad, out.stderr[-1500:])
+
+
+def _node_cli(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    assert NODE is not None
+    return subprocess.run(
+        [NODE, script, *args],
+        cwd=CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _error_line(proc: subprocess.CompletedProcess[str], script: str, rc: int) -> str:
+    """The one ``SCRIPT: error: ...`` line of a finished node command (no stack trace)."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert proc.returncode == rc, (proc.returncode, proc.stderr)
+    assert lines[0].startswith(f"{script}: error: "), lines[0]
+    return lines[0].removeprefix(f"{script}: error: ")
+
+
+_URL = "ws://127.0.0.1:9/ws"
+
+#: (script, arguments, the error's start): bad usage, exit 2, "(see node SCRIPT --help)"
+_USAGE = [
+    ("client.mjs", (), "a ws:// or wss:// URL is needed"),
+    ("client.mjs", ("http://127.0.0.1:9/",), "http://127.0.0.1:9/ is not a ws:// or wss:// URL"),
+    ("client.mjs", (_URL, "--tasks", "x"), "--tasks x: a whole number"),
+    ("client.mjs", (_URL, "--ttl", "70000"), "--ttl 70000: whole seconds"),
+    ("client.mjs", (_URL, "--qos", "platinum"), "--qos platinum: one of"),
+    ("client.mjs", (_URL, "--bogus"), "unknown option --bogus"),
+    ("client.mjs", (_URL, "--token"), "--token needs a value"),
+    ("client.mjs", (_URL, "--prompt-file", "/nonexistent/p.txt"), "cannot read --prompt-file"),
+    ("client.mjs", (_URL, "--ca", "."), "cannot read --ca .: not a file"),
+    ("run.mjs", (), "a ws:// or wss:// URL is needed"),
+    ("run.mjs", (_URL, "--group", "nope"), "--group nope: one of auth, drain, tls"),
+    ("run.mjs", (_URL, "--only", "no_such_probe"), "--only no_such_probe: no such probe"),
+    ("run.mjs", (_URL, "--parallel", "0"), "--parallel 0: a whole number"),
+    ("run.mjs", (_URL, "--verbose"), "unknown option --verbose"),
+]
+
+
+@pytest.mark.skipif(not NODE_OK, reason=SKIP)
+@pytest.mark.parametrize(("script", "args", "start"), _USAGE, ids=[" ".join(u[1]) for u in _USAGE])
+def test_node_cli_bad_usage_is_one_error_line(
+    script: str, args: tuple[str, ...], start: str
+) -> None:
+    """The node commands' own errors in the project's form: ``client.mjs: error: ...``
+    (they printed the usage block, a Node stack trace for a missing --prompt-file, or
+    ran no probe at all for an unknown --only name and passed), exit 2."""
+    msg = _error_line(_node_cli(script, *args), script, 2)
+    assert msg.startswith(start), msg
+    assert msg.endswith(f"(see node {script} --help)"), msg
+    helped = _node_cli(script, "--help")
+    assert helped.returncode == 0 and helped.stdout.startswith(f"usage: node {script}")
+
+
+@pytest.mark.skipif(not NODE_OK, reason=SKIP)
+def test_node_client_failures_are_one_error_line() -> None:
+    """A failure (exit 1) is ``client.mjs: error: ...`` too, not ``ERROR  ...``: a refused
+    connection, a refused handshake (a real ``atp serve`` with JWT auth and no token) and a
+    task the router ended with an ERROR (its only adapter is down: EAGENTDOWN)."""
+    with socket.socket() as sock:  # a port nobody listens on (bound, never listening)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/ws"
+        msg = _error_line(_node_cli("client.mjs", url), "client.mjs", 1)
+        assert msg.startswith(f"cannot connect to {url}: "), msg
+        dead = {"dead": f"grpc://127.0.0.1:{port}"}  # the router's only adapter: down
+        router = RouterProcess(adapters=dead, metrics="off", env=clean_env({"ATP_JWT_KEY": SECRET}))
+        try:
+            msg = _error_line(_node_cli("client.mjs", router.url), "client.mjs", 1)
+            assert msg == "handshake refused: HTTP 401", msg
+            proc = _node_cli("client.mjs", router.url, "--token", _token())
+            msg = _error_line(proc, "client.mjs", 1)
+            assert msg.startswith("task 1: EAGENTDOWN: "), msg
+        finally:
+            router.stop()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
@@ -93,17 +94,35 @@ _REFUSING_CODES = frozenset(
 )
 
 
+#: a refusal inside a script as Redis before 7 wraps it in a plain ``ERR`` (the client
+#: strips the ``ERR``): ``Error running script (call to f_...): @user_script:4:
+#: @user_script: 4: -OOM command not allowed when used memory > 'maxmemory'.``
+_WRAPPED = re.compile(r"(?:^|\s)-([A-Z]+)\s")
+
+
 def refuses_writes(exc: BaseException) -> str | None:
     """The code of an error reply by which Redis refuses writes for a while (OOM,
     READONLY, ...: :data:`_REFUSING_CODES`), else None (a connection error, or a reply
-    about this write itself: a script error, a key of the wrong type)."""
+    about this write itself: a script error, a key of the wrong type).
+
+    Known by the client's class for the code, else by the message's first word (an
+    ``ERR OOM ...`` from a proxy or an older server: the client strips the ``ERR``), else,
+    in Redis's own script-error wrapper (before Redis 7 a refusal met inside a script
+    comes as ``ERR Error running script ...: -OOM ...``), by the code it quotes."""
     if not isinstance(exc, redis.ResponseError):
         return None
     for cls, code in _REFUSING_CLASSES:
         if isinstance(exc, cls):
             return code
-    code = str(exc).split(" ", 1)[0]
-    return code if code in _REFUSING_CODES else None
+    text = str(exc)
+    code = text.split(" ", 1)[0]
+    if code in _REFUSING_CODES:
+        return code
+    if text.startswith(("Error running script", "ERR Error running script")):
+        for quoted in _WRAPPED.findall(text):
+            if quoted in _REFUSING_CODES:
+                return str(quoted)
+    return None
 
 
 def redacted(url: str) -> str:

@@ -5,12 +5,20 @@ KEYS[1]."""
 
 from __future__ import annotations
 
-__all__ = ["ADMIT", "COMMON", "LEASE_MAX_MS", "WRITE"]
+__all__ = ["ADMIT", "COMMON", "FORFEITS_MAX", "LEASE_MAX_MS", "RENEW", "WRITE"]
 
 #: the longest lease a router takes (redis_quota.ALIVE_MS): a deadline further ahead than
 #: this from Redis's clock can only be one set before that clock went back (a restart or
 #: a failover onto a host whose clock is behind), and is counted from now instead
 LEASE_MAX_MS = 5000
+
+#: the most forfeits (``q:{T}:f``) kept per tenant: past it the oldest (by period) go
+#: first. Forfeits of periods before the last one go at every reap anyway: their
+#: period's counters have expired (kept two periods), so there is nothing to give back
+#: to, and a router cut off that long was charged for its streams (its flush number,
+#: kept as long, has gone too). Without the bound the key grew for as long as routers
+#: kept dying, its expiry renewed by each reap
+FORFEITS_MAX = 10_000
 
 #: shared by both scripts: Redis's clock, the keys' types checked, saturating adds, and the
 #: reaper of the routers whose lease lapsed (their counters deleted, their holds charged
@@ -63,6 +71,27 @@ end
 local LEASE_MAX_MS = """
     + str(LEASE_MAX_MS)
     + """
+local FORFEITS_MAX = """
+    + str(FORFEITS_MAX)
+    + """
+-- the forfeits bounded: those of periods before the last one dropped (nothing left to
+-- give back to), then the oldest past FORFEITS_MAX
+local function trim_forfeits(fkey, win)
+  local f = redis.call('HGETALL', fkey)
+  local kept = {}
+  for i = 1, #f, 2 do
+    local fw = tonumber(string.match(f[i + 1], ' (%S+)$') or '')
+    if fw == nil or fw < win - 1 then
+      redis.call('HDEL', fkey, f[i])
+    else
+      kept[#kept + 1] = {fw, f[i]}
+    end
+  end
+  if #kept > FORFEITS_MAX then
+    table.sort(kept, function(x, y) return x[1] < y[1] end)
+    for i = 1, #kept - FORFEITS_MAX do redis.call('HDEL', fkey, kept[i][2]) end
+  end
+end
 local function reap(ckey, hkey, fkey, bbase, me, now, cap, ttl_ms, win)
   local f = redis.call('HGETALL', ckey)
   for i = 1, #f, 2 do  -- deadlines and counters whole numbers, before anything is written
@@ -119,6 +148,7 @@ local function reap(ckey, hkey, fkey, bbase, me, now, cap, ttl_ms, win)
         redis.call('PEXPIRE', fkey, ttl_ms)
       end
     end
+    trim_forfeits(fkey, win)
   end
   local open = 0
   for i = 1, #f, 2 do
@@ -195,6 +225,21 @@ if ARGV[9] ~= '' then
 end
 if cl >= 0 or ARGV[9] ~= '' then lease(KEYS[3], KEYS[4], me, now, tonumber(ARGV[8]), ttl) end
 return {0, used_t, used_u, win, now}
+"""
+)
+
+#: KEYS: counters, holds. ARGV: router, lease_ms, period. The router's lease alone,
+#: renewed for a tenant whose writes Redis rejects (redis_quota: a rejected write): its
+#: streams run on, and a lapsed lease would have the other routers charge their holds
+#: (counted high) and count them out while they run. Returns Redis's clock in ms
+RENEW = (
+    COMMON
+    + """
+local now = clock()
+local bad = check({KEYS[1]}, {'hash'})
+if bad then return bad end
+lease(KEYS[1], KEYS[2], ARGV[1], now, tonumber(ARGV[2]), math.max(tonumber(ARGV[3]) * 2000, 60000))
+return now
 """
 )
 

@@ -63,11 +63,15 @@ with before writing anything, and store the flush number last, so it changed not
 a script failing part-way for another reason, a bug, wrote that part, which its retry
 writes again: counted high) puts its tenant's usage back in the queue, merged, sent again after
 :data:`REJECT_RETRY_S` doubling to :data:`REJECT_RETRY_MAX_S`; that tenant's streams are
-refused meanwhile, the others' writes go on. Both are counted in :attr:`write_errors`.
+refused meanwhile, the others' writes go on; its lease is renewed all the same, alone
+(:data:`.quota_scripts.RENEW`), as its streams run on. Both are counted in
+:attr:`write_errors`. A clean stop deletes this router's lease fields (the other routers
+need not wait for them to lapse); forfeits are bounded (:data:`.quota_scripts.FORFEITS_MAX`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -90,7 +94,7 @@ from atp_proto.router.quota import (
 )
 
 from .link import LuaScript, RedisError, RedisLink, redacted, refuses_writes
-from .quota_scripts import ADMIT, LEASE_MAX_MS, WRITE
+from .quota_scripts import ADMIT, LEASE_MAX_MS, RENEW, WRITE
 
 __all__ = ["ALIVE_MS", "RedisQuotaStore", "key_tag"]
 
@@ -169,6 +173,7 @@ class RedisQuotaStore:
         self._redis_offset: float | None = None  #: Redis's clock - ours, at the last reply
         self._admit = LuaScript(link, ADMIT)
         self._write = LuaScript(link, WRITE)
+        self._renew = LuaScript(link, RENEW)
         self._pending: dict[str, _Due] = {}
         self._wake = trio.Event()
         self._queued = 0  #: charges queued since start
@@ -180,6 +185,10 @@ class RedisQuotaStore:
         self._known: dict[str, tuple[int, int, int]] = {}
         #: tenant -> (streams of this router holding a lease there, period_s): renewed
         self._leased: dict[str, tuple[int, int]] = {}
+        #: tenant -> until when (trio's clock) this router's lease there may still run:
+        #: those are deleted at a clean stop (else they ran on for up to lease_ms, and the
+        #: other routers took a stopped router's counters for a live one's)
+        self._lease_until: dict[str, float] = {}
         self._holds = 0  #: hold ids issued (ROUTER/N)
         #: hold id -> [tokens, usd] its stream charged so far (for resize_hold)
         self._hold_used: dict[str, list[int]] = {}
@@ -323,6 +332,7 @@ class RedisQuotaStore:
         if budgeted or q.concurrent is not None:
             n, p = self._leased.get(tenant, (0, period_s))
             self._leased[tenant] = (n + 1, max(p, period_s))
+            self._leases_set([tenant])
         if hold:
             self._hold_used[hold] = [0, 0]
         g = grant_of(q, a, b)
@@ -509,12 +519,15 @@ class RedisQuotaStore:
             # a tenant whose write Redis rejected is tried once more now, its wait cut
             # short (the flush skips it until then: its usage would stay here, unsaid)
             self._rejected = {t: (0.0, w) for t, (_, w) in self._rejected.items()}
-            if self._pending or self._unconfirmed is not None:
+            if self._pending or self._unconfirmed is not None or self._lease_until:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     try:
-                        await self._flush(False)
+                        if self._pending or self._unconfirmed is not None:
+                            await self._flush(False)
                         if self._pending:  # rejected again: put back in the queue
                             raise RedisError("a quota write rejected by Redis")
+                        with contextlib.suppress(RedisError):  # else they run out
+                            await self._drop_leases()
                     except RedisError as exc:
                         # one line: the error says why; the other routers charge this
                         # one's holds once its lease lapses (ATP-BUDGET-017)
@@ -552,8 +565,13 @@ class RedisQuotaStore:
             if renew
             else {}
         )
+        # a tenant whose writes Redis rejects keeps its lease all the same (its streams run
+        # on): renewed on its own, whatever its write does
+        lone = {t: p for t, (_, p) in self._leased.items() if t in held} if renew else {}
+        if lone:
+            await self._renew_leases(lone)
         if not batch and not renewals:
-            if renew:  # idle: a PING a second keeps `up` (atp_redis_up) true to Redis
+            if renew and not lone:  # idle: a PING a second keeps `up` (atp_redis_up) true
                 await self.link.call(self.link.client.ping)
             return
         self._seq += 1
@@ -579,6 +597,81 @@ class RedisQuotaStore:
         self._unconfirmed = (seq, calls, queued, batch)
         await self._send(seq, calls, queued, batch)
         self._unconfirmed = None
+        self._leases_set(
+            [t for t in batch if t in self._leased and t not in self._rejected] + list(renewals)
+        )
+
+    def _leases_set(self, tenants: list[str]) -> None:
+        """This router's lease on ``tenants`` was just set (an admission, a write)."""
+        until = trio.current_time() + self.lease_ms / 1000
+        for tenant in tenants:
+            self._lease_until[tenant] = until
+        if len(self._lease_until) > MAX_KNOWN:  # bounded: forget those lapsed
+            now = trio.current_time()
+            self._lease_until = {t: u for t, u in self._lease_until.items() if u > now}
+
+    async def _renew_leases(self, tenants: dict[str, int]) -> None:
+        """Renew this router's lease on ``tenants`` (tenant -> period_s) alone, without
+        their writes (:data:`.quota_scripts.RENEW`): those of tenants whose writes Redis
+        rejects. A tenant whose lease cannot be renewed either (its counters key of
+        another type) is counted ``rejected``; Redis away or refusing writes raises.
+
+        Raises:
+            RedisError: Redis away, or refusing writes (the caller backs off).
+        """
+        router, lease_ms = self.link.router_id, self.lease_ms
+        calls: list[tuple[str, int, list[str], list[Any]]] = []
+        for tenant, period in tenants.items():
+            _, _, ckey, hkey, _ = self._keys(tenant)
+            calls.append((tenant, period, [ckey, hkey], [router, lease_ms, period]))
+        groups = _by_slot(calls) if self.link.cluster else [calls]
+
+        def renew() -> list[tuple[str, Any]]:
+            out: list[tuple[str, Any]] = []
+            for group in groups:
+
+                def fill(pipe: Any, group: Any = group) -> None:
+                    for _, _, keys, args in group:
+                        self._renew(keys, args, client=pipe)
+
+                replies = self.link.pipelined(fill, transaction=False, raise_on_error=False)
+                out += [(c[0], r) for c, r in zip(group, replies, strict=True)]
+            return out
+
+        renewed: list[str] = []
+        for tenant, reply in await self.link.call(renew):
+            if isinstance(reply, Exception):
+                if refuses_writes(reply) is not None:
+                    raise reply
+                self.write_errors["rejected"] += 1
+            else:
+                self._tick(int(reply))
+                renewed.append(tenant)
+        self._leases_set(renewed)
+
+    async def _drop_leases(self) -> None:
+        """At a clean stop, with no stream of a tenant left open: this router's lease
+        fields deleted (the others see at once that it vouches for nothing), instead of
+        left to run out."""
+        now = trio.current_time()
+        gone = [
+            t for t, until in self._lease_until.items() if until > now and t not in self._leased
+        ]
+        if not gone:
+            return
+        field_ = f"@{self.link.router_id}"
+        keys = [self._keys(t)[2] for t in gone]
+
+        def drop() -> None:
+            def fill(pipe: Any) -> None:
+                for key in keys:
+                    pipe.hdel(key, field_)
+
+            self.link.pipelined(fill, transaction=False)
+
+        await self.link.call(drop)
+        for tenant in gone:
+            self._lease_until.pop(tenant, None)
 
     async def _send(
         self,

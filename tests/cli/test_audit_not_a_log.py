@@ -1,0 +1,122 @@
+"""``atp audit verify`` on a file that is no decision log (session 8): random text, JSON
+of another shape, an empty file, binary bytes were each called "TAMPERED ... line 1"
+(exit 1), and an empty file "ok: 0 records ... chain intact" (exit 0). They are bad input:
+one line "... is not a decision log", exit 2, while a real log edited, deleted or
+reordered stays "TAMPERED" (exit 1). Real ``atp`` processes, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from atp_proto.router.audit import GENESIS, NotADecisionLog, record_hash, verify
+from tests.router._helpers_e2e import ROOT, atp
+
+
+def _line(proc: subprocess.CompletedProcess[str], rc: int) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert proc.returncode == rc, (proc.returncode, proc.stderr)
+    return lines[0]
+
+
+def _chain(n: int) -> list[str]:
+    """``n`` chained records as the router writes them (one JSON line each)."""
+    out, prev = [], GENESIS
+    for seq in range(n):
+        rec = {"kind": "decision", "seq": seq, "prev": prev, "n": seq}
+        rec["hash"] = prev = record_hash(rec)
+        out.append(json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n")
+    return out
+
+
+NOT_LOGS: dict[str, bytes] = {
+    "text": b"hello world\nthis is a README, not a log\n",
+    "json_other_shape": b'{"a": 1}\n{"b": [1, 2]}\n',
+    "json_list": b"[1, 2, 3]\n",
+    "half_shaped": b'{"seq": "0", "prev": 0, "hash": null}\n',  # the keys, not their form
+    "blank_lines": b"\n\n\n",
+    "binary": bytes(range(256)) * 8,
+    "no_newline": b"just some words",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_LOGS))
+def test_a_file_that_is_no_decision_log_is_bad_input(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(NOT_LOGS[kind])
+    line = _line(atp("audit", "verify", str(path)), 2)
+    assert line.startswith(f"atp audit verify: error: {path} is not a decision log: "), line
+    assert "TAMPERED" not in line
+    with pytest.raises(NotADecisionLog) as exc:
+        verify([path])
+    assert exc.value.file == str(path)
+
+
+def test_an_empty_file_is_no_decision_log(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(b"")
+    line = _line(atp("audit", "verify", str(path)), 2)
+    assert line == f"atp audit verify: error: {path} is not a decision log: it is empty", line
+    js = atp("audit", "verify", "--json", str(path))
+    assert js.returncode == 2 and js.stdout == ""
+
+
+def test_an_empty_active_file_after_its_rotated_segments_is_fine(tmp_path: Path) -> None:
+    """A router that rotated and wrote nothing since leaves an empty FILE beside FILE.000001:
+    the log is the two, intact."""
+    log = tmp_path / "audit.jsonl"
+    (tmp_path / "audit.jsonl.000001").write_text("".join(_chain(3)))
+    log.write_bytes(b"")
+    proc = atp("audit", "verify", str(log))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok: 3 records in 2 file(s)")
+
+
+def test_a_stranger_file_given_after_a_log_is_named(tmp_path: Path) -> None:
+    log, other = tmp_path / "a.jsonl", tmp_path / "notes.txt"
+    log.write_text("".join(_chain(2)))
+    other.write_text("notes\n")
+    line = _line(atp("audit", "verify", str(log), str(other)), 2)
+    assert line.startswith(f"atp audit verify: error: {other} is not a decision log"), line
+
+
+@pytest.mark.parametrize(
+    ("case", "bad_line", "reason"),
+    [
+        ("first_line_garbage", 1, "not a JSON record"),
+        ("edit", 2, "hash does not match"),
+        ("delete", 2, "prev is not the previous record's hash"),
+        ("reorder", 2, "prev is not the previous record's hash"),
+        ("first_deleted", 1, "does not start at seq 0"),
+    ],
+)
+def test_a_real_log_tampered_is_still_tampered(
+    tmp_path: Path, case: str, bad_line: int, reason: str
+) -> None:
+    lines = _chain(4)
+    if case == "first_line_garbage":  # the first record overwritten: the rest is a log
+        lines[0] = "garbage\n"
+    elif case == "edit":
+        lines[1] = lines[1].replace('"n":1', '"n":7')
+    elif case == "delete":
+        del lines[1]
+    elif case == "reorder":
+        lines[1], lines[2] = lines[2], lines[1]
+    else:
+        del lines[0]
+    log = tmp_path / "audit.jsonl"
+    log.write_text("".join(lines))
+    line = _line(atp("audit", "verify", str(log)), 1)
+    assert line.startswith(f"atp audit verify: error: TAMPERED: {log} line {bad_line}"), line
+    assert reason in line
+
+
+def test_help_says_what_exit_2_means() -> None:
+    out = atp("audit", "verify", "--help").stdout
+    assert "not a decision log" in " ".join(out.split())
+    assert "not a decision log" in " ".join((ROOT / "README.md").read_text().split())
