@@ -5,7 +5,7 @@ Exit 0 when the chain holds across the files (oldest first; a log's rotated segm
 ``FILE.000001`` … are included when FILE is given alone), 1 when a record was edited,
 deleted, inserted, reordered or cut (the first bad record is named), 2 on bad usage or
 bad input (a file that cannot be read, or is not a decision log: no line of it has a
-record's form, or it is empty).
+record's form; an empty file is an empty log, 0 records).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "its rotated segments (FILE.000001, ...) first. Exit 0: the chain is intact; 1: "
         "TAMPERED, a record was edited, deleted, inserted, reordered or cut (the first "
         "bad one is named); 2: bad usage, a file that cannot be read, or one that is not "
-        "a decision log (empty, or no line of it is a hash-chained record).",
+        "a decision log (no line of it is a hash-chained record; an empty file is an "
+        "empty log).",
     )
     v.add_argument(
         "files",
