@@ -130,7 +130,10 @@ def usage_error(prog: str, message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def build_parser() -> ArgumentParser:
+def build_parser(only: str | None = None) -> ArgumentParser:
+    """The whole command tree; with ``only`` (a command's name), that command's options
+    alone: the other commands are listed but their modules not imported, so that a
+    command starts without importing every other command's module."""
     parser = ArgumentParser(
         prog="atp",
         description="ATP — Agent Transport Protocol: router, client and tools.",
@@ -142,6 +145,8 @@ def build_parser() -> ArgumentParser:
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(_module=module)
+        if only is not None and name != only:
+            continue
         try:
             importlib.import_module(module).add_arguments(p)
         except ModuleNotFoundError as exc:  # a command not built yet in this checkout
@@ -158,9 +163,10 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(words[0] if words and words[0] in COMMANDS else None)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(words)
     except SystemExit as exc:  # bad usage (2), --help / --version (0): a status to return
         return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "command", None):
