@@ -6,8 +6,9 @@ routing (estimate, admit, fan out, merge, escalate), metrics and graceful drain.
 # command-line tool pays only for what it runs.
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from atp_proto._lazy import lazy_names
 
 if TYPE_CHECKING:
     from .auth import AuthConfig, Authenticator, AuthError, Principal, issue_token
@@ -39,14 +40,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS, globals())

@@ -15,8 +15,9 @@
 # bandit learner (the default, cheap-first) never imports.
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from atp_proto._lazy import lazy_names
 
 if TYPE_CHECKING:
     from .bandit import BanditLearner, LaneBounds, Weights, parse_weights
@@ -33,14 +34,4 @@ _EXPORTS = {
 __all__ = ["BanditLearner", "Featurizer", "LaneBounds", "Weights", "parse_weights"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS, globals())
