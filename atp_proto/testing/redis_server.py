@@ -13,13 +13,14 @@ such servers (``--cluster-enabled``, joined with ``redis-cli --cluster create``)
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from atp_proto.testing.debian import DebianUnavailable, ensure_program
 
 __all__ = [
     "RedisCluster",
@@ -37,28 +38,15 @@ class RedisUnavailable(RuntimeError):
 def ensure_redis_server(timeout: float = 900) -> str:
     """The path of ``redis-server``, installed with apt-get when missing.
 
+    (The package's own service may start on 6379: the servers here use their own ports.)
+
     Raises:
         RedisUnavailable: missing and not root, or apt-get failed.
     """
-    path = shutil.which("redis-server")
-    if path:
-        return path
-    if os.geteuid() != 0:
-        raise RedisUnavailable(
-            "redis-server is not installed and installing it needs root "
-            "(apt-get install redis-server)"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
-        done = subprocess.run(cmd, check=False, capture_output=True, env=env, timeout=timeout)
-        if done.returncode != 0:
-            out = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
-            raise RedisUnavailable(f"{' '.join(cmd)} failed ({done.returncode}): {out}")
-    path = shutil.which("redis-server")
-    if not path:
-        raise RedisUnavailable("apt-get installed redis-server but it is not on PATH")
-    # the package's own service may have started on 6379: ours use their own ports
-    return path
+    try:
+        return ensure_program(("redis-server",), "redis-server", timeout)
+    except DebianUnavailable as exc:
+        raise RedisUnavailable(str(exc)) from None
 
 
 def _free_port() -> int:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from atp_proto.testing import RouterProcess
+from atp_proto.testing.debian import DebianUnavailable, ensure_program
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "examples" / "web"
@@ -74,28 +75,12 @@ def stop(proc: subprocess.Popen[Any], *, group: bool = False) -> None:
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path:
-        return path
-    if os.geteuid() != 0:
-        pytest.skip(
-            "chromium is not installed and installing it needs root (apt-get install chromium)"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        try:
-            done = subprocess.run(cmd, capture_output=True, env=env, timeout=900)
-        except subprocess.TimeoutExpired as exc:
-            out = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(
-                errors="replace"
-            )
-            pytest.fail(f"{' '.join(cmd)} did not finish in 900 s:\n{out}")
-        if done.returncode != 0:
-            out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
-            pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}):\n{out}")
-    path = shutil.which("chromium")
-    assert path, "apt-get installed chromium but it is not on PATH"
-    return path
+    try:
+        return ensure_program(("chromium", "chromium-browser"), "chromium")
+    except DebianUnavailable as exc:
+        if os.geteuid() != 0:
+            pytest.skip(str(exc))
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ headless Chromium with the failures and the frames exchanged on it."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -16,6 +15,7 @@ import jsonschema
 import pytest
 
 from atp_proto.testing import clean_env
+from atp_proto.testing.debian import DebianUnavailable, ensure_program
 
 from .conftest import BROKEN, ROOT, refused_port, run_suite
 
@@ -120,13 +120,10 @@ def test_repeat_and_selection() -> None:
 
 
 def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, timeout=600)
-        found = shutil.which("chromium")
-    if found is None:
-        pytest.skip("chromium is not installed and could not be installed from Debian")
-    return found
+    try:
+        return ensure_program(("chromium", "chromium-browser"), "chromium")
+    except DebianUnavailable as exc:
+        pytest.skip(f"chromium is not installed and could not be installed from Debian: {exc}")
 
 
 def test_reports_in_report_dir_and_html_in_chromium(tmp_path: Path) -> None:
