@@ -134,7 +134,15 @@ def test_broken_routers_are_caught(group: dict[str, tuple[str, str]]) -> None:
         ) as r,
     ):
         code, report, err = run_suite(
-            "--role", "router", "--target", r.url, "--level", "L3", *runs, adapter=conf
+            "--role",
+            "router",
+            "--target",
+            r.url,
+            "--level",
+            "L3",
+            *runs,
+            adapter=conf,
+            fail_fast=True,
         )
     assert code == 1, err[-1500:]
     _caught(report, group)
@@ -152,7 +160,7 @@ def test_broken_auth_is_caught(secret_file: Path) -> None:
     ) as r:
         code, report, err = run_suite(
             "--role", "router", "--target", r.url, "--level", "L2", "--token", token,
-            "--limited-token", limited, *runs,
+            "--limited-token", limited, *runs, fail_fast=True,
         )  # fmt: skip
     assert code == 1, err[-1500:]
     assert token not in err
