@@ -326,9 +326,24 @@ def _is_record(raw: bytes) -> bool:
     )
 
 
+def _is_torn_record(raw: bytes) -> bool:
+    """Is ``raw`` (a last line without its newline) the start of a record whose write was
+    cut: the opening of a JSON object that does not parse yet? (A whole JSON text without a
+    newline parses, and is judged by its form.)"""
+    if raw.endswith(b"\n") or not raw.startswith(b'{"'):
+        return False
+    try:
+        json.loads(raw)
+    except (ValueError, RecursionError):
+        return True
+    return False
+
+
 def _holds_a_record(path: Path) -> bool:
+    """Has any line of ``path`` a record's form, or is its last line a torn record (a log
+    whose only record was cut by a crash is a log, not a stranger file)?"""
     with open(path, "rb") as f:
-        return any(_is_record(raw) for raw in f)
+        return any(_is_record(raw) or _is_torn_record(raw) for raw in f)
 
 
 def _lines(files: Iterable[Path]) -> Iterator[tuple[Path, int, bytes]]:

@@ -42,6 +42,7 @@ NOT_LOGS: dict[str, bytes] = {
     "blank_lines": b"\n\n\n",
     "binary": bytes(range(256)) * 8,
     "no_newline": b"just some words",
+    "json_without_newline": b'{"name": "a config file"}',  # whole, parses: judged by form
 }
 
 
@@ -115,6 +116,20 @@ def test_a_real_log_tampered_is_still_tampered(
     line = _line(atp("audit", "verify", str(log)), 1)
     assert line.startswith(f"atp audit verify: error: TAMPERED: {log} line {bad_line}"), line
     assert reason in line
+
+
+def test_a_log_whose_only_record_is_torn_is_a_torn_log(tmp_path: Path) -> None:
+    """A router killed in its first write leaves one cut record and no newline: that is a
+    log with a torn last line (exit 1, as for a torn record after good ones), not a file
+    that was never a log (exit 2)."""
+    (record,) = _chain(1)
+    for name, text in (("only.jsonl", record[:40]), ("after.jsonl", _chain(2)[0] + record[:40])):
+        log = tmp_path / name
+        log.write_text(text)
+        n = text.count("\n") + 1
+        line = _line(atp("audit", "verify", str(log)), 1)
+        assert line.startswith(f"atp audit verify: error: TAMPERED: {log} line {n}"), line
+        assert "torn last line" in line
 
 
 def test_help_says_what_exit_2_means() -> None:
