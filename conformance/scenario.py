@@ -322,6 +322,8 @@ async def run_steps(r: Runner, steps: Sequence[Mapping[str, Any]]) -> None:
                 or ("lte" in arg and n > arg["lte"])
                 or ("gte" in arg and n < arg["gte"])
             ):
+                if "unsupported" in arg:  # the router's choice leaves nothing to test
+                    raise Unsupported(f"{arg['unsupported']} ({n} frames matching {arg['match']})")
                 want = {k: arg[k] for k in ("eq", "gte", "lte") if k in arg}
                 raise ScenarioFailed(
                     f"{n} frames matching {arg['match']} {why}".strip(),

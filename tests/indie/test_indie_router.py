@@ -132,6 +132,7 @@ VARIANT_CASES = (
     "router.basic.*",
     "router.text.basic.*",
     "router.err.error-frame-ends-stream",
+    "router.flow.error-not-held",
     "router.seq.msg-seq-exhausted",
     "router.seq.fragments-credit",
     "router.text.json.seed-syn",
