@@ -257,15 +257,21 @@ def _case_ids() -> list[str]:
     ]
 
 
-def test_indie_router_passes_every_case_it_can_run() -> None:
-    ids = _case_ids()
-    assert len(ids) > 150, ids  # the listing was read
+def _sharded(url: str, ids: list[str], *args: str, level: str = "L2") -> list[Any]:
+    """The cases ``ids`` in SHARDS suite processes against one router, at once."""
     shards = [ids[k::SHARDS] for k in range(SHARDS)]
-    with indie_router("--idle-timeout-ms", "1000", "--handshake-timeout", "1") as url:
-        with ThreadPoolExecutor(SHARDS) as pool:
-            runs = list(
-                pool.map(lambda s: _suite(url, *(a for i in s for a in ("--run", i))), shards)
+    with ThreadPoolExecutor(SHARDS) as pool:
+        return list(
+            pool.map(
+                lambda s: _suite(url, *args, *(a for i in s for a in ("--run", i)), level=level),
+                shards,
             )
+        )
+
+
+def _judged(ids: list[str], runs: list[Any], known: dict[str, str]) -> set[str]:
+    """Every case in ``ids`` ran and passed, or was UNSUPPORTED for its reason in
+    ``known`` (and only those were); returns the cases passed."""
     cases = [c for _, report, _ in runs for c in report.get("cases", [])]
     ran = {c["id"]: c for c in cases if c["verdict"] != "SKIPPED"}
     assert set(ran) == set(ids), sorted(set(ids) ^ set(ran))
@@ -276,14 +282,22 @@ def test_indie_router_passes_every_case_it_can_run() -> None:
     }
     assert not bad, bad
     unsupported = {i: c["message"] for i, c in ran.items() if c["verdict"] == "UNSUPPORTED"}
-    known = {i: why for why, group in UNSUPPORTED.items() for i in group}
     assert set(unsupported) == set(known), sorted(set(unsupported) ^ set(known))
     for i, msg in unsupported.items():
         assert msg.startswith(known[i]), (i, msg)
-    passed = [i for i, c in ran.items() if c["verdict"] == "PASS"]
+    passed = {i for i, c in ran.items() if c["verdict"] == "PASS"}
     assert len(passed) >= 110, len(passed)
     for code, _, err in runs:
         assert code == 0, err[-2000:]
+    return passed
+
+
+def test_indie_router_passes_every_case_it_can_run() -> None:
+    ids = _case_ids()
+    assert len(ids) > 150, ids  # the listing was read
+    with indie_router("--idle-timeout-ms", "1000", "--handshake-timeout", "1") as url:
+        runs = _sharded(url, ids)
+    _judged(ids, runs, {i: why for why, group in UNSUPPORTED.items() for i in group})
 
 
 def test_indie_router_choices_the_spec_leaves_open_pass() -> None:
@@ -327,41 +341,18 @@ def test_indie_router_passes_every_quic_case_it_can_run(tmp_path: Path) -> None:
         r[0] for r in _listing() if r[0].startswith("router.quic.") and r[0] not in QUIC_NOT_HERE
     ]
     assert len(ids) > 150, ids  # the listing was read
-    shards = [ids[k::SHARDS] for k in range(SHARDS)]
     opts = ("--quic", "127.0.0.1:0", "--cert", cert.cert, "--key", cert.key)
     with indie_router(*opts, "--idle-timeout-ms", "1000") as url:
         assert url.startswith("quic://127.0.0.1:"), url
-        with ThreadPoolExecutor(SHARDS) as pool:
-            runs = list(
-                pool.map(
-                    lambda s: _suite(
-                        url, "--ca", cert.cert, *(a for i in s for a in ("--run", i)), level="L3"
-                    ),
-                    shards,
-                )
-            )
-    cases = [c for _, report, _ in runs for c in report.get("cases", [])]
-    ran = {c["id"]: c for c in cases if c["verdict"] != "SKIPPED"}
-    assert set(ran) == set(ids), sorted(set(ids) ^ set(ran))
-    bad = {
-        i: (c["verdict"], c["message"][:300])
-        for i, c in ran.items()
-        if c["verdict"] not in ("PASS", "UNSUPPORTED")
-    }
-    assert not bad, bad
-    unsupported = {i: c["message"] for i, c in ran.items() if c["verdict"] == "UNSUPPORTED"}
+        runs = _sharded(url, ids, "--ca", cert.cert, level="L3")
     known = {
         q: why
         for why, group in UNSUPPORTED.items()
         for i in group
-        if (q := i.replace("router.", "router.quic.", 1)) in ran
+        if (q := i.replace("router.", "router.quic.", 1)) in ids
     }
     known.update({i: why for why, group in QUIC_UNSUPPORTED.items() for i in group})
-    assert set(unsupported) == set(known), sorted(set(unsupported) ^ set(known))
-    for i, msg in unsupported.items():
-        assert msg.startswith(known[i]), (i, msg)
-    passed = {i for i, c in ran.items() if c["verdict"] == "PASS"}
-    assert len(passed) >= 110, len(passed)
+    passed = _judged(ids, runs, known)
     assert {
         "router.quic.binding.control-stream",
         "router.quic.binding.error-then-fin",
@@ -372,5 +363,3 @@ def test_indie_router_passes_every_quic_case_it_can_run(tmp_path: Path) -> None:
         "router.quic.binding.frame-for-ended-stream",
         "router.quic.binding.control-reset",
     } <= passed
-    for code, _, err in runs:
-        assert code == 0, err[-2000:]
