@@ -80,6 +80,24 @@ CLOSE_CODES = {
 }
 
 
+# §11: the QUIC application error code of each error code (0x100 + its row in the table).
+QUIC_CODES = {
+    "EPROTO": 0x100,
+    "ESEQ_RETRY": 0x101,
+    "EWINDOW": 0x102,
+    "EBUDGET": 0x103,
+    "ETIMEOUT": 0x104,
+    "EAGENTDOWN": 0x105,
+    "ESEC": 0x106,
+    "ECONSENSUS": 0x107,
+    "EPREEMPT": 0x108,
+    "EDRAINING": 0x109,
+    "EWINDOW_AGENT": 0x10A,
+    "ETOOBIG": 0x10B,
+    "EINTERNAL": 0x10C,
+}
+
+
 class Violation(Exception):
     """A peer's violation: code, and whether it is connection-level."""
 
