@@ -50,6 +50,17 @@ _UNITS: dict[str, tuple[str, str]] = {
 _TARGET_SPECS: dict[str, str] = {"share": ".0%", "MiB": ",.2f"}
 
 
+def report_console(**kw: Any) -> Any:
+    """The rich console a benchmark prints its report on: the terminal's width, or 160
+    columns when stdout is a pipe or a file (rich's default, 80, wraps rows and lines
+    mid-word in ``atp bench ... | tee`` and CI logs)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160, **kw)
+
+
 def show(value: float, unit: str, spec: str | None = None) -> str:
     """``value`` in ``unit`` as the reports print it (``0.91 µs``, ``1.60×``)."""
     fmt, suffix = _UNITS.get(unit, (".3g", f" {unit}"))
