@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def partial_line(content: Any, confidence: float) -> str:
+def partial_line(content: Any, confidence: float | None) -> str:
     """A PARTIAL for a person: an adapter's chunk as ``PARTIAL [ADAPTER] TEXT``, and the
     router's notices (spec §15.2: an escalation, a failover, a hedge) as what they say,
     ``PARTIAL escalate A -> B ...``, not as raw JSON with no adapter. (``--json`` prints
