@@ -39,7 +39,7 @@ log = logging.getLogger("atp.adapter.grpc")
 USER_AGENT = b"atp-grpc-trio/1"
 
 
-def not_http2(data: bytes) -> str | None:
+def not_http2(data: bytes | bytearray) -> str | None:
     """Why a server's first bytes cannot be HTTP/2, in words, or None when they may be: an
     HTTP/2 server's preface is a SETTINGS frame (RFC 9113 §3.4, type 0x4 at byte 3). An
     HTTP/1.x server (a router's WebSocket or metrics port, a web server) otherwise reads as
