@@ -119,3 +119,21 @@ def test_an_empty_prompt_is_bad_usage(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["send", "ws://127.0.0.1:9/ws", "--prompt", ""]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == ["atp send: error: --prompt must not be empty"]
+
+
+def test_a_window_too_small_names_the_window_in_effect(capsys: pytest.CaptureFixture[str]) -> None:
+    # a tenant window (as a quota's remainder) of 30 tokens, which the client never sent:
+    # "no adapter fits the budget window" alone left it wondering which window
+    from atp_proto.frames import BudgetWindow
+
+    adapters = {"persona": "builtin:persona?latency_ms=0"}
+    with router_thread(adapters, tenant_window=BudgetWindow(max_tokens=30)) as url:
+        assert main(["send", url, "--prompt", "hello there", "--timeout", "20"]) == 1
+        capped = capsys.readouterr().err
+        assert main(["send", url, "--prompt", "hello there", "--max-tokens", "20"]) == 1
+        own = capsys.readouterr().err
+    assert capped.startswith(
+        "atp send: error: EBUDGET: no adapter fits the budget window "
+        "(max_tokens 30, capped by the router): cheapest (persona) needs about "
+    ), capped
+    assert "(max_tokens 20): cheapest (persona)" in own and "capped" not in own, own
