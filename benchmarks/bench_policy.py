@@ -136,7 +136,6 @@ LABELS = {
 
 
 def render(result: dict[str, Any]) -> None:
-
     console = _report.report_console(highlight=False)
     m = result["machine"]
     console.print(

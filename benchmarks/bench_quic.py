@@ -378,7 +378,6 @@ def _cpu_cell(server: float, client: float) -> str:
 
 
 def _print(result: dict[str, Any]) -> None:
-
     console = _report.report_console()
     r = result["results"]
     cpu = r["cpu_us_per_frame"]
