@@ -6,6 +6,8 @@ are said as what they are, and an empty prompt is bad usage said before connecti
   ``PARTIAL [] {"escalate": {...}}``: an empty adapter and raw JSON. It now prints
   ``PARTIAL escalate cheap -> strong (confidence 0.1)``, as ``atp demo`` does.
 - ``atp send --prompt ''`` went to the router and came back EPROTO, exit 1: bad usage, exit 2.
+- Under a router's window (a tenant window, a quota's remainder) the client never sent,
+  EBUDGET said "no adapter fits the budget window" without saying which: it names it now.
 
 ``atp send`` runs in-process (``atp_proto.cli.main``) against a real router on a loopback
 port, served by trio in a thread with the built-in reference adapters.
