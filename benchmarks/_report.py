@@ -40,7 +40,25 @@ _UNITS: dict[str, tuple[str, str]] = {
     "frames/s": (",.0f", " frames/s"),
     "streams/s": (",.1f", " streams/s"),
     "MiB": (",.1f", " MiB"),
+    "streams": (",.0f", " streams"),  # counts: 1,000 streams, not "1e+03 streams"
+    "clients": (",.0f", " clients"),
+    "share": (".1%", ""),  # a fraction of a whole: 92.0%, not "0.92×"
 }
+
+#: how a goal's target is shown where the unit's own format would not do (",g" otherwise:
+#: "<= 3 µs", not "<= 3.00 µs")
+_TARGET_SPECS: dict[str, str] = {"share": ".0%", "MiB": ",.2f"}
+
+
+def report_console(**kw: Any) -> Any:
+    """The rich console a benchmark prints its report on: the terminal's width, or 160
+    columns when stdout is a pipe or a file (rich's default, 80, wraps rows and lines
+    mid-word in ``atp bench ... | tee`` and CI logs)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160, **kw)
 
 
 def show(value: float, unit: str, spec: str | None = None) -> str:
@@ -73,7 +91,7 @@ class Goal:
 
     @property
     def target_text(self) -> str:
-        return f"{self.op} {show(self.target, self.unit, ',g')}"
+        return f"{self.op} {show(self.target, self.unit, _TARGET_SPECS.get(self.unit, ',g'))}"
 
     def to_json(self, *, judged: bool) -> dict[str, Any]:
         return {

@@ -333,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
             f"{r['estimate_p50_ms']:.3f}",
             f"{r['estimate_p99_ms']:.3f}",
         )
-    console = Console()
+    console = _report.report_console()
     console.print(table)
     _report.print_summary(console, _report.summary_lines(report))
     return _report.exit_code(report)

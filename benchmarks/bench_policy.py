@@ -136,9 +136,7 @@ LABELS = {
 
 
 def render(result: dict[str, Any]) -> None:
-    from rich.console import Console
-
-    console = Console(highlight=False)
+    console = _report.report_console(highlight=False)
     m = result["machine"]
     console.print(
         f"atp bench policy — {m['cpu_model']}, {m['cpu_count']} cores, Python {m['python']}, "

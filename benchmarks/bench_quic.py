@@ -378,9 +378,7 @@ def _cpu_cell(server: float, client: float) -> str:
 
 
 def _print(result: dict[str, Any]) -> None:
-    from rich.console import Console
-
-    console = Console(stderr=False)
+    console = _report.report_console()
     r = result["results"]
     cpu = r["cpu_us_per_frame"]
     rows = [

@@ -215,10 +215,9 @@ def _f(v: Any, spec: str = ".3f") -> str:
 
 
 def render(out: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _report.report_console()
     res = out["results"]
     console.print(
         f"[bold]atp bench routing[/bold] {out['settings']['data']} seed {out['settings']['seed']}"

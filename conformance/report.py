@@ -298,7 +298,10 @@ class Progress:
                     markup=True,
                     highlight=False,
                 )
-        elif not self.quiet:
+        elif not self.quiet and r.verdict is not Verdict.SKIPPED:
+            # a case not run (not selected: --level, --run, --skip) gets no line: a run of
+            # two cases by --run printed 227 "SKIPPED ... not matched by --run" lines; the
+            # last line counts them, and the report lists each with its reason
             tail = f" — {r.message}" if r.message and r.verdict is not Verdict.PASS else ""
             tail += _ids(r)
             known = " (known failure)" if r.known_failure else ""

@@ -55,8 +55,13 @@ def main() -> int:
         print(f"handshake refused: HTTP {exc.status} {body}", file=sys.stderr)
         return 2
     except (TransportClosed, OSError) as exc:
-        cause = exc.__cause__ or exc
-        print(f"cannot connect to {args.url}: {cause!r}", file=sys.stderr)
+        # trio's "all attempts to connect ... failed" holds each attempt's error: say the first
+        group = exc.__cause__
+        leaf = group.exceptions[0] if isinstance(group, BaseExceptionGroup) else exc
+        print(
+            f"cannot connect to {args.url}: {getattr(leaf, 'strerror', None) or leaf}",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

@@ -7,7 +7,7 @@ object a line) until the FINAL or an ERROR.
     python examples/raw_json_client.py ws://127.0.0.1:7443/ws
     python examples/raw_json_client.py ws://127.0.0.1:7443/ws --token "$TOKEN"
 
-Exit status: 0 on a FINAL, 1 on an ERROR frame, 2 when the handshake fails.
+Exit status: 0 on a FINAL, 1 on an ERROR frame, 2 when the connection or handshake fails.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ def main(url: str, token: str | None) -> int:
         ws = connect(url, open_timeout=10)
     except InvalidStatus as exc:
         print(f"handshake refused: HTTP {exc.response.status_code}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # refused, unreachable, no handshake within open_timeout
+        print(f"cannot connect to {url}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     with ws:
         ws.send(json.dumps(SYN))

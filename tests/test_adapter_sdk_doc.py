@@ -130,7 +130,15 @@ def test_the_guide_works_as_written_from_a_fresh_directory(tmp_path: Path) -> No
                 [str(ATP), send[1], ws_url, *send[2:]], cwd=tmp_path, env=_env(),
                 capture_output=True, text=True, timeout=30,
             )  # fmt: skip
+            # with the README's budget window (`atp send ... --max-tokens 50000`): the
+            # example's estimate stays within it (it once estimated max_tokens itself, and
+            # every stream with a window was refused EBUDGET)
+            budget = subprocess.run(
+                [str(ATP), send[1], ws_url, *send[2:], "--max-tokens", "50000"], cwd=tmp_path,
+                env=_env(), capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
     assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert budget.returncode == 0 and "FINAL  HELLO" in budget.stdout, budget.stdout + budget.stderr
     assert "FINAL  HELLO FROM A NEW ADAPTER" in sent.stdout
     assert "adapters=mymodel" in sent.stdout
     # and the guide shows that output

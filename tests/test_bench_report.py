@@ -70,6 +70,29 @@ def test_goal_json_round_trips_and_refuses_a_bad_operator(report: ModuleType) ->
         report.Goal("x", 1.0, 1.0, "x", ">")
 
 
+def test_counts_shares_and_sizes_read_as_such(report: ModuleType) -> None:
+    """What `atp bench e2e --quick` printed (session 9): "1e+03 streams", a share of bronze
+    attempts as "0.92×", a bound of "51.5623 MiB"."""
+    Goal = report.Goal
+    lines = report.summary_lines(
+        report.judge(
+            [
+                Goal("streams open at once", 1000, 1000, "streams"),
+                Goal("slow readers held open", 200, 200, "clients"),
+                Goal("bronze sheds under the flood", 0.92, 0.5, "share"),
+                Goal("router RSS growth", 50.5, 51.5623, "MiB", "<="),
+            ],
+            quick=False,
+        )
+    )
+    assert lines == [
+        "PASS  streams open at once: 1,000 streams (goal >= 1,000 streams)",
+        "PASS  slow readers held open: 200 clients (goal >= 200 clients)",
+        "PASS  bronze sheds under the flood: 92.0% (goal >= 50%)",
+        "PASS  router RSS growth: 50.5 MiB (goal <= 51.56 MiB)",
+    ]
+
+
 def test_quick_codec_run_with_an_impossible_goal_exits_0(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -50,12 +50,14 @@ def test_serve_on_a_port_in_use_is_one_line_exit_2(busy_port: int) -> None:
     line = one_line(proc, 2)
     assert line.startswith("atp serve: error: cannot listen on")
     assert f"127.0.0.1:{busy_port}" in line and "WebSocket" in line and "in use" in line
+    assert line.endswith("pick another port: --ws HOST:PORT)")  # the flag that moves it
 
 
 def test_serve_with_the_metrics_port_in_use_names_the_metrics_listener(busy_port: int) -> None:
     proc = atp("serve", "--no-auth", "--ws", "127.0.0.1:0", "--metrics", f"127.0.0.1:{busy_port}")
     line = one_line(proc, 2)
     assert f"127.0.0.1:{busy_port} (metrics)" in line and "in use" in line
+    assert line.endswith("pick another port: --metrics HOST:PORT, or --metrics off)")
 
 
 def test_adapter_serve_on_a_port_in_use_exits_2(busy_port: int) -> None:

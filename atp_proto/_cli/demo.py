@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import secrets
+import sys
 import tempfile
 from typing import Any
 
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from atp_proto.router.config import RouterConfig
     from atp_proto.router.server import Router
 
-    console = Console(quiet=args.json)
+    # piped (| tee, CI logs), rich would wrap every line at 80 columns, mid-sentence
+    console = Console(quiet=args.json, width=None if sys.stdout.isatty() else 160)
     secret = secrets.token_hex(32)
     summary: dict[str, Any] = {"ok": False}
     policy = example_policy()

@@ -225,4 +225,5 @@ def _table(
             f"{r['latency_ms']:.1f}",
             str(r["failures"]),
         )
-    Console().print(table)
+    # piped, 160 columns as the other reports: at rich's 80 model names fold mid-word
+    Console(width=None if sys.stdout.isatty() else 160).print(table)

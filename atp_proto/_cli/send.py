@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be positive")
     if not 0 <= args.ttl <= 0xFFFF:  # the SYN's ttl is a u16 (ATP-FRAME-007, ATP-TIME-001)
         raise UsageError(f"--ttl must be within 0..65535 seconds, got {args.ttl}")
+    if not args.prompt:  # the router would refuse it (EPROTO); say so before connecting
+        raise UsageError("--prompt must not be empty")
     if not args.timeout > 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
     if not args.url.startswith(("ws://", "wss://", "quic://")):
@@ -157,17 +159,7 @@ def run(args: argparse.Namespace) -> int:
                                 "partial", {"content": item.content, "confidence": item.confidence}
                             )
                             if not args.json:
-                                c = item.content
-                                text = (
-                                    c.get("text")
-                                    if isinstance(c, dict) and "text" in c
-                                    else json.dumps(c)
-                                )
-                                who = c.get("adapter", "") if isinstance(c, dict) else ""
-                                print(
-                                    f"PARTIAL [{who}] {text!s}  (confidence {item.confidence})",
-                                    flush=True,
-                                )
+                                print(partial_line(item.content, item.confidence), flush=True)
         return 0
 
     if ssl_context is not None:
@@ -228,6 +220,31 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"atp send: error: no FINAL within {args.timeout} s", file=sys.stderr)
         return 1
+
+
+def partial_line(content: Any, confidence: float | None) -> str:
+    """A PARTIAL for a person: an adapter's chunk as ``PARTIAL [ADAPTER] TEXT``, and the
+    router's notices (spec §15.2: an escalation, a failover, a hedge) as what they say,
+    ``PARTIAL escalate A -> B ...``, not as raw JSON with no adapter. (``--json`` prints
+    every PARTIAL as it came.)"""
+    if isinstance(content, dict) and "text" in content:
+        return (
+            f"PARTIAL [{content.get('adapter', '')}] {content['text']!s}  (confidence {confidence})"
+        )
+    if isinstance(content, dict) and len(content) == 1:
+        ((kind, note),) = content.items()
+        if kind in ("escalate", "failover", "hedge") and isinstance(note, dict):
+            src, dst = note.get("from"), note.get("to", "?")
+            line = f"PARTIAL {kind} {src} -> {dst}" if src else f"PARTIAL {kind} to {dst}"
+            if kind == "hedge" and "after_ms" in note:
+                return f"{line} after {note['after_ms']} ms"
+            # a cascade's escalation says why ("confidence 0.1 < 0.5"); consensus's gives
+            # the champion's confidence alone
+            why = note.get("reason") or (
+                f"confidence {note['confidence']}" if "confidence" in note else ""
+            )
+            return f"{line} ({why})" if why else line
+    return f"PARTIAL {json.dumps(content, ensure_ascii=False)}  (confidence {confidence})"
 
 
 def _check_url(url: str) -> None:

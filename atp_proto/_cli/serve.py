@@ -422,7 +422,10 @@ def _run(args: argparse.Namespace) -> int:
         if err is None:
             raise
         where = _which_listener(err, cfg)
-        print(f"atp serve: error: cannot listen on {where}: {_strerror(err)}", file=sys.stderr)
+        print(
+            f"atp serve: error: cannot listen on {where}: {_strerror(err, where)}",
+            file=sys.stderr,
+        )
         return 2
     return 0
 
@@ -474,7 +477,7 @@ def _supervise(cfg: Any, limit: Any) -> int:
     except OSError as exc:
         print(
             f"atp serve: error: cannot listen on {cfg.ws_host}:{cfg.ws_port} (WebSocket): "
-            f"{_strerror(exc)}",
+            f"{_strerror(exc, '(WebSocket)')}",
             file=sys.stderr,
         )
         return 2
@@ -559,9 +562,21 @@ def _which_listener(err: OSError, cfg: Any) -> str:
     return f"{cfg.ws_host}:{cfg.ws_port} (WebSocket)"
 
 
-def _strerror(err: OSError) -> str:
+#: the flag that moves each listener (a busy port: where to pick another)
+_LISTEN_FLAGS = {
+    "(WebSocket)": "--ws HOST:PORT",
+    "(metrics)": "--metrics HOST:PORT, or --metrics off",
+    "(QUIC, UDP)": "--quic HOST:PORT, or --quic off",
+}
+
+
+def _strerror(err: OSError, where: str = "") -> str:
+    """Why a listener could not bind, for a person; a busy port names the flag that moves
+    ``where``'s listener (``... (metrics)``, ``... (WebSocket)``)."""
     import errno
 
     if err.errno == errno.EADDRINUSE:
-        return "address already in use (another process listens there; pick another port)"
+        flag = next((f for kind, f in _LISTEN_FLAGS.items() if where.endswith(kind)), "")
+        how = f"pick another port: {flag}" if flag else "pick another port"
+        return f"address already in use (another process listens there; {how})"
     return (err.strerror or str(err)).lower()

@@ -15,7 +15,7 @@ usd_per_1k_in   -                    0 (micro-USD per 1000 input tokens)
 usd_per_1k_out  -                    0 (micro-USD per 1000 output tokens)
 confidence      -                    0.7
 timeout         -                    60 (seconds, connect + whole response)
-max_tokens      -                    512 (when the task gives none)
+max_tokens      -                    512 (output tokens asked for, at most; a task's lower one wins)
 =============== ==================== ==========================================
 
 ``stream`` POSTs ``{base_url}/chat/completions`` with ``"stream": true`` and turns the
@@ -148,6 +148,16 @@ class OpenAIBridge:
         key = "set" if self._api_key else "none"
         return f"OpenAIBridge(base_url={self.base_url!r}, model={self.model!r}, api_key={key})"
 
+    def _max_out(self, request: TaskRequest) -> int:
+        """The output tokens asked of the model (and estimated): the option's cap, lowered by
+        the task's ``max_tokens``. The task's is the stream's whole token budget (a client's
+        window of 50,000, say): estimated as such, every stream with a window was refused
+        EBUDGET (the guard-banded estimate passes the window), and asked of the model, it
+        passes most models' output limit (an HTTP 400 upstream)."""
+        if request.max_tokens is None:
+            return self.max_tokens
+        return min(self.max_tokens, request.max_tokens)
+
     def _usd(self, tin: int, tout: int) -> int:
         return (tin * self.usd_per_1k_in + tout * self.usd_per_1k_out) // 1000
 
@@ -155,7 +165,7 @@ class OpenAIBridge:
 
     async def estimate(self, request: TaskRequest) -> CostEstimate:
         tin = count_tokens(request.prompt)
-        tout = request.max_tokens if request.max_tokens is not None else self.max_tokens
+        tout = self._max_out(request)
         p95 = self._p95() or 2000.0
         return CostEstimate(
             in_tokens=tin,
@@ -182,7 +192,7 @@ class OpenAIBridge:
             "messages": [{"role": "user", "content": request.prompt}],
             "stream": True,
             "stream_options": {"include_usage": True},
-            "max_tokens": request.max_tokens if request.max_tokens is not None else self.max_tokens,
+            "max_tokens": self._max_out(request),
         }
         tin = count_tokens(request.prompt)
         text_tokens = 0

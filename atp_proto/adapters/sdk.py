@@ -386,8 +386,8 @@ BUILTIN_TARGETS: dict[str, BuiltinTarget] = {
     ),
     "openai": BuiltinTarget(
         _openai,
-        "bridge to an OpenAI-compatible chat-completions endpoint "
-        "(options: base_url model api_key usd_per_1k_in usd_per_1k_out confidence timeout)",
+        "bridge to an OpenAI-compatible chat-completions endpoint (options: base_url model "
+        "api_key usd_per_1k_in usd_per_1k_out confidence timeout max_tokens)",
     ),
 }
 

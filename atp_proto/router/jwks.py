@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -65,6 +66,20 @@ def _fetch_json(location: str, timeout_s: float) -> Any:
         return json.loads(raw)
     except RecursionError:  # "[[[[...": no JWK Set, no discovery document
         raise ValueError("JSON nested too deep") from None
+
+
+def _fetch_problem(exc: BaseException) -> str:
+    """Why a fetch failed, for the log: urllib's ``<urlopen error [Errno -2] Name or service
+    not known>`` as ``name or service not known``, an HTTP error as ``HTTP 404 Not Found``."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        text = getattr(reason, "strerror", None) or str(reason)
+        return text[:1].lower() + text[1:]
+    if isinstance(exc, trio.TooSlowError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
 
 
 def _algorithm(jwk: Mapping[str, Any]) -> str | None:
@@ -172,7 +187,7 @@ class JwksSource:
                     "JWKS fetch (%s) failed, keeping %d key(s): %s",
                     why,
                     len(self._keys),
-                    exc or type(exc).__name__,
+                    _fetch_problem(exc),
                 )
 
     async def key(self, kid: str | None) -> PyJWK:
@@ -256,7 +271,7 @@ class OidcDiscovery:
                         _fetch_json, url, self.timeout_s, abandon_on_cancel=True
                     )
             except (OSError, ValueError, trio.TooSlowError) as exc:
-                log.warning("OIDC discovery at %s failed: %s", url, exc or type(exc).__name__)
+                log.warning("OIDC discovery at %s failed: %s", url, _fetch_problem(exc))
                 raise AuthError(503, "the identity provider cannot be reached") from None
             if not isinstance(doc, dict) or doc.get("issuer") != self.issuer:
                 log.warning("OIDC discovery at %s: issuer is not %s", url, self.issuer)

@@ -243,10 +243,13 @@ def qos(o: Options, say: Say) -> tuple[dict[str, Any], list[Goal]]:
         ),
         Goal("gold streams shed under the flood", beside["shed"], 0, "streams", "<="),
         Goal(
-            "bronze sheds under the flood (share of bronze attempts)", bronze["shed_rate"], 0.5, "x"
+            "bronze sheds under the flood (share of bronze attempts)",
+            bronze["shed_rate"],
+            0.5,
+            "share",
         ),
-        Goal("bronze sheds carrying retry_after_ms (share)", hinted, 1.0, "x"),
-        Goal("bronze recovery: requests completed (share)", recovered, 0.99, "x"),
+        Goal("bronze sheds carrying retry_after_ms", hinted, 1.0, "share"),
+        Goal("bronze recovery: requests completed", recovered, 0.99, "share"),
         Goal(
             "bronze recovery: attempts per request (no retry storm)", amplification, 1.05, "x", "<="
         ),

@@ -200,6 +200,7 @@ class GrpcConn:
                 nursery.cancel_scope.cancel()
 
     async def _reader(self) -> None:
+        first = True
         while True:
             try:
                 data = await self.stream.receive_some(65536)
@@ -207,6 +208,16 @@ class GrpcConn:
                 return self._lost(f"connection lost: {exc}")
             if not data:
                 return self._lost("connection closed by the adapter")
+            if first and len(data) >= 4 and data[3] != 0x04:  # not a SETTINGS frame:
+                # an HTTP/1.x server (a router's own port, a web server), not HTTP/2
+                http1 = data.startswith(b"HTTP/")
+                return self._lost(
+                    "the target answered HTTP/1.x, not HTTP/2: not a gRPC server"
+                    if http1
+                    else "the target's first bytes are not an HTTP/2 SETTINGS frame: "
+                    "not a gRPC server"
+                )
+            first = False
             try:
                 events = self.h2.receive_data(data)
             except h2.exceptions.ProtocolError as exc:

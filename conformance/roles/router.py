@@ -498,3 +498,38 @@ async def _auth(case: CaseSpec, ctx: RunContext, rec: Recorder) -> CaseResult:
         raise
     finally:
         await session.aclose()
+
+
+async def prepare(ctx: RunContext) -> dict[str, Any]:
+    """Called once per run before the cases: a ``ws://`` / ``wss://`` target where nothing
+    accepts a TCP connection is unreachable (exit 3) at once, rather than after cases that
+    open their own connections (the handshake timeout, the subprotocols) reported it as an
+    ERROR and a FAIL of the router. (A ``quic://`` target is UDP: its first case finds out.)
+
+    Raises:
+        TargetUnreachable: no TCP connection to the target's host and port.
+    """
+    from urllib.parse import urlsplit
+
+    import trio
+
+    from atp_proto._cli._reasons import connect_reason
+
+    u = urlsplit(ctx.target)
+    if u.scheme not in ("ws", "wss") or not u.hostname:
+        return {}  # quic://, or a URL the cases themselves refuse in words
+    try:
+        port = u.port or (443 if u.scheme == "wss" else 80)
+    except ValueError:
+        return {}
+    try:
+        with trio.fail_after(ctx.timeout(5)):
+            stream = await trio.open_tcp_stream(u.hostname, port)
+    except trio.TooSlowError:
+        raise TargetUnreachable(
+            f"cannot reach {ctx.target}: no TCP connection within {ctx.timeout(5):g} s"
+        ) from None
+    except OSError as exc:
+        raise TargetUnreachable(f"cannot reach {ctx.target}: {connect_reason(exc)}") from None
+    await trio.aclose_forcefully(stream)
+    return {}

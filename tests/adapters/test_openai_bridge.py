@@ -120,6 +120,25 @@ def test_openai_bridge_upstream_down() -> None:
     assert ei.value.code == ErrorCode.EAGENTDOWN
 
 
+def test_a_large_task_max_tokens_is_capped_by_the_option(upstream: str) -> None:
+    """The router passes the stream's token budget as the task's max_tokens (`atp send
+    --max-tokens 50000`): the estimate and the upstream request use the bridge's own cap
+    (512 by default), not the whole budget; a smaller task max_tokens still wins."""
+    import asyncio
+
+    bridge = OpenAIBridge.from_options({"base_url": upstream}, env={})
+
+    async def main() -> tuple[int, int]:
+        big = await bridge.estimate(TaskRequest("chat", "Say hello", max_tokens=50_000))
+        small = await bridge.estimate(TaskRequest("chat", "Say hello", max_tokens=20))
+        async for _ in bridge.stream(TaskRequest("chat", "Say hello", max_tokens=50_000)):
+            pass
+        return big.out_tokens, small.out_tokens
+
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == (512, 20)
+    assert _Handler.seen[0]["body"]["max_tokens"] == 512
+
+
 def test_openai_options() -> None:
     with pytest.raises(ValueError, match="unknown"):
         OpenAIBridge.from_options({"bogus": "1"}, env={})

@@ -83,3 +83,19 @@ def test_examples_with_auth() -> None:
     assert (raw_bad.returncode, raw_bad.stderr.strip()) == (2, "handshake refused: HTTP 401")
     assert sdk_bad.returncode == 2 and "handshake refused: HTTP 401" in sdk_bad.stderr
     assert "not-a-jwt" not in sdk_bad.stderr  # ATP-ERR-006: the refusal does not echo it
+
+
+def test_examples_without_a_router_say_so_in_one_line() -> None:
+    """No router listening: one line naming the refusal and exit 2, as each script's
+    docstring says (raw_json_client.py printed a traceback; python_client.py an
+    ``ExceptionGroup(...)`` repr)."""
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{s.getsockname()[1]}/ws"
+    for proc in (_run("raw_json_client.py", url), _run("python_client.py", "--url", url)):
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"cannot connect to {url}: ") and "refused" in lines[0]
+        assert "Traceback" not in proc.stderr and "ExceptionGroup" not in proc.stderr

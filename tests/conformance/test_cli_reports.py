@@ -74,6 +74,10 @@ def test_unreachable_target_exits_3() -> None:
         code, report, err = run_suite("--role", "router", "--target", f"ws://127.0.0.1:{port}/ws")
     assert code == 3 and report["exit_code"] == 3 and report["unreachable"]
     assert "unreachable" in err
+    # found before any case: none of them is reported as the router's FAIL or an ERROR
+    # (the handshake-timeout and subprotocol cases, which connect on their own, were)
+    assert not [c for c in report["cases"] if c["verdict"] in ("FAIL", "ERROR")], report["cases"]
+    assert "connection refused" in report["unreachable"]
     code, _, _ = run_suite("--role", "codec", "--exec", "/nonexistent/codec-testee")
     assert code == 3
 

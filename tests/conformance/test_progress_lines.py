@@ -52,3 +52,9 @@ def test_the_rich_bar_prints_ids_and_brackets_verbatim() -> None:
         )
     text = out.getvalue()
     assert "adapter.stream.one-final: got [bold]x[/bold] [ATP-ADAPT-018]" in text
+
+
+def test_a_case_not_run_gets_no_line() -> None:
+    # `--run GLOB` selecting 2 cases of 229 printed 227 SKIPPED lines before the verdict
+    assert _line(Verdict.SKIPPED, (), "not matched by --run") == ""
+    assert _line(Verdict.UNSUPPORTED, (), "needs --token").startswith("[3/19] UNSUPPORTED ")

@@ -39,6 +39,18 @@ log = logging.getLogger("atp.adapter.grpc")
 USER_AGENT = b"atp-grpc-trio/1"
 
 
+def not_http2(data: bytes | bytearray) -> str | None:
+    """Why a server's first bytes cannot be HTTP/2, in words, or None when they may be: an
+    HTTP/2 server's preface is a SETTINGS frame (RFC 9113 §3.4, type 0x4 at byte 3). An
+    HTTP/1.x server (a router's WebSocket or metrics port, a web server) otherwise reads as
+    an "overlong frame: length 4740180" (its "HTT"), which tells a person nothing."""
+    if data.startswith(b"HTTP/"):
+        return "the server answered HTTP/1.x, not HTTP/2: not a gRPC server"
+    if len(data) >= 4 and data[3] != 0x04:
+        return "the server's first bytes are not an HTTP/2 SETTINGS frame: not a gRPC server"
+    return None
+
+
 class H2Channel:
     """One HTTP/2 connection: h2 state, the reader and writer tasks, and its calls."""
 
@@ -149,6 +161,7 @@ class H2Channel:
 
     async def _reader(self) -> None:
         pending = b""  # an incomplete frame carried over to the next read
+        first = True
         while True:
             try:
                 data = await self.stream.receive_some(65536)
@@ -158,6 +171,11 @@ class H2Channel:
             if not data:
                 self._lost("connection closed by the server")
                 return
+            if first:
+                first = False
+                if (why := not_http2(data)) is not None:
+                    self._lost(why)
+                    return
             if pending:
                 data = pending + data
             elif type(data) is not bytes:  # SSLStream gives bytearray

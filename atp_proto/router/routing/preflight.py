@@ -117,6 +117,23 @@ async def estimate(
     return failures
 
 
+def _window_in_effect(ledger: BudgetLedger) -> str:
+    """`` (max_tokens 30, capped by the router)``: the window the estimates did not fit,
+    so that a client which sent none, or a larger one, sees where the limit is (a tenant
+    window, a quota's remainder, a policy's window)."""
+    w, cap = ledger.window, ledger.cap
+    shown = [
+        (name, value, getattr(cap, name))
+        for name in ("max_tokens", "max_usd_micros")
+        if (value := getattr(w, name)) is not None
+    ]
+    if not shown:
+        return ""
+    capped = any(limit is not None and limit == value for _, value, limit in shown)
+    text = ", ".join(f"{name} {value}" for name, value, _ in shown)
+    return f" ({text}{', capped by the router' if capped else ''})"
+
+
 def plan(candidates: list[Candidate], ledger: BudgetLedger, failures: list[AdapterError]) -> Plan:
     """Rank the estimated candidates cheap-first and keep those that fit.
 
@@ -139,7 +156,8 @@ def plan(candidates: list[Candidate], ledger: BudgetLedger, failures: list[Adapt
         c = min(alive, key=lambda c: c.guarded_usd)
         raise StreamFailed(
             ErrorCode.EBUDGET,
-            f"no adapter fits the budget window: cheapest ({c.name}) needs about "
-            f"{math.ceil(c.guarded_tokens)} tokens / {math.ceil(c.guarded_usd)} usd_micros",
+            f"no adapter fits the budget window{_window_in_effect(ledger)}: cheapest "
+            f"({c.name}) needs about {math.ceil(c.guarded_tokens)} tokens / "
+            f"{math.ceil(c.guarded_usd)} usd_micros",
         )
     return Plan(alive, fitting)
