@@ -180,7 +180,7 @@ class BanditLearner:
         #: the prior precision of the dense shape features (lengths, numbers; 1..7), None:
         #: ``ridge`` as the words (the default). 1.0 learns a prompt-shape rule far sooner
         #: (generated data) but loses on public.jsonl's MT-Bench offline and arena online
-        #: (benchmarks/RESULTS.md, "data unlike public.jsonl, the learner"): kept for that A/B
+        #: (benchmarks/RESULTS.md, "on data it has never seen"): kept for that A/B
         self.dense_ridge = dense_ridge
         self.noise = noise
         self.weights: dict[str, Weights] = {"default": Weights(), **(weights or {})}
