@@ -9,7 +9,9 @@ absent) and ``models``: per model name, its quality (``correct`` 0/1, or ``score
 quality is left out of the record. Quality is normalised to [0, 1]: ``correct`` as is,
 ``score`` by its source's scale, derived from the source's scores (:func:`score_scale`:
 1..10 for ``public.jsonl``'s, as ``(score - 1) / 9``; 1..5, 0..100 and others for other
-data). A line that is not such a record is a :class:`DataError` naming the line and field.
+data), or given by the user where the data cannot show it (``scales``:
+:func:`parse_score_scales`, ``--score-scale [SOURCE=]LO:HI``). A line that is not such a
+record is a :class:`DataError` naming the line and field.
 
 Used by the learner's offline training, the replay adapter and ``atp bench routing``.
 """
@@ -29,6 +31,7 @@ __all__ = [
     "Outcome",
     "Record",
     "adapter_names",
+    "parse_score_scales",
     "quality_of",
     "read_records",
     "score_scale",
@@ -95,6 +98,39 @@ def score_scale(scores: Iterable[float]) -> tuple[float, float]:
         if a <= lo and hi <= b:
             return a, b
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+#: the key of :func:`parse_score_scales`' result for "every source"
+EVERY_SOURCE = "*"
+
+
+def parse_score_scales(items: Iterable[str]) -> dict[str, tuple[float, float]]:
+    """``--score-scale`` values: ``LO:HI`` (every source scored by ``score``) or
+    ``SOURCE=LO:HI`` (that source; it wins over the first form), e.g. ``1:10`` for a
+    1..10 judge whose scores never reached 6 (read as 1..5 otherwise, :func:`score_scale`).
+
+    Raises:
+        ValueError: the message names the value and what is wrong.
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for item in items:
+        source, sep, rng = item.rpartition("=")
+        if sep and not source:
+            raise ValueError(f"--score-scale: empty source name in {item!r}")
+        lo_s, colon, hi_s = rng.partition(":")
+        try:
+            lo, hi = float(lo_s), float(hi_s)
+        except ValueError:
+            lo = hi = math.nan
+        if not colon or not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"--score-scale expects [SOURCE=]LO:HI (numbers), got {item!r}")
+        if not lo < hi:
+            raise ValueError(f"--score-scale: LO must be below HI in {item!r}")
+        key = source if sep else EVERY_SOURCE
+        if key in out:
+            raise ValueError(f"--score-scale: {key!r} given twice")
+        out[key] = (lo, hi)
+    return out
 
 
 def _normalised(raw: float, scale: tuple[float, float]) -> float:
@@ -189,12 +225,18 @@ def _record(doc: Any, where: str) -> tuple[Record, dict[str, str]]:
     return record, kinds
 
 
-def read_records(path: str | Path) -> list[Record]:
+def read_records(
+    path: str | Path, scales: Mapping[str, tuple[float, float]] | None = None
+) -> list[Record]:
     """Every record of a JSONL file, its ``score`` qualities normalised by the scale of
-    their source (:func:`score_scale`).
+    their source: the one ``scales`` gives it (by source name, or :data:`EVERY_SOURCE`
+    for all; :func:`parse_score_scales`), else the one derived from the source's scores
+    (:func:`score_scale`).
 
     Raises:
-        DataError: unreadable file or a bad line (named, with the field).
+        DataError: unreadable file or a bad line (named, with the field); a score outside
+            the scale given for its source; a scale given for a source the file does not
+            hold with ``score`` values.
         OSError: the file cannot be opened.
     """
     out: list[Record] = []
@@ -224,17 +266,44 @@ def read_records(path: str | Path) -> list[Record]:
             seen[record.id] = i
             out.append(record)
             kinds.append(k)
-    return _rescaled(out, kinds)
+    return _rescaled(out, kinds, scales or {}, str(path))
 
 
-def _rescaled(records: list[Record], kinds: list[dict[str, str]]) -> list[Record]:
-    """``records`` with each source's scores normalised by that source's scale."""
+def _rescaled(
+    records: list[Record],
+    kinds: list[dict[str, str]],
+    given: Mapping[str, tuple[float, float]],
+    path: str,
+) -> list[Record]:
+    """``records`` with each source's scores normalised by that source's scale (``given``,
+    else derived)."""
     scores: dict[str, list[float]] = {}
     for r, k in zip(records, kinds, strict=True):
         for m, o in r.models.items():
             if k[m] == "score":
                 scores.setdefault(r.source, []).append(o.raw)
-    scales = {src: score_scale(v) for src, v in scores.items()}
+    unknown = sorted(set(given) - set(scores) - {EVERY_SOURCE})
+    if EVERY_SOURCE in given and not scores:
+        raise DataError(f"{path}: --score-scale given, but no record has a 'score'")
+    if unknown:
+        held = ", ".join(map(repr, sorted(scores))) or "none"
+        raise DataError(
+            f"{path}: --score-scale names source {unknown[0]!r}, which has no 'score' "
+            f"values here (sources with scores: {held})"
+        )
+    scales = {
+        src: given.get(src) or given.get(EVERY_SOURCE) or score_scale(v)
+        for src, v in scores.items()
+    }
+    for src, v in scores.items():
+        lo, hi = scales[src]
+        if src in given or EVERY_SOURCE in given:
+            bad = next((x for x in v if not lo <= x <= hi), None)
+            if bad is not None:
+                raise DataError(
+                    f"{path}: source {src!r} has a 'score' of {bad:g}, outside the "
+                    f"--score-scale {lo:g}:{hi:g} given for it"
+                )
     if all(s == SCALES[3] for s in scales.values()):
         return records  # as read (public.jsonl: 1..10)
     out = []

@@ -7,8 +7,8 @@ from __future__ import annotations
 import contextlib
 import random
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,8 @@ class Settings:
     quick: bool
     train_share: float
     modes: tuple[str, ...]
+    #: ``--score-scale``: given scales by source (routing_data.parse_score_scales)
+    score_scales: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -325,11 +327,12 @@ async def _with_adapters(
 
 
 def load_sources(
-    data: Path,
+    data: Path, scales: Mapping[str, tuple[float, float]] | None = None
 ) -> tuple[list[Source], dict[str, PriceModel], tuple[str, str] | None, list[Record]]:
     """The file's sources with their strong / weak pair, the price models and the pair
-    chosen over the whole file (None: none common to every source)."""
-    records = read_records(data)
+    chosen over the whole file (None: none common to every source); ``scales``: score
+    scales given by the user (``--score-scale``), else derived per source."""
+    records = read_records(data, scales)
     if not records:
         raise ValueError(f"{data}: no records")
     adapter_names(records)  # one adapter process and one arm per model
@@ -356,7 +359,7 @@ def load_sources(
 
 
 def run_all(settings: Settings, tmp: Path, progress: Progress) -> dict[str, Any]:
-    sources, prices, file_pair, records = load_sources(settings.data)
+    sources, prices, file_pair, records = load_sources(settings.data, settings.score_scales)
     models = sorted({m for r in records for m in r.models})
     results: dict[str, Any] = {"pair": list(file_pair) if file_pair else None, "sources": {}}
     skipped = sorted({r.source or "(none)" for r in records} - {s.name for s in sources})

@@ -186,7 +186,7 @@ def decision_us(
 def add_spreads(results: dict[str, Any], settings: Settings) -> None:
     """Add ``offline.apgr_rotations`` and (small two-model sources) ``online.
     second_half_apgr_seeds`` to the bench's results, in place."""
-    sources, prices, _, _ = load_sources(settings.data)
+    sources, prices, _, _ = load_sources(settings.data, settings.score_scales)
     if "offline" in settings.modes and not settings.quick:
         for name, st in offline_spread(sources, prices, settings.train_share).items():
             off = results["sources"].get(name, {}).get("offline")

@@ -68,6 +68,15 @@ def add_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=1, metavar="N", help="order and sampling seed")
     p.add_argument(
+        "--score-scale",
+        action="append",
+        default=[],
+        metavar="[SOURCE=]LO:HI",
+        help="the scale of the 'score' values (of every source, or of SOURCE; repeatable); "
+        "by default derived per source from its scores (a 1..10 judge that never gave "
+        "more than 5 reads as 1..5)",
+    )
+    p.add_argument(
         "--train-share", type=float, default=0.6, metavar="F", help="offline split (default 0.6)"
     )
     p.add_argument(
@@ -152,12 +161,19 @@ def run(args: argparse.Namespace) -> int:
         )
     if not 0.1 <= args.train_share <= 0.9:
         raise UsageError("--train-share must be within 0.1..0.9")
+    from atp_proto.routing_data import parse_score_scales
+
+    try:
+        scales = parse_score_scales(args.score_scale)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     settings = Settings(
         data=data,
         seed=args.seed,
         quick=args.quick,
         train_share=args.train_share,
         modes=("online", "offline") if args.mode == "both" else (args.mode,),
+        score_scales=scales,
     )
     status = None
     progress = None
@@ -178,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             from ._routing_levers import run_levers
             from ._routing_run import load_sources
 
-            sources, prices, _, _ = load_sources(data)
+            sources, prices, _, _ = load_sources(data, scales)
             results["levers"] = run_levers(sources, prices, args.train_share, args.seed, progress)
     except (OSError, RuntimeError, ValueError) as exc:
         if status is not None:
@@ -198,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "train_share": args.train_share,
             "mode": args.mode,
+            "score_scale": args.score_scale,
         },
         results=results,
         goals=goals_of(results),

@@ -35,7 +35,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODELS", "STRONG", "generate", "hidden_rule"]
+__all__ = ["MODELS", "STRONG", "VARIANTS", "generate", "generate_variant", "hidden_rule"]
 
 #: USD per 1M input / output tokens (``sable-m`` ties ``quartz-m``; ``hearth`` is free)
 PRICES: dict[str, tuple[float, float]] = {
@@ -176,13 +176,136 @@ def generate(path: Path, seed: int = 1, prompts: int = 400) -> list[dict[str, An
     return out
 
 
+# ---------------------------------------------------------------------- variants
+#
+# More shapes of data, one source each (``--variant NAME``): other numbers of models,
+# price spreads, score scales, categories that carry the signal or carry none, a model
+# strong on one category only, noisy judges. The outcome of a model on a prompt is drawn
+# from P(right | prompt kind) (:func:`hidden_rule`) times its factor for the record's
+# category; a noisy judge replaces that many outcomes by a coin.
+
+#: per model: (USD per 1M input, output), P(right) per prompt kind, factor per category
+_VModel = tuple[tuple[float, float], dict[str, float], dict[str, float]]
+
+
+def _m(price: float, sd: float, s: float, lg: float, **cat: float) -> _VModel:
+    return (price, 3 * price), {"short-digits": sd, "short": s, "long": lg}, cat
+
+
+#: name -> (score scale, judge noise, categories, models: strongest first)
+VARIANTS: dict[str, tuple[str, float, tuple[str, ...], dict[str, _VModel]]] = {
+    # two models, 0/1, a 100x price spread; the cheap one fails "proof" prompts
+    "pair-category": (
+        "correct",
+        0.0,
+        ("proof", "chat", "lookup"),
+        {
+            "atlas-pro": _m(10.0, 0.95, 0.95, 0.9),
+            "wren-lite": _m(0.1, 0.85, 0.85, 0.6, proof=0.2),
+        },
+    ),
+    # three models on 0..100 with a noisy judge (20 % of outcomes a coin); categories
+    # without signal; a narrow spread (the cheapest costs a third of the dearest)
+    "noisy-narrow": (
+        "0-100",
+        0.2,
+        ("alpha", "beta"),
+        {
+            "kestrel-3": _m(3.0, 0.9, 0.9, 0.85),
+            "kestrel-2": _m(2.0, 0.8, 0.85, 0.5),
+            "kestrel-1": _m(1.0, 0.85, 0.6, 0.2),
+        },
+    ),
+    # eight models on 1..5; one ("glyph-code") strong only on "code", weak elsewhere
+    "eight-specialist": (
+        "1-5",
+        0.1,
+        ("code", "prose", "trivia", "math"),
+        {
+            "titan-ultra": _m(15.0, 0.95, 0.95, 0.92),
+            "titan-plus": _m(8.0, 0.9, 0.9, 0.85),
+            "glyph-code": _m(0.5, 0.3, 0.3, 0.2, code=3.0),
+            "mote-s": _m(1.0, 0.8, 0.85, 0.4, code=0.4),
+            "mote-xs": _m(0.3, 0.7, 0.8, 0.2, code=0.3),
+            "pebble-1": _m(0.05, 0.9, 0.3, 0.05, code=0.5),
+            "pebble-2": _m(0.05, 0.5, 0.5, 0.1),
+            "moss-0": _m(0.0, 0.2, 0.2, 0.05),
+        },
+    ),
+    # four models on 1..10 whose scores never reach 6 (a source that reads as 1..5
+    # unless its scale is given: ``--score-scale 1:10``)
+    "low-judged": (
+        "1-10-low",
+        0.05,
+        ("facts", "planning"),
+        {
+            "cobalt-l": _m(6.0, 0.9, 0.9, 0.85),
+            "cobalt-m": _m(1.5, 0.85, 0.8, 0.5),
+            "cobalt-s": _m(0.4, 0.85, 0.5, 0.2),
+            "cobalt-xs": _m(0.1, 0.6, 0.3, 0.05),
+        },
+    ),
+}
+
+
+def _vscore(rng: random.Random, right: bool, scale: str) -> dict[str, Any]:
+    if scale == "correct":
+        return {"correct": int(right)}
+    if scale == "0-100":
+        return {"score": rng.randint(65, 100) if right else rng.randint(0, 50)}
+    if scale == "1-5":
+        return {"score": rng.choice((4, 5)) if right else rng.choice((1, 2, 3))}
+    return {"score": rng.choice((4, 4.5, 5)) if right else rng.choice((1, 1.5, 2, 3))}
+
+
+def generate_variant(
+    path: Path, variant: str, seed: int = 1, prompts: int = 300
+) -> list[dict[str, Any]]:
+    """Write ``prompts`` records of one source shaped as :data:`VARIANTS` ``[variant]``
+    to ``path`` (no prices.json: the records carry their costs); returns the records."""
+    scale, noise, cats, models = VARIANTS[variant]
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for i in range(prompts):
+        kind = rng.choices(list(_KINDS), weights=list(_KINDS.values()))[0]
+        prompt = _prompt(rng, kind)
+        cat = rng.choice(cats)
+        rid = f"{variant}/{i:04d}"
+        entries = {}
+        for name, (price, p_kind, factor) in models.items():
+            p = min(1.0, p_kind[kind] * factor.get(cat, 1.0))
+            right = rng.random() < p
+            if rng.random() < noise:  # the judge's coin
+                right = rng.random() < 0.5
+            in_tok = max(1, len(prompt) // 4)
+            out_tok = rng.randint(150, 600) if kind == "long" else rng.randint(10, 120)
+            entries[name] = {
+                **_vscore(rng, right, scale),
+                "in_tokens": in_tok,
+                "out_tokens": out_tok,
+                "cost_usd": round((in_tok * price[0] + out_tok * price[1]) / 1e6, 8),
+            }
+        bucket = int(hashlib.sha256(rid.encode()).hexdigest(), 16) % 100
+        out.append(
+            {"id": rid, "source": variant, "category": cat, "prompt": prompt,
+             "models": entries, "bucket": bucket}
+        )  # fmt: skip
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out), "utf-8")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.routing_foreign_data")
     ap.add_argument("out", metavar="OUT.jsonl")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--prompts", type=int, default=400)
+    ap.add_argument("--prompts", type=int, default=None, help="default 400 (300 for a variant)")
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default=None)
     a = ap.parse_args(argv)
-    recs = generate(Path(a.out), a.seed, a.prompts)
+    if a.variant:
+        recs = generate_variant(Path(a.out), a.variant, a.seed, a.prompts or 300)
+        print(f"{len(recs)} records of {a.variant} in {a.out}")
+        return 0
+    recs = generate(Path(a.out), a.seed, a.prompts or 400)
     print(f"{len(recs)} records in {a.out}; prices.json beside it (without {UNPRICED})")
     return 0
 

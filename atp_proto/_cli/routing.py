@@ -1,7 +1,7 @@
 """``atp routing train | show | export | import``: the learned router's state (a SQLite file,
 the router's ``--routing-state``), offline.
 
-    atp routing train public.jsonl --state routing.sqlite [--buckets 0-59]
+    atp routing train public.jsonl --state routing.sqlite [--buckets 0-59] [--score-scale 1:10]
     atp routing show --state routing.sqlite [--worker N] [--json]
     atp routing export --state routing.sqlite > state.json
     atp routing import state.json --state other.sqlite
@@ -34,6 +34,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     t.add_argument("data", metavar="FILE.jsonl", help="outcome records, one JSON object a line")
     t.add_argument("--buckets", metavar="A-B", help="only records with A <= bucket <= B")
+    t.add_argument(
+        "--score-scale",
+        action="append",
+        default=[],
+        metavar="[SOURCE=]LO:HI",
+        help="the scale of the 'score' values (of every source, or of SOURCE; repeatable), "
+        "where the scores do not show it: by default derived per source from its scores, "
+        "so a 1..10 judge that never gave more than 5 reads as 1..5",
+    )
     t.add_argument("--json", action="store_true", help="print a JSON summary")
     s = sub.add_parser(
         "show",
@@ -92,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from atp_proto.router.routing.learner import BanditLearner, store
     from atp_proto.router.routing.learner.offline import DataError, read_records, records_in
     from atp_proto.router.routing.learner.offline import train as train_records
+    from atp_proto.routing_data import parse_score_scales
 
     path = Path(args.state)
     if args.routing_cmd in ("show", "export"):
@@ -107,11 +117,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.routing_cmd == "train":
             buckets = _buckets(args.buckets)
+            try:
+                scales = parse_score_scales(args.score_scale)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
             learner = BanditLearner()
             if path.exists():
                 store.apply(learner, store.load(path))
             try:
-                records = read_records(args.data)
+                records = read_records(args.data, scales)
             except OSError as exc:
                 return _fail(args, f"cannot read {args.data}: {exc.strerror}")
             chosen = list(records_in(records, buckets))

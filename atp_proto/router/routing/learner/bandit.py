@@ -124,6 +124,7 @@ class BanditLearner:
         dim: int = DEFAULT_DIM,
         ridge: float = 10.0,
         bias_ridge: float | None = 1.0,
+        dense_ridge: float | None = None,
         noise: float = 0.25,
         weights: Mapping[str, Weights] | None = None,
         lanes: LaneBounds | None = None,
@@ -176,6 +177,11 @@ class BanditLearner:
         self.compete_pick = compete_pick
         self.ridge = ridge
         self.bias_ridge = bias_ridge
+        #: the prior precision of the dense shape features (lengths, numbers; 1..7), None:
+        #: ``ridge`` as the words (the default). 1.0 learns a prompt-shape rule far sooner
+        #: (generated data) but loses on public.jsonl's MT-Bench offline and arena online
+        #: (benchmarks/RESULTS.md, "on data it has never seen"): kept for that A/B
+        self.dense_ridge = dense_ridge
         self.noise = noise
         self.weights: dict[str, Weights] = {"default": Weights(), **(weights or {})}
         self.lanes = lanes or LaneBounds()
@@ -194,7 +200,9 @@ class BanditLearner:
     def arm(self, name: str) -> Arm:
         arm = self.arms.get(name)
         if arm is None:
-            arm = self.arms[name] = Arm.prior(self.features.dim, self.ridge, self.bias_ridge)
+            arm = self.arms[name] = Arm.prior(
+                self.features.dim, self.ridge, self.bias_ridge, self.dense_ridge
+            )
         return arm
 
     def vector(self, prompt: str, task_type: str) -> Vector:

@@ -48,11 +48,21 @@ class Arm:
     _theta: Vector | None = field(default=None, repr=False)
 
     @classmethod
-    def prior(cls, dim: int, ridge: float, bias_ridge: float | None = None) -> Arm:
+    def prior(
+        cls,
+        dim: int,
+        ridge: float,
+        bias_ridge: float | None = None,
+        dense_ridge: float | None = None,
+    ) -> Arm:
         """The prior: ``theta ~ N(0, I / ridge)``, except the bias (feature 0), whose prior
         precision is ``bias_ridge`` (weaker: an adapter's mean quality is learned from a
-        few answers, a word's effect from many)."""
+        few answers, a word's effect from many), and the rest of the dense head (features
+        1 .. ``DENSE`` - 1: lengths, numbers, shape), whose precision is ``dense_ridge``
+        when given."""
         a_inv = np.eye(dim) / ridge
+        if dense_ridge is not None:
+            a_inv[1:DENSE, 1:DENSE] = np.eye(DENSE - 1) / dense_ridge
         if bias_ridge is not None:
             a_inv[0, 0] = 1.0 / bias_ridge
         return cls(a_inv, np.zeros(dim))
