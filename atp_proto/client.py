@@ -111,11 +111,11 @@ _QOS = {"gold": QoS.GOLD, "silver": QoS.SILVER, "bronze": QoS.BRONZE}
 class Stream:
     """One open stream; iterate to get :class:`Partial` items and then a :class:`Final`."""
 
-    def __init__(self, client: Client, stream_id: int, *, assemble: bool = False) -> None:
+    def __init__(self, client: Client, stream_id: int) -> None:
         self.client = client
         self.stream_id = stream_id
         #: the PARTIALs' texts, for a FINAL that does not repeat them (ATP-FINAL-004)
-        self._assembler = AnswerAssembler() if assemble else None
+        self._assembler = AnswerAssembler()
         # Unbounded here, bounded by credit: the router sends at most our initial window
         # per stream before we acknowledge, and we acknowledge only what is consumed. A
         # bounded channel would let one unconsumed stream stall every other stream.
@@ -144,8 +144,6 @@ class Stream:
             msg.payload, end_stream=msg.end_stream, ext=msg.ext, stream_id=msg.stream_id
         )
         assembler = self._assembler
-        if assembler is None:
-            return result
         if isinstance(result, Partial):
             assembler.partial(result.content)
             return result
@@ -289,7 +287,7 @@ class Client:
             )
         except LocalProtocolError as exc:  # draining router, stream limit, closed session
             raise StreamError(str(exc.code), exc.message, exc.retry_after_ms) from None
-        st = Stream(self, sid, assemble=True)
+        st = Stream(self, sid)
         self._streams[sid] = st
         # the SYN leaves from this task when the socket takes it at once, else the writer
         self._session.flush_now()

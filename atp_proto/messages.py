@@ -20,7 +20,7 @@ Decoding (client side): :func:`decode_result` turns a received message into a
 :class:`Partial` or a :class:`Final` (a draft-era telemetry ``usd`` is read as
 ``usd_micros``, ATP-BUDGET-006).
 
-A FINAL that does not repeat a streamed answer (spec §15.5, ATP-FINAL-001…005): a SYN with
+A FINAL that does not repeat a streamed answer (spec §15.5, ATP-FINAL-001…004): a SYN with
 ``meta.final_answer = "streamed"`` (:data:`STREAMED_FINAL`, what :mod:`atp_proto.client`
 sends by default) lets the router send :func:`final_body_streamed` — ``content``
 ``{"ok", "adapter", "streamed": {"chunks": N}}`` without ``answer`` — when the texts of the
