@@ -52,7 +52,14 @@ from atp_proto.frames import (
     Role,
     StreamReset,
 )
-from atp_proto.messages import Final, Partial, decode_result, task_body
+from atp_proto.messages import (
+    STREAMED_FINAL,
+    AnswerAssembler,
+    Final,
+    Partial,
+    decode_result,
+    task_body,
+)
 from atp_proto.session import Session
 from atp_proto.transports._quic_conn import QuicTransport
 from atp_proto.transports.base import error_code_for_quic_close, error_code_for_ws_close
@@ -107,6 +114,8 @@ class Stream:
     def __init__(self, client: Client, stream_id: int) -> None:
         self.client = client
         self.stream_id = stream_id
+        #: the PARTIALs' texts, for a FINAL that does not repeat them (ATP-FINAL-004)
+        self._assembler = AnswerAssembler()
         # Unbounded here, bounded by credit: the router sends at most our initial window
         # per stream before we acknowledge, and we acknowledge only what is consumed. A
         # bounded channel would let one unconsumed stream stall every other stream.
@@ -131,9 +140,17 @@ class Stream:
     def _convert(self, msg: MessageReceived) -> Partial | Final:
         if msg.end_stream:
             self.finished = True
-        return decode_result(
+        result = decode_result(
             msg.payload, end_stream=msg.end_stream, ext=msg.ext, stream_id=msg.stream_id
         )
+        assembler = self._assembler
+        if isinstance(result, Partial):
+            assembler.partial(result.content)
+            return result
+        try:  # the answer the PARTIALs carried, as a full FINAL would have had it
+            return assembler.final(result, msg.stream_id)
+        except ATPError as exc:
+            raise StreamError(str(exc.code), exc.message, stream_id=msg.stream_id) from None
 
     async def cancel(self) -> None:
         """Abandon the stream (RST); returns once the RST was handed to the transport."""
@@ -240,13 +257,24 @@ class Client:
         window: BudgetWindow | None = None,
         meta: Mapping[str, Any] | None = None,
         content: Mapping[str, Any] | None = None,
+        streamed_final: bool = True,
     ) -> AsyncIterator[Stream]:
-        """Open a stream (SYN) for ``prompt``; yields a :class:`Stream` to iterate."""
+        """Open a stream (SYN) for ``prompt``; yields a :class:`Stream` to iterate.
+
+        ``streamed_final`` (the default) asks the router for a FINAL that need not repeat
+        the answer its PARTIALs streamed (``meta.final_answer``, spec §15.5); the stream
+        puts the answer back from them, so its :class:`Final` is the same either way
+        (a :class:`StreamError` EPROTO when the PARTIALs the FINAL counts did not all
+        arrive). ``meta`` may say ``final_answer`` itself."""
         if self.closed is not None:
             raise self.closed
         if qos not in _QOS:
             raise ValueError("qos must be gold, silver or bronze")
-        full_meta = {"task_type": task_type, **(dict(meta) if meta else {})}
+        full_meta = {
+            "task_type": task_type,
+            **(STREAMED_FINAL if streamed_final else {}),
+            **(dict(meta) if meta else {}),
+        }
         try:
             sid = self._conn.open_stream(
                 task_body(prompt, content),

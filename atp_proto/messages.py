@@ -19,6 +19,13 @@ Encoding (router side):
 Decoding (client side): :func:`decode_result` turns a received message into a
 :class:`Partial` or a :class:`Final` (a draft-era telemetry ``usd`` is read as
 ``usd_micros``, ATP-BUDGET-006).
+
+A FINAL that does not repeat a streamed answer (spec §15.5, ATP-FINAL-001…004): a SYN with
+``meta.final_answer = "streamed"`` (:data:`STREAMED_FINAL`, what :mod:`atp_proto.client`
+sends by default) lets the router send :func:`final_body_streamed` — ``content``
+``{"ok", "adapter", "streamed": {"chunks": N}}`` without ``answer`` — when the texts of the
+N PARTIALs naming that adapter are the answer; :class:`AnswerAssembler` puts the answer
+back on the client side (EPROTO when the count does not match).
 """
 
 from __future__ import annotations
@@ -44,7 +51,10 @@ from atp_proto.frames import (
 __all__ = [
     "ADAPTER_KEY",
     "CONFIDENCE_KEY",
+    "FINAL_ANSWER_KEY",
+    "STREAMED_FINAL",
     "U64_MAX",
+    "AnswerAssembler",
     "Final",
     "Partial",
     "Task",
@@ -52,7 +62,9 @@ __all__ = [
     "confidence_tail",
     "decode_result",
     "final_body",
+    "final_body_streamed",
     "meta_adapters",
+    "meta_final_streamed",
     "meta_int",
     "meta_number",
     "parse_task",
@@ -69,6 +81,12 @@ FINAL_TYPE = "agent.result.final"
 #: The largest unsigned integer CBOR encodes without a tag (ATP-FRAME-006): telemetry
 #: counters saturate there (ATP-BUDGET-012).
 U64_MAX = (1 << 64) - 1
+
+#: The SYN's meta key by which a client asks for a FINAL that need not repeat the answer
+#: its PARTIALs carried (spec §15.5): ``"full"`` (the default) or ``"streamed"``.
+FINAL_ANSWER_KEY = "final_answer"
+#: what a client adds to its SYN's meta to ask for it (ATP-FINAL-001)
+STREAMED_FINAL: Mapping[str, str] = {FINAL_ANSWER_KEY: "streamed"}
 
 
 # ---------------------------------------------------------------------- tasks
@@ -164,6 +182,21 @@ def meta_adapters(meta: Mapping[str, Any]) -> list[str] | None:
     raise _eproto('"meta.adapters" must be a list of names', 0)
 
 
+def meta_final_streamed(meta: Mapping[str, Any], stream_id: int = 0) -> bool:
+    """Whether the SYN's meta asks for a FINAL that need not repeat a streamed answer
+    (``meta.final_answer``: ``"streamed"`` True, ``"full"`` or absent False).
+
+    Raises:
+        ATPError: EPROTO naming the key for any other value (ATP-FINAL-001).
+    """
+    v = meta.get(FINAL_ANSWER_KEY, "full")
+    if v == "streamed":
+        return True
+    if v == "full":
+        return False
+    raise _eproto('"meta.final_answer" must be "full" or "streamed"', stream_id)
+
+
 # ---------------------------------------------------------------------- results (encode)
 
 
@@ -185,6 +218,19 @@ def final_body(answer: str, adapter: str, confidence: float) -> bytes:
         {
             "type": FINAL_TYPE,
             "content": {"ok": True, "answer": answer, "adapter": adapter},
+            "confidence": confidence,
+        }
+    )
+
+
+def final_body_streamed(adapter: str, chunks: int, confidence: float) -> bytes:
+    """The FINAL's body when the answer is the texts of the ``chunks`` PARTIALs naming
+    ``adapter``, which the client asked not to have repeated (ATP-FINAL-002): no
+    ``answer``, and ``streamed.chunks`` for the client to check it has them all."""
+    return cbor2.dumps(
+        {
+            "type": FINAL_TYPE,
+            "content": {"ok": True, "adapter": adapter, "streamed": {"chunks": chunks}},
             "confidence": confidence,
         }
     )
@@ -322,3 +368,63 @@ def decode_result(
     if end_stream:
         return Final(content, conf, read_telemetry(ext), body)
     return Partial(content, conf, body)
+
+
+class AnswerAssembler:
+    """Client side of ATP-FINAL-004: the texts of a stream's PARTIALs per adapter, and a
+    FINAL without ``answer`` (``content.streamed``) completed from them, so that the user
+    gets the FINAL a full one would have been (``content`` ``{"ok", "answer", "adapter"}``
+    and ``payload`` with it). A FINAL that carries ``answer`` is returned as it is."""
+
+    __slots__ = ("_texts",)
+
+    def __init__(self) -> None:
+        self._texts: dict[str, list[str]] = {}
+
+    def partial(self, content: Any) -> None:
+        """A PARTIAL's content: a chunk ``{"adapter", "text"}`` is kept (notices are not)."""
+        if isinstance(content, dict):
+            text, adapter = content.get("text"), content.get("adapter")
+            if isinstance(text, str) and isinstance(adapter, str):
+                texts = self._texts.get(adapter)
+                if texts is None:
+                    texts = self._texts[adapter] = []
+                texts.append(text)
+
+    def final(self, final: Final, stream_id: int = 0) -> Final:
+        """``final`` with its answer put back from the PARTIALs when it has none.
+
+        Raises:
+            ATPError: EPROTO when ``streamed`` is malformed, or the count of PARTIALs of
+                its adapter with text is not ``streamed.chunks`` (the answer would be
+                wrong: ATP-FINAL-004).
+        """
+        c = final.content
+        if not isinstance(c, Mapping) or "streamed" not in c or "answer" in c:
+            return final
+        streamed, adapter = c.get("streamed"), c.get("adapter")
+        chunks = streamed.get("chunks") if isinstance(streamed, Mapping) else None
+        if (
+            not isinstance(adapter, str)
+            or isinstance(chunks, bool)
+            or not isinstance(chunks, int)
+            or chunks < 0
+        ):
+            raise _eproto(
+                'a FINAL without "answer" must name its "adapter" and "streamed.chunks"',
+                stream_id,
+            )
+        texts = self._texts.get(adapter, [])
+        if len(texts) != chunks:
+            raise _eproto(
+                f"the FINAL says {chunks} PARTIALs of {adapter[:64]!r} carry the answer; "
+                f"{len(texts)} arrived",
+                stream_id,
+            )
+        content: dict[str, Any] = {"ok": c["ok"]} if "ok" in c else {}
+        content["answer"] = "".join(texts)
+        content.update((k, v) for k, v in c.items() if k not in ("ok", "streamed"))
+        body = final.payload
+        if isinstance(body, dict):
+            body = {**body, "content": content}
+        return Final(content, final.confidence, final.telemetry, body)

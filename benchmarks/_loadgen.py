@@ -62,7 +62,12 @@ class AtpSession:
 
     async def open(self, body: bytes, adapter: str) -> int:
         """Send one SYN (one WebSocket message: the router takes messages <= ~1 MiB)."""
-        sid = self.conn.open_stream(body, meta={"task_type": "qa", "adapters": [adapter]}, now=None)
+        from atp_proto.messages import STREAMED_FINAL
+
+        # meta.final_answer "streamed", as atp_proto.client sends by default (spec §15.5):
+        # the FINAL does not repeat the answer the PARTIALs carried
+        meta = {"task_type": "qa", "adapters": [adapter], **STREAMED_FINAL}
+        sid = self.conn.open_stream(body, meta=meta, now=None)
         await self.flush()
         return sid
 

@@ -76,7 +76,7 @@ async def _lean_stream_rate(
     import trio
 
     from atp_proto.frames import Limits, MessageReceived, QoS, Role
-    from atp_proto.messages import task_body
+    from atp_proto.messages import STREAMED_FINAL, task_body
     from atp_proto.session import Session
     from atp_proto.transports.quic_client import connect_quic
 
@@ -113,7 +113,9 @@ async def _lean_stream_rate(
                 session.conn.open_stream(
                     body,
                     qos=QoS.GOLD,
-                    meta={"task_type": "qa", "adapters": [adapter]},
+                    # what atp_proto.client sends by default: the FINAL need not
+                    # repeat the answer the PARTIALs carried (spec §15.5)
+                    meta={"task_type": "qa", "adapters": [adapter], **STREAMED_FINAL},
                     now=trio.current_time(),
                 )
             session.kick()

@@ -117,6 +117,20 @@ _CASES: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
         {"cut_frame": True},
     ),
     (
+        "client.final.streamed",
+        'a client that asks meta.final_answer "streamed" takes a FINAL without answer whose '
+        "streamed.chunks counts the PARTIALs it got (exit 0)",
+        ("ATP-FINAL-004",),
+        {"streamed_final": "ok"},
+    ),
+    (
+        "client.final.streamed-short",
+        "a FINAL without answer whose streamed.chunks counts one PARTIAL more than arrived "
+        "is a failed stream: the client reports no answer (exit not 0)",
+        ("ATP-FINAL-004",),
+        {"streamed_final": "short"},
+    ),
+    (
         "client.time.ttl",
         "a stream whose ttl passes without an answer does not hang the client",
         ("ATP-TIME-007",),
@@ -145,6 +159,8 @@ class _Seen:
     after_drain_syn: bool = False
     errors_from_client: list[dict[str, Any]] = field(default_factory=list)
     hb_ack: bool = False
+    #: meta.final_answer of each SYN (ATP-FINAL-004)
+    final_answer: list[Any] = field(default_factory=list)
 
 
 def _command(
@@ -325,6 +341,28 @@ def _judge(
                     f"retried after {gap:.0f} ms (retry_after_ms {params['refuse_ms']})",
                 )
             )
+    mode = params.get("streamed_final")
+    if mode and "streamed" not in seen.final_answer:
+        return rec.result(
+            Verdict.UNSUPPORTED,
+            'the client did not ask for meta.final_answer "streamed" (its FINALs are full)',
+        )
+    if mode == "ok" and outcome.get("rc") != 0:
+        probs.append(
+            (
+                "ATP-FINAL-004",
+                f"a FINAL without answer, streamed.chunks matching its PARTIALs: the client "
+                f"exited {outcome.get('rc')}",
+            )
+        )
+    if mode == "short" and outcome.get("rc") == 0:
+        probs.append(
+            (
+                "ATP-FINAL-004",
+                "streamed.chunks counts 3 PARTIALs, 2 arrived: the client reported an answer "
+                "(exit 0)",
+            )
+        )
     want_streams = params.get("streams", 1)
     if (
         not params.get("silent")
@@ -365,8 +403,43 @@ async def _script(
         rec.sent(data)
         await ws.send(data)
 
+    async def answer_streamed(sid: int, seq: int) -> None:
+        """Two chunk PARTIALs, then a FINAL without answer counting them (or one more)."""
+        for i, text in enumerate(("hel", "lo")):
+            await send(
+                {
+                    "type": "DATA",
+                    "flags": ["MORE"],
+                    "stream_id": sid,
+                    "msg_seq": seq + i,
+                    "payload": {
+                        "type": "agent.result.partial",
+                        "content": {"chunk": i, "adapter": "conf", "text": text},
+                        "confidence": 0.8,
+                    },
+                }
+            )
+        chunks = 3 if params.get("streamed_final") == "short" else 2
+        await send(
+            {
+                "type": "DATA",
+                "flags": ["FIN"],
+                "stream_id": sid,
+                "msg_seq": seq + 2,
+                "telemetry": {"tokens": 1, "usd_micros": 1, "latency_ms": 1},
+                "payload": {
+                    "type": "agent.result.final",
+                    "content": {"ok": True, "adapter": "conf", "streamed": {"chunks": chunks}},
+                    "confidence": 0.8,
+                },
+            }
+        )
+
     async def answer(sid: int) -> None:
         seq = next_seq.get(sid, 1)
+        if params.get("streamed_final") and seen.final_answer[-1:] == ["streamed"]:
+            await answer_streamed(sid, seq)
+            return
         if params.get("budget_update"):
             await send(
                 {"type": "BUDGET_UPDATE", "stream_id": sid, "usage": {"tokens": 3, "x_new": 1}}
@@ -480,6 +553,10 @@ async def _script(
                 highest = max(highest, sid)
                 seen.opened.append(sid)
                 seen.syn_times.append(trio.current_time())
+                meta = f.get("meta")
+                seen.final_answer.append(
+                    meta.get("final_answer") if isinstance(meta, Mapping) else None
+                )
                 next_seq[sid] = int(f.get("msg_seq", 0)) + 1
                 msgs[sid] = bytearray()
             elif sid in next_seq and f.get("frag_seq", 0) == 0:

@@ -29,7 +29,13 @@ from atp_proto.transports.ws_client import HandshakeRefused
 from conformance._record import Recorder
 from conformance.drivers.ws import WsSession, open_session
 from conformance.model import CaseResult, CaseSpec, Level, Role, Strength, Verdict
-from conformance.roles import RunContext, TargetUnreachable, _router_http, router_quic
+from conformance.roles import (
+    RunContext,
+    TargetUnreachable,
+    _router_final,
+    _router_http,
+    router_quic,
+)
 from conformance.scenario import Runner, ScenarioFailed, Unsupported, result_of, run_steps
 from conformance.vectors import load
 
@@ -138,7 +144,7 @@ def cases(options: Mapping[str, Any]) -> list[CaseSpec]:
 
 
 def _ws_cases(options: Mapping[str, Any]) -> list[CaseSpec]:
-    out: list[CaseSpec] = [_LANES, *_router_http.CASES]
+    out: list[CaseSpec] = [_LANES, *_router_http.CASES, *_router_final.CASES]
     for sid, sc in scenarios().items():
         out.append(
             CaseSpec(
@@ -225,6 +231,8 @@ async def run(case: CaseSpec, ctx: RunContext) -> CaseResult:
         return await _auth(case, ctx, rec)
     if case.id in _router_http.IDS:
         return await _router_http.run(case, ctx, rec)
+    if case.id in _router_final.IDS:
+        return await _router_final.run(case, ctx, rec)
     if kind == "vector":
         return await run_vector(case, ctx, rec, case.id)
     return await run_scenario(case, ctx, rec, scenarios()[case.id])

@@ -93,7 +93,8 @@ def _comparator_ok(c: Any) -> bool:
 
 
 def check_meta(meta: Any) -> None:
-    """ATP-FRAME-025 (with §12, ATP-SEC-016, ATP-STRAT-009): refuse, naming the key."""
+    """ATP-FRAME-025 (with §12, ATP-SEC-016, ATP-STRAT-009, ATP-FINAL-001): refuse,
+    naming the key."""
     if not isinstance(meta, dict):
         raise Violation("EPROTO", "meta is not a map")
     for k in META_LISTS:
@@ -117,6 +118,9 @@ def check_meta(meta: Any) -> None:
         raise Violation("EPROTO", "meta.comparator is not exact, numeric or json:FIELD")
     if "hedge" in meta and not isinstance(meta["hedge"], bool):
         raise Violation("EPROTO", "meta.hedge is not a boolean")
+    # ATP-FINAL-001: this router always sends the answer in full (ATP-FINAL-002 allows it)
+    if "final_answer" in meta and meta["final_answer"] not in ("full", "streamed"):
+        raise Violation("EPROTO", 'meta.final_answer is not "full" or "streamed"')
 
 
 def check_common_ext(ext: dict[str, Any], stream0: bool) -> None:

@@ -90,6 +90,8 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
             "router.quota.spent",
             "router.time.ttl",
             "router.text.time.ttl",
+            "router.final.streamed",
+            "router.text.final.streamed",
         ]
     ),
     "needs --token": frozenset(

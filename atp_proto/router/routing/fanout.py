@@ -181,7 +181,6 @@ class FanOut:
                                 if race is not None and not race.claim(slot):
                                     outcome.cancelled = True
                                     break
-                            text.append(chunk.content)
                             if not can_write():
                                 await emit.wait_writable()
                             if chunk.confidence != conf:
@@ -193,6 +192,9 @@ class FanOut:
                                 ext=emit.take_first_ext() if n == 0 else None,
                             )
                             emit.chunk_no = n + 1
+                            # kept once sent: the answer is exactly the PARTIALs this call
+                            # sent, one text each (a FINAL may name them, ATP-FINAL-002)
+                            text.append(chunk.content)
                         if chunk.final:
                             outcome.finished = True
                             break

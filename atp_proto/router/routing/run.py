@@ -49,7 +49,7 @@ from atp_proto.frames import (
     StreamOpened,
 )
 from atp_proto.frames._cbor import EncodedExt
-from atp_proto.messages import final_body, parse_task
+from atp_proto.messages import final_body, final_body_streamed, meta_final_streamed, parse_task
 from atp_proto.router.admission import Shed
 from atp_proto.router.budget import BudgetLedger
 
@@ -237,6 +237,8 @@ class StreamRun:
             )
         task = parse_task(ev)
         self.ev_task_type = task.task_type
+        # ATP-FINAL-001: refused before any adapter is asked
+        streamed = meta_final_streamed(task.meta, ev.stream_id)
         decision = await decide(
             ctx.policy, PolicyInput(self.info.principal, task, ev.qos, tuple(ctx.adapters))
         )
@@ -334,7 +336,11 @@ class StreamRun:
             # a small client window (ATP-FLOW-014): the required telemetry only (ATP-STRAT-007)
             ext["telemetry"] = base
             sent = EncodedExt(ext)
-        self.output.send_final(final_body(best.answer, best.adapter, best.confidence), ext=sent)
+        if streamed and _answer_streamed(best, fan.outcomes):
+            body = final_body_streamed(best.adapter, len(best.text), best.confidence)
+        else:  # not asked, or the PARTIALs naming the winner are not its answer alone
+            body = final_body(best.answer, best.adapter, best.confidence)
+        self.output.send_final(body, ext=sent)
         self._finished = True
 
     def _audit(self, outcome: str, tenant: str, latency_s: float) -> None:
@@ -373,6 +379,15 @@ class StreamRun:
             audit.append(record)
         except Exception:
             log.exception("audit record failed")
+
+
+def _answer_streamed(best: Outcome, outcomes: list[Outcome]) -> bool:
+    """Whether the PARTIALs naming the winner's adapter carry its answer and nothing else
+    (ATP-FINAL-002): every text of the winning call went out as one PARTIAL
+    (:meth:`FanOut.call` keeps a text once sent), and no other call of the stream under
+    the same name sent any (this router calls an adapter once, but a hedge's cancelled
+    call may be escalated to later: it sent nothing)."""
+    return all(o is best or o.adapter != best.adapter or not o.text for o in outcomes)
 
 
 def _tried(o: Outcome) -> dict[str, Any]:

@@ -81,6 +81,10 @@ VARIANTS.update(CLIENT_VARIANTS)
 from mutation_variants import CLIENT_VARIANTS as _MUTATION_CLIENT  # noqa: E402
 
 VARIANTS.update(_MUTATION_CLIENT)
+# a streamed FINAL taken whatever its count (ATP-FINAL-004)
+from final_variants import CLIENT_VARIANTS as _FINAL_CLIENT  # noqa: E402
+
+VARIANTS.update(_FINAL_CLIENT)
 
 if __name__ == "__main__":
     for _one in sys.argv.pop(1).split("+"):  # "a+b": independent faults in one client

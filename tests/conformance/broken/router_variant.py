@@ -260,6 +260,10 @@ VARIANTS.update(_SPECGAPS_VARIANTS)
 from mutation_variants import VARIANTS as _MUTATION_VARIANTS  # noqa: E402
 
 VARIANTS.update(_MUTATION_VARIANTS)
+# the variants of a FINAL that does not repeat a streamed answer (ATP-FINAL-001..003)
+from final_variants import VARIANTS as _FINAL_VARIANTS  # noqa: E402
+
+VARIANTS.update(_FINAL_VARIANTS)
 
 if __name__ == "__main__":
     VARIANTS[sys.argv[1]]()
