@@ -25,9 +25,17 @@ router.flow.fragments-within-credit, both citing ATP-FLOW-013, passed a router w
 fragments are max_frame_size and never cut to the credit (router.flow.cut-to-credit);
 router.seq.fragments-credit, citing ATP-FLOW-010, one that never returns a SYN's own
 credit (router.flow.syn-credit-returned).
+Session 9 added ``_NINE``: the vectors frame.wu-credit-0, frame.wu-credit-2-31 and
+frame.wu-window-negative, on a stream never opened, passed a router taking a credit of 0
+as a no-op, one answering a credit of 2^31 EWINDOW (the range checked against the window)
+and one ignoring a negative window field (new router.flow.wu-credit-0-open-stream,
+router.flow.wu-credit-2-31-open-stream, router.frame.wu-window-negative-open-stream);
+ATP-SEQ-013, ATP-FRAME-015 and ATP-FRAME-024 had no variant, and ATP-FRAME-024's cases
+sent only bytes that are no CBOR and a tag (new router.syn.payload-trailing-bytes and
+router.syn.payload-duplicate-key).
 The lanes (ATP-FRAME-017) and the idle timer (ATP-TIME-008) have their variants in
 test_router_role.py, which runs those cases with the configuration they need. Independent faults share a router process,
-each case meeting only its own: five processes in all."""
+each case meeting only its own: six processes in all."""
 
 from __future__ import annotations
 
@@ -96,6 +104,18 @@ _EIGHT = {
     "session-id-unchecked": ("router.vector.frame.session-id-int", "ATP-EXT-010"),
     "bare-rst-never-opened-dropped": ("router.stream.rst-never-opened", "ATP-FLAG-009"),
 }
+#: session 9's: faults the vectors on a stream never opened let through (router.vector.
+#: frame.wu-credit-0, wu-credit-2-31 and wu-window-negative pass these variants: a stream
+#: never opened is EPROTO whatever the frame), and three MUSTs no variant broke before
+_NINE = {
+    "wu-credit-0-ignored": ("router.flow.wu-credit-0-open-stream", "ATP-FLOW-004"),
+    "wu-credit-range-stateful": ("router.flow.wu-credit-2-31-open-stream", "ATP-FRAME-023"),
+    "wu-window-negative-ignored": ("router.frame.wu-window-negative-open-stream", "ATP-FRAME-020"),
+    "fragments-cap-eproto": ("router.seq.too-many-fragments", "ATP-SEQ-013"),
+    "error-without-message-taken": ("router.vector.frame.error-without-message", "ATP-FRAME-015"),
+    "syn-trailing-bytes-taken": ("router.syn.payload-trailing-bytes", "ATP-FRAME-024"),
+    "syn-duplicate-key-taken": ("router.syn.payload-duplicate-key", "ATP-FRAME-024"),
+}
 #: alone in its process: every stream error of the session would meet it
 _FATAL = {"stream-error-ends-session": ("router.err.stream-error-spares-others", "ATP-ERR-005")}
 _AUTH = {
@@ -119,8 +139,8 @@ def _caught(report: dict, caught: dict[str, tuple[str, str]]) -> None:
 
 @pytest.mark.parametrize(
     "group",
-    [_PLAIN, _MORE, _FATAL, _EIGHT],
-    ids=["plain", "more", "fatal", "eight"],
+    [_PLAIN, _MORE, _FATAL, _EIGHT, _NINE],
+    ids=["plain", "more", "fatal", "eight", "nine"],
 )
 def test_broken_routers_are_caught(group: dict[str, tuple[str, str]]) -> None:
     runs: list[str] = ["--run", "router.basic.final"]

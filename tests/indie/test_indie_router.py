@@ -54,6 +54,9 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
             # the scripted adapter's slow answer keeps the stream open for the frame
             "router.frame.wu-empty-open-stream",
             "router.frame.wu-window-not-map-open-stream",
+            "router.frame.wu-window-negative-open-stream",
+            "router.flow.wu-credit-0-open-stream",
+            "router.flow.wu-credit-2-31-open-stream",
             "router.flow.cut-to-credit",  # the scripted adapter's 20,000-character answer
             "router.adapter.estimate-reuse-expiry",
             "router.adapter.estimate-reuse-failure",

@@ -260,6 +260,10 @@ VARIANTS.update(_SPECGAPS_VARIANTS)
 from mutation_variants import VARIANTS as _MUTATION_VARIANTS  # noqa: E402
 
 VARIANTS.update(_MUTATION_VARIANTS)
+# session 9's: faults the vectors on a stream never opened let through, and three MUSTs
+from hollow_variants import VARIANTS as _HOLLOW_VARIANTS  # noqa: E402
+
+VARIANTS.update(_HOLLOW_VARIANTS)
 
 if __name__ == "__main__":
     VARIANTS[sys.argv[1]]()

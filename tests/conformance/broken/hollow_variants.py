@@ -1,0 +1,157 @@
+"""Broken-router variants of session 9 (loaded into router_variant.VARIANTS): the faults
+the invalid vectors on a stream never opened let through (that stream is EPROTO whatever
+the frame holds, ATP-STREAM-013), and MUSTs no variant broke before (ATP-SEQ-013,
+ATP-FRAME-015, ATP-FRAME-024). Each patches the one place the fault lives in, so that a
+REAL ``atp serve`` process is wrong in exactly that way
+(tests/conformance/test_router_mutations.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+def _wu_check(drop: Callable[[Mapping[str, Any]], str | None]) -> None:
+    """The WINDOW_UPDATE ext check (_validate._check_window_update) blind to the key that
+    ``drop(ext)`` names: the frame is checked without it, and the handler takes it as is."""
+    from atp_proto.frames import _validate
+
+    orig = _validate._check_window_update
+
+    def check(ext: Any, sid: int) -> None:
+        key = drop(ext) if sid else None
+        if key is None:
+            orig(ext, sid)
+            return
+        rest = {k: v for k, v in ext.items() if k != key}
+        if rest.get("credit") is not None or rest.get("window") is not None:
+            orig(rest, sid)
+
+    _validate._check_window_update = check
+
+
+def wu_credit_0_ignored() -> None:  # a credit of 0 taken as an increment of nothing
+    # (ATP-FLOW-004: EPROTO)
+    _wu_check(
+        lambda ext: "credit" if type(ext.get("credit")) is int and ext["credit"] == 0 else None
+    )
+
+
+def wu_credit_range_stateful() -> None:  # a credit past 2^31-1 left to the window's own
+    # check, which answers EWINDOW (ATP-FLOW-004, ATP-FRAME-023: EPROTO, without state)
+    from atp_proto.frames._types import MAX_WINDOW
+
+    def over(ext: Mapping[str, Any]) -> str | None:
+        credit = ext.get("credit")
+        return "credit" if type(credit) is int and credit > MAX_WINDOW else None
+
+    _wu_check(over)
+
+
+def wu_window_negative_ignored() -> None:  # a WINDOW_UPDATE window field below 0 taken
+    # as absent (ATP-FRAME-020: EPROTO)
+    def negative(ext: Mapping[str, Any]) -> str | None:
+        w = ext.get("window")
+        if isinstance(w, Mapping) and any(type(v) is int and v < 0 for v in w.values()):
+            return "window"
+        return None
+
+    _wu_check(negative)
+
+
+def fragments_cap_eproto() -> None:  # a CONT fragment at frag_seq 65,535 refused as a
+    # protocol error (ATP-SEQ-013: ETOOBIG)
+    from atp_proto.frames import _fragments
+    from atp_proto.frames._errors import RemoteProtocolError
+    from atp_proto.frames._types import ErrorCode
+
+    orig = _fragments.Reassembler.push
+
+    def push(self: Any, frame: Any, cost: int, max_message_size: int) -> Any:
+        try:
+            return orig(self, frame, cost, max_message_size)
+        except RemoteProtocolError as exc:
+            if exc.code == ErrorCode.ETOOBIG and "fragments" in str(exc):
+                raise RemoteProtocolError(
+                    ErrorCode.EPROTO, "frag_seq overflow", stream_id=frame.stream_id
+                ) from None
+            raise
+
+    _fragments.Reassembler.push = push  # type: ignore[method-assign]
+
+
+def error_without_message_taken() -> None:  # an ERROR whose error map has a code but no
+    # text message taken as an ERROR (ATP-FRAME-015: EPROTO)
+    from atp_proto.frames import _receiving
+    from atp_proto.frames._types import FrameType
+
+    orig = _receiving.validate_frame
+
+    def validate(frame: Any, limits: Any = None) -> None:
+        err = frame.ext.get("error") if frame.type == FrameType.ERROR else None
+        if isinstance(err, Mapping) and isinstance(err.get("code"), str):
+            return
+        if limits is None:
+            orig(frame)
+        else:
+            orig(frame, limits)
+
+    _receiving.validate_frame = validate
+
+
+def _lenient_payloads(*, trailing: bool, duplicate_keys: bool) -> None:
+    """Payloads (not ext) the strict decoder refuses decoded again, with bytes after the
+    first item ignored (``trailing``) or duplicate map keys allowed, the last value winning
+    (``duplicate_keys``): tags and indefinite lengths stay refused."""
+    import io
+
+    import cbor2
+
+    from atp_proto.frames import _cbor
+
+    orig = _cbor.loads
+
+    def loads(data: Any, max_depth: int, ext: bool) -> Any:
+        try:
+            return orig(data, max_depth, ext)
+        except _cbor.DECODE_ERRORS:
+            if ext:
+                raise
+            raw = bytes(data)
+            bio = io.BytesIO(raw)
+            dec = cbor2.CBORDecoder(
+                bio,
+                max_depth=max_depth + 1,
+                allow_duplicate_keys=duplicate_keys,
+                allow_indefinite=False,
+                tag_hook=_cbor._refuse_tag,
+                semantic_decoders=_cbor._NO_TAGS,
+            )
+            obj = dec.decode()
+            if not trailing and bio.tell() != len(raw):
+                raise ValueError("trailing data after the CBOR item") from None
+            _cbor.check_value(obj, 1, max_depth, finite=False)
+            return obj
+
+    _cbor.loads = loads
+
+
+def syn_trailing_bytes_taken() -> None:  # a SYN payload's bytes after its first CBOR item
+    # ignored (ATP-FRAME-024: EPROTO)
+    _lenient_payloads(trailing=True, duplicate_keys=False)
+
+
+def syn_duplicate_key_taken() -> None:  # a SYN payload map with a key twice taken, the
+    # last value winning (ATP-FRAME-024: EPROTO)
+    _lenient_payloads(trailing=False, duplicate_keys=True)
+
+
+VARIANTS: dict[str, Callable[[], None]] = {
+    "wu-credit-0-ignored": wu_credit_0_ignored,
+    "wu-credit-range-stateful": wu_credit_range_stateful,
+    "wu-window-negative-ignored": wu_window_negative_ignored,
+    "fragments-cap-eproto": fragments_cap_eproto,
+    "error-without-message-taken": error_without_message_taken,
+    "syn-trailing-bytes-taken": syn_trailing_bytes_taken,
+    "syn-duplicate-key-taken": syn_duplicate_key_taken,
+}
