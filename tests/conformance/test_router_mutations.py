@@ -32,7 +32,9 @@ and one ignoring a negative window field (new router.flow.wu-credit-0-open-strea
 router.flow.wu-credit-2-31-open-stream, router.frame.wu-window-negative-open-stream);
 ATP-SEQ-013, ATP-FRAME-015 and ATP-FRAME-024 had no variant, and ATP-FRAME-024's cases
 sent only bytes that are no CBOR and a tag (new router.syn.payload-trailing-bytes and
-router.syn.payload-duplicate-key).
+router.syn.payload-duplicate-key). Two spec points decided in session 9 have theirs too:
+a text qos written as an integer (ATP-JSON-018, router.text.json.qos-integer) and a qos
+above 3 on stream 0 (ATP-FRAME-007, the vector frame.hb-qos-4).
 The lanes (ATP-FRAME-017) and the idle timer (ATP-TIME-008) have their variants in
 test_router_role.py, which runs those cases with the configuration they need. Independent faults share a router process,
 each case meeting only its own: six processes in all."""
@@ -115,6 +117,8 @@ _NINE = {
     "error-without-message-taken": ("router.vector.frame.error-without-message", "ATP-FRAME-015"),
     "syn-trailing-bytes-taken": ("router.syn.payload-trailing-bytes", "ATP-FRAME-024"),
     "syn-duplicate-key-taken": ("router.syn.payload-duplicate-key", "ATP-FRAME-024"),
+    "text-qos-integer-taken": ("router.text.json.qos-integer", "ATP-JSON-018"),
+    "stream0-qos-ignored": ("router.vector.frame.hb-qos-4", "ATP-FRAME-007"),
 }
 #: alone in its process: every stream error of the session would meet it
 _FATAL = {"stream-error-ends-session": ("router.err.stream-error-spares-others", "ATP-ERR-005")}

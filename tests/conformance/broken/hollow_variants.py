@@ -146,6 +146,37 @@ def syn_duplicate_key_taken() -> None:  # a SYN payload map with a key twice tak
     _lenient_payloads(trailing=False, duplicate_keys=True)
 
 
+def text_qos_integer_taken() -> None:  # a text qos written as the binary header's integer
+    # (1 for gold) taken (ATP-JSON-018: EPROTO)
+    from atp_proto.frames import _json
+    from atp_proto.frames._types import QoS
+
+    orig = _json.JsonMapping._from_obj
+
+    def from_obj(self: Any, obj: Any, duplicate: str | None) -> Any:
+        q = obj.get("qos") if isinstance(obj, Mapping) else None
+        if type(q) is int and 0 <= q <= 3:
+            obj = {k: v for k, v in obj.items() if k != "qos"}
+            if q:
+                obj["qos"] = QoS(q).label
+        return orig(self, obj, duplicate)
+
+    _json.JsonMapping._from_obj = from_obj  # type: ignore[method-assign]
+
+
+def stream0_qos_ignored() -> None:  # a qos above 3 on stream 0 ignored, stream 0 having no
+    # lane (ATP-FRAME-007: a connection error EPROTO)
+    from atp_proto.frames import _codec
+
+    orig = _codec.FrameDecoder._decode
+
+    def decode(self: Any, buf: Any, pos: int, version: int, ftype: int, flags: int,
+               qos: int, sid: int, *rest: int) -> Any:  # fmt: skip
+        return orig(self, buf, pos, version, ftype, flags, 0 if not sid else qos, sid, *rest)
+
+    _codec.FrameDecoder._decode = decode  # type: ignore[method-assign]
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
     "wu-credit-0-ignored": wu_credit_0_ignored,
     "wu-credit-range-stateful": wu_credit_range_stateful,
@@ -154,4 +185,6 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "error-without-message-taken": error_without_message_taken,
     "syn-trailing-bytes-taken": syn_trailing_bytes_taken,
     "syn-duplicate-key-taken": syn_duplicate_key_taken,
+    "text-qos-integer-taken": text_qos_integer_taken,
+    "stream0-qos-ignored": stream0_qos_ignored,
 }
