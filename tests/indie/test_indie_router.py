@@ -202,7 +202,12 @@ def test_indie_router_passes_every_case_it_can_run() -> None:
     with indie_router("--idle-timeout-ms", "1000", "--handshake-timeout", "1") as url:
         with ThreadPoolExecutor(SHARDS) as pool:
             runs = list(
-                pool.map(lambda s: _suite(url, *(a for i in s for a in ("--run", i))), shards)
+                pool.map(
+                    lambda s: _suite(
+                        url, "--handshake-timeout", "1", *(a for i in s for a in ("--run", i))
+                    ),
+                    shards,
+                )
             )
     cases = [c for _, report, _ in runs for c in report.get("cases", [])]
     ran = {c["id"]: c for c in cases if c["verdict"] != "SKIPPED"}

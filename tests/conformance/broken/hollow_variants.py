@@ -177,6 +177,20 @@ def stream0_qos_ignored() -> None:  # a qos above 3 on stream 0 ignored, stream 
     _codec.FrameDecoder._decode = decode  # type: ignore[method-assign]
 
 
+def handshake_timeout_fixed() -> None:  # the configured handshake timeout ignored: every
+    # connection gets the built-in 10 s (ATP-WS-014: closed within the router's timeout)
+    from atp_proto.router import config
+
+    orig = config.load_file
+
+    def load_file(path: str) -> dict[str, Any]:
+        out = orig(path)
+        out.pop("handshake_timeout_s", None)
+        return out
+
+    config.load_file = load_file
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
     "wu-credit-0-ignored": wu_credit_0_ignored,
     "wu-credit-range-stateful": wu_credit_range_stateful,
@@ -187,4 +201,5 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "syn-duplicate-key-taken": syn_duplicate_key_taken,
     "text-qos-integer-taken": text_qos_integer_taken,
     "stream0-qos-ignored": stream0_qos_ignored,
+    "handshake-timeout-fixed": handshake_timeout_fixed,
 }
