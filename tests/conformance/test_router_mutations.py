@@ -35,6 +35,11 @@ sent only bytes that are no CBOR and a tag (new router.syn.payload-trailing-byte
 router.syn.payload-duplicate-key). Two spec points decided in session 9 have theirs too:
 a text qos written as an integer (ATP-JSON-018, router.text.json.qos-integer) and a qos
 above 3 on stream 0 (ATP-FRAME-007, the vector frame.hb-qos-4).
+Six receivers stricter than the spec (a reserved flag bit, ACK on a DATA frame, qos and
+ttl on a WINDOW_UPDATE, an unknown caps feature, an unknown text flag name) or laxer (ext
+on a later fragment dropped) had no variant: router.frame.qos-ttl-on-non-syn-ignored is
+new (ATP-FRAME-016 was cited by a SYN-only case), and a refused CAPABILITIES of the case's
+own now fails the case's requirements, not ATP-SESS-002 (router.caps.bad-limits-ignored).
 The lanes (ATP-FRAME-017) and the idle timer (ATP-TIME-008) have their variants in
 test_router_role.py, which runs those cases with the configuration they need. Independent faults share a router process,
 each case meeting only its own: six processes in all."""
@@ -130,6 +135,16 @@ _NINE = {
     "stream0-qos-ignored": ("router.vector.frame.hb-qos-4", "ATP-FRAME-007"),
     # configured 2 s and told so (--handshake-timeout 2), it keeps the connection 10 s
     "handshake-timeout-fixed": ("router.tls.handshake-timeout", "ATP-WS-014"),
+    # receivers stricter than the spec, and one laxer
+    "reserved-flag-refused": ("router.flag.reserved-bit", "ATP-FLAG-001"),
+    "ack-on-data-refused": ("router.flag.more-ack-hb-on-syn", "ATP-FLAG-002"),
+    "non-syn-qos-refused": ("router.frame.qos-ttl-on-non-syn-ignored", "ATP-FRAME-016"),
+    "unknown-feature-refused": ("router.caps.bad-limits-ignored", "ATP-EXT-003"),
+    "unknown-flag-name-refused": ("router.text.json.minimal-syn", "ATP-JSON-005"),
+    "ext-on-later-fragment-dropped": (
+        "router.seq.ext-on-later-fragment-out-of-sequence",
+        "ATP-SEQ-006",
+    ),
 }
 #: alone in its process: every stream error of the session would meet it
 _FATAL = {"stream-error-ends-session": ("router.err.stream-error-spares-others", "ATP-ERR-005")}

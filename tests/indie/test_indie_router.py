@@ -57,6 +57,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
             "router.frame.wu-window-negative-open-stream",
             "router.flow.wu-credit-0-open-stream",
             "router.flow.wu-credit-2-31-open-stream",
+            "router.frame.qos-ttl-on-non-syn-ignored",
             "router.flow.cut-to-credit",  # the scripted adapter's 20,000-character answer
             "router.adapter.estimate-reuse-expiry",
             "router.adapter.estimate-reuse-failure",

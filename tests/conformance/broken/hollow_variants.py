@@ -191,6 +191,101 @@ def handshake_timeout_fixed() -> None:  # the configured handshake timeout ignor
     config.load_file = load_file
 
 
+def _refuse(pick: Callable[[Any], bool], what: str) -> None:
+    """The receive path's stateless checks (validate_frame) also refuse, as a stream error
+    EPROTO, the frames ``pick`` chooses: a receiver stricter than the spec."""
+    from atp_proto.frames import _receiving
+    from atp_proto.frames._errors import RemoteProtocolError
+    from atp_proto.frames._types import ErrorCode
+
+    orig = _receiving.validate_frame
+
+    def validate(frame: Any, limits: Any = None) -> None:
+        if pick(frame):
+            raise RemoteProtocolError(ErrorCode.EPROTO, what, stream_id=frame.stream_id)
+        if limits is None:
+            orig(frame)
+        else:
+            orig(frame, limits)
+
+    _receiving.validate_frame = validate
+
+
+def reserved_flag_refused() -> None:  # a frame with the reserved flag bit 0x80 refused
+    # (ATP-FLAG-001: ignored)
+    _refuse(lambda f: bool(f.flags & 0x80), "reserved flag bit 0x80 set")
+
+
+def ack_on_data_refused() -> None:  # ACK on a DATA frame of a stream refused (ATP-FLAG-002:
+    # ACK is ignored on frames other than heartbeats)
+    from atp_proto.frames._types import FrameType
+
+    _refuse(
+        lambda f: f.type == FrameType.DATA and f.stream_id != 0 and bool(f.flags & 0x02),
+        "ACK on a DATA frame that is no heartbeat",
+    )
+
+
+def non_syn_qos_refused() -> None:  # qos or ttl on a frame other than a SYN refused
+    # (ATP-FRAME-016: ignored there)
+    _refuse(
+        lambda f: f.stream_id != 0 and not f.flags & 0x01 and bool(f.qos or f.ttl),
+        "qos and ttl belong on a SYN only",
+    )
+
+
+def unknown_feature_refused() -> None:  # a CAPABILITIES naming a feature the router does
+    # not know refused (ATP-EXT-003: ignored)
+    from atp_proto.frames import _validate
+    from atp_proto.frames._caps import FEATURES
+    from atp_proto.frames._errors import RemoteProtocolError
+    from atp_proto.frames._types import ErrorCode
+
+    orig = _validate._check_capabilities
+
+    def check(ext: Any, sid: int) -> None:
+        orig(ext, sid)
+        caps = ext.get("caps")
+        features = caps.get("features") if isinstance(caps, Mapping) else None
+        if isinstance(features, list) and set(features) - set(FEATURES):
+            raise RemoteProtocolError(ErrorCode.EPROTO, "unknown feature in caps.features")
+
+    _validate._check_capabilities = check
+
+
+def unknown_flag_name_refused() -> None:  # a text frame naming a flag the router does not
+    # know refused as malformed (ATP-JSON-005: ignored)
+    from atp_proto.frames import _json
+    from atp_proto.frames._errors import FrameDecodeError
+    from atp_proto.frames._types import ErrorCode
+
+    orig = _json.JsonMapping._from_obj
+
+    def from_obj(self: Any, obj: Any, duplicate: str | None) -> Any:
+        flags = obj.get("flags") if isinstance(obj, Mapping) else None
+        if isinstance(flags, list) and any(
+            isinstance(n, str) and n not in _json._FLAG_BY_NAME for n in flags
+        ):
+            raise FrameDecodeError(ErrorCode.EPROTO, "unknown flag name in a text frame")
+        return orig(self, obj, duplicate)
+
+    _json.JsonMapping._from_obj = from_obj  # type: ignore[method-assign]
+
+
+def ext_on_later_fragment_dropped() -> None:  # ext on a fragment other than the first
+    # dropped instead of refused (ATP-SEQ-006: EPROTO)
+    from atp_proto.frames import _stream
+
+    orig = _stream.Stream.receive_general
+
+    def receive_general(self: Any, frame: Any, cost: int, max_message_size: int) -> Any:
+        if frame.frag_seq and frame.ext:
+            frame = frame._replace(ext=None)
+        return orig(self, frame, cost, max_message_size)
+
+    _stream.Stream.receive_general = receive_general  # type: ignore[method-assign]
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
     "wu-credit-0-ignored": wu_credit_0_ignored,
     "wu-credit-range-stateful": wu_credit_range_stateful,
@@ -202,4 +297,10 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "text-qos-integer-taken": text_qos_integer_taken,
     "stream0-qos-ignored": stream0_qos_ignored,
     "handshake-timeout-fixed": handshake_timeout_fixed,
+    "reserved-flag-refused": reserved_flag_refused,
+    "ack-on-data-refused": ack_on_data_refused,
+    "non-syn-qos-refused": non_syn_qos_refused,
+    "unknown-feature-refused": unknown_feature_refused,
+    "unknown-flag-name-refused": unknown_flag_name_refused,
+    "ext-on-later-fragment-dropped": ext_on_later_fragment_dropped,
 }
