@@ -244,3 +244,27 @@ def test_broken_client_is_caught() -> None:
     assert set(failed) == {case for case, _ in _CLIENT.values()}, failed
     for variant, (case, want_id) in _CLIENT.items():
         assert failed[case]["violated"] == [want_id], (variant, failed[case])
+
+
+#: session 9's: sender rules every client frame meets (both faults in one client: the one
+#: case they meet must name both)
+_CLIENT_SENDER = {
+    "client-syn-frag-1": "ATP-STREAM-001",
+    "client-reserved-flag-set": "ATP-FLAG-001",
+}
+
+
+def test_broken_client_sender_is_caught() -> None:
+    """A client whose SYNs carry frag_seq 1 and whose DATA frames carry the reserved flag
+    bit 0x80 fails client.basic.three-streams naming both rules (the client invariants)."""
+    cmd = (
+        f"env PYTHONPATH={BROKEN}:{ROOT} {sys.executable} {BROKEN / 'client_variant.py'} "
+        f"{'+'.join(_CLIENT_SENDER)} {{url}} --streams {{streams}}"
+    )
+    code, report, _ = run_suite(
+        "--role", "client", "--exec", cmd, "--run", "client.basic.three-streams"
+    )
+    assert code == 1
+    (failed,) = failures(report)
+    assert failed["id"] == "client.basic.three-streams", failed
+    assert set(_CLIENT_SENDER.values()) <= set(failed["violated"]), failed

@@ -304,3 +304,33 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "unknown-flag-name-refused": unknown_flag_name_refused,
     "ext-on-later-fragment-dropped": ext_on_later_fragment_dropped,
 }
+
+
+def client_syn_frag_1() -> None:  # the client's SYN frames carry frag_seq 1 (ATP-STREAM-001:
+    # a stream opens with a SYN at frag_seq 0)
+    from router_variant import _frame, _wire
+
+    from atp_proto.frames import FrameType
+
+    _wire(
+        lambda f: _frame(f, frag_seq=1) if f.type == FrameType.DATA and f.flags & 0x01 else f,
+        lambda o: dict(o, frag_seq=1) if "SYN" in (o.get("flags") or []) else o,
+    )
+
+
+def client_reserved_flag_set() -> None:  # the client's DATA frames carry the reserved flag
+    # bit 0x80 (ATP-FLAG-001: sent as 0)
+    from router_variant import _frame, _wire
+
+    from atp_proto.frames import FrameType
+
+    _wire(
+        lambda f: _frame(f, flags=f.flags | 0x80) if f.type == FrameType.DATA else f,
+        lambda o: o,
+    )
+
+
+CLIENT_VARIANTS: dict[str, Callable[[], None]] = {
+    "client-syn-frag-1": client_syn_frag_1,
+    "client-reserved-flag-set": client_reserved_flag_set,
+}
