@@ -82,21 +82,15 @@ def fragments_cap_eproto() -> None:  # a CONT fragment at frag_seq 65,535 refuse
 
 def error_without_message_taken() -> None:  # an ERROR whose error map has a code but no
     # text message taken as an ERROR (ATP-FRAME-015: EPROTO)
-    from atp_proto.frames import _receiving
+    from mutation_variants import _validation
+
     from atp_proto.frames._types import FrameType
 
-    orig = _receiving.validate_frame
-
-    def validate(frame: Any, limits: Any = None) -> None:
+    def skip(frame: Any) -> bool:
         err = frame.ext.get("error") if frame.type == FrameType.ERROR else None
-        if isinstance(err, Mapping) and isinstance(err.get("code"), str):
-            return
-        if limits is None:
-            orig(frame)
-        else:
-            orig(frame, limits)
+        return isinstance(err, Mapping) and isinstance(err.get("code"), str)
 
-    _receiving.validate_frame = validate
+    _validation(skip)
 
 
 def _lenient_payloads(*, trailing: bool, duplicate_keys: bool) -> None:
