@@ -122,7 +122,7 @@ _EIGHT = {
 }
 #: session 9's: faults the vectors on a stream never opened let through (router.vector.
 #: frame.wu-credit-0, wu-credit-2-31 and wu-window-negative pass these variants: a stream
-#: never opened is EPROTO whatever the frame), and three MUSTs no variant broke before
+#: never opened is EPROTO whatever the frame), and MUSTs no variant broke before
 _NINE = {
     "wu-credit-0-ignored": ("router.flow.wu-credit-0-open-stream", "ATP-FLOW-004"),
     "wu-credit-range-stateful": ("router.flow.wu-credit-2-31-open-stream", "ATP-FRAME-023"),
