@@ -138,6 +138,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="router role: the router's configured session limit (at most 200), for the 503 case",
     )
     run.add_argument(
+        "--handshake-timeout",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="router role: the router's configured handshake timeout in seconds (at most "
+        "30): router.tls.handshake-timeout then waits that long plus a margin, not 30 s",
+    )
+    run.add_argument(
         "--quota-tokens",
         type=_positive_int,
         default=None,
@@ -366,6 +374,7 @@ def _run(args: argparse.Namespace) -> int:
             "denied_meta": args.denied_meta,
             "policy_unreachable": args.policy_unreachable,
             "session_limit": args.session_limit,
+            "handshake_timeout": args.handshake_timeout,
             "pressure": args.pressure,
             "quota_tokens": args.quota_tokens,
             "quota_concurrent": args.quota_concurrent,
@@ -406,6 +415,7 @@ ROUTER_ONLY = (
     ("adapter_listen", "--adapter-listen"),
     ("pressure", "--pressure"),
     ("session_limit", "--session-limit"),
+    ("handshake_timeout", "--handshake-timeout"),
     ("quota_tokens", "--quota-tokens"),
     ("quota_concurrent", "--quota-concurrent"),
 )

@@ -211,6 +211,16 @@ async def _setup(
         await session.send({"type": "CAPABILITIES", "stream_id": 0, "caps": mine})
         got = await r.wait_for({"type": "CAPABILITIES", "stream_id": 0}, ctx.timeout(5))
         if got is None:
+            refusal = next(
+                (f for f in r.s.frames if f.get("type") == "ERROR" and not f.get("stream_id")),
+                None,
+            )
+            if refusal is not None and caps:
+                # the case's own CAPABILITIES refused: what the case checks (its requirements)
+                raise ScenarioFailed(
+                    f"our CAPABILITIES {json.dumps(mine)} were refused: {refusal.get('error')}",
+                    "the router's CAPABILITIES",
+                )
             raise ScenarioFailed(
                 "no CAPABILITIES in answer to ours", "the router's CAPABILITIES", ("ATP-SESS-002",)
             )

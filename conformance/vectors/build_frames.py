@@ -309,6 +309,14 @@ def vectors() -> list[dict[str, Any]]:
         "DATA on stream 0 without HB",
     )
     bad(
+        "frame.hb-qos-4",
+        ["ATP-FRAME-007"],
+        build_frame(T_DATA, F_HB, 0, 0, qos=4, raw_payload=b"ping"),
+        "EPROTO",
+        "connection",
+        "qos 4 on a heartbeat: stream 0 has no stream to end",
+    )
+    bad(
         "frame.window-update-stream0",
         ["ATP-FRAME-012"],
         build_frame(T_WINDOW_UPDATE, 0, 0, ext={"credit": 10}),

@@ -25,9 +25,24 @@ router.flow.fragments-within-credit, both citing ATP-FLOW-013, passed a router w
 fragments are max_frame_size and never cut to the credit (router.flow.cut-to-credit);
 router.seq.fragments-credit, citing ATP-FLOW-010, one that never returns a SYN's own
 credit (router.flow.syn-credit-returned).
+Session 9 added ``_NINE``: the vectors frame.wu-credit-0, frame.wu-credit-2-31 and
+frame.wu-window-negative, on a stream never opened, passed a router taking a credit of 0
+as a no-op, one answering a credit of 2^31 EWINDOW (the range checked against the window)
+and one ignoring a negative window field (new router.flow.wu-credit-0-open-stream,
+router.flow.wu-credit-2-31-open-stream, router.frame.wu-window-negative-open-stream);
+ATP-SEQ-013, ATP-FRAME-015 and ATP-FRAME-024 had no variant, and ATP-FRAME-024's cases
+sent only bytes that are no CBOR and a tag (new router.syn.payload-trailing-bytes and
+router.syn.payload-duplicate-key). Two spec points decided in session 9 have theirs too:
+a text qos written as an integer (ATP-JSON-018, router.text.json.qos-integer) and a qos
+above 3 on stream 0 (ATP-FRAME-007, the vector frame.hb-qos-4).
+Six receivers stricter than the spec (a reserved flag bit, ACK on a DATA frame, qos and
+ttl on a WINDOW_UPDATE, an unknown caps feature, an unknown text flag name) or laxer (ext
+on a later fragment dropped) had no variant: router.frame.qos-ttl-on-non-syn-ignored is
+new (ATP-FRAME-016 was cited by a SYN-only case), and a refused CAPABILITIES of the case's
+own now fails the case's requirements, not ATP-SESS-002 (router.caps.bad-limits-ignored).
 The lanes (ATP-FRAME-017) and the idle timer (ATP-TIME-008) have their variants in
 test_router_role.py, which runs those cases with the configuration they need. Independent faults share a router process,
-each case meeting only its own: five processes in all."""
+each case meeting only its own: six processes in all."""
 
 from __future__ import annotations
 
@@ -38,7 +53,16 @@ import pytest
 
 from atp_proto.router.auth import issue_token
 
-from .conftest import BROKEN, ROOT, SECRET, adapter_socket, failures, router, run_suite
+from .conftest import (
+    BROKEN,
+    HANDSHAKE_2S,
+    ROOT,
+    SECRET,
+    adapter_socket,
+    failures,
+    router,
+    run_suite,
+)
 
 #: variant: (the case that must catch it, the requirement it must name)
 _PLAIN = {
@@ -96,6 +120,32 @@ _EIGHT = {
     "session-id-unchecked": ("router.vector.frame.session-id-int", "ATP-EXT-010"),
     "bare-rst-never-opened-dropped": ("router.stream.rst-never-opened", "ATP-FLAG-009"),
 }
+#: session 9's: faults the vectors on a stream never opened let through (router.vector.
+#: frame.wu-credit-0, wu-credit-2-31 and wu-window-negative pass these variants: a stream
+#: never opened is EPROTO whatever the frame), and MUSTs no variant broke before
+_NINE = {
+    "wu-credit-0-ignored": ("router.flow.wu-credit-0-open-stream", "ATP-FLOW-004"),
+    "wu-credit-range-stateful": ("router.flow.wu-credit-2-31-open-stream", "ATP-FRAME-023"),
+    "wu-window-negative-ignored": ("router.frame.wu-window-negative-open-stream", "ATP-FRAME-020"),
+    "fragments-cap-eproto": ("router.seq.too-many-fragments", "ATP-SEQ-013"),
+    "error-without-message-taken": ("router.vector.frame.error-without-message", "ATP-FRAME-015"),
+    "syn-trailing-bytes-taken": ("router.syn.payload-trailing-bytes", "ATP-FRAME-024"),
+    "syn-duplicate-key-taken": ("router.syn.payload-duplicate-key", "ATP-FRAME-024"),
+    "text-qos-integer-taken": ("router.text.json.qos-integer", "ATP-JSON-018"),
+    "stream0-qos-ignored": ("router.vector.frame.hb-qos-4", "ATP-FRAME-007"),
+    # configured 2 s and told so (--handshake-timeout 2), it keeps the connection 10 s
+    "handshake-timeout-fixed": ("router.tls.handshake-timeout", "ATP-WS-014"),
+    # receivers stricter than the spec, and one laxer
+    "reserved-flag-refused": ("router.flag.reserved-bit", "ATP-FLAG-001"),
+    "ack-on-data-refused": ("router.flag.more-ack-hb-on-syn", "ATP-FLAG-002"),
+    "non-syn-qos-refused": ("router.frame.qos-ttl-on-non-syn-ignored", "ATP-FRAME-016"),
+    "unknown-feature-refused": ("router.caps.bad-limits-ignored", "ATP-EXT-003"),
+    "unknown-flag-name-refused": ("router.text.json.minimal-syn", "ATP-JSON-005"),
+    "ext-on-later-fragment-dropped": (
+        "router.seq.ext-on-later-fragment-out-of-sequence",
+        "ATP-SEQ-006",
+    ),
+}
 #: alone in its process: every stream error of the session would meet it
 _FATAL = {"stream-error-ends-session": ("router.err.stream-error-spares-others", "ATP-ERR-005")}
 _AUTH = {
@@ -119,8 +169,8 @@ def _caught(report: dict, caught: dict[str, tuple[str, str]]) -> None:
 
 @pytest.mark.parametrize(
     "group",
-    [_PLAIN, _MORE, _FATAL, _EIGHT],
-    ids=["plain", "more", "fatal", "eight"],
+    [_PLAIN, _MORE, _FATAL, _EIGHT, _NINE],
+    ids=["plain", "more", "fatal", "eight", "nine"],
 )
 def test_broken_routers_are_caught(group: dict[str, tuple[str, str]]) -> None:
     runs: list[str] = ["--run", "router.basic.final"]
@@ -131,19 +181,13 @@ def test_broken_routers_are_caught(group: dict[str, tuple[str, str]]) -> None:
         router(
             variant="+".join(group),
             adapters={"conf": f"grpc://127.0.0.1:{conf.getsockname()[1]}"},
+            config_toml=HANDSHAKE_2S,
         ) as r,
     ):
         code, report, err = run_suite(
-            "--role",
-            "router",
-            "--target",
-            r.url,
-            "--level",
-            "L3",
-            *runs,
-            adapter=conf,
-            fail_fast=True,
-        )
+            "--role", "router", "--target", r.url, "--level", "L3", "--handshake-timeout", "2",
+            *runs, adapter=conf, fail_fast=True,
+        )  # fmt: skip
     assert code == 1, err[-1500:]
     _caught(report, group)
 
@@ -195,3 +239,27 @@ def test_broken_client_is_caught() -> None:
     assert set(failed) == {case for case, _ in _CLIENT.values()}, failed
     for variant, (case, want_id) in _CLIENT.items():
         assert failed[case]["violated"] == [want_id], (variant, failed[case])
+
+
+#: session 9's: sender rules every client frame meets (both faults in one client: the one
+#: case they meet must name both)
+_CLIENT_SENDER = {
+    "client-syn-frag-1": "ATP-STREAM-001",
+    "client-reserved-flag-set": "ATP-FLAG-001",
+}
+
+
+def test_broken_client_sender_is_caught() -> None:
+    """A client whose SYNs carry frag_seq 1 and whose DATA frames carry the reserved flag
+    bit 0x80 fails client.basic.three-streams naming both rules (the client invariants)."""
+    cmd = (
+        f"env PYTHONPATH={BROKEN}:{ROOT} {sys.executable} {BROKEN / 'client_variant.py'} "
+        f"{'+'.join(_CLIENT_SENDER)} {{url}} --streams {{streams}}"
+    )
+    code, report, _ = run_suite(
+        "--role", "client", "--exec", cmd, "--run", "client.basic.three-streams"
+    )
+    assert code == 1
+    (failed,) = failures(report)
+    assert failed["id"] == "client.basic.three-streams", failed
+    assert set(_CLIENT_SENDER.values()) <= set(failed["violated"]), failed

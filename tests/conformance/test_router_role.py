@@ -58,6 +58,8 @@ def test_reference_router_passes_every_case_with_the_scripted_adapter() -> None:
             f"http://127.0.0.1:{r.metrics_port}",
             "--denied-meta",
             DENIED_META,
+            "--handshake-timeout",
+            "2",
             "--skip",
             "router.auth.*",
             "--skip",
@@ -99,7 +101,11 @@ def test_reference_router_with_auth_passes_l2(secret_file: Path) -> None:
     expired = issue_token(SECRET.encode(), ttl_s=-120)
     limited = issue_token(SECRET.encode(), ttl_s=600, task_types=["qa"], max_qos="bronze")
     with router(
-        "--policy", str(POLICY), adapters={"persona": "builtin:persona"}, key_file=secret_file
+        "--policy",
+        str(POLICY),
+        adapters={"persona": "builtin:persona"},
+        key_file=secret_file,
+        config_toml=HANDSHAKE_2S,
     ) as r:
         code, report, err = run_suite(
             "--role",
@@ -116,6 +122,8 @@ def test_reference_router_with_auth_passes_l2(secret_file: Path) -> None:
             limited,
             "--denied-meta",
             DENIED_META,
+            "--handshake-timeout",
+            "2",
             "--skip",
             "*.policy.service-unreachable",  # policy service down: test_router_role_strategy.py
             "--skip",

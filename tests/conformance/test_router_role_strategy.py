@@ -114,6 +114,8 @@ def test_wss_handshake_timeout_covers_tls(tmp_path: Path) -> None:
             "--insecure",
             "--encoding",
             "binary",
+            "--handshake-timeout",
+            "2",
             "--run",
             "router.tls.handshake-timeout",
             "--run",

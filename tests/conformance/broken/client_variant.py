@@ -86,6 +86,11 @@ from final_variants import CLIENT_VARIANTS as _FINAL_CLIENT  # noqa: E402
 
 VARIANTS.update(_FINAL_CLIENT)
 
+# session 9's: sender rules of the client no variant broke before
+from hollow_variants import CLIENT_VARIANTS as _HOLLOW_CLIENT  # noqa: E402
+
+VARIANTS.update(_HOLLOW_CLIENT)
+
 if __name__ == "__main__":
     for _one in sys.argv.pop(1).split("+"):  # "a+b": independent faults in one client
         VARIANTS[_one]()

@@ -265,6 +265,11 @@ from final_variants import VARIANTS as _FINAL_VARIANTS  # noqa: E402
 
 VARIANTS.update(_FINAL_VARIANTS)
 
+# session 9's: faults the vectors on a stream never opened let through, and three MUSTs
+from hollow_variants import VARIANTS as _HOLLOW_VARIANTS  # noqa: E402
+
+VARIANTS.update(_HOLLOW_VARIANTS)
+
 if __name__ == "__main__":
     VARIANTS[sys.argv[1]]()
     from atp_proto.cli import main
