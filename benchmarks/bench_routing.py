@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from atp_proto.routing_data import DataError
+
 from . import _report
 from ._report import Goal
 
@@ -196,6 +198,11 @@ def run(args: argparse.Namespace) -> int:
 
             sources, prices, _, _ = load_sources(data, scales)
             results["levers"] = run_levers(sources, prices, args.train_share, args.seed, progress)
+    except DataError as exc:  # the records given are malformed: bad input (exit 2)
+        if status is not None:
+            status.stop()
+        print(f"atp bench routing: error: {exc}", file=sys.stderr)
+        return 2
     except (OSError, RuntimeError, ValueError) as exc:
         if status is not None:
             status.stop()

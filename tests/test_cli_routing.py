@@ -87,10 +87,10 @@ def test_routing_cli_errors_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x", "models": {}}\nnot json\n')
     cases = [
-        (("routing", "train", str(bad), "--state", str(tmp_path / "a.sqlite")), 1, "not JSON"),
+        (("routing", "train", str(bad), "--state", str(tmp_path / "a.sqlite")), 2, "not JSON"),
         (("routing", "show", "--state", str(tmp_path / "missing.sqlite")), 2, "no such"),
         (("routing", "train", str(bad), "--state", "x", "--buckets", "9-1"), 2, "--buckets"),
-        (("routing", "import", str(bad), "--state", str(tmp_path / "b.sqlite")), 1, "not JSON"),
+        (("routing", "import", str(bad), "--state", str(tmp_path / "b.sqlite")), 2, "not JSON"),
     ]
     for args, code, text in cases:
         out = _atp(*args)

@@ -91,9 +91,9 @@ def _buckets(text: str | None) -> range | None:
     return range(int(a), int(b) + 1)
 
 
-def _fail(args: argparse.Namespace, message: str) -> int:
+def _fail(args: argparse.Namespace, message: str, code: int = 1) -> int:
     print(f"{prog_of(args)}: error: {message}", file=sys.stderr)
-    return 1
+    return code
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,13 +158,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             doc = json.loads(raw)
         except ValueError as exc:
-            return _fail(args, f"{args.source}: not JSON ({exc})")
+            return _fail(args, f"{args.source}: not JSON ({exc})", 2)
         state = store.load_json(doc)
         store.save(path, state)
         print(f"imported {len(state.arms)} adapter model(s) into {path}")
         return 0
-    except (store.StateError, DataError) as exc:
-        return _fail(args, str(exc))
+    except (store.StateError, DataError) as exc:  # bad input: malformed records or state
+        return _fail(args, str(exc), 2)
     except sqlite3.Error as exc:  # the file went away or filled the disk meanwhile
         return _fail(args, f"{path}: {exc}")
 

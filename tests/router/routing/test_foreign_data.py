@@ -214,8 +214,9 @@ def test_a_malformed_line_is_named_with_its_field(tmp_path: Path, line: str, say
 
 
 def test_malformed_data_fails_the_cli_in_one_line(tmp_path: Path) -> None:
-    """``atp routing train`` and ``atp bench routing --data``: exit 1, one line naming the
-    line and the field, no traceback; bytes that are not UTF-8 are named by their line."""
+    """``atp routing train`` and ``atp bench routing --data``: exit 2 (bad input), one
+    line naming the line and the field, no traceback; bytes that are not UTF-8 are named by
+    their line."""
     path = _bad(tmp_path, ["", _entry(cost_usd=None)])
     cases = [
         (
@@ -229,7 +230,7 @@ def test_malformed_data_fails_the_cli_in_one_line(tmp_path: Path) -> None:
     ]
     for args, says in cases:
         out = _atp(*args)
-        assert out.returncode == 1, (args, out.stdout, out.stderr)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert says in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     bad_utf8 = tmp_path / "u.jsonl"

@@ -59,15 +59,15 @@ def test_the_cli_passes_the_scale_on_and_refuses_a_bad_one(
 ) -> None:
     """``atp routing train --score-scale`` and ``atp bench routing --score-scale`` (the
     CLI's own entry, in-process): the scale given reaches the reader (a score outside it
-    fails the run, exit 1, naming it), a malformed value is bad usage (exit 2); one line
+    fails the run as bad input, exit 2, naming it), a malformed value is bad usage (exit 2); one line
     each. (Training on the given reading: the test above, on the same reader.)"""
     data = tmp_path / "low.jsonl"
     generate_variant(data, "low-judged", seed=3, prompts=60)
     state = str(tmp_path / "x.sqlite")
     for args, rc, says in [
         (["routing", "train", str(data), "--state", state, "--score-scale", "1-10"], 2, "LO:HI"),
-        (["routing", "train", str(data), "--state", state, "--score-scale", "1:4"], 1, "1:4 given"),
-        (["bench", "routing", "--data", str(data), "--score-scale", "1:4"], 1, "1:4 given"),
+        (["routing", "train", str(data), "--state", state, "--score-scale", "1:4"], 2, "1:4 given"),
+        (["bench", "routing", "--data", str(data), "--score-scale", "1:4"], 2, "1:4 given"),
         (["bench", "routing", "--data", str(data), "--score-scale", "x"], 2, "LO:HI"),
     ]:
         assert main(args) == rc, args
