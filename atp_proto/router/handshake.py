@@ -67,7 +67,14 @@ async def admit(
     """Check ``request``; None when it was refused (the refusal was sent, the connection
     closed), else who the peer is. The caller accepts the upgrade."""
     m = metrics
-    path = urlsplit(request.path).path
+    try:
+        path = urlsplit(request.path).path
+    except ValueError:  # "http://[x/ws": an unclosed IPv6 literal
+        path = None
+    if path is None:
+        m.handshakes_refused.inc("400")
+        await ws.reject(400, body=b"malformed request target\n")
+        return None
     if path != config.ws_path:
         m.handshakes_refused.inc("404")
         await ws.reject(404, body=f"no ATP endpoint at {path}; use {config.ws_path}\n".encode())

@@ -93,18 +93,25 @@ async def _one_request(
             line = data.split(b"\r\n", 1)[0].decode("latin-1")
             parts = line.split()
             method, target = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-            if method == "POST" and post is not None:
-                status, ctype, body = await _post(stream, data, urlsplit(target).path, post)
-            else:
-                status, ctype, body = respond(
-                    method, urlsplit(target).path, render_metrics, readiness
+            path = _path(target)
+            if b"\r\n\r\n" not in data:
+                status, ctype, body = (
+                    "431 Request Header Fields Too Large",
+                    "text/plain",
+                    (b"at most 8192 bytes of request head\n"),
                 )
+            elif path is None:
+                status, ctype, body = "400 Bad Request", "text/plain", b"malformed request target\n"
+            elif method == "POST" and post is not None:
+                status, ctype, body = await _post(stream, data, path, post)
+            else:
+                status, ctype, body = respond(method, path, render_metrics, readiness)
             head = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             )
             await stream.send_all(head.encode() + body)
-            if method == "POST":
+            if method == "POST" or status.startswith("431"):  # the client may still be sending
                 await _linger(stream)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
@@ -138,18 +145,28 @@ async def _post(
             headers[name.strip().lower()] = value.strip()
     if "transfer-encoding" in headers:
         return "411 Length Required", "text/plain", b"send a Content-Length, not chunks\n"
-    try:
-        length = int(headers.get("content-length", ""))
-    except ValueError:
+    value = headers.get("content-length", "")
+    # digits only: int() would also take "+5", "1_0", " 5" and other scripts' digits
+    if not (value.isascii() and value.isdigit()):
         return "411 Length Required", "text/plain", b"a Content-Length is required\n"
-    if length < 0 or length > MAX_POST_BODY:
+    if len(value) > 9 or int(value) > MAX_POST_BODY:  # int() refuses 4,301 digits
         return "413 Content Too Large", "text/plain", f"at most {MAX_POST_BODY} bytes\n".encode()
+    length = int(value)
     while len(body) < length:
         chunk = await stream.receive_some(4096)
         if not chunk:
             return "400 Bad Request", "text/plain", b"body shorter than Content-Length\n"
         body += chunk
     return post(path, headers, body[:length])
+
+
+def _path(target: str) -> str | None:
+    """The path of a request target (origin or absolute form), None when it is malformed
+    (urlsplit raises ValueError on ``http://[x``: an unclosed IPv6 literal)."""
+    try:
+        return urlsplit(target).path
+    except ValueError:
+        return None
 
 
 def respond(

@@ -36,6 +36,7 @@ import jwt
 import trio
 from jwt import PyJWK
 
+from ._fetch import fetch_limiter, read_body
 from .auth import AuthError, Principal, decode_token, principal_from_claims
 
 __all__ = ["JWKS_ALGORITHMS", "JwksAuthenticator", "JwksSource", "OidcDiscovery", "keys_from_jwks"]
@@ -56,8 +57,9 @@ def _fetch_json(location: str, timeout_s: float) -> Any:
     """GET a JSON document from a URL, or read it from a file (in a worker thread)."""
     if _is_url(location):
         req = urllib.request.Request(location, headers={"Accept": "application/json"})
+        deadline = time.monotonic() + timeout_s
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            raw = resp.read(MAX_DOC_BYTES + 1)
+            raw = read_body(resp, MAX_DOC_BYTES, deadline)
     else:
         raw = Path(location).read_bytes()[: MAX_DOC_BYTES + 1]
     if len(raw) > MAX_DOC_BYTES:
@@ -146,6 +148,9 @@ class JwksSource:
         self._fetched_at: float | None = None  #: last successful fetch
         self._tried_at: float | None = None  #: last attempt
         self._lock = trio.Lock()
+        #: the fetch's thread (its own limiter: a server that never ends its answer
+        #: holds this one thread, not one of the default limiter's: _fetch)
+        self._threads = fetch_limiter(1)
         self.fetches = 0
 
     def load_now(self) -> None:
@@ -178,7 +183,11 @@ class JwksSource:
             try:
                 with trio.fail_after(self.timeout_s + 0.5):
                     doc = await trio.to_thread.run_sync(
-                        _fetch_json, self.location, self.timeout_s, abandon_on_cancel=True
+                        _fetch_json,
+                        self.location,
+                        self.timeout_s,
+                        abandon_on_cancel=True,
+                        limiter=self._threads,
                     )
                 self._install(keys_from_jwks(doc, self.algorithms))
                 log.info("JWKS fetched (%s): %d key(s)", why, len(self._keys))
@@ -246,6 +255,7 @@ class OidcDiscovery:
         self._options = {"timeout_s": timeout_s, **jwks_options}
         self.source: JwksSource | None = None
         self._lock = trio.Lock()
+        self._threads = fetch_limiter(1)  #: as JwksSource's
         self._failed_at: float | None = None  #: a failed discovery is retried this much later
         self._retry_s = float(jwks_options.get("min_refetch_s", 5.0))
 
@@ -268,7 +278,11 @@ class OidcDiscovery:
             try:
                 with trio.fail_after(self.timeout_s + 0.5):
                     doc = await trio.to_thread.run_sync(
-                        _fetch_json, url, self.timeout_s, abandon_on_cancel=True
+                        _fetch_json,
+                        url,
+                        self.timeout_s,
+                        abandon_on_cancel=True,
+                        limiter=self._threads,
                     )
             except (OSError, ValueError, trio.TooSlowError) as exc:
                 log.warning("OIDC discovery at %s failed: %s", url, _fetch_problem(exc))

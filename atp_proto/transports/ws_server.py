@@ -178,6 +178,11 @@ class WsConnection:
                     status, extra = 426, b"sec-websocket-version: 13\r\n"
                 await self._bad_request(str(exc), status, extra)
                 return None
+            except UnicodeError:
+                # wsproto decodes Connection, Sec-WebSocket-Protocol/-Extensions as ASCII
+                # and Host as IDNA, and lets the error out (a byte >= 0x80, a 64-byte label)
+                await self._bad_request("a header's value is not ASCII (or Host not IDNA)")
+                return None
 
     async def _bad_request(self, why: str, status: int = 400, extra: bytes = b"") -> None:
         reason = b"Upgrade Required" if status == 426 else b"Bad Request"

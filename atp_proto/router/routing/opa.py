@@ -28,12 +28,18 @@ import trio
 
 from atp_proto.frames import ATPError, ErrorCode
 
+from .._fetch import fetch_limiter, read_body
+
 __all__ = ["CACHE_TTL_S", "OpaEngine"]
 
 CACHE_TTL_S = 1.0
 CACHE_SIZE = 4096
 RETRY_AFTER_MS = 1000
 MAX_ANSWER_BYTES = 1 << 20
+#: OPA requests in flight at once (threads of their own limiter: a server that never ends
+#: its answers holds these, not the default limiter's; beyond them a decision waits, and
+#: fails closed at its timeout)
+OPA_THREADS = 16
 
 
 class OpaEngine:
@@ -48,13 +54,15 @@ class OpaEngine:
         self.timeout_s = timeout_s
         self.version = "opa-" + hashlib.sha256(self.url.encode()).hexdigest()[:8]
         self._cache: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._threads = fetch_limiter(OPA_THREADS)
 
     def _post(self, body: bytes) -> dict[str, Any]:
         req = urllib.request.Request(
             self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
         )
+        deadline = time.monotonic() + self.timeout_s
         with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-            raw = resp.read(MAX_ANSWER_BYTES + 1)
+            raw = read_body(resp, MAX_ANSWER_BYTES, deadline)
         if len(raw) > MAX_ANSWER_BYTES:
             raise ValueError("answer too large")
         doc = json.loads(raw)
@@ -88,7 +96,9 @@ class OpaEngine:
             return hit[1]
         try:
             with trio.fail_after(self.timeout_s + 0.5):
-                result = await trio.to_thread.run_sync(self._post, body, abandon_on_cancel=True)
+                result = await trio.to_thread.run_sync(
+                    self._post, body, abandon_on_cancel=True, limiter=self._threads
+                )
         except trio.TooSlowError:
             raise self._unreachable("timed out") from None
         except urllib.error.HTTPError as exc:

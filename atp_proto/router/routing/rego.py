@@ -29,6 +29,9 @@ PACKAGE = "atp.policy"
 ENTRYPOINT = "atp/policy"
 #: decisions cached per loaded policy
 CACHE_SIZE = 4096
+#: the deepest nesting of brackets a policy may have: regopy's parser recurses on the C
+#: stack and a few thousand ``[`` end the process (SIGSEGV); real policies nest < 20
+MAX_NESTING = 100
 
 
 class PolicyLoadError(ValueError):
@@ -79,6 +82,34 @@ def _compile_error(name: str, error: str, printed: str) -> str:
     return _one_line(f"{head}: {'; '.join(dict.fromkeys(messages))}")
 
 
+def _nesting(source: str) -> int:
+    """How deep ``()``, ``[]`` and ``{}`` nest in Rego ``source`` (strings, raw strings
+    and comments skipped)."""
+    depth = deepest = 0
+    i, n = 0, len(source)
+    while i < n:
+        c = source[i]
+        if c == "#":
+            i = source.find("\n", i)
+            if i < 0:
+                break
+        elif c == "`":
+            i = source.find("`", i + 1)
+            if i < 0:
+                break
+        elif c == '"':
+            i += 1
+            while i < n and source[i] != '"':
+                i += 2 if source[i] == "\\" else 1
+        elif c in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in ")]}":
+            depth -= 1
+        i += 1
+    return deepest
+
+
 def _regopy() -> Any:
     try:
         import regopy
@@ -96,6 +127,9 @@ class RegoEngine:
         regopy = _regopy()
         if f"package {PACKAGE}" not in source:
             raise PolicyLoadError(f"{name}: the policy must declare 'package {PACKAGE}'")
+        depth = _nesting(source)
+        if depth > MAX_NESTING:
+            raise PolicyLoadError(f"{name}: brackets nested {depth} deep (at most {MAX_NESTING})")
         self.name = name
         #: what /metrics and the logs show: the first 12 hex digits of the source's sha256
         self.version = hashlib.sha256(source.encode()).hexdigest()[:12]
@@ -149,7 +183,7 @@ class RegoEngine:
             return {}
         try:
             result = json.loads(text)["expressions"][0]
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
             raise PolicyEvalError("the policy's answer is not a document") from None
         if not isinstance(result, dict):
             raise PolicyEvalError(f"data.{PACKAGE} is not an object")

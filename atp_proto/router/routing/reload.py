@@ -89,6 +89,7 @@ class Reloader:
         self._settling = False  #: a file changed at the last look
         self.reloads = {"ok": 0, "failed": 0}
         self.last_error = ""
+        self._reloading = trio.Lock()
         if registry is not None:
             registry.callback(
                 "gauge",
@@ -130,6 +131,21 @@ class Reloader:
         """Reload once a watched file changed and then held still for one look (a file
         still being written is not read half-way if its writer pauses less than
         ``interval_s``); True when a reload was tried."""
+        if self._due():
+            self.reload("file changed")
+            return True
+        return False
+
+    async def _reload_in_thread(self, why: str) -> None:
+        """:meth:`reload` in a worker thread: compiling a policy can take minutes (regopy's
+        compiler is quadratic in a long ``1 + 1 + ...``: 4,000 terms take 10 s), and the
+        router must go on serving on the last good one meanwhile (regopy releases the GIL
+        while it compiles). One reload at a time."""
+        async with self._reloading:
+            await trio.to_thread.run_sync(self.reload, why, abandon_on_cancel=True)
+
+    def _due(self) -> bool:
+        """True when a watched file changed at the last look and held still since."""
         changed = False
         for f in self.source.files:
             now = _stamp(f)
@@ -141,7 +157,6 @@ class Reloader:
             return False
         if self._settling:
             self._settling = False
-            self.reload("file changed")
             return True
         return False
 
@@ -154,7 +169,8 @@ class Reloader:
             if self.source.files:
                 while True:
                     await trio.sleep(self.interval_s)
-                    self.check_files()
+                    if self._due():
+                        await self._reload_in_thread("file changed")
 
     async def _watch_signal(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -167,7 +183,7 @@ class Reloader:
                 async for _ in signals:
                     for f in self.source.files:
                         self._stamps[f] = _stamp(f)
-                    self.reload("SIGHUP")
+                    await self._reload_in_thread("SIGHUP")
         except (ValueError, RuntimeError):  # not the main thread (an embedded router)
             if started:
                 raise
