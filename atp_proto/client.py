@@ -111,11 +111,14 @@ _QOS = {"gold": QoS.GOLD, "silver": QoS.SILVER, "bronze": QoS.BRONZE}
 class Stream:
     """One open stream; iterate to get :class:`Partial` items and then a :class:`Final`."""
 
-    def __init__(self, client: Client, stream_id: int) -> None:
+    def __init__(self, client: Client, stream_id: int, *, assemble: bool = False) -> None:
         self.client = client
         self.stream_id = stream_id
-        #: the PARTIALs' texts, for a FINAL that does not repeat them (ATP-FINAL-004)
-        self._assembler = AnswerAssembler()
+        #: the PARTIALs' texts, for a FINAL that does not repeat them (ATP-FINAL-004): kept
+        #: only when the SYN asked for one, and at most max_message_size characters
+        self._assembler = (
+            AnswerAssembler(client._conn.limits.max_message_size) if assemble else None
+        )
         # Unbounded here, bounded by credit: the router sends at most our initial window
         # per stream before we acknowledge, and we acknowledge only what is consumed. A
         # bounded channel would let one unconsumed stream stall every other stream.
@@ -145,7 +148,10 @@ class Stream:
         )
         assembler = self._assembler
         if isinstance(result, Partial):
-            assembler.partial(result.content)
+            if assembler is not None:
+                assembler.partial(result.content)
+            return result
+        if assembler is None:
             return result
         try:  # the answer the PARTIALs carried, as a full FINAL would have had it
             return assembler.final(result, msg.stream_id)
@@ -287,7 +293,7 @@ class Client:
             )
         except LocalProtocolError as exc:  # draining router, stream limit, closed session
             raise StreamError(str(exc.code), exc.message, exc.retry_after_ms) from None
-        st = Stream(self, sid)
+        st = Stream(self, sid, assemble=full_meta.get("final_answer") == "streamed")
         self._streams[sid] = st
         # the SYN leaves from this task when the socket takes it at once, else the writer
         self._session.flush_now()

@@ -39,6 +39,7 @@ from typing import Any
 import cbor2
 
 from atp_proto.frames import (
+    DEFAULT_LIMITS,
     ATPError,
     BudgetWindow,
     ErrorCode,
@@ -376,16 +377,30 @@ class AnswerAssembler:
     gets the FINAL a full one would have been (``content`` ``{"ok", "answer", "adapter"}``
     and ``payload`` with it). A FINAL that carries ``answer`` is returned as it is."""
 
-    __slots__ = ("_texts",)
+    __slots__ = ("_dropped", "_dropped_more", "_kept", "_limit", "_texts")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = DEFAULT_LIMITS.max_message_size) -> None:
+        #: what is kept is bounded by ``limit`` characters over all adapters (a full FINAL
+        #: is bounded by the receiver's max_message_size, ATP-LIMIT-006): past it, texts are
+        #: dropped and a streamed FINAL naming an adapter that lost some is EPROTO
+        self._limit = limit
+        self._kept = 0
         self._texts: dict[str, list[str]] = {}
+        self._dropped: set[str] = set()
+        self._dropped_more = False  # texts dropped of more adapters than _dropped holds
 
     def partial(self, content: Any) -> None:
         """A PARTIAL's content: a chunk ``{"adapter", "text"}`` is kept (notices are not)."""
         if isinstance(content, dict):
             text, adapter = content.get("text"), content.get("adapter")
             if isinstance(text, str) and isinstance(adapter, str):
+                if self._kept + len(text) > self._limit:
+                    if len(self._dropped) < 64:  # the names are bounded too
+                        self._dropped.add(adapter)
+                    else:
+                        self._dropped_more = True
+                    return
+                self._kept += len(text)
                 texts = self._texts.get(adapter)
                 if texts is None:
                     texts = self._texts[adapter] = []
@@ -412,6 +427,12 @@ class AnswerAssembler:
         ):
             raise _eproto(
                 'a FINAL without "answer" must name its "adapter" and "streamed.chunks"',
+                stream_id,
+            )
+        if adapter in self._dropped or self._dropped_more:
+            raise _eproto(
+                f"the PARTIALs of {adapter[:64]!r} are longer than this client keeps "
+                f'({self._limit} characters, its max_message_size): ask for final_answer "full"',
                 stream_id,
             )
         texts = self._texts.get(adapter, [])

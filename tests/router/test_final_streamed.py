@@ -107,3 +107,33 @@ def test_assembler() -> None:
     bad = Final({"ok": True, "adapter": "x", "streamed": {"chunks": -1}}, None, {}, None)
     with pytest.raises(ATPError, match=r"streamed\.chunks"):
         a.final(bad)
+
+
+def test_assembler_keeps_at_most_its_limit() -> None:
+    """[ATP-FINAL-004] What a client keeps for a streamed FINAL is bounded (its
+    max_message_size, which bounds a full FINAL too): an adapter whose texts went past it
+    cannot complete a streamed FINAL (EPROTO saying to ask for "full"); the others can."""
+    a = AnswerAssembler(limit=5)
+    a.partial({"chunk": 0, "adapter": "x", "text": "abc"})
+    a.partial({"chunk": 0, "adapter": "y", "text": "defg"})  # 3 + 4 > 5: not kept
+    assert a.final(_final(final_body_streamed("x", 1, 0.5))).content["answer"] == "abc"
+    with pytest.raises(ATPError) as exc:
+        a.final(_final(final_body_streamed("y", 1, 0.5)))
+    assert exc.value.code == "EPROTO" and 'final_answer "full"' in exc.value.message
+
+
+async def test_a_stream_that_did_not_ask_keeps_no_texts(start_router, connect_to) -> None:
+    """A stream that asked for the full FINAL (``streamed_final=False``, or ``meta``
+    saying "full") keeps none of its PARTIALs' texts: its memory does not grow with a long
+    answer; one that asked does."""
+    router = await start_router(adapters={"echo": "builtin:echo?chunks=4"})
+    async with connect_to(router) as client:
+        for kwargs, keeps in (
+            ({"streamed_final": False}, False),
+            ({"meta": {"final_answer": "full"}}, False),
+            ({}, True),
+        ):
+            async with client.stream("one two three", **kwargs) as st:
+                assert (st._assembler is not None) is keeps, kwargs
+                items = [item async for item in st]
+            assert items[-1].content["answer"] == "one two three", kwargs
