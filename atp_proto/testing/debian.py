@@ -51,7 +51,6 @@ def ensure_program(programs: tuple[str, ...], package: str, timeout: float = 900
             f"{programs[0]} is not installed and installing it needs root and apt-get "
             f"(apt-get install {package})"
         )
-    deadline = time.monotonic() + timeout
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     wait = ["-o", f"DPkg::Lock::Timeout={int(timeout)}"]
     with _LOCK.open("a") as lock:
@@ -59,6 +58,7 @@ def ensure_program(programs: tuple[str, ...], package: str, timeout: float = 900
         found = _which(programs)
         if found:  # another process installed it while this one waited
             return found
+        deadline = time.monotonic() + timeout  # this process's own install, from here
         for cmd in (
             ["apt-get", *wait, "update", "-qq"],
             ["apt-get", *wait, "install", "-y", "-qq", package],
