@@ -218,6 +218,8 @@ class QuicSession(Session):
         while not self.closed:
             q = self.qs.get(self.next_q)
             if q is None:
+                # the next one in order has not come: later ones wait, bounded all the same
+                self._check_waiting()
                 return
             if not self._whole_first_frame(q):
                 if q.reset or (q.fin and not q.buf):

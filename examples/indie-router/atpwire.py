@@ -518,7 +518,7 @@ def text_frame(obj: dict[str, Any], hdr: TextHeader, stream_id: int, cost: int) 
             raise ValueError(f"{key} is not an integer in range")
         vals[key] = x
     q = obj.get("qos")
-    if q is None and "qos" not in obj:
+    if q is None:  # absent or null: unspecified (ATP-JSON-018)
         qos = 0
     elif isinstance(q, str) and q in QOS_NAMES:
         qos = QOS_NAMES[q]
