@@ -124,13 +124,24 @@ async def _one_encoding(r: Runner, duo: bool) -> tuple[str, str] | None:
         )
     asked = {"final_answer": "streamed"}
     problem = _check_streamed(3, await _stream(r, 3, "{n=5}ok", asked), answer, r.rec.note)
-    if problem is not None or not duo:
+    if problem is not None:
         return problem
-    frames = await _stream(r, 5, _DUO, dict(asked, adapters=["conf", "conf2"], fanout=2))
-    winner = _content(frames[-1]).get("adapter")
-    if winner not in _DUO_ANSWERS:
-        return ("ATP-FINAL-002", f"stream 5: the FINAL names adapter {winner!r}")
-    return _check_streamed(5, frames, _DUO_ANSWERS[str(winner)], r.rec.note)
+    if duo:
+        frames = await _stream(r, 5, _DUO, dict(asked, adapters=["conf", "conf2"], fanout=2))
+        winner = _content(frames[-1]).get("adapter")
+        if winner not in _DUO_ANSWERS:
+            return ("ATP-FINAL-002", f"stream 5: the FINAL names adapter {winner!r}")
+        problem = _check_streamed(5, frames, _DUO_ANSWERS[str(winner)], r.rec.note)
+        if problem is not None:
+            return problem
+    # "full" said out loud is the default, not "the key is there, so streamed"
+    said = _content((await _stream(r, 7, "{n=5}ok", {"final_answer": "full"}))[-1])
+    if said.get("answer") != answer or "streamed" in said:
+        return (
+            "ATP-FINAL-003",
+            f'stream 7 (meta.final_answer "full"): FINAL content {dict(said)}',
+        )
+    return None
 
 
 async def run(

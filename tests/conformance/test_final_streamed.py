@@ -67,8 +67,15 @@ def test_reference_router_passes() -> None:
                 "router.text.final.streamed": "ATP-FINAL-003",
             },
         ),
+        (
+            "final-key-means-streamed",
+            {
+                "router.final.streamed": "ATP-FINAL-003",
+                "router.text.final.streamed": "ATP-FINAL-003",
+            },
+        ),
     ],
-    ids=["held-back", "always-streamed"],
+    ids=["held-back", "always-streamed", "key-means-streamed"],
 )
 def test_broken_router_is_caught(variant: str, caught: dict[str, str]) -> None:
     code, report, err = _router_run(variant)

@@ -40,6 +40,19 @@ def always_streamed() -> None:  # the answer left out whether or not the client 
     run.meta_final_streamed = streamed
 
 
+def key_means_streamed() -> None:  # "full" said out loud read as "streamed"
+    # (ATP-FINAL-003: the key's presence is not the value)
+    from atp_proto.router.routing import run
+
+    orig = run.meta_final_streamed
+
+    def streamed(meta: Mapping[str, Any], stream_id: int = 0) -> bool:
+        orig(meta, stream_id)
+        return "final_answer" in meta
+
+    run.meta_final_streamed = streamed
+
+
 def value_unchecked() -> None:  # any meta.final_answer but "streamed" read as "full"
     # (ATP-FINAL-001: EPROTO naming the key)
     from atp_proto.router.routing import run
@@ -68,6 +81,7 @@ def count_unchecked() -> None:  # the client takes a streamed FINAL whatever its
 VARIANTS: dict[str, Callable[[], None]] = {
     "final-partials-held-back": partials_held_back,
     "final-always-streamed": always_streamed,
+    "final-key-means-streamed": key_means_streamed,
     "final-value-unchecked": value_unchecked,
 }
 CLIENT_VARIANTS: dict[str, Callable[[], None]] = {
