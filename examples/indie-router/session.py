@@ -92,6 +92,15 @@ def _comparator_ok(c: Any) -> bool:
     return all(p and all(ch.isascii() and (ch.isalnum() or ch in "_-") for ch in p) for p in parts)
 
 
+def _error_map(err: Any) -> bool:
+    """An ERROR's ext ``error``: a map with a text ``code`` and ``message`` (ATP-FRAME-015)."""
+    return (
+        isinstance(err, dict)
+        and isinstance(err.get("code"), str)
+        and isinstance(err.get("message"), str)
+    )
+
+
 def check_meta(meta: Any) -> None:
     """ATP-FRAME-025 (with §12, ATP-SEC-016, ATP-STRAT-009, ATP-FINAL-001): refuse,
     naming the key."""
@@ -493,11 +502,7 @@ class Session:
             return refuse("EPROTO", "BUDGET_UPDATE is sent by routers only")
         if f.type == ERROR:
             err = f.ext.get("error")
-            if (
-                not isinstance(err, dict)
-                or not isinstance(err.get("code"), str)
-                or not isinstance(err.get("message"), str)
-            ):
+            if not _error_map(err):
                 return refuse("EPROTO", "ERROR without an error map with text code and message")
         if f.type == WINDOW_UPDATE:
             if "credit" not in f.ext and "window" not in f.ext:
@@ -575,11 +580,7 @@ class Session:
             raise Violation("EPROTO", "WINDOW_UPDATE or BUDGET_UPDATE on stream 0", connection=True)
         if f.type == ERROR:
             err = f.ext.get("error")
-            if (
-                not isinstance(err, dict)
-                or not isinstance(err.get("code"), str)
-                or not isinstance(err.get("message"), str)
-            ):
+            if not _error_map(err):
                 raise Violation("EPROTO", "ERROR without an error map", connection=True)
             if err["code"] != "EDRAINING":
                 self.end_session(None)
